@@ -1,0 +1,1 @@
+//! chunk: filled in by its owner.

@@ -1,0 +1,1 @@
+//! mds: filled in by its owner.

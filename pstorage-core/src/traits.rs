@@ -1,0 +1,214 @@
+//! The seams of pstorage (DESIGN.md section 2): every state machine talks to
+//! the others only through these traits. `pstorage-rpc` implements them over
+//! the network; this crate has in-memory implementations for tests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::types::*;
+
+/// The metadata service as a client sees it (namespace, leases, chunk maps).
+///
+/// Every method is linearizable: once it returns, every later call from any
+/// client observes its effect. Mutations are durable when they return.
+#[async_trait]
+pub trait MetadataService: Send + Sync {
+    /// Opens `path` with a lease. `Write` is exclusive (no other lease of any
+    /// mode may exist); `Read` is shared. Errors: `NotFound`, `IsADirectory`,
+    /// `Busy` (conflicting lease), `AlreadyExists` (create+exclusive).
+    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply>;
+    /// Extends a lease by its duration. `Stale` if it expired or was revoked.
+    async fn renew(&self, lease: LeaseId) -> Result<()>;
+    /// Releases a lease. Idempotent.
+    async fn close(&self, lease: LeaseId) -> Result<()>;
+    /// Attributes of a file or directory.
+    async fn stat(&self, path: &str) -> Result<Stat>;
+    /// Creates a directory (and missing parents when `parents`).
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat>;
+    /// Lists a directory, sorted by name.
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>>;
+    /// Removes a file (no lease may be held on it) or an empty directory.
+    async fn unlink(&self, path: &str) -> Result<()>;
+    /// Renames a file or directory; replaces an existing file at `to`.
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Changes attributes of `path` (and everything below it when `recursive`).
+    /// Only future chunks use a changed chunk size.
+    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()>;
+    /// The map of chunk `index` of the leased file. With `allocate` (needs a
+    /// write lease) a missing chunk is created on chunk servers chosen by the
+    /// placement rules, which know its version before this returns.
+    /// `Ok(None)`: the chunk does not exist (reads as zeros).
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>>;
+    /// Reports a failed replica of a chunk at `version`. The MDS drops it
+    /// from the chain, bumps the version on the survivors and returns the new
+    /// map (or the current one if the report is outdated). `Unavailable` if
+    /// fewer than `replicas_min` replicas remain.
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap>;
+    /// Records that the file is at least `size` bytes long (after writes
+    /// through the lease) and was modified now. Never shrinks the file.
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()>;
+    /// Sets the file size; chunks wholly beyond it are released.
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()>;
+    /// Every chunk map of a file, by index (administration and tests).
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>>;
+    /// Cluster status for `pstorage stat`.
+    async fn cluster_status(&self) -> Result<ClusterStatus>;
+}
+
+/// The metadata service as a chunk server sees it.
+#[async_trait]
+pub trait CsRegistry: Send + Sync {
+    /// Allocates the id of a new chunk server (`make-cs`).
+    async fn allocate_cs_id(&self) -> Result<CsId>;
+    /// Called when a chunk server starts or reconnects. It must not serve any
+    /// I/O before this returns, and must delete `RegisterReply::delete` first.
+    async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply>;
+    /// Periodic liveness and space report.
+    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()>;
+}
+
+/// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WritePayload {
+    Data(Bytes),
+    Zeros(u64),
+}
+
+impl WritePayload {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            WritePayload::Data(b) => b.len() as u64,
+            WritePayload::Zeros(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A chain write: the receiver applies it and forwards it to `chain[0]` with
+/// `chain[1..]`; it answers once every replica down the chain has applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRequest {
+    pub chunk: ChunkId,
+    pub version: MapVersion,
+    /// Offset within the chunk.
+    pub offset: u64,
+    pub payload: WritePayload,
+    /// The rest of the chain after the receiver.
+    pub chain: Vec<Replica>,
+}
+
+/// The data path of one chunk server (client -> CS, CS -> CS).
+///
+/// Every call carries the map version the caller believes current; a chunk
+/// server whose version differs answers `Stale` and does nothing.
+#[async_trait]
+pub trait ChunkService: Send + Sync {
+    /// Applies a write here and down the chain. Errors name the replica
+    /// that failed (`Unavailable` for an unreachable one).
+    async fn write(&self, request: WriteRequest) -> Result<()>;
+    /// Reads `len` bytes at `offset`, verifying block checksums
+    /// (`Corrupt` on a mismatch). Unwritten ranges read as zeros.
+    async fn read(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes>;
+    /// Makes every write applied so far durable on this replica.
+    async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+}
+
+/// Control operations the MDS performs on a chunk server.
+#[async_trait]
+pub trait ChunkControl: Send + Sync {
+    /// Creates an empty replica at `version` (idempotent for the same version).
+    async fn create_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+    ) -> Result<()>;
+    /// Moves a replica to a newer `version` (durably). `Stale` if the replica
+    /// is already newer; `NotFound` if absent.
+    async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+    /// Deletes a replica. Idempotent.
+    async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
+    /// Every replica held, with its version.
+    async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
+}
+
+/// Opens (or reuses) data-path connections to chunk servers.
+#[async_trait]
+pub trait ChunkConnector: Send + Sync {
+    async fn chunk_service(&self, addr: &str) -> Result<Arc<dyn ChunkService>>;
+}
+
+/// Opens (or reuses) control connections to chunk servers.
+#[async_trait]
+pub trait ControlConnector: Send + Sync {
+    async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>>;
+}
+
+/// Wall-clock time, injectable for deterministic tests.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to (tests, simulation).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now_ms: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new(start_ms: u64) -> ManualClock {
+        ManualClock {
+            now_ms: std::sync::atomic::AtomicU64::new(start_ms),
+        }
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.now_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

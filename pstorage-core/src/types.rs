@@ -1,0 +1,409 @@
+//! The data model shared by every component (DESIGN.md section 4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A chunk server's id, assigned by the MDS at `make-cs` time; never reused.
+pub type CsId = u32;
+/// A cluster-unique chunk id, assigned by the MDS.
+pub type ChunkId = u64;
+/// An inode (file or directory) id; the root directory is [`ROOT_INODE`].
+pub type InodeId = u64;
+/// A lease handle, returned by open and used for every operation on the file.
+pub type LeaseId = u64;
+/// A chunk map version. Only ever grows for a given chunk.
+pub type MapVersion = u64;
+
+/// The root directory's inode.
+pub const ROOT_INODE: InodeId = 1;
+/// Checksum granularity: one CRC-64 per block of this many bytes.
+pub const BLOCK_SIZE: u64 = 4096;
+/// The cluster default chunk size (like the original pstorage).
+pub const DEFAULT_CHUNK_SIZE: u64 = 256 << 20;
+/// Smallest allowed chunk size (tests use small chunks).
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+/// Largest allowed chunk size.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+/// Largest file size: 16 TiB.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// Largest number of replicas (norm and min), as in the original.
+pub const MAX_REPLICAS: u8 = 15;
+/// Largest single read or write request on the data path.
+pub const MAX_IO_SIZE: u64 = 16 << 20;
+
+/// `replicas=norm:min`: keep `norm` copies; accept writes while `min` remain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicas {
+    pub norm: u8,
+    pub min: u8,
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas { norm: 3, min: 2 }
+    }
+}
+
+impl Replicas {
+    /// Checks `1 <= min <= norm <= 15`.
+    pub fn validate(self) -> Result<Replicas> {
+        if self.min == 0 || self.norm == 0 || self.min > self.norm || self.norm > MAX_REPLICAS {
+            return Err(Error::invalid(format!(
+                "replicas={}:{} is invalid: need 1 <= min <= norm <= {MAX_REPLICAS}",
+                self.norm, self.min
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Parses `NORM:MIN` or `NORM` (min then defaults to `NORM/2+1` capped at NORM).
+    pub fn parse(s: &str) -> Result<Replicas> {
+        let bad = || {
+            Error::invalid(format!(
+                "bad replicas value {s:?}: expected NORM:MIN, e.g. 3:2"
+            ))
+        };
+        let (norm, min) = match s.split_once(':') {
+            Some((n, m)) => (
+                n.trim().parse::<u8>().map_err(|_| bad())?,
+                m.trim().parse::<u8>().map_err(|_| bad())?,
+            ),
+            None => {
+                let n = s.trim().parse::<u8>().map_err(|_| bad())?;
+                (n, (n / 2 + 1).min(n))
+            }
+        };
+        Replicas { norm, min }.validate()
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.norm, self.min)
+    }
+}
+
+/// Per-file / per-directory attributes, inherited from the parent on create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAttrs {
+    pub replicas: Replicas,
+    /// Chunk size in bytes; a multiple of [`BLOCK_SIZE`].
+    pub chunk_size: u64,
+}
+
+impl Default for FileAttrs {
+    fn default() -> Self {
+        FileAttrs {
+            replicas: Replicas::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// A change of attributes; `None` fields are left alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrUpdate {
+    pub replicas: Option<Replicas>,
+    pub chunk_size: Option<u64>,
+}
+
+impl AttrUpdate {
+    /// Parses `key=value` (`replicas=3:2`, `chunk-size=BYTES`) into an update.
+    pub fn parse_assignment(&mut self, kv: &str) -> Result<()> {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("bad attribute {kv:?}: expected KEY=VALUE")))?;
+        match k.trim() {
+            "replicas" => self.replicas = Some(Replicas::parse(v)?),
+            "chunk-size" | "chunk_size" => {
+                let n: u64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("bad chunk size {v:?}")))?;
+                validate_chunk_size(n)?;
+                self.chunk_size = Some(n);
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown attribute {other:?}: known are replicas, chunk-size"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the update to `attrs`.
+    pub fn apply_to(&self, attrs: &mut FileAttrs) {
+        if let Some(r) = self.replicas {
+            attrs.replicas = r;
+        }
+        if let Some(c) = self.chunk_size {
+            attrs.chunk_size = c;
+        }
+    }
+}
+
+/// Checks a chunk size: a multiple of the block size within bounds.
+pub fn validate_chunk_size(n: u64) -> Result<u64> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) || n % BLOCK_SIZE != 0 {
+        return Err(Error::invalid(format!(
+            "chunk size {n} is invalid: need a multiple of {BLOCK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+        )));
+    }
+    Ok(n)
+}
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeKind {
+    File,
+    Dir,
+}
+
+/// What `stat` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub ino: InodeId,
+    pub kind: InodeKind,
+    /// File size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: u64,
+    /// Change (or creation) time, milliseconds since the Unix epoch.
+    pub ctime_ms: u64,
+    pub attrs: FileAttrs,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub stat: Stat,
+}
+
+/// A read (shared, many holders) or write (exclusive, one holder) lease.
+///
+/// An exclusive lease excludes readers too: only the holder has the file's
+/// chunk maps, which is what keeps cached maps from serving stale replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseMode {
+    Read,
+    Write,
+}
+
+/// How `open` treats a missing or existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OpenFlags {
+    /// Create the file if it does not exist (needs [`LeaseMode::Write`]).
+    pub create: bool,
+    /// With `create`: fail with `AlreadyExists` if the file exists.
+    pub exclusive: bool,
+    /// Truncate to zero length on open (needs [`LeaseMode::Write`]).
+    pub truncate: bool,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ino: InodeId,
+    pub mode: LeaseMode,
+    /// How long the lease lasts from the grant or the last renewal, in ms.
+    pub duration_ms: u64,
+}
+
+/// What `open` returns: the lease and the file's state at that moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReply {
+    pub lease: Lease,
+    pub stat: Stat,
+}
+
+/// One replica in a chunk's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Replica {
+    pub cs: CsId,
+    /// The chunk server's data address, `host:port`.
+    pub addr: String,
+}
+
+/// Where a chunk lives: its id, current map version and replica chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMap {
+    pub chunk: ChunkId,
+    /// The chunk's index in its file: it covers `[index*chunk_size, (index+1)*chunk_size)`.
+    pub index: u64,
+    pub version: MapVersion,
+    /// The chain, head first. Writes go to `replicas[0]` and are forwarded in order.
+    pub replicas: Vec<Replica>,
+}
+
+/// Why a client reports a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    /// The chunk server did not answer or the connection broke.
+    Unreachable,
+    /// The replica returned data that failed its checksum.
+    Corrupt,
+    /// The chunk server is out of space.
+    NoSpace,
+    /// The replica's version did not match the map.
+    VersionMismatch,
+    /// Any other I/O error on the replica.
+    IoError,
+}
+
+/// Health of a chunk server as the MDS sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CsStatus {
+    /// Heartbeating; eligible for new chunks.
+    Active,
+    /// Missed heartbeats recently.
+    Inactive,
+    /// Silent for longer than the offline timeout.
+    Offline,
+    /// Removed by the administrator.
+    Dropped,
+}
+
+impl std::fmt::Display for CsStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CsStatus::Active => "active",
+            CsStatus::Inactive => "inactive",
+            CsStatus::Offline => "offline",
+            CsStatus::Dropped => "dropped",
+        })
+    }
+}
+
+/// Disk space of a chunk server, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceInfo {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// A chunk server as listed by `stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsInfo {
+    pub id: CsId,
+    pub addr: String,
+    pub status: CsStatus,
+    pub space: SpaceInfo,
+    /// Number of chunk replicas the MDS places on this server.
+    pub chunks: u64,
+    /// Milliseconds since the last heartbeat (u64::MAX if never seen).
+    pub last_seen_ms_ago: u64,
+}
+
+/// An MDS as listed by `stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsInfo {
+    pub id: u64,
+    pub addr: String,
+    pub role: String,
+}
+
+/// What `pstorage stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_name: String,
+    /// `healthy`, `degraded` or `failure`.
+    pub health: String,
+    pub mds: Vec<MdsInfo>,
+    pub cs: Vec<CsInfo>,
+    pub files: u64,
+    pub dirs: u64,
+    pub chunks: u64,
+    /// Chunks with fewer than `replicas_norm` replicas.
+    pub chunks_degraded: u64,
+    /// Chunks with fewer than `replicas_min` replicas.
+    pub chunks_urgent: u64,
+    pub logical_bytes: u64,
+}
+
+/// A chunk replica a chunk server holds, as reported to the MDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReplicaInfo {
+    pub chunk: ChunkId,
+    pub version: MapVersion,
+}
+
+/// What a chunk server tells the MDS when it (re)connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsRegistration {
+    pub id: CsId,
+    /// The address clients and peers reach it at, `host:port`.
+    pub addr: String,
+    pub space: SpaceInfo,
+    pub chunks: Vec<ChunkReplicaInfo>,
+}
+
+/// What the MDS answers a registering chunk server.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RegisterReply {
+    /// Replicas the chunk server must delete (stale or unknown); it must not
+    /// serve them in the meantime.
+    pub delete: Vec<ChunkId>,
+    /// Heartbeat interval the MDS expects, in ms.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Splits an absolute path into its components, rejecting malformed ones.
+///
+/// `/` gives an empty list. Empty components (`//`), `.`/`..`, NUL bytes and
+/// names longer than 255 bytes are rejected.
+pub fn split_path(path: &str) -> Result<Vec<&str>> {
+    if !path.starts_with('/') {
+        return Err(Error::invalid(format!(
+            "path {path:?} is not absolute: cluster paths start with /"
+        )));
+    }
+    if path.len() > 4096 {
+        return Err(Error::invalid("path longer than 4096 bytes"));
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for comp in trimmed[1..].split('/') {
+        if comp.is_empty() || comp == "." || comp == ".." || comp.contains('\0') || comp.len() > 255
+        {
+            return Err(Error::invalid(format!(
+                "path {path:?} has a bad component {comp:?}"
+            )));
+        }
+        out.push(comp);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_parse_and_validate() {
+        assert_eq!(
+            Replicas::parse("3:2").unwrap(),
+            Replicas { norm: 3, min: 2 }
+        );
+        assert_eq!(Replicas::parse("1").unwrap(), Replicas { norm: 1, min: 1 });
+        assert!(Replicas::parse("2:3").is_err());
+        assert!(Replicas::parse("0:0").is_err());
+        assert!(Replicas::parse("16:2").is_err());
+        assert!(Replicas::parse("x").is_err());
+    }
+
+    #[test]
+    fn paths_split() {
+        assert_eq!(split_path("/").unwrap(), Vec::<&str>::new());
+        assert_eq!(split_path("/a/b/").unwrap(), vec!["a", "b"]);
+        assert!(split_path("a").is_err());
+        assert!(split_path("/a//b").is_err());
+        assert!(split_path("/a/../b").is_err());
+    }
+}

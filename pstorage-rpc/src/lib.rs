@@ -1,0 +1,1 @@
+//! pstorage-rpc: the network layer.
