@@ -116,6 +116,34 @@ pub struct WriteRequest {
     pub chain: Vec<Replica>,
 }
 
+/// A failed chain write: which replica failed and why.
+///
+/// `failed_cs == None` means the receiver itself failed; a chunk server that
+/// forwards a write turns a downstream `None` into `Some(next.cs)` and passes
+/// `Some(_)` through unchanged, so the client always learns which replica to
+/// report to the MDS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ReplicaError {
+    pub failed_cs: Option<CsId>,
+    pub error: crate::error::Error,
+}
+
+impl ReplicaError {
+    /// The receiver itself failed.
+    pub fn local(error: crate::error::Error) -> ReplicaError {
+        ReplicaError {
+            failed_cs: None,
+            error,
+        }
+    }
+
+    /// Seen from the sender to `receiver`: which replica failed.
+    pub fn failed_replica(&self, receiver: CsId) -> CsId {
+        self.failed_cs.unwrap_or(receiver)
+    }
+}
+
 /// The data path of one chunk server (client -> CS, CS -> CS).
 ///
 /// Every call carries the map version the caller believes current; a chunk
@@ -124,7 +152,7 @@ pub struct WriteRequest {
 pub trait ChunkService: Send + Sync {
     /// Applies a write here and down the chain. Errors name the replica
     /// that failed (`Unavailable` for an unreachable one).
-    async fn write(&self, request: WriteRequest) -> Result<()>;
+    async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError>;
     /// Reads `len` bytes at `offset`, verifying block checksums
     /// (`Corrupt` on a mismatch). Unwritten ranges read as zeros.
     async fn read(
