@@ -1,1 +1,273 @@
-//! Test harness.
+//! Test harness: a real pstorage cluster of daemon processes on 127.0.0.1
+//! with ephemeral ports and a temporary directory. Every process it starts
+//! is killed when the [`TestCluster`] is dropped, also when a test panics.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pstorage_core::client::{Client, ClientOptions};
+use pstorage_core::conf::ClusterConf;
+use pstorage_core::types::CsStatus;
+
+/// The password every test cluster is created with.
+pub const PASSWORD: &str = "test-password";
+
+/// Where the workspace's binaries are: `$PSTORAGE_BIN_DIR`, else the
+/// directory above this test executable's `deps/` (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PSTORAGE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    assert!(
+        dir.join("pstorage").exists(),
+        "{} has no pstorage binary: run `cargo build --workspace --bins` first (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Options of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub chunk_servers: usize,
+    pub chunk_size: u64,
+    /// Extra environment for the daemons (e.g. `PSTORAGE_LEASE_MS`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            chunk_servers: 3,
+            chunk_size: 1 << 20,
+            env: vec![("PSTORAGE_HEARTBEAT_MS".into(), "200".into())],
+        }
+    }
+}
+
+/// A running cluster: one MDS and N chunk servers.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub conf_root: PathBuf,
+    pub mds_dir: PathBuf,
+    pub mds_addr: String,
+    pub cs_dirs: Vec<PathBuf>,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    mds: Option<Child>,
+    cs: Vec<Option<Child>>,
+}
+
+impl TestCluster {
+    /// Creates and starts a cluster; returns when every CS is active.
+    pub fn start(options: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf_root = dir.path().join("conf");
+        let mds_dir = dir.path().join("mds");
+        let mut cluster = TestCluster {
+            name: "test".to_string(),
+            conf_root,
+            mds_dir,
+            mds_addr: format!("127.0.0.1:{}", free_port()),
+            cs_dirs: Vec::new(),
+            bin: bin_dir(),
+            env: options.env.clone(),
+            mds: None,
+            cs: Vec::new(),
+            dir,
+        };
+        let chunk_size = options.chunk_size.to_string();
+        let mds_dir = cluster.mds_dir.to_str().unwrap().to_string();
+        let addr = cluster.mds_addr.clone();
+        let out = cluster.cli_stdin(
+            &["make-mds", "-I", "-a", &addr, "-r", &mds_dir, "-p", "--chunk-size", &chunk_size],
+            format!("{PASSWORD}\n").as_bytes(),
+        );
+        assert!(out.status.success(), "make-mds failed: {}", String::from_utf8_lossy(&out.stderr));
+        cluster.start_mds();
+        for i in 0..options.chunk_servers {
+            let d = cluster.dir.path().join(format!("cs{i}"));
+            let out = cluster.cli(&["make-cs", "-r", d.to_str().unwrap()]);
+            assert!(out.status.success(), "make-cs failed: {}", String::from_utf8_lossy(&out.stderr));
+            cluster.cs_dirs.push(d);
+            cluster.cs.push(None);
+            cluster.start_cs(i);
+        }
+        cluster.wait_active(options.chunk_servers);
+        cluster
+    }
+
+    fn daemon(&self, name: &str, dir: &Path, log: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(log))
+            .expect("log file");
+        let mut cmd = Command::new(self.bin.join(name));
+        cmd.arg("-r")
+            .arg(dir)
+            .env("PSTORAGE_CONF_DIR", &self.conf_root)
+            .env("PSTORAGE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+    }
+
+    /// Starts (or restarts) the MDS and waits until it accepts connections.
+    pub fn start_mds(&mut self) {
+        assert!(self.mds.is_none(), "MDS already running");
+        self.mds = Some(self.daemon("pstorage-mdsd", &self.mds_dir.clone(), "mds.log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.mds_addr).is_err() {
+            assert!(Instant::now() < deadline, "MDS did not start: {}", self.log("mds.log"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9 of the MDS.
+    pub fn kill_mds(&mut self) {
+        if let Some(mut c) = self.mds.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (or restarts) chunk server `i`.
+    pub fn start_cs(&mut self, i: usize) {
+        assert!(self.cs[i].is_none(), "CS {i} already running");
+        let dir = self.cs_dirs[i].clone();
+        self.cs[i] = Some(self.daemon("pstorage-csd", &dir, &format!("cs{i}.log")));
+    }
+
+    /// kill -9 of chunk server `i`.
+    pub fn kill_cs(&mut self, i: usize) {
+        if let Some(mut c) = self.cs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process of CS `i` is still alive.
+    pub fn cs_running(&mut self, i: usize) -> bool {
+        matches!(self.cs[i].as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Whether the MDS process is still alive.
+    pub fn mds_running(&mut self) -> bool {
+        matches!(self.mds.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// A daemon's log so far (for assertion messages).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Runs `pstorage --conf-dir ROOT -c NAME ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, b"")
+    }
+
+    /// Runs the CLI with `stdin` as its standard input.
+    pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(self.bin.join("pstorage"))
+            .arg("--conf-dir")
+            .arg(&self.conf_root)
+            .arg("-c")
+            .arg(&self.name)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pstorage");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("pstorage output");
+        let _ = writer.join();
+        out
+    }
+
+    /// The cluster's configuration on this "node".
+    pub fn conf(&self) -> ClusterConf {
+        ClusterConf::new(&self.conf_root, &self.name).expect("conf")
+    }
+
+    /// An SDK client (needs a tokio runtime).
+    pub fn client(&self) -> Client {
+        self.client_with(ClientOptions::default())
+    }
+
+    /// An SDK client with options.
+    pub fn client_with(&self, options: ClientOptions) -> Client {
+        pstorage_rpc::node::connect_client(&self.conf(), options).expect("connect")
+    }
+
+    /// Waits until `n` chunk servers are active.
+    pub fn wait_active(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let active = rt.block_on(async {
+                let mds = pstorage_rpc::node::connect_mds(&self.conf(), Default::default()).ok()?;
+                let s = pstorage_core::traits::MetadataService::cluster_status(&mds).await.ok()?;
+                Some(s.cs.iter().filter(|c| c.status == CsStatus::Active).count())
+            });
+            if active.unwrap_or(0) >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {active:?} of {n} chunk servers became active\nMDS log:\n{}",
+                self.log("mds.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.cs.len() {
+            self.kill_cs(i);
+        }
+        self.kill_mds();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

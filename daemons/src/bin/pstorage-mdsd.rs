@@ -1,1 +1,22 @@
-fn main() {}
+//! `pstorage-mdsd -r DIR`: runs a metadata server created by `pstorage make-mds`
+//! in the foreground. SIGTERM or SIGINT stops it cleanly.
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "pstorage-mdsd", version, about = "pstorage metadata server")]
+struct Args {
+    /// MDS data directory (from `pstorage make-mds -r DIR`).
+    #[arg(short = 'r')]
+    dir: std::path::PathBuf,
+}
+
+#[tokio::main]
+async fn main() {
+    pstorage_daemons::cli::init_logging();
+    let args = Args::parse();
+    let stop = pstorage_daemons::cli::termination();
+    if let Err(e) = pstorage_rpc::node::run_mds(&args.dir, stop).await {
+        eprintln!("pstorage-mdsd: {e}");
+        std::process::exit(1);
+    }
+}

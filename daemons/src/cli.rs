@@ -1,0 +1,429 @@
+//! `pstorage -c CLUSTER COMMAND ...`: the administration CLI, in the style
+//! of the original pstorage.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use pstorage_core::client::{Client, ClientOptions, File};
+use pstorage_core::conf::{conf_root, ClusterConf};
+use pstorage_core::types::{AttrUpdate, InodeKind, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
+use pstorage_core::{Error, ErrorKind, Result};
+use pstorage_rpc::node;
+
+/// Size of one transfer in `put`/`get`.
+const TRANSFER_BYTES: usize = 4 << 20;
+/// Transfers in flight in `put`.
+const TRANSFER_DEPTH: usize = 4;
+
+#[derive(Parser, Debug)]
+#[command(name = "pstorage", version, about = "pstorage cluster administration")]
+pub struct Cli {
+    /// Cluster name.
+    #[arg(short = 'c', long = "cluster", global = true)]
+    pub cluster: Option<String>,
+    /// Parent of the per-cluster configuration directories
+    /// (default /etc/pstorage/clusters, or $PSTORAGE_CONF_DIR).
+    #[arg(long = "conf-dir", global = true)]
+    pub conf_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a metadata server. With -I, create a new cluster.
+    MakeMds {
+        /// Initialize a new cluster (its first MDS).
+        #[arg(short = 'I')]
+        init: bool,
+        /// Address to listen on, ADDR[:PORT] (default port 2510).
+        #[arg(short = 'a')]
+        addr: String,
+        /// MDS data directory.
+        #[arg(short = 'r')]
+        dir: PathBuf,
+        /// Ask for the cluster password (first line of stdin when not a terminal).
+        #[arg(short = 'p')]
+        password: bool,
+        /// Default chunk size of the cluster, in bytes.
+        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
+        chunk_size: u64,
+    },
+    /// Prove the cluster password to an MDS and store the cluster key on this node.
+    AuthNode {
+        /// Ask for the password (the default; kept for compatibility).
+        #[arg(short = 'p')]
+        password: bool,
+    },
+    /// Create a chunk server in DIR.
+    MakeCs {
+        /// CS data directory.
+        #[arg(short = 'r')]
+        dir: PathBuf,
+        /// Address to listen on, ADDR:PORT (port 0 picks a free port at each start).
+        #[arg(short = 'a', default_value = "127.0.0.1:0")]
+        addr: String,
+    },
+    /// Show cluster status: MDS, chunk servers, chunks.
+    Stat,
+    /// Set attributes: replicas=NORM:MIN, chunk-size=BYTES.
+    SetAttr {
+        /// Apply to everything below PATH too.
+        #[arg(short = 'R')]
+        recursive: bool,
+        path: String,
+        #[arg(required = true)]
+        attrs: Vec<String>,
+    },
+    /// Show the attributes of PATH.
+    GetAttr { path: String },
+    /// Copy a local file (- for stdin) into the cluster.
+    Put { local: String, path: String },
+    /// Copy a cluster file to a local file (- for stdout).
+    Get { path: String, local: String },
+    /// List a directory.
+    Ls {
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Create a directory.
+    Mkdir {
+        #[arg(short = 'p')]
+        parents: bool,
+        path: String,
+    },
+    /// Remove a file or an empty directory.
+    Rm { path: String },
+    /// Rename a file or directory.
+    Mv { from: String, to: String },
+    /// Show the chunks of a file: id, version, replicas.
+    Chunks { path: String },
+    /// Measure the cluster against the local disk (like `rados bench`).
+    Bench(crate::bench::BenchArgs),
+}
+
+impl Cli {
+    fn cluster(&self) -> Result<ClusterConf> {
+        let name = self
+            .cluster
+            .as_deref()
+            .ok_or_else(|| Error::invalid("no cluster given: use -c CLUSTER"))?;
+        ClusterConf::new(&self.root(), name)
+    }
+
+    fn root(&self) -> PathBuf {
+        conf_root(self.conf_dir.as_deref())
+    }
+}
+
+/// Runs the CLI; returns the process exit code (0 ok, 1 error).
+pub async fn run(cli: Cli) -> i32 {
+    match execute(&cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("pstorage: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn client(conf: &ClusterConf) -> Result<Client> {
+    node::connect_client(conf, ClientOptions::default())
+}
+
+async fn execute(cli: &Cli) -> Result<()> {
+    let conf = cli.cluster()?;
+    match &cli.command {
+        Command::MakeMds {
+            init,
+            addr,
+            dir,
+            password: _,
+            chunk_size,
+        } => {
+            if !init {
+                return Err(Error::invalid(
+                    "this version runs a single MDS per cluster: use -I to create a new cluster",
+                ));
+            }
+            let password = crate::password::read_password("Cluster password: ", true)?;
+            let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
+            let service = node::create_cluster_mds(&conf, dir, addr, &key, *chunk_size)?;
+            println!(
+                "created cluster {} with its first MDS at {} in {}; start it with: pstorage-mdsd -r {}",
+                conf.name,
+                service.addr,
+                dir.display(),
+                dir.display()
+            );
+        }
+        Command::AuthNode { .. } => {
+            let password = crate::password::read_password("Cluster password: ", false)?;
+            let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
+            node::verify_key(&conf, &key).await?;
+            conf.store_key(&key)?;
+            println!("node authenticated in cluster {}", conf.name);
+        }
+        Command::MakeCs { dir, addr } => {
+            let id = node::create_cs(&conf, &cli.root(), dir, addr).await?;
+            println!(
+                "created CS {id} in {}; start it with: pstorage-csd -r {}",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Command::Stat => print_stat(&client(&conf)?).await?,
+        Command::SetAttr {
+            recursive,
+            path,
+            attrs,
+        } => {
+            let mut update = AttrUpdate::default();
+            for a in attrs {
+                update.parse_assignment(a)?;
+            }
+            client(&conf)?.set_attr(path, update, *recursive).await?;
+        }
+        Command::GetAttr { path } => {
+            let attrs = client(&conf)?.get_attr(path).await?;
+            println!("replicas={}", attrs.replicas);
+            println!("chunk-size={}", attrs.chunk_size);
+        }
+        Command::Put { local, path } => put(&client(&conf)?, local, path).await?,
+        Command::Get { path, local } => get(&client(&conf)?, path, local).await?,
+        Command::Ls { long, path } => ls(&client(&conf)?, path, *long).await?,
+        Command::Mkdir { parents, path } => {
+            client(&conf)?.mkdir(path, *parents).await?;
+        }
+        Command::Rm { path } => client(&conf)?.unlink(path).await?,
+        Command::Mv { from, to } => client(&conf)?.rename(from, to).await?,
+        Command::Chunks { path } => {
+            let mds = node::connect_mds(&conf, Default::default())?;
+            let maps = pstorage_core::traits::MetadataService::file_chunks(&mds, path).await?;
+            println!("{:>8} {:>18} {:>8}  replicas (chain order)", "index", "chunk", "version");
+            for m in maps {
+                let chain: Vec<String> = m.replicas.iter().map(|r| format!("cs{}@{}", r.cs, r.addr)).collect();
+                println!("{:>8} {:>#18x} {:>8}  {}", m.index, m.chunk, m.version, chain.join(" -> "));
+            }
+        }
+        Command::Bench(args) => crate::bench::run(&conf, args).await?,
+    }
+    Ok(())
+}
+
+async fn print_stat(client: &Client) -> Result<()> {
+    let s = client.cluster_status().await?;
+    println!("Cluster '{}': {}", s.cluster_name, s.health);
+    println!(
+        "Space: {} chunk servers, {} total, {} free; {} files, {} directories, {} chunks ({} degraded, {} urgent), {} logical",
+        s.cs.len(),
+        human(s.cs.iter().map(|c| c.space.total_bytes).sum()),
+        human(s.cs.iter().map(|c| c.space.free_bytes).sum()),
+        s.files,
+        s.dirs,
+        s.chunks,
+        s.chunks_degraded,
+        s.chunks_urgent,
+        human(s.logical_bytes)
+    );
+    println!();
+    println!("MDS nodes: {}", s.mds.len());
+    println!("{:>6}  {:<10} {}", "MDSID", "ROLE", "ADDRESS");
+    for m in &s.mds {
+        println!("{:>6}  {:<10} {}", m.id, m.role, m.addr);
+    }
+    println!();
+    println!("CS nodes: {}", s.cs.len());
+    println!(
+        "{:>6}  {:<9} {:<22} {:>10} {:>10} {:>8} {:>10}",
+        "CSID", "STATUS", "ADDRESS", "SPACE", "FREE", "CHUNKS", "SEEN"
+    );
+    for c in &s.cs {
+        let seen = if c.last_seen_ms_ago == u64::MAX {
+            "never".to_string()
+        } else {
+            format!("{:.1}s ago", c.last_seen_ms_ago as f64 / 1000.0)
+        };
+        println!(
+            "{:>6}  {:<9} {:<22} {:>10} {:>10} {:>8} {:>10}",
+            c.id,
+            c.status.to_string(),
+            c.addr,
+            human(c.space.total_bytes),
+            human(c.space.free_bytes),
+            c.chunks,
+            seen
+        );
+    }
+    Ok(())
+}
+
+/// `1.5G`-style sizes.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+async fn put(client: &Client, local: &str, path: &str) -> Result<()> {
+    let mut input: Box<dyn Read + Send> = if local == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(local).map_err(|e| Error::from(e).context(local))?)
+    };
+    let flags = OpenFlags {
+        create: true,
+        truncate: true,
+        ..Default::default()
+    };
+    let file = Arc::new(client.open(path, LeaseMode::Write, flags).await?);
+    let result = copy_in(&file, &mut input).await;
+    let closed = file.close().await;
+    result.and(closed)
+}
+
+async fn copy_in(file: &Arc<File>, input: &mut Box<dyn Read + Send>) -> Result<()> {
+    let mut offset = 0u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    loop {
+        let mut buf = vec![0u8; TRANSFER_BYTES];
+        let n = read_full(input, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        while inflight.len() >= TRANSFER_DEPTH {
+            join_one(&mut inflight).await?;
+        }
+        let f = file.clone();
+        let at = offset;
+        inflight.spawn(async move { f.write_at(at, &buf).await });
+        offset += n as u64;
+    }
+    while !inflight.is_empty() {
+        join_one(&mut inflight).await?;
+    }
+    file.flush().await
+}
+
+async fn join_one(set: &mut tokio::task::JoinSet<Result<()>>) -> Result<()> {
+    match set.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(Error::internal(format!("transfer task failed: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_full(input: &mut Box<dyn Read + Send>, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+async fn get(client: &Client, path: &str, local: &str) -> Result<()> {
+    let file = client.open(path, LeaseMode::Read, OpenFlags::default()).await?;
+    let result = copy_out(&file, local).await;
+    let closed = file.close().await;
+    result.and(closed)
+}
+
+async fn copy_out(file: &File, local: &str) -> Result<()> {
+    let mut output: Box<dyn Write> = if local == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(local).map_err(|e| Error::from(e).context(local))?)
+    };
+    let size = file.size();
+    let mut buf = vec![0u8; TRANSFER_BYTES];
+    let mut offset = 0u64;
+    while offset < size {
+        let want = (size - offset).min(TRANSFER_BYTES as u64) as usize;
+        let n = file.read_at(offset, &mut buf[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        output.write_all(&buf[..n])?;
+        offset += n as u64;
+    }
+    output.flush()?;
+    Ok(())
+}
+
+async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
+    let stat = client.stat(path).await?;
+    let entries = if stat.kind == InodeKind::Dir {
+        client.readdir(path).await?
+    } else {
+        let name = Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.to_string());
+        vec![pstorage_core::types::DirEntry { name, stat }]
+    };
+    for e in entries {
+        if long {
+            let kind = if e.stat.kind == InodeKind::Dir { 'd' } else { '-' };
+            println!(
+                "{kind} {:>5} {:>14} {:>13} {}",
+                e.stat.attrs.replicas.to_string(),
+                e.stat.size,
+                e.stat.mtime_ms / 1000,
+                e.name
+            );
+        } else {
+            println!("{}", e.name);
+        }
+    }
+    Ok(())
+}
+
+/// Maps an error onto a process exit code for scripts (1 = generic).
+pub fn exit_code(e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::InvalidArgument => 2,
+        _ => 1,
+    }
+}
+
+/// Logs to stderr, filtered by `PSTORAGE_LOG` (default `warn`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PSTORAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

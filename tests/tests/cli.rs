@@ -1,0 +1,58 @@
+//! The CLI tour of the README, run for real: stat, mkdir, put/get through
+//! files and pipes, ls, set-attr/get-attr with inheritance, rm.
+
+use pstorage_tests::{pattern, ClusterOptions, TestCluster};
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn cli_tour() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let stat = ok(cluster.cli(&["stat"]));
+    assert!(stat.contains("healthy"), "{stat}");
+    assert_eq!(stat.matches("active").count(), 3, "{stat}");
+
+    ok(cluster.cli(&["mkdir", "-p", "/vm/images"]));
+    let local = cluster.dir.path().join("in.bin");
+    let data = pattern(1, 3 * (1 << 20) + 77);
+    std::fs::write(&local, &data).unwrap();
+    ok(cluster.cli(&["put", local.to_str().unwrap(), "/vm/images/a.bin"]));
+    ok(cluster.cli_stdin(&["put", "-", "/vm/images/b.bin"], &data[..1000]));
+
+    let out = cluster.dir.path().join("out.bin");
+    ok(cluster.cli(&["get", "/vm/images/a.bin", out.to_str().unwrap()]));
+    assert!(std::fs::read(&out).unwrap() == data);
+    let piped = cluster.cli(&["get", "/vm/images/b.bin", "-"]);
+    assert!(piped.status.success());
+    assert_eq!(piped.stdout, &data[..1000]);
+
+    let ls = ok(cluster.cli(&["ls", "-l", "/vm/images"]));
+    assert!(ls.contains("a.bin") && ls.contains(&data.len().to_string()), "{ls}");
+    assert_eq!(ok(cluster.cli(&["ls", "/vm"])).trim(), "images");
+
+    // Attributes are inherited from the directory at creation.
+    ok(cluster.cli(&["set-attr", "-R", "/vm", "replicas=2:1"]));
+    assert!(ok(cluster.cli(&["get-attr", "/vm/images/a.bin"])).contains("replicas=2:1"));
+    ok(cluster.cli_stdin(&["put", "-", "/vm/images/c.bin"], b"hello"));
+    assert!(ok(cluster.cli(&["get-attr", "/vm/images/c.bin"])).contains("replicas=2:1"));
+    assert!(ok(cluster.cli(&["get-attr", "/"])).contains("replicas=3:2"));
+    let chunks = ok(cluster.cli(&["chunks", "/vm/images/c.bin"]));
+    assert_eq!(chunks.lines().count(), 2, "{chunks}");
+    assert_eq!(chunks.lines().nth(1).unwrap().matches("cs").count(), 2, "{chunks}");
+
+    ok(cluster.cli(&["mv", "/vm/images/b.bin", "/vm/b.bin"]));
+    ok(cluster.cli(&["rm", "/vm/images/a.bin"]));
+    ok(cluster.cli(&["rm", "/vm/images/c.bin"]));
+    let out = cluster.cli(&["rm", "/vm"]);
+    assert!(!out.status.success(), "removing a non-empty directory must fail");
+    ok(cluster.cli(&["rm", "/vm/images"]));
+    assert_eq!(ok(cluster.cli(&["ls", "/vm"])).trim(), "b.bin");
+}

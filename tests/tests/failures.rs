@@ -1,0 +1,166 @@
+//! Failures with real daemons: kill -9 of a chunk server mid-write (the
+//! write completes on the survivors, the stale replica is never read, also
+//! after it restarts), a flipped byte in a chunk file (served from another
+//! replica and reported), kill -9 of the MDS (namespace and data intact).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pstorage_core::traits::{ChunkControl, ControlConnector, MetadataService};
+use pstorage_core::types::{LeaseMode, OpenFlags};
+use pstorage_rpc::control::TcpControlConnector;
+use pstorage_tests::{pattern, ClusterOptions, TestCluster};
+
+const CHUNK: u64 = 1 << 20;
+
+fn create() -> OpenFlags {
+    OpenFlags { create: true, ..Default::default() }
+}
+
+async fn read_all(client: &pstorage_core::client::Client, path: &str) -> Vec<u8> {
+    let file = client.open(path, LeaseMode::Read, OpenFlags::default()).await.unwrap();
+    let mut buf = vec![0u8; file.size() as usize];
+    let mut off = 0;
+    while off < buf.len() {
+        let n = file.read_at(off as u64, &mut buf[off..]).await.unwrap();
+        assert!(n > 0, "short read at {off}");
+        off += n;
+    }
+    file.close().await.unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_chunk_server_during_writes() {
+    let mut cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let client = cluster.client();
+    let file = Arc::new(client.open("/stream.bin", LeaseMode::Write, create()).await.unwrap());
+    let total = 48 * CHUNK as usize;
+    let data = Arc::new(pattern(42, total));
+    let writer = {
+        let (file, data) = (file.clone(), data.clone());
+        tokio::spawn(async move {
+            for (i, piece) in data.chunks(256 << 10).enumerate() {
+                file.write_at((i * (256 << 10)) as u64, piece).await?;
+            }
+            file.flush().await
+        })
+    };
+    // Let the writer get going, then kill a chunk server under it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_cs(1);
+    writer.await.unwrap().expect("the writer must finish without an error");
+    file.close().await.unwrap();
+    assert_eq!(read_all(&client, "/stream.bin").await, *data);
+
+    // The maps no longer use CS 1 where its copy went stale.
+    let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
+    let maps = mds.file_chunks("/stream.bin").await.unwrap();
+    assert!(maps.iter().all(|m| m.replicas.len() >= 2));
+    let dead_id = cs_id_of(&cluster, 1);
+    let bumped: Vec<_> = maps.iter().filter(|m| !m.replicas.iter().any(|r| r.cs == dead_id)).collect();
+    assert!(!bumped.is_empty(), "the killed CS must have been dropped from some chains");
+
+    // Restart it: it registers, deletes its stale replicas, and reads stay right.
+    cluster.start_cs(1);
+    cluster.wait_active(3);
+    assert_eq!(read_all(&client, "/stream.bin").await, *data);
+    let addr = cluster_cs_addr(&mds, dead_id).await;
+    let control = TcpControlConnector::new(pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()));
+    let held = control.chunk_control(&addr).await.unwrap().list_chunks().await.unwrap();
+    for m in &maps {
+        let in_chain = m.replicas.iter().any(|r| r.cs == dead_id);
+        let copy = held.iter().find(|h| h.chunk == m.chunk);
+        match copy {
+            Some(h) => assert!(in_chain && h.version == m.version, "stale replica of chunk {} kept", m.index),
+            None => assert!(!in_chain),
+        }
+    }
+}
+
+fn cs_id_of(cluster: &TestCluster, i: usize) -> u32 {
+    let text = std::fs::read_to_string(cluster.cs_dirs[i].join("cs.conf")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["id"].as_u64().unwrap() as u32
+}
+
+async fn cluster_cs_addr(mds: &pstorage_rpc::mds::MdsClient, id: u32) -> String {
+    let s = mds.cluster_status().await.unwrap();
+    s.cs.iter().find(|c| c.id == id).unwrap().addr.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flipped_byte_is_served_from_another_replica_and_reported() {
+    let cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let client = cluster.client();
+    let data = pattern(7, 3 * CHUNK as usize);
+    let file = client.open("/flip.bin", LeaseMode::Write, create()).await.unwrap();
+    file.write_at(0, &data).await.unwrap();
+    file.close().await.unwrap();
+
+    let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
+    let before = mds.file_chunks("/flip.bin").await.unwrap();
+    // Flip one byte of chunk 1 in every replica's file on ONE chunk server,
+    // namely the one listed first (the one most likely to be read).
+    let victim = before[1].replicas[0].cs;
+    let victim_dir = cluster
+        .cs_dirs
+        .iter()
+        .find(|d| cs_conf_id(d) == victim)
+        .unwrap()
+        .clone();
+    let chunk_file = victim_dir.join("chunks").join(format!("{:016x}.chunk", before[1].chunk));
+    flip_byte(&chunk_file, 5000);
+
+    // Every read returns the right data, whichever replica it tries first.
+    for _ in 0..3 {
+        assert_eq!(read_all(&client, "/flip.bin").await, data);
+    }
+    // The bad replica was reported: the MDS dropped it from the chain.
+    let after = mds.file_chunks("/flip.bin").await.unwrap();
+    assert!(
+        !after[1].replicas.iter().any(|r| r.cs == victim),
+        "corrupt replica on CS {victim} still in the chain: {:?}",
+        after[1].replicas
+    );
+    assert!(after[1].version > before[1].version);
+}
+
+fn cs_conf_id(dir: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(dir.join("cs.conf")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["id"].as_u64().unwrap() as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mds_kill_and_restart_keeps_namespace_and_data() {
+    let mut cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let data = pattern(99, 2 * CHUNK as usize + 333);
+    {
+        let client = cluster.client();
+        client.mkdir("/a/b", true).await.unwrap();
+        let f = client.open("/a/b/file", LeaseMode::Write, create()).await.unwrap();
+        f.write_at(0, &data).await.unwrap();
+        f.close().await.unwrap();
+        client.rename("/a/b/file", "/a/file2").await.unwrap();
+    }
+    cluster.kill_mds();
+    cluster.start_mds();
+    cluster.wait_active(3);
+    let client = cluster.client();
+    let names: Vec<String> = client.readdir("/a").await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["b".to_string(), "file2".to_string()]);
+    assert_eq!(read_all(&client, "/a/file2").await, data);
+}
+
+/// Flips one bit of the byte `from_end` bytes before the end of `path`, in
+/// place (the data region is at the end of a chunk file).
+fn flip_byte(path: &std::path::Path, from_end: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let at = f.metadata().unwrap().len() - from_end;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at).unwrap();
+}
