@@ -181,11 +181,15 @@ impl ChunkService for ChunkServer {
             payload,
             chain,
         } = request;
-        if payload.len() > MAX_IO_SIZE {
-            return Err(ReplicaError::local(Error::invalid(format!(
-                "chunk {chunk:#x}: a write of {} bytes exceeds the limit of {MAX_IO_SIZE}: split it",
-                payload.len()
-            ))));
+        // Zeros carry no bytes, so truncating a whole chunk is one request.
+        if let WritePayload::Data(data) = &payload {
+            if data.len() as u64 > MAX_IO_SIZE {
+                return Err(ReplicaError::local(Error::invalid(format!(
+                    "chunk {chunk:#x}: a write of {} bytes exceeds the limit of {MAX_IO_SIZE}: \
+                     split it",
+                    data.len()
+                ))));
+            }
         }
         // Refusing here saves forwarding a write this replica will refuse
         // anyway; the authoritative check is the store's, atomic with the

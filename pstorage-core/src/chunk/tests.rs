@@ -266,17 +266,34 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
     store.create(14, 1, CS).unwrap();
     // Eight writers own interleaved 100-byte stripes, so every block is
     // read-modify-written by several of them at once.
+    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        for t in 0..8u64 {
-            s.spawn(move || {
-                let mut offset = t * 100;
-                while offset + 100 <= CS {
-                    store.write(13, offset, &[t as u8 + 1; 100]).unwrap();
-                    store.write(14, offset, &[t as u8 + 1; 100]).unwrap();
-                    offset += 800;
-                }
-            });
+        // Readers racing the writers never see a block whose data and CRC
+        // disagree.
+        let reader = s.spawn(|| {
+            let mut buf = vec![0u8; CS as usize];
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                store.read(13, 0, &mut buf).unwrap();
+                store.read(14, 50, &mut buf[..B as usize]).unwrap();
+            }
+        });
+        let writers: Vec<_> = (0..8u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut offset = t * 100;
+                    while offset + 100 <= CS {
+                        store.write(13, offset, &[t as u8 + 1; 100]).unwrap();
+                        store.write(14, offset, &[t as u8 + 1; 100]).unwrap();
+                        offset += 800;
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
         }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap();
     });
     for chunk in [13, 14] {
         let all = read_all(store, chunk);
@@ -644,7 +661,7 @@ mod chain {
 
     use super::*;
     use crate::traits::{ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest};
-    use crate::types::{CsId, RegisterReply, Replica};
+    use crate::types::{CsId, RegisterReply, Replica, MAX_IO_SIZE};
     use memory::MemNetwork;
 
     const CHUNK: ChunkId = 0x1f2;
@@ -751,6 +768,45 @@ mod chain {
             .unwrap();
         for s in &c.servers {
             assert_eq!(s.read(CHUNK, 1, 0, CS).await.unwrap(), whole);
+        }
+
+        // Zeroing more than MAX_IO_SIZE is one request (no bytes travel),
+        // but data beyond it is refused before anything is written.
+        let big: ChunkId = 0x99;
+        let big_size = 2 * MAX_IO_SIZE;
+        for s in &c.servers {
+            s.create_chunk(big, 1, big_size).await.unwrap();
+        }
+        let request = |payload| WriteRequest {
+            chunk: big,
+            version: 1,
+            offset: 0,
+            payload,
+            chain: vec![c.replica(1), c.replica(2)],
+        };
+        c.servers[0]
+            .write(request(WritePayload::Data(Bytes::from_static(b"tail"))))
+            .await
+            .unwrap();
+        c.servers[0]
+            .write(request(WritePayload::Zeros(big_size)))
+            .await
+            .unwrap();
+        let e = c.servers[0]
+            .write(request(WritePayload::Data(Bytes::from(vec![
+                1u8;
+                MAX_IO_SIZE
+                    as usize
+                    + 1
+            ]))))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failed_cs, e.error.kind()),
+            (None, ErrorKind::InvalidArgument)
+        );
+        for s in &c.servers {
+            assert_eq!(s.read(big, 1, 0, 4).await.unwrap()[..], [0, 0, 0, 0]);
         }
     }
 
