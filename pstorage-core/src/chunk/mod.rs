@@ -1,1 +1,233 @@
-//! chunk: filled in by its owner.
+//! The chunk store (a chunk server's disk) and the chunk server logic.
+//!
+//! * [`ChunkStore`] is the synchronous seam to the disk: chunk replicas with
+//!   a map version, a CRC-64 per 4 KiB block verified on every read.
+//!   [`FileChunkStore`] keeps one file per chunk; [`MemChunkStore`] keeps
+//!   everything in memory for tests and simulation. Both pass the same
+//!   conformance suite (the tests of this module).
+//! * [`ChunkServer`] is a chunk server's request logic: it implements
+//!   [`ChunkService`](crate::traits::ChunkService) (the data path, with
+//!   version checks and chain forwarding) and
+//!   [`ChunkControl`](crate::traits::ChunkControl) (what the MDS does to it).
+//! * [`memory::MemNetwork`] connects chunk servers in memory so whole chains
+//!   run in one process.
+//!
+//! # Chunk file format, version 1
+//!
+//! One file per chunk replica: `<dir>/chunks/<chunk id as 16 lowercase hex>.chunk`.
+//! All integers are little-endian.
+//!
+//! ```text
+//! offset 0      header, 4096 bytes
+//!   0..8        magic "PSTCHUNK"
+//!   8..12       format version (u32) = 1
+//!   12..16      header length in bytes (u32) = 4096
+//!   16..24      chunk id (u64)
+//!   24..32      map version (u64)
+//!   32..40      chunk size in bytes (u64), a multiple of 4096
+//!   40..48      CRC-64/XZ of the whole 4096-byte header with these 8 bytes as zero
+//!   48..4096    zero (reserved)
+//! offset 4096   CRC table: one u64 per 4 KiB data block, padded with zeros to
+//!               a multiple of 4096 bytes
+//! offset 4096 + padded table length
+//!               data region: chunk size bytes (sparse where never written)
+//! ```
+//!
+//! A CRC table entry encodes its block like this:
+//!
+//! * `0`: the block was never written or was zeroed; it reads as zeros
+//!   whatever the data region holds (so zeroing whole blocks needs no data
+//!   write and may punch a hole).
+//! * otherwise: `crc64(block)`, except that a block whose CRC-64 is `0` is
+//!   stored as `1` (see [`encode_block_crc`]). A block matches its entry when
+//!   the encoding of its computed CRC equals the entry, so the only cost of
+//!   the remapping is that `0` and `1` collide, one value in 2^64.
+//!
+//! Writes put the data first and its CRC entry second; nothing is synced per
+//! write ([`ChunkStore::flush`] does one `fdatasync`, covering data and table,
+//! which live in the same file). After a crash between the two, or a torn
+//! sector, the block's data and entry disagree and the block reads as
+//! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt): a torn block is never
+//! served, the client reads another replica and the MDS repairs this one.
+//!
+//! Readers of this format: a daemon reads every format version up to
+//! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
+//! upgrade. Only version 1 exists.
+
+mod file;
+mod mem;
+pub mod memory;
+mod server;
+
+pub use file::FileChunkStore;
+pub use mem::MemChunkStore;
+pub use server::ChunkServer;
+
+use crate::error::{Error, Result};
+use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};
+
+/// The newest chunk file format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A chunk server's local storage of chunk replicas.
+///
+/// Every method is synchronous and may block on disk I/O: async callers run
+/// large or syncing operations on a blocking thread. Implementations are safe
+/// to share between threads; operations on different chunks run in
+/// parallel, and concurrent writes to one chunk never interleave.
+///
+/// Common errors: `NotFound` for a missing chunk, `InvalidArgument` for an
+/// offset or length beyond the chunk size, `Stale` for a version check that
+/// fails. On any of these nothing is changed. An I/O error in the middle of a
+/// write can leave the blocks it touched reading as `Corrupt` (never as
+/// wrong data).
+pub trait ChunkStore: Send + Sync {
+    /// Creates an empty replica (reads as zeros) at `version`, durably.
+    /// Idempotent when the chunk already exists with the same version and
+    /// size; `AlreadyExists` when it exists with another one.
+    /// `InvalidArgument` for a chunk size that
+    /// [`validate_chunk_size`](crate::types::validate_chunk_size) rejects.
+    fn create(&self, chunk: ChunkId, version: MapVersion, chunk_size: u64) -> Result<()>;
+
+    /// The replica's current map version.
+    fn version(&self, chunk: ChunkId) -> Result<MapVersion>;
+
+    /// Moves the replica to `version`, durably before returning. Setting the
+    /// current version again is a no-op; an older one is `Stale` (versions
+    /// only grow).
+    fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+
+    /// The replica's chunk size in bytes.
+    fn chunk_size(&self, chunk: ChunkId) -> Result<u64>;
+
+    /// Writes `data` at `offset`. With `expected = Some(v)` the write is
+    /// applied only if the replica is at version `v` (`Stale` otherwise); the
+    /// check and the write are atomic with respect to [`set_version`].
+    /// Not durable until [`flush`].
+    ///
+    /// [`set_version`]: ChunkStore::set_version
+    /// [`flush`]: ChunkStore::flush
+    fn write_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()>;
+
+    /// Makes `[offset, offset + len)` read as zeros, with the same version
+    /// check as [`write_checked`](ChunkStore::write_checked).
+    fn zero_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        len: u64,
+    ) -> Result<()>;
+
+    /// Fills `buf` from `offset`, verifying the CRC of every block touched
+    /// (`Corrupt` naming the chunk, block and file on a mismatch). Unwritten
+    /// ranges read as zeros. Version check as in
+    /// [`write_checked`](ChunkStore::write_checked).
+    fn read_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()>;
+
+    /// Makes every write, zero and version change applied to the replica so
+    /// far durable (`fdatasync` of data and checksums).
+    fn flush(&self, chunk: ChunkId) -> Result<()>;
+
+    /// Deletes the replica. Idempotent: deleting a missing chunk succeeds.
+    fn delete(&self, chunk: ChunkId) -> Result<()>;
+
+    /// Every replica held, sorted by chunk id. Replicas whose header is
+    /// unreadable are left out (and logged): they are never served.
+    fn list(&self) -> Result<Vec<ChunkReplicaInfo>>;
+
+    /// Space of the disk holding the replicas.
+    fn space(&self) -> Result<SpaceInfo>;
+
+    /// [`write_checked`](ChunkStore::write_checked) without a version check.
+    fn write(&self, chunk: ChunkId, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_checked(chunk, None, offset, data)
+    }
+
+    /// [`zero_checked`](ChunkStore::zero_checked) without a version check.
+    fn zero(&self, chunk: ChunkId, offset: u64, len: u64) -> Result<()> {
+        self.zero_checked(chunk, None, offset, len)
+    }
+
+    /// [`read_checked`](ChunkStore::read_checked) without a version check.
+    fn read(&self, chunk: ChunkId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_checked(chunk, None, offset, buf)
+    }
+}
+
+/// The CRC-64/XZ of `bytes`.
+pub fn crc64(bytes: &[u8]) -> u64 {
+    let mut digest = crc64fast::Digest::new();
+    digest.write(bytes);
+    digest.sum64()
+}
+
+/// The CRC table entry of a written block whose CRC-64 is `crc`: never `0`,
+/// which is reserved for "reads as zeros".
+pub fn encode_block_crc(crc: u64) -> u64 {
+    if crc == 0 {
+        1
+    } else {
+        crc
+    }
+}
+
+/// The CRC table entry for a written block holding `block`.
+pub(crate) fn block_entry(block: &[u8]) -> u64 {
+    debug_assert_eq!(block.len() as u64, BLOCK_SIZE);
+    encode_block_crc(crc64(block))
+}
+
+/// `InvalidArgument` unless `[offset, offset + len)` lies within the chunk.
+pub(crate) fn check_range(chunk: ChunkId, chunk_size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= chunk_size => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "chunk {chunk:#x}: range at offset {offset} length {len} is beyond the chunk size \
+             {chunk_size}: offsets within a chunk must stay below its size"
+        ))),
+    }
+}
+
+/// `Stale` unless the replica's `actual` version is the `expected` one.
+pub(crate) fn check_version(
+    chunk: ChunkId,
+    expected: Option<MapVersion>,
+    actual: MapVersion,
+) -> Result<()> {
+    match expected {
+        Some(want) if want != actual => Err(Error::stale(format!(
+            "chunk {chunk:#x}: the request carries map version {want} but this replica is at \
+             version {actual}: refresh the chunk map from the MDS and retry"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `NotFound` for a chunk this store does not hold.
+pub(crate) fn missing_chunk(chunk: ChunkId) -> Error {
+    Error::not_found(format!(
+        "chunk {chunk:#x} has no replica on this chunk server: refresh the chunk map from the MDS"
+    ))
+}
+
+/// The blocks `[first, last]` that `[offset, offset + len)` touches; `len > 0`.
+pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
+    debug_assert!(len > 0);
+    (offset / BLOCK_SIZE, (offset + len - 1) / BLOCK_SIZE)
+}
+
+#[cfg(test)]
+mod tests;

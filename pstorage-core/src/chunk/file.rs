@@ -1,0 +1,986 @@
+//! [`FileChunkStore`]: chunk replicas as files (format in the module docs of
+//! [`crate::chunk`]).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::types::{
+    validate_chunk_size, ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE,
+};
+
+use super::{
+    block_entry, block_span, check_range, check_version, crc64, missing_chunk, ChunkStore,
+    FORMAT_VERSION,
+};
+
+const MAGIC: [u8; 8] = *b"PSTCHUNK";
+const HEADER_LEN: u64 = 4096;
+const HEADER_CRC_AT: usize = 40;
+const BS: usize = BLOCK_SIZE as usize;
+/// Open chunk files (fd + CRC table in memory) kept by default. A 256 MiB
+/// chunk's CRC table takes 512 KiB, so this bounds the cache near 128 MiB.
+/// (Chunks in use stay open beyond the bound.)
+const DEFAULT_MAX_OPEN: usize = 256;
+const CHUNK_SUFFIX: &str = ".chunk";
+const TMP_MARKER: &str = ".chunk.tmp.";
+
+/// Chunk replicas stored as one file each under `<dir>/chunks/`.
+///
+/// Open chunks keep their file descriptor and CRC table in memory (up to a
+/// bound; when it is exceeded, chunks nobody is using are closed), so
+/// an aligned 4 KiB write costs one `pwrite` of data plus one 8-byte
+/// `pwrite` of its CRC entry. Each chunk has its own reader-writer lock:
+/// reads of a chunk run in parallel, writes to a chunk are serialized (which
+/// keeps read-modify-writes of partial blocks whole), and different chunks
+/// never wait for each other except while a chunk file is created or
+/// deleted.
+pub struct FileChunkStore {
+    chunks_dir: PathBuf,
+    open: Mutex<OpenTable>,
+    max_open: usize,
+    tmp_counter: AtomicU64,
+}
+
+struct OpenTable {
+    chunks: HashMap<ChunkId, Arc<OpenChunk>>,
+    /// Bumped whenever a chunk file appears or disappears, so that a chunk
+    /// opened without the table lock is not cached if its file changed
+    /// meanwhile.
+    generation: u64,
+}
+
+struct OpenChunk {
+    chunk: ChunkId,
+    path: PathBuf,
+    file: File,
+    chunk_size: u64,
+    data_offset: u64,
+    state: RwLock<ChunkState>,
+}
+
+struct ChunkState {
+    version: MapVersion,
+    /// One entry per block, as on disk (0 = reads as zeros).
+    crcs: Vec<u64>,
+    /// Set by `delete`: operations that already held this chunk fail with
+    /// `NotFound` instead of touching the unlinked file.
+    deleted: bool,
+}
+
+/// A decoded chunk file header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    chunk: ChunkId,
+    version: MapVersion,
+    chunk_size: u64,
+}
+
+/// What a range operation writes.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Data(&'a [u8]),
+    Zeros,
+}
+
+impl FileChunkStore {
+    /// Opens (creating if needed) the store rooted at `dir`. Leftovers of
+    /// creates interrupted by a crash are removed. Chunk files are opened
+    /// lazily, on first use.
+    pub fn open(dir: impl AsRef<Path>) -> Result<FileChunkStore> {
+        FileChunkStore::open_with_cache(dir, DEFAULT_MAX_OPEN)
+    }
+
+    /// Like [`open`](FileChunkStore::open), keeping at most `max_open`
+    /// unused chunk files open (chunks in use are never closed).
+    pub fn open_with_cache(dir: impl AsRef<Path>, max_open: usize) -> Result<FileChunkStore> {
+        assert!(
+            max_open > 0,
+            "the open chunk cache needs room for one chunk"
+        );
+        let chunks_dir = dir.as_ref().join("chunks");
+        fs::create_dir_all(&chunks_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("creating the chunk directory {}", chunks_dir.display()),
+            )
+        })?;
+        let entries = fs::read_dir(&chunks_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("listing the chunk directory {}", chunks_dir.display()),
+            )
+        })?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| io_error(e, format_args!("listing {}", chunks_dir.display())))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().contains(TMP_MARKER) {
+                // A create that crashed before its rename: the chunk never existed.
+                fs::remove_file(entry.path()).map_err(|e| {
+                    io_error(
+                        e,
+                        format_args!("removing the leftover {}", entry.path().display()),
+                    )
+                })?;
+            }
+        }
+        Ok(FileChunkStore {
+            chunks_dir,
+            open: Mutex::new(OpenTable {
+                chunks: HashMap::new(),
+                generation: 0,
+            }),
+            max_open,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The path of `chunk`'s file (whether or not it exists).
+    pub fn chunk_path(&self, chunk: ChunkId) -> PathBuf {
+        self.chunks_dir.join(format!("{chunk:016x}{CHUNK_SUFFIX}"))
+    }
+
+    fn table(&self) -> MutexGuard<'_, OpenTable> {
+        self.open
+            .lock()
+            .expect("chunk table lock poisoned by an earlier panic")
+    }
+
+    /// The open chunk, opening its file (outside the table lock) on first use.
+    fn get(&self, chunk: ChunkId) -> Result<Arc<OpenChunk>> {
+        loop {
+            let generation = {
+                let table = self.table();
+                if let Some(open) = table.chunks.get(&chunk) {
+                    return Ok(open.clone());
+                }
+                table.generation
+            };
+            let path = self.chunk_path(chunk);
+            let opened = match OpenChunk::load(&path, chunk) {
+                Ok(opened) => opened,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(missing_chunk(chunk)),
+                Err(e) => return Err(e),
+            };
+            let mut table = self.table();
+            if table.generation != generation {
+                // A chunk file was created or deleted meanwhile: ours may be
+                // the unlinked one.
+                continue;
+            }
+            let open = table
+                .chunks
+                .entry(chunk)
+                .or_insert_with(|| Arc::new(opened))
+                .clone();
+            if table.chunks.len() > self.max_open {
+                // Close chunks nobody is using (the table holds the only
+                // reference, and references are only taken under this lock).
+                let excess = table.chunks.len() - self.max_open;
+                let idle: Vec<ChunkId> = table
+                    .chunks
+                    .iter()
+                    .filter(|(id, c)| **id != chunk && Arc::strong_count(c) == 1)
+                    .map(|(id, _)| *id)
+                    .take(excess)
+                    .collect();
+                for id in idle {
+                    table.chunks.remove(&id);
+                }
+            }
+            return Ok(open);
+        }
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.chunks_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| {
+                io_error(
+                    e,
+                    format_args!("syncing the chunk directory {}", self.chunks_dir.display()),
+                )
+            })
+    }
+
+    /// Idempotency check of `create` against an existing chunk.
+    fn check_existing(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+    ) -> Result<Option<()>> {
+        match self.get(chunk) {
+            Ok(open) => {
+                let state = open.read_state();
+                if state.deleted {
+                    return Ok(None);
+                }
+                if state.version == version && open.chunk_size == chunk_size {
+                    Ok(Some(()))
+                } else {
+                    Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "chunk {chunk:#x} already exists at map version {} with chunk size {} \
+                             ({}); it cannot be created again at version {version} with size \
+                             {chunk_size}",
+                            state.version,
+                            open.chunk_size,
+                            open.path.display()
+                        ),
+                    ))
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_new_file(&self, tmp: &Path, header: &Header) -> Result<()> {
+        let what = |op: &str| format!("{op} the new chunk file {}", tmp.display());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
+        file.write_all_at(&header.encode(), 0)
+            .map_err(|e| io_error(e, format_args!("{}", what("writing the header of"))))?;
+        // Full length up front (sparse): reads never come up short and a
+        // shorter file on open means it was truncated behind our back.
+        file.set_len(data_offset(header.chunk_size) + header.chunk_size)
+            .map_err(|e| io_error(e, format_args!("{}", what("sizing"))))?;
+        file.sync_all()
+            .map_err(|e| io_error(e, format_args!("{}", what("syncing"))))
+    }
+
+    fn apply(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        len: u64,
+        source: Source<'_>,
+    ) -> Result<()> {
+        let open = self.get(chunk)?;
+        check_range(chunk, open.chunk_size, offset, len)?;
+        let mut state = open.write_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_version(chunk, expected, state.version)?;
+        if len == 0 {
+            return Ok(());
+        }
+        open.apply_locked(&mut state, offset, len, source)
+    }
+}
+
+impl OpenChunk {
+    fn load(path: &Path, chunk: ChunkId) -> Result<OpenChunk> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_error(e, format_args!("opening chunk file {}", path.display())))?;
+        let header = read_header(&file, path, chunk)?;
+        let data_offset = data_offset(header.chunk_size);
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_error(e, format_args!("inspecting chunk file {}", path.display())))?
+            .len();
+        if file_len < data_offset + header.chunk_size {
+            return Err(Error::corrupt(format!(
+                "chunk file {} is truncated: {file_len} bytes, but chunk {chunk:#x} of size {} \
+                 needs {}; the replica is lost, delete the file so the MDS re-replicates it",
+                path.display(),
+                header.chunk_size,
+                data_offset + header.chunk_size
+            )));
+        }
+        let blocks = (header.chunk_size / BLOCK_SIZE) as usize;
+        let mut raw = vec![0u8; blocks * 8];
+        file.read_exact_at(&mut raw, HEADER_LEN).map_err(|e| {
+            io_error(
+                e,
+                format_args!("reading the CRC table of chunk file {}", path.display()),
+            )
+        })?;
+        let crcs = raw
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunks")))
+            .collect();
+        Ok(OpenChunk {
+            chunk,
+            path: path.to_path_buf(),
+            file,
+            chunk_size: header.chunk_size,
+            data_offset,
+            state: RwLock::new(ChunkState {
+                version: header.version,
+                crcs,
+                deleted: false,
+            }),
+        })
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, ChunkState> {
+        self.state
+            .read()
+            .expect("chunk state lock poisoned by an earlier panic")
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, ChunkState> {
+        self.state
+            .write()
+            .expect("chunk state lock poisoned by an earlier panic")
+    }
+
+    fn corrupt_block(&self, block: u64, stored: u64, computed: u64) -> Error {
+        Error::corrupt(format!(
+            "chunk {:#x} block {block} (bytes {}..{} of the chunk) in {} failed its CRC-64 check \
+             (stored {stored:#018x}, computed {computed:#018x}): this replica is corrupt; read \
+             another replica and report this one so the MDS repairs it",
+            self.chunk,
+            block * BLOCK_SIZE,
+            (block + 1) * BLOCK_SIZE,
+            self.path.display()
+        ))
+    }
+
+    fn verify(&self, block: u64, entry: u64, bytes: &[u8]) -> Result<()> {
+        debug_assert_ne!(entry, 0);
+        let computed = crc64(bytes);
+        if super::encode_block_crc(computed) != entry {
+            return Err(self.corrupt_block(block, entry, computed));
+        }
+        Ok(())
+    }
+
+    fn pread(&self, buf: &mut [u8], chunk_offset: u64) -> Result<()> {
+        self.file
+            .read_exact_at(buf, self.data_offset + chunk_offset)
+            .map_err(|e| {
+                io_error(
+                    e,
+                    format_args!(
+                        "reading chunk {:#x} at offset {chunk_offset} from {}",
+                        self.chunk,
+                        self.path.display()
+                    ),
+                )
+            })
+    }
+
+    fn pwrite(&self, buf: &[u8], file_offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, file_offset).map_err(|e| {
+            io_error(
+                e,
+                format_args!(
+                    "writing chunk {:#x} at file offset {file_offset} of {}",
+                    self.chunk,
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
+    /// Loads block `block` into `buf`, verified (zeros for an unwritten one).
+    fn load_block(&self, state: &ChunkState, block: u64, buf: &mut [u8; BS]) -> Result<()> {
+        let entry = state.crcs[block as usize];
+        if entry == 0 {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.pread(buf, block * BLOCK_SIZE)?;
+        self.verify(block, entry, buf)
+    }
+
+    /// Writes or zeroes `[offset, offset + len)`; the range is checked and
+    /// non-empty, and the caller holds the write lock.
+    fn apply_locked(
+        &self,
+        state: &mut ChunkState,
+        offset: u64,
+        len: u64,
+        source: Source<'_>,
+    ) -> Result<()> {
+        let end = offset + len;
+        let (first, last) = block_span(offset, len);
+        let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
+        let tail_partial = last != first && !end.is_multiple_of(BLOCK_SIZE);
+
+        // Read, verify and patch the partial edge blocks before changing
+        // anything, so a corrupt edge block fails the whole operation.
+        let mut head = [0u8; BS];
+        let mut tail = [0u8; BS];
+        // An edge block that reads as zeros stays that way when zeroed.
+        let keep_zero =
+            |block: u64| matches!(source, Source::Zeros) && state.crcs[block as usize] == 0;
+        let write_head = head_partial && !keep_zero(first);
+        let write_tail = tail_partial && !keep_zero(last);
+        if write_head {
+            self.load_block(state, first, &mut head)?;
+            patch(&mut head, first, offset, end, source);
+        }
+        if write_tail {
+            self.load_block(state, last, &mut tail)?;
+            patch(&mut tail, last, offset, end, source);
+        }
+
+        // Whole blocks strictly inside the range: [mid_first, mid_end).
+        let mid_first = if head_partial { first + 1 } else { first };
+        let mid_end = if tail_partial { last } else { last + 1 };
+
+        let count = (last - first + 1) as usize;
+        let mut entries_small = [0u8; 8 * 64];
+        let mut entries_large = Vec::new();
+        let entries: &mut [u8] = if count <= 64 {
+            &mut entries_small[..count * 8]
+        } else {
+            entries_large.resize(count * 8, 0);
+            &mut entries_large
+        };
+        for block in first..=last {
+            let entry = if block == first && head_partial {
+                if write_head {
+                    block_entry(&head)
+                } else {
+                    0
+                }
+            } else if block == last && tail_partial {
+                if write_tail {
+                    block_entry(&tail)
+                } else {
+                    0
+                }
+            } else {
+                match source {
+                    Source::Data(data) => {
+                        let at = (block * BLOCK_SIZE - offset) as usize;
+                        block_entry(&data[at..at + BS])
+                    }
+                    Source::Zeros => 0,
+                }
+            };
+            let at = (block - first) as usize * 8;
+            entries[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+        }
+
+        // Data before its CRC entries: a crash in between leaves a block
+        // that fails its check (never wrong data served).
+        if write_head {
+            self.pwrite(&head, self.data_offset + first * BLOCK_SIZE)?;
+        }
+        if let (Source::Data(data), true) = (source, mid_first < mid_end) {
+            let from = (mid_first * BLOCK_SIZE - offset) as usize;
+            let to = (mid_end * BLOCK_SIZE - offset) as usize;
+            self.pwrite(&data[from..to], self.data_offset + mid_first * BLOCK_SIZE)?;
+        }
+        if write_tail {
+            self.pwrite(&tail, self.data_offset + last * BLOCK_SIZE)?;
+        }
+        self.pwrite(entries, HEADER_LEN + first * 8)?;
+        for (i, entry) in entries.chunks_exact(8).enumerate() {
+            state.crcs[first as usize + i] = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
+        }
+
+        if let (Source::Zeros, true) = (source, mid_first < mid_end) {
+            // Their entries say zero already; freeing the space is a bonus.
+            self.punch_hole(mid_first * BLOCK_SIZE, (mid_end - mid_first) * BLOCK_SIZE);
+        }
+        Ok(())
+    }
+
+    fn punch_hole(&self, chunk_offset: u64, len: u64) {
+        // SAFETY: fallocate on a file descriptor we own, no memory involved.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (self.data_offset + chunk_offset) as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                chunk = self.chunk,
+                error = %std::io::Error::last_os_error(),
+                "punching a hole failed; zeroed blocks keep their space"
+            );
+        }
+    }
+
+    fn read_locked(&self, state: &ChunkState, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let (first, last) = block_span(offset, buf.len() as u64);
+        let mut block = first;
+        while block <= last {
+            let block_start = block * BLOCK_SIZE;
+            let lo = offset.max(block_start);
+            let hi = end.min(block_start + BLOCK_SIZE);
+            let entry = state.crcs[block as usize];
+            if entry == 0 {
+                buf[(lo - offset) as usize..(hi - offset) as usize].fill(0);
+                block += 1;
+            } else if lo == block_start && hi == block_start + BLOCK_SIZE {
+                // A run of whole written blocks: one pread straight into the
+                // caller's buffer, then verify each block in place.
+                let mut run_end = block + 1;
+                while run_end <= last
+                    && (run_end + 1) * BLOCK_SIZE <= end
+                    && state.crcs[run_end as usize] != 0
+                {
+                    run_end += 1;
+                }
+                let out = &mut buf
+                    [(block_start - offset) as usize..(run_end * BLOCK_SIZE - offset) as usize];
+                self.pread(out, block_start)?;
+                for (i, bytes) in out.chunks_exact(BS).enumerate() {
+                    let b = block + i as u64;
+                    self.verify(b, state.crcs[b as usize], bytes)?;
+                }
+                block = run_end;
+            } else {
+                let mut whole = [0u8; BS];
+                self.pread(&mut whole, block_start)?;
+                self.verify(block, entry, &whole)?;
+                buf[(lo - offset) as usize..(hi - offset) as usize].copy_from_slice(
+                    &whole[(lo - block_start) as usize..(hi - block_start) as usize],
+                );
+                block += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies the part of `[offset, end)` that falls in `block` into `buf`.
+fn patch(buf: &mut [u8; BS], block: u64, offset: u64, end: u64, source: Source<'_>) {
+    let block_start = block * BLOCK_SIZE;
+    let lo = offset.max(block_start);
+    let hi = end.min(block_start + BLOCK_SIZE);
+    debug_assert!(lo < hi);
+    let dst = &mut buf[(lo - block_start) as usize..(hi - block_start) as usize];
+    match source {
+        Source::Data(data) => {
+            dst.copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize])
+        }
+        Source::Zeros => dst.fill(0),
+    }
+}
+
+/// Where the data region starts for chunks of `chunk_size`.
+fn data_offset(chunk_size: u64) -> u64 {
+    let table = chunk_size / BLOCK_SIZE * 8;
+    HEADER_LEN + table.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN as usize] {
+        let mut buf = [0u8; HEADER_LEN as usize];
+        buf[0..8].copy_from_slice(&MAGIC);
+        buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        buf[16..24].copy_from_slice(&self.chunk.to_le_bytes());
+        buf[24..32].copy_from_slice(&self.version.to_le_bytes());
+        buf[32..40].copy_from_slice(&self.chunk_size.to_le_bytes());
+        let crc = crc64(&buf);
+        buf[HEADER_CRC_AT..HEADER_CRC_AT + 8].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    /// Decodes and checks a header read from `path`, which must hold `chunk`.
+    fn decode(buf: &[u8; HEADER_LEN as usize], path: &Path, chunk: ChunkId) -> Result<Header> {
+        let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        if buf[0..8] != MAGIC {
+            return Err(Error::corrupt(format!(
+                "{} is not a pstorage chunk file (bad magic): its header is destroyed or it does \
+                 not belong in the chunk directory; move it away",
+                path.display()
+            )));
+        }
+        let format = u32_at(8);
+        if format > FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "chunk file {} has format version {format}, but this build reads format \
+                     versions up to {FORMAT_VERSION}: upgrade pstorage to serve it",
+                    path.display()
+                ),
+            ));
+        }
+        if format == 0 {
+            return Err(Error::corrupt(format!(
+                "chunk file {} has format version 0, which no pstorage writes: its header is \
+                 corrupt",
+                path.display()
+            )));
+        }
+        // Format 1 is the only one so far; a newer build dispatches on
+        // `format` here and keeps decoding the older layouts.
+        let stored_crc = u64_at(HEADER_CRC_AT);
+        let mut zeroed = *buf;
+        zeroed[HEADER_CRC_AT..HEADER_CRC_AT + 8].fill(0);
+        let computed = crc64(&zeroed);
+        if stored_crc != computed || u32_at(12) as u64 != HEADER_LEN {
+            return Err(Error::corrupt(format!(
+                "the header of chunk file {} failed its CRC-64 check (stored {stored_crc:#018x}, \
+                 computed {computed:#018x}): the replica is unusable; delete the file so the MDS \
+                 re-replicates the chunk",
+                path.display()
+            )));
+        }
+        let header = Header {
+            chunk: u64_at(16),
+            version: u64_at(24),
+            chunk_size: u64_at(32),
+        };
+        if header.chunk != chunk {
+            return Err(Error::corrupt(format!(
+                "chunk file {} holds chunk {:#x}, not {chunk:#x} as its name says: move it away",
+                path.display(),
+                header.chunk
+            )));
+        }
+        validate_chunk_size(header.chunk_size).map_err(|e| {
+            Error::corrupt(format!(
+                "chunk file {} has a bad chunk size: {}",
+                path.display(),
+                e.message()
+            ))
+        })?;
+        Ok(header)
+    }
+}
+
+fn read_header(file: &File, path: &Path, chunk: ChunkId) -> Result<Header> {
+    let mut buf = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut buf, 0).map_err(|e| {
+        io_error(
+            e,
+            format_args!("reading the header of chunk file {}", path.display()),
+        )
+    })?;
+    Header::decode(&buf, path, chunk)
+}
+
+/// An I/O error on the chunk store's disk, with what was being done. A short
+/// read means the file is not what its header promises: `Corrupt`.
+fn io_error(e: std::io::Error, what: std::fmt::Arguments<'_>) -> Error {
+    let kind = match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
+        Some(libc::ENOENT) => ErrorKind::NotFound,
+        _ if e.kind() == std::io::ErrorKind::UnexpectedEof => ErrorKind::Corrupt,
+        _ => ErrorKind::Io,
+    };
+    let hint = match kind {
+        ErrorKind::NoSpace => ": free space on this chunk server's disk",
+        ErrorKind::Io => ": check the disk (dmesg, smartctl)",
+        _ => "",
+    };
+    Error::new(kind, format!("{what}: {e}{hint}"))
+}
+
+/// The chunk id of a chunk file name (`<16 hex>.chunk`).
+fn parse_chunk_name(name: &str) -> Option<ChunkId> {
+    let stem = name.strip_suffix(CHUNK_SUFFIX)?;
+    if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    ChunkId::from_str_radix(stem, 16).ok()
+}
+
+impl ChunkStore for FileChunkStore {
+    fn create(&self, chunk: ChunkId, version: MapVersion, chunk_size: u64) -> Result<()> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        if self.check_existing(chunk, version, chunk_size)?.is_some() {
+            return Ok(());
+        }
+        let header = Header {
+            chunk,
+            version,
+            chunk_size,
+        };
+        let tmp = self.chunks_dir.join(format!(
+            "{chunk:016x}{TMP_MARKER}{}",
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The slow part (write + fsync) happens on a private file; only the
+        // rename runs under the table lock.
+        if let Err(e) = self.write_new_file(&tmp, &header) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let path = self.chunk_path(chunk);
+        let renamed = {
+            let mut table = self.table();
+            if path.exists() {
+                false
+            } else {
+                let result = fs::rename(&tmp, &path);
+                table.generation += 1;
+                result.map_err(|e| {
+                    io_error(
+                        e,
+                        format_args!("renaming {} to {}", tmp.display(), path.display()),
+                    )
+                })?;
+                true
+            }
+        };
+        if !renamed {
+            // A concurrent create won the race: same answer as if it had
+            // finished before we started.
+            let _ = fs::remove_file(&tmp);
+            return match self.check_existing(chunk, version, chunk_size)? {
+                Some(()) => Ok(()),
+                None => Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("chunk {chunk:#x} was created and deleted concurrently: retry"),
+                )),
+            };
+        }
+        self.sync_dir()
+    }
+
+    fn version(&self, chunk: ChunkId) -> Result<MapVersion> {
+        let open = self.get(chunk)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        Ok(state.version)
+    }
+
+    fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        let open = self.get(chunk)?;
+        let mut state = open.write_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        if version < state.version {
+            return Err(Error::stale(format!(
+                "chunk {chunk:#x} is already at map version {}, newer than {version}: map \
+                 versions never go back",
+                state.version
+            )));
+        }
+        if version == state.version {
+            return Ok(());
+        }
+        let header = Header {
+            chunk,
+            version,
+            chunk_size: open.chunk_size,
+        };
+        open.pwrite(&header.encode(), 0)?;
+        open.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!(
+                    "syncing the new version of chunk file {}",
+                    open.path.display()
+                ),
+            )
+        })?;
+        assert!(version > state.version, "a chunk version went backwards");
+        state.version = version;
+        Ok(())
+    }
+
+    fn chunk_size(&self, chunk: ChunkId) -> Result<u64> {
+        let open = self.get(chunk)?;
+        if open.read_state().deleted {
+            return Err(missing_chunk(chunk));
+        }
+        Ok(open.chunk_size)
+    }
+
+    fn write_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.apply(
+            chunk,
+            expected,
+            offset,
+            data.len() as u64,
+            Source::Data(data),
+        )
+    }
+
+    fn zero_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        self.apply(chunk, expected, offset, len, Source::Zeros)
+    }
+
+    fn read_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let open = self.get(chunk)?;
+        check_range(chunk, open.chunk_size, offset, buf.len() as u64)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_version(chunk, expected, state.version)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        open.read_locked(&state, offset, buf)
+    }
+
+    fn flush(&self, chunk: ChunkId) -> Result<()> {
+        let open = self.get(chunk)?;
+        if open.read_state().deleted {
+            return Err(missing_chunk(chunk));
+        }
+        // Without the chunk lock: writes go on while the disk syncs, and
+        // every write that returned before this call is in the page cache
+        // of this inode, which fdatasync covers.
+        open.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!("syncing chunk file {}", open.path.display()),
+            )
+        })
+    }
+
+    fn delete(&self, chunk: ChunkId) -> Result<()> {
+        let path = self.chunk_path(chunk);
+        let removed = {
+            let mut table = self.table();
+            let removed = table.chunks.remove(&chunk);
+            let result = fs::remove_file(&path);
+            table.generation += 1;
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    if let Some(open) = removed {
+                        table.chunks.insert(chunk, open);
+                    }
+                    return Err(io_error(
+                        e,
+                        format_args!("deleting chunk file {}", path.display()),
+                    ));
+                }
+            }
+            removed
+        };
+        if let Some(open) = removed {
+            // Outside the table lock: this may wait for a long read.
+            open.write_state().deleted = true;
+        }
+        self.sync_dir()
+    }
+
+    fn list(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        let entries = fs::read_dir(&self.chunks_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("listing the chunk directory {}", self.chunks_dir.display()),
+            )
+        })?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| io_error(e, format_args!("listing {}", self.chunks_dir.display())))?;
+            let name = entry.file_name();
+            let Some(chunk) = parse_chunk_name(&name.to_string_lossy()) else {
+                continue;
+            };
+            let cached = self.table().chunks.get(&chunk).cloned();
+            let version = match cached {
+                Some(open) => {
+                    let state = open.read_state();
+                    if state.deleted {
+                        continue;
+                    }
+                    Ok(state.version)
+                }
+                None => File::open(entry.path())
+                    .map_err(|e| {
+                        io_error(
+                            e,
+                            format_args!("opening chunk file {}", entry.path().display()),
+                        )
+                    })
+                    .and_then(|f| read_header(&f, &entry.path(), chunk))
+                    .map(|h| h.version),
+            };
+            match version {
+                Ok(version) => out.push(ChunkReplicaInfo { chunk, version }),
+                // Deleted between readdir and open.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                // A file from a newer pstorage: refuse to run rather than
+                // let the MDS think the replica is gone.
+                Err(e) if e.kind() == ErrorKind::Io => return Err(e),
+                Err(e) => {
+                    tracing::warn!(chunk, error = %e, "chunk replica not reported: unreadable header")
+                }
+            }
+        }
+        out.sort_by_key(|c| c.chunk);
+        Ok(out)
+    }
+
+    fn space(&self) -> Result<SpaceInfo> {
+        let path = std::ffi::CString::new(self.chunks_dir.as_os_str().as_bytes())
+            .map_err(|_| Error::invalid("the chunk directory path contains a NUL byte"))?;
+        // SAFETY: statvfs writes into the zeroed struct we pass; the path is
+        // NUL-terminated.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        if rc != 0 {
+            return Err(io_error(
+                std::io::Error::last_os_error(),
+                format_args!("statvfs of {}", self.chunks_dir.display()),
+            ));
+        }
+        let unit = stat.f_frsize as u64;
+        Ok(SpaceInfo {
+            total_bytes: stat.f_blocks as u64 * unit,
+            free_bytes: stat.f_bavail as u64 * unit,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Byte-level access to chunk files for corruption tests.
+    use super::*;
+
+    /// The file offset of byte `chunk_offset` of the data region.
+    pub fn data_file_offset(chunk_size: u64, chunk_offset: u64) -> u64 {
+        data_offset(chunk_size) + chunk_offset
+    }
+
+    /// The file offset of the CRC entry of `block`.
+    pub fn crc_entry_offset(block: u64) -> u64 {
+        HEADER_LEN + block * 8
+    }
+}

@@ -1,0 +1,365 @@
+//! [`MemChunkStore`]: chunk replicas in memory, for tests and simulation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::types::{
+    validate_chunk_size, ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE,
+};
+
+use super::{
+    block_entry, block_span, check_range, check_version, crc64, encode_block_crc, missing_chunk,
+    ChunkStore,
+};
+
+const BS: usize = BLOCK_SIZE as usize;
+/// Capacity a new store reports unless told otherwise: 1 TiB.
+const DEFAULT_CAPACITY_BYTES: u64 = 1 << 40;
+
+/// Chunk replicas in memory, with the same semantics as
+/// [`FileChunkStore`](super::FileChunkStore): sparse blocks, a CRC per
+/// block verified on every read, version rules, bounds checks. Nothing is
+/// durable; `flush` only checks that the chunk exists.
+///
+/// For fault injection it can flip stored bytes ([`MemChunkStore::corrupt`])
+/// and run out of space ([`MemChunkStore::set_capacity`]).
+pub struct MemChunkStore {
+    chunks: Mutex<HashMap<ChunkId, Arc<RwLock<MemChunk>>>>,
+    capacity_bytes: AtomicU64,
+    /// Blocks stored across all chunks (space accounting).
+    used_blocks: AtomicU64,
+}
+
+struct MemChunk {
+    version: MapVersion,
+    chunk_size: u64,
+    /// Written blocks by index; an absent block reads as zeros.
+    blocks: HashMap<u64, MemBlock>,
+    deleted: bool,
+}
+
+struct MemBlock {
+    bytes: Box<[u8]>,
+    /// The CRC table entry, as the file store keeps it (never 0 here).
+    entry: u64,
+}
+
+impl Default for MemChunkStore {
+    fn default() -> Self {
+        MemChunkStore::new()
+    }
+}
+
+impl MemChunkStore {
+    /// An empty store reporting 1 TiB of capacity.
+    pub fn new() -> MemChunkStore {
+        MemChunkStore {
+            chunks: Mutex::new(HashMap::new()),
+            capacity_bytes: AtomicU64::new(DEFAULT_CAPACITY_BYTES),
+            used_blocks: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the capacity: writes that would store more fail with `NoSpace`
+    /// (changing nothing), and [`space`](ChunkStore::space) reports it.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.capacity_bytes.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Flips every bit of the stored byte at `offset` of `chunk` without
+    /// updating its CRC, as a bad disk would. `InvalidArgument` if the block
+    /// holding `offset` was never written (it has no bytes to flip).
+    pub fn corrupt(&self, chunk: ChunkId, offset: u64) -> Result<()> {
+        let entry = self.get(chunk)?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        check_range(chunk, c.chunk_size, offset, 1)?;
+        let block = offset / BLOCK_SIZE;
+        let Some(stored) = c.blocks.get_mut(&block) else {
+            return Err(Error::invalid(format!(
+                "chunk {chunk:#x} block {block} was never written: nothing to corrupt"
+            )));
+        };
+        stored.bytes[(offset % BLOCK_SIZE) as usize] ^= 0xff;
+        Ok(())
+    }
+
+    fn get(&self, chunk: ChunkId) -> Result<Arc<RwLock<MemChunk>>> {
+        self.chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .get(&chunk)
+            .cloned()
+            .ok_or_else(|| missing_chunk(chunk))
+    }
+
+    fn apply(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let entry = self.get(chunk)?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_range(chunk, c.chunk_size, offset, len)?;
+        check_version(chunk, expected, c.version)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let (first, last) = block_span(offset, len);
+
+        // Build every new block first (verifying the old ones a partial
+        // update keeps), so a failure changes nothing.
+        let mut updates: Vec<(u64, Option<MemBlock>)> =
+            Vec::with_capacity((last - first + 1) as usize);
+        for block in first..=last {
+            let block_start = block * BLOCK_SIZE;
+            let lo = offset.max(block_start);
+            let hi = end.min(block_start + BLOCK_SIZE);
+            let whole = lo == block_start && hi == block_start + BLOCK_SIZE;
+            let old = c.blocks.get(&block);
+            let new = match (data, whole) {
+                (None, true) => None,
+                (None, false) if old.is_none() => continue,
+                _ => {
+                    let mut bytes = vec![0u8; BS].into_boxed_slice();
+                    if !whole {
+                        if let Some(old) = old {
+                            verify(chunk, block, old)?;
+                            bytes.copy_from_slice(&old.bytes);
+                        }
+                    }
+                    let dst = &mut bytes[(lo - block_start) as usize..(hi - block_start) as usize];
+                    match data {
+                        Some(d) => {
+                            dst.copy_from_slice(&d[(lo - offset) as usize..(hi - offset) as usize])
+                        }
+                        None => dst.fill(0),
+                    }
+                    let entry = block_entry(&bytes);
+                    Some(MemBlock { bytes, entry })
+                }
+            };
+            updates.push((block, new));
+        }
+        let added = updates
+            .iter()
+            .filter(|(b, new)| new.is_some() && !c.blocks.contains_key(b))
+            .count() as u64;
+        let removed = updates
+            .iter()
+            .filter(|(b, new)| new.is_none() && c.blocks.contains_key(b))
+            .count() as u64;
+        let used = self.used_blocks.load(Ordering::SeqCst);
+        let capacity = self.capacity_bytes.load(Ordering::SeqCst);
+        if added > removed && (used + added - removed) * BLOCK_SIZE > capacity {
+            return Err(Error::new(
+                crate::ErrorKind::NoSpace,
+                format!(
+                    "chunk {chunk:#x}: no space left in the in-memory store ({capacity} bytes): \
+                     free space or raise the capacity"
+                ),
+            ));
+        }
+        for (block, new) in updates {
+            match new {
+                Some(b) => {
+                    c.blocks.insert(block, b);
+                }
+                None => {
+                    c.blocks.remove(&block);
+                }
+            }
+        }
+        self.used_blocks.fetch_add(added, Ordering::SeqCst);
+        self.used_blocks.fetch_sub(removed, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn verify(chunk: ChunkId, block: u64, stored: &MemBlock) -> Result<()> {
+    let computed = crc64(&stored.bytes);
+    if encode_block_crc(computed) != stored.entry {
+        return Err(Error::corrupt(format!(
+            "chunk {chunk:#x} block {block} (bytes {}..{} of the chunk) in memory failed its \
+             CRC-64 check (stored {:#018x}, computed {computed:#018x}): this replica is corrupt; \
+             read another replica and report this one so the MDS repairs it",
+            block * BLOCK_SIZE,
+            (block + 1) * BLOCK_SIZE,
+            stored.entry
+        )));
+    }
+    Ok(())
+}
+
+impl ChunkStore for MemChunkStore {
+    fn create(&self, chunk: ChunkId, version: MapVersion, chunk_size: u64) -> Result<()> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        let mut chunks = self.chunks.lock().expect("chunk table lock poisoned");
+        if let Some(existing) = chunks.get(&chunk) {
+            let c = existing.read().expect("chunk lock poisoned");
+            if c.version == version && c.chunk_size == chunk_size {
+                return Ok(());
+            }
+            return Err(Error::new(
+                crate::ErrorKind::AlreadyExists,
+                format!(
+                    "chunk {chunk:#x} already exists at map version {} with chunk size {}; it \
+                     cannot be created again at version {version} with size {chunk_size}",
+                    c.version, c.chunk_size
+                ),
+            ));
+        }
+        chunks.insert(
+            chunk,
+            Arc::new(RwLock::new(MemChunk {
+                version,
+                chunk_size,
+                blocks: HashMap::new(),
+                deleted: false,
+            })),
+        );
+        Ok(())
+    }
+
+    fn version(&self, chunk: ChunkId) -> Result<MapVersion> {
+        let entry = self.get(chunk)?;
+        let c = entry.read().expect("chunk lock poisoned");
+        Ok(c.version)
+    }
+
+    fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        let entry = self.get(chunk)?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        if version < c.version {
+            return Err(Error::stale(format!(
+                "chunk {chunk:#x} is already at map version {}, newer than {version}: map \
+                 versions never go back",
+                c.version
+            )));
+        }
+        c.version = version;
+        Ok(())
+    }
+
+    fn chunk_size(&self, chunk: ChunkId) -> Result<u64> {
+        let entry = self.get(chunk)?;
+        let c = entry.read().expect("chunk lock poisoned");
+        Ok(c.chunk_size)
+    }
+
+    fn write_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.apply(chunk, expected, offset, data.len() as u64, Some(data))
+    }
+
+    fn zero_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        self.apply(chunk, expected, offset, len, None)
+    }
+
+    fn read_checked(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let entry = self.get(chunk)?;
+        let c = entry.read().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_range(chunk, c.chunk_size, offset, buf.len() as u64)?;
+        check_version(chunk, expected, c.version)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let (first, last) = block_span(offset, buf.len() as u64);
+        for block in first..=last {
+            let block_start = block * BLOCK_SIZE;
+            let lo = offset.max(block_start);
+            let hi = end.min(block_start + BLOCK_SIZE);
+            let out = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+            match c.blocks.get(&block) {
+                None => out.fill(0),
+                Some(stored) => {
+                    verify(chunk, block, stored)?;
+                    out.copy_from_slice(
+                        &stored.bytes[(lo - block_start) as usize..(hi - block_start) as usize],
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self, chunk: ChunkId) -> Result<()> {
+        self.get(chunk).map(|_| ())
+    }
+
+    fn delete(&self, chunk: ChunkId) -> Result<()> {
+        let removed = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .remove(&chunk);
+        if let Some(entry) = removed {
+            let mut c = entry.write().expect("chunk lock poisoned");
+            c.deleted = true;
+            self.used_blocks
+                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
+            c.blocks.clear();
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        let chunks: Vec<(ChunkId, Arc<RwLock<MemChunk>>)> = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        let mut out: Vec<ChunkReplicaInfo> = chunks
+            .into_iter()
+            .map(|(chunk, c)| ChunkReplicaInfo {
+                chunk,
+                version: c.read().expect("chunk lock poisoned").version,
+            })
+            .collect();
+        out.sort_by_key(|c| c.chunk);
+        Ok(out)
+    }
+
+    fn space(&self) -> Result<SpaceInfo> {
+        let total_bytes = self.capacity_bytes.load(Ordering::SeqCst);
+        let used = self.used_blocks.load(Ordering::SeqCst) * BLOCK_SIZE;
+        Ok(SpaceInfo {
+            total_bytes,
+            free_bytes: total_bytes.saturating_sub(used),
+        })
+    }
+}

@@ -1,0 +1,1058 @@
+//! The chunk store conformance suite (run against both stores), file format
+//! tests, and replica chain tests over the in-memory network.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::types::MIN_CHUNK_SIZE;
+use crate::ErrorKind;
+
+const CS: u64 = MIN_CHUNK_SIZE; // 64 KiB: 16 blocks
+const B: u64 = BLOCK_SIZE;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+fn read_all(store: &dyn ChunkStore, chunk: ChunkId) -> Vec<u8> {
+    let mut buf = vec![0xAAu8; store.chunk_size(chunk).unwrap() as usize];
+    store.read(chunk, 0, &mut buf).unwrap();
+    buf
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+    r.expect_err("expected an error").kind()
+}
+
+// ---- conformance cases: each runs against every store ----
+
+fn new_chunk_reads_as_zeros(store: &dyn ChunkStore) {
+    store.create(7, 3, CS).unwrap();
+    assert_eq!(store.version(7).unwrap(), 3);
+    assert_eq!(store.chunk_size(7).unwrap(), CS);
+    assert_eq!(read_all(store, 7), vec![0u8; CS as usize]);
+    assert_eq!(
+        store.list().unwrap(),
+        vec![ChunkReplicaInfo {
+            chunk: 7,
+            version: 3
+        }]
+    );
+}
+
+fn create_is_idempotent_for_the_same_version(store: &dyn ChunkStore) {
+    store.create(1, 5, CS).unwrap();
+    store.write(1, 100, b"kept").unwrap();
+    store.create(1, 5, CS).unwrap();
+    let mut buf = [0u8; 4];
+    store.read(1, 100, &mut buf).unwrap();
+    assert_eq!(&buf, b"kept", "an idempotent create must not wipe data");
+    assert_eq!(kind(store.create(1, 6, CS)), ErrorKind::AlreadyExists);
+    assert_eq!(kind(store.create(1, 5, CS * 2)), ErrorKind::AlreadyExists);
+    assert_eq!(store.version(1).unwrap(), 5);
+    assert_eq!(kind(store.create(2, 1, CS + 1)), ErrorKind::InvalidArgument);
+    assert_eq!(kind(store.create(2, 1, 0)), ErrorKind::InvalidArgument);
+    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
+}
+
+fn random_ops_match_a_model(store: &dyn ChunkStore) {
+    let chunk = 0x1f2;
+    store.create(chunk, 1, CS).unwrap();
+    let mut model = vec![0u8; CS as usize];
+    let mut rng = StdRng::seed_from_u64(42);
+    for step in 0..400 {
+        let offset = rng.gen_range(0..CS);
+        let len = rng.gen_range(0..=(CS - offset).min(3 * B + 17));
+        match rng.gen_range(0..3) {
+            0 => {
+                let data = pattern(step, len as usize);
+                store.write(chunk, offset, &data).unwrap();
+                model[offset as usize..(offset + len) as usize].copy_from_slice(&data);
+            }
+            1 => {
+                store.zero(chunk, offset, len).unwrap();
+                model[offset as usize..(offset + len) as usize].fill(0);
+            }
+            _ => {
+                let mut buf = vec![0x55u8; len as usize];
+                store.read(chunk, offset, &mut buf).unwrap();
+                assert_eq!(
+                    buf,
+                    &model[offset as usize..(offset + len) as usize],
+                    "step {step}: read at {offset} len {len}"
+                );
+            }
+        }
+    }
+    assert_eq!(read_all(store, chunk), model);
+}
+
+fn unaligned_writes_across_blocks_round_trip(store: &dyn ChunkStore) {
+    store.create(3, 1, CS).unwrap();
+    // Starts mid-block, covers two whole blocks, ends mid-block.
+    let data = pattern(1, (3 * B) as usize);
+    store.write(3, B / 2, &data).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    store.read(3, B / 2, &mut buf).unwrap();
+    assert_eq!(buf, data);
+    // A small write inside one block keeps its neighbours.
+    store.write(3, B + 10, b"xyz").unwrap();
+    let mut small = [0u8; 7];
+    store.read(3, B + 8, &mut small).unwrap();
+    assert_eq!(
+        &small[..2],
+        &data[(B / 2 + 8) as usize..(B / 2 + 10) as usize]
+    );
+    assert_eq!(&small[2..5], b"xyz");
+    assert_eq!(
+        &small[5..],
+        &data[(B / 2 + 13) as usize..(B / 2 + 15) as usize]
+    );
+    // The last byte of the chunk.
+    store.write(3, CS - 1, &[9]).unwrap();
+    let mut last = [0u8; 2];
+    store.read(3, CS - 2, &mut last).unwrap();
+    assert_eq!(last, [0, 9]);
+}
+
+fn sparse_chunk_reads_zeros_around_data(store: &dyn ChunkStore) {
+    store.create(4, 1, CS).unwrap();
+    let data = pattern(2, B as usize);
+    store.write(4, 5 * B, &data).unwrap();
+    let all = read_all(store, 4);
+    assert!(all[..(5 * B) as usize].iter().all(|&b| b == 0));
+    assert_eq!(&all[(5 * B) as usize..(6 * B) as usize], &data[..]);
+    assert!(all[(6 * B) as usize..].iter().all(|&b| b == 0));
+}
+
+fn zero_makes_ranges_read_as_zeros(store: &dyn ChunkStore) {
+    store.create(5, 1, CS).unwrap();
+    let data = pattern(3, CS as usize);
+    store.write(5, 0, &data).unwrap();
+    let mut model = data.clone();
+    // Unaligned, spanning whole blocks; then exactly one block; then within a block.
+    for (offset, len) in [(B / 3, 3 * B), (8 * B, B), (12 * B + 5, 10), (CS - 1, 1)] {
+        store.zero(5, offset, len).unwrap();
+        model[offset as usize..(offset + len) as usize].fill(0);
+        assert_eq!(read_all(store, 5), model, "after zero({offset}, {len})");
+    }
+    // Writing over a zeroed range works like over a fresh one.
+    store.write(5, 8 * B + 1, b"again").unwrap();
+    model[(8 * B + 1) as usize..(8 * B + 6) as usize].copy_from_slice(b"again");
+    assert_eq!(read_all(store, 5), model);
+    // Zeroing a never-written partial block keeps it reading zeros.
+    store.create(6, 1, CS).unwrap();
+    store.zero(6, 10, 100).unwrap();
+    assert_eq!(read_all(store, 6), vec![0u8; CS as usize]);
+}
+
+fn out_of_range_is_refused_and_changes_nothing(store: &dyn ChunkStore) {
+    store.create(8, 1, CS).unwrap();
+    let data = pattern(4, CS as usize);
+    store.write(8, 0, &data).unwrap();
+    assert_eq!(
+        kind(store.write(8, CS - 2, b"abc")),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kind(store.write(8, CS, b"a")), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(store.write(8, u64::MAX, b"a")),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kind(store.zero(8, CS - 1, 2)), ErrorKind::InvalidArgument);
+    assert_eq!(kind(store.zero(8, 1, u64::MAX)), ErrorKind::InvalidArgument);
+    let mut buf = [0u8; 2];
+    assert_eq!(
+        kind(store.read(8, CS - 1, &mut buf)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(read_all(store, 8), data);
+    // Empty operations at the very end are fine.
+    store.write(8, CS, &[]).unwrap();
+    store.read(8, CS, &mut []).unwrap();
+    store.zero(8, CS, 0).unwrap();
+}
+
+fn missing_chunks_are_not_found(store: &dyn ChunkStore) {
+    let mut buf = [0u8; 1];
+    assert_eq!(kind(store.version(9)), ErrorKind::NotFound);
+    assert_eq!(kind(store.chunk_size(9)), ErrorKind::NotFound);
+    assert_eq!(kind(store.set_version(9, 2)), ErrorKind::NotFound);
+    assert_eq!(kind(store.write(9, 0, b"a")), ErrorKind::NotFound);
+    assert_eq!(kind(store.zero(9, 0, 1)), ErrorKind::NotFound);
+    assert_eq!(kind(store.read(9, 0, &mut buf)), ErrorKind::NotFound);
+    assert_eq!(kind(store.flush(9)), ErrorKind::NotFound);
+    store.delete(9).unwrap();
+    assert!(store.list().unwrap().is_empty());
+}
+
+fn versions_only_grow_and_checked_ops_enforce_them(store: &dyn ChunkStore) {
+    store.create(10, 4, CS).unwrap();
+    store.write_checked(10, Some(4), 0, b"v4").unwrap();
+    store.set_version(10, 6).unwrap();
+    store.set_version(10, 6).unwrap();
+    let e = store.set_version(10, 5).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale);
+    assert_eq!(store.version(10).unwrap(), 6);
+
+    let e = store.write_checked(10, Some(4), 0, b"xx").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale);
+    assert!(
+        e.message().contains('4') && e.message().contains('6'),
+        "{e}"
+    );
+    assert_eq!(
+        kind(store.zero_checked(10, Some(7), 0, 2)),
+        ErrorKind::Stale
+    );
+    let mut buf = [0u8; 2];
+    assert_eq!(
+        kind(store.read_checked(10, Some(5), 0, &mut buf)),
+        ErrorKind::Stale
+    );
+    store.read_checked(10, Some(6), 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"v4", "refused writes must change nothing");
+    store.write_checked(10, Some(6), 0, b"v6").unwrap();
+    store.read_checked(10, None, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"v6");
+    store.flush(10).unwrap();
+}
+
+fn delete_removes_and_recreate_starts_empty(store: &dyn ChunkStore) {
+    store.create(11, 1, CS).unwrap();
+    store.create(12, 2, CS).unwrap();
+    store.write(11, 0, &pattern(5, B as usize)).unwrap();
+    store.delete(11).unwrap();
+    store.delete(11).unwrap();
+    assert_eq!(kind(store.version(11)), ErrorKind::NotFound);
+    let mut buf = [0u8; 1];
+    assert_eq!(kind(store.read(11, 0, &mut buf)), ErrorKind::NotFound);
+    assert_eq!(
+        store.list().unwrap(),
+        vec![ChunkReplicaInfo {
+            chunk: 12,
+            version: 2
+        }]
+    );
+    store.create(11, 3, CS).unwrap();
+    assert_eq!(read_all(store, 11), vec![0u8; CS as usize]);
+    assert_eq!(
+        store.list().unwrap(),
+        vec![
+            ChunkReplicaInfo {
+                chunk: 11,
+                version: 3
+            },
+            ChunkReplicaInfo {
+                chunk: 12,
+                version: 2
+            }
+        ]
+    );
+}
+
+fn space_is_reported(store: &dyn ChunkStore) {
+    let space = store.space().unwrap();
+    assert!(space.total_bytes > 0);
+    assert!(space.free_bytes <= space.total_bytes);
+}
+
+fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore) {
+    store.create(13, 1, CS).unwrap();
+    store.create(14, 1, CS).unwrap();
+    // Eight writers own interleaved 100-byte stripes, so every block is
+    // read-modify-written by several of them at once.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Readers racing the writers never see a block whose data and CRC
+        // disagree.
+        let reader = s.spawn(|| {
+            let mut buf = vec![0u8; CS as usize];
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                store.read(13, 0, &mut buf).unwrap();
+                store.read(14, 50, &mut buf[..B as usize]).unwrap();
+            }
+        });
+        let writers: Vec<_> = (0..8u64)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut offset = t * 100;
+                    while offset + 100 <= CS {
+                        store.write(13, offset, &[t as u8 + 1; 100]).unwrap();
+                        store.write(14, offset, &[t as u8 + 1; 100]).unwrap();
+                        offset += 800;
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap();
+    });
+    for chunk in [13, 14] {
+        let all = read_all(store, chunk);
+        for (i, &byte) in all.iter().enumerate() {
+            let stripe = i as u64 / 100;
+            let expected = if (stripe + 1) * 100 <= CS {
+                (stripe % 8) as u8 + 1
+            } else {
+                0
+            };
+            assert_eq!(byte, expected, "chunk {chunk} byte {i}");
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod mem_store {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::MemChunkStore::new());
+                }
+            )*
+        }
+        mod file_store {
+            $(
+                #[test]
+                fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(&super::FileChunkStore::open(dir.path()).unwrap());
+                }
+            )*
+        }
+        mod file_store_tiny_cache {
+            // One open chunk at a time: every switch closes and reopens files.
+            $(
+                #[test]
+                fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$case(&super::FileChunkStore::open_with_cache(dir.path(), 1).unwrap());
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    new_chunk_reads_as_zeros,
+    create_is_idempotent_for_the_same_version,
+    random_ops_match_a_model,
+    unaligned_writes_across_blocks_round_trip,
+    sparse_chunk_reads_zeros_around_data,
+    zero_makes_ranges_read_as_zeros,
+    out_of_range_is_refused_and_changes_nothing,
+    missing_chunks_are_not_found,
+    versions_only_grow_and_checked_ops_enforce_them,
+    delete_removes_and_recreate_starts_empty,
+    space_is_reported,
+    concurrent_writes_to_shared_blocks_do_not_lose_updates,
+);
+
+#[test]
+fn crc_encoding_reserves_zero() {
+    assert_eq!(encode_block_crc(0), 1);
+    assert_eq!(encode_block_crc(1), 1);
+    assert_eq!(encode_block_crc(0xdead), 0xdead);
+    assert_ne!(block_entry(&[0u8; BLOCK_SIZE as usize]), 0);
+    // CRC-64/XZ check value.
+    assert_eq!(crc64(b"123456789"), 0x995d_c9bb_df19_39fa);
+}
+
+// ---- memory store fault injection ----
+
+#[test]
+fn mem_store_detects_corruption_and_refuses_rmw_of_a_corrupt_block() {
+    let store = MemChunkStore::new();
+    store.create(1, 1, CS).unwrap();
+    let data = pattern(6, (2 * B) as usize);
+    store.write(1, 0, &data).unwrap();
+    store.corrupt(1, B + 7).unwrap();
+    let mut buf = vec![0u8; 10];
+    store.read(1, 0, &mut buf).unwrap();
+    let e = store.read(1, B, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(
+        e.message().contains("0x1") && e.message().contains("block 1"),
+        "{e}"
+    );
+    assert_eq!(kind(store.write(1, B + 100, b"x")), ErrorKind::Corrupt);
+    // A whole-block overwrite needs no old data and heals the block.
+    store.write(1, B, &data[..B as usize]).unwrap();
+    store.read(1, B, &mut buf).unwrap();
+    assert_eq!(kind(store.corrupt(1, 5 * B)), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn mem_store_runs_out_of_space_without_changing_anything() {
+    let store = MemChunkStore::new();
+    store.set_capacity(3 * B);
+    store.create(1, 1, CS).unwrap();
+    store.write(1, 0, &pattern(7, (2 * B) as usize)).unwrap();
+    assert_eq!(store.space().unwrap().free_bytes, B);
+    assert_eq!(
+        kind(store.write(1, 2 * B, &[1u8; 2 * B as usize])),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(
+        &read_all(&store, 1)[(2 * B) as usize..],
+        &vec![0u8; (CS - 2 * B) as usize][..]
+    );
+    store.zero(1, 0, B).unwrap();
+    assert_eq!(store.space().unwrap().free_bytes, 2 * B);
+    store.delete(1).unwrap();
+    assert_eq!(store.space().unwrap().free_bytes, 3 * B);
+}
+
+// ---- file store: persistence and on-disk format ----
+
+mod file_format {
+    use std::os::unix::fs::FileExt;
+
+    use super::super::file::test_support::{crc_entry_offset, data_file_offset};
+    use super::*;
+
+    fn open_file(store: &FileChunkStore, chunk: ChunkId) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(store.chunk_path(chunk))
+            .unwrap()
+    }
+
+    fn flip(store: &FileChunkStore, chunk: ChunkId, file_offset: u64) {
+        let f = open_file(store, chunk);
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, file_offset).unwrap();
+        b[0] ^= 0x01;
+        f.write_all_at(&b, file_offset).unwrap();
+    }
+
+    #[test]
+    fn data_and_versions_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(8, (3 * B + 5) as usize);
+        {
+            let store = FileChunkStore::open(dir.path()).unwrap();
+            store.create(0xabc, 1, CS).unwrap();
+            store.create(0xdef, 2, 2 * CS).unwrap();
+            store.write(0xabc, 77, &data).unwrap();
+            store.zero(0xabc, 100, 10).unwrap();
+            store.set_version(0xabc, 9).unwrap();
+            store.flush(0xabc).unwrap();
+        }
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert!(store
+            .chunk_path(0xabc)
+            .ends_with("chunks/0000000000000abc.chunk"));
+        assert_eq!(store.version(0xabc).unwrap(), 9);
+        assert_eq!(store.chunk_size(0xdef).unwrap(), 2 * CS);
+        let mut expected = data.clone();
+        expected[23..33].fill(0);
+        let mut buf = vec![0u8; data.len()];
+        store.read(0xabc, 77, &mut buf).unwrap();
+        assert_eq!(buf, expected);
+        assert_eq!(
+            store.list().unwrap(),
+            vec![
+                ChunkReplicaInfo {
+                    chunk: 0xabc,
+                    version: 9
+                },
+                ChunkReplicaInfo {
+                    chunk: 0xdef,
+                    version: 2
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn crc_table_entries_follow_the_documented_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(1, 1, CS).unwrap();
+        let block = pattern(9, B as usize);
+        store.write(1, 2 * B, &block).unwrap();
+        store.write(1, 3 * B, &block).unwrap();
+        store.zero(1, 3 * B, B).unwrap();
+        let f = open_file(&store, 1);
+        let entry = |b: u64| {
+            let mut raw = [0u8; 8];
+            f.read_exact_at(&mut raw, crc_entry_offset(b)).unwrap();
+            u64::from_le_bytes(raw)
+        };
+        assert_eq!(entry(0), 0, "never written");
+        assert_eq!(entry(2), encode_block_crc(crc64(&block)));
+        assert_eq!(entry(3), 0, "zeroed whole block");
+        let mut on_disk = vec![0u8; B as usize];
+        f.read_exact_at(&mut on_disk, data_file_offset(CS, 2 * B))
+            .unwrap();
+        assert_eq!(on_disk, block);
+    }
+
+    #[test]
+    fn a_flipped_data_byte_is_detected_and_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(10, (4 * B) as usize);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(0x77, 1, CS).unwrap();
+        store.write(0x77, 0, &data).unwrap();
+        store.flush(0x77).unwrap();
+        flip(&store, 0x77, data_file_offset(CS, 2 * B + 123));
+
+        // Detected by the running store (the page cache holds the flip) and
+        // after a restart.
+        for store in [store, FileChunkStore::open(dir.path()).unwrap()] {
+            let mut buf = vec![0u8; (4 * B) as usize];
+            let e = store.read(0x77, 0, &mut buf).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt);
+            let path = store.chunk_path(0x77).display().to_string();
+            assert!(e.message().contains("0x77"), "{e}");
+            assert!(e.message().contains("block 2"), "{e}");
+            assert!(e.message().contains(&path), "{e}");
+            // A partial read of the bad block fails too; other blocks are fine.
+            let mut small = [0u8; 3];
+            assert_eq!(
+                kind(store.read(0x77, 2 * B + 4000, &mut small)),
+                ErrorKind::Corrupt
+            );
+            store.read(0x77, 3 * B, &mut small).unwrap();
+            assert_eq!(&small, &data[(3 * B) as usize..(3 * B + 3) as usize]);
+
+            // A partial write would have to trust the bad block: refused, nothing changed.
+            let f = open_file(&store, 0x77);
+            let mut entry_before = [0u8; 8];
+            f.read_exact_at(&mut entry_before, crc_entry_offset(2))
+                .unwrap();
+            assert_eq!(
+                kind(store.write(0x77, 2 * B + 10, b"new")),
+                ErrorKind::Corrupt
+            );
+            assert_eq!(kind(store.zero(0x77, 2 * B + 10, 3)), ErrorKind::Corrupt);
+            let mut entry_after = [0u8; 8];
+            f.read_exact_at(&mut entry_after, crc_entry_offset(2))
+                .unwrap();
+            assert_eq!(entry_before, entry_after);
+        }
+
+        // Overwriting the whole block needs no old data and heals it.
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store
+            .write(0x77, 2 * B, &data[(2 * B) as usize..(3 * B) as usize])
+            .unwrap();
+        assert_eq!(read_all(&store, 0x77)[..(4 * B) as usize], data[..]);
+    }
+
+    #[test]
+    fn a_torn_write_reads_as_corrupt() {
+        // Data on disk without its CRC entry, as after a crash between the two.
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(5, 1, CS).unwrap();
+        store.write(5, 0, &pattern(11, B as usize)).unwrap();
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        open_file(&store, 5)
+            .write_all_at(&pattern(12, 512), data_file_offset(CS, 0))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn header_corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        for chunk in 1..=4 {
+            store.create(chunk, 1, CS).unwrap();
+        }
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        flip(&store, 1, 26); // the map version: caught by the header CRC
+        flip(&store, 2, 0); // the magic
+        flip(&store, 3, 2000); // a reserved byte, still covered by the CRC
+
+        let e = store.version(1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(
+            e.message().contains("header") && e.message().contains("CRC"),
+            "{e}"
+        );
+        let e = store.version(2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.message().contains("magic"), "{e}");
+        assert_eq!(kind(store.version(3)), ErrorKind::Corrupt);
+        let mut buf = [0u8; 1];
+        assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+        // Unreadable replicas are not reported to the MDS.
+        assert_eq!(
+            store.list().unwrap(),
+            vec![ChunkReplicaInfo {
+                chunk: 4,
+                version: 1
+            }]
+        );
+        // Nor can they be silently replaced.
+        assert_eq!(kind(store.create(1, 1, CS)), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_an_upgrade_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(1, 1, CS).unwrap();
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        open_file(&store, 1)
+            .write_all_at(&(FORMAT_VERSION + 1).to_le_bytes(), 8)
+            .unwrap();
+        let e = store.version(1).unwrap_err();
+        assert!(e.message().contains("upgrade"), "{e}");
+        assert_ne!(e.kind(), ErrorKind::NotFound);
+        // Refusing to list keeps the MDS from declaring the replica lost.
+        assert!(store.list().is_err());
+    }
+
+    #[test]
+    fn a_truncated_file_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(1, 1, CS).unwrap();
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        open_file(&store, 1).set_len(4096 + 100).unwrap();
+        let e = store.version(1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.message().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_creates_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(1, 1, CS).unwrap();
+        drop(store);
+        let leftover = dir.path().join("chunks/0000000000000002.chunk.tmp.0");
+        std::fs::write(&leftover, b"half a header").unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(
+            store.list().unwrap(),
+            vec![ChunkReplicaInfo {
+                chunk: 1,
+                version: 1
+            }]
+        );
+    }
+}
+
+// ---- chunk servers chained over the in-memory network ----
+
+mod chain {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::traits::{ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest};
+    use crate::types::{CsId, RegisterReply, Replica, MAX_IO_SIZE};
+    use memory::MemNetwork;
+
+    const CHUNK: ChunkId = 0x1f2;
+
+    struct Cluster {
+        net: Arc<MemNetwork>,
+        servers: Vec<Arc<ChunkServer>>,
+    }
+
+    impl Cluster {
+        /// Three serving chunk servers (ids 1..=3) holding `CHUNK` at version 1.
+        async fn new(stores: Vec<Arc<dyn ChunkStore>>) -> Cluster {
+            let net = MemNetwork::new();
+            let mut servers = Vec::new();
+            for (i, store) in stores.into_iter().enumerate() {
+                let id = i as CsId + 1;
+                let server = net.add_server(id, &addr(id), store);
+                server.create_chunk(CHUNK, 1, CS).await.unwrap();
+                servers.push(server);
+            }
+            Cluster { net, servers }
+        }
+
+        async fn mem() -> Cluster {
+            Cluster::new(
+                (0..3)
+                    .map(|_| Arc::new(MemChunkStore::new()) as _)
+                    .collect(),
+            )
+            .await
+        }
+
+        fn replica(&self, i: usize) -> Replica {
+            Replica {
+                cs: self.servers[i].id(),
+                addr: addr(self.servers[i].id()),
+            }
+        }
+
+        /// A write sent to the head with the other two as its chain.
+        async fn write(
+            &self,
+            version: MapVersion,
+            offset: u64,
+            payload: WritePayload,
+        ) -> Result<(), ReplicaError> {
+            self.servers[0]
+                .write(WriteRequest {
+                    chunk: CHUNK,
+                    version,
+                    offset,
+                    payload,
+                    chain: vec![self.replica(1), self.replica(2)],
+                })
+                .await
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            self.net.clear();
+        }
+    }
+
+    fn addr(id: CsId) -> String {
+        format!("10.0.0.{id}:9100")
+    }
+
+    #[tokio::test]
+    async fn a_write_reaches_every_replica() {
+        let c = Cluster::mem().await;
+        let data = Bytes::from(pattern(20, 3 * B as usize + 11));
+        c.write(1, 1000, WritePayload::Data(data.clone()))
+            .await
+            .unwrap();
+        c.write(1, 2000, WritePayload::Zeros(100)).await.unwrap();
+        let mut expected = data.to_vec();
+        expected[1000..1100].fill(0);
+        for s in &c.servers {
+            let got = s.read(CHUNK, 1, 1000, data.len() as u64).await.unwrap();
+            assert_eq!(&got[..], &expected[..], "replica on CS {}", s.id());
+            s.flush(CHUNK, 1).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn large_writes_and_reads_run_off_the_async_task() {
+        let stores: Vec<Arc<dyn ChunkStore>> = (0..3)
+            .map(|_| Arc::new(MemChunkStore::new()) as _)
+            .collect();
+        let c = Cluster::new(stores).await;
+        let data = Bytes::from(pattern(21, 48 << 10));
+        // 48 KiB inline, then a whole-chunk write and read (> 64 KiB).
+        c.write(1, 0, WritePayload::Data(data.clone()))
+            .await
+            .unwrap();
+        let whole = Bytes::from(pattern(22, CS as usize));
+        c.write(1, 0, WritePayload::Data(whole.clone()))
+            .await
+            .unwrap();
+        c.write(1, 0, WritePayload::Zeros(CS)).await.unwrap();
+        c.write(1, 0, WritePayload::Data(whole.clone()))
+            .await
+            .unwrap();
+        for s in &c.servers {
+            assert_eq!(s.read(CHUNK, 1, 0, CS).await.unwrap(), whole);
+        }
+
+        // Zeroing more than MAX_IO_SIZE is one request (no bytes travel),
+        // but data beyond it is refused before anything is written.
+        let big: ChunkId = 0x99;
+        let big_size = 2 * MAX_IO_SIZE;
+        for s in &c.servers {
+            s.create_chunk(big, 1, big_size).await.unwrap();
+        }
+        let request = |payload| WriteRequest {
+            chunk: big,
+            version: 1,
+            offset: 0,
+            payload,
+            chain: vec![c.replica(1), c.replica(2)],
+        };
+        c.servers[0]
+            .write(request(WritePayload::Data(Bytes::from_static(b"tail"))))
+            .await
+            .unwrap();
+        c.servers[0]
+            .write(request(WritePayload::Zeros(big_size)))
+            .await
+            .unwrap();
+        let e = c.servers[0]
+            .write(request(WritePayload::Data(Bytes::from(vec![
+                1u8;
+                MAX_IO_SIZE
+                    as usize
+                    + 1
+            ]))))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failed_cs, e.error.kind()),
+            (None, ErrorKind::InvalidArgument)
+        );
+        for s in &c.servers {
+            assert_eq!(s.read(big, 1, 0, 4).await.unwrap()[..], [0, 0, 0, 0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_middle_replica_is_named_and_the_head_is_named_by_none() {
+        let c = Cluster::mem().await;
+        ChunkControl::set_version(c.servers[1].as_ref(), CHUNK, 2)
+            .await
+            .unwrap();
+        let e = c
+            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failed_cs, Some(2));
+        assert_eq!(e.error.kind(), ErrorKind::Stale);
+        assert!(
+            e.error.message().contains("version 1") && e.error.message().contains("version 2"),
+            "{e}"
+        );
+        assert_eq!(e.failed_replica(1), 2);
+        // The refusing replica did nothing.
+        assert_eq!(c.servers[1].read(CHUNK, 2, 0, 1).await.unwrap()[..], [0]);
+
+        // Now the head is behind the map the client has.
+        for s in &c.servers[1..] {
+            ChunkControl::set_version(s.as_ref(), CHUNK, 3)
+                .await
+                .unwrap();
+        }
+        ChunkControl::set_version(c.servers[0].as_ref(), CHUNK, 2)
+            .await
+            .unwrap();
+        let e = c
+            .write(3, 0, WritePayload::Data(Bytes::from_static(b"y")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failed_cs, None);
+        assert_eq!(e.failed_replica(1), 1);
+        assert_eq!(e.error.kind(), ErrorKind::Stale);
+
+        let e = c.servers[0].read(CHUNK, 1, 0, 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Stale);
+        assert_eq!(
+            ChunkService::flush(c.servers[0].as_ref(), CHUNK, 3)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Stale
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_tail_is_named() {
+        let c = Cluster::mem().await;
+        c.net.set_reachable(&addr(3), false);
+        let e = c
+            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failed_cs, Some(3));
+        assert_eq!(e.error.kind(), ErrorKind::Unavailable);
+        assert!(e.error.message().contains(&addr(3)), "{e}");
+
+        // A removed (dead) middle server is named the same way.
+        c.net.set_reachable(&addr(3), true);
+        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        c.net.remove(&addr(2));
+        let e = c
+            .write(1, 0, WritePayload::Data(Bytes::from_static(b"z")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failed_cs, Some(2));
+        assert_eq!(e.error.kind(), ErrorKind::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_local_failure_wins_over_a_downstream_one() {
+        let c = Cluster::mem().await;
+        c.net.set_reachable(&addr(2), false);
+        let e = c
+            .write(1, CS, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.failed_cs, None);
+        assert_eq!(e.error.kind(), ErrorKind::InvalidArgument);
+        assert!(e.error.message().contains("chunk server 1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_data_path_is_closed_until_registration() {
+        let c = Cluster::mem().await;
+        let s = &c.servers[0];
+        s.set_serving(false);
+        let e = s.read(CHUNK, 1, 0, 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(
+            e.message()
+                .contains("chunk server 1 has not registered with the MDS yet"),
+            "{e}"
+        );
+        let e = c
+            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failed_cs, e.error.kind()),
+            (None, ErrorKind::Unavailable)
+        );
+        assert_eq!(
+            ChunkService::flush(s.as_ref(), CHUNK, 1)
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Unavailable
+        );
+        // A closed middle server is named by the head.
+        s.set_serving(true);
+        c.servers[1].set_serving(false);
+        let e = c
+            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.failed_cs, e.error.kind()),
+            (Some(2), ErrorKind::Unavailable)
+        );
+
+        // Control works regardless.
+        let closed = &c.servers[1];
+        closed.create_chunk(99, 4, CS).await.unwrap();
+        assert_eq!(closed.list_chunks().await.unwrap().len(), 2);
+
+        // Registration reports the replicas; the reply's deletions apply.
+        let reg = closed.registration(&addr(2)).await.unwrap();
+        assert_eq!(reg.id, 2);
+        assert_eq!(reg.addr, addr(2));
+        assert!(reg.space.total_bytes > 0);
+        assert_eq!(
+            reg.chunks,
+            vec![
+                ChunkReplicaInfo {
+                    chunk: 99,
+                    version: 4
+                },
+                ChunkReplicaInfo {
+                    chunk: CHUNK,
+                    version: 1
+                }
+            ]
+        );
+        closed
+            .apply_register_reply(&RegisterReply {
+                delete: vec![99],
+                heartbeat_interval_ms: 1000,
+            })
+            .await
+            .unwrap();
+        closed.set_serving(true);
+        // The write refused while it was closed never reached it.
+        assert_eq!(closed.read(CHUNK, 1, 0, 1).await.unwrap()[..], [0]);
+        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        assert_eq!(closed.read(CHUNK, 1, 0, 1).await.unwrap()[..], [b'x']);
+        assert_eq!(
+            closed.read(99, 4, 0, 1).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        closed.delete_chunk(99).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_store_chain_serves_writes_and_control() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores = dirs
+            .iter()
+            .map(|d| Arc::new(FileChunkStore::open(d.path()).unwrap()) as Arc<dyn ChunkStore>)
+            .collect();
+        let c = Cluster::new(stores).await;
+        let mut model = vec![0u8; CS as usize];
+        for i in 0..64u64 {
+            let offset = (i * 977) % (CS - B);
+            let data = pattern(100 + i, B as usize);
+            model[offset as usize..(offset + B) as usize].copy_from_slice(&data);
+            c.write(1, offset, WritePayload::Data(Bytes::from(data)))
+                .await
+                .unwrap();
+        }
+        for s in &c.servers {
+            ChunkService::flush(s.as_ref(), CHUNK, 1).await.unwrap();
+            assert_eq!(s.read(CHUNK, 1, 0, CS).await.unwrap()[..], model[..]);
+            ChunkControl::set_version(s.as_ref(), CHUNK, 2)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            c.write(1, 0, WritePayload::Zeros(1))
+                .await
+                .unwrap_err()
+                .error
+                .kind(),
+            ErrorKind::Stale
+        );
+        for s in &c.servers {
+            s.delete_chunk(CHUNK).await.unwrap();
+            assert!(s.list_chunks().await.unwrap().is_empty());
+        }
+    }
+
+    /// Not a test: how many 4 KiB chain writes per second three file stores
+    /// take without a network (`cargo test -p pstorage-core chain_write_rate
+    /// -- --ignored --nocapture`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn chain_write_rate() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores = dirs
+            .iter()
+            .map(|d| Arc::new(FileChunkStore::open(d.path()).unwrap()) as Arc<dyn ChunkStore>)
+            .collect();
+        let c = Arc::new(Cluster::new(stores).await);
+        let block = Bytes::from(pattern(1, B as usize));
+        let n = 20_000u64;
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let c = c.clone();
+            let block = block.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..n / 8 {
+                    let offset = ((t * 7919 + i * 13) % (CS / B)) * B;
+                    c.write(1, offset, WritePayload::Data(block.clone()))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{n} chain writes of 4 KiB in {secs:.2} s: {:.0} writes/s",
+            n as f64 / secs
+        );
+    }
+}
