@@ -146,7 +146,7 @@ impl AttrUpdate {
 
 /// Checks a chunk size: a multiple of the block size within bounds.
 pub fn validate_chunk_size(n: u64) -> Result<u64> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) || n % BLOCK_SIZE != 0 {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) || !n.is_multiple_of(BLOCK_SIZE) {
         return Err(Error::invalid(format!(
             "chunk size {n} is invalid: need a multiple of {BLOCK_SIZE} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
         )));
