@@ -156,9 +156,9 @@ pub async fn connect(addr: &str, key: &ClusterKey, channel: Channel) -> Result<T
             )))
         }
     };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| Error::from(e).context(format!("setting TCP_NODELAY on the connection to {addr}")))?;
+    stream.set_nodelay(true).map_err(|e| {
+        Error::from(e).context(format!("setting TCP_NODELAY on the connection to {addr}"))
+    })?;
     client_handshake(&mut stream, key, channel)
         .await
         .map_err(|e| e.context(format!("authenticating to {addr}")))?;
@@ -301,7 +301,12 @@ pub(crate) async fn server_handshake_with_timeout<S: AsyncRead + AsyncWrite + Un
     if !verified {
         verdict[0] = STATUS_REJECTED;
         // Best effort: the client gets a clear reason; we fail either way.
-        let _ = step(step_timeout, "sending the verdict", stream.write_all(&verdict)).await;
+        let _ = step(
+            step_timeout,
+            "sending the verdict",
+            stream.write_all(&verdict),
+        )
+        .await;
         let _ = step(step_timeout, "sending the verdict", stream.flush()).await;
         return Err(Error::new(
             ErrorKind::PermissionDenied,
@@ -319,7 +324,12 @@ pub(crate) async fn server_handshake_with_timeout<S: AsyncRead + AsyncWrite + Un
     verdict[0] = STATUS_OK;
     let mac = server_mac(key, &client_nonce, &server_nonce).finalize();
     verdict[1..].copy_from_slice(&mac.into_bytes());
-    step(step_timeout, "sending the verdict", stream.write_all(&verdict)).await?;
+    step(
+        step_timeout,
+        "sending the verdict",
+        stream.write_all(&verdict),
+    )
+    .await?;
     step(step_timeout, "sending the verdict", stream.flush()).await?;
     Ok(channel)
 }
@@ -379,7 +389,9 @@ async fn step<T>(
         }
         Err(_) => Err(Error::new(
             ErrorKind::TimedOut,
-            format!("authentication handshake: {what} timed out after {limit:?}; the peer is silent"),
+            format!(
+                "authentication handshake: {what} timed out after {limit:?}; the peer is silent"
+            ),
         )),
     }
 }
