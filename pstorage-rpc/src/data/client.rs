@@ -1,7 +1,7 @@
 //! The client side of the data protocol (client -> CS and CS -> CS).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -46,6 +46,8 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Mirrors `pending.closed.is_some()` for a lock-free [`DataClient::is_closed`].
     closed: AtomicBool,
+    /// Mirrors `pending.map.len()` for the writer's batching.
+    outstanding: AtomicUsize,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -66,6 +68,7 @@ impl Shared {
             }
             self.closed.store(true, Ordering::Release);
             p.closed = Some(reason.clone());
+            self.outstanding.store(0, Ordering::Relaxed);
             p.map.drain().map(|(_, e)| e).collect()
         };
         if !drained.is_empty() {
@@ -120,13 +123,16 @@ impl DataClient {
                 closed: None,
             }),
             closed: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let reason = match wire::write_frames(write_half, rx).await {
+                let more_expected =
+                    |batch_len| shared.outstanding.load(Ordering::Relaxed) > batch_len;
+                let reason = match wire::write_frames(write_half, rx, more_expected).await {
                     Ok(()) => "the client was dropped".to_string(),
                     Err(e) => format!("sending failed: {e}"),
                 };
@@ -179,11 +185,17 @@ impl DataClient {
             let id = p.next_id;
             p.next_id += 1;
             p.map.insert(id, PendingEntry { reply, expect });
+            self.shared
+                .outstanding
+                .store(p.map.len(), Ordering::Relaxed);
             wire::set_id(&mut frame.head, id);
             // Sent under the lock so that frames leave in id order and a
             // concurrent `close` cannot slip between insert and send.
             if self.tx.send(frame).is_err() {
                 p.map.remove(&id);
+                self.shared
+                    .outstanding
+                    .store(p.map.len(), Ordering::Relaxed);
                 return Err(self.shared.unavailable("the sender stopped"));
             }
         }
@@ -217,12 +229,12 @@ async fn read_responses(read_half: OwnedReadHalf, shared: Arc<Shared>) {
                 break format!("malformed response: {e}");
             }
         };
-        let entry = shared
-            .pending
-            .lock()
-            .expect("pending lock")
-            .map
-            .remove(&header.id);
+        let entry = {
+            let mut p = shared.pending.lock().expect("pending lock");
+            let entry = p.map.remove(&header.id);
+            shared.outstanding.store(p.map.len(), Ordering::Relaxed);
+            entry
+        };
         let Some(entry) = entry else {
             tracing::warn!(peer = %shared.peer, id = header.id, "data connection: response to an unknown request; closing it");
             break format!("response to unknown request {}", header.id);

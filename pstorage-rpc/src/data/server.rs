@@ -1,6 +1,7 @@
 //! The chunk server side of the data protocol.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,7 +40,14 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
     }
     let (read_half, write_half) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<OutFrame>();
-    let writer = AbortOnDrop(tokio::spawn(wire::write_frames(write_half, rx)));
+    // Requests handed to the service whose answer is not queued yet.
+    let processing = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let processing = processing.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            wire::write_frames(write_half, rx, |_| processing.load(Ordering::Relaxed) > 0).await
+        }))
+    };
     let inflight = Arc::new(Semaphore::new(SERVER_INFLIGHT_BYTES));
     let mut reader = FrameReader::new(read_half);
     loop {
@@ -72,6 +80,8 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
         let tx = tx.clone();
         let service = service.clone();
         let id = header.id;
+        let processing = processing.clone();
+        processing.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut frame = match AssertUnwindSafe(handle(service.as_ref(), id, request))
                 .catch_unwind()
@@ -89,6 +99,7 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
             frame.permit = Some(permit);
             // Fails only when the connection is gone; the answer is moot then.
             let _ = tx.send(frame);
+            processing.fetch_sub(1, Ordering::Relaxed);
         });
     }
     drop(tx);

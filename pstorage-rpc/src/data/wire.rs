@@ -45,6 +45,8 @@ const ERROR_HAS_FAILED_CS: u8 = 1;
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much free buffer space the reader makes room before reading.
 const MIN_SPARE: usize = 4096;
+/// Most frames the writer gathers (by yielding) before it flushes.
+const MAX_BATCH_FRAMES: usize = 64;
 /// Output buffer of the frame writer.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -491,24 +493,41 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Writes queued frames, flushing once per batch (when the queue is empty)
-/// rather than once per frame. Returns when every sender is gone and the
-/// queue is drained, or on the first write error.
+/// rather than once per frame. `more_expected(batch_len)` tells whether
+/// other requests in flight may queue frames soon (see the batching comment
+/// below). Returns when every sender is gone and the queue is drained, or on
+/// the first write error.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     inner: W,
     mut rx: mpsc::UnboundedReceiver<OutFrame>,
+    more_expected: impl Fn(usize) -> bool,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, inner);
     while let Some(frame) = rx.recv().await {
         write_frame(&mut out, frame).await?;
+        let mut batch_len = 1;
         loop {
             while let Ok(frame) = rx.try_recv() {
                 write_frame(&mut out, frame).await?;
+                batch_len += 1;
             }
-            // Let tasks that are about to answer do so, so that their
-            // responses share this flush.
+            // When other requests are in flight, tasks are likely about to
+            // queue more frames (callers woken by a burst of responses, or
+            // requests finishing on the server): yield once so they share
+            // this flush. Measured with examples/data_bench.rs, this halves
+            // the CPU per 4 KiB write at queue depth 16 (one system call for
+            // many frames). A lone request (queue depth 1) is flushed at
+            // once, as the yield would only add latency there; the batch cap
+            // bounds the delay of the first frame under sustained load.
+            if batch_len >= MAX_BATCH_FRAMES || !more_expected(batch_len) {
+                break;
+            }
             tokio::task::yield_now().await;
             match rx.try_recv() {
-                Ok(frame) => write_frame(&mut out, frame).await?,
+                Ok(frame) => {
+                    write_frame(&mut out, frame).await?;
+                    batch_len += 1;
+                }
                 Err(_) => break,
             }
         }
