@@ -64,7 +64,7 @@ const STATUS_REJECTED: u8 = 1;
 const CLIENT_LABEL: &[u8] = b"pstorage-auth-v1 client";
 const SERVER_LABEL: &[u8] = b"pstorage-auth-v1 server";
 
-const FIX_HINT: &str = "run `pstorage -c CLUSTER auth-node` on this node to store the cluster key";
+const FIX_HINT: &str = "run `pstorage -c CLUSTER auth-node`";
 
 /// Derives the cluster key from the cluster's password: PBKDF2-HMAC-SHA256,
 /// [`KEY_DERIVATION_ROUNDS`] rounds, salted with the cluster name so equal
@@ -222,7 +222,7 @@ pub(crate) async fn client_handshake_with_timeout<S: AsyncRead + AsyncWrite + Un
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "authentication failed: the server rejected our cluster key (this node holds a different one); {FIX_HINT}"
+                    "authentication failed: the server rejected our cluster key (one of the two nodes holds another cluster's or a stale key); {FIX_HINT} on the node with the wrong key"
                 ),
             ))
         }
@@ -238,7 +238,7 @@ pub(crate) async fn client_handshake_with_timeout<S: AsyncRead + AsyncWrite + Un
             Error::new(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "authentication failed: the server does not hold the cluster key (it belongs to another cluster or has a stale key); {FIX_HINT} there"
+                    "authentication failed: the server does not hold the cluster key (it belongs to another cluster or has a stale key); {FIX_HINT} on the server"
                 ),
             )
         })
