@@ -1,1 +1,4 @@
 //! pstorage-rpc: the network layer.
+
+pub mod auth;
+pub mod data;
