@@ -319,3 +319,72 @@ impl CommandLog for MdsStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_raw(store: &MdsStore, index: u64, bytes: &[u8]) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(LOG).unwrap().insert(index, bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn newer_or_garbled_records_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        store.append(&Command::AllocateCsId).unwrap();
+        assert_eq!(store.load().unwrap().next_chunk_id(), 1);
+
+        let mut newer = vec![STORE_FORMAT_VERSION + 1];
+        newer.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 2, &newer);
+        let err = store.load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.message().contains("format version 2"), "{err}");
+        assert!(err.message().contains("entry 2"), "{err}");
+
+        write_raw(&store, 2, &[STORE_FORMAT_VERSION, 0xff, 0xff, 0xff]);
+        assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
+
+        // A command that does not apply (a gap in ids) is corruption too.
+        let bad = encode(&Command::SetCsAddr {
+            cs: 9,
+            addr: "h:1".into(),
+        })
+        .unwrap();
+        write_raw(&store, 2, &bad);
+        let err = store.load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.message().contains("does not replay"), "{err}");
+
+        // A gap in the log is detected.
+        write_raw(&store, 2, &encode(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 4, &encode(&Command::AllocateCsId).unwrap());
+        assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn reopen_continues_after_the_last_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        let mut state = MdsState::default();
+        for _ in 0..5 {
+            store.append(&Command::AllocateCsId).unwrap();
+            state.apply(Command::AllocateCsId).unwrap();
+        }
+        store.compact(&state).unwrap();
+        assert_eq!(store.log_len(), 0);
+        store.append(&Command::AllocateCsId).unwrap();
+        state.apply(Command::AllocateCsId).unwrap();
+        drop(store);
+        let mut store = MdsStore::open(&path).unwrap();
+        assert_eq!(store.log_len(), 1);
+        assert_eq!(store.append(&Command::AllocateCsId).unwrap(), 7);
+        state.apply(Command::AllocateCsId).unwrap();
+        assert_eq!(store.load().unwrap(), state);
+    }
+}

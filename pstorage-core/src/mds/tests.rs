@@ -993,44 +993,29 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
     }
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    // The writer vanishes; at the next open the MDS fences, but CS 3 is
-    // unreachable at that moment and the MDS "crashes" before noticing:
-    // simulate by committing the fence through a fresh service over the
-    // same store while CS 3 does not take the version.
+    // The writer vanishes; its lease expires and the file awaits fencing.
     c.clock.advance(20_000);
     c.mds.tick().await;
     assert!(c.state().inode(lease.ino).unwrap().fence_pending);
-    let state_before = c.state();
+    let mut expected = c.state();
     let Cluster { mds, net, clock } = c;
     drop(mds);
-    let c = Cluster {
-        mds: Arc::new(MdsService::in_memory(
-            MdsState::default(),
-            net.clone(),
-            clock.clone(),
-            config(),
-        )),
-        net,
-        clock,
-    };
-    let mut s = state_before.clone();
-    s.apply(Command::FenceFile { ino: lease.ino }).unwrap();
+    // The MDS crashes mid-fence: the FenceFile command is durable, but only
+    // CS 1 and 2 received the new version.
     let mut store = MdsStore::open(&path).unwrap();
     store
         .append(&Command::FenceFile { ino: lease.ino })
         .unwrap();
-    // Only CS 1 and 2 got the push before the crash.
+    expected
+        .apply(Command::FenceFile { ino: lease.ino })
+        .unwrap();
+    let mds =
+        Arc::new(MdsService::with_store(store, net.clone(), clock.clone(), config()).unwrap());
+    assert_eq!(mds.state_snapshot(), expected);
+    let c = Cluster { mds, net, clock };
     for cs in [1, 2] {
         c.cs(cs).set_version(map.chunk, 2).await.unwrap();
     }
-    let mds =
-        Arc::new(MdsService::with_store(store, c.net.clone(), c.clock.clone(), config()).unwrap());
-    assert_eq!(mds.state_snapshot(), s);
-    let c = Cluster {
-        mds,
-        net: c.net,
-        clock: c.clock,
-    };
     // Before registering again, no server is active: no allocation.
     let st = c.mds.cluster_status().await.unwrap();
     assert!(
@@ -1398,4 +1383,10 @@ async fn a_failed_append_changes_nothing() {
         replayed.apply(cmd).unwrap();
     }
     assert_eq!(replayed, c.state());
+}
+
+#[test]
+fn the_service_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<MdsService>();
 }
