@@ -18,7 +18,9 @@ use crate::types::*;
 /// One file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
+    /// Its id; never reused.
     pub ino: InodeId,
+    /// File or directory.
     pub kind: InodeKind,
     /// The containing directory; the root is its own parent.
     pub parent: InodeId,
@@ -28,8 +30,11 @@ pub struct Inode {
     pub children: BTreeMap<String, InodeId>,
     /// File size in bytes (0 for directories).
     pub size: u64,
+    /// Last data change (commit_size, truncate) or entry change (dirs), ms since the epoch.
     pub mtime_ms: u64,
+    /// Last metadata change, ms since the epoch.
     pub ctime_ms: u64,
+    /// Replication and chunk size; copied from the parent at creation.
     pub attrs: FileAttrs,
     /// Chunk index -> chunk id (files only). Missing indexes read as zeros.
     pub chunks: BTreeMap<u64, ChunkId>,
@@ -42,7 +47,9 @@ pub struct Inode {
 /// One chunk: where it belongs and where its replicas live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRecord {
+    /// The file it belongs to.
     pub file: InodeId,
+    /// Its index in that file.
     pub index: u64,
     /// Only ever grows.
     pub version: MapVersion,
@@ -53,6 +60,7 @@ pub struct ChunkRecord {
 /// A chunk server as persisted by the MDS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsRecord {
+    /// Its id, from [`Command::AllocateCsId`].
     pub id: CsId,
     /// Its data/control address, `host:port` (empty until it first registers).
     pub addr: String,
@@ -63,9 +71,13 @@ pub struct CsRecord {
 /// A granted lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
+    /// Its id; never reused.
     pub id: LeaseId,
+    /// The leased file.
     pub ino: InodeId,
+    /// Shared read or exclusive write.
     pub mode: LeaseMode,
+    /// How far each renewal extends it, in ms.
     pub duration_ms: u64,
     /// The lease is live while `now_ms <= expires_ms`.
     pub expires_ms: u64,
