@@ -1,1 +1,14 @@
-//! mds: filled in by its owner.
+//! The metadata server (MDS): a deterministic state machine ([`state`]),
+//! its durable log and snapshots ([`store`]) and the service that drives
+//! it from client and chunk server requests ([`service`]).
+
+pub mod service;
+pub mod state;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use service::{MdsConfig, MdsService};
+pub use state::{ApplyOutcome, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState};
+pub use store::{CommandLog, MdsStore, DEFAULT_COMPACT_EVERY, STORE_FORMAT_VERSION};

@@ -1,0 +1,948 @@
+//! The MDS service: drives [`MdsState`] from client and chunk server
+//! requests, talking to chunk servers through [`ControlConnector`].
+//!
+//! Concurrency: the state, the command log and the volatile chunk server
+//! liveness live behind one std `Mutex`, never held across an `.await`.
+//! Every mutation validates its command, appends it durably to the log and
+//! only then applies it, all under that mutex, so a failed append changes
+//! nothing and no reader sees an undurable effect. A tokio `Mutex`
+//! serializes the multi-step chunk map changes (allocation, failure
+//! handling, fencing, registration) that call chunk servers between
+//! commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+
+use super::state::{ApplyOutcome, Command, MdsState};
+use super::store::{CommandLog, MdsStore};
+use crate::error::{Error, ErrorKind, Result};
+use crate::traits::{Clock, ControlConnector, CsRegistry, MetadataService};
+use crate::types::*;
+
+/// Tunables of the MDS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MdsConfig {
+    /// Shown by `pstorage stat`.
+    pub cluster_name: String,
+    /// How long a lease lasts after grant or renewal, in ms.
+    pub lease_duration_ms: u64,
+    /// Heartbeat interval chunk servers are told to use, in ms. A chunk
+    /// server silent for 3 intervals is inactive.
+    pub heartbeat_interval_ms: u64,
+    /// A chunk server silent this long is offline, in ms.
+    pub offline_timeout_ms: u64,
+}
+
+impl Default for MdsConfig {
+    fn default() -> Self {
+        MdsConfig {
+            cluster_name: "pstorage".to_string(),
+            lease_duration_ms: 30_000,
+            heartbeat_interval_ms: 1_000,
+            offline_timeout_ms: 300_000,
+        }
+    }
+}
+
+/// What the MDS knows about a chunk server only while it runs.
+#[derive(Debug, Clone)]
+struct CsLive {
+    last_heartbeat_ms: u64,
+    space: SpaceInfo,
+    /// Bytes placed on it since its last space report: keeps a burst of
+    /// allocations from all landing on the server that looked emptiest.
+    placed_bytes: u64,
+}
+
+struct Core {
+    state: MdsState,
+    log: Option<Box<dyn CommandLog>>,
+    /// Chunk servers that registered since this MDS started.
+    live: BTreeMap<CsId, CsLive>,
+    /// Chain members that reported an older version than the map at
+    /// registration: `tick` pushes them the current version.
+    version_sync: BTreeMap<CsId, BTreeSet<ChunkId>>,
+    /// Chunk ids handed to chunk servers but maybe not committed: never
+    /// reused while this MDS runs.
+    next_chunk_reserved: ChunkId,
+}
+
+impl Core {
+    /// Validates, logs durably, then applies `cmd`.
+    fn commit(&mut self, cmd: Command) -> Result<ApplyOutcome> {
+        let prepared = self.state.prepare(&cmd)?;
+        if let Some(log) = self.log.as_mut() {
+            log.append(&cmd)?;
+        }
+        let outcome = self.state.execute(prepared);
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.applied(&self.state) {
+                tracing::warn!("MDS store compaction failed (the log keeps growing): {e}");
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// The metadata server. `Send + Sync`; share it behind an `Arc`.
+pub struct MdsService {
+    core: Mutex<Core>,
+    chunk_lock: tokio::sync::Mutex<()>,
+    connector: Arc<dyn ControlConnector>,
+    clock: Arc<dyn Clock>,
+    config: MdsConfig,
+    started_ms: u64,
+}
+
+fn unexpected(outcome: ApplyOutcome) -> Error {
+    Error::internal(format!("unexpected MDS apply outcome {outcome:?}"))
+}
+
+impl MdsService {
+    /// A service over `state` whose commands go to `log` (`None`: memory only).
+    pub fn new(
+        state: MdsState,
+        log: Option<Box<dyn CommandLog>>,
+        connector: Arc<dyn ControlConnector>,
+        clock: Arc<dyn Clock>,
+        config: MdsConfig,
+    ) -> MdsService {
+        let started_ms = clock.now_ms();
+        let next_chunk_reserved = state.next_chunk_id();
+        MdsService {
+            core: Mutex::new(Core {
+                state,
+                log,
+                live: BTreeMap::new(),
+                version_sync: BTreeMap::new(),
+                next_chunk_reserved,
+            }),
+            chunk_lock: tokio::sync::Mutex::new(()),
+            connector,
+            clock,
+            config,
+            started_ms,
+        }
+    }
+
+    /// A service that loads its state from `store` and logs to it.
+    pub fn with_store(
+        store: MdsStore,
+        connector: Arc<dyn ControlConnector>,
+        clock: Arc<dyn Clock>,
+        config: MdsConfig,
+    ) -> Result<MdsService> {
+        let state = store.load()?;
+        Ok(MdsService::new(
+            state,
+            Some(Box::new(store)),
+            connector,
+            clock,
+            config,
+        ))
+    }
+
+    /// A service with no persistence (tests, simulation).
+    pub fn in_memory(
+        state: MdsState,
+        connector: Arc<dyn ControlConnector>,
+        clock: Arc<dyn Clock>,
+        config: MdsConfig,
+    ) -> MdsService {
+        MdsService::new(state, None, connector, clock, config)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MdsConfig {
+        &self.config
+    }
+
+    /// A copy of the current state (tests, administration).
+    pub fn state_snapshot(&self) -> MdsState {
+        self.core().state.clone()
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().expect("MDS state mutex poisoned")
+    }
+
+    fn commit(&self, cmd: Command) -> Result<ApplyOutcome> {
+        self.core().commit(cmd)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn cs_status(&self, core: &Core, cs: CsId, now_ms: u64) -> CsStatus {
+        if core.state.cs(cs).is_some_and(|r| r.dropped) {
+            return CsStatus::Dropped;
+        }
+        match core.live.get(&cs) {
+            // Not registered since this MDS started: it may hold stale
+            // replicas it has not been told to delete, so it gets nothing new.
+            None if now_ms.saturating_sub(self.started_ms) > self.config.offline_timeout_ms => {
+                CsStatus::Offline
+            }
+            None => CsStatus::Inactive,
+            Some(l) => {
+                let age = now_ms.saturating_sub(l.last_heartbeat_ms);
+                if age > self.config.offline_timeout_ms {
+                    CsStatus::Offline
+                } else if age < 3 * self.config.heartbeat_interval_ms {
+                    CsStatus::Active
+                } else {
+                    CsStatus::Inactive
+                }
+            }
+        }
+    }
+
+    /// Commits `ExpireLeases` if any lease has expired.
+    fn expire_leases(&self, now_ms: u64) -> Result<()> {
+        let mut core = self.core();
+        if core.state.has_expired_leases(now_ms) {
+            core.commit(Command::ExpireLeases { now_ms })?;
+        }
+        Ok(())
+    }
+
+    /// Periodic duties; the daemon calls it about every second: expires
+    /// leases (marking files for fencing) and brings chain members that
+    /// re-registered with an older version up to the map's version.
+    pub async fn tick(&self) {
+        let now = self.now();
+        if let Err(e) = self.expire_leases(now) {
+            tracing::warn!("MDS: expiring leases failed: {e}");
+        }
+        let pending = std::mem::take(&mut self.core().version_sync);
+        if pending.is_empty() {
+            return;
+        }
+        let _chunks = self.chunk_lock.lock().await;
+        for (cs, chunks) in pending {
+            for chunk in chunks {
+                let map = self.core().state.chunk_map(chunk);
+                let Some(map) = map else { continue };
+                let Some(replica) = map.replicas.iter().find(|r| r.cs == cs).cloned() else {
+                    continue;
+                };
+                if let Err(e) = self.push_version(&replica, chunk, map.version).await {
+                    tracing::warn!(
+                        "MDS: chunk {chunk:#x} replica on CS {cs} ({}) cannot move to version {}: {e}; dropping it",
+                        replica.addr,
+                        map.version
+                    );
+                    if let Err(e) = self.drop_replicas(chunk, vec![cs]).await {
+                        tracing::warn!("MDS: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn push_version(
+        &self,
+        replica: &Replica,
+        chunk: ChunkId,
+        version: MapVersion,
+    ) -> Result<()> {
+        let control = self.connector.chunk_control(&replica.addr).await?;
+        control.set_version(chunk, version).await
+    }
+
+    /// Pushes `version` to every replica of `map`; returns those that failed.
+    async fn push_to_all(&self, map: &ChunkMap) -> Vec<CsId> {
+        let results = join_all(
+            map.replicas
+                .iter()
+                .map(|r| self.push_version(r, map.chunk, map.version)),
+        )
+        .await;
+        map.replicas
+            .iter()
+            .zip(results)
+            .filter_map(|(r, res)| match res {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(
+                        "MDS: chunk {:#x} replica on CS {} ({}) did not take version {}: {e}",
+                        map.chunk,
+                        r.cs,
+                        r.addr,
+                        map.version
+                    );
+                    Some(r.cs)
+                }
+            })
+            .collect()
+    }
+
+    /// Drops `failed` from the chunk's chain at a new version and pushes it
+    /// to the survivors, dropping survivors that fail too. The last replica
+    /// is never dropped. `Unavailable` when fewer than `replicas_min`
+    /// remain. Callers hold `chunk_lock`.
+    async fn drop_replicas(&self, chunk: ChunkId, mut failed: Vec<CsId>) -> Result<ChunkMap> {
+        loop {
+            let (map, survivors) = {
+                let mut core = self.core();
+                let current = core.state.chunk_map(chunk).ok_or_else(|| {
+                    Error::not_found(format!("chunk {chunk:#x} no longer exists"))
+                })?;
+                let survivors: Vec<CsId> = current
+                    .replicas
+                    .iter()
+                    .map(|r| r.cs)
+                    .filter(|cs| !failed.contains(cs))
+                    .collect();
+                if survivors.len() == current.replicas.len() {
+                    (current, None)
+                } else if survivors.is_empty() {
+                    // Dropping the last copy would turn a transient failure
+                    // into data loss: keep it and let the caller wait.
+                    (current, Some(0))
+                } else {
+                    let outcome = core.commit(Command::UpdateChunkMap {
+                        chunk,
+                        version: current.version + 1,
+                        replicas: survivors.clone(),
+                    })?;
+                    let ApplyOutcome::ChunkMap(map) = outcome else {
+                        return Err(unexpected(outcome));
+                    };
+                    (map, Some(survivors.len()))
+                }
+            };
+            if survivors.is_none() || survivors == Some(0) {
+                return self.check_min(map);
+            }
+            failed = self.push_to_all(&map).await;
+            if failed.is_empty() {
+                return self.check_min(map);
+            }
+        }
+    }
+
+    /// `Unavailable` naming the file and counts if `map` is below `replicas_min`.
+    fn check_min(&self, map: ChunkMap) -> Result<ChunkMap> {
+        let core = self.core();
+        let Some(rec) = core.state.chunk(map.chunk) else {
+            return Ok(map);
+        };
+        let attrs = core
+            .state
+            .inode(rec.file)
+            .map(|n| n.attrs)
+            .unwrap_or_default();
+        if map.replicas.len() < attrs.replicas.min as usize {
+            return Err(Error::unavailable(format!(
+                "chunk {:#x} (index {}) of {}: {} of the {} required replicas (replicas={}) are available; writes wait until chunk servers return",
+                map.chunk,
+                map.index,
+                core.state.path_of(rec.file),
+                map.replicas.len(),
+                attrs.replicas.min,
+                attrs.replicas
+            )));
+        }
+        Ok(map)
+    }
+
+    /// Bumps every chunk of file `ino` (fencing an expired writer) and
+    /// pushes the new versions. Callers hold `chunk_lock`.
+    async fn fence(&self, ino: InodeId) -> Result<()> {
+        let outcome = self.commit(Command::FenceFile { ino })?;
+        let ApplyOutcome::Fenced(maps) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        for map in maps {
+            let failed = self.push_to_all(&map).await;
+            if !failed.is_empty() {
+                // The file opens anyway; writes to a chunk below
+                // replicas_min report Unavailable until it recovers.
+                if let Err(e) = self.drop_replicas(map.chunk, failed).await {
+                    tracing::warn!("MDS: fencing: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes released chunks on their servers; failures only leave
+    /// orphans that the next registration of that server deletes.
+    async fn delete_replicas(&self, maps: Vec<ChunkMap>) {
+        for map in maps {
+            for r in &map.replicas {
+                let res = async {
+                    let control = self.connector.chunk_control(&r.addr).await?;
+                    control.delete_chunk(map.chunk).await
+                }
+                .await;
+                if let Err(e) = res {
+                    tracing::warn!(
+                        "MDS: deleting chunk {:#x} on CS {} ({}) failed: {e}; it is removed when that server re-registers",
+                        map.chunk,
+                        r.cs,
+                        r.addr
+                    );
+                }
+            }
+        }
+    }
+
+    /// Picks up to `norm` distinct active servers, most free space first.
+    fn place(&self, core: &Core, now_ms: u64, norm: usize) -> (Vec<CsId>, usize) {
+        let mut counts: BTreeMap<CsId, u64> = BTreeMap::new();
+        for (_, rec) in core.state.chunks() {
+            for cs in &rec.replicas {
+                *counts.entry(*cs).or_default() += 1;
+            }
+        }
+        let mut candidates: Vec<(u64, u64, CsId)> = core
+            .state
+            .servers()
+            .filter(|r| !r.addr.is_empty())
+            .filter(|r| self.cs_status(core, r.id, now_ms) == CsStatus::Active)
+            .map(|r| {
+                let live = &core.live[&r.id];
+                let free = live.space.free_bytes.saturating_sub(live.placed_bytes);
+                (free, counts.get(&r.id).copied().unwrap_or(0), r.id)
+            })
+            .collect();
+        let active = candidates.len();
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        (
+            candidates.into_iter().take(norm).map(|c| c.2).collect(),
+            active,
+        )
+    }
+
+    async fn allocate_chunk(&self, lease: LeaseId, index: u64) -> Result<ChunkMap> {
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        let (chunk, chosen, attrs, path) = {
+            let mut core = self.core();
+            let ino = core.state.check_lease(lease, now, true)?.ino;
+            if let Some(map) = core.state.file_chunk_map(ino, index) {
+                return Ok(map);
+            }
+            let attrs = core.state.inode(ino).expect("leased file").attrs;
+            let path = core.state.path_of(ino);
+            let (chosen, active) = self.place(&core, now, attrs.replicas.norm as usize);
+            if chosen.len() < attrs.replicas.min as usize {
+                return Err(Error::unavailable(format!(
+                    "cannot allocate chunk {index} of {path}: {active} chunk server(s) active, replicas={} needs at least {}; start more chunk servers or lower replicas",
+                    attrs.replicas, attrs.replicas.min
+                )));
+            }
+            let chunk = core.next_chunk_reserved.max(core.state.next_chunk_id());
+            core.next_chunk_reserved = chunk + 1;
+            let chosen: Vec<Replica> = chosen
+                .into_iter()
+                .map(|cs| Replica {
+                    cs,
+                    addr: core
+                        .state
+                        .cs(cs)
+                        .expect("placed on a known server")
+                        .addr
+                        .clone(),
+                })
+                .collect();
+            (chunk, chosen, attrs, path)
+        };
+        let results = join_all(chosen.iter().map(|r| async {
+            let control = self.connector.chunk_control(&r.addr).await?;
+            control.create_chunk(chunk, 1, attrs.chunk_size).await
+        }))
+        .await;
+        let mut created = Vec::new();
+        for (r, res) in chosen.iter().zip(results) {
+            match res {
+                Ok(()) => created.push(r.clone()),
+                Err(e) => tracing::warn!(
+                    "MDS: creating chunk {chunk:#x} of {path} on CS {} ({}) failed: {e}",
+                    r.cs,
+                    r.addr
+                ),
+            }
+        }
+        let orphan = |replicas: Vec<Replica>| ChunkMap {
+            chunk,
+            index,
+            version: 1,
+            replicas,
+        };
+        if created.len() < attrs.replicas.min as usize {
+            let n = created.len();
+            self.delete_replicas(vec![orphan(created)]).await;
+            return Err(Error::unavailable(format!(
+                "cannot allocate chunk {index} of {path}: only {n} of {} chosen chunk servers created it, replicas={} needs {}",
+                chosen.len(),
+                attrs.replicas,
+                attrs.replicas.min
+            )));
+        }
+        let committed = {
+            let mut core = self.core();
+            let result = core.commit(Command::AllocateChunk {
+                lease,
+                index,
+                chunk,
+                version: 1,
+                replicas: created.iter().map(|r| r.cs).collect(),
+                now_ms: now,
+            });
+            if result.is_ok() {
+                for r in &created {
+                    if let Some(live) = core.live.get_mut(&r.cs) {
+                        live.placed_bytes = live.placed_bytes.saturating_add(attrs.chunk_size);
+                    }
+                }
+            }
+            result
+        };
+        match committed {
+            Ok(ApplyOutcome::ChunkMap(map)) => Ok(map),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => {
+                self.delete_replicas(vec![orphan(created)]).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks a chunk server as removed by the administrator and drops it
+    /// from every chain (bumping versions). Re-replication restores the
+    /// copies later.
+    pub async fn drop_cs(&self, cs: CsId) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let chunks: Vec<ChunkId> = {
+            let mut core = self.core();
+            core.commit(Command::DropCs { cs })?;
+            core.live.remove(&cs);
+            core.version_sync.remove(&cs);
+            core.state
+                .chunks()
+                .filter(|(_, r)| r.replicas.contains(&cs))
+                .map(|(&c, _)| c)
+                .collect()
+        };
+        for chunk in chunks {
+            if let Err(e) = self.drop_replicas(chunk, vec![cs]).await {
+                tracing::warn!("MDS: dropping CS {cs}: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MetadataService for MdsService {
+    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        self.expire_leases(now)?;
+        let fence_ino = {
+            let core = self.core();
+            core.state
+                .lookup(path)
+                .ok()
+                .and_then(|ino| core.state.inode(ino))
+                .filter(|n| n.kind == InodeKind::File && n.fence_pending)
+                .map(|n| n.ino)
+        };
+        if let Some(ino) = fence_ino {
+            self.fence(ino).await?;
+        }
+        let outcome = self.commit(Command::Open {
+            path: path.to_string(),
+            mode,
+            flags,
+            now_ms: now,
+            lease_duration_ms: self.config.lease_duration_ms,
+        })?;
+        let ApplyOutcome::Opened {
+            lease,
+            stat,
+            released,
+        } = outcome
+        else {
+            return Err(unexpected(outcome));
+        };
+        drop(_chunks);
+        self.delete_replicas(released).await;
+        Ok(OpenReply { lease, stat })
+    }
+
+    async fn renew(&self, lease: LeaseId) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::RenewLease { lease, now_ms: now })
+            .map(|_| ())
+    }
+
+    async fn close(&self, lease: LeaseId) -> Result<()> {
+        let now = self.now();
+        let mut core = self.core();
+        if core.state.lease(lease).is_none() {
+            return Ok(());
+        }
+        core.commit(Command::ReleaseLease { lease, now_ms: now })
+            .map(|_| ())
+    }
+
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        let core = self.core();
+        let ino = core.state.lookup(path)?;
+        Ok(core.state.stat_of(ino).expect("looked up"))
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        let outcome = self.commit(Command::Mkdir {
+            path: path.to_string(),
+            parents,
+            now_ms: self.now(),
+        })?;
+        match outcome {
+            ApplyOutcome::Stat(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.core().state.readdir(path)
+    }
+
+    async fn unlink(&self, path: &str) -> Result<()> {
+        let outcome = self.commit(Command::Unlink {
+            path: path.to_string(),
+            now_ms: self.now(),
+        })?;
+        let ApplyOutcome::Released(released) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        self.delete_replicas(released).await;
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let outcome = self.commit(Command::Rename {
+            from: from.to_string(),
+            to: to.to_string(),
+            now_ms: self.now(),
+        })?;
+        match outcome {
+            ApplyOutcome::Released(released) => {
+                self.delete_replicas(released).await;
+                Ok(())
+            }
+            ApplyOutcome::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+        self.commit(Command::SetAttr {
+            path: path.to_string(),
+            update,
+            recursive,
+            now_ms: self.now(),
+        })
+        .map(|_| ())
+    }
+
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>> {
+        let now = self.now();
+        {
+            let core = self.core();
+            let ino = core.state.check_lease(lease, now, allocate)?.ino;
+            if let Some(map) = core.state.file_chunk_map(ino, index) {
+                return Ok(Some(map));
+            }
+        }
+        if !allocate {
+            return Ok(None);
+        }
+        self.allocate_chunk(lease, index).await.map(Some)
+    }
+
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap> {
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        let map = {
+            let core = self.core();
+            let ino = core.state.check_lease(lease, now, false)?.ino;
+            let rec = core.state.chunk(chunk).ok_or_else(|| {
+                Error::stale(format!(
+                    "chunk {chunk:#x} no longer exists (truncated or removed); refresh the file's chunk maps"
+                ))
+            })?;
+            if rec.file != ino {
+                return Err(Error::new(
+                    ErrorKind::BadHandle,
+                    format!(
+                        "chunk {chunk:#x} belongs to {}, not to {} leased by lease {lease}",
+                        core.state.path_of(rec.file),
+                        core.state.path_of(ino)
+                    ),
+                ));
+            }
+            core.state.chunk_map(chunk).expect("exists")
+        };
+        let Some(replica) = map.replicas.iter().find(|r| r.cs == cs).cloned() else {
+            return Ok(map);
+        };
+        if version != map.version {
+            return Ok(map);
+        }
+        if reason == FailureReason::VersionMismatch {
+            // A chain member behind the map only missed a version push (no
+            // write can complete at a version a member lacks), so it is
+            // current: move it forward instead of dropping a good copy.
+            if self
+                .push_version(&replica, chunk, map.version)
+                .await
+                .is_ok()
+            {
+                return Ok(map);
+            }
+        }
+        tracing::info!(
+            "MDS: dropping CS {cs} ({}) from chunk {chunk:#x} version {version}: {reason:?}",
+            replica.addr
+        );
+        self.drop_replicas(chunk, vec![cs]).await
+    }
+
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.commit(Command::CommitSize {
+            lease,
+            size,
+            now_ms: self.now(),
+        })
+        .map(|_| ())
+    }
+
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
+        let outcome = self.commit(Command::Truncate {
+            lease,
+            size,
+            now_ms: self.now(),
+        })?;
+        let ApplyOutcome::Released(released) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        self.delete_replicas(released).await;
+        Ok(())
+    }
+
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        let core = self.core();
+        let ino = core.state.lookup(path)?;
+        if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; chunks belong to files"),
+            ));
+        }
+        Ok(core.state.file_chunk_maps(ino))
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let now = self.now();
+        let core = self.core();
+        let state = &core.state;
+        let mut per_cs: BTreeMap<CsId, u64> = BTreeMap::new();
+        let (mut degraded, mut urgent) = (0u64, 0u64);
+        for (_, rec) in state.chunks() {
+            for cs in &rec.replicas {
+                *per_cs.entry(*cs).or_default() += 1;
+            }
+            let replicas = state.inode(rec.file).expect("chunk file").attrs.replicas;
+            if rec.replicas.len() < replicas.min as usize {
+                urgent += 1;
+            }
+            if rec.replicas.len() < replicas.norm as usize {
+                degraded += 1;
+            }
+        }
+        let cs: Vec<CsInfo> = state
+            .servers()
+            .map(|r| {
+                let live = core.live.get(&r.id);
+                CsInfo {
+                    id: r.id,
+                    addr: r.addr.clone(),
+                    status: self.cs_status(&core, r.id, now),
+                    space: live.map(|l| l.space).unwrap_or_default(),
+                    chunks: per_cs.get(&r.id).copied().unwrap_or(0),
+                    last_seen_ms_ago: live
+                        .map(|l| now.saturating_sub(l.last_heartbeat_ms))
+                        .unwrap_or(u64::MAX),
+                }
+            })
+            .collect();
+        let (mut files, mut dirs, mut logical_bytes) = (0u64, 0u64, 0u64);
+        for node in state.inodes() {
+            match node.kind {
+                InodeKind::File => {
+                    files += 1;
+                    logical_bytes += node.size;
+                }
+                InodeKind::Dir => dirs += 1,
+            }
+        }
+        let cs_down = cs
+            .iter()
+            .any(|c| c.status != CsStatus::Active && c.status != CsStatus::Dropped);
+        let health = if urgent > 0 {
+            "failure"
+        } else if degraded > 0 || cs_down {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        Ok(ClusterStatus {
+            cluster_name: self.config.cluster_name.clone(),
+            health: health.to_string(),
+            mds: Vec::new(),
+            cs,
+            files,
+            dirs,
+            chunks: state.chunks().count() as u64,
+            chunks_degraded: degraded,
+            chunks_urgent: urgent,
+            logical_bytes,
+        })
+    }
+}
+
+#[async_trait]
+impl CsRegistry for MdsService {
+    async fn allocate_cs_id(&self) -> Result<CsId> {
+        match self.commit(Command::AllocateCsId)? {
+            ApplyOutcome::CsId(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
+        let CsRegistration {
+            id,
+            addr,
+            space,
+            chunks,
+        } = registration;
+        // Serialized with allocation: a chunk being created right now must
+        // not look like an orphan to be deleted.
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        let (delete, lost) = {
+            let mut core = self.core();
+            if !core.state.cs_allocated(id) {
+                return Err(Error::not_found(format!(
+                    "chunk server {id} ({addr}) is not known to cluster {}; create it with make-cs",
+                    self.config.cluster_name
+                )));
+            }
+            if core.state.cs(id).is_some_and(|r| r.dropped) {
+                return Err(MdsState::dropped_error(id));
+            }
+            if core.state.cs(id).map(|r| r.addr.as_str()) != Some(addr.as_str()) {
+                core.commit(Command::SetCsAddr {
+                    cs: id,
+                    addr: addr.clone(),
+                })?;
+            }
+            core.live.insert(
+                id,
+                CsLive {
+                    last_heartbeat_ms: now,
+                    space,
+                    placed_bytes: 0,
+                },
+            );
+            let mut delete = Vec::new();
+            let mut behind = BTreeSet::new();
+            let mut reported = BTreeSet::new();
+            for info in &chunks {
+                reported.insert(info.chunk);
+                match core.state.chunk(info.chunk) {
+                    None => delete.push(info.chunk),
+                    Some(rec) if !rec.replicas.contains(&id) => delete.push(info.chunk),
+                    Some(rec) if info.version < rec.version => {
+                        behind.insert(info.chunk);
+                    }
+                    Some(rec) if info.version > rec.version => tracing::warn!(
+                        "MDS: CS {id} reports chunk {:#x} at version {}, newer than the map's {}",
+                        info.chunk,
+                        info.version,
+                        rec.version
+                    ),
+                    Some(_) => {}
+                }
+            }
+            // Chain members the server no longer has: the copy is gone.
+            let lost: Vec<ChunkId> = core
+                .state
+                .chunks()
+                .filter(|(c, r)| r.replicas.contains(&id) && !reported.contains(c))
+                .map(|(&c, _)| c)
+                .collect();
+            if behind.is_empty() {
+                core.version_sync.remove(&id);
+            } else {
+                core.version_sync.insert(id, behind);
+            }
+            (delete, lost)
+        };
+        for chunk in lost {
+            tracing::warn!("MDS: CS {id} ({addr}) lost its replica of chunk {chunk:#x}");
+            if let Err(e) = self.drop_replicas(chunk, vec![id]).await {
+                tracing::warn!("MDS: {e}");
+            }
+        }
+        Ok(RegisterReply {
+            delete,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+        })
+    }
+
+    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
+        let now = self.now();
+        let mut core = self.core();
+        if !core.state.cs_allocated(cs) {
+            return Err(Error::not_found(format!(
+                "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                self.config.cluster_name
+            )));
+        }
+        if core.state.cs(cs).is_some_and(|r| r.dropped) {
+            return Err(MdsState::dropped_error(cs));
+        }
+        let Some(live) = core.live.get_mut(&cs) else {
+            return Err(Error::stale(format!(
+                "chunk server {cs} has not registered with this MDS (it restarted); register again"
+            )));
+        };
+        live.last_heartbeat_ms = now;
+        live.space = space;
+        live.placed_bytes = 0;
+        Ok(())
+    }
+}

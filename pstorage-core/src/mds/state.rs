@@ -1,0 +1,1471 @@
+//! The MDS state machine: namespace, chunk maps, chunk server registry and
+//! leases, changed only by [`MdsState::apply`] of a [`Command`].
+//!
+//! `apply` is deterministic: time comes only from the command's fields, ids
+//! come from counters inside the state, there is no I/O and no randomness.
+//! Two states that applied the same commands in the same order are equal,
+//! which is what the store's replay and (later) Raft replication rely on.
+//! Every command is validated completely before anything changes, so a
+//! failed `apply` leaves the state untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::types::*;
+
+/// One file or directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    /// Its id; never reused.
+    pub ino: InodeId,
+    /// File or directory.
+    pub kind: InodeKind,
+    /// The containing directory; the root is its own parent.
+    pub parent: InodeId,
+    /// The name in the parent directory (empty for the root).
+    pub name: String,
+    /// Directory entries by name (directories only).
+    pub children: BTreeMap<String, InodeId>,
+    /// File size in bytes (0 for directories).
+    pub size: u64,
+    /// Last data change (commit_size, truncate) or entry change (dirs), ms since the epoch.
+    pub mtime_ms: u64,
+    /// Last metadata change, ms since the epoch.
+    pub ctime_ms: u64,
+    /// Replication and chunk size; copied from the parent at creation.
+    pub attrs: FileAttrs,
+    /// Chunk index -> chunk id (files only). Missing indexes read as zeros.
+    pub chunks: BTreeMap<u64, ChunkId>,
+    /// A write lease on this file expired without a close: the versions of
+    /// its chunks must be bumped (fencing the old holder) before any new
+    /// lease is granted.
+    pub fence_pending: bool,
+}
+
+/// One chunk: where it belongs and where its replicas live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// The file it belongs to.
+    pub file: InodeId,
+    /// Its index in that file.
+    pub index: u64,
+    /// Only ever grows.
+    pub version: MapVersion,
+    /// The chain, head first; never empty, no duplicates.
+    pub replicas: Vec<CsId>,
+}
+
+/// A chunk server as persisted by the MDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsRecord {
+    /// Its id, from [`Command::AllocateCsId`].
+    pub id: CsId,
+    /// Its data/control address, `host:port` (empty until it first registers).
+    pub addr: String,
+    /// Removed by the administrator: never placed on again.
+    pub dropped: bool,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// Its id; never reused.
+    pub id: LeaseId,
+    /// The leased file.
+    pub ino: InodeId,
+    /// Shared read or exclusive write.
+    pub mode: LeaseMode,
+    /// How far each renewal extends it, in ms.
+    pub duration_ms: u64,
+    /// The lease is live while `now_ms <= expires_ms`.
+    pub expires_ms: u64,
+}
+
+impl LeaseRecord {
+    /// Whether the lease still holds at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_ms >= now_ms
+    }
+}
+
+/// A change to the MDS state. Every field the change depends on (time,
+/// chosen chunk id and replicas) is in the command, so applying it is
+/// deterministic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates a directory (and missing parents with `parents`).
+    Mkdir {
+        path: String,
+        parents: bool,
+        now_ms: u64,
+    },
+    /// Opens a file with a new lease, creating and/or truncating it per
+    /// `flags`. Refused while fencing of the file is pending.
+    Open {
+        path: String,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        now_ms: u64,
+        lease_duration_ms: u64,
+    },
+    /// Removes a file (no live lease) or an empty directory.
+    Unlink { path: String, now_ms: u64 },
+    /// Renames; replaces an existing file (or empty directory) at `to`.
+    Rename {
+        from: String,
+        to: String,
+        now_ms: u64,
+    },
+    /// Changes attributes of `path` (and its subtree with `recursive`).
+    SetAttr {
+        path: String,
+        update: AttrUpdate,
+        recursive: bool,
+        now_ms: u64,
+    },
+    /// Extends a live lease by its duration from `now_ms`.
+    RenewLease { lease: LeaseId, now_ms: u64 },
+    /// Releases a lease (no-op if unknown). An already expired write lease
+    /// marks its file for fencing.
+    ReleaseLease { lease: LeaseId, now_ms: u64 },
+    /// Drops every lease that expired before `now_ms`; files whose write
+    /// lease expired get `fence_pending`.
+    ExpireLeases { now_ms: u64 },
+    /// Records a new chunk, already created on `replicas`, at `index` of the
+    /// file leased (for writing) by `lease`.
+    AllocateChunk {
+        lease: LeaseId,
+        index: u64,
+        chunk: ChunkId,
+        version: MapVersion,
+        replicas: Vec<CsId>,
+        now_ms: u64,
+    },
+    /// Sets a chunk's chain at a strictly newer version.
+    UpdateChunkMap {
+        chunk: ChunkId,
+        version: MapVersion,
+        replicas: Vec<CsId>,
+    },
+    /// Bumps the version of every chunk of the file and clears its
+    /// `fence_pending`.
+    FenceFile { ino: InodeId },
+    /// Grows the size of the file leased by `lease` to at least `size` and
+    /// sets its mtime.
+    CommitSize {
+        lease: LeaseId,
+        size: u64,
+        now_ms: u64,
+    },
+    /// Sets the size of the file leased by `lease`; drops chunks wholly at
+    /// or beyond it.
+    Truncate {
+        lease: LeaseId,
+        size: u64,
+        now_ms: u64,
+    },
+    /// Allocates a new chunk server id.
+    AllocateCsId,
+    /// Records the address of a chunk server.
+    SetCsAddr { cs: CsId, addr: String },
+    /// Marks a chunk server as removed by the administrator.
+    DropCs { cs: CsId },
+}
+
+/// What a successfully applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Nothing to report.
+    Done,
+    /// The attributes of the created (or existing) object.
+    Stat(Stat),
+    /// A granted lease; `released` are chunks dropped by `truncate`.
+    Opened {
+        lease: Lease,
+        stat: Stat,
+        released: Vec<ChunkMap>,
+    },
+    /// Chunks removed from the map, to be deleted on their chunk servers.
+    Released(Vec<ChunkMap>),
+    /// Leases that expired.
+    Expired(Vec<LeaseId>),
+    /// The new map of a chunk.
+    ChunkMap(ChunkMap),
+    /// The new maps of a fenced file's chunks.
+    Fenced(Vec<ChunkMap>),
+    /// A newly allocated chunk server id.
+    CsId(CsId),
+}
+
+/// A validated command with every lookup resolved; executing it cannot fail.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    Noop,
+    MkdirExisting(InodeId),
+    Mkdir {
+        parent: InodeId,
+        names: Vec<String>,
+        now_ms: u64,
+    },
+    Open {
+        existing: Option<InodeId>,
+        create_in: Option<(InodeId, String)>,
+        truncate: bool,
+        mode: LeaseMode,
+        now_ms: u64,
+        duration_ms: u64,
+    },
+    Unlink {
+        ino: InodeId,
+        now_ms: u64,
+    },
+    Rename {
+        src: InodeId,
+        dst_parent: InodeId,
+        dst_name: String,
+        replace: Option<InodeId>,
+        now_ms: u64,
+    },
+    SetAttr {
+        targets: Vec<(InodeId, AttrUpdate)>,
+        now_ms: u64,
+    },
+    Renew {
+        lease: LeaseId,
+        expires_ms: u64,
+    },
+    Release {
+        lease: LeaseId,
+        fence: Option<InodeId>,
+    },
+    Expire {
+        leases: Vec<LeaseId>,
+        fence: Vec<InodeId>,
+    },
+    AllocateChunk {
+        file: InodeId,
+        record: ChunkRecord,
+        chunk: ChunkId,
+    },
+    UpdateChunkMap {
+        chunk: ChunkId,
+        version: MapVersion,
+        replicas: Vec<CsId>,
+    },
+    Fence(InodeId),
+    CommitSize {
+        ino: InodeId,
+        size: u64,
+        now_ms: u64,
+    },
+    Truncate {
+        ino: InodeId,
+        size: u64,
+        now_ms: u64,
+    },
+    AllocateCsId,
+    SetCsAddr {
+        cs: CsId,
+        addr: String,
+    },
+    DropCs(CsId),
+}
+
+/// The whole metadata of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsState {
+    inodes: BTreeMap<InodeId, Inode>,
+    chunks: BTreeMap<ChunkId, ChunkRecord>,
+    servers: BTreeMap<CsId, CsRecord>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    next_ino: InodeId,
+    next_chunk: ChunkId,
+    next_lease: LeaseId,
+    next_cs: CsId,
+}
+
+impl Default for MdsState {
+    fn default() -> Self {
+        MdsState::new(FileAttrs::default()).expect("default attributes are valid")
+    }
+}
+
+fn join_path(comps: &[&str]) -> String {
+    if comps.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", comps.join("/"))
+    }
+}
+
+fn validate_chain(replicas: &[CsId]) -> Result<()> {
+    let distinct: BTreeSet<CsId> = replicas.iter().copied().collect();
+    if replicas.is_empty() || distinct.len() != replicas.len() {
+        return Err(Error::internal(format!(
+            "replica chain {replicas:?} is empty or names a chunk server twice"
+        )));
+    }
+    Ok(())
+}
+
+impl MdsState {
+    /// A new cluster: an empty root directory with `root_attrs` (inherited
+    /// by everything created below it). `InvalidArgument` for bad attrs.
+    pub fn new(root_attrs: FileAttrs) -> Result<MdsState> {
+        root_attrs.replicas.validate()?;
+        validate_chunk_size(root_attrs.chunk_size)?;
+        let root = Inode {
+            ino: ROOT_INODE,
+            kind: InodeKind::Dir,
+            parent: ROOT_INODE,
+            name: String::new(),
+            children: BTreeMap::new(),
+            size: 0,
+            mtime_ms: 0,
+            ctime_ms: 0,
+            attrs: root_attrs,
+            chunks: BTreeMap::new(),
+            fence_pending: false,
+        };
+        Ok(MdsState {
+            inodes: BTreeMap::from([(ROOT_INODE, root)]),
+            chunks: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            next_ino: ROOT_INODE + 1,
+            next_chunk: 1,
+            next_lease: 1,
+            next_cs: 1,
+        })
+    }
+
+    /// Applies `cmd`. On error nothing changed.
+    pub fn apply(&mut self, cmd: Command) -> Result<ApplyOutcome> {
+        let prepared = self.prepare(&cmd)?;
+        Ok(self.execute(prepared))
+    }
+
+    /// Checks that `cmd` would apply, without changing anything.
+    pub fn validate(&self, cmd: &Command) -> Result<()> {
+        self.prepare(cmd).map(|_| ())
+    }
+
+    // ----- queries -------------------------------------------------------
+
+    /// The inode at `path`. `NotFound`, `NotADirectory`, `InvalidArgument`.
+    pub fn lookup(&self, path: &str) -> Result<InodeId> {
+        let comps = split_path(path)?;
+        self.lookup_comps(&comps)
+    }
+
+    /// An inode by id.
+    pub fn inode(&self, ino: InodeId) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    /// Every inode, by id.
+    pub fn inodes(&self) -> impl Iterator<Item = &Inode> {
+        self.inodes.values()
+    }
+
+    /// The absolute path of an inode (`<deleted inode N>` if unknown).
+    pub fn path_of(&self, ino: InodeId) -> String {
+        let mut names = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INODE {
+            match self.inodes.get(&cur) {
+                Some(node) => {
+                    names.push(node.name.as_str());
+                    cur = node.parent;
+                }
+                None => return format!("<deleted inode {ino}>"),
+            }
+        }
+        names.reverse();
+        join_path(&names)
+    }
+
+    /// `stat` of an inode.
+    pub fn stat_of(&self, ino: InodeId) -> Option<Stat> {
+        self.inodes.get(&ino).map(|n| Stat {
+            ino: n.ino,
+            kind: n.kind,
+            size: n.size,
+            mtime_ms: n.mtime_ms,
+            ctime_ms: n.ctime_ms,
+            attrs: n.attrs,
+        })
+    }
+
+    /// The entries of the directory at `path`, sorted by name.
+    pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let ino = self.lookup(path)?;
+        let node = &self.inodes[&ino];
+        if node.kind != InodeKind::Dir {
+            return Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("{path} is a file, not a directory"),
+            ));
+        }
+        Ok(node
+            .children
+            .iter()
+            .map(|(name, &child)| DirEntry {
+                name: name.clone(),
+                stat: self.stat_of(child).expect("child inode exists"),
+            })
+            .collect())
+    }
+
+    /// A chunk record.
+    pub fn chunk(&self, chunk: ChunkId) -> Option<&ChunkRecord> {
+        self.chunks.get(&chunk)
+    }
+
+    /// Every chunk record, by id.
+    pub fn chunks(&self) -> impl Iterator<Item = (&ChunkId, &ChunkRecord)> {
+        self.chunks.iter()
+    }
+
+    /// The map of a chunk, with replica addresses from the registry.
+    pub fn chunk_map(&self, chunk: ChunkId) -> Option<ChunkMap> {
+        self.chunks.get(&chunk).map(|rec| ChunkMap {
+            chunk,
+            index: rec.index,
+            version: rec.version,
+            replicas: rec
+                .replicas
+                .iter()
+                .map(|&cs| Replica {
+                    cs,
+                    addr: self
+                        .servers
+                        .get(&cs)
+                        .map(|s| s.addr.clone())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The map of chunk `index` of file `ino`, if allocated.
+    pub fn file_chunk_map(&self, ino: InodeId, index: u64) -> Option<ChunkMap> {
+        let chunk = *self.inodes.get(&ino)?.chunks.get(&index)?;
+        self.chunk_map(chunk)
+    }
+
+    /// Every chunk map of file `ino`, by index.
+    pub fn file_chunk_maps(&self, ino: InodeId) -> Vec<ChunkMap> {
+        self.inodes
+            .get(&ino)
+            .map(|n| {
+                n.chunks
+                    .values()
+                    .map(|&c| self.chunk_map(c).expect("file chunk has a record"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A lease by id (live or expired-but-not-yet-reaped).
+    pub fn lease(&self, lease: LeaseId) -> Option<&LeaseRecord> {
+        self.leases.get(&lease)
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> impl Iterator<Item = &LeaseRecord> {
+        self.leases.values()
+    }
+
+    /// Whether some lease expired before `now_ms` and is not reaped yet.
+    pub fn has_expired_leases(&self, now_ms: u64) -> bool {
+        self.leases.values().any(|l| !l.is_live(now_ms))
+    }
+
+    /// The lease if it is live at `now_ms` (and a write lease when
+    /// `need_write`). `Stale` if unknown or expired, `BadHandle` if a read
+    /// lease is used for writing.
+    pub fn check_lease(
+        &self,
+        lease: LeaseId,
+        now_ms: u64,
+        need_write: bool,
+    ) -> Result<&LeaseRecord> {
+        let rec = self.leases.get(&lease).ok_or_else(|| {
+            Error::stale(format!(
+                "lease {lease} is unknown (released or expired); reopen the file"
+            ))
+        })?;
+        if !rec.is_live(now_ms) {
+            return Err(Error::stale(format!(
+                "lease {lease} on {} expired {} ms ago; reopen the file",
+                self.path_of(rec.ino),
+                now_ms - rec.expires_ms
+            )));
+        }
+        if need_write && rec.mode != LeaseMode::Write {
+            return Err(Error::new(
+                ErrorKind::BadHandle,
+                format!(
+                    "lease {lease} on {} is a read lease; open the file for writing",
+                    self.path_of(rec.ino)
+                ),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// A chunk server record.
+    pub fn cs(&self, cs: CsId) -> Option<&CsRecord> {
+        self.servers.get(&cs)
+    }
+
+    /// Every chunk server record, by id.
+    pub fn servers(&self) -> impl Iterator<Item = &CsRecord> {
+        self.servers.values()
+    }
+
+    /// Whether `cs` was ever allocated by [`Command::AllocateCsId`].
+    pub fn cs_allocated(&self, cs: CsId) -> bool {
+        cs >= 1 && cs < self.next_cs
+    }
+
+    /// The smallest chunk id never used.
+    pub fn next_chunk_id(&self) -> ChunkId {
+        self.next_chunk
+    }
+
+    /// Checks every structural invariant (O(size of state); for tests and
+    /// simulation). Returns a description of the first violation.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let root = self.inodes.get(&ROOT_INODE).ok_or("root inode missing")?;
+        if root.kind != InodeKind::Dir || root.parent != ROOT_INODE {
+            return Err("root is not a self-parented directory".into());
+        }
+        for (&ino, node) in &self.inodes {
+            if node.ino != ino || ino >= self.next_ino {
+                return Err(format!("inode {ino} has a bad id"));
+            }
+            if ino != ROOT_INODE {
+                let parent = self
+                    .inodes
+                    .get(&node.parent)
+                    .ok_or(format!("inode {ino} has a missing parent"))?;
+                if parent.children.get(&node.name) != Some(&ino) {
+                    return Err(format!("inode {ino} is not listed in its parent"));
+                }
+            }
+            for (name, child) in &node.children {
+                let c = self
+                    .inodes
+                    .get(child)
+                    .ok_or(format!("dir {ino} lists missing child {child}"))?;
+                if c.parent != ino || &c.name != name {
+                    return Err(format!("child {child} of {ino} has a wrong parent/name"));
+                }
+            }
+            match node.kind {
+                InodeKind::Dir if !node.chunks.is_empty() || node.size != 0 => {
+                    return Err(format!("directory {ino} has chunks or a size"));
+                }
+                InodeKind::File if !node.children.is_empty() => {
+                    return Err(format!("file {ino} has children"));
+                }
+                _ => {}
+            }
+            for (&index, &chunk) in &node.chunks {
+                let rec = self.chunks.get(&chunk).ok_or(format!(
+                    "file {ino} maps index {index} to missing chunk {chunk}"
+                ))?;
+                if rec.file != ino || rec.index != index {
+                    return Err(format!(
+                        "chunk {chunk} does not point back to {ino}/{index}"
+                    ));
+                }
+            }
+        }
+        for (&chunk, rec) in &self.chunks {
+            if chunk >= self.next_chunk || rec.version == 0 {
+                return Err(format!("chunk {chunk} has a bad id or version"));
+            }
+            let file = self.inodes.get(&rec.file).ok_or(format!(
+                "chunk {chunk} belongs to missing file {}",
+                rec.file
+            ))?;
+            if file.chunks.get(&rec.index) != Some(&chunk) {
+                return Err(format!("chunk {chunk} is not in its file's index"));
+            }
+            validate_chain(&rec.replicas).map_err(|e| format!("chunk {chunk}: {e}"))?;
+            if let Some(cs) = rec
+                .replicas
+                .iter()
+                .find(|cs| !self.servers.contains_key(cs))
+            {
+                return Err(format!("chunk {chunk} names unknown chunk server {cs}"));
+            }
+        }
+        for (&id, lease) in &self.leases {
+            if lease.id != id || id >= self.next_lease {
+                return Err(format!("lease {id} has a bad id"));
+            }
+            match self.inodes.get(&lease.ino) {
+                Some(n) if n.kind == InodeKind::File => {}
+                _ => return Err(format!("lease {id} is on a missing file")),
+            }
+        }
+        for (&id, cs) in &self.servers {
+            if cs.id != id || !self.cs_allocated(id) {
+                return Err(format!("chunk server {id} has a bad id"));
+            }
+        }
+        Ok(())
+    }
+
+    // ----- validation ----------------------------------------------------
+
+    fn lookup_comps(&self, comps: &[&str]) -> Result<InodeId> {
+        let mut cur = ROOT_INODE;
+        for (i, comp) in comps.iter().enumerate() {
+            let node = &self.inodes[&cur];
+            if node.kind != InodeKind::Dir {
+                return Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    format!("{} is a file, not a directory", join_path(&comps[..i])),
+                ));
+            }
+            cur = *node.children.get(*comp).ok_or_else(|| {
+                Error::not_found(format!(
+                    "{} does not exist (no {} in {})",
+                    join_path(comps),
+                    comp,
+                    join_path(&comps[..i])
+                ))
+            })?;
+        }
+        Ok(cur)
+    }
+
+    /// The directory that holds (or would hold) the last component.
+    fn lookup_parent<'a>(&self, comps: &[&'a str]) -> Result<(InodeId, &'a str)> {
+        let (name, parent_comps) = comps
+            .split_last()
+            .ok_or_else(|| Error::invalid("the root directory cannot be used here"))?;
+        let parent = self.lookup_comps(parent_comps)?;
+        if self.inodes[&parent].kind != InodeKind::Dir {
+            return Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("{} is a file, not a directory", join_path(parent_comps)),
+            ));
+        }
+        Ok((parent, name))
+    }
+
+    fn live_leases_on(&self, ino: InodeId, now_ms: u64) -> impl Iterator<Item = &LeaseRecord> {
+        self.leases
+            .values()
+            .filter(move |l| l.ino == ino && l.is_live(now_ms))
+    }
+
+    fn busy_error(&self, what: &str, ino: InodeId, lease: &LeaseRecord, now_ms: u64) -> Error {
+        Error::new(
+            ErrorKind::Busy,
+            format!(
+                "{what}: {} is held by another client's {} lease {} for {} more ms; retry after it is closed",
+                self.path_of(ino),
+                match lease.mode {
+                    LeaseMode::Read => "read",
+                    LeaseMode::Write => "write",
+                },
+                lease.id,
+                lease.expires_ms - now_ms
+            ),
+        )
+    }
+
+    fn check_file_size(ino_path: &str, size: u64) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(Error::new(
+                ErrorKind::FileTooLarge,
+                format!("{ino_path}: size {size} exceeds the maximum file size {MAX_FILE_SIZE}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn prepare(&self, cmd: &Command) -> Result<Prepared> {
+        match cmd {
+            Command::Mkdir {
+                path,
+                parents,
+                now_ms,
+            } => self.prepare_mkdir(path, *parents, *now_ms),
+            Command::Open {
+                path,
+                mode,
+                flags,
+                now_ms,
+                lease_duration_ms,
+            } => self.prepare_open(path, *mode, *flags, *now_ms, *lease_duration_ms),
+            Command::Unlink { path, now_ms } => self.prepare_unlink(path, *now_ms),
+            Command::Rename { from, to, now_ms } => self.prepare_rename(from, to, *now_ms),
+            Command::SetAttr {
+                path,
+                update,
+                recursive,
+                now_ms,
+            } => self.prepare_set_attr(path, *update, *recursive, *now_ms),
+            Command::RenewLease { lease, now_ms } => {
+                let rec = self.check_lease(*lease, *now_ms, false)?;
+                Ok(Prepared::Renew {
+                    lease: *lease,
+                    expires_ms: now_ms.saturating_add(rec.duration_ms),
+                })
+            }
+            Command::ReleaseLease { lease, now_ms } => Ok(match self.leases.get(lease) {
+                None => Prepared::Noop,
+                Some(rec) => Prepared::Release {
+                    lease: *lease,
+                    fence: (rec.mode == LeaseMode::Write && !rec.is_live(*now_ms))
+                        .then_some(rec.ino),
+                },
+            }),
+            Command::ExpireLeases { now_ms } => {
+                let expired: Vec<&LeaseRecord> = self
+                    .leases
+                    .values()
+                    .filter(|l| !l.is_live(*now_ms))
+                    .collect();
+                Ok(Prepared::Expire {
+                    leases: expired.iter().map(|l| l.id).collect(),
+                    fence: expired
+                        .iter()
+                        .filter(|l| l.mode == LeaseMode::Write)
+                        .map(|l| l.ino)
+                        .collect(),
+                })
+            }
+            Command::AllocateChunk {
+                lease,
+                index,
+                chunk,
+                version,
+                replicas,
+                now_ms,
+            } => self.prepare_allocate(*lease, *index, *chunk, *version, replicas, *now_ms),
+            Command::UpdateChunkMap {
+                chunk,
+                version,
+                replicas,
+            } => {
+                let rec = self
+                    .chunks
+                    .get(chunk)
+                    .ok_or_else(|| Error::not_found(format!("chunk {chunk:#x} does not exist")))?;
+                if *version <= rec.version {
+                    return Err(Error::stale(format!(
+                        "chunk {chunk:#x} of {}: new map version {version} is not newer than {}",
+                        self.path_of(rec.file),
+                        rec.version
+                    )));
+                }
+                validate_chain(replicas)?;
+                // Members already in the chain may stay even if their server
+                // was dropped meanwhile; only new members must be usable.
+                let added: Vec<CsId> = replicas
+                    .iter()
+                    .copied()
+                    .filter(|cs| !rec.replicas.contains(cs))
+                    .collect();
+                self.check_servers_usable(&added)?;
+                Ok(Prepared::UpdateChunkMap {
+                    chunk: *chunk,
+                    version: *version,
+                    replicas: replicas.clone(),
+                })
+            }
+            Command::FenceFile { ino } => match self.inodes.get(ino) {
+                Some(n) if n.kind == InodeKind::File => Ok(Prepared::Fence(*ino)),
+                _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
+            },
+            Command::CommitSize {
+                lease,
+                size,
+                now_ms,
+            } => {
+                let ino = self.check_lease(*lease, *now_ms, true)?.ino;
+                Self::check_file_size(&self.path_of(ino), *size)?;
+                Ok(Prepared::CommitSize {
+                    ino,
+                    size: *size,
+                    now_ms: *now_ms,
+                })
+            }
+            Command::Truncate {
+                lease,
+                size,
+                now_ms,
+            } => {
+                let ino = self.check_lease(*lease, *now_ms, true)?.ino;
+                Self::check_file_size(&self.path_of(ino), *size)?;
+                Ok(Prepared::Truncate {
+                    ino,
+                    size: *size,
+                    now_ms: *now_ms,
+                })
+            }
+            Command::AllocateCsId => {
+                if self.next_cs == CsId::MAX {
+                    return Err(Error::internal("chunk server ids are exhausted"));
+                }
+                Ok(Prepared::AllocateCsId)
+            }
+            Command::SetCsAddr { cs, addr } => {
+                self.check_cs_known(*cs)?;
+                if addr.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "chunk server {cs}: empty address; give host:port"
+                    )));
+                }
+                if self.servers.get(cs).is_some_and(|r| r.dropped) {
+                    return Err(Self::dropped_error(*cs));
+                }
+                Ok(Prepared::SetCsAddr {
+                    cs: *cs,
+                    addr: addr.clone(),
+                })
+            }
+            Command::DropCs { cs } => {
+                self.check_cs_known(*cs)?;
+                Ok(Prepared::DropCs(*cs))
+            }
+        }
+    }
+
+    fn check_cs_known(&self, cs: CsId) -> Result<()> {
+        if !self.cs_allocated(cs) {
+            return Err(Error::not_found(format!(
+                "chunk server {cs} is not known to this cluster; create it with make-cs"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error for a chunk server the administrator removed.
+    pub fn dropped_error(cs: CsId) -> Error {
+        Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "chunk server {cs} was removed from the cluster; create a new one with make-cs"
+            ),
+        )
+    }
+
+    fn check_servers_usable(&self, replicas: &[CsId]) -> Result<()> {
+        for cs in replicas {
+            match self.servers.get(cs) {
+                None => {
+                    return Err(Error::not_found(format!(
+                        "chunk server {cs} has never registered; it cannot hold replicas"
+                    )))
+                }
+                Some(r) if r.dropped => return Err(Self::dropped_error(*cs)),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_mkdir(&self, path: &str, parents: bool, now_ms: u64) -> Result<Prepared> {
+        let comps = split_path(path)?;
+        let exists = || Error::new(ErrorKind::AlreadyExists, format!("{path} already exists"));
+        if comps.is_empty() {
+            return if parents {
+                Ok(Prepared::MkdirExisting(ROOT_INODE))
+            } else {
+                Err(exists())
+            };
+        }
+        let mut cur = ROOT_INODE;
+        for (i, comp) in comps.iter().enumerate() {
+            let node = &self.inodes[&cur];
+            if node.kind != InodeKind::Dir {
+                return Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    format!(
+                        "mkdir {path}: {} is a file, not a directory",
+                        join_path(&comps[..i])
+                    ),
+                ));
+            }
+            match node.children.get(*comp) {
+                Some(&child) => {
+                    if i + 1 == comps.len() {
+                        let is_dir = self.inodes[&child].kind == InodeKind::Dir;
+                        return if parents && is_dir {
+                            Ok(Prepared::MkdirExisting(child))
+                        } else {
+                            Err(exists())
+                        };
+                    }
+                    cur = child;
+                }
+                None => {
+                    if i + 1 != comps.len() && !parents {
+                        return Err(Error::not_found(format!(
+                            "mkdir {path}: parent directory {} does not exist; create it first or use -p",
+                            join_path(&comps[..=i])
+                        )));
+                    }
+                    return Ok(Prepared::Mkdir {
+                        parent: cur,
+                        names: comps[i..].iter().map(|s| s.to_string()).collect(),
+                        now_ms,
+                    });
+                }
+            }
+        }
+        unreachable!("the loop returns on the last component")
+    }
+
+    fn prepare_open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        now_ms: u64,
+        duration_ms: u64,
+    ) -> Result<Prepared> {
+        if (flags.create || flags.truncate) && mode != LeaseMode::Write {
+            return Err(Error::invalid(format!(
+                "open {path}: create and truncate need a write lease"
+            )));
+        }
+        if duration_ms == 0 {
+            return Err(Error::invalid("open: a lease duration of 0 ms is useless"));
+        }
+        let comps = split_path(path)?;
+        if comps.is_empty() {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                "/ is a directory; only files can be opened",
+            ));
+        }
+        let (parent, name) = self.lookup_parent(&comps)?;
+        let Some(&ino) = self.inodes[&parent].children.get(name) else {
+            if !flags.create {
+                return Err(Error::not_found(format!(
+                    "{path} does not exist; open it with create to make it"
+                )));
+            }
+            return Ok(Prepared::Open {
+                existing: None,
+                create_in: Some((parent, name.to_string())),
+                truncate: false,
+                mode,
+                now_ms,
+                duration_ms,
+            });
+        };
+        let node = &self.inodes[&ino];
+        if node.kind == InodeKind::Dir {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; only files can be opened"),
+            ));
+        }
+        if flags.create && flags.exclusive {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path} already exists (exclusive create)"),
+            ));
+        }
+        let expired_writer = self
+            .leases
+            .values()
+            .any(|l| l.ino == ino && l.mode == LeaseMode::Write && !l.is_live(now_ms));
+        if node.fence_pending || expired_writer {
+            return Err(Error::stale(format!(
+                "open {path}: a write lease on it expired and its chunks are not fenced yet; retry"
+            )));
+        }
+        let conflict = self
+            .live_leases_on(ino, now_ms)
+            .find(|l| mode == LeaseMode::Write || l.mode == LeaseMode::Write);
+        if let Some(l) = conflict {
+            return Err(self.busy_error("open", ino, l, now_ms));
+        }
+        Ok(Prepared::Open {
+            existing: Some(ino),
+            create_in: None,
+            truncate: flags.truncate,
+            mode,
+            now_ms,
+            duration_ms,
+        })
+    }
+
+    fn prepare_unlink(&self, path: &str, now_ms: u64) -> Result<Prepared> {
+        let comps = split_path(path)?;
+        if comps.is_empty() {
+            return Err(Error::invalid("the root directory cannot be removed"));
+        }
+        let ino = self.lookup_comps(&comps)?;
+        let node = &self.inodes[&ino];
+        match node.kind {
+            InodeKind::Dir if !node.children.is_empty() => Err(Error::new(
+                ErrorKind::NotEmpty,
+                format!(
+                    "{path} is not empty ({} entries); remove them first",
+                    node.children.len()
+                ),
+            )),
+            InodeKind::File => match self.live_leases_on(ino, now_ms).next() {
+                Some(l) => Err(self.busy_error("unlink", ino, l, now_ms)),
+                None => Ok(Prepared::Unlink { ino, now_ms }),
+            },
+            InodeKind::Dir => Ok(Prepared::Unlink { ino, now_ms }),
+        }
+    }
+
+    fn prepare_rename(&self, from: &str, to: &str, now_ms: u64) -> Result<Prepared> {
+        let from_comps = split_path(from)?;
+        let to_comps = split_path(to)?;
+        if from_comps.is_empty() || to_comps.is_empty() {
+            return Err(Error::invalid(format!(
+                "rename {from} -> {to}: the root directory cannot be renamed or replaced"
+            )));
+        }
+        let src = self.lookup_comps(&from_comps)?;
+        let (dst_parent, dst_name) = self.lookup_parent(&to_comps)?;
+        if from_comps == to_comps {
+            return Ok(Prepared::Noop);
+        }
+        let src_kind = self.inodes[&src].kind;
+        if src_kind == InodeKind::Dir && to_comps.starts_with(&from_comps) {
+            return Err(Error::invalid(format!(
+                "rename {from} -> {to}: cannot move a directory into itself"
+            )));
+        }
+        let replace = self.inodes[&dst_parent].children.get(dst_name).copied();
+        if let Some(target) = replace {
+            let t = &self.inodes[&target];
+            match (src_kind, t.kind) {
+                (InodeKind::Dir, InodeKind::File) => {
+                    return Err(Error::new(
+                        ErrorKind::NotADirectory,
+                        format!("rename {from} -> {to}: cannot replace a file with a directory"),
+                    ))
+                }
+                (InodeKind::File, InodeKind::Dir) => {
+                    return Err(Error::new(
+                        ErrorKind::IsADirectory,
+                        format!("rename {from} -> {to}: {to} is a directory"),
+                    ))
+                }
+                (InodeKind::Dir, InodeKind::Dir) if !t.children.is_empty() => {
+                    return Err(Error::new(
+                        ErrorKind::NotEmpty,
+                        format!("rename {from} -> {to}: {to} is not empty"),
+                    ))
+                }
+                _ => {}
+            }
+            if let Some(l) = self.live_leases_on(target, now_ms).next() {
+                return Err(self.busy_error("rename (replaced target)", target, l, now_ms));
+            }
+        }
+        Ok(Prepared::Rename {
+            src,
+            dst_parent,
+            dst_name: dst_name.to_string(),
+            replace,
+            now_ms,
+        })
+    }
+
+    fn prepare_set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        now_ms: u64,
+    ) -> Result<Prepared> {
+        if let Some(r) = update.replicas {
+            r.validate()?;
+        }
+        if let Some(c) = update.chunk_size {
+            validate_chunk_size(c)?;
+        }
+        let root = self.lookup(path)?;
+        let mut targets = Vec::new();
+        let mut stack = vec![root];
+        while let Some(ino) = stack.pop() {
+            let node = &self.inodes[&ino];
+            let mut u = update;
+            // A file's chunk index math depends on its chunk size, so it is
+            // fixed once the file has chunks.
+            if let Some(c) = u.chunk_size {
+                if node.kind == InodeKind::File
+                    && !node.chunks.is_empty()
+                    && c != node.attrs.chunk_size
+                {
+                    if !recursive {
+                        return Err(Error::invalid(format!(
+                            "{path} already has chunks of {} bytes; its chunk size cannot change",
+                            node.attrs.chunk_size
+                        )));
+                    }
+                    u.chunk_size = None;
+                }
+            }
+            targets.push((ino, u));
+            if recursive {
+                stack.extend(node.children.values().rev());
+            }
+        }
+        Ok(Prepared::SetAttr { targets, now_ms })
+    }
+
+    fn prepare_allocate(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        chunk: ChunkId,
+        version: MapVersion,
+        replicas: &[CsId],
+        now_ms: u64,
+    ) -> Result<Prepared> {
+        let file = self.check_lease(lease, now_ms, true)?.ino;
+        let node = &self.inodes[&file];
+        let path = self.path_of(file);
+        if index.saturating_mul(node.attrs.chunk_size) >= MAX_FILE_SIZE {
+            return Err(Error::new(
+                ErrorKind::FileTooLarge,
+                format!("{path}: chunk {index} lies beyond the maximum file size {MAX_FILE_SIZE}"),
+            ));
+        }
+        if let Some(existing) = node.chunks.get(&index) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path}: chunk {index} is already allocated as {existing:#x}"),
+            ));
+        }
+        if chunk < self.next_chunk || version == 0 {
+            return Err(Error::internal(format!(
+                "{path}: chunk id {chunk:#x} (version {version}) was already used; next free is {:#x}",
+                self.next_chunk
+            )));
+        }
+        validate_chain(replicas)?;
+        self.check_servers_usable(replicas)?;
+        let min = node.attrs.replicas.min as usize;
+        if replicas.len() < min {
+            return Err(Error::unavailable(format!(
+                "{path}: chunk {index} would have {} replicas, replicas={} needs at least {min}",
+                replicas.len(),
+                node.attrs.replicas
+            )));
+        }
+        Ok(Prepared::AllocateChunk {
+            file,
+            chunk,
+            record: ChunkRecord {
+                file,
+                index,
+                version,
+                replicas: replicas.to_vec(),
+            },
+        })
+    }
+
+    // ----- execution (infallible) ----------------------------------------
+
+    fn insert_child(
+        &mut self,
+        parent: InodeId,
+        name: String,
+        kind: InodeKind,
+        now_ms: u64,
+    ) -> InodeId {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let p = self.inodes.get_mut(&parent).expect("parent exists");
+        assert_eq!(p.kind, InodeKind::Dir);
+        let attrs = p.attrs;
+        let old = p.children.insert(name.clone(), ino);
+        assert!(old.is_none(), "name {name} already taken in {parent}");
+        p.mtime_ms = now_ms;
+        p.ctime_ms = now_ms;
+        self.inodes.insert(
+            ino,
+            Inode {
+                ino,
+                kind,
+                parent,
+                name,
+                children: BTreeMap::new(),
+                size: 0,
+                mtime_ms: now_ms,
+                ctime_ms: now_ms,
+                attrs,
+                chunks: BTreeMap::new(),
+                fence_pending: false,
+            },
+        );
+        ino
+    }
+
+    /// Removes chunks of `ino` with index >= `first_index`, returning their maps.
+    fn remove_chunks_from(&mut self, ino: InodeId, first_index: u64) -> Vec<ChunkMap> {
+        let node = self.inodes.get_mut(&ino).expect("file exists");
+        let removed: Vec<ChunkId> = node.chunks.split_off(&first_index).into_values().collect();
+        removed
+            .into_iter()
+            .map(|c| {
+                let map = self.chunk_map(c).expect("chunk record exists");
+                self.chunks.remove(&c);
+                map
+            })
+            .collect()
+    }
+
+    /// Detaches and deletes an empty directory or a file (with its chunks
+    /// and leases).
+    fn remove_inode(&mut self, ino: InodeId, now_ms: u64) -> Vec<ChunkMap> {
+        assert_ne!(ino, ROOT_INODE);
+        let released = self.remove_chunks_from(ino, 0);
+        self.leases.retain(|_, l| l.ino != ino);
+        let node = self.inodes.remove(&ino).expect("inode exists");
+        assert!(
+            node.children.is_empty(),
+            "removing non-empty directory {ino}"
+        );
+        let parent = self.inodes.get_mut(&node.parent).expect("parent exists");
+        let old = parent.children.remove(&node.name);
+        assert_eq!(old, Some(ino));
+        parent.mtime_ms = now_ms;
+        parent.ctime_ms = now_ms;
+        released
+    }
+
+    fn bump_chunk(&mut self, chunk: ChunkId, version: MapVersion, replicas: Option<Vec<CsId>>) {
+        let rec = self.chunks.get_mut(&chunk).expect("chunk exists");
+        assert!(
+            version > rec.version,
+            "chunk {chunk:#x} version going backwards: {} -> {version}",
+            rec.version
+        );
+        rec.version = version;
+        if let Some(r) = replicas {
+            rec.replicas = r;
+        }
+    }
+
+    pub(crate) fn execute(&mut self, prepared: Prepared) -> ApplyOutcome {
+        match prepared {
+            Prepared::Noop => ApplyOutcome::Done,
+            Prepared::MkdirExisting(ino) => ApplyOutcome::Stat(self.stat_of(ino).expect("exists")),
+            Prepared::Mkdir {
+                parent,
+                names,
+                now_ms,
+            } => {
+                let mut cur = parent;
+                for name in names {
+                    cur = self.insert_child(cur, name, InodeKind::Dir, now_ms);
+                }
+                ApplyOutcome::Stat(self.stat_of(cur).expect("just created"))
+            }
+            Prepared::Open {
+                existing,
+                create_in,
+                truncate,
+                mode,
+                now_ms,
+                duration_ms,
+            } => {
+                let ino = match (existing, create_in) {
+                    (Some(ino), _) => ino,
+                    (None, Some((parent, name))) => {
+                        self.insert_child(parent, name, InodeKind::File, now_ms)
+                    }
+                    (None, None) => unreachable!("open prepares a target"),
+                };
+                let mut released = Vec::new();
+                if truncate {
+                    released = self.remove_chunks_from(ino, 0);
+                    let node = self.inodes.get_mut(&ino).expect("file exists");
+                    node.size = 0;
+                    node.mtime_ms = now_ms;
+                    node.ctime_ms = now_ms;
+                }
+                let id = self.next_lease;
+                self.next_lease += 1;
+                self.leases.insert(
+                    id,
+                    LeaseRecord {
+                        id,
+                        ino,
+                        mode,
+                        duration_ms,
+                        expires_ms: now_ms.saturating_add(duration_ms),
+                    },
+                );
+                ApplyOutcome::Opened {
+                    lease: Lease {
+                        id,
+                        ino,
+                        mode,
+                        duration_ms,
+                    },
+                    stat: self.stat_of(ino).expect("file exists"),
+                    released,
+                }
+            }
+            Prepared::Unlink { ino, now_ms } => {
+                ApplyOutcome::Released(self.remove_inode(ino, now_ms))
+            }
+            Prepared::Rename {
+                src,
+                dst_parent,
+                dst_name,
+                replace,
+                now_ms,
+            } => {
+                let released = match replace {
+                    Some(t) => self.remove_inode(t, now_ms),
+                    None => Vec::new(),
+                };
+                let node = self.inodes.get_mut(&src).expect("source exists");
+                let (old_parent, old_name) = (node.parent, std::mem::take(&mut node.name));
+                node.parent = dst_parent;
+                node.name = dst_name.clone();
+                node.ctime_ms = now_ms;
+                let op = self.inodes.get_mut(&old_parent).expect("parent exists");
+                assert_eq!(op.children.remove(&old_name), Some(src));
+                op.mtime_ms = now_ms;
+                op.ctime_ms = now_ms;
+                let np = self.inodes.get_mut(&dst_parent).expect("parent exists");
+                assert!(np.children.insert(dst_name, src).is_none());
+                np.mtime_ms = now_ms;
+                np.ctime_ms = now_ms;
+                ApplyOutcome::Released(released)
+            }
+            Prepared::SetAttr { targets, now_ms } => {
+                for (ino, update) in targets {
+                    let node = self.inodes.get_mut(&ino).expect("target exists");
+                    update.apply_to(&mut node.attrs);
+                    node.ctime_ms = now_ms;
+                }
+                ApplyOutcome::Done
+            }
+            Prepared::Renew { lease, expires_ms } => {
+                let rec = self.leases.get_mut(&lease).expect("lease exists");
+                rec.expires_ms = rec.expires_ms.max(expires_ms);
+                ApplyOutcome::Done
+            }
+            Prepared::Release { lease, fence } => {
+                self.leases.remove(&lease);
+                if let Some(ino) = fence {
+                    self.inodes
+                        .get_mut(&ino)
+                        .expect("leased file")
+                        .fence_pending = true;
+                }
+                ApplyOutcome::Done
+            }
+            Prepared::Expire { leases, fence } => {
+                for id in &leases {
+                    self.leases.remove(id);
+                }
+                for ino in fence {
+                    self.inodes
+                        .get_mut(&ino)
+                        .expect("leased file")
+                        .fence_pending = true;
+                }
+                ApplyOutcome::Expired(leases)
+            }
+            Prepared::AllocateChunk {
+                file,
+                chunk,
+                record,
+            } => {
+                assert!(chunk >= self.next_chunk);
+                self.next_chunk = chunk + 1;
+                let node = self.inodes.get_mut(&file).expect("leased file");
+                assert!(node.chunks.insert(record.index, chunk).is_none());
+                self.chunks.insert(chunk, record);
+                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("just inserted"))
+            }
+            Prepared::UpdateChunkMap {
+                chunk,
+                version,
+                replicas,
+            } => {
+                self.bump_chunk(chunk, version, Some(replicas));
+                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("exists"))
+            }
+            Prepared::Fence(ino) => {
+                let node = self.inodes.get_mut(&ino).expect("file exists");
+                node.fence_pending = false;
+                let chunks: Vec<ChunkId> = node.chunks.values().copied().collect();
+                let maps = chunks
+                    .into_iter()
+                    .map(|c| {
+                        let v = self.chunks[&c].version + 1;
+                        self.bump_chunk(c, v, None);
+                        self.chunk_map(c).expect("exists")
+                    })
+                    .collect();
+                ApplyOutcome::Fenced(maps)
+            }
+            Prepared::CommitSize { ino, size, now_ms } => {
+                let node = self.inodes.get_mut(&ino).expect("leased file");
+                node.size = node.size.max(size);
+                node.mtime_ms = now_ms;
+                ApplyOutcome::Done
+            }
+            Prepared::Truncate { ino, size, now_ms } => {
+                let chunk_size = self.inodes[&ino].attrs.chunk_size;
+                // Chunk i is dropped when it starts at or after the new size.
+                let first_dropped = size.div_ceil(chunk_size);
+                let released = self.remove_chunks_from(ino, first_dropped);
+                let node = self.inodes.get_mut(&ino).expect("leased file");
+                node.size = size;
+                node.mtime_ms = now_ms;
+                node.ctime_ms = now_ms;
+                ApplyOutcome::Released(released)
+            }
+            Prepared::AllocateCsId => {
+                let id = self.next_cs;
+                self.next_cs += 1;
+                ApplyOutcome::CsId(id)
+            }
+            Prepared::SetCsAddr { cs, addr } => {
+                self.servers
+                    .entry(cs)
+                    .or_insert_with(|| CsRecord {
+                        id: cs,
+                        addr: String::new(),
+                        dropped: false,
+                    })
+                    .addr = addr;
+                ApplyOutcome::Done
+            }
+            Prepared::DropCs(cs) => {
+                self.servers
+                    .entry(cs)
+                    .or_insert_with(|| CsRecord {
+                        id: cs,
+                        addr: String::new(),
+                        dropped: false,
+                    })
+                    .dropped = true;
+                ApplyOutcome::Done
+            }
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Durable MDS state in one redb database: a log of applied [`Command`]s
+//! and a snapshot of the [`MdsState`] at some log index. The state is the
+//! snapshot plus a replay of the log entries after it. Every record starts
+//! with a format version byte followed by postcard bytes.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Command, MdsState};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("mds_log");
+/// Metadata: "snapshot" -> version byte + postcard(Snapshot).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("mds_meta");
+const SNAPSHOT_KEY: &str = "snapshot";
+
+/// The format version of log and snapshot records written by this build.
+pub const STORE_FORMAT_VERSION: u8 = 1;
+/// Default number of log entries after which a snapshot is taken.
+pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    /// The last log index the state includes.
+    last_index: u64,
+    state: MdsState,
+}
+
+/// Where applied commands go before their effect becomes visible: the
+/// local store, or (later) a Raft log.
+pub trait CommandLog: Send {
+    /// Makes `cmd` durable; on error the command must be treated as never
+    /// applied.
+    fn append(&mut self, cmd: &Command) -> Result<()>;
+    /// Called with the state after each applied command; may compact.
+    /// An error here loses nothing (the command is already durable).
+    fn applied(&mut self, state: &MdsState) -> Result<()>;
+}
+
+/// The redb-backed MDS store. Not thread-safe by itself: the service keeps
+/// it behind its state mutex.
+pub struct MdsStore {
+    db: Database,
+    path: PathBuf,
+    /// Index the next appended command gets.
+    next_index: u64,
+    /// Last index covered by the stored snapshot.
+    snapshot_index: u64,
+    compact_every: u64,
+}
+
+impl std::fmt::Debug for MdsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MdsStore")
+            .field("path", &self.path)
+            .field("next_index", &self.next_index)
+            .field("snapshot_index", &self.snapshot_index)
+            .finish()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![STORE_FORMAT_VERSION];
+    out.extend(
+        postcard::to_allocvec(value)
+            .map_err(|e| Error::internal(format!("cannot encode MDS record: {e}")))?,
+    );
+    Ok(out)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str, path: &Path) -> Result<T> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| Error::corrupt(format!("{what} in {} is empty", path.display())))?;
+    if version != STORE_FORMAT_VERSION {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!(
+                "{what} in {} has format version {version}, this build reads version {STORE_FORMAT_VERSION}; run a pstorage release that supports it",
+                path.display()
+            ),
+        ));
+    }
+    postcard::from_bytes(body).map_err(|e| {
+        Error::corrupt(format!(
+            "{what} in {} cannot be decoded: {e}",
+            path.display()
+        ))
+    })
+}
+
+impl MdsStore {
+    fn db_error(path: &Path, e: impl std::fmt::Display) -> Error {
+        Error::new(
+            ErrorKind::Io,
+            format!("MDS database {}: {e}", path.display()),
+        )
+    }
+
+    /// Creates a new store at `path` holding `initial` (a new cluster).
+    /// `AlreadyExists` if the store there already holds a cluster.
+    pub fn create(path: impl AsRef<Path>, initial: &MdsState) -> Result<MdsStore> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(|e| Self::db_error(&path, e))?;
+        let mut store = MdsStore {
+            db,
+            path,
+            next_index: 1,
+            snapshot_index: 0,
+            compact_every: DEFAULT_COMPACT_EVERY,
+        };
+        if store.read_snapshot()?.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} already holds an MDS; remove it or use another directory",
+                    store.path.display()
+                ),
+            ));
+        }
+        store.write_snapshot(0, initial)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store. `NotFound` if there is none at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<MdsStore> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(Error::not_found(format!(
+                "no MDS database at {}; create the cluster with make-mds",
+                path.display()
+            )));
+        }
+        let db = Database::open(&path).map_err(|e| Self::db_error(&path, e))?;
+        let mut store = MdsStore {
+            db,
+            path,
+            next_index: 1,
+            snapshot_index: 0,
+            compact_every: DEFAULT_COMPACT_EVERY,
+        };
+        let snapshot_index = store
+            .read_snapshot()?
+            .map(|s| s.last_index)
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "{} holds no MDS state; create the cluster with make-mds",
+                    store.path.display()
+                ))
+            })?;
+        let last_logged = {
+            let txn = store
+                .db
+                .begin_read()
+                .map_err(|e| Self::db_error(&store.path, e))?;
+            match txn.open_table(LOG) {
+                Ok(table) => table
+                    .last()
+                    .map_err(|e| Self::db_error(&store.path, e))?
+                    .map(|(k, _)| k.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(Self::db_error(&store.path, e)),
+            }
+        };
+        store.snapshot_index = snapshot_index;
+        store.next_index = last_logged.unwrap_or(snapshot_index).max(snapshot_index) + 1;
+        Ok(store)
+    }
+
+    /// Takes a snapshot (and trims the log) every `n` appended commands
+    /// (at least 1).
+    pub fn set_compact_every(&mut self, n: u64) {
+        self.compact_every = n.max(1);
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of log entries not yet covered by the snapshot.
+    pub fn log_len(&self) -> u64 {
+        self.next_index - 1 - self.snapshot_index
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Snapshot>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        let table = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(Self::db_error(&self.path, e)),
+        };
+        let value = table
+            .get(SNAPSHOT_KEY)
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        value
+            .map(|v| decode::<Snapshot>(v.value(), "MDS snapshot", &self.path))
+            .transpose()
+    }
+
+    fn write_snapshot(&mut self, last_index: u64, state: &MdsState) -> Result<()> {
+        let bytes = encode(&SnapshotRef { last_index, state })?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| Self::db_error(&self.path, e))?;
+            meta.insert(SNAPSHOT_KEY, bytes.as_slice())
+                .map_err(|e| Self::db_error(&self.path, e))?;
+            let mut log = txn
+                .open_table(LOG)
+                .map_err(|e| Self::db_error(&self.path, e))?;
+            log.retain_in(..=last_index, |_, _| false)
+                .map_err(|e| Self::db_error(&self.path, e))?;
+        }
+        txn.commit().map_err(|e| Self::db_error(&self.path, e))?;
+        self.snapshot_index = last_index;
+        Ok(())
+    }
+
+    /// The state: the snapshot plus every logged command after it, applied
+    /// in order. `Corrupt` if a record does not decode or apply; `Protocol`
+    /// if it was written by a newer format.
+    pub fn load(&self) -> Result<MdsState> {
+        let snapshot = self.read_snapshot()?.ok_or_else(|| {
+            Error::not_found(format!(
+                "{} holds no MDS state; create the cluster with make-mds",
+                self.path.display()
+            ))
+        })?;
+        let mut state = snapshot.state;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        let table = match txn.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
+            Err(e) => return Err(Self::db_error(&self.path, e)),
+        };
+        let entries = table
+            .range(snapshot.last_index + 1..)
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        for (entry, expected) in entries.zip(snapshot.last_index + 1..) {
+            let (k, v) = entry.map_err(|e| Self::db_error(&self.path, e))?;
+            let index = k.value();
+            if index != expected {
+                return Err(Error::corrupt(format!(
+                    "MDS log in {} jumps from entry {} to {index}",
+                    self.path.display(),
+                    expected - 1
+                )));
+            }
+            let what = format!("MDS log entry {index}");
+            let cmd: Command = decode(v.value(), &what, &self.path)?;
+            state.apply(cmd).map_err(|e| {
+                Error::corrupt(format!(
+                    "{what} in {} does not replay: {e}",
+                    self.path.display()
+                ))
+            })?;
+        }
+        Ok(state)
+    }
+
+    /// Appends a command durably (committed with fsync before returning);
+    /// returns its log index.
+    pub fn append(&mut self, cmd: &Command) -> Result<u64> {
+        let bytes = encode(cmd)?;
+        let index = self.next_index;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| Self::db_error(&self.path, e))?;
+        {
+            let mut log = txn
+                .open_table(LOG)
+                .map_err(|e| Self::db_error(&self.path, e))?;
+            log.insert(index, bytes.as_slice())
+                .map_err(|e| Self::db_error(&self.path, e))?;
+        }
+        txn.commit().map_err(|e| Self::db_error(&self.path, e))?;
+        self.next_index += 1;
+        Ok(index)
+    }
+
+    /// Writes a snapshot of `state` (which must include every appended
+    /// command) and trims the log it covers.
+    pub fn compact(&mut self, state: &MdsState) -> Result<()> {
+        self.write_snapshot(self.next_index - 1, state)
+    }
+}
+
+/// Serializes like [`Snapshot`] without cloning the state.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    last_index: u64,
+    state: &'a MdsState,
+}
+
+impl CommandLog for MdsStore {
+    fn append(&mut self, cmd: &Command) -> Result<()> {
+        MdsStore::append(self, cmd).map(|_| ())
+    }
+
+    fn applied(&mut self, state: &MdsState) -> Result<()> {
+        if self.log_len() >= self.compact_every {
+            self.compact(state)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_raw(store: &MdsStore, index: u64, bytes: &[u8]) {
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(LOG).unwrap().insert(index, bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn newer_or_garbled_records_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        store.append(&Command::AllocateCsId).unwrap();
+        assert_eq!(store.load().unwrap().next_chunk_id(), 1);
+
+        let mut newer = vec![STORE_FORMAT_VERSION + 1];
+        newer.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 2, &newer);
+        let err = store.load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.message().contains("format version 2"), "{err}");
+        assert!(err.message().contains("entry 2"), "{err}");
+
+        write_raw(&store, 2, &[STORE_FORMAT_VERSION, 0xff, 0xff, 0xff]);
+        assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
+
+        // A command that does not apply (a gap in ids) is corruption too.
+        let bad = encode(&Command::SetCsAddr {
+            cs: 9,
+            addr: "h:1".into(),
+        })
+        .unwrap();
+        write_raw(&store, 2, &bad);
+        let err = store.load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.message().contains("does not replay"), "{err}");
+
+        // A gap in the log is detected.
+        write_raw(&store, 2, &encode(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 4, &encode(&Command::AllocateCsId).unwrap());
+        assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn reopen_continues_after_the_last_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        let mut state = MdsState::default();
+        for _ in 0..5 {
+            store.append(&Command::AllocateCsId).unwrap();
+            state.apply(Command::AllocateCsId).unwrap();
+        }
+        store.compact(&state).unwrap();
+        assert_eq!(store.log_len(), 0);
+        store.append(&Command::AllocateCsId).unwrap();
+        state.apply(Command::AllocateCsId).unwrap();
+        drop(store);
+        let mut store = MdsStore::open(&path).unwrap();
+        assert_eq!(store.log_len(), 1);
+        assert_eq!(store.append(&Command::AllocateCsId).unwrap(), 7);
+        state.apply(Command::AllocateCsId).unwrap();
+        assert_eq!(store.load().unwrap(), state);
+    }
+}

@@ -1,0 +1,1392 @@
+//! Tests of the MDS state machine, store and service against an in-memory
+//! fake of the chunk servers' control interface.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::error::{Error, ErrorKind, Result};
+use crate::traits::*;
+use crate::types::*;
+
+// ----- fakes ---------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Create(ChunkId, MapVersion),
+    SetVersion(ChunkId, MapVersion),
+    Delete(ChunkId),
+}
+
+/// A chunk server's control side: records calls, can be made to fail.
+#[derive(Default)]
+struct FakeCs {
+    chunks: Mutex<BTreeMap<ChunkId, MapVersion>>,
+    fail: AtomicBool,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl FakeCs {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn version(&self, chunk: ChunkId) -> Option<MapVersion> {
+        self.chunks.lock().unwrap().get(&chunk).copied()
+    }
+    fn set_failing(&self, fail: bool) {
+        self.fail.store(fail, Ordering::SeqCst);
+    }
+    fn check(&self) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("fake chunk server is down"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChunkControl for FakeCs {
+    async fn create_chunk(&self, chunk: ChunkId, version: MapVersion, _size: u64) -> Result<()> {
+        self.check()?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Create(chunk, version));
+        self.chunks.lock().unwrap().insert(chunk, version);
+        Ok(())
+    }
+    async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.check()?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::SetVersion(chunk, version));
+        let mut chunks = self.chunks.lock().unwrap();
+        match chunks.get_mut(&chunk) {
+            None => Err(Error::not_found("no such replica")),
+            Some(v) if *v > version => Err(Error::stale("replica is newer")),
+            Some(v) => {
+                *v = version;
+                Ok(())
+            }
+        }
+    }
+    async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
+        self.check()?;
+        self.calls.lock().unwrap().push(Call::Delete(chunk));
+        self.chunks.lock().unwrap().remove(&chunk);
+        Ok(())
+    }
+    async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        self.check()?;
+        Ok(self
+            .chunks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&chunk, &version)| ChunkReplicaInfo { chunk, version })
+            .collect())
+    }
+}
+
+#[derive(Default)]
+struct FakeNet {
+    servers: Mutex<BTreeMap<String, Arc<FakeCs>>>,
+}
+
+#[async_trait]
+impl ControlConnector for FakeNet {
+    async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>> {
+        let cs = self.servers.lock().unwrap().get(addr).cloned();
+        match cs {
+            Some(cs) => Ok(cs),
+            None => Err(Error::unavailable(format!("no server at {addr}"))),
+        }
+    }
+}
+
+fn addr(id: CsId) -> String {
+    format!("10.0.0.{id}:9100")
+}
+
+const GB: u64 = 1 << 30;
+const CHUNK: u64 = MIN_CHUNK_SIZE;
+
+fn test_attrs() -> FileAttrs {
+    FileAttrs {
+        replicas: Replicas { norm: 3, min: 2 },
+        chunk_size: CHUNK,
+    }
+}
+
+fn config() -> MdsConfig {
+    MdsConfig {
+        cluster_name: "test".into(),
+        lease_duration_ms: 10_000,
+        heartbeat_interval_ms: 1_000,
+        offline_timeout_ms: 60_000,
+    }
+}
+
+struct Cluster {
+    mds: Arc<MdsService>,
+    net: Arc<FakeNet>,
+    clock: Arc<ManualClock>,
+}
+
+impl Cluster {
+    fn new_with(log: Option<Box<dyn CommandLog>>, state: MdsState) -> Cluster {
+        let net = Arc::new(FakeNet::default());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let mds = Arc::new(MdsService::new(
+            state,
+            log,
+            net.clone(),
+            clock.clone(),
+            config(),
+        ));
+        Cluster { mds, net, clock }
+    }
+
+    /// A cluster with one registered chunk server per entry of `free_gb`.
+    async fn new(free_gb: &[u64]) -> Cluster {
+        let c = Cluster::new_with(None, MdsState::new(test_attrs()).unwrap());
+        for &free in free_gb {
+            c.add_cs(free).await;
+        }
+        c
+    }
+
+    async fn add_cs(&self, free_gb: u64) -> CsId {
+        let id = self.mds.allocate_cs_id().await.unwrap();
+        self.net
+            .servers
+            .lock()
+            .unwrap()
+            .insert(addr(id), Arc::new(FakeCs::default()));
+        self.register(id, free_gb).await.unwrap();
+        id
+    }
+
+    async fn register(&self, id: CsId, free_gb: u64) -> Result<RegisterReply> {
+        let chunks = self.cs(id).list_chunks().await.unwrap_or_default();
+        self.mds
+            .register_cs(CsRegistration {
+                id,
+                addr: addr(id),
+                space: SpaceInfo {
+                    total_bytes: 100 * GB,
+                    free_bytes: free_gb * GB,
+                },
+                chunks,
+            })
+            .await
+    }
+
+    fn cs(&self, id: CsId) -> Arc<FakeCs> {
+        self.net.servers.lock().unwrap()[&addr(id)].clone()
+    }
+
+    fn state(&self) -> MdsState {
+        let s = self.mds.state_snapshot();
+        s.check_invariants().unwrap();
+        s
+    }
+
+    async fn open_write(&self, path: &str) -> Lease {
+        self.mds
+            .open(
+                path,
+                LeaseMode::Write,
+                OpenFlags {
+                    create: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .lease
+    }
+}
+
+fn chain(map: &ChunkMap) -> Vec<CsId> {
+    map.replicas.iter().map(|r| r.cs).collect()
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+    r.unwrap_err().kind()
+}
+
+// ----- state machine -------------------------------------------------------
+
+fn mkdir(s: &mut MdsState, path: &str, parents: bool) -> Result<ApplyOutcome> {
+    s.apply(Command::Mkdir {
+        path: path.into(),
+        parents,
+        now_ms: 5,
+    })
+}
+
+fn open_cmd(path: &str, mode: LeaseMode, create: bool, now_ms: u64) -> Command {
+    Command::Open {
+        path: path.into(),
+        mode,
+        flags: OpenFlags {
+            create,
+            ..Default::default()
+        },
+        now_ms,
+        lease_duration_ms: 100,
+    }
+}
+
+fn open(s: &mut MdsState, path: &str, mode: LeaseMode, now_ms: u64) -> Result<Lease> {
+    match s.apply(open_cmd(path, mode, mode == LeaseMode::Write, now_ms))? {
+        ApplyOutcome::Opened { lease, .. } => Ok(lease),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Applies `cmd` expecting `kind`, and checks the state did not change.
+fn refused(s: &mut MdsState, cmd: Command, expected: ErrorKind) -> Error {
+    let before = s.clone();
+    let err = s.apply(cmd).unwrap_err();
+    assert_eq!(err.kind(), expected, "{err}");
+    assert_eq!(*s, before, "a refused command changed the state");
+    err
+}
+
+#[test]
+fn namespace_ops_and_errors() {
+    let mut s = MdsState::new(test_attrs()).unwrap();
+    mkdir(&mut s, "/a", false).unwrap();
+    refused(
+        &mut s,
+        Command::Mkdir {
+            path: "/a".into(),
+            parents: false,
+            now_ms: 1,
+        },
+        ErrorKind::AlreadyExists,
+    );
+    refused(
+        &mut s,
+        Command::Mkdir {
+            path: "/x/y".into(),
+            parents: false,
+            now_ms: 1,
+        },
+        ErrorKind::NotFound,
+    );
+    mkdir(&mut s, "/x/y/z", true).unwrap();
+    mkdir(&mut s, "/x/y", true).unwrap(); // -p on an existing dir is fine
+    open(&mut s, "/a/f", LeaseMode::Write, 10).unwrap();
+    refused(
+        &mut s,
+        Command::Mkdir {
+            path: "/a/f/g".into(),
+            parents: true,
+            now_ms: 1,
+        },
+        ErrorKind::NotADirectory,
+    );
+    let names: Vec<String> = s
+        .readdir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["a", "x"]);
+    assert_eq!(kind(s.readdir("/a/f")), ErrorKind::NotADirectory);
+
+    // Unlink: non-empty dir, leased file, root.
+    refused(
+        &mut s,
+        Command::Unlink {
+            path: "/x".into(),
+            now_ms: 20,
+        },
+        ErrorKind::NotEmpty,
+    );
+    let err = refused(
+        &mut s,
+        Command::Unlink {
+            path: "/a/f".into(),
+            now_ms: 20,
+        },
+        ErrorKind::Busy,
+    );
+    assert!(err.message().contains("/a/f"), "{err}");
+    refused(
+        &mut s,
+        Command::Unlink {
+            path: "/".into(),
+            now_ms: 20,
+        },
+        ErrorKind::InvalidArgument,
+    );
+    // After the lease expires the file can go.
+    s.apply(Command::Unlink {
+        path: "/a/f".into(),
+        now_ms: 1_000,
+    })
+    .unwrap();
+    assert_eq!(kind(s.lookup("/a/f")), ErrorKind::NotFound);
+    assert_eq!(s.leases().count(), 0);
+    s.apply(Command::Unlink {
+        path: "/x/y/z".into(),
+        now_ms: 1_000,
+    })
+    .unwrap();
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn rename_rules() {
+    let mut s = MdsState::new(test_attrs()).unwrap();
+    mkdir(&mut s, "/d/sub", true).unwrap();
+    mkdir(&mut s, "/e/full/x", true).unwrap();
+    open(&mut s, "/f1", LeaseMode::Write, 1).unwrap();
+    open(&mut s, "/f2", LeaseMode::Write, 1).unwrap();
+    let rename = |from: &str, to: &str, now_ms| Command::Rename {
+        from: from.into(),
+        to: to.into(),
+        now_ms,
+    };
+    refused(
+        &mut s,
+        rename("/d", "/d/sub/d", 500),
+        ErrorKind::InvalidArgument,
+    );
+    refused(&mut s, rename("/d", "/e/full", 500), ErrorKind::NotEmpty);
+    refused(&mut s, rename("/f1", "/d", 500), ErrorKind::IsADirectory);
+    refused(&mut s, rename("/d", "/f1", 500), ErrorKind::NotADirectory);
+    refused(&mut s, rename("/nope", "/z", 500), ErrorKind::NotFound);
+    refused(&mut s, rename("/f1", "/nodir/z", 500), ErrorKind::NotFound);
+    // The target's lease is still live at 50.
+    refused(&mut s, rename("/f1", "/f2", 50), ErrorKind::Busy);
+
+    let f1 = s.lookup("/f1").unwrap();
+    s.apply(rename("/f1", "/f2", 500)).unwrap();
+    assert_eq!(s.lookup("/f2").unwrap(), f1);
+    assert_eq!(kind(s.lookup("/f1")), ErrorKind::NotFound);
+    s.apply(rename("/d", "/e/d2", 500)).unwrap();
+    assert!(s.lookup("/e/d2/sub").is_ok());
+    assert_eq!(s.path_of(s.lookup("/e/d2/sub").unwrap()), "/e/d2/sub");
+    // Moving a dir over an empty dir replaces it.
+    mkdir(&mut s, "/empty", false).unwrap();
+    s.apply(rename("/e/d2/sub", "/empty", 600)).unwrap();
+    s.apply(rename("/empty", "/empty", 600)).unwrap();
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn attributes_are_inherited_and_set_recursively() {
+    let mut s = MdsState::new(test_attrs()).unwrap();
+    mkdir(&mut s, "/vm", false).unwrap();
+    let update = AttrUpdate {
+        replicas: Some(Replicas { norm: 2, min: 1 }),
+        chunk_size: Some(2 * CHUNK),
+    };
+    s.apply(Command::SetAttr {
+        path: "/vm".into(),
+        update,
+        recursive: false,
+        now_ms: 2,
+    })
+    .unwrap();
+    mkdir(&mut s, "/vm/a", false).unwrap();
+    open(&mut s, "/vm/a/disk", LeaseMode::Write, 3).unwrap();
+    let disk = s.stat_of(s.lookup("/vm/a/disk").unwrap()).unwrap();
+    assert_eq!(disk.attrs.replicas, Replicas { norm: 2, min: 1 });
+    assert_eq!(disk.attrs.chunk_size, 2 * CHUNK);
+    assert_eq!(s.stat_of(ROOT_INODE).unwrap().attrs, test_attrs());
+
+    // Recursive: everything below changes, the root does not.
+    let r51 = Replicas { norm: 5, min: 1 };
+    s.apply(Command::SetAttr {
+        path: "/vm".into(),
+        update: AttrUpdate {
+            replicas: Some(r51),
+            chunk_size: None,
+        },
+        recursive: true,
+        now_ms: 4,
+    })
+    .unwrap();
+    for p in ["/vm", "/vm/a", "/vm/a/disk"] {
+        assert_eq!(
+            s.stat_of(s.lookup(p).unwrap()).unwrap().attrs.replicas,
+            r51,
+            "{p}"
+        );
+    }
+    assert_eq!(
+        s.stat_of(ROOT_INODE).unwrap().attrs.replicas,
+        test_attrs().replicas
+    );
+    // Bad values are refused.
+    refused(
+        &mut s,
+        Command::SetAttr {
+            path: "/vm".into(),
+            update: AttrUpdate {
+                replicas: Some(Replicas { norm: 1, min: 2 }),
+                chunk_size: None,
+            },
+            recursive: true,
+            now_ms: 5,
+        },
+        ErrorKind::InvalidArgument,
+    );
+}
+
+#[test]
+fn leases_conflict_and_expire() {
+    let mut s = MdsState::new(test_attrs()).unwrap();
+    let w = open(&mut s, "/f", LeaseMode::Write, 0).unwrap();
+    // Writers exclude everyone.
+    let err = refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Read, false, 10),
+        ErrorKind::Busy,
+    );
+    assert!(err.message().contains("/f"), "{err}");
+    refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Write, false, 10),
+        ErrorKind::Busy,
+    );
+    s.apply(Command::ReleaseLease {
+        lease: w.id,
+        now_ms: 20,
+    })
+    .unwrap();
+    assert!(
+        !s.inode(w.ino).unwrap().fence_pending,
+        "a timely close needs no fence"
+    );
+    // Readers share, but exclude writers.
+    open(&mut s, "/f", LeaseMode::Read, 30).unwrap();
+    open(&mut s, "/f", LeaseMode::Read, 30).unwrap();
+    refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Write, false, 40),
+        ErrorKind::Busy,
+    );
+    // Expired read leases do not count (duration 100).
+    let w2 = open(&mut s, "/f", LeaseMode::Write, 131).unwrap();
+    refused(
+        &mut s,
+        Command::RenewLease {
+            lease: w2.id,
+            now_ms: 232,
+        },
+        ErrorKind::Stale,
+    );
+    // An expired writer must be fenced before the file is opened again.
+    refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Read, false, 300),
+        ErrorKind::Stale,
+    );
+    let out = s.apply(Command::ExpireLeases { now_ms: 300 }).unwrap();
+    // The two read leases (expired at 130) and the writer.
+    assert_eq!(out, ApplyOutcome::Expired(vec![2, 3, w2.id]));
+    assert!(s.inode(w2.ino).unwrap().fence_pending);
+    refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Read, false, 300),
+        ErrorKind::Stale,
+    );
+    s.apply(Command::FenceFile { ino: w2.ino }).unwrap();
+    open(&mut s, "/f", LeaseMode::Read, 300).unwrap();
+    s.check_invariants().unwrap();
+}
+
+/// A state with chunk servers 1..=3 registered and file /f leased for writing.
+fn state_with_file() -> (MdsState, Lease) {
+    let mut s = MdsState::new(test_attrs()).unwrap();
+    for cs in 1..=3 {
+        s.apply(Command::AllocateCsId).unwrap();
+        s.apply(Command::SetCsAddr { cs, addr: addr(cs) }).unwrap();
+    }
+    let lease = open(&mut s, "/f", LeaseMode::Write, 0).unwrap();
+    (s, lease)
+}
+
+fn allocate(s: &mut MdsState, lease: LeaseId, index: u64) -> Result<ApplyOutcome> {
+    let chunk = s.next_chunk_id();
+    s.apply(Command::AllocateChunk {
+        lease,
+        index,
+        chunk,
+        version: 1,
+        replicas: vec![1, 2, 3],
+        now_ms: 1,
+    })
+}
+
+#[test]
+fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
+    let (mut s, lease) = state_with_file();
+    allocate(&mut s, lease.id, 0).unwrap();
+    let chunk = s.file_chunk_map(lease.ino, 0).unwrap().chunk;
+    assert_eq!(
+        kind(allocate(&mut s, lease.id, 0)),
+        ErrorKind::AlreadyExists
+    );
+    // A reused chunk id is refused.
+    refused(
+        &mut s,
+        Command::AllocateChunk {
+            lease: lease.id,
+            index: 1,
+            chunk,
+            version: 1,
+            replicas: vec![1, 2],
+            now_ms: 1,
+        },
+        ErrorKind::Internal,
+    );
+    // Fewer replicas than min, duplicates, unknown servers are refused.
+    let next = s.next_chunk_id();
+    for (replicas, expected) in [
+        (vec![1], ErrorKind::Unavailable),
+        (vec![1, 1], ErrorKind::Internal),
+        (vec![1, 9], ErrorKind::NotFound),
+    ] {
+        refused(
+            &mut s,
+            Command::AllocateChunk {
+                lease: lease.id,
+                index: 1,
+                chunk: next,
+                version: 1,
+                replicas,
+                now_ms: 1,
+            },
+            expected,
+        );
+    }
+    let update = |version, replicas: Vec<CsId>| Command::UpdateChunkMap {
+        chunk,
+        version,
+        replicas,
+    };
+    s.apply(update(2, vec![1, 3])).unwrap();
+    refused(&mut s, update(2, vec![1]), ErrorKind::Stale);
+    refused(&mut s, update(1, vec![1]), ErrorKind::Stale);
+    refused(&mut s, update(3, vec![]), ErrorKind::Internal);
+    assert_eq!(s.chunk(chunk).unwrap().version, 2);
+    // A read lease cannot allocate; an expired lease is stale.
+    let r = open(&mut s, "/g", LeaseMode::Write, 0).unwrap();
+    s.apply(Command::ReleaseLease {
+        lease: r.id,
+        now_ms: 1,
+    })
+    .unwrap();
+    let r = open(&mut s, "/g", LeaseMode::Read, 1).unwrap();
+    assert_eq!(kind(allocate(&mut s, r.id, 0)), ErrorKind::BadHandle);
+    let next = s.next_chunk_id();
+    refused(
+        &mut s,
+        Command::AllocateChunk {
+            lease: lease.id,
+            index: 5,
+            chunk: next,
+            version: 1,
+            replicas: vec![1, 2],
+            now_ms: 500,
+        },
+        ErrorKind::Stale,
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn truncate_and_commit_size() {
+    let (mut s, lease) = state_with_file();
+    for i in 0..4 {
+        allocate(&mut s, lease.id, i).unwrap();
+    }
+    let commit = |size, now_ms| Command::CommitSize {
+        lease: lease.id,
+        size,
+        now_ms,
+    };
+    s.apply(commit(4 * CHUNK, 7)).unwrap();
+    s.apply(commit(CHUNK, 8)).unwrap();
+    let st = s.stat_of(lease.ino).unwrap();
+    assert_eq!(
+        (st.size, st.mtime_ms),
+        (4 * CHUNK, 8),
+        "commit_size never shrinks"
+    );
+    refused(
+        &mut s,
+        commit(MAX_FILE_SIZE + 1, 9),
+        ErrorKind::FileTooLarge,
+    );
+
+    // Size 1.5 chunks keeps chunks 0 and 1, drops 2 and 3.
+    let out = s
+        .apply(Command::Truncate {
+            lease: lease.id,
+            size: CHUNK + CHUNK / 2,
+            now_ms: 10,
+        })
+        .unwrap();
+    let ApplyOutcome::Released(released) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(released.iter().map(|m| m.index).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(released[0].replicas[0].addr, addr(1));
+    assert_eq!(
+        s.file_chunk_maps(lease.ino)
+            .iter()
+            .map(|m| m.index)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    // Exactly on a boundary: chunk 1 starts at the size and goes.
+    s.apply(Command::Truncate {
+        lease: lease.id,
+        size: CHUNK,
+        now_ms: 11,
+    })
+    .unwrap();
+    assert_eq!(s.file_chunk_maps(lease.ino).len(), 1);
+    assert_eq!(s.stat_of(lease.ino).unwrap().size, CHUNK);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn apply_is_deterministic_and_state_round_trips() {
+    let (mut a, lease) = state_with_file();
+    let cmds = vec![
+        Command::Mkdir {
+            path: "/d/e".into(),
+            parents: true,
+            now_ms: 3,
+        },
+        Command::AllocateChunk {
+            lease: lease.id,
+            index: 3,
+            chunk: 17,
+            version: 1,
+            replicas: vec![2, 3],
+            now_ms: 4,
+        },
+        Command::CommitSize {
+            lease: lease.id,
+            size: 12345,
+            now_ms: 5,
+        },
+        Command::ExpireLeases { now_ms: 1000 },
+        Command::FenceFile { ino: lease.ino },
+        Command::Rename {
+            from: "/f".into(),
+            to: "/d/e/f".into(),
+            now_ms: 6,
+        },
+    ];
+    let mut b = a.clone();
+    for cmd in cmds {
+        let bytes = postcard::to_allocvec(&cmd).unwrap();
+        let decoded: Command = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, cmd);
+        let ra = a.apply(cmd);
+        let rb = b.apply(decoded);
+        assert_eq!(ra, rb);
+        ra.unwrap();
+    }
+    assert_eq!(a, b);
+    assert_eq!(a.chunk(17).unwrap().version, 2, "fenced");
+    assert_eq!(a.next_chunk_id(), 18);
+    let bytes = postcard::to_allocvec(&a).unwrap();
+    let c: MdsState = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(a, c);
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn cs_registry_commands() {
+    let mut s = MdsState::default();
+    assert_eq!(
+        s.apply(Command::AllocateCsId).unwrap(),
+        ApplyOutcome::CsId(1)
+    );
+    assert_eq!(
+        s.apply(Command::AllocateCsId).unwrap(),
+        ApplyOutcome::CsId(2)
+    );
+    refused(
+        &mut s,
+        Command::SetCsAddr {
+            cs: 3,
+            addr: "h:1".into(),
+        },
+        ErrorKind::NotFound,
+    );
+    refused(
+        &mut s,
+        Command::SetCsAddr {
+            cs: 1,
+            addr: String::new(),
+        },
+        ErrorKind::InvalidArgument,
+    );
+    s.apply(Command::SetCsAddr {
+        cs: 1,
+        addr: "h:1".into(),
+    })
+    .unwrap();
+    s.apply(Command::DropCs { cs: 1 }).unwrap();
+    assert!(s.cs(1).unwrap().dropped);
+    refused(
+        &mut s,
+        Command::SetCsAddr {
+            cs: 1,
+            addr: "h:2".into(),
+        },
+        ErrorKind::PermissionDenied,
+    );
+}
+
+// ----- service -------------------------------------------------------------
+
+#[tokio::test]
+async fn placement_prefers_most_free_space() {
+    let c = Cluster::new(&[10, 40, 30, 20]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [2, 3, 4], "most free first");
+    assert_eq!(map.version, 1);
+    assert_eq!(map.replicas[0].addr, addr(2));
+    for cs in [2, 3, 4] {
+        assert_eq!(c.cs(cs).calls(), [Call::Create(map.chunk, 1)]);
+    }
+    assert!(c.cs(1).calls().is_empty());
+    // Asking again returns the same map; a read of a missing chunk is None.
+    let again = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(again, map);
+    assert_eq!(c.mds.chunk_map(lease.id, 7, false).await.unwrap(), None);
+    // Placed bytes count until the next space report: with 64 KiB chunks the
+    // order stays, but the chain never repeats a server.
+    let map1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map1).len(), 3);
+    assert_ne!(map1.chunk, map.chunk);
+    assert_eq!(
+        c.mds.file_chunks("/f").await.unwrap(),
+        vec![map.clone(), map1]
+    );
+    c.state();
+}
+
+#[tokio::test]
+async fn allocation_needs_replicas_min_active_servers() {
+    let c = Cluster::new(&[10]).await;
+    let lease = c.open_write("/f").await;
+    let err = c.mds.chunk_map(lease.id, 0, true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(err.message().contains("1 chunk server(s) active"), "{err}");
+    assert!(err.message().contains("at least 2"), "{err}");
+    assert!(err.message().contains("/f"), "{err}");
+
+    // With min servers available the chunk is allocated, degraded.
+    c.add_cs(5).await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2]);
+    let status = c.mds.cluster_status().await.unwrap();
+    assert_eq!(status.health, "degraded");
+    assert_eq!((status.chunks, status.chunks_degraded), (1, 1));
+
+    // A server that fails create_chunk is left out if min remain.
+    c.add_cs(50).await;
+    c.cs(3).set_failing(true);
+    let map = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2]);
+    // ... and the allocation fails if fewer than min remain.
+    c.cs(2).set_failing(true);
+    let err = c.mds.chunk_map(lease.id, 2, true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    // The replica that was created is deleted again.
+    let calls = c.cs(1).calls();
+    assert!(matches!(calls.last(), Some(Call::Delete(_))), "{calls:?}");
+    assert_eq!(c.state().file_chunk_maps(lease.ino).len(), 2);
+}
+
+#[tokio::test]
+async fn chunk_map_checks_the_lease() {
+    let c = Cluster::new(&[1, 1, 1]).await;
+    let w = c.open_write("/f").await;
+    c.mds.close(w.id).await.unwrap();
+    c.mds.close(w.id).await.unwrap(); // idempotent
+    assert_eq!(kind(c.mds.chunk_map(w.id, 0, true).await), ErrorKind::Stale);
+    let r = c
+        .mds
+        .open("/f", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap()
+        .lease;
+    assert_eq!(
+        kind(c.mds.chunk_map(r.id, 0, true).await),
+        ErrorKind::BadHandle
+    );
+    assert_eq!(c.mds.chunk_map(r.id, 0, false).await.unwrap(), None);
+    c.clock.advance(c.mds.config().lease_duration_ms + 1);
+    assert_eq!(
+        kind(c.mds.chunk_map(r.id, 0, false).await),
+        ErrorKind::Stale
+    );
+    assert_eq!(kind(c.mds.renew(r.id).await), ErrorKind::Stale);
+}
+
+#[tokio::test]
+async fn report_failure_drops_the_replica_and_bumps_the_version() {
+    let c = Cluster::new(&[30, 20, 10, 5]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    let new = c
+        .mds
+        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
+        .await
+        .unwrap();
+    assert_eq!((chain(&new), new.version), (vec![1, 3], 2));
+    for cs in [1, 3] {
+        assert_eq!(
+            c.cs(cs).calls().last(),
+            Some(&Call::SetVersion(map.chunk, 2))
+        );
+        assert_eq!(c.cs(cs).version(map.chunk), Some(2));
+    }
+    assert_eq!(
+        c.cs(2).version(map.chunk),
+        Some(1),
+        "the dropped replica is not told"
+    );
+
+    // An outdated report (old version) returns the current map unchanged.
+    let cur = c
+        .mds
+        .report_failure(lease.id, map.chunk, 1, 3, FailureReason::IoError)
+        .await
+        .unwrap();
+    assert_eq!(cur, new);
+
+    // A survivor that fails the version push is dropped too: 2 bumps.
+    // Below min the chunk keeps its survivor and the caller learns why.
+    c.cs(3).set_failing(true);
+    let err = c
+        .mds
+        .report_failure(lease.id, map.chunk, 2, 1, FailureReason::Corrupt)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    for part in ["/f", &format!("{:#x}", map.chunk), "1 of the 2"] {
+        assert!(err.message().contains(part), "{part:?} missing in {err}");
+    }
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.replicas, [3], "the last replica is never dropped");
+    assert_eq!(rec.version, 3);
+    let status = c.mds.cluster_status().await.unwrap();
+    assert_eq!(
+        (status.health.as_str(), status.chunks_urgent),
+        ("failure", 1)
+    );
+}
+
+#[tokio::test]
+async fn version_mismatch_report_syncs_a_lagging_member() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    // The replica on CS 2 reports a mismatch but takes the current version.
+    let same = c
+        .mds
+        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::VersionMismatch)
+        .await
+        .unwrap();
+    assert_eq!(same, map);
+    assert_eq!(
+        c.cs(2).calls().last(),
+        Some(&Call::SetVersion(map.chunk, 1))
+    );
+    // A report naming a server outside the chain changes nothing.
+    let c2 = c
+        .mds
+        .report_failure(lease.id, map.chunk, 1, 99, FailureReason::Unreachable)
+        .await
+        .unwrap();
+    assert_eq!(c2, map);
+    // Another file's lease cannot report this chunk.
+    let other = c.open_write("/g").await;
+    assert_eq!(
+        kind(
+            c.mds
+                .report_failure(other.id, map.chunk, 1, 2, FailureReason::Unreachable)
+                .await
+        ),
+        ErrorKind::BadHandle
+    );
+}
+
+#[tokio::test]
+async fn registration_computes_the_delete_list() {
+    let c = Cluster::new(&[3, 2, 1, 1]).await;
+    let lease = c.open_write("/f").await;
+    let m0 = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    let m1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
+    let m2 = c.mds.chunk_map(lease.id, 2, true).await.unwrap().unwrap();
+    assert!(chain(&m0).contains(&1) && chain(&m1).contains(&1) && chain(&m2).contains(&1));
+    // Drop CS 1 from m1 (it then holds a replica outside the chain).
+    c.mds
+        .report_failure(lease.id, m1.chunk, 1, 1, FailureReason::Unreachable)
+        .await
+        .unwrap();
+
+    // CS 1 restarts with: m0 (current), m1 (dropped), an unknown chunk, and
+    // without m2 (lost).
+    {
+        let cs1 = c.cs(1);
+        let mut chunks = cs1.chunks.lock().unwrap();
+        chunks.insert(0xdead, 1);
+        chunks.remove(&m2.chunk);
+    }
+    let reply = c.register(1, 3).await.unwrap();
+    let mut delete = reply.delete.clone();
+    delete.sort();
+    let mut expected = vec![m1.chunk, 0xdead];
+    expected.sort();
+    assert_eq!(delete, expected);
+    assert_eq!(reply.heartbeat_interval_ms, 1_000);
+    let s = c.state();
+    assert!(s.chunk(m0.chunk).unwrap().replicas.contains(&1));
+    let lost = s.chunk(m2.chunk).unwrap();
+    assert!(
+        !lost.replicas.contains(&1),
+        "a lost replica leaves the chain"
+    );
+    assert_eq!(lost.version, 2);
+}
+
+#[tokio::test]
+async fn a_member_behind_the_map_is_synced_by_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    let store = MdsStore::create(&path, &MdsState::new(test_attrs()).unwrap()).unwrap();
+    let net = Arc::new(FakeNet::default());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mds = MdsService::with_store(store, net.clone(), clock.clone(), config()).unwrap();
+    let c = Cluster {
+        mds: Arc::new(mds),
+        net,
+        clock,
+    };
+    for _ in 0..3 {
+        c.add_cs(1).await;
+    }
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    // The writer vanishes; its lease expires and the file awaits fencing.
+    c.clock.advance(20_000);
+    c.mds.tick().await;
+    assert!(c.state().inode(lease.ino).unwrap().fence_pending);
+    let mut expected = c.state();
+    let Cluster { mds, net, clock } = c;
+    drop(mds);
+    // The MDS crashes mid-fence: the FenceFile command is durable, but only
+    // CS 1 and 2 received the new version.
+    let mut store = MdsStore::open(&path).unwrap();
+    store
+        .append(&Command::FenceFile { ino: lease.ino })
+        .unwrap();
+    expected
+        .apply(Command::FenceFile { ino: lease.ino })
+        .unwrap();
+    let mds =
+        Arc::new(MdsService::with_store(store, net.clone(), clock.clone(), config()).unwrap());
+    assert_eq!(mds.state_snapshot(), expected);
+    let c = Cluster { mds, net, clock };
+    for cs in [1, 2] {
+        c.cs(cs).set_version(map.chunk, 2).await.unwrap();
+    }
+    // Before registering again, no server is active: no allocation.
+    let st = c.mds.cluster_status().await.unwrap();
+    assert!(
+        st.cs.iter().all(|cs| cs.status == CsStatus::Inactive),
+        "{st:?}"
+    );
+    assert_eq!(
+        kind(c.mds.heartbeat(1, SpaceInfo::default()).await),
+        ErrorKind::Stale
+    );
+    for cs in [1, 2, 3] {
+        let reply = c.register(cs, 1).await.unwrap();
+        assert!(reply.delete.is_empty(), "CS {cs}: {reply:?}");
+    }
+    assert_eq!(c.cs(3).version(map.chunk), Some(1));
+    c.mds.tick().await;
+    assert_eq!(
+        c.cs(3).version(map.chunk),
+        Some(2),
+        "tick pushed the version"
+    );
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!((rec.version, rec.replicas.len()), (2, 3));
+}
+
+#[tokio::test]
+async fn expired_write_lease_is_fenced_before_the_next_open() {
+    let c = Cluster::new(&[3, 2, 1, 1]).await;
+    let lease = c.open_write("/f").await;
+    let m0 = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    let m1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
+    // Renewal keeps it alive past its first duration.
+    c.clock.advance(8_000);
+    c.mds.renew(lease.id).await.unwrap();
+    c.clock.advance(8_000);
+    c.mds.tick().await;
+    assert!(!c.state().inode(lease.ino).unwrap().fence_pending);
+    // Then the writer goes silent.
+    c.clock.advance(10_001);
+    c.mds.tick().await;
+    assert!(c.state().inode(lease.ino).unwrap().fence_pending);
+    assert_eq!(
+        kind(c.mds.commit_size(lease.id, 10).await),
+        ErrorKind::Stale
+    );
+    // One replica of m1 cannot take the new version: it is dropped.
+    let victim = chain(&m1)[2];
+    c.cs(victim).set_failing(true);
+    let reader = c
+        .mds
+        .open("/f", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
+    let s = c.state();
+    assert!(!s.inode(lease.ino).unwrap().fence_pending);
+    assert_eq!(s.chunk(m0.chunk).unwrap().version, 2);
+    for cs in chain(&m0) {
+        assert_eq!(c.cs(cs).version(m0.chunk), Some(2), "CS {cs} fenced");
+    }
+    let r1 = s.chunk(m1.chunk).unwrap();
+    assert_eq!(r1.version, 3, "fence bump + drop bump");
+    assert!(!r1.replicas.contains(&victim));
+    assert_eq!(
+        c.mds
+            .chunk_map(reader.lease.id, 0, false)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn open_flags_and_namespace_through_the_service() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let excl = OpenFlags {
+        create: true,
+        exclusive: true,
+        truncate: false,
+    };
+    assert_eq!(
+        kind(
+            c.mds
+                .open("/f", LeaseMode::Write, OpenFlags::default())
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(c.mds.open("/f", LeaseMode::Read, excl).await),
+        ErrorKind::InvalidArgument
+    );
+    let w = c.mds.open("/f", LeaseMode::Write, excl).await.unwrap();
+    let m0 = c.mds.chunk_map(w.lease.id, 0, true).await.unwrap().unwrap();
+    c.mds.commit_size(w.lease.id, 100).await.unwrap();
+    c.mds.close(w.lease.id).await.unwrap();
+    assert_eq!(
+        kind(c.mds.open("/f", LeaseMode::Write, excl).await),
+        ErrorKind::AlreadyExists
+    );
+    let st = c.mds.stat("/f").await.unwrap();
+    assert_eq!(st.size, 100);
+    // Truncating open releases the chunks on the servers.
+    let w = c
+        .mds
+        .open(
+            "/f",
+            LeaseMode::Write,
+            OpenFlags {
+                truncate: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.stat.size, 0);
+    for cs in chain(&m0) {
+        assert_eq!(c.cs(cs).version(m0.chunk), None, "deleted on CS {cs}");
+    }
+    // Unlink is refused while leased and deletes chunks afterwards.
+    let m = c.mds.chunk_map(w.lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(kind(c.mds.unlink("/f").await), ErrorKind::Busy);
+    c.mds.close(w.lease.id).await.unwrap();
+    c.mds.mkdir("/d/e", true).await.unwrap();
+    c.mds.rename("/f", "/d/e/f").await.unwrap();
+    assert_eq!(c.mds.readdir("/d/e").await.unwrap()[0].name, "f");
+    assert_eq!(kind(c.mds.unlink("/d").await), ErrorKind::NotEmpty);
+    c.mds.unlink("/d/e/f").await.unwrap();
+    for cs in chain(&m) {
+        assert_eq!(c.cs(cs).calls().last(), Some(&Call::Delete(m.chunk)));
+    }
+    assert_eq!(kind(c.mds.file_chunks("/d").await), ErrorKind::IsADirectory);
+    c.state();
+}
+
+#[tokio::test]
+async fn truncate_through_the_service_deletes_chunks_beyond() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let lease = c.open_write("/f").await;
+    let maps: Vec<ChunkMap> =
+        futures::future::join_all((0..3).map(|i| c.mds.chunk_map(lease.id, i, true)))
+            .await
+            .into_iter()
+            .map(|m| m.unwrap().unwrap())
+            .collect();
+    c.mds.commit_size(lease.id, 3 * CHUNK).await.unwrap();
+    c.mds.truncate(lease.id, CHUNK + 1).await.unwrap();
+    assert_eq!(c.mds.stat("/f").await.unwrap().size, CHUNK + 1);
+    assert_eq!(c.mds.file_chunks("/f").await.unwrap().len(), 2);
+    for cs in 1..=3 {
+        assert_eq!(c.cs(cs).version(maps[2].chunk), None);
+        assert_eq!(c.cs(cs).version(maps[1].chunk), Some(1));
+    }
+}
+
+#[tokio::test]
+async fn cs_status_follows_heartbeats() {
+    let c = Cluster::new(&[3, 2]).await;
+    let status = |c: &Cluster| {
+        let c = c.mds.clone();
+        async move {
+            c.cluster_status()
+                .await
+                .unwrap()
+                .cs
+                .iter()
+                .map(|cs| cs.status)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Active]);
+    assert_eq!(c.mds.cluster_status().await.unwrap().health, "healthy");
+    c.clock.advance(2_000);
+    c.mds.heartbeat(1, SpaceInfo::default()).await.unwrap();
+    c.clock.advance(1_500);
+    assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Inactive]);
+    assert_eq!(c.mds.cluster_status().await.unwrap().health, "degraded");
+    c.clock.advance(60_000);
+    assert_eq!(status(&c).await, [CsStatus::Offline, CsStatus::Offline]);
+    assert_eq!(
+        kind(c.mds.heartbeat(9, SpaceInfo::default()).await),
+        ErrorKind::NotFound
+    );
+    c.mds.drop_cs(2).await.unwrap();
+    assert_eq!(status(&c).await, [CsStatus::Offline, CsStatus::Dropped]);
+    assert_eq!(kind(c.register(2, 1).await), ErrorKind::PermissionDenied);
+    let err = c
+        .mds
+        .register_cs(CsRegistration {
+            id: 7,
+            addr: "h:1".into(),
+            space: SpaceInfo::default(),
+            chunks: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.message().contains("make-cs"), "{err}");
+}
+
+/// Runs a mix of operations through a store-backed service.
+async fn workload(c: &Cluster) {
+    for _ in 0..3 {
+        c.add_cs(10).await;
+    }
+    c.mds.mkdir("/vm/a", true).await.unwrap();
+    c.mds
+        .set_attr(
+            "/vm",
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 2, min: 1 }),
+                chunk_size: None,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let lease = c.open_write("/vm/a/disk").await;
+    for i in 0..3 {
+        c.mds.chunk_map(lease.id, i, true).await.unwrap();
+    }
+    let m = c.mds.chunk_map(lease.id, 0, false).await.unwrap().unwrap();
+    c.mds
+        .report_failure(
+            lease.id,
+            m.chunk,
+            1,
+            m.replicas[0].cs,
+            FailureReason::Corrupt,
+        )
+        .await
+        .unwrap();
+    c.mds.commit_size(lease.id, 3 * CHUNK).await.unwrap();
+    c.mds.truncate(lease.id, 2 * CHUNK).await.unwrap();
+    c.mds.rename("/vm/a/disk", "/vm/disk").await.unwrap();
+    c.mds.close(lease.id).await.unwrap();
+    let other = c.open_write("/tmp").await;
+    c.clock.advance(20_000);
+    c.mds.tick().await;
+    let _ = other;
+}
+
+#[tokio::test]
+async fn store_replay_gives_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    drop(MdsStore::create(&path, &MdsState::new(test_attrs()).unwrap()).unwrap());
+    assert_eq!(
+        MdsStore::create(&path, &MdsState::default())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    let store = MdsStore::open(&path).unwrap();
+    let c = Cluster::new_with(Some(Box::new(store)), MdsState::new(test_attrs()).unwrap());
+    workload(&c).await;
+    let expected = c.state();
+    assert!(
+        expected
+            .inode(expected.lookup("/tmp").unwrap())
+            .unwrap()
+            .fence_pending
+    );
+    drop(c);
+    let store = MdsStore::open(&path).unwrap();
+    assert!(store.log_len() > 10);
+    assert_eq!(store.load().unwrap(), expected);
+    assert_eq!(
+        MdsStore::open(dir.path().join("nope.redb"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    let mut store = MdsStore::create(&path, &MdsState::new(test_attrs()).unwrap()).unwrap();
+    store.set_compact_every(4);
+    let c = Cluster::new_with(Some(Box::new(store)), MdsState::new(test_attrs()).unwrap());
+    workload(&c).await;
+    let expected = c.state();
+    drop(c);
+    let store = MdsStore::open(&path).unwrap();
+    assert!(store.log_len() < 4, "log trimmed to {}", store.log_len());
+    assert_eq!(store.load().unwrap(), expected);
+    // Appending after reopening continues the log.
+    let c = Cluster {
+        mds: Arc::new(
+            MdsService::with_store(
+                store,
+                Arc::new(FakeNet::default()),
+                Arc::new(ManualClock::new(5_000_000)),
+                config(),
+            )
+            .unwrap(),
+        ),
+        net: Arc::new(FakeNet::default()),
+        clock: Arc::new(ManualClock::new(5_000_000)),
+    };
+    c.mds.mkdir("/after", false).await.unwrap();
+    let expected = c.state();
+    drop(c);
+    assert_eq!(MdsStore::open(&path).unwrap().load().unwrap(), expected);
+}
+
+/// A log whose appends can be made to fail.
+struct FlakyLog {
+    fail: Arc<AtomicBool>,
+    appended: Arc<Mutex<Vec<Command>>>,
+}
+
+impl CommandLog for FlakyLog {
+    fn append(&mut self, cmd: &Command) -> Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Io, "disk full (simulated)"));
+        }
+        self.appended.lock().unwrap().push(cmd.clone());
+        Ok(())
+    }
+    fn applied(&mut self, _state: &MdsState) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_append_changes_nothing() {
+    let fail = Arc::new(AtomicBool::new(false));
+    let appended = Arc::new(Mutex::new(Vec::new()));
+    let log = FlakyLog {
+        fail: fail.clone(),
+        appended: appended.clone(),
+    };
+    let initial = MdsState::new(test_attrs()).unwrap();
+    let c = Cluster::new_with(Some(Box::new(log)), initial.clone());
+    for _ in 0..3 {
+        c.add_cs(10).await;
+    }
+    let lease = c.open_write("/f").await;
+    let before = c.state();
+    fail.store(true, Ordering::SeqCst);
+    assert_eq!(kind(c.mds.mkdir("/d", false).await), ErrorKind::Io);
+    assert_eq!(kind(c.mds.commit_size(lease.id, 5).await), ErrorKind::Io);
+    assert_eq!(
+        kind(c.mds.chunk_map(lease.id, 0, true).await),
+        ErrorKind::Io
+    );
+    assert_eq!(c.state(), before);
+    // The replicas created for the failed allocation were deleted again.
+    for cs in 1..=3 {
+        let calls = c.cs(cs).calls();
+        assert!(
+            matches!(calls.as_slice(), [Call::Create(..), Call::Delete(_)]),
+            "{calls:?}"
+        );
+    }
+    // The log holds exactly what was applied: replaying it gives the state.
+    fail.store(false, Ordering::SeqCst);
+    c.mds.mkdir("/d", false).await.unwrap();
+    let mut replayed = initial;
+    for cmd in appended.lock().unwrap().iter().cloned() {
+        replayed.apply(cmd).unwrap();
+    }
+    assert_eq!(replayed, c.state());
+}
+
+#[test]
+fn the_service_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<MdsService>();
+}
