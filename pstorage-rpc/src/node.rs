@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use pstorage_core::chunk::{ChunkServer, FileChunkStore};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
-use pstorage_core::mds::{MdsConfig, MdsService, MdsStore};
+use pstorage_core::mds::{MdsConfig, MdsService, MdsState, MdsStore};
 use pstorage_core::traits::{ChunkControl, ChunkService, Clock, CsRegistry, SystemClock};
-use pstorage_core::types::{CsId, SpaceInfo};
+use pstorage_core::types::{CsId, FileAttrs};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
@@ -43,8 +43,6 @@ pub struct MdsServiceConf {
     pub cluster: String,
     /// `host:port` the MDS listens on and is listed under in `bs.list`.
     pub addr: String,
-    /// The cluster's default chunk size in bytes.
-    pub chunk_size: u64,
 }
 
 /// The configuration of a CS service directory, written by `make-cs`.
@@ -118,8 +116,12 @@ pub fn create_cluster_mds(
         format_version: SERVICE_CONF_VERSION,
         cluster: conf.name.clone(),
         addr: addr.clone(),
-        chunk_size,
     };
+    let root_attrs = FileAttrs {
+        chunk_size,
+        ..FileAttrs::default()
+    };
+    MdsStore::create(dir.join(MDS_DB), &MdsState::new(root_attrs)?)?;
     key.write(&dir.join(KEY_FILE))?;
     write_conf(&dir.join(MDS_CONF), &service)?;
     conf.store_key(key)?;
@@ -227,10 +229,13 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     let store = MdsStore::open(&dir.join(MDS_DB))?;
     let control = Arc::new(TcpControlConnector::new(control_dialer(key.clone())));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut config = MdsConfig::new(&conf.cluster);
-    config.chunk_size = conf.chunk_size;
+    let mut config = MdsConfig {
+        cluster_name: conf.cluster.clone(),
+        addr: conf.addr.clone(),
+        ..MdsConfig::default()
+    };
     apply_env_overrides(&mut config);
-    let mds = Arc::new(MdsService::open(store, control, clock, config)?);
+    let mds = Arc::new(MdsService::with_store(store, control, clock, config)?);
     let listener = TcpListener::bind(&conf.addr)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
@@ -319,7 +324,7 @@ const MDS_SILENCE_FENCE: Duration = Duration::from_secs(10);
 async fn cs_session(server: Arc<ChunkServer>, mds: MdsClient, id: CsId, addr: String) -> Result<()> {
     loop {
         server.set_serving(false);
-        let registration = server.registration(&addr)?;
+        let registration = server.registration(&addr).await?;
         let reply = match mds.register_cs(registration).await {
             Ok(r) => r,
             Err(e) => {
@@ -328,18 +333,18 @@ async fn cs_session(server: Arc<ChunkServer>, mds: MdsClient, id: CsId, addr: St
                 continue;
             }
         };
-        server.apply_register_reply(&reply)?;
+        server.apply_register_reply(&reply).await?;
         server.set_serving(true);
         info!("CS {id}: registered with the MDS");
         let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(interval).await;
-            let space = server.space().unwrap_or_default();
+            let space = server.store().space().unwrap_or_default();
             match mds.heartbeat(id, space).await {
                 Ok(()) => last_ok = tokio::time::Instant::now(),
                 // The MDS does not know us (it restarted): register again.
-                Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(e) if e.kind() == ErrorKind::Stale => {
                     info!("CS {id}: {e}; registering again");
                     break;
                 }

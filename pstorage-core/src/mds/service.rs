@@ -34,6 +34,8 @@ pub struct MdsConfig {
     pub heartbeat_interval_ms: u64,
     /// A chunk server silent this long is offline, in ms.
     pub offline_timeout_ms: u64,
+    /// This MDS's address, shown by `pstorage stat`.
+    pub addr: String,
 }
 
 impl Default for MdsConfig {
@@ -43,6 +45,7 @@ impl Default for MdsConfig {
             lease_duration_ms: 30_000,
             heartbeat_interval_ms: 1_000,
             offline_timeout_ms: 300_000,
+            addr: String::new(),
         }
     }
 }
@@ -820,7 +823,11 @@ impl MetadataService for MdsService {
         Ok(ClusterStatus {
             cluster_name: self.config.cluster_name.clone(),
             health: health.to_string(),
-            mds: Vec::new(),
+            mds: vec![MdsInfo {
+                id: 1,
+                addr: self.config.addr.clone(),
+                role: "leader".to_string(),
+            }],
             cs,
             files,
             dirs,
