@@ -198,7 +198,8 @@ impl File {
 
     /// See [`super::File::write_at_bytes`].
     pub fn write_at_bytes(&self, offset: u64, data: Bytes) -> Result<()> {
-        self.runtime.block_on(self.inner.write_at_bytes(offset, data))
+        self.runtime
+            .block_on(self.inner.write_at_bytes(offset, data))
     }
 
     /// See [`super::File::write_zeros`].

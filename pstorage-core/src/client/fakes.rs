@@ -380,7 +380,7 @@ impl FakeMds {
         lock(&self.state).leases.clear();
     }
 
-    fn lease<'a>(st: &'a MdsState, lease: LeaseId) -> Result<&'a FakeLease> {
+    fn lease(st: &MdsState, lease: LeaseId) -> Result<&FakeLease> {
         st.leases
             .get(&lease)
             .ok_or_else(|| Error::stale(format!("lease {lease} expired")))
@@ -393,11 +393,17 @@ impl MetadataService for FakeMds {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.dirs.contains_key(&path) {
-            return Err(Error::new(ErrorKind::IsADirectory, format!("{path} is a directory")));
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory"),
+            ));
         }
         let exists = st.files.contains_key(&path);
         if exists && flags.create && flags.exclusive {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("{path} exists")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path} exists"),
+            ));
         }
         if !exists {
             if !flags.create {
@@ -486,14 +492,20 @@ impl MetadataService for FakeMds {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.files.contains_key(&path) || (st.dirs.contains_key(&path) && !parents) {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("{path} exists")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path} exists"),
+            ));
         }
         // Every missing directory from the top down.
         let mut missing = vec![];
         let mut p = path.clone();
         while !st.dirs.contains_key(&p) {
             if st.files.contains_key(&p) {
-                return Err(Error::new(ErrorKind::NotADirectory, format!("{p} is a file")));
+                return Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    format!("{p} is a file"),
+                ));
             }
             missing.push(p.clone());
             p = parent_of(&p);
@@ -544,8 +556,16 @@ impl MetadataService for FakeMds {
         }
         if st.dirs.contains_key(&path) {
             let prefix = format!("{path}/");
-            if st.files.keys().chain(st.dirs.keys()).any(|p| p.starts_with(&prefix)) {
-                return Err(Error::new(ErrorKind::NotEmpty, format!("{path} is not empty")));
+            if st
+                .files
+                .keys()
+                .chain(st.dirs.keys())
+                .any(|p| p.starts_with(&prefix))
+            {
+                return Err(Error::new(
+                    ErrorKind::NotEmpty,
+                    format!("{path} is not empty"),
+                ));
             }
             st.dirs.remove(&path);
             return Ok(());
@@ -565,12 +585,22 @@ impl MetadataService for FakeMds {
         };
         st.dirs.insert(to.clone(), d);
         let prefix = format!("{from}/");
-        let moved: Vec<String> = st.dirs.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
+        let moved: Vec<String> = st
+            .dirs
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
         for p in moved {
             let s = st.dirs.remove(&p).unwrap();
             st.dirs.insert(format!("{to}/{}", &p[prefix.len()..]), s);
         }
-        let moved: Vec<String> = st.files.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
+        let moved: Vec<String> = st
+            .files
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
         for p in moved {
             let f = st.files.remove(&p).unwrap();
             st.files.insert(format!("{to}/{}", &p[prefix.len()..]), f);
@@ -618,7 +648,10 @@ impl MetadataService for FakeMds {
             (l.path.clone(), l.mode)
         };
         if allocate && mode != LeaseMode::Write {
-            return Err(Error::new(ErrorKind::BadHandle, "allocation needs a write lease"));
+            return Err(Error::new(
+                ErrorKind::BadHandle,
+                "allocation needs a write lease",
+            ));
         }
         let chunk_id = st.next_chunk;
         let placement = st.placement.clone();

@@ -327,7 +327,8 @@ impl File {
     /// last cause (naming the file, chunk and replica) if replicas stay
     /// below `replicas_min` or unreachable for `io_timeout`.
     pub async fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.inner.check_writable("write", offset, data.len() as u64)?;
+        self.inner
+            .check_writable("write", offset, data.len() as u64)?;
         self.write_at_bytes(offset, Bytes::copy_from_slice(data))
             .await
     }
@@ -348,9 +349,8 @@ impl File {
             inner.client.options.piece_bytes(),
         );
         inner.mark_dirty(&pieces);
-        let payload = |p: &Piece| {
-            WritePayload::Data(data.slice(p.buf_offset..p.buf_offset + p.len as usize))
-        };
+        let payload =
+            |p: &Piece| WritePayload::Data(data.slice(p.buf_offset..p.buf_offset + p.len as usize));
         inner.write_pieces(&pieces, payload, true).await?;
         inner.size.fetch_max(offset + len, Ordering::AcqRel);
         inner.modified.store(true, Ordering::Release);
@@ -399,7 +399,7 @@ impl File {
         inner.check_writable("truncate", size, 0)?;
         let old = inner.size();
         let chunk_size = inner.chunk_size;
-        if size < old && size % chunk_size != 0 {
+        if size < old && !size.is_multiple_of(chunk_size) {
             let index = size / chunk_size;
             let end = ((index + 1) * chunk_size).min(old);
             let piece = Piece {
@@ -645,7 +645,14 @@ impl FileInner {
     }
 
     /// The error after giving up on chunk `index`.
-    fn gave_up(&self, op: &str, index: u64, map: Option<&ChunkMap>, retry: &Retry, cause: Error) -> Error {
+    fn gave_up(
+        &self,
+        op: &str,
+        index: u64,
+        map: Option<&ChunkMap>,
+        retry: &Retry,
+        cause: Error,
+    ) -> Error {
         let chunk = map
             .map(|m| format!(" (id {:#x}, map version {})", m.chunk, m.version))
             .unwrap_or_default();
@@ -667,12 +674,21 @@ impl FileInner {
     }
 
     /// Decides how to go on after replica `failed` of `map` failed with `kind`.
-    async fn recover(&self, map: &ChunkMap, failed: CsId, kind: ErrorKind, allocate: bool) -> Recovery {
+    async fn recover(
+        &self,
+        map: &ChunkMap,
+        failed: CsId,
+        kind: ErrorKind,
+        allocate: bool,
+    ) -> Recovery {
         if kind == ErrorKind::Stale {
             // Either our map is old (the MDS moved on) or the replica missed
             // a version bump. A newer map settles it; the same map means the
             // replica is behind and must be reported.
-            match self.chunk_map(map.index, Want::NewerThan(map.version)).await {
+            match self
+                .chunk_map(map.index, Want::NewerThan(map.version))
+                .await
+            {
                 Ok(Some(newer)) if newer.version > map.version || newer.chunk != map.chunk => {
                     return Recovery::Retry(newer)
                 }
@@ -861,7 +877,8 @@ impl FileInner {
                 Err(e) => return Err(self.fatal("read", index, None, e)),
             };
             let count = map.replicas.len();
-            let start = (self.read_rotor.fetch_add(1, Ordering::Relaxed) % count.max(1) as u64) as usize;
+            let start =
+                (self.read_rotor.fetch_add(1, Ordering::Relaxed) % count.max(1) as u64) as usize;
             let mut last_cause = Error::unavailable("the MDS lists no replica for it");
             let mut newer = None;
             for i in 0..count {
@@ -976,7 +993,9 @@ impl FileInner {
         if self.lease.mode != LeaseMode::Write {
             return Ok(());
         }
-        let dirty: Vec<u64> = std::mem::take(&mut *lock(&self.dirty)).into_iter().collect();
+        let dirty: Vec<u64> = std::mem::take(&mut *lock(&self.dirty))
+            .into_iter()
+            .collect();
         let modified = self.modified.swap(false, Ordering::AcqRel);
         let flushed = first_error(
             futures::future::join_all(dirty.iter().map(|index| self.flush_chunk(*index))).await,
@@ -1014,10 +1033,7 @@ impl Drop for FileInner {
         // lease, best effort, so the next opener does not wait for expiry.
         let mds = self.client.mds.clone();
         let lease = self.lease.id;
-        let size = self
-            .modified
-            .load(Ordering::Acquire)
-            .then(|| self.size());
+        let size = self.modified.load(Ordering::Acquire).then(|| self.size());
         let path = std::mem::take(&mut self.path);
         self.runtime.spawn(async move {
             if let Some(size) = size {

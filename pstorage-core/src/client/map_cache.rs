@@ -140,8 +140,14 @@ mod tests {
         assert!(matches!(cache.lookup(0, Want::Allocated), Lookup::Miss(_)));
         cache.install(map(7, 0, 2));
         assert!(matches!(cache.lookup(0, Want::Allocated), Lookup::Hit(Some(m)) if m.version == 2));
-        assert!(matches!(cache.lookup(0, Want::NewerThan(2)), Lookup::Miss(_)));
-        assert!(matches!(cache.lookup(0, Want::NewerThan(1)), Lookup::Hit(Some(_))));
+        assert!(matches!(
+            cache.lookup(0, Want::NewerThan(2)),
+            Lookup::Miss(_)
+        ));
+        assert!(matches!(
+            cache.lookup(0, Want::NewerThan(1)),
+            Lookup::Hit(Some(_))
+        ));
     }
 
     #[test]
