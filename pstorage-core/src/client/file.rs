@@ -348,13 +348,10 @@ impl File {
             inner.chunk_size,
             inner.client.options.piece_bytes(),
         );
-        inner.mark_dirty(&pieces);
         let payload =
             |p: &Piece| WritePayload::Data(data.slice(p.buf_offset..p.buf_offset + p.len as usize));
-        inner.write_pieces(&pieces, payload, true).await?;
-        inner.size.fetch_max(offset + len, Ordering::AcqRel);
-        inner.modified.store(true, Ordering::Release);
-        Ok(())
+        let written = inner.write_pieces(&pieces, payload, true).await;
+        inner.acknowledge(&pieces, offset + len, written)
     }
 
     /// Zeroes `[offset, offset+len)` without sending zeros over the wire
@@ -372,13 +369,10 @@ impl File {
             inner.chunk_size,
             inner.client.options.piece_bytes(),
         );
-        inner.mark_dirty(&pieces);
-        inner
+        let written = inner
             .write_pieces(&pieces, |p| WritePayload::Zeros(p.len), false)
-            .await?;
-        inner.size.fetch_max(offset + len, Ordering::AcqRel);
-        inner.modified.store(true, Ordering::Release);
-        Ok(())
+            .await;
+        inner.acknowledge(&pieces, offset + len, written)
     }
 
     /// Makes every write acknowledged so far durable on every replica, then
@@ -408,10 +402,11 @@ impl File {
                 buf_offset: 0,
                 len: end - size,
             };
-            inner.mark_dirty(&[piece]);
-            inner
+            let zeroed = inner
                 .write_chunk(piece, WritePayload::Zeros(piece.len), false)
-                .await?;
+                .await;
+            inner.mark_dirty(&[piece]);
+            zeroed?;
         }
         inner
             .mds_call("truncate", || {
@@ -557,6 +552,20 @@ impl FileInner {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Records the outcome of a write of `pieces` ending at `end`.
+    ///
+    /// Chunks are marked dirty only after their write finished: a flush
+    /// running concurrently takes the dirty set at its start, and must not
+    /// consume the mark of a write it does not cover. Failed writes mark
+    /// their chunks too (some pieces may have landed).
+    fn acknowledge(&self, pieces: &[Piece], end: u64, written: Result<()>) -> Result<()> {
+        self.mark_dirty(pieces);
+        written?;
+        self.size.fetch_max(end, Ordering::AcqRel);
+        self.modified.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -997,12 +1006,15 @@ impl FileInner {
             .into_iter()
             .collect();
         let modified = self.modified.swap(false, Ordering::AcqRel);
+        // The size as of the flush call: writes acknowledged later may not
+        // be durable yet, and committing their end would expose a
+        // zero-filled range after a crash.
+        let size = self.size();
         let flushed = first_error(
             futures::future::join_all(dirty.iter().map(|index| self.flush_chunk(*index))).await,
         );
         let committed = match flushed {
             Ok(()) if modified => {
-                let size = self.size();
                 self.mds_call("committing the size", || {
                     self.client.mds.commit_size(self.lease.id, size)
                 })
