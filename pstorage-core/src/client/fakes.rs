@@ -287,6 +287,9 @@ pub struct MdsState {
     /// Every failure report received, outdated or refused ones included.
     pub reports: Vec<(ChunkId, MapVersion, CsId, FailureReason)>,
     pub chunk_map_calls: u64,
+    /// Answer this many of the next chunk_map calls with `Unavailable`
+    /// (an MDS leader change).
+    pub chunk_map_failures: u32,
     pub renewals: u64,
     pub commits: Vec<u64>,
     pub closes: u64,
@@ -643,6 +646,10 @@ impl MetadataService for FakeMds {
         }
         let mut st = lock(&self.state);
         st.chunk_map_calls += 1;
+        if st.chunk_map_failures > 0 {
+            st.chunk_map_failures -= 1;
+            return Err(Error::unavailable("MDS leader election in progress"));
+        }
         let (path, mode) = {
             let l = Self::lease(&st, lease)?;
             (l.path.clone(), l.mode)

@@ -685,3 +685,39 @@ fn blocking_facade_round_trip() {
     assert_eq!(client.stat("/d/f").unwrap().size, 3);
     assert_eq!(client.readdir("/d").unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn transient_mds_errors_are_waited_out() {
+    let env = env();
+    let file = create(&env, "/m").await;
+    env.mds.with(|s| s.chunk_map_failures = 3);
+    file.write_at(0, b"abc").await.unwrap();
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), 4);
+    assert_eq!(&file.read_at_bytes(0, 3).await.unwrap()[..], b"abc");
+}
+
+#[tokio::test]
+async fn read_with_every_replica_failing_gives_up_after_io_timeout() {
+    let options = ClientOptions {
+        io_timeout: Duration::from_millis(200),
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    let file = create(&env, "/dead").await;
+    file.write_at(CHUNK, b"abc").await.unwrap();
+    for cs in 1..=3 {
+        env.cluster
+            .cs(cs)
+            .with(|s| s.fail_reads = Some(ErrorKind::Io));
+    }
+    let start = Instant::now();
+    let err = file.read_at_bytes(CHUNK, 3).await.unwrap_err();
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    let msg = err.to_string();
+    assert!(msg.contains("read of /dead chunk 1"), "{msg}");
+    assert!(msg.contains("fails reads"), "{msg}");
+    // A replica still in the chain heals: reads work again.
+    let survivor = env.mds.map("/dead", 1).unwrap().replicas[0].cs;
+    env.cluster.cs(survivor).with(|s| s.fail_reads = None);
+    assert_eq!(&file.read_at_bytes(CHUNK, 3).await.unwrap()[..], b"abc");
+}
