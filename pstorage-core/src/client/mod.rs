@@ -5,7 +5,7 @@
 //! [`MetadataService`] for the namespace, leases and chunk maps, and a
 //! [`ChunkConnector`] that hands out [`crate::traits::ChunkService`]s for the
 //! data path. `pstorage-rpc` supplies network implementations; the unit tests
-//! at the bottom of this module use in-memory fakes.
+//! (`tests.rs`) run against in-memory fakes (`fakes.rs`, test-only).
 //!
 //! The async API is [`Client`] and [`File`]; [`blocking`] mirrors it for
 //! callers without a runtime (C ABI, Python, CLI).
