@@ -1,1 +1,224 @@
-//! client: filled in by its owner.
+//! The client side of pstorage: namespace operations and file I/O with
+//! strong consistency, retries and failover (DESIGN.md section 5).
+//!
+//! Everything here is written against the seams in [`crate::traits`]: a
+//! [`MetadataService`] for the namespace, leases and chunk maps, and a
+//! [`ChunkConnector`] that hands out [`crate::traits::ChunkService`]s for the
+//! data path. `pstorage-rpc` supplies network implementations; the unit tests
+//! (`tests.rs`) run against in-memory fakes (`fakes.rs`, test-only).
+//!
+//! The async API is [`Client`] and [`File`]; [`blocking`] mirrors it for
+//! callers without a runtime (C ABI, Python, CLI).
+//!
+//! Threads and tasks: the async API spawns one tokio task per open file (lease
+//! renewal) and short-lived tasks that report bad replicas found by reads;
+//! both need a tokio runtime with the time driver enabled.
+
+pub mod blocking;
+mod file;
+mod map_cache;
+mod retry;
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::traits::{ChunkConnector, MetadataService};
+use crate::types::{
+    AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, InodeKind, LeaseMode, OpenFlags,
+    Stat, MAX_IO_SIZE,
+};
+
+pub use file::File;
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// How long one read, write, flush or metadata call keeps retrying while
+    /// replicas are below `replicas_min`, unreachable or the MDS is
+    /// unavailable, before it fails with the last cause. Default 60 s.
+    pub io_timeout: Duration,
+    /// Largest piece a read or write is split into on the wire (pieces never
+    /// cross a chunk boundary). Clamped to `1..=MAX_IO_SIZE`. Default 4 MiB.
+    pub max_piece_bytes: u64,
+    /// First pause between retries; doubles up to `retry_backoff_max`.
+    /// Default 100 ms.
+    pub retry_backoff_min: Duration,
+    /// Longest pause between retries. Default 1 s.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            io_timeout: Duration::from_secs(60),
+            max_piece_bytes: 4 << 20,
+            retry_backoff_min: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The piece size actually used: `max_piece_bytes` within `1..=MAX_IO_SIZE`.
+    pub(crate) fn piece_bytes(&self) -> u64 {
+        self.max_piece_bytes.clamp(1, MAX_IO_SIZE)
+    }
+}
+
+/// Shared state of a client and every file it opened.
+pub(crate) struct ClientShared {
+    pub(crate) mds: Arc<dyn MetadataService>,
+    pub(crate) chunks: Arc<dyn ChunkConnector>,
+    pub(crate) options: ClientOptions,
+}
+
+/// A connection to one cluster: namespace operations and [`File`]s.
+///
+/// Cheap to clone (an `Arc` inside); every clone talks to the same services.
+/// All methods take `&self` and may run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<ClientShared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client over the given metadata service and chunk-server connector.
+    pub fn new(
+        mds: Arc<dyn MetadataService>,
+        chunks: Arc<dyn ChunkConnector>,
+        options: ClientOptions,
+    ) -> Client {
+        Client {
+            shared: Arc::new(ClientShared {
+                mds,
+                chunks,
+                options,
+            }),
+        }
+    }
+
+    /// The options this client was built with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.shared.options
+    }
+
+    /// The metadata service this client talks to (administration tools).
+    pub fn mds(&self) -> &Arc<dyn MetadataService> {
+        &self.shared.mds
+    }
+
+    /// Creates a directory (and its missing parents when `parents`).
+    /// Errors: `AlreadyExists`, `NotFound` (missing parent), `NotADirectory`.
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        self.shared.mds.mkdir(path, parents).await
+    }
+
+    /// Lists a directory, sorted by name. Errors: `NotFound`, `NotADirectory`.
+    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.shared.mds.readdir(path).await
+    }
+
+    /// Attributes of a file or directory, as committed at the MDS (a file
+    /// open for writing elsewhere may be longer than this says until it
+    /// flushes). Errors: `NotFound`.
+    pub async fn stat(&self, path: &str) -> Result<Stat> {
+        self.shared.mds.stat(path).await
+    }
+
+    /// Whether `path` exists. Errors other than `NotFound` are returned.
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        match self.shared.mds.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a file (nobody may hold a lease on it) or an empty directory.
+    pub async fn unlink(&self, path: &str) -> Result<()> {
+        self.shared.mds.unlink(path).await
+    }
+
+    /// Renames a file or directory, replacing an existing file at `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.shared.mds.rename(from, to).await
+    }
+
+    /// Changes attributes of `path` (and everything below it when
+    /// `recursive`). A changed chunk size applies to files created later.
+    pub async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+        if let Some(r) = update.replicas {
+            r.validate()?;
+        }
+        if let Some(c) = update.chunk_size {
+            crate::types::validate_chunk_size(c)?;
+        }
+        self.shared.mds.set_attr(path, update, recursive).await
+    }
+
+    /// The attributes (replicas, chunk size) of a file or directory.
+    pub async fn get_attr(&self, path: &str) -> Result<FileAttrs> {
+        Ok(self.shared.mds.stat(path).await?.attrs)
+    }
+
+    /// Every chunk map of a file, by index (administration and tests).
+    pub async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        self.shared.mds.file_chunks(path).await
+    }
+
+    /// Cluster status as `pstorage stat` shows it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.shared.mds.cluster_status().await
+    }
+
+    /// Opens a file with a lease: `Write` is exclusive and needed for
+    /// writes, truncate, flush and `flags.create`/`flags.truncate`; `Read`
+    /// is shared. The lease is renewed in the background until the
+    /// [`File`] is closed or its last clone dropped.
+    ///
+    /// Errors: `NotFound`, `IsADirectory`, `Busy` (another client's lease
+    /// conflicts), `AlreadyExists` (create + exclusive), `InvalidArgument`.
+    /// Must be called within a tokio runtime.
+    pub async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<File> {
+        if (flags.create || flags.truncate) && mode != LeaseMode::Write {
+            return Err(Error::invalid(format!(
+                "opening {path} with create or truncate needs a write lease; open it with LeaseMode::Write"
+            )));
+        }
+        let reply = self.shared.mds.open(path, mode, flags).await?;
+        if reply.stat.kind != InodeKind::File {
+            // The MDS should have refused; do not leak its lease either way.
+            let _ = self.shared.mds.close(reply.lease.id).await;
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; only files can be opened"),
+            ));
+        }
+        if reply.lease.mode != mode {
+            let _ = self.shared.mds.close(reply.lease.id).await;
+            return Err(Error::protocol(format!(
+                "the MDS granted a {:?} lease on {path} when {mode:?} was asked for",
+                reply.lease.mode
+            )));
+        }
+        if let Err(e) = crate::types::validate_chunk_size(reply.stat.attrs.chunk_size) {
+            let _ = self.shared.mds.close(reply.lease.id).await;
+            return Err(e.context(format!("the MDS returned bad attributes for {path}")));
+        }
+        Ok(File::opened(self.shared.clone(), path.to_string(), reply))
+    }
+}

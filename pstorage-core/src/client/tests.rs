@@ -1,0 +1,723 @@
+//! Unit tests of the client against the in-memory fakes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fakes::{FakeCluster, FakeMds};
+use super::file::split_io;
+use super::*;
+use crate::types::{FailureReason, Replicas, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
+
+const CHUNK: u64 = MIN_CHUNK_SIZE;
+
+struct Env {
+    mds: Arc<FakeMds>,
+    cluster: Arc<FakeCluster>,
+    client: Client,
+}
+
+fn fast_options() -> ClientOptions {
+    ClientOptions {
+        io_timeout: Duration::from_secs(5),
+        retry_backoff_min: Duration::from_millis(5),
+        retry_backoff_max: Duration::from_millis(50),
+        ..ClientOptions::default()
+    }
+}
+
+fn env_with(options: ClientOptions, tweak: impl FnOnce(&mut FakeMds)) -> Env {
+    let cluster = FakeCluster::new(4);
+    let mut mds = FakeMds::new(cluster.clone(), CHUNK);
+    tweak(&mut mds);
+    let mds = Arc::new(mds);
+    let client = Client::new(mds.clone(), cluster.clone(), options);
+    Env {
+        mds,
+        cluster,
+        client,
+    }
+}
+
+fn env() -> Env {
+    env_with(fast_options(), |_| {})
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 31 + seed as u64 * 7 + (i as u64 >> 12)) as u8)
+        .collect()
+}
+
+const CREATE: OpenFlags = OpenFlags {
+    create: true,
+    exclusive: false,
+    truncate: false,
+};
+
+async fn create(env: &Env, path: &str) -> File {
+    env.client
+        .open(path, LeaseMode::Write, CREATE)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 2 s) for a condition that a background task establishes.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn io_is_split_at_chunk_boundaries_and_piece_size() {
+    let pieces = split_io(CHUNK - 10, 30, CHUNK, 1 << 20);
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(
+        (pieces[0].index, pieces[0].chunk_offset, pieces[0].len),
+        (0, CHUNK - 10, 10)
+    );
+    assert_eq!(
+        (pieces[1].index, pieces[1].chunk_offset, pieces[1].len),
+        (1, 0, 20)
+    );
+    assert_eq!(pieces[1].buf_offset, 10);
+    let pieces = split_io(0, 3 * CHUNK, CHUNK * 4, CHUNK);
+    assert_eq!(pieces.len(), 3);
+    assert!(pieces.iter().all(|p| p.index == 0 && p.len == CHUNK));
+    assert!(split_io(5, 0, CHUNK, CHUNK).is_empty());
+}
+
+#[tokio::test]
+async fn cross_chunk_writes_read_back_equal_on_every_replica() {
+    let env = env();
+    let file = create(&env, "/a").await;
+    let data = pattern(3 * CHUNK as usize + 1234, 1);
+    let offset = CHUNK / 2 + 7;
+    file.write_at(offset, &data).await.unwrap();
+    assert_eq!(file.size(), offset + data.len() as u64);
+
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(offset, &mut back).await.unwrap(), data.len());
+    assert_eq!(back, data);
+    let bytes = file.read_at_bytes(offset, data.len() as u64).await.unwrap();
+    assert_eq!(&bytes[..], &data[..]);
+    // A read inside one chunk (zero-copy path).
+    let bytes = file.read_at_bytes(offset + 10, 100).await.unwrap();
+    assert_eq!(&bytes[..], &data[10..110]);
+
+    // Chain replication put the same bytes on all three replicas.
+    let map = env.mds.map("/a", 1).unwrap();
+    assert_eq!(map.replicas.len(), 3);
+    let first = env.cluster.cs(1).data(map.chunk).unwrap();
+    assert_eq!(first.len() as u64, CHUNK);
+    for cs in [2, 3] {
+        assert_eq!(env.cluster.cs(cs).data(map.chunk).unwrap(), first);
+    }
+    file.close().await.unwrap();
+    assert_eq!(env.mds.size("/a"), offset + data.len() as u64);
+}
+
+#[tokio::test]
+async fn large_io_is_split_into_pieces() {
+    let options = ClientOptions {
+        max_piece_bytes: 4096,
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    let file = create(&env, "/big").await;
+    let data = pattern(100_000, 3);
+    file.write_at(100, &data).await.unwrap();
+    let writes: u64 = env.cluster.cs(1).with(|s| s.writes);
+    assert!(writes >= 100_000 / 4096, "only {writes} pieces");
+    let mut back = vec![0u8; data.len()];
+    file.read_at(100, &mut back).await.unwrap();
+    assert_eq!(back, data);
+}
+
+#[tokio::test]
+async fn sparse_ranges_read_as_zeros() {
+    let env = env();
+    let file = create(&env, "/sparse").await;
+    file.write_at(3 * CHUNK + 100, b"tail").await.unwrap();
+    assert_eq!(file.size(), 3 * CHUNK + 104);
+    let mut buf = vec![0xffu8; (3 * CHUNK + 104) as usize];
+    assert_eq!(file.read_at(0, &mut buf).await.unwrap(), buf.len());
+    assert!(buf[..(3 * CHUNK + 100) as usize].iter().all(|b| *b == 0));
+    assert_eq!(&buf[(3 * CHUNK + 100) as usize..], b"tail");
+    // Only the written chunk was allocated.
+    assert_eq!(env.client.file_chunks("/sparse").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reads_are_short_only_at_eof() {
+    let env = env();
+    let file = create(&env, "/eof").await;
+    file.write_at(0, &pattern(1000, 2)).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(file.read_at(500, &mut buf).await.unwrap(), 500);
+    assert_eq!(&buf[..500], &pattern(1000, 2)[500..]);
+    assert_eq!(file.read_at(1000, &mut buf).await.unwrap(), 0);
+    assert_eq!(file.read_at(5000, &mut buf).await.unwrap(), 0);
+    assert_eq!(file.read_at_bytes(990, 100).await.unwrap().len(), 10);
+    file.close().await.unwrap();
+
+    // A reader sees the committed size.
+    let reader = env
+        .client
+        .open("/eof", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(reader.size(), 1000);
+    assert_eq!(reader.read_at(0, &mut buf).await.unwrap(), 1000);
+    assert_eq!(&buf[..1000], &pattern(1000, 2)[..]);
+}
+
+#[tokio::test]
+async fn failed_middle_replica_is_reported_and_write_completes_on_survivors() {
+    let env = env();
+    let file = create(&env, "/f").await;
+    file.write_at(0, b"before").await.unwrap();
+    env.cluster
+        .cs(2)
+        .with(|s| s.fail_writes = Some(ErrorKind::Io));
+    file.write_at(0, b"after!").await.unwrap();
+
+    let reports = env.mds.with(|s| s.reports.clone());
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].2, 2);
+    assert_eq!(reports[0].3, FailureReason::IoError);
+    let map = env.mds.map("/f", 0).unwrap();
+    assert_eq!(map.version, 2);
+    assert_eq!(
+        map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    for cs in [1, 3] {
+        assert_eq!(&env.cluster.cs(cs).data(map.chunk).unwrap()[..6], b"after!");
+    }
+    // The next write goes straight to the new chain: no new report, no map call.
+    let calls = env.mds.with(|s| s.chunk_map_calls);
+    file.write_at(6, b"more").await.unwrap();
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), calls);
+    assert_eq!(env.mds.with(|s| s.reports.len()), 1);
+}
+
+#[tokio::test]
+async fn unreachable_head_is_reported_as_unreachable() {
+    let env = env();
+    let file = create(&env, "/h").await;
+    file.write_at(0, b"x").await.unwrap();
+    env.cluster.cs(1).with(|s| s.unreachable = true);
+    file.write_at(0, b"y").await.unwrap();
+    let reports = env.mds.with(|s| s.reports.clone());
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].2, reports[0].3),
+        (1, FailureReason::Unreachable)
+    );
+    let mut buf = [0u8; 1];
+    file.read_at(0, &mut buf).await.unwrap();
+    assert_eq!(&buf, b"y");
+}
+
+#[tokio::test]
+async fn corrupt_replica_on_read_is_served_by_another_and_reported() {
+    let env = env();
+    let file = create(&env, "/c").await;
+    let data = pattern(8192, 5);
+    file.write_at(0, &data).await.unwrap();
+    env.cluster.cs(2).with(|s| s.corrupt = true);
+    // Reads rotate over replicas, so some of them try CS 2 first.
+    for _ in 0..6 {
+        let mut back = vec![0u8; data.len()];
+        file.read_at(0, &mut back).await.unwrap();
+        assert_eq!(back, data);
+    }
+    eventually("the corrupt report", || {
+        env.mds.with(|s| {
+            s.reports
+                .iter()
+                .any(|r| r.2 == 2 && r.3 == FailureReason::Corrupt)
+        })
+    })
+    .await;
+    eventually("the chain without CS 2", || {
+        env.mds
+            .map("/c", 0)
+            .is_some_and(|m| m.replicas.iter().all(|r| r.cs != 2))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn read_fails_over_unreachable_replicas() {
+    let env = env();
+    let file = create(&env, "/r").await;
+    file.write_at(0, b"hello").await.unwrap();
+    env.cluster.cs(1).with(|s| s.unreachable = true);
+    env.cluster
+        .cs(3)
+        .with(|s| s.fail_reads = Some(ErrorKind::Io));
+    for _ in 0..4 {
+        let mut buf = [0u8; 5];
+        file.read_at(0, &mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+    }
+}
+
+#[tokio::test]
+async fn stale_map_is_refreshed_without_reporting() {
+    let env = env();
+    let file = create(&env, "/s").await;
+    file.write_at(0, b"one").await.unwrap();
+    let calls = env.mds.with(|s| s.chunk_map_calls);
+    env.mds.bump_version("/s", 0);
+    file.write_at(0, b"two").await.unwrap();
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), calls + 1);
+    assert!(env.mds.with(|s| s.reports.is_empty()));
+
+    env.mds.bump_version("/s", 0);
+    let mut buf = [0u8; 3];
+    file.read_at(0, &mut buf).await.unwrap();
+    assert_eq!(&buf, b"two");
+    assert!(env.mds.with(|s| s.reports.is_empty()));
+}
+
+#[tokio::test]
+async fn replica_behind_the_map_is_reported_as_version_mismatch() {
+    let env = env();
+    let file = create(&env, "/v").await;
+    file.write_at(0, b"one").await.unwrap();
+    let map = env.mds.map("/v", 0).unwrap();
+    // CS 3 missed a version bump: the MDS and the client agree on v2.
+    env.mds.bump_version("/v", 0);
+    env.cluster.cs(3).set_version(map.chunk, 1);
+    file.write_at(0, b"two").await.unwrap();
+    let reports = env.mds.with(|s| s.reports.clone());
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(
+        (reports[0].2, reports[0].3),
+        (3, FailureReason::VersionMismatch)
+    );
+    let map = env.mds.map("/v", 0).unwrap();
+    assert_eq!(map.version, 3);
+    assert_eq!(env.cluster.cs(3).version(map.chunk), Some(1));
+    assert_eq!(&env.cluster.cs(2).data(map.chunk).unwrap()[..3], b"two");
+}
+
+#[tokio::test]
+async fn below_replicas_min_times_out_with_a_clear_error() {
+    let options = ClientOptions {
+        io_timeout: Duration::from_millis(300),
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    env.client.mkdir("/vm", false).await.unwrap();
+    let file = create(&env, "/vm/disk.img").await;
+    file.write_at(0, b"ok").await.unwrap();
+    env.cluster.cs(2).with(|s| s.unreachable = true);
+    env.cluster.cs(3).with(|s| s.unreachable = true);
+    let start = Instant::now();
+    let err = file.write_at(0, b"lost").await.unwrap_err();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let msg = err.to_string();
+    eprintln!("below-min error: {msg}");
+    let chunk = env.mds.map("/vm/disk.img", 0).unwrap().chunk;
+    for needle in [
+        "/vm/disk.img".to_string(),
+        "chunk 0".into(),
+        format!("{chunk:#x}"),
+        "CS 3".into(),
+        "required replicas".into(),
+    ] {
+        assert!(msg.contains(&needle), "{needle:?} missing from: {msg}");
+    }
+    // CS 2 was dropped (3 -> 2 replicas); CS 3 could not be (min is 2).
+    let map = env.mds.map("/vm/disk.img", 0).unwrap();
+    assert_eq!(
+        map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+}
+
+#[tokio::test]
+async fn write_waits_for_a_replica_to_come_back() {
+    let env = env();
+    let file = create(&env, "/w").await;
+    file.write_at(0, b"ok").await.unwrap();
+    env.cluster.cs(2).with(|s| s.unreachable = true);
+    env.cluster.cs(3).with(|s| s.unreachable = true);
+    let cluster = env.cluster.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cluster.cs(3).with(|s| s.unreachable = false);
+    });
+    let start = Instant::now();
+    file.write_at(0, b"back").await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(150));
+    heal.await.unwrap();
+    let mut buf = [0u8; 4];
+    file.read_at(0, &mut buf).await.unwrap();
+    assert_eq!(&buf, b"back");
+}
+
+#[tokio::test]
+async fn truncate_zeroes_the_tail_and_releases_chunks() {
+    let env = env();
+    let file = create(&env, "/t").await;
+    file.write_at(0, &vec![0xaa; (CHUNK + 5000) as usize])
+        .await
+        .unwrap();
+    let chunk0 = env.mds.map("/t", 0).unwrap().chunk;
+    file.truncate(10_000).await.unwrap();
+    assert_eq!(file.size(), 10_000);
+    assert_eq!(env.mds.size("/t"), 10_000);
+    assert!(env.mds.map("/t", 1).is_none());
+    for cs in 1..=3 {
+        let stored = env.cluster.cs(cs).data(chunk0).unwrap();
+        assert!(stored[..10_000].iter().all(|b| *b == 0xaa));
+        assert!(
+            stored[10_000..].iter().all(|b| *b == 0),
+            "CS {cs} kept the tail"
+        );
+    }
+    let mut buf = vec![0u8; 20_000];
+    assert_eq!(file.read_at(0, &mut buf).await.unwrap(), 10_000);
+
+    // Growing again reads zeros past the old cut, in both chunks.
+    file.truncate(CHUNK + 100).await.unwrap();
+    let mut buf = vec![0xffu8; (CHUNK + 100) as usize];
+    assert_eq!(file.read_at(0, &mut buf).await.unwrap(), buf.len());
+    assert!(buf[..10_000].iter().all(|b| *b == 0xaa));
+    assert!(buf[10_000..].iter().all(|b| *b == 0));
+    // Writing into the released chunk allocates a new one.
+    file.write_at(CHUNK, b"new").await.unwrap();
+    assert_ne!(env.mds.map("/t", 1).unwrap().chunk, chunk0);
+}
+
+#[tokio::test]
+async fn out_of_range_io_is_refused_before_any_network() {
+    let env = env();
+    let file = create(&env, "/big").await;
+    let calls = env.mds.with(|s| s.chunk_map_calls);
+    let err = file
+        .write_at(MAX_FILE_SIZE - 10, &[0u8; 100])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FileTooLarge);
+    assert!(err.to_string().contains("/big"));
+    let err = file.write_at(u64::MAX - 1, &[0u8; 100]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FileTooLarge);
+    let mut buf = [0u8; 100];
+    let err = file
+        .read_at(MAX_FILE_SIZE - 10, &mut buf)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FileTooLarge);
+    let err = file.truncate(MAX_FILE_SIZE + 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FileTooLarge);
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), calls);
+    // The very last byte is fine.
+    file.write_at(MAX_FILE_SIZE - 1, b"z").await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_through_a_read_lease_are_bad_handle() {
+    let env = env();
+    create(&env, "/ro").await.close().await.unwrap();
+    let file = env
+        .client
+        .open("/ro", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
+    for err in [
+        file.write_at(0, b"x").await.unwrap_err(),
+        file.truncate(0).await.unwrap_err(),
+        file.write_zeros(0, 10).await.unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::BadHandle);
+        assert!(err.to_string().contains("read lease"), "{err}");
+    }
+    file.flush().await.unwrap();
+    file.close().await.unwrap();
+    let err = file.read_at(0, &mut [0u8; 1]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadHandle);
+    // create needs a write lease
+    let err = env
+        .client
+        .open("/x", LeaseMode::Read, CREATE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn flush_syncs_every_replica_of_dirty_chunks_and_commits_the_size() {
+    let env = env();
+    let file = create(&env, "/fl").await;
+    file.write_at(CHUNK - 2, b"abcd").await.unwrap();
+    assert_eq!(env.mds.size("/fl"), 0, "size is committed only on flush");
+    file.flush().await.unwrap();
+    for cs in 1..=3 {
+        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes), 2, "CS {cs}");
+    }
+    assert_eq!(env.mds.size("/fl"), CHUNK + 2);
+    assert_eq!(env.mds.with(|s| s.commits.clone()), vec![CHUNK + 2]);
+    // Nothing written since: no replica flush, no MDS call.
+    file.flush().await.unwrap();
+    assert_eq!(env.cluster.cs(1).with(|s| s.flushes), 2);
+    assert_eq!(env.mds.with(|s| s.commits.len()), 1);
+
+    // A replica that fails its flush is reported; the others are flushed
+    // under the new map.
+    file.write_at(0, b"x").await.unwrap();
+    env.cluster.cs(2).with(|s| s.unreachable = true);
+    file.flush().await.unwrap();
+    let reports = env.mds.with(|s| s.reports.clone());
+    assert_eq!(
+        (reports[0].2, reports[0].3),
+        (2, FailureReason::Unreachable)
+    );
+    assert!(env.cluster.cs(1).with(|s| s.flushes) >= 3);
+    assert!(env
+        .mds
+        .map("/fl", 0)
+        .unwrap()
+        .replicas
+        .iter()
+        .all(|r| r.cs != 2));
+}
+
+#[tokio::test]
+async fn many_concurrent_writes_on_one_file() {
+    let env = env_with(fast_options(), |m| {
+        m.chunk_map_delay = Duration::from_millis(20)
+    });
+    let file = create(&env, "/qd").await;
+    const BLOCKS: u64 = 64;
+    let mut tasks = Vec::new();
+    for i in 0..BLOCKS {
+        let file = file.clone();
+        tasks.push(tokio::spawn(async move {
+            // Scatter over 4 chunks.
+            let offset = (i * 7919 % BLOCKS) * 4096;
+            file.write_at(offset, &pattern(4096, i as u8))
+                .await
+                .map(|_| (offset, i))
+        }));
+    }
+    let mut written = Vec::new();
+    for t in tasks {
+        written.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(file.size(), BLOCKS * 4096);
+    // One MDS call per chunk even though 16 writes raced for each.
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), BLOCKS * 4096 / CHUNK);
+    let mut reads = Vec::new();
+    for (offset, i) in written {
+        let file = file.clone();
+        reads.push(tokio::spawn(async move {
+            let got = file.read_at_bytes(offset, 4096).await.unwrap();
+            assert_eq!(&got[..], &pattern(4096, i as u8)[..], "block at {offset}");
+        }));
+    }
+    for r in reads {
+        r.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn expired_lease_fences_the_file() {
+    let env = env_with(fast_options(), |m| m.lease_ms = 30);
+    let file = create(&env, "/lease").await;
+    file.write_at(0, b"x").await.unwrap();
+    eventually("a renewal", || env.mds.with(|s| s.renewals) >= 2).await;
+    env.mds.revoke_all_leases();
+    eventually("fencing", || file.is_fenced()).await;
+    let err = file.write_at(0, b"y").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Stale);
+    assert!(err.to_string().contains("/lease"), "{err}");
+    assert!(err.to_string().contains("reopen"), "{err}");
+    assert_eq!(
+        file.read_at(0, &mut [0u8; 1]).await.unwrap_err().kind(),
+        ErrorKind::Stale
+    );
+    assert_eq!(file.close().await.unwrap_err().kind(), ErrorKind::Stale);
+}
+
+#[tokio::test]
+async fn dropping_the_file_stops_renewal_and_releases_the_lease() {
+    let env = env_with(fast_options(), |m| m.lease_ms = 30);
+    let file = create(&env, "/drop").await;
+    file.write_at(0, b"abc").await.unwrap();
+    drop(file);
+    eventually("the lease release", || env.mds.with(|s| s.closes) == 1).await;
+    assert_eq!(env.mds.size("/drop"), 3);
+    let renewals = env.mds.with(|s| s.renewals);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(env.mds.with(|s| s.renewals), renewals);
+    // The file can be opened for writing again at once.
+    create(&env, "/drop").await.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_commits_and_later_operations_are_bad_handle() {
+    let env = env();
+    let file = create(&env, "/cl").await;
+    file.write_at(10, b"abc").await.unwrap();
+    file.close().await.unwrap();
+    assert_eq!(env.mds.size("/cl"), 13);
+    assert_eq!(env.mds.with(|s| s.closes), 1);
+    file.close().await.unwrap();
+    assert_eq!(
+        file.write_at(0, b"x").await.unwrap_err().kind(),
+        ErrorKind::BadHandle
+    );
+    assert_eq!(file.stat().await.unwrap_err().kind(), ErrorKind::BadHandle);
+}
+
+#[tokio::test]
+async fn write_zeros_skips_absent_chunks_and_zeroes_present_ones() {
+    let env = env();
+    let file = create(&env, "/z").await;
+    file.write_at(0, &[7u8; 100]).await.unwrap();
+    file.write_zeros(50, 3 * CHUNK).await.unwrap();
+    assert_eq!(file.size(), 50 + 3 * CHUNK);
+    assert_eq!(env.client.file_chunks("/z").await.unwrap().len(), 1);
+    let got = file.read_at_bytes(0, 100).await.unwrap();
+    assert!(got[..50].iter().all(|b| *b == 7));
+    assert!(got[50..].iter().all(|b| *b == 0));
+}
+
+#[tokio::test]
+async fn namespace_operations_pass_through() {
+    let env = env();
+    let c = &env.client;
+    c.mkdir("/a/b", true).await.unwrap();
+    assert!(c.exists("/a/b").await.unwrap());
+    assert!(!c.exists("/nope").await.unwrap());
+    let update = AttrUpdate {
+        replicas: Some(Replicas { norm: 2, min: 1 }),
+        chunk_size: None,
+    };
+    c.set_attr("/a", update, true).await.unwrap();
+    assert_eq!(
+        c.get_attr("/a/b").await.unwrap().replicas,
+        Replicas { norm: 2, min: 1 }
+    );
+    let bad = AttrUpdate {
+        replicas: Some(Replicas { norm: 1, min: 2 }),
+        chunk_size: None,
+    };
+    assert_eq!(
+        c.set_attr("/a", bad, false).await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let f = create(&env, "/a/b/f").await;
+    f.write_at(0, b"data").await.unwrap();
+    // New files inherit replicas=2:1 from their directory.
+    assert_eq!(env.mds.map("/a/b/f", 0).unwrap().replicas.len(), 2);
+    f.close().await.unwrap();
+    let names: Vec<String> = c
+        .readdir("/a/b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["f"]);
+    c.rename("/a/b/f", "/a/g").await.unwrap();
+    assert_eq!(c.stat("/a/g").await.unwrap().size, 4);
+    c.unlink("/a/g").await.unwrap();
+    assert_eq!(
+        c.stat("/a/g").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        c.open("/a", LeaseMode::Read, OpenFlags::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::IsADirectory
+    );
+}
+
+#[tokio::test]
+async fn stat_reports_the_local_size_under_a_write_lease() {
+    let env = env();
+    let file = create(&env, "/st").await;
+    file.write_at(0, &[1u8; 777]).await.unwrap();
+    assert_eq!(file.stat().await.unwrap().size, 777);
+    assert_eq!(env.client.stat("/st").await.unwrap().size, 0);
+}
+
+#[test]
+fn blocking_facade_round_trip() {
+    let cluster = FakeCluster::new(4);
+    let mds = Arc::new(FakeMds::new(cluster.clone(), CHUNK));
+    let client = blocking::Client::new(mds.clone(), cluster, fast_options()).unwrap();
+    client.mkdir("/d", false).unwrap();
+    let file = client.open("/d/f", LeaseMode::Write, CREATE).unwrap();
+    let data = pattern(2 * CHUNK as usize + 10, 9);
+    file.write_at(5, &data).unwrap();
+    // Clones work from other threads.
+    let other = file.clone();
+    std::thread::spawn(move || other.write_at(0, b"12345").unwrap())
+        .join()
+        .unwrap();
+    file.flush().unwrap();
+    assert_eq!(client.stat("/d/f").unwrap().size, 5 + data.len() as u64);
+    let mut back = vec![0u8; data.len() + 5];
+    assert_eq!(file.read_at(0, &mut back).unwrap(), back.len());
+    assert_eq!(&back[..5], b"12345");
+    assert_eq!(&back[5..], &data[..]);
+    file.truncate(3).unwrap();
+    assert_eq!(file.size(), 3);
+    file.close().unwrap();
+    assert_eq!(client.stat("/d/f").unwrap().size, 3);
+    assert_eq!(client.readdir("/d").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn transient_mds_errors_are_waited_out() {
+    let env = env();
+    let file = create(&env, "/m").await;
+    env.mds.with(|s| s.chunk_map_failures = 3);
+    file.write_at(0, b"abc").await.unwrap();
+    assert_eq!(env.mds.with(|s| s.chunk_map_calls), 4);
+    assert_eq!(&file.read_at_bytes(0, 3).await.unwrap()[..], b"abc");
+}
+
+#[tokio::test]
+async fn read_with_every_replica_failing_gives_up_after_io_timeout() {
+    let options = ClientOptions {
+        io_timeout: Duration::from_millis(200),
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    let file = create(&env, "/dead").await;
+    file.write_at(CHUNK, b"abc").await.unwrap();
+    for cs in 1..=3 {
+        env.cluster
+            .cs(cs)
+            .with(|s| s.fail_reads = Some(ErrorKind::Io));
+    }
+    let start = Instant::now();
+    let err = file.read_at_bytes(CHUNK, 3).await.unwrap_err();
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    let msg = err.to_string();
+    assert!(msg.contains("read of /dead chunk 1"), "{msg}");
+    assert!(msg.contains("fails reads"), "{msg}");
+    // A replica still in the chain heals: reads work again.
+    let survivor = env.mds.map("/dead", 1).unwrap().replicas[0].cs;
+    env.cluster.cs(survivor).with(|s| s.fail_reads = None);
+    assert_eq!(&file.read_at_bytes(CHUNK, 3).await.unwrap()[..], b"abc");
+}
