@@ -28,7 +28,7 @@ use pstorage_core::{Error, ErrorKind, Result};
 use crate::auth::{self, Channel};
 use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
-use crate::mds::{Dialer, MdsClient, MdsClientOptions, RpcServerThread};
+use crate::{ClientOptions as RpcClientOptions, Dialer, MdsClient, RpcServerThread, RpcServices};
 
 /// Version of the service config files (`mds.conf`, `cs.conf`).
 const SERVICE_CONF_VERSION: u32 = 1;
@@ -135,7 +135,7 @@ pub async fn create_cs(conf: &ClusterConf, conf_root: &Path, dir: &Path, listen:
         .parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
     ensure_empty_dir(dir)?;
-    let mds = connect_mds(conf, MdsClientOptions::default())?;
+    let mds = connect_mds(conf, RpcClientOptions::default())?;
     let id = mds.allocate_cs_id().await?;
     FileChunkStore::open(dir)?;
     write_conf(
@@ -160,16 +160,16 @@ pub fn control_dialer(key: ClusterKey) -> Dialer {
 }
 
 /// An MDS client for the cluster described by `conf` (bootstrap list + key).
-pub fn connect_mds(conf: &ClusterConf, options: MdsClientOptions) -> Result<MdsClient> {
+pub fn connect_mds(conf: &ClusterConf, options: RpcClientOptions) -> Result<MdsClient> {
     let key = conf.key()?;
     let bootstrap = conf.bootstrap()?;
-    Ok(MdsClient::new(bootstrap, control_dialer(key), options))
+    MdsClient::new(bootstrap, control_dialer(key), options)
 }
 
 /// A full SDK client for the cluster described by `conf`.
 pub fn connect_client(conf: &ClusterConf, options: ClientOptions) -> Result<Client> {
     let key = conf.key()?;
-    let mds = Arc::new(connect_mds(conf, MdsClientOptions::default())?);
+    let mds = Arc::new(connect_mds(conf, RpcClientOptions::default())?);
     let chunks = Arc::new(TcpChunkConnector::new(key));
     Ok(Client::new(mds, chunks, options))
 }
@@ -227,7 +227,13 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
     let store = MdsStore::open(&dir.join(MDS_DB))?;
-    let control = Arc::new(TcpControlConnector::new(control_dialer(key.clone())));
+    let control = Arc::new(TcpControlConnector::new(
+        control_dialer(key.clone()),
+        RpcClientOptions {
+            connect_timeout: Duration::from_secs(3),
+            call_timeout: Some(Duration::from_secs(10)),
+        },
+    ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut config = MdsConfig {
         cluster_name: conf.cluster.clone(),
@@ -241,10 +247,13 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
     info!(cluster = %conf.cluster, addr = %conf.addr, "MDS started");
     println!("pstorage-mdsd: cluster {} listening on {}", conf.cluster, conf.addr);
-    let rpc = Arc::new(RpcServerThread::spawn()?);
-    let (meta, registry) = (mds.clone(), mds.clone());
+    let rpc = RpcServerThread::spawn("mds-rpc", RpcServices::new().with_mds(mds.clone(), mds.clone()))?;
     let accept = accept_loop(listener, key, move |channel, stream| match channel {
-        Channel::Control => rpc.serve_mds(stream, meta.clone(), registry.clone()),
+        Channel::Control => {
+            if let Err(e) = rpc.serve_mds(stream) {
+                warn!("cannot serve an MDS connection: {e}");
+            }
+        }
         Channel::Data => warn!("a data channel was opened to the MDS; closed"),
     });
     let ticker = {
@@ -293,16 +302,21 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let addr = listener.local_addr()?.to_string();
     info!(cs = conf.id, %addr, "CS started");
     println!("pstorage-csd: CS {} of cluster {} listening on {addr}", conf.id, conf.cluster);
-    let rpc = Arc::new(RpcServerThread::spawn()?);
-    let (data, control): (Arc<dyn ChunkService>, Arc<dyn ChunkControl>) = (server.clone(), server.clone());
+    let control: Arc<dyn ChunkControl> = server.clone();
+    let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
+    let data: Arc<dyn ChunkService> = server.clone();
     let accept = accept_loop(listener, key, move |channel, stream| match channel {
-        Channel::Control => rpc.serve_control(stream, control.clone()),
+        Channel::Control => {
+            if let Err(e) = rpc.serve_control(stream) {
+                warn!("cannot serve a control connection: {e}");
+            }
+        }
         Channel::Data => {
             let data = data.clone();
             tokio::spawn(serve_data_connection(stream, data));
         }
     });
-    let mds = connect_mds(&cluster, MdsClientOptions::default())?;
+    let mds = connect_mds(&cluster, RpcClientOptions::default())?;
     let session = cs_session(server.clone(), mds, conf.id, addr);
     tokio::select! {
         _ = accept => {}
