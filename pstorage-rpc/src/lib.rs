@@ -1,1 +1,2 @@
 //! pstorage-rpc: the network layer.
+pub mod generated;
