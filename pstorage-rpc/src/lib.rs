@@ -1,2 +1,10 @@
 //! pstorage-rpc: the network layer.
+pub mod actor;
+pub mod control;
 pub mod generated;
+pub mod mds;
+mod wire;
+
+pub use actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
+pub use control::{ControlClient, TcpControlConnector};
+pub use mds::MdsClient;
