@@ -8,3 +8,6 @@ mod wire;
 pub use actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
 pub use control::{ControlClient, TcpControlConnector};
 pub use mds::MdsClient;
+
+#[cfg(test)]
+mod control_rpc_tests;
