@@ -43,12 +43,17 @@ pub struct ClientOptions {
     /// How long a call keeps retrying to establish a connection (all
     /// addresses, with backoff) before it fails with `Unavailable`.
     pub connect_timeout: Duration,
+    /// How long a call waits for its reply once sent, or `None` to wait as
+    /// long as the connection lives. An expired call fails with `TimedOut`
+    /// and may or may not have taken effect.
+    pub call_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(30),
+            call_timeout: None,
         }
     }
 }
@@ -353,6 +358,7 @@ type Job<C> = Box<dyn FnOnce(Result<Link<C>>) -> LocalBoxFuture<'static, ()> + S
 pub(crate) struct ClientActor<C> {
     jobs: mpsc::UnboundedSender<Job<C>>,
     service: &'static str,
+    call_timeout: Option<Duration>,
     connected: Arc<AtomicBool>,
 }
 
@@ -361,6 +367,7 @@ impl<C> Clone for ClientActor<C> {
         ClientActor {
             jobs: self.jobs.clone(),
             service: self.service,
+            call_timeout: self.call_timeout,
             connected: self.connected.clone(),
         }
     }
@@ -383,6 +390,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let runtime = thread_runtime()?;
+        let call_timeout = options.call_timeout;
         let dialing = Dialing {
             service,
             addrs,
@@ -404,6 +412,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         Ok(ClientActor {
             jobs: jobs_tx,
             service,
+            call_timeout,
             connected,
         })
     }
@@ -417,23 +426,40 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
     /// Runs `call` on the connection (connecting first if needed) and
     /// returns its outcome. A transport failure becomes `Unavailable` (the
     /// connection broke: the call may or may not have taken effect) or
-    /// `Protocol`; a call is never resent.
+    /// `Protocol`, an expired `call_timeout` becomes `TimedOut`; a call is
+    /// never resent.
     pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(C) -> Fut + Send + 'static,
         Fut: Future<Output = capnp::Result<Result<T>>> + 'static,
     {
-        let service = self.service;
+        let (service, call_timeout) = (self.service, self.call_timeout);
         let (reply_tx, reply_rx) = oneshot::channel();
         let job: Job<C> = Box::new(move |link: Result<Link<C>>| {
             Box::pin(async move {
                 let outcome = match link {
                     Err(e) => Err(e),
-                    Ok(link) => match call(link.client.clone()).await {
-                        Ok(outcome) => outcome,
-                        Err(e) => Err(link.call_failed(service, method, e)),
-                    },
+                    Ok(link) => {
+                        let reply = call(link.client.clone());
+                        let reply = match call_timeout {
+                            None => Ok(reply.await),
+                            Some(limit) => tokio::time::timeout(limit, reply).await,
+                        };
+                        match reply {
+                            Ok(Ok(outcome)) => outcome,
+                            Ok(Err(e)) => Err(link.call_failed(service, method, e)),
+                            Err(_) => Err(Error::new(
+                                ErrorKind::TimedOut,
+                                format!(
+                                    "{service} at {} did not answer {method} within {} ms; \
+                                     it may or may not have taken effect",
+                                    link.addr,
+                                    call_timeout.unwrap_or_default().as_millis()
+                                ),
+                            )),
+                        }
+                    }
                 };
                 // The caller may have given up waiting; nothing to do then.
                 let _ = reply_tx.send(outcome);

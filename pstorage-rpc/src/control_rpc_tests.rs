@@ -398,6 +398,7 @@ fn plain_dialer() -> Dialer {
 fn fast_options() -> ClientOptions {
     ClientOptions {
         connect_timeout: Duration::from_secs(5),
+        call_timeout: None,
     }
 }
 
@@ -672,6 +673,7 @@ async fn unreachable_mds_fails_unavailable_after_connect_timeout() {
         plain_dialer(),
         ClientOptions {
             connect_timeout: Duration::from_millis(400),
+            call_timeout: None,
         },
     )
     .unwrap();
@@ -816,4 +818,25 @@ async fn serving_a_missing_service_is_refused() {
     let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
     let error = server.serve_mds(accepted.unwrap().0).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Internal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_reply_times_out() {
+    let fake = Arc::new(FakeMds::default());
+    let harness = Harness::start(
+        RpcServices::new().with_mds(fake.clone(), fake.clone()),
+        Serve::Mds,
+    )
+    .await;
+    let options = ClientOptions {
+        call_timeout: Some(Duration::from_millis(200)),
+        ..fast_options()
+    };
+    let client = MdsClient::new(vec![harness.addr.clone()], plain_dialer(), options).unwrap();
+    let error = client.stat("/slow").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    assert!(error.message().contains("did not answer stat"), "{error}");
+    // The connection is still usable.
+    client.stat("/fast").await.unwrap();
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
 }
