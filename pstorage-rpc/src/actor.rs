@@ -6,7 +6,7 @@
 //! the program talks to that thread through channels:
 //!
 //! - [`RpcServerThread`] serves already-authenticated streams handed to it.
-//! - [`ClientActor`] (behind `MdsClient` and `ControlClient`) owns one client
+//! - `ClientActor` (behind `MdsClient` and `ControlClient`) owns one client
 //!   connection; each call travels to it as a boxed job with a oneshot reply,
 //!   so the clients are `Send + Sync` and usable from any runtime.
 

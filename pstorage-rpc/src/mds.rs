@@ -1,6 +1,6 @@
 //! The `Mds` interface: the metadata service over the network.
 //!
-//! [`MdsServer`] serves `MetadataService + CsRegistry` implementations to
+//! `MdsServer` serves `MetadataService + CsRegistry` implementations to
 //! remote peers (it runs on an [`RpcServerThread`](crate::actor::RpcServerThread));
 //! [`MdsClient`] implements the same traits by calling a remote MDS.
 
