@@ -1,4 +1,24 @@
-//! pstorage-rpc: the network layer.
+//! pstorage-rpc: the network layer of pstorage.
+//!
+//! * [`auth`]: the handshake every connection starts with (cluster key
+//!   challenge-response, then the channel that follows).
+//! * [`data`]: the framed data path (client -> CS, CS -> CS).
+//! * [`mds`], [`control`], [`actor`]: the Cap'n Proto control RPC (MDS and
+//!   chunk-server control), schema in `schema/pstorage.capnp`.
+//! * [`node`]: running the MDS and CS services and connecting clients.
 
+pub mod actor;
 pub mod auth;
+pub mod control;
 pub mod data;
+pub mod generated;
+pub mod mds;
+pub mod node;
+mod wire;
+
+pub use actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
+pub use control::{ControlClient, TcpControlConnector};
+pub use mds::MdsClient;
+
+#[cfg(test)]
+mod control_rpc_tests;

@@ -1,0 +1,323 @@
+# The control RPC of pstorage (DESIGN.md section 2): the metadata service
+# (`Mds`, used by clients and chunk servers) and the control interface of a
+# chunk server (`ChunkControl`, used by the MDS).
+#
+# Each interface method mirrors one method of a trait in
+# pstorage-core/src/traits.rs; each struct mirrors a type in
+# pstorage-core/src/types.rs. The Rust mapping lives in
+# pstorage-rpc/src/wire.rs, one reader and one writer function per type.
+#
+# Errors are application-level, never Cap'n Proto exceptions: every method
+# returns a `result` union holding either the value or an `Error` whose `kind`
+# is `ErrorKind::code()`, so a client sees exactly the kind and message the
+# server produced. A Cap'n Proto exception therefore always means a transport
+# or protocol failure (connection lost, malformed message), never a refusal.
+#
+# Evolution: only ever append fields, enumerants, union members and methods,
+# with the next free ordinal; never renumber or change a type. Enumerants a
+# peer does not know decode as a protocol error.
+#
+# Regenerate the Rust code with pstorage-rpc/regen-capnp.sh after editing.
+
+@0x93b9f824ea174b72;
+
+# ---------------------------------------------------------------------------
+# Errors
+
+# A pstorage error (pstorage_core::Error).
+struct Error {
+  kind @0 :UInt16;     # ErrorKind::code(); unknown codes decode as Internal.
+  message @1 :Text;    # Names the object and the fix.
+}
+
+# The result of a method that returns nothing.
+struct VoidResult {
+  union {
+    ok @0 :Void;
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Namespace and attributes
+
+# `replicas=norm:min`; 1 <= min <= norm <= 15.
+struct Replicas {
+  norm @0 :UInt8;
+  min @1 :UInt8;
+}
+
+# Per-file / per-directory attributes.
+struct FileAttrs {
+  replicas @0 :Replicas;
+  chunkSize @1 :UInt64;  # Bytes; a multiple of the 4 KiB block size.
+}
+
+# A change of attributes; each field is either left alone or set.
+struct AttrUpdate {
+  replicas :union {
+    unchanged @0 :Void;
+    set @1 :Replicas;
+  }
+  chunkSize :union {
+    unchanged @2 :Void;
+    set @3 :UInt64;
+  }
+}
+
+enum InodeKind {
+  file @0;
+  dir @1;
+}
+
+# Attributes of a file or directory (pstorage_core::types::Stat).
+struct Stat {
+  ino @0 :UInt64;
+  kind @1 :InodeKind;
+  size @2 :UInt64;       # Bytes; 0 for directories.
+  mtimeMs @3 :UInt64;    # Milliseconds since the Unix epoch.
+  ctimeMs @4 :UInt64;    # Milliseconds since the Unix epoch.
+  attrs @5 :FileAttrs;
+}
+
+struct StatResult {
+  union {
+    ok @0 :Stat;
+    err @1 :Error;
+  }
+}
+
+# One directory entry.
+struct DirEntry {
+  name @0 :Text;
+  stat @1 :Stat;
+}
+
+struct DirEntriesResult {
+  union {
+    ok @0 :List(DirEntry);  # Sorted by name.
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Leases
+
+enum LeaseMode {
+  read @0;   # Shared.
+  write @1;  # Exclusive.
+}
+
+# How `open` treats a missing or existing file.
+struct OpenFlags {
+  create @0 :Bool;
+  exclusive @1 :Bool;
+  truncate @2 :Bool;
+}
+
+# A granted lease.
+struct Lease {
+  id @0 :UInt64;
+  ino @1 :UInt64;
+  mode @2 :LeaseMode;
+  durationMs @3 :UInt64;
+}
+
+# What `open` returns: the lease and the file's state at that moment.
+struct OpenReply {
+  lease @0 :Lease;
+  stat @1 :Stat;
+}
+
+struct OpenResult {
+  union {
+    ok @0 :OpenReply;
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Chunk maps
+
+# One replica in a chunk's chain.
+struct Replica {
+  cs @0 :UInt32;
+  addr @1 :Text;  # The chunk server's data address, host:port.
+}
+
+# Where a chunk lives: id, map version and the chain (head first).
+struct ChunkMap {
+  chunk @0 :UInt64;
+  index @1 :UInt64;
+  version @2 :UInt64;
+  replicas @3 :List(Replica);
+}
+
+struct ChunkMapResult {
+  union {
+    ok @0 :ChunkMap;
+    err @1 :Error;
+  }
+}
+
+# The result of `chunkMap`: the map, or `absent` when the chunk does not
+# exist (reads as zeros).
+struct OptionalChunkMapResult {
+  union {
+    ok @0 :ChunkMap;
+    absent @1 :Void;
+    err @2 :Error;
+  }
+}
+
+struct ChunkMapsResult {
+  union {
+    ok @0 :List(ChunkMap);
+    err @1 :Error;
+  }
+}
+
+# Why a client reports a replica.
+enum FailureReason {
+  unreachable @0;
+  corrupt @1;
+  noSpace @2;
+  versionMismatch @3;
+  ioError @4;
+}
+
+# ---------------------------------------------------------------------------
+# Cluster status
+
+enum CsStatus {
+  active @0;
+  inactive @1;
+  offline @2;
+  dropped @3;
+}
+
+# Disk space of a chunk server, in bytes.
+struct SpaceInfo {
+  totalBytes @0 :UInt64;
+  freeBytes @1 :UInt64;
+}
+
+# A chunk server as listed by `stat`.
+struct CsInfo {
+  id @0 :UInt32;
+  addr @1 :Text;
+  status @2 :CsStatus;
+  space @3 :SpaceInfo;
+  chunks @4 :UInt64;
+  lastSeenMsAgo @5 :UInt64;  # 2^64-1 if never seen.
+}
+
+# An MDS as listed by `stat`.
+struct MdsInfo {
+  id @0 :UInt64;
+  addr @1 :Text;
+  role @2 :Text;
+}
+
+# What `pstorage stat` shows.
+struct ClusterStatus {
+  clusterName @0 :Text;
+  health @1 :Text;  # healthy, degraded or failure.
+  mds @2 :List(MdsInfo);
+  cs @3 :List(CsInfo);
+  files @4 :UInt64;
+  dirs @5 :UInt64;
+  chunks @6 :UInt64;
+  chunksDegraded @7 :UInt64;
+  chunksUrgent @8 :UInt64;
+  logicalBytes @9 :UInt64;
+}
+
+struct ClusterStatusResult {
+  union {
+    ok @0 :ClusterStatus;
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Chunk server registry
+
+# A replica a chunk server holds, with its version.
+struct ChunkReplicaInfo {
+  chunk @0 :UInt64;
+  version @1 :UInt64;
+}
+
+struct ChunkReplicasResult {
+  union {
+    ok @0 :List(ChunkReplicaInfo);
+    err @1 :Error;
+  }
+}
+
+# What a chunk server tells the MDS when it (re)connects.
+struct CsRegistration {
+  id @0 :UInt32;
+  addr @1 :Text;
+  space @2 :SpaceInfo;
+  chunks @3 :List(ChunkReplicaInfo);
+}
+
+# What the MDS answers a registering chunk server.
+struct RegisterReply {
+  delete @0 :List(UInt64);  # Chunk ids to delete before serving I/O.
+  heartbeatIntervalMs @1 :UInt64;
+}
+
+struct RegisterResult {
+  union {
+    ok @0 :RegisterReply;
+    err @1 :Error;
+  }
+}
+
+struct CsIdResult {
+  union {
+    ok @0 :UInt32;
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Interfaces
+
+# The metadata service: the methods of `MetadataService` (clients) followed
+# by those of `CsRegistry` (chunk servers). See traits.rs for the contracts.
+interface Mds {
+  # MetadataService
+  open @0 (path :Text, mode :LeaseMode, flags :OpenFlags) -> (result :OpenResult);
+  renew @1 (lease :UInt64) -> (result :VoidResult);
+  close @2 (lease :UInt64) -> (result :VoidResult);
+  stat @3 (path :Text) -> (result :StatResult);
+  mkdir @4 (path :Text, parents :Bool) -> (result :StatResult);
+  readdir @5 (path :Text) -> (result :DirEntriesResult);
+  unlink @6 (path :Text) -> (result :VoidResult);
+  rename @7 (from :Text, to :Text) -> (result :VoidResult);
+  setAttr @8 (path :Text, update :AttrUpdate, recursive :Bool) -> (result :VoidResult);
+  chunkMap @9 (lease :UInt64, index :UInt64, allocate :Bool) -> (result :OptionalChunkMapResult);
+  reportFailure @10 (lease :UInt64, chunk :UInt64, version :UInt64, cs :UInt32,
+                     reason :FailureReason) -> (result :ChunkMapResult);
+  commitSize @11 (lease :UInt64, size :UInt64) -> (result :VoidResult);
+  truncate @12 (lease :UInt64, size :UInt64) -> (result :VoidResult);
+  fileChunks @13 (path :Text) -> (result :ChunkMapsResult);
+  clusterStatus @14 () -> (result :ClusterStatusResult);
+
+  # CsRegistry
+  allocateCsId @15 () -> (result :CsIdResult);
+  registerCs @16 (registration :CsRegistration) -> (result :RegisterResult);
+  heartbeat @17 (cs :UInt32, space :SpaceInfo) -> (result :VoidResult);
+}
+
+# Control operations the MDS performs on a chunk server (trait ChunkControl).
+interface ChunkControl {
+  createChunk @0 (chunk :UInt64, version :UInt64, chunkSize :UInt64) -> (result :VoidResult);
+  setVersion @1 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
+  deleteChunk @2 (chunk :UInt64) -> (result :VoidResult);
+  listChunks @3 () -> (result :ChunkReplicasResult);
+}

@@ -1,0 +1,611 @@
+//! The threads that own Cap'n Proto connections.
+//!
+//! capnp-rpc is single-threaded: an `RpcSystem` and every capability client
+//! are `!Send`. So each side keeps its connections on a dedicated OS thread
+//! running a current-thread tokio runtime and a `LocalSet`, and the rest of
+//! the program talks to that thread through channels:
+//!
+//! - [`RpcServerThread`] serves already-authenticated streams handed to it.
+//! - `ClientActor` (behind `MdsClient` and `ControlClient`) owns one client
+//!   connection; each call travels to it as a boxed job with a oneshot reply,
+//!   so the clients are `Send + Sync` and usable from any runtime.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp::capability::FromClientHook;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use futures::future::{BoxFuture, LocalBoxFuture};
+use pstorage_core::traits::{ChunkControl, CsRegistry, MetadataService};
+use pstorage_core::{Error, ErrorKind, Result};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::wire;
+
+/// Opens an authenticated connection to `host:port`.
+///
+/// Supplied by the caller (the daemons connect and run the auth handshake);
+/// the stream it returns must be ready for Cap'n Proto messages. It is
+/// awaited on a client thread's runtime, so it may use tokio freely.
+pub type Dialer = Arc<dyn Fn(String) -> BoxFuture<'static, Result<TcpStream>> + Send + Sync>;
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long a call keeps retrying to establish a connection (all
+    /// addresses, with backoff) before it fails with `Unavailable`.
+    pub connect_timeout: Duration,
+    /// How long a call waits for its reply once sent, or `None` to wait as
+    /// long as the connection lives. An expired call fails with `TimedOut`
+    /// and may or may not have taken effect.
+    pub call_timeout: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(30),
+            call_timeout: None,
+        }
+    }
+}
+
+/// First pause between two rounds of dialing every address.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// Longest pause between two rounds of dialing.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Hands a stream to the runtime of the current thread: a tokio stream is
+/// bound to the reactor it was registered with, which may belong to another
+/// thread's runtime (the accept loop's, the dialer's).
+fn adopt(stream: TcpStream) -> Result<TcpStream> {
+    let stream = TcpStream::from_std(stream.into_std()?)?;
+    // Control calls are small request/response pairs: never wait for Nagle.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Builds the two-party network of one connection.
+fn vat_network(stream: TcpStream, side: Side) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>> {
+    let (reader, writer) = stream.into_split();
+    Box::new(twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        side,
+        wire::reader_options(),
+    ))
+}
+
+/// Builds a current-thread runtime for a connection thread.
+fn thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build an RPC thread's tokio runtime: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Server side
+
+/// The services a [`RpcServerThread`] can serve.
+#[derive(Clone, Default)]
+pub struct RpcServices {
+    mds: Option<(Arc<dyn MetadataService>, Arc<dyn CsRegistry>)>,
+    control: Option<Arc<dyn ChunkControl>>,
+}
+
+impl RpcServices {
+    /// No services yet; add them with the `with_` methods.
+    pub fn new() -> RpcServices {
+        RpcServices::default()
+    }
+
+    /// Serves the `Mds` interface from these implementations.
+    pub fn with_mds(
+        mut self,
+        metadata: Arc<dyn MetadataService>,
+        registry: Arc<dyn CsRegistry>,
+    ) -> RpcServices {
+        self.mds = Some((metadata, registry));
+        self
+    }
+
+    /// Serves the `ChunkControl` interface from this implementation.
+    pub fn with_control(mut self, control: Arc<dyn ChunkControl>) -> RpcServices {
+        self.control = Some(control);
+        self
+    }
+}
+
+/// Which interface a connection gets as its bootstrap capability.
+#[derive(Debug, Clone, Copy)]
+enum Interface {
+    Mds,
+    Control,
+}
+
+/// A connection handed to the server thread.
+struct Incoming {
+    stream: std::net::TcpStream,
+    interface: Interface,
+}
+
+/// A dedicated OS thread that serves control-RPC connections.
+///
+/// Every connection runs as its own task on the thread, so a malformed
+/// message, a protocol violation or a panic in a service kills only that
+/// connection. The service futures run on this thread too: a service method
+/// that blocks the thread stalls every connection of this server.
+///
+/// Dropping it closes every connection it serves and joins the thread.
+pub struct RpcServerThread {
+    incoming: Option<mpsc::UnboundedSender<Incoming>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    has_mds: bool,
+    has_control: bool,
+    connections: Arc<AtomicUsize>,
+}
+
+impl RpcServerThread {
+    /// Starts the thread. `name` names the OS thread (for `top -H`, logs).
+    pub fn spawn(name: &str, services: RpcServices) -> Result<RpcServerThread> {
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let runtime = thread_runtime()?;
+        let has_mds = services.mds.is_some();
+        let has_control = services.control.is_some();
+        let thread_connections = connections.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(
+                    &runtime,
+                    run_server(incoming_rx, services, thread_connections),
+                );
+                // Drop the connection tasks inside the runtime they belong to.
+                let _guard = runtime.enter();
+                drop(local);
+            })
+            .map_err(|e| Error::internal(format!("cannot start RPC server thread {name}: {e}")))?;
+        Ok(RpcServerThread {
+            incoming: Some(incoming_tx),
+            thread: Some(thread),
+            has_mds,
+            has_control,
+            connections,
+        })
+    }
+
+    /// Serves the `Mds` interface on an authenticated stream, until the peer
+    /// disconnects. Errors: `Internal` if this server has no MDS service or
+    /// its thread stopped; `Io` if the stream is unusable.
+    pub fn serve_mds(&self, stream: TcpStream) -> Result<()> {
+        if !self.has_mds {
+            return Err(Error::internal(
+                "this RPC server has no MDS service: build it with RpcServices::with_mds",
+            ));
+        }
+        self.hand_over(stream, Interface::Mds)
+    }
+
+    /// Serves the `ChunkControl` interface on an authenticated stream, until
+    /// the peer disconnects. Errors as [`RpcServerThread::serve_mds`].
+    pub fn serve_control(&self, stream: TcpStream) -> Result<()> {
+        if !self.has_control {
+            return Err(Error::internal(
+                "this RPC server has no chunk control service: build it with RpcServices::with_control",
+            ));
+        }
+        self.hand_over(stream, Interface::Control)
+    }
+
+    /// How many connections are being served right now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn hand_over(&self, stream: TcpStream, interface: Interface) -> Result<()> {
+        let stream = stream.into_std()?;
+        self.incoming
+            .as_ref()
+            .expect("the sender lives until drop")
+            .send(Incoming { stream, interface })
+            .map_err(|_| Error::internal("the RPC server thread has stopped"))
+    }
+}
+
+impl Drop for RpcServerThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the accept loop, which drops every connection.
+        self.incoming.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the RPC server thread panicked");
+            }
+        }
+    }
+}
+
+/// Counts a connection as served while it lives.
+struct ConnectionCount(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    fn new(count: Arc<AtomicUsize>) -> ConnectionCount {
+        count.fetch_add(1, Ordering::SeqCst);
+        ConnectionCount(count)
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn run_server(
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    services: RpcServices,
+    connections: Arc<AtomicUsize>,
+) {
+    while let Some(Incoming { stream, interface }) = incoming.recv().await {
+        let bootstrap = match (interface, &services) {
+            (
+                Interface::Mds,
+                RpcServices {
+                    mds: Some((metadata, registry)),
+                    ..
+                },
+            ) => crate::mds::bootstrap(metadata.clone(), registry.clone()),
+            (
+                Interface::Control,
+                RpcServices {
+                    control: Some(control),
+                    ..
+                },
+            ) => crate::control::bootstrap(control.clone()),
+            // serve_mds / serve_control checked this before handing over.
+            _ => unreachable!("connection for a service this server does not have"),
+        };
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "an unknown peer".into());
+        let stream = match TcpStream::from_std(stream).and_then(|s| s.set_nodelay(true).map(|()| s))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("dropping {interface:?} connection from {peer}: {e}");
+                continue;
+            }
+        };
+        let system = RpcSystem::new(vat_network(stream, Side::Server), Some(bootstrap));
+        let count = ConnectionCount::new(connections.clone());
+        tokio::task::spawn_local(async move {
+            let _count = count;
+            match system.await {
+                Ok(()) => tracing::debug!("{interface:?} connection from {peer} closed"),
+                Err(e) => tracing::info!("{interface:?} connection from {peer} closed: {e}"),
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client side
+
+/// A live connection as a call sees it.
+struct Link<C> {
+    client: C,
+    addr: Rc<str>,
+    /// Cleared when the RPC system of this connection ends or a call on it
+    /// saw it break: the next call then reconnects.
+    alive: Rc<Cell<bool>>,
+}
+
+impl<C: Clone> Clone for Link<C> {
+    fn clone(&self) -> Self {
+        Link {
+            client: self.client.clone(),
+            addr: self.addr.clone(),
+            alive: self.alive.clone(),
+        }
+    }
+}
+
+impl<C> Link<C> {
+    /// Turns a Cap'n Proto failure of `method` into a pstorage error.
+    fn call_failed(&self, service: &str, method: &str, e: capnp::Error) -> Error {
+        let addr = &self.addr;
+        match e.kind {
+            capnp::ErrorKind::Disconnected => {
+                self.alive.set(false);
+                Error::unavailable(format!(
+                    "the connection to {service} at {addr} broke during {method}, which may or \
+                     may not have taken effect; the next call reconnects ({e})"
+                ))
+            }
+            capnp::ErrorKind::Unimplemented => Error::protocol(format!(
+                "{service} at {addr} does not implement {method}: it runs another pstorage \
+                 version; upgrade it ({e})"
+            )),
+            capnp::ErrorKind::Overloaded => {
+                Error::unavailable(format!("{service} at {addr} is overloaded: {e}"))
+            }
+            _ => Error::protocol(format!(
+                "{method} with {service} at {addr} failed in the RPC layer: {e}"
+            )),
+        }
+    }
+}
+
+/// One call on its way to the client thread: run it on a link, or fail it
+/// with the error that prevented connecting.
+type Job<C> = Box<dyn FnOnce(Result<Link<C>>) -> LocalBoxFuture<'static, ()> + Send>;
+
+/// A `Send + Sync` handle to a thread that owns one client connection of
+/// interface `C` (a generated capnp client), reconnecting on demand.
+///
+/// The thread ends when the last handle is dropped.
+pub(crate) struct ClientActor<C> {
+    jobs: mpsc::UnboundedSender<Job<C>>,
+    service: &'static str,
+    call_timeout: Option<Duration>,
+    connected: Arc<AtomicBool>,
+}
+
+impl<C> Clone for ClientActor<C> {
+    fn clone(&self) -> Self {
+        ClientActor {
+            jobs: self.jobs.clone(),
+            service: self.service,
+            call_timeout: self.call_timeout,
+            connected: self.connected.clone(),
+        }
+    }
+}
+
+impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
+    /// Starts the thread. `service` names the peer in errors ("MDS");
+    /// `addrs` are tried in order at every (re)connection.
+    pub(crate) fn spawn(
+        service: &'static str,
+        addrs: Vec<String>,
+        dialer: Dialer,
+        options: ClientOptions,
+    ) -> Result<ClientActor<C>> {
+        if addrs.is_empty() {
+            return Err(Error::invalid(format!(
+                "no {service} address given: list at least one host:port"
+            )));
+        }
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let runtime = thread_runtime()?;
+        let call_timeout = options.call_timeout;
+        let dialing = Dialing {
+            service,
+            addrs,
+            dialer,
+            options,
+        };
+        let thread_connected = connected.clone();
+        std::thread::Builder::new()
+            .name(format!("pstorage {service} client"))
+            .spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, run_client(jobs_rx, dialing, thread_connected));
+                let _guard = runtime.enter();
+                drop(local);
+            })
+            .map_err(|e| {
+                Error::internal(format!("cannot start the {service} client thread: {e}"))
+            })?;
+        Ok(ClientActor {
+            jobs: jobs_tx,
+            service,
+            call_timeout,
+            connected,
+        })
+    }
+
+    /// Whether a connection is established right now (diagnostics; the
+    /// answer may be outdated by the time it is read).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Runs `call` on the connection (connecting first if needed) and
+    /// returns its outcome. A transport failure becomes `Unavailable` (the
+    /// connection broke: the call may or may not have taken effect) or
+    /// `Protocol`, an expired `call_timeout` becomes `TimedOut`; a call is
+    /// never resent.
+    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(C) -> Fut + Send + 'static,
+        Fut: Future<Output = capnp::Result<Result<T>>> + 'static,
+    {
+        let (service, call_timeout) = (self.service, self.call_timeout);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job<C> = Box::new(move |link: Result<Link<C>>| {
+            Box::pin(async move {
+                let outcome = match link {
+                    Err(e) => Err(e),
+                    Ok(link) => {
+                        let reply = call(link.client.clone());
+                        let reply = match call_timeout {
+                            None => Ok(reply.await),
+                            Some(limit) => tokio::time::timeout(limit, reply).await,
+                        };
+                        match reply {
+                            Ok(Ok(outcome)) => outcome,
+                            Ok(Err(e)) => Err(link.call_failed(service, method, e)),
+                            Err(_) => Err(Error::new(
+                                ErrorKind::TimedOut,
+                                format!(
+                                    "{service} at {} did not answer {method} within {} ms; \
+                                     it may or may not have taken effect",
+                                    link.addr,
+                                    call_timeout.unwrap_or_default().as_millis()
+                                ),
+                            )),
+                        }
+                    }
+                };
+                // The caller may have given up waiting; nothing to do then.
+                let _ = reply_tx.send(outcome);
+            })
+        });
+        let stopped = || Error::internal(format!("the {service} client thread has stopped"));
+        self.jobs.send(job).map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Where and how a client thread connects.
+struct Dialing {
+    service: &'static str,
+    addrs: Vec<String>,
+    dialer: Dialer,
+    options: ClientOptions,
+}
+
+impl Dialing {
+    /// Dials the addresses in order, in rounds with backoff, until one
+    /// answers or `connect_timeout` passes. Errors the dialer reports as not
+    /// worth retrying (a refused key, a bad address) fail at once.
+    async fn dial(&self) -> Result<(String, TcpStream)> {
+        let service = self.service;
+        let deadline = Instant::now() + self.options.connect_timeout;
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let mut failures = Vec::with_capacity(self.addrs.len());
+            for addr in &self.addrs {
+                // Give every address a chance even if the deadline is near,
+                // so that a short timeout still tries each one once.
+                let attempt_timeout = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100));
+                match tokio::time::timeout(attempt_timeout, (self.dialer)(addr.clone())).await {
+                    Ok(Ok(stream)) => return Ok((addr.clone(), stream)),
+                    Ok(Err(e)) if !dial_error_is_transient(&e) => {
+                        return Err(e.context(format!("connecting to {service} at {addr}")));
+                    }
+                    Ok(Err(e)) => failures.push(format!("{addr}: {}", e.message())),
+                    Err(_) => failures.push(format!(
+                        "{addr}: no answer within {} ms",
+                        attempt_timeout.as_millis()
+                    )),
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(Error::unavailable(format!(
+                    "no {service} reachable at {} (retried for {} s; check that it runs and the \
+                     address is right)",
+                    failures.join(", "),
+                    self.options.connect_timeout.as_secs_f64()
+                )));
+            }
+            tracing::debug!(
+                "no {service} reachable yet ({}), retrying in {backoff:?}",
+                failures.join(", ")
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Dials and starts the RPC system of a new connection on this thread.
+    async fn connect<C: FromClientHook>(
+        &self,
+        generation: &Rc<Cell<u64>>,
+        connected: &Arc<AtomicBool>,
+    ) -> Result<Link<C>> {
+        let (addr, stream) = self.dial().await?;
+        let stream = adopt(stream)?;
+        let mut system = RpcSystem::new(vat_network(stream, Side::Client), None);
+        let client: C = system.bootstrap(Side::Server);
+        generation.set(generation.get() + 1);
+        let link_generation = generation.get();
+        let alive = Rc::new(Cell::new(true));
+        connected.store(true, Ordering::SeqCst);
+        let addr: Rc<str> = addr.into();
+        let (task_alive, task_generation, task_connected, task_addr) = (
+            alive.clone(),
+            generation.clone(),
+            connected.clone(),
+            addr.clone(),
+        );
+        let service = self.service;
+        tokio::task::spawn_local(async move {
+            let result = system.await;
+            task_alive.set(false);
+            // A newer connection may already have replaced this one.
+            if task_generation.get() == link_generation {
+                task_connected.store(false, Ordering::SeqCst);
+            }
+            match result {
+                Ok(()) => tracing::debug!("connection to {service} at {task_addr} closed"),
+                Err(e) => tracing::info!("connection to {service} at {task_addr} closed: {e}"),
+            }
+        });
+        tracing::debug!("connected to {service} at {addr}");
+        Ok(Link {
+            client,
+            addr,
+            alive,
+        })
+    }
+}
+
+/// Whether a dial failure may go away by itself (the peer is starting,
+/// restarting, or briefly unreachable).
+fn dial_error_is_transient(e: &Error) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::InvalidArgument | ErrorKind::Protocol
+    )
+}
+
+async fn run_client<C: FromClientHook + Clone + 'static>(
+    mut jobs: mpsc::UnboundedReceiver<Job<C>>,
+    dialing: Dialing,
+    connected: Arc<AtomicBool>,
+) {
+    let generation = Rc::new(Cell::new(0u64));
+    let mut link: Option<Link<C>> = None;
+    while let Some(job) = jobs.recv().await {
+        // Let the RPC task of the current connection run first, so that a
+        // connection the peer has closed is noticed before it is picked for
+        // this call rather than by the call failing.
+        tokio::task::yield_now().await;
+        let current = match link.as_ref().filter(|l| l.alive.get()) {
+            Some(current) => current.clone(),
+            None => {
+                link = None;
+                match dialing.connect::<C>(&generation, &connected).await {
+                    Ok(new_link) => link.insert(new_link).clone(),
+                    Err(e) => {
+                        // The calls queued behind this one waited through the
+                        // whole dial already: fail them too.
+                        tokio::task::spawn_local(job(Err(e.clone())));
+                        while let Ok(job) = jobs.try_recv() {
+                            tokio::task::spawn_local(job(Err(e.clone())));
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        tokio::task::spawn_local(job(Ok(current)));
+    }
+}

@@ -1,0 +1,214 @@
+//! The `ChunkControl` interface: the MDS's control of chunk servers over
+//! the network.
+//!
+//! The chunk server serves its `ChunkControl` on an
+//! [`RpcServerThread`](crate::actor::RpcServerThread); the MDS reaches it
+//! through [`ControlClient`], usually via [`TcpControlConnector`].
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pstorage_core::traits::{ChunkControl, ControlConnector};
+use pstorage_core::types::{ChunkId, ChunkReplicaInfo, MapVersion};
+use pstorage_core::Result;
+
+use crate::actor::{ClientActor, ClientOptions, Dialer};
+use crate::generated::pstorage_capnp::chunk_control;
+use crate::wire::{decode_request, WireReply};
+
+// ---------------------------------------------------------------------------
+// Server
+
+/// Serves one connection's `ChunkControl` calls from the local chunk server.
+struct ControlServer {
+    control: Arc<dyn ChunkControl>,
+}
+
+/// The bootstrap capability of a `ChunkControl` connection.
+pub(crate) fn bootstrap(control: Arc<dyn ChunkControl>) -> capnp::capability::Client {
+    let client: chunk_control::Client = capnp_rpc::new_client(ControlServer { control });
+    client.client
+}
+
+impl chunk_control::Server for ControlServer {
+    async fn create_chunk(
+        self: Rc<Self>,
+        params: chunk_control::CreateChunkParams,
+        mut results: chunk_control::CreateChunkResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (chunk, version, chunk_size) = decode_request("createChunk", || {
+                let p = params.get()?;
+                Ok((p.get_chunk(), p.get_version(), p.get_chunk_size()))
+            })?;
+            self.control.create_chunk(chunk, version, chunk_size).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_version(
+        self: Rc<Self>,
+        params: chunk_control::SetVersionParams,
+        mut results: chunk_control::SetVersionResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (chunk, version) = decode_request("setVersion", || {
+                let p = params.get()?;
+                Ok((p.get_chunk(), p.get_version()))
+            })?;
+            self.control.set_version(chunk, version).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn delete_chunk(
+        self: Rc<Self>,
+        params: chunk_control::DeleteChunkParams,
+        mut results: chunk_control::DeleteChunkResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let chunk = decode_request("deleteChunk", || Ok(params.get()?.get_chunk()))?;
+            self.control.delete_chunk(chunk).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn list_chunks(
+        self: Rc<Self>,
+        _params: chunk_control::ListChunksParams,
+        mut results: chunk_control::ListChunksResults,
+    ) -> capnp::Result<()> {
+        let outcome = self.control.list_chunks().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+/// The `ChunkControl` of a remote chunk server, over one Cap'n Proto
+/// connection owned by a dedicated thread.
+///
+/// `Send + Sync`, cheap to clone. Connects at the first call and reconnects
+/// at the first call after the connection broke, retrying for
+/// `ClientOptions::connect_timeout` before failing with `Unavailable`. A call
+/// in flight when the connection breaks fails with `Unavailable` and is not
+/// resent.
+#[derive(Clone)]
+pub struct ControlClient {
+    actor: ClientActor<chunk_control::Client>,
+}
+
+impl ControlClient {
+    /// A client of the chunk server control service at `addr` (`host:port`),
+    /// reached through `dialer`. Does not connect yet.
+    pub fn new(addr: String, dialer: Dialer, options: ClientOptions) -> Result<ControlClient> {
+        Ok(ControlClient {
+            actor: ClientActor::spawn("chunk server", vec![addr], dialer, options)?,
+        })
+    }
+
+    /// Whether a connection is established right now (diagnostics).
+    pub fn is_connected(&self) -> bool {
+        self.actor.is_connected()
+    }
+}
+
+#[async_trait]
+impl ChunkControl for ControlClient {
+    async fn create_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+    ) -> Result<()> {
+        self.actor
+            .call("createChunk", move |cs| async move {
+                let mut request = cs.create_chunk_request();
+                let mut p = request.get();
+                p.set_chunk(chunk);
+                p.set_version(version);
+                p.set_chunk_size(chunk_size);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.actor
+            .call("setVersion", move |cs| async move {
+                let mut request = cs.set_version_request();
+                let mut p = request.get();
+                p.set_chunk(chunk);
+                p.set_version(version);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
+        self.actor
+            .call("deleteChunk", move |cs| async move {
+                let mut request = cs.delete_chunk_request();
+                request.get().set_chunk(chunk);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        self.actor
+            .call("listChunks", move |cs| async move {
+                let response = cs.list_chunks_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+}
+
+/// A [`ControlConnector`] over TCP: one cached [`ControlClient`] (and so one
+/// connection and one thread) per chunk server address.
+pub struct TcpControlConnector {
+    dialer: Dialer,
+    options: ClientOptions,
+    clients: Mutex<HashMap<String, ControlClient>>,
+}
+
+impl TcpControlConnector {
+    /// A connector that reaches chunk servers through `dialer`.
+    pub fn new(dialer: Dialer, options: ClientOptions) -> TcpControlConnector {
+        TcpControlConnector {
+            dialer,
+            options,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlConnector for TcpControlConnector {
+    /// The client for `addr`, created on first use. Never fails because the
+    /// server is down: the client connects at its first call.
+    async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>> {
+        let mut clients = self.clients.lock().expect("control client cache poisoned");
+        if let Some(client) = clients.get(addr) {
+            return Ok(Arc::new(client.clone()));
+        }
+        let client =
+            ControlClient::new(addr.to_owned(), self.dialer.clone(), self.options.clone())?;
+        clients.insert(addr.to_owned(), client.clone());
+        Ok(Arc::new(client))
+    }
+}

@@ -1,0 +1,842 @@
+//! Loopback tests of the control RPC: `MdsClient` / `ControlClient` against
+//! `RpcServerThread` serving in-memory fakes, on ephemeral ports, without
+//! authentication (plain streams are handed to the server).
+
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pstorage_core::traits::{ChunkControl, ControlConnector, CsRegistry, MetadataService};
+use pstorage_core::types::*;
+use pstorage_core::{Error, ErrorKind, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
+use crate::control::TcpControlConnector;
+use crate::mds::MdsClient;
+
+// ---------------------------------------------------------------------------
+// Fakes: record every call's arguments, answer with fixed samples, or with a
+// configured error.
+
+fn sample_stat(ino: InodeId) -> Stat {
+    Stat {
+        ino,
+        kind: InodeKind::File,
+        size: u64::MAX,
+        mtime_ms: 1_700_000_000_123,
+        ctime_ms: 1_600_000_000_456,
+        attrs: FileAttrs {
+            replicas: Replicas { norm: 15, min: 7 },
+            chunk_size: 64 << 10,
+        },
+    }
+}
+
+fn sample_dir_stat() -> Stat {
+    Stat {
+        ino: ROOT_INODE,
+        kind: InodeKind::Dir,
+        size: 0,
+        mtime_ms: 1,
+        ctime_ms: 2,
+        attrs: FileAttrs::default(),
+    }
+}
+
+fn sample_chunk_map(index: u64) -> ChunkMap {
+    ChunkMap {
+        chunk: 0x1f2 + index,
+        index,
+        version: 42,
+        replicas: vec![
+            Replica {
+                cs: 3,
+                addr: "127.0.0.1:9101".into(),
+            },
+            Replica {
+                cs: u32::MAX,
+                addr: "[::1]:9102".into(),
+            },
+        ],
+    }
+}
+
+fn sample_open_reply() -> OpenReply {
+    OpenReply {
+        lease: Lease {
+            id: 77,
+            ino: 12,
+            mode: LeaseMode::Write,
+            duration_ms: 30_000,
+        },
+        stat: sample_stat(12),
+    }
+}
+
+fn sample_entries() -> Vec<DirEntry> {
+    vec![
+        DirEntry {
+            name: "disk.img".into(),
+            stat: sample_stat(12),
+        },
+        DirEntry {
+            name: "ünïcødé ☃".into(),
+            stat: sample_dir_stat(),
+        },
+    ]
+}
+
+fn sample_cluster_status() -> ClusterStatus {
+    ClusterStatus {
+        cluster_name: "test-cluster".into(),
+        health: "degraded".into(),
+        mds: vec![MdsInfo {
+            id: 1,
+            addr: "127.0.0.1:2510".into(),
+            role: "leader".into(),
+        }],
+        cs: vec![
+            CsInfo {
+                id: 3,
+                addr: "127.0.0.1:9101".into(),
+                status: CsStatus::Active,
+                space: SpaceInfo {
+                    total_bytes: 1 << 40,
+                    free_bytes: 1 << 39,
+                },
+                chunks: 1000,
+                last_seen_ms_ago: 12,
+            },
+            CsInfo {
+                id: 4,
+                addr: "127.0.0.1:9102".into(),
+                status: CsStatus::Dropped,
+                space: SpaceInfo::default(),
+                chunks: 0,
+                last_seen_ms_ago: u64::MAX,
+            },
+        ],
+        files: 5,
+        dirs: 2,
+        chunks: 1000,
+        chunks_degraded: 3,
+        chunks_urgent: 1,
+        logical_bytes: 123_456_789,
+    }
+}
+
+fn sample_register_reply() -> RegisterReply {
+    RegisterReply {
+        delete: vec![1, 2, u64::MAX],
+        heartbeat_interval_ms: 1000,
+    }
+}
+
+fn sample_replicas() -> Vec<ChunkReplicaInfo> {
+    vec![
+        ChunkReplicaInfo {
+            chunk: 0x1f2,
+            version: 9,
+        },
+        ChunkReplicaInfo {
+            chunk: u64::MAX,
+            version: 0,
+        },
+    ]
+}
+
+/// Call log and configurable failure shared by the fakes.
+#[derive(Default)]
+struct Script {
+    calls: Mutex<Vec<String>>,
+    fail_with: Mutex<Option<Error>>,
+}
+
+impl Script {
+    /// Records a call and returns the configured error, if any.
+    fn enter(&self, call: String) -> Result<()> {
+        self.calls.lock().unwrap().push(call);
+        match self.fail_with.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    fn fail_with(&self, error: Option<Error>) {
+        *self.fail_with.lock().unwrap() = error;
+    }
+}
+
+#[derive(Default)]
+struct FakeMds {
+    script: Script,
+}
+
+#[async_trait]
+impl MetadataService for FakeMds {
+    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+        self.script
+            .enter(format!("open {path} {mode:?} {flags:?}"))?;
+        Ok(sample_open_reply())
+    }
+    async fn renew(&self, lease: LeaseId) -> Result<()> {
+        self.script.enter(format!("renew {lease}"))
+    }
+    async fn close(&self, lease: LeaseId) -> Result<()> {
+        self.script.enter(format!("close {lease}"))
+    }
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        // "/slow" stays in flight long enough for a test to break the
+        // connection under it.
+        if path == "/slow" {
+            self.script.enter(format!("stat {path}"))?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        // "/n/<i>" answers ino i, so concurrent replies can be matched up.
+        if let Some(i) = path.strip_prefix("/n/") {
+            return Ok(sample_stat(i.parse().expect("numbered path")));
+        }
+        self.script.enter(format!("stat {path}"))?;
+        Ok(sample_stat(12))
+    }
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        self.script.enter(format!("mkdir {path} {parents}"))?;
+        Ok(sample_dir_stat())
+    }
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.script.enter(format!("readdir {path}"))?;
+        Ok(sample_entries())
+    }
+    async fn unlink(&self, path: &str) -> Result<()> {
+        self.script.enter(format!("unlink {path}"))
+    }
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.script.enter(format!("rename {from} {to}"))
+    }
+    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+        self.script
+            .enter(format!("set_attr {path} {update:?} {recursive}"))
+    }
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>> {
+        self.script
+            .enter(format!("chunk_map {lease} {index} {allocate}"))?;
+        // Odd indexes are holes.
+        Ok((index & 1 == 0).then(|| sample_chunk_map(index)))
+    }
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap> {
+        self.script.enter(format!(
+            "report_failure {lease} {chunk} {version} {cs} {reason:?}"
+        ))?;
+        Ok(sample_chunk_map(4))
+    }
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.script.enter(format!("commit_size {lease} {size}"))
+    }
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.script.enter(format!("truncate {lease} {size}"))
+    }
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        self.script.enter(format!("file_chunks {path}"))?;
+        Ok(vec![sample_chunk_map(0), sample_chunk_map(2)])
+    }
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.script.enter("cluster_status".into())?;
+        Ok(sample_cluster_status())
+    }
+}
+
+#[async_trait]
+impl CsRegistry for FakeMds {
+    async fn allocate_cs_id(&self) -> Result<CsId> {
+        self.script.enter("allocate_cs_id".into())?;
+        Ok(u32::MAX - 1)
+    }
+    async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
+        self.script.enter(format!("register_cs {registration:?}"))?;
+        Ok(sample_register_reply())
+    }
+    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
+        self.script.enter(format!("heartbeat {cs} {space:?}"))
+    }
+}
+
+#[derive(Default)]
+struct FakeControl {
+    script: Script,
+}
+
+#[async_trait]
+impl ChunkControl for FakeControl {
+    async fn create_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+    ) -> Result<()> {
+        self.script
+            .enter(format!("create_chunk {chunk} {version} {chunk_size}"))
+    }
+    async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.script.enter(format!("set_version {chunk} {version}"))
+    }
+    async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
+        self.script.enter(format!("delete_chunk {chunk}"))
+    }
+    async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        self.script.enter("list_chunks".into())?;
+        Ok(sample_replicas())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Harness
+
+#[derive(Clone, Copy)]
+enum Serve {
+    Mds,
+    Control,
+}
+
+/// A server thread behind an accept loop on an ephemeral loopback port.
+struct Harness {
+    server: Arc<RpcServerThread>,
+    addr: String,
+    /// A second handle on every accepted socket, to break connections.
+    accepted: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    accepted_count: Arc<AtomicUsize>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(services: RpcServices, serve: Serve) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Harness::start_on(listener, services, serve)
+    }
+
+    fn start_on(listener: TcpListener, services: RpcServices, serve: Serve) -> Harness {
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = Arc::new(RpcServerThread::spawn("test rpc server", services).unwrap());
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let accepted_count = Arc::new(AtomicUsize::new(0));
+        let (loop_server, loop_accepted, loop_count) =
+            (server.clone(), accepted.clone(), accepted_count.clone());
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let stream = stream.into_std().unwrap();
+                loop_accepted
+                    .lock()
+                    .unwrap()
+                    .push(stream.try_clone().unwrap());
+                loop_count.fetch_add(1, Ordering::SeqCst);
+                let stream = TcpStream::from_std(stream).unwrap();
+                match serve {
+                    Serve::Mds => loop_server.serve_mds(stream).unwrap(),
+                    Serve::Control => loop_server.serve_control(stream).unwrap(),
+                }
+            }
+        });
+        Harness {
+            server,
+            addr,
+            accepted,
+            accepted_count,
+            accept_loop,
+        }
+    }
+
+    /// Breaks every connection accepted so far, from the server's side.
+    fn kill_connections(&self) {
+        for stream in self.accepted.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    async fn wait_for_connections(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.server.connections() != n {
+            assert!(
+                Instant::now() < deadline,
+                "server still has {} connections, expected {n}",
+                self.server.connections()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+fn plain_dialer() -> Dialer {
+    Arc::new(|addr: String| Box::pin(async move { Ok(TcpStream::connect(&addr).await?) }))
+}
+
+fn fast_options() -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(5),
+        call_timeout: None,
+    }
+}
+
+async fn mds_setup() -> (Arc<FakeMds>, Harness, MdsClient) {
+    let fake = Arc::new(FakeMds::default());
+    let harness = Harness::start(
+        RpcServices::new().with_mds(fake.clone(), fake.clone()),
+        Serve::Mds,
+    )
+    .await;
+    let client =
+        MdsClient::new(vec![harness.addr.clone()], plain_dialer(), fast_options()).unwrap();
+    (fake, harness, client)
+}
+
+async fn wait_until_disconnected(client: &MdsClient) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "client did not notice the disconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mds_method_round_trips() {
+    let (fake, _harness, client) = mds_setup().await;
+    let calls = || fake.script.take_calls();
+
+    let flags = OpenFlags {
+        create: true,
+        exclusive: false,
+        truncate: true,
+    };
+    assert_eq!(
+        client
+            .open("/vm/disk.img", LeaseMode::Write, flags)
+            .await
+            .unwrap(),
+        sample_open_reply()
+    );
+    assert_eq!(calls(), [format!("open /vm/disk.img Write {flags:?}")]);
+    let flags = OpenFlags {
+        create: false,
+        exclusive: true,
+        truncate: false,
+    };
+    client.open("/a", LeaseMode::Read, flags).await.unwrap();
+    assert_eq!(calls(), [format!("open /a Read {flags:?}")]);
+
+    client.renew(u64::MAX).await.unwrap();
+    client.close(5).await.unwrap();
+    assert_eq!(calls(), [format!("renew {}", u64::MAX), "close 5".into()]);
+
+    assert_eq!(client.stat("/ü").await.unwrap(), sample_stat(12));
+    assert_eq!(client.mkdir("/d/e", true).await.unwrap(), sample_dir_stat());
+    assert_eq!(client.readdir("/").await.unwrap(), sample_entries());
+    client.unlink("/x").await.unwrap();
+    client.rename("/x", "/y z").await.unwrap();
+    assert_eq!(
+        calls(),
+        [
+            "stat /ü",
+            "mkdir /d/e true",
+            "readdir /",
+            "unlink /x",
+            "rename /x /y z"
+        ]
+    );
+
+    for (update, recursive) in [
+        (AttrUpdate::default(), false),
+        (
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 3, min: 2 }),
+                chunk_size: Some(1 << 20),
+            },
+            true,
+        ),
+        (
+            AttrUpdate {
+                replicas: None,
+                chunk_size: Some(MIN_CHUNK_SIZE),
+            },
+            false,
+        ),
+    ] {
+        client.set_attr("/d", update, recursive).await.unwrap();
+        assert_eq!(calls(), [format!("set_attr /d {update:?} {recursive}")]);
+    }
+
+    assert_eq!(
+        client.chunk_map(9, 2, true).await.unwrap(),
+        Some(sample_chunk_map(2))
+    );
+    assert_eq!(client.chunk_map(9, 3, false).await.unwrap(), None);
+    assert_eq!(calls(), ["chunk_map 9 2 true", "chunk_map 9 3 false"]);
+
+    for reason in [
+        FailureReason::Unreachable,
+        FailureReason::Corrupt,
+        FailureReason::NoSpace,
+        FailureReason::VersionMismatch,
+        FailureReason::IoError,
+    ] {
+        assert_eq!(
+            client
+                .report_failure(9, 0x1f2, 42, 3, reason)
+                .await
+                .unwrap(),
+            sample_chunk_map(4)
+        );
+        assert_eq!(calls(), [format!("report_failure 9 498 42 3 {reason:?}")]);
+    }
+
+    client.commit_size(9, 1 << 44).await.unwrap();
+    client.truncate(9, 0).await.unwrap();
+    assert_eq!(
+        client.file_chunks("/vm/disk.img").await.unwrap(),
+        [sample_chunk_map(0), sample_chunk_map(2)]
+    );
+    assert_eq!(
+        client.cluster_status().await.unwrap(),
+        sample_cluster_status()
+    );
+    assert_eq!(
+        calls(),
+        [
+            format!("commit_size 9 {}", 1u64 << 44),
+            "truncate 9 0".into(),
+            "file_chunks /vm/disk.img".into(),
+            "cluster_status".into()
+        ]
+    );
+
+    assert_eq!(client.allocate_cs_id().await.unwrap(), u32::MAX - 1);
+    let registration = CsRegistration {
+        id: 3,
+        addr: "127.0.0.1:9101".into(),
+        space: SpaceInfo {
+            total_bytes: 100,
+            free_bytes: 50,
+        },
+        chunks: sample_replicas(),
+    };
+    assert_eq!(
+        client.register_cs(registration.clone()).await.unwrap(),
+        sample_register_reply()
+    );
+    let space = SpaceInfo {
+        total_bytes: u64::MAX,
+        free_bytes: 1,
+    };
+    client.heartbeat(3, space).await.unwrap();
+    assert_eq!(
+        calls(),
+        [
+            "allocate_cs_id".into(),
+            format!("register_cs {registration:?}"),
+            format!("heartbeat 3 {space:?}")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mds_errors_keep_kind_and_message() {
+    let (fake, _harness, client) = mds_setup().await;
+    for kind in ErrorKind::ALL {
+        let error = Error::new(
+            kind,
+            format!("chunk 0x1f2 replica on CS 3 (127.0.0.1:9101) failed: {kind}"),
+        );
+        fake.script.fail_with(Some(error.clone()));
+        // One method per result shape: void, struct, list, optional, u32.
+        assert_eq!(client.renew(1).await.unwrap_err(), error);
+        assert_eq!(client.stat("/f").await.unwrap_err(), error);
+        assert_eq!(client.readdir("/").await.unwrap_err(), error);
+        assert_eq!(client.chunk_map(1, 0, false).await.unwrap_err(), error);
+        assert_eq!(client.allocate_cs_id().await.unwrap_err(), error);
+        assert_eq!(client.cluster_status().await.unwrap_err(), error);
+    }
+    fake.script.fail_with(None);
+    client.renew(1).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_calls_get_their_own_replies() {
+    let (_fake, harness, client) = mds_setup().await;
+    let tasks: Vec<_> = (0..10u64)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let calls = (0..50u64).map(|i| {
+                    let client = client.clone();
+                    async move {
+                        let ino = task * 1000 + i;
+                        let stat = client.stat(&format!("/n/{ino}")).await.unwrap();
+                        assert_eq!(stat, sample_stat(ino));
+                    }
+                });
+                futures::future::join_all(calls).await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // All 500 calls shared one connection.
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_the_connection_is_killed() {
+    let (_fake, harness, client) = mds_setup().await;
+    client.stat("/a").await.unwrap();
+    assert!(client.is_connected());
+    harness.kill_connections();
+    wait_until_disconnected(&client).await;
+    assert_eq!(client.stat("/b").await.unwrap(), sample_stat(12));
+    assert!(client.is_connected());
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_when_the_connection_breaks_fails_unavailable() {
+    let (fake, harness, client) = mds_setup().await;
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.stat("/slow").await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fake
+        .script
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"stat /slow".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow call never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.kill_connections();
+    let error = tokio::time::timeout(Duration::from_secs(5), slow)
+        .await
+        .expect("the broken call must fail promptly")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.message().contains("broke during stat"), "{error}");
+    // The call was not resent; the next one reconnects.
+    client.stat("/next").await.unwrap();
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_mds_fails_unavailable_after_connect_timeout() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let client = MdsClient::new(
+        vec![addr.clone()],
+        plain_dialer(),
+        ClientOptions {
+            connect_timeout: Duration::from_millis(400),
+            call_timeout: None,
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let error = client.stat("/").await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(
+        error
+            .message()
+            .starts_with(&format!("no MDS reachable at {addr}: ")),
+        "{error}"
+    );
+    assert!(error.message().contains("refused"), "{error}");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "gave up after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_retries_until_a_late_mds_comes_up() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    // The first address is dead for good; the second comes up late.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let client =
+        MdsClient::new(vec![dead, addr.to_string()], plain_dialer(), fast_options()).unwrap();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.stat("/late").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fake = Arc::new(FakeMds::default());
+    let _harness = Harness::start_on(
+        TcpListener::bind(addr).await.unwrap(),
+        RpcServices::new().with_mds(fake.clone(), fake.clone()),
+        Serve::Mds,
+    );
+    assert_eq!(call.await.unwrap().unwrap(), sample_stat(12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_handshake_is_not_retried() {
+    let dialer: Dialer = Arc::new(|_addr: String| {
+        Box::pin(async {
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "the MDS refused the cluster key",
+            ))
+        })
+    });
+    let client = MdsClient::new(vec!["127.0.0.1:1".into()], dialer, fast_options()).unwrap();
+    let started = Instant::now();
+    let error = client.stat("/").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
+    assert!(error.message().contains("127.0.0.1:1"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_kills_only_its_own_connection() {
+    let (_fake, harness, client) = mds_setup().await;
+    client.stat("/before").await.unwrap();
+    harness.wait_for_connections(1).await;
+
+    let garbage: [&[u8]; 3] = [
+        // Not Cap'n Proto at all.
+        b"GET / HTTP/1.1\r\nHost: pstorage\r\n\r\n",
+        // A frame announcing a message far beyond the traversal limit.
+        &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+        // A well-framed one-word message whose root pointer is nonsense.
+        &[
+            0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+    ];
+    for bytes in garbage {
+        let mut raw = TcpStream::connect(&harness.addr).await.unwrap();
+        harness.wait_for_connections(2).await;
+        raw.write_all(bytes).await.unwrap();
+        // The server must drop this connection: we read EOF (or a reset).
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+        assert!(
+            read.is_ok(),
+            "the server kept a connection that sent garbage"
+        );
+        harness.wait_for_connections(1).await;
+        // The well-behaved client's connection is unaffected.
+        assert_eq!(client.stat("/after").await.unwrap(), sample_stat(12));
+    }
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_methods_and_errors_round_trip() {
+    let fake = Arc::new(FakeControl::default());
+    let harness = Harness::start(
+        RpcServices::new().with_control(fake.clone()),
+        Serve::Control,
+    )
+    .await;
+    let connector = TcpControlConnector::new(plain_dialer(), fast_options());
+    let control = connector.chunk_control(&harness.addr).await.unwrap();
+
+    control.create_chunk(0x1f2, 1, 64 << 10).await.unwrap();
+    control.set_version(0x1f2, u64::MAX).await.unwrap();
+    control.delete_chunk(7).await.unwrap();
+    assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
+    assert_eq!(
+        fake.script.take_calls(),
+        [
+            format!("create_chunk 498 1 {}", 64 << 10),
+            format!("set_version 498 {}", u64::MAX),
+            "delete_chunk 7".into(),
+            "list_chunks".into()
+        ]
+    );
+
+    let error = Error::stale("chunk 0x1f2 on CS 3 is at version 9, newer than 8");
+    fake.script.fail_with(Some(error.clone()));
+    assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
+    assert_eq!(control.list_chunks().await.unwrap_err(), error);
+
+    // The connector reuses the connection for the same address.
+    let again = connector.chunk_control(&harness.addr).await.unwrap();
+    fake.script.fail_with(None);
+    again.delete_chunk(8).await.unwrap();
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_a_missing_service_is_refused() {
+    let server = RpcServerThread::spawn("no services", RpcServices::new()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let error = server.serve_mds(accepted.unwrap().0).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Internal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_reply_times_out() {
+    let fake = Arc::new(FakeMds::default());
+    let harness = Harness::start(
+        RpcServices::new().with_mds(fake.clone(), fake.clone()),
+        Serve::Mds,
+    )
+    .await;
+    let options = ClientOptions {
+        call_timeout: Some(Duration::from_millis(200)),
+        ..fast_options()
+    };
+    let client = MdsClient::new(vec![harness.addr.clone()], plain_dialer(), options).unwrap();
+    let error = client.stat("/slow").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    assert!(error.message().contains("did not answer stat"), "{error}");
+    // The connection is still usable.
+    client.stat("/fast").await.unwrap();
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,617 @@
+//! The `Mds` interface: the metadata service over the network.
+//!
+//! `MdsServer` serves `MetadataService + CsRegistry` implementations to
+//! remote peers (it runs on an [`RpcServerThread`](crate::actor::RpcServerThread));
+//! [`MdsClient`] implements the same traits by calling a remote MDS.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pstorage_core::traits::{CsRegistry, MetadataService};
+use pstorage_core::types::{
+    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, CsId, CsRegistration, DirEntry, FailureReason,
+    LeaseId, LeaseMode, MapVersion, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+};
+use pstorage_core::Result;
+
+use crate::actor::{ClientActor, ClientOptions, Dialer};
+use crate::generated::pstorage_capnp::mds;
+use crate::wire::{
+    decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
+    lease_mode_to_wire, read_text, WireReply, WireStruct,
+};
+
+// ---------------------------------------------------------------------------
+// Server
+
+/// Serves one connection's `Mds` calls from the local implementations.
+///
+/// Every trait error travels back as the method's `err` result with its kind;
+/// parameters that do not decode are answered with a `Protocol` error.
+struct MdsServer {
+    metadata: Arc<dyn MetadataService>,
+    registry: Arc<dyn CsRegistry>,
+}
+
+/// The bootstrap capability of an `Mds` connection.
+pub(crate) fn bootstrap(
+    metadata: Arc<dyn MetadataService>,
+    registry: Arc<dyn CsRegistry>,
+) -> capnp::capability::Client {
+    let client: mds::Client = capnp_rpc::new_client(MdsServer { metadata, registry });
+    client.client
+}
+
+impl mds::Server for MdsServer {
+    async fn open(
+        self: Rc<Self>,
+        params: mds::OpenParams,
+        mut results: mds::OpenResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (path, mode, flags) = decode_request("open", || {
+                let p = params.get()?;
+                Ok((
+                    read_text(p.get_path())?,
+                    lease_mode_from_wire(p.get_mode()?),
+                    OpenFlags::read(p.get_flags()?)?,
+                ))
+            })?;
+            self.metadata.open(&path, mode, flags).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn renew(
+        self: Rc<Self>,
+        params: mds::RenewParams,
+        mut results: mds::RenewResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let lease = decode_request("renew", || Ok(params.get()?.get_lease()))?;
+            self.metadata.renew(lease).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn close(
+        self: Rc<Self>,
+        params: mds::CloseParams,
+        mut results: mds::CloseResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let lease = decode_request("close", || Ok(params.get()?.get_lease()))?;
+            self.metadata.close(lease).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn stat(
+        self: Rc<Self>,
+        params: mds::StatParams,
+        mut results: mds::StatResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let path = decode_request("stat", || read_text(params.get()?.get_path()))?;
+            self.metadata.stat(&path).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn mkdir(
+        self: Rc<Self>,
+        params: mds::MkdirParams,
+        mut results: mds::MkdirResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (path, parents) = decode_request("mkdir", || {
+                let p = params.get()?;
+                Ok((read_text(p.get_path())?, p.get_parents()))
+            })?;
+            self.metadata.mkdir(&path, parents).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn readdir(
+        self: Rc<Self>,
+        params: mds::ReaddirParams,
+        mut results: mds::ReaddirResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let path = decode_request("readdir", || read_text(params.get()?.get_path()))?;
+            self.metadata.readdir(&path).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn unlink(
+        self: Rc<Self>,
+        params: mds::UnlinkParams,
+        mut results: mds::UnlinkResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let path = decode_request("unlink", || read_text(params.get()?.get_path()))?;
+            self.metadata.unlink(&path).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn rename(
+        self: Rc<Self>,
+        params: mds::RenameParams,
+        mut results: mds::RenameResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (from, to) = decode_request("rename", || {
+                let p = params.get()?;
+                Ok((read_text(p.get_from())?, read_text(p.get_to())?))
+            })?;
+            self.metadata.rename(&from, &to).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_attr(
+        self: Rc<Self>,
+        params: mds::SetAttrParams,
+        mut results: mds::SetAttrResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (path, update, recursive) = decode_request("setAttr", || {
+                let p = params.get()?;
+                Ok((
+                    read_text(p.get_path())?,
+                    AttrUpdate::read(p.get_update()?)?,
+                    p.get_recursive(),
+                ))
+            })?;
+            self.metadata.set_attr(&path, update, recursive).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn chunk_map(
+        self: Rc<Self>,
+        params: mds::ChunkMapParams,
+        mut results: mds::ChunkMapResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (lease, index, allocate) = decode_request("chunkMap", || {
+                let p = params.get()?;
+                Ok((p.get_lease(), p.get_index(), p.get_allocate()))
+            })?;
+            self.metadata.chunk_map(lease, index, allocate).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn report_failure(
+        self: Rc<Self>,
+        params: mds::ReportFailureParams,
+        mut results: mds::ReportFailureResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (lease, chunk, version, cs, reason) = decode_request("reportFailure", || {
+                let p = params.get()?;
+                Ok((
+                    p.get_lease(),
+                    p.get_chunk(),
+                    p.get_version(),
+                    p.get_cs(),
+                    failure_reason_from_wire(p.get_reason()?),
+                ))
+            })?;
+            self.metadata
+                .report_failure(lease, chunk, version, cs, reason)
+                .await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn commit_size(
+        self: Rc<Self>,
+        params: mds::CommitSizeParams,
+        mut results: mds::CommitSizeResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (lease, size) = decode_request("commitSize", || {
+                let p = params.get()?;
+                Ok((p.get_lease(), p.get_size()))
+            })?;
+            self.metadata.commit_size(lease, size).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn truncate(
+        self: Rc<Self>,
+        params: mds::TruncateParams,
+        mut results: mds::TruncateResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (lease, size) = decode_request("truncate", || {
+                let p = params.get()?;
+                Ok((p.get_lease(), p.get_size()))
+            })?;
+            self.metadata.truncate(lease, size).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn file_chunks(
+        self: Rc<Self>,
+        params: mds::FileChunksParams,
+        mut results: mds::FileChunksResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let path = decode_request("fileChunks", || read_text(params.get()?.get_path()))?;
+            self.metadata.file_chunks(&path).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn cluster_status(
+        self: Rc<Self>,
+        _params: mds::ClusterStatusParams,
+        mut results: mds::ClusterStatusResults,
+    ) -> capnp::Result<()> {
+        let outcome = self.metadata.cluster_status().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn allocate_cs_id(
+        self: Rc<Self>,
+        _params: mds::AllocateCsIdParams,
+        mut results: mds::AllocateCsIdResults,
+    ) -> capnp::Result<()> {
+        let outcome = self.registry.allocate_cs_id().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn register_cs(
+        self: Rc<Self>,
+        params: mds::RegisterCsParams,
+        mut results: mds::RegisterCsResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let registration = decode_request("registerCs", || {
+                CsRegistration::read(params.get()?.get_registration()?)
+            })?;
+            self.registry.register_cs(registration).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn heartbeat(
+        self: Rc<Self>,
+        params: mds::HeartbeatParams,
+        mut results: mds::HeartbeatResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, space) = decode_request("heartbeat", || {
+                let p = params.get()?;
+                Ok((p.get_cs(), SpaceInfo::read(p.get_space()?)?))
+            })?;
+            self.registry.heartbeat(cs, space).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+/// The metadata service of a remote MDS: `MetadataService + CsRegistry`
+/// over one Cap'n Proto connection owned by a dedicated thread.
+///
+/// `Send + Sync` and cheap to clone (clones share the connection). The
+/// connection is made at the first call and remade at the first call after
+/// it broke, trying the bootstrap addresses in order and retrying for
+/// `ClientOptions::connect_timeout` before failing with `Unavailable`. A call
+/// in flight when the connection breaks fails with `Unavailable` and is not
+/// resent: it may or may not have taken effect. Every other error is the
+/// MDS's own, with its kind and message.
+#[derive(Clone)]
+pub struct MdsClient {
+    actor: ClientActor<mds::Client>,
+}
+
+impl MdsClient {
+    /// A client of the MDS at one of `bootstrap` (`host:port` each), reached
+    /// through `dialer`. Does not connect yet. Errors: `InvalidArgument` if
+    /// `bootstrap` is empty; `Internal` if the thread cannot start.
+    pub fn new(
+        bootstrap: Vec<String>,
+        dialer: Dialer,
+        options: ClientOptions,
+    ) -> Result<MdsClient> {
+        Ok(MdsClient {
+            actor: ClientActor::spawn("MDS", bootstrap, dialer, options)?,
+        })
+    }
+
+    /// Whether a connection is established right now (diagnostics).
+    pub fn is_connected(&self) -> bool {
+        self.actor.is_connected()
+    }
+}
+
+#[async_trait]
+impl MetadataService for MdsClient {
+    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+        let path = path.to_owned();
+        self.actor
+            .call("open", move |mds| async move {
+                let mut request = mds.open_request();
+                let mut p = request.get();
+                p.set_path(path.as_str());
+                p.set_mode(lease_mode_to_wire(mode));
+                flags.write(p.init_flags());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn renew(&self, lease: LeaseId) -> Result<()> {
+        self.actor
+            .call("renew", move |mds| async move {
+                let mut request = mds.renew_request();
+                request.get().set_lease(lease);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn close(&self, lease: LeaseId) -> Result<()> {
+        self.actor
+            .call("close", move |mds| async move {
+                let mut request = mds.close_request();
+                request.get().set_lease(lease);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        let path = path.to_owned();
+        self.actor
+            .call("stat", move |mds| async move {
+                let mut request = mds.stat_request();
+                request.get().set_path(path.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        let path = path.to_owned();
+        self.actor
+            .call("mkdir", move |mds| async move {
+                let mut request = mds.mkdir_request();
+                let mut p = request.get();
+                p.set_path(path.as_str());
+                p.set_parents(parents);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let path = path.to_owned();
+        self.actor
+            .call("readdir", move |mds| async move {
+                let mut request = mds.readdir_request();
+                request.get().set_path(path.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn unlink(&self, path: &str) -> Result<()> {
+        let path = path.to_owned();
+        self.actor
+            .call("unlink", move |mds| async move {
+                let mut request = mds.unlink_request();
+                request.get().set_path(path.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.actor
+            .call("rename", move |mds| async move {
+                let mut request = mds.rename_request();
+                let mut p = request.get();
+                p.set_from(from.as_str());
+                p.set_to(to.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+        let path = path.to_owned();
+        self.actor
+            .call("setAttr", move |mds| async move {
+                let mut request = mds.set_attr_request();
+                let mut p = request.get();
+                p.set_path(path.as_str());
+                p.set_recursive(recursive);
+                update.write(p.init_update());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>> {
+        self.actor
+            .call("chunkMap", move |mds| async move {
+                let mut request = mds.chunk_map_request();
+                let mut p = request.get();
+                p.set_lease(lease);
+                p.set_index(index);
+                p.set_allocate(allocate);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap> {
+        self.actor
+            .call("reportFailure", move |mds| async move {
+                let mut request = mds.report_failure_request();
+                let mut p = request.get();
+                p.set_lease(lease);
+                p.set_chunk(chunk);
+                p.set_version(version);
+                p.set_cs(cs);
+                p.set_reason(failure_reason_to_wire(reason));
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.actor
+            .call("commitSize", move |mds| async move {
+                let mut request = mds.commit_size_request();
+                let mut p = request.get();
+                p.set_lease(lease);
+                p.set_size(size);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.actor
+            .call("truncate", move |mds| async move {
+                let mut request = mds.truncate_request();
+                let mut p = request.get();
+                p.set_lease(lease);
+                p.set_size(size);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        let path = path.to_owned();
+        self.actor
+            .call("fileChunks", move |mds| async move {
+                let mut request = mds.file_chunks_request();
+                request.get().set_path(path.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.actor
+            .call("clusterStatus", move |mds| async move {
+                let response = mds.cluster_status_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl CsRegistry for MdsClient {
+    async fn allocate_cs_id(&self) -> Result<CsId> {
+        self.actor
+            .call("allocateCsId", move |mds| async move {
+                let response = mds.allocate_cs_id_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
+        self.actor
+            .call("registerCs", move |mds| async move {
+                let mut request = mds.register_cs_request();
+                registration.write(request.get().init_registration());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
+        self.actor
+            .call("heartbeat", move |mds| async move {
+                let mut request = mds.heartbeat_request();
+                let mut p = request.get();
+                p.set_cs(cs);
+                space.write(p.init_space());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+}

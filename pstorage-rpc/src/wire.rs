@@ -1,0 +1,680 @@
+//! The one place where pstorage's core types meet their Cap'n Proto form.
+//!
+//! Every struct of `schema/pstorage.capnp` that mirrors a core type has one
+//! [`WireStruct`] impl here (a writer and a reader), every enum a pair of
+//! conversion functions, and every method result union a [`WireReply`] impl.
+//! Servers and clients never touch a builder or reader field directly.
+//!
+//! Readers return `capnp::Result`: a message that does not decode (an unknown
+//! enumerant, bad UTF-8, a pointer out of bounds) is a protocol error, which
+//! the callers turn into [`ErrorKind::Protocol`].
+
+use capnp::struct_list;
+use capnp::traits::OwnedStruct;
+use pstorage_core::types::{
+    AttrUpdate, ChunkMap, ChunkReplicaInfo, ClusterStatus, CsId, CsInfo, CsRegistration, CsStatus,
+    DirEntry, FailureReason, FileAttrs, InodeKind, Lease, LeaseMode, MdsInfo, OpenFlags, OpenReply,
+    RegisterReply, Replica, Replicas, SpaceInfo, Stat,
+};
+use pstorage_core::{Error, ErrorKind, Result};
+
+use crate::generated::pstorage_capnp as schema;
+
+/// Traversal limit for every message we read, in 8-byte words (2 GiB).
+///
+/// Generous because a chunk server with many small chunks lists millions of
+/// replicas in one reply; the peer is already authenticated when it gets
+/// here, so the memory it can make us allocate is bounded by this and
+/// charged to a trusted node.
+pub const TRAVERSAL_LIMIT_WORDS: usize = 256 << 20;
+/// Nesting limit for every message we read: our deepest struct
+/// (ClusterStatus > CsInfo > SpaceInfo inside an RPC envelope) needs ~10.
+pub const NESTING_LIMIT: i32 = 64;
+
+/// The reader options of both sides of every control connection.
+pub fn reader_options() -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options
+        .traversal_limit_in_words(Some(TRAVERSAL_LIMIT_WORDS))
+        .nesting_limit(NESTING_LIMIT);
+    options
+}
+
+/// A core type with a Cap'n Proto struct counterpart.
+pub trait WireStruct: Sized {
+    /// The generated struct type.
+    type Schema: OwnedStruct;
+    /// Fills `builder` with `self`.
+    fn write(&self, builder: <Self::Schema as OwnedStruct>::Builder<'_>);
+    /// Decodes a value.
+    fn read(reader: <Self::Schema as OwnedStruct>::Reader<'_>) -> capnp::Result<Self>;
+}
+
+/// Writes `items` into a list builder that was initialized to their length.
+pub fn write_list<T: WireStruct>(mut builder: struct_list::Builder<'_, T::Schema>, items: &[T]) {
+    assert_eq!(
+        builder.len() as usize,
+        items.len(),
+        "list initialized to the wrong length"
+    );
+    for (i, item) in items.iter().enumerate() {
+        item.write(builder.reborrow().get(i as u32));
+    }
+}
+
+/// Decodes a list.
+pub fn read_list<T: WireStruct>(
+    reader: struct_list::Reader<'_, T::Schema>,
+) -> capnp::Result<Vec<T>> {
+    reader.iter().map(T::read).collect()
+}
+
+/// A list length as Cap'n Proto wants it. Lists are bounded by the traversal
+/// limit long before 2^32 elements, so overflow is a bug.
+pub fn list_len(len: usize) -> u32 {
+    u32::try_from(len).expect("list of more than 2^32 elements cannot be sent")
+}
+
+/// Decodes a text field.
+pub fn read_text(text: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    Ok(text?.to_str()?.to_owned())
+}
+
+/// Runs a decoder of request parameters, turning a failure into the
+/// `Protocol` error the server sends back.
+pub fn decode_request<T>(method: &str, decode: impl FnOnce() -> capnp::Result<T>) -> Result<T> {
+    decode().map_err(|e| Error::protocol(format!("malformed {method} request: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Writes a pstorage error: its kind code and message.
+pub fn write_error(mut builder: schema::error::Builder<'_>, error: &Error) {
+    builder.set_kind(error.kind().code());
+    builder.set_message(error.message());
+}
+
+/// Decodes a pstorage error; an unknown kind code becomes `Internal`.
+pub fn read_error(reader: schema::error::Reader<'_>) -> capnp::Result<Error> {
+    Ok(Error::new(
+        ErrorKind::from_code(reader.get_kind()),
+        read_text(reader.get_message())?,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Enums
+
+pub fn inode_kind_to_wire(kind: InodeKind) -> schema::InodeKind {
+    match kind {
+        InodeKind::File => schema::InodeKind::File,
+        InodeKind::Dir => schema::InodeKind::Dir,
+    }
+}
+
+pub fn inode_kind_from_wire(kind: schema::InodeKind) -> InodeKind {
+    match kind {
+        schema::InodeKind::File => InodeKind::File,
+        schema::InodeKind::Dir => InodeKind::Dir,
+    }
+}
+
+pub fn lease_mode_to_wire(mode: LeaseMode) -> schema::LeaseMode {
+    match mode {
+        LeaseMode::Read => schema::LeaseMode::Read,
+        LeaseMode::Write => schema::LeaseMode::Write,
+    }
+}
+
+pub fn lease_mode_from_wire(mode: schema::LeaseMode) -> LeaseMode {
+    match mode {
+        schema::LeaseMode::Read => LeaseMode::Read,
+        schema::LeaseMode::Write => LeaseMode::Write,
+    }
+}
+
+pub fn failure_reason_to_wire(reason: FailureReason) -> schema::FailureReason {
+    match reason {
+        FailureReason::Unreachable => schema::FailureReason::Unreachable,
+        FailureReason::Corrupt => schema::FailureReason::Corrupt,
+        FailureReason::NoSpace => schema::FailureReason::NoSpace,
+        FailureReason::VersionMismatch => schema::FailureReason::VersionMismatch,
+        FailureReason::IoError => schema::FailureReason::IoError,
+    }
+}
+
+pub fn failure_reason_from_wire(reason: schema::FailureReason) -> FailureReason {
+    match reason {
+        schema::FailureReason::Unreachable => FailureReason::Unreachable,
+        schema::FailureReason::Corrupt => FailureReason::Corrupt,
+        schema::FailureReason::NoSpace => FailureReason::NoSpace,
+        schema::FailureReason::VersionMismatch => FailureReason::VersionMismatch,
+        schema::FailureReason::IoError => FailureReason::IoError,
+    }
+}
+
+pub fn cs_status_to_wire(status: CsStatus) -> schema::CsStatus {
+    match status {
+        CsStatus::Active => schema::CsStatus::Active,
+        CsStatus::Inactive => schema::CsStatus::Inactive,
+        CsStatus::Offline => schema::CsStatus::Offline,
+        CsStatus::Dropped => schema::CsStatus::Dropped,
+    }
+}
+
+pub fn cs_status_from_wire(status: schema::CsStatus) -> CsStatus {
+    match status {
+        schema::CsStatus::Active => CsStatus::Active,
+        schema::CsStatus::Inactive => CsStatus::Inactive,
+        schema::CsStatus::Offline => CsStatus::Offline,
+        schema::CsStatus::Dropped => CsStatus::Dropped,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Structs
+
+impl WireStruct for Replicas {
+    type Schema = schema::replicas::Owned;
+    fn write(&self, mut b: schema::replicas::Builder<'_>) {
+        b.set_norm(self.norm);
+        b.set_min(self.min);
+    }
+    fn read(r: schema::replicas::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Replicas {
+            norm: r.get_norm(),
+            min: r.get_min(),
+        })
+    }
+}
+
+impl WireStruct for FileAttrs {
+    type Schema = schema::file_attrs::Owned;
+    fn write(&self, mut b: schema::file_attrs::Builder<'_>) {
+        self.replicas.write(b.reborrow().init_replicas());
+        b.set_chunk_size(self.chunk_size);
+    }
+    fn read(r: schema::file_attrs::Reader<'_>) -> capnp::Result<Self> {
+        Ok(FileAttrs {
+            replicas: Replicas::read(r.get_replicas()?)?,
+            chunk_size: r.get_chunk_size(),
+        })
+    }
+}
+
+impl WireStruct for AttrUpdate {
+    type Schema = schema::attr_update::Owned;
+    fn write(&self, mut b: schema::attr_update::Builder<'_>) {
+        match self.replicas {
+            Some(replicas) => replicas.write(b.reborrow().init_replicas().init_set()),
+            None => b.reborrow().init_replicas().set_unchanged(()),
+        }
+        match self.chunk_size {
+            Some(size) => b.reborrow().init_chunk_size().set_set(size),
+            None => b.reborrow().init_chunk_size().set_unchanged(()),
+        }
+    }
+    fn read(r: schema::attr_update::Reader<'_>) -> capnp::Result<Self> {
+        use schema::attr_update::{chunk_size, replicas};
+        Ok(AttrUpdate {
+            replicas: match r.get_replicas().which()? {
+                replicas::Unchanged(()) => None,
+                replicas::Set(set) => Some(Replicas::read(set?)?),
+            },
+            chunk_size: match r.get_chunk_size().which()? {
+                chunk_size::Unchanged(()) => None,
+                chunk_size::Set(size) => Some(size),
+            },
+        })
+    }
+}
+
+impl WireStruct for Stat {
+    type Schema = schema::stat::Owned;
+    fn write(&self, mut b: schema::stat::Builder<'_>) {
+        b.set_ino(self.ino);
+        b.set_kind(inode_kind_to_wire(self.kind));
+        b.set_size(self.size);
+        b.set_mtime_ms(self.mtime_ms);
+        b.set_ctime_ms(self.ctime_ms);
+        self.attrs.write(b.init_attrs());
+    }
+    fn read(r: schema::stat::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Stat {
+            ino: r.get_ino(),
+            kind: inode_kind_from_wire(r.get_kind()?),
+            size: r.get_size(),
+            mtime_ms: r.get_mtime_ms(),
+            ctime_ms: r.get_ctime_ms(),
+            attrs: FileAttrs::read(r.get_attrs()?)?,
+        })
+    }
+}
+
+impl WireStruct for DirEntry {
+    type Schema = schema::dir_entry::Owned;
+    fn write(&self, mut b: schema::dir_entry::Builder<'_>) {
+        b.set_name(self.name.as_str());
+        self.stat.write(b.init_stat());
+    }
+    fn read(r: schema::dir_entry::Reader<'_>) -> capnp::Result<Self> {
+        Ok(DirEntry {
+            name: read_text(r.get_name())?,
+            stat: Stat::read(r.get_stat()?)?,
+        })
+    }
+}
+
+impl WireStruct for OpenFlags {
+    type Schema = schema::open_flags::Owned;
+    fn write(&self, mut b: schema::open_flags::Builder<'_>) {
+        b.set_create(self.create);
+        b.set_exclusive(self.exclusive);
+        b.set_truncate(self.truncate);
+    }
+    fn read(r: schema::open_flags::Reader<'_>) -> capnp::Result<Self> {
+        Ok(OpenFlags {
+            create: r.get_create(),
+            exclusive: r.get_exclusive(),
+            truncate: r.get_truncate(),
+        })
+    }
+}
+
+impl WireStruct for Lease {
+    type Schema = schema::lease::Owned;
+    fn write(&self, mut b: schema::lease::Builder<'_>) {
+        b.set_id(self.id);
+        b.set_ino(self.ino);
+        b.set_mode(lease_mode_to_wire(self.mode));
+        b.set_duration_ms(self.duration_ms);
+    }
+    fn read(r: schema::lease::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Lease {
+            id: r.get_id(),
+            ino: r.get_ino(),
+            mode: lease_mode_from_wire(r.get_mode()?),
+            duration_ms: r.get_duration_ms(),
+        })
+    }
+}
+
+impl WireStruct for OpenReply {
+    type Schema = schema::open_reply::Owned;
+    fn write(&self, mut b: schema::open_reply::Builder<'_>) {
+        self.lease.write(b.reborrow().init_lease());
+        self.stat.write(b.init_stat());
+    }
+    fn read(r: schema::open_reply::Reader<'_>) -> capnp::Result<Self> {
+        Ok(OpenReply {
+            lease: Lease::read(r.get_lease()?)?,
+            stat: Stat::read(r.get_stat()?)?,
+        })
+    }
+}
+
+impl WireStruct for Replica {
+    type Schema = schema::replica::Owned;
+    fn write(&self, mut b: schema::replica::Builder<'_>) {
+        b.set_cs(self.cs);
+        b.set_addr(self.addr.as_str());
+    }
+    fn read(r: schema::replica::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Replica {
+            cs: r.get_cs(),
+            addr: read_text(r.get_addr())?,
+        })
+    }
+}
+
+impl WireStruct for ChunkMap {
+    type Schema = schema::chunk_map::Owned;
+    fn write(&self, mut b: schema::chunk_map::Builder<'_>) {
+        b.set_chunk(self.chunk);
+        b.set_index(self.index);
+        b.set_version(self.version);
+        write_list(
+            b.init_replicas(list_len(self.replicas.len())),
+            &self.replicas,
+        );
+    }
+    fn read(r: schema::chunk_map::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ChunkMap {
+            chunk: r.get_chunk(),
+            index: r.get_index(),
+            version: r.get_version(),
+            replicas: read_list(r.get_replicas()?)?,
+        })
+    }
+}
+
+impl WireStruct for SpaceInfo {
+    type Schema = schema::space_info::Owned;
+    fn write(&self, mut b: schema::space_info::Builder<'_>) {
+        b.set_total_bytes(self.total_bytes);
+        b.set_free_bytes(self.free_bytes);
+    }
+    fn read(r: schema::space_info::Reader<'_>) -> capnp::Result<Self> {
+        Ok(SpaceInfo {
+            total_bytes: r.get_total_bytes(),
+            free_bytes: r.get_free_bytes(),
+        })
+    }
+}
+
+impl WireStruct for CsInfo {
+    type Schema = schema::cs_info::Owned;
+    fn write(&self, mut b: schema::cs_info::Builder<'_>) {
+        b.set_id(self.id);
+        b.set_addr(self.addr.as_str());
+        b.set_status(cs_status_to_wire(self.status));
+        self.space.write(b.reborrow().init_space());
+        b.set_chunks(self.chunks);
+        b.set_last_seen_ms_ago(self.last_seen_ms_ago);
+    }
+    fn read(r: schema::cs_info::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CsInfo {
+            id: r.get_id(),
+            addr: read_text(r.get_addr())?,
+            status: cs_status_from_wire(r.get_status()?),
+            space: SpaceInfo::read(r.get_space()?)?,
+            chunks: r.get_chunks(),
+            last_seen_ms_ago: r.get_last_seen_ms_ago(),
+        })
+    }
+}
+
+impl WireStruct for MdsInfo {
+    type Schema = schema::mds_info::Owned;
+    fn write(&self, mut b: schema::mds_info::Builder<'_>) {
+        b.set_id(self.id);
+        b.set_addr(self.addr.as_str());
+        b.set_role(self.role.as_str());
+    }
+    fn read(r: schema::mds_info::Reader<'_>) -> capnp::Result<Self> {
+        Ok(MdsInfo {
+            id: r.get_id(),
+            addr: read_text(r.get_addr())?,
+            role: read_text(r.get_role())?,
+        })
+    }
+}
+
+impl WireStruct for ClusterStatus {
+    type Schema = schema::cluster_status::Owned;
+    fn write(&self, mut b: schema::cluster_status::Builder<'_>) {
+        b.set_cluster_name(self.cluster_name.as_str());
+        b.set_health(self.health.as_str());
+        write_list(b.reborrow().init_mds(list_len(self.mds.len())), &self.mds);
+        write_list(b.reborrow().init_cs(list_len(self.cs.len())), &self.cs);
+        b.set_files(self.files);
+        b.set_dirs(self.dirs);
+        b.set_chunks(self.chunks);
+        b.set_chunks_degraded(self.chunks_degraded);
+        b.set_chunks_urgent(self.chunks_urgent);
+        b.set_logical_bytes(self.logical_bytes);
+    }
+    fn read(r: schema::cluster_status::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ClusterStatus {
+            cluster_name: read_text(r.get_cluster_name())?,
+            health: read_text(r.get_health())?,
+            mds: read_list(r.get_mds()?)?,
+            cs: read_list(r.get_cs()?)?,
+            files: r.get_files(),
+            dirs: r.get_dirs(),
+            chunks: r.get_chunks(),
+            chunks_degraded: r.get_chunks_degraded(),
+            chunks_urgent: r.get_chunks_urgent(),
+            logical_bytes: r.get_logical_bytes(),
+        })
+    }
+}
+
+impl WireStruct for ChunkReplicaInfo {
+    type Schema = schema::chunk_replica_info::Owned;
+    fn write(&self, mut b: schema::chunk_replica_info::Builder<'_>) {
+        b.set_chunk(self.chunk);
+        b.set_version(self.version);
+    }
+    fn read(r: schema::chunk_replica_info::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ChunkReplicaInfo {
+            chunk: r.get_chunk(),
+            version: r.get_version(),
+        })
+    }
+}
+
+impl WireStruct for CsRegistration {
+    type Schema = schema::cs_registration::Owned;
+    fn write(&self, mut b: schema::cs_registration::Builder<'_>) {
+        b.set_id(self.id);
+        b.set_addr(self.addr.as_str());
+        self.space.write(b.reborrow().init_space());
+        write_list(b.init_chunks(list_len(self.chunks.len())), &self.chunks);
+    }
+    fn read(r: schema::cs_registration::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CsRegistration {
+            id: r.get_id(),
+            addr: read_text(r.get_addr())?,
+            space: SpaceInfo::read(r.get_space()?)?,
+            chunks: read_list(r.get_chunks()?)?,
+        })
+    }
+}
+
+impl WireStruct for RegisterReply {
+    type Schema = schema::register_reply::Owned;
+    fn write(&self, mut b: schema::register_reply::Builder<'_>) {
+        let mut delete = b.reborrow().init_delete(list_len(self.delete.len()));
+        for (i, chunk) in self.delete.iter().enumerate() {
+            delete.set(i as u32, *chunk);
+        }
+        b.set_heartbeat_interval_ms(self.heartbeat_interval_ms);
+    }
+    fn read(r: schema::register_reply::Reader<'_>) -> capnp::Result<Self> {
+        Ok(RegisterReply {
+            delete: r.get_delete()?.iter().collect(),
+            heartbeat_interval_ms: r.get_heartbeat_interval_ms(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Method results: a union of the value and an Error.
+
+/// A method's return value with its `XxxResult` union of the schema.
+pub trait WireReply: Sized {
+    /// The generated result union struct.
+    type Schema: OwnedStruct;
+    /// Writes a method's outcome, value or error.
+    fn write_result(outcome: &Result<Self>, builder: <Self::Schema as OwnedStruct>::Builder<'_>);
+    /// Decodes a method's outcome. The outer `capnp::Result` fails only when
+    /// the message does not decode.
+    fn read_result(
+        reader: <Self::Schema as OwnedStruct>::Reader<'_>,
+    ) -> capnp::Result<Result<Self>>;
+}
+
+/// `WireReply` for a result union whose `ok` is a struct mirrored by `$value`.
+macro_rules! struct_reply {
+    ($value:ty, $module:ident) => {
+        impl WireReply for $value {
+            type Schema = schema::$module::Owned;
+            fn write_result(outcome: &Result<Self>, b: schema::$module::Builder<'_>) {
+                match outcome {
+                    Ok(value) => value.write(b.init_ok()),
+                    Err(error) => write_error(b.init_err(), error),
+                }
+            }
+            fn read_result(r: schema::$module::Reader<'_>) -> capnp::Result<Result<Self>> {
+                Ok(match r.which()? {
+                    schema::$module::Ok(value) => Ok(<$value>::read(value?)?),
+                    schema::$module::Err(error) => Err(read_error(error?)?),
+                })
+            }
+        }
+    };
+}
+
+/// `WireReply` for a result union whose `ok` is a list of `$item`.
+macro_rules! list_reply {
+    ($item:ty, $module:ident) => {
+        impl WireReply for Vec<$item> {
+            type Schema = schema::$module::Owned;
+            fn write_result(outcome: &Result<Self>, b: schema::$module::Builder<'_>) {
+                match outcome {
+                    Ok(items) => write_list(b.init_ok(list_len(items.len())), items),
+                    Err(error) => write_error(b.init_err(), error),
+                }
+            }
+            fn read_result(r: schema::$module::Reader<'_>) -> capnp::Result<Result<Self>> {
+                Ok(match r.which()? {
+                    schema::$module::Ok(items) => Ok(read_list(items?)?),
+                    schema::$module::Err(error) => Err(read_error(error?)?),
+                })
+            }
+        }
+    };
+}
+
+struct_reply!(Stat, stat_result);
+struct_reply!(OpenReply, open_result);
+struct_reply!(ChunkMap, chunk_map_result);
+struct_reply!(ClusterStatus, cluster_status_result);
+struct_reply!(RegisterReply, register_result);
+list_reply!(DirEntry, dir_entries_result);
+list_reply!(ChunkMap, chunk_maps_result);
+list_reply!(ChunkReplicaInfo, chunk_replicas_result);
+
+impl WireReply for () {
+    type Schema = schema::void_result::Owned;
+    fn write_result(outcome: &Result<()>, mut b: schema::void_result::Builder<'_>) {
+        match outcome {
+            Ok(()) => b.set_ok(()),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::void_result::Reader<'_>) -> capnp::Result<Result<()>> {
+        Ok(match r.which()? {
+            schema::void_result::Ok(()) => Ok(()),
+            schema::void_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+impl WireReply for CsId {
+    type Schema = schema::cs_id_result::Owned;
+    fn write_result(outcome: &Result<CsId>, mut b: schema::cs_id_result::Builder<'_>) {
+        match outcome {
+            Ok(id) => b.set_ok(*id),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::cs_id_result::Reader<'_>) -> capnp::Result<Result<CsId>> {
+        Ok(match r.which()? {
+            schema::cs_id_result::Ok(id) => Ok(id),
+            schema::cs_id_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+impl WireReply for Option<ChunkMap> {
+    type Schema = schema::optional_chunk_map_result::Owned;
+    fn write_result(
+        outcome: &Result<Option<ChunkMap>>,
+        mut b: schema::optional_chunk_map_result::Builder<'_>,
+    ) {
+        match outcome {
+            Ok(Some(map)) => map.write(b.init_ok()),
+            Ok(None) => b.set_absent(()),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(
+        r: schema::optional_chunk_map_result::Reader<'_>,
+    ) -> capnp::Result<Result<Option<ChunkMap>>> {
+        use schema::optional_chunk_map_result::Which;
+        Ok(match r.which()? {
+            Which::Ok(map) => Ok(Some(ChunkMap::read(map?)?)),
+            Which::Absent(()) => Ok(None),
+            Which::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes `value` into a fresh message and decodes it again.
+    fn round_trip<T: WireStruct>(value: &T) -> T
+    where
+        for<'a> <T::Schema as OwnedStruct>::Builder<'a>: capnp::traits::FromPointerBuilder<'a>,
+        for<'a> <T::Schema as OwnedStruct>::Reader<'a>: capnp::traits::FromPointerReader<'a>,
+    {
+        let mut message = capnp::message::Builder::new_default();
+        value.write(message.init_root());
+        let reader = message.get_root_as_reader().expect("root");
+        T::read(reader).expect("decode")
+    }
+
+    #[test]
+    fn attr_update_keeps_absent_fields_absent() {
+        for update in [
+            AttrUpdate::default(),
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 2, min: 1 }),
+                chunk_size: None,
+            },
+            AttrUpdate {
+                replicas: None,
+                chunk_size: Some(1 << 20),
+            },
+        ] {
+            assert_eq!(round_trip(&update), update);
+        }
+    }
+
+    #[test]
+    fn every_error_kind_survives_the_wire() {
+        for kind in ErrorKind::ALL {
+            let error = Error::new(kind, format!("chunk 0x1f2 on CS 3: {kind}"));
+            let mut message = capnp::message::Builder::new_default();
+            <()>::write_result(&Err(error.clone()), message.init_root());
+            let reader = message
+                .get_root_as_reader::<schema::void_result::Reader<'_>>()
+                .expect("root");
+            assert_eq!(<()>::read_result(reader).expect("decode"), Err(error));
+        }
+    }
+
+    #[test]
+    fn unknown_enumerant_is_a_decode_error() {
+        let mut message = capnp::message::Builder::new_default();
+        let stat = Stat {
+            ino: 7,
+            kind: InodeKind::File,
+            size: 1,
+            mtime_ms: 2,
+            ctime_ms: 3,
+            attrs: FileAttrs::default(),
+        };
+        stat.write(message.init_root::<schema::stat::Builder<'_>>());
+        let segments = message.get_segments_for_output();
+        let mut bytes = segments[0].to_vec();
+        // Forge an enumerant a newer peer might send. The root pointer is
+        // word 0 and the struct's data starts at word 1; the kind is the u16
+        // at index 4 of the data section (see the generated get_kind).
+        bytes[8 + 8] = 0xff;
+        let mut words = capnp::Word::allocate_zeroed_vec(bytes.len() / 8);
+        capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(&bytes);
+        let segments = [capnp::Word::words_to_bytes(&words)];
+        let reader = capnp::message::Reader::new(
+            capnp::message::SegmentArray::new(&segments),
+            reader_options(),
+        );
+        let root: schema::stat::Reader<'_> = reader.get_root().expect("root");
+        assert!(Stat::read(root).is_err());
+    }
+}
