@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pstorage_core::traits::{ChunkControl, ControlConnector, MetadataService};
+use pstorage_core::traits::{ControlConnector, MetadataService};
 use pstorage_core::types::{LeaseMode, OpenFlags};
 use pstorage_rpc::control::TcpControlConnector;
 use pstorage_tests::{pattern, ClusterOptions, TestCluster};
@@ -66,7 +66,10 @@ async fn kill_chunk_server_during_writes() {
     cluster.wait_active(3);
     assert_eq!(read_all(&client, "/stream.bin").await, *data);
     let addr = cluster_cs_addr(&mds, dead_id).await;
-    let control = TcpControlConnector::new(pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()));
+    let control = TcpControlConnector::new(
+        pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()),
+        Default::default(),
+    );
     let held = control.chunk_control(&addr).await.unwrap().list_chunks().await.unwrap();
     for m in &maps {
         let in_chain = m.replicas.iter().any(|r| r.cs == dead_id);

@@ -128,6 +128,7 @@ fn config() -> MdsConfig {
         lease_duration_ms: 10_000,
         heartbeat_interval_ms: 1_000,
         offline_timeout_ms: 60_000,
+        addr: "127.0.0.1:2510".into(),
     }
 }
 
