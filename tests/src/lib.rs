@@ -223,19 +223,34 @@ impl TestCluster {
         pstorage_rpc::node::connect_client(&self.conf(), options).expect("connect")
     }
 
-    /// Waits until `n` chunk servers are active.
-    pub fn wait_active(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+    /// How many chunk servers the MDS reports active (None: MDS unreachable).
+    /// Runs on its own thread so it works inside and outside async tests.
+    pub fn active_chunk_servers(&self) -> Option<usize> {
+        let conf = self.conf();
+        std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            let active = rt.block_on(async {
-                let mds = pstorage_rpc::node::connect_mds(&self.conf(), Default::default()).ok()?;
+            rt.block_on(async {
+                let options = pstorage_rpc::ClientOptions {
+                    connect_timeout: Duration::from_secs(2),
+                    call_timeout: Some(Duration::from_secs(5)),
+                };
+                let mds = pstorage_rpc::node::connect_mds(&conf, options).ok()?;
                 let s = pstorage_core::traits::MetadataService::cluster_status(&mds).await.ok()?;
                 Some(s.cs.iter().filter(|c| c.status == CsStatus::Active).count())
-            });
+            })
+        })
+        .join()
+        .expect("status thread")
+    }
+
+    /// Waits until `n` chunk servers are active.
+    pub fn wait_active(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active = self.active_chunk_servers();
             if active.unwrap_or(0) >= n {
                 return;
             }

@@ -115,12 +115,28 @@ async fn flipped_byte_is_served_from_another_replica_and_reported() {
     let chunk_file = victim_dir.join("chunks").join(format!("{:016x}.chunk", before[1].chunk));
     flip_byte(&chunk_file, 5000);
 
-    // Every read returns the right data, whichever replica it tries first.
-    for _ in 0..3 {
-        assert_eq!(read_all(&client, "/flip.bin").await, data);
+    // Every read returns the right data, whichever replica it tries first;
+    // the client rotates over replicas, so a few reads of the damaged block
+    // reach the bad copy.
+    assert_eq!(read_all(&client, "/flip.bin").await, data);
+    let bad_offset = 2 * CHUNK - 5000;
+    let file = client.open("/flip.bin", LeaseMode::Read, OpenFlags::default()).await.unwrap();
+    for _ in 0..6 {
+        let mut buf = vec![0u8; 4096];
+        let start = bad_offset / 4096 * 4096;
+        assert_eq!(file.read_at(start, &mut buf).await.unwrap(), 4096);
+        assert!(buf[..] == data[start as usize..start as usize + 4096]);
     }
-    // The bad replica was reported: the MDS dropped it from the chain.
-    let after = mds.file_chunks("/flip.bin").await.unwrap();
+    // The bad replica was reported: the MDS drops it from the chain.
+    let mut after = mds.file_chunks("/flip.bin").await.unwrap();
+    for _ in 0..100 {
+        if !after[1].replicas.iter().any(|r| r.cs == victim) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = mds.file_chunks("/flip.bin").await.unwrap();
+    }
+    file.close().await.unwrap();
     assert!(
         !after[1].replicas.iter().any(|r| r.cs == victim),
         "corrupt replica on CS {victim} still in the chain: {:?}",
