@@ -63,12 +63,19 @@ impl PassResult {
     }
 }
 
-const PATTERNS: [&str; 4] = ["seq-write-1M", "seq-read-1M", "rand-write-4K", "rand-read-4K"];
+const PATTERNS: [&str; 4] = [
+    "seq-write-1M",
+    "seq-read-1M",
+    "rand-write-4K",
+    "rand-read-4K",
+];
 
 /// Runs the benchmark and prints a table.
 pub async fn run(conf: &ClusterConf, args: &BenchArgs) -> Result<()> {
     if args.size < SEQ_BLOCK as u64 || args.depth == 0 || args.seconds == 0 {
-        return Err(Error::invalid("bench needs --size >= 1 MiB, --depth >= 1, --seconds >= 1"));
+        return Err(Error::invalid(
+            "bench needs --size >= 1 MiB, --depth >= 1, --seconds >= 1",
+        ));
     }
     let size = args.size / SEQ_BLOCK as u64 * SEQ_BLOCK as u64;
     let client = pstorage_rpc::node::connect_client(conf, ClientOptions::default())?;
@@ -82,7 +89,11 @@ pub async fn run(conf: &ClusterConf, args: &BenchArgs) -> Result<()> {
     }
     client.mkdir("/.bench", true).await?;
     for &r in &args.replicas {
-        let replicas = Replicas { norm: r, min: (r / 2 + 1).min(r) }.validate()?;
+        let replicas = Replicas {
+            norm: r,
+            min: (r / 2 + 1).min(r),
+        }
+        .validate()?;
         let path = format!("/.bench/replicas-{r}-{}", std::process::id());
         let res = bench_cluster(&client, &path, replicas, size, args).await;
         let _ = client.unlink(&path).await;
@@ -102,7 +113,9 @@ fn print_table(results: &[PassResult]) {
             .iter()
             .find(|l| l.target == "local" && l.pattern == r.pattern);
         let ratio = match local {
-            Some(l) if r.target != "local" && l.iops() > 0.0 => format!("{:.2}x", r.iops() / l.iops()),
+            Some(l) if r.target != "local" && l.iops() > 0.0 => {
+                format!("{:.2}x", r.iops() / l.iops())
+            }
             _ => "-".to_string(),
         };
         println!(
@@ -146,7 +159,14 @@ async fn bench_cluster(
     };
     let file = Arc::new(client.open(path, LeaseMode::Write, flags).await?);
     client
-        .set_attr(path, AttrUpdate { replicas: Some(replicas), chunk_size: None }, false)
+        .set_attr(
+            path,
+            AttrUpdate {
+                replicas: Some(replicas),
+                chunk_size: None,
+            },
+            false,
+        )
         .await?;
     let target = format!("replicas={}", replicas.norm);
     let mut out = Vec::new();
@@ -247,7 +267,11 @@ impl Drop for AlignedBuf {
 }
 
 /// The same passes on a local file with O_DIRECT, queue depth as threads.
-async fn bench_local(path: &std::path::Path, size: u64, args: &BenchArgs) -> Result<Vec<PassResult>> {
+async fn bench_local(
+    path: &std::path::Path,
+    size: u64,
+    args: &BenchArgs,
+) -> Result<Vec<PassResult>> {
     let path = path.to_path_buf();
     let (seconds, depth) = (args.seconds, args.depth);
     tokio::task::spawn_blocking(move || bench_local_blocking(&path, size, seconds, depth))
@@ -255,7 +279,12 @@ async fn bench_local(path: &std::path::Path, size: u64, args: &BenchArgs) -> Res
         .map_err(|e| Error::internal(e.to_string()))?
 }
 
-fn bench_local_blocking(path: &std::path::Path, size: u64, seconds: u64, depth: usize) -> Result<Vec<PassResult>> {
+fn bench_local_blocking(
+    path: &std::path::Path,
+    size: u64,
+    seconds: u64,
+    depth: usize,
+) -> Result<Vec<PassResult>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -307,7 +336,10 @@ fn bench_local_blocking(path: &std::path::Path, size: u64, seconds: u64, depth: 
                 .collect();
             let mut all = Vec::new();
             for h in handles {
-                all.extend(h.join().map_err(|_| Error::internal("bench thread panicked"))??);
+                all.extend(
+                    h.join()
+                        .map_err(|_| Error::internal("bench thread panicked"))??,
+                );
             }
             Ok::<_, Error>(all)
         })?;

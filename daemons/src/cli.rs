@@ -205,10 +205,23 @@ async fn execute(cli: &Cli) -> Result<()> {
         Command::Chunks { path } => {
             let mds = node::connect_mds(&conf, Default::default())?;
             let maps = pstorage_core::traits::MetadataService::file_chunks(&mds, path).await?;
-            println!("{:>8} {:>18} {:>8}  replicas (chain order)", "index", "chunk", "version");
+            println!(
+                "{:>8} {:>18} {:>8}  replicas (chain order)",
+                "index", "chunk", "version"
+            );
             for m in maps {
-                let chain: Vec<String> = m.replicas.iter().map(|r| format!("cs{}@{}", r.cs, r.addr)).collect();
-                println!("{:>8} {:>#18x} {:>8}  {}", m.index, m.chunk, m.version, chain.join(" -> "));
+                let chain: Vec<String> = m
+                    .replicas
+                    .iter()
+                    .map(|r| format!("cs{}@{}", r.cs, r.addr))
+                    .collect();
+                println!(
+                    "{:>8} {:>#18x} {:>8}  {}",
+                    m.index,
+                    m.chunk,
+                    m.version,
+                    chain.join(" -> ")
+                );
             }
         }
         Command::Bench(args) => crate::bench::run(&conf, args).await?,
@@ -233,7 +246,7 @@ async fn print_stat(client: &Client) -> Result<()> {
     );
     println!();
     println!("MDS nodes: {}", s.mds.len());
-    println!("{:>6}  {:<10} {}", "MDSID", "ROLE", "ADDRESS");
+    println!("{:>6}  {:<10} ADDRESS", "MDSID", "ROLE");
     for m in &s.mds {
         println!("{:>6}  {:<10} {}", m.id, m.role, m.addr);
     }
@@ -343,7 +356,9 @@ fn read_full(input: &mut Box<dyn Read + Send>, buf: &mut [u8]) -> Result<usize> 
 }
 
 async fn get(client: &Client, path: &str, local: &str) -> Result<()> {
-    let file = client.open(path, LeaseMode::Read, OpenFlags::default()).await?;
+    let file = client
+        .open(path, LeaseMode::Read, OpenFlags::default())
+        .await?;
     let result = copy_out(&file, local).await;
     let closed = file.close().await;
     result.and(closed)
@@ -384,7 +399,11 @@ async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
     };
     for e in entries {
         if long {
-            let kind = if e.stat.kind == InodeKind::Dir { 'd' } else { '-' };
+            let kind = if e.stat.kind == InodeKind::Dir {
+                'd'
+            } else {
+                '-'
+            };
             println!(
                 "{kind} {:>5} {:>14} {:>13} {}",
                 e.stat.attrs.replicas.to_string(),

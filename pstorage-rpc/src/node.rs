@@ -130,7 +130,12 @@ pub fn create_cluster_mds(
 }
 
 /// `make-cs`: allocates a CS id from the MDS and prepares `dir`.
-pub async fn create_cs(conf: &ClusterConf, conf_root: &Path, dir: &Path, listen: &str) -> Result<CsId> {
+pub async fn create_cs(
+    conf: &ClusterConf,
+    conf_root: &Path,
+    dir: &Path,
+    listen: &str,
+) -> Result<CsId> {
     listen
         .parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
@@ -226,7 +231,7 @@ where
 pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
-    let store = MdsStore::open(&dir.join(MDS_DB))?;
+    let store = MdsStore::open(dir.join(MDS_DB))?;
     let control = Arc::new(TcpControlConnector::new(
         control_dialer(key.clone()),
         RpcClientOptions {
@@ -246,8 +251,14 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
     info!(cluster = %conf.cluster, addr = %conf.addr, "MDS started");
-    println!("pstorage-mdsd: cluster {} listening on {}", conf.cluster, conf.addr);
-    let rpc = RpcServerThread::spawn("mds-rpc", RpcServices::new().with_mds(mds.clone(), mds.clone()))?;
+    println!(
+        "pstorage-mdsd: cluster {} listening on {}",
+        conf.cluster, conf.addr
+    );
+    let rpc = RpcServerThread::spawn(
+        "mds-rpc",
+        RpcServices::new().with_mds(mds.clone(), mds.clone()),
+    )?;
     let accept = accept_loop(listener, key, move |channel, stream| match channel {
         Channel::Control => {
             if let Err(e) = rpc.serve_mds(stream) {
@@ -301,7 +312,10 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.listen)))?;
     let addr = listener.local_addr()?.to_string();
     info!(cs = conf.id, %addr, "CS started");
-    println!("pstorage-csd: CS {} of cluster {} listening on {addr}", conf.id, conf.cluster);
+    println!(
+        "pstorage-csd: CS {} of cluster {} listening on {addr}",
+        conf.id, conf.cluster
+    );
     let control: Arc<dyn ChunkControl> = server.clone();
     let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
     let data: Arc<dyn ChunkService> = server.clone();
@@ -335,7 +349,12 @@ const MDS_SILENCE_FENCE: Duration = Duration::from_secs(10);
 /// registered: a restarted CS, or one cut off from the MDS for longer than
 /// [`MDS_SILENCE_FENCE`], must have its replicas checked before it may serve
 /// them again (invariant 3).
-async fn cs_session(server: Arc<ChunkServer>, mds: MdsClient, id: CsId, addr: String) -> Result<()> {
+async fn cs_session(
+    server: Arc<ChunkServer>,
+    mds: MdsClient,
+    id: CsId,
+    addr: String,
+) -> Result<()> {
     loop {
         server.set_serving(false);
         let registration = server.registration(&addr).await?;

@@ -21,7 +21,11 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     assert!(
         dir.join("pstorage").exists(),
         "{} has no pstorage binary: run `cargo build --workspace --bins` first (the README's test command does)",
@@ -94,15 +98,33 @@ impl TestCluster {
         let mds_dir = cluster.mds_dir.to_str().unwrap().to_string();
         let addr = cluster.mds_addr.clone();
         let out = cluster.cli_stdin(
-            &["make-mds", "-I", "-a", &addr, "-r", &mds_dir, "-p", "--chunk-size", &chunk_size],
+            &[
+                "make-mds",
+                "-I",
+                "-a",
+                &addr,
+                "-r",
+                &mds_dir,
+                "-p",
+                "--chunk-size",
+                &chunk_size,
+            ],
             format!("{PASSWORD}\n").as_bytes(),
         );
-        assert!(out.status.success(), "make-mds failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "make-mds failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         cluster.start_mds();
         for i in 0..options.chunk_servers {
             let d = cluster.dir.path().join(format!("cs{i}"));
             let out = cluster.cli(&["make-cs", "-r", d.to_str().unwrap()]);
-            assert!(out.status.success(), "make-cs failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "make-cs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             cluster.cs_dirs.push(d);
             cluster.cs.push(None);
             cluster.start_cs(i);
@@ -128,7 +150,8 @@ impl TestCluster {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
     }
 
     /// Starts (or restarts) the MDS and waits until it accepts connections.
@@ -137,7 +160,11 @@ impl TestCluster {
         self.mds = Some(self.daemon("pstorage-mdsd", &self.mds_dir.clone(), "mds.log"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.mds_addr).is_err() {
-            assert!(Instant::now() < deadline, "MDS did not start: {}", self.log("mds.log"));
+            assert!(
+                Instant::now() < deadline,
+                "MDS did not start: {}",
+                self.log("mds.log")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -238,7 +265,9 @@ impl TestCluster {
                     call_timeout: Some(Duration::from_secs(5)),
                 };
                 let mds = pstorage_rpc::node::connect_mds(&conf, options).ok()?;
-                let s = pstorage_core::traits::MetadataService::cluster_status(&mds).await.ok()?;
+                let s = pstorage_core::traits::MetadataService::cluster_status(&mds)
+                    .await
+                    .ok()?;
                 Some(s.cs.iter().filter(|c| c.status == CsStatus::Active).count())
             })
         })

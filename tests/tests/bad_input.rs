@@ -14,12 +14,18 @@ use pstorage_rpc::auth::{self, Channel};
 use pstorage_tests::{pattern, ClusterOptions, TestCluster};
 
 fn small() -> ClusterOptions {
-    ClusterOptions { chunk_servers: 3, chunk_size: 1 << 20, ..Default::default() }
+    ClusterOptions {
+        chunk_servers: 3,
+        chunk_size: 1 << 20,
+        ..Default::default()
+    }
 }
 
 async fn cs_addrs(cluster: &TestCluster) -> Vec<String> {
     let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
-    let s = pstorage_core::traits::MetadataService::cluster_status(&mds).await.unwrap();
+    let s = pstorage_core::traits::MetadataService::cluster_status(&mds)
+        .await
+        .unwrap();
     s.cs.into_iter().map(|c| c.addr).collect()
 }
 
@@ -43,8 +49,15 @@ async fn connections_without_the_key_are_refused() {
     assert!(msg.contains("wrong password"), "{msg}");
     assert_eq!(std::fs::read(cluster.conf().key_path()).unwrap(), before);
     // The right one works.
-    let out = cluster.cli_stdin(&["auth-node"], format!("{}\n", pstorage_tests::PASSWORD).as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster.cli_stdin(
+        &["auth-node"],
+        format!("{}\n", pstorage_tests::PASSWORD).as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Sends `bytes` to `addr` and reads until the peer closes (or 3 s pass).
@@ -65,7 +78,17 @@ async fn garbage_on_every_port_changes_nothing() {
     let mut cluster = TestCluster::start(small());
     let client = cluster.client();
     let data = pattern(3, 1_500_000);
-    let f = client.open("/keep.bin", LeaseMode::Write, OpenFlags { create: true, ..Default::default() }).await.unwrap();
+    let f = client
+        .open(
+            "/keep.bin",
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     f.write_at(0, &data).await.unwrap();
     f.close().await.unwrap();
 
@@ -86,11 +109,22 @@ async fn garbage_on_every_port_changes_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(cluster.mds_running(), "MDS died: {}", cluster.log("mds.log"));
+    assert!(
+        cluster.mds_running(),
+        "MDS died: {}",
+        cluster.log("mds.log")
+    );
     for i in 0..3 {
-        assert!(cluster.cs_running(i), "CS {i} died: {}", cluster.log(&format!("cs{i}.log")));
+        assert!(
+            cluster.cs_running(i),
+            "CS {i} died: {}",
+            cluster.log(&format!("cs{i}.log"))
+        );
     }
-    let f = client.open("/keep.bin", LeaseMode::Read, OpenFlags::default()).await.unwrap();
+    let f = client
+        .open("/keep.bin", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
     let mut buf = vec![0u8; data.len()];
     assert_eq!(f.read_at(0, &mut buf).await.unwrap(), data.len());
     assert!(buf == data);
@@ -101,7 +135,10 @@ async fn garbage_on_every_port_changes_nothing() {
 async fn bad_requests_give_clear_errors() {
     let cluster = TestCluster::start(small());
     let client = cluster.client();
-    let err = client.open("/missing", LeaseMode::Read, OpenFlags::default()).await.unwrap_err();
+    let err = client
+        .open("/missing", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(err.message().contains("/missing"), "{err}");
     let err = client.stat("relative/path").await.unwrap_err();
@@ -109,14 +146,30 @@ async fn bad_requests_give_clear_errors() {
     let err = client.mkdir("/a/b", false).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
-    let f = client.open("/f", LeaseMode::Write, OpenFlags { create: true, ..Default::default() }).await.unwrap();
+    let f = client
+        .open(
+            "/f",
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let err = f.write_at(MAX_FILE_SIZE - 2, b"abcd").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FileTooLarge, "{err}");
     let mut buf = [0u8; 16];
-    assert_eq!(f.read_at(MAX_FILE_SIZE + 10, &mut buf).await.unwrap_or(0), 0);
+    assert_eq!(
+        f.read_at(MAX_FILE_SIZE + 10, &mut buf).await.unwrap_or(0),
+        0
+    );
     assert_eq!(f.size(), 0, "a refused write must not change the file");
     // A second writer is refused while the first holds the lease.
-    let err = client.open("/f", LeaseMode::Write, OpenFlags::default()).await.unwrap_err();
+    let err = client
+        .open("/f", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
     f.close().await.unwrap();
     assert_eq!(client.stat("/f").await.unwrap().size, 0);
@@ -124,7 +177,10 @@ async fn bad_requests_give_clear_errors() {
 
 #[test]
 fn bad_cli_arguments_are_clear_errors() {
-    let cluster = TestCluster::start(ClusterOptions { chunk_servers: 1, ..small() });
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 1,
+        ..small()
+    });
     let cases: &[&[&str]] = &[
         &["set-attr", "/", "replicas=5:9"],
         &["set-attr", "/", "color=blue"],
@@ -144,6 +200,9 @@ fn bad_cli_arguments_are_clear_errors() {
     let out = cluster.cli(&["get-attr", "/"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("replicas=3:2"));
     // No cluster name at all.
-    let out = std::process::Command::new(pstorage_tests::bin_dir().join("pstorage")).arg("stat").output().unwrap();
+    let out = std::process::Command::new(pstorage_tests::bin_dir().join("pstorage"))
+        .arg("stat")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

@@ -35,7 +35,10 @@ fn cli_tour() {
     assert_eq!(piped.stdout, &data[..1000]);
 
     let ls = ok(cluster.cli(&["ls", "-l", "/vm/images"]));
-    assert!(ls.contains("a.bin") && ls.contains(&data.len().to_string()), "{ls}");
+    assert!(
+        ls.contains("a.bin") && ls.contains(&data.len().to_string()),
+        "{ls}"
+    );
     assert_eq!(ok(cluster.cli(&["ls", "/vm"])).trim(), "images");
 
     // Attributes are inherited from the directory at creation.
@@ -46,13 +49,20 @@ fn cli_tour() {
     assert!(ok(cluster.cli(&["get-attr", "/"])).contains("replicas=3:2"));
     let chunks = ok(cluster.cli(&["chunks", "/vm/images/c.bin"]));
     assert_eq!(chunks.lines().count(), 2, "{chunks}");
-    assert_eq!(chunks.lines().nth(1).unwrap().matches("cs").count(), 2, "{chunks}");
+    assert_eq!(
+        chunks.lines().nth(1).unwrap().matches("cs").count(),
+        2,
+        "{chunks}"
+    );
 
     ok(cluster.cli(&["mv", "/vm/images/b.bin", "/vm/b.bin"]));
     ok(cluster.cli(&["rm", "/vm/images/a.bin"]));
     ok(cluster.cli(&["rm", "/vm/images/c.bin"]));
     let out = cluster.cli(&["rm", "/vm"]);
-    assert!(!out.status.success(), "removing a non-empty directory must fail");
+    assert!(
+        !out.status.success(),
+        "removing a non-empty directory must fail"
+    );
     ok(cluster.cli(&["rm", "/vm/images"]));
     assert_eq!(ok(cluster.cli(&["ls", "/vm"])).trim(), "b.bin");
 }

@@ -14,11 +14,17 @@ use pstorage_tests::{pattern, ClusterOptions, TestCluster};
 const CHUNK: u64 = 1 << 20;
 
 fn create() -> OpenFlags {
-    OpenFlags { create: true, ..Default::default() }
+    OpenFlags {
+        create: true,
+        ..Default::default()
+    }
 }
 
 async fn read_all(client: &pstorage_core::client::Client, path: &str) -> Vec<u8> {
-    let file = client.open(path, LeaseMode::Read, OpenFlags::default()).await.unwrap();
+    let file = client
+        .open(path, LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
     let mut buf = vec![0u8; file.size() as usize];
     let mut off = 0;
     while off < buf.len() {
@@ -32,9 +38,18 @@ async fn read_all(client: &pstorage_core::client::Client, path: &str) -> Vec<u8>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_chunk_server_during_writes() {
-    let mut cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let mut cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 3,
+        chunk_size: CHUNK,
+        ..Default::default()
+    });
     let client = cluster.client();
-    let file = Arc::new(client.open("/stream.bin", LeaseMode::Write, create()).await.unwrap());
+    let file = Arc::new(
+        client
+            .open("/stream.bin", LeaseMode::Write, create())
+            .await
+            .unwrap(),
+    );
     let total = 48 * CHUNK as usize;
     let data = Arc::new(pattern(42, total));
     let writer = {
@@ -49,7 +64,10 @@ async fn kill_chunk_server_during_writes() {
     // Let the writer get going, then kill a chunk server under it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.kill_cs(1);
-    writer.await.unwrap().expect("the writer must finish without an error");
+    writer
+        .await
+        .unwrap()
+        .expect("the writer must finish without an error");
     file.close().await.unwrap();
     assert_eq!(read_all(&client, "/stream.bin").await, *data);
 
@@ -58,8 +76,14 @@ async fn kill_chunk_server_during_writes() {
     let maps = mds.file_chunks("/stream.bin").await.unwrap();
     assert!(maps.iter().all(|m| m.replicas.len() >= 2));
     let dead_id = cs_id_of(&cluster, 1);
-    let bumped: Vec<_> = maps.iter().filter(|m| !m.replicas.iter().any(|r| r.cs == dead_id)).collect();
-    assert!(!bumped.is_empty(), "the killed CS must have been dropped from some chains");
+    let bumped: Vec<_> = maps
+        .iter()
+        .filter(|m| !m.replicas.iter().any(|r| r.cs == dead_id))
+        .collect();
+    assert!(
+        !bumped.is_empty(),
+        "the killed CS must have been dropped from some chains"
+    );
 
     // Restart it: it registers, deletes its stale replicas, and reads stay right.
     cluster.start_cs(1);
@@ -70,12 +94,22 @@ async fn kill_chunk_server_during_writes() {
         pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()),
         Default::default(),
     );
-    let held = control.chunk_control(&addr).await.unwrap().list_chunks().await.unwrap();
+    let held = control
+        .chunk_control(&addr)
+        .await
+        .unwrap()
+        .list_chunks()
+        .await
+        .unwrap();
     for m in &maps {
         let in_chain = m.replicas.iter().any(|r| r.cs == dead_id);
         let copy = held.iter().find(|h| h.chunk == m.chunk);
         match copy {
-            Some(h) => assert!(in_chain && h.version == m.version, "stale replica of chunk {} kept", m.index),
+            Some(h) => assert!(
+                in_chain && h.version == m.version,
+                "stale replica of chunk {} kept",
+                m.index
+            ),
             None => assert!(!in_chain),
         }
     }
@@ -94,10 +128,17 @@ async fn cluster_cs_addr(mds: &pstorage_rpc::mds::MdsClient, id: u32) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flipped_byte_is_served_from_another_replica_and_reported() {
-    let cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 3,
+        chunk_size: CHUNK,
+        ..Default::default()
+    });
     let client = cluster.client();
     let data = pattern(7, 3 * CHUNK as usize);
-    let file = client.open("/flip.bin", LeaseMode::Write, create()).await.unwrap();
+    let file = client
+        .open("/flip.bin", LeaseMode::Write, create())
+        .await
+        .unwrap();
     file.write_at(0, &data).await.unwrap();
     file.close().await.unwrap();
 
@@ -112,7 +153,9 @@ async fn flipped_byte_is_served_from_another_replica_and_reported() {
         .find(|d| cs_conf_id(d) == victim)
         .unwrap()
         .clone();
-    let chunk_file = victim_dir.join("chunks").join(format!("{:016x}.chunk", before[1].chunk));
+    let chunk_file = victim_dir
+        .join("chunks")
+        .join(format!("{:016x}.chunk", before[1].chunk));
     flip_byte(&chunk_file, 5000);
 
     // Every read returns the right data, whichever replica it tries first;
@@ -120,7 +163,10 @@ async fn flipped_byte_is_served_from_another_replica_and_reported() {
     // reach the bad copy.
     assert_eq!(read_all(&client, "/flip.bin").await, data);
     let bad_offset = 2 * CHUNK - 5000;
-    let file = client.open("/flip.bin", LeaseMode::Read, OpenFlags::default()).await.unwrap();
+    let file = client
+        .open("/flip.bin", LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
     for _ in 0..6 {
         let mut buf = vec![0u8; 4096];
         let start = bad_offset / 4096 * 4096;
@@ -153,12 +199,19 @@ fn cs_conf_id(dir: &std::path::Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mds_kill_and_restart_keeps_namespace_and_data() {
-    let mut cluster = TestCluster::start(ClusterOptions { chunk_servers: 3, chunk_size: CHUNK, ..Default::default() });
+    let mut cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 3,
+        chunk_size: CHUNK,
+        ..Default::default()
+    });
     let data = pattern(99, 2 * CHUNK as usize + 333);
     {
         let client = cluster.client();
         client.mkdir("/a/b", true).await.unwrap();
-        let f = client.open("/a/b/file", LeaseMode::Write, create()).await.unwrap();
+        let f = client
+            .open("/a/b/file", LeaseMode::Write, create())
+            .await
+            .unwrap();
         f.write_at(0, &data).await.unwrap();
         f.close().await.unwrap();
         client.rename("/a/b/file", "/a/file2").await.unwrap();
@@ -167,7 +220,13 @@ async fn mds_kill_and_restart_keeps_namespace_and_data() {
     cluster.start_mds();
     cluster.wait_active(3);
     let client = cluster.client();
-    let names: Vec<String> = client.readdir("/a").await.unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = client
+        .readdir("/a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec!["b".to_string(), "file2".to_string()]);
     assert_eq!(read_all(&client, "/a/file2").await, data);
 }
@@ -176,7 +235,11 @@ async fn mds_kill_and_restart_keeps_namespace_and_data() {
 /// place (the data region is at the end of a chunk file).
 fn flip_byte(path: &std::path::Path, from_end: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let at = f.metadata().unwrap().len() - from_end;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();

@@ -21,8 +21,16 @@ async fn random_writes_read_back_and_replicas_are_identical() {
     let client = cluster.client();
     let file_size: u64 = 24 * CHUNK + 12345;
     let total_bytes: u64 = 200 << 20;
-    let flags = OpenFlags { create: true, ..Default::default() };
-    let file = Arc::new(client.open("/data.bin", LeaseMode::Write, flags).await.unwrap());
+    let flags = OpenFlags {
+        create: true,
+        ..Default::default()
+    };
+    let file = Arc::new(
+        client
+            .open("/data.bin", LeaseMode::Write, flags)
+            .await
+            .unwrap(),
+    );
     let mut shadow = vec![0u8; file_size as usize];
     let mut written = 0u64;
     let mut seed = 1u64;
@@ -37,7 +45,10 @@ async fn random_writes_read_back_and_replicas_are_identical() {
             let len = 1 + u64::from_le_bytes(r[0..8].try_into().unwrap()) % (CHUNK + CHUNK / 2);
             let offset = u64::from_le_bytes(r[8..16].try_into().unwrap()) % (file_size - len);
             // Writes in one batch must not overlap, or their order is undefined.
-            if ranges.iter().any(|&(o, l)| offset < o + l && o < offset + len) {
+            if ranges
+                .iter()
+                .any(|&(o, l)| offset < o + l && o < offset + len)
+            {
                 continue;
             }
             ranges.push((offset, len));
@@ -52,7 +63,11 @@ async fn random_writes_read_back_and_replicas_are_identical() {
         }
     }
     file.flush().await.unwrap();
-    let high = shadow.iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(0) as u64;
+    let high = shadow
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|p| p + 1)
+        .unwrap_or(0) as u64;
     assert!(file.size() >= high);
 
     // Reads through the SDK at odd offsets and lengths.
@@ -61,7 +76,11 @@ async fn random_writes_read_back_and_replicas_are_identical() {
     while offset < high {
         let n = file.read_at(offset, &mut buf).await.unwrap();
         assert!(n > 0);
-        assert_eq!(&buf[..n], &shadow[offset as usize..offset as usize + n], "mismatch at {offset}");
+        assert_eq!(
+            &buf[..n],
+            &shadow[offset as usize..offset as usize + n],
+            "mismatch at {offset}"
+        );
         offset += n as u64;
     }
     file.close().await.unwrap();
@@ -69,17 +88,31 @@ async fn random_writes_read_back_and_replicas_are_identical() {
     // Every replica, read straight from its chunk server, holds the same bytes.
     let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
     let maps = mds.file_chunks("/data.bin").await.unwrap();
-    assert_eq!(maps.len() as u64, file_size.div_ceil(CHUNK).min(high.div_ceil(CHUNK)));
+    assert_eq!(
+        maps.len() as u64,
+        file_size.div_ceil(CHUNK).min(high.div_ceil(CHUNK))
+    );
     let connector = TcpChunkConnector::new(cluster.conf().key().unwrap());
     for map in &maps {
-        assert_eq!(map.replicas.len(), 3, "chunk {} has {:?}", map.index, map.replicas);
+        assert_eq!(
+            map.replicas.len(),
+            3,
+            "chunk {} has {:?}",
+            map.index,
+            map.replicas
+        );
         let start = map.index * CHUNK;
         let len = CHUNK.min(file_size - start);
         let expect = &shadow[start as usize..(start + len) as usize];
         for replica in &map.replicas {
             let cs = connector.chunk_service(&replica.addr).await.unwrap();
             let got = cs.read(map.chunk, map.version, 0, len).await.unwrap();
-            assert!(got[..] == expect[..], "chunk {} differs on CS {}", map.index, replica.cs);
+            assert!(
+                got[..] == expect[..],
+                "chunk {} differs on CS {}",
+                map.index,
+                replica.cs
+            );
         }
     }
 }
