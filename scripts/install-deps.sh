@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system packages pstorage's build and tests use, if missing.
-# Safe to run again; uses sudo when not root.
+# Each scripts/apt.d/*.list line is "COMMAND PACKAGE..." : the packages are
+# installed when COMMAND is not on the PATH. Safe to run again; uses sudo
+# when not root.
 set -euo pipefail
+cd "$(dirname "$0")"
 need=()
-command -v capnp >/dev/null 2>&1 || need+=(capnproto libcapnp-dev)
-command -v cc >/dev/null 2>&1 || need+=(gcc)
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+for list in apt.d/*.list; do
+  while read -r cmd pkgs; do
+    case "$cmd" in ''|\#*) continue ;; esac
+    command -v "$cmd" >/dev/null 2>&1 || need+=($pkgs)
+  done <"$list"
+done
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "installing: ${need[*]}" >&2

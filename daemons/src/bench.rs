@@ -16,8 +16,6 @@ use pstorage_core::{Error, Result};
 
 const SEQ_BLOCK: usize = 1 << 20;
 const RAND_BLOCK: usize = 4096;
-/// Sequential transfers in flight.
-const SEQ_DEPTH: usize = 4;
 
 /// Options of `pstorage bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,7 +26,7 @@ pub struct BenchArgs {
     /// Duration of each random pass, in seconds.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
-    /// Queue depth of the random passes.
+    /// Queue depth (requests in flight) of every pass.
     #[arg(long, default_value_t = 16)]
     pub depth: usize,
     /// Replication factors to measure, comma separated.
@@ -172,7 +170,7 @@ async fn bench_cluster(
     let mut out = Vec::new();
     for pattern in PATTERNS {
         let (random, write) = (pattern.starts_with("rand"), pattern.contains("write"));
-        let depth = if random { args.depth } else { SEQ_DEPTH };
+        let depth = args.depth;
         let block = if random { RAND_BLOCK } else { SEQ_BLOCK };
         let next = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -296,7 +294,7 @@ fn bench_local_blocking(
     let mut out = Vec::new();
     for pattern in PATTERNS {
         let (random, write) = (pattern.starts_with("rand"), pattern.contains("write"));
-        let depth = if random { depth } else { SEQ_DEPTH };
+        
         let block = if random { RAND_BLOCK } else { SEQ_BLOCK };
         let next = AtomicU64::new(0);
         let deadline = Instant::now() + Duration::from_secs(seconds);
