@@ -383,6 +383,8 @@ fn nbdcopy_one_gib_and_fio_verify() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
+            // No state file in the working directory.
+            "--verify_state_save=0",
             "--output-format=json",
         ],
     );
@@ -405,6 +407,8 @@ struct RawClient {
     s: TcpStream,
 }
 
+const NBD_OPT_EXPORT_NAME: u32 = 1;
+const NBD_OPT_ABORT: u32 = 2;
 const NBD_OPT_GO: u32 = 7;
 const NBD_REP_ACK: u32 = 1;
 const NBD_REP_INFO: u32 = 3;
@@ -626,6 +630,23 @@ fn malformed_requests_get_errors_and_others_keep_working() {
     // A bad magic: the server hangs up on this connection only.
     c.s.write_all(&[0xde; 28]).unwrap();
     assert!(c.closed_by_server());
+
+    // Old clients: NBD_OPT_EXPORT_NAME (no error reply possible: an unknown
+    // export closes the connection), and NBD_OPT_ABORT.
+    let mut old = RawClient::connect(server.port);
+    old.send_option(NBD_OPT_EXPORT_NAME, b"/vm/m.img");
+    let mut export = [0u8; 10]; // size + flags; no zeroes (negotiated away)
+    old.s.read_exact(&mut export).unwrap();
+    assert_eq!(u64::from_be_bytes(export[0..8].try_into().unwrap()), size);
+    assert_eq!(old.read(size - 4096, 4096).unwrap(), vec![9u8; 4096]);
+    old.disconnect();
+    let mut old = RawClient::connect(server.port);
+    old.send_option(NBD_OPT_EXPORT_NAME, b"/vm/none.img");
+    assert!(old.closed_by_server());
+    let mut quitter = RawClient::connect(server.port);
+    quitter.send_option(NBD_OPT_ABORT, &[]);
+    assert_eq!(quitter.option_reply().1, NBD_REP_ACK);
+    assert!(quitter.closed_by_server());
 
     // Garbage in the handshake closes that connection only.
     let mut g = RawClient::connect(server.port);
