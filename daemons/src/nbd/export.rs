@@ -24,7 +24,9 @@ pub const MAX_LISTED_EXPORTS: usize = 10_000;
 /// What `NBD_OPT_INFO` and `NBD_OPT_GO` report about an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportInfo {
+    /// The export's size: the file's size.
     pub size_bytes: u64,
+    /// Transmission flags (`NBD_FLAG_*`).
     pub flags: u16,
 }
 

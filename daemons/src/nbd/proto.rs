@@ -15,63 +15,107 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 
 // Handshake flags (server) and client flags.
+/// `NBD_FLAG_FIXED_NEWSTYLE` of the protocol.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// `NBD_FLAG_NO_ZEROES` of the protocol.
 pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+/// Client flag `NBD_FLAG_C_FIXED_NEWSTYLE`.
 pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// Client flag `NBD_FLAG_C_NO_ZEROES`.
 pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
 
 // Transmission flags.
+/// `NBD_FLAG_HAS_FLAGS` of the protocol.
 pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+/// `NBD_FLAG_READ_ONLY` of the protocol.
 pub const FLAG_READ_ONLY: u16 = 1 << 1;
+/// `NBD_FLAG_SEND_FLUSH` of the protocol.
 pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+/// `NBD_FLAG_SEND_FUA` of the protocol.
 pub const FLAG_SEND_FUA: u16 = 1 << 3;
+/// `NBD_FLAG_SEND_TRIM` of the protocol.
 pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+/// `NBD_FLAG_SEND_WRITE_ZEROES` of the protocol.
 pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// `NBD_FLAG_CAN_MULTI_CONN` of the protocol.
 pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 // Options.
+/// `NBD_OPT_EXPORT_NAME` of the protocol.
 pub const OPT_EXPORT_NAME: u32 = 1;
+/// `NBD_OPT_ABORT` of the protocol.
 pub const OPT_ABORT: u32 = 2;
+/// `NBD_OPT_LIST` of the protocol.
 pub const OPT_LIST: u32 = 3;
+/// `NBD_OPT_STARTTLS` of the protocol.
 pub const OPT_STARTTLS: u32 = 5;
+/// `NBD_OPT_INFO` of the protocol.
 pub const OPT_INFO: u32 = 6;
+/// `NBD_OPT_GO` of the protocol.
 pub const OPT_GO: u32 = 7;
 
 // Option replies.
+/// `NBD_REP_ACK` of the protocol.
 pub const REP_ACK: u32 = 1;
+/// `NBD_REP_SERVER` of the protocol.
 pub const REP_SERVER: u32 = 2;
+/// `NBD_REP_INFO` of the protocol.
 pub const REP_INFO: u32 = 3;
+/// `NBD_REP_ERR_UNSUP` of the protocol.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+/// `NBD_REP_ERR_POLICY` of the protocol.
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+/// `NBD_REP_ERR_INVALID` of the protocol.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// `NBD_REP_ERR_UNKNOWN` of the protocol.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+/// `NBD_REP_ERR_SHUTDOWN` of the protocol.
 pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
+/// `NBD_REP_ERR_TOO_BIG` of the protocol.
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
 
 // Information types of NBD_REP_INFO.
+/// `NBD_INFO_EXPORT` of the protocol.
 pub const INFO_EXPORT: u16 = 0;
+/// `NBD_INFO_NAME` of the protocol.
 pub const INFO_NAME: u16 = 1;
+/// `NBD_INFO_DESCRIPTION` of the protocol.
 pub const INFO_DESCRIPTION: u16 = 2;
+/// `NBD_INFO_BLOCK_SIZE` of the protocol.
 pub const INFO_BLOCK_SIZE: u16 = 3;
 
 // Commands.
+/// `NBD_CMD_READ` of the protocol.
 pub const CMD_READ: u16 = 0;
+/// `NBD_CMD_WRITE` of the protocol.
 pub const CMD_WRITE: u16 = 1;
+/// `NBD_CMD_DISC` of the protocol.
 pub const CMD_DISC: u16 = 2;
+/// `NBD_CMD_FLUSH` of the protocol.
 pub const CMD_FLUSH: u16 = 3;
+/// `NBD_CMD_TRIM` of the protocol.
 pub const CMD_TRIM: u16 = 4;
+/// `NBD_CMD_CACHE` of the protocol.
 pub const CMD_CACHE: u16 = 5;
+/// `NBD_CMD_WRITE_ZEROES` of the protocol.
 pub const CMD_WRITE_ZEROES: u16 = 6;
 
 // Command flags.
+/// `NBD_CMD_FLAG_FUA` of the protocol.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// `NBD_CMD_FLAG_NO_HOLE` of the protocol.
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 
 // Error values of replies.
+/// Reply error `NBD_EPERM`.
 pub const EPERM: u32 = 1;
+/// Reply error `NBD_EIO`.
 pub const EIO: u32 = 5;
+/// Reply error `NBD_EINVAL`.
 pub const EINVAL: u32 = 22;
+/// Reply error `NBD_ENOSPC`.
 pub const ENOSPC: u32 = 28;
+/// Reply error `NBD_ESHUTDOWN`.
 pub const ESHUTDOWN: u32 = 108;
 
 /// Size of a transmission request header.
@@ -91,10 +135,15 @@ pub const MAX_NAME_BYTES: usize = 4096;
 /// One transmission request header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
+    /// Command flags (`NBD_CMD_FLAG_*`).
     pub flags: u16,
+    /// The command (`NBD_CMD_*`).
     pub kind: u16,
+    /// The client's handle, echoed in the reply.
     pub cookie: u64,
+    /// Byte offset in the export.
     pub offset: u64,
+    /// Length in bytes (of the payload, for WRITE).
     pub length: u32,
 }
 
