@@ -105,6 +105,25 @@ pub enum Command {
     Chunks { path: String },
     /// Measure the cluster against the local disk (like `rados bench`).
     Bench(crate::bench::BenchArgs),
+    /// Create PATH if needed and set its size (an image for nbd-serve).
+    Truncate {
+        /// New size in bytes; suffixes K, M, G, T (binary).
+        #[arg(short = 's')]
+        size: String,
+        path: String,
+    },
+    /// Export cluster files as NBD block devices (export name = file path).
+    NbdServe {
+        /// TCP ADDR:PORT to listen on (default 127.0.0.1:10809 unless --socket).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Unix socket to listen on.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Refuse writes; open files with read leases.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 impl Cli {
@@ -225,6 +244,22 @@ async fn execute(cli: &Cli) -> Result<()> {
             }
         }
         Command::Bench(args) => crate::bench::run(&conf, args).await?,
+        Command::Truncate { size, path } => {
+            let size = crate::nbd::parse_size(size)?;
+            crate::nbd::truncate(&client(&conf)?, path, size).await?;
+        }
+        Command::NbdServe {
+            listen,
+            socket,
+            read_only,
+        } => {
+            let options = crate::nbd::ServeOptions {
+                listen: listen.clone(),
+                socket: socket.clone(),
+                read_only: *read_only,
+            };
+            crate::nbd::serve(client(&conf)?, options, termination()).await?;
+        }
     }
     Ok(())
 }
