@@ -46,6 +46,10 @@ pub struct CsState {
     pub writes: u64,
     pub reads: u64,
     pub flushes: u64,
+    /// How long a flush takes before it counts as done.
+    pub flush_delay: std::time::Duration,
+    /// Flushes that finished (after `flush_delay`).
+    pub flushes_done: u64,
 }
 
 /// A fake chunk server.
@@ -203,13 +207,18 @@ impl ChunkService for FakeCs {
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
-        let mut st = lock(&self.state);
-        if st.unreachable {
-            return Err(Error::unavailable(format!("CS {} is unreachable", self.id)));
-        }
-        let id = self.id;
-        Self::check(&mut st, id, chunk, version)?;
-        st.flushes += 1;
+        let delay = {
+            let mut st = lock(&self.state);
+            if st.unreachable {
+                return Err(Error::unavailable(format!("CS {} is unreachable", self.id)));
+            }
+            let id = self.id;
+            Self::check(&mut st, id, chunk, version)?;
+            st.flushes += 1;
+            st.flush_delay
+        };
+        tokio::time::sleep(delay).await;
+        lock(&self.state).flushes_done += 1;
         Ok(())
     }
 }

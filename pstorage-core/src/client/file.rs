@@ -60,6 +60,9 @@ pub(crate) struct FileInner {
     size: AtomicU64,
     /// Chunk indexes written since the last successful flush.
     dirty: Mutex<HashSet<u64>>,
+    /// Serializes flushes: a flush that finds the dirty set emptied by one
+    /// still in progress must not return before that one made it durable.
+    flush_lock: tokio::sync::Mutex<()>,
     /// Whether anything changed since the size was last committed.
     modified: AtomicBool,
     /// The lease is gone: the MDS said so on renewal.
@@ -194,6 +197,7 @@ impl File {
             chunk_size,
             maps: MapCache::default(),
             dirty: Mutex::new(HashSet::new()),
+            flush_lock: tokio::sync::Mutex::new(()),
             modified: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -1002,6 +1006,7 @@ impl FileInner {
         if self.lease.mode != LeaseMode::Write {
             return Ok(());
         }
+        let _serialized = self.flush_lock.lock().await;
         let dirty: Vec<u64> = std::mem::take(&mut *lock(&self.dirty))
             .into_iter()
             .collect();

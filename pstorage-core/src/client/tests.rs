@@ -460,6 +460,29 @@ async fn writes_through_a_read_lease_are_bad_handle() {
 }
 
 #[tokio::test]
+async fn a_flush_does_not_return_before_a_concurrent_one_is_durable() {
+    let env = env();
+    let file = create(&env, "/cf").await;
+    file.write_at(0, b"data").await.unwrap();
+    for cs in 1..=3 {
+        env.cluster
+            .cs(cs)
+            .with(|s| s.flush_delay = Duration::from_millis(300));
+    }
+    let first = {
+        let file = file.clone();
+        tokio::spawn(async move { file.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first flush took the dirty set; the second must still wait for it.
+    file.flush().await.unwrap();
+    for cs in 1..=3 {
+        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes_done), 1, "CS {cs}");
+    }
+    first.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn flush_syncs_every_replica_of_dirty_chunks_and_commits_the_size() {
     let env = env();
     let file = create(&env, "/fl").await;
