@@ -74,7 +74,7 @@ def test_wheel_ships_type_information() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
 def test_types_check_with_mypy(tmp_path: Path) -> None:
-    # The example and a misuse, checked against the installed package.
+    # The package, the example and a misuse, checked against the installed package.
     bad = tmp_path / "bad.py"
     bad.write_text(
         "import pstorage\n"
@@ -86,7 +86,8 @@ def test_types_check_with_mypy(tmp_path: Path) -> None:
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *a],
         capture_output=True, text=True, cwd=tmp_path, env=env,
     )
-    good = run(str(EXAMPLE))
-    assert good.returncode == 0, good.stdout + good.stderr
+    for target in ([str(EXAMPLE)], ["-p", "pstorage"]):
+        good = run(*target)
+        assert good.returncode == 0, good.stdout + good.stderr
     out = run(str(bad))
     assert out.returncode == 1 and "Incompatible types in assignment" in out.stdout, out.stdout
