@@ -1,0 +1,228 @@
+//! `pstorage._pstorage.RawCluster`: a connection to one cluster. The Python
+//! `pstorage.Cluster` wraps it (modes, `makedirs`, closing open files).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use pstorage_core::client::{self, blocking, ClientOptions};
+use pstorage_core::conf::{conf_root, ClusterConf};
+use pstorage_core::types::{AttrUpdate, LeaseMode, OpenFlags, Replicas};
+use pstorage_rpc::data::TcpChunkConnector;
+
+use crate::errors::PyResultExt;
+use crate::file::RawFile;
+use crate::types::{PyAttrs, PyClusterStatus, PyStat};
+
+/// A connected cluster client. Thread-safe; every call releases the GIL
+/// while it waits for the network.
+#[pyclass(module = "pstorage._pstorage", name = "RawCluster", frozen)]
+pub struct RawCluster {
+    name: String,
+    conf_dir: PathBuf,
+    // `None` once closed. The runtime inside is shared with the files opened
+    // through this client, which keep working until they are closed.
+    client: Mutex<Option<blocking::Client>>,
+}
+
+impl RawCluster {
+    fn client(&self) -> PyResult<blocking::Client> {
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| PyValueError::new_err(format!("cluster {} is closed", self.name)))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded value is an Option swapped in one step: never half-updated.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connects the SDK to the cluster `conf` describes; `timeout` bounds every
+/// call (MDS calls, connecting, and the retries of one read or write).
+fn connect(conf: &ClusterConf, timeout: Duration) -> pstorage_core::Result<blocking::Client> {
+    let key = conf.key()?;
+    let runtime = Arc::new(blocking::new_runtime()?);
+    // The MDS client spawns its connection actor on the current runtime.
+    let _entered = runtime.enter();
+    let rpc = pstorage_rpc::ClientOptions {
+        connect_timeout: timeout.min(Duration::from_secs(30)),
+        call_timeout: Some(timeout),
+    };
+    let mds = Arc::new(pstorage_rpc::node::connect_mds(conf, rpc)?);
+    let chunks = Arc::new(TcpChunkConnector::new(key));
+    let options = ClientOptions {
+        io_timeout: timeout,
+        ..ClientOptions::default()
+    };
+    let client = client::Client::new(mds, chunks, options);
+    Ok(blocking::Client::from_async(client, runtime.clone()))
+}
+
+#[pymethods]
+impl RawCluster {
+    /// Reads the cluster's configuration (`<conf_dir>/<name>/bs.list`,
+    /// `auth.key`) and prepares a client; the MDS is contacted on the first
+    /// call. `conf_dir` defaults to `$PSTORAGE_CONF_DIR`, else
+    /// `/etc/pstorage/clusters`.
+    #[new]
+    #[pyo3(signature = (name, conf_dir=None, timeout=60.0))]
+    fn new(py: Python<'_>, name: &str, conf_dir: Option<PathBuf>, timeout: f64) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be a positive number of seconds, not {timeout}"
+            )));
+        }
+        let root = conf_root(conf_dir.as_deref());
+        let conf = ClusterConf::new(&root, name).py_err(py)?;
+        let timeout = Duration::from_secs_f64(timeout);
+        let client = py.allow_threads(|| connect(&conf, timeout)).py_err(py)?;
+        Ok(RawCluster {
+            name: name.to_string(),
+            conf_dir: root,
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// The cluster's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configuration root the cluster was found in.
+    #[getter]
+    fn conf_dir(&self) -> PathBuf {
+        self.conf_dir.clone()
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.client).is_none()
+    }
+
+    /// Creates a directory; with `parents`, also the missing parents and no
+    /// error if it exists.
+    fn mkdir(&self, py: Python<'_>, path: &str, parents: bool) -> PyResult<PyStat> {
+        let c = self.client()?;
+        let s = py.allow_threads(|| c.mkdir(path, parents)).py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// The entries of a directory, sorted by name, with their stat.
+    fn readdir(&self, py: Python<'_>, path: &str) -> PyResult<Vec<(String, PyStat)>> {
+        let c = self.client()?;
+        let entries = py.allow_threads(|| c.readdir(path)).py_err(py)?;
+        Ok(entries
+            .iter()
+            .map(|e| (e.name.clone(), PyStat::from(&e.stat)))
+            .collect())
+    }
+
+    /// Attributes of a file or directory.
+    fn stat(&self, py: Python<'_>, path: &str) -> PyResult<PyStat> {
+        let c = self.client()?;
+        let s = py.allow_threads(|| c.stat(path)).py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// Whether `path` exists.
+    fn exists(&self, py: Python<'_>, path: &str) -> PyResult<bool> {
+        let c = self.client()?;
+        py.allow_threads(|| c.exists(path)).py_err(py)
+    }
+
+    /// Removes a file or an empty directory.
+    fn unlink(&self, py: Python<'_>, path: &str) -> PyResult<()> {
+        let c = self.client()?;
+        py.allow_threads(|| c.unlink(path)).py_err(py)
+    }
+
+    /// Renames `src` to `dst`, replacing a file at `dst`.
+    fn rename(&self, py: Python<'_>, src: &str, dst: &str) -> PyResult<()> {
+        let c = self.client()?;
+        py.allow_threads(|| c.rename(src, dst)).py_err(py)
+    }
+
+    /// The attributes of a file or directory.
+    fn get_attr(&self, py: Python<'_>, path: &str) -> PyResult<PyAttrs> {
+        let c = self.client()?;
+        let a = py.allow_threads(|| c.get_attr(path)).py_err(py)?;
+        Ok(PyAttrs::from(a))
+    }
+
+    /// Sets `replicas` ("NORM:MIN" or "NORM") and/or `chunk_size`.
+    #[pyo3(signature = (path, replicas=None, chunk_size=None, recursive=false))]
+    fn set_attr(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        replicas: Option<&str>,
+        chunk_size: Option<u64>,
+        recursive: bool,
+    ) -> PyResult<()> {
+        let c = self.client()?;
+        let replicas = replicas.map(Replicas::parse).transpose().py_err(py)?;
+        let update = AttrUpdate {
+            replicas,
+            chunk_size,
+        };
+        py.allow_threads(|| c.set_attr(path, update, recursive))
+            .py_err(py)
+    }
+
+    /// Cluster status as `pstorage stat` shows it.
+    fn status(&self, py: Python<'_>) -> PyResult<PyClusterStatus> {
+        let c = self.client()?;
+        let s = py.allow_threads(|| c.cluster_status()).py_err(py)?;
+        Ok(PyClusterStatus::from(&s))
+    }
+
+    /// Opens `path` with a write (exclusive) or read (shared) lease.
+    #[pyo3(signature = (path, write, create=false, exclusive=false, truncate=false))]
+    fn open(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        write: bool,
+        create: bool,
+        exclusive: bool,
+        truncate: bool,
+    ) -> PyResult<RawFile> {
+        let c = self.client()?;
+        let mode = if write {
+            LeaseMode::Write
+        } else {
+            LeaseMode::Read
+        };
+        let flags = OpenFlags {
+            create,
+            exclusive,
+            truncate,
+        };
+        let f = py.allow_threads(|| c.open(path, mode, flags)).py_err(py)?;
+        Ok(RawFile::new(f))
+    }
+
+    /// Disconnects. Files opened through this client keep their own
+    /// reference to the connection until they are closed.
+    fn close(&self, py: Python<'_>) {
+        let client = lock(&self.client).take();
+        // Dropping the last handle stops the runtime, which waits for its
+        // threads: do not hold the GIL meanwhile.
+        py.allow_threads(move || drop(client));
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<pstorage RawCluster {:?} conf_dir={:?}{}>",
+            self.name,
+            self.conf_dir,
+            if self.closed() { " closed" } else { "" }
+        )
+    }
+}
