@@ -520,7 +520,10 @@ mod tests {
     #[test]
     fn sequential_reads_are_detected() {
         let t = temp_cache(4, 2);
-        assert!(!t.cache.note_read(1, 0, B), "the first read at 0 is not sequential");
+        assert!(
+            !t.cache.note_read(1, 0, B),
+            "the first read at 0 is not sequential"
+        );
         assert!(t.cache.note_read(1, B, B));
         assert!(t.cache.note_read(1, 2 * B, B));
         assert!(!t.cache.note_read(1, 10 * B, B), "a jump is random");
@@ -574,10 +577,16 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&t.path).unwrap();
         let slot = t.cache.lock().index[&(3, 0)] as u64;
         let mut byte = [0u8; 1];
-        t.cache.file.read_exact_at(&mut byte, slot * B + 777).unwrap();
+        t.cache
+            .file
+            .read_exact_at(&mut byte, slot * B + 777)
+            .unwrap();
         byte[0] ^= 0x40;
         f.write_all_at(&byte, slot * B + 777).unwrap();
-        assert!(t.cache.get(3, 0, B).is_none(), "a corrupt block must not be served");
+        assert!(
+            t.cache.get(3, 0, B).is_none(),
+            "a corrupt block must not be served"
+        );
         assert_eq!(t.cache.stats().corrupt, 1);
         assert_eq!(t.cache.cached_blocks(), 0);
         // It can be admitted again and is then good.

@@ -219,7 +219,9 @@ impl PstorageFs {
         if hidden.kind != InodeKind::Dir {
             return Err(Error::new(
                 ErrorKind::NotADirectory,
-                format!("{hidden_path} exists and is not a directory; remove it with `pstorage rm`"),
+                format!(
+                    "{hidden_path} exists and is not a directory; remove it with `pstorage rm`"
+                ),
             ));
         }
         // Files a dead mount hid: their leases expired, so they can go. A
@@ -461,7 +463,10 @@ impl Inner {
         let file = lock(&oi.file).clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::BadHandle,
-                format!("inode {} lost its lease (a failed upgrade); reopen it", h.ino),
+                format!(
+                    "inode {} lost its lease (a failed upgrade); reopen it",
+                    h.ino
+                ),
             )
         })?;
         Ok((h.ino, oi, file))
@@ -500,7 +505,9 @@ impl Inner {
         })?;
         let st = self.client.stat(&path).await?;
         lock(&self.inodes).add_lookup(st.ino, parent, name, st.kind);
-        self.getattr(st.ino).await.or_else(|_| Ok(self.attr(&st, false)))
+        self.getattr(st.ino)
+            .await
+            .or_else(|_| Ok(self.attr(&st, false)))
     }
 
     async fn open(&self, ino: u64, flags: FuseOpenFlags) -> Result<(u64, FopenFlags)> {
@@ -755,9 +762,9 @@ impl Inner {
                 "fallocate needs a file opened for writing",
             ));
         }
-        let end = offset.checked_add(length).ok_or_else(|| {
-            Error::new(ErrorKind::FileTooLarge, "fallocate range overflows")
-        })?;
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| Error::new(ErrorKind::FileTooLarge, "fallocate range overflows"))?;
         let size = file.size();
         match mode {
             // Space is allocated on first write; allocating is only a size
@@ -1515,7 +1522,14 @@ impl Filesystem for PstorageFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: fuser::ReplyBmap) {
+    fn bmap(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 }

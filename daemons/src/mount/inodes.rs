@@ -244,8 +244,7 @@ impl InodeTable {
 
 /// Checks a single file name from the kernel.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(Error::invalid(format!("bad file name {name:?}")));
     }
     if name.len() > 255 {

@@ -230,7 +230,9 @@ fn plan(args: &MountArgs) -> Result<Plan> {
     conf.bootstrap()?;
     conf.key()?;
     let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {
-        Error::from(e).context(format!("mount point {mountpoint} (create the directory first)"))
+        Error::from(e).context(format!(
+            "mount point {mountpoint} (create the directory first)"
+        ))
     })?;
     if !mountpoint.is_dir() {
         return Err(Error::new(
@@ -422,7 +424,12 @@ fn serve(plan: &Plan, ready: &mut Option<ReadyPipe>) -> Result<()> {
     if let Some(t) = plan.opts.attr_timeout {
         cfg.attr_ttl = t;
     }
-    let fs = rt.block_on(PstorageFs::new(client, cfg, cache.clone(), rt.handle().clone()))?;
+    let fs = rt.block_on(PstorageFs::new(
+        client,
+        cfg,
+        cache.clone(),
+        rt.handle().clone(),
+    ))?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("pstorage:{}", plan.conf.name)),
