@@ -114,6 +114,10 @@ struct OpenInode {
     /// Last modification through this mount, ms since the epoch (0: none):
     /// the MDS learns the mtime only when the size is committed.
     local_mtime_ms: AtomicU64,
+    /// The file's attributes from the MDS while a lease is held: nobody
+    /// else can change the file then (its size comes from `file`), so
+    /// `getattr` need not ask the MDS each time. Cleared with the lease.
+    leased_stat: Mutex<Option<Stat>>,
 }
 
 #[derive(Default)]
@@ -343,6 +347,7 @@ impl Inner {
                         state: Arc::new(tokio::sync::Mutex::new(OpenState::default())),
                         file: Mutex::new(None),
                         local_mtime_ms: AtomicU64::new(0),
+                        leased_stat: Mutex::new(None),
                     })
                 })
                 .clone();
@@ -398,6 +403,7 @@ impl Inner {
                 // No in-place upgrade at the MDS: release the read lease and
                 // ask for the write lease; restore the read lease on failure.
                 let old = lock(&oi.file).take();
+                *lock(&oi.leased_stat) = None;
                 st.mode = None;
                 if let Some(f) = old {
                     let _ = f.close().await;
@@ -475,20 +481,38 @@ impl Inner {
     /// Attributes of `ino`, with the size and mtime this mount knows better
     /// when it has the file open for writing.
     async fn getattr(&self, ino: u64) -> Result<FileAttr> {
-        let path = self.path(ino)?;
-        let mut st = self.client.stat(&path).await?;
-        if st.ino != ino {
-            return Err(Error::stale(format!(
-                "{path} is now inode {} (inode {ino} was replaced by another client)",
-                st.ino
-            )));
-        }
         let unlinked = lock(&self.inodes).parent_is(ino, self.hidden_ino);
-        if let Some(oi) = self.open_inode(ino) {
-            if let Some(f) = lock(&oi.file).clone() {
-                if f.lease().mode == LeaseMode::Write {
-                    st.size = f.size();
+        let oi = self.open_inode(ino);
+        let leased = oi.as_ref().and_then(|oi| {
+            let file = lock(&oi.file).clone()?;
+            let stat = lock(&oi.leased_stat).clone();
+            Some((file, stat))
+        });
+        let mut st = match &leased {
+            Some((_, Some(cached))) => cached.clone(),
+            _ => {
+                let path = self.path(ino)?;
+                let st = self.client.stat(&path).await?;
+                if st.ino != ino {
+                    return Err(Error::stale(format!(
+                        "{path} is now inode {} (inode {ino} was replaced by another client)",
+                        st.ino
+                    )));
                 }
+                if let (Some(oi), Some(_)) = (&oi, &leased) {
+                    let still_leased = lock(&oi.file).as_ref().is_some_and(|f| {
+                        Some(f.lease().id) == leased.as_ref().map(|l| l.0.lease().id)
+                    });
+                    if still_leased {
+                        *lock(&oi.leased_stat) = Some(st.clone());
+                    }
+                }
+                st
+            }
+        };
+        if let (Some(oi), Some((file, _))) = (&oi, &leased) {
+            if file.lease().mode == LeaseMode::Write {
+                st.size = file.size();
             }
             st.mtime_ms = st.mtime_ms.max(oi.local_mtime_ms.load(Ordering::Relaxed));
         }
@@ -526,7 +550,9 @@ impl Inner {
         };
         st.handles += 1;
         let fh = self.new_handle(ino);
-        let mut out = FopenFlags::empty();
+        // Direct writes inside the file may run in parallel (the kernel
+        // otherwise serializes them on the inode lock).
+        let mut out = FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
         if !fresh {
             out |= FopenFlags::FOPEN_KEEP_CACHE;
         }
@@ -609,7 +635,7 @@ impl Inner {
             ctime_ms: now,
             attrs: Default::default(),
         };
-        let mut fl = FopenFlags::empty();
+        let mut fl = FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
         if self.cfg.direct_io {
             fl |= FopenFlags::FOPEN_DIRECT_IO;
         }
@@ -627,6 +653,7 @@ impl Inner {
             return Ok(());
         }
         let file = lock(&oi.file).take();
+        *lock(&oi.leased_stat) = None;
         st.mode = None;
         let closed = match file {
             Some(f) => f.close().await.map_err(|e| e.context("closing on release")),
@@ -713,12 +740,15 @@ impl Inner {
             if let Some(c) = &self.cache {
                 c.invalidate_from(ino, size);
             }
+            // The MDS changed ctime; ask it again.
+            *lock(&oi.leased_stat) = None;
             oi.local_mtime_ms.store(now_ms(), Ordering::Relaxed);
             Ok(())
         }
         .await;
         if temporary && st.handles == 0 {
             let file = lock(&oi.file).take();
+            *lock(&oi.leased_stat) = None;
             st.mode = None;
             if let Some(f) = file {
                 let closed = f.close().await;
@@ -772,6 +802,7 @@ impl Inner {
             0 => {
                 if end > size {
                     file.truncate(end).await?;
+                    *lock(&oi.leased_stat) = None;
                 }
             }
             KEEP_SIZE => {}
