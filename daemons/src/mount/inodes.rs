@@ -1,0 +1,335 @@
+//! The mount's inode table: FUSE speaks inode numbers, the MDS API speaks
+//! paths.
+//!
+//! FUSE inode numbers are the MDS's own inode ids (stable for a file's life,
+//! the root is 1 on both sides), so the table only has to remember where each
+//! inode the kernel knows lives: its parent inode and its name. A path is
+//! built by walking parents up to the root, so renaming a directory moves
+//! everything below it at once. Nodes are reference-counted like the kernel
+//! asks: every reply that hands out an entry (lookup, create, mkdir) adds one,
+//! `forget` takes `nlookup` away, and a node at zero is dropped.
+//!
+//! Not thread-safe by itself: the mount keeps it behind a mutex.
+
+use std::collections::HashMap;
+
+use pstorage_core::error::{Error, ErrorKind, Result};
+use pstorage_core::types::{InodeKind, ROOT_INODE};
+
+/// One inode the kernel knows.
+#[derive(Debug, Clone)]
+struct Node {
+    parent: u64,
+    name: String,
+    kind: InodeKind,
+    /// Lookups handed to the kernel and not forgotten yet.
+    lookups: u64,
+    /// Removed from the namespace (unlinked, or replaced by a rename) while
+    /// the kernel still knows it; `path` then refuses it unless it was moved
+    /// to the mount's hidden directory (open files, see `fs.rs`).
+    unlinked: bool,
+}
+
+/// ino -> (parent, name) with a reverse index (parent, name) -> ino.
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    names: HashMap<(u64, String), u64>,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    /// A table that knows only the root directory (never forgotten).
+    pub fn new() -> InodeTable {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INODE,
+            Node {
+                parent: ROOT_INODE,
+                name: String::new(),
+                kind: InodeKind::Dir,
+                lookups: 1,
+                unlinked: false,
+            },
+        );
+        InodeTable {
+            nodes,
+            names: HashMap::new(),
+        }
+    }
+
+    /// The cluster path of `ino`. Errors: `Stale` if the kernel's inode is
+    /// not (or no longer) in the table or was removed from the namespace.
+    pub fn path(&self, ino: u64) -> Result<String> {
+        let mut comps = Vec::new();
+        let mut cur = ino;
+        // A chain longer than the number of nodes is a cycle: a bug.
+        for _ in 0..=self.nodes.len() {
+            if cur == ROOT_INODE {
+                comps.reverse();
+                return Ok(format!("/{}", comps.join("/")));
+            }
+            let node = self.nodes.get(&cur).ok_or_else(|| {
+                Error::stale(format!(
+                    "inode {ino} is not known to the mount (forgotten or removed); look the path up again"
+                ))
+            })?;
+            if node.unlinked {
+                return Err(Error::stale(format!(
+                    "inode {ino} ({}) was removed from the namespace",
+                    node.name
+                )));
+            }
+            comps.push(node.name.as_str());
+            cur = node.parent;
+        }
+        Err(Error::internal(format!(
+            "the mount's inode table has a cycle above inode {ino}"
+        )))
+    }
+
+    /// The path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &str) -> Result<String> {
+        validate_name(name)?;
+        let p = self.path(parent)?;
+        Ok(if p == "/" {
+            format!("/{name}")
+        } else {
+            format!("{p}/{name}")
+        })
+    }
+
+    /// The inode the kernel knows under `parent`/`name`, if any.
+    pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
+        self.names.get(&(parent, name.to_string())).copied()
+    }
+
+    /// The kind of a known inode.
+    pub fn kind(&self, ino: u64) -> Option<InodeKind> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
+    /// The parent directory of a known inode (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino).map(|n| n.parent)
+    }
+
+    /// Whether `ino` is known and lives directly in directory `dir`.
+    pub fn parent_is(&self, ino: u64, dir: u64) -> bool {
+        ino != ROOT_INODE && self.parent(ino) == Some(dir)
+    }
+
+    /// Whether `ino` is known and was removed from the namespace.
+    pub fn is_unlinked(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.unlinked)
+    }
+
+    /// Records that an entry for `ino` at `parent`/`name` was handed to the
+    /// kernel: one more lookup. Also the way the table learns renames made by
+    /// other clients: the latest lookup says where the inode lives.
+    pub fn add_lookup(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
+        if ino == ROOT_INODE {
+            return;
+        }
+        // Another inode known under this name was replaced behind our back.
+        if let Some(old) = self.names.get(&(parent, name.to_string())).copied() {
+            if old != ino {
+                self.detach(old);
+            }
+        }
+        let node = self.nodes.entry(ino).or_insert_with(|| Node {
+            parent,
+            name: name.to_string(),
+            kind,
+            lookups: 0,
+            unlinked: false,
+        });
+        node.lookups += 1;
+        node.kind = kind;
+        let moved = node.parent != parent || node.name != name || node.unlinked;
+        let old_key = (node.parent, node.name.clone());
+        let was_unlinked = node.unlinked;
+        if moved {
+            node.parent = parent;
+            node.name = name.to_string();
+            node.unlinked = false;
+            if !was_unlinked && self.names.get(&old_key) == Some(&ino) {
+                self.names.remove(&old_key);
+            }
+        }
+        self.names.insert((parent, name.to_string()), ino);
+    }
+
+    /// Takes `nlookup` lookups away; a node at zero is dropped.
+    pub fn forget(&mut self, ino: u64, nlookup: u64) {
+        if ino == ROOT_INODE {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(nlookup);
+        if node.lookups == 0 {
+            let key = (node.parent, node.name.clone());
+            let unlinked = node.unlinked;
+            self.nodes.remove(&ino);
+            if !unlinked && self.names.get(&key) == Some(&ino) {
+                self.names.remove(&key);
+            }
+        }
+    }
+
+    /// Records that `parent`/`name` was removed from the namespace.
+    pub fn unlink(&mut self, parent: u64, name: &str) {
+        if let Some(ino) = self.names.get(&(parent, name.to_string())).copied() {
+            self.detach(ino);
+        }
+    }
+
+    fn detach(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            let key = (node.parent, node.name.clone());
+            node.unlinked = true;
+            if self.names.get(&key) == Some(&ino) {
+                self.names.remove(&key);
+            }
+        }
+    }
+
+    /// Moves `ino` to `new_parent`/`new_name` (a rename done by this mount;
+    /// an inode known at the target was replaced and becomes unlinked).
+    /// Also used to move an open, unlinked file to the hidden directory: the
+    /// node stays reachable by path but not by its old name.
+    pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) {
+        if let Some(old) = self.names.get(&(new_parent, new_name.to_string())).copied() {
+            if old != ino {
+                self.detach(old);
+            }
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let old_key = (node.parent, node.name.clone());
+        let was_unlinked = node.unlinked;
+        node.parent = new_parent;
+        node.name = new_name.to_string();
+        node.unlinked = false;
+        if !was_unlinked && self.names.get(&old_key) == Some(&ino) {
+            self.names.remove(&old_key);
+        }
+        self.names.insert((new_parent, new_name.to_string()), ino);
+    }
+
+    /// Pins a node that the kernel never sees (the hidden directory): it gets
+    /// one lookup that nothing forgets.
+    pub fn pin(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
+        self.add_lookup(ino, parent, name, kind);
+    }
+
+    /// Number of inodes known (root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+}
+
+/// Checks a single file name from the kernel.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Error::invalid(format!("bad file name {name:?}")));
+    }
+    if name.len() > 255 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("file name of {} bytes is longer than 255", name.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_parents_and_renames() {
+        let mut t = InodeTable::new();
+        t.add_lookup(10, ROOT_INODE, "vm", InodeKind::Dir);
+        t.add_lookup(11, 10, "disk.img", InodeKind::File);
+        assert_eq!(t.path(11).unwrap(), "/vm/disk.img");
+        assert_eq!(t.child_path(10, "x").unwrap(), "/vm/x");
+        assert_eq!(t.child_path(ROOT_INODE, "x").unwrap(), "/x");
+        assert_eq!(t.child(10, "disk.img"), Some(11));
+        // Renaming the directory moves the file below it.
+        t.rename(10, ROOT_INODE, "vms");
+        assert_eq!(t.path(11).unwrap(), "/vms/disk.img");
+        assert_eq!(t.child(ROOT_INODE, "vm"), None);
+        assert_eq!(t.child(ROOT_INODE, "vms"), Some(10));
+    }
+
+    #[test]
+    fn rename_over_a_known_inode_unlinks_it() {
+        let mut t = InodeTable::new();
+        t.add_lookup(20, ROOT_INODE, "a", InodeKind::File);
+        t.add_lookup(21, ROOT_INODE, "b", InodeKind::File);
+        t.rename(20, ROOT_INODE, "b");
+        assert_eq!(t.path(20).unwrap(), "/b");
+        assert!(t.is_unlinked(21));
+        assert_eq!(t.path(21).unwrap_err().kind(), ErrorKind::Stale);
+        assert_eq!(t.child(ROOT_INODE, "b"), Some(20));
+        // Forgetting the replaced inode does not drop the new name.
+        t.forget(21, 1);
+        assert_eq!(t.child(ROOT_INODE, "b"), Some(20));
+    }
+
+    #[test]
+    fn forget_drops_at_zero_only() {
+        let mut t = InodeTable::new();
+        t.add_lookup(30, ROOT_INODE, "f", InodeKind::File);
+        t.add_lookup(30, ROOT_INODE, "f", InodeKind::File);
+        t.forget(30, 1);
+        assert!(t.path(30).is_ok());
+        t.forget(30, 1);
+        assert!(t.path(30).is_err());
+        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        assert!(t.is_empty());
+        t.forget(ROOT_INODE, 100);
+        assert_eq!(t.path(ROOT_INODE).unwrap(), "/");
+    }
+
+    #[test]
+    fn unlink_and_relookup() {
+        let mut t = InodeTable::new();
+        t.add_lookup(40, ROOT_INODE, "f", InodeKind::File);
+        t.unlink(ROOT_INODE, "f");
+        assert!(t.is_unlinked(40));
+        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        // A new file under the same name.
+        t.add_lookup(41, ROOT_INODE, "f", InodeKind::File);
+        assert_eq!(t.child(ROOT_INODE, "f"), Some(41));
+        // Another client renamed 41 away; a lookup finds it elsewhere.
+        t.add_lookup(42, ROOT_INODE, "d", InodeKind::Dir);
+        t.add_lookup(41, 42, "g", InodeKind::File);
+        assert_eq!(t.path(41).unwrap(), "/d/g");
+        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("ok").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&"x".repeat(256)).is_err());
+    }
+}
