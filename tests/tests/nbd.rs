@@ -768,7 +768,7 @@ fn leases_second_writer_refused_and_live_migration() {
     b.stop();
 
     // A read-only export: reads work, writes are refused with EPERM.
-    let ro = NbdServer::start(&cluster, "nbd-ro2.log", &["--read-only"]);
+    let mut ro = NbdServer::start(&cluster, "nbd-ro2.log", &["--read-only"]);
     let info = ok(&ro, "nbdinfo", &[&ro.uri("/vm/disk.img")]);
     assert!(info.contains("is_read_only: true"), "{info}");
     let mut r = RawClient::open(ro.port, "/vm/disk.img");
@@ -778,13 +778,15 @@ fn leases_second_writer_refused_and_live_migration() {
     assert_eq!(r.call(0, CMD_TRIM, 0, 512, &[]), EPERM);
     assert_eq!(r.call(0, CMD_FLUSH, 0, 0, &[]), 0);
     // Two read-only servers may share the file.
-    let ro2 = NbdServer::start(&cluster, "nbd-ro3.log", &["--read-only"]);
+    let mut ro2 = NbdServer::start(&cluster, "nbd-ro3.log", &["--read-only"]);
     let mut r2 = RawClient::open(ro2.port, "/vm/disk.img");
     assert_eq!(r2.read(0, 4096).unwrap(), vec![0x42; 4096]);
     r.disconnect();
     r2.disconnect();
-    drop(ro);
-    drop(ro2);
+    // SIGTERM, not kill -9: their read leases must be released, not left to
+    // expire, before the next writer comes.
+    ro.stop();
+    ro2.stop();
 
     // Unix socket listener.
     let sock = dir.join("nbd.sock");
