@@ -169,15 +169,15 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
     };
 
     // The sync example, dynamically and statically linked.
-    let out = ok(&mut with_conf(c_program(&build, "hello_sync")).args([&cluster.name, "/hello"]));
+    let out = ok(with_conf(c_program(&build, "hello_sync")).args([&cluster.name, "/hello"]));
     assert!(out.contains("read back: hello, pstorage"), "{out}");
     assert!(out.contains("hello_sync: ok"), "{out}");
     let out =
-        ok(&mut with_conf(c_program(&static_build, "hello_sync")).args([&cluster.name, "/hello2"]));
+        ok(with_conf(c_program(&static_build, "hello_sync")).args([&cluster.name, "/hello2"]));
     assert!(out.contains("hello_sync: ok"), "{out}");
 
     // Every function's error paths.
-    let out = ok(&mut with_conf(c_program(&build, "test_errors")).arg(&cluster.name));
+    let out = ok(with_conf(c_program(&build, "test_errors")).arg(&cluster.name));
     assert!(out.contains(" 0 failed"), "{out}");
 
     // The aio copy: a file over several 1 MiB chunks and not block-aligned,
@@ -186,7 +186,7 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
     let local = cluster.dir.path().join("local.bin");
     std::fs::write(&local, &data).expect("write the local file");
     let local_arg = local.to_str().expect("utf-8 path");
-    let out = ok(&mut with_conf(c_program(&build, "copy_aio")).args([
+    let out = ok(with_conf(c_program(&build, "copy_aio")).args([
         &cluster.name,
         "copy",
         local_arg,
@@ -218,7 +218,7 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
     });
     assert!(stored[..] == data[..], "the copy in the cluster differs");
     // A missing local file is an error, not a crash.
-    let missing = run(&mut with_conf(c_program(&build, "copy_aio")).args([
+    let missing = run(with_conf(c_program(&build, "copy_aio")).args([
         &cluster.name,
         "copy",
         "/nonexistent/file",
@@ -228,7 +228,7 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
 
     // The benchmark mode runs (its numbers are not judged here).
     for mode in ["cb", "poll"] {
-        let out = ok(&mut with_conf(c_program(&build, "copy_aio")).args([
+        let out = ok(with_conf(c_program(&build, "copy_aio")).args([
             "-t",
             "1",
             "-s",
