@@ -423,7 +423,9 @@ int pstorage_disconnect(struct pstorage_cluster_t *cluster);
  * it should report; calling it again returns the same fd.
  *
  * Ownership: the fd belongs to the library; do not close it. It is closed
- * by `pstorage_disconnect`. Reading it is allowed but not needed.
+ * by `pstorage_disconnect`. Reading it is not needed (each
+ * `pstorage_poll_io_events` re-arms or resets it); a caller that reads it
+ * must call `pstorage_poll_io_events` afterwards.
  * Thread-safety: any thread. Blocking: no.
  *
  * Returns the fd (>= 0) or:
@@ -458,11 +460,11 @@ int pstorage_poll_io_events(struct pstorage_cluster_t *cluster,
  * too and an existing directory is not an error. The new directory
  * inherits its parent's attributes.
  *
- * Thread-safety: any thread. Blocking: yes (one MDS round trip, retried
- * while the MDS is unavailable, up to 60 s).
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip; up to
+ * about 30 s while no MDS is reachable).
  *
  * Returns 0 or:
- * - `-EINVAL`: NULL or relative `path`, unknown `flags` bits, bad handle NULL;
+ * - `-EINVAL`: NULL `cluster`, NULL or relative `path`, unknown `flags` bits;
  * - `-EBADF`: `cluster` is not an open cluster handle;
  * - `-EEXIST`: `path` exists (without `PSTORAGE_MKDIR_PARENTS`);
  * - `-ENOENT`: a parent is missing (without `PSTORAGE_MKDIR_PARENTS`);

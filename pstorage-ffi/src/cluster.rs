@@ -136,12 +136,18 @@ impl EventQueue {
             out[n] = to_handle(completion.id());
             n += 1;
         }
-        if state.ready.is_empty() {
-            if let Some(fd) = &state.fd {
+        if let Some(fd) = &state.fd {
+            if state.ready.is_empty() {
                 let mut counter: u64 = 0;
                 // SAFETY: reads 8 bytes into a live u64; EAGAIN (already 0)
                 // is fine.
                 unsafe { libc::read(fd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+            } else {
+                // Completions remain: make sure the fd says so even if the
+                // caller read (reset) it before calling us.
+                let one: u64 = 1;
+                // SAFETY: as in `push`.
+                unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
             }
         }
         n
@@ -351,7 +357,9 @@ pub extern "C" fn pstorage_disconnect(cluster: *mut pstorage_cluster_t) -> c_int
 /// it should report; calling it again returns the same fd.
 ///
 /// Ownership: the fd belongs to the library; do not close it. It is closed
-/// by `pstorage_disconnect`. Reading it is allowed but not needed.
+/// by `pstorage_disconnect`. Reading it is not needed (each
+/// `pstorage_poll_io_events` re-arms or resets it); a caller that reads it
+/// must call `pstorage_poll_io_events` afterwards.
 /// Thread-safety: any thread. Blocking: no.
 ///
 /// Returns the fd (>= 0) or:
@@ -404,11 +412,11 @@ pub unsafe extern "C" fn pstorage_poll_io_events(
 /// too and an existing directory is not an error. The new directory
 /// inherits its parent's attributes.
 ///
-/// Thread-safety: any thread. Blocking: yes (one MDS round trip, retried
-/// while the MDS is unavailable, up to 60 s).
+/// Thread-safety: any thread. Blocking: yes (one MDS round trip; up to
+/// about 30 s while no MDS is reachable).
 ///
 /// Returns 0 or:
-/// - `-EINVAL`: NULL or relative `path`, unknown `flags` bits, bad handle NULL;
+/// - `-EINVAL`: NULL `cluster`, NULL or relative `path`, unknown `flags` bits;
 /// - `-EBADF`: `cluster` is not an open cluster handle;
 /// - `-EEXIST`: `path` exists (without `PSTORAGE_MKDIR_PARENTS`);
 /// - `-ENOENT`: a parent is missing (without `PSTORAGE_MKDIR_PARENTS`);
