@@ -8,6 +8,9 @@
  *       copy back with DEPTH reads in flight reported by callbacks, and
  *       compares it with the local file. Exit code 1 on any mismatch.
  *
+ *   copy_aio [-d DEPTH] CLUSTER verify LOCAL_FILE CLUSTER_PATH
+ *       Only the read-back and comparison.
+ *
  *   copy_aio [-d DEPTH] [-t SECONDS] [-s SIZE_MIB] [-m cb|poll] CLUSTER bench CLUSTER_PATH
  *       Fills a SIZE_MIB (default 256) file with sequential 1 MiB writes,
  *       then runs random 4 KiB writes and random 4 KiB reads for SECONDS
@@ -124,6 +127,8 @@ static void on_read_done(pstorage_completion_t *comp, void *arg)
     pthread_mutex_unlock(&done_lock);
 }
 
+static int verify(pstorage_cluster_t *cluster, const char *local_path, const char *remote_path);
+
 static int copy(pstorage_cluster_t *cluster, const char *local_path, const char *remote_path)
 {
     int local = open(local_path, O_RDONLY);
@@ -139,7 +144,6 @@ static int copy(pstorage_cluster_t *cluster, const char *local_path, const char 
     uint64_t size = (uint64_t)lst.st_size;
     struct copy_slot *slots = calloc((size_t)depth, sizeof *slots);
     pstorage_completion_t **comps = calloc((size_t)depth, sizeof *comps);
-    done_list = calloc((size_t)depth, sizeof *done_list);
     for (int i = 0; i < depth; i++) {
         slots[i].buf = malloc(COPY_BLOCK);
         slots[i].local = malloc(COPY_BLOCK);
@@ -200,17 +204,60 @@ static int copy(pstorage_cluster_t *cluster, const char *local_path, const char 
     uint64_t remote_size;
     check("pstorage_get_size", pstorage_get_size(file, &remote_size));
     check("pstorage_close", pstorage_close(file));
+    printf("wrote %llu bytes to %s at depth %d: %.1f MiB/s\n", (unsigned long long)size, remote_path,
+           depth, size / 1048576.0 / (wrote > 0 ? wrote : 1e-9));
     if (remote_size != size) {
         fprintf(stderr, "copy_aio: the copy has %llu bytes, the original %llu\n",
                 (unsigned long long)remote_size, (unsigned long long)size);
         return 1;
     }
+    for (int i = 0; i < depth; i++) {
+        free(slots[i].buf);
+        free(slots[i].local);
+    }
+    free(slots);
+    free(comps);
+    close(local);
+    return verify(cluster, local_path, remote_path);
+}
 
-    /* Read-back phase, callback mode. */
+/* Reads CLUSTER_PATH back with callbacks and compares it with LOCAL_FILE. */
+static int verify(pstorage_cluster_t *cluster, const char *local_path, const char *remote_path)
+{
+    int local = open(local_path, O_RDONLY);
+    if (local < 0) {
+        perror(local_path);
+        return 1;
+    }
+    struct stat lst;
+    if (fstat(local, &lst) < 0) {
+        perror(local_path);
+        return 1;
+    }
+    uint64_t size = (uint64_t)lst.st_size;
+    struct copy_slot *slots = calloc((size_t)depth, sizeof *slots);
+    pstorage_completion_t **comps = calloc((size_t)depth, sizeof *comps);
+    done_list = calloc((size_t)depth, sizeof *done_list);
+    for (int i = 0; i < depth; i++) {
+        slots[i].buf = malloc(COPY_BLOCK);
+        slots[i].local = malloc(COPY_BLOCK);
+        if (!slots[i].buf || !slots[i].local)
+            die("out of memory", 0);
+    }
+    pstorage_file_t *file;
     check("pstorage_open", pstorage_open(cluster, remote_path, PSTORAGE_O_RDONLY, &file));
-    started = now_s();
-    next = 0;
-    inflight = 0;
+    uint64_t remote_size;
+    check("pstorage_get_size", pstorage_get_size(file, &remote_size));
+    if (remote_size != size) {
+        fprintf(stderr, "copy_aio: MISMATCH: %s has %llu bytes, %s %llu\n", remote_path,
+                (unsigned long long)remote_size, local_path, (unsigned long long)size);
+        return 1;
+    }
+
+    /* Read-back, callback mode. */
+    double started = now_s();
+    uint64_t next = 0;
+    int inflight = 0;
     for (int i = 0; i < depth && next < size; i++) {
         struct copy_slot *s = &slots[i];
         s->offset = next;
@@ -243,7 +290,7 @@ static int copy(pstorage_cluster_t *cluster, const char *local_path, const char 
                 memcmp(s->buf, s->local, s->len) != 0) {
                 fprintf(stderr, "copy_aio: MISMATCH in the %zu bytes at offset %llu of %s\n", s->len,
                         (unsigned long long)s->offset, remote_path);
-                return 1;
+                exit(1); /* reads still in flight: no orderly close */
             }
             compared += s->len;
             if (next < size) {
@@ -261,9 +308,7 @@ static int copy(pstorage_cluster_t *cluster, const char *local_path, const char 
     double read = now_s() - started;
     check("pstorage_close", pstorage_close(file));
     close(local);
-    printf("copied %llu bytes to %s at depth %d: write %.1f MiB/s, read back %.1f MiB/s; %llu bytes "
-           "identical\n",
-           (unsigned long long)size, remote_path, depth, size / 1048576.0 / (wrote > 0 ? wrote : 1e-9),
+    printf("read back %s at depth %d: %.1f MiB/s; %llu bytes identical\n", remote_path, depth,
            size / 1048576.0 / (read > 0 ? read : 1e-9), (unsigned long long)compared);
     for (int i = 0; i < depth; i++) {
         free(slots[i].buf);
@@ -456,8 +501,9 @@ static void usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s [-d DEPTH] CLUSTER copy LOCAL_FILE CLUSTER_PATH\n"
+            "       %s [-d DEPTH] CLUSTER verify LOCAL_FILE CLUSTER_PATH\n"
             "       %s [-d DEPTH] [-t SECONDS] [-s SIZE_MIB] [-m cb|poll] CLUSTER bench CLUSTER_PATH\n",
-            argv0, argv0);
+            argv0, argv0, argv0);
     exit(2);
 }
 
@@ -494,6 +540,8 @@ int main(int argc, char **argv)
     int rc;
     if (strcmp(command, "copy") == 0 && argc - optind == 4)
         rc = copy(cluster, argv[optind + 2], argv[optind + 3]);
+    else if (strcmp(command, "verify") == 0 && argc - optind == 4)
+        rc = verify(cluster, argv[optind + 2], argv[optind + 3]);
     else if (strcmp(command, "bench") == 0 && argc - optind == 3)
         rc = bench(cluster, argv[optind + 2], seconds, size_mib, poll_mode);
     else

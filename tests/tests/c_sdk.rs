@@ -217,6 +217,51 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
         stored
     });
     assert!(stored[..] == data[..], "the copy in the cluster differs");
+
+    // The comparison catches a difference: one flipped byte in a chunk in
+    // the middle makes `verify` fail.
+    let mut changed = data.clone();
+    changed[3 * (1 << 20) + 17] ^= 0x40;
+    runtime.block_on(async {
+        let client = pstorage_rpc::node::connect_client(&cluster.conf(), Default::default())
+            .expect("connect");
+        let flags = pstorage_core::types::OpenFlags {
+            create: true,
+            ..Default::default()
+        };
+        let file = client
+            .open(
+                "/changed.bin",
+                pstorage_core::types::LeaseMode::Write,
+                flags,
+            )
+            .await
+            .expect("create /changed.bin");
+        file.write_at(0, &changed).await.expect("write");
+        file.close().await.expect("close");
+    });
+    let out = ok(with_conf(c_program(&build, "copy_aio")).args([
+        &cluster.name,
+        "verify",
+        local_arg,
+        "/copy.bin",
+    ]));
+    assert!(out.contains("bytes identical"), "{out}");
+    let mismatch = run(with_conf(c_program(&build, "copy_aio")).args([
+        &cluster.name,
+        "verify",
+        local_arg,
+        "/changed.bin",
+    ]));
+    assert_eq!(mismatch.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&mismatch.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "MISMATCH in the 1048576 bytes at offset {}",
+            3 << 20
+        )),
+        "{stderr}"
+    );
     // A missing local file is an error, not a crash.
     let missing = run(with_conf(c_program(&build, "copy_aio")).args([
         &cluster.name,
