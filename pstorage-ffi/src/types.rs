@@ -1,0 +1,136 @@
+//! The C-visible types and constants: opaque handles, flags, and the
+//! plain structs that `stat`, `readdir` and the attribute calls fill in.
+//! The Rust names are the C names so that `include/pstorage.h` reads the
+//! same as this file.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_void};
+
+use pstorage_core::types::{FileAttrs, InodeKind, Stat};
+
+/// A connection to one cluster, from `pstorage_connect` or
+/// `pstorage_connect_bootstrap`; freed by `pstorage_disconnect`.
+pub struct pstorage_cluster_t {
+    _opaque: [u8; 0],
+}
+
+/// An open file and its lease, from `pstorage_open`; freed by `pstorage_close`.
+pub struct pstorage_file_t {
+    _opaque: [u8; 0],
+}
+
+/// A directory listing being read, from `pstorage_opendir`; freed by
+/// `pstorage_closedir`.
+pub struct pstorage_dir_t {
+    _opaque: [u8; 0],
+}
+
+/// The state of one asynchronous operation, from
+/// `pstorage_aio_create_completion`; freed by `pstorage_aio_release`.
+pub struct pstorage_completion_t {
+    _opaque: [u8; 0],
+}
+
+/// Called once when an asynchronous operation finishes, on one of the
+/// library's I/O threads, with the completion and the `arg` it was created
+/// with. It must not block (no synchronous libpstorage call, no waiting on
+/// locks held across I/O): blocking calls made from it fail with
+/// `-EDEADLK`. It may submit new asynchronous operations, read the return
+/// value and release the completion.
+pub type pstorage_callback_t =
+    Option<unsafe extern "C" fn(comp: *mut pstorage_completion_t, arg: *mut c_void)>;
+
+/// `pstorage_open` flag: a shared read lease (the default; value 0). Any
+/// number of readers may hold one; no writer may.
+pub const PSTORAGE_O_RDONLY: u32 = 0;
+/// `pstorage_open` flag: an exclusive write lease, needed by every call
+/// that changes the file. Excludes readers too.
+pub const PSTORAGE_O_RDWR: u32 = 1;
+/// `pstorage_open` flag: create the file if it does not exist (needs
+/// `PSTORAGE_O_RDWR`).
+pub const PSTORAGE_O_CREAT: u32 = 2;
+/// `pstorage_open` flag: with `PSTORAGE_O_CREAT`, fail with `-EEXIST` if
+/// the file exists.
+pub const PSTORAGE_O_EXCL: u32 = 4;
+/// `pstorage_open` flag: truncate the file to 0 bytes (needs `PSTORAGE_O_RDWR`).
+pub const PSTORAGE_O_TRUNC: u32 = 8;
+
+/// `pstorage_mkdir` flag: create missing parents, like `mkdir -p`.
+pub const PSTORAGE_MKDIR_PARENTS: u32 = 1;
+
+/// `pstorage_set_attr` flag: apply the change to everything below the
+/// directory too.
+pub const PSTORAGE_ATTR_RECURSIVE: u32 = 1;
+
+/// `pstorage_stat_t.kind` of a file.
+pub const PSTORAGE_KIND_FILE: u32 = 1;
+/// `pstorage_stat_t.kind` of a directory.
+pub const PSTORAGE_KIND_DIR: u32 = 2;
+
+/// The attributes of a file or directory, inherited from the parent on create.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct pstorage_attrs_t {
+    /// Copies kept of each chunk (1..15).
+    pub replicas_norm: u32,
+    /// Copies that must be reachable for writes to proceed (1..replicas_norm).
+    pub replicas_min: u32,
+    /// Chunk size in bytes (a multiple of 4096).
+    pub chunk_size: u64,
+}
+
+/// What `pstorage_stat` and `pstorage_fstat` return.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct pstorage_stat_t {
+    /// The inode number, unique in the cluster.
+    pub ino: u64,
+    /// `PSTORAGE_KIND_FILE` or `PSTORAGE_KIND_DIR`.
+    pub kind: u32,
+    /// File size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: u64,
+    /// Change (or creation) time, milliseconds since the Unix epoch.
+    pub ctime_ms: u64,
+    /// Replication and chunk size.
+    pub attrs: pstorage_attrs_t,
+}
+
+/// One entry of a directory listing.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pstorage_dirent_t {
+    /// The entry's name (no slashes), NUL-terminated. Owned by the
+    /// directory handle: valid until the next `pstorage_readdir` or
+    /// `pstorage_closedir` on it.
+    pub name: *const c_char,
+    /// The entry's attributes at the time of `pstorage_opendir`.
+    pub stat: pstorage_stat_t,
+}
+
+impl From<FileAttrs> for pstorage_attrs_t {
+    fn from(a: FileAttrs) -> pstorage_attrs_t {
+        pstorage_attrs_t {
+            replicas_norm: a.replicas.norm.into(),
+            replicas_min: a.replicas.min.into(),
+            chunk_size: a.chunk_size,
+        }
+    }
+}
+
+impl From<&Stat> for pstorage_stat_t {
+    fn from(s: &Stat) -> pstorage_stat_t {
+        pstorage_stat_t {
+            ino: s.ino,
+            kind: match s.kind {
+                InodeKind::File => PSTORAGE_KIND_FILE,
+                InodeKind::Dir => PSTORAGE_KIND_DIR,
+            },
+            size: s.size,
+            mtime_ms: s.mtime_ms,
+            ctime_ms: s.ctime_ms,
+            attrs: s.attrs.into(),
+        }
+    }
+}
