@@ -294,7 +294,7 @@ fn bench_local_blocking(
     let mut out = Vec::new();
     for pattern in PATTERNS {
         let (random, write) = (pattern.starts_with("rand"), pattern.contains("write"));
-        
+
         let block = if random { RAND_BLOCK } else { SEQ_BLOCK };
         let next = AtomicU64::new(0);
         let deadline = Instant::now() + Duration::from_secs(seconds);
