@@ -263,4 +263,6 @@ pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
 }
 
 #[cfg(test)]
+mod heal_tests;
+#[cfg(test)]
 mod tests;
