@@ -31,9 +31,11 @@ pub struct MemChunkStore {
     /// Blocks stored across all chunks (space accounting).
     used_blocks: AtomicU64,
     /// Incoming replicas (re-replication) by handle.
-    incoming: Mutex<HashMap<u64, (ChunkId, Arc<RwLock<MemChunk>>)>>,
+    incoming: Mutex<HashMap<u64, (ChunkId, SharedChunk)>>,
     next_incoming: AtomicU64,
 }
+
+type SharedChunk = Arc<RwLock<MemChunk>>;
 
 struct MemChunk {
     version: MapVersion,
