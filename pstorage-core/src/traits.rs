@@ -195,6 +195,19 @@ pub trait ChunkControl: Send + Sync {
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
     /// Every replica held, with its version.
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
+    /// Makes this chunk server hold a current replica of `chunk` at
+    /// `version` by copying it from `source` (a replica already at
+    /// `version`) over the data path, at most `rate_bytes_per_s` (0 =
+    /// unlimited). Any replica of the chunk held here is replaced. The new
+    /// replica is durable (flushed, version set) before this returns.
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()>;
 }
 
 /// Opens (or reuses) data-path connections to chunk servers.

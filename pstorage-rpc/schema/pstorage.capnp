@@ -321,4 +321,6 @@ interface ChunkControl {
   setVersion @1 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
   deleteChunk @2 (chunk :UInt64) -> (result :VoidResult);
   listChunks @3 () -> (result :ChunkReplicasResult);
+  replicateChunk @4 (chunk :UInt64, version :UInt64, chunkSize :UInt64, source :Replica,
+                     rateBytesPerS :UInt64) -> (result :VoidResult);
 }

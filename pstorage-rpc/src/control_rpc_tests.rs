@@ -315,6 +315,19 @@ impl ChunkControl for FakeControl {
         self.script.enter("list_chunks".into())?;
         Ok(sample_replicas())
     }
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        self.script.enter(format!(
+            "replicate_chunk {chunk} {version} {chunk_size} {} {} {rate_bytes_per_s}",
+            source.cs, source.addr
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -802,13 +815,38 @@ async fn control_methods_and_errors_round_trip() {
     control.set_version(0x1f2, u64::MAX).await.unwrap();
     control.delete_chunk(7).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
+    let source = Replica {
+        cs: u32::MAX,
+        addr: "[::1]:65535".into(),
+    };
+    control
+        .replicate_chunk(u64::MAX, u64::MAX - 1, 256 << 20, source.clone(), u64::MAX)
+        .await
+        .unwrap();
+    control
+        .replicate_chunk(3, 4, 64 << 10, source.clone(), 0)
+        .await
+        .unwrap();
     assert_eq!(
         fake.script.take_calls(),
         [
             format!("create_chunk 498 1 {}", 64 << 10),
             format!("set_version 498 {}", u64::MAX),
             "delete_chunk 7".into(),
-            "list_chunks".into()
+            "list_chunks".into(),
+            format!(
+                "replicate_chunk {} {} {} {} [::1]:65535 {}",
+                u64::MAX,
+                u64::MAX - 1,
+                256 << 20,
+                u32::MAX,
+                u64::MAX
+            ),
+            format!(
+                "replicate_chunk 3 4 {} {} [::1]:65535 0",
+                64 << 10,
+                u32::MAX
+            ),
         ]
     );
 
@@ -816,6 +854,18 @@ async fn control_methods_and_errors_round_trip() {
     fake.script.fail_with(Some(error.clone()));
     assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
     assert_eq!(control.list_chunks().await.unwrap_err(), error);
+    let no_space = Error::new(
+        ErrorKind::NoSpace,
+        "chunk server 4: writing chunk 0x3: no space left",
+    );
+    fake.script.fail_with(Some(no_space.clone()));
+    assert_eq!(
+        control
+            .replicate_chunk(3, 4, 64 << 10, source, 0)
+            .await
+            .unwrap_err(),
+        no_space
+    );
 
     // The connector reuses the connection for the same address.
     let again = connector.chunk_control(&harness.addr).await.unwrap();

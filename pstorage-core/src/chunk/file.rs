@@ -16,8 +16,8 @@ use crate::types::{
 };
 
 use super::{
-    block_entry, block_span, check_range, check_version, crc64, missing_chunk, ChunkStore,
-    FORMAT_VERSION,
+    block_entry, block_span, check_range, check_version, crc64, missing_chunk, missing_incoming,
+    ChunkStore, IncomingId, FORMAT_VERSION,
 };
 
 const MAGIC: [u8; 8] = *b"PSTCHUNK";
@@ -46,6 +46,8 @@ pub struct FileChunkStore {
     open: Mutex<OpenTable>,
     max_open: usize,
     tmp_counter: AtomicU64,
+    /// Incoming replicas (re-replication) by handle: open temporary files.
+    incoming: Mutex<HashMap<u64, Arc<OpenChunk>>>,
 }
 
 struct OpenTable {
@@ -139,6 +141,7 @@ impl FileChunkStore {
             }),
             max_open,
             tmp_counter: AtomicU64::new(0),
+            incoming: Mutex::new(HashMap::new()),
         })
     }
 
@@ -197,6 +200,56 @@ impl FileChunkStore {
             }
             return Ok(open);
         }
+    }
+
+    /// A fresh temporary path for a new file of `chunk` (removed at open
+    /// if a crash leaves it behind).
+    fn tmp_path(&self, chunk: ChunkId) -> PathBuf {
+        self.chunks_dir.join(format!(
+            "{chunk:016x}{TMP_MARKER}{}",
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    fn incoming_table(&self) -> MutexGuard<'_, HashMap<u64, Arc<OpenChunk>>> {
+        self.incoming
+            .lock()
+            .expect("incoming replica table lock poisoned by an earlier panic")
+    }
+
+    /// Makes the incoming replica `open` (a temporary file) durable at
+    /// `version` and renames it over the chunk's file.
+    fn install_incoming(&self, open: &OpenChunk, version: MapVersion) -> Result<()> {
+        let header = Header {
+            chunk: open.chunk,
+            version,
+            chunk_size: open.chunk_size,
+        };
+        open.pwrite(&header.encode(), 0)?;
+        open.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!("syncing the incoming replica {}", open.path.display()),
+            )
+        })?;
+        let path = self.chunk_path(open.chunk);
+        let replaced = {
+            let mut table = self.table();
+            fs::rename(&open.path, &path).map_err(|e| {
+                io_error(
+                    e,
+                    format_args!("renaming {} to {}", open.path.display(), path.display()),
+                )
+            })?;
+            table.generation += 1;
+            table.chunks.remove(&open.chunk)
+        };
+        if let Some(old) = replaced {
+            // Outside the table lock: this may wait for a long read. Holders
+            // of the old replica now fail with NotFound and look it up again.
+            old.write_state().deleted = true;
+        }
+        self.sync_dir()
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -712,10 +765,7 @@ impl ChunkStore for FileChunkStore {
             version,
             chunk_size,
         };
-        let tmp = self.chunks_dir.join(format!(
-            "{chunk:016x}{TMP_MARKER}{}",
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.tmp_path(chunk);
         // The slow part (write + fsync) happens on a private file; only the
         // rename runs under the table lock.
         if let Err(e) = self.write_new_file(&tmp, &header) {
@@ -946,6 +996,77 @@ impl ChunkStore for FileChunkStore {
         }
         out.sort_by_key(|c| c.chunk);
         Ok(out)
+    }
+
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        let tmp = self.tmp_path(chunk);
+        // Version 0 until the commit writes the real one; the file is
+        // invisible to everything but its handle meanwhile.
+        let header = Header {
+            chunk,
+            version: 0,
+            chunk_size,
+        };
+        let opened = self
+            .write_new_file(&tmp, &header)
+            .and_then(|()| OpenChunk::load(&tmp, chunk));
+        let open = match opened {
+            Ok(open) => open,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let id = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.incoming_table().insert(id, Arc::new(open));
+        Ok(IncomingId(id))
+    }
+
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
+        let open = self
+            .incoming_table()
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))?;
+        check_range(open.chunk, open.chunk_size, offset, data.len() as u64)?;
+        let mut state = open.write_state();
+        if state.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        open.apply_locked(&mut state, offset, data.len() as u64, Source::Data(data))
+    }
+
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {
+        let open = self
+            .incoming_table()
+            .remove(&incoming.0)
+            .ok_or_else(|| missing_incoming(incoming))?;
+        // Waits for a write in progress; later ones fail with NotFound.
+        open.write_state().deleted = true;
+        let result = self.install_incoming(&open, version);
+        if result.is_err() {
+            let _ = fs::remove_file(&open.path);
+        }
+        result
+    }
+
+    fn abort_incoming(&self, incoming: IncomingId) {
+        let Some(open) = self.incoming_table().remove(&incoming.0) else {
+            return;
+        };
+        open.write_state().deleted = true;
+        if let Err(e) = fs::remove_file(&open.path) {
+            tracing::warn!(
+                chunk = open.chunk,
+                path = %open.path.display(),
+                error = %e,
+                "cannot remove an aborted incoming replica; it is removed at the next start"
+            );
+        }
     }
 
     fn space(&self) -> Result<SpaceInfo> {

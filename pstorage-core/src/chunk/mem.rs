@@ -11,7 +11,7 @@ use crate::types::{
 
 use super::{
     block_entry, block_span, check_range, check_version, crc64, encode_block_crc, missing_chunk,
-    ChunkStore,
+    missing_incoming, ChunkStore, IncomingId,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -30,7 +30,12 @@ pub struct MemChunkStore {
     capacity_bytes: AtomicU64,
     /// Blocks stored across all chunks (space accounting).
     used_blocks: AtomicU64,
+    /// Incoming replicas (re-replication) by handle.
+    incoming: Mutex<HashMap<u64, (ChunkId, SharedChunk)>>,
+    next_incoming: AtomicU64,
 }
+
+type SharedChunk = Arc<RwLock<MemChunk>>;
 
 struct MemChunk {
     version: MapVersion,
@@ -59,6 +64,8 @@ impl MemChunkStore {
             chunks: Mutex::new(HashMap::new()),
             capacity_bytes: AtomicU64::new(DEFAULT_CAPACITY_BYTES),
             used_blocks: AtomicU64::new(0),
+            incoming: Mutex::new(HashMap::new()),
+            next_incoming: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +116,19 @@ impl MemChunkStore {
         }
         check_range(chunk, c.chunk_size, offset, len)?;
         check_version(chunk, expected, c.version)?;
+        self.apply_locked(chunk, &mut c, offset, len, data)
+    }
+
+    /// Writes (`Some`) or zeroes `[offset, offset + len)` of `c`, whose range
+    /// and version are checked.
+    fn apply_locked(
+        &self,
+        chunk: ChunkId,
+        c: &mut MemChunk,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -352,6 +372,77 @@ impl ChunkStore for MemChunkStore {
             .collect();
         out.sort_by_key(|c| c.chunk);
         Ok(out)
+    }
+
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        let id = self.next_incoming.fetch_add(1, Ordering::Relaxed);
+        let replica = MemChunk {
+            version: 0,
+            chunk_size,
+            blocks: HashMap::new(),
+            deleted: false,
+        };
+        self.incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .insert(id, (chunk, Arc::new(RwLock::new(replica))));
+        Ok(IncomingId(id))
+    }
+
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
+        let (chunk, entry) = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        check_range(chunk, c.chunk_size, offset, data.len() as u64)?;
+        self.apply_locked(chunk, &mut c, offset, data.len() as u64, Some(data))
+    }
+
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {
+        let (chunk, entry) = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .remove(&incoming.0)
+            .ok_or_else(|| missing_incoming(incoming))?;
+        // Waits for a write in progress to the incoming replica.
+        entry.write().expect("chunk lock poisoned").version = version;
+        let replaced = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .insert(chunk, entry);
+        if let Some(old) = replaced {
+            let mut c = old.write().expect("chunk lock poisoned");
+            c.deleted = true;
+            self.used_blocks
+                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
+            c.blocks.clear();
+        }
+        Ok(())
+    }
+
+    fn abort_incoming(&self, incoming: IncomingId) {
+        let removed = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .remove(&incoming.0);
+        if let Some((_, entry)) = removed {
+            let mut c = entry.write().expect("chunk lock poisoned");
+            c.deleted = true;
+            self.used_blocks
+                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
+            c.blocks.clear();
+        }
     }
 
     fn space(&self) -> Result<SpaceInfo> {

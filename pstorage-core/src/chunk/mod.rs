@@ -151,6 +151,27 @@ pub trait ChunkStore: Send + Sync {
     /// Space of the disk holding the replicas.
     fn space(&self) -> Result<SpaceInfo>;
 
+    /// Starts an incoming replica of `chunk` (re-replication): a private,
+    /// empty replica of `chunk_size` bytes that no other method sees until
+    /// [`commit_incoming`](ChunkStore::commit_incoming). Several may exist
+    /// for one chunk. Crash-safe: an incoming replica not yet committed is
+    /// gone after a restart.
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId>;
+
+    /// Writes `data` at `offset` of an incoming replica (not durable yet).
+    /// `NotFound` for an unknown (committed or aborted) handle.
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Makes the incoming replica durable at `version`, then atomically
+    /// makes it the replica of its chunk, replacing any replica held
+    /// (whatever its version): readers see the old replica or the complete
+    /// new one, never a mix. Consumes the handle, also on failure (when
+    /// nothing changes).
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()>;
+
+    /// Discards an incoming replica. Idempotent.
+    fn abort_incoming(&self, incoming: IncomingId);
+
     /// [`write_checked`](ChunkStore::write_checked) without a version check.
     fn write(&self, chunk: ChunkId, offset: u64, data: &[u8]) -> Result<()> {
         self.write_checked(chunk, None, offset, data)
@@ -165,6 +186,18 @@ pub trait ChunkStore: Send + Sync {
     fn read(&self, chunk: ChunkId, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_checked(chunk, None, offset, buf)
     }
+}
+
+/// The handle of an incoming replica ([`ChunkStore::begin_incoming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IncomingId(pub u64);
+
+/// `NotFound` for an incoming replica handle the store does not know.
+pub(crate) fn missing_incoming(incoming: IncomingId) -> Error {
+    Error::not_found(format!(
+        "incoming replica {} does not exist (already committed or aborted): start the copy again",
+        incoming.0
+    ))
 }
 
 /// The CRC-64/XZ of `bytes`.
@@ -229,5 +262,7 @@ pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
     (offset / BLOCK_SIZE, (offset + len - 1) / BLOCK_SIZE)
 }
 
+#[cfg(test)]
+mod heal_tests;
 #[cfg(test)]
 mod tests;

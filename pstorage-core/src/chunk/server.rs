@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,10 +12,14 @@ use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use crate::types::{
-    ChunkId, ChunkReplicaInfo, CsId, CsRegistration, MapVersion, RegisterReply, MAX_IO_SIZE,
+    validate_chunk_size, ChunkId, ChunkReplicaInfo, CsId, CsRegistration, MapVersion,
+    RegisterReply, Replica, MAX_IO_SIZE,
 };
 
-use super::ChunkStore;
+use super::{ChunkStore, IncomingId};
+
+/// Re-replication copies a chunk in reads of this size.
+const REPLICATION_PIECE: u64 = 1 << 20;
 
 /// Store operations on at most this many bytes run on the async task
 /// itself (a 4 KiB pwrite into the page cache takes microseconds); larger
@@ -299,5 +304,92 @@ impl ChunkControl for ChunkServer {
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.blocking(|store| store.list()).await
+    }
+
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        validate_chunk_size(chunk_size)
+            .map_err(|e| self.context(e.context(format_args!("replicating chunk {chunk:#x}"))))?;
+        if source.cs == self.id {
+            return Err(self.context(Error::invalid(format!(
+                "chunk {chunk:#x}: cannot replicate a chunk from this chunk server to itself:                  pick another source replica"
+            ))));
+        }
+        let from = |e: Error| {
+            self.context(e.context(format_args!(
+                "replicating chunk {chunk:#x} at version {version} from chunk server {} ({})",
+                source.cs, source.addr
+            )))
+        };
+        let peer = self
+            .connector
+            .chunk_service(&source.addr)
+            .await
+            .map_err(from)?;
+        let incoming = self
+            .blocking(move |store| store.begin_incoming(chunk, chunk_size))
+            .await?;
+        // Discards the half-copied replica if this future fails or is
+        // dropped (the MDS gave up on the call).
+        let mut guard = AbortIncoming {
+            store: self.store.clone(),
+            incoming: Some(incoming),
+        };
+        let started = tokio::time::Instant::now();
+        let mut offset = 0;
+        while offset < chunk_size {
+            let len = REPLICATION_PIECE.min(chunk_size - offset);
+            let piece = peer.read(chunk, version, offset, len).await.map_err(from)?;
+            if piece.len() as u64 != len {
+                return Err(from(Error::protocol(format!(
+                    "the source returned {} bytes for a read of {len} at offset {offset}",
+                    piece.len()
+                ))));
+            }
+            // Unwritten pieces stay sparse: checking costs far less than
+            // writing and CRC-ing them.
+            if piece.iter().any(|&b| b != 0) {
+                self.blocking(move |store| store.write_incoming(incoming, offset, &piece))
+                    .await?;
+            }
+            offset += len;
+            if rate_bytes_per_s > 0 {
+                let due = Duration::from_secs_f64(offset as f64 / rate_bytes_per_s as f64);
+                tokio::time::sleep_until(started + due).await;
+            }
+        }
+        guard.incoming = None;
+        self.blocking(move |store| store.commit_incoming(incoming, version))
+            .await?;
+        tracing::info!(
+            cs = self.id,
+            chunk,
+            version,
+            source = source.cs,
+            "replicated chunk"
+        );
+        Ok(())
+    }
+}
+
+/// Aborts an incoming replica unless disarmed (`incoming = None`).
+struct AbortIncoming {
+    store: Arc<dyn ChunkStore>,
+    incoming: Option<IncomingId>,
+}
+
+impl Drop for AbortIncoming {
+    fn drop(&mut self) {
+        if let Some(incoming) = self.incoming.take() {
+            // Removing a file: cheap enough to do inline, and a drop may
+            // run outside any runtime.
+            self.store.abort_incoming(incoming);
+        }
     }
 }

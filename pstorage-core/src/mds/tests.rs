@@ -19,6 +19,8 @@ enum Call {
     Create(ChunkId, MapVersion),
     SetVersion(ChunkId, MapVersion),
     Delete(ChunkId),
+    /// chunk, version, source CS.
+    Replicate(ChunkId, MapVersion, CsId),
 }
 
 /// A chunk server's control side: records calls, can be made to fail.
@@ -78,6 +80,22 @@ impl ChunkControl for FakeCs {
         self.check()?;
         self.calls.lock().unwrap().push(Call::Delete(chunk));
         self.chunks.lock().unwrap().remove(&chunk);
+        Ok(())
+    }
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        _chunk_size: u64,
+        source: Replica,
+        _rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        self.check()?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Replicate(chunk, version, source.cs));
+        self.chunks.lock().unwrap().insert(chunk, version);
         Ok(())
     }
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
