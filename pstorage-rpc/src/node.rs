@@ -276,9 +276,11 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             }
         }
     };
+    let replication = mds.run_replication();
     tokio::select! {
         _ = accept => {}
         _ = ticker => {}
+        _ = replication => {}
         _ = shutdown => info!("MDS stopping"),
     }
     Ok(())
@@ -295,7 +297,7 @@ fn apply_env_overrides(config: &mut MdsConfig) {
         config.heartbeat_interval_ms = v;
     }
     if let Some(v) = get("PSTORAGE_OFFLINE_MS") {
-        config.offline_timeout_ms = v;
+        config.params.offline_timeout_ms = v;
     }
 }
 
@@ -374,8 +376,8 @@ async fn cs_session(
         loop {
             tokio::time::sleep(interval).await;
             let space = server.store().space().unwrap_or_default();
-            match mds.heartbeat(id, space).await {
-                Ok(()) => last_ok = tokio::time::Instant::now(),
+            match mds.heartbeat(id, space, Default::default()).await {
+                Ok(_params) => last_ok = tokio::time::Instant::now(),
                 // The MDS does not know us (it restarted): register again.
                 Err(e) if e.kind() == ErrorKind::Stale => {
                     info!("CS {id}: {e}; registering again");
