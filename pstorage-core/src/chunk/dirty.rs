@@ -25,7 +25,7 @@ use super::file::io_error;
 pub(crate) const DIRTY_LOG: &str = "dirty.log";
 /// Compaction runs once the log holds this many ids and more than twice
 /// the chunks that need to be in it.
-const COMPACT_MIN_ENTRIES: usize = 256;
+const COMPACT_MIN_ENTRIES: usize = 32;
 
 pub(crate) struct DirtyLog {
     dir: PathBuf,

@@ -1127,7 +1127,12 @@ impl ChunkStore for FileChunkStore {
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {}
             Err(e) => return Err(e),
         }
-        self.unverified_set().remove(&chunk);
+        let mut unverified = self.unverified_set();
+        if unverified.remove(&chunk) && unverified.is_empty() {
+            // Recovery is over: drop the checked ids from the log, so the
+            // next unclean stop does not check them again.
+            self.dirty.compact_now()?;
+        }
         Ok(())
     }
 

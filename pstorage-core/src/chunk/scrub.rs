@@ -313,25 +313,33 @@ impl ChunkServer {
                     pass_bytes += n;
                 })
                 .await;
-            let mut stats = self.scrub.stats();
-            stats.pass_chunks_done += 1;
-            match verdict {
-                Ok(Verdict::Good) => stats.chunks_verified += 1,
-                Ok(Verdict::Gone) => {}
-                Ok(Verdict::Corrupt(e)) => {
-                    stats.chunks_verified += 1;
-                    drop(stats);
-                    if self
-                        .report_bad_replica(info.chunk, e.message().to_string())
-                        .await
-                    {
-                        self.scrub.stats().corrupt_found += 1;
+            let corrupt = {
+                let mut stats = self.scrub.stats();
+                stats.pass_chunks_done += 1;
+                match verdict {
+                    Ok(Verdict::Good) => {
+                        stats.chunks_verified += 1;
+                        None
+                    }
+                    Ok(Verdict::Gone) => None,
+                    Ok(Verdict::Corrupt(e)) => {
+                        stats.chunks_verified += 1;
+                        Some(e)
+                    }
+                    Err(e) => {
+                        stats.errors += 1;
+                        tracing::warn!(cs = self.id(), chunk = info.chunk, error = %e,
+                            "scrub: cannot verify the replica");
+                        None
                     }
                 }
-                Err(e) => {
-                    stats.errors += 1;
-                    tracing::warn!(cs = self.id(), chunk = info.chunk, error = %e,
-                        "scrub: cannot verify the replica");
+            };
+            if let Some(e) = corrupt {
+                if self
+                    .report_bad_replica(info.chunk, e.message().to_string())
+                    .await
+                {
+                    self.scrub.stats().corrupt_found += 1;
                 }
             }
             let secs = pass_start.elapsed().as_secs_f64();
