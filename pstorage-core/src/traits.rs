@@ -80,6 +80,18 @@ pub trait CsRegistry: Send + Sync {
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply>;
     /// Periodic liveness and space report.
     async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()>;
+    /// A chunk server reports one of its own replicas as bad (scrubbing
+    /// found a checksum mismatch, or a crash may have torn it). The MDS
+    /// drops it from the chain (bumping the version) and re-replicates.
+    /// Errors: `NotFound` for an unknown chunk server, `PermissionDenied`
+    /// for a dropped one; a chunk the MDS does not know (or whose chain does
+    /// not name `cs`) is not an error: the replica is simply not used.
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()>;
 }
 
 /// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).

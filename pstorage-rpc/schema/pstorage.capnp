@@ -312,6 +312,7 @@ interface Mds {
   allocateCsId @15 () -> (result :CsIdResult);
   registerCs @16 (registration :CsRegistration) -> (result :RegisterResult);
   heartbeat @17 (cs :UInt32, space :SpaceInfo) -> (result :VoidResult);
+  reportBadReplica @18 (cs :UInt32, chunk :UInt64, reason :FailureReason) -> (result :VoidResult);
 }
 
 # Control operations the MDS performs on a chunk server (trait ChunkControl).

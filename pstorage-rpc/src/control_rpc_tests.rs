@@ -278,6 +278,15 @@ impl CsRegistry for FakeMds {
     async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
         self.script.enter(format!("heartbeat {cs} {space:?}"))
     }
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        self.script
+            .enter(format!("report_bad_replica {cs} {chunk} {reason:?}"))
+    }
 }
 
 #[derive(Default)]
@@ -571,12 +580,17 @@ async fn every_mds_method_round_trips() {
         free_bytes: 1,
     };
     client.heartbeat(3, space).await.unwrap();
+    client
+        .report_bad_replica(3, u64::MAX, FailureReason::Corrupt)
+        .await
+        .unwrap();
     assert_eq!(
         calls(),
         [
             "allocate_cs_id".into(),
             format!("register_cs {registration:?}"),
-            format!("heartbeat 3 {space:?}")
+            format!("heartbeat 3 {space:?}"),
+            format!("report_bad_replica 3 {} Corrupt", u64::MAX),
         ]
     );
 }

@@ -332,6 +332,27 @@ impl mds::Server for MdsServer {
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
+
+    async fn report_bad_replica(
+        self: Rc<Self>,
+        params: mds::ReportBadReplicaParams,
+        mut results: mds::ReportBadReplicaResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, chunk, reason) = decode_request("reportBadReplica", || {
+                let p = params.get()?;
+                Ok((
+                    p.get_cs(),
+                    p.get_chunk(),
+                    failure_reason_from_wire(p.get_reason()?),
+                ))
+            })?;
+            self.registry.report_bad_replica(cs, chunk, reason).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -609,6 +630,25 @@ impl CsRegistry for MdsClient {
                 let mut p = request.get();
                 p.set_cs(cs);
                 space.write(p.init_space());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        self.actor
+            .call("reportBadReplica", move |mds| async move {
+                let mut request = mds.report_bad_replica_request();
+                let mut p = request.get();
+                p.set_cs(cs);
+                p.set_chunk(chunk);
+                p.set_reason(failure_reason_to_wire(reason));
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

@@ -952,4 +952,54 @@ impl CsRegistry for MdsService {
         live.placed_bytes = 0;
         Ok(())
     }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let addr = {
+            let core = self.core();
+            if !core.state.cs_allocated(cs) {
+                return Err(Error::not_found(format!(
+                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                    self.config.cluster_name
+                )));
+            }
+            if core.state.cs(cs).is_some_and(|r| r.dropped) {
+                return Err(MdsState::dropped_error(cs));
+            }
+            let in_chain = core
+                .state
+                .chunk(chunk)
+                .is_some_and(|rec| rec.replicas.contains(&cs));
+            if !in_chain {
+                // Not a chain member: nothing reads it, and the server's
+                // next registration deletes it.
+                return Ok(());
+            }
+            core.state
+                .cs(cs)
+                .map(|r| r.addr.clone())
+                .unwrap_or_default()
+        };
+        tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
+        let map = match self.drop_replicas(chunk, vec![cs]).await {
+            Ok(map) => map,
+            // Below replicas_min: the drop happened, writes wait for rebuild.
+            Err(e) if e.kind() == ErrorKind::Unavailable => {
+                tracing::warn!("MDS: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if map.replicas.iter().any(|r| r.cs == cs) {
+            tracing::warn!(
+                "MDS: chunk {chunk:#x}: the bad replica on CS {cs} is its only copy; it is kept"
+            );
+        }
+        Ok(())
+    }
 }

@@ -1409,3 +1409,36 @@ fn the_service_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<MdsService>();
 }
+
+#[tokio::test]
+async fn a_bad_replica_reported_by_its_server_leaves_the_chain() {
+    let c = Cluster::new(&[30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    c.mds
+        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!((rec.replicas, rec.version), (vec![1, 3], 2));
+    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+    // Reporting again (no longer a member) or an unknown chunk is harmless.
+    c.mds
+        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    c.mds
+        .report_bad_replica(2, 0xdead, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    assert_eq!(c.state().chunk(map.chunk).unwrap().version, 2);
+    assert_eq!(
+        kind(
+            c.mds
+                .report_bad_replica(9, map.chunk, FailureReason::Corrupt)
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+}
