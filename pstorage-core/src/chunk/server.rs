@@ -242,10 +242,15 @@ impl ChunkServer {
         );
         let mut pacer = Pacer::new();
         for chunk in chunks {
-            match self
+            let verdict = match self
                 .verify_replica(chunk, &mut pacer, false, &mut |_| {})
-                .await?
+                .await
             {
+                Ok(verdict) => verdict,
+                // Unreadable is unverifiable: never served either.
+                Err(e) => Verdict::Corrupt(e.context("it could not be read back")),
+            };
+            match verdict {
                 Verdict::Good => {
                     self.blocking(move |store| store.verified(chunk)).await?;
                     report.verified.push(chunk);
