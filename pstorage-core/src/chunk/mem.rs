@@ -10,8 +10,8 @@ use crate::types::{
 };
 
 use super::{
-    block_entry, block_span, check_range, check_version, crc64, encode_block_crc, missing_chunk,
-    missing_incoming, ChunkStore, IncomingId,
+    bad_replica, block_entry, block_span, check_range, check_version, crc64, encode_block_crc,
+    missing_chunk, missing_incoming, ChunkStore, IncomingId,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -33,6 +33,8 @@ pub struct MemChunkStore {
     /// Incoming replicas (re-replication) by handle.
     incoming: Mutex<HashMap<u64, (ChunkId, SharedChunk)>>,
     next_incoming: AtomicU64,
+    /// Replicas taken out of service ([`ChunkStore::mark_bad`]).
+    bad: Mutex<HashMap<ChunkId, SharedChunk>>,
 }
 
 type SharedChunk = Arc<RwLock<MemChunk>>;
@@ -66,6 +68,7 @@ impl MemChunkStore {
             used_blocks: AtomicU64::new(0),
             incoming: Mutex::new(HashMap::new()),
             next_incoming: AtomicU64::new(0),
+            bad: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,12 +96,32 @@ impl MemChunkStore {
     }
 
     fn get(&self, chunk: ChunkId) -> Result<Arc<RwLock<MemChunk>>> {
-        self.chunks
+        let found = self
+            .chunks
             .lock()
             .expect("chunk table lock poisoned")
             .get(&chunk)
-            .cloned()
-            .ok_or_else(|| missing_chunk(chunk))
+            .cloned();
+        found.ok_or_else(|| {
+            if self.bad_table().contains_key(&chunk) {
+                bad_replica(chunk)
+            } else {
+                missing_chunk(chunk)
+            }
+        })
+    }
+
+    fn bad_table(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, SharedChunk>> {
+        self.bad.lock().expect("bad replica table lock poisoned")
+    }
+
+    /// Releases the blocks of a replica that left the store.
+    fn release(&self, entry: &SharedChunk) {
+        let mut c = entry.write().expect("chunk lock poisoned");
+        c.deleted = true;
+        self.used_blocks
+            .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
+        c.blocks.clear();
     }
 
     fn apply(
@@ -346,12 +369,47 @@ impl ChunkStore for MemChunkStore {
             .expect("chunk table lock poisoned")
             .remove(&chunk);
         if let Some(entry) = removed {
-            let mut c = entry.write().expect("chunk lock poisoned");
-            c.deleted = true;
-            self.used_blocks
-                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
-            c.blocks.clear();
+            self.release(&entry);
         }
+        let bad = self.bad_table().remove(&chunk);
+        if let Some(entry) = bad {
+            self.release(&entry);
+        }
+        Ok(())
+    }
+
+    fn mark_bad(&self, chunk: ChunkId) -> Result<()> {
+        let mut chunks = self.chunks.lock().expect("chunk table lock poisoned");
+        match chunks.remove(&chunk) {
+            Some(entry) => {
+                // Its blocks still take space until it is deleted.
+                self.bad_table().insert(chunk, entry);
+                Ok(())
+            }
+            None if self.bad_table().contains_key(&chunk) => Ok(()),
+            None => Err(missing_chunk(chunk)),
+        }
+    }
+
+    fn list_bad(&self) -> Result<Vec<ChunkId>> {
+        let mut out: Vec<ChunkId> = self.bad_table().keys().copied().collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn is_bad(&self, chunk: ChunkId) -> Result<bool> {
+        Ok(self.bad_table().contains_key(&chunk))
+    }
+
+    fn unverified(&self) -> Vec<ChunkId> {
+        Vec::new()
+    }
+
+    fn verified(&self, _chunk: ChunkId) -> Result<()> {
+        Ok(())
+    }
+
+    fn close_clean(&self) -> Result<()> {
         Ok(())
     }
 
@@ -421,11 +479,11 @@ impl ChunkStore for MemChunkStore {
             .expect("chunk table lock poisoned")
             .insert(chunk, entry);
         if let Some(old) = replaced {
-            let mut c = old.write().expect("chunk lock poisoned");
-            c.deleted = true;
-            self.used_blocks
-                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
-            c.blocks.clear();
+            self.release(&old);
+        }
+        let bad = self.bad_table().remove(&chunk);
+        if let Some(old) = bad {
+            self.release(&old);
         }
         Ok(())
     }
@@ -437,11 +495,7 @@ impl ChunkStore for MemChunkStore {
             .expect("incoming table lock poisoned")
             .remove(&incoming.0);
         if let Some((_, entry)) = removed {
-            let mut c = entry.write().expect("chunk lock poisoned");
-            c.deleted = true;
-            self.used_blocks
-                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
-            c.blocks.clear();
+            self.release(&entry);
         }
     }
 

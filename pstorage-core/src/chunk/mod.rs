@@ -54,14 +54,20 @@
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
 //! upgrade. Only version 1 exists.
 
+mod dirty;
 mod file;
 mod mem;
 pub mod memory;
+mod scrub;
 mod server;
 
 pub use file::FileChunkStore;
 pub use mem::MemChunkStore;
-pub use server::ChunkServer;
+pub use scrub::{
+    BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
+    VERIFY_PIECE,
+};
+pub use server::{ChunkServer, CsIoStats, RecoveryReport};
 
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};
@@ -151,6 +157,36 @@ pub trait ChunkStore: Send + Sync {
     /// Space of the disk holding the replicas.
     fn space(&self) -> Result<SpaceInfo>;
 
+    /// Takes the replica out of service, durably: from now on every
+    /// operation on it fails with `Corrupt`, [`list`](ChunkStore::list)
+    /// leaves it out and [`list_bad`](ChunkStore::list_bad) names it, until
+    /// [`delete`](ChunkStore::delete) removes it or a committed incoming
+    /// replica replaces it. Idempotent; `NotFound` for a missing chunk.
+    fn mark_bad(&self, chunk: ChunkId) -> Result<()>;
+
+    /// The replicas taken out of service, sorted.
+    fn list_bad(&self) -> Result<Vec<ChunkId>>;
+
+    /// Whether replica `chunk` is out of service ([`mark_bad`](ChunkStore::mark_bad)).
+    fn is_bad(&self, chunk: ChunkId) -> Result<bool>;
+
+    /// Chunks that were written but not flushed when the store last stopped
+    /// without [`close_clean`](ChunkStore::close_clean) (kill -9, power
+    /// loss), and not [`verified`](ChunkStore::verified) since: they may
+    /// hold torn blocks and must be verified block by block before they are
+    /// served. Sorted. Empty for a store that keeps nothing across restarts.
+    fn unverified(&self) -> Vec<ChunkId>;
+
+    /// Records that every block of an [`unverified`](ChunkStore::unverified)
+    /// chunk passed its check (flushing it). A missing or bad chunk just
+    /// leaves the list.
+    fn verified(&self, chunk: ChunkId) -> Result<()>;
+
+    /// Flushes every chunk written since its last flush (except unverified
+    /// ones), so that the next open finds nothing to verify. Call at a
+    /// clean shutdown; the store stays usable.
+    fn close_clean(&self) -> Result<()>;
+
     /// Starts an incoming replica of `chunk` (re-replication): a private,
     /// empty replica of `chunk_size` bytes that no other method sees until
     /// [`commit_incoming`](ChunkStore::commit_incoming). Several may exist
@@ -186,6 +222,14 @@ pub trait ChunkStore: Send + Sync {
     fn read(&self, chunk: ChunkId, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_checked(chunk, None, offset, buf)
     }
+}
+
+/// `Corrupt` for a replica taken out of service.
+pub(crate) fn bad_replica(chunk: ChunkId) -> Error {
+    Error::corrupt(format!(
+        "chunk {chunk:#x}: this replica was found corrupt and is out of service until the MDS \
+         deletes or replaces it (see the chunk server log): read another replica"
+    ))
 }
 
 /// The handle of an incoming replica ([`ChunkStore::begin_incoming`]).
