@@ -22,7 +22,7 @@ use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState, MdsStore};
 use pstorage_core::traits::{ChunkControl, ChunkService, Clock, CsRegistry, SystemClock};
-use pstorage_core::types::{ChunkId, CsId, FailureReason, FileAttrs, MapVersion};
+use pstorage_core::types::{ChunkId, CsId, CsStats, FailureReason, FileAttrs, MapVersion};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
@@ -465,12 +465,31 @@ async fn cs_session(
         server.set_serving(true);
         info!("CS {id}: registered with the MDS");
         let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
+        let mds_scrub = std::env::var_os("PSTORAGE_SCRUB_PERIOD_MS").is_none()
+            && std::env::var_os("PSTORAGE_SCRUB_RATE").is_none();
+        let mut applied_scrub = None;
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(interval).await;
             let space = server.store().space().unwrap_or_default();
-            match mds.heartbeat(id, space, Default::default()).await {
-                Ok(_params) => last_ok = tokio::time::Instant::now(),
+            let io = server.stats();
+            let stats = CsStats {
+                read_ops: io.read_ops,
+                write_ops: io.write_ops,
+                read_bytes: io.read_bytes,
+                write_bytes: io.write_bytes,
+            };
+            match mds.heartbeat(id, space, stats).await {
+                Ok(params) => {
+                    last_ok = tokio::time::Instant::now();
+                    // The cluster parameters rule unless this daemon's
+                    // environment overrides scrubbing (tests, tuning).
+                    let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);
+                    if mds_scrub && applied_scrub != Some(scrub) {
+                        server.set_scrub_params(Duration::from_millis(scrub.0), scrub.1);
+                        applied_scrub = Some(scrub);
+                    }
+                }
                 // The MDS does not know us (it restarted): register again.
                 Err(e) if e.kind() == ErrorKind::Stale => {
                     info!("CS {id}: {e}; registering again");
