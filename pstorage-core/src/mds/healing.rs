@@ -30,7 +30,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::service::{unexpected, Core, MdsService};
 use super::state::{ApplyOutcome, ChunkRecord, Command, NewEvent};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
 
 /// How often the replication loop looks for work when idle.
@@ -385,6 +385,15 @@ impl MdsService {
             if health.sources.is_empty() {
                 continue;
             }
+            // The health check drops offline members first (a version
+            // bump that would void a copy planned now).
+            let offline_member = rec
+                .replicas
+                .iter()
+                .any(|cs| self.cs_status(&core, *cs, now) == CsStatus::Offline);
+            if offline_member {
+                continue;
+            }
             let urgency = health.available as i64 - attrs.replicas.min as i64;
             candidates.push((urgency, chunk, need));
         }
@@ -505,6 +514,14 @@ impl MdsService {
                 }
             }
             Ok(_) => core.repl.failed_chunks += 1,
+            // Overtaken by a chain change: planned again with the new chain.
+            Err(e) if e.kind() == ErrorKind::Stale || e.kind() == ErrorKind::NotFound => {
+                tracing::info!(
+                    "MDS: re-replication of chunk {:#x} of {} postponed: {e}",
+                    job.chunk,
+                    job.path
+                );
+            }
             Err(e) => {
                 core.repl.failed_chunks += 1;
                 tracing::warn!(
