@@ -8,13 +8,19 @@
 //! flush: a flush leaves the id in the log, so the usual write, flush,
 //! write, flush... pattern costs one in-memory check per write. The log is
 //! compacted (rewritten with only the chunks written since their last flush)
-//! when it has grown to several times that set.
+//! when it holds more than twice that set, at most once per
+//! [`COMPACT_INTERVAL`]: a chunk written again soon after its flush is
+//! still logged, so even many chunks in write+flush cycles cost about one
+//! extra sync per chunk per interval. After a crash, the chunks to verify
+//! are those written since their last flush plus those flushed within
+//! about the last interval or two.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::types::ChunkId;
@@ -23,9 +29,11 @@ use super::file::io_error;
 
 /// The log's file name in the store directory.
 pub(crate) const DIRTY_LOG: &str = "dirty.log";
-/// Compaction runs once the log holds this many ids and more than twice
-/// the chunks that need to be in it.
-const COMPACT_MIN_ENTRIES: usize = 32;
+/// Compaction runs once the log holds at least this many ids and more than
+/// twice the chunks that need to be in it...
+const COMPACT_MIN_ENTRIES: usize = 8;
+/// ...and at most this often.
+pub(crate) const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(crate) struct DirtyLog {
     dir: PathBuf,
@@ -41,6 +49,8 @@ struct Inner {
     dirty: HashSet<ChunkId>,
     /// Chunks whose flush is in progress, with the number of flushes.
     flushing: HashMap<ChunkId, usize>,
+    last_compaction: Instant,
+    compact_interval: Duration,
 }
 
 impl DirtyLog {
@@ -74,6 +84,8 @@ impl DirtyLog {
                 // Until verified and flushed, the old ids stay needed.
                 dirty: previous.iter().copied().collect(),
                 flushing: HashMap::new(),
+                last_compaction: Instant::now(),
+                compact_interval: COMPACT_INTERVAL,
             }),
         };
         Ok((log, previous))
@@ -140,12 +152,21 @@ impl DirtyLog {
             return;
         }
         let live = inner.dirty.len() + inner.flushing.len();
-        if inner.logged.len() >= COMPACT_MIN_ENTRIES && inner.logged.len() > 2 * live {
+        if inner.logged.len() >= COMPACT_MIN_ENTRIES
+            && inner.logged.len() > 2 * live
+            && inner.last_compaction.elapsed() >= inner.compact_interval
+        {
             if let Err(e) = self.compact(&mut inner) {
                 // The old log stays valid (it only lists extra chunks).
                 tracing::warn!(error = %e, "compacting the dirty log failed");
             }
         }
+    }
+
+    /// Changes the minimum time between compactions (tests).
+    #[cfg(test)]
+    pub(crate) fn set_compact_interval(&self, interval: Duration) {
+        self.lock().compact_interval = interval;
     }
 
     /// `chunk` no longer exists here (deleted or out of service): it needs
@@ -199,6 +220,7 @@ impl DirtyLog {
             .open(&self.path)
             .map_err(|e| io_error(e, format_args!("opening {}", self.path.display())))?;
         inner.logged = keep.into_iter().collect();
+        inner.last_compaction = Instant::now();
         Ok(())
     }
 }

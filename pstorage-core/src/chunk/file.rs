@@ -162,6 +162,12 @@ impl FileChunkStore {
         self.chunks_dir.join(format!("{chunk:016x}{CHUNK_SUFFIX}"))
     }
 
+    /// Changes the minimum time between dirty log compactions (tests).
+    #[cfg(test)]
+    pub(crate) fn set_dirty_compact_interval(&self, interval: std::time::Duration) {
+        self.dirty.set_compact_interval(interval);
+    }
+
     /// The path `chunk`'s file moves to when it is taken out of service.
     pub fn bad_chunk_path(&self, chunk: ChunkId) -> PathBuf {
         self.chunks_dir.join(format!("{chunk:016x}{BAD_SUFFIX}"))

@@ -631,6 +631,7 @@ fn a_clean_close_leaves_nothing_to_verify_and_a_kill_everything_written() {
 fn the_dirty_log_stays_small_under_write_flush_cycles() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileChunkStore::open_with_cache(dir.path(), 4).unwrap();
+    store.set_dirty_compact_interval(Duration::ZERO);
     for round in 0..20u64 {
         for chunk in 0..50 {
             if round == 0 {
@@ -862,4 +863,44 @@ fn enospc_child() {
     expected[B as usize..(17 * B) as usize].copy_from_slice(&new);
     assert_eq!(read_all(&store, 1), expected);
     store.create(2, 1, size).unwrap();
+}
+
+/// Benchmark of the 4 KiB write path of the file store (the dirty log's
+/// cost): `cargo test -p pstorage-core --lib heal_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn heal_bench_4k_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let size = 64u64 << 20;
+    let blocks = size / 4096;
+    for chunk in 0..64 {
+        store.create(chunk, 1, size).unwrap();
+    }
+    let data = vec![0x5Au8; 4096];
+    let mut rng = StdRng::seed_from_u64(1);
+    // Warm up: every block written once (allocation out of the way).
+    for b in 0..blocks {
+        store.write(0, b * 4096, &data).unwrap();
+    }
+    let n = 200_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        store
+            .write(0, rng.gen_range(0..blocks) * 4096, &data)
+            .unwrap();
+    }
+    let per = t.elapsed() / n;
+    println!("4 KiB random writes, one chunk, no flush: {per:?}/write");
+    let n = 2_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let chunk = i % 64;
+        store
+            .write(chunk, rng.gen_range(0..blocks) * 4096, &data)
+            .unwrap();
+        store.flush(chunk).unwrap();
+    }
+    let per = t.elapsed() / n as u32;
+    println!("4 KiB write + flush, 64 chunks round robin: {per:?}/pair");
 }

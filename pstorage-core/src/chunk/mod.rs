@@ -50,6 +50,23 @@
 //! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt): a torn block is never
 //! served, the client reads another replica and the MDS repairs this one.
 //!
+//! # Other files of a chunk store
+//!
+//! * `<dir>/chunks/<id>.chunk.tmp.<n>`: a chunk being created or copied in
+//!   (re-replication); renamed to `<id>.chunk` once complete and synced,
+//!   removed at open if a crash left it.
+//! * `<dir>/chunks/<id>.chunk.bad`: a replica found corrupt (scrubbing, a
+//!   read, or the check after an unclean stop) and taken out of service:
+//!   never listed nor served, every access is `Corrupt`, until deleted.
+//! * `<dir>/dirty.log`: one chunk id per line (16 lowercase hex digits and
+//!   `\n`): chunks that may hold writes never flushed. An id is appended
+//!   and synced before the first write to a chunk not listed; the file is
+//!   rewritten (temp file + rename) with only the chunks written since their
+//!   last flush from time to time and at a clean shutdown, when it ends up
+//!   empty. At open, the ids it holds are the chunks to verify block by
+//!   block before serving ([`ChunkStore::unverified`]). Lines that do not
+//!   parse (torn by a crash) are ignored: their write never started.
+//!
 //! Readers of this format: a daemon reads every format version up to
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
 //! upgrade. Only version 1 exists.
