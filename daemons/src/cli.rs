@@ -655,3 +655,15 @@ pub async fn termination() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_utc_dates() {
+        assert_eq!(format_time_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_time_ms(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(format_time_ms(1_700_000_000_999), "2023-11-14 22:13:20.999");
+    }
+}
