@@ -399,12 +399,19 @@ impl MdsService {
         }
         candidates.sort();
         let mut jobs = Vec::new();
+        let counts = if candidates.is_empty() || limit == 0 {
+            BTreeMap::new()
+        } else {
+            Self::replica_counts(&core)
+        };
+        // No server takes new replicas at all: nothing to try this round.
+        let any_target = limit > 0 && !self.place_with(&core, now, 1, &[], &counts).is_empty();
         for (_, chunk, need) in candidates {
-            if jobs.len() >= limit {
+            if jobs.len() >= limit || !any_target {
                 break;
             }
             let rec = core.state.chunk(chunk).expect("listed above").clone();
-            let targets = self.place(&core, now, need, &rec.replicas);
+            let targets = self.place_with(&core, now, need, &rec.replicas, &counts);
             if targets.is_empty() {
                 continue;
             }

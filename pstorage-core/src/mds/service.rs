@@ -558,12 +558,30 @@ impl MdsService {
         count: usize,
         exclude: &[CsId],
     ) -> Vec<CsId> {
+        self.place_with(core, now_ms, count, exclude, &Self::replica_counts(core))
+    }
+
+    /// Replicas per chunk server (placement's tie-breaker).
+    pub(super) fn replica_counts(core: &Core) -> BTreeMap<CsId, u64> {
         let mut counts: BTreeMap<CsId, u64> = BTreeMap::new();
         for (_, rec) in core.state.chunks() {
             for cs in &rec.replicas {
                 *counts.entry(*cs).or_default() += 1;
             }
         }
+        counts
+    }
+
+    /// [`MdsService::place`] with the replica counts computed once by the
+    /// caller (planning places many chunks in one round).
+    pub(super) fn place_with(
+        &self,
+        core: &Core,
+        now_ms: u64,
+        count: usize,
+        exclude: &[CsId],
+        counts: &BTreeMap<CsId, u64>,
+    ) -> Vec<CsId> {
         let mut candidates: Vec<(u64, u64, CsId)> = core
             .state
             .servers()
