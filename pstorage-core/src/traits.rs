@@ -86,6 +86,25 @@ pub trait MetadataService: Send + Sync {
     async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()>;
 }
 
+/// Membership of the MDS group (the Raft members), for `make-mds`,
+/// `rm-mds` and an MDS joining at its first start. Served by the leader
+/// (any MDS forwards to it).
+#[async_trait]
+pub trait MdsGroup: Send + Sync {
+    /// Allocates the id of a new MDS (`make-mds` without `-I`). Ids are
+    /// never reused, even after `rm-mds`.
+    async fn allocate_mds_id(&self) -> Result<u64>;
+    /// Adds MDS `id` listening at `addr`: first as a non-voting learner
+    /// that catches up (from a snapshot if it is far behind), then as a
+    /// voter. Returns once it votes. Adding a member again is a no-op.
+    /// `InvalidArgument` for an id that was never allocated.
+    async fn add_mds(&self, id: u64, addr: &str) -> Result<()>;
+    /// Removes MDS `id` from the group (it may be the leader: leadership
+    /// moves). `NotFound` if it is not a member; `InvalidArgument` for the
+    /// last member.
+    async fn remove_mds(&self, id: u64) -> Result<()>;
+}
+
 /// The metadata service as a chunk server sees it.
 #[async_trait]
 pub trait CsRegistry: Send + Sync {

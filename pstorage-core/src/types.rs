@@ -346,7 +346,16 @@ pub struct IoRates {
 pub struct MdsInfo {
     pub id: u64,
     pub addr: String,
+    /// `leader`, `follower`, `learner`, `candidate`, or `unreachable` when
+    /// the answering MDS does not hear from it.
     pub role: String,
+    /// The Raft term it is in (as far as the leader knows).
+    pub term: u64,
+    /// Last log index known committed, and applied to its state.
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Log entries it is behind the leader's last entry (0 when caught up).
+    pub lag: u64,
 }
 
 /// Chunks by replication state. Each chunk is counted once, in the first

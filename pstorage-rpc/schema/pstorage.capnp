@@ -246,7 +246,11 @@ struct ReplicationStatus {
 struct MdsInfo {
   id @0 :UInt64;
   addr @1 :Text;
-  role @2 :Text;
+  role @2 :Text;          # leader, follower, learner, candidate, unreachable
+  term @3 :UInt64;        # Raft term
+  commitIndex @4 :UInt64;
+  appliedIndex @5 :UInt64;
+  lag @6 :UInt64;         # log entries behind the leader
 }
 
 # What `pstorage stat` shows.

@@ -98,6 +98,10 @@ fn sample_cluster_status() -> ClusterStatus {
             id: 1,
             addr: "127.0.0.1:2510".into(),
             role: "leader".into(),
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            lag: 0,
         }],
         cs: vec![
             CsInfo {

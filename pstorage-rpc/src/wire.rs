@@ -536,12 +536,20 @@ impl WireStruct for MdsInfo {
         b.set_id(self.id);
         b.set_addr(self.addr.as_str());
         b.set_role(self.role.as_str());
+        b.set_term(self.term);
+        b.set_commit_index(self.commit_index);
+        b.set_applied_index(self.applied_index);
+        b.set_lag(self.lag);
     }
     fn read(r: schema::mds_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(MdsInfo {
             id: r.get_id(),
             addr: read_text(r.get_addr())?,
             role: read_text(r.get_role())?,
+            term: r.get_term(),
+            commit_index: r.get_commit_index(),
+            applied_index: r.get_applied_index(),
+            lag: r.get_lag(),
         })
     }
 }

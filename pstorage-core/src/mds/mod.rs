@@ -4,6 +4,7 @@
 
 mod healing;
 pub mod params;
+pub mod raft;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -214,7 +214,7 @@ pub enum Command {
 }
 
 /// What a successfully applied command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyOutcome {
     /// Nothing to report.
     Done,

@@ -1,0 +1,110 @@
+//! The MDS state machine replicated by Raft (openraft).
+//!
+//! Every MDS runs one Raft node. The replicated log carries [`Command`]s;
+//! the state machine applies them, in log order, to the live [`MdsState`]
+//! of the local [`crate::mds::MdsService`] through the [`StateHost`] seam.
+//! Log, vote and snapshots persist in one redb database per MDS
+//! (`store`). How Raft messages travel between MDSes is openraft's
+//! `RaftNetworkFactory` seam: Cap'n Proto in `pstorage-rpc`, in memory in
+//! tests.
+//!
+//! A single MDS is a Raft cluster of one member: the same code path, and
+//! more members can join later.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{ApplyOutcome, Command, MdsState};
+use crate::error::{Error, ErrorKind, Result};
+
+/// An MDS's identity in the Raft group. Chosen when the MDS is made
+/// (`make-mds`), never reused.
+pub type MdsId = u64;
+
+/// What the Raft group knows about each member: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsNode {
+    /// `host:port` of the MDS's listening socket (clients, chunk servers and
+    /// the other MDSes all connect there).
+    pub addr: String,
+}
+
+impl fmt::Display for MdsNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// One replicated log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftRequest {
+    pub cmd: Command,
+}
+
+impl fmt::Display for RaftRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.cmd)
+    }
+}
+
+/// What applying one entry produced: the outcome, or the error the state
+/// machine refused the command with (deterministic, so the same on every
+/// member; the state is unchanged then).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftResponse {
+    /// Membership changes and blank entries.
+    Empty,
+    Applied(ApplyOutcome),
+    Refused { kind: u16, message: String },
+}
+
+impl RaftResponse {
+    pub fn from_result(result: Result<ApplyOutcome>) -> RaftResponse {
+        match result {
+            Ok(outcome) => RaftResponse::Applied(outcome),
+            Err(e) => RaftResponse::Refused {
+                kind: e.kind().code(),
+                message: e.message().to_string(),
+            },
+        }
+    }
+
+    /// The command's result as the proposer sees it.
+    pub fn into_result(self) -> Result<ApplyOutcome> {
+        match self {
+            RaftResponse::Empty => Ok(ApplyOutcome::Done),
+            RaftResponse::Applied(outcome) => Ok(outcome),
+            RaftResponse::Refused { kind, message } => {
+                Err(Error::new(ErrorKind::from_code(kind), message))
+            }
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the MDS group.
+    pub MdsRaftConfig:
+        D = RaftRequest,
+        R = RaftResponse,
+        NodeId = MdsId,
+        Node = MdsNode,
+);
+
+/// The Raft handle of one MDS.
+pub type MdsRaft = openraft::Raft<MdsRaftConfig>;
+
+/// Where the state machine's effects go: the live state of the local MDS
+/// service. Implemented by the service; the Raft state machine calls it
+/// from openraft's storage task, never while the service holds its lock
+/// across an `.await`.
+pub trait StateHost: Send + Sync + 'static {
+    /// Applies a committed command. An error means the command was refused
+    /// (validation failed) and the state is unchanged.
+    fn apply_committed(&self, cmd: Command) -> Result<ApplyOutcome>;
+    /// A copy of the current state (for a snapshot).
+    fn snapshot_state(&self) -> MdsState;
+    /// Replaces the whole state (a snapshot was installed).
+    fn install_state(&self, state: MdsState);
+}
