@@ -28,6 +28,11 @@ pub struct Cli {
     /// (default /etc/pstorage/clusters, or $PSTORAGE_CONF_DIR).
     #[arg(long = "conf-dir", global = true)]
     pub conf_dir: Option<PathBuf>,
+    /// How long file I/O waits for a chunk that is unavailable (below
+    /// replicas_min, being re-replicated, servers unreachable) before it
+    /// fails, in ms (default 60000, or $PSTORAGE_IO_TIMEOUT_MS).
+    #[arg(long = "io-timeout", global = true, value_name = "MS")]
+    pub io_timeout_ms: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,8 +72,43 @@ pub enum Command {
         #[arg(short = 'a', default_value = "127.0.0.1:0")]
         addr: String,
     },
-    /// Show cluster status: MDS, chunk servers, chunks.
+    /// Show cluster status: health, chunks by state, replication, MDS and chunk servers.
     Stat,
+    /// Show the cluster status live, refreshed every interval (q or Ctrl-C
+    /// quits; without a terminal it prints once per interval).
+    Top {
+        /// Refresh interval in seconds.
+        #[arg(short = 'd', default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after N refreshes.
+        #[arg(short = 'n')]
+        iterations: Option<u64>,
+    },
+    /// Set cluster parameters: KEY=VALUE... (see get-config for the keys).
+    SetConfig {
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// Show every cluster parameter with its value and default.
+    GetConfig,
+    /// Print the MDS's global event log (oldest first).
+    GetEventLog {
+        /// Only the last N events.
+        #[arg(short = 'n')]
+        last: Option<usize>,
+    },
+    /// Remove a chunk server: its chunks move to other servers first, then
+    /// it is dropped. With --force it is dropped at once (for a dead server)
+    /// and its chunks are re-replicated from their other copies.
+    RmCs {
+        /// Drop it at once without migrating its chunks.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Return once the removal started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        id: u32,
+    },
     /// Set attributes: replicas=NORM:MIN, chunk-size=BYTES.
     SetAttr {
         /// Apply to everything below PATH too.
@@ -138,6 +178,26 @@ impl Cli {
     fn root(&self) -> PathBuf {
         conf_root(self.conf_dir.as_deref())
     }
+
+    /// Client options: the I/O timeout from --io-timeout or the environment.
+    fn client_options(&self) -> Result<ClientOptions> {
+        let mut options = ClientOptions::default();
+        let ms = match self.io_timeout_ms {
+            Some(ms) => Some(ms),
+            None => match std::env::var("PSTORAGE_IO_TIMEOUT_MS") {
+                Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                    Error::invalid(format!(
+                        "PSTORAGE_IO_TIMEOUT_MS={v:?} is not a number of milliseconds"
+                    ))
+                })?),
+                Err(_) => None,
+            },
+        };
+        if let Some(ms) = ms {
+            options.io_timeout = std::time::Duration::from_millis(ms);
+        }
+        Ok(options)
+    }
 }
 
 /// Runs the CLI; returns the process exit code (0 ok, 1 error).
@@ -151,12 +211,10 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-fn client(conf: &ClusterConf) -> Result<Client> {
-    node::connect_client(conf, ClientOptions::default())
-}
-
 async fn execute(cli: &Cli) -> Result<()> {
     let conf = cli.cluster()?;
+    let options = cli.client_options()?;
+    let client = |conf: &ClusterConf| node::connect_client(conf, options.clone());
     match &cli.command {
         Command::MakeMds {
             init,
@@ -260,36 +318,175 @@ async fn execute(cli: &Cli) -> Result<()> {
             };
             crate::nbd::serve(client(&conf)?, options, termination()).await?;
         }
+        Command::Top {
+            interval,
+            iterations,
+        } => crate::top::run(&client(&conf)?, *interval, *iterations).await?,
+        Command::SetConfig { settings } => {
+            // Every setting is checked before any is sent: a bad one
+            // changes nothing.
+            let parsed = settings
+                .iter()
+                .map(|s| pstorage_core::mds::ClusterParams::parse_assignment(s))
+                .collect::<Result<Vec<_>>>()?;
+            let client = client(&conf)?;
+            for (key, value) in parsed {
+                client.mds().set_config(&key, value).await?;
+                println!("{key}={value}");
+            }
+        }
+        Command::GetConfig => {
+            let entries = client(&conf)?.mds().get_config().await?;
+            println!(
+                "{:<24} {:>14} {:>14} {:<8} DESCRIPTION",
+                "KEY", "VALUE", "DEFAULT", "UNIT"
+            );
+            for e in entries {
+                println!(
+                    "{:<24} {:>14} {:>14} {:<8} {}",
+                    e.key, e.value, e.default, e.unit, e.description
+                );
+            }
+        }
+        Command::GetEventLog { last } => {
+            let events = client(&conf)?.mds().event_log(0).await?;
+            let skip = last.map_or(0, |n| events.len().saturating_sub(n));
+            for e in &events[skip..] {
+                println!(
+                    "{} {:<5} {:<11} {}",
+                    format_time_ms(e.time_ms),
+                    e.level.to_string(),
+                    e.kind.to_string(),
+                    e.message
+                );
+            }
+        }
+        Command::RmCs { force, no_wait, id } => {
+            rm_cs(&client(&conf)?, *id, *force, *no_wait).await?
+        }
     }
     Ok(())
 }
 
+/// `rm-cs`: starts the removal, then (unless `no_wait`) follows it until
+/// the server is dropped, printing progress.
+async fn rm_cs(client: &Client, id: u32, force: bool, no_wait: bool) -> Result<()> {
+    client.mds().remove_cs(id, force).await?;
+    if force {
+        println!("chunk server {id} dropped; its chunks are re-replicated from their other copies");
+        return Ok(());
+    }
+    if no_wait {
+        println!("chunk server {id} is being released; `pstorage stat` shows the progress");
+        return Ok(());
+    }
+    let mut last_chunks = None;
+    loop {
+        let status = client.cluster_status().await?;
+        let Some(cs) = status.cs.iter().find(|c| c.id == id) else {
+            return Err(Error::not_found(format!(
+                "chunk server {id} disappeared from the cluster status"
+            )));
+        };
+        if cs.status == pstorage_core::types::CsStatus::Dropped {
+            println!("chunk server {id} released: its chunks have their copies on other servers");
+            return Ok(());
+        }
+        if last_chunks != Some(cs.chunks) {
+            println!(
+                "chunk server {id}: {} chunk(s) still to move ({} copies in flight)",
+                cs.chunks, status.replication.in_flight
+            );
+            last_chunks = Some(cs.chunks);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) of a time in ms since the Unix epoch.
+pub fn format_time_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 async fn print_stat(client: &Client) -> Result<()> {
     let s = client.cluster_status().await?;
-    println!("Cluster '{}': {}", s.cluster_name, s.health);
-    println!(
-        "Space: {} chunk servers, {} total, {} free; {} files, {} directories, {} chunks ({} degraded, {} urgent), {} logical",
+    print!("{}", format_status(&s));
+    Ok(())
+}
+
+/// The text of `pstorage stat` (and of each `top` screen).
+pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let c = &s.chunk_counts;
+    let r = &s.replication;
+    let _ = writeln!(out, "Cluster '{}': {}", s.cluster_name, s.health);
+    let _ = writeln!(
+        out,
+        "Space: {} chunk servers, {} total, {} free; {} files, {} directories, {} logical",
         s.cs.len(),
         human(s.cs.iter().map(|c| c.space.total_bytes).sum()),
         human(s.cs.iter().map(|c| c.space.free_bytes).sum()),
         s.files,
         s.dirs,
-        s.chunks,
-        s.chunks_degraded,
-        s.chunks_urgent,
         human(s.logical_bytes)
     );
-    println!();
-    println!("MDS nodes: {}", s.mds.len());
-    println!("{:>6}  {:<10} ADDRESS", "MDSID", "ROLE");
+    let _ = writeln!(
+        out,
+        "Chunks: {} total: {} healthy, {} degraded, {} urgent, {} blocked, {} replicating",
+        s.chunks, c.healthy, c.degraded, c.urgent, c.blocked, c.replicating
+    );
+    let _ = writeln!(
+        out,
+        "Replication: {} chunk(s) pending, {} in flight, {} done ({}), {} failed, {}/s",
+        r.pending_chunks,
+        r.in_flight,
+        r.done_chunks,
+        human(r.done_bytes),
+        r.failed_chunks,
+        human(r.rate_bytes_per_s)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "MDS nodes: {}", s.mds.len());
+    let _ = writeln!(out, "{:>6}  {:<10} ADDRESS", "MDSID", "ROLE");
     for m in &s.mds {
-        println!("{:>6}  {:<10} {}", m.id, m.role, m.addr);
+        let _ = writeln!(out, "{:>6}  {:<10} {}", m.id, m.role, m.addr);
     }
-    println!();
-    println!("CS nodes: {}", s.cs.len());
-    println!(
-        "{:>6}  {:<9} {:<22} {:>10} {:>10} {:>8} {:>10}",
-        "CSID", "STATUS", "ADDRESS", "SPACE", "FREE", "CHUNKS", "SEEN"
+    let _ = writeln!(out);
+    let _ = writeln!(out, "CS nodes: {}", s.cs.len());
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9}",
+        "CSID",
+        "STATUS",
+        "ADDRESS",
+        "SPACE",
+        "FREE",
+        "CHUNKS",
+        "SEEN",
+        "RD/S",
+        "WR/S",
+        "RD_B/S",
+        "WR_B/S"
     );
     for c in &s.cs {
         let seen = if c.last_seen_ms_ago == u64::MAX {
@@ -297,18 +494,30 @@ async fn print_stat(client: &Client) -> Result<()> {
         } else {
             format!("{:.1}s ago", c.last_seen_ms_ago as f64 / 1000.0)
         };
-        println!(
-            "{:>6}  {:<9} {:<22} {:>10} {:>10} {:>8} {:>10}",
+        let mut status = c.status.to_string();
+        if c.releasing {
+            status.push_str(",releasing");
+        }
+        if c.full {
+            status.push_str(",full");
+        }
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9}",
             c.id,
-            c.status.to_string(),
+            status,
             c.addr,
             human(c.space.total_bytes),
             human(c.space.free_bytes),
             c.chunks,
-            seen
+            seen,
+            c.io.read_ops_per_s,
+            c.io.write_ops_per_s,
+            human(c.io.read_bytes_per_s),
+            human(c.io.write_bytes_per_s)
         );
     }
-    Ok(())
+    out
 }
 
 /// `1.5G`-style sizes.
@@ -479,5 +688,17 @@ pub async fn termination() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_utc_dates() {
+        assert_eq!(format_time_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_time_ms(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(format_time_ms(1_700_000_000_999), "2023-11-14 22:13:20.999");
     }
 }

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod mount;
 pub mod nbd;
 pub mod password;
+pub mod top;

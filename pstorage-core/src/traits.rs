@@ -68,6 +68,22 @@ pub trait MetadataService: Send + Sync {
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>>;
     /// Cluster status for `pstorage stat`.
     async fn cluster_status(&self) -> Result<ClusterStatus>;
+    /// Every cluster parameter with its value and default (`get-config`).
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>>;
+    /// Sets a cluster parameter durably (`set-config KEY=VALUE`).
+    /// `InvalidArgument` for an unknown key or a value out of range; then
+    /// nothing changes.
+    async fn set_config(&self, key: &str, value: u64) -> Result<()>;
+    /// The global event log: events with a sequence number above
+    /// `after_seq`, oldest first (the MDS keeps the most recent 1000).
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>>;
+    /// Removes a chunk server (`rm-cs`). Graceful (`force == false`): it
+    /// gets no new replicas, its chunks are copied to other servers, and it
+    /// is dropped once it holds none; this returns when the removal has
+    /// started (watch `cluster_status`). `force`: dropped at once, its
+    /// chunks are re-replicated from the other copies. `NotFound` for an
+    /// unknown server.
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()>;
 }
 
 /// The metadata service as a chunk server sees it.
@@ -78,8 +94,23 @@ pub trait CsRegistry: Send + Sync {
     /// Called when a chunk server starts or reconnects. It must not serve any
     /// I/O before this returns, and must delete `RegisterReply::delete` first.
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply>;
-    /// Periodic liveness and space report.
-    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()>;
+    /// Periodic liveness, space and I/O report; the reply carries the
+    /// cluster parameters the chunk server applies. `Stale` if the MDS does
+    /// not know the server as registered (it restarted): register again.
+    async fn heartbeat(&self, cs: CsId, space: SpaceInfo, stats: CsStats)
+        -> Result<HeartbeatReply>;
+    /// A chunk server reports one of its own replicas as bad (scrubbing
+    /// found a checksum mismatch, or a crash may have torn it). The MDS
+    /// drops it from the chain (bumping the version) and re-replicates.
+    /// Errors: `NotFound` for an unknown chunk server, `PermissionDenied`
+    /// for a dropped one; a chunk the MDS does not know (or whose chain does
+    /// not name `cs`) is not an error: the replica is simply not used.
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()>;
 }
 
 /// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).
@@ -183,6 +214,19 @@ pub trait ChunkControl: Send + Sync {
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
     /// Every replica held, with its version.
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
+    /// Makes this chunk server hold a current replica of `chunk` at
+    /// `version` by copying it from `source` (a replica already at
+    /// `version`) over the data path, at most `rate_bytes_per_s` (0 =
+    /// unlimited). Any replica of the chunk held here is replaced. The new
+    /// replica is durable (flushed, version set) before this returns.
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()>;
 }
 
 /// Opens (or reuses) data-path connections to chunk servers.

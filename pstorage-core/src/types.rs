@@ -285,6 +285,32 @@ pub struct SpaceInfo {
     pub free_bytes: u64,
 }
 
+/// I/O counters of a chunk server since it started (cumulative; the MDS
+/// turns successive reports into rates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsStats {
+    /// Reads served (data path).
+    pub read_ops: u64,
+    /// Writes applied (data path, chain writes included).
+    pub write_ops: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+}
+
+/// What the MDS answers a heartbeat: the cluster parameters a chunk server
+/// applies (set with `pstorage set-config`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Every replica is verified by scrubbing at least once per this many
+    /// ms (`cs.scrub.period`); 0 disables scrubbing.
+    pub scrub_period_ms: u64,
+    /// Scrubbing reads at most this many bytes/s (`cs.scrub.rate`); 0 means
+    /// unlimited.
+    pub scrub_rate_bytes_per_s: u64,
+}
+
 /// A chunk server as listed by `stat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsInfo {
@@ -296,6 +322,23 @@ pub struct CsInfo {
     pub chunks: u64,
     /// Milliseconds since the last heartbeat (u64::MAX if never seen).
     pub last_seen_ms_ago: u64,
+    /// Being removed gracefully (`rm-cs`): gets no new replicas, its chunks
+    /// are copied elsewhere, then it is dropped.
+    pub releasing: bool,
+    /// Below the fill margin (or it answered a write with ENOSPC): gets no
+    /// new replicas.
+    pub full: bool,
+    /// I/O rates over the last heartbeat interval.
+    pub io: IoRates,
+}
+
+/// I/O rates of a chunk server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoRates {
+    pub read_ops_per_s: u64,
+    pub write_ops_per_s: u64,
+    pub read_bytes_per_s: u64,
+    pub write_bytes_per_s: u64,
 }
 
 /// An MDS as listed by `stat`.
@@ -306,22 +349,132 @@ pub struct MdsInfo {
     pub role: String,
 }
 
+/// Chunks by replication state. Each chunk is counted once, in the first
+/// state that applies: replicating, blocked, urgent, degraded, healthy.
+/// "Available" replicas are chain members on active chunk servers that are
+/// not being released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCounts {
+    /// At least `replicas_norm` available replicas.
+    pub healthy: u64,
+    /// Fewer than `replicas_norm` but more than `replicas_min` available.
+    pub degraded: u64,
+    /// Exactly `replicas_min` available (one more loss blocks writes);
+    /// re-replicated first.
+    pub urgent: u64,
+    /// Fewer than `replicas_min` available: writes wait.
+    pub blocked: u64,
+    /// A copy is in progress right now.
+    pub replicating: u64,
+}
+
+/// Progress of re-replication since the MDS started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// Chunks that need copies now (degraded, urgent, blocked, releasing).
+    pub pending_chunks: u64,
+    /// Copies in flight.
+    pub in_flight: u64,
+    /// Copies finished.
+    pub done_chunks: u64,
+    /// Bytes (chunk sizes) copied.
+    pub done_bytes: u64,
+    /// Copies that failed (and will be retried).
+    pub failed_chunks: u64,
+    /// Copy rate over the last few seconds, bytes/s.
+    pub rate_bytes_per_s: u64,
+}
+
 /// What `pstorage stat` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub cluster_name: String,
-    /// `healthy`, `degraded` or `failure`.
+    /// `healthy` (every chunk healthy, every chunk server active),
+    /// `degraded` (something below `replicas_norm` or a server down) or
+    /// `failure` (some chunk below `replicas_min`: writes to it wait).
     pub health: String,
     pub mds: Vec<MdsInfo>,
     pub cs: Vec<CsInfo>,
     pub files: u64,
     pub dirs: u64,
     pub chunks: u64,
-    /// Chunks with fewer than `replicas_norm` replicas.
-    pub chunks_degraded: u64,
-    /// Chunks with fewer than `replicas_min` replicas.
-    pub chunks_urgent: u64,
+    pub chunk_counts: ChunkCounts,
+    pub replication: ReplicationStatus,
     pub logical_bytes: u64,
+}
+
+/// One cluster parameter as `get-config` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    pub key: String,
+    /// Effective value.
+    pub value: u64,
+    /// Value when never set.
+    pub default: u64,
+    /// Unit of both (ms, %, bytes/s, ...).
+    pub unit: String,
+    pub description: String,
+}
+
+/// What an event in the MDS's global event log is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A chunk server changed state (active, inactive, offline, released, dropped).
+    CsState,
+    /// Re-replication started, finished or failed.
+    Replication,
+    /// A corrupt replica was found, or repaired.
+    Corruption,
+    /// A chunk server's disk is (nearly) full.
+    DiskFull,
+    /// A write lease expired or was revoked.
+    Lease,
+    /// A cluster parameter changed.
+    Config,
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventKind::CsState => "cs",
+            EventKind::Replication => "replication",
+            EventKind::Corruption => "corruption",
+            EventKind::DiskFull => "disk-full",
+            EventKind::Lease => "lease",
+            EventKind::Config => "config",
+        })
+    }
+}
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+impl std::fmt::Display for EventLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventLevel::Info => "INFO",
+            EventLevel::Warning => "WARN",
+            EventLevel::Error => "ERROR",
+        })
+    }
+}
+
+/// One entry of the MDS's persistent global event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log; grows by one per event, never reused.
+    pub seq: u64,
+    /// When it happened, ms since the Unix epoch.
+    pub time_ms: u64,
+    pub kind: EventKind,
+    pub level: EventLevel,
+    /// Names the objects involved (chunk server, chunk, file).
+    pub message: String,
 }
 
 /// A chunk replica a chunk server holds, as reported to the MDS.

@@ -206,10 +206,15 @@ pub struct PyClusterStatus {
     pub dirs: u64,
     /// Number of chunks.
     pub chunks: u64,
-    /// Chunks with fewer than `replicas` replicas.
+    /// Chunks with fewer than `replicas` but more than `replicas_min`
+    /// available replicas.
     pub chunks_degraded: u64,
-    /// Chunks with fewer than `replicas_min` replicas.
+    /// Chunks with exactly `replicas_min` available replicas.
     pub chunks_urgent: u64,
+    /// Chunks with fewer than `replicas_min` available replicas (writes wait).
+    pub chunks_blocked: u64,
+    /// Chunks being copied right now.
+    pub chunks_replicating: u64,
     /// Sum of file sizes in bytes.
     pub logical_bytes: u64,
 }
@@ -224,8 +229,10 @@ impl From<&ClusterStatus> for PyClusterStatus {
             files: s.files,
             dirs: s.dirs,
             chunks: s.chunks,
-            chunks_degraded: s.chunks_degraded,
-            chunks_urgent: s.chunks_urgent,
+            chunks_degraded: s.chunk_counts.degraded,
+            chunks_urgent: s.chunk_counts.urgent,
+            chunks_blocked: s.chunk_counts.blocked,
+            chunks_replicating: s.chunk_counts.replicating,
             logical_bytes: s.logical_bytes,
         }
     }
@@ -235,7 +242,7 @@ impl From<&ClusterStatus> for PyClusterStatus {
 impl PyClusterStatus {
     fn __repr__(&self) -> String {
         format!(
-            "ClusterStatus(cluster_name={:?}, health={:?}, mds={}, cs={}, files={}, dirs={}, chunks={}, chunks_degraded={}, chunks_urgent={}, logical_bytes={})",
+            "ClusterStatus(cluster_name={:?}, health={:?}, mds={}, cs={}, files={}, dirs={}, chunks={}, chunks_degraded={}, chunks_urgent={}, chunks_blocked={}, chunks_replicating={}, logical_bytes={})",
             self.cluster_name,
             self.health,
             self.mds.len(),
@@ -245,6 +252,8 @@ impl PyClusterStatus {
             self.chunks,
             self.chunks_degraded,
             self.chunks_urgent,
+            self.chunks_blocked,
+            self.chunks_replicating,
             self.logical_bytes
         )
     }

@@ -202,6 +202,14 @@ struct SpaceInfo {
   freeBytes @1 :UInt64;
 }
 
+# I/O rates of a chunk server.
+struct IoRates {
+  readOpsPerS @0 :UInt64;
+  writeOpsPerS @1 :UInt64;
+  readBytesPerS @2 :UInt64;
+  writeBytesPerS @3 :UInt64;
+}
+
 # A chunk server as listed by `stat`.
 struct CsInfo {
   id @0 :UInt32;
@@ -210,6 +218,28 @@ struct CsInfo {
   space @3 :SpaceInfo;
   chunks @4 :UInt64;
   lastSeenMsAgo @5 :UInt64;  # 2^64-1 if never seen.
+  releasing @6 :Bool;        # Being removed gracefully (rm-cs).
+  full @7 :Bool;             # Below the fill margin, or answered ENOSPC.
+  io @8 :IoRates;
+}
+
+# Chunks by replication state (pstorage_core::types::ChunkCounts).
+struct ChunkCounts {
+  healthy @0 :UInt64;
+  degraded @1 :UInt64;
+  urgent @2 :UInt64;
+  blocked @3 :UInt64;
+  replicating @4 :UInt64;
+}
+
+# Re-replication progress (pstorage_core::types::ReplicationStatus).
+struct ReplicationStatus {
+  pendingChunks @0 :UInt64;
+  inFlight @1 :UInt64;
+  doneChunks @2 :UInt64;
+  doneBytes @3 :UInt64;
+  failedChunks @4 :UInt64;
+  rateBytesPerS @5 :UInt64;
 }
 
 # An MDS as listed by `stat`.
@@ -228,9 +258,59 @@ struct ClusterStatus {
   files @4 :UInt64;
   dirs @5 :UInt64;
   chunks @6 :UInt64;
+  # Superseded by chunkCounts: chunks below replicas_norm / replicas_min.
   chunksDegraded @7 :UInt64;
   chunksUrgent @8 :UInt64;
   logicalBytes @9 :UInt64;
+  chunkCounts @10 :ChunkCounts;
+  replication @11 :ReplicationStatus;
+}
+
+# One cluster parameter (get-config).
+struct ConfigEntry {
+  key @0 :Text;
+  value @1 :UInt64;
+  default @2 :UInt64;
+  unit @3 :Text;
+  description @4 :Text;
+}
+
+struct ConfigEntriesResult {
+  union {
+    ok @0 :List(ConfigEntry);
+    err @1 :Error;
+  }
+}
+
+enum EventKind {
+  csState @0;
+  replication @1;
+  corruption @2;
+  diskFull @3;
+  lease @4;
+  config @5;
+}
+
+enum EventLevel {
+  info @0;
+  warning @1;
+  error @2;
+}
+
+# One entry of the MDS's global event log.
+struct Event {
+  seq @0 :UInt64;
+  timeMs @1 :UInt64;  # Milliseconds since the Unix epoch.
+  kind @2 :EventKind;
+  level @3 :EventLevel;
+  message @4 :Text;
+}
+
+struct EventsResult {
+  union {
+    ok @0 :List(Event);
+    err @1 :Error;
+  }
 }
 
 struct ClusterStatusResult {
@@ -277,6 +357,27 @@ struct RegisterResult {
   }
 }
 
+# I/O counters of a chunk server since it started (cumulative).
+struct CsStats {
+  readOps @0 :UInt64;
+  writeOps @1 :UInt64;
+  readBytes @2 :UInt64;
+  writeBytes @3 :UInt64;
+}
+
+# What the MDS answers a heartbeat: cluster parameters for the chunk server.
+struct HeartbeatReply {
+  scrubPeriodMs @0 :UInt64;       # 0 disables scrubbing.
+  scrubRateBytesPerS @1 :UInt64;  # 0 means unlimited.
+}
+
+struct HeartbeatResult {
+  union {
+    ok @0 :HeartbeatReply;
+    err @1 :Error;
+  }
+}
+
 struct CsIdResult {
   union {
     ok @0 :UInt32;
@@ -311,7 +412,16 @@ interface Mds {
   # CsRegistry
   allocateCsId @15 () -> (result :CsIdResult);
   registerCs @16 (registration :CsRegistration) -> (result :RegisterResult);
+  # Superseded by csHeartbeat; still served for chunk servers that use it.
   heartbeat @17 (cs :UInt32, space :SpaceInfo) -> (result :VoidResult);
+  reportBadReplica @18 (cs :UInt32, chunk :UInt64, reason :FailureReason) -> (result :VoidResult);
+  csHeartbeat @19 (cs :UInt32, space :SpaceInfo, stats :CsStats) -> (result :HeartbeatResult);
+
+  # MetadataService: administration
+  getConfig @20 () -> (result :ConfigEntriesResult);
+  setConfig @21 (key :Text, value :UInt64) -> (result :VoidResult);
+  eventLog @22 (afterSeq :UInt64) -> (result :EventsResult);
+  removeCs @23 (cs :UInt32, force :Bool) -> (result :VoidResult);
 }
 
 # Control operations the MDS performs on a chunk server (trait ChunkControl).
@@ -320,4 +430,6 @@ interface ChunkControl {
   setVersion @1 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
   deleteChunk @2 (chunk :UInt64) -> (result :VoidResult);
   listChunks @3 () -> (result :ChunkReplicasResult);
+  replicateChunk @4 (chunk :UInt64, version :UInt64, chunkSize :UInt64, source :Replica,
+                     rateBytesPerS :UInt64) -> (result :VoidResult);
 }

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pstorage_core::traits::{ChunkControl, ControlConnector};
-use pstorage_core::types::{ChunkId, ChunkReplicaInfo, MapVersion};
+use pstorage_core::types::{ChunkId, ChunkReplicaInfo, MapVersion, Replica};
 use pstorage_core::Result;
 
 use crate::actor::{ClientActor, ClientOptions, Dialer};
 use crate::generated::pstorage_capnp::chunk_control;
-use crate::wire::{decode_request, WireReply};
+use crate::wire::{decode_request, WireReply, WireStruct};
 
 // ---------------------------------------------------------------------------
 // Server
@@ -87,6 +87,32 @@ impl chunk_control::Server for ControlServer {
         mut results: chunk_control::ListChunksResults,
     ) -> capnp::Result<()> {
         let outcome = self.control.list_chunks().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn replicate_chunk(
+        self: Rc<Self>,
+        params: chunk_control::ReplicateChunkParams,
+        mut results: chunk_control::ReplicateChunkResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (chunk, version, chunk_size, source, rate) =
+                decode_request("replicateChunk", || {
+                    let p = params.get()?;
+                    Ok((
+                        p.get_chunk(),
+                        p.get_version(),
+                        p.get_chunk_size(),
+                        Replica::read(p.get_source()?)?,
+                        p.get_rate_bytes_per_s(),
+                    ))
+                })?;
+            self.control
+                .replicate_chunk(chunk, version, chunk_size, source, rate)
+                .await
+        }
+        .await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -172,6 +198,29 @@ impl ChunkControl for ControlClient {
         self.actor
             .call("listChunks", move |cs| async move {
                 let response = cs.list_chunks_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        self.actor
+            .call("replicateChunk", move |cs| async move {
+                let mut request = cs.replicate_chunk_request();
+                let mut p = request.get();
+                p.set_chunk(chunk);
+                p.set_version(version);
+                p.set_chunk_size(chunk_size);
+                source.write(p.reborrow().init_source());
+                p.set_rate_bytes_per_s(rate_bytes_per_s);
+                let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
             .await

@@ -110,6 +110,14 @@ fn sample_cluster_status() -> ClusterStatus {
                 },
                 chunks: 1000,
                 last_seen_ms_ago: 12,
+                releasing: true,
+                full: false,
+                io: IoRates {
+                    read_ops_per_s: 1,
+                    write_ops_per_s: 2,
+                    read_bytes_per_s: 3,
+                    write_bytes_per_s: u64::MAX,
+                },
             },
             CsInfo {
                 id: 4,
@@ -118,15 +126,60 @@ fn sample_cluster_status() -> ClusterStatus {
                 space: SpaceInfo::default(),
                 chunks: 0,
                 last_seen_ms_ago: u64::MAX,
+                releasing: false,
+                full: true,
+                io: IoRates::default(),
             },
         ],
         files: 5,
         dirs: 2,
         chunks: 1000,
-        chunks_degraded: 3,
-        chunks_urgent: 1,
+        chunk_counts: ChunkCounts {
+            healthy: 990,
+            degraded: 3,
+            urgent: 2,
+            blocked: 1,
+            replicating: 4,
+        },
+        replication: ReplicationStatus {
+            pending_chunks: 10,
+            in_flight: 4,
+            done_chunks: 7,
+            done_bytes: 7 << 20,
+            failed_chunks: 1,
+            rate_bytes_per_s: 1 << 20,
+        },
         logical_bytes: 123_456_789,
     }
+}
+
+fn sample_config() -> Vec<ConfigEntry> {
+    vec![ConfigEntry {
+        key: "mds.wd.offline_tout".into(),
+        value: 5000,
+        default: 300_000,
+        unit: "ms".into(),
+        description: "offline after this".into(),
+    }]
+}
+
+fn sample_events() -> Vec<Event> {
+    vec![
+        Event {
+            seq: 1,
+            time_ms: 1_700_000_000_000,
+            kind: EventKind::CsState,
+            level: EventLevel::Error,
+            message: "chunk server 3 is offline".into(),
+        },
+        Event {
+            seq: u64::MAX,
+            time_ms: 0,
+            kind: EventKind::Config,
+            level: EventLevel::Info,
+            message: "ünïcødé".into(),
+        },
+    ]
 }
 
 fn sample_register_reply() -> RegisterReply {
@@ -263,6 +316,20 @@ impl MetadataService for FakeMds {
         self.script.enter("cluster_status".into())?;
         Ok(sample_cluster_status())
     }
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.script.enter("get_config".into())?;
+        Ok(sample_config())
+    }
+    async fn set_config(&self, key: &str, value: u64) -> Result<()> {
+        self.script.enter(format!("set_config {key} {value}"))
+    }
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        self.script.enter(format!("event_log {after_seq}"))?;
+        Ok(sample_events())
+    }
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
+        self.script.enter(format!("remove_cs {cs} {force}"))
+    }
 }
 
 #[async_trait]
@@ -275,8 +342,27 @@ impl CsRegistry for FakeMds {
         self.script.enter(format!("register_cs {registration:?}"))?;
         Ok(sample_register_reply())
     }
-    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
-        self.script.enter(format!("heartbeat {cs} {space:?}"))
+    async fn heartbeat(
+        &self,
+        cs: CsId,
+        space: SpaceInfo,
+        stats: CsStats,
+    ) -> Result<HeartbeatReply> {
+        self.script
+            .enter(format!("heartbeat {cs} {space:?} {stats:?}"))?;
+        Ok(HeartbeatReply {
+            scrub_period_ms: u64::MAX,
+            scrub_rate_bytes_per_s: 7,
+        })
+    }
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        self.script
+            .enter(format!("report_bad_replica {cs} {chunk} {reason:?}"))
     }
 }
 
@@ -305,6 +391,19 @@ impl ChunkControl for FakeControl {
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.script.enter("list_chunks".into())?;
         Ok(sample_replicas())
+    }
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        self.script.enter(format!(
+            "replicate_chunk {chunk} {version} {chunk_size} {} {} {rate_bytes_per_s}",
+            source.cs, source.addr
+        ))
     }
 }
 
@@ -529,13 +628,24 @@ async fn every_mds_method_round_trips() {
         client.cluster_status().await.unwrap(),
         sample_cluster_status()
     );
+    assert_eq!(client.get_config().await.unwrap(), sample_config());
+    client
+        .set_config("mds.alloc.fill_margin", u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(client.event_log(7).await.unwrap(), sample_events());
+    client.remove_cs(u32::MAX, true).await.unwrap();
     assert_eq!(
         calls(),
         [
             format!("commit_size 9 {}", 1u64 << 44),
             "truncate 9 0".into(),
             "file_chunks /vm/disk.img".into(),
-            "cluster_status".into()
+            "cluster_status".into(),
+            "get_config".into(),
+            format!("set_config mds.alloc.fill_margin {}", u64::MAX),
+            "event_log 7".into(),
+            format!("remove_cs {} true", u32::MAX),
         ]
     );
 
@@ -557,13 +667,30 @@ async fn every_mds_method_round_trips() {
         total_bytes: u64::MAX,
         free_bytes: 1,
     };
-    client.heartbeat(3, space).await.unwrap();
+    let stats = CsStats {
+        read_ops: 1,
+        write_ops: 2,
+        read_bytes: 3,
+        write_bytes: u64::MAX,
+    };
+    assert_eq!(
+        client.heartbeat(3, space, stats).await.unwrap(),
+        HeartbeatReply {
+            scrub_period_ms: u64::MAX,
+            scrub_rate_bytes_per_s: 7,
+        }
+    );
+    client
+        .report_bad_replica(3, u64::MAX, FailureReason::Corrupt)
+        .await
+        .unwrap();
     assert_eq!(
         calls(),
         [
             "allocate_cs_id".into(),
             format!("register_cs {registration:?}"),
-            format!("heartbeat 3 {space:?}")
+            format!("heartbeat 3 {space:?} {stats:?}"),
+            format!("report_bad_replica 3 {} Corrupt", u64::MAX),
         ]
     );
 }
@@ -788,13 +915,38 @@ async fn control_methods_and_errors_round_trip() {
     control.set_version(0x1f2, u64::MAX).await.unwrap();
     control.delete_chunk(7).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
+    let source = Replica {
+        cs: u32::MAX,
+        addr: "[::1]:65535".into(),
+    };
+    control
+        .replicate_chunk(u64::MAX, u64::MAX - 1, 256 << 20, source.clone(), u64::MAX)
+        .await
+        .unwrap();
+    control
+        .replicate_chunk(3, 4, 64 << 10, source.clone(), 0)
+        .await
+        .unwrap();
     assert_eq!(
         fake.script.take_calls(),
         [
             format!("create_chunk 498 1 {}", 64 << 10),
             format!("set_version 498 {}", u64::MAX),
             "delete_chunk 7".into(),
-            "list_chunks".into()
+            "list_chunks".into(),
+            format!(
+                "replicate_chunk {} {} {} {} [::1]:65535 {}",
+                u64::MAX,
+                u64::MAX - 1,
+                256 << 20,
+                u32::MAX,
+                u64::MAX
+            ),
+            format!(
+                "replicate_chunk 3 4 {} {} [::1]:65535 0",
+                64 << 10,
+                u32::MAX
+            ),
         ]
     );
 
@@ -802,6 +954,18 @@ async fn control_methods_and_errors_round_trip() {
     fake.script.fail_with(Some(error.clone()));
     assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
     assert_eq!(control.list_chunks().await.unwrap_err(), error);
+    let no_space = Error::new(
+        ErrorKind::NoSpace,
+        "chunk server 4: writing chunk 0x3: no space left",
+    );
+    fake.script.fail_with(Some(no_space.clone()));
+    assert_eq!(
+        control
+            .replicate_chunk(3, 4, 64 << 10, source, 0)
+            .await
+            .unwrap_err(),
+        no_space
+    );
 
     // The connector reuses the connection for the same address.
     let again = connector.chunk_control(&harness.addr).await.unwrap();

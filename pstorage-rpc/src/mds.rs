@@ -10,8 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pstorage_core::traits::{CsRegistry, MetadataService};
 use pstorage_core::types::{
-    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, CsId, CsRegistration, DirEntry, FailureReason,
-    LeaseId, LeaseMode, MapVersion, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
+    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, OpenFlags,
+    OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::Result;
 
@@ -290,6 +291,64 @@ impl mds::Server for MdsServer {
         Ok(())
     }
 
+    async fn get_config(
+        self: Rc<Self>,
+        _params: mds::GetConfigParams,
+        mut results: mds::GetConfigResults,
+    ) -> capnp::Result<()> {
+        let outcome = self.metadata.get_config().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_config(
+        self: Rc<Self>,
+        params: mds::SetConfigParams,
+        mut results: mds::SetConfigResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (key, value) = decode_request("setConfig", || {
+                let p = params.get()?;
+                Ok((read_text(p.get_key())?, p.get_value()))
+            })?;
+            self.metadata.set_config(&key, value).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn event_log(
+        self: Rc<Self>,
+        params: mds::EventLogParams,
+        mut results: mds::EventLogResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let after = decode_request("eventLog", || Ok(params.get()?.get_after_seq()))?;
+            self.metadata.event_log(after).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn remove_cs(
+        self: Rc<Self>,
+        params: mds::RemoveCsParams,
+        mut results: mds::RemoveCsResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, force) = decode_request("removeCs", || {
+                let p = params.get()?;
+                Ok((p.get_cs(), p.get_force()))
+            })?;
+            self.metadata.remove_cs(cs, force).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
     async fn allocate_cs_id(
         self: Rc<Self>,
         _params: mds::AllocateCsIdParams,
@@ -326,7 +385,52 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_cs(), SpaceInfo::read(p.get_space()?)?))
             })?;
-            self.registry.heartbeat(cs, space).await
+            self.registry
+                .heartbeat(cs, space, CsStats::default())
+                .await
+                .map(|_| ())
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn cs_heartbeat(
+        self: Rc<Self>,
+        params: mds::CsHeartbeatParams,
+        mut results: mds::CsHeartbeatResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, space, stats) = decode_request("csHeartbeat", || {
+                let p = params.get()?;
+                Ok((
+                    p.get_cs(),
+                    SpaceInfo::read(p.get_space()?)?,
+                    CsStats::read(p.get_stats()?)?,
+                ))
+            })?;
+            self.registry.heartbeat(cs, space, stats).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn report_bad_replica(
+        self: Rc<Self>,
+        params: mds::ReportBadReplicaParams,
+        mut results: mds::ReportBadReplicaResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, chunk, reason) = decode_request("reportBadReplica", || {
+                let p = params.get()?;
+                Ok((
+                    p.get_cs(),
+                    p.get_chunk(),
+                    failure_reason_from_wire(p.get_reason()?),
+                ))
+            })?;
+            self.registry.report_bad_replica(cs, chunk, reason).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -578,6 +682,53 @@ impl MetadataService for MdsClient {
             })
             .await
     }
+
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.actor
+            .call("getConfig", move |mds| async move {
+                let response = mds.get_config_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn set_config(&self, key: &str, value: u64) -> Result<()> {
+        let key = key.to_owned();
+        self.actor
+            .call("setConfig", move |mds| async move {
+                let mut request = mds.set_config_request();
+                let mut p = request.get();
+                p.set_key(key.as_str());
+                p.set_value(value);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        self.actor
+            .call("eventLog", move |mds| async move {
+                let mut request = mds.event_log_request();
+                request.get().set_after_seq(after_seq);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
+        self.actor
+            .call("removeCs", move |mds| async move {
+                let mut request = mds.remove_cs_request();
+                let mut p = request.get();
+                p.set_cs(cs);
+                p.set_force(force);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
 }
 
 #[async_trait]
@@ -602,13 +753,38 @@ impl CsRegistry for MdsClient {
             .await
     }
 
-    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        cs: CsId,
+        space: SpaceInfo,
+        stats: CsStats,
+    ) -> Result<HeartbeatReply> {
         self.actor
-            .call("heartbeat", move |mds| async move {
-                let mut request = mds.heartbeat_request();
+            .call("csHeartbeat", move |mds| async move {
+                let mut request = mds.cs_heartbeat_request();
                 let mut p = request.get();
                 p.set_cs(cs);
-                space.write(p.init_space());
+                space.write(p.reborrow().init_space());
+                stats.write(p.init_stats());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        self.actor
+            .call("reportBadReplica", move |mds| async move {
+                let mut request = mds.report_bad_replica_request();
+                let mut p = request.get();
+                p.set_cs(cs);
+                p.set_chunk(chunk);
+                p.set_reason(failure_reason_to_wire(reason));
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

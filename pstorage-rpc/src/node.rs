@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use pstorage_core::chunk::{ChunkServer, FileChunkStore};
+use pstorage_core::chunk::{BadReplicaSink, ChunkServer, FileChunkStore, ScrubParams};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState, MdsStore};
 use pstorage_core::traits::{ChunkControl, ChunkService, Clock, CsRegistry, SystemClock};
-use pstorage_core::types::{CsId, FileAttrs};
+use pstorage_core::types::{ChunkId, CsId, CsStats, FailureReason, FileAttrs, MapVersion};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
@@ -276,9 +276,11 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             }
         }
     };
+    let replication = mds.run_replication();
     tokio::select! {
         _ = accept => {}
         _ = ticker => {}
+        _ = replication => {}
         _ = shutdown => info!("MDS stopping"),
     }
     Ok(())
@@ -295,11 +297,19 @@ fn apply_env_overrides(config: &mut MdsConfig) {
         config.heartbeat_interval_ms = v;
     }
     if let Some(v) = get("PSTORAGE_OFFLINE_MS") {
-        config.offline_timeout_ms = v;
+        config.params.offline_timeout_ms = v;
     }
 }
 
 /// Runs the CS in `dir` until `shutdown` resolves.
+///
+/// Before it registers (and so before it serves), chunks written but not
+/// flushed when the CS last stopped uncleanly are verified; corrupt
+/// replicas found then or by the scrubber are reported to the MDS. At
+/// `shutdown` every written replica is flushed, so the next start has
+/// nothing to verify. Scrubbing defaults to [`ScrubParams::default`];
+/// `PSTORAGE_SCRUB_PERIOD_MS` and `PSTORAGE_SCRUB_RATE` (bytes/s, 0 =
+/// unlimited) override it (tests, tuning).
 pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
@@ -307,6 +317,16 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let store = Arc::new(FileChunkStore::open(dir)?);
     let peers = Arc::new(TcpChunkConnector::new(key.clone()));
     let server = Arc::new(ChunkServer::new(conf.id, store, peers));
+    let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
+    server.set_bad_replica_sink(Arc::new(MdsReportSink { queue: reports }));
+    let defaults = ScrubParams::default();
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    server.set_scrub_params(
+        env("PSTORAGE_SCRUB_PERIOD_MS")
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.period),
+        env("PSTORAGE_SCRUB_RATE").unwrap_or(defaults.rate_bytes_per_s),
+    );
     let listener = TcpListener::bind(&conf.listen)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.listen)))?;
@@ -331,13 +351,88 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         }
     });
     let mds = connect_mds(&cluster, RpcClientOptions::default())?;
-    let session = cs_session(server.clone(), mds, conf.id, addr);
-    tokio::select! {
-        _ = accept => {}
-        r = session => r?,
-        _ = shutdown => info!("CS stopping"),
+    let reporter = report_bad_replicas(mds.clone(), conf.id, report_queue);
+    let session = {
+        let server = server.clone();
+        async move {
+            let recovered = server.recover().await?;
+            if !recovered.verified.is_empty() || !recovered.corrupt.is_empty() {
+                warn!(
+                    cs = conf.id,
+                    verified = recovered.verified.len(),
+                    corrupt = ?recovered.corrupt,
+                    "checked the chunks written before an unclean stop"
+                );
+            }
+            cs_session(server, mds, conf.id, addr).await
+        }
+    };
+    let scrubber = server.clone().run_scrubber();
+    let result = tokio::select! {
+        _ = accept => Ok(()),
+        r = session => r,
+        _ = scrubber => Ok(()),
+        _ = reporter => Ok(()),
+        _ = shutdown => {
+            info!("CS stopping");
+            Ok(())
+        }
+    };
+    server.set_serving(false);
+    if let Err(e) = server.close_clean().await {
+        warn!("CS {}: flushing at shutdown failed ({e}); the next start verifies the chunks written since their last flush", conf.id);
     }
-    Ok(())
+    result
+}
+
+/// Queues corrupt replicas for [`report_bad_replicas`] (the sink must not
+/// block).
+struct MdsReportSink {
+    queue: tokio::sync::mpsc::UnboundedSender<(ChunkId, String)>,
+}
+
+impl BadReplicaSink for MdsReportSink {
+    fn bad_replica(&self, chunk: ChunkId, _version: MapVersion, detail: String) {
+        // Fails only once the reporter stopped, i.e. at shutdown; the next
+        // registration leaves the replica out anyway.
+        let _ = self.queue.send((chunk, detail));
+    }
+}
+
+/// Sends the queued corrupt replicas to the MDS, retrying while it is
+/// unreachable. A report the MDS refuses (this CS is not registered yet,
+/// or dropped) is abandoned: registration leaves out-of-service replicas
+/// out, which tells the MDS the same thing.
+async fn report_bad_replicas(
+    mds: MdsClient,
+    id: CsId,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<(ChunkId, String)>,
+) {
+    while let Some((chunk, detail)) = queue.recv().await {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match mds
+                .report_bad_replica(id, chunk, FailureReason::Corrupt)
+                .await
+            {
+                Ok(()) => {
+                    info!(cs = id, chunk, %detail, "corrupt replica reported to the MDS");
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    warn!(
+                        cs = id,
+                        chunk, "the MDS refused a corrupt replica report: {e}"
+                    );
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// How long a CS keeps serving while it cannot reach the MDS. Past it, the
@@ -370,12 +465,31 @@ async fn cs_session(
         server.set_serving(true);
         info!("CS {id}: registered with the MDS");
         let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
+        let mds_scrub = std::env::var_os("PSTORAGE_SCRUB_PERIOD_MS").is_none()
+            && std::env::var_os("PSTORAGE_SCRUB_RATE").is_none();
+        let mut applied_scrub = None;
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(interval).await;
             let space = server.store().space().unwrap_or_default();
-            match mds.heartbeat(id, space).await {
-                Ok(()) => last_ok = tokio::time::Instant::now(),
+            let io = server.stats();
+            let stats = CsStats {
+                read_ops: io.read_ops,
+                write_ops: io.write_ops,
+                read_bytes: io.read_bytes,
+                write_bytes: io.write_bytes,
+            };
+            match mds.heartbeat(id, space, stats).await {
+                Ok(params) => {
+                    last_ok = tokio::time::Instant::now();
+                    // The cluster parameters rule unless this daemon's
+                    // environment overrides scrubbing (tests, tuning).
+                    let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);
+                    if mds_scrub && applied_scrub != Some(scrub) {
+                        server.set_scrub_params(Duration::from_millis(scrub.0), scrub.1);
+                        applied_scrub = Some(scrub);
+                    }
+                }
                 // The MDS does not know us (it restarted): register again.
                 Err(e) if e.kind() == ErrorKind::Stale => {
                     info!("CS {id}: {e}; registering again");

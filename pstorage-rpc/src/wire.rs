@@ -12,9 +12,10 @@
 use capnp::struct_list;
 use capnp::traits::OwnedStruct;
 use pstorage_core::types::{
-    AttrUpdate, ChunkMap, ChunkReplicaInfo, ClusterStatus, CsId, CsInfo, CsRegistration, CsStatus,
-    DirEntry, FailureReason, FileAttrs, InodeKind, Lease, LeaseMode, MdsInfo, OpenFlags, OpenReply,
-    RegisterReply, Replica, Replicas, SpaceInfo, Stat,
+    AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CsId, CsInfo,
+    CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind, EventLevel, FailureReason,
+    FileAttrs, HeartbeatReply, InodeKind, IoRates, Lease, LeaseMode, MdsInfo, OpenFlags, OpenReply,
+    RegisterReply, Replica, Replicas, ReplicationStatus, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -169,6 +170,44 @@ pub fn cs_status_from_wire(status: schema::CsStatus) -> CsStatus {
         schema::CsStatus::Inactive => CsStatus::Inactive,
         schema::CsStatus::Offline => CsStatus::Offline,
         schema::CsStatus::Dropped => CsStatus::Dropped,
+    }
+}
+
+pub fn event_kind_to_wire(kind: EventKind) -> schema::EventKind {
+    match kind {
+        EventKind::CsState => schema::EventKind::CsState,
+        EventKind::Replication => schema::EventKind::Replication,
+        EventKind::Corruption => schema::EventKind::Corruption,
+        EventKind::DiskFull => schema::EventKind::DiskFull,
+        EventKind::Lease => schema::EventKind::Lease,
+        EventKind::Config => schema::EventKind::Config,
+    }
+}
+
+pub fn event_kind_from_wire(kind: schema::EventKind) -> EventKind {
+    match kind {
+        schema::EventKind::CsState => EventKind::CsState,
+        schema::EventKind::Replication => EventKind::Replication,
+        schema::EventKind::Corruption => EventKind::Corruption,
+        schema::EventKind::DiskFull => EventKind::DiskFull,
+        schema::EventKind::Lease => EventKind::Lease,
+        schema::EventKind::Config => EventKind::Config,
+    }
+}
+
+pub fn event_level_to_wire(level: EventLevel) -> schema::EventLevel {
+    match level {
+        EventLevel::Info => schema::EventLevel::Info,
+        EventLevel::Warning => schema::EventLevel::Warning,
+        EventLevel::Error => schema::EventLevel::Error,
+    }
+}
+
+pub fn event_level_from_wire(level: schema::EventLevel) -> EventLevel {
+    match level {
+        schema::EventLevel::Info => EventLevel::Info,
+        schema::EventLevel::Warning => EventLevel::Warning,
+        schema::EventLevel::Error => EventLevel::Error,
     }
 }
 
@@ -372,6 +411,9 @@ impl WireStruct for CsInfo {
         self.space.write(b.reborrow().init_space());
         b.set_chunks(self.chunks);
         b.set_last_seen_ms_ago(self.last_seen_ms_ago);
+        b.set_releasing(self.releasing);
+        b.set_full(self.full);
+        self.io.write(b.init_io());
     }
     fn read(r: schema::cs_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsInfo {
@@ -381,6 +423,109 @@ impl WireStruct for CsInfo {
             space: SpaceInfo::read(r.get_space()?)?,
             chunks: r.get_chunks(),
             last_seen_ms_ago: r.get_last_seen_ms_ago(),
+            releasing: r.get_releasing(),
+            full: r.get_full(),
+            io: IoRates::read(r.get_io()?)?,
+        })
+    }
+}
+
+impl WireStruct for IoRates {
+    type Schema = schema::io_rates::Owned;
+    fn write(&self, mut b: schema::io_rates::Builder<'_>) {
+        b.set_read_ops_per_s(self.read_ops_per_s);
+        b.set_write_ops_per_s(self.write_ops_per_s);
+        b.set_read_bytes_per_s(self.read_bytes_per_s);
+        b.set_write_bytes_per_s(self.write_bytes_per_s);
+    }
+    fn read(r: schema::io_rates::Reader<'_>) -> capnp::Result<Self> {
+        Ok(IoRates {
+            read_ops_per_s: r.get_read_ops_per_s(),
+            write_ops_per_s: r.get_write_ops_per_s(),
+            read_bytes_per_s: r.get_read_bytes_per_s(),
+            write_bytes_per_s: r.get_write_bytes_per_s(),
+        })
+    }
+}
+
+impl WireStruct for ChunkCounts {
+    type Schema = schema::chunk_counts::Owned;
+    fn write(&self, mut b: schema::chunk_counts::Builder<'_>) {
+        b.set_healthy(self.healthy);
+        b.set_degraded(self.degraded);
+        b.set_urgent(self.urgent);
+        b.set_blocked(self.blocked);
+        b.set_replicating(self.replicating);
+    }
+    fn read(r: schema::chunk_counts::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ChunkCounts {
+            healthy: r.get_healthy(),
+            degraded: r.get_degraded(),
+            urgent: r.get_urgent(),
+            blocked: r.get_blocked(),
+            replicating: r.get_replicating(),
+        })
+    }
+}
+
+impl WireStruct for ReplicationStatus {
+    type Schema = schema::replication_status::Owned;
+    fn write(&self, mut b: schema::replication_status::Builder<'_>) {
+        b.set_pending_chunks(self.pending_chunks);
+        b.set_in_flight(self.in_flight);
+        b.set_done_chunks(self.done_chunks);
+        b.set_done_bytes(self.done_bytes);
+        b.set_failed_chunks(self.failed_chunks);
+        b.set_rate_bytes_per_s(self.rate_bytes_per_s);
+    }
+    fn read(r: schema::replication_status::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ReplicationStatus {
+            pending_chunks: r.get_pending_chunks(),
+            in_flight: r.get_in_flight(),
+            done_chunks: r.get_done_chunks(),
+            done_bytes: r.get_done_bytes(),
+            failed_chunks: r.get_failed_chunks(),
+            rate_bytes_per_s: r.get_rate_bytes_per_s(),
+        })
+    }
+}
+
+impl WireStruct for ConfigEntry {
+    type Schema = schema::config_entry::Owned;
+    fn write(&self, mut b: schema::config_entry::Builder<'_>) {
+        b.set_key(self.key.as_str());
+        b.set_value(self.value);
+        b.set_default(self.default);
+        b.set_unit(self.unit.as_str());
+        b.set_description(self.description.as_str());
+    }
+    fn read(r: schema::config_entry::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ConfigEntry {
+            key: read_text(r.get_key())?,
+            value: r.get_value(),
+            default: r.get_default(),
+            unit: read_text(r.get_unit())?,
+            description: read_text(r.get_description())?,
+        })
+    }
+}
+
+impl WireStruct for Event {
+    type Schema = schema::event::Owned;
+    fn write(&self, mut b: schema::event::Builder<'_>) {
+        b.set_seq(self.seq);
+        b.set_time_ms(self.time_ms);
+        b.set_kind(event_kind_to_wire(self.kind));
+        b.set_level(event_level_to_wire(self.level));
+        b.set_message(self.message.as_str());
+    }
+    fn read(r: schema::event::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Event {
+            seq: r.get_seq(),
+            time_ms: r.get_time_ms(),
+            kind: event_kind_from_wire(r.get_kind()?),
+            level: event_level_from_wire(r.get_level()?),
+            message: read_text(r.get_message())?,
         })
     }
 }
@@ -411,9 +556,12 @@ impl WireStruct for ClusterStatus {
         b.set_files(self.files);
         b.set_dirs(self.dirs);
         b.set_chunks(self.chunks);
-        b.set_chunks_degraded(self.chunks_degraded);
-        b.set_chunks_urgent(self.chunks_urgent);
+        let c = &self.chunk_counts;
+        b.set_chunks_degraded(c.degraded + c.urgent + c.blocked + c.replicating);
+        b.set_chunks_urgent(c.blocked);
         b.set_logical_bytes(self.logical_bytes);
+        c.write(b.reborrow().init_chunk_counts());
+        self.replication.write(b.init_replication());
     }
     fn read(r: schema::cluster_status::Reader<'_>) -> capnp::Result<Self> {
         Ok(ClusterStatus {
@@ -424,8 +572,8 @@ impl WireStruct for ClusterStatus {
             files: r.get_files(),
             dirs: r.get_dirs(),
             chunks: r.get_chunks(),
-            chunks_degraded: r.get_chunks_degraded(),
-            chunks_urgent: r.get_chunks_urgent(),
+            chunk_counts: ChunkCounts::read(r.get_chunk_counts()?)?,
+            replication: ReplicationStatus::read(r.get_replication()?)?,
             logical_bytes: r.get_logical_bytes(),
         })
     }
@@ -476,6 +624,38 @@ impl WireStruct for RegisterReply {
         Ok(RegisterReply {
             delete: r.get_delete()?.iter().collect(),
             heartbeat_interval_ms: r.get_heartbeat_interval_ms(),
+        })
+    }
+}
+
+impl WireStruct for CsStats {
+    type Schema = schema::cs_stats::Owned;
+    fn write(&self, mut b: schema::cs_stats::Builder<'_>) {
+        b.set_read_ops(self.read_ops);
+        b.set_write_ops(self.write_ops);
+        b.set_read_bytes(self.read_bytes);
+        b.set_write_bytes(self.write_bytes);
+    }
+    fn read(r: schema::cs_stats::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CsStats {
+            read_ops: r.get_read_ops(),
+            write_ops: r.get_write_ops(),
+            read_bytes: r.get_read_bytes(),
+            write_bytes: r.get_write_bytes(),
+        })
+    }
+}
+
+impl WireStruct for HeartbeatReply {
+    type Schema = schema::heartbeat_reply::Owned;
+    fn write(&self, mut b: schema::heartbeat_reply::Builder<'_>) {
+        b.set_scrub_period_ms(self.scrub_period_ms);
+        b.set_scrub_rate_bytes_per_s(self.scrub_rate_bytes_per_s);
+    }
+    fn read(r: schema::heartbeat_reply::Reader<'_>) -> capnp::Result<Self> {
+        Ok(HeartbeatReply {
+            scrub_period_ms: r.get_scrub_period_ms(),
+            scrub_rate_bytes_per_s: r.get_scrub_rate_bytes_per_s(),
         })
     }
 }
@@ -543,9 +723,12 @@ struct_reply!(OpenReply, open_result);
 struct_reply!(ChunkMap, chunk_map_result);
 struct_reply!(ClusterStatus, cluster_status_result);
 struct_reply!(RegisterReply, register_result);
+struct_reply!(HeartbeatReply, heartbeat_result);
 list_reply!(DirEntry, dir_entries_result);
 list_reply!(ChunkMap, chunk_maps_result);
 list_reply!(ChunkReplicaInfo, chunk_replicas_result);
+list_reply!(ConfigEntry, config_entries_result);
+list_reply!(Event, events_result);
 
 impl WireReply for () {
     type Schema = schema::void_result::Owned;

@@ -1,7 +1,7 @@
 //! [`FileChunkStore`]: chunk replicas as files (format in the module docs of
 //! [`crate::chunk`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -15,9 +15,10 @@ use crate::types::{
     validate_chunk_size, ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE,
 };
 
+use super::dirty::DirtyLog;
 use super::{
-    block_entry, block_span, check_range, check_version, crc64, missing_chunk, ChunkStore,
-    FORMAT_VERSION,
+    bad_replica, block_entry, block_span, check_range, check_version, crc64, missing_chunk,
+    missing_incoming, ChunkStore, IncomingId, FORMAT_VERSION,
 };
 
 const MAGIC: [u8; 8] = *b"PSTCHUNK";
@@ -29,6 +30,8 @@ const BS: usize = BLOCK_SIZE as usize;
 /// (Chunks in use stay open beyond the bound.)
 const DEFAULT_MAX_OPEN: usize = 256;
 const CHUNK_SUFFIX: &str = ".chunk";
+/// The suffix of a replica taken out of service ([`ChunkStore::mark_bad`]).
+const BAD_SUFFIX: &str = ".chunk.bad";
 const TMP_MARKER: &str = ".chunk.tmp.";
 
 /// Chunk replicas stored as one file each under `<dir>/chunks/`.
@@ -46,6 +49,12 @@ pub struct FileChunkStore {
     open: Mutex<OpenTable>,
     max_open: usize,
     tmp_counter: AtomicU64,
+    /// Incoming replicas (re-replication) by handle: open temporary files.
+    incoming: Mutex<HashMap<u64, Arc<OpenChunk>>>,
+    dirty: DirtyLog,
+    /// The dirty log's content at open (chunks that may hold torn writes)
+    /// not verified since.
+    unverified: Mutex<BTreeSet<ChunkId>>,
 }
 
 struct OpenTable {
@@ -72,6 +81,8 @@ struct ChunkState {
     /// Set by `delete`: operations that already held this chunk fail with
     /// `NotFound` instead of touching the unlinked file.
     deleted: bool,
+    /// Written since its last flush, and so in the dirty log.
+    dirty: bool,
 }
 
 /// A decoded chunk file header.
@@ -131,6 +142,7 @@ impl FileChunkStore {
                 })?;
             }
         }
+        let (dirty, unverified) = DirtyLog::open(dir.as_ref())?;
         Ok(FileChunkStore {
             chunks_dir,
             open: Mutex::new(OpenTable {
@@ -139,12 +151,32 @@ impl FileChunkStore {
             }),
             max_open,
             tmp_counter: AtomicU64::new(0),
+            incoming: Mutex::new(HashMap::new()),
+            dirty,
+            unverified: Mutex::new(unverified),
         })
     }
 
     /// The path of `chunk`'s file (whether or not it exists).
     pub fn chunk_path(&self, chunk: ChunkId) -> PathBuf {
         self.chunks_dir.join(format!("{chunk:016x}{CHUNK_SUFFIX}"))
+    }
+
+    /// Changes the minimum time between dirty log compactions (tests).
+    #[cfg(test)]
+    pub(crate) fn set_dirty_compact_interval(&self, interval: std::time::Duration) {
+        self.dirty.set_compact_interval(interval);
+    }
+
+    /// The path `chunk`'s file moves to when it is taken out of service.
+    pub fn bad_chunk_path(&self, chunk: ChunkId) -> PathBuf {
+        self.chunks_dir.join(format!("{chunk:016x}{BAD_SUFFIX}"))
+    }
+
+    fn unverified_set(&self) -> MutexGuard<'_, BTreeSet<ChunkId>> {
+        self.unverified
+            .lock()
+            .expect("unverified chunk set lock poisoned by an earlier panic")
     }
 
     fn table(&self) -> MutexGuard<'_, OpenTable> {
@@ -164,11 +196,21 @@ impl FileChunkStore {
                 table.generation
             };
             let path = self.chunk_path(chunk);
-            let opened = match OpenChunk::load(&path, chunk) {
+            let mut opened = match OpenChunk::load(&path, chunk) {
                 Ok(opened) => opened,
-                Err(e) if e.kind() == ErrorKind::NotFound => return Err(missing_chunk(chunk)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    if self.bad_chunk_path(chunk).exists() {
+                        return Err(bad_replica(chunk));
+                    }
+                    return Err(missing_chunk(chunk));
+                }
                 Err(e) => return Err(e),
             };
+            opened
+                .state
+                .get_mut()
+                .expect("chunk state lock poisoned by an earlier panic")
+                .dirty = self.dirty.is_dirty(chunk);
             let mut table = self.table();
             if table.generation != generation {
                 // A chunk file was created or deleted meanwhile: ours may be
@@ -197,6 +239,59 @@ impl FileChunkStore {
             }
             return Ok(open);
         }
+    }
+
+    /// A fresh temporary path for a new file of `chunk` (removed at open
+    /// if a crash leaves it behind).
+    fn tmp_path(&self, chunk: ChunkId) -> PathBuf {
+        self.chunks_dir.join(format!(
+            "{chunk:016x}{TMP_MARKER}{}",
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    fn incoming_table(&self) -> MutexGuard<'_, HashMap<u64, Arc<OpenChunk>>> {
+        self.incoming
+            .lock()
+            .expect("incoming replica table lock poisoned by an earlier panic")
+    }
+
+    /// Makes the incoming replica `open` (a temporary file) durable at
+    /// `version` and renames it over the chunk's file.
+    fn install_incoming(&self, open: &OpenChunk, version: MapVersion) -> Result<()> {
+        let header = Header {
+            chunk: open.chunk,
+            version,
+            chunk_size: open.chunk_size,
+        };
+        open.pwrite(&header.encode(), 0)?;
+        open.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!("syncing the incoming replica {}", open.path.display()),
+            )
+        })?;
+        let path = self.chunk_path(open.chunk);
+        let replaced = {
+            let mut table = self.table();
+            fs::rename(&open.path, &path).map_err(|e| {
+                io_error(
+                    e,
+                    format_args!("renaming {} to {}", open.path.display(), path.display()),
+                )
+            })?;
+            table.generation += 1;
+            // A replica taken out of service is replaced too.
+            let _ = fs::remove_file(self.bad_chunk_path(open.chunk));
+            table.chunks.remove(&open.chunk)
+        };
+        self.dirty.forget(open.chunk);
+        if let Some(old) = replaced {
+            // Outside the table lock: this may wait for a long read. Holders
+            // of the old replica now fail with NotFound and look it up again.
+            old.write_state().deleted = true;
+        }
+        self.sync_dir()
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -280,6 +375,10 @@ impl FileChunkStore {
         if len == 0 {
             return Ok(());
         }
+        if !state.dirty {
+            self.dirty.note_write(chunk)?;
+            state.dirty = true;
+        }
         open.apply_locked(&mut state, offset, len, source)
     }
 }
@@ -328,6 +427,7 @@ impl OpenChunk {
                 version: header.version,
                 crcs,
                 deleted: false,
+                dirty: false,
             }),
         })
     }
@@ -677,7 +777,7 @@ fn read_header(file: &File, path: &Path, chunk: ChunkId) -> Result<Header> {
 
 /// An I/O error on the chunk store's disk, with what was being done. A short
 /// read means the file is not what its header promises: `Corrupt`.
-fn io_error(e: std::io::Error, what: std::fmt::Arguments<'_>) -> Error {
+pub(crate) fn io_error(e: std::io::Error, what: std::fmt::Arguments<'_>) -> Error {
     let kind = match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
         Some(libc::ENOENT) => ErrorKind::NotFound,
@@ -712,10 +812,7 @@ impl ChunkStore for FileChunkStore {
             version,
             chunk_size,
         };
-        let tmp = self.chunks_dir.join(format!(
-            "{chunk:016x}{TMP_MARKER}{}",
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = self.tmp_path(chunk);
         // The slow part (write + fsync) happens on a private file; only the
         // rename runs under the table lock.
         if let Err(e) = self.write_new_file(&tmp, &header) {
@@ -849,18 +946,27 @@ impl ChunkStore for FileChunkStore {
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {
         let open = self.get(chunk)?;
-        if open.read_state().deleted {
-            return Err(missing_chunk(chunk));
+        {
+            let mut state = open.write_state();
+            if state.deleted {
+                return Err(missing_chunk(chunk));
+            }
+            // Writes from now on mark the chunk dirty again; those before
+            // are covered by the sync below.
+            state.dirty = false;
+            self.dirty.begin_flush(chunk);
         }
         // Without the chunk lock: writes go on while the disk syncs, and
         // every write that returned before this call is in the page cache
         // of this inode, which fdatasync covers.
-        open.file.sync_data().map_err(|e| {
+        let result = open.file.sync_data().map_err(|e| {
             io_error(
                 e,
                 format_args!("syncing chunk file {}", open.path.display()),
             )
-        })
+        });
+        self.dirty.end_flush(chunk, result.is_ok());
+        result
     }
 
     fn delete(&self, chunk: ChunkId) -> Result<()> {
@@ -870,6 +976,14 @@ impl ChunkStore for FileChunkStore {
             let removed = table.chunks.remove(&chunk);
             let result = fs::remove_file(&path);
             table.generation += 1;
+            if let Err(e) = fs::remove_file(self.bad_chunk_path(chunk)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(io_error(
+                        e,
+                        format_args!("deleting {}", self.bad_chunk_path(chunk).display()),
+                    ));
+                }
+            }
             match result {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -889,6 +1003,7 @@ impl ChunkStore for FileChunkStore {
             // Outside the table lock: this may wait for a long read.
             open.write_state().deleted = true;
         }
+        self.dirty.forget(chunk);
         self.sync_dir()
     }
 
@@ -940,6 +1055,175 @@ impl ChunkStore for FileChunkStore {
         }
         out.sort_by_key(|c| c.chunk);
         Ok(out)
+    }
+
+    fn mark_bad(&self, chunk: ChunkId) -> Result<()> {
+        let path = self.chunk_path(chunk);
+        let bad = self.bad_chunk_path(chunk);
+        let removed = {
+            let mut table = self.table();
+            match fs::rename(&path, &bad) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return if bad.exists() {
+                        Ok(())
+                    } else {
+                        Err(missing_chunk(chunk))
+                    };
+                }
+                Err(e) => {
+                    return Err(io_error(
+                        e,
+                        format_args!("renaming {} to {}", path.display(), bad.display()),
+                    ))
+                }
+            }
+            table.generation += 1;
+            table.chunks.remove(&chunk)
+        };
+        if let Some(open) = removed {
+            open.write_state().deleted = true;
+        }
+        self.dirty.forget(chunk);
+        self.sync_dir()
+    }
+
+    fn list_bad(&self) -> Result<Vec<ChunkId>> {
+        let entries = fs::read_dir(&self.chunks_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("listing the chunk directory {}", self.chunks_dir.display()),
+            )
+        })?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| io_error(e, format_args!("listing {}", self.chunks_dir.display())))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(BAD_SUFFIX) {
+                if let Some(chunk) = parse_chunk_name(&format!("{stem}{CHUNK_SUFFIX}")) {
+                    out.push(chunk);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn is_bad(&self, chunk: ChunkId) -> Result<bool> {
+        let path = self.bad_chunk_path(chunk);
+        path.try_exists()
+            .map_err(|e| io_error(e, format_args!("inspecting {}", path.display())))
+    }
+
+    fn unverified(&self) -> Vec<ChunkId> {
+        self.unverified_set().iter().copied().collect()
+    }
+
+    fn verified(&self, chunk: ChunkId) -> Result<()> {
+        match self.flush(chunk) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {}
+            Err(e) => return Err(e),
+        }
+        let mut unverified = self.unverified_set();
+        if unverified.remove(&chunk) && unverified.is_empty() {
+            // Recovery is over: drop the checked ids from the log, so the
+            // next unclean stop does not check them again.
+            self.dirty.compact_now()?;
+        }
+        Ok(())
+    }
+
+    fn close_clean(&self) -> Result<()> {
+        let unverified = self.unverified_set().clone();
+        for chunk in self.dirty.dirty_chunks() {
+            if unverified.contains(&chunk) {
+                // Still to be checked at the next start.
+                continue;
+            }
+            match self.flush(chunk) {
+                Ok(()) => {}
+                // Deleted or taken out of service meanwhile.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                    self.dirty.forget(chunk)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.dirty.compact_now()
+    }
+
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        let tmp = self.tmp_path(chunk);
+        // Version 0 until the commit writes the real one; the file is
+        // invisible to everything but its handle meanwhile.
+        let header = Header {
+            chunk,
+            version: 0,
+            chunk_size,
+        };
+        let opened = self
+            .write_new_file(&tmp, &header)
+            .and_then(|()| OpenChunk::load(&tmp, chunk));
+        let open = match opened {
+            Ok(open) => open,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let id = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.incoming_table().insert(id, Arc::new(open));
+        Ok(IncomingId(id))
+    }
+
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
+        let open = self
+            .incoming_table()
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))?;
+        check_range(open.chunk, open.chunk_size, offset, data.len() as u64)?;
+        let mut state = open.write_state();
+        if state.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        open.apply_locked(&mut state, offset, data.len() as u64, Source::Data(data))
+    }
+
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {
+        let open = self
+            .incoming_table()
+            .remove(&incoming.0)
+            .ok_or_else(|| missing_incoming(incoming))?;
+        // Waits for a write in progress; later ones fail with NotFound.
+        open.write_state().deleted = true;
+        let result = self.install_incoming(&open, version);
+        if result.is_err() {
+            let _ = fs::remove_file(&open.path);
+        }
+        result
+    }
+
+    fn abort_incoming(&self, incoming: IncomingId) {
+        let Some(open) = self.incoming_table().remove(&incoming.0) else {
+            return;
+        };
+        open.write_state().deleted = true;
+        if let Err(e) = fs::remove_file(&open.path) {
+            tracing::warn!(
+                chunk = open.chunk,
+                path = %open.path.display(),
+                error = %e,
+                "cannot remove an aborted incoming replica; it is removed at the next start"
+            );
+        }
     }
 
     fn space(&self) -> Result<SpaceInfo> {

@@ -10,8 +10,8 @@ use crate::types::{
 };
 
 use super::{
-    block_entry, block_span, check_range, check_version, crc64, encode_block_crc, missing_chunk,
-    ChunkStore,
+    bad_replica, block_entry, block_span, check_range, check_version, crc64, encode_block_crc,
+    missing_chunk, missing_incoming, ChunkStore, IncomingId,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -30,7 +30,14 @@ pub struct MemChunkStore {
     capacity_bytes: AtomicU64,
     /// Blocks stored across all chunks (space accounting).
     used_blocks: AtomicU64,
+    /// Incoming replicas (re-replication) by handle.
+    incoming: Mutex<HashMap<u64, (ChunkId, SharedChunk)>>,
+    next_incoming: AtomicU64,
+    /// Replicas taken out of service ([`ChunkStore::mark_bad`]).
+    bad: Mutex<HashMap<ChunkId, SharedChunk>>,
 }
+
+type SharedChunk = Arc<RwLock<MemChunk>>;
 
 struct MemChunk {
     version: MapVersion,
@@ -59,6 +66,9 @@ impl MemChunkStore {
             chunks: Mutex::new(HashMap::new()),
             capacity_bytes: AtomicU64::new(DEFAULT_CAPACITY_BYTES),
             used_blocks: AtomicU64::new(0),
+            incoming: Mutex::new(HashMap::new()),
+            next_incoming: AtomicU64::new(0),
+            bad: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,12 +96,32 @@ impl MemChunkStore {
     }
 
     fn get(&self, chunk: ChunkId) -> Result<Arc<RwLock<MemChunk>>> {
-        self.chunks
+        let found = self
+            .chunks
             .lock()
             .expect("chunk table lock poisoned")
             .get(&chunk)
-            .cloned()
-            .ok_or_else(|| missing_chunk(chunk))
+            .cloned();
+        found.ok_or_else(|| {
+            if self.bad_table().contains_key(&chunk) {
+                bad_replica(chunk)
+            } else {
+                missing_chunk(chunk)
+            }
+        })
+    }
+
+    fn bad_table(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, SharedChunk>> {
+        self.bad.lock().expect("bad replica table lock poisoned")
+    }
+
+    /// Releases the blocks of a replica that left the store.
+    fn release(&self, entry: &SharedChunk) {
+        let mut c = entry.write().expect("chunk lock poisoned");
+        c.deleted = true;
+        self.used_blocks
+            .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
+        c.blocks.clear();
     }
 
     fn apply(
@@ -109,6 +139,19 @@ impl MemChunkStore {
         }
         check_range(chunk, c.chunk_size, offset, len)?;
         check_version(chunk, expected, c.version)?;
+        self.apply_locked(chunk, &mut c, offset, len, data)
+    }
+
+    /// Writes (`Some`) or zeroes `[offset, offset + len)` of `c`, whose range
+    /// and version are checked.
+    fn apply_locked(
+        &self,
+        chunk: ChunkId,
+        c: &mut MemChunk,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -320,12 +363,47 @@ impl ChunkStore for MemChunkStore {
             .expect("chunk table lock poisoned")
             .remove(&chunk);
         if let Some(entry) = removed {
-            let mut c = entry.write().expect("chunk lock poisoned");
-            c.deleted = true;
-            self.used_blocks
-                .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
-            c.blocks.clear();
+            self.release(&entry);
         }
+        let bad = self.bad_table().remove(&chunk);
+        if let Some(entry) = bad {
+            self.release(&entry);
+        }
+        Ok(())
+    }
+
+    fn mark_bad(&self, chunk: ChunkId) -> Result<()> {
+        let mut chunks = self.chunks.lock().expect("chunk table lock poisoned");
+        match chunks.remove(&chunk) {
+            Some(entry) => {
+                // Its blocks still take space until it is deleted.
+                self.bad_table().insert(chunk, entry);
+                Ok(())
+            }
+            None if self.bad_table().contains_key(&chunk) => Ok(()),
+            None => Err(missing_chunk(chunk)),
+        }
+    }
+
+    fn list_bad(&self) -> Result<Vec<ChunkId>> {
+        let mut out: Vec<ChunkId> = self.bad_table().keys().copied().collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn is_bad(&self, chunk: ChunkId) -> Result<bool> {
+        Ok(self.bad_table().contains_key(&chunk))
+    }
+
+    fn unverified(&self) -> Vec<ChunkId> {
+        Vec::new()
+    }
+
+    fn verified(&self, _chunk: ChunkId) -> Result<()> {
+        Ok(())
+    }
+
+    fn close_clean(&self) -> Result<()> {
         Ok(())
     }
 
@@ -346,6 +424,73 @@ impl ChunkStore for MemChunkStore {
             .collect();
         out.sort_by_key(|c| c.chunk);
         Ok(out)
+    }
+
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId> {
+        validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
+        let id = self.next_incoming.fetch_add(1, Ordering::Relaxed);
+        let replica = MemChunk {
+            version: 0,
+            chunk_size,
+            blocks: HashMap::new(),
+            deleted: false,
+        };
+        self.incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .insert(id, (chunk, Arc::new(RwLock::new(replica))));
+        Ok(IncomingId(id))
+    }
+
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
+        let (chunk, entry) = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        check_range(chunk, c.chunk_size, offset, data.len() as u64)?;
+        self.apply_locked(chunk, &mut c, offset, data.len() as u64, Some(data))
+    }
+
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {
+        let (chunk, entry) = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .remove(&incoming.0)
+            .ok_or_else(|| missing_incoming(incoming))?;
+        // Waits for a write in progress to the incoming replica.
+        entry.write().expect("chunk lock poisoned").version = version;
+        let replaced = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .insert(chunk, entry);
+        if let Some(old) = replaced {
+            self.release(&old);
+        }
+        let bad = self.bad_table().remove(&chunk);
+        if let Some(old) = bad {
+            self.release(&old);
+        }
+        Ok(())
+    }
+
+    fn abort_incoming(&self, incoming: IncomingId) {
+        let removed = self
+            .incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .remove(&incoming.0);
+        if let Some((_, entry)) = removed {
+            self.release(&entry);
+        }
     }
 
     fn space(&self) -> Result<SpaceInfo> {

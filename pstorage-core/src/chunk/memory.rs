@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ControlConnector, ReplicaError, WriteRequest,
 };
-use crate::types::{ChunkId, ChunkReplicaInfo, CsId, MapVersion};
+use crate::types::{ChunkId, ChunkReplicaInfo, CsId, MapVersion, Replica};
 
 use super::{ChunkServer, ChunkStore};
 
@@ -188,5 +188,18 @@ impl ChunkControl for Link {
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.server()?.list_chunks().await
+    }
+
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        self.server()?
+            .replicate_chunk(chunk, version, chunk_size, source, rate_bytes_per_s)
+            .await
     }
 }

@@ -50,18 +50,41 @@
 //! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt): a torn block is never
 //! served, the client reads another replica and the MDS repairs this one.
 //!
+//! # Other files of a chunk store
+//!
+//! * `<dir>/chunks/<id>.chunk.tmp.<n>`: a chunk being created or copied in
+//!   (re-replication); renamed to `<id>.chunk` once complete and synced,
+//!   removed at open if a crash left it.
+//! * `<dir>/chunks/<id>.chunk.bad`: a replica found corrupt (scrubbing, a
+//!   read, or the check after an unclean stop) and taken out of service:
+//!   never listed nor served, every access is `Corrupt`, until deleted.
+//! * `<dir>/dirty.log`: one chunk id per line (16 lowercase hex digits and
+//!   `\n`): chunks that may hold writes never flushed. An id is appended
+//!   and synced before the first write to a chunk not listed; the file is
+//!   rewritten (temp file + rename) with only the chunks written since their
+//!   last flush from time to time and at a clean shutdown, when it ends up
+//!   empty. At open, the ids it holds are the chunks to verify block by
+//!   block before serving ([`ChunkStore::unverified`]). Lines that do not
+//!   parse (torn by a crash) are ignored: their write never started.
+//!
 //! Readers of this format: a daemon reads every format version up to
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
 //! upgrade. Only version 1 exists.
 
+mod dirty;
 mod file;
 mod mem;
 pub mod memory;
+mod scrub;
 mod server;
 
 pub use file::FileChunkStore;
 pub use mem::MemChunkStore;
-pub use server::ChunkServer;
+pub use scrub::{
+    BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
+    VERIFY_PIECE,
+};
+pub use server::{ChunkServer, CsIoStats, RecoveryReport};
 
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};
@@ -151,6 +174,57 @@ pub trait ChunkStore: Send + Sync {
     /// Space of the disk holding the replicas.
     fn space(&self) -> Result<SpaceInfo>;
 
+    /// Takes the replica out of service, durably: from now on every
+    /// operation on it fails with `Corrupt`, [`list`](ChunkStore::list)
+    /// leaves it out and [`list_bad`](ChunkStore::list_bad) names it, until
+    /// [`delete`](ChunkStore::delete) removes it or a committed incoming
+    /// replica replaces it. Idempotent; `NotFound` for a missing chunk.
+    fn mark_bad(&self, chunk: ChunkId) -> Result<()>;
+
+    /// The replicas taken out of service, sorted.
+    fn list_bad(&self) -> Result<Vec<ChunkId>>;
+
+    /// Whether replica `chunk` is out of service ([`mark_bad`](ChunkStore::mark_bad)).
+    fn is_bad(&self, chunk: ChunkId) -> Result<bool>;
+
+    /// Chunks that were written but not flushed when the store last stopped
+    /// without [`close_clean`](ChunkStore::close_clean) (kill -9, power
+    /// loss), and not [`verified`](ChunkStore::verified) since: they may
+    /// hold torn blocks and must be verified block by block before they are
+    /// served. Sorted. Empty for a store that keeps nothing across restarts.
+    fn unverified(&self) -> Vec<ChunkId>;
+
+    /// Records that every block of an [`unverified`](ChunkStore::unverified)
+    /// chunk passed its check (flushing it). A missing or bad chunk just
+    /// leaves the list.
+    fn verified(&self, chunk: ChunkId) -> Result<()>;
+
+    /// Flushes every chunk written since its last flush (except unverified
+    /// ones), so that the next open finds nothing to verify. Call at a
+    /// clean shutdown; the store stays usable.
+    fn close_clean(&self) -> Result<()>;
+
+    /// Starts an incoming replica of `chunk` (re-replication): a private,
+    /// empty replica of `chunk_size` bytes that no other method sees until
+    /// [`commit_incoming`](ChunkStore::commit_incoming). Several may exist
+    /// for one chunk. Crash-safe: an incoming replica not yet committed is
+    /// gone after a restart.
+    fn begin_incoming(&self, chunk: ChunkId, chunk_size: u64) -> Result<IncomingId>;
+
+    /// Writes `data` at `offset` of an incoming replica (not durable yet).
+    /// `NotFound` for an unknown (committed or aborted) handle.
+    fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Makes the incoming replica durable at `version`, then atomically
+    /// makes it the replica of its chunk, replacing any replica held
+    /// (whatever its version): readers see the old replica or the complete
+    /// new one, never a mix. Consumes the handle, also on failure (when
+    /// nothing changes).
+    fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()>;
+
+    /// Discards an incoming replica. Idempotent.
+    fn abort_incoming(&self, incoming: IncomingId);
+
     /// [`write_checked`](ChunkStore::write_checked) without a version check.
     fn write(&self, chunk: ChunkId, offset: u64, data: &[u8]) -> Result<()> {
         self.write_checked(chunk, None, offset, data)
@@ -165,6 +239,26 @@ pub trait ChunkStore: Send + Sync {
     fn read(&self, chunk: ChunkId, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_checked(chunk, None, offset, buf)
     }
+}
+
+/// `Corrupt` for a replica taken out of service.
+pub(crate) fn bad_replica(chunk: ChunkId) -> Error {
+    Error::corrupt(format!(
+        "chunk {chunk:#x}: this replica was found corrupt and is out of service until the MDS \
+         deletes or replaces it (see the chunk server log): read another replica"
+    ))
+}
+
+/// The handle of an incoming replica ([`ChunkStore::begin_incoming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IncomingId(pub u64);
+
+/// `NotFound` for an incoming replica handle the store does not know.
+pub(crate) fn missing_incoming(incoming: IncomingId) -> Error {
+    Error::not_found(format!(
+        "incoming replica {} does not exist (already committed or aborted): start the copy again",
+        incoming.0
+    ))
 }
 
 /// The CRC-64/XZ of `bytes`.
@@ -229,6 +323,8 @@ pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
     (offset / BLOCK_SIZE, (offset + len - 1) / BLOCK_SIZE)
 }
 
+#[cfg(test)]
+mod heal_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,20 +1,28 @@
 //! [`ChunkServer`]: a chunk server's request logic over a [`ChunkStore`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use crate::types::{
-    ChunkId, ChunkReplicaInfo, CsId, CsRegistration, MapVersion, RegisterReply, MAX_IO_SIZE,
+    validate_chunk_size, ChunkId, ChunkReplicaInfo, CsId, CsRegistration, MapVersion,
+    RegisterReply, Replica, MAX_IO_SIZE,
 };
 
-use super::ChunkStore;
+use super::scrub::{BadReplicaSink, LogSink, Pacer, Scrubber, Verdict};
+use super::{ChunkStore, IncomingId};
+
+/// Re-replication copies a chunk in reads of this size.
+const REPLICATION_PIECE: u64 = 1 << 20;
 
 /// Store operations on at most this many bytes run on the async task
 /// itself (a 4 KiB pwrite into the page cache takes microseconds); larger
@@ -36,6 +44,59 @@ pub struct ChunkServer {
     store: Arc<dyn ChunkStore>,
     connector: Arc<dyn ChunkConnector>,
     serving: AtomicBool,
+    pub(super) sink: RwLock<Arc<dyn BadReplicaSink>>,
+    pub(super) scrub: Scrubber,
+    /// Serializes bad-replica reports, so each replica is reported once.
+    reporting: tokio::sync::Mutex<()>,
+    /// Replicas out of service when the last registration was built: the
+    /// MDS was told the replica is gone, so they can be deleted.
+    bad_at_registration: Mutex<Vec<ChunkId>>,
+    io: IoCounters,
+}
+
+/// Data-path and re-replication counters of a chunk server since it
+/// started (for heartbeats and `pstorage stat`). Rates are differences of
+/// two snapshots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsIoStats {
+    /// Successful reads served and their bytes.
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    /// Successful writes (data or zeros) applied to the local replica, and
+    /// their length in bytes.
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    /// Successful flushes.
+    pub flush_ops: u64,
+    /// Replicas copied here by re-replication, and their bytes (chunk size).
+    pub replicated_chunks: u64,
+    pub replicated_bytes: u64,
+}
+
+#[derive(Default)]
+struct IoCounters {
+    read_ops: AtomicU64,
+    read_bytes: AtomicU64,
+    write_ops: AtomicU64,
+    write_bytes: AtomicU64,
+    flush_ops: AtomicU64,
+    replicated_chunks: AtomicU64,
+    replicated_bytes: AtomicU64,
+}
+
+impl IoCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What [`ChunkServer::recover`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Chunks that might hold torn writes and passed the check.
+    pub verified: Vec<ChunkId>,
+    /// Chunks that failed it: out of service and reported.
+    pub corrupt: Vec<ChunkId>,
 }
 
 impl ChunkServer {
@@ -51,6 +112,11 @@ impl ChunkServer {
             store,
             connector,
             serving: AtomicBool::new(false),
+            sink: RwLock::new(Arc::new(LogSink)),
+            scrub: Scrubber::default(),
+            reporting: tokio::sync::Mutex::new(()),
+            bad_at_registration: Mutex::new(Vec::new()),
+            io: IoCounters::default(),
         }
     }
 
@@ -76,11 +142,17 @@ impl ChunkServer {
     }
 
     /// What to send the MDS in `register_cs`: every replica held and the
-    /// disk space, with `addr` as the data address.
+    /// disk space, with `addr` as the data address. Replicas out of service
+    /// are left out (the MDS re-replicates them) and deleted by
+    /// [`apply_register_reply`](ChunkServer::apply_register_reply).
     pub async fn registration(&self, addr: &str) -> Result<CsRegistration> {
-        let (chunks, space) = self
-            .blocking(|store| Ok((store.list()?, store.space()?)))
+        let (bad, chunks, space) = self
+            .blocking(|store| Ok((store.list_bad()?, store.list()?, store.space()?)))
             .await?;
+        *self
+            .bad_at_registration
+            .lock()
+            .expect("registration lock poisoned") = bad;
         Ok(CsRegistration {
             id: self.id,
             addr: addr.to_string(),
@@ -92,7 +164,13 @@ impl ChunkServer {
     /// Deletes the replicas the MDS declared stale or unknown. Call before
     /// [`set_serving(true)`](ChunkServer::set_serving).
     pub async fn apply_register_reply(&self, reply: &RegisterReply) -> Result<()> {
-        let delete = reply.delete.clone();
+        let mut delete = reply.delete.clone();
+        delete.extend(
+            self.bad_at_registration
+                .lock()
+                .expect("registration lock poisoned")
+                .drain(..),
+        );
         self.blocking(move |store| {
             for chunk in delete {
                 store.delete(chunk)?;
@@ -100,6 +178,112 @@ impl ChunkServer {
             Ok(())
         })
         .await
+    }
+
+    /// Data-path and re-replication counters since start.
+    pub fn stats(&self) -> CsIoStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CsIoStats {
+            read_ops: get(&self.io.read_ops),
+            read_bytes: get(&self.io.read_bytes),
+            write_ops: get(&self.io.write_ops),
+            write_bytes: get(&self.io.write_bytes),
+            flush_ops: get(&self.io.flush_ops),
+            replicated_chunks: get(&self.io.replicated_chunks),
+            replicated_bytes: get(&self.io.replicated_bytes),
+        }
+    }
+
+    /// Takes replica `chunk` out of service (durably: reads of it fail with
+    /// `Corrupt` until the MDS deletes or replaces it) and reports it to the
+    /// [`BadReplicaSink`]. Returns whether this call did it: a replica
+    /// already out of service (or gone) is not reported again.
+    pub async fn report_bad_replica(&self, chunk: ChunkId, detail: String) -> bool {
+        let _one_at_a_time = self.reporting.lock().await;
+        let version = match self.blocking(move |store| store.version(chunk)).await {
+            Ok(version) => version,
+            // A header that does not decode still makes a bad replica.
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                match self.blocking(move |store| store.is_bad(chunk)).await {
+                    Ok(true) => return false,
+                    _ => 0,
+                }
+            }
+            Err(_) => return false,
+        };
+        if let Err(e) = self.blocking(move |store| store.mark_bad(chunk)).await {
+            if e.kind() != ErrorKind::NotFound {
+                tracing::error!(cs = self.id, chunk, error = %e,
+                    "cannot take a corrupt replica out of service");
+            }
+            return false;
+        }
+        tracing::warn!(cs = self.id, chunk, version, %detail, "corrupt replica taken out of service");
+        let sink = self.sink.read().expect("sink lock poisoned").clone();
+        sink.bad_replica(chunk, version, detail);
+        true
+    }
+
+    /// After an unclean stop: verifies every block of each chunk the store
+    /// lists as [`unverified`](ChunkStore::unverified) (written but not
+    /// flushed at the stop), unthrottled. Corrupt ones are taken out of
+    /// service and reported; good ones are flushed. Call before serving
+    /// (before [`registration`](ChunkServer::registration)).
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let chunks = self.store.unverified();
+        if chunks.is_empty() {
+            return Ok(report);
+        }
+        tracing::warn!(
+            cs = self.id,
+            chunks = chunks.len(),
+            "unclean stop: verifying the chunks written since their last flush"
+        );
+        let mut pacer = Pacer::new();
+        for chunk in chunks {
+            let verdict = match self
+                .verify_replica(chunk, &mut pacer, false, &mut |_| {})
+                .await
+            {
+                Ok(verdict) => verdict,
+                // Unreadable is unverifiable: never served either.
+                Err(e) => Verdict::Corrupt(e.context("it could not be read back")),
+            };
+            match verdict {
+                Verdict::Good => {
+                    self.blocking(move |store| store.verified(chunk)).await?;
+                    report.verified.push(chunk);
+                }
+                Verdict::Corrupt(e) => {
+                    let detail = format!(
+                        "after an unclean stop (a write was in progress): {}",
+                        e.message()
+                    );
+                    self.report_bad_replica(chunk, detail).await;
+                    self.blocking(move |store| store.verified(chunk)).await?;
+                    report.corrupt.push(chunk);
+                }
+                Verdict::Gone => {
+                    self.blocking(move |store| store.verified(chunk)).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Flushes every replica written since its last flush, so that the next
+    /// start has nothing to verify. Call at a clean shutdown (SIGTERM).
+    pub async fn close_clean(&self) -> Result<()> {
+        self.blocking(|store| store.close_clean()).await
+    }
+
+    /// Reports the replica if `e` says a block failed its check.
+    async fn check_corrupt(&self, chunk: ChunkId, e: &Error) {
+        if e.kind() == ErrorKind::Corrupt {
+            self.report_bad_replica(chunk, e.message().to_string())
+                .await;
+        }
     }
 
     fn check_serving(&self) -> Result<()> {
@@ -118,7 +302,7 @@ impl ChunkServer {
     }
 
     /// Runs `op` on the blocking pool.
-    async fn blocking<T, F>(&self, op: F) -> Result<T>
+    pub(super) async fn blocking<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn ChunkStore) -> Result<T> + Send + 'static,
@@ -135,8 +319,29 @@ impl ChunkServer {
             .map_err(|e| self.context(e))
     }
 
-    /// Applies a write to the local replica, at `version` only.
+    /// Applies a write to the local replica, at `version` only; counts it
+    /// and reports the replica if it turns out corrupt.
     async fn apply_local(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        payload: &WritePayload,
+    ) -> Result<()> {
+        match self.apply_store(chunk, version, offset, payload).await {
+            Ok(()) => {
+                IoCounters::add(&self.io.write_ops, 1);
+                IoCounters::add(&self.io.write_bytes, payload.len());
+                Ok(())
+            }
+            Err(e) => {
+                self.check_corrupt(chunk, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply_store(
         &self,
         chunk: ChunkId,
         version: MapVersion,
@@ -254,25 +459,36 @@ impl ChunkService for ChunkServer {
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
             )));
         }
-        if len <= INLINE_IO_MAX_BYTES {
+        let result = if len <= INLINE_IO_MAX_BYTES {
             let mut buf = vec![0u8; len as usize];
             self.store
                 .read_checked(chunk, Some(version), offset, &mut buf)
-                .map_err(|e| self.context(e))?;
-            return Ok(Bytes::from(buf));
+                .map(|()| Bytes::from(buf))
+                .map_err(|e| self.context(e))
+        } else {
+            self.blocking(move |store| {
+                let mut buf = vec![0u8; len as usize];
+                store.read_checked(chunk, Some(version), offset, &mut buf)?;
+                Ok(Bytes::from(buf))
+            })
+            .await
+        };
+        match &result {
+            Ok(_) => {
+                IoCounters::add(&self.io.read_ops, 1);
+                IoCounters::add(&self.io.read_bytes, len);
+            }
+            Err(e) => self.check_corrupt(chunk, e).await,
         }
-        self.blocking(move |store| {
-            let mut buf = vec![0u8; len as usize];
-            store.read_checked(chunk, Some(version), offset, &mut buf)?;
-            Ok(Bytes::from(buf))
-        })
-        .await
+        result
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check_serving()?;
         self.check_version(chunk, version)?;
-        self.blocking(move |store| store.flush(chunk)).await
+        self.blocking(move |store| store.flush(chunk)).await?;
+        IoCounters::add(&self.io.flush_ops, 1);
+        Ok(())
     }
 }
 
@@ -299,5 +515,94 @@ impl ChunkControl for ChunkServer {
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.blocking(|store| store.list()).await
+    }
+
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        validate_chunk_size(chunk_size)
+            .map_err(|e| self.context(e.context(format_args!("replicating chunk {chunk:#x}"))))?;
+        if source.cs == self.id {
+            return Err(self.context(Error::invalid(format!(
+                "chunk {chunk:#x}: cannot replicate a chunk from this chunk server to itself:                  pick another source replica"
+            ))));
+        }
+        let from = |e: Error| {
+            self.context(e.context(format_args!(
+                "replicating chunk {chunk:#x} at version {version} from chunk server {} ({})",
+                source.cs, source.addr
+            )))
+        };
+        let peer = self
+            .connector
+            .chunk_service(&source.addr)
+            .await
+            .map_err(from)?;
+        let incoming = self
+            .blocking(move |store| store.begin_incoming(chunk, chunk_size))
+            .await?;
+        // Discards the half-copied replica if this future fails or is
+        // dropped (the MDS gave up on the call).
+        let mut guard = AbortIncoming {
+            store: self.store.clone(),
+            incoming: Some(incoming),
+        };
+        let started = tokio::time::Instant::now();
+        let mut offset = 0;
+        while offset < chunk_size {
+            let len = REPLICATION_PIECE.min(chunk_size - offset);
+            let piece = peer.read(chunk, version, offset, len).await.map_err(from)?;
+            if piece.len() as u64 != len {
+                return Err(from(Error::protocol(format!(
+                    "the source returned {} bytes for a read of {len} at offset {offset}",
+                    piece.len()
+                ))));
+            }
+            // Unwritten pieces stay sparse: checking costs far less than
+            // writing and CRC-ing them.
+            if piece.iter().any(|&b| b != 0) {
+                self.blocking(move |store| store.write_incoming(incoming, offset, &piece))
+                    .await?;
+            }
+            offset += len;
+            if rate_bytes_per_s > 0 {
+                let due = Duration::from_secs_f64(offset as f64 / rate_bytes_per_s as f64);
+                tokio::time::sleep_until(started + due).await;
+            }
+        }
+        guard.incoming = None;
+        self.blocking(move |store| store.commit_incoming(incoming, version))
+            .await?;
+        IoCounters::add(&self.io.replicated_chunks, 1);
+        IoCounters::add(&self.io.replicated_bytes, chunk_size);
+        tracing::info!(
+            cs = self.id,
+            chunk,
+            version,
+            source = source.cs,
+            "replicated chunk"
+        );
+        Ok(())
+    }
+}
+
+/// Aborts an incoming replica unless disarmed (`incoming = None`).
+struct AbortIncoming {
+    store: Arc<dyn ChunkStore>,
+    incoming: Option<IncomingId>,
+}
+
+impl Drop for AbortIncoming {
+    fn drop(&mut self) {
+        if let Some(incoming) = self.incoming.take() {
+            // Removing a file: cheap enough to do inline, and a drop may
+            // run outside any runtime.
+            self.store.abort_incoming(incoming);
+        }
     }
 }

@@ -775,9 +775,31 @@ impl MetadataService for FakeMds {
             files: st.files.len() as u64,
             dirs: st.dirs.len() as u64,
             chunks: st.files.values().map(|f| f.chunks.len() as u64).sum(),
-            chunks_degraded: 0,
-            chunks_urgent: 0,
+            chunk_counts: ChunkCounts::default(),
+            replication: ReplicationStatus::default(),
             logical_bytes: st.files.values().map(|f| f.stat.size).sum(),
         })
+    }
+
+    // Administration is not what the client tests exercise: the fake has
+    // no parameters, events or chunk servers to remove.
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        Ok(Vec::new())
+    }
+
+    async fn set_config(&self, key: &str, _value: u64) -> Result<()> {
+        Err(Error::invalid(format!(
+            "unknown cluster parameter {key:?}: the fake MDS has none"
+        )))
+    }
+
+    async fn event_log(&self, _after_seq: u64) -> Result<Vec<Event>> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_cs(&self, cs: CsId, _force: bool) -> Result<()> {
+        Err(Error::not_found(format!(
+            "chunk server {cs} is not known to the fake MDS"
+        )))
     }
 }

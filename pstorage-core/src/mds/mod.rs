@@ -2,6 +2,8 @@
 //! its durable log and snapshots ([`store`]) and the service that drives
 //! it from client and chunk server requests ([`service`]).
 
+mod healing;
+pub mod params;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -9,6 +11,10 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
+pub use params::ClusterParams;
 pub use service::{MdsConfig, MdsService};
-pub use state::{ApplyOutcome, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState};
+pub use state::{
+    ApplyOutcome, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState, NewEvent,
+    MAX_EVENTS,
+};
 pub use store::{CommandLog, MdsStore, DEFAULT_COMPACT_EVERY, STORE_FORMAT_VERSION};

@@ -10,13 +10,14 @@
 //! handling, fencing, registration) that call chunk servers between
 //! commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use futures::future::join_all;
 
-use super::state::{ApplyOutcome, Command, MdsState};
+use super::params::ClusterParams;
+use super::state::{ApplyOutcome, Command, MdsState, NewEvent};
 use super::store::{CommandLog, MdsStore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{Clock, ControlConnector, CsRegistry, MetadataService};
@@ -32,8 +33,8 @@ pub struct MdsConfig {
     /// Heartbeat interval chunk servers are told to use, in ms. A chunk
     /// server silent for 3 intervals is inactive.
     pub heartbeat_interval_ms: u64,
-    /// A chunk server silent this long is offline, in ms.
-    pub offline_timeout_ms: u64,
+    /// Defaults of the cluster parameters (`set-config` overrides them).
+    pub params: ClusterParams,
     /// This MDS's address, shown by `pstorage stat`.
     pub addr: String,
 }
@@ -44,7 +45,7 @@ impl Default for MdsConfig {
             cluster_name: "pstorage".to_string(),
             lease_duration_ms: 30_000,
             heartbeat_interval_ms: 1_000,
-            offline_timeout_ms: 300_000,
+            params: ClusterParams::default(),
             addr: String::new(),
         }
     }
@@ -52,30 +53,82 @@ impl Default for MdsConfig {
 
 /// What the MDS knows about a chunk server only while it runs.
 #[derive(Debug, Clone)]
-struct CsLive {
-    last_heartbeat_ms: u64,
-    space: SpaceInfo,
+pub(super) struct CsLive {
+    pub(super) last_heartbeat_ms: u64,
+    pub(super) space: SpaceInfo,
     /// Bytes placed on it since its last space report: keeps a burst of
     /// allocations from all landing on the server that looked emptiest.
-    placed_bytes: u64,
+    pub(super) placed_bytes: u64,
+    /// The last I/O counters and when they came.
+    pub(super) stats: CsStats,
+    pub(super) stats_ms: u64,
+    pub(super) rates: IoRates,
+    /// Below the fill margin at the last space report.
+    pub(super) full: bool,
+    /// It answered a write with ENOSPC while it reported this many free
+    /// bytes: no new replicas until it reports more.
+    pub(super) no_space_at_free: Option<u64>,
 }
 
-struct Core {
-    state: MdsState,
+impl CsLive {
+    pub(super) fn new(now_ms: u64, space: SpaceInfo) -> CsLive {
+        CsLive {
+            last_heartbeat_ms: now_ms,
+            space,
+            placed_bytes: 0,
+            stats: CsStats::default(),
+            stats_ms: now_ms,
+            rates: IoRates::default(),
+            full: false,
+            no_space_at_free: None,
+        }
+    }
+}
+
+/// Re-replication progress (volatile).
+#[derive(Debug, Default)]
+pub(super) struct ReplProgress {
+    /// When the current episode (some chunk needing copies) began.
+    pub(super) episode_started_ms: Option<u64>,
+    pub(super) episode_chunks: u64,
+    pub(super) episode_bytes: u64,
+    /// Chunks needing copies at the last planning round.
+    pub(super) pending: u64,
+    pub(super) in_flight: u64,
+    pub(super) done_chunks: u64,
+    pub(super) done_bytes: u64,
+    pub(super) failed_chunks: u64,
+    /// (finish time ms, bytes) of recent copies, for the rate.
+    pub(super) recent: VecDeque<(u64, u64)>,
+}
+
+pub(super) struct Core {
+    pub(super) state: MdsState,
     log: Option<Box<dyn CommandLog>>,
     /// Chunk servers that registered since this MDS started.
-    live: BTreeMap<CsId, CsLive>,
+    pub(super) live: BTreeMap<CsId, CsLive>,
     /// Chain members that reported an older version than the map at
     /// registration: `tick` pushes them the current version.
-    version_sync: BTreeMap<CsId, BTreeSet<ChunkId>>,
+    pub(super) version_sync: BTreeMap<CsId, BTreeSet<ChunkId>>,
     /// Chunk ids handed to chunk servers but maybe not committed: never
     /// reused while this MDS runs.
     next_chunk_reserved: ChunkId,
+    /// Chunks picked for re-replication whose copy has not started.
+    pub(super) planned: BTreeSet<ChunkId>,
+    /// Chunks being copied: their version was bumped and writers are told
+    /// to wait (`Unavailable`) until the new chain is committed.
+    pub(super) busy: BTreeSet<ChunkId>,
+    /// The status each chunk server had at the last health check.
+    pub(super) seen_status: BTreeMap<CsId, CsStatus>,
+    pub(super) repl: ReplProgress,
+    /// Chunks that lost a corrupt replica, with what was found: the event
+    /// log says when each is repaired.
+    pub(super) repairs: BTreeMap<ChunkId, String>,
 }
 
 impl Core {
     /// Validates, logs durably, then applies `cmd`.
-    fn commit(&mut self, cmd: Command) -> Result<ApplyOutcome> {
+    pub(super) fn commit(&mut self, cmd: Command) -> Result<ApplyOutcome> {
         let prepared = self.state.prepare(&cmd)?;
         if let Some(log) = self.log.as_mut() {
             log.append(&cmd)?;
@@ -88,19 +141,63 @@ impl Core {
         }
         Ok(outcome)
     }
+
+    /// Appends events to the persistent event log (and the daemon's log).
+    /// A failure to persist is logged, never fatal: events are a record,
+    /// not a decision.
+    pub(super) fn log_events(&mut self, now_ms: u64, events: Vec<NewEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        for e in &events {
+            match e.level {
+                EventLevel::Info => tracing::info!("event ({}): {}", e.kind, e.message),
+                _ => tracing::warn!("event ({}): {}", e.kind, e.message),
+            }
+        }
+        if let Err(e) = self.commit(Command::LogEvents { now_ms, events }) {
+            tracing::warn!("MDS: cannot record events: {e}");
+        }
+    }
+
+    /// [`Core::log_events`] of one event.
+    pub(super) fn log_event(
+        &mut self,
+        now_ms: u64,
+        kind: EventKind,
+        level: EventLevel,
+        message: String,
+    ) {
+        self.log_events(
+            now_ms,
+            vec![NewEvent {
+                kind,
+                level,
+                message,
+            }],
+        );
+    }
+
+    /// The address of a chunk server as registered (empty if never).
+    pub(super) fn cs_addr(&self, cs: CsId) -> String {
+        self.state
+            .cs(cs)
+            .map(|r| r.addr.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// The metadata server. `Send + Sync`; share it behind an `Arc`.
 pub struct MdsService {
     core: Mutex<Core>,
-    chunk_lock: tokio::sync::Mutex<()>,
-    connector: Arc<dyn ControlConnector>,
+    pub(super) chunk_lock: tokio::sync::Mutex<()>,
+    pub(super) connector: Arc<dyn ControlConnector>,
     clock: Arc<dyn Clock>,
-    config: MdsConfig,
+    pub(super) config: MdsConfig,
     started_ms: u64,
 }
 
-fn unexpected(outcome: ApplyOutcome) -> Error {
+pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
     Error::internal(format!("unexpected MDS apply outcome {outcome:?}"))
 }
 
@@ -122,6 +219,11 @@ impl MdsService {
                 live: BTreeMap::new(),
                 version_sync: BTreeMap::new(),
                 next_chunk_reserved,
+                planned: BTreeSet::new(),
+                busy: BTreeSet::new(),
+                seen_status: BTreeMap::new(),
+                repl: ReplProgress::default(),
+                repairs: BTreeMap::new(),
             }),
             chunk_lock: tokio::sync::Mutex::new(()),
             connector,
@@ -168,7 +270,7 @@ impl MdsService {
         self.core().state.clone()
     }
 
-    fn core(&self) -> MutexGuard<'_, Core> {
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().expect("MDS state mutex poisoned")
     }
 
@@ -176,24 +278,30 @@ impl MdsService {
         self.core().commit(cmd)
     }
 
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.clock.now_ms()
     }
 
-    fn cs_status(&self, core: &Core, cs: CsId, now_ms: u64) -> CsStatus {
+    /// The effective cluster parameters.
+    pub(super) fn params(&self, core: &Core) -> ClusterParams {
+        core.state.params(&self.config.params)
+    }
+
+    pub(super) fn cs_status(&self, core: &Core, cs: CsId, now_ms: u64) -> CsStatus {
         if core.state.cs(cs).is_some_and(|r| r.dropped) {
             return CsStatus::Dropped;
         }
+        let offline_timeout_ms = self.params(core).offline_timeout_ms;
         match core.live.get(&cs) {
             // Not registered since this MDS started: it may hold stale
             // replicas it has not been told to delete, so it gets nothing new.
-            None if now_ms.saturating_sub(self.started_ms) > self.config.offline_timeout_ms => {
+            None if now_ms.saturating_sub(self.started_ms) > offline_timeout_ms => {
                 CsStatus::Offline
             }
             None => CsStatus::Inactive,
             Some(l) => {
                 let age = now_ms.saturating_sub(l.last_heartbeat_ms);
-                if age > self.config.offline_timeout_ms {
+                if age > offline_timeout_ms {
                     CsStatus::Offline
                 } else if age < 3 * self.config.heartbeat_interval_ms {
                     CsStatus::Active
@@ -214,13 +322,22 @@ impl MdsService {
     }
 
     /// Periodic duties; the daemon calls it about every second: expires
-    /// leases (marking files for fencing) and brings chain members that
-    /// re-registered with an older version up to the map's version.
+    /// leases (marking files for fencing), brings chain members that
+    /// re-registered with an older version up to the map's version, tracks
+    /// chunk server health (dropping offline servers from their chains),
+    /// trims replicas beyond `replicas_norm` and finishes graceful
+    /// removals. Re-replication runs in [`MdsService::run_replication`].
     pub async fn tick(&self) {
         let now = self.now();
         if let Err(e) = self.expire_leases(now) {
             tracing::warn!("MDS: expiring leases failed: {e}");
         }
+        self.sync_versions().await;
+        self.check_health().await;
+        self.trim_excess().await;
+    }
+
+    async fn sync_versions(&self) {
         let pending = std::mem::take(&mut self.core().version_sync);
         if pending.is_empty() {
             return;
@@ -247,7 +364,7 @@ impl MdsService {
         }
     }
 
-    async fn push_version(
+    pub(super) async fn push_version(
         &self,
         replica: &Replica,
         chunk: ChunkId,
@@ -258,7 +375,7 @@ impl MdsService {
     }
 
     /// Pushes `version` to every replica of `map`; returns those that failed.
-    async fn push_to_all(&self, map: &ChunkMap) -> Vec<CsId> {
+    pub(super) async fn push_to_all(&self, map: &ChunkMap) -> Vec<CsId> {
         let results = join_all(
             map.replicas
                 .iter()
@@ -288,7 +405,11 @@ impl MdsService {
     /// to the survivors, dropping survivors that fail too. The last replica
     /// is never dropped. `Unavailable` when fewer than `replicas_min`
     /// remain. Callers hold `chunk_lock`.
-    async fn drop_replicas(&self, chunk: ChunkId, mut failed: Vec<CsId>) -> Result<ChunkMap> {
+    pub(super) async fn drop_replicas(
+        &self,
+        chunk: ChunkId,
+        mut failed: Vec<CsId>,
+    ) -> Result<ChunkMap> {
         loop {
             let (map, survivors) = {
                 let mut core = self.core();
@@ -330,8 +451,11 @@ impl MdsService {
     }
 
     /// `Unavailable` naming the file and counts if `map` is below `replicas_min`.
-    fn check_min(&self, map: ChunkMap) -> Result<ChunkMap> {
-        let core = self.core();
+    pub(super) fn check_min(&self, map: ChunkMap) -> Result<ChunkMap> {
+        Self::check_min_in(&self.core(), map)
+    }
+
+    fn check_min_in(core: &Core, map: ChunkMap) -> Result<ChunkMap> {
         let Some(rec) = core.state.chunk(map.chunk) else {
             return Ok(map);
         };
@@ -376,7 +500,7 @@ impl MdsService {
 
     /// Deletes released chunks on their servers; failures only leave
     /// orphans that the next registration of that server deletes.
-    async fn delete_replicas(&self, maps: Vec<ChunkMap>) {
+    pub(super) async fn delete_replicas(&self, maps: Vec<ChunkMap>) {
         for map in maps {
             for r in &map.replicas {
                 let res = async {
@@ -396,31 +520,90 @@ impl MdsService {
         }
     }
 
-    /// Picks up to `norm` distinct active servers, most free space first.
-    fn place(&self, core: &Core, now_ms: u64, norm: usize) -> (Vec<CsId>, usize) {
+    /// Whether new replicas may go to `cs`: active, registered, not being
+    /// released, above the fill margin, and no recent ENOSPC.
+    pub(super) fn takes_new_replicas(&self, core: &Core, cs: CsId, now_ms: u64) -> bool {
+        let Some(rec) = core.state.cs(cs) else {
+            return false;
+        };
+        if rec.addr.is_empty() || rec.releasing {
+            return false;
+        }
+        if self.cs_status(core, cs, now_ms) != CsStatus::Active {
+            return false;
+        }
+        let live = &core.live[&cs];
+        live.no_space_at_free.is_none() && !self.below_margin(core, live, live.placed_bytes)
+    }
+
+    /// Whether `live` has less free space than the fill margin once
+    /// `extra_bytes` more are placed on it. A server that reports no total
+    /// (unknown size) is never considered full.
+    pub(super) fn below_margin(&self, core: &Core, live: &CsLive, extra_bytes: u64) -> bool {
+        let total = live.space.total_bytes;
+        if total == 0 {
+            return false;
+        }
+        let free = live.space.free_bytes.saturating_sub(extra_bytes);
+        let margin = self.params(core).fill_margin_percent;
+        (free as u128) * 100 < (total as u128) * (margin as u128)
+    }
+
+    /// Picks up to `count` distinct servers that take new replicas and are
+    /// not in `exclude`, most free space first (then fewest chunks).
+    pub(super) fn place(
+        &self,
+        core: &Core,
+        now_ms: u64,
+        count: usize,
+        exclude: &[CsId],
+    ) -> Vec<CsId> {
+        self.place_with(core, now_ms, count, exclude, &Self::replica_counts(core))
+    }
+
+    /// Replicas per chunk server (placement's tie-breaker).
+    pub(super) fn replica_counts(core: &Core) -> BTreeMap<CsId, u64> {
         let mut counts: BTreeMap<CsId, u64> = BTreeMap::new();
         for (_, rec) in core.state.chunks() {
             for cs in &rec.replicas {
                 *counts.entry(*cs).or_default() += 1;
             }
         }
+        counts
+    }
+
+    /// [`MdsService::place`] with the replica counts computed once by the
+    /// caller (planning places many chunks in one round).
+    pub(super) fn place_with(
+        &self,
+        core: &Core,
+        now_ms: u64,
+        count: usize,
+        exclude: &[CsId],
+        counts: &BTreeMap<CsId, u64>,
+    ) -> Vec<CsId> {
         let mut candidates: Vec<(u64, u64, CsId)> = core
             .state
             .servers()
-            .filter(|r| !r.addr.is_empty())
-            .filter(|r| self.cs_status(core, r.id, now_ms) == CsStatus::Active)
+            .filter(|r| !exclude.contains(&r.id))
+            .filter(|r| self.takes_new_replicas(core, r.id, now_ms))
             .map(|r| {
                 let live = &core.live[&r.id];
                 let free = live.space.free_bytes.saturating_sub(live.placed_bytes);
                 (free, counts.get(&r.id).copied().unwrap_or(0), r.id)
             })
             .collect();
-        let active = candidates.len();
         candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        (
-            candidates.into_iter().take(norm).map(|c| c.2).collect(),
-            active,
-        )
+        candidates.into_iter().take(count).map(|c| c.2).collect()
+    }
+
+    /// Active servers not being released (whatever their space).
+    fn active_servers(&self, core: &Core, now_ms: u64) -> usize {
+        core.state
+            .servers()
+            .filter(|r| !r.addr.is_empty() && !r.releasing)
+            .filter(|r| self.cs_status(core, r.id, now_ms) == CsStatus::Active)
+            .count()
     }
 
     async fn allocate_chunk(&self, lease: LeaseId, index: u64) -> Result<ChunkMap> {
@@ -434,8 +617,21 @@ impl MdsService {
             }
             let attrs = core.state.inode(ino).expect("leased file").attrs;
             let path = core.state.path_of(ino);
-            let (chosen, active) = self.place(&core, now, attrs.replicas.norm as usize);
+            let chosen = self.place(&core, now, attrs.replicas.norm as usize, &[]);
             if chosen.len() < attrs.replicas.min as usize {
+                let active = self.active_servers(&core, now);
+                if active >= attrs.replicas.min as usize {
+                    let margin = self.params(&core).fill_margin_percent;
+                    return Err(Error::new(
+                        ErrorKind::NoSpace,
+                        format!(
+                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more than mds.alloc.fill_margin={margin}% of their disk free, replicas={} needs {}; free space or add chunk servers",
+                            chosen.len(),
+                            attrs.replicas,
+                            attrs.replicas.min
+                        ),
+                    ));
+                }
                 return Err(Error::unavailable(format!(
                     "cannot allocate chunk {index} of {path}: {active} chunk server(s) active, replicas={} needs at least {}; start more chunk servers or lower replicas",
                     attrs.replicas, attrs.replicas.min
@@ -519,15 +715,26 @@ impl MdsService {
     }
 
     /// Marks a chunk server as removed by the administrator and drops it
-    /// from every chain (bumping versions). Re-replication restores the
-    /// copies later.
+    /// from every chain (bumping versions); re-replication restores the
+    /// copies (`rm-cs --force`). The last copy of a chunk stays in its chain.
     pub async fn drop_cs(&self, cs: CsId) -> Result<()> {
         let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
         let chunks: Vec<ChunkId> = {
             let mut core = self.core();
+            let was_dropped = core.state.cs(cs).is_some_and(|r| r.dropped);
             core.commit(Command::DropCs { cs })?;
             core.live.remove(&cs);
             core.version_sync.remove(&cs);
+            if !was_dropped {
+                let addr = core.cs_addr(cs);
+                core.log_event(
+                    now,
+                    EventKind::CsState,
+                    EventLevel::Warning,
+                    format!("chunk server {cs} ({addr}) dropped by the administrator"),
+                );
+            }
             core.state
                 .chunks()
                 .filter(|(_, r)| r.replicas.contains(&cs))
@@ -540,6 +747,23 @@ impl MdsService {
             }
         }
         Ok(())
+    }
+
+    /// `Unavailable` when a writer must not use `map` now: the chunk is
+    /// being re-replicated, or has fewer than `replicas_min` replicas.
+    fn check_writable(&self, core: &Core, map: ChunkMap) -> Result<ChunkMap> {
+        if core.busy.contains(&map.chunk) {
+            let path = core
+                .state
+                .chunk(map.chunk)
+                .map(|r| core.state.path_of(r.file))
+                .unwrap_or_default();
+            return Err(Error::unavailable(format!(
+                "chunk {:#x} (index {}) of {path} is being re-replicated; retry",
+                map.chunk, map.index
+            )));
+        }
+        Self::check_min_in(core, map)
     }
 }
 
@@ -666,8 +890,14 @@ impl MetadataService for MdsService {
         let now = self.now();
         {
             let core = self.core();
-            let ino = core.state.check_lease(lease, now, allocate)?.ino;
+            let rec = core.state.check_lease(lease, now, allocate)?;
+            let (ino, writer) = (rec.ino, rec.mode == LeaseMode::Write);
             if let Some(map) = core.state.file_chunk_map(ino, index) {
+                // The holder of the write lease is the only client that can
+                // write the file: it gets no map it must not write through.
+                if writer {
+                    return self.check_writable(&core, map).map(Some);
+                }
                 return Ok(Some(map));
             }
         }
@@ -687,9 +917,10 @@ impl MetadataService for MdsService {
     ) -> Result<ChunkMap> {
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
-        let map = {
+        let (map, writer) = {
             let core = self.core();
-            let ino = core.state.check_lease(lease, now, false)?.ino;
+            let lease_rec = core.state.check_lease(lease, now, false)?;
+            let (ino, writer) = (lease_rec.ino, lease_rec.mode == LeaseMode::Write);
             let rec = core.state.chunk(chunk).ok_or_else(|| {
                 Error::stale(format!(
                     "chunk {chunk:#x} no longer exists (truncated or removed); refresh the file's chunk maps"
@@ -705,13 +936,26 @@ impl MetadataService for MdsService {
                     ),
                 ));
             }
-            core.state.chunk_map(chunk).expect("exists")
+            let map = core.state.chunk_map(chunk).expect("exists");
+            if core.busy.contains(&chunk) {
+                // The chain changes when the copy commits; a report now
+                // would race with it.
+                return self.check_writable(&core, map);
+            }
+            (map, writer)
+        };
+        let current = |map: ChunkMap| {
+            if writer {
+                self.check_writable(&self.core(), map)
+            } else {
+                Ok(map)
+            }
         };
         let Some(replica) = map.replicas.iter().find(|r| r.cs == cs).cloned() else {
-            return Ok(map);
+            return current(map);
         };
         if version != map.version {
-            return Ok(map);
+            return current(map);
         }
         if reason == FailureReason::VersionMismatch {
             // A chain member behind the map only missed a version push (no
@@ -722,13 +966,14 @@ impl MetadataService for MdsService {
                 .await
                 .is_ok()
             {
-                return Ok(map);
+                return current(map);
             }
         }
         tracing::info!(
             "MDS: dropping CS {cs} ({}) from chunk {chunk:#x} version {version}: {reason:?}",
             replica.addr
         );
+        self.note_bad_replica(cs, &replica.addr, chunk, reason, "a client");
         self.drop_replicas(chunk, vec![cs]).await
     }
 
@@ -767,75 +1012,40 @@ impl MetadataService for MdsService {
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatus> {
-        let now = self.now();
+        Ok(self.status())
+    }
+
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
         let core = self.core();
-        let state = &core.state;
-        let mut per_cs: BTreeMap<CsId, u64> = BTreeMap::new();
-        let (mut degraded, mut urgent) = (0u64, 0u64);
-        for (_, rec) in state.chunks() {
-            for cs in &rec.replicas {
-                *per_cs.entry(*cs).or_default() += 1;
-            }
-            let replicas = state.inode(rec.file).expect("chunk file").attrs.replicas;
-            if rec.replicas.len() < replicas.min as usize {
-                urgent += 1;
-            }
-            if rec.replicas.len() < replicas.norm as usize {
-                degraded += 1;
-            }
-        }
-        let cs: Vec<CsInfo> = state
-            .servers()
-            .map(|r| {
-                let live = core.live.get(&r.id);
-                CsInfo {
-                    id: r.id,
-                    addr: r.addr.clone(),
-                    status: self.cs_status(&core, r.id, now),
-                    space: live.map(|l| l.space).unwrap_or_default(),
-                    chunks: per_cs.get(&r.id).copied().unwrap_or(0),
-                    last_seen_ms_ago: live
-                        .map(|l| now.saturating_sub(l.last_heartbeat_ms))
-                        .unwrap_or(u64::MAX),
-                }
-            })
-            .collect();
-        let (mut files, mut dirs, mut logical_bytes) = (0u64, 0u64, 0u64);
-        for node in state.inodes() {
-            match node.kind {
-                InodeKind::File => {
-                    files += 1;
-                    logical_bytes += node.size;
-                }
-                InodeKind::Dir => dirs += 1,
-            }
-        }
-        let cs_down = cs
-            .iter()
-            .any(|c| c.status != CsStatus::Active && c.status != CsStatus::Dropped);
-        let health = if urgent > 0 {
-            "failure"
-        } else if degraded > 0 || cs_down {
-            "degraded"
-        } else {
-            "healthy"
-        };
-        Ok(ClusterStatus {
-            cluster_name: self.config.cluster_name.clone(),
-            health: health.to_string(),
-            mds: vec![MdsInfo {
-                id: 1,
-                addr: self.config.addr.clone(),
-                role: "leader".to_string(),
-            }],
-            cs,
-            files,
-            dirs,
-            chunks: state.chunks().count() as u64,
-            chunks_degraded: degraded,
-            chunks_urgent: urgent,
-            logical_bytes,
+        Ok(self.config.params.entries(core.state.param_overrides()))
+    }
+
+    async fn set_config(&self, key: &str, value: u64) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::SetParam {
+            key: key.to_string(),
+            value,
+            now_ms: now,
         })
+        .map(|_| ())
+    }
+
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        Ok(self.core().state.events_after(after_seq).cloned().collect())
+    }
+
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
+        if force {
+            return self.drop_cs(cs).await;
+        }
+        let now = self.now();
+        let _chunks = self.chunk_lock.lock().await;
+        self.commit(Command::SetCsReleasing {
+            cs,
+            releasing: true,
+            now_ms: now,
+        })
+        .map(|_| ())
     }
 }
 
@@ -876,14 +1086,9 @@ impl CsRegistry for MdsService {
                     addr: addr.clone(),
                 })?;
             }
-            core.live.insert(
-                id,
-                CsLive {
-                    last_heartbeat_ms: now,
-                    space,
-                    placed_bytes: 0,
-                },
-            );
+            let mut live = CsLive::new(now, space);
+            live.full = self.below_margin(&core, &live, 0);
+            core.live.insert(id, live);
             let mut delete = Vec::new();
             let mut behind = BTreeSet::new();
             let mut reported = BTreeSet::new();
@@ -918,6 +1123,21 @@ impl CsRegistry for MdsService {
             }
             (delete, lost)
         };
+        {
+            let mut core = self.core();
+            core.log_event(
+                now,
+                EventKind::CsState,
+                EventLevel::Info,
+                format!(
+                    "chunk server {id} registered at {addr} with {} replica(s); {} stale or unknown to be deleted, {} lost",
+                    chunks.len(),
+                    delete.len(),
+                    lost.len()
+                ),
+            );
+            core.seen_status.insert(id, CsStatus::Active);
+        }
         for chunk in lost {
             tracing::warn!("MDS: CS {id} ({addr}) lost its replica of chunk {chunk:#x}");
             if let Err(e) = self.drop_replicas(chunk, vec![id]).await {
@@ -930,7 +1150,12 @@ impl CsRegistry for MdsService {
         })
     }
 
-    async fn heartbeat(&self, cs: CsId, space: SpaceInfo) -> Result<()> {
+    async fn heartbeat(
+        &self,
+        cs: CsId,
+        space: SpaceInfo,
+        stats: CsStats,
+    ) -> Result<HeartbeatReply> {
         let now = self.now();
         let mut core = self.core();
         if !core.state.cs_allocated(cs) {
@@ -942,14 +1167,120 @@ impl CsRegistry for MdsService {
         if core.state.cs(cs).is_some_and(|r| r.dropped) {
             return Err(MdsState::dropped_error(cs));
         }
-        let Some(live) = core.live.get_mut(&cs) else {
+        let params = self.params(&core);
+        let Some(mut live) = core.live.get(&cs).cloned() else {
             return Err(Error::stale(format!(
                 "chunk server {cs} has not registered with this MDS (it restarted); register again"
             )));
         };
+        let elapsed_ms = now.saturating_sub(live.stats_ms);
+        if elapsed_ms > 0 && stats.read_ops >= live.stats.read_ops {
+            let rate =
+                |new: u64, old: u64| new.saturating_sub(old).saturating_mul(1000) / elapsed_ms;
+            live.rates = IoRates {
+                read_ops_per_s: rate(stats.read_ops, live.stats.read_ops),
+                write_ops_per_s: rate(stats.write_ops, live.stats.write_ops),
+                read_bytes_per_s: rate(stats.read_bytes, live.stats.read_bytes),
+                write_bytes_per_s: rate(stats.write_bytes, live.stats.write_bytes),
+            };
+        }
+        live.stats = stats;
+        live.stats_ms = now;
         live.last_heartbeat_ms = now;
         live.space = space;
         live.placed_bytes = 0;
+        if live
+            .no_space_at_free
+            .is_some_and(|at| space.free_bytes > at)
+        {
+            live.no_space_at_free = None;
+        }
+        let was_full = live.full;
+        live.full = self.below_margin(&core, &live, 0);
+        let full = live.full;
+        core.live.insert(cs, live);
+        if full != was_full {
+            let addr = core.cs_addr(cs);
+            let pct = (space.free_bytes as u128 * 100)
+                .checked_div(space.total_bytes as u128)
+                .unwrap_or(100);
+            let (level, message) = if full {
+                (
+                    EventLevel::Warning,
+                    format!(
+                        "chunk server {cs} ({addr}) disk is full: {pct}% free, below mds.alloc.fill_margin={}%; it gets no new replicas",
+                        params.fill_margin_percent
+                    ),
+                )
+            } else {
+                (
+                    EventLevel::Info,
+                    format!("chunk server {cs} ({addr}) has space again: {pct}% free"),
+                )
+            };
+            core.log_event(now, EventKind::DiskFull, level, message);
+        }
+        Ok(HeartbeatReply {
+            scrub_period_ms: params.scrub_period_ms,
+            scrub_rate_bytes_per_s: params.scrub_rate_bytes_per_s,
+        })
+    }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let addr = {
+            let core = self.core();
+            if !core.state.cs_allocated(cs) {
+                return Err(Error::not_found(format!(
+                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                    self.config.cluster_name
+                )));
+            }
+            if core.state.cs(cs).is_some_and(|r| r.dropped) {
+                return Err(MdsState::dropped_error(cs));
+            }
+            let in_chain = core
+                .state
+                .chunk(chunk)
+                .is_some_and(|rec| rec.replicas.contains(&cs));
+            if !in_chain {
+                // Not a chain member: nothing reads it, and the server's
+                // next registration deletes it.
+                return Ok(());
+            }
+            core.state
+                .cs(cs)
+                .map(|r| r.addr.clone())
+                .unwrap_or_default()
+        };
+        tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
+        self.note_bad_replica(cs, &addr, chunk, reason, "its chunk server");
+        match self.drop_replicas(chunk, vec![cs]).await {
+            Ok(_) => {}
+            // Below replicas_min: the drop happened, writes wait for rebuild.
+            Err(e) if e.kind() == ErrorKind::Unavailable => tracing::warn!("MDS: {e}"),
+            Err(e) => return Err(e),
+        }
+        let Some(map) = self.core().state.chunk_map(chunk) else {
+            return Ok(());
+        };
+        if map.replicas.iter().any(|r| r.cs == cs) {
+            tracing::warn!(
+                "MDS: chunk {chunk:#x}: the bad replica on CS {cs} is its only copy; it is kept"
+            );
+        } else {
+            // Out of the chain it is garbage: free its space now.
+            self.delete_replicas(vec![ChunkMap {
+                replicas: vec![Replica { cs, addr }],
+                ..map
+            }])
+            .await;
+        }
         Ok(())
     }
 }

@@ -8,12 +8,16 @@
 //! Every command is validated completely before anything changes, so a
 //! failed `apply` leaves the state untouched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::params::ClusterParams;
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
+
+/// The event log keeps this many most recent events.
+pub const MAX_EVENTS: usize = 1000;
 
 /// One file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,18 @@ pub struct CsRecord {
     pub addr: String,
     /// Removed by the administrator: never placed on again.
     pub dropped: bool,
+    /// Being removed gracefully (`rm-cs`): gets no new replicas and its
+    /// replicas do not count towards `replicas_norm`, so they are copied
+    /// elsewhere; dropped once it holds none.
+    pub releasing: bool,
+}
+
+/// An event to append to the log (the state numbers and timestamps it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub level: EventLevel,
+    pub message: String,
 }
 
 /// A granted lease.
@@ -172,6 +188,29 @@ pub enum Command {
     SetCsAddr { cs: CsId, addr: String },
     /// Marks a chunk server as removed by the administrator.
     DropCs { cs: CsId },
+    // Appended in store format 2 (only ever append variants: the log
+    // stores their index).
+    /// Sets a cluster parameter (validated against its range) and logs it.
+    SetParam {
+        key: String,
+        value: u64,
+        now_ms: u64,
+    },
+    /// Appends events to the global event log.
+    LogEvents { now_ms: u64, events: Vec<NewEvent> },
+    /// Appends `added` (each already holding a current copy) to the tail
+    /// of the chunk's chain at its current `version` (re-replication).
+    ExtendChain {
+        chunk: ChunkId,
+        version: MapVersion,
+        added: Vec<CsId>,
+    },
+    /// Starts (or cancels) the graceful removal of a chunk server.
+    SetCsReleasing {
+        cs: CsId,
+        releasing: bool,
+        now_ms: u64,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -243,6 +282,7 @@ pub(crate) enum Prepared {
     Expire {
         leases: Vec<LeaseId>,
         fence: Vec<InodeId>,
+        now_ms: u64,
     },
     AllocateChunk {
         file: InodeId,
@@ -271,6 +311,24 @@ pub(crate) enum Prepared {
         addr: String,
     },
     DropCs(CsId),
+    SetParam {
+        key: String,
+        value: u64,
+        now_ms: u64,
+    },
+    LogEvents {
+        now_ms: u64,
+        events: Vec<NewEvent>,
+    },
+    ExtendChain {
+        chunk: ChunkId,
+        added: Vec<CsId>,
+    },
+    SetCsReleasing {
+        cs: CsId,
+        releasing: bool,
+        now_ms: u64,
+    },
 }
 
 /// The whole metadata of a cluster.
@@ -284,6 +342,33 @@ pub struct MdsState {
     next_chunk: ChunkId,
     next_lease: LeaseId,
     next_cs: CsId,
+    /// Cluster parameters set with `set-config` (the rest take defaults).
+    params: BTreeMap<String, u64>,
+    /// The most recent [`MAX_EVENTS`] events, oldest first.
+    events: VecDeque<Event>,
+    next_event: u64,
+}
+
+/// [`MdsState`] as store format 1 wrote it (before cluster parameters,
+/// the event log and graceful removal); read by [`MdsState::from_v1`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MdsStateV1 {
+    inodes: BTreeMap<InodeId, Inode>,
+    chunks: BTreeMap<ChunkId, ChunkRecord>,
+    servers: BTreeMap<CsId, CsRecordV1>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    next_ino: InodeId,
+    next_chunk: ChunkId,
+    next_lease: LeaseId,
+    next_cs: CsId,
+}
+
+/// [`CsRecord`] of store format 1.
+#[derive(Debug, Clone, Deserialize)]
+struct CsRecordV1 {
+    id: CsId,
+    addr: String,
+    dropped: bool,
 }
 
 impl Default for MdsState {
@@ -338,7 +423,41 @@ impl MdsState {
             next_chunk: 1,
             next_lease: 1,
             next_cs: 1,
+            params: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_event: 1,
         })
+    }
+
+    /// Upgrades a state written by store format 1.
+    pub(crate) fn from_v1(v1: MdsStateV1) -> MdsState {
+        MdsState {
+            inodes: v1.inodes,
+            chunks: v1.chunks,
+            servers: v1
+                .servers
+                .into_iter()
+                .map(|(id, r)| {
+                    (
+                        id,
+                        CsRecord {
+                            id: r.id,
+                            addr: r.addr,
+                            dropped: r.dropped,
+                            releasing: false,
+                        },
+                    )
+                })
+                .collect(),
+            leases: v1.leases,
+            next_ino: v1.next_ino,
+            next_chunk: v1.next_chunk,
+            next_lease: v1.next_lease,
+            next_cs: v1.next_cs,
+            params: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_event: 1,
+        }
     }
 
     /// Applies `cmd`. On error nothing changed.
@@ -537,6 +656,22 @@ impl MdsState {
         self.next_chunk
     }
 
+    /// Cluster parameters set with `set-config`, by key.
+    pub fn param_overrides(&self) -> &BTreeMap<String, u64> {
+        &self.params
+    }
+
+    /// The effective cluster parameters: `defaults` with the stored ones.
+    pub fn params(&self, defaults: &ClusterParams) -> ClusterParams {
+        defaults.with_overrides(&self.params)
+    }
+
+    /// Events with a sequence number above `after_seq`, oldest first (the
+    /// log keeps the last [`MAX_EVENTS`]).
+    pub fn events_after(&self, after_seq: u64) -> impl Iterator<Item = &Event> {
+        self.events.iter().filter(move |e| e.seq > after_seq)
+    }
+
     /// Checks every structural invariant (O(size of state); for tests and
     /// simulation). Returns a description of the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
@@ -619,6 +754,16 @@ impl MdsState {
             if cs.id != id || !self.cs_allocated(id) {
                 return Err(format!("chunk server {id} has a bad id"));
             }
+        }
+        if self.events.len() > MAX_EVENTS
+            || self.events.iter().any(|e| e.seq >= self.next_event)
+            || self
+                .events
+                .iter()
+                .zip(self.events.iter().skip(1))
+                .any(|(a, b)| a.seq + 1 != b.seq)
+        {
+            return Err("the event log is longer than its bound or out of order".into());
         }
         Ok(())
     }
@@ -744,6 +889,7 @@ impl MdsState {
                         .filter(|l| l.mode == LeaseMode::Write)
                         .map(|l| l.ino)
                         .collect(),
+                    now_ms: *now_ms,
                 })
             }
             Command::AllocateChunk {
@@ -839,6 +985,69 @@ impl MdsState {
             Command::DropCs { cs } => {
                 self.check_cs_known(*cs)?;
                 Ok(Prepared::DropCs(*cs))
+            }
+            Command::SetParam { key, value, now_ms } => {
+                ClusterParams::validate(key, *value)?;
+                Ok(Prepared::SetParam {
+                    key: key.clone(),
+                    value: *value,
+                    now_ms: *now_ms,
+                })
+            }
+            Command::LogEvents { now_ms, events } => Ok(Prepared::LogEvents {
+                now_ms: *now_ms,
+                events: events.clone(),
+            }),
+            Command::ExtendChain {
+                chunk,
+                version,
+                added,
+            } => {
+                let rec = self
+                    .chunks
+                    .get(chunk)
+                    .ok_or_else(|| Error::not_found(format!("chunk {chunk:#x} does not exist")))?;
+                if *version != rec.version {
+                    return Err(Error::stale(format!(
+                        "chunk {chunk:#x} of {} moved to version {} while a copy at version {version} was made; the copy is discarded",
+                        self.path_of(rec.file),
+                        rec.version
+                    )));
+                }
+                let mut chain = rec.replicas.clone();
+                chain.extend(added.iter().copied());
+                validate_chain(&chain)?;
+                self.check_servers_usable(added)?;
+                if let Some(cs) = added
+                    .iter()
+                    .find(|cs| self.servers.get(cs).is_some_and(|r| r.releasing))
+                {
+                    return Err(Error::invalid(format!(
+                        "chunk server {cs} is being released; it takes no new replicas"
+                    )));
+                }
+                Ok(Prepared::ExtendChain {
+                    chunk: *chunk,
+                    added: added.clone(),
+                })
+            }
+            Command::SetCsReleasing {
+                cs,
+                releasing,
+                now_ms,
+            } => {
+                self.check_cs_known(*cs)?;
+                match self.servers.get(cs) {
+                    None => Err(Error::not_found(format!(
+                        "chunk server {cs} has never registered; remove it with rm-cs --force"
+                    ))),
+                    Some(r) if r.dropped => Err(Self::dropped_error(*cs)),
+                    Some(_) => Ok(Prepared::SetCsReleasing {
+                        cs: *cs,
+                        releasing: *releasing,
+                        now_ms: *now_ms,
+                    }),
+                }
             }
         }
     }
@@ -1263,6 +1472,30 @@ impl MdsState {
         }
     }
 
+    fn cs_entry(&mut self, cs: CsId) -> &mut CsRecord {
+        self.servers.entry(cs).or_insert_with(|| CsRecord {
+            id: cs,
+            addr: String::new(),
+            dropped: false,
+            releasing: false,
+        })
+    }
+
+    fn push_event(&mut self, now_ms: u64, kind: EventKind, level: EventLevel, message: String) {
+        let seq = self.next_event;
+        self.next_event += 1;
+        self.events.push_back(Event {
+            seq,
+            time_ms: now_ms,
+            kind,
+            level,
+            message,
+        });
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+
     pub(crate) fn execute(&mut self, prepared: Prepared) -> ApplyOutcome {
         match prepared {
             Prepared::Noop => ApplyOutcome::Done,
@@ -1376,7 +1609,11 @@ impl MdsState {
                 }
                 ApplyOutcome::Done
             }
-            Prepared::Expire { leases, fence } => {
+            Prepared::Expire {
+                leases,
+                fence,
+                now_ms,
+            } => {
                 for id in &leases {
                     self.leases.remove(id);
                 }
@@ -1385,6 +1622,11 @@ impl MdsState {
                         .get_mut(&ino)
                         .expect("leased file")
                         .fence_pending = true;
+                    let message = format!(
+                        "the write lease on {} expired without renewal: revoked; its chunks are fenced before the next open",
+                        self.path_of(ino)
+                    );
+                    self.push_event(now_ms, EventKind::Lease, EventLevel::Warning, message);
                 }
                 ApplyOutcome::Expired(leases)
             }
@@ -1445,25 +1687,52 @@ impl MdsState {
                 ApplyOutcome::CsId(id)
             }
             Prepared::SetCsAddr { cs, addr } => {
-                self.servers
-                    .entry(cs)
-                    .or_insert_with(|| CsRecord {
-                        id: cs,
-                        addr: String::new(),
-                        dropped: false,
-                    })
-                    .addr = addr;
+                self.cs_entry(cs).addr = addr;
                 ApplyOutcome::Done
             }
             Prepared::DropCs(cs) => {
-                self.servers
-                    .entry(cs)
-                    .or_insert_with(|| CsRecord {
-                        id: cs,
-                        addr: String::new(),
-                        dropped: false,
-                    })
-                    .dropped = true;
+                let rec = self.cs_entry(cs);
+                rec.dropped = true;
+                rec.releasing = false;
+                ApplyOutcome::Done
+            }
+            Prepared::SetParam { key, value, now_ms } => {
+                let old = self.params.insert(key.clone(), value);
+                let message = match old {
+                    Some(old) => format!("{key} changed from {old} to {value}"),
+                    None => format!("{key} set to {value}"),
+                };
+                self.push_event(now_ms, EventKind::Config, EventLevel::Info, message);
+                ApplyOutcome::Done
+            }
+            Prepared::LogEvents { now_ms, events } => {
+                for e in events {
+                    self.push_event(now_ms, e.kind, e.level, e.message);
+                }
+                ApplyOutcome::Done
+            }
+            Prepared::ExtendChain { chunk, added } => {
+                let rec = self.chunks.get_mut(&chunk).expect("chunk exists");
+                rec.replicas.extend(added);
+                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("exists"))
+            }
+            Prepared::SetCsReleasing {
+                cs,
+                releasing,
+                now_ms,
+            } => {
+                let rec = self.cs_entry(cs);
+                let changed = rec.releasing != releasing;
+                rec.releasing = releasing;
+                let addr = rec.addr.clone();
+                if changed {
+                    let message = if releasing {
+                        format!("chunk server {cs} ({addr}) is being released: its replicas move to other servers")
+                    } else {
+                        format!("release of chunk server {cs} ({addr}) cancelled")
+                    };
+                    self.push_event(now_ms, EventKind::CsState, EventLevel::Info, message);
+                }
                 ApplyOutcome::Done
             }
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Command, MdsState};
+use super::state::{Command, MdsState, MdsStateV1};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -18,7 +18,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("mds_meta");
 const SNAPSHOT_KEY: &str = "snapshot";
 
 /// The format version of log and snapshot records written by this build.
-pub const STORE_FORMAT_VERSION: u8 = 1;
+///
+/// 2 added cluster parameters, the event log and graceful chunk server
+/// removal to the state, and commands after `DropCs`. Format 1 records are
+/// read too: its commands are a prefix of format 2's, and a format 1
+/// snapshot is upgraded by [`MdsState::from_v1`].
+pub const STORE_FORMAT_VERSION: u8 = 2;
+/// The oldest format this build reads.
+const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
 pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
 
@@ -27,6 +34,13 @@ struct Snapshot {
     /// The last log index the state includes.
     last_index: u64,
     state: MdsState,
+}
+
+/// A snapshot of store format 1.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    last_index: u64,
+    state: MdsStateV1,
 }
 
 /// Where applied commands go before their effect becomes visible: the
@@ -71,11 +85,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str, path: &Path) -> Result<T> {
+/// Splits a record into its format version and body; `Protocol` for a
+/// format this build does not read.
+fn split_record<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<(u8, &'a [u8])> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| Error::corrupt(format!("{what} in {} is empty", path.display())))?;
-    if version != STORE_FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=STORE_FORMAT_VERSION).contains(&version) {
         return Err(Error::new(
             ErrorKind::Protocol,
             format!(
@@ -84,12 +100,37 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str, path: &Path) -
             ),
         ));
     }
+    Ok((version, body))
+}
+
+fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str, path: &Path) -> Result<T> {
     postcard::from_bytes(body).map_err(|e| {
         Error::corrupt(format!(
             "{what} in {} cannot be decoded: {e}",
             path.display()
         ))
     })
+}
+
+/// Decodes a log record (format 1 commands decode as they are).
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str, path: &Path) -> Result<T> {
+    let (_, body) = split_record(bytes, what, path)?;
+    decode_body(body, what, path)
+}
+
+/// Decodes a snapshot record, upgrading format 1.
+fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
+    let what = "MDS snapshot";
+    match split_record(bytes, what, path)? {
+        (1, body) => {
+            let v1: SnapshotV1 = decode_body(body, what, path)?;
+            Ok(Snapshot {
+                last_index: v1.last_index,
+                state: MdsState::from_v1(v1.state),
+            })
+        }
+        (_, body) => decode_body(body, what, path),
+    }
 }
 
 impl MdsStore {
@@ -200,7 +241,7 @@ impl MdsStore {
             .get(SNAPSHOT_KEY)
             .map_err(|e| Self::db_error(&self.path, e))?;
         value
-            .map(|v| decode::<Snapshot>(v.value(), "MDS snapshot", &self.path))
+            .map(|v| decode_snapshot(v.value(), &self.path))
             .transpose()
     }
 
@@ -343,7 +384,7 @@ mod tests {
         write_raw(&store, 2, &newer);
         let err = store.load().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol);
-        assert!(err.message().contains("format version 2"), "{err}");
+        assert!(err.message().contains("format version 3"), "{err}");
         assert!(err.message().contains("entry 2"), "{err}");
 
         write_raw(&store, 2, &[STORE_FORMAT_VERSION, 0xff, 0xff, 0xff]);
@@ -364,6 +405,91 @@ mod tests {
         write_raw(&store, 2, &encode(&Command::AllocateCsId).unwrap());
         write_raw(&store, 4, &encode(&Command::AllocateCsId).unwrap());
         assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn a_format_1_store_is_upgraded() {
+        use std::collections::BTreeMap;
+
+        use crate::mds::state::{Inode, LeaseRecord};
+        use crate::types::{ChunkId, CsId, InodeId, LeaseId};
+
+        // The shape format 1 wrote, field for field.
+        #[derive(Serialize)]
+        struct CsRecordV1 {
+            id: CsId,
+            addr: String,
+            dropped: bool,
+        }
+        #[derive(Serialize)]
+        struct StateV1 {
+            inodes: BTreeMap<InodeId, Inode>,
+            chunks: BTreeMap<ChunkId, crate::mds::ChunkRecord>,
+            servers: BTreeMap<CsId, CsRecordV1>,
+            leases: BTreeMap<LeaseId, LeaseRecord>,
+            next_ino: InodeId,
+            next_chunk: ChunkId,
+            next_lease: LeaseId,
+            next_cs: CsId,
+        }
+        let mut expected = MdsState::default();
+        expected.apply(Command::AllocateCsId).unwrap();
+        expected
+            .apply(Command::SetCsAddr {
+                cs: 1,
+                addr: "h:1".into(),
+            })
+            .unwrap();
+        let root = expected.inode(crate::types::ROOT_INODE).unwrap().clone();
+        let v1 = StateV1 {
+            inodes: BTreeMap::from([(root.ino, root)]),
+            chunks: BTreeMap::new(),
+            servers: BTreeMap::from([(
+                1,
+                CsRecordV1 {
+                    id: 1,
+                    addr: "h:1".into(),
+                    dropped: false,
+                },
+            )]),
+            leases: BTreeMap::new(),
+            next_ino: 2,
+            next_chunk: 1,
+            next_lease: 1,
+            next_cs: 2,
+        };
+        #[derive(Serialize)]
+        struct SnapshotV1Out {
+            last_index: u64,
+            state: StateV1,
+        }
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_allocvec(&SnapshotV1Out {
+                last_index: 0,
+                state: v1,
+            })
+            .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SNAPSHOT_KEY, bytes.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        // A format 1 log record after it.
+        let mut record = vec![1u8];
+        record.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 1, &record);
+        expected.apply(Command::AllocateCsId).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded, expected);
+        loaded.check_invariants().unwrap();
     }
 
     #[test]

@@ -19,6 +19,8 @@ enum Call {
     Create(ChunkId, MapVersion),
     SetVersion(ChunkId, MapVersion),
     Delete(ChunkId),
+    /// chunk, version, source CS.
+    Replicate(ChunkId, MapVersion, CsId),
 }
 
 /// A chunk server's control side: records calls, can be made to fail.
@@ -27,6 +29,8 @@ struct FakeCs {
     chunks: Mutex<BTreeMap<ChunkId, MapVersion>>,
     fail: AtomicBool,
     calls: Mutex<Vec<Call>>,
+    /// When set, `replicate_chunk` waits for a permit (copies in flight).
+    gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl FakeCs {
@@ -80,6 +84,26 @@ impl ChunkControl for FakeCs {
         self.chunks.lock().unwrap().remove(&chunk);
         Ok(())
     }
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        _chunk_size: u64,
+        source: Replica,
+        _rate_bytes_per_s: u64,
+    ) -> Result<()> {
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.unwrap().forget();
+        }
+        self.check()?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Replicate(chunk, version, source.cs));
+        self.chunks.lock().unwrap().insert(chunk, version);
+        Ok(())
+    }
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.check()?;
         Ok(self
@@ -127,7 +151,13 @@ fn config() -> MdsConfig {
         cluster_name: "test".into(),
         lease_duration_ms: 10_000,
         heartbeat_interval_ms: 1_000,
-        offline_timeout_ms: 60_000,
+        params: ClusterParams {
+            offline_timeout_ms: 60_000,
+            // The fake servers report little free space; the margin has
+            // its own test.
+            fill_margin_percent: 0,
+            ..ClusterParams::default()
+        },
         addr: "127.0.0.1:2510".into(),
     }
 }
@@ -804,7 +834,7 @@ async fn allocation_needs_replicas_min_active_servers() {
     assert_eq!(chain(&map), [1, 2]);
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(status.health, "degraded");
-    assert_eq!((status.chunks, status.chunks_degraded), (1, 1));
+    assert_eq!((status.chunks, status.chunk_counts.urgent), (1, 1));
 
     // A server that fails create_chunk is left out if min remain.
     c.add_cs(50).await;
@@ -897,7 +927,7 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     assert_eq!(rec.version, 3);
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(
-        (status.health.as_str(), status.chunks_urgent),
+        (status.health.as_str(), status.chunk_counts.blocked),
         ("failure", 1)
     );
 }
@@ -1024,7 +1054,11 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
         "{st:?}"
     );
     assert_eq!(
-        kind(c.mds.heartbeat(1, SpaceInfo::default()).await),
+        kind(
+            c.mds
+                .heartbeat(1, SpaceInfo::default(), CsStats::default())
+                .await
+        ),
         ErrorKind::Stale
     );
     for cs in [1, 2, 3] {
@@ -1191,14 +1225,21 @@ async fn cs_status_follows_heartbeats() {
     assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Active]);
     assert_eq!(c.mds.cluster_status().await.unwrap().health, "healthy");
     c.clock.advance(2_000);
-    c.mds.heartbeat(1, SpaceInfo::default()).await.unwrap();
+    c.mds
+        .heartbeat(1, SpaceInfo::default(), CsStats::default())
+        .await
+        .unwrap();
     c.clock.advance(1_500);
     assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Inactive]);
     assert_eq!(c.mds.cluster_status().await.unwrap().health, "degraded");
     c.clock.advance(60_000);
     assert_eq!(status(&c).await, [CsStatus::Offline, CsStatus::Offline]);
     assert_eq!(
-        kind(c.mds.heartbeat(9, SpaceInfo::default()).await),
+        kind(
+            c.mds
+                .heartbeat(9, SpaceInfo::default(), CsStats::default())
+                .await
+        ),
         ErrorKind::NotFound
     );
     c.mds.drop_cs(2).await.unwrap();
@@ -1390,4 +1431,349 @@ async fn a_failed_append_changes_nothing() {
 fn the_service_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<MdsService>();
+}
+
+#[tokio::test]
+async fn a_bad_replica_reported_by_its_server_leaves_the_chain() {
+    let c = Cluster::new(&[30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    c.mds
+        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!((rec.replicas, rec.version), (vec![1, 3], 2));
+    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+    // Reporting again (no longer a member) or an unknown chunk is harmless.
+    c.mds
+        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    c.mds
+        .report_bad_replica(2, 0xdead, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    assert_eq!(c.state().chunk(map.chunk).unwrap().version, 2);
+    assert_eq!(
+        kind(
+            c.mds
+                .report_bad_replica(9, map.chunk, FailureReason::Corrupt)
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+}
+
+// ----- self-healing ----------------------------------------------------------
+
+fn events(c: &Cluster, kind: EventKind) -> Vec<String> {
+    c.state()
+        .events_after(0)
+        .filter(|e| e.kind == kind)
+        .map(|e| e.message.clone())
+        .collect()
+}
+
+/// Heartbeats every server in `alive` (after advancing the clock).
+async fn heartbeat_all(c: &Cluster, alive: &[CsId]) {
+    for &cs in alive {
+        let space = SpaceInfo {
+            total_bytes: 100 * GB,
+            free_bytes: 50 * GB,
+        };
+        c.mds
+            .heartbeat(cs, space, CsStats::default())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let mut maps = Vec::new();
+    for index in 0..4 {
+        maps.push(
+            c.mds
+                .chunk_map(lease.id, index, true)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(maps.iter().all(|m| chain(m).contains(&1)));
+    // CS 1 goes silent; the others heartbeat through the offline timeout.
+    for _ in 0..62 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[2, 3, 4]).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    c.mds.tick().await;
+    let status = c.mds.cluster_status().await.unwrap();
+    assert_eq!(status.cs[0].status, CsStatus::Offline);
+    assert_eq!(status.chunk_counts.urgent, 4, "{status:?}");
+    for m in &maps {
+        let rec = c.state().chunk(m.chunk).unwrap().clone();
+        assert!(!rec.replicas.contains(&1));
+        assert_eq!(rec.version, m.version + 1);
+    }
+    assert_eq!(c.mds.replicate_pending(10).await, 4);
+    for m in &maps {
+        let rec = c.state().chunk(m.chunk).unwrap().clone();
+        assert_eq!(rec.replicas.len(), 3, "{rec:?}");
+        assert!(rec.replicas.contains(&4));
+        // The copy was made at the bumped version, which every member has.
+        for cs in &rec.replicas {
+            assert_eq!(c.cs(*cs).version(m.chunk), Some(rec.version));
+        }
+    }
+    let status = c.mds.cluster_status().await.unwrap();
+    assert_eq!(status.chunk_counts.healthy, 4, "{status:?}");
+    assert_eq!(status.replication.done_chunks, 4);
+    assert_eq!(status.health, "degraded", "CS 1 is still offline");
+    let story = events(&c, EventKind::CsState).join("\n");
+    assert!(
+        story.contains("chunk server 1") && story.contains("offline"),
+        "{story}"
+    );
+    let repl = events(&c, EventKind::Replication).join("\n");
+    assert!(
+        repl.contains("started") && repl.contains("finished: 4 chunk(s)"),
+        "{repl}"
+    );
+
+    // CS 1 comes back: every replica it holds is stale and deleted.
+    let reply = c.register(1, 40).await.unwrap();
+    assert_eq!(reply.delete.len(), 4);
+    c.mds.tick().await;
+    assert_eq!(c.mds.replicate_pending(10).await, 0, "no over-replication");
+    assert_eq!(c.mds.cluster_status().await.unwrap().health, "healthy");
+}
+
+#[tokio::test]
+async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    // Two members fail: below replicas_min writes wait.
+    c.cs(1).set_failing(true);
+    c.cs(2).set_failing(true);
+    let err = c
+        .mds
+        .report_failure(lease.id, map.chunk, 1, 1, FailureReason::Unreachable)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let err = c.mds.chunk_map(lease.id, 0, false).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("/f"), "{err}");
+    // CS 1 and 2 stop heartbeating (inactive): only CS 4 can take a copy.
+    for _ in 0..4 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[3, 4]).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    // A copy to CS 4 starts and is held mid-way.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
+    let mds = c.mds.clone();
+    let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
+    while !c.cs(3).calls().contains(&Call::SetVersion(map.chunk, 4)) {
+        tokio::task::yield_now().await;
+    }
+    let err = c.mds.chunk_map(lease.id, 0, false).await.unwrap_err();
+    assert!(err.message().contains("being re-replicated"), "{err}");
+    let err = c
+        .mds
+        .report_failure(lease.id, map.chunk, 4, 3, FailureReason::IoError)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        c.mds
+            .cluster_status()
+            .await
+            .unwrap()
+            .chunk_counts
+            .replicating,
+        1
+    );
+    gate.add_permits(1);
+    assert_eq!(copier.await.unwrap(), 1);
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!((chain(&map), map.version), (vec![3, 4], 4));
+    assert_eq!(c.cs(4).calls(), [Call::Replicate(map.chunk, 4, 3)]);
+}
+
+#[tokio::test]
+async fn a_copy_overtaken_by_a_version_change_is_discarded() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    c.cs(2).set_failing(true);
+    c.mds
+        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
+        .await
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
+    let mds = c.mds.clone();
+    let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
+    while !c.cs(1).calls().contains(&Call::SetVersion(map.chunk, 3)) {
+        tokio::task::yield_now().await;
+    }
+    // The file is truncated away meanwhile.
+    c.mds.truncate(lease.id, 0).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(copier.await.unwrap(), 0);
+    assert!(c.state().chunk(map.chunk).is_none());
+    assert_eq!(c.cs(4).version(map.chunk), None, "the copy was deleted");
+}
+
+#[tokio::test]
+async fn corrupt_replicas_are_repaired_and_logged() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    c.mds
+        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    assert_eq!(c.cs(2).version(map.chunk), None, "the bad copy is deleted");
+    assert_eq!(c.mds.replicate_pending(10).await, 1);
+    let log = events(&c, EventKind::Corruption);
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].contains("corrupt") && log[0].contains("chunk server 2"));
+    assert!(log[1].contains("repaired"), "{log:?}");
+    assert!(log[1].contains(&format!("{:#x}", map.chunk)), "{log:?}");
+}
+
+#[tokio::test]
+async fn excess_replicas_are_trimmed_after_replicas_are_lowered() {
+    let c = Cluster::new(&[40, 30, 20]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    c.mds
+        .set_attr(
+            "/f",
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 2, min: 1 }),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    c.mds.tick().await;
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!((rec.replicas, rec.version), (vec![1, 2], 2));
+    assert_eq!(c.cs(3).version(map.chunk), None);
+    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+}
+
+#[tokio::test]
+async fn a_released_server_hands_its_chunks_over_then_is_dropped() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    c.mds.remove_cs(2, false).await.unwrap();
+    let st = c.mds.cluster_status().await.unwrap();
+    assert!(st.cs[1].releasing && st.cs[1].status == CsStatus::Active);
+    // Not eligible for new chunks.
+    let m1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
+    assert!(!chain(&m1).contains(&2));
+    assert_eq!(c.mds.replicate_pending(10).await, 1);
+    c.mds.tick().await;
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.replicas, [1, 3, 4]);
+    c.mds.tick().await;
+    let st = c.mds.cluster_status().await.unwrap();
+    assert_eq!(st.cs[1].status, CsStatus::Dropped);
+    assert_eq!(st.chunk_counts.healthy, 2, "{st:?}");
+    let log = events(&c, EventKind::CsState).join("\n");
+    assert!(log.contains("released"), "{log}");
+    assert_eq!(kind(c.mds.remove_cs(9, false).await), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn full_servers_get_no_new_replicas() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    c.mds.set_config("mds.alloc.fill_margin", 15).await.unwrap();
+    // CS 4 reports 10% free: below the margin.
+    heartbeat_all(&c, &[1, 2, 3]).await;
+    c.mds
+        .heartbeat(
+            4,
+            SpaceInfo {
+                total_bytes: 100 * GB,
+                free_bytes: 10 * GB,
+            },
+            CsStats::default(),
+        )
+        .await
+        .unwrap();
+    let lease = c.open_write("/f").await;
+    for index in 0..4 {
+        let m = c
+            .mds
+            .chunk_map(lease.id, index, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!chain(&m).contains(&4), "{m:?}");
+    }
+    let st = c.mds.cluster_status().await.unwrap();
+    assert!(st.cs[3].full);
+    assert!(events(&c, EventKind::DiskFull)[0].contains("chunk server 4"));
+    // ENOSPC on a replica drops it and marks its server full.
+    let m = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    let victim = chain(&m)[0];
+    c.mds
+        .report_failure(lease.id, m.chunk, m.version, victim, FailureReason::NoSpace)
+        .await
+        .unwrap();
+    assert!(c.mds.cluster_status().await.unwrap().cs[victim as usize - 1].full);
+    // Nowhere enough space: a clear ENOSPC.
+    c.mds.set_config("mds.alloc.fill_margin", 99).await.unwrap();
+    let err = c.mds.chunk_map(lease.id, 9, true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    assert!(err.message().contains("mds.alloc.fill_margin=99%"), "{err}");
+}
+
+#[tokio::test]
+async fn cluster_parameters_are_validated_persisted_and_logged() {
+    let c = Cluster::new(&[40]).await;
+    let before = c.state();
+    for (key, value) in [("no.such.key", 1), ("mds.alloc.fill_margin", 100)] {
+        let err = c.mds.set_config(key, value).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+    assert_eq!(c.state(), before, "a refused setting changes nothing");
+    c.mds.set_config("cs.scrub.period", 2_000).await.unwrap();
+    let entry = c
+        .mds
+        .get_config()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.key == "cs.scrub.period")
+        .unwrap();
+    assert_eq!((entry.value, entry.default), (2_000, 7 * 24 * 3600 * 1000));
+    let reply = c
+        .mds
+        .heartbeat(1, SpaceInfo::default(), CsStats::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.scrub_period_ms, 2_000);
+    let log = c.mds.event_log(0).await.unwrap();
+    assert!(log
+        .iter()
+        .any(|e| e.kind == EventKind::Config && e.message.contains("cs.scrub.period")));
+    let last = log.last().unwrap().seq;
+    assert!(c.mds.event_log(last).await.unwrap().is_empty());
 }

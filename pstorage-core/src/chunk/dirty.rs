@@ -1,0 +1,235 @@
+//! The dirty log of a [`FileChunkStore`](super::FileChunkStore): which
+//! chunks may hold writes that were never flushed, so that after an unclean
+//! stop (kill -9, power loss) exactly those are verified before they are
+//! served. Format in the module docs of [`crate::chunk`].
+//!
+//! Cost: a chunk's id is appended (and the log synced) on the first write to
+//! it after it was compacted out of the log, not on every write after a
+//! flush: a flush leaves the id in the log, so the usual write, flush,
+//! write, flush... pattern costs one in-memory check per write. The log is
+//! compacted (rewritten with only the chunks written since their last flush)
+//! when it holds more than twice that set, at most once per
+//! [`COMPACT_INTERVAL`]: a chunk written again soon after its flush is
+//! still logged, so even many chunks in write+flush cycles cost about one
+//! extra sync per chunk per interval. After a crash, the chunks to verify
+//! are those written since their last flush plus those flushed within
+//! about the last interval or two.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::types::ChunkId;
+
+use super::file::io_error;
+
+/// The log's file name in the store directory.
+pub(crate) const DIRTY_LOG: &str = "dirty.log";
+/// Compaction runs once the log holds at least this many ids and more than
+/// twice the chunks that need to be in it...
+const COMPACT_MIN_ENTRIES: usize = 8;
+/// ...and at most this often.
+pub(crate) const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(crate) struct DirtyLog {
+    dir: PathBuf,
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    file: File,
+    /// Ids in the file (since its last rewrite).
+    logged: HashSet<ChunkId>,
+    /// Chunks written since their last flush began.
+    dirty: HashSet<ChunkId>,
+    /// Chunks whose flush is in progress, with the number of flushes.
+    flushing: HashMap<ChunkId, usize>,
+    last_compaction: Instant,
+    compact_interval: Duration,
+}
+
+impl DirtyLog {
+    /// Opens the log in `dir` (creating it empty). Returns the log and the
+    /// ids it held: the chunks that may hold torn writes, unless the store
+    /// was closed cleanly.
+    pub(crate) fn open(dir: &Path) -> Result<(DirtyLog, BTreeSet<ChunkId>)> {
+        let path = dir.join(DIRTY_LOG);
+        let previous = match fs::read_to_string(&path) {
+            Ok(text) => parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            // Invalid UTF-8 from a torn append: salvage what parses.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let bytes = fs::read(&path)
+                    .map_err(|e| io_error(e, format_args!("reading {}", path.display())))?;
+                parse(&String::from_utf8_lossy(&bytes))
+            }
+            Err(e) => return Err(io_error(e, format_args!("reading {}", path.display()))),
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io_error(e, format_args!("opening {}", path.display())))?;
+        let log = DirtyLog {
+            dir: dir.to_path_buf(),
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                logged: previous.iter().copied().collect(),
+                // Until verified and flushed, the old ids stay needed.
+                dirty: previous.iter().copied().collect(),
+                flushing: HashMap::new(),
+                last_compaction: Instant::now(),
+                compact_interval: COMPACT_INTERVAL,
+            }),
+        };
+        Ok((log, previous))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .expect("dirty log lock poisoned by an earlier panic")
+    }
+
+    /// Whether `chunk` was written since its last flush (for a chunk file
+    /// opened again after the open-file cache closed it).
+    pub(crate) fn is_dirty(&self, chunk: ChunkId) -> bool {
+        self.lock().dirty.contains(&chunk)
+    }
+
+    /// Records, durably before returning, that `chunk` is about to be
+    /// written. Call under the chunk's write lock, before the write.
+    pub(crate) fn note_write(&self, chunk: ChunkId) -> Result<()> {
+        let mut inner = self.lock();
+        if !inner.logged.contains(&chunk) {
+            // The id must be on disk before the data it protects.
+            let line = format!("{chunk:016x}\n");
+            inner
+                .file
+                .write_all(line.as_bytes())
+                .and_then(|()| inner.file.sync_data())
+                .map_err(|e| {
+                    io_error(
+                        e,
+                        format_args!("recording chunk {chunk:#x} in {}", self.path.display()),
+                    )
+                })?;
+            inner.logged.insert(chunk);
+        }
+        inner.dirty.insert(chunk);
+        Ok(())
+    }
+
+    /// A flush of `chunk` starts: writes from now on are noted again. Call
+    /// under the chunk's write lock; then sync, then
+    /// [`end_flush`](DirtyLog::end_flush).
+    pub(crate) fn begin_flush(&self, chunk: ChunkId) {
+        let mut inner = self.lock();
+        inner.dirty.remove(&chunk);
+        *inner.flushing.entry(chunk).or_insert(0) += 1;
+    }
+
+    /// The flush begun by [`begin_flush`](DirtyLog::begin_flush) ended;
+    /// unless it `succeeded`, the chunk is dirty again. May compact the log.
+    pub(crate) fn end_flush(&self, chunk: ChunkId, succeeded: bool) {
+        let mut inner = self.lock();
+        if let Some(n) = inner.flushing.get_mut(&chunk) {
+            *n -= 1;
+            if *n == 0 {
+                inner.flushing.remove(&chunk);
+            }
+        }
+        if !succeeded {
+            // Still logged (only compaction removes ids, and it keeps
+            // flushing chunks), so nothing to write.
+            inner.dirty.insert(chunk);
+            return;
+        }
+        let live = inner.dirty.len() + inner.flushing.len();
+        if inner.logged.len() >= COMPACT_MIN_ENTRIES
+            && inner.logged.len() > 2 * live
+            && inner.last_compaction.elapsed() >= inner.compact_interval
+        {
+            if let Err(e) = self.compact(&mut inner) {
+                // The old log stays valid (it only lists extra chunks).
+                tracing::warn!(error = %e, "compacting the dirty log failed");
+            }
+        }
+    }
+
+    /// Changes the minimum time between compactions (tests).
+    #[cfg(test)]
+    pub(crate) fn set_compact_interval(&self, interval: Duration) {
+        self.lock().compact_interval = interval;
+    }
+
+    /// `chunk` no longer exists here (deleted or out of service): it needs
+    /// no verification.
+    pub(crate) fn forget(&self, chunk: ChunkId) {
+        self.lock().dirty.remove(&chunk);
+    }
+
+    /// The chunks written since their last flush.
+    pub(crate) fn dirty_chunks(&self) -> Vec<ChunkId> {
+        let mut out: Vec<ChunkId> = self.lock().dirty.iter().copied().collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Rewrites the log with only the chunks that need to be in it; with
+    /// everything flushed, that leaves it empty (a clean close).
+    pub(crate) fn compact_now(&self) -> Result<()> {
+        let mut inner = self.lock();
+        self.compact(&mut inner)
+    }
+
+    fn compact(&self, inner: &mut Inner) -> Result<()> {
+        let mut keep: Vec<ChunkId> = inner
+            .dirty
+            .iter()
+            .chain(inner.flushing.keys())
+            .copied()
+            .collect();
+        keep.sort_unstable();
+        keep.dedup();
+        let text: String = keep.iter().map(|c| format!("{c:016x}\n")).collect();
+        let tmp = self.dir.join(format!("{DIRTY_LOG}.tmp"));
+        let what = |op: &str| format!("{op} {}", tmp.display());
+        let mut file =
+            File::create(&tmp).map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error(e, format_args!("{}", what("writing"))))?;
+        fs::rename(&tmp, &self.path).map_err(|e| {
+            io_error(
+                e,
+                format_args!("renaming {} to {}", tmp.display(), self.path.display()),
+            )
+        })?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(e, format_args!("syncing {}", self.dir.display())))?;
+        inner.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io_error(e, format_args!("opening {}", self.path.display())))?;
+        inner.logged = keep.into_iter().collect();
+        inner.last_compaction = Instant::now();
+        Ok(())
+    }
+}
+
+/// The ids of a log's text; a line torn by a crash is skipped (its write
+/// never started: the append is synced before the data is written).
+fn parse(text: &str) -> BTreeSet<ChunkId> {
+    text.lines()
+        .filter(|line| line.len() == 16)
+        .filter_map(|line| ChunkId::from_str_radix(line, 16).ok())
+        .collect()
+}

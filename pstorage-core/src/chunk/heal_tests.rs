@@ -1,0 +1,906 @@
+//! Tests of the self-healing parts of the chunk module: incoming replicas
+//! and re-replication, scrubbing, recovery after an unclean stop, full
+//! disks and I/O statistics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::memory::MemNetwork;
+use super::*;
+use crate::traits::{ChunkControl, ChunkService};
+use crate::types::{CsId, Replica, MIN_CHUNK_SIZE};
+
+use super::scrub::ScrubParams;
+use crate::ErrorKind;
+
+const CS: u64 = MIN_CHUNK_SIZE; // 64 KiB: 16 blocks
+const B: u64 = BLOCK_SIZE;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+fn read_all(store: &dyn ChunkStore, chunk: ChunkId) -> Vec<u8> {
+    let mut buf = vec![0xAAu8; store.chunk_size(chunk).unwrap() as usize];
+    store.read(chunk, 0, &mut buf).unwrap();
+    buf
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+    r.expect_err("expected an error").kind()
+}
+
+/// Runs `case` against a memory store and a file store.
+fn each_store(case: impl Fn(&dyn ChunkStore)) {
+    case(&MemChunkStore::new());
+    let dir = tempfile::tempdir().unwrap();
+    case(&FileChunkStore::open(dir.path()).unwrap());
+}
+
+fn chunk_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+// ---- incoming replicas ----
+
+#[test]
+fn an_incoming_replica_is_invisible_until_committed_then_replaces_the_old_one() {
+    each_store(|store| {
+        store.create(1, 3, CS).unwrap();
+        let old = pattern(1, CS as usize);
+        store.write(1, 0, &old).unwrap();
+
+        let incoming = store.begin_incoming(1, 2 * CS).unwrap();
+        let new = pattern(2, (3 * B + 5) as usize);
+        store.write_incoming(incoming, B - 5, &new).unwrap();
+        assert_eq!(
+            kind(store.write_incoming(incoming, 2 * CS - 1, b"xy")),
+            ErrorKind::InvalidArgument
+        );
+        // The old replica is untouched meanwhile.
+        assert_eq!(store.version(1).unwrap(), 3);
+        assert_eq!(store.chunk_size(1).unwrap(), CS);
+        assert_eq!(read_all(store, 1), old);
+        assert_eq!(store.list().unwrap().len(), 1);
+
+        store.commit_incoming(incoming, 2).unwrap();
+        // Replaced whatever its version (the MDS decides), size included.
+        assert_eq!(store.version(1).unwrap(), 2);
+        assert_eq!(store.chunk_size(1).unwrap(), 2 * CS);
+        let mut expected = vec![0u8; 2 * CS as usize];
+        expected[(B - 5) as usize..(B - 5) as usize + new.len()].copy_from_slice(&new);
+        assert_eq!(read_all(store, 1), expected);
+        assert_eq!(
+            store.list().unwrap(),
+            vec![ChunkReplicaInfo {
+                chunk: 1,
+                version: 2
+            }]
+        );
+        // The handle is consumed.
+        assert_eq!(
+            kind(store.write_incoming(incoming, 0, b"x")),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(store.commit_incoming(incoming, 2)),
+            ErrorKind::NotFound
+        );
+
+        // A new chunk, and an aborted copy that leaves nothing behind.
+        let fresh = store.begin_incoming(7, CS).unwrap();
+        store.write_incoming(fresh, 0, b"hello").unwrap();
+        store.commit_incoming(fresh, 9).unwrap();
+        let mut buf = [0u8; 5];
+        store.read_checked(7, Some(9), 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        let aborted = store.begin_incoming(8, CS).unwrap();
+        store.write_incoming(aborted, 0, b"x").unwrap();
+        store.abort_incoming(aborted);
+        store.abort_incoming(aborted);
+        assert_eq!(kind(store.version(8)), ErrorKind::NotFound);
+        assert_eq!(
+            kind(store.begin_incoming(8, 100)),
+            ErrorKind::InvalidArgument
+        );
+    });
+}
+
+#[test]
+fn mem_store_space_counts_incoming_blocks_and_releases_replaced_ones() {
+    let store = MemChunkStore::new();
+    store.set_capacity(4 * B);
+    store.create(1, 1, CS).unwrap();
+    store.write(1, 0, &pattern(3, (2 * B) as usize)).unwrap();
+    let incoming = store.begin_incoming(1, CS).unwrap();
+    store
+        .write_incoming(incoming, 0, &[1u8; B as usize])
+        .unwrap();
+    assert_eq!(store.space().unwrap().free_bytes, B);
+    assert_eq!(
+        kind(store.write_incoming(incoming, B, &[1u8; 2 * B as usize])),
+        ErrorKind::NoSpace
+    );
+    store.commit_incoming(incoming, 2).unwrap();
+    assert_eq!(store.space().unwrap().free_bytes, 3 * B);
+    let aborted = store.begin_incoming(2, CS).unwrap();
+    store
+        .write_incoming(aborted, 0, &[1u8; B as usize])
+        .unwrap();
+    store.abort_incoming(aborted);
+    assert_eq!(store.space().unwrap().free_bytes, 3 * B);
+}
+
+#[test]
+fn file_store_commits_durably_and_drops_uncommitted_copies_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(4, CS as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(1, 1, CS).unwrap();
+        store.write(1, 0, &[9u8; 100]).unwrap();
+        // Keep the old replica open (cached) while it is replaced.
+        assert_eq!(store.version(1).unwrap(), 1);
+        let incoming = store.begin_incoming(1, CS).unwrap();
+        store.write_incoming(incoming, 0, &data).unwrap();
+        store.commit_incoming(incoming, 5).unwrap();
+        // An uncommitted copy "crashes" with the store.
+        let pending = store.begin_incoming(2, CS).unwrap();
+        store.write_incoming(pending, 0, b"lost").unwrap();
+        assert_eq!(chunk_files(dir.path()).len(), 2);
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 1)]);
+    assert_eq!(store.version(1).unwrap(), 5);
+    assert_eq!(read_all(&store, 1), data);
+}
+
+// ---- re-replication between chunk servers ----
+
+fn addr(id: CsId) -> String {
+    format!("10.0.1.{id}:9100")
+}
+
+fn replica(id: CsId) -> Replica {
+    Replica {
+        cs: id,
+        addr: addr(id),
+    }
+}
+
+/// Two chunk servers over the in-memory network; CS 1 holds chunk 5 at
+/// version 4 with data in the first and third MiB of a 3 MiB chunk.
+async fn pair(target: Arc<dyn ChunkStore>) -> (Arc<MemNetwork>, Arc<ChunkServer>, Vec<u8>) {
+    let net = MemNetwork::new();
+    let source = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
+    let size = 3 << 20;
+    source.create_chunk(5, 4, size).await.unwrap();
+    let mut expected = vec![0u8; size as usize];
+    let head = pattern(5, 1 << 20);
+    let tail = pattern(6, 4000);
+    expected[..head.len()].copy_from_slice(&head);
+    expected[(2 << 20) + 10..(2 << 20) + 10 + tail.len()].copy_from_slice(&tail);
+    source.store().write(5, 0, &head).unwrap();
+    source.store().write(5, (2 << 20) + 10, &tail).unwrap();
+    let target = net.add_server(2, &addr(2), target);
+    (net, target, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_chunk_copies_a_replica_and_replaces_a_stale_one() {
+    let (net, target, expected) = pair(Arc::new(MemChunkStore::new())).await;
+    target.create_chunk(5, 2, CS).await.unwrap();
+    target.store().write(5, 0, b"stale").unwrap();
+    target
+        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .await
+        .unwrap();
+    assert_eq!(target.store().version(5).unwrap(), 4);
+    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    assert!(got[..] == expected[..], "the copy differs from the source");
+    net.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_changes_nothing_and_leaves_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
+    let (net, target, _) = pair(store.clone()).await;
+    target.create_chunk(5, 2, CS).await.unwrap();
+    target.store().write(5, 0, b"stale").unwrap();
+
+    // The source is at another version: Stale, named.
+    let e = target
+        .replicate_chunk(5, 3, 3 << 20, replica(1), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+    assert!(e.message().contains("chunk server 1"), "{e}");
+    // The source is unreachable.
+    net.set_reachable(&addr(1), false);
+    let e = target
+        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    net.set_reachable(&addr(1), true);
+    // Copying from itself, or a bad chunk size.
+    let e = target
+        .replicate_chunk(5, 4, 3 << 20, replica(2), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = target
+        .replicate_chunk(5, 4, 1000, replica(1), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+    assert_eq!(target.store().version(5).unwrap(), 2);
+    let mut buf = [0u8; 5];
+    target.store().read(5, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"stale");
+    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
+
+    // A copy abandoned midway (the MDS's call timed out) leaves nothing.
+    let copy = target.replicate_chunk(5, 4, 3 << 20, replica(1), 1 << 20);
+    assert!(tokio::time::timeout(Duration::from_millis(300), copy)
+        .await
+        .is_err());
+    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
+    assert_eq!(target.store().version(5).unwrap(), 2);
+    net.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_chunk_honours_the_rate_limit() {
+    let (net, target, expected) = pair(Arc::new(MemChunkStore::new())).await;
+    let started = Instant::now();
+    // 3 MiB at 6 MiB/s: about half a second.
+    target
+        .replicate_chunk(5, 4, 3 << 20, replica(1), 6 << 20)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    assert!(got[..] == expected[..]);
+    net.clear();
+}
+
+// ---- bad replicas, scrubbing ----
+
+/// Records every report.
+#[derive(Default)]
+struct RecordingSink {
+    reports: std::sync::Mutex<Vec<(ChunkId, MapVersion, String)>>,
+}
+
+impl RecordingSink {
+    fn chunks(&self) -> Vec<ChunkId> {
+        let mut out: Vec<ChunkId> = self.reports.lock().unwrap().iter().map(|r| r.0).collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+impl BadReplicaSink for RecordingSink {
+    fn bad_replica(&self, chunk: ChunkId, version: MapVersion, detail: String) {
+        self.reports.lock().unwrap().push((chunk, version, detail));
+    }
+}
+
+/// Flips one bit of the stored data of `chunk` at `chunk_offset`, behind
+/// the store's back.
+fn flip_data_bit(store: &FileChunkStore, chunk: ChunkId, chunk_size: u64, chunk_offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(store.chunk_path(chunk))
+        .unwrap();
+    let at = super::file::test_support::data_file_offset(chunk_size, chunk_offset);
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 1 << (chunk_offset % 8);
+    f.write_all_at(&b, at).unwrap();
+}
+
+#[test]
+fn bad_replicas_are_out_of_service_until_deleted_or_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileChunkStore::open(dir.path()).unwrap();
+    for store in [&MemChunkStore::new() as &dyn ChunkStore, &file] {
+        store.create(1, 2, CS).unwrap();
+        store.create(2, 2, CS).unwrap();
+        store.write(1, 0, b"data").unwrap();
+        assert!(!store.is_bad(1).unwrap());
+        store.mark_bad(1).unwrap();
+        store.mark_bad(1).unwrap();
+        assert!(store.is_bad(1).unwrap());
+        assert_eq!(kind(store.mark_bad(3)), ErrorKind::NotFound);
+        assert_eq!(store.list_bad().unwrap(), vec![1]);
+        assert_eq!(
+            store
+                .list()
+                .unwrap()
+                .iter()
+                .map(|c| c.chunk)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+        assert_eq!(kind(store.write(1, 0, b"x")), ErrorKind::Corrupt);
+        assert_eq!(kind(store.version(1)), ErrorKind::Corrupt);
+        // A replacement puts a good replica back in service.
+        let incoming = store.begin_incoming(1, CS).unwrap();
+        store.write_incoming(incoming, 0, b"good").unwrap();
+        store.commit_incoming(incoming, 3).unwrap();
+        assert!(store.list_bad().unwrap().is_empty());
+        store.read(1, 0, &mut buf).unwrap();
+        assert_eq!(&buf, b"good");
+        // Delete removes a bad replica.
+        store.mark_bad(2).unwrap();
+        store.delete(2).unwrap();
+        assert!(store.list_bad().unwrap().is_empty());
+        assert_eq!(kind(store.read(2, 0, &mut buf)), ErrorKind::NotFound);
+    }
+    // Out of service survives a restart.
+    file.mark_bad(1).unwrap();
+    drop(file);
+    let file = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(file.list_bad().unwrap(), vec![1]);
+    assert!(file.list().unwrap().is_empty());
+}
+
+/// A chunk server over a file store in a temp dir, with a recording sink.
+struct FileCs {
+    _dir: tempfile::TempDir,
+    net: Arc<MemNetwork>,
+    store: Arc<FileChunkStore>,
+    server: Arc<ChunkServer>,
+    sink: Arc<RecordingSink>,
+}
+
+impl FileCs {
+    fn new() -> FileCs {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
+        let net = MemNetwork::new();
+        let server = net.add_server(1, &addr(1), store.clone());
+        let sink = Arc::new(RecordingSink::default());
+        server.set_bad_replica_sink(sink.clone());
+        FileCs {
+            _dir: dir,
+            net,
+            store,
+            server,
+            sink,
+        }
+    }
+}
+
+impl Drop for FileCs {
+    fn drop(&mut self) {
+        self.net.clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_once() {
+    let cs = FileCs::new();
+    let size = 4 * CS; // 256 KiB, 64 blocks
+    let chunks: Vec<ChunkId> = (1..=8).collect();
+    for &chunk in &chunks {
+        cs.server.create_chunk(chunk, 7, size).await.unwrap();
+        cs.store
+            .write(chunk, 0, &pattern(chunk, size as usize))
+            .unwrap();
+        cs.store.flush(chunk).unwrap();
+    }
+    // Bits flipped in random blocks of four chunks, two in one of them.
+    let mut rng = StdRng::seed_from_u64(42);
+    let corrupt = [2u64, 3, 5, 8];
+    for &chunk in &corrupt {
+        cs_flip(&cs, chunk, size, rng.gen_range(0..size));
+    }
+    cs_flip(&cs, 5, size, rng.gen_range(0..size));
+
+    // 2 MiB at 4 MiB/s: about half a second.
+    let rate = 4 << 20;
+    cs.server.set_scrub_params(Duration::from_secs(3600), rate);
+    let scrubber = tokio::spawn(cs.server.clone().run_scrubber());
+    let started = Instant::now();
+    cs.server.scrub_now();
+    wait_for(|| cs.server.scrub_stats().passes_completed == 1).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(cs.sink.chunks(), corrupt);
+    for (chunk, version, detail) in cs.sink.reports.lock().unwrap().iter() {
+        assert_eq!(*version, 7);
+        assert!(
+            detail.contains(&format!("chunk {chunk:#x}")) && detail.contains("CRC"),
+            "{detail}"
+        );
+    }
+    let stats = cs.server.scrub_stats();
+    assert_eq!(stats.corrupt_found, 4);
+    assert_eq!(stats.chunks_verified, 8);
+    assert_eq!(stats.pass_chunks_total, 8);
+    assert_eq!(stats.pass_chunks_done, 8);
+    assert_eq!(stats.errors, 0);
+    assert!(!stats.running);
+    assert!(stats.last_pass_finished_ms >= stats.last_pass_started_ms);
+    // The good chunks are read completely; each corrupt one up to its
+    // first bad piece.
+    assert!(stats.bytes_verified >= 4 * size, "{stats:?}");
+    let min = Duration::from_secs_f64(stats.bytes_verified as f64 / rate as f64 * 0.7);
+    assert!(elapsed >= min, "{elapsed:?} for {stats:?}");
+    assert!(stats.bytes_per_s <= rate * 3 / 2, "{stats:?}");
+
+    // Reported replicas are out of service; the others serve.
+    assert_eq!(cs.store.list_bad().unwrap(), corrupt);
+    for &chunk in &chunks {
+        let read = cs.server.read(chunk, 7, 0, size).await;
+        if corrupt.contains(&chunk) {
+            assert_eq!(read.unwrap_err().kind(), ErrorKind::Corrupt);
+        } else {
+            assert!(read.unwrap()[..] == pattern(chunk, size as usize)[..]);
+        }
+    }
+    // A second pass reports nothing again.
+    cs.server.set_scrub_params(Duration::from_secs(3600), 0);
+    cs.server.scrub_now();
+    wait_for(|| cs.server.scrub_stats().passes_completed == 2).await;
+    assert_eq!(cs.sink.chunks(), corrupt);
+    assert_eq!(cs.server.scrub_stats().pass_chunks_total, 4);
+    scrubber.abort();
+}
+
+fn cs_flip(cs: &FileCs, chunk: ChunkId, size: u64, offset: u64) {
+    flip_data_bit(&cs.store, chunk, size, offset);
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_runs_every_period() {
+    let cs = FileCs::new();
+    cs.server.create_chunk(1, 1, CS).await.unwrap();
+    cs.store.write(1, 0, &pattern(1, CS as usize)).unwrap();
+    cs.server.set_scrub_params(Duration::from_millis(100), 0);
+    assert_eq!(
+        cs.server.scrub_params(),
+        ScrubParams {
+            period: Duration::from_millis(100),
+            rate_bytes_per_s: 0
+        }
+    );
+    let scrubber = tokio::spawn(cs.server.clone().run_scrubber());
+    wait_for(|| cs.server.scrub_stats().passes_completed >= 3).await;
+    assert!(cs.sink.chunks().is_empty());
+    // Corruption appearing later is found by a later pass.
+    flip_data_bit(&cs.store, 1, CS, 5000);
+    wait_for(|| cs.sink.chunks() == [1]).await;
+    // Period 0 stops periodic passes.
+    cs.server.set_scrub_params(Duration::ZERO, 0);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let passes = cs.server.scrub_stats().passes_completed;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cs.server.scrub_stats().passes_completed, passes);
+    assert_eq!(cs.server.scrub_stats().period_ms, 0);
+    scrubber.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_read_hitting_a_bad_crc_takes_the_replica_out_and_reports_it_once() {
+    let cs = FileCs::new();
+    cs.server.create_chunk(1, 4, CS).await.unwrap();
+    cs.store.write(1, 0, &pattern(3, CS as usize)).unwrap();
+    flip_data_bit(&cs.store, 1, CS, 3 * B + 1);
+    cs.server.read(1, 4, 0, B).await.unwrap();
+    for _ in 0..3 {
+        let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
+    // Now out of service as a whole, reported once.
+    assert_eq!(
+        cs.server.read(1, 4, 0, B).await.unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    assert_eq!(cs.sink.chunks(), [1]);
+    // Left out of the registration, deleted once the MDS has it.
+    let registration = cs.server.registration("x:1").await.unwrap();
+    assert!(registration.chunks.is_empty());
+    cs.server
+        .apply_register_reply(&crate::types::RegisterReply {
+            delete: vec![],
+            heartbeat_interval_ms: 1000,
+        })
+        .await
+        .unwrap();
+    assert!(cs.store.list_bad().unwrap().is_empty());
+    assert_eq!(
+        cs.server.read(1, 4, 0, B).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+// ---- unclean stops ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        for chunk in 1..=4 {
+            store.create(chunk, 1, CS).unwrap();
+        }
+        store.write(1, 0, &pattern(1, CS as usize)).unwrap();
+        store.flush(1).unwrap();
+        store.write(2, 0, &pattern(2, CS as usize)).unwrap();
+        store.write(3, 0, &pattern(3, CS as usize)).unwrap();
+        // Chunk 3: a later write whose data reached the disk but whose CRC
+        // entry did not (the process was killed in between).
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(3))
+            .unwrap();
+        let at = super::file::test_support::data_file_offset(CS, 5 * B);
+        f.write_all_at(&pattern(33, B as usize), at).unwrap();
+        // "Killed": dropped without close_clean.
+    }
+    let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
+    let unverified = store.unverified();
+    assert!(
+        unverified.contains(&2) && unverified.contains(&3) && !unverified.contains(&4),
+        "{unverified:?}"
+    );
+    let net = MemNetwork::new();
+    let server = Arc::new(ChunkServer::new(1, store.clone(), net.clone()));
+    let sink = Arc::new(RecordingSink::default());
+    server.set_bad_replica_sink(sink.clone());
+    let report = server.recover().await.unwrap();
+    assert_eq!(report.corrupt, [3]);
+    assert!(report.verified.contains(&2), "{report:?}");
+    assert_eq!(sink.chunks(), [3]);
+    assert!(sink.reports.lock().unwrap()[0].2.contains("unclean stop"));
+    assert!(store.unverified().is_empty());
+    // The torn chunk is not registered nor served; the rest is.
+    let registration = server.registration("x:1").await.unwrap();
+    let listed: Vec<ChunkId> = registration.chunks.iter().map(|c| c.chunk).collect();
+    assert_eq!(listed, [1, 2, 4]);
+    server.set_serving(true);
+    assert_eq!(
+        server.read(3, 1, 0, B).await.unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    assert!(server.read(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
+    drop(server);
+
+    // Verified chunks are not checked again after another kill.
+    drop(store);
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert!(store.unverified().is_empty(), "{:?}", store.unverified());
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_verify_and_a_kill_everything_written() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        for chunk in 1..=3 {
+            store.create(chunk, 1, CS).unwrap();
+            store.write(chunk, 0, b"x").unwrap();
+        }
+        store.close_clean().unwrap();
+        // Still usable after a clean close.
+        store.write(1, 1, b"y").unwrap();
+        store.close_clean().unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert!(store.unverified().is_empty());
+    // Zeroing counts as writing; a version change syncs but a chunk
+    // written before it stays listed until flushed.
+    store.zero(2, 0, B).unwrap();
+    store.write(3, 0, b"z").unwrap();
+    store.set_version(3, 2).unwrap();
+    drop(store);
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.unverified(), [2, 3]);
+}
+
+#[test]
+fn the_dirty_log_stays_small_under_write_flush_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileChunkStore::open_with_cache(dir.path(), 4).unwrap();
+    store.set_dirty_compact_interval(Duration::ZERO);
+    for round in 0..20u64 {
+        for chunk in 0..50 {
+            if round == 0 {
+                store.create(chunk, 1, CS).unwrap();
+            }
+            store.write(chunk, round * 8, &round.to_le_bytes()).unwrap();
+            store.flush(chunk).unwrap();
+        }
+    }
+    store.write(7, 0, b"w").unwrap();
+    let log = std::fs::read_to_string(dir.path().join("dirty.log")).unwrap();
+    // Compaction keeps it near the live set (here 1 chunk), never 1000 ids.
+    assert!(log.lines().count() <= 64, "{} ids", log.lines().count());
+    drop(store);
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert!(store.unverified().contains(&7));
+}
+
+// ---- full disks and I/O statistics ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_data() {
+    let store = Arc::new(MemChunkStore::new());
+    let net = MemNetwork::new();
+    let server = net.add_server(9, &addr(9), store.clone());
+    server.create_chunk(1, 1, CS).await.unwrap();
+    let old = bytes::Bytes::from(pattern(9, (2 * B) as usize));
+    server
+        .write(crate::traits::WriteRequest {
+            chunk: 1,
+            version: 1,
+            offset: 0,
+            payload: crate::traits::WritePayload::Data(old.clone()),
+            chain: vec![],
+        })
+        .await
+        .unwrap();
+    store.set_capacity(3 * B);
+    assert_eq!(
+        server.store().space().unwrap(),
+        crate::types::SpaceInfo {
+            total_bytes: 3 * B,
+            free_bytes: B
+        }
+    );
+    let e = server
+        .write(crate::traits::WriteRequest {
+            chunk: 1,
+            version: 1,
+            offset: B,
+            payload: crate::traits::WritePayload::Data(bytes::Bytes::from(vec![
+                7u8;
+                3 * B as usize
+            ])),
+            chain: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.failed_cs, None);
+    assert_eq!(e.error.kind(), ErrorKind::NoSpace);
+    assert!(e.error.message().contains("chunk server 9"), "{e}");
+    let got = server.read(1, 1, 0, 2 * B).await.unwrap();
+    assert!(got == old);
+    // Re-replication onto a full CS fails the same way and leaves nothing.
+    let source = net.add_server(8, &addr(8), Arc::new(MemChunkStore::new()));
+    source.create_chunk(2, 1, CS).await.unwrap();
+    source
+        .store()
+        .write(2, 0, &pattern(2, CS as usize))
+        .unwrap();
+    let e = server
+        .replicate_chunk(2, 1, CS, replica(8), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert_eq!(store.space().unwrap().free_bytes, B);
+    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
+    net.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_stats_count_successful_operations() {
+    let net = MemNetwork::new();
+    let server = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
+    let source = net.add_server(2, &addr(2), Arc::new(MemChunkStore::new()));
+    source.create_chunk(2, 1, CS).await.unwrap();
+    assert_eq!(server.stats(), CsIoStats::default());
+    server.create_chunk(1, 1, CS).await.unwrap();
+    for payload in [
+        crate::traits::WritePayload::Data(bytes::Bytes::from_static(b"hello")),
+        crate::traits::WritePayload::Zeros(3 * B),
+    ] {
+        server
+            .write(crate::traits::WriteRequest {
+                chunk: 1,
+                version: 1,
+                offset: 0,
+                payload,
+                chain: vec![],
+            })
+            .await
+            .unwrap();
+    }
+    server.read(1, 1, 0, 100).await.unwrap();
+    server.read(1, 1, 0, CS).await.unwrap();
+    server.read(1, 2, 0, 100).await.unwrap_err();
+    ChunkService::flush(server.as_ref(), 1, 1).await.unwrap();
+    server
+        .replicate_chunk(2, 1, CS, replica(2), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        server.stats(),
+        CsIoStats {
+            read_ops: 2,
+            read_bytes: 100 + CS,
+            write_ops: 2,
+            write_bytes: 5 + 3 * B,
+            flush_ops: 1,
+            replicated_chunks: 1,
+            replicated_bytes: CS,
+        }
+    );
+    net.clear();
+}
+
+/// Where [`enospc_on_a_tiny_filesystem`] mounts the tmpfs for its child.
+const ENOSPC_DIR_ENV: &str = "PSTORAGE_TEST_ENOSPC_DIR";
+
+/// Runs [`enospc_child`] in a private mount namespace on a 512 KiB tmpfs
+/// (`unshare -rm`, no privileges needed where user namespaces are
+/// allowed); skipped, saying why, where they are not.
+#[test]
+fn enospc_on_a_tiny_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = r#"mount -t tmpfs -o size=512k none "$0" || exit 77
+exec "$1" --exact chunk::heal_tests::enospc_child --ignored --nocapture"#;
+    let output = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .arg(dir.path())
+        .arg(&exe)
+        .env(ENOSPC_DIR_ENV, dir.path())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("SKIPPED enospc_on_a_tiny_filesystem: cannot run unshare: {e}");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match output.status.code() {
+        Some(0) => assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}"),
+        Some(101) => panic!("the ENOSPC scenario failed:\n{stdout}\n{stderr}"),
+        _ => eprintln!(
+            "SKIPPED enospc_on_a_tiny_filesystem: no private tmpfs mount here \
+             (user namespaces disabled?): {stderr}"
+        ),
+    }
+}
+
+/// The ENOSPC scenario, on the tmpfs [`enospc_on_a_tiny_filesystem`]
+/// mounts (does nothing elsewhere).
+#[test]
+#[ignore = "run by enospc_on_a_tiny_filesystem inside a private tmpfs"]
+fn enospc_child() {
+    let Some(dir) = std::env::var_os(ENOSPC_DIR_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let store = FileChunkStore::open(&dir).unwrap();
+    let size = 4 * CS;
+    store.create(1, 1, size).unwrap();
+    let old = pattern(1, (2 * B) as usize);
+    store.write(1, 0, &old).unwrap();
+    store.flush(1).unwrap();
+    // Fill the file system.
+    let filler = dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0xEEu8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    assert!(
+        store.space().unwrap().free_bytes < 8 * B,
+        "{:?}",
+        store.space()
+    );
+
+    // Overwrites block 1 (allocated) and needs new pages beyond it.
+    let e = store
+        .write(1, B, &pattern(2, (16 * B) as usize))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    assert!(e.message().contains("free space"), "{e}");
+    // Nothing readable changed: each block holds its old content or reads
+    // as Corrupt, never the half-written data.
+    let mut expected = vec![0u8; size as usize];
+    expected[..old.len()].copy_from_slice(&old);
+    for block in 0..size / B {
+        let mut buf = vec![0u8; B as usize];
+        match store.read(1, block * B, &mut buf) {
+            Ok(()) => assert!(
+                buf[..] == expected[(block * B) as usize..((block + 1) * B) as usize],
+                "block {block} reads wrong data"
+            ),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt, "block {block}: {e}"),
+        }
+    }
+    // New chunks fail the same way and leave nothing behind.
+    assert_eq!(kind(store.create(2, 1, size)), ErrorKind::NoSpace);
+    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
+    let incoming = store.begin_incoming(3, size);
+    if let Ok(incoming) = incoming {
+        assert_eq!(
+            kind(store.write_incoming(incoming, 0, &pattern(3, size as usize))),
+            ErrorKind::NoSpace
+        );
+        store.abort_incoming(incoming);
+    }
+
+    // With space again, a rewrite heals the blocks.
+    std::fs::remove_file(&filler).unwrap();
+    let new = pattern(4, (16 * B) as usize);
+    store.write(1, B, &new).unwrap();
+    expected[B as usize..(17 * B) as usize].copy_from_slice(&new);
+    assert_eq!(read_all(&store, 1), expected);
+    store.create(2, 1, size).unwrap();
+}
+
+/// Benchmark of the 4 KiB write path of the file store (the dirty log's
+/// cost): `cargo test -p pstorage-core --lib heal_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn heal_bench_4k_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let size = 64u64 << 20;
+    let blocks = size / 4096;
+    for chunk in 0..64 {
+        store.create(chunk, 1, size).unwrap();
+    }
+    let data = vec![0x5Au8; 4096];
+    let mut rng = StdRng::seed_from_u64(1);
+    // Warm up: every block written once (allocation out of the way).
+    for b in 0..blocks {
+        store.write(0, b * 4096, &data).unwrap();
+    }
+    let n = 200_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        store
+            .write(0, rng.gen_range(0..blocks) * 4096, &data)
+            .unwrap();
+    }
+    let per = t.elapsed() / n;
+    println!("4 KiB random writes, one chunk, no flush: {per:?}/write");
+    let n = 2_000;
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let chunk = i % 64;
+        store
+            .write(chunk, rng.gen_range(0..blocks) * 4096, &data)
+            .unwrap();
+        store.flush(chunk).unwrap();
+    }
+    let per = t.elapsed() / n as u32;
+    println!("4 KiB write + flush, 64 chunks round robin: {per:?}/pair");
+}
