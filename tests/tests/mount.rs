@@ -415,6 +415,7 @@ fn fio_verify_jobs_through_the_mount() {
         ])
         .args(["--rw=randwrite", "--bs=4k", "--size=16M", "--verify=crc32c"])
         .args(["--do_verify=1", "--verify_fatal=1", "--randrepeat=1"])
+        .arg("--verify_state_save=0")
         .arg(format!("--filename={}", file.display())));
     // Buffered (page cache) mixed sizes, verified.
     run(Command::new("fio")
@@ -424,6 +425,7 @@ fn fio_verify_jobs_through_the_mount() {
             "--size=24M",
             "--verify=md5",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ])
         .arg(format!("--filename={}", m.path("fio2.dat").display())));
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);

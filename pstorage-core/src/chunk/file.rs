@@ -866,13 +866,7 @@ impl ChunkStore for FileChunkStore {
         if state.deleted {
             return Err(missing_chunk(chunk));
         }
-        if version < state.version {
-            return Err(Error::stale(format!(
-                "chunk {chunk:#x} is already at map version {}, newer than {version}: map \
-                 versions never go back",
-                state.version
-            )));
-        }
+        super::check_version_forward(chunk, state.version, version)?;
         if version == state.version {
             return Ok(());
         }

@@ -284,13 +284,7 @@ impl ChunkStore for MemChunkStore {
         if c.deleted {
             return Err(missing_chunk(chunk));
         }
-        if version < c.version {
-            return Err(Error::stale(format!(
-                "chunk {chunk:#x} is already at map version {}, newer than {version}: map \
-                 versions never go back",
-                c.version
-            )));
-        }
+        super::check_version_forward(chunk, c.version, version)?;
         c.version = version;
         Ok(())
     }

@@ -327,3 +327,19 @@ pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
 mod heal_tests;
 #[cfg(test)]
 mod tests;
+
+/// The rule both stores enforce on `set_version`: a replica's map version
+/// never goes back. `Stale` names both versions.
+pub(crate) fn check_version_forward(
+    chunk: ChunkId,
+    current: MapVersion,
+    new: MapVersion,
+) -> Result<()> {
+    if new < current {
+        return Err(Error::stale(format!(
+            "chunk {chunk:#x} is already at map version {current}, newer than {new}: map \
+             versions never go back"
+        )));
+    }
+    Ok(())
+}
