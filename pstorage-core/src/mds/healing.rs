@@ -223,14 +223,17 @@ impl MdsService {
         }
         for cs in released {
             let _chunks = self.chunk_lock.lock().await;
-            let mut core = self.core();
-            // Re-check under the lock: a copy may have just landed on it.
-            if core.state.chunks().any(|(_, r)| r.replicas.contains(&cs)) {
-                continue;
-            }
-            let addr = core.cs_addr(cs);
-            match core.commit(Command::DropCs { cs }) {
+            let addr = {
+                let core = self.core();
+                // Re-check under the lock: a copy may have just landed on it.
+                if core.state.chunks().any(|(_, r)| r.replicas.contains(&cs)) {
+                    continue;
+                }
+                core.cs_addr(cs)
+            };
+            match self.commit(Command::DropCs { cs }).await {
                 Ok(_) => {
+                    let mut core = self.core();
                     core.live.remove(&cs);
                     core.log_event(
                         now,
@@ -300,27 +303,30 @@ impl MdsService {
         let _chunks = self.chunk_lock.lock().await;
         for (chunk, version, remove) in plans {
             let map = {
-                let mut core = self.core();
-                if core.busy.contains(&chunk) || core.planned.contains(&chunk) {
-                    continue;
-                }
-                let Some(rec) = core.state.chunk(chunk) else {
-                    continue;
+                let keep: Vec<CsId> = {
+                    let core = self.core();
+                    if core.busy.contains(&chunk) || core.planned.contains(&chunk) {
+                        continue;
+                    }
+                    let Some(rec) = core.state.chunk(chunk) else {
+                        continue;
+                    };
+                    if rec.version != version {
+                        continue;
+                    }
+                    rec.replicas
+                        .iter()
+                        .copied()
+                        .filter(|cs| !remove.contains(cs))
+                        .collect()
                 };
-                if rec.version != version {
-                    continue;
-                }
-                let keep: Vec<CsId> = rec
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|cs| !remove.contains(cs))
-                    .collect();
-                let outcome = core.commit(Command::UpdateChunkMap {
-                    chunk,
-                    version: version + 1,
-                    replicas: keep,
-                });
+                let outcome = self
+                    .commit(Command::UpdateChunkMap {
+                        chunk,
+                        version: version + 1,
+                        replicas: keep,
+                    })
+                    .await;
                 match outcome {
                     Ok(ApplyOutcome::ChunkMap(map)) => map,
                     Ok(other) => {
@@ -494,7 +500,9 @@ impl MdsService {
         let now = self.now();
         let mut core = self.core();
         core.planned.remove(&job.chunk);
-        core.repl.in_flight -= 1;
+        // Saturating: leadership may have changed (and the counters reset)
+        // while the copy ran.
+        core.repl.in_flight = core.repl.in_flight.saturating_sub(1);
         match result {
             Ok(added) if !added.is_empty() => {
                 let bytes = job.chunk_size * added.len() as u64;
@@ -554,7 +562,7 @@ impl MdsService {
         let version = job.version + 1;
         {
             let _chunks = self.chunk_lock.lock().await;
-            let map = {
+            let replicas = {
                 let mut core = self.core();
                 let rec = core.state.chunk(chunk).ok_or_else(|| {
                     Error::not_found(format!("chunk {chunk:#x} no longer exists"))
@@ -566,16 +574,28 @@ impl MdsService {
                     )));
                 }
                 let replicas = rec.replicas.clone();
-                let outcome = core.commit(Command::UpdateChunkMap {
+                // Busy before the bump commits: no writer may get the new
+                // version's map until the copy is in the chain.
+                core.busy.insert(chunk);
+                replicas
+            };
+            let outcome = self
+                .commit(Command::UpdateChunkMap {
                     chunk,
                     version,
                     replicas,
-                })?;
-                let ApplyOutcome::ChunkMap(map) = outcome else {
-                    return Err(unexpected(outcome));
-                };
-                core.busy.insert(chunk);
-                map
+                })
+                .await;
+            let map = match outcome {
+                Ok(ApplyOutcome::ChunkMap(map)) => map,
+                Ok(other) => {
+                    self.core().busy.remove(&chunk);
+                    return Err(unexpected(other));
+                }
+                Err(e) => {
+                    self.core().busy.remove(&chunk);
+                    return Err(e);
+                }
             };
             let failed = self.push_to_all(&map).await;
             if !failed.is_empty() {
@@ -619,18 +639,18 @@ impl MdsService {
         }
         let committed = {
             let _chunks = self.chunk_lock.lock().await;
-            let mut core = self.core();
             let result = if copied.is_empty() {
                 Ok(())
             } else {
-                core.commit(Command::ExtendChain {
+                self.commit(Command::ExtendChain {
                     chunk,
                     version,
                     added: copied.iter().map(|r| r.cs).collect(),
                 })
+                .await
                 .map(|_| ())
             };
-            core.busy.remove(&chunk);
+            self.core().busy.remove(&chunk);
             result
         };
         let orphan = |replicas: Vec<Replica>| ChunkMap {
@@ -657,7 +677,12 @@ impl MdsService {
                 let core = self.core();
                 self.params(&core).repl_concurrency as usize
             };
-            let free = limit.saturating_sub(running.len());
+            // Only the leader copies (its commits would fail elsewhere).
+            let free = if self.track_leadership() {
+                limit.saturating_sub(running.len())
+            } else {
+                0
+            };
             for job in self.plan_replication(free) {
                 running.push(self.run_copy(job));
             }

@@ -3,20 +3,28 @@
 //!
 //! Concurrency: the state, the command log and the volatile chunk server
 //! liveness live behind one std `Mutex`, never held across an `.await`.
-//! Every mutation validates its command, appends it durably to the log and
-//! only then applies it, all under that mutex, so a failed append changes
-//! nothing and no reader sees an undurable effect. A tokio `Mutex`
-//! serializes the multi-step chunk map changes (allocation, failure
-//! handling, fencing, registration) that call chunk servers between
-//! commits.
+//! Every mutation is a [`Command`] committed through [`MdsService::commit`]:
+//! with Raft attached ([`MdsService::attach_raft`]) it is proposed to the
+//! group and applied by the Raft state machine (through [`StateHost`]) once
+//! a majority has it durably; without Raft (tests, simulation) it is
+//! validated, appended to the local [`CommandLog`] and applied under the
+//! mutex. Either way a refused or failed command changes nothing and no
+//! reader sees an undurable effect. A tokio `Mutex` serializes the
+//! multi-step chunk map changes (allocation, failure handling, fencing,
+//! registration) that call chunk servers between commits.
+//!
+//! Only the Raft leader serves requests and runs the periodic duties
+//! (`tick`, re-replication); the volatile state (chunk server liveness,
+//! copies in flight) starts afresh when an MDS becomes leader.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 use futures::future::join_all;
 
 use super::params::ClusterParams;
+use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
 use super::state::{ApplyOutcome, Command, MdsState, NewEvent};
 use super::store::{CommandLog, MdsStore};
 use crate::error::{Error, ErrorKind, Result};
@@ -124,11 +132,22 @@ pub(super) struct Core {
     /// Chunks that lost a corrupt replica, with what was found: the event
     /// log says when each is repaired.
     pub(super) repairs: BTreeMap<ChunkId, String>,
+    /// Commands go through Raft: events are queued for
+    /// [`MdsService::flush_events`] instead of committed under the lock.
+    replicated: bool,
+    /// Events waiting to be committed (Raft mode).
+    pending_events: Vec<(u64, Vec<NewEvent>)>,
+    /// When this MDS became the leader (or started, without Raft): chunk
+    /// servers get the offline timeout from then to register with it.
+    pub(super) leader_since_ms: u64,
+    /// The term this MDS leads in (`None`: not the leader).
+    led_term: Option<u64>,
 }
 
 impl Core {
-    /// Validates, logs durably, then applies `cmd`.
-    pub(super) fn commit(&mut self, cmd: Command) -> Result<ApplyOutcome> {
+    /// Validates, logs durably, then applies `cmd` (no Raft).
+    fn commit_local(&mut self, cmd: Command) -> Result<ApplyOutcome> {
+        debug_assert!(!self.replicated, "commands go through Raft");
         let prepared = self.state.prepare(&cmd)?;
         if let Some(log) = self.log.as_mut() {
             log.append(&cmd)?;
@@ -155,7 +174,9 @@ impl Core {
                 _ => tracing::warn!("event ({}): {}", e.kind, e.message),
             }
         }
-        if let Err(e) = self.commit(Command::LogEvents { now_ms, events }) {
+        if self.replicated {
+            self.pending_events.push((now_ms, events));
+        } else if let Err(e) = self.commit_local(Command::LogEvents { now_ms, events }) {
             tracing::warn!("MDS: cannot record events: {e}");
         }
     }
@@ -194,7 +215,8 @@ pub struct MdsService {
     pub(super) connector: Arc<dyn ControlConnector>,
     clock: Arc<dyn Clock>,
     pub(super) config: MdsConfig,
-    started_ms: u64,
+    /// The Raft group this MDS proposes its commands to, and its id there.
+    raft: OnceLock<(MdsId, MdsRaft)>,
 }
 
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
@@ -210,7 +232,7 @@ impl MdsService {
         clock: Arc<dyn Clock>,
         config: MdsConfig,
     ) -> MdsService {
-        let started_ms = clock.now_ms();
+        let leader_since_ms = clock.now_ms();
         let next_chunk_reserved = state.next_chunk_id();
         MdsService {
             core: Mutex::new(Core {
@@ -224,12 +246,16 @@ impl MdsService {
                 seen_status: BTreeMap::new(),
                 repl: ReplProgress::default(),
                 repairs: BTreeMap::new(),
+                replicated: false,
+                pending_events: Vec::new(),
+                leader_since_ms,
+                led_term: None,
             }),
             chunk_lock: tokio::sync::Mutex::new(()),
             connector,
             clock,
             config,
-            started_ms,
+            raft: OnceLock::new(),
         }
     }
 
@@ -274,8 +300,69 @@ impl MdsService {
         self.core.lock().expect("MDS state mutex poisoned")
     }
 
-    fn commit(&self, cmd: Command) -> Result<ApplyOutcome> {
-        self.core().commit(cmd)
+    /// Makes every later command go through `raft` (this MDS is member
+    /// `id`). Call once, before serving requests; the state must be the
+    /// one the Raft state machine was built on (see [`StateHost`]).
+    pub fn attach_raft(&self, id: MdsId, raft: MdsRaft) -> Result<()> {
+        self.core().replicated = true;
+        self.raft
+            .set((id, raft))
+            .map_err(|_| Error::internal("the MDS service already has a Raft group"))
+    }
+
+    /// The Raft group and this MDS's id in it, if attached.
+    pub fn raft(&self) -> Option<&(MdsId, MdsRaft)> {
+        self.raft.get()
+    }
+
+    /// Whether this MDS may serve and run leader duties now: always without
+    /// Raft, else while its Raft node is the leader.
+    pub fn is_leader(&self) -> bool {
+        match self.raft.get() {
+            None => true,
+            Some((id, raft)) => raft.metrics().borrow().current_leader == Some(*id),
+        }
+    }
+
+    /// Commits `cmd`: through Raft when attached (returns once a majority
+    /// has it and it is applied here), else to the local log. The outcome
+    /// is the state machine's, refusals included.
+    pub(super) async fn commit(&self, cmd: Command) -> Result<ApplyOutcome> {
+        let Some((_, raft)) = self.raft.get() else {
+            return self.core().commit_local(cmd);
+        };
+        // Refuse what cannot apply without a round through the log.
+        self.core().state.validate(&cmd)?;
+        match raft.client_write(RaftRequest { cmd }).await {
+            Ok(reply) => reply.data.into_result(),
+            Err(e) => Err(raft_write_error(e)),
+        }
+    }
+
+    /// Waits until this MDS is sure it is the leader and has applied every
+    /// committed command, so a read sees every acknowledged write (a deposed
+    /// leader that does not know it yet fails here instead of serving stale
+    /// metadata). A no-op without Raft.
+    pub(super) async fn read_barrier(&self) -> Result<()> {
+        let Some((_, raft)) = self.raft.get() else {
+            return Ok(());
+        };
+        raft.ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(raft_read_error)
+    }
+
+    /// Commits the events queued by [`Core::log_events`] (Raft mode).
+    /// Events are a record, not a decision: a failure is logged and the
+    /// events dropped.
+    pub(super) async fn flush_events(&self) {
+        let batches = std::mem::take(&mut self.core().pending_events);
+        for (now_ms, events) in batches {
+            if let Err(e) = self.commit(Command::LogEvents { now_ms, events }).await {
+                tracing::warn!("MDS: cannot record events: {e}");
+            }
+        }
     }
 
     pub(super) fn now(&self) -> u64 {
@@ -295,7 +382,7 @@ impl MdsService {
         match core.live.get(&cs) {
             // Not registered since this MDS started: it may hold stale
             // replicas it has not been told to delete, so it gets nothing new.
-            None if now_ms.saturating_sub(self.started_ms) > offline_timeout_ms => {
+            None if now_ms.saturating_sub(core.leader_since_ms) > offline_timeout_ms => {
                 CsStatus::Offline
             }
             None => CsStatus::Inactive,
@@ -313,10 +400,9 @@ impl MdsService {
     }
 
     /// Commits `ExpireLeases` if any lease has expired.
-    fn expire_leases(&self, now_ms: u64) -> Result<()> {
-        let mut core = self.core();
-        if core.state.has_expired_leases(now_ms) {
-            core.commit(Command::ExpireLeases { now_ms })?;
+    async fn expire_leases(&self, now_ms: u64) -> Result<()> {
+        if self.core().state.has_expired_leases(now_ms) {
+            self.commit(Command::ExpireLeases { now_ms }).await?;
         }
         Ok(())
     }
@@ -327,14 +413,55 @@ impl MdsService {
     /// chunk server health (dropping offline servers from their chains),
     /// trims replicas beyond `replicas_norm` and finishes graceful
     /// removals. Re-replication runs in [`MdsService::run_replication`].
+    ///
+    /// With Raft, only the leader does these; an MDS that just became the
+    /// leader starts its chunk server bookkeeping afresh (they register
+    /// with it within a heartbeat or two).
     pub async fn tick(&self) {
+        if !self.track_leadership() {
+            return;
+        }
         let now = self.now();
-        if let Err(e) = self.expire_leases(now) {
+        if let Err(e) = self.expire_leases(now).await {
             tracing::warn!("MDS: expiring leases failed: {e}");
         }
         self.sync_versions().await;
         self.check_health().await;
         self.trim_excess().await;
+        self.flush_events().await;
+    }
+
+    /// Whether this MDS is the leader now; on a change of leadership,
+    /// resets the volatile leader state (liveness, copies, queued events).
+    pub(super) fn track_leadership(&self) -> bool {
+        let Some((id, raft)) = self.raft.get() else {
+            return true;
+        };
+        let (leader, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(*id), m.current_term)
+        };
+        let now = self.now();
+        let mut core = self.core();
+        let led_term = if leader { Some(term) } else { None };
+        if core.led_term != led_term {
+            if leader {
+                tracing::info!("MDS {id}: leader in term {term}; taking over the leader duties");
+            } else if core.led_term.is_some() {
+                tracing::info!("MDS {id}: no longer the leader; leader duties stopped");
+            }
+            core.led_term = led_term;
+            core.leader_since_ms = now;
+            core.live.clear();
+            core.version_sync.clear();
+            core.seen_status.clear();
+            core.pending_events.clear();
+            core.repl = ReplProgress::default();
+            core.repairs.clear();
+            core.next_chunk_reserved = core.state.next_chunk_id();
+        }
+        leader
     }
 
     async fn sync_versions(&self) {
@@ -411,8 +538,9 @@ impl MdsService {
         mut failed: Vec<CsId>,
     ) -> Result<ChunkMap> {
         loop {
-            let (map, survivors) = {
-                let mut core = self.core();
+            // The survivors to commit, or the current map if nothing drops.
+            let plan = {
+                let core = self.core();
                 let current = core.state.chunk_map(chunk).ok_or_else(|| {
                     Error::not_found(format!("chunk {chunk:#x} no longer exists"))
                 })?;
@@ -422,18 +550,25 @@ impl MdsService {
                     .map(|r| r.cs)
                     .filter(|cs| !failed.contains(cs))
                     .collect();
-                if survivors.len() == current.replicas.len() {
-                    (current, None)
-                } else if survivors.is_empty() {
-                    // Dropping the last copy would turn a transient failure
-                    // into data loss: keep it and let the caller wait.
-                    (current, Some(0))
+                // Nothing to drop, or dropping the last copy, which would
+                // turn a transient failure into data loss: keep it and let
+                // the caller wait.
+                if survivors.len() == current.replicas.len() || survivors.is_empty() {
+                    Err(current)
                 } else {
-                    let outcome = core.commit(Command::UpdateChunkMap {
-                        chunk,
-                        version: current.version + 1,
-                        replicas: survivors.clone(),
-                    })?;
+                    Ok((current.version, survivors))
+                }
+            };
+            let (map, survivors) = match plan {
+                Err(current) => (current, None),
+                Ok((version, survivors)) => {
+                    let outcome = self
+                        .commit(Command::UpdateChunkMap {
+                            chunk,
+                            version: version + 1,
+                            replicas: survivors.clone(),
+                        })
+                        .await?;
                     let ApplyOutcome::ChunkMap(map) = outcome else {
                         return Err(unexpected(outcome));
                     };
@@ -481,7 +616,7 @@ impl MdsService {
     /// Bumps every chunk of file `ino` (fencing an expired writer) and
     /// pushes the new versions. Callers hold `chunk_lock`.
     async fn fence(&self, ino: InodeId) -> Result<()> {
-        let outcome = self.commit(Command::FenceFile { ino })?;
+        let outcome = self.commit(Command::FenceFile { ino }).await?;
         let ApplyOutcome::Fenced(maps) = outcome else {
             return Err(unexpected(outcome));
         };
@@ -686,15 +821,17 @@ impl MdsService {
             )));
         }
         let committed = {
+            let result = self
+                .commit(Command::AllocateChunk {
+                    lease,
+                    index,
+                    chunk,
+                    version: 1,
+                    replicas: created.iter().map(|r| r.cs).collect(),
+                    now_ms: now,
+                })
+                .await;
             let mut core = self.core();
-            let result = core.commit(Command::AllocateChunk {
-                lease,
-                index,
-                chunk,
-                version: 1,
-                replicas: created.iter().map(|r| r.cs).collect(),
-                now_ms: now,
-            });
             if result.is_ok() {
                 for r in &created {
                     if let Some(live) = core.live.get_mut(&r.cs) {
@@ -720,10 +857,10 @@ impl MdsService {
     pub async fn drop_cs(&self, cs: CsId) -> Result<()> {
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
+        let was_dropped = self.core().state.cs(cs).is_some_and(|r| r.dropped);
+        self.commit(Command::DropCs { cs }).await?;
         let chunks: Vec<ChunkId> = {
             let mut core = self.core();
-            let was_dropped = core.state.cs(cs).is_some_and(|r| r.dropped);
-            core.commit(Command::DropCs { cs })?;
             core.live.remove(&cs);
             core.version_sync.remove(&cs);
             if !was_dropped {
@@ -746,6 +883,7 @@ impl MdsService {
                 tracing::warn!("MDS: dropping CS {cs}: {e}");
             }
         }
+        self.flush_events().await;
         Ok(())
     }
 
@@ -772,7 +910,7 @@ impl MetadataService for MdsService {
     async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
-        self.expire_leases(now)?;
+        self.expire_leases(now).await?;
         let fence_ino = {
             let core = self.core();
             core.state
@@ -785,13 +923,15 @@ impl MetadataService for MdsService {
         if let Some(ino) = fence_ino {
             self.fence(ino).await?;
         }
-        let outcome = self.commit(Command::Open {
-            path: path.to_string(),
-            mode,
-            flags,
-            now_ms: now,
-            lease_duration_ms: self.config.lease_duration_ms,
-        })?;
+        let outcome = self
+            .commit(Command::Open {
+                path: path.to_string(),
+                mode,
+                flags,
+                now_ms: now,
+                lease_duration_ms: self.config.lease_duration_ms,
+            })
+            .await?;
         let ApplyOutcome::Opened {
             lease,
             stat,
@@ -808,31 +948,35 @@ impl MetadataService for MdsService {
     async fn renew(&self, lease: LeaseId) -> Result<()> {
         let now = self.now();
         self.commit(Command::RenewLease { lease, now_ms: now })
+            .await
             .map(|_| ())
     }
 
     async fn close(&self, lease: LeaseId) -> Result<()> {
         let now = self.now();
-        let mut core = self.core();
-        if core.state.lease(lease).is_none() {
+        if self.core().state.lease(lease).is_none() {
             return Ok(());
         }
-        core.commit(Command::ReleaseLease { lease, now_ms: now })
+        self.commit(Command::ReleaseLease { lease, now_ms: now })
+            .await
             .map(|_| ())
     }
 
     async fn stat(&self, path: &str) -> Result<Stat> {
+        self.read_barrier().await?;
         let core = self.core();
         let ino = core.state.lookup(path)?;
         Ok(core.state.stat_of(ino).expect("looked up"))
     }
 
     async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
-        let outcome = self.commit(Command::Mkdir {
-            path: path.to_string(),
-            parents,
-            now_ms: self.now(),
-        })?;
+        let outcome = self
+            .commit(Command::Mkdir {
+                path: path.to_string(),
+                parents,
+                now_ms: self.now(),
+            })
+            .await?;
         match outcome {
             ApplyOutcome::Stat(s) => Ok(s),
             other => Err(unexpected(other)),
@@ -840,14 +984,17 @@ impl MetadataService for MdsService {
     }
 
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.read_barrier().await?;
         self.core().state.readdir(path)
     }
 
     async fn unlink(&self, path: &str) -> Result<()> {
-        let outcome = self.commit(Command::Unlink {
-            path: path.to_string(),
-            now_ms: self.now(),
-        })?;
+        let outcome = self
+            .commit(Command::Unlink {
+                path: path.to_string(),
+                now_ms: self.now(),
+            })
+            .await?;
         let ApplyOutcome::Released(released) = outcome else {
             return Err(unexpected(outcome));
         };
@@ -856,11 +1003,13 @@ impl MetadataService for MdsService {
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let outcome = self.commit(Command::Rename {
-            from: from.to_string(),
-            to: to.to_string(),
-            now_ms: self.now(),
-        })?;
+        let outcome = self
+            .commit(Command::Rename {
+                from: from.to_string(),
+                to: to.to_string(),
+                now_ms: self.now(),
+            })
+            .await?;
         match outcome {
             ApplyOutcome::Released(released) => {
                 self.delete_replicas(released).await;
@@ -878,6 +1027,7 @@ impl MetadataService for MdsService {
             recursive,
             now_ms: self.now(),
         })
+        .await
         .map(|_| ())
     }
 
@@ -887,6 +1037,7 @@ impl MetadataService for MdsService {
         index: u64,
         allocate: bool,
     ) -> Result<Option<ChunkMap>> {
+        self.read_barrier().await?;
         let now = self.now();
         {
             let core = self.core();
@@ -974,6 +1125,7 @@ impl MetadataService for MdsService {
             replica.addr
         );
         self.note_bad_replica(cs, &replica.addr, chunk, reason, "a client");
+        self.flush_events().await;
         self.drop_replicas(chunk, vec![cs]).await
     }
 
@@ -983,15 +1135,18 @@ impl MetadataService for MdsService {
             size,
             now_ms: self.now(),
         })
+        .await
         .map(|_| ())
     }
 
     async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
-        let outcome = self.commit(Command::Truncate {
-            lease,
-            size,
-            now_ms: self.now(),
-        })?;
+        let outcome = self
+            .commit(Command::Truncate {
+                lease,
+                size,
+                now_ms: self.now(),
+            })
+            .await?;
         let ApplyOutcome::Released(released) = outcome else {
             return Err(unexpected(outcome));
         };
@@ -1000,6 +1155,7 @@ impl MetadataService for MdsService {
     }
 
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        self.read_barrier().await?;
         let core = self.core();
         let ino = core.state.lookup(path)?;
         if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
@@ -1012,10 +1168,12 @@ impl MetadataService for MdsService {
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.read_barrier().await?;
         Ok(self.status())
     }
 
     async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.read_barrier().await?;
         let core = self.core();
         Ok(self.config.params.entries(core.state.param_overrides()))
     }
@@ -1027,10 +1185,12 @@ impl MetadataService for MdsService {
             value,
             now_ms: now,
         })
+        .await
         .map(|_| ())
     }
 
     async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        self.read_barrier().await?;
         Ok(self.core().state.events_after(after_seq).cloned().collect())
     }
 
@@ -1045,6 +1205,7 @@ impl MetadataService for MdsService {
             releasing: true,
             now_ms: now,
         })
+        .await
         .map(|_| ())
     }
 }
@@ -1052,7 +1213,7 @@ impl MetadataService for MdsService {
 #[async_trait]
 impl CsRegistry for MdsService {
     async fn allocate_cs_id(&self) -> Result<CsId> {
-        match self.commit(Command::AllocateCsId)? {
+        match self.commit(Command::AllocateCsId).await? {
             ApplyOutcome::CsId(id) => Ok(id),
             other => Err(unexpected(other)),
         }
@@ -1069,8 +1230,8 @@ impl CsRegistry for MdsService {
         // not look like an orphan to be deleted.
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
-        let (delete, lost) = {
-            let mut core = self.core();
+        let moved = {
+            let core = self.core();
             if !core.state.cs_allocated(id) {
                 return Err(Error::not_found(format!(
                     "chunk server {id} ({addr}) is not known to cluster {}; create it with make-cs",
@@ -1080,12 +1241,17 @@ impl CsRegistry for MdsService {
             if core.state.cs(id).is_some_and(|r| r.dropped) {
                 return Err(MdsState::dropped_error(id));
             }
-            if core.state.cs(id).map(|r| r.addr.as_str()) != Some(addr.as_str()) {
-                core.commit(Command::SetCsAddr {
-                    cs: id,
-                    addr: addr.clone(),
-                })?;
-            }
+            core.state.cs(id).map(|r| r.addr.as_str()) != Some(addr.as_str())
+        };
+        if moved {
+            self.commit(Command::SetCsAddr {
+                cs: id,
+                addr: addr.clone(),
+            })
+            .await?;
+        }
+        let (delete, lost) = {
+            let mut core = self.core();
             let mut live = CsLive::new(now, space);
             live.full = self.below_margin(&core, &live, 0);
             core.live.insert(id, live);
@@ -1144,6 +1310,7 @@ impl CsRegistry for MdsService {
                 tracing::warn!("MDS: {e}");
             }
         }
+        self.flush_events().await;
         Ok(RegisterReply {
             delete,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
@@ -1260,6 +1427,7 @@ impl CsRegistry for MdsService {
         };
         tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
         self.note_bad_replica(cs, &addr, chunk, reason, "its chunk server");
+        self.flush_events().await;
         match self.drop_replicas(chunk, vec![cs]).await {
             Ok(_) => {}
             // Below replicas_min: the drop happened, writes wait for rebuild.
@@ -1282,5 +1450,69 @@ impl CsRegistry for MdsService {
             .await;
         }
         Ok(())
+    }
+}
+
+/// A `client_write` failure as the proposer reports it.
+fn raft_write_error(
+    e: openraft::error::RaftError<
+        MdsId,
+        openraft::error::ClientWriteError<MdsId, super::raft::MdsNode>,
+    >,
+) -> Error {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::unavailable(format!(
+            "this MDS is not the leader (the leader is {}); the command was not applied, retry",
+            f.leader_node
+                .map(|n| n.addr)
+                .unwrap_or_else(|| "being elected".to_string())
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::invalid(format!("MDS membership change refused: {e}"))
+        }
+        RaftError::Fatal(f) => Error::unavailable(format!(
+            "the MDS's Raft node stopped ({f}); restart pstorage-mdsd"
+        )),
+    }
+}
+
+/// An `ensure_linearizable` failure.
+fn raft_read_error(
+    e: openraft::error::RaftError<
+        MdsId,
+        openraft::error::CheckIsLeaderError<MdsId, super::raft::MdsNode>,
+    >,
+) -> Error {
+    use openraft::error::{CheckIsLeaderError, RaftError};
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::unavailable(format!(
+            "this MDS is not the leader (the leader is {}); retry",
+            f.leader_node
+                .map(|n| n.addr)
+                .unwrap_or_else(|| "being elected".to_string())
+        )),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::unavailable(format!(
+            "the MDS leader cannot reach a majority of the MDSes ({q}); metadata waits until they return"
+        )),
+        RaftError::Fatal(f) => Error::unavailable(format!(
+            "the MDS's Raft node stopped ({f}); restart pstorage-mdsd"
+        )),
+    }
+}
+
+impl StateHost for MdsService {
+    fn apply_committed(&self, cmd: Command) -> Result<ApplyOutcome> {
+        self.core().state.apply(cmd)
+    }
+
+    fn snapshot_state(&self) -> MdsState {
+        self.core().state.clone()
+    }
+
+    fn install_state(&self, state: MdsState) {
+        let mut core = self.core();
+        core.next_chunk_reserved = core.next_chunk_reserved.max(state.next_chunk_id());
+        core.state = state;
     }
 }
