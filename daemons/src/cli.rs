@@ -41,7 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Create a metadata server. With -I, create a new cluster.
     MakeMds {
-        /// Initialize a new cluster (its first MDS).
+        /// Initialize a new cluster (its first MDS). Without -I the MDS joins
+        /// the running cluster of this node (after auth-node): it gets an id
+        /// now and becomes a voting member at its first start.
         #[arg(short = 'I')]
         init: bool,
         /// Address to listen on, ADDR[:PORT] (default port 2510).
@@ -96,6 +98,12 @@ pub enum Command {
         /// Only the last N events.
         #[arg(short = 'n')]
         last: Option<usize>,
+    },
+    /// Remove an MDS from the metadata group (it may be the leader; a new
+    /// one is elected) and from this node's bs.list.
+    RmMds {
+        /// The MDS id (see `stat`).
+        id: u64,
     },
     /// Remove a chunk server: its chunks move to other servers first, then
     /// it is dropped. With --force it is dropped at once (for a dead server)
@@ -224,9 +232,16 @@ async fn execute(cli: &Cli) -> Result<()> {
             chunk_size,
         } => {
             if !init {
-                return Err(Error::invalid(
-                    "this version runs a single MDS per cluster: use -I to create a new cluster",
-                ));
+                let service = node::join_cluster_mds(&conf, dir, addr).await?;
+                println!(
+                    "MDS {} of cluster {} made at {} in {}; start it with: pstorage-mdsd -r {} (it joins the metadata group at its first start)",
+                    service.id,
+                    conf.name,
+                    service.addr,
+                    dir.display(),
+                    dir.display()
+                );
+                return Ok(());
             }
             let password = crate::password::read_password("Cluster password: ", true)?;
             let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
@@ -361,6 +376,10 @@ async fn execute(cli: &Cli) -> Result<()> {
                 );
             }
         }
+        Command::RmMds { id } => {
+            let addr = node::remove_mds(&conf, *id).await?;
+            println!("MDS {id} ({addr}) removed from the metadata group and from bs.list");
+        }
         Command::RmCs { force, no_wait, id } => {
             rm_cs(&client(&conf)?, *id, *force, *no_wait).await?
         }
@@ -467,9 +486,17 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "MDS nodes: {}", s.mds.len());
-    let _ = writeln!(out, "{:>6}  {:<10} ADDRESS", "MDSID", "ROLE");
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<11} {:<22} {:>6} {:>10} {:>10} {:>6}",
+        "MDSID", "ROLE", "ADDRESS", "TERM", "COMMIT", "APPLIED", "LAG"
+    );
     for m in &s.mds {
-        let _ = writeln!(out, "{:>6}  {:<10} {}", m.id, m.role, m.addr);
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<11} {:<22} {:>6} {:>10} {:>10} {:>6}",
+            m.id, m.role, m.addr, m.term, m.commit_index, m.applied_index, m.lag
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "CS nodes: {}", s.cs.len());

@@ -180,6 +180,29 @@ impl ClusterConf {
         Ok(())
     }
 
+    /// Removes `addr` from `bs.list` (`rm-mds`); keeps at least one entry
+    /// (`InvalidArgument` if it is the only one).
+    pub fn remove_bootstrap(&self, addr: &str) -> Result<()> {
+        let addr = with_default_port(addr)?;
+        let addrs: Vec<String> = self
+            .bootstrap()?
+            .into_iter()
+            .filter(|a| *a != addr)
+            .collect();
+        if addrs.is_empty() {
+            return Err(Error::invalid(format!(
+                "{addr} is the only MDS in {}; the list must name at least one",
+                self.bs_list_path().display()
+            )));
+        }
+        let mut text = addrs.join("\n");
+        text.push('\n');
+        let tmp = self.bs_list_path().with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, self.bs_list_path())?;
+        Ok(())
+    }
+
     /// The cluster key stored by `auth-node` / `make-mds -I`.
     pub fn key(&self) -> Result<ClusterKey> {
         ClusterKey::read(&self.key_path())

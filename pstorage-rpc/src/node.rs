@@ -7,6 +7,7 @@
 //! handshake of [`crate::auth`], which also names the channel that follows
 //! (Cap'n Proto control RPC or the framed data path).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,14 +21,19 @@ use tracing::{info, warn};
 use pstorage_core::chunk::{BadReplicaSink, ChunkServer, FileChunkStore, ScrubParams};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
-use pstorage_core::mds::{MdsConfig, MdsService, MdsState, MdsStore};
-use pstorage_core::traits::{ChunkControl, ChunkService, Clock, CsRegistry, SystemClock};
+use pstorage_core::mds::raft::{raft_config, MdsNode, MdsRaft, RaftStorage};
+use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
+use pstorage_core::traits::{
+    ChunkControl, ChunkService, Clock, CsRegistry, MdsGroup, MetadataService, SystemClock,
+};
 use pstorage_core::types::{ChunkId, CsId, CsStats, FailureReason, FileAttrs, MapVersion};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
 use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
+use crate::raft::TcpRaftNetwork;
+use crate::router::LeaderRouter;
 use crate::{ClientOptions as RpcClientOptions, Dialer, MdsClient, RpcServerThread, RpcServices};
 
 /// Version of the service config files (`mds.conf`, `cs.conf`).
@@ -43,6 +49,26 @@ pub struct MdsServiceConf {
     pub cluster: String,
     /// `host:port` the MDS listens on and is listed under in `bs.list`.
     pub addr: String,
+    /// Its id in the metadata group (directories made before MDS groups
+    /// existed are MDS 1).
+    #[serde(default = "first_mds_id")]
+    pub id: u64,
+    /// Made with `make-mds -I`: it forms the group at its first start.
+    /// Otherwise it asks the group to add it.
+    #[serde(default = "yes")]
+    pub init: bool,
+    /// MDSes to ask for membership (the cluster's `bs.list` when it was
+    /// made without `-I`).
+    #[serde(default)]
+    pub join_via: Vec<String>,
+}
+
+fn first_mds_id() -> u64 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The configuration of a CS service directory, written by `make-cs`.
@@ -116,17 +142,88 @@ pub fn create_cluster_mds(
         format_version: SERVICE_CONF_VERSION,
         cluster: conf.name.clone(),
         addr: addr.clone(),
+        id: first_mds_id(),
+        init: true,
+        join_via: Vec::new(),
     };
     let root_attrs = FileAttrs {
         chunk_size,
         ..FileAttrs::default()
     };
-    MdsStore::create(dir.join(MDS_DB), &MdsState::new(root_attrs)?)?;
+    RaftStorage::create(dir.join(MDS_DB), &MdsState::new(root_attrs)?)?;
     key.write(&dir.join(KEY_FILE))?;
     write_conf(&dir.join(MDS_CONF), &service)?;
     conf.store_key(key)?;
     conf.add_bootstrap(&addr)?;
     Ok(service)
+}
+
+/// `make-mds` without `-I`: allocates an MDS id from the running cluster
+/// (this node must have its key: `auth-node`), prepares `dir` and adds
+/// `addr` to `bs.list`. The MDS joins the group at its first start.
+pub async fn join_cluster_mds(
+    conf: &ClusterConf,
+    dir: &Path,
+    addr: &str,
+) -> Result<MdsServiceConf> {
+    let addr = pstorage_core::conf::with_default_port(addr)?;
+    addr.parse::<SocketAddr>()
+        .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")))?;
+    let key = conf.key().map_err(|e| {
+        e.context("this node has no cluster key: run `pstorage auth-node` first")
+    })?;
+    ensure_empty_dir(dir)?;
+    let mds = connect_mds(conf, RpcClientOptions::default())?;
+    if mds
+        .cluster_status()
+        .await?
+        .mds
+        .iter()
+        .any(|m| m.addr == addr)
+    {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("an MDS of cluster {} already listens at {addr}", conf.name),
+        ));
+    }
+    let id = mds.allocate_mds_id().await?;
+    let service = MdsServiceConf {
+        format_version: SERVICE_CONF_VERSION,
+        cluster: conf.name.clone(),
+        addr: addr.clone(),
+        id,
+        init: false,
+        join_via: conf.bootstrap()?,
+    };
+    RaftStorage::create_empty(dir.join(MDS_DB))?;
+    key.write(&dir.join(KEY_FILE))?;
+    write_conf(&dir.join(MDS_CONF), &service)?;
+    conf.add_bootstrap(&addr)?;
+    Ok(service)
+}
+
+/// `rm-mds`: removes MDS `id` from the group and its address from this
+/// node's `bs.list`; returns that address.
+pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
+    let mds = connect_mds(conf, RpcClientOptions::default())?;
+    let addr = mds
+        .cluster_status()
+        .await?
+        .mds
+        .into_iter()
+        .find(|m| m.id == id)
+        .map(|m| m.addr)
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "MDS {id} is not a member of cluster {}; see `pstorage stat`",
+                conf.name
+            ))
+        })?;
+    mds.remove_mds(id).await?;
+    if let Err(e) = conf.remove_bootstrap(&addr) {
+        warn!("MDS {id} removed, but bs.list was not updated: {e}");
+    }
+    Ok(addr)
 }
 
 /// `make-cs`: allocates a CS id from the MDS and prepares `dir`.
@@ -228,10 +325,17 @@ where
 }
 
 /// Runs the MDS in `dir` until `shutdown` resolves (SIGTERM in the daemon).
+///
+/// The MDS is a member of the metadata group (Raft): it serves clients and
+/// chunk servers on its address whatever its role (a follower forwards to
+/// the leader), and only the leader runs the periodic duties. An MDS made
+/// with `make-mds -I` forms the group at its first start; one made without
+/// asks the group to add it until it is a member.
 pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
-    let store = MdsStore::open(dir.join(MDS_DB))?;
+    let storage = RaftStorage::open_legacy_or_raft(dir.join(MDS_DB))?;
+    let state = storage.initial_state()?;
     let control = Arc::new(TcpControlConnector::new(
         control_dialer(key.clone()),
         RpcClientOptions {
@@ -246,20 +350,61 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         ..MdsConfig::default()
     };
     apply_env_overrides(&mut config);
-    let mds = Arc::new(MdsService::with_store(store, control, clock, config)?);
+    let mds = Arc::new(MdsService::new(state, None, control, clock, config));
+    let (log_store, state_machine) = storage.into_parts(mds.clone());
+    let raft_options = RaftOptions::from_env();
+    let network = TcpRaftNetwork::new(control_dialer(key.clone()), raft_options.rpc_timeout);
+    let raft = MdsRaft::new(
+        conf.id,
+        Arc::new(raft_config(raft_options.snapshot_every)?),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| Error::internal(format!("cannot start the MDS's Raft node: {e}")))?;
+    mds.attach_raft(conf.id, raft.clone())?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| Error::internal(format!("MDS Raft node: {e}")))?;
+    if conf.init && !initialized {
+        info!(id = conf.id, "forming the metadata group");
+        let members = BTreeMap::from([(
+            conf.id,
+            MdsNode {
+                addr: conf.addr.clone(),
+            },
+        )]);
+        if let Err(e) = raft.initialize(members).await {
+            warn!("initializing the metadata group: {e}");
+        }
+    }
+    let router = Arc::new(LeaderRouter::new(
+        conf.id,
+        raft.clone(),
+        mds.clone(),
+        mds.clone(),
+        mds.clone(),
+        control_dialer(key.clone()),
+        RpcClientOptions::default(),
+    ));
     let listener = TcpListener::bind(&conf.addr)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
-    info!(cluster = %conf.cluster, addr = %conf.addr, "MDS started");
+    info!(cluster = %conf.cluster, addr = %conf.addr, id = conf.id, "MDS started");
     println!(
-        "pstorage-mdsd: cluster {} listening on {}",
-        conf.cluster, conf.addr
+        "pstorage-mdsd: cluster {} MDS {} listening on {}",
+        conf.cluster, conf.id, conf.addr
     );
     let rpc = RpcServerThread::spawn(
         "mds-rpc",
-        RpcServices::new().with_mds(mds.clone(), mds.clone()),
+        RpcServices::new()
+            .with_mds(router.clone(), router.clone())
+            .with_group(router.clone())
+            .with_raft(raft.clone()),
     )?;
-    let accept = accept_loop(listener, key, move |channel, stream| match channel {
+    let accept = accept_loop(listener, key.clone(), move |channel, stream| match channel {
         Channel::Control => {
             if let Err(e) = rpc.serve_mds(stream) {
                 warn!("cannot serve an MDS connection: {e}");
@@ -267,6 +412,7 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         }
         Channel::Data => warn!("a data channel was opened to the MDS; closed"),
     });
+    let join = join_group(&conf, &raft, &key, dir);
     let ticker = {
         let mds = mds.clone();
         async move {
@@ -282,8 +428,80 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         _ = ticker => {}
         _ = replication => {}
         _ = shutdown => info!("MDS stopping"),
+        _ = join => unreachable_join(),
+    }
+    if let Err(e) = raft.shutdown().await {
+        warn!("stopping the Raft node: {e}");
     }
     Ok(())
+}
+
+/// `join_group` never returns; `select!` needs an arm for it anyway.
+fn unreachable_join() {}
+
+/// Raft tuning from the environment (tests): `PSTORAGE_RAFT_SNAPSHOT_EVERY`
+/// (log entries between snapshots), `PSTORAGE_RAFT_RPC_TIMEOUT_MS`.
+struct RaftOptions {
+    snapshot_every: u64,
+    rpc_timeout: Duration,
+}
+
+impl RaftOptions {
+    fn from_env() -> RaftOptions {
+        let get = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        RaftOptions {
+            snapshot_every: get("PSTORAGE_RAFT_SNAPSHOT_EVERY").unwrap_or(10_000),
+            rpc_timeout: Duration::from_millis(get("PSTORAGE_RAFT_RPC_TIMEOUT_MS").unwrap_or(2_000)),
+        }
+    }
+}
+
+/// Until this MDS is a voting member: asks the group (through the other
+/// MDSes of `bs.list`) to add it. Then waits forever.
+async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, key: &ClusterKey, dir: &Path) {
+    let is_voter = || {
+        raft.metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == conf.id)
+    };
+    let mut logged = false;
+    while !conf.init && !is_voter() {
+        let others: Vec<String> = conf
+            .join_via
+            .iter()
+            .filter(|a| **a != conf.addr)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            if !logged {
+                warn!(
+                    "MDS {} is not a member of the metadata group and bs.list names no other MDS to ask; add one to the cluster's bs.list ({})",
+                    conf.id,
+                    dir.display()
+                );
+                logged = true;
+            }
+        } else {
+            let result = async {
+                let client = MdsClient::new(
+                    others.clone(),
+                    control_dialer(key.clone()),
+                    RpcClientOptions::default(),
+                )?;
+                client.add_mds(conf.id, &conf.addr).await
+            }
+            .await;
+            match result {
+                Ok(()) => info!(id = conf.id, "joined the metadata group"),
+                Err(e) => warn!("MDS {} joining the metadata group via {others:?}: {e}; retrying", conf.id),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    std::future::pending::<()>().await
 }
 
 /// Test and tuning knobs read from the environment by the daemons

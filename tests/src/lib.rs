@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::ClusterConf;
-use pstorage_core::types::CsStatus;
+use pstorage_core::types::{ClusterStatus, CsStatus};
 
 /// The password every test cluster is created with.
 pub const PASSWORD: &str = "test-password";
@@ -46,6 +46,8 @@ pub fn free_port() -> u16 {
 /// Options of a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// Metadata servers (1, or 3/5 for a Raft group).
+    pub mds: usize,
     pub chunk_servers: usize,
     pub chunk_size: u64,
     /// Extra environment for the daemons (e.g. `PSTORAGE_LEASE_MS`).
@@ -55,6 +57,7 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
+            mds: 1,
             chunk_servers: 3,
             chunk_size: 1 << 20,
             env: vec![("PSTORAGE_HEARTBEAT_MS".into(), "200".into())],
@@ -62,17 +65,21 @@ impl Default for ClusterOptions {
     }
 }
 
-/// A running cluster: one MDS and N chunk servers.
+/// A running cluster: MDS processes (the first is `mds_dir`/`mds_addr`)
+/// and N chunk servers.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub name: String,
     pub conf_root: PathBuf,
     pub mds_dir: PathBuf,
     pub mds_addr: String,
+    /// Every MDS ever made, by index (0 is the first); removed ones stay.
+    pub mds_dirs: Vec<PathBuf>,
+    pub mds_addrs: Vec<String>,
     pub cs_dirs: Vec<PathBuf>,
     bin: PathBuf,
     env: Vec<(String, String)>,
-    mds: Option<Child>,
+    mds: Vec<Option<Child>>,
     cs: Vec<Option<Child>>,
 }
 
@@ -82,15 +89,18 @@ impl TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf_root = dir.path().join("conf");
         let mds_dir = dir.path().join("mds");
+        let mds_addr = format!("127.0.0.1:{}", free_port());
         let mut cluster = TestCluster {
             name: "test".to_string(),
             conf_root,
+            mds_dirs: vec![mds_dir.clone()],
+            mds_addrs: vec![mds_addr.clone()],
             mds_dir,
-            mds_addr: format!("127.0.0.1:{}", free_port()),
+            mds_addr,
             cs_dirs: Vec::new(),
             bin: bin_dir(),
             env: options.env.clone(),
-            mds: None,
+            mds: vec![None],
             cs: Vec::new(),
             dir,
         };
@@ -117,6 +127,9 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster.start_mds();
+        for _ in 1..options.mds {
+            cluster.add_mds();
+        }
         for i in 0..options.chunk_servers {
             let d = cluster.dir.path().join(format!("cs{i}"));
             let out = cluster.cli(&["make-cs", "-r", d.to_str().unwrap()]);
@@ -154,27 +167,94 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
     }
 
-    /// Starts (or restarts) the MDS and waits until it accepts connections.
+    /// Starts (or restarts) the first MDS and waits until it accepts
+    /// connections.
     pub fn start_mds(&mut self) {
-        assert!(self.mds.is_none(), "MDS already running");
-        self.mds = Some(self.daemon("pstorage-mdsd", &self.mds_dir.clone(), "mds.log"));
+        self.start_mds_at(0);
+    }
+
+    /// kill -9 of the first MDS.
+    pub fn kill_mds(&mut self) {
+        self.kill_mds_at(0);
+    }
+
+    /// The log file name of MDS `i`.
+    pub fn mds_log_name(i: usize) -> String {
+        if i == 0 {
+            "mds.log".to_string()
+        } else {
+            format!("mds{i}.log")
+        }
+    }
+
+    /// Starts (or restarts) MDS `i` and waits until it accepts connections.
+    pub fn start_mds_at(&mut self, i: usize) {
+        assert!(self.mds[i].is_none(), "MDS {i} already running");
+        let dir = self.mds_dirs[i].clone();
+        self.mds[i] = Some(self.daemon("pstorage-mdsd", &dir, &Self::mds_log_name(i)));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.mds_addr).is_err() {
+        while std::net::TcpStream::connect(&self.mds_addrs[i]).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "MDS did not start: {}",
-                self.log("mds.log")
+                "MDS {i} did not start: {}",
+                self.log(&Self::mds_log_name(i))
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// kill -9 of the MDS.
-    pub fn kill_mds(&mut self) {
-        if let Some(mut c) = self.mds.take() {
+    /// kill -9 of MDS `i`.
+    pub fn kill_mds_at(&mut self, i: usize) {
+        if let Some(mut c) = self.mds[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id of MDS `i`, if it runs (for SIGSTOP/SIGCONT).
+    pub fn mds_pid(&self, i: usize) -> Option<u32> {
+        self.mds[i].as_ref().map(|c| c.id())
+    }
+
+    /// Makes a new MDS with `make-mds` (joining the running group), starts
+    /// it and waits until it is a voting member. Returns its index.
+    pub fn add_mds(&mut self) -> usize {
+        let i = self.mds_dirs.len();
+        let dir = self.dir.path().join(format!("mds{i}"));
+        let addr = format!("127.0.0.1:{}", free_port());
+        let out = self.cli(&["make-mds", "-a", &addr, "-r", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "make-mds (join) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mds_dirs.push(dir);
+        self.mds_addrs.push(addr.clone());
+        self.mds.push(None);
+        self.start_mds_at(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let voting = self.mds_roles().is_some_and(|roles| {
+                roles
+                    .iter()
+                    .any(|(a, r)| *a == addr && r != "learner" && r != "unreachable")
+            });
+            if voting {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "MDS {i} at {addr} did not join the group\n{}",
+                self.log(&Self::mds_log_name(i))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// (address, role) of every MDS as the leader reports them.
+    pub fn mds_roles(&self) -> Option<Vec<(String, String)>> {
+        self.status()
+            .map(|s| s.mds.into_iter().map(|m| (m.addr, m.role)).collect())
     }
 
     /// Starts (or restarts) chunk server `i`.
@@ -197,9 +277,9 @@ impl TestCluster {
         matches!(self.cs[i].as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Whether the MDS process is still alive.
+    /// Whether the first MDS process is still alive.
     pub fn mds_running(&mut self) -> bool {
-        matches!(self.mds.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        matches!(self.mds[0].as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
     /// A daemon's log so far (for assertion messages).
@@ -253,6 +333,13 @@ impl TestCluster {
     /// How many chunk servers the MDS reports active (None: MDS unreachable).
     /// Runs on its own thread so it works inside and outside async tests.
     pub fn active_chunk_servers(&self) -> Option<usize> {
+        self.status()
+            .map(|s| s.cs.iter().filter(|c| c.status == CsStatus::Active).count())
+    }
+
+    /// The cluster status (None: no MDS answered). Works inside and outside
+    /// async tests.
+    pub fn status(&self) -> Option<ClusterStatus> {
         let conf = self.conf();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -265,10 +352,9 @@ impl TestCluster {
                     call_timeout: Some(Duration::from_secs(5)),
                 };
                 let mds = pstorage_rpc::node::connect_mds(&conf, options).ok()?;
-                let s = pstorage_core::traits::MetadataService::cluster_status(&mds)
+                pstorage_core::traits::MetadataService::cluster_status(&mds)
                     .await
-                    .ok()?;
-                Some(s.cs.iter().filter(|c| c.status == CsStatus::Active).count())
+                    .ok()
             })
         })
         .join()
@@ -298,7 +384,9 @@ impl Drop for TestCluster {
         for i in 0..self.cs.len() {
             self.kill_cs(i);
         }
-        self.kill_mds();
+        for i in 0..self.mds.len() {
+            self.kill_mds_at(i);
+        }
     }
 }
 

@@ -124,24 +124,69 @@ impl Client {
     /// Creates a directory (and its missing parents when `parents`).
     /// Errors: `AlreadyExists`, `NotFound` (missing parent), `NotADirectory`.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
-        self.shared.mds.mkdir(path, parents).await
+        let mds = &self.shared.mds;
+        self.meta("mkdir", path, |retried| async move {
+            match mds.mkdir(path, parents).await {
+                // An attempt whose answer was lost may have made it.
+                Err(e) if retried && e.kind() == ErrorKind::AlreadyExists => {
+                    let stat = mds.stat(path).await?;
+                    if stat.kind == InodeKind::Dir {
+                        Ok(stat)
+                    } else {
+                        Err(e)
+                    }
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Runs a metadata call, waiting out transient errors (an MDS fail-over,
+    /// a leader election) up to `io_timeout`. The call learns whether an
+    /// earlier attempt may have taken effect (`retried`), so a repeated
+    /// mutation can recognize its own effect.
+    async fn meta<'a, T, F, Fut>(&'a self, what: &str, path: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let mut retry = retry::Retry::new(&self.shared.options);
+        let mut retried = false;
+        loop {
+            match call(retried).await {
+                Ok(v) => return Ok(v),
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
+                    if !retry.wait().await {
+                        return Err(e.context(format!(
+                            "{what} {path}: the metadata service did not answer within {:.1} s",
+                            retry.elapsed().as_secs_f64()
+                        )));
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Lists a directory, sorted by name. Errors: `NotFound`, `NotADirectory`.
     pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        self.shared.mds.readdir(path).await
+        let mds = &self.shared.mds;
+        self.meta("readdir", path, |_| mds.readdir(path)).await
     }
 
     /// Attributes of a file or directory, as committed at the MDS (a file
     /// open for writing elsewhere may be longer than this says until it
     /// flushes). Errors: `NotFound`.
     pub async fn stat(&self, path: &str) -> Result<Stat> {
-        self.shared.mds.stat(path).await
+        let mds = &self.shared.mds;
+        self.meta("stat", path, |_| mds.stat(path)).await
     }
 
     /// Whether `path` exists. Errors other than `NotFound` are returned.
     pub async fn exists(&self, path: &str) -> Result<bool> {
-        match self.shared.mds.stat(path).await {
+        match self.stat(path).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
@@ -150,12 +195,33 @@ impl Client {
 
     /// Removes a file (nobody may hold a lease on it) or an empty directory.
     pub async fn unlink(&self, path: &str) -> Result<()> {
-        self.shared.mds.unlink(path).await
+        let mds = &self.shared.mds;
+        self.meta("unlink", path, |retried| async move {
+            match mds.unlink(path).await {
+                // An attempt whose answer was lost removed it.
+                Err(e) if retried && e.kind() == ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Renames a file or directory, replacing an existing file at `to`.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.shared.mds.rename(from, to).await
+        let mds = &self.shared.mds;
+        self.meta("rename", from, |retried| async move {
+            match mds.rename(from, to).await {
+                // An attempt whose answer was lost moved it already.
+                Err(e) if retried && e.kind() == ErrorKind::NotFound => {
+                    match mds.stat(to).await {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(e),
+                    }
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Changes attributes of `path` (and everything below it when
@@ -167,17 +233,20 @@ impl Client {
         if let Some(c) = update.chunk_size {
             crate::types::validate_chunk_size(c)?;
         }
-        self.shared.mds.set_attr(path, update, recursive).await
+        let mds = &self.shared.mds;
+        self.meta("set-attr", path, |_| mds.set_attr(path, update, recursive))
+            .await
     }
 
     /// The attributes (replicas, chunk size) of a file or directory.
     pub async fn get_attr(&self, path: &str) -> Result<FileAttrs> {
-        Ok(self.shared.mds.stat(path).await?.attrs)
+        Ok(self.stat(path).await?.attrs)
     }
 
     /// Every chunk map of a file, by index (administration and tests).
     pub async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
-        self.shared.mds.file_chunks(path).await
+        let mds = &self.shared.mds;
+        self.meta("chunks", path, |_| mds.file_chunks(path)).await
     }
 
     /// Cluster status as `pstorage stat` shows it.
@@ -199,7 +268,19 @@ impl Client {
                 "opening {path} with create or truncate needs a write lease; open it with LeaseMode::Write"
             )));
         }
-        let reply = self.shared.mds.open(path, mode, flags).await?;
+        let mds = &self.shared.mds;
+        let reply = self
+            .meta("open", path, |retried| async move {
+                match mds.open(path, mode, flags).await {
+                    // A lost answer may have granted us a lease we cannot
+                    // use: it conflicts until it expires, so wait it out.
+                    Err(e) if retried && e.kind() == ErrorKind::Busy => {
+                        Err(Error::unavailable(e.message().to_string()))
+                    }
+                    other => other,
+                }
+            })
+            .await?;
         if reply.stat.kind != InodeKind::File {
             // The MDS should have refused; do not leak its lease either way.
             let _ = self.shared.mds.close(reply.lease.id).await;

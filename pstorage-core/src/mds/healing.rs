@@ -795,15 +795,7 @@ impl MdsService {
         ClusterStatus {
             cluster_name: self.config.cluster_name.clone(),
             health: health.to_string(),
-            mds: vec![MdsInfo {
-                id: 1,
-                addr: self.config.addr.clone(),
-                role: "leader".to_string(),
-                term: 0,
-                commit_index: 0,
-                applied_index: 0,
-                lag: 0,
-            }],
+            mds: self.mds_infos(),
             cs,
             files,
             dirs,

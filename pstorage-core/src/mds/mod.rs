@@ -2,6 +2,7 @@
 //! its durable log and snapshots ([`store`]) and the service that drives
 //! it from client and chunk server requests ([`service`]).
 
+mod group;
 mod healing;
 pub mod params;
 pub mod raft;

@@ -1454,7 +1454,7 @@ impl CsRegistry for MdsService {
 }
 
 /// A `client_write` failure as the proposer reports it.
-fn raft_write_error(
+pub(super) fn raft_write_error(
     e: openraft::error::RaftError<
         MdsId,
         openraft::error::ClientWriteError<MdsId, super::raft::MdsNode>,
