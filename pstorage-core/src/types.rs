@@ -440,6 +440,8 @@ pub enum EventKind {
     Lease,
     /// A cluster parameter changed.
     Config,
+    /// The metadata group changed: an election, an MDS added or removed.
+    Mds,
 }
 
 impl std::fmt::Display for EventKind {
@@ -451,6 +453,7 @@ impl std::fmt::Display for EventKind {
             EventKind::DiskFull => "disk-full",
             EventKind::Lease => "lease",
             EventKind::Config => "config",
+            EventKind::Mds => "mds",
         })
     }
 }

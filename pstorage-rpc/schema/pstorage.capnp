@@ -293,6 +293,7 @@ enum EventKind {
   diskFull @3;
   lease @4;
   config @5;
+  mds @6;        # elections, MDS added or removed
 }
 
 enum EventLevel {

@@ -181,6 +181,7 @@ pub fn event_kind_to_wire(kind: EventKind) -> schema::EventKind {
         EventKind::DiskFull => schema::EventKind::DiskFull,
         EventKind::Lease => schema::EventKind::Lease,
         EventKind::Config => schema::EventKind::Config,
+        EventKind::Mds => schema::EventKind::Mds,
     }
 }
 
@@ -192,6 +193,7 @@ pub fn event_kind_from_wire(kind: schema::EventKind) -> EventKind {
         schema::EventKind::DiskFull => EventKind::DiskFull,
         schema::EventKind::Lease => EventKind::Lease,
         schema::EventKind::Config => EventKind::Config,
+        schema::EventKind::Mds => EventKind::Mds,
     }
 }
 

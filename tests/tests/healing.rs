@@ -32,6 +32,7 @@ fn options(chunk_servers: usize, extra: &[(&str, &str)]) -> ClusterOptions {
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     ClusterOptions {
+        mds: 1,
         chunk_servers,
         chunk_size: CHUNK,
         env,

@@ -147,7 +147,7 @@ impl MdsGroup for MdsService {
         let now = self.now();
         self.core().log_event(
             now,
-            EventKind::Config,
+            EventKind::Mds,
             EventLevel::Info,
             format!("MDS {id} ({addr}) joined the metadata group; voters now {new_voters:?}"),
         );
@@ -179,7 +179,7 @@ impl MdsGroup for MdsService {
         // able to commit anything afterwards.
         self.core().log_event(
             now,
-            EventKind::Config,
+            EventKind::Mds,
             EventLevel::Info,
             format!("MDS {id} ({}) is being removed from the metadata group", node.addr),
         );

@@ -460,6 +460,15 @@ impl MdsService {
             core.repl = ReplProgress::default();
             core.repairs.clear();
             core.next_chunk_reserved = core.state.next_chunk_id();
+            if leader {
+                let addr = self.config.addr.clone();
+                core.log_event(
+                    now,
+                    EventKind::Mds,
+                    EventLevel::Info,
+                    format!("MDS {id} ({addr}) was elected leader of the metadata group in term {term}"),
+                );
+            }
         }
         leader
     }
