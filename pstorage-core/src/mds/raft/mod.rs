@@ -11,6 +11,10 @@
 //! A single MDS is a Raft cluster of one member: the same code path, and
 //! more members can join later.
 
+mod store;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::io::Cursor;
 
@@ -18,6 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
+
+pub use store::{
+    compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftLogStore, RaftStorage,
+    DEFAULT_SNAPSHOT_EVERY,
+};
 
 /// An MDS's identity in the Raft group. Chosen when the MDS is made
 /// (`make-mds`), never reused.
