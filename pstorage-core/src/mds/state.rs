@@ -817,7 +817,10 @@ impl MdsState {
             }
         }
         if self.next_mds <= FIRST_MDS_ID {
-            return Err(format!("next MDS id {} is not after the first", self.next_mds));
+            return Err(format!(
+                "next MDS id {} is not after the first",
+                self.next_mds
+            ));
         }
         if self.events.len() > MAX_EVENTS
             || self.events.iter().any(|e| e.seq >= self.next_event)

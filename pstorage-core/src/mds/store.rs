@@ -114,7 +114,11 @@ pub(crate) fn split_record<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Resu
 }
 
 /// Decodes a record's postcard body; `Corrupt` if it does not decode.
-pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str, path: &Path) -> Result<T> {
+pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    what: &str,
+    path: &Path,
+) -> Result<T> {
     postcard::from_bytes(body).map_err(|e| {
         Error::corrupt(format!(
             "{what} in {} cannot be decoded: {e}",
@@ -571,10 +575,7 @@ mod tests {
         let ids: Vec<_> = (0..3)
             .map(|_| state.apply(Command::AllocateMdsId).unwrap())
             .collect();
-        assert_eq!(
-            ids,
-            [2, 3, 4].map(crate::mds::ApplyOutcome::MdsId).to_vec()
-        );
+        assert_eq!(ids, [2, 3, 4].map(crate::mds::ApplyOutcome::MdsId).to_vec());
         state.check_invariants().unwrap();
         // The counter survives a snapshot round trip.
         let dir = tempfile::tempdir().unwrap();

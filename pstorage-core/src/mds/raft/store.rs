@@ -201,14 +201,15 @@ impl Db {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut table = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
-            let stored: Option<Meta> = match table.get(SNAPSHOT_META_KEY).map_err(|e| self.error(e))? {
-                Some(v) => {
-                    let what = "MDS Raft snapshot metadata";
-                    let (_, body) = split_record(v.value(), what, &self.path)?;
-                    Some(decode_body(body, what, &self.path)?)
-                }
-                None => None,
-            };
+            let stored: Option<Meta> =
+                match table.get(SNAPSHOT_META_KEY).map_err(|e| self.error(e))? {
+                    Some(v) => {
+                        let what = "MDS Raft snapshot metadata";
+                        let (_, body) = split_record(v.value(), what, &self.path)?;
+                        Some(decode_body(body, what, &self.path)?)
+                    }
+                    None => None,
+                };
             if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
                 return Ok(false);
             }
@@ -570,7 +571,11 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<MdsRaftConfig>) -> StorageResult<()>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<MdsRaftConfig>,
+    ) -> StorageResult<()>
     where
         I: IntoIterator<Item = Entry<MdsRaftConfig>> + Send,
         I::IntoIter: Send,
@@ -781,7 +786,11 @@ impl RaftStateMachine<MdsRaftConfig> for MdsStateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> StorageResult<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
         let write = |e| {
             storage_error(
                 ErrorSubject::Snapshot(Some(meta.signature())),
