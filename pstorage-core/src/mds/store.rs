@@ -524,8 +524,8 @@ mod tests {
         expected.apply(Command::AllocateCsId).unwrap();
         expected
             .apply(Command::SetParam {
-                key: "replicas_norm".into(),
-                value: 2,
+                key: "mds.repl.concurrency".into(),
+                value: 3,
                 now_ms: 5,
             })
             .unwrap();

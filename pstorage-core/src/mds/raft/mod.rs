@@ -49,6 +49,7 @@ impl fmt::Display for MdsNode {
 /// One replicated log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftRequest {
+    /// The command every member applies, in log order.
     pub cmd: Command,
 }
 
@@ -65,14 +66,15 @@ impl fmt::Display for RaftRequest {
 pub enum RaftResponse {
     /// Membership changes and blank entries.
     Empty,
+    /// The command applied; what it produced.
     Applied(ApplyOutcome),
-    Refused {
-        kind: u16,
-        message: String,
-    },
+    /// The command was refused (the state is unchanged): the error's
+    /// [`ErrorKind`] code and message.
+    Refused { kind: u16, message: String },
 }
 
 impl RaftResponse {
+    /// The response for what [`StateHost::apply_committed`] returned.
     pub fn from_result(result: Result<ApplyOutcome>) -> RaftResponse {
         match result {
             Ok(outcome) => RaftResponse::Applied(outcome),

@@ -96,21 +96,22 @@ impl Net {
         }
     }
 
-    fn route<E: std::error::Error>(
-        &self,
-        from: MdsId,
-        to: MdsId,
-    ) -> std::result::Result<MdsRaft, RPCError<MdsId, MdsNode, E>> {
+    /// The handle of `to` if `from` can reach it, else why not.
+    fn route(&self, from: MdsId, to: MdsId) -> std::result::Result<MdsRaft, String> {
         let inner = self.inner.lock().unwrap();
         if inner.cut.contains(&from) || inner.cut.contains(&to) {
-            let e = std::io::Error::other(format!("MDS {from} and MDS {to} are cut off"));
-            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            return Err(format!("MDS {from} and MDS {to} are cut off"));
         }
-        inner.nodes.get(&to).cloned().ok_or_else(|| {
-            let e = std::io::Error::other(format!("MDS {to} is not running"));
-            RPCError::Unreachable(Unreachable::new(&e))
-        })
+        inner
+            .nodes
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| format!("MDS {to} is not running"))
     }
+}
+
+fn unreachable<E: std::error::Error>(why: String) -> RPCError<MdsId, MdsNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
 }
 
 struct NetFactory {
@@ -158,7 +159,7 @@ impl RaftNetwork<MdsRaftConfig> for NetConn {
         rpc: AppendEntriesRequest<MdsRaftConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<MdsId>> {
-        let raft = self.net.route(self.from, self.to)?;
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
         raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
@@ -167,7 +168,7 @@ impl RaftNetwork<MdsRaftConfig> for NetConn {
         rpc: InstallSnapshotRequest<MdsRaftConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<MdsId>, InstallSnapshotError> {
-        let raft = self.net.route(self.from, self.to)?;
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
         raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
     }
 
@@ -176,7 +177,7 @@ impl RaftNetwork<MdsRaftConfig> for NetConn {
         rpc: VoteRequest<MdsId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<MdsId>> {
-        let raft = self.net.route(self.from, self.to)?;
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
         raft.vote(rpc).await.map_err(|e| self.remote(e))
     }
 }
