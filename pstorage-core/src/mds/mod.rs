@@ -17,6 +17,6 @@ pub use params::ClusterParams;
 pub use service::{MdsConfig, MdsService};
 pub use state::{
     ApplyOutcome, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState, NewEvent,
-    MAX_EVENTS,
+    FIRST_MDS_ID, MAX_EVENTS,
 };
 pub use store::{CommandLog, MdsStore, DEFAULT_COMPACT_EVERY, STORE_FORMAT_VERSION};

@@ -211,6 +211,9 @@ pub enum Command {
         releasing: bool,
         now_ms: u64,
     },
+    // Appended in store format 3.
+    /// Allocates a new MDS id (a Raft member id; never reused).
+    AllocateMdsId,
 }
 
 /// What a successfully applied command produced.
@@ -236,6 +239,8 @@ pub enum ApplyOutcome {
     Fenced(Vec<ChunkMap>),
     /// A newly allocated chunk server id.
     CsId(CsId),
+    /// A newly allocated MDS id.
+    MdsId(u64),
 }
 
 /// A validated command with every lookup resolved; executing it cannot fail.
@@ -329,7 +334,12 @@ pub(crate) enum Prepared {
         releasing: bool,
         now_ms: u64,
     },
+    AllocateMdsId,
 }
+
+/// The id the first MDS of a cluster takes (`make-mds`); a new state
+/// allocates MDS ids after it.
+pub const FIRST_MDS_ID: u64 = 1;
 
 /// The whole metadata of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +355,25 @@ pub struct MdsState {
     /// Cluster parameters set with `set-config` (the rest take defaults).
     params: BTreeMap<String, u64>,
     /// The most recent [`MAX_EVENTS`] events, oldest first.
+    events: VecDeque<Event>,
+    next_event: u64,
+    /// The next MDS id [`Command::AllocateMdsId`] hands out.
+    next_mds: u64,
+}
+
+/// [`MdsState`] as store format 2 wrote it (before MDS ids); read by
+/// [`MdsState::from_v2`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MdsStateV2 {
+    inodes: BTreeMap<InodeId, Inode>,
+    chunks: BTreeMap<ChunkId, ChunkRecord>,
+    servers: BTreeMap<CsId, CsRecord>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    next_ino: InodeId,
+    next_chunk: ChunkId,
+    next_lease: LeaseId,
+    next_cs: CsId,
+    params: BTreeMap<String, u64>,
     events: VecDeque<Event>,
     next_event: u64,
 }
@@ -426,7 +455,27 @@ impl MdsState {
             params: BTreeMap::new(),
             events: VecDeque::new(),
             next_event: 1,
+            next_mds: FIRST_MDS_ID + 1,
         })
+    }
+
+    /// Upgrades a state written by store format 2: the first MDS (the
+    /// only one a format 2 cluster had) holds [`FIRST_MDS_ID`].
+    pub(crate) fn from_v2(v2: MdsStateV2) -> MdsState {
+        MdsState {
+            inodes: v2.inodes,
+            chunks: v2.chunks,
+            servers: v2.servers,
+            leases: v2.leases,
+            next_ino: v2.next_ino,
+            next_chunk: v2.next_chunk,
+            next_lease: v2.next_lease,
+            next_cs: v2.next_cs,
+            params: v2.params,
+            events: v2.events,
+            next_event: v2.next_event,
+            next_mds: FIRST_MDS_ID + 1,
+        }
     }
 
     /// Upgrades a state written by store format 1.
@@ -457,6 +506,7 @@ impl MdsState {
             params: BTreeMap::new(),
             events: VecDeque::new(),
             next_event: 1,
+            next_mds: FIRST_MDS_ID + 1,
         }
     }
 
@@ -651,6 +701,17 @@ impl MdsState {
         cs >= 1 && cs < self.next_cs
     }
 
+    /// Whether MDS id `id` was ever handed out (the first MDS's
+    /// [`FIRST_MDS_ID`] or by [`Command::AllocateMdsId`]).
+    pub fn mds_allocated(&self, id: u64) -> bool {
+        (FIRST_MDS_ID..self.next_mds).contains(&id)
+    }
+
+    /// The MDS id the next [`Command::AllocateMdsId`] returns.
+    pub fn next_mds_id(&self) -> u64 {
+        self.next_mds
+    }
+
     /// The smallest chunk id never used.
     pub fn next_chunk_id(&self) -> ChunkId {
         self.next_chunk
@@ -754,6 +815,12 @@ impl MdsState {
             if cs.id != id || !self.cs_allocated(id) {
                 return Err(format!("chunk server {id} has a bad id"));
             }
+        }
+        if self.next_mds <= FIRST_MDS_ID {
+            return Err(format!(
+                "next MDS id {} is not after the first",
+                self.next_mds
+            ));
         }
         if self.events.len() > MAX_EVENTS
             || self.events.iter().any(|e| e.seq >= self.next_event)
@@ -1048,6 +1115,12 @@ impl MdsState {
                         now_ms: *now_ms,
                     }),
                 }
+            }
+            Command::AllocateMdsId => {
+                if self.next_mds == u64::MAX {
+                    return Err(Error::internal("MDS ids are exhausted"));
+                }
+                Ok(Prepared::AllocateMdsId)
             }
         }
     }
@@ -1734,6 +1807,11 @@ impl MdsState {
                     self.push_event(now_ms, EventKind::CsState, EventLevel::Info, message);
                 }
                 ApplyOutcome::Done
+            }
+            Prepared::AllocateMdsId => {
+                let id = self.next_mds;
+                self.next_mds += 1;
+                ApplyOutcome::MdsId(id)
             }
         }
     }

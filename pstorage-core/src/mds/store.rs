@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Command, MdsState, MdsStateV1};
+use super::state::{Command, MdsState, MdsStateV1, MdsStateV2};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -20,12 +20,14 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// The format version of log and snapshot records written by this build.
 ///
 /// 2 added cluster parameters, the event log and graceful chunk server
-/// removal to the state, and commands after `DropCs`. Format 1 records are
-/// read too: its commands are a prefix of format 2's, and a format 1
-/// snapshot is upgraded by [`MdsState::from_v1`].
-pub const STORE_FORMAT_VERSION: u8 = 2;
+/// removal to the state, and commands after `DropCs`. 3 added the MDS id
+/// counter to the state and `AllocateMdsId` (and the Raft records of
+/// [`super::raft::RaftStorage`]). Older records are read too: their
+/// commands are a prefix of the newer formats', and older snapshots are
+/// upgraded by [`MdsState::from_v1`] and [`MdsState::from_v2`].
+pub const STORE_FORMAT_VERSION: u8 = 3;
 /// The oldest format this build reads.
-const OLDEST_FORMAT_VERSION: u8 = 1;
+pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
 pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
 
@@ -41,6 +43,13 @@ struct Snapshot {
 struct SnapshotV1 {
     last_index: u64,
     state: MdsStateV1,
+}
+
+/// A snapshot of store format 2.
+#[derive(Deserialize)]
+struct SnapshotV2 {
+    last_index: u64,
+    state: MdsStateV2,
 }
 
 /// Where applied commands go before their effect becomes visible: the
@@ -76,7 +85,8 @@ impl std::fmt::Debug for MdsStore {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+/// A record: [`STORE_FORMAT_VERSION`] followed by postcard bytes.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = vec![STORE_FORMAT_VERSION];
     out.extend(
         postcard::to_allocvec(value)
@@ -87,7 +97,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// Splits a record into its format version and body; `Protocol` for a
 /// format this build does not read.
-fn split_record<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<(u8, &'a [u8])> {
+pub(crate) fn split_record<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<(u8, &'a [u8])> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| Error::corrupt(format!("{what} in {} is empty", path.display())))?;
@@ -103,7 +113,12 @@ fn split_record<'a>(bytes: &'a [u8], what: &str, path: &Path) -> Result<(u8, &'a
     Ok((version, body))
 }
 
-fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str, path: &Path) -> Result<T> {
+/// Decodes a record's postcard body; `Corrupt` if it does not decode.
+pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
+    body: &[u8],
+    what: &str,
+    path: &Path,
+) -> Result<T> {
     postcard::from_bytes(body).map_err(|e| {
         Error::corrupt(format!(
             "{what} in {} cannot be decoded: {e}",
@@ -127,6 +142,13 @@ fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
             Ok(Snapshot {
                 last_index: v1.last_index,
                 state: MdsState::from_v1(v1.state),
+            })
+        }
+        (2, body) => {
+            let v2: SnapshotV2 = decode_body(body, what, path)?;
+            Ok(Snapshot {
+                last_index: v2.last_index,
+                state: MdsState::from_v2(v2.state),
             })
         }
         (_, body) => decode_body(body, what, path),
@@ -384,7 +406,11 @@ mod tests {
         write_raw(&store, 2, &newer);
         let err = store.load().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol);
-        assert!(err.message().contains("format version 3"), "{err}");
+        assert!(
+            err.message()
+                .contains(&format!("format version {}", STORE_FORMAT_VERSION + 1)),
+            "{err}"
+        );
         assert!(err.message().contains("entry 2"), "{err}");
 
         write_raw(&store, 2, &[STORE_FORMAT_VERSION, 0xff, 0xff, 0xff]);
@@ -490,6 +516,79 @@ mod tests {
         let loaded = store.load().unwrap();
         assert_eq!(loaded, expected);
         loaded.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_format_2_store_is_upgraded() {
+        let mut expected = MdsState::default();
+        expected.apply(Command::AllocateCsId).unwrap();
+        expected
+            .apply(Command::SetParam {
+                key: "mds.repl.concurrency".into(),
+                value: 3,
+                now_ms: 5,
+            })
+            .unwrap();
+        // Format 3 appended `next_mds` as the state's last field, which is
+        // the snapshot's last field: postcard writes fields in order, so a
+        // format 2 snapshot is the format 3 bytes without that varint
+        // (FIRST_MDS_ID + 1 = 2, one byte).
+        let v3 = postcard::to_allocvec(&SnapshotRef {
+            last_index: 0,
+            state: &expected,
+        })
+        .unwrap();
+        assert_eq!(v3.last(), Some(&2));
+        let mut bytes = vec![2u8];
+        bytes.extend(&v3[..v3.len() - 1]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SNAPSHOT_KEY, bytes.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let mut record = vec![2u8];
+        record.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        write_raw(&store, 1, &record);
+        expected.apply(Command::AllocateCsId).unwrap();
+        let mut loaded = store.load().unwrap();
+        assert_eq!(loaded, expected);
+        loaded.check_invariants().unwrap();
+        // The upgraded state hands out MDS ids after the first MDS's.
+        assert_eq!(
+            loaded.apply(Command::AllocateMdsId).unwrap(),
+            crate::mds::ApplyOutcome::MdsId(2)
+        );
+        assert!(loaded.mds_allocated(1) && loaded.mds_allocated(2));
+        assert!(!loaded.mds_allocated(3) && !loaded.mds_allocated(0));
+        assert_eq!(loaded.next_mds_id(), 3);
+    }
+
+    #[test]
+    fn mds_ids_are_never_reused() {
+        let mut state = MdsState::default();
+        let ids: Vec<_> = (0..3)
+            .map(|_| state.apply(Command::AllocateMdsId).unwrap())
+            .collect();
+        assert_eq!(ids, [2, 3, 4].map(crate::mds::ApplyOutcome::MdsId).to_vec());
+        state.check_invariants().unwrap();
+        // The counter survives a snapshot round trip.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &state).unwrap();
+        store.append(&Command::AllocateMdsId).unwrap();
+        state.apply(Command::AllocateMdsId).unwrap();
+        let mut loaded = store.load().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(
+            loaded.apply(Command::AllocateMdsId).unwrap(),
+            crate::mds::ApplyOutcome::MdsId(6)
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! A single MDS is a Raft cluster of one member: the same code path, and
 //! more members can join later.
 
+mod store;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::io::Cursor;
 
@@ -18,6 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
+
+pub use store::{
+    compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftLogStore, RaftStorage,
+    DEFAULT_SNAPSHOT_EVERY,
+};
 
 /// An MDS's identity in the Raft group. Chosen when the MDS is made
 /// (`make-mds`), never reused.
@@ -40,6 +49,7 @@ impl fmt::Display for MdsNode {
 /// One replicated log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftRequest {
+    /// The command every member applies, in log order.
     pub cmd: Command,
 }
 
@@ -56,14 +66,15 @@ impl fmt::Display for RaftRequest {
 pub enum RaftResponse {
     /// Membership changes and blank entries.
     Empty,
+    /// The command applied; what it produced.
     Applied(ApplyOutcome),
-    Refused {
-        kind: u16,
-        message: String,
-    },
+    /// The command was refused (the state is unchanged): the error's
+    /// [`ErrorKind`] code and message.
+    Refused { kind: u16, message: String },
 }
 
 impl RaftResponse {
+    /// The response for what [`StateHost::apply_committed`] returned.
     pub fn from_result(result: Result<ApplyOutcome>) -> RaftResponse {
         match result {
             Ok(outcome) => RaftResponse::Applied(outcome),

@@ -1,0 +1,922 @@
+//! Persistent Raft storage of one MDS: log, vote, committed and purged log
+//! ids and the latest snapshot, in one redb database file (tables
+//! `raft_log` and `raft_meta`, next to the pre-Raft [`MdsStore`] tables).
+//!
+//! Every record is a format version byte ([`STORE_FORMAT_VERSION`])
+//! followed by postcard bytes, like the pre-Raft store. A write is a redb
+//! commit (fsync) and is durable before openraft is told it happened.
+//!
+//! The MDS state itself is not written on every apply: it lives in the
+//! service ([`StateHost`]) and is persisted by snapshots. A restarted MDS
+//! starts from [`RaftStorage::initial_state`] (the last snapshot) and
+//! openraft re-applies the committed entries after it (the committed log
+//! id is persisted too, so that happens at once on start).
+
+use std::fmt;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, SnapshotPolicy, StorageError, StorageIOError,
+    StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftResponse, StateHost};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mds::state::MdsState;
+use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
+
+/// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
+const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Everything else, by key (see the `*_KEY` constants).
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The pre-Raft store's metadata table (see [`MdsStore`]); it holds an MDS
+/// when it has a "snapshot" key.
+const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("mds_meta");
+const LEGACY_SNAPSHOT_KEY: &str = "snapshot";
+
+/// Marks the file as holding Raft state: version byte only.
+const FORMAT_KEY: &str = "format";
+/// The last vote: version + postcard(`Vote`).
+const VOTE_KEY: &str = "vote";
+/// The last committed log id: version + postcard(`Option<LogId>`).
+const COMMITTED_KEY: &str = "committed";
+/// The last purged log id: version + postcard(`Option<LogId>`).
+const PURGED_KEY: &str = "purged";
+/// The latest snapshot, exactly the bytes served to openraft:
+/// version + postcard([`SnapshotRecord`]).
+const SNAPSHOT_KEY: &str = "snapshot";
+/// The latest snapshot's metadata alone: version + postcard(`SnapshotMeta`).
+const SNAPSHOT_META_KEY: &str = "snapshot_meta";
+
+/// The first format version with Raft records.
+const FIRST_RAFT_FORMAT_VERSION: u8 = 3;
+/// The id of the snapshot a new cluster (or an imported pre-Raft store)
+/// starts from; it covers no log entry.
+const INITIAL_SNAPSHOT_ID: &str = "initial";
+
+/// Default of [`raft_config`]'s `snapshot_every`: a snapshot every this many
+/// applied log entries.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+type Meta = SnapshotMeta<MdsId, MdsNode>;
+type Membership = StoredMembership<MdsId, MdsNode>;
+type StorageResult<T> = std::result::Result<T, StorageError<MdsId>>;
+
+/// A snapshot as stored and sent to other MDSes.
+#[derive(Deserialize)]
+struct SnapshotRecord {
+    meta: Meta,
+    state: MdsState,
+}
+
+/// Serializes like [`SnapshotRecord`] without cloning the state.
+#[derive(Serialize)]
+struct SnapshotRecordRef<'a> {
+    meta: &'a Meta,
+    state: &'a MdsState,
+}
+
+/// The open database, shared by the log store, its readers, the state
+/// machine and its snapshot builders. redb serializes write transactions
+/// and lets reads run concurrently.
+struct Db {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Db {
+    fn error(&self, e: impl fmt::Display) -> Error {
+        db_error(&self.path, e)
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &str, what: &str) -> Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(RAFT_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let Some(value) = table.get(key).map_err(|e| self.error(e))? else {
+            return Ok(None);
+        };
+        let (_, body) = split_record(value.value(), what, &self.path)?;
+        decode_body(body, what, &self.path).map(Some)
+    }
+
+    fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let bytes = encode(value)?;
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut meta = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
+            meta.insert(key, bytes.as_slice())
+                .map_err(|e| self.error(e))?;
+        }
+        txn.commit().map_err(|e| self.error(e))
+    }
+
+    /// Whether the file holds Raft state (`Protocol` for a newer format).
+    fn is_raft(&self) -> Result<bool> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(RAFT_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(self.error(e)),
+        };
+        let Some(value) = table.get(FORMAT_KEY).map_err(|e| self.error(e))? else {
+            return Ok(false);
+        };
+        split_record(value.value(), "MDS Raft format marker", &self.path)?;
+        Ok(true)
+    }
+
+    /// Whether the file holds a pre-Raft [`MdsStore`].
+    fn is_legacy(&self) -> Result<bool> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(LEGACY_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(self.error(e)),
+        };
+        Ok(table
+            .get(LEGACY_SNAPSHOT_KEY)
+            .map_err(|e| self.error(e))?
+            .is_some())
+    }
+
+    /// Marks the file as Raft storage, with `seed` as its snapshot.
+    fn init(&self, seed: Option<&MdsState>) -> Result<()> {
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut meta = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
+            meta.insert(FORMAT_KEY, [STORE_FORMAT_VERSION].as_slice())
+                .map_err(|e| self.error(e))?;
+            if let Some(state) = seed {
+                let snapshot_meta = Meta {
+                    snapshot_id: INITIAL_SNAPSHOT_ID.to_string(),
+                    ..Meta::default()
+                };
+                let record = encode(&SnapshotRecordRef {
+                    meta: &snapshot_meta,
+                    state,
+                })?;
+                meta.insert(SNAPSHOT_KEY, record.as_slice())
+                    .map_err(|e| self.error(e))?;
+                meta.insert(SNAPSHOT_META_KEY, encode(&snapshot_meta)?.as_slice())
+                    .map_err(|e| self.error(e))?;
+            }
+            // Create the log table so readers never see it missing.
+            txn.open_table(RAFT_LOG).map_err(|e| self.error(e))?;
+        }
+        txn.commit().map_err(|e| self.error(e))
+    }
+
+    fn snapshot_meta(&self) -> Result<Option<Meta>> {
+        self.read_meta(SNAPSHOT_META_KEY, "MDS Raft snapshot metadata")
+    }
+
+    fn snapshot_bytes(&self) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(RAFT_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let value = table.get(SNAPSHOT_KEY).map_err(|e| self.error(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores a snapshot unless a newer one is stored already (a snapshot
+    /// built from an older state can finish after a newer one was
+    /// installed). Returns whether it was stored.
+    fn store_snapshot(&self, meta: &Meta, bytes: &[u8]) -> Result<bool> {
+        let meta_bytes = encode(meta)?;
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
+            let stored: Option<Meta> =
+                match table.get(SNAPSHOT_META_KEY).map_err(|e| self.error(e))? {
+                    Some(v) => {
+                        let what = "MDS Raft snapshot metadata";
+                        let (_, body) = split_record(v.value(), what, &self.path)?;
+                        Some(decode_body(body, what, &self.path)?)
+                    }
+                    None => None,
+                };
+            if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
+                return Ok(false);
+            }
+            table
+                .insert(SNAPSHOT_KEY, bytes)
+                .map_err(|e| self.error(e))?;
+            table
+                .insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())
+                .map_err(|e| self.error(e))?;
+        }
+        txn.commit().map_err(|e| self.error(e))?;
+        Ok(true)
+    }
+
+    fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<MdsRaftConfig>>> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(RAFT_LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.error(e)),
+        };
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        let mut entries = Vec::new();
+        for item in table.range::<u64>(range).map_err(|e| self.error(e))? {
+            let (k, v) = item.map_err(|e| self.error(e))?;
+            entries.push(self.decode_entry(k.value(), v.value())?);
+        }
+        Ok(entries)
+    }
+
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry<MdsRaftConfig>> {
+        let what = format!("MDS Raft log entry {index}");
+        // Commands of older formats are a prefix of the current ones, so
+        // every readable version decodes as is.
+        let (_, body) = split_record(bytes, &what, &self.path)?;
+        let entry: Entry<MdsRaftConfig> = decode_body(body, &what, &self.path)?;
+        if entry.log_id.index != index {
+            return Err(Error::corrupt(format!(
+                "{what} in {} claims index {}",
+                self.path.display(),
+                entry.log_id.index
+            )));
+        }
+        Ok(entry)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry<MdsRaftConfig>>> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match txn.open_table(RAFT_LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.error(e)),
+        };
+        let last = table.last().map_err(|e| self.error(e))?;
+        last.map(|(k, v)| self.decode_entry(k.value(), v.value()))
+            .transpose()
+    }
+}
+
+fn db_error(path: &Path, e: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!("MDS Raft database {}: {e}", path.display()),
+    )
+}
+
+/// Decodes a snapshot record (the bytes [`SNAPSHOT_KEY`] holds and
+/// openraft transfers). `Protocol` for a newer format, `Corrupt` for
+/// garbage or a format that had no Raft snapshots.
+fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<SnapshotRecord> {
+    let what = "MDS Raft snapshot";
+    match split_record(bytes, what, path)? {
+        (FIRST_RAFT_FORMAT_VERSION, body) => decode_body(body, what, path),
+        (version, _) => Err(Error::corrupt(format!(
+            "{what} in {} has format version {version}, which had no Raft snapshots",
+            path.display()
+        ))),
+    }
+}
+
+/// An openraft storage error carrying a pstorage error's kind and message
+/// (which name the database file).
+fn storage_error(subject: ErrorSubject<MdsId>, verb: ErrorVerb, e: Error) -> StorageError<MdsId> {
+    StorageIOError::new(subject, verb, AnyError::error(e)).into()
+}
+
+/// Runs a database write off the async runtime's threads (a redb commit
+/// waits for fsync).
+async fn blocking<T: Send + 'static>(
+    db: &Arc<Db>,
+    f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || f(&db))
+        .await
+        .map_err(|e| Error::internal(format!("MDS Raft storage task failed: {e}")))?
+}
+
+/// The Raft storage of one MDS, before it is handed to openraft with
+/// [`RaftStorage::into_parts`].
+pub struct RaftStorage {
+    db: Arc<Db>,
+    /// The stored snapshot's metadata; `None` while a joining MDS has no
+    /// state yet.
+    snapshot: Option<Meta>,
+}
+
+impl fmt::Debug for RaftStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftStorage")
+            .field("path", &self.db.path)
+            .field("snapshot", &self.snapshot.as_ref().map(|m| m.last_log_id))
+            .finish()
+    }
+}
+
+impl RaftStorage {
+    fn create_db(path: &Path) -> Result<Db> {
+        let db = Database::create(path).map_err(|e| db_error(path, e))?;
+        let db = Db {
+            db,
+            path: path.to_path_buf(),
+        };
+        if db.is_raft()? || db.is_legacy()? {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} already holds an MDS; remove it or use another directory",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(db)
+    }
+
+    /// Creates the storage of the first MDS of a new cluster at `path`:
+    /// `initial` becomes its snapshot, covering no log entry. The caller
+    /// then initializes the Raft group (and should call
+    /// [`compact_log_now`] so joining MDSes get that state as a snapshot).
+    /// `AlreadyExists` if `path` already holds an MDS.
+    pub fn create(path: impl AsRef<Path>, initial: &MdsState) -> Result<RaftStorage> {
+        let db = Self::create_db(path.as_ref())?;
+        db.init(Some(initial))?;
+        Self::from_db(db)
+    }
+
+    /// Creates the storage of an MDS joining an existing cluster: no state
+    /// until the leader sends a snapshot. `AlreadyExists` if `path` already
+    /// holds an MDS.
+    pub fn create_empty(path: impl AsRef<Path>) -> Result<RaftStorage> {
+        let db = Self::create_db(path.as_ref())?;
+        db.init(None)?;
+        Self::from_db(db)
+    }
+
+    /// Opens existing Raft storage. `NotFound` if there is none at `path`
+    /// (or it holds a pre-Raft store: see
+    /// [`RaftStorage::open_legacy_or_raft`]); `Protocol` if it was written
+    /// by a newer format, `Corrupt` if its records do not decode.
+    pub fn open(path: impl AsRef<Path>) -> Result<RaftStorage> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::not_found(format!(
+                "no MDS database at {}; create the cluster with make-mds",
+                path.display()
+            )));
+        }
+        let db = Database::open(path).map_err(|e| db_error(path, e))?;
+        let db = Db {
+            db,
+            path: path.to_path_buf(),
+        };
+        if !db.is_raft()? {
+            let why = if db.is_legacy()? {
+                "holds a pre-Raft MDS store; open it with RaftStorage::open_legacy_or_raft to import it"
+            } else {
+                "holds no MDS; create the cluster with make-mds"
+            };
+            return Err(Error::not_found(format!("{} {why}", path.display())));
+        }
+        Self::from_db(db)
+    }
+
+    /// Opens the MDS database at `path` whatever it holds: Raft storage as
+    /// [`RaftStorage::open`] does, or a pre-Raft [`MdsStore`] (a cluster
+    /// made before Raft), whose state is imported as the Raft snapshot
+    /// (covering no log entry, like [`RaftStorage::create`]). The old
+    /// tables are left in place but no longer read. `NotFound` if `path`
+    /// holds neither.
+    pub fn open_legacy_or_raft(path: impl AsRef<Path>) -> Result<RaftStorage> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::not_found(format!(
+                "no MDS database at {}; create the cluster with make-mds",
+                path.display()
+            )));
+        }
+        let legacy = {
+            let db = Database::open(path).map_err(|e| db_error(path, e))?;
+            let db = Db {
+                db,
+                path: path.to_path_buf(),
+            };
+            !db.is_raft()? && db.is_legacy()?
+        };
+        if !legacy {
+            return Self::open(path);
+        }
+        // The database is closed again: redb allows one open handle per
+        // file and MdsStore opens its own.
+        let state = MdsStore::open(path)?.load()?;
+        let db = Database::open(path).map_err(|e| db_error(path, e))?;
+        let db = Db {
+            db,
+            path: path.to_path_buf(),
+        };
+        db.init(Some(&state))?;
+        tracing::info!(
+            path = %path.display(),
+            "imported the pre-Raft MDS store as the Raft snapshot"
+        );
+        Self::from_db(db)
+    }
+
+    /// Reads and checks every record openraft will read at start, so a
+    /// damaged or newer file is refused here with a clear error.
+    fn from_db(db: Db) -> Result<RaftStorage> {
+        let snapshot = db.snapshot_meta()?;
+        db.read_meta::<Vote<MdsId>>(VOTE_KEY, "MDS Raft vote")?;
+        db.read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?;
+        db.read_meta::<Option<LogId<MdsId>>>(PURGED_KEY, "MDS Raft purged log id")?;
+        db.last_entry()?;
+        Ok(RaftStorage {
+            db: Arc::new(db),
+            snapshot,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+
+    /// Whether the storage holds a state (false for a joining MDS until it
+    /// receives its first snapshot).
+    pub fn has_state(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The log id the stored snapshot covers up to (`None` for the initial
+    /// state of a new cluster, or no state at all).
+    pub fn snapshot_log_id(&self) -> Option<LogId<MdsId>> {
+        self.snapshot.as_ref().and_then(|m| m.last_log_id)
+    }
+
+    /// The state the MDS service starts from: the last persisted snapshot
+    /// (openraft then re-applies the committed entries after it through
+    /// [`StateHost::apply_committed`]). A joining MDS without a snapshot
+    /// gets an empty state, replaced wholesale when the leader's snapshot
+    /// arrives ([`StateHost::install_state`]).
+    pub fn initial_state(&self) -> Result<MdsState> {
+        match self.db.snapshot_bytes()? {
+            Some(bytes) => Ok(decode_snapshot(&bytes, &self.db.path)?.state),
+            None => Ok(MdsState::default()),
+        }
+    }
+
+    /// Hands the storage to openraft: the log store and the state machine
+    /// applying to `host` (which must hold [`RaftStorage::initial_state`]).
+    pub fn into_parts(self, host: Arc<dyn StateHost>) -> (RaftLogStore, MdsStateMachine) {
+        let (last_applied, membership) = match &self.snapshot {
+            Some(meta) => (meta.last_log_id, meta.last_membership.clone()),
+            None => (None, Membership::default()),
+        };
+        let sm = MdsStateMachine {
+            db: Arc::clone(&self.db),
+            host,
+            last_applied,
+            membership,
+            has_state: self.snapshot.is_some(),
+        };
+        (RaftLogStore { db: self.db }, sm)
+    }
+}
+
+/// openraft's log storage (and log reader) of one MDS: entries, vote,
+/// committed and purged log ids, each durable before it is reported.
+#[derive(Clone)]
+pub struct RaftLogStore {
+    db: Arc<Db>,
+}
+
+impl fmt::Debug for RaftLogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftLogStore")
+            .field("path", &self.db.path)
+            .finish()
+    }
+}
+
+impl RaftLogReader<MdsRaftConfig> for RaftLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<MdsRaftConfig>>> {
+        self.db
+            .read_entries(range)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
+    type LogReader = RaftLogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<MdsRaftConfig>> {
+        let read = |e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let last_purged_log_id = self
+            .db
+            .read_meta::<Option<LogId<MdsId>>>(PURGED_KEY, "MDS Raft purged log id")
+            .map_err(read)?
+            .flatten();
+        let last_log_id = match self.db.last_entry().map_err(read)? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<MdsId>) -> StorageResult<()> {
+        let vote = *vote;
+        blocking(&self.db, move |db| db.write_meta(VOTE_KEY, &vote))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<MdsId>>> {
+        self.db
+            .read_meta(VOTE_KEY, "MDS Raft vote")
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<MdsId>>) -> StorageResult<()> {
+        blocking(&self.db, move |db| db.write_meta(COMMITTED_KEY, &committed))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<MdsId>>> {
+        self.db
+            .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")
+            .map(Option::flatten)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<MdsRaftConfig>,
+    ) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<MdsRaftConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let records = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .collect::<Result<Vec<(u64, Vec<u8>)>>>();
+        let result = match records {
+            Ok(records) => {
+                blocking(&self.db, move |db| {
+                    let txn = db.db.begin_write().map_err(|e| db.error(e))?;
+                    {
+                        let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
+                        for (index, bytes) in &records {
+                            log.insert(*index, bytes.as_slice())
+                                .map_err(|e| db.error(e))?;
+                        }
+                    }
+                    txn.commit().map_err(|e| db.error(e))
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        // Only now (committed with fsync, or failed) may openraft learn of it.
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<MdsId>) -> StorageResult<()> {
+        blocking(&self.db, move |db| {
+            let txn = db.db.begin_write().map_err(|e| db.error(e))?;
+            {
+                let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
+                log.retain_in(log_id.index.., |_, _| false)
+                    .map_err(|e| db.error(e))?;
+            }
+            txn.commit().map_err(|e| db.error(e))
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<MdsId>) -> StorageResult<()> {
+        blocking(&self.db, move |db| {
+            let purged = encode(&Some(log_id))?;
+            let txn = db.db.begin_write().map_err(|e| db.error(e))?;
+            {
+                // The purged id and the deletion commit together, so the
+                // log never has a hole after a crash.
+                let mut meta = txn.open_table(RAFT_META).map_err(|e| db.error(e))?;
+                meta.insert(PURGED_KEY, purged.as_slice())
+                    .map_err(|e| db.error(e))?;
+                let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
+                log.retain_in(..=log_id.index, |_, _| false)
+                    .map_err(|e| db.error(e))?;
+            }
+            txn.commit().map_err(|e| db.error(e))
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+/// openraft's state machine of one MDS: applies committed commands to the
+/// service's live state through [`StateHost`], and builds, stores, serves
+/// and installs snapshots of it.
+pub struct MdsStateMachine {
+    db: Arc<Db>,
+    host: Arc<dyn StateHost>,
+    last_applied: Option<LogId<MdsId>>,
+    membership: Membership,
+    /// False for a joining MDS until its first snapshot: it must not apply
+    /// commands to a state it does not have.
+    has_state: bool,
+}
+
+impl fmt::Debug for MdsStateMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MdsStateMachine")
+            .field("path", &self.db.path)
+            .field("last_applied", &self.last_applied)
+            .field("membership", &self.membership)
+            .field("has_state", &self.has_state)
+            .finish()
+    }
+}
+
+/// Builds a snapshot from the state captured when openraft asked for a
+/// builder (the state machine keeps applying meanwhile).
+pub struct MdsSnapshotBuilder {
+    db: Arc<Db>,
+    /// `None` if the MDS had no state to snapshot.
+    state: Option<MdsState>,
+    last_applied: Option<LogId<MdsId>>,
+    membership: Membership,
+}
+
+impl RaftSnapshotBuilder<MdsRaftConfig> for MdsSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<MdsRaftConfig>> {
+        let subject = ErrorSubject::Snapshot(None);
+        let Some(state) = self.state.take() else {
+            return Err(storage_error(
+                subject,
+                ErrorVerb::Write,
+                Error::internal(format!(
+                    "MDS Raft database {}: cannot snapshot before this MDS received the cluster state from the leader",
+                    self.db.path.display()
+                )),
+            ));
+        };
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!(
+                "{}-{}-{}-{:016x}",
+                id.leader_id.term,
+                id.leader_id.node_id,
+                id.index,
+                rand::random::<u64>()
+            ),
+            None => format!("none-{:016x}", rand::random::<u64>()),
+        };
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let (bytes, meta) = blocking(&self.db, move |db| {
+            let bytes = encode(&SnapshotRecordRef {
+                meta: &meta,
+                state: &state,
+            })?;
+            db.store_snapshot(&meta, &bytes)?;
+            Ok((bytes, meta))
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        tracing::debug!(last_log_id = ?meta.last_log_id, size = bytes.len(), "MDS snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<MdsRaftConfig> for MdsStateMachine {
+    type SnapshotBuilder = MdsSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<MdsId>>, Membership)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<RaftResponse>>
+    where
+        I: IntoIterator<Item = Entry<MdsRaftConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            let response = match entry.payload {
+                EntryPayload::Blank => RaftResponse::Empty,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    RaftResponse::Empty
+                }
+                EntryPayload::Normal(req) => {
+                    if !self.has_state {
+                        // Replaying commands onto an empty state would
+                        // silently diverge from the leader (the initial
+                        // state is only in snapshots): stop instead.
+                        return Err(storage_error(
+                            ErrorSubject::Apply(entry.log_id),
+                            ErrorVerb::Write,
+                            Error::internal(format!(
+                                "MDS Raft database {}: log entry {} arrived before the cluster state; the leader must send a snapshot first (compact its log with compact_log_now)",
+                                self.db.path.display(),
+                                entry.log_id
+                            )),
+                        ));
+                    }
+                    RaftResponse::from_result(self.host.apply_committed(req.cmd))
+                }
+            };
+            self.last_applied = Some(entry.log_id);
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        MdsSnapshotBuilder {
+            db: Arc::clone(&self.db),
+            state: self.has_state.then(|| self.host.snapshot_state()),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let write = |e| {
+            storage_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
+        let bytes = snapshot.into_inner();
+        let record = decode_snapshot(&bytes, &self.db.path).map_err(write)?;
+        if record.meta.last_log_id != meta.last_log_id
+            || record.meta.last_membership != meta.last_membership
+        {
+            return Err(write(Error::corrupt(format!(
+                "MDS snapshot {} received for {}: its contents cover {:?}, not {:?}",
+                meta.snapshot_id,
+                self.db.path.display(),
+                record.meta.last_log_id,
+                meta.last_log_id
+            ))));
+        }
+        let stored_meta = meta.clone();
+        blocking(&self.db, move |db| {
+            db.store_snapshot(&stored_meta, &bytes).map(|_| ())
+        })
+        .await
+        .map_err(write)?;
+        self.host.install_state(record.state);
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.has_state = true;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<MdsRaftConfig>>> {
+        let read = |e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let Some(meta) = self.db.snapshot_meta().map_err(read)? else {
+            return Ok(None);
+        };
+        // The initial state covers no log entry: not a Raft snapshot. (A
+        // leader only sends snapshots after purging its log, and it
+        // purges only entries covered by a real one.)
+        if meta.last_log_id.is_none() {
+            return Ok(None);
+        }
+        let bytes = self.db.snapshot_bytes().map_err(read)?.ok_or_else(|| {
+            read(Error::corrupt(format!(
+                "MDS Raft database {} has snapshot metadata but no snapshot",
+                self.db.path.display()
+            )))
+        })?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+/// The openraft configuration of the MDS group, for MDSes on one LAN (or
+/// loopback): heartbeat every 150 ms, election timeout 600-1200 ms (a dead
+/// leader is replaced in about 1-2 s), a snapshot every `snapshot_every`
+/// applied entries (at least 1; [`DEFAULT_SNAPSHOT_EVERY`] in production),
+/// after which the log it covers is purged except the last 100 entries
+/// (so briefly lagging followers still catch up from the log).
+/// `InvalidArgument` if the result does not validate.
+pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> Result<openraft::Config> {
+    let snapshot_every = snapshot_every.max(1);
+    let config = openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        // Sending and installing a whole snapshot of a large namespace.
+        install_snapshot_timeout: 30_000,
+        max_payload_entries: 300,
+        replication_lag_threshold: snapshot_every.saturating_mul(2).max(1000),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: 100.min(snapshot_every),
+        purge_batch_size: 1,
+        ..openraft::Config::default()
+    };
+    config.validate().map_err(|e| {
+        Error::invalid(format!(
+            "bad Raft configuration for cluster {cluster_name}: {e}"
+        ))
+    })
+}
+
+/// Takes a snapshot now and purges the log it covers, waiting up to
+/// `timeout` for both. Call it on the first MDS right after initializing
+/// the group (once it applied its first entries) and before any other MDS
+/// joins: the initial state (root attributes chosen by make-mds) is only
+/// in snapshots, so a joining MDS must start from a snapshot, which the
+/// leader sends only for purged entries. `TimedOut` if it does not finish
+/// in time, `Unavailable` if Raft stopped.
+pub async fn compact_log_now(raft: &MdsRaft, timeout: Duration) -> Result<()> {
+    let fatal = |e: openraft::error::Fatal<MdsId>| {
+        Error::unavailable(format!("MDS Raft stopped while compacting its log: {e}"))
+    };
+    let wait_error = |what: &str, e: openraft::metrics::WaitError| match e {
+        openraft::metrics::WaitError::Timeout(..) => Error::new(
+            ErrorKind::TimedOut,
+            format!("MDS Raft did not {what} within {timeout:?}"),
+        ),
+        e => Error::unavailable(format!("MDS Raft stopped before it could {what}: {e}")),
+    };
+    let applied = raft
+        .wait(Some(timeout))
+        .metrics(|m| m.last_applied.is_some(), "apply its first entry")
+        .await
+        .map_err(|e| wait_error("apply its first entry", e))?
+        .last_applied;
+    raft.trigger().snapshot().await.map_err(fatal)?;
+    let snapshot = raft
+        .wait(Some(timeout))
+        .metrics(|m| m.snapshot >= applied, "take a snapshot")
+        .await
+        .map_err(|e| wait_error("take a snapshot", e))?
+        .snapshot
+        .ok_or_else(|| Error::internal("MDS Raft reported no snapshot after taking one"))?;
+    raft.trigger()
+        .purge_log(snapshot.index)
+        .await
+        .map_err(fatal)?;
+    raft.wait(Some(timeout))
+        .metrics(|m| m.purged >= Some(snapshot), "purge its log")
+        .await
+        .map_err(|e| wait_error("purge its log", e))?;
+    Ok(())
+}

@@ -1,0 +1,853 @@
+//! Raft storage and state machine tests: real openraft nodes in one
+//! process, each on its own redb file, connected by an in-memory network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory, ServerState};
+use redb::{Database, TableDefinition};
+
+use super::*;
+use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
+use crate::types::{FileAttrs, ROOT_INODE};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+// ----- the state host ----------------------------------------------------
+
+/// The live state, as the MDS service would own it.
+struct TestHost {
+    state: Mutex<MdsState>,
+}
+
+impl TestHost {
+    fn new(state: MdsState) -> Arc<TestHost> {
+        Arc::new(TestHost {
+            state: Mutex::new(state),
+        })
+    }
+
+    fn state(&self) -> MdsState {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+impl StateHost for TestHost {
+    fn apply_committed(&self, cmd: Command) -> Result<ApplyOutcome> {
+        self.state.lock().unwrap().apply(cmd)
+    }
+
+    fn snapshot_state(&self) -> MdsState {
+        self.state()
+    }
+
+    fn install_state(&self, state: MdsState) {
+        *self.state.lock().unwrap() = state;
+    }
+}
+
+// ----- the in-memory network ---------------------------------------------
+
+#[derive(Default)]
+struct NetInner {
+    nodes: BTreeMap<MdsId, MdsRaft>,
+    /// Nodes cut off: they neither send nor receive.
+    cut: BTreeSet<MdsId>,
+}
+
+/// Routes Raft RPCs to in-process nodes.
+#[derive(Clone, Default)]
+struct Net {
+    inner: Arc<Mutex<NetInner>>,
+}
+
+impl Net {
+    fn register(&self, id: MdsId, raft: MdsRaft) {
+        self.inner.lock().unwrap().nodes.insert(id, raft);
+    }
+
+    fn unregister(&self, id: MdsId) {
+        self.inner.lock().unwrap().nodes.remove(&id);
+    }
+
+    fn cut(&self, id: MdsId, cut: bool) {
+        let mut inner = self.inner.lock().unwrap();
+        if cut {
+            inner.cut.insert(id);
+        } else {
+            inner.cut.remove(&id);
+        }
+    }
+
+    fn factory(&self, from: MdsId) -> NetFactory {
+        NetFactory {
+            net: self.clone(),
+            from,
+        }
+    }
+
+    /// The handle of `to` if `from` can reach it, else why not.
+    fn route(&self, from: MdsId, to: MdsId) -> std::result::Result<MdsRaft, String> {
+        let inner = self.inner.lock().unwrap();
+        if inner.cut.contains(&from) || inner.cut.contains(&to) {
+            return Err(format!("MDS {from} and MDS {to} are cut off"));
+        }
+        inner
+            .nodes
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| format!("MDS {to} is not running"))
+    }
+}
+
+fn unreachable<E: std::error::Error>(why: String) -> RPCError<MdsId, MdsNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(why)))
+}
+
+struct NetFactory {
+    net: Net,
+    from: MdsId,
+}
+
+impl RaftNetworkFactory<MdsRaftConfig> for NetFactory {
+    type Network = NetConn;
+
+    async fn new_client(&mut self, target: MdsId, _node: &MdsNode) -> NetConn {
+        NetConn {
+            net: self.net.clone(),
+            from: self.from,
+            to: target,
+        }
+    }
+}
+
+struct NetConn {
+    net: Net,
+    from: MdsId,
+    to: MdsId,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    std::result::Result<T, RPCError<MdsId, MdsNode, RaftError<MdsId, E>>>;
+
+impl NetConn {
+    fn remote<E: std::error::Error>(
+        &self,
+        e: RaftError<MdsId, E>,
+    ) -> RPCError<MdsId, MdsNode, RaftError<MdsId, E>> {
+        match e {
+            // A shut-down node is unreachable, as over a real network.
+            RaftError::Fatal(f) => RPCError::Network(NetworkError::new(&f)),
+            e => RPCError::RemoteError(RemoteError::new(self.to, e)),
+        }
+    }
+}
+
+impl RaftNetwork<MdsRaftConfig> for NetConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MdsRaftConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<MdsId>> {
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
+        raft.append_entries(rpc).await.map_err(|e| self.remote(e))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<MdsRaftConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<MdsId>, InstallSnapshotError> {
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
+        raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MdsId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<MdsId>> {
+        let raft = self.net.route(self.from, self.to).map_err(unreachable)?;
+        raft.vote(rpc).await.map_err(|e| self.remote(e))
+    }
+}
+
+// ----- nodes and clusters ------------------------------------------------
+
+struct Node {
+    id: MdsId,
+    raft: MdsRaft,
+    host: Arc<TestHost>,
+    path: PathBuf,
+}
+
+fn node_info(id: MdsId) -> MdsNode {
+    MdsNode {
+        addr: format!("mds{id}:1"),
+    }
+}
+
+/// Root attributes other than the default, so a joiner that did not get
+/// the leader's initial state would differ.
+fn cluster_attrs() -> FileAttrs {
+    FileAttrs {
+        chunk_size: 1 << 20,
+        ..FileAttrs::default()
+    }
+}
+
+fn mkdir(path: &str) -> Command {
+    Command::Mkdir {
+        path: path.into(),
+        parents: false,
+        now_ms: 1_000,
+    }
+}
+
+async fn start(net: &Net, id: MdsId, storage: RaftStorage, snapshot_every: u64) -> Node {
+    let path = storage.path().to_path_buf();
+    let host = TestHost::new(storage.initial_state().unwrap());
+    let (log, sm) = storage.into_parts(host.clone());
+    let config = Arc::new(raft_config("test", snapshot_every).unwrap());
+    let raft = MdsRaft::new(id, config, net.factory(id), log, sm)
+        .await
+        .unwrap();
+    net.register(id, raft.clone());
+    Node {
+        id,
+        raft,
+        host,
+        path,
+    }
+}
+
+/// Shuts a node down and waits until its database can be opened again
+/// (openraft's tasks drop their handles shortly after shutdown).
+async fn stop(net: &Net, node: Node) -> PathBuf {
+    net.unregister(node.id);
+    node.raft.shutdown().await.unwrap();
+    let Node { raft, host, .. } = node;
+    drop((raft, host));
+    node.path
+}
+
+async fn reopen(path: &Path) -> RaftStorage {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match RaftStorage::open(path) {
+            Ok(s) => return s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("reopen {}: {e}", path.display());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Proposes `cmd` on `node` (which must be the leader).
+async fn write(node: &Node, cmd: Command) -> Result<ApplyOutcome> {
+    let resp = node
+        .raft
+        .client_write(RaftRequest { cmd })
+        .await
+        .unwrap_or_else(|e| panic!("MDS {} cannot propose: {e}", node.id));
+    resp.data.into_result()
+}
+
+/// Starts the first MDS of a new cluster and makes its state a snapshot.
+async fn bootstrap(net: &Net, dir: &Path, snapshot_every: u64) -> Node {
+    let initial = MdsState::new(cluster_attrs()).unwrap();
+    let storage = RaftStorage::create(dir.join("mds1.redb"), &initial).unwrap();
+    let node = start(net, 1, storage, snapshot_every).await;
+    node.raft
+        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .await
+        .unwrap();
+    node.raft
+        .wait(Some(TIMEOUT))
+        .state(ServerState::Leader, "MDS 1 leads")
+        .await
+        .unwrap();
+    compact_log_now(&node.raft, TIMEOUT).await.unwrap();
+    node
+}
+
+/// Starts a new empty MDS and adds it through `leader` as a learner, then
+/// makes `voters` the voting members.
+async fn join(
+    net: &Net,
+    dir: &Path,
+    leader: &Node,
+    id: MdsId,
+    voters: &[MdsId],
+    snapshot_every: u64,
+) -> Node {
+    let storage = RaftStorage::create_empty(dir.join(format!("mds{id}.redb"))).unwrap();
+    assert!(!storage.has_state());
+    let node = start(net, id, storage, snapshot_every).await;
+    leader
+        .raft
+        .add_learner(id, node_info(id), true)
+        .await
+        .unwrap();
+    leader
+        .raft
+        .change_membership(voters.iter().copied().collect::<BTreeSet<_>>(), false)
+        .await
+        .unwrap();
+    node
+}
+
+async fn three_nodes(dir: &Path, net: &Net, snapshot_every: u64) -> Vec<Node> {
+    let n1 = bootstrap(net, dir, snapshot_every).await;
+    let n2 = join(net, dir, &n1, 2, &[1, 2], snapshot_every).await;
+    let n3 = join(net, dir, &n1, 3, &[1, 2, 3], snapshot_every).await;
+    vec![n1, n2, n3]
+}
+
+/// Waits until every node applied what `leader` applied; returns the
+/// common state.
+async fn converge(leader: &Node, nodes: &[&Node]) -> MdsState {
+    let applied = leader.raft.metrics().borrow().last_applied;
+    let index = applied.map(|l| l.index);
+    for node in nodes {
+        node.raft
+            .wait(Some(TIMEOUT))
+            .applied_index_at_least(index, format!("MDS {} catches up", node.id))
+            .await
+            .unwrap();
+    }
+    let state = leader.host.state();
+    for node in nodes {
+        assert_eq!(node.host.state(), state, "MDS {} diverged", node.id);
+    }
+    state.check_invariants().unwrap();
+    state
+}
+
+async fn wait_leader(nodes: &[&Node], not: MdsId) -> MdsId {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        for node in nodes {
+            let m = node.raft.metrics().borrow().clone();
+            if m.state == ServerState::Leader && m.id != not {
+                return m.id;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader elected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ----- tests ---------------------------------------------------------------
+
+#[tokio::test]
+async fn three_mdses_replicate_and_survive_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut nodes = three_nodes(dir.path(), &net, DEFAULT_SNAPSHOT_EVERY).await;
+    assert_eq!(
+        nodes[1].host.state().inode(ROOT_INODE).unwrap().attrs,
+        cluster_attrs(),
+        "the joiner starts from the leader's initial state"
+    );
+
+    assert!(matches!(
+        write(&nodes[0], mkdir("/a")).await.unwrap(),
+        ApplyOutcome::Stat(_)
+    ));
+    assert_eq!(
+        write(&nodes[0], Command::AllocateCsId).await.unwrap(),
+        ApplyOutcome::CsId(1)
+    );
+    assert_eq!(
+        write(&nodes[0], Command::AllocateMdsId).await.unwrap(),
+        ApplyOutcome::MdsId(2)
+    );
+    let all: Vec<&Node> = nodes.iter().collect();
+    let state = converge(&nodes[0], &all).await;
+    assert!(state.lookup("/a").is_ok());
+
+    // Kill the leader: another takes over and keeps committing.
+    let old = nodes.remove(0);
+    let t0 = std::time::Instant::now();
+    stop(&net, old).await;
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    let leader_id = wait_leader(&survivors, 1).await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let leader = nodes.iter().find(|n| n.id == leader_id).unwrap();
+    write(leader, mkdir("/a/b")).await.unwrap();
+    assert_eq!(
+        write(leader, Command::AllocateCsId).await.unwrap(),
+        ApplyOutcome::CsId(2)
+    );
+    let state = converge(leader, &survivors).await;
+    assert!(state.lookup("/a/b").is_ok());
+    for n in nodes {
+        stop(&net, n).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_command_changes_no_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let nodes = three_nodes(dir.path(), &net, DEFAULT_SNAPSHOT_EVERY).await;
+    write(&nodes[0], mkdir("/x")).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let before = converge(&nodes[0], &all).await;
+
+    let err = write(&nodes[0], mkdir("/x")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert!(err.message().contains("/x"), "{err}");
+    let err = write(
+        &nodes[0],
+        Command::SetCsAddr {
+            cs: 7,
+            addr: "h:1".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    // The refusals were committed (the log moved on) but every state is
+    // what it was.
+    assert_eq!(converge(&nodes[0], &all).await, before);
+    for n in nodes {
+        stop(&net, n).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_mds_has_its_state_and_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let mut nodes = three_nodes(dir.path(), &net, DEFAULT_SNAPSHOT_EVERY).await;
+    for i in 0..5 {
+        write(&nodes[0], mkdir(&format!("/d{i}"))).await.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let state = converge(&nodes[0], &all).await;
+
+    // A follower restarts from its file: the committed entries after its
+    // snapshot are re-applied at start, before it hears from the leader.
+    let n3 = nodes.pop().unwrap();
+    let path = stop(&net, n3).await;
+    net.cut(3, true);
+    let n3 = start(&net, 3, reopen(&path).await, DEFAULT_SNAPSHOT_EVERY).await;
+    let applied = nodes[0].raft.metrics().borrow().last_applied;
+    n3.raft
+        .wait(Some(TIMEOUT))
+        .metrics(|m| m.last_applied >= applied, "replay")
+        .await
+        .unwrap();
+    assert_eq!(n3.host.state(), state);
+
+    // It rejoins and follows new commands.
+    net.cut(3, false);
+    write(&nodes[0], mkdir("/after")).await.unwrap();
+    nodes.push(n3);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let state = converge(&nodes[0], &all).await;
+    assert!(state.lookup("/after").is_ok());
+
+    // The whole cluster restarts; the state survives on every MDS.
+    let mut paths = Vec::new();
+    for n in nodes {
+        paths.push((n.id, stop(&net, n).await));
+    }
+    let mut nodes = Vec::new();
+    for (id, path) in &paths {
+        nodes.push(start(&net, *id, reopen(path).await, DEFAULT_SNAPSHOT_EVERY).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let leader_id = wait_leader(&all, 0).await;
+    let leader = nodes.iter().find(|n| n.id == leader_id).unwrap();
+    write(leader, mkdir("/again")).await.unwrap();
+    let after = converge(leader, &all).await;
+    assert!(after.lookup("/after").is_ok() && after.lookup("/again").is_ok());
+    for n in nodes {
+        stop(&net, n).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_voter_catches_up_through_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let snapshot_every = 5;
+    let mut nodes = three_nodes(dir.path(), &net, snapshot_every).await;
+    for i in 0..30 {
+        write(&nodes[0], mkdir(&format!("/s{i}"))).await.unwrap();
+    }
+    // Snapshots were taken and the log purged on the leader.
+    let m = nodes[0]
+        .raft
+        .wait(Some(TIMEOUT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= 20),
+            "leader purged its log",
+        )
+        .await
+        .unwrap();
+    assert!(m.snapshot >= m.purged);
+
+    let n4 = join(
+        &net,
+        dir.path(),
+        &nodes[0],
+        4,
+        &[1, 2, 3, 4],
+        snapshot_every,
+    )
+    .await;
+    nodes.push(n4);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let state = converge(&nodes[0], &all).await;
+    assert!(state.lookup("/s29").is_ok());
+    let m4 = nodes[3].raft.metrics().borrow().clone();
+    assert!(
+        m4.snapshot.is_some_and(|s| s.index >= 20),
+        "MDS 4 got a snapshot: {:?}",
+        m4.snapshot
+    );
+    assert_eq!(
+        m4.membership_config
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+
+    // The snapshot MDS 4 stored is what a restart starts from.
+    let n4 = nodes.pop().unwrap();
+    let path = stop(&net, n4).await;
+    let storage = reopen(&path).await;
+    assert!(storage.snapshot_log_id().is_some_and(|l| l.index >= 20));
+    let snap = storage.initial_state().unwrap();
+    assert!(snap.lookup("/s19").is_ok());
+    assert_eq!(snap.inode(ROOT_INODE).unwrap().attrs, cluster_attrs());
+    drop(storage);
+
+    // The 4-member group still commits with one member down.
+    write(&nodes[0], mkdir("/t")).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    converge(&nodes[0], &all).await;
+    for n in nodes {
+        stop(&net, n).await;
+    }
+}
+
+#[tokio::test]
+async fn a_joiner_without_a_snapshot_stops_instead_of_diverging() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    // The first MDS initializes but does not compact: its initial state is
+    // not in any snapshot, and its log starts at entry 0.
+    let initial = MdsState::new(cluster_attrs()).unwrap();
+    let storage = RaftStorage::create(dir.path().join("mds1.redb"), &initial).unwrap();
+    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .await
+        .unwrap();
+    n1.raft
+        .wait(Some(TIMEOUT))
+        .state(ServerState::Leader, "MDS 1 leads")
+        .await
+        .unwrap();
+    write(&n1, mkdir("/a")).await.unwrap();
+
+    let storage = RaftStorage::create_empty(dir.path().join("mds2.redb")).unwrap();
+    let n2 = start(&net, 2, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    n1.raft.add_learner(2, node_info(2), false).await.unwrap();
+    let m = n2
+        .raft
+        .wait(Some(TIMEOUT))
+        .metrics(|m| m.running_state.is_err(), "MDS 2 stops")
+        .await
+        .unwrap();
+    let err = m.running_state.unwrap_err().to_string();
+    assert!(err.contains("before the cluster state"), "{err}");
+    assert_eq!(n2.host.state(), MdsState::default());
+    stop(&net, n2).await;
+    stop(&net, n1).await;
+}
+
+#[tokio::test]
+async fn a_single_mds_restarts_with_its_committed_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
+    for i in 0..3 {
+        write(&n1, mkdir(&format!("/d{i}"))).await.unwrap();
+    }
+    let state = n1.host.state();
+    let path = stop(&net, n1).await;
+
+    // The snapshot holds the initial state only; the commands are in the
+    // log and re-applied when openraft starts (committed is persisted).
+    let storage = reopen(&path).await;
+    assert!(storage.initial_state().unwrap().lookup("/d0").is_err());
+    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    assert_eq!(n1.host.state(), state);
+    n1.raft
+        .wait(Some(TIMEOUT))
+        .state(ServerState::Leader, "MDS 1 leads again")
+        .await
+        .unwrap();
+    write(&n1, mkdir("/d3")).await.unwrap();
+    stop(&net, n1).await;
+}
+
+#[tokio::test]
+async fn a_pre_raft_store_is_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    let mut expected = MdsState::new(cluster_attrs()).unwrap();
+    {
+        let mut store = MdsStore::create(&path, &expected).unwrap();
+        for cmd in [mkdir("/old"), Command::AllocateCsId] {
+            store.append(&cmd).unwrap();
+            expected.apply(cmd).unwrap();
+        }
+    }
+    let err = RaftStorage::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.message().contains("open_legacy_or_raft"), "{err}");
+    let err = RaftStorage::create(&path, &MdsState::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+
+    let storage = RaftStorage::open_legacy_or_raft(&path).unwrap();
+    assert_eq!(storage.initial_state().unwrap(), expected);
+    let net = Net::default();
+    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .await
+        .unwrap();
+    compact_log_now(&n1.raft, TIMEOUT).await.unwrap();
+    write(&n1, mkdir("/old/new")).await.unwrap();
+    expected.apply(mkdir("/old/new")).unwrap();
+    assert_eq!(n1.host.state(), expected);
+    let path = stop(&net, n1).await;
+
+    // Now it is Raft storage: both openers read it as such.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let storage = loop {
+        match RaftStorage::open_legacy_or_raft(&path) {
+            Ok(s) => break s,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    assert_eq!(n1.host.state(), expected);
+    stop(&net, n1).await;
+}
+
+#[test]
+fn create_and_open_refuse_the_wrong_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    let err = RaftStorage::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = RaftStorage::open_legacy_or_raft(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    let storage = RaftStorage::create_empty(&path).unwrap();
+    assert!(!storage.has_state());
+    assert_eq!(storage.initial_state().unwrap(), MdsState::default());
+    drop(storage);
+    let err = RaftStorage::create(&path, &MdsState::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    let err = RaftStorage::create_empty(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(!RaftStorage::open(&path).unwrap().has_state());
+
+    // An empty redb file holds no MDS.
+    let other = dir.path().join("other.redb");
+    drop(Database::create(&other).unwrap());
+    let err = RaftStorage::open(&other).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    // A file that is not a database at all.
+    let junk = dir.path().join("junk.redb");
+    std::fs::write(&junk, b"not a database").unwrap();
+    let err = RaftStorage::open(&junk).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.message().contains("junk.redb"), "{err}");
+}
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+
+fn poke_meta(path: &Path, key: &str, bytes: &[u8]) {
+    let db = Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META).unwrap().insert(key, bytes).unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn newer_or_garbled_records_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    drop(RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap());
+    let snapshot = {
+        let db = Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let table = txn.open_table(META).unwrap();
+        let value = redb::ReadableTable::get(&table, "snapshot")
+            .unwrap()
+            .unwrap();
+        let bytes = value.value().to_vec();
+        bytes
+    };
+    assert_eq!(snapshot[0], STORE_FORMAT_VERSION);
+
+    let newer = STORE_FORMAT_VERSION + 1;
+    for key in ["format", "vote", "committed", "snapshot_meta"] {
+        let mut record = vec![newer];
+        record.extend(postcard::to_allocvec(&Option::<u64>::None).unwrap());
+        poke_meta(&path, key, &record);
+        let err = RaftStorage::open(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{key}: {err}");
+        assert!(
+            err.message().contains(&format!("format version {newer}")),
+            "{key}: {err}"
+        );
+        assert!(err.message().contains("mds.redb"), "{key}: {err}");
+        // Garbage under a current version byte.
+        poke_meta(&path, key, &[STORE_FORMAT_VERSION, 0xff, 0xff, 0xff, 0xff]);
+        if key != "format" {
+            let err = RaftStorage::open(&path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{key}: {err}");
+        }
+        // Restore a sane value.
+        match key {
+            "format" => poke_meta(&path, key, &[STORE_FORMAT_VERSION]),
+            "snapshot_meta" => {
+                let meta = postcard::to_allocvec(&openraft::SnapshotMeta::<MdsId, MdsNode> {
+                    snapshot_id: "initial".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+                poke_meta(&path, key, &[&[STORE_FORMAT_VERSION][..], &meta].concat());
+            }
+            _ => {
+                let db = Database::open(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.open_table(META).unwrap().remove(key).unwrap();
+                txn.commit().unwrap();
+            }
+        }
+        RaftStorage::open(&path).unwrap();
+    }
+
+    // A snapshot of a newer format, an empty one and one of a format that
+    // had no Raft snapshots.
+    for (bytes, kind) in [
+        (vec![newer, 0], ErrorKind::Protocol),
+        (vec![], ErrorKind::Corrupt),
+        (vec![2, 0], ErrorKind::Corrupt),
+        (vec![STORE_FORMAT_VERSION, 0xff, 0xff], ErrorKind::Corrupt),
+    ] {
+        poke_meta(&path, "snapshot", &bytes);
+        let err = RaftStorage::open(&path)
+            .unwrap()
+            .initial_state()
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{bytes:?}: {err}");
+    }
+    poke_meta(&path, "snapshot", &snapshot);
+    assert_eq!(
+        RaftStorage::open(&path).unwrap().initial_state().unwrap(),
+        MdsState::new(cluster_attrs()).unwrap()
+    );
+
+    // A garbled or misplaced log entry.
+    let db = Database::open(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(LOG)
+        .unwrap()
+        .insert(5, [STORE_FORMAT_VERSION, 1, 2].as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let err = RaftStorage::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.message().contains("log entry 5"), "{err}");
+}
+
+#[tokio::test]
+async fn a_garbled_snapshot_is_not_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = RaftStorage::create_empty(dir.path().join("mds.redb")).unwrap();
+    let host = TestHost::new(storage.initial_state().unwrap());
+    let (_log, mut sm) = storage.into_parts(host.clone());
+    let meta = openraft::SnapshotMeta {
+        last_log_id: Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(1, 1),
+            9,
+        )),
+        last_membership: Default::default(),
+        snapshot_id: "x".into(),
+    };
+    let newer = vec![STORE_FORMAT_VERSION + 1, 1, 2, 3];
+    let err = openraft::storage::RaftStateMachine::install_snapshot(
+        &mut sm,
+        &meta,
+        Box::new(std::io::Cursor::new(newer)),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("format version"), "{err}");
+    let err = openraft::storage::RaftStateMachine::install_snapshot(
+        &mut sm,
+        &meta,
+        Box::new(std::io::Cursor::new(vec![STORE_FORMAT_VERSION, 9, 9])),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot be decoded"), "{err}");
+    assert_eq!(host.state(), MdsState::default());
+    let (applied, _) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
+        .await
+        .unwrap();
+    assert_eq!(applied, None);
+}
+
+#[test]
+fn the_raft_config_validates() {
+    let c = raft_config("c", DEFAULT_SNAPSHOT_EVERY).unwrap();
+    assert_eq!(c.heartbeat_interval, 150);
+    assert!(c.election_timeout_min > c.heartbeat_interval * 3);
+    assert!(c.election_timeout_max <= 1200);
+    assert_eq!(
+        c.snapshot_policy,
+        openraft::SnapshotPolicy::LogsSinceLast(DEFAULT_SNAPSHOT_EVERY)
+    );
+    let c = raft_config("c", 0).unwrap();
+    assert_eq!(
+        c.snapshot_policy,
+        openraft::SnapshotPolicy::LogsSinceLast(1)
+    );
+    assert!(c.max_in_snapshot_log_to_keep <= 1);
+}
