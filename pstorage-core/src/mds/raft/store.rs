@@ -477,6 +477,30 @@ impl RaftStorage {
         }
     }
 
+    /// The state this store holds as committed, with its log index: the
+    /// snapshot plus every committed log entry after it, applied in order
+    /// (offline inspection: tests compare the members of a stopped group).
+    pub fn committed_state(path: impl AsRef<Path>) -> Result<(u64, MdsState)> {
+        let storage = RaftStorage::open(path)?;
+        let mut state = storage.initial_state()?;
+        let from = storage.snapshot_log_id().map(|l| l.index + 1).unwrap_or(0);
+        let committed = storage
+            .db
+            .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?
+            .flatten()
+            .map(|l| l.index);
+        let Some(committed) = committed else {
+            return Ok((from.saturating_sub(1), state));
+        };
+        for entry in storage.db.read_entries(from..=committed)? {
+            if let openraft::EntryPayload::Normal(request) = entry.payload {
+                // A refused command changes nothing, as when it was applied.
+                let _ = state.apply(request.cmd);
+            }
+        }
+        Ok((committed, state))
+    }
+
     /// Hands the storage to openraft: the log store and the state machine
     /// applying to `host` (which must hold [`RaftStorage::initial_state`]).
     pub fn into_parts(self, host: Arc<dyn StateHost>) -> (RaftLogStore, MdsStateMachine) {
