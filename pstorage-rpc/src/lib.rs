@@ -28,3 +28,5 @@ pub use router::{LeaderRouter, RouterOptions};
 
 #[cfg(test)]
 mod control_rpc_tests;
+#[cfg(test)]
+mod raft_tests;

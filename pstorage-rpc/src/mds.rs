@@ -505,8 +505,7 @@ impl mds::Server for MdsServer {
         mut results: mds::RaftSnapshotResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let data =
-                decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
+            let data = decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
             crate::raft::serve_snapshot(self.raft.as_ref(), &data).await
         }
         .await;

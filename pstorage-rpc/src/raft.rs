@@ -114,8 +114,7 @@ pub(crate) async fn serve_vote(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Ve
 
 /// Serves a `raftSnapshot` payload (one chunk) on `raft`.
 pub(crate) async fn serve_snapshot(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
-    let request: InstallSnapshotRequest<MdsRaftConfig> =
-        decode("install-snapshot request", data)?;
+    let request: InstallSnapshotRequest<MdsRaftConfig> = decode("install-snapshot request", data)?;
     let raft = raft.ok_or_else(|| no_raft("raftSnapshot"))?;
     let reply: SnapshotReply = raft.install_snapshot(request).await;
     encode("install-snapshot reply", &reply)
@@ -255,10 +254,8 @@ impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
         &mut self,
         rpc: AppendEntriesRequest<MdsRaftConfig>,
         option: RPCOption,
-    ) -> std::result::Result<
-        AppendEntriesResponse<MdsId>,
-        RPCError<MdsId, MdsNode, RaftError<MdsId>>,
-    > {
+    ) -> std::result::Result<AppendEntriesResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>>
+    {
         let data = encode("append-entries request", &rpc).map_err(transport_error)?;
         let reply = self
             .send("raftAppend", &option, data, |mds, data| async move {
@@ -301,8 +298,7 @@ impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
         &mut self,
         rpc: VoteRequest<MdsId>,
         option: RPCOption,
-    ) -> std::result::Result<VoteResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>>
-    {
+    ) -> std::result::Result<VoteResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>> {
         let data = encode("vote request", &rpc).map_err(transport_error)?;
         let reply = self
             .send("raftVote", &option, data, |mds, data| async move {

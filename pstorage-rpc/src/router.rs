@@ -179,7 +179,10 @@ impl LeaderRouter {
             self.dialer.clone(),
             self.options.client.clone(),
         )?;
-        tracing::info!("MDS {}: forwarding calls to leader MDS {id} at {addr}", self.my_id);
+        tracing::info!(
+            "MDS {}: forwarding calls to leader MDS {id} at {addr}",
+            self.my_id
+        );
         *cached = Some(LeaderLink {
             id,
             addr,

@@ -57,7 +57,10 @@ pub enum RaftResponse {
     /// Membership changes and blank entries.
     Empty,
     Applied(ApplyOutcome),
-    Refused { kind: u16, message: String },
+    Refused {
+        kind: u16,
+        message: String,
+    },
 }
 
 impl RaftResponse {
