@@ -320,11 +320,8 @@ impl MetadataService for LeaderRouter {
     async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
         self.route(
             "setAttr",
-            || self.metadata.set_attr(path, update.clone(), recursive),
-            |c| {
-                let update = update.clone();
-                async move { c.set_attr(path, update, recursive).await }
-            },
+            || self.metadata.set_attr(path, update, recursive),
+            |c| async move { c.set_attr(path, update, recursive).await },
         )
         .await
     }
@@ -467,11 +464,8 @@ impl CsRegistry for LeaderRouter {
     ) -> Result<HeartbeatReply> {
         self.route(
             "csHeartbeat",
-            || self.registry.heartbeat(cs, space.clone(), stats.clone()),
-            |c| {
-                let (space, stats) = (space.clone(), stats.clone());
-                async move { c.heartbeat(cs, space, stats).await }
-            },
+            || self.registry.heartbeat(cs, space, stats),
+            |c| async move { c.heartbeat(cs, space, stats).await },
         )
         .await
     }
