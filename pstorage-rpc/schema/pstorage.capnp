@@ -391,6 +391,26 @@ struct CsIdResult {
 }
 
 # ---------------------------------------------------------------------------
+# MDS group (Raft)
+
+struct MdsIdResult {
+  union {
+    ok @0 :UInt64;
+    err @1 :Error;
+  }
+}
+
+# The answer to a Raft message: `ok` holds the encoded openraft reply (see
+# `raftAppend`); `err` means the message was not handed to Raft at all (it
+# did not decode, or this server runs no Raft node).
+struct RaftResult {
+  union {
+    ok @0 :Data;
+    err @1 :Error;
+  }
+}
+
+# ---------------------------------------------------------------------------
 # Interfaces
 
 # The metadata service: the methods of `MetadataService` (clients) followed
@@ -427,6 +447,20 @@ interface Mds {
   setConfig @21 (key :Text, value :UInt64) -> (result :VoidResult);
   eventLog @22 (afterSeq :UInt64) -> (result :EventsResult);
   removeCs @23 (cs :UInt32, force :Bool) -> (result :VoidResult);
+
+  # Raft between MDSes (pstorage-rpc/src/raft.rs). `data` is a format
+  # version byte followed by the postcard encoding of the openraft request
+  # (AppendEntriesRequest, VoteRequest, InstallSnapshotRequest of
+  # MdsRaftConfig); `ok` is the version byte followed by the postcard
+  # encoding of Result<response, RaftError> from the receiving node.
+  raftAppend @24 (data :Data) -> (result :RaftResult);
+  raftVote @25 (data :Data) -> (result :RaftResult);
+  raftSnapshot @26 (data :Data) -> (result :RaftResult);
+
+  # MdsGroup (membership of the Raft group); see traits.rs.
+  allocateMdsId @27 () -> (result :MdsIdResult);
+  addMds @28 (id :UInt64, addr :Text) -> (result :VoidResult);
+  removeMds @29 (id :UInt64) -> (result :VoidResult);
 }
 
 # Control operations the MDS performs on a chunk server (trait ChunkControl).

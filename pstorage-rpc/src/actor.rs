@@ -21,7 +21,8 @@ use capnp::capability::FromClientHook;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
 use futures::future::{BoxFuture, LocalBoxFuture};
-use pstorage_core::traits::{ChunkControl, CsRegistry, MetadataService};
+use pstorage_core::mds::raft::MdsRaft;
+use pstorage_core::traits::{ChunkControl, CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -99,6 +100,8 @@ fn thread_runtime() -> Result<tokio::runtime::Runtime> {
 #[derive(Clone, Default)]
 pub struct RpcServices {
     mds: Option<(Arc<dyn MetadataService>, Arc<dyn CsRegistry>)>,
+    group: Option<Arc<dyn MdsGroup>>,
+    raft: Option<MdsRaft>,
     control: Option<Arc<dyn ChunkControl>>,
 }
 
@@ -115,6 +118,22 @@ impl RpcServices {
         registry: Arc<dyn CsRegistry>,
     ) -> RpcServices {
         self.mds = Some((metadata, registry));
+        self
+    }
+
+    /// Serves the `MdsGroup` methods of the `Mds` interface (`allocateMdsId`,
+    /// `addMds`, `removeMds`) from this implementation. Without it they
+    /// answer `Unavailable`. Needs [`RpcServices::with_mds`] to be served.
+    pub fn with_group(mut self, group: Arc<dyn MdsGroup>) -> RpcServices {
+        self.group = Some(group);
+        self
+    }
+
+    /// Hands the Raft messages of the `Mds` interface (`raftAppend`,
+    /// `raftVote`, `raftSnapshot`) to this Raft node. Without it they answer
+    /// `Unavailable`. Needs [`RpcServices::with_mds`] to be served.
+    pub fn with_raft(mut self, raft: MdsRaft) -> RpcServices {
+        self.raft = Some(raft);
         self
     }
 
@@ -262,9 +281,16 @@ async fn run_server(
                 Interface::Mds,
                 RpcServices {
                     mds: Some((metadata, registry)),
+                    group,
+                    raft,
                     ..
                 },
-            ) => crate::mds::bootstrap(metadata.clone(), registry.clone()),
+            ) => crate::mds::bootstrap(crate::mds::MdsServices {
+                metadata: metadata.clone(),
+                registry: registry.clone(),
+                group: group.clone(),
+                raft: raft.clone(),
+            }),
             (
                 Interface::Control,
                 RpcServices {
@@ -438,6 +464,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let job: Job<C> = Box::new(move |link: Result<Link<C>>| {
             Box::pin(async move {
+                let sent = link.is_ok();
                 let outcome = match link {
                     Err(e) => Err(e),
                     Ok(link) => {
@@ -462,13 +489,38 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
                     }
                 };
                 // The caller may have given up waiting; nothing to do then.
-                let _ = reply_tx.send(outcome);
+                let _ = reply_tx.send((outcome, sent));
             })
         });
         let stopped = || Error::internal(format!("the {service} client thread has stopped"));
         self.jobs.send(job).map_err(|_| stopped())?;
-        reply_rx.await.map_err(|_| stopped())?
+        let (outcome, sent) = reply_rx.await.map_err(|_| stopped())?;
+        if !sent {
+            // Tell a surrounding `track_delivery` that this call never left.
+            let _ = NOT_SENT.try_with(|flag| flag.set(true));
+        }
+        outcome
     }
+}
+
+tokio::task_local! {
+    /// Set by a [`ClientActor::call`] made inside [`track_delivery`] when the
+    /// call failed before it was sent (no connection could be made).
+    static NOT_SENT: Cell<bool>;
+}
+
+/// Runs `call` (which makes client calls through `MdsClient` or
+/// `ControlClient`) and tells whether every failed call it made failed
+/// before being sent: `true` in the second field means some call could not
+/// even reach the peer (dial failure), so it certainly did not take effect
+/// and may be retried elsewhere.
+pub(crate) async fn track_delivery<F: Future>(call: F) -> (F::Output, bool) {
+    NOT_SENT
+        .scope(Cell::new(false), async move {
+            let output = call.await;
+            (output, NOT_SENT.with(Cell::get))
+        })
+        .await
 }
 
 /// Where and how a client thread connects.

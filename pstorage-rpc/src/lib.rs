@@ -5,6 +5,8 @@
 //! * [`data`]: the framed data path (client -> CS, CS -> CS).
 //! * [`mds`], [`control`], [`actor`]: the Cap'n Proto control RPC (MDS and
 //!   chunk-server control), schema in `schema/pstorage.capnp`.
+//! * [`raft`]: Raft messages between MDSes ([`TcpRaftNetwork`]), and
+//!   [`router`]: any MDS forwards calls to the Raft leader ([`LeaderRouter`]).
 //! * [`node`]: running the MDS and CS services and connecting clients.
 
 pub mod actor;
@@ -14,11 +16,17 @@ pub mod data;
 pub mod generated;
 pub mod mds;
 pub mod node;
+pub mod raft;
+pub mod router;
 mod wire;
 
 pub use actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
 pub use control::{ControlClient, TcpControlConnector};
 pub use mds::MdsClient;
+pub use raft::{RaftNetworkOptions, TcpRaftNetwork};
+pub use router::{LeaderRouter, RouterOptions};
 
 #[cfg(test)]
 mod control_rpc_tests;
+#[cfg(test)]
+mod raft_tests;

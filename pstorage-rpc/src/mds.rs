@@ -1,20 +1,22 @@
 //! The `Mds` interface: the metadata service over the network.
 //!
-//! `MdsServer` serves `MetadataService + CsRegistry` implementations to
-//! remote peers (it runs on an [`RpcServerThread`](crate::actor::RpcServerThread));
+//! `MdsServer` serves `MetadataService + CsRegistry` (and, on a replicated
+//! MDS, `MdsGroup` and the Raft messages of [`crate::raft`]) to remote peers
+//! (it runs on an [`RpcServerThread`](crate::actor::RpcServerThread));
 //! [`MdsClient`] implements the same traits by calling a remote MDS.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pstorage_core::traits::{CsRegistry, MetadataService};
+use pstorage_core::mds::raft::MdsRaft;
+use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
     DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, OpenFlags,
     OpenReply, RegisterReply, SpaceInfo, Stat,
 };
-use pstorage_core::Result;
+use pstorage_core::{Error, Result};
 
 use crate::actor::{ClientActor, ClientOptions, Dialer};
 use crate::generated::pstorage_capnp::mds;
@@ -33,15 +35,47 @@ use crate::wire::{
 struct MdsServer {
     metadata: Arc<dyn MetadataService>,
     registry: Arc<dyn CsRegistry>,
+    /// Serves `allocateMdsId`, `addMds`, `removeMds` when present.
+    group: Option<Arc<dyn MdsGroup>>,
+    /// Receives `raftAppend`, `raftVote`, `raftSnapshot` when present.
+    raft: Option<MdsRaft>,
+}
+
+/// What an `Mds` connection serves.
+#[derive(Clone)]
+pub(crate) struct MdsServices {
+    pub(crate) metadata: Arc<dyn MetadataService>,
+    pub(crate) registry: Arc<dyn CsRegistry>,
+    pub(crate) group: Option<Arc<dyn MdsGroup>>,
+    pub(crate) raft: Option<MdsRaft>,
 }
 
 /// The bootstrap capability of an `Mds` connection.
-pub(crate) fn bootstrap(
-    metadata: Arc<dyn MetadataService>,
-    registry: Arc<dyn CsRegistry>,
-) -> capnp::capability::Client {
-    let client: mds::Client = capnp_rpc::new_client(MdsServer { metadata, registry });
+pub(crate) fn bootstrap(services: MdsServices) -> capnp::capability::Client {
+    let MdsServices {
+        metadata,
+        registry,
+        group,
+        raft,
+    } = services;
+    let client: mds::Client = capnp_rpc::new_client(MdsServer {
+        metadata,
+        registry,
+        group,
+        raft,
+    });
     client.client
+}
+
+impl MdsServer {
+    fn group(&self, method: &str) -> Result<&Arc<dyn MdsGroup>> {
+        self.group.as_ref().ok_or_else(|| {
+            Error::unavailable(format!(
+                "{method}: this MDS does not manage an MDS group (it runs without Raft); \
+                 upgrade it or send the request to a replicated MDS"
+            ))
+        })
+    }
 }
 
 impl mds::Server for MdsServer {
@@ -436,13 +470,96 @@ impl mds::Server for MdsServer {
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
+
+    async fn raft_append(
+        self: Rc<Self>,
+        params: mds::RaftAppendParams,
+        mut results: mds::RaftAppendResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let data = decode_request("raftAppend", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::serve_append(self.raft.as_ref(), &data).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn raft_vote(
+        self: Rc<Self>,
+        params: mds::RaftVoteParams,
+        mut results: mds::RaftVoteResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let data = decode_request("raftVote", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::serve_vote(self.raft.as_ref(), &data).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn raft_snapshot(
+        self: Rc<Self>,
+        params: mds::RaftSnapshotParams,
+        mut results: mds::RaftSnapshotResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let data = decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::serve_snapshot(self.raft.as_ref(), &data).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn allocate_mds_id(
+        self: Rc<Self>,
+        _params: mds::AllocateMdsIdParams,
+        mut results: mds::AllocateMdsIdResults,
+    ) -> capnp::Result<()> {
+        let outcome = async { self.group("allocateMdsId")?.allocate_mds_id().await }.await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn add_mds(
+        self: Rc<Self>,
+        params: mds::AddMdsParams,
+        mut results: mds::AddMdsResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (id, addr) = decode_request("addMds", || {
+                let p = params.get()?;
+                Ok((p.get_id(), read_text(p.get_addr())?))
+            })?;
+            self.group("addMds")?.add_mds(id, &addr).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn remove_mds(
+        self: Rc<Self>,
+        params: mds::RemoveMdsParams,
+        mut results: mds::RemoveMdsResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let id = decode_request("removeMds", || Ok(params.get()?.get_id()))?;
+            self.group("removeMds")?.remove_mds(id).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Client
 
-/// The metadata service of a remote MDS: `MetadataService + CsRegistry`
-/// over one Cap'n Proto connection owned by a dedicated thread.
+/// The metadata service of a remote MDS: `MetadataService + CsRegistry +
+/// MdsGroup` over one Cap'n Proto connection owned by a dedicated thread.
 ///
 /// `Send + Sync` and cheap to clone (clones share the connection). The
 /// connection is made at the first call and remade at the first call after
@@ -785,6 +902,43 @@ impl CsRegistry for MdsClient {
                 p.set_cs(cs);
                 p.set_chunk(chunk);
                 p.set_reason(failure_reason_to_wire(reason));
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl MdsGroup for MdsClient {
+    async fn allocate_mds_id(&self) -> Result<u64> {
+        self.actor
+            .call("allocateMdsId", move |mds| async move {
+                let response = mds.allocate_mds_id_request().send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+        let addr = addr.to_owned();
+        self.actor
+            .call("addMds", move |mds| async move {
+                let mut request = mds.add_mds_request();
+                let mut p = request.get();
+                p.set_id(id);
+                p.set_addr(addr.as_str());
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn remove_mds(&self, id: u64) -> Result<()> {
+        self.actor
+            .call("removeMds", move |mds| async move {
+                let mut request = mds.remove_mds_request();
+                request.get().set_id(id);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

@@ -772,6 +772,40 @@ impl WireReply for CsId {
     }
 }
 
+/// The id of an MDS (`allocateMdsId`).
+impl WireReply for u64 {
+    type Schema = schema::mds_id_result::Owned;
+    fn write_result(outcome: &Result<u64>, mut b: schema::mds_id_result::Builder<'_>) {
+        match outcome {
+            Ok(id) => b.set_ok(*id),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::mds_id_result::Reader<'_>) -> capnp::Result<Result<u64>> {
+        Ok(match r.which()? {
+            schema::mds_id_result::Ok(id) => Ok(id),
+            schema::mds_id_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+/// An encoded Raft reply (`raftAppend`, `raftVote`, `raftSnapshot`).
+impl WireReply for Vec<u8> {
+    type Schema = schema::raft_result::Owned;
+    fn write_result(outcome: &Result<Vec<u8>>, mut b: schema::raft_result::Builder<'_>) {
+        match outcome {
+            Ok(data) => b.set_ok(data),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::raft_result::Reader<'_>) -> capnp::Result<Result<Vec<u8>>> {
+        Ok(match r.which()? {
+            schema::raft_result::Ok(data) => Ok(data?.to_vec()),
+            schema::raft_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
 impl WireReply for Option<ChunkMap> {
     type Schema = schema::optional_chunk_map_result::Owned;
     fn write_result(

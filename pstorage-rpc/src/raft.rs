@@ -1,0 +1,320 @@
+//! Raft messages between MDSes over the `Mds` interface.
+//!
+//! The three openraft RPCs travel as `raftAppend`, `raftVote` and
+//! `raftSnapshot` on the same authenticated control channel clients use:
+//! the payload is a format version byte ([`RAFT_WIRE_VERSION`]) followed by
+//! the postcard encoding of the openraft request; the reply is the version
+//! byte followed by the postcard encoding of the receiving node's
+//! `Result<response, error>`. A message that does not decode, or one sent to
+//! a server without a Raft node, is answered with a pstorage `Protocol` /
+//! `Unavailable` error instead, and the connection keeps serving.
+//!
+//! [`TcpRaftNetwork`] is the sending side: openraft's
+//! `RaftNetworkFactory`, one connection (a `ClientActor` thread) per target
+//! MDS.
+
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use pstorage_core::mds::raft::{MdsId, MdsNode, MdsRaft, MdsRaftConfig};
+use pstorage_core::{Error, ErrorKind, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::actor::{ClientActor, ClientOptions, Dialer};
+use crate::generated::pstorage_capnp::mds;
+use crate::wire::WireReply;
+
+/// The format version of Raft payloads: the first byte of every request and
+/// reply. Bumped when openraft's message types change incompatibly (another
+/// openraft version), so that mixed MDS versions fail with a clear error
+/// rather than misreading each other.
+pub const RAFT_WIRE_VERSION: u8 = 1;
+
+/// The snapshot chunk size to configure in openraft
+/// (`Config::snapshot_max_chunk_size`): each `raftSnapshot` message carries
+/// one chunk, far below the 2 GiB traversal limit of the control channel
+/// (`wire::TRAVERSAL_LIMIT_WORDS`) and small enough to send within
+/// `install_snapshot_timeout` on a slow link.
+pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Encodes a Raft message or reply: version byte, then postcard.
+pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(value, vec![RAFT_WIRE_VERSION])
+        .map_err(|e| Error::internal(format!("cannot encode a Raft {what}: {e}")))
+}
+
+/// Decodes what [`encode`] produced. Errors (`Protocol`): empty payload,
+/// another format version, bytes that do not decode as `T`.
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        None => Err(Error::protocol(format!(
+            "empty Raft {what}: expected a format version byte and a postcard payload"
+        ))),
+        Some((&RAFT_WIRE_VERSION, payload)) => postcard::from_bytes(payload).map_err(|e| {
+            Error::protocol(format!(
+                "malformed Raft {what} ({} bytes): {e}; the peer MDS may run another \
+                 pstorage version",
+                bytes.len()
+            ))
+        }),
+        Some((version, _)) => Err(Error::protocol(format!(
+            "Raft {what} in format version {version}, this MDS speaks version \
+             {RAFT_WIRE_VERSION}: upgrade every MDS of the cluster to the same pstorage version"
+        ))),
+    }
+}
+
+/// `RaftError` without an API error is only ever `Fatal`; this keeps the
+/// serializable part (`Infallible` has no serde impls).
+fn fatal_only(e: RaftError<MdsId>) -> Fatal<MdsId> {
+    match e {
+        RaftError::APIError(never) => match never {},
+        RaftError::Fatal(fatal) => fatal,
+    }
+}
+
+/// What an `append_entries` / `vote` reply carries.
+type PlainReply<T> = std::result::Result<T, Fatal<MdsId>>;
+/// What an `install_snapshot` reply carries.
+type SnapshotReply =
+    std::result::Result<InstallSnapshotResponse<MdsId>, RaftError<MdsId, InstallSnapshotError>>;
+
+fn no_raft(method: &str) -> Error {
+    Error::unavailable(format!(
+        "{method}: this MDS runs no Raft node (it is not a member of an MDS group, or still \
+         starting): check its bs.list entry and that it started with its Raft store"
+    ))
+}
+
+/// Serves a `raftAppend` payload on `raft`.
+pub(crate) async fn serve_append(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
+    let request: AppendEntriesRequest<MdsRaftConfig> = decode("append-entries request", data)?;
+    let raft = raft.ok_or_else(|| no_raft("raftAppend"))?;
+    let reply: PlainReply<AppendEntriesResponse<MdsId>> =
+        raft.append_entries(request).await.map_err(fatal_only);
+    encode("append-entries reply", &reply)
+}
+
+/// Serves a `raftVote` payload on `raft`.
+pub(crate) async fn serve_vote(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
+    let request: VoteRequest<MdsId> = decode("vote request", data)?;
+    let raft = raft.ok_or_else(|| no_raft("raftVote"))?;
+    let reply: PlainReply<VoteResponse<MdsId>> = raft.vote(request).await.map_err(fatal_only);
+    encode("vote reply", &reply)
+}
+
+/// Serves a `raftSnapshot` payload (one chunk) on `raft`.
+pub(crate) async fn serve_snapshot(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
+    let request: InstallSnapshotRequest<MdsRaftConfig> = decode("install-snapshot request", data)?;
+    let raft = raft.ok_or_else(|| no_raft("raftSnapshot"))?;
+    let reply: SnapshotReply = raft.install_snapshot(request).await;
+    encode("install-snapshot reply", &reply)
+}
+
+// ---------------------------------------------------------------------------
+// Client
+
+/// How [`TcpRaftNetwork`] connects to the other MDSes.
+#[derive(Debug, Clone)]
+pub struct RaftNetworkOptions {
+    /// How long one message keeps trying to connect to a target that is
+    /// down before failing `Unreachable` (openraft then backs off).
+    pub connect_timeout: Duration,
+    /// The longest a message waits for its reply; openraft's own per-RPC
+    /// deadline (`RPCOption::hard_ttl`) applies when it is shorter.
+    pub call_timeout: Duration,
+    /// The pause openraft takes before resending to an unreachable target.
+    pub unreachable_backoff: Duration,
+}
+
+impl Default for RaftNetworkOptions {
+    fn default() -> Self {
+        RaftNetworkOptions {
+            connect_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_secs(10),
+            unreachable_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// openraft's network of an MDS: opens one Cap'n Proto connection per
+/// target MDS (at the address the Raft membership records for it), through
+/// `dialer` (the MDS uses `node::control_dialer(key)`, the authenticated
+/// control channel).
+#[derive(Clone)]
+pub struct TcpRaftNetwork {
+    dialer: Dialer,
+    options: RaftNetworkOptions,
+}
+
+impl TcpRaftNetwork {
+    /// A network dialing through `dialer` with `options`.
+    pub fn new(dialer: Dialer, options: RaftNetworkOptions) -> TcpRaftNetwork {
+        TcpRaftNetwork { dialer, options }
+    }
+}
+
+impl RaftNetworkFactory<MdsRaftConfig> for TcpRaftNetwork {
+    type Network = TcpRaftConnection;
+
+    async fn new_client(&mut self, target: MdsId, node: &MdsNode) -> TcpRaftConnection {
+        let actor = ClientActor::spawn(
+            "MDS",
+            vec![node.addr.clone()],
+            self.dialer.clone(),
+            ClientOptions {
+                connect_timeout: self.options.connect_timeout,
+                call_timeout: Some(self.options.call_timeout),
+            },
+        );
+        if let Err(e) = &actor {
+            tracing::error!("cannot open the Raft connection to MDS {target} at {node}: {e}");
+        }
+        TcpRaftConnection {
+            target,
+            node: node.clone(),
+            actor,
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The connection to one target MDS (openraft's `RaftNetwork`).
+pub struct TcpRaftConnection {
+    target: MdsId,
+    node: MdsNode,
+    /// `Err` if the connection thread could not start: every message then
+    /// fails `Unreachable`.
+    actor: Result<ClientActor<mds::Client>>,
+    options: RaftNetworkOptions,
+}
+
+/// A transport-level failure as openraft wants it.
+fn transport_error<E: std::error::Error>(error: Error) -> RPCError<MdsId, MdsNode, E> {
+    match error.kind() {
+        // The reply did not come in time: openraft may resend at once.
+        ErrorKind::TimedOut => RPCError::Network(NetworkError::new(&error)),
+        // Not reachable, connection broken, a peer that speaks another
+        // version or runs no Raft node: back off before trying again.
+        _ => RPCError::Unreachable(Unreachable::new(&error)),
+    }
+}
+
+impl TcpRaftConnection {
+    /// Sends one encoded message with `method` and returns the encoded
+    /// reply, or the transport failure.
+    async fn send<F, Fut>(
+        &self,
+        method: &'static str,
+        option: &RPCOption,
+        data: Vec<u8>,
+        make: F,
+    ) -> Result<Vec<u8>>
+    where
+        F: FnOnce(mds::Client, Vec<u8>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = capnp::Result<Result<Vec<u8>>>> + 'static,
+    {
+        let actor = self.actor.as_ref().map_err(Clone::clone)?;
+        let limit = option.hard_ttl().min(self.options.call_timeout);
+        let call = actor.call(method, move |client| make(client, data));
+        match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome.map_err(|e| e.context(format!("MDS {}", self.target))),
+            Err(_) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "MDS {} at {} did not answer {method} within {} ms",
+                    self.target,
+                    self.node,
+                    limit.as_millis()
+                ),
+            )),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<MdsId, MdsNode, E> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.node.clone(),
+            error,
+        ))
+    }
+}
+
+impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<MdsRaftConfig>,
+        option: RPCOption,
+    ) -> std::result::Result<AppendEntriesResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>>
+    {
+        let data = encode("append-entries request", &rpc).map_err(transport_error)?;
+        let reply = self
+            .send("raftAppend", &option, data, |mds, data| async move {
+                let mut request = mds.raft_append_request();
+                request.get().set_data(&data);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+            .map_err(transport_error)?;
+        let reply: PlainReply<AppendEntriesResponse<MdsId>> =
+            decode("append-entries reply", &reply).map_err(transport_error)?;
+        reply.map_err(|fatal| self.remote(RaftError::Fatal(fatal)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<MdsRaftConfig>,
+        option: RPCOption,
+    ) -> std::result::Result<
+        InstallSnapshotResponse<MdsId>,
+        RPCError<MdsId, MdsNode, RaftError<MdsId, InstallSnapshotError>>,
+    > {
+        let data = encode("install-snapshot request", &rpc).map_err(transport_error)?;
+        let reply = self
+            .send("raftSnapshot", &option, data, |mds, data| async move {
+                let mut request = mds.raft_snapshot_request();
+                request.get().set_data(&data);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+            .map_err(transport_error)?;
+        let reply: SnapshotReply =
+            decode("install-snapshot reply", &reply).map_err(transport_error)?;
+        reply.map_err(|e| self.remote(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<MdsId>,
+        option: RPCOption,
+    ) -> std::result::Result<VoteResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>> {
+        let data = encode("vote request", &rpc).map_err(transport_error)?;
+        let reply = self
+            .send("raftVote", &option, data, |mds, data| async move {
+                let mut request = mds.raft_vote_request();
+                request.get().set_data(&data);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+            .map_err(transport_error)?;
+        let reply: PlainReply<VoteResponse<MdsId>> =
+            decode("vote reply", &reply).map_err(transport_error)?;
+        reply.map_err(|fatal| self.remote(RaftError::Fatal(fatal)))
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.options.unreachable_backoff))
+    }
+}

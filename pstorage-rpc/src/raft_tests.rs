@@ -1,0 +1,902 @@
+//! Raft over Cap'n Proto on loopback: real openraft nodes talking through
+//! `TcpRaftNetwork` to each other's `RpcServerThread`, each serving a
+//! `LeaderRouter` in front of a small Raft-backed metadata service. The
+//! Raft storage is in memory (this module), the state machine is the real
+//! `MdsState`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    ChangeMembers, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use pstorage_core::mds::raft::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftRequest, RaftResponse};
+use pstorage_core::mds::{ApplyOutcome, Command, MdsState};
+use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
+use pstorage_core::types::*;
+use pstorage_core::{Error, ErrorKind, Result};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::actor::{ClientActor, ClientOptions, Dialer, RpcServerThread, RpcServices};
+use crate::generated::pstorage_capnp::mds;
+use crate::mds::MdsClient;
+use crate::raft::{RaftNetworkOptions, TcpRaftNetwork, RAFT_WIRE_VERSION};
+use crate::router::{LeaderRouter, RouterOptions};
+use crate::wire::WireReply;
+
+type C = MdsRaftConfig;
+
+// ---------------------------------------------------------------------------
+// In-memory Raft storage (tests only)
+
+#[derive(Default)]
+struct LogData {
+    vote: Option<Vote<MdsId>>,
+    committed: Option<LogId<MdsId>>,
+    last_purged: Option<LogId<MdsId>>,
+    entries: BTreeMap<u64, Entry<C>>,
+}
+
+#[derive(Clone, Default)]
+struct MemLog(Arc<Mutex<LogData>>);
+
+impl RaftLogReader<C> for MemLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> std::result::Result<Vec<Entry<C>>, StorageError<MdsId>> {
+        let data = self.0.lock().unwrap();
+        Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<C> for MemLog {
+    type LogReader = MemLog;
+
+    async fn get_log_state(&mut self) -> std::result::Result<LogState<C>, StorageError<MdsId>> {
+        let data = self.0.lock().unwrap();
+        let last = data
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(data.last_purged);
+        Ok(LogState {
+            last_purged_log_id: data.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> MemLog {
+        self.clone()
+    }
+
+    async fn save_vote(
+        &mut self,
+        vote: &Vote<MdsId>,
+    ) -> std::result::Result<(), StorageError<MdsId>> {
+        self.0.lock().unwrap().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> std::result::Result<Option<Vote<MdsId>>, StorageError<MdsId>> {
+        Ok(self.0.lock().unwrap().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<MdsId>>,
+    ) -> std::result::Result<(), StorageError<MdsId>> {
+        self.0.lock().unwrap().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> std::result::Result<Option<LogId<MdsId>>, StorageError<MdsId>> {
+        Ok(self.0.lock().unwrap().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> std::result::Result<(), StorageError<MdsId>>
+    where
+        I: IntoIterator<Item = Entry<C>> + Send,
+        I::IntoIter: Send,
+    {
+        {
+            let mut data = self.0.lock().unwrap();
+            for entry in entries {
+                data.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(
+        &mut self,
+        log_id: LogId<MdsId>,
+    ) -> std::result::Result<(), StorageError<MdsId>> {
+        self.0.lock().unwrap().entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(
+        &mut self,
+        log_id: LogId<MdsId>,
+    ) -> std::result::Result<(), StorageError<MdsId>> {
+        let mut data = self.0.lock().unwrap();
+        data.entries.retain(|&index, _| index > log_id.index);
+        data.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+struct SmData {
+    state: MdsState,
+    last_applied: Option<LogId<MdsId>>,
+    membership: StoredMembership<MdsId, MdsNode>,
+    snapshot: Option<(SnapshotMeta<MdsId, MdsNode>, Vec<u8>)>,
+    snapshots_built: u64,
+    snapshots_installed: u64,
+}
+
+#[derive(Clone)]
+struct MemSm(Arc<Mutex<SmData>>);
+
+impl MemSm {
+    fn new() -> MemSm {
+        MemSm(Arc::new(Mutex::new(SmData {
+            state: MdsState::new(FileAttrs::default()).unwrap(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            snapshots_built: 0,
+            snapshots_installed: 0,
+        })))
+    }
+
+    fn stat(&self, path: &str) -> Result<Stat> {
+        let data = self.0.lock().unwrap();
+        let ino = data.state.lookup(path)?;
+        data.state
+            .stat_of(ino)
+            .ok_or_else(|| Error::not_found(format!("inode {ino} of {path}")))
+    }
+}
+
+impl RaftSnapshotBuilder<C> for MemSm {
+    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<C>, StorageError<MdsId>> {
+        let mut data = self.0.lock().unwrap();
+        let bytes = postcard::to_allocvec(&data.state)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        data.snapshots_built += 1;
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                data.last_applied.map(|l| l.index).unwrap_or(0),
+                data.snapshots_built
+            ),
+        };
+        data.snapshot = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<C> for MemSm {
+    type SnapshotBuilder = MemSm;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<
+        (Option<LogId<MdsId>>, StoredMembership<MdsId, MdsNode>),
+        StorageError<MdsId>,
+    > {
+        let data = self.0.lock().unwrap();
+        Ok((data.last_applied, data.membership.clone()))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> std::result::Result<Vec<RaftResponse>, StorageError<MdsId>>
+    where
+        I: IntoIterator<Item = Entry<C>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut data = self.0.lock().unwrap();
+        let mut replies = Vec::new();
+        for entry in entries {
+            data.last_applied = Some(entry.log_id);
+            replies.push(match entry.payload {
+                EntryPayload::Blank => RaftResponse::Empty,
+                EntryPayload::Normal(request) => {
+                    RaftResponse::from_result(data.state.apply(request.cmd))
+                }
+                EntryPayload::Membership(membership) => {
+                    data.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    RaftResponse::Empty
+                }
+            });
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> MemSm {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError<MdsId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<MdsId, MdsNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> std::result::Result<(), StorageError<MdsId>> {
+        let bytes = snapshot.into_inner();
+        let state: MdsState = postcard::from_bytes(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut data = self.0.lock().unwrap();
+        data.state = state;
+        data.last_applied = meta.last_log_id;
+        data.membership = meta.last_membership.clone();
+        data.snapshot = Some((meta.clone(), bytes));
+        data.snapshots_installed += 1;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<Option<Snapshot<C>>, StorageError<MdsId>> {
+        let data = self.0.lock().unwrap();
+        Ok(data.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes.clone())),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A small Raft-backed metadata service: mkdir goes through the Raft log,
+// stat reads the local state machine; MdsGroup changes the membership.
+// It counts the calls it serves, to show where a routed call landed.
+
+struct RaftMds {
+    raft: MdsRaft,
+    sm: MemSm,
+    calls: AtomicUsize,
+    next_mds_id: AtomicU64,
+}
+
+impl RaftMds {
+    fn refuse<T>(&self, method: &str) -> Result<T> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(Error::invalid(format!(
+            "{method}: the Raft test service implements only mkdir, stat and MdsGroup"
+        )))
+    }
+}
+
+fn raft_error(e: impl std::fmt::Display) -> Error {
+    Error::unavailable(format!("Raft: {e}"))
+}
+
+#[async_trait]
+impl MetadataService for RaftMds {
+    async fn open(&self, _: &str, _: LeaseMode, _: OpenFlags) -> Result<OpenReply> {
+        self.refuse("open")
+    }
+    async fn renew(&self, _: LeaseId) -> Result<()> {
+        self.refuse("renew")
+    }
+    async fn close(&self, _: LeaseId) -> Result<()> {
+        self.refuse("close")
+    }
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sm.stat(path)
+    }
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let cmd = Command::Mkdir {
+            path: path.to_owned(),
+            parents,
+            now_ms: 1_700_000_000_000,
+        };
+        let reply = self
+            .raft
+            .client_write(RaftRequest { cmd })
+            .await
+            .map_err(raft_error)?;
+        match reply.data.into_result()? {
+            ApplyOutcome::Stat(stat) => Ok(stat),
+            other => Err(Error::internal(format!("mkdir applied as {other:?}"))),
+        }
+    }
+    async fn readdir(&self, _: &str) -> Result<Vec<DirEntry>> {
+        self.refuse("readdir")
+    }
+    async fn unlink(&self, _: &str) -> Result<()> {
+        self.refuse("unlink")
+    }
+    async fn rename(&self, _: &str, _: &str) -> Result<()> {
+        self.refuse("rename")
+    }
+    async fn set_attr(&self, _: &str, _: AttrUpdate, _: bool) -> Result<()> {
+        self.refuse("setAttr")
+    }
+    async fn chunk_map(&self, _: LeaseId, _: u64, _: bool) -> Result<Option<ChunkMap>> {
+        self.refuse("chunkMap")
+    }
+    async fn report_failure(
+        &self,
+        _: LeaseId,
+        _: ChunkId,
+        _: MapVersion,
+        _: CsId,
+        _: FailureReason,
+    ) -> Result<ChunkMap> {
+        self.refuse("reportFailure")
+    }
+    async fn commit_size(&self, _: LeaseId, _: u64) -> Result<()> {
+        self.refuse("commitSize")
+    }
+    async fn truncate(&self, _: LeaseId, _: u64) -> Result<()> {
+        self.refuse("truncate")
+    }
+    async fn file_chunks(&self, _: &str) -> Result<Vec<ChunkMap>> {
+        self.refuse("fileChunks")
+    }
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.refuse("clusterStatus")
+    }
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.refuse("getConfig")
+    }
+    async fn set_config(&self, _: &str, _: u64) -> Result<()> {
+        self.refuse("setConfig")
+    }
+    async fn event_log(&self, _: u64) -> Result<Vec<Event>> {
+        self.refuse("eventLog")
+    }
+    async fn remove_cs(&self, _: CsId, _: bool) -> Result<()> {
+        self.refuse("removeCs")
+    }
+}
+
+#[async_trait]
+impl CsRegistry for RaftMds {
+    async fn allocate_cs_id(&self) -> Result<CsId> {
+        self.refuse("allocateCsId")
+    }
+    async fn register_cs(&self, _: CsRegistration) -> Result<RegisterReply> {
+        self.refuse("registerCs")
+    }
+    async fn heartbeat(&self, _: CsId, _: SpaceInfo, _: CsStats) -> Result<HeartbeatReply> {
+        self.refuse("heartbeat")
+    }
+    async fn report_bad_replica(&self, _: CsId, _: ChunkId, _: FailureReason) -> Result<()> {
+        self.refuse("reportBadReplica")
+    }
+}
+
+#[async_trait]
+impl MdsGroup for RaftMds {
+    async fn allocate_mds_id(&self) -> Result<u64> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.next_mds_id.fetch_add(1, Ordering::SeqCst))
+    }
+    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let node = MdsNode {
+            addr: addr.to_owned(),
+        };
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(raft_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+    async fn remove_mds(&self, id: u64) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nodes
+
+fn plain_dialer() -> Dialer {
+    Arc::new(|addr: String| Box::pin(async move { Ok(TcpStream::connect(&addr).await?) }))
+}
+
+fn raft_config() -> Arc<openraft::Config> {
+    let config = openraft::Config {
+        cluster_name: "test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        install_snapshot_timeout: 2000,
+        // Small chunks: a snapshot of a few dozen directories takes several
+        // raftSnapshot messages.
+        snapshot_max_chunk_size: 512,
+        ..Default::default()
+    };
+    Arc::new(config.validate().unwrap())
+}
+
+fn router_options() -> RouterOptions {
+    RouterOptions {
+        election_wait: Duration::from_secs(10),
+        client: ClientOptions {
+            connect_timeout: Duration::from_millis(500),
+            call_timeout: Some(Duration::from_secs(10)),
+        },
+    }
+}
+
+/// One MDS: a Raft node, its service behind a `LeaderRouter`, served on an
+/// ephemeral loopback port.
+struct Node {
+    id: MdsId,
+    addr: String,
+    raft: MdsRaft,
+    service: Arc<RaftMds>,
+    sm: MemSm,
+    server: Option<Arc<RpcServerThread>>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(id: MdsId, router: RouterOptions) -> Node {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let network = TcpRaftNetwork::new(plain_dialer(), RaftNetworkOptions::default());
+        let sm = MemSm::new();
+        let raft = MdsRaft::new(id, raft_config(), network, MemLog::default(), sm.clone())
+            .await
+            .unwrap();
+        let service = Arc::new(RaftMds {
+            raft: raft.clone(),
+            sm: sm.clone(),
+            calls: AtomicUsize::new(0),
+            next_mds_id: AtomicU64::new(100),
+        });
+        let router = Arc::new(LeaderRouter::new(
+            id,
+            raft.clone(),
+            service.clone(),
+            service.clone(),
+            service.clone(),
+            plain_dialer(),
+            router,
+        ));
+        let services = RpcServices::new()
+            .with_mds(router.clone(), router.clone())
+            .with_group(router)
+            .with_raft(raft.clone());
+        let server = Arc::new(RpcServerThread::spawn(&format!("mds {id} rpc"), services).unwrap());
+        let loop_server = server.clone();
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                loop_server.serve_mds(stream).unwrap();
+            }
+        });
+        Node {
+            id,
+            addr,
+            raft,
+            service,
+            sm,
+            server: Some(server),
+            accept_loop,
+        }
+    }
+
+    fn member(&self) -> (MdsId, MdsNode) {
+        (
+            self.id,
+            MdsNode {
+                addr: self.addr.clone(),
+            },
+        )
+    }
+
+    fn client(&self) -> MdsClient {
+        MdsClient::new(
+            vec![self.addr.clone()],
+            plain_dialer(),
+            ClientOptions {
+                connect_timeout: Duration::from_secs(5),
+                call_timeout: Some(Duration::from_secs(20)),
+            },
+        )
+        .unwrap()
+    }
+
+    fn calls(&self) -> usize {
+        self.service.calls.load(Ordering::SeqCst)
+    }
+
+    /// Stops the node as a crash would: no more connections, no Raft.
+    async fn stop(&mut self) {
+        self.accept_loop.abort();
+        let _ = (&mut self.accept_loop).await;
+        // Dropping the server thread closes every connection it serves.
+        self.server.take();
+        self.raft.shutdown().await.unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+/// Starts `n` nodes (ids 1..=n) and makes them one Raft group.
+async fn start_group(n: u64) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        nodes.push(Node::start(id, router_options()).await);
+    }
+    let members: BTreeMap<MdsId, MdsNode> = nodes.iter().map(Node::member).collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    nodes
+}
+
+/// Waits until the nodes agree on a leader among `alive` and returns its index.
+async fn wait_for_leader(nodes: &[Node], alive: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let leaders: Vec<Option<MdsId>> = alive
+            .iter()
+            .map(|&i| nodes[i].raft.metrics().borrow().current_leader)
+            .collect();
+        if let Some(Some(leader)) = leaders.first() {
+            if leaders.iter().all(|l| *l == Some(*leader)) {
+                if let Some(&i) = alive.iter().find(|&&i| nodes[i].id == *leader) {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no common leader elected: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `path` exists in the state machine of every node in `which`.
+async fn wait_replicated(nodes: &[Node], which: &[usize], path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &i in which {
+        loop {
+            match nodes[i].sm.stat(path) {
+                Ok(stat) => {
+                    assert_eq!(stat.kind, InodeKind::Dir);
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "{path} not replicated to MDS {}: {e}",
+                    nodes[i].id
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_mdses_elect_replicate_and_route_to_the_leader() {
+    let mut nodes = start_group(3).await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // Written on the leader, replicated to every member over capnp.
+    nodes[leader]
+        .raft
+        .client_write(RaftRequest {
+            cmd: Command::Mkdir {
+                path: "/direct".into(),
+                parents: false,
+                now_ms: 1,
+            },
+        })
+        .await
+        .unwrap();
+    wait_replicated(&nodes, &[0, 1, 2], "/direct").await;
+
+    // A client of a follower: its calls are served by the leader's service.
+    let client = nodes[followers[0]].client();
+    let stat = client.mkdir("/routed", false).await.unwrap();
+    assert_eq!(stat.kind, InodeKind::Dir);
+    assert_eq!(client.stat("/routed").await.unwrap(), stat);
+    assert_eq!(nodes[leader].calls(), 2);
+    for &f in &followers {
+        assert_eq!(nodes[f].calls(), 0, "MDS {} served a call", nodes[f].id);
+    }
+    wait_replicated(&nodes, &[0, 1, 2], "/routed").await;
+    // The service's own errors travel back unchanged through the router.
+    let error = client.readdir("/").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+    assert!(error.message().contains("readdir"), "{error}");
+    // MdsGroup is routed too.
+    assert_eq!(client.allocate_mds_id().await.unwrap(), 100);
+    assert_eq!(nodes[leader].calls(), 4);
+
+    // The leader crashes: the survivors elect another one, and a call sent
+    // to a survivor reaches it (the router waits for the election and
+    // re-resolves the leader it could not reach).
+    nodes[leader].stop().await;
+    let survivor = followers[0];
+    let stat = nodes[survivor]
+        .client()
+        .mkdir("/after-failover", false)
+        .await
+        .unwrap();
+    assert_eq!(stat.kind, InodeKind::Dir);
+    let new_leader = wait_for_leader(&nodes, &followers).await;
+    assert_ne!(nodes[new_leader].id, nodes[leader].id);
+    assert!(nodes[new_leader].calls() >= 1);
+    wait_replicated(&nodes, &followers, "/after-failover").await;
+    wait_replicated(&nodes, &followers, "/routed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
+    let mut nodes = start_group(3).await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let client = nodes[follower].client();
+    for i in 0..40 {
+        client
+            .mkdir(&format!("/dir-{i:03}-with-a-long-name"), false)
+            .await
+            .unwrap();
+    }
+    // Compact the leader's log so that the newcomer can only catch up from
+    // the snapshot.
+    nodes[leader].raft.trigger().snapshot().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snapshot_index = loop {
+        if let Some(snapshot) = nodes[leader].raft.metrics().borrow().snapshot {
+            break snapshot.index;
+        }
+        assert!(Instant::now() < deadline, "the leader built no snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    nodes[leader]
+        .raft
+        .trigger()
+        .purge_log(snapshot_index)
+        .await
+        .unwrap();
+    let snapshot_len = nodes[leader]
+        .sm
+        .0
+        .lock()
+        .unwrap()
+        .snapshot
+        .as_ref()
+        .unwrap()
+        .1
+        .len();
+    assert!(
+        snapshot_len > 4 * 512,
+        "snapshot of {snapshot_len} bytes fits in few chunks"
+    );
+
+    // The fourth MDS joins through a follower's router (MdsGroup routed to
+    // the leader), receives the snapshot in chunks and becomes a voter.
+    let newcomer = Node::start(4, router_options()).await;
+    client.add_mds(4, &newcomer.addr).await.unwrap();
+    nodes.push(newcomer);
+    let all = nodes;
+    wait_replicated(&all, &[3], "/dir-039-with-a-long-name").await;
+    assert_eq!(all[3].sm.0.lock().unwrap().snapshots_installed, 1);
+    let voters: Vec<MdsId> = all[leader]
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    // And it follows new writes.
+    client.mkdir("/after-join", false).await.unwrap();
+    wait_replicated(&all, &[0, 1, 2, 3], "/after-join").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_leader_calls_fail_unavailable_after_the_election_wait() {
+    // A node that was never initialized has no members and no leader.
+    let node = Node::start(
+        1,
+        RouterOptions {
+            election_wait: Duration::from_millis(300),
+            ..router_options()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let error = node.client().stat("/").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(
+        error.message().contains("no MDS leader is elected")
+            && error.message().contains("0 MDS(es)"),
+        "{error}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(node.calls(), 0);
+}
+
+/// Sends raw bytes as a Raft message of `method`.
+async fn send_raw(
+    actor: &ClientActor<mds::Client>,
+    method: &'static str,
+    data: Vec<u8>,
+) -> Result<Vec<u8>> {
+    actor
+        .call(method, move |mds| async move {
+            let response = match method {
+                "raftAppend" => {
+                    let mut request = mds.raft_append_request();
+                    request.get().set_data(&data);
+                    let response = request.send().promise.await?;
+                    WireReply::read_result(response.get()?.get_result()?)
+                }
+                "raftVote" => {
+                    let mut request = mds.raft_vote_request();
+                    request.get().set_data(&data);
+                    let response = request.send().promise.await?;
+                    WireReply::read_result(response.get()?.get_result()?)
+                }
+                _ => {
+                    let mut request = mds.raft_snapshot_request();
+                    request.get().set_data(&data);
+                    let response = request.send().promise.await?;
+                    WireReply::read_result(response.get()?.get_result()?)
+                }
+            };
+            response
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving() {
+    let node = Node::start(1, router_options()).await;
+    let actor: ClientActor<mds::Client> = ClientActor::spawn(
+        "MDS",
+        vec![node.addr.clone()],
+        plain_dialer(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    for method in ["raftAppend", "raftVote", "raftSnapshot"] {
+        let error = send_raw(&actor, method, vec![]).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Protocol, "{error}");
+        assert!(error.message().contains("empty Raft"), "{error}");
+
+        let error = send_raw(&actor, method, vec![RAFT_WIRE_VERSION, 0xff, 0xff, 0xff])
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Protocol, "{error}");
+        assert!(error.message().contains("malformed Raft"), "{error}");
+
+        let error = send_raw(&actor, method, vec![RAFT_WIRE_VERSION + 8, 1, 2])
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Protocol, "{error}");
+        assert!(
+            error.message().contains("format version 9") && error.message().contains("upgrade"),
+            "{error}"
+        );
+    }
+    // The same connection still carries a well-formed message to Raft.
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let reply = send_raw(
+        &actor,
+        "raftVote",
+        crate::raft::encode("vote request", &vote).unwrap(),
+    )
+    .await
+    .unwrap();
+    let reply: std::result::Result<
+        openraft::raft::VoteResponse<MdsId>,
+        openraft::error::Fatal<MdsId>,
+    > = crate::raft::decode("vote reply", &reply).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_raft_or_group_says_so() {
+    let sm = MemSm::new();
+    let network = TcpRaftNetwork::new(plain_dialer(), RaftNetworkOptions::default());
+    let raft = MdsRaft::new(1, raft_config(), network, MemLog::default(), sm.clone())
+        .await
+        .unwrap();
+    let service = Arc::new(RaftMds {
+        raft,
+        sm,
+        calls: AtomicUsize::new(0),
+        next_mds_id: AtomicU64::new(1),
+    });
+    // The bare service, as an MDS without replication serves it.
+    let server = Arc::new(
+        RpcServerThread::spawn(
+            "plain mds",
+            RpcServices::new().with_mds(service.clone(), service.clone()),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let loop_server = server.clone();
+    let accept_loop = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            loop_server.serve_mds(stream).unwrap();
+        }
+    });
+    let actor: ClientActor<mds::Client> = ClientActor::spawn(
+        "MDS",
+        vec![addr.clone()],
+        plain_dialer(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let data = crate::raft::encode("vote request", &vote).unwrap();
+    let error = send_raw(&actor, "raftVote", data).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.message().contains("runs no Raft node"), "{error}");
+
+    let client = MdsClient::new(vec![addr], plain_dialer(), ClientOptions::default()).unwrap();
+    let error = client.allocate_mds_id().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(
+        error.message().contains("does not manage an MDS group"),
+        "{error}"
+    );
+    assert_eq!(service.calls.load(Ordering::SeqCst), 0);
+    accept_loop.abort();
+}

@@ -1,0 +1,516 @@
+//! Leader routing: any MDS of a Raft group accepts every call and serves
+//! it where the Raft leader is.
+//!
+//! [`LeaderRouter`] implements `MetadataService + CsRegistry + MdsGroup`.
+//! On the leader it calls the local service; elsewhere it forwards the call
+//! through an [`MdsClient`] connected to the leader (at the address the Raft
+//! membership records), so clients and chunk servers may talk to any MDS in
+//! bs.list.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pstorage_core::mds::raft::{MdsId, MdsRaft};
+use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
+use pstorage_core::types::{
+    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
+    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, OpenFlags,
+    OpenReply, RegisterReply, SpaceInfo, Stat,
+};
+use pstorage_core::{Error, ErrorKind, Result};
+use tokio::time::Instant;
+
+use crate::actor::{track_delivery, ClientOptions, Dialer};
+use crate::mds::MdsClient;
+
+/// How a [`LeaderRouter`] waits for and reaches the leader.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// How long a call waits for a leader to be elected, and keeps retrying
+    /// a leader it could not reach, before it fails `Unavailable`.
+    pub election_wait: Duration,
+    /// The connections to the leader. `connect_timeout` bounds one attempt
+    /// to reach a leader before the router looks for the leader again;
+    /// `call_timeout` bounds a forwarded call once sent.
+    pub client: ClientOptions,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            election_wait: Duration::from_secs(10),
+            client: ClientOptions {
+                connect_timeout: Duration::from_secs(2),
+                call_timeout: None,
+            },
+        }
+    }
+}
+
+/// Pause before trying a leader again that could not be reached (its
+/// successor may not be elected yet).
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
+
+/// Where a call goes.
+enum Target {
+    Local,
+    Leader(MdsId, MdsClient),
+}
+
+/// The connection to the current leader, replaced when leadership moves.
+struct LeaderLink {
+    id: MdsId,
+    addr: String,
+    client: MdsClient,
+}
+
+/// The `MetadataService + CsRegistry + MdsGroup` an MDS serves to its RPC
+/// peers: the local service when this MDS is the Raft leader, the leader's
+/// (over the network) otherwise.
+///
+/// A call made while no leader is known waits for one for
+/// `RouterOptions::election_wait`, then fails `Unavailable`. A forwarded
+/// call that could not reach the leader (no connection could be made) is
+/// retried on the leader known then, within the same bound; a call whose
+/// connection broke after it was sent is not resent (it may have taken
+/// effect) and fails `Unavailable`.
+pub struct LeaderRouter {
+    my_id: MdsId,
+    raft: MdsRaft,
+    metadata: Arc<dyn MetadataService>,
+    registry: Arc<dyn CsRegistry>,
+    group: Arc<dyn MdsGroup>,
+    dialer: Dialer,
+    options: RouterOptions,
+    leader: Mutex<Option<LeaderLink>>,
+}
+
+impl LeaderRouter {
+    /// A router for MDS `my_id` whose Raft node is `raft` and whose local
+    /// services are `metadata`, `registry`, `group`; the leader is reached
+    /// through `dialer` (the MDS uses `node::control_dialer(key)`).
+    pub fn new(
+        my_id: MdsId,
+        raft: MdsRaft,
+        metadata: Arc<dyn MetadataService>,
+        registry: Arc<dyn CsRegistry>,
+        group: Arc<dyn MdsGroup>,
+        dialer: Dialer,
+        options: RouterOptions,
+    ) -> LeaderRouter {
+        LeaderRouter {
+            my_id,
+            raft,
+            metadata,
+            registry,
+            group,
+            dialer,
+            options,
+            leader: Mutex::new(None),
+        }
+    }
+
+    /// The leader as the local Raft node sees it now, if any: its id, and
+    /// its address if the membership records one.
+    pub fn current_leader(&self) -> Option<(MdsId, Option<String>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader.map(|leader| {
+            let addr = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| node.addr.clone());
+            (leader, addr)
+        })
+    }
+
+    /// Where to send a call, waiting until `deadline` for a leader.
+    async fn target(&self, deadline: Instant) -> Result<Target> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (leader, addr, members) = {
+                let m = metrics.borrow_and_update();
+                let membership = m.membership_config.membership();
+                let addr = m
+                    .current_leader
+                    .and_then(|l| membership.get_node(&l).map(|node| node.addr.clone()));
+                (m.current_leader, addr, membership.nodes().count())
+            };
+            match (leader, addr) {
+                (Some(leader), _) if leader == self.my_id => return Ok(Target::Local),
+                (Some(leader), Some(addr)) => {
+                    return Ok(Target::Leader(leader, self.leader_client(leader, addr)?))
+                }
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::unavailable(format!(
+                        "the Raft node of MDS {} has stopped: restart the MDS",
+                        self.my_id
+                    )))
+                }
+                Err(_) => {
+                    return Err(Error::unavailable(format!(
+                        "no MDS leader is elected (waited {} s at MDS {}; the group has {members} \
+                         MDS(es) and a majority of them must run and reach each other): start \
+                         the stopped MDSes or check the network between them",
+                        self.options.election_wait.as_secs_f64(),
+                        self.my_id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The client of leader `id` at `addr`, reusing the cached connection
+    /// while the leader stays the same.
+    fn leader_client(&self, id: MdsId, addr: String) -> Result<MdsClient> {
+        let mut cached = self.leader.lock().expect("leader cache poisoned");
+        if let Some(link) = cached.as_ref().filter(|l| l.id == id && l.addr == addr) {
+            return Ok(link.client.clone());
+        }
+        let client = MdsClient::new(
+            vec![addr.clone()],
+            self.dialer.clone(),
+            self.options.client.clone(),
+        )?;
+        tracing::info!(
+            "MDS {}: forwarding calls to leader MDS {id} at {addr}",
+            self.my_id
+        );
+        *cached = Some(LeaderLink {
+            id,
+            addr,
+            client: client.clone(),
+        });
+        Ok(client)
+    }
+
+    /// Drops the cached connection to leader `id` (it could not be reached).
+    fn forget_leader(&self, id: MdsId) {
+        let mut cached = self.leader.lock().expect("leader cache poisoned");
+        if cached.as_ref().is_some_and(|l| l.id == id) {
+            *cached = None;
+        }
+    }
+
+    /// Runs a call where the leader is: `local` on this MDS when it leads,
+    /// `remote` on the leader's client otherwise, retrying a call that could
+    /// not reach the leader until `election_wait` passes.
+    async fn route<T, L, LF, R, RF>(&self, method: &str, local: L, remote: R) -> Result<T>
+    where
+        L: FnOnce() -> LF,
+        LF: Future<Output = Result<T>>,
+        R: Fn(MdsClient) -> RF,
+        RF: Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.options.election_wait;
+        loop {
+            match self.target(deadline).await? {
+                Target::Local => return local().await,
+                Target::Leader(id, client) => {
+                    let (outcome, not_sent) = track_delivery(remote(client)).await;
+                    match outcome {
+                        Err(e)
+                            if not_sent
+                                && e.kind() == ErrorKind::Unavailable
+                                && Instant::now() + UNREACHABLE_RETRY < deadline =>
+                        {
+                            tracing::info!(
+                                "MDS {}: leader MDS {id} unreachable for {method}, looking for \
+                                 the leader again: {e}",
+                                self.my_id
+                            );
+                            self.forget_leader(id);
+                            tokio::time::sleep(UNREACHABLE_RETRY).await;
+                        }
+                        Err(e) if not_sent => {
+                            return Err(e.context(format!(
+                                "{method}: the MDS leader could not be reached within {} s",
+                                self.options.election_wait.as_secs_f64()
+                            )))
+                        }
+                        outcome => return outcome,
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataService for LeaderRouter {
+    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+        self.route(
+            "open",
+            || self.metadata.open(path, mode, flags),
+            |c| async move { c.open(path, mode, flags).await },
+        )
+        .await
+    }
+
+    async fn renew(&self, lease: LeaseId) -> Result<()> {
+        self.route(
+            "renew",
+            || self.metadata.renew(lease),
+            |c| async move { c.renew(lease).await },
+        )
+        .await
+    }
+
+    async fn close(&self, lease: LeaseId) -> Result<()> {
+        self.route(
+            "close",
+            || self.metadata.close(lease),
+            |c| async move { c.close(lease).await },
+        )
+        .await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        self.route(
+            "stat",
+            || self.metadata.stat(path),
+            |c| async move { c.stat(path).await },
+        )
+        .await
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+        self.route(
+            "mkdir",
+            || self.metadata.mkdir(path, parents),
+            |c| async move { c.mkdir(path, parents).await },
+        )
+        .await
+    }
+
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.route(
+            "readdir",
+            || self.metadata.readdir(path),
+            |c| async move { c.readdir(path).await },
+        )
+        .await
+    }
+
+    async fn unlink(&self, path: &str) -> Result<()> {
+        self.route(
+            "unlink",
+            || self.metadata.unlink(path),
+            |c| async move { c.unlink(path).await },
+        )
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.route(
+            "rename",
+            || self.metadata.rename(from, to),
+            |c| async move { c.rename(from, to).await },
+        )
+        .await
+    }
+
+    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+        self.route(
+            "setAttr",
+            || self.metadata.set_attr(path, update, recursive),
+            |c| async move { c.set_attr(path, update, recursive).await },
+        )
+        .await
+    }
+
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>> {
+        self.route(
+            "chunkMap",
+            || self.metadata.chunk_map(lease, index, allocate),
+            |c| async move { c.chunk_map(lease, index, allocate).await },
+        )
+        .await
+    }
+
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap> {
+        self.route(
+            "reportFailure",
+            || {
+                self.metadata
+                    .report_failure(lease, chunk, version, cs, reason)
+            },
+            |c| async move { c.report_failure(lease, chunk, version, cs, reason).await },
+        )
+        .await
+    }
+
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.route(
+            "commitSize",
+            || self.metadata.commit_size(lease, size),
+            |c| async move { c.commit_size(lease, size).await },
+        )
+        .await
+    }
+
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.route(
+            "truncate",
+            || self.metadata.truncate(lease, size),
+            |c| async move { c.truncate(lease, size).await },
+        )
+        .await
+    }
+
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        self.route(
+            "fileChunks",
+            || self.metadata.file_chunks(path),
+            |c| async move { c.file_chunks(path).await },
+        )
+        .await
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.route(
+            "clusterStatus",
+            || self.metadata.cluster_status(),
+            |c| async move { c.cluster_status().await },
+        )
+        .await
+    }
+
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.route(
+            "getConfig",
+            || self.metadata.get_config(),
+            |c| async move { c.get_config().await },
+        )
+        .await
+    }
+
+    async fn set_config(&self, key: &str, value: u64) -> Result<()> {
+        self.route(
+            "setConfig",
+            || self.metadata.set_config(key, value),
+            |c| async move { c.set_config(key, value).await },
+        )
+        .await
+    }
+
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        self.route(
+            "eventLog",
+            || self.metadata.event_log(after_seq),
+            |c| async move { c.event_log(after_seq).await },
+        )
+        .await
+    }
+
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
+        self.route(
+            "removeCs",
+            || self.metadata.remove_cs(cs, force),
+            |c| async move { c.remove_cs(cs, force).await },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl CsRegistry for LeaderRouter {
+    async fn allocate_cs_id(&self) -> Result<CsId> {
+        self.route(
+            "allocateCsId",
+            || self.registry.allocate_cs_id(),
+            |c| async move { c.allocate_cs_id().await },
+        )
+        .await
+    }
+
+    async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
+        let local = registration.clone();
+        self.route(
+            "registerCs",
+            move || self.registry.register_cs(local),
+            |c| {
+                let registration = registration.clone();
+                async move { c.register_cs(registration).await }
+            },
+        )
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        cs: CsId,
+        space: SpaceInfo,
+        stats: CsStats,
+    ) -> Result<HeartbeatReply> {
+        self.route(
+            "csHeartbeat",
+            || self.registry.heartbeat(cs, space, stats),
+            |c| async move { c.heartbeat(cs, space, stats).await },
+        )
+        .await
+    }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        self.route(
+            "reportBadReplica",
+            || self.registry.report_bad_replica(cs, chunk, reason),
+            |c| async move { c.report_bad_replica(cs, chunk, reason).await },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl MdsGroup for LeaderRouter {
+    async fn allocate_mds_id(&self) -> Result<u64> {
+        self.route(
+            "allocateMdsId",
+            || self.group.allocate_mds_id(),
+            |c| async move { c.allocate_mds_id().await },
+        )
+        .await
+    }
+
+    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+        self.route(
+            "addMds",
+            || self.group.add_mds(id, addr),
+            |c| async move { c.add_mds(id, addr).await },
+        )
+        .await
+    }
+
+    async fn remove_mds(&self, id: u64) -> Result<()> {
+        self.route(
+            "removeMds",
+            || self.group.remove_mds(id),
+            |c| async move { c.remove_mds(id).await },
+        )
+        .await
+    }
+}
