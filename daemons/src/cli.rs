@@ -697,10 +697,18 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
-/// Logs to stderr, filtered by `PSTORAGE_LOG` (default `warn`).
+/// Logs to stderr, filtered by `PSTORAGE_LOG` (default `warn`). The Raft
+/// library's own info messages (one per heartbeat round and vote) are
+/// left out unless the filter names `openraft`.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PSTORAGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let spec = std::env::var("PSTORAGE_LOG").unwrap_or_else(|_| "warn".to_string());
+    let spec = if spec.contains("openraft") {
+        spec
+    } else {
+        format!("{spec},openraft=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

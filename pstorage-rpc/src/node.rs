@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use pstorage_core::chunk::{BadReplicaSink, ChunkServer, FileChunkStore, ScrubParams};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
-use pstorage_core::mds::raft::{raft_config, MdsNode, MdsRaft, RaftStorage};
+use pstorage_core::mds::raft::{compact_log_now, raft_config, MdsNode, MdsRaft, RaftStorage};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
 use pstorage_core::traits::{
     ChunkControl, ChunkService, Clock, CsRegistry, MdsGroup, MetadataService, SystemClock,
@@ -32,8 +32,8 @@ use pstorage_core::{Error, ErrorKind, Result};
 use crate::auth::{self, Channel};
 use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
-use crate::raft::TcpRaftNetwork;
-use crate::router::LeaderRouter;
+use crate::raft::{RaftNetworkOptions, TcpRaftNetwork, RAFT_SNAPSHOT_CHUNK_BYTES};
+use crate::router::{LeaderRouter, RouterOptions};
 use crate::{ClientOptions as RpcClientOptions, Dialer, MdsClient, RpcServerThread, RpcServices};
 
 /// Version of the service config files (`mds.conf`, `cs.conf`).
@@ -169,9 +169,9 @@ pub async fn join_cluster_mds(
     let addr = pstorage_core::conf::with_default_port(addr)?;
     addr.parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")))?;
-    let key = conf.key().map_err(|e| {
-        e.context("this node has no cluster key: run `pstorage auth-node` first")
-    })?;
+    let key = conf
+        .key()
+        .map_err(|e| e.context("this node has no cluster key: run `pstorage auth-node` first"))?;
     ensure_empty_dir(dir)?;
     let mds = connect_mds(conf, RpcClientOptions::default())?;
     if mds
@@ -219,7 +219,25 @@ pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
                 conf.name
             ))
         })?;
-    mds.remove_mds(id).await?;
+    if let Err(e) = mds.remove_mds(id).await {
+        // The removed MDS (maybe the one we asked) stops serving once the
+        // change commits: a broken connection may still mean success.
+        if e.kind() != ErrorKind::Unavailable {
+            return Err(e);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(status) = mds.cluster_status().await {
+                if !status.mds.iter().any(|m| m.id == id) {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(e);
+            }
+        }
+    }
     if let Err(e) = conf.remove_bootstrap(&addr) {
         warn!("MDS {id} removed, but bs.list was not updated: {e}");
     }
@@ -353,10 +371,18 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     let mds = Arc::new(MdsService::new(state, None, control, clock, config));
     let (log_store, state_machine) = storage.into_parts(mds.clone());
     let raft_options = RaftOptions::from_env();
-    let network = TcpRaftNetwork::new(control_dialer(key.clone()), raft_options.rpc_timeout);
+    let network = TcpRaftNetwork::new(
+        control_dialer(key.clone()),
+        RaftNetworkOptions {
+            call_timeout: raft_options.rpc_timeout,
+            ..RaftNetworkOptions::default()
+        },
+    );
+    let mut raft_conf = raft_config(&conf.cluster, raft_options.snapshot_every)?;
+    raft_conf.snapshot_max_chunk_size = RAFT_SNAPSHOT_CHUNK_BYTES;
     let raft = MdsRaft::new(
         conf.id,
-        Arc::new(raft_config(raft_options.snapshot_every)?),
+        Arc::new(raft_conf),
         network,
         log_store,
         state_machine,
@@ -379,6 +405,11 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         if let Err(e) = raft.initialize(members).await {
             warn!("initializing the metadata group: {e}");
         }
+        // The initial state (root attributes) lives only in snapshots: make
+        // sure MDSes that join later get it as one.
+        if let Err(e) = compact_log_now(&raft, Duration::from_secs(30)).await {
+            warn!("first snapshot of the metadata group: {e}");
+        }
     }
     let router = Arc::new(LeaderRouter::new(
         conf.id,
@@ -387,7 +418,7 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         mds.clone(),
         mds.clone(),
         control_dialer(key.clone()),
-        RpcClientOptions::default(),
+        RouterOptions::default(),
     ));
     let listener = TcpListener::bind(&conf.addr)
         .await
@@ -404,15 +435,20 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             .with_group(router.clone())
             .with_raft(raft.clone()),
     )?;
-    let accept = accept_loop(listener, key.clone(), move |channel, stream| match channel {
-        Channel::Control => {
-            if let Err(e) = rpc.serve_mds(stream) {
-                warn!("cannot serve an MDS connection: {e}");
+    let accept = accept_loop(
+        listener,
+        key.clone(),
+        move |channel, stream| match channel {
+            Channel::Control => {
+                if let Err(e) = rpc.serve_mds(stream) {
+                    warn!("cannot serve an MDS connection: {e}");
+                }
             }
-        }
-        Channel::Data => warn!("a data channel was opened to the MDS; closed"),
-    });
+            Channel::Data => warn!("a data channel was opened to the MDS; closed"),
+        },
+    );
     let join = join_group(&conf, &raft, &key, dir);
+    let removed = removed_from_group(&raft, conf.id);
     let ticker = {
         let mds = mds.clone();
         async move {
@@ -429,11 +465,41 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         _ = replication => {}
         _ = shutdown => info!("MDS stopping"),
         _ = join => unreachable_join(),
+        _ = removed => info!(
+            id = conf.id,
+            "this MDS was removed from the metadata group (rm-mds); stopping"
+        ),
     }
     if let Err(e) = raft.shutdown().await {
         warn!("stopping the Raft node: {e}");
     }
     Ok(())
+}
+
+/// Resolves once this MDS, having been a member of the group, is no longer
+/// one (`rm-mds`): it must stop serving, or clients and chunk servers still
+/// connected to it would talk to an MDS that can never commit again.
+async fn removed_from_group(raft: &MdsRaft, id: u64) {
+    let mut metrics = raft.metrics();
+    let mut was_member = false;
+    loop {
+        let member = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if member {
+            was_member = true;
+        } else if was_member {
+            // Let the answer to rm-mds (and other calls in flight) go out.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// `join_group` never returns; `select!` needs an arm for it anyway.
@@ -451,7 +517,9 @@ impl RaftOptions {
         let get = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
         RaftOptions {
             snapshot_every: get("PSTORAGE_RAFT_SNAPSHOT_EVERY").unwrap_or(10_000),
-            rpc_timeout: Duration::from_millis(get("PSTORAGE_RAFT_RPC_TIMEOUT_MS").unwrap_or(2_000)),
+            rpc_timeout: Duration::from_millis(
+                get("PSTORAGE_RAFT_RPC_TIMEOUT_MS").unwrap_or(10_000),
+            ),
         }
     }
 }
@@ -496,7 +564,10 @@ async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, key: &ClusterKey, dir
             .await;
             match result {
                 Ok(()) => info!(id = conf.id, "joined the metadata group"),
-                Err(e) => warn!("MDS {} joining the metadata group via {others:?}: {e}; retrying", conf.id),
+                Err(e) => warn!(
+                    "MDS {} joining the metadata group via {others:?}: {e}; retrying",
+                    conf.id
+                ),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

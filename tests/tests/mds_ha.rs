@@ -95,7 +95,10 @@ impl Workload {
             let (client, stop, longest) = (client.clone(), stop.clone(), longest.clone());
             let path = format!("/{tag}/stream.bin");
             tokio::spawn(async move {
-                let file = client.open(&path, LeaseMode::Write, create()).await.unwrap();
+                let file = client
+                    .open(&path, LeaseMode::Write, create())
+                    .await
+                    .unwrap();
                 let mut written = Vec::new();
                 let mut seed = 0;
                 while !stop.load(Ordering::SeqCst) {
@@ -106,7 +109,9 @@ impl Workload {
                         .await
                         .expect("a write failed during MDS fail-over");
                     if seed % 8 == 0 {
-                        file.flush().await.expect("a flush failed during MDS fail-over");
+                        file.flush()
+                            .await
+                            .expect("a flush failed during MDS fail-over");
                     }
                     note(&longest, t.elapsed());
                     written.extend_from_slice(&piece);
@@ -162,7 +167,10 @@ impl Workload {
         self.stop.store(true, Ordering::SeqCst);
         let written = self.writer.await.expect("writer");
         let present = self.meta.await.expect("namespace loop");
-        assert!(!written.is_empty() && present.len() > 2, "the workload barely ran");
+        assert!(
+            !written.is_empty() && present.len() > 2,
+            "the workload barely ran"
+        );
         let names: BTreeSet<String> = client
             .readdir(&format!("/{tag}/ns"))
             .await
@@ -172,11 +180,15 @@ impl Workload {
             .collect();
         assert_eq!(names, present, "acknowledged namespace operations lost");
         let file = client
-            .open(&format!("/{tag}/stream.bin"), LeaseMode::Read, OpenFlags::default())
+            .open(
+                &format!("/{tag}/stream.bin"),
+                LeaseMode::Read,
+                OpenFlags::default(),
+            )
             .await
             .unwrap();
         assert_eq!(file.size(), written.len() as u64);
-        let back = file.read_at_bytes(0, written.len()).await.unwrap();
+        let back = file.read_at_bytes(0, written.len() as u64).await.unwrap();
         assert!(back[..] == written[..], "streamed data differs");
         file.close().await.unwrap();
         let longest = *self.longest.lock().unwrap();
@@ -253,7 +265,10 @@ async fn without_a_majority_metadata_waits_then_fails_then_resumes() {
         matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut),
         "{err}"
     );
-    assert!(t.elapsed() >= Duration::from_secs(2), "failed at once: {err}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "failed at once: {err}"
+    );
     assert!(
         err.message().contains("metadata") || err.message().contains("MDS"),
         "unclear error: {err}"
@@ -305,7 +320,9 @@ async fn a_frozen_leader_cannot_commit_and_states_agree() {
     let states: Vec<_> = cluster
         .mds_dirs
         .iter()
-        .map(|d| pstorage_core::mds::raft::RaftStorage::committed_state(&d.join("mds.redb")).unwrap())
+        .map(|d| {
+            pstorage_core::mds::raft::RaftStorage::committed_state(&d.join("mds.redb")).unwrap()
+        })
         .collect();
     assert_eq!(states[0], states[1]);
     assert_eq!(states[1], states[2]);
@@ -337,7 +354,10 @@ async fn grow_to_five_and_remove_the_leader_under_load() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bs = std::fs::read_to_string(cluster.conf_root.join("test").join("bs.list")).unwrap();
-    assert!(!bs.contains(&cluster.mds_addrs[old]), "bs.list still names it: {bs}");
+    assert!(
+        !bs.contains(&cluster.mds_addrs[old]),
+        "bs.list still names it: {bs}"
+    );
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let longest = load.finish(&client, "w").await;
     assert!(longest < Duration::from_secs(10), "waited {longest:?}");
@@ -359,7 +379,10 @@ async fn restarting_every_mds_at_once_keeps_the_state() {
     for i in 0..20 {
         client.mkdir(&format!("/d/{i}"), false).await.unwrap();
     }
-    let f = client.open("/d/file", LeaseMode::Write, create()).await.unwrap();
+    let f = client
+        .open("/d/file", LeaseMode::Write, create())
+        .await
+        .unwrap();
     f.write_at(0, &data).await.unwrap();
     f.close().await.unwrap();
     let before_ns = client.readdir("/d").await.unwrap();
@@ -376,6 +399,6 @@ async fn restarting_every_mds_at_once_keeps_the_state() {
         .open("/d/file", LeaseMode::Read, OpenFlags::default())
         .await
         .unwrap();
-    assert!(f.read_at_bytes(0, data.len()).await.unwrap()[..] == data[..]);
+    assert!(f.read_at_bytes(0, data.len() as u64).await.unwrap()[..] == data[..]);
     f.close().await.unwrap();
 }

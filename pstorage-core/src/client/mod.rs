@@ -212,12 +212,10 @@ impl Client {
         self.meta("rename", from, |retried| async move {
             match mds.rename(from, to).await {
                 // An attempt whose answer was lost moved it already.
-                Err(e) if retried && e.kind() == ErrorKind::NotFound => {
-                    match mds.stat(to).await {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(e),
-                    }
-                }
+                Err(e) if retried && e.kind() == ErrorKind::NotFound => match mds.stat(to).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(e),
+                },
                 other => other,
             }
         })

@@ -94,9 +94,9 @@ impl MdsService {
     }
 
     fn group_raft(&self) -> Result<&super::raft::MdsRaft> {
-        self.raft().map(|(_, r)| r).ok_or_else(|| {
-            Error::invalid("this MDS runs without Raft: it has no group to change")
-        })
+        self.raft()
+            .map(|(_, r)| r)
+            .ok_or_else(|| Error::invalid("this MDS runs without Raft: it has no group to change"))
     }
 }
 
@@ -181,7 +181,10 @@ impl MdsGroup for MdsService {
             now,
             EventKind::Mds,
             EventLevel::Info,
-            format!("MDS {id} ({}) is being removed from the metadata group", node.addr),
+            format!(
+                "MDS {id} ({}) is being removed from the metadata group",
+                node.addr
+            ),
         );
         self.flush_events().await;
         if voters.contains(&id) {

@@ -466,7 +466,9 @@ impl MdsService {
                     now,
                     EventKind::Mds,
                     EventLevel::Info,
-                    format!("MDS {id} ({addr}) was elected leader of the metadata group in term {term}"),
+                    format!(
+                        "MDS {id} ({addr}) was elected leader of the metadata group in term {term}"
+                    ),
                 );
             }
         }

@@ -8885,6 +8885,7 @@ pub enum EventKind {
     DiskFull = 3,
     Lease = 4,
     Config = 5,
+    Mds = 6,
 }
 
 impl ::capnp::introspect::Introspect for EventKind {
@@ -8903,6 +8904,7 @@ impl ::core::convert::TryFrom<u16> for EventKind {
             3 => ::core::result::Result::Ok(Self::DiskFull),
             4 => ::core::result::Result::Ok(Self::Lease),
             5 => ::core::result::Result::Ok(Self::Config),
+            6 => ::core::result::Result::Ok(Self::Mds),
             n => ::core::result::Result::Err(::capnp::NotInSchema(n)),
         }
     }
@@ -8915,7 +8917,7 @@ impl ::capnp::traits::HasTypeId for EventKind {
     const TYPE_ID: u64 = 0xd8da_a351_ef7e_d8e9u64;
 }
 mod event_kind {
-pub(crate) static ENCODED_NODE: [::capnp::Word; 45] = [
+pub(crate) static ENCODED_NODE: [::capnp::Word; 49] = [
     ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
     ::capnp::word(233, 216, 126, 239, 81, 163, 218, 216),
     ::capnp::word(15, 0, 0, 0, 2, 0, 0, 0),
@@ -8925,7 +8927,7 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 45] = [
     ::capnp::word(21, 0, 0, 0, 202, 0, 0, 0),
     ::capnp::word(33, 0, 0, 0, 7, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(29, 0, 0, 0, 151, 0, 0, 0),
+    ::capnp::word(29, 0, 0, 0, 175, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(112, 115, 116, 111, 114, 97, 103, 101),
@@ -8933,24 +8935,27 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 45] = [
     ::capnp::word(118, 101, 110, 116, 75, 105, 110, 100),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 1, 0, 1, 0),
-    ::capnp::word(24, 0, 0, 0, 1, 0, 2, 0),
+    ::capnp::word(28, 0, 0, 0, 1, 0, 2, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(65, 0, 0, 0, 66, 0, 0, 0),
+    ::capnp::word(77, 0, 0, 0, 66, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(1, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(57, 0, 0, 0, 98, 0, 0, 0),
+    ::capnp::word(69, 0, 0, 0, 98, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(2, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(53, 0, 0, 0, 90, 0, 0, 0),
+    ::capnp::word(65, 0, 0, 0, 90, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(3, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(49, 0, 0, 0, 74, 0, 0, 0),
+    ::capnp::word(61, 0, 0, 0, 74, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(4, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(45, 0, 0, 0, 50, 0, 0, 0),
+    ::capnp::word(57, 0, 0, 0, 50, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(5, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(37, 0, 0, 0, 58, 0, 0, 0),
+    ::capnp::word(49, 0, 0, 0, 58, 0, 0, 0),
+    ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+    ::capnp::word(6, 0, 0, 0, 0, 0, 0, 0),
+    ::capnp::word(41, 0, 0, 0, 34, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(99, 115, 83, 116, 97, 116, 101, 0),
     ::capnp::word(114, 101, 112, 108, 105, 99, 97, 116),
@@ -8961,6 +8966,7 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 45] = [
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(108, 101, 97, 115, 101, 0, 0, 0),
     ::capnp::word(99, 111, 110, 102, 105, 103, 0, 0),
+    ::capnp::word(109, 100, 115, 0, 0, 0, 0, 0),
 ];
 pub(crate) fn get_annotation_types(child_index: Option<u16>, index: u32) -> ::capnp::introspect::Type {
     ::capnp::introspect::panic_invalid_annotation_indices(child_index, index)
