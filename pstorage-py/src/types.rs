@@ -164,8 +164,16 @@ pub struct PyMdsInfo {
     pub id: u64,
     /// Its address, `host:port`.
     pub addr: String,
-    /// Its role (e.g. `"leader"`).
+    /// Its role: `"leader"`, `"follower"`, `"learner"`, `"candidate"` or
+    /// `"unreachable"`.
     pub role: String,
+    /// Its Raft term.
+    pub term: u64,
+    /// Last committed and applied log index (as the leader knows them).
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Log entries it is behind the leader.
+    pub lag: u64,
 }
 
 impl From<&MdsInfo> for PyMdsInfo {
@@ -174,6 +182,10 @@ impl From<&MdsInfo> for PyMdsInfo {
             id: m.id,
             addr: m.addr.clone(),
             role: m.role.clone(),
+            term: m.term,
+            commit_index: m.commit_index,
+            applied_index: m.applied_index,
+            lag: m.lag,
         }
     }
 }
@@ -182,8 +194,8 @@ impl From<&MdsInfo> for PyMdsInfo {
 impl PyMdsInfo {
     fn __repr__(&self) -> String {
         format!(
-            "MdsInfo(id={}, addr={:?}, role={:?})",
-            self.id, self.addr, self.role
+            "MdsInfo(id={}, addr={:?}, role={:?}, term={}, lag={})",
+            self.id, self.addr, self.role, self.term, self.lag
         )
     }
 }

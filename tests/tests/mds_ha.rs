@@ -108,7 +108,7 @@ impl Workload {
                     file.write_at(written.len() as u64, &piece)
                         .await
                         .expect("a write failed during MDS fail-over");
-                    if seed % 8 == 0 {
+                    if seed.is_multiple_of(8) {
                         file.flush()
                             .await
                             .expect("a flush failed during MDS fail-over");
@@ -140,7 +140,7 @@ impl Workload {
                         .rename(&a, &b)
                         .await
                         .unwrap_or_else(|e| panic!("rename {a}: {e}"));
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         client
                             .unlink(&b)
                             .await
@@ -321,7 +321,7 @@ async fn a_frozen_leader_cannot_commit_and_states_agree() {
         .mds_dirs
         .iter()
         .map(|d| {
-            pstorage_core::mds::raft::RaftStorage::committed_state(&d.join("mds.redb")).unwrap()
+            pstorage_core::mds::raft::RaftStorage::committed_state(d.join("mds.redb")).unwrap()
         })
         .collect();
     assert_eq!(states[0], states[1]);
@@ -368,6 +368,15 @@ async fn grow_to_five_and_remove_the_leader_under_load() {
     let out = cluster.cli(&["stat"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("leader") && text.contains("TERM"), "{text}");
+    // The event log tells the story: joins, the removal, the new election.
+    let out = cluster.cli(&["get-event-log"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(log.matches("joined the metadata group").count(), 4, "{log}");
+    assert!(
+        log.contains(&format!("MDS {id} (")) && log.contains("is being removed"),
+        "{log}"
+    );
+    assert!(log.matches("was elected leader").count() >= 2, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

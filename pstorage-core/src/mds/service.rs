@@ -358,8 +358,22 @@ impl MdsService {
     /// events dropped.
     pub(super) async fn flush_events(&self) {
         let batches = std::mem::take(&mut self.core().pending_events);
-        for (now_ms, events) in batches {
-            if let Err(e) = self.commit(Command::LogEvents { now_ms, events }).await {
+        let mut batches = batches.into_iter();
+        while let Some((now_ms, events)) = batches.next() {
+            let cmd = Command::LogEvents {
+                now_ms,
+                events: events.clone(),
+            };
+            if let Err(e) = self.commit(cmd).await {
+                if e.kind() == ErrorKind::Unavailable && self.is_leader() {
+                    // A leader still settling in: keep them for the next try.
+                    let mut core = self.core();
+                    let mut rest: Vec<_> =
+                        std::iter::once((now_ms, events)).chain(batches).collect();
+                    rest.append(&mut core.pending_events);
+                    core.pending_events = rest;
+                    return;
+                }
                 tracing::warn!("MDS: cannot record events: {e}");
             }
         }
