@@ -686,6 +686,8 @@ impl MdsService {
             for job in self.plan_replication(free) {
                 running.push(self.run_copy(job));
             }
+            // Replication started/finished/repaired events, promptly.
+            self.flush_events().await;
             let poll = tokio::time::sleep(std::time::Duration::from_millis(REPLICATION_POLL_MS));
             if running.is_empty() {
                 poll.await;

@@ -1348,6 +1348,80 @@ impl CsRegistry for MdsService {
         space: SpaceInfo,
         stats: CsStats,
     ) -> Result<HeartbeatReply> {
+        let reply = self.heartbeat_locked(cs, space, stats);
+        // A disk-full change is in the event log before the answer.
+        self.flush_events().await;
+        reply
+    }
+
+    async fn report_bad_replica(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        reason: FailureReason,
+    ) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let addr = {
+            let core = self.core();
+            if !core.state.cs_allocated(cs) {
+                return Err(Error::not_found(format!(
+                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                    self.config.cluster_name
+                )));
+            }
+            if core.state.cs(cs).is_some_and(|r| r.dropped) {
+                return Err(MdsState::dropped_error(cs));
+            }
+            let in_chain = core
+                .state
+                .chunk(chunk)
+                .is_some_and(|rec| rec.replicas.contains(&cs));
+            if !in_chain {
+                // Not a chain member: nothing reads it, and the server's
+                // next registration deletes it.
+                return Ok(());
+            }
+            core.state
+                .cs(cs)
+                .map(|r| r.addr.clone())
+                .unwrap_or_default()
+        };
+        tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
+        self.note_bad_replica(cs, &addr, chunk, reason, "its chunk server");
+        self.flush_events().await;
+        match self.drop_replicas(chunk, vec![cs]).await {
+            Ok(_) => {}
+            // Below replicas_min: the drop happened, writes wait for rebuild.
+            Err(e) if e.kind() == ErrorKind::Unavailable => tracing::warn!("MDS: {e}"),
+            Err(e) => return Err(e),
+        }
+        let Some(map) = self.core().state.chunk_map(chunk) else {
+            return Ok(());
+        };
+        if map.replicas.iter().any(|r| r.cs == cs) {
+            tracing::warn!(
+                "MDS: chunk {chunk:#x}: the bad replica on CS {cs} is its only copy; it is kept"
+            );
+        } else {
+            // Out of the chain it is garbage: free its space now.
+            self.delete_replicas(vec![ChunkMap {
+                replicas: vec![Replica { cs, addr }],
+                ..map
+            }])
+            .await;
+        }
+        Ok(())
+    }
+}
+
+impl MdsService {
+    /// [`CsRegistry::heartbeat`] under the state lock (may queue events).
+    fn heartbeat_locked(
+        &self,
+        cs: CsId,
+        space: SpaceInfo,
+        stats: CsStats,
+    ) -> Result<HeartbeatReply> {
         let now = self.now();
         let mut core = self.core();
         if !core.state.cs_allocated(cs) {
@@ -1417,65 +1491,6 @@ impl CsRegistry for MdsService {
             scrub_rate_bytes_per_s: params.scrub_rate_bytes_per_s,
         })
     }
-
-    async fn report_bad_replica(
-        &self,
-        cs: CsId,
-        chunk: ChunkId,
-        reason: FailureReason,
-    ) -> Result<()> {
-        let _chunks = self.chunk_lock.lock().await;
-        let addr = {
-            let core = self.core();
-            if !core.state.cs_allocated(cs) {
-                return Err(Error::not_found(format!(
-                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
-                    self.config.cluster_name
-                )));
-            }
-            if core.state.cs(cs).is_some_and(|r| r.dropped) {
-                return Err(MdsState::dropped_error(cs));
-            }
-            let in_chain = core
-                .state
-                .chunk(chunk)
-                .is_some_and(|rec| rec.replicas.contains(&cs));
-            if !in_chain {
-                // Not a chain member: nothing reads it, and the server's
-                // next registration deletes it.
-                return Ok(());
-            }
-            core.state
-                .cs(cs)
-                .map(|r| r.addr.clone())
-                .unwrap_or_default()
-        };
-        tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
-        self.note_bad_replica(cs, &addr, chunk, reason, "its chunk server");
-        self.flush_events().await;
-        match self.drop_replicas(chunk, vec![cs]).await {
-            Ok(_) => {}
-            // Below replicas_min: the drop happened, writes wait for rebuild.
-            Err(e) if e.kind() == ErrorKind::Unavailable => tracing::warn!("MDS: {e}"),
-            Err(e) => return Err(e),
-        }
-        let Some(map) = self.core().state.chunk_map(chunk) else {
-            return Ok(());
-        };
-        if map.replicas.iter().any(|r| r.cs == cs) {
-            tracing::warn!(
-                "MDS: chunk {chunk:#x}: the bad replica on CS {cs} is its only copy; it is kept"
-            );
-        } else {
-            // Out of the chain it is garbage: free its space now.
-            self.delete_replicas(vec![ChunkMap {
-                replicas: vec![Replica { cs, addr }],
-                ..map
-            }])
-            .await;
-        }
-        Ok(())
-    }
 }
 
 /// A `client_write` failure as the proposer reports it.
@@ -1539,5 +1554,21 @@ impl StateHost for MdsService {
         let mut core = self.core();
         core.next_chunk_reserved = core.next_chunk_reserved.max(state.next_chunk_id());
         core.state = state;
+    }
+}
+
+#[cfg(test)]
+mod send_check {
+    use super::MdsService;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The daemon runs these without spawning, so the compiler does not
+    /// check on its own that no state guard is held across an await.
+    #[allow(dead_code)]
+    fn duties_hold_no_lock_across_awaits(mds: &MdsService) {
+        assert_send(&mds.tick());
+        assert_send(&mds.run_replication());
+        assert_send(&mds.flush_events());
     }
 }
