@@ -459,10 +459,21 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         }
     };
     let replication = mds.run_replication();
+    let leadership = {
+        let mds = mds.clone();
+        let mut metrics = raft.metrics();
+        async move {
+            while metrics.changed().await.is_ok() {
+                mds.leadership_changed().await;
+            }
+            std::future::pending::<()>().await
+        }
+    };
     tokio::select! {
         _ = accept => {}
         _ = ticker => {}
         _ = replication => {}
+        _ = leadership => {}
         _ = shutdown => info!("MDS stopping"),
         _ = join => unreachable_join(),
         _ = removed => info!(

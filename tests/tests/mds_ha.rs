@@ -372,9 +372,17 @@ async fn grow_to_five_and_remove_the_leader_under_load() {
     let out = cluster.cli(&["stat"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("leader") && text.contains("TERM"), "{text}");
-    // The event log tells the story: joins, the removal, the new election.
-    let out = cluster.cli(&["get-event-log"]);
-    let log = String::from_utf8_lossy(&out.stdout);
+    // The event log tells the story: joins, the removal, the new election
+    // (recorded by the new leader as it takes over).
+    let mut log = String::new();
+    for _ in 0..50 {
+        let out = cluster.cli(&["get-event-log"]);
+        log = String::from_utf8_lossy(&out.stdout).to_string();
+        if log.matches("was elected leader").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(log.matches("joined the metadata group").count(), 4, "{log}");
     assert!(
         log.contains(&format!("MDS {id} (")) && log.contains("is being removed"),

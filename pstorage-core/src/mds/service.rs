@@ -445,6 +445,15 @@ impl MdsService {
         self.flush_events().await;
     }
 
+    /// Follows the Raft group's state (the daemon calls it whenever the
+    /// Raft metrics change): takes over or drops the leader duties at once
+    /// and records an election in the event log.
+    pub async fn leadership_changed(&self) {
+        if self.track_leadership() {
+            self.flush_events().await;
+        }
+    }
+
     /// Whether this MDS is the leader now; on a change of leadership,
     /// resets the volatile leader state (liveness, copies, queued events).
     pub(super) fn track_leadership(&self) -> bool {
