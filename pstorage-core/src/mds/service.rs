@@ -1260,6 +1260,10 @@ impl CsRegistry for MdsService {
             space,
             chunks,
         } = registration;
+        // The answer tells the server what to delete: only a leader that
+        // is sure of its leadership and has applied every committed command
+        // may give it (a deposed or restarted one could know fewer chunks).
+        self.read_barrier().await?;
         // Serialized with allocation: a chunk being created right now must
         // not look like an orphan to be deleted.
         let _chunks = self.chunk_lock.lock().await;
