@@ -172,6 +172,11 @@ impl ClusterConf {
         if !addrs.contains(&addr) {
             addrs.push(addr);
         }
+        self.write_bootstrap(&addrs)
+    }
+
+    /// Replaces `bs.list` atomically (temp file + rename).
+    fn write_bootstrap(&self, addrs: &[String]) -> Result<()> {
         let mut text = addrs.join("\n");
         text.push('\n');
         let tmp = self.bs_list_path().with_extension("tmp");
@@ -195,12 +200,7 @@ impl ClusterConf {
                 self.bs_list_path().display()
             )));
         }
-        let mut text = addrs.join("\n");
-        text.push('\n');
-        let tmp = self.bs_list_path().with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(tmp, self.bs_list_path())?;
-        Ok(())
+        self.write_bootstrap(&addrs)
     }
 
     /// The cluster key stored by `auth-node` / `make-mds -I`.

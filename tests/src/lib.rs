@@ -390,6 +390,27 @@ impl Drop for TestCluster {
     }
 }
 
+/// The whole content of `path`, read through a read lease.
+pub async fn read_all(client: &Client, path: &str) -> Vec<u8> {
+    let file = client
+        .open(
+            path,
+            pstorage_core::types::LeaseMode::Read,
+            pstorage_core::types::OpenFlags::default(),
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; file.size() as usize];
+    let mut off = 0;
+    while off < buf.len() {
+        let n = file.read_at(off as u64, &mut buf[off..]).await.unwrap();
+        assert!(n > 0, "short read of {path} at {off}");
+        off += n;
+    }
+    file.close().await.unwrap();
+    buf
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

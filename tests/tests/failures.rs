@@ -9,7 +9,7 @@ use std::time::Duration;
 use pstorage_core::traits::{ControlConnector, MetadataService};
 use pstorage_core::types::{EventKind, LeaseMode, OpenFlags};
 use pstorage_rpc::control::TcpControlConnector;
-use pstorage_tests::{pattern, ClusterOptions, TestCluster};
+use pstorage_tests::{pattern, read_all, ClusterOptions, TestCluster};
 
 const CHUNK: u64 = 1 << 20;
 
@@ -18,22 +18,6 @@ fn create() -> OpenFlags {
         create: true,
         ..Default::default()
     }
-}
-
-async fn read_all(client: &pstorage_core::client::Client, path: &str) -> Vec<u8> {
-    let file = client
-        .open(path, LeaseMode::Read, OpenFlags::default())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; file.size() as usize];
-    let mut off = 0;
-    while off < buf.len() {
-        let n = file.read_at(off as u64, &mut buf[off..]).await.unwrap();
-        assert!(n > 0, "short read at {off}");
-        off += n;
-    }
-    file.close().await.unwrap();
-    buf
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,7 +20,7 @@ use pstorage_core::types::{
 };
 use pstorage_core::ErrorKind;
 use pstorage_rpc::control::TcpControlConnector;
-use pstorage_tests::{bin_dir, pattern, ClusterOptions, TestCluster};
+use pstorage_tests::{bin_dir, pattern, read_all, ClusterOptions, TestCluster};
 
 const CHUNK: u64 = 1 << 20;
 const OFFLINE_MS: u64 = 3_000;
@@ -50,22 +50,6 @@ async fn write_file(client: &Client, path: &str, data: &[u8]) {
     let file = client.open(path, LeaseMode::Write, create()).await.unwrap();
     file.write_at(0, data).await.unwrap();
     file.close().await.unwrap();
-}
-
-async fn read_all(client: &Client, path: &str) -> Vec<u8> {
-    let file = client
-        .open(path, LeaseMode::Read, OpenFlags::default())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; file.size() as usize];
-    let mut off = 0;
-    while off < buf.len() {
-        let n = file.read_at(off as u64, &mut buf[off..]).await.unwrap();
-        assert!(n > 0, "short read of {path} at {off}");
-        off += n;
-    }
-    file.close().await.unwrap();
-    buf
 }
 
 fn cs_id(cluster: &TestCluster, i: usize) -> CsId {

@@ -1506,6 +1506,16 @@ impl MdsService {
     }
 }
 
+/// "this MDS is not the leader (the leader is ADDR)", from openraft's hint.
+fn not_leader(f: openraft::error::ForwardToLeader<MdsId, super::raft::MdsNode>) -> String {
+    format!(
+        "this MDS is not the leader (the leader is {})",
+        f.leader_node
+            .map(|n| n.addr)
+            .unwrap_or_else(|| "being elected".to_string())
+    )
+}
+
 /// A `client_write` failure as the proposer reports it.
 pub(super) fn raft_write_error(
     e: openraft::error::RaftError<
@@ -1516,10 +1526,8 @@ pub(super) fn raft_write_error(
     use openraft::error::{ClientWriteError, RaftError};
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::unavailable(format!(
-            "this MDS is not the leader (the leader is {}); the command was not applied, retry",
-            f.leader_node
-                .map(|n| n.addr)
-                .unwrap_or_else(|| "being elected".to_string())
+            "{}; the command was not applied, retry",
+            not_leader(f)
         )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Error::invalid(format!("MDS membership change refused: {e}"))
@@ -1539,12 +1547,9 @@ fn raft_read_error(
 ) -> Error {
     use openraft::error::{CheckIsLeaderError, RaftError};
     match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::unavailable(format!(
-            "this MDS is not the leader (the leader is {}); retry",
-            f.leader_node
-                .map(|n| n.addr)
-                .unwrap_or_else(|| "being elected".to_string())
-        )),
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+            Error::unavailable(format!("{}; retry", not_leader(f)))
+        }
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::unavailable(format!(
             "the MDS leader cannot reach a majority of the MDSes ({q}); metadata waits until they return"
         )),
