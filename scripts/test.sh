@@ -2,8 +2,20 @@
 # Runs the whole pstorage test suite: formatting, lints, unit tests,
 # integration tests with real daemons on 127.0.0.1 in temp dirs, then every
 # extra suite in scripts/test.d/ (SDKs, real clients), in name order.
+#
+# `scripts/test.sh --long` then runs the long campaigns too: every test
+# named `long_*` and marked `#[ignore = "long: ..."]` (twins at the default
+# timeouts, large copies, long fault campaigns), and every script in
+# scripts/long.d/. Run it before resolving an issue whose behaviour it covers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+long=0
+for arg in "$@"; do
+  case "$arg" in
+    --long) long=1 ;;
+    *) echo "usage: scripts/test.sh [--long]" >&2; exit 2 ;;
+  esac
+done
 scripts/install-deps.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo fmt --all -- --check
@@ -16,3 +28,12 @@ for suite in scripts/test.d/*.sh; do
   echo "== $suite"
   "$suite"
 done
+if [ "$long" = 1 ]; then
+  echo "== long tests (cargo test -- --ignored long_)"
+  cargo test --workspace -- --ignored --test-threads=1 long_
+  for suite in scripts/long.d/*.sh; do
+    [ -e "$suite" ] || continue
+    echo "== $suite"
+    "$suite"
+  done
+fi
