@@ -201,7 +201,8 @@ impl ReplicaError {
 #[async_trait]
 pub trait ChunkService: Send + Sync {
     /// Applies a write here and down the chain. Errors name the replica
-    /// that failed (`Unavailable` for an unreachable one).
+    /// that failed (`Unavailable` for an unreachable one, `TimedOut` for
+    /// one that did not answer within its share of the chain's deadline).
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError>;
     /// Reads `len` bytes at `offset`, verifying block checksums
     /// (`Corrupt` on a mismatch). Unwritten ranges read as zeros.
@@ -246,6 +247,11 @@ pub trait ChunkControl: Send + Sync {
         source: Replica,
         rate_bytes_per_s: u64,
     ) -> Result<()>;
+    /// Answers at once, touching no disk, while the chunk server serves its
+    /// data path; `Unavailable` while it does not (not registered, fenced).
+    /// The MDS's probe before it drops a replica a client reported
+    /// unreachable: the caller bounds it with its own deadline.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Opens (or reuses) data-path connections to chunk servers.

@@ -218,6 +218,63 @@ pub struct Lease {
 pub struct OpenReply {
     pub lease: Lease,
     pub stat: Stat,
+    /// The data-path deadlines the client applies to this file's I/O
+    /// (cluster parameters, current at the open).
+    pub io_timeouts: IoTimeouts,
+}
+
+/// Data-path deadlines (cluster parameters `io.replica_tout` and
+/// `io.flush_tout`), handed to clients in [`OpenReply`] and to chunk
+/// servers in [`HeartbeatReply`]. A value of 0 (from an MDS that does not
+/// send them) means the default.
+///
+/// A request to one replica fails with `TimedOut` after `replica_ms`; a
+/// chain write to `n` replicas waits `n * replica_ms` (a chunk server
+/// forwarding to the `k` replicas after it waits `k * replica_ms`, so the
+/// hop that is stuck is the one reported); a flush of one replica waits
+/// `flush_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoTimeouts {
+    pub replica_ms: u64,
+    pub flush_ms: u64,
+}
+
+impl IoTimeouts {
+    /// Default per-replica deadline: 3 s (see `docs/design.md`, failure
+    /// model: a guest pauses at most ~15 s when one chunk server freezes).
+    pub const DEFAULT_REPLICA_MS: u64 = 3_000;
+    /// Default flush deadline per replica: 10 s.
+    pub const DEFAULT_FLUSH_MS: u64 = 10_000;
+
+    /// These timeouts with 0 replaced by the defaults.
+    pub fn effective(self) -> IoTimeouts {
+        let or = |v: u64, d: u64| if v == 0 { d } else { v };
+        IoTimeouts {
+            replica_ms: or(self.replica_ms, Self::DEFAULT_REPLICA_MS),
+            flush_ms: or(self.flush_ms, Self::DEFAULT_FLUSH_MS),
+        }
+    }
+
+    /// The deadline of a request that must pass through `replicas`
+    /// replicas (at least one).
+    pub fn chain(self, replicas: usize) -> std::time::Duration {
+        let e = self.effective();
+        std::time::Duration::from_millis(e.replica_ms.saturating_mul(replicas.max(1) as u64))
+    }
+
+    /// The deadline of a flush of one replica.
+    pub fn flush(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.effective().flush_ms)
+    }
+}
+
+impl Default for IoTimeouts {
+    fn default() -> Self {
+        IoTimeouts {
+            replica_ms: Self::DEFAULT_REPLICA_MS,
+            flush_ms: Self::DEFAULT_FLUSH_MS,
+        }
+    }
 }
 
 /// One replica in a chunk's chain.
@@ -252,6 +309,18 @@ pub enum FailureReason {
     VersionMismatch,
     /// Any other I/O error on the replica.
     IoError,
+    /// The chunk server did not answer within the data-path deadline
+    /// (`io.replica_tout`, `io.flush_tout`).
+    TimedOut,
+}
+
+impl FailureReason {
+    /// Whether the report is about reaching the chunk server (the reporter's
+    /// view, which the MDS checks with a probe of its own) rather than an
+    /// answer of the chunk server itself.
+    pub fn is_reachability(self) -> bool {
+        matches!(self, FailureReason::Unreachable | FailureReason::TimedOut)
+    }
 }
 
 /// Health of a chunk server as the MDS sees it.
@@ -309,6 +378,8 @@ pub struct HeartbeatReply {
     /// Scrubbing reads at most this many bytes/s (`cs.scrub.rate`); 0 means
     /// unlimited.
     pub scrub_rate_bytes_per_s: u64,
+    /// Deadlines of chain writes this chunk server forwards.
+    pub io_timeouts: IoTimeouts,
 }
 
 /// A chunk server as listed by `stat`.

@@ -127,6 +127,10 @@ struct Lease {
 struct OpenReply {
   lease @0 :Lease;
   stat @1 :Stat;
+  # Data-path deadlines (cluster parameters io.replica_tout, io.flush_tout),
+  # ms; 0 (an older MDS) means the client's default.
+  replicaTimeoutMs @2 :UInt64;
+  flushTimeoutMs @3 :UInt64;
 }
 
 struct OpenResult {
@@ -184,6 +188,7 @@ enum FailureReason {
   noSpace @2;
   versionMismatch @3;
   ioError @4;
+  timedOut @5;
 }
 
 # ---------------------------------------------------------------------------
@@ -374,6 +379,8 @@ struct CsStats {
 struct HeartbeatReply {
   scrubPeriodMs @0 :UInt64;       # 0 disables scrubbing.
   scrubRateBytesPerS @1 :UInt64;  # 0 means unlimited.
+  replicaTimeoutMs @2 :UInt64;    # io.replica_tout; 0 means the default.
+  flushTimeoutMs @3 :UInt64;      # io.flush_tout; 0 means the default.
 }
 
 struct HeartbeatResult {
@@ -471,4 +478,7 @@ interface ChunkControl {
   listChunks @3 () -> (result :ChunkReplicasResult);
   replicateChunk @4 (chunk :UInt64, version :UInt64, chunkSize :UInt64, source :Replica,
                      rateBytesPerS :UInt64) -> (result :VoidResult);
+  # Answers at once while the chunk server serves (Unavailable while not);
+  # the MDS's reachability probe before dropping a reported replica.
+  ping @5 () -> (result :VoidResult);
 }

@@ -116,6 +116,16 @@ impl chunk_control::Server for ControlServer {
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
+
+    async fn ping(
+        self: Rc<Self>,
+        _params: chunk_control::PingParams,
+        mut results: chunk_control::PingResults,
+    ) -> capnp::Result<()> {
+        let outcome = self.control.ping().await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -221,6 +231,15 @@ impl ChunkControl for ControlClient {
                 source.write(p.reborrow().init_source());
                 p.set_rate_bytes_per_s(rate_bytes_per_s);
                 let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.actor
+            .call("ping", move |cs| async move {
+                let response = cs.ping_request().send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
             .await

@@ -74,6 +74,10 @@ fn sample_open_reply() -> OpenReply {
             duration_ms: 30_000,
         },
         stat: sample_stat(12),
+        io_timeouts: IoTimeouts {
+            replica_ms: 2_500,
+            flush_ms: u64::MAX,
+        },
     }
 }
 
@@ -357,6 +361,10 @@ impl CsRegistry for FakeMds {
         Ok(HeartbeatReply {
             scrub_period_ms: u64::MAX,
             scrub_rate_bytes_per_s: 7,
+            io_timeouts: IoTimeouts {
+                replica_ms: 3,
+                flush_ms: u64::MAX,
+            },
         })
     }
     async fn report_bad_replica(
@@ -408,6 +416,9 @@ impl ChunkControl for FakeControl {
             "replicate_chunk {chunk} {version} {chunk_size} {} {} {rate_bytes_per_s}",
             source.cs, source.addr
         ))
+    }
+    async fn ping(&self) -> Result<()> {
+        self.script.enter("ping".into())
     }
 }
 
@@ -611,6 +622,7 @@ async fn every_mds_method_round_trips() {
         FailureReason::NoSpace,
         FailureReason::VersionMismatch,
         FailureReason::IoError,
+        FailureReason::TimedOut,
     ] {
         assert_eq!(
             client
@@ -682,6 +694,10 @@ async fn every_mds_method_round_trips() {
         HeartbeatReply {
             scrub_period_ms: u64::MAX,
             scrub_rate_bytes_per_s: 7,
+            io_timeouts: IoTimeouts {
+                replica_ms: 3,
+                flush_ms: u64::MAX,
+            },
         }
     );
     client
@@ -919,6 +935,7 @@ async fn control_methods_and_errors_round_trip() {
     control.set_version(0x1f2, u64::MAX).await.unwrap();
     control.delete_chunk(7).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
+    control.ping().await.unwrap();
     let source = Replica {
         cs: u32::MAX,
         addr: "[::1]:65535".into(),
@@ -938,6 +955,7 @@ async fn control_methods_and_errors_round_trip() {
             format!("set_version 498 {}", u64::MAX),
             "delete_chunk 7".into(),
             "list_chunks".into(),
+            "ping".into(),
             format!(
                 "replicate_chunk {} {} {} {} [::1]:65535 {}",
                 u64::MAX,
@@ -958,6 +976,7 @@ async fn control_methods_and_errors_round_trip() {
     fake.script.fail_with(Some(error.clone()));
     assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
     assert_eq!(control.list_chunks().await.unwrap_err(), error);
+    assert_eq!(control.ping().await.unwrap_err(), error);
     let no_space = Error::new(
         ErrorKind::NoSpace,
         "chunk server 4: writing chunk 0x3: no space left",

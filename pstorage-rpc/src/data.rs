@@ -65,7 +65,10 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use client::{DataClient, TcpChunkConnector, CLIENT_INFLIGHT_BYTES};
+pub use client::{
+    DataClient, TcpChunkConnector, ABANDONED_TEARDOWN_AFTER, CLIENT_INFLIGHT_BYTES,
+    DEFAULT_CONNECT_TIMEOUT,
+};
 pub use server::{serve_data_connection, SERVER_INFLIGHT_BYTES};
 pub use wire::{
     FRAME_MAGIC, FRAME_VERSION, HEADER_LEN, MAX_ADDR_LEN, MAX_BODY_LEN, MAX_MESSAGE_LEN,

@@ -782,6 +782,7 @@ async fn cs_session(
             match mds.heartbeat(id, space, stats).await {
                 Ok(params) => {
                     last_ok = tokio::time::Instant::now();
+                    server.set_io_timeouts(params.io_timeouts);
                     // The cluster parameters rule unless this daemon's
                     // environment overrides scrubbing (tests, tuning).
                     let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);

@@ -14,8 +14,8 @@ use capnp::traits::OwnedStruct;
 use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CsId, CsInfo,
     CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind, EventLevel, FailureReason,
-    FileAttrs, HeartbeatReply, InodeKind, IoRates, Lease, LeaseMode, MdsInfo, OpenFlags, OpenReply,
-    RegisterReply, Replica, Replicas, ReplicationStatus, SpaceInfo, Stat,
+    FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo,
+    OpenFlags, OpenReply, RegisterReply, Replica, Replicas, ReplicationStatus, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -142,6 +142,7 @@ pub fn failure_reason_to_wire(reason: FailureReason) -> schema::FailureReason {
         FailureReason::NoSpace => schema::FailureReason::NoSpace,
         FailureReason::VersionMismatch => schema::FailureReason::VersionMismatch,
         FailureReason::IoError => schema::FailureReason::IoError,
+        FailureReason::TimedOut => schema::FailureReason::TimedOut,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn failure_reason_from_wire(reason: schema::FailureReason) -> FailureReason 
         schema::FailureReason::NoSpace => FailureReason::NoSpace,
         schema::FailureReason::VersionMismatch => FailureReason::VersionMismatch,
         schema::FailureReason::IoError => FailureReason::IoError,
+        schema::FailureReason::TimedOut => FailureReason::TimedOut,
     }
 }
 
@@ -345,12 +347,18 @@ impl WireStruct for OpenReply {
     type Schema = schema::open_reply::Owned;
     fn write(&self, mut b: schema::open_reply::Builder<'_>) {
         self.lease.write(b.reborrow().init_lease());
-        self.stat.write(b.init_stat());
+        self.stat.write(b.reborrow().init_stat());
+        b.set_replica_timeout_ms(self.io_timeouts.replica_ms);
+        b.set_flush_timeout_ms(self.io_timeouts.flush_ms);
     }
     fn read(r: schema::open_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(OpenReply {
             lease: Lease::read(r.get_lease()?)?,
             stat: Stat::read(r.get_stat()?)?,
+            io_timeouts: IoTimeouts {
+                replica_ms: r.get_replica_timeout_ms(),
+                flush_ms: r.get_flush_timeout_ms(),
+            },
         })
     }
 }
@@ -661,11 +669,17 @@ impl WireStruct for HeartbeatReply {
     fn write(&self, mut b: schema::heartbeat_reply::Builder<'_>) {
         b.set_scrub_period_ms(self.scrub_period_ms);
         b.set_scrub_rate_bytes_per_s(self.scrub_rate_bytes_per_s);
+        b.set_replica_timeout_ms(self.io_timeouts.replica_ms);
+        b.set_flush_timeout_ms(self.io_timeouts.flush_ms);
     }
     fn read(r: schema::heartbeat_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(HeartbeatReply {
             scrub_period_ms: r.get_scrub_period_ms(),
             scrub_rate_bytes_per_s: r.get_scrub_rate_bytes_per_s(),
+            io_timeouts: IoTimeouts {
+                replica_ms: r.get_replica_timeout_ms(),
+                flush_ms: r.get_flush_timeout_ms(),
+            },
         })
     }
 }

@@ -272,6 +272,11 @@ impl TestCluster {
         }
     }
 
+    /// The process id of chunk server `i`, if it runs (for SIGSTOP/SIGCONT).
+    pub fn cs_pid(&self, i: usize) -> Option<u32> {
+        self.cs[i].as_ref().map(|c| c.id())
+    }
+
     /// Whether the process of CS `i` is still alive.
     pub fn cs_running(&mut self, i: usize) -> bool {
         matches!(self.cs[i].as_mut().map(|c| c.try_wait()), Some(Ok(None)))

@@ -4,10 +4,16 @@
 //! [`ChunkConnector`] and [`ControlConnector`] over them, so chain writes
 //! run through several servers in one process. An address can be made
 //! unreachable to simulate a dead or partitioned chunk server: calls through
-//! connections opened before fail too, like a broken TCP connection.
+//! connections opened before fail too, like a broken TCP connection. A
+//! server can also be *frozen* (SIGSTOP: connections still open, calls never
+//! answer until it is thawed), *slow* (data-path calls take extra time, a
+//! disk in an fsync storm; control calls answer at once), or refused to one
+//! named client only ([`MemNetwork::client_view`]: a partition between one
+//! client and one server).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,13 +33,25 @@ use super::{ChunkServer, ChunkStore};
 /// long-running test wants the memory back.
 #[derive(Default)]
 pub struct MemNetwork {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Inner>,
+    /// Wakes calls waiting on a frozen server when any server thaws.
+    thawed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Inner {
     servers: HashMap<String, Arc<ChunkServer>>,
     unreachable: HashSet<String>,
+    frozen: HashSet<String>,
+    /// Extra latency of every data-path call to an address.
+    delay: HashMap<String, Duration>,
+    /// (client name, address) pairs whose calls are refused.
+    refused: HashSet<(String, String)>,
 }
 
 impl MemNetwork {
@@ -83,28 +101,110 @@ impl MemNetwork {
         }
     }
 
+    /// Freezes the server at `addr` (like SIGSTOP: connections open, every
+    /// call, data or control, waits without an answer) or thaws it (the
+    /// waiting calls proceed).
+    pub fn set_frozen(&self, addr: &str, frozen: bool) {
+        {
+            let mut inner = lock(&self.inner);
+            if frozen {
+                inner.frozen.insert(addr.to_string());
+            } else {
+                inner.frozen.remove(addr);
+            }
+        }
+        if !frozen {
+            self.inner.thawed.notify_waiters();
+        }
+    }
+
+    /// Makes every data-path call to `addr` take `delay` longer (a slow
+    /// disk); control calls (the MDS's) are not delayed. `Duration::ZERO`
+    /// ends it.
+    pub fn set_data_delay(&self, addr: &str, delay: Duration) {
+        let mut inner = lock(&self.inner);
+        if delay.is_zero() {
+            inner.delay.remove(addr);
+        } else {
+            inner.delay.insert(addr.to_string(), delay);
+        }
+    }
+
+    /// Refuses (or allows again) every call from the client named `client`
+    /// (see [`client_view`](MemNetwork::client_view)) to `addr`; everyone
+    /// else still reaches it.
+    pub fn set_refused(&self, client: &str, addr: &str, refused: bool) {
+        let pair = (client.to_string(), addr.to_string());
+        let mut inner = lock(&self.inner);
+        if refused {
+            inner.refused.insert(pair);
+        } else {
+            inner.refused.remove(&pair);
+        }
+    }
+
+    /// This network as the client named `client` sees it: a connector
+    /// subject to [`set_refused`](MemNetwork::set_refused) for that name.
+    pub fn client_view(&self, client: &str) -> Arc<MemClientView> {
+        Arc::new(MemClientView {
+            inner: self.inner.clone(),
+            client: client.to_string(),
+        })
+    }
+
     /// Drops every server (breaking the server <-> network reference cycle).
     pub fn clear(&self) {
         let mut inner = lock(&self.inner);
         inner.servers.clear();
         inner.unreachable.clear();
+        inner.frozen.clear();
+        drop(inner);
+        self.inner.thawed.notify_waiters();
     }
 
     fn link(&self, addr: &str) -> Result<Link> {
-        resolve(&self.inner, addr)?;
-        Ok(Link {
-            inner: self.inner.clone(),
-            addr: addr.to_string(),
-        })
+        link(&self.inner, None, addr)
     }
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().expect("memory network lock poisoned")
+/// A view of a [`MemNetwork`] from one named client.
+pub struct MemClientView {
+    inner: Arc<Shared>,
+    client: String,
 }
 
-fn resolve(inner: &Mutex<Inner>, addr: &str) -> Result<Arc<ChunkServer>> {
-    let inner = lock(inner);
+#[async_trait]
+impl ChunkConnector for MemClientView {
+    async fn chunk_service(&self, addr: &str) -> Result<Arc<dyn ChunkService>> {
+        Ok(Arc::new(link(&self.inner, Some(&self.client), addr)?))
+    }
+}
+
+fn link(inner: &Arc<Shared>, client: Option<&str>, addr: &str) -> Result<Link> {
+    let link = Link {
+        inner: inner.clone(),
+        client: client.map(str::to_string),
+        addr: addr.to_string(),
+    };
+    resolve(&lock(inner), client, addr)?;
+    Ok(link)
+}
+
+fn lock(inner: &Shared) -> MutexGuard<'_, Inner> {
+    inner.state.lock().expect("memory network lock poisoned")
+}
+
+fn resolve(inner: &Inner, client: Option<&str>, addr: &str) -> Result<Arc<ChunkServer>> {
+    if let Some(client) = client {
+        if inner
+            .refused
+            .contains(&(client.to_string(), addr.to_string()))
+        {
+            return Err(Error::unavailable(format!(
+                "chunk server at {addr} refuses {client} (connection refused)"
+            )));
+        }
+    }
     if inner.unreachable.contains(addr) {
         return Err(Error::unavailable(format!(
             "chunk server at {addr} is unreachable (connection refused): check that it runs"
@@ -117,15 +217,35 @@ fn resolve(inner: &Mutex<Inner>, addr: &str) -> Result<Arc<ChunkServer>> {
     })
 }
 
-/// A "connection" to one address: every call checks reachability first.
+/// A "connection" to one address: every call checks reachability first,
+/// waits while the server is frozen, and pays its data-path delay.
 struct Link {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Shared>,
+    client: Option<String>,
     addr: String,
 }
 
 impl Link {
-    fn server(&self) -> Result<Arc<ChunkServer>> {
-        resolve(&self.inner, &self.addr)
+    async fn server(&self, data_path: bool) -> Result<Arc<ChunkServer>> {
+        let (server, delay) = loop {
+            let thawed = self.inner.thawed.notified();
+            tokio::pin!(thawed);
+            // Registered before the check, so a thaw in between is not missed.
+            thawed.as_mut().enable();
+            {
+                let inner = lock(&self.inner);
+                let server = resolve(&inner, self.client.as_deref(), &self.addr)?;
+                if !inner.frozen.contains(&self.addr) {
+                    let delay = inner.delay.get(&self.addr).copied();
+                    break (server, delay.filter(|_| data_path));
+                }
+            }
+            thawed.await;
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(server)
     }
 }
 
@@ -146,7 +266,7 @@ impl ControlConnector for MemNetwork {
 #[async_trait]
 impl ChunkService for Link {
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
-        let server = self.server().map_err(ReplicaError::local)?;
+        let server = self.server(true).await.map_err(ReplicaError::local)?;
         server.write(request).await
     }
 
@@ -157,11 +277,14 @@ impl ChunkService for Link {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
-        self.server()?.read(chunk, version, offset, len).await
+        self.server(true)
+            .await?
+            .read(chunk, version, offset, len)
+            .await
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
-        ChunkService::flush(self.server()?.as_ref(), chunk, version).await
+        ChunkService::flush(self.server(true).await?.as_ref(), chunk, version).await
     }
 }
 
@@ -173,21 +296,22 @@ impl ChunkControl for Link {
         version: MapVersion,
         chunk_size: u64,
     ) -> Result<()> {
-        self.server()?
+        self.server(false)
+            .await?
             .create_chunk(chunk, version, chunk_size)
             .await
     }
 
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
-        ChunkControl::set_version(self.server()?.as_ref(), chunk, version).await
+        ChunkControl::set_version(self.server(false).await?.as_ref(), chunk, version).await
     }
 
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
-        self.server()?.delete_chunk(chunk).await
+        self.server(false).await?.delete_chunk(chunk).await
     }
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
-        self.server()?.list_chunks().await
+        self.server(false).await?.list_chunks().await
     }
 
     async fn replicate_chunk(
@@ -198,8 +322,13 @@ impl ChunkControl for Link {
         source: Replica,
         rate_bytes_per_s: u64,
     ) -> Result<()> {
-        self.server()?
+        self.server(false)
+            .await?
             .replicate_chunk(chunk, version, chunk_size, source, rate_bytes_per_s)
             .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.server(false).await?.ping().await
     }
 }

@@ -14,7 +14,7 @@ use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use crate::types::{
-    validate_chunk_size, ChunkId, ChunkReplicaInfo, CsId, CsRegistration, MapVersion,
+    validate_chunk_size, ChunkId, ChunkReplicaInfo, CsId, CsRegistration, IoTimeouts, MapVersion,
     RegisterReply, Replica, MAX_IO_SIZE,
 };
 
@@ -52,6 +52,8 @@ pub struct ChunkServer {
     /// MDS was told the replica is gone, so they can be deleted.
     bad_at_registration: Mutex<Vec<ChunkId>>,
     io: IoCounters,
+    /// Deadlines of forwarded chain writes (from the MDS's heartbeat replies).
+    io_timeouts: Mutex<IoTimeouts>,
 }
 
 /// Data-path and re-replication counters of a chunk server since it
@@ -117,7 +119,19 @@ impl ChunkServer {
             reporting: tokio::sync::Mutex::new(()),
             bad_at_registration: Mutex::new(Vec::new()),
             io: IoCounters::default(),
+            io_timeouts: Mutex::new(IoTimeouts::default()),
         }
+    }
+
+    /// Sets the deadlines of chain writes forwarded from now on (the
+    /// cluster parameters of the MDS's heartbeat reply; 0 = default).
+    pub fn set_io_timeouts(&self, timeouts: IoTimeouts) {
+        *self.io_timeouts.lock().expect("io timeouts lock poisoned") = timeouts.effective();
+    }
+
+    /// The deadlines in force.
+    pub fn io_timeouts(&self) -> IoTimeouts {
+        *self.io_timeouts.lock().expect("io timeouts lock poisoned")
     }
 
     /// This chunk server's id.
@@ -408,6 +422,10 @@ impl ChunkService for ChunkServer {
                 .await
                 .map_err(ReplicaError::local);
         };
+        // The replicas after this one each get their share of the chain's
+        // deadline: a frozen successor is reported by this server before
+        // the deadline of whoever sent us the write fires.
+        let budget = self.io_timeouts().chain(chain.len());
         let forward = async {
             let downstream = self
                 .connector
@@ -433,6 +451,27 @@ impl ChunkService for ChunkServer {
                     failed_cs: Some(e.failed_replica(next.cs)),
                     error: e.error,
                 })
+        };
+        let forward = async {
+            match tokio::time::timeout(budget, forward).await {
+                Ok(result) => result,
+                Err(_) => Err(ReplicaError {
+                    failed_cs: Some(next.cs),
+                    error: Error::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "chunk server {} forwarding a write of chunk {chunk:#x} (version \
+                             {version}): chunk server {} ({}) did not answer within {} ms \
+                             ({} replica(s) x io.replica_tout)",
+                            self.id,
+                            next.cs,
+                            next.addr,
+                            budget.as_millis(),
+                            chain.len()
+                        ),
+                    ),
+                }),
+            }
         };
         // The forward is polled first so the request is on its way to the
         // next replica while this one writes locally.
@@ -515,6 +554,10 @@ impl ChunkControl for ChunkServer {
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.blocking(|store| store.list()).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.check_serving()
     }
 
     async fn replicate_chunk(

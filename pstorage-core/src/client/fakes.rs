@@ -311,6 +311,8 @@ pub struct FakeMds {
     pub lease_ms: u64,
     /// Delay of every chunk_map call, to widen races in tests.
     pub chunk_map_delay: Duration,
+    /// Data-path deadlines handed out at open.
+    pub io_timeouts: crate::types::IoTimeouts,
 }
 
 fn parent_of(path: &str) -> String {
@@ -352,6 +354,7 @@ impl FakeMds {
             state: Mutex::new(state),
             cluster,
             lease_ms: 60_000,
+            io_timeouts: crate::types::IoTimeouts::default(),
             chunk_map_delay: Duration::ZERO,
         }
     }
@@ -473,6 +476,7 @@ impl MetadataService for FakeMds {
                 duration_ms: self.lease_ms,
             },
             stat,
+            io_timeouts: self.io_timeouts,
         })
     }
 

@@ -14,7 +14,7 @@ use super::ClientShared;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ReplicaError, WritePayload, WriteRequest};
 use crate::types::{
-    ChunkMap, CsId, FailureReason, Lease, LeaseMode, OpenReply, Stat, MAX_FILE_SIZE,
+    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, OpenReply, Stat, MAX_FILE_SIZE,
 };
 
 /// An open file and its lease.
@@ -54,6 +54,8 @@ pub(crate) struct FileInner {
     /// The file's stat at open; the size in it is not maintained.
     opened_stat: Stat,
     chunk_size: u64,
+    /// Data-path deadlines (from the MDS at open).
+    io_timeouts: IoTimeouts,
     maps: MapCache,
     /// The client's view of the size: the size at open, grown by every
     /// acknowledged write, set by truncate.
@@ -148,7 +150,8 @@ fn request_error(kind: ErrorKind) -> bool {
 /// Why a replica is reported, from the kind of its error.
 pub(crate) fn failure_reason(kind: ErrorKind) -> FailureReason {
     match kind {
-        ErrorKind::Unavailable | ErrorKind::TimedOut => FailureReason::Unreachable,
+        ErrorKind::Unavailable => FailureReason::Unreachable,
+        ErrorKind::TimedOut => FailureReason::TimedOut,
         ErrorKind::Corrupt => FailureReason::Corrupt,
         ErrorKind::NoSpace => FailureReason::NoSpace,
         ErrorKind::Stale => FailureReason::VersionMismatch,
@@ -175,6 +178,20 @@ fn replica_cause(map: &ChunkMap, cs: CsId, error: &Error) -> Error {
     )
 }
 
+/// A data-path request to `cs` that outlived its deadline.
+fn timed_out(op: &str, map: &ChunkMap, cs: CsId, deadline: Duration, param: &str) -> Error {
+    Error::new(
+        ErrorKind::TimedOut,
+        format!(
+            "chunk server {cs} ({}) did not answer a {op} of chunk {:#x} (map version {}) within {} ms ({param})",
+            replica_addr(map, cs),
+            map.chunk,
+            map.version,
+            deadline.as_millis()
+        ),
+    )
+}
+
 /// Adds what the MDS said to a replica error.
 fn with_mds_answer(cause: Error, mds: Option<Error>) -> Error {
     match mds {
@@ -195,6 +212,7 @@ impl File {
             lease: reply.lease,
             opened_stat: reply.stat,
             chunk_size,
+            io_timeouts: reply.io_timeouts.effective(),
             maps: MapCache::default(),
             dirty: Mutex::new(HashSet::new()),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -810,10 +828,26 @@ impl FileInner {
                 payload: payload.clone(),
                 chain: map.replicas[1..].to_vec(),
             };
-            let result = match self.client.chunks.chunk_service(&head.addr).await {
-                Ok(service) => service.write(request).await,
-                // Not reaching the head is the head failing.
-                Err(e) => Err(ReplicaError::local(e)),
+            // n replicas, n shares of the deadline: a stuck successor is
+            // reported by its predecessor before this fires, so a timeout
+            // here blames the head.
+            let budget = self.io_timeouts.chain(map.replicas.len());
+            let attempt = async {
+                match self.client.chunks.chunk_service(&head.addr).await {
+                    Ok(service) => service.write(request).await,
+                    // Not reaching the head is the head failing.
+                    Err(e) => Err(ReplicaError::local(e)),
+                }
+            };
+            let result = match tokio::time::timeout(budget, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(ReplicaError::local(timed_out(
+                    op,
+                    &map,
+                    head.cs,
+                    budget,
+                    "io.replica_tout x replicas",
+                ))),
             };
             let error = match result {
                 Ok(()) => return Ok(()),
@@ -896,14 +930,24 @@ impl FileInner {
             let mut newer = None;
             for i in 0..count {
                 let replica = &map.replicas[(start + i) % count];
-                let result = match self.client.chunks.chunk_service(&replica.addr).await {
-                    Ok(service) => {
-                        service
-                            .read(map.chunk, map.version, piece.chunk_offset, piece.len)
-                            .await
-                    }
-                    Err(e) => Err(e),
+                let deadline = self.io_timeouts.chain(1);
+                let attempt = async {
+                    let service = self.client.chunks.chunk_service(&replica.addr).await?;
+                    service
+                        .read(map.chunk, map.version, piece.chunk_offset, piece.len)
+                        .await
                 };
+                let result = tokio::time::timeout(deadline, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(timed_out(
+                            "read",
+                            &map,
+                            replica.cs,
+                            deadline,
+                            "io.replica_tout",
+                        ))
+                    });
                 let error = match result {
                     Ok(data) if data.len() as u64 == piece.len => return Ok(Some(data)),
                     Ok(data) => Error::protocol(format!(
@@ -965,11 +1009,23 @@ impl FileInner {
                 }
                 Err(e) => return Err(self.fatal("flush", index, None, e)),
             };
+            let deadline = self.io_timeouts.flush();
             let flushes = map.replicas.iter().map(|replica| async {
-                let result = match self.client.chunks.chunk_service(&replica.addr).await {
-                    Ok(service) => service.flush(map.chunk, map.version).await,
-                    Err(e) => Err(e),
+                let attempt = async {
+                    let service = self.client.chunks.chunk_service(&replica.addr).await?;
+                    service.flush(map.chunk, map.version).await
                 };
+                let result = tokio::time::timeout(deadline, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(timed_out(
+                            "flush",
+                            &map,
+                            replica.cs,
+                            deadline,
+                            "io.flush_tout",
+                        ))
+                    });
                 result.err().map(|e| (replica.cs, e))
             });
             let failures: Vec<(CsId, Error)> = futures::future::join_all(flushes)

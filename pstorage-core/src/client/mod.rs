@@ -22,6 +22,8 @@ mod retry;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
+mod freeze_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

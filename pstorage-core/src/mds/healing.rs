@@ -127,7 +127,17 @@ impl MdsService {
                     ),
                 );
             }
-            _ => {}
+            FailureReason::Unreachable | FailureReason::TimedOut => {
+                core.log_event(
+                    now,
+                    EventKind::CsState,
+                    EventLevel::Warning,
+                    format!(
+                        "chunk server {cs} ({addr}) answers neither {reporter} nor the MDS's probe ({reason:?}); its replica of chunk {chunk:#x} of {path} is dropped and re-created elsewhere"
+                    ),
+                );
+            }
+            FailureReason::VersionMismatch | FailureReason::IoError => {}
         }
     }
 

@@ -5,6 +5,7 @@
 mod group;
 mod healing;
 pub mod params;
+mod probe;
 pub mod raft;
 pub mod service;
 pub mod state;

@@ -34,6 +34,26 @@ pub struct ClusterParams {
     /// `cs.scrub.rate`: scrubbing reads at most this many bytes/s per chunk
     /// server (0 = unlimited).
     pub scrub_rate_bytes_per_s: u64,
+    /// `io.replica_tout`: a data-path request to one replica fails with
+    /// `TimedOut` after this many ms; a chain write to n replicas waits n
+    /// times it (clients get it at open, chunk servers in heartbeats).
+    pub io_replica_timeout_ms: u64,
+    /// `io.flush_tout`: a flush of one replica fails with `TimedOut` after
+    /// this many ms.
+    pub io_flush_timeout_ms: u64,
+    /// `mds.cs.probe_tout`: deadline of the MDS's own calls to a chunk
+    /// server: the reachability probe before a reported replica is dropped,
+    /// version pushes, replica creation and deletion, in ms.
+    pub cs_probe_timeout_ms: u64,
+    /// `mds.cs.probe_cache`: a probe's verdict about a chunk server answers
+    /// further reports about it for this many ms.
+    pub cs_probe_cache_ms: u64,
+    /// `mds.report.drop_burst`: replicas of one chunk server that failure
+    /// reports may drop at once (a token bucket per chunk server).
+    pub report_drop_burst: u64,
+    /// `mds.report.drop_rate`: the bucket refills at this many drops per
+    /// minute.
+    pub report_drop_rate_per_min: u64,
 }
 
 impl Default for ClusterParams {
@@ -45,6 +65,12 @@ impl Default for ClusterParams {
             repl_concurrency: 4,
             scrub_period_ms: 7 * 24 * 3600 * 1000,
             scrub_rate_bytes_per_s: 32 << 20,
+            io_replica_timeout_ms: crate::types::IoTimeouts::DEFAULT_REPLICA_MS,
+            io_flush_timeout_ms: crate::types::IoTimeouts::DEFAULT_FLUSH_MS,
+            cs_probe_timeout_ms: 2_000,
+            cs_probe_cache_ms: 2_000,
+            report_drop_burst: 64,
+            report_drop_rate_per_min: 120,
         }
     }
 }
@@ -108,6 +134,55 @@ const SPECS: &[Spec] = &[
         description: "scrubbing read rate per chunk server (0 = unlimited)",
         field: |p| &mut p.scrub_rate_bytes_per_s,
     },
+    Spec {
+        key: "io.replica_tout",
+        unit: "ms",
+        min: 100,
+        max: 600_000,
+        description: "data-path deadline per replica; a chain write to n replicas waits n times it",
+        field: |p| &mut p.io_replica_timeout_ms,
+    },
+    Spec {
+        key: "io.flush_tout",
+        unit: "ms",
+        min: 100,
+        max: 600_000,
+        description: "deadline of a flush of one replica",
+        field: |p| &mut p.io_flush_timeout_ms,
+    },
+    Spec {
+        key: "mds.cs.probe_tout",
+        unit: "ms",
+        min: 100,
+        max: 600_000,
+        description:
+            "deadline of the MDS's probes, version pushes, creations and deletions on chunk servers",
+        field: |p| &mut p.cs_probe_timeout_ms,
+    },
+    Spec {
+        key: "mds.cs.probe_cache",
+        unit: "ms",
+        min: 0,
+        max: 600_000,
+        description: "a probe's verdict on a chunk server answers reports about it for this long",
+        field: |p| &mut p.cs_probe_cache_ms,
+    },
+    Spec {
+        key: "mds.report.drop_burst",
+        unit: "replicas",
+        min: 1,
+        max: 1_000_000,
+        description: "replicas of one chunk server that failure reports may drop at once",
+        field: |p| &mut p.report_drop_burst,
+    },
+    Spec {
+        key: "mds.report.drop_rate",
+        unit: "replicas/min",
+        min: 1,
+        max: 1_000_000,
+        description: "refill rate of the per-chunk-server drop budget of failure reports",
+        field: |p| &mut p.report_drop_rate_per_min,
+    },
 ];
 
 fn spec(key: &str) -> Result<&'static Spec> {
@@ -121,6 +196,14 @@ fn spec(key: &str) -> Result<&'static Spec> {
 }
 
 impl ClusterParams {
+    /// The data-path deadlines clients and chunk servers apply.
+    pub fn io_timeouts(&self) -> crate::types::IoTimeouts {
+        crate::types::IoTimeouts {
+            replica_ms: self.io_replica_timeout_ms,
+            flush_ms: self.io_flush_timeout_ms,
+        }
+    }
+
     /// Checks that `key` exists and `value` is within its range.
     pub fn validate(key: &str, value: u64) -> Result<()> {
         let s = spec(key)?;

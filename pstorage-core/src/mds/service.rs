@@ -18,7 +18,9 @@
 //! copies in flight) starts afresh when an MDS becomes leader.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
@@ -28,7 +30,7 @@ use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
 use super::state::{ApplyOutcome, Command, MdsState, NewEvent};
 use super::store::{CommandLog, MdsStore};
 use crate::error::{Error, ErrorKind, Result};
-use crate::traits::{Clock, ControlConnector, CsRegistry, MetadataService};
+use crate::traits::{ChunkControl, Clock, ControlConnector, CsRegistry, MetadataService};
 use crate::types::*;
 
 /// Tunables of the MDS.
@@ -217,6 +219,8 @@ pub struct MdsService {
     pub(super) config: MdsConfig,
     /// The Raft group this MDS proposes its commands to, and its id there.
     raft: OnceLock<(MdsId, MdsRaft)>,
+    /// Reachability probes of reported chunk servers and their drop budgets.
+    probes: super::probe::Probes,
 }
 
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
@@ -256,6 +260,7 @@ impl MdsService {
             clock,
             config,
             raft: OnceLock::new(),
+            probes: super::probe::Probes::default(),
         }
     }
 
@@ -531,12 +536,108 @@ impl MdsService {
         chunk: ChunkId,
         version: MapVersion,
     ) -> Result<()> {
-        let control = self.connector.chunk_control(&replica.addr).await?;
-        control.set_version(chunk, version).await
+        let what = format!("moving chunk {chunk:#x} to version {version}");
+        self.cs_call(replica, &what, |control| async move {
+            control.set_version(chunk, version).await
+        })
+        .await
+    }
+
+    /// The deadline of the MDS's own calls to chunk servers
+    /// (`mds.cs.probe_tout`).
+    pub(super) fn cs_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.params(&self.core()).cs_probe_timeout_ms)
+    }
+
+    /// Runs a short control call (`what`) on `replica`'s chunk server under
+    /// the `mds.cs.probe_tout` deadline: `TimedOut` naming the server, the
+    /// call and the deadline when it does not answer.
+    pub(super) async fn cs_call<T, F, Fut>(
+        &self,
+        replica: &Replica,
+        what: &str,
+        call: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(Arc<dyn ChunkControl>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let timeout = self.cs_call_timeout();
+        let attempt = async {
+            let control = self.connector.chunk_control(&replica.addr).await?;
+            call(control).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "chunk server {} ({}) did not answer {what} within {} ms (mds.cs.probe_tout)",
+                    replica.cs,
+                    replica.addr,
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Whether the MDS itself reaches chunk server `cs` (a cached verdict,
+    /// the probe in flight, or a new probe; see `probe.rs`). Call without
+    /// `chunk_lock` where possible: it waits up to `mds.cs.probe_tout`.
+    pub(super) async fn probe_cs(&self, cs: CsId, addr: &str) -> super::probe::Verdict {
+        let params = self.params(&self.core());
+        self.probes
+            .probe(
+                cs,
+                addr,
+                self.connector.clone(),
+                Duration::from_millis(params.cs_probe_timeout_ms),
+                Duration::from_millis(params.cs_probe_cache_ms),
+            )
+            .await
+    }
+
+    /// Pushes `version` to every replica of `map`; returns those that
+    /// failed, except members that did not answer in time but that a probe
+    /// finds reachable (slow, not dead): they stay in the chain and `tick`
+    /// pushes them the version again (a write at the new version is refused
+    /// by them until then, and the writer's `VersionMismatch` report pushes
+    /// it too).
+    pub(super) async fn push_or_keep(&self, map: &ChunkMap) -> Vec<CsId> {
+        let failed = self.push_to_all_detailed(map).await;
+        let mut dropped = Vec::new();
+        for (cs, error) in failed {
+            let reachability = matches!(error.kind(), ErrorKind::TimedOut | ErrorKind::Unavailable);
+            let addr = self.core().cs_addr(cs);
+            if reachability && self.probe_cs(cs, &addr).await.reachable {
+                tracing::warn!(
+                    "MDS: chunk {:#x}: CS {cs} ({addr}) did not take version {} ({error}) but answers probes; it stays in the chain and gets the version later",
+                    map.chunk,
+                    map.version
+                );
+                self.core()
+                    .version_sync
+                    .entry(cs)
+                    .or_default()
+                    .insert(map.chunk);
+            } else {
+                dropped.push(cs);
+            }
+        }
+        dropped
     }
 
     /// Pushes `version` to every replica of `map`; returns those that failed.
     pub(super) async fn push_to_all(&self, map: &ChunkMap) -> Vec<CsId> {
+        self.push_to_all_detailed(map)
+            .await
+            .into_iter()
+            .map(|(cs, _)| cs)
+            .collect()
+    }
+
+    /// Pushes `version` to every replica of `map`; returns the failures.
+    async fn push_to_all_detailed(&self, map: &ChunkMap) -> Vec<(CsId, Error)> {
         let results = join_all(
             map.replicas
                 .iter()
@@ -556,7 +657,7 @@ impl MdsService {
                         r.addr,
                         map.version
                     );
-                    Some(r.cs)
+                    Some((r.cs, e))
                 }
             })
             .collect()
@@ -612,7 +713,7 @@ impl MdsService {
             if survivors.is_none() || survivors == Some(0) {
                 return self.check_min(map);
             }
-            failed = self.push_to_all(&map).await;
+            failed = self.push_or_keep(&map).await;
             if failed.is_empty() {
                 return self.check_min(map);
             }
@@ -655,7 +756,7 @@ impl MdsService {
             return Err(unexpected(outcome));
         };
         for map in maps {
-            let failed = self.push_to_all(&map).await;
+            let failed = self.push_or_keep(&map).await;
             if !failed.is_empty() {
                 // The file opens anyway; writes to a chunk below
                 // replicas_min report Unavailable until it recovers.
@@ -672,11 +773,14 @@ impl MdsService {
     pub(super) async fn delete_replicas(&self, maps: Vec<ChunkMap>) {
         for map in maps {
             for r in &map.replicas {
-                let res = async {
-                    let control = self.connector.chunk_control(&r.addr).await?;
-                    control.delete_chunk(map.chunk).await
-                }
-                .await;
+                let chunk = map.chunk;
+                let res = self
+                    .cs_call(
+                        r,
+                        &format!("deleting chunk {chunk:#x}"),
+                        |control| async move { control.delete_chunk(chunk).await },
+                    )
+                    .await;
                 if let Err(e) = res {
                     tracing::warn!(
                         "MDS: deleting chunk {:#x} on CS {} ({}) failed: {e}; it is removed when that server re-registers",
@@ -822,9 +926,11 @@ impl MdsService {
                 .collect();
             (chunk, chosen, attrs, path)
         };
-        let results = join_all(chosen.iter().map(|r| async {
-            let control = self.connector.chunk_control(&r.addr).await?;
-            control.create_chunk(chunk, 1, attrs.chunk_size).await
+        let what = format!("creating chunk {chunk:#x}");
+        let results = join_all(chosen.iter().map(|r| {
+            self.cs_call(r, &what, |control| async move {
+                control.create_chunk(chunk, 1, attrs.chunk_size).await
+            })
         }))
         .await;
         let mut created = Vec::new();
@@ -976,7 +1082,12 @@ impl MetadataService for MdsService {
         };
         drop(_chunks);
         self.delete_replicas(released).await;
-        Ok(OpenReply { lease, stat })
+        let io_timeouts = self.params(&self.core()).io_timeouts();
+        Ok(OpenReply {
+            lease,
+            stat,
+            io_timeouts,
+        })
     }
 
     async fn renew(&self, lease: LeaseId) -> Result<()> {
@@ -1100,58 +1211,50 @@ impl MetadataService for MdsService {
         cs: CsId,
         reason: FailureReason,
     ) -> Result<ChunkMap> {
-        let _chunks = self.chunk_lock.lock().await;
-        let now = self.now();
-        let (map, writer) = {
-            let core = self.core();
-            let lease_rec = core.state.check_lease(lease, now, false)?;
-            let (ino, writer) = (lease_rec.ino, lease_rec.mode == LeaseMode::Write);
-            let rec = core.state.chunk(chunk).ok_or_else(|| {
-                Error::stale(format!(
-                    "chunk {chunk:#x} no longer exists (truncated or removed); refresh the file's chunk maps"
-                ))
-            })?;
-            if rec.file != ino {
-                return Err(Error::new(
-                    ErrorKind::BadHandle,
-                    format!(
-                        "chunk {chunk:#x} belongs to {}, not to {} leased by lease {lease}",
-                        core.state.path_of(rec.file),
-                        core.state.path_of(ino)
-                    ),
-                ));
+        if reason.is_reachability() {
+            // The reporter's view is evidence: check it from here first,
+            // without chunk_lock (a probe may wait mds.cs.probe_tout).
+            let replica = match self.check_report(lease, chunk, version, cs)? {
+                ReportCheck::Answer(answer) => return answer,
+                ReportCheck::Drop(replica) => replica,
+            };
+            let verdict = self.probe_cs(cs, &replica.addr).await;
+            if verdict.reachable {
+                return Err(Error::unavailable(format!(
+                    "chunk server {cs} ({}) is reachable from the MDS; its replica of chunk \
+                     {chunk:#x} stays in the chain (a slow or partitioned server is not \
+                     dropped on one client's report); retrying",
+                    replica.addr
+                )));
             }
-            let map = core.state.chunk_map(chunk).expect("exists");
-            if core.busy.contains(&chunk) {
-                // The chain changes when the copy commits; a report now
-                // would race with it.
-                return self.check_writable(&core, map);
-            }
-            (map, writer)
-        };
-        let current = |map: ChunkMap| {
-            if writer {
-                self.check_writable(&self.core(), map)
-            } else {
-                Ok(map)
-            }
-        };
-        let Some(replica) = map.replicas.iter().find(|r| r.cs == cs).cloned() else {
-            return current(map);
-        };
-        if version != map.version {
-            return current(map);
         }
+        let _chunks = self.chunk_lock.lock().await;
+        let replica = match self.check_report(lease, chunk, version, cs)? {
+            ReportCheck::Answer(answer) => return answer,
+            ReportCheck::Drop(replica) => replica,
+        };
         if reason == FailureReason::VersionMismatch {
             // A chain member behind the map only missed a version push (no
             // write can complete at a version a member lacks), so it is
             // current: move it forward instead of dropping a good copy.
-            if self
-                .push_version(&replica, chunk, map.version)
-                .await
-                .is_ok()
-            {
-                return current(map);
+            if self.push_version(&replica, chunk, version).await.is_ok() {
+                return self.current_for_reporter(lease, chunk);
+            }
+        }
+        if reason.is_reachability() {
+            let params = self.params(&self.core());
+            if !self.probes.take_drop(
+                cs,
+                params.report_drop_burst,
+                params.report_drop_rate_per_min,
+            ) {
+                return Err(Error::unavailable(format!(
+                    "chunk server {cs} ({}) does not answer the MDS either, but failure \
+                     reports dropped {} of its replicas in a burst (mds.report.drop_burst, \
+                     refilled at mds.report.drop_rate={}/min); chunk {chunk:#x} keeps it for \
+                     now; retrying",
+                    replica.addr, params.report_drop_burst, params.report_drop_rate_per_min
+                )));
             }
         }
         tracing::info!(
@@ -1292,6 +1395,8 @@ impl CsRegistry for MdsService {
             let mut core = self.core();
             let mut live = CsLive::new(now, space);
             live.full = self.below_margin(&core, &live, 0);
+            // A registration is news: the next report about it probes anew.
+            self.probes.forget_verdict(id);
             core.live.insert(id, live);
             let mut delete = Vec::new();
             let mut behind = BTreeSet::new();
@@ -1427,6 +1532,80 @@ impl CsRegistry for MdsService {
     }
 }
 
+/// What a failure report calls for.
+enum ReportCheck {
+    /// Nothing to drop: this is the answer (the current map, or why not).
+    Answer(Result<ChunkMap>),
+    /// The reported replica is in the current chain at the reported version.
+    Drop(Replica),
+}
+
+impl MdsService {
+    /// Validates a failure report against the current state: lease, chunk,
+    /// ownership, a copy in progress, chain membership, version.
+    fn check_report(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+    ) -> Result<ReportCheck> {
+        let now = self.now();
+        let core = self.core();
+        let lease_rec = core.state.check_lease(lease, now, false)?;
+        let (ino, writer) = (lease_rec.ino, lease_rec.mode == LeaseMode::Write);
+        let rec = core.state.chunk(chunk).ok_or_else(|| {
+            Error::stale(format!(
+                "chunk {chunk:#x} no longer exists (truncated or removed); refresh the file's chunk maps"
+            ))
+        })?;
+        if rec.file != ino {
+            return Err(Error::new(
+                ErrorKind::BadHandle,
+                format!(
+                    "chunk {chunk:#x} belongs to {}, not to {} leased by lease {lease}",
+                    core.state.path_of(rec.file),
+                    core.state.path_of(ino)
+                ),
+            ));
+        }
+        let map = core.state.chunk_map(chunk).expect("exists");
+        if core.busy.contains(&chunk) {
+            // The chain changes when the copy commits; a report now
+            // would race with it.
+            return Ok(ReportCheck::Answer(self.check_writable(&core, map)));
+        }
+        let current = |map: ChunkMap| {
+            if writer {
+                self.check_writable(&core, map)
+            } else {
+                Ok(map)
+            }
+        };
+        let replica = map.replicas.iter().find(|r| r.cs == cs).cloned();
+        match replica {
+            Some(replica) if version == map.version => Ok(ReportCheck::Drop(replica)),
+            _ => Ok(ReportCheck::Answer(current(map))),
+        }
+    }
+
+    /// The current map of `chunk` as the holder of `lease` may use it.
+    fn current_for_reporter(&self, lease: LeaseId, chunk: ChunkId) -> Result<ChunkMap> {
+        let now = self.now();
+        let core = self.core();
+        let writer = core.state.check_lease(lease, now, false)?.mode == LeaseMode::Write;
+        let map = core
+            .state
+            .chunk_map(chunk)
+            .ok_or_else(|| Error::stale(format!("chunk {chunk:#x} no longer exists")))?;
+        if writer {
+            self.check_writable(&core, map)
+        } else {
+            Ok(map)
+        }
+    }
+}
+
 impl MdsService {
     /// [`CsRegistry::heartbeat`] under the state lock (may queue events).
     fn heartbeat_locked(
@@ -1502,6 +1681,7 @@ impl MdsService {
         Ok(HeartbeatReply {
             scrub_period_ms: params.scrub_period_ms,
             scrub_rate_bytes_per_s: params.scrub_rate_bytes_per_s,
+            io_timeouts: params.io_timeouts(),
         })
     }
 }

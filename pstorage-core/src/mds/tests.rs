@@ -114,6 +114,9 @@ impl ChunkControl for FakeCs {
             .map(|(&chunk, &version)| ChunkReplicaInfo { chunk, version })
             .collect())
     }
+    async fn ping(&self) -> Result<()> {
+        self.check()
+    }
 }
 
 #[derive(Default)]
@@ -883,6 +886,8 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map), [1, 2, 3]);
+    // The MDS cannot reach CS 2 either (its probe fails): dropped.
+    c.cs(2).set_failing(true);
     let new = c
         .mds
         .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
@@ -977,7 +982,7 @@ async fn registration_computes_the_delete_list() {
     assert!(chain(&m0).contains(&1) && chain(&m1).contains(&1) && chain(&m2).contains(&1));
     // Drop CS 1 from m1 (it then holds a replica outside the chain).
     c.mds
-        .report_failure(lease.id, m1.chunk, 1, 1, FailureReason::Unreachable)
+        .report_failure(lease.id, m1.chunk, 1, 1, FailureReason::IoError)
         .await
         .unwrap();
 
@@ -1776,4 +1781,73 @@ async fn cluster_parameters_are_validated_persisted_and_logged() {
         .any(|e| e.kind == EventKind::Config && e.message.contains("cs.scrub.period")));
     let last = log.last().unwrap().seq;
     assert!(c.mds.event_log(last).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_report_about_a_server_the_mds_reaches_drops_nothing() {
+    let c = Cluster::new(&[30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    for reason in [FailureReason::Unreachable, FailureReason::TimedOut] {
+        let err = c
+            .mds
+            .report_failure(lease.id, map.chunk, map.version, 2, reason)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        for part in ["chunk server 2", "reachable from the MDS", &format!("{:#x}", map.chunk)] {
+            assert!(err.message().contains(part), "{part:?} missing in {err}");
+        }
+    }
+    let now = c.mds.chunk_map(lease.id, 0, false).await.unwrap().unwrap();
+    assert_eq!(now, map, "no drop, no version bump");
+    // The CS's own answers are not second-guessed.
+    let dropped = c
+        .mds
+        .report_failure(lease.id, map.chunk, map.version, 2, FailureReason::IoError)
+        .await
+        .unwrap();
+    assert_eq!(chain(&dropped), [1, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drops_on_reports_are_rate_limited_per_server() {
+    let c = Cluster::new(&[30, 20, 10]).await;
+    c.mds.set_config("mds.report.drop_burst", 2).await.unwrap();
+    c.mds.set_config("mds.report.drop_rate", 1).await.unwrap();
+    let lease = c.open_write("/f").await;
+    let maps: Vec<ChunkMap> = futures::future::join_all(
+        (0..4).map(|i| c.mds.chunk_map(lease.id, i, true)),
+    )
+    .await
+    .into_iter()
+    .map(|m| m.unwrap().unwrap())
+    .collect();
+    c.cs(3).set_failing(true);
+    let report = |m: &ChunkMap| {
+        c.mds
+            .report_failure(lease.id, m.chunk, m.version, 3, FailureReason::TimedOut)
+    };
+    assert_eq!(chain(&report(&maps[0]).await.unwrap()), [1, 2]);
+    assert_eq!(chain(&report(&maps[1]).await.unwrap()), [1, 2]);
+    // The burst is spent: the third chain keeps CS 3 for now.
+    let err = report(&maps[2]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("mds.report.drop_burst"), "{err}");
+    assert_eq!(c.state().chunk(maps[2].chunk).unwrap().replicas, [1, 2, 3]);
+    // One drop per minute comes back.
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    assert_eq!(chain(&report(&maps[2]).await.unwrap()), [1, 2]);
+    assert_eq!(kind(report(&maps[3]).await), ErrorKind::Unavailable);
+    // Another server has its own budget.
+    c.cs(2).set_failing(true);
+    let m = c.mds.chunk_map(lease.id, 3, false).await.unwrap().unwrap();
+    let dropped = c
+        .mds
+        .report_failure(lease.id, m.chunk, m.version, 2, FailureReason::Unreachable)
+        .await;
+    // Dropped from its own budget; the version push to CS 3 fails as well,
+    // so the chunk ends below replicas_min and the reporter waits.
+    assert_eq!(kind(dropped), ErrorKind::Unavailable);
+    assert!(!c.state().chunk(m.chunk).unwrap().replicas.contains(&2));
 }

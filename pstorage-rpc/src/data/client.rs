@@ -3,17 +3,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pstorage_core::conf::ClusterKey;
-use pstorage_core::error::{Error, Result};
+use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{ChunkConnector, ChunkService, ReplicaError, WriteRequest};
 use pstorage_core::types::{ChunkId, MapVersion, MAX_IO_SIZE};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::wire::{self, FrameReader, OutFrame, Response};
 use crate::auth::{self, Channel};
@@ -21,6 +23,17 @@ use crate::auth::{self, Channel};
 /// Bytes of requests and responses one [`DataClient`] keeps in flight at
 /// most; further requests wait for earlier ones to complete.
 pub const CLIENT_INFLIGHT_BYTES: usize = 64 << 20;
+
+/// How long [`TcpChunkConnector`] waits for a connection (TCP connect and
+/// the authentication handshake) by default: a frozen chunk server process
+/// still completes TCP connects in the kernel, but never the handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request given up on after waiting at least this long, on a connection
+/// that received nothing since the request was sent, condemns the
+/// connection: it is closed, and the connector dials anew at the next call.
+/// (Shorter waits are cancellations, not evidence of a dead peer.)
+pub const ABANDONED_TEARDOWN_AFTER: Duration = Duration::from_millis(500);
 
 /// What a pending request expects back.
 #[derive(Clone, Copy)]
@@ -39,6 +52,8 @@ struct Pending {
     next_id: u64,
     /// Why the connection closed; set once, never cleared.
     closed: Option<String>,
+    /// When the last frame arrived from the peer (or the connection opened).
+    last_rx: Instant,
 }
 
 struct Shared {
@@ -57,6 +72,30 @@ impl Shared {
             "data connection to chunk server {} is closed ({reason}); requests in flight may or may not have been applied; reconnect and retry",
             self.peer
         ))
+    }
+
+    /// Forgets request `id` whose caller gave up after it was sent at
+    /// `sent` (its late reply is discarded), and closes the connection if
+    /// the peer has sent nothing since: it is frozen or gone, and the next
+    /// call through the connector dials anew.
+    fn abandon(&self, id: u64, sent: Instant) {
+        let condemned = {
+            let mut p = self.pending.lock().expect("pending lock");
+            if p.map.remove(&id).is_none() {
+                return;
+            }
+            self.outstanding.store(p.map.len(), Ordering::Relaxed);
+            let waited = sent.elapsed();
+            (waited >= ABANDONED_TEARDOWN_AFTER && p.last_rx < sent).then_some(waited)
+        };
+        if let Some(waited) = condemned {
+            tracing::warn!(peer = %self.peer, waited_ms = waited.as_millis() as u64,
+                "data connection: a request was given up on and the chunk server sent nothing since; closing the connection");
+            self.close(format!(
+                "the chunk server sent nothing for {} ms while a request waited",
+                waited.as_millis()
+            ));
+        }
     }
 
     /// Marks the connection closed and fails every pending request. Idempotent.
@@ -94,9 +133,13 @@ impl Shared {
 /// `failed_cs: None`) and [`DataClient::is_closed`] turns true; connections
 /// are not re-established here (see [`TcpChunkConnector`]).
 ///
-/// A request has no deadline of its own: a chunk server that accepts
-/// requests but never answers holds them until the connection breaks.
-/// Callers that need a bound wrap calls in `tokio::time::timeout`.
+/// A request has no deadline of its own: callers bound it (pstorage-core
+/// wraps every data-path call in `tokio::time::timeout`). A caller that
+/// gives up removes its request (a late reply is discarded), and if the
+/// peer sent nothing since that request went out (after at least
+/// [`ABANDONED_TEARDOWN_AFTER`]), the connection is closed so that the next
+/// call dials anew: a frozen peer that resumes, or a restarted one, works
+/// again.
 pub struct DataClient {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<OutFrame>,
@@ -121,6 +164,7 @@ impl DataClient {
                 map: HashMap::new(),
                 next_id: 1,
                 closed: None,
+                last_rx: Instant::now(),
             }),
             closed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
@@ -163,7 +207,14 @@ impl DataClient {
         self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// Sends one request and waits for its response.
+    /// Requests sent and not answered yet (tests, diagnostics).
+    pub fn pending_requests(&self) -> usize {
+        self.shared.pending.lock().expect("pending lock").map.len()
+    }
+
+    /// Sends one request and waits for its response. A caller that gives up
+    /// (drops this future, e.g. on a deadline) removes its pending entry,
+    /// and may condemn the connection (see [`ABANDONED_TEARDOWN_AFTER`]).
     async fn call(&self, mut frame: OutFrame, expect: Expect) -> Result<Response> {
         let weight = frame.head.len()
             + frame.body.len()
@@ -177,7 +228,7 @@ impl DataClient {
             .await
             .expect("the semaphore is never closed");
         let (reply, response) = oneshot::channel();
-        {
+        let id = {
             let mut p = self.shared.pending.lock().expect("pending lock");
             if let Some(reason) = &p.closed {
                 return Err(self.shared.unavailable(reason));
@@ -198,10 +249,35 @@ impl DataClient {
                     .store(p.map.len(), Ordering::Relaxed);
                 return Err(self.shared.unavailable("the sender stopped"));
             }
-        }
-        match response.await {
+            id
+        };
+        let mut waiting = Waiting {
+            shared: &self.shared,
+            id,
+            sent: Instant::now(),
+            answered: false,
+        };
+        let result = match response.await {
             Ok(r) => r,
             Err(_) => Err(self.shared.unavailable("the reader stopped")),
+        };
+        waiting.answered = true;
+        result
+    }
+}
+
+/// A request in flight; dropped unanswered, it abandons the request.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    id: u64,
+    sent: Instant,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.shared.abandon(self.id, self.sent);
         }
     }
 }
@@ -229,13 +305,19 @@ async fn read_responses(read_half: OwnedReadHalf, shared: Arc<Shared>) {
                 break format!("malformed response: {e}");
             }
         };
-        let entry = {
+        let (entry, issued) = {
             let mut p = shared.pending.lock().expect("pending lock");
+            p.last_rx = Instant::now();
             let entry = p.map.remove(&header.id);
             shared.outstanding.store(p.map.len(), Ordering::Relaxed);
-            entry
+            (entry, header.id < p.next_id)
         };
         let Some(entry) = entry else {
+            if issued {
+                // A late reply to a request its caller gave up on.
+                tracing::debug!(peer = %shared.peer, id = header.id, "data connection: discarding a late response");
+                continue;
+            }
             tracing::warn!(peer = %shared.peer, id = header.id, "data connection: response to an unknown request; closing it");
             break format!("response to unknown request {}", header.id);
         };
@@ -323,15 +405,25 @@ struct Slot {
 pub struct TcpChunkConnector {
     key: ClusterKey,
     slots: Mutex<HashMap<String, Slot>>,
+    connect_timeout: Duration,
 }
 
 impl TcpChunkConnector {
-    /// A connector that authenticates with `key`.
+    /// A connector that authenticates with `key`, giving up on a connection
+    /// after [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn new(key: ClusterKey) -> TcpChunkConnector {
         TcpChunkConnector {
             key,
             slots: Mutex::new(HashMap::new()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
+    }
+
+    /// The same with another deadline for connecting (TCP connect and
+    /// authentication handshake).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> TcpChunkConnector {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// The live cached client for `addr`, or the lock to dial it under.
@@ -351,6 +443,7 @@ impl TcpChunkConnector {
 #[async_trait]
 impl ChunkConnector for TcpChunkConnector {
     /// Errors: `Unavailable` when the chunk server cannot be reached,
+    /// `TimedOut` when connecting takes longer than the connect timeout,
     /// `PermissionDenied` when it does not share our cluster key.
     async fn chunk_service(&self, addr: &str) -> Result<Arc<dyn ChunkService>> {
         let dial = match self.cached(addr) {
@@ -362,9 +455,21 @@ impl ChunkConnector for TcpChunkConnector {
         if let Ok(client) = self.cached(addr) {
             return Ok(client);
         }
-        let stream = auth::connect(addr, &self.key, Channel::Data)
-            .await
-            .map_err(|e| e.context(format!("chunk server {addr}")))?;
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, auth::connect(addr, &self.key, Channel::Data))
+                .await
+            {
+                Ok(connected) => connected.map_err(|e| e.context(format!("chunk server {addr}")))?,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "connecting to chunk server {addr} (TCP and authentication) did not complete within {} ms; is the process stopped or the host down?",
+                            self.connect_timeout.as_millis()
+                        ),
+                    ))
+                }
+            };
         let client = Arc::new(DataClient::new(stream));
         self.slots
             .lock()

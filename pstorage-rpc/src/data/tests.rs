@@ -510,3 +510,79 @@ async fn dropping_the_client_closes_the_connection() {
         .expect("the server must see the connection end")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_request_given_up_on_leaves_no_pending_entry_and_its_late_reply_is_discarded() {
+    let service = Arc::new(MemService::gated());
+    let server = start_server(service.clone(), "127.0.0.1:0").await;
+    let client = client_for(&server.addr).await;
+    let held = client.write(write_req(2, 1, 0, WritePayload::Zeros(1)));
+    let others = async {
+        // The peer keeps answering other requests while the write waits:
+        // it is alive, so giving up on the write keeps the connection.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client.flush(9, 1).await.unwrap();
+        }
+        std::future::pending::<()>().await
+    };
+    let raced = tokio::time::timeout(Duration::from_millis(1500), async {
+        tokio::join!(held, others).0
+    })
+    .await;
+    assert!(raced.is_err(), "the gated write cannot complete");
+    assert_eq!(service.writes_started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        client.pending_requests(),
+        0,
+        "the abandoned request is forgotten"
+    );
+    assert!(!client.is_closed());
+    // Its late reply arrives and is discarded; the connection goes on.
+    service.gate.as_ref().unwrap().add_permits(1);
+    while !service.chunks.lock().unwrap().contains_key(&2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Answered after the late reply, on the same connection.
+    client.flush(9, 1).await.unwrap();
+    assert!(!client.is_closed());
+    assert_eq!(client.pending_requests(), 0);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_is_torn_down_and_redialed() {
+    let service = Arc::new(MemService::gated());
+    let server = start_server(service.clone(), "127.0.0.1:0").await;
+    let connector = TcpChunkConnector::new(key(1));
+    let first = connector.chunk_service(&server.addr).await.unwrap();
+    let given_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        first.write(write_req(1, 1, 0, WritePayload::Zeros(1))),
+    )
+    .await;
+    assert!(given_up.is_err(), "the peer never answers");
+    // Nothing came back while the request waited: the connection is
+    // condemned, and the next call dials a new one that works.
+    let err = first.flush(1, 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let second = connector.chunk_service(&server.addr).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &second));
+    second.flush(1, 1).await.unwrap();
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connecting_to_a_peer_that_accepts_but_never_authenticates_times_out() {
+    // A frozen process: the kernel completes the TCP connect, nobody
+    // answers the handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connector = TcpChunkConnector::new(key(1)).with_connect_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = connector.chunk_service(&addr).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(err.message().contains(&addr), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(listener);
+}

@@ -1,0 +1,398 @@
+//! Deadlines on the data path, end to end in memory: the real client, MDS
+//! service and chunk servers over [`MemNetwork`], on tokio's paused clock.
+//! A frozen chunk server (SIGSTOP) is reported by whoever waits on it and
+//! dropped once the MDS's own probe fails; a chunk server that one client
+//! cannot reach, or that is slow but alive, keeps its replicas.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Client, ClientOptions, File};
+use crate::chunk::memory::MemNetwork;
+use crate::chunk::MemChunkStore;
+use crate::error::Result;
+use crate::mds::{ClusterParams, MdsConfig, MdsService, MdsState};
+use crate::traits::{ChunkControl, ControlConnector, CsRegistry, ManualClock, MetadataService};
+use crate::types::{
+    ChunkId, ChunkMap, ChunkReplicaInfo, CsId, FileAttrs, IoTimeouts, LeaseMode, MapVersion,
+    OpenFlags, Replica, Replicas,
+};
+use crate::ErrorKind;
+
+const T: Duration = Duration::from_millis(IoTimeouts::DEFAULT_REPLICA_MS);
+/// The MDS's probe deadline (the default of `mds.cs.probe_tout`).
+fn probe_timeout() -> Duration {
+    Duration::from_millis(ClusterParams::default().cs_probe_timeout_ms)
+}
+
+/// Counts the MDS's pings, forwarding every control call to the network.
+struct CountingControl {
+    net: Arc<MemNetwork>,
+    pings: Arc<AtomicUsize>,
+}
+
+struct Counted {
+    inner: Arc<dyn ChunkControl>,
+    pings: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ControlConnector for CountingControl {
+    async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>> {
+        Ok(Arc::new(Counted {
+            inner: self.net.chunk_control(addr).await?,
+            pings: self.pings.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl ChunkControl for Counted {
+    async fn create_chunk(&self, chunk: ChunkId, version: MapVersion, size: u64) -> Result<()> {
+        self.inner.create_chunk(chunk, version, size).await
+    }
+    async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.inner.set_version(chunk, version).await
+    }
+    async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
+        self.inner.delete_chunk(chunk).await
+    }
+    async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        self.inner.list_chunks().await
+    }
+    async fn replicate_chunk(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        chunk_size: u64,
+        source: Replica,
+        rate: u64,
+    ) -> Result<()> {
+        self.inner
+            .replicate_chunk(chunk, version, chunk_size, source, rate)
+            .await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        self.inner.ping().await
+    }
+}
+
+/// An MDS and four chunk servers (replicas 3:2) in memory.
+struct Rig {
+    net: Arc<MemNetwork>,
+    mds: Arc<MdsService>,
+    pings: Arc<AtomicUsize>,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let net = MemNetwork::new();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let attrs = FileAttrs {
+            replicas: Replicas { norm: 3, min: 2 },
+            chunk_size: 1 << 20,
+        };
+        let mds = Arc::new(MdsService::in_memory(
+            MdsState::new(attrs).unwrap(),
+            Arc::new(CountingControl {
+                net: net.clone(),
+                pings: pings.clone(),
+            }),
+            Arc::new(ManualClock::new(1_000_000)),
+            MdsConfig {
+                params: ClusterParams {
+                    fill_margin_percent: 0,
+                    ..ClusterParams::default()
+                },
+                ..MdsConfig::default()
+            },
+        ));
+        for _ in 0..4 {
+            let id = mds.allocate_cs_id().await.unwrap();
+            let addr = format!("cs{id}");
+            let server = net.add_server(id, &addr, Arc::new(MemChunkStore::new()));
+            let registration = server.registration(&addr).await.unwrap();
+            mds.register_cs(registration).await.unwrap();
+        }
+        Rig { net, mds, pings }
+    }
+
+    /// A client named `name` (see [`MemNetwork::client_view`]).
+    fn client(&self, name: &str, io_timeout: Duration) -> Client {
+        Client::new(
+            self.mds.clone(),
+            self.net.client_view(name),
+            ClientOptions {
+                io_timeout,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    fn map(&self, path: &str) -> ChunkMap {
+        let state = self.mds.state_snapshot();
+        let ino = state.lookup(path).unwrap();
+        state.file_chunk_map(ino, 0).unwrap()
+    }
+}
+
+async fn create(client: &Client, path: &str) -> File {
+    let file = client
+        .open(
+            path,
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    file.write_at(0, &[1u8; 4096]).await.unwrap();
+    file
+}
+
+fn chain(map: &ChunkMap) -> Vec<CsId> {
+    map.replicas.iter().map(|r| r.cs).collect()
+}
+
+fn data(seed: u8) -> Bytes {
+    Bytes::from((0..64 << 10).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>())
+}
+
+/// Freezes the replica at `position` of a 3-replica chain under a writer:
+/// the write completes on the survivors, the frozen one (and only it) is
+/// dropped, within the budget of that position.
+async fn frozen_member_is_dropped(position: usize) {
+    let rig = Rig::new().await;
+    let client = rig.client("vm", Duration::from_secs(60));
+    let file = create(&client, "/disk").await;
+    let before = rig.map("/disk");
+    assert_eq!(before.replicas.len(), 3);
+    let frozen = before.replicas[position].clone();
+    rig.net.set_frozen(&frozen.addr, true);
+
+    let started = Instant::now();
+    file.write_at_bytes(0, data(position as u8)).await.unwrap();
+    let paused = started.elapsed();
+
+    let after = rig.map("/disk");
+    let expected: Vec<CsId> = chain(&before)
+        .into_iter()
+        .filter(|cs| *cs != frozen.cs)
+        .collect();
+    assert_eq!(
+        chain(&after),
+        expected,
+        "only the frozen replica is dropped"
+    );
+    assert_eq!(after.version, before.version + 1);
+    // Whoever waits on the frozen replica reports it: the client for the
+    // head (n shares), the head for the middle (2 shares), the middle for
+    // the tail (1 share). Then the MDS's probe times out.
+    let shares = 3 - position as u32;
+    assert!(paused >= T * shares, "{paused:?} for position {position}");
+    assert!(
+        paused <= T * shares + probe_timeout() + Duration::from_millis(500),
+        "{paused:?} for position {position}"
+    );
+    assert!(paused < Duration::from_secs(15), "the guest's pause budget");
+    assert_eq!(rig.pings.load(Ordering::SeqCst), 1, "one probe");
+    assert_eq!(
+        file.read_at_bytes(0, 64 << 10).await.unwrap(),
+        data(position as u8)
+    );
+    // Thawed, the server is out of the chain and a later write does not
+    // touch it.
+    rig.net.set_frozen(&frozen.addr, false);
+    file.write_at_bytes(0, data(9)).await.unwrap();
+    assert_eq!(rig.map("/disk").version, after.version);
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_tail_is_reported_by_the_middle_and_dropped() {
+    frozen_member_is_dropped(2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_middle_is_reported_by_the_head_and_dropped() {
+    frozen_member_is_dropped(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_head_is_reported_by_the_client_and_dropped() {
+    frozen_member_is_dropped(0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_fail_over_from_a_frozen_replica() {
+    let rig = Rig::new().await;
+    let client = rig.client("vm", Duration::from_secs(60));
+    let file = create(&client, "/disk").await;
+    file.write_at_bytes(0, data(3)).await.unwrap();
+    let before = rig.map("/disk");
+    rig.net.set_frozen(&before.replicas[1].addr, true);
+    // Every read completes, each within one replica deadline of failover.
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(file.read_at_bytes(0, 64 << 10).await.unwrap(), data(3));
+        assert!(started.elapsed() <= T + Duration::from_millis(100));
+    }
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_fails_over_from_a_frozen_replica_after_its_own_deadline() {
+    let rig = Rig::new().await;
+    let client = rig.client("vm", Duration::from_secs(60));
+    let file = create(&client, "/disk").await;
+    file.write_at_bytes(0, data(4)).await.unwrap();
+    let before = rig.map("/disk");
+    let frozen = before.replicas[1].clone();
+    rig.net.set_frozen(&frozen.addr, true);
+    let started = Instant::now();
+    file.flush().await.unwrap();
+    let paused = started.elapsed();
+    let flush_deadline = IoTimeouts::default().flush();
+    assert!(paused >= flush_deadline, "{paused:?}");
+    assert!(paused <= flush_deadline + probe_timeout() + Duration::from_millis(500));
+    let after = rig.map("/disk");
+    assert!(!chain(&after).contains(&frozen.cs), "{after:?}");
+    assert_eq!(after.replicas.len(), 2);
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reports_about_one_frozen_server_costs_one_probe() {
+    let rig = Rig::new().await;
+    let client = rig.client("vm", Duration::from_secs(60));
+    let mut files = Vec::new();
+    for i in 0..4 {
+        files.push(create(&client, &format!("/f{i}")).await);
+    }
+    // Placement spreads chunks; freeze a server that is in most chains.
+    let maps: Vec<ChunkMap> = (0..4).map(|i| rig.map(&format!("/f{i}"))).collect();
+    let victim = (1..=4u32)
+        .max_by_key(|cs| maps.iter().filter(|m| chain(m).contains(cs)).count())
+        .unwrap();
+    let hit = maps.iter().filter(|m| chain(m).contains(&victim)).count();
+    assert!(hit >= 2, "{maps:?}");
+    rig.net.set_frozen(&format!("cs{victim}"), true);
+    let writes = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.write_at_bytes(0, data(i as u8)));
+    for result in futures::future::join_all(writes).await {
+        result.unwrap();
+    }
+    for i in 0..4 {
+        assert!(!chain(&rig.map(&format!("/f{i}"))).contains(&victim));
+    }
+    assert!(
+        rig.pings.load(Ordering::SeqCst) <= 2,
+        "{} probes for {hit} chains",
+        rig.pings.load(Ordering::SeqCst)
+    );
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_cut_off_from_one_server_does_not_strip_its_replicas() {
+    let rig = Rig::new().await;
+    let cut_off = rig.client("cut-off", Duration::from_secs(20));
+    let other = rig.client("other", Duration::from_secs(60));
+    let file = create(&cut_off, "/a").await;
+    let before = rig.map("/a");
+    let head = before.replicas[0].clone();
+    rig.net.set_refused("cut-off", &head.addr, true);
+
+    // The cut-off client's reads go around the head.
+    assert_eq!(
+        file.read_at_bytes(0, 4096).await.unwrap(),
+        Bytes::from(vec![1u8; 4096])
+    );
+    // Its writes wait (the MDS reaches the head, so it stays) and fail
+    // after its I/O timeout, saying why.
+    let started = Instant::now();
+    let e = file.write_at_bytes(0, data(1)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.message().contains("reachable from the MDS"), "{e}");
+    assert!(started.elapsed() >= Duration::from_secs(20));
+    let after = rig.map("/a");
+    assert_eq!(
+        (chain(&after), after.version),
+        (chain(&before), before.version)
+    );
+
+    // Another client writes through the same server, unaffected.
+    let g = create(&other, "/b").await;
+    let started = Instant::now();
+    g.write_at_bytes(0, data(2)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(g.read_at_bytes(0, 64 << 10).await.unwrap(), data(2));
+    assert_eq!(rig.map("/b").replicas.len(), 3);
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_but_alive_server_is_not_dropped() {
+    let rig = Rig::new().await;
+    let client = rig.client("vm", Duration::from_secs(60));
+    let file = create(&client, "/disk").await;
+    let before = rig.map("/disk");
+    let slow = before.replicas[2].addr.clone();
+    // An fsync storm: every data-path call takes 5 s (more than the
+    // replica deadline) for 20 s; the server still answers the MDS.
+    rig.net.set_data_delay(&slow, Duration::from_secs(5));
+    let net = rig.net.clone();
+    let storm = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        net.set_data_delay(&slow, Duration::ZERO);
+    });
+    file.write_at_bytes(0, data(7)).await.unwrap();
+    storm.await.unwrap();
+    let after = rig.map("/disk");
+    assert_eq!(
+        (chain(&after), after.version),
+        (chain(&before), before.version)
+    );
+    assert!(rig.pings.load(Ordering::SeqCst) >= 1, "the MDS checked it");
+    assert_eq!(file.read_at_bytes(0, 64 << 10).await.unwrap(), data(7));
+    rig.net.clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunk_servers_and_clients_apply_the_cluster_deadlines() {
+    let rig = Rig::new().await;
+    rig.mds.set_config("io.replica_tout", 1_000).await.unwrap();
+    let client = rig.client("vm", Duration::from_secs(60));
+    let file = create(&client, "/disk").await;
+    let before = rig.map("/disk");
+    // Chunk servers learn it from heartbeat replies.
+    let reply = rig
+        .mds
+        .heartbeat(1, Default::default(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(reply.io_timeouts.replica_ms, 1_000);
+    for r in &before.replicas {
+        rig.net
+            .server(&r.addr)
+            .unwrap()
+            .set_io_timeouts(reply.io_timeouts);
+    }
+    rig.net.set_frozen(&before.replicas[2].addr, true);
+    let started = Instant::now();
+    file.write_at_bytes(0, data(1)).await.unwrap();
+    let paused = started.elapsed();
+    assert!(paused >= Duration::from_secs(1), "{paused:?}");
+    assert!(paused <= Duration::from_secs(1) + probe_timeout() + Duration::from_millis(500));
+    rig.net.clear();
+}
