@@ -270,7 +270,7 @@ async fn a_flush_fails_over_from_a_frozen_replica_after_its_own_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_of_reports_about_one_frozen_server_costs_one_probe() {
+async fn reports_about_one_frozen_server_in_many_chains_cost_few_probes() {
     let rig = Rig::new().await;
     let client = rig.client("vm", Duration::from_secs(60));
     let mut files = Vec::new();
@@ -356,7 +356,9 @@ async fn a_slow_but_alive_server_is_not_dropped() {
         tokio::time::sleep(Duration::from_secs(20)).await;
         net.set_data_delay(&slow, Duration::ZERO);
     });
+    let started = Instant::now();
     file.write_at_bytes(0, data(7)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(20), "it waited out the storm");
     storm.await.unwrap();
     let after = rig.map("/disk");
     assert_eq!(

@@ -31,6 +31,9 @@ struct FakeCs {
     calls: Mutex<Vec<Call>>,
     /// When set, `replicate_chunk` waits for a permit (copies in flight).
     gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Pings never answer (a frozen process).
+    hang_ping: AtomicBool,
+    pings: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeCs {
@@ -115,6 +118,10 @@ impl ChunkControl for FakeCs {
             .collect())
     }
     async fn ping(&self) -> Result<()> {
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        if self.hang_ping.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.check()
     }
 }
@@ -1850,4 +1857,33 @@ async fn drops_on_reports_are_rate_limited_per_server() {
     // so the chunk ends below replicas_min and the reporter waits.
     assert_eq!(kind(dropped), ErrorKind::Unavailable);
     assert!(!c.state().chunk(m.chunk).unwrap().replicas.contains(&2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_reports_about_one_server_share_one_probe() {
+    let c = Cluster::new(&[30, 20, 10]).await;
+    let lease = c.open_write("/f").await;
+    let mut maps = Vec::new();
+    for i in 0..4 {
+        maps.push(c.mds.chunk_map(lease.id, i, true).await.unwrap().unwrap());
+    }
+    c.cs(3).hang_ping.store(true, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let reports = maps.iter().map(|m| {
+        c.mds
+            .report_failure(lease.id, m.chunk, m.version, 3, FailureReason::TimedOut)
+    });
+    for (map, result) in maps.iter().zip(futures::future::join_all(reports).await) {
+        let new = result.unwrap();
+        assert_eq!((chain(&new), new.version), (vec![1, 2], map.version + 1));
+    }
+    assert_eq!(c.cs(3).pings.load(Ordering::SeqCst), 1, "one probe for four reports");
+    let probe_tout = std::time::Duration::from_millis(ClusterParams::default().cs_probe_timeout_ms);
+    assert!(started.elapsed() >= probe_tout);
+    assert!(started.elapsed() < probe_tout * 2);
+    let events = events(&c, EventKind::CsState);
+    assert!(
+        events.iter().any(|e| e.contains("answers neither a client nor the MDS's probe")),
+        "{events:?}"
+    );
 }
