@@ -390,8 +390,18 @@ pub struct ReplicationStatus {
     pub done_bytes: u64,
     /// Copies that failed (and will be retried).
     pub failed_chunks: u64,
-    /// Copy rate over the last few seconds, bytes/s.
+    /// Bytes sent by copies per second over the last few seconds.
     pub rate_bytes_per_s: u64,
+    /// Bytes sent by finished copies (the blocks that differed; holes and
+    /// blocks a stale replica already had are not sent).
+    pub copied_bytes: u64,
+    /// What is left to go through: the in-flight copies' remainders plus a
+    /// chunk size per missing copy of the pending chunks (an upper bound:
+    /// sparse chunks and stale replicas go faster).
+    pub remaining_bytes: u64,
+    /// `remaining_bytes / rate_bytes_per_s`, seconds; `None` when nothing
+    /// moved over the last few seconds (unknown) or nothing remains.
+    pub eta_s: Option<u64>,
 }
 
 /// What `pstorage stat` shows.

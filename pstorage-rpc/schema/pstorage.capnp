@@ -240,6 +240,9 @@ struct ReplicationStatus {
   doneBytes @3 :UInt64;
   failedChunks @4 :UInt64;
   rateBytesPerS @5 :UInt64;
+  copiedBytes @6 :UInt64;
+  remainingBytes @7 :UInt64;
+  etaS @8 :UInt64;        # seconds; UInt64 max = unknown
 }
 
 # An MDS as listed by `stat`.

@@ -152,6 +152,9 @@ fn sample_cluster_status() -> ClusterStatus {
             done_bytes: 7 << 20,
             failed_chunks: 1,
             rate_bytes_per_s: 1 << 20,
+            copied_bytes: 3 << 20,
+            remaining_bytes: 30 << 20,
+            eta_s: Some(30),
         },
         logical_bytes: 123_456_789,
     }

@@ -479,6 +479,9 @@ impl WireStruct for ReplicationStatus {
         b.set_done_bytes(self.done_bytes);
         b.set_failed_chunks(self.failed_chunks);
         b.set_rate_bytes_per_s(self.rate_bytes_per_s);
+        b.set_copied_bytes(self.copied_bytes);
+        b.set_remaining_bytes(self.remaining_bytes);
+        b.set_eta_s(self.eta_s.unwrap_or(u64::MAX));
     }
     fn read(r: schema::replication_status::Reader<'_>) -> capnp::Result<Self> {
         Ok(ReplicationStatus {
@@ -488,6 +491,9 @@ impl WireStruct for ReplicationStatus {
             done_bytes: r.get_done_bytes(),
             failed_chunks: r.get_failed_chunks(),
             rate_bytes_per_s: r.get_rate_bytes_per_s(),
+            copied_bytes: r.get_copied_bytes(),
+            remaining_bytes: r.get_remaining_bytes(),
+            eta_s: Some(r.get_eta_s()).filter(|&s| s != u64::MAX),
         })
     }
 }

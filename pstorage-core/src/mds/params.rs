@@ -34,6 +34,13 @@ pub struct ClusterParams {
     /// `cs.scrub.rate`: scrubbing reads at most this many bytes/s per chunk
     /// server (0 = unlimited).
     pub scrub_rate_bytes_per_s: u64,
+    /// `mds.repl.progress_tout`: a chunk copy that moved no bytes for this
+    /// long is cancelled and planned again (its partial copy is reused), in
+    /// ms. A copy as a whole has no deadline.
+    pub repl_progress_timeout_ms: u64,
+    /// `mds.repl.per_cs`: chunk copies in flight at most per chunk server,
+    /// as source or target.
+    pub repl_per_cs: u64,
 }
 
 impl Default for ClusterParams {
@@ -45,6 +52,8 @@ impl Default for ClusterParams {
             repl_concurrency: 4,
             scrub_period_ms: 7 * 24 * 3600 * 1000,
             scrub_rate_bytes_per_s: 32 << 20,
+            repl_progress_timeout_ms: 30_000,
+            repl_per_cs: 2,
         }
     }
 }
@@ -107,6 +116,22 @@ const SPECS: &[Spec] = &[
         max: u64::MAX,
         description: "scrubbing read rate per chunk server (0 = unlimited)",
         field: |p| &mut p.scrub_rate_bytes_per_s,
+    },
+    Spec {
+        key: "mds.repl.progress_tout",
+        unit: "ms",
+        min: 1_000,
+        max: 24 * 3600 * 1000,
+        description: "a chunk copy that moved no bytes this long is cancelled and retried",
+        field: |p| &mut p.repl_progress_timeout_ms,
+    },
+    Spec {
+        key: "mds.repl.per_cs",
+        unit: "chunks",
+        min: 1,
+        max: 256,
+        description: "chunk copies in flight per chunk server (as source or target)",
+        field: |p| &mut p.repl_per_cs,
     },
 ];
 
@@ -201,6 +226,8 @@ mod tests {
             "mds.wd.offline_tout=10",
             "mds.alloc.fill_margin=100",
             "mds.repl.concurrency=0",
+            "mds.repl.per_cs=0",
+            "mds.repl.progress_tout=10",
             "no.such.key=1",
         ] {
             let e = ClusterParams::parse_assignment(bad).unwrap_err();
