@@ -1667,6 +1667,12 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
         .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
         .await
         .unwrap();
+    // CS 2 stays silent (inactive): the copy goes to CS 4.
+    for _ in 0..4 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[1, 3, 4]).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
     *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
