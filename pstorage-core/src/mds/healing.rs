@@ -625,7 +625,7 @@ impl MdsService {
         let mut failed = Vec::new();
         for (t, r) in job.targets.iter().zip(results) {
             match r {
-                Ok(()) => copied.push(t.clone()),
+                Ok(_stats) => copied.push(t.clone()),
                 Err(e) => {
                     tracing::warn!(
                         "MDS: copying chunk {chunk:#x} from CS {} to CS {} ({}) failed: {e}",

@@ -88,10 +88,10 @@ impl ChunkControl for FakeCs {
         &self,
         chunk: ChunkId,
         version: MapVersion,
-        _chunk_size: u64,
+        chunk_size: u64,
         source: Replica,
         _rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate.acquire().await.unwrap().forget();
@@ -102,7 +102,15 @@ impl ChunkControl for FakeCs {
             .unwrap()
             .push(Call::Replicate(chunk, version, source.cs));
         self.chunks.lock().unwrap().insert(chunk, version);
-        Ok(())
+        Ok(CopyStats {
+            bytes_copied: chunk_size,
+            bytes_compared: chunk_size,
+            reused_base: false,
+        })
+    }
+    async fn copy_progress(&self, _chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.check()?;
+        Ok(None)
     }
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.check()?;
