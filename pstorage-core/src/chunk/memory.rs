@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ControlConnector, ReplicaError, WriteRequest,
 };
-use crate::types::{ChunkId, ChunkReplicaInfo, CsId, MapVersion, Replica};
+use crate::types::{ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, MapVersion, Replica};
 
 use super::{ChunkServer, ChunkStore};
 
@@ -163,6 +163,16 @@ impl ChunkService for Link {
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         ChunkService::flush(self.server()?.as_ref(), chunk, version).await
     }
+
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        self.server()?.block_crcs(chunk, version, offset, len).await
+    }
 }
 
 #[async_trait]
@@ -197,9 +207,13 @@ impl ChunkControl for Link {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         self.server()?
             .replicate_chunk(chunk, version, chunk_size, source, rate_bytes_per_s)
             .await
+    }
+
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.server()?.copy_progress(chunk).await
     }
 }
