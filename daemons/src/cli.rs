@@ -474,15 +474,24 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
         "Chunks: {} total: {} healthy, {} degraded, {} urgent, {} blocked, {} replicating",
         s.chunks, c.healthy, c.degraded, c.urgent, c.blocked, c.replicating
     );
+    let eta = match r.eta_s {
+        _ if r.remaining_bytes == 0 => "-".to_string(),
+        None => "unknown".to_string(),
+        Some(s) if s >= 3600 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        Some(s) => format!("{}m{:02}s", s / 60, s % 60),
+    };
     let _ = writeln!(
         out,
-        "Replication: {} chunk(s) pending, {} in flight, {} done ({}), {} failed, {}/s",
+        "Replication: {} chunk(s) pending, {} in flight, {} done ({}), {} failed; {}/s, {} sent, {} left, ETA {}",
         r.pending_chunks,
         r.in_flight,
         r.done_chunks,
         human(r.done_bytes),
         r.failed_chunks,
-        human(r.rate_bytes_per_s)
+        human(r.rate_bytes_per_s),
+        human(r.copied_bytes),
+        human(r.remaining_bytes),
+        eta
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "MDS nodes: {}", s.mds.len());

@@ -215,6 +215,22 @@ pub trait ChunkService: Send + Sync {
     ) -> Result<Bytes>;
     /// Makes every write applied so far durable on this replica.
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+    /// The CRC-table entries of the 4 KiB blocks of `[offset, offset +
+    /// len)`, in order: `0` for a block never written (or zeroed), which
+    /// reads as zeros; otherwise the block's CRC-64 as the chunk format
+    /// stores it ([`encode_block_crc`](crate::chunk::encode_block_crc)).
+    /// Two replicas whose entries for a block are equal hold the same bytes
+    /// there (up to a CRC-64 collision). Version-checked like `read`.
+    /// `offset` and `len` must be multiples of [`BLOCK_SIZE`] and `len` at
+    /// most [`MAX_BLOCK_CRCS`] blocks (`InvalidArgument` otherwise): callers
+    /// page through larger chunks.
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>>;
 }
 
 /// Control operations the MDS performs on a chunk server.
@@ -234,11 +250,35 @@ pub trait ChunkControl: Send + Sync {
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
     /// Every replica held, with its version.
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
-    /// Makes this chunk server hold a current replica of `chunk` at
-    /// `version` by copying it from `source` (a replica already at
-    /// `version`) over the data path, at most `rate_bytes_per_s` (0 =
-    /// unlimited). Any replica of the chunk held here is replaced. The new
-    /// replica is durable (flushed, version set) before this returns.
+    /// Makes this chunk server hold a replica of `chunk` identical to
+    /// `source`'s (a replica at `version`, quiescent while this runs), and
+    /// sets it to `version` durably (flushed first) before returning.
+    ///
+    /// Only what differs is copied: the source's CRC table (paged
+    /// [`ChunkService::block_crcs`]) is compared with the base's, blocks
+    /// whose entries differ are read from the source (verified by their
+    /// CRCs) and written here, blocks the source never wrote are zeroed
+    /// here. The base is, in order of preference: a replica of `chunk` held
+    /// here at a version up to `version` (a replica that fell behind, out of
+    /// every chain while this runs: updated in place, its version set only
+    /// at the end, so a crash leaves it stale, never wrong), a partial copy
+    /// left by an earlier interrupted call (resumed), or an empty replica.
+    /// The bytes read from the source are paced at `rate_bytes_per_s` (0 =
+    /// unlimited).
+    ///
+    /// There is no deadline on the whole copy, only on progress: a request
+    /// to the source that gets no answer within the chunk server's progress
+    /// timeout fails the copy with `TimedOut`; [`copy_progress`] shows how
+    /// far it got. A failed copy keeps what it copied for a later call (see
+    /// the chunk server's documentation for bounds), never served or listed.
+    ///
+    /// Errors: `Stale` if a replica held here is newer than `version` (or
+    /// the source is not at `version`), `Busy` if a copy of `chunk` is
+    /// already running here, `InvalidArgument` for a bad chunk size or
+    /// `source` being this chunk server; otherwise the source's or the local
+    /// store's error.
+    ///
+    /// [`copy_progress`]: ChunkControl::copy_progress
     async fn replicate_chunk(
         &self,
         chunk: ChunkId,
@@ -246,7 +286,11 @@ pub trait ChunkControl: Send + Sync {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()>;
+    ) -> Result<CopyStats>;
+    /// The copy of `chunk` running here ([`replicate_chunk`]), if any.
+    ///
+    /// [`replicate_chunk`]: ChunkControl::replicate_chunk
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>>;
     /// Answers at once, touching no disk, while the chunk server serves its
     /// data path; `Unavailable` while it does not (not registered, fenced).
     /// The MDS's probe before it drops a replica a client reported

@@ -32,6 +32,13 @@ pub const MAX_REPLICAS: u8 = 15;
 /// Largest single read or write request on the data path.
 pub const MAX_IO_SIZE: u64 = 16 << 20;
 
+/// Most CRC-table entries one [`ChunkService::block_crcs`] call returns:
+/// 65536 blocks, i.e. 256 MiB of chunk in a 512 KiB reply. Callers page
+/// through larger chunks.
+///
+/// [`ChunkService::block_crcs`]: crate::traits::ChunkService::block_crcs
+pub const MAX_BLOCK_CRCS: u64 = 64 << 10;
+
 /// `replicas=norm:min`: keep `norm` copies; accept writes while `min` remain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replicas {
@@ -461,8 +468,18 @@ pub struct ReplicationStatus {
     pub done_bytes: u64,
     /// Copies that failed (and will be retried).
     pub failed_chunks: u64,
-    /// Copy rate over the last few seconds, bytes/s.
+    /// Bytes sent by copies per second over the last few seconds.
     pub rate_bytes_per_s: u64,
+    /// Bytes sent by finished copies (the blocks that differed; holes and
+    /// blocks a stale replica already had are not sent).
+    pub copied_bytes: u64,
+    /// What is left to go through: the in-flight copies' remainders plus a
+    /// chunk size per missing copy of the pending chunks (an upper bound:
+    /// sparse chunks and stale replicas go faster).
+    pub remaining_bytes: u64,
+    /// `remaining_bytes / rate_bytes_per_s`, seconds; `None` when nothing
+    /// moved over the last few seconds (unknown) or nothing remains.
+    pub eta_s: Option<u64>,
 }
 
 /// What `pstorage stat` shows.
@@ -565,6 +582,40 @@ pub struct Event {
 pub struct ChunkReplicaInfo {
     pub chunk: ChunkId,
     pub version: MapVersion,
+}
+
+/// What one [`replicate_chunk`] call did.
+///
+/// [`replicate_chunk`]: crate::traits::ChunkControl::replicate_chunk
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyStats {
+    /// Bytes read from the source replica and written here: the blocks
+    /// whose CRC-table entry differed from the base's (blocks the source
+    /// never wrote are zeroed locally, not transferred).
+    pub bytes_copied: u64,
+    /// Bytes of the chunk whose CRC-table entries were compared between the
+    /// source and the base (the chunk size for a finished copy): every one
+    /// of them not in `bytes_copied` was found identical, or zeroed locally.
+    pub bytes_compared: u64,
+    /// Whether the copy started from something held here (a stale replica
+    /// of the chunk, or a partial copy left by an interrupted earlier call)
+    /// rather than from an empty replica.
+    pub reused_base: bool,
+}
+
+/// A copy in progress on a chunk server ([`copy_progress`]).
+///
+/// [`copy_progress`]: crate::traits::ChunkControl::copy_progress
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    pub chunk: ChunkId,
+    /// The version the copy makes the replica hold.
+    pub version: MapVersion,
+    /// Bytes copied (read from the source and written here) so far.
+    pub bytes_done: u64,
+    /// Bytes to copy: known once the source's and the base's CRC tables
+    /// have been compared; 0 before.
+    pub bytes_total: u64,
 }
 
 /// What a chunk server tells the MDS when it (re)connects.

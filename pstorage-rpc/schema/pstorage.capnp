@@ -245,6 +245,9 @@ struct ReplicationStatus {
   doneBytes @3 :UInt64;
   failedChunks @4 :UInt64;
   rateBytesPerS @5 :UInt64;
+  copiedBytes @6 :UInt64;
+  remainingBytes @7 :UInt64;
+  etaS @8 :UInt64;        # seconds; UInt64 max = unknown
 }
 
 # An MDS as listed by `stat`.
@@ -470,15 +473,41 @@ interface Mds {
   removeMds @29 (id :UInt64) -> (result :VoidResult);
 }
 
+# What one `replicateChunk` did (pstorage_core::types::CopyStats).
+struct CopyStats {
+  bytesCopied @0 :UInt64;    # Read from the source and written (differing blocks).
+  bytesCompared @1 :UInt64;  # Of the chunk, compared by CRC-table entries.
+  reusedBase @2 :Bool;       # Started from a stale replica or a partial copy.
+}
+
+# A copy in progress on a chunk server (pstorage_core::types::CopyProgress).
+struct CopyProgress {
+  chunk @0 :UInt64;
+  version @1 :UInt64;
+  bytesDone @2 :UInt64;
+  bytesTotal @3 :UInt64;     # 0 until the CRC tables are compared.
+}
+
+# The result of `copyProgress`: the copy, or `absent` when none runs.
+struct OptionalCopyProgressResult {
+  union {
+    ok @0 :CopyProgress;
+    absent @1 :Void;
+    err @2 :Error;
+  }
+}
+
 # Control operations the MDS performs on a chunk server (trait ChunkControl).
 interface ChunkControl {
   createChunk @0 (chunk :UInt64, version :UInt64, chunkSize :UInt64) -> (result :VoidResult);
   setVersion @1 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
   deleteChunk @2 (chunk :UInt64) -> (result :VoidResult);
   listChunks @3 () -> (result :ChunkReplicasResult);
+  # `stats` is set when `result` is ok (a peer that predates it leaves it zero).
   replicateChunk @4 (chunk :UInt64, version :UInt64, chunkSize :UInt64, source :Replica,
-                     rateBytesPerS :UInt64) -> (result :VoidResult);
+                     rateBytesPerS :UInt64) -> (result :VoidResult, stats :CopyStats);
   # Answers at once while the chunk server serves (Unavailable while not);
   # the MDS's reachability probe before dropping a reported replica.
   ping @5 () -> (result :VoidResult);
+  copyProgress @6 (chunk :UInt64) -> (result :OptionalCopyProgressResult);
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pstorage_core::traits::{ChunkControl, ControlConnector};
-use pstorage_core::types::{ChunkId, ChunkReplicaInfo, MapVersion, Replica};
+use pstorage_core::types::{
+    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, MapVersion, Replica,
+};
 use pstorage_core::Result;
 
 use crate::actor::{ClientActor, ClientOptions, Dialer};
@@ -111,6 +113,27 @@ impl chunk_control::Server for ControlServer {
             self.control
                 .replicate_chunk(chunk, version, chunk_size, source, rate)
                 .await
+        }
+        .await;
+        let mut r = results.get();
+        WireReply::write_result(
+            &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+            r.reborrow().init_result(),
+        );
+        if let Ok(stats) = &outcome {
+            stats.write(r.init_stats());
+        }
+        Ok(())
+    }
+
+    async fn copy_progress(
+        self: Rc<Self>,
+        params: chunk_control::CopyProgressParams,
+        mut results: chunk_control::CopyProgressResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let chunk = decode_request("copyProgress", || Ok(params.get()?.get_chunk()))?;
+            self.control.copy_progress(chunk).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -220,7 +243,7 @@ impl ChunkControl for ControlClient {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         self.actor
             .call("replicateChunk", move |cs| async move {
                 let mut request = cs.replicate_chunk_request();
@@ -230,6 +253,21 @@ impl ChunkControl for ControlClient {
                 p.set_chunk_size(chunk_size);
                 source.write(p.reborrow().init_source());
                 p.set_rate_bytes_per_s(rate_bytes_per_s);
+                let response = request.send().promise.await?;
+                let r = response.get()?;
+                Ok(match <()>::read_result(r.get_result()?)? {
+                    Ok(()) => Ok(CopyStats::read(r.get_stats()?)?),
+                    Err(e) => Err(e),
+                })
+            })
+            .await
+    }
+
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.actor
+            .call("copyProgress", move |cs| async move {
+                let mut request = cs.copy_progress_request();
+                request.get().set_chunk(chunk);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

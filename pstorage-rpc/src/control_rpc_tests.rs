@@ -156,6 +156,9 @@ fn sample_cluster_status() -> ClusterStatus {
             done_bytes: 7 << 20,
             failed_chunks: 1,
             rate_bytes_per_s: 1 << 20,
+            copied_bytes: 3 << 20,
+            remaining_bytes: 30 << 20,
+            eta_s: Some(30),
         },
         logical_bytes: 123_456_789,
     }
@@ -411,14 +414,33 @@ impl ChunkControl for FakeControl {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         self.script.enter(format!(
             "replicate_chunk {chunk} {version} {chunk_size} {} {} {rate_bytes_per_s}",
             source.cs, source.addr
-        ))
+        ))?;
+        Ok(sample_copy_stats(chunk_size))
+    }
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.script.enter(format!("copy_progress {chunk}"))?;
+        // Even chunks have a copy running, odd ones do not.
+        Ok((chunk % 2 == 0).then_some(CopyProgress {
+            chunk,
+            version: u64::MAX,
+            bytes_done: chunk / 2,
+            bytes_total: chunk,
+        }))
     }
     async fn ping(&self) -> Result<()> {
         self.script.enter("ping".into())
+    }
+}
+
+fn sample_copy_stats(chunk_size: u64) -> CopyStats {
+    CopyStats {
+        bytes_copied: chunk_size / 3,
+        bytes_compared: chunk_size,
+        reused_base: chunk_size % 2 == 0,
     }
 }
 
@@ -940,14 +962,30 @@ async fn control_methods_and_errors_round_trip() {
         cs: u32::MAX,
         addr: "[::1]:65535".into(),
     };
-    control
-        .replicate_chunk(u64::MAX, u64::MAX - 1, 256 << 20, source.clone(), u64::MAX)
-        .await
-        .unwrap();
-    control
-        .replicate_chunk(3, 4, 64 << 10, source.clone(), 0)
-        .await
-        .unwrap();
+    assert_eq!(
+        control
+            .replicate_chunk(u64::MAX, u64::MAX - 1, 256 << 20, source.clone(), u64::MAX)
+            .await
+            .unwrap(),
+        sample_copy_stats(256 << 20)
+    );
+    assert_eq!(
+        control
+            .replicate_chunk(3, 4, 64 << 10, source.clone(), 0)
+            .await
+            .unwrap(),
+        sample_copy_stats(64 << 10)
+    );
+    assert_eq!(
+        control.copy_progress(u64::MAX - 1).await.unwrap(),
+        Some(CopyProgress {
+            chunk: u64::MAX - 1,
+            version: u64::MAX,
+            bytes_done: u64::MAX / 2,
+            bytes_total: u64::MAX - 1,
+        })
+    );
+    assert_eq!(control.copy_progress(7).await.unwrap(), None);
     assert_eq!(
         fake.script.take_calls(),
         [
@@ -969,6 +1007,8 @@ async fn control_methods_and_errors_round_trip() {
                 64 << 10,
                 u32::MAX
             ),
+            format!("copy_progress {}", u64::MAX - 1),
+            "copy_progress 7".into(),
         ]
     );
 
@@ -977,6 +1017,7 @@ async fn control_methods_and_errors_round_trip() {
     assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
     assert_eq!(control.list_chunks().await.unwrap_err(), error);
     assert_eq!(control.ping().await.unwrap_err(), error);
+    assert_eq!(control.copy_progress(8).await.unwrap_err(), error);
     let no_space = Error::new(
         ErrorKind::NoSpace,
         "chunk server 4: writing chunk 0x3: no space left",

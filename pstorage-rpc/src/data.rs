@@ -17,7 +17,7 @@
 //! offset size field
 //!      0    1 magic       0xD7
 //!      1    1 version     1 (a frame of another version closes the connection)
-//!      2    1 type        1 Write, 2 Read, 3 Flush (requests);
+//!      2    1 type        1 Write, 2 Read, 3 Flush, 4 BlockCrcs (requests);
 //!                         0x81 Ok, 0x82 Error (responses)
 //!      3    1 flags       0 (reserved)
 //!      4    8 request id  chosen by the client, echoed by the response
@@ -35,7 +35,13 @@
 //!          zeros_len is 0 for data and <= MAX_CHUNK_SIZE for zeros)
 //! Read   chunk u64 | version u64 | offset u64 | len u64        (32 bytes)
 //! Flush  chunk u64 | version u64                               (16 bytes)
-//! Ok     the data read (exactly `len` bytes) for a Read; empty otherwise
+//! BlockCrcs
+//!        chunk u64 | version u64 | offset u64 | len u64        (32 bytes)
+//!        (offset and len multiples of 4096, len at most MAX_BLOCK_CRCS
+//!        blocks: the range whose CRC-table entries are wanted)
+//! Ok     the data read (exactly `len` bytes) for a Read; for a BlockCrcs,
+//!        one u64 CRC-table entry per block (exactly `len / 4096 * 8`
+//!        bytes); empty otherwise
 //! Error  kind u16 (ErrorKind::code) | flags u8 (bit 0: failed_cs present)
 //!        | reserved u8 = 0 | failed_cs u32 | message UTF-8 (the rest, <= 4 KiB)
 //! ```

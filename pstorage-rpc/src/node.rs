@@ -361,6 +361,15 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             call_timeout: Some(Duration::from_secs(10)),
         },
     ));
+    // Chunk copies have no whole-call deadline: the MDS watches their
+    // progress instead (mds.repl.progress_tout).
+    let copy_control = Arc::new(TcpControlConnector::new(
+        control_dialer(key.clone()),
+        RpcClientOptions {
+            connect_timeout: Duration::from_secs(3),
+            call_timeout: None,
+        },
+    ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut config = MdsConfig {
         cluster_name: conf.cluster.clone(),
@@ -368,7 +377,9 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         ..MdsConfig::default()
     };
     apply_env_overrides(&mut config);
-    let mds = Arc::new(MdsService::new(state, None, control, clock, config));
+    let mds = Arc::new(
+        MdsService::new(state, None, control, clock, config).with_copy_connector(copy_control),
+    );
     let (log_store, state_machine) = storage.into_parts(mds.clone());
     let raft_options = RaftOptions::from_env();
     let network = TcpRaftNetwork::new(

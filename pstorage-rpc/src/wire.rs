@@ -12,10 +12,11 @@
 use capnp::struct_list;
 use capnp::traits::OwnedStruct;
 use pstorage_core::types::{
-    AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CsId, CsInfo,
-    CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind, EventLevel, FailureReason,
-    FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo,
-    OpenFlags, OpenReply, RegisterReply, Replica, Replicas, ReplicationStatus, SpaceInfo, Stat,
+    AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
+    CopyStats, CsId, CsInfo, CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind,
+    EventLevel, FailureReason, FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease,
+    LeaseMode, MdsInfo, OpenFlags, OpenReply, RegisterReply, Replica, Replicas, ReplicationStatus,
+    SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -487,6 +488,9 @@ impl WireStruct for ReplicationStatus {
         b.set_done_bytes(self.done_bytes);
         b.set_failed_chunks(self.failed_chunks);
         b.set_rate_bytes_per_s(self.rate_bytes_per_s);
+        b.set_copied_bytes(self.copied_bytes);
+        b.set_remaining_bytes(self.remaining_bytes);
+        b.set_eta_s(self.eta_s.unwrap_or(u64::MAX));
     }
     fn read(r: schema::replication_status::Reader<'_>) -> capnp::Result<Self> {
         Ok(ReplicationStatus {
@@ -496,6 +500,9 @@ impl WireStruct for ReplicationStatus {
             done_bytes: r.get_done_bytes(),
             failed_chunks: r.get_failed_chunks(),
             rate_bytes_per_s: r.get_rate_bytes_per_s(),
+            copied_bytes: r.get_copied_bytes(),
+            remaining_bytes: r.get_remaining_bytes(),
+            eta_s: Some(r.get_eta_s()).filter(|&s| s != u64::MAX),
         })
     }
 }
@@ -684,6 +691,40 @@ impl WireStruct for HeartbeatReply {
     }
 }
 
+impl WireStruct for CopyStats {
+    type Schema = schema::copy_stats::Owned;
+    fn write(&self, mut b: schema::copy_stats::Builder<'_>) {
+        b.set_bytes_copied(self.bytes_copied);
+        b.set_bytes_compared(self.bytes_compared);
+        b.set_reused_base(self.reused_base);
+    }
+    fn read(r: schema::copy_stats::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CopyStats {
+            bytes_copied: r.get_bytes_copied(),
+            bytes_compared: r.get_bytes_compared(),
+            reused_base: r.get_reused_base(),
+        })
+    }
+}
+
+impl WireStruct for CopyProgress {
+    type Schema = schema::copy_progress::Owned;
+    fn write(&self, mut b: schema::copy_progress::Builder<'_>) {
+        b.set_chunk(self.chunk);
+        b.set_version(self.version);
+        b.set_bytes_done(self.bytes_done);
+        b.set_bytes_total(self.bytes_total);
+    }
+    fn read(r: schema::copy_progress::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CopyProgress {
+            chunk: r.get_chunk(),
+            version: r.get_version(),
+            bytes_done: r.get_bytes_done(),
+            bytes_total: r.get_bytes_total(),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Method results: a union of the value and an Error.
 
@@ -838,6 +879,30 @@ impl WireReply for Option<ChunkMap> {
         use schema::optional_chunk_map_result::Which;
         Ok(match r.which()? {
             Which::Ok(map) => Ok(Some(ChunkMap::read(map?)?)),
+            Which::Absent(()) => Ok(None),
+            Which::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+impl WireReply for Option<CopyProgress> {
+    type Schema = schema::optional_copy_progress_result::Owned;
+    fn write_result(
+        outcome: &Result<Option<CopyProgress>>,
+        mut b: schema::optional_copy_progress_result::Builder<'_>,
+    ) {
+        match outcome {
+            Ok(Some(progress)) => progress.write(b.init_ok()),
+            Ok(None) => b.set_absent(()),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(
+        r: schema::optional_copy_progress_result::Reader<'_>,
+    ) -> capnp::Result<Result<Option<CopyProgress>>> {
+        use schema::optional_copy_progress_result::Which;
+        Ok(match r.which()? {
+            Which::Ok(progress) => Ok(Some(CopyProgress::read(progress?)?)),
             Which::Absent(()) => Ok(None),
             Which::Err(error) => Err(read_error(error?)?),
         })

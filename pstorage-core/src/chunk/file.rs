@@ -17,8 +17,8 @@ use crate::types::{
 
 use super::dirty::DirtyLog;
 use super::{
-    bad_replica, block_entry, block_span, check_range, check_version, crc64, missing_chunk,
-    missing_incoming, ChunkStore, IncomingId, FORMAT_VERSION,
+    bad_replica, block_entry, block_span, check_blocks, check_range, check_version, crc64,
+    missing_chunk, missing_incoming, ChunkStore, IncomingId, FORMAT_VERSION,
 };
 
 const MAGIC: [u8; 8] = *b"PSTCHUNK";
@@ -254,6 +254,14 @@ impl FileChunkStore {
         self.incoming
             .lock()
             .expect("incoming replica table lock poisoned by an earlier panic")
+    }
+
+    /// The open incoming replica of a handle.
+    fn incoming_handle(&self, incoming: IncomingId) -> Result<Arc<OpenChunk>> {
+        self.incoming_table()
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))
     }
 
     /// Makes the incoming replica `open` (a temporary file) durable at
@@ -1181,11 +1189,7 @@ impl ChunkStore for FileChunkStore {
     }
 
     fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
-        let open = self
-            .incoming_table()
-            .get(&incoming.0)
-            .cloned()
-            .ok_or_else(|| missing_incoming(incoming))?;
+        let open = self.incoming_handle(incoming)?;
         check_range(open.chunk, open.chunk_size, offset, data.len() as u64)?;
         let mut state = open.write_state();
         if state.deleted {
@@ -1224,6 +1228,51 @@ impl ChunkStore for FileChunkStore {
                 "cannot remove an aborted incoming replica; it is removed at the next start"
             );
         }
+    }
+
+    fn zero_incoming(&self, incoming: IncomingId, offset: u64, len: u64) -> Result<()> {
+        let open = self.incoming_handle(incoming)?;
+        check_range(open.chunk, open.chunk_size, offset, len)?;
+        let mut state = open.write_state();
+        if state.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        open.apply_locked(&mut state, offset, len, Source::Zeros)
+    }
+
+    fn crc_entries(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>> {
+        let open = self.get(chunk)?;
+        check_blocks(chunk, open.chunk_size, first_block, count)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_version(chunk, expected, state.version)?;
+        Ok(state.crcs[first_block as usize..(first_block + count) as usize].to_vec())
+    }
+
+    fn incoming_crc_entries(
+        &self,
+        incoming: IncomingId,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>> {
+        let open = self.incoming_handle(incoming)?;
+        check_blocks(open.chunk, open.chunk_size, first_block, count)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        Ok(state.crcs[first_block as usize..(first_block + count) as usize].to_vec())
     }
 
     fn space(&self) -> Result<SpaceInfo> {

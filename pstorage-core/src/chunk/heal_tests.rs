@@ -211,7 +211,7 @@ async fn replicate_chunk_copies_a_replica_and_replaces_a_stale_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_copy_changes_nothing_and_leaves_no_files() {
+async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
     let (net, target, _) = pair(store.clone()).await;
@@ -245,25 +245,69 @@ async fn a_failed_copy_changes_nothing_and_leaves_no_files() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 
+    // The old replica (of another size) is untouched; the copies that got
+    // as far as starting one share one partial copy, never listed.
     assert_eq!(target.store().version(5).unwrap(), 2);
     let mut buf = [0u8; 5];
     target.store().read(5, 0, &mut buf).unwrap();
     assert_eq!(&buf, b"stale");
-    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
+    assert_eq!(
+        target.store().list().unwrap(),
+        vec![ChunkReplicaInfo {
+            chunk: 5,
+            version: 2
+        }]
+    );
+    assert_eq!(target.partial_copies(), vec![5]);
+    let files = chunk_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0], format!("{:016x}.chunk", 5));
 
-    // A copy abandoned midway (the MDS's call timed out) leaves nothing.
-    let copy = target.replicate_chunk(5, 4, 3 << 20, replica(1), 1 << 20);
-    assert!(tokio::time::timeout(Duration::from_millis(300), copy)
-        .await
-        .is_err());
-    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
+    // A copy abandoned midway (the caller dropped it) keeps its partial
+    // copy too, and the next copy resumes from it. Paced at 1 MiB/s over
+    // 3 written MiB, it is dropped once the first MiB is in.
+    let source = net.server(&addr(1)).unwrap();
+    source.store().write(5, 0, &pattern(7, 3 << 20)).unwrap();
+    let copy = {
+        let target = target.clone();
+        tokio::spawn(async move {
+            target
+                .replicate_chunk(5, 4, 3 << 20, replica(1), 1 << 20)
+                .await
+        })
+    };
+    wait_for(|| {
+        target
+            .progress_of(5)
+            .is_some_and(|p| p.bytes_done >= 1 << 20)
+    })
+    .await;
+    copy.abort();
+    assert!(copy.await.unwrap_err().is_cancelled());
     assert_eq!(target.store().version(5).unwrap(), 2);
+    assert_eq!(target.partial_copies(), vec![5]);
+    let stats = target
+        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .await
+        .unwrap();
+    assert!(stats.reused_base);
+    assert!(stats.bytes_copied <= 2 << 20, "{stats:?}");
+    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    assert!(got[..] == pattern(7, 3 << 20)[..]);
+    assert_eq!(target.store().version(5).unwrap(), 4);
+    assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
     net.clear();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_chunk_honours_the_rate_limit() {
-    let (net, target, expected) = pair(Arc::new(MemChunkStore::new())).await;
+    let (net, target, _) = pair(Arc::new(MemChunkStore::new())).await;
+    let expected = pattern(8, 3 << 20);
+    net.server(&addr(1))
+        .unwrap()
+        .store()
+        .write(5, 0, &expected)
+        .unwrap();
     let started = Instant::now();
     // 3 MiB at 6 MiB/s: about half a second.
     target
@@ -739,6 +783,7 @@ async fn io_stats_count_successful_operations() {
     server.read(1, 1, 0, CS).await.unwrap();
     server.read(1, 2, 0, 100).await.unwrap_err();
     ChunkService::flush(server.as_ref(), 1, 1).await.unwrap();
+    source.store().write(2, B, &[7u8; 2 * B as usize]).unwrap();
     server
         .replicate_chunk(2, 1, CS, replica(2), 0)
         .await
@@ -752,7 +797,7 @@ async fn io_stats_count_successful_operations() {
             write_bytes: 5 + 3 * B,
             flush_ops: 1,
             replicated_chunks: 1,
-            replicated_bytes: CS,
+            replicated_bytes: 2 * B,
         }
     );
     net.clear();

@@ -10,8 +10,8 @@ use crate::types::{
 };
 
 use super::{
-    bad_replica, block_entry, block_span, check_range, check_version, crc64, encode_block_crc,
-    missing_chunk, missing_incoming, ChunkStore, IncomingId,
+    bad_replica, block_entry, block_span, check_blocks, check_range, check_version, crc64,
+    encode_block_crc, missing_chunk, missing_incoming, ChunkStore, IncomingId,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -124,6 +124,32 @@ impl MemChunkStore {
         c.blocks.clear();
     }
 
+    fn incoming_entry(&self, incoming: IncomingId) -> Result<(ChunkId, SharedChunk)> {
+        self.incoming
+            .lock()
+            .expect("incoming table lock poisoned")
+            .get(&incoming.0)
+            .cloned()
+            .ok_or_else(|| missing_incoming(incoming))
+    }
+
+    /// Writes (`Some`) or zeroes a range of an incoming replica.
+    fn apply_incoming(
+        &self,
+        incoming: IncomingId,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let (chunk, entry) = self.incoming_entry(incoming)?;
+        let mut c = entry.write().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_incoming(incoming));
+        }
+        check_range(chunk, c.chunk_size, offset, len)?;
+        self.apply_locked(chunk, &mut c, offset, len, data)
+    }
+
     fn apply(
         &self,
         chunk: ChunkId,
@@ -224,6 +250,15 @@ impl MemChunkStore {
         self.used_blocks.fetch_add(added, Ordering::SeqCst);
         self.used_blocks.fetch_sub(removed, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+impl MemChunk {
+    /// CRC-table entries of `count` blocks from `first` (0 = unwritten).
+    fn entries(&self, first: u64, count: u64) -> Vec<u64> {
+        (first..first + count)
+            .map(|b| self.blocks.get(&b).map_or(0, |stored| stored.entry))
+            .collect()
     }
 }
 
@@ -443,19 +478,43 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn write_incoming(&self, incoming: IncomingId, offset: u64, data: &[u8]) -> Result<()> {
-        let (chunk, entry) = self
-            .incoming
-            .lock()
-            .expect("incoming table lock poisoned")
-            .get(&incoming.0)
-            .cloned()
-            .ok_or_else(|| missing_incoming(incoming))?;
-        let mut c = entry.write().expect("chunk lock poisoned");
+        self.apply_incoming(incoming, offset, data.len() as u64, Some(data))
+    }
+
+    fn zero_incoming(&self, incoming: IncomingId, offset: u64, len: u64) -> Result<()> {
+        self.apply_incoming(incoming, offset, len, None)
+    }
+
+    fn crc_entries(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>> {
+        let entry = self.get(chunk)?;
+        let c = entry.read().expect("chunk lock poisoned");
+        if c.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        check_blocks(chunk, c.chunk_size, first_block, count)?;
+        check_version(chunk, expected, c.version)?;
+        Ok(c.entries(first_block, count))
+    }
+
+    fn incoming_crc_entries(
+        &self,
+        incoming: IncomingId,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>> {
+        let (chunk, entry) = self.incoming_entry(incoming)?;
+        let c = entry.read().expect("chunk lock poisoned");
         if c.deleted {
             return Err(missing_incoming(incoming));
         }
-        check_range(chunk, c.chunk_size, offset, data.len() as u64)?;
-        self.apply_locked(chunk, &mut c, offset, data.len() as u64, Some(data))
+        check_blocks(chunk, c.chunk_size, first_block, count)?;
+        Ok(c.entries(first_block, count))
     }
 
     fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ControlConnector, ReplicaError, WriteRequest,
 };
-use crate::types::{ChunkId, ChunkReplicaInfo, CsId, MapVersion, Replica};
+use crate::types::{ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, MapVersion, Replica};
 
 use super::{ChunkServer, ChunkStore};
 
@@ -286,6 +286,19 @@ impl ChunkService for Link {
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         ChunkService::flush(self.server(true).await?.as_ref(), chunk, version).await
     }
+
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        self.server(true)
+            .await?
+            .block_crcs(chunk, version, offset, len)
+            .await
+    }
 }
 
 #[async_trait]
@@ -321,7 +334,7 @@ impl ChunkControl for Link {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         self.server(false)
             .await?
             .replicate_chunk(chunk, version, chunk_size, source, rate_bytes_per_s)
@@ -330,5 +343,9 @@ impl ChunkControl for Link {
 
     async fn ping(&self) -> Result<()> {
         self.server(false).await?.ping().await
+    }
+
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.server(false).await?.copy_progress(chunk).await
     }
 }

@@ -53,8 +53,10 @@
 //! # Other files of a chunk store
 //!
 //! * `<dir>/chunks/<id>.chunk.tmp.<n>`: a chunk being created or copied in
-//!   (re-replication); renamed to `<id>.chunk` once complete and synced,
-//!   removed at open if a crash left it.
+//!   (re-replication), in the chunk format above with map version 0, or a
+//!   partial copy kept after a failed copy for the next one to resume
+//!   (see `copy.rs`); renamed to `<id>.chunk` once complete and synced,
+//!   removed at open (partial copies do not outlive the process).
 //! * `<dir>/chunks/<id>.chunk.bad`: a replica found corrupt (scrubbing, a
 //!   read, or the check after an unclean stop) and taken out of service:
 //!   never listed nor served, every access is `Corrupt`, until deleted.
@@ -71,6 +73,7 @@
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
 //! upgrade. Only version 1 exists.
 
+mod copy;
 mod dirty;
 mod file;
 mod mem;
@@ -78,6 +81,9 @@ pub mod memory;
 mod scrub;
 mod server;
 
+pub use copy::{
+    COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
+};
 pub use file::FileChunkStore;
 pub use mem::MemChunkStore;
 pub use scrub::{
@@ -225,6 +231,31 @@ pub trait ChunkStore: Send + Sync {
     /// Discards an incoming replica. Idempotent.
     fn abort_incoming(&self, incoming: IncomingId);
 
+    /// Makes `[offset, offset + len)` of an incoming replica read as zeros
+    /// (not durable yet). `NotFound` for an unknown handle.
+    fn zero_incoming(&self, incoming: IncomingId, offset: u64, len: u64) -> Result<()>;
+
+    /// The CRC-table entries of blocks `[first_block, first_block + count)`
+    /// of the replica (see the format: `0` = reads as zeros), with the same
+    /// version check as [`read_checked`](ChunkStore::read_checked).
+    /// `InvalidArgument` for blocks beyond the chunk.
+    fn crc_entries(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>>;
+
+    /// [`crc_entries`](ChunkStore::crc_entries) of an incoming replica.
+    /// `NotFound` for an unknown handle.
+    fn incoming_crc_entries(
+        &self,
+        incoming: IncomingId,
+        first_block: u64,
+        count: u64,
+    ) -> Result<Vec<u64>>;
+
     /// [`write_checked`](ChunkStore::write_checked) without a version check.
     fn write(&self, chunk: ChunkId, offset: u64, data: &[u8]) -> Result<()> {
         self.write_checked(chunk, None, offset, data)
@@ -295,6 +326,19 @@ pub(crate) fn check_range(chunk: ChunkId, chunk_size: u64, offset: u64, len: u64
     }
 }
 
+/// `InvalidArgument` unless blocks `[first, first + count)` lie within a
+/// chunk of `chunk_size` bytes.
+pub(crate) fn check_blocks(chunk: ChunkId, chunk_size: u64, first: u64, count: u64) -> Result<()> {
+    let blocks = chunk_size / BLOCK_SIZE;
+    match first.checked_add(count) {
+        Some(end) if end <= blocks => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "chunk {chunk:#x}: blocks {first}..{first}+{count} are beyond the {blocks} blocks of \
+             the chunk: block numbers stay below chunk size / {BLOCK_SIZE}"
+        ))),
+    }
+}
+
 /// `Stale` unless the replica's `actual` version is the `expected` one.
 pub(crate) fn check_version(
     chunk: ChunkId,
@@ -323,6 +367,8 @@ pub(crate) fn block_span(offset: u64, len: u64) -> (u64, u64) {
     (offset / BLOCK_SIZE, (offset + len - 1) / BLOCK_SIZE)
 }
 
+#[cfg(test)]
+mod copy_tests;
 #[cfg(test)]
 mod heal_tests;
 #[cfg(test)]

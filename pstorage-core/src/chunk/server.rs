@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,15 +13,13 @@ use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use crate::types::{
-    validate_chunk_size, ChunkId, ChunkReplicaInfo, CsId, CsRegistration, IoTimeouts, MapVersion,
-    RegisterReply, Replica, MAX_IO_SIZE,
+    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, CsRegistration,
+    IoTimeouts, MapVersion, RegisterReply, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE,
 };
 
+use super::copy::Copies;
 use super::scrub::{BadReplicaSink, LogSink, Pacer, Scrubber, Verdict};
-use super::{ChunkStore, IncomingId};
-
-/// Re-replication copies a chunk in reads of this size.
-const REPLICATION_PIECE: u64 = 1 << 20;
+use super::ChunkStore;
 
 /// Store operations on at most this many bytes run on the async task
 /// itself (a 4 KiB pwrite into the page cache takes microseconds); larger
@@ -54,6 +51,8 @@ pub struct ChunkServer {
     io: IoCounters,
     /// Deadlines of forwarded chain writes (from the MDS's heartbeat replies).
     io_timeouts: Mutex<IoTimeouts>,
+    /// Copies running here and partial ones (re-replication, resync).
+    pub(super) copies: Arc<Copies>,
 }
 
 /// Data-path and re-replication counters of a chunk server since it
@@ -70,7 +69,8 @@ pub struct CsIoStats {
     pub write_bytes: u64,
     /// Successful flushes.
     pub flush_ops: u64,
-    /// Replicas copied here by re-replication, and their bytes (chunk size).
+    /// Replicas copied here by re-replication or resync, and the bytes
+    /// read from their sources (only the blocks that differed).
     pub replicated_chunks: u64,
     pub replicated_bytes: u64,
 }
@@ -120,6 +120,7 @@ impl ChunkServer {
             bad_at_registration: Mutex::new(Vec::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
+            copies: Arc::new(Copies::default()),
         }
     }
 
@@ -311,8 +312,32 @@ impl ChunkServer {
         }
     }
 
-    fn context(&self, e: Error) -> Error {
+    pub(super) fn context(&self, e: Error) -> Error {
         e.context(format_args!("chunk server {}", self.id))
+    }
+
+    /// The connector to other chunk servers.
+    pub(super) fn connector(&self) -> &Arc<dyn ChunkConnector> {
+        &self.connector
+    }
+
+    /// Counts a finished copy that moved `bytes`.
+    pub(super) fn count_replicated(&self, bytes: u64) {
+        IoCounters::add(&self.io.replicated_chunks, 1);
+        IoCounters::add(&self.io.replicated_bytes, bytes);
+    }
+
+    /// `Stale` while a copy updates the replica in place: it is behind and
+    /// in no chain, and its blocks are a mix until the copy ends.
+    fn check_not_resyncing(&self, chunk: ChunkId) -> Result<()> {
+        if self.copies.is_resyncing(chunk) {
+            return Err(Error::stale(format!(
+                "chunk {chunk:#x} on chunk server {}: this replica is behind and being brought \
+                 up to date: refresh the chunk map from the MDS and use the replicas it names",
+                self.id
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `op` on the blocking pool.
@@ -412,7 +437,10 @@ impl ChunkService for ChunkServer {
         }
         // Refusing here saves forwarding a write this replica will refuse
         // anyway; the authoritative check is the store's, atomic with the
-        // write.
+        // write. (A replica being resynced is at an older version than any
+        // chain's, so the store refuses writes to it too.)
+        self.check_not_resyncing(chunk)
+            .map_err(ReplicaError::local)?;
         self.check_version(chunk, version)
             .map_err(ReplicaError::local)?;
 
@@ -493,6 +521,7 @@ impl ChunkService for ChunkServer {
         len: u64,
     ) -> Result<Bytes> {
         self.check_serving()?;
+        self.check_not_resyncing(chunk)?;
         if len > MAX_IO_SIZE {
             return Err(Error::invalid(format!(
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
@@ -524,10 +553,37 @@ impl ChunkService for ChunkServer {
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check_serving()?;
+        self.check_not_resyncing(chunk)?;
         self.check_version(chunk, version)?;
         self.blocking(move |store| store.flush(chunk)).await?;
         IoCounters::add(&self.io.flush_ops, 1);
         Ok(())
+    }
+
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        self.check_serving()?;
+        self.check_not_resyncing(chunk)?;
+        if !offset.is_multiple_of(BLOCK_SIZE)
+            || !len.is_multiple_of(BLOCK_SIZE)
+            || len / BLOCK_SIZE > MAX_BLOCK_CRCS
+        {
+            return Err(self.context(Error::invalid(format!(
+                "chunk {chunk:#x}: CRC entries requested for offset {offset} length {len}: both \
+                 must be multiples of {BLOCK_SIZE} and the length at most {MAX_BLOCK_CRCS} \
+                 blocks; page through larger ranges"
+            ))));
+        }
+        // Usually in memory, but opening a chunk reads its table from disk.
+        self.blocking(move |store| {
+            store.crc_entries(chunk, Some(version), offset / BLOCK_SIZE, len / BLOCK_SIZE)
+        })
+        .await
     }
 }
 
@@ -549,7 +605,13 @@ impl ChunkControl for ChunkServer {
     }
 
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
-        self.blocking(move |store| store.delete(chunk)).await
+        let copies = self.copies.clone();
+        self.blocking(move |store| {
+            // A partial copy goes too, and a running copy fails.
+            copies.discard(store, chunk);
+            store.delete(chunk)
+        })
+        .await
     }
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
@@ -567,85 +629,12 @@ impl ChunkControl for ChunkServer {
         chunk_size: u64,
         source: Replica,
         rate_bytes_per_s: u64,
-    ) -> Result<()> {
-        validate_chunk_size(chunk_size)
-            .map_err(|e| self.context(e.context(format_args!("replicating chunk {chunk:#x}"))))?;
-        if source.cs == self.id {
-            return Err(self.context(Error::invalid(format!(
-                "chunk {chunk:#x}: cannot replicate a chunk from this chunk server to itself:                  pick another source replica"
-            ))));
-        }
-        let from = |e: Error| {
-            self.context(e.context(format_args!(
-                "replicating chunk {chunk:#x} at version {version} from chunk server {} ({})",
-                source.cs, source.addr
-            )))
-        };
-        let peer = self
-            .connector
-            .chunk_service(&source.addr)
+    ) -> Result<CopyStats> {
+        self.replicate(chunk, version, chunk_size, source, rate_bytes_per_s)
             .await
-            .map_err(from)?;
-        let incoming = self
-            .blocking(move |store| store.begin_incoming(chunk, chunk_size))
-            .await?;
-        // Discards the half-copied replica if this future fails or is
-        // dropped (the MDS gave up on the call).
-        let mut guard = AbortIncoming {
-            store: self.store.clone(),
-            incoming: Some(incoming),
-        };
-        let started = tokio::time::Instant::now();
-        let mut offset = 0;
-        while offset < chunk_size {
-            let len = REPLICATION_PIECE.min(chunk_size - offset);
-            let piece = peer.read(chunk, version, offset, len).await.map_err(from)?;
-            if piece.len() as u64 != len {
-                return Err(from(Error::protocol(format!(
-                    "the source returned {} bytes for a read of {len} at offset {offset}",
-                    piece.len()
-                ))));
-            }
-            // Unwritten pieces stay sparse: checking costs far less than
-            // writing and CRC-ing them.
-            if piece.iter().any(|&b| b != 0) {
-                self.blocking(move |store| store.write_incoming(incoming, offset, &piece))
-                    .await?;
-            }
-            offset += len;
-            if rate_bytes_per_s > 0 {
-                let due = Duration::from_secs_f64(offset as f64 / rate_bytes_per_s as f64);
-                tokio::time::sleep_until(started + due).await;
-            }
-        }
-        guard.incoming = None;
-        self.blocking(move |store| store.commit_incoming(incoming, version))
-            .await?;
-        IoCounters::add(&self.io.replicated_chunks, 1);
-        IoCounters::add(&self.io.replicated_bytes, chunk_size);
-        tracing::info!(
-            cs = self.id,
-            chunk,
-            version,
-            source = source.cs,
-            "replicated chunk"
-        );
-        Ok(())
     }
-}
 
-/// Aborts an incoming replica unless disarmed (`incoming = None`).
-struct AbortIncoming {
-    store: Arc<dyn ChunkStore>,
-    incoming: Option<IncomingId>,
-}
-
-impl Drop for AbortIncoming {
-    fn drop(&mut self) {
-        if let Some(incoming) = self.incoming.take() {
-            // Removing a file: cheap enough to do inline, and a drop may
-            // run outside any runtime.
-            self.store.abort_incoming(incoming);
-        }
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        Ok(self.progress_of(chunk))
     }
 }

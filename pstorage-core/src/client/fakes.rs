@@ -221,6 +221,42 @@ impl ChunkService for FakeCs {
         lock(&self.state).flushes_done += 1;
         Ok(())
     }
+
+    /// Entries computed from the stored bytes: 0 for an all-zero block
+    /// (this fake does not tell unwritten from zeroed).
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        let mut st = lock(&self.state);
+        if st.unreachable {
+            return Err(Error::unavailable(format!("CS {} is unreachable", self.id)));
+        }
+        let id = self.id;
+        let r = Self::check(&mut st, id, chunk, version)?;
+        if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || offset + len > r.chunk_size {
+            return Err(Error::invalid(
+                "CRC entries of unaligned blocks or beyond the chunk",
+            ));
+        }
+        let bs = BLOCK_SIZE as usize;
+        Ok((offset / BLOCK_SIZE..(offset + len) / BLOCK_SIZE)
+            .map(|b| {
+                let mut block = vec![0u8; bs];
+                let start = (b as usize * bs).min(r.data.len());
+                let end = (start + bs).min(r.data.len());
+                block[..end - start].copy_from_slice(&r.data[start..end]);
+                if block.iter().all(|&x| x == 0) {
+                    0
+                } else {
+                    crate::chunk::encode_block_crc(crate::chunk::crc64(&block))
+                }
+            })
+            .collect())
+    }
 }
 
 /// The fake chunk servers, reachable by address `csN`.

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::mds::{ClusterParams, MdsConfig, MdsService, MdsState};
 use crate::traits::{ChunkControl, ControlConnector, CsRegistry, ManualClock, MetadataService};
 use crate::types::{
-    ChunkId, ChunkMap, ChunkReplicaInfo, CsId, FileAttrs, IoTimeouts, LeaseMode, MapVersion,
+    ChunkId, ChunkMap, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, FileAttrs, IoTimeouts, LeaseMode, MapVersion,
     OpenFlags, Replica, Replicas,
 };
 use crate::ErrorKind;
@@ -72,10 +72,13 @@ impl ChunkControl for Counted {
         chunk_size: u64,
         source: Replica,
         rate: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         self.inner
             .replicate_chunk(chunk, version, chunk_size, source, rate)
             .await
+    }
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.inner.copy_progress(chunk).await
     }
     async fn ping(&self) -> Result<()> {
         self.pings.fetch_add(1, Ordering::SeqCst);

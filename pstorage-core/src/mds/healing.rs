@@ -2,28 +2,49 @@
 //! health, re-replication, trimming of excess replicas, graceful removal,
 //! and the status that `pstorage stat` shows.
 //!
-//! Re-replication of one chunk ("ordered by map versions"):
+//! Re-replication of one chunk planned at version v ("ordered by map
+//! versions", writers stalled only for the last delta):
 //!
-//! 1. Under `chunk_lock`: commit the chain unchanged at version v+1 and mark
-//!    the chunk busy in the same critical section, then push v+1 to every
+//! 1. Base copy, no lock, not busy: each target makes its replica equal to
+//!    the source's at v (`ChunkControl::replicate_chunk`: a stale replica
+//!    or partial copy it holds is the base, only the 4 KiB blocks whose CRC
+//!    differs are sent). Writers go on at v meanwhile (the target is not in
+//!    the chain, so what they write is what phase 3 sends).
+//! 2. Under `chunk_lock`: commit the chain unchanged at v+1 and mark the
+//!    chunk busy in the same critical section, then push v+1 to every
 //!    member. Every map a client holds is now stale (its writes are refused
 //!    by the replicas), and while busy the MDS answers a writer's
 //!    `chunk_map` / `report_failure` with `Unavailable`, which the client
 //!    waits out. A write at v that was in flight finished on each member
 //!    before that member took v+1 (the version check and the I/O happen
 //!    under the replica's lock), so the members are quiescent at v+1.
-//! 2. Without locks: each target copies the chunk from one member at v+1
-//!    (`ChunkControl::replicate_chunk`, durable when it returns).
-//! 3. Under `chunk_lock`: commit `ExtendChain` (targets appended at v+1,
+//! 3. Without locks: `replicate_chunk` again at v+1: only the blocks
+//!    written during phase 1 differ (durable when it returns).
+//! 4. Under `chunk_lock`: commit `ExtendChain` (targets appended at v+1,
 //!    valid only if the chunk is still at v+1) and clear busy together.
 //!    If anything moved the chunk on meanwhile (a failure report, fencing,
-//!    truncation), the commit is refused and the copies are deleted.
+//!    truncation), the commit is refused; the copies stay as stale
+//!    candidates for the next try.
+//!
+//! No copy call has a deadline as a whole; the MDS polls the target's
+//! `copy_progress` and abandons a copy that moved no bytes for
+//! `mds.repl.progress_tout` (the target keeps what it copied, so the next
+//! try resumes). At most `mds.repl.concurrency` copies run, at most
+//! `mds.repl.per_cs` per chunk server as source or target.
+//!
+//! Stale replicas (outside their chain: dropped while their server was
+//! away, or a copy that did not land) are kept while their chunk has fewer
+//! than `replicas_norm` counted members, remembered in volatile state
+//! (`Core::stale`, rebuilt by registrations after a fail-over), preferred
+//! as copy targets, and deleted once the chunk has its copies.
 //!
 //! A crash of the MDS in the middle loses only the volatile busy mark: the
-//! chain is at v+1 without the targets, whose replicas are deleted when
-//! they register with the restarted MDS (they are not chain members).
+//! chain is at v+1 without the targets, whose replicas are kept as stale
+//! (or deleted if the chunk has its copies) when they register with the
+//! restarted MDS (they are not chain members).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -37,6 +58,10 @@ use crate::types::*;
 const REPLICATION_POLL_MS: u64 = 500;
 /// Copy rates are averaged over this window.
 const RATE_WINDOW_MS: u64 = 10_000;
+/// How often the progress of a copy is polled.
+const PROGRESS_POLL_MS: u64 = 1_000;
+/// The deadline of one progress poll (at most `mds.repl.progress_tout`).
+const PROGRESS_POLL_DEADLINE_MS: u64 = 5_000;
 
 /// One planned copy.
 #[derive(Debug, Clone)]
@@ -52,18 +77,18 @@ pub(super) struct CopyJob {
 }
 
 /// How the members of one chunk's chain stand.
-struct ChainHealth {
+pub(super) struct ChainHealth {
     /// Members on active servers that are not being released.
-    available: usize,
+    pub(super) available: usize,
     /// Members not being released whose server is active or inactive
     /// (inactive ones are waited for until they go offline).
-    counted: usize,
+    pub(super) counted: usize,
     /// Members on active servers: copy sources.
-    sources: Vec<CsId>,
+    pub(super) sources: Vec<CsId>,
 }
 
 impl MdsService {
-    fn chain_health(&self, core: &Core, rec: &ChunkRecord, now_ms: u64) -> ChainHealth {
+    pub(super) fn chain_health(&self, core: &Core, rec: &ChunkRecord, now_ms: u64) -> ChainHealth {
         let mut health = ChainHealth {
             available: 0,
             counted: 0,
@@ -83,6 +108,142 @@ impl MdsService {
             }
         }
         health
+    }
+
+    /// Whether `rec` has fewer counted members than its `replicas_norm`:
+    /// replicas outside its chain are then kept as copy bases.
+    pub(super) fn needs_copies(&self, core: &Core, rec: &ChunkRecord, now_ms: u64) -> bool {
+        let norm = core
+            .state
+            .inode(rec.file)
+            .map(|n| n.attrs.replicas.norm as usize)
+            .unwrap_or(0);
+        self.chain_health(core, rec, now_ms).counted < norm
+    }
+
+    /// Records that `servers` hold a replica of `chunk` outside its chain
+    /// at `version` (a base for a later copy to them).
+    pub(super) fn remember_stale(&self, chunk: ChunkId, servers: &[CsId], version: MapVersion) {
+        let mut core = self.core();
+        for &cs in servers {
+            let in_chain = core
+                .state
+                .chunk(chunk)
+                .is_some_and(|r| r.replicas.contains(&cs));
+            if !in_chain {
+                core.stale.entry(cs).or_default().insert(chunk, version);
+            }
+        }
+    }
+
+    /// Forgets a stale candidate (it is bad, or deleted).
+    pub(super) fn forget_stale(&self, cs: CsId, chunk: ChunkId) {
+        let mut core = self.core();
+        if let Some(chunks) = core.stale.get_mut(&cs) {
+            chunks.remove(&chunk);
+            if chunks.is_empty() {
+                core.stale.remove(&cs);
+            }
+        }
+    }
+
+    /// Deletes the stale replicas whose chunk is gone or has its
+    /// `replicas_norm` copies again (never one a copy is about to use),
+    /// forgets those that rejoined their chain, and logs, once per chunk,
+    /// when only stale copies of a chunk are reachable (they are kept).
+    pub(super) async fn prune_stale(&self) {
+        let now = self.now();
+        let deletes: Vec<(CsId, String, ChunkId)> = {
+            let mut core = self.core();
+            let mut forget: Vec<(CsId, ChunkId)> = Vec::new();
+            let mut deletes = Vec::new();
+            let mut stale_only: BTreeMap<ChunkId, Vec<CsId>> = BTreeMap::new();
+            for (&cs, chunks) in &core.stale {
+                let status = self.cs_status(&core, cs, now);
+                if status == CsStatus::Dropped {
+                    forget.extend(chunks.keys().map(|&chunk| (cs, chunk)));
+                    continue;
+                }
+                for &chunk in chunks.keys() {
+                    if core.planned.contains(&chunk) || core.busy.contains(&chunk) {
+                        continue;
+                    }
+                    let garbage = match core.state.chunk(chunk) {
+                        None => true,
+                        Some(rec) if rec.replicas.contains(&cs) => {
+                            forget.push((cs, chunk));
+                            continue;
+                        }
+                        Some(rec) => {
+                            let needed = self.needs_copies(&core, rec, now);
+                            // Inactive members are waited for (they may be
+                            // restarting); offline ones are gone.
+                            let members_reachable = rec.replicas.iter().any(|m| {
+                                matches!(
+                                    self.cs_status(&core, *m, now),
+                                    CsStatus::Active | CsStatus::Inactive
+                                )
+                            });
+                            if !members_reachable && status == CsStatus::Active {
+                                stale_only.entry(chunk).or_default().push(cs);
+                            }
+                            !needed
+                        }
+                    };
+                    // Only an active server can be told; the others are
+                    // decided again when they register.
+                    if garbage && status == CsStatus::Active {
+                        forget.push((cs, chunk));
+                        deletes.push((cs, core.cs_addr(cs), chunk));
+                    }
+                }
+            }
+            for (cs, chunk) in forget {
+                if let Some(chunks) = core.stale.get_mut(&cs) {
+                    chunks.remove(&chunk);
+                    if chunks.is_empty() {
+                        core.stale.remove(&cs);
+                    }
+                }
+            }
+            let mut events = Vec::new();
+            for (chunk, holders) in &stale_only {
+                if !core.stale_only.insert(*chunk) {
+                    continue;
+                }
+                let Some(rec) = core.state.chunk(*chunk) else {
+                    continue;
+                };
+                events.push(NewEvent {
+                    kind: EventKind::Replication,
+                    level: EventLevel::Error,
+                    message: format!(
+                        "chunk {chunk:#x} of {} (index {}) has no reachable current copy: its chain {:?} is down; the older copies on chunk server(s) {holders:?} are kept (never deleted) and the chunk is resynced from its chain when a member returns",
+                        core.state.path_of(rec.file),
+                        rec.index,
+                        rec.replicas
+                    ),
+                });
+            }
+            core.stale_only.retain(|c| stale_only.contains_key(c));
+            core.log_events(now, events);
+            deletes
+        };
+        for (cs, addr, chunk) in deletes {
+            let result = async {
+                let control = self.connector.chunk_control(&addr).await?;
+                control.delete_chunk(chunk).await
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!(
+                    "MDS: deleted the stale replica of chunk {chunk:#x} on CS {cs} ({addr}): the chunk has its copies"
+                ),
+                Err(e) => tracing::warn!(
+                    "MDS: deleting the stale replica of chunk {chunk:#x} on CS {cs} ({addr}) failed: {e}; it is removed when that server re-registers"
+                ),
+            }
+        }
     }
 
     /// Records a replica found bad (event log; ENOSPC marks the server).
@@ -377,6 +538,71 @@ impl MdsService {
         }
     }
 
+    /// Copies `cs` may still take part in (`mds.repl.per_cs`).
+    fn copy_slots(core: &Core, cs: CsId, per_cs: u64) -> u64 {
+        per_cs.saturating_sub(core.copies_per_cs.get(&cs).copied().unwrap_or(0))
+    }
+
+    /// Up to `need` copy targets for `chunk` (whose chain is `members`):
+    /// servers holding a stale replica of it first, newest first (only the
+    /// blocks that differ are sent), then the placement rules; none without
+    /// a copy slot left.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pick_targets(
+        &self,
+        core: &Core,
+        now_ms: u64,
+        chunk: ChunkId,
+        members: &[CsId],
+        need: usize,
+        counts: &BTreeMap<CsId, u64>,
+        per_cs: u64,
+    ) -> Vec<CsId> {
+        if need == 0 {
+            return Vec::new();
+        }
+        let mut stale: Vec<(MapVersion, CsId)> = core
+            .stale
+            .iter()
+            .filter_map(|(&cs, chunks)| chunks.get(&chunk).map(|&v| (v, cs)))
+            .filter(|&(_, cs)| {
+                !members.contains(&cs)
+                    && Self::copy_slots(core, cs, per_cs) > 0
+                    && self.takes_copy_over_stale(core, cs, now_ms)
+            })
+            .collect();
+        stale.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut targets: Vec<CsId> = stale.into_iter().map(|(_, cs)| cs).take(need).collect();
+        if targets.len() < need {
+            let mut exclude: Vec<CsId> = members.to_vec();
+            exclude.extend(&targets);
+            exclude.extend(
+                core.state
+                    .servers()
+                    .map(|r| r.id)
+                    .filter(|&cs| Self::copy_slots(core, cs, per_cs) == 0),
+            );
+            targets.extend(self.place_with(core, now_ms, need - targets.len(), &exclude, counts));
+        }
+        targets
+    }
+
+    /// Whether `cs` may be the target of a copy over the stale replica it
+    /// holds: like [`MdsService::takes_new_replicas`] but without the fill
+    /// margin (the replica's space is already taken).
+    fn takes_copy_over_stale(&self, core: &Core, cs: CsId, now_ms: u64) -> bool {
+        let Some(rec) = core.state.cs(cs) else {
+            return false;
+        };
+        !rec.addr.is_empty()
+            && !rec.releasing
+            && self.cs_status(core, cs, now_ms) == CsStatus::Active
+            && core
+                .live
+                .get(&cs)
+                .is_some_and(|l| l.no_space_at_free.is_none())
+    }
+
     /// Picks up to `limit` chunks to copy now (most urgent first) and marks
     /// them planned. Also keeps the replication episode's events.
     pub(super) fn plan_replication(&self, limit: usize) -> Vec<CopyJob> {
@@ -421,24 +647,44 @@ impl MdsService {
             Self::replica_counts(&core)
         };
         // No server takes new replicas at all: nothing to try this round.
-        let any_target = limit > 0 && !self.place_with(&core, now, 1, &[], &counts).is_empty();
+        let any_target = limit > 0
+            && (!core.stale.is_empty() || !self.place_with(&core, now, 1, &[], &counts).is_empty());
+        let per_cs = self.params(&core).repl_per_cs;
         for (_, chunk, need) in candidates {
             if jobs.len() >= limit || !any_target {
                 break;
             }
             let rec = core.state.chunk(chunk).expect("listed above").clone();
-            let targets = self.place_with(&core, now, need, &rec.replicas, &counts);
-            if targets.is_empty() {
-                continue;
-            }
             let health = self.chain_health(&core, &rec, now);
-            // Prefer a source that stays (not being released).
-            let source = health
+            // A source with copy slots left whose version is current (a
+            // member still being moved to the map's version is not); one
+            // that stays (not being released) first, then the least busy.
+            let syncing = |cs: CsId| {
+                core.version_sync
+                    .get(&cs)
+                    .is_some_and(|chunks| chunks.contains(&chunk))
+            };
+            let Some(source) = health
                 .sources
                 .iter()
                 .copied()
-                .find(|cs| !core.state.cs(*cs).is_some_and(|r| r.releasing))
-                .unwrap_or(health.sources[0]);
+                .filter(|&cs| Self::copy_slots(&core, cs, per_cs) > 0 && !syncing(cs))
+                .max_by_key(|&cs| {
+                    let releasing = core.state.cs(cs).is_some_and(|r| r.releasing);
+                    (!releasing, Self::copy_slots(&core, cs, per_cs), std::cmp::Reverse(cs))
+                })
+            else {
+                continue;
+            };
+            let need = need.min(Self::copy_slots(&core, source, per_cs) as usize);
+            let targets = self.pick_targets(&core, now, chunk, &rec.replicas, need, &counts, per_cs);
+            if targets.is_empty() {
+                continue;
+            }
+            *core.copies_per_cs.entry(source).or_default() += targets.len() as u64;
+            for t in &targets {
+                *core.copies_per_cs.entry(*t).or_default() += 1;
+            }
             let chunk_size = core
                 .state
                 .inode(rec.file)
@@ -513,6 +759,20 @@ impl MdsService {
         // Saturating: leadership may have changed (and the counters reset)
         // while the copy ran.
         core.repl.in_flight = core.repl.in_flight.saturating_sub(1);
+        let source_slots = job.targets.len() as u64;
+        let mut release = vec![(job.source.cs, source_slots)];
+        release.extend(job.targets.iter().map(|t| (t.cs, 1)));
+        for (cs, n) in release {
+            if let Some(count) = core.copies_per_cs.get_mut(&cs) {
+                *count = count.saturating_sub(n);
+                if *count == 0 {
+                    core.copies_per_cs.remove(&cs);
+                }
+            }
+        }
+        for t in &job.targets {
+            core.repl.remaining.remove(&(job.chunk, t.cs));
+        }
         match result {
             Ok(added) if !added.is_empty() => {
                 let bytes = job.chunk_size * added.len() as u64;
@@ -520,7 +780,6 @@ impl MdsService {
                 core.repl.done_bytes += bytes;
                 core.repl.episode_chunks += 1;
                 core.repl.episode_bytes += bytes;
-                core.repl.recent.push_back((now, bytes));
                 if let Some(what) = core.repairs.remove(&job.chunk) {
                     let to: Vec<String> = added.iter().map(|cs| cs.to_string()).collect();
                     core.log_event(
@@ -566,9 +825,55 @@ impl MdsService {
         }
     }
 
-    /// Steps 1-3 of the module doc; returns the servers added to the chain.
+    /// The copy of the module doc; returns the servers added to the chain.
     async fn copy_chunk(&self, job: &CopyJob) -> Result<Vec<CsId>> {
         let chunk = job.chunk;
+        let rate = {
+            let core = self.core();
+            let p = self.params(&core);
+            p.repl_bandwidth_bytes_per_s / p.repl_concurrency.max(1)
+        };
+        // Phase 1: base copies at the current version; writers go on.
+        let results = join_all(
+            job.targets
+                .iter()
+                .map(|t| self.replicate_watched(job, t, job.version, rate)),
+        )
+        .await;
+        let mut ready = Vec::new();
+        let mut partial = Vec::new();
+        let mut first_error = None;
+        for (t, r) in job.targets.iter().zip(results) {
+            match r {
+                Ok(_) => {
+                    ready.push(t.clone());
+                    partial.push(t.cs);
+                }
+                Err(e) => {
+                    // Abandoned for lack of progress: what it copied stays.
+                    if e.kind() == ErrorKind::TimedOut {
+                        partial.push(t.cs);
+                    }
+                    tracing::warn!(
+                        "MDS: copying chunk {chunk:#x} (version {}) from CS {} to CS {} ({}) failed: {e}; the partial copy is kept for the next try",
+                        job.version,
+                        job.source.cs,
+                        t.cs,
+                        t.addr
+                    );
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // What landed is a base for the next try (kept while the chunk
+        // lacks copies, then deleted by `prune_stale`). A target that
+        // failed otherwise is not preferred again.
+        self.remember_stale(chunk, &partial, job.version);
+        let all: Vec<CsId> = job.targets.iter().map(|t| t.cs).collect();
+        if ready.is_empty() {
+            return Err(first_error.unwrap_or_else(|| Error::internal("a copy without targets")));
+        }
+        // Phase 2: under busy at v+1, only the blocks written meanwhile.
         let version = job.version + 1;
         {
             let _chunks = self.chunk_lock.lock().await;
@@ -619,32 +924,32 @@ impl MdsService {
                 return Err(Error::unavailable(cause));
             }
         }
-        let rate = {
-            let core = self.core();
-            let p = self.params(&core);
-            p.repl_bandwidth_bytes_per_s / p.repl_concurrency.max(1)
-        };
-        let results = join_all(job.targets.iter().map(|t| async {
-            let control = self.connector.chunk_control(&t.addr).await?;
-            control
-                .replicate_chunk(chunk, version, job.chunk_size, job.source.clone(), rate)
-                .await
-        }))
+        let results = join_all(
+            ready
+                .iter()
+                .map(|t| self.replicate_watched(job, t, version, rate)),
+        )
         .await;
         let mut copied = Vec::new();
-        let mut failed = Vec::new();
-        for (t, r) in job.targets.iter().zip(results) {
+        for (t, r) in ready.iter().zip(results) {
             match r {
-                Ok(()) => copied.push(t.clone()),
-                Err(e) => {
-                    tracing::warn!(
-                        "MDS: copying chunk {chunk:#x} from CS {} to CS {} ({}) failed: {e}",
+                Ok(stats) => {
+                    tracing::info!(
+                        "MDS: chunk {chunk:#x} copied from CS {} to CS {} at version {version}: {} bytes sent, {} compared, base reused: {}",
                         job.source.cs,
                         t.cs,
-                        t.addr
+                        stats.bytes_copied,
+                        stats.bytes_compared,
+                        stats.reused_base
                     );
-                    failed.push(t.clone());
+                    copied.push(t.clone());
                 }
+                Err(e) => tracing::warn!(
+                    "MDS: copying chunk {chunk:#x} (version {version}) from CS {} to CS {} ({}) failed: {e}; the partial copy is kept for the next try",
+                    job.source.cs,
+                    t.cs,
+                    t.addr
+                ),
             }
         }
         let committed = {
@@ -663,19 +968,117 @@ impl MdsService {
             self.core().busy.remove(&chunk);
             result
         };
-        let orphan = |replicas: Vec<Replica>| ChunkMap {
-            chunk,
-            index: job.index,
-            version,
-            replicas,
-        };
-        // A failed copy may still have landed (a lost answer): remove it.
-        self.delete_replicas(vec![orphan(failed)]).await;
-        if let Err(e) = committed {
-            self.delete_replicas(vec![orphan(copied)]).await;
-            return Err(e);
+        // A failed copy may still have landed (a lost answer), and a refused
+        // commit leaves good copies outside the chain: both stay stale
+        // candidates (bases for the next try).
+        committed?;
+        if copied.is_empty() {
+            return Err(Error::unavailable(format!(
+                "chunk {chunk:#x}: no copy to {:?} finished at version {version}",
+                all
+            )));
+        }
+        let mut core = self.core();
+        for r in &copied {
+            if let Some(chunks) = core.stale.get_mut(&r.cs) {
+                chunks.remove(&chunk);
+            }
         }
         Ok(copied.into_iter().map(|r| r.cs).collect())
+    }
+
+    /// `target.replicate_chunk` at `version` from the job's source, with no
+    /// deadline on the whole call but one on progress: the target's
+    /// `copy_progress` is polled (each poll with its own short deadline)
+    /// and the copy is abandoned with `TimedOut` once no bytes moved for
+    /// `mds.repl.progress_tout`. Progress feeds the rate and the ETA.
+    pub(super) async fn replicate_watched(
+        &self,
+        job: &CopyJob,
+        target: &Replica,
+        version: MapVersion,
+        rate_bytes_per_s: u64,
+    ) -> Result<CopyStats> {
+        let chunk = job.chunk;
+        let key = (chunk, target.cs);
+        let copier = self.copy_connector.chunk_control(&target.addr).await?;
+        let poller = self.connector.chunk_control(&target.addr).await?;
+        let copy = copier.replicate_chunk(
+            chunk,
+            version,
+            job.chunk_size,
+            job.source.clone(),
+            rate_bytes_per_s,
+        );
+        tokio::pin!(copy);
+        self.core().repl.remaining.insert(key, job.chunk_size);
+        let poll_every = Duration::from_millis(PROGRESS_POLL_MS);
+        let mut next_poll = tokio::time::Instant::now() + poll_every;
+        let mut last_moved = tokio::time::Instant::now();
+        let mut done: Option<u64> = None;
+        loop {
+            tokio::select! {
+                result = &mut copy => {
+                    let now = self.now();
+                    let mut core = self.core();
+                    core.repl.remaining.insert(key, 0);
+                    if let Ok(stats) = &result {
+                        // What the last poll did not see.
+                        let seen = done.unwrap_or(0);
+                        core.repl
+                            .recent
+                            .push_back((now, stats.bytes_copied.saturating_sub(seen)));
+                        core.repl.copied_bytes += stats.bytes_copied;
+                    }
+                    return result;
+                }
+                _ = tokio::time::sleep_until(next_poll) => {}
+            }
+            next_poll = tokio::time::Instant::now() + poll_every;
+            let progress_timeout_ms = {
+                let core = self.core();
+                self.params(&core).repl_progress_timeout_ms
+            };
+            let poll_deadline = Duration::from_millis(PROGRESS_POLL_DEADLINE_MS.min(progress_timeout_ms));
+            let progress =
+                tokio::time::timeout(poll_deadline, poller.copy_progress(chunk)).await;
+            if let Ok(Ok(Some(p))) = progress {
+                let moved = match done {
+                    None => p.bytes_done > 0,
+                    Some(before) => p.bytes_done != before,
+                };
+                if p.version == version && moved {
+                    let delta = p.bytes_done.saturating_sub(done.unwrap_or(0));
+                    done = Some(p.bytes_done);
+                    last_moved = tokio::time::Instant::now();
+                    let now = self.now();
+                    let mut core = self.core();
+                    core.repl.recent.push_back((now, delta));
+                }
+                // Known once the CRC tables are compared (0 before).
+                if p.version == version && p.bytes_total > 0 {
+                    self.core()
+                        .repl
+                        .remaining
+                        .insert(key, p.bytes_total.saturating_sub(p.bytes_done));
+                }
+            }
+            let stalled = tokio::time::Instant::now().duration_since(last_moved);
+            if stalled >= Duration::from_millis(progress_timeout_ms) {
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "the copy of chunk {chunk:#x} of {} (index {}) at version {version} from chunk server {} to chunk server {} ({}) moved no bytes for {} ms (mds.repl.progress_tout={progress_timeout_ms}); abandoned, it is planned again and resumes from what was copied",
+                        job.path,
+                        job.index,
+                        job.source.cs,
+                        target.cs,
+                        target.addr,
+                        stalled.as_millis()
+                    ),
+                ));
+            }
+        }
     }
 
     /// Re-replicates forever (the daemon runs it beside `tick`): keeps up to
@@ -738,14 +1141,23 @@ impl MdsService {
         let mut per_cs: BTreeMap<CsId, u64> = BTreeMap::new();
         let mut counts = ChunkCounts::default();
         let mut pending = 0u64;
+        // Copies in flight: what their last progress left; the others: a
+        // chunk size per missing copy.
+        let mut remaining_bytes: u64 = core.repl.remaining.values().sum();
         for (&chunk, rec) in state.chunks() {
             for cs in &rec.replicas {
                 *per_cs.entry(*cs).or_default() += 1;
             }
-            let replicas = state.inode(rec.file).expect("chunk file").attrs.replicas;
+            let attrs = state.inode(rec.file).expect("chunk file").attrs;
+            let replicas = attrs.replicas;
             let health = self.chain_health(&core, rec, now);
             let (norm, min) = (replicas.norm as usize, replicas.min as usize);
             pending += u64::from(health.counted < norm);
+            if !core.busy.contains(&chunk) && !core.planned.contains(&chunk) {
+                let missing = norm.saturating_sub(health.counted) as u64;
+                remaining_bytes =
+                    remaining_bytes.saturating_add(missing.saturating_mul(attrs.chunk_size));
+            }
             if core.busy.contains(&chunk) {
                 counts.replicating += 1;
             } else if health.available < min {
@@ -804,6 +1216,9 @@ impl MdsService {
             .filter(|(t, _)| now.saturating_sub(*t) <= RATE_WINDOW_MS)
             .map(|(_, b)| b)
             .sum();
+        let rate_bytes_per_s = recent_bytes * 1000 / RATE_WINDOW_MS;
+        let eta_s = (remaining_bytes > 0 && rate_bytes_per_s > 0)
+            .then(|| remaining_bytes.div_ceil(rate_bytes_per_s));
         ClusterStatus {
             cluster_name: self.config.cluster_name.clone(),
             health: health.to_string(),
@@ -819,7 +1234,10 @@ impl MdsService {
                 done_chunks: core.repl.done_chunks,
                 done_bytes: core.repl.done_bytes,
                 failed_chunks: core.repl.failed_chunks,
-                rate_bytes_per_s: recent_bytes * 1000 / RATE_WINDOW_MS,
+                rate_bytes_per_s,
+                copied_bytes: core.repl.copied_bytes,
+                remaining_bytes,
+                eta_s,
             },
             logical_bytes,
         }

@@ -54,6 +54,13 @@ pub struct ClusterParams {
     /// `mds.report.drop_rate`: the bucket refills at this many drops per
     /// minute.
     pub report_drop_rate_per_min: u64,
+    /// `mds.repl.progress_tout`: a chunk copy that moved no bytes for this
+    /// long is cancelled and planned again (its partial copy is reused), in
+    /// ms. A copy as a whole has no deadline.
+    pub repl_progress_timeout_ms: u64,
+    /// `mds.repl.per_cs`: chunk copies in flight at most per chunk server,
+    /// as source or target.
+    pub repl_per_cs: u64,
 }
 
 impl Default for ClusterParams {
@@ -71,6 +78,8 @@ impl Default for ClusterParams {
             cs_probe_cache_ms: 2_000,
             report_drop_burst: 64,
             report_drop_rate_per_min: 120,
+            repl_progress_timeout_ms: 30_000,
+            repl_per_cs: 2,
         }
     }
 }
@@ -183,6 +192,22 @@ const SPECS: &[Spec] = &[
         description: "refill rate of the per-chunk-server drop budget of failure reports",
         field: |p| &mut p.report_drop_rate_per_min,
     },
+    Spec {
+        key: "mds.repl.progress_tout",
+        unit: "ms",
+        min: 1_000,
+        max: 24 * 3600 * 1000,
+        description: "a chunk copy that moved no bytes this long is cancelled and retried",
+        field: |p| &mut p.repl_progress_timeout_ms,
+    },
+    Spec {
+        key: "mds.repl.per_cs",
+        unit: "chunks",
+        min: 1,
+        max: 256,
+        description: "chunk copies in flight per chunk server (as source or target)",
+        field: |p| &mut p.repl_per_cs,
+    },
 ];
 
 fn spec(key: &str) -> Result<&'static Spec> {
@@ -284,6 +309,8 @@ mod tests {
             "mds.wd.offline_tout=10",
             "mds.alloc.fill_margin=100",
             "mds.repl.concurrency=0",
+            "mds.repl.per_cs=0",
+            "mds.repl.progress_tout=10",
             "no.such.key=1",
         ] {
             let e = ClusterParams::parse_assignment(bad).unwrap_err();

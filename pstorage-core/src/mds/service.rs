@@ -108,8 +108,12 @@ pub(super) struct ReplProgress {
     pub(super) done_chunks: u64,
     pub(super) done_bytes: u64,
     pub(super) failed_chunks: u64,
-    /// (finish time ms, bytes) of recent copies, for the rate.
+    /// Bytes sent by finished copies (differing blocks only).
+    pub(super) copied_bytes: u64,
+    /// (time ms, bytes sent) of recent copy progress, for the rate.
     pub(super) recent: VecDeque<(u64, u64)>,
+    /// Bytes left per copy in flight (chunk, target), from its last progress.
+    pub(super) remaining: BTreeMap<(ChunkId, CsId), u64>,
 }
 
 pub(super) struct Core {
@@ -131,6 +135,16 @@ pub(super) struct Core {
     /// The status each chunk server had at the last health check.
     pub(super) seen_status: BTreeMap<CsId, CsStatus>,
     pub(super) repl: ReplProgress,
+    /// Replicas outside their chunk's chain that are kept as bases for a
+    /// copy while the chunk has fewer than `replicas_norm` members: server
+    /// -> chunk -> the replica's version (as last known). Filled by
+    /// registrations, by drops from chains and by failed copies; emptied as
+    /// the chunks get their copies (see `prune_stale`).
+    pub(super) stale: BTreeMap<CsId, BTreeMap<ChunkId, MapVersion>>,
+    /// Copies in flight per chunk server, as source or target.
+    pub(super) copies_per_cs: BTreeMap<CsId, u64>,
+    /// Chunks whose only reachable copies are stale ones (logged once).
+    pub(super) stale_only: BTreeSet<ChunkId>,
     /// Chunks that lost a corrupt replica, with what was found: the event
     /// log says when each is repaired.
     pub(super) repairs: BTreeMap<ChunkId, String>,
@@ -215,6 +229,9 @@ pub struct MdsService {
     core: Mutex<Core>,
     pub(super) chunk_lock: tokio::sync::Mutex<()>,
     pub(super) connector: Arc<dyn ControlConnector>,
+    /// For `replicate_chunk` only: a copy has no whole-call deadline (its
+    /// progress is watched instead), unlike every other control call.
+    pub(super) copy_connector: Arc<dyn ControlConnector>,
     clock: Arc<dyn Clock>,
     pub(super) config: MdsConfig,
     /// The Raft group this MDS proposes its commands to, and its id there.
@@ -249,6 +266,9 @@ impl MdsService {
                 busy: BTreeSet::new(),
                 seen_status: BTreeMap::new(),
                 repl: ReplProgress::default(),
+                stale: BTreeMap::new(),
+                copies_per_cs: BTreeMap::new(),
+                stale_only: BTreeSet::new(),
                 repairs: BTreeMap::new(),
                 replicated: false,
                 pending_events: Vec::new(),
@@ -256,6 +276,7 @@ impl MdsService {
                 led_term: None,
             }),
             chunk_lock: tokio::sync::Mutex::new(()),
+            copy_connector: connector.clone(),
             connector,
             clock,
             config,
@@ -289,6 +310,16 @@ impl MdsService {
         config: MdsConfig,
     ) -> MdsService {
         MdsService::new(state, None, connector, clock, config)
+    }
+
+    /// Makes chunk copies (`replicate_chunk`) go through `connector`, whose
+    /// calls should have no whole-call deadline (a 1 GiB copy at a paced
+    /// rate takes minutes); the MDS cancels a copy that stops making
+    /// progress (`mds.repl.progress_tout`). By default copies use the
+    /// connector given to [`MdsService::new`].
+    pub fn with_copy_connector(mut self, connector: Arc<dyn ControlConnector>) -> MdsService {
+        self.copy_connector = connector;
+        self
     }
 
     /// The configuration.
@@ -430,8 +461,8 @@ impl MdsService {
     /// leases (marking files for fencing), brings chain members that
     /// re-registered with an older version up to the map's version, tracks
     /// chunk server health (dropping offline servers from their chains),
-    /// trims replicas beyond `replicas_norm` and finishes graceful
-    /// removals. Re-replication runs in [`MdsService::run_replication`].
+    /// trims replicas beyond `replicas_norm`, deletes stale replicas whose
+    /// chunks have their copies, and finishes graceful removals. Re-replication runs in [`MdsService::run_replication`].
     ///
     /// With Raft, only the leader does these; an MDS that just became the
     /// leader starts its chunk server bookkeeping afresh (they register
@@ -447,6 +478,7 @@ impl MdsService {
         self.sync_versions().await;
         self.check_health().await;
         self.trim_excess().await;
+        self.prune_stale().await;
         self.flush_events().await;
     }
 
@@ -486,6 +518,9 @@ impl MdsService {
             core.seen_status.clear();
             core.pending_events.clear();
             core.repl = ReplProgress::default();
+            core.stale.clear();
+            core.copies_per_cs.clear();
+            core.stale_only.clear();
             core.repairs.clear();
             core.next_chunk_reserved = core.state.next_chunk_id();
             if leader {
@@ -524,6 +559,18 @@ impl MdsService {
                     );
                     if let Err(e) = self.drop_replicas(chunk, vec![cs]).await {
                         tracing::warn!("MDS: {e}");
+                    }
+                    // The last member stays in its chain (never dropped):
+                    // try again at the next tick while it is active (else
+                    // its next registration does), or it is never a source.
+                    let now = self.now();
+                    let mut core = self.core();
+                    let still_member = core
+                        .state
+                        .chunk(chunk)
+                        .is_some_and(|r| r.replicas.contains(&cs));
+                    if still_member && self.cs_status(&core, cs, now) == CsStatus::Active {
+                        core.version_sync.entry(cs).or_default().insert(chunk);
                     }
                 }
             }
@@ -691,12 +738,18 @@ impl MdsService {
                 if survivors.len() == current.replicas.len() || survivors.is_empty() {
                     Err(current)
                 } else {
-                    Ok((current.version, survivors))
+                    let dropped: Vec<CsId> = current
+                        .replicas
+                        .iter()
+                        .map(|r| r.cs)
+                        .filter(|cs| failed.contains(cs))
+                        .collect();
+                    Ok((current.version, survivors, dropped))
                 }
             };
             let (map, survivors) = match plan {
                 Err(current) => (current, None),
-                Ok((version, survivors)) => {
+                Ok((version, survivors, dropped)) => {
                     let outcome = self
                         .commit(Command::UpdateChunkMap {
                             chunk,
@@ -707,6 +760,10 @@ impl MdsService {
                     let ApplyOutcome::ChunkMap(map) = outcome else {
                         return Err(unexpected(outcome));
                     };
+                    // What the dropped members hold is the chunk at
+                    // `version` plus maybe unacknowledged writes: a base
+                    // that a later copy to them only has to patch.
+                    self.remember_stale(chunk, &dropped, version);
                     (map, Some(survivors.len()))
                 }
             };
@@ -1003,6 +1060,7 @@ impl MdsService {
             let mut core = self.core();
             core.live.remove(&cs);
             core.version_sync.remove(&cs);
+            core.stale.remove(&cs);
             if !was_dropped {
                 let addr = core.cs_addr(cs);
                 core.log_event(
@@ -1263,7 +1321,12 @@ impl MetadataService for MdsService {
         );
         self.note_bad_replica(cs, &replica.addr, chunk, reason, "a client");
         self.flush_events().await;
-        self.drop_replicas(chunk, vec![cs]).await
+        let dropped = self.drop_replicas(chunk, vec![cs]).await;
+        if reason == FailureReason::Corrupt {
+            // A bad replica is never a base for a copy.
+            self.forget_stale(cs, chunk);
+        }
+        dropped
     }
 
     async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
@@ -1391,7 +1454,7 @@ impl CsRegistry for MdsService {
             })
             .await?;
         }
-        let (delete, lost) = {
+        let (delete, kept, lost) = {
             let mut core = self.core();
             let mut live = CsLive::new(now, space);
             live.full = self.below_margin(&core, &live, 0);
@@ -1399,13 +1462,23 @@ impl CsRegistry for MdsService {
             self.probes.forget_verdict(id);
             core.live.insert(id, live);
             let mut delete = Vec::new();
+            let mut kept: BTreeMap<ChunkId, MapVersion> = BTreeMap::new();
             let mut behind = BTreeSet::new();
             let mut reported = BTreeSet::new();
             for info in &chunks {
                 reported.insert(info.chunk);
                 match core.state.chunk(info.chunk) {
                     None => delete.push(info.chunk),
-                    Some(rec) if !rec.replicas.contains(&id) => delete.push(info.chunk),
+                    // Not a member (it was dropped while away, or a copy
+                    // never landed): a base for the chunk's next copy while
+                    // the chunk is short of copies, garbage once it is not.
+                    Some(rec) if !rec.replicas.contains(&id) => {
+                        if self.needs_copies(&core, rec, now) {
+                            kept.insert(info.chunk, info.version);
+                        } else {
+                            delete.push(info.chunk);
+                        }
+                    }
                     Some(rec) if info.version < rec.version => {
                         behind.insert(info.chunk);
                     }
@@ -1430,7 +1503,13 @@ impl CsRegistry for MdsService {
             } else {
                 core.version_sync.insert(id, behind);
             }
-            (delete, lost)
+            // The server's list is the truth about what it holds.
+            if kept.is_empty() {
+                core.stale.remove(&id);
+            } else {
+                core.stale.insert(id, kept.clone());
+            }
+            (delete, kept, lost)
         };
         {
             let mut core = self.core();
@@ -1439,8 +1518,9 @@ impl CsRegistry for MdsService {
                 EventKind::CsState,
                 EventLevel::Info,
                 format!(
-                    "chunk server {id} registered at {addr} with {} replica(s); {} stale or unknown to be deleted, {} lost",
+                    "chunk server {id} registered at {addr} with {} replica(s); {} stale kept to be resynced (their chunks lack copies), {} stale or unknown to be deleted, {} lost",
                     chunks.len(),
+                    kept.len(),
                     delete.len(),
                     lost.len()
                 ),
@@ -1452,6 +1532,8 @@ impl CsRegistry for MdsService {
             if let Err(e) = self.drop_replicas(chunk, vec![id]).await {
                 tracing::warn!("MDS: {e}");
             }
+            // Nothing is left there to resync.
+            self.forget_stale(id, chunk);
         }
         self.flush_events().await;
         Ok(RegisterReply {
@@ -1507,7 +1589,10 @@ impl CsRegistry for MdsService {
         tracing::warn!("MDS: CS {cs} ({addr}) reports its replica of chunk {chunk:#x} bad: {reason:?}; dropping it");
         self.note_bad_replica(cs, &addr, chunk, reason, "its chunk server");
         self.flush_events().await;
-        match self.drop_replicas(chunk, vec![cs]).await {
+        let dropped = self.drop_replicas(chunk, vec![cs]).await;
+        // A bad replica is never a base for a copy.
+        self.forget_stale(cs, chunk);
+        match dropped {
             Ok(_) => {}
             // Below replicas_min: the drop happened, writes wait for rebuild.
             Err(e) if e.kind() == ErrorKind::Unavailable => tracing::warn!("MDS: {e}"),

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -34,6 +35,11 @@ struct FakeCs {
     /// Pings never answer (a frozen process).
     hang_ping: AtomicBool,
     pings: std::sync::atomic::AtomicUsize,
+    /// `Some(moving)`: `replicate_chunk` hangs until `copy_finishes`, and
+    /// `copy_progress` shows bytes moving (a MiB per poll) or not.
+    hang: Mutex<Option<bool>>,
+    released: tokio::sync::Notify,
+    progress: Mutex<Option<CopyProgress>>,
 }
 
 impl FakeCs {
@@ -45,6 +51,13 @@ impl FakeCs {
     }
     fn set_failing(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
+    }
+    fn copy_hangs(&self, moving: bool) {
+        *self.hang.lock().unwrap() = Some(moving);
+    }
+    fn copy_finishes(&self) {
+        *self.hang.lock().unwrap() = None;
+        self.released.notify_waiters();
     }
     fn check(&self) -> Result<()> {
         if self.fail.load(Ordering::SeqCst) {
@@ -91,21 +104,52 @@ impl ChunkControl for FakeCs {
         &self,
         chunk: ChunkId,
         version: MapVersion,
-        _chunk_size: u64,
+        chunk_size: u64,
         source: Replica,
         _rate_bytes_per_s: u64,
-    ) -> Result<()> {
+    ) -> Result<CopyStats> {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate.acquire().await.unwrap().forget();
         }
         self.check()?;
+        *self.progress.lock().unwrap() = Some(CopyProgress {
+            chunk,
+            version,
+            bytes_done: 0,
+            bytes_total: chunk_size,
+        });
+        loop {
+            let released = self.released.notified();
+            if self.hang.lock().unwrap().is_none() {
+                break;
+            }
+            released.await;
+        }
         self.calls
             .lock()
             .unwrap()
             .push(Call::Replicate(chunk, version, source.cs));
         self.chunks.lock().unwrap().insert(chunk, version);
-        Ok(())
+        let done = self.progress.lock().unwrap().take().map_or(0, |p| p.bytes_done);
+        Ok(CopyStats {
+            bytes_copied: chunk_size.max(done),
+            bytes_compared: chunk_size,
+            reused_base: false,
+        })
+    }
+    async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
+        self.check()?;
+        let moving = *self.hang.lock().unwrap() == Some(true);
+        let mut progress = self.progress.lock().unwrap();
+        if let Some(p) = progress.as_mut().filter(|p| p.chunk == chunk) {
+            if moving {
+                p.bytes_done += 1 << 20;
+                p.bytes_total = p.bytes_total.max(p.bytes_done + (1 << 20));
+            }
+            return Ok(Some(*p));
+        }
+        Ok(None)
     }
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.check()?;
@@ -1002,11 +1046,8 @@ async fn registration_computes_the_delete_list() {
         chunks.remove(&m2.chunk);
     }
     let reply = c.register(1, 3).await.unwrap();
-    let mut delete = reply.delete.clone();
-    delete.sort();
-    let mut expected = vec![m1.chunk, 0xdead];
-    expected.sort();
-    assert_eq!(delete, expected);
+    // m1 has 2 of its 3 copies: CS 1's older one is kept to be resynced.
+    assert_eq!(reply.delete, vec![0xdead]);
     assert_eq!(reply.heartbeat_interval_ms, 1_000);
     let s = c.state();
     assert!(s.chunk(m0.chunk).unwrap().replicas.contains(&1));
@@ -1589,8 +1630,9 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
         heartbeat_all(&c, &[3, 4]).await;
         c.mds.renew(lease.id).await.unwrap();
     }
-    // A copy to CS 4 starts and is held mid-way.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // A copy to CS 4 starts: its base copy goes through, the delta under
+    // busy is held mid-way.
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
     *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
@@ -1618,7 +1660,13 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     assert_eq!(copier.await.unwrap(), 1);
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!((chain(&map), map.version), (vec![3, 4], 4));
-    assert_eq!(c.cs(4).calls(), [Call::Replicate(map.chunk, 4, 3)]);
+    assert_eq!(
+        c.cs(4).calls(),
+        [
+            Call::Replicate(map.chunk, 3, 3),
+            Call::Replicate(map.chunk, 4, 3)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -1631,7 +1679,13 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
         .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
         .await
         .unwrap();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // CS 2 stays silent (inactive): the copy goes to CS 4.
+    for _ in 0..4 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[1, 3, 4]).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
     *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
@@ -1643,6 +1697,9 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
     gate.add_permits(1);
     assert_eq!(copier.await.unwrap(), 0);
     assert!(c.state().chunk(map.chunk).is_none());
+    // The copy is a stale replica of a chunk that is gone: the next tick
+    // deletes it.
+    c.mds.tick().await;
     assert_eq!(c.cs(4).version(map.chunk), None, "the copy was deleted");
 }
 
@@ -1886,4 +1943,208 @@ async fn concurrent_reports_about_one_server_share_one_probe() {
         events.iter().any(|e| e.contains("answers neither a client nor the MDS's probe")),
         "{events:?}"
     );
+}
+
+// ----- re-replication at any chunk size (issue 10) ---------------------------
+
+/// A cluster whose CS `away` held chunk 0 of /f (with CSes 1-3), went
+/// offline (dropped from the chain) and re-registered: returns the chunk.
+async fn drop_and_return(c: &Cluster, away: CsId, alive: &[CsId]) -> ChunkMap {
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert!(chain(&map).contains(&away), "{map:?}");
+    for _ in 0..62 {
+        c.clock.advance(1_000);
+        heartbeat_all(c, alive).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    c.mds.tick().await;
+    assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&away));
+    map
+}
+
+#[tokio::test]
+async fn a_returning_server_keeps_its_stale_replica_and_is_the_preferred_target() {
+    // CS 5 has the most free space; CS 1 (the least) held the chunk.
+    let c = Cluster::new(&[40, 30, 20, 10, 90]).await;
+    // Keep CS 5 out of the initial placement: it registers later.
+    let map = {
+        let lease = c.open_write("/g").await;
+        c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap()
+    };
+    let away = chain(&map)[0];
+    let others: Vec<CsId> = (1..=5).filter(|&cs| cs != away).collect();
+    let lease = c.open_write("/f").await;
+    let _ = lease;
+    for _ in 0..62 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &others).await;
+    }
+    c.mds.tick().await;
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(!rec.replicas.contains(&away), "{rec:?}");
+    // It returns: its replica is kept (2 of 3 copies), not deleted.
+    let reply = c.register(away, 1).await.unwrap();
+    assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
+    let registered = events(&c, EventKind::CsState).join("\n");
+    assert!(registered.contains("1 stale kept to be resynced"), "{registered}");
+    // Tick keeps it while the chunk lacks copies.
+    c.mds.tick().await;
+    assert_eq!(c.cs(away).version(map.chunk), Some(map.version));
+    // The copy goes to it, not to the emptier servers.
+    assert_eq!(c.mds.replicate_pending(5).await, 1);
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(rec.replicas.contains(&away), "{rec:?}");
+    assert_eq!(rec.replicas.len(), 3);
+    let copies: Vec<Call> = c
+        .cs(away)
+        .calls()
+        .into_iter()
+        .filter(|call| matches!(call, Call::Replicate(..)))
+        .collect();
+    assert_eq!(copies.len(), 2, "a base copy, then the delta under busy: {copies:?}");
+    for cs in others {
+        assert!(
+            !c.cs(cs).calls().iter().any(|call| matches!(call, Call::Replicate(..))),
+            "CS {cs} got a copy"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stale_replicas_are_deleted_once_the_chunk_has_its_copies() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let map = drop_and_return(&c, 1, &[2, 3, 4]).await;
+    // CS 1 is back with its old replica; CS 4 also holds an old copy (a
+    // copy that never landed).
+    c.cs(4).chunks.lock().unwrap().insert(map.chunk, 1);
+    c.register(4, 10).await.unwrap();
+    c.register(1, 40).await.unwrap();
+    c.mds.tick().await;
+    assert!(c.cs(1).version(map.chunk).is_some());
+    assert!(c.cs(4).version(map.chunk).is_some());
+    assert_eq!(c.mds.replicate_pending(5).await, 1);
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.replicas.len(), 3, "{rec:?}");
+    // The one not used goes once the chunk has its copies.
+    let unused = if rec.replicas.contains(&1) { 4 } else { 1 };
+    c.mds.tick().await;
+    assert_eq!(c.cs(unused).version(map.chunk), None, "stale copy on CS {unused} kept");
+    for cs in &rec.replicas {
+        assert_eq!(c.cs(*cs).version(map.chunk), Some(rec.version));
+    }
+}
+
+#[tokio::test]
+async fn the_last_copies_are_never_deleted_when_the_chain_is_down() {
+    let c = Cluster::new(&[40, 30, 20]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    // CS 2 and 3 go offline: dropped, CS 1 is the last member.
+    for _ in 0..62 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[1]).await;
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    c.mds.tick().await;
+    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![1]);
+    // Then CS 1 goes offline too, and CS 2 and 3 return.
+    for _ in 0..62 {
+        c.clock.advance(1_000);
+        c.mds.renew(lease.id).await.unwrap();
+    }
+    c.mds.tick().await;
+    for cs in [2, 3] {
+        let reply = c.register(cs, 30).await.unwrap();
+        assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
+    }
+    for _ in 0..3 {
+        c.clock.advance(500);
+        heartbeat_all(&c, &[2, 3]).await;
+        c.mds.tick().await;
+        assert_eq!(c.mds.replicate_pending(2).await, 0, "no source");
+    }
+    for cs in [2, 3] {
+        assert!(c.cs(cs).version(map.chunk).is_some(), "CS {cs}'s copy deleted");
+        assert!(!c.cs(cs).calls().contains(&Call::Delete(map.chunk)));
+    }
+    let repl = events(&c, EventKind::Replication).join("\n");
+    assert!(repl.contains("no reachable current copy"), "{repl}");
+    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    c.mds.set_config("mds.repl.progress_tout", 10_000).await.unwrap();
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map), [1, 2, 3]);
+    c.cs(3).set_failing(true);
+    c.mds
+        .report_failure(lease.id, map.chunk, 1, 3, FailureReason::Unreachable)
+        .await
+        .unwrap();
+    c.cs(3).set_failing(false);
+    // CS 3 stops heartbeating (inactive), so CS 4 is the only target.
+    for _ in 0..4 {
+        c.clock.advance(1_000);
+        heartbeat_all(&c, &[1, 2, 4]).await;
+    }
+    // The copy hangs: no bytes move. It is abandoned after the progress
+    // timeout, with no deadline of its own.
+    c.cs(4).copy_hangs(false);
+    let started = tokio::time::Instant::now();
+    assert_eq!(c.mds.replicate_pending(1).await, 0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+    let s = c.mds.cluster_status().await.unwrap();
+    assert_eq!(s.replication.failed_chunks, 1, "{s:?}");
+    assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&4));
+
+    // A copy that keeps moving runs past the timeout as long as it moves.
+    c.cs(4).copy_hangs(true);
+    let copier = {
+        let mds = c.mds.clone();
+        tokio::spawn(async move { mds.replicate_pending(1).await })
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!copier.is_finished(), "a moving copy was abandoned");
+    let s = c.mds.cluster_status().await.unwrap();
+    assert!(s.replication.rate_bytes_per_s > 0, "{s:?}");
+    assert!(s.replication.remaining_bytes > 0, "{s:?}");
+    assert!(s.replication.eta_s.is_some(), "{s:?}");
+    c.cs(4).copy_finishes();
+    assert_eq!(copier.await.unwrap(), 1);
+    assert!(c.state().chunk(map.chunk).unwrap().replicas.contains(&4));
+}
+
+#[tokio::test]
+async fn copies_in_flight_per_server_are_limited() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    c.mds.set_config("mds.repl.concurrency", 16).await.unwrap();
+    let lease = c.open_write("/f").await;
+    let mut maps = Vec::new();
+    for index in 0..6 {
+        maps.push(c.mds.chunk_map(lease.id, index, true).await.unwrap().unwrap());
+    }
+    // Every chunk lives on 1, 2, 3 (the emptiest); CS 4 holds none.
+    assert!(maps.iter().all(|m| chain(m) == [1, 2, 3]), "{maps:?}");
+    c.mds.set_attr("/f", AttrUpdate { replicas: Some(Replicas { norm: 4, min: 2 }), ..Default::default() }, false).await.unwrap();
+    // Every chunk needs a copy to CS 4: at most 2 at once.
+    let jobs = c.mds.plan_replication(16);
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    c.mds.set_config("mds.repl.per_cs", 3).await.unwrap();
+    let more = c.mds.plan_replication(16);
+    assert_eq!(more.len(), 1, "{more:?}");
+    for job in jobs.into_iter().chain(more) {
+        c.mds.run_copy(job).await;
+    }
+    assert_eq!(c.mds.replicate_pending(10).await, 3);
+    for m in &maps {
+        assert!(c.state().chunk(m.chunk).unwrap().replicas.contains(&4));
+    }
 }

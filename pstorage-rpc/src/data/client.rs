@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pstorage_core::conf::ClusterKey;
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{ChunkConnector, ChunkService, ReplicaError, WriteRequest};
-use pstorage_core::types::{ChunkId, MapVersion, MAX_IO_SIZE};
+use pstorage_core::types::{ChunkId, MapVersion, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -388,6 +388,30 @@ impl ChunkService for DataClient {
             .call(wire::encode_flush(chunk, version), Expect::Empty)
             .await?;
         into_result(response).map(drop).map_err(|e| e.error)
+    }
+
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        let Some(reply_len) = wire::block_crcs_reply_len(len) else {
+            return Err(Error::invalid(format!(
+                "CRC entries of {len} bytes of chunk {chunk:#x}: the length must be a multiple \
+                 of {BLOCK_SIZE} and at most {MAX_BLOCK_CRCS} blocks per request; page through \
+                 larger ranges"
+            )));
+        };
+        let response = self
+            .call(
+                wire::encode_block_crcs(chunk, version, offset, len),
+                Expect::Data(reply_len),
+            )
+            .await?;
+        let body = into_result(response).map_err(|e| e.error)?;
+        Ok(wire::decode_crc_entries(&body))
     }
 }
 

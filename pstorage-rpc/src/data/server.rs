@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use pstorage_core::error::Error;
 use pstorage_core::traits::ChunkService;
-use pstorage_core::types::MAX_IO_SIZE;
+use pstorage_core::types::{BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -69,6 +69,9 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
         };
         let expected = match &request {
             Request::Read { len, .. } => (*len).min(MAX_IO_SIZE) as usize,
+            Request::BlockCrcs { len, .. } => {
+                wire::block_crcs_reply_len(*len).unwrap_or(0) as usize
+            }
             _ => 0,
         };
         let permits = (weight + expected).clamp(1, SERVER_INFLIGHT_BYTES) as u32;
@@ -150,6 +153,39 @@ async fn handle(service: &dyn ChunkService, id: u64, request: Request) -> OutFra
             Ok(()) => wire::encode_ok(id, Bytes::new()),
             Err(e) => wire::encode_error(id, None, &e),
         },
+        Request::BlockCrcs {
+            chunk,
+            version,
+            offset,
+            len,
+        } => {
+            let Some(reply_len) = wire::block_crcs_reply_len(len) else {
+                return wire::encode_error(
+                    id,
+                    None,
+                    &Error::invalid(format!(
+                        "CRC entries of {len} bytes of chunk {chunk:#x} requested: the length \
+                         must be a multiple of {BLOCK_SIZE} and at most {MAX_BLOCK_CRCS} blocks; \
+                         page through larger ranges"
+                    )),
+                );
+            };
+            match service.block_crcs(chunk, version, offset, len).await {
+                Ok(entries) if entries.len() as u64 * 8 == reply_len => {
+                    wire::encode_ok(id, wire::encode_crc_entries(&entries))
+                }
+                Ok(entries) => wire::encode_error(
+                    id,
+                    None,
+                    &Error::internal(format!(
+                        "the chunk service returned {} CRC entries for {} blocks of chunk {chunk:#x}",
+                        entries.len(),
+                        reply_len / 8
+                    )),
+                ),
+                Err(e) => wire::encode_error(id, None, &e),
+            }
+        }
     }
 }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pstorage_core::chunk::{crc64, encode_block_crc};
 use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{
     ChunkConnector, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
-use pstorage_core::types::{ChunkId, MapVersion, Replica, MAX_IO_SIZE};
+use pstorage_core::types::{ChunkId, MapVersion, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -112,6 +113,36 @@ impl ChunkService for MemService {
         self.check_version(chunk, version)?;
         self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// 0 for blocks past the written end or all zeros, else the block's
+    /// encoded CRC-64.
+    async fn block_crcs(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u64>> {
+        self.check_version(chunk, version)?;
+        let chunks = self.chunks.lock().unwrap();
+        let Some((_, data)) = chunks.get(&chunk) else {
+            return Err(Error::not_found(format!("chunk {chunk:#x} is not here")));
+        };
+        let bs = BLOCK_SIZE as usize;
+        Ok((offset / BLOCK_SIZE..(offset + len) / BLOCK_SIZE)
+            .map(|b| {
+                let mut block = vec![0u8; bs];
+                let start = (b as usize * bs).min(data.len());
+                let end = (start + bs).min(data.len());
+                block[..end - start].copy_from_slice(&data[start..end]);
+                if block.iter().all(|&x| x == 0) {
+                    0
+                } else {
+                    encode_block_crc(crc64(&block))
+                }
+            })
+            .collect())
     }
 }
 
@@ -234,6 +265,44 @@ async fn requests_round_trip() {
         .unwrap();
     assert_eq!(client.read(2, 1, 0, big.len() as u64).await.unwrap(), big);
     assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn block_crcs_round_trip_and_are_bounded() {
+    let service = Arc::new(MemService::default());
+    let server = start_server(service.clone(), "127.0.0.1:0").await;
+    let client = client_for(&server.addr).await;
+    let block = vec![0x5au8; BLOCK_SIZE as usize];
+    client
+        .write(write_req(
+            3,
+            9,
+            2 * BLOCK_SIZE,
+            WritePayload::Data(Bytes::from(block.clone())),
+        ))
+        .await
+        .unwrap();
+    let entries = client.block_crcs(3, 9, 0, 4 * BLOCK_SIZE).await.unwrap();
+    assert_eq!(entries, vec![0, 0, encode_block_crc(crc64(&block)), 0]);
+    // The largest page, all beyond the written end.
+    let page = client
+        .block_crcs(3, 9, 4 * BLOCK_SIZE, MAX_BLOCK_CRCS * BLOCK_SIZE)
+        .await
+        .unwrap();
+    assert_eq!(page.len() as u64, MAX_BLOCK_CRCS);
+    assert!(page.iter().all(|&e| e == 0));
+    assert!(client.block_crcs(3, 9, 0, 0).await.unwrap().is_empty());
+    // Version-checked like a read.
+    let e = client.block_crcs(3, 8, 0, BLOCK_SIZE).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+    // Unaligned or oversized requests are refused before they are sent.
+    for len in [100, (MAX_BLOCK_CRCS + 1) * BLOCK_SIZE] {
+        let e = client.block_crcs(3, 9, 0, len).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    }
+    // The connection is still good.
+    assert_eq!(client.block_crcs(3, 9, 8192, 4096).await.unwrap().len(), 1);
+    server.task.abort();
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use pstorage_core::error::{Error, ErrorKind};
 use pstorage_core::traits::{WritePayload, WriteRequest};
 use pstorage_core::types::{
-    ChunkId, CsId, MapVersion, Replica, MAX_CHUNK_SIZE, MAX_IO_SIZE, MAX_REPLICAS,
+    ChunkId, CsId, MapVersion, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_CHUNK_SIZE, MAX_IO_SIZE,
+    MAX_REPLICAS,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -28,12 +29,14 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 pub(crate) const TYPE_WRITE: u8 = 1;
 pub(crate) const TYPE_READ: u8 = 2;
 pub(crate) const TYPE_FLUSH: u8 = 3;
+pub(crate) const TYPE_BLOCK_CRCS: u8 = 4;
 pub(crate) const TYPE_OK: u8 = 0x81;
 pub(crate) const TYPE_ERROR: u8 = 0x82;
 
 pub(crate) const WRITE_FIXED_LEN: usize = 36;
 pub(crate) const READ_BODY_LEN: usize = 32;
 pub(crate) const FLUSH_BODY_LEN: usize = 16;
+pub(crate) const BLOCK_CRCS_BODY_LEN: usize = 32;
 pub(crate) const ERROR_FIXED_LEN: usize = 8;
 
 const PAYLOAD_DATA: u8 = 0;
@@ -103,7 +106,7 @@ pub(crate) fn decode_header(b: &[u8]) -> Result<Header, FrameError> {
     let frame_type = b[2];
     if !matches!(
         frame_type,
-        TYPE_WRITE | TYPE_READ | TYPE_FLUSH | TYPE_OK | TYPE_ERROR
+        TYPE_WRITE | TYPE_READ | TYPE_FLUSH | TYPE_BLOCK_CRCS | TYPE_OK | TYPE_ERROR
     ) {
         return Err(FrameError::UnknownType(frame_type));
     }
@@ -156,6 +159,12 @@ pub(crate) enum Request {
     Flush {
         chunk: ChunkId,
         version: MapVersion,
+    },
+    BlockCrcs {
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
     },
 }
 
@@ -256,6 +265,49 @@ pub(crate) fn encode_flush(chunk: ChunkId, version: MapVersion) -> OutFrame {
         body: Bytes::new(),
         permit: None,
     }
+}
+
+pub(crate) fn encode_block_crcs(
+    chunk: ChunkId,
+    version: MapVersion,
+    offset: u64,
+    len: u64,
+) -> OutFrame {
+    let mut head = Vec::with_capacity(HEADER_LEN + BLOCK_CRCS_BODY_LEN);
+    put_header(&mut head, TYPE_BLOCK_CRCS, 0, BLOCK_CRCS_BODY_LEN);
+    head.extend_from_slice(&chunk.to_le_bytes());
+    head.extend_from_slice(&version.to_le_bytes());
+    head.extend_from_slice(&offset.to_le_bytes());
+    head.extend_from_slice(&len.to_le_bytes());
+    OutFrame {
+        head,
+        body: Bytes::new(),
+        permit: None,
+    }
+}
+
+/// The reply length of a BlockCrcs request for `len` bytes of chunk, if the
+/// request is within the limits (`len` a multiple of the block size, at
+/// most `MAX_BLOCK_CRCS` blocks).
+pub(crate) fn block_crcs_reply_len(len: u64) -> Option<u64> {
+    (len.is_multiple_of(BLOCK_SIZE) && len / BLOCK_SIZE <= MAX_BLOCK_CRCS)
+        .then_some(len / BLOCK_SIZE * 8)
+}
+
+/// CRC entries as a BlockCrcs reply body.
+pub(crate) fn encode_crc_entries(entries: &[u64]) -> Bytes {
+    let mut out = Vec::with_capacity(entries.len() * 8);
+    for e in entries {
+        out.extend_from_slice(&e.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+/// Decodes a BlockCrcs reply body (its length is checked by the caller).
+pub(crate) fn decode_crc_entries(body: &[u8]) -> Vec<u64> {
+    body.chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")))
+        .collect()
 }
 
 pub(crate) fn encode_ok(id: u64, data: Bytes) -> OutFrame {
@@ -409,6 +461,20 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
             Ok(Request::Flush {
                 chunk: u64_at(&body, 0),
                 version: u64_at(&body, 8),
+            })
+        }
+        TYPE_BLOCK_CRCS => {
+            if body.len() != BLOCK_CRCS_BODY_LEN {
+                return Err(malformed(format!(
+                    "block CRCs body of {} bytes, expected {BLOCK_CRCS_BODY_LEN}",
+                    body.len()
+                )));
+            }
+            Ok(Request::BlockCrcs {
+                chunk: u64_at(&body, 0),
+                version: u64_at(&body, 8),
+                offset: u64_at(&body, 16),
+                len: u64_at(&body, 24),
             })
         }
         other => Err(FrameError::WrongDirection(other)),
@@ -617,6 +683,24 @@ mod tests {
                 version: 6
             }
         );
+        let (h, b) = frame_bytes(&encode_block_crcs(7, 8, 4096, 1 << 20));
+        assert_eq!(
+            decode_request(&h, b).unwrap(),
+            Request::BlockCrcs {
+                chunk: 7,
+                version: 8,
+                offset: 4096,
+                len: 1 << 20
+            }
+        );
+        let (h, b) = frame_bytes(&encode_block_crcs(7, 8, 0, 4096));
+        let short = Header { body_len: 31, ..h };
+        assert!(decode_request(&short, b.slice(..31)).is_err());
+        let entries = [0, 1, u64::MAX, 0x0123_4567_89ab_cdef];
+        assert_eq!(decode_crc_entries(&encode_crc_entries(&entries)), entries);
+        assert_eq!(block_crcs_reply_len(1 << 20), Some(256 * 8));
+        assert_eq!(block_crcs_reply_len(4095), None);
+        assert_eq!(block_crcs_reply_len((MAX_BLOCK_CRCS + 1) * 4096), None);
         let (h, b) = frame_bytes(&encode_ok(9, Bytes::from_static(b"xyz")));
         assert_eq!(h.id, 9);
         assert_eq!(
