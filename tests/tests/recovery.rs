@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::types::{ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags};
+use pstorage_core::types::{
+    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags,
+};
 use pstorage_tests::{bin_dir, pattern, read_all, ClusterOptions, TestCluster};
 
 const MIB: u64 = 1 << 20;
@@ -66,7 +68,12 @@ fn chain(map: &ChunkMap) -> Vec<CsId> {
 
 /// Polls `check` every 200 ms until it returns `Some`, failing after
 /// `timeout` with `what`, the last status and the MDS log.
-async fn wait_for<T, F, Fut>(cluster: &TestCluster, timeout: Duration, what: &str, mut check: F) -> T
+async fn wait_for<T, F, Fut>(
+    cluster: &TestCluster,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -138,15 +145,20 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
         .unwrap();
     cluster.kill_cs(cs_index(&cluster, victim));
     let started = Instant::now();
-    wait_for(&cluster, recovery, "re-replication of the lost server's chunks", || async {
-        let maps = client.file_chunks("/data.bin").await.ok()?;
-        let s = client.cluster_status().await.ok()?;
-        let done = maps
-            .iter()
-            .all(|m| m.replicas.len() == 3 && !chain(m).contains(&victim))
-            && all_chunks_healthy(&s);
-        done.then_some(())
-    })
+    wait_for(
+        &cluster,
+        recovery,
+        "re-replication of the lost server's chunks",
+        || async {
+            let maps = client.file_chunks("/data.bin").await.ok()?;
+            let s = client.cluster_status().await.ok()?;
+            let done = maps
+                .iter()
+                .all(|m| m.replicas.len() == 3 && !chain(m).contains(&victim))
+                && all_chunks_healthy(&s);
+            done.then_some(())
+        },
+    )
     .await;
     eprintln!("re-replicated in {:?}", started.elapsed());
     let s = client.cluster_status().await.unwrap();
@@ -155,19 +167,27 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
     assert_eq!(s.replication.remaining_bytes, 0, "{s:?}");
     // The dead server is the only thing that keeps stat from "healthy".
     cli_ok(&cluster, &["rm-cs", "--force", &victim.to_string()]);
-    wait_for(&cluster, Duration::from_secs(30), "stat: healthy", || async {
-        let text = cli_ok(&cluster, &["stat"]);
-        text.lines()
-            .next()
-            .is_some_and(|l| l.ends_with(": healthy"))
-            .then_some(())
-    })
+    wait_for(
+        &cluster,
+        Duration::from_secs(30),
+        "stat: healthy",
+        || async {
+            let text = cli_ok(&cluster, &["stat"]);
+            text.lines()
+                .next()
+                .is_some_and(|l| l.ends_with(": healthy"))
+                .then_some(())
+        },
+    )
     .await;
 
     // Two more go: the last one holds every chunk.
     let maps = client.file_chunks("/data.bin").await.unwrap();
     let survivor = chain(&maps[0])[0];
-    assert!(maps.iter().all(|m| chain(m).contains(&survivor)), "{maps:?}");
+    assert!(
+        maps.iter().all(|m| chain(m).contains(&survivor)),
+        "{maps:?}"
+    );
     for id in 1..=4 {
         if id != victim && id != survivor {
             cluster.kill_cs(cs_index(&cluster, id));
@@ -203,12 +223,19 @@ async fn a_returning_server_is_resynced_not_recopied() {
     let mut data = pattern(41, 64 * MIB as usize);
     write_file(&client, "/vm.img", &data).await;
     let before = client.file_chunks("/vm.img").await.unwrap();
-    assert_eq!((before.len(), before[0].replicas.len()), (1, 3), "{before:?}");
+    assert_eq!(
+        (before.len(), before[0].replicas.len()),
+        (1, 3),
+        "{before:?}"
+    );
     let away = chain(&before[0])[2];
     cluster.kill_cs(cs_index(&cluster, away));
 
     // Three blocks change while it is away: the chain drops it and bumps.
-    let file = client.open("/vm.img", LeaseMode::Write, OpenFlags::default()).await.unwrap();
+    let file = client
+        .open("/vm.img", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap();
     for (i, off) in [4096u64, 20 * MIB, 60 * MIB + 8192].into_iter().enumerate() {
         let block = pattern(100 + i as u64, 4096);
         file.write_at(off, &block).await.unwrap();
@@ -219,14 +246,24 @@ async fn a_returning_server_is_resynced_not_recopied() {
     let during = client.file_chunks("/vm.img").await.unwrap();
     assert!(!chain(&during[0]).contains(&away), "{during:?}");
     assert!(during[0].version > before[0].version);
-    let copied_before = client.cluster_status().await.unwrap().replication.copied_bytes;
+    let copied_before = client
+        .cluster_status()
+        .await
+        .unwrap()
+        .replication
+        .copied_bytes;
 
     cluster.start_cs(cs_index(&cluster, away));
-    wait_for(&cluster, Duration::from_secs(120), "the returning server back in the chain", || async {
-        let maps = client.file_chunks("/vm.img").await.ok()?;
-        let s = client.cluster_status().await.ok()?;
-        (chain(&maps[0]).contains(&away) && all_chunks_healthy(&s)).then_some(())
-    })
+    wait_for(
+        &cluster,
+        Duration::from_secs(120),
+        "the returning server back in the chain",
+        || async {
+            let maps = client.file_chunks("/vm.img").await.ok()?;
+            let s = client.cluster_status().await.ok()?;
+            (chain(&maps[0]).contains(&away) && all_chunks_healthy(&s)).then_some(())
+        },
+    )
     .await;
     let s = client.cluster_status().await.unwrap();
     let sent = s.replication.copied_bytes - copied_before;
@@ -235,7 +272,10 @@ async fn a_returning_server_is_resynced_not_recopied() {
         "{sent} bytes sent to resync 3 changed blocks of a 64 MiB replica: {s:?}"
     );
     let registered = events(&client, EventKind::CsState).await;
-    assert!(registered.contains("1 stale kept to be resynced"), "{registered}");
+    assert!(
+        registered.contains("1 stale kept to be resynced"),
+        "{registered}"
+    );
 
     // The resynced replica alone has every byte.
     for id in chain(&client.file_chunks("/vm.img").await.unwrap()[0]) {
@@ -281,7 +321,9 @@ impl NbdServer {
             }
             for _ in lines {}
         });
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("nbd-serve did not start");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nbd-serve did not start");
         let port = line
             .strip_prefix("nbd-serve: listening on tcp ")
             .and_then(|a| a.rsplit(':').next())
@@ -342,12 +384,19 @@ async fn every_chunk_server_killed_at_once_under_a_writer_recovers() {
     for i in 0..3 {
         cluster.start_cs(i);
     }
-    wait_for(&cluster, Duration::from_secs(120), "3 copies of every chunk", || async {
-        let s = client.cluster_status().await.ok()?;
-        let maps = client.file_chunks("/fio.img").await.ok()?;
-        (all_chunks_healthy(&s) && s.health == "healthy" && maps.iter().all(|m| m.replicas.len() == 3))
+    wait_for(
+        &cluster,
+        Duration::from_secs(120),
+        "3 copies of every chunk",
+        || async {
+            let s = client.cluster_status().await.ok()?;
+            let maps = client.file_chunks("/fio.img").await.ok()?;
+            (all_chunks_healthy(&s)
+                && s.health == "healthy"
+                && maps.iter().all(|m| m.replicas.len() == 3))
             .then_some(())
-    })
+        },
+    )
     .await;
     eprintln!("healthy {:?} after the crash", crashed.elapsed());
     let out = tokio::task::spawn_blocking(move || fio.wait_with_output().unwrap())
@@ -358,12 +407,19 @@ async fn every_chunk_server_killed_at_once_under_a_writer_recovers() {
         out.status.success(),
         "fio failed: {stdout}{}\nnbd-serve log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        tail(&std::fs::read_to_string(&server.log).unwrap_or_default(), 40)
+        tail(
+            &std::fs::read_to_string(&server.log).unwrap_or_default(),
+            40
+        )
     );
-    let json: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
     assert_eq!(json["jobs"][0]["error"], 0, "{stdout}");
     drop(server);
-    assert!(read_all(&client, "/kept.bin").await == kept, "data flushed before the crash differs");
+    assert!(
+        read_all(&client, "/kept.bin").await == kept,
+        "data flushed before the crash differs"
+    );
     let maps = client.file_chunks("/kept.bin").await.unwrap();
     assert!(maps.iter().all(|m| m.replicas.len() == 3), "{maps:?}");
 }
@@ -382,7 +438,11 @@ async fn rm_cs_of_a_full_chunk(chunk_size: u64) {
     let started = Instant::now();
     let out = cli_ok(&cluster, &["rm-cs", &victim.to_string()]);
     assert!(out.contains("released"), "{out}");
-    eprintln!("rm-cs of a full {} MiB chunk took {:?}", chunk_size >> 20, started.elapsed());
+    eprintln!(
+        "rm-cs of a full {} MiB chunk took {:?}",
+        chunk_size >> 20,
+        started.elapsed()
+    );
     let maps = client.file_chunks("/full.bin").await.unwrap();
     assert_eq!(maps[0].replicas.len(), 3, "{maps:?}");
     assert!(!chain(&maps[0]).contains(&victim), "{maps:?}");

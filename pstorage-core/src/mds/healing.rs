@@ -671,13 +671,18 @@ impl MdsService {
                 .filter(|&cs| Self::copy_slots(&core, cs, per_cs) > 0 && !syncing(cs))
                 .max_by_key(|&cs| {
                     let releasing = core.state.cs(cs).is_some_and(|r| r.releasing);
-                    (!releasing, Self::copy_slots(&core, cs, per_cs), std::cmp::Reverse(cs))
+                    (
+                        !releasing,
+                        Self::copy_slots(&core, cs, per_cs),
+                        std::cmp::Reverse(cs),
+                    )
                 })
             else {
                 continue;
             };
             let need = need.min(Self::copy_slots(&core, source, per_cs) as usize);
-            let targets = self.pick_targets(&core, now, chunk, &rec.replicas, need, &counts, per_cs);
+            let targets =
+                self.pick_targets(&core, now, chunk, &rec.replicas, need, &counts, per_cs);
             if targets.is_empty() {
                 continue;
             }
@@ -1039,9 +1044,9 @@ impl MdsService {
                 let core = self.core();
                 self.params(&core).repl_progress_timeout_ms
             };
-            let poll_deadline = Duration::from_millis(PROGRESS_POLL_DEADLINE_MS.min(progress_timeout_ms));
-            let progress =
-                tokio::time::timeout(poll_deadline, poller.copy_progress(chunk)).await;
+            let poll_deadline =
+                Duration::from_millis(PROGRESS_POLL_DEADLINE_MS.min(progress_timeout_ms));
+            let progress = tokio::time::timeout(poll_deadline, poller.copy_progress(chunk)).await;
             if let Ok(Ok(Some(p))) = progress {
                 let moved = match done {
                     None => p.bytes_done > 0,

@@ -131,7 +131,12 @@ impl ChunkControl for FakeCs {
             .unwrap()
             .push(Call::Replicate(chunk, version, source.cs));
         self.chunks.lock().unwrap().insert(chunk, version);
-        let done = self.progress.lock().unwrap().take().map_or(0, |p| p.bytes_done);
+        let done = self
+            .progress
+            .lock()
+            .unwrap()
+            .take()
+            .map_or(0, |p| p.bytes_done);
         Ok(CopyStats {
             bytes_copied: chunk_size.max(done),
             bytes_compared: chunk_size,
@@ -1987,7 +1992,10 @@ async fn a_returning_server_keeps_its_stale_replica_and_is_the_preferred_target(
     let reply = c.register(away, 1).await.unwrap();
     assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
     let registered = events(&c, EventKind::CsState).join("\n");
-    assert!(registered.contains("1 stale kept to be resynced"), "{registered}");
+    assert!(
+        registered.contains("1 stale kept to be resynced"),
+        "{registered}"
+    );
     // Tick keeps it while the chunk lacks copies.
     c.mds.tick().await;
     assert_eq!(c.cs(away).version(map.chunk), Some(map.version));
@@ -2002,10 +2010,17 @@ async fn a_returning_server_keeps_its_stale_replica_and_is_the_preferred_target(
         .into_iter()
         .filter(|call| matches!(call, Call::Replicate(..)))
         .collect();
-    assert_eq!(copies.len(), 2, "a base copy, then the delta under busy: {copies:?}");
+    assert_eq!(
+        copies.len(),
+        2,
+        "a base copy, then the delta under busy: {copies:?}"
+    );
     for cs in others {
         assert!(
-            !c.cs(cs).calls().iter().any(|call| matches!(call, Call::Replicate(..))),
+            !c.cs(cs)
+                .calls()
+                .iter()
+                .any(|call| matches!(call, Call::Replicate(..))),
             "CS {cs} got a copy"
         );
     }
@@ -2029,7 +2044,11 @@ async fn stale_replicas_are_deleted_once_the_chunk_has_its_copies() {
     // The one not used goes once the chunk has its copies.
     let unused = if rec.replicas.contains(&1) { 4 } else { 1 };
     c.mds.tick().await;
-    assert_eq!(c.cs(unused).version(map.chunk), None, "stale copy on CS {unused} kept");
+    assert_eq!(
+        c.cs(unused).version(map.chunk),
+        None,
+        "stale copy on CS {unused} kept"
+    );
     for cs in &rec.replicas {
         assert_eq!(c.cs(*cs).version(map.chunk), Some(rec.version));
     }
@@ -2065,7 +2084,10 @@ async fn the_last_copies_are_never_deleted_when_the_chain_is_down() {
         assert_eq!(c.mds.replicate_pending(2).await, 0, "no source");
     }
     for cs in [2, 3] {
-        assert!(c.cs(cs).version(map.chunk).is_some(), "CS {cs}'s copy deleted");
+        assert!(
+            c.cs(cs).version(map.chunk).is_some(),
+            "CS {cs}'s copy deleted"
+        );
         assert!(!c.cs(cs).calls().contains(&Call::Delete(map.chunk)));
     }
     let repl = events(&c, EventKind::Replication).join("\n");
@@ -2076,7 +2098,10 @@ async fn the_last_copies_are_never_deleted_when_the_chain_is_down() {
 #[tokio::test(start_paused = true)]
 async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
-    c.mds.set_config("mds.repl.progress_tout", 10_000).await.unwrap();
+    c.mds
+        .set_config("mds.repl.progress_tout", 10_000)
+        .await
+        .unwrap();
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map), [1, 2, 3]);
@@ -2129,11 +2154,27 @@ async fn copies_in_flight_per_server_are_limited() {
     let lease = c.open_write("/f").await;
     let mut maps = Vec::new();
     for index in 0..6 {
-        maps.push(c.mds.chunk_map(lease.id, index, true).await.unwrap().unwrap());
+        maps.push(
+            c.mds
+                .chunk_map(lease.id, index, true)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     // Every chunk lives on 1, 2, 3 (the emptiest); CS 4 holds none.
     assert!(maps.iter().all(|m| chain(m) == [1, 2, 3]), "{maps:?}");
-    c.mds.set_attr("/f", AttrUpdate { replicas: Some(Replicas { norm: 4, min: 2 }), ..Default::default() }, false).await.unwrap();
+    c.mds
+        .set_attr(
+            "/f",
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 4, min: 2 }),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
     // Every chunk needs a copy to CS 4: at most 2 at once.
     let jobs = c.mds.plan_replication(16);
     assert_eq!(jobs.len(), 2, "{jobs:?}");
