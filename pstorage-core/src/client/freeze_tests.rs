@@ -361,7 +361,10 @@ async fn a_slow_but_alive_server_is_not_dropped() {
     });
     let started = Instant::now();
     file.write_at_bytes(0, data(7)).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_secs(20), "it waited out the storm");
+    assert!(
+        started.elapsed() >= Duration::from_secs(20),
+        "it waited out the storm"
+    );
     storm.await.unwrap();
     let after = rig.map("/disk");
     assert_eq!(

@@ -1864,7 +1864,11 @@ async fn a_report_about_a_server_the_mds_reaches_drops_nothing() {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-        for part in ["chunk server 2", "reachable from the MDS", &format!("{:#x}", map.chunk)] {
+        for part in [
+            "chunk server 2",
+            "reachable from the MDS",
+            &format!("{:#x}", map.chunk),
+        ] {
             assert!(err.message().contains(part), "{part:?} missing in {err}");
         }
     }
@@ -1885,13 +1889,12 @@ async fn drops_on_reports_are_rate_limited_per_server() {
     c.mds.set_config("mds.report.drop_burst", 2).await.unwrap();
     c.mds.set_config("mds.report.drop_rate", 1).await.unwrap();
     let lease = c.open_write("/f").await;
-    let maps: Vec<ChunkMap> = futures::future::join_all(
-        (0..4).map(|i| c.mds.chunk_map(lease.id, i, true)),
-    )
-    .await
-    .into_iter()
-    .map(|m| m.unwrap().unwrap())
-    .collect();
+    let maps: Vec<ChunkMap> =
+        futures::future::join_all((0..4).map(|i| c.mds.chunk_map(lease.id, i, true)))
+            .await
+            .into_iter()
+            .map(|m| m.unwrap().unwrap())
+            .collect();
     c.cs(3).set_failing(true);
     let report = |m: &ChunkMap| {
         c.mds
@@ -1939,13 +1942,19 @@ async fn concurrent_reports_about_one_server_share_one_probe() {
         let new = result.unwrap();
         assert_eq!((chain(&new), new.version), (vec![1, 2], map.version + 1));
     }
-    assert_eq!(c.cs(3).pings.load(Ordering::SeqCst), 1, "one probe for four reports");
+    assert_eq!(
+        c.cs(3).pings.load(Ordering::SeqCst),
+        1,
+        "one probe for four reports"
+    );
     let probe_tout = std::time::Duration::from_millis(ClusterParams::default().cs_probe_timeout_ms);
     assert!(started.elapsed() >= probe_tout);
     assert!(started.elapsed() < probe_tout * 2);
     let events = events(&c, EventKind::CsState);
     assert!(
-        events.iter().any(|e| e.contains("answers neither a client nor the MDS's probe")),
+        events
+            .iter()
+            .any(|e| e.contains("answers neither a client nor the MDS's probe")),
         "{events:?}"
     );
 }
