@@ -77,6 +77,7 @@ mod mem;
 pub mod memory;
 mod scrub;
 mod server;
+pub mod session;
 
 pub use file::FileChunkStore;
 pub use mem::MemChunkStore;
