@@ -620,9 +620,13 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         let (service, call_timeout, drop_on_timeout) =
             (self.service, self.call_timeout, self.drop_on_timeout);
         let (reply_tx, reply_rx) = oneshot::channel();
+        let sending = SENDING.try_with(Arc::clone).ok();
         let job: Job<C> = Box::new(move |link: Result<Link<C>>| {
             Box::pin(async move {
                 let sent = link.is_ok();
+                if let (true, Some(flag)) = (sent, sending) {
+                    flag.store(true, Ordering::SeqCst);
+                }
                 let outcome = match link {
                     Err(e) => Err(e),
                     Ok(link) => {
@@ -675,6 +679,18 @@ tokio::task_local! {
     /// Set by a [`ClientActor::call`] made inside [`track_delivery`] when the
     /// call failed before it was sent (no connection could be made).
     static NOT_SENT: Cell<bool>;
+}
+
+tokio::task_local! {
+    /// Set by a [`ClientActor::call`] made inside [`track_sending`] as soon
+    /// as the call goes out on a connection.
+    static SENDING: Arc<AtomicBool>;
+}
+
+/// Runs `call` (which makes client calls) and sets `sent` as soon as one of
+/// them has gone out on a connection: from then on it may take effect.
+pub(crate) async fn track_sending<F: Future>(sent: Arc<AtomicBool>, call: F) -> F::Output {
+    SENDING.scope(sent, call).await
 }
 
 /// Runs `call` (which makes client calls through `MdsClient` or

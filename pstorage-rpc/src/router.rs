@@ -8,6 +8,7 @@
 //! bs.list.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use pstorage_core::types::{
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
-use crate::actor::{track_delivery, ClientOptions, Dialer};
+use crate::actor::{track_delivery, track_sending, ClientOptions, Dialer};
 use crate::mds::MdsClient;
 
 /// How a [`LeaderRouter`] waits for and reaches the leader.
@@ -59,6 +60,10 @@ impl Default for RouterOptions {
         }
     }
 }
+
+/// How often a forwarded call still being dialed is checked for having
+/// gone out, after the leadership moved.
+const SENT_POLL: Duration = Duration::from_millis(50);
 
 /// Pause before trying a leader again that could not be reached (its
 /// successor may not be elected yet).
@@ -241,10 +246,23 @@ impl LeaderRouter {
             match self.target(deadline).await? {
                 Target::Local => return local().await,
                 Target::Leader(id, client) => {
-                    let forwarded = track_delivery(remote(client));
-                    let (outcome, not_sent) = tokio::select! {
-                        done = forwarded => done,
-                        now = self.leadership_moves_from(id) => {
+                    // Once the leadership moves away from `id`, a call sent
+                    // there will likely never be answered (a frozen or
+                    // deposed leader): give up on it at once rather than at
+                    // its deadline. One still being dialed is left to fail
+                    // unsent, and then retried below.
+                    let sent = Arc::new(AtomicBool::new(false));
+                    let forwarded = track_delivery(track_sending(sent.clone(), remote(client)));
+                    let moved = self.leadership_moves_from(id);
+                    tokio::pin!(forwarded, moved);
+                    let mut moved_to = None;
+                    let (outcome, not_sent) = loop {
+                        tokio::select! {
+                            done = &mut forwarded => break done,
+                            now = &mut moved, if moved_to.is_none() => moved_to = Some(now),
+                            _ = tokio::time::sleep(SENT_POLL), if moved_to.is_some() => {}
+                        }
+                        if let (Some(now), true) = (moved_to, sent.load(Ordering::SeqCst)) {
                             // The call may still land on the old leader;
                             // its answer (if any) is lost either way.
                             self.forget_leader(id);
