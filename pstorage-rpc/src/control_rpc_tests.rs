@@ -1119,7 +1119,10 @@ async fn a_following_client_learns_the_members_and_dials_the_leader() {
     a.kill_connections();
     wait_until_disconnected(&client).await;
     client.stat("/y").await.unwrap();
-    assert_eq!(second.script.take_calls().first().map(String::as_str), Some("stat /y"));
+    assert_eq!(
+        second.script.take_calls().first().map(String::as_str),
+        Some("stat /y")
+    );
 }
 
 /// A frozen MDS (the connection stands, nothing answers): the call times
@@ -1153,9 +1156,16 @@ async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
     let error = client.stat("/a").await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
     assert!(error.message().contains(&frozen_addr), "{error}");
-    assert_eq!(members.addrs(), vec![healthy.addr.clone(), frozen_addr.clone()]);
+    assert_eq!(
+        members.addrs(),
+        vec![healthy.addr.clone(), frozen_addr.clone()]
+    );
     client.stat("/b").await.unwrap();
     assert_eq!(fake.script.take_calls(), ["stat /b"]);
-    assert_eq!(held.lock().unwrap().len(), 1, "the frozen MDS was dialed again");
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "the frozen MDS was dialed again"
+    );
     holder.abort();
 }
