@@ -383,7 +383,8 @@ impl MemberDirectory {
         }
     }
 
-    /// A directory of a fixed list that persists nothing (tests, tools).
+    /// A directory over `bootstrap` that saves nothing (callers without a
+    /// configuration directory, tests); it still learns from the group.
     pub fn fixed(bootstrap: Vec<String>) -> MemberDirectory {
         MemberDirectory::new(
             bootstrap,

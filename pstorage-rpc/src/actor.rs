@@ -438,14 +438,17 @@ impl<C: Clone> Clone for Link<C> {
 }
 
 impl<C> Link<C> {
-    /// Closes the connection: the calls still in flight on it fail
-    /// `Unavailable`, the next call dials again, trying the other
-    /// addresses first.
-    fn drop_connection(&self) {
+    /// Gives up on the connection: the next call dials again, trying the
+    /// other addresses first. The connection itself is closed `grace`
+    /// later, so that the calls still in flight on it end at their own
+    /// deadlines (`TimedOut`) rather than at once; a call still waiting
+    /// then fails `Unavailable`.
+    fn drop_connection(&self, grace: Duration) {
         self.alive.set(false);
         self.endpoints.failed(&self.addr);
         if let Some(Closer { disconnector, task }) = self.closer.take() {
             tokio::task::spawn_local(async move {
+                tokio::time::sleep(grace).await;
                 // The first poll fails every call in flight; the orderly
                 // shutdown that follows may wait for the (frozen) peer.
                 let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
@@ -641,7 +644,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
                             Err(_) => {
                                 let next = if drop_on_timeout {
                                     // A frozen peer: stop waiting on it.
-                                    link.drop_connection();
+                                    link.drop_connection(call_timeout.unwrap_or_default());
                                     "; the connection was closed and the next call tries \
                                      another address"
                                 } else {
