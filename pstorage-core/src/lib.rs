@@ -9,6 +9,7 @@ pub mod client;
 pub mod conf;
 pub mod error;
 pub mod mds;
+pub mod membership;
 pub mod traits;
 pub mod types;
 

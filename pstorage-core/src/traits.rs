@@ -103,6 +103,13 @@ pub trait MdsGroup: Send + Sync {
     /// moves). `NotFound` if it is not a member; `InvalidArgument` for the
     /// last member.
     async fn remove_mds(&self, id: u64) -> Result<()>;
+    /// The current members (id, address, voter or learner) and the leader
+    /// if known. Unlike the other methods, every MDS answers this itself,
+    /// from its own Raft state, without forwarding: it works during an
+    /// election, but a follower's answer may lag the leader's (see
+    /// [`MdsMembership`]). Clients and chunk servers call it to follow the
+    /// group (`membership::MemberDirectory`).
+    async fn members(&self) -> Result<MdsMembership>;
 }
 
 /// The metadata service as a chunk server sees it.

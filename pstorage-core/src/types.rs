@@ -436,6 +436,50 @@ pub struct MdsInfo {
     pub lag: u64,
 }
 
+/// One member of the MDS group (a Raft member), as `members()` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsMember {
+    pub id: u64,
+    /// `host:port` it serves clients, chunk servers and its peers on.
+    pub addr: String,
+    /// A voter counts toward the majority; a learner is still catching up
+    /// (it serves calls too, forwarding them to the leader).
+    pub voter: bool,
+}
+
+/// The MDS group as one MDS knows it (`MdsGroup::members`).
+///
+/// Any MDS answers from its own Raft state without asking the leader, so a
+/// follower's answer may lag: it lists the membership it has in its log
+/// (possibly older than the leader's by the entries it has not received
+/// yet) and the leader it last heard from (`None` during an election or
+/// while it is cut off). `config_index` and `term` order two answers:
+/// the one with the higher `config_index` has the newer member list, the
+/// one with the higher `term` the newer leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdsMembership {
+    /// Every member, by id.
+    pub members: Vec<MdsMember>,
+    /// The leader's id, if the answering MDS knows one.
+    pub leader: Option<u64>,
+    /// The Raft term the answering MDS is in.
+    pub term: u64,
+    /// Log index of the membership configuration the list comes from (0 for
+    /// an MDS that runs without Raft).
+    pub config_index: u64,
+}
+
+impl MdsMembership {
+    /// The leader's address, if the leader is known and a member.
+    pub fn leader_addr(&self) -> Option<&str> {
+        let leader = self.leader?;
+        self.members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.addr.as_str())
+    }
+}
+
 /// Chunks by replication state. Each chunk is counted once, in the first
 /// state that applies: replicating, blocked, urgent, degraded, healthy.
 /// "Available" replicas are chain members on active chunk servers that are

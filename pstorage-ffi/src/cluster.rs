@@ -295,10 +295,14 @@ pub unsafe extern "C" fn pstorage_connect_bootstrap(
         let key_path = unsafe { c_str(key_file, "key_file", F) }?;
         let key = ClusterKey::read(Path::new(key_path))?;
         connect(F, out, || {
-            let mds = MdsClient::new(
-                bootstrap,
+            // It follows the MDS group from these addresses (nothing is
+            // saved: there is no configuration directory).
+            let members = pstorage_core::membership::MemberDirectory::fixed(bootstrap);
+            let mds = MdsClient::following(
+                Arc::new(members),
                 control_dialer(key.clone()),
-                pstorage_rpc::ClientOptions::default(),
+                pstorage_rpc::ClientOptions::from_env(),
+                true,
             )?;
             Ok(Client::new(
                 Arc::new(mds),

@@ -42,15 +42,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Connects the SDK to the cluster `conf` describes; `timeout` bounds every
-/// call (MDS calls, connecting, and the retries of one read or write).
+/// call (connecting, and the retries of one read, write or metadata call).
+/// One MDS call waits at most the MDS call deadline (8 s, or
+/// `PSTORAGE_MDS_CALL_TIMEOUT_MS`) or `timeout` if shorter: then the
+/// connection is dropped and the call retried on another MDS until
+/// `timeout`.
 fn connect(conf: &ClusterConf, timeout: Duration) -> pstorage_core::Result<blocking::Client> {
     let key = conf.key()?;
     let runtime = Arc::new(blocking::new_runtime()?);
     // The MDS client spawns its connection actor on the current runtime.
     let _entered = runtime.enter();
+    let defaults = pstorage_rpc::ClientOptions::from_env();
     let rpc = pstorage_rpc::ClientOptions {
         connect_timeout: timeout.min(Duration::from_secs(30)),
-        call_timeout: Some(timeout),
+        call_timeout: Some(defaults.call_timeout.map_or(timeout, |t| t.min(timeout))),
     };
     let mds = Arc::new(pstorage_rpc::node::connect_mds(conf, rpc)?);
     let chunks = Arc::new(TcpChunkConnector::new(key));

@@ -153,12 +153,39 @@ class LocalCluster:
         for p in procs:
             p.send_signal(signal.SIGSTOP)
         try:
+            for p in procs:
+                _wait_stopped(p.pid)
             yield
         finally:
             for p in procs:
                 p.send_signal(signal.SIGCONT)
             watchdog.kill()
             watchdog.wait()
+
+
+def _wait_stopped(pid: int, timeout_s: float = 10) -> None:
+    """Waits until every thread of `pid` is stopped.
+
+    kill(SIGSTOP) returns once the signal is queued, not once the process
+    stopped: the kernel wakes one thread to take the signal, and only that
+    thread tells the others to stop. Until each is scheduled (long, on a
+    loaded machine), the rest keep running: a daemon's RPC thread could
+    still answer a request sent right after kill() returned. That is how
+    test_parallel_metadata_calls once saw a stat answered by a "stopped"
+    MDS."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that just exited
+                stat = (task / "stat").read_text()
+                # The state follows the parenthesized command name.
+                states.append(stat.rsplit(")", 1)[1].split()[0])
+        if states and all(st in ("T", "t") for st in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {timeout_s} s: {states}")
+        time.sleep(0.005)
 
 
 @pytest.fixture(scope="session")

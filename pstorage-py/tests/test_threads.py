@@ -48,7 +48,8 @@ def run_blocked(calls: List[Callable[[], object]], pause: Callable[[], object]) 
             ticks += 1
             time.sleep(0.001)
         assert ticks > 50, f"the main thread ran only {ticks} times: the GIL is held"
-        assert not any(done), f"{sum(done)} calls finished while the servers were stopped: the GIL is held"
+        finished = [repr(r) for r, d in zip(results, done) if d]
+        assert not finished, f"{len(finished)} calls finished while the servers were stopped: {finished}"
     for t in threads:
         t.join(timeout=60)
     assert all(done)
@@ -81,6 +82,18 @@ def test_parallel_reads_and_writes(cluster: pstorage.Cluster, local_cluster: Loc
 
 
 def test_parallel_metadata_calls(local_cluster: LocalCluster) -> None:
+    """Metadata calls made while the MDS is stopped all wait inside the
+    library (with the GIL released) and all succeed once it resumes.
+
+    Nothing answers for a stopped MDS (there is no metadata cache), and no
+    call fails early: each MDS call has a deadline (8 s by default,
+    PSTORAGE_MDS_CALL_TIMEOUT_MS, at most the Cluster's `timeout`), after
+    which the client drops the connection and retries, on another MDS if
+    there is one, until `timeout`, then raises TimeoutError (see
+    test_thread_speedup_on_timeouts). The MDS is stopped here for well
+    under that deadline. `paused` waits until every MDS thread has stopped:
+    SIGSTOP is asynchronous, and a stat answered by a still-running MDS
+    thread once made this test fail under load."""
     assert local_cluster.mds is not None
     with pstorage.Cluster(local_cluster.name, local_cluster.conf_dir) as c:
         c.stat("/")

@@ -410,6 +410,31 @@ struct MdsIdResult {
   }
 }
 
+# One member of the MDS group (`mdsMembers`).
+struct MdsMember {
+  id @0 :UInt64;
+  addr @1 :Text;     # host:port
+  voter @2 :Bool;    # false: a learner still catching up
+}
+
+# The MDS group as the answering MDS knows it (from its own Raft state: a
+# follower's answer may lag the leader's). `configIndex` orders member
+# lists, `term` orders leaders (higher is newer).
+struct MdsMembership {
+  members @0 :List(MdsMember);
+  hasLeader @1 :Bool;
+  leader @2 :UInt64;       # meaningful when hasLeader
+  term @3 :UInt64;
+  configIndex @4 :UInt64;  # log index of the membership configuration
+}
+
+struct MdsMembershipResult {
+  union {
+    ok @0 :MdsMembership;
+    err @1 :Error;
+  }
+}
+
 # The answer to a Raft message: `ok` holds the encoded openraft reply (see
 # `raftAppend`); `err` means the message was not handed to Raft at all (it
 # did not decode, or this server runs no Raft node).
@@ -471,6 +496,9 @@ interface Mds {
   allocateMdsId @27 () -> (result :MdsIdResult);
   addMds @28 (id :UInt64, addr :Text) -> (result :VoidResult);
   removeMds @29 (id :UInt64) -> (result :VoidResult);
+  # Answered by every MDS itself, never forwarded (clients and chunk
+  # servers follow the group with it).
+  mdsMembers @30 () -> (result :MdsMembershipResult);
 }
 
 # What one `replicateChunk` did (pstorage_core::types::CopyStats).

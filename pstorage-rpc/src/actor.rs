@@ -22,6 +22,7 @@ use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
 use futures::future::{BoxFuture, LocalBoxFuture};
 use pstorage_core::mds::raft::MdsRaft;
+use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{ChunkControl, CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::net::TcpStream;
@@ -38,6 +39,54 @@ use crate::wire;
 /// awaited on a client thread's runtime, so it may use tokio freely.
 pub type Dialer = Arc<dyn Fn(String) -> BoxFuture<'static, Result<TcpStream>> + Send + Sync>;
 
+/// Where a client connects: the addresses to try, in order, at every
+/// (re)connection, told which ones failed and which one answered so that it
+/// can reorder them (a [`MemberDirectory`] puts recently failed MDSes last).
+pub trait Endpoints: Send + Sync {
+    /// The addresses to try, best first. Read again at every dial round.
+    fn addrs(&self) -> Vec<String>;
+    /// `addr` could not be reached, or a call on it broke or timed out.
+    fn failed(&self, addr: &str);
+    /// A connection to `addr` was made.
+    fn connected(&self, addr: &str);
+}
+
+/// A fixed list of addresses, always tried in the same order.
+pub struct FixedEndpoints(pub Vec<String>);
+
+impl Endpoints for FixedEndpoints {
+    fn addrs(&self) -> Vec<String> {
+        self.0.clone()
+    }
+    fn failed(&self, _addr: &str) {}
+    fn connected(&self, _addr: &str) {}
+}
+
+impl Endpoints for MemberDirectory {
+    fn addrs(&self) -> Vec<String> {
+        MemberDirectory::addrs(self)
+    }
+    fn failed(&self, addr: &str) {
+        self.note_failure(addr);
+    }
+    fn connected(&self, addr: &str) {
+        self.note_connected(addr);
+    }
+}
+
+/// Longest time one dial attempt (TCP connect and authentication) to one
+/// address may take before the next address is tried: a frozen peer
+/// accepts TCP connections in its kernel but never answers the handshake.
+pub const DIAL_ATTEMPT_TIMEOUT: Duration = crate::auth::CONNECT_TIMEOUT;
+
+/// How long an MDS call waits for its answer by default (client -> MDS,
+/// chunk server -> MDS): a frozen MDS costs at most this much before the
+/// connection is dropped and the next call tries another member. Short
+/// enough that an MDS fail-over stays under 10 s (DESIGN.md invariant 6),
+/// long enough for an allocation that waits for a slow chunk server.
+/// `PSTORAGE_MDS_CALL_TIMEOUT_MS` overrides it ([`ClientOptions::from_env`]).
+pub const MDS_CALL_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// How a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -51,10 +100,39 @@ pub struct ClientOptions {
 }
 
 impl Default for ClientOptions {
+    /// Connect within 30 s, every call within [`MDS_CALL_TIMEOUT`].
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(30),
-            call_timeout: None,
+            call_timeout: Some(MDS_CALL_TIMEOUT),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults, with `PSTORAGE_MDS_CALL_TIMEOUT_MS` (call timeout, ms;
+    /// 0 = none) and `PSTORAGE_MDS_CONNECT_TIMEOUT_MS` applied. A value
+    /// that is not a number is ignored with a warning.
+    pub fn from_env() -> ClientOptions {
+        let mut options = ClientOptions::default();
+        if let Some(ms) = env_ms("PSTORAGE_MDS_CALL_TIMEOUT_MS") {
+            options.call_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = env_ms("PSTORAGE_MDS_CONNECT_TIMEOUT_MS") {
+            options.connect_timeout = Duration::from_millis(ms);
+        }
+        options
+    }
+}
+
+/// A number of milliseconds from the environment.
+pub(crate) fn env_ms(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.trim().parse::<u64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => {
+            tracing::warn!("{name}={value:?} is not a number of milliseconds; ignored");
+            None
         }
     }
 }
@@ -335,6 +413,16 @@ struct Link<C> {
     /// Cleared when the RPC system of this connection ends or a call on it
     /// saw it break: the next call then reconnects.
     alive: Rc<Cell<bool>>,
+    /// Closes the connection: taken by the first `drop_connection`.
+    closer: Rc<Cell<Option<Closer>>>,
+    endpoints: Arc<dyn Endpoints>,
+}
+
+/// What closes a connection: its RPC system's disconnector (which fails
+/// the calls in flight with `Disconnected`) and its task.
+struct Closer {
+    disconnector: capnp_rpc::Disconnector<twoparty::VatId>,
+    task: tokio::task::AbortHandle,
 }
 
 impl<C: Clone> Clone for Link<C> {
@@ -343,17 +431,39 @@ impl<C: Clone> Clone for Link<C> {
             client: self.client.clone(),
             addr: self.addr.clone(),
             alive: self.alive.clone(),
+            closer: self.closer.clone(),
+            endpoints: self.endpoints.clone(),
         }
     }
 }
 
 impl<C> Link<C> {
+    /// Gives up on the connection: the next call dials again, trying the
+    /// other addresses first. The connection itself is closed `grace`
+    /// later, so that the calls still in flight on it end at their own
+    /// deadlines (`TimedOut`) rather than at once; a call still waiting
+    /// then fails `Unavailable`.
+    fn drop_connection(&self, grace: Duration) {
+        self.alive.set(false);
+        self.endpoints.failed(&self.addr);
+        if let Some(Closer { disconnector, task }) = self.closer.take() {
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(grace).await;
+                // The first poll fails every call in flight; the orderly
+                // shutdown that follows may wait for the (frozen) peer.
+                let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
+                task.abort();
+            });
+        }
+    }
+
     /// Turns a Cap'n Proto failure of `method` into a pstorage error.
     fn call_failed(&self, service: &str, method: &str, e: capnp::Error) -> Error {
         let addr = &self.addr;
         match e.kind {
             capnp::ErrorKind::Disconnected => {
                 self.alive.set(false);
+                self.endpoints.failed(addr);
                 Error::unavailable(format!(
                     "the connection to {service} at {addr} broke during {method}, which may or \
                      may not have taken effect; the next call reconnects ({e})"
@@ -385,6 +495,8 @@ pub(crate) struct ClientActor<C> {
     jobs: mpsc::UnboundedSender<Job<C>>,
     service: &'static str,
     call_timeout: Option<Duration>,
+    /// A call that times out closes the connection (see `spawn_following`).
+    drop_on_timeout: bool,
     connected: Arc<AtomicBool>,
 }
 
@@ -394,6 +506,7 @@ impl<C> Clone for ClientActor<C> {
             jobs: self.jobs.clone(),
             service: self.service,
             call_timeout: self.call_timeout,
+            drop_on_timeout: self.drop_on_timeout,
             connected: self.connected.clone(),
         }
     }
@@ -401,14 +514,46 @@ impl<C> Clone for ClientActor<C> {
 
 impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
     /// Starts the thread. `service` names the peer in errors ("MDS");
-    /// `addrs` are tried in order at every (re)connection.
+    /// `addrs` are tried in order at every (re)connection. A call that
+    /// times out leaves the connection open (other calls on it may be
+    /// long by design).
     pub(crate) fn spawn(
         service: &'static str,
         addrs: Vec<String>,
         dialer: Dialer,
         options: ClientOptions,
     ) -> Result<ClientActor<C>> {
-        if addrs.is_empty() {
+        Self::start(
+            service,
+            Arc::new(FixedEndpoints(addrs)),
+            dialer,
+            options,
+            false,
+        )
+    }
+
+    /// Starts the thread for a replicated service whose members
+    /// `endpoints` knows: a call that times out closes the connection and
+    /// counts as a failure of that address, so the next call dials again,
+    /// trying the other members first (a frozen MDS accepts connections and
+    /// never answers).
+    pub(crate) fn spawn_following(
+        service: &'static str,
+        endpoints: Arc<dyn Endpoints>,
+        dialer: Dialer,
+        options: ClientOptions,
+    ) -> Result<ClientActor<C>> {
+        Self::start(service, endpoints, dialer, options, true)
+    }
+
+    fn start(
+        service: &'static str,
+        endpoints: Arc<dyn Endpoints>,
+        dialer: Dialer,
+        options: ClientOptions,
+        drop_on_timeout: bool,
+    ) -> Result<ClientActor<C>> {
+        if endpoints.addrs().is_empty() {
             return Err(Error::invalid(format!(
                 "no {service} address given: list at least one host:port"
             )));
@@ -419,7 +564,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         let call_timeout = options.call_timeout;
         let dialing = Dialing {
             service,
-            addrs,
+            endpoints,
             dialer,
             options,
         };
@@ -439,8 +584,23 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
             jobs: jobs_tx,
             service,
             call_timeout,
+            drop_on_timeout,
             connected,
         })
+    }
+
+    /// A handle on the same connection whose calls wait at most `timeout`
+    /// for their answer (`None`: as long as the connection lives).
+    pub(crate) fn with_call_timeout(&self, timeout: Option<Duration>) -> ClientActor<C> {
+        ClientActor {
+            call_timeout: timeout,
+            ..self.clone()
+        }
+    }
+
+    /// The call timeout of this handle.
+    pub(crate) fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
     }
 
     /// Whether a connection is established right now (diagnostics; the
@@ -460,11 +620,16 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         F: FnOnce(C) -> Fut + Send + 'static,
         Fut: Future<Output = capnp::Result<Result<T>>> + 'static,
     {
-        let (service, call_timeout) = (self.service, self.call_timeout);
+        let (service, call_timeout, drop_on_timeout) =
+            (self.service, self.call_timeout, self.drop_on_timeout);
         let (reply_tx, reply_rx) = oneshot::channel();
+        let sending = SENDING.try_with(Arc::clone).ok();
         let job: Job<C> = Box::new(move |link: Result<Link<C>>| {
             Box::pin(async move {
                 let sent = link.is_ok();
+                if let (true, Some(flag)) = (sent, sending) {
+                    flag.store(true, Ordering::SeqCst);
+                }
                 let outcome = match link {
                     Err(e) => Err(e),
                     Ok(link) => {
@@ -476,15 +641,25 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
                         match reply {
                             Ok(Ok(outcome)) => outcome,
                             Ok(Err(e)) => Err(link.call_failed(service, method, e)),
-                            Err(_) => Err(Error::new(
-                                ErrorKind::TimedOut,
-                                format!(
-                                    "{service} at {} did not answer {method} within {} ms; \
-                                     it may or may not have taken effect",
-                                    link.addr,
-                                    call_timeout.unwrap_or_default().as_millis()
-                                ),
-                            )),
+                            Err(_) => {
+                                let next = if drop_on_timeout {
+                                    // A frozen peer: stop waiting on it.
+                                    link.drop_connection(call_timeout.unwrap_or_default());
+                                    "; the connection was closed and the next call tries \
+                                     another address"
+                                } else {
+                                    ""
+                                };
+                                Err(Error::new(
+                                    ErrorKind::TimedOut,
+                                    format!(
+                                        "{service} at {} did not answer {method} within {} ms; \
+                                         it may or may not have taken effect{next}",
+                                        link.addr,
+                                        call_timeout.unwrap_or_default().as_millis()
+                                    ),
+                                ))
+                            }
                         }
                     }
                 };
@@ -509,6 +684,18 @@ tokio::task_local! {
     static NOT_SENT: Cell<bool>;
 }
 
+tokio::task_local! {
+    /// Set by a [`ClientActor::call`] made inside [`track_sending`] as soon
+    /// as the call goes out on a connection.
+    static SENDING: Arc<AtomicBool>;
+}
+
+/// Runs `call` (which makes client calls) and sets `sent` as soon as one of
+/// them has gone out on a connection: from then on it may take effect.
+pub(crate) async fn track_sending<F: Future>(sent: Arc<AtomicBool>, call: F) -> F::Output {
+    SENDING.scope(sent, call).await
+}
+
 /// Runs `call` (which makes client calls through `MdsClient` or
 /// `ControlClient`) and tells whether every failed call it made failed
 /// before being sent: `true` in the second field means some call could not
@@ -526,38 +713,54 @@ pub(crate) async fn track_delivery<F: Future>(call: F) -> (F::Output, bool) {
 /// Where and how a client thread connects.
 struct Dialing {
     service: &'static str,
-    addrs: Vec<String>,
+    endpoints: Arc<dyn Endpoints>,
     dialer: Dialer,
     options: ClientOptions,
 }
 
 impl Dialing {
-    /// Dials the addresses in order, in rounds with backoff, until one
-    /// answers or `connect_timeout` passes. Errors the dialer reports as not
-    /// worth retrying (a refused key, a bad address) fail at once.
+    /// Dials the addresses in the order `endpoints` gives (asked again at
+    /// every round), each attempt within [`DIAL_ATTEMPT_TIMEOUT`], in
+    /// rounds with backoff, until one answers or `connect_timeout` passes.
+    /// Errors the dialer reports as not worth retrying (a refused key, a
+    /// bad address) fail at once.
     async fn dial(&self) -> Result<(String, TcpStream)> {
         let service = self.service;
         let deadline = Instant::now() + self.options.connect_timeout;
         let mut backoff = BACKOFF_INITIAL;
         loop {
-            let mut failures = Vec::with_capacity(self.addrs.len());
-            for addr in &self.addrs {
+            let addrs = self.endpoints.addrs();
+            let mut failures = Vec::with_capacity(addrs.len());
+            for addr in &addrs {
                 // Give every address a chance even if the deadline is near,
                 // so that a short timeout still tries each one once.
                 let attempt_timeout = deadline
                     .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100));
+                    .max(Duration::from_millis(100))
+                    .min(DIAL_ATTEMPT_TIMEOUT);
                 match tokio::time::timeout(attempt_timeout, (self.dialer)(addr.clone())).await {
-                    Ok(Ok(stream)) => return Ok((addr.clone(), stream)),
+                    Ok(Ok(stream)) => {
+                        self.endpoints.connected(addr);
+                        return Ok((addr.clone(), stream));
+                    }
                     Ok(Err(e)) if !dial_error_is_transient(&e) => {
                         return Err(e.context(format!("connecting to {service} at {addr}")));
                     }
-                    Ok(Err(e)) => failures.push(format!("{addr}: {}", e.message())),
-                    Err(_) => failures.push(format!(
-                        "{addr}: no answer within {} ms",
-                        attempt_timeout.as_millis()
-                    )),
+                    Ok(Err(e)) => {
+                        self.endpoints.failed(addr);
+                        failures.push(format!("{addr}: {}", e.message()));
+                    }
+                    Err(_) => {
+                        self.endpoints.failed(addr);
+                        failures.push(format!(
+                            "{addr}: no answer within {} ms",
+                            attempt_timeout.as_millis()
+                        ));
+                    }
                 }
+            }
+            if addrs.is_empty() {
+                failures.push("no address known".to_string());
             }
             if Instant::now() + backoff >= deadline {
                 return Err(Error::unavailable(format!(
@@ -586,26 +789,23 @@ impl Dialing {
         let stream = adopt(stream)?;
         let mut system = RpcSystem::new(vat_network(stream, Side::Client), None);
         let client: C = system.bootstrap(Side::Server);
+        let disconnector = system.get_disconnector();
         generation.set(generation.get() + 1);
         let link_generation = generation.get();
         let alive = Rc::new(Cell::new(true));
         connected.store(true, Ordering::SeqCst);
         let addr: Rc<str> = addr.into();
-        let (task_alive, task_generation, task_connected, task_addr) = (
-            alive.clone(),
-            generation.clone(),
-            connected.clone(),
-            addr.clone(),
-        );
-        let service = self.service;
-        tokio::task::spawn_local(async move {
-            let result = system.await;
-            task_alive.set(false);
-            // A newer connection may already have replaced this one.
-            if task_generation.get() == link_generation {
-                task_connected.store(false, Ordering::SeqCst);
-            }
-            match result {
+        let ended = SystemEnded {
+            alive: alive.clone(),
+            generation: generation.clone(),
+            link_generation,
+            connected: connected.clone(),
+        };
+        let (service, task_addr) = (self.service, addr.clone());
+        let task = tokio::task::spawn_local(async move {
+            // Marks the link dead however the task ends (aborted too).
+            let _ended = ended;
+            match system.await {
                 Ok(()) => tracing::debug!("connection to {service} at {task_addr} closed"),
                 Err(e) => tracing::info!("connection to {service} at {task_addr} closed: {e}"),
             }
@@ -615,7 +815,30 @@ impl Dialing {
             client,
             addr,
             alive,
+            closer: Rc::new(Cell::new(Some(Closer {
+                disconnector,
+                task: task.abort_handle(),
+            }))),
+            endpoints: self.endpoints.clone(),
         })
+    }
+}
+
+/// Runs when the RPC system of a connection ends (or is aborted): the link
+/// is dead, and unless a newer connection replaced it, nothing is connected.
+struct SystemEnded {
+    alive: Rc<Cell<bool>>,
+    generation: Rc<Cell<u64>>,
+    link_generation: u64,
+    connected: Arc<AtomicBool>,
+}
+
+impl Drop for SystemEnded {
+    fn drop(&mut self) {
+        self.alive.set(false);
+        if self.generation.get() == self.link_generation {
+            self.connected.store(false, Ordering::SeqCst);
+        }
     }
 }
 

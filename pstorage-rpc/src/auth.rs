@@ -27,8 +27,21 @@
 //! This authenticates connections; it does not encrypt them (no TLS): run the
 //! cluster on a trusted network, as with the original pstorage.
 //!
-//! Every step has a deadline ([`HANDSHAKE_STEP_TIMEOUT`]) so a silent or slow
-//! peer cannot hold a server task forever.
+//! The whole handshake has a deadline on both sides ([`HANDSHAKE_TIMEOUT`],
+//! and [`CONNECT_TIMEOUT`] for connecting plus the handshake), and every step
+//! one of its own ([`HANDSHAKE_STEP_TIMEOUT`]), so a silent or slow peer (a
+//! frozen process whose kernel still accepts connections) cannot hold a
+//! server task or a dialing client for long.
+//!
+//! # Socket options
+//!
+//! Every TCP connection, dialed ([`connect`]) or accepted ([`accept`]), gets
+//! TCP_NODELAY, TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`],
+//! [`KEEPALIVE_PROBES`]) and `TCP_USER_TIMEOUT` ([`TCP_USER_TIMEOUT`]) from
+//! [`configure_socket`]: a peer whose host lost power or whose network is cut
+//! is detected within about 15 s even while nothing is being sent, and an
+//! unacknowledged send fails after 15 s. A frozen process on a live host
+//! still acknowledges at the TCP level; call deadlines catch that.
 
 use std::time::Duration;
 
@@ -47,8 +60,115 @@ pub const AUTH_MAGIC: [u8; 4] = *b"PSTA";
 pub const AUTH_VERSION: u16 = 1;
 /// PBKDF2 iterations of [`derive_key`].
 pub const KEY_DERIVATION_ROUNDS: u32 = 100_000;
-/// Deadline of each handshake step (and of the TCP connect in [`connect`]).
+/// Deadline of each handshake step.
 pub const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a whole handshake, on either side.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of [`connect`]: the TCP connection and the handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered keepalive probes before the connection is dropped.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged (and,
+/// with keepalive, how long probes may go unanswered) before the kernel
+/// drops the connection.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sets TCP_NODELAY, keepalive and `TCP_USER_TIMEOUT` (see the module
+/// documentation) on a connected socket. Errors: `Io` if the kernel refuses
+/// an option.
+pub fn configure_socket<S: std::os::fd::AsRawFd>(stream: &S) -> Result<()> {
+    let fd = stream.as_raw_fd();
+    let secs = |d: Duration| d.as_secs().max(1) as libc::c_int;
+    let options: [(libc::c_int, libc::c_int, libc::c_int, &str); 6] = [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY, 1, "TCP_NODELAY"),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1, "SO_KEEPALIVE"),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            secs(KEEPALIVE_IDLE),
+            "TCP_KEEPIDLE",
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPINTVL,
+            secs(KEEPALIVE_INTERVAL),
+            "TCP_KEEPINTVL",
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPCNT,
+            KEEPALIVE_PROBES as libc::c_int,
+            "TCP_KEEPCNT",
+        ),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            TCP_USER_TIMEOUT.as_millis() as libc::c_int,
+            "TCP_USER_TIMEOUT",
+        ),
+    ];
+    for (level, name, value, what) in options {
+        set_socket_option(fd, level, name, value)
+            .map_err(|e| Error::from(e).context(format!("setting {what}")))?;
+    }
+    Ok(())
+}
+
+fn set_socket_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: `fd` is an open socket borrowed from its owner for this call;
+    // the option value is a valid c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Reads an integer socket option (tests).
+#[cfg(test)]
+fn socket_option(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as in `set_socket_option`; `value` and `len` outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    value
+}
+
+/// The server side of a new connection: sets the socket options
+/// ([`configure_socket`]) and runs [`server_handshake`] within
+/// [`HANDSHAKE_TIMEOUT`]. Returns the channel the client asked for; on
+/// error the caller drops the connection.
+pub async fn accept(stream: &mut TcpStream, key: &ClusterKey) -> Result<Channel> {
+    configure_socket(stream)?;
+    server_handshake(stream, key).await
+}
 
 const NONCE_LEN: usize = 32;
 const MAC_LEN: usize = 32;
@@ -120,7 +240,28 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     key: &ClusterKey,
     channel: Channel,
 ) -> Result<()> {
-    client_handshake_with_timeout(stream, key, channel, HANDSHAKE_STEP_TIMEOUT).await
+    whole_handshake(client_handshake_with_timeout(
+        stream,
+        key,
+        channel,
+        HANDSHAKE_STEP_TIMEOUT,
+    ))
+    .await
+}
+
+/// Runs a handshake within [`HANDSHAKE_TIMEOUT`].
+async fn whole_handshake<T>(handshake: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "authentication handshake: not finished within {HANDSHAKE_TIMEOUT:?}; the \
+                     peer is silent (stopped, overloaded, or not a pstorage node)"
+                ),
+            ))
+        })
 }
 
 /// Checks that the client at the other end of `stream` holds `key`, proves
@@ -132,37 +273,47 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     key: &ClusterKey,
 ) -> Result<Channel> {
-    server_handshake_with_timeout(stream, key, HANDSHAKE_STEP_TIMEOUT).await
+    whole_handshake(server_handshake_with_timeout(
+        stream,
+        key,
+        HANDSHAKE_STEP_TIMEOUT,
+    ))
+    .await
 }
 
-/// Connects to `addr` (`host:port`) within [`HANDSHAKE_STEP_TIMEOUT`], sets
-/// TCP_NODELAY and runs [`client_handshake`] for `channel`.
+/// Connects to `addr` (`host:port`), sets the socket options
+/// ([`configure_socket`]) and runs [`client_handshake`] for `channel`, all
+/// within [`CONNECT_TIMEOUT`].
 ///
-/// Errors: `Unavailable` when the address cannot be reached, otherwise as
-/// for [`client_handshake`]; every message names `addr`.
+/// Errors: `Unavailable` when the address cannot be reached or does not
+/// answer in time, otherwise as for [`client_handshake`]; every message
+/// names `addr`.
 pub async fn connect(addr: &str, key: &ClusterKey, channel: Channel) -> Result<TcpStream> {
-    let mut stream = match tokio::time::timeout(HANDSHAKE_STEP_TIMEOUT, TcpStream::connect(addr))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(Error::unavailable(format!(
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| {
+            Error::unavailable(format!(
                 "cannot connect to {addr}: {e}; is the server running and the address right?"
-            )))
-        }
-        Err(_) => {
-            return Err(Error::unavailable(format!(
-                "connecting to {addr} timed out after {HANDSHAKE_STEP_TIMEOUT:?}; is the host reachable?"
-            )))
-        }
+            ))
+        })?;
+        configure_socket(&stream).map_err(|e| e.context(format!("the connection to {addr}")))?;
+        client_handshake(&mut stream, key, channel)
+            .await
+            .map_err(|e| match e.kind() {
+                // A silent peer is an unreachable one to a dialer.
+                ErrorKind::TimedOut => {
+                    Error::unavailable(format!("authenticating to {addr}: {}", e.message()))
+                }
+                _ => e.context(format!("authenticating to {addr}")),
+            })?;
+        Ok(stream)
     };
-    stream.set_nodelay(true).map_err(|e| {
-        Error::from(e).context(format!("setting TCP_NODELAY on the connection to {addr}"))
-    })?;
-    client_handshake(&mut stream, key, channel)
-        .await
-        .map_err(|e| e.context(format!("authenticating to {addr}")))?;
-    Ok(stream)
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Error::unavailable(format!(
+            "connecting to {addr} and authenticating took over {CONNECT_TIMEOUT:?}; is the host \
+             reachable and the server running (not stopped)?"
+        ))),
+    }
 }
 
 pub(crate) async fn client_handshake_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
@@ -563,10 +714,98 @@ mod tests {
         let stream = connect(&addr, &key(3), Channel::Data).await.unwrap();
         assert!(stream.nodelay().unwrap());
         assert_eq!(server.await.unwrap().unwrap(), Channel::Data);
+        assert_socket_options(&stream);
 
         // Nothing listens there any more.
         let err = connect(&addr, &key(3), Channel::Data).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.message().contains(&addr), "{err}");
+    }
+
+    fn assert_socket_options(stream: &TcpStream) {
+        use std::os::fd::AsRawFd;
+        let fd = stream.as_raw_fd();
+        let get = |level, name| socket_option(fd, level, name) as u64;
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            KEEPALIVE_IDLE.as_secs()
+        );
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            KEEPALIVE_INTERVAL.as_secs()
+        );
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+            KEEPALIVE_PROBES as u64
+        );
+        assert_eq!(
+            get(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+            TCP_USER_TIMEOUT.as_millis() as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_a_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let channel = accept(&mut s, &key(3)).await.unwrap();
+            assert_socket_options(&s);
+            channel
+        });
+        connect(&addr, &key(3), Channel::Control).await.unwrap();
+        assert_eq!(server.await.unwrap(), Channel::Control);
+    }
+
+    /// A peer that stops answering mid-handshake (each step alone would
+    /// wait 10 s) is cut off at the whole handshake's deadline, both ways.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_fails_the_whole_handshake_at_its_deadline() {
+        let started = tokio::time::Instant::now();
+        let (_c, mut s) = tokio::io::duplex(1024);
+        let err = server_handshake(&mut s, &key(1)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+
+        let started = tokio::time::Instant::now();
+        let (mut c, mut s) = tokio::io::duplex(1024);
+        // It sends a proper challenge, then freezes.
+        let _peer = tokio::spawn(async move {
+            let mut hello = [0u8; HELLO_LEN];
+            s.read_exact(&mut hello).await.unwrap();
+            let mut challenge = [0u8; CHALLENGE_LEN];
+            challenge[..4].copy_from_slice(&AUTH_MAGIC);
+            challenge[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
+            s.write_all(&challenge).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            std::future::pending::<()>().await;
+            drop(s);
+        });
+        let err = client_handshake(&mut c, &key(1), Channel::Control)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
+    }
+
+    /// A stopped server: its kernel accepts the TCP connection, nobody
+    /// answers. `connect` gives up at its deadline.
+    #[tokio::test]
+    async fn connect_to_a_frozen_server_gives_up_in_time() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let err = connect(&addr, &key(1), Channel::Control).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.message().contains(&addr), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= CONNECT_TIMEOUT - Duration::from_millis(100) && took < CONNECT_TIMEOUT * 3,
+            "{took:?}"
+        );
+        drop(listener);
     }
 }

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pstorage_core::traits::{ChunkControl, ControlConnector, CsRegistry, MetadataService};
+use pstorage_core::membership::{DirectoryOptions, MemMemberStore, MemberDirectory};
+use pstorage_core::traits::{
+    ChunkControl, ControlConnector, CsRegistry, MdsGroup, MetadataService, SystemClock,
+};
 use pstorage_core::types::*;
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -242,6 +245,30 @@ impl Script {
 #[derive(Default)]
 struct FakeMds {
     script: Script,
+    /// What `members` answers (`None`: an error).
+    members: Mutex<Option<MdsMembership>>,
+}
+
+#[async_trait]
+impl MdsGroup for FakeMds {
+    async fn allocate_mds_id(&self) -> Result<u64> {
+        self.script.enter("allocate_mds_id".into())?;
+        Ok(7)
+    }
+    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+        self.script.enter(format!("add_mds {id} {addr}"))
+    }
+    async fn remove_mds(&self, id: u64) -> Result<()> {
+        self.script.enter(format!("remove_mds {id}"))
+    }
+    async fn members(&self) -> Result<MdsMembership> {
+        self.script.enter("members".into())?;
+        self.members
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::unavailable("no members"))
+    }
 }
 
 #[async_trait]
@@ -1064,7 +1091,141 @@ async fn a_call_without_reply_times_out() {
     let error = client.stat("/slow").await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
     assert!(error.message().contains("did not answer stat"), "{error}");
-    // The connection is still usable.
+    assert!(error.message().contains("connection was closed"), "{error}");
+    // An MDS that does not answer may be frozen: the connection was
+    // dropped, and the next call makes a new one.
     client.stat("/fast").await.unwrap();
-    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
+    assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Following the MDS group
+
+fn group_services(fake: &Arc<FakeMds>) -> RpcServices {
+    RpcServices::new()
+        .with_mds(fake.clone(), fake.clone())
+        .with_group(fake.clone())
+}
+
+fn sample_membership(a: &str, b: &str) -> MdsMembership {
+    MdsMembership {
+        members: vec![
+            MdsMember {
+                id: 1,
+                addr: a.to_string(),
+                voter: true,
+            },
+            MdsMember {
+                id: 2,
+                addr: b.to_string(),
+                voter: false,
+            },
+        ],
+        leader: Some(2),
+        term: u64::MAX,
+        config_index: 17,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mds_members_round_trips() {
+    let fake = Arc::new(FakeMds::default());
+    let harness = Harness::start(group_services(&fake), Serve::Mds).await;
+    let client =
+        MdsClient::new(vec![harness.addr.clone()], plain_dialer(), fast_options()).unwrap();
+    let sample = sample_membership("127.0.0.1:1", "[::1]:2510");
+    *fake.members.lock().unwrap() = Some(sample.clone());
+    assert_eq!(client.members().await.unwrap(), sample);
+    let mut leaderless = sample;
+    leaderless.leader = None;
+    *fake.members.lock().unwrap() = Some(leaderless.clone());
+    assert_eq!(client.members().await.unwrap(), leaderless);
+    *fake.members.lock().unwrap() = None;
+    let error = client.members().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    // An MDS without a group (no Raft) says so.
+    let (_fake, _harness, plain) = mds_setup().await;
+    let error = plain.members().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.message().contains("mdsMembers"), "{error}");
+}
+
+/// A client that knows one MDS learns the others from it (after its first
+/// call, in the background), saves them, and dials the leader first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_client_learns_the_members_and_dials_the_leader() {
+    let (first, second) = (Arc::new(FakeMds::default()), Arc::new(FakeMds::default()));
+    let a = Harness::start(group_services(&first), Serve::Mds).await;
+    let b = Harness::start(group_services(&second), Serve::Mds).await;
+    *first.members.lock().unwrap() = Some(sample_membership(&a.addr, &b.addr));
+    let store = Arc::new(MemMemberStore::new());
+    let members = Arc::new(MemberDirectory::new(
+        vec![a.addr.clone()],
+        Some(store.clone()),
+        Arc::new(SystemClock),
+        DirectoryOptions::default(),
+    ));
+    let client =
+        MdsClient::following(members.clone(), plain_dialer(), fast_options(), true).unwrap();
+    client.stat("/x").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.saved().is_none() {
+        assert!(Instant::now() < deadline, "nothing learned");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.saved().unwrap().members.len(), 2);
+    assert_eq!(members.addrs(), vec![b.addr.clone(), a.addr.clone()]);
+    // The connection to A breaks: the next call goes to the leader, B.
+    a.kill_connections();
+    wait_until_disconnected(&client).await;
+    client.stat("/y").await.unwrap();
+    assert_eq!(
+        second.script.take_calls().first().map(String::as_str),
+        Some("stat /y")
+    );
+}
+
+/// A frozen MDS (the connection stands, nothing answers): the call times
+/// out, the connection is dropped, and the next call goes to another
+/// member, with the frozen one tried last for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
+    // A listener whose connections are accepted and never served.
+    let frozen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap().to_string();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = frozen.accept().await {
+                held.lock().unwrap().push(stream);
+            }
+        })
+    };
+    let fake = Arc::new(FakeMds::default());
+    let healthy = Harness::start(group_services(&fake), Serve::Mds).await;
+    let members = Arc::new(MemberDirectory::fixed(vec![
+        frozen_addr.clone(),
+        healthy.addr.clone(),
+    ]));
+    let options = ClientOptions {
+        call_timeout: Some(Duration::from_millis(300)),
+        ..fast_options()
+    };
+    let client = MdsClient::following(members.clone(), plain_dialer(), options, false).unwrap();
+    let error = client.stat("/a").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    assert!(error.message().contains(&frozen_addr), "{error}");
+    assert_eq!(
+        members.addrs(),
+        vec![healthy.addr.clone(), frozen_addr.clone()]
+    );
+    client.stat("/b").await.unwrap();
+    assert_eq!(fake.script.take_calls(), ["stat /b"]);
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "the frozen MDS was dialed again"
+    );
+    holder.abort();
 }

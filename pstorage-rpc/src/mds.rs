@@ -7,18 +7,20 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pstorage_core::mds::raft::MdsRaft;
+use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
-    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, OpenFlags,
-    OpenReply, RegisterReply, SpaceInfo, Stat,
+    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, MdsMembership,
+    OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, Result};
 
-use crate::actor::{ClientActor, ClientOptions, Dialer};
+use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_TIMEOUT};
 use crate::generated::pstorage_capnp::mds;
 use crate::wire::{
     decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
@@ -553,6 +555,16 @@ impl mds::Server for MdsServer {
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
+
+    async fn mds_members(
+        self: Rc<Self>,
+        _params: mds::MdsMembersParams,
+        mut results: mds::MdsMembersResults,
+    ) -> capnp::Result<()> {
+        let outcome = async { self.group("mdsMembers")?.members().await }.await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -563,33 +575,144 @@ impl mds::Server for MdsServer {
 ///
 /// `Send + Sync` and cheap to clone (clones share the connection). The
 /// connection is made at the first call and remade at the first call after
-/// it broke, trying the bootstrap addresses in order and retrying for
+/// it broke, trying the known MDS addresses in order and retrying for
 /// `ClientOptions::connect_timeout` before failing with `Unavailable`. A call
 /// in flight when the connection breaks fails with `Unavailable` and is not
-/// resent: it may or may not have taken effect. Every other error is the
-/// MDS's own, with its kind and message.
+/// resent: it may or may not have taken effect. A call that gets no answer
+/// within `ClientOptions::call_timeout` fails `TimedOut` and closes the
+/// connection (a frozen MDS accepts connections and never answers), so the
+/// next call dials again, trying the other MDSes first. Every other error is
+/// the MDS's own, with its kind and message.
+///
+/// A client made with [`MdsClient::following`] follows the MDS group: it
+/// dials the addresses of a [`MemberDirectory`] (members learned from the
+/// group first, the leader first) and, unless told otherwise, keeps the
+/// directory current in the background: after each new connection or
+/// failure and every `DirectoryOptions::refresh_period` while calls are
+/// made, it asks the MDS it reaches for the members.
 #[derive(Clone)]
 pub struct MdsClient {
     actor: ClientActor<mds::Client>,
+    /// The directory it dials from, when it follows the group.
+    members: Option<Arc<MemberDirectory>>,
+    /// Refresh `members` in the background after calls.
+    auto_refresh: bool,
+    /// Deadline of `csHeartbeat` and `mdsMembers`, if not the call timeout.
+    heartbeat_timeout: Option<Duration>,
 }
 
+/// Deadline of the calls that change the group (`addMds` waits until the
+/// new MDS caught up, from a snapshot if need be; `removeMds` for the
+/// membership change to commit).
+pub const GROUP_CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl MdsClient {
-    /// A client of the MDS at one of `bootstrap` (`host:port` each), reached
-    /// through `dialer`. Does not connect yet. Errors: `InvalidArgument` if
-    /// `bootstrap` is empty; `Internal` if the thread cannot start.
-    pub fn new(
-        bootstrap: Vec<String>,
+    /// A client of the MDS at one of `addrs` (`host:port` each, tried in
+    /// this order), reached through `dialer`. It does not learn other
+    /// members. Does not connect yet. Errors: `InvalidArgument` if `addrs`
+    /// is empty; `Internal` if the thread cannot start.
+    pub fn new(addrs: Vec<String>, dialer: Dialer, options: ClientOptions) -> Result<MdsClient> {
+        Ok(MdsClient {
+            actor: ClientActor::spawn_following(
+                "MDS",
+                Arc::new(FixedEndpoints(addrs)),
+                dialer,
+                options,
+            )?,
+            members: None,
+            auto_refresh: false,
+            heartbeat_timeout: None,
+        })
+    }
+
+    /// A client that follows the MDS group through `members` (see the type
+    /// documentation). With `auto_refresh` it refreshes the directory in the
+    /// background after calls (it needs a tokio runtime then, which every
+    /// async caller has); without, the caller does (a chunk server's
+    /// session). Errors: `InvalidArgument` if the directory knows no
+    /// address; `Internal` if the thread cannot start.
+    pub fn following(
+        members: Arc<MemberDirectory>,
         dialer: Dialer,
         options: ClientOptions,
+        auto_refresh: bool,
     ) -> Result<MdsClient> {
         Ok(MdsClient {
-            actor: ClientActor::spawn("MDS", bootstrap, dialer, options)?,
+            actor: ClientActor::spawn_following("MDS", members.clone(), dialer, options)?,
+            members: Some(members),
+            auto_refresh,
+            heartbeat_timeout: None,
         })
+    }
+
+    /// A handle on the same connection whose calls wait at most `timeout`
+    /// (`None`: as long as the connection lives).
+    pub fn with_call_timeout(&self, timeout: Option<Duration>) -> MdsClient {
+        MdsClient {
+            actor: self.actor.with_call_timeout(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// A handle on the same connection whose heartbeats and `members`
+    /// calls (quick liveness questions) wait at most `timeout`, whatever
+    /// the call timeout of the other calls. A chunk server uses it to give
+    /// up on a frozen MDS well before its self-fence.
+    pub fn with_heartbeat_timeout(&self, timeout: Duration) -> MdsClient {
+        MdsClient {
+            heartbeat_timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// The actor handle for quick liveness calls.
+    fn quick(&self) -> ClientActor<mds::Client> {
+        match self.heartbeat_timeout {
+            Some(t) => self.actor.with_call_timeout(Some(t)),
+            None => self.actor.clone(),
+        }
+    }
+
+    /// The directory this client follows the group with, if any.
+    pub fn members_directory(&self) -> Option<&Arc<MemberDirectory>> {
+        self.members.as_ref()
     }
 
     /// Whether a connection is established right now (diagnostics).
     pub fn is_connected(&self) -> bool {
         self.actor.is_connected()
+    }
+
+    /// Runs a call, then refreshes the member directory in the background
+    /// if that is due.
+    async fn call<T, F, Fut>(&self, method: &'static str, call: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(mds::Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = capnp::Result<Result<T>>> + 'static,
+    {
+        let outcome = self.actor.call(method, call).await;
+        self.refresh_if_due();
+        outcome
+    }
+
+    fn refresh_if_due(&self) {
+        let Some(members) = self.members.as_ref().filter(|_| self.auto_refresh) else {
+            return;
+        };
+        if !members.refresh_due() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, members) = (self.clone(), members.clone());
+        let timeout = self.quick().call_timeout().unwrap_or(MDS_CALL_TIMEOUT);
+        runtime.spawn(async move {
+            if let Err(e) = members.refresh(&client, timeout).await {
+                tracing::debug!("asking the MDS group for its members: {e}");
+            }
+        });
     }
 }
 
@@ -597,118 +720,109 @@ impl MdsClient {
 impl MetadataService for MdsClient {
     async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
         let path = path.to_owned();
-        self.actor
-            .call("open", move |mds| async move {
-                let mut request = mds.open_request();
-                let mut p = request.get();
-                p.set_path(path.as_str());
-                p.set_mode(lease_mode_to_wire(mode));
-                flags.write(p.init_flags());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("open", move |mds| async move {
+            let mut request = mds.open_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_mode(lease_mode_to_wire(mode));
+            flags.write(p.init_flags());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn renew(&self, lease: LeaseId) -> Result<()> {
-        self.actor
-            .call("renew", move |mds| async move {
-                let mut request = mds.renew_request();
-                request.get().set_lease(lease);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("renew", move |mds| async move {
+            let mut request = mds.renew_request();
+            request.get().set_lease(lease);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn close(&self, lease: LeaseId) -> Result<()> {
-        self.actor
-            .call("close", move |mds| async move {
-                let mut request = mds.close_request();
-                request.get().set_lease(lease);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("close", move |mds| async move {
+            let mut request = mds.close_request();
+            request.get().set_lease(lease);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn stat(&self, path: &str) -> Result<Stat> {
         let path = path.to_owned();
-        self.actor
-            .call("stat", move |mds| async move {
-                let mut request = mds.stat_request();
-                request.get().set_path(path.as_str());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("stat", move |mds| async move {
+            let mut request = mds.stat_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
         let path = path.to_owned();
-        self.actor
-            .call("mkdir", move |mds| async move {
-                let mut request = mds.mkdir_request();
-                let mut p = request.get();
-                p.set_path(path.as_str());
-                p.set_parents(parents);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("mkdir", move |mds| async move {
+            let mut request = mds.mkdir_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_parents(parents);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = path.to_owned();
-        self.actor
-            .call("readdir", move |mds| async move {
-                let mut request = mds.readdir_request();
-                request.get().set_path(path.as_str());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("readdir", move |mds| async move {
+            let mut request = mds.readdir_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn unlink(&self, path: &str) -> Result<()> {
         let path = path.to_owned();
-        self.actor
-            .call("unlink", move |mds| async move {
-                let mut request = mds.unlink_request();
-                request.get().set_path(path.as_str());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("unlink", move |mds| async move {
+            let mut request = mds.unlink_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (from.to_owned(), to.to_owned());
-        self.actor
-            .call("rename", move |mds| async move {
-                let mut request = mds.rename_request();
-                let mut p = request.get();
-                p.set_from(from.as_str());
-                p.set_to(to.as_str());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("rename", move |mds| async move {
+            let mut request = mds.rename_request();
+            let mut p = request.get();
+            p.set_from(from.as_str());
+            p.set_to(to.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
         let path = path.to_owned();
-        self.actor
-            .call("setAttr", move |mds| async move {
-                let mut request = mds.set_attr_request();
-                let mut p = request.get();
-                p.set_path(path.as_str());
-                p.set_recursive(recursive);
-                update.write(p.init_update());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("setAttr", move |mds| async move {
+            let mut request = mds.set_attr_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_recursive(recursive);
+            update.write(p.init_update());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn chunk_map(
@@ -717,17 +831,16 @@ impl MetadataService for MdsClient {
         index: u64,
         allocate: bool,
     ) -> Result<Option<ChunkMap>> {
-        self.actor
-            .call("chunkMap", move |mds| async move {
-                let mut request = mds.chunk_map_request();
-                let mut p = request.get();
-                p.set_lease(lease);
-                p.set_index(index);
-                p.set_allocate(allocate);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("chunkMap", move |mds| async move {
+            let mut request = mds.chunk_map_request();
+            let mut p = request.get();
+            p.set_lease(lease);
+            p.set_index(index);
+            p.set_allocate(allocate);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn report_failure(
@@ -738,136 +851,125 @@ impl MetadataService for MdsClient {
         cs: CsId,
         reason: FailureReason,
     ) -> Result<ChunkMap> {
-        self.actor
-            .call("reportFailure", move |mds| async move {
-                let mut request = mds.report_failure_request();
-                let mut p = request.get();
-                p.set_lease(lease);
-                p.set_chunk(chunk);
-                p.set_version(version);
-                p.set_cs(cs);
-                p.set_reason(failure_reason_to_wire(reason));
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("reportFailure", move |mds| async move {
+            let mut request = mds.report_failure_request();
+            let mut p = request.get();
+            p.set_lease(lease);
+            p.set_chunk(chunk);
+            p.set_version(version);
+            p.set_cs(cs);
+            p.set_reason(failure_reason_to_wire(reason));
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
-        self.actor
-            .call("commitSize", move |mds| async move {
-                let mut request = mds.commit_size_request();
-                let mut p = request.get();
-                p.set_lease(lease);
-                p.set_size(size);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("commitSize", move |mds| async move {
+            let mut request = mds.commit_size_request();
+            let mut p = request.get();
+            p.set_lease(lease);
+            p.set_size(size);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
-        self.actor
-            .call("truncate", move |mds| async move {
-                let mut request = mds.truncate_request();
-                let mut p = request.get();
-                p.set_lease(lease);
-                p.set_size(size);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("truncate", move |mds| async move {
+            let mut request = mds.truncate_request();
+            let mut p = request.get();
+            p.set_lease(lease);
+            p.set_size(size);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
         let path = path.to_owned();
-        self.actor
-            .call("fileChunks", move |mds| async move {
-                let mut request = mds.file_chunks_request();
-                request.get().set_path(path.as_str());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("fileChunks", move |mds| async move {
+            let mut request = mds.file_chunks_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatus> {
-        self.actor
-            .call("clusterStatus", move |mds| async move {
-                let response = mds.cluster_status_request().send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("clusterStatus", move |mds| async move {
+            let response = mds.cluster_status_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
-        self.actor
-            .call("getConfig", move |mds| async move {
-                let response = mds.get_config_request().send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("getConfig", move |mds| async move {
+            let response = mds.get_config_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn set_config(&self, key: &str, value: u64) -> Result<()> {
         let key = key.to_owned();
-        self.actor
-            .call("setConfig", move |mds| async move {
-                let mut request = mds.set_config_request();
-                let mut p = request.get();
-                p.set_key(key.as_str());
-                p.set_value(value);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("setConfig", move |mds| async move {
+            let mut request = mds.set_config_request();
+            let mut p = request.get();
+            p.set_key(key.as_str());
+            p.set_value(value);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
-        self.actor
-            .call("eventLog", move |mds| async move {
-                let mut request = mds.event_log_request();
-                request.get().set_after_seq(after_seq);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("eventLog", move |mds| async move {
+            let mut request = mds.event_log_request();
+            request.get().set_after_seq(after_seq);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
-        self.actor
-            .call("removeCs", move |mds| async move {
-                let mut request = mds.remove_cs_request();
-                let mut p = request.get();
-                p.set_cs(cs);
-                p.set_force(force);
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("removeCs", move |mds| async move {
+            let mut request = mds.remove_cs_request();
+            let mut p = request.get();
+            p.set_cs(cs);
+            p.set_force(force);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl CsRegistry for MdsClient {
     async fn allocate_cs_id(&self) -> Result<CsId> {
-        self.actor
-            .call("allocateCsId", move |mds| async move {
-                let response = mds.allocate_cs_id_request().send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("allocateCsId", move |mds| async move {
+            let response = mds.allocate_cs_id_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
-        self.actor
-            .call("registerCs", move |mds| async move {
-                let mut request = mds.register_cs_request();
-                registration.write(request.get().init_registration());
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("registerCs", move |mds| async move {
+            let mut request = mds.register_cs_request();
+            registration.write(request.get().init_registration());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -876,7 +978,8 @@ impl CsRegistry for MdsClient {
         space: SpaceInfo,
         stats: CsStats,
     ) -> Result<HeartbeatReply> {
-        self.actor
+        let outcome = self
+            .quick()
             .call("csHeartbeat", move |mds| async move {
                 let mut request = mds.cs_heartbeat_request();
                 let mut p = request.get();
@@ -886,7 +989,9 @@ impl CsRegistry for MdsClient {
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
-            .await
+            .await;
+        self.refresh_if_due();
+        outcome
     }
 
     async fn report_bad_replica(
@@ -895,34 +1000,32 @@ impl CsRegistry for MdsClient {
         chunk: ChunkId,
         reason: FailureReason,
     ) -> Result<()> {
-        self.actor
-            .call("reportBadReplica", move |mds| async move {
-                let mut request = mds.report_bad_replica_request();
-                let mut p = request.get();
-                p.set_cs(cs);
-                p.set_chunk(chunk);
-                p.set_reason(failure_reason_to_wire(reason));
-                let response = request.send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("reportBadReplica", move |mds| async move {
+            let mut request = mds.report_bad_replica_request();
+            let mut p = request.get();
+            p.set_cs(cs);
+            p.set_chunk(chunk);
+            p.set_reason(failure_reason_to_wire(reason));
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl MdsGroup for MdsClient {
     async fn allocate_mds_id(&self) -> Result<u64> {
-        self.actor
-            .call("allocateMdsId", move |mds| async move {
-                let response = mds.allocate_mds_id_request().send().promise.await?;
-                WireReply::read_result(response.get()?.get_result()?)
-            })
-            .await
+        self.call("allocateMdsId", move |mds| async move {
+            let response = mds.allocate_mds_id_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
         let addr = addr.to_owned();
-        self.actor
+        self.with_call_timeout(Some(GROUP_CHANGE_TIMEOUT))
             .call("addMds", move |mds| async move {
                 let mut request = mds.add_mds_request();
                 let mut p = request.get();
@@ -935,11 +1038,21 @@ impl MdsGroup for MdsClient {
     }
 
     async fn remove_mds(&self, id: u64) -> Result<()> {
-        self.actor
+        self.with_call_timeout(Some(GROUP_CHANGE_TIMEOUT))
             .call("removeMds", move |mds| async move {
                 let mut request = mds.remove_mds_request();
                 request.get().set_id(id);
                 let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn members(&self) -> Result<MdsMembership> {
+        // Not through `call`: a refresh must not start another.
+        self.quick()
+            .call("mdsMembers", move |mds| async move {
+                let response = mds.mds_members_request().send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
             .await

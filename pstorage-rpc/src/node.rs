@@ -18,15 +18,17 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use pstorage_core::chunk::{BadReplicaSink, ChunkServer, FileChunkStore, ScrubParams};
+use pstorage_core::chunk::session::{bad_replica_queue, CsSession, SessionOptions};
+use pstorage_core::chunk::{ChunkServer, FileChunkStore, ScrubParams};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
 use pstorage_core::mds::raft::{compact_log_now, raft_config, MdsNode, MdsRaft, RaftStorage};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
+use pstorage_core::membership::{DirectoryOptions, FileMemberStore, MemberDirectory};
 use pstorage_core::traits::{
     ChunkControl, ChunkService, Clock, CsRegistry, MdsGroup, MetadataService, SystemClock,
 };
-use pstorage_core::types::{ChunkId, CsId, CsStats, FailureReason, FileAttrs, MapVersion};
+use pstorage_core::types::{CsId, FileAttrs};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
@@ -173,7 +175,7 @@ pub async fn join_cluster_mds(
         .key()
         .map_err(|e| e.context("this node has no cluster key: run `pstorage auth-node` first"))?;
     ensure_empty_dir(dir)?;
-    let mds = connect_mds(conf, RpcClientOptions::default())?;
+    let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     if mds
         .cluster_status()
         .await?
@@ -205,7 +207,7 @@ pub async fn join_cluster_mds(
 /// `rm-mds`: removes MDS `id` from the group and its address from this
 /// node's `bs.list`; returns that address.
 pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
-    let mds = connect_mds(conf, RpcClientOptions::default())?;
+    let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     let addr = mds
         .cluster_status()
         .await?
@@ -241,6 +243,12 @@ pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
     if let Err(e) = conf.remove_bootstrap(&addr) {
         warn!("MDS {id} removed, but bs.list was not updated: {e}");
     }
+    // This node's saved member list forgets it too (best effort).
+    if let Some(members) = mds.members_directory() {
+        if let Err(e) = members.refresh(&mds, crate::actor::MDS_CALL_TIMEOUT).await {
+            warn!("MDS {id} removed, but the saved MDS member list was not refreshed: {e}");
+        }
+    }
     Ok(addr)
 }
 
@@ -255,7 +263,7 @@ pub async fn create_cs(
         .parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
     ensure_empty_dir(dir)?;
-    let mds = connect_mds(conf, RpcClientOptions::default())?;
+    let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     let id = mds.allocate_cs_id().await?;
     FileChunkStore::open(dir)?;
     write_conf(
@@ -279,17 +287,46 @@ pub fn control_dialer(key: ClusterKey) -> Dialer {
     })
 }
 
-/// An MDS client for the cluster described by `conf` (bootstrap list + key).
-pub fn connect_mds(conf: &ClusterConf, options: RpcClientOptions) -> Result<MdsClient> {
-    let key = conf.key()?;
-    let bootstrap = conf.bootstrap()?;
-    MdsClient::new(bootstrap, control_dialer(key), options)
+/// The MDS member directory of a client or tool of the cluster `conf`
+/// describes: `bs.list` as the bootstrap, and the members learned saved in
+/// the cluster's configuration directory (`mds.list`) when it is writable
+/// (best effort: a client never fails because it is not). Errors: the
+/// `bs.list` error when neither names an MDS.
+pub fn client_members(conf: &ClusterConf) -> Result<Arc<MemberDirectory>> {
+    let (bootstrap, missing) = match conf.bootstrap() {
+        Ok(list) => (list, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let members = MemberDirectory::new(
+        bootstrap,
+        Some(Arc::new(FileMemberStore::in_dir(&conf.dir))),
+        Arc::new(SystemClock),
+        DirectoryOptions::default(),
+    );
+    match missing {
+        Some(e) if members.addrs().is_empty() => Err(e),
+        _ => Ok(Arc::new(members)),
+    }
 }
 
-/// A full SDK client for the cluster described by `conf`.
+/// An MDS client for the cluster described by `conf` (its key, and the
+/// MDSes of [`client_members`]); it follows the MDS group.
+pub fn connect_mds(conf: &ClusterConf, options: RpcClientOptions) -> Result<MdsClient> {
+    let key = conf.key()?;
+    MdsClient::following(client_members(conf)?, control_dialer(key), options, true)
+}
+
+/// A full SDK client for the cluster described by `conf`. MDS calls get
+/// the deadline of [`RpcClientOptions::from_env`], at most
+/// `options.io_timeout`.
 pub fn connect_client(conf: &ClusterConf, options: ClientOptions) -> Result<Client> {
     let key = conf.key()?;
-    let mds = Arc::new(connect_mds(conf, RpcClientOptions::default())?);
+    let mut rpc = RpcClientOptions::from_env();
+    rpc.call_timeout = Some(
+        rpc.call_timeout
+            .map_or(options.io_timeout, |t| t.min(options.io_timeout)),
+    );
+    let mds = Arc::new(connect_mds(conf, rpc)?);
     let chunks = Arc::new(TcpChunkConnector::new(key));
     Ok(Client::new(mds, chunks, options))
 }
@@ -330,11 +367,10 @@ where
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let key = key.clone();
         let route = route.clone();
         tokio::spawn(async move {
-            match auth::server_handshake(&mut stream, &key).await {
+            match auth::accept(&mut stream, &key).await {
                 Ok(channel) => route(channel, stream),
                 Err(e) => warn!("refused connection from {peer}: {e}"),
             }
@@ -614,30 +650,75 @@ fn apply_env_overrides(config: &mut MdsConfig) {
 
 /// Runs the CS in `dir` until `shutdown` resolves.
 ///
-/// Before it registers (and so before it serves), chunks written but not
-/// flushed when the CS last stopped uncleanly are verified; corrupt
-/// replicas found then or by the scrubber are reported to the MDS. At
-/// `shutdown` every written replica is flushed, so the next start has
-/// nothing to verify. Scrubbing defaults to [`ScrubParams::default`];
-/// `PSTORAGE_SCRUB_PERIOD_MS` and `PSTORAGE_SCRUB_RATE` (bytes/s, 0 =
-/// unlimited) override it (tests, tuning).
+/// The session with the MDS group (registration, heartbeats, self-fencing,
+/// following the group, corrupt replica reports) is
+/// [`pstorage_core::chunk::session`]; this wires it to the network. The
+/// MDSes it dials are `bs.list` merged with the members it learned, saved
+/// in `<dir>/mds.list` so that it restarts even when every MDS of its
+/// `bs.list` is gone. Before it registers (and so before it serves),
+/// chunks written but not flushed when the CS last stopped uncleanly are
+/// verified. At `shutdown` every written replica is flushed, so the next
+/// start has nothing to verify. Scrubbing defaults to
+/// [`ScrubParams::default`]; `PSTORAGE_SCRUB_PERIOD_MS` and
+/// `PSTORAGE_SCRUB_RATE` (bytes/s, 0 = unlimited) override it (tests,
+/// tuning). `PSTORAGE_CS_FENCE_MS` and `PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS`
+/// override the session's self-fence and heartbeat deadline.
 pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
     let key = cluster.key()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (bootstrap, no_bootstrap) = match cluster.bootstrap() {
+        Ok(list) => (list, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let members = Arc::new(MemberDirectory::new(
+        bootstrap,
+        Some(Arc::new(FileMemberStore::in_dir(dir))),
+        clock.clone(),
+        DirectoryOptions {
+            refresh_period: CS_MEMBERS_REFRESH,
+            ..DirectoryOptions::default()
+        },
+    ));
+    if let Some(e) = no_bootstrap {
+        if members.addrs().is_empty() {
+            return Err(e);
+        }
+        warn!("CS {}: {e}; using the MDS members it saved", conf.id);
+    }
     let store = Arc::new(FileChunkStore::open(dir)?);
     let peers = Arc::new(TcpChunkConnector::new(key.clone()));
     let server = Arc::new(ChunkServer::new(conf.id, store, peers));
-    let (reports, report_queue) = tokio::sync::mpsc::unbounded_channel();
-    server.set_bad_replica_sink(Arc::new(MdsReportSink { queue: reports }));
+    let (reports, reporter) = bad_replica_queue();
+    server.set_bad_replica_sink(reports);
     let defaults = ScrubParams::default();
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let env_ms = crate::actor::env_ms;
+    let scrub_period = env_ms("PSTORAGE_SCRUB_PERIOD_MS");
+    let scrub_rate = env_ms("PSTORAGE_SCRUB_RATE");
     server.set_scrub_params(
-        env("PSTORAGE_SCRUB_PERIOD_MS")
+        scrub_period
             .map(Duration::from_millis)
             .unwrap_or(defaults.period),
-        env("PSTORAGE_SCRUB_RATE").unwrap_or(defaults.rate_bytes_per_s),
+        scrub_rate.unwrap_or(defaults.rate_bytes_per_s),
     );
+    let mut session_options = SessionOptions {
+        follow_scrub_params: scrub_period.is_none() && scrub_rate.is_none(),
+        ..SessionOptions::default()
+    };
+    if let Some(ms) = env_ms("PSTORAGE_CS_FENCE_MS") {
+        session_options.fence = Duration::from_millis(ms);
+    }
+    if let Some(ms) = env_ms("PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS") {
+        session_options.heartbeat_timeout = Duration::from_millis(ms);
+    }
+    if session_options.heartbeat_timeout >= session_options.fence {
+        return Err(Error::invalid(format!(
+            "the heartbeat deadline ({:?}) must be shorter than the self-fence ({:?}); check \
+             PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS and PSTORAGE_CS_FENCE_MS",
+            session_options.heartbeat_timeout, session_options.fence
+        )));
+    }
     let listener = TcpListener::bind(&conf.listen)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.listen)))?;
@@ -650,38 +731,45 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let control: Arc<dyn ChunkControl> = server.clone();
     let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
     let data: Arc<dyn ChunkService> = server.clone();
-    let accept = accept_loop(listener, key, move |channel, stream| match channel {
-        Channel::Control => {
-            if let Err(e) = rpc.serve_control(stream) {
-                warn!("cannot serve a control connection: {e}");
+    let accept = accept_loop(
+        listener,
+        key.clone(),
+        move |channel, stream| match channel {
+            Channel::Control => {
+                if let Err(e) = rpc.serve_control(stream) {
+                    warn!("cannot serve a control connection: {e}");
+                }
             }
-        }
-        Channel::Data => {
-            let data = data.clone();
-            tokio::spawn(serve_data_connection(stream, data));
-        }
-    });
-    let mds = connect_mds(&cluster, RpcClientOptions::default())?;
-    let reporter = report_bad_replicas(mds.clone(), conf.id, report_queue);
-    let session = {
-        let server = server.clone();
-        async move {
-            let recovered = server.recover().await?;
-            if !recovered.verified.is_empty() || !recovered.corrupt.is_empty() {
-                warn!(
-                    cs = conf.id,
-                    verified = recovered.verified.len(),
-                    corrupt = ?recovered.corrupt,
-                    "checked the chunks written before an unclean stop"
-                );
+            Channel::Data => {
+                let data = data.clone();
+                tokio::spawn(serve_data_connection(stream, data));
             }
-            cs_session(server, mds, conf.id, addr).await
-        }
+        },
+    );
+    // Registration may wait for the MDS to check every replica; heartbeats
+    // and membership questions are quick, and must give up on a frozen MDS
+    // well before the self-fence.
+    let rpc_options = RpcClientOptions {
+        call_timeout: Some(session_options.register_timeout),
+        ..RpcClientOptions::from_env()
     };
+    let mds = MdsClient::following(members.clone(), control_dialer(key), rpc_options, false)?
+        .with_heartbeat_timeout(session_options.heartbeat_timeout);
+    let mds = Arc::new(mds);
+    let reporter = reporter.run(mds.clone(), conf.id, crate::actor::MDS_CALL_TIMEOUT);
+    let session = CsSession::new(
+        server.clone(),
+        mds.clone(),
+        mds,
+        members,
+        clock,
+        addr,
+        session_options,
+    );
     let scrubber = server.clone().run_scrubber();
     let result = tokio::select! {
         _ = accept => Ok(()),
-        r = session => r,
+        r = session.run() => r,
         _ = scrubber => Ok(()),
         _ = reporter => Ok(()),
         _ = shutdown => {
@@ -696,123 +784,6 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     result
 }
 
-/// Queues corrupt replicas for [`report_bad_replicas`] (the sink must not
-/// block).
-struct MdsReportSink {
-    queue: tokio::sync::mpsc::UnboundedSender<(ChunkId, String)>,
-}
-
-impl BadReplicaSink for MdsReportSink {
-    fn bad_replica(&self, chunk: ChunkId, _version: MapVersion, detail: String) {
-        // Fails only once the reporter stopped, i.e. at shutdown; the next
-        // registration leaves the replica out anyway.
-        let _ = self.queue.send((chunk, detail));
-    }
-}
-
-/// Sends the queued corrupt replicas to the MDS, retrying while it is
-/// unreachable. A report the MDS refuses (this CS is not registered yet,
-/// or dropped) is abandoned: registration leaves out-of-service replicas
-/// out, which tells the MDS the same thing.
-async fn report_bad_replicas(
-    mds: MdsClient,
-    id: CsId,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<(ChunkId, String)>,
-) {
-    while let Some((chunk, detail)) = queue.recv().await {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match mds
-                .report_bad_replica(id, chunk, FailureReason::Corrupt)
-                .await
-            {
-                Ok(()) => {
-                    info!(cs = id, chunk, %detail, "corrupt replica reported to the MDS");
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Unavailable => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    warn!(
-                        cs = id,
-                        chunk, "the MDS refused a corrupt replica report: {e}"
-                    );
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// How long a CS keeps serving while it cannot reach the MDS. Past it, the
-/// MDS may have declared it offline and moved its chunks on, so it stops
-/// serving and registers again (its replicas are checked then).
-const MDS_SILENCE_FENCE: Duration = Duration::from_secs(10);
-
-/// Registers with the MDS, then heartbeats. A CS serves only while it is
-/// registered: a restarted CS, or one cut off from the MDS for longer than
-/// [`MDS_SILENCE_FENCE`], must have its replicas checked before it may serve
-/// them again (invariant 3).
-async fn cs_session(
-    server: Arc<ChunkServer>,
-    mds: MdsClient,
-    id: CsId,
-    addr: String,
-) -> Result<()> {
-    loop {
-        server.set_serving(false);
-        let registration = server.registration(&addr).await?;
-        let reply = match mds.register_cs(registration).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("CS {id}: registration failed: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        server.apply_register_reply(&reply).await?;
-        server.set_serving(true);
-        info!("CS {id}: registered with the MDS");
-        let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
-        let mds_scrub = std::env::var_os("PSTORAGE_SCRUB_PERIOD_MS").is_none()
-            && std::env::var_os("PSTORAGE_SCRUB_RATE").is_none();
-        let mut applied_scrub = None;
-        let mut last_ok = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(interval).await;
-            let space = server.store().space().unwrap_or_default();
-            let io = server.stats();
-            let stats = CsStats {
-                read_ops: io.read_ops,
-                write_ops: io.write_ops,
-                read_bytes: io.read_bytes,
-                write_bytes: io.write_bytes,
-            };
-            match mds.heartbeat(id, space, stats).await {
-                Ok(params) => {
-                    last_ok = tokio::time::Instant::now();
-                    server.set_io_timeouts(params.io_timeouts);
-                    // The cluster parameters rule unless this daemon's
-                    // environment overrides scrubbing (tests, tuning).
-                    let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);
-                    if mds_scrub && applied_scrub != Some(scrub) {
-                        server.set_scrub_params(Duration::from_millis(scrub.0), scrub.1);
-                        applied_scrub = Some(scrub);
-                    }
-                }
-                // The MDS does not know us (it restarted): register again.
-                Err(e) if e.kind() == ErrorKind::Stale => {
-                    info!("CS {id}: {e}; registering again");
-                    break;
-                }
-                Err(e) if last_ok.elapsed() > MDS_SILENCE_FENCE => {
-                    warn!("CS {id}: no MDS contact for {MDS_SILENCE_FENCE:?} ({e}); stop serving");
-                    break;
-                }
-                Err(e) => warn!("CS {id}: heartbeat failed: {e}"),
-            }
-        }
-    }
-}
+/// How often a chunk server asks the MDS group for its members (besides
+/// after every registration and new connection).
+const CS_MEMBERS_REFRESH: Duration = Duration::from_secs(5);

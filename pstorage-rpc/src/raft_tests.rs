@@ -430,6 +430,9 @@ impl MdsGroup for RaftMds {
             .map_err(raft_error)?;
         Ok(())
     }
+    async fn members(&self) -> Result<pstorage_core::types::MdsMembership> {
+        Ok(pstorage_core::mds::raft_membership(&self.raft))
+    }
 }
 
 // ---------------------------------------------------------------------------

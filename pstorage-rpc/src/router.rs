@@ -8,6 +8,7 @@
 //! bs.list.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,38 +17,53 @@ use pstorage_core::mds::raft::{MdsId, MdsRaft};
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
-    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, OpenFlags,
-    OpenReply, RegisterReply, SpaceInfo, Stat,
+    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, MdsMembership,
+    OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
-use crate::actor::{track_delivery, ClientOptions, Dialer};
+use crate::actor::{track_delivery, track_sending, ClientOptions, Dialer};
 use crate::mds::MdsClient;
 
 /// How a [`LeaderRouter`] waits for and reaches the leader.
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
     /// How long a call waits for a leader to be elected, and keeps retrying
-    /// a leader it could not reach, before it fails `Unavailable`.
+    /// a leader it could not reach, before it fails `Unavailable`. Shorter
+    /// than a client's call deadline ([`crate::actor::MDS_CALL_TIMEOUT`]),
+    /// so the client hears `Unavailable` from this MDS and retries here
+    /// rather than giving up on a healthy connection.
     pub election_wait: Duration,
     /// The connections to the leader. `connect_timeout` bounds one attempt
     /// to reach a leader before the router looks for the leader again;
-    /// `call_timeout` bounds a forwarded call once sent.
+    /// `call_timeout` bounds a forwarded call once sent (the group changes
+    /// `addMds`/`removeMds` get [`crate::mds::GROUP_CHANGE_TIMEOUT`]). A
+    /// forwarded call also ends, `Unavailable`, as soon as this MDS sees
+    /// the leadership move away from where it was sent.
     pub client: ClientOptions,
 }
+
+/// Default deadline of a forwarded call: shorter than a client's
+/// ([`crate::actor::MDS_CALL_TIMEOUT`]), so the follower answers
+/// `TimedOut` itself and the client keeps its connection to the follower.
+pub const FORWARD_CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 impl Default for RouterOptions {
     fn default() -> Self {
         RouterOptions {
-            election_wait: Duration::from_secs(10),
+            election_wait: Duration::from_secs(5),
             client: ClientOptions {
                 connect_timeout: Duration::from_secs(2),
-                call_timeout: None,
+                call_timeout: Some(FORWARD_CALL_TIMEOUT),
             },
         }
     }
 }
+
+/// How often a forwarded call still being dialed is checked for having
+/// gone out, after the leadership moved.
+const SENT_POLL: Duration = Duration::from_millis(50);
 
 /// Pause before trying a leader again that could not be reached (its
 /// successor may not be elected yet).
@@ -191,6 +207,22 @@ impl LeaderRouter {
         Ok(client)
     }
 
+    /// Resolves with the new leader (or `None` during an election) once
+    /// this MDS's Raft node no longer sees `id` as the leader.
+    async fn leadership_moves_from(&self, id: MdsId) -> Option<MdsId> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if leader != Some(id) {
+                return leader;
+            }
+            if metrics.changed().await.is_err() {
+                // The Raft node stopped: the call's own deadline decides.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Drops the cached connection to leader `id` (it could not be reached).
     fn forget_leader(&self, id: MdsId) {
         let mut cached = self.leader.lock().expect("leader cache poisoned");
@@ -214,7 +246,34 @@ impl LeaderRouter {
             match self.target(deadline).await? {
                 Target::Local => return local().await,
                 Target::Leader(id, client) => {
-                    let (outcome, not_sent) = track_delivery(remote(client)).await;
+                    // Once the leadership moves away from `id`, a call sent
+                    // there will likely never be answered (a frozen or
+                    // deposed leader): give up on it at once rather than at
+                    // its deadline. One still being dialed is left to fail
+                    // unsent, and then retried below.
+                    let sent = Arc::new(AtomicBool::new(false));
+                    let forwarded = track_delivery(track_sending(sent.clone(), remote(client)));
+                    let moved = self.leadership_moves_from(id);
+                    tokio::pin!(forwarded, moved);
+                    let mut moved_to = None;
+                    let (outcome, not_sent) = loop {
+                        tokio::select! {
+                            done = &mut forwarded => break done,
+                            now = &mut moved, if moved_to.is_none() => moved_to = Some(now),
+                            _ = tokio::time::sleep(SENT_POLL), if moved_to.is_some() => {}
+                        }
+                        if let (Some(now), true) = (moved_to, sent.load(Ordering::SeqCst)) {
+                            // The call may still land on the old leader;
+                            // its answer (if any) is lost either way.
+                            self.forget_leader(id);
+                            return Err(Error::unavailable(format!(
+                                "{method}: the MDS leadership moved from MDS {id} to {} while \
+                                 the call was forwarded to it; it may or may not have taken \
+                                 effect: retry",
+                                now.map_or("no leader yet".to_string(), |l| format!("MDS {l}"))
+                            )));
+                        }
+                    };
                     match outcome {
                         Err(e)
                             if not_sent
@@ -512,5 +571,12 @@ impl MdsGroup for LeaderRouter {
             |c| async move { c.remove_mds(id).await },
         )
         .await
+    }
+
+    /// Answered here, never forwarded: it must work while no leader is
+    /// known, and a node following the group merges answers by their
+    /// indexes anyway.
+    async fn members(&self) -> Result<MdsMembership> {
+        self.group.members().await
     }
 }

@@ -15,7 +15,8 @@ use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
     CopyStats, CsId, CsInfo, CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind,
     EventLevel, FailureReason, FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease,
-    LeaseMode, MdsInfo, OpenFlags, OpenReply, RegisterReply, Replica, Replicas, ReplicationStatus,
+    LeaseMode, MdsInfo, MdsMember, MdsMembership, OpenFlags, OpenReply, RegisterReply, Replica,
+    Replicas, ReplicationStatus,
     SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
@@ -571,6 +572,44 @@ impl WireStruct for MdsInfo {
     }
 }
 
+impl WireStruct for MdsMember {
+    type Schema = schema::mds_member::Owned;
+    fn write(&self, mut b: schema::mds_member::Builder<'_>) {
+        b.set_id(self.id);
+        b.set_addr(self.addr.as_str());
+        b.set_voter(self.voter);
+    }
+    fn read(r: schema::mds_member::Reader<'_>) -> capnp::Result<Self> {
+        Ok(MdsMember {
+            id: r.get_id(),
+            addr: read_text(r.get_addr())?,
+            voter: r.get_voter(),
+        })
+    }
+}
+
+impl WireStruct for MdsMembership {
+    type Schema = schema::mds_membership::Owned;
+    fn write(&self, mut b: schema::mds_membership::Builder<'_>) {
+        write_list(
+            b.reborrow().init_members(list_len(self.members.len())),
+            &self.members,
+        );
+        b.set_has_leader(self.leader.is_some());
+        b.set_leader(self.leader.unwrap_or(0));
+        b.set_term(self.term);
+        b.set_config_index(self.config_index);
+    }
+    fn read(r: schema::mds_membership::Reader<'_>) -> capnp::Result<Self> {
+        Ok(MdsMembership {
+            members: read_list(r.get_members()?)?,
+            leader: r.get_has_leader().then(|| r.get_leader()),
+            term: r.get_term(),
+            config_index: r.get_config_index(),
+        })
+    }
+}
+
 impl WireStruct for ClusterStatus {
     type Schema = schema::cluster_status::Owned;
     fn write(&self, mut b: schema::cluster_status::Builder<'_>) {
@@ -789,6 +828,7 @@ struct_reply!(ChunkMap, chunk_map_result);
 struct_reply!(ClusterStatus, cluster_status_result);
 struct_reply!(RegisterReply, register_result);
 struct_reply!(HeartbeatReply, heartbeat_result);
+struct_reply!(MdsMembership, mds_membership_result);
 list_reply!(DirEntry, dir_entries_result);
 list_reply!(ChunkMap, chunk_maps_result);
 list_reply!(ChunkReplicaInfo, chunk_replicas_result);

@@ -257,6 +257,48 @@ impl TestCluster {
             .map(|s| s.mds.into_iter().map(|m| (m.addr, m.role)).collect())
     }
 
+    /// A copy of this node's cluster configuration (`bs.list`, `auth.key`)
+    /// under a new root `<test dir>/<tag>-conf`, as another node made with
+    /// the same `bs.list` would have it: later edits of this node's
+    /// `bs.list` (make-mds, rm-mds) do not reach it. Returns the root.
+    pub fn copy_conf(&self, tag: &str) -> PathBuf {
+        let root = self.dir.path().join(format!("{tag}-conf"));
+        let to = root.join(&self.name);
+        std::fs::create_dir_all(&to).expect("conf dir");
+        let from = self.conf_root.join(&self.name);
+        for file in ["bs.list", "auth.key"] {
+            std::fs::copy(from.join(file), to.join(file))
+                .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+        }
+        root
+    }
+
+    /// Makes a chunk server with `make-cs` run against the cluster
+    /// configuration under `conf_root` (see [`TestCluster::copy_conf`]),
+    /// which the server then keeps reading, and starts it. Returns its
+    /// index; does not wait for it to be active.
+    pub fn add_cs_with_conf(&mut self, conf_root: &Path) -> usize {
+        let i = self.cs_dirs.len();
+        let d = self.dir.path().join(format!("cs{i}"));
+        let out = self.cli_in(conf_root, &["make-cs", "-r", d.to_str().unwrap()], b"");
+        assert!(
+            out.status.success(),
+            "make-cs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.cs_dirs.push(d);
+        self.cs.push(None);
+        self.start_cs(i);
+        i
+    }
+
+    /// An SDK client configured from `conf_root` instead of this node's
+    /// configuration (needs a tokio runtime).
+    pub fn client_in(&self, conf_root: &Path, options: ClientOptions) -> Client {
+        let conf = ClusterConf::new(conf_root, &self.name).expect("conf");
+        pstorage_rpc::node::connect_client(&conf, options).expect("connect")
+    }
+
     /// Starts (or restarts) chunk server `i`.
     pub fn start_cs(&mut self, i: usize) {
         assert!(self.cs[i].is_none(), "CS {i} already running");
@@ -299,9 +341,14 @@ impl TestCluster {
 
     /// Runs the CLI with `stdin` as its standard input.
     pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.cli_in(&self.conf_root, args, stdin)
+    }
+
+    /// Runs the CLI with the cluster configuration under `conf_root`.
+    pub fn cli_in(&self, conf_root: &Path, args: &[&str], stdin: &[u8]) -> Output {
         let mut child = Command::new(self.bin.join("pstorage"))
             .arg("--conf-dir")
-            .arg(&self.conf_root)
+            .arg(conf_root)
             .arg("-c")
             .arg(&self.name)
             .args(args)

@@ -175,7 +175,15 @@ async fn accept_tcp(
     l: &Option<TcpListener>,
 ) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
     match l {
-        Some(l) => l.accept().await,
+        Some(l) => {
+            let (stream, peer) = l.accept().await?;
+            // Keepalive and a user timeout: a hypervisor host that lost
+            // power does not leave its connection (and lease) behind.
+            if let Err(e) = pstorage_rpc::auth::configure_socket(&stream) {
+                tracing::warn!(%peer, "setting socket options on an NBD connection: {e}");
+            }
+            Ok((stream, peer))
+        }
         None => std::future::pending().await,
     }
 }

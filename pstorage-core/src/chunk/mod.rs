@@ -80,6 +80,7 @@ mod mem;
 pub mod memory;
 mod scrub;
 mod server;
+pub mod session;
 
 pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,

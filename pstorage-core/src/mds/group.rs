@@ -10,7 +10,35 @@ use super::service::{raft_write_error, unexpected, MdsService};
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, Result};
 use crate::traits::MdsGroup;
-use crate::types::{EventKind, EventLevel, MdsInfo};
+use crate::types::{EventKind, EventLevel, MdsInfo, MdsMember, MdsMembership};
+
+/// The group as the Raft node `raft` sees it now: its membership
+/// configuration (which may lag the leader's on a follower), the leader it
+/// knows and its term.
+pub fn raft_membership(raft: &super::raft::MdsRaft) -> MdsMembership {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<MdsId> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(&id, node)| MdsMember {
+            id,
+            addr: node.addr.clone(),
+            voter: voters.contains(&id),
+        })
+        .collect();
+    MdsMembership {
+        members,
+        leader: m.current_leader,
+        term: m.current_term,
+        config_index: m
+            .membership_config
+            .log_id()
+            .as_ref()
+            .map(|l| l.index)
+            .unwrap_or(0),
+    }
+}
 
 impl MdsService {
     /// Every MDS of the group as this MDS sees it. On the leader, followers'
@@ -91,6 +119,25 @@ impl MdsService {
             }
         }
         out
+    }
+
+    /// The group as this MDS's Raft node sees it now (see
+    /// [`MdsGroup::members`]); a single MDS without Raft is a group of one
+    /// that leads.
+    pub fn membership(&self) -> MdsMembership {
+        match self.raft() {
+            Some((_, raft)) => raft_membership(raft),
+            None => MdsMembership {
+                members: vec![MdsMember {
+                    id: 1,
+                    addr: self.config.addr.clone(),
+                    voter: true,
+                }],
+                leader: Some(1),
+                term: 0,
+                config_index: 0,
+            },
+        }
     }
 
     fn group_raft(&self) -> Result<&super::raft::MdsRaft> {
@@ -202,5 +249,9 @@ impl MdsGroup for MdsService {
             .map_err(raft_write_error)?;
         }
         Ok(())
+    }
+
+    async fn members(&self) -> Result<MdsMembership> {
+        Ok(self.membership())
     }
 }

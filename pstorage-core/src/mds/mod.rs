@@ -14,6 +14,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
+pub use group::raft_membership;
 pub use params::ClusterParams;
 pub use service::{MdsConfig, MdsService};
 pub use state::{

@@ -1,0 +1,427 @@
+//! A chunk server's session with the MDS group: registration, heartbeats,
+//! self-fencing, following the group's membership, and reporting corrupt
+//! replicas.
+//!
+//! A chunk server serves data only while it is registered
+//! ([`ChunkServer::set_serving`]) and the MDS has heard from it recently:
+//!
+//! * **Registration** (at start, after a fence, or when the MDS answers a
+//!   heartbeat `Stale`): the replicas are reported, the ones the MDS names
+//!   are deleted, then the data path opens. Each attempt has a deadline
+//!   ([`SessionOptions::register_timeout`]).
+//! * **Heartbeats** every interval the MDS asked for, each with a deadline
+//!   ([`SessionOptions::heartbeat_timeout`]) well under the fence.
+//! * **Self-fence**: once [`SessionOptions::fence`] has passed since the
+//!   last *successful* heartbeat (or registration), whether the calls in
+//!   between failed or hung, the data path closes and the server registers
+//!   again: past that time the MDS may have declared it offline and moved
+//!   its chunks on (DESIGN.md invariant 3). The fence is checked at its
+//!   deadline, not only when a call returns.
+//! * **`Stale`** (a new leader, or a restarted MDS, that has not seen this
+//!   server register): it registers again but keeps serving meanwhile, as
+//!   long as the fence has not passed: nothing can have moved on without
+//!   it in that time, every request carries a map version the replica
+//!   checks, and closing the data path would make clients report healthy
+//!   replicas as failed during every MDS fail-over.
+//! * **Following the group**: after each registration and whenever the
+//!   [`MemberDirectory`] says a refresh is due, the session asks the group
+//!   for its members; the directory persists them (a chunk server keeps
+//!   `<dir>/mds.list`), so it can restart when every bootstrap MDS is gone.
+//!
+//! Waits and deadlines use `tokio::time` (tests run on a paused clock); the
+//! injected [`Clock`] stamps the wall-clock time of the last successful
+//! contact ([`SessionState::last_contact_ms`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::scrub::BadReplicaSink;
+use super::server::ChunkServer;
+use crate::error::{Error, ErrorKind, Result};
+use crate::membership::MemberDirectory;
+use crate::traits::{Clock, CsRegistry, MdsGroup};
+use crate::types::{ChunkId, CsStats, FailureReason, MapVersion, RegisterReply};
+
+/// How long a chunk server keeps serving without a successful heartbeat
+/// (the self-fence). Well under the MDS's offline timeout (300 s by
+/// default, seconds in tests), so a server the MDS may have written off has
+/// stopped serving long before.
+pub const DEFAULT_FENCE: Duration = Duration::from_secs(10);
+/// Deadline of one heartbeat: a frozen MDS costs at most this much before
+/// the next heartbeat tries another member.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of one registration (the MDS checks every replica listed).
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tunables of a [`CsSession`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Time without a successful heartbeat after which the server stops
+    /// serving and registers again. Default [`DEFAULT_FENCE`].
+    pub fence: Duration,
+    /// Deadline of each heartbeat and of each `members` call; must be
+    /// shorter than `fence`. Default [`DEFAULT_HEARTBEAT_TIMEOUT`]. The
+    /// transport should use the same deadline (and drop the connection
+    /// when it expires) so the next call tries another MDS.
+    pub heartbeat_timeout: Duration,
+    /// Deadline of each registration. Default [`DEFAULT_REGISTER_TIMEOUT`].
+    pub register_timeout: Duration,
+    /// Pause before retrying a failed registration. Default 500 ms.
+    pub register_retry: Duration,
+    /// Pause before retrying a failed heartbeat (when shorter than the
+    /// interval). Default 200 ms.
+    pub heartbeat_retry: Duration,
+    /// Apply the scrub parameters the MDS sends with heartbeat replies
+    /// (`false` when the daemon's environment overrides them).
+    pub follow_scrub_params: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            fence: DEFAULT_FENCE,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            register_timeout: DEFAULT_REGISTER_TIMEOUT,
+            register_retry: Duration::from_millis(500),
+            heartbeat_retry: Duration::from_millis(200),
+            follow_scrub_params: true,
+        }
+    }
+}
+
+/// What a session did so far (diagnostics, tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// Successful registrations.
+    pub registrations: u64,
+    /// Times the server stopped serving because the fence passed.
+    pub fences: u64,
+    /// Successful heartbeats.
+    pub heartbeats: u64,
+    /// Wall-clock time (ms since the epoch) of the last successful
+    /// registration or heartbeat; 0 before the first.
+    pub last_contact_ms: u64,
+}
+
+/// The session of one chunk server with the MDS group; see the module
+/// documentation.
+pub struct CsSession {
+    server: Arc<ChunkServer>,
+    registry: Arc<dyn CsRegistry>,
+    group: Arc<dyn MdsGroup>,
+    members: Arc<MemberDirectory>,
+    clock: Arc<dyn Clock>,
+    addr: String,
+    options: SessionOptions,
+    state: Mutex<SessionState>,
+}
+
+/// Why the heartbeat loop ended.
+enum Ended {
+    /// The fence passed: stop serving, register again.
+    Fenced,
+    /// The MDS does not know us: register again, serving until `fence_at`.
+    Stale { fence_at: Instant },
+}
+
+impl CsSession {
+    /// A session for `server`, which serves data at `addr`. `registry` and
+    /// `group` are the MDS group (one client implements both); `members`
+    /// is the directory the registry's transport dials from.
+    pub fn new(
+        server: Arc<ChunkServer>,
+        registry: Arc<dyn CsRegistry>,
+        group: Arc<dyn MdsGroup>,
+        members: Arc<MemberDirectory>,
+        clock: Arc<dyn Clock>,
+        addr: String,
+        options: SessionOptions,
+    ) -> CsSession {
+        assert!(
+            options.heartbeat_timeout < options.fence,
+            "a heartbeat deadline ({:?}) must be shorter than the fence ({:?})",
+            options.heartbeat_timeout,
+            options.fence
+        );
+        CsSession {
+            server,
+            registry,
+            group,
+            members,
+            clock,
+            addr,
+            options,
+            state: Mutex::new(SessionState::default()),
+        }
+    }
+
+    /// What the session did so far.
+    pub fn state(&self) -> SessionState {
+        self.state.lock().expect("session state poisoned").clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SessionState)) {
+        f(&mut self.state.lock().expect("session state poisoned"))
+    }
+
+    /// Runs the session: first checks the replicas written before an
+    /// unclean stop ([`ChunkServer::recover`]), then registers and
+    /// heartbeats forever. Returns only on a local failure (the chunk store
+    /// cannot be read or written); MDS failures are waited out.
+    pub async fn run(&self) -> Result<()> {
+        let id = self.server.id();
+        let recovered = self.server.recover().await?;
+        if !recovered.verified.is_empty() || !recovered.corrupt.is_empty() {
+            tracing::warn!(
+                cs = id,
+                verified = recovered.verified.len(),
+                corrupt = ?recovered.corrupt,
+                "checked the chunks written before an unclean stop"
+            );
+        }
+        // `Some(t)`: still serving (re-registering after `Stale`) until t.
+        let mut serving_until: Option<Instant> = None;
+        loop {
+            if serving_until.is_none() {
+                self.server.set_serving(false);
+            }
+            let reply = self.register(&mut serving_until).await?;
+            self.server.apply_register_reply(&reply).await?;
+            self.server.set_serving(true);
+            let now_ms = self.clock.now_ms();
+            self.update(|s| {
+                s.registrations += 1;
+                s.last_contact_ms = now_ms;
+            });
+            tracing::info!(cs = id, "registered with the MDS");
+            self.refresh_members().await;
+            let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
+            match self.heartbeats(interval).await {
+                Ended::Fenced => {
+                    self.fence();
+                    serving_until = None;
+                }
+                Ended::Stale { fence_at } => serving_until = Some(fence_at),
+            }
+        }
+    }
+
+    /// Registers, retrying until it succeeds. While `serving_until` is set
+    /// the server keeps serving, until that time passes (then it fences
+    /// and clears it).
+    async fn register(&self, serving_until: &mut Option<Instant>) -> Result<RegisterReply> {
+        let id = self.server.id();
+        loop {
+            if let Some(at) = *serving_until {
+                if Instant::now() >= at {
+                    self.fence();
+                    *serving_until = None;
+                }
+            }
+            let registration = self.server.registration(&self.addr).await?;
+            let mut deadline = Instant::now() + self.options.register_timeout;
+            if let Some(at) = *serving_until {
+                deadline = deadline.min(at);
+            }
+            let limit = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout_at(deadline, self.registry.register_cs(registration)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => tracing::warn!(cs = id, "registration failed: {e}"),
+                Err(_) => tracing::warn!(
+                    cs = id,
+                    "registration: no MDS answered within {} ms",
+                    limit.as_millis()
+                ),
+            }
+            // A failed attempt: the group may know better now (never past
+            // the fence while serving).
+            let mut pause = Instant::now() + self.options.register_retry;
+            match *serving_until {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, self.refresh_members()).await;
+                    pause = pause.min(at);
+                }
+                None => self.refresh_members().await,
+            }
+            tokio::time::sleep_until(pause.max(Instant::now())).await;
+        }
+    }
+
+    /// Stops serving: the fence passed.
+    fn fence(&self) {
+        self.server.set_serving(false);
+        self.update(|s| s.fences += 1);
+        tracing::warn!(
+            cs = self.server.id(),
+            "no successful MDS heartbeat for {:?}: stop serving until registered again",
+            self.options.fence
+        );
+    }
+
+    /// Heartbeats every `interval` until the fence passes or the MDS
+    /// answers `Stale`.
+    async fn heartbeats(&self, interval: Duration) -> Ended {
+        let id = self.server.id();
+        let fence = self.options.fence;
+        let mut last_ok = Instant::now();
+        let mut next = last_ok + interval;
+        let mut applied_scrub = None;
+        loop {
+            let fence_at = last_ok + fence;
+            tokio::time::sleep_until(next.min(fence_at)).await;
+            if Instant::now() >= fence_at {
+                return Ended::Fenced;
+            }
+            let started = Instant::now();
+            let deadline = (started + self.options.heartbeat_timeout).min(fence_at);
+            let space = self.server.store().space().unwrap_or_default();
+            let io = self.server.stats();
+            let stats = CsStats {
+                read_ops: io.read_ops,
+                write_ops: io.write_ops,
+                read_bytes: io.read_bytes,
+                write_bytes: io.write_bytes,
+            };
+            let outcome =
+                tokio::time::timeout_at(deadline, self.registry.heartbeat(id, space, stats)).await;
+            match outcome {
+                Ok(Ok(params)) => {
+                    last_ok = Instant::now();
+                    let now_ms = self.clock.now_ms();
+                    self.update(|s| {
+                        s.heartbeats += 1;
+                        s.last_contact_ms = now_ms;
+                    });
+                    // Deadlines of forwarded chain writes follow the cluster.
+                    self.server.set_io_timeouts(params.io_timeouts);
+                    // The cluster parameters rule unless this daemon's
+                    // environment overrides scrubbing (tests, tuning).
+                    let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);
+                    if self.options.follow_scrub_params && applied_scrub != Some(scrub) {
+                        self.server
+                            .set_scrub_params(Duration::from_millis(scrub.0), scrub.1);
+                        applied_scrub = Some(scrub);
+                    }
+                    if self.members.refresh_due() {
+                        self.refresh_members().await;
+                    }
+                    next = started + interval;
+                }
+                // The MDS does not know us (it restarted, or a new leader
+                // took over): register again.
+                Ok(Err(e)) if e.kind() == ErrorKind::Stale => {
+                    tracing::info!(cs = id, "{e}; registering again");
+                    return Ended::Stale { fence_at };
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(cs = id, "heartbeat failed: {e}");
+                    next = Instant::now() + self.options.heartbeat_retry.min(interval);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        cs = id,
+                        "heartbeat: the MDS did not answer within {} ms",
+                        (Instant::now() - started).as_millis()
+                    );
+                    next = Instant::now() + self.options.heartbeat_retry.min(interval);
+                }
+            }
+        }
+    }
+
+    /// Asks the group for its members (the directory learns and saves
+    /// them); a failure only waits for the next chance.
+    async fn refresh_members(&self) {
+        if let Err(e) = self
+            .members
+            .refresh(&*self.group, self.options.heartbeat_timeout)
+            .await
+        {
+            tracing::debug!(
+                cs = self.server.id(),
+                "asking the MDS group for its members: {e}"
+            );
+        }
+    }
+}
+
+/// A [`BadReplicaSink`] that queues reports for [`BadReplicaReporter`]
+/// (a sink must not block).
+pub struct BadReplicaQueue {
+    queue: mpsc::UnboundedSender<(ChunkId, String)>,
+}
+
+/// Sends the corrupt replicas queued by [`BadReplicaQueue`] to the MDS.
+pub struct BadReplicaReporter {
+    queue: mpsc::UnboundedReceiver<(ChunkId, String)>,
+}
+
+/// A connected queue and reporter.
+pub fn bad_replica_queue() -> (Arc<BadReplicaQueue>, BadReplicaReporter) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Arc::new(BadReplicaQueue { queue: tx }),
+        BadReplicaReporter { queue: rx },
+    )
+}
+
+impl BadReplicaSink for BadReplicaQueue {
+    fn bad_replica(&self, chunk: ChunkId, _version: MapVersion, detail: String) {
+        // Fails only once the reporter stopped, i.e. at shutdown; the next
+        // registration leaves the replica out anyway.
+        let _ = self.queue.send((chunk, detail));
+    }
+}
+
+impl BadReplicaReporter {
+    /// Reports each queued replica of chunk server `cs`, each call within
+    /// `timeout`, retrying (with backoff up to 5 s) while the MDS is
+    /// unavailable or does not answer. A report the MDS refuses (this
+    /// server is not registered yet, or dropped) is abandoned: registration
+    /// leaves out-of-service replicas out, which tells the MDS the same
+    /// thing. Runs until every [`BadReplicaQueue`] is dropped.
+    pub async fn run(
+        mut self,
+        registry: Arc<dyn CsRegistry>,
+        cs: crate::types::CsId,
+        timeout: Duration,
+    ) {
+        while let Some((chunk, detail)) = self.queue.recv().await {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let outcome = tokio::time::timeout(
+                    timeout,
+                    registry.report_bad_replica(cs, chunk, FailureReason::Corrupt),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::TimedOut,
+                        format!("no MDS answered within {} ms", timeout.as_millis()),
+                    ))
+                });
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(cs, chunk, %detail, "corrupt replica reported to the MDS");
+                        break;
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
+                        tracing::debug!(cs, chunk, "reporting a corrupt replica: {e}; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::warn!(cs, chunk, "the MDS refused a corrupt replica report: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
