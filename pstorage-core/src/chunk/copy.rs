@@ -594,15 +594,15 @@ impl ChunkServer {
                         )
                     })
                     .and_then(|r| r)?;
-                Ok::<_, Error>((first, data))
+                Ok::<_, Error>((first, count, data))
             }
         });
         let mut reads = stream::iter(reads).buffered(COPY_READS_IN_FLIGHT);
-        while let Some((first, data)) = reads.try_next().await.map_err(from)? {
+        while let Some((first, count, data)) = reads.try_next().await.map_err(from)? {
             let len = data.len() as u64;
-            if len % BLOCK_SIZE != 0 || data.is_empty() {
+            if len != count * BLOCK_SIZE {
                 return Err(from(Error::protocol(format!(
-                    "the source returned {len} bytes for a read at block {first}"
+                    "the source returned {len} bytes for a read of {count} blocks at block {first}"
                 ))));
             }
             for (i, block) in data.chunks_exact(BS).enumerate() {
