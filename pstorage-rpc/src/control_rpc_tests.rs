@@ -451,7 +451,7 @@ impl ChunkControl for FakeControl {
     async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
         self.script.enter(format!("copy_progress {chunk}"))?;
         // Even chunks have a copy running, odd ones do not.
-        Ok((chunk % 2 == 0).then_some(CopyProgress {
+        Ok(chunk.is_multiple_of(2).then_some(CopyProgress {
             chunk,
             version: u64::MAX,
             bytes_done: chunk / 2,
@@ -467,7 +467,7 @@ fn sample_copy_stats(chunk_size: u64) -> CopyStats {
     CopyStats {
         bytes_copied: chunk_size / 3,
         bytes_compared: chunk_size,
-        reused_base: chunk_size % 2 == 0,
+        reused_base: chunk_size.is_multiple_of(2),
     }
 }
 

@@ -36,7 +36,7 @@
 //! [`FileChunkStore`]: super::FileChunkStore
 //! [`ChunkService::block_crcs`]: crate::traits::ChunkService::block_crcs
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -69,9 +69,13 @@ const BS: usize = BLOCK_SIZE as usize;
 /// The copies of a chunk server: running ones and partial ones.
 pub(super) struct Copies {
     running: Mutex<HashMap<ChunkId, Arc<Running>>>,
-    /// Running copies that update a replica in place: the data path
-    /// refuses that replica meanwhile. Checked without the lock.
-    in_place: AtomicUsize,
+    /// Replicas a copy updates or updated in place without finishing: a mix
+    /// of old and new blocks, refused by the data path until a copy
+    /// finishes or `delete_chunk` (a restart serves them again at their old
+    /// version, like any stale replica).
+    refused: Mutex<HashSet<ChunkId>>,
+    /// `refused.len()`, checked without the lock on every data request.
+    refused_len: AtomicUsize,
     /// Partial copies, oldest first.
     partial: Mutex<VecDeque<Partial>>,
     progress_timeout_ms: AtomicU64,
@@ -84,10 +88,20 @@ struct Running {
     total: AtomicU64,
     in_place: bool,
     /// The incoming replica it writes, for `delete_chunk` to abort.
-    incoming: Mutex<Option<IncomingId>>,
+    incoming: Mutex<IncomingSlot>,
     /// Set by `delete_chunk` (its incoming replica is aborted) or by a
     /// failure for lack of space: keep no partial copy.
     discard: AtomicBool,
+}
+
+/// The incoming replica of a running copy.
+#[derive(Default)]
+struct IncomingSlot {
+    id: Option<IncomingId>,
+    /// The copy has ended (its guard ran): an incoming replica created
+    /// after that (by a storage task still running when the copy's future
+    /// was dropped) is aborted at once.
+    ended: bool,
 }
 
 /// An incoming replica left by a failed copy.
@@ -101,7 +115,8 @@ impl Default for Copies {
     fn default() -> Self {
         Copies {
             running: Mutex::new(HashMap::new()),
-            in_place: AtomicUsize::new(0),
+            refused: Mutex::new(HashSet::new()),
+            refused_len: AtomicUsize::new(0),
             partial: Mutex::new(VecDeque::new()),
             progress_timeout_ms: AtomicU64::new(DEFAULT_COPY_PROGRESS_TIMEOUT.as_millis() as u64),
         }
@@ -140,10 +155,26 @@ impl Copies {
         }
     }
 
-    /// Whether the data path must refuse `chunk` (updated in place by a copy).
+    fn refused(&self) -> MutexGuard<'_, HashSet<ChunkId>> {
+        self.refused
+            .lock()
+            .expect("refused replica set lock poisoned")
+    }
+
+    fn set_refused(&self, chunk: ChunkId, refused: bool) {
+        let mut set = self.refused();
+        if refused {
+            set.insert(chunk);
+        } else {
+            set.remove(&chunk);
+        }
+        self.refused_len.store(set.len(), Ordering::Release);
+    }
+
+    /// Whether the data path must refuse `chunk`: a copy updates it in
+    /// place, or did without finishing.
     pub(super) fn is_resyncing(&self, chunk: ChunkId) -> bool {
-        self.in_place.load(Ordering::Acquire) > 0
-            && self.running().get(&chunk).is_some_and(|r| r.in_place)
+        self.refused_len.load(Ordering::Acquire) > 0 && self.refused().contains(&chunk)
     }
 
     /// Discards the partial copy of `chunk` and aborts a running copy's
@@ -155,11 +186,12 @@ impl Copies {
         let running = self.running().get(&chunk).cloned();
         if let Some(running) = running {
             running.discard.store(true, Ordering::SeqCst);
-            let incoming = *running.incoming.lock().expect("copy lock poisoned");
+            let incoming = running.incoming.lock().expect("copy lock poisoned").id;
             if let Some(incoming) = incoming {
                 store.abort_incoming(incoming);
             }
         }
+        self.set_refused(chunk, false);
     }
 
     /// Chunks with a partial copy, oldest first (tests, diagnostics).
@@ -186,15 +218,11 @@ struct RunningGuard {
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         self.copies.running().remove(&self.chunk);
-        if self.running.in_place {
-            self.copies.in_place.fetch_sub(1, Ordering::AcqRel);
-        }
-        let incoming = self
-            .running
-            .incoming
-            .lock()
-            .expect("copy lock poisoned")
-            .take();
+        let incoming = {
+            let mut slot = self.running.incoming.lock().expect("copy lock poisoned");
+            slot.ended = true;
+            slot.id.take()
+        };
         if let Some(incoming) = incoming {
             if self.running.discard.load(Ordering::SeqCst) {
                 self.store.abort_incoming(incoming);
@@ -368,7 +396,7 @@ impl ChunkServer {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             in_place,
-            incoming: Mutex::new(None),
+            incoming: Mutex::new(IncomingSlot::default()),
             discard: AtomicBool::new(false),
         });
         {
@@ -383,9 +411,10 @@ impl ChunkServer {
                 )));
             }
             table.insert(chunk, running.clone());
-            if in_place {
-                self.copies.in_place.fetch_add(1, Ordering::AcqRel);
-            }
+        }
+        if in_place {
+            // Until the copy finishes (a failure leaves it a mix).
+            self.copies.set_refused(chunk, true);
         }
         let _guard = RunningGuard {
             copies: self.copies.clone(),
@@ -405,11 +434,13 @@ impl ChunkServer {
                 &running,
             )
             .await;
-        if let Err(e) = &result {
-            if e.kind() == ErrorKind::NoSpace {
-                // A partial copy would only hold on to the space it lacks.
-                running.discard.store(true, Ordering::SeqCst);
+        match &result {
+            Ok(_) => self.copies.set_refused(chunk, false),
+            // A partial copy would only hold on to the space it lacks.
+            Err(e) if e.kind() == ErrorKind::NoSpace => {
+                running.discard.store(true, Ordering::SeqCst)
             }
+            Err(_) => {}
         }
         result
     }
@@ -424,7 +455,7 @@ impl ChunkServer {
         source: &Replica,
         rate_bytes_per_s: u64,
         local: Option<(MapVersion, u64)>,
-        running: &Running,
+        running: &Arc<Running>,
     ) -> Result<CopyStats> {
         let in_place = running.in_place;
         let from = |e: Error| {
@@ -453,13 +484,28 @@ impl ChunkServer {
                         if let Some(p) = other {
                             self.store().abort_incoming(p.incoming);
                         }
+                        // Registered by the storage task itself, so that
+                        // the copy's guard finds it even if the copy is
+                        // dropped while the task runs.
+                        let slot = running.clone();
                         let incoming = self
-                            .blocking(move |store| store.begin_incoming(chunk, chunk_size))
+                            .blocking(move |store| {
+                                let incoming = store.begin_incoming(chunk, chunk_size)?;
+                                let mut slot = slot.incoming.lock().expect("copy lock poisoned");
+                                if slot.ended {
+                                    store.abort_incoming(incoming);
+                                    return Err(Error::internal(format!(
+                                        "chunk {chunk:#x}: the copy was abandoned"
+                                    )));
+                                }
+                                slot.id = Some(incoming);
+                                Ok(incoming)
+                            })
                             .await?;
                         (incoming, false)
                     }
                 };
-                *running.incoming.lock().expect("copy lock poisoned") = Some(incoming);
+                running.incoming.lock().expect("copy lock poisoned").id = Some(incoming);
                 (Base::Incoming(incoming), reused)
             }
         };
@@ -548,15 +594,15 @@ impl ChunkServer {
                         )
                     })
                     .and_then(|r| r)?;
-                Ok::<_, Error>((first, data))
+                Ok::<_, Error>((first, count, data))
             }
         });
         let mut reads = stream::iter(reads).buffered(COPY_READS_IN_FLIGHT);
-        while let Some((first, data)) = reads.try_next().await.map_err(from)? {
+        while let Some((first, count, data)) = reads.try_next().await.map_err(from)? {
             let len = data.len() as u64;
-            if len % BLOCK_SIZE != 0 || data.is_empty() {
+            if len != count * BLOCK_SIZE {
                 return Err(from(Error::protocol(format!(
-                    "the source returned {len} bytes for a read at block {first}"
+                    "the source returned {len} bytes for a read of {count} blocks at block {first}"
                 ))));
             }
             for (i, block) in data.chunks_exact(BS).enumerate() {
@@ -598,7 +644,7 @@ impl ChunkServer {
             }
             Base::Incoming(incoming) => {
                 // Consumed by the commit, whatever its outcome.
-                running.incoming.lock().expect("copy lock poisoned").take();
+                running.incoming.lock().expect("copy lock poisoned").id = None;
                 self.blocking(move |store| store.commit_incoming(incoming, version))
                     .await?;
             }

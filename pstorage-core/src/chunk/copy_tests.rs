@@ -642,3 +642,34 @@ async fn long_a_full_copy_of_a_1_gib_chunk_is_identical() {
     assert_eq!(pair.dst().version(9).unwrap(), 2);
     assert_identical(pair.src(), pair.dst(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_resync_keeps_the_replica_out_of_service_until_a_copy_finishes() {
+    let pair = Pair::new();
+    pair.source
+        .create_chunk(20, 1, DEFAULT_CHUNK_SIZE)
+        .await
+        .unwrap();
+    fill(pair.src(), 20, 0, 4 * MIB, 20);
+    pair.copy(20, 1, 0).await.unwrap();
+    pair.src()
+        .write(20, 0, &pattern(21, 3 * MIB as usize))
+        .unwrap();
+    ChunkControl::set_version(pair.source.as_ref(), 20, 2)
+        .await
+        .unwrap();
+    // The resync dies after 1 of 3 reads: the stale replica is a mix now.
+    pair.faults.fail_after(1, Fault::Die);
+    pair.copy(20, 2, 0).await.unwrap_err();
+    assert_eq!(pair.dst().version(20).unwrap(), 1);
+    let e = pair.target.read(20, 1, 0, B).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+    // Nothing partial besides the replica itself, which the next copy resumes.
+    assert!(pair.target.partial_copies().is_empty());
+    pair.faults.heal();
+    let stats = pair.copy(20, 2, 0).await.unwrap();
+    assert_eq!(stats.bytes_copied, 2 * MIB);
+    assert!(stats.reused_base);
+    pair.target.read(20, 2, 0, B).await.unwrap();
+    assert_identical(pair.src(), pair.dst(), 20);
+}

@@ -237,7 +237,10 @@ impl ChunkService for FakeCs {
         }
         let id = self.id;
         let r = Self::check(&mut st, id, chunk, version)?;
-        if offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 || offset + len > r.chunk_size {
+        if !offset.is_multiple_of(BLOCK_SIZE)
+            || !len.is_multiple_of(BLOCK_SIZE)
+            || offset + len > r.chunk_size
+        {
             return Err(Error::invalid(
                 "CRC entries of unaligned blocks or beyond the chunk",
             ));
