@@ -16,8 +16,7 @@ use pstorage_core::types::{
     CopyStats, CsId, CsInfo, CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind,
     EventLevel, FailureReason, FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease,
     LeaseMode, MdsInfo, MdsMember, MdsMembership, OpenFlags, OpenReply, RegisterReply, Replica,
-    Replicas, ReplicationStatus,
-    SpaceInfo, Stat,
+    Replicas, ReplicationStatus, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 

@@ -345,7 +345,8 @@ impl Drop for NbdServer {
 /// chunk has its 3 copies again within 2 minutes, and a file flushed
 /// before the crash reads back equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_chunk_server_killed_at_once_under_a_writer_recovers() {
+#[ignore = "long: fio for 45 s on a 2 GiB image; took 15 minutes in one run (see the session note)"]
+async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
     let mut cluster = TestCluster::start(options(3, CHUNK, None));
     let client = cluster.client();
     let kept = pattern(51, 20 * MIB as usize);

@@ -13,8 +13,8 @@ use crate::traits::{
     ChunkConnector, ChunkControl, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use crate::types::{
-    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, CsRegistration,
-    IoTimeouts, MapVersion, RegisterReply, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE,
+    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, CsRegistration, IoTimeouts,
+    MapVersion, RegisterReply, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE,
 };
 
 use super::copy::Copies;

@@ -19,8 +19,8 @@ use crate::error::Result;
 use crate::mds::{ClusterParams, MdsConfig, MdsService, MdsState};
 use crate::traits::{ChunkControl, ControlConnector, CsRegistry, ManualClock, MetadataService};
 use crate::types::{
-    ChunkId, ChunkMap, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, FileAttrs, IoTimeouts, LeaseMode, MapVersion,
-    OpenFlags, Replica, Replicas,
+    ChunkId, ChunkMap, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, FileAttrs, IoTimeouts,
+    LeaseMode, MapVersion, OpenFlags, Replica, Replicas,
 };
 use crate::ErrorKind;
 

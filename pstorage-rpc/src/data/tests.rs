@@ -650,7 +650,12 @@ async fn connecting_to_a_peer_that_accepts_but_never_authenticates_times_out() {
     let connector = TcpChunkConnector::new(key(1));
     let started = std::time::Instant::now();
     let err = connector.chunk_service(&addr).await.err().unwrap();
-    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    // The connector's deadline or the handshake's own (auth.rs), whichever
+    // fires first: both equal by default.
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::Unavailable),
+        "{err}"
+    );
     assert!(err.message().contains(&addr), "{err}");
     let waited = started.elapsed();
     assert!(waited >= DEFAULT_CONNECT_TIMEOUT, "{waited:?}");

@@ -108,6 +108,7 @@ impl CsRegistry for FakeMds {
         Ok(HeartbeatReply {
             scrub_period_ms: 0,
             scrub_rate_bytes_per_s: 0,
+            io_timeouts: Default::default(),
         })
     }
 
