@@ -295,7 +295,12 @@ async fn writes_below_replicas_min_wait_fail_clearly_and_resume() {
         "{waited:?}"
     );
     assert!(waited < io_timeout + Duration::from_secs(10), "{waited:?}");
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    // Unavailable, or TimedOut when the MDS call in flight at the I/O
+    // deadline (its own deadline is capped by io_timeout) is what expired.
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut),
+        "{err}"
+    );
     for part in ["/blocked.bin", "chunk 0"] {
         assert!(err.message().contains(part), "{part:?} missing in: {err}");
     }
