@@ -387,6 +387,10 @@ pub struct HeartbeatReply {
     pub scrub_rate_bytes_per_s: u64,
     /// Deadlines of chain writes this chunk server forwards.
     pub io_timeouts: IoTimeouts,
+    /// The self-fence (`cs.fence_tout`), ms; 0 keeps the server's own.
+    pub fence_ms: u64,
+    /// Deadline of a heartbeat (`cs.hb_tout`), ms; 0 keeps the server's own.
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// A chunk server as listed by `stat`.

@@ -384,6 +384,8 @@ struct HeartbeatReply {
   scrubRateBytesPerS @1 :UInt64;  # 0 means unlimited.
   replicaTimeoutMs @2 :UInt64;    # io.replica_tout; 0 means the default.
   flushTimeoutMs @3 :UInt64;      # io.flush_tout; 0 means the default.
+  fenceMs @4 :UInt64;             # cs.fence_tout; 0 keeps the CS's own.
+  heartbeatTimeoutMs @5 :UInt64;  # cs.hb_tout; 0 keeps the CS's own.
 }
 
 struct HeartbeatResult {

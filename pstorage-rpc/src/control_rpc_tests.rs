@@ -395,6 +395,8 @@ impl CsRegistry for FakeMds {
                 replica_ms: 3,
                 flush_ms: u64::MAX,
             },
+            fence_ms: 11,
+            heartbeat_timeout_ms: u64::MAX - 1,
         })
     }
     async fn report_bad_replica(
@@ -747,6 +749,8 @@ async fn every_mds_method_round_trips() {
                 replica_ms: 3,
                 flush_ms: u64::MAX,
             },
+            fence_ms: 11,
+            heartbeat_timeout_ms: u64::MAX - 1,
         }
     );
     client

@@ -662,7 +662,8 @@ fn apply_env_overrides(config: &mut MdsConfig) {
 /// [`ScrubParams::default`]; `PSTORAGE_SCRUB_PERIOD_MS` and
 /// `PSTORAGE_SCRUB_RATE` (bytes/s, 0 = unlimited) override it (tests,
 /// tuning). `PSTORAGE_CS_FENCE_MS` and `PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS`
-/// override the session's self-fence and heartbeat deadline.
+/// override the session's self-fence and heartbeat deadline (otherwise the
+/// cluster's `cs.fence_tout` and `cs.hb_tout` apply).
 pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
@@ -706,11 +707,15 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         follow_scrub_params: scrub_period.is_none() && scrub_rate.is_none(),
         ..SessionOptions::default()
     };
+    // The environment (tests, tuning) overrides the cluster's `cs.fence_tout`
+    // and `cs.hb_tout`.
     if let Some(ms) = env_ms("PSTORAGE_CS_FENCE_MS") {
         session_options.fence = Duration::from_millis(ms);
+        session_options.follow_deadline_params = false;
     }
     if let Some(ms) = env_ms("PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS") {
         session_options.heartbeat_timeout = Duration::from_millis(ms);
+        session_options.follow_deadline_params = false;
     }
     if session_options.heartbeat_timeout >= session_options.fence {
         return Err(Error::invalid(format!(

@@ -716,6 +716,8 @@ impl WireStruct for HeartbeatReply {
         b.set_scrub_rate_bytes_per_s(self.scrub_rate_bytes_per_s);
         b.set_replica_timeout_ms(self.io_timeouts.replica_ms);
         b.set_flush_timeout_ms(self.io_timeouts.flush_ms);
+        b.set_fence_ms(self.fence_ms);
+        b.set_heartbeat_timeout_ms(self.heartbeat_timeout_ms);
     }
     fn read(r: schema::heartbeat_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(HeartbeatReply {
@@ -725,6 +727,8 @@ impl WireStruct for HeartbeatReply {
                 replica_ms: r.get_replica_timeout_ms(),
                 flush_ms: r.get_flush_timeout_ms(),
             },
+            fence_ms: r.get_fence_ms(),
+            heartbeat_timeout_ms: r.get_heartbeat_timeout_ms(),
         })
     }
 }

@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::ClusterConf;
-use pstorage_core::types::{ClusterStatus, CsStatus};
+use pstorage_core::types::{
+    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags,
+};
+
+mod nbd_server;
+pub use nbd_server::NbdServer;
 
 /// The password every test cluster is created with.
 pub const PASSWORD: &str = "test-password";
@@ -339,6 +344,55 @@ impl TestCluster {
         self.cli_stdin(args, b"")
     }
 
+    /// Runs the CLI and asserts it succeeded; returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "pstorage {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The id in `cs.conf` of chunk server `i`.
+    pub fn cs_id(&self, i: usize) -> CsId {
+        let text = std::fs::read_to_string(self.cs_dirs[i].join("cs.conf")).expect("cs.conf");
+        let conf: serde_json::Value = serde_json::from_str(&text).expect("cs.conf json");
+        conf["id"].as_u64().expect("id") as CsId
+    }
+
+    /// The index of the chunk server whose id is `id`.
+    pub fn cs_index(&self, id: CsId) -> usize {
+        (0..self.cs_dirs.len())
+            .find(|&i| self.cs_id(i) == id)
+            .unwrap_or_else(|| panic!("no chunk server {id} in this cluster"))
+    }
+
+    /// Polls `check` every 200 ms until it returns `Some`, failing after
+    /// `timeout` with `what`, the last status and the MDS log's tail.
+    pub async fn wait_for<T, F, Fut>(&self, timeout: Duration, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\nstatus: {:?}\nMDS log (tail):\n{}",
+                    self.status(),
+                    tail(&self.log("mds.log"), 60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Runs the CLI with `stdin` as its standard input.
     pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         self.cli_in(&self.conf_root, args, stdin)
@@ -440,6 +494,51 @@ impl Drop for TestCluster {
             self.kill_mds_at(i);
         }
     }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Creates (or opens) `path`, writes `data` at 0 in pieces of 8 MiB,
+/// flushes and closes.
+pub async fn write_file(client: &Client, path: &str, data: &[u8]) {
+    let flags = OpenFlags {
+        create: true,
+        ..Default::default()
+    };
+    let file = client.open(path, LeaseMode::Write, flags).await.unwrap();
+    for (i, piece) in data.chunks(8 << 20).enumerate() {
+        file.write_at((i as u64) << 23, piece).await.unwrap();
+    }
+    file.flush().await.unwrap();
+    file.close().await.unwrap();
+}
+
+/// The chunk servers of a chunk's chain, in order.
+pub fn chain(map: &ChunkMap) -> Vec<CsId> {
+    map.replicas.iter().map(|r| r.cs).collect()
+}
+
+/// Every chunk has its norm copies and nothing is left to copy.
+pub fn all_chunks_healthy(s: &ClusterStatus) -> bool {
+    s.chunk_counts.healthy == s.chunks && s.replication.pending_chunks == 0
+}
+
+/// The messages of every event of `kind` in the event log, one per line.
+pub async fn events(client: &Client, kind: EventKind) -> String {
+    client
+        .mds()
+        .event_log(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.message)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The whole content of `path`, read through a read lease.

@@ -6,96 +6,16 @@
 //! the chains go on without it. Needs fio with its nbd engine
 //! (scripts/apt.d/nbd.list).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pstorage_core::types::{CsStatus, LeaseMode, OpenFlags};
-use pstorage_tests::{bin_dir, pattern, ClusterOptions, TestCluster};
-
-/// `pstorage nbd-serve` on an ephemeral port, killed on drop.
-struct NbdServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl NbdServer {
-    fn start(cluster: &TestCluster) -> NbdServer {
-        let log = cluster.dir.path().join("nbd.log");
-        let log_file = std::fs::File::create(&log).expect("server log");
-        let mut child = Command::new(bin_dir().join("pstorage"))
-            .arg("--conf-dir")
-            .arg(&cluster.conf_root)
-            .args(["-c", &cluster.name, "nbd-serve", "--listen", "127.0.0.1:0"])
-            .env("PSTORAGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn nbd-serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("nbd-serve did not start");
-        let addr = line
-            .strip_prefix("nbd-serve: listening on tcp ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let port = addr.rsplit(':').next().unwrap().parse().expect("port");
-        NbdServer { child, port, log }
-    }
-
-    fn uri(&self, path: &str) -> String {
-        format!(
-            "nbd://127.0.0.1:{}/{}",
-            self.port,
-            path.trim_start_matches('/')
-        )
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for NbdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cli_ok(cluster: &TestCluster, args: &[&str]) -> String {
-    let out = cluster.cli(args);
-    assert!(
-        out.status.success(),
-        "pstorage {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use pstorage_tests::{pattern, ClusterOptions, NbdServer, TestCluster};
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child process of this test.
     let rc = unsafe { libc::kill(pid as i32, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// The chunk server id in `cs.conf` of chunk server `i`.
-fn cs_id(cluster: &TestCluster, i: usize) -> u32 {
-    let text = std::fs::read_to_string(cluster.cs_dirs[i].join("cs.conf")).expect("cs.conf");
-    let conf: serde_json::Value = serde_json::from_str(&text).expect("cs.conf json");
-    conf["id"].as_u64().expect("id") as u32
 }
 
 /// Polls `cond` every 200 ms until it holds or `limit` passes.
@@ -113,9 +33,9 @@ fn sigstop_of_a_chain_member_under_fio_verify_pauses_and_never_fails() {
         chunk_size: 256 << 20,
         ..ClusterOptions::default()
     });
-    cli_ok(&cluster, &["mkdir", "/vm"]);
-    cli_ok(&cluster, &["truncate", "-s", "512M", "/vm/disk.img"]);
-    let server = NbdServer::start(&cluster);
+    cluster.cli_ok(&["mkdir", "/vm"]);
+    cluster.cli_ok(&["truncate", "-s", "512M", "/vm/disk.img"]);
+    let server = NbdServer::start(&cluster, "nbd.log", &[]);
 
     // Random 4 KiB writes at queue depth 16 across the boundary of the two
     // chunks, paced so the write phase lasts well past the freeze, then a
@@ -148,7 +68,7 @@ fn sigstop_of_a_chain_member_under_fio_verify_pauses_and_never_fails() {
     // Every chain holds all three servers (replicas 3): freeze one 3 s in.
     std::thread::sleep(Duration::from_secs(3));
     let frozen = 1;
-    let frozen_id = cs_id(&cluster, frozen);
+    let frozen_id = cluster.cs_id(frozen);
     let pid = cluster.cs_pid(frozen).expect("CS runs");
     signal(pid, libc::SIGSTOP);
     let frozen_at = Instant::now();
@@ -239,5 +159,5 @@ fn sigstop_of_a_chain_member_under_fio_verify_pauses_and_never_fails() {
     assert!(cluster.cs_running(frozen));
     // Full recovery (the dropped replicas copied back, 256 MiB each) is
     // re-replication's job, tested in healing.rs; it is not waited for here.
-    eprintln!("{}", cli_ok(&cluster, &["stat"]));
+    eprintln!("{}", cluster.cli_ok(&["stat"]));
 }

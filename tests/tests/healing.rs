@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::traits::ControlConnector;
-use pstorage_core::types::{
-    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags,
-};
+use pstorage_core::types::{ClusterStatus, CsStatus, EventKind, LeaseMode, OpenFlags};
 use pstorage_core::ErrorKind;
 use pstorage_rpc::control::TcpControlConnector;
-use pstorage_tests::{bin_dir, pattern, read_all, ClusterOptions, TestCluster};
+use pstorage_tests::{
+    bin_dir, chain, events, pattern, read_all, write_file, ClusterOptions, TestCluster,
+};
 
 const CHUNK: u64 = 1 << 20;
 const OFFLINE_MS: u64 = 3_000;
@@ -46,69 +46,8 @@ fn create() -> OpenFlags {
     }
 }
 
-async fn write_file(client: &Client, path: &str, data: &[u8]) {
-    let file = client.open(path, LeaseMode::Write, create()).await.unwrap();
-    file.write_at(0, data).await.unwrap();
-    file.close().await.unwrap();
-}
-
-fn cs_id(cluster: &TestCluster, i: usize) -> CsId {
-    let text = std::fs::read_to_string(cluster.cs_dirs[i].join("cs.conf")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["id"].as_u64().unwrap() as CsId
-}
-
-fn cs_index(cluster: &TestCluster, id: CsId) -> usize {
-    (0..cluster.cs_dirs.len())
-        .find(|&i| cs_id(cluster, i) == id)
-        .unwrap()
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, failing after
-/// `timeout` with `what` and the MDS log.
-async fn wait_for<T, F, Fut>(
-    cluster: &TestCluster,
-    timeout: Duration,
-    what: &str,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}\nMDS log:\n{}",
-            cluster.log("mds.log")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn status(client: &Client) -> ClusterStatus {
     client.cluster_status().await.unwrap()
-}
-
-async fn event_text(client: &Client, kind: EventKind) -> String {
-    client
-        .mds()
-        .event_log(0)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == kind)
-        .map(|e| e.message)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn chain(map: &ChunkMap) -> Vec<CsId> {
-    map.replicas.iter().map(|r| r.cs).collect()
 }
 
 fn control(cluster: &TestCluster) -> TcpControlConnector {
@@ -182,17 +121,14 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     let victim = (1..=4)
         .max_by_key(|cs| before.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
-    let victim_index = cs_index(&cluster, victim);
+    let victim_index = cluster.cs_index(victim);
     cluster.kill_cs(victim_index);
 
     // After the offline timeout every chunk is back to 3 current replicas
     // on the other servers.
     let started = Instant::now();
-    wait_for(
-        &cluster,
-        Duration::from_secs(40),
-        "re-replication",
-        || async {
+    cluster
+        .wait_for(Duration::from_secs(40), "re-replication", || async {
             let maps = client.file_chunks("/data.bin").await.ok()?;
             let s = status(&client).await;
             let done = maps
@@ -200,9 +136,8 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
                 .all(|m| m.replicas.len() == 3 && !chain(m).contains(&victim))
                 && s.chunk_counts.healthy == s.chunks;
             done.then_some(())
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(
         started.elapsed() >= Duration::from_millis(OFFLINE_MS - 1_000),
         "nothing may happen before the offline timeout"
@@ -213,12 +148,12 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     assert_eq!(s.health, "degraded", "a server is offline");
     assert!(s.replication.done_chunks >= 1, "{s:?}");
     assert_eq!(read_all(&client, "/data.bin").await, data);
-    let story = event_text(&client, EventKind::CsState).await;
+    let story = events(&client, EventKind::CsState).await;
     assert!(
         story.contains(&format!("chunk server {victim}")) && story.contains("offline"),
         "{story}"
     );
-    let repl = event_text(&client, EventKind::Replication).await;
+    let repl = events(&client, EventKind::Replication).await;
     assert!(
         repl.contains("re-replication started") && repl.contains("re-replication finished"),
         "{repl}"
@@ -229,12 +164,13 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     let after = client.file_chunks("/data.bin").await.unwrap();
     cluster.start_cs(victim_index);
     cluster.wait_active(4);
-    let addr = wait_for(&cluster, Duration::from_secs(10), "its address", || async {
-        let s = status(&client).await;
-        let c = s.cs.iter().find(|c| c.id == victim)?;
-        (c.status == CsStatus::Active).then(|| c.addr.clone())
-    })
-    .await;
+    let addr = cluster
+        .wait_for(Duration::from_secs(10), "its address", || async {
+            let s = status(&client).await;
+            let c = s.cs.iter().find(|c| c.id == victim)?;
+            (c.status == CsStatus::Active).then(|| c.addr.clone())
+        })
+        .await;
     let held = control(&cluster)
         .chunk_control(&addr)
         .await
@@ -253,13 +189,11 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     assert_eq!(read_all(&client, "/data.bin").await, data);
     let rounds = continuous.finish().await;
     assert!(rounds >= 3, "the continuous writer made {rounds} rounds");
-    wait_for(
-        &cluster,
-        Duration::from_secs(10),
-        "a healthy cluster",
-        || async { (status(&client).await.health == "healthy").then_some(()) },
-    )
-    .await;
+    cluster
+        .wait_for(Duration::from_secs(10), "a healthy cluster", || async {
+            (status(&client).await.health == "healthy").then_some(())
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -281,8 +215,8 @@ async fn writes_below_replicas_min_wait_fail_clearly_and_resume() {
     assert_eq!(map.replicas.len(), 3);
     // Two of the three holders die.
     let (a, b) = (
-        cs_index(&cluster, map.replicas[0].cs),
-        cs_index(&cluster, map.replicas[1].cs),
+        cluster.cs_index(map.replicas[0].cs),
+        cluster.cs_index(map.replicas[1].cs),
     );
     cluster.kill_cs(a);
     cluster.kill_cs(b);
@@ -323,13 +257,11 @@ async fn writes_below_replicas_min_wait_fail_clearly_and_resume() {
     // same file handle writes again, no client restart.
     cluster.start_cs(a);
     let second = pattern(4, 8192);
-    wait_for(
-        &cluster,
-        Duration::from_secs(30),
-        "writes to resume",
-        || async { file.write_at(4096, &second).await.ok() },
-    )
-    .await;
+    cluster
+        .wait_for(Duration::from_secs(30), "writes to resume", || async {
+            file.write_at(4096, &second).await.ok()
+        })
+        .await;
     file.flush().await.unwrap();
     file.close().await.unwrap();
     let mut expected = first.clone();
@@ -372,7 +304,7 @@ async fn scrubbing_finds_and_repairs_every_flipped_bit() {
     for (n, index) in [0usize, 1, 3].into_iter().enumerate() {
         let map = &maps[index];
         let cs = map.replicas[n % map.replicas.len()].cs;
-        let dir = &cluster.cs_dirs[cs_index(&cluster, cs)];
+        let dir = &cluster.cs_dirs[cluster.cs_index(cs)];
         let path = dir.join("chunks").join(format!("{:016x}.chunk", map.chunk));
         flip_random_bit(&path, 77 + n as u64);
         damaged.push((map.chunk, cs));
@@ -384,12 +316,9 @@ async fn scrubbing_finds_and_repairs_every_flipped_bit() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for(
-        &cluster,
-        Duration::from_secs(40),
-        "every repair",
-        || async {
-            let log = event_text(&client, EventKind::Corruption).await;
+    cluster
+        .wait_for(Duration::from_secs(40), "every repair", || async {
+            let log = events(&client, EventKind::Corruption).await;
             damaged
                 .iter()
                 .all(|(chunk, _)| {
@@ -401,10 +330,9 @@ async fn scrubbing_finds_and_repairs_every_flipped_bit() {
                             .any(|l| l.contains(&id) && l.contains("repaired"))
                 })
                 .then_some(())
-        },
-    )
-    .await;
-    let log = event_text(&client, EventKind::Corruption).await;
+        })
+        .await;
+    let log = events(&client, EventKind::Corruption).await;
     for (chunk, cs) in &damaged {
         let id = format!("{chunk:#x}");
         assert!(
@@ -413,16 +341,12 @@ async fn scrubbing_finds_and_repairs_every_flipped_bit() {
             "{log}"
         );
     }
-    wait_for(
-        &cluster,
-        Duration::from_secs(20),
-        "3 replicas each",
-        || async {
+    cluster
+        .wait_for(Duration::from_secs(20), "3 replicas each", || async {
             let maps = client.file_chunks("/scrub.bin").await.ok()?;
             maps.iter().all(|m| m.replicas.len() == 3).then_some(())
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(read_all(&client, "/scrub.bin").await, data);
     // The event log is on the CLI too, with timestamps.
     let out = cluster.cli(&["get-event-log"]);
@@ -468,16 +392,12 @@ async fn a_paused_writer_is_fenced_and_never_mixes_with_the_next() {
     // `put` writes in 4 MiB transfers: the first one goes out now.
     stdin.write_all(&pattern(10, 4 << 20)).unwrap();
     stdin.flush().unwrap();
-    wait_for(
-        &cluster,
-        Duration::from_secs(20),
-        "the first write",
-        || async {
+    cluster
+        .wait_for(Duration::from_secs(20), "the first write", || async {
             let maps = client.file_chunks("/fenced.bin").await.ok()?;
             (maps.len() == 4).then_some(())
-        },
-    )
-    .await;
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // SAFETY: a signal to our own child.
     unsafe {
@@ -485,18 +405,14 @@ async fn a_paused_writer_is_fenced_and_never_mixes_with_the_next() {
     }
     // Past its lease, another client takes the file and writes.
     let second = pattern(20, 4 << 20);
-    let file = wait_for(
-        &cluster,
-        Duration::from_secs(20),
-        "the lease to expire",
-        || async {
+    let file = cluster
+        .wait_for(Duration::from_secs(20), "the lease to expire", || async {
             client
                 .open("/fenced.bin", LeaseMode::Write, OpenFlags::default())
                 .await
                 .ok()
-        },
-    )
-    .await;
+        })
+        .await;
     file.write_at(0, &second).await.unwrap();
     file.close().await.unwrap();
     // The first writer wakes up and tries to write more.
@@ -515,7 +431,7 @@ async fn a_paused_writer_is_fenced_and_never_mixes_with_the_next() {
         "{stderr}"
     );
     assert_eq!(read_all(&client, "/fenced.bin").await, second);
-    let log = event_text(&client, EventKind::Lease).await;
+    let log = events(&client, EventKind::Lease).await;
     assert!(
         log.contains("/fenced.bin") && log.contains("revoked"),
         "{log}"
@@ -550,7 +466,7 @@ async fn rm_cs_moves_every_chunk_before_dropping_the_server() {
     assert_eq!((gone.status, gone.chunks), (CsStatus::Dropped, 0));
     assert_eq!(s.chunk_counts.healthy, s.chunks);
     assert_eq!(read_all(&client, "/moving.bin").await, data);
-    assert!(event_text(&client, EventKind::CsState)
+    assert!(events(&client, EventKind::CsState)
         .await
         .contains("released"));
     // A bad id is a clear error.
@@ -593,23 +509,23 @@ async fn full_disks_get_no_new_chunks_and_configuration_is_checked() {
     assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
     assert!(err.message().contains("mds.alloc.fill_margin=99%"), "{err}");
     assert!(client.file_chunks("/full.bin").await.unwrap().is_empty());
-    let s = wait_for(&cluster, Duration::from_secs(5), "full servers", || async {
-        let s = status(&client).await;
-        s.cs.iter().all(|c| c.full).then_some(s)
-    })
-    .await;
+    let s = cluster
+        .wait_for(Duration::from_secs(5), "full servers", || async {
+            let s = status(&client).await;
+            s.cs.iter().all(|c| c.full).then_some(s)
+        })
+        .await;
     assert_eq!(s.cs.len(), 3);
-    assert!(event_text(&client, EventKind::DiskFull)
-        .await
-        .contains("full"));
+    assert!(events(&client, EventKind::DiskFull).await.contains("full"));
     // With the margin back, the same handle writes.
     let out = cluster.cli(&["set-config", "mds.alloc.fill_margin=5"]);
     assert!(out.status.success());
     let data = pattern(9, 4096);
-    wait_for(&cluster, Duration::from_secs(5), "space again", || async {
-        file.write_at(0, &data).await.ok()
-    })
-    .await;
+    cluster
+        .wait_for(Duration::from_secs(5), "space again", || async {
+            file.write_at(0, &data).await.ok()
+        })
+        .await;
     file.close().await.unwrap();
     assert_eq!(read_all(&client, "/full.bin").await, data);
     // `top` without a terminal prints the status once per interval.

@@ -4,119 +4,17 @@
 //! malformed requests. The server runs as a child process on an ephemeral
 //! port and is killed when the test ends, also on failure.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pstorage_tests::{bin_dir, pattern, ClusterOptions, TestCluster};
+use pstorage_tests::{pattern, ClusterOptions, NbdServer, TestCluster};
 
 /// Every external tool runs under `timeout` so a broken server fails the
 /// test instead of hanging it.
 const TOOL_TIMEOUT_SECS: &str = "600";
-
-/// An `nbd-serve` child process.
-struct NbdServer {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl NbdServer {
-    /// Starts `pstorage nbd-serve --listen 127.0.0.1:0 EXTRA...` and waits
-    /// for the port it prints.
-    fn start(cluster: &TestCluster, log_name: &str, extra: &[&str]) -> NbdServer {
-        let log = cluster.dir.path().join(log_name);
-        let log_file = std::fs::File::create(&log).expect("server log");
-        let mut child = Command::new(bin_dir().join("pstorage"))
-            .arg("--conf-dir")
-            .arg(&cluster.conf_root)
-            .args(["-c", &cluster.name, "nbd-serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("PSTORAGE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn nbd-serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let mut server = NbdServer {
-            child: Some(child),
-            port: 0,
-            log,
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("nbd-serve did not start: {}", server.log_text()));
-        let addr = line
-            .strip_prefix("nbd-serve: listening on tcp ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        server.port = addr.rsplit(':').next().unwrap().parse().expect("port");
-        server
-    }
-
-    /// `nbd://127.0.0.1:PORT/PATH` (PATH without its leading slash; the
-    /// server maps `vm/x` and `/vm/x` to the same file).
-    fn uri(&self, path: &str) -> String {
-        format!(
-            "nbd://127.0.0.1:{}/{}",
-            self.port,
-            path.trim_start_matches('/')
-        )
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait for a clean exit (the server flushes and closes
-    /// its exports); kill -9 after 60 s.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "nbd-serve exited with {status}: {}",
-                    self.log_text()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("nbd-serve did not stop on SIGTERM: {}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NbdServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Runs a tool under `timeout`.
 fn tool(program: &str, args: &[&str]) -> Output {
@@ -141,16 +39,6 @@ fn ok(server: &NbdServer, program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn cli_ok(cluster: &TestCluster, args: &[&str]) -> String {
-    let out = cluster.cli(args);
-    assert!(
-        out.status.success(),
-        "pstorage {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -189,11 +77,11 @@ fn big_chunks() -> ClusterOptions {
 #[test]
 fn qemu_img_qemu_io_and_nbdinfo() {
     let cluster = TestCluster::start(ClusterOptions::default());
-    cli_ok(&cluster, &["mkdir", "/vm"]);
+    cluster.cli_ok(&["mkdir", "/vm"]);
     // 1 MiB chunks (the test default): these images span many chunks.
-    cli_ok(&cluster, &["truncate", "-s", "24M", "/vm/raw.img"]);
-    cli_ok(&cluster, &["truncate", "-s", "64M", "/vm/q.img"]);
-    let ls = cli_ok(&cluster, &["ls", "-l", "/vm"]);
+    cluster.cli_ok(&["truncate", "-s", "24M", "/vm/raw.img"]);
+    cluster.cli_ok(&["truncate", "-s", "64M", "/vm/q.img"]);
+    let ls = cluster.cli_ok(&["ls", "-l", "/vm"]);
     assert!(ls.contains(&(24u64 << 20).to_string()), "{ls}");
     let server = NbdServer::start(&cluster, "nbd-a.log", &[]);
     let dir = cluster.dir.path();
@@ -334,16 +222,16 @@ fn qemu_img_qemu_io_and_nbdinfo() {
     // The data is in the cluster file itself, visible to other clients.
     drop(server);
     let got = cluster.dir.path().join("got.raw");
-    cli_ok(&cluster, &["get", "/vm/raw.img", got.to_str().unwrap()]);
+    cluster.cli_ok(&["get", "/vm/raw.img", got.to_str().unwrap()]);
     assert!(std::fs::read(&got).unwrap() == data);
 }
 
 #[test]
 fn nbdcopy_one_gib_and_fio_verify() {
     let cluster = TestCluster::start(big_chunks());
-    cli_ok(&cluster, &["mkdir", "/vm"]);
-    cli_ok(&cluster, &["truncate", "-s", "1G", "/vm/big.img"]);
-    cli_ok(&cluster, &["truncate", "-s", "128M", "/vm/fio.img"]);
+    cluster.cli_ok(&["mkdir", "/vm"]);
+    cluster.cli_ok(&["truncate", "-s", "1G", "/vm/big.img"]);
+    cluster.cli_ok(&["truncate", "-s", "128M", "/vm/fio.img"]);
     let server = NbdServer::start(&cluster, "nbd.log", &[]);
     let dir = cluster.dir.path();
 
@@ -560,8 +448,8 @@ impl RawClient {
 #[test]
 fn malformed_requests_get_errors_and_others_keep_working() {
     let cluster = TestCluster::start(ClusterOptions::default());
-    cli_ok(&cluster, &["mkdir", "/vm"]);
-    cli_ok(&cluster, &["truncate", "-s", "8M", "/vm/m.img"]);
+    cluster.cli_ok(&["mkdir", "/vm"]);
+    cluster.cli_ok(&["truncate", "-s", "8M", "/vm/m.img"]);
     let server = NbdServer::start(&cluster, "nbd.log", &[]);
     let size = 8u64 << 20;
 
@@ -682,8 +570,8 @@ fn malformed_requests_get_errors_and_others_keep_working() {
 #[test]
 fn leases_second_writer_refused_and_live_migration() {
     let cluster = TestCluster::start(ClusterOptions::default());
-    cli_ok(&cluster, &["mkdir", "/vm"]);
-    cli_ok(&cluster, &["truncate", "-s", "6M", "/vm/disk.img"]);
+    cluster.cli_ok(&["mkdir", "/vm"]);
+    cluster.cli_ok(&["truncate", "-s", "6M", "/vm/disk.img"]);
     let dir = cluster.dir.path();
 
     // Node A serves the disk; a VM (qemu-io) writes through it.
@@ -801,5 +689,5 @@ fn leases_second_writer_refused_and_live_migration() {
     u.stop();
     assert!(!sock.exists(), "the socket file is removed on exit");
     // After every server left, the CLI gets the write lease.
-    cli_ok(&cluster, &["truncate", "-s", "8M", "/vm/disk.img"]);
+    cluster.cli_ok(&["truncate", "-s", "8M", "/vm/disk.img"]);
 }

@@ -5,16 +5,15 @@
 //! chunks. Tests that shorten `mds.wd.offline_tout` have a `long_*` twin at
 //! the default (run by `scripts/test.sh --long`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::types::{
-    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags,
+use pstorage_core::client::ClientOptions;
+use pstorage_core::types::{CsStatus, EventKind, LeaseMode, OpenFlags};
+use pstorage_tests::{
+    all_chunks_healthy, chain, events, pattern, read_all, tail, write_file, ClusterOptions,
+    NbdServer, TestCluster,
 };
-use pstorage_tests::{bin_dir, pattern, read_all, ClusterOptions, TestCluster};
 
 const MIB: u64 = 1 << 20;
 /// The cluster default.
@@ -33,101 +32,6 @@ fn options(chunk_servers: usize, chunk_size: u64, offline_ms: Option<u64>) -> Cl
     }
 }
 
-fn create() -> OpenFlags {
-    OpenFlags {
-        create: true,
-        ..Default::default()
-    }
-}
-
-/// Writes `data` at 0 in pieces of 8 MiB, flushes and closes.
-async fn write_file(client: &Client, path: &str, data: &[u8]) {
-    let file = client.open(path, LeaseMode::Write, create()).await.unwrap();
-    for (i, piece) in data.chunks(8 << 20).enumerate() {
-        file.write_at((i as u64) << 23, piece).await.unwrap();
-    }
-    file.flush().await.unwrap();
-    file.close().await.unwrap();
-}
-
-fn cs_id(cluster: &TestCluster, i: usize) -> CsId {
-    let text = std::fs::read_to_string(cluster.cs_dirs[i].join("cs.conf")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["id"].as_u64().unwrap() as CsId
-}
-
-fn cs_index(cluster: &TestCluster, id: CsId) -> usize {
-    (0..cluster.cs_dirs.len())
-        .find(|&i| cs_id(cluster, i) == id)
-        .unwrap()
-}
-
-fn chain(map: &ChunkMap) -> Vec<CsId> {
-    map.replicas.iter().map(|r| r.cs).collect()
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, failing after
-/// `timeout` with `what`, the last status and the MDS log.
-async fn wait_for<T, F, Fut>(
-    cluster: &TestCluster,
-    timeout: Duration,
-    what: &str,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\nstatus: {:?}\nMDS log (tail):\n{}",
-                cluster.status(),
-                tail(&cluster.log("mds.log"), 60)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Every chunk has its 3 copies and nothing is left to copy.
-fn all_chunks_healthy(s: &ClusterStatus) -> bool {
-    s.chunk_counts.healthy == s.chunks && s.replication.pending_chunks == 0
-}
-
-async fn events(client: &Client, kind: EventKind) -> String {
-    client
-        .mds()
-        .event_log(0)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == kind)
-        .map(|e| e.message)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn cli_ok(cluster: &TestCluster, args: &[&str]) -> String {
-    let out = cluster.cli(args);
-    assert!(
-        out.status.success(),
-        "pstorage {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 // ---- a lost chunk server ----
 
 /// kill -9 one of 4 chunk servers holding a 300 MiB file: every chunk gets
@@ -143,43 +47,39 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
     let victim = (1..=4)
         .max_by_key(|cs| before.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
-    cluster.kill_cs(cs_index(&cluster, victim));
+    cluster.kill_cs(cluster.cs_index(victim));
     let started = Instant::now();
-    wait_for(
-        &cluster,
-        recovery,
-        "re-replication of the lost server's chunks",
-        || async {
-            let maps = client.file_chunks("/data.bin").await.ok()?;
-            let s = client.cluster_status().await.ok()?;
-            let done = maps
-                .iter()
-                .all(|m| m.replicas.len() == 3 && !chain(m).contains(&victim))
-                && all_chunks_healthy(&s);
-            done.then_some(())
-        },
-    )
-    .await;
+    cluster
+        .wait_for(
+            recovery,
+            "re-replication of the lost server's chunks",
+            || async {
+                let maps = client.file_chunks("/data.bin").await.ok()?;
+                let s = client.cluster_status().await.ok()?;
+                let done = maps
+                    .iter()
+                    .all(|m| m.replicas.len() == 3 && !chain(m).contains(&victim))
+                    && all_chunks_healthy(&s);
+                done.then_some(())
+            },
+        )
+        .await;
     eprintln!("re-replicated in {:?}", started.elapsed());
     let s = client.cluster_status().await.unwrap();
     assert!(s.replication.done_chunks >= 1, "{s:?}");
     assert!(s.replication.copied_bytes >= 44 * MIB, "{s:?}");
     assert_eq!(s.replication.remaining_bytes, 0, "{s:?}");
     // The dead server is the only thing that keeps stat from "healthy".
-    cli_ok(&cluster, &["rm-cs", "--force", &victim.to_string()]);
-    wait_for(
-        &cluster,
-        Duration::from_secs(30),
-        "stat: healthy",
-        || async {
-            let text = cli_ok(&cluster, &["stat"]);
+    cluster.cli_ok(&["rm-cs", "--force", &victim.to_string()]);
+    cluster
+        .wait_for(Duration::from_secs(30), "stat: healthy", || async {
+            let text = cluster.cli_ok(&["stat"]);
             text.lines()
                 .next()
                 .is_some_and(|l| l.ends_with(": healthy"))
                 .then_some(())
-        },
-    )
-    .await;
+        })
+        .await;
 
     // Two more go: the last one holds every chunk.
     let maps = client.file_chunks("/data.bin").await.unwrap();
@@ -190,7 +90,7 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
     );
     for id in 1..=4 {
         if id != victim && id != survivor {
-            cluster.kill_cs(cs_index(&cluster, id));
+            cluster.kill_cs(cluster.cs_index(id));
         }
     }
     let reader = cluster.client_with(ClientOptions {
@@ -229,7 +129,7 @@ async fn a_returning_server_is_resynced_not_recopied() {
         "{before:?}"
     );
     let away = chain(&before[0])[2];
-    cluster.kill_cs(cs_index(&cluster, away));
+    cluster.kill_cs(cluster.cs_index(away));
 
     // Three blocks change while it is away: the chain drops it and bumps.
     let file = client
@@ -253,18 +153,18 @@ async fn a_returning_server_is_resynced_not_recopied() {
         .replication
         .copied_bytes;
 
-    cluster.start_cs(cs_index(&cluster, away));
-    wait_for(
-        &cluster,
-        Duration::from_secs(120),
-        "the returning server back in the chain",
-        || async {
-            let maps = client.file_chunks("/vm.img").await.ok()?;
-            let s = client.cluster_status().await.ok()?;
-            (chain(&maps[0]).contains(&away) && all_chunks_healthy(&s)).then_some(())
-        },
-    )
-    .await;
+    cluster.start_cs(cluster.cs_index(away));
+    cluster
+        .wait_for(
+            Duration::from_secs(120),
+            "the returning server back in the chain",
+            || async {
+                let maps = client.file_chunks("/vm.img").await.ok()?;
+                let s = client.cluster_status().await.ok()?;
+                (chain(&maps[0]).contains(&away) && all_chunks_healthy(&s)).then_some(())
+            },
+        )
+        .await;
     let s = client.cluster_status().await.unwrap();
     let sent = s.replication.copied_bytes - copied_before;
     assert!(
@@ -280,7 +180,7 @@ async fn a_returning_server_is_resynced_not_recopied() {
     // The resynced replica alone has every byte.
     for id in chain(&client.file_chunks("/vm.img").await.unwrap()[0]) {
         if id != away {
-            cluster.kill_cs(cs_index(&cluster, id));
+            cluster.kill_cs(cluster.cs_index(id));
         }
     }
     let reader = cluster.client_with(ClientOptions {
@@ -292,67 +192,19 @@ async fn a_returning_server_is_resynced_not_recopied() {
 
 // ---- every chunk server at once ----
 
-/// `pstorage nbd-serve` as a child process on an ephemeral port.
-struct NbdServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl NbdServer {
-    fn start(cluster: &TestCluster) -> NbdServer {
-        let log = cluster.dir.path().join("nbd.log");
-        let mut child = Command::new(bin_dir().join("pstorage"))
-            .arg("--conf-dir")
-            .arg(&cluster.conf_root)
-            .args(["-c", &cluster.name, "nbd-serve", "--listen", "127.0.0.1:0"])
-            .env("PSTORAGE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn nbd-serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("nbd-serve did not start");
-        let port = line
-            .strip_prefix("nbd-serve: listening on tcp ")
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        NbdServer { child, port, log }
-    }
-}
-
-impl Drop for NbdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// kill -9 of every chunk server at once under a fio random writer through
 /// nbd-serve, restarted a second later: the writer sees no error, every
 /// chunk has its 3 copies again within 2 minutes, and a file flushed
 /// before the crash reads back equal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "long: fio for 45 s on a 2 GiB image; took 15 minutes in one run (see the session note)"]
-async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
+async fn every_chunk_server_killed_at_once_under_a_writer_recovers() {
+    let began = Instant::now();
     let mut cluster = TestCluster::start(options(3, CHUNK, None));
     let client = cluster.client();
     let kept = pattern(51, 20 * MIB as usize);
     write_file(&client, "/kept.bin", &kept).await;
-    cli_ok(&cluster, &["truncate", "-s", "2G", "/fio.img"]);
-    let server = NbdServer::start(&cluster);
+    cluster.cli_ok(&["truncate", "-s", "1G", "/fio.img"]);
+    let server = NbdServer::start(&cluster, "nbd.log", &[]);
     let fio = Command::new("timeout")
         .args(["600", "fio", "--name=crash", "--ioengine=nbd"])
         .arg(format!("--uri=nbd://127.0.0.1:{}/fio.img", server.port))
@@ -360,9 +212,13 @@ async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
             "--rw=randwrite",
             "--bs=4k",
             "--iodepth=8",
-            "--size=2G",
+            "--size=1G",
+            // Capped: every 4 KiB random write becomes an extent of a
+            // sparse chunk file, and the temp dir's removal at the end
+            // frees them one by one (minutes on a busy disk at full speed).
+            "--rate_iops=2000",
             "--time_based",
-            "--runtime=45",
+            "--runtime=30",
             "--output-format=json",
         ])
         .stdin(Stdio::null())
@@ -371,11 +227,12 @@ async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
         .spawn()
         .expect("fio (scripts/apt.d/nbd.list installs it)");
     // Writes are flowing: the file has chunks on every server.
-    wait_for(&cluster, Duration::from_secs(60), "fio writing", || async {
-        let maps = client.file_chunks("/fio.img").await.ok()?;
-        (maps.len() >= 3).then_some(())
-    })
-    .await;
+    cluster
+        .wait_for(Duration::from_secs(60), "fio writing", || async {
+            let maps = client.file_chunks("/fio.img").await.ok()?;
+            (maps.len() >= 3).then_some(())
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for i in 0..3 {
         cluster.kill_cs(i);
@@ -385,24 +242,29 @@ async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
     for i in 0..3 {
         cluster.start_cs(i);
     }
-    wait_for(
-        &cluster,
-        Duration::from_secs(120),
-        "3 copies of every chunk",
-        || async {
-            let s = client.cluster_status().await.ok()?;
-            let maps = client.file_chunks("/fio.img").await.ok()?;
-            (all_chunks_healthy(&s)
-                && s.health == "healthy"
-                && maps.iter().all(|m| m.replicas.len() == 3))
-            .then_some(())
-        },
-    )
-    .await;
-    eprintln!("healthy {:?} after the crash", crashed.elapsed());
+    cluster
+        .wait_for(
+            Duration::from_secs(120),
+            "3 copies of every chunk",
+            || async {
+                let s = client.cluster_status().await.ok()?;
+                let maps = client.file_chunks("/fio.img").await.ok()?;
+                (all_chunks_healthy(&s)
+                    && s.health == "healthy"
+                    && maps.iter().all(|m| m.replicas.len() == 3))
+                .then_some(())
+            },
+        )
+        .await;
+    eprintln!(
+        "healthy {:?} after the crash ({:?} into the test)",
+        crashed.elapsed(),
+        began.elapsed()
+    );
     let out = tokio::task::spawn_blocking(move || fio.wait_with_output().unwrap())
         .await
         .unwrap();
+    eprintln!("fio ended {:?} into the test", began.elapsed());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -423,6 +285,7 @@ async fn long_every_chunk_server_killed_at_once_under_a_writer_recovers() {
     );
     let maps = client.file_chunks("/kept.bin").await.unwrap();
     assert!(maps.iter().all(|m| m.replicas.len() == 3), "{maps:?}");
+    eprintln!("checked {:?} into the test", began.elapsed());
 }
 
 // ---- rm-cs ----
@@ -437,7 +300,7 @@ async fn rm_cs_of_a_full_chunk(chunk_size: u64) {
     let before = client.file_chunks("/full.bin").await.unwrap();
     let victim = chain(&before[0])[0];
     let started = Instant::now();
-    let out = cli_ok(&cluster, &["rm-cs", &victim.to_string()]);
+    let out = cluster.cli_ok(&["rm-cs", &victim.to_string()]);
     assert!(out.contains("released"), "{out}");
     eprintln!(
         "rm-cs of a full {} MiB chunk took {:?}",

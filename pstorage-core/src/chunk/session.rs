@@ -17,6 +17,9 @@
 //!   again: past that time the MDS may have declared it offline and moved
 //!   its chunks on (DESIGN.md invariant 3). The fence is checked at its
 //!   deadline, not only when a call returns.
+//!   The fence and the heartbeat deadline are cluster parameters
+//!   (`cs.fence_tout`, `cs.hb_tout`) that heartbeat replies carry; the
+//!   options are what applies until the first reply.
 //! * **`Stale`** (a new leader, or a restarted MDS, that has not seen this
 //!   server register): it registers again but keeps serving meanwhile, as
 //!   long as the fence has not passed: nothing can have moved on without
@@ -77,6 +80,10 @@ pub struct SessionOptions {
     /// Apply the scrub parameters the MDS sends with heartbeat replies
     /// (`false` when the daemon's environment overrides them).
     pub follow_scrub_params: bool,
+    /// Apply the fence and heartbeat deadline the MDS sends with heartbeat
+    /// replies (`cs.fence_tout`, `cs.hb_tout`); `false` when the daemon's
+    /// environment overrides them.
+    pub follow_deadline_params: bool,
 }
 
 impl Default for SessionOptions {
@@ -88,6 +95,7 @@ impl Default for SessionOptions {
             register_retry: Duration::from_millis(500),
             heartbeat_retry: Duration::from_millis(200),
             follow_scrub_params: true,
+            follow_deadline_params: true,
         }
     }
 }
@@ -116,7 +124,37 @@ pub struct CsSession {
     clock: Arc<dyn Clock>,
     addr: String,
     options: SessionOptions,
+    /// The fence and heartbeat deadline in force: the options' until the
+    /// MDS sends the cluster's.
+    deadlines: Mutex<Deadlines>,
     state: Mutex<SessionState>,
+}
+
+/// The session's deadlines in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deadlines {
+    fence: Duration,
+    heartbeat: Duration,
+}
+
+impl Deadlines {
+    /// `self` with the MDS's values where it sent some (0 keeps ours); the
+    /// heartbeat deadline never exceeds half the fence, so a silent MDS
+    /// leaves time to try another before the fence.
+    fn follow(self, fence_ms: u64, heartbeat_ms: u64) -> Deadlines {
+        let fence = match fence_ms {
+            0 => self.fence,
+            ms => Duration::from_millis(ms),
+        };
+        let heartbeat = match heartbeat_ms {
+            0 => self.heartbeat,
+            ms => Duration::from_millis(ms),
+        };
+        Deadlines {
+            fence,
+            heartbeat: heartbeat.min(fence / 2),
+        }
+    }
 }
 
 /// Why the heartbeat loop ended.
@@ -153,6 +191,10 @@ impl CsSession {
             members,
             clock,
             addr,
+            deadlines: Mutex::new(Deadlines {
+                fence: options.fence,
+                heartbeat: options.heartbeat_timeout,
+            }),
             options,
             state: Mutex::new(SessionState::default()),
         }
@@ -161,6 +203,20 @@ impl CsSession {
     /// What the session did so far.
     pub fn state(&self) -> SessionState {
         self.state.lock().expect("session state poisoned").clone()
+    }
+
+    /// The self-fence in force (`cs.fence_tout` once an MDS sent it).
+    pub fn fence_timeout(&self) -> Duration {
+        self.deadlines().fence
+    }
+
+    /// The heartbeat deadline in force (`cs.hb_tout` once an MDS sent it).
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.deadlines().heartbeat
+    }
+
+    fn deadlines(&self) -> Deadlines {
+        *self.deadlines.lock().expect("session deadlines poisoned")
     }
 
     fn update(&self, f: impl FnOnce(&mut SessionState)) {
@@ -257,7 +313,7 @@ impl CsSession {
         tracing::warn!(
             cs = self.server.id(),
             "no successful MDS heartbeat for {:?}: stop serving until registered again",
-            self.options.fence
+            self.fence_timeout()
         );
     }
 
@@ -265,18 +321,18 @@ impl CsSession {
     /// answers `Stale`.
     async fn heartbeats(&self, interval: Duration) -> Ended {
         let id = self.server.id();
-        let fence = self.options.fence;
         let mut last_ok = Instant::now();
         let mut next = last_ok + interval;
         let mut applied_scrub = None;
         loop {
+            let Deadlines { fence, heartbeat } = self.deadlines();
             let fence_at = last_ok + fence;
             tokio::time::sleep_until(next.min(fence_at)).await;
             if Instant::now() >= fence_at {
                 return Ended::Fenced;
             }
             let started = Instant::now();
-            let deadline = (started + self.options.heartbeat_timeout).min(fence_at);
+            let deadline = (started + heartbeat).min(fence_at);
             let space = self.server.store().space().unwrap_or_default();
             let io = self.server.stats();
             let stats = CsStats {
@@ -297,6 +353,20 @@ impl CsSession {
                     });
                     // Deadlines of forwarded chain writes follow the cluster.
                     self.server.set_io_timeouts(params.io_timeouts);
+                    if self.options.follow_deadline_params {
+                        let mut current =
+                            self.deadlines.lock().expect("session deadlines poisoned");
+                        let next = current.follow(params.fence_ms, params.heartbeat_timeout_ms);
+                        if next != *current {
+                            tracing::info!(
+                                cs = id,
+                                fence_ms = next.fence.as_millis() as u64,
+                                heartbeat_ms = next.heartbeat.as_millis() as u64,
+                                "self-fence and heartbeat deadline follow the cluster"
+                            );
+                            *current = next;
+                        }
+                    }
                     // The cluster parameters rule unless this daemon's
                     // environment overrides scrubbing (tests, tuning).
                     let scrub = (params.scrub_period_ms, params.scrub_rate_bytes_per_s);
@@ -337,7 +407,7 @@ impl CsSession {
     async fn refresh_members(&self) {
         if let Err(e) = self
             .members
-            .refresh(&*self.group, self.options.heartbeat_timeout)
+            .refresh(&*self.group, self.heartbeat_timeout())
             .await
         {
             tracing::debug!(

@@ -61,6 +61,14 @@ pub struct ClusterParams {
     /// `mds.repl.per_cs`: chunk copies in flight at most per chunk server,
     /// as source or target.
     pub repl_per_cs: u64,
+    /// `cs.fence_tout`: a chunk server without a successful heartbeat for
+    /// this long stops serving (its self-fence), in ms (chunk servers get
+    /// it in heartbeat replies).
+    pub cs_fence_timeout_ms: u64,
+    /// `cs.hb_tout`: deadline of one chunk-server heartbeat, in ms; a
+    /// silent MDS costs at most this before the next member is tried
+    /// (never more than half the fence).
+    pub cs_heartbeat_timeout_ms: u64,
 }
 
 impl Default for ClusterParams {
@@ -80,6 +88,9 @@ impl Default for ClusterParams {
             report_drop_rate_per_min: 120,
             repl_progress_timeout_ms: 30_000,
             repl_per_cs: 2,
+            cs_fence_timeout_ms: crate::chunk::session::DEFAULT_FENCE.as_millis() as u64,
+            cs_heartbeat_timeout_ms: crate::chunk::session::DEFAULT_HEARTBEAT_TIMEOUT.as_millis()
+                as u64,
         }
     }
 }
@@ -207,6 +218,22 @@ const SPECS: &[Spec] = &[
         max: 256,
         description: "chunk copies in flight per chunk server (as source or target)",
         field: |p| &mut p.repl_per_cs,
+    },
+    Spec {
+        key: "cs.fence_tout",
+        unit: "ms",
+        min: 2_000,
+        max: 600_000,
+        description: "a chunk server without a successful heartbeat this long stops serving",
+        field: |p| &mut p.cs_fence_timeout_ms,
+    },
+    Spec {
+        key: "cs.hb_tout",
+        unit: "ms",
+        min: 200,
+        max: 300_000,
+        description: "deadline of a chunk server's heartbeat (at most half of cs.fence_tout)",
+        field: |p| &mut p.cs_heartbeat_timeout_ms,
     },
 ];
 

@@ -1767,6 +1767,8 @@ impl MdsService {
             scrub_period_ms: params.scrub_period_ms,
             scrub_rate_bytes_per_s: params.scrub_rate_bytes_per_s,
             io_timeouts: params.io_timeouts(),
+            fence_ms: params.cs_fence_timeout_ms,
+            heartbeat_timeout_ms: params.cs_heartbeat_timeout_ms,
         })
     }
 }

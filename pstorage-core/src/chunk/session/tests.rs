@@ -33,6 +33,8 @@ struct FakeMds {
     heartbeats: AtomicU64,
     reports: AtomicU64,
     members: Mutex<MdsMembership>,
+    /// `cs.fence_tout` and `cs.hb_tout` sent in heartbeat replies (0: none).
+    deadlines: Mutex<(u64, u64)>,
 }
 
 fn membership(ids: &[u64], config_index: u64) -> MdsMembership {
@@ -61,6 +63,7 @@ impl FakeMds {
             heartbeats: AtomicU64::new(0),
             reports: AtomicU64::new(0),
             members: Mutex::new(membership(&[1], 1)),
+            deadlines: Mutex::new((0, 0)),
         })
     }
 
@@ -105,10 +108,13 @@ impl CsRegistry for FakeMds {
             )));
         }
         self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        let (fence_ms, heartbeat_timeout_ms) = *self.deadlines.lock().unwrap();
         Ok(HeartbeatReply {
             scrub_period_ms: 0,
             scrub_rate_bytes_per_s: 0,
             io_timeouts: Default::default(),
+            fence_ms,
+            heartbeat_timeout_ms,
         })
     }
 
@@ -262,6 +268,33 @@ async fn the_fence_counts_from_the_last_successful_heartbeat_whether_calls_hang_
         assert_eq!(h.session.state().registrations, 2);
         assert!(broken_at.elapsed() > Duration::from_secs(40));
     }
+}
+
+/// The fence and heartbeat deadline follow the cluster's parameters sent in
+/// heartbeat replies; a heartbeat deadline longer than half the fence is
+/// cut to half of it.
+#[tokio::test(start_paused = true)]
+async fn the_fence_and_heartbeat_deadline_follow_the_cluster() {
+    let h = start();
+    *h.mds.deadlines.lock().unwrap() = (4_000, 9_000);
+    until(Duration::from_secs(1), "serving", || h.server.is_serving()).await;
+    assert_eq!(h.session.fence_timeout(), DEFAULT_FENCE);
+    until(Duration::from_secs(3), "the cluster's fence", || {
+        h.session.fence_timeout() == Duration::from_millis(4_000)
+    })
+    .await;
+    assert_eq!(h.session.heartbeat_timeout(), Duration::from_millis(2_000));
+    let beats = h.mds.heartbeats.load(Ordering::SeqCst);
+    until(Duration::from_secs(2), "a heartbeat", || {
+        h.mds.heartbeats.load(Ordering::SeqCst) > beats
+    })
+    .await;
+    h.mds.set(Mode::Hang);
+    let took = until(Duration::from_secs(30), "fenced", || !h.server.is_serving()).await;
+    assert!(
+        took <= Duration::from_millis(4_000) && took >= Duration::from_millis(3_900),
+        "stopped serving {took:?} after the last good heartbeat, with cs.fence_tout=4000"
+    );
 }
 
 /// A heartbeat answered `Stale` (a new leader) re-registers without closing
