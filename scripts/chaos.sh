@@ -10,12 +10,14 @@
 # copies) within --heal-timeout, and every byte the writers wrote is
 # checked.
 #
-#   scripts/chaos.sh [--minutes M] [--seed S] [--dir DIR] [--heal-timeout S] [--release]
+#   scripts/chaos.sh [--minutes M] [--seed S] [--dir DIR] [--heal-timeout S] [--release] [--keep]
 #
 # --minutes: how long faults are injected (default 3). --seed: the seed of
 # the fault schedule and the writers' data (default: random; printed, so a
 # run can be repeated with the same schedule). --dir: where the cluster
 # lives (default: a new temp dir). --release: use target/release.
+# --heal-timeout: how long the cluster may take to become healthy once
+# the faults stop (default 180 s). --keep: keep the directory on success.
 #
 # Last line: `chaos: faults=N verified_bytes=N writer_errors=N lost_bytes=N`.
 # Exit 0 only if writer_errors and lost_bytes are 0, the cluster became
@@ -23,6 +25,9 @@
 # cluster's directory (logs/ inside) is kept and named. Every process it
 # starts is stopped at exit, also on Ctrl-C or failure.
 set -euo pipefail
+# The whole script is one block: bash reads it all before running it, so
+# editing this file during a run does not change the run.
+{
 cd "$(dirname "$0")/.."
 top=$PWD
 
@@ -31,6 +36,7 @@ seed=""
 dir=""
 heal_timeout=180
 profile=debug
+keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes=$2; shift 2 ;;
@@ -38,6 +44,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=$2; shift 2 ;;
     --heal-timeout) heal_timeout=$2; shift 2 ;;
     --release) profile=release; shift ;;
+    --keep) keep=1; shift ;;
     -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "chaos: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -109,7 +116,7 @@ cleanup() {
   done
   for n in "${!pid[@]}"; do kill -KILL "${pid[$n]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ "$finished" = 1 ] && [ "$rc" = 0 ]; then
+  if [ "$finished" = 1 ] && [ "$rc" = 0 ] && [ "$keep" = 0 ]; then
     rm -rf "$dir"
   else
     echo "chaos: the cluster's directory and logs are kept in $dir (logs in $logs)" >&2
@@ -147,7 +154,13 @@ wait_port() { # wait_port PORT WHAT
   return 1
 }
 
-status() { timeout 20 "$bin/pstorage" -c $name stat 2>/dev/null || true; }
+# `pstorage stat`, also appended to logs/stat.log with the time.
+status() {
+  local s
+  s=$(timeout 20 "$bin/pstorage" -c $name stat 2>&1 || true)
+  printf '=== %s\n%s\n' "$(date -u +%H:%M:%S.%N)" "$s" >>"$logs/stat.log"
+  echo "$s"
+}
 
 # healthy: every chunk at replicas.norm copies on active servers.
 is_healthy() {
@@ -180,7 +193,8 @@ for i in 2 3; do
   wait_port "${mds_port[$i]}" mds$i
 done
 for i in 1 2 3 4 5; do
-  cli make-cs -r "$dir/cs$i" >>"$logs/setup.log" 2>&1
+  # a fixed address, as a real deployment has (a restart keeps it)
+  cli make-cs -r "$dir/cs$i" -a 127.0.0.1:"$(free_port)" >>"$logs/setup.log" 2>&1
   start_node cs$i
 done
 deadline=$((SECONDS + 120))
@@ -197,6 +211,7 @@ rm -f "$dir/stop" "$dir/verify"
 
 "$bin/pstorage-chaos-writer" --conf-dir "$PSTORAGE_CONF_DIR" -c $name --path /chaos/sdk.bin \
   --size $((512 << 20)) --seed "$seed" --stop-file "$dir/stop" --verify-file "$dir/verify" \
+  --compare-replicas /chaos/fio.img \
   </dev/null >"$logs/sdk-writer.out" 2>"$logs/sdk-writer.log" &
 pid[sdk]=$!
 
@@ -368,6 +383,7 @@ while kill -0 "${pid[fio]}" 2>/dev/null || ! grep -q '^sdk-writer: stopped' "$lo
 done
 wait "${pid[fio]}" 2>/dev/null || true
 unset 'pid[fio]'
+log "$(grep '^sdk-writer: stopped' "$logs/sdk-writer.out" || echo "sdk-writer: did not stop")"
 log "writers stopped; waiting for healthy (at most ${heal_timeout}s)"
 heal_start=$SECONDS
 healthy=0
@@ -377,6 +393,7 @@ while [ $((SECONDS - heal_start)) -lt "$heal_timeout" ]; do
   sleep 2
 done
 status >"$logs/stat-final.txt"
+cli get-event-log >"$logs/event-log.txt" 2>&1 || true
 if [ $healthy = 1 ]; then
   log "healthy after $((SECONDS - heal_start))s"
 else
@@ -396,7 +413,10 @@ field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | tail -1; }
 sdk_verified=$(field "$sdk_line" verified_bytes); sdk_verified=${sdk_verified:-0}
 sdk_errors=$(field "$sdk_line" writer_errors); sdk_errors=${sdk_errors:-1}
 sdk_lost=$(field "$sdk_line" lost_bytes); sdk_lost=${sdk_lost:-0}
-[ $sdk_rc = 0 ] || [ "$sdk_errors" != 0 ] || [ "$sdk_lost" != 0 ] || failures+=("the SDK writer exited with $sdk_rc")
+replica_diff=$(field "$sdk_line" replica_diff_bytes); replica_diff=${replica_diff:-0}
+[ "$replica_diff" = 0 ] || failures+=("$replica_diff bytes differ between the replicas of a chunk (see $logs/sdk-writer.log)")
+[ $sdk_rc = 0 ] || [ "$sdk_errors" != 0 ] || [ "$sdk_lost" != 0 ] || [ "$replica_diff" != 0 ] \
+  || failures+=("the SDK writer exited with $sdk_rc")
 
 # fio: every region's last complete round, verified again.
 fio_errors=0; fio_lost=0; fio_verified=0; rounds=0
@@ -421,7 +441,8 @@ for k in 0 1 2 3 4 5 6; do
   fi
   fio_errors=$((fio_errors + e)); fio_lost=$((fio_lost + l))
 done
-log "fio: $rounds rounds, verified_bytes=$fio_verified writer_errors=$fio_errors lost_bytes=$fio_lost"
+fio_max_ms=$(cat "$dir"/fio/round*.json 2>/dev/null | awk '/"clat_ns"/ { f = 1 } f && /"max"/ { v = $3 + 0; if (v > m) m = v; f = 0 } END { printf "%d", m / 1e6 }')
+log "fio: $rounds rounds, verified_bytes=$fio_verified writer_errors=$fio_errors lost_bytes=$fio_lost longest_io_ms=$fio_max_ms"
 [ "$rounds" -gt 0 ] || failures+=("fio ran no round")
 
 writer_errors=$((sdk_errors + fio_errors))
@@ -434,3 +455,4 @@ if [ "$writer_errors" = 0 ] && [ "$lost_bytes" = 0 ] && [ ${#failures[@]} = 0 ];
   exit 0
 fi
 exit 1
+}

@@ -48,6 +48,10 @@ struct Args {
     /// After stopping, verify the whole file once this file exists.
     #[arg(long)]
     verify_file: PathBuf,
+    /// Other files whose replicas are compared too at the end (every file's
+    /// chain members must hold the same bytes once the cluster is quiet).
+    #[arg(long)]
+    compare_replicas: Vec<String>,
 }
 
 fn now() -> String {
@@ -64,6 +68,8 @@ struct Counters {
     reads: u64,
     errors: u64,
     lost: u64,
+    /// The longest write, flush or read.
+    longest: Duration,
 }
 
 #[tokio::main]
@@ -155,6 +161,7 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
             }
             c.writes += 1;
             written += len;
+            c.longest = c.longest.max(t.elapsed());
             slow(t.elapsed(), "write", offset, len);
         } else if op < 88 {
             flush(&file, &mut model, &mut c).await;
@@ -171,13 +178,14 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
     }
     flush(&file, &mut model, &mut c).await;
     println!(
-        "sdk-writer: stopped after {:?}: writes={} flushes={} reads={} writer_errors={} lost_bytes={}",
+        "sdk-writer: stopped after {:?}: writes={} flushes={} reads={} writer_errors={} lost_bytes={} longest_op_ms={}",
         started.elapsed(),
         c.writes,
         c.flushes,
         c.reads,
         c.errors,
-        c.lost
+        c.lost,
+        c.longest.as_millis()
     );
     while !args.verify_file.exists() {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -194,8 +202,24 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
         c.errors += 1;
         eprintln!("{} sdk-writer: close failed: {e}", now());
     }
+    // The replicas of every chunk, compared block by block.
+    let connector = pstorage_rpc::data::TcpChunkConnector::new(conf.key()?);
+    let mut replica_diff = 0u64;
+    let mut compared = 0u64;
+    for path in std::iter::once(&args.path).chain(&args.compare_replicas) {
+        match compare_replicas(&client, &connector, path).await {
+            Ok((n, diff)) => {
+                compared += n;
+                replica_diff += diff;
+            }
+            Err(e) => {
+                c.errors += 1;
+                eprintln!("{} sdk-writer: comparing the replicas of {path}: {e}", now());
+            }
+        }
+    }
     println!(
-        "sdk-writer: writes={} flushes={} reads={} writer_errors={} verified_bytes={verified} lost_bytes={} uncertain_bytes={}",
+        "sdk-writer: writes={} flushes={} reads={} writer_errors={} verified_bytes={verified} lost_bytes={} uncertain_bytes={} replica_bytes_compared={compared} replica_diff_bytes={replica_diff}",
         c.writes,
         c.flushes,
         c.reads,
@@ -203,7 +227,61 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
         c.lost,
         model.uncertain_bytes()
     );
-    Ok(c.errors == 0 && c.lost == 0)
+    Ok(c.errors == 0 && c.lost == 0 && replica_diff == 0)
+}
+
+/// Compares every chain member of every chunk of `path` with the chain's
+/// head: the CRC-table entries first, then the bytes of each block whose
+/// entries differ. Returns (bytes compared, bytes that differ).
+async fn compare_replicas(
+    client: &pstorage_core::client::Client,
+    connector: &pstorage_rpc::data::TcpChunkConnector,
+    path: &str,
+) -> pstorage_core::Result<(u64, u64)> {
+    use pstorage_core::traits::ChunkConnector;
+    use pstorage_core::types::{BLOCK_SIZE, MAX_BLOCK_CRCS};
+    let chunk_size = client.stat(path).await?.attrs.chunk_size;
+    let (mut compared, mut diff) = (0u64, 0u64);
+    for map in client.file_chunks(path).await? {
+        let mut services = Vec::new();
+        for r in &map.replicas {
+            services.push((r.cs, connector.chunk_service(&r.addr).await?));
+        }
+        let Some(((head_cs, head), rest)) = services.split_first() else {
+            continue;
+        };
+        let page = MAX_BLOCK_CRCS * BLOCK_SIZE;
+        let mut offset = 0u64;
+        while offset < chunk_size {
+            let len = page.min(chunk_size - offset);
+            let want = head.block_crcs(map.chunk, map.version, offset, len).await?;
+            for (cs, other) in rest {
+                let got = other.block_crcs(map.chunk, map.version, offset, len).await?;
+                compared += len;
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    if a == b {
+                        continue;
+                    }
+                    let at = offset + i as u64 * BLOCK_SIZE;
+                    let x = head.read(map.chunk, map.version, at, BLOCK_SIZE).await?;
+                    let y = other.read(map.chunk, map.version, at, BLOCK_SIZE).await?;
+                    if x != y {
+                        let n = x.iter().zip(y.iter()).filter(|(p, q)| p != q).count() as u64;
+                        diff += n;
+                        eprintln!(
+                            "{} sdk-writer: {path}: chunk {:?} (index {}) version {:?}: block at {at} differs between CS {head_cs:?} and CS {cs:?} ({n} bytes)",
+                            now(),
+                            map.chunk,
+                            map.index,
+                            map.version
+                        );
+                    }
+                }
+            }
+            offset += len;
+        }
+    }
+    Ok((compared, diff))
 }
 
 fn slow(took: Duration, what: &str, offset: u64, len: u64) {
@@ -232,6 +310,7 @@ async fn flush(file: &pstorage_core::client::File, model: &mut Model, c: &mut Co
         }
     }
     c.flushes += 1;
+    c.longest = c.longest.max(t.elapsed());
     slow(t.elapsed(), "flush", 0, 0);
 }
 
@@ -274,6 +353,7 @@ async fn check_range(
             }
         }
     }
+    c.longest = c.longest.max(t.elapsed());
     slow(t.elapsed(), "read", offset, len);
     let r = model.check(offset, &data);
     if r.lost_bytes > 0 {
