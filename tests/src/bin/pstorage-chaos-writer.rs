@@ -214,7 +214,10 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
             }
             Err(e) => {
                 c.errors += 1;
-                eprintln!("{} sdk-writer: comparing the replicas of {path}: {e}", now());
+                eprintln!(
+                    "{} sdk-writer: comparing the replicas of {path}: {e}",
+                    now()
+                );
             }
         }
     }
@@ -256,7 +259,9 @@ async fn compare_replicas(
             let len = page.min(chunk_size - offset);
             let want = head.block_crcs(map.chunk, map.version, offset, len).await?;
             for (cs, other) in rest {
-                let got = other.block_crcs(map.chunk, map.version, offset, len).await?;
+                let got = other
+                    .block_crcs(map.chunk, map.version, offset, len)
+                    .await?;
                 compared += len;
                 for (i, (a, b)) in want.iter().zip(&got).enumerate() {
                     if a == b {
