@@ -126,10 +126,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM
 
+# A free port below the kernel's ephemeral range, so that no outgoing
+# connection takes it while its server is down.
+ephemeral_low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
-  local p
+  local p span=$(( ephemeral_low - 10000 ))
+  [ $span -gt 1000 ] || span=20000
   while :; do
-    p=$(( 20000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % 40000 ))
+    p=$(( 10000 + $(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % span ))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then echo "$p"; return; fi
   done
 }
