@@ -98,6 +98,7 @@ declare -A pid=()   # node name -> pid (mds1..3, cs1..5, nbd, sdk, fio)
 declare -A state=() # node name -> up | down | frozen
 failures=()
 finished=0
+announced=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -118,7 +119,7 @@ cleanup() {
   wait 2>/dev/null || true
   if [ "$finished" = 1 ] && [ "$rc" = 0 ] && [ "$keep" = 0 ]; then
     rm -rf "$dir"
-  else
+  elif [ "$announced" = 0 ]; then
     echo "chaos: the cluster's directory and logs are kept in $dir (logs in $logs)" >&2
   fi
   exit "$rc"
@@ -453,10 +454,14 @@ writer_errors=$((sdk_errors + fio_errors))
 lost_bytes=$((sdk_lost + fio_lost))
 verified_bytes=$((sdk_verified + fio_verified))
 for f in "${failures[@]}"; do echo "chaos: FAIL: $f"; done
-echo "chaos: faults=$faults verified_bytes=$verified_bytes writer_errors=$writer_errors lost_bytes=$lost_bytes"
-if [ "$writer_errors" = 0 ] && [ "$lost_bytes" = 0 ] && [ ${#failures[@]} = 0 ]; then
-  finished=1
-  exit 0
+ok=0
+[ "$writer_errors" = 0 ] && [ "$lost_bytes" = 0 ] && [ ${#failures[@]} = 0 ] && ok=1
+if [ $ok = 0 ] || [ "$keep" = 1 ]; then
+  echo "chaos: the cluster's directory and logs are kept in $dir (logs in $logs)"
+  announced=1
 fi
+echo "chaos: faults=$faults verified_bytes=$verified_bytes writer_errors=$writer_errors lost_bytes=$lost_bytes"
+finished=1
+[ $ok = 1 ] && exit 0
 exit 1
 }
