@@ -171,20 +171,20 @@ status() {
 is_healthy() {
   local s
   s=$(status)
-  echo "$s" | grep -q "^Cluster '$name': healthy" || return 1
-  echo "$s" | awk '/^Chunks:/ { exit !($2 == $4) }'
+  grep -q "^Cluster '$name': healthy" <<<"$s" || return 1
+  awk '/^Chunks:/ { exit !($2 == $4) }' <<<"$s"
 }
 
 # every MDS a voter that answers, and one leader.
 mds_group_whole() {
   local s
   s=$(status)
-  echo "$s" | awk '
+  awk '
     /^MDS nodes:/ { t = 1; next }
     t && /^ *MDSID/ { next }
     t && NF == 0 { t = 0 }
     t { n++; if ($2 == "leader") l++; else if ($2 != "follower") bad++ }
-    END { exit !(n == 3 && l == 1 && bad == 0) }'
+    END { exit !(n == 3 && l == 1 && bad == 0) }' <<<"$s"
 }
 
 # --- the cluster: 3 MDSes, 5 chunk servers, default settings
@@ -250,7 +250,7 @@ fio_args() { # fio_args ROUND: the job of that round
 # its verify; I/O errors are writer errors.
 fio_account() { # fio_account ROUND_PREFIX RC
   local p=$1 rc=$2 lost errs
-  lost=$(grep -o 'requested block: offset=[0-9]*, length=[0-9]*' "$p.err" \
+  lost=$({ grep -o 'requested block: offset=[0-9]*, length=[0-9]*' "$p.err" || true; } \
     | sed 's/.*length=//' | awk '{ s += $1 } END { print s + 0 }')
   errs=$(grep -c 'io_u error\|fio: pid=.*err=' "$p.err" || true)
   if [ "$rc" != 0 ] && [ "$lost" = 0 ] && [ "$errs" = 0 ]; then errs=1; fi
