@@ -101,7 +101,7 @@ finished=0
 announced=0
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   if [ -n "${pid[fio]:-}" ] && [ -e "$dir/fio/pid" ]; then
     pid[fio-round]=$(cat "$dir/fio/pid")
   fi
@@ -125,7 +125,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM
+trap 'echo "chaos: interrupted" >&2; exit 130' INT TERM HUP
 
 # A free port below the kernel's ephemeral range, so that no outgoing
 # connection takes it while its server is down.

@@ -60,6 +60,19 @@ pub fn fill_pattern(seed: u64, id: u64, offset: u64, buf: &mut [u8]) {
     }
 }
 
+/// The ids in `0..=max_id` whose write would put `data` at `offset` (for
+/// diagnosing a lost byte: whose bytes were found instead). `data` should
+/// span at least 8 bytes to make a match meaningful.
+pub fn writes_matching(seed: u64, max_id: u64, offset: u64, data: &[u8]) -> Vec<u64> {
+    let mut expect = vec![0u8; data.len()];
+    (0..=max_id)
+        .filter(|&id| {
+            fill_pattern(seed, id, offset, &mut expect);
+            expect == data
+        })
+        .collect()
+}
+
 /// A range `[start, end)` whose bytes may each hold the value of any of
 /// `ids` (one id: certain).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,6 +310,15 @@ mod tests {
         let mut other = vec![0; 37];
         fill_pattern(5, 10, 13, &mut other);
         assert_ne!(buf, other, "two writes have different bytes");
+    }
+
+    #[test]
+    fn the_write_whose_bytes_were_found_is_named() {
+        let mut data = vec![0u8; 16];
+        fill_pattern(7, 42, 1000, &mut data);
+        assert_eq!(writes_matching(7, 100, 1000, &data), vec![42]);
+        assert_eq!(writes_matching(7, 100, 1000, &[0u8; 16]), vec![0]);
+        assert!(writes_matching(7, 100, 1001, &data).is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use clap::Parser;
 use pstorage_core::client::ClientOptions;
 use pstorage_core::conf::ClusterConf;
 use pstorage_core::types::{LeaseMode, OpenFlags};
-use pstorage_tests::chaos::{fill_pattern, Model};
+use pstorage_tests::chaos::{fill_pattern, writes_matching, Model};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -70,6 +70,8 @@ struct Counters {
     lost: u64,
     /// The longest write, flush or read.
     longest: Duration,
+    /// The last write id used.
+    max_id: u64,
 }
 
 #[tokio::main]
@@ -142,6 +144,7 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
             };
             let id = next_id;
             next_id += 1;
+            c.max_id = id;
             buf.resize(len as usize, 0);
             fill_pattern(args.seed, id, offset, &mut buf);
             let t = Instant::now();
@@ -365,13 +368,17 @@ async fn check_range(
         c.lost += r.lost_bytes;
         let at = r.first_lost.unwrap_or(offset);
         let pieces = model.pieces(at, at + 1);
+        // Whose bytes are there instead: the 16 bytes from `at`.
+        let end = (at + 16).min(offset + len);
+        let found = &data[(at - offset) as usize..(end - offset) as usize];
         eprintln!(
-            "{} sdk-writer: read of [{offset}, {}): {} bytes differ, the first at {at} (expected one of writes {:?}, got byte {:#04x})",
+            "{} sdk-writer: read of [{offset}, {}): {} bytes differ, the first at {at}: expected the bytes of one of writes {:?}, found those of writes {:?} ({} bytes from there: {found:02x?})",
             now(),
             offset + len,
             r.lost_bytes,
             pieces.first().map(|p| p.ids.clone()).unwrap_or_default(),
-            data[(at - offset) as usize]
+            writes_matching(model.seed(), c.max_id, at, found),
+            found.len()
         );
     }
     r.ok_bytes
