@@ -565,7 +565,6 @@ impl ChunkServer {
         }
 
         // 3. Reads, pipelined and paced.
-        let mut src = src;
         let started = tokio::time::Instant::now();
         // Each read waits until the bytes up to its end are due.
         let mut due_bytes = 0u64;
