@@ -2,6 +2,8 @@
 //! with ephemeral ports and a temporary directory. Every process it starts
 //! is killed when the [`TestCluster`] is dropped, also when a test panics.
 
+pub mod chaos;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -565,7 +565,6 @@ impl ChunkServer {
         }
 
         // 3. Reads, pipelined and paced.
-        let src = Arc::new(src);
         let started = tokio::time::Instant::now();
         // Each read waits until the bytes up to its end are due.
         let mut due_bytes = 0u64;
@@ -577,8 +576,9 @@ impl ChunkServer {
                 (first, count, due_bytes)
             })
             .collect();
+        let reader = peer.clone();
         let reads = reads.into_iter().map(move |(first, count, due)| {
-            let peer = peer.clone();
+            let peer = reader.clone();
             async move {
                 if rate_bytes_per_s > 0 {
                     let at = Duration::from_secs_f64(due as f64 / rate_bytes_per_s as f64);
@@ -609,13 +609,34 @@ impl ChunkServer {
                 let b = first + i as u64;
                 let want = src[b as usize];
                 let got = block_entry(block);
-                if got != want {
-                    return Err(from(Error::corrupt(format!(
-                        "block {b} read from the source has CRC entry {got:#018x} but the \
-                         source's table says {want:#018x}: the source changed during the copy \
-                         or the data was damaged in transit; retry the copy"
-                    ))));
+                if got == want {
+                    continue;
                 }
+                // Writers go on at `version` during a base copy (the
+                // delta copy at the next version catches up): a block
+                // written since the table was read is taken as it is now
+                // if the source's table now says so. Anything else was
+                // damaged in transit (or changed again meanwhile).
+                let now = tokio::time::timeout(
+                    deadline,
+                    peer.block_crcs(chunk, version, b * BLOCK_SIZE, BLOCK_SIZE),
+                )
+                .await
+                .map_err(|_| timed_out(deadline, format_args!("the CRC entry of block {b}")))
+                .and_then(|r| r)
+                .map_err(from)?;
+                let zeroed = now.first() == Some(&0) && block.iter().all(|&x| x == 0);
+                if now.first() == Some(&got) || zeroed {
+                    src[b as usize] = got;
+                    continue;
+                }
+                return Err(from(Error::corrupt(format!(
+                    "block {b} read from the source has CRC entry {got:#018x} but the \
+                     source's table says {want:#018x} (and now {:#018x}): the data was \
+                     damaged in transit or the block changed again during the copy; retry \
+                     the copy",
+                    now.first().copied().unwrap_or_default()
+                ))));
             }
             self.blocking(move |store| base.write(store, first * BLOCK_SIZE, &data))
                 .await?;
