@@ -873,7 +873,7 @@ impl Drop for LocalCluster {
     }
 }
 
-fn slot<'a>(nodes: &'a mut Nodes, kind: Kind, i: usize) -> Result<&'a mut Slot> {
+fn slot(nodes: &mut Nodes, kind: Kind, i: usize) -> Result<&mut Slot> {
     let slots = nodes.slots(kind);
     let count = slots.len();
     slots.get_mut(i).ok_or_else(|| {
