@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use pstorage_core::types::{LeaseMode, OpenFlags};
 use pstorage_rpc::local::LocalCluster;
 
 mod common;
-use common::{eventually, fd_count, fd_targets, pattern, thread_names};
+use common::{eventually, fd_count, fd_targets, pattern, read_file, thread_names, write_file};
 
 const ROUNDS: usize = 4;
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -25,15 +24,8 @@ async fn one_cluster(round: usize) -> String {
         .unwrap_or_else(|e| panic!("round {round}: start: {e}"));
     let addr = cluster.mds_addr(0).unwrap();
     let client = cluster.client().unwrap();
-    let flags = OpenFlags {
-        create: true,
-        ..Default::default()
-    };
     let data = pattern(round as u64, 256 << 10);
-    let file = client.open("/f", LeaseMode::Write, flags).await.unwrap();
-    file.write_at(0, &data).await.unwrap();
-    file.flush().await.unwrap();
-    file.close().await.unwrap();
+    write_file(&client, "/f", &data).await;
     cluster.kill_cs(round % 3).await.unwrap();
     cluster.restart_cs(round % 3).await.unwrap();
     // The MDS restarts on its own directory: Raft storage released by the kill.
@@ -43,17 +35,10 @@ async fn one_cluster(round: usize) -> String {
         .wait_healthy(HEALTHY_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("round {round}: {e}"));
-    let file = client
-        .open("/f", LeaseMode::Read, OpenFlags::default())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; data.len()];
-    let mut done = 0;
-    while done < buf.len() {
-        done += file.read_at(done as u64, &mut buf[done..]).await.unwrap();
-    }
-    assert!(buf == data, "round {round}: the file reads back");
-    file.close().await.unwrap();
+    assert!(
+        read_file(&client, "/f").await == data,
+        "round {round}: the file reads back"
+    );
     drop(client);
     cluster.stop().await.unwrap();
     addr

@@ -15,13 +15,13 @@ use pstorage_core::client::ClientOptions;
 use pstorage_core::conf::{ClusterConf, ClusterKey};
 use pstorage_core::mds::raft::RaftStorage;
 use pstorage_core::traits::MetadataService;
-use pstorage_core::types::{CsStatus, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
+use pstorage_core::types::{CsStatus, DEFAULT_CHUNK_SIZE};
 use pstorage_rpc::node;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod common;
-use common::{established_on, fds_under, pattern, thread_names};
+use common::{established_on, fds_under, pattern, read_file, thread_names, write_file};
 
 const CHUNK_SERVERS: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -118,28 +118,14 @@ async fn run_mds_and_run_cs_release_everything_when_stopped() {
         // A client that stays connected while the nodes stop.
         let client = node::connect_client(&conf, ClientOptions::default()).unwrap();
         if round == 0 {
-            let flags = OpenFlags {
-                create: true,
-                ..Default::default()
-            };
-            let file = client.open("/f", LeaseMode::Write, flags).await.unwrap();
-            file.write_at(0, &data).await.unwrap();
-            file.flush().await.unwrap();
-            file.close().await.unwrap();
+            write_file(&client, "/f", &data).await;
         }
         // Round 1 reads what round 0 wrote, through restarted nodes.
-        let file = client
-            .open("/f", LeaseMode::Read, OpenFlags::default())
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; data.len()];
-        let mut done = 0;
-        while done < buf.len() {
-            done += file.read_at(done as u64, &mut buf[done..]).await.unwrap();
-        }
-        assert!(buf == data, "round {round}: the file reads back");
-        // The lease is released; the file (and its data connections) stay.
-        file.close().await.unwrap();
+        assert!(
+            read_file(&client, "/f").await == data,
+            "round {round}: the file reads back"
+        );
+        // The lease is released; the client's data connections stay.
         assert!(
             ports.iter().any(|p| established_on(*p)),
             "the client holds data connections to the chunk servers"

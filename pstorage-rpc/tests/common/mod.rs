@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use pstorage_core::client::Client;
+use pstorage_core::types::{LeaseMode, OpenFlags};
+
 /// Deterministic bytes (xorshift) so a mismatch reproduces.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -74,4 +77,34 @@ pub fn established_on(port: u16) -> bool {
         // st 01 = ESTABLISHED.
         fields.len() > 3 && fields[1] == local && fields[3] == "01"
     })
+}
+
+/// Creates (or replaces) `path` with `data`, flushed, under a write lease.
+pub async fn write_file(client: &Client, path: &str, data: &[u8]) {
+    let flags = OpenFlags {
+        create: true,
+        truncate: true,
+        ..Default::default()
+    };
+    let file = client.open(path, LeaseMode::Write, flags).await.unwrap();
+    file.write_at(0, data).await.unwrap();
+    file.flush().await.unwrap();
+    file.close().await.unwrap();
+}
+
+/// The whole of `path`, read under a read lease.
+pub async fn read_file(client: &Client, path: &str) -> Vec<u8> {
+    let file = client
+        .open(path, LeaseMode::Read, OpenFlags::default())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; file.size() as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(done as u64, &mut buf[done..]).await.unwrap();
+        assert!(n > 0, "short read of {path} at {done}");
+        done += n;
+    }
+    file.close().await.unwrap();
+    buf
 }
