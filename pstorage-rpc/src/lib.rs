@@ -8,12 +8,15 @@
 //! * [`raft`]: Raft messages between MDSes ([`TcpRaftNetwork`]), and
 //!   [`router`]: any MDS forwards calls to the Raft leader ([`LeaderRouter`]).
 //! * [`node`]: running the MDS and CS services and connecting clients.
+//! * [`local`]: a whole cluster inside the calling process, for the tests
+//!   of programs that embed pstorage ([`local::LocalCluster`]).
 
 pub mod actor;
 pub mod auth;
 pub mod control;
 pub mod data;
 pub mod generated;
+pub mod local;
 pub mod mds;
 pub mod node;
 pub mod raft;

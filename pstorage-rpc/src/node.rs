@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use pstorage_core::chunk::session::{bad_replica_queue, CsSession, SessionOptions};
@@ -350,16 +353,36 @@ pub async fn verify_key(conf: &ClusterConf, key: &ClusterKey) -> Result<()> {
     Err(last)
 }
 
-/// Accepts connections on `listener` forever: authenticates each one and
-/// hands it to `route` with the channel it asked for. A connection that
-/// fails authentication is closed and logged; nothing else is affected.
-async fn accept_loop<F>(listener: TcpListener, key: ClusterKey, route: F)
+/// What an authenticated connection becomes: handed to a thread that
+/// serves it (`None`), or served by the returned future, which the accept
+/// loop runs as one of its connection tasks.
+type Served = Option<BoxFuture<'static, ()>>;
+
+/// Accepts connections on `listener` until `stop` is cancelled:
+/// authenticates each one and hands it to `route` with the channel it asked
+/// for. A connection that fails authentication is closed and logged;
+/// nothing else is affected.
+///
+/// Every handshake and every connection future `route` returns is a task of
+/// this loop. Once `stop` is cancelled the listener is closed and those
+/// tasks are ended and awaited, then `route` is dropped: when this returns,
+/// nothing it started still runs or holds a socket (a node can be stopped
+/// and started again in one process). Dropping the future instead aborts
+/// the tasks without waiting for them.
+async fn accept_loop<F>(listener: TcpListener, key: ClusterKey, route: F, stop: CancellationToken)
 where
-    F: Fn(Channel, TcpStream) + Send + Sync + 'static,
+    F: Fn(Channel, TcpStream) -> Served + Send + Sync + 'static,
 {
     let route = Arc::new(route);
+    let mut connections = JoinSet::new();
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 warn!("accept failed: {e}");
@@ -369,13 +392,19 @@ where
         };
         let key = key.clone();
         let route = route.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match auth::accept(&mut stream, &key).await {
-                Ok(channel) => route(channel, stream),
+                Ok(channel) => {
+                    if let Some(serve) = route(channel, stream) {
+                        serve.await;
+                    }
+                }
                 Err(e) => warn!("refused connection from {peer}: {e}"),
             }
         });
     }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 /// Runs the MDS in `dir` until `shutdown` resolves (SIGTERM in the daemon).
@@ -416,6 +445,7 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     let mds = Arc::new(
         MdsService::new(state, None, control, clock, config).with_copy_connector(copy_control),
     );
+    let storage_closed = storage.closed();
     let (log_store, state_machine) = storage.into_parts(mds.clone());
     let raft_options = RaftOptions::from_env();
     let network = TcpRaftNetwork::new(
@@ -482,18 +512,25 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             .with_group(router.clone())
             .with_raft(raft.clone()),
     )?;
+    let stop_accepting = CancellationToken::new();
     let accept = accept_loop(
         listener,
         key.clone(),
-        move |channel, stream| match channel {
-            Channel::Control => {
-                if let Err(e) = rpc.serve_mds(stream) {
-                    warn!("cannot serve an MDS connection: {e}");
+        move |channel, stream| {
+            match channel {
+                Channel::Control => {
+                    if let Err(e) = rpc.serve_mds(stream) {
+                        warn!("cannot serve an MDS connection: {e}");
+                    }
                 }
+                Channel::Data => warn!("a data channel was opened to the MDS; closed"),
             }
-            Channel::Data => warn!("a data channel was opened to the MDS; closed"),
+            None
         },
+        stop_accepting.clone(),
     );
+    tokio::pin!(accept);
+    let mut accept_ended = false;
     let join = join_group(&conf, &raft, &key, dir);
     let removed = removed_from_group(&raft, conf.id);
     let ticker = {
@@ -517,7 +554,7 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
         }
     };
     tokio::select! {
-        _ = accept => {}
+        _ = &mut accept => accept_ended = true,
         _ = ticker => {}
         _ = replication => {}
         _ = leadership => {}
@@ -528,11 +565,28 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             "this MDS was removed from the metadata group (rm-mds); stopping"
         ),
     }
+    // Close the port and every connection (the RPC thread too), then stop
+    // Raft and wait until its tasks have let go of `mds.redb`: once this
+    // returns the directory can be opened again, in this process too.
+    stop_accepting.cancel();
+    if !accept_ended {
+        accept.await;
+    }
     if let Err(e) = raft.shutdown().await {
         warn!("stopping the Raft node: {e}");
     }
+    if !storage_closed.wait(STORAGE_CLOSE_TIMEOUT).await {
+        warn!(
+            "MDS {}: the Raft storage {} was still open {STORAGE_CLOSE_TIMEOUT:?} after the Raft node stopped",
+            conf.id,
+            dir.join(MDS_DB).display()
+        );
+    }
     Ok(())
 }
+
+/// How long a stopping MDS waits for the Raft tasks to release its storage.
+const STORAGE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves once this MDS, having been a member of the group, is no longer
 /// one (`rm-mds`): it must stop serving, or clients and chunk servers still
@@ -736,6 +790,7 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let control: Arc<dyn ChunkControl> = server.clone();
     let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
     let data: Arc<dyn ChunkService> = server.clone();
+    let stop_accepting = CancellationToken::new();
     let accept = accept_loop(
         listener,
         key.clone(),
@@ -744,13 +799,14 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
                 if let Err(e) = rpc.serve_control(stream) {
                     warn!("cannot serve a control connection: {e}");
                 }
+                None
             }
-            Channel::Data => {
-                let data = data.clone();
-                tokio::spawn(serve_data_connection(stream, data));
-            }
+            Channel::Data => Some(serve_data_connection(stream, data.clone()).boxed()),
         },
+        stop_accepting.clone(),
     );
+    tokio::pin!(accept);
+    let mut accept_ended = false;
     // Registration may wait for the MDS to check every replica; heartbeats
     // and membership questions are quick, and must give up on a frozen MDS
     // well before the self-fence.
@@ -773,7 +829,10 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     );
     let scrubber = server.clone().run_scrubber();
     let result = tokio::select! {
-        _ = accept => Ok(()),
+        _ = &mut accept => {
+            accept_ended = true;
+            Ok(())
+        }
         r = session.run() => r,
         _ = scrubber => Ok(()),
         _ = reporter => Ok(()),
@@ -783,6 +842,12 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         }
     };
     server.set_serving(false);
+    // Close the port and every connection (the RPC thread too): nothing
+    // reaches the store once it is flushed below.
+    stop_accepting.cancel();
+    if !accept_ended {
+        accept.await;
+    }
     if let Err(e) = server.close_clean().await {
         warn!("CS {}: flushing at shutdown failed ({e}); the next start verifies the chunks written since their last flush", conf.id);
     }

@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use store::{
     compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftLogStore, RaftStorage,
-    DEFAULT_SNAPSHOT_EVERY,
+    StorageClosed, DEFAULT_SNAPSHOT_EVERY,
 };
 
 /// An MDS's identity in the Raft group. Chosen when the MDS is made

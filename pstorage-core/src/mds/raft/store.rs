@@ -90,6 +90,19 @@ struct SnapshotRecordRef<'a> {
 struct Db {
     db: Database,
     path: PathBuf,
+    /// Dropped after `db` (fields drop in declaration order): set once the
+    /// database file is closed, which [`StorageClosed`] waits for.
+    closed: ClosedFlag,
+}
+
+/// Set when dropped.
+#[derive(Default)]
+struct ClosedFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClosedFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Db {
@@ -332,6 +345,7 @@ impl RaftStorage {
         let db = Db {
             db,
             path: path.to_path_buf(),
+            closed: ClosedFlag::default(),
         };
         if db.is_raft()? || db.is_legacy()? {
             return Err(Error::new(
@@ -381,6 +395,7 @@ impl RaftStorage {
         let db = Db {
             db,
             path: path.to_path_buf(),
+            closed: ClosedFlag::default(),
         };
         if !db.is_raft()? {
             let why = if db.is_legacy()? {
@@ -412,6 +427,7 @@ impl RaftStorage {
             let db = Db {
                 db,
                 path: path.to_path_buf(),
+                closed: ClosedFlag::default(),
             };
             !db.is_raft()? && db.is_legacy()?
         };
@@ -425,6 +441,7 @@ impl RaftStorage {
         let db = Db {
             db,
             path: path.to_path_buf(),
+            closed: ClosedFlag::default(),
         };
         db.init(Some(&state))?;
         tracing::info!(
@@ -501,6 +518,15 @@ impl RaftStorage {
         Ok((committed, state))
     }
 
+    /// A handle that tells when every part of this storage handed to
+    /// openraft is gone, i.e. the database file is closed and may be opened
+    /// again (in this process too).
+    pub fn closed(&self) -> StorageClosed {
+        StorageClosed {
+            closed: self.db.closed.0.clone(),
+        }
+    }
+
     /// Hands the storage to openraft: the log store and the state machine
     /// applying to `host` (which must hold [`RaftStorage::initial_state`]).
     pub fn into_parts(self, host: Arc<dyn StateHost>) -> (RaftLogStore, MdsStateMachine) {
@@ -516,6 +542,34 @@ impl RaftStorage {
             has_state: self.snapshot.is_some(),
         };
         (RaftLogStore { db: self.db }, sm)
+    }
+}
+
+/// See [`RaftStorage::closed`].
+#[derive(Debug, Clone)]
+pub struct StorageClosed {
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StorageClosed {
+    /// Whether the database is closed now (its file too: redb may still be
+    /// writing its clean-shutdown record after the last handle is gone).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until the database is closed (openraft's tasks and the storage
+    /// work they started let go of it after `Raft::shutdown`, shortly after
+    /// it returns), at most `timeout`. Returns whether it closed.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 

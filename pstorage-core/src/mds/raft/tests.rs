@@ -615,6 +615,33 @@ async fn a_single_mds_restarts_with_its_committed_commands() {
     stop(&net, n1).await;
 }
 
+/// `RaftStorage::closed` tells when openraft and its storage tasks have let
+/// go of the database after a shutdown: the file opens again at once.
+#[tokio::test]
+async fn the_storage_tells_when_its_file_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let path = dir.path().join("mds1.redb");
+    let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
+    let closed = storage.closed();
+    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    n1.raft
+        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .await
+        .unwrap();
+    n1.raft
+        .wait(Some(TIMEOUT))
+        .state(ServerState::Leader, "MDS 1 leads")
+        .await
+        .unwrap();
+    write(&n1, mkdir("/d")).await.unwrap();
+    assert!(!closed.is_closed(), "open while the node runs");
+    stop(&net, n1).await;
+    assert!(closed.wait(TIMEOUT).await, "closed after the shutdown");
+    let storage = RaftStorage::open(&path).expect("the file is free once closed() says so");
+    assert!(!storage.closed().is_closed());
+}
+
 #[tokio::test]
 async fn a_pre_raft_store_is_imported() {
     let dir = tempfile::tempdir().unwrap();
