@@ -12,6 +12,7 @@
 #   5. copies the lost server's chunk files on the local disk (cp + sync)
 #      and reports the ratio.
 # usage: scripts/bench-recovery.sh [--size GIB] [--cs N] [--bandwidth BYTES_PER_S]
+#   (PSTORAGE_NO_BUILD=1 uses the release binaries already built)
 #   --bandwidth sets mds.repl.bandwidth (the cluster default is kept when absent;
 #   0 = unlimited).
 set -euo pipefail

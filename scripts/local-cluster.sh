@@ -4,7 +4,8 @@
 #   scripts/local-cluster.sh          create (first time) and start
 #   scripts/local-cluster.sh stop     stop the daemons
 # Environment: PSTORAGE_PASSWORD (default "pstorage"), PSTORAGE_MDS_PORT
-# (default 2510), PSTORAGE_CS_COUNT (default 3).
+# (default 2510), PSTORAGE_CS_COUNT (default 3), PSTORAGE_NO_BUILD=1 (use the
+# release binaries already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -25,8 +26,10 @@ stop() {
 }
 if [ "${1:-}" = stop ]; then stop; echo "stopped"; exit 0; fi
 
-scripts/install-deps.sh
-cargo build --release --workspace --bins
+if [ -z "${PSTORAGE_NO_BUILD:-}" ]; then
+  scripts/install-deps.sh
+  cargo build --release --workspace --bins
+fi
 mkdir -p "$dir/logs" "$dir/pids"
 stop
 
