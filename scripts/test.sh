@@ -18,6 +18,13 @@ for arg in "$@"; do
 done
 scripts/install-deps.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+if [ "${CI:-}" = true ]; then
+  # A clean one-shot build gains nothing from incremental caches, which
+  # would take as much disk as the build itself; the test clusters' chunk
+  # servers share this disk.
+  export CARGO_INCREMENTAL=0
+fi
+df -h . || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests run the daemons' binaries of the same profile.

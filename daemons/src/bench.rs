@@ -162,6 +162,7 @@ async fn bench_cluster(
             AttrUpdate {
                 replicas: Some(replicas),
                 chunk_size: None,
+                ..Default::default()
             },
             false,
         )

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 use pstorage_core::client::{Client, ClientOptions, File};
 use pstorage_core::conf::{conf_root, ClusterConf};
-use pstorage_core::types::{AttrUpdate, InodeKind, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
+use pstorage_core::types::{
+    AttrUpdate, CsPlacementUpdate, InodeKind, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE,
+};
 use pstorage_core::{Error, ErrorKind, Result};
 use pstorage_rpc::node;
 
@@ -73,6 +75,28 @@ pub enum Command {
         /// Address to listen on, ADDR:PORT (port 0 picks a free port at each start).
         #[arg(short = 'a', default_value = "127.0.0.1:0")]
         addr: String,
+        /// Where it is: ROOM.ROW.RACK (names of letters, digits, - or _).
+        #[arg(long, short = 'l', default_value = pstorage_core::types::DEFAULT_LOCATION)]
+        location: String,
+        /// The host it runs on (default: this machine's host name); CSes of
+        /// one host share that failure domain.
+        #[arg(long)]
+        host: Option<String>,
+        /// Storage tier, 0-3.
+        #[arg(long, short = 't', default_value_t = 0)]
+        tier: u8,
+        /// Bytes it may fill (K, M, G, T suffixes); default: its file
+        /// system's size. Give it when several CSes share a file system.
+        #[arg(long)]
+        capacity: Option<String>,
+    },
+    /// Change a chunk server's placement: location=ROOM.ROW.RACK host=NAME
+    /// tier=N capacity=SIZE (0 = its file system's size).
+    SetCs {
+        /// The chunk server id (see `stat`).
+        id: u32,
+        #[arg(required = true)]
+        settings: Vec<String>,
     },
     /// Show cluster status: health, chunks by state, replication, MDS and chunk servers.
     Stat,
@@ -117,7 +141,8 @@ pub enum Command {
         no_wait: bool,
         id: u32,
     },
-    /// Set attributes: replicas=NORM:MIN, chunk-size=BYTES.
+    /// Set attributes: replicas=NORM:MIN, chunk-size=BYTES, tier=N (0-3),
+    /// failure-domain=disk|host|rack|row|room.
     SetAttr {
         /// Apply to everything below PATH too.
         #[arg(short = 'R')]
@@ -261,8 +286,26 @@ async fn execute(cli: &Cli) -> Result<()> {
             conf.store_key(&key)?;
             println!("node authenticated in cluster {}", conf.name);
         }
-        Command::MakeCs { dir, addr } => {
-            let id = node::create_cs(&conf, &cli.root(), dir, addr).await?;
+        Command::MakeCs {
+            dir,
+            addr,
+            location,
+            host,
+            tier,
+            capacity,
+        } => {
+            let mut placement = CsPlacementUpdate::default();
+            placement.parse_assignment(&format!("location={location}"))?;
+            let host = match host {
+                Some(h) => h.clone(),
+                None => node::this_host_name()?,
+            };
+            placement.parse_assignment(&format!("host={host}"))?;
+            placement.parse_assignment(&format!("tier={tier}"))?;
+            if let Some(c) = capacity {
+                placement.parse_assignment(&format!("capacity={c}"))?;
+            }
+            let id = node::create_cs(&conf, &cli.root(), dir, addr, placement).await?;
             println!(
                 "created CS {id} in {}; start it with: pstorage-csd -r {}",
                 dir.display(),
@@ -285,6 +328,16 @@ async fn execute(cli: &Cli) -> Result<()> {
             let attrs = client(&conf)?.get_attr(path).await?;
             println!("replicas={}", attrs.replicas);
             println!("chunk-size={}", attrs.chunk_size);
+            println!("tier={}", attrs.tier);
+            println!("failure-domain={}", attrs.failure_domain);
+        }
+        Command::SetCs { id, settings } => {
+            let mut update = CsPlacementUpdate::default();
+            for s in settings {
+                update.parse_assignment(s)?;
+            }
+            let mds = node::connect_mds(&conf, Default::default())?;
+            pstorage_core::traits::MetadataService::set_cs(&mds, *id, update).await?;
         }
         Command::Put { local, path } => put(&client(&conf)?, local, path).await?,
         Command::Get { path, local } => get(&client(&conf)?, path, local).await?,
@@ -493,6 +546,31 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
         human(r.remaining_bytes),
         eta
     );
+    let b = &s.rebalance;
+    let _ = writeln!(
+        out,
+        "Rebalancing: {}, {} move(s) in flight, {} done, {} pending; fullness spread {}.{}%",
+        b.state,
+        b.in_flight,
+        b.done,
+        b.pending,
+        b.spread_permille / 10,
+        b.spread_permille % 10
+    );
+    for t in &s.tiers {
+        let _ = writeln!(
+            out,
+            "Tier {}: {} chunk server(s), {} capacity, {} held, {} free",
+            t.tier,
+            t.servers,
+            human(t.capacity_bytes),
+            human(t.held_bytes),
+            human(t.free_bytes)
+        );
+    }
+    for w in &s.warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "MDS nodes: {}", s.mds.len());
     let _ = writeln!(
@@ -511,7 +589,7 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
     let _ = writeln!(out, "CS nodes: {}", s.cs.len());
     let _ = writeln!(
         out,
-        "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9}",
+        "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6}  {:<16} LOCATION",
         "CSID",
         "STATUS",
         "ADDRESS",
@@ -522,7 +600,10 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
         "RD/S",
         "WR/S",
         "RD_B/S",
-        "WR_B/S"
+        "WR_B/S",
+        "TIER",
+        "FULL%",
+        "HOST"
     );
     for c in &s.cs {
         let seen = if c.last_seen_ms_ago == u64::MAX {
@@ -537,9 +618,18 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
         if c.full {
             status.push_str(",full");
         }
+        let fullness = if c.capacity_bytes == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}",
+                c.held_bytes as f64 * 100.0 / c.capacity_bytes as f64
+            )
+        };
+        let host = if c.host.is_empty() { "-" } else { &c.host };
         let _ = writeln!(
             out,
-            "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9}",
+            "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6}  {:<16} {}",
             c.id,
             status,
             c.addr,
@@ -550,7 +640,11 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
             c.io.read_ops_per_s,
             c.io.write_ops_per_s,
             human(c.io.read_bytes_per_s),
-            human(c.io.write_bytes_per_s)
+            human(c.io.write_bytes_per_s),
+            c.tier,
+            fullness,
+            host,
+            c.location
         );
     }
     out

@@ -7,9 +7,11 @@
 pub mod chunk;
 pub mod client;
 pub mod conf;
+pub mod conformance;
 pub mod error;
 pub mod mds;
 pub mod membership;
+pub mod runtime;
 pub mod traits;
 pub mod types;
 

@@ -29,7 +29,7 @@
 //! Durations are measured with `tokio::time` (a paused clock drives them
 //! in tests); the wall clock ([`Clock`]) only stamps saved lists.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -321,7 +321,7 @@ struct DirectoryState {
     /// the first answer replaces it whatever its indexes (the cluster may
     /// have been rebuilt meanwhile).
     from_store: bool,
-    failed: HashMap<String, Instant>,
+    failed: BTreeMap<String, Instant>,
     last_refresh: Option<Instant>,
     /// A new connection or a failure happened since the last refresh.
     refresh_wanted: bool,
@@ -371,7 +371,7 @@ impl MemberDirectory {
                 bootstrap: unique,
                 from_store: learned.is_some(),
                 learned,
-                failed: HashMap::new(),
+                failed: BTreeMap::new(),
                 last_refresh: None,
                 refresh_wanted: true,
                 refreshing: false,

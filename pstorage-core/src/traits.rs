@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::*;
 
 /// The metadata service as a client sees it (namespace, leases, chunk maps).
@@ -84,6 +84,20 @@ pub trait MetadataService: Send + Sync {
     /// chunks are re-replicated from the other copies. `NotFound` for an
     /// unknown server.
     async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()>;
+    /// Changes where a chunk server is (location, host), its tier or its
+    /// capacity (`make-cs`, `set-cs`); it need not be running. Placement,
+    /// re-replication and rebalancing follow the change (a chunk whose
+    /// replicas now share a failure domain is moved). `NotFound` for an
+    /// unknown server, `PermissionDenied` for a dropped one,
+    /// `InvalidArgument` for a bad value. The default refuses with
+    /// `InvalidArgument` (implementations without placement: fakes, the
+    /// simulator's client).
+    async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
+        let _ = update;
+        Err(Error::invalid(format!(
+            "chunk server {cs}: this metadata service does not keep chunk server placement"
+        )))
+    }
 }
 
 /// Membership of the MDS group (the Raft members), for `make-mds`,

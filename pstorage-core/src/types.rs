@@ -91,12 +91,87 @@ impl std::fmt::Display for Replicas {
     }
 }
 
+/// The largest storage tier (tiers are 0..=MAX_TIER).
+pub const MAX_TIER: u8 = 3;
+
+/// What two replicas of one chunk must not share while enough distinct
+/// ones exist (`set-attr failure-domain=...`): the chunk server itself
+/// (`disk`), its host, its rack, row or room.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum FailureDomain {
+    Disk,
+    #[default]
+    Host,
+    Rack,
+    Row,
+    Room,
+}
+
+impl FailureDomain {
+    /// Every domain, smallest first.
+    pub const ALL: [FailureDomain; 5] = [
+        FailureDomain::Disk,
+        FailureDomain::Host,
+        FailureDomain::Rack,
+        FailureDomain::Row,
+        FailureDomain::Room,
+    ];
+
+    /// Parses `disk`, `host`, `rack`, `row` or `room`.
+    pub fn parse(s: &str) -> Result<FailureDomain> {
+        FailureDomain::ALL
+            .into_iter()
+            .find(|d| d.to_string() == s.trim())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "bad failure domain {s:?}: expected disk, host, rack, row or room"
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for FailureDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureDomain::Disk => "disk",
+            FailureDomain::Host => "host",
+            FailureDomain::Rack => "rack",
+            FailureDomain::Row => "row",
+            FailureDomain::Room => "room",
+        })
+    }
+}
+
+/// Checks a tier number (0..=[`MAX_TIER`]).
+pub fn validate_tier(tier: u8) -> Result<u8> {
+    if tier > MAX_TIER {
+        return Err(Error::invalid(format!(
+            "tier {tier} is invalid: tiers are 0 to {MAX_TIER}"
+        )));
+    }
+    Ok(tier)
+}
+
+fn parse_tier(v: &str) -> Result<u8> {
+    let tier = v
+        .trim()
+        .parse::<u8>()
+        .map_err(|_| Error::invalid(format!("bad tier {v:?}: expected 0 to {MAX_TIER}")))?;
+    validate_tier(tier)
+}
+
 /// Per-file / per-directory attributes, inherited from the parent on create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileAttrs {
     pub replicas: Replicas,
     /// Chunk size in bytes; a multiple of [`BLOCK_SIZE`].
     pub chunk_size: u64,
+    /// The storage tier its chunks live on (0..=[`MAX_TIER`]).
+    pub tier: u8,
+    /// No two replicas of a chunk share one of these while enough exist.
+    pub failure_domain: FailureDomain,
 }
 
 impl Default for FileAttrs {
@@ -104,6 +179,8 @@ impl Default for FileAttrs {
         FileAttrs {
             replicas: Replicas::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
+            tier: 0,
+            failure_domain: FailureDomain::default(),
         }
     }
 }
@@ -113,10 +190,13 @@ impl Default for FileAttrs {
 pub struct AttrUpdate {
     pub replicas: Option<Replicas>,
     pub chunk_size: Option<u64>,
+    pub tier: Option<u8>,
+    pub failure_domain: Option<FailureDomain>,
 }
 
 impl AttrUpdate {
-    /// Parses `key=value` (`replicas=3:2`, `chunk-size=BYTES`) into an update.
+    /// Parses `key=value` (`replicas=3:2`, `chunk-size=BYTES`, `tier=N`,
+    /// `failure-domain=host`) into an update.
     pub fn parse_assignment(&mut self, kv: &str) -> Result<()> {
         let (k, v) = kv
             .split_once('=')
@@ -131,10 +211,14 @@ impl AttrUpdate {
                 validate_chunk_size(n)?;
                 self.chunk_size = Some(n);
             }
+            "tier" => self.tier = Some(parse_tier(v)?),
+            "failure-domain" | "failure_domain" => {
+                self.failure_domain = Some(FailureDomain::parse(v)?)
+            }
             other => {
                 return Err(Error::invalid(format!(
-                    "unknown attribute {other:?}: known are replicas, chunk-size"
-                )))
+                "unknown attribute {other:?}: known are replicas, chunk-size, tier, failure-domain"
+            )))
             }
         }
         Ok(())
@@ -148,7 +232,123 @@ impl AttrUpdate {
         if let Some(c) = self.chunk_size {
             attrs.chunk_size = c;
         }
+        if let Some(t) = self.tier {
+            attrs.tier = t;
+        }
+        if let Some(d) = self.failure_domain {
+            attrs.failure_domain = d;
+        }
     }
+}
+
+/// The location a chunk server gets when `make-cs` is given none.
+pub const DEFAULT_LOCATION: &str = "0.0.0";
+
+/// Checks a location `ROOM.ROW.RACK`: three non-empty names of letters,
+/// digits, `-` and `_` (at most 64 bytes each).
+pub fn validate_location(location: &str) -> Result<&str> {
+    let parts: Vec<&str> = location.split('.').collect();
+    let name_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if parts.len() != 3 || !parts.iter().all(|p| name_ok(p)) {
+        return Err(Error::invalid(format!(
+            "bad location {location:?}: expected ROOM.ROW.RACK, three names of letters, digits, - or _ (e.g. 1.4.12)"
+        )));
+    }
+    Ok(location)
+}
+
+/// Checks a host name given to a chunk server: non-empty, at most 253
+/// bytes, no whitespace or control characters.
+pub fn validate_host(host: &str) -> Result<&str> {
+    if host.is_empty()
+        || host.len() > 253
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Error::invalid(format!(
+            "bad host name {host:?}: expected a non-empty name without spaces (at most 253 bytes)"
+        )));
+    }
+    Ok(host)
+}
+
+/// A change of where a chunk server is and what it holds (`make-cs`,
+/// `set-cs ID key=value...`); `None` fields are left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsPlacementUpdate {
+    /// `ROOM.ROW.RACK` ([`validate_location`]).
+    pub location: Option<String>,
+    pub host: Option<String>,
+    pub tier: Option<u8>,
+    /// Bytes the chunk server may fill; 0 = the size of its file system.
+    pub capacity_bytes: Option<u64>,
+}
+
+impl CsPlacementUpdate {
+    /// Parses `location=R.R.R`, `host=NAME`, `tier=N` or `capacity=SIZE`
+    /// (bytes, suffixes K, M, G, T; 0 = the file system's size).
+    pub fn parse_assignment(&mut self, kv: &str) -> Result<()> {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            Error::invalid(format!(
+                "bad chunk server setting {kv:?}: expected KEY=VALUE"
+            ))
+        })?;
+        let v = v.trim();
+        match k.trim() {
+            "location" => self.location = Some(validate_location(v)?.to_string()),
+            "host" => self.host = Some(validate_host(v)?.to_string()),
+            "tier" => self.tier = Some(parse_tier(v)?),
+            "capacity" => self.capacity_bytes = Some(parse_size(v)?),
+            other => {
+                return Err(Error::invalid(format!(
+                "unknown chunk server setting {other:?}: known are location, host, tier, capacity"
+            )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every field that is set.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(l) = &self.location {
+            validate_location(l)?;
+        }
+        if let Some(h) = &self.host {
+            validate_host(h)?;
+        }
+        if let Some(t) = self.tier {
+            validate_tier(t)?;
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == CsPlacementUpdate::default()
+    }
+}
+
+/// Parses a size in bytes with an optional binary suffix K, M, G or T.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let bad = || {
+        Error::invalid(format!(
+            "bad size {s:?}: expected bytes, or a number with K, M, G or T"
+        ))
+    };
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// Checks a chunk size: a multiple of the block size within bounds.
@@ -412,6 +612,68 @@ pub struct CsInfo {
     pub full: bool,
     /// I/O rates over the last heartbeat interval.
     pub io: IoRates,
+    /// Where it is: `ROOM.ROW.RACK`.
+    pub location: String,
+    /// The host it runs on (CSes of one host share that failure domain).
+    pub host: String,
+    /// Its storage tier (0..=[`MAX_TIER`]).
+    pub tier: u8,
+    /// Bytes it may fill: `make-cs --capacity`, else its file system's size.
+    pub capacity_bytes: u64,
+    /// Bytes of the chunks it holds (chunk sizes of its replicas).
+    pub held_bytes: u64,
+}
+
+/// Space of one storage tier (its chunk servers that are not dropped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSpace {
+    pub tier: u8,
+    /// Chunk servers in it (not dropped).
+    pub servers: u64,
+    pub capacity_bytes: u64,
+    /// Bytes of chunks held.
+    pub held_bytes: u64,
+    /// Free bytes the servers report.
+    pub free_bytes: u64,
+}
+
+/// Progress of rebalancing (volatile: since this MDS became leader).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    /// `balanced`, `moving`, `paused` (the cluster is degraded: recovery
+    /// first) or `off` (`mds.balance.rate=0`).
+    pub state: RebalanceState,
+    /// Replica moves in flight.
+    pub in_flight: u64,
+    /// Moves finished (copied, then the old replica dropped).
+    pub done: u64,
+    /// Moves planned to reach the band (or fix a failure domain) at the
+    /// last pass.
+    pub pending: u64,
+    /// The widest spread of fullness within a tier, per mille of capacity
+    /// (fullest minus emptiest).
+    pub spread_permille: u64,
+}
+
+/// See [`RebalanceStatus::state`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RebalanceState {
+    #[default]
+    Balanced,
+    Moving,
+    Paused,
+    Off,
+}
+
+impl std::fmt::Display for RebalanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RebalanceState::Balanced => "balanced",
+            RebalanceState::Moving => "moving",
+            RebalanceState::Paused => "paused",
+            RebalanceState::Off => "off",
+        })
+    }
 }
 
 /// I/O rates of a chunk server.
@@ -546,6 +808,12 @@ pub struct ClusterStatus {
     pub chunk_counts: ChunkCounts,
     pub replication: ReplicationStatus,
     pub logical_bytes: u64,
+    /// Space per storage tier that has chunk servers, by tier.
+    pub tiers: Vec<TierSpace>,
+    pub rebalance: RebalanceStatus,
+    /// Conditions that do not change `health` but need attention (fewer
+    /// failure domains than `replicas_norm` in a tier, ...).
+    pub warnings: Vec<String>,
 }
 
 /// One cluster parameter as `get-config` lists it.
@@ -674,6 +942,14 @@ pub struct CsRegistration {
     pub addr: String,
     pub space: SpaceInfo,
     pub chunks: Vec<ChunkReplicaInfo>,
+    /// Replicas of `chunks` that were written but not flushed when the
+    /// server last stopped uncleanly (power loss, OS crash) and passed
+    /// their checksums since: each is consistent, but may lack writes that
+    /// were acknowledged and never flushed, which the chunk's other
+    /// replicas kept. The MDS must not keep them in a chain beside a
+    /// replica that is sure to be current. Sorted; empty after a clean stop.
+    #[serde(default)]
+    pub unclean: Vec<ChunkId>,
 }
 
 /// What the MDS answers a registering chunk server.

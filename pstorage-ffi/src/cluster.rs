@@ -624,6 +624,7 @@ fn attr_update(attrs: &pstorage_attrs_t, function: &str) -> FfiResult<AttrUpdate
     Ok(AttrUpdate {
         replicas,
         chunk_size,
+        ..Default::default()
     })
 }
 

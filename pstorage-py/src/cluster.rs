@@ -175,6 +175,7 @@ impl RawCluster {
         let update = AttrUpdate {
             replicas,
             chunk_size,
+            ..Default::default()
         };
         py.allow_threads(|| c.set_attr(path, update, recursive))
             .py_err(py)

@@ -51,6 +51,17 @@ struct Replicas {
 struct FileAttrs {
   replicas @0 :Replicas;
   chunkSize @1 :UInt64;  # Bytes; a multiple of the 4 KiB block size.
+  tier @2 :UInt8;        # Storage tier, 0-3.
+  failureDomain @3 :FailureDomain;
+}
+
+# What two replicas of a chunk must not share (default host).
+enum FailureDomain {
+  host @0;
+  disk @1;
+  rack @2;
+  row @3;
+  room @4;
 }
 
 # A change of attributes; each field is either left alone or set.
@@ -62,6 +73,35 @@ struct AttrUpdate {
   chunkSize :union {
     unchanged @2 :Void;
     set @3 :UInt64;
+  }
+  tier :union {
+    unchanged @4 :Void;
+    set @5 :UInt8;
+  }
+  failureDomain :union {
+    unchanged @6 :Void;
+    set @7 :FailureDomain;
+  }
+}
+
+# A change of a chunk server's placement (make-cs, set-cs); each field is
+# either left alone or set.
+struct CsPlacementUpdate {
+  location :union {
+    unchanged @0 :Void;
+    set @1 :Text;  # ROOM.ROW.RACK
+  }
+  host :union {
+    unchanged @2 :Void;
+    set @3 :Text;
+  }
+  tier :union {
+    unchanged @4 :Void;
+    set @5 :UInt8;
+  }
+  capacityBytes :union {
+    unchanged @6 :Void;
+    set @7 :UInt64;  # 0 = the file system's size.
   }
 }
 
@@ -226,6 +266,36 @@ struct CsInfo {
   releasing @6 :Bool;        # Being removed gracefully (rm-cs).
   full @7 :Bool;             # Below the fill margin, or answered ENOSPC.
   io @8 :IoRates;
+  location @9 :Text;         # ROOM.ROW.RACK
+  host @10 :Text;
+  tier @11 :UInt8;
+  capacityBytes @12 :UInt64;
+  heldBytes @13 :UInt64;     # Bytes of the chunks it holds.
+}
+
+# Space of one storage tier (pstorage_core::types::TierSpace).
+struct TierSpace {
+  tier @0 :UInt8;
+  servers @1 :UInt64;
+  capacityBytes @2 :UInt64;
+  heldBytes @3 :UInt64;
+  freeBytes @4 :UInt64;
+}
+
+# Rebalancing progress (pstorage_core::types::RebalanceStatus).
+struct RebalanceStatus {
+  state @0 :RebalanceState;
+  inFlight @1 :UInt64;
+  done @2 :UInt64;
+  pending @3 :UInt64;
+  spreadPermille @4 :UInt64;
+}
+
+enum RebalanceState {
+  balanced @0;
+  moving @1;
+  paused @2;
+  off @3;
 }
 
 # Chunks by replication state (pstorage_core::types::ChunkCounts).
@@ -276,6 +346,9 @@ struct ClusterStatus {
   logicalBytes @9 :UInt64;
   chunkCounts @10 :ChunkCounts;
   replication @11 :ReplicationStatus;
+  tiers @12 :List(TierSpace);
+  rebalance @13 :RebalanceStatus;
+  warnings @14 :List(Text);
 }
 
 # One cluster parameter (get-config).
@@ -355,6 +428,9 @@ struct CsRegistration {
   addr @1 :Text;
   space @2 :SpaceInfo;
   chunks @3 :List(ChunkReplicaInfo);
+  # Chunks of `chunks` written but not flushed at an unclean stop of the
+  # server (consistent, but maybe lacking acknowledged unflushed writes).
+  unclean @4 :List(UInt64);
 }
 
 # What the MDS answers a registering chunk server.
@@ -501,6 +577,10 @@ interface Mds {
   # Answered by every MDS itself, never forwarded (clients and chunk
   # servers follow the group with it).
   mdsMembers @30 () -> (result :MdsMembershipResult);
+
+  # Changes a chunk server's location, host, tier or capacity (make-cs,
+  # set-cs); the server need not be running.
+  setCs @31 (cs :UInt32, update :CsPlacementUpdate) -> (result :VoidResult);
 }
 
 # What one `replicateChunk` did (pstorage_core::types::CopyStats).

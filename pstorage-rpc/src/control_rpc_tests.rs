@@ -35,6 +35,7 @@ fn sample_stat(ino: InodeId) -> Stat {
         attrs: FileAttrs {
             replicas: Replicas { norm: 15, min: 7 },
             chunk_size: 64 << 10,
+            ..Default::default()
         },
     }
 }
@@ -129,6 +130,11 @@ fn sample_cluster_status() -> ClusterStatus {
                     read_bytes_per_s: 3,
                     write_bytes_per_s: u64::MAX,
                 },
+                location: "1.2.3".into(),
+                host: "node-a".into(),
+                tier: 2,
+                capacity_bytes: 1 << 41,
+                held_bytes: 1 << 30,
             },
             CsInfo {
                 id: 4,
@@ -140,6 +146,11 @@ fn sample_cluster_status() -> ClusterStatus {
                 releasing: false,
                 full: true,
                 io: IoRates::default(),
+                location: "0.0.0".into(),
+                host: String::new(),
+                tier: 0,
+                capacity_bytes: 0,
+                held_bytes: 0,
             },
         ],
         files: 5,
@@ -164,6 +175,21 @@ fn sample_cluster_status() -> ClusterStatus {
             eta_s: Some(30),
         },
         logical_bytes: 123_456_789,
+        tiers: vec![TierSpace {
+            tier: 2,
+            servers: 1,
+            capacity_bytes: 1 << 41,
+            held_bytes: 1 << 30,
+            free_bytes: 1 << 39,
+        }],
+        rebalance: RebalanceStatus {
+            state: RebalanceState::Moving,
+            in_flight: 2,
+            done: 5,
+            pending: 7,
+            spread_permille: 123,
+        },
+        warnings: vec!["tier 2 has 1 host(s)".into()],
     }
 }
 
@@ -645,6 +671,7 @@ async fn every_mds_method_round_trips() {
             AttrUpdate {
                 replicas: Some(Replicas { norm: 3, min: 2 }),
                 chunk_size: Some(1 << 20),
+                ..Default::default()
             },
             true,
         ),
@@ -652,6 +679,7 @@ async fn every_mds_method_round_trips() {
             AttrUpdate {
                 replicas: None,
                 chunk_size: Some(MIN_CHUNK_SIZE),
+                ..Default::default()
             },
             false,
         ),
@@ -725,6 +753,7 @@ async fn every_mds_method_round_trips() {
             free_bytes: 50,
         },
         chunks: sample_replicas(),
+        unclean: vec![sample_replicas()[0].chunk],
     };
     assert_eq!(
         client.register_cs(registration.clone()).await.unwrap(),

@@ -30,6 +30,8 @@ pub use raft::{RaftNetworkOptions, TcpRaftNetwork};
 pub use router::{LeaderRouter, RouterOptions};
 
 #[cfg(test)]
+mod conformance_tests;
+#[cfg(test)]
 mod control_rpc_tests;
 #[cfg(test)]
 mod raft_tests;

@@ -653,7 +653,14 @@ impl LocalCluster {
     pub async fn add_cs(&self) -> Result<usize> {
         let i = self.cs_count();
         let dir = self.dir.join(format!("cs{i}"));
-        let id = node::create_cs(&self.conf, &self.conf_root, &dir, "127.0.0.1:0").await?;
+        let id = node::create_cs(
+            &self.conf,
+            &self.conf_root,
+            &dir,
+            "127.0.0.1:0",
+            Default::default(),
+        )
+        .await?;
         {
             let mut nodes = self.lock();
             let mut slot = Slot::new(dir, None);

@@ -14,9 +14,9 @@ use pstorage_core::mds::raft::MdsRaft;
 use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
-    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
-    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, MdsMembership,
-    OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
+    CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
+    MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, Result};
 
@@ -379,6 +379,23 @@ impl mds::Server for MdsServer {
                 Ok((p.get_cs(), p.get_force()))
             })?;
             self.metadata.remove_cs(cs, force).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_cs(
+        self: Rc<Self>,
+        params: mds::SetCsParams,
+        mut results: mds::SetCsResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, update) = decode_request("setCs", || {
+                let p = params.get()?;
+                Ok((p.get_cs(), CsPlacementUpdate::read(p.get_update()?)?))
+            })?;
+            self.metadata.set_cs(cs, update).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -945,6 +962,18 @@ impl MetadataService for MdsClient {
             let mut p = request.get();
             p.set_cs(cs);
             p.set_force(force);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
+        self.call("setCs", move |mds| async move {
+            let mut request = mds.set_cs_request();
+            let mut p = request.get();
+            p.set_cs(cs);
+            update.write(p.init_update());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })

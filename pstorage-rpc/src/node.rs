@@ -31,7 +31,7 @@ use pstorage_core::membership::{DirectoryOptions, FileMemberStore, MemberDirecto
 use pstorage_core::traits::{
     ChunkControl, ChunkService, Clock, CsRegistry, MdsGroup, MetadataService, SystemClock,
 };
-use pstorage_core::types::{CsId, FileAttrs};
+use pstorage_core::types::{CsId, CsPlacementUpdate, FileAttrs};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::auth::{self, Channel};
@@ -255,19 +255,50 @@ pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
     Ok(addr)
 }
 
-/// `make-cs`: allocates a CS id from the MDS and prepares `dir`.
+/// This machine's host name (the default `make-cs --host`).
+pub fn this_host_name() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "cannot read this machine's host name ({}); give make-cs --host NAME",
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..len]).trim().to_string();
+    if name.is_empty() {
+        return Err(Error::invalid(
+            "this machine has an empty host name; give make-cs --host NAME",
+        ));
+    }
+    Ok(name)
+}
+
+/// `make-cs`: allocates a CS id from the MDS, records its placement
+/// (location, host, tier, capacity) and prepares `dir`.
 pub async fn create_cs(
     conf: &ClusterConf,
     conf_root: &Path,
     dir: &Path,
     listen: &str,
+    placement: CsPlacementUpdate,
 ) -> Result<CsId> {
     listen
         .parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
+    placement.validate()?;
     ensure_empty_dir(dir)?;
     let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     let id = mds.allocate_cs_id().await?;
+    if !placement.is_empty() {
+        MetadataService::set_cs(&mds, id, placement).await?;
+    }
     FileChunkStore::open(dir)?;
     write_conf(
         &dir.join(CS_CONF),
@@ -533,31 +564,10 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     let mut accept_ended = false;
     let join = join_group(&conf, &raft, &key, dir);
     let removed = removed_from_group(&raft, conf.id);
-    let ticker = {
-        let mds = mds.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                mds.tick().await;
-            }
-        }
-    };
-    let replication = mds.run_replication();
-    let leadership = {
-        let mds = mds.clone();
-        let mut metrics = raft.metrics();
-        async move {
-            while metrics.changed().await.is_ok() {
-                mds.leadership_changed().await;
-            }
-            std::future::pending::<()>().await
-        }
-    };
+    let duties = mds.run_duties(MDS_TICK);
     tokio::select! {
         _ = &mut accept => accept_ended = true,
-        _ = ticker => {}
-        _ = replication => {}
-        _ = leadership => {}
+        _ = duties => {}
         _ = shutdown => info!("MDS stopping"),
         _ = join => unreachable_join(),
         _ = removed => info!(
@@ -613,6 +623,9 @@ async fn removed_from_group(raft: &MdsRaft, id: u64) {
         }
     }
 }
+
+/// How often the MDS runs its periodic duties ([`MdsService::tick`]).
+pub const MDS_TICK: Duration = Duration::from_millis(500);
 
 /// `join_group` never returns; `select!` needs an arm for it anyway.
 fn unreachable_join() {}

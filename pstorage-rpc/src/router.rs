@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
-    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsRegistration, CsStats,
-    DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode, MapVersion, MdsMembership,
-    OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
+    CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
+    MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
@@ -486,6 +486,19 @@ impl MetadataService for LeaderRouter {
             "removeCs",
             || self.metadata.remove_cs(cs, force),
             |c| async move { c.remove_cs(cs, force).await },
+        )
+        .await
+    }
+
+    async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
+        let local = update.clone();
+        self.route(
+            "setCs",
+            || self.metadata.set_cs(cs, local),
+            |c| {
+                let update = update.clone();
+                async move { c.set_cs(cs, update).await }
+            },
         )
         .await
     }

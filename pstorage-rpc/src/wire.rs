@@ -13,10 +13,11 @@ use capnp::struct_list;
 use capnp::traits::OwnedStruct;
 use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
-    CopyStats, CsId, CsInfo, CsRegistration, CsStats, CsStatus, DirEntry, Event, EventKind,
-    EventLevel, FailureReason, FileAttrs, HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease,
-    LeaseMode, MdsInfo, MdsMember, MdsMembership, OpenFlags, OpenReply, RegisterReply, Replica,
-    Replicas, ReplicationStatus, SpaceInfo, Stat,
+    CopyStats, CsId, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, CsStatus, DirEntry, Event,
+    EventKind, EventLevel, FailureDomain, FailureReason, FileAttrs, HeartbeatReply, InodeKind,
+    IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember, MdsMembership, OpenFlags, OpenReply,
+    RebalanceState, RebalanceStatus, RegisterReply, Replica, Replicas, ReplicationStatus,
+    SpaceInfo, Stat, TierSpace,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -238,11 +239,80 @@ impl WireStruct for FileAttrs {
     fn write(&self, mut b: schema::file_attrs::Builder<'_>) {
         self.replicas.write(b.reborrow().init_replicas());
         b.set_chunk_size(self.chunk_size);
+        b.set_tier(self.tier);
+        b.set_failure_domain(failure_domain_to_wire(self.failure_domain));
     }
     fn read(r: schema::file_attrs::Reader<'_>) -> capnp::Result<Self> {
         Ok(FileAttrs {
             replicas: Replicas::read(r.get_replicas()?)?,
             chunk_size: r.get_chunk_size(),
+            tier: r.get_tier(),
+            failure_domain: failure_domain_from_wire(r.get_failure_domain()?),
+        })
+    }
+}
+
+/// The wire form of a failure domain.
+pub fn failure_domain_to_wire(d: FailureDomain) -> schema::FailureDomain {
+    match d {
+        FailureDomain::Disk => schema::FailureDomain::Disk,
+        FailureDomain::Host => schema::FailureDomain::Host,
+        FailureDomain::Rack => schema::FailureDomain::Rack,
+        FailureDomain::Row => schema::FailureDomain::Row,
+        FailureDomain::Room => schema::FailureDomain::Room,
+    }
+}
+
+/// A failure domain from its wire form.
+pub fn failure_domain_from_wire(d: schema::FailureDomain) -> FailureDomain {
+    match d {
+        schema::FailureDomain::Disk => FailureDomain::Disk,
+        schema::FailureDomain::Host => FailureDomain::Host,
+        schema::FailureDomain::Rack => FailureDomain::Rack,
+        schema::FailureDomain::Row => FailureDomain::Row,
+        schema::FailureDomain::Room => FailureDomain::Room,
+    }
+}
+
+impl WireStruct for CsPlacementUpdate {
+    type Schema = schema::cs_placement_update::Owned;
+    fn write(&self, mut b: schema::cs_placement_update::Builder<'_>) {
+        match &self.location {
+            Some(l) => b.reborrow().init_location().set_set(l.as_str()),
+            None => b.reborrow().init_location().set_unchanged(()),
+        }
+        match &self.host {
+            Some(h) => b.reborrow().init_host().set_set(h.as_str()),
+            None => b.reborrow().init_host().set_unchanged(()),
+        }
+        match self.tier {
+            Some(t) => b.reborrow().init_tier().set_set(t),
+            None => b.reborrow().init_tier().set_unchanged(()),
+        }
+        match self.capacity_bytes {
+            Some(c) => b.reborrow().init_capacity_bytes().set_set(c),
+            None => b.reborrow().init_capacity_bytes().set_unchanged(()),
+        }
+    }
+    fn read(r: schema::cs_placement_update::Reader<'_>) -> capnp::Result<Self> {
+        use schema::cs_placement_update::{capacity_bytes, host, location, tier};
+        Ok(CsPlacementUpdate {
+            location: match r.get_location().which()? {
+                location::Unchanged(()) => None,
+                location::Set(t) => Some(read_text(t)?),
+            },
+            host: match r.get_host().which()? {
+                host::Unchanged(()) => None,
+                host::Set(t) => Some(read_text(t)?),
+            },
+            tier: match r.get_tier().which()? {
+                tier::Unchanged(()) => None,
+                tier::Set(t) => Some(t),
+            },
+            capacity_bytes: match r.get_capacity_bytes().which()? {
+                capacity_bytes::Unchanged(()) => None,
+                capacity_bytes::Set(c) => Some(c),
+            },
         })
     }
 }
@@ -258,9 +328,20 @@ impl WireStruct for AttrUpdate {
             Some(size) => b.reborrow().init_chunk_size().set_set(size),
             None => b.reborrow().init_chunk_size().set_unchanged(()),
         }
+        match self.tier {
+            Some(t) => b.reborrow().init_tier().set_set(t),
+            None => b.reborrow().init_tier().set_unchanged(()),
+        }
+        match self.failure_domain {
+            Some(d) => b
+                .reborrow()
+                .init_failure_domain()
+                .set_set(failure_domain_to_wire(d)),
+            None => b.reborrow().init_failure_domain().set_unchanged(()),
+        }
     }
     fn read(r: schema::attr_update::Reader<'_>) -> capnp::Result<Self> {
-        use schema::attr_update::{chunk_size, replicas};
+        use schema::attr_update::{chunk_size, failure_domain, replicas, tier};
         Ok(AttrUpdate {
             replicas: match r.get_replicas().which()? {
                 replicas::Unchanged(()) => None,
@@ -269,6 +350,14 @@ impl WireStruct for AttrUpdate {
             chunk_size: match r.get_chunk_size().which()? {
                 chunk_size::Unchanged(()) => None,
                 chunk_size::Set(size) => Some(size),
+            },
+            tier: match r.get_tier().which()? {
+                tier::Unchanged(()) => None,
+                tier::Set(t) => Some(t),
+            },
+            failure_domain: match r.get_failure_domain().which()? {
+                failure_domain::Unchanged(()) => None,
+                failure_domain::Set(d) => Some(failure_domain_from_wire(d?)),
             },
         })
     }
@@ -424,7 +513,12 @@ impl WireStruct for CsInfo {
         b.set_last_seen_ms_ago(self.last_seen_ms_ago);
         b.set_releasing(self.releasing);
         b.set_full(self.full);
-        self.io.write(b.init_io());
+        self.io.write(b.reborrow().init_io());
+        b.set_location(self.location.as_str());
+        b.set_host(self.host.as_str());
+        b.set_tier(self.tier);
+        b.set_capacity_bytes(self.capacity_bytes);
+        b.set_held_bytes(self.held_bytes);
     }
     fn read(r: schema::cs_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsInfo {
@@ -437,6 +531,11 @@ impl WireStruct for CsInfo {
             releasing: r.get_releasing(),
             full: r.get_full(),
             io: IoRates::read(r.get_io()?)?,
+            location: read_text(r.get_location())?,
+            host: read_text(r.get_host())?,
+            tier: r.get_tier(),
+            capacity_bytes: r.get_capacity_bytes(),
+            held_bytes: r.get_held_bytes(),
         })
     }
 }
@@ -624,7 +723,16 @@ impl WireStruct for ClusterStatus {
         b.set_chunks_urgent(c.blocked);
         b.set_logical_bytes(self.logical_bytes);
         c.write(b.reborrow().init_chunk_counts());
-        self.replication.write(b.init_replication());
+        self.replication.write(b.reborrow().init_replication());
+        write_list(
+            b.reborrow().init_tiers(list_len(self.tiers.len())),
+            &self.tiers,
+        );
+        self.rebalance.write(b.reborrow().init_rebalance());
+        let mut warnings = b.init_warnings(list_len(self.warnings.len()));
+        for (i, w) in self.warnings.iter().enumerate() {
+            warnings.set(i as u32, w.as_str());
+        }
     }
     fn read(r: schema::cluster_status::Reader<'_>) -> capnp::Result<Self> {
         Ok(ClusterStatus {
@@ -638,6 +746,63 @@ impl WireStruct for ClusterStatus {
             chunk_counts: ChunkCounts::read(r.get_chunk_counts()?)?,
             replication: ReplicationStatus::read(r.get_replication()?)?,
             logical_bytes: r.get_logical_bytes(),
+            tiers: read_list(r.get_tiers()?)?,
+            rebalance: RebalanceStatus::read(r.get_rebalance()?)?,
+            warnings: r
+                .get_warnings()?
+                .iter()
+                .map(read_text)
+                .collect::<capnp::Result<Vec<String>>>()?,
+        })
+    }
+}
+
+impl WireStruct for TierSpace {
+    type Schema = schema::tier_space::Owned;
+    fn write(&self, mut b: schema::tier_space::Builder<'_>) {
+        b.set_tier(self.tier);
+        b.set_servers(self.servers);
+        b.set_capacity_bytes(self.capacity_bytes);
+        b.set_held_bytes(self.held_bytes);
+        b.set_free_bytes(self.free_bytes);
+    }
+    fn read(r: schema::tier_space::Reader<'_>) -> capnp::Result<Self> {
+        Ok(TierSpace {
+            tier: r.get_tier(),
+            servers: r.get_servers(),
+            capacity_bytes: r.get_capacity_bytes(),
+            held_bytes: r.get_held_bytes(),
+            free_bytes: r.get_free_bytes(),
+        })
+    }
+}
+
+impl WireStruct for RebalanceStatus {
+    type Schema = schema::rebalance_status::Owned;
+    fn write(&self, mut b: schema::rebalance_status::Builder<'_>) {
+        b.set_state(match self.state {
+            RebalanceState::Balanced => schema::RebalanceState::Balanced,
+            RebalanceState::Moving => schema::RebalanceState::Moving,
+            RebalanceState::Paused => schema::RebalanceState::Paused,
+            RebalanceState::Off => schema::RebalanceState::Off,
+        });
+        b.set_in_flight(self.in_flight);
+        b.set_done(self.done);
+        b.set_pending(self.pending);
+        b.set_spread_permille(self.spread_permille);
+    }
+    fn read(r: schema::rebalance_status::Reader<'_>) -> capnp::Result<Self> {
+        Ok(RebalanceStatus {
+            state: match r.get_state()? {
+                schema::RebalanceState::Balanced => RebalanceState::Balanced,
+                schema::RebalanceState::Moving => RebalanceState::Moving,
+                schema::RebalanceState::Paused => RebalanceState::Paused,
+                schema::RebalanceState::Off => RebalanceState::Off,
+            },
+            in_flight: r.get_in_flight(),
+            done: r.get_done(),
+            pending: r.get_pending(),
+            spread_permille: r.get_spread_permille(),
         })
     }
 }
@@ -662,7 +827,14 @@ impl WireStruct for CsRegistration {
         b.set_id(self.id);
         b.set_addr(self.addr.as_str());
         self.space.write(b.reborrow().init_space());
-        write_list(b.init_chunks(list_len(self.chunks.len())), &self.chunks);
+        write_list(
+            b.reborrow().init_chunks(list_len(self.chunks.len())),
+            &self.chunks,
+        );
+        let mut unclean = b.init_unclean(list_len(self.unclean.len()));
+        for (i, chunk) in self.unclean.iter().enumerate() {
+            unclean.set(i as u32, *chunk);
+        }
     }
     fn read(r: schema::cs_registration::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsRegistration {
@@ -670,6 +842,7 @@ impl WireStruct for CsRegistration {
             addr: read_text(r.get_addr())?,
             space: SpaceInfo::read(r.get_space()?)?,
             chunks: read_list(r.get_chunks()?)?,
+            unclean: r.get_unclean()?.iter().collect(),
         })
     }
 }
@@ -975,10 +1148,17 @@ mod tests {
             AttrUpdate {
                 replicas: Some(Replicas { norm: 2, min: 1 }),
                 chunk_size: None,
+                ..AttrUpdate::default()
             },
             AttrUpdate {
                 replicas: None,
                 chunk_size: Some(1 << 20),
+                ..AttrUpdate::default()
+            },
+            AttrUpdate {
+                tier: Some(2),
+                failure_domain: Some(FailureDomain::Rack),
+                ..AttrUpdate::default()
             },
         ] {
             assert_eq!(round_trip(&update), update);

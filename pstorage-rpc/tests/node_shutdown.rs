@@ -106,7 +106,7 @@ async fn run_mds_and_run_cs_release_everything_when_stopped() {
         let mds = start(&mds_dir, true);
         if round == 0 {
             for dir in &cs_dirs {
-                node::create_cs(&conf, &root, dir, "127.0.0.1:0")
+                node::create_cs(&conf, &root, dir, "127.0.0.1:0", Default::default())
                     .await
                     .unwrap();
             }

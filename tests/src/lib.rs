@@ -94,6 +94,15 @@ impl TestCluster {
     /// Creates and starts a cluster; returns when every CS is active.
     pub fn start(options: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        // The chunk servers' free space is this file system's: a failure
+        // that says "full" can be read against it.
+        if let Some(free) = free_bytes(dir.path()) {
+            eprintln!(
+                "test cluster in {} ({} MiB free on its file system)",
+                dir.path().display(),
+                free >> 20
+            );
+        }
         let conf_root = dir.path().join("conf");
         let mds_dir = dir.path().join("mds");
         let mds_addr = format!("127.0.0.1:{}", free_port());
@@ -291,6 +300,26 @@ impl TestCluster {
         assert!(
             out.status.success(),
             "make-cs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.cs_dirs.push(d);
+        self.cs.push(None);
+        self.start_cs(i);
+        i
+    }
+
+    /// Makes a chunk server with `make-cs` and extra arguments (e.g.
+    /// `--host h1 --location r.1.1 -t 1 --capacity 8G`) and starts it.
+    /// Returns its index; does not wait for it to be active.
+    pub fn add_cs_args(&mut self, args: &[&str]) -> usize {
+        let i = self.cs_dirs.len();
+        let d = self.dir.path().join(format!("cs{i}"));
+        let mut full = vec!["make-cs", "-r", d.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(
+            out.status.success(),
+            "make-cs {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         self.cs_dirs.push(d);
@@ -499,6 +528,18 @@ impl Drop for TestCluster {
 }
 
 /// The last `lines` lines of `text`.
+/// Bytes free for unprivileged users on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

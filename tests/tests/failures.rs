@@ -36,18 +36,34 @@ async fn kill_chunk_server_during_writes() {
     );
     let total = 48 * CHUNK as usize;
     let data = Arc::new(pattern(42, total));
+    // The writer tells when a quarter is written and, at half, waits until
+    // the kill happened: the kill lands while writes are in flight, and the
+    // second half is always written after it (however fast the disk is).
+    let (quarter_tx, quarter_rx) = tokio::sync::oneshot::channel::<()>();
+    let (killed_tx, killed_rx) = tokio::sync::oneshot::channel::<()>();
     let writer = {
         let (file, data) = (file.clone(), data.clone());
         tokio::spawn(async move {
+            let pieces = data.chunks(256 << 10).count();
+            let (mut quarter_tx, mut killed_rx) = (Some(quarter_tx), Some(killed_rx));
             for (i, piece) in data.chunks(256 << 10).enumerate() {
+                if i == pieces / 4 {
+                    let _ = quarter_tx.take().map(|tx| tx.send(()));
+                }
+                if i == pieces / 2 {
+                    if let Some(rx) = killed_rx.take() {
+                        let _ = rx.await;
+                    }
+                }
                 file.write_at((i * (256 << 10)) as u64, piece).await?;
             }
             file.flush().await
         })
     };
-    // Let the writer get going, then kill a chunk server under it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill a chunk server under the writer.
+    quarter_rx.await.expect("the writer reaches a quarter");
     cluster.kill_cs(1);
+    let _ = killed_tx.send(());
     writer
         .await
         .unwrap()

@@ -498,8 +498,13 @@ async fn full_disks_get_no_new_chunks_and_configuration_is_checked() {
     }
     assert_eq!(get(), initial);
 
-    // Every disk is "full" with a 99% margin: a clear ENOSPC, nothing written.
-    let out = cluster.cli(&["set-config", "mds.alloc.fill_margin=99"]);
+    // Every disk is "full" with a 99% margin without a cap: a clear ENOSPC,
+    // nothing written.
+    let out = cluster.cli(&[
+        "set-config",
+        "mds.alloc.fill_margin=99",
+        &format!("mds.alloc.fill_margin_max={}", u64::MAX),
+    ]);
     assert!(out.status.success());
     let file = client
         .open("/full.bin", LeaseMode::Write, create())
@@ -517,8 +522,13 @@ async fn full_disks_get_no_new_chunks_and_configuration_is_checked() {
         .await;
     assert_eq!(s.cs.len(), 3);
     assert!(events(&client, EventKind::DiskFull).await.contains("full"));
-    // With the margin back, the same handle writes.
-    let out = cluster.cli(&["set-config", "mds.alloc.fill_margin=5"]);
+    // With the margin and its cap back at their defaults, the same handle
+    // writes.
+    let out = cluster.cli(&[
+        "set-config",
+        "mds.alloc.fill_margin=5",
+        &format!("mds.alloc.fill_margin_max={}", 4u64 << 30),
+    ]);
     assert!(out.status.success());
     let data = pattern(9, 4096);
     cluster

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use super::memory::MemNetwork;
 use super::*;
 use crate::traits::{ChunkControl, ChunkService};
-use crate::types::{CsId, Replica, MIN_CHUNK_SIZE};
+use crate::types::{CsId, RegisterReply, Replica, MIN_CHUNK_SIZE};
 
 use super::scrub::ScrubParams;
 use crate::ErrorKind;
@@ -34,13 +34,6 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
     r.expect_err("expected an error").kind()
 }
 
-/// Runs `case` against a memory store and a file store.
-fn each_store(case: impl Fn(&dyn ChunkStore)) {
-    case(&MemChunkStore::new());
-    let dir = tempfile::tempdir().unwrap();
-    case(&FileChunkStore::open(dir.path()).unwrap());
-}
-
 fn chunk_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("chunks"))
         .unwrap()
@@ -51,69 +44,6 @@ fn chunk_files(dir: &std::path::Path) -> Vec<String> {
 }
 
 // ---- incoming replicas ----
-
-#[test]
-fn an_incoming_replica_is_invisible_until_committed_then_replaces_the_old_one() {
-    each_store(|store| {
-        store.create(1, 3, CS).unwrap();
-        let old = pattern(1, CS as usize);
-        store.write(1, 0, &old).unwrap();
-
-        let incoming = store.begin_incoming(1, 2 * CS).unwrap();
-        let new = pattern(2, (3 * B + 5) as usize);
-        store.write_incoming(incoming, B - 5, &new).unwrap();
-        assert_eq!(
-            kind(store.write_incoming(incoming, 2 * CS - 1, b"xy")),
-            ErrorKind::InvalidArgument
-        );
-        // The old replica is untouched meanwhile.
-        assert_eq!(store.version(1).unwrap(), 3);
-        assert_eq!(store.chunk_size(1).unwrap(), CS);
-        assert_eq!(read_all(store, 1), old);
-        assert_eq!(store.list().unwrap().len(), 1);
-
-        store.commit_incoming(incoming, 2).unwrap();
-        // Replaced whatever its version (the MDS decides), size included.
-        assert_eq!(store.version(1).unwrap(), 2);
-        assert_eq!(store.chunk_size(1).unwrap(), 2 * CS);
-        let mut expected = vec![0u8; 2 * CS as usize];
-        expected[(B - 5) as usize..(B - 5) as usize + new.len()].copy_from_slice(&new);
-        assert_eq!(read_all(store, 1), expected);
-        assert_eq!(
-            store.list().unwrap(),
-            vec![ChunkReplicaInfo {
-                chunk: 1,
-                version: 2
-            }]
-        );
-        // The handle is consumed.
-        assert_eq!(
-            kind(store.write_incoming(incoming, 0, b"x")),
-            ErrorKind::NotFound
-        );
-        assert_eq!(
-            kind(store.commit_incoming(incoming, 2)),
-            ErrorKind::NotFound
-        );
-
-        // A new chunk, and an aborted copy that leaves nothing behind.
-        let fresh = store.begin_incoming(7, CS).unwrap();
-        store.write_incoming(fresh, 0, b"hello").unwrap();
-        store.commit_incoming(fresh, 9).unwrap();
-        let mut buf = [0u8; 5];
-        store.read_checked(7, Some(9), 0, &mut buf).unwrap();
-        assert_eq!(&buf, b"hello");
-        let aborted = store.begin_incoming(8, CS).unwrap();
-        store.write_incoming(aborted, 0, b"x").unwrap();
-        store.abort_incoming(aborted);
-        store.abort_incoming(aborted);
-        assert_eq!(kind(store.version(8)), ErrorKind::NotFound);
-        assert_eq!(
-            kind(store.begin_incoming(8, 100)),
-            ErrorKind::InvalidArgument
-        );
-    });
-}
 
 #[test]
 fn mem_store_space_counts_incoming_blocks_and_releases_replaced_ones() {
@@ -360,46 +290,12 @@ fn flip_data_bit(store: &FileChunkStore, chunk: ChunkId, chunk_size: u64, chunk_
 }
 
 #[test]
-fn bad_replicas_are_out_of_service_until_deleted_or_replaced() {
+fn file_store_keeps_a_replica_out_of_service_across_a_restart() {
+    // The rest of the rules of bad replicas: the conformance suite
+    // (`chunk/tests.rs`, `bad_replicas_are_out_of_service_until_deleted_or_replaced`).
     let dir = tempfile::tempdir().unwrap();
     let file = FileChunkStore::open(dir.path()).unwrap();
-    for store in [&MemChunkStore::new() as &dyn ChunkStore, &file] {
-        store.create(1, 2, CS).unwrap();
-        store.create(2, 2, CS).unwrap();
-        store.write(1, 0, b"data").unwrap();
-        assert!(!store.is_bad(1).unwrap());
-        store.mark_bad(1).unwrap();
-        store.mark_bad(1).unwrap();
-        assert!(store.is_bad(1).unwrap());
-        assert_eq!(kind(store.mark_bad(3)), ErrorKind::NotFound);
-        assert_eq!(store.list_bad().unwrap(), vec![1]);
-        assert_eq!(
-            store
-                .list()
-                .unwrap()
-                .iter()
-                .map(|c| c.chunk)
-                .collect::<Vec<_>>(),
-            [2]
-        );
-        let mut buf = [0u8; 4];
-        assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
-        assert_eq!(kind(store.write(1, 0, b"x")), ErrorKind::Corrupt);
-        assert_eq!(kind(store.version(1)), ErrorKind::Corrupt);
-        // A replacement puts a good replica back in service.
-        let incoming = store.begin_incoming(1, CS).unwrap();
-        store.write_incoming(incoming, 0, b"good").unwrap();
-        store.commit_incoming(incoming, 3).unwrap();
-        assert!(store.list_bad().unwrap().is_empty());
-        store.read(1, 0, &mut buf).unwrap();
-        assert_eq!(&buf, b"good");
-        // Delete removes a bad replica.
-        store.mark_bad(2).unwrap();
-        store.delete(2).unwrap();
-        assert!(store.list_bad().unwrap().is_empty());
-        assert_eq!(kind(store.read(2, 0, &mut buf)), ErrorKind::NotFound);
-    }
-    // Out of service survives a restart.
+    file.create(1, 2, CS).unwrap();
     file.mark_bad(1).unwrap();
     drop(file);
     let file = FileChunkStore::open(dir.path()).unwrap();
@@ -626,15 +522,35 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     assert!(report.verified.contains(&2), "{report:?}");
     assert_eq!(sink.chunks(), [3]);
     assert!(sink.reports.lock().unwrap()[0].2.contains("unclean stop"));
-    assert!(store.unverified().is_empty());
+    // Chunk 2 is whole but may lack writes its chain kept: unclean until
+    // the MDS has heard so (a crash before that finds it unverified again).
+    // So is chunk 1: the dirty log keeps recently flushed chunks too (it is
+    // compacted at most every few seconds), so it cannot tell them apart:
+    // their resync finds nothing to copy.
+    assert_eq!(store.unverified(), [1, 2]);
     // The torn chunk is not registered nor served; the rest is.
     let registration = server.registration("x:1").await.unwrap();
     let listed: Vec<ChunkId> = registration.chunks.iter().map(|c| c.chunk).collect();
     assert_eq!(listed, [1, 2, 4]);
+    assert_eq!(registration.unclean, [1, 2]);
+    // Until a registration succeeds, every attempt says so.
+    assert_eq!(server.registration("x:1").await.unwrap().unclean, [1, 2]);
     server.set_serving(true);
     assert_eq!(
         server.read(3, 1, 0, B).await.unwrap_err().kind(),
         ErrorKind::Corrupt
+    );
+    // The registration went through: the torn replica is deleted, the
+    // unclean ones verified.
+    server
+        .apply_register_reply(&RegisterReply::default())
+        .await
+        .unwrap();
+    assert!(store.unverified().is_empty());
+    assert!(server.registration("x:1").await.unwrap().unclean.is_empty());
+    assert_eq!(
+        server.read(3, 1, 0, B).await.unwrap_err().kind(),
+        ErrorKind::NotFound
     );
     assert!(server.read(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
     drop(server);

@@ -1,6 +1,6 @@
 //! [`MemChunkStore`]: chunk replicas in memory, for tests and simulation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,11 +20,22 @@ const DEFAULT_CAPACITY_BYTES: u64 = 1 << 40;
 
 /// Chunk replicas in memory, with the same semantics as
 /// [`FileChunkStore`](super::FileChunkStore): sparse blocks, a CRC per
-/// block verified on every read, version rules, bounds checks. Nothing is
-/// durable; `flush` only checks that the chunk exists.
+/// block verified on every read, version rules, bounds checks.
 ///
-/// For fault injection it can flip stored bytes ([`MemChunkStore::corrupt`])
-/// and run out of space ([`MemChunkStore::set_capacity`]).
+/// Durability is modelled like a disk with a volatile cache: creating,
+/// deleting, marking bad, committing an incoming replica and version changes
+/// are durable at once (the file store syncs them), writes and zeroes only
+/// after [`flush`](ChunkStore::flush) of their chunk. A simulated power
+/// loss ([`MemChunkStore::crash`]) decides for every block changed since
+/// its chunk's last flush whether the change survived, was lost, or was
+/// torn (the CRC entry written without the data: the block reads as
+/// `Corrupt`), drops incoming replicas, and lists the chunks touched as
+/// [`unverified`](ChunkStore::unverified), as the file store's dirty log
+/// does.
+///
+/// For fault injection it can also flip stored bytes
+/// ([`MemChunkStore::corrupt`]) and run out of space
+/// ([`MemChunkStore::set_capacity`]).
 pub struct MemChunkStore {
     chunks: Mutex<HashMap<ChunkId, Arc<RwLock<MemChunk>>>>,
     capacity_bytes: AtomicU64,
@@ -35,6 +46,34 @@ pub struct MemChunkStore {
     next_incoming: AtomicU64,
     /// Replicas taken out of service ([`ChunkStore::mark_bad`]).
     bad: Mutex<HashMap<ChunkId, SharedChunk>>,
+    /// Chunks written but not flushed at the last [`MemChunkStore::crash`],
+    /// not verified since.
+    unverified: Mutex<BTreeSet<ChunkId>>,
+}
+
+/// What a simulated power loss ([`MemChunkStore::crash`]) does to one
+/// block changed since its chunk's last flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFate {
+    /// The change reached the disk.
+    Kept,
+    /// The change never reached the disk: the block holds what it held at
+    /// the last flush.
+    Lost,
+    /// The CRC entry reached the disk, the data did not: the block reads as
+    /// `Corrupt` (or as its old value when the change was a zeroing).
+    Torn,
+}
+
+/// What [`MemChunkStore::crash`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrashReport {
+    /// Chunks that had unflushed changes (now unverified).
+    pub chunks: Vec<ChunkId>,
+    /// Blocks whose change was kept, lost, torn.
+    pub kept: u64,
+    pub lost: u64,
+    pub torn: u64,
 }
 
 type SharedChunk = Arc<RwLock<MemChunk>>;
@@ -43,10 +82,13 @@ struct MemChunk {
     version: MapVersion,
     chunk_size: u64,
     /// Written blocks by index; an absent block reads as zeros.
-    blocks: HashMap<u64, MemBlock>,
+    blocks: BTreeMap<u64, MemBlock>,
+    /// The blocks as of the last flush, while there were writes since.
+    durable: Option<BTreeMap<u64, MemBlock>>,
     deleted: bool,
 }
 
+#[derive(Clone, PartialEq, Eq)]
 struct MemBlock {
     bytes: Box<[u8]>,
     /// The CRC table entry, as the file store keeps it (never 0 here).
@@ -69,7 +111,113 @@ impl MemChunkStore {
             incoming: Mutex::new(HashMap::new()),
             next_incoming: AtomicU64::new(0),
             bad: Mutex::new(HashMap::new()),
+            unverified: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// A simulated power loss: every block changed since its chunk's last
+    /// flush gets the fate `fate(chunk, block)` decides (called in chunk,
+    /// then block order, so a seeded caller decides the same way every
+    /// time); incoming replicas are gone; chunks that had such changes
+    /// become [`unverified`](ChunkStore::unverified). Durable changes
+    /// (create, delete, versions, committed copies) are kept. The store
+    /// stays usable, as the disk a restarted chunk server opens.
+    pub fn crash(&self, fate: &mut dyn FnMut(ChunkId, u64) -> BlockFate) -> CrashReport {
+        let incoming: Vec<SharedChunk> =
+            std::mem::take(&mut *self.incoming.lock().expect("incoming table lock poisoned"))
+                .into_values()
+                .map(|(_, entry)| entry)
+                .collect();
+        for entry in incoming {
+            self.release(&entry);
+        }
+        let mut chunks: Vec<(ChunkId, SharedChunk)> = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        chunks.sort_by_key(|(id, _)| *id);
+        let mut report = CrashReport::default();
+        for (chunk, entry) in chunks {
+            let mut c = entry.write().expect("chunk lock poisoned");
+            let Some(durable) = c.durable.take() else {
+                continue;
+            };
+            let touched: BTreeSet<u64> = c.blocks.keys().chain(durable.keys()).copied().collect();
+            for block in touched {
+                let new = c.blocks.get(&block).cloned();
+                let old = durable.get(&block).cloned();
+                if new == old {
+                    continue;
+                }
+                let after = match fate(chunk, block) {
+                    BlockFate::Kept => {
+                        report.kept += 1;
+                        new
+                    }
+                    BlockFate::Lost => {
+                        report.lost += 1;
+                        old
+                    }
+                    BlockFate::Torn => {
+                        report.torn += 1;
+                        match new {
+                            // The new entry over the old bytes.
+                            Some(new) => Some(MemBlock {
+                                bytes: old
+                                    .map(|o| o.bytes)
+                                    .unwrap_or_else(|| vec![0u8; BS].into_boxed_slice()),
+                                entry: new.entry,
+                            }),
+                            // A zeroing only clears the entry.
+                            None => None,
+                        }
+                    }
+                };
+                match after {
+                    Some(b) => {
+                        c.blocks.insert(block, b);
+                    }
+                    None => {
+                        c.blocks.remove(&block);
+                    }
+                }
+            }
+            report.chunks.push(chunk);
+        }
+        self.unverified
+            .lock()
+            .expect("unverified lock poisoned")
+            .extend(report.chunks.iter().copied());
+        self.recount();
+        report
+    }
+
+    /// Recomputes the space used from the blocks held.
+    fn recount(&self) {
+        let mut used = 0u64;
+        let tables = [
+            self.chunks
+                .lock()
+                .expect("chunk table lock poisoned")
+                .values()
+                .cloned()
+                .collect::<Vec<_>>(),
+            self.bad_table().values().cloned().collect::<Vec<_>>(),
+        ];
+        for entry in tables.iter().flatten() {
+            used += entry.read().expect("chunk lock poisoned").blocks.len() as u64;
+        }
+        self.used_blocks.store(used, Ordering::SeqCst);
+    }
+
+    /// Whether `chunk` has writes not flushed yet (tests).
+    pub fn has_unflushed(&self, chunk: ChunkId) -> bool {
+        self.get(chunk)
+            .map(|e| e.read().expect("chunk lock poisoned").durable.is_some())
+            .unwrap_or(false)
     }
 
     /// Sets the capacity: writes that would store more fail with `NoSpace`
@@ -165,6 +313,9 @@ impl MemChunkStore {
         }
         check_range(chunk, c.chunk_size, offset, len)?;
         check_version(chunk, expected, c.version)?;
+        if c.durable.is_none() {
+            c.durable = Some(c.blocks.clone());
+        }
         self.apply_locked(chunk, &mut c, offset, len, data)
     }
 
@@ -300,7 +451,8 @@ impl ChunkStore for MemChunkStore {
             Arc::new(RwLock::new(MemChunk {
                 version,
                 chunk_size,
-                blocks: HashMap::new(),
+                blocks: BTreeMap::new(),
+                durable: None,
                 deleted: false,
             })),
         );
@@ -388,7 +540,9 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {
-        self.get(chunk).map(|_| ())
+        let entry = self.get(chunk)?;
+        entry.write().expect("chunk lock poisoned").durable = None;
+        Ok(())
     }
 
     fn delete(&self, chunk: ChunkId) -> Result<()> {
@@ -431,14 +585,39 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn unverified(&self) -> Vec<ChunkId> {
-        Vec::new()
+        self.unverified
+            .lock()
+            .expect("unverified lock poisoned")
+            .iter()
+            .copied()
+            .collect()
     }
 
-    fn verified(&self, _chunk: ChunkId) -> Result<()> {
+    fn verified(&self, chunk: ChunkId) -> Result<()> {
+        if let Ok(entry) = self.get(chunk) {
+            entry.write().expect("chunk lock poisoned").durable = None;
+        }
+        self.unverified
+            .lock()
+            .expect("unverified lock poisoned")
+            .remove(&chunk);
         Ok(())
     }
 
     fn close_clean(&self) -> Result<()> {
+        let unverified = self.unverified();
+        let chunks: Vec<(ChunkId, SharedChunk)> = self
+            .chunks
+            .lock()
+            .expect("chunk table lock poisoned")
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        for (chunk, entry) in chunks {
+            if !unverified.contains(&chunk) {
+                entry.write().expect("chunk lock poisoned").durable = None;
+            }
+        }
         Ok(())
     }
 
@@ -467,7 +646,8 @@ impl ChunkStore for MemChunkStore {
         let replica = MemChunk {
             version: 0,
             chunk_size,
-            blocks: HashMap::new(),
+            blocks: BTreeMap::new(),
+            durable: None,
             deleted: false,
         };
         self.incoming
@@ -559,5 +739,78 @@ impl ChunkStore for MemChunkStore {
             total_bytes,
             free_bytes: total_bytes.saturating_sub(used),
         })
+    }
+}
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+
+    const CHUNK: ChunkId = 7;
+    const SIZE: u64 = 1 << 20;
+
+    fn block(fill: u8) -> Vec<u8> {
+        vec![fill; BS]
+    }
+
+    fn read_block(store: &MemChunkStore, index: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; BS];
+        store.read(CHUNK, index * BLOCK_SIZE, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// A store with blocks 0..3 flushed as 1, then overwritten with 2.
+    fn written() -> MemChunkStore {
+        let store = MemChunkStore::new();
+        store.create(CHUNK, 1, SIZE).unwrap();
+        for b in 0..3 {
+            store.write(CHUNK, b * BLOCK_SIZE, &block(1)).unwrap();
+        }
+        store.flush(CHUNK).unwrap();
+        for b in 0..3 {
+            store.write(CHUNK, b * BLOCK_SIZE, &block(2)).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn a_crash_keeps_loses_or_tears_each_unflushed_block() {
+        let store = written();
+        let fates = [BlockFate::Kept, BlockFate::Lost, BlockFate::Torn];
+        let report = store.crash(&mut |_, b| fates[b as usize]);
+        assert_eq!((report.kept, report.lost, report.torn), (1, 1, 1));
+        assert_eq!(read_block(&store, 0).unwrap(), block(2));
+        assert_eq!(read_block(&store, 1).unwrap(), block(1));
+        assert_eq!(
+            read_block(&store, 2).unwrap_err().kind(),
+            crate::ErrorKind::Corrupt
+        );
+        assert_eq!(store.unverified(), vec![CHUNK]);
+        store.verified(CHUNK).unwrap();
+        assert!(store.unverified().is_empty());
+    }
+
+    #[test]
+    fn flushed_writes_and_versions_survive_a_crash() {
+        let store = written();
+        store.set_version(CHUNK, 2).unwrap();
+        store.flush(CHUNK).unwrap();
+        let report = store.crash(&mut |_, _| BlockFate::Lost);
+        assert!(report.chunks.is_empty());
+        assert_eq!(store.version(CHUNK).unwrap(), 2);
+        for b in 0..3 {
+            assert_eq!(read_block(&store, b).unwrap(), block(2));
+        }
+        assert!(store.unverified().is_empty());
+    }
+
+    #[test]
+    fn a_crash_drops_incoming_replicas() {
+        let store = MemChunkStore::new();
+        let incoming = store.begin_incoming(CHUNK, SIZE).unwrap();
+        store.write_incoming(incoming, 0, &block(3)).unwrap();
+        store.crash(&mut |_, _| BlockFate::Kept);
+        assert!(store.write_incoming(incoming, 0, &block(3)).is_err());
+        assert_eq!(store.space().unwrap().free_bytes, DEFAULT_CAPACITY_BYTES);
     }
 }

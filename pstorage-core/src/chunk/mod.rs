@@ -86,7 +86,7 @@ pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
 };
 pub use file::FileChunkStore;
-pub use mem::MemChunkStore;
+pub use mem::{BlockFate, CrashReport, MemChunkStore};
 pub use scrub::{
     BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
     VERIFY_PIECE,

@@ -247,9 +247,13 @@ impl ChunkServer {
         let mut next = if period.is_zero() {
             None
         } else {
-            let jitter = rand::thread_rng().gen_range(0.0..1.0);
+            let jitter = crate::runtime::thread_rng().gen_range(0.0..1.0);
             Some(Instant::now() + period.mul_f64(jitter))
         };
+        // When the last pass started, on the monotonic (tokio) clock: the
+        // wall clock must not decide when a pass is due (a simulator's
+        // seed would not replay, a clock jump would skip or rush a pass).
+        let mut last_started: Option<Instant> = None;
         loop {
             let wait = async {
                 match next {
@@ -266,19 +270,15 @@ impl ChunkServer {
                 // Parameters changed: the next pass is due a period after
                 // the last one started (or from now, if none ran).
                 let period = self.scrub.params().period;
-                let last = self.scrub.stats().last_pass_started_ms;
-                next = if period.is_zero() {
-                    None
-                } else if last == 0 {
-                    Some(Instant::now() + period)
-                } else {
-                    let ago = SystemClock.now_ms().saturating_sub(last);
-                    let elapsed = Duration::from_millis(ago);
-                    Some(Instant::now() + period.saturating_sub(elapsed))
+                next = match last_started {
+                    _ if period.is_zero() => None,
+                    None => Some(Instant::now() + period),
+                    Some(started) => Some(started + period),
                 };
                 continue;
             }
             let started = Instant::now();
+            last_started = Some(started);
             self.scrub_pass().await;
             let period = self.scrub.params().period;
             next = (!period.is_zero()).then(|| started + period);

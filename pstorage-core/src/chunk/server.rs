@@ -1,5 +1,6 @@
 //! [`ChunkServer`]: a chunk server's request logic over a [`ChunkStore`].
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -48,6 +49,11 @@ pub struct ChunkServer {
     /// Replicas out of service when the last registration was built: the
     /// MDS was told the replica is gone, so they can be deleted.
     bad_at_registration: Mutex<Vec<ChunkId>>,
+    /// Replicas that passed [`recover`](ChunkServer::recover) after an
+    /// unclean stop: reported to the MDS as unclean at every registration
+    /// until one succeeds, and only then marked verified in the store (so
+    /// a crash before that finds them unverified, and unclean, again).
+    unclean: Mutex<BTreeSet<ChunkId>>,
     io: IoCounters,
     /// Deadlines of forwarded chain writes (from the MDS's heartbeat replies).
     io_timeouts: Mutex<IoTimeouts>,
@@ -95,7 +101,10 @@ impl IoCounters {
 /// What [`ChunkServer::recover`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Chunks that might hold torn writes and passed the check.
+    /// Chunks that might hold torn writes and passed the check: whole,
+    /// but maybe without writes acknowledged and not flushed before the
+    /// stop. The next registration reports them as
+    /// [`unclean`](crate::types::CsRegistration::unclean).
     pub verified: Vec<ChunkId>,
     /// Chunks that failed it: out of service and reported.
     pub corrupt: Vec<ChunkId>,
@@ -118,6 +127,7 @@ impl ChunkServer {
             scrub: Scrubber::default(),
             reporting: tokio::sync::Mutex::new(()),
             bad_at_registration: Mutex::new(Vec::new()),
+            unclean: Mutex::new(BTreeSet::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
             copies: Arc::new(Copies::default()),
@@ -168,17 +178,32 @@ impl ChunkServer {
             .bad_at_registration
             .lock()
             .expect("registration lock poisoned") = bad;
+        let unclean = {
+            let unclean = self.unclean.lock().expect("unclean lock poisoned");
+            chunks
+                .iter()
+                .map(|c| c.chunk)
+                .filter(|c| unclean.contains(c))
+                .collect()
+        };
         Ok(CsRegistration {
             id: self.id,
             addr: addr.to_string(),
             space,
             chunks,
+            unclean,
         })
     }
 
-    /// Deletes the replicas the MDS declared stale or unknown. Call before
-    /// [`set_serving(true)`](ChunkServer::set_serving).
+    /// Deletes the replicas the MDS declared stale or unknown, and marks
+    /// the unclean replicas the MDS was told about verified (the MDS took
+    /// them out of their chains, or kept them as the best copy left). Call
+    /// before [`set_serving(true)`](ChunkServer::set_serving).
     pub async fn apply_register_reply(&self, reply: &RegisterReply) -> Result<()> {
+        let told = std::mem::take(&mut *self.unclean.lock().expect("unclean lock poisoned"));
+        for chunk in told {
+            self.blocking(move |store| store.verified(chunk)).await?;
+        }
         let mut delete = reply.delete.clone();
         delete.extend(
             self.bad_at_registration
@@ -242,7 +267,10 @@ impl ChunkServer {
     /// After an unclean stop: verifies every block of each chunk the store
     /// lists as [`unverified`](ChunkStore::unverified) (written but not
     /// flushed at the stop), unthrottled. Corrupt ones are taken out of
-    /// service and reported; good ones are flushed. Call before serving
+    /// service and reported; good ones are whole but may have lost writes
+    /// their chain kept, so the next registration reports them unclean
+    /// (and [`apply_register_reply`](ChunkServer::apply_register_reply)
+    /// marks them verified once the MDS knows). Call before serving
     /// (before [`registration`](ChunkServer::registration)).
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
@@ -266,8 +294,13 @@ impl ChunkServer {
                 Err(e) => Verdict::Corrupt(e.context("it could not be read back")),
             };
             match verdict {
+                // Whole, but maybe behind its chain: stays unverified in
+                // the store until the MDS has heard of it.
                 Verdict::Good => {
-                    self.blocking(move |store| store.verified(chunk)).await?;
+                    self.unclean
+                        .lock()
+                        .expect("unclean lock poisoned")
+                        .insert(chunk);
                     report.verified.push(chunk);
                 }
                 Verdict::Corrupt(e) => {
@@ -347,14 +380,9 @@ impl ChunkServer {
         F: FnOnce(&dyn ChunkStore) -> Result<T> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || op(store.as_ref()))
+        crate::runtime::run_blocking("a chunk server storage task", move || op(store.as_ref()))
             .await
-            .map_err(|e| {
-                Error::internal(format!(
-                    "chunk server {}: a storage task failed: {e}",
-                    self.id
-                ))
-            })?
+            .map_err(|e| self.context(e))?
             .map_err(|e| self.context(e))
     }
 

@@ -1,5 +1,9 @@
-//! The chunk store conformance suite (run against both stores), file format
-//! tests, and replica chain tests over the in-memory network.
+//! The chunk store conformance suite: every case runs against every
+//! `ChunkStore` (`MemChunkStore`, `FileChunkStore`, and `FileChunkStore`
+//! with a one-file cache); then file format tests, and replica chain tests
+//! over the in-memory network. A store-specific test belongs here only for
+//! what the trait leaves to the store (durability across a reopen, fault
+//! injection).
 
 use std::sync::Arc;
 
@@ -309,6 +313,177 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
     }
 }
 
+fn incoming_replica_invisible_until_committed_then_replaces_the_old_one(store: &dyn ChunkStore) {
+    store.create(1, 3, CS).unwrap();
+    let old = pattern(1, CS as usize);
+    store.write(1, 0, &old).unwrap();
+
+    let incoming = store.begin_incoming(1, 2 * CS).unwrap();
+    let new = pattern(2, (3 * B + 5) as usize);
+    store.write_incoming(incoming, B - 5, &new).unwrap();
+    assert_eq!(
+        kind(store.write_incoming(incoming, 2 * CS - 1, b"xy")),
+        ErrorKind::InvalidArgument
+    );
+    // The old replica is untouched meanwhile.
+    assert_eq!(store.version(1).unwrap(), 3);
+    assert_eq!(store.chunk_size(1).unwrap(), CS);
+    assert_eq!(read_all(store, 1), old);
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    store.commit_incoming(incoming, 2).unwrap();
+    // Replaced whatever its version (the MDS decides), size included.
+    assert_eq!(store.version(1).unwrap(), 2);
+    assert_eq!(store.chunk_size(1).unwrap(), 2 * CS);
+    let mut expected = vec![0u8; 2 * CS as usize];
+    expected[(B - 5) as usize..(B - 5) as usize + new.len()].copy_from_slice(&new);
+    assert_eq!(read_all(store, 1), expected);
+    assert_eq!(
+        store.list().unwrap(),
+        vec![ChunkReplicaInfo {
+            chunk: 1,
+            version: 2
+        }]
+    );
+    // The handle is consumed.
+    assert_eq!(
+        kind(store.write_incoming(incoming, 0, b"x")),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(store.commit_incoming(incoming, 2)),
+        ErrorKind::NotFound
+    );
+
+    // A new chunk, and an aborted copy that leaves nothing behind.
+    let fresh = store.begin_incoming(7, CS).unwrap();
+    store.write_incoming(fresh, 0, b"hello").unwrap();
+    store.commit_incoming(fresh, 9).unwrap();
+    let mut buf = [0u8; 5];
+    store.read_checked(7, Some(9), 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    let aborted = store.begin_incoming(8, CS).unwrap();
+    store.write_incoming(aborted, 0, b"x").unwrap();
+    store.abort_incoming(aborted);
+    store.abort_incoming(aborted);
+    assert_eq!(kind(store.version(8)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.begin_incoming(8, 100)),
+        ErrorKind::InvalidArgument
+    );
+}
+
+fn incoming_crc_entries_and_zeroing_follow_the_writes(store: &dyn ChunkStore) {
+    let incoming = store.begin_incoming(3, CS).unwrap();
+    let data = pattern(3, (2 * B) as usize);
+    store.write_incoming(incoming, 0, &data).unwrap();
+    let entries = store.incoming_crc_entries(incoming, 0, 3).unwrap();
+    assert_eq!(
+        entries,
+        vec![
+            block_entry(&data[..B as usize]),
+            block_entry(&data[B as usize..]),
+            0
+        ]
+    );
+    store.zero_incoming(incoming, B, B).unwrap();
+    assert_eq!(store.incoming_crc_entries(incoming, 1, 1).unwrap(), vec![0]);
+    assert_eq!(
+        kind(store.incoming_crc_entries(incoming, CS / B, 1)),
+        ErrorKind::InvalidArgument
+    );
+    store.commit_incoming(incoming, 4).unwrap();
+    assert_eq!(
+        store.crc_entries(3, Some(4), 0, 2).unwrap(),
+        vec![block_entry(&data[..B as usize]), 0]
+    );
+    assert_eq!(
+        kind(store.incoming_crc_entries(incoming, 0, 1)),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(store.zero_incoming(incoming, 0, B)),
+        ErrorKind::NotFound
+    );
+}
+
+fn crc_entries_describe_the_blocks_and_check_the_version(store: &dyn ChunkStore) {
+    store.create(5, 2, CS).unwrap();
+    let data = pattern(5, (B + 100) as usize);
+    store.write(5, B, &data).unwrap();
+    let mut second = vec![0u8; B as usize];
+    second[..100].copy_from_slice(&data[B as usize..]);
+    let entries = store.crc_entries(5, Some(2), 0, 3).unwrap();
+    assert_eq!(
+        entries,
+        vec![0, block_entry(&data[..B as usize]), block_entry(&second)]
+    );
+    // Zeroing whole blocks makes their entries 0 again.
+    store.zero(5, B, 2 * B).unwrap();
+    assert_eq!(store.crc_entries(5, None, 0, 3).unwrap(), vec![0, 0, 0]);
+    assert_eq!(kind(store.crc_entries(5, Some(1), 0, 1)), ErrorKind::Stale);
+    assert_eq!(
+        kind(store.crc_entries(5, None, CS / B - 1, 2)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kind(store.crc_entries(6, None, 0, 1)), ErrorKind::NotFound);
+}
+
+fn bad_replicas_are_out_of_service_until_deleted_or_replaced(store: &dyn ChunkStore) {
+    store.create(1, 2, CS).unwrap();
+    store.create(2, 2, CS).unwrap();
+    store.write(1, 0, b"data").unwrap();
+    assert!(!store.is_bad(1).unwrap());
+    store.mark_bad(1).unwrap();
+    store.mark_bad(1).unwrap();
+    assert!(store.is_bad(1).unwrap());
+    assert_eq!(kind(store.mark_bad(3)), ErrorKind::NotFound);
+    assert_eq!(store.list_bad().unwrap(), vec![1]);
+    assert_eq!(
+        store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|c| c.chunk)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    let mut buf = [0u8; 4];
+    assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+    assert_eq!(kind(store.write(1, 0, b"x")), ErrorKind::Corrupt);
+    assert_eq!(kind(store.version(1)), ErrorKind::Corrupt);
+    // A replacement puts a good replica back in service.
+    let incoming = store.begin_incoming(1, CS).unwrap();
+    store.write_incoming(incoming, 0, b"good").unwrap();
+    store.commit_incoming(incoming, 3).unwrap();
+    assert!(store.list_bad().unwrap().is_empty());
+    store.read(1, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"good");
+    // Delete removes a bad replica.
+    store.mark_bad(2).unwrap();
+    store.delete(2).unwrap();
+    assert!(store.list_bad().unwrap().is_empty());
+    assert_eq!(kind(store.read(2, 0, &mut buf)), ErrorKind::NotFound);
+}
+
+fn a_fresh_store_has_nothing_to_verify_and_closes_clean(store: &dyn ChunkStore) {
+    assert!(store.unverified().is_empty());
+    store.create(1, 1, CS).unwrap();
+    store.write(1, 0, b"x").unwrap();
+    // Verifying a chunk that is not listed (or missing) just succeeds.
+    store.verified(1).unwrap();
+    store.verified(99).unwrap();
+    store.close_clean().unwrap();
+    assert!(store.unverified().is_empty());
+    // Still usable after a clean close.
+    store.write(1, 1, b"y").unwrap();
+    let mut buf = [0u8; 2];
+    store.read(1, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"xy");
+    store.flush(1).unwrap();
+    assert_eq!(kind(store.flush(2)), ErrorKind::NotFound);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod mem_store {
@@ -354,6 +529,11 @@ conformance!(
     delete_removes_and_recreate_starts_empty,
     space_is_reported,
     concurrent_writes_to_shared_blocks_do_not_lose_updates,
+    incoming_replica_invisible_until_committed_then_replaces_the_old_one,
+    incoming_crc_entries_and_zeroing_follow_the_writes,
+    crc_entries_describe_the_blocks_and_check_the_version,
+    bad_replicas_are_out_of_service_until_deleted_or_replaced,
+    a_fresh_store_has_nothing_to_verify_and_closes_clean,
 );
 
 #[test]

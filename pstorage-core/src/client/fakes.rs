@@ -91,6 +91,14 @@ impl FakeCs {
         f(&mut lock(&self.state))
     }
 
+    /// The replica falls back to `data` (a power cut lost what was not
+    /// flushed).
+    pub fn fall_back(&self, chunk: ChunkId, data: Vec<u8>) {
+        if let Some(r) = lock(&self.state).chunks.get_mut(&chunk) {
+            r.data = data;
+        }
+    }
+
     fn check(
         st: &mut CsState,
         id: CsId,
@@ -386,6 +394,7 @@ impl FakeMds {
                 attrs: FileAttrs {
                     replicas: Replicas { norm: 3, min: 2 },
                     chunk_size,
+                    ..Default::default()
                 },
             },
         );
@@ -821,6 +830,9 @@ impl MetadataService for FakeMds {
             chunk_counts: ChunkCounts::default(),
             replication: ReplicationStatus::default(),
             logical_bytes: st.files.values().map(|f| f.stat.size).sum(),
+            tiers: Vec::new(),
+            rebalance: RebalanceStatus::default(),
+            warnings: Vec::new(),
         })
     }
 

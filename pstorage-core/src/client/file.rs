@@ -1,6 +1,6 @@
 //! An open file: reads, writes, flush and truncate over chunk replica chains.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,11 +10,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::map_cache::{Lookup, MapCache, Want};
 use super::retry::Retry;
+use super::unflushed::Unflushed;
 use super::ClientShared;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ReplicaError, WritePayload, WriteRequest};
 use crate::types::{
-    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, OpenReply, Stat, MAX_FILE_SIZE,
+    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, MapVersion, OpenReply, Stat,
+    MAX_FILE_SIZE,
 };
 
 /// An open file and its lease.
@@ -61,7 +63,14 @@ pub(crate) struct FileInner {
     /// acknowledged write, set by truncate.
     size: AtomicU64,
     /// Chunk indexes written since the last successful flush.
-    dirty: Mutex<HashSet<u64>>,
+    dirty: Mutex<BTreeSet<u64>>,
+    /// Acknowledged writes since the last flush that covered them, kept
+    /// for replay ([`super::unflushed`]).
+    unflushed: Mutex<Unflushed>,
+    /// Writes hold it shared from their send to their record in
+    /// `unflushed`; a replay holds it exclusively, so it never races a
+    /// newer write to the same bytes.
+    replay_lock: tokio::sync::RwLock<()>,
     /// Serializes flushes: a flush that finds the dirty set emptied by one
     /// still in progress must not return before that one made it durable.
     flush_lock: tokio::sync::Mutex<()>,
@@ -120,6 +129,10 @@ enum MapSource {
     /// This map, just returned by the MDS.
     Given(Arc<ChunkMap>),
 }
+
+/// Replays of a chunk's unflushed writes one flush tries before it gives up
+/// (each follows a change of the chunk's map version).
+const MAX_REPLAYS: u32 = 8;
 
 /// What to do after a replica failed.
 enum Recovery {
@@ -214,7 +227,9 @@ impl File {
             chunk_size,
             io_timeouts: reply.io_timeouts.effective(),
             maps: MapCache::default(),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(BTreeSet::new()),
+            unflushed: Mutex::new(Unflushed::default()),
+            replay_lock: tokio::sync::RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
             modified: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
@@ -372,8 +387,12 @@ impl File {
         );
         let payload =
             |p: &Piece| WritePayload::Data(data.slice(p.buf_offset..p.buf_offset + p.len as usize));
-        let written = inner.write_pieces(&pieces, payload, true).await;
-        inner.acknowledge(&pieces, offset + len, written)
+        let written = {
+            let _shared = inner.replay_lock.read().await;
+            inner.write_pieces(&pieces, payload, true).await
+        };
+        inner.acknowledge(&pieces, offset + len, written)?;
+        inner.bound_unflushed().await
     }
 
     /// Zeroes `[offset, offset+len)` without sending zeros over the wire
@@ -391,9 +410,12 @@ impl File {
             inner.chunk_size,
             inner.client.options.piece_bytes(),
         );
-        let written = inner
-            .write_pieces(&pieces, |p| WritePayload::Zeros(p.len), false)
-            .await;
+        let written = {
+            let _shared = inner.replay_lock.read().await;
+            inner
+                .write_pieces(&pieces, |p| WritePayload::Zeros(p.len), false)
+                .await
+        };
         inner.acknowledge(&pieces, offset + len, written)
     }
 
@@ -424,11 +446,19 @@ impl File {
                 buf_offset: 0,
                 len: end - size,
             };
+            let _shared = inner.replay_lock.read().await;
             let zeroed = inner
                 .write_chunk(piece, WritePayload::Zeros(piece.len), false)
                 .await;
             inner.mark_dirty(&[piece]);
-            zeroed?;
+            if let Some(version) = zeroed? {
+                lock(&inner.unflushed).record(
+                    index,
+                    piece.chunk_offset,
+                    WritePayload::Zeros(piece.len),
+                    version,
+                );
+            }
         }
         inner
             .mds_call("truncate", || {
@@ -438,6 +468,7 @@ impl File {
         let first_gone = size.div_ceil(chunk_size);
         inner.maps.forget_from(first_gone);
         lock(&inner.dirty).retain(|index| *index < first_gone);
+        lock(&inner.unflushed).forget_from(first_gone);
         inner.size.store(size, Ordering::Release);
         Ok(())
     }
@@ -452,14 +483,21 @@ impl File {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some(task) = lock(&inner.renewal).take() {
-            task.abort();
-        }
+        let stop_renewal = || {
+            if let Some(task) = lock(&inner.renewal).take() {
+                task.abort();
+            }
+        };
         if inner.fenced.load(Ordering::Acquire) {
+            stop_renewal();
             let _ = inner.client.mds.close(inner.lease.id).await;
             return Err(inner.fenced_error());
         }
+        // The lease is renewed until the flush is done: a flush behind a
+        // slow or frozen chunk server may outlast it, and an expired lease
+        // fences the file (its unflushed writes would be lost).
         let flushed = inner.flush().await;
+        stop_renewal();
         let released = inner
             .mds_call("close", || inner.client.mds.close(inner.lease.id))
             .await;
@@ -496,11 +534,9 @@ fn spawn_renewal(file: Weak<FileInner>, duration_ms: u64) -> tokio::task::JoinHa
         loop {
             tokio::time::sleep(delay).await;
             // Holding only a weak reference while asleep lets dropping the
-            // last File end the task.
+            // last File end the task; `close` aborts it once its flush is
+            // done.
             let Some(file) = file.upgrade() else { return };
-            if file.closed.load(Ordering::Acquire) {
-                return;
-            }
             match file.client.mds.renew(file.lease.id).await {
                 Ok(()) => delay = period,
                 Err(e)
@@ -534,6 +570,13 @@ impl FileInner {
             "lease on {} expired or was revoked; reopen the file",
             self.path
         ))
+    }
+
+    fn check_not_fenced(&self) -> Result<()> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(self.fenced_error());
+        }
+        Ok(())
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -771,20 +814,47 @@ impl FileInner {
         payload: impl Fn(&Piece) -> WritePayload,
         allocate: bool,
     ) -> Result<()> {
+        let write = |p: Piece| {
+            let payload = payload(&p);
+            async move {
+                let version = self.write_chunk(p, payload.clone(), allocate).await?;
+                if let Some(version) = version {
+                    lock(&self.unflushed).record(p.index, p.chunk_offset, payload, version);
+                }
+                Ok(())
+            }
+        };
         if let [piece] = pieces {
-            return self.write_chunk(*piece, payload(piece), allocate).await;
+            return write(*piece).await;
         }
-        let writes = pieces
-            .iter()
-            .map(|p| self.write_chunk(*p, payload(p), allocate));
+        let writes = pieces.iter().map(|p| write(*p));
         // Every piece runs to its end even if one fails, so no chain write
         // is abandoned half-way through a failure report.
         first_error(futures::future::join_all(writes).await)
     }
 
     /// Writes one piece through the chunk's replica chain, with failover.
-    /// Without `allocate` an absent chunk is left alone (zeroing).
-    async fn write_chunk(&self, piece: Piece, payload: WritePayload, allocate: bool) -> Result<()> {
+    /// Without `allocate` an absent chunk is left alone (zeroing). Returns
+    /// the map version every replica applied it at, `None` if the chunk does
+    /// not exist (nothing to zero) or went away (truncated).
+    async fn write_chunk(
+        &self,
+        piece: Piece,
+        payload: WritePayload,
+        allocate: bool,
+    ) -> Result<Option<MapVersion>> {
+        self.write_chunk_as(piece, payload, allocate, false).await
+    }
+
+    /// [`write_chunk`](Self::write_chunk); a `replay` runs inside the flush
+    /// of a file being closed, so it checks only that the lease holds.
+    async fn write_chunk_as(
+        &self,
+        piece: Piece,
+        payload: WritePayload,
+        allocate: bool,
+        replay: bool,
+    ) -> Result<Option<MapVersion>> {
         let index = piece.index;
         let op = if matches!(payload, WritePayload::Zeros(_)) {
             "zeroing"
@@ -794,7 +864,11 @@ impl FileInner {
         let mut retry = Retry::new(&self.client.options);
         let mut source = MapSource::Cache;
         loop {
-            self.check_usable()?;
+            if replay {
+                self.check_not_fenced()?;
+            } else {
+                self.check_usable()?;
+            }
             let map = match self.resolve(index, source, allocate).await {
                 Ok(Some(map)) => map,
                 // Only a refresh (which never allocates) can say that: the
@@ -803,7 +877,7 @@ impl FileInner {
                     source = MapSource::Cache;
                     continue;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) if transient(&e) => {
                     if !retry.wait().await {
                         return Err(self.gave_up(op, index, None, &retry, e));
@@ -850,7 +924,7 @@ impl FileInner {
                 ))),
             };
             let error = match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Some(map.version)),
                 Err(e) => e,
             };
             let failed = error.failed_replica(head.cs);
@@ -863,7 +937,7 @@ impl FileInner {
                 error = %error.error, "chain write failed");
             source = match self.recover(&map, failed, kind, allocate).await {
                 Recovery::Retry(next) => MapSource::Given(next),
-                Recovery::Gone => return Ok(()),
+                Recovery::Gone => return Ok(None),
                 Recovery::Reallocate => MapSource::Cache,
                 Recovery::Wait(mds) => {
                     if !retry.wait().await {
@@ -992,14 +1066,61 @@ impl FileInner {
         }
     }
 
-    /// Flushes one chunk on every replica of its current map.
-    async fn flush_chunk(&self, index: u64) -> Result<()> {
+    /// Writes the unflushed records of chunk `index` again, oldest first,
+    /// at the chunk's current version, with no other write in flight.
+    async fn replay(&self, index: u64) -> Result<()> {
+        let _exclusive = self.replay_lock.write().await;
+        let records = lock(&self.unflushed).records(index);
+        tracing::info!(path = %self.path, index, records = records.len(),
+            "the chunk's map version changed since unflushed writes were acknowledged: \
+             writing them again before the flush");
+        for (position, record) in records.into_iter().enumerate() {
+            let piece = Piece {
+                index,
+                chunk_offset: record.offset,
+                buf_offset: 0,
+                len: record.payload.len(),
+            };
+            // Zeros too allocate: the chunk existed when they were
+            // acknowledged (a lost chunk reads as zeros anyway).
+            match self
+                .write_chunk_as(piece, record.payload, true, true)
+                .await?
+            {
+                Some(version) => lock(&self.unflushed).replayed(index, position, version),
+                // Truncated away meanwhile: nothing to make durable.
+                None => {
+                    lock(&self.unflushed).forget(index);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes once the unflushed data kept for replay passes its cap.
+    async fn bound_unflushed(&self) -> Result<()> {
+        if lock(&self.unflushed).bytes() > self.client.options.max_unflushed_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes one chunk on every replica of its current map, first writing
+    /// again the unflushed writes acknowledged at another version; drops the
+    /// records of generation `covered` and older once durable.
+    async fn flush_chunk(&self, index: u64, covered: u64) -> Result<()> {
         let mut retry = Retry::new(&self.client.options);
         let mut source = MapSource::Cache;
+        let mut replays = 0;
         loop {
             let map = match self.resolve(index, source, false).await {
                 Ok(Some(map)) => map,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // Truncated away: nothing of it is left to make durable.
+                    lock(&self.unflushed).forget(index);
+                    return Ok(());
+                }
                 Err(e) if transient(&e) => {
                     if !retry.wait().await {
                         return Err(self.gave_up("flush", index, None, &retry, e));
@@ -1009,6 +1130,19 @@ impl FileInner {
                 }
                 Err(e) => return Err(self.fatal("flush", index, None, e)),
             };
+            if lock(&self.unflushed).needs_replay(index, map.version) {
+                replays += 1;
+                if replays > MAX_REPLAYS {
+                    let cause = Error::unavailable(format!(
+                        "its map version kept changing while {MAX_REPLAYS} replays of the \
+                         unflushed writes ran"
+                    ));
+                    return Err(self.gave_up("flush", index, Some(&map), &retry, cause));
+                }
+                self.replay(index).await?;
+                source = MapSource::Cache;
+                continue;
+            }
             let deadline = self.io_timeouts.flush();
             let flushes = map.replicas.iter().map(|replica| async {
                 let attempt = async {
@@ -1034,6 +1168,7 @@ impl FileInner {
                 .flatten()
                 .collect();
             let Some((failed, error)) = failures.into_iter().next() else {
+                lock(&self.unflushed).flushed(index, covered);
                 return Ok(());
             };
             // One failure at a time: the report returns a new map, and every
@@ -1044,7 +1179,10 @@ impl FileInner {
             }
             source = match self.recover(&map, failed, error.kind(), false).await {
                 Recovery::Retry(next) => MapSource::Given(next),
-                Recovery::Gone | Recovery::Reallocate => return Ok(()),
+                Recovery::Gone | Recovery::Reallocate => {
+                    lock(&self.unflushed).forget(index);
+                    return Ok(());
+                }
                 Recovery::Wait(mds) => {
                     if !retry.wait().await {
                         let cause = with_mds_answer(cause, mds);
@@ -1063,6 +1201,7 @@ impl FileInner {
             return Ok(());
         }
         let _serialized = self.flush_lock.lock().await;
+        let covered = lock(&self.unflushed).start_flush();
         let dirty: Vec<u64> = std::mem::take(&mut *lock(&self.dirty))
             .into_iter()
             .collect();
@@ -1072,7 +1211,8 @@ impl FileInner {
         // zero-filled range after a crash.
         let size = self.size();
         let flushed = first_error(
-            futures::future::join_all(dirty.iter().map(|index| self.flush_chunk(*index))).await,
+            futures::future::join_all(dirty.iter().map(|index| self.flush_chunk(*index, covered)))
+                .await,
         );
         let committed = match flushed {
             Ok(()) if modified => {

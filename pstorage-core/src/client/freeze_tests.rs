@@ -100,6 +100,7 @@ impl Rig {
         let attrs = FileAttrs {
             replicas: Replicas { norm: 3, min: 2 },
             chunk_size: 1 << 20,
+            ..Default::default()
         };
         let mds = Arc::new(MdsService::in_memory(
             MdsState::new(attrs).unwrap(),

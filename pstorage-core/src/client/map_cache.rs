@@ -5,7 +5,7 @@
 //! on a per-index async lock so that concurrent I/Os to a chunk cost one MDS
 //! call, not one each.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::types::{ChunkMap, MapVersion};
@@ -46,11 +46,11 @@ pub(crate) enum Lookup {
 
 #[derive(Default)]
 pub(crate) struct MapCache {
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<BTreeMap<u64, Entry>>,
 }
 
 impl MapCache {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
         // A panic while holding this lock cannot leave the map half-updated
         // (every update is a single insert/replace), so poisoning is ignored.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())

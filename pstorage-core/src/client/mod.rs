@@ -18,6 +18,7 @@ pub mod blocking;
 mod file;
 mod map_cache;
 mod retry;
+mod unflushed;
 
 #[cfg(test)]
 mod fakes;
@@ -53,6 +54,10 @@ pub struct ClientOptions {
     pub retry_backoff_min: Duration,
     /// Longest pause between retries. Default 1 s.
     pub retry_backoff_max: Duration,
+    /// Acknowledged but unflushed write data a file keeps for replay (see
+    /// docs/design.md, "Unflushed writes"): a write that leaves more than
+    /// this held flushes the file before it returns. Default 64 MiB.
+    pub max_unflushed_bytes: u64,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +67,7 @@ impl Default for ClientOptions {
             max_piece_bytes: 4 << 20,
             retry_backoff_min: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            max_unflushed_bytes: 64 << 20,
         }
     }
 }

@@ -49,6 +49,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use super::placement;
 use super::service::{unexpected, Core, MdsService};
 use super::state::{ApplyOutcome, ChunkRecord, Command, NewEvent};
 use crate::error::{Error, ErrorKind, Result};
@@ -63,17 +64,54 @@ const PROGRESS_POLL_MS: u64 = 1_000;
 /// The deadline of one progress poll (at most `mds.repl.progress_tout`).
 const PROGRESS_POLL_DEADLINE_MS: u64 = 5_000;
 
+/// The first pause after a failed copy of a chunk; it doubles with each
+/// failure in a row up to [`COPY_BACKOFF_MAX_MS`].
+const COPY_BACKOFF_MIN_MS: u64 = 500;
+/// Short: a chunk below `replicas_min` has writers waiting for its copy.
+const COPY_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// A chunk whose copies failed `failures` times in a row: it is not planned
+/// before `not_before_ms` (a down or full target, or a source that lost its
+/// replica, answered at once: without the pause the planner would retry it
+/// thousands of times a second), and its next copy avoids the targets that
+/// failed while other servers can take it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct CopyBackoff {
+    pub(super) failures: u32,
+    pub(super) not_before_ms: u64,
+    pub(super) failed_targets: Vec<CsId>,
+}
+
+impl CopyBackoff {
+    /// Records one more failure at `now_ms` of a copy to `targets`.
+    pub(super) fn failed(&mut self, now_ms: u64, targets: &[CsId]) {
+        self.failures = self.failures.saturating_add(1);
+        let pause = COPY_BACKOFF_MIN_MS
+            .saturating_mul(1u64 << (self.failures - 1).min(16))
+            .min(COPY_BACKOFF_MAX_MS);
+        self.not_before_ms = now_ms.saturating_add(pause);
+        for t in targets {
+            if !self.failed_targets.contains(t) {
+                self.failed_targets.push(*t);
+            }
+        }
+    }
+}
+
 /// One planned copy.
 #[derive(Debug, Clone)]
 pub(super) struct CopyJob {
-    chunk: ChunkId,
+    pub(super) chunk: ChunkId,
     /// The version when planned; the copy is made at `version + 1`.
-    version: MapVersion,
-    chunk_size: u64,
-    path: String,
-    index: u64,
-    source: Replica,
-    targets: Vec<Replica>,
+    pub(super) version: MapVersion,
+    pub(super) chunk_size: u64,
+    pub(super) path: String,
+    pub(super) index: u64,
+    pub(super) source: Replica,
+    pub(super) targets: Vec<Replica>,
+    /// A rebalancing move: this member is dropped (by `trim_excess`) once
+    /// the copy is in the chain.
+    pub(super) moving_from: Option<CsId>,
 }
 
 /// How the members of one chunk's chain stand.
@@ -448,6 +486,15 @@ impl MdsService {
                     .filter(|cs| !releasing(cs))
                     .collect();
                 let mut remove: Vec<CsId> = Vec::new();
+                // A rebalancing move's old member goes first once its copy
+                // is in the chain.
+                if let Some(&victim) = core.balance.victims.get(&chunk) {
+                    if keep.len() > norm {
+                        if let Some(at) = keep.iter().position(|&cs| cs == victim) {
+                            remove.push(keep.remove(at));
+                        }
+                    }
+                }
                 // Extra members that are not released: inactive first, then the tail.
                 while keep.len() > norm {
                     let victim = keep
@@ -514,6 +561,18 @@ impl MdsService {
                 "MDS: chunk {chunk:#x}: removed excess replicas on {remove:?} at version {}",
                 map.version
             );
+            {
+                let mut core = self.core();
+                if core
+                    .balance
+                    .victims
+                    .get(&chunk)
+                    .is_some_and(|v| remove.contains(v))
+                {
+                    core.balance.victims.remove(&chunk);
+                    core.balance.done += 1;
+                }
+            }
             let removed: Vec<Replica> = {
                 let core = self.core();
                 remove
@@ -544,45 +603,103 @@ impl MdsService {
     }
 
     /// Up to `need` copy targets for `chunk` (whose chain is `members`):
-    /// servers holding a stale replica of it first, newest first (only the
-    /// blocks that differ are sent), then the placement rules; none without
-    /// a copy slot left.
+    /// servers of its tier holding a stale replica of it first, newest
+    /// first (only the blocks that differ are sent) as long as they keep
+    /// the failure domain rule, then the placement rules; none without a
+    /// copy slot left.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn pick_targets(
         &self,
         core: &Core,
         now_ms: u64,
         chunk: ChunkId,
+        attrs: &FileAttrs,
         members: &[CsId],
         need: usize,
-        counts: &BTreeMap<CsId, u64>,
         per_cs: u64,
+        servers: &[placement::ServerView],
     ) -> Vec<CsId> {
         if need == 0 {
             return Vec::new();
         }
+        let avoid: &[CsId] = core
+            .copy_backoff
+            .get(&chunk)
+            .map(|b| b.failed_targets.as_slice())
+            .unwrap_or(&[]);
+        let pick = |avoid: &[CsId]| {
+            self.pick_targets_avoiding(
+                core, now_ms, chunk, attrs, members, need, per_cs, servers, avoid,
+            )
+        };
+        let targets = pick(avoid);
+        if targets.is_empty() && !avoid.is_empty() {
+            // Only the servers that failed are left: try them again.
+            return pick(&[]);
+        }
+        targets
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pick_targets_avoiding(
+        &self,
+        core: &Core,
+        now_ms: u64,
+        chunk: ChunkId,
+        attrs: &FileAttrs,
+        members: &[CsId],
+        need: usize,
+        per_cs: u64,
+        servers: &[placement::ServerView],
+        avoid: &[CsId],
+    ) -> Vec<CsId> {
         let mut stale: Vec<(MapVersion, CsId)> = core
             .stale
             .iter()
             .filter_map(|(&cs, chunks)| chunks.get(&chunk).map(|&v| (v, cs)))
             .filter(|&(_, cs)| {
-                !members.contains(&cs)
+                !avoid.contains(&cs)
+                    && !members.contains(&cs)
+                    && core.state.cs(cs).is_some_and(|r| r.tier == attrs.tier)
                     && Self::copy_slots(core, cs, per_cs) > 0
                     && self.takes_copy_over_stale(core, cs, now_ms)
             })
             .collect();
         stale.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut targets: Vec<CsId> = stale.into_iter().map(|(_, cs)| cs).take(need).collect();
+        let mut targets: Vec<CsId> = Vec::new();
+        for (_, cs) in stale {
+            if targets.len() >= need {
+                break;
+            }
+            // A stale replica is reused unless it would share a failure
+            // domain that a fresh target would not.
+            let mut chain: Vec<CsId> = members.to_vec();
+            chain.extend(&targets);
+            chain.push(cs);
+            if !placement::violates_domain(servers, &chain, attrs.tier, attrs.failure_domain) {
+                targets.push(cs);
+            }
+        }
         if targets.len() < need {
-            let mut exclude: Vec<CsId> = members.to_vec();
-            exclude.extend(&targets);
-            exclude.extend(
-                core.state
-                    .servers()
-                    .map(|r| r.id)
-                    .filter(|&cs| Self::copy_slots(core, cs, per_cs) == 0),
-            );
-            targets.extend(self.place_with(core, now_ms, need - targets.len(), &exclude, counts));
+            let mut keep: Vec<CsId> = members.to_vec();
+            keep.extend(&targets);
+            let exclude: Vec<CsId> = core
+                .state
+                .servers()
+                .map(|r| r.id)
+                .filter(|&cs| Self::copy_slots(core, cs, per_cs) == 0 || avoid.contains(&cs))
+                .collect();
+            targets.extend(placement::choose(
+                servers,
+                &placement::Request {
+                    tier: attrs.tier,
+                    domain: attrs.failure_domain,
+                    members: &keep,
+                    exclude: &exclude,
+                    count: need - targets.len(),
+                    chunk_bytes: attrs.chunk_size,
+                },
+            ));
         }
         targets
     }
@@ -610,8 +727,22 @@ impl MdsService {
         let mut core = self.core();
         let mut candidates: Vec<(i64, ChunkId, usize)> = Vec::new();
         let mut pending = 0u64;
+        {
+            let Core {
+                copy_backoff,
+                state,
+                ..
+            } = &mut *core;
+            copy_backoff.retain(|chunk, _| state.chunk(*chunk).is_some());
+        }
         for (&chunk, rec) in core.state.chunks() {
-            if core.busy.contains(&chunk) || core.planned.contains(&chunk) {
+            if core.busy.contains(&chunk)
+                || core.planned.contains(&chunk)
+                || core
+                    .copy_backoff
+                    .get(&chunk)
+                    .is_some_and(|b| b.not_before_ms > now)
+            {
                 pending += 1;
                 continue;
             }
@@ -641,14 +772,14 @@ impl MdsService {
         }
         candidates.sort();
         let mut jobs = Vec::new();
-        let counts = if candidates.is_empty() || limit == 0 {
-            BTreeMap::new()
+        let mut servers = if candidates.is_empty() || limit == 0 {
+            Vec::new()
         } else {
-            Self::replica_counts(&core)
+            self.server_views(&core, now)
         };
         // No server takes new replicas at all: nothing to try this round.
-        let any_target = limit > 0
-            && (!core.stale.is_empty() || !self.place_with(&core, now, 1, &[], &counts).is_empty());
+        let any_target =
+            limit > 0 && (!core.stale.is_empty() || servers.iter().any(|s| s.eligible));
         let per_cs = self.params(&core).repl_per_cs;
         for (_, chunk, need) in candidates {
             if jobs.len() >= limit || !any_target {
@@ -681,8 +812,19 @@ impl MdsService {
                 continue;
             };
             let need = need.min(Self::copy_slots(&core, source, per_cs) as usize);
-            let targets =
-                self.pick_targets(&core, now, chunk, &rec.replicas, need, &counts, per_cs);
+            let Some(attrs) = core.state.inode(rec.file).map(|n| n.attrs) else {
+                continue;
+            };
+            // Members being released are leaving: their domains are free.
+            let staying: Vec<CsId> = rec
+                .replicas
+                .iter()
+                .copied()
+                .filter(|cs| !core.state.cs(*cs).is_some_and(|r| r.releasing))
+                .collect();
+            let mut targets =
+                self.pick_targets(&core, now, chunk, &attrs, &staying, need, per_cs, &servers);
+            targets.retain(|t| !rec.replicas.contains(t));
             if targets.is_empty() {
                 continue;
             }
@@ -696,6 +838,9 @@ impl MdsService {
                 .map(|n| n.attrs.chunk_size)
                 .unwrap_or(0);
             for t in &targets {
+                if let Some(s) = servers.iter_mut().find(|s| s.id == *t) {
+                    s.held_bytes = s.held_bytes.saturating_add(chunk_size);
+                }
                 if let Some(live) = core.live.get_mut(t) {
                     live.placed_bytes = live.placed_bytes.saturating_add(chunk_size);
                 }
@@ -718,6 +863,7 @@ impl MdsService {
                         addr: core.cs_addr(cs),
                     })
                     .collect(),
+                moving_from: None,
             });
         }
         core.repl.pending = pending;
@@ -756,14 +902,18 @@ impl MdsService {
 
     /// Runs one planned copy (see the module doc) and records the outcome.
     pub(super) async fn run_copy(&self, job: CopyJob) {
-        self.core().repl.in_flight += 1;
+        if job.moving_from.is_none() {
+            self.core().repl.in_flight += 1;
+        }
         let result = self.copy_chunk(&job).await;
         let now = self.now();
         let mut core = self.core();
         core.planned.remove(&job.chunk);
         // Saturating: leadership may have changed (and the counters reset)
         // while the copy ran.
-        core.repl.in_flight = core.repl.in_flight.saturating_sub(1);
+        if job.moving_from.is_none() {
+            core.repl.in_flight = core.repl.in_flight.saturating_sub(1);
+        }
         let source_slots = job.targets.len() as u64;
         let mut release = vec![(job.source.cs, source_slots)];
         release.extend(job.targets.iter().map(|t| (t.cs, 1)));
@@ -778,9 +928,48 @@ impl MdsService {
         for t in &job.targets {
             core.repl.remaining.remove(&(job.chunk, t.cs));
         }
+        if job.moving_from.is_some() {
+            core.balance.in_flight = core.balance.in_flight.saturating_sub(1);
+            match &result {
+                Ok(added) if !added.is_empty() => {
+                    let size = job.chunk_size;
+                    for cs in added {
+                        *core.held.entry(*cs).or_default() += size;
+                    }
+                }
+                other => {
+                    core.balance.victims.remove(&job.chunk);
+                    if let Err(e) = other {
+                        tracing::info!(
+                            "MDS: rebalancing move of chunk {:#x} of {} did not land: {e}",
+                            job.chunk,
+                            job.path
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        match &result {
+            Ok(added) if !added.is_empty() => {
+                core.copy_backoff.remove(&job.chunk);
+            }
+            // Overtaken copies too (a source behind the map's version
+            // answers `Stale` at once, every time, until it is synced).
+            _ => {
+                let targets: Vec<CsId> = job.targets.iter().map(|t| t.cs).collect();
+                core.copy_backoff
+                    .entry(job.chunk)
+                    .or_default()
+                    .failed(now, &targets);
+            }
+        }
         match result {
             Ok(added) if !added.is_empty() => {
                 let bytes = job.chunk_size * added.len() as u64;
+                for cs in &added {
+                    *core.held.entry(*cs).or_default() += job.chunk_size;
+                }
                 core.repl.done_chunks += 1;
                 core.repl.done_bytes += bytes;
                 core.repl.episode_chunks += 1;
@@ -880,9 +1069,9 @@ impl MdsService {
         }
         // Phase 2: under busy at v+1, only the blocks written meanwhile.
         let version = job.version + 1;
-        {
+        let term = {
             let _chunks = self.chunk_lock.lock().await;
-            let replicas = {
+            let (replicas, term) = {
                 let mut core = self.core();
                 let rec = core.state.chunk(chunk).ok_or_else(|| {
                     Error::not_found(format!("chunk {chunk:#x} no longer exists"))
@@ -897,7 +1086,7 @@ impl MdsService {
                 // Busy before the bump commits: no writer may get the new
                 // version's map until the copy is in the chain.
                 core.busy.insert(chunk);
-                replicas
+                (replicas, core.led_term)
             };
             let outcome = self
                 .commit(Command::UpdateChunkMap {
@@ -928,7 +1117,8 @@ impl MdsService {
                 }
                 return Err(Error::unavailable(cause));
             }
-        }
+            term
+        };
         let results = join_all(
             ready
                 .iter()
@@ -959,8 +1149,18 @@ impl MdsService {
         }
         let committed = {
             let _chunks = self.chunk_lock.lock().await;
+            let led_term = self.core().led_term;
             let result = if copied.is_empty() {
                 Ok(())
+            } else if led_term != term {
+                // Busy lives in the leader's memory: a leader elected while
+                // the copy ran handed out maps at `version` and writers
+                // wrote at it, which the copy may lack. Another try copies
+                // again (the target's replica is a base).
+                Err(Error::stale(format!(
+                    "chunk {chunk:#x}: the MDS leadership changed (term {term:?} -> \
+                     {led_term:?}) while its copy at version {version} ran; planned again"
+                )))
             } else {
                 self.commit(Command::ExtendChain {
                     chunk,
@@ -1101,8 +1301,15 @@ impl MdsService {
             } else {
                 0
             };
-            for job in self.plan_replication(free) {
+            let jobs = self.plan_replication(free);
+            let free = free.saturating_sub(jobs.len());
+            for job in jobs {
                 running.push(self.run_copy(job));
+            }
+            if free > 0 {
+                for job in self.plan_balance(free) {
+                    running.push(self.run_copy(job));
+                }
             }
             // Replication started/finished/repaired events, promptly.
             self.flush_events().await;
@@ -1138,22 +1345,42 @@ impl MdsService {
         self.core().repl.done_chunks - before
     }
 
+    /// One rebalancing pass run to the end (tests and simulation): plans
+    /// moves (ignoring the pass interval), copies them, then trims the old
+    /// members. Returns the moves that landed.
+    pub async fn rebalance_once(&self) -> u64 {
+        let before = self.core().balance.done;
+        self.check_domains();
+        let limit = {
+            let mut core = self.core();
+            core.balance.forget_last_pass();
+            self.params(&core).repl_concurrency as usize
+        };
+        let _ = self.plan_replication(0);
+        let jobs = self.plan_balance(limit);
+        join_all(jobs.into_iter().map(|j| self.run_copy(j))).await;
+        self.trim_excess().await;
+        self.core().balance.done - before
+    }
+
     /// The cluster status `pstorage stat` shows.
     pub(super) fn status(&self) -> ClusterStatus {
         let now = self.now();
         let core = self.core();
         let state = &core.state;
         let mut per_cs: BTreeMap<CsId, u64> = BTreeMap::new();
+        let mut held: BTreeMap<CsId, u64> = BTreeMap::new();
         let mut counts = ChunkCounts::default();
         let mut pending = 0u64;
         // Copies in flight: what their last progress left; the others: a
         // chunk size per missing copy.
         let mut remaining_bytes: u64 = core.repl.remaining.values().sum();
         for (&chunk, rec) in state.chunks() {
+            let attrs = state.inode(rec.file).expect("chunk file").attrs;
             for cs in &rec.replicas {
                 *per_cs.entry(*cs).or_default() += 1;
+                *held.entry(*cs).or_default() += attrs.chunk_size;
             }
-            let attrs = state.inode(rec.file).expect("chunk file").attrs;
             let replicas = attrs.replicas;
             let health = self.chain_health(&core, rec, now);
             let (norm, min) = (replicas.norm as usize, replicas.min as usize);
@@ -1163,7 +1390,7 @@ impl MdsService {
                 remaining_bytes =
                     remaining_bytes.saturating_add(missing.saturating_mul(attrs.chunk_size));
             }
-            if core.busy.contains(&chunk) {
+            if core.busy.contains(&chunk) && !core.balance.victims.contains_key(&chunk) {
                 counts.replicating += 1;
             } else if health.available < min {
                 counts.blocked += 1;
@@ -1191,9 +1418,29 @@ impl MdsService {
                     releasing: r.releasing,
                     full: live.is_some_and(|l| l.full || l.no_space_at_free.is_some()),
                     io: live.map(|l| l.rates).unwrap_or_default(),
+                    location: r.location.clone(),
+                    host: r.host.clone(),
+                    tier: r.tier,
+                    capacity_bytes: if r.capacity_bytes > 0 {
+                        r.capacity_bytes
+                    } else {
+                        live.map(|l| l.space.total_bytes).unwrap_or(0)
+                    },
+                    held_bytes: held.get(&r.id).copied().unwrap_or(0),
                 }
             })
             .collect();
+        let mut tiers: BTreeMap<u8, TierSpace> = BTreeMap::new();
+        for c in cs.iter().filter(|c| c.status != CsStatus::Dropped) {
+            let t = tiers.entry(c.tier).or_insert(TierSpace {
+                tier: c.tier,
+                ..TierSpace::default()
+            });
+            t.servers += 1;
+            t.capacity_bytes += c.capacity_bytes;
+            t.held_bytes += c.held_bytes;
+            t.free_bytes += c.space.free_bytes;
+        }
         let (mut files, mut dirs, mut logical_bytes) = (0u64, 0u64, 0u64);
         for node in state.inodes() {
             match node.kind {
@@ -1245,6 +1492,9 @@ impl MdsService {
                 eta_s,
             },
             logical_bytes,
+            tiers: tiers.into_values().collect(),
+            rebalance: Self::balance_status(&core),
+            warnings: core.balance.warnings.clone(),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! its durable log and snapshots ([`store`]) and the service that drives
 //! it from client and chunk server requests ([`service`]).
 
+mod balance;
 mod group;
 mod healing;
 pub mod params;
+pub mod placement;
 mod probe;
 pub mod raft;
 pub mod service;

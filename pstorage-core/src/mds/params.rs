@@ -21,8 +21,12 @@ pub struct ClusterParams {
     /// dropped from its chains (its chunks are re-replicated), in ms.
     pub offline_timeout_ms: u64,
     /// `mds.alloc.fill_margin`: no new replicas on a chunk server with less
-    /// than this percentage of its disk free.
+    /// than this percentage of its disk free...
     pub fill_margin_percent: u64,
+    /// `mds.alloc.fill_margin_max`: ...but the margin is never more than
+    /// this many bytes (5% of a large disk shared with other data would
+    /// otherwise refuse new replicas with tens of GiB free).
+    pub fill_margin_max_bytes: u64,
     /// `mds.repl.bandwidth`: total re-replication rate, bytes/s (0 = unlimited);
     /// split evenly among the copies in flight.
     pub repl_bandwidth_bytes_per_s: u64,
@@ -69,6 +73,13 @@ pub struct ClusterParams {
     /// silent MDS costs at most this before the next member is tried
     /// (never more than half the fence).
     pub cs_heartbeat_timeout_ms: u64,
+    /// `mds.balance.rate`: replica moves rebalancing starts per minute at
+    /// most (0 turns rebalancing off, failure domain fixes included).
+    pub balance_rate_per_min: u64,
+    /// `mds.balance.band`: rebalancing stops once the fullness of the
+    /// servers of a tier differs by at most this percentage of the tier's
+    /// mean fullness (never tighter than one chunk).
+    pub balance_band_percent: u64,
 }
 
 impl Default for ClusterParams {
@@ -76,6 +87,7 @@ impl Default for ClusterParams {
         ClusterParams {
             offline_timeout_ms: 300_000,
             fill_margin_percent: 5,
+            fill_margin_max_bytes: 4 << 30,
             repl_bandwidth_bytes_per_s: 100 << 20,
             repl_concurrency: 4,
             scrub_period_ms: 7 * 24 * 3600 * 1000,
@@ -91,6 +103,8 @@ impl Default for ClusterParams {
             cs_fence_timeout_ms: crate::chunk::session::DEFAULT_FENCE.as_millis() as u64,
             cs_heartbeat_timeout_ms: crate::chunk::session::DEFAULT_HEARTBEAT_TIMEOUT.as_millis()
                 as u64,
+            balance_rate_per_min: 60,
+            balance_band_percent: 10,
         }
     }
 }
@@ -121,6 +135,14 @@ const SPECS: &[Spec] = &[
         max: 99,
         description: "no new replicas on a chunk server with less free disk than this",
         field: |p| &mut p.fill_margin_percent,
+    },
+    Spec {
+        key: "mds.alloc.fill_margin_max",
+        unit: "bytes",
+        min: 0,
+        max: u64::MAX,
+        description: "the fill margin is never more than this",
+        field: |p| &mut p.fill_margin_max_bytes,
     },
     Spec {
         key: "mds.repl.bandwidth",
@@ -218,6 +240,22 @@ const SPECS: &[Spec] = &[
         max: 256,
         description: "chunk copies in flight per chunk server (as source or target)",
         field: |p| &mut p.repl_per_cs,
+    },
+    Spec {
+        key: "mds.balance.rate",
+        unit: "moves/min",
+        min: 0,
+        max: 100_000,
+        description: "replica moves rebalancing starts per minute at most (0 = no rebalancing)",
+        field: |p| &mut p.balance_rate_per_min,
+    },
+    Spec {
+        key: "mds.balance.band",
+        unit: "%",
+        min: 1,
+        max: 100,
+        description: "rebalancing stops when the fullness of a tier's servers differs by at most this % of its mean (at least one chunk)",
+        field: |p| &mut p.balance_band_percent,
     },
     Spec {
         key: "cs.fence_tout",

@@ -15,7 +15,7 @@
 //! Verdict ages and the bucket use `tokio::time` (short-lived deadlines, so
 //! a paused test clock drives them), not the wall clock.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,11 +48,11 @@ struct Entry {
 /// Probe verdicts, probes in flight and drop budgets, per chunk server.
 #[derive(Default)]
 pub(super) struct Probes {
-    entries: Mutex<HashMap<CsId, Entry>>,
+    entries: Mutex<BTreeMap<CsId, Entry>>,
 }
 
 impl Probes {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CsId, Entry>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<CsId, Entry>> {
         // Every critical section is a few field updates: nothing to repair.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use futures::future::join_all;
 
 use super::params::ClusterParams;
+use super::placement;
 use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
 use super::state::{ApplyOutcome, Command, MdsState, NewEvent};
 use super::store::{CommandLog, MdsStore};
@@ -129,6 +130,9 @@ pub(super) struct Core {
     next_chunk_reserved: ChunkId,
     /// Chunks picked for re-replication whose copy has not started.
     pub(super) planned: BTreeSet<ChunkId>,
+    /// Chunks whose last copy failed: not planned again before the backoff
+    /// ends, and not onto the targets that failed ([`CopyBackoff`]).
+    pub(super) copy_backoff: BTreeMap<ChunkId, super::healing::CopyBackoff>,
     /// Chunks being copied: their version was bumped and writers are told
     /// to wait (`Unavailable`) until the new chain is committed.
     pub(super) busy: BTreeSet<ChunkId>,
@@ -145,6 +149,12 @@ pub(super) struct Core {
     pub(super) copies_per_cs: BTreeMap<CsId, u64>,
     /// Chunks whose only reachable copies are stale ones (logged once).
     pub(super) stale_only: BTreeSet<ChunkId>,
+    /// Chain members kept although their server registered them unclean
+    /// (no other member was active). A member registering clean at the
+    /// map's version is sure to be current (it holds every write the chain
+    /// acknowledged since it joined, and lost none), so these leave the
+    /// chain then (see `register_cs`).
+    pub(super) unclean_kept: BTreeMap<ChunkId, BTreeSet<CsId>>,
     /// Chunks that lost a corrupt replica, with what was found: the event
     /// log says when each is repaired.
     pub(super) repairs: BTreeMap<ChunkId, String>,
@@ -157,7 +167,13 @@ pub(super) struct Core {
     /// servers get the offline timeout from then to register with it.
     pub(super) leader_since_ms: u64,
     /// The term this MDS leads in (`None`: not the leader).
-    led_term: Option<u64>,
+    pub(super) led_term: Option<u64>,
+    /// Bytes of chunks each chunk server holds (chunk sizes of the chains
+    /// it is in), recounted every `tick` and grown by each placement in
+    /// between: placement's fullness without a scan of every chunk.
+    pub(super) held: BTreeMap<CsId, u64>,
+    /// Rebalancing (volatile).
+    pub(super) balance: super::balance::BalanceProgress,
 }
 
 impl Core {
@@ -240,6 +256,14 @@ pub struct MdsService {
     probes: super::probe::Probes,
 }
 
+/// The free space a chunk server of `total_bytes` keeps before it gets no
+/// new replicas: `mds.alloc.fill_margin` percent of its disk, at most
+/// `mds.alloc.fill_margin_max` bytes.
+pub(super) fn margin_bytes(params: &ClusterParams, total_bytes: u64) -> u64 {
+    let percent = (total_bytes as u128) * (params.fill_margin_percent as u128) / 100;
+    (percent.min(u64::MAX as u128) as u64).min(params.fill_margin_max_bytes)
+}
+
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
     Error::internal(format!("unexpected MDS apply outcome {outcome:?}"))
 }
@@ -263,17 +287,21 @@ impl MdsService {
                 version_sync: BTreeMap::new(),
                 next_chunk_reserved,
                 planned: BTreeSet::new(),
+                copy_backoff: BTreeMap::new(),
                 busy: BTreeSet::new(),
                 seen_status: BTreeMap::new(),
                 repl: ReplProgress::default(),
                 stale: BTreeMap::new(),
                 copies_per_cs: BTreeMap::new(),
                 stale_only: BTreeSet::new(),
+                unclean_kept: BTreeMap::new(),
                 repairs: BTreeMap::new(),
                 replicated: false,
                 pending_events: Vec::new(),
                 leader_since_ms,
                 led_term: None,
+                held: BTreeMap::new(),
+                balance: Default::default(),
             }),
             chunk_lock: tokio::sync::Mutex::new(()),
             copy_connector: connector.clone(),
@@ -367,8 +395,17 @@ impl MdsService {
         let Some((_, raft)) = self.raft.get() else {
             return self.core().commit_local(cmd);
         };
-        // Refuse what cannot apply without a round through the log.
-        self.core().state.validate(&cmd)?;
+        // Refuse what cannot apply without a round through the log, but
+        // only from a state known to be current: a deposed leader or a
+        // follower that missed the command creating a lease would refuse
+        // that lease's holder for good ("lease unknown") instead of sending
+        // it on to the leader.
+        let validated = self.core().state.validate(&cmd);
+        if validated.is_err() {
+            self.read_barrier().await?;
+            let revalidated = self.core().state.validate(&cmd);
+            revalidated?;
+        }
         match raft.client_write(RaftRequest { cmd }).await {
             Ok(reply) => reply.data.into_result(),
             Err(e) => Err(raft_write_error(e)),
@@ -479,7 +516,34 @@ impl MdsService {
         self.check_health().await;
         self.trim_excess().await;
         self.prune_stale().await;
+        self.check_domains();
         self.flush_events().await;
+    }
+
+    /// Runs the MDS's periodic work forever, as the daemon and the
+    /// simulator do: [`tick`](MdsService::tick) every `tick_every`,
+    /// [`leadership_changed`](MdsService::leadership_changed) whenever the
+    /// Raft metrics change, and [`run_replication`](MdsService::run_replication).
+    /// Each of them acts only while this MDS leads. Cancel it (drop the
+    /// future) to stop.
+    pub async fn run_duties(&self, tick_every: Duration) {
+        let ticker = async {
+            loop {
+                tokio::time::sleep(tick_every).await;
+                self.tick().await;
+            }
+        };
+        let leadership = async {
+            if let Some((_, raft)) = self.raft.get() {
+                let mut metrics = raft.metrics();
+                while metrics.changed().await.is_ok() {
+                    self.leadership_changed().await;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let replication = self.run_replication();
+        tokio::join!(ticker, leadership, replication);
     }
 
     /// Follows the Raft group's state (the daemon calls it whenever the
@@ -522,6 +586,7 @@ impl MdsService {
             core.copies_per_cs.clear();
             core.stale_only.clear();
             core.repairs.clear();
+            core.balance = Default::default();
             core.next_chunk_reserved = core.state.next_chunk_id();
             if leader {
                 let addr = self.config.addr.clone();
@@ -545,6 +610,25 @@ impl MdsService {
         }
         let _chunks = self.chunk_lock.lock().await;
         for (cs, chunks) in pending {
+            let now = self.now();
+            if self.cs_status(&self.core(), cs, now) != CsStatus::Active {
+                // Pushed once it is heard from again (a push now would only
+                // wait out its deadline under chunk_lock); what it no longer
+                // holds in a chain is forgotten.
+                let mut core = self.core();
+                let kept: BTreeSet<ChunkId> = chunks
+                    .into_iter()
+                    .filter(|c| {
+                        core.state
+                            .chunk(*c)
+                            .is_some_and(|r| r.replicas.contains(&cs))
+                    })
+                    .collect();
+                if !kept.is_empty() {
+                    core.version_sync.entry(cs).or_default().extend(kept);
+                }
+                continue;
+            }
             for chunk in chunks {
                 let map = self.core().state.chunk_map(chunk);
                 let Some(map) = map else { continue };
@@ -561,15 +645,14 @@ impl MdsService {
                         tracing::warn!("MDS: {e}");
                     }
                     // The last member stays in its chain (never dropped):
-                    // try again at the next tick while it is active (else
-                    // its next registration does), or it is never a source.
-                    let now = self.now();
+                    // try again (at the next tick once it is active), or it
+                    // is never a source and the chunk never heals.
                     let mut core = self.core();
                     let still_member = core
                         .state
                         .chunk(chunk)
                         .is_some_and(|r| r.replicas.contains(&cs));
-                    if still_member && self.cs_status(&core, cs, now) == CsStatus::Active {
+                    if still_member {
                         core.version_sync.entry(cs).or_default().insert(chunk);
                     }
                 }
@@ -722,7 +805,7 @@ impl MdsService {
         loop {
             // The survivors to commit, or the current map if nothing drops.
             let plan = {
-                let core = self.core();
+                let mut core = self.core();
                 let current = core.state.chunk_map(chunk).ok_or_else(|| {
                     Error::not_found(format!("chunk {chunk:#x} no longer exists"))
                 })?;
@@ -736,6 +819,15 @@ impl MdsService {
                 // turn a transient failure into data loss: keep it and let
                 // the caller wait.
                 if survivors.len() == current.replicas.len() || survivors.is_empty() {
+                    if survivors.is_empty() {
+                        // The last member is kept though it failed (maybe a
+                        // version push): `tick` pushes it the map's version
+                        // once it is active, else it is never a copy source
+                        // and the chunk stays at one replica for good.
+                        for r in &current.replicas {
+                            core.version_sync.entry(r.cs).or_default().insert(chunk);
+                        }
+                    }
                     Err(current)
                 } else {
                     let dropped: Vec<CsId> = current
@@ -866,7 +958,8 @@ impl MdsService {
         live.no_space_at_free.is_none() && !self.below_margin(core, live, live.placed_bytes)
     }
 
-    /// Whether `live` has less free space than the fill margin once
+    /// Whether `live` has less free space than the fill margin (see
+    /// [`margin_bytes`]) once
     /// `extra_bytes` more are placed on it. A server that reports no total
     /// (unknown size) is never considered full.
     pub(super) fn below_margin(&self, core: &Core, live: &CsLive, extra_bytes: u64) -> bool {
@@ -875,56 +968,82 @@ impl MdsService {
             return false;
         }
         let free = live.space.free_bytes.saturating_sub(extra_bytes);
-        let margin = self.params(core).fill_margin_percent;
-        (free as u128) * 100 < (total as u128) * (margin as u128)
+        free < margin_bytes(&self.params(core), total)
     }
 
-    /// Picks up to `count` distinct servers that take new replicas and are
-    /// not in `exclude`, most free space first (then fewest chunks).
+    /// Picks up to `count` distinct servers of `attrs`' tier that take new
+    /// replicas, are not in `members` or `exclude`, spread over `attrs`'
+    /// failure domains given the domains `members` already use, emptiest
+    /// first ([`placement::choose`]).
     pub(super) fn place(
         &self,
         core: &Core,
         now_ms: u64,
-        count: usize,
+        attrs: &FileAttrs,
+        members: &[CsId],
         exclude: &[CsId],
+        count: usize,
     ) -> Vec<CsId> {
-        self.place_with(core, now_ms, count, exclude, &Self::replica_counts(core))
+        let servers = self.server_views(core, now_ms);
+        placement::choose(
+            &servers,
+            &placement::Request {
+                tier: attrs.tier,
+                domain: attrs.failure_domain,
+                members,
+                exclude,
+                count,
+                chunk_bytes: attrs.chunk_size,
+            },
+        )
     }
 
-    /// Replicas per chunk server (placement's tie-breaker).
-    pub(super) fn replica_counts(core: &Core) -> BTreeMap<CsId, u64> {
-        let mut counts: BTreeMap<CsId, u64> = BTreeMap::new();
-        for (_, rec) in core.state.chunks() {
+    /// Every chunk server that is not dropped, as placement sees it.
+    pub(super) fn server_views(&self, core: &Core, now_ms: u64) -> Vec<placement::ServerView> {
+        core.state
+            .servers()
+            .filter(|r| !r.dropped)
+            .map(|r| {
+                let live = core.live.get(&r.id);
+                let capacity_bytes = if r.capacity_bytes > 0 {
+                    r.capacity_bytes
+                } else {
+                    live.map(|l| l.space.total_bytes).unwrap_or(0)
+                };
+                let active = !r.addr.is_empty()
+                    && !r.releasing
+                    && self.cs_status(core, r.id, now_ms) == CsStatus::Active;
+                placement::ServerView {
+                    id: r.id,
+                    location: r.location.clone(),
+                    host: r.host.clone(),
+                    tier: r.tier,
+                    held_bytes: core.held.get(&r.id).copied().unwrap_or(0),
+                    capacity_bytes,
+                    free_bytes: live
+                        .map(|l| l.space.free_bytes.saturating_sub(l.placed_bytes))
+                        .unwrap_or(0),
+                    eligible: active && self.takes_new_replicas(core, r.id, now_ms),
+                    active,
+                }
+            })
+            .collect()
+    }
+
+    /// Recounts [`Core::held`] from the chunk maps (O(replicas)).
+    pub(super) fn recount_held(core: &mut Core) {
+        let mut held: BTreeMap<CsId, u64> = BTreeMap::new();
+        let state = &core.state;
+        for (_, rec) in state.chunks() {
+            let size = state
+                .inode(rec.file)
+                .map(|n| n.attrs.chunk_size)
+                .unwrap_or(0);
             for cs in &rec.replicas {
-                *counts.entry(*cs).or_default() += 1;
+                *held.entry(*cs).or_default() += size;
             }
         }
-        counts
-    }
-
-    /// [`MdsService::place`] with the replica counts computed once by the
-    /// caller (planning places many chunks in one round).
-    pub(super) fn place_with(
-        &self,
-        core: &Core,
-        now_ms: u64,
-        count: usize,
-        exclude: &[CsId],
-        counts: &BTreeMap<CsId, u64>,
-    ) -> Vec<CsId> {
-        let mut candidates: Vec<(u64, u64, CsId)> = core
-            .state
-            .servers()
-            .filter(|r| !exclude.contains(&r.id))
-            .filter(|r| self.takes_new_replicas(core, r.id, now_ms))
-            .map(|r| {
-                let live = &core.live[&r.id];
-                let free = live.space.free_bytes.saturating_sub(live.placed_bytes);
-                (free, counts.get(&r.id).copied().unwrap_or(0), r.id)
-            })
-            .collect();
-        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        candidates.into_iter().take(count).map(|c| c.2).collect()
+        core.held = held;
     }
 
     /// Active servers not being released (whatever their space).
@@ -947,15 +1066,35 @@ impl MdsService {
             }
             let attrs = core.state.inode(ino).expect("leased file").attrs;
             let path = core.state.path_of(ino);
-            let chosen = self.place(&core, now, attrs.replicas.norm as usize, &[]);
+            let mut chosen = self.place(&core, now, &attrs, &[], &[], attrs.replicas.norm as usize);
             if chosen.len() < attrs.replicas.min as usize {
+                let in_tier = core
+                    .state
+                    .servers()
+                    .filter(|r| !r.dropped && !r.addr.is_empty() && r.tier == attrs.tier)
+                    .count();
+                let registered = core
+                    .state
+                    .servers()
+                    .filter(|r| !r.dropped && !r.addr.is_empty())
+                    .count();
+                if in_tier < attrs.replicas.min as usize
+                    && registered >= attrs.replicas.min as usize
+                {
+                    return Err(Error::unavailable(format!(
+                        "cannot allocate chunk {index} of {path}: tier {} has {in_tier} chunk server(s), replicas={} needs at least {}; add chunk servers to tier {} (make-cs -t {}, set-cs ID tier={}) or set another tier on the file (set-attr {path} tier=N)",
+                        attrs.tier, attrs.replicas, attrs.replicas.min, attrs.tier, attrs.tier, attrs.tier
+                    )));
+                }
                 let active = self.active_servers(&core, now);
                 if active >= attrs.replicas.min as usize {
-                    let margin = self.params(&core).fill_margin_percent;
+                    let params = self.params(&core);
+                    let margin = params.fill_margin_percent;
+                    let max = params.fill_margin_max_bytes;
                     return Err(Error::new(
                         ErrorKind::NoSpace,
                         format!(
-                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more than mds.alloc.fill_margin={margin}% of their disk free, replicas={} needs {}; free space or add chunk servers",
+                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more free disk than mds.alloc.fill_margin={margin}% (at most mds.alloc.fill_margin_max={max} bytes), replicas={} needs {}; free space or add chunk servers",
                             chosen.len(),
                             attrs.replicas,
                             attrs.replicas.min
@@ -969,6 +1108,7 @@ impl MdsService {
             }
             let chunk = core.next_chunk_reserved.max(core.state.next_chunk_id());
             core.next_chunk_reserved = chunk + 1;
+            placement::rotate_head(chunk, &mut chosen);
             let chosen: Vec<Replica> = chosen
                 .into_iter()
                 .map(|cs| Replica {
@@ -1034,6 +1174,7 @@ impl MdsService {
                     if let Some(live) = core.live.get_mut(&r.cs) {
                         live.placed_bytes = live.placed_bytes.saturating_add(attrs.chunk_size);
                     }
+                    *core.held.entry(r.cs).or_default() += attrs.chunk_size;
                 }
             }
             result
@@ -1269,6 +1410,9 @@ impl MetadataService for MdsService {
         cs: CsId,
         reason: FailureReason,
     ) -> Result<ChunkMap> {
+        // The answer comes from this MDS's state (the lease, the current
+        // map): it must be the leader's, not a deposed leader's.
+        self.read_barrier().await?;
         if reason.is_reachability() {
             // The reporter's view is evidence: check it from here first,
             // without chunk_lock (a probe may wait mds.cs.probe_tout).
@@ -1408,6 +1552,28 @@ impl MetadataService for MdsService {
         .await
         .map(|_| ())
     }
+
+    async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::SetCsPlacement {
+            cs,
+            update,
+            now_ms: now,
+        })
+        .await?;
+        self.flush_events().await;
+        Ok(())
+    }
+}
+
+/// Why `register_cs` takes an unclean replica out of its chain.
+#[derive(Debug, Clone, Copy)]
+enum Suspect {
+    /// Registered unclean while another member of the chain is active.
+    BesideActive,
+    /// Kept unclean earlier (no member was active); a member registered
+    /// clean at the map's version since.
+    Superseded,
 }
 
 #[async_trait]
@@ -1425,7 +1591,9 @@ impl CsRegistry for MdsService {
             addr,
             space,
             chunks,
+            unclean,
         } = registration;
+        let unclean: BTreeSet<ChunkId> = unclean.into_iter().collect();
         // The answer tells the server what to delete: only a leader that
         // is sure of its leadership and has applied every committed command
         // may give it (a deposed or restarted one could know fewer chunks).
@@ -1454,7 +1622,7 @@ impl CsRegistry for MdsService {
             })
             .await?;
         }
-        let (delete, kept, lost) = {
+        let (delete, kept, lost, suspects) = {
             let mut core = self.core();
             let mut live = CsLive::new(now, space);
             live.full = self.below_margin(&core, &live, 0);
@@ -1465,8 +1633,50 @@ impl CsRegistry for MdsService {
             let mut kept: BTreeMap<ChunkId, MapVersion> = BTreeMap::new();
             let mut behind = BTreeSet::new();
             let mut reported = BTreeSet::new();
+            // Chain members to drop, with why.
+            let mut suspects: Vec<(ChunkId, CsId, Suspect)> = Vec::new();
+            // Forget kept unclean replicas that left their chain since.
+            let chains: BTreeMap<ChunkId, Vec<CsId>> = core
+                .unclean_kept
+                .keys()
+                .filter_map(|&c| core.state.chunk(c).map(|r| (c, r.replicas.clone())))
+                .collect();
+            core.unclean_kept.retain(|chunk, members| {
+                members.retain(|cs| chains.get(chunk).is_some_and(|r| r.contains(cs)));
+                !members.is_empty()
+            });
             for info in &chunks {
                 reported.insert(info.chunk);
+                let member = core
+                    .state
+                    .chunk(info.chunk)
+                    .filter(|rec| rec.replicas.contains(&id) && info.version <= rec.version)
+                    .map(|rec| (rec.version, rec.replicas.clone()));
+                // A member at an older version missed a version push (not a
+                // write: those need every member); `behind` below syncs it.
+                if let Some((version, replicas)) = member {
+                    if unclean.contains(&info.chunk) {
+                        // Whole, but it may have lost acknowledged writes
+                        // that were never flushed: it must not serve beside
+                        // a replica that kept them. It leaves the chain (a
+                        // base for the resync that patches it) unless it is
+                        // the best copy reachable now.
+                        let other_active = replicas.iter().any(|&cs| {
+                            cs != id && self.cs_status(&core, cs, now) == CsStatus::Active
+                        });
+                        if other_active {
+                            suspects.push((info.chunk, id, Suspect::BesideActive));
+                            continue;
+                        }
+                        core.unclean_kept.entry(info.chunk).or_default().insert(id);
+                    } else if info.version == version {
+                        if let Some(kept) = core.unclean_kept.remove(&info.chunk) {
+                            for cs in kept.into_iter().filter(|&cs| cs != id) {
+                                suspects.push((info.chunk, cs, Suspect::Superseded));
+                            }
+                        }
+                    }
+                }
                 match core.state.chunk(info.chunk) {
                     None => delete.push(info.chunk),
                     // Not a member (it was dropped while away, or a copy
@@ -1509,7 +1719,7 @@ impl CsRegistry for MdsService {
             } else {
                 core.stale.insert(id, kept.clone());
             }
-            (delete, kept, lost)
+            (delete, kept, lost, suspects)
         };
         {
             let mut core = self.core();
@@ -1526,6 +1736,22 @@ impl CsRegistry for MdsService {
                 ),
             );
             core.seen_status.insert(id, CsStatus::Active);
+        }
+        for (chunk, cs, why) in suspects {
+            let message = match why {
+                Suspect::BesideActive => format!(
+                    "chunk server {id} stopped uncleanly with unflushed writes to chunk {chunk:#x}: its replica may lack acknowledged writes, so it leaves the chain to be resynced"
+                ),
+                Suspect::Superseded => format!(
+                    "chunk {chunk:#x}: the replica of chunk server {cs}, kept after an unclean stop, leaves the chain to be resynced now that chunk server {id} registered a replica that is sure to be current"
+                ),
+            };
+            tracing::warn!("MDS: {message}");
+            self.core()
+                .log_event(now, EventKind::CsState, EventLevel::Warning, message);
+            if let Err(e) = self.drop_replicas(chunk, vec![cs]).await {
+                tracing::warn!("MDS: {e}");
+            }
         }
         for chunk in lost {
             tracing::warn!("MDS: CS {id} ({addr}) lost its replica of chunk {chunk:#x}");
@@ -1751,8 +1977,10 @@ impl MdsService {
                 (
                     EventLevel::Warning,
                     format!(
-                        "chunk server {cs} ({addr}) disk is full: {pct}% free, below mds.alloc.fill_margin={}%; it gets no new replicas",
-                        params.fill_margin_percent
+                        "chunk server {cs} ({addr}) disk is full: {pct}% free ({} bytes), below mds.alloc.fill_margin={}% (at most mds.alloc.fill_margin_max={} bytes); it gets no new replicas",
+                        space.free_bytes,
+                        params.fill_margin_percent,
+                        params.fill_margin_max_bytes
                     ),
                 )
             } else {

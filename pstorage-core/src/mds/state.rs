@@ -74,6 +74,120 @@ pub struct CsRecord {
     /// replicas do not count towards `replicas_norm`, so they are copied
     /// elsewhere; dropped once it holds none.
     pub releasing: bool,
+    /// Where it is, `ROOM.ROW.RACK` (`make-cs --location`, `set-cs`).
+    pub location: String,
+    /// The host it runs on; empty for a server made before store format 4
+    /// (it then counts as a host of its own).
+    pub host: String,
+    /// Its storage tier (0..=[`MAX_TIER`]).
+    pub tier: u8,
+    /// Bytes it may fill (`make-cs --capacity`); 0 = its file system's size.
+    pub capacity_bytes: u64,
+}
+
+impl CsRecord {
+    /// A record for a new chunk server: default location, unknown host,
+    /// tier 0, the file system's size.
+    pub fn new(id: CsId) -> CsRecord {
+        CsRecord {
+            id,
+            addr: String::new(),
+            dropped: false,
+            releasing: false,
+            location: DEFAULT_LOCATION.to_string(),
+            host: String::new(),
+            tier: 0,
+            capacity_bytes: 0,
+        }
+    }
+}
+
+/// [`CsRecord`] of store formats 2 and 3.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct CsRecordV3 {
+    id: CsId,
+    addr: String,
+    dropped: bool,
+    releasing: bool,
+}
+
+impl From<CsRecordV3> for CsRecord {
+    fn from(r: CsRecordV3) -> CsRecord {
+        CsRecord {
+            addr: r.addr,
+            dropped: r.dropped,
+            releasing: r.releasing,
+            ..CsRecord::new(r.id)
+        }
+    }
+}
+
+/// [`FileAttrs`] of store formats 1 to 3 (before tiers and failure domains).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct FileAttrsV3 {
+    replicas: Replicas,
+    chunk_size: u64,
+}
+
+impl From<FileAttrsV3> for FileAttrs {
+    fn from(a: FileAttrsV3) -> FileAttrs {
+        FileAttrs {
+            replicas: a.replicas,
+            chunk_size: a.chunk_size,
+            ..FileAttrs::default()
+        }
+    }
+}
+
+/// [`AttrUpdate`] of store formats 1 to 3, as [`Command::SetAttrV3`] holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrUpdateV3 {
+    pub replicas: Option<Replicas>,
+    pub chunk_size: Option<u64>,
+}
+
+impl From<AttrUpdateV3> for AttrUpdate {
+    fn from(u: AttrUpdateV3) -> AttrUpdate {
+        AttrUpdate {
+            replicas: u.replicas,
+            chunk_size: u.chunk_size,
+            ..AttrUpdate::default()
+        }
+    }
+}
+
+/// [`Inode`] of store formats 1 to 3.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct InodeV3 {
+    ino: InodeId,
+    kind: InodeKind,
+    parent: InodeId,
+    name: String,
+    children: BTreeMap<String, InodeId>,
+    size: u64,
+    mtime_ms: u64,
+    ctime_ms: u64,
+    attrs: FileAttrsV3,
+    chunks: BTreeMap<u64, ChunkId>,
+    fence_pending: bool,
+}
+
+impl From<InodeV3> for Inode {
+    fn from(n: InodeV3) -> Inode {
+        Inode {
+            ino: n.ino,
+            kind: n.kind,
+            parent: n.parent,
+            name: n.name,
+            children: n.children,
+            size: n.size,
+            mtime_ms: n.mtime_ms,
+            ctime_ms: n.ctime_ms,
+            attrs: n.attrs.into(),
+            chunks: n.chunks,
+            fence_pending: n.fence_pending,
+        }
+    }
 }
 
 /// An event to append to the log (the state numbers and timestamps it).
@@ -134,10 +248,11 @@ pub enum Command {
         to: String,
         now_ms: u64,
     },
-    /// Changes attributes of `path` (and its subtree with `recursive`).
-    SetAttr {
+    /// [`Command::SetAttr`] as store formats 1 to 3 wrote it (before tiers
+    /// and failure domains); applies like it.
+    SetAttrV3 {
         path: String,
-        update: AttrUpdate,
+        update: AttrUpdateV3,
         recursive: bool,
         now_ms: u64,
     },
@@ -214,6 +329,21 @@ pub enum Command {
     // Appended in store format 3.
     /// Allocates a new MDS id (a Raft member id; never reused).
     AllocateMdsId,
+    // Appended in store format 4.
+    /// Changes attributes of `path` (and its subtree with `recursive`).
+    SetAttr {
+        path: String,
+        update: AttrUpdate,
+        recursive: bool,
+        now_ms: u64,
+    },
+    /// Changes a chunk server's location, host, tier or capacity (the
+    /// server need not have registered yet) and logs the change.
+    SetCsPlacement {
+        cs: CsId,
+        update: CsPlacementUpdate,
+        now_ms: u64,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -335,6 +465,11 @@ pub(crate) enum Prepared {
         now_ms: u64,
     },
     AllocateMdsId,
+    SetCsPlacement {
+        cs: CsId,
+        update: CsPlacementUpdate,
+        now_ms: u64,
+    },
 }
 
 /// The id the first MDS of a cluster takes (`make-mds`); a new state
@@ -361,13 +496,31 @@ pub struct MdsState {
     next_mds: u64,
 }
 
+/// [`MdsState`] as store format 3 wrote it (before locations, tiers and
+/// failure domains); read by [`MdsState::from_v3`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MdsStateV3 {
+    inodes: BTreeMap<InodeId, InodeV3>,
+    chunks: BTreeMap<ChunkId, ChunkRecord>,
+    servers: BTreeMap<CsId, CsRecordV3>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    next_ino: InodeId,
+    next_chunk: ChunkId,
+    next_lease: LeaseId,
+    next_cs: CsId,
+    params: BTreeMap<String, u64>,
+    events: VecDeque<Event>,
+    next_event: u64,
+    next_mds: u64,
+}
+
 /// [`MdsState`] as store format 2 wrote it (before MDS ids); read by
 /// [`MdsState::from_v2`].
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct MdsStateV2 {
-    inodes: BTreeMap<InodeId, Inode>,
+    inodes: BTreeMap<InodeId, InodeV3>,
     chunks: BTreeMap<ChunkId, ChunkRecord>,
-    servers: BTreeMap<CsId, CsRecord>,
+    servers: BTreeMap<CsId, CsRecordV3>,
     leases: BTreeMap<LeaseId, LeaseRecord>,
     next_ino: InodeId,
     next_chunk: ChunkId,
@@ -382,7 +535,7 @@ pub(crate) struct MdsStateV2 {
 /// the event log and graceful removal); read by [`MdsState::from_v1`].
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct MdsStateV1 {
-    inodes: BTreeMap<InodeId, Inode>,
+    inodes: BTreeMap<InodeId, InodeV3>,
     chunks: BTreeMap<ChunkId, ChunkRecord>,
     servers: BTreeMap<CsId, CsRecordV1>,
     leases: BTreeMap<LeaseId, LeaseRecord>,
@@ -459,13 +612,34 @@ impl MdsState {
         })
     }
 
+    /// Upgrades a state written by store format 3: every chunk server gets
+    /// the default location, an unknown host (a host of its own), tier 0
+    /// and its file system's size; every inode tier 0 and failure domain
+    /// `host`.
+    pub(crate) fn from_v3(v3: MdsStateV3) -> MdsState {
+        MdsState {
+            inodes: v3.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            chunks: v3.chunks,
+            servers: v3.servers.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            leases: v3.leases,
+            next_ino: v3.next_ino,
+            next_chunk: v3.next_chunk,
+            next_lease: v3.next_lease,
+            next_cs: v3.next_cs,
+            params: v3.params,
+            events: v3.events,
+            next_event: v3.next_event,
+            next_mds: v3.next_mds,
+        }
+    }
+
     /// Upgrades a state written by store format 2: the first MDS (the
     /// only one a format 2 cluster had) holds [`FIRST_MDS_ID`].
     pub(crate) fn from_v2(v2: MdsStateV2) -> MdsState {
         MdsState {
-            inodes: v2.inodes,
+            inodes: v2.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
             chunks: v2.chunks,
-            servers: v2.servers,
+            servers: v2.servers.into_iter().map(|(k, v)| (k, v.into())).collect(),
             leases: v2.leases,
             next_ino: v2.next_ino,
             next_chunk: v2.next_chunk,
@@ -481,7 +655,7 @@ impl MdsState {
     /// Upgrades a state written by store format 1.
     pub(crate) fn from_v1(v1: MdsStateV1) -> MdsState {
         MdsState {
-            inodes: v1.inodes,
+            inodes: v1.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
             chunks: v1.chunks,
             servers: v1
                 .servers
@@ -490,10 +664,9 @@ impl MdsState {
                     (
                         id,
                         CsRecord {
-                            id: r.id,
                             addr: r.addr,
                             dropped: r.dropped,
-                            releasing: false,
+                            ..CsRecord::new(r.id)
                         },
                     )
                 })
@@ -928,6 +1101,12 @@ impl MdsState {
                 recursive,
                 now_ms,
             } => self.prepare_set_attr(path, *update, *recursive, *now_ms),
+            Command::SetAttrV3 {
+                path,
+                update,
+                recursive,
+                now_ms,
+            } => self.prepare_set_attr(path, (*update).into(), *recursive, *now_ms),
             Command::RenewLease { lease, now_ms } => {
                 let rec = self.check_lease(*lease, *now_ms, false)?;
                 Ok(Prepared::Renew {
@@ -1121,6 +1300,18 @@ impl MdsState {
                     return Err(Error::internal("MDS ids are exhausted"));
                 }
                 Ok(Prepared::AllocateMdsId)
+            }
+            Command::SetCsPlacement { cs, update, now_ms } => {
+                self.check_cs_known(*cs)?;
+                if self.servers.get(cs).is_some_and(|r| r.dropped) {
+                    return Err(Self::dropped_error(*cs));
+                }
+                update.validate()?;
+                Ok(Prepared::SetCsPlacement {
+                    cs: *cs,
+                    update: update.clone(),
+                    now_ms: *now_ms,
+                })
             }
         }
     }
@@ -1380,6 +1571,9 @@ impl MdsState {
         if let Some(c) = update.chunk_size {
             validate_chunk_size(c)?;
         }
+        if let Some(t) = update.tier {
+            validate_tier(t)?;
+        }
         let root = self.lookup(path)?;
         let mut targets = Vec::new();
         let mut stack = vec![root];
@@ -1546,12 +1740,7 @@ impl MdsState {
     }
 
     fn cs_entry(&mut self, cs: CsId) -> &mut CsRecord {
-        self.servers.entry(cs).or_insert_with(|| CsRecord {
-            id: cs,
-            addr: String::new(),
-            dropped: false,
-            releasing: false,
-        })
+        self.servers.entry(cs).or_insert_with(|| CsRecord::new(cs))
     }
 
     fn push_event(&mut self, now_ms: u64, kind: EventKind, level: EventLevel, message: String) {
@@ -1812,6 +2001,31 @@ impl MdsState {
                 let id = self.next_mds;
                 self.next_mds += 1;
                 ApplyOutcome::MdsId(id)
+            }
+            Prepared::SetCsPlacement { cs, update, now_ms } => {
+                let rec = self.cs_entry(cs);
+                let mut changes = Vec::new();
+                if let Some(l) = update.location.filter(|l| *l != rec.location) {
+                    changes.push(format!("location {} -> {l}", rec.location));
+                    rec.location = l;
+                }
+                if let Some(h) = update.host.filter(|h| *h != rec.host) {
+                    changes.push(format!("host {:?} -> {h:?}", rec.host));
+                    rec.host = h;
+                }
+                if let Some(t) = update.tier.filter(|t| *t != rec.tier) {
+                    changes.push(format!("tier {} -> {t}", rec.tier));
+                    rec.tier = t;
+                }
+                if let Some(c) = update.capacity_bytes.filter(|c| *c != rec.capacity_bytes) {
+                    changes.push(format!("capacity {} -> {c} bytes", rec.capacity_bytes));
+                    rec.capacity_bytes = c;
+                }
+                if !changes.is_empty() {
+                    let message = format!("chunk server {cs}: {}", changes.join(", "));
+                    self.push_event(now_ms, EventKind::CsState, EventLevel::Info, message);
+                }
+                ApplyOutcome::Done
             }
         }
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Command, MdsState, MdsStateV1, MdsStateV2};
+use super::state::{Command, MdsState, MdsStateV1, MdsStateV2, MdsStateV3};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -22,10 +22,13 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// 2 added cluster parameters, the event log and graceful chunk server
 /// removal to the state, and commands after `DropCs`. 3 added the MDS id
 /// counter to the state and `AllocateMdsId` (and the Raft records of
-/// [`super::raft::RaftStorage`]). Older records are read too: their
-/// commands are a prefix of the newer formats', and older snapshots are
-/// upgraded by [`MdsState::from_v1`] and [`MdsState::from_v2`].
-pub const STORE_FORMAT_VERSION: u8 = 3;
+/// [`super::raft::RaftStorage`]). 4 added chunk server locations, hosts,
+/// tiers and capacities, file tiers and failure domains, and the commands
+/// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
+/// `SetCsPlacement`. Older records are read too: their commands are a
+/// prefix of the newer formats', and older snapshots are upgraded by
+/// [`MdsState::from_v1`], [`MdsState::from_v2`] and [`MdsState::from_v3`].
+pub const STORE_FORMAT_VERSION: u8 = 4;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
@@ -50,6 +53,13 @@ struct SnapshotV1 {
 struct SnapshotV2 {
     last_index: u64,
     state: MdsStateV2,
+}
+
+/// A snapshot of store format 3.
+#[derive(Deserialize)]
+struct SnapshotV3 {
+    last_index: u64,
+    state: MdsStateV3,
 }
 
 /// Where applied commands go before their effect becomes visible: the
@@ -149,6 +159,13 @@ fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
             Ok(Snapshot {
                 last_index: v2.last_index,
                 state: MdsState::from_v2(v2.state),
+            })
+        }
+        (3, body) => {
+            let v3: SnapshotV3 = decode_body(body, what, path)?;
+            Ok(Snapshot {
+                last_index: v3.last_index,
+                state: MdsState::from_v3(v3.state),
             })
         }
         (_, body) => decode_body(body, what, path),
@@ -433,11 +450,46 @@ mod tests {
         assert_eq!(store.load().unwrap_err().kind(), ErrorKind::Corrupt);
     }
 
+    /// [`crate::mds::Inode`] as formats 1 to 3 wrote it, field for field
+    /// (before tiers and failure domains).
+    #[derive(Serialize)]
+    struct InodeOld {
+        ino: crate::types::InodeId,
+        kind: crate::types::InodeKind,
+        parent: crate::types::InodeId,
+        name: String,
+        children: std::collections::BTreeMap<String, crate::types::InodeId>,
+        size: u64,
+        mtime_ms: u64,
+        ctime_ms: u64,
+        attrs: (crate::types::Replicas, u64),
+        chunks: std::collections::BTreeMap<u64, crate::types::ChunkId>,
+        fence_pending: bool,
+    }
+
+    impl From<&crate::mds::Inode> for InodeOld {
+        fn from(n: &crate::mds::Inode) -> InodeOld {
+            InodeOld {
+                ino: n.ino,
+                kind: n.kind,
+                parent: n.parent,
+                name: n.name.clone(),
+                children: n.children.clone(),
+                size: n.size,
+                mtime_ms: n.mtime_ms,
+                ctime_ms: n.ctime_ms,
+                attrs: (n.attrs.replicas, n.attrs.chunk_size),
+                chunks: n.chunks.clone(),
+                fence_pending: n.fence_pending,
+            }
+        }
+    }
+
     #[test]
     fn a_format_1_store_is_upgraded() {
         use std::collections::BTreeMap;
 
-        use crate::mds::state::{Inode, LeaseRecord};
+        use crate::mds::state::LeaseRecord;
         use crate::types::{ChunkId, CsId, InodeId, LeaseId};
 
         // The shape format 1 wrote, field for field.
@@ -449,7 +501,7 @@ mod tests {
         }
         #[derive(Serialize)]
         struct StateV1 {
-            inodes: BTreeMap<InodeId, Inode>,
+            inodes: BTreeMap<InodeId, InodeOld>,
             chunks: BTreeMap<ChunkId, crate::mds::ChunkRecord>,
             servers: BTreeMap<CsId, CsRecordV1>,
             leases: BTreeMap<LeaseId, LeaseRecord>,
@@ -468,7 +520,7 @@ mod tests {
             .unwrap();
         let root = expected.inode(crate::types::ROOT_INODE).unwrap().clone();
         let v1 = StateV1 {
-            inodes: BTreeMap::from([(root.ino, root)]),
+            inodes: BTreeMap::from([(root.ino, InodeOld::from(&root))]),
             chunks: BTreeMap::new(),
             servers: BTreeMap::from([(
                 1,
@@ -529,18 +581,41 @@ mod tests {
                 now_ms: 5,
             })
             .unwrap();
-        // Format 3 appended `next_mds` as the state's last field, which is
-        // the snapshot's last field: postcard writes fields in order, so a
-        // format 2 snapshot is the format 3 bytes without that varint
-        // (FIRST_MDS_ID + 1 = 2, one byte).
-        let v3 = postcard::to_allocvec(&SnapshotRef {
-            last_index: 0,
-            state: &expected,
-        })
-        .unwrap();
-        assert_eq!(v3.last(), Some(&2));
+        // The shape format 2 wrote, field for field (format 3 appended
+        // `next_mds`, format 4 placement fields to inodes and servers).
+        #[derive(Serialize)]
+        struct StateV2 {
+            inodes: std::collections::BTreeMap<crate::types::InodeId, InodeOld>,
+            chunks: std::collections::BTreeMap<crate::types::ChunkId, crate::mds::ChunkRecord>,
+            servers: std::collections::BTreeMap<
+                crate::types::CsId,
+                (crate::types::CsId, String, bool, bool),
+            >,
+            leases: std::collections::BTreeMap<crate::types::LeaseId, crate::mds::LeaseRecord>,
+            next_ino: crate::types::InodeId,
+            next_chunk: crate::types::ChunkId,
+            next_lease: crate::types::LeaseId,
+            next_cs: crate::types::CsId,
+            params: std::collections::BTreeMap<String, u64>,
+            events: Vec<crate::types::Event>,
+            next_event: u64,
+        }
+        let root = expected.inode(crate::types::ROOT_INODE).unwrap();
+        let v2 = StateV2 {
+            inodes: std::collections::BTreeMap::from([(root.ino, InodeOld::from(root))]),
+            chunks: Default::default(),
+            servers: Default::default(),
+            leases: Default::default(),
+            next_ino: 2,
+            next_chunk: 1,
+            next_lease: 1,
+            next_cs: 2,
+            params: expected.param_overrides().clone(),
+            events: expected.events_after(0).cloned().collect(),
+            next_event: 2,
+        };
         let mut bytes = vec![2u8];
-        bytes.extend(&v3[..v3.len() - 1]);
+        bytes.extend(postcard::to_allocvec(&(0u64, v2)).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mds.redb");
         let store = MdsStore::create(&path, &MdsState::default()).unwrap();

@@ -202,6 +202,7 @@ fn test_attrs() -> FileAttrs {
     FileAttrs {
         replicas: Replicas { norm: 3, min: 2 },
         chunk_size: CHUNK,
+        ..Default::default()
     }
 }
 
@@ -262,6 +263,16 @@ impl Cluster {
     }
 
     async fn register(&self, id: CsId, free_gb: u64) -> Result<RegisterReply> {
+        self.register_unclean(id, free_gb, vec![]).await
+    }
+
+    /// Registers `id` after an unclean stop that left `unclean` suspect.
+    async fn register_unclean(
+        &self,
+        id: CsId,
+        free_gb: u64,
+        unclean: Vec<ChunkId>,
+    ) -> Result<RegisterReply> {
         let chunks = self.cs(id).list_chunks().await.unwrap_or_default();
         self.mds
             .register_cs(CsRegistration {
@@ -272,6 +283,7 @@ impl Cluster {
                     free_bytes: free_gb * GB,
                 },
                 chunks,
+                unclean,
             })
             .await
     }
@@ -304,6 +316,12 @@ impl Cluster {
 
 fn chain(map: &ChunkMap) -> Vec<CsId> {
     map.replicas.iter().map(|r| r.cs).collect()
+}
+
+/// A chain's members in id order (new chains rotate their head).
+fn sorted(mut chain: Vec<CsId>) -> Vec<CsId> {
+    chain.sort_unstable();
+    chain
 }
 
 fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
@@ -480,6 +498,7 @@ fn attributes_are_inherited_and_set_recursively() {
     let update = AttrUpdate {
         replicas: Some(Replicas { norm: 2, min: 1 }),
         chunk_size: Some(2 * CHUNK),
+        ..Default::default()
     };
     s.apply(Command::SetAttr {
         path: "/vm".into(),
@@ -502,6 +521,7 @@ fn attributes_are_inherited_and_set_recursively() {
         update: AttrUpdate {
             replicas: Some(r51),
             chunk_size: None,
+            ..Default::default()
         },
         recursive: true,
         now_ms: 4,
@@ -526,6 +546,7 @@ fn attributes_are_inherited_and_set_recursively() {
             update: AttrUpdate {
                 replicas: Some(Replicas { norm: 1, min: 2 }),
                 chunk_size: None,
+                ..Default::default()
             },
             recursive: true,
             now_ms: 5,
@@ -1064,6 +1085,57 @@ async fn registration_computes_the_delete_list() {
     assert_eq!(lost.version, 2);
 }
 
+/// Found by pstorage-sim seed 8: a chunk server that lost power came back
+/// with a replica that had lost acknowledged, unflushed writes (old data,
+/// matching CRCs), rejoined its chain at the same version, and readers got
+/// old data from it.
+#[tokio::test]
+async fn an_unclean_replica_beside_an_active_member_leaves_the_chain() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(chain(&map).len(), 3);
+    let reply = c.register_unclean(3, 1, vec![map.chunk]).await.unwrap();
+    // Kept on the server as the base of its resync, not deleted.
+    assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(!rec.replicas.contains(&3), "{rec:?}");
+    assert_eq!(rec.version, map.version + 1);
+    let log = events(&c, EventKind::CsState).join("\n");
+    assert!(log.contains("stopped uncleanly"), "{log}");
+    // A clean registration of a member keeps it.
+    c.register(1, 3).await.unwrap();
+    assert!(c.state().chunk(map.chunk).unwrap().replicas.contains(&1));
+}
+
+#[tokio::test]
+async fn an_unclean_replica_alone_is_kept_until_a_current_one_returns() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    // Every server silent (all lost power, say): none is active.
+    c.clock.advance(5_000);
+    c.mds.renew(lease.id).await.unwrap();
+    // The first back is unclean, and the best copy there is: kept.
+    c.register_unclean(1, 3, vec![map.chunk]).await.unwrap();
+    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas.len(), 3);
+    // A second unclean one beside it is not: one unclean copy is the
+    // truth, the others are resynced from it, so replicas never differ.
+    c.register_unclean(2, 2, vec![map.chunk]).await.unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(!rec.replicas.contains(&2), "{rec:?}");
+    assert!(rec.replicas.contains(&1), "{rec:?}");
+    // A clean member at the map's version is sure to be current: the
+    // unclean one leaves (CS 3 got the version of CS 2's drop pushed).
+    assert_eq!(c.cs(3).version(map.chunk), Some(rec.version));
+    c.register(3, 1).await.unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.replicas, vec![3]);
+    let log = events(&c, EventKind::CsState).join("\n");
+    assert!(log.contains("stopped uncleanly"), "{log}");
+    assert!(log.contains("sure to be current"), "{log}");
+}
+
 #[tokio::test]
 async fn a_member_behind_the_map_is_synced_by_tick() {
     let dir = tempfile::tempdir().unwrap();
@@ -1310,6 +1382,7 @@ async fn cs_status_follows_heartbeats() {
             addr: "h:1".into(),
             space: SpaceInfo::default(),
             chunks: vec![],
+            unclean: vec![],
         })
         .await
         .unwrap_err();
@@ -1329,6 +1402,7 @@ async fn workload(c: &Cluster) {
             AttrUpdate {
                 replicas: Some(Replicas { norm: 2, min: 1 }),
                 chunk_size: None,
+                ..Default::default()
             },
             true,
         )
@@ -1550,7 +1624,7 @@ async fn heartbeat_all(c: &Cluster, alive: &[CsId]) {
 
 #[tokio::test]
 async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
-    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let c = Cluster::new(&[40, 30, 20]).await;
     let lease = c.open_write("/f").await;
     let mut maps = Vec::new();
     for index in 0..4 {
@@ -1563,6 +1637,8 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
         );
     }
     assert!(maps.iter().all(|m| chain(m).contains(&1)));
+    // A fourth server joins after the chunks were placed.
+    assert_eq!(c.add_cs(10).await, 4);
     // CS 1 goes silent; the others heartbeat through the offline timeout.
     for _ in 0..62 {
         c.clock.advance(1_000);
@@ -1674,8 +1750,18 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     );
 }
 
-#[tokio::test]
-async fn a_copy_overtaken_by_a_version_change_is_discarded() {
+/// A copy of chunk 0 of "/f" (chain 1, 2, 3; CS 2 reported and silent) to
+/// CS 4, held after its bump to version 3, before its delta: resume it with
+/// `gate.add_permits(1)`; `copier` answers the chunks copied.
+struct HeldCopy {
+    c: Cluster,
+    lease: Lease,
+    map: ChunkMap,
+    gate: Arc<tokio::sync::Semaphore>,
+    copier: tokio::task::JoinHandle<u64>,
+}
+
+async fn copy_held_before_its_delta() -> HeldCopy {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
@@ -1697,6 +1783,24 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
     while !c.cs(1).calls().contains(&Call::SetVersion(map.chunk, 3)) {
         tokio::task::yield_now().await;
     }
+    HeldCopy {
+        c,
+        lease,
+        map,
+        gate,
+        copier,
+    }
+}
+
+#[tokio::test]
+async fn a_copy_overtaken_by_a_version_change_is_discarded() {
+    let HeldCopy {
+        c,
+        lease,
+        map,
+        gate,
+        copier,
+    } = copy_held_before_its_delta().await;
     // The file is truncated away meanwhile.
     c.mds.truncate(lease.id, 0).await.unwrap();
     gate.add_permits(1);
@@ -1706,6 +1810,60 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
     // deletes it.
     c.mds.tick().await;
     assert_eq!(c.cs(4).version(map.chunk), None, "the copy was deleted");
+}
+
+#[tokio::test]
+async fn a_copy_that_outlives_the_leadership_is_not_added() {
+    // Busy lives in the leader's memory: a leader elected while a copy's
+    // delta ran handed out maps at the copy's version and writers wrote at
+    // it, so the copy may lack their writes (sim seed 250 of session 7:
+    // replicas differed at one version after the copy joined the chain).
+    let HeldCopy {
+        c,
+        map,
+        gate,
+        copier,
+        ..
+    } = copy_held_before_its_delta().await;
+    // Another term began while the delta was held (as after losing and
+    // regaining the leadership).
+    let term = c.mds.core().led_term;
+    c.mds.core().led_term = Some(term.unwrap_or(0) + 7);
+    gate.add_permits(1);
+    assert_eq!(copier.await.unwrap(), 0);
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(!rec.replicas.contains(&4), "{rec:?}");
+    assert!(!c.mds.core().busy.contains(&map.chunk));
+}
+
+#[tokio::test]
+async fn a_last_member_that_missed_a_version_push_gets_it_later() {
+    // The only member left is kept when a push to it fails; unless it is
+    // pushed the map's version later it is never a copy source and the
+    // chunk stays at one replica for good (sim seed 277 of session 7).
+    let c = Cluster::new(&[40, 30, 20]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(map.version, 1);
+    c.cs(1).set_failing(true);
+    let err = c
+        .mds
+        .drop_replicas(map.chunk, vec![2, 3])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!((rec.replicas.clone(), rec.version), (vec![1], 2), "{rec:?}");
+    assert_eq!(c.cs(1).version(map.chunk), Some(1), "the push failed");
+    // While it fails, it stays queued.
+    c.mds.tick().await;
+    assert_eq!(c.cs(1).version(map.chunk), Some(1));
+    // Back: the next tick moves it to the map's version.
+    c.cs(1).set_failing(false);
+    c.clock.advance(1_000);
+    heartbeat_all(&c, &[1, 2, 3]).await;
+    c.mds.tick().await;
+    assert_eq!(c.cs(1).version(map.chunk), Some(2));
 }
 
 #[tokio::test]
@@ -1778,6 +1936,10 @@ async fn a_released_server_hands_its_chunks_over_then_is_dropped() {
 async fn full_servers_get_no_new_replicas() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     c.mds.set_config("mds.alloc.fill_margin", 15).await.unwrap();
+    c.mds
+        .set_config("mds.alloc.fill_margin_max", u64::MAX)
+        .await
+        .unwrap();
     // CS 4 reports 10% free: below the margin.
     heartbeat_all(&c, &[1, 2, 3]).await;
     c.mds
@@ -1817,6 +1979,57 @@ async fn full_servers_get_no_new_replicas() {
     let err = c.mds.chunk_map(lease.id, 9, true).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
     assert!(err.message().contains("mds.alloc.fill_margin=99%"), "{err}");
+}
+
+#[tokio::test]
+async fn the_fill_margin_is_capped_on_large_disks() {
+    // 5% of a 1 TB disk is 50 GB: a server with 10 GB free still takes new
+    // replicas at the defaults (the margin is at most 4 GiB), one with 3 GB
+    // free does not.
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    c.mds.set_config("mds.alloc.fill_margin", 5).await.unwrap();
+    heartbeat_all(&c, &[1, 2]).await;
+    for (cs, free) in [(3, 10 * GB), (4, 3 * GB)] {
+        c.mds
+            .heartbeat(
+                cs,
+                SpaceInfo {
+                    total_bytes: 1000 * GB,
+                    free_bytes: free,
+                },
+                CsStats::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let st = c.mds.cluster_status().await.unwrap();
+    assert_eq!(
+        st.cs.iter().map(|s| s.full).collect::<Vec<_>>(),
+        [false, false, false, true]
+    );
+    let message = &events(&c, EventKind::DiskFull)[0];
+    assert!(message.contains("chunk server 4"), "{message}");
+    assert!(
+        message.contains("mds.alloc.fill_margin_max=4294967296 bytes"),
+        "{message}"
+    );
+    // A higher cap makes the 10 GB server full too.
+    c.mds
+        .set_config("mds.alloc.fill_margin_max", 100 * GB)
+        .await
+        .unwrap();
+    c.mds
+        .heartbeat(
+            3,
+            SpaceInfo {
+                total_bytes: 1000 * GB,
+                free_bytes: 10 * GB,
+            },
+            CsStats::default(),
+        )
+        .await
+        .unwrap();
+    assert!(c.mds.cluster_status().await.unwrap().cs[2].full);
 }
 
 #[tokio::test]
@@ -1900,16 +2113,19 @@ async fn drops_on_reports_are_rate_limited_per_server() {
         c.mds
             .report_failure(lease.id, m.chunk, m.version, 3, FailureReason::TimedOut)
     };
-    assert_eq!(chain(&report(&maps[0]).await.unwrap()), [1, 2]);
-    assert_eq!(chain(&report(&maps[1]).await.unwrap()), [1, 2]);
+    assert_eq!(sorted(chain(&report(&maps[0]).await.unwrap())), [1, 2]);
+    assert_eq!(sorted(chain(&report(&maps[1]).await.unwrap())), [1, 2]);
     // The burst is spent: the third chain keeps CS 3 for now.
     let err = report(&maps[2]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("mds.report.drop_burst"), "{err}");
-    assert_eq!(c.state().chunk(maps[2].chunk).unwrap().replicas, [1, 2, 3]);
+    assert_eq!(
+        sorted(c.state().chunk(maps[2].chunk).unwrap().replicas.clone()),
+        [1, 2, 3]
+    );
     // One drop per minute comes back.
     tokio::time::sleep(std::time::Duration::from_secs(61)).await;
-    assert_eq!(chain(&report(&maps[2]).await.unwrap()), [1, 2]);
+    assert_eq!(sorted(chain(&report(&maps[2]).await.unwrap())), [1, 2]);
     assert_eq!(kind(report(&maps[3]).await), ErrorKind::Unavailable);
     // Another server has its own budget.
     c.cs(2).set_failing(true);
@@ -1940,7 +2156,10 @@ async fn concurrent_reports_about_one_server_share_one_probe() {
     });
     for (map, result) in maps.iter().zip(futures::future::join_all(reports).await) {
         let new = result.unwrap();
-        assert_eq!((chain(&new), new.version), (vec![1, 2], map.version + 1));
+        assert_eq!(
+            (sorted(chain(&new)), new.version),
+            (vec![1, 2], map.version + 1)
+        );
     }
     assert_eq!(
         c.cs(3).pings.load(Ordering::SeqCst),
@@ -2138,6 +2357,10 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
     let s = c.mds.cluster_status().await.unwrap();
     assert_eq!(s.replication.failed_chunks, 1, "{s:?}");
     assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&4));
+    // The failed copy's chunk waits out its backoff (0.5 s) first.
+    assert_eq!(c.mds.replicate_pending(1).await, 0);
+    c.clock.advance(500);
+    heartbeat_all(&c, &[1, 2, 4]).await;
 
     // A copy that keeps moving runs past the timeout as long as it moves.
     c.cs(4).copy_hangs(true);
@@ -2157,8 +2380,78 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
 }
 
 #[tokio::test]
+async fn a_failed_copy_backs_off_and_avoids_its_target() {
+    let c = Cluster::new(&[40, 30, 20]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    assert_eq!(sorted(chain(&map)), [1, 2, 3]);
+    let (four, five) = (c.add_cs(50).await, c.add_cs(50).await);
+    c.mds
+        .set_attr(
+            "/f",
+            AttrUpdate {
+                replicas: Some(Replicas { norm: 4, min: 2 }),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    let jobs = c.mds.plan_replication(16);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let target = jobs[0].targets[0].cs;
+    let other = if target == four { five } else { four };
+    // The target is down: the copy fails at once.
+    c.cs(target).set_failing(true);
+    for job in jobs {
+        c.mds.run_copy(job).await;
+    }
+    assert!(!c
+        .state()
+        .chunk(map.chunk)
+        .unwrap()
+        .replicas
+        .contains(&target));
+    // Not planned again before the backoff ends (no tight retry loop)...
+    assert!(c.mds.plan_replication(16).is_empty());
+    c.clock.advance(499);
+    assert!(c.mds.plan_replication(16).is_empty());
+    // ...then copied to another server than the one that failed.
+    c.clock.advance(2);
+    let jobs = c.mds.plan_replication(16);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].targets[0].cs, other, "{jobs:?}");
+    for job in jobs {
+        c.mds.run_copy(job).await;
+    }
+    assert!(c
+        .state()
+        .chunk(map.chunk)
+        .unwrap()
+        .replicas
+        .contains(&other));
+}
+
+#[test]
+fn copy_backoff_doubles_up_to_its_cap() {
+    let mut b = super::healing::CopyBackoff::default();
+    let mut pauses = Vec::new();
+    for _ in 0..8 {
+        b.failed(1_000, &[4]);
+        pauses.push(b.not_before_ms - 1_000);
+    }
+    assert_eq!(
+        pauses,
+        [500, 1_000, 2_000, 4_000, 5_000, 5_000, 5_000, 5_000]
+    );
+    b.failed(1_000, &[5]);
+    b.failed(1_000, &[4]);
+    assert_eq!(b.failed_targets, [4, 5]);
+}
+
+#[tokio::test]
 async fn copies_in_flight_per_server_are_limited() {
-    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    let c = Cluster::new(&[40, 30, 20]).await;
     c.mds.set_config("mds.repl.concurrency", 16).await.unwrap();
     let lease = c.open_write("/f").await;
     let mut maps = Vec::new();
@@ -2171,8 +2464,12 @@ async fn copies_in_flight_per_server_are_limited() {
                 .unwrap(),
         );
     }
-    // Every chunk lives on 1, 2, 3 (the emptiest); CS 4 holds none.
-    assert!(maps.iter().all(|m| chain(m) == [1, 2, 3]), "{maps:?}");
+    // Every chunk lives on 1, 2, 3; CS 4 joins empty.
+    assert!(
+        maps.iter().all(|m| sorted(chain(m)) == [1, 2, 3]),
+        "{maps:?}"
+    );
+    assert_eq!(c.add_cs(10).await, 4);
     c.mds
         .set_attr(
             "/f",

@@ -24,8 +24,8 @@ use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
 
 pub use store::{
-    compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftLogStore, RaftStorage,
-    StorageClosed, DEFAULT_SNAPSHOT_EVERY,
+    compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftDisk, RaftLogStore,
+    RaftStorage, StorageClosed, DEFAULT_SNAPSHOT_EVERY,
 };
 
 /// An MDS's identity in the Raft group. Chosen when the MDS is made
@@ -104,6 +104,7 @@ openraft::declare_raft_types!(
         R = RaftResponse,
         NodeId = MdsId,
         Node = MdsNode,
+        AsyncRuntime = crate::runtime::MdsAsyncRuntime,
 );
 
 /// The Raft handle of one MDS.

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftResponse, StateHost};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mds::state::MdsState;
+use crate::mds::state::{MdsState, MdsStateV3};
 use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
 
 /// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
@@ -75,6 +75,13 @@ type StorageResult<T> = std::result::Result<T, StorageError<MdsId>>;
 struct SnapshotRecord {
     meta: Meta,
     state: MdsState,
+}
+
+/// A snapshot of store format 3 (upgraded by [`MdsState::from_v3`]).
+#[derive(Deserialize)]
+struct SnapshotRecordV3 {
+    meta: Meta,
+    state: MdsStateV3,
 }
 
 /// Serializes like [`SnapshotRecord`] without cloning the state.
@@ -295,7 +302,14 @@ fn db_error(path: &Path, e: impl fmt::Display) -> Error {
 fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<SnapshotRecord> {
     let what = "MDS Raft snapshot";
     match split_record(bytes, what, path)? {
-        (FIRST_RAFT_FORMAT_VERSION, body) => decode_body(body, what, path),
+        (FIRST_RAFT_FORMAT_VERSION, body) => {
+            let v3: SnapshotRecordV3 = decode_body(body, what, path)?;
+            Ok(SnapshotRecord {
+                meta: v3.meta,
+                state: MdsState::from_v3(v3.state),
+            })
+        }
+        (STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
         (version, _) => Err(Error::corrupt(format!(
             "{what} in {} has format version {version}, which had no Raft snapshots",
             path.display()
@@ -316,9 +330,7 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let db = Arc::clone(db);
-    tokio::task::spawn_blocking(move || f(&db))
-        .await
-        .map_err(|e| Error::internal(format!("MDS Raft storage task failed: {e}")))?
+    crate::runtime::run_blocking("MDS Raft storage", move || f(&db)).await?
 }
 
 /// The Raft storage of one MDS, before it is handed to openraft with
@@ -451,18 +463,54 @@ impl RaftStorage {
         Self::from_db(db)
     }
 
+    /// Creates Raft storage in memory (the simulator): the same records in
+    /// a redb database on redb's in-memory backend, named `name` in
+    /// messages. `initial`: the state of the first MDS of a new cluster
+    /// (as [`RaftStorage::create`]); `None` for a joining MDS (as
+    /// [`RaftStorage::create_empty`]). Keep a [`RaftDisk`] of it to start
+    /// the MDS again after a simulated crash.
+    pub fn create_in_memory(name: &str, initial: Option<&MdsState>) -> Result<RaftStorage> {
+        let path = PathBuf::from(name);
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| db_error(&path, e))?;
+        let db = Db {
+            db,
+            path,
+            closed: ClosedFlag::default(),
+        };
+        db.init(initial)?;
+        Self::from_db(db)
+    }
+
+    /// The database under this storage, to open it again with
+    /// [`RaftStorage::reopen`] once the Raft node using it has stopped.
+    pub fn disk(&self) -> RaftDisk {
+        RaftDisk {
+            db: Arc::clone(&self.db),
+        }
+    }
+
+    /// Opens the storage of `disk` again, as after a restart: what was
+    /// committed is there (every write is a redb commit before openraft is
+    /// told), nothing else. The Raft node that used it must have stopped.
+    pub fn reopen(disk: &RaftDisk) -> Result<RaftStorage> {
+        Self::from_shared(Arc::clone(&disk.db))
+    }
+
     /// Reads and checks every record openraft will read at start, so a
     /// damaged or newer file is refused here with a clear error.
     fn from_db(db: Db) -> Result<RaftStorage> {
+        Self::from_shared(Arc::new(db))
+    }
+
+    fn from_shared(db: Arc<Db>) -> Result<RaftStorage> {
         let snapshot = db.snapshot_meta()?;
         db.read_meta::<Vote<MdsId>>(VOTE_KEY, "MDS Raft vote")?;
         db.read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?;
         db.read_meta::<Option<LogId<MdsId>>>(PURGED_KEY, "MDS Raft purged log id")?;
         db.last_entry()?;
-        Ok(RaftStorage {
-            db: Arc::new(db),
-            snapshot,
-        })
+        Ok(RaftStorage { db, snapshot })
     }
 
     /// The database file.
@@ -570,6 +618,21 @@ impl StorageClosed {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         true
+    }
+}
+
+/// The database of a [`RaftStorage`], kept across a simulated crash of
+/// its MDS ([`RaftStorage::reopen`]).
+#[derive(Clone)]
+pub struct RaftDisk {
+    db: Arc<Db>,
+}
+
+impl fmt::Debug for RaftDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftDisk")
+            .field("path", &self.db.path)
+            .finish()
     }
 }
 
@@ -780,9 +843,12 @@ impl RaftSnapshotBuilder<MdsRaftConfig> for MdsSnapshotBuilder {
                 id.leader_id.term,
                 id.leader_id.node_id,
                 id.index,
-                rand::random::<u64>()
+                rand::Rng::gen::<u64>(&mut crate::runtime::thread_rng())
             ),
-            None => format!("none-{:016x}", rand::random::<u64>()),
+            None => format!(
+                "none-{:016x}",
+                rand::Rng::gen::<u64>(&mut crate::runtime::thread_rng())
+            ),
         };
         let meta = Meta {
             last_log_id: self.last_applied,

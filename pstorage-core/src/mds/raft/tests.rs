@@ -19,7 +19,7 @@ use redb::{Database, TableDefinition};
 
 use super::*;
 use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
-use crate::types::{FileAttrs, ROOT_INODE};
+use crate::types::{FileAttrs, Replicas, ROOT_INODE};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -877,4 +877,57 @@ fn the_raft_config_validates() {
         openraft::SnapshotPolicy::LogsSinceLast(1)
     );
     assert!(c.max_in_snapshot_log_to_keep <= 1);
+}
+
+/// A golden file: the `mds.redb` that the format 3 daemons (pstorage at
+/// commit d3acdcb) wrote for a cluster with two chunk servers, a directory
+/// `/d` with `set-attr -R /d replicas=2:1` and a file `/d/f` of one chunk.
+/// This build reads it (format 3 snapshot and log entries, including the
+/// old `SetAttr`) and upgrades it to format 4: default locations, unknown
+/// hosts, tier 0, failure domain `host`.
+#[test]
+fn a_format_3_golden_database_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    std::fs::write(&path, include_bytes!("../golden/mds_format3.redb")).unwrap();
+    let (index, state) = RaftStorage::committed_state(&path).unwrap();
+    assert!(index > 0);
+    state.check_invariants().unwrap();
+    let servers: Vec<&crate::mds::CsRecord> = state.servers().collect();
+    assert_eq!(servers.len(), 2);
+    for cs in servers {
+        assert!(!cs.addr.is_empty() && !cs.dropped && !cs.releasing);
+        assert_eq!(
+            (
+                cs.location.as_str(),
+                cs.host.as_str(),
+                cs.tier,
+                cs.capacity_bytes
+            ),
+            (crate::types::DEFAULT_LOCATION, "", 0, 0)
+        );
+    }
+    let d = state.stat_of(state.lookup("/d").unwrap()).unwrap();
+    assert_eq!(d.attrs.replicas, Replicas { norm: 2, min: 1 });
+    assert_eq!(d.attrs.tier, 0);
+    assert_eq!(d.attrs.failure_domain, crate::types::FailureDomain::Host);
+    let f = state.lookup("/d/f").unwrap();
+    let f_attrs = state.stat_of(f).unwrap();
+    assert_eq!((f_attrs.size, f_attrs.attrs.replicas.norm), (13, 2));
+    let maps = state.file_chunk_maps(f);
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps[0].replicas.len(), 2);
+    // The upgraded state goes on: a format 4 command applies to it.
+    let mut state = state;
+    state
+        .apply(Command::SetCsPlacement {
+            cs: 1,
+            update: crate::types::CsPlacementUpdate {
+                host: Some("a".into()),
+                ..Default::default()
+            },
+            now_ms: 1,
+        })
+        .unwrap();
+    assert_eq!(state.cs(1).unwrap().host, "a");
 }

@@ -1,0 +1,239 @@
+//! The [`CsRegistry`] suite: what a chunk server may rely on when it
+//! registers, heartbeats and reports its own replicas, run through an
+//! [`MdsTransport`] (the chain changes are observed through the
+//! transport's [`MetadataService`] too).
+
+use super::{case, kind, ChunkWorld, MdsTransport, MdsWorld};
+use crate::error::ErrorKind;
+use crate::traits::{ChunkControl, CsRegistry, MetadataService};
+use crate::types::{
+    ChunkReplicaInfo, CsRegistration, CsStats, FailureReason, LeaseMode, OpenFlags, SpaceInfo,
+};
+
+const SUITE: &str = "CsRegistry";
+const SPACE: SpaceInfo = SpaceInfo {
+    total_bytes: 1 << 40,
+    free_bytes: 1 << 39,
+};
+
+/// Runs every case of the suite through `transport`.
+pub async fn run(transport: &dyn MdsTransport) {
+    case(SUITE, "ids are allocated once", MdsWorld::new(), |w| {
+        ids(w, transport)
+    })
+    .await;
+    case(
+        SUITE,
+        "a registered server heartbeats",
+        MdsWorld::new(),
+        |w| register_and_heartbeat(w, transport),
+    )
+    .await;
+    case(SUITE, "unknown servers are refused", MdsWorld::new(), |w| {
+        unknown(w, transport)
+    })
+    .await;
+    case(
+        SUITE,
+        "a heartbeat before registration is Stale",
+        MdsWorld::new(),
+        |w| unregistered(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
+        "replicas of unknown chunks are to be deleted",
+        MdsWorld::new(),
+        |w| unknown_chunks(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
+        "a replica reported bad leaves its chain",
+        MdsWorld::new(),
+        |w| bad_replica(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
+        "a replica missing at registration leaves its chain",
+        MdsWorld::new(),
+        |w| lost_replica(w, transport),
+    )
+    .await;
+}
+
+fn registration(id: u32, chunks: Vec<ChunkReplicaInfo>) -> CsRegistration {
+    CsRegistration {
+        id,
+        addr: ChunkWorld::addr(id),
+        space: SPACE,
+        chunks,
+        unclean: vec![],
+    }
+}
+
+async fn ids(w: MdsWorld, t: &dyn MdsTransport) {
+    let reg = t.registry(&w.mds).await;
+    let a = reg.allocate_cs_id().await.unwrap();
+    let b = reg.allocate_cs_id().await.unwrap();
+    let c = w.mds.allocate_cs_id().await.unwrap();
+    assert!(a != b && b != c && a != c, "ids {a}, {b}, {c} are distinct");
+}
+
+async fn register_and_heartbeat(w: MdsWorld, t: &dyn MdsTransport) {
+    let reg = t.registry(&w.mds).await;
+    let id = reg.allocate_cs_id().await.unwrap();
+    let reply = reg
+        .register_cs(registration(id, vec![]))
+        .await
+        .expect("registering an allocated server");
+    assert!(reply.delete.is_empty(), "{reply:?}");
+    assert!(reply.heartbeat_interval_ms > 0, "{reply:?}");
+    let hb = reg
+        .heartbeat(id, SPACE, CsStats::default())
+        .await
+        .expect("a heartbeat after registration");
+    // The transport carries every field of the MDS's answer.
+    let direct = w
+        .mds
+        .heartbeat(id, SPACE, CsStats::default())
+        .await
+        .unwrap();
+    assert_eq!(hb, direct);
+    // Registering again (a reconnect) is fine.
+    reg.register_cs(registration(id, vec![])).await.unwrap();
+    reg.heartbeat(id, SPACE, CsStats::default()).await.unwrap();
+}
+
+async fn unknown(w: MdsWorld, t: &dyn MdsTransport) {
+    let reg = t.registry(&w.mds).await;
+    let never = 4242;
+    assert_eq!(
+        kind(
+            "registering an id never allocated",
+            reg.register_cs(registration(never, vec![])).await
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(
+            "a heartbeat of an id never allocated",
+            reg.heartbeat(never, SPACE, CsStats::default()).await
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(
+            "a bad-replica report of an id never allocated",
+            reg.report_bad_replica(never, 1, FailureReason::Corrupt)
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+    assert!(
+        w.mds.cluster_status().await.unwrap().cs.is_empty(),
+        "nothing registered"
+    );
+}
+
+async fn unregistered(w: MdsWorld, t: &dyn MdsTransport) {
+    let reg = t.registry(&w.mds).await;
+    let id = reg.allocate_cs_id().await.unwrap();
+    assert_eq!(
+        kind(
+            "a heartbeat before registering",
+            reg.heartbeat(id, SPACE, CsStats::default()).await
+        ),
+        ErrorKind::Stale
+    );
+}
+
+async fn unknown_chunks(w: MdsWorld, t: &dyn MdsTransport) {
+    let reg = t.registry(&w.mds).await;
+    let id = reg.allocate_cs_id().await.unwrap();
+    let reply = reg
+        .register_cs(registration(
+            id,
+            vec![ChunkReplicaInfo {
+                chunk: 0xdead,
+                version: 3,
+            }],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reply.delete, vec![0xdead]);
+}
+
+/// Registers the world's three chunk servers (ids 1-3) and allocates chunk
+/// 0 of `/f` on them; returns the file's metadata handle and lease.
+async fn file_on_three(
+    w: &MdsWorld,
+    t: &dyn MdsTransport,
+) -> (std::sync::Arc<dyn MetadataService>, u64) {
+    let reg = t.registry(&w.mds).await;
+    for expected in 1..=3 {
+        let id = reg.allocate_cs_id().await.unwrap();
+        assert_eq!(id, expected, "a fresh MDS allocates ids from 1");
+        reg.register_cs(registration(id, vec![])).await.unwrap();
+    }
+    let md = t.metadata(&w.mds).await;
+    let open = md
+        .open(
+            "/f",
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let map = md
+        .chunk_map(open.lease.id, 0, true)
+        .await
+        .unwrap()
+        .expect("an allocated chunk");
+    assert_eq!(map.replicas.len(), 3, "{map:?}");
+    (md, open.lease.id)
+}
+
+async fn bad_replica(w: MdsWorld, t: &dyn MdsTransport) {
+    let (md, _lease) = file_on_three(&w, t).await;
+    let before = md.file_chunks("/f").await.unwrap().remove(0);
+    let bad = before.replicas[0].cs;
+    let reg = t.registry(&w.mds).await;
+    reg.report_bad_replica(bad, before.chunk, FailureReason::Corrupt)
+        .await
+        .expect("a chain member reports its replica bad");
+    let after = md.file_chunks("/f").await.unwrap().remove(0);
+    assert!(after.replicas.iter().all(|r| r.cs != bad), "{after:?}");
+    assert!(after.version > before.version, "{before:?} -> {after:?}");
+    // A chunk the MDS does not know, or whose chain does not name the
+    // server, is not an error.
+    reg.report_bad_replica(bad, 0xbeef, FailureReason::Corrupt)
+        .await
+        .expect("a report about an unknown chunk");
+    reg.report_bad_replica(bad, before.chunk, FailureReason::Corrupt)
+        .await
+        .expect("a report by a server no longer in the chain");
+}
+
+async fn lost_replica(w: MdsWorld, t: &dyn MdsTransport) {
+    let (md, _lease) = file_on_three(&w, t).await;
+    let before = md.file_chunks("/f").await.unwrap().remove(0);
+    let lost = before.replicas[2].cs;
+    // The server restarts without the replica (its disk lost it).
+    w.chunks
+        .server(lost)
+        .delete_chunk(before.chunk)
+        .await
+        .unwrap();
+    let held = w.chunks.server(lost).list_chunks().await.unwrap();
+    let reg = t.registry(&w.mds).await;
+    let reply = reg.register_cs(registration(lost, held)).await.unwrap();
+    assert!(reply.delete.is_empty(), "{reply:?}");
+    let after = md.file_chunks("/f").await.unwrap().remove(0);
+    assert!(after.replicas.iter().all(|r| r.cs != lost), "{after:?}");
+    assert!(after.version > before.version, "{before:?} -> {after:?}");
+}

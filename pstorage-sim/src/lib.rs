@@ -1,0 +1,805 @@
+//! pstorage-sim: a seeded, deterministic simulator of a whole pstorage
+//! cluster in one process (docs/design.md, "Simulation").
+//!
+//! A run ([`run_seed`]) builds a cluster of real MDSes (`MdsService` on
+//! openraft, redb storage in memory), real chunk servers (`ChunkServer` and
+//! `CsSession` on a `MemChunkStore` that loses unflushed writes when it
+//! crashes) and real `Client`s, connected by a simulated network
+//! ([`net`]), on a current-thread tokio runtime whose clock is paused (time
+//! jumps to the next timer whenever every task waits). Every random choice
+//! — message delays and resets, faults, the workload, openraft's election
+//! timeouts, scrubbing — comes from the seed, so a seed replays the same
+//! run: [`Outcome::trace_hash`] fingerprints it.
+//!
+//! The driver advances in steps of [`SimConfig::step_ms`]; at each it may
+//! inject a fault and checks the MDS invariants. After
+//! [`SimConfig::steps`] it stops the faults, heals everything, and checks
+//! that no client operation stays stuck, every block reads back a value
+//! its model allows, and every chunk returns to `replicas.norm` identical
+//! replicas.
+
+pub mod check;
+pub mod cluster;
+pub mod net;
+pub mod rpc;
+pub mod trace;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pstorage_core::chunk::ChunkStore;
+use pstorage_core::client::Client;
+use pstorage_core::types::CsId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::Cluster;
+use crate::net::{MessageFaults, NodeId, SimNet};
+use crate::rpc::SimConnector;
+use crate::trace::Trace;
+use crate::workload::{Shared, Worker};
+
+/// The one random generator of a run.
+pub type SimRng = Arc<Mutex<StdRng>>;
+
+/// How often an MDS runs its periodic duties (the daemon's `MDS_TICK`).
+pub const MDS_TICK: Duration = Duration::from_millis(500);
+
+/// The knobs of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// MDSes (3 or 5).
+    pub mds: usize,
+    /// Chunk servers.
+    pub cs: usize,
+    /// Clients running the workload.
+    pub clients: u32,
+    /// Driver steps with faults (each `step_ms` of simulated time).
+    pub steps: u64,
+    pub step_ms: u64,
+    /// Chunk size of the cluster. Smaller than the 256 MiB default so a
+    /// small file spans several chunks.
+    pub chunk_size: u64,
+    /// Blocks (4 KiB) of each client's file.
+    pub file_blocks: u64,
+    pub replicas_norm: u8,
+    pub replicas_min: u8,
+    /// `mds.wd.offline_tout` of the cluster (ms).
+    pub offline_timeout_ms: u64,
+    /// `cs.scrub.period` of the cluster (ms).
+    pub scrub_period_ms: u64,
+    /// Raft snapshot every this many entries.
+    pub snapshot_every: u64,
+    /// Chance of a new fault at each step, per thousand.
+    pub fault_permille: u32,
+    /// How long the cluster gets, once faults stop, to finish every client
+    /// operation and bring every chunk back to norm (simulated ms).
+    pub quiet_ms: u64,
+    /// `mds.repl.bandwidth` of the cluster (bytes/s): by default the
+    /// 100 MiB/s default scaled by `chunk_size / 256 MiB`, so a copy takes
+    /// as long as a copy of a default-size chunk at the default rate.
+    pub repl_bandwidth_bytes_per_s: u64,
+    /// Inject clock jumps (a node's wall clock stepped by seconds to
+    /// minutes, then back).
+    pub clock_jumps: bool,
+    /// Inject hangs: a node frozen for longer than the offline timeout.
+    pub hangs: bool,
+    /// Inject (at most once per run) an outage of every chunk server for
+    /// longer than the offline timeout.
+    pub outages: bool,
+    /// Inject (at most once per run) the replacement of an MDS (a new one
+    /// joins, an old one is removed for good).
+    pub mds_changes: bool,
+    /// Print the trace as it happens.
+    pub verbose: bool,
+}
+
+/// The cluster's default chunk size (256 MiB).
+pub const DEFAULT_CHUNK_SIZE: u64 = 256 << 20;
+
+impl SimConfig {
+    /// The default re-replication rate (100 MiB/s) scaled to `chunk_size`.
+    pub fn scaled_repl_bandwidth(chunk_size: u64) -> u64 {
+        let default =
+            pstorage_core::mds::params::ClusterParams::default().repl_bandwidth_bytes_per_s;
+        ((default as u128 * chunk_size as u128) / DEFAULT_CHUNK_SIZE as u128).max(1) as u64
+    }
+
+    /// A run at the cluster's defaults: 256 MiB chunks, the 300 s offline
+    /// timeout, the default re-replication rate (the twin of the default
+    /// knobs, which shrink both for speed).
+    pub fn at_defaults() -> SimConfig {
+        let params = pstorage_core::mds::params::ClusterParams::default();
+        SimConfig {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            offline_timeout_ms: params.offline_timeout_ms,
+            repl_bandwidth_bytes_per_s: params.repl_bandwidth_bytes_per_s,
+            // Faults long enough for the offline timeout to matter.
+            quiet_ms: 600_000,
+            ..SimConfig::default()
+        }
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            mds: 3,
+            cs: 5,
+            clients: 3,
+            steps: 600,
+            step_ms: 100,
+            chunk_size: 64 << 10,
+            file_blocks: 48,
+            replicas_norm: 3,
+            replicas_min: 2,
+            offline_timeout_ms: 30_000,
+            scrub_period_ms: 20_000,
+            snapshot_every: 200,
+            fault_permille: 30,
+            quiet_ms: 180_000,
+            repl_bandwidth_bytes_per_s: SimConfig::scaled_repl_bandwidth(64 << 10),
+            clock_jumps: false,
+            hangs: false,
+            outages: false,
+            mds_changes: false,
+            verbose: false,
+        }
+    }
+}
+
+/// Whether runs are deterministic: tokio's internal random choices are
+/// seeded only in a build with `--cfg tokio_unstable` (the workspace's
+/// `.cargo/config.toml` sets it; a `RUSTFLAGS` environment variable
+/// replaces it).
+pub fn deterministic() -> bool {
+    cfg!(tokio_unstable)
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub seed: u64,
+    pub trace_hash: String,
+    pub steps: u64,
+    pub ops: u64,
+    pub faults: u64,
+    pub violations: Vec<String>,
+    /// The last events before the end (for a failure report).
+    pub recent: Vec<String>,
+}
+
+/// Runs seed `seed` on a fresh current-thread runtime with a paused clock
+/// and returns what happened. Deterministic: the same seed and config give
+/// the same outcome.
+pub fn run_seed(seed: u64, config: &SimConfig) -> Outcome {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    // tokio's own random choices (watch wake order, unbiased select!)
+    // from the seed too; needs `--cfg tokio_unstable` (.cargo/config.toml).
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build().expect("a current-thread runtime");
+    pstorage_core::runtime::seed_thread_rng(Some(seed ^ 0x05ee_d0f0_c0de));
+    pstorage_core::runtime::set_inline_blocking(true);
+    let outcome = runtime.block_on(run(seed, config.clone()));
+    drop(runtime);
+    pstorage_core::runtime::set_inline_blocking(false);
+    pstorage_core::runtime::seed_thread_rng(None);
+    outcome
+}
+
+/// A fault in force, undone at `until` (a step number).
+#[derive(Debug, Clone)]
+enum Active {
+    CsDown(CsId),
+    MdsDown(u64),
+    Frozen(NodeId),
+    Cut(NodeId, NodeId),
+    Isolated(NodeId, Vec<NodeId>),
+    DiskFull(CsId),
+    /// A node hung for longer than the offline timeout (a stuck disk, a
+    /// paused VM): kept past the end of the fault phase until its time.
+    LongFreeze(NodeId),
+    /// Every chunk server down (kill -9) for longer than the offline
+    /// timeout: beyond what the cluster serves through, but nothing
+    /// acknowledged and flushed may be lost. Kept past the end of the
+    /// fault phase until its time.
+    Outage(Vec<CsId>),
+    /// A node's wall clock stepped by this many ms; undone by the opposite
+    /// step (NTP correcting it).
+    ClockJump(NodeId, i64),
+}
+
+impl Active {
+    /// Faults that last past the end of the fault phase, to their time.
+    fn outlasts_the_phase(&self) -> bool {
+        matches!(self, Active::LongFreeze(_) | Active::Outage(_))
+    }
+}
+
+async fn run(seed: u64, config: SimConfig) -> Outcome {
+    let rng: SimRng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
+    let trace = Arc::new(Trace::new(config.verbose));
+    let net = SimNet::new(rng.clone(), trace.clone());
+    let mut violations = Vec::new();
+    trace.event(format!(
+        "seed {seed}: {:?}",
+        SimConfig {
+            verbose: false,
+            ..config.clone()
+        }
+    ));
+    let mut cluster = match Cluster::new(net.clone(), rng.clone(), config.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            violations.push(format!("the cluster did not start: {e}"));
+            return Outcome {
+                seed,
+                trace_hash: trace.hash(),
+                steps: 0,
+                ops: 0,
+                faults: 0,
+                violations,
+                recent: trace.recent(),
+            };
+        }
+    };
+    for id in cluster.cs_ids() {
+        cluster.start_cs(id);
+    }
+    let shared = Arc::new(Shared {
+        trace: trace.clone(),
+        rng: rng.clone(),
+        stop: AtomicBool::new(false),
+        ops: AtomicU64::new(0),
+        violations: Mutex::new(Vec::new()),
+        crashes: AtomicU64::new(0),
+        outages: Mutex::new(Vec::new()),
+    });
+    let mut workers = Vec::new();
+    for c in 1..=config.clients {
+        let node = NodeId::Client(c);
+        net.add_client(node);
+        let client = Client::new(
+            cluster.mds_client(node),
+            Arc::new(SimConnector::new(net.clone(), node, None)),
+            Worker::client_options(),
+        );
+        let mut worker = Worker::new(c, client, shared.clone(), config.file_blocks);
+        let doing = worker.doing.clone();
+        let handle = tokio::spawn(async move {
+            worker.run().await;
+            worker
+        });
+        workers.push((c, doing, handle));
+    }
+
+    // The fault phase.
+    net.set_message_faults(MessageFaults {
+        reset_before_ppm: 2_000,
+        reset_after_ppm: 2_000,
+        slow_ppm: 5_000,
+    });
+    let mut active: Vec<(u64, Active)> = Vec::new();
+    let mut faults = 0u64;
+    let mut replaced = false;
+    let mut outage_done = false;
+    for step in 0..config.steps {
+        tokio::time::sleep(Duration::from_millis(config.step_ms)).await;
+        // Undo what is due.
+        let (due, rest): (Vec<_>, Vec<_>) =
+            active.into_iter().partition(|(until, _)| *until <= step);
+        active = rest;
+        for (_, fault) in due {
+            undo(&mut cluster, &net, &shared, fault).await;
+        }
+        let roll = rng.lock().expect("rng poisoned").gen_range(0..1000);
+        if roll < config.fault_permille {
+            let mut once = Once {
+                replaced: &mut replaced,
+                outage_done: &mut outage_done,
+            };
+            if let Some(fault) = inject(
+                &mut cluster,
+                &net,
+                &rng,
+                &active,
+                &shared,
+                &config,
+                &mut once,
+            )
+            .await
+            {
+                let len = match &fault {
+                    // Past the offline timeout.
+                    Active::LongFreeze(_) | Active::Outage(_) => {
+                        let extra = rng.lock().expect("rng poisoned").gen_range(50..400);
+                        config.offline_timeout_ms / config.step_ms.max(1) + extra
+                    }
+                    _ => rng.lock().expect("rng poisoned").gen_range(10..200),
+                };
+                active.push((step + len, fault));
+                faults += 1;
+            }
+        }
+        check_mdses(&cluster, &shared);
+    }
+
+    // Faults stop: the long ones run to their time (the workload goes
+    // on), then everything heals and restarts.
+    trace.event("faults stop; healing everything".into());
+    net.set_message_faults(MessageFaults::NONE);
+    let mut step = config.steps;
+    while active.iter().any(|(_, f)| f.outlasts_the_phase()) {
+        tokio::time::sleep(Duration::from_millis(config.step_ms)).await;
+        let (due, rest): (Vec<_>, Vec<_>) = active
+            .into_iter()
+            .partition(|(until, f)| *until <= step || !f.outlasts_the_phase());
+        active = rest;
+        for (_, fault) in due {
+            undo(&mut cluster, &net, &shared, fault).await;
+        }
+        check_mdses(&cluster, &shared);
+        step += 1;
+    }
+    for (_, fault) in std::mem::take(&mut active) {
+        undo(&mut cluster, &net, &shared, fault).await;
+    }
+    net.heal_all();
+    shared.stop.store(true, Ordering::SeqCst);
+    let quiet_deadline = tokio::time::Instant::now() + Duration::from_millis(config.quiet_ms);
+    let mut finished = Vec::new();
+    for (c, doing, mut handle) in workers {
+        match tokio::time::timeout_at(quiet_deadline, &mut handle).await {
+            Ok(Ok(worker)) => finished.push(worker),
+            Ok(Err(e)) => shared.violation(format!("client{c} panicked: {e}")),
+            Err(_) => {
+                handle.abort();
+                shared.violation(format!(
+                    "client{c} is stuck in `{}` {} s after the faults stopped",
+                    doing.lock().expect("poisoned"),
+                    config.quiet_ms / 1000
+                ));
+            }
+        }
+    }
+    for worker in &mut finished {
+        let left = quiet_deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(left, worker.verify_all())
+            .await
+            .is_err()
+        {
+            shared.violation(format!(
+                "client{}: the final check is stuck in `{}` once the faults stopped",
+                worker.id,
+                worker.doing.lock().expect("poisoned")
+            ));
+        }
+    }
+    // Replicas converge back to norm, identical.
+    let last = loop {
+        check_mdses(&cluster, &shared);
+        let last = match cluster.leader() {
+            None => Err("no MDS leads".to_string()),
+            Some((_, leader)) => {
+                let state = leader.state_snapshot();
+                let stores: BTreeMap<CsId, Arc<pstorage_core::chunk::MemChunkStore>> = cluster
+                    .cs_ids()
+                    .into_iter()
+                    .filter(|id| cluster.cs_server(*id).is_some_and(|s| s.is_serving()))
+                    .map(|id| (id, cluster.cs_store(id)))
+                    .collect();
+                let refs: BTreeMap<CsId, &dyn ChunkStore> = stores
+                    .iter()
+                    .map(|(id, s)| (*id, s.as_ref() as &dyn ChunkStore))
+                    .collect();
+                check::check_replicas(&state, &refs)
+            }
+        };
+        if last.is_ok() || tokio::time::Instant::now() >= quiet_deadline {
+            break last;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    if let Err(e) = last {
+        shared.violation(format!(
+            "replicas did not converge within {} s of quiet: {e}",
+            config.quiet_ms / 1000
+        ));
+    } else {
+        trace.event("every chunk has its norm of identical replicas".into());
+    }
+    violations.extend(shared.violations.lock().expect("poisoned").iter().cloned());
+    let outcome = Outcome {
+        seed,
+        trace_hash: trace.hash(),
+        steps: config.steps,
+        ops: shared.ops.load(Ordering::SeqCst),
+        faults,
+        violations,
+        recent: trace.recent(),
+    };
+    drop(finished);
+    cluster.shutdown().await;
+    outcome
+}
+
+/// `MdsState::check_invariants` on every running MDS.
+fn check_mdses(cluster: &Cluster, shared: &Shared) {
+    for (id, service) in cluster.mds_services() {
+        if let Err(e) = check::check_mds(id, &service.state_snapshot()) {
+            shared.violation(e);
+        }
+    }
+}
+
+fn pick<T: Clone>(rng: &SimRng, items: &[T]) -> Option<T> {
+    if items.is_empty() {
+        return None;
+    }
+    let i = rng.lock().expect("rng poisoned").gen_range(0..items.len());
+    Some(items[i].clone())
+}
+
+/// Faults a run injects at most once.
+struct Once<'a> {
+    replaced: &'a mut bool,
+    outage_done: &'a mut bool,
+}
+
+/// Injects one random fault the cluster should tolerate: at most one chunk
+/// server and one MDS (a minority of 3) affected at a time; or, rarely,
+/// once per run, an outage of every chunk server (beyond the tolerance:
+/// the cluster may pause, but must lose nothing) or the replacement of an
+/// MDS (`make-mds` of a new one, then `rm-mds` of an old one).
+async fn inject(
+    cluster: &mut Cluster,
+    net: &Arc<SimNet>,
+    rng: &SimRng,
+    active: &[(u64, Active)],
+    shared: &Shared,
+    config: &SimConfig,
+    once: &mut Once<'_>,
+) -> Option<Active> {
+    let trace = net.trace().clone();
+    let cs_busy = active.iter().any(|(_, f)| {
+        matches!(
+            f,
+            Active::CsDown(_) | Active::DiskFull(_) | Active::Outage(_)
+        ) || matches!(
+            f,
+            Active::Frozen(NodeId::Cs(_))
+                | Active::LongFreeze(NodeId::Cs(_))
+                | Active::Isolated(NodeId::Cs(_), _)
+        )
+    });
+    let mds_busy = active.iter().any(|(_, f)| {
+        matches!(f, Active::MdsDown(_))
+            || matches!(
+                f,
+                Active::Frozen(NodeId::Mds(_))
+                    | Active::LongFreeze(NodeId::Mds(_))
+                    | Active::Isolated(NodeId::Mds(_), _)
+            )
+    });
+    let net_busy = active.iter().any(|(_, f)| matches!(f, Active::Cut(..)));
+    let clock_busy = active
+        .iter()
+        .any(|(_, f)| matches!(f, Active::ClockJump(..)));
+    // Only the basic kinds unless an extended one is on, so the default
+    // knobs keep the schedules (and failing seeds) they always had.
+    let kinds = if config.hangs || config.outages || config.mds_changes || config.clock_jumps {
+        12
+    } else {
+        8
+    };
+    let kind = rng.lock().expect("rng poisoned").gen_range(0..kinds);
+    let cs_ids = cluster.cs_ids();
+    let mds_ids = cluster.mds_ids();
+    match kind {
+        0 if !cs_busy => {
+            let id = pick(rng, &cs_ids)?;
+            let power_loss = rng.lock().expect("rng poisoned").gen_bool(0.5);
+            let report = cluster.crash_cs(id, power_loss);
+            if power_loss {
+                shared.crashes.fetch_add(1, Ordering::SeqCst);
+                trace.event(format!(
+                    "FAULT power loss of cs{id} (unflushed blocks: {} kept, {} lost, {} torn)",
+                    report.kept, report.lost, report.torn
+                ));
+            } else {
+                trace.event(format!("FAULT kill -9 of cs{id}"));
+            }
+            Some(Active::CsDown(id))
+        }
+        1 if !mds_busy => {
+            let id = pick(rng, &mds_ids)?;
+            cluster.crash_mds(id).await;
+            trace.event(format!("FAULT crash mds{id}"));
+            Some(Active::MdsDown(id))
+        }
+        2 if !cs_busy => {
+            let node = NodeId::Cs(pick(rng, &cs_ids)?);
+            net.set_frozen(node, true);
+            trace.event(format!("FAULT freeze {node}"));
+            Some(Active::Frozen(node))
+        }
+        3 if !mds_busy => {
+            let node = NodeId::Mds(pick(rng, &mds_ids)?);
+            net.set_frozen(node, true);
+            trace.event(format!("FAULT freeze {node}"));
+            Some(Active::Frozen(node))
+        }
+        4 if !net_busy => {
+            let nodes = net.nodes();
+            let a = pick(rng, &nodes)?;
+            let b = pick(rng, &nodes)?;
+            if a == b {
+                return None;
+            }
+            net.set_cut(a, b, true);
+            trace.event(format!("FAULT partition {a} <-> {b}"));
+            Some(Active::Cut(a, b))
+        }
+        5 if !cs_busy && !mds_busy => {
+            // One node cut from every other.
+            let nodes = net.nodes();
+            let node = pick(rng, &nodes)?;
+            if matches!(node, NodeId::Client(_)) {
+                return None;
+            }
+            let others: Vec<NodeId> = nodes.into_iter().filter(|n| *n != node).collect();
+            for other in &others {
+                net.set_cut(node, *other, true);
+            }
+            trace.event(format!("FAULT isolate {node}"));
+            Some(Active::Isolated(node, others))
+        }
+        6 if !cs_busy => {
+            let id = pick(rng, &cs_ids)?;
+            let store = cluster.cs_store(id);
+            let used = store
+                .space()
+                .map(|s| s.total_bytes - s.free_bytes)
+                .unwrap_or(0);
+            store.set_capacity(used);
+            trace.event(format!("FAULT disk full on cs{id}"));
+            Some(Active::DiskFull(id))
+        }
+        7 => {
+            // A bit flip in a stored block of some replica.
+            let id = pick(rng, &cs_ids)?;
+            let store = cluster.cs_store(id);
+            let chunks = store.list().ok()?;
+            let chunk = pick(rng, &chunks)?.chunk;
+            // Within the tolerance: only a replica of a chunk that has all
+            // its copies (a flip on the last good copy loses the block).
+            let (_, leader) = cluster.leader()?;
+            let state = leader.state_snapshot();
+            let record = state.chunk(chunk)?;
+            let norm = state.inode(record.file)?.attrs.replicas.norm as usize;
+            if record.replicas.len() < norm || !record.replicas.contains(&id) {
+                return None;
+            }
+            let size = store.chunk_size(chunk).ok()?;
+            let offset = rng.lock().expect("rng poisoned").gen_range(0..size);
+            if store.corrupt(chunk, offset).is_ok() {
+                trace.event(format!(
+                    "FAULT bit flip on cs{id} chunk {chunk:#x} offset {offset}"
+                ));
+            }
+            None
+        }
+        8 if !cs_busy && !mds_busy && config.hangs => {
+            // A hung node, past the offline timeout.
+            let nodes = net.nodes();
+            let node = pick(rng, &nodes)?;
+            let alive = match node {
+                NodeId::Cs(id) => cluster.cs_running(id),
+                NodeId::Mds(id) => cluster.mds_running(id),
+                NodeId::Client(_) => false,
+            };
+            if !alive {
+                return None;
+            }
+            net.set_frozen(node, true);
+            trace.event(format!("FAULT long freeze of {node}"));
+            Some(Active::LongFreeze(node))
+        }
+        9 if !cs_busy
+            && config.outages
+            && !*once.outage_done
+            && rng.lock().expect("rng poisoned").gen_bool(0.3) =>
+        {
+            *once.outage_done = true;
+            shared
+                .outages
+                .lock()
+                .expect("poisoned")
+                .push((tokio::time::Instant::now(), None));
+            // Half of the outages are a power cut of the whole cluster's
+            // chunk servers: every replica may lose its unflushed writes.
+            let power_loss = rng.lock().expect("rng poisoned").gen_bool(0.5);
+            for id in &cs_ids {
+                cluster.crash_cs(*id, power_loss);
+            }
+            trace.event(if power_loss {
+                "FAULT outage: power loss of every chunk server".into()
+            } else {
+                "FAULT outage: kill -9 of every chunk server".into()
+            });
+            Some(Active::Outage(cs_ids))
+        }
+        10 if !mds_busy
+            && config.mds_changes
+            && !*once.replaced
+            && rng.lock().expect("rng poisoned").gen_bool(0.5) =>
+        {
+            *once.replaced = true;
+            let old = pick(rng, &mds_ids)?;
+            replace_mds(cluster, &trace, old).await;
+            None
+        }
+        11 if !clock_busy && config.clock_jumps => {
+            let mut nodes: Vec<NodeId> = mds_ids.iter().map(|id| NodeId::Mds(*id)).collect();
+            nodes.extend(cs_ids.iter().map(|id| NodeId::Cs(*id)));
+            let node = pick(rng, &nodes)?;
+            let clock = cluster.clock_of(node)?;
+            let (secs, back) = {
+                let mut rng = rng.lock().expect("rng poisoned");
+                // Seconds to minutes, either way.
+                let secs: i64 = if rng.gen_bool(0.5) {
+                    rng.gen_range(1..60)
+                } else {
+                    rng.gen_range(60..600)
+                };
+                (secs, rng.gen_bool(0.5))
+            };
+            let ms = if back { -secs * 1000 } else { secs * 1000 };
+            clock.jump(ms);
+            trace.event(format!("FAULT clock of {node} jumps {ms:+} ms"));
+            Some(Active::ClockJump(node, ms))
+        }
+        _ => None,
+    }
+}
+
+/// Replaces MDS `old`: a new MDS joins the group (learner, then voter),
+/// then `old` is removed and stopped for good. Each step is retried for up
+/// to 60 s (the membership calls of `make-mds`/`rm-mds`); the workload
+/// runs meanwhile.
+async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
+    let admin = cluster.mds_client(NodeId::Client(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let known = cluster.mds_ids();
+    let new = loop {
+        match pstorage_core::traits::MdsGroup::allocate_mds_id(&*admin).await {
+            // The group was formed with ids 1..=mds, not allocated.
+            Ok(id) if known.contains(&id) || id <= cluster.config().mds as u64 => continue,
+            Ok(id) => break id,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                trace.event(format!(
+                    "replace mds{old}: allocate_mds_id -> {:?}",
+                    e.kind()
+                ));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                trace.event(format!("replace mds{old}: gave up allocating an id: {e}"));
+                return;
+            }
+        }
+    };
+    if let Err(e) = cluster.add_mds(new).await {
+        trace.event(format!("replace mds{old}: mds{new} did not start: {e}"));
+        return;
+    }
+    trace.event(format!(
+        "FAULT replace mds{old} by mds{new}: mds{new} starts"
+    ));
+    let addr = NodeId::Mds(new).addr();
+    loop {
+        match pstorage_core::traits::MdsGroup::add_mds(&*admin, new, &addr).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                trace.event(format!(
+                    "replace mds{old}: add_mds({new}) -> {:?}",
+                    e.kind()
+                ));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                trace.event(format!("replace mds{old}: gave up adding mds{new}: {e}"));
+                return;
+            }
+        }
+    }
+    trace.event(format!("mds{new} is a voter; removing mds{old}"));
+    loop {
+        match pstorage_core::traits::MdsGroup::remove_mds(&*admin, old).await {
+            Ok(()) => break,
+            Err(e) if e.kind() == pstorage_core::ErrorKind::NotFound => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                trace.event(format!("replace mds{old}: remove_mds -> {:?}", e.kind()));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                trace.event(format!("replace mds{old}: gave up removing it: {e}"));
+                return;
+            }
+        }
+    }
+    cluster.retire_mds(old).await;
+    trace.event(format!(
+        "mds{old} removed from the group and stopped for good"
+    ));
+}
+
+async fn undo(cluster: &mut Cluster, net: &Arc<SimNet>, shared: &Shared, fault: Active) {
+    let trace = net.trace().clone();
+    match fault {
+        Active::CsDown(id) => {
+            cluster.start_cs(id);
+            trace.event(format!("HEAL restart cs{id}"));
+        }
+        Active::MdsDown(id) => {
+            let started = cluster.start_mds(id).await;
+            trace.event(format!(
+                "HEAL restart mds{id} -> {:?}",
+                started.map_err(|e| e.to_string())
+            ));
+        }
+        Active::Frozen(node) => {
+            net.set_frozen(node, false);
+            trace.event(format!("HEAL thaw {node}"));
+        }
+        Active::Cut(a, b) => {
+            net.set_cut(a, b, false);
+            trace.event(format!("HEAL partition {a} <-> {b}"));
+        }
+        Active::Isolated(node, others) => {
+            for other in others {
+                net.set_cut(node, other, false);
+            }
+            trace.event(format!("HEAL rejoin {node}"));
+        }
+        Active::DiskFull(id) => {
+            cluster.cs_store(id).set_capacity(1 << 40);
+            trace.event(format!("HEAL disk space on cs{id}"));
+        }
+        Active::LongFreeze(node) => {
+            net.set_frozen(node, false);
+            trace.event(format!("HEAL thaw {node} (long freeze)"));
+        }
+        Active::Outage(ids) => {
+            // The servers come back one by one, in the seed's order.
+            let mut ids = ids;
+            while !ids.is_empty() {
+                let (i, pause) = {
+                    let mut rng = cluster.rng().lock().expect("rng poisoned");
+                    (rng.gen_range(0..ids.len()), rng.gen_range(0..3_000))
+                };
+                let id = ids.remove(i);
+                cluster.start_cs(id);
+                trace.event(format!("HEAL restart cs{id} (outage)"));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            for (_, end) in shared.outages.lock().expect("poisoned").iter_mut() {
+                end.get_or_insert(tokio::time::Instant::now());
+            }
+        }
+        Active::ClockJump(node, ms) => {
+            if let Some(clock) = cluster.clock_of(node) {
+                clock.jump(-ms);
+            }
+            trace.event(format!(
+                "HEAL clock of {node} stepped back {:+} ms (NTP)",
+                -ms
+            ));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The long simulator campaign: 10,000 seeds of pstorage-sim, then the
+# twin at the cluster's defaults (256 MiB chunks, 300 s offline timeout,
+# the default re-replication rate; ~12 s per seed) and a campaign with
+# every extended fault type (see docs/design.md, "Simulation", for how long
+# each takes and which extended faults still find open bugs).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --workspace --bins --quiet
+sim=target/debug/pstorage-sim
+status=0
+"$sim" --seeds "${SIM_LONG_SEEDS:-10000}" || status=1
+"$sim" --defaults --seeds "${SIM_DEFAULTS_SEEDS:-20}" || status=1
+"$sim" --defaults --hangs --seeds "${SIM_DEFAULTS_SEEDS:-20}" --from 1000 || status=1
+"$sim" --all-faults --seeds "${SIM_ALL_FAULTS_SEEDS:-1000}" --from 100000 || status=1
+exit $status
