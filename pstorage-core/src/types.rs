@@ -958,6 +958,12 @@ pub struct RegisterReply {
     /// Replicas the chunk server must delete (stale or unknown); it must not
     /// serve them in the meantime.
     pub delete: Vec<ChunkId>,
+    /// Replicas it keeps that no chain names (left their chain while the
+    /// server was away, or after its unclean stop): kept as the base of a
+    /// copy, but never served at their present version, which a client's
+    /// cached map may still name beside newer writes.
+    #[serde(default)]
+    pub stale: Vec<ChunkId>,
     /// Heartbeat interval the MDS expects, in ms.
     pub heartbeat_interval_ms: u64,
 }

@@ -437,6 +437,9 @@ struct CsRegistration {
 struct RegisterReply {
   delete @0 :List(UInt64);  # Chunk ids to delete before serving I/O.
   heartbeatIntervalMs @1 :UInt64;
+  # Chunk ids kept (a copy's base) but in no chain: not served at their
+  # present version.
+  stale @2 :List(UInt64);
 }
 
 struct RegisterResult {

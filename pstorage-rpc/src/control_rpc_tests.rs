@@ -225,6 +225,7 @@ fn sample_events() -> Vec<Event> {
 fn sample_register_reply() -> RegisterReply {
     RegisterReply {
         delete: vec![1, 2, u64::MAX],
+        stale: vec![7, u64::MAX - 1],
         heartbeat_interval_ms: 1000,
     }
 }

@@ -854,11 +854,16 @@ impl WireStruct for RegisterReply {
         for (i, chunk) in self.delete.iter().enumerate() {
             delete.set(i as u32, *chunk);
         }
+        let mut stale = b.reborrow().init_stale(list_len(self.stale.len()));
+        for (i, chunk) in self.stale.iter().enumerate() {
+            stale.set(i as u32, *chunk);
+        }
         b.set_heartbeat_interval_ms(self.heartbeat_interval_ms);
     }
     fn read(r: schema::register_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(RegisterReply {
             delete: r.get_delete()?.iter().collect(),
+            stale: r.get_stale()?.iter().collect(),
             heartbeat_interval_ms: r.get_heartbeat_interval_ms(),
         })
     }

@@ -471,6 +471,7 @@ async fn a_client_read_hitting_a_bad_crc_takes_the_replica_out_and_reports_it_on
     cs.server
         .apply_register_reply(&crate::types::RegisterReply {
             delete: vec![],
+            stale: vec![],
             heartbeat_interval_ms: 1000,
         })
         .await

@@ -1,6 +1,6 @@
 //! [`ChunkServer`]: a chunk server's request logic over a [`ChunkStore`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -54,6 +54,12 @@ pub struct ChunkServer {
     /// until one succeeds, and only then marked verified in the store (so
     /// a crash before that finds them unverified, and unclean, again).
     unclean: Mutex<BTreeSet<ChunkId>>,
+    /// Replicas the last registration's reply named
+    /// [`stale`](RegisterReply::stale) (in no chain), with the version each
+    /// had then: not served at that version, which a client's cached map
+    /// may still name. A copy that brings one up to date gives it a newer
+    /// version, and it serves again.
+    out_of_chain: Mutex<HashMap<ChunkId, MapVersion>>,
     io: IoCounters,
     /// Deadlines of forwarded chain writes (from the MDS's heartbeat replies).
     io_timeouts: Mutex<IoTimeouts>,
@@ -128,6 +134,7 @@ impl ChunkServer {
             reporting: tokio::sync::Mutex::new(()),
             bad_at_registration: Mutex::new(Vec::new()),
             unclean: Mutex::new(BTreeSet::new()),
+            out_of_chain: Mutex::new(HashMap::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
             copies: Arc::new(Copies::default()),
@@ -195,11 +202,36 @@ impl ChunkServer {
         })
     }
 
-    /// Deletes the replicas the MDS declared stale or unknown, and marks
-    /// the unclean replicas the MDS was told about verified (the MDS took
-    /// them out of their chains, or kept them as the best copy left). Call
-    /// before [`set_serving(true)`](ChunkServer::set_serving).
+    /// Deletes the replicas the MDS declared stale or unknown, stops
+    /// serving those it keeps out of their chains (at their present
+    /// version), and marks the unclean replicas the MDS was told about
+    /// verified (the MDS took them out of their chains, or kept them as the
+    /// best copy left). Call before
+    /// [`set_serving(true)`](ChunkServer::set_serving).
     pub async fn apply_register_reply(&self, reply: &RegisterReply) -> Result<()> {
+        // Fenced before the unclean ones count as verified: a crash in
+        // between finds them unclean again rather than served.
+        let stale = reply.stale.clone();
+        let fenced = self
+            .blocking(move |store| {
+                let mut fenced = HashMap::new();
+                for chunk in stale {
+                    match store.version(chunk) {
+                        Ok(version) => {
+                            fenced.insert(chunk, version);
+                        }
+                        // Gone, or out of service already: never served.
+                        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(fenced)
+            })
+            .await?;
+        *self
+            .out_of_chain
+            .lock()
+            .expect("out-of-chain lock poisoned") = fenced;
         let told = std::mem::take(&mut *self.unclean.lock().expect("unclean lock poisoned"));
         for chunk in told {
             self.blocking(move |store| store.verified(chunk)).await?;
@@ -373,6 +405,43 @@ impl ChunkServer {
         Ok(())
     }
 
+    /// `Stale` while the replica is at the version it had when the MDS
+    /// named it out of its chain ([`RegisterReply::stale`]): a client whose
+    /// cached map predates that must not read it (it may lack writes its
+    /// chain has, at the same version).
+    fn check_in_chain(&self, chunk: ChunkId) -> Result<()> {
+        let Some(at) = self
+            .out_of_chain
+            .lock()
+            .expect("out-of-chain lock poisoned")
+            .get(&chunk)
+            .copied()
+        else {
+            return Ok(());
+        };
+        match self.store.version(chunk) {
+            Ok(version) if version == at => Err(Error::stale(format!(
+                "chunk {chunk:#x} on chunk server {}: this replica (version {version}) is in no \
+                 chain: it left its chain while this server was away or stopped uncleanly; \
+                 refresh the chunk map from the MDS and use the replicas it names",
+                self.id
+            ))),
+            // Brought up to date by a copy (or gone): the fence is over.
+            _ => {
+                self.unfence(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets the fence of `chunk` (deleted, or created anew).
+    fn unfence(&self, chunk: ChunkId) {
+        self.out_of_chain
+            .lock()
+            .expect("out-of-chain lock poisoned")
+            .remove(&chunk);
+    }
+
     /// Runs `op` on the blocking pool.
     pub(super) async fn blocking<T, F>(&self, op: F) -> Result<T>
     where
@@ -469,6 +538,7 @@ impl ChunkService for ChunkServer {
         // chain's, so the store refuses writes to it too.)
         self.check_not_resyncing(chunk)
             .map_err(ReplicaError::local)?;
+        self.check_in_chain(chunk).map_err(ReplicaError::local)?;
         self.check_version(chunk, version)
             .map_err(ReplicaError::local)?;
 
@@ -550,6 +620,7 @@ impl ChunkService for ChunkServer {
     ) -> Result<Bytes> {
         self.check_serving()?;
         self.check_not_resyncing(chunk)?;
+        self.check_in_chain(chunk)?;
         if len > MAX_IO_SIZE {
             return Err(Error::invalid(format!(
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
@@ -582,6 +653,7 @@ impl ChunkService for ChunkServer {
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check_serving()?;
         self.check_not_resyncing(chunk)?;
+        self.check_in_chain(chunk)?;
         self.check_version(chunk, version)?;
         self.blocking(move |store| store.flush(chunk)).await?;
         IoCounters::add(&self.io.flush_ops, 1);
@@ -597,6 +669,7 @@ impl ChunkService for ChunkServer {
     ) -> Result<Vec<u64>> {
         self.check_serving()?;
         self.check_not_resyncing(chunk)?;
+        self.check_in_chain(chunk)?;
         if !offset.is_multiple_of(BLOCK_SIZE)
             || !len.is_multiple_of(BLOCK_SIZE)
             || len / BLOCK_SIZE > MAX_BLOCK_CRCS
@@ -624,7 +697,9 @@ impl ChunkControl for ChunkServer {
         chunk_size: u64,
     ) -> Result<()> {
         self.blocking(move |store| store.create(chunk, version, chunk_size))
-            .await
+            .await?;
+        self.unfence(chunk);
+        Ok(())
     }
 
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
@@ -639,7 +714,9 @@ impl ChunkControl for ChunkServer {
             copies.discard(store, chunk);
             store.delete(chunk)
         })
-        .await
+        .await?;
+        self.unfence(chunk);
+        Ok(())
     }
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {

@@ -1142,6 +1142,7 @@ mod chain {
         closed
             .apply_register_reply(&RegisterReply {
                 delete: vec![99],
+                stale: vec![],
                 heartbeat_interval_ms: 1000,
             })
             .await
@@ -1158,6 +1159,66 @@ mod chain {
             ErrorKind::NotFound
         );
         closed.delete_chunk(99).await.unwrap();
+    }
+
+    /// Seed 484: a replica the MDS keeps out of its chain is not served at
+    /// the version a client's cached map may still name; once a copy gives
+    /// it the chain's newer version, it is.
+    #[tokio::test]
+    async fn a_replica_named_stale_is_not_served_at_its_version() {
+        let c = Cluster::mem().await;
+        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .await
+            .unwrap();
+        let away = &c.servers[2];
+        away.set_serving(false);
+        away.apply_register_reply(&RegisterReply {
+            stale: vec![CHUNK, 0x777],
+            heartbeat_interval_ms: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        away.set_serving(true);
+        let err = away.read(CHUNK, 1, 0, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Stale, "{err}");
+        assert!(err.message().contains("in no chain"), "{err}");
+        assert_eq!(
+            away.flush(CHUNK, 1).await.unwrap_err().kind(),
+            ErrorKind::Stale
+        );
+        assert_eq!(
+            away.block_crcs(CHUNK, 1, 0, B).await.unwrap_err().kind(),
+            ErrorKind::Stale
+        );
+        let err = away
+            .write(WriteRequest {
+                chunk: CHUNK,
+                version: 1,
+                offset: 0,
+                payload: WritePayload::Data(Bytes::from_static(b"y")),
+                chain: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.error.kind(), ErrorKind::Stale, "{}", err.error);
+        // The other replicas serve.
+        assert_eq!(c.servers[1].read(CHUNK, 1, 0, 1).await.unwrap()[..], [b'x']);
+        // Brought to a newer version (as a copy ends): served again.
+        away.set_version(CHUNK, 2).await.unwrap();
+        assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
+        // A registration that names nothing stale lifts every fence.
+        away.apply_register_reply(&RegisterReply {
+            stale: vec![CHUNK],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert!(away.read(CHUNK, 2, 0, 1).await.is_err());
+        away.apply_register_reply(&RegisterReply::default())
+            .await
+            .unwrap();
+        assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1761,9 +1761,28 @@ impl CsRegistry for MdsService {
             // Nothing is left there to resync.
             self.forget_stale(id, chunk);
         }
+        // What it holds that no chain names now (kept as a copy's base, or
+        // just dropped for being unclean) must not serve: a client's cached
+        // map may still name it at its version. Never a replica the map
+        // names (a drop that failed leaves it a member, served).
+        let stale = {
+            let core = self.core();
+            let deleted: BTreeSet<ChunkId> = delete.iter().copied().collect();
+            chunks
+                .iter()
+                .map(|info| info.chunk)
+                .filter(|c| !deleted.contains(c))
+                .filter(|&c| {
+                    core.state
+                        .chunk(c)
+                        .is_some_and(|rec| !rec.replicas.contains(&id))
+                })
+                .collect()
+        };
         self.flush_events().await;
         Ok(RegisterReply {
             delete,
+            stale,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
         })
     }

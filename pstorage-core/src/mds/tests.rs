@@ -1096,16 +1096,22 @@ async fn an_unclean_replica_beside_an_active_member_leaves_the_chain() {
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map).len(), 3);
     let reply = c.register_unclean(3, 1, vec![map.chunk]).await.unwrap();
-    // Kept on the server as the base of its resync, not deleted.
+    // Kept on the server as the base of its resync, not deleted, and not
+    // served (seed 484: a client's cached map still named it).
     assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
+    assert_eq!(reply.stale, vec![map.chunk], "{reply:?}");
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert!(!rec.replicas.contains(&3), "{rec:?}");
     assert_eq!(rec.version, map.version + 1);
     let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("stopped uncleanly"), "{log}");
-    // A clean registration of a member keeps it.
-    c.register(1, 3).await.unwrap();
+    // A clean registration of a member keeps it, and serves it.
+    let reply = c.register(1, 3).await.unwrap();
     assert!(c.state().chunk(map.chunk).unwrap().replicas.contains(&1));
+    assert!(reply.stale.is_empty(), "{reply:?}");
+    // Registering again while still out of the chain: still not served.
+    let reply = c.register(3, 1).await.unwrap();
+    assert_eq!(reply.stale, vec![map.chunk], "{reply:?}");
 }
 
 #[tokio::test]
@@ -1116,9 +1122,11 @@ async fn an_unclean_replica_alone_is_kept_until_a_current_one_returns() {
     // Every server silent (all lost power, say): none is active.
     c.clock.advance(5_000);
     c.mds.renew(lease.id).await.unwrap();
-    // The first back is unclean, and the best copy there is: kept.
-    c.register_unclean(1, 3, vec![map.chunk]).await.unwrap();
+    // The first back is unclean, and the best copy there is: kept, and
+    // served (a member is never named stale).
+    let reply = c.register_unclean(1, 3, vec![map.chunk]).await.unwrap();
     assert_eq!(c.state().chunk(map.chunk).unwrap().replicas.len(), 3);
+    assert!(reply.stale.is_empty(), "{reply:?}");
     // A second unclean one beside it is not: one unclean copy is the
     // truth, the others are resynced from it, so replicas never differ.
     c.register_unclean(2, 2, vec![map.chunk]).await.unwrap();

@@ -96,6 +96,7 @@ impl CsRegistry for FakeMds {
         self.registrations.fetch_add(1, Ordering::SeqCst);
         Ok(RegisterReply {
             delete: Vec::new(),
+            stale: vec![],
             heartbeat_interval_ms: 1000,
         })
     }
