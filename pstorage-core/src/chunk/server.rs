@@ -60,6 +60,10 @@ pub struct ChunkServer {
     /// may still name. A copy that brings one up to date gives it a newer
     /// version, and it serves again.
     out_of_chain: Mutex<HashMap<ChunkId, MapVersion>>,
+    /// The replicas and versions the last registration reported: a
+    /// replica the reply names stale is fenced at the version the MDS
+    /// judged, even if a copy moved it on since.
+    reported: Mutex<HashMap<ChunkId, MapVersion>>,
     io: IoCounters,
     /// Deadlines of forwarded chain writes (from the MDS's heartbeat replies).
     io_timeouts: Mutex<IoTimeouts>,
@@ -135,6 +139,7 @@ impl ChunkServer {
             bad_at_registration: Mutex::new(Vec::new()),
             unclean: Mutex::new(BTreeSet::new()),
             out_of_chain: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
             copies: Arc::new(Copies::default()),
@@ -185,6 +190,8 @@ impl ChunkServer {
             .bad_at_registration
             .lock()
             .expect("registration lock poisoned") = bad;
+        *self.reported.lock().expect("reported lock poisoned") =
+            chunks.iter().map(|c| (c.chunk, c.version)).collect();
         let unclean = {
             let unclean = self.unclean.lock().expect("unclean lock poisoned");
             chunks
@@ -210,24 +217,17 @@ impl ChunkServer {
     /// [`set_serving(true)`](ChunkServer::set_serving).
     pub async fn apply_register_reply(&self, reply: &RegisterReply) -> Result<()> {
         // Fenced before the unclean ones count as verified: a crash in
-        // between finds them unclean again rather than served.
-        let stale = reply.stale.clone();
-        let fenced = self
-            .blocking(move |store| {
-                let mut fenced = HashMap::new();
-                for chunk in stale {
-                    match store.version(chunk) {
-                        Ok(version) => {
-                            fenced.insert(chunk, version);
-                        }
-                        // Gone, or out of service already: never served.
-                        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(fenced)
-            })
-            .await?;
+        // between finds them unclean again rather than served. At the
+        // version registered (the one the MDS judged): a copy that moved a
+        // replica on since made it current, and it stays served.
+        let fenced: HashMap<ChunkId, MapVersion> = {
+            let reported = self.reported.lock().expect("reported lock poisoned");
+            reply
+                .stale
+                .iter()
+                .filter_map(|c| reported.get(c).map(|&v| (*c, v)))
+                .collect()
+        };
         *self
             .out_of_chain
             .lock()

@@ -1172,6 +1172,7 @@ mod chain {
             .unwrap();
         let away = &c.servers[2];
         away.set_serving(false);
+        away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK, 0x777],
             heartbeat_interval_ms: 1000,
@@ -1208,6 +1209,7 @@ mod chain {
         away.set_version(CHUNK, 2).await.unwrap();
         assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
         // A registration that names nothing stale lifts every fence.
+        away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK],
             ..Default::default()
@@ -1215,10 +1217,22 @@ mod chain {
         .await
         .unwrap();
         assert!(away.read(CHUNK, 2, 0, 1).await.is_err());
+        away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply::default())
             .await
             .unwrap();
         assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
+        // The fence is at the version registered: a copy that moved the
+        // replica on before the reply arrived made it current.
+        away.registration(&addr(3)).await.unwrap();
+        away.set_version(CHUNK, 3).await.unwrap();
+        away.apply_register_reply(&RegisterReply {
+            stale: vec![CHUNK],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(away.read(CHUNK, 3, 0, 1).await.unwrap()[..], [b'x']);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
