@@ -221,7 +221,9 @@ impl ChunkServer {
         // version registered (the one the MDS judged): a copy that moved a
         // replica on since made it current, and it stays served.
         let fenced: HashMap<ChunkId, MapVersion> = {
-            let reported = self.reported.lock().expect("reported lock poisoned");
+            // Taken: a server of many replicas does not keep the list.
+            let reported =
+                std::mem::take(&mut *self.reported.lock().expect("reported lock poisoned"));
             reply
                 .stale
                 .iter()
