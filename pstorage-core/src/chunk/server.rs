@@ -60,6 +60,9 @@ pub struct ChunkServer {
     /// may still name. A copy that brings one up to date gives it a newer
     /// version, and it serves again.
     out_of_chain: Mutex<HashMap<ChunkId, MapVersion>>,
+    /// Whether `out_of_chain` may hold anything: the data path skips its
+    /// lock while nothing is fenced (almost always).
+    any_out_of_chain: AtomicBool,
     /// The replicas and versions the last registration reported: a
     /// replica the reply names stale is fenced at the version the MDS
     /// judged, even if a copy moved it on since.
@@ -139,6 +142,7 @@ impl ChunkServer {
             bad_at_registration: Mutex::new(Vec::new()),
             unclean: Mutex::new(BTreeSet::new()),
             out_of_chain: Mutex::new(HashMap::new()),
+            any_out_of_chain: AtomicBool::new(false),
             reported: Mutex::new(HashMap::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
@@ -230,10 +234,15 @@ impl ChunkServer {
                 .filter_map(|c| reported.get(c).map(|&v| (*c, v)))
                 .collect()
         };
-        *self
-            .out_of_chain
-            .lock()
-            .expect("out-of-chain lock poisoned") = fenced;
+        {
+            let mut out_of_chain = self
+                .out_of_chain
+                .lock()
+                .expect("out-of-chain lock poisoned");
+            self.any_out_of_chain
+                .store(!fenced.is_empty(), Ordering::SeqCst);
+            *out_of_chain = fenced;
+        }
         let told = std::mem::take(&mut *self.unclean.lock().expect("unclean lock poisoned"));
         for chunk in told {
             self.blocking(move |store| store.verified(chunk)).await?;
@@ -412,6 +421,9 @@ impl ChunkServer {
     /// cached map predates that must not read it (it may lack writes its
     /// chain has, at the same version).
     fn check_in_chain(&self, chunk: ChunkId) -> Result<()> {
+        if !self.any_out_of_chain.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let Some(at) = self
             .out_of_chain
             .lock()
@@ -442,6 +454,13 @@ impl ChunkServer {
             .lock()
             .expect("out-of-chain lock poisoned")
             .remove(&chunk);
+    }
+
+    /// Both checks of a replica a client may use: not being resynced, and
+    /// in a chain as far as the last registration said.
+    fn check_servable(&self, chunk: ChunkId) -> Result<()> {
+        self.check_not_resyncing(chunk)?;
+        self.check_in_chain(chunk)
     }
 
     /// Runs `op` on the blocking pool.
@@ -538,9 +557,7 @@ impl ChunkService for ChunkServer {
         // anyway; the authoritative check is the store's, atomic with the
         // write. (A replica being resynced is at an older version than any
         // chain's, so the store refuses writes to it too.)
-        self.check_not_resyncing(chunk)
-            .map_err(ReplicaError::local)?;
-        self.check_in_chain(chunk).map_err(ReplicaError::local)?;
+        self.check_servable(chunk).map_err(ReplicaError::local)?;
         self.check_version(chunk, version)
             .map_err(ReplicaError::local)?;
 
@@ -621,8 +638,7 @@ impl ChunkService for ChunkServer {
         len: u64,
     ) -> Result<Bytes> {
         self.check_serving()?;
-        self.check_not_resyncing(chunk)?;
-        self.check_in_chain(chunk)?;
+        self.check_servable(chunk)?;
         if len > MAX_IO_SIZE {
             return Err(Error::invalid(format!(
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
@@ -654,8 +670,7 @@ impl ChunkService for ChunkServer {
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check_serving()?;
-        self.check_not_resyncing(chunk)?;
-        self.check_in_chain(chunk)?;
+        self.check_servable(chunk)?;
         self.check_version(chunk, version)?;
         self.blocking(move |store| store.flush(chunk)).await?;
         IoCounters::add(&self.io.flush_ops, 1);
@@ -670,8 +685,7 @@ impl ChunkService for ChunkServer {
         len: u64,
     ) -> Result<Vec<u64>> {
         self.check_serving()?;
-        self.check_not_resyncing(chunk)?;
-        self.check_in_chain(chunk)?;
+        self.check_servable(chunk)?;
         if !offset.is_multiple_of(BLOCK_SIZE)
             || !len.is_multiple_of(BLOCK_SIZE)
             || len / BLOCK_SIZE > MAX_BLOCK_CRCS
