@@ -74,7 +74,9 @@ type MdsCall<T> = Box<dyn FnOnce(Arc<MdsService>) -> BoxFuture<'static, Result<T
 pub struct MdsEndpoint {
     pub id: MdsId,
     pub service: Arc<MdsService>,
-    pub raft: MdsRaft,
+    /// `None`: an MDS without Raft (the conformance suites' world), which
+    /// serves every call itself, as the daemon's router does for one.
+    pub raft: Option<MdsRaft>,
     net: Arc<SimNet>,
 }
 
@@ -83,7 +85,17 @@ impl MdsEndpoint {
         MdsEndpoint {
             id,
             service,
-            raft,
+            raft: Some(raft),
+            net,
+        }
+    }
+
+    /// An MDS without Raft: it serves every call itself.
+    pub fn standalone(id: MdsId, service: Arc<MdsService>, net: Arc<SimNet>) -> Self {
+        MdsEndpoint {
+            id,
+            service,
+            raft: None,
             net,
         }
     }
@@ -95,8 +107,11 @@ impl MdsEndpoint {
         what: &'static str,
         call: MdsCall<T>,
     ) -> Result<T> {
+        let Some(raft) = &self.raft else {
+            return call(self.service.clone()).await;
+        };
         let deadline = Instant::now() + ELECTION_WAIT;
-        let mut metrics = self.raft.metrics();
+        let mut metrics = raft.metrics();
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             match leader {
@@ -611,7 +626,10 @@ impl SimRaftConn {
         let sent = self.net.call(NodeId::Mds(self.from), to, what, move |s| {
             async move {
                 match s {
-                    Services::Mds(ep) => Some(f(ep.raft.clone()).await),
+                    Services::Mds(ep) => match ep.raft.clone() {
+                        Some(raft) => Some(f(raft).await),
+                        None => None,
+                    },
                     Services::Cs(_) => None,
                 }
             }
@@ -620,7 +638,9 @@ impl SimRaftConn {
         match tokio::time::timeout(RAFT_CALL_TIMEOUT, sent).await {
             Err(_) => Err(unreachable(timed_out(what, to, RAFT_CALL_TIMEOUT))),
             Ok(Err(e)) => Err(unreachable(e)),
-            Ok(Ok(None)) => Err(unreachable(Error::internal(format!("{to} is not an MDS")))),
+            Ok(Ok(None)) => Err(unreachable(Error::internal(format!(
+                "{to} is not an MDS with Raft"
+            )))),
             Ok(Ok(Some(Ok(answer)))) => Ok(answer),
             Ok(Ok(Some(Err(RaftError::Fatal(f))))) => Err(RPCError::Network(NetworkError::new(&f))),
             Ok(Ok(Some(Err(e)))) => Err(RPCError::RemoteError(RemoteError::new(target, e))),

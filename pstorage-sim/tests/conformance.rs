@@ -1,9 +1,11 @@
 //! The chunk-server seam suites (`pstorage_core::conformance`) run against
 //! the simulator's `SimPeer` (what `SimConnector` hands out): the data path
 //! and the control path over the simulated network, with its per-message
-//! delays, must keep every contract the real transports keep; and the
-//! `MdsGroup` suite against a simulated one-MDS Raft group, in process and
-//! through the simulator's MDS client.
+//! delays, must keep every contract the real transports keep; the
+//! `CsRegistry` and `MetadataService` suites against the simulator's MDS
+//! client (`SimMdsClient`) reaching the suites' MDS over the simulated
+//! network; and the `MdsGroup` suite against a simulated one-MDS Raft
+//! group, in process and through the simulator's MDS client.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,14 +13,19 @@ use async_trait::async_trait;
 use std::time::Duration;
 
 use pstorage_core::conformance::mds_group::{self, Group, GroupFixture};
-use pstorage_core::conformance::{chunk_control, chunk_service, ChunkTransport, ChunkWorld};
+use pstorage_core::conformance::{
+    chunk_control, chunk_service, cs_registry, metadata, ChunkTransport, ChunkWorld, MdsTransport,
+};
+use pstorage_core::mds::MdsService;
+use pstorage_core::membership::{DirectoryOptions, MemberDirectory};
 use pstorage_core::traits::{
-    ChunkConnector, ChunkControl, ChunkService, ControlConnector, MdsGroup,
+    ChunkConnector, ChunkControl, ChunkService, ControlConnector, CsRegistry, MdsGroup,
+    MetadataService,
 };
 use pstorage_core::types::CsId;
-use pstorage_sim::cluster::Cluster;
+use pstorage_sim::cluster::{Cluster, SimClock};
 use pstorage_sim::net::{NodeId, Services, SimNet};
-use pstorage_sim::rpc::{SimConnector, CONTROL_CALL_TIMEOUT};
+use pstorage_sim::rpc::{MdsEndpoint, SimConnector, SimMdsClient, CONTROL_CALL_TIMEOUT};
 use pstorage_sim::trace::Trace;
 use pstorage_sim::SimConfig;
 use rand::rngs::StdRng;
@@ -70,6 +77,51 @@ async fn chunk_service_over_the_simulated_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_control_over_the_simulated_network() {
     chunk_control::run(&SimChunks::new()).await;
+}
+
+/// The suites' MDS (no Raft) served on a simulated network as MDS 1, and
+/// reached through the simulator's MDS client, as a client or a chunk
+/// server of the simulation reaches its MDSes: the call, its reply and
+/// their delays cross the network, the error kinds must survive it.
+struct SimMds;
+
+impl SimMds {
+    fn client(&self, mds: &Arc<MdsService>) -> Arc<SimMdsClient> {
+        let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(13)));
+        let net = SimNet::new(rng, Arc::new(Trace::new(false)));
+        let node = NodeId::Mds(1);
+        let endpoint = MdsEndpoint::standalone(1, mds.clone(), net.clone());
+        net.start(node, Services::Mds(Arc::new(endpoint)));
+        net.add_client(NodeId::Client(1));
+        let directory = Arc::new(MemberDirectory::new(
+            vec![node.addr()],
+            None,
+            SimClock::new(tokio::time::Instant::now()),
+            DirectoryOptions::default(),
+        ));
+        Arc::new(SimMdsClient::new(net, NodeId::Client(1), directory))
+    }
+}
+
+#[async_trait]
+impl MdsTransport for SimMds {
+    async fn registry(&self, mds: &Arc<MdsService>) -> Arc<dyn CsRegistry> {
+        self.client(mds)
+    }
+
+    async fn metadata(&self, mds: &Arc<MdsService>) -> Arc<dyn MetadataService> {
+        self.client(mds)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cs_registry_over_the_simulated_network() {
+    cs_registry::run(&SimMds).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn metadata_over_the_simulated_network() {
+    metadata::run(&SimMds).await;
 }
 
 /// A fresh simulated group of one MDS; the implementation under test is
