@@ -93,6 +93,9 @@ pub struct SimConfig {
     /// Inject (at most once per run) the replacement of an MDS (a new one
     /// joins, an old one is removed for good).
     pub mds_changes: bool,
+    /// Inject client crashes: a client process killed mid-operation
+    /// (no close; its lease left to expire), restarted as a new process.
+    pub client_crashes: bool,
     /// Print the trace as it happens.
     pub verbose: bool,
 }
@@ -146,6 +149,7 @@ impl Default for SimConfig {
             hangs: false,
             outages: false,
             mds_changes: false,
+            client_crashes: false,
             verbose: false,
         }
     }
@@ -212,6 +216,9 @@ enum Active {
     /// A node's wall clock stepped by this many ms; undone by the opposite
     /// step (NTP correcting it).
     ClockJump(NodeId, i64),
+    /// A client process crashed (by its number); undone by starting it
+    /// again as a new process.
+    ClientDown(u32),
 }
 
 impl Active {
@@ -260,23 +267,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         crashes: AtomicU64::new(0),
         outages: Mutex::new(Vec::new()),
     });
-    let mut workers = Vec::new();
-    for c in 1..=config.clients {
-        let node = NodeId::Client(c);
-        net.add_client(node);
-        let client = Client::new(
-            cluster.mds_client(node),
-            Arc::new(SimConnector::new(net.clone(), node, None)),
-            Worker::client_options(),
-        );
-        let mut worker = Worker::new(c, client, shared.clone(), config.file_blocks);
-        let doing = worker.doing.clone();
-        let handle = tokio::spawn(async move {
-            worker.run().await;
-            worker
-        });
-        workers.push((c, doing, handle));
-    }
+    let mut clients = Clients::start(&cluster, &net, &shared, &config);
 
     // The fault phase.
     net.set_message_faults(MessageFaults {
@@ -295,7 +286,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
             active.into_iter().partition(|(until, _)| *until <= step);
         active = rest;
         for (_, fault) in due {
-            undo(&mut cluster, &net, &shared, fault).await;
+            undo(&mut cluster, &mut clients, &net, &shared, fault).await;
         }
         let roll = rng.lock().expect("rng poisoned").gen_range(0..1000);
         if roll < config.fault_permille {
@@ -305,6 +296,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
             };
             if let Some(fault) = inject(
                 &mut cluster,
+                &mut clients,
                 &net,
                 &rng,
                 &active,
@@ -341,33 +333,40 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
             .partition(|(until, f)| *until <= step || !f.outlasts_the_phase());
         active = rest;
         for (_, fault) in due {
-            undo(&mut cluster, &net, &shared, fault).await;
+            undo(&mut cluster, &mut clients, &net, &shared, fault).await;
         }
         check_mdses(&cluster, &shared);
         step += 1;
     }
     for (_, fault) in std::mem::take(&mut active) {
-        undo(&mut cluster, &net, &shared, fault).await;
+        undo(&mut cluster, &mut clients, &net, &shared, fault).await;
     }
     net.heal_all();
     shared.stop.store(true, Ordering::SeqCst);
     let quiet_deadline = tokio::time::Instant::now() + Duration::from_millis(config.quiet_ms);
     let mut finished = Vec::new();
-    for (c, doing, mut handle) in workers {
+    for slot in &mut clients.slots {
+        let Some(mut handle) = slot.handle.take() else {
+            // Restarted after the workload stopped: only the final check.
+            finished.push(slot.worker.clone());
+            continue;
+        };
         match tokio::time::timeout_at(quiet_deadline, &mut handle).await {
-            Ok(Ok(worker)) => finished.push(worker),
-            Ok(Err(e)) => shared.violation(format!("client{c} panicked: {e}")),
+            Ok(Ok(())) => finished.push(slot.worker.clone()),
+            Ok(Err(e)) => shared.violation(format!("client{} panicked: {e}", slot.c)),
             Err(_) => {
                 handle.abort();
                 shared.violation(format!(
-                    "client{c} is stuck in `{}` {} s after the faults stopped",
-                    doing.lock().expect("poisoned"),
+                    "client{} is stuck in `{}` {} s after the faults stopped",
+                    slot.c,
+                    slot.doing.lock().expect("poisoned"),
                     config.quiet_ms / 1000
                 ));
             }
         }
     }
-    for worker in &mut finished {
+    for worker in &finished {
+        let mut worker = worker.lock().await;
         let left = quiet_deadline.saturating_duration_since(tokio::time::Instant::now());
         if tokio::time::timeout(left, worker.verify_all())
             .await
@@ -424,8 +423,103 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         recent: trace.recent(),
     };
     drop(finished);
+    drop(clients);
     cluster.shutdown().await;
     outcome
+}
+
+/// The workload's clients: each one's worker (whose models outlive a
+/// crash of its process) and the task running it.
+struct Clients {
+    net: Arc<SimNet>,
+    shared: Arc<Shared>,
+    slots: Vec<ClientSlot>,
+}
+
+struct ClientSlot {
+    /// The client's number (its file is `/f{c}`).
+    c: u32,
+    worker: Arc<tokio::sync::Mutex<Worker>>,
+    doing: Arc<Mutex<String>>,
+    /// The task running the workload; `None` while the process is down.
+    handle: Option<tokio::task::JoinHandle<()>>,
+    /// The node of its current process: a restarted client is a new node
+    /// (client `c + 1000 * restarts`), so nothing its dead process left
+    /// behind reaches the cluster.
+    node: NodeId,
+    restarts: u32,
+}
+
+impl Clients {
+    fn start(
+        cluster: &Cluster,
+        net: &Arc<SimNet>,
+        shared: &Arc<Shared>,
+        config: &SimConfig,
+    ) -> Clients {
+        let mut clients = Clients {
+            net: net.clone(),
+            shared: shared.clone(),
+            slots: Vec::new(),
+        };
+        for c in 1..=config.clients {
+            let node = NodeId::Client(c);
+            let client = clients.new_client(cluster, node);
+            let worker = Worker::new(c, client, shared.clone(), config.file_blocks);
+            let doing = worker.doing.clone();
+            clients.slots.push(ClientSlot {
+                c,
+                worker: Arc::new(tokio::sync::Mutex::new(worker)),
+                doing,
+                handle: None,
+                node,
+                restarts: 0,
+            });
+            let i = clients.slots.len() - 1;
+            clients.run(i);
+        }
+        clients
+    }
+
+    fn new_client(&self, cluster: &Cluster, node: NodeId) -> Client {
+        self.net.add_client(node);
+        Client::new(
+            cluster.mds_client(node),
+            Arc::new(SimConnector::new(self.net.clone(), node, None)),
+            Worker::client_options(),
+        )
+    }
+
+    fn run(&mut self, i: usize) {
+        let worker = self.slots[i].worker.clone();
+        self.slots[i].handle = Some(tokio::spawn(async move {
+            worker.lock().await.run().await;
+        }));
+    }
+
+    /// Kills a running client's process (kill -9, wherever it is).
+    async fn crash(&mut self, i: usize) -> bool {
+        let Some(handle) = self.slots[i].handle.take() else {
+            return false;
+        };
+        handle.abort();
+        let _ = handle.await;
+        self.net.kill_client(self.slots[i].node);
+        true
+    }
+
+    /// Starts a crashed client again, as a new process.
+    async fn restart(&mut self, cluster: &Cluster, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.restarts += 1;
+        slot.node = NodeId::Client(slot.c + 1000 * slot.restarts);
+        let node = slot.node;
+        let client = self.new_client(cluster, node);
+        self.slots[i].worker.lock().await.crash(client);
+        if !self.shared.stop.load(Ordering::SeqCst) {
+            self.run(i);
+        }
+    }
 }
 
 /// `MdsState::check_invariants` on every running MDS.
@@ -456,8 +550,10 @@ struct Once<'a> {
 /// once per run, an outage of every chunk server (beyond the tolerance:
 /// the cluster may pause, but must lose nothing) or the replacement of an
 /// MDS (`make-mds` of a new one, then `rm-mds` of an old one).
+#[allow(clippy::too_many_arguments)]
 async fn inject(
     cluster: &mut Cluster,
+    clients: &mut Clients,
     net: &Arc<SimNet>,
     rng: &SimRng,
     active: &[(u64, Active)],
@@ -492,7 +588,9 @@ async fn inject(
         .any(|(_, f)| matches!(f, Active::ClockJump(..)));
     // Only the basic kinds unless an extended one is on, so the default
     // knobs keep the schedules (and failing seeds) they always had.
-    let kinds = if config.hangs || config.outages || config.mds_changes || config.clock_jumps {
+    let kinds = if config.client_crashes {
+        13
+    } else if config.hangs || config.outages || config.mds_changes || config.clock_jumps {
         12
     } else {
         8
@@ -664,6 +762,21 @@ async fn inject(
             trace.event(format!("FAULT clock of {node} jumps {ms:+} ms"));
             Some(Active::ClockJump(node, ms))
         }
+        12 if config.client_crashes => {
+            let i = rng
+                .lock()
+                .expect("rng poisoned")
+                .gen_range(0..clients.slots.len());
+            if !clients.crash(i).await {
+                return None;
+            }
+            let slot = &clients.slots[i];
+            trace.event(format!(
+                "FAULT kill -9 of client{} (process {})",
+                slot.c, slot.node
+            ));
+            Some(Active::ClientDown(slot.c))
+        }
         _ => None,
     }
 }
@@ -739,7 +852,13 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     ));
 }
 
-async fn undo(cluster: &mut Cluster, net: &Arc<SimNet>, shared: &Shared, fault: Active) {
+async fn undo(
+    cluster: &mut Cluster,
+    clients: &mut Clients,
+    net: &Arc<SimNet>,
+    shared: &Shared,
+    fault: Active,
+) {
     let trace = net.trace().clone();
     match fault {
         Active::CsDown(id) => {
@@ -790,6 +909,15 @@ async fn undo(cluster: &mut Cluster, net: &Arc<SimNet>, shared: &Shared, fault: 
             }
             for (_, end) in shared.outages.lock().expect("poisoned").iter_mut() {
                 end.get_or_insert(tokio::time::Instant::now());
+            }
+        }
+        Active::ClientDown(c) => {
+            if let Some(i) = clients.slots.iter().position(|s| s.c == c) {
+                clients.restart(cluster, i).await;
+                trace.event(format!(
+                    "HEAL client{c} starts again as {}",
+                    clients.slots[i].node
+                ));
             }
         }
         Active::ClockJump(node, ms) => {

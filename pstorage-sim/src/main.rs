@@ -73,7 +73,12 @@ struct Args {
     /// removed for good.
     #[arg(long)]
     mds_changes: bool,
-    /// Every fault type: --clock-jumps --hangs --outages --mds-changes.
+    /// Also crash clients (kill -9 mid-operation: no close, the lease left
+    /// to expire) and restart them as new processes.
+    #[arg(long)]
+    client_crashes: bool,
+    /// Every fault type: --clock-jumps --hangs --outages --mds-changes
+    /// --client-crashes.
     #[arg(long)]
     all_faults: bool,
     /// Chance of a fault per step, per thousand.
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
         hangs: args.hangs || args.all_faults,
         outages: args.outages || args.all_faults,
         mds_changes: args.mds_changes || args.all_faults,
+        client_crashes: args.client_crashes || args.all_faults,
         verbose: args.trace,
         ..base
     };
@@ -249,6 +255,7 @@ fn extra_args(args: &Args) -> String {
         (args.hangs, " --hangs"),
         (args.outages, " --outages"),
         (args.mds_changes, " --mds-changes"),
+        (args.client_crashes, " --client-crashes"),
     ] {
         if on {
             out += flag;

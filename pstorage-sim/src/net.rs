@@ -110,6 +110,9 @@ struct Slot {
     services: Option<Services>,
     gate: Arc<Gate>,
     tasks: Vec<AbortHandle>,
+    /// A client process that crashed: whatever its leftover tasks still
+    /// send is refused (its connections died with it).
+    dead: bool,
 }
 
 impl Slot {
@@ -121,6 +124,7 @@ impl Slot {
                 frozen: watch::channel(false).0,
             }),
             tasks: Vec::new(),
+            dead: false,
         }
     }
 
@@ -198,6 +202,15 @@ impl SimNet {
     /// partitioned and frozen like the others.
     pub fn add_client(&self, node: NodeId) {
         self.state().nodes.entry(node).or_insert_with(Slot::new);
+    }
+
+    /// A client process crashes for good: its tasks end and nothing it
+    /// still sends arrives (a restarted client is a new node).
+    pub fn kill_client(&self, node: NodeId) {
+        if let Some(slot) = self.state().nodes.get_mut(&node) {
+            slot.dead = true;
+        }
+        self.crash(node);
     }
 
     /// Ends every task of `node` and stops it serving (kill -9).
@@ -353,8 +366,20 @@ impl SimNet {
         F: FnOnce(Services) -> BoxFuture<'static, T> + Send + 'static,
     {
         let faults = self.state().faults;
+        let dead = |net: &SimNet| net.state().nodes.get(&from).is_some_and(|s| s.dead);
+        if dead(self) {
+            return Err(Error::unavailable(format!(
+                "{from} crashed: {what} to {to} is never sent"
+            )));
+        }
         tokio::time::sleep(self.delay(faults)).await;
         self.wait_link(from, to).await?;
+        if dead(self) {
+            // Bytes not yet on the wire when the process died.
+            return Err(Error::unavailable(format!(
+                "{from} crashed before {what} to {to} left it"
+            )));
+        }
         if self.chance(faults.reset_before_ppm) {
             self.trace
                 .event(format!("net {from}->{to} {what}: reset before delivery"));

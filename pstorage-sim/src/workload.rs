@@ -77,8 +77,22 @@ pub struct Worker {
     next_value: u64,
     seen_crashes: u64,
     last_open_error: Option<ErrorKind>,
+    /// The operation in progress whose effect the models must allow if the
+    /// client crashes in the middle of it.
+    in_flight: InFlight,
     /// What the client is doing (for a report of a stuck operation).
     pub doing: Arc<Mutex<String>>,
+}
+
+/// An operation a crash may interrupt after part of it took effect.
+#[derive(Debug, Clone, Default)]
+enum InFlight {
+    #[default]
+    Nothing,
+    /// A write of these values from this block on.
+    Write { first: u64, values: Vec<u64> },
+    /// A mkdir or unlink of this name of the client's directory.
+    Name(String),
 }
 
 /// Names of a client's directory the workload uses.
@@ -96,12 +110,42 @@ impl Worker {
             next_value: 0,
             seen_crashes: 0,
             last_open_error: None,
+            in_flight: InFlight::Nothing,
             doing: Arc::new(Mutex::new("starting".into())),
         }
     }
 
     pub fn client_options() -> ClientOptions {
         ClientOptions::default()
+    }
+
+    /// The client process crashed (its task was aborted wherever it was)
+    /// and restarts as `client`: the file it had open is abandoned without
+    /// a close (its lease stays until it expires), and the models allow
+    /// what a crash allows: the interrupted write may have reached some
+    /// replicas or none, the interrupted namespace operation may or may
+    /// not have taken effect, and writes never flushed may be lost.
+    pub fn crash(&mut self, client: Client) {
+        match std::mem::take(&mut self.in_flight) {
+            InFlight::Nothing => {}
+            InFlight::Write { first, values } => {
+                for (i, value) in values.into_iter().enumerate() {
+                    self.blocks[(first + i as u64) as usize].write_done(value, false);
+                }
+            }
+            InFlight::Name(name) => self.names.set(&name, NameState::Unknown),
+        }
+        for block in &mut self.blocks {
+            block.crashed();
+        }
+        if let Some(file) = self.file.take() {
+            // Its process is gone: no close, no last commit (the network
+            // refuses what the dead node's leftover tasks send).
+            file.abandon();
+        }
+        self.client = client;
+        self.event("crashed; restarted as a new process".into());
+        self.doing("restarted".into());
     }
 
     fn path(&self) -> String {
@@ -253,10 +297,15 @@ impl Worker {
             data.extend_from_slice(&encode_block(*value, first + i as u64));
         }
         self.doing(format!("write blocks {first}..{}", first + count));
+        self.in_flight = InFlight::Write {
+            first,
+            values: values.clone(),
+        };
         let file = self.file.as_ref().expect("open");
         let result = file
             .write_at_bytes(first * BLOCK_SIZE, Bytes::from(data))
             .await;
+        self.in_flight = InFlight::Nothing;
         self.sync_crashes();
         let ok = result.is_ok();
         for (i, value) in values.iter().enumerate() {
@@ -370,7 +419,9 @@ impl Worker {
         match self.shared.roll(3) {
             0 => {
                 self.doing(format!("mkdir {path}"));
+                self.in_flight = InFlight::Name(name.clone());
                 let result = self.client.mkdir(&path, true).await;
+                self.in_flight = InFlight::Nothing;
                 let state = match &result {
                     Ok(_) => NameState::Present,
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => NameState::Present,
@@ -382,7 +433,9 @@ impl Worker {
             }
             1 => {
                 self.doing(format!("unlink {path}"));
+                self.in_flight = InFlight::Name(name.clone());
                 let result = self.client.unlink(&path).await;
+                self.in_flight = InFlight::Nothing;
                 let state = match &result {
                     Ok(()) => NameState::Absent,
                     // The directory itself may not exist yet.

@@ -473,6 +473,18 @@ impl File {
         Ok(())
     }
 
+    /// Drops the handle the way a crashed process loses it: no flush, no
+    /// size commit, no close, no more lease renewals. The lease stays at
+    /// the MDS until it expires; writes never flushed may be lost. For
+    /// fault-injection tests (the simulator crashes its clients with it);
+    /// an application wants [`File::close`].
+    pub fn abandon(self) {
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some(task) = lock(&self.inner.renewal).take() {
+            task.abort();
+        }
+    }
+
     /// Flushes (under a write lease), stops lease renewal and releases the
     /// lease. Later operations fail with `BadHandle`; closing again is a
     /// no-op. The lease is released even if the flush fails, and the flush
