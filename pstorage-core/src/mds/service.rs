@@ -897,15 +897,23 @@ impl MdsService {
         Ok(map)
     }
 
-    /// Bumps every chunk of file `ino` (fencing an expired writer) and
-    /// pushes the new versions. Callers hold `chunk_lock`.
+    /// Fences file `ino` after its writer was lost (its lease expired or
+    /// was revoked): bumps every chunk (`FenceFile`: the lost writer's
+    /// writes are refused from then on) and pushes the new versions, then
+    /// brings each chain to one content ([`MdsService::reconcile_chain`]),
+    /// then clears `fence_pending` (`FinishFence`). A writer lost in the
+    /// middle of a chain write may have left its blocks written on some
+    /// members and not on others; without this, reads rotating over the
+    /// members would return two contents for one block. If the MDS stops
+    /// before `FinishFence`, the next open fences again. Callers hold
+    /// `chunk_lock`.
     async fn fence(&self, ino: InodeId) -> Result<()> {
         let outcome = self.commit(Command::FenceFile { ino }).await?;
         let ApplyOutcome::Fenced(maps) = outcome else {
             return Err(unexpected(outcome));
         };
-        for map in maps {
-            let failed = self.push_or_keep(&map).await;
+        for map in &maps {
+            let failed = self.push_or_keep(map).await;
             if !failed.is_empty() {
                 // The file opens anyway; writes to a chunk below
                 // replicas_min report Unavailable until it recovers.
@@ -914,7 +922,105 @@ impl MdsService {
                 }
             }
         }
+        for map in &maps {
+            self.reconcile_chain(map.chunk).await;
+        }
+        self.commit(Command::FinishFence { ino }).await?;
         Ok(())
+    }
+
+    /// Makes every member of `chunk`'s chain identical to one source
+    /// member: the first one, in chain order, whose server is active and
+    /// took the chain's version (the head when it can: a chain write
+    /// reaches it first, so it holds every write any member holds). Each
+    /// other member copies from it the blocks whose CRC-table entries
+    /// differ (`replicate_chunk` in place, at the chain's version;
+    /// identical members cost one CRC-table comparison). A member whose
+    /// copy fails leaves the chain (a failed in-place copy leaves it a mix
+    /// of both contents, refused until a later copy finishes): it is a
+    /// stale replica that re-replication brings back. The source is never
+    /// dropped here, so the chain always keeps an intact member. With no
+    /// usable source (every member inactive or behind on its version)
+    /// nothing is copied and the chain is left as it is. Callers hold
+    /// `chunk_lock`.
+    pub(super) async fn reconcile_chain(&self, chunk: ChunkId) {
+        let job = {
+            let core = self.core();
+            let Some(map) = core.state.chunk_map(chunk) else {
+                return;
+            };
+            let Some(rec) = core.state.chunk(chunk) else {
+                return;
+            };
+            if map.replicas.len() < 2 {
+                return;
+            }
+            let now = self.now();
+            let usable = |r: &Replica| {
+                self.cs_status(&core, r.cs, now) == CsStatus::Active
+                    && !core
+                        .version_sync
+                        .get(&r.cs)
+                        .is_some_and(|chunks| chunks.contains(&chunk))
+            };
+            let Some(source) = map.replicas.iter().find(|r| usable(r)).cloned() else {
+                tracing::warn!(
+                    "MDS: chunk {chunk:#x}: no member can be the source to bring its chain to one content; left as it is"
+                );
+                return;
+            };
+            super::healing::CopyJob {
+                chunk,
+                version: map.version,
+                chunk_size: core
+                    .state
+                    .inode(rec.file)
+                    .map(|n| n.attrs.chunk_size)
+                    .unwrap_or(0),
+                path: core.state.path_of(rec.file),
+                index: map.index,
+                targets: map
+                    .replicas
+                    .iter()
+                    .filter(|r| r.cs != source.cs)
+                    .cloned()
+                    .collect(),
+                source,
+                moving_from: None,
+            }
+        };
+        let mut failed = Vec::new();
+        for target in &job.targets {
+            match self.replicate_watched(&job, target, job.version, 0).await {
+                Ok(stats) if stats.bytes_copied > 0 => {
+                    let now = self.now();
+                    self.core().log_event(
+                        now,
+                        EventKind::Replication,
+                        EventLevel::Warning,
+                        format!(
+                            "chunk {chunk:#x} (index {}) of {}: its writer was lost mid-write; \
+                             {} bytes on CS {} differed from CS {} and were resynced",
+                            job.index, job.path, stats.bytes_copied, target.cs, job.source.cs
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "MDS: chunk {chunk:#x}: bringing CS {} to the content of CS {} failed: {e}; it leaves the chain",
+                        target.cs,
+                        job.source.cs
+                    );
+                    failed.push(target.cs);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            if let Err(e) = self.drop_replicas(chunk, failed).await {
+                tracing::warn!("MDS: chunk {chunk:#x}: {e}");
+            }
+        }
     }
 
     /// Deletes released chunks on their servers; failures only leave

@@ -280,8 +280,12 @@ pub enum Command {
         version: MapVersion,
         replicas: Vec<CsId>,
     },
-    /// Bumps the version of every chunk of the file and clears its
-    /// `fence_pending`.
+    /// Bumps the version of every chunk of the file (its lost writer's
+    /// writes are refused from then on). Its `fence_pending` stays set
+    /// until `FinishFence`, so an MDS that stops between the two fences
+    /// the file again at the next open. (Up to store format 4 it also
+    /// cleared `fence_pending`; a replayed old entry now leaves it set,
+    /// which costs one more fence.)
     FenceFile { ino: InodeId },
     /// Grows the size of the file leased by `lease` to at least `size` and
     /// sets its mtime.
@@ -344,6 +348,11 @@ pub enum Command {
         update: CsPlacementUpdate,
         now_ms: u64,
     },
+    // Appended in store format 5.
+    /// Clears the file's `fence_pending` once its chunks were fenced
+    /// (`FenceFile`) and every chain brought to one content: the file can
+    /// be opened again.
+    FinishFence { ino: InodeId },
 }
 
 /// What a successfully applied command produced.
@@ -430,6 +439,7 @@ pub(crate) enum Prepared {
         replicas: Vec<CsId>,
     },
     Fence(InodeId),
+    FinishFence(InodeId),
     CommitSize {
         ino: InodeId,
         size: u64,
@@ -1181,6 +1191,10 @@ impl MdsState {
                 Some(n) if n.kind == InodeKind::File => Ok(Prepared::Fence(*ino)),
                 _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
             },
+            Command::FinishFence { ino } => match self.inodes.get(ino) {
+                Some(n) if n.kind == InodeKind::File => Ok(Prepared::FinishFence(*ino)),
+                _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
+            },
             Command::CommitSize {
                 lease,
                 size,
@@ -1914,7 +1928,6 @@ impl MdsState {
             }
             Prepared::Fence(ino) => {
                 let node = self.inodes.get_mut(&ino).expect("file exists");
-                node.fence_pending = false;
                 let chunks: Vec<ChunkId> = node.chunks.values().copied().collect();
                 let maps = chunks
                     .into_iter()
@@ -1925,6 +1938,13 @@ impl MdsState {
                     })
                     .collect();
                 ApplyOutcome::Fenced(maps)
+            }
+            Prepared::FinishFence(ino) => {
+                self.inodes
+                    .get_mut(&ino)
+                    .expect("file exists")
+                    .fence_pending = false;
+                ApplyOutcome::Done
             }
             Prepared::CommitSize { ino, size, now_ms } => {
                 let node = self.inodes.get_mut(&ino).expect("leased file");

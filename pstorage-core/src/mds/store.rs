@@ -25,10 +25,11 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// [`super::raft::RaftStorage`]). 4 added chunk server locations, hosts,
 /// tiers and capacities, file tiers and failure domains, and the commands
 /// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
-/// `SetCsPlacement`. Older records are read too: their commands are a
+/// `SetCsPlacement`. 5 added `FinishFence` (and `FenceFile` no longer
+/// clears `fence_pending`). Older records are read too: their commands are a
 /// prefix of the newer formats', and older snapshots are upgraded by
 /// [`MdsState::from_v1`], [`MdsState::from_v2`] and [`MdsState::from_v3`].
-pub const STORE_FORMAT_VERSION: u8 = 4;
+pub const STORE_FORMAT_VERSION: u8 = 5;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.

@@ -614,6 +614,14 @@ fn leases_conflict_and_expire() {
         ErrorKind::Stale,
     );
     s.apply(Command::FenceFile { ino: w2.ino }).unwrap();
+    // Fenced, but its chains are not known to agree yet: still refused.
+    assert!(s.inode(w2.ino).unwrap().fence_pending);
+    refused(
+        &mut s,
+        open_cmd("/f", LeaseMode::Read, false, 300),
+        ErrorKind::Stale,
+    );
+    s.apply(Command::FinishFence { ino: w2.ino }).unwrap();
     open(&mut s, "/f", LeaseMode::Read, 300).unwrap();
     s.check_invariants().unwrap();
 }
@@ -799,6 +807,7 @@ fn apply_is_deterministic_and_state_round_trips() {
         },
         Command::ExpireLeases { now_ms: 1000 },
         Command::FenceFile { ino: lease.ino },
+        Command::FinishFence { ino: lease.ino },
         Command::Rename {
             from: "/f".into(),
             to: "/d/e/f".into(),

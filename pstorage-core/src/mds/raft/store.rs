@@ -309,7 +309,8 @@ fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<SnapshotRecord> {
                 state: MdsState::from_v3(v3.state),
             })
         }
-        (STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
+        // Format 5 added only a command: its snapshots are format 4's.
+        (4 | STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
         (version, _) => Err(Error::corrupt(format!(
             "{what} in {} has format version {version}, which had no Raft snapshots",
             path.display()
