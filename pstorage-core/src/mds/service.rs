@@ -898,7 +898,7 @@ impl MdsService {
     }
 
     /// Fences file `ino` after its writer was lost (its lease expired or
-    /// was revoked): bumps every chunk (`FenceFile`: the lost writer's
+    /// was revoked): bumps every chunk (`BeginFence`: the lost writer's
     /// writes are refused from then on) and pushes the new versions, then
     /// brings each chain to one content ([`MdsService::reconcile_chain`]),
     /// then clears `fence_pending` (`FinishFence`). A writer lost in the
@@ -908,7 +908,7 @@ impl MdsService {
     /// before `FinishFence`, the next open fences again. Callers hold
     /// `chunk_lock`.
     async fn fence(&self, ino: InodeId) -> Result<()> {
-        let outcome = self.commit(Command::FenceFile { ino }).await?;
+        let outcome = self.commit(Command::BeginFence { ino }).await?;
         let ApplyOutcome::Fenced(maps) = outcome else {
             return Err(unexpected(outcome));
         };

@@ -280,12 +280,10 @@ pub enum Command {
         version: MapVersion,
         replicas: Vec<CsId>,
     },
-    /// Bumps the version of every chunk of the file (its lost writer's
-    /// writes are refused from then on). Its `fence_pending` stays set
-    /// until `FinishFence`, so an MDS that stops between the two fences
-    /// the file again at the next open. (Up to store format 4 it also
-    /// cleared `fence_pending`; a replayed old entry now leaves it set,
-    /// which costs one more fence.)
+    /// Bumps the version of every chunk of the file and clears its
+    /// `fence_pending` (what the MDS logged up to store format 4; it now
+    /// logs `BeginFence` and `FinishFence`, and old entries replay as
+    /// they were applied).
     FenceFile { ino: InodeId },
     /// Grows the size of the file leased by `lease` to at least `size` and
     /// sets its mtime.
@@ -349,9 +347,14 @@ pub enum Command {
         now_ms: u64,
     },
     // Appended in store format 5.
+    /// Bumps the version of every chunk of the file (its lost writer's
+    /// writes are refused from then on); its `fence_pending` stays set
+    /// until `FinishFence`, so an MDS that stops between the two fences
+    /// the file again at the next open.
+    BeginFence { ino: InodeId },
     /// Clears the file's `fence_pending` once its chunks were fenced
-    /// (`FenceFile`) and every chain brought to one content: the file can
-    /// be opened again.
+    /// (`BeginFence`) and every chain brought to one content: the file
+    /// can be opened again.
     FinishFence { ino: InodeId },
 }
 
@@ -438,7 +441,8 @@ pub(crate) enum Prepared {
         version: MapVersion,
         replicas: Vec<CsId>,
     },
-    Fence(InodeId),
+    /// Bump every chunk; `true`: also clear `fence_pending`.
+    Fence(InodeId, bool),
     FinishFence(InodeId),
     CommitSize {
         ino: InodeId,
@@ -1187,10 +1191,15 @@ impl MdsState {
                     replicas: replicas.clone(),
                 })
             }
-            Command::FenceFile { ino } => match self.inodes.get(ino) {
-                Some(n) if n.kind == InodeKind::File => Ok(Prepared::Fence(*ino)),
-                _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
-            },
+            Command::FenceFile { ino } | Command::BeginFence { ino } => {
+                match self.inodes.get(ino) {
+                    Some(n) if n.kind == InodeKind::File => Ok(Prepared::Fence(
+                        *ino,
+                        matches!(cmd, Command::FenceFile { .. }),
+                    )),
+                    _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
+                }
+            }
             Command::FinishFence { ino } => match self.inodes.get(ino) {
                 Some(n) if n.kind == InodeKind::File => Ok(Prepared::FinishFence(*ino)),
                 _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
@@ -1926,8 +1935,11 @@ impl MdsState {
                 self.bump_chunk(chunk, version, Some(replicas));
                 ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("exists"))
             }
-            Prepared::Fence(ino) => {
+            Prepared::Fence(ino, finish) => {
                 let node = self.inodes.get_mut(&ino).expect("file exists");
+                if finish {
+                    node.fence_pending = false;
+                }
                 let chunks: Vec<ChunkId> = node.chunks.values().copied().collect();
                 let maps = chunks
                     .into_iter()

@@ -25,8 +25,8 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// [`super::raft::RaftStorage`]). 4 added chunk server locations, hosts,
 /// tiers and capacities, file tiers and failure domains, and the commands
 /// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
-/// `SetCsPlacement`. 5 added `FinishFence` (and `FenceFile` no longer
-/// clears `fence_pending`). Older records are read too: their commands are a
+/// `SetCsPlacement`. 5 added `BeginFence` and `FinishFence` (a fence in
+/// two steps; `FenceFile` is no longer logged). Older records are read too: their commands are a
 /// prefix of the newer formats', and older snapshots are upgraded by
 /// [`MdsState::from_v1`], [`MdsState::from_v2`] and [`MdsState::from_v3`].
 pub const STORE_FORMAT_VERSION: u8 = 5;

@@ -613,7 +613,7 @@ fn leases_conflict_and_expire() {
         open_cmd("/f", LeaseMode::Read, false, 300),
         ErrorKind::Stale,
     );
-    s.apply(Command::FenceFile { ino: w2.ino }).unwrap();
+    s.apply(Command::BeginFence { ino: w2.ino }).unwrap();
     // Fenced, but its chains are not known to agree yet: still refused.
     assert!(s.inode(w2.ino).unwrap().fence_pending);
     refused(
@@ -623,6 +623,20 @@ fn leases_conflict_and_expire() {
     );
     s.apply(Command::FinishFence { ino: w2.ino }).unwrap();
     open(&mut s, "/f", LeaseMode::Read, 300).unwrap();
+    s.check_invariants().unwrap();
+}
+
+/// A `FenceFile` logged by an MDS of store format 4 or older replays as it
+/// was applied then: it bumps and clears `fence_pending` at once, so the
+/// open logged after it is granted again on replay.
+#[test]
+fn an_old_fence_file_entry_replays_as_it_was_applied() {
+    let (mut s, lease) = state_with_file();
+    s.apply(Command::ExpireLeases { now_ms: 100_000 }).unwrap();
+    assert!(s.inode(lease.ino).unwrap().fence_pending);
+    s.apply(Command::FenceFile { ino: lease.ino }).unwrap();
+    assert!(!s.inode(lease.ino).unwrap().fence_pending);
+    open(&mut s, "/f", LeaseMode::Write, 100_000).unwrap();
     s.check_invariants().unwrap();
 }
 
@@ -806,7 +820,7 @@ fn apply_is_deterministic_and_state_round_trips() {
             now_ms: 5,
         },
         Command::ExpireLeases { now_ms: 1000 },
-        Command::FenceFile { ino: lease.ino },
+        Command::BeginFence { ino: lease.ino },
         Command::FinishFence { ino: lease.ino },
         Command::Rename {
             from: "/f".into(),
