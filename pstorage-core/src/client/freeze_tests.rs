@@ -2,7 +2,10 @@
 //! service and chunk servers over [`MemNetwork`], on tokio's paused clock.
 //! A frozen chunk server (SIGSTOP) is reported by whoever waits on it and
 //! dropped once the MDS's own probe fails; a chunk server that one client
-//! cannot reach, or that is slow but alive, keeps its replicas.
+//! cannot reach, or that is slow but alive, keeps its replicas. A writer
+//! lost mid-write leaves members that differ; the fence of the next open
+//! brings them to one content (with the head inactive, a member hung, and
+//! at the default chunk size too).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,12 +103,16 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
+        Rig::with_chunk_size(1 << 20).await
+    }
+
+    async fn with_chunk_size(chunk_size: u64) -> Rig {
         let net = MemNetwork::new();
         let pings = Arc::new(AtomicUsize::new(0));
         let clock = Arc::new(ManualClock::new(1_000_000));
         let attrs = FileAttrs {
             replicas: Replicas { norm: 3, min: 2 },
-            chunk_size: 1 << 20,
+            chunk_size,
             ..Default::default()
         };
         let mds = Arc::new(MdsService::in_memory(
@@ -438,7 +445,14 @@ async fn member_contents(rig: &Rig, map: &ChunkMap, len: u64) -> Vec<(CsId, Byte
 /// before it answers, and the event log says so.
 #[tokio::test(start_paused = true)]
 async fn a_writer_lost_mid_write_leaves_no_replicas_different() {
-    writer_lost_mid_write(true).await;
+    writer_lost_mid_write(true, 1 << 20).await;
+}
+
+/// The same at the default chunk size (256 MiB): the whole CRC table of
+/// each member is compared (65,536 entries, paged).
+#[tokio::test(start_paused = true)]
+async fn a_writer_lost_mid_write_at_the_default_chunk_size() {
+    writer_lost_mid_write(true, FileAttrs::default().chunk_size).await;
 }
 
 /// The same with the head's server inactive (not heard from lately) when
@@ -446,11 +460,13 @@ async fn a_writer_lost_mid_write_leaves_no_replicas_different() {
 /// extra write no one acknowledged, takes its content.
 #[tokio::test(start_paused = true)]
 async fn a_lost_write_on_an_inactive_head_is_undone_from_the_next_member() {
-    writer_lost_mid_write(false).await;
+    writer_lost_mid_write(false, 1 << 20).await;
 }
 
-async fn writer_lost_mid_write(head_active: bool) {
-    let rig = Rig::new().await;
+/// Chunk 0 of /disk written and flushed, then a write that only its head
+/// applied (its forward never left) and a writer that vanishes: returns
+/// the chain and what each member holds.
+async fn lose_a_write(rig: &Rig) -> (ChunkMap, Vec<(CsId, Bytes)>) {
     let client = rig.client("vm", Duration::from_secs(60));
     let file = create(&client, "/disk").await;
     file.write_at_bytes(0, data(1)).await.unwrap();
@@ -472,9 +488,29 @@ async fn writer_lost_mid_write(head_active: bool) {
     .await
     .unwrap();
     file.abandon();
-    let before = member_contents(&rig, &map, 64 << 10).await;
+    let before = member_contents(rig, &map, 64 << 10).await;
     assert!(before[0].1 != before[1].1, "the head and the rest differ");
     assert!(before[1].1 == before[2].1);
+    (map, before)
+}
+
+/// Lets the lost writer's lease expire, with `heard` hearing from the
+/// MDS meanwhile.
+async fn expire_the_lost_lease(rig: &Rig, heard: &[Replica]) {
+    rig.clock
+        .advance(MdsConfig::default().lease_duration_ms + 1);
+    for r in heard {
+        rig.mds
+            .heartbeat(r.cs, Default::default(), Default::default())
+            .await
+            .unwrap();
+    }
+    rig.mds.tick().await;
+}
+
+async fn writer_lost_mid_write(head_active: bool, chunk_size: u64) {
+    let rig = Rig::with_chunk_size(chunk_size).await;
+    let (map, before) = lose_a_write(&rig).await;
 
     // Nobody renews the lease: the next writer waits for it to expire.
     let other = rig.client("vm2", Duration::from_secs(60));
@@ -483,17 +519,9 @@ async fn writer_lost_mid_write(head_active: bool) {
         .await
         .unwrap_err();
     assert_eq!(busy.kind(), ErrorKind::Busy);
-    rig.clock
-        .advance(MdsConfig::default().lease_duration_ms + 1);
     // The chunk servers heartbeat meanwhile (active: sources of copies).
     let heard = if head_active { 0 } else { 1 };
-    for r in &map.replicas[heard..] {
-        rig.mds
-            .heartbeat(r.cs, Default::default(), Default::default())
-            .await
-            .unwrap();
-    }
-    rig.mds.tick().await;
+    expire_the_lost_lease(&rig, &map.replicas[heard..]).await;
     let reopened = other
         .open("/disk", LeaseMode::Write, OpenFlags::default())
         .await
@@ -525,5 +553,36 @@ async fn writer_lost_mid_write(head_active: bool) {
     let state = rig.mds.state_snapshot();
     let ino = state.lookup("/disk").unwrap();
     assert!(!state.inode(ino).unwrap().fence_pending);
+    rig.net.clear();
+}
+
+/// The same with a member that hangs (SIGSTOP) when the file is fenced:
+/// it cannot take the new version, answers no probe and leaves the chain;
+/// the open still succeeds, within the probe deadlines, and the members
+/// left agree with the head.
+#[tokio::test(start_paused = true)]
+async fn a_member_hung_when_a_lost_writer_is_fenced_leaves_the_chain() {
+    let rig = Rig::new().await;
+    let (map, before) = lose_a_write(&rig).await;
+    expire_the_lost_lease(&rig, &map.replicas).await;
+    let hung = map.replicas[2].clone();
+    rig.net.set_frozen(&hung.addr, true);
+    let other = rig.client("vm2", Duration::from_secs(60));
+    let started = Instant::now();
+    other
+        .open("/disk", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let after_map = rig.map("/disk");
+    assert_eq!(chain(&after_map), chain(&map)[..2].to_vec());
+    for (cs, bytes) in member_contents(&rig, &after_map, 64 << 10).await {
+        assert!(bytes == before[0].1, "CS {cs} holds the head's content");
+    }
+    rig.net.set_frozen(&hung.addr, false);
     rig.net.clear();
 }

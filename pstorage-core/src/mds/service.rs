@@ -943,7 +943,7 @@ impl MdsService {
     /// usable source (every member inactive or behind on its version)
     /// nothing is copied and the chain is left as it is. Callers hold
     /// `chunk_lock`.
-    pub(super) async fn reconcile_chain(&self, chunk: ChunkId) {
+    async fn reconcile_chain(&self, chunk: ChunkId) {
         let job = {
             let core = self.core();
             let Some(map) = core.state.chunk_map(chunk) else {
