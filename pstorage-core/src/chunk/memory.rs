@@ -227,6 +227,16 @@ struct Link {
 
 impl Link {
     async fn server(&self, data_path: bool) -> Result<Arc<ChunkServer>> {
+        let (server, delay) = self.reach(data_path).await?;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(server)
+    }
+
+    /// The server, once reachable and not frozen, and the delay its
+    /// data-path calls pay now.
+    async fn reach(&self, data_path: bool) -> Result<(Arc<ChunkServer>, Option<Duration>)> {
         let (server, delay) = loop {
             let thawed = self.inner.thawed.notified();
             tokio::pin!(thawed);
@@ -242,10 +252,7 @@ impl Link {
             }
             thawed.await;
         };
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        Ok(server)
+        Ok((server, delay))
     }
 }
 
@@ -266,8 +273,20 @@ impl ControlConnector for MemNetwork {
 #[async_trait]
 impl ChunkService for Link {
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
-        let server = self.server(true).await.map_err(ReplicaError::local)?;
-        server.write(request).await
+        let (server, delay) = self.reach(true).await.map_err(ReplicaError::local)?;
+        // Once sent, a write is executed even if its caller stops waiting
+        // (as over TCP): a slow server applies a timed-out attempt late.
+        let sent = tokio::spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            server.write(request).await
+        });
+        sent.await.unwrap_or_else(|e| {
+            Err(ReplicaError::local(crate::Error::internal(format!(
+                "the write task ended: {e}"
+            ))))
+        })
     }
 
     async fn read(

@@ -1528,6 +1528,10 @@ impl MetadataService for MdsService {
             };
             let verdict = self.probe_cs(cs, &replica.addr).await;
             if verdict.reachable {
+                if reason == FailureReason::TimedOut {
+                    self.fence_attempts_in_flight(lease, chunk, version, cs)
+                        .await?;
+                }
                 return Err(Error::unavailable(format!(
                     "chunk server {cs} ({}) is reachable from the MDS; its replica of chunk \
                      {chunk:#x} stays in the chain (a slow or partitioned server is not \
@@ -2023,6 +2027,59 @@ impl MdsService {
             Some(replica) if version == map.version => Ok(ReportCheck::Drop(replica)),
             _ => Ok(ReportCheck::Answer(current(map))),
         }
+    }
+
+    /// A writer reported that a chain member the MDS can reach did not
+    /// answer in time (a slow or partitioned server is not dropped on one
+    /// client's report). That attempt may still be in flight: a partition
+    /// holds it, TCP delivers it when the link heals. Landing after the
+    /// writer's retry and its later writes, it would put old bytes over
+    /// acknowledged ones on some members (sim seed 3079: a flushed write
+    /// lost). So the chunk moves to a new version, same chain, before the
+    /// writer retries: the old attempt, at the old version, is refused
+    /// wherever it lands. A member that cannot take the new version leaves
+    /// the chain. A reader's attempt changes nothing: no bump.
+    async fn fence_attempts_in_flight(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+    ) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let map = match self.check_report(lease, chunk, version, cs)? {
+            // Moved on meanwhile (another report, a drop): already fenced.
+            ReportCheck::Answer(_) => return Ok(()),
+            ReportCheck::Drop(_) => {
+                let now = self.now();
+                let core = self.core();
+                if core.state.check_lease(lease, now, false)?.mode != LeaseMode::Write {
+                    return Ok(());
+                }
+                core.state.chunk_map(chunk).expect("checked")
+            }
+        };
+        tracing::info!(
+            "MDS: chunk {chunk:#x}: CS {cs} was reported unreachable but answers the MDS; \
+             version {} -> {} so that the writer's attempts still in flight are refused",
+            map.version,
+            map.version + 1
+        );
+        let outcome = self
+            .commit(Command::UpdateChunkMap {
+                chunk,
+                version: map.version + 1,
+                replicas: map.replicas.iter().map(|r| r.cs).collect(),
+            })
+            .await?;
+        let ApplyOutcome::ChunkMap(map) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        let failed = self.push_or_keep(&map).await;
+        if !failed.is_empty() {
+            self.drop_replicas(chunk, failed).await?;
+        }
+        Ok(())
     }
 
     /// The current map of `chunk` as the holder of `lease` may use it.
