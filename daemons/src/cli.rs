@@ -89,6 +89,13 @@ pub enum Command {
         /// system's size. Give it when several CSes share a file system.
         #[arg(long)]
         capacity: Option<String>,
+        /// Directory for its write journal, on a fast device (an SSD);
+        /// several CSes may share one. Default: inside DIR.
+        #[arg(short = 'j')]
+        journal_dir: Option<PathBuf>,
+        /// Journal size in MiB (at least 64).
+        #[arg(short = 's', default_value_t = pstorage_core::chunk::DEFAULT_JOURNAL_SIZE >> 20)]
+        journal_size_mib: u64,
     },
     /// Change a chunk server's placement: location=ROOM.ROW.RACK host=NAME
     /// tier=N capacity=SIZE (0 = its file system's size).
@@ -293,6 +300,8 @@ async fn execute(cli: &Cli) -> Result<()> {
             host,
             tier,
             capacity,
+            journal_dir,
+            journal_size_mib,
         } => {
             let mut placement = CsPlacementUpdate::default();
             placement.parse_assignment(&format!("location={location}"))?;
@@ -305,7 +314,12 @@ async fn execute(cli: &Cli) -> Result<()> {
             if let Some(c) = capacity {
                 placement.parse_assignment(&format!("capacity={c}"))?;
             }
-            let id = node::create_cs(&conf, &cli.root(), dir, addr, placement).await?;
+            let journal = pstorage_core::chunk::StoreOptions {
+                journal_dir: journal_dir.clone(),
+                journal_size: journal_size_mib.saturating_mul(1 << 20),
+                ..Default::default()
+            };
+            let id = node::create_cs(&conf, &cli.root(), dir, addr, placement, &journal).await?;
             println!(
                 "created CS {id} in {}; start it with: pstorage-csd -r {}",
                 dir.display(),
@@ -589,7 +603,7 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
     let _ = writeln!(out, "CS nodes: {}", s.cs.len());
     let _ = writeln!(
         out,
-        "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6}  {:<16} LOCATION",
+        "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>13}  {:<16} LOCATION",
         "CSID",
         "STATUS",
         "ADDRESS",
@@ -603,6 +617,7 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
         "WR_B/S",
         "TIER",
         "FULL%",
+        "JOURNAL",
         "HOST"
     );
     for c in &s.cs {
@@ -627,9 +642,15 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
             )
         };
         let host = if c.host.is_empty() { "-" } else { &c.host };
+        // Bytes not yet applied to the chunk files, of the journal's size.
+        let journal = if c.journal_bytes == 0 {
+            "-".to_string()
+        } else {
+            format!("{}/{}", human(c.journal_used_bytes), human(c.journal_bytes))
+        };
         let _ = writeln!(
             out,
-            "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6}  {:<16} {}",
+            "{:>6}  {:<16} {:<22} {:>8} {:>8} {:>7} {:>10} {:>8} {:>8} {:>9} {:>9} {:>4} {:>6} {:>13}  {:<16} {}",
             c.id,
             status,
             c.addr,
@@ -643,6 +664,7 @@ pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
             human(c.io.write_bytes_per_s),
             c.tier,
             fullness,
+            journal,
             host,
             c.location
         );

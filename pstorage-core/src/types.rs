@@ -573,6 +573,12 @@ pub struct CsStats {
     pub read_bytes: u64,
     /// Bytes written.
     pub write_bytes: u64,
+    /// Its write journal: ring size and the bytes not yet applied to the
+    /// chunk files and trimmed (0 and 0 for a store without one).
+    #[serde(default)]
+    pub journal_bytes: u64,
+    #[serde(default)]
+    pub journal_used_bytes: u64,
 }
 
 /// What the MDS answers a heartbeat: the cluster parameters a chunk server
@@ -622,6 +628,12 @@ pub struct CsInfo {
     pub capacity_bytes: u64,
     /// Bytes of the chunks it holds (chunk sizes of its replicas).
     pub held_bytes: u64,
+    /// Its write journal's size and the bytes in it not yet applied and
+    /// trimmed, as of its last heartbeat.
+    #[serde(default)]
+    pub journal_bytes: u64,
+    #[serde(default)]
+    pub journal_used_bytes: u64,
 }
 
 /// Space of one storage tier (its chunk servers that are not dropped).

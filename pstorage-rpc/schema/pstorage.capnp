@@ -271,6 +271,8 @@ struct CsInfo {
   tier @11 :UInt8;
   capacityBytes @12 :UInt64;
   heldBytes @13 :UInt64;     # Bytes of the chunks it holds.
+  journalBytes @14 :UInt64;      # Its write journal's size.
+  journalUsedBytes @15 :UInt64;  # Journal bytes not yet applied and trimmed.
 }
 
 # Space of one storage tier (pstorage_core::types::TierSpace).
@@ -455,6 +457,8 @@ struct CsStats {
   writeOps @1 :UInt64;
   readBytes @2 :UInt64;
   writeBytes @3 :UInt64;
+  journalBytes @4 :UInt64;
+  journalUsedBytes @5 :UInt64;
 }
 
 # What the MDS answers a heartbeat: cluster parameters for the chunk server.

@@ -135,6 +135,8 @@ fn sample_cluster_status() -> ClusterStatus {
                 tier: 2,
                 capacity_bytes: 1 << 41,
                 held_bytes: 1 << 30,
+                journal_bytes: 256 << 20,
+                journal_used_bytes: 4096,
             },
             CsInfo {
                 id: 4,
@@ -151,6 +153,8 @@ fn sample_cluster_status() -> ClusterStatus {
                 tier: 0,
                 capacity_bytes: 0,
                 held_bytes: 0,
+                journal_bytes: 0,
+                journal_used_bytes: 0,
             },
         ],
         files: 5,
@@ -769,6 +773,8 @@ async fn every_mds_method_round_trips() {
         write_ops: 2,
         read_bytes: 3,
         write_bytes: u64::MAX,
+        journal_bytes: 5,
+        journal_used_bytes: 6,
     };
     assert_eq!(
         client.heartbeat(3, space, stats).await.unwrap(),

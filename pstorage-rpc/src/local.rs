@@ -659,6 +659,7 @@ impl LocalCluster {
             &dir,
             "127.0.0.1:0",
             Default::default(),
+            &Default::default(),
         )
         .await?;
         {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use pstorage_core::chunk::session::{bad_replica_queue, CsSession, SessionOptions};
-use pstorage_core::chunk::{ChunkServer, FileChunkStore, ScrubParams};
+use pstorage_core::chunk::{ChunkServer, FileChunkStore, ScrubParams, StoreOptions};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
 use pstorage_core::mds::raft::{compact_log_now, raft_config, MdsNode, MdsRaft, RaftStorage};
@@ -86,6 +86,28 @@ pub struct CsServiceConf {
     pub listen: String,
     /// The cluster configuration root (parent of `<cluster>/bs.list`).
     pub conf_root: PathBuf,
+    /// Where the write journal lives (`make-cs -j`); none: in the CS
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_dir: Option<PathBuf>,
+    /// The journal's size in bytes (`make-cs -s`, in MiB there).
+    #[serde(default = "default_journal_size")]
+    pub journal_size: u64,
+}
+
+fn default_journal_size() -> u64 {
+    pstorage_core::chunk::DEFAULT_JOURNAL_SIZE
+}
+
+impl CsServiceConf {
+    /// How its chunk store opens.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            journal_dir: self.journal_dir.clone(),
+            journal_size: self.journal_size,
+            ..StoreOptions::default()
+        }
+    }
 }
 
 fn write_conf<T: Serialize>(path: &Path, conf: &T) -> Result<()> {
@@ -288,28 +310,45 @@ pub async fn create_cs(
     dir: &Path,
     listen: &str,
     placement: CsPlacementUpdate,
+    journal: &StoreOptions,
 ) -> Result<CsId> {
     listen
         .parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
     placement.validate()?;
+    if journal.journal_size < pstorage_core::chunk::MIN_JOURNAL_SIZE
+        || !journal.journal_size.is_multiple_of(4096)
+    {
+        return Err(Error::invalid(format!(
+            "journal size {} MiB: at least {} MiB",
+            journal.journal_size >> 20,
+            pstorage_core::chunk::MIN_JOURNAL_SIZE >> 20
+        )));
+    }
     ensure_empty_dir(dir)?;
     let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     let id = mds.allocate_cs_id().await?;
     if !placement.is_empty() {
         MetadataService::set_cs(&mds, id, placement).await?;
     }
-    FileChunkStore::open(dir)?;
-    write_conf(
-        &dir.join(CS_CONF),
-        &CsServiceConf {
-            format_version: SERVICE_CONF_VERSION,
-            cluster: conf.name.clone(),
-            id,
-            listen: listen.to_string(),
-            conf_root: conf_root.to_path_buf(),
-        },
-    )?;
+    let journal_dir = match &journal.journal_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Some(std::fs::canonicalize(d)?)
+        }
+        None => None,
+    };
+    let cs_conf = CsServiceConf {
+        format_version: SERVICE_CONF_VERSION,
+        cluster: conf.name.clone(),
+        id,
+        listen: listen.to_string(),
+        conf_root: conf_root.to_path_buf(),
+        journal_dir,
+        journal_size: journal.journal_size,
+    };
+    FileChunkStore::open_with(dir, &cs_conf.store_options())?;
+    write_conf(&dir.join(CS_CONF), &cs_conf)?;
     Ok(id)
 }
 
@@ -755,7 +794,7 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         }
         warn!("CS {}: {e}; using the MDS members it saved", conf.id);
     }
-    let store = Arc::new(FileChunkStore::open(dir)?);
+    let store = Arc::new(FileChunkStore::open_with(dir, &conf.store_options())?);
     let peers = Arc::new(TcpChunkConnector::new(key.clone()));
     let server = Arc::new(ChunkServer::new(conf.id, store, peers));
     let (reports, reporter) = bad_replica_queue();

@@ -519,6 +519,8 @@ impl WireStruct for CsInfo {
         b.set_tier(self.tier);
         b.set_capacity_bytes(self.capacity_bytes);
         b.set_held_bytes(self.held_bytes);
+        b.set_journal_bytes(self.journal_bytes);
+        b.set_journal_used_bytes(self.journal_used_bytes);
     }
     fn read(r: schema::cs_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsInfo {
@@ -536,6 +538,8 @@ impl WireStruct for CsInfo {
             tier: r.get_tier(),
             capacity_bytes: r.get_capacity_bytes(),
             held_bytes: r.get_held_bytes(),
+            journal_bytes: r.get_journal_bytes(),
+            journal_used_bytes: r.get_journal_used_bytes(),
         })
     }
 }
@@ -876,6 +880,8 @@ impl WireStruct for CsStats {
         b.set_write_ops(self.write_ops);
         b.set_read_bytes(self.read_bytes);
         b.set_write_bytes(self.write_bytes);
+        b.set_journal_bytes(self.journal_bytes);
+        b.set_journal_used_bytes(self.journal_used_bytes);
     }
     fn read(r: schema::cs_stats::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsStats {
@@ -883,6 +889,8 @@ impl WireStruct for CsStats {
             write_ops: r.get_write_ops(),
             read_bytes: r.get_read_bytes(),
             write_bytes: r.get_write_bytes(),
+            journal_bytes: r.get_journal_bytes(),
+            journal_used_bytes: r.get_journal_used_bytes(),
         })
     }
 }

@@ -106,9 +106,16 @@ async fn run_mds_and_run_cs_release_everything_when_stopped() {
         let mds = start(&mds_dir, true);
         if round == 0 {
             for dir in &cs_dirs {
-                node::create_cs(&conf, &root, dir, "127.0.0.1:0", Default::default())
-                    .await
-                    .unwrap();
+                node::create_cs(
+                    &conf,
+                    &root,
+                    dir,
+                    "127.0.0.1:0",
+                    Default::default(),
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
             }
         }
         let chunk_servers: Vec<Running> = cs_dirs.iter().map(|d| start(d, false)).collect();

@@ -16,6 +16,8 @@ use crate::types::{
 };
 
 use super::dirty::DirtyLog;
+use super::journal::{Appended, Journal, NewRecord, RecordKind, MAX_RECORD_BLOCKS};
+use super::keeper::{Keeper, StoreOptions};
 use super::{
     bad_replica, block_entry, block_span, check_blocks, check_range, check_version, crc64,
     missing_chunk, missing_incoming, ChunkStore, IncomingId, FORMAT_VERSION,
@@ -28,7 +30,7 @@ const BS: usize = BLOCK_SIZE as usize;
 /// Open chunk files (fd + CRC table in memory) kept by default. A 256 MiB
 /// chunk's CRC table takes 512 KiB, so this bounds the cache near 128 MiB.
 /// (Chunks in use stay open beyond the bound.)
-const DEFAULT_MAX_OPEN: usize = 256;
+pub(super) const DEFAULT_MAX_OPEN: usize = 256;
 const CHUNK_SUFFIX: &str = ".chunk";
 /// The suffix of a replica taken out of service ([`ChunkStore::mark_bad`]).
 const BAD_SUFFIX: &str = ".chunk.bad";
@@ -55,6 +57,9 @@ pub struct FileChunkStore {
     /// The dirty log's content at open (chunks that may hold torn writes)
     /// not verified since.
     unverified: Mutex<BTreeSet<ChunkId>>,
+    /// The write journal and the thread that applies and trims it.
+    keeper: Arc<Keeper>,
+    keeper_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct OpenTable {
@@ -65,24 +70,73 @@ struct OpenTable {
     generation: u64,
 }
 
-struct OpenChunk {
-    chunk: ChunkId,
+pub(super) struct OpenChunk {
+    pub(super) chunk: ChunkId,
     path: PathBuf,
-    file: File,
+    pub(super) file: File,
     chunk_size: u64,
     data_offset: u64,
     state: RwLock<ChunkState>,
 }
 
-struct ChunkState {
+pub(super) struct ChunkState {
     version: MapVersion,
-    /// One entry per block, as on disk (0 = reads as zeros).
+    /// One entry per block, as the chunk file will hold once the journal
+    /// records of [`pending`](ChunkState::pending) are applied (0 = reads
+    /// as zeros).
     crcs: Vec<u64>,
     /// Set by `delete`: operations that already held this chunk fail with
     /// `NotFound` instead of touching the unlinked file.
-    deleted: bool,
+    pub(super) deleted: bool,
     /// Written since its last flush, and so in the dirty log.
     dirty: bool,
+    /// Journal records of this chunk not applied to its file yet, oldest
+    /// first.
+    pub(super) pending: Vec<Pending>,
+    /// Blocks whose newest data is in the journal: block -> (sequence
+    /// number of the record, file offset of the block in the journal).
+    overlay: HashMap<u64, (u64, u64)>,
+}
+
+/// A journal record of a chunk not applied to its file yet.
+pub(super) struct Pending {
+    pub(super) seq: u64,
+    kind: RecordKind,
+    first_block: u64,
+    blocks: u64,
+    /// Write records: the blocks' CRC table entries.
+    crcs: Vec<u64>,
+    /// Write records: file offset of the data in the journal.
+    data_at: u64,
+}
+
+impl Pending {
+    /// A record read back at replay.
+    pub(super) fn replayed(r: &super::journal::Replayed) -> Pending {
+        Pending {
+            seq: r.seq,
+            kind: r.kind,
+            first_block: r.first_block,
+            blocks: r.blocks,
+            crcs: r.crcs.clone(),
+            data_at: r.data_at,
+        }
+    }
+}
+
+/// What a write or zeroing changes, computed under the chunk's lock before
+/// anything is written.
+struct Plan {
+    first: u64,
+    last: u64,
+    /// The patched edge blocks to write, when partial.
+    head: Option<[u8; BS]>,
+    tail: Option<[u8; BS]>,
+    /// Whole blocks strictly inside the range: [mid_first, mid_end).
+    mid_first: u64,
+    mid_end: u64,
+    /// The new CRC table entries of blocks first..=last.
+    entries: Vec<u64>,
 }
 
 /// A decoded chunk file header.
@@ -105,12 +159,26 @@ impl FileChunkStore {
     /// creates interrupted by a crash are removed. Chunk files are opened
     /// lazily, on first use.
     pub fn open(dir: impl AsRef<Path>) -> Result<FileChunkStore> {
-        FileChunkStore::open_with_cache(dir, DEFAULT_MAX_OPEN)
+        FileChunkStore::open_with(dir, &StoreOptions::default())
     }
 
     /// Like [`open`](FileChunkStore::open), keeping at most `max_open`
     /// unused chunk files open (chunks in use are never closed).
     pub fn open_with_cache(dir: impl AsRef<Path>, max_open: usize) -> Result<FileChunkStore> {
+        FileChunkStore::open_with(
+            dir,
+            &StoreOptions {
+                max_open,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Opens the store with `options` (journal place and size, cache).
+    /// Replays the journal: every record it holds is applied to the chunk
+    /// files, which are then synced, before this returns.
+    pub fn open_with(dir: impl AsRef<Path>, options: &StoreOptions) -> Result<FileChunkStore> {
+        let max_open = options.max_open;
         assert!(
             max_open > 0,
             "the open chunk cache needs room for one chunk"
@@ -143,7 +211,8 @@ impl FileChunkStore {
             }
         }
         let (dirty, unverified) = DirtyLog::open(dir.as_ref())?;
-        Ok(FileChunkStore {
+        let (keeper, replayed) = Keeper::open(dir.as_ref(), options)?;
+        let mut store = FileChunkStore {
             chunks_dir,
             open: Mutex::new(OpenTable {
                 chunks: HashMap::new(),
@@ -154,7 +223,80 @@ impl FileChunkStore {
             incoming: Mutex::new(HashMap::new()),
             dirty,
             unverified: Mutex::new(unverified),
-        })
+            keeper: Arc::new(keeper),
+            keeper_thread: None,
+        };
+        store.replay(replayed)?;
+        store.keeper_thread = Some(Keeper::spawn(&store.keeper)?);
+        Ok(store)
+    }
+
+    /// Applies the records found in the journal at open to their chunks.
+    fn replay(&self, replayed: Vec<super::journal::Replayed>) -> Result<()> {
+        if replayed.is_empty() {
+            // The trim still moves the tail to where appends start.
+            return self.keeper.checkpoint();
+        }
+        let journal = self.keeper.journal();
+        // What was read must be durable before the chunk files depend on it.
+        journal.sync_all()?;
+        let mut forgotten: HashMap<ChunkId, u64> = HashMap::new();
+        for r in &replayed {
+            if r.kind == RecordKind::Forget {
+                forgotten.insert(r.chunk, r.seq);
+            }
+        }
+        let mut applied = 0usize;
+        for r in &replayed {
+            if !matches!(r.kind, RecordKind::Write | RecordKind::Zero)
+                || forgotten.get(&r.chunk).is_some_and(|f| *f > r.seq)
+            {
+                continue;
+            }
+            let open = match self.get(r.chunk) {
+                Ok(open) => open,
+                // Deleted or taken out of service after the record.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut state = open.write_state();
+            if r.first_block + r.blocks > open.chunk_size / BLOCK_SIZE {
+                return Err(Error::corrupt(format!(
+                    "journal record {} of {} names blocks {}..{} of chunk {:#x}, which has {}",
+                    r.seq,
+                    journal.name(),
+                    r.first_block,
+                    r.first_block + r.blocks,
+                    r.chunk,
+                    open.chunk_size / BLOCK_SIZE
+                )));
+            }
+            let pending = Pending::replayed(r);
+            for (i, block) in (r.first_block..r.first_block + r.blocks).enumerate() {
+                state.crcs[block as usize] = match r.kind {
+                    RecordKind::Write => r.crcs[i],
+                    _ => 0,
+                };
+            }
+            state.pending.push(pending);
+            self.keeper.touch(&open);
+            drop(state);
+            applied += 1;
+        }
+        tracing::info!(
+            journal = %journal.name(),
+            records = replayed.len(),
+            applied,
+            "journal replayed"
+        );
+        self.keeper.checkpoint()
+    }
+
+    /// Applies every journal record to the chunk files, syncs them and
+    /// trims the journal (what the background keeper does from time to
+    /// time).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.keeper.checkpoint()
     }
 
     /// The path of `chunk`'s file (whether or not it exists).
@@ -267,6 +409,7 @@ impl FileChunkStore {
     /// Makes the incoming replica `open` (a temporary file) durable at
     /// `version` and renames it over the chunk's file.
     fn install_incoming(&self, open: &OpenChunk, version: MapVersion) -> Result<()> {
+        self.forget_in_journal(open.chunk)?;
         let header = Header {
             chunk: open.chunk,
             version,
@@ -375,19 +518,181 @@ impl FileChunkStore {
     ) -> Result<()> {
         let open = self.get(chunk)?;
         check_range(chunk, open.chunk_size, offset, len)?;
-        let mut state = open.write_state();
-        if state.deleted {
-            return Err(missing_chunk(chunk));
+        let journal = self.keeper.journal();
+        loop {
+            let mut state = open.write_state();
+            if state.deleted {
+                return Err(missing_chunk(chunk));
+            }
+            check_version(chunk, expected, state.version)?;
+            if len == 0 {
+                return Ok(());
+            }
+            if !state.dirty {
+                self.dirty.note_write(chunk)?;
+                state.dirty = true;
+            }
+            let plan = open.plan(&state, Some(journal), offset, len, source)?;
+            // Space for blocks the file may not hold yet, now: a full disk
+            // fails this write, not the later apply of the journal.
+            if matches!(source, Source::Data(_))
+                && state.crcs[plan.first as usize..=plan.last as usize].contains(&0)
+            {
+                open.allocate(plan.first, plan.last + 1 - plan.first)?;
+            }
+            // The keeper must see this chunk before its records exist: a
+            // trim applies and syncs every chunk it lists.
+            self.keeper.touch(&open);
+            let full = {
+                let owned;
+                let all: &[u8] = match source {
+                    Source::Data(data) => {
+                        if plan.head.is_none() && plan.tail.is_none() {
+                            data
+                        } else {
+                            owned = plan.whole_blocks(offset, data);
+                            &owned
+                        }
+                    }
+                    Source::Zeros => &[],
+                };
+                let pieces = plan.pieces(all);
+                let records = plan.records(chunk, state.version, &pieces);
+                match journal.append(&records)? {
+                    Some(appended) => {
+                        open.note_appended(&mut state, &plan, &records, &appended);
+                        None
+                    }
+                    None => Some(
+                        records
+                            .iter()
+                            .map(|r| (r.kind, r.blocks))
+                            .collect::<Vec<_>>(),
+                    ),
+                }
+            };
+            let Some(need) = full else {
+                return Ok(());
+            };
+            // The journal is full: wait without the chunk lock (the keeper
+            // takes it to apply this chunk's records), then plan again.
+            drop(state);
+            journal.wait_for_space(&need, super::keeper::SPACE_TIMEOUT)?;
         }
-        check_version(chunk, expected, state.version)?;
-        if len == 0 {
-            return Ok(());
+    }
+
+    /// Writes a forget record for `chunk` and makes it durable: the
+    /// journal's earlier records of the chunk are never applied again,
+    /// whatever replaces its file.
+    fn forget_in_journal(&self, chunk: ChunkId) -> Result<()> {
+        let journal = self.keeper.journal();
+        let record = [NewRecord {
+            kind: RecordKind::Forget,
+            chunk,
+            version: 0,
+            first_block: 0,
+            blocks: 0,
+            crcs: &[],
+            data: &[],
+        }];
+        loop {
+            if let Some(appended) = journal.append(&record)? {
+                return journal.sync_below(appended[0].seq + 1);
+            }
+            journal.wait_for_space(&[(RecordKind::Forget, 0)], super::keeper::SPACE_TIMEOUT)?;
         }
-        if !state.dirty {
-            self.dirty.note_write(chunk)?;
-            state.dirty = true;
+    }
+}
+
+impl Plan {
+    /// The data of blocks first..=last of a write of `data` at `offset`.
+    fn whole_blocks(&self, offset: u64, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(((self.last - self.first + 1) * BLOCK_SIZE) as usize);
+        if let Some(head) = &self.head {
+            out.extend_from_slice(head);
         }
-        open.apply_locked(&mut state, offset, len, source)
+        if self.mid_first < self.mid_end {
+            let from = (self.mid_first * BLOCK_SIZE - offset) as usize;
+            let to = (self.mid_end * BLOCK_SIZE - offset) as usize;
+            out.extend_from_slice(&data[from..to]);
+        }
+        if let Some(tail) = &self.tail {
+            out.extend_from_slice(tail);
+        }
+        out
+    }
+
+    /// `all` (the data of blocks first..=last, or empty for a zeroing) in
+    /// pieces of at most one record each: (first block, blocks, data).
+    fn pieces<'a>(&'a self, all: &'a [u8]) -> Vec<(u64, u64, RecordKind, &'a [u8])> {
+        let mut out = Vec::new();
+        if !all.is_empty() {
+            let mut block = self.first;
+            while block <= self.last {
+                let n = (self.last + 1 - block).min(MAX_RECORD_BLOCKS);
+                let at = ((block - self.first) * BLOCK_SIZE) as usize;
+                let bytes = &all[at..at + (n * BLOCK_SIZE) as usize];
+                out.push((block, n, RecordKind::Write, bytes));
+                block += n;
+            }
+            return out;
+        }
+        // A zeroing: patched edge blocks are writes, the middle a zero record.
+        if let Some(head) = &self.head {
+            out.push((self.first, 1, RecordKind::Write, &head[..]));
+        }
+        if self.mid_first < self.mid_end {
+            out.push((
+                self.mid_first,
+                self.mid_end - self.mid_first,
+                RecordKind::Zero,
+                &[][..],
+            ));
+        }
+        if let Some(tail) = &self.tail {
+            out.push((self.last, 1, RecordKind::Write, &tail[..]));
+        }
+        out
+    }
+
+    fn records<'a>(
+        &'a self,
+        chunk: ChunkId,
+        version: MapVersion,
+        pieces: &'a [(u64, u64, RecordKind, &'a [u8])],
+    ) -> Vec<NewRecord<'a>> {
+        pieces
+            .iter()
+            .map(|(first, blocks, kind, data)| {
+                let at = (first - self.first) as usize;
+                NewRecord {
+                    kind: *kind,
+                    chunk,
+                    version,
+                    first_block: *first,
+                    blocks: *blocks,
+                    crcs: if *kind == RecordKind::Write {
+                        &self.entries[at..at + *blocks as usize]
+                    } else {
+                        &[]
+                    },
+                    data: if *kind == RecordKind::Write {
+                        data
+                    } else {
+                        &[]
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for FileChunkStore {
+    fn drop(&mut self) {
+        self.keeper.stop();
+        if let Some(thread) = self.keeper_thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -436,17 +741,19 @@ impl OpenChunk {
                 crcs,
                 deleted: false,
                 dirty: false,
+                pending: Vec::new(),
+                overlay: HashMap::new(),
             }),
         })
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, ChunkState> {
+    pub(super) fn read_state(&self) -> RwLockReadGuard<'_, ChunkState> {
         self.state
             .read()
             .expect("chunk state lock poisoned by an earlier panic")
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, ChunkState> {
+    pub(super) fn write_state(&self) -> RwLockWriteGuard<'_, ChunkState> {
         self.state
             .write()
             .expect("chunk state lock poisoned by an earlier panic")
@@ -501,75 +808,68 @@ impl OpenChunk {
         })
     }
 
-    /// Loads block `block` into `buf`, verified (zeros for an unwritten one).
-    fn load_block(&self, state: &ChunkState, block: u64, buf: &mut [u8; BS]) -> Result<()> {
+    /// Loads block `block` into `buf`, verified (zeros for an unwritten
+    /// one), from the journal when its newest data is there.
+    fn load_block(
+        &self,
+        state: &ChunkState,
+        journal: Option<&Journal>,
+        block: u64,
+        buf: &mut [u8; BS],
+    ) -> Result<()> {
         let entry = state.crcs[block as usize];
         if entry == 0 {
             buf.fill(0);
             return Ok(());
         }
-        self.pread(buf, block * BLOCK_SIZE)?;
+        match (journal, state.overlay.get(&block)) {
+            (Some(journal), Some((_, at))) => journal.read(buf, *at)?,
+            _ => self.pread(buf, block * BLOCK_SIZE)?,
+        }
         self.verify(block, entry, buf)
     }
 
-    /// Writes or zeroes `[offset, offset + len)`; the range is checked and
-    /// non-empty, and the caller holds the write lock.
-    fn apply_locked(
+    /// Computes what writing or zeroing `[offset, offset + len)` changes;
+    /// the range is checked and non-empty, and the caller holds the write
+    /// lock. Reads and verifies the partial edge blocks, so a corrupt edge
+    /// block fails the whole operation before anything changes.
+    fn plan(
         &self,
-        state: &mut ChunkState,
+        state: &ChunkState,
+        journal: Option<&Journal>,
         offset: u64,
         len: u64,
         source: Source<'_>,
-    ) -> Result<()> {
+    ) -> Result<Plan> {
         let end = offset + len;
         let (first, last) = block_span(offset, len);
         let head_partial = !offset.is_multiple_of(BLOCK_SIZE) || end < (first + 1) * BLOCK_SIZE;
         let tail_partial = last != first && !end.is_multiple_of(BLOCK_SIZE);
-
-        // Read, verify and patch the partial edge blocks before changing
-        // anything, so a corrupt edge block fails the whole operation.
-        let mut head = [0u8; BS];
-        let mut tail = [0u8; BS];
         // An edge block that reads as zeros stays that way when zeroed.
         let keep_zero =
             |block: u64| matches!(source, Source::Zeros) && state.crcs[block as usize] == 0;
-        let write_head = head_partial && !keep_zero(first);
-        let write_tail = tail_partial && !keep_zero(last);
-        if write_head {
-            self.load_block(state, first, &mut head)?;
-            patch(&mut head, first, offset, end, source);
+        let mut head = None;
+        let mut tail = None;
+        if head_partial && !keep_zero(first) {
+            let mut buf = [0u8; BS];
+            self.load_block(state, journal, first, &mut buf)?;
+            patch(&mut buf, first, offset, end, source);
+            head = Some(buf);
         }
-        if write_tail {
-            self.load_block(state, last, &mut tail)?;
-            patch(&mut tail, last, offset, end, source);
+        if tail_partial && !keep_zero(last) {
+            let mut buf = [0u8; BS];
+            self.load_block(state, journal, last, &mut buf)?;
+            patch(&mut buf, last, offset, end, source);
+            tail = Some(buf);
         }
-
-        // Whole blocks strictly inside the range: [mid_first, mid_end).
         let mid_first = if head_partial { first + 1 } else { first };
         let mid_end = if tail_partial { last } else { last + 1 };
-
-        let count = (last - first + 1) as usize;
-        let mut entries_small = [0u8; 8 * 64];
-        let mut entries_large = Vec::new();
-        let entries: &mut [u8] = if count <= 64 {
-            &mut entries_small[..count * 8]
-        } else {
-            entries_large.resize(count * 8, 0);
-            &mut entries_large
-        };
+        let mut entries = Vec::with_capacity((last - first + 1) as usize);
         for block in first..=last {
             let entry = if block == first && head_partial {
-                if write_head {
-                    block_entry(&head)
-                } else {
-                    0
-                }
+                head.as_ref().map_or(0, |b| block_entry(b))
             } else if block == last && tail_partial {
-                if write_tail {
-                    block_entry(&tail)
-                } else {
-                    0
-                }
+                tail.as_ref().map_or(0, |b| block_entry(b))
             } else {
                 match source {
                     Source::Data(data) => {
@@ -579,31 +879,163 @@ impl OpenChunk {
                     Source::Zeros => 0,
                 }
             };
-            let at = (block - first) as usize * 8;
-            entries[at..at + 8].copy_from_slice(&entry.to_le_bytes());
+            entries.push(entry);
         }
+        Ok(Plan {
+            first,
+            last,
+            head,
+            tail,
+            mid_first,
+            mid_end,
+            entries,
+        })
+    }
 
+    /// Writes or zeroes `[offset, offset + len)` straight into the file
+    /// (incoming replicas, which are synced whole before they are used);
+    /// the range is checked and non-empty, and the caller holds the write
+    /// lock.
+    fn apply_locked(
+        &self,
+        state: &mut ChunkState,
+        offset: u64,
+        len: u64,
+        source: Source<'_>,
+    ) -> Result<()> {
+        let plan = self.plan(state, None, offset, len, source)?;
         // Data before its CRC entries: a crash in between leaves a block
         // that fails its check (never wrong data served).
-        if write_head {
-            self.pwrite(&head, self.data_offset + first * BLOCK_SIZE)?;
+        if let Some(head) = &plan.head {
+            self.pwrite(head, self.data_offset + plan.first * BLOCK_SIZE)?;
         }
-        if let (Source::Data(data), true) = (source, mid_first < mid_end) {
-            let from = (mid_first * BLOCK_SIZE - offset) as usize;
-            let to = (mid_end * BLOCK_SIZE - offset) as usize;
-            self.pwrite(&data[from..to], self.data_offset + mid_first * BLOCK_SIZE)?;
+        if let (Source::Data(data), true) = (source, plan.mid_first < plan.mid_end) {
+            let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
+            let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
+            self.pwrite(
+                &data[from..to],
+                self.data_offset + plan.mid_first * BLOCK_SIZE,
+            )?;
         }
-        if write_tail {
-            self.pwrite(&tail, self.data_offset + last * BLOCK_SIZE)?;
+        if let Some(tail) = &plan.tail {
+            self.pwrite(tail, self.data_offset + plan.last * BLOCK_SIZE)?;
         }
-        self.pwrite(entries, HEADER_LEN + first * 8)?;
-        for (i, entry) in entries.chunks_exact(8).enumerate() {
-            state.crcs[first as usize + i] = u64::from_le_bytes(entry.try_into().expect("8 bytes"));
-        }
-
-        if let (Source::Zeros, true) = (source, mid_first < mid_end) {
+        self.write_entries(plan.first, &plan.entries)?;
+        state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
+        if let (Source::Zeros, true) = (source, plan.mid_first < plan.mid_end) {
             // Their entries say zero already; freeing the space is a bonus.
-            self.punch_hole(mid_first * BLOCK_SIZE, (mid_end - mid_first) * BLOCK_SIZE);
+            self.punch_hole(
+                plan.mid_first * BLOCK_SIZE,
+                (plan.mid_end - plan.mid_first) * BLOCK_SIZE,
+            );
+        }
+        Ok(())
+    }
+
+    fn write_entries(&self, first: u64, entries: &[u64]) -> Result<()> {
+        let mut raw = Vec::with_capacity(entries.len() * 8);
+        for e in entries {
+            raw.extend_from_slice(&e.to_le_bytes());
+        }
+        self.pwrite(&raw, HEADER_LEN + first * 8)
+    }
+
+    /// Records in the chunk's state what `records` (of `plan`), now in the
+    /// journal, changed: CRC entries, the blocks to read from the journal,
+    /// the records to apply.
+    fn note_appended(
+        &self,
+        state: &mut ChunkState,
+        plan: &Plan,
+        records: &[NewRecord<'_>],
+        appended: &[Appended],
+    ) {
+        state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
+        for (r, a) in records.iter().zip(appended) {
+            for i in 0..r.blocks {
+                let block = r.first_block + i;
+                match r.kind {
+                    RecordKind::Write => {
+                        state
+                            .overlay
+                            .insert(block, (a.seq, a.data_at + i * BLOCK_SIZE));
+                    }
+                    _ => {
+                        state.overlay.remove(&block);
+                    }
+                }
+            }
+            state.pending.push(Pending {
+                seq: a.seq,
+                kind: r.kind,
+                first_block: r.first_block,
+                blocks: r.blocks,
+                crcs: r.crcs.to_vec(),
+                data_at: a.data_at,
+            });
+        }
+    }
+
+    /// Applies this chunk's pending records with a sequence number below
+    /// `below` to its file (not synced). The caller made them durable in
+    /// `journal` first and holds the write lock.
+    pub(super) fn apply_pending(
+        &self,
+        state: &mut ChunkState,
+        journal: &Journal,
+        below: u64,
+    ) -> Result<()> {
+        let n = state.pending.iter().take_while(|p| p.seq < below).count();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for p in &state.pending[..n] {
+            match p.kind {
+                RecordKind::Write => {
+                    buf.resize((p.blocks * BLOCK_SIZE) as usize, 0);
+                    journal.read(&mut buf, p.data_at)?;
+                    self.pwrite(&buf, self.data_offset + p.first_block * BLOCK_SIZE)?;
+                    self.write_entries(p.first_block, &p.crcs)?;
+                }
+                _ => {
+                    self.write_entries(p.first_block, &vec![0; p.blocks as usize])?;
+                    self.punch_hole(p.first_block * BLOCK_SIZE, p.blocks * BLOCK_SIZE);
+                }
+            }
+        }
+        let newest = state.pending[n - 1].seq;
+        state.overlay.retain(|_, (seq, _)| *seq > newest);
+        state.pending.drain(..n);
+        Ok(())
+    }
+
+    /// Allocates the file space of `blocks` blocks from `first` (they may
+    /// be holes). `NoSpace` when the disk is full.
+    fn allocate(&self, first: u64, blocks: u64) -> Result<()> {
+        // SAFETY: fallocate on a file descriptor we own, no memory involved.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                (self.data_offset + first * BLOCK_SIZE) as libc::off_t,
+                (blocks * BLOCK_SIZE) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return Ok(());
+            }
+            return Err(io_error(
+                e,
+                format_args!(
+                    "allocating blocks {first}..{} of chunk {:#x} in {}",
+                    first + blocks,
+                    self.chunk,
+                    self.path.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -627,9 +1059,16 @@ impl OpenChunk {
         }
     }
 
-    fn read_locked(&self, state: &ChunkState, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_locked(
+        &self,
+        state: &ChunkState,
+        journal: Option<&Journal>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         let end = offset + buf.len() as u64;
         let (first, last) = block_span(offset, buf.len() as u64);
+        let in_journal = |block: u64| journal.and_then(|_| state.overlay.get(&block));
         let mut block = first;
         while block <= last {
             let block_start = block * BLOCK_SIZE;
@@ -639,13 +1078,18 @@ impl OpenChunk {
             if entry == 0 {
                 buf[(lo - offset) as usize..(hi - offset) as usize].fill(0);
                 block += 1;
-            } else if lo == block_start && hi == block_start + BLOCK_SIZE {
-                // A run of whole written blocks: one pread straight into the
-                // caller's buffer, then verify each block in place.
+            } else if lo == block_start
+                && hi == block_start + BLOCK_SIZE
+                && in_journal(block).is_none()
+            {
+                // A run of whole written blocks in the file: one pread
+                // straight into the caller's buffer, then verify each block
+                // in place.
                 let mut run_end = block + 1;
                 while run_end <= last
                     && (run_end + 1) * BLOCK_SIZE <= end
                     && state.crcs[run_end as usize] != 0
+                    && in_journal(run_end).is_none()
                 {
                     run_end += 1;
                 }
@@ -659,8 +1103,7 @@ impl OpenChunk {
                 block = run_end;
             } else {
                 let mut whole = [0u8; BS];
-                self.pread(&mut whole, block_start)?;
-                self.verify(block, entry, &whole)?;
+                self.load_block(state, journal, block, &mut whole)?;
                 buf[(lo - offset) as usize..(hi - offset) as usize].copy_from_slice(
                     &whole[(lo - block_start) as usize..(hi - block_start) as usize],
                 );
@@ -949,12 +1392,12 @@ impl ChunkStore for FileChunkStore {
         if buf.is_empty() {
             return Ok(());
         }
-        open.read_locked(&state, offset, buf)
+        open.read_locked(&state, Some(self.keeper.journal()), offset, buf)
     }
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {
         let open = self.get(chunk)?;
-        {
+        let below = {
             let mut state = open.write_state();
             if state.deleted {
                 return Err(missing_chunk(chunk));
@@ -963,22 +1406,34 @@ impl ChunkStore for FileChunkStore {
             // are covered by the sync below.
             state.dirty = false;
             self.dirty.begin_flush(chunk);
-        }
-        // Without the chunk lock: writes go on while the disk syncs, and
-        // every write that returned before this call is in the page cache
-        // of this inode, which fdatasync covers.
-        let result = open.file.sync_data().map_err(|e| {
-            io_error(
-                e,
-                format_args!("syncing chunk file {}", open.path.display()),
-            )
-        });
+            state.pending.last().map(|p| p.seq + 1)
+        };
+        // Without the chunk lock: writes go on while the journal syncs
+        // (one sync for every flush waiting meanwhile). Records already
+        // applied to the chunk file were durable before they were applied,
+        // and stay in the journal until the file is synced.
+        let journal = self.keeper.journal();
+        let result = match below {
+            Some(below) => journal.sync_below(below),
+            None => Ok(()),
+        };
         self.dirty.end_flush(chunk, result.is_ok());
-        result
+        result?;
+        // Apply what is durable now, so reads go to the chunk file.
+        let mut state = open.write_state();
+        if !state.deleted {
+            if let Some(below) = below {
+                open.apply_pending(&mut state, journal, below)?;
+            }
+        }
+        Ok(())
     }
 
     fn delete(&self, chunk: ChunkId) -> Result<()> {
         let path = self.chunk_path(chunk);
+        if path.exists() || self.bad_chunk_path(chunk).exists() {
+            self.forget_in_journal(chunk)?;
+        }
         let removed = {
             let mut table = self.table();
             let removed = table.chunks.remove(&chunk);
@@ -1145,6 +1600,7 @@ impl ChunkStore for FileChunkStore {
     }
 
     fn close_clean(&self) -> Result<()> {
+        self.keeper.checkpoint()?;
         let unverified = self.unverified_set().clone();
         for chunk in self.dirty.dirty_chunks() {
             if unverified.contains(&chunk) {
@@ -1273,6 +1729,10 @@ impl ChunkStore for FileChunkStore {
             return Err(missing_incoming(incoming));
         }
         Ok(state.crcs[first_block as usize..(first_block + count) as usize].to_vec())
+    }
+
+    fn journal_stats(&self) -> Option<super::JournalStats> {
+        Some(self.keeper.journal().stats())
     }
 
     fn space(&self) -> Result<SpaceInfo> {

@@ -76,6 +76,8 @@
 mod copy;
 mod dirty;
 mod file;
+mod journal;
+mod keeper;
 mod mem;
 pub mod memory;
 mod scrub;
@@ -86,6 +88,8 @@ pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
 };
 pub use file::FileChunkStore;
+pub use journal::{JournalStats, DEFAULT_JOURNAL_SIZE, JOURNAL_FORMAT_VERSION, MIN_JOURNAL_SIZE};
+pub use keeper::{StoreOptions, TRIM_PERIOD};
 pub use mem::{BlockFate, CrashReport, MemChunkStore};
 pub use scrub::{
     BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
@@ -267,6 +271,11 @@ pub trait ChunkStore: Send + Sync {
         self.zero_checked(chunk, None, offset, len)
     }
 
+    /// The write journal's size and fill; `None` for a store without one.
+    fn journal_stats(&self) -> Option<JournalStats> {
+        None
+    }
+
     /// [`read_checked`](ChunkStore::read_checked) without a version check.
     fn read(&self, chunk: ChunkId, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_checked(chunk, None, offset, buf)
@@ -390,3 +399,5 @@ pub(crate) fn check_version_forward(
     }
     Ok(())
 }
+#[cfg(test)]
+mod journal_store_tests;

@@ -335,11 +335,14 @@ impl CsSession {
             let deadline = (started + heartbeat).min(fence_at);
             let space = self.server.store().space().unwrap_or_default();
             let io = self.server.stats();
+            let journal = self.server.store().journal_stats().unwrap_or_default();
             let stats = CsStats {
                 read_ops: io.read_ops,
                 write_ops: io.write_ops,
                 read_bytes: io.read_bytes,
                 write_bytes: io.write_bytes,
+                journal_bytes: journal.size,
+                journal_used_bytes: journal.used,
             };
             let outcome =
                 tokio::time::timeout_at(deadline, self.registry.heartbeat(id, space, stats)).await;

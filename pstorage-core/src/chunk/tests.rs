@@ -599,7 +599,9 @@ mod file_format {
     use super::super::file::test_support::{crc_entry_offset, data_file_offset};
     use super::*;
 
+    /// The chunk's file, once the journal is applied to it and trimmed.
     fn open_file(store: &FileChunkStore, chunk: ChunkId) -> std::fs::File {
+        store.checkpoint().unwrap();
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)

@@ -1427,6 +1427,8 @@ impl MdsService {
                         live.map(|l| l.space.total_bytes).unwrap_or(0)
                     },
                     held_bytes: held.get(&r.id).copied().unwrap_or(0),
+                    journal_bytes: live.map(|l| l.stats.journal_bytes).unwrap_or(0),
+                    journal_used_bytes: live.map(|l| l.stats.journal_used_bytes).unwrap_or(0),
                 }
             })
             .collect();

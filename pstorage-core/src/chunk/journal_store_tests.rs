@@ -1,0 +1,247 @@
+//! The journal under a [`FileChunkStore`]: replay after a kill, repair of a
+//! torn apply, forgotten records of a replaced replica, a full journal,
+//! a journal in another directory.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::types::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::ErrorKind;
+
+const B: u64 = BLOCK_SIZE;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+fn read(store: &dyn ChunkStore, chunk: ChunkId, offset: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    store.read(chunk, offset, &mut buf).unwrap();
+    buf
+}
+
+/// Random writes, partial and whole, zeroings and overwrites, mirrored in
+/// a model; then the store is dropped without a clean close (kill -9: the
+/// page cache survives, nothing was applied or trimmed on purpose) and
+/// reopened: everything reads back, from the chunk files.
+#[test]
+fn a_killed_store_replays_every_write_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4 * MIN_CHUNK_SIZE;
+    let mut model = vec![vec![0u8; size as usize]; 3];
+    let mut rng = StdRng::seed_from_u64(7);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        for chunk in 0..3 {
+            store.create(chunk, 1, size).unwrap();
+        }
+        for i in 0..300 {
+            let chunk = rng.gen_range(0..3u64);
+            let offset = rng.gen_range(0..size - 1);
+            let len = rng.gen_range(1..=(size - offset).min(5 * B));
+            if i % 7 == 0 {
+                store.zero(chunk, offset, len).unwrap();
+                model[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
+            } else {
+                let data = pattern(i, len as usize);
+                store.write(chunk, offset, &data).unwrap();
+                model[chunk as usize][offset as usize..(offset + len) as usize]
+                    .copy_from_slice(&data);
+            }
+            // Some flushes (apply to the file, no trim) in the middle.
+            if i % 50 == 25 {
+                store.flush(chunk).unwrap();
+            }
+            if i % 40 == 0 {
+                for (c, m) in model.iter().enumerate() {
+                    assert_eq!(
+                        &read(&store, c as u64, 0, size),
+                        m,
+                        "chunk {c} before the kill"
+                    );
+                }
+            }
+        }
+        assert!(store.journal_stats().unwrap().used > 0);
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.journal_stats().unwrap().used,
+        0,
+        "replayed and trimmed"
+    );
+    for (c, m) in model.iter().enumerate() {
+        assert_eq!(
+            &read(&store, c as u64, 0, size),
+            m,
+            "chunk {c} after the replay"
+        );
+    }
+}
+
+/// A write applied to the chunk file but torn there (the apply was cut by
+/// a crash) is whole again after the replay: the journal still holds it.
+#[test]
+fn a_torn_apply_is_repaired_by_the_replay() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = MIN_CHUNK_SIZE;
+    let data = pattern(3, size as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(9, 1, size).unwrap();
+        store.write(9, 0, &data).unwrap();
+        // Durable in the journal and applied to the file, not trimmed.
+        store.flush(9).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(9))
+            .unwrap();
+        let at = super::file::test_support::data_file_offset(size, 5 * B);
+        f.write_all_at(&[0xAB; 512], at + 1024).unwrap();
+        let at = super::file::test_support::crc_entry_offset(7);
+        f.write_all_at(&[0; 8], at).unwrap();
+    }
+    let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
+    assert_eq!(read(&*store, 9, 0, size), data);
+}
+
+/// The records of a replica deleted and then copied in again are never
+/// applied to the new replica, even when they are still in the journal at
+/// the next start.
+#[test]
+fn records_of_a_replaced_replica_are_not_replayed_into_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = MIN_CHUNK_SIZE;
+    let old = pattern(1, size as usize);
+    let new = pattern(2, size as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(4, 1, size).unwrap();
+        store.write(4, 0, &old).unwrap();
+        store.flush(4).unwrap();
+        store.delete(4).unwrap();
+        let incoming = store.begin_incoming(4, size).unwrap();
+        store.write_incoming(incoming, 0, &new).unwrap();
+        store.commit_incoming(incoming, 3).unwrap();
+        // Another chunk written after, so the journal is not empty.
+        store.create(5, 1, size).unwrap();
+        store.write(5, 0, &old).unwrap();
+        assert_eq!(read(&store, 4, 0, size), new);
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 4, 0, size), new);
+    assert_eq!(store.version(4).unwrap(), 3);
+    assert_eq!(read(&store, 5, 0, size), old);
+}
+
+/// A whole chunk at the default size written through the smallest
+/// journal: writers wait for the keeper to apply and trim, nothing is
+/// lost, and the journal never overflows.
+#[test]
+fn a_default_size_chunk_streams_through_the_smallest_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        journal_size: MIN_JOURNAL_SIZE,
+        ..Default::default()
+    };
+    let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    store.create(1, 1, size).unwrap();
+    let piece = 1u64 << 20;
+    let mut max_used = 0;
+    for i in 0..size / piece {
+        store
+            .write(1, i * piece, &pattern(i, piece as usize))
+            .unwrap();
+        max_used = max_used.max(store.journal_stats().unwrap().used);
+    }
+    assert!(max_used <= MIN_JOURNAL_SIZE);
+    store.flush(1).unwrap();
+    drop(store);
+    let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
+    for i in (0..size / piece).step_by(17) {
+        assert_eq!(
+            read(&store, 1, i * piece, piece),
+            pattern(i, piece as usize),
+            "MiB {i}"
+        );
+    }
+}
+
+/// `make-cs -j DIR`: the journal lives in DIR; opening the store without
+/// it (or with another one) is refused rather than losing what it holds.
+#[test]
+fn a_journal_in_another_directory_is_required_at_every_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        journal_dir: Some(journal_dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let data = pattern(5, MIN_CHUNK_SIZE as usize);
+    {
+        let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
+        store.create(1, 1, MIN_CHUNK_SIZE).unwrap();
+        store.write(1, 0, &data).unwrap();
+    }
+    let in_journal_dir: Vec<_> = std::fs::read_dir(journal_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        in_journal_dir.iter().any(|n| n.starts_with("journal.")),
+        "{in_journal_dir:?}"
+    );
+    let err = FileChunkStore::open(dir.path()).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("-j"), "{err}");
+    let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
+    assert_eq!(read(&store, 1, 0, MIN_CHUNK_SIZE), data);
+}
+
+/// Reads see a write at once, from the journal, before it is applied; and
+/// a partial write merges with journalled data of its block.
+#[test]
+fn unapplied_writes_are_read_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    store.create(1, 1, MIN_CHUNK_SIZE).unwrap();
+    let block = pattern(1, B as usize);
+    store.write(1, 0, &block).unwrap();
+    store.write(1, 100, b"hello").unwrap();
+    let mut expected = block.clone();
+    expected[100..105].copy_from_slice(b"hello");
+    assert_eq!(read(&store, 1, 0, B), expected);
+    store.zero(1, 0, B).unwrap();
+    assert_eq!(read(&store, 1, 0, B), vec![0u8; B as usize]);
+    store.write(1, B - 3, b"abcdef").unwrap();
+    assert_eq!(&read(&store, 1, B - 3, 6), b"abcdef");
+    store.checkpoint().unwrap();
+    assert_eq!(store.journal_stats().unwrap().used, 0);
+    assert_eq!(&read(&store, 1, B - 3, 6), b"abcdef");
+    assert_eq!(read(&store, 1, 0, 100), vec![0u8; 100]);
+}
+
+/// Journal sizes below the minimum or not in whole 4 KiB are refused up
+/// front, with nothing created.
+#[test]
+fn bad_journal_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0, MIN_JOURNAL_SIZE - 4096, MIN_JOURNAL_SIZE + 1] {
+        let err = FileChunkStore::open_with(
+            dir.path(),
+            &StoreOptions {
+                journal_size: size,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{size}: {err}");
+    }
+}

@@ -1,0 +1,275 @@
+//! The keeper of a [`FileChunkStore`](super::FileChunkStore)'s journal: it
+//! knows which chunks have journal records, applies the durable ones to the
+//! chunk files, syncs those and trims the journal; a background thread does
+//! this when a quarter of the journal is in use, when a writer waits for
+//! space, and every [`TRIM_PERIOD`] otherwise.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+use super::file::{io_error, OpenChunk};
+use super::journal::{FileDevice, Journal, Replayed, DEFAULT_JOURNAL_SIZE, MIN_JOURNAL_SIZE};
+
+/// How long a write waits for journal space before it fails.
+pub(crate) const SPACE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a journal record waits to be applied and trimmed.
+pub const TRIM_PERIOD: Duration = Duration::from_secs(5);
+/// The file in the store directory holding the store's id.
+const STORE_ID_FILE: &str = "store.id";
+/// The file in the store directory naming the journal's directory.
+const JOURNAL_LOCATION_FILE: &str = "journal.location";
+
+/// How a [`FileChunkStore`](super::FileChunkStore) is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Where the journal lives (`make-cs -j`): a directory on another
+    /// device, an SSD. `None`: the store's own directory.
+    pub journal_dir: Option<PathBuf>,
+    /// The journal's ring size in bytes, used when it is created.
+    pub journal_size: u64,
+    /// Open chunk files kept while unused.
+    pub max_open: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            journal_dir: None,
+            journal_size: DEFAULT_JOURNAL_SIZE,
+            max_open: super::file::DEFAULT_MAX_OPEN,
+        }
+    }
+}
+
+/// The journal, the chunks with records in it, and the trim.
+pub(super) struct Keeper {
+    journal: Journal,
+    /// Chunks with journal records not yet trimmed (applied or not). A chunk
+    /// is added before its first record is appended and removed by a trim,
+    /// under the chunk's lock, once none is pending; the reference keeps it
+    /// open (never evicted from the cache) meanwhile.
+    /// Keyed by the open chunk's address: a replaced replica and its
+    /// successor are two entries.
+    touched: Mutex<HashMap<usize, Arc<OpenChunk>>>,
+    /// One trim at a time.
+    trimming: Mutex<()>,
+    stop: AtomicBool,
+}
+
+impl Keeper {
+    /// Opens (or creates) the journal of the store in `dir`; returns the
+    /// records to replay.
+    pub(super) fn open(dir: &Path, options: &StoreOptions) -> Result<(Keeper, Vec<Replayed>)> {
+        if options.journal_size < MIN_JOURNAL_SIZE || !options.journal_size.is_multiple_of(4096) {
+            return Err(Error::invalid(format!(
+                "journal size {} bytes: it must be a multiple of 4096 and at least {} MiB",
+                options.journal_size,
+                MIN_JOURNAL_SIZE >> 20
+            )));
+        }
+        let store_id = store_id(dir)?;
+        let journal_dir = options.journal_dir.as_deref().unwrap_or(dir);
+        check_location(dir, journal_dir)?;
+        fs::create_dir_all(journal_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("creating the journal directory {}", journal_dir.display()),
+            )
+        })?;
+        let path = journal_dir.join(format!("journal.{store_id:016x}"));
+        let dev = FileDevice::open(&path)?;
+        let (journal, replayed) = Journal::open(Box::new(dev), store_id, options.journal_size)?;
+        Ok((
+            Keeper {
+                journal,
+                touched: Mutex::new(HashMap::new()),
+                trimming: Mutex::new(()),
+                stop: AtomicBool::new(false),
+            },
+            replayed,
+        ))
+    }
+
+    pub(super) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Notes that `open` is about to get journal records (call with its
+    /// write lock held).
+    pub(super) fn touch(&self, open: &Arc<OpenChunk>) {
+        self.touched
+            .lock()
+            .expect("journal keeper lock poisoned")
+            .entry(Arc::as_ptr(open) as usize)
+            .or_insert_with(|| open.clone());
+    }
+
+    /// Applies every durable record to the chunk files, syncs them and
+    /// trims the journal up to where it was when this began.
+    pub(super) fn checkpoint(&self) -> Result<()> {
+        let _one = self.trimming.lock().expect("journal trim lock poisoned");
+        let mark = self.journal.head();
+        self.journal.sync_below(mark.seq)?;
+        let chunks: Vec<(usize, Arc<OpenChunk>)> = self
+            .touched
+            .lock()
+            .expect("journal keeper lock poisoned")
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (key, open) in chunks {
+            {
+                let mut state = open.write_state();
+                if !state.deleted {
+                    open.apply_pending(&mut state, &self.journal, mark.seq)?;
+                }
+                if state.deleted || state.pending.is_empty() {
+                    let mut touched = self.touched.lock().expect("journal keeper lock poisoned");
+                    touched.remove(&key);
+                }
+                if state.deleted {
+                    continue;
+                }
+            }
+            open.file.sync_data().map_err(|e| {
+                io_error(
+                    e,
+                    format_args!(
+                        "syncing chunk {:#x} to trim the journal {}",
+                        open.chunk,
+                        self.journal.name()
+                    ),
+                )
+            })?;
+        }
+        self.journal.advance_tail(mark)
+    }
+
+    /// Starts the background trim thread of `keeper`.
+    pub(super) fn spawn(keeper: &Arc<Keeper>) -> Result<std::thread::JoinHandle<()>> {
+        let keeper = keeper.clone();
+        std::thread::Builder::new()
+            .name("pstorage-journal".into())
+            .spawn(move || keeper.run())
+            .map_err(|e| Error::internal(format!("cannot start the journal thread: {e}")))
+    }
+
+    fn run(&self) {
+        let mut last = Instant::now();
+        let mut backoff = Duration::ZERO;
+        while !self.stop.load(Ordering::Acquire) {
+            let kicked = self
+                .journal
+                .wait_kick(Duration::from_millis(500).max(backoff));
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let used = self.journal.stats().used;
+            if !(kicked || self.journal.wants_trim() || (used > 0 && last.elapsed() >= TRIM_PERIOD))
+            {
+                continue;
+            }
+            match self.checkpoint() {
+                Ok(()) => {
+                    last = Instant::now();
+                    backoff = Duration::ZERO;
+                }
+                Err(e) => {
+                    tracing::error!(journal = %self.journal.name(), error = %e,
+                        "cannot apply the journal to the chunk files; retrying");
+                    backoff = (backoff * 2).clamp(Duration::from_millis(100), TRIM_PERIOD);
+                }
+            }
+        }
+    }
+
+    /// Stops the background thread (it ends at its next wake-up).
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.journal.kick();
+    }
+}
+
+/// The store's id (created at its first open): a journal names the store it
+/// belongs to, so a journal directory shared by several chunk servers, or a
+/// wrong `-j`, never replays one store's records into another.
+fn store_id(dir: &Path) -> Result<u64> {
+    let path = dir.join(STORE_ID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| {
+            Error::corrupt(format!(
+                "{} does not hold a store id (16 hex digits): {text:?}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = loop {
+                let id: u64 = rand::random();
+                if id != 0 {
+                    break id;
+                }
+            };
+            crate::conf::write_private(&path, format!("{id:016x}\n").as_bytes())
+                .map_err(|e| e.context(format_args!("writing {}", path.display())))?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error(e, format_args!("syncing {}", dir.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(io_error(e, format_args!("reading {}", path.display()))),
+    }
+}
+
+/// Records where the journal of the store in `dir` lives at its first
+/// open, and refuses to open it later with the journal elsewhere: a store
+/// opened without its journal would start an empty one and never replay
+/// the writes the real one holds.
+fn check_location(dir: &Path, journal_dir: &Path) -> Result<()> {
+    let path = dir.join(JOURNAL_LOCATION_FILE);
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let wanted = if journal_dir == dir {
+        String::from(".")
+    } else {
+        fs::create_dir_all(journal_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("creating the journal directory {}", journal_dir.display()),
+            )
+        })?;
+        canonical(journal_dir).display().to_string()
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded = text.trim_end_matches('\n');
+            if recorded != wanted {
+                let shown = if recorded == "." {
+                    format!("in {} itself (no -j)", dir.display())
+                } else {
+                    format!("in {recorded} (-j {recorded})")
+                };
+                return Err(Error::invalid(format!(
+                    "the chunk store {} keeps its journal {shown}, not in {}: open it with its \
+                     own journal, or writes it holds would be lost",
+                    dir.display(),
+                    if wanted == "." {
+                        dir.display().to_string()
+                    } else {
+                        wanted
+                    }
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::conf::write_private(&path, format!("{wanted}\n").as_bytes())
+                .map_err(|e| e.context(format_args!("writing {}", path.display())))
+        }
+        Err(e) => Err(io_error(e, format_args!("reading {}", path.display()))),
+    }
+}
