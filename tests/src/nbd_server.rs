@@ -77,6 +77,15 @@ impl NbdServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// kill -9: the server dies wherever it is, mid-write included; its
+    /// lease is left to expire.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit (the server flushes and closes
     /// its exports); kill -9 after 60 s.
     pub fn stop(&mut self) {

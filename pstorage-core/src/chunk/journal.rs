@@ -48,10 +48,9 @@
 //!   48..52          block count (u32)
 //!   52..56          data length in bytes (u32) = block count * 4096 for a
 //!                   write, 0 otherwise
-//!   56..64          CRC-64/XZ of the head area (these 8 bytes as zero) and
-//!                   the data
-//!   64..            write: one CRC table entry (u64) per block; then zeros
-//!                   to the end of the head area
+//!   56..64          CRC-64/XZ of the head area (these 8 bytes as zero)
+//!   64..            write: one CRC table entry (u64) per block, which
+//!                   covers its data; then zeros to the end of the head area
 //! ```
 //!
 //! * write: the blocks' new data and CRC table entries.
@@ -61,8 +60,9 @@
 //! * wrap: the rest of the ring is unused; the next record is at offset 0.
 //!
 //! Replay starts at the tail with the tail's sequence number and stops at
-//! the first record that does not decode, fails its checksum or does not
-//! carry the next sequence number (a record of an earlier lap).
+//! the first record that does not decode, whose head fails its checksum or
+//! a block its CRC entry, or that does not carry the next sequence number
+//! (a record of an earlier lap).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -74,8 +74,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::{ChunkId, MapVersion, BLOCK_SIZE};
 
-use super::crc64;
 use super::file::io_error;
+use super::{block_entry, crc64};
 
 /// The journal format this build writes and reads.
 pub const JOURNAL_FORMAT_VERSION: u32 = 1;
@@ -373,10 +373,12 @@ fn encode_record(rec: &NewRecord<'_>, seq: u64, out: &mut Vec<u8>) {
             let at = HEAD_FIXED + i * 8;
             out[at..at + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        out.extend_from_slice(rec.data);
     }
+    // The head's CRC covers the blocks' CRC entries, which cover the data:
+    // the data is not checksummed twice on the write path.
     let crc = crc64(out);
     out[CRC_AT..CRC_AT + 8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(rec.data);
 }
 
 impl Journal {
@@ -520,10 +522,20 @@ impl Journal {
             }
             let stored = le64(&buf[CRC_AT..CRC_AT + 8]);
             buf[CRC_AT..CRC_AT + 8].fill(0);
-            if crc64(&buf) != stored {
+            if crc64(&buf[..hlen as usize]) != stored {
                 break;
             }
             let blocks = le32(&buf[48..52]) as u64;
+            if kind == RecordKind::Write {
+                let data = &buf[hlen as usize..];
+                let whole = data
+                    .chunks_exact(BLOCK_SIZE as usize)
+                    .enumerate()
+                    .all(|(i, block)| block_entry(block) == le64(&buf[HEAD_FIXED + i * 8..]));
+                if !whole {
+                    break;
+                }
+            }
             if kind == RecordKind::Wrap {
                 total += self.ring - pos;
                 pos = 0;

@@ -155,7 +155,7 @@ impl Rec {
         for b in 0..blocks {
             data.extend(block_of(seed, b));
         }
-        let crcs = data.chunks(4096).map(crc64).collect();
+        let crcs = data.chunks(4096).map(super::super::block_entry).collect();
         Rec {
             chunk: seed % 7,
             first: seed % 100,

@@ -43,12 +43,14 @@
 //!   the encoding of its computed CRC equals the entry, so the only cost of
 //!   the remapping is that `0` and `1` collide, one value in 2^64.
 //!
-//! Writes put the data first and its CRC entry second; nothing is synced per
-//! write ([`ChunkStore::flush`] does one `fdatasync`, covering data and table,
-//! which live in the same file). After a crash between the two, or a torn
-//! sector, the block's data and entry disagree and the block reads as
-//! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt): a torn block is never
-//! served, the client reads another replica and the MDS repairs this one.
+//! [`FileChunkStore`] writes go to its write journal first (`journal.rs`,
+//! format in `docs/formats.md`) and reach the chunk file only once durable
+//! there, so after a crash and the journal's replay data and entries agree.
+//! A block whose data and entry disagree all the same (bit rot, damage
+//! behind the store's back) reads as
+//! [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt): never served, the
+//! client reads another replica and the MDS repairs this one. Incoming
+//! replicas (copies) write data then entries straight into their file.
 //!
 //! # Other files of a chunk store
 //!
@@ -68,6 +70,10 @@
 //!   empty. At open, the ids it holds are the chunks to verify block by
 //!   block before serving ([`ChunkStore::unverified`]). Lines that do not
 //!   parse (torn by a crash) are ignored: their write never started.
+//!
+//! * `<dir>/store.id`, `<dir>/journal.location` and the journal
+//!   `journal.<store id>` (in `<dir>` or the `-j` directory): see
+//!   `docs/formats.md`.
 //!
 //! Readers of this format: a daemon reads every format version up to
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an

@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Client, ClientOptions, File};
+use super::{Client, ClientOptions, File, ProblemKind};
 use crate::chunk::memory::MemNetwork;
+use crate::chunk::ChunkStore;
 use crate::chunk::MemChunkStore;
 use crate::error::Result;
 use crate::mds::{ClusterParams, MdsConfig, MdsService, MdsState};
@@ -99,6 +100,8 @@ struct Rig {
     pings: Arc<AtomicUsize>,
     /// The MDS's wall clock (leases expire by it).
     clock: Arc<ManualClock>,
+    /// Each chunk server's store.
+    stores: Vec<(CsId, Arc<MemChunkStore>)>,
 }
 
 impl Rig {
@@ -130,10 +133,13 @@ impl Rig {
                 ..MdsConfig::default()
             },
         ));
+        let mut stores = Vec::new();
         for _ in 0..4 {
             let id = mds.allocate_cs_id().await.unwrap();
             let addr = format!("cs{id}");
-            let server = net.add_server(id, &addr, Arc::new(MemChunkStore::new()));
+            let store = Arc::new(MemChunkStore::new());
+            stores.push((id, store.clone()));
+            let server = net.add_server(id, &addr, store);
             let registration = server.registration(&addr).await.unwrap();
             mds.register_cs(registration).await.unwrap();
         }
@@ -142,7 +148,17 @@ impl Rig {
             mds,
             pings,
             clock,
+            stores,
         }
+    }
+
+    fn store(&self, cs: CsId) -> &MemChunkStore {
+        &self
+            .stores
+            .iter()
+            .find(|(id, _)| *id == cs)
+            .expect("a store")
+            .1
     }
 
     /// A client named `name` (see [`MemNetwork::client_view`]).
@@ -624,4 +640,61 @@ async fn a_member_hung_when_a_lost_writer_is_fenced_leaves_the_chain() {
     }
     rig.net.set_frozen(&hung.addr, false);
     rig.net.clear();
+}
+
+/// `pstorage verify`: finds a block whose replicas hold different bytes
+/// (with the groups that agree) and a block a replica cannot read, and a
+/// repair makes every replica of the range equal to the head's.
+#[tokio::test(start_paused = true)]
+async fn verify_finds_replicas_that_differ_and_repair_makes_them_equal() {
+    let rig = Rig::new().await;
+    let client = rig.client("verifier", Duration::from_secs(10));
+    let file = create(&client, "/disk").await;
+    file.write_at_bytes(0, data(1)).await.unwrap();
+    file.close().await.unwrap();
+    let len = data(1).len() as u64;
+
+    let clean = client.verify("/disk", false).await.unwrap();
+    assert_eq!((clean.chunks, clean.replicas), (1, 3));
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert_eq!(clean.bytes_read, 3 * len);
+
+    // The tail gets other bytes in block 3, behind the chain's back.
+    let map = rig.map("/disk");
+    let tail = map.replicas[2].cs;
+    rig.store(tail)
+        .write(map.chunk, 3 * 4096, &[9u8; 4096])
+        .unwrap();
+    let found = client.verify("/disk", false).await.unwrap();
+    assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+    let p = &found.problems[0];
+    assert_eq!((p.offset, p.len), (3 * 4096, 4096));
+    assert_eq!(
+        p.kind,
+        ProblemKind::Differ {
+            groups: vec![chain(&map)[..2].to_vec(), vec![tail]]
+        }
+    );
+    assert!(p.to_string().contains("replicas differ"), "{p}");
+
+    let repaired = client.verify("/disk", true).await.unwrap();
+    assert!(repaired.problems.is_empty(), "{:?}", repaired.problems);
+    assert_eq!(repaired.repaired.len(), 1);
+    let map = rig.map("/disk");
+    for (cs, bytes) in member_contents(&rig, &map, len).await {
+        assert!(bytes == data(1), "CS {cs} still differs");
+    }
+
+    // A block that fails its CRC on one replica is unreadable there.
+    let middle = map.replicas[1].cs;
+    rig.store(middle).corrupt(map.chunk, 5 * 4096 + 10).unwrap();
+    let found = client.verify("/disk", false).await.unwrap();
+    assert!(
+        found.problems.iter().any(|p| matches!(&p.kind,
+            ProblemKind::Unreadable { cs, .. } if *cs == middle)
+            && p.offset <= 5 * 4096
+            && p.offset + p.len > 5 * 4096),
+        "{:?}",
+        found.problems
+    );
 }

@@ -19,6 +19,7 @@ mod file;
 mod map_cache;
 mod retry;
 mod unflushed;
+mod verify;
 
 #[cfg(test)]
 mod fakes;
@@ -38,6 +39,7 @@ use crate::types::{
 };
 
 pub use file::File;
+pub use verify::{ProblemKind, VerifyProblem, VerifyReport};
 
 /// Tunables of a [`Client`].
 #[derive(Debug, Clone, PartialEq, Eq)]
