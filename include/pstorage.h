@@ -80,6 +80,11 @@
 #define PSTORAGE_ATTR_RECURSIVE 1
 
 /**
+ * `pstorage_verify` flag: rewrite each damaged range from a good replica.
+ */
+#define PSTORAGE_VERIFY_REPAIR 1
+
+/**
  * `pstorage_stat_t.kind` of a file.
  */
 #define PSTORAGE_KIND_FILE 1
@@ -170,6 +175,31 @@ typedef struct pstorage_stat_t {
      */
     struct pstorage_attrs_t attrs;
 } pstorage_stat_t;
+
+/**
+ * What `pstorage_verify` found.
+ */
+typedef struct pstorage_verify_result_t {
+    /**
+     * Chunks and replicas checked.
+     */
+    uint64_t chunks;
+    uint64_t replicas;
+    /**
+     * Bytes read from replicas.
+     */
+    uint64_t bytes_read;
+    /**
+     * Ranges whose replicas differ or that a replica cannot read (with
+     * `PSTORAGE_VERIFY_REPAIR`: those left after the repair). The CLI's
+     * `pstorage verify` prints them.
+     */
+    uint64_t problems;
+    /**
+     * Ranges the repair fixed.
+     */
+    uint64_t repaired;
+} pstorage_verify_result_t;
 
 /**
  * One entry of a directory listing.
@@ -529,6 +559,29 @@ int pstorage_rename(struct pstorage_cluster_t *cluster,
 int pstorage_stat(struct pstorage_cluster_t *cluster,
                   const char *path,
                   struct pstorage_stat_t *st);
+
+/**
+ * Compares every replica of every chunk of file `path` block by block (CRC
+ * tables compared, every written block read back); with
+ * `PSTORAGE_VERIFY_REPAIR`, rewrites each damaged range through its chain
+ * from the first replica in chain order that reads it. Holds a read lease
+ * (a write lease to repair) while it runs. Fills `*result`; problems found
+ * are counted there, not errors.
+ *
+ * Ownership: the caller owns `result`. Thread-safety: any thread.
+ * Blocking: yes (reads every replica of the file).
+ *
+ * Returns 0 or:
+ * - `-EINVAL`: NULL arguments, unknown `flags` bits;
+ * - `-EBADF`: `cluster` is not an open cluster handle;
+ * - `-ENOENT`: `path` does not exist; `-EISDIR`: it is a directory;
+ * - `-EBUSY`: another client holds a conflicting lease;
+ * - `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`: as `pstorage_mkdir`.
+ */
+int pstorage_verify(struct pstorage_cluster_t *cluster,
+                    const char *path,
+                    uint32_t flags,
+                    struct pstorage_verify_result_t *result);
 
 /**
  * Fills `*attrs` with the attributes (replicas, chunk size) of `path`.

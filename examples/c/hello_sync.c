@@ -85,6 +85,17 @@ int main(int argc, char **argv)
     }
     TRY(pstorage_close(file));
 
+    /* Every replica of every block the same (pstorage verify). */
+    pstorage_verify_result_t verified;
+    TRY(pstorage_verify(cluster, path, 0, &verified));
+    printf("verified %llu chunks, %llu replicas: %llu problems\n",
+           (unsigned long long)verified.chunks, (unsigned long long)verified.replicas,
+           (unsigned long long)verified.problems);
+    if (verified.chunks == 0 || verified.problems != 0) {
+        fprintf(stderr, "hello_sync: verify found problems\n");
+        return 1;
+    }
+
     /* Attributes: keep 2 copies, accept writes with 1. */
     pstorage_attrs_t attrs = {.replicas_norm = 2, .replicas_min = 1};
     TRY(pstorage_set_attr(cluster, path, &attrs, 0));

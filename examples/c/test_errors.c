@@ -90,6 +90,8 @@ static void check_bad_handles(void)
     EXPECT(pstorage_stat(bc, "/", &st), -EBADF);
     EXPECT(pstorage_get_attr(bc, "/", &attrs), -EBADF);
     EXPECT(pstorage_set_attr(bc, "/", &attrs, 0), -EBADF);
+    pstorage_verify_result_t vr;
+    EXPECT(pstorage_verify(bc, "/x", 0, &vr), -EBADF);
     EXPECT(pstorage_opendir(bc, "/", &d), -EBADF);
     EXPECT(pstorage_open(bc, "/x", PSTORAGE_O_RDONLY, &f), -EBADF);
     EXPECT(pstorage_readdir(bd, &entry), -EBADF);
@@ -123,6 +125,7 @@ static void check_bad_handles(void)
     EXPECT(pstorage_stat(NULL, "/", &st), -EINVAL);
     EXPECT(pstorage_get_attr(NULL, "/", &attrs), -EINVAL);
     EXPECT(pstorage_set_attr(NULL, "/", &attrs, 0), -EINVAL);
+    EXPECT(pstorage_verify(NULL, "/x", 0, &vr), -EINVAL);
     EXPECT(pstorage_opendir(NULL, "/", &d), -EINVAL);
     EXPECT(pstorage_open(NULL, "/x", 0, &f), -EINVAL);
     EXPECT(pstorage_readdir(NULL, &entry), -EINVAL);
@@ -242,6 +245,10 @@ static void check_namespace(pstorage_cluster_t *c, const char *dir)
     EXPECT(pstorage_get_attr(c, path, &attrs), -ENOENT);
     attrs = (pstorage_attrs_t){.replicas_norm = 2, .replicas_min = 1};
     EXPECT(pstorage_set_attr(c, path, &attrs, 0), -ENOENT);
+    pstorage_verify_result_t verified;
+    EXPECT(pstorage_verify(c, path, 0, &verified), -ENOENT);
+    EXPECT(pstorage_verify(c, path, 0x80, &verified), -EINVAL);
+    EXPECT(pstorage_verify(c, path, 0, NULL), -EINVAL);
     EXPECT(pstorage_unlink(c, path), -ENOENT);
     EXPECT(pstorage_rename(c, path, sub), -ENOENT);
     EXPECT(pstorage_opendir(c, path, &d), -ENOENT);

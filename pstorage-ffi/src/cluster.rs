@@ -23,7 +23,8 @@ use crate::error::{run_int, FfiError, FfiResult};
 use crate::handles::{to_handle, Registry};
 use crate::types::{
     pstorage_attrs_t, pstorage_cluster_t, pstorage_dir_t, pstorage_dirent_t, pstorage_stat_t,
-    PSTORAGE_ATTR_RECURSIVE, PSTORAGE_MKDIR_PARENTS,
+    pstorage_verify_result_t, PSTORAGE_ATTR_RECURSIVE, PSTORAGE_MKDIR_PARENTS,
+    PSTORAGE_VERIFY_REPAIR,
 };
 
 /// How long `pstorage_disconnect` waits for library threads to stop.
@@ -528,6 +529,51 @@ pub unsafe extern "C" fn pstorage_stat(
         let stat = cluster.block_on(F, cluster.client.stat(path))??;
         // SAFETY: checked non-NULL; the caller provides the struct.
         unsafe { *st = pstorage_stat_t::from(&stat) };
+        Ok(0)
+    })
+}
+
+/// Compares every replica of every chunk of file `path` block by block (CRC
+/// tables compared, every written block read back); with
+/// `PSTORAGE_VERIFY_REPAIR`, rewrites each damaged range through its chain
+/// from the first replica in chain order that reads it. Holds a read lease
+/// (a write lease to repair) while it runs. Fills `*result`; problems found
+/// are counted there, not errors.
+///
+/// Ownership: the caller owns `result`. Thread-safety: any thread.
+/// Blocking: yes (reads every replica of the file).
+///
+/// Returns 0 or:
+/// - `-EINVAL`: NULL arguments, unknown `flags` bits;
+/// - `-EBADF`: `cluster` is not an open cluster handle;
+/// - `-ENOENT`: `path` does not exist; `-EISDIR`: it is a directory;
+/// - `-EBUSY`: another client holds a conflicting lease;
+/// - `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`: as `pstorage_mkdir`.
+#[no_mangle]
+pub unsafe extern "C" fn pstorage_verify(
+    cluster: *mut pstorage_cluster_t,
+    path: *const c_char,
+    flags: u32,
+    result: *mut pstorage_verify_result_t,
+) -> c_int {
+    const F: &str = "pstorage_verify";
+    run_int(F, || {
+        let cluster = CLUSTERS.get(cluster, F)?;
+        // SAFETY: the caller passes a NUL-terminated string or NULL.
+        let path = unsafe { c_str(path, "path", F) }?;
+        check_flags(flags, PSTORAGE_VERIFY_REPAIR, F)?;
+        let result = out_ptr(result, "result", F)?;
+        let repair = flags & PSTORAGE_VERIFY_REPAIR != 0;
+        let report = cluster.block_on(F, cluster.client.verify(path, repair))??;
+        let out = pstorage_verify_result_t {
+            chunks: report.chunks,
+            replicas: report.replicas,
+            bytes_read: report.bytes_read,
+            problems: report.problems.len() as u64,
+            repaired: report.repaired.len() as u64,
+        };
+        // SAFETY: checked non-NULL; the caller provides the struct.
+        unsafe { *result = out };
         Ok(0)
     })
 }

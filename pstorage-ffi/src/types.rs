@@ -62,6 +62,26 @@ pub const PSTORAGE_MKDIR_PARENTS: u32 = 1;
 /// directory too.
 pub const PSTORAGE_ATTR_RECURSIVE: u32 = 1;
 
+/// `pstorage_verify` flag: rewrite each damaged range from a good replica.
+pub const PSTORAGE_VERIFY_REPAIR: u32 = 1;
+
+/// What `pstorage_verify` found.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct pstorage_verify_result_t {
+    /// Chunks and replicas checked.
+    pub chunks: u64,
+    pub replicas: u64,
+    /// Bytes read from replicas.
+    pub bytes_read: u64,
+    /// Ranges whose replicas differ or that a replica cannot read (with
+    /// `PSTORAGE_VERIFY_REPAIR`: those left after the repair). The CLI's
+    /// `pstorage verify` prints them.
+    pub problems: u64,
+    /// Ranges the repair fixed.
+    pub repaired: u64,
+}
+
 /// `pstorage_stat_t.kind` of a file.
 pub const PSTORAGE_KIND_FILE: u32 = 1;
 /// `pstorage_stat_t.kind` of a directory.

@@ -153,6 +153,31 @@ impl RawCluster {
         py.allow_threads(|| c.rename(src, dst)).py_err(py)
     }
 
+    /// Compares every replica of every chunk of file `path` block by block;
+    /// with `repair`, rewrites each damaged range from a good replica.
+    /// Returns a dict: chunks, replicas, bytes_read, problems and repaired
+    /// (lists of descriptions, as `pstorage verify` prints them).
+    #[pyo3(signature = (path, repair=false))]
+    fn verify<'py>(
+        &self,
+        py: Python<'py>,
+        path: &str,
+        repair: bool,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let c = self.client()?;
+        let report = py.allow_threads(|| c.verify(path, repair)).py_err(py)?;
+        let out = pyo3::types::PyDict::new(py);
+        out.set_item("chunks", report.chunks)?;
+        out.set_item("replicas", report.replicas)?;
+        out.set_item("bytes_read", report.bytes_read)?;
+        let text = |v: &[pstorage_core::client::VerifyProblem]| -> Vec<String> {
+            v.iter().map(|p| p.to_string()).collect()
+        };
+        out.set_item("problems", text(&report.problems))?;
+        out.set_item("repaired", text(&report.repaired))?;
+        Ok(out)
+    }
+
     /// The attributes of a file or directory.
     fn get_attr(&self, py: Python<'_>, path: &str) -> PyResult<PyAttrs> {
         let c = self.client()?;

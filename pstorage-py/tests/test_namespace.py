@@ -150,3 +150,16 @@ def test_conf_dir_from_environment(local_cluster: LocalCluster, monkeypatch: pyt
     with pstorage.Cluster(local_cluster.name) as c:
         assert c.conf_dir == str(local_cluster.conf_dir)
         assert c.stat("/").is_dir
+
+
+def test_verify_compares_every_replica(cluster: pstorage.Cluster, tdir: str) -> None:
+    with cluster.open(f"{tdir}/v", "wb") as f:
+        f.write(b"v" * (CHUNK_SIZE + 5000))
+    report = cluster.verify(f"{tdir}/v")
+    assert report["chunks"] == 2
+    assert report["replicas"] == 2 * min(3, CHUNK_SERVERS)
+    assert report["problems"] == [] and report["repaired"] == []
+    assert report["bytes_read"] >= min(3, CHUNK_SERVERS) * (CHUNK_SIZE + 5000)
+    assert cluster.verify(f"{tdir}/v", repair=True)["problems"] == []
+    with pytest.raises(FileNotFoundError):
+        cluster.verify(f"{tdir}/nope")

@@ -1,7 +1,7 @@
 //! [`FileChunkStore`]: chunk replicas as files (format in the module docs of
 //! [`crate::chunk`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -90,6 +90,11 @@ pub(super) struct ChunkState {
     pub(super) deleted: bool,
     /// Written since its last flush, and so in the dirty log.
     dirty: bool,
+    /// Set when journal records could not be applied to the file or the
+    /// file could not be synced: its content on disk is unknown, so every
+    /// access is `Corrupt` (the server takes the replica out of service and
+    /// the MDS re-replicates the chunk).
+    pub(super) failed: Option<String>,
     /// Journal records of this chunk not applied to its file yet, oldest
     /// first.
     pub(super) pending: Vec<Pending>,
@@ -108,6 +113,8 @@ pub(super) struct Pending {
     crcs: Vec<u64>,
     /// Write records: file offset of the data in the journal.
     data_at: u64,
+    /// Write records: the data, when it is kept in memory until applied.
+    data: Option<(Box<[u8]>, super::keeper::MemCharge)>,
 }
 
 impl Pending {
@@ -120,8 +127,17 @@ impl Pending {
             blocks: r.blocks,
             crcs: r.crcs.clone(),
             data_at: r.data_at,
+            data: None,
         }
     }
+}
+
+/// Why journal records could not be applied to a chunk file.
+pub(super) enum ApplyError {
+    /// Reading them back from the journal failed (the journal's problem).
+    Journal(Error),
+    /// Writing them into the chunk file failed (the replica's problem).
+    Chunk(Error),
 }
 
 /// What a write or zeroing changes, computed under the chunk's lock before
@@ -290,6 +306,12 @@ impl FileChunkStore {
             "journal replayed"
         );
         self.keeper.checkpoint()
+    }
+
+    /// Makes every later sync of `chunk`'s file fail with EIO (tests).
+    #[cfg(test)]
+    pub(crate) fn fail_syncs_of(&self, chunk: ChunkId) {
+        self.keeper.fail_syncs_of(chunk);
     }
 
     /// Applies every journal record to the chunk files, syncs them and
@@ -524,6 +546,7 @@ impl FileChunkStore {
             if state.deleted {
                 return Err(missing_chunk(chunk));
             }
+            open.check_failed(&state)?;
             check_version(chunk, expected, state.version)?;
             if len == 0 {
                 return Ok(());
@@ -560,7 +583,7 @@ impl FileChunkStore {
                 let records = plan.records(chunk, state.version, &pieces);
                 match journal.append(&records)? {
                     Some(appended) => {
-                        open.note_appended(&mut state, &plan, &records, &appended);
+                        open.note_appended(&mut state, &plan, &records, &appended, &self.keeper);
                         None
                     }
                     None => Some(
@@ -741,6 +764,7 @@ impl OpenChunk {
                 crcs,
                 deleted: false,
                 dirty: false,
+                failed: None,
                 pending: Vec::new(),
                 overlay: HashMap::new(),
             }),
@@ -757,6 +781,29 @@ impl OpenChunk {
         self.state
             .write()
             .expect("chunk state lock poisoned by an earlier panic")
+    }
+
+    /// `Corrupt` once the replica's file failed (see [`ChunkState::failed`]).
+    fn check_failed(&self, state: &ChunkState) -> Result<()> {
+        match &state.failed {
+            Some(why) => Err(Error::corrupt(format!(
+                "chunk {:#x} in {}: {why}; its content on disk is unknown: this replica is out \
+                 of service, read another",
+                self.chunk,
+                self.path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the replica's file out of use after a failed apply or sync:
+    /// its records are dropped (they cannot reach it).
+    pub(super) fn fail(&self, state: &mut ChunkState, why: String) {
+        tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
+            "chunk file failed: the replica is out of service");
+        state.failed = Some(why);
+        state.pending.clear();
+        state.overlay.clear();
     }
 
     fn corrupt_block(&self, block: u64, stored: u64, computed: u64) -> Error {
@@ -949,6 +996,7 @@ impl OpenChunk {
         plan: &Plan,
         records: &[NewRecord<'_>],
         appended: &[Appended],
+        keeper: &Keeper,
     ) {
         state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
         for (r, a) in records.iter().zip(appended) {
@@ -965,6 +1013,10 @@ impl OpenChunk {
                     }
                 }
             }
+            let data = (r.kind == RecordKind::Write)
+                .then(|| keeper.charge(r.data.len() as u64))
+                .flatten()
+                .map(|charge| (Box::<[u8]>::from(r.data), charge));
             state.pending.push(Pending {
                 seq: a.seq,
                 kind: r.kind,
@@ -972,41 +1024,111 @@ impl OpenChunk {
                 blocks: r.blocks,
                 crcs: r.crcs.to_vec(),
                 data_at: a.data_at,
+                data,
             });
         }
     }
 
-    /// Applies this chunk's pending records with a sequence number below
-    /// `below` to its file (not synced). The caller made them durable in
-    /// `journal` first and holds the write lock.
+    /// Applies up to `max` of this chunk's pending records with a sequence
+    /// number below `below` to its file (not synced); returns whether more
+    /// such records remain. The caller made them durable in `journal` first
+    /// and holds the write lock.
     pub(super) fn apply_pending(
         &self,
         state: &mut ChunkState,
         journal: &Journal,
         below: u64,
-    ) -> Result<()> {
-        let n = state.pending.iter().take_while(|p| p.seq < below).count();
+        max: usize,
+    ) -> std::result::Result<bool, ApplyError> {
+        let eligible = state.pending.iter().take_while(|p| p.seq < below).count();
+        let n = eligible.min(max);
         if n == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let mut buf = Vec::new();
+        // The CRC entries, written once per table page at the end (later
+        // records win).
+        let mut entries = BTreeMap::new();
         for p in &state.pending[..n] {
             match p.kind {
                 RecordKind::Write => {
-                    buf.resize((p.blocks * BLOCK_SIZE) as usize, 0);
-                    journal.read(&mut buf, p.data_at)?;
-                    self.pwrite(&buf, self.data_offset + p.first_block * BLOCK_SIZE)?;
-                    self.write_entries(p.first_block, &p.crcs)?;
+                    let data = match &p.data {
+                        Some((data, _)) => &data[..],
+                        None => {
+                            buf.resize((p.blocks * BLOCK_SIZE) as usize, 0);
+                            journal
+                                .read(&mut buf, p.data_at)
+                                .map_err(ApplyError::Journal)?;
+                            &buf[..]
+                        }
+                    };
+                    self.pwrite(data, self.data_offset + p.first_block * BLOCK_SIZE)
+                        .map_err(ApplyError::Chunk)?;
+                    for (i, crc) in p.crcs.iter().enumerate() {
+                        entries.insert(p.first_block + i as u64, *crc);
+                    }
                 }
                 _ => {
-                    self.write_entries(p.first_block, &vec![0; p.blocks as usize])?;
+                    for block in p.first_block..p.first_block + p.blocks {
+                        entries.insert(block, 0);
+                    }
                     self.punch_hole(p.first_block * BLOCK_SIZE, p.blocks * BLOCK_SIZE);
                 }
             }
         }
-        let newest = state.pending[n - 1].seq;
-        state.overlay.retain(|_, (seq, _)| *seq > newest);
-        state.pending.drain(..n);
+        self.write_entry_map(&entries).map_err(ApplyError::Chunk)?;
+        for p in state.pending.drain(..n) {
+            if p.kind == RecordKind::Write {
+                for block in p.first_block..p.first_block + p.blocks {
+                    if state
+                        .overlay
+                        .get(&block)
+                        .is_some_and(|(seq, _)| *seq == p.seq)
+                    {
+                        state.overlay.remove(&block);
+                    }
+                }
+            }
+        }
+        Ok(eligible > n)
+    }
+
+    /// Writes CRC table entries (block -> entry): a page at a time where a
+    /// page has several, else one entry at a time.
+    fn write_entry_map(&self, entries: &BTreeMap<u64, u64>) -> Result<()> {
+        const PER_PAGE: u64 = BLOCK_SIZE / 8;
+        let mut it = entries.iter().peekable();
+        let mut page = [0u8; BS];
+        while let Some((&first, _)) = it.peek() {
+            let index = first / PER_PAGE;
+            let mut in_page = Vec::new();
+            while let Some((&block, &entry)) = it.peek() {
+                if block / PER_PAGE != index {
+                    break;
+                }
+                in_page.push((block, entry));
+                it.next();
+            }
+            if in_page.len() <= 2 {
+                for (block, entry) in in_page {
+                    self.pwrite(&entry.to_le_bytes(), HEADER_LEN + block * 8)?;
+                }
+                continue;
+            }
+            // The page as the file holds it (applied entries only), patched.
+            let at = HEADER_LEN + index * BLOCK_SIZE;
+            self.file.read_exact_at(&mut page, at).map_err(|e| {
+                io_error(
+                    e,
+                    format_args!("reading the CRC table of {}", self.path.display()),
+                )
+            })?;
+            for (block, entry) in in_page {
+                let o = ((block % PER_PAGE) * 8) as usize;
+                page[o..o + 8].copy_from_slice(&entry.to_le_bytes());
+            }
+            self.pwrite(&page, at)?;
+        }
         Ok(())
     }
 
@@ -1388,6 +1510,7 @@ impl ChunkStore for FileChunkStore {
         if state.deleted {
             return Err(missing_chunk(chunk));
         }
+        open.check_failed(&state)?;
         check_version(chunk, expected, state.version)?;
         if buf.is_empty() {
             return Ok(());
@@ -1402,6 +1525,7 @@ impl ChunkStore for FileChunkStore {
             if state.deleted {
                 return Err(missing_chunk(chunk));
             }
+            open.check_failed(&state)?;
             // Writes from now on mark the chunk dirty again; those before
             // are covered by the sync below.
             state.dirty = false;
@@ -1421,9 +1545,17 @@ impl ChunkStore for FileChunkStore {
         result?;
         // Apply what is durable now, so reads go to the chunk file.
         let mut state = open.write_state();
-        if !state.deleted {
+        if !state.deleted && state.failed.is_none() {
             if let Some(below) = below {
-                open.apply_pending(&mut state, journal, below)?;
+                match open.apply_pending(&mut state, journal, below, super::keeper::APPLY_BATCH) {
+                    Ok(_) => {}
+                    // Durable in the journal all the same: applied later.
+                    Err(ApplyError::Journal(e)) => return Err(e),
+                    Err(ApplyError::Chunk(e)) => {
+                        open.fail(&mut state, format!("applying the journal failed: {e}"));
+                        return open.check_failed(&state);
+                    }
+                }
             }
         }
         Ok(())
@@ -1712,6 +1844,7 @@ impl ChunkStore for FileChunkStore {
         if state.deleted {
             return Err(missing_chunk(chunk));
         }
+        open.check_failed(&state)?;
         check_version(chunk, expected, state.version)?;
         Ok(state.crcs[first_block as usize..(first_block + count) as usize].to_vec())
     }

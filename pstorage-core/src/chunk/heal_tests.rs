@@ -878,3 +878,38 @@ fn heal_bench_4k_write_path() {
     let per = t.elapsed() / n as u32;
     println!("4 KiB write + flush, 64 chunks round robin: {per:?}/pair");
 }
+
+/// A chunk file whose sync fails (EIO) when the journal is trimmed is a
+/// fact, not something to retry: the page cache may have dropped the data.
+/// The replica leaves service (every access is `Corrupt`), the server
+/// reports it once, and the other replicas of this store and the journal go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
+    let cs = FileCs::new();
+    for chunk in [1, 2] {
+        cs.server.create_chunk(chunk, 4, CS).await.unwrap();
+        cs.store
+            .write(chunk, 0, &pattern(chunk, CS as usize))
+            .unwrap();
+    }
+    cs.store.fail_syncs_of(1);
+    cs.store.checkpoint().unwrap();
+    assert_eq!(
+        cs.store.journal_stats().unwrap().used,
+        0,
+        "trimmed all the same"
+    );
+    let e = cs.server.read(1, 4, 0, B).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.message().contains("syncing it failed"), "{e}");
+    assert_eq!(cs.sink.chunks(), [1]);
+    assert_eq!(cs.store.list_bad().unwrap(), [1]);
+    assert_eq!(
+        cs.server.read(2, 4, 0, CS).await.unwrap(),
+        pattern(2, CS as usize)
+    );
+    // Writes to the healthy chunk go on.
+    cs.store.write(2, 0, &pattern(7, B as usize)).unwrap();
+    cs.store.flush(2).unwrap();
+}

@@ -90,6 +90,7 @@ pub(crate) const MAX_RECORD_BLOCKS: u64 = 256;
 const SB_MAGIC: [u8; 8] = *b"PSTJRNL\0";
 const REC_MAGIC: [u8; 8] = *b"PSTJREC\0";
 const SECTOR: u64 = 512;
+const PAGE: u64 = 4096;
 const RING_AT: u64 = 4096;
 const HEAD_FIXED: usize = 64;
 const CRC_AT: usize = 56;
@@ -685,6 +686,15 @@ impl Journal {
             encode_record(r, seq, &mut buf);
             debug_assert_eq!(buf.len() as u64, len);
             let at = state.head;
+            // Zeros to the end of the record's last page, when that is free
+            // space: a write of part of a page whose old content is not
+            // cached makes the kernel read it from disk first, on every
+            // append (a cold page cache halved random writes).
+            let pad = (PAGE - (at + len) % PAGE) % PAGE;
+            let free_after = self.ring - (state.total - state.tail.total) - len;
+            if pad > 0 && pad <= free_after {
+                buf.resize((len + pad) as usize, 0);
+            }
             self.write(&mut state, &buf, at)?;
             out.push(Appended {
                 seq,

@@ -7,19 +7,38 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-use super::file::{io_error, OpenChunk};
+use super::file::{io_error, ApplyError, OpenChunk};
 use super::journal::{FileDevice, Journal, Replayed, DEFAULT_JOURNAL_SIZE, MIN_JOURNAL_SIZE};
 
 /// How long a write waits for journal space before it fails.
 pub(crate) const SPACE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a journal record waits to be applied and trimmed.
 pub const TRIM_PERIOD: Duration = Duration::from_secs(5);
+/// Journalled data kept in memory until it is applied (beyond it, the
+/// apply reads it back from the journal).
+pub(super) const APPLY_MEMORY: u64 = 64 << 20;
+/// Records applied per hold of a chunk's lock (writers and readers of the
+/// chunk wait meanwhile).
+pub(super) const APPLY_BATCH: usize = 64;
+
+/// Bytes of journalled data held in memory, returned when dropped.
+pub(super) struct MemCharge {
+    bytes: u64,
+    budget: Arc<AtomicU64>,
+}
+
+impl Drop for MemCharge {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// The file in the store directory holding the store's id.
 const STORE_ID_FILE: &str = "store.id";
 /// The file in the store directory naming the journal's directory.
@@ -59,7 +78,12 @@ pub(super) struct Keeper {
     touched: Mutex<HashMap<usize, Arc<OpenChunk>>>,
     /// One trim at a time.
     trimming: Mutex<()>,
+    /// Bytes of journalled data kept in memory for the apply.
+    in_memory: Arc<AtomicU64>,
     stop: AtomicBool,
+    /// Chunks whose file syncs fail (tests).
+    #[cfg(test)]
+    failing_syncs: Mutex<std::collections::HashSet<crate::types::ChunkId>>,
 }
 
 impl Keeper {
@@ -90,7 +114,10 @@ impl Keeper {
                 journal,
                 touched: Mutex::new(HashMap::new()),
                 trimming: Mutex::new(()),
+                in_memory: Arc::new(AtomicU64::new(0)),
                 stop: AtomicBool::new(false),
+                #[cfg(test)]
+                failing_syncs: Mutex::new(Default::default()),
             },
             replayed,
         ))
@@ -98,6 +125,16 @@ impl Keeper {
 
     pub(super) fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// A charge of `bytes` against the in-memory budget, if it has room.
+    pub(super) fn charge(&self, bytes: u64) -> Option<MemCharge> {
+        let before = self.in_memory.fetch_add(bytes, Ordering::Relaxed);
+        let charge = MemCharge {
+            bytes,
+            budget: self.in_memory.clone(),
+        };
+        (before + bytes <= APPLY_MEMORY).then_some(charge)
     }
 
     /// Notes that `open` is about to get journal records (call with its
@@ -124,31 +161,77 @@ impl Keeper {
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (key, open) in chunks {
-            {
+            // In batches: the chunk's readers and writers get in between.
+            loop {
                 let mut state = open.write_state();
-                if !state.deleted {
-                    open.apply_pending(&mut state, &self.journal, mark.seq)?;
+                if state.deleted || state.failed.is_some() {
+                    break;
                 }
-                if state.deleted || state.pending.is_empty() {
+                match open.apply_pending(&mut state, &self.journal, mark.seq, APPLY_BATCH) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    // The journal itself: retried at the next trim.
+                    Err(ApplyError::Journal(e)) => return Err(e),
+                    // The chunk file did not take it.
+                    Err(ApplyError::Chunk(e)) => {
+                        open.fail(&mut state, format!("applying the journal failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            {
+                let state = open.write_state();
+                if state.deleted || state.failed.is_some() || state.pending.is_empty() {
                     let mut touched = self.touched.lock().expect("journal keeper lock poisoned");
                     touched.remove(&key);
                 }
-                if state.deleted {
+                if state.deleted || state.failed.is_some() {
                     continue;
                 }
             }
-            open.file.sync_data().map_err(|e| {
-                io_error(
-                    e,
-                    format_args!(
-                        "syncing chunk {:#x} to trim the journal {}",
-                        open.chunk,
-                        self.journal.name()
-                    ),
-                )
-            })?;
+            if let Err(e) = self.sync_chunk(&open) {
+                // The page cache may have dropped what did not reach the
+                // disk: a retried sync could report a false success. The
+                // replica leaves service; its records are dropped with it.
+                let mut state = open.write_state();
+                open.fail(
+                    &mut state,
+                    format!("syncing it failed ({e}); writes since its last sync may be lost"),
+                );
+            }
         }
         self.journal.advance_tail(mark)
+    }
+
+    fn sync_chunk(&self, open: &OpenChunk) -> Result<()> {
+        #[cfg(test)]
+        if self
+            .failing_syncs
+            .lock()
+            .expect("test lock")
+            .contains(&open.chunk)
+        {
+            return Err(io_error(
+                std::io::Error::from_raw_os_error(libc::EIO),
+                format_args!("syncing chunk {:#x} (injected)", open.chunk),
+            ));
+        }
+        open.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!(
+                    "syncing chunk {:#x} to trim the journal {}",
+                    open.chunk,
+                    self.journal.name()
+                ),
+            )
+        })
+    }
+
+    /// Makes every later sync of `chunk`'s file fail with EIO (tests).
+    #[cfg(test)]
+    pub(super) fn fail_syncs_of(&self, chunk: crate::types::ChunkId) {
+        self.failing_syncs.lock().expect("test lock").insert(chunk);
     }
 
     /// Starts the background trim thread of `keeper`.

@@ -122,6 +122,11 @@ impl Client {
         self.runtime.block_on(self.inner.cluster_status())
     }
 
+    /// See [`super::Client::verify`].
+    pub fn verify(&self, path: &str, repair: bool) -> Result<super::VerifyReport> {
+        self.runtime.block_on(self.inner.verify(path, repair))
+    }
+
     /// See [`super::Client::open`].
     pub fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<File> {
         let inner = self.runtime.block_on(self.inner.open(path, mode, flags))?;
