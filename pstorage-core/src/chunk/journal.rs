@@ -506,21 +506,29 @@ impl Journal {
             if total >= self.ring {
                 break;
             }
-            if self
-                .dev
+            // A read error is not the end of the log: stopping there would
+            // drop the flushed writes after it. The store does not open.
+            let unreadable = |e: std::io::Error| {
+                io_error(
+                    e,
+                    format_args!(
+                        "reading the journal {} at {} for its replay",
+                        self.dev.name(),
+                        RING_AT + pos
+                    ),
+                )
+            };
+            self.dev
                 .read_at(&mut head[..SECTOR as usize], RING_AT + pos)
-                .is_err()
-            {
-                break;
-            }
+                .map_err(unreadable)?;
             let Some((kind, hlen, dlen)) = self.peek_head(&head, seq, pos, total) else {
                 break;
             };
             let len = hlen + dlen;
             buf.resize(len as usize, 0);
-            if self.dev.read_at(&mut buf, RING_AT + pos).is_err() {
-                break;
-            }
+            self.dev
+                .read_at(&mut buf, RING_AT + pos)
+                .map_err(unreadable)?;
             let stored = le64(&buf[CRC_AT..CRC_AT + 8]);
             buf[CRC_AT..CRC_AT + 8].fill(0);
             if crc64(&buf[..hlen as usize]) != stored {

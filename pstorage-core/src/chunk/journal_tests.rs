@@ -23,6 +23,8 @@ struct CrashInner {
     pending: Vec<(u64, Vec<u8>)>,
     fail_sync: bool,
     fail_write: bool,
+    /// Reads of the ring fail (the superblock still reads).
+    fail_ring_reads: bool,
 }
 
 impl CrashInner {
@@ -74,6 +76,9 @@ pub(crate) struct SharedDevice(pub Arc<CrashDevice>);
 impl JournalDevice for SharedDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let inner = self.0.inner.lock().unwrap();
+        if inner.fail_ring_reads && offset >= RING_AT {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
         let mut view = inner.durable.clone();
         for (o, d) in &inner.pending {
             CrashInner::apply(&mut view, *o, d);
@@ -488,4 +493,23 @@ fn hex_lines(bytes: &[u8]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A read error during the replay is not the end of the log (that would
+/// drop the flushed records after it): the journal does not open.
+#[test]
+fn a_read_error_at_replay_fails_the_open() {
+    let dev = Arc::new(CrashDevice::default());
+    let (journal, _) = open(&dev);
+    journal.append(&[Rec::new(1, 1).record()]).unwrap().unwrap();
+    journal.sync_all().unwrap();
+    drop(journal);
+    dev.inner.lock().unwrap().fail_ring_reads = true;
+    let err = Journal::open(Box::new(SharedDevice(dev.clone())), STORE, RING)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    dev.inner.lock().unwrap().fail_ring_reads = false;
+    let (_, replayed) = open(&dev);
+    assert_eq!(replayed.len(), 1);
 }
