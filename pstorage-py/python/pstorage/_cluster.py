@@ -7,7 +7,7 @@ import os
 import posixpath
 import weakref
 from types import TracebackType
-from typing import Iterator, List, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Type, Union
 
 from . import _errors
 from ._file import File
@@ -193,6 +193,14 @@ class Cluster:
     def rename(self, src: Union[str, "os.PathLike[str]"], dst: Union[str, "os.PathLike[str]"]) -> None:
         """Renames a file or directory; replaces a file at ``dst``."""
         self._raw.rename(_path(src), _path(dst))
+
+    def verify(self, path: Union[str, "os.PathLike[str]"], *, repair: bool = False) -> Dict[str, Any]:
+        """Compares every replica of every chunk of a file block by block
+        (``pstorage verify``); with ``repair``, rewrites each damaged range
+        from a good replica. Returns a dict: ``chunks``, ``replicas``,
+        ``bytes_read``, ``problems`` and ``repaired`` (lists of
+        descriptions; ``problems`` empty when every replica agrees)."""
+        return self._raw.verify(_path(path), repair)
 
     def get_attr(self, path: Union[str, "os.PathLike[str]"]) -> Attrs:
         """The replication and chunk-size attributes of a file or directory."""

@@ -5,7 +5,7 @@ classes are its building blocks. Every method that waits for the network
 releases the GIL and raises a ``pstorage.Error`` subclass on failure.
 """
 
-from typing import List, Optional, Tuple, final
+from typing import Any, Dict, List, Optional, Tuple, final
 
 __version__: str
 
@@ -157,6 +157,7 @@ class RawCluster:
     def exists(self, path: str) -> bool: ...
     def unlink(self, path: str) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
+    def verify(self, path: str, repair: bool = False) -> Dict[str, Any]: ...
     def get_attr(self, path: str) -> Attrs: ...
     def set_attr(
         self,
