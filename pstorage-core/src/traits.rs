@@ -151,6 +151,24 @@ pub trait CsRegistry: Send + Sync {
         chunk: ChunkId,
         reason: FailureReason,
     ) -> Result<()>;
+    /// A chunk server reports blocks of its replica of `chunk` that failed
+    /// their CRC check, and later how their repair went. For
+    /// [`BlockRepair::Found`] the MDS answers with the chunk's map whose
+    /// `replicas` are the members to repair from: the chain without `cs`,
+    /// those that can serve now first (empty: the chain has no other
+    /// member); the replica stays in the chain. Every report is in the
+    /// event log. `Stale` when the chain is not at `report.version` or
+    /// does not name `cs` (the replica is not used, or a resync replaces
+    /// its blocks anyway); `NotFound`/`PermissionDenied` as for
+    /// [`report_bad_replica`](CsRegistry::report_bad_replica);
+    /// `InvalidArgument` for more than [`MAX_REPORTED_BLOCKS`](crate::types::MAX_REPORTED_BLOCKS)
+    /// blocks or none.
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: BadBlocks,
+    ) -> Result<ChunkMap>;
 }
 
 /// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).

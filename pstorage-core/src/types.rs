@@ -503,6 +503,37 @@ pub struct ChunkMap {
     pub replicas: Vec<Replica>,
 }
 
+/// The most blocks one [`BadBlocks`] report names; a replica with more bad
+/// blocks than this is reported bad as a whole
+/// ([`CsRegistry::report_bad_replica`](crate::traits::CsRegistry::report_bad_replica))
+/// and re-replicated.
+pub const MAX_REPORTED_BLOCKS: usize = 1024;
+
+/// Where a block repair of a replica stands ([`BadBlocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockRepair {
+    /// The blocks failed their check: the chunk server asks for the
+    /// replicas to repair them from.
+    Found,
+    /// The blocks were rewritten from the replica on chunk server `from`.
+    Repaired { from: CsId },
+    /// No other replica had a good copy of these blocks: they read as
+    /// errors on this replica (never as zeros or wrong data).
+    Unrepairable,
+}
+
+/// A chunk server's report of blocks of one of its replicas that failed
+/// their CRC check ([`CsRegistry::report_bad_blocks`](crate::traits::CsRegistry::report_bad_blocks)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadBlocks {
+    /// The replica's map version.
+    pub version: MapVersion,
+    /// Block numbers (4 KiB) within the chunk, ascending, at most
+    /// [`MAX_REPORTED_BLOCKS`].
+    pub blocks: Vec<u64>,
+    pub outcome: BlockRepair,
+}
+
 /// Why a client reports a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureReason {

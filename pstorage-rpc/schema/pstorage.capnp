@@ -588,6 +588,18 @@ interface Mds {
   # Changes a chunk server's location, host, tier or capacity (make-cs,
   # set-cs); the server need not be running.
   setCs @31 (cs :UInt32, update :CsPlacementUpdate) -> (result :VoidResult);
+
+  # CsRegistry: blocks of a replica that fail their CRC check (found), and
+  # how their repair went; `from` is the source of a repaired report. The
+  # answer to `found` is the chunk's map with the members to repair from.
+  reportBadBlocks @32 (cs :UInt32, chunk :UInt64, version :UInt64, blocks :List(UInt64),
+                       outcome :BlockRepairOutcome, from :UInt32) -> (result :ChunkMapResult);
+}
+
+enum BlockRepairOutcome {
+  found @0;
+  repaired @1;
+  unrepairable @2;
 }
 
 # What one `replicateChunk` did (pstorage_core::types::CopyStats).

@@ -439,6 +439,24 @@ impl CsRegistry for FakeMds {
         self.script
             .enter(format!("report_bad_replica {cs} {chunk} {reason:?}"))
     }
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: pstorage_core::types::BadBlocks,
+    ) -> Result<ChunkMap> {
+        self.script
+            .enter(format!("report_bad_blocks {cs} {chunk} {report:?}"))?;
+        Ok(ChunkMap {
+            chunk,
+            index: u64::MAX,
+            version: report.version,
+            replicas: vec![Replica {
+                cs: u32::MAX,
+                addr: "peer:1".into(),
+            }],
+        })
+    }
 }
 
 #[derive(Default)]

@@ -14,14 +14,15 @@ use pstorage_core::mds::raft::MdsRaft;
 use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
-    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
-    CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
-    MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+    AttrUpdate, BadBlocks, BlockRepair, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId,
+    CsPlacementUpdate, CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply,
+    LeaseId, LeaseMode, MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo,
+    Stat, MAX_REPORTED_BLOCKS,
 };
 use pstorage_core::{Error, Result};
 
 use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_TIMEOUT};
-use crate::generated::pstorage_capnp::mds;
+use crate::generated::pstorage_capnp::{mds, BlockRepairOutcome};
 use crate::wire::{
     decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
     lease_mode_to_wire, read_text, WireReply, WireStruct,
@@ -484,6 +485,43 @@ impl mds::Server for MdsServer {
                 ))
             })?;
             self.registry.report_bad_replica(cs, chunk, reason).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn report_bad_blocks(
+        self: Rc<Self>,
+        params: mds::ReportBadBlocksParams,
+        mut results: mds::ReportBadBlocksResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (cs, chunk, report) = decode_request("reportBadBlocks", || {
+                let p = params.get()?;
+                let list = p.get_blocks()?;
+                if list.len() as usize > MAX_REPORTED_BLOCKS {
+                    return Err(capnp::Error::failed(format!(
+                        "it names {} blocks; at most {MAX_REPORTED_BLOCKS}",
+                        list.len()
+                    )));
+                }
+                let outcome = match p.get_outcome()? {
+                    BlockRepairOutcome::Found => BlockRepair::Found,
+                    BlockRepairOutcome::Repaired => BlockRepair::Repaired { from: p.get_from() },
+                    BlockRepairOutcome::Unrepairable => BlockRepair::Unrepairable,
+                };
+                Ok((
+                    p.get_cs(),
+                    p.get_chunk(),
+                    BadBlocks {
+                        version: p.get_version(),
+                        blocks: list.iter().collect(),
+                        outcome,
+                    },
+                ))
+            })?;
+            self.registry.report_bad_blocks(cs, chunk, report).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -1037,6 +1075,38 @@ impl CsRegistry for MdsClient {
             p.set_reason(failure_reason_to_wire(reason));
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: BadBlocks,
+    ) -> Result<ChunkMap> {
+        self.call("reportBadBlocks", move |mds| {
+            let report = report.clone();
+            async move {
+                let mut request = mds.report_bad_blocks_request();
+                let mut p = request.get();
+                p.set_cs(cs);
+                p.set_chunk(chunk);
+                p.set_version(report.version);
+                let (outcome, from) = match report.outcome {
+                    BlockRepair::Found => (BlockRepairOutcome::Found, 0),
+                    BlockRepair::Repaired { from } => (BlockRepairOutcome::Repaired, from),
+                    BlockRepair::Unrepairable => (BlockRepairOutcome::Unrepairable, 0),
+                };
+                p.set_outcome(outcome);
+                p.set_from(from);
+                let mut list = p.init_blocks(report.blocks.len() as u32);
+                for (i, b) in report.blocks.iter().enumerate() {
+                    list.set(i as u32, *b);
+                }
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            }
         })
         .await
     }

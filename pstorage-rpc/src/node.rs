@@ -869,7 +869,7 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let mds = MdsClient::following(members.clone(), control_dialer(key), rpc_options, false)?
         .with_heartbeat_timeout(session_options.heartbeat_timeout);
     let mds = Arc::new(mds);
-    let reporter = reporter.run(mds.clone(), conf.id, crate::actor::MDS_CALL_TIMEOUT);
+    let reporter = reporter.run(mds.clone(), server.clone(), crate::actor::MDS_CALL_TIMEOUT);
     let session = CsSession::new(
         server.clone(),
         mds.clone(),

@@ -399,6 +399,14 @@ impl CsRegistry for RaftMds {
     async fn report_bad_replica(&self, _: CsId, _: ChunkId, _: FailureReason) -> Result<()> {
         self.refuse("reportBadReplica")
     }
+    async fn report_bad_blocks(
+        &self,
+        _: CsId,
+        _: ChunkId,
+        _: pstorage_core::types::BadBlocks,
+    ) -> Result<pstorage_core::types::ChunkMap> {
+        self.refuse("reportBadBlocks")
+    }
 }
 
 #[async_trait]

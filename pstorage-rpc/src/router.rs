@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
-    AttrUpdate, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
+    AttrUpdate, BadBlocks, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
     CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
     MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
@@ -552,6 +552,23 @@ impl CsRegistry for LeaderRouter {
             "reportBadReplica",
             || self.registry.report_bad_replica(cs, chunk, reason),
             |c| async move { c.report_bad_replica(cs, chunk, reason).await },
+        )
+        .await
+    }
+
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: BadBlocks,
+    ) -> Result<ChunkMap> {
+        self.route(
+            "reportBadBlocks",
+            || self.registry.report_bad_blocks(cs, chunk, report.clone()),
+            |c| {
+                let report = report.clone();
+                async move { c.report_bad_blocks(cs, chunk, report).await }
+            },
         )
         .await
     }

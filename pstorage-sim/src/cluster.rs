@@ -350,8 +350,11 @@ impl Cluster {
                 tracing::warn!("CS {id}: the session ended: {e}");
             }
         });
+        let repairer = server.clone();
         self.net.spawn_on(node, async move {
-            reporter.run(mds, id, crate::rpc::MDS_CALL_TIMEOUT).await;
+            reporter
+                .run(mds, repairer, crate::rpc::MDS_CALL_TIMEOUT)
+                .await;
         });
         let scrubber = server.clone();
         self.net.spawn_on(node, async move {

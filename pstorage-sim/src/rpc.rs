@@ -366,6 +366,16 @@ impl CsRegistry for SimMdsClient {
             .report_bad_replica(cs, chunk, reason)
             .await)
     }
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: BadBlocks,
+    ) -> Result<ChunkMap> {
+        via!(self, "report_bad_blocks", |s| s
+            .report_bad_blocks(cs, chunk, report.clone())
+            .await)
+    }
 }
 
 #[async_trait]

@@ -350,6 +350,19 @@ impl TestCluster {
         }
     }
 
+    /// Stops chunk server `i` cleanly (SIGTERM: it applies its journal,
+    /// flushes and exits) and waits for it to exit.
+    pub fn stop_cs(&mut self, i: usize) {
+        if let Some(mut c) = self.cs[i].take() {
+            // SAFETY: a signal to our own child process.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let status = c.wait().expect("waiting for a chunk server");
+            assert!(status.success(), "chunk server {i} stopped with {status}");
+        }
+    }
+
     /// The process id of chunk server `i`, if it runs (for SIGSTOP/SIGCONT).
     pub fn cs_pid(&self, i: usize) -> Option<u32> {
         self.cs[i].as_ref().map(|c| c.id())

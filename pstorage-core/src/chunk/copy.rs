@@ -199,7 +199,7 @@ impl Copies {
         self.partial().iter().map(|p| p.chunk).collect()
     }
 
-    fn progress_timeout(&self) -> Duration {
+    pub(super) fn progress_timeout(&self) -> Duration {
         Duration::from_millis(self.progress_timeout_ms.load(Ordering::Relaxed))
     }
 }

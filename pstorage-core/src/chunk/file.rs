@@ -19,8 +19,9 @@ use super::dirty::DirtyLog;
 use super::journal::{Appended, Journal, NewRecord, RecordKind, MAX_RECORD_BLOCKS};
 use super::keeper::{Keeper, StoreOptions};
 use super::{
-    bad_replica, block_entry, block_span, check_blocks, check_range, check_version, crc64,
-    missing_chunk, missing_incoming, ChunkStore, IncomingId, FORMAT_VERSION,
+    bad_replica, block_entry, block_span, check_blocks, check_range, check_repair, check_version,
+    crc64, missing_chunk, missing_incoming, upgrade_entry, ChunkStore, IncomingId, FORMAT_VERSION,
+    LOST_ENTRY,
 };
 
 const MAGIC: [u8; 8] = *b"PSTCHUNK";
@@ -76,6 +77,8 @@ pub(super) struct OpenChunk {
     pub(super) file: File,
     chunk_size: u64,
     data_offset: u64,
+    /// The file's format version: how its CRC table encodes entries.
+    format: u32,
     state: RwLock<ChunkState>,
 }
 
@@ -158,6 +161,8 @@ struct Plan {
 /// A decoded chunk file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
+    /// The file's format version ([`FORMAT_VERSION`] for new files).
+    format: u32,
     chunk: ChunkId,
     version: MapVersion,
     chunk_size: u64,
@@ -433,6 +438,7 @@ impl FileChunkStore {
     fn install_incoming(&self, open: &OpenChunk, version: MapVersion) -> Result<()> {
         self.forget_in_journal(open.chunk)?;
         let header = Header {
+            format: open.format,
             chunk: open.chunk,
             version,
             chunk_size: open.chunk_size,
@@ -522,6 +528,13 @@ impl FileChunkStore {
             .map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
         file.write_all_at(&header.encode(), 0)
             .map_err(|e| io_error(e, format_args!("{}", what("writing the header of"))))?;
+        // Every block reads as zeros: its entry says so (a table of zeros
+        // would mean lost entries).
+        let blocks = (header.chunk_size / BLOCK_SIZE) as usize;
+        let zeros = entry_to_disk(header.format, 0).to_le_bytes();
+        let table: Vec<u8> = zeros.iter().copied().cycle().take(blocks * 8).collect();
+        file.write_all_at(&table, HEADER_LEN)
+            .map_err(|e| io_error(e, format_args!("{}", what("writing the CRC table of"))))?;
         // Full length up front (sparse): reads never come up short and a
         // shorter file on open means it was truncated behind our back.
         file.set_len(data_offset(header.chunk_size) + header.chunk_size)
@@ -530,6 +543,9 @@ impl FileChunkStore {
             .map_err(|e| io_error(e, format_args!("{}", what("syncing"))))
     }
 
+    /// Writes or zeroes a range of a replica through the journal; with
+    /// `only_if_bad` only if that block fails its check now (returns
+    /// whether it wrote).
     fn apply(
         &self,
         chunk: ChunkId,
@@ -537,7 +553,8 @@ impl FileChunkStore {
         offset: u64,
         len: u64,
         source: Source<'_>,
-    ) -> Result<()> {
+        only_if_bad: Option<u64>,
+    ) -> Result<bool> {
         let open = self.get(chunk)?;
         check_range(chunk, open.chunk_size, offset, len)?;
         let journal = self.keeper.journal();
@@ -549,7 +566,15 @@ impl FileChunkStore {
             open.check_failed(&state)?;
             check_version(chunk, expected, state.version)?;
             if len == 0 {
-                return Ok(());
+                return Ok(true);
+            }
+            if let Some(block) = only_if_bad {
+                let mut buf = [0u8; BS];
+                match open.load_block(&state, Some(journal), block, &mut buf) {
+                    Ok(()) => return Ok(false),
+                    Err(e) if e.kind() == ErrorKind::Corrupt => {}
+                    Err(e) => return Err(e),
+                }
             }
             if !state.dirty {
                 self.dirty.note_write(chunk)?;
@@ -595,7 +620,7 @@ impl FileChunkStore {
                 }
             };
             let Some(need) = full else {
-                return Ok(());
+                return Ok(true);
             };
             // The journal is full: wait without the chunk lock (the keeper
             // takes it to apply this chunk's records), then plan again.
@@ -751,7 +776,12 @@ impl OpenChunk {
         })?;
         let crcs = raw
             .chunks_exact(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunks")))
+            .map(|b| {
+                entry_from_disk(
+                    header.format,
+                    u64::from_le_bytes(b.try_into().expect("8-byte chunks")),
+                )
+            })
             .collect();
         Ok(OpenChunk {
             chunk,
@@ -759,6 +789,7 @@ impl OpenChunk {
             file,
             chunk_size: header.chunk_size,
             data_offset,
+            format: header.format,
             state: RwLock::new(ChunkState {
                 version: header.version,
                 crcs,
@@ -807,6 +838,18 @@ impl OpenChunk {
     }
 
     fn corrupt_block(&self, block: u64, stored: u64, computed: u64) -> Error {
+        if stored == LOST_ENTRY {
+            return Error::corrupt(format!(
+                "chunk {:#x} block {block} (bytes {}..{} of the chunk) in {}: its CRC-64 entry \
+                 is lost (the CRC table holds zero there: a sector of it was zeroed), so the \
+                 block cannot be trusted; read another replica and report this one so the MDS \
+                 repairs it",
+                self.chunk,
+                block * BLOCK_SIZE,
+                (block + 1) * BLOCK_SIZE,
+                self.path.display()
+            ));
+        }
         Error::corrupt(format!(
             "chunk {:#x} block {block} (bytes {}..{} of the chunk) in {} failed its CRC-64 check \
              (stored {stored:#018x}, computed {computed:#018x}): this replica is corrupt; read \
@@ -981,8 +1024,8 @@ impl OpenChunk {
 
     fn write_entries(&self, first: u64, entries: &[u64]) -> Result<()> {
         let mut raw = Vec::with_capacity(entries.len() * 8);
-        for e in entries {
-            raw.extend_from_slice(&e.to_le_bytes());
+        for &e in entries {
+            raw.extend_from_slice(&entry_to_disk(self.format, e).to_le_bytes());
         }
         self.pwrite(&raw, HEADER_LEN + first * 8)
     }
@@ -1111,7 +1154,8 @@ impl OpenChunk {
             }
             if in_page.len() <= 2 {
                 for (block, entry) in in_page {
-                    self.pwrite(&entry.to_le_bytes(), HEADER_LEN + block * 8)?;
+                    let raw = entry_to_disk(self.format, entry);
+                    self.pwrite(&raw.to_le_bytes(), HEADER_LEN + block * 8)?;
                 }
                 continue;
             }
@@ -1125,7 +1169,7 @@ impl OpenChunk {
             })?;
             for (block, entry) in in_page {
                 let o = ((block % PER_PAGE) * 8) as usize;
-                page[o..o + 8].copy_from_slice(&entry.to_le_bytes());
+                page[o..o + 8].copy_from_slice(&entry_to_disk(self.format, entry).to_le_bytes());
             }
             self.pwrite(&page, at)?;
         }
@@ -1252,6 +1296,28 @@ fn patch(buf: &mut [u8; BS], block: u64, offset: u64, end: u64, source: Source<'
 }
 
 /// Where the data region starts for chunks of `chunk_size`.
+/// A CRC table entry as the chunk file of format `format` holds it, in
+/// today's in-memory encoding (see the format in [`crate::chunk`]).
+fn entry_from_disk(format: u32, raw: u64) -> u64 {
+    match (format, raw) {
+        (1, raw) => upgrade_entry(raw),
+        (_, 0) => LOST_ENTRY,
+        (_, 1) => 0,
+        (_, raw) => raw,
+    }
+}
+
+/// The inverse of [`entry_from_disk`]. (Format 1 has no lost entries: a
+/// file of format 1 never holds one in memory.)
+fn entry_to_disk(format: u32, entry: u64) -> u64 {
+    match (format, entry) {
+        (1, entry) => entry,
+        (_, 0) => 1,
+        (_, LOST_ENTRY) => 0,
+        (_, entry) => entry,
+    }
+}
+
 fn data_offset(chunk_size: u64) -> u64 {
     let table = chunk_size / BLOCK_SIZE * 8;
     HEADER_LEN + table.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
@@ -1261,7 +1327,7 @@ impl Header {
     fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut buf = [0u8; HEADER_LEN as usize];
         buf[0..8].copy_from_slice(&MAGIC);
-        buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.format.to_le_bytes());
         buf[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         buf[16..24].copy_from_slice(&self.chunk.to_le_bytes());
         buf[24..32].copy_from_slice(&self.version.to_le_bytes());
@@ -1300,8 +1366,8 @@ impl Header {
                 path.display()
             )));
         }
-        // Format 1 is the only one so far; a newer build dispatches on
-        // `format` here and keeps decoding the older layouts.
+        // Formats 1 and 2 share the header; they differ in how the CRC
+        // table encodes entries (`entry_from_disk`).
         let stored_crc = u64_at(HEADER_CRC_AT);
         let mut zeroed = *buf;
         zeroed[HEADER_CRC_AT..HEADER_CRC_AT + 8].fill(0);
@@ -1315,6 +1381,7 @@ impl Header {
             )));
         }
         let header = Header {
+            format,
             chunk: u64_at(16),
             version: u64_at(24),
             chunk_size: u64_at(32),
@@ -1381,6 +1448,7 @@ impl ChunkStore for FileChunkStore {
             return Ok(());
         }
         let header = Header {
+            format: FORMAT_VERSION,
             chunk,
             version,
             chunk_size,
@@ -1444,6 +1512,7 @@ impl ChunkStore for FileChunkStore {
             return Ok(());
         }
         let header = Header {
+            format: open.format,
             chunk,
             version,
             chunk_size: open.chunk_size,
@@ -1484,6 +1553,26 @@ impl ChunkStore for FileChunkStore {
             offset,
             data.len() as u64,
             Source::Data(data),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn repair_block(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        block: u64,
+        data: Option<&[u8]>,
+    ) -> Result<bool> {
+        check_repair(chunk, block, data)?;
+        self.apply(
+            chunk,
+            Some(version),
+            block * BLOCK_SIZE,
+            BLOCK_SIZE,
+            data.map_or(Source::Zeros, Source::Data),
+            Some(block),
         )
     }
 
@@ -1494,7 +1583,8 @@ impl ChunkStore for FileChunkStore {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        self.apply(chunk, expected, offset, len, Source::Zeros)
+        self.apply(chunk, expected, offset, len, Source::Zeros, None)
+            .map(|_| ())
     }
 
     fn read_checked(
@@ -1757,6 +1847,7 @@ impl ChunkStore for FileChunkStore {
         // Version 0 until the commit writes the real one; the file is
         // invisible to everything but its handle meanwhile.
         let header = Header {
+            format: FORMAT_VERSION,
             chunk,
             version: 0,
             chunk_size,

@@ -253,15 +253,27 @@ async fn replicate_chunk_honours_the_rate_limit() {
 
 // ---- bad replicas, scrubbing ----
 
+/// A bad-blocks report: chunk, version, blocks, detail.
+type BlocksReport = (ChunkId, MapVersion, Vec<u64>, String);
+
 /// Records every report.
 #[derive(Default)]
 struct RecordingSink {
     reports: std::sync::Mutex<Vec<(ChunkId, MapVersion, String)>>,
+    blocks: std::sync::Mutex<Vec<BlocksReport>>,
 }
 
 impl RecordingSink {
+    /// Replicas reported bad as a whole.
     fn chunks(&self) -> Vec<ChunkId> {
         let mut out: Vec<ChunkId> = self.reports.lock().unwrap().iter().map(|r| r.0).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Chunks with blocks reported for repair.
+    fn block_chunks(&self) -> Vec<ChunkId> {
+        let mut out: Vec<ChunkId> = self.blocks.lock().unwrap().iter().map(|r| r.0).collect();
         out.sort_unstable();
         out
     }
@@ -270,6 +282,13 @@ impl RecordingSink {
 impl BadReplicaSink for RecordingSink {
     fn bad_replica(&self, chunk: ChunkId, version: MapVersion, detail: String) {
         self.reports.lock().unwrap().push((chunk, version, detail));
+    }
+
+    fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String) {
+        self.blocks
+            .lock()
+            .unwrap()
+            .push((chunk, version, blocks, detail));
     }
 }
 
@@ -367,9 +386,12 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
     wait_for(|| cs.server.scrub_stats().passes_completed == 1).await;
     let elapsed = started.elapsed();
 
-    assert_eq!(cs.sink.chunks(), corrupt);
-    for (chunk, version, detail) in cs.sink.reports.lock().unwrap().iter() {
+    // Each flipped bit is one bad block; the replicas stay in service.
+    assert_eq!(cs.sink.block_chunks(), corrupt);
+    assert!(cs.sink.chunks().is_empty());
+    for (chunk, version, blocks, detail) in cs.sink.blocks.lock().unwrap().iter() {
         assert_eq!(*version, 7);
+        assert_eq!(blocks.len(), if *chunk == 5 { 2 } else { 1 }, "{blocks:?}");
         assert!(
             detail.contains(&format!("chunk {chunk:#x}")) && detail.contains("CRC"),
             "{detail}"
@@ -390,22 +412,34 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
     assert!(elapsed >= min, "{elapsed:?} for {stats:?}");
     assert!(stats.bytes_per_s <= rate * 3 / 2, "{stats:?}");
 
-    // Reported replicas are out of service; the others serve.
-    assert_eq!(cs.store.list_bad().unwrap(), corrupt);
+    // Only the bad blocks fail to read; the rest of each replica serves.
+    assert!(cs.store.list_bad().unwrap().is_empty());
+    let reported = cs.sink.blocks.lock().unwrap().clone();
     for &chunk in &chunks {
-        let read = cs.server.read(chunk, 7, 0, size).await;
-        if corrupt.contains(&chunk) {
-            assert_eq!(read.unwrap_err().kind(), ErrorKind::Corrupt);
-        } else {
-            assert!(read.unwrap()[..] == pattern(chunk, size as usize)[..]);
+        let bad: Vec<u64> = reported
+            .iter()
+            .filter(|r| r.0 == chunk)
+            .flat_map(|r| r.2.clone())
+            .collect();
+        assert_eq!(bad.is_empty(), !corrupt.contains(&chunk));
+        let data = pattern(chunk, size as usize);
+        for block in 0..size / B {
+            let read = cs.server.read(chunk, 7, block * B, B).await;
+            if bad.contains(&block) {
+                assert_eq!(read.unwrap_err().kind(), ErrorKind::Corrupt);
+            } else {
+                assert!(
+                    read.unwrap()[..] == data[(block * B) as usize..((block + 1) * B) as usize]
+                );
+            }
         }
     }
-    // A second pass reports nothing again.
+    // A second pass reports nothing again while the repairs are in flight.
     cs.server.set_scrub_params(Duration::from_secs(3600), 0);
     cs.server.scrub_now();
     wait_for(|| cs.server.scrub_stats().passes_completed == 2).await;
-    assert_eq!(cs.sink.chunks(), corrupt);
-    assert_eq!(cs.server.scrub_stats().pass_chunks_total, 4);
+    assert_eq!(cs.sink.block_chunks(), corrupt);
+    assert_eq!(cs.server.scrub_stats().pass_chunks_total, 8);
     scrubber.abort();
 }
 
@@ -439,7 +473,7 @@ async fn the_scrubber_runs_every_period() {
     assert!(cs.sink.chunks().is_empty());
     // Corruption appearing later is found by a later pass.
     flip_data_bit(&cs.store, 1, CS, 5000);
-    wait_for(|| cs.sink.chunks() == [1]).await;
+    wait_for(|| cs.sink.block_chunks() == [1]).await;
     // Period 0 stops periodic passes.
     cs.server.set_scrub_params(Duration::ZERO, 0);
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -451,22 +485,59 @@ async fn the_scrubber_runs_every_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_read_hitting_a_bad_crc_takes_the_replica_out_and_reports_it_once() {
+async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_keeps_serving() {
     let cs = FileCs::new();
     cs.server.create_chunk(1, 4, CS).await.unwrap();
-    cs.store.write(1, 0, &pattern(3, CS as usize)).unwrap();
+    let data = pattern(3, CS as usize);
+    cs.store.write(1, 0, &data).unwrap();
     flip_data_bit(&cs.store, 1, CS, 3 * B + 1);
     cs.server.read(1, 4, 0, B).await.unwrap();
     for _ in 0..3 {
         let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
-    // Now out of service as a whole, reported once.
+    // Block 3 reported once (its repair is in flight); the rest serves.
+    let reported = cs.sink.blocks.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!((reported[0].0, reported[0].1), (1, 4));
+    assert_eq!(reported[0].2, [3]);
+    assert!(cs.sink.chunks().is_empty());
+    assert!(cs.server.read(1, 4, 4 * B, CS - 4 * B).await.unwrap()[..] == data[(4 * B) as usize..]);
+    let registration = cs.server.registration("x:1").await.unwrap();
+    assert_eq!(registration.chunks.len(), 1);
+    // A repair from a good copy (here the original bytes) heals it.
+    let good = data[(3 * B) as usize..(4 * B) as usize].to_vec();
+    assert!(cs.store.repair_block(1, 4, 3, Some(&good)).unwrap());
+    // A second repair finds the block good and leaves it alone.
+    assert!(!cs
+        .store
+        .repair_block(1, 4, 3, Some(&[7u8; B as usize]))
+        .unwrap());
+    assert!(cs.server.read(1, 4, 0, CS).await.unwrap()[..] == data[..]);
+    // Stale version: refused.
     assert_eq!(
-        cs.server.read(1, 4, 0, B).await.unwrap_err().kind(),
-        ErrorKind::Corrupt
+        kind(cs.store.repair_block(1, 3, 3, Some(&good))),
+        ErrorKind::Stale
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_once() {
+    let cs = FileCs::new();
+    cs.server.create_chunk(1, 4, CS).await.unwrap();
+    cs.store.write(1, 0, &pattern(3, CS as usize)).unwrap();
+    for block in 0..CS / B {
+        flip_data_bit(&cs.store, 1, CS, block * B + 1);
+    }
+    for _ in 0..3 {
+        let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
     assert_eq!(cs.sink.chunks(), [1]);
+    assert!(cs.sink.block_chunks().is_empty());
+    assert!(cs.sink.reports.lock().unwrap()[0]
+        .2
+        .contains("every block fails its check"));
     // Left out of the registration, deleted once the MDS has it.
     let registration = cs.server.registration("x:1").await.unwrap();
     assert!(registration.chunks.is_empty());
@@ -524,40 +595,45 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     let sink = Arc::new(RecordingSink::default());
     server.set_bad_replica_sink(sink.clone());
     let report = server.recover().await.unwrap();
-    assert_eq!(report.corrupt, [3]);
+    // The torn block is reported for repair; the replica stays.
+    assert!(report.corrupt.is_empty(), "{report:?}");
     assert!(report.verified.contains(&2), "{report:?}");
-    assert_eq!(sink.chunks(), [3]);
-    assert!(sink.reports.lock().unwrap()[0].2.contains("unclean stop"));
-    // Chunk 2 is whole but may lack writes its chain kept: unclean until
-    // the MDS has heard so (a crash before that finds it unverified again).
-    // So is chunk 1: the dirty log keeps recently flushed chunks too (it is
-    // compacted at most every few seconds), so it cannot tell them apart:
-    // their resync finds nothing to copy.
-    assert_eq!(store.unverified(), [1, 2]);
-    // The torn chunk is not registered nor served; the rest is.
+    assert!(report.verified.contains(&3), "{report:?}");
+    assert!(sink.chunks().is_empty());
+    let reported = sink.blocks.lock().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!((reported[0].0, reported[0].2.clone()), (3, vec![5]));
+    assert!(reported[0].3.contains("unclean stop"), "{}", reported[0].3);
+    // Chunks 2 and 3 are whole (but for the reported block) and may lack
+    // writes their chain kept: unclean until the MDS has heard so (a crash
+    // before that finds them unverified again). So is chunk 1: the dirty
+    // log keeps recently flushed chunks too (it is compacted at most every
+    // few seconds), so it cannot tell them apart: their resync finds
+    // nothing to copy.
+    assert_eq!(store.unverified(), [1, 2, 3]);
     let registration = server.registration("x:1").await.unwrap();
     let listed: Vec<ChunkId> = registration.chunks.iter().map(|c| c.chunk).collect();
-    assert_eq!(listed, [1, 2, 4]);
-    assert_eq!(registration.unclean, [1, 2]);
+    assert_eq!(listed, [1, 2, 3, 4]);
+    assert_eq!(registration.unclean, [1, 2, 3]);
     // Until a registration succeeds, every attempt says so.
-    assert_eq!(server.registration("x:1").await.unwrap().unclean, [1, 2]);
+    assert_eq!(server.registration("x:1").await.unwrap().unclean, [1, 2, 3]);
     server.set_serving(true);
+    // The torn block never reads; the others do.
     assert_eq!(
-        server.read(3, 1, 0, B).await.unwrap_err().kind(),
+        server.read(3, 1, 5 * B, B).await.unwrap_err().kind(),
         ErrorKind::Corrupt
     );
-    // The registration went through: the torn replica is deleted, the
-    // unclean ones verified.
+    assert!(
+        server.read(3, 1, 0, 5 * B).await.unwrap()[..]
+            == pattern(3, CS as usize)[..(5 * B) as usize]
+    );
+    // The registration went through: the unclean ones are verified.
     server
         .apply_register_reply(&RegisterReply::default())
         .await
         .unwrap();
     assert!(store.unverified().is_empty());
     assert!(server.registration("x:1").await.unwrap().unclean.is_empty());
-    assert_eq!(
-        server.read(3, 1, 0, B).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
     assert!(server.read(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
     drop(server);
 

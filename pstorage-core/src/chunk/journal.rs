@@ -75,7 +75,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::types::{ChunkId, MapVersion, BLOCK_SIZE};
 
 use super::file::io_error;
-use super::{block_entry, crc64};
+use super::{block_entry, crc64, upgrade_entry};
 
 /// The journal format this build writes and reads.
 pub const JOURNAL_FORMAT_VERSION: u32 = 1;
@@ -540,7 +540,9 @@ impl Journal {
                 let whole = data
                     .chunks_exact(BLOCK_SIZE as usize)
                     .enumerate()
-                    .all(|(i, block)| block_entry(block) == le64(&buf[HEAD_FIXED + i * 8..]));
+                    .all(|(i, block)| {
+                        block_entry(block) == upgrade_entry(le64(&buf[HEAD_FIXED + i * 8..]))
+                    });
                 if !whole {
                     break;
                 }
@@ -553,7 +555,7 @@ impl Journal {
             }
             let crcs = if kind == RecordKind::Write {
                 (0..blocks as usize)
-                    .map(|i| le64(&buf[HEAD_FIXED + i * 8..]))
+                    .map(|i| upgrade_entry(le64(&buf[HEAD_FIXED + i * 8..])))
                     .collect()
             } else {
                 Vec::new()

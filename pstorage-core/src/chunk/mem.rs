@@ -10,8 +10,8 @@ use crate::types::{
 };
 
 use super::{
-    bad_replica, block_entry, block_span, check_blocks, check_range, check_version, crc64,
-    encode_block_crc, missing_chunk, missing_incoming, ChunkStore, IncomingId,
+    bad_replica, block_entry, block_span, check_blocks, check_range, check_repair, check_version,
+    crc64, encode_block_crc, missing_chunk, missing_incoming, ChunkStore, IncomingId,
 };
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -298,6 +298,8 @@ impl MemChunkStore {
         self.apply_locked(chunk, &mut c, offset, len, data)
     }
 
+    /// Writes (`Some`) or zeroes a range of a replica; with `only_if_bad`
+    /// only if that block fails its check (returns whether it wrote).
     fn apply(
         &self,
         chunk: ChunkId,
@@ -305,7 +307,8 @@ impl MemChunkStore {
         offset: u64,
         len: u64,
         data: Option<&[u8]>,
-    ) -> Result<()> {
+        only_if_bad: Option<u64>,
+    ) -> Result<bool> {
         let entry = self.get(chunk)?;
         let mut c = entry.write().expect("chunk lock poisoned");
         if c.deleted {
@@ -313,10 +316,17 @@ impl MemChunkStore {
         }
         check_range(chunk, c.chunk_size, offset, len)?;
         check_version(chunk, expected, c.version)?;
+        if let Some(block) = only_if_bad {
+            match c.blocks.get(&block) {
+                Some(stored) if verify(chunk, block, stored).is_err() => {}
+                _ => return Ok(false),
+            }
+        }
         if c.durable.is_none() {
             c.durable = Some(c.blocks.clone());
         }
-        self.apply_locked(chunk, &mut c, offset, len, data)
+        self.apply_locked(chunk, &mut c, offset, len, data)?;
+        Ok(true)
     }
 
     /// Writes (`Some`) or zeroes `[offset, offset + len)` of `c`, whose range
@@ -489,7 +499,26 @@ impl ChunkStore for MemChunkStore {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        self.apply(chunk, expected, offset, data.len() as u64, Some(data))
+        self.apply(chunk, expected, offset, data.len() as u64, Some(data), None)
+            .map(|_| ())
+    }
+
+    fn repair_block(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        block: u64,
+        data: Option<&[u8]>,
+    ) -> Result<bool> {
+        check_repair(chunk, block, data)?;
+        self.apply(
+            chunk,
+            Some(version),
+            block * BLOCK_SIZE,
+            BLOCK_SIZE,
+            data,
+            Some(block),
+        )
     }
 
     fn zero_checked(
@@ -499,7 +528,8 @@ impl ChunkStore for MemChunkStore {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        self.apply(chunk, expected, offset, len, None)
+        self.apply(chunk, expected, offset, len, None, None)
+            .map(|_| ())
     }
 
     fn read_checked(

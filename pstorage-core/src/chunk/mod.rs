@@ -12,7 +12,7 @@
 //! * [`memory::MemNetwork`] connects chunk servers in memory so whole chains
 //!   run in one process.
 //!
-//! # Chunk file format, version 1
+//! # Chunk file format, version 2
 //!
 //! One file per chunk replica: `<dir>/chunks/<chunk id as 16 lowercase hex>.chunk`.
 //! All integers are little-endian.
@@ -20,7 +20,7 @@
 //! ```text
 //! offset 0      header, 4096 bytes
 //!   0..8        magic "PSTCHUNK"
-//!   8..12       format version (u32) = 1
+//!   8..12       format version (u32) = 2 (1 is still read, see below)
 //!   12..16      header length in bytes (u32) = 4096
 //!   16..24      chunk id (u64)
 //!   24..32      map version (u64)
@@ -33,15 +33,28 @@
 //!               data region: chunk size bytes (sparse where never written)
 //! ```
 //!
-//! A CRC table entry encodes its block like this:
+//! A CRC table entry of format 2 encodes its block like this:
 //!
-//! * `0`: the block was never written or was zeroed; it reads as zeros
+//! * `1`: the block was never written or was zeroed; it reads as zeros
 //!   whatever the data region holds (so zeroing whole blocks needs no data
-//!   write and may punch a hole).
-//! * otherwise: `crc64(block)`, except that a block whose CRC-64 is `0` is
-//!   stored as `1` (see [`encode_block_crc`]). A block matches its entry when
-//!   the encoding of its computed CRC equals the entry, so the only cost of
-//!   the remapping is that `0` and `1` collide, one value in 2^64.
+//!   write and may punch a hole). A new file's table is all `1`s.
+//! * `0`: the entry was lost (a sector of the table zeroed by the disk or
+//!   behind the store's back): the block reads as `Corrupt`, never as zeros.
+//! * otherwise: `crc64(block)`, except that a block whose CRC-64 is `0` or
+//!   `1` is stored as `2` (see [`encode_block_crc`]). A block matches its
+//!   entry when the encoding of its computed CRC equals the entry, so the
+//!   only cost of the remapping is that `0`, `1` and `2` collide, two values
+//!   in 2^64.
+//!
+//! In memory and on the wire (`ChunkStore::crc_entries`, `block_crcs`) the
+//! entries are the same except that `0` means "reads as zeros" and `1`
+//! ([`LOST_ENTRY`]) a lost entry: the file holds those two values swapped,
+//! so that a zeroed sector can never pass for blocks of zeros.
+//!
+//! Format 1 (older builds) differs only in its CRC table: `0` means reads as
+//! zeros, `1` a block whose CRC-64 is `0` (read as `2`), and a lost sector
+//! cannot be told from zeros. Such files are read and written in their own
+//! format; new files (created or copied in) are format 2.
 //!
 //! [`FileChunkStore`] writes go to its write journal first (`journal.rs`,
 //! format in `docs/formats.md`) and reach the chunk file only once durable
@@ -86,6 +99,7 @@ mod journal;
 mod keeper;
 mod mem;
 pub mod memory;
+mod repair;
 mod scrub;
 mod server;
 pub mod session;
@@ -97,6 +111,7 @@ pub use file::FileChunkStore;
 pub use journal::{JournalStats, DEFAULT_JOURNAL_SIZE, JOURNAL_FORMAT_VERSION, MIN_JOURNAL_SIZE};
 pub use keeper::{StoreOptions, TRIM_PERIOD};
 pub use mem::{BlockFate, CrashReport, MemChunkStore};
+pub use repair::{RepairOutcome, REPAIR_RETRY_AFTER};
 pub use scrub::{
     BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
     VERIFY_PIECE,
@@ -107,7 +122,7 @@ use crate::error::{Error, Result};
 use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};
 
 /// The newest chunk file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A chunk server's local storage of chunk replicas.
 ///
@@ -164,6 +179,23 @@ pub trait ChunkStore: Send + Sync {
         offset: u64,
         len: u64,
     ) -> Result<()>;
+
+    /// Block repair: rewrites block `block` with `data` (4096 bytes, read
+    /// from another replica; `None`: zeroes it, for a block the other
+    /// replica never wrote) only if the block fails its check now (its
+    /// data does not match its CRC entry, or the entry is lost). Returns
+    /// whether it wrote: a block that passes (a write replaced it since it
+    /// was found bad) is left alone, so a repair never undoes a newer write.
+    /// Version check as in [`write_checked`](ChunkStore::write_checked);
+    /// the check and the write are atomic with respect to writes. Not
+    /// durable until [`flush`](ChunkStore::flush).
+    fn repair_block(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        block: u64,
+        data: Option<&[u8]>,
+    ) -> Result<bool>;
 
     /// Fills `buf` from `offset`, verifying the CRC of every block touched
     /// (`Corrupt` naming the chunk, block and file on a mismatch). Unwritten
@@ -315,13 +347,29 @@ pub fn crc64(bytes: &[u8]) -> u64 {
     digest.sum64()
 }
 
-/// The CRC table entry of a written block whose CRC-64 is `crc`: never `0`,
-/// which is reserved for "reads as zeros".
+/// The CRC table entry of a written block whose CRC-64 is `crc`: never `0`
+/// (reserved for "reads as zeros") nor `1` (reserved for an entry lost on
+/// disk, [`LOST_ENTRY`]): CRCs `0` and `1` are stored as `2`.
 pub fn encode_block_crc(crc: u64) -> u64 {
-    if crc == 0 {
-        1
+    if crc < 2 {
+        2
     } else {
         crc
+    }
+}
+
+/// A CRC table entry (in memory and on the wire) whose value on disk was
+/// lost: a chunk file of format 2 holds `0` there (a zeroed sector of its
+/// CRC table). No block matches it: the block reads as `Corrupt`.
+pub const LOST_ENTRY: u64 = 1;
+
+/// A block entry as an older build stored it (chunk file format 1, journal
+/// records), in today's encoding: `1` meant CRC `0` (or `1`).
+pub(crate) fn upgrade_entry(entry: u64) -> u64 {
+    if entry == 1 {
+        2
+    } else {
+        entry
     }
 }
 
@@ -353,6 +401,18 @@ pub(crate) fn check_blocks(chunk: ChunkId, chunk_size: u64, first: u64, count: u
              the chunk: block numbers stay below chunk size / {BLOCK_SIZE}"
         ))),
     }
+}
+
+/// `InvalidArgument` unless `data` is one whole block (a block repair).
+pub(crate) fn check_repair(chunk: ChunkId, block: u64, data: Option<&[u8]>) -> Result<()> {
+    if let Some(data) = data.filter(|d| d.len() as u64 != BLOCK_SIZE) {
+        return Err(Error::invalid(format!(
+            "chunk {chunk:#x}: a repair of block {block} carries {} bytes; a block is \
+             {BLOCK_SIZE}",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `Stale` unless the replica's `actual` version is the `expected` one.

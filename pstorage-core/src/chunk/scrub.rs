@@ -40,6 +40,13 @@ pub trait BadReplicaSink: Send + Sync {
     /// Replica `chunk` (last at map `version`) failed verification;
     /// `detail` says where and how.
     fn bad_replica(&self, chunk: ChunkId, version: MapVersion, detail: String);
+
+    /// `blocks` (ascending) of replica `chunk` at map `version` fail their
+    /// check; the replica stays in service. The receiver repairs them
+    /// ([`ChunkServer::repair_blocks`](super::ChunkServer::repair_blocks))
+    /// and then calls
+    /// [`ChunkServer::finish_repair`](super::ChunkServer::finish_repair).
+    fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String);
 }
 
 /// A sink that only logs (at warn level): the default.
@@ -53,6 +60,16 @@ impl BadReplicaSink for LogSink {
             version,
             %detail,
             "corrupt replica taken out of service (no MDS report wired)"
+        );
+    }
+
+    fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String) {
+        tracing::warn!(
+            chunk,
+            version,
+            ?blocks,
+            %detail,
+            "blocks failing their check (no MDS report wired: left as they are)"
         );
     }
 }
@@ -336,7 +353,7 @@ impl ChunkServer {
             };
             if let Some(e) = corrupt {
                 if self
-                    .report_bad_replica(info.chunk, e.message().to_string())
+                    .report_damage(info.chunk, e.message().to_string())
                     .await
                 {
                     self.scrub.stats().corrupt_found += 1;

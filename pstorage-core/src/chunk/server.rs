@@ -72,6 +72,8 @@ pub struct ChunkServer {
     io_timeouts: Mutex<IoTimeouts>,
     /// Copies running here and partial ones (re-replication, resync).
     pub(super) copies: Arc<Copies>,
+    /// Block repairs in flight or held back (`repair.rs`).
+    pub(super) repairs: super::repair::Repairs,
 }
 
 /// Data-path and re-replication counters of a chunk server since it
@@ -147,6 +149,7 @@ impl ChunkServer {
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
             copies: Arc::new(Copies::default()),
+            repairs: Default::default(),
         }
     }
 
@@ -351,9 +354,19 @@ impl ChunkServer {
                         "after an unclean stop (a write was in progress): {}",
                         e.message()
                     );
-                    self.report_bad_replica(chunk, detail).await;
-                    self.blocking(move |store| store.verified(chunk)).await?;
-                    report.corrupt.push(chunk);
+                    self.report_damage(chunk, detail).await;
+                    if self.blocking(move |store| store.is_bad(chunk)).await? {
+                        self.blocking(move |store| store.verified(chunk)).await?;
+                        report.corrupt.push(chunk);
+                    } else {
+                        // Bad blocks only: repaired in place; the replica
+                        // serves and is unclean like a good one.
+                        self.unclean
+                            .lock()
+                            .expect("unclean lock poisoned")
+                            .insert(chunk);
+                        report.verified.push(chunk);
+                    }
                 }
                 Verdict::Gone => {
                     self.blocking(move |store| store.verified(chunk)).await?;
@@ -369,11 +382,11 @@ impl ChunkServer {
         self.blocking(|store| store.close_clean()).await
     }
 
-    /// Reports the replica if `e` says a block failed its check.
+    /// Reports the damage if `e` says a block failed its check
+    /// ([`report_damage`](ChunkServer::report_damage)).
     async fn check_corrupt(&self, chunk: ChunkId, e: &Error) {
         if e.kind() == ErrorKind::Corrupt {
-            self.report_bad_replica(chunk, e.message().to_string())
-                .await;
+            self.report_damage(chunk, e.message().to_string()).await;
         }
     }
 

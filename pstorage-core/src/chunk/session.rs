@@ -41,12 +41,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::repair::RepairOutcome;
 use super::scrub::BadReplicaSink;
 use super::server::ChunkServer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::membership::MemberDirectory;
 use crate::traits::{Clock, CsRegistry, MdsGroup};
-use crate::types::{ChunkId, CsStats, FailureReason, MapVersion, RegisterReply};
+use crate::types::{
+    BadBlocks, BlockRepair, ChunkId, CsStats, FailureReason, MapVersion, RegisterReply,
+};
 
 /// How long a chunk server keeps serving without a successful heartbeat
 /// (the self-fence). Well under the MDS's offline timeout (300 s by
@@ -424,12 +427,24 @@ impl CsSession {
 /// A [`BadReplicaSink`] that queues reports for [`BadReplicaReporter`]
 /// (a sink must not block).
 pub struct BadReplicaQueue {
-    queue: mpsc::UnboundedSender<(ChunkId, String)>,
+    queue: mpsc::UnboundedSender<Finding>,
 }
 
-/// Sends the corrupt replicas queued by [`BadReplicaQueue`] to the MDS.
+/// What the queue carries.
+enum Finding {
+    Replica(ChunkId, String),
+    Blocks {
+        chunk: ChunkId,
+        version: MapVersion,
+        blocks: Vec<u64>,
+        detail: String,
+    },
+}
+
+/// Sends the corrupt replicas and blocks queued by [`BadReplicaQueue`] to
+/// the MDS, and repairs the blocks from the replicas it names.
 pub struct BadReplicaReporter {
-    queue: mpsc::UnboundedReceiver<(ChunkId, String)>,
+    queue: mpsc::UnboundedReceiver<Finding>,
 }
 
 /// A connected queue and reporter.
@@ -445,52 +460,178 @@ impl BadReplicaSink for BadReplicaQueue {
     fn bad_replica(&self, chunk: ChunkId, _version: MapVersion, detail: String) {
         // Fails only once the reporter stopped, i.e. at shutdown; the next
         // registration leaves the replica out anyway.
-        let _ = self.queue.send((chunk, detail));
+        let _ = self.queue.send(Finding::Replica(chunk, detail));
+    }
+
+    fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String) {
+        // At shutdown: the blocks stay bad until a later finding.
+        let _ = self.queue.send(Finding::Blocks {
+            chunk,
+            version,
+            blocks,
+            detail,
+        });
     }
 }
 
 impl BadReplicaReporter {
-    /// Reports each queued replica of chunk server `cs`, each call within
-    /// `timeout`, retrying (with backoff up to 5 s) while the MDS is
+    /// Reports each queued finding of chunk server `server`, each call
+    /// within `timeout`, retrying (with backoff up to 5 s) while the MDS is
     /// unavailable or does not answer. A report the MDS refuses (this
     /// server is not registered yet, or dropped) is abandoned: registration
     /// leaves out-of-service replicas out, which tells the MDS the same
-    /// thing. Runs until every [`BadReplicaQueue`] is dropped.
+    /// thing, and bad blocks are found again by the next read or scrub.
+    /// Bad blocks are repaired from the members the MDS names
+    /// ([`ChunkServer::repair_blocks`]) and the outcome reported. Runs
+    /// until every [`BadReplicaQueue`] is dropped.
     pub async fn run(
         mut self,
         registry: Arc<dyn CsRegistry>,
-        cs: crate::types::CsId,
+        server: Arc<ChunkServer>,
         timeout: Duration,
     ) {
-        while let Some((chunk, detail)) = self.queue.recv().await {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let outcome = tokio::time::timeout(
-                    timeout,
-                    registry.report_bad_replica(cs, chunk, FailureReason::Corrupt),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::TimedOut,
-                        format!("no MDS answered within {} ms", timeout.as_millis()),
-                    ))
-                });
-                match outcome {
-                    Ok(()) => {
+        let cs = server.id();
+        // Chunks whose repair could not reach a source: looked at again
+        // when due (a scan that finds them still bad reports them again).
+        let mut retries: std::collections::BTreeMap<ChunkId, tokio::time::Instant> =
+            Default::default();
+        loop {
+            let next_retry = retries.values().min().copied();
+            let finding = tokio::select! {
+                finding = self.queue.recv() => match finding {
+                    Some(finding) => finding,
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_retry.unwrap_or_else(tokio::time::Instant::now)),
+                    if next_retry.is_some() =>
+                {
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<ChunkId> = retries
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(chunk, _)| *chunk)
+                        .collect();
+                    for chunk in due {
+                        retries.remove(&chunk);
+                        server.clear_repair_hold(chunk);
+                        server
+                            .report_damage(chunk, "retrying a block repair".into())
+                            .await;
+                    }
+                    continue;
+                }
+            };
+            match finding {
+                Finding::Replica(chunk, detail) => {
+                    let sent = with_retries(cs, chunk, timeout, || {
+                        registry.report_bad_replica(cs, chunk, FailureReason::Corrupt)
+                    })
+                    .await;
+                    if sent.is_some() {
                         tracing::info!(cs, chunk, %detail, "corrupt replica reported to the MDS");
-                        break;
-                    }
-                    Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
-                        tracing::debug!(cs, chunk, "reporting a corrupt replica: {e}; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => {
-                        tracing::warn!(cs, chunk, "the MDS refused a corrupt replica report: {e}");
-                        break;
                     }
                 }
+                Finding::Blocks {
+                    chunk,
+                    version,
+                    blocks,
+                    detail,
+                } => {
+                    let report = |outcome, blocks: &[u64]| BadBlocks {
+                        version,
+                        blocks: blocks.to_vec(),
+                        outcome,
+                    };
+                    let found = with_retries(cs, chunk, timeout, || {
+                        registry.report_bad_blocks(cs, chunk, report(BlockRepair::Found, &blocks))
+                    })
+                    .await;
+                    let Some(map) = found else {
+                        let outcome = RepairOutcome {
+                            failed: blocks.clone(),
+                            ..RepairOutcome::default()
+                        };
+                        server.finish_repair(chunk, version, &outcome);
+                        continue;
+                    };
+                    tracing::info!(cs, chunk, %detail, ?blocks, "bad blocks reported to the MDS");
+                    let outcome = server
+                        .repair_blocks(chunk, version, &blocks, &map.replicas)
+                        .await;
+                    for (from, done) in &outcome.repaired {
+                        with_retries(cs, chunk, timeout, || {
+                            registry.report_bad_blocks(
+                                cs,
+                                chunk,
+                                report(BlockRepair::Repaired { from: *from }, done),
+                            )
+                        })
+                        .await;
+                    }
+                    if !outcome.unrepairable.is_empty() {
+                        with_retries(cs, chunk, timeout, || {
+                            registry.report_bad_blocks(
+                                cs,
+                                chunk,
+                                report(BlockRepair::Unrepairable, &outcome.unrepairable),
+                            )
+                        })
+                        .await;
+                    }
+                    if !outcome.failed.is_empty() {
+                        tracing::warn!(cs, chunk, blocks = ?outcome.failed,
+                            error = outcome.error.as_deref().unwrap_or(""),
+                            "bad blocks not repaired: no member could be asked; trying again \
+                             later");
+                        retries.insert(
+                            chunk,
+                            tokio::time::Instant::now() + crate::chunk::REPAIR_RETRY_AFTER,
+                        );
+                    }
+                    server.finish_repair(chunk, version, &outcome);
+                }
+            }
+        }
+    }
+}
+
+/// Calls `call` until it succeeds (`Some`) or fails with something else
+/// than `Unavailable`/`TimedOut` (`None`, logged), each attempt within
+/// `timeout`, with backoff up to 5 s.
+async fn with_retries<T, F, Fut>(
+    cs: crate::types::CsId,
+    chunk: ChunkId,
+    timeout: Duration,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let outcome = tokio::time::timeout(timeout, call())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no MDS answered within {} ms", timeout.as_millis()),
+                ))
+            });
+        match outcome {
+            Ok(value) => return Some(value),
+            Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
+                tracing::debug!(
+                    cs,
+                    chunk,
+                    "reporting a corrupt replica or blocks: {e}; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(cs, chunk, "the MDS refused a report of corruption: {e}");
+                return None;
             }
         }
     }

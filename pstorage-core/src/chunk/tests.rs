@@ -537,11 +537,17 @@ conformance!(
 );
 
 #[test]
-fn crc_encoding_reserves_zero() {
-    assert_eq!(encode_block_crc(0), 1);
-    assert_eq!(encode_block_crc(1), 1);
+fn crc_encoding_reserves_zero_and_lost() {
+    assert_eq!(encode_block_crc(0), 2);
+    assert_eq!(encode_block_crc(1), 2);
+    assert_eq!(encode_block_crc(2), 2);
     assert_eq!(encode_block_crc(0xdead), 0xdead);
     assert_ne!(block_entry(&[0u8; BLOCK_SIZE as usize]), 0);
+    assert_ne!(block_entry(&[0u8; BLOCK_SIZE as usize]), LOST_ENTRY);
+    // Older builds stored CRC 0 as 1.
+    assert_eq!(super::upgrade_entry(1), 2);
+    assert_eq!(super::upgrade_entry(0), 0);
+    assert_eq!(super::upgrade_entry(0xdead), 0xdead);
     // CRC-64/XZ check value.
     assert_eq!(crc64(b"123456789"), 0x995d_c9bb_df19_39fa);
 }
@@ -568,6 +574,61 @@ fn mem_store_detects_corruption_and_refuses_rmw_of_a_corrupt_block() {
     store.write(1, B, &data[..B as usize]).unwrap();
     store.read(1, B, &mut buf).unwrap();
     assert_eq!(kind(store.corrupt(1, 5 * B)), ErrorKind::InvalidArgument);
+}
+
+/// `repair_block` on both stores: writes a bad block only, zeroes with
+/// `None`, checks the version and the length.
+#[test]
+fn repair_block_rewrites_only_a_block_that_fails_its_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileChunkStore::open(dir.path()).unwrap();
+    let mem = MemChunkStore::new();
+    let data = pattern(41, (3 * B) as usize);
+    let stores: [(&dyn ChunkStore, &dyn Fn()); 2] = [
+        (&mem, &|| mem.corrupt(1, B + 9).unwrap()),
+        (&file, &|| {
+            use std::os::unix::fs::FileExt;
+            file.checkpoint().unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(file.chunk_path(1))
+                .unwrap();
+            let at = super::file::test_support::data_file_offset(CS, B + 9);
+            f.write_all_at(&[data[(B + 9) as usize] ^ 0x10], at)
+                .unwrap();
+        }),
+    ];
+    for (store, corrupt) in stores {
+        store.create(1, 4, CS).unwrap();
+        store.write(1, 0, &data).unwrap();
+        store.flush(1).unwrap();
+        // A good block is left alone.
+        assert!(!store
+            .repair_block(1, 4, 0, Some(&[9u8; B as usize]))
+            .unwrap());
+        corrupt();
+        let mut buf = vec![0u8; B as usize];
+        assert_eq!(kind(store.read(1, B, &mut buf)), ErrorKind::Corrupt);
+        // Wrong version, wrong length: refused, nothing written.
+        let good = &data[B as usize..(2 * B) as usize];
+        assert_eq!(
+            kind(store.repair_block(1, 3, 1, Some(good))),
+            ErrorKind::Stale
+        );
+        assert_eq!(
+            kind(store.repair_block(1, 4, 1, Some(&good[..100]))),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(kind(store.read(1, B, &mut buf)), ErrorKind::Corrupt);
+        assert!(store.repair_block(1, 4, 1, Some(good)).unwrap());
+        assert_eq!(read_all(store, 1)[..(3 * B) as usize], data[..]);
+        // A bad block the source never wrote is zeroed.
+        corrupt();
+        assert!(store.repair_block(1, 4, 1, None).unwrap());
+        assert_eq!(store.crc_entries(1, None, 1, 1).unwrap(), [0]);
+        store.read(1, B, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0));
+    }
 }
 
 #[test]
@@ -671,9 +732,16 @@ mod file_format {
             f.read_exact_at(&mut raw, crc_entry_offset(b)).unwrap();
             u64::from_le_bytes(raw)
         };
-        assert_eq!(entry(0), 0, "never written");
+        // Format 2: 1 reads as zeros, 0 is a lost entry.
+        assert_eq!(entry(0), 1, "never written");
         assert_eq!(entry(2), encode_block_crc(crc64(&block)));
-        assert_eq!(entry(3), 0, "zeroed whole block");
+        assert_eq!(entry(3), 1, "zeroed whole block");
+        assert_eq!(entry(CS / B - 1), 1, "the last block");
+        // In memory and on the wire, 0 reads as zeros.
+        assert_eq!(
+            store.crc_entries(1, None, 0, 4).unwrap(),
+            vec![0, 0, encode_block_crc(crc64(&block)), 0]
+        );
         let mut on_disk = vec![0u8; B as usize];
         f.read_exact_at(&mut on_disk, data_file_offset(CS, 2 * B))
             .unwrap();
@@ -747,6 +815,172 @@ mod file_format {
             .unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
+    }
+
+    fn hex_lines(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for (i, line) in bytes.chunks(32).enumerate() {
+            if line.iter().all(|b| *b == 0) {
+                continue;
+            }
+            out.push_str(&format!("{:04x}:", i * 32));
+            for b in line {
+                out.push_str(&format!(" {b:02x}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The chunk file format, byte for byte: header and CRC table of a
+    /// 64 KiB chunk with a written block, a block written with zeros, a
+    /// zeroed block and never written ones. A change here is a format
+    /// change (bump `FORMAT_VERSION`, keep reading the old one).
+    #[test]
+    fn chunk_format_2_matches_the_golden_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        let chunk = 0x0123_4567_89ab_cdef;
+        store.create(chunk, 3, CS).unwrap();
+        let data: Vec<u8> = (0..B as u32).map(|i| (i % 251) as u8).collect();
+        store.write(chunk, 0, &data).unwrap();
+        store.write(chunk, B, &vec![0u8; B as usize]).unwrap();
+        store.write(chunk, 2 * B, &data).unwrap();
+        store.zero(chunk, 2 * B, B).unwrap();
+        store.set_version(chunk, 7).unwrap();
+        store.flush(chunk).unwrap();
+        let f = open_file(&store, chunk);
+        let mut head = vec![0u8; 2 * B as usize];
+        f.read_exact_at(&mut head, 0).unwrap();
+        let mut text = String::new();
+        text.push_str("# header (4096 bytes)\n");
+        text.push_str(&hex_lines(&head[..B as usize]));
+        text.push_str("# CRC table (16 entries, one page)\n");
+        text.push_str(&hex_lines(&head[B as usize..]));
+        let mut block = vec![0u8; B as usize];
+        f.read_exact_at(&mut block, data_file_offset(CS, 0))
+            .unwrap();
+        text.push_str(&format!("# data block 0 crc64 {:016x}\n", crc64(&block)));
+        let golden = include_str!("chunk_v2.golden");
+        if std::env::var_os("PSTORAGE_WRITE_GOLDEN").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/chunk_v2.golden"),
+                &text,
+            )
+            .unwrap();
+        }
+        assert_eq!(text, golden);
+    }
+
+    /// A chunk file of format 1 (written by older builds): `0` in its CRC
+    /// table reads as zeros, `1` is a block whose CRC-64 is 0. It is read,
+    /// written and versioned in its own format.
+    #[test]
+    fn a_format_1_chunk_file_is_read_and_kept_in_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk: ChunkId = 0x42;
+        let data = pattern(31, B as usize);
+        {
+            // Creates the store's directories.
+            FileChunkStore::open(dir.path()).unwrap();
+        }
+        let path = dir.path().join("chunks/0000000000000042.chunk");
+        let mut header = [0u8; 4096];
+        header[0..8].copy_from_slice(b"PSTCHUNK");
+        header[8..12].copy_from_slice(&1u32.to_le_bytes());
+        header[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        header[16..24].copy_from_slice(&chunk.to_le_bytes());
+        header[24..32].copy_from_slice(&5u64.to_le_bytes());
+        header[32..40].copy_from_slice(&CS.to_le_bytes());
+        let crc = crc64(&header);
+        header[40..48].copy_from_slice(&crc.to_le_bytes());
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(data_file_offset(CS, CS)).unwrap();
+        f.write_all_at(&header, 0).unwrap();
+        f.write_all_at(&crc64(&data).to_le_bytes(), crc_entry_offset(0))
+            .unwrap();
+        f.write_all_at(&data, data_file_offset(CS, 0)).unwrap();
+        // Block 2: entry 0 (reads as zeros) over stale bytes.
+        f.write_all_at(&pattern(32, B as usize), data_file_offset(CS, 2 * B))
+            .unwrap();
+        drop(f);
+
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.version(chunk).unwrap(), 5);
+        let all = read_all(&store, chunk);
+        assert_eq!(&all[..B as usize], &data[..]);
+        assert!(all[B as usize..].iter().all(|b| *b == 0));
+        assert_eq!(
+            store.crc_entries(chunk, None, 0, 3).unwrap(),
+            vec![block_entry(&data), 0, 0]
+        );
+        store.write(chunk, 3 * B, &data).unwrap();
+        store.zero(chunk, 0, B).unwrap();
+        store.set_version(chunk, 6).unwrap();
+        store.flush(chunk).unwrap();
+        let f = open_file(&store, chunk);
+        let raw = |b: u64| {
+            let mut raw = [0u8; 8];
+            f.read_exact_at(&mut raw, crc_entry_offset(b)).unwrap();
+            u64::from_le_bytes(raw)
+        };
+        assert_eq!((raw(0), raw(2), raw(3)), (0, 0, block_entry(&data)));
+        let mut format = [0u8; 4];
+        f.read_exact_at(&mut format, 8).unwrap();
+        assert_eq!(u32::from_le_bytes(format), 1, "still format 1");
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.version(chunk).unwrap(), 6);
+        let all = read_all(&store, chunk);
+        assert!(all[..3 * B as usize].iter().all(|b| *b == 0));
+        assert_eq!(&all[3 * B as usize..4 * B as usize], &data[..]);
+    }
+
+    /// A sector of the CRC table zeroed behind the store's back (a disk
+    /// that lost it): its 64 blocks read as `Corrupt`, never as zeros, and
+    /// their entries say lost; rewriting a whole block heals it.
+    #[test]
+    fn a_zeroed_crc_table_sector_reads_as_corrupt_not_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20; // 256 blocks: a table of 4 sectors
+        let data = pattern(33, size as usize);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.create(9, 1, size).unwrap();
+        store.write(9, 0, &data[..(200 * B) as usize]).unwrap();
+        store.flush(9).unwrap();
+        let f = open_file(&store, 9);
+        // Sector 1 of the table: the entries of blocks 64..128, written
+        // ones, and sector 3 (blocks 192..256): written and never written.
+        f.write_all_at(&[0u8; 512], crc_entry_offset(64)).unwrap();
+        f.write_all_at(&[0u8; 512], crc_entry_offset(192)).unwrap();
+        drop(f);
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        for block in [64, 100, 127, 192, 199, 200, 255] {
+            let mut buf = [0u8; 16];
+            let e = store.read(9, block * B + 8, &mut buf).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "block {block}");
+            assert!(e.message().contains("is lost"), "{e}");
+        }
+        let entries = store.crc_entries(9, None, 0, 256).unwrap();
+        for (b, e) in entries.iter().enumerate() {
+            let lost = (64..128).contains(&b) || b >= 192;
+            assert_eq!(*e == LOST_ENTRY, lost, "block {b}");
+        }
+        let mut buf = vec![0u8; (64 * B) as usize];
+        store.read(9, 0, &mut buf).unwrap();
+        assert_eq!(buf, &data[..(64 * B) as usize]);
+        // A partial write cannot trust the block; a whole one heals it.
+        assert_eq!(kind(store.write(9, 64 * B + 1, b"x")), ErrorKind::Corrupt);
+        store
+            .write(9, 64 * B, &data[(64 * B) as usize..(65 * B) as usize])
+            .unwrap();
+        store.zero(9, 255 * B, B).unwrap();
+        let mut buf = vec![0u8; B as usize];
+        store.read(9, 64 * B, &mut buf).unwrap();
+        assert_eq!(buf, &data[(64 * B) as usize..(65 * B) as usize]);
+        store.read(9, 255 * B, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0));
     }
 
     #[test]

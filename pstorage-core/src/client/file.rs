@@ -1014,6 +1014,8 @@ impl FileInner {
                 (self.read_rotor.fetch_add(1, Ordering::Relaxed) % count.max(1) as u64) as usize;
             let mut last_cause = Error::unavailable("the MDS lists no replica for it");
             let mut newer = None;
+            // Replicas that answered that the data failed its check there.
+            let mut corrupt = 0;
             for i in 0..count {
                 let replica = &map.replicas[(start + i) % count];
                 let deadline = self.io_timeouts.chain(1);
@@ -1064,12 +1066,25 @@ impl FileInner {
                 }
                 tracing::debug!(path = %self.path, index, chunk = map.chunk, cs = replica.cs,
                     error = %error, "replica read failed; trying the next");
-                self.report_in_background(&map, replica.cs, failure_reason(error.kind()));
+                if error.kind() == ErrorKind::Corrupt {
+                    // The chunk server found it and repairs its blocks from
+                    // another replica itself (or takes the replica out of
+                    // service): a report from here would drop a replica
+                    // that is good but for a few blocks.
+                    corrupt += 1;
+                } else {
+                    self.report_in_background(&map, replica.cs, failure_reason(error.kind()));
+                }
                 last_cause = cause;
             }
             if let Some(m) = newer {
                 source = MapSource::Given(m);
                 continue;
+            }
+            if corrupt > 0 && corrupt == count {
+                // No replica has a good copy: waiting cannot help, and the
+                // data is never replaced by zeros.
+                return Err(self.fatal("read", index, Some(&map), last_cause));
             }
             if !retry.wait().await {
                 return Err(self.gave_up("read", index, Some(&map), &retry, last_cause));

@@ -7,7 +7,8 @@ use super::{case, kind, ChunkWorld, MdsTransport, MdsWorld};
 use crate::error::ErrorKind;
 use crate::traits::{ChunkControl, CsRegistry, MetadataService};
 use crate::types::{
-    ChunkReplicaInfo, CsRegistration, CsStats, FailureReason, LeaseMode, OpenFlags, SpaceInfo,
+    BadBlocks, BlockRepair, ChunkReplicaInfo, CsRegistration, CsStats, EventKind, FailureReason,
+    LeaseMode, OpenFlags, SpaceInfo, MAX_REPORTED_BLOCKS,
 };
 
 const SUITE: &str = "CsRegistry";
@@ -52,6 +53,13 @@ pub async fn run(transport: &dyn MdsTransport) {
         "a replica reported bad leaves its chain",
         MdsWorld::new(),
         |w| bad_replica(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
+        "bad blocks are repaired in place: the replica stays",
+        MdsWorld::new(),
+        |w| bad_blocks(w, transport),
     )
     .await;
     case(
@@ -217,6 +225,127 @@ async fn bad_replica(w: MdsWorld, t: &dyn MdsTransport) {
     reg.report_bad_replica(bad, before.chunk, FailureReason::Corrupt)
         .await
         .expect("a report by a server no longer in the chain");
+}
+
+async fn bad_blocks(w: MdsWorld, t: &dyn MdsTransport) {
+    let (md, _lease) = file_on_three(&w, t).await;
+    let before = md.file_chunks("/f").await.unwrap().remove(0);
+    let members: Vec<_> = before.replicas.iter().map(|r| r.cs).collect();
+    let bad = members[1];
+    let reg = t.registry(&w.mds).await;
+    let report = |outcome, blocks: Vec<u64>| BadBlocks {
+        version: before.version,
+        blocks,
+        outcome,
+    };
+    let sources = reg
+        .report_bad_blocks(bad, before.chunk, report(BlockRepair::Found, vec![3, 4, 9]))
+        .await
+        .expect("a chain member reports bad blocks");
+    assert_eq!(sources.chunk, before.chunk);
+    assert_eq!(sources.version, before.version);
+    // The other members, in chain order (all can serve here).
+    let named: Vec<_> = sources.replicas.iter().map(|r| r.cs).collect();
+    assert_eq!(named, [members[0], members[2]], "{sources:?}");
+    reg.report_bad_blocks(
+        bad,
+        before.chunk,
+        report(BlockRepair::Repaired { from: members[0] }, vec![3, 4, 9]),
+    )
+    .await
+    .expect("the outcome");
+    reg.report_bad_blocks(
+        bad,
+        before.chunk,
+        report(BlockRepair::Unrepairable, vec![7]),
+    )
+    .await
+    .expect("the outcome");
+    // The chain did not change.
+    let after = md.file_chunks("/f").await.unwrap().remove(0);
+    assert_eq!(after, before);
+    // Each report is in the event log.
+    let log: Vec<String> = md
+        .event_log(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Corruption)
+        .map(|e| e.message)
+        .collect();
+    let id = format!("{:#x}", before.chunk);
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&id) && l.contains("found 3 block(s)") && l.contains("3-4, 9")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains(&id)
+            && l.contains(&format!("from the replica on chunk server {}", members[0]))),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains(&id) && l.contains("no other replica has a good copy")),
+        "{log:?}"
+    );
+    // Refused: another version, an unknown chunk, no blocks, too many.
+    let stale = BadBlocks {
+        version: before.version + 1,
+        ..report(BlockRepair::Found, vec![1])
+    };
+    assert_eq!(
+        kind(
+            "another version",
+            reg.report_bad_blocks(bad, before.chunk, stale).await
+        ),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(
+            "an unknown chunk",
+            reg.report_bad_blocks(bad, 0xbeef, report(BlockRepair::Found, vec![1]))
+                .await
+        ),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(
+            "no blocks",
+            reg.report_bad_blocks(bad, before.chunk, report(BlockRepair::Found, vec![]))
+                .await
+        ),
+        ErrorKind::InvalidArgument
+    );
+    let many: Vec<u64> = (0..MAX_REPORTED_BLOCKS as u64 + 1).collect();
+    assert!(matches!(
+        kind(
+            "too many blocks",
+            reg.report_bad_blocks(bad, before.chunk, report(BlockRepair::Found, many))
+                .await
+        ),
+        ErrorKind::InvalidArgument | ErrorKind::Protocol
+    ));
+    // A server that is not in the chain is told so.
+    reg.report_bad_replica(bad, before.chunk, FailureReason::Corrupt)
+        .await
+        .unwrap();
+    let dropped = md.file_chunks("/f").await.unwrap().remove(0);
+    assert_eq!(
+        kind(
+            "a server out of the chain",
+            reg.report_bad_blocks(
+                bad,
+                before.chunk,
+                BadBlocks {
+                    version: dropped.version,
+                    ..report(BlockRepair::Found, vec![1])
+                }
+            )
+            .await
+        ),
+        ErrorKind::Stale
+    );
 }
 
 async fn lost_replica(w: MdsWorld, t: &dyn MdsTransport) {

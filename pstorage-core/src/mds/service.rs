@@ -1970,6 +1970,131 @@ impl CsRegistry for MdsService {
         }
         Ok(())
     }
+
+    async fn report_bad_blocks(
+        &self,
+        cs: CsId,
+        chunk: ChunkId,
+        report: BadBlocks,
+    ) -> Result<ChunkMap> {
+        if report.blocks.is_empty() || report.blocks.len() > MAX_REPORTED_BLOCKS {
+            return Err(Error::invalid(format!(
+                "a bad-block report names {} blocks: it must name between 1 and \
+                 {MAX_REPORTED_BLOCKS} (report more as a bad replica)",
+                report.blocks.len()
+            )));
+        }
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        let reply = {
+            let mut core = self.core();
+            if !core.state.cs_allocated(cs) {
+                return Err(Error::not_found(format!(
+                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                    self.config.cluster_name
+                )));
+            }
+            if core.state.cs(cs).is_some_and(|r| r.dropped) {
+                return Err(MdsState::dropped_error(cs));
+            }
+            let Some(map) = core.state.chunk_map(chunk) else {
+                return Err(Error::stale(format!(
+                    "chunk {chunk:#x} no longer exists: its replica on chunk server {cs} is \
+                     garbage"
+                )));
+            };
+            if map.version != report.version || !map.replicas.iter().any(|r| r.cs == cs) {
+                return Err(Error::stale(format!(
+                    "chunk {chunk:#x} is at map version {} and its chain is {:?}: the replica \
+                     on chunk server {cs} at version {} is not in use there, so its blocks need \
+                     no repair",
+                    map.version,
+                    map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
+                    report.version
+                )));
+            }
+            let path = core
+                .state
+                .chunk(chunk)
+                .map(|r| format!("{} (index {})", core.state.path_of(r.file), r.index))
+                .unwrap_or_default();
+            let blocks = block_ranges(&report.blocks);
+            let count = report.blocks.len();
+            let (level, text) = match report.outcome {
+                BlockRepair::Found => (
+                    EventLevel::Warning,
+                    format!(
+                        "chunk server {cs} found {count} block(s) of its replica of chunk \
+                         {chunk:#x} of {path} corrupt (failing their CRC check: blocks \
+                         {blocks}); the replica stays in the chain and they are rewritten from \
+                         another replica"
+                    ),
+                ),
+                BlockRepair::Repaired { from } => (
+                    EventLevel::Info,
+                    format!(
+                        "chunk server {cs} repaired {count} block(s) of its replica of chunk \
+                         {chunk:#x} of {path} (blocks {blocks}) from the replica on chunk \
+                         server {from}"
+                    ),
+                ),
+                BlockRepair::Unrepairable => (
+                    EventLevel::Error,
+                    format!(
+                        "{count} block(s) of chunk {chunk:#x} of {path} (blocks {blocks}) fail \
+                         their check on chunk server {cs} and no other replica has a good copy: \
+                         reads of them fail with an I/O error (never wrong data); restore them \
+                         from a backup"
+                    ),
+                ),
+            };
+            core.log_event(now, EventKind::Corruption, level, text);
+            // Every other member, those that can serve first (in chain
+            // order): one that cannot fails its reads and the reporter tries
+            // again later; none at all means the block has no other copy.
+            let sources = if report.outcome == BlockRepair::Found {
+                let usable = |r: &Replica| {
+                    self.cs_status(&core, r.cs, now) == CsStatus::Active
+                        && !core
+                            .version_sync
+                            .get(&r.cs)
+                            .is_some_and(|chunks| chunks.contains(&chunk))
+                };
+                let others = map.replicas.iter().filter(|r| r.cs != cs);
+                let (mut first, later): (Vec<Replica>, Vec<Replica>) =
+                    others.cloned().partition(|r| usable(r));
+                first.extend(later);
+                first
+            } else {
+                Vec::new()
+            };
+            ChunkMap {
+                replicas: sources,
+                ..map
+            }
+        };
+        self.flush_events().await;
+        Ok(reply)
+    }
+}
+
+/// `blocks` (ascending) as ranges for a message: `3, 7-9, 12`.
+fn block_ranges(blocks: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < blocks.len() {
+        let mut j = i;
+        while j + 1 < blocks.len() && blocks[j + 1] == blocks[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            blocks[i].to_string()
+        } else {
+            format!("{}-{}", blocks[i], blocks[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 /// What a failure report calls for.

@@ -124,6 +124,22 @@ impl CsRegistry for FakeMds {
         self.reports.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    async fn report_bad_blocks(
+        &self,
+        _: CsId,
+        chunk: ChunkId,
+        report: crate::types::BadBlocks,
+    ) -> Result<crate::types::ChunkMap> {
+        self.behave().await?;
+        self.reports.fetch_add(1, Ordering::SeqCst);
+        Ok(crate::types::ChunkMap {
+            chunk,
+            index: 0,
+            version: report.version,
+            replicas: vec![],
+        })
+    }
 }
 
 #[async_trait]
@@ -364,7 +380,12 @@ async fn corrupt_replicas_are_reported_when_the_mds_answers() {
     let mds = FakeMds::new();
     mds.set(Mode::Hang);
     let (queue, reporter) = bad_replica_queue();
-    let task = tokio::spawn(reporter.run(mds.clone(), 7, Duration::from_secs(2)));
+    let server = Arc::new(ChunkServer::new(
+        7,
+        Arc::new(MemChunkStore::new()),
+        MemNetwork::new(),
+    ));
+    let task = tokio::spawn(reporter.run(mds.clone(), server, Duration::from_secs(2)));
     queue.bad_replica(0x1f2, 3, "checksum mismatch".into());
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!task.is_finished());
