@@ -5,12 +5,16 @@
 //! block, and the replica never leaves its chain; a block bad on every
 //! replica reads as an error (never as zeros) until it is written again.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pstorage_core::client::Client;
+use pstorage_core::traits::ChunkConnector;
 use pstorage_core::types::{EventKind, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
 use pstorage_core::ErrorKind;
+use pstorage_rpc::data::TcpChunkConnector;
 use pstorage_tests::{chain, events, pattern, read_all, write_file, ClusterOptions, TestCluster};
 
 const B: u64 = 4096;
@@ -44,6 +48,45 @@ fn flip_byte(path: &PathBuf, at: u64) {
     b[0] ^= 0x04;
     f.write_all_at(&b, at).unwrap();
     f.sync_all().unwrap();
+}
+
+/// Waits until every member of the chain of chunk 0 of `path` serves
+/// reads at the address the MDS has for it (after a restart, which may move
+/// a server to a new port, the MDS names it once it registered again).
+async fn wait_serving(cluster: &TestCluster, client: &Client, path: &str) {
+    let connector = TcpChunkConnector::new(cluster.conf().key().unwrap());
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the restarted chunk servers to serve",
+            || async {
+                let map = client.file_chunks(path).await.ok()?.remove(0);
+                for r in &map.replicas {
+                    let service = connector.chunk_service(&r.addr).await.ok()?;
+                    // Block 0 is good on every replica.
+                    service.read(map.chunk, map.version, 0, B).await.ok()?;
+                }
+                Some(())
+            },
+        )
+        .await;
+}
+
+/// The blocks an event names after `marker` ("3, 7-9, 12" up to ")").
+fn parse_blocks(line: &str, marker: &str) -> Vec<u64> {
+    let Some(at) = line.find(marker) else {
+        return Vec::new();
+    };
+    let list = &line[at + marker.len()..];
+    let list = &list[..list.find(')').unwrap_or(list.len())];
+    let mut out = Vec::new();
+    for part in list.split(", ") {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<u64>().unwrap()..=b.parse::<u64>().unwrap()),
+            None => out.push(part.parse::<u64>().unwrap()),
+        }
+    }
+    out
 }
 
 /// `pstorage verify PATH`: (exit success, stdout + stderr).
@@ -83,6 +126,7 @@ async fn damaged_blocks_are_rewritten_from_another_replica_and_the_replica_stays
     }
     cluster.start_cs(i);
     cluster.wait_active(3);
+    wait_serving(&cluster, &client, "/disk.img").await;
 
     // verify reads every replica: the damaged ones fail their check there,
     // which the chunk server reports and repairs.
@@ -95,18 +139,19 @@ async fn damaged_blocks_are_rewritten_from_another_replica_and_the_replica_stays
         .await;
     let id = format!("{:#x}", map.chunk);
     let log = events(&client, EventKind::Corruption).await;
-    let found = format!("chunk server {victim} found 66 block(s)");
-    let repaired = format!("chunk server {victim} repaired 66 block(s)");
-    assert!(
+    // Every damaged block was reported found and repaired (reads report
+    // the blocks they hit, so it may take several reports).
+    let expected: BTreeSet<u64> = [10, 20].into_iter().chain(512..576).collect();
+    let found = format!("chunk server {victim} found ");
+    let repaired = format!("chunk server {victim} repaired ");
+    let blocks_of = |prefix: &str, marker: &str| -> BTreeSet<u64> {
         log.lines()
-            .any(|l| l.contains(&found) && l.contains(&id) && l.contains("10, 20, 512-575")),
-        "{log}"
-    );
-    assert!(
-        log.lines()
-            .any(|l| l.contains(&repaired) && l.contains(&id)),
-        "{log}"
-    );
+            .filter(|l| l.starts_with(prefix) && l.contains(&id))
+            .flat_map(|l| parse_blocks(l, marker))
+            .collect()
+    };
+    assert_eq!(blocks_of(&found, "CRC check: blocks "), expected, "{log}");
+    assert_eq!(blocks_of(&repaired, "(blocks "), expected, "{log}");
     // The replica never left the chain: nothing was re-replicated.
     let now = client.file_chunks("/disk.img").await.unwrap()[0].clone();
     assert_eq!(chain(&now), members, "{now:?}");
@@ -114,13 +159,26 @@ async fn damaged_blocks_are_rewritten_from_another_replica_and_the_replica_stays
     assert!(!replication.contains(&id), "{replication}");
     assert!(read_all(&client, "/disk.img").await == data);
 
-    // The repair is durable: after a kill -9 and restart the replica still
-    // passes.
+    // The repair is durable: after a kill -9 and restart the replica passes
+    // (once the server registered its new address) and nothing was found
+    // bad again.
+    let reports = log.lines().filter(|l| l.starts_with(&found)).count();
     cluster.kill_cs(i);
     cluster.start_cs(i);
     cluster.wait_active(3);
-    let (ok, text) = verify(&cluster, "/disk.img");
-    assert!(ok, "{text}");
+    cluster
+        .wait_for(
+            Duration::from_secs(120),
+            "verify after the restart",
+            || async { verify(&cluster, "/disk.img").0.then_some(()) },
+        )
+        .await;
+    let log = events(&client, EventKind::Corruption).await;
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with(&found)).count(),
+        reports,
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,6 +202,8 @@ async fn a_block_bad_on_every_replica_reads_as_an_error_until_rewritten() {
         cluster.start_cs(cluster.cs_index(*cs));
     }
     cluster.wait_active(3);
+    // Block 0 is good everywhere: each server answers it once it serves.
+    wait_serving(&cluster, &client, "/disk.img").await;
 
     let file = client
         .open("/disk.img", LeaseMode::Write, OpenFlags::default())

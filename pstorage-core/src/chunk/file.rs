@@ -1532,6 +1532,15 @@ impl ChunkStore for FileChunkStore {
         Ok(())
     }
 
+    fn check_usable(&self, chunk: ChunkId) -> Result<()> {
+        let open = self.get(chunk)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        open.check_failed(&state)
+    }
+
     fn chunk_size(&self, chunk: ChunkId) -> Result<u64> {
         let open = self.get(chunk)?;
         if open.read_state().deleted {

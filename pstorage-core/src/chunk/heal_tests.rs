@@ -529,12 +529,21 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
     for block in 0..CS / B {
         flip_data_bit(&cs.store, 1, CS, block * B + 1);
     }
+    // A read scans only its own blocks: they are reported for repair.
+    let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(cs.sink.blocks.lock().unwrap()[0].2, [2, 3]);
+    cs.server.finish_repair(1, 4, &Default::default());
+    // A whole scan (the scrubber's) finds every block bad: the replica
+    // leaves service as a whole, reported once.
+    assert!(cs.server.report_damage(1, None, "scrub".into()).await);
+    assert!(!cs.server.report_damage(1, None, "scrub".into()).await);
     for _ in 0..3 {
         let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
     assert_eq!(cs.sink.chunks(), [1]);
-    assert!(cs.sink.block_chunks().is_empty());
+    assert_eq!(cs.sink.blocks.lock().unwrap().len(), 1);
     assert!(cs.sink.reports.lock().unwrap()[0]
         .2
         .contains("every block fails its check"));

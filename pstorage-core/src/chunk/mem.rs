@@ -486,6 +486,10 @@ impl ChunkStore for MemChunkStore {
         Ok(())
     }
 
+    fn check_usable(&self, chunk: ChunkId) -> Result<()> {
+        self.get(chunk).map(|_| ())
+    }
+
     fn chunk_size(&self, chunk: ChunkId) -> Result<u64> {
         let entry = self.get(chunk)?;
         let c = entry.read().expect("chunk lock poisoned");

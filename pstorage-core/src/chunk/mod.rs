@@ -155,6 +155,11 @@ pub trait ChunkStore: Send + Sync {
     /// The replica's chunk size in bytes.
     fn chunk_size(&self, chunk: ChunkId) -> Result<u64>;
 
+    /// `Corrupt` when the replica as a whole is unusable (its file failed
+    /// an apply or a sync, so its content on disk is unknown), as opposed
+    /// to blocks of it failing their check; `NotFound` for a missing chunk.
+    fn check_usable(&self, chunk: ChunkId) -> Result<()>;
+
     /// Writes `data` at `offset`. With `expected = Some(v)` the write is
     /// applied only if the replica is at version `v` (`Stale` otherwise); the
     /// check and the write are atomic with respect to [`set_version`].

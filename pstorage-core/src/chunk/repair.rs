@@ -2,11 +2,14 @@
 //! read, by scrubbing, or after an unclean stop) stays in its chain; only
 //! those blocks are rewritten from another replica.
 //!
-//! 1. [`ChunkServer::report_damage`] scans the replica block by block. A
-//!    replica whose header or file is unusable, or with more than
-//!    [`MAX_REPORTED_BLOCKS`] bad blocks, or with every block bad, is taken
-//!    out of service as a whole (the MDS re-replicates the chunk, as
-//!    before). Otherwise the bad blocks go to the
+//! 1. [`ChunkServer::report_damage`] scans the replica block by block (the
+//!    whole replica for the scrubber, a retry and the check after an
+//!    unclean stop; only the request's blocks for a read or write that hit
+//!    one, which waits for it). A replica whose header or file is unusable
+//!    ([`ChunkStore::check_usable`]), or with more than
+//!    [`MAX_REPORTED_BLOCKS`] bad blocks, or (in a whole scan) with every
+//!    block bad, is taken out of service as a whole (the MDS re-replicates
+//!    the chunk, as before). Otherwise the bad blocks go to the
 //!    [`BadReplicaSink`](super::BadReplicaSink) and the replica keeps
 //!    serving its other blocks (a read of a bad block fails with `Corrupt`,
 //!    and the client reads another replica).
@@ -99,7 +102,13 @@ impl ChunkServer {
     /// in service; a replica that is unusable as a whole is taken out of
     /// service and reported ([`report_bad_replica`](ChunkServer::report_bad_replica)).
     /// Returns whether this call reported something.
-    pub async fn report_damage(&self, chunk: ChunkId, detail: String) -> bool {
+    /// `blocks`: the first and last block to scan; `None` for all.
+    pub async fn report_damage(
+        &self,
+        chunk: ChunkId,
+        blocks: Option<(u64, u64)>,
+        detail: String,
+    ) -> bool {
         let held = self.repairs.held().get(&chunk).copied();
         match held {
             Some(Hold::InFlight) => return false,
@@ -119,7 +128,7 @@ impl ChunkServer {
             }
             held.insert(chunk, Hold::InFlight);
         }
-        let damage = match self.find_bad_blocks(chunk).await {
+        let damage = match self.find_bad_blocks(chunk, blocks).await {
             Ok(damage) => damage,
             Err(e) => Damage::Whole(format!("{detail}; scanning it for bad blocks failed: {e}")),
         };
@@ -143,11 +152,18 @@ impl ChunkServer {
         }
     }
 
-    /// Reads every block of replica `chunk` and lists those that fail
-    /// their check.
-    pub(super) async fn find_bad_blocks(&self, chunk: ChunkId) -> Result<Damage> {
+    /// Reads the blocks `range` (first, last; `None`: all) of replica
+    /// `chunk` and lists those that fail their check.
+    pub(super) async fn find_bad_blocks(
+        &self,
+        chunk: ChunkId,
+        range: Option<(u64, u64)>,
+    ) -> Result<Damage> {
         let (size, version) = match self
-            .blocking(move |store| Ok((store.chunk_size(chunk)?, store.version(chunk)?)))
+            .blocking(move |store| {
+                store.check_usable(chunk)?;
+                Ok((store.chunk_size(chunk)?, store.version(chunk)?))
+            })
             .await
         {
             Ok(found) => found,
@@ -161,10 +177,12 @@ impl ChunkServer {
             Err(e) => return Err(e),
         };
         let blocks = size / BLOCK_SIZE;
-        let mut offset = 0;
+        let (first, last) = range.unwrap_or((0, blocks.saturating_sub(1)));
+        let end = (last + 1).min(blocks) * BLOCK_SIZE;
+        let mut offset = first * BLOCK_SIZE;
         let mut bad = Vec::new();
-        while offset < size {
-            let len = VERIFY_PIECE.min(size - offset);
+        while offset < end {
+            let len = VERIFY_PIECE.min(end - offset);
             let found = self
                 .blocking(move |store| bad_blocks_in(store, chunk, version, offset, len))
                 .await;
@@ -188,7 +206,7 @@ impl ChunkServer {
         if bad.is_empty() {
             return Ok(Damage::None);
         }
-        if bad.len() as u64 == blocks {
+        if range.is_none() && bad.len() as u64 == blocks {
             return Ok(Damage::Whole("every block fails its check".into()));
         }
         Ok(Damage::Blocks(version, bad))

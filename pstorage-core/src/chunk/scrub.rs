@@ -353,7 +353,7 @@ impl ChunkServer {
             };
             if let Some(e) = corrupt {
                 if self
-                    .report_damage(info.chunk, e.message().to_string())
+                    .report_damage(info.chunk, None, e.message().to_string())
                     .await
                 {
                     self.scrub.stats().corrupt_found += 1;

@@ -354,7 +354,7 @@ impl ChunkServer {
                         "after an unclean stop (a write was in progress): {}",
                         e.message()
                     );
-                    self.report_damage(chunk, detail).await;
+                    self.report_damage(chunk, None, detail).await;
                     if self.blocking(move |store| store.is_bad(chunk)).await? {
                         self.blocking(move |store| store.verified(chunk)).await?;
                         report.corrupt.push(chunk);
@@ -382,11 +382,14 @@ impl ChunkServer {
         self.blocking(|store| store.close_clean()).await
     }
 
-    /// Reports the damage if `e` says a block failed its check
-    /// ([`report_damage`](ChunkServer::report_damage)).
-    async fn check_corrupt(&self, chunk: ChunkId, e: &Error) {
+    /// Reports the damage if `e` says a block of `[offset, offset + len)`
+    /// failed its check ([`report_damage`](ChunkServer::report_damage),
+    /// scanning only that range: the request waits for it).
+    async fn check_corrupt(&self, chunk: ChunkId, offset: u64, len: u64, e: &Error) {
         if e.kind() == ErrorKind::Corrupt {
-            self.report_damage(chunk, e.message().to_string()).await;
+            let range = super::block_span(offset, len.max(1));
+            self.report_damage(chunk, Some(range), e.message().to_string())
+                .await;
         }
     }
 
@@ -505,7 +508,7 @@ impl ChunkServer {
                 Ok(())
             }
             Err(e) => {
-                self.check_corrupt(chunk, &e).await;
+                self.check_corrupt(chunk, offset, payload.len(), &e).await;
                 Err(e)
             }
         }
@@ -676,7 +679,7 @@ impl ChunkService for ChunkServer {
                 IoCounters::add(&self.io.read_ops, 1);
                 IoCounters::add(&self.io.read_bytes, len);
             }
-            Err(e) => self.check_corrupt(chunk, e).await,
+            Err(e) => self.check_corrupt(chunk, offset, len, e).await,
         }
         result
     }

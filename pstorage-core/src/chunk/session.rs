@@ -515,7 +515,7 @@ impl BadReplicaReporter {
                         retries.remove(&chunk);
                         server.clear_repair_hold(chunk);
                         server
-                            .report_damage(chunk, "retrying a block repair".into())
+                            .report_damage(chunk, None, "retrying a block repair".into())
                             .await;
                     }
                     continue;
