@@ -998,3 +998,81 @@ async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
     cs.store.write(2, 0, &pattern(7, B as usize)).unwrap();
     cs.store.flush(2).unwrap();
 }
+
+// ---- block repair ----
+
+/// Three chunk servers on memory stores holding chunk 9 at version 3;
+/// returns them with the data written.
+async fn three() -> (
+    Arc<MemNetwork>,
+    Vec<(Arc<ChunkServer>, Arc<MemChunkStore>)>,
+    Vec<u8>,
+) {
+    let net = MemNetwork::new();
+    let data = pattern(90, (6 * B) as usize);
+    let mut servers = Vec::new();
+    for id in 1..=3 {
+        let store = Arc::new(MemChunkStore::new());
+        let server = net.add_server(id, &addr(id), store.clone());
+        server.set_serving(true);
+        server.create_chunk(9, 3, CS).await.unwrap();
+        store.write(9, 0, &data).unwrap();
+        servers.push((server, store));
+    }
+    (net, servers, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_blocks_takes_each_block_from_the_first_member_with_a_good_copy() {
+    let (_net, servers, data) = three().await;
+    let (a, a_store) = &servers[0];
+    // Block 1 bad on A; block 2 bad on A and B; block 4 bad on A.
+    a_store.corrupt(9, B + 5).unwrap();
+    a_store.corrupt(9, 2 * B + 5).unwrap();
+    servers[1].1.corrupt(9, 2 * B + 7).unwrap();
+    a_store.corrupt(9, 4 * B).unwrap();
+    let outcome = a
+        .repair_blocks(9, 3, &[1, 2, 4], &[replica(2), replica(3)])
+        .await;
+    assert_eq!(
+        outcome.repaired,
+        vec![(2, vec![1, 4]), (3, vec![2])],
+        "{outcome:?}"
+    );
+    assert!(outcome.unrepairable.is_empty() && outcome.failed.is_empty());
+    assert_eq!(read_all(a_store.as_ref(), 9)[..(6 * B) as usize], data[..]);
+    // Repaired blocks are flushed: they survive a power loss.
+    a_store.crash(&mut |_, _| BlockFate::Lost);
+    assert_eq!(read_all(a_store.as_ref(), 9)[..(6 * B) as usize], data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_bad_everywhere_is_unrepairable_and_an_unreachable_source_is_retried() {
+    let (net, servers, _data) = three().await;
+    for (_, store) in &servers {
+        store.corrupt(9, 3 * B + 11).unwrap();
+    }
+    let (a, a_store) = &servers[0];
+    let outcome = a.repair_blocks(9, 3, &[3], &[replica(2), replica(3)]).await;
+    assert_eq!(outcome.unrepairable, [3], "{outcome:?}");
+    assert!(outcome.repaired.is_empty() && outcome.failed.is_empty());
+    // Still bad: never zeroed.
+    let mut buf = vec![0u8; B as usize];
+    assert_eq!(kind(a_store.read(9, 3 * B, &mut buf)), ErrorKind::Corrupt);
+    // No other member: unrepairable too.
+    let outcome = a.repair_blocks(9, 3, &[3], &[]).await;
+    assert_eq!(outcome.unrepairable, [3]);
+    // Block 0 bad on A; the only source cannot be reached: failed, not
+    // unrepairable, and the error says why.
+    a_store.corrupt(9, 7).unwrap();
+    net.set_reachable(&addr(2), false);
+    let outcome = a.repair_blocks(9, 3, &[0], &[replica(2)]).await;
+    assert_eq!(outcome.failed, [0], "{outcome:?}");
+    assert!(outcome.error.is_some());
+    // A source at another version is refused the same way.
+    net.set_reachable(&addr(2), true);
+    let outcome = a.repair_blocks(9, 4, &[0], &[replica(2)]).await;
+    assert_eq!(outcome.failed, [0], "{outcome:?}");
+    let outcome = a.repair_blocks(9, 3, &[0], &[replica(2)]).await;
+    assert_eq!(outcome.repaired, vec![(2, vec![0])]);
+}

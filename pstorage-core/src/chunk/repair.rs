@@ -304,6 +304,13 @@ impl ChunkServer {
             )
             .await
             .map_err(within("the CRC entries"))??;
+            if entries.len() as u64 != count {
+                return Err(Error::protocol(format!(
+                    "chunk server {} answered {} CRC entries for {count} blocks",
+                    source.cs,
+                    entries.len()
+                )));
+            }
             let data = match tokio::time::timeout(
                 deadline,
                 peer.read(chunk, version, first * BLOCK_SIZE, count * BLOCK_SIZE),
@@ -311,7 +318,14 @@ impl ChunkServer {
             .await
             .map_err(within("a read"))?
             {
-                Ok(data) => Some(data),
+                Ok(data) if data.len() as u64 == count * BLOCK_SIZE => Some(data),
+                Ok(data) => {
+                    return Err(Error::protocol(format!(
+                        "chunk server {} answered a read of {count} blocks with {} bytes",
+                        source.cs,
+                        data.len()
+                    )))
+                }
                 // Some block of the run is bad there too: one at a time.
                 Err(e) if e.kind() == ErrorKind::Corrupt => None,
                 Err(e) => return Err(e),
@@ -331,7 +345,14 @@ impl ChunkServer {
                         .await
                         .map_err(within("a read"))?;
                         match one {
-                            Ok(one) => Some(one),
+                            Ok(one) if one.len() as u64 == BLOCK_SIZE => Some(one),
+                            Ok(one) => {
+                                return Err(Error::protocol(format!(
+                                    "chunk server {} answered a read of one block with {} bytes",
+                                    source.cs,
+                                    one.len()
+                                )))
+                            }
                             Err(e) if e.kind() == ErrorKind::Corrupt => {
                                 bad.push(block);
                                 continue;
