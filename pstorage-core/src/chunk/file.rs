@@ -1295,7 +1295,6 @@ fn patch(buf: &mut [u8; BS], block: u64, offset: u64, end: u64, source: Source<'
     }
 }
 
-/// Where the data region starts for chunks of `chunk_size`.
 /// A CRC table entry as the chunk file of format `format` holds it, in
 /// today's in-memory encoding (see the format in [`crate::chunk`]).
 fn entry_from_disk(format: u32, raw: u64) -> u64 {
@@ -1318,6 +1317,7 @@ fn entry_to_disk(format: u32, entry: u64) -> u64 {
     }
 }
 
+/// Where the data region starts for chunks of `chunk_size`.
 fn data_offset(chunk_size: u64) -> u64 {
     let table = chunk_size / BLOCK_SIZE * 8;
     HEADER_LEN + table.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
