@@ -130,7 +130,7 @@ async fn cluster_cs_addr(mds: &pstorage_rpc::mds::MdsClient, id: u32) -> String 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flipped_byte_is_served_from_another_replica_and_reported() {
+async fn flipped_byte_is_served_from_another_replica_and_repaired_in_place() {
     let cluster = TestCluster::start(ClusterOptions {
         chunk_servers: 3,
         chunk_size: CHUNK,
@@ -176,26 +176,39 @@ async fn flipped_byte_is_served_from_another_replica_and_reported() {
         assert_eq!(file.read_at(start, &mut buf).await.unwrap(), 4096);
         assert!(buf[..] == data[start as usize..start as usize + 4096]);
     }
-    // The bad replica was reported: the MDS drops it from the chain (a
-    // version bump) and logs it; re-replication may put a fresh copy back
-    // on CS {victim}, at a newer version still. Either way the corrupt
-    // bytes must be gone from every replica the chain names.
+    // The chunk server that found the bad block repairs it in place from
+    // another replica (block-level repair): the replica stays in its chain
+    // at the same version, and the event log says what happened.
     file.close().await.unwrap();
-    let after = settled_maps(&mds, "/flip.bin").await;
-    assert!(
-        after[1].version > before[1].version,
-        "the corrupt replica was not taken out: {:?}",
-        after[1].replicas
-    );
-    assert_eq!(after[1].replicas.len(), 3, "copy count not restored");
-    let events = mds.event_log(0).await.unwrap();
+    let id = format!("{:#x}", before[1].chunk);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = mds.event_log(0).await.unwrap();
+        let repaired = events.iter().any(|e| {
+            e.kind == EventKind::Corruption
+                && e.message.contains(&id)
+                && e.message
+                    .starts_with(&format!("chunk server {victim} repaired 1 block(s)"))
+        });
+        if repaired {
+            break events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no repair of chunk {id} on CS {victim}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         events.iter().any(|e| e.kind == EventKind::Corruption
-            && e.message.contains(&format!("{:x}", before[1].chunk))),
-        "no corruption event for chunk {:x}: {events:?}",
-        before[1].chunk
+            && e.message.contains(&id)
+            && e.message
+                .contains(&format!("chunk server {victim} found 1 block(s)"))),
+        "{events:?}"
     );
-    if after[1].replicas.iter().any(|r| r.cs == victim) {
+    let after = settled_maps(&mds, "/flip.bin").await;
+    assert_eq!(after, before, "the chain changed");
+    {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&chunk_file).unwrap();
         let len = f.metadata().unwrap().len();
@@ -203,7 +216,7 @@ async fn flipped_byte_is_served_from_another_replica_and_reported() {
         f.read_exact_at(&mut tail, len - 8192).unwrap();
         assert!(
             tail[..] == data[2 * CHUNK as usize - 8192..2 * CHUNK as usize],
-            "CS {victim} is back in the chain with the corrupt bytes"
+            "CS {victim} still holds the corrupt bytes"
         );
     }
     assert_eq!(read_all(&client, "/flip.bin").await, data);
