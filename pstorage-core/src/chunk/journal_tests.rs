@@ -460,9 +460,9 @@ fn journal_format_1_matches_the_golden_file() {
     encode_record(&rec, 42, &mut buf);
     let mut text = String::new();
     text.push_str("# superblock slot\n");
-    text.push_str(&hex_lines(&sb.encode()));
+    text.push_str(&super::super::hex_lines(&sb.encode()));
     text.push_str("# write record head area (512 bytes; 4096 data bytes follow)\n");
-    text.push_str(&hex_lines(&buf[..512]));
+    text.push_str(&super::super::hex_lines(&buf[..512]));
     text.push_str(&format!("# data crc64 {:016x}\n", crc64(&buf[512..])));
     let golden = include_str!("journal_v1.golden");
     if std::env::var_os("PSTORAGE_WRITE_GOLDEN").is_some() {
@@ -478,21 +478,6 @@ fn journal_format_1_matches_the_golden_file() {
         Superblock::decode(&sb.encode(), "golden").unwrap(),
         Some(sb)
     );
-}
-
-fn hex_lines(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for (i, line) in bytes.chunks(32).enumerate() {
-        if line.iter().all(|b| *b == 0) {
-            continue;
-        }
-        out.push_str(&format!("{:04x}:", i * 32));
-        for b in line {
-            out.push_str(&format!(" {b:02x}"));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// A read error during the replay is not the end of the log (that would

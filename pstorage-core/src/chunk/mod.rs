@@ -472,3 +472,21 @@ pub(crate) fn check_version_forward(
 }
 #[cfg(test)]
 mod journal_store_tests;
+
+/// Bytes as hex lines of 32 (offset, then the bytes), all-zero lines left
+/// out: the text of the golden-file tests.
+#[cfg(test)]
+pub(crate) fn hex_lines(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, line) in bytes.chunks(32).enumerate() {
+        if line.iter().all(|b| *b == 0) {
+            continue;
+        }
+        out.push_str(&format!("{:04x}:", i * 32));
+        for b in line {
+            out.push_str(&format!(" {b:02x}"));
+        }
+        out.push('\n');
+    }
+    out
+}

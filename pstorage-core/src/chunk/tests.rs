@@ -817,21 +817,6 @@ mod file_format {
         assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
     }
 
-    fn hex_lines(bytes: &[u8]) -> String {
-        let mut out = String::new();
-        for (i, line) in bytes.chunks(32).enumerate() {
-            if line.iter().all(|b| *b == 0) {
-                continue;
-            }
-            out.push_str(&format!("{:04x}:", i * 32));
-            for b in line {
-                out.push_str(&format!(" {b:02x}"));
-            }
-            out.push('\n');
-        }
-        out
-    }
-
     /// The chunk file format, byte for byte: header and CRC table of a
     /// 64 KiB chunk with a written block, a block written with zeros, a
     /// zeroed block and never written ones. A change here is a format

@@ -956,13 +956,7 @@ impl MdsService {
                 return;
             }
             let now = self.now();
-            let usable = |r: &Replica| {
-                self.cs_status(&core, r.cs, now) == CsStatus::Active
-                    && !core
-                        .version_sync
-                        .get(&r.cs)
-                        .is_some_and(|chunks| chunks.contains(&chunk))
-            };
+            let usable = |r: &Replica| self.can_be_source(&core, r.cs, chunk, now);
             let Some(source) = map.replicas.iter().find(|r| usable(r)).cloned() else {
                 tracing::warn!(
                     "MDS: chunk {chunk:#x}: no member can be the source to bring its chain to one content; left as it is"
@@ -1918,15 +1912,7 @@ impl CsRegistry for MdsService {
         let _chunks = self.chunk_lock.lock().await;
         let addr = {
             let core = self.core();
-            if !core.state.cs_allocated(cs) {
-                return Err(Error::not_found(format!(
-                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
-                    self.config.cluster_name
-                )));
-            }
-            if core.state.cs(cs).is_some_and(|r| r.dropped) {
-                return Err(MdsState::dropped_error(cs));
-            }
+            self.check_reporter(&core, cs)?;
             let in_chain = core
                 .state
                 .chunk(chunk)
@@ -1988,15 +1974,7 @@ impl CsRegistry for MdsService {
         let now = self.now();
         let reply = {
             let mut core = self.core();
-            if !core.state.cs_allocated(cs) {
-                return Err(Error::not_found(format!(
-                    "chunk server {cs} is not known to cluster {}; create it with make-cs",
-                    self.config.cluster_name
-                )));
-            }
-            if core.state.cs(cs).is_some_and(|r| r.dropped) {
-                return Err(MdsState::dropped_error(cs));
-            }
+            self.check_reporter(&core, cs)?;
             let Some(map) = core.state.chunk_map(chunk) else {
                 return Err(Error::stale(format!(
                     "chunk {chunk:#x} no longer exists: its replica on chunk server {cs} is \
@@ -2053,13 +2031,7 @@ impl CsRegistry for MdsService {
             // order): one that cannot fails its reads and the reporter tries
             // again later; none at all means the block has no other copy.
             let sources = if report.outcome == BlockRepair::Found {
-                let usable = |r: &Replica| {
-                    self.cs_status(&core, r.cs, now) == CsStatus::Active
-                        && !core
-                            .version_sync
-                            .get(&r.cs)
-                            .is_some_and(|chunks| chunks.contains(&chunk))
-                };
+                let usable = |r: &Replica| self.can_be_source(&core, r.cs, chunk, now);
                 let others = map.replicas.iter().filter(|r| r.cs != cs);
                 let (mut first, later): (Vec<Replica>, Vec<Replica>) =
                     others.cloned().partition(|r| usable(r));
@@ -2075,6 +2047,33 @@ impl CsRegistry for MdsService {
         };
         self.flush_events().await;
         Ok(reply)
+    }
+}
+
+impl MdsService {
+    /// `NotFound` for a chunk server the cluster never allocated,
+    /// `PermissionDenied` for a dropped one: who may report its replicas.
+    fn check_reporter(&self, core: &Core, cs: CsId) -> Result<()> {
+        if !core.state.cs_allocated(cs) {
+            return Err(Error::not_found(format!(
+                "chunk server {cs} is not known to cluster {}; create it with make-cs",
+                self.config.cluster_name
+            )));
+        }
+        if core.state.cs(cs).is_some_and(|r| r.dropped) {
+            return Err(MdsState::dropped_error(cs));
+        }
+        Ok(())
+    }
+
+    /// Whether the replica of `chunk` on `cs` can be copied from: its server
+    /// is active and the replica is not waiting for a version sync.
+    fn can_be_source(&self, core: &Core, cs: CsId, chunk: ChunkId, now_ms: u64) -> bool {
+        self.cs_status(core, cs, now_ms) == CsStatus::Active
+            && !core
+                .version_sync
+                .get(&cs)
+                .is_some_and(|chunks| chunks.contains(&chunk))
     }
 }
 
