@@ -18,8 +18,19 @@ use crate::types::*;
 pub trait MetadataService: Send + Sync {
     /// Opens `path` with a lease. `Write` is exclusive (no other lease of any
     /// mode may exist); `Read` is shared. Errors: `NotFound`, `IsADirectory`,
-    /// `Busy` (conflicting lease), `AlreadyExists` (create+exclusive).
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply>;
+    /// `Busy` (conflicting lease), `AlreadyExists` (create+exclusive),
+    /// `Stale` (`op` was answered before and that answer's lease has ended
+    /// since: open again with a new tag).
+    ///
+    /// `op` names the mutation for exactly-once execution (see
+    /// [`OpTag`]); `None` executes every attempt (tests, tools).
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply>;
     /// Extends a lease by its duration. `Stale` if it expired or was revoked.
     async fn renew(&self, lease: LeaseId) -> Result<()>;
     /// Releases a lease. Idempotent.
@@ -27,16 +38,22 @@ pub trait MetadataService: Send + Sync {
     /// Attributes of a file or directory.
     async fn stat(&self, path: &str) -> Result<Stat>;
     /// Creates a directory (and missing parents when `parents`).
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat>;
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat>;
     /// Lists a directory, sorted by name.
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>>;
     /// Removes a file (no lease may be held on it) or an empty directory.
-    async fn unlink(&self, path: &str) -> Result<()>;
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()>;
     /// Renames a file or directory; replaces an existing file at `to`.
-    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()>;
     /// Changes attributes of `path` (and everything below it when `recursive`).
     /// Only future chunks use a changed chunk size.
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()>;
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()>;
     /// The map of chunk `index` of the leased file. With `allocate` (needs a
     /// write lease) a missing chunk is created on chunk servers chosen by the
     /// placement rules, which know its version before this returns.

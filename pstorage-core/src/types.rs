@@ -15,6 +15,48 @@ pub type LeaseId = u64;
 /// A chunk map version. Only ever grows for a given chunk.
 pub type MapVersion = u64;
 
+/// A client's metadata session: a random id the client picks when it is
+/// created, so the MDS can tell its requests from every other client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Names one namespace mutation of a client (mkdir, unlink, rename,
+/// set-attr, open), the same on every attempt of it, so the MDS executes it
+/// at most once: a repeated attempt gets the first one's answer, and an
+/// attempt that arrives after its client moved on (`seq < done_below` of a
+/// later request) is refused instead of taking effect late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpTag {
+    /// The client's session.
+    pub session: SessionId,
+    /// The operation's number in the session (from 1, growing).
+    pub seq: u64,
+    /// Every operation of the session numbered below this has ended at the
+    /// client (answered or given up): the MDS may forget their answers and
+    /// must refuse their attempts.
+    pub done_below: u64,
+}
+
+impl OpTag {
+    /// `InvalidArgument` unless `done_below <= seq` (the operation itself
+    /// has not ended while it is sent) and `seq > 0`.
+    pub fn validate(&self) -> Result<()> {
+        if self.seq == 0 || self.done_below > self.seq {
+            return Err(Error::invalid(format!(
+                "bad operation tag: seq {} with done_below {} (needs seq > 0 and done_below <= seq)",
+                self.seq, self.done_below
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The root directory's inode.
 pub const ROOT_INODE: InodeId = 1;
 /// Checksum granularity: one CRC-64 per block of this many bytes.

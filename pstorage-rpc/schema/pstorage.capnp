@@ -64,6 +64,14 @@ enum FailureDomain {
   room @4;
 }
 
+# Names one namespace mutation of a client, the same on every attempt, so
+# the MDS executes it at most once (absent: every attempt executes).
+struct OpTag {
+  session @0 :UInt64;
+  seq @1 :UInt64;
+  doneBelow @2 :UInt64;
+}
+
 # A change of attributes; each field is either left alone or set.
 struct AttrUpdate {
   replicas :union {
@@ -537,15 +545,15 @@ struct RaftResult {
 # by those of `CsRegistry` (chunk servers). See traits.rs for the contracts.
 interface Mds {
   # MetadataService
-  open @0 (path :Text, mode :LeaseMode, flags :OpenFlags) -> (result :OpenResult);
+  open @0 (path :Text, mode :LeaseMode, flags :OpenFlags, op :OpTag) -> (result :OpenResult);
   renew @1 (lease :UInt64) -> (result :VoidResult);
   close @2 (lease :UInt64) -> (result :VoidResult);
   stat @3 (path :Text) -> (result :StatResult);
-  mkdir @4 (path :Text, parents :Bool) -> (result :StatResult);
+  mkdir @4 (path :Text, parents :Bool, op :OpTag) -> (result :StatResult);
   readdir @5 (path :Text) -> (result :DirEntriesResult);
-  unlink @6 (path :Text) -> (result :VoidResult);
-  rename @7 (from :Text, to :Text) -> (result :VoidResult);
-  setAttr @8 (path :Text, update :AttrUpdate, recursive :Bool) -> (result :VoidResult);
+  unlink @6 (path :Text, op :OpTag) -> (result :VoidResult);
+  rename @7 (from :Text, to :Text, op :OpTag) -> (result :VoidResult);
+  setAttr @8 (path :Text, update :AttrUpdate, recursive :Bool, op :OpTag) -> (result :VoidResult);
   chunkMap @9 (lease :UInt64, index :UInt64, allocate :Bool) -> (result :OptionalChunkMapResult);
   reportFailure @10 (lease :UInt64, chunk :UInt64, version :UInt64, cs :UInt32,
                      reason :FailureReason) -> (result :ChunkMapResult);

@@ -304,7 +304,13 @@ impl MdsGroup for FakeMds {
 
 #[async_trait]
 impl MetadataService for FakeMds {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        _op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         self.script
             .enter(format!("open {path} {mode:?} {flags:?}"))?;
         Ok(sample_open_reply())
@@ -329,7 +335,7 @@ impl MetadataService for FakeMds {
         self.script.enter(format!("stat {path}"))?;
         Ok(sample_stat(12))
     }
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
         self.script.enter(format!("mkdir {path} {parents}"))?;
         Ok(sample_dir_stat())
     }
@@ -337,13 +343,19 @@ impl MetadataService for FakeMds {
         self.script.enter(format!("readdir {path}"))?;
         Ok(sample_entries())
     }
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, _op: Option<OpTag>) -> Result<()> {
         self.script.enter(format!("unlink {path}"))
     }
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, _op: Option<OpTag>) -> Result<()> {
         self.script.enter(format!("rename {from} {to}"))
     }
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
         self.script
             .enter(format!("set_attr {path} {update:?} {recursive}"))
     }
@@ -654,7 +666,7 @@ async fn every_mds_method_round_trips() {
     };
     assert_eq!(
         client
-            .open("/vm/disk.img", LeaseMode::Write, flags)
+            .open("/vm/disk.img", LeaseMode::Write, flags, None)
             .await
             .unwrap(),
         sample_open_reply()
@@ -665,7 +677,10 @@ async fn every_mds_method_round_trips() {
         exclusive: true,
         truncate: false,
     };
-    client.open("/a", LeaseMode::Read, flags).await.unwrap();
+    client
+        .open("/a", LeaseMode::Read, flags, None)
+        .await
+        .unwrap();
     assert_eq!(calls(), [format!("open /a Read {flags:?}")]);
 
     client.renew(u64::MAX).await.unwrap();
@@ -673,10 +688,13 @@ async fn every_mds_method_round_trips() {
     assert_eq!(calls(), [format!("renew {}", u64::MAX), "close 5".into()]);
 
     assert_eq!(client.stat("/ü").await.unwrap(), sample_stat(12));
-    assert_eq!(client.mkdir("/d/e", true).await.unwrap(), sample_dir_stat());
+    assert_eq!(
+        client.mkdir("/d/e", true, None).await.unwrap(),
+        sample_dir_stat()
+    );
     assert_eq!(client.readdir("/").await.unwrap(), sample_entries());
-    client.unlink("/x").await.unwrap();
-    client.rename("/x", "/y z").await.unwrap();
+    client.unlink("/x", None).await.unwrap();
+    client.rename("/x", "/y z", None).await.unwrap();
     assert_eq!(
         calls(),
         [
@@ -707,7 +725,10 @@ async fn every_mds_method_round_trips() {
             false,
         ),
     ] {
-        client.set_attr("/d", update, recursive).await.unwrap();
+        client
+            .set_attr("/d", update, recursive, None)
+            .await
+            .unwrap();
         assert_eq!(calls(), [format!("set_attr /d {update:?} {recursive}")]);
     }
 

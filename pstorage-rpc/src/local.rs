@@ -271,7 +271,7 @@ impl LocalClusterBuilder {
                 replicas: Some(self.replicas),
                 ..AttrUpdate::default()
             };
-            cluster.admin().set_attr("/", update, false).await?;
+            cluster.admin().set_attr("/", update, false, None).await?;
         }
         cluster.wait_healthy(self.start_timeout).await?;
         Ok(cluster)

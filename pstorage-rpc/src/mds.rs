@@ -16,8 +16,8 @@ use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, BadBlocks, BlockRepair, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId,
     CsPlacementUpdate, CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply,
-    LeaseId, LeaseMode, MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo,
-    Stat, MAX_REPORTED_BLOCKS,
+    LeaseId, LeaseMode, MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply,
+    SpaceInfo, Stat, MAX_REPORTED_BLOCKS,
 };
 use pstorage_core::{Error, Result};
 
@@ -25,7 +25,7 @@ use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_
 use crate::generated::pstorage_capnp::{mds, BlockRepairOutcome};
 use crate::wire::{
     decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
-    lease_mode_to_wire, read_text, WireReply, WireStruct,
+    lease_mode_to_wire, read_op, read_text, write_op, WireReply, WireStruct,
 };
 
 // ---------------------------------------------------------------------------
@@ -88,15 +88,16 @@ impl mds::Server for MdsServer {
         mut results: mds::OpenResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let (path, mode, flags) = decode_request("open", || {
+            let (path, mode, flags, op) = decode_request("open", || {
                 let p = params.get()?;
                 Ok((
                     read_text(p.get_path())?,
                     lease_mode_from_wire(p.get_mode()?),
                     OpenFlags::read(p.get_flags()?)?,
+                    read_op(p.has_op(), || p.get_op())?,
                 ))
             })?;
-            self.metadata.open(&path, mode, flags).await
+            self.metadata.open(&path, mode, flags, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -151,11 +152,12 @@ impl mds::Server for MdsServer {
         mut results: mds::MkdirResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let (path, parents) = decode_request("mkdir", || {
+            let (path, parents, op) = decode_request("mkdir", || {
                 let p = params.get()?;
-                Ok((read_text(p.get_path())?, p.get_parents()))
+                let op = read_op(p.has_op(), || p.get_op())?;
+                Ok((read_text(p.get_path())?, p.get_parents(), op))
             })?;
-            self.metadata.mkdir(&path, parents).await
+            self.metadata.mkdir(&path, parents, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -182,8 +184,12 @@ impl mds::Server for MdsServer {
         mut results: mds::UnlinkResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let path = decode_request("unlink", || read_text(params.get()?.get_path()))?;
-            self.metadata.unlink(&path).await
+            let (path, op) = decode_request("unlink", || {
+                let p = params.get()?;
+                let op = read_op(p.has_op(), || p.get_op())?;
+                Ok((read_text(p.get_path())?, op))
+            })?;
+            self.metadata.unlink(&path, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -196,11 +202,12 @@ impl mds::Server for MdsServer {
         mut results: mds::RenameResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let (from, to) = decode_request("rename", || {
+            let (from, to, op) = decode_request("rename", || {
                 let p = params.get()?;
-                Ok((read_text(p.get_from())?, read_text(p.get_to())?))
+                let op = read_op(p.has_op(), || p.get_op())?;
+                Ok((read_text(p.get_from())?, read_text(p.get_to())?, op))
             })?;
-            self.metadata.rename(&from, &to).await
+            self.metadata.rename(&from, &to, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -213,15 +220,16 @@ impl mds::Server for MdsServer {
         mut results: mds::SetAttrResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let (path, update, recursive) = decode_request("setAttr", || {
+            let (path, update, recursive, op) = decode_request("setAttr", || {
                 let p = params.get()?;
                 Ok((
                     read_text(p.get_path())?,
                     AttrUpdate::read(p.get_update()?)?,
                     p.get_recursive(),
+                    read_op(p.has_op(), || p.get_op())?,
                 ))
             })?;
-            self.metadata.set_attr(&path, update, recursive).await
+            self.metadata.set_attr(&path, update, recursive, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -773,14 +781,21 @@ impl MdsClient {
 
 #[async_trait]
 impl MetadataService for MdsClient {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         let path = path.to_owned();
         self.call("open", move |mds| async move {
             let mut request = mds.open_request();
             let mut p = request.get();
             p.set_path(path.as_str());
             p.set_mode(lease_mode_to_wire(mode));
-            flags.write(p.init_flags());
+            flags.write(p.reborrow().init_flags());
+            write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -818,13 +833,14 @@ impl MetadataService for MdsClient {
         .await
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
         let path = path.to_owned();
         self.call("mkdir", move |mds| async move {
             let mut request = mds.mkdir_request();
             let mut p = request.get();
             p.set_path(path.as_str());
             p.set_parents(parents);
+            write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -842,37 +858,47 @@ impl MetadataService for MdsClient {
         .await
     }
 
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         let path = path.to_owned();
         self.call("unlink", move |mds| async move {
             let mut request = mds.unlink_request();
-            request.get().set_path(path.as_str());
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
         .await
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
         let (from, to) = (from.to_owned(), to.to_owned());
         self.call("rename", move |mds| async move {
             let mut request = mds.rename_request();
             let mut p = request.get();
             p.set_from(from.as_str());
             p.set_to(to.as_str());
+            write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
         .await
     }
 
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         let path = path.to_owned();
         self.call("setAttr", move |mds| async move {
             let mut request = mds.set_attr_request();
             let mut p = request.get();
             p.set_path(path.as_str());
             p.set_recursive(recursive);
+            write_op(op, || p.reborrow().init_op());
             update.write(p.init_update());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)

@@ -304,7 +304,13 @@ fn raft_error(e: impl std::fmt::Display) -> Error {
 
 #[async_trait]
 impl MetadataService for RaftMds {
-    async fn open(&self, _: &str, _: LeaseMode, _: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        _: &str,
+        _: LeaseMode,
+        _: OpenFlags,
+        _op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         self.refuse("open")
     }
     async fn renew(&self, _: LeaseId) -> Result<()> {
@@ -317,7 +323,7 @@ impl MetadataService for RaftMds {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sm.stat(path)
     }
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let cmd = Command::Mkdir {
             path: path.to_owned(),
@@ -337,13 +343,13 @@ impl MetadataService for RaftMds {
     async fn readdir(&self, _: &str) -> Result<Vec<DirEntry>> {
         self.refuse("readdir")
     }
-    async fn unlink(&self, _: &str) -> Result<()> {
+    async fn unlink(&self, _: &str, _op: Option<OpTag>) -> Result<()> {
         self.refuse("unlink")
     }
-    async fn rename(&self, _: &str, _: &str) -> Result<()> {
+    async fn rename(&self, _: &str, _: &str, _op: Option<OpTag>) -> Result<()> {
         self.refuse("rename")
     }
-    async fn set_attr(&self, _: &str, _: AttrUpdate, _: bool) -> Result<()> {
+    async fn set_attr(&self, _: &str, _: AttrUpdate, _: bool, _op: Option<OpTag>) -> Result<()> {
         self.refuse("setAttr")
     }
     async fn chunk_map(&self, _: LeaseId, _: u64, _: bool) -> Result<Option<ChunkMap>> {
@@ -657,7 +663,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
 
     // A client of a follower: its calls are served by the leader's service.
     let client = nodes[followers[0]].client();
-    let stat = client.mkdir("/routed", false).await.unwrap();
+    let stat = client.mkdir("/routed", false, None).await.unwrap();
     assert_eq!(stat.kind, InodeKind::Dir);
     assert_eq!(client.stat("/routed").await.unwrap(), stat);
     assert_eq!(nodes[leader].calls(), 2);
@@ -680,7 +686,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     let survivor = followers[0];
     let stat = nodes[survivor]
         .client()
-        .mkdir("/after-failover", false)
+        .mkdir("/after-failover", false, None)
         .await
         .unwrap();
     assert_eq!(stat.kind, InodeKind::Dir);
@@ -699,7 +705,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
     let client = nodes[follower].client();
     for i in 0..40 {
         client
-            .mkdir(&format!("/dir-{i:03}-with-a-long-name"), false)
+            .mkdir(&format!("/dir-{i:03}-with-a-long-name"), false, None)
             .await
             .unwrap();
     }
@@ -753,7 +759,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
         .collect();
     assert_eq!(voters, vec![1, 2, 3, 4]);
     // And it follows new writes.
-    client.mkdir("/after-join", false).await.unwrap();
+    client.mkdir("/after-join", false, None).await.unwrap();
     wait_replicated(&all, &[0, 1, 2, 3], "/after-join").await;
 }
 

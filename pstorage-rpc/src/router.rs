@@ -18,7 +18,7 @@ use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, BadBlocks, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
     CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
-    MapVersion, MdsMembership, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
+    MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
@@ -304,11 +304,17 @@ impl LeaderRouter {
 
 #[async_trait]
 impl MetadataService for LeaderRouter {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         self.route(
             "open",
-            || self.metadata.open(path, mode, flags),
-            |c| async move { c.open(path, mode, flags).await },
+            || self.metadata.open(path, mode, flags, op),
+            |c| async move { c.open(path, mode, flags, op).await },
         )
         .await
     }
@@ -340,11 +346,11 @@ impl MetadataService for LeaderRouter {
         .await
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
         self.route(
             "mkdir",
-            || self.metadata.mkdir(path, parents),
-            |c| async move { c.mkdir(path, parents).await },
+            || self.metadata.mkdir(path, parents, op),
+            |c| async move { c.mkdir(path, parents, op).await },
         )
         .await
     }
@@ -358,29 +364,35 @@ impl MetadataService for LeaderRouter {
         .await
     }
 
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         self.route(
             "unlink",
-            || self.metadata.unlink(path),
-            |c| async move { c.unlink(path).await },
+            || self.metadata.unlink(path, op),
+            |c| async move { c.unlink(path, op).await },
         )
         .await
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
         self.route(
             "rename",
-            || self.metadata.rename(from, to),
-            |c| async move { c.rename(from, to).await },
+            || self.metadata.rename(from, to, op),
+            |c| async move { c.rename(from, to, op).await },
         )
         .await
     }
 
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         self.route(
             "setAttr",
-            || self.metadata.set_attr(path, update, recursive),
-            |c| async move { c.set_attr(path, update, recursive).await },
+            || self.metadata.set_attr(path, update, recursive, op),
+            |c| async move { c.set_attr(path, update, recursive, op).await },
         )
         .await
     }

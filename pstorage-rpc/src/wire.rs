@@ -15,9 +15,9 @@ use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
     CopyStats, CsId, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, CsStatus, DirEntry, Event,
     EventKind, EventLevel, FailureDomain, FailureReason, FileAttrs, HeartbeatReply, InodeKind,
-    IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember, MdsMembership, OpenFlags, OpenReply,
-    RebalanceState, RebalanceStatus, RegisterReply, Replica, Replicas, ReplicationStatus,
-    SpaceInfo, Stat, TierSpace,
+    IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember, MdsMembership, OpTag, OpenFlags,
+    OpenReply, RebalanceState, RebalanceStatus, RegisterReply, Replica, Replicas,
+    ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -79,6 +79,25 @@ pub fn list_len(len: usize) -> u32 {
 }
 
 /// Decodes a text field.
+/// An optional [`OpTag`] field (`has`: whether it is set).
+pub fn read_op<'a>(
+    has: bool,
+    get: impl FnOnce() -> capnp::Result<schema::op_tag::Reader<'a>>,
+) -> capnp::Result<Option<OpTag>> {
+    if has {
+        Ok(Some(OpTag::read(get()?)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Sets an optional [`OpTag`] field.
+pub fn write_op<'a>(op: Option<OpTag>, init: impl FnOnce() -> schema::op_tag::Builder<'a>) {
+    if let Some(op) = op {
+        op.write(init());
+    }
+}
+
 pub fn read_text(text: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
     Ok(text?.to_str()?.to_owned())
 }
@@ -395,6 +414,22 @@ impl WireStruct for DirEntry {
         Ok(DirEntry {
             name: read_text(r.get_name())?,
             stat: Stat::read(r.get_stat()?)?,
+        })
+    }
+}
+
+impl WireStruct for OpTag {
+    type Schema = schema::op_tag::Owned;
+    fn write(&self, mut b: schema::op_tag::Builder<'_>) {
+        b.set_session(self.session.0);
+        b.set_seq(self.seq);
+        b.set_done_below(self.done_below);
+    }
+    fn read(r: schema::op_tag::Reader<'_>) -> capnp::Result<Self> {
+        Ok(OpTag {
+            session: SessionId(r.get_session()),
+            seq: r.get_seq(),
+            done_below: r.get_done_below(),
         })
     }
 }

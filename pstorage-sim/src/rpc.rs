@@ -254,9 +254,15 @@ macro_rules! via {
 
 #[async_trait]
 impl MetadataService for SimMdsClient {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         let path = path.to_string();
-        via!(self, "open", |s| s.open(&path, mode, flags).await)
+        via!(self, "open", |s| s.open(&path, mode, flags, op).await)
     }
     async fn renew(&self, lease: LeaseId) -> Result<()> {
         via!(self, "renew", |s| s.renew(lease).await)
@@ -268,26 +274,32 @@ impl MetadataService for SimMdsClient {
         let path = path.to_string();
         via!(self, "stat", |s| s.stat(&path).await)
     }
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
         let path = path.to_string();
-        via!(self, "mkdir", |s| s.mkdir(&path, parents).await)
+        via!(self, "mkdir", |s| s.mkdir(&path, parents, op).await)
     }
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = path.to_string();
         via!(self, "readdir", |s| s.readdir(&path).await)
     }
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         let path = path.to_string();
-        via!(self, "unlink", |s| s.unlink(&path).await)
+        via!(self, "unlink", |s| s.unlink(&path, op).await)
     }
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
         let (from, to) = (from.to_string(), to.to_string());
-        via!(self, "rename", |s| s.rename(&from, &to).await)
+        via!(self, "rename", |s| s.rename(&from, &to, op).await)
     }
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         let path = path.to_string();
         via!(self, "set_attr", |s| s
-            .set_attr(&path, update, recursive)
+            .set_attr(&path, update, recursive, op)
             .await)
     }
     async fn chunk_map(

@@ -452,7 +452,13 @@ impl FakeMds {
 
 #[async_trait]
 impl MetadataService for FakeMds {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        _op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.dirs.contains_key(&path) {
@@ -552,7 +558,7 @@ impl MetadataService for FakeMds {
             .ok_or_else(|| Error::not_found(format!("{path} does not exist")))
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.files.contains_key(&path) || (st.dirs.contains_key(&path) && !parents) {
@@ -608,7 +614,7 @@ impl MetadataService for FakeMds {
         Ok(out)
     }
 
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, _op: Option<OpTag>) -> Result<()> {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.files.contains_key(&path) {
@@ -637,7 +643,7 @@ impl MetadataService for FakeMds {
         Err(Error::not_found(format!("{path} does not exist")))
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, _op: Option<OpTag>) -> Result<()> {
         let (from, to) = (normalize(from)?, normalize(to)?);
         let mut st = lock(&self.state);
         if let Some(f) = st.files.remove(&from) {
@@ -672,7 +678,13 @@ impl MetadataService for FakeMds {
         Ok(())
     }
 
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         let prefix = format!("{}/", path.trim_end_matches('/'));

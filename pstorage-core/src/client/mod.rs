@@ -17,6 +17,7 @@
 pub mod blocking;
 mod file;
 mod map_cache;
+mod op_tags;
 mod retry;
 mod unflushed;
 mod verify;
@@ -34,8 +35,8 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ChunkConnector, MetadataService};
 use crate::types::{
-    AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, InodeKind, LeaseMode, OpenFlags,
-    Stat, MAX_IO_SIZE,
+    AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, InodeKind, LeaseMode, OpTag,
+    OpenFlags, Stat, MAX_IO_SIZE,
 };
 
 pub use file::File;
@@ -86,6 +87,8 @@ pub(crate) struct ClientShared {
     pub(crate) mds: Arc<dyn MetadataService>,
     pub(crate) chunks: Arc<dyn ChunkConnector>,
     pub(crate) options: ClientOptions,
+    /// Tags namespace mutations for exactly-once execution at the MDS.
+    pub(crate) ops: op_tags::OpTagger,
 }
 
 /// A connection to one cluster: namespace operations and [`File`]s.
@@ -117,6 +120,7 @@ impl Client {
                 mds,
                 chunks,
                 options,
+                ops: op_tags::OpTagger::new(),
             }),
         }
     }
@@ -135,36 +139,20 @@ impl Client {
     /// Errors: `AlreadyExists`, `NotFound` (missing parent), `NotADirectory`.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
         let mds = &self.shared.mds;
-        self.meta("mkdir", path, |retried| async move {
-            match mds.mkdir(path, parents).await {
-                // An attempt whose answer was lost may have made it.
-                Err(e) if retried && e.kind() == ErrorKind::AlreadyExists => {
-                    let stat = mds.stat(path).await?;
-                    if stat.kind == InodeKind::Dir {
-                        Ok(stat)
-                    } else {
-                        Err(e)
-                    }
-                }
-                other => other,
-            }
-        })
-        .await
+        self.mutate("mkdir", path, |op| mds.mkdir(path, parents, Some(op)))
+            .await
     }
 
     /// Runs a metadata call, waiting out transient errors (an MDS fail-over,
-    /// a leader election) up to `io_timeout`. The call learns whether an
-    /// earlier attempt may have taken effect (`retried`), so a repeated
-    /// mutation can recognize its own effect.
+    /// a leader election) up to `io_timeout`.
     async fn meta<'a, T, F, Fut>(&'a self, what: &str, path: &str, mut call: F) -> Result<T>
     where
-        F: FnMut(bool) -> Fut,
+        F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>> + 'a,
     {
         let mut retry = retry::Retry::new(&self.shared.options);
-        let mut retried = false;
         loop {
-            match call(retried).await {
+            match call().await {
                 Ok(v) => return Ok(v),
                 Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
                     if !retry.wait().await {
@@ -173,17 +161,31 @@ impl Client {
                             retry.elapsed().as_secs_f64()
                         )));
                     }
-                    retried = true;
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// [`Client::meta`] for a namespace mutation: every attempt carries the
+    /// same [`OpTag`], so the MDS executes it once and a repeated attempt
+    /// gets the first one's answer (no guessing whether a lost answer took
+    /// effect), and no attempt takes effect after this returns.
+    async fn mutate<'a, T, F, Fut>(&'a self, what: &str, path: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut(OpTag) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let ticket = self.shared.ops.begin();
+        let result = self.meta(what, path, || call(ticket.tag())).await;
+        drop(ticket);
+        result
+    }
+
     /// Lists a directory, sorted by name. Errors: `NotFound`, `NotADirectory`.
     pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let mds = &self.shared.mds;
-        self.meta("readdir", path, |_| mds.readdir(path)).await
+        self.meta("readdir", path, || mds.readdir(path)).await
     }
 
     /// Attributes of a file or directory, as committed at the MDS (a file
@@ -191,7 +193,7 @@ impl Client {
     /// flushes). Errors: `NotFound`.
     pub async fn stat(&self, path: &str) -> Result<Stat> {
         let mds = &self.shared.mds;
-        self.meta("stat", path, |_| mds.stat(path)).await
+        self.meta("stat", path, || mds.stat(path)).await
     }
 
     /// Whether `path` exists. Errors other than `NotFound` are returned.
@@ -206,30 +208,15 @@ impl Client {
     /// Removes a file (nobody may hold a lease on it) or an empty directory.
     pub async fn unlink(&self, path: &str) -> Result<()> {
         let mds = &self.shared.mds;
-        self.meta("unlink", path, |retried| async move {
-            match mds.unlink(path).await {
-                // An attempt whose answer was lost removed it.
-                Err(e) if retried && e.kind() == ErrorKind::NotFound => Ok(()),
-                other => other,
-            }
-        })
-        .await
+        self.mutate("unlink", path, |op| mds.unlink(path, Some(op)))
+            .await
     }
 
     /// Renames a file or directory, replacing an existing file at `to`.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let mds = &self.shared.mds;
-        self.meta("rename", from, |retried| async move {
-            match mds.rename(from, to).await {
-                // An attempt whose answer was lost moved it already.
-                Err(e) if retried && e.kind() == ErrorKind::NotFound => match mds.stat(to).await {
-                    Ok(_) => Ok(()),
-                    Err(_) => Err(e),
-                },
-                other => other,
-            }
-        })
-        .await
+        self.mutate("rename", from, |op| mds.rename(from, to, Some(op)))
+            .await
     }
 
     /// Changes attributes of `path` (and everything below it when
@@ -242,8 +229,10 @@ impl Client {
             crate::types::validate_chunk_size(c)?;
         }
         let mds = &self.shared.mds;
-        self.meta("set-attr", path, |_| mds.set_attr(path, update, recursive))
-            .await
+        self.mutate("set-attr", path, |op| {
+            mds.set_attr(path, update, recursive, Some(op))
+        })
+        .await
     }
 
     /// The attributes (replicas, chunk size) of a file or directory.
@@ -254,7 +243,7 @@ impl Client {
     /// Every chunk map of a file, by index (administration and tests).
     pub async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
         let mds = &self.shared.mds;
-        self.meta("chunks", path, |_| mds.file_chunks(path)).await
+        self.meta("chunks", path, || mds.file_chunks(path)).await
     }
 
     /// Cluster status as `pstorage stat` shows it.
@@ -277,18 +266,20 @@ impl Client {
             )));
         }
         let mds = &self.shared.mds;
-        let reply = self
-            .meta("open", path, |retried| async move {
-                match mds.open(path, mode, flags).await {
-                    // A lost answer may have granted us a lease we cannot
-                    // use: it conflicts until it expires, so wait it out.
-                    Err(e) if retried && e.kind() == ErrorKind::Busy => {
-                        Err(Error::unavailable(e.message().to_string()))
-                    }
-                    other => other,
+        let mut replayed_ended = 0;
+        let reply = loop {
+            let result = self
+                .mutate("open", path, |op| mds.open(path, mode, flags, Some(op)))
+                .await;
+            match result {
+                // An attempt whose answer was lost was granted a lease that
+                // has ended since: open again as a new operation.
+                Err(e) if e.kind() == ErrorKind::Stale && replayed_ended < 3 => {
+                    replayed_ended += 1;
                 }
-            })
-            .await?;
+                other => break other?,
+            }
+        };
         if reply.stat.kind != InodeKind::File {
             // The MDS should have refused; do not leak its lease either way.
             let _ = self.shared.mds.close(reply.lease.id).await;

@@ -194,6 +194,7 @@ async fn file_on_three(
                 create: true,
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();

@@ -6,7 +6,8 @@ use super::{case, kind, ChunkWorld, MdsTransport, MdsWorld};
 use crate::error::ErrorKind;
 use crate::traits::{CsRegistry, MetadataService};
 use crate::types::{
-    AttrUpdate, CsRegistration, FailureReason, InodeKind, LeaseMode, OpenFlags, Replicas, SpaceInfo,
+    AttrUpdate, CsRegistration, FailureReason, InodeKind, LeaseMode, OpTag, OpenFlags, Replicas,
+    SessionId, SpaceInfo,
 };
 
 const SUITE: &str = "MetadataService";
@@ -46,6 +47,13 @@ pub async fn run(transport: &dyn MdsTransport) {
         "attributes are inherited and set",
         MdsWorld::new(),
         |w| attributes(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
+        "a tagged mutation executes once and never after its client ended it",
+        MdsWorld::new(),
+        |w| exactly_once(w, transport),
     )
     .await;
     case(
@@ -93,19 +101,22 @@ async fn register_all(w: &MdsWorld) {
 
 async fn namespace(w: MdsWorld, t: &dyn MdsTransport) {
     let md = t.metadata(&w.mds).await;
-    let a = md.mkdir("/a", false).await.expect("mkdir /a");
+    let a = md.mkdir("/a", false, None).await.expect("mkdir /a");
     assert_eq!(a.kind, InodeKind::Dir);
     assert_eq!(
-        kind("mkdir /a again", md.mkdir("/a", false).await),
+        kind("mkdir /a again", md.mkdir("/a", false, None).await),
         ErrorKind::AlreadyExists
     );
     assert_eq!(
-        kind("mkdir without its parent", md.mkdir("/x/y", false).await),
+        kind(
+            "mkdir without its parent",
+            md.mkdir("/x/y", false, None).await
+        ),
         ErrorKind::NotFound
     );
-    md.mkdir("/x/y", true).await.expect("mkdir -p /x/y");
+    md.mkdir("/x/y", true, None).await.expect("mkdir -p /x/y");
     assert_eq!(
-        kind("a relative path", md.mkdir("rel", false).await),
+        kind("a relative path", md.mkdir("rel", false, None).await),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
@@ -115,19 +126,19 @@ async fn namespace(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "opening a directory",
-            md.open("/a", LeaseMode::Write, NONE).await
+            md.open("/a", LeaseMode::Write, NONE, None).await
         ),
         ErrorKind::IsADirectory
     );
     assert_eq!(
         kind(
             "opening a missing file",
-            md.open("/a/f", LeaseMode::Read, NONE).await
+            md.open("/a/f", LeaseMode::Read, NONE, None).await
         ),
         ErrorKind::NotFound
     );
     let f = md
-        .open("/a/f", LeaseMode::Write, CREATE)
+        .open("/a/f", LeaseMode::Write, CREATE, None)
         .await
         .expect("create /a/f");
     assert_eq!(f.stat.kind, InodeKind::File);
@@ -145,48 +156,173 @@ async fn namespace(w: MdsWorld, t: &dyn MdsTransport) {
         ErrorKind::NotADirectory
     );
     assert_eq!(
-        kind("unlink of a non-empty directory", md.unlink("/a").await),
+        kind(
+            "unlink of a non-empty directory",
+            md.unlink("/a", None).await
+        ),
         ErrorKind::NotEmpty
     );
-    md.rename("/a/f", "/x/g").await.expect("rename a file");
+    md.rename("/a/f", "/x/g", None)
+        .await
+        .expect("rename a file");
     assert_eq!(
         kind("the old name", md.stat("/a/f").await),
         ErrorKind::NotFound
     );
     assert_eq!(md.stat("/x/g").await.unwrap().ino, f.stat.ino, "same inode");
     assert_eq!(
-        kind("rename of nothing", md.rename("/a/f", "/a/h").await),
+        kind("rename of nothing", md.rename("/a/f", "/a/h", None).await),
         ErrorKind::NotFound
     );
-    md.unlink("/x/g").await.expect("unlink a file");
+    md.unlink("/x/g", None).await.expect("unlink a file");
     assert_eq!(
-        kind("unlink again", md.unlink("/x/g").await),
+        kind("unlink again", md.unlink("/x/g", None).await),
         ErrorKind::NotFound
     );
-    md.unlink("/a").await.expect("unlink an empty directory");
+    md.unlink("/a", None)
+        .await
+        .expect("unlink an empty directory");
+}
+
+fn tag(seq: u64, done_below: u64) -> Option<OpTag> {
+    Some(OpTag {
+        session: SessionId(0x5e55),
+        seq,
+        done_below,
+    })
+}
+
+/// The seed 71 history of the simulator: an attempt of `unlink /d/n` that
+/// arrives after its client retried, ended the operation and created
+/// `/d/n` again must not remove the new `/d/n`.
+async fn exactly_once(w: MdsWorld, t: &dyn MdsTransport) {
+    let md = t.metadata(&w.mds).await;
+    md.mkdir("/d", false, tag(1, 1)).await.expect("mkdir /d");
+    // A repeated attempt gets the first answer instead of AlreadyExists.
+    let first = md
+        .mkdir("/d/n", false, tag(2, 2))
+        .await
+        .expect("mkdir /d/n");
+    let again = md.mkdir("/d/n", false, tag(2, 2)).await;
+    assert_eq!(again.expect("a repeated mkdir replays its answer"), first);
+    // An untagged repeat is a new operation.
+    assert_eq!(
+        kind("untagged mkdir again", md.mkdir("/d/n", false, None).await),
+        ErrorKind::AlreadyExists
+    );
+    // unlink /d/n (operation 3) executes once: its repeat is not NotFound.
+    md.unlink("/d/n", tag(3, 3)).await.expect("unlink /d/n");
+    md.unlink("/d/n", tag(3, 3))
+        .await
+        .expect("a repeated unlink replays its answer");
+    // A refusal is replayed too, even once the name exists.
+    assert_eq!(
+        kind("unlink a missing name", md.unlink("/d/m", tag(4, 3)).await),
+        ErrorKind::NotFound
+    );
+    md.mkdir("/d/m", false, tag(5, 3))
+        .await
+        .expect("mkdir /d/m");
+    assert_eq!(
+        kind("the refusal replayed", md.unlink("/d/m", tag(4, 3)).await),
+        ErrorKind::NotFound
+    );
+    assert!(
+        md.stat("/d/m").await.is_ok(),
+        "a replayed refusal removed /d/m"
+    );
+    // The client ends operations 3 to 5 and creates /d/n again (operation
+    // 6): a late attempt of operation 3 is refused and changes nothing.
+    md.mkdir("/d/n", false, tag(6, 6))
+        .await
+        .expect("mkdir /d/n again");
+    assert_eq!(
+        kind("a late unlink", md.unlink("/d/n", tag(3, 3)).await),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind("a late rename", md.rename("/d/n", "/d/o", tag(5, 5)).await),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(
+            "a late open",
+            md.open("/d/n/f", LeaseMode::Write, CREATE, tag(4, 4)).await
+        ),
+        ErrorKind::Stale
+    );
+    let names: Vec<String> = md
+        .readdir("/d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["m", "n"]);
+    assert!(
+        md.stat("/d/n/f").await.is_err(),
+        "the late open created a file"
+    );
+    // Another session's operation 3 is its own.
+    let other = Some(OpTag {
+        session: SessionId(0x07e4),
+        seq: 3,
+        done_below: 3,
+    });
+    md.unlink("/d/m", other)
+        .await
+        .expect("another session's unlink");
+    // A repeated open replays its lease while the lease lives, and says
+    // Stale once it has ended.
+    let opened = md
+        .open("/f", LeaseMode::Write, CREATE, tag(7, 7))
+        .await
+        .expect("open /f");
+    let replayed = md
+        .open("/f", LeaseMode::Write, CREATE, tag(7, 7))
+        .await
+        .expect("a repeated open replays its lease");
+    assert_eq!(replayed.lease, opened.lease);
+    md.close(opened.lease.id).await.unwrap();
+    assert_eq!(
+        kind(
+            "a repeated open whose lease ended",
+            md.open("/f", LeaseMode::Write, CREATE, tag(7, 7)).await
+        ),
+        ErrorKind::Stale
+    );
+    // A malformed tag is refused.
+    assert_eq!(
+        kind(
+            "done_below above seq",
+            md.mkdir("/e", false, tag(8, 9)).await
+        ),
+        ErrorKind::InvalidArgument
+    );
+    assert!(md.stat("/e").await.is_err());
 }
 
 async fn leases(w: MdsWorld, t: &dyn MdsTransport) {
     let md = t.metadata(&w.mds).await;
-    let writer = md.open("/f", LeaseMode::Write, CREATE).await.unwrap();
+    let writer = md.open("/f", LeaseMode::Write, CREATE, None).await.unwrap();
     assert_eq!(writer.lease.mode, LeaseMode::Write);
     assert!(writer.lease.duration_ms > 0);
     assert_eq!(
         kind(
             "a second writer",
-            md.open("/f", LeaseMode::Write, NONE).await
+            md.open("/f", LeaseMode::Write, NONE, None).await
         ),
         ErrorKind::Busy
     );
     assert_eq!(
         kind(
             "a reader beside a writer",
-            md.open("/f", LeaseMode::Read, NONE).await
+            md.open("/f", LeaseMode::Read, NONE, None).await
         ),
         ErrorKind::Busy
     );
     assert_eq!(
-        kind("unlink under a lease", md.unlink("/f").await),
+        kind("unlink under a lease", md.unlink("/f", None).await),
         ErrorKind::Busy
     );
     md.renew(writer.lease.id)
@@ -200,16 +336,16 @@ async fn leases(w: MdsWorld, t: &dyn MdsTransport) {
         kind("renewing a released lease", md.renew(writer.lease.id).await),
         ErrorKind::Stale
     );
-    let r1 = md.open("/f", LeaseMode::Read, NONE).await.unwrap();
+    let r1 = md.open("/f", LeaseMode::Read, NONE, None).await.unwrap();
     let r2 = md
-        .open("/f", LeaseMode::Read, NONE)
+        .open("/f", LeaseMode::Read, NONE, None)
         .await
         .expect("readers share");
     assert_ne!(r1.lease.id, r2.lease.id);
     assert_eq!(
         kind(
             "a writer beside readers",
-            md.open("/f", LeaseMode::Write, NONE).await
+            md.open("/f", LeaseMode::Write, NONE, None).await
         ),
         ErrorKind::Busy
     );
@@ -222,12 +358,12 @@ async fn leases(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "create+exclusive of an existing file",
-            md.open("/f", LeaseMode::Write, exclusive).await
+            md.open("/f", LeaseMode::Write, exclusive, None).await
         ),
         ErrorKind::AlreadyExists
     );
     let g = md
-        .open("/g", LeaseMode::Write, exclusive)
+        .open("/g", LeaseMode::Write, exclusive, None)
         .await
         .expect("create+exclusive of a new file");
     md.close(g.lease.id).await.unwrap();
@@ -236,7 +372,7 @@ async fn leases(w: MdsWorld, t: &dyn MdsTransport) {
 async fn chunks(w: MdsWorld, t: &dyn MdsTransport) {
     register_all(&w).await;
     let md = t.metadata(&w.mds).await;
-    let f = md.open("/c", LeaseMode::Write, CREATE).await.unwrap();
+    let f = md.open("/c", LeaseMode::Write, CREATE, None).await.unwrap();
     let lease = f.lease.id;
     assert_eq!(
         md.chunk_map(lease, 0, false).await.unwrap(),
@@ -287,7 +423,7 @@ async fn chunks(w: MdsWorld, t: &dyn MdsTransport) {
         "chunks beyond the size released"
     );
     md.close(lease).await.unwrap();
-    let reader = md.open("/c", LeaseMode::Read, NONE).await.unwrap();
+    let reader = md.open("/c", LeaseMode::Read, NONE, None).await.unwrap();
     assert!(
         md.chunk_map(reader.lease.id, 0, true).await.is_err(),
         "allocation needs a write lease"
@@ -303,7 +439,7 @@ async fn chunks(w: MdsWorld, t: &dyn MdsTransport) {
 async fn failure(w: MdsWorld, t: &dyn MdsTransport) {
     register_all(&w).await;
     let md = t.metadata(&w.mds).await;
-    let f = md.open("/r", LeaseMode::Write, CREATE).await.unwrap();
+    let f = md.open("/r", LeaseMode::Write, CREATE, None).await.unwrap();
     let map = md.chunk_map(f.lease.id, 0, true).await.unwrap().unwrap();
     let failed = map.replicas[1].cs;
     // Down for real: the MDS probes a replica reported unreachable.
@@ -338,13 +474,16 @@ async fn failure(w: MdsWorld, t: &dyn MdsTransport) {
 
 async fn attributes(w: MdsWorld, t: &dyn MdsTransport) {
     let md = t.metadata(&w.mds).await;
-    md.mkdir("/d", false).await.unwrap();
+    md.mkdir("/d", false, None).await.unwrap();
     let update = AttrUpdate {
         replicas: Some(Replicas { norm: 2, min: 1 }),
         ..Default::default()
     };
-    md.set_attr("/d", update, false).await.unwrap();
-    let f = md.open("/d/f", LeaseMode::Write, CREATE).await.unwrap();
+    md.set_attr("/d", update, false, None).await.unwrap();
+    let f = md
+        .open("/d/f", LeaseMode::Write, CREATE, None)
+        .await
+        .unwrap();
     assert_eq!(
         f.stat.attrs.replicas,
         Replicas { norm: 2, min: 1 },
@@ -356,7 +495,7 @@ async fn attributes(w: MdsWorld, t: &dyn MdsTransport) {
         ..Default::default()
     };
     assert_eq!(
-        kind("min above norm", md.set_attr("/d", bad, true).await),
+        kind("min above norm", md.set_attr("/d", bad, true, None).await),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
@@ -367,7 +506,7 @@ async fn attributes(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "set_attr of nothing",
-            md.set_attr("/nope", update, false).await
+            md.set_attr("/nope", update, false, None).await
         ),
         ErrorKind::NotFound
     );

@@ -10,6 +10,7 @@ pub mod placement;
 mod probe;
 pub mod raft;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod store;
 

@@ -184,13 +184,15 @@ impl Core {
         if let Some(log) = self.log.as_mut() {
             log.append(&cmd)?;
         }
+        // A tagged command's refusal is a result too: it is logged and
+        // remembered like an outcome.
         let outcome = self.state.execute(prepared);
         if let Some(log) = self.log.as_mut() {
             if let Err(e) = log.applied(&self.state) {
                 tracing::warn!("MDS store compaction failed (the log keeps growing): {e}");
             }
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Appends events to the persistent event log (and the daemon's log).
@@ -409,6 +411,18 @@ impl MdsService {
         match raft.client_write(RaftRequest { cmd }).await {
             Ok(reply) => reply.data.into_result(),
             Err(e) => Err(raft_write_error(e)),
+        }
+    }
+
+    /// `cmd` tagged with its client's `op` (exactly once), or as it is.
+    fn tagged(&self, op: Option<OpTag>, cmd: Command) -> Command {
+        match op {
+            Some(op) => Command::Tagged {
+                op,
+                now_ms: self.now(),
+                cmd: Box::new(cmd),
+            },
+            None => cmd,
         }
     }
 
@@ -1346,7 +1360,13 @@ impl MdsService {
 
 #[async_trait]
 impl MetadataService for MdsService {
-    async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<OpenReply> {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
         self.expire_leases(now).await?;
@@ -1363,13 +1383,16 @@ impl MetadataService for MdsService {
             self.fence(ino).await?;
         }
         let outcome = self
-            .commit(Command::Open {
-                path: path.to_string(),
-                mode,
-                flags,
-                now_ms: now,
-                lease_duration_ms: self.config.lease_duration_ms,
-            })
+            .commit(self.tagged(
+                op,
+                Command::Open {
+                    path: path.to_string(),
+                    mode,
+                    flags,
+                    now_ms: now,
+                    lease_duration_ms: self.config.lease_duration_ms,
+                },
+            ))
             .await?;
         let ApplyOutcome::Opened {
             lease,
@@ -1379,6 +1402,14 @@ impl MetadataService for MdsService {
         else {
             return Err(unexpected(outcome));
         };
+        if self.core().state.lease(lease.id).is_none() {
+            // A repeated attempt replayed an answer whose lease has ended
+            // since (expired while the answer was lost).
+            return Err(Error::stale(format!(
+                "open {path}: this request was granted lease {} before, which has ended since; open again",
+                lease.id
+            )));
+        }
         drop(_chunks);
         self.delete_replicas(released).await;
         let io_timeouts = self.params(&self.core()).io_timeouts();
@@ -1413,13 +1444,16 @@ impl MetadataService for MdsService {
         Ok(core.state.stat_of(ino).expect("looked up"))
     }
 
-    async fn mkdir(&self, path: &str, parents: bool) -> Result<Stat> {
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
         let outcome = self
-            .commit(Command::Mkdir {
-                path: path.to_string(),
-                parents,
-                now_ms: self.now(),
-            })
+            .commit(self.tagged(
+                op,
+                Command::Mkdir {
+                    path: path.to_string(),
+                    parents,
+                    now_ms: self.now(),
+                },
+            ))
             .await?;
         match outcome {
             ApplyOutcome::Stat(s) => Ok(s),
@@ -1432,12 +1466,15 @@ impl MetadataService for MdsService {
         self.core().state.readdir(path)
     }
 
-    async fn unlink(&self, path: &str) -> Result<()> {
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         let outcome = self
-            .commit(Command::Unlink {
-                path: path.to_string(),
-                now_ms: self.now(),
-            })
+            .commit(self.tagged(
+                op,
+                Command::Unlink {
+                    path: path.to_string(),
+                    now_ms: self.now(),
+                },
+            ))
             .await?;
         let ApplyOutcome::Released(released) = outcome else {
             return Err(unexpected(outcome));
@@ -1446,13 +1483,16 @@ impl MetadataService for MdsService {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
         let outcome = self
-            .commit(Command::Rename {
-                from: from.to_string(),
-                to: to.to_string(),
-                now_ms: self.now(),
-            })
+            .commit(self.tagged(
+                op,
+                Command::Rename {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    now_ms: self.now(),
+                },
+            ))
             .await?;
         match outcome {
             ApplyOutcome::Released(released) => {
@@ -1464,13 +1504,22 @@ impl MetadataService for MdsService {
         }
     }
 
-    async fn set_attr(&self, path: &str, update: AttrUpdate, recursive: bool) -> Result<()> {
-        self.commit(Command::SetAttr {
-            path: path.to_string(),
-            update,
-            recursive,
-            now_ms: self.now(),
-        })
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        self.commit(self.tagged(
+            op,
+            Command::SetAttr {
+                path: path.to_string(),
+                update,
+                recursive,
+                now_ms: self.now(),
+            },
+        ))
         .await
         .map(|_| ())
     }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::params::ClusterParams;
+use super::sessions::{OpReply, Seen, Sessions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
 
@@ -356,6 +357,16 @@ pub enum Command {
     /// (`BeginFence`) and every chain brought to one content: the file
     /// can be opened again.
     FinishFence { ino: InodeId },
+    // Appended in store format 6.
+    /// A namespace mutation (`Mkdir`, `Open`, `Unlink`, `Rename`,
+    /// `SetAttr`) tagged by its client so it executes at most once (see
+    /// [`super::sessions`]). A repeated attempt replays the first one's
+    /// answer; one whose client already ended it is refused `Stale`.
+    Tagged {
+        op: OpTag,
+        now_ms: u64,
+        cmd: Box<Command>,
+    },
 }
 
 /// What a successfully applied command produced.
@@ -389,6 +400,19 @@ pub enum ApplyOutcome {
 #[derive(Debug)]
 pub(crate) enum Prepared {
     Noop,
+    /// A tagged command seen for the first time: `inner` is the prepared
+    /// command, or the refusal to remember.
+    Tagged {
+        op: OpTag,
+        now_ms: u64,
+        inner: std::result::Result<Box<Prepared>, OpReply>,
+    },
+    /// A tagged command already executed: its remembered answer.
+    Replay {
+        op: OpTag,
+        now_ms: u64,
+        reply: OpReply,
+    },
     MkdirExisting(InodeId),
     Mkdir {
         parent: InodeId,
@@ -508,6 +532,26 @@ pub struct MdsState {
     next_event: u64,
     /// The next MDS id [`Command::AllocateMdsId`] hands out.
     next_mds: u64,
+    /// Client sessions and the answers of their unfinished mutations.
+    sessions: Sessions,
+}
+
+/// [`MdsState`] as store formats 4 and 5 wrote it (before client
+/// sessions); read by [`MdsState::from_v5`].
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MdsStateV5 {
+    inodes: BTreeMap<InodeId, Inode>,
+    chunks: BTreeMap<ChunkId, ChunkRecord>,
+    servers: BTreeMap<CsId, CsRecord>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+    next_ino: InodeId,
+    next_chunk: ChunkId,
+    next_lease: LeaseId,
+    next_cs: CsId,
+    params: BTreeMap<String, u64>,
+    events: VecDeque<Event>,
+    next_event: u64,
+    next_mds: u64,
 }
 
 /// [`MdsState`] as store format 3 wrote it (before locations, tiers and
@@ -623,7 +667,27 @@ impl MdsState {
             events: VecDeque::new(),
             next_event: 1,
             next_mds: FIRST_MDS_ID + 1,
+            sessions: Sessions::default(),
         })
+    }
+
+    /// Upgrades a state written by store format 4 or 5: no sessions.
+    pub(crate) fn from_v5(v5: MdsStateV5) -> MdsState {
+        MdsState {
+            inodes: v5.inodes,
+            chunks: v5.chunks,
+            servers: v5.servers,
+            leases: v5.leases,
+            next_ino: v5.next_ino,
+            next_chunk: v5.next_chunk,
+            next_lease: v5.next_lease,
+            next_cs: v5.next_cs,
+            params: v5.params,
+            events: v5.events,
+            next_event: v5.next_event,
+            next_mds: v5.next_mds,
+            sessions: Sessions::default(),
+        }
     }
 
     /// Upgrades a state written by store format 3: every chunk server gets
@@ -644,6 +708,7 @@ impl MdsState {
             events: v3.events,
             next_event: v3.next_event,
             next_mds: v3.next_mds,
+            sessions: Sessions::default(),
         }
     }
 
@@ -663,6 +728,7 @@ impl MdsState {
             events: v2.events,
             next_event: v2.next_event,
             next_mds: FIRST_MDS_ID + 1,
+            sessions: Sessions::default(),
         }
     }
 
@@ -694,13 +760,20 @@ impl MdsState {
             events: VecDeque::new(),
             next_event: 1,
             next_mds: FIRST_MDS_ID + 1,
+            sessions: Sessions::default(),
         }
     }
 
-    /// Applies `cmd`. On error nothing changed.
+    /// Applies `cmd`. On error nothing changed, except for a tagged
+    /// command: its refusal is remembered (see [`super::sessions`]).
     pub fn apply(&mut self, cmd: Command) -> Result<ApplyOutcome> {
         let prepared = self.prepare(&cmd)?;
-        Ok(self.execute(prepared))
+        self.execute(prepared)
+    }
+
+    /// The client sessions this state remembers.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Checks that `cmd` would apply, without changing anything.
@@ -1095,6 +1168,7 @@ impl MdsState {
 
     pub(crate) fn prepare(&self, cmd: &Command) -> Result<Prepared> {
         match cmd {
+            Command::Tagged { op, now_ms, cmd } => self.prepare_tagged(op, *now_ms, cmd),
             Command::Mkdir {
                 path,
                 parents,
@@ -1371,6 +1445,38 @@ impl MdsState {
             }
         }
         Ok(())
+    }
+
+    fn prepare_tagged(&self, op: &OpTag, now_ms: u64, cmd: &Command) -> Result<Prepared> {
+        op.validate()?;
+        if !matches!(
+            cmd,
+            Command::Mkdir { .. }
+                | Command::Open { .. }
+                | Command::Unlink { .. }
+                | Command::Rename { .. }
+                | Command::SetAttr { .. }
+        ) {
+            return Err(Error::invalid(format!(
+                "only namespace mutations are tagged by their client, not {cmd:?}"
+            )));
+        }
+        match self.sessions.check(op) {
+            Seen::Ended { done_below } => Err(Sessions::ended_error(op, done_below)),
+            Seen::Answered(reply) => Ok(Prepared::Replay {
+                op: *op,
+                now_ms,
+                reply,
+            }),
+            Seen::New => Ok(Prepared::Tagged {
+                op: *op,
+                now_ms,
+                inner: self
+                    .prepare(cmd)
+                    .map(Box::new)
+                    .map_err(|e| OpReply::of(&Err(e))),
+            }),
+        }
     }
 
     fn prepare_mkdir(&self, path: &str, parents: bool, now_ms: u64) -> Result<Prepared> {
@@ -1781,8 +1887,32 @@ impl MdsState {
         }
     }
 
-    pub(crate) fn execute(&mut self, prepared: Prepared) -> ApplyOutcome {
+    /// Executes a prepared command. Only a tagged command can fail here:
+    /// with its refusal, remembered (or replayed).
+    pub(crate) fn execute(&mut self, prepared: Prepared) -> Result<ApplyOutcome> {
         match prepared {
+            Prepared::Tagged { op, now_ms, inner } => {
+                let result = match inner {
+                    Ok(inner) => self.execute(*inner),
+                    Err(refusal) => refusal.to_result(),
+                };
+                self.sessions
+                    .record(&op, now_ms, Some(OpReply::of(&result)));
+                result
+            }
+            Prepared::Replay { op, now_ms, reply } => {
+                self.sessions.record(&op, now_ms, None);
+                reply.to_result()
+            }
+            other => Ok(self.execute_prepared(other)),
+        }
+    }
+
+    fn execute_prepared(&mut self, prepared: Prepared) -> ApplyOutcome {
+        match prepared {
+            Prepared::Tagged { .. } | Prepared::Replay { .. } => {
+                unreachable!("tagged commands are executed by execute")
+            }
             Prepared::Noop => ApplyOutcome::Done,
             Prepared::MkdirExisting(ino) => ApplyOutcome::Stat(self.stat_of(ino).expect("exists")),
             Prepared::Mkdir {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Command, MdsState, MdsStateV1, MdsStateV2, MdsStateV3};
+use super::state::{Command, MdsState, MdsStateV1, MdsStateV2, MdsStateV3, MdsStateV5};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -26,10 +26,12 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// tiers and capacities, file tiers and failure domains, and the commands
 /// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
 /// `SetCsPlacement`. 5 added `BeginFence` and `FinishFence` (a fence in
-/// two steps; `FenceFile` is no longer logged). Older records are read too: their commands are a
-/// prefix of the newer formats', and older snapshots are upgraded by
-/// [`MdsState::from_v1`], [`MdsState::from_v2`] and [`MdsState::from_v3`].
-pub const STORE_FORMAT_VERSION: u8 = 5;
+/// two steps; `FenceFile` is no longer logged). 6 added client sessions to
+/// the state and `Tagged` (exactly-once namespace mutations). Older records
+/// are read too: their commands are a prefix of the newer formats', and
+/// older snapshots are upgraded by [`MdsState::from_v1`],
+/// [`MdsState::from_v2`], [`MdsState::from_v3`] and [`MdsState::from_v5`].
+pub const STORE_FORMAT_VERSION: u8 = 6;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
@@ -61,6 +63,13 @@ struct SnapshotV2 {
 struct SnapshotV3 {
     last_index: u64,
     state: MdsStateV3,
+}
+
+/// A snapshot of store formats 4 and 5.
+#[derive(Deserialize)]
+struct SnapshotV5 {
+    last_index: u64,
+    state: MdsStateV5,
 }
 
 /// Where applied commands go before their effect becomes visible: the
@@ -167,6 +176,13 @@ fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
             Ok(Snapshot {
                 last_index: v3.last_index,
                 state: MdsState::from_v3(v3.state),
+            })
+        }
+        (4 | 5, body) => {
+            let v5: SnapshotV5 = decode_body(body, what, path)?;
+            Ok(Snapshot {
+                last_index: v5.last_index,
+                state: MdsState::from_v5(v5.state),
             })
         }
         (_, body) => decode_body(body, what, path),
@@ -343,12 +359,17 @@ impl MdsStore {
             }
             let what = format!("MDS log entry {index}");
             let cmd: Command = decode(v.value(), &what, &self.path)?;
-            state.apply(cmd).map_err(|e| {
-                Error::corrupt(format!(
-                    "{what} in {} does not replay: {e}",
-                    self.path.display()
-                ))
-            })?;
+            // A tagged command is logged with its refusal, which replays.
+            let tagged = matches!(cmd, Command::Tagged { .. });
+            match state.apply(cmd) {
+                Err(e) if !tagged => {
+                    return Err(Error::corrupt(format!(
+                        "{what} in {} does not replay: {e}",
+                        self.path.display()
+                    )))
+                }
+                _ => {}
+            }
         }
         Ok(state)
     }
@@ -687,5 +708,48 @@ mod tests {
         assert_eq!(store.append(&Command::AllocateCsId).unwrap(), 7);
         state.apply(Command::AllocateCsId).unwrap();
         assert_eq!(store.load().unwrap(), state);
+    }
+
+    /// A tagged command is logged with its refusal (its session remembers
+    /// it): the log replays it, and a snapshot keeps the sessions.
+    #[test]
+    fn a_tagged_refusal_replays_and_sessions_survive_a_snapshot() {
+        use crate::types::{OpTag, SessionId};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mds.redb");
+        let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
+        let mut state = MdsState::default();
+        let op = OpTag {
+            session: SessionId(9),
+            seq: 1,
+            done_below: 1,
+        };
+        let cmd = Command::Tagged {
+            op,
+            now_ms: 5,
+            cmd: Box::new(Command::Unlink {
+                path: "/missing".into(),
+                now_ms: 5,
+            }),
+        };
+        store.append(&cmd).unwrap();
+        let refused = state.apply(cmd.clone()).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::NotFound);
+        assert_eq!(state.sessions().len(), 1);
+        drop(store);
+        let store = MdsStore::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded, state);
+        let mut store = store;
+        store.compact(&state).unwrap();
+        drop(store);
+        let mut reloaded = MdsStore::open(&path).unwrap().load().unwrap();
+        assert_eq!(reloaded, state);
+        // The replayed answer is the remembered refusal.
+        let again = reloaded.apply(cmd).unwrap_err();
+        assert_eq!(
+            (again.kind(), again.message()),
+            (refused.kind(), refused.message())
+        );
     }
 }

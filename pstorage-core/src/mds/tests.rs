@@ -307,6 +307,7 @@ impl Cluster {
                     create: true,
                     ..Default::default()
                 },
+                None,
             )
             .await
             .unwrap()
@@ -963,7 +964,7 @@ async fn chunk_map_checks_the_lease() {
     assert_eq!(kind(c.mds.chunk_map(w.id, 0, true).await), ErrorKind::Stale);
     let r = c
         .mds
-        .open("/f", LeaseMode::Read, OpenFlags::default())
+        .open("/f", LeaseMode::Read, OpenFlags::default(), None)
         .await
         .unwrap()
         .lease;
@@ -1262,7 +1263,7 @@ async fn expired_write_lease_is_fenced_before_the_next_open() {
     c.cs(victim).set_failing(true);
     let reader = c
         .mds
-        .open("/f", LeaseMode::Read, OpenFlags::default())
+        .open("/f", LeaseMode::Read, OpenFlags::default(), None)
         .await
         .unwrap();
     let s = c.state();
@@ -1296,21 +1297,25 @@ async fn open_flags_and_namespace_through_the_service() {
     assert_eq!(
         kind(
             c.mds
-                .open("/f", LeaseMode::Write, OpenFlags::default())
+                .open("/f", LeaseMode::Write, OpenFlags::default(), None)
                 .await
         ),
         ErrorKind::NotFound
     );
     assert_eq!(
-        kind(c.mds.open("/f", LeaseMode::Read, excl).await),
+        kind(c.mds.open("/f", LeaseMode::Read, excl, None).await),
         ErrorKind::InvalidArgument
     );
-    let w = c.mds.open("/f", LeaseMode::Write, excl).await.unwrap();
+    let w = c
+        .mds
+        .open("/f", LeaseMode::Write, excl, None)
+        .await
+        .unwrap();
     let m0 = c.mds.chunk_map(w.lease.id, 0, true).await.unwrap().unwrap();
     c.mds.commit_size(w.lease.id, 100).await.unwrap();
     c.mds.close(w.lease.id).await.unwrap();
     assert_eq!(
-        kind(c.mds.open("/f", LeaseMode::Write, excl).await),
+        kind(c.mds.open("/f", LeaseMode::Write, excl, None).await),
         ErrorKind::AlreadyExists
     );
     let st = c.mds.stat("/f").await.unwrap();
@@ -1325,6 +1330,7 @@ async fn open_flags_and_namespace_through_the_service() {
                 truncate: true,
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -1334,13 +1340,13 @@ async fn open_flags_and_namespace_through_the_service() {
     }
     // Unlink is refused while leased and deletes chunks afterwards.
     let m = c.mds.chunk_map(w.lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(kind(c.mds.unlink("/f").await), ErrorKind::Busy);
+    assert_eq!(kind(c.mds.unlink("/f", None).await), ErrorKind::Busy);
     c.mds.close(w.lease.id).await.unwrap();
-    c.mds.mkdir("/d/e", true).await.unwrap();
-    c.mds.rename("/f", "/d/e/f").await.unwrap();
+    c.mds.mkdir("/d/e", true, None).await.unwrap();
+    c.mds.rename("/f", "/d/e/f", None).await.unwrap();
     assert_eq!(c.mds.readdir("/d/e").await.unwrap()[0].name, "f");
-    assert_eq!(kind(c.mds.unlink("/d").await), ErrorKind::NotEmpty);
-    c.mds.unlink("/d/e/f").await.unwrap();
+    assert_eq!(kind(c.mds.unlink("/d", None).await), ErrorKind::NotEmpty);
+    c.mds.unlink("/d/e/f", None).await.unwrap();
     for cs in chain(&m) {
         assert_eq!(c.cs(cs).calls().last(), Some(&Call::Delete(m.chunk)));
     }
@@ -1426,7 +1432,7 @@ async fn workload(c: &Cluster) {
     for _ in 0..3 {
         c.add_cs(10).await;
     }
-    c.mds.mkdir("/vm/a", true).await.unwrap();
+    c.mds.mkdir("/vm/a", true, None).await.unwrap();
     c.mds
         .set_attr(
             "/vm",
@@ -1436,6 +1442,7 @@ async fn workload(c: &Cluster) {
                 ..Default::default()
             },
             true,
+            None,
         )
         .await
         .unwrap();
@@ -1456,7 +1463,7 @@ async fn workload(c: &Cluster) {
         .unwrap();
     c.mds.commit_size(lease.id, 3 * CHUNK).await.unwrap();
     c.mds.truncate(lease.id, 2 * CHUNK).await.unwrap();
-    c.mds.rename("/vm/a/disk", "/vm/disk").await.unwrap();
+    c.mds.rename("/vm/a/disk", "/vm/disk", None).await.unwrap();
     c.mds.close(lease.id).await.unwrap();
     let other = c.open_write("/tmp").await;
     c.clock.advance(20_000);
@@ -1524,7 +1531,7 @@ async fn compaction_keeps_the_state() {
         net: Arc::new(FakeNet::default()),
         clock: Arc::new(ManualClock::new(5_000_000)),
     };
-    c.mds.mkdir("/after", false).await.unwrap();
+    c.mds.mkdir("/after", false, None).await.unwrap();
     let expected = c.state();
     drop(c);
     assert_eq!(MdsStore::open(&path).unwrap().load().unwrap(), expected);
@@ -1565,7 +1572,7 @@ async fn a_failed_append_changes_nothing() {
     let lease = c.open_write("/f").await;
     let before = c.state();
     fail.store(true, Ordering::SeqCst);
-    assert_eq!(kind(c.mds.mkdir("/d", false).await), ErrorKind::Io);
+    assert_eq!(kind(c.mds.mkdir("/d", false, None).await), ErrorKind::Io);
     assert_eq!(kind(c.mds.commit_size(lease.id, 5).await), ErrorKind::Io);
     assert_eq!(
         kind(c.mds.chunk_map(lease.id, 0, true).await),
@@ -1582,7 +1589,7 @@ async fn a_failed_append_changes_nothing() {
     }
     // The log holds exactly what was applied: replaying it gives the state.
     fail.store(false, Ordering::SeqCst);
-    c.mds.mkdir("/d", false).await.unwrap();
+    c.mds.mkdir("/d", false, None).await.unwrap();
     let mut replayed = initial;
     for cmd in appended.lock().unwrap().iter().cloned() {
         replayed.apply(cmd).unwrap();
@@ -1928,6 +1935,7 @@ async fn excess_replicas_are_trimmed_after_replicas_are_lowered() {
                 ..Default::default()
             },
             false,
+            None,
         )
         .await
         .unwrap();
@@ -2432,6 +2440,7 @@ async fn a_failed_copy_backs_off_and_avoids_its_target() {
                 ..Default::default()
             },
             false,
+            None,
         )
         .await
         .unwrap();
@@ -2516,6 +2525,7 @@ async fn copies_in_flight_per_server_are_limited() {
                 ..Default::default()
             },
             false,
+            None,
         )
         .await
         .unwrap();

@@ -68,7 +68,8 @@ pub enum RaftResponse {
     Empty,
     /// The command applied; what it produced.
     Applied(ApplyOutcome),
-    /// The command was refused (the state is unchanged): the error's
+    /// The command was refused (the state is unchanged, except that a
+    /// tagged command's session remembers the refusal): the error's
     /// [`ErrorKind`] code and message.
     Refused { kind: u16, message: String },
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftResponse, StateHost};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mds::state::{MdsState, MdsStateV3};
+use crate::mds::state::{MdsState, MdsStateV3, MdsStateV5};
 use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
 
 /// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
@@ -82,6 +82,13 @@ struct SnapshotRecord {
 struct SnapshotRecordV3 {
     meta: Meta,
     state: MdsStateV3,
+}
+
+/// A snapshot of store formats 4 and 5 (upgraded by [`MdsState::from_v5`]).
+#[derive(Deserialize)]
+struct SnapshotRecordV5 {
+    meta: Meta,
+    state: MdsStateV5,
 }
 
 /// Serializes like [`SnapshotRecord`] without cloning the state.
@@ -310,7 +317,14 @@ fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<SnapshotRecord> {
             })
         }
         // Format 5 added only a command: its snapshots are format 4's.
-        (4 | STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
+        (4 | 5, body) => {
+            let v5: SnapshotRecordV5 = decode_body(body, what, path)?;
+            Ok(SnapshotRecord {
+                meta: v5.meta,
+                state: MdsState::from_v5(v5.state),
+            })
+        }
+        (STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
         (version, _) => Err(Error::corrupt(format!(
             "{what} in {} has format version {version}, which had no Raft snapshots",
             path.display()

@@ -879,6 +879,50 @@ fn the_raft_config_validates() {
     assert!(c.max_in_snapshot_log_to_keep <= 1);
 }
 
+/// A golden file: the `mds.redb` that the format 5 daemons (pstorage at
+/// commit 278f795) wrote for a cluster with two chunk servers, a directory
+/// `/d` with `set-attr -R /d replicas=2:1` and a file `/d/f` of 13 bytes
+/// (`put`). This build reads it (format 5 snapshot and log entries) and
+/// upgrades it to format 6: no client sessions yet, and a tagged command
+/// applies.
+#[test]
+fn a_format_5_golden_database_is_read_and_upgraded() {
+    use crate::types::{OpTag, SessionId};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    std::fs::write(&path, include_bytes!("../golden/mds_format5.redb")).unwrap();
+    let (index, state) = RaftStorage::committed_state(&path).unwrap();
+    assert!(index > 0);
+    state.check_invariants().unwrap();
+    assert_eq!(state.servers().count(), 2);
+    assert!(state.sessions().is_empty());
+    let d = state.stat_of(state.lookup("/d").unwrap()).unwrap();
+    assert_eq!(d.attrs.replicas, Replicas { norm: 2, min: 1 });
+    let f = state.lookup("/d/f").unwrap();
+    assert_eq!(state.stat_of(f).unwrap().size, 13);
+    let maps = state.file_chunk_maps(f);
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps[0].replicas.len(), 2);
+    let mut state = state;
+    let op = OpTag {
+        session: SessionId(1),
+        seq: 1,
+        done_below: 1,
+    };
+    let tagged = Command::Tagged {
+        op,
+        now_ms: 1,
+        cmd: Box::new(Command::Mkdir {
+            path: "/d/e".into(),
+            parents: false,
+            now_ms: 1,
+        }),
+    };
+    let first = state.apply(tagged.clone()).unwrap();
+    assert_eq!(state.apply(tagged).unwrap(), first);
+    assert_eq!(state.sessions().len(), 1);
+}
+
 /// A golden file: the `mds.redb` that the format 3 daemons (pstorage at
 /// commit d3acdcb) wrote for a cluster with two chunk servers, a directory
 /// `/d` with `set-attr -R /d replicas=2:1` and a file `/d/f` of one chunk.
