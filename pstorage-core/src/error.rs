@@ -51,11 +51,15 @@ pub enum ErrorKind {
     BadHandle = 17,
     /// A bug or an unexpected internal state.
     Internal = 18,
+    /// Data no longer matches the CRCs its sender computed: it changed on
+    /// the wire or in memory between two nodes (end-to-end checksums).
+    /// Nothing was stored; the same request may succeed when sent again.
+    Checksum = 19,
 }
 
 impl ErrorKind {
     /// All kinds, in code order.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::NotADirectory,
@@ -74,6 +78,7 @@ impl ErrorKind {
         ErrorKind::FileTooLarge,
         ErrorKind::BadHandle,
         ErrorKind::Internal,
+        ErrorKind::Checksum,
     ];
 
     /// The wire / ABI code of this kind.
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::FileTooLarge => libc::EFBIG,
             ErrorKind::BadHandle => libc::EBADF,
             ErrorKind::Internal => libc::EIO,
+            ErrorKind::Checksum => libc::EIO,
         }
     }
 
@@ -119,7 +125,7 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Stale | ErrorKind::Unavailable | ErrorKind::TimedOut
+            ErrorKind::Stale | ErrorKind::Unavailable | ErrorKind::TimedOut | ErrorKind::Checksum
         )
     }
 }
@@ -145,6 +151,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::FileTooLarge => "file too large",
             ErrorKind::BadHandle => "bad handle",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Checksum => "checksum mismatch in transit",
         };
         f.write_str(s)
     }

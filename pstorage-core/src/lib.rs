@@ -4,6 +4,7 @@
 //! `pstorage-rpc` implements over the network and this crate implements
 //! in memory for tests.
 
+pub mod checksums;
 pub mod chunk;
 pub mod client;
 pub mod conf;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::checksums::CheckedBytes;
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -207,6 +208,15 @@ impl WritePayload {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The piece CRCs a write of this payload at `offset` carries
+    /// ([`crate::checksums`]): none for zeros.
+    pub fn crcs(&self, offset: u64) -> Vec<u64> {
+        match self {
+            WritePayload::Data(data) => crate::checksums::piece_crcs(offset, data),
+            WritePayload::Zeros(_) => Vec::new(),
+        }
+    }
 }
 
 /// A chain write: the receiver applies it and forwards it to `chain[0]` with
@@ -220,6 +230,31 @@ pub struct WriteRequest {
     pub payload: WritePayload,
     /// The rest of the chain after the receiver.
     pub chain: Vec<Replica>,
+    /// The CRC-64 of each piece of a `Data` payload as the client computed
+    /// them ([`crate::checksums`]); every chunk server checks them before
+    /// taking the write and forwards them unchanged. Empty for `Zeros`.
+    pub crcs: Vec<u64>,
+}
+
+impl WriteRequest {
+    /// A write with the CRCs of its payload computed here (the client).
+    pub fn new(
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        payload: WritePayload,
+        chain: Vec<Replica>,
+    ) -> WriteRequest {
+        let crcs = payload.crcs(offset);
+        WriteRequest {
+            chunk,
+            version,
+            offset,
+            payload,
+            chain,
+            crcs,
+        }
+    }
 }
 
 /// A failed chain write: which replica failed and why.
@@ -261,14 +296,29 @@ pub trait ChunkService: Send + Sync {
     /// one that did not answer within its share of the chain's deadline).
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError>;
     /// Reads `len` bytes at `offset`, verifying block checksums
-    /// (`Corrupt` on a mismatch). Unwritten ranges read as zeros.
+    /// (`Corrupt` on a mismatch). Unwritten ranges read as zeros. The data
+    /// comes with its piece CRCs ([`crate::checksums`]): check them with
+    /// [`CheckedBytes::verified`] before using it.
     async fn read(
         &self,
         chunk: ChunkId,
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes>;
+    ) -> Result<CheckedBytes>;
+    /// [`read`](ChunkService::read) with its piece CRCs checked: the data,
+    /// or `Checksum` if it changed on its way here.
+    async fn read_verified(
+        &self,
+        chunk: ChunkId,
+        version: MapVersion,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        self.read(chunk, version, offset, len)
+            .await?
+            .verified(chunk, offset)
+    }
     /// Makes every write applied so far durable on this replica.
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
     /// The CRC-table entries of the 4 KiB blocks of `[offset, offset +

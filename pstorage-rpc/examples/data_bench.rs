@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::Result;
-use pstorage_core::traits::{ChunkService, ReplicaError, WritePayload, WriteRequest};
+use pstorage_core::traits::{CheckedBytes, ChunkService, ReplicaError, WritePayload, WriteRequest};
 use pstorage_core::types::{ChunkId, MapVersion};
 use pstorage_rpc::auth::{self, Channel};
 use pstorage_rpc::data::{serve_data_connection, DataClient};
@@ -32,10 +32,13 @@ impl ChunkService for NoopService {
         &self,
         _chunk: ChunkId,
         _version: MapVersion,
-        _offset: u64,
+        offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
-        Ok(Bytes::from(vec![0; len as usize]))
+    ) -> Result<CheckedBytes> {
+        Ok(CheckedBytes::new(
+            offset,
+            Bytes::from(vec![0; len as usize]),
+        ))
     }
 
     async fn flush(&self, _chunk: ChunkId, _version: MapVersion) -> Result<()> {
@@ -83,13 +86,13 @@ async fn run(client: Arc<DataClient>, depth: usize, duration: Duration) -> (u64,
                 let mut offset = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     client
-                        .write(WriteRequest {
-                            chunk: w as u64,
-                            version: 1,
+                        .write(WriteRequest::new(
+                            w as u64,
+                            1,
                             offset,
-                            payload: WritePayload::Data(payload.clone()),
-                            chain: Vec::new(),
-                        })
+                            WritePayload::Data(payload.clone()),
+                            Vec::new(),
+                        ))
                         .await
                         .expect("write");
                     offset = (offset + IO_SIZE as u64) % (64 << 20);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use openraft::error::{
@@ -23,8 +22,8 @@ use pstorage_core::mds::raft::{MdsId, MdsNode, MdsRaft, MdsRaftConfig};
 use pstorage_core::mds::MdsService;
 use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{
-    ChunkConnector, ChunkControl, ChunkService, ControlConnector, CsRegistry, MdsGroup,
-    MetadataService, ReplicaError, WriteRequest,
+    CheckedBytes, ChunkConnector, ChunkControl, ChunkService, ControlConnector, CsRegistry,
+    MdsGroup, MetadataService, ReplicaError, WriteRequest,
 };
 use pstorage_core::types::*;
 use pstorage_core::{Error, ErrorKind, Result};
@@ -522,7 +521,7 @@ impl ChunkService for SimPeer {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         on_cs!(self, call, "read", |cs| cs
             .read(chunk, version, offset, len)
             .await)

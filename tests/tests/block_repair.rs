@@ -64,7 +64,10 @@ async fn wait_serving(cluster: &TestCluster, client: &Client, path: &str) {
                 for r in &map.replicas {
                     let service = connector.chunk_service(&r.addr).await.ok()?;
                     // Block 0 is good on every replica.
-                    service.read(map.chunk, map.version, 0, B).await.ok()?;
+                    service
+                        .read_verified(map.chunk, map.version, 0, B)
+                        .await
+                        .ok()?;
                 }
                 Some(())
             },

@@ -106,7 +106,10 @@ async fn random_writes_read_back_and_replicas_are_identical() {
         let expect = &shadow[start as usize..(start + len) as usize];
         for replica in &map.replicas {
             let cs = connector.chunk_service(&replica.addr).await.unwrap();
-            let got = cs.read(map.chunk, map.version, 0, len).await.unwrap();
+            let got = cs
+                .read_verified(map.chunk, map.version, 0, len)
+                .await
+                .unwrap();
             assert!(
                 got[..] == expect[..],
                 "chunk {} differs on CS {}",

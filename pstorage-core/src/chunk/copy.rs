@@ -585,15 +585,16 @@ impl ChunkServer {
                     tokio::time::sleep_until(started + at).await;
                 }
                 let (offset, len) = (first * BLOCK_SIZE, count * BLOCK_SIZE);
-                let data = tokio::time::timeout(deadline, peer.read(chunk, version, offset, len))
-                    .await
-                    .map_err(|_| {
-                        timed_out(
-                            deadline,
-                            format_args!("a read of {len} bytes at offset {offset}"),
-                        )
-                    })
-                    .and_then(|r| r)?;
+                let data =
+                    tokio::time::timeout(deadline, peer.read_verified(chunk, version, offset, len))
+                        .await
+                        .map_err(|_| {
+                            timed_out(
+                                deadline,
+                                format_args!("a read of {len} bytes at offset {offset}"),
+                            )
+                        })
+                        .and_then(|r| r)?;
                 Ok::<_, Error>((first, count, data))
             }
         });

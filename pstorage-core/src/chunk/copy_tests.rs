@@ -2,6 +2,7 @@
 //! copies, sparse copies, resync of a stale replica, resumption, progress
 //! and the progress deadline, at the default chunk size.
 
+use crate::traits::CheckedBytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -248,7 +249,7 @@ impl ChunkService for FaultyService {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         let gate = self.faults.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate.acquire().await.unwrap().forget();
@@ -265,13 +266,17 @@ impl ChunkService for FaultyService {
         if !allowed {
             return Err(self.faults.fault().await);
         }
-        let data = self.inner.read(chunk, version, offset, len).await?;
-        if self.faults.flip.load(Ordering::SeqCst) && !data.is_empty() {
-            let mut damaged = data.to_vec();
+        let read = self.inner.read(chunk, version, offset, len).await?;
+        if self.faults.flip.load(Ordering::SeqCst) && !read.data.is_empty() {
+            // Changed on its way: the CRCs are the sender's.
+            let mut damaged = read.data.to_vec();
             damaged[0] ^= 1;
-            return Ok(Bytes::from(damaged));
+            return Ok(CheckedBytes {
+                data: Bytes::from(damaged),
+                crcs: read.crcs,
+            });
         }
-        Ok(data)
+        Ok(read)
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
@@ -418,7 +423,7 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
             bytes_total: 4 * B,
         })
     );
-    let e = pair.target.read(3, 1, 0, B).await.unwrap_err();
+    let e = pair.target.read_verified(3, 1, 0, B).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     assert!(e.message().contains("brought up to date"), "{e}");
     gate.add_permits(1000);
@@ -435,7 +440,7 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
     assert_identical(pair.src(), pair.dst(), 3);
     // Updated in place: no other file, and it serves again.
     assert_eq!(pair.target_files(), vec![chunk_file(3)]);
-    pair.target.read(3, 2, 0, B).await.unwrap();
+    pair.target.read_verified(3, 2, 0, B).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +460,7 @@ async fn an_interrupted_copy_resumes_and_copies_only_the_rest() {
     assert_eq!(pair.target.partial_copies(), vec![4]);
     assert!(pair.dst().list().unwrap().is_empty());
     assert_eq!(
-        kind(pair.target.read(4, 5, 0, B).await),
+        kind(pair.target.read_verified(4, 5, 0, B).await),
         ErrorKind::NotFound
     );
     assert_eq!(pair.target.copy_progress(4).await.unwrap(), None);
@@ -598,9 +603,9 @@ async fn a_write_to_the_source_during_a_copy_is_taken_not_a_failure() {
     assert_identical(pair.src(), pair.dst(), 6);
 }
 
-/// Data damaged between the source and the target (its CRC entry matches
-/// neither the table the copy read nor the source's current one) still
-/// fails the copy.
+/// Data damaged between the source and the target fails the copy: the
+/// read's end-to-end check (`Checksum`) catches it before the comparison
+/// with the source's CRC table would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_damaged_in_transit_fails_the_copy() {
     let pair = Pair::new();
@@ -611,7 +616,7 @@ async fn a_block_damaged_in_transit_fails_the_copy() {
     fill(pair.src(), 6, 0, 2 * MIB, 6);
     pair.faults.flip.store(true, Ordering::SeqCst);
     let err = pair.copy(6, 2, 0).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Checksum, "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -739,7 +744,7 @@ async fn a_failed_resync_keeps_the_replica_out_of_service_until_a_copy_finishes(
     pair.faults.fail_after(1, Fault::Die);
     pair.copy(20, 2, 0).await.unwrap_err();
     assert_eq!(pair.dst().version(20).unwrap(), 1);
-    let e = pair.target.read(20, 1, 0, B).await.unwrap_err();
+    let e = pair.target.read_verified(20, 1, 0, B).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     // Nothing partial besides the replica itself, which the next copy resumes.
     assert!(pair.target.partial_copies().is_empty());
@@ -747,6 +752,6 @@ async fn a_failed_resync_keeps_the_replica_out_of_service_until_a_copy_finishes(
     let stats = pair.copy(20, 2, 0).await.unwrap();
     assert_eq!(stats.bytes_copied, 2 * MIB);
     assert!(stats.reused_base);
-    pair.target.read(20, 2, 0, B).await.unwrap();
+    pair.target.read_verified(20, 2, 0, B).await.unwrap();
     assert_identical(pair.src(), pair.dst(), 20);
 }

@@ -135,7 +135,7 @@ async fn replicate_chunk_copies_a_replica_and_replaces_a_stale_one() {
         .await
         .unwrap();
     assert_eq!(target.store().version(5).unwrap(), 4);
-    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
     assert!(got[..] == expected[..], "the copy differs from the source");
     net.clear();
 }
@@ -222,7 +222,7 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
         .unwrap();
     assert!(stats.reused_base);
     assert!(stats.bytes_copied <= 2 << 20, "{stats:?}");
-    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
     assert!(got[..] == pattern(7, 3 << 20)[..]);
     assert_eq!(target.store().version(5).unwrap(), 4);
     assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
@@ -246,7 +246,7 @@ async fn replicate_chunk_honours_the_rate_limit() {
         .unwrap();
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
-    let got = target.read(5, 4, 0, 3 << 20).await.unwrap();
+    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
     assert!(got[..] == expected[..]);
     net.clear();
 }
@@ -424,7 +424,7 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
         assert_eq!(bad.is_empty(), !corrupt.contains(&chunk));
         let data = pattern(chunk, size as usize);
         for block in 0..size / B {
-            let read = cs.server.read(chunk, 7, block * B, B).await;
+            let read = cs.server.read_verified(chunk, 7, block * B, B).await;
             if bad.contains(&block) {
                 assert_eq!(read.unwrap_err().kind(), ErrorKind::Corrupt);
             } else {
@@ -491,9 +491,13 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
     let data = pattern(3, CS as usize);
     cs.store.write(1, 0, &data).unwrap();
     flip_data_bit(&cs.store, 1, CS, 3 * B + 1);
-    cs.server.read(1, 4, 0, B).await.unwrap();
+    cs.server.read_verified(1, 4, 0, B).await.unwrap();
     for _ in 0..3 {
-        let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+        let e = cs
+            .server
+            .read_verified(1, 4, 2 * B, 2 * B)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
     // Block 3 reported once (its repair is in flight); the rest serves.
@@ -502,7 +506,13 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
     assert_eq!((reported[0].0, reported[0].1), (1, 4));
     assert_eq!(reported[0].2, [3]);
     assert!(cs.sink.chunks().is_empty());
-    assert!(cs.server.read(1, 4, 4 * B, CS - 4 * B).await.unwrap()[..] == data[(4 * B) as usize..]);
+    assert!(
+        cs.server
+            .read_verified(1, 4, 4 * B, CS - 4 * B)
+            .await
+            .unwrap()[..]
+            == data[(4 * B) as usize..]
+    );
     let registration = cs.server.registration("x:1").await.unwrap();
     assert_eq!(registration.chunks.len(), 1);
     // A repair from a good copy (here the original bytes) heals it.
@@ -513,7 +523,7 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
         .store
         .repair_block(1, 4, 3, Some(&[7u8; B as usize]))
         .unwrap());
-    assert!(cs.server.read(1, 4, 0, CS).await.unwrap()[..] == data[..]);
+    assert!(cs.server.read_verified(1, 4, 0, CS).await.unwrap()[..] == data[..]);
     // Stale version: refused.
     assert_eq!(
         kind(cs.store.repair_block(1, 3, 3, Some(&good))),
@@ -530,7 +540,11 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
         flip_data_bit(&cs.store, 1, CS, block * B + 1);
     }
     // A read scans only its own blocks: they are reported for repair.
-    let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+    let e = cs
+        .server
+        .read_verified(1, 4, 2 * B, 2 * B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert_eq!(cs.sink.blocks.lock().unwrap()[0].2, [2, 3]);
     cs.server.finish_repair(1, 4, &Default::default());
@@ -539,7 +553,11 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
     assert!(cs.server.report_damage(1, None, "scrub".into()).await);
     assert!(!cs.server.report_damage(1, None, "scrub".into()).await);
     for _ in 0..3 {
-        let e = cs.server.read(1, 4, 2 * B, 2 * B).await.unwrap_err();
+        let e = cs
+            .server
+            .read_verified(1, 4, 2 * B, 2 * B)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
     assert_eq!(cs.sink.chunks(), [1]);
@@ -560,7 +578,11 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
         .unwrap();
     assert!(cs.store.list_bad().unwrap().is_empty());
     assert_eq!(
-        cs.server.read(1, 4, 0, B).await.unwrap_err().kind(),
+        cs.server
+            .read_verified(1, 4, 0, B)
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
 }
@@ -629,11 +651,15 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     server.set_serving(true);
     // The torn block never reads; the others do.
     assert_eq!(
-        server.read(3, 1, 5 * B, B).await.unwrap_err().kind(),
+        server
+            .read_verified(3, 1, 5 * B, B)
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::Corrupt
     );
     assert!(
-        server.read(3, 1, 0, 5 * B).await.unwrap()[..]
+        server.read_verified(3, 1, 0, 5 * B).await.unwrap()[..]
             == pattern(3, CS as usize)[..(5 * B) as usize]
     );
     // The registration went through: the unclean ones are verified.
@@ -643,7 +669,7 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
         .unwrap();
     assert!(store.unverified().is_empty());
     assert!(server.registration("x:1").await.unwrap().unclean.is_empty());
-    assert!(server.read(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
+    assert!(server.read_verified(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
     drop(server);
 
     // Verified chunks are not checked again after another kill.
@@ -711,13 +737,13 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
     server.create_chunk(1, 1, CS).await.unwrap();
     let old = bytes::Bytes::from(pattern(9, (2 * B) as usize));
     server
-        .write(crate::traits::WriteRequest {
-            chunk: 1,
-            version: 1,
-            offset: 0,
-            payload: crate::traits::WritePayload::Data(old.clone()),
-            chain: vec![],
-        })
+        .write(crate::traits::WriteRequest::new(
+            1,
+            1,
+            0,
+            crate::traits::WritePayload::Data(old.clone()),
+            vec![],
+        ))
         .await
         .unwrap();
     store.set_capacity(3 * B);
@@ -729,22 +755,19 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
         }
     );
     let e = server
-        .write(crate::traits::WriteRequest {
-            chunk: 1,
-            version: 1,
-            offset: B,
-            payload: crate::traits::WritePayload::Data(bytes::Bytes::from(vec![
-                7u8;
-                3 * B as usize
-            ])),
-            chain: vec![],
-        })
+        .write(crate::traits::WriteRequest::new(
+            1,
+            1,
+            B,
+            crate::traits::WritePayload::Data(bytes::Bytes::from(vec![7u8; 3 * B as usize])),
+            vec![],
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.failed_cs, None);
     assert_eq!(e.error.kind(), ErrorKind::NoSpace);
     assert!(e.error.message().contains("chunk server 9"), "{e}");
-    let got = server.read(1, 1, 0, 2 * B).await.unwrap();
+    let got = server.read_verified(1, 1, 0, 2 * B).await.unwrap();
     assert!(got == old);
     // Re-replication onto a full CS fails the same way and leaves nothing.
     let source = net.add_server(8, &addr(8), Arc::new(MemChunkStore::new()));
@@ -776,19 +799,13 @@ async fn io_stats_count_successful_operations() {
         crate::traits::WritePayload::Zeros(3 * B),
     ] {
         server
-            .write(crate::traits::WriteRequest {
-                chunk: 1,
-                version: 1,
-                offset: 0,
-                payload,
-                chain: vec![],
-            })
+            .write(crate::traits::WriteRequest::new(1, 1, 0, payload, vec![]))
             .await
             .unwrap();
     }
-    server.read(1, 1, 0, 100).await.unwrap();
-    server.read(1, 1, 0, CS).await.unwrap();
-    server.read(1, 2, 0, 100).await.unwrap_err();
+    server.read_verified(1, 1, 0, 100).await.unwrap();
+    server.read_verified(1, 1, 0, CS).await.unwrap();
+    server.read_verified(1, 2, 0, 100).await.unwrap_err();
     ChunkService::flush(server.as_ref(), 1, 1).await.unwrap();
     source.store().write(2, B, &[7u8; 2 * B as usize]).unwrap();
     server
@@ -985,13 +1002,13 @@ async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
         0,
         "trimmed all the same"
     );
-    let e = cs.server.read(1, 4, 0, B).await.unwrap_err();
+    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.message().contains("syncing it failed"), "{e}");
     assert_eq!(cs.sink.chunks(), [1]);
     assert_eq!(cs.store.list_bad().unwrap(), [1]);
     assert_eq!(
-        cs.server.read(2, 4, 0, CS).await.unwrap(),
+        cs.server.read_verified(2, 4, 0, CS).await.unwrap(),
         pattern(2, CS as usize)
     );
     // Writes to the healthy chunk go on.

@@ -49,6 +49,9 @@ pub struct MemChunkStore {
     /// Chunks written but not flushed at the last [`MemChunkStore::crash`],
     /// not verified since.
     unverified: Mutex<BTreeSet<ChunkId>>,
+    /// Reads of written blocks left to damage after their check
+    /// ([`MemChunkStore::misread`]).
+    misreads: AtomicU64,
 }
 
 /// What a simulated power loss ([`MemChunkStore::crash`]) does to one
@@ -112,7 +115,21 @@ impl MemChunkStore {
             next_incoming: AtomicU64::new(0),
             bad: Mutex::new(HashMap::new()),
             unverified: Mutex::new(BTreeSet::new()),
+            misreads: AtomicU64::new(0),
         }
+    }
+
+    /// Makes the next `blocks` written blocks that reads return come back
+    /// with their first byte flipped *after* they passed their CRC check: a fault
+    /// between the chunk server's check and the wire (a bad buffer, a bug)
+    /// that only the reader's end-to-end check can catch.
+    pub fn misread(&self, blocks: u64) {
+        self.misreads.store(blocks, Ordering::SeqCst);
+    }
+
+    /// How many damaged reads [`MemChunkStore::misread`] has left to do.
+    pub fn misreads_left(&self) -> u64 {
+        self.misreads.load(Ordering::SeqCst)
     }
 
     /// A simulated power loss: every block changed since its chunk's last
@@ -567,6 +584,12 @@ impl ChunkStore for MemChunkStore {
                     out.copy_from_slice(
                         &stored.bytes[(lo - block_start) as usize..(hi - block_start) as usize],
                     );
+                    let misread =
+                        self.misreads
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                    if misread.is_ok() {
+                        out[0] ^= 0x01;
+                    }
                 }
             }
         }

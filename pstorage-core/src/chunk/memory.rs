@@ -11,16 +11,17 @@
 //! named client only ([`MemNetwork::client_view`]: a partition between one
 //! client and one server).
 
+use crate::traits::CheckedBytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::traits::{
-    ChunkConnector, ChunkControl, ChunkService, ControlConnector, ReplicaError, WriteRequest,
+    ChunkConnector, ChunkControl, ChunkService, ControlConnector, ReplicaError, WritePayload,
+    WriteRequest,
 };
 use crate::types::{ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, CsId, MapVersion, Replica};
 
@@ -52,6 +53,8 @@ struct Inner {
     delay: HashMap<String, Duration>,
     /// (client name, address) pairs whose calls are refused.
     refused: HashSet<(String, String)>,
+    /// Data writes to an address still to arrive damaged.
+    damaged_writes: HashMap<String, u64>,
 }
 
 impl MemNetwork {
@@ -128,6 +131,15 @@ impl MemNetwork {
         } else {
             inner.delay.insert(addr.to_string(), delay);
         }
+    }
+
+    /// Makes the next `count` data writes sent to `addr` (by clients or by
+    /// chunk servers forwarding down a chain) arrive with the first byte of
+    /// their data flipped and their CRCs as sent: bytes changed on the wire.
+    pub fn damage_writes(&self, addr: &str, count: u64) {
+        lock(&self.inner)
+            .damaged_writes
+            .insert(addr.to_string(), count);
     }
 
     /// Refuses (or allows again) every call from the client named `client`
@@ -272,8 +284,25 @@ impl ControlConnector for MemNetwork {
 
 #[async_trait]
 impl ChunkService for Link {
-    async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
+    async fn write(&self, mut request: WriteRequest) -> Result<(), ReplicaError> {
         let (server, delay) = self.reach(true).await.map_err(ReplicaError::local)?;
+        if let WritePayload::Data(data) = &request.payload {
+            let damage = {
+                let mut inner = lock(&self.inner);
+                match inner.damaged_writes.get_mut(&self.addr) {
+                    Some(n) if *n > 0 && !data.is_empty() => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if damage {
+                let mut bytes = data.to_vec();
+                bytes[0] ^= 0x01;
+                request.payload = WritePayload::Data(bytes.into());
+            }
+        }
         // Once sent, a write is executed even if its caller stops waiting
         // (as over TCP): a slow server applies a timed-out attempt late.
         let sent = tokio::spawn(async move {
@@ -295,7 +324,7 @@ impl ChunkService for Link {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         self.server(true)
             .await?
             .read(chunk, version, offset, len)

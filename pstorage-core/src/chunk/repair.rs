@@ -313,7 +313,7 @@ impl ChunkServer {
             }
             let data = match tokio::time::timeout(
                 deadline,
-                peer.read(chunk, version, first * BLOCK_SIZE, count * BLOCK_SIZE),
+                peer.read_verified(chunk, version, first * BLOCK_SIZE, count * BLOCK_SIZE),
             )
             .await
             .map_err(within("a read"))?
@@ -340,7 +340,7 @@ impl ChunkServer {
                     None => {
                         let one = tokio::time::timeout(
                             deadline,
-                            peer.read(chunk, version, block * BLOCK_SIZE, BLOCK_SIZE),
+                            peer.read_verified(chunk, version, block * BLOCK_SIZE, BLOCK_SIZE),
                         )
                         .await
                         .map_err(within("a read"))?;

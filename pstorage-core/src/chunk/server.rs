@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::traits::CheckedBytes;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -548,6 +549,32 @@ impl ChunkServer {
     }
 }
 
+/// Reads `[offset, offset + len)` checked against the CRC table, with the
+/// piece CRCs a reader checks it by: whole blocks carry their stored
+/// entries (so a block that changed after its check here still fails at
+/// the reader), partial ones a CRC computed here.
+fn read_with_crcs(
+    store: &dyn ChunkStore,
+    chunk: ChunkId,
+    version: MapVersion,
+    offset: u64,
+    len: u64,
+) -> Result<CheckedBytes> {
+    let mut buf = vec![0u8; len as usize];
+    store.read_checked(chunk, Some(version), offset, &mut buf)?;
+    if len == 0 {
+        return Ok(CheckedBytes::new(offset, Bytes::new()));
+    }
+    let first = offset / BLOCK_SIZE;
+    let count = crate::checksums::piece_count(offset, len) as u64;
+    let entries = store.crc_entries(chunk, Some(version), first, count)?;
+    Ok(CheckedBytes::from_entries(
+        offset,
+        Bytes::from(buf),
+        &entries,
+    ))
+}
+
 #[async_trait]
 impl ChunkService for ChunkServer {
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
@@ -558,16 +585,29 @@ impl ChunkService for ChunkServer {
             offset,
             payload,
             chain,
+            crcs,
         } = request;
         // Zeros carry no bytes, so truncating a whole chunk is one request.
-        if let WritePayload::Data(data) = &payload {
-            if data.len() as u64 > MAX_IO_SIZE {
-                return Err(ReplicaError::local(Error::invalid(format!(
-                    "chunk {chunk:#x}: a write of {} bytes exceeds the limit of {MAX_IO_SIZE}: \
-                     split it",
-                    data.len()
+        match &payload {
+            WritePayload::Data(data) => {
+                if data.len() as u64 > MAX_IO_SIZE {
+                    return Err(ReplicaError::local(Error::invalid(format!(
+                        "chunk {chunk:#x}: a write of {} bytes exceeds the limit of {MAX_IO_SIZE}: \
+                         split it",
+                        data.len()
+                    ))));
+                }
+                // End to end: the bytes must be the ones the client sent.
+                crate::checksums::verify_piece_crcs(chunk, offset, data, &crcs, "a write")
+                    .map_err(|e| ReplicaError::local(self.context(e)))?;
+            }
+            WritePayload::Zeros(_) if !crcs.is_empty() => {
+                return Err(ReplicaError::local(Error::protocol(format!(
+                    "chunk {chunk:#x}: a zeroing write carries {} CRCs",
+                    crcs.len()
                 ))));
             }
+            WritePayload::Zeros(_) => {}
         }
         // Refusing here saves forwarding a write this replica will refuse
         // anyway; the authoritative check is the store's, atomic with the
@@ -606,6 +646,7 @@ impl ChunkService for ChunkServer {
                     offset,
                     payload: payload.clone(),
                     chain: rest.to_vec(),
+                    crcs: crcs.clone(),
                 })
                 .await
                 .map_err(|e| ReplicaError {
@@ -652,7 +693,7 @@ impl ChunkService for ChunkServer {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         self.check_serving()?;
         self.check_servable(chunk)?;
         if len > MAX_IO_SIZE {
@@ -660,19 +701,15 @@ impl ChunkService for ChunkServer {
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
             )));
         }
+        // The piece CRCs go with the data, computed once the blocks passed
+        // their check against the CRC table, so the client can check that
+        // what it got is what was checked here.
         let result = if len <= INLINE_IO_MAX_BYTES {
-            let mut buf = vec![0u8; len as usize];
-            self.store
-                .read_checked(chunk, Some(version), offset, &mut buf)
-                .map(|()| Bytes::from(buf))
+            read_with_crcs(self.store.as_ref(), chunk, version, offset, len)
                 .map_err(|e| self.context(e))
         } else {
-            self.blocking(move |store| {
-                let mut buf = vec![0u8; len as usize];
-                store.read_checked(chunk, Some(version), offset, &mut buf)?;
-                Ok(Bytes::from(buf))
-            })
-            .await
+            self.blocking(move |store| read_with_crcs(store, chunk, version, offset, len))
+                .await
         };
         match &result {
             Ok(_) => {

@@ -1110,13 +1110,13 @@ mod chain {
             payload: WritePayload,
         ) -> Result<(), ReplicaError> {
             self.servers[0]
-                .write(WriteRequest {
-                    chunk: CHUNK,
+                .write(WriteRequest::new(
+                    CHUNK,
                     version,
                     offset,
                     payload,
-                    chain: vec![self.replica(1), self.replica(2)],
-                })
+                    vec![self.replica(1), self.replica(2)],
+                ))
                 .await
         }
     }
@@ -1142,7 +1142,10 @@ mod chain {
         let mut expected = data.to_vec();
         expected[1000..1100].fill(0);
         for s in &c.servers {
-            let got = s.read(CHUNK, 1, 1000, data.len() as u64).await.unwrap();
+            let got = s
+                .read_verified(CHUNK, 1, 1000, data.len() as u64)
+                .await
+                .unwrap();
             assert_eq!(&got[..], &expected[..], "replica on CS {}", s.id());
             s.flush(CHUNK, 1).await.unwrap();
         }
@@ -1168,7 +1171,7 @@ mod chain {
             .await
             .unwrap();
         for s in &c.servers {
-            assert_eq!(s.read(CHUNK, 1, 0, CS).await.unwrap(), whole);
+            assert_eq!(s.read_verified(CHUNK, 1, 0, CS).await.unwrap(), whole);
         }
 
         // Zeroing more than MAX_IO_SIZE is one request (no bytes travel),
@@ -1178,13 +1181,8 @@ mod chain {
         for s in &c.servers {
             s.create_chunk(big, 1, big_size).await.unwrap();
         }
-        let request = |payload| WriteRequest {
-            chunk: big,
-            version: 1,
-            offset: 0,
-            payload,
-            chain: vec![c.replica(1), c.replica(2)],
-        };
+        let request =
+            |payload| WriteRequest::new(big, 1, 0, payload, vec![c.replica(1), c.replica(2)]);
         c.servers[0]
             .write(request(WritePayload::Data(Bytes::from_static(b"tail"))))
             .await
@@ -1207,7 +1205,10 @@ mod chain {
             (None, ErrorKind::InvalidArgument)
         );
         for s in &c.servers {
-            assert_eq!(s.read(big, 1, 0, 4).await.unwrap()[..], [0, 0, 0, 0]);
+            assert_eq!(
+                s.read_verified(big, 1, 0, 4).await.unwrap()[..],
+                [0, 0, 0, 0]
+            );
         }
     }
 
@@ -1229,7 +1230,10 @@ mod chain {
         );
         assert_eq!(e.failed_replica(1), 2);
         // The refusing replica did nothing.
-        assert_eq!(c.servers[1].read(CHUNK, 2, 0, 1).await.unwrap()[..], [0]);
+        assert_eq!(
+            c.servers[1].read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            [0]
+        );
 
         // Now the head is behind the map the client has.
         for s in &c.servers[1..] {
@@ -1248,7 +1252,10 @@ mod chain {
         assert_eq!(e.failed_replica(1), 1);
         assert_eq!(e.error.kind(), ErrorKind::Stale);
 
-        let e = c.servers[0].read(CHUNK, 1, 0, 1).await.unwrap_err();
+        let e = c.servers[0]
+            .read_verified(CHUNK, 1, 0, 1)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Stale);
         assert_eq!(
             ChunkService::flush(c.servers[0].as_ref(), CHUNK, 3)
@@ -1303,7 +1310,7 @@ mod chain {
         let c = Cluster::mem().await;
         let s = &c.servers[0];
         s.set_serving(false);
-        let e = s.read(CHUNK, 1, 0, 1).await.unwrap_err();
+        let e = s.read_verified(CHUNK, 1, 0, 1).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(
             e.message()
@@ -1370,13 +1377,16 @@ mod chain {
             .unwrap();
         closed.set_serving(true);
         // The write refused while it was closed never reached it.
-        assert_eq!(closed.read(CHUNK, 1, 0, 1).await.unwrap()[..], [0]);
+        assert_eq!(closed.read_verified(CHUNK, 1, 0, 1).await.unwrap()[..], [0]);
         c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
             .await
             .unwrap();
-        assert_eq!(closed.read(CHUNK, 1, 0, 1).await.unwrap()[..], [b'x']);
         assert_eq!(
-            closed.read(99, 4, 0, 1).await.unwrap_err().kind(),
+            closed.read_verified(CHUNK, 1, 0, 1).await.unwrap()[..],
+            [b'x']
+        );
+        assert_eq!(
+            closed.read_verified(99, 4, 0, 1).await.unwrap_err().kind(),
             ErrorKind::NotFound
         );
         closed.delete_chunk(99).await.unwrap();
@@ -1402,7 +1412,7 @@ mod chain {
         .await
         .unwrap();
         away.set_serving(true);
-        let err = away.read(CHUNK, 1, 0, 1).await.unwrap_err();
+        let err = away.read_verified(CHUNK, 1, 0, 1).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Stale, "{err}");
         assert!(err.message().contains("in no chain"), "{err}");
         assert_eq!(
@@ -1414,21 +1424,27 @@ mod chain {
             ErrorKind::Stale
         );
         let err = away
-            .write(WriteRequest {
-                chunk: CHUNK,
-                version: 1,
-                offset: 0,
-                payload: WritePayload::Data(Bytes::from_static(b"y")),
-                chain: vec![],
-            })
+            .write(WriteRequest::new(
+                CHUNK,
+                1,
+                0,
+                WritePayload::Data(Bytes::from_static(b"y")),
+                vec![],
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.error.kind(), ErrorKind::Stale, "{}", err.error);
         // The other replicas serve.
-        assert_eq!(c.servers[1].read(CHUNK, 1, 0, 1).await.unwrap()[..], [b'x']);
+        assert_eq!(
+            c.servers[1].read_verified(CHUNK, 1, 0, 1).await.unwrap()[..],
+            [b'x']
+        );
         // Brought to a newer version (as a copy ends): served again.
         away.set_version(CHUNK, 2).await.unwrap();
-        assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
+        assert_eq!(
+            away.read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            [b'x']
+        );
         // A registration that names nothing stale lifts every fence.
         away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
@@ -1437,12 +1453,15 @@ mod chain {
         })
         .await
         .unwrap();
-        assert!(away.read(CHUNK, 2, 0, 1).await.is_err());
+        assert!(away.read_verified(CHUNK, 2, 0, 1).await.is_err());
         away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply::default())
             .await
             .unwrap();
-        assert_eq!(away.read(CHUNK, 2, 0, 1).await.unwrap()[..], [b'x']);
+        assert_eq!(
+            away.read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            [b'x']
+        );
         // The fence is at the version registered: a copy that moved the
         // replica on before the reply arrived made it current.
         away.registration(&addr(3)).await.unwrap();
@@ -1453,7 +1472,10 @@ mod chain {
         })
         .await
         .unwrap();
-        assert_eq!(away.read(CHUNK, 3, 0, 1).await.unwrap()[..], [b'x']);
+        assert_eq!(
+            away.read_verified(CHUNK, 3, 0, 1).await.unwrap()[..],
+            [b'x']
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1475,7 +1497,10 @@ mod chain {
         }
         for s in &c.servers {
             ChunkService::flush(s.as_ref(), CHUNK, 1).await.unwrap();
-            assert_eq!(s.read(CHUNK, 1, 0, CS).await.unwrap()[..], model[..]);
+            assert_eq!(
+                s.read_verified(CHUNK, 1, 0, CS).await.unwrap()[..],
+                model[..]
+            );
             ChunkControl::set_version(s.as_ref(), CHUNK, 2)
                 .await
                 .unwrap();

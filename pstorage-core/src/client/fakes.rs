@@ -8,6 +8,7 @@
 //! and can be told to fail, be unreachable, answer corrupt data or hold
 //! another version.
 
+use crate::traits::CheckedBytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -186,7 +187,7 @@ impl ChunkService for FakeCs {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         tokio::task::yield_now().await;
         let mut st = lock(&self.state);
         st.reads += 1;
@@ -211,7 +212,7 @@ impl ChunkService for FakeCs {
         let start = (offset as usize).min(r.data.len());
         let end = ((offset + len) as usize).min(r.data.len());
         out[..end - start].copy_from_slice(&r.data[start..end]);
-        Ok(Bytes::from(out))
+        Ok(CheckedBytes::new(offset, Bytes::from(out)))
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {

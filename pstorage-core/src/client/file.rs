@@ -873,6 +873,9 @@ impl FileInner {
         } else {
             "write"
         };
+        // Computed once: every attempt, to whichever chain, carries the
+        // CRCs of the bytes the application gave.
+        let crcs = payload.crcs(piece.chunk_offset);
         let mut retry = Retry::new(&self.client.options);
         let mut source = MapSource::Cache;
         loop {
@@ -913,6 +916,7 @@ impl FileInner {
                 offset: piece.chunk_offset,
                 payload: payload.clone(),
                 chain: map.replicas[1..].to_vec(),
+                crcs: crcs.clone(),
             };
             // n replicas, n shares of the deadline: a stuck successor is
             // reported by its predecessor before this fires, so a timeout
@@ -944,6 +948,18 @@ impl FileInner {
             let cause = replica_cause(&map, failed, &error.error);
             if request_error(kind) {
                 return Err(self.fatal(op, index, Some(&map), cause));
+            }
+            if kind == ErrorKind::Checksum {
+                // The bytes changed between two nodes (the wire, a
+                // buffer) and the receiver refused them: nothing is wrong
+                // with a replica. Send the same write again.
+                tracing::warn!(path = %self.path, index, chunk = map.chunk, cs = failed,
+                    error = %error.error, "a write failed its end-to-end check; sending it again");
+                if !retry.wait().await {
+                    return Err(self.gave_up(op, index, Some(&map), &retry, cause));
+                }
+                source = MapSource::Given(map);
+                continue;
             }
             tracing::debug!(path = %self.path, index, chunk = map.chunk, cs = failed,
                 error = %error.error, "chain write failed");
@@ -1022,7 +1038,7 @@ impl FileInner {
                 let attempt = async {
                     let service = self.client.chunks.chunk_service(&replica.addr).await?;
                     service
-                        .read(map.chunk, map.version, piece.chunk_offset, piece.len)
+                        .read_verified(map.chunk, map.version, piece.chunk_offset, piece.len)
                         .await
                 };
                 let result = tokio::time::timeout(deadline, attempt)
@@ -1072,6 +1088,12 @@ impl FileInner {
                     // service): a report from here would drop a replica
                     // that is good but for a few blocks.
                     corrupt += 1;
+                } else if error.kind() == ErrorKind::Checksum {
+                    // Changed between that chunk server's check and here
+                    // (the wire, a buffer): the replica is not to blame.
+                    tracing::warn!(path = %self.path, index, chunk = map.chunk,
+                        cs = replica.cs, error = %error,
+                        "a read failed its end-to-end check; reading another replica");
                 } else {
                     self.report_in_background(&map, replica.cs, failure_reason(error.kind()));
                 }

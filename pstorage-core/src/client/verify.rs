@@ -288,7 +288,7 @@ impl Client {
                     end += 1;
                 }
                 let got = service
-                    .read(
+                    .read_verified(
                         map.chunk,
                         map.version,
                         block * BLOCK_SIZE,
@@ -379,7 +379,10 @@ impl Client {
             let Ok(service) = self.shared.chunks.chunk_service(&replica.addr).await else {
                 continue;
             };
-            if let Ok(data) = service.read(map.chunk, map.version, offset, len).await {
+            if let Ok(data) = service
+                .read_verified(map.chunk, map.version, offset, len)
+                .await
+            {
                 if data.len() as u64 == len {
                     return Some(data);
                 }

@@ -71,7 +71,11 @@ async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
         .expect("creating it again at the same version");
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 3));
     // A new replica is empty and serves at its version.
-    let back = w.server(1).read(CHUNK, 3, 0, BLOCK_SIZE).await.unwrap();
+    let back = w
+        .server(1)
+        .read_verified(CHUNK, 3, 0, BLOCK_SIZE)
+        .await
+        .unwrap();
     assert!(back.iter().all(|&b| b == 0));
     assert_eq!(
         kind(
@@ -107,7 +111,7 @@ async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     // The data path follows the new version.
     w.server(1)
-        .read(CHUNK, 3, 0, BLOCK_SIZE)
+        .read_verified(CHUNK, 3, 0, BLOCK_SIZE)
         .await
         .expect("reads at the new version");
 }
@@ -129,7 +133,7 @@ async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "reading a deleted replica",
-            w.server(1).read(CHUNK, 1, 0, BLOCK_SIZE).await
+            w.server(1).read_verified(CHUNK, 1, 0, BLOCK_SIZE).await
         ),
         ErrorKind::NotFound
     );
@@ -145,13 +149,13 @@ async fn source_with_data(w: &ChunkWorld, version: u64) -> Bytes {
     src.create_chunk(CHUNK, version, DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    src.write(WriteRequest {
-        chunk: CHUNK,
+    src.write(WriteRequest::new(
+        CHUNK,
         version,
-        offset: 3 * BLOCK_SIZE,
-        payload: WritePayload::Data(data.clone()),
-        chain: vec![],
-    })
+        3 * BLOCK_SIZE,
+        WritePayload::Data(data.clone()),
+        vec![],
+    ))
     .await
     .unwrap();
     data
@@ -177,7 +181,7 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 7));
     let back = w
         .server(1)
-        .read(CHUNK, 7, 3 * BLOCK_SIZE, BLOCK_SIZE)
+        .read_verified(CHUNK, 7, 3 * BLOCK_SIZE, BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(back, data, "the copy holds the source's bytes");

@@ -73,6 +73,13 @@ pub async fn run(transport: &dyn ChunkTransport) {
     .await;
     case(
         SUITE,
+        "bytes changed in flight fail the end-to-end check",
+        ChunkWorld::new(),
+        |w| end_to_end(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
         "a chunk not held is NotFound",
         ChunkWorld::new(),
         |w| not_held(w, transport),
@@ -103,13 +110,7 @@ fn write(
     payload: WritePayload,
     chain: Vec<Replica>,
 ) -> WriteRequest {
-    WriteRequest {
-        chunk: CHUNK,
-        version,
-        offset,
-        payload,
-        chain,
-    }
+    WriteRequest::new(CHUNK, version, offset, payload, chain)
 }
 
 fn replica_error(what: &str, r: std::result::Result<(), ReplicaError>) -> ReplicaError {
@@ -130,11 +131,11 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     .await
     .expect("a write at the replica's version");
     let back = svc
-        .read(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
+        .read_verified(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(back, data, "the bytes written read back");
-    let head = svc.read(CHUNK, 1, 0, BLOCK_SIZE).await.unwrap();
+    let head = svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await.unwrap();
     assert_eq!(
         &head[..],
         &[0u8; BS][..],
@@ -142,7 +143,7 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     // A read across written and unwritten bytes, not block-aligned.
     let mixed = svc
-        .read(CHUNK, 1, BLOCK_SIZE + 100, BLOCK_SIZE)
+        .read_verified(CHUNK, 1, BLOCK_SIZE + 100, BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(mixed.len(), BS);
@@ -150,7 +151,7 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(&mixed[BS - 100..], &data[..100]);
     // Far beyond anything written, still inside the chunk.
     let tail = svc
-        .read(CHUNK, 1, DEFAULT_CHUNK_SIZE - BLOCK_SIZE, BLOCK_SIZE)
+        .read_verified(CHUNK, 1, DEFAULT_CHUNK_SIZE - BLOCK_SIZE, BLOCK_SIZE)
         .await
         .unwrap();
     assert!(tail.iter().all(|&b| b == 0));
@@ -158,7 +159,7 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
         .await
         .expect("a flush at the replica's version");
     assert_eq!(
-        svc.read(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
+        svc.read_verified(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
             .await
             .unwrap(),
         data
@@ -180,7 +181,7 @@ async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
     for id in 1..=3 {
         let back = w
             .server(id)
-            .read(CHUNK, 4, 7, data.len() as u64)
+            .read_verified(CHUNK, 4, 7, data.len() as u64)
             .await
             .unwrap();
         assert_eq!(back, data, "replica {id} holds the chain write");
@@ -200,7 +201,7 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a read at a newer version",
-            svc.read(CHUNK, 6, 0, BLOCK_SIZE).await
+            svc.read_verified(CHUNK, 6, 0, BLOCK_SIZE).await
         ),
         ErrorKind::Stale
     );
@@ -215,7 +216,11 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         ),
         ErrorKind::Stale
     );
-    let back = w.server(1).read(CHUNK, 5, 0, BLOCK_SIZE).await.unwrap();
+    let back = w
+        .server(1)
+        .read_verified(CHUNK, 5, 0, BLOCK_SIZE)
+        .await
+        .unwrap();
     assert!(
         back.iter().all(|&b| b == 0),
         "the refused write left nothing"
@@ -279,7 +284,7 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
     for id in [1, 2] {
         let back = w
             .server(id)
-            .read(CHUNK, 1, 0, 2 * BLOCK_SIZE)
+            .read_verified(CHUNK, 1, 0, 2 * BLOCK_SIZE)
             .await
             .unwrap();
         assert!(
@@ -353,7 +358,7 @@ async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     assert_eq!(e.error.kind(), ErrorKind::Unavailable, "{e}");
     assert_eq!(
-        kind("a read", svc.read(CHUNK, 1, 0, BLOCK_SIZE).await),
+        kind("a read", svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await),
         ErrorKind::Unavailable
     );
     assert_eq!(
@@ -361,7 +366,7 @@ async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
         ErrorKind::Unavailable
     );
     w.server(1).set_serving(true);
-    svc.read(CHUNK, 1, 0, BLOCK_SIZE)
+    svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE)
         .await
         .expect("serving again, it reads");
 }
@@ -379,7 +384,7 @@ async fn oversized(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a read over the size limit",
-            svc.read(CHUNK, 1, 0, MAX_IO_SIZE + 1).await
+            svc.read_verified(CHUNK, 1, 0, MAX_IO_SIZE + 1).await
         ),
         ErrorKind::InvalidArgument
     );
@@ -388,7 +393,10 @@ async fn oversized(w: ChunkWorld, t: &dyn ChunkTransport) {
     svc.write(write(1, 0, WritePayload::Data(max.clone()), vec![]))
         .await
         .expect("a write of exactly the limit");
-    assert_eq!(svc.read(CHUNK, 1, 0, MAX_IO_SIZE).await.unwrap(), max);
+    assert_eq!(
+        svc.read_verified(CHUNK, 1, 0, MAX_IO_SIZE).await.unwrap(),
+        max
+    );
 }
 
 async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
@@ -396,7 +404,7 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a read of a chunk not held",
-            svc.read(CHUNK, 1, 0, BLOCK_SIZE).await
+            svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await
         ),
         ErrorKind::NotFound
     );
@@ -409,5 +417,87 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert!(
         w.server(1).list_chunks().await.unwrap().is_empty(),
         "nothing created"
+    );
+}
+
+/// The piece CRCs cross the transport as sent: a write whose bytes do not
+/// match them is refused `Checksum` (by the receiver or down the chain)
+/// and stores nothing; a read carries the server's CRCs, so bytes damaged
+/// after the server's check fail the reader's.
+async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
+    create_on(&w, &[1, 2], 1).await;
+    let svc = t.service(&w, 1).await;
+    let good = pattern(7, 2 * BS + 100);
+    let mut changed = write(1, 50, WritePayload::Data(good.clone()), vec![w.replica(2)]);
+    let mut bytes = good.to_vec();
+    bytes[BS] ^= 0x80;
+    changed.payload = WritePayload::Data(bytes.into());
+    let refused = replica_error("a changed write", svc.write(changed).await);
+    assert_eq!(
+        refused.error.kind(),
+        ErrorKind::Checksum,
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.failed_cs, None, "the receiver refused it itself");
+    // Damaged between the head and the next member: refused there.
+    w.net.damage_writes(&ChunkWorld::addr(2), 1);
+    let refused = replica_error(
+        "a write damaged down the chain",
+        svc.write(write(
+            1,
+            50,
+            WritePayload::Data(good.clone()),
+            vec![w.replica(2)],
+        ))
+        .await,
+    );
+    assert_eq!(
+        refused.error.kind(),
+        ErrorKind::Checksum,
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.failed_cs, Some(2));
+    // Nothing of the refused write reached replica 2.
+    let on_2 = w
+        .server(2)
+        .read_verified(CHUNK, 1, 0, 3 * BLOCK_SIZE)
+        .await
+        .unwrap();
+    assert!(on_2.iter().all(|&b| b == 0), "a refused write was stored");
+    // Sent again intact, it lands on both.
+    svc.write(write(
+        1,
+        50,
+        WritePayload::Data(good.clone()),
+        vec![w.replica(2)],
+    ))
+    .await
+    .expect("the intact write");
+    for id in [1, 2] {
+        let back = w
+            .server(id)
+            .read_verified(CHUNK, 1, 50, good.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(back, good, "server {id}");
+    }
+    // Reads: the CRCs are the server's, checked by the reader.
+    let read = svc.read(CHUNK, 1, 50, good.len() as u64).await.unwrap();
+    assert_eq!(read.crcs, crate::checksums::piece_crcs(50, &good));
+    w.stores[0].misread(1);
+    assert_eq!(
+        kind(
+            "a block damaged after its check",
+            svc.read_verified(CHUNK, 1, 0, 2 * BLOCK_SIZE).await
+        ),
+        ErrorKind::Checksum
+    );
+    assert_eq!(
+        svc.read_verified(CHUNK, 1, 50, good.len() as u64)
+            .await
+            .unwrap(),
+        good
     );
 }

@@ -97,8 +97,8 @@ mod tests {
 
     use std::sync::Arc;
 
+    use crate::traits::CheckedBytes;
     use async_trait::async_trait;
-    use bytes::Bytes;
 
     use crate::error::{Error, ErrorKind, Result};
     use crate::traits::{ChunkControl, ChunkService, ReplicaError, WriteRequest};
@@ -124,7 +124,7 @@ mod tests {
             version: MapVersion,
             offset: u64,
             len: u64,
-        ) -> Result<Bytes> {
+        ) -> Result<CheckedBytes> {
             self.0.read(chunk, version, offset, len).await
         }
         async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {

@@ -20,16 +20,24 @@ use crate::types::{CsId, FileAttrs, Replica};
 pub struct ChunkWorld {
     pub net: Arc<MemNetwork>,
     pub servers: Vec<Arc<ChunkServer>>,
+    /// Each server's store, in the same order.
+    pub stores: Vec<Arc<MemChunkStore>>,
 }
 
 impl ChunkWorld {
     /// Fresh servers with empty stores.
     pub fn new() -> ChunkWorld {
         let net = MemNetwork::new();
+        let stores: Vec<Arc<MemChunkStore>> =
+            (1..=3).map(|_| Arc::new(MemChunkStore::new())).collect();
         let servers = (1..=3)
-            .map(|id| net.add_server(id, &Self::addr(id), Arc::new(MemChunkStore::new())))
+            .map(|id| net.add_server(id, &Self::addr(id), stores[id as usize - 1].clone()))
             .collect();
-        ChunkWorld { net, servers }
+        ChunkWorld {
+            net,
+            servers,
+            stores,
+        }
     }
 
     /// The address of server `id` on the network.

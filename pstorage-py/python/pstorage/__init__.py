@@ -16,6 +16,7 @@ from ._errors import (
     AlreadyExists,
     BadHandle,
     Busy,
+    Checksum,
     Corrupt,
     Error,
     FileTooLarge,
@@ -64,5 +65,6 @@ __all__ = [
     "FileTooLarge",
     "BadHandle",
     "Internal",
+    "Checksum",
     "__version__",
 ]

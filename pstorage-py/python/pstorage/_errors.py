@@ -32,6 +32,7 @@ __all__ = [
     "FileTooLarge",
     "BadHandle",
     "Internal",
+    "Checksum",
 ]
 
 
@@ -150,6 +151,12 @@ class Internal(Error):
     kind = "Internal"
 
 
+class Checksum(Error):
+    """Data changed in transit: it no longer matches its sender's CRCs (EIO)."""
+
+    kind = "Checksum"
+
+
 _BY_KIND: Dict[str, Type[Error]] = {
     cls.kind: cls
     for cls in (
@@ -171,6 +178,7 @@ _BY_KIND: Dict[str, Type[Error]] = {
         FileTooLarge,
         BadHandle,
         Internal,
+        Checksum,
     )
 }
 

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pstorage_core::conf::ClusterKey;
 use pstorage_core::error::{Error, ErrorKind, Result};
-use pstorage_core::traits::{ChunkConnector, ChunkService, ReplicaError, WriteRequest};
+use pstorage_core::traits::{
+    CheckedBytes, ChunkConnector, ChunkService, ReplicaError, WriteRequest,
+};
 use pstorage_core::types::{ChunkId, MapVersion, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -324,7 +326,7 @@ async fn read_responses(read_half: OwnedReadHalf, shared: Arc<Shared>) {
         let result = match (response, entry.expect) {
             (Response::Ok(data), Expect::Data(len)) if data.len() as u64 != len => {
                 Err(Error::protocol(format!(
-                    "chunk server {} answered a read of {len} bytes with {} bytes",
+                    "chunk server {} answered a read ({len} bytes with CRCs) with {} bytes",
                     shared.peer,
                     data.len()
                 )))
@@ -368,7 +370,7 @@ impl ChunkService for DataClient {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         if len > MAX_IO_SIZE {
             return Err(Error::invalid(format!(
                 "read of {len} bytes from chunk {chunk:#x} exceeds the limit of {MAX_IO_SIZE} bytes per request; split it"
@@ -377,10 +379,11 @@ impl ChunkService for DataClient {
         let response = self
             .call(
                 wire::encode_read(chunk, version, offset, len),
-                Expect::Data(len),
+                Expect::Data(wire::read_reply_len(offset, len)),
             )
             .await?;
-        into_result(response).map_err(|e| e.error)
+        let body = into_result(response).map_err(|e| e.error)?;
+        Ok(wire::decode_read_ok(offset, len, body))
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {

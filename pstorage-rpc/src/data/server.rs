@@ -137,13 +137,20 @@ async fn handle(service: &dyn ChunkService, id: u64, request: Request) -> OutFra
                 );
             }
             match service.read(chunk, version, offset, len).await {
-                Ok(data) if data.len() as u64 == len => wire::encode_ok(id, data),
-                Ok(data) => wire::encode_error(
+                Ok(read)
+                    if read.data.len() as u64 == len
+                        && read.crcs.len()
+                            == pstorage_core::checksums::piece_count(offset, len) =>
+                {
+                    wire::encode_read_ok(id, read)
+                }
+                Ok(read) => wire::encode_error(
                     id,
                     None,
                     &Error::internal(format!(
-                        "the chunk service returned {} bytes for a read of {len} bytes from chunk {chunk:#x}",
-                        data.len()
+                        "the chunk service returned {} bytes and {} piece CRCs for a read of {len} bytes from chunk {chunk:#x}",
+                        read.data.len(),
+                        read.crcs.len()
                     )),
                 ),
                 Err(e) => wire::encode_error(id, None, &e),

@@ -11,7 +11,7 @@ use pstorage_core::chunk::{crc64, encode_block_crc};
 use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{
-    ChunkConnector, ChunkService, ReplicaError, WritePayload, WriteRequest,
+    CheckedBytes, ChunkConnector, ChunkService, ReplicaError, WritePayload, WriteRequest,
 };
 use pstorage_core::types::{ChunkId, MapVersion, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,7 +96,7 @@ impl ChunkService for MemService {
         version: MapVersion,
         offset: u64,
         len: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<CheckedBytes> {
         self.check_version(chunk, version)?;
         let chunks = self.chunks.lock().unwrap();
         let Some((_, data)) = chunks.get(&chunk) else {
@@ -106,7 +106,7 @@ impl ChunkService for MemService {
         let start = (offset as usize).min(data.len());
         let end = ((offset + len) as usize).min(data.len());
         out[..end - start].copy_from_slice(&data[start..end]);
-        Ok(Bytes::from(out))
+        Ok(CheckedBytes::new(offset, Bytes::from(out)))
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
@@ -195,13 +195,7 @@ fn write_req(
     offset: u64,
     payload: WritePayload,
 ) -> WriteRequest {
-    WriteRequest {
-        chunk,
-        version,
-        offset,
-        payload,
-        chain: Vec::new(),
-    }
+    WriteRequest::new(chunk, version, offset, payload, Vec::new())
 }
 
 #[tokio::test]
@@ -230,22 +224,22 @@ async fn requests_round_trip() {
     client.write(req).await.unwrap();
     assert_eq!(*service.last_chain.lock().unwrap(), chain);
     assert_eq!(
-        client.read(1, 5, 100, 11).await.unwrap(),
+        client.read_verified(1, 5, 100, 11).await.unwrap(),
         Bytes::from_static(b"hello world")
     );
     // Past the end reads as zeros; an empty read is fine too.
     assert_eq!(
-        client.read(1, 5, 105, 10).await.unwrap(),
+        client.read_verified(1, 5, 105, 10).await.unwrap(),
         &b" world\0\0\0\0"[..]
     );
-    assert!(client.read(1, 5, 0, 0).await.unwrap().is_empty());
+    assert!(client.read_verified(1, 5, 0, 0).await.unwrap().is_empty());
 
     client
         .write(write_req(1, 5, 102, WritePayload::Zeros(3)))
         .await
         .unwrap();
     assert_eq!(
-        client.read(1, 5, 100, 11).await.unwrap(),
+        client.read_verified(1, 5, 100, 11).await.unwrap(),
         &b"he\0\0\0 world"[..]
     );
 
@@ -263,7 +257,13 @@ async fn requests_round_trip() {
         ))
         .await
         .unwrap();
-    assert_eq!(client.read(2, 1, 0, big.len() as u64).await.unwrap(), big);
+    assert_eq!(
+        client
+            .read_verified(2, 1, 0, big.len() as u64)
+            .await
+            .unwrap(),
+        big
+    );
     assert!(!client.is_closed());
 }
 
@@ -334,20 +334,26 @@ async fn errors_survive_the_wire() {
     assert_eq!(err.error.kind(), ErrorKind::Stale);
     assert!(err.error.message().contains("version 4"), "{err}");
 
-    let err = client.read(3, 9, 0, 1).await.unwrap_err();
+    let err = client.read_verified(3, 9, 0, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Stale);
-    let err = client.read(77, 1, 0, 1).await.unwrap_err();
+    let err = client.read_verified(77, 1, 0, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.message().contains("0x4d"), "{err}");
     let err = client.flush(3, 9).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Stale);
 
     // Refused before sending.
-    let err = client.read(3, 4, 0, MAX_IO_SIZE + 1).await.unwrap_err();
+    let err = client
+        .read_verified(3, 4, 0, MAX_IO_SIZE + 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 
     // The connection survives all of that.
-    assert_eq!(client.read(3, 4, 0, 8).await.unwrap(), &[0u8; 8][..]);
+    assert_eq!(
+        client.read_verified(3, 4, 0, 8).await.unwrap(),
+        &[0u8; 8][..]
+    );
     assert!(!client.is_closed());
 }
 
@@ -399,7 +405,7 @@ async fn many_concurrent_requests_are_pipelined() {
     }
     let reads = (0..N).map(|i| {
         let client = client.clone();
-        async move { (i, client.read(i % 10, 1, (i / 10) * 16, 16).await) }
+        async move { (i, client.read_verified(i % 10, 1, (i / 10) * 16, 16).await) }
     });
     for (i, r) in futures::future::join_all(reads).await {
         assert_eq!(r.unwrap(), Bytes::from(format!("req{i:013}")));
@@ -436,7 +442,7 @@ async fn server_death_fails_in_flight_requests_and_the_connector_reconnects() {
         assert_eq!(err.error.kind(), ErrorKind::Unavailable, "{err}");
     }
     // Later requests on the dead connection fail at once.
-    let err = chunk_service.read(1, 1, 0, 1).await.unwrap_err();
+    let err = chunk_service.read_verified(1, 1, 0, 1).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 
     // While the server is down, dialing fails cleanly.
@@ -455,7 +461,7 @@ async fn server_death_fails_in_flight_requests_and_the_connector_reconnects() {
         ))
         .await
         .unwrap();
-    assert_eq!(fresh.read(1, 1, 0, 4).await.unwrap(), &b"back"[..]);
+    assert_eq!(fresh.read_verified(1, 1, 0, 4).await.unwrap(), &b"back"[..]);
     assert_eq!(restarted.accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -535,7 +541,7 @@ async fn bad_frames_close_only_their_connection() {
         stream.write_all(&input).await.unwrap();
         assert_closed_by_server(&mut stream).await;
         // The other client is unaffected.
-        assert_eq!(good.read(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
+        assert_eq!(good.read_verified(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
     }
 
     // Unauthenticated garbage never reaches the data protocol.
@@ -558,7 +564,7 @@ async fn bad_frames_close_only_their_connection() {
     stream.shutdown().await.unwrap();
     assert_closed_by_server(&mut stream).await;
 
-    assert_eq!(good.read(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
+    assert_eq!(good.read_verified(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
     assert!(!good.is_closed());
 }
 

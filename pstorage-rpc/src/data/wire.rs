@@ -4,7 +4,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use pstorage_core::error::{Error, ErrorKind};
-use pstorage_core::traits::{WritePayload, WriteRequest};
+use pstorage_core::traits::{CheckedBytes, WritePayload, WriteRequest};
 use pstorage_core::types::{
     ChunkId, CsId, MapVersion, Replica, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_CHUNK_SIZE, MAX_IO_SIZE,
     MAX_REPLICAS,
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 /// First byte of every frame.
 pub const FRAME_MAGIC: u8 = 0xD7;
 /// The frame format version this node speaks (second byte of every frame).
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 /// Largest accepted frame body: the largest I/O plus room for the request
@@ -210,6 +210,16 @@ pub(crate) fn encode_write(req: &WriteRequest) -> Result<OutFrame, Error> {
             (PAYLOAD_ZEROS, *n, Bytes::new())
         }
     };
+    // Zeros carry no data, so no CRCs either.
+    if req.crcs.len() != pstorage_core::checksums::piece_count(req.offset, data.len() as u64) {
+        return Err(Error::protocol(format!(
+            "write to chunk {:#x}: {} piece CRCs for {} bytes of data at offset {}",
+            req.chunk,
+            req.crcs.len(),
+            data.len(),
+            req.offset
+        )));
+    }
     let mut chain_len = 0;
     for r in &req.chain {
         if r.addr.is_empty() || r.addr.len() > MAX_ADDR_LEN {
@@ -220,20 +230,29 @@ pub(crate) fn encode_write(req: &WriteRequest) -> Result<OutFrame, Error> {
         }
         chain_len += 4 + 1 + r.addr.len();
     }
-    let body_len = WRITE_FIXED_LEN + chain_len + data.len();
-    let mut head = Vec::with_capacity(HEADER_LEN + WRITE_FIXED_LEN + chain_len);
+    let crcs_len = req.crcs.len() * 8;
+    let body_len = WRITE_FIXED_LEN + chain_len + crcs_len + data.len();
+    let mut head = Vec::with_capacity(HEADER_LEN + WRITE_FIXED_LEN + chain_len + crcs_len);
     put_header(&mut head, TYPE_WRITE, 0, body_len);
     head.extend_from_slice(&req.chunk.to_le_bytes());
     head.extend_from_slice(&req.version.to_le_bytes());
     head.extend_from_slice(&req.offset.to_le_bytes());
     head.extend_from_slice(&zeros_len.to_le_bytes());
-    head.extend_from_slice(&[kind, req.chain.len() as u8, 0, 0]);
+    head.extend_from_slice(&[kind, req.chain.len() as u8]);
+    // At most MAX_IO_SIZE / 4096 + 1 pieces: fits.
+    head.extend_from_slice(&(req.crcs.len() as u16).to_le_bytes());
     for r in &req.chain {
         head.extend_from_slice(&r.cs.to_le_bytes());
         head.push(r.addr.len() as u8);
         head.extend_from_slice(r.addr.as_bytes());
     }
-    debug_assert_eq!(head.len(), HEADER_LEN + WRITE_FIXED_LEN + chain_len);
+    for crc in &req.crcs {
+        head.extend_from_slice(&crc.to_le_bytes());
+    }
+    debug_assert_eq!(
+        head.len(),
+        HEADER_LEN + WRITE_FIXED_LEN + chain_len + crcs_len
+    );
     Ok(OutFrame {
         head,
         body: data,
@@ -320,6 +339,40 @@ pub(crate) fn encode_ok(id: u64, data: Bytes) -> OutFrame {
     }
 }
 
+/// The Ok response to a Read: the piece CRCs, then the data.
+pub(crate) fn encode_read_ok(id: u64, read: CheckedBytes) -> OutFrame {
+    let mut head = Vec::with_capacity(HEADER_LEN + read.crcs.len() * 8);
+    put_header(
+        &mut head,
+        TYPE_OK,
+        id,
+        read.crcs.len() * 8 + read.data.len(),
+    );
+    for crc in &read.crcs {
+        head.extend_from_slice(&crc.to_le_bytes());
+    }
+    OutFrame {
+        head,
+        body: read.data,
+        permit: None,
+    }
+}
+
+/// The body length of the Ok response to a Read of `len` bytes at
+/// `offset`: its piece CRCs and its data.
+pub(crate) fn read_reply_len(offset: u64, len: u64) -> u64 {
+    pstorage_core::checksums::piece_count(offset, len) as u64 * 8 + len
+}
+
+/// Splits the body of the Ok response to a Read at `offset` (its length
+/// checked by the caller) into the data and its piece CRCs.
+pub(crate) fn decode_read_ok(offset: u64, len: u64, mut body: Bytes) -> CheckedBytes {
+    let crcs_len = pstorage_core::checksums::piece_count(offset, len) * 8;
+    let crcs = decode_crc_entries(&body[..crcs_len]);
+    body.advance(crcs_len);
+    CheckedBytes { data: body, crcs }
+}
+
 pub(crate) fn encode_error(id: u64, failed_cs: Option<CsId>, error: &Error) -> OutFrame {
     let message = truncate_utf8(error.message(), MAX_MESSAGE_LEN);
     let mut head = Vec::with_capacity(HEADER_LEN + ERROR_FIXED_LEN + message.len());
@@ -375,9 +428,7 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
             let offset = u64_at(&body, 16);
             let zeros_len = u64_at(&body, 24);
             let (kind, chain_len) = (body[32], body[33] as usize);
-            if body[34] != 0 || body[35] != 0 {
-                return Err(malformed("reserved write fields are set"));
-            }
+            let crc_count = u16::from_le_bytes([body[34], body[35]]) as usize;
             if chain_len > MAX_REPLICAS as usize {
                 return Err(malformed(format!(
                     "write chain of {chain_len} replicas exceeds the limit of {MAX_REPLICAS}"
@@ -403,6 +454,13 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 body.advance(addr_len);
                 chain.push(Replica { cs, addr });
             }
+            if body.len() < crc_count * 8 {
+                return Err(malformed(format!(
+                    "write of {crc_count} piece CRCs is cut short"
+                )));
+            }
+            let crcs = decode_crc_entries(&body[..crc_count * 8]);
+            body.advance(crc_count * 8);
             let payload = match kind {
                 PAYLOAD_DATA => {
                     if zeros_len != 0 {
@@ -414,9 +472,19 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                             body.len()
                         )));
                     }
+                    let pieces = pstorage_core::checksums::piece_count(offset, body.len() as u64);
+                    if crc_count != pieces {
+                        return Err(malformed(format!(
+                            "a write of {} bytes at offset {offset} carries {crc_count} piece CRCs, not {pieces}",
+                            body.len()
+                        )));
+                    }
                     WritePayload::Data(body)
                 }
                 PAYLOAD_ZEROS => {
+                    if crc_count != 0 {
+                        return Err(malformed("a zeros write carries piece CRCs"));
+                    }
                     if !body.is_empty() {
                         return Err(malformed("a zeros write carries data"));
                     }
@@ -435,6 +503,7 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 offset,
                 payload,
                 chain,
+                crcs,
             }))
         }
         TYPE_READ => {
@@ -628,12 +697,12 @@ mod tests {
 
     #[test]
     fn write_round_trips() {
-        let req = WriteRequest {
-            chunk: 0x1f2,
-            version: 7,
-            offset: 4096,
-            payload: WritePayload::Data(Bytes::from_static(b"hello")),
-            chain: vec![
+        let req = WriteRequest::new(
+            0x1f2,
+            7,
+            4096,
+            WritePayload::Data(Bytes::from_static(b"hello")),
+            vec![
                 Replica {
                     cs: 2,
                     addr: "127.0.0.1:9102".into(),
@@ -643,7 +712,7 @@ mod tests {
                     addr: "[::1]:9103".into(),
                 },
             ],
-        };
+        );
         let mut f = encode_write(&req).unwrap();
         set_id(&mut f.head, 42);
         let (h, body) = frame_bytes(&f);
@@ -656,6 +725,7 @@ mod tests {
         let zeros = WriteRequest {
             payload: WritePayload::Zeros(1 << 20),
             chain: vec![],
+            crcs: vec![],
             ..req
         };
         let f = encode_write(&zeros).unwrap();
@@ -774,16 +844,16 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_refused() {
-        let req = WriteRequest {
-            chunk: 1,
-            version: 1,
-            offset: 0,
-            payload: WritePayload::Data(Bytes::from_static(b"ab")),
-            chain: vec![Replica {
+        let req = WriteRequest::new(
+            1,
+            1,
+            0,
+            WritePayload::Data(Bytes::from_static(b"ab")),
+            vec![Replica {
                 cs: 2,
                 addr: "h:1".into(),
             }],
-        };
+        );
         let f = encode_write(&req).unwrap();
         let (h, body) = frame_bytes(&f);
         let corrupt = |at: usize, val: u8| {
@@ -794,7 +864,8 @@ mod tests {
         assert!(corrupt(32, 9).is_err()); // payload kind
         assert!(corrupt(33, MAX_REPLICAS + 1).is_err()); // chain length
         assert!(corrupt(33, 3).is_err()); // chain longer than the body
-        assert!(corrupt(34, 1).is_err()); // reserved
+        assert!(corrupt(34, 2).is_err()); // a CRC count the data does not have
+        assert!(corrupt(35, 1).is_err()); // a CRC count beyond the body
         assert!(corrupt(40, 0).is_err()); // empty address
         assert!(corrupt(41, 0xff).is_err()); // non-UTF-8 address
         assert!(corrupt(24, 1).is_err()); // zeros length on a data write
@@ -811,6 +882,12 @@ mod tests {
         assert_eq!(
             encode_write(&big).err().unwrap().kind(),
             ErrorKind::InvalidArgument
+        );
+        let mut no_crcs = req.clone();
+        no_crcs.crcs.clear();
+        assert_eq!(
+            encode_write(&no_crcs).err().unwrap().kind(),
+            ErrorKind::Protocol
         );
         let mut long_chain = req.clone();
         long_chain.chain = vec![req.chain[0].clone(); MAX_REPLICAS as usize + 1];

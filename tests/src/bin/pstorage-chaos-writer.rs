@@ -271,8 +271,12 @@ async fn compare_replicas(
                         continue;
                     }
                     let at = offset + i as u64 * BLOCK_SIZE;
-                    let x = head.read(map.chunk, map.version, at, BLOCK_SIZE).await?;
-                    let y = other.read(map.chunk, map.version, at, BLOCK_SIZE).await?;
+                    let x = head
+                        .read_verified(map.chunk, map.version, at, BLOCK_SIZE)
+                        .await?;
+                    let y = other
+                        .read_verified(map.chunk, map.version, at, BLOCK_SIZE)
+                        .await?;
                     if x != y {
                         let n = x.iter().zip(y.iter()).filter(|(p, q)| p != q).count() as u64;
                         diff += n;
