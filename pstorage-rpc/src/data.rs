@@ -9,14 +9,14 @@
 //! sends any number without waiting, and the server answers each as soon as
 //! it completes, in any order, matched by request id.
 //!
-//! # Frame format (version 1; all integers little-endian)
+//! # Frame format (version 2; all integers little-endian)
 //!
 //! Every frame is a 16-byte header followed by `body_len` bytes of body:
 //!
 //! ```text
 //! offset size field
 //!      0    1 magic       0xD7
-//!      1    1 version     1 (a frame of another version closes the connection)
+//!      1    1 version     2 (a frame of another version closes the connection)
 //!      2    1 type        1 Write, 2 Read, 3 Flush, 4 BlockCrcs (requests);
 //!                         0x81 Ok, 0x82 Error (responses)
 //!      3    1 flags       0 (reserved)
@@ -29,8 +29,10 @@
 //! ```text
 //! Write  chunk u64 | version u64 | offset u64 | zeros_len u64
 //!        | payload kind u8 (0 data, 1 zeros) | chain_len u8 (<= MAX_REPLICAS)
-//!        | reserved u16 = 0
+//!        | crc_count u16 (the data's pieces; 0 for zeros)
 //!        | chain_len x (cs u32 | addr_len u8 (1..=255) | addr UTF-8)
+//!        | crc_count x crc u64 (the CRC-64 of each piece of the data: the
+//!          range split at 4 KiB block boundaries of the chunk)
 //!        | data (the rest of the body: <= MAX_IO_SIZE bytes; empty for zeros;
 //!          zeros_len is 0 for data and <= MAX_CHUNK_SIZE for zeros)
 //! Read   chunk u64 | version u64 | offset u64 | len u64        (32 bytes)
@@ -39,7 +41,9 @@
 //!        chunk u64 | version u64 | offset u64 | len u64        (32 bytes)
 //!        (offset and len multiples of 4096, len at most MAX_BLOCK_CRCS
 //!        blocks: the range whose CRC-table entries are wanted)
-//! Ok     the data read (exactly `len` bytes) for a Read; for a BlockCrcs,
+//! Ok     for a Read, one u64 CRC per piece of `[offset, offset + len)`
+//!        (a whole block's is its CRC-table entry, a partial one's computed),
+//!        then the data read (exactly `len` bytes); for a BlockCrcs,
 //!        one u64 CRC-table entry per block (exactly `len / 4096 * 8`
 //!        bytes); empty otherwise
 //! Error  kind u16 (ErrorKind::code) | flags u8 (bit 0: failed_cs present)
@@ -50,6 +54,10 @@
 //! (see [`WriteRequest`](pstorage_core::traits::WriteRequest)); `failed_cs`
 //! of an Error names the replica that failed a chain write
 //! ([`ReplicaError`](pstorage_core::traits::ReplicaError)).
+//!
+//! Format 2 added the piece CRCs (end-to-end checksums,
+//! [`pstorage_core::checksums`]); format 1 had none (and a reserved u16
+//! where the CRC count is).
 //!
 //! Every field is checked on decode. A frame that breaks the format (bad
 //! magic or version, unknown type, oversized or inconsistent lengths,

@@ -171,7 +171,8 @@ struct Header {
 /// What a range operation writes.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Data(&'a [u8]),
+    /// Bytes, with their sender's piece CRCs when they came with them.
+    Data(&'a [u8], Option<&'a [u64]>),
     Zeros,
 }
 
@@ -583,7 +584,7 @@ impl FileChunkStore {
             let plan = open.plan(&state, Some(journal), offset, len, source)?;
             // Space for blocks the file may not hold yet, now: a full disk
             // fails this write, not the later apply of the journal.
-            if matches!(source, Source::Data(_))
+            if matches!(source, Source::Data(..))
                 && state.crcs[plan.first as usize..=plan.last as usize].contains(&0)
             {
                 open.allocate(plan.first, plan.last + 1 - plan.first)?;
@@ -594,7 +595,7 @@ impl FileChunkStore {
             let full = {
                 let owned;
                 let all: &[u8] = match source {
-                    Source::Data(data) => {
+                    Source::Data(data, _) => {
                         if plan.head.is_none() && plan.tail.is_none() {
                             data
                         } else {
@@ -962,7 +963,11 @@ impl OpenChunk {
                 tail.as_ref().map_or(0, |b| block_entry(b))
             } else {
                 match source {
-                    Source::Data(data) => {
+                    // The sender's CRC of a whole block is its entry.
+                    Source::Data(_, Some(crcs)) => {
+                        super::encode_block_crc(crcs[(block - first) as usize])
+                    }
+                    Source::Data(data, None) => {
                         let at = (block * BLOCK_SIZE - offset) as usize;
                         block_entry(&data[at..at + BS])
                     }
@@ -999,7 +1004,7 @@ impl OpenChunk {
         if let Some(head) = &plan.head {
             self.pwrite(head, self.data_offset + plan.first * BLOCK_SIZE)?;
         }
-        if let (Source::Data(data), true) = (source, plan.mid_first < plan.mid_end) {
+        if let (Source::Data(data, _), true) = (source, plan.mid_first < plan.mid_end) {
             let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
             let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
             self.pwrite(
@@ -1288,7 +1293,7 @@ fn patch(buf: &mut [u8; BS], block: u64, offset: u64, end: u64, source: Source<'
     debug_assert!(lo < hi);
     let dst = &mut buf[(lo - block_start) as usize..(hi - block_start) as usize];
     match source {
-        Source::Data(data) => {
+        Source::Data(data, _) => {
             dst.copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize])
         }
         Source::Zeros => dst.fill(0),
@@ -1561,7 +1566,27 @@ impl ChunkStore for FileChunkStore {
             expected,
             offset,
             data.len() as u64,
-            Source::Data(data),
+            Source::Data(data, None),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn write_checked_crcs(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+        crcs: &[u64],
+    ) -> Result<()> {
+        super::check_piece_crcs_len(chunk, offset, data.len() as u64, crcs)?;
+        self.apply(
+            chunk,
+            expected,
+            offset,
+            data.len() as u64,
+            Source::Data(data, Some(crcs)),
             None,
         )
         .map(|_| ())
@@ -1580,7 +1605,7 @@ impl ChunkStore for FileChunkStore {
             Some(version),
             block * BLOCK_SIZE,
             BLOCK_SIZE,
-            data.map_or(Source::Zeros, Source::Data),
+            data.map_or(Source::Zeros, |d| Source::Data(d, None)),
             Some(block),
         )
     }
@@ -1886,7 +1911,12 @@ impl ChunkStore for FileChunkStore {
         if data.is_empty() {
             return Ok(());
         }
-        open.apply_locked(&mut state, offset, data.len() as u64, Source::Data(data))
+        open.apply_locked(
+            &mut state,
+            offset,
+            data.len() as u64,
+            Source::Data(data, None),
+        )
     }
 
     fn commit_incoming(&self, incoming: IncomingId, version: MapVersion) -> Result<()> {

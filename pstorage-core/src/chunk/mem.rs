@@ -312,7 +312,7 @@ impl MemChunkStore {
             return Err(missing_incoming(incoming));
         }
         check_range(chunk, c.chunk_size, offset, len)?;
-        self.apply_locked(chunk, &mut c, offset, len, data)
+        self.apply_locked(chunk, &mut c, offset, len, data, None)
     }
 
     /// Writes (`Some`) or zeroes a range of a replica; with `only_if_bad`
@@ -323,7 +323,7 @@ impl MemChunkStore {
         expected: Option<MapVersion>,
         offset: u64,
         len: u64,
-        data: Option<&[u8]>,
+        data: Option<(&[u8], Option<&[u64]>)>,
         only_if_bad: Option<u64>,
     ) -> Result<bool> {
         let entry = self.get(chunk)?;
@@ -342,7 +342,11 @@ impl MemChunkStore {
         if c.durable.is_none() {
             c.durable = Some(c.blocks.clone());
         }
-        self.apply_locked(chunk, &mut c, offset, len, data)?;
+        let (data, crcs) = match data {
+            Some((data, crcs)) => (Some(data), crcs),
+            None => (None, None),
+        };
+        self.apply_locked(chunk, &mut c, offset, len, data, crcs)?;
         Ok(true)
     }
 
@@ -355,6 +359,7 @@ impl MemChunkStore {
         offset: u64,
         len: u64,
         data: Option<&[u8]>,
+        crcs: Option<&[u64]>,
     ) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -390,7 +395,13 @@ impl MemChunkStore {
                         }
                         None => dst.fill(0),
                     }
-                    let entry = block_entry(&bytes);
+                    // The sender's CRC of a whole block is its entry.
+                    let entry = match crcs {
+                        Some(crcs) if whole => {
+                            super::encode_block_crc(crcs[(block - first) as usize])
+                        }
+                        _ => block_entry(&bytes),
+                    };
                     Some(MemBlock { bytes, entry })
                 }
             };
@@ -520,8 +531,35 @@ impl ChunkStore for MemChunkStore {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        self.apply(chunk, expected, offset, data.len() as u64, Some(data), None)
-            .map(|_| ())
+        self.apply(
+            chunk,
+            expected,
+            offset,
+            data.len() as u64,
+            Some((data, None)),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn write_checked_crcs(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+        crcs: &[u64],
+    ) -> Result<()> {
+        super::check_piece_crcs_len(chunk, offset, data.len() as u64, crcs)?;
+        self.apply(
+            chunk,
+            expected,
+            offset,
+            data.len() as u64,
+            Some((data, Some(crcs))),
+            None,
+        )
+        .map(|_| ())
     }
 
     fn repair_block(
@@ -537,7 +575,7 @@ impl ChunkStore for MemChunkStore {
             Some(version),
             block * BLOCK_SIZE,
             BLOCK_SIZE,
-            data,
+            data.map(|d| (d, None)),
             Some(block),
         )
     }

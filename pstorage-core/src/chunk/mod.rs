@@ -175,6 +175,22 @@ pub trait ChunkStore: Send + Sync {
         data: &[u8],
     ) -> Result<()>;
 
+    /// [`write_checked`](ChunkStore::write_checked) of data that came with
+    /// its sender's piece CRCs (`crcs`, one per piece of `[offset, offset +
+    /// data.len())`, see [`crate::checksums`]; the caller checked them
+    /// against `data`): a block the write covers whole gets its sender's
+    /// CRC as its entry, so the entry is the one the bytes left the client
+    /// with, not one computed again here. `InvalidArgument` for a list of
+    /// the wrong length.
+    fn write_checked_crcs(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        data: &[u8],
+        crcs: &[u64],
+    ) -> Result<()>;
+
     /// Makes `[offset, offset + len)` read as zeros, with the same version
     /// check as [`write_checked`](ChunkStore::write_checked).
     fn zero_checked(
@@ -382,6 +398,25 @@ pub(crate) fn upgrade_entry(entry: u64) -> u64 {
 pub(crate) fn block_entry(block: &[u8]) -> u64 {
     debug_assert_eq!(block.len() as u64, BLOCK_SIZE);
     encode_block_crc(crc64(block))
+}
+
+/// `InvalidArgument` unless `crcs` has one CRC per piece of a write of
+/// `len` bytes at `offset`.
+pub(crate) fn check_piece_crcs_len(
+    chunk: ChunkId,
+    offset: u64,
+    len: u64,
+    crcs: &[u64],
+) -> Result<()> {
+    let pieces = crate::checksums::piece_count(offset, len);
+    if crcs.len() != pieces {
+        return Err(Error::invalid(format!(
+            "chunk {chunk:#x}: a write of {len} bytes at offset {offset} has {pieces} pieces, \
+             not {} CRCs",
+            crcs.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `InvalidArgument` unless `[offset, offset + len)` lies within the chunk.

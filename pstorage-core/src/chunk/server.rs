@@ -501,8 +501,12 @@ impl ChunkServer {
         version: MapVersion,
         offset: u64,
         payload: &WritePayload,
+        crcs: &[u64],
     ) -> Result<()> {
-        match self.apply_store(chunk, version, offset, payload).await {
+        match self
+            .apply_store(chunk, version, offset, payload, crcs)
+            .await
+        {
             Ok(()) => {
                 IoCounters::add(&self.io.write_ops, 1);
                 IoCounters::add(&self.io.write_bytes, payload.len());
@@ -521,24 +525,23 @@ impl ChunkServer {
         version: MapVersion,
         offset: u64,
         payload: &WritePayload,
+        crcs: &[u64],
     ) -> Result<()> {
-        if payload.len() <= INLINE_IO_MAX_BYTES {
-            let result = match payload {
+        // The data was checked against `crcs` on arrival: the store keeps
+        // those CRCs for the blocks the write covers whole.
+        let apply =
+            move |store: &dyn ChunkStore, payload: &WritePayload, crcs: &[u64]| match payload {
                 WritePayload::Data(data) => {
-                    self.store.write_checked(chunk, Some(version), offset, data)
+                    store.write_checked_crcs(chunk, Some(version), offset, data, crcs)
                 }
-                WritePayload::Zeros(len) => {
-                    self.store.zero_checked(chunk, Some(version), offset, *len)
-                }
+                WritePayload::Zeros(len) => store.zero_checked(chunk, Some(version), offset, *len),
             };
-            return result.map_err(|e| self.context(e));
+        if payload.len() <= INLINE_IO_MAX_BYTES {
+            return apply(self.store.as_ref(), payload, crcs).map_err(|e| self.context(e));
         }
-        let payload = payload.clone();
-        self.blocking(move |store| match &payload {
-            WritePayload::Data(data) => store.write_checked(chunk, Some(version), offset, data),
-            WritePayload::Zeros(len) => store.zero_checked(chunk, Some(version), offset, *len),
-        })
-        .await
+        let (payload, crcs) = (payload.clone(), crcs.to_vec());
+        self.blocking(move |store| apply(store, &payload, &crcs))
+            .await
     }
 
     /// Fails with `Stale` (naming both versions) unless the replica is at
@@ -619,7 +622,7 @@ impl ChunkService for ChunkServer {
 
         let Some((next, rest)) = chain.split_first() else {
             return self
-                .apply_local(chunk, version, offset, &payload)
+                .apply_local(chunk, version, offset, &payload, &crcs)
                 .await
                 .map_err(ReplicaError::local);
         };
@@ -677,9 +680,11 @@ impl ChunkService for ChunkServer {
         };
         // The forward is polled first so the request is on its way to the
         // next replica while this one writes locally.
-        let (forwarded, local) =
-            futures::future::join(forward, self.apply_local(chunk, version, offset, &payload))
-                .await;
+        let (forwarded, local) = futures::future::join(
+            forward,
+            self.apply_local(chunk, version, offset, &payload, &crcs),
+        )
+        .await;
         match (local, forwarded) {
             (Err(e), _) => Err(ReplicaError::local(e)),
             (Ok(()), Err(e)) => Err(e),

@@ -34,6 +34,49 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
 
 // ---- conformance cases: each runs against every store ----
 
+/// `write_checked_crcs` stores the sender's CRC as the entry of a block
+/// the write covers whole (so bytes changed after the check on arrival
+/// read as `Corrupt`, never as good data), computes the entries of partial
+/// blocks, and refuses a CRC list of the wrong length.
+fn a_write_with_crcs_keeps_the_senders_crcs_of_whole_blocks(store: &dyn ChunkStore) {
+    let bs = BLOCK_SIZE as usize;
+    store.create(1, 1, CS).unwrap();
+    let data: Vec<u8> = (0..2 * bs + 100).map(|i| (i % 253) as u8).collect();
+    let crcs = crate::checksums::piece_crcs(0, &data);
+    assert_eq!(
+        kind(store.write_checked_crcs(1, Some(1), 0, &data, &crcs[1..])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        read_all(store, 1),
+        vec![0u8; CS as usize],
+        "a refused write changed data"
+    );
+    store
+        .write_checked_crcs(1, Some(1), 0, &data, &crcs)
+        .unwrap();
+    let entries = store.crc_entries(1, Some(1), 0, 3).unwrap();
+    assert_eq!(entries[0], encode_block_crc(crcs[0]));
+    assert_eq!(entries[1], encode_block_crc(crcs[1]));
+    let mut tail = vec![0u8; bs];
+    tail[..100].copy_from_slice(&data[2 * bs..]);
+    assert_eq!(
+        entries[2],
+        block_entry(&tail),
+        "a partial block's entry is computed"
+    );
+    let mut buf = vec![0u8; data.len()];
+    store.read(1, 0, &mut buf).unwrap();
+    assert_eq!(buf, data);
+    // Bytes that no longer match the sender's CRC: the block is Corrupt.
+    let mut changed = data[..bs].to_vec();
+    changed[7] ^= 1;
+    store
+        .write_checked_crcs(1, Some(1), 0, &changed, &crcs[..1])
+        .unwrap();
+    assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+}
+
 fn new_chunk_reads_as_zeros(store: &dyn ChunkStore) {
     store.create(7, 3, CS).unwrap();
     assert_eq!(store.version(7).unwrap(), 3);
@@ -534,6 +577,7 @@ conformance!(
     crc_entries_describe_the_blocks_and_check_the_version,
     bad_replicas_are_out_of_service_until_deleted_or_replaced,
     a_fresh_store_has_nothing_to_verify_and_closes_clean,
+    a_write_with_crcs_keeps_the_senders_crcs_of_whole_blocks,
 );
 
 #[test]
