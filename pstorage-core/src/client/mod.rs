@@ -169,8 +169,12 @@ impl Client {
 
     /// [`Client::meta`] for a namespace mutation: every attempt carries the
     /// same [`OpTag`], so the MDS executes it once and a repeated attempt
-    /// gets the first one's answer (no guessing whether a lost answer took
-    /// effect), and no attempt takes effect after this returns.
+    /// gets the first one's answer, refusals included (no guessing whether
+    /// a lost answer took effect). Once one attempt has executed, a late one
+    /// changes nothing; if none had when this returns (every attempt lost),
+    /// a late one may still execute until the next mutation of this client
+    /// tells the MDS the operation ended, which a caller that got
+    /// `Unavailable`/`TimedOut` must allow for anyway.
     async fn mutate<'a, T, F, Fut>(&'a self, what: &str, path: &str, mut call: F) -> Result<T>
     where
         F: FnMut(OpTag) -> Fut,
