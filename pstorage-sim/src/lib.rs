@@ -42,6 +42,10 @@ use crate::rpc::SimConnector;
 use crate::trace::Trace;
 use crate::workload::{Shared, Worker};
 
+/// How many of the MDS's last events the trace shows when replicas do not
+/// converge.
+const STALL_EVENTS: usize = 40;
+
 /// The one random generator of a run.
 pub type SimRng = Arc<Mutex<StdRng>>;
 
@@ -405,6 +409,14 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     if let Err(e) = last {
+        // What the MDS logged last, for whoever reads the trace of a stall.
+        if let Some((_, leader)) = cluster.leader() {
+            let state = leader.state_snapshot();
+            let events: Vec<_> = state.events_after(0).collect();
+            for event in &events[events.len().saturating_sub(STALL_EVENTS)..] {
+                trace.event(format!("MDS event {}: {}", event.seq, event.message));
+            }
+        }
         shared.violation(format!(
             "replicas did not converge within {} s of quiet: {e}",
             config.quiet_ms / 1000
