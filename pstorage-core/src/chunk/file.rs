@@ -36,6 +36,10 @@ const CHUNK_SUFFIX: &str = ".chunk";
 /// The suffix of a replica taken out of service ([`ChunkStore::mark_bad`]).
 const BAD_SUFFIX: &str = ".chunk.bad";
 const TMP_MARKER: &str = ".chunk.tmp.";
+/// The fewest whole blocks a write puts straight into the chunk file
+/// instead of the journal (64 KiB), when they read as zeros and no record
+/// still in the journal touches them (see [`OpenChunk::can_write_in_place`]).
+pub(super) const IN_PLACE_MIN_BLOCKS: u64 = 16;
 
 /// Chunk replicas stored as one file each under `<dir>/chunks/`.
 ///
@@ -75,6 +79,9 @@ pub(super) struct OpenChunk {
     pub(super) chunk: ChunkId,
     path: PathBuf,
     pub(super) file: File,
+    /// The count of in-place writes ([`ChunkState::in_place_writes`]) that
+    /// the last sync of the file covered.
+    in_place_synced: AtomicU64,
     chunk_size: u64,
     data_offset: u64,
     /// The file's format version: how its CRC table encodes entries.
@@ -104,6 +111,20 @@ pub(super) struct ChunkState {
     /// Blocks whose newest data is in the journal: block -> (sequence
     /// number of the record, file offset of the block in the journal).
     overlay: HashMap<u64, (u64, u64)>,
+    /// This chunk's records that may still be in the journal (not known to
+    /// be trimmed), oldest first: (sequence number, first block, end
+    /// block). A replay applies them again, so no write may go in place
+    /// over their blocks.
+    in_journal: Vec<(u64, u64, u64)>,
+    /// In-place writes made so far (their data is in the file, maybe not
+    /// synced: a flush syncs the file when this is above
+    /// [`OpenChunk::in_place_synced`]).
+    in_place_writes: u64,
+    /// One more than the sequence number of the newest in-place record.
+    in_place_below: u64,
+    /// The bound of the newest in-place-durable record appended: the data
+    /// of the in-place records below it is on disk.
+    durable_below: u64,
 }
 
 /// A journal record of a chunk not applied to its file yet.
@@ -156,6 +177,9 @@ struct Plan {
     mid_end: u64,
     /// The new CRC table entries of blocks first..=last.
     entries: Vec<u64>,
+    /// The middle blocks go straight into the chunk file, and the journal
+    /// gets in-place records of their entries.
+    in_place: bool,
 }
 
 /// A decoded chunk file header.
@@ -263,14 +287,27 @@ impl FileChunkStore {
         // What was read must be durable before the chunk files depend on it.
         journal.sync_all()?;
         let mut forgotten: HashMap<ChunkId, u64> = HashMap::new();
+        // The in-place records below these have their data on disk.
+        let mut durable: HashMap<ChunkId, u64> = HashMap::new();
         for r in &replayed {
-            if r.kind == RecordKind::Forget {
-                forgotten.insert(r.chunk, r.seq);
+            match r.kind {
+                RecordKind::Forget => {
+                    forgotten.insert(r.chunk, r.seq);
+                }
+                RecordKind::InPlaceDurable => {
+                    let below = durable.entry(r.chunk).or_default();
+                    *below = (*below).max(r.first_block);
+                }
+                _ => {}
             }
         }
         let mut applied = 0usize;
+        let mut lost_in_place = 0u64;
         for r in &replayed {
-            if !matches!(r.kind, RecordKind::Write | RecordKind::Zero)
+            if !matches!(
+                r.kind,
+                RecordKind::Write | RecordKind::Zero | RecordKind::InPlace
+            )
                 || forgotten.get(&r.chunk).is_some_and(|f| *f > r.seq)
             {
                 continue;
@@ -293,13 +330,29 @@ impl FileChunkStore {
                     open.chunk_size / BLOCK_SIZE
                 )));
             }
-            let pending = Pending::replayed(r);
+            if state.failed.is_some() {
+                continue;
+            }
+            let mut pending = Pending::replayed(r);
+            if r.kind == RecordKind::InPlace {
+                let synced = durable.get(&r.chunk).is_some_and(|below| r.seq < *below);
+                match open.check_in_place(&mut pending, synced) {
+                    Ok(lost) => lost_in_place += lost,
+                    Err(e) => {
+                        open.fail(&mut state, format!("replaying the journal: {e}"));
+                        continue;
+                    }
+                }
+            }
             for (i, block) in (r.first_block..r.first_block + r.blocks).enumerate() {
                 state.crcs[block as usize] = match r.kind {
-                    RecordKind::Write => r.crcs[i],
+                    RecordKind::Write | RecordKind::InPlace => pending.crcs[i],
                     _ => 0,
                 };
             }
+            state
+                .in_journal
+                .push((r.seq, r.first_block, r.first_block + r.blocks));
             state.pending.push(pending);
             self.keeper.touch(&open);
             drop(state);
@@ -309,9 +362,17 @@ impl FileChunkStore {
             journal = %journal.name(),
             records = replayed.len(),
             applied,
+            lost_in_place,
             "journal replayed"
         );
         self.keeper.checkpoint()
+    }
+
+    /// Stops the background trims: what is in the journal stays there
+    /// until a flush, a checkpoint or the next open (tests).
+    #[cfg(test)]
+    pub(crate) fn hold_trims(&self) {
+        self.keeper.hold();
     }
 
     /// Makes every later sync of `chunk`'s file fail with EIO (tests).
@@ -581,7 +642,7 @@ impl FileChunkStore {
                 self.dirty.note_write(chunk)?;
                 state.dirty = true;
             }
-            let plan = open.plan(&state, Some(journal), offset, len, source)?;
+            let mut plan = open.plan(&state, Some(journal), offset, len, source)?;
             // Space for blocks the file may not hold yet, now: a full disk
             // fails this write, not the later apply of the journal.
             if matches!(source, Source::Data(..))
@@ -589,12 +650,29 @@ impl FileChunkStore {
             {
                 open.allocate(plan.first, plan.last + 1 - plan.first)?;
             }
+            if let Source::Data(data, _) = source {
+                if open.can_write_in_place(&mut state, &plan, journal.tail_seq()) {
+                    // The data goes to the file before its record exists;
+                    // until the record is durable the blocks' entries on
+                    // disk say zeros, and a replay checks the data before
+                    // it takes the record's entries.
+                    let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
+                    let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
+                    open.pwrite(
+                        &data[from..to],
+                        open.data_offset + plan.mid_first * BLOCK_SIZE,
+                    )?;
+                    plan.in_place = true;
+                    state.in_place_writes += 1;
+                }
+            }
             // The keeper must see this chunk before its records exist: a
             // trim applies and syncs every chunk it lists.
             self.keeper.touch(&open);
             let full = {
                 let owned;
                 let all: &[u8] = match source {
+                    Source::Data(_, _) if plan.in_place => &[],
                     Source::Data(data, _) => {
                         if plan.head.is_none() && plan.tail.is_none() {
                             data
@@ -610,6 +688,10 @@ impl FileChunkStore {
                 match journal.append(&records)? {
                     Some(appended) => {
                         open.note_appended(&mut state, &plan, &records, &appended, &self.keeper);
+                        if plan.in_place {
+                            self.keeper
+                                .note_in_place((plan.mid_end - plan.mid_first) * BLOCK_SIZE);
+                        }
                         None
                     }
                     None => Some(
@@ -627,6 +709,33 @@ impl FileChunkStore {
             // takes it to apply this chunk's records), then plan again.
             drop(state);
             journal.wait_for_space(&need, super::keeper::SPACE_TIMEOUT)?;
+        }
+    }
+
+    /// Appends an in-place-durable record for `open`: its in-place records
+    /// below `bound` have their data on disk (the caller synced it).
+    /// Returns the record's sequence number.
+    fn mark_durable(&self, open: &OpenChunk, bound: u64) -> Result<u64> {
+        let journal = self.keeper.journal();
+        let record = [NewRecord {
+            kind: RecordKind::InPlaceDurable,
+            chunk: open.chunk,
+            version: 0,
+            first_block: bound,
+            blocks: 0,
+            crcs: &[],
+            data: &[],
+        }];
+        loop {
+            if let Some(appended) = journal.append(&record)? {
+                let mut state = open.write_state();
+                state.durable_below = state.durable_below.max(bound);
+                return Ok(appended[0].seq);
+            }
+            journal.wait_for_space(
+                &[(RecordKind::InPlaceDurable, 0)],
+                super::keeper::SPACE_TIMEOUT,
+            )?;
         }
     }
 
@@ -675,6 +784,22 @@ impl Plan {
     /// pieces of at most one record each: (first block, blocks, data).
     fn pieces<'a>(&'a self, all: &'a [u8]) -> Vec<(u64, u64, RecordKind, &'a [u8])> {
         let mut out = Vec::new();
+        if self.in_place {
+            // Patched edge blocks are writes, the middle in-place records.
+            if let Some(head) = &self.head {
+                out.push((self.first, 1, RecordKind::Write, &head[..]));
+            }
+            let mut block = self.mid_first;
+            while block < self.mid_end {
+                let n = (self.mid_end - block).min(MAX_RECORD_BLOCKS);
+                out.push((block, n, RecordKind::InPlace, &[][..]));
+                block += n;
+            }
+            if let Some(tail) = &self.tail {
+                out.push((self.last, 1, RecordKind::Write, &tail[..]));
+            }
+            return out;
+        }
         if !all.is_empty() {
             let mut block = self.first;
             while block <= self.last {
@@ -720,7 +845,7 @@ impl Plan {
                     version,
                     first_block: *first,
                     blocks: *blocks,
-                    crcs: if *kind == RecordKind::Write {
+                    crcs: if kind.has_entries() {
                         &self.entries[at..at + *blocks as usize]
                     } else {
                         &[]
@@ -788,6 +913,7 @@ impl OpenChunk {
             chunk,
             path: path.to_path_buf(),
             file,
+            in_place_synced: AtomicU64::new(0),
             chunk_size: header.chunk_size,
             data_offset,
             format: header.format,
@@ -799,8 +925,87 @@ impl OpenChunk {
                 failed: None,
                 pending: Vec::new(),
                 overlay: HashMap::new(),
+                in_journal: Vec::new(),
+                in_place_writes: 0,
+                in_place_below: 0,
+                durable_below: 0,
             }),
         })
+    }
+
+    /// Whether the middle blocks of `plan` (a write) may go straight into
+    /// the file: enough of them, all reading as zeros, and none touched by
+    /// a record that may still be in the journal (a replay would apply it
+    /// again, over the new data). Forgets the records below `tail_seq`
+    /// (trimmed).
+    fn can_write_in_place(&self, state: &mut ChunkState, plan: &Plan, tail_seq: u64) -> bool {
+        if plan.mid_end < plan.mid_first + IN_PLACE_MIN_BLOCKS {
+            return false;
+        }
+        let trimmed = state
+            .in_journal
+            .iter()
+            .take_while(|(seq, _, _)| *seq < tail_seq)
+            .count();
+        state.in_journal.drain(..trimmed);
+        state.crcs[plan.mid_first as usize..plan.mid_end as usize]
+            .iter()
+            .all(|e| *e == 0)
+            && !state
+                .in_journal
+                .iter()
+                .any(|(_, first, end)| *first < plan.mid_end && plan.mid_first < *end)
+    }
+
+    /// Syncs the file if in-place writes made before this call may not be
+    /// durable yet (their records may be, at any time: the journal's pages
+    /// are written back as the kernel likes).
+    fn sync_in_place(&self, writes: u64) -> Result<()> {
+        if self.in_place_synced.load(Ordering::Acquire) >= writes {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            io_error(
+                e,
+                format_args!(
+                    "syncing the data written in place into {}",
+                    self.path.display()
+                ),
+            )
+        })?;
+        self.in_place_synced.fetch_max(writes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// At replay: checks the blocks of an in-place record against its
+    /// entries. Where the data does not match, the write did not reach the
+    /// disk before the crash (it was not flushed): the block reads as it did
+    /// before the write, as zeros (a write goes in place only over blocks
+    /// that read as zeros and that no record still in the journal touches;
+    /// the file's table may hold the record's entry already, written by a
+    /// trim cut short before it synced the file). Unless the record's data is known to have been `synced` (a
+    /// flush covered it): then the block was damaged since, it keeps the
+    /// record's entry and reads as `Corrupt`, to be repaired from another
+    /// replica. Returns how many blocks kept their old entry.
+    fn check_in_place(&self, record: &mut Pending, synced: bool) -> Result<u64> {
+        let mut data = vec![0u8; (record.blocks * BLOCK_SIZE) as usize];
+        self.pread(&mut data, record.first_block * BLOCK_SIZE)?;
+        let mut lost = 0;
+        for (i, bytes) in data.chunks_exact(BS).enumerate() {
+            if block_entry(bytes) == record.crcs[i] {
+                continue;
+            }
+            let block = record.first_block + i as u64;
+            if synced {
+                tracing::error!(chunk = self.chunk, block, path = %self.path.display(),
+                    "a block written in place and flushed no longer matches its CRC: it reads \
+                     as corrupt until it is repaired from another replica");
+            } else {
+                record.crcs[i] = 0;
+                lost += 1;
+            }
+        }
+        Ok(lost)
     }
 
     pub(super) fn read_state(&self) -> RwLockReadGuard<'_, ChunkState> {
@@ -984,6 +1189,7 @@ impl OpenChunk {
             mid_first,
             mid_end,
             entries,
+            in_place: false,
         })
     }
 
@@ -1048,6 +1254,12 @@ impl OpenChunk {
     ) {
         state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
         for (r, a) in records.iter().zip(appended) {
+            state
+                .in_journal
+                .push((a.seq, r.first_block, r.first_block + r.blocks));
+            if r.kind == RecordKind::InPlace {
+                state.in_place_below = a.seq + 1;
+            }
             for i in 0..r.blocks {
                 let block = r.first_block + i;
                 match r.kind {
@@ -1112,6 +1324,12 @@ impl OpenChunk {
                     };
                     self.pwrite(data, self.data_offset + p.first_block * BLOCK_SIZE)
                         .map_err(ApplyError::Chunk)?;
+                    for (i, crc) in p.crcs.iter().enumerate() {
+                        entries.insert(p.first_block + i as u64, *crc);
+                    }
+                }
+                // The data is in the file already.
+                RecordKind::InPlace => {
                     for (i, crc) in p.crcs.iter().enumerate() {
                         entries.insert(p.first_block + i as u64, *crc);
                     }
@@ -1654,19 +1872,44 @@ impl ChunkStore for FileChunkStore {
             // are covered by the sync below.
             state.dirty = false;
             self.dirty.begin_flush(chunk);
-            state.pending.last().map(|p| p.seq + 1)
+            let unmarked = (state.in_place_below > state.durable_below)
+                .then_some(state.in_place_below);
+            (
+                state.pending.last().map(|p| p.seq + 1),
+                state.in_place_writes,
+                unmarked,
+            )
         };
+        let (below, in_place_writes, unmarked) = below;
         // Without the chunk lock: writes go on while the journal syncs
         // (one sync for every flush waiting meanwhile). Records already
         // applied to the chunk file were durable before they were applied,
-        // and stay in the journal until the file is synced.
+        // and stay in the journal until the file is synced. Data written in
+        // place is synced first, and the journal says so.
         let journal = self.keeper.journal();
-        let result = match below {
-            Some(below) => journal.sync_below(below),
-            None => Ok(()),
-        };
+        let result = open
+            .sync_in_place(in_place_writes)
+            .and_then(|()| match unmarked {
+                Some(bound) => self.mark_durable(&open, bound).map(|seq| Some(seq + 1)),
+                None => Ok(None),
+            })
+            .and_then(|marker| match below.max(marker) {
+                Some(below) => journal.sync_below(below),
+                None => Ok(()),
+            });
         self.dirty.end_flush(chunk, result.is_ok());
-        result?;
+        if let Err(e) = result {
+            if open.in_place_synced.load(Ordering::Acquire) < in_place_writes {
+                // The page cache may have dropped what did not reach the
+                // disk: a retried sync could report a false success.
+                let mut state = open.write_state();
+                open.fail(
+                    &mut state,
+                    format!("syncing it failed ({e}); writes since its last sync may be lost"),
+                );
+            }
+            return Err(e);
+        }
         // Apply what is durable now, so reads go to the chunk file.
         let mut state = open.write_state();
         if !state.deleted && state.failed.is_none() {

@@ -13,7 +13,7 @@
 //! This module knows records and space, not chunks: the store applies
 //! records to its chunk files and then [advances the tail](Journal::advance_tail).
 //!
-//! # Journal file format, version 1
+//! # Journal file format, version 2
 //!
 //! All integers little-endian. The file is `4096 + ring size` bytes.
 //!
@@ -22,7 +22,7 @@
 //!                   the higher generation is current (a slot is rewritten
 //!                   whole, in one sector, alternating)
 //!   0..8            magic "PSTJRNL\0"
-//!   8..12           format version (u32) = 1
+//!   8..12           format version (u32) = 2 (1: no in-place records)
 //!   12..16          slot length (u32) = 512
 //!   16..24          generation (u64)
 //!   24..32          store id (u64): the chunk store this journal belongs to
@@ -38,22 +38,38 @@
 //!
 //! ```text
 //!   0..8            magic "PSTJREC\0"
-//!   8..10           kind (u16): 1 write, 2 zero, 3 forget, 4 wrap
+//!   8..10           kind (u16): 1 write, 2 zero, 3 forget, 4 wrap,
+//!                   5 in-place write, 6 in-place data durable (format 2)
 //!   10..12          zero
 //!   12..16          head area length in bytes (u32)
 //!   16..24          sequence number (u64): one more than the previous record
 //!   24..32          chunk id (u64)
 //!   32..40          the replica's map version when it was written (u64)
-//!   40..48          first block (u64)
+//!   40..48          first block (u64); for kind 6 a sequence number
 //!   48..52          block count (u32)
 //!   52..56          data length in bytes (u32) = block count * 4096 for a
 //!                   write, 0 otherwise
 //!   56..64          CRC-64/XZ of the head area (these 8 bytes as zero)
-//!   64..            write: one CRC table entry (u64) per block, which
-//!                   covers its data; then zeros to the end of the head area
+//!   64..            write and in-place write: one CRC table entry (u64)
+//!                   per block, which covers its data; then zeros to the
+//!                   end of the head area
 //! ```
 //!
 //! * write: the blocks' new data and CRC table entries.
+//! * in-place write: the blocks' new CRC table entries; their data was
+//!   written straight into the chunk file (large writes of blocks that no
+//!   record in the journal touches and that read as zeros), so it does not
+//!   pass through the journal twice. The record carries no data: at replay
+//!   the store checks the chunk file's blocks against these entries and
+//!   keeps each block's old content (zeros) where the data did not reach
+//!   the disk, unless a later kind 6 record says it did.
+//! * in-place data durable: the data of every in-place record of the chunk
+//!   with a sequence number below the one at 40..48 was synced to the
+//!   chunk file (a flush syncs the file, then appends this, then syncs the
+//!   journal). At replay a block of such a record whose data does not
+//!   match its entry was damaged after it was written: it keeps the
+//!   record's entry and reads as `Corrupt` (and is repaired from another
+//!   replica), never as its old content.
 //! * zero: the blocks read as zeros (entries 0).
 //! * forget: the chunk's replica was deleted or replaced; earlier records
 //!   of that chunk are not applied at replay.
@@ -78,7 +94,7 @@ use super::file::io_error;
 use super::{block_entry, crc64, upgrade_entry};
 
 /// The journal format this build writes and reads.
-pub const JOURNAL_FORMAT_VERSION: u32 = 1;
+pub const JOURNAL_FORMAT_VERSION: u32 = 2;
 /// The ring size of a journal made without an explicit size.
 pub const DEFAULT_JOURNAL_SIZE: u64 = 256 << 20;
 /// The smallest ring: room for several of the largest writes.
@@ -102,6 +118,11 @@ pub(crate) enum RecordKind {
     Zero = 2,
     Forget = 3,
     Wrap = 4,
+    /// The data is in the chunk file already; the record holds the entries.
+    InPlace = 5,
+    /// The chunk's in-place records below a sequence number have their data
+    /// on disk.
+    InPlaceDurable = 6,
 }
 
 impl RecordKind {
@@ -111,6 +132,8 @@ impl RecordKind {
             2 => RecordKind::Zero,
             3 => RecordKind::Forget,
             4 => RecordKind::Wrap,
+            5 => RecordKind::InPlace,
+            6 => RecordKind::InPlaceDurable,
             _ => return None,
         })
     }
@@ -123,7 +146,7 @@ pub(crate) struct NewRecord<'a> {
     pub version: MapVersion,
     pub first_block: u64,
     pub blocks: u64,
-    /// Write: one entry per block.
+    /// Write and in-place write: one entry per block.
     pub crcs: &'a [u64],
     /// Write: the blocks' data, `blocks * 4096` bytes.
     pub data: &'a [u8],
@@ -332,8 +355,15 @@ fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
 }
 
+impl RecordKind {
+    /// Whether records of this kind carry one CRC entry per block.
+    pub(crate) fn has_entries(self) -> bool {
+        matches!(self, RecordKind::Write | RecordKind::InPlace)
+    }
+}
+
 fn head_len(kind: RecordKind, blocks: u64) -> u64 {
-    let crcs = if kind == RecordKind::Write {
+    let crcs = if kind.has_entries() {
         blocks * 8
     } else {
         0
@@ -369,7 +399,8 @@ fn encode_record(rec: &NewRecord<'_>, seq: u64, out: &mut Vec<u8>) {
     out[40..48].copy_from_slice(&rec.first_block.to_le_bytes());
     out[48..52].copy_from_slice(&(rec.blocks as u32).to_le_bytes());
     out[52..56].copy_from_slice(&(data_len as u32).to_le_bytes());
-    if rec.kind == RecordKind::Write {
+    if rec.kind.has_entries() {
+        debug_assert_eq!(rec.crcs.len() as u64, rec.blocks);
         for (i, crc) in rec.crcs.iter().enumerate() {
             let at = HEAD_FIXED + i * 8;
             out[at..at + 8].copy_from_slice(&crc.to_le_bytes());
@@ -553,7 +584,7 @@ impl Journal {
                 seq += 1;
                 continue;
             }
-            let crcs = if kind == RecordKind::Write {
+            let crcs = if kind.has_entries() {
                 (0..blocks as usize)
                     .map(|i| upgrade_entry(le64(&buf[HEAD_FIXED + i * 8..])))
                     .collect()
@@ -603,7 +634,7 @@ impl Journal {
         let blocks = le32(&b[48..52]) as u64;
         let hlen = le32(&b[12..16]) as u64;
         let dlen = le32(&b[52..56]) as u64;
-        if kind == RecordKind::Write && (blocks == 0 || blocks > MAX_RECORD_BLOCKS) {
+        if kind.has_entries() && (blocks == 0 || blocks > MAX_RECORD_BLOCKS) {
             return None;
         }
         if hlen != head_len(kind, blocks)
@@ -808,6 +839,12 @@ impl Journal {
     pub(crate) fn sync_all(&self) -> Result<()> {
         let next = self.lock().next_seq;
         self.sync_below(next)
+    }
+
+    /// The sequence number of the oldest record not trimmed: every record
+    /// below it is applied to its chunk file and durable there.
+    pub(crate) fn tail_seq(&self) -> u64 {
+        self.lock().tail.seq
     }
 
     /// The current head: everything appended so far is before it.

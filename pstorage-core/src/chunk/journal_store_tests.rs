@@ -30,19 +30,31 @@ fn read(store: &dyn ChunkStore, chunk: ChunkId, offset: u64, len: u64) -> Vec<u8
 /// reopened: everything reads back, from the chunk files.
 #[test]
 fn a_killed_store_replays_every_write_it_acknowledged() {
+    killed_store_replays(4 * MIN_CHUNK_SIZE, 5 * B, 7);
+}
+
+/// The same with writes of up to 80 blocks into larger chunks: many go in
+/// place (into the chunk file, their entries in the journal), mixed with
+/// journalled writes and zeroings of the same blocks.
+#[test]
+fn a_killed_store_replays_big_writes_in_place_too() {
+    killed_store_replays(64 * MIN_CHUNK_SIZE, 80 * B, 8);
+}
+
+fn killed_store_replays(size: u64, max_len: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let size = 4 * MIN_CHUNK_SIZE;
     let mut model = vec![vec![0u8; size as usize]; 3];
-    let mut rng = StdRng::seed_from_u64(7);
+    let mut rng = StdRng::seed_from_u64(seed);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
         for chunk in 0..3 {
             store.create(chunk, 1, size).unwrap();
         }
         for i in 0..300 {
             let chunk = rng.gen_range(0..3u64);
             let offset = rng.gen_range(0..size - 1);
-            let len = rng.gen_range(1..=(size - offset).min(5 * B));
+            let len = rng.gen_range(1..=(size - offset).min(max_len));
             if i % 7 == 0 {
                 store.zero(chunk, offset, len).unwrap();
                 model[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
@@ -93,8 +105,12 @@ fn a_torn_apply_is_repaired_by_the_replay() {
     let data = pattern(3, size as usize);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
         store.create(9, 1, size).unwrap();
-        store.write(9, 0, &data).unwrap();
+        // Writes small enough to go through the journal.
+        for (i, piece) in data.chunks(4 * B as usize).enumerate() {
+            store.write(9, i as u64 * 4 * B, piece).unwrap();
+        }
         // Durable in the journal and applied to the file, not trimmed.
         store.flush(9).unwrap();
         let f = std::fs::OpenOptions::new()
@@ -108,6 +124,154 @@ fn a_torn_apply_is_repaired_by_the_replay() {
     }
     let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
     assert_eq!(read(&*store, 9, 0, size), data);
+}
+
+/// Journal bytes in use.
+fn used(store: &FileChunkStore) -> u64 {
+    store.journal_stats().unwrap().used
+}
+
+/// A big write into blocks that read as zeros goes straight into the chunk
+/// file: the journal gets a few hundred bytes of CRC entries per MiB, not
+/// the MiB. A write over written blocks goes through the journal. Both
+/// survive a kill and are read back, at the default chunk size.
+#[test]
+fn a_big_write_into_fresh_blocks_puts_only_its_entries_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1u64 << 20;
+    let first = pattern(1, mib as usize);
+    let second = pattern(2, mib as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, DEFAULT_CHUNK_SIZE).unwrap();
+        let before = used(&store);
+        store.write(1, 100 * mib, &first).unwrap();
+        let in_place = used(&store) - before;
+        assert!(in_place <= 8192, "{in_place} journal bytes for 1 MiB in place");
+        assert_eq!(read(&store, 1, 100 * mib, mib), first);
+        // Over written blocks (and unaligned): through the journal.
+        store.write(1, 100 * mib + 512, &second).unwrap();
+        let journalled = used(&store) - before - in_place;
+        assert!(journalled > mib, "{journalled} journal bytes for 1 MiB over written blocks");
+        store.flush(1).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 1, 100 * mib, 512), first[..512]);
+    assert_eq!(read(&store, 1, 100 * mib + 512, mib), second);
+    assert_eq!(read(&store, 1, 0, mib), vec![0u8; mib as usize]);
+}
+
+/// A crash after an in-place write's record reached the disk but before
+/// all of its data did (it was not flushed; the journal was synced for
+/// another chunk): the blocks whose data is missing or torn read as they
+/// did before the write (zeros), never as `Corrupt`; the others as written.
+#[test]
+fn an_in_place_write_whose_data_missed_the_disk_reads_as_before() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let data = pattern(5, (32 * B) as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        store.create(2, 1, size).unwrap();
+        store.write(1, 64 * B, &data).unwrap();
+        // A flush of another chunk syncs the journal, record included.
+        store.write(2, 0, b"other").unwrap();
+        store.flush(2).unwrap();
+        // What the power loss did to chunk 1's file: block 64+3 never
+        // reached the disk, block 64+7 is torn after its first sector.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(1))
+            .unwrap();
+        let at = |block: u64| super::file::test_support::data_file_offset(size, block * B);
+        f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
+        f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let mut expected = data.clone();
+    expected[(3 * B) as usize..(4 * B) as usize].fill(0);
+    expected[(7 * B) as usize..(8 * B) as usize].fill(0);
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+    assert_eq!(&read(&store, 2, 0, 5), b"other");
+    // The blocks can be written again, in place or not.
+    store.write(1, 64 * B, &data).unwrap();
+    store.flush(1).unwrap();
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), data);
+}
+
+/// A block written in place and flushed, then damaged on disk before the
+/// journal was trimmed: the replay does not take it for a write that missed
+/// the disk (it would read as zeros, silently); it reads as `Corrupt`, to be
+/// repaired from another replica. Its neighbours read as written.
+#[test]
+fn a_flushed_in_place_block_damaged_on_disk_reads_as_corrupt_not_as_zeros() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let data = pattern(6, (32 * B) as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        let before = used(&store);
+        store.write(1, 0, &data).unwrap();
+        assert!(used(&store) - before < 4096, "written in place");
+        store.flush(1).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(1))
+            .unwrap();
+        let at = super::file::test_support::data_file_offset(size, 5 * B);
+        f.write_all_at(&[0xEE; 512], at).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let mut buf = vec![0u8; B as usize];
+    let err = store.read(1, 5 * B, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(read(&store, 1, 0, 5 * B), data[..(5 * B) as usize]);
+    assert_eq!(read(&store, 1, 6 * B, 26 * B), data[(6 * B) as usize..]);
+}
+
+/// Blocks zeroed by a record still in the journal are not written in place
+/// (a replay would zero them again after the new data): a flushed write
+/// there survives a kill.
+#[test]
+fn blocks_a_journal_record_still_touches_are_not_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let first = pattern(1, (64 * B) as usize);
+    let second = pattern(2, (64 * B) as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        store.write(1, 0, &first).unwrap();
+        store.flush(1).unwrap();
+        // Applied by the flush, not trimmed.
+        store.zero(1, 0, 64 * B).unwrap();
+        store.flush(1).unwrap();
+        let before = used(&store);
+        store.write(1, 0, &second).unwrap();
+        assert!(
+            used(&store) - before > 64 * B,
+            "the write over zeroed blocks went to the journal"
+        );
+        store.flush(1).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 1, 0, 64 * B), second);
+    // After the trim of the open, the blocks may go in place again.
+    store.zero(1, 0, 64 * B).unwrap();
+    store.checkpoint().unwrap();
+    let before = used(&store);
+    store.write(1, 0, &first).unwrap();
+    assert!(used(&store) - before < 4096, "in place once trimmed");
+    store.flush(1).unwrap();
+    assert_eq!(read(&store, 1, 0, 64 * B), first);
 }
 
 /// The records of a replica deleted and then copied in again are never

@@ -387,7 +387,7 @@ fn a_newer_journal_format_is_refused() {
     drop(open(&dev));
     let mut sb = [0u8; 512];
     SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
-    sb[8..12].copy_from_slice(&2u32.to_le_bytes());
+    sb[8..12].copy_from_slice(&(JOURNAL_FORMAT_VERSION + 1).to_le_bytes());
     sb[56..64].fill(0);
     let crc = crc64(&sb);
     sb[56..64].copy_from_slice(&crc.to_le_bytes());
@@ -434,10 +434,9 @@ fn a_torn_superblock_update_falls_back_to_the_other_slot() {
     assert_eq!(replayed.len(), 1, "the valid slot is used");
 }
 
-/// The journal format, byte for byte: a superblock slot and a one-block
-/// write record. A change here is a format change (bump the version).
-#[test]
-fn journal_format_1_matches_the_golden_file() {
+/// The superblock and the two record kinds with data or entries, as
+/// written by this build.
+fn golden_text() -> (Superblock, String) {
     let sb = Superblock {
         generation: 7,
         store_id: 0x0123_4567_89ab_cdef,
@@ -445,6 +444,34 @@ fn journal_format_1_matches_the_golden_file() {
         tail: 8192,
         tail_seq: 42,
     };
+    let mut text = String::new();
+    text.push_str("# superblock slot\n");
+    text.push_str(&super::super::hex_lines(&sb.encode()));
+    let (head, data_crc) = golden_write_record();
+    text.push_str("# write record head area (512 bytes; 4096 data bytes follow)\n");
+    text.push_str(&super::super::hex_lines(&head));
+    text.push_str(&format!("# data crc64 {data_crc:016x}\n"));
+    let crcs = [0x1111_2222_3333_4444u64, 0x5555_6666_7777_8888];
+    let rec = NewRecord {
+        kind: RecordKind::InPlace,
+        chunk: 0x78,
+        version: 10,
+        first_block: 64,
+        blocks: 2,
+        crcs: &crcs,
+        data: &[],
+    };
+    let mut buf = Vec::new();
+    encode_record(&rec, 43, &mut buf);
+    assert_eq!(buf.len(), 512, "an in-place record is its head area only");
+    text.push_str("# in-place write record (512 bytes, no data)\n");
+    text.push_str(&super::super::hex_lines(&buf));
+    (sb, text)
+}
+
+/// A one-block write record at sequence 42: its head area and the CRC of
+/// its data.
+fn golden_write_record() -> (Vec<u8>, u64) {
     let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     let crcs = [super::super::block_entry(&data)];
     let rec = NewRecord {
@@ -458,16 +485,34 @@ fn journal_format_1_matches_the_golden_file() {
     };
     let mut buf = Vec::new();
     encode_record(&rec, 42, &mut buf);
-    let mut text = String::new();
-    text.push_str("# superblock slot\n");
-    text.push_str(&super::super::hex_lines(&sb.encode()));
-    text.push_str("# write record head area (512 bytes; 4096 data bytes follow)\n");
-    text.push_str(&super::super::hex_lines(&buf[..512]));
-    text.push_str(&format!("# data crc64 {:016x}\n", crc64(&buf[512..])));
-    let golden = include_str!("journal_v1.golden");
+    (buf[..512].to_vec(), crc64(&buf[512..]))
+}
+
+/// The bytes of section `title` of a golden file written by `hex_lines`
+/// (`len` bytes, lines of zeros left out).
+fn golden_bytes(golden: &str, title: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut lines = golden.lines().skip_while(|l| !l.starts_with(title)).skip(1);
+    for line in lines.by_ref().take_while(|l| !l.starts_with('#')) {
+        let (at, bytes) = line.split_once(':').unwrap();
+        let at = usize::from_str_radix(at, 16).unwrap();
+        for (i, b) in bytes.split_whitespace().enumerate() {
+            out[at + i] = u8::from_str_radix(b, 16).unwrap();
+        }
+    }
+    out
+}
+
+/// The journal format, byte for byte: a superblock slot, a one-block write
+/// record and an in-place write record. A change here is a format change
+/// (bump the version and keep reading this one).
+#[test]
+fn journal_format_2_matches_the_golden_file() {
+    let (sb, text) = golden_text();
+    let golden = include_str!("journal_v2.golden");
     if std::env::var_os("PSTORAGE_WRITE_GOLDEN").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/journal_v1.golden"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/journal_v2.golden"),
             &text,
         )
         .unwrap();
@@ -478,6 +523,29 @@ fn journal_format_1_matches_the_golden_file() {
         Superblock::decode(&sb.encode(), "golden").unwrap(),
         Some(sb)
     );
+}
+
+/// A journal of format 1 (written by earlier builds) is read: its
+/// superblock decodes, and its write records are laid out as today's.
+#[test]
+fn a_format_1_journal_is_read() {
+    let golden = include_str!("journal_v1.golden");
+    let slot = golden_bytes(golden, "# superblock slot", SECTOR as usize);
+    assert_eq!(le32(&slot[8..12]), 1, "the golden file is of format 1");
+    assert_eq!(
+        Superblock::decode(&slot, "golden v1").unwrap(),
+        Some(Superblock {
+            generation: 7,
+            store_id: 0x0123_4567_89ab_cdef,
+            ring: 256 << 20,
+            tail: 8192,
+            tail_seq: 42,
+        })
+    );
+    let head = golden_bytes(golden, "# write record head area", 512);
+    let (today, data_crc) = golden_write_record();
+    assert_eq!(head, today);
+    assert!(golden.contains(&format!("# data crc64 {data_crc:016x}")));
 }
 
 /// A read error during the replay is not the end of the log (that would

@@ -26,6 +26,10 @@ pub(super) const APPLY_MEMORY: u64 = 64 << 20;
 /// Records applied per hold of a chunk's lock (writers and readers of the
 /// chunk wait meanwhile).
 pub(super) const APPLY_BATCH: usize = 64;
+/// Data written in place since the last trim that starts the next one: a
+/// replay reads back (to check it) the data of every in-place record still
+/// in the journal, so this bounds the work of a replay.
+pub(super) const IN_PLACE_TRIM: u64 = 1 << 30;
 
 /// Bytes of journalled data held in memory, returned when dropped.
 pub(super) struct MemCharge {
@@ -80,10 +84,16 @@ pub(super) struct Keeper {
     trimming: Mutex<()>,
     /// Bytes of journalled data kept in memory for the apply.
     in_memory: Arc<AtomicU64>,
+    /// Bytes written in place since the last trim began.
+    in_place: AtomicU64,
     stop: AtomicBool,
     /// Chunks whose file syncs fail (tests).
     #[cfg(test)]
     failing_syncs: Mutex<std::collections::HashSet<crate::types::ChunkId>>,
+    /// The background thread does not trim (tests that look at what a
+    /// replay finds).
+    #[cfg(test)]
+    held: AtomicBool,
 }
 
 impl Keeper {
@@ -115,9 +125,12 @@ impl Keeper {
                 touched: Mutex::new(HashMap::new()),
                 trimming: Mutex::new(()),
                 in_memory: Arc::new(AtomicU64::new(0)),
+                in_place: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
                 #[cfg(test)]
                 failing_syncs: Mutex::new(Default::default()),
+                #[cfg(test)]
+                held: AtomicBool::new(false),
             },
             replayed,
         ))
@@ -137,6 +150,15 @@ impl Keeper {
         (before + bytes <= APPLY_MEMORY).then_some(charge)
     }
 
+    /// Counts `bytes` written in place; past [`IN_PLACE_TRIM`] since the
+    /// last trim, asks for the next one.
+    pub(super) fn note_in_place(&self, bytes: u64) {
+        let before = self.in_place.fetch_add(bytes, Ordering::Relaxed);
+        if before < IN_PLACE_TRIM && before + bytes >= IN_PLACE_TRIM {
+            self.journal.kick();
+        }
+    }
+
     /// Notes that `open` is about to get journal records (call with its
     /// write lock held).
     pub(super) fn touch(&self, open: &Arc<OpenChunk>) {
@@ -152,6 +174,7 @@ impl Keeper {
     pub(super) fn checkpoint(&self) -> Result<()> {
         let _one = self.trimming.lock().expect("journal trim lock poisoned");
         let mark = self.journal.head();
+        self.in_place.store(0, Ordering::Relaxed);
         self.journal.sync_below(mark.seq)?;
         let chunks: Vec<(usize, Arc<OpenChunk>)> = self
             .touched
@@ -228,6 +251,12 @@ impl Keeper {
         })
     }
 
+    /// Stops the background thread's trims (tests).
+    #[cfg(test)]
+    pub(super) fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
     /// Makes every later sync of `chunk`'s file fail with EIO (tests).
     #[cfg(test)]
     pub(super) fn fail_syncs_of(&self, chunk: crate::types::ChunkId) {
@@ -256,6 +285,10 @@ impl Keeper {
             let used = self.journal.stats().used;
             if !(kicked || self.journal.wants_trim() || (used > 0 && last.elapsed() >= TRIM_PERIOD))
             {
+                continue;
+            }
+            #[cfg(test)]
+            if self.held.load(Ordering::Acquire) {
                 continue;
             }
             match self.checkpoint() {
