@@ -16,15 +16,14 @@
 //! about the last interval or two.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::types::ChunkId;
 
+use super::disk::{Disk, DiskFile, OpenMode};
 use super::file::io_error;
 
 /// The log's file name in the store directory.
@@ -36,13 +35,16 @@ const COMPACT_MIN_ENTRIES: usize = 8;
 pub(crate) const COMPACT_INTERVAL: Duration = Duration::from_secs(10);
 
 pub(crate) struct DirtyLog {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     path: PathBuf,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    file: File,
+    file: Box<dyn DiskFile>,
+    /// Where the next id is appended.
+    end: u64,
     /// Ids in the file (since its last rewrite).
     logged: HashSet<ChunkId>,
     /// Chunks written since their last flush began.
@@ -57,29 +59,27 @@ impl DirtyLog {
     /// Opens the log in `dir` (creating it empty). Returns the log and the
     /// ids it held: the chunks that may hold torn writes, unless the store
     /// was closed cleanly.
-    pub(crate) fn open(dir: &Path) -> Result<(DirtyLog, BTreeSet<ChunkId>)> {
+    pub(crate) fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(DirtyLog, BTreeSet<ChunkId>)> {
         let path = dir.join(DIRTY_LOG);
-        let previous = match fs::read_to_string(&path) {
-            Ok(text) => parse(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        let previous = match disk.read(&path) {
             // Invalid UTF-8 from a torn append: salvage what parses.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                let bytes = fs::read(&path)
-                    .map_err(|e| io_error(e, format_args!("reading {}", path.display())))?;
-                parse(&String::from_utf8_lossy(&bytes))
-            }
+            Ok(bytes) => parse(&String::from_utf8_lossy(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
             Err(e) => return Err(io_error(e, format_args!("reading {}", path.display()))),
         };
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
+        let file = disk
+            .open(&path, OpenMode::Create)
             .map_err(|e| io_error(e, format_args!("opening {}", path.display())))?;
+        let end = file
+            .len()
+            .map_err(|e| io_error(e, format_args!("inspecting {}", path.display())))?;
         let log = DirtyLog {
+            disk,
             dir: dir.to_path_buf(),
             path,
             inner: Mutex::new(Inner {
                 file,
+                end,
                 logged: previous.iter().copied().collect(),
                 // Until verified and flushed, the old ids stay needed.
                 dirty: previous.iter().copied().collect(),
@@ -112,7 +112,7 @@ impl DirtyLog {
             let line = format!("{chunk:016x}\n");
             inner
                 .file
-                .write_all(line.as_bytes())
+                .write_at(line.as_bytes(), inner.end)
                 .and_then(|()| inner.file.sync_data())
                 .map_err(|e| {
                     io_error(
@@ -120,10 +120,18 @@ impl DirtyLog {
                         format_args!("recording chunk {chunk:#x} in {}", self.path.display()),
                     )
                 })?;
+            inner.end += line.len() as u64;
             inner.logged.insert(chunk);
         }
         inner.dirty.insert(chunk);
         Ok(())
+    }
+
+    /// Keeps `chunk` in the log, durably, until it is deleted or taken out
+    /// of service ([`forget`](DirtyLog::forget)): its file failed, and may
+    /// have lost writes it acknowledged.
+    pub(crate) fn pin(&self, chunk: ChunkId) -> Result<()> {
+        self.note_write(chunk)
     }
 
     /// A flush of `chunk` starts: writes from now on are noted again. Call
@@ -201,24 +209,31 @@ impl DirtyLog {
         let text: String = keep.iter().map(|c| format!("{c:016x}\n")).collect();
         let tmp = self.dir.join(format!("{DIRTY_LOG}.tmp"));
         let what = |op: &str| format!("{op} {}", tmp.display());
-        let mut file =
-            File::create(&tmp).map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
-        file.write_all(text.as_bytes())
+        if self.disk.exists(&tmp).unwrap_or(true) {
+            match self.disk.remove(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(e, format_args!("{}", what("removing")))),
+            }
+        }
+        let file = self
+            .disk
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
+        file.write_at(text.as_bytes(), 0)
             .and_then(|()| file.sync_data())
             .map_err(|e| io_error(e, format_args!("{}", what("writing"))))?;
-        fs::rename(&tmp, &self.path).map_err(|e| {
+        self.disk.rename(&tmp, &self.path).map_err(|e| {
             io_error(
                 e,
                 format_args!("renaming {} to {}", tmp.display(), self.path.display()),
             )
         })?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
+        self.disk
+            .sync_dir(&self.dir)
             .map_err(|e| io_error(e, format_args!("syncing {}", self.dir.display())))?;
-        inner.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| io_error(e, format_args!("opening {}", self.path.display())))?;
+        inner.file = file;
+        inner.end = text.len() as u64;
         inner.logged = keep.into_iter().collect();
         inner.last_compaction = Instant::now();
         Ok(())

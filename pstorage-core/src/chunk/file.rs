@@ -2,10 +2,6 @@
 //! [`crate::chunk`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -16,6 +12,7 @@ use crate::types::{
 };
 
 use super::dirty::DirtyLog;
+use super::disk::{Disk, DiskFile, OpenMode, RealDisk};
 use super::journal::{Appended, Journal, NewRecord, RecordKind, MAX_RECORD_BLOCKS};
 use super::keeper::{Keeper, StoreOptions};
 use super::{
@@ -52,13 +49,14 @@ pub(super) const IN_PLACE_MIN_BLOCKS: u64 = 16;
 /// never wait for each other except while a chunk file is created or
 /// deleted.
 pub struct FileChunkStore {
+    disk: Arc<dyn Disk>,
     chunks_dir: PathBuf,
     open: Mutex<OpenTable>,
     max_open: usize,
     tmp_counter: AtomicU64,
     /// Incoming replicas (re-replication) by handle: open temporary files.
     incoming: Mutex<HashMap<u64, Arc<OpenChunk>>>,
-    dirty: DirtyLog,
+    dirty: Arc<DirtyLog>,
     /// The dirty log's content at open (chunks that may hold torn writes)
     /// not verified since.
     unverified: Mutex<BTreeSet<ChunkId>>,
@@ -78,10 +76,15 @@ struct OpenTable {
 pub(super) struct OpenChunk {
     pub(super) chunk: ChunkId,
     path: PathBuf,
-    pub(super) file: File,
+    pub(super) file: Box<dyn DiskFile>,
     /// The count of in-place writes ([`ChunkState::in_place_writes`]) that
     /// the last sync of the file covered.
     in_place_synced: AtomicU64,
+    /// Set when a read of the file failed with EIO under the read lock:
+    /// the replica is out of service from then on, as if
+    /// [`ChunkState::failed`] (into which a holder of the write lock moves
+    /// it, [`OpenChunk::absorb_broken`]).
+    broken: Mutex<Option<String>>,
     chunk_size: u64,
     data_offset: u64,
     /// The file's format version: how its CRC table encodes entries.
@@ -224,41 +227,48 @@ impl FileChunkStore {
     /// Replays the journal: every record it holds is applied to the chunk
     /// files, which are then synced, before this returns.
     pub fn open_with(dir: impl AsRef<Path>, options: &StoreOptions) -> Result<FileChunkStore> {
+        FileChunkStore::open_on(Arc::new(RealDisk), dir, options)
+    }
+
+    /// Like [`open_with`](FileChunkStore::open_with), on `disk` (a
+    /// [`CrashDisk`](super::CrashDisk) in power-loss tests).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: impl AsRef<Path>,
+        options: &StoreOptions,
+    ) -> Result<FileChunkStore> {
         let max_open = options.max_open;
         assert!(
             max_open > 0,
             "the open chunk cache needs room for one chunk"
         );
         let chunks_dir = dir.as_ref().join("chunks");
-        fs::create_dir_all(&chunks_dir).map_err(|e| {
+        disk.create_dir_all(&chunks_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("creating the chunk directory {}", chunks_dir.display()),
             )
         })?;
-        let entries = fs::read_dir(&chunks_dir).map_err(|e| {
+        let names = disk.list(&chunks_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("listing the chunk directory {}", chunks_dir.display()),
             )
         })?;
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| io_error(e, format_args!("listing {}", chunks_dir.display())))?;
-            let name = entry.file_name();
-            if name.to_string_lossy().contains(TMP_MARKER) {
+        for name in names {
+            if name.contains(TMP_MARKER) {
                 // A create that crashed before its rename: the chunk never existed.
-                fs::remove_file(entry.path()).map_err(|e| {
-                    io_error(
-                        e,
-                        format_args!("removing the leftover {}", entry.path().display()),
-                    )
+                let path = chunks_dir.join(&name);
+                disk.remove(&path).map_err(|e| {
+                    io_error(e, format_args!("removing the leftover {}", path.display()))
                 })?;
             }
         }
-        let (dirty, unverified) = DirtyLog::open(dir.as_ref())?;
-        let (keeper, replayed) = Keeper::open(dir.as_ref(), options)?;
+        let (dirty, unverified) = DirtyLog::open(disk.clone(), dir.as_ref())?;
+        let dirty = Arc::new(dirty);
+        let (keeper, replayed) = Keeper::open(&disk, dirty.clone(), dir.as_ref(), options)?;
         let mut store = FileChunkStore {
+            disk,
             chunks_dir,
             open: Mutex::new(OpenTable {
                 chunks: HashMap::new(),
@@ -307,8 +317,7 @@ impl FileChunkStore {
             if !matches!(
                 r.kind,
                 RecordKind::Write | RecordKind::Zero | RecordKind::InPlace
-            )
-                || forgotten.get(&r.chunk).is_some_and(|f| *f > r.seq)
+            ) || forgotten.get(&r.chunk).is_some_and(|f| *f > r.seq)
             {
                 continue;
             }
@@ -427,10 +436,14 @@ impl FileChunkStore {
                 table.generation
             };
             let path = self.chunk_path(chunk);
-            let mut opened = match OpenChunk::load(&path, chunk) {
+            let mut opened = match OpenChunk::load(&*self.disk, &path, chunk) {
                 Ok(opened) => opened,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
-                    if self.bad_chunk_path(chunk).exists() {
+                    if self
+                        .disk
+                        .exists(&self.bad_chunk_path(chunk))
+                        .unwrap_or(false)
+                    {
                         return Err(bad_replica(chunk));
                     }
                     return Err(missing_chunk(chunk));
@@ -515,7 +528,7 @@ impl FileChunkStore {
         let path = self.chunk_path(open.chunk);
         let replaced = {
             let mut table = self.table();
-            fs::rename(&open.path, &path).map_err(|e| {
+            self.disk.rename(&open.path, &path).map_err(|e| {
                 io_error(
                     e,
                     format_args!("renaming {} to {}", open.path.display(), path.display()),
@@ -523,7 +536,7 @@ impl FileChunkStore {
             })?;
             table.generation += 1;
             // A replica taken out of service is replaced too.
-            let _ = fs::remove_file(self.bad_chunk_path(open.chunk));
+            let _ = self.disk.remove(&self.bad_chunk_path(open.chunk));
             table.chunks.remove(&open.chunk)
         };
         self.dirty.forget(open.chunk);
@@ -536,14 +549,12 @@ impl FileChunkStore {
     }
 
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.chunks_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| {
-                io_error(
-                    e,
-                    format_args!("syncing the chunk directory {}", self.chunks_dir.display()),
-                )
-            })
+        self.disk.sync_dir(&self.chunks_dir).map_err(|e| {
+            io_error(
+                e,
+                format_args!("syncing the chunk directory {}", self.chunks_dir.display()),
+            )
+        })
     }
 
     /// Idempotency check of `create` against an existing chunk.
@@ -582,26 +593,24 @@ impl FileChunkStore {
 
     fn write_new_file(&self, tmp: &Path, header: &Header) -> Result<()> {
         let what = |op: &str| format!("{op} the new chunk file {}", tmp.display());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(tmp)
+        let file = self
+            .disk
+            .open(tmp, OpenMode::CreateNew)
             .map_err(|e| io_error(e, format_args!("{}", what("creating"))))?;
-        file.write_all_at(&header.encode(), 0)
+        file.write_at(&header.encode(), 0)
             .map_err(|e| io_error(e, format_args!("{}", what("writing the header of"))))?;
         // Every block reads as zeros: its entry says so (a table of zeros
         // would mean lost entries).
         let blocks = (header.chunk_size / BLOCK_SIZE) as usize;
         let zeros = entry_to_disk(header.format, 0).to_le_bytes();
         let table: Vec<u8> = zeros.iter().copied().cycle().take(blocks * 8).collect();
-        file.write_all_at(&table, HEADER_LEN)
+        file.write_at(&table, HEADER_LEN)
             .map_err(|e| io_error(e, format_args!("{}", what("writing the CRC table of"))))?;
         // Full length up front (sparse): reads never come up short and a
         // shorter file on open means it was truncated behind our back.
         file.set_len(data_offset(header.chunk_size) + header.chunk_size)
             .map_err(|e| io_error(e, format_args!("{}", what("sizing"))))?;
-        file.sync_all()
+        file.sync_data()
             .map_err(|e| io_error(e, format_args!("{}", what("syncing"))))
     }
 
@@ -648,8 +657,18 @@ impl FileChunkStore {
             if matches!(source, Source::Data(..))
                 && state.crcs[plan.first as usize..=plan.last as usize].contains(&0)
             {
-                open.allocate(plan.first, plan.last + 1 - plan.first)?;
+                if let Err(e) = open.allocate(plan.first, plan.last + 1 - plan.first) {
+                    if e.kind() != ErrorKind::NoSpace {
+                        open.fail(&mut state, format!("allocating space failed: {e}"));
+                        self.keeper.touch(&open);
+                    }
+                    return Err(e);
+                }
             }
+            // The keeper must see this chunk before its records exist (a
+            // trim applies and syncs every chunk it lists), and before its
+            // file can fail (a trim takes a failed file out of service).
+            self.keeper.touch(&open);
             if let Source::Data(data, _) = source {
                 if open.can_write_in_place(&mut state, &plan, journal.tail_seq()) {
                     // The data goes to the file before its record exists;
@@ -658,17 +677,19 @@ impl FileChunkStore {
                     // it takes the record's entries.
                     let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
                     let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
-                    open.pwrite(
+                    if let Err(e) = open.pwrite(
                         &data[from..to],
                         open.data_offset + plan.mid_first * BLOCK_SIZE,
-                    )?;
+                    ) {
+                        // A disk error is a fact about the replica, not
+                        // something to retry.
+                        open.fail(&mut state, format!("writing it failed: {e}"));
+                        return Err(e);
+                    }
                     plan.in_place = true;
                     state.in_place_writes += 1;
                 }
             }
-            // The keeper must see this chunk before its records exist: a
-            // trim applies and syncs every chunk it lists.
-            self.keeper.touch(&open);
             let full = {
                 let owned;
                 let all: &[u8] = match source {
@@ -871,18 +892,15 @@ impl Drop for FileChunkStore {
 }
 
 impl OpenChunk {
-    fn load(path: &Path, chunk: ChunkId) -> Result<OpenChunk> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+    fn load(disk: &dyn Disk, path: &Path, chunk: ChunkId) -> Result<OpenChunk> {
+        let file = disk
+            .open(path, OpenMode::Existing)
             .map_err(|e| io_error(e, format_args!("opening chunk file {}", path.display())))?;
-        let header = read_header(&file, path, chunk)?;
+        let header = read_header(&*file, path, chunk)?;
         let data_offset = data_offset(header.chunk_size);
         let file_len = file
-            .metadata()
-            .map_err(|e| io_error(e, format_args!("inspecting chunk file {}", path.display())))?
-            .len();
+            .len()
+            .map_err(|e| io_error(e, format_args!("inspecting chunk file {}", path.display())))?;
         if file_len < data_offset + header.chunk_size {
             return Err(Error::corrupt(format!(
                 "chunk file {} is truncated: {file_len} bytes, but chunk {chunk:#x} of size {} \
@@ -894,7 +912,7 @@ impl OpenChunk {
         }
         let blocks = (header.chunk_size / BLOCK_SIZE) as usize;
         let mut raw = vec![0u8; blocks * 8];
-        file.read_exact_at(&mut raw, HEADER_LEN).map_err(|e| {
+        file.read_at(&mut raw, HEADER_LEN).map_err(|e| {
             io_error(
                 e,
                 format_args!("reading the CRC table of chunk file {}", path.display()),
@@ -914,6 +932,7 @@ impl OpenChunk {
             path: path.to_path_buf(),
             file,
             in_place_synced: AtomicU64::new(0),
+            broken: Mutex::new(None),
             chunk_size: header.chunk_size,
             data_offset,
             format: header.format,
@@ -1022,14 +1041,29 @@ impl OpenChunk {
 
     /// `Corrupt` once the replica's file failed (see [`ChunkState::failed`]).
     fn check_failed(&self, state: &ChunkState) -> Result<()> {
-        match &state.failed {
-            Some(why) => Err(Error::corrupt(format!(
-                "chunk {:#x} in {}: {why}; its content on disk is unknown: this replica is out \
-                 of service, read another",
-                self.chunk,
-                self.path.display()
-            ))),
+        let broken = self.broken.lock().expect("chunk lock poisoned").clone();
+        match state.failed.as_ref().or(broken.as_ref()) {
+            Some(why) => Err(self.failed_error(why)),
             None => Ok(()),
+        }
+    }
+
+    fn failed_error(&self, why: &str) -> Error {
+        Error::corrupt(format!(
+            "chunk {:#x} in {}: {why}; its content on disk is unknown: this replica is out of \
+             service, read another",
+            self.chunk,
+            self.path.display()
+        ))
+    }
+
+    /// Fails the replica like [`fail`](OpenChunk::fail) when a read under
+    /// the read lock failed ([`OpenChunk::broken`]); call with the write
+    /// lock.
+    pub(super) fn absorb_broken(&self, state: &mut ChunkState) {
+        let broken = self.broken.lock().expect("chunk lock poisoned").take();
+        if let (Some(why), None) = (broken, &state.failed) {
+            self.fail(state, why);
         }
     }
 
@@ -1078,21 +1112,36 @@ impl OpenChunk {
 
     fn pread(&self, buf: &mut [u8], chunk_offset: u64) -> Result<()> {
         self.file
-            .read_exact_at(buf, self.data_offset + chunk_offset)
+            .read_at(buf, self.data_offset + chunk_offset)
             .map_err(|e| {
-                io_error(
+                let eio = e.raw_os_error() == Some(libc::EIO);
+                let err = io_error(
                     e,
                     format_args!(
                         "reading chunk {:#x} at offset {chunk_offset} from {}",
                         self.chunk,
                         self.path.display()
                     ),
-                )
+                );
+                if !eio {
+                    return err;
+                }
+                // A disk error is a fact: the replica leaves service (the
+                // server takes it out and the MDS copies the chunk anew).
+                let why = format!("the disk failed a read ({})", err.message());
+                tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
+                    "chunk file failed: the replica is out of service");
+                let error = self.failed_error(&why);
+                self.broken
+                    .lock()
+                    .expect("chunk lock poisoned")
+                    .get_or_insert(why);
+                error
             })
     }
 
     fn pwrite(&self, buf: &[u8], file_offset: u64) -> Result<()> {
-        self.file.write_all_at(buf, file_offset).map_err(|e| {
+        self.file.write_at(buf, file_offset).map_err(|e| {
             io_error(
                 e,
                 format_args!(
@@ -1384,7 +1433,7 @@ impl OpenChunk {
             }
             // The page as the file holds it (applied entries only), patched.
             let at = HEADER_LEN + index * BLOCK_SIZE;
-            self.file.read_exact_at(&mut page, at).map_err(|e| {
+            self.file.read_at(&mut page, at).map_err(|e| {
                 io_error(
                     e,
                     format_args!("reading the CRC table of {}", self.path.display()),
@@ -1402,47 +1451,26 @@ impl OpenChunk {
     /// Allocates the file space of `blocks` blocks from `first` (they may
     /// be holes). `NoSpace` when the disk is full.
     fn allocate(&self, first: u64, blocks: u64) -> Result<()> {
-        // SAFETY: fallocate on a file descriptor we own, no memory involved.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                (self.data_offset + first * BLOCK_SIZE) as libc::off_t,
-                (blocks * BLOCK_SIZE) as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                return Ok(());
-            }
-            return Err(io_error(
-                e,
-                format_args!(
-                    "allocating blocks {first}..{} of chunk {:#x} in {}",
-                    first + blocks,
-                    self.chunk,
-                    self.path.display()
-                ),
-            ));
-        }
-        Ok(())
+        self.file
+            .allocate(self.data_offset + first * BLOCK_SIZE, blocks * BLOCK_SIZE)
+            .map_err(|e| {
+                io_error(
+                    e,
+                    format_args!(
+                        "allocating blocks {first}..{} of chunk {:#x} in {}",
+                        first + blocks,
+                        self.chunk,
+                        self.path.display()
+                    ),
+                )
+            })
     }
 
     fn punch_hole(&self, chunk_offset: u64, len: u64) {
-        // SAFETY: fallocate on a file descriptor we own, no memory involved.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (self.data_offset + chunk_offset) as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
+        if let Err(e) = self.file.punch_hole(self.data_offset + chunk_offset, len) {
             tracing::debug!(
                 chunk = self.chunk,
-                error = %std::io::Error::last_os_error(),
+                error = %e,
                 "punching a hole failed; zeroed blocks keep their space"
             );
         }
@@ -1627,9 +1655,9 @@ impl Header {
     }
 }
 
-fn read_header(file: &File, path: &Path, chunk: ChunkId) -> Result<Header> {
+fn read_header(file: &dyn DiskFile, path: &Path, chunk: ChunkId) -> Result<Header> {
     let mut buf = [0u8; HEADER_LEN as usize];
-    file.read_exact_at(&mut buf, 0).map_err(|e| {
+    file.read_at(&mut buf, 0).map_err(|e| {
         io_error(
             e,
             format_args!("reading the header of chunk file {}", path.display()),
@@ -1680,16 +1708,16 @@ impl ChunkStore for FileChunkStore {
         // The slow part (write + fsync) happens on a private file; only the
         // rename runs under the table lock.
         if let Err(e) = self.write_new_file(&tmp, &header) {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.disk.remove(&tmp);
             return Err(e);
         }
         let path = self.chunk_path(chunk);
         let renamed = {
             let mut table = self.table();
-            if path.exists() {
+            if self.disk.exists(&path).unwrap_or(false) {
                 false
             } else {
-                let result = fs::rename(&tmp, &path);
+                let result = self.disk.rename(&tmp, &path);
                 table.generation += 1;
                 result.map_err(|e| {
                     io_error(
@@ -1703,7 +1731,7 @@ impl ChunkStore for FileChunkStore {
         if !renamed {
             // A concurrent create won the race: same answer as if it had
             // finished before we started.
-            let _ = fs::remove_file(&tmp);
+            let _ = self.disk.remove(&tmp);
             return match self.check_existing(chunk, version, chunk_size)? {
                 Some(()) => Ok(()),
                 None => Err(Error::new(
@@ -1872,8 +1900,8 @@ impl ChunkStore for FileChunkStore {
             // are covered by the sync below.
             state.dirty = false;
             self.dirty.begin_flush(chunk);
-            let unmarked = (state.in_place_below > state.durable_below)
-                .then_some(state.in_place_below);
+            let unmarked =
+                (state.in_place_below > state.durable_below).then_some(state.in_place_below);
             (
                 state.pending.last().map(|p| p.seq + 1),
                 state.in_place_writes,
@@ -1930,15 +1958,20 @@ impl ChunkStore for FileChunkStore {
 
     fn delete(&self, chunk: ChunkId) -> Result<()> {
         let path = self.chunk_path(chunk);
-        if path.exists() || self.bad_chunk_path(chunk).exists() {
+        if self.disk.exists(&path).unwrap_or(true)
+            || self
+                .disk
+                .exists(&self.bad_chunk_path(chunk))
+                .unwrap_or(true)
+        {
             self.forget_in_journal(chunk)?;
         }
         let removed = {
             let mut table = self.table();
             let removed = table.chunks.remove(&chunk);
-            let result = fs::remove_file(&path);
+            let result = self.disk.remove(&path);
             table.generation += 1;
-            if let Err(e) = fs::remove_file(self.bad_chunk_path(chunk)) {
+            if let Err(e) = self.disk.remove(&self.bad_chunk_path(chunk)) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(io_error(
                         e,
@@ -1970,20 +2003,18 @@ impl ChunkStore for FileChunkStore {
     }
 
     fn list(&self) -> Result<Vec<ChunkReplicaInfo>> {
-        let entries = fs::read_dir(&self.chunks_dir).map_err(|e| {
+        let names = self.disk.list(&self.chunks_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("listing the chunk directory {}", self.chunks_dir.display()),
             )
         })?;
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry
-                .map_err(|e| io_error(e, format_args!("listing {}", self.chunks_dir.display())))?;
-            let name = entry.file_name();
-            let Some(chunk) = parse_chunk_name(&name.to_string_lossy()) else {
+        for name in names {
+            let Some(chunk) = parse_chunk_name(&name) else {
                 continue;
             };
+            let entry_path = self.chunks_dir.join(&name);
             let cached = self.table().chunks.get(&chunk).cloned();
             let version = match cached {
                 Some(open) => {
@@ -1993,14 +2024,16 @@ impl ChunkStore for FileChunkStore {
                     }
                     Ok(state.version)
                 }
-                None => File::open(entry.path())
+                None => self
+                    .disk
+                    .open(&entry_path, OpenMode::Existing)
                     .map_err(|e| {
                         io_error(
                             e,
-                            format_args!("opening chunk file {}", entry.path().display()),
+                            format_args!("opening chunk file {}", entry_path.display()),
                         )
                     })
-                    .and_then(|f| read_header(&f, &entry.path(), chunk))
+                    .and_then(|f| read_header(&*f, &entry_path, chunk))
                     .map(|h| h.version),
             };
             match version {
@@ -2024,10 +2057,10 @@ impl ChunkStore for FileChunkStore {
         let bad = self.bad_chunk_path(chunk);
         let removed = {
             let mut table = self.table();
-            match fs::rename(&path, &bad) {
+            match self.disk.rename(&path, &bad) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return if bad.exists() {
+                    return if self.disk.exists(&bad).unwrap_or(false) {
                         Ok(())
                     } else {
                         Err(missing_chunk(chunk))
@@ -2051,18 +2084,14 @@ impl ChunkStore for FileChunkStore {
     }
 
     fn list_bad(&self) -> Result<Vec<ChunkId>> {
-        let entries = fs::read_dir(&self.chunks_dir).map_err(|e| {
+        let names = self.disk.list(&self.chunks_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("listing the chunk directory {}", self.chunks_dir.display()),
             )
         })?;
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry
-                .map_err(|e| io_error(e, format_args!("listing {}", self.chunks_dir.display())))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for name in names {
             if let Some(stem) = name.strip_suffix(BAD_SUFFIX) {
                 if let Some(chunk) = parse_chunk_name(&format!("{stem}{CHUNK_SUFFIX}")) {
                     out.push(chunk);
@@ -2075,7 +2104,8 @@ impl ChunkStore for FileChunkStore {
 
     fn is_bad(&self, chunk: ChunkId) -> Result<bool> {
         let path = self.bad_chunk_path(chunk);
-        path.try_exists()
+        self.disk
+            .exists(&path)
             .map_err(|e| io_error(e, format_args!("inspecting {}", path.display())))
     }
 
@@ -2108,10 +2138,12 @@ impl ChunkStore for FileChunkStore {
             }
             match self.flush(chunk) {
                 Ok(()) => {}
-                // Deleted or taken out of service meanwhile.
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
-                    self.dirty.forget(chunk)
-                }
+                // Deleted meanwhile.
+                Err(e) if e.kind() == ErrorKind::NotFound => self.dirty.forget(chunk),
+                // Its file failed: it stays listed, to be verified and
+                // resynced at the next start (a replica taken out of
+                // service is forgotten when it is).
+                Err(e) if e.kind() == ErrorKind::Corrupt => {}
                 Err(e) => return Err(e),
             }
         }
@@ -2131,11 +2163,11 @@ impl ChunkStore for FileChunkStore {
         };
         let opened = self
             .write_new_file(&tmp, &header)
-            .and_then(|()| OpenChunk::load(&tmp, chunk));
+            .and_then(|()| OpenChunk::load(&*self.disk, &tmp, chunk));
         let open = match opened {
             Ok(open) => open,
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                let _ = self.disk.remove(&tmp);
                 return Err(e);
             }
         };
@@ -2171,7 +2203,7 @@ impl ChunkStore for FileChunkStore {
         open.write_state().deleted = true;
         let result = self.install_incoming(&open, version);
         if result.is_err() {
-            let _ = fs::remove_file(&open.path);
+            let _ = self.disk.remove(&open.path);
         }
         result
     }
@@ -2181,7 +2213,7 @@ impl ChunkStore for FileChunkStore {
             return;
         };
         open.write_state().deleted = true;
-        if let Err(e) = fs::remove_file(&open.path) {
+        if let Err(e) = self.disk.remove(&open.path) {
             tracing::warn!(
                 chunk = open.chunk,
                 path = %open.path.display(),
@@ -2242,22 +2274,13 @@ impl ChunkStore for FileChunkStore {
     }
 
     fn space(&self) -> Result<SpaceInfo> {
-        let path = std::ffi::CString::new(self.chunks_dir.as_os_str().as_bytes())
-            .map_err(|_| Error::invalid("the chunk directory path contains a NUL byte"))?;
-        // SAFETY: statvfs writes into the zeroed struct we pass; the path is
-        // NUL-terminated.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-        if rc != 0 {
-            return Err(io_error(
-                std::io::Error::last_os_error(),
-                format_args!("statvfs of {}", self.chunks_dir.display()),
-            ));
-        }
-        let unit = stat.f_frsize as u64;
+        let (total_bytes, free_bytes) = self
+            .disk
+            .space(&self.chunks_dir)
+            .map_err(|e| io_error(e, format_args!("statvfs of {}", self.chunks_dir.display())))?;
         Ok(SpaceInfo {
-            total_bytes: stat.f_blocks as u64 * unit,
-            free_bytes: stat.f_bavail as u64 * unit,
+            total_bytes,
+            free_bytes,
         })
     }
 }

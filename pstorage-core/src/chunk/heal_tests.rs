@@ -351,6 +351,32 @@ impl FileCs {
     }
 }
 
+impl FileCs {
+    /// The same on a [`CrashDisk`] (faults injected below the store).
+    fn on(disk: &super::CrashDisk) -> FileCs {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            FileChunkStore::open_on(
+                Arc::new(disk.clone()),
+                std::path::Path::new("/cs"),
+                &StoreOptions::default(),
+            )
+            .unwrap(),
+        );
+        let net = MemNetwork::new();
+        let server = net.add_server(1, &addr(1), store.clone());
+        let sink = Arc::new(RecordingSink::default());
+        server.set_bad_replica_sink(sink.clone());
+        FileCs {
+            _dir: dir,
+            net,
+            store,
+            server,
+            sink,
+        }
+    }
+}
+
 impl Drop for FileCs {
     fn drop(&mut self) {
         self.net.clear();
@@ -1014,6 +1040,37 @@ async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
     // Writes to the healthy chunk go on.
     cs.store.write(2, 0, &pattern(7, B as usize)).unwrap();
     cs.store.flush(2).unwrap();
+}
+
+/// A read of a chunk file that fails with EIO is a fact about the disk: the
+/// read fails (never returns data), the server takes the replica out of
+/// service and reports it once (the MDS copies the chunk anew); the other
+/// replicas of this store go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_error_of_the_disk_takes_the_replica_out_of_service_and_reports_it() {
+    let disk = super::CrashDisk::new();
+    let cs = FileCs::on(&disk);
+    for chunk in [1, 2] {
+        cs.server.create_chunk(chunk, 4, CS).await.unwrap();
+        cs.store
+            .write(chunk, 0, &pattern(chunk, CS as usize))
+            .unwrap();
+    }
+    cs.store.checkpoint().unwrap();
+    disk.fail_reads(Some("0000000000000001.chunk"));
+    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.message().contains("the disk failed a read"), "{e}");
+    disk.fail_reads(None);
+    assert_eq!(cs.sink.chunks(), [1]);
+    assert_eq!(cs.store.list_bad().unwrap(), [1]);
+    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(cs.sink.chunks(), [1], "reported once");
+    assert_eq!(
+        cs.server.read_verified(2, 4, 0, CS).await.unwrap(),
+        pattern(2, CS as usize)
+    );
 }
 
 // ---- block repair ----

@@ -80,8 +80,6 @@
 //! a block its CRC entry, or that does not carry the next sequence number
 //! (a record of an earlier lap).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -90,6 +88,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::{ChunkId, MapVersion, BLOCK_SIZE};
 
+use super::disk::{Disk, DiskFile, OpenMode};
 use super::file::io_error;
 use super::{block_entry, crc64, upgrade_entry};
 
@@ -206,18 +205,14 @@ pub(crate) trait JournalDevice: Send + Sync {
 
 /// A journal file.
 pub(crate) struct FileDevice {
-    file: File,
+    file: Box<dyn DiskFile>,
     path: PathBuf,
 }
 
 impl FileDevice {
-    pub(crate) fn open(path: &Path) -> Result<FileDevice> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
+    pub(crate) fn open(disk: &dyn Disk, path: &Path) -> Result<FileDevice> {
+        let file = disk
+            .open(path, OpenMode::Create)
             .map_err(|e| io_error(e, format_args!("opening the journal {}", path.display())))?;
         Ok(FileDevice {
             file,
@@ -228,36 +223,22 @@ impl FileDevice {
 
 impl JournalDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.file.write_at(buf, offset)
     }
     fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
     fn len(&self) -> std::io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        self.file.len()
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.file.set_len(len)?;
         // Allocated up front: an append never meets a full disk.
-        // SAFETY: fallocate on a descriptor we own, no memory involved.
-        let rc = unsafe {
-            libc::fallocate(
-                std::os::unix::io::AsRawFd::as_raw_fd(&self.file),
-                0,
-                0,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(e);
-            }
-        }
-        self.file.sync_all()
+        self.file.allocate(0, len)?;
+        self.file.sync_data()
     }
     fn name(&self) -> String {
         self.path.display().to_string()
@@ -363,11 +344,7 @@ impl RecordKind {
 }
 
 fn head_len(kind: RecordKind, blocks: u64) -> u64 {
-    let crcs = if kind.has_entries() {
-        blocks * 8
-    } else {
-        0
-    };
+    let crcs = if kind.has_entries() { blocks * 8 } else { 0 };
     (HEAD_FIXED as u64 + crcs).div_ceil(SECTOR) * SECTOR
 }
 

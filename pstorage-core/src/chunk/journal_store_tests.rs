@@ -148,12 +148,18 @@ fn a_big_write_into_fresh_blocks_puts_only_its_entries_in_the_journal() {
         let before = used(&store);
         store.write(1, 100 * mib, &first).unwrap();
         let in_place = used(&store) - before;
-        assert!(in_place <= 8192, "{in_place} journal bytes for 1 MiB in place");
+        assert!(
+            in_place <= 8192,
+            "{in_place} journal bytes for 1 MiB in place"
+        );
         assert_eq!(read(&store, 1, 100 * mib, mib), first);
         // Over written blocks (and unaligned): through the journal.
         store.write(1, 100 * mib + 512, &second).unwrap();
         let journalled = used(&store) - before - in_place;
-        assert!(journalled > mib, "{journalled} journal bytes for 1 MiB over written blocks");
+        assert!(
+            journalled > mib,
+            "{journalled} journal bytes for 1 MiB over written blocks"
+        );
         store.flush(1).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();

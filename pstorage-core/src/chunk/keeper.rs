@@ -5,7 +5,6 @@
 //! space, and every [`TRIM_PERIOD`] otherwise.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+use super::dirty::DirtyLog;
+use super::disk::{Disk, DiskFile};
 use super::file::{io_error, ApplyError, OpenChunk};
 use super::journal::{FileDevice, Journal, Replayed, DEFAULT_JOURNAL_SIZE, MIN_JOURNAL_SIZE};
 
@@ -73,6 +74,8 @@ impl Default for StoreOptions {
 /// The journal, the chunks with records in it, and the trim.
 pub(super) struct Keeper {
     journal: Journal,
+    /// The store's dirty log (see [`Keeper::checkpoint`]).
+    dirty: Arc<DirtyLog>,
     /// Chunks with journal records not yet trimmed (applied or not). A chunk
     /// is added before its first record is appended and removed by a trim,
     /// under the chunk's lock, once none is pending; the reference keeps it
@@ -99,7 +102,12 @@ pub(super) struct Keeper {
 impl Keeper {
     /// Opens (or creates) the journal of the store in `dir`; returns the
     /// records to replay.
-    pub(super) fn open(dir: &Path, options: &StoreOptions) -> Result<(Keeper, Vec<Replayed>)> {
+    pub(super) fn open(
+        disk: &Arc<dyn Disk>,
+        dirty: Arc<DirtyLog>,
+        dir: &Path,
+        options: &StoreOptions,
+    ) -> Result<(Keeper, Vec<Replayed>)> {
         if options.journal_size < MIN_JOURNAL_SIZE || !options.journal_size.is_multiple_of(4096) {
             return Err(Error::invalid(format!(
                 "journal size {} bytes: it must be a multiple of 4096 and at least {} MiB",
@@ -107,21 +115,23 @@ impl Keeper {
                 MIN_JOURNAL_SIZE >> 20
             )));
         }
-        let store_id = store_id(dir)?;
+        let disk = &**disk;
+        let store_id = store_id(disk, dir)?;
         let journal_dir = options.journal_dir.as_deref().unwrap_or(dir);
-        check_location(dir, journal_dir)?;
-        fs::create_dir_all(journal_dir).map_err(|e| {
+        check_location(disk, dir, journal_dir)?;
+        disk.create_dir_all(journal_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("creating the journal directory {}", journal_dir.display()),
             )
         })?;
         let path = journal_dir.join(format!("journal.{store_id:016x}"));
-        let dev = FileDevice::open(&path)?;
+        let dev = FileDevice::open(disk, &path)?;
         let (journal, replayed) = Journal::open(Box::new(dev), store_id, options.journal_size)?;
         Ok((
             Keeper {
                 journal,
+                dirty,
                 touched: Mutex::new(HashMap::new()),
                 trimming: Mutex::new(()),
                 in_memory: Arc::new(AtomicU64::new(0)),
@@ -187,6 +197,7 @@ impl Keeper {
             // In batches: the chunk's readers and writers get in between.
             loop {
                 let mut state = open.write_state();
+                open.absorb_broken(&mut state);
                 if state.deleted || state.failed.is_some() {
                     break;
                 }
@@ -202,26 +213,38 @@ impl Keeper {
                     }
                 }
             }
-            {
+            let (deleted, failed) = {
                 let state = open.write_state();
-                if state.deleted || state.failed.is_some() || state.pending.is_empty() {
-                    let mut touched = self.touched.lock().expect("journal keeper lock poisoned");
-                    touched.remove(&key);
-                }
-                if state.deleted || state.failed.is_some() {
-                    continue;
+                (state.deleted, state.failed.is_some())
+            };
+            if !deleted && !failed {
+                if let Err(e) = self.sync_chunk(&open) {
+                    // The page cache may have dropped what did not reach the
+                    // disk: a retried sync could report a false success. The
+                    // replica leaves service; its records are dropped with it.
+                    let mut state = open.write_state();
+                    open.fail(
+                        &mut state,
+                        format!("syncing it failed ({e}); writes since its last sync may be lost"),
+                    );
                 }
             }
-            if let Err(e) = self.sync_chunk(&open) {
-                // The page cache may have dropped what did not reach the
-                // disk: a retried sync could report a false success. The
-                // replica leaves service; its records are dropped with it.
-                let mut state = open.write_state();
-                open.fail(
-                    &mut state,
-                    format!("syncing it failed ({e}); writes since its last sync may be lost"),
-                );
+            let state = open.write_state();
+            if state.failed.is_some() && !state.deleted {
+                drop(state);
+                // Before the journal forgets its records (the file may hold
+                // neither them nor what it held before, yet pass its
+                // checks): after a restart the replica is verified and
+                // reported unclean, so the MDS resyncs it, unless the
+                // server took it out of service first.
+                self.dirty.pin(open.chunk)?;
+            } else if !(state.deleted || state.pending.is_empty()) {
+                continue;
             }
+            self.touched
+                .lock()
+                .expect("journal keeper lock poisoned")
+                .remove(&key);
         }
         self.journal.advance_tail(mark)
     }
@@ -239,7 +262,7 @@ impl Keeper {
                 format_args!("syncing chunk {:#x} (injected)", open.chunk),
             ));
         }
-        open.file.sync_data().map_err(|e| {
+        DiskFile::sync_data(&*open.file).map_err(|e| {
             io_error(
                 e,
                 format_args!(
@@ -315,15 +338,18 @@ impl Keeper {
 /// The store's id (created at its first open): a journal names the store it
 /// belongs to, so a journal directory shared by several chunk servers, or a
 /// wrong `-j`, never replays one store's records into another.
-fn store_id(dir: &Path) -> Result<u64> {
+fn store_id(disk: &dyn Disk, dir: &Path) -> Result<u64> {
     let path = dir.join(STORE_ID_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| {
-            Error::corrupt(format!(
-                "{} does not hold a store id (16 hex digits): {text:?}",
-                path.display()
-            ))
-        }),
+    match disk.read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            u64::from_str_radix(text.trim(), 16).map_err(|_| {
+                Error::corrupt(format!(
+                    "{} does not hold a store id (16 hex digits): {text:?}",
+                    path.display()
+                ))
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = loop {
                 let id: u64 = rand::random();
@@ -331,10 +357,9 @@ fn store_id(dir: &Path) -> Result<u64> {
                     break id;
                 }
             };
-            crate::conf::write_private(&path, format!("{id:016x}\n").as_bytes())
-                .map_err(|e| e.context(format_args!("writing {}", path.display())))?;
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
+            disk.write_private(&path, format!("{id:016x}\n").as_bytes())
+                .map_err(|e| io_error(e, format_args!("writing {}", path.display())))?;
+            disk.sync_dir(dir)
                 .map_err(|e| io_error(e, format_args!("syncing {}", dir.display())))?;
             Ok(id)
         }
@@ -346,13 +371,13 @@ fn store_id(dir: &Path) -> Result<u64> {
 /// open, and refuses to open it later with the journal elsewhere: a store
 /// opened without its journal would start an empty one and never replay
 /// the writes the real one holds.
-fn check_location(dir: &Path, journal_dir: &Path) -> Result<()> {
+fn check_location(disk: &dyn Disk, dir: &Path, journal_dir: &Path) -> Result<()> {
     let path = dir.join(JOURNAL_LOCATION_FILE);
-    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let canonical = |p: &Path| disk.canonicalize(p);
     let wanted = if journal_dir == dir {
         String::from(".")
     } else {
-        fs::create_dir_all(journal_dir).map_err(|e| {
+        disk.create_dir_all(journal_dir).map_err(|e| {
             io_error(
                 e,
                 format_args!("creating the journal directory {}", journal_dir.display()),
@@ -360,8 +385,9 @@ fn check_location(dir: &Path, journal_dir: &Path) -> Result<()> {
         })?;
         canonical(journal_dir).display().to_string()
     };
-    match fs::read_to_string(&path) {
-        Ok(text) => {
+    match disk.read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
             let recorded = text.trim_end_matches('\n');
             if recorded != wanted {
                 let shown = if recorded == "." {
@@ -382,10 +408,9 @@ fn check_location(dir: &Path, journal_dir: &Path) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::conf::write_private(&path, format!("{wanted}\n").as_bytes())
-                .map_err(|e| e.context(format_args!("writing {}", path.display())))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => disk
+            .write_private(&path, format!("{wanted}\n").as_bytes())
+            .map_err(|e| io_error(e, format_args!("writing {}", path.display()))),
         Err(e) => Err(io_error(e, format_args!("reading {}", path.display()))),
     }
 }

@@ -94,6 +94,7 @@
 
 mod copy;
 mod dirty;
+mod disk;
 mod file;
 mod journal;
 mod keeper;
@@ -107,6 +108,7 @@ pub mod session;
 pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
 };
+pub use disk::{CrashDisk, Disk, DiskFile, OpenMode, PowerLoss, RealDisk};
 pub use file::FileChunkStore;
 pub use journal::{JournalStats, DEFAULT_JOURNAL_SIZE, JOURNAL_FORMAT_VERSION, MIN_JOURNAL_SIZE};
 pub use keeper::{StoreOptions, TRIM_PERIOD};
@@ -507,6 +509,8 @@ pub(crate) fn check_version_forward(
 }
 #[cfg(test)]
 mod journal_store_tests;
+#[cfg(test)]
+mod power_loss_tests;
 
 /// Bytes as hex lines of 32 (offset, then the bytes), all-zero lines left
 /// out: the text of the golden-file tests.
