@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pstorage_core::chunk::session::{bad_replica_queue, CsSession, SessionOptions};
-use pstorage_core::chunk::{BlockFate, ChunkServer, ChunkStore, MemChunkStore};
+use pstorage_core::chunk::{
+    BlockFate, ChunkServer, ChunkStore, CrashDisk, FileChunkStore, MemChunkStore, StoreOptions,
+    MIN_JOURNAL_SIZE,
+};
 use pstorage_core::mds::raft::{raft_config, MdsNode, MdsRaft, RaftDisk, RaftStorage};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
 use pstorage_core::membership::{DirectoryOptions, MemberDirectory};
@@ -61,8 +64,161 @@ struct MdsSlot {
     running: Option<(Arc<MdsService>, MdsRaft)>,
 }
 
+/// A chunk server's store in a run.
+#[derive(Clone)]
+pub enum CsStore {
+    /// In memory, with its own model of a power loss (blocks kept, lost,
+    /// or torn as CRC without data).
+    Mem(Arc<MemChunkStore>),
+    /// The real file store (write journal, chunk files, dirty log) on a
+    /// disk in memory that loses, keeps or tears at 512-byte sectors what
+    /// was not synced at a power loss (`--file-store`). Its journal is
+    /// trimmed by writers that find it full, by [`CsStore::checkpoint`]
+    /// and at restarts: no thread of its own, so runs stay deterministic.
+    File {
+        disk: CrashDisk,
+        store: Arc<FileChunkStore>,
+    },
+}
+
+/// What a crash did to a store, for the trace.
+pub struct StoreCrash(pub String);
+
+const CS_DIR: &str = "/cs";
+
+impl CsStore {
+    fn new(file: bool) -> CsStore {
+        if !file {
+            return CsStore::Mem(Arc::new(MemChunkStore::new()));
+        }
+        let disk = CrashDisk::new();
+        let store = open_file_store(&disk);
+        CsStore::File { disk, store }
+    }
+
+    /// The store, for the chunk server and the checks.
+    pub fn store(&self) -> Arc<dyn ChunkStore> {
+        match self {
+            CsStore::Mem(store) => store.clone(),
+            CsStore::File { store, .. } => store.clone(),
+        }
+    }
+
+    /// The process died (and, with `power_loss`, the machine's power):
+    /// what was not synced is kept, lost or torn as `rng` decides.
+    fn crash(&mut self, power_loss: bool, rng: &SimRng) -> StoreCrash {
+        match self {
+            CsStore::Mem(store) => {
+                let report = store.crash(&mut |_, _| {
+                    if !power_loss {
+                        return BlockFate::Kept;
+                    }
+                    let roll = rng.lock().expect("rng poisoned").gen_range(0..100);
+                    match roll {
+                        0..=49 => BlockFate::Kept,
+                        50..=84 => BlockFate::Lost,
+                        _ => BlockFate::Torn,
+                    }
+                });
+                StoreCrash(format!(
+                    "unflushed blocks: {} kept, {} lost, {} torn",
+                    report.kept, report.lost, report.torn
+                ))
+            }
+            CsStore::File { disk, store } => {
+                // The old store must be gone before the disk's power is cut
+                // (its files die with it).
+                *store = Arc::new(placeholder_store());
+                let what = if power_loss {
+                    let loss = disk.power_loss(&mut *rng.lock().expect("rng poisoned"));
+                    format!(
+                        "unsynced pages: {} kept, {} lost, {} torn; namespace changes: {} kept, \
+                         {} lost",
+                        loss.kept, loss.lost, loss.torn, loss.changes_kept, loss.changes_lost
+                    )
+                } else {
+                    "the page cache keeps every write".to_string()
+                };
+                *store = open_file_store(disk);
+                StoreCrash(what)
+            }
+        }
+    }
+
+    /// Makes the disk full (`full`) or gives it room again.
+    pub fn set_full(&self, full: bool) {
+        match self {
+            CsStore::Mem(store) => {
+                let used = if full {
+                    store
+                        .space()
+                        .map(|s| s.total_bytes - s.free_bytes)
+                        .unwrap_or(0)
+                } else {
+                    1 << 40
+                };
+                store.set_capacity(used);
+            }
+            CsStore::File { disk, .. } => disk.set_space_left(full.then_some(0)),
+        }
+    }
+
+    /// Flips a bit of byte `offset` of the stored data of `chunk` (on the
+    /// medium, under the store).
+    pub fn corrupt(&self, chunk: u64, offset: u64) -> pstorage_core::Result<()> {
+        match self {
+            CsStore::Mem(store) => store.corrupt(chunk, offset),
+            CsStore::File { disk, store } => {
+                let size = store.chunk_size(chunk)?;
+                disk.flip(
+                    &store.chunk_path(chunk),
+                    FileChunkStore::data_file_offset(size, offset),
+                )
+                .map_err(|e| pstorage_core::Error::not_found(format!("chunk {chunk:#x}: {e}")))
+            }
+        }
+    }
+
+    /// Applies and trims the file store's journal (what its thread does
+    /// in a chunk server).
+    pub fn checkpoint(&self) {
+        if let CsStore::File { store, .. } = self {
+            if let Err(e) = store.checkpoint() {
+                tracing::warn!("trimming the journal failed: {e}");
+            }
+        }
+    }
+}
+
+fn file_store_options() -> StoreOptions {
+    StoreOptions {
+        journal_size: MIN_JOURNAL_SIZE,
+        background_trims: false,
+        ..StoreOptions::default()
+    }
+}
+
+fn open_file_store(disk: &CrashDisk) -> Arc<FileChunkStore> {
+    let opened = FileChunkStore::open_on(
+        Arc::new(disk.clone()),
+        std::path::Path::new(CS_DIR),
+        &file_store_options(),
+    );
+    Arc::new(opened.unwrap_or_else(|e| panic!("the chunk store does not open after a crash: {e}")))
+}
+
+/// A store on an empty disk, held while the real one is closed.
+fn placeholder_store() -> FileChunkStore {
+    let opened = FileChunkStore::open_on(
+        Arc::new(CrashDisk::new()),
+        std::path::Path::new(CS_DIR),
+        &file_store_options(),
+    );
+    opened.unwrap_or_else(|e| panic!("an empty chunk store does not open: {e}"))
+}
+
 struct CsSlot {
-    store: Arc<MemChunkStore>,
+    store: CsStore,
     clock: Arc<SimClock>,
     running: Option<Arc<ChunkServer>>,
 }
@@ -150,7 +306,7 @@ impl Cluster {
             cluster.cs.insert(
                 id,
                 CsSlot {
-                    store: Arc::new(MemChunkStore::new()),
+                    store: CsStore::new(config.file_store),
                     clock: SimClock::new(start),
                     running: None,
                 },
@@ -315,7 +471,7 @@ impl Cluster {
     pub fn start_cs(&mut self, id: CsId) {
         let node = NodeId::Cs(id);
         let slot = self.cs.get(&id).expect("unknown CS");
-        let store: Arc<dyn ChunkStore> = slot.store.clone();
+        let store: Arc<dyn ChunkStore> = slot.store.store();
         let clock: Arc<dyn Clock> = slot.clock.clone();
         let peers = Arc::new(SimConnector::new(self.net.clone(), node, None));
         let server = Arc::new(ChunkServer::new(id, store, peers));
@@ -368,29 +524,19 @@ impl Cluster {
     /// chunks written since their flush as unverified, as the file store's
     /// dirty log does). `power_loss`: unflushed writes are kept, lost or
     /// torn, block by block, as the seed decides.
-    pub fn crash_cs(&mut self, id: CsId, power_loss: bool) -> pstorage_core::chunk::CrashReport {
+    pub fn crash_cs(&mut self, id: CsId, power_loss: bool) -> StoreCrash {
         self.net.crash(NodeId::Cs(id));
         let slot = self.cs.get_mut(&id).expect("unknown CS");
         slot.running = None;
         let rng = self.rng.clone();
-        slot.store.crash(&mut |_, _| {
-            if !power_loss {
-                return BlockFate::Kept;
-            }
-            let roll = rng.lock().expect("rng poisoned").gen_range(0..100);
-            match roll {
-                0..=49 => BlockFate::Kept,
-                50..=84 => BlockFate::Lost,
-                _ => BlockFate::Torn,
-            }
-        })
+        slot.store.crash(power_loss, &rng)
     }
 
     pub fn cs_running(&self, id: CsId) -> bool {
         self.cs.get(&id).is_some_and(|s| s.running.is_some())
     }
 
-    pub fn cs_store(&self, id: CsId) -> Arc<MemChunkStore> {
+    pub fn cs_store(&self, id: CsId) -> CsStore {
         self.cs[&id].store.clone()
     }
 

@@ -100,6 +100,10 @@ pub struct SimConfig {
     /// Inject client crashes: a client process killed mid-operation
     /// (no close; its lease left to expire), restarted as a new process.
     pub client_crashes: bool,
+    /// Chunk servers run the real file store (journal, chunk files, dirty
+    /// log) on a disk in memory that loses unsynced pages at a power loss,
+    /// instead of the memory store.
+    pub file_store: bool,
     /// Print the trace as it happens.
     pub verbose: bool,
 }
@@ -154,6 +158,7 @@ impl Default for SimConfig {
             outages: false,
             mds_changes: false,
             client_crashes: false,
+            file_store: false,
             verbose: false,
         }
     }
@@ -285,6 +290,15 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
     let mut outage_done = false;
     for step in 0..config.steps {
         tokio::time::sleep(Duration::from_millis(config.step_ms)).await;
+        // What the journal thread of a real chunk server does, on the
+        // simulated clock: about every second.
+        if config.file_store && step % (1000 / config.step_ms.max(1)).max(1) == 0 {
+            for id in cluster.cs_ids() {
+                if cluster.cs_running(id) {
+                    cluster.cs_store(id).checkpoint();
+                }
+            }
+        }
         // Undo what is due.
         let (due, rest): (Vec<_>, Vec<_>) =
             active.into_iter().partition(|(until, _)| *until <= step);
@@ -390,11 +404,11 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
             None => Err("no MDS leads".to_string()),
             Some((_, leader)) => {
                 let state = leader.state_snapshot();
-                let stores: BTreeMap<CsId, Arc<pstorage_core::chunk::MemChunkStore>> = cluster
+                let stores: BTreeMap<CsId, Arc<dyn ChunkStore>> = cluster
                     .cs_ids()
                     .into_iter()
                     .filter(|id| cluster.cs_server(*id).is_some_and(|s| s.is_serving()))
-                    .map(|id| (id, cluster.cs_store(id)))
+                    .map(|id| (id, cluster.cs_store(id).store()))
                     .collect();
                 let refs: BTreeMap<CsId, &dyn ChunkStore> = stores
                     .iter()
@@ -617,10 +631,7 @@ async fn inject(
             let report = cluster.crash_cs(id, power_loss);
             if power_loss {
                 shared.crashes.fetch_add(1, Ordering::SeqCst);
-                trace.event(format!(
-                    "FAULT power loss of cs{id} (unflushed blocks: {} kept, {} lost, {} torn)",
-                    report.kept, report.lost, report.torn
-                ));
+                trace.event(format!("FAULT power loss of cs{id} ({})", report.0));
             } else {
                 trace.event(format!("FAULT kill -9 of cs{id}"));
             }
@@ -671,19 +682,15 @@ async fn inject(
         }
         6 if !cs_busy => {
             let id = pick(rng, &cs_ids)?;
-            let store = cluster.cs_store(id);
-            let used = store
-                .space()
-                .map(|s| s.total_bytes - s.free_bytes)
-                .unwrap_or(0);
-            store.set_capacity(used);
+            cluster.cs_store(id).set_full(true);
             trace.event(format!("FAULT disk full on cs{id}"));
             Some(Active::DiskFull(id))
         }
         7 => {
             // A bit flip in a stored block of some replica.
             let id = pick(rng, &cs_ids)?;
-            let store = cluster.cs_store(id);
+            let slot = cluster.cs_store(id);
+            let store = slot.store();
             let chunks = store.list().ok()?;
             let chunk = pick(rng, &chunks)?.chunk;
             // Within the tolerance: only a replica of a chunk that has all
@@ -697,7 +704,7 @@ async fn inject(
             }
             let size = store.chunk_size(chunk).ok()?;
             let offset = rng.lock().expect("rng poisoned").gen_range(0..size);
-            if store.corrupt(chunk, offset).is_ok() {
+            if slot.corrupt(chunk, offset).is_ok() {
                 trace.event(format!(
                     "FAULT bit flip on cs{id} chunk {chunk:#x} offset {offset}"
                 ));
@@ -899,7 +906,7 @@ async fn undo(
             trace.event(format!("HEAL rejoin {node}"));
         }
         Active::DiskFull(id) => {
-            cluster.cs_store(id).set_capacity(1 << 40);
+            cluster.cs_store(id).set_full(false);
             trace.event(format!("HEAL disk space on cs{id}"));
         }
         Active::LongFreeze(node) => {

@@ -81,6 +81,12 @@ struct Args {
     /// --client-crashes.
     #[arg(long)]
     all_faults: bool,
+    /// Chunk servers run the real file store (write journal, chunk files,
+    /// dirty log) on a disk in memory whose power loss loses, keeps or
+    /// tears at 512-byte sectors what was not synced (default: the memory
+    /// store and its own model of a power loss).
+    #[arg(long)]
+    file_store: bool,
     /// Chance of a fault per step, per thousand.
     #[arg(long, default_value_t = 30)]
     fault_permille: u32,
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         outages: args.outages || args.all_faults,
         mds_changes: args.mds_changes || args.all_faults,
         client_crashes: args.client_crashes || args.all_faults,
+        file_store: args.file_store,
         verbose: args.trace,
         ..base
     };
@@ -256,6 +263,7 @@ fn extra_args(args: &Args) -> String {
         (args.outages, " --outages"),
         (args.mds_changes, " --mds-changes"),
         (args.client_crashes, " --client-crashes"),
+        (args.file_store, " --file-store"),
     ] {
         if on {
             out += flag;

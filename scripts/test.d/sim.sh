@@ -5,7 +5,7 @@
 # still open (pstorage-sim/open-seeds.txt, each with its bug) are skipped
 # (the next seeds take their places, so 200 seeds are judged) and run at
 # the end for the record: their violations are printed, they do not fail
-# the suite. A failing seed prints its violations, its last
+# the suite. Then 100 seeds with --file-store. A failing seed prints its violations, its last
 # events and the one-line reproduction (`pstorage-sim --seed N`).
 # SIM_SEEDS overrides the count.
 set -euo pipefail
@@ -29,6 +29,9 @@ done >"$seeds"
 status=0
 "$sim" --seed-file "$seeds" || status=1
 "$sim" --seed-file pstorage-sim/failing-seeds.txt || status=1
+# The chunk servers on the real file store (journal, chunk files, dirty
+# log) over a disk in memory that loses unsynced pages at a power loss.
+"$sim" --file-store --seeds "${SIM_FILE_SEEDS:-100}" || status=1
 # Seeds of the extended fault flags whose bugs are fixed (flags, then seeds).
 while read -r flags list; do
   for s in $list; do "$sim" $flags --seed "$s" | tail -1 || status=1; done

@@ -380,6 +380,38 @@ impl CrashDisk {
         self.lock().faults.syncs = text.map(str::to_string);
     }
 
+    /// Flips one bit of the byte at `offset` of `path`, on the disk and in
+    /// its cache (a bit rotted on the medium, seen by every later read).
+    /// `NotFound` when there is no such file or byte.
+    pub fn flip(&self, path: &Path, offset: u64) -> io::Result<()> {
+        let file = {
+            let state = self.lock();
+            let id = state.names.get(path).ok_or_else(|| not_found(path))?;
+            state.files[id].clone()
+        };
+        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        if offset >= f.len {
+            return Err(not_found(path));
+        }
+        let index = offset / PAGE;
+        let at = (offset % PAGE) as usize;
+        if let Some(page) = f.durable.get_mut(&index) {
+            page[at] ^= 1;
+        } else {
+            let mut page: Page = Box::new([0; PAGE as usize]);
+            page[at] = 1;
+            f.durable.insert(index, page);
+        }
+        if let Some(Some(page)) = f.cache.get_mut(&index) {
+            page[at] ^= 1;
+        } else if let Some(None) = f.cache.get(&index) {
+            let mut page: Page = Box::new([0; PAGE as usize]);
+            page[at] = 1;
+            f.cache.insert(index, Some(page));
+        }
+        Ok(())
+    }
+
     /// Lets `allocate` reserve at most `bytes` more (`None`: no limit).
     pub fn set_space_left(&self, bytes: Option<u64>) {
         self.lock().space_left = bytes;

@@ -283,7 +283,9 @@ impl FileChunkStore {
             keeper_thread: None,
         };
         store.replay(replayed)?;
-        store.keeper_thread = Some(Keeper::spawn(&store.keeper)?);
+        if options.background_trims {
+            store.keeper_thread = Some(Keeper::spawn(&store.keeper)?);
+        }
         Ok(store)
     }
 
@@ -395,6 +397,12 @@ impl FileChunkStore {
     /// time).
     pub fn checkpoint(&self) -> Result<()> {
         self.keeper.checkpoint()
+    }
+
+    /// Where byte `chunk_offset` of a chunk of `chunk_size` lies in its
+    /// file (for fault injection below the store).
+    pub fn data_file_offset(chunk_size: u64, chunk_offset: u64) -> u64 {
+        data_offset(chunk_size) + chunk_offset
     }
 
     /// The path of `chunk`'s file (whether or not it exists).
@@ -729,8 +737,22 @@ impl FileChunkStore {
             // The journal is full: wait without the chunk lock (the keeper
             // takes it to apply this chunk's records), then plan again.
             drop(state);
-            journal.wait_for_space(&need, super::keeper::SPACE_TIMEOUT)?;
+            self.wait_for_space(&need)?;
         }
+    }
+
+    /// Waits until `records` (kind, blocks) fit in the journal: for the
+    /// keeper thread to trim it, or, without one
+    /// ([`StoreOptions::background_trims`] off), trims it here. Call
+    /// without holding a chunk's lock.
+    fn wait_for_space(&self, records: &[(RecordKind, u64)]) -> Result<()> {
+        let journal = self.keeper.journal();
+        if self.keeper_thread.is_some() {
+            return journal.wait_for_space(records, super::keeper::SPACE_TIMEOUT);
+        }
+        self.keeper.checkpoint()?;
+        // Fails at once if they can never fit.
+        journal.wait_for_space(records, std::time::Duration::ZERO)
     }
 
     /// Appends an in-place-durable record for `open`: its in-place records
@@ -753,10 +775,7 @@ impl FileChunkStore {
                 state.durable_below = state.durable_below.max(bound);
                 return Ok(appended[0].seq);
             }
-            journal.wait_for_space(
-                &[(RecordKind::InPlaceDurable, 0)],
-                super::keeper::SPACE_TIMEOUT,
-            )?;
+            self.wait_for_space(&[(RecordKind::InPlaceDurable, 0)])?;
         }
     }
 
@@ -778,7 +797,7 @@ impl FileChunkStore {
             if let Some(appended) = journal.append(&record)? {
                 return journal.sync_below(appended[0].seq + 1);
             }
-            journal.wait_for_space(&[(RecordKind::Forget, 0)], super::keeper::SPACE_TIMEOUT)?;
+            self.wait_for_space(&[(RecordKind::Forget, 0)])?;
         }
     }
 }
@@ -1014,12 +1033,11 @@ impl OpenChunk {
             if block_entry(bytes) == record.crcs[i] {
                 continue;
             }
-            let block = record.first_block + i as u64;
-            if synced {
-                tracing::error!(chunk = self.chunk, block, path = %self.path.display(),
-                    "a block written in place and flushed no longer matches its CRC: it reads \
-                     as corrupt until it is repaired from another replica");
-            } else {
+            // Synced: the block keeps the record's entry, and reads and
+            // scrubs find it (and block repair fetches it) unless a later
+            // record of the journal rewrites it, as it may have before the
+            // crash: that is why nothing is reported here.
+            if !synced {
                 record.crcs[i] = 0;
                 lost += 1;
             }

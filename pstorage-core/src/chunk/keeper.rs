@@ -59,6 +59,13 @@ pub struct StoreOptions {
     pub journal_size: u64,
     /// Open chunk files kept while unused.
     pub max_open: usize,
+    /// A thread applies and trims the journal in the background (when a
+    /// quarter of it is in use, when a writer waits for space, every
+    /// [`TRIM_PERIOD`]). Off (the simulator, whose time is not the
+    /// machine's): a writer that finds the journal full trims it itself,
+    /// and otherwise only [`FileChunkStore::checkpoint`](super::FileChunkStore::checkpoint)
+    /// and a restart do.
+    pub background_trims: bool,
 }
 
 impl Default for StoreOptions {
@@ -67,6 +74,7 @@ impl Default for StoreOptions {
             journal_dir: None,
             journal_size: DEFAULT_JOURNAL_SIZE,
             max_open: super::file::DEFAULT_MAX_OPEN,
+            background_trims: true,
         }
     }
 }
