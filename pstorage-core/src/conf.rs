@@ -75,6 +75,11 @@ impl ClusterKey {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(write_private_file(path, bytes)?)
+}
+
+/// [`write_private`], keeping the I/O error as it came.
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)

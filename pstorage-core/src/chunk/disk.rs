@@ -132,7 +132,7 @@ impl Disk for RealDisk {
     }
 
     fn write_private(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        crate::conf::write_private(path, bytes).map_err(|e| io::Error::other(e.to_string()))
+        crate::conf::write_private_file(path, bytes)
     }
 
     fn space(&self, dir: &Path) -> io::Result<(u64, u64)> {
@@ -292,11 +292,12 @@ struct CrashHandle {
     epoch: u64,
 }
 
-fn not_found(_path: &Path) -> io::Error {
+/// The errors of the real system calls (callers add what and where).
+fn not_found() -> io::Error {
     io::Error::from_raw_os_error(libc::ENOENT)
 }
 
-fn eio(_what: &str, _path: &Path) -> io::Error {
+fn eio() -> io::Error {
     io::Error::from_raw_os_error(libc::EIO)
 }
 
@@ -386,12 +387,12 @@ impl CrashDisk {
     pub fn flip(&self, path: &Path, offset: u64) -> io::Result<()> {
         let file = {
             let state = self.lock();
-            let id = state.names.get(path).ok_or_else(|| not_found(path))?;
+            let id = state.names.get(path).ok_or_else(not_found)?;
             state.files[id].clone()
         };
         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
         if offset >= f.len {
-            return Err(not_found(path));
+            return Err(not_found());
         }
         let index = offset / PAGE;
         let at = (offset % PAGE) as usize;
@@ -473,7 +474,7 @@ impl Disk for CrashDisk {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST))
             }
             (Some(id), _) => state.files[&id].clone(),
-            (None, OpenMode::Existing) => return Err(not_found(path)),
+            (None, OpenMode::Existing) => return Err(not_found()),
             (None, _) => {
                 state.next_id += 1;
                 let id = state.next_id;
@@ -493,7 +494,7 @@ impl Disk for CrashDisk {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.lock();
-        let id = *state.names.get(from).ok_or_else(|| not_found(from))?;
+        let id = *state.names.get(from).ok_or_else(not_found)?;
         CrashDisk::change(&mut state, Change::Unlink(from.to_path_buf()));
         CrashDisk::change(&mut state, Change::Link(to.to_path_buf(), id));
         Ok(())
@@ -502,7 +503,7 @@ impl Disk for CrashDisk {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
         if !state.names.contains_key(path) {
-            return Err(not_found(path));
+            return Err(not_found());
         }
         CrashDisk::change(&mut state, Change::Unlink(path.to_path_buf()));
         Ok(())
@@ -516,7 +517,7 @@ impl Disk for CrashDisk {
             .as_deref()
             .is_some_and(|t| dir.to_string_lossy().contains(t))
         {
-            return Err(eio("syncing", dir));
+            return Err(eio());
         }
         for change in std::mem::take(&mut state.changes) {
             apply_change(&mut state.durable_names, change);
@@ -553,7 +554,7 @@ impl Disk for CrashDisk {
 }
 
 impl CrashHandle {
-    fn check(&self, fault: impl Fn(&Faults) -> &Option<String>, what: &str) -> io::Result<()> {
+    fn check(&self, fault: impl Fn(&Faults) -> &Option<String>) -> io::Result<()> {
         let state = self.disk.lock();
         if state.epoch != self.epoch {
             return Err(io::Error::other(format!(
@@ -565,7 +566,7 @@ impl CrashHandle {
             .as_deref()
             .is_some_and(|t| self.path.to_string_lossy().contains(t))
         {
-            return Err(eio(what, &self.path));
+            return Err(eio());
         }
         Ok(())
     }
@@ -622,7 +623,7 @@ impl CrashFile {
 
 impl DiskFile for CrashHandle {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.check(|f| &f.reads, "reading")?;
+        self.check(|f| &f.reads)?;
         let f = self.file();
         if offset + buf.len() as u64 > f.len {
             return Err(io::Error::new(
@@ -645,7 +646,7 @@ impl DiskFile for CrashHandle {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check(|f| &f.writes, "writing")?;
+        self.check(|f| &f.writes)?;
         let mut f = self.file();
         f.write(buf, offset);
         f.len = f.len.max(offset + buf.len() as u64);
@@ -653,7 +654,7 @@ impl DiskFile for CrashHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.check(|f| &f.syncs, "syncing")?;
+        self.check(|f| &f.syncs)?;
         let mut f = self.file();
         for (index, page) in std::mem::take(&mut f.cache) {
             set_page(&mut f.durable, index, page);
@@ -663,12 +664,12 @@ impl DiskFile for CrashHandle {
     }
 
     fn len(&self) -> io::Result<u64> {
-        self.check(|_| &None, "inspecting")?;
+        self.check(|_| &None)?;
         Ok(self.file().len)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.check(|f| &f.writes, "sizing")?;
+        self.check(|f| &f.writes)?;
         let mut f = self.file();
         if len < f.len {
             let old = f.len;
@@ -679,7 +680,7 @@ impl DiskFile for CrashHandle {
     }
 
     fn allocate(&self, _offset: u64, len: u64) -> io::Result<()> {
-        self.check(|f| &f.writes, "allocating")?;
+        self.check(|f| &f.writes)?;
         let mut state = self.disk.lock();
         if let Some(left) = state.space_left.as_mut() {
             if *left < len {
@@ -691,7 +692,7 @@ impl DiskFile for CrashHandle {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check(|f| &f.writes, "punching")?;
+        self.check(|f| &f.writes)?;
         self.file().zero(offset, len);
         Ok(())
     }
