@@ -336,33 +336,24 @@ struct FileCs {
 impl FileCs {
     fn new() -> FileCs {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
-        let net = MemNetwork::new();
-        let server = net.add_server(1, &addr(1), store.clone());
-        let sink = Arc::new(RecordingSink::default());
-        server.set_bad_replica_sink(sink.clone());
-        FileCs {
-            _dir: dir,
-            net,
-            store,
-            server,
-            sink,
-        }
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        FileCs::serving(dir, store)
     }
-}
 
-impl FileCs {
-    /// The same on a [`CrashDisk`] (faults injected below the store).
+    /// The same on a [`CrashDisk`](super::CrashDisk) (faults injected below
+    /// the store).
     fn on(disk: &super::CrashDisk) -> FileCs {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            FileChunkStore::open_on(
-                Arc::new(disk.clone()),
-                std::path::Path::new("/cs"),
-                &StoreOptions::default(),
-            )
-            .unwrap(),
-        );
+        let store = FileChunkStore::open_on(
+            Arc::new(disk.clone()),
+            std::path::Path::new("/cs"),
+            &StoreOptions::default(),
+        )
+        .unwrap();
+        FileCs::serving(tempfile::tempdir().unwrap(), store)
+    }
+
+    fn serving(dir: tempfile::TempDir, store: FileChunkStore) -> FileCs {
+        let store = Arc::new(store);
         let net = MemNetwork::new();
         let server = net.add_server(1, &addr(1), store.clone());
         let sink = Arc::new(RecordingSink::default());

@@ -298,6 +298,16 @@ fn check_failed_through_a_power_loss(
 /// the journal forgets the records that file did not keep.
 #[test]
 fn a_failed_sync_of_a_chunk_file_takes_the_replica_out_of_service_for_good() {
+    failed_sync_at_a_trim(false);
+}
+
+/// The same when the server takes the replica out of service first.
+#[test]
+fn a_failed_sync_then_mark_bad_keeps_the_replica_out_of_service_for_good() {
+    failed_sync_at_a_trim(true);
+}
+
+fn failed_sync_at_a_trim(mark_bad: bool) {
     let disk = CrashDisk::new();
     let (store, data) = two_written_chunks(&disk);
     // More writes, applied and synced by the trim.
@@ -305,19 +315,7 @@ fn a_failed_sync_of_a_chunk_file_takes_the_replica_out_of_service_for_good() {
     store.flush(1).unwrap();
     disk.fail_syncs(Some("0000000000000001.chunk"));
     store.checkpoint().unwrap();
-    check_failed_through_a_power_loss(&disk, store, &data, false);
-}
-
-/// The same when the server takes the replica out of service first.
-#[test]
-fn a_failed_sync_then_mark_bad_keeps_the_replica_out_of_service_for_good() {
-    let disk = CrashDisk::new();
-    let (store, data) = two_written_chunks(&disk);
-    store.write(1, 0, &data[..B as usize]).unwrap();
-    store.flush(1).unwrap();
-    disk.fail_syncs(Some("0000000000000001.chunk"));
-    store.checkpoint().unwrap();
-    check_failed_through_a_power_loss(&disk, store, &data, true);
+    check_failed_through_a_power_loss(&disk, store, &data, mark_bad);
 }
 
 /// A write into a chunk file that fails (EIO; here a big write in place):
