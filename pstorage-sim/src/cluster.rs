@@ -128,7 +128,7 @@ impl CsStore {
             CsStore::File { disk, store } => {
                 // The old store must be gone before the disk's power is cut
                 // (its files die with it).
-                *store = Arc::new(placeholder_store());
+                *store = open_file_store(&CrashDisk::new());
                 let what = if power_loss {
                     let loss = disk.power_loss(&mut *rng.lock().expect("rng poisoned"));
                     format!(
@@ -205,16 +205,6 @@ fn open_file_store(disk: &CrashDisk) -> Arc<FileChunkStore> {
         &file_store_options(),
     );
     Arc::new(opened.unwrap_or_else(|e| panic!("the chunk store does not open after a crash: {e}")))
-}
-
-/// A store on an empty disk, held while the real one is closed.
-fn placeholder_store() -> FileChunkStore {
-    let opened = FileChunkStore::open_on(
-        Arc::new(CrashDisk::new()),
-        std::path::Path::new(CS_DIR),
-        &file_store_options(),
-    );
-    opened.unwrap_or_else(|e| panic!("an empty chunk store does not open: {e}"))
 }
 
 struct CsSlot {

@@ -84,12 +84,25 @@ pub(super) struct OpenChunk {
     /// the replica is out of service from then on, as if
     /// [`ChunkState::failed`] (into which a holder of the write lock moves
     /// it, [`OpenChunk::absorb_broken`]).
-    broken: Mutex<Option<String>>,
+    broken: std::sync::OnceLock<String>,
     chunk_size: u64,
     data_offset: u64,
     /// The file's format version: how its CRC table encodes entries.
     format: u32,
     state: RwLock<ChunkState>,
+}
+
+impl ChunkState {
+    /// Drops the spans of records below `tail_seq` (trimmed) from
+    /// [`in_journal`](ChunkState::in_journal).
+    fn forget_trimmed(&mut self, tail_seq: u64) {
+        let trimmed = self
+            .in_journal
+            .iter()
+            .take_while(|(seq, _, _)| *seq < tail_seq)
+            .count();
+        self.in_journal.drain(..trimmed);
+    }
 }
 
 pub(super) struct ChunkState {
@@ -951,7 +964,7 @@ impl OpenChunk {
             path: path.to_path_buf(),
             file,
             in_place_synced: AtomicU64::new(0),
-            broken: Mutex::new(None),
+            broken: std::sync::OnceLock::new(),
             chunk_size: header.chunk_size,
             data_offset,
             format: header.format,
@@ -980,12 +993,7 @@ impl OpenChunk {
         if plan.mid_end < plan.mid_first + IN_PLACE_MIN_BLOCKS {
             return false;
         }
-        let trimmed = state
-            .in_journal
-            .iter()
-            .take_while(|(seq, _, _)| *seq < tail_seq)
-            .count();
-        state.in_journal.drain(..trimmed);
+        state.forget_trimmed(tail_seq);
         state.crcs[plan.mid_first as usize..plan.mid_end as usize]
             .iter()
             .all(|e| *e == 0)
@@ -1059,8 +1067,8 @@ impl OpenChunk {
 
     /// `Corrupt` once the replica's file failed (see [`ChunkState::failed`]).
     fn check_failed(&self, state: &ChunkState) -> Result<()> {
-        let broken = self.broken.lock().expect("chunk lock poisoned").clone();
-        match state.failed.as_ref().or(broken.as_ref()) {
+        // Lock-free: this runs on every read and write.
+        match state.failed.as_ref().or(self.broken.get()) {
             Some(why) => Err(self.failed_error(why)),
             None => Ok(()),
         }
@@ -1079,9 +1087,8 @@ impl OpenChunk {
     /// the read lock failed ([`OpenChunk::broken`]); call with the write
     /// lock.
     pub(super) fn absorb_broken(&self, state: &mut ChunkState) {
-        let broken = self.broken.lock().expect("chunk lock poisoned").take();
-        if let (Some(why), None) = (broken, &state.failed) {
-            self.fail(state, why);
+        if let (Some(why), None) = (self.broken.get(), &state.failed) {
+            self.fail(state, why.clone());
         }
     }
 
@@ -1149,12 +1156,7 @@ impl OpenChunk {
                 let why = format!("the disk failed a read ({})", err.message());
                 tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
                     "chunk file failed: the replica is out of service");
-                let error = self.failed_error(&why);
-                self.broken
-                    .lock()
-                    .expect("chunk lock poisoned")
-                    .get_or_insert(why);
-                error
+                self.failed_error(self.broken.get_or_init(|| why))
             })
     }
 
@@ -1320,6 +1322,9 @@ impl OpenChunk {
         keeper: &Keeper,
     ) {
         state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
+        // Bounded by this chunk's records in the journal, whatever writes
+        // it gets (a lock-free read of the tail).
+        state.forget_trimmed(keeper.journal().tail_seq());
         for (r, a) in records.iter().zip(appended) {
             state
                 .in_journal
@@ -2307,11 +2312,6 @@ impl ChunkStore for FileChunkStore {
 pub(crate) mod test_support {
     //! Byte-level access to chunk files for corruption tests.
     use super::*;
-
-    /// The file offset of byte `chunk_offset` of the data region.
-    pub fn data_file_offset(chunk_size: u64, chunk_offset: u64) -> u64 {
-        data_offset(chunk_size) + chunk_offset
-    }
 
     /// The file offset of the CRC entry of `block`.
     pub fn crc_entry_offset(block: u64) -> u64 {

@@ -303,7 +303,7 @@ fn flip_data_bit(store: &FileChunkStore, chunk: ChunkId, chunk_size: u64, chunk_
         .write(true)
         .open(store.chunk_path(chunk))
         .unwrap();
-    let at = super::file::test_support::data_file_offset(chunk_size, chunk_offset);
+    let at = FileChunkStore::data_file_offset(chunk_size, chunk_offset);
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 1 << (chunk_offset % 8);
@@ -628,7 +628,7 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
             .write(true)
             .open(store.chunk_path(3))
             .unwrap();
-        let at = super::file::test_support::data_file_offset(CS, 5 * B);
+        let at = FileChunkStore::data_file_offset(CS, 5 * B);
         f.write_all_at(&pattern(33, B as usize), at).unwrap();
         // "Killed": dropped without close_clean.
     }

@@ -257,6 +257,9 @@ pub(crate) struct Journal {
     sync_lock: Mutex<()>,
     /// Every record with a lower sequence number is durable.
     synced_below: AtomicU64,
+    /// Every record with a lower sequence number is trimmed (the tail's
+    /// sequence number, readable without the lock).
+    trimmed_below: AtomicU64,
     /// Wakes the store's keeper (space wanted).
     kick: Condvar,
     kicked: Mutex<bool>,
@@ -491,6 +494,7 @@ impl Journal {
             space: Condvar::new(),
             sync_lock: Mutex::new(()),
             synced_below: AtomicU64::new(sb.tail_seq),
+            trimmed_below: AtomicU64::new(sb.tail_seq),
             kick: Condvar::new(),
             kicked: Mutex::new(false),
         };
@@ -821,7 +825,7 @@ impl Journal {
     /// The sequence number of the oldest record not trimmed: every record
     /// below it is applied to its chunk file and durable there.
     pub(crate) fn tail_seq(&self) -> u64 {
-        self.lock().tail.seq
+        self.trimmed_below.load(Ordering::Acquire)
     }
 
     /// The current head: everything appended so far is before it.
@@ -866,6 +870,7 @@ impl Journal {
         let mut state = self.lock();
         state.generation = generation;
         state.tail = mark;
+        self.trimmed_below.store(mark.seq, Ordering::Release);
         self.synced_below.fetch_max(mark.seq, Ordering::AcqRel);
         self.space.notify_all();
         Ok(())

@@ -117,7 +117,7 @@ fn a_torn_apply_is_repaired_by_the_replay() {
             .write(true)
             .open(store.chunk_path(9))
             .unwrap();
-        let at = super::file::test_support::data_file_offset(size, 5 * B);
+        let at = FileChunkStore::data_file_offset(size, 5 * B);
         f.write_all_at(&[0xAB; 512], at + 1024).unwrap();
         let at = super::file::test_support::crc_entry_offset(7);
         f.write_all_at(&[0; 8], at).unwrap();
@@ -193,7 +193,7 @@ fn an_in_place_write_whose_data_missed_the_disk_reads_as_before() {
             .write(true)
             .open(store.chunk_path(1))
             .unwrap();
-        let at = |block: u64| super::file::test_support::data_file_offset(size, block * B);
+        let at = |block: u64| FileChunkStore::data_file_offset(size, block * B);
         f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
         f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
     }
@@ -231,7 +231,7 @@ fn a_flushed_in_place_block_damaged_on_disk_reads_as_corrupt_not_as_zeros() {
             .write(true)
             .open(store.chunk_path(1))
             .unwrap();
-        let at = super::file::test_support::data_file_offset(size, 5 * B);
+        let at = FileChunkStore::data_file_offset(size, 5 * B);
         f.write_all_at(&[0xEE; 512], at).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();

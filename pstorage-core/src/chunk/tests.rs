@@ -637,7 +637,7 @@ fn repair_block_rewrites_only_a_block_that_fails_its_check() {
                 .write(true)
                 .open(file.chunk_path(1))
                 .unwrap();
-            let at = super::file::test_support::data_file_offset(CS, B + 9);
+            let at = FileChunkStore::data_file_offset(CS, B + 9);
             f.write_all_at(&[data[(B + 9) as usize] ^ 0x10], at)
                 .unwrap();
         }),
@@ -701,7 +701,7 @@ fn mem_store_runs_out_of_space_without_changing_anything() {
 mod file_format {
     use std::os::unix::fs::FileExt;
 
-    use super::super::file::test_support::{crc_entry_offset, data_file_offset};
+    use super::super::file::test_support::crc_entry_offset;
     use super::*;
 
     /// The chunk's file, once the journal is applied to it and trimmed.
@@ -787,7 +787,7 @@ mod file_format {
             vec![0, 0, encode_block_crc(crc64(&block)), 0]
         );
         let mut on_disk = vec![0u8; B as usize];
-        f.read_exact_at(&mut on_disk, data_file_offset(CS, 2 * B))
+        f.read_exact_at(&mut on_disk, FileChunkStore::data_file_offset(CS, 2 * B))
             .unwrap();
         assert_eq!(on_disk, block);
     }
@@ -800,7 +800,11 @@ mod file_format {
         store.create(0x77, 1, CS).unwrap();
         store.write(0x77, 0, &data).unwrap();
         store.flush(0x77).unwrap();
-        flip(&store, 0x77, data_file_offset(CS, 2 * B + 123));
+        flip(
+            &store,
+            0x77,
+            FileChunkStore::data_file_offset(CS, 2 * B + 123),
+        );
 
         // Detected by the running store (the page cache holds the flip) and
         // after a restart.
@@ -855,7 +859,7 @@ mod file_format {
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
         open_file(&store, 5)
-            .write_all_at(&pattern(12, 512), data_file_offset(CS, 0))
+            .write_all_at(&pattern(12, 512), FileChunkStore::data_file_offset(CS, 0))
             .unwrap();
         let mut buf = [0u8; 16];
         assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
@@ -887,7 +891,7 @@ mod file_format {
         text.push_str("# CRC table (16 entries, one page)\n");
         text.push_str(&hex_lines(&head[B as usize..]));
         let mut block = vec![0u8; B as usize];
-        f.read_exact_at(&mut block, data_file_offset(CS, 0))
+        f.read_exact_at(&mut block, FileChunkStore::data_file_offset(CS, 0))
             .unwrap();
         text.push_str(&format!("# data block 0 crc64 {:016x}\n", crc64(&block)));
         let golden = include_str!("chunk_v2.golden");
@@ -924,14 +928,18 @@ mod file_format {
         let crc = crc64(&header);
         header[40..48].copy_from_slice(&crc.to_le_bytes());
         let f = std::fs::File::create(&path).unwrap();
-        f.set_len(data_file_offset(CS, CS)).unwrap();
+        f.set_len(FileChunkStore::data_file_offset(CS, CS)).unwrap();
         f.write_all_at(&header, 0).unwrap();
         f.write_all_at(&crc64(&data).to_le_bytes(), crc_entry_offset(0))
             .unwrap();
-        f.write_all_at(&data, data_file_offset(CS, 0)).unwrap();
-        // Block 2: entry 0 (reads as zeros) over stale bytes.
-        f.write_all_at(&pattern(32, B as usize), data_file_offset(CS, 2 * B))
+        f.write_all_at(&data, FileChunkStore::data_file_offset(CS, 0))
             .unwrap();
+        // Block 2: entry 0 (reads as zeros) over stale bytes.
+        f.write_all_at(
+            &pattern(32, B as usize),
+            FileChunkStore::data_file_offset(CS, 2 * B),
+        )
+        .unwrap();
         drop(f);
 
         let store = FileChunkStore::open(dir.path()).unwrap();
