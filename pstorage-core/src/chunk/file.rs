@@ -399,12 +399,6 @@ impl FileChunkStore {
         self.keeper.hold();
     }
 
-    /// Makes every later sync of `chunk`'s file fail with EIO (tests).
-    #[cfg(test)]
-    pub(crate) fn fail_syncs_of(&self, chunk: ChunkId) {
-        self.keeper.fail_syncs_of(chunk);
-    }
-
     /// Applies every journal record to the chunk files, syncs them and
     /// trims the journal (what the background keeper does from time to
     /// time).

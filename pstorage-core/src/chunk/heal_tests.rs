@@ -1005,14 +1005,15 @@ fn heal_bench_4k_write_path() {
 /// on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
-    let cs = FileCs::new();
+    let disk = super::CrashDisk::new();
+    let cs = FileCs::on(&disk);
     for chunk in [1, 2] {
         cs.server.create_chunk(chunk, 4, CS).await.unwrap();
         cs.store
             .write(chunk, 0, &pattern(chunk, CS as usize))
             .unwrap();
     }
-    cs.store.fail_syncs_of(1);
+    disk.fail_syncs(Some("0000000000000001.chunk"));
     cs.store.checkpoint().unwrap();
     assert_eq!(
         cs.store.journal_stats().unwrap().used,

@@ -98,9 +98,6 @@ pub(super) struct Keeper {
     /// Bytes written in place since the last trim began.
     in_place: AtomicU64,
     stop: AtomicBool,
-    /// Chunks whose file syncs fail (tests).
-    #[cfg(test)]
-    failing_syncs: Mutex<std::collections::HashSet<crate::types::ChunkId>>,
     /// The background thread does not trim (tests that look at what a
     /// replay finds).
     #[cfg(test)]
@@ -145,8 +142,6 @@ impl Keeper {
                 in_memory: Arc::new(AtomicU64::new(0)),
                 in_place: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
-                #[cfg(test)]
-                failing_syncs: Mutex::new(Default::default()),
                 #[cfg(test)]
                 held: AtomicBool::new(false),
             },
@@ -258,18 +253,6 @@ impl Keeper {
     }
 
     fn sync_chunk(&self, open: &OpenChunk) -> Result<()> {
-        #[cfg(test)]
-        if self
-            .failing_syncs
-            .lock()
-            .expect("test lock")
-            .contains(&open.chunk)
-        {
-            return Err(io_error(
-                std::io::Error::from_raw_os_error(libc::EIO),
-                format_args!("syncing chunk {:#x} (injected)", open.chunk),
-            ));
-        }
         DiskFile::sync_data(&*open.file).map_err(|e| {
             io_error(
                 e,
@@ -286,12 +269,6 @@ impl Keeper {
     #[cfg(test)]
     pub(super) fn hold(&self) {
         self.held.store(true, Ordering::Release);
-    }
-
-    /// Makes every later sync of `chunk`'s file fail with EIO (tests).
-    #[cfg(test)]
-    pub(super) fn fail_syncs_of(&self, chunk: crate::types::ChunkId) {
-        self.failing_syncs.lock().expect("test lock").insert(chunk);
     }
 
     /// Starts the background trim thread of `keeper`.
