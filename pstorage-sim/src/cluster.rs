@@ -137,6 +137,7 @@ impl CsStore {
                         loss.kept, loss.lost, loss.torn, loss.changes_kept, loss.changes_lost
                     )
                 } else {
+                    disk.kill();
                     "the page cache keeps every write".to_string()
                 };
                 *store = open_file_store(disk);

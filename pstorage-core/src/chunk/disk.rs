@@ -365,6 +365,12 @@ impl CrashDisk {
         report
     }
 
+    /// The process using the disk died (kill -9): what it wrote stays in
+    /// the cache, and the files it had open fail every later call.
+    pub fn kill(&self) {
+        self.lock().epoch += 1;
+    }
+
     /// Fails reads of files whose path contains `text` with EIO (`None`:
     /// no more failures).
     pub fn fail_reads(&self, text: Option<&str>) {
