@@ -87,9 +87,59 @@ pub(super) struct OpenChunk {
     broken: std::sync::OnceLock<String>,
     chunk_size: u64,
     data_offset: u64,
+    /// Format 3: the file offset of data slot 1, where big writes over
+    /// blocks holding data go (see [`Slots`]); 0 in older formats, which
+    /// have one slot.
+    slot1_at: u64,
     /// The file's format version: how its CRC table encodes entries.
     format: u32,
     state: RwLock<ChunkState>,
+}
+
+/// Which of its two data slots each block's data is in (format 3; all in
+/// slot 0 otherwise). A big write over blocks that hold data goes to their
+/// other slot, so their old data stays intact until the write is durable
+/// (see [`RecordKind::Moved`]).
+#[derive(Debug, Clone)]
+pub(super) struct Slots(Vec<u64>);
+
+impl Slots {
+    fn new(blocks: u64) -> Slots {
+        Slots(vec![0; blocks.div_ceil(64) as usize])
+    }
+
+    fn get(&self, block: u64) -> u8 {
+        ((self.0[(block / 64) as usize] >> (block % 64)) & 1) as u8
+    }
+
+    fn set(&mut self, block: u64, slot: u8) {
+        let word = &mut self.0[(block / 64) as usize];
+        *word = (*word & !(1 << (block % 64))) | (u64::from(slot) << (block % 64));
+    }
+
+    /// Blocks `[first, end)` as runs that lie in one slot:
+    /// (first, end, slot).
+    fn runs(&self, first: u64, end: u64) -> Vec<(u64, u64, u8)> {
+        let mut out: Vec<(u64, u64, u8)> = Vec::new();
+        for block in first..end {
+            let slot = self.get(block);
+            match out.last_mut() {
+                Some(run) if run.2 == slot => run.1 = block + 1,
+                _ => out.push((block, block + 1, slot)),
+            }
+        }
+        out
+    }
+}
+
+/// The old slot of blocks moved by a record, to free once the record is
+/// trimmed (the data there is needed until then: a replay may keep the
+/// blocks in it).
+struct Punch {
+    seq: u64,
+    first: u64,
+    end: u64,
+    slot: u8,
 }
 
 impl ChunkState {
@@ -141,6 +191,11 @@ pub(super) struct ChunkState {
     /// The bound of the newest in-place-durable record appended: the data
     /// of the in-place records below it is on disk.
     durable_below: u64,
+    /// The data slot of each block, as the file will hold once
+    /// [`pending`](ChunkState::pending) is applied.
+    slots: Slots,
+    /// Old slots of moved blocks, freed by the trim of their record.
+    to_punch: Vec<Punch>,
 }
 
 /// A journal record of a chunk not applied to its file yet.
@@ -196,6 +251,27 @@ struct Plan {
     /// The middle blocks go straight into the chunk file, and the journal
     /// gets in-place records of their entries.
     in_place: bool,
+    /// When they went to their other slot: the moved records to append.
+    moves: Vec<Move>,
+}
+
+/// A moved-write record to append: blocks `[first, first + blocks)` now in
+/// `slot`, with their new entries and then their old ones.
+struct Move {
+    first: u64,
+    blocks: u64,
+    slot: u8,
+    crcs: Vec<u64>,
+}
+
+/// How the middle blocks of a write may go straight into the chunk file.
+enum InPlace {
+    /// Through the journal.
+    No,
+    /// Where they are: they read as zeros.
+    Fresh,
+    /// Into their other data slot: they hold data.
+    Move,
 }
 
 /// A decoded chunk file header.
@@ -331,7 +407,7 @@ impl FileChunkStore {
         for r in &replayed {
             if !matches!(
                 r.kind,
-                RecordKind::Write | RecordKind::Zero | RecordKind::InPlace
+                RecordKind::Write | RecordKind::Zero | RecordKind::InPlace | RecordKind::Moved
             ) || forgotten.get(&r.chunk).is_some_and(|f| *f > r.seq)
             {
                 continue;
@@ -358,19 +434,30 @@ impl FileChunkStore {
                 continue;
             }
             let mut pending = Pending::replayed(r);
-            if r.kind == RecordKind::InPlace {
-                let synced = durable.get(&r.chunk).is_some_and(|below| r.seq < *below);
-                match open.check_in_place(&mut pending, synced) {
-                    Ok(lost) => lost_in_place += lost,
-                    Err(e) => {
-                        open.fail(&mut state, format!("replaying the journal: {e}"));
-                        continue;
-                    }
+            let synced = durable.get(&r.chunk).is_some_and(|below| r.seq < *below);
+            let checked = match r.kind {
+                RecordKind::InPlace => open.check_in_place(&state, &mut pending, synced),
+                RecordKind::Moved if open.slot1_at == 0 => Err(Error::corrupt(format!(
+                    "journal record {} of {} moves blocks of chunk {:#x}, whose file (format \
+                     {}) has one data slot",
+                    r.seq,
+                    journal.name(),
+                    r.chunk,
+                    open.format
+                ))),
+                RecordKind::Moved => open.check_moved(&mut state, &mut pending, r.slot, synced),
+                _ => Ok(0),
+            };
+            match checked {
+                Ok(lost) => lost_in_place += lost,
+                Err(e) => {
+                    open.fail(&mut state, format!("replaying the journal: {e}"));
+                    continue;
                 }
             }
             for (i, block) in (r.first_block..r.first_block + r.blocks).enumerate() {
                 state.crcs[block as usize] = match r.kind {
-                    RecordKind::Write | RecordKind::InPlace => pending.crcs[i],
+                    RecordKind::Write | RecordKind::InPlace | RecordKind::Moved => pending.crcs[i],
                     _ => 0,
                 };
             }
@@ -407,9 +494,21 @@ impl FileChunkStore {
     }
 
     /// Where byte `chunk_offset` of a chunk of `chunk_size` lies in its
-    /// file (for fault injection below the store).
+    /// file while its block is in data slot 0, as in every new file (for
+    /// fault injection below the store; see
+    /// [`block_file_offset`](FileChunkStore::block_file_offset)).
     pub fn data_file_offset(chunk_size: u64, chunk_offset: u64) -> u64 {
         data_offset(chunk_size) + chunk_offset
+    }
+
+    /// Where byte `chunk_offset` of `chunk` lies in its file now, in the
+    /// data slot its block is in (for fault injection below the store).
+    pub fn block_file_offset(&self, chunk: ChunkId, chunk_offset: u64) -> Result<u64> {
+        let open = self.get(chunk)?;
+        check_range(chunk, open.chunk_size, chunk_offset, 1)?;
+        let state = open.read_state();
+        let block = chunk_offset / BLOCK_SIZE;
+        Ok(open.block_at(state.slots.get(block), block) + chunk_offset % BLOCK_SIZE)
     }
 
     /// The path of `chunk`'s file (whether or not it exists).
@@ -623,7 +722,7 @@ impl FileChunkStore {
             .map_err(|e| io_error(e, format_args!("{}", what("writing the CRC table of"))))?;
         // Full length up front (sparse): reads never come up short and a
         // shorter file on open means it was truncated behind our back.
-        file.set_len(data_offset(header.chunk_size) + header.chunk_size)
+        file.set_len(chunk_file_len(header.format, header.chunk_size))
             .map_err(|e| io_error(e, format_args!("{}", what("sizing"))))?;
         file.sync_data()
             .map_err(|e| io_error(e, format_args!("{}", what("syncing"))))
@@ -672,7 +771,7 @@ impl FileChunkStore {
             if matches!(source, Source::Data(..))
                 && state.crcs[plan.first as usize..=plan.last as usize].contains(&0)
             {
-                if let Err(e) = open.allocate(plan.first, plan.last + 1 - plan.first) {
+                if let Err(e) = open.allocate(&state, plan.first, plan.last + 1 - plan.first) {
                     if e.kind() != ErrorKind::NoSpace {
                         open.fail(&mut state, format!("allocating space failed: {e}"));
                         self.keeper.touch(&open);
@@ -685,24 +784,33 @@ impl FileChunkStore {
             // file can fail (a trim takes a failed file out of service).
             self.keeper.touch(&open);
             if let Source::Data(data, _) = source {
-                if open.can_write_in_place(&mut state, &plan, journal.tail_seq()) {
-                    // The data goes to the file before its record exists;
-                    // until the record is durable the blocks' entries on
-                    // disk say zeros, and a replay checks the data before
-                    // it takes the record's entries.
-                    let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
-                    let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
-                    if let Err(e) = open.pwrite(
-                        &data[from..to],
-                        open.data_offset + plan.mid_first * BLOCK_SIZE,
-                    ) {
+                let from = (plan.mid_first * BLOCK_SIZE).saturating_sub(offset) as usize;
+                let to = (plan.mid_end * BLOCK_SIZE).saturating_sub(offset) as usize;
+                // The data goes to the file before its record exists. Until
+                // the record is durable the blocks' entries (and slots) on
+                // disk are the old ones, and a replay checks the data before
+                // it takes the record's.
+                let written = match open.in_place_mode(&mut state, &plan, journal.tail_seq()) {
+                    InPlace::No => None,
+                    InPlace::Fresh => Some(
+                        open.pwrite_blocks(&state, plan.mid_first, &data[from..to])
+                            .map(|()| Vec::new()),
+                    ),
+                    InPlace::Move => open.write_moved(&state, &plan, &data[from..to]),
+                };
+                match written {
+                    None => {}
+                    Some(Ok(moves)) => {
+                        plan.in_place = true;
+                        plan.moves = moves;
+                        state.in_place_writes += 1;
+                    }
+                    Some(Err(e)) => {
                         // A disk error is a fact about the replica, not
                         // something to retry.
                         open.fail(&mut state, format!("writing it failed: {e}"));
                         return Err(e);
                     }
-                    plan.in_place = true;
-                    state.in_place_writes += 1;
                 }
             }
             let full = {
@@ -769,6 +877,7 @@ impl FileChunkStore {
         let journal = self.keeper.journal();
         let record = [NewRecord {
             kind: RecordKind::InPlaceDurable,
+            slot: 0,
             chunk: open.chunk,
             version: 0,
             first_block: bound,
@@ -793,6 +902,7 @@ impl FileChunkStore {
         let journal = self.keeper.journal();
         let record = [NewRecord {
             kind: RecordKind::Forget,
+            slot: 0,
             chunk,
             version: 0,
             first_block: 0,
@@ -836,8 +946,11 @@ impl Plan {
             if let Some(head) = &self.head {
                 out.push((self.first, 1, RecordKind::Write, &head[..]));
             }
+            for m in &self.moves {
+                out.push((m.first, m.blocks, RecordKind::Moved, &[][..]));
+            }
             let mut block = self.mid_first;
-            while block < self.mid_end {
+            while self.moves.is_empty() && block < self.mid_end {
                 let n = (self.mid_end - block).min(MAX_RECORD_BLOCKS);
                 out.push((block, n, RecordKind::InPlace, &[][..]));
                 block += n;
@@ -886,16 +999,18 @@ impl Plan {
             .iter()
             .map(|(first, blocks, kind, data)| {
                 let at = (first - self.first) as usize;
+                let moved = self.moves.iter().find(|m| m.first == *first);
                 NewRecord {
                     kind: *kind,
+                    slot: moved.map_or(0, |m| m.slot),
                     chunk,
                     version,
                     first_block: *first,
                     blocks: *blocks,
-                    crcs: if kind.has_entries() {
-                        &self.entries[at..at + *blocks as usize]
-                    } else {
-                        &[]
+                    crcs: match (kind, moved) {
+                        (RecordKind::Moved, Some(m)) => &m.crcs,
+                        _ if kind.has_entries() => &self.entries[at..at + *blocks as usize],
+                        _ => &[],
                     },
                     data: if *kind == RecordKind::Write {
                         data
@@ -927,13 +1042,13 @@ impl OpenChunk {
         let file_len = file
             .len()
             .map_err(|e| io_error(e, format_args!("inspecting chunk file {}", path.display())))?;
-        if file_len < data_offset + header.chunk_size {
+        let needed = chunk_file_len(header.format, header.chunk_size);
+        if file_len < needed {
             return Err(Error::corrupt(format!(
                 "chunk file {} is truncated: {file_len} bytes, but chunk {chunk:#x} of size {} \
-                 needs {}; the replica is lost, delete the file so the MDS re-replicates it",
+                 needs {needed}; the replica is lost, delete the file so the MDS re-replicates it",
                 path.display(),
                 header.chunk_size,
-                data_offset + header.chunk_size
             )));
         }
         let blocks = (header.chunk_size / BLOCK_SIZE) as usize;
@@ -953,6 +1068,23 @@ impl OpenChunk {
                 )
             })
             .collect();
+        let mut slots = Slots::new(blocks as u64);
+        let slot1_at = if header.format >= 3 {
+            let map_at = data_offset + header.chunk_size;
+            let mut raw = vec![0u8; slot_map_len(header.chunk_size) as usize];
+            file.read_at(&mut raw, map_at).map_err(|e| {
+                io_error(
+                    e,
+                    format_args!("reading the slot map of chunk file {}", path.display()),
+                )
+            })?;
+            for (word, bytes) in slots.0.iter_mut().zip(raw.chunks_exact(8)) {
+                *word = u64::from_le_bytes(bytes.try_into().expect("8-byte chunks"));
+            }
+            map_at + slot_map_len(header.chunk_size)
+        } else {
+            0
+        };
         Ok(OpenChunk {
             chunk,
             path: path.to_path_buf(),
@@ -961,6 +1093,7 @@ impl OpenChunk {
             broken: std::sync::OnceLock::new(),
             chunk_size: header.chunk_size,
             data_offset,
+            slot1_at,
             format: header.format,
             state: RwLock::new(ChunkState {
                 version: header.version,
@@ -974,27 +1107,104 @@ impl OpenChunk {
                 in_place_writes: 0,
                 in_place_below: 0,
                 durable_below: 0,
+                slots,
+                to_punch: Vec::new(),
             }),
         })
     }
 
-    /// Whether the middle blocks of `plan` (a write) may go straight into
-    /// the file: enough of them, all reading as zeros, and none touched by
-    /// a record that may still be in the journal (a replay would apply it
-    /// again, over the new data). Forgets the records below `tail_seq`
-    /// (trimmed).
-    fn can_write_in_place(&self, state: &mut ChunkState, plan: &Plan, tail_seq: u64) -> bool {
+    /// Whether and how the middle blocks of `plan` (a write) may go
+    /// straight into the file: there must be enough of them, and none
+    /// touched by a record that may still be in the journal (a replay would
+    /// apply it again, over the new data, and the slots the file holds for
+    /// them are the ones the replay starts from). Blocks that all read as
+    /// zeros are written where they are; others (format 3) go to their
+    /// other slot. Forgets the records below `tail_seq` (trimmed).
+    fn in_place_mode(&self, state: &mut ChunkState, plan: &Plan, tail_seq: u64) -> InPlace {
         if plan.mid_end < plan.mid_first + IN_PLACE_MIN_BLOCKS {
-            return false;
+            return InPlace::No;
         }
         state.forget_trimmed(tail_seq);
-        state.crcs[plan.mid_first as usize..plan.mid_end as usize]
+        if state
+            .in_journal
+            .iter()
+            .any(|(_, first, end)| *first < plan.mid_end && plan.mid_first < *end)
+        {
+            return InPlace::No;
+        }
+        if state.crcs[plan.mid_first as usize..plan.mid_end as usize]
             .iter()
             .all(|e| *e == 0)
-            && !state
-                .in_journal
-                .iter()
-                .any(|(_, first, end)| *first < plan.mid_end && plan.mid_first < *end)
+        {
+            InPlace::Fresh
+        } else if self.slot1_at != 0 {
+            InPlace::Move
+        } else {
+            InPlace::No
+        }
+    }
+
+    /// Writes `data`, the middle blocks of `plan`, into their other slots;
+    /// returns the records to append. `None` when the disk has no room for
+    /// them (the write goes through the journal instead, into the space the
+    /// blocks hold).
+    fn write_moved(
+        &self,
+        state: &ChunkState,
+        plan: &Plan,
+        data: &[u8],
+    ) -> Option<Result<Vec<Move>>> {
+        let runs = state.slots.runs(plan.mid_first, plan.mid_end);
+        for &(first, end, slot) in &runs {
+            let at = self.block_at(1 - slot, first);
+            if let Err(e) = self.file.allocate(at, (end - first) * BLOCK_SIZE) {
+                let e = io_error(
+                    e,
+                    format_args!(
+                        "allocating blocks {first}..{end} of chunk {:#x} in slot {} of {}",
+                        self.chunk,
+                        1 - slot,
+                        self.path.display()
+                    ),
+                );
+                return (e.kind() != ErrorKind::NoSpace).then_some(Err(e));
+            }
+        }
+        let mut moves = Vec::new();
+        for (first, end, slot) in runs {
+            let from = ((first - plan.mid_first) * BLOCK_SIZE) as usize;
+            let to = ((end - plan.mid_first) * BLOCK_SIZE) as usize;
+            if let Err(e) = self.pwrite(&data[from..to], self.block_at(1 - slot, first)) {
+                return Some(Err(e));
+            }
+            let mut block = first;
+            while block < end {
+                let blocks = (end - block).min(MAX_RECORD_BLOCKS);
+                let range = block as usize..(block + blocks) as usize;
+                let at = (block - plan.first) as usize;
+                let mut crcs = plan.entries[at..at + blocks as usize].to_vec();
+                crcs.extend_from_slice(&state.crcs[range]);
+                moves.push(Move {
+                    first: block,
+                    blocks,
+                    slot: 1 - slot,
+                    crcs,
+                });
+                block += blocks;
+            }
+        }
+        Some(Ok(moves))
+    }
+
+    /// The file offset of `block` in data slot `slot`.
+    fn block_at(&self, slot: u8, block: u64) -> u64 {
+        debug_assert!(slot == 0 || self.slot1_at != 0);
+        let base = if slot == 0 {
+            self.data_offset
+        } else {
+            self.slot1_at
+        };
+        base + block * BLOCK_SIZE
     }
 
     /// Syncs the file if in-place writes made before this call may not be
@@ -1027,9 +1237,14 @@ impl OpenChunk {
     /// flush covered it): then the block was damaged since, it keeps the
     /// record's entry and reads as `Corrupt`, to be repaired from another
     /// replica. Returns how many blocks kept their old entry.
-    fn check_in_place(&self, record: &mut Pending, synced: bool) -> Result<u64> {
+    fn check_in_place(
+        &self,
+        state: &ChunkState,
+        record: &mut Pending,
+        synced: bool,
+    ) -> Result<u64> {
         let mut data = vec![0u8; (record.blocks * BLOCK_SIZE) as usize];
-        self.pread(&mut data, record.first_block * BLOCK_SIZE)?;
+        self.pread_blocks(state, record.first_block, &mut data)?;
         let mut lost = 0;
         for (i, bytes) in data.chunks_exact(BS).enumerate() {
             if block_entry(bytes) == record.crcs[i] {
@@ -1045,6 +1260,68 @@ impl OpenChunk {
             }
         }
         Ok(lost)
+    }
+
+    /// At replay: checks the blocks of a moved record (`record.crcs` holds
+    /// the new entries, then the old ones) in the slot they moved to, and
+    /// moves them there in `state`. Where the data does not match, the write
+    /// did not reach the disk before the crash (it was not flushed): the
+    /// block stays in its old slot, whose data nothing overwrote, with its
+    /// old entry. Unless the record's data is known to have been `synced`:
+    /// then the block was damaged since and reads as `Corrupt` (see
+    /// [`check_in_place`](OpenChunk::check_in_place)). Leaves the entries
+    /// the blocks end up with in `record.crcs`; returns how many blocks
+    /// kept their old content.
+    fn check_moved(
+        &self,
+        state: &mut ChunkState,
+        record: &mut Pending,
+        slot: u8,
+        synced: bool,
+    ) -> Result<u64> {
+        let blocks = record.blocks as usize;
+        let mut data = vec![0u8; blocks * BS];
+        self.pread(
+            &mut data,
+            self.block_at(slot, record.first_block),
+            record.first_block * BLOCK_SIZE,
+        )?;
+        let mut lost = 0;
+        for (i, bytes) in data.chunks_exact(BS).enumerate() {
+            let block = record.first_block + i as u64;
+            if block_entry(bytes) == record.crcs[i] || synced {
+                state.slots.set(block, slot);
+            } else {
+                record.crcs[i] = record.crcs[blocks + i];
+                state.slots.set(block, 1 - slot);
+                lost += 1;
+            }
+        }
+        record.crcs.truncate(blocks);
+        state.to_punch.push(Punch {
+            seq: record.seq,
+            first: record.first_block,
+            end: record.first_block + record.blocks,
+            slot: 1 - slot,
+        });
+        Ok(lost)
+    }
+
+    /// Frees the old slots of blocks moved by records below `below`, which
+    /// the journal no longer needs (their data in the new slot was synced).
+    /// A block that moved back meanwhile keeps its data.
+    pub(super) fn punch_moved(&self, state: &mut ChunkState, below: u64) {
+        let (done, keep): (Vec<Punch>, Vec<Punch>) = std::mem::take(&mut state.to_punch)
+            .into_iter()
+            .partition(|p| p.seq < below);
+        state.to_punch = keep;
+        for p in done {
+            for (first, end, slot) in state.slots.runs(p.first, p.end) {
+                if slot != p.slot {
+                    self.punch_slot(p.slot, first, end);
+                }
+            }
+        }
     }
 
     pub(super) fn read_state(&self) -> RwLockReadGuard<'_, ChunkState> {
@@ -1129,29 +1406,51 @@ impl OpenChunk {
         Ok(())
     }
 
-    fn pread(&self, buf: &mut [u8], chunk_offset: u64) -> Result<()> {
-        self.file
-            .read_at(buf, self.data_offset + chunk_offset)
-            .map_err(|e| {
-                let eio = e.raw_os_error() == Some(libc::EIO);
-                let err = io_error(
-                    e,
-                    format_args!(
-                        "reading chunk {:#x} at offset {chunk_offset} from {}",
-                        self.chunk,
-                        self.path.display()
-                    ),
-                );
-                if !eio {
-                    return err;
-                }
-                // A disk error is a fact: the replica leaves service (the
-                // server takes it out and the MDS copies the chunk anew).
-                let why = format!("the disk failed a read ({})", err.message());
-                tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
+    /// Reads whole blocks from `first` into `buf`, each from its slot.
+    fn pread_blocks(&self, state: &ChunkState, first: u64, buf: &mut [u8]) -> Result<()> {
+        let end = first + buf.len() as u64 / BLOCK_SIZE;
+        for (from, to, slot) in state.slots.runs(first, end) {
+            let part = &mut buf
+                [((from - first) * BLOCK_SIZE) as usize..((to - first) * BLOCK_SIZE) as usize];
+            self.pread(part, self.block_at(slot, from), from * BLOCK_SIZE)?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks from `first`, each into its slot.
+    fn pwrite_blocks(&self, state: &ChunkState, first: u64, data: &[u8]) -> Result<()> {
+        let end = first + data.len() as u64 / BLOCK_SIZE;
+        for (from, to, slot) in state.slots.runs(first, end) {
+            let part =
+                &data[((from - first) * BLOCK_SIZE) as usize..((to - first) * BLOCK_SIZE) as usize];
+            self.pwrite(part, self.block_at(slot, from))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf` at `file_offset`, the data of byte `chunk_offset` of the
+    /// chunk.
+    fn pread(&self, buf: &mut [u8], file_offset: u64, chunk_offset: u64) -> Result<()> {
+        self.file.read_at(buf, file_offset).map_err(|e| {
+            let eio = e.raw_os_error() == Some(libc::EIO);
+            let err = io_error(
+                e,
+                format_args!(
+                    "reading chunk {:#x} at offset {chunk_offset} from {}",
+                    self.chunk,
+                    self.path.display()
+                ),
+            );
+            if !eio {
+                return err;
+            }
+            // A disk error is a fact: the replica leaves service (the
+            // server takes it out and the MDS copies the chunk anew).
+            let why = format!("the disk failed a read ({})", err.message());
+            tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
                     "chunk file failed: the replica is out of service");
-                self.failed_error(self.broken.get_or_init(|| why))
-            })
+            self.failed_error(self.broken.get_or_init(|| why))
+        })
     }
 
     fn pwrite(&self, buf: &[u8], file_offset: u64) -> Result<()> {
@@ -1183,7 +1482,7 @@ impl OpenChunk {
         }
         match (journal, state.overlay.get(&block)) {
             (Some(journal), Some((_, at))) => journal.read(buf, *at)?,
-            _ => self.pread(buf, block * BLOCK_SIZE)?,
+            _ => self.pread_blocks(state, block, buf)?,
         }
         self.verify(block, entry, buf)
     }
@@ -1253,6 +1552,7 @@ impl OpenChunk {
             mid_end,
             entries,
             in_place: false,
+            moves: Vec::new(),
         })
     }
 
@@ -1271,27 +1571,21 @@ impl OpenChunk {
         // Data before its CRC entries: a crash in between leaves a block
         // that fails its check (never wrong data served).
         if let Some(head) = &plan.head {
-            self.pwrite(head, self.data_offset + plan.first * BLOCK_SIZE)?;
+            self.pwrite_blocks(state, plan.first, head)?;
         }
         if let (Source::Data(data, _), true) = (source, plan.mid_first < plan.mid_end) {
             let from = (plan.mid_first * BLOCK_SIZE - offset) as usize;
             let to = (plan.mid_end * BLOCK_SIZE - offset) as usize;
-            self.pwrite(
-                &data[from..to],
-                self.data_offset + plan.mid_first * BLOCK_SIZE,
-            )?;
+            self.pwrite_blocks(state, plan.mid_first, &data[from..to])?;
         }
         if let Some(tail) = &plan.tail {
-            self.pwrite(tail, self.data_offset + plan.last * BLOCK_SIZE)?;
+            self.pwrite_blocks(state, plan.last, tail)?;
         }
         self.write_entries(plan.first, &plan.entries)?;
         state.crcs[plan.first as usize..=plan.last as usize].copy_from_slice(&plan.entries);
         if let (Source::Zeros, true) = (source, plan.mid_first < plan.mid_end) {
             // Their entries say zero already; freeing the space is a bonus.
-            self.punch_hole(
-                plan.mid_first * BLOCK_SIZE,
-                (plan.mid_end - plan.mid_first) * BLOCK_SIZE,
-            );
+            self.punch_hole(state, plan.mid_first, plan.mid_end);
         }
         Ok(())
     }
@@ -1323,8 +1617,19 @@ impl OpenChunk {
             state
                 .in_journal
                 .push((a.seq, r.first_block, r.first_block + r.blocks));
-            if r.kind == RecordKind::InPlace {
+            if matches!(r.kind, RecordKind::InPlace | RecordKind::Moved) {
                 state.in_place_below = a.seq + 1;
+            }
+            if r.kind == RecordKind::Moved {
+                for block in r.first_block..r.first_block + r.blocks {
+                    state.slots.set(block, r.slot);
+                }
+                state.to_punch.push(Punch {
+                    seq: a.seq,
+                    first: r.first_block,
+                    end: r.first_block + r.blocks,
+                    slot: 1 - r.slot,
+                });
             }
             for i in 0..r.blocks {
                 let block = r.first_block + i;
@@ -1348,7 +1653,8 @@ impl OpenChunk {
                 kind: r.kind,
                 first_block: r.first_block,
                 blocks: r.blocks,
-                crcs: r.crcs.to_vec(),
+                // A moved record's old entries are for a replay only.
+                crcs: r.crcs[..r.crcs.len().min(r.blocks as usize)].to_vec(),
                 data_at: a.data_at,
                 data,
             });
@@ -1375,6 +1681,8 @@ impl OpenChunk {
         // The CRC entries, written once per table page at the end (later
         // records win).
         let mut entries = BTreeMap::new();
+        // Blocks whose slot the file must learn.
+        let mut slots = BTreeSet::new();
         for p in &state.pending[..n] {
             match p.kind {
                 RecordKind::Write => {
@@ -1388,27 +1696,34 @@ impl OpenChunk {
                             &buf[..]
                         }
                     };
-                    self.pwrite(data, self.data_offset + p.first_block * BLOCK_SIZE)
+                    self.pwrite_blocks(state, p.first_block, data)
                         .map_err(ApplyError::Chunk)?;
                     for (i, crc) in p.crcs.iter().enumerate() {
                         entries.insert(p.first_block + i as u64, *crc);
                     }
                 }
                 // The data is in the file already.
-                RecordKind::InPlace => {
+                RecordKind::InPlace | RecordKind::Moved => {
                     for (i, crc) in p.crcs.iter().enumerate() {
                         entries.insert(p.first_block + i as u64, *crc);
+                    }
+                    if p.kind == RecordKind::Moved {
+                        // No record after this one moves them (none may
+                        // while this one is in the journal).
+                        slots.extend(p.first_block..p.first_block + p.blocks);
                     }
                 }
                 _ => {
                     for block in p.first_block..p.first_block + p.blocks {
                         entries.insert(block, 0);
                     }
-                    self.punch_hole(p.first_block * BLOCK_SIZE, p.blocks * BLOCK_SIZE);
+                    self.punch_hole(state, p.first_block, p.first_block + p.blocks);
                 }
             }
         }
         self.write_entry_map(&entries).map_err(ApplyError::Chunk)?;
+        self.write_slot_map(state, &slots)
+            .map_err(ApplyError::Chunk)?;
         for p in state.pending.drain(..n) {
             if p.kind == RecordKind::Write {
                 for block in p.first_block..p.first_block + p.blocks {
@@ -1465,30 +1780,72 @@ impl OpenChunk {
         Ok(())
     }
 
-    /// Allocates the file space of `blocks` blocks from `first` (they may
-    /// be holes). `NoSpace` when the disk is full.
-    fn allocate(&self, first: u64, blocks: u64) -> Result<()> {
-        self.file
-            .allocate(self.data_offset + first * BLOCK_SIZE, blocks * BLOCK_SIZE)
-            .map_err(|e| {
+    /// Writes the slots of `blocks` as `state` has them into the file's
+    /// slot map, a page at a time. (Only theirs: other blocks of a page may
+    /// have moved by records not applied yet, maybe not durable.)
+    fn write_slot_map(&self, state: &ChunkState, blocks: &BTreeSet<u64>) -> Result<()> {
+        const PER_PAGE: u64 = BLOCK_SIZE * 8;
+        let map_at = self.data_offset + self.chunk_size;
+        let mut it = blocks.iter().peekable();
+        let mut page = [0u8; BS];
+        while let Some(&&first) = it.peek() {
+            let index = first / PER_PAGE;
+            let at = map_at + index * BLOCK_SIZE;
+            self.file.read_at(&mut page, at).map_err(|e| {
                 io_error(
                     e,
-                    format_args!(
-                        "allocating blocks {first}..{} of chunk {:#x} in {}",
-                        first + blocks,
-                        self.chunk,
-                        self.path.display()
-                    ),
+                    format_args!("reading the slot map of {}", self.path.display()),
                 )
-            })
+            })?;
+            while let Some(&&block) = it.peek() {
+                if block / PER_PAGE != index {
+                    break;
+                }
+                let bit = block % PER_PAGE;
+                let byte = &mut page[(bit / 8) as usize];
+                *byte = (*byte & !(1 << (bit % 8))) | (state.slots.get(block) << (bit % 8));
+                it.next();
+            }
+            self.pwrite(&page, at)?;
+        }
+        Ok(())
     }
 
-    fn punch_hole(&self, chunk_offset: u64, len: u64) {
-        if let Err(e) = self.file.punch_hole(self.data_offset + chunk_offset, len) {
+    /// Allocates the file space of blocks `[first, first + blocks)` where
+    /// their data is (they may be holes). `NoSpace` when the disk is full.
+    fn allocate(&self, state: &ChunkState, first: u64, blocks: u64) -> Result<()> {
+        for (from, to, slot) in state.slots.runs(first, first + blocks) {
+            self.file
+                .allocate(self.block_at(slot, from), (to - from) * BLOCK_SIZE)
+                .map_err(|e| {
+                    io_error(
+                        e,
+                        format_args!(
+                            "allocating blocks {from}..{to} of chunk {:#x} in {}",
+                            self.chunk,
+                            self.path.display()
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Frees the space of blocks `[first, end)` (which read as zeros)
+    /// where their data is.
+    fn punch_hole(&self, state: &ChunkState, first: u64, end: u64) {
+        for (from, to, slot) in state.slots.runs(first, end) {
+            self.punch_slot(slot, from, to);
+        }
+    }
+
+    fn punch_slot(&self, slot: u8, first: u64, end: u64) {
+        let at = self.block_at(slot, first);
+        if let Err(e) = self.file.punch_hole(at, (end - first) * BLOCK_SIZE) {
             tracing::debug!(
                 chunk = self.chunk,
                 error = %e,
-                "punching a hole failed; zeroed blocks keep their space"
+                "punching a hole failed; freed blocks keep their space"
             );
         }
     }
@@ -1529,7 +1886,7 @@ impl OpenChunk {
                 }
                 let out = &mut buf
                     [(block_start - offset) as usize..(run_end * BLOCK_SIZE - offset) as usize];
-                self.pread(out, block_start)?;
+                self.pread_blocks(state, block, out)?;
                 for (i, bytes) in out.chunks_exact(BS).enumerate() {
                     let b = block + i as u64;
                     self.verify(b, state.crcs[b as usize], bytes)?;
@@ -1585,10 +1942,31 @@ fn entry_to_disk(format: u32, entry: u64) -> u64 {
     }
 }
 
-/// Where the data region starts for chunks of `chunk_size`.
+/// Where the data region (slot 0) starts for chunks of `chunk_size`.
 fn data_offset(chunk_size: u64) -> u64 {
     let table = chunk_size / BLOCK_SIZE * 8;
     HEADER_LEN + table.div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+}
+
+/// The length of the slot map of a format-3 file of chunks of
+/// `chunk_size`: a bit per block, padded to whole pages.
+fn slot_map_len(chunk_size: u64) -> u64 {
+    (chunk_size / BLOCK_SIZE)
+        .div_ceil(8)
+        .div_ceil(BLOCK_SIZE)
+        .max(1)
+        * BLOCK_SIZE
+}
+
+/// The length of a chunk file of `format` for chunks of `chunk_size`
+/// (sparse where never written).
+fn chunk_file_len(format: u32, chunk_size: u64) -> u64 {
+    let slot0_end = data_offset(chunk_size) + chunk_size;
+    if format >= 3 {
+        slot0_end + slot_map_len(chunk_size) + chunk_size
+    } else {
+        slot0_end
+    }
 }
 
 impl Header {
@@ -1634,8 +2012,9 @@ impl Header {
                 path.display()
             )));
         }
-        // Formats 1 and 2 share the header; they differ in how the CRC
-        // table encodes entries (`entry_from_disk`).
+        // Formats 1 to 3 share the header; they differ in how the CRC
+        // table encodes entries (`entry_from_disk`) and in format 3's
+        // second data slot.
         let stored_crc = u64_at(HEADER_CRC_AT);
         let mut zeroed = *buf;
         zeroed[HEADER_CRC_AT..HEADER_CRC_AT + 8].fill(0);

@@ -13,7 +13,7 @@
 //! This module knows records and space, not chunks: the store applies
 //! records to its chunk files and then [advances the tail](Journal::advance_tail).
 //!
-//! # Journal file format, version 2
+//! # Journal file format, version 3
 //!
 //! All integers little-endian. The file is `4096 + ring size` bytes.
 //!
@@ -22,7 +22,8 @@
 //!                   the higher generation is current (a slot is rewritten
 //!                   whole, in one sector, alternating)
 //!   0..8            magic "PSTJRNL\0"
-//!   8..12           format version (u32) = 2 (1: no in-place records)
+//!   8..12           format version (u32) = 3 (1: no in-place records; 2: no
+//!                   moved writes)
 //!   12..16          slot length (u32) = 512
 //!   16..24          generation (u64)
 //!   24..32          store id (u64): the chunk store this journal belongs to
@@ -39,8 +40,10 @@
 //! ```text
 //!   0..8            magic "PSTJREC\0"
 //!   8..10           kind (u16): 1 write, 2 zero, 3 forget, 4 wrap,
-//!                   5 in-place write, 6 in-place data durable (format 2)
-//!   10..12          zero
+//!                   5 in-place write, 6 in-place data durable (format 2),
+//!                   7 moved write (format 3)
+//!   10..12          kind 7: the data slot the blocks moved to (0 or 1);
+//!                   zero otherwise
 //!   12..16          head area length in bytes (u32)
 //!   16..24          sequence number (u64): one more than the previous record
 //!   24..32          chunk id (u64)
@@ -51,8 +54,10 @@
 //!                   write, 0 otherwise
 //!   56..64          CRC-64/XZ of the head area (these 8 bytes as zero)
 //!   64..            write and in-place write: one CRC table entry (u64)
-//!                   per block, which covers its data; then zeros to the
-//!                   end of the head area
+//!                   per block, which covers its data; moved write: the
+//!                   blocks' new entries, then their entries before the
+//!                   write (two u64 per block); then zeros to the end of the
+//!                   head area
 //! ```
 //!
 //! * write: the blocks' new data and CRC table entries.
@@ -63,6 +68,13 @@
 //!   the store checks the chunk file's blocks against these entries and
 //!   keeps each block's old content (zeros) where the data did not reach
 //!   the disk, unless a later kind 6 record says it did.
+//! * moved write: the blocks' data was written straight into the chunk
+//!   file, into their other data slot (big writes over blocks that hold
+//!   data, that no record in the journal touches; chunk file format 3), so
+//!   the old data stays where it was until the record is trimmed. At
+//!   replay the store checks the new slot's blocks against the new entries
+//!   and, where the data did not reach the disk (and no later kind 6 record
+//!   says it did), keeps the block in its old slot with its old entry.
 //! * in-place data durable: the data of every in-place record of the chunk
 //!   with a sequence number below the one at 40..48 was synced to the
 //!   chunk file (a flush syncs the file, then appends this, then syncs the
@@ -93,7 +105,7 @@ use super::file::io_error;
 use super::{block_entry, crc64, upgrade_entry};
 
 /// The journal format this build writes and reads.
-pub const JOURNAL_FORMAT_VERSION: u32 = 2;
+pub const JOURNAL_FORMAT_VERSION: u32 = 3;
 /// The ring size of a journal made without an explicit size.
 pub const DEFAULT_JOURNAL_SIZE: u64 = 256 << 20;
 /// The smallest ring: room for several of the largest writes.
@@ -122,6 +134,9 @@ pub(crate) enum RecordKind {
     /// The chunk's in-place records below a sequence number have their data
     /// on disk.
     InPlaceDurable = 6,
+    /// The data went to the blocks' other slot in the chunk file; the record
+    /// holds the new entries, then the old ones.
+    Moved = 7,
 }
 
 impl RecordKind {
@@ -133,6 +148,7 @@ impl RecordKind {
             4 => RecordKind::Wrap,
             5 => RecordKind::InPlace,
             6 => RecordKind::InPlaceDurable,
+            7 => RecordKind::Moved,
             _ => return None,
         })
     }
@@ -145,7 +161,10 @@ pub(crate) struct NewRecord<'a> {
     pub version: MapVersion,
     pub first_block: u64,
     pub blocks: u64,
-    /// Write and in-place write: one entry per block.
+    /// Moved writes: the slot the data went to (0 otherwise).
+    pub slot: u8,
+    /// Write and in-place write: one entry per block; moved write: the new
+    /// entries, then the old ones.
     pub crcs: &'a [u64],
     /// Write: the blocks' data, `blocks * 4096` bytes.
     pub data: &'a [u8],
@@ -168,6 +187,9 @@ pub(crate) struct Replayed {
     pub version: MapVersion,
     pub first_block: u64,
     pub blocks: u64,
+    /// Moved writes: the slot the data went to.
+    pub slot: u8,
+    /// As [`NewRecord::crcs`].
     pub crcs: Vec<u64>,
     /// File offset of the data (writes).
     pub data_at: u64,
@@ -340,14 +362,23 @@ fn le32(b: &[u8]) -> u32 {
 }
 
 impl RecordKind {
-    /// Whether records of this kind carry one CRC entry per block.
+    /// Whether records of this kind carry CRC entries of their blocks.
     pub(crate) fn has_entries(self) -> bool {
-        matches!(self, RecordKind::Write | RecordKind::InPlace)
+        self.entries_per_block() > 0
+    }
+
+    /// How many CRC entries records of this kind carry per block.
+    pub(crate) fn entries_per_block(self) -> u64 {
+        match self {
+            RecordKind::Write | RecordKind::InPlace => 1,
+            RecordKind::Moved => 2,
+            _ => 0,
+        }
     }
 }
 
 fn head_len(kind: RecordKind, blocks: u64) -> u64 {
-    let crcs = if kind.has_entries() { blocks * 8 } else { 0 };
+    let crcs = kind.entries_per_block() * blocks * 8;
     (HEAD_FIXED as u64 + crcs).div_ceil(SECTOR) * SECTOR
 }
 
@@ -372,6 +403,7 @@ fn encode_record(rec: &NewRecord<'_>, seq: u64, out: &mut Vec<u8>) {
     out.resize(head, 0);
     out[0..8].copy_from_slice(&REC_MAGIC);
     out[8..10].copy_from_slice(&(rec.kind as u16).to_le_bytes());
+    out[10..12].copy_from_slice(&u16::from(rec.slot).to_le_bytes());
     out[12..16].copy_from_slice(&(head as u32).to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
     out[24..32].copy_from_slice(&rec.chunk.to_le_bytes());
@@ -380,7 +412,10 @@ fn encode_record(rec: &NewRecord<'_>, seq: u64, out: &mut Vec<u8>) {
     out[48..52].copy_from_slice(&(rec.blocks as u32).to_le_bytes());
     out[52..56].copy_from_slice(&(data_len as u32).to_le_bytes());
     if rec.kind.has_entries() {
-        debug_assert_eq!(rec.crcs.len() as u64, rec.blocks);
+        debug_assert_eq!(
+            rec.crcs.len() as u64,
+            rec.blocks * rec.kind.entries_per_block()
+        );
         for (i, crc) in rec.crcs.iter().enumerate() {
             let at = HEAD_FIXED + i * 8;
             out[at..at + 8].copy_from_slice(&crc.to_le_bytes());
@@ -565,13 +600,9 @@ impl Journal {
                 seq += 1;
                 continue;
             }
-            let crcs = if kind.has_entries() {
-                (0..blocks as usize)
-                    .map(|i| upgrade_entry(le64(&buf[HEAD_FIXED + i * 8..])))
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let crcs = (0..(blocks * kind.entries_per_block()) as usize)
+                .map(|i| upgrade_entry(le64(&buf[HEAD_FIXED + i * 8..])))
+                .collect();
             out.push(Replayed {
                 kind,
                 seq,
@@ -579,6 +610,7 @@ impl Journal {
                 version: le64(&buf[32..40]),
                 first_block: le64(&buf[40..48]),
                 blocks,
+                slot: buf[10],
                 crcs,
                 data_at: RING_AT + pos + hlen,
             });
@@ -616,6 +648,10 @@ impl Journal {
         let hlen = le32(&b[12..16]) as u64;
         let dlen = le32(&b[52..56]) as u64;
         if kind.has_entries() && (blocks == 0 || blocks > MAX_RECORD_BLOCKS) {
+            return None;
+        }
+        let slot = u16::from_le_bytes([b[10], b[11]]);
+        if slot > u16::from(kind == RecordKind::Moved) {
             return None;
         }
         if hlen != head_len(kind, blocks)
@@ -689,6 +725,7 @@ impl Journal {
                 if waste >= SECTOR {
                     let wrap = NewRecord {
                         kind: RecordKind::Wrap,
+                        slot: 0,
                         chunk: 0,
                         version: 0,
                         first_block: 0,
@@ -931,4 +968,4 @@ impl Journal {
 
 #[cfg(test)]
 #[path = "journal_tests.rs"]
-mod tests;
+pub(crate) mod tests;

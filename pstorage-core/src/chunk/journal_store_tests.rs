@@ -30,7 +30,7 @@ fn read(store: &dyn ChunkStore, chunk: ChunkId, offset: u64, len: u64) -> Vec<u8
 /// reopened: everything reads back, from the chunk files.
 #[test]
 fn a_killed_store_replays_every_write_it_acknowledged() {
-    killed_store_replays(4 * MIN_CHUNK_SIZE, 5 * B, 7);
+    killed_store_replays(4 * MIN_CHUNK_SIZE, 5 * B, 7, None);
 }
 
 /// The same with writes of up to 80 blocks into larger chunks: many go in
@@ -38,10 +38,17 @@ fn a_killed_store_replays_every_write_it_acknowledged() {
 /// journalled writes and zeroings of the same blocks.
 #[test]
 fn a_killed_store_replays_big_writes_in_place_too() {
-    killed_store_replays(64 * MIN_CHUNK_SIZE, 80 * B, 8);
+    killed_store_replays(64 * MIN_CHUNK_SIZE, 80 * B, 8, None);
 }
 
-fn killed_store_replays(size: u64, max_len: u64, seed: u64) {
+/// The same with trims in the middle, after which big writes over written
+/// blocks go to their other data slot (moved records in the journal).
+#[test]
+fn a_killed_store_replays_big_writes_moved_to_the_other_slot_too() {
+    killed_store_replays(64 * MIN_CHUNK_SIZE, 80 * B, 9, Some(20));
+}
+
+fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let mut model = vec![vec![0u8; size as usize]; 3];
     let mut rng = StdRng::seed_from_u64(seed);
@@ -68,6 +75,9 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64) {
             if i % 50 == 25 {
                 store.flush(chunk).unwrap();
             }
+            if trim_every.is_some_and(|n| i % n == n / 2) {
+                store.checkpoint().unwrap();
+            }
             if i % 40 == 0 {
                 for (c, m) in model.iter().enumerate() {
                     assert_eq!(
@@ -79,6 +89,16 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64) {
             }
         }
         assert!(store.journal_stats().unwrap().used > 0);
+        if trim_every.is_some() {
+            let moved = (0..3u64)
+                .flat_map(|c| (0..size / B).map(move |b| (c, b)))
+                .filter(|&(c, b)| {
+                    store.block_file_offset(c, b * B).unwrap()
+                        != FileChunkStore::data_file_offset(size, b * B)
+                })
+                .count();
+            assert!(moved > 0, "no big write went to the other slot");
+        }
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
     assert_eq!(
@@ -240,6 +260,167 @@ fn a_flushed_in_place_block_damaged_on_disk_reads_as_corrupt_not_as_zeros() {
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert_eq!(read(&store, 1, 0, 5 * B), data[..(5 * B) as usize]);
     assert_eq!(read(&store, 1, 6 * B, 26 * B), data[(6 * B) as usize..]);
+}
+
+/// A big write over blocks that hold data, once no record in the journal
+/// touches them, goes to their other data slot: the journal gets their new
+/// and old entries (a few KiB per MiB), the old data stays where it was
+/// until the record is trimmed, and the trim frees its space. A second big
+/// write before that trim goes through the journal. At the default chunk
+/// size, through a kill.
+#[test]
+fn a_big_overwrite_goes_to_the_other_slot_with_only_entries_in_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let mib = 1u64 << 20;
+    let (a, b, c) = (
+        pattern(1, mib as usize),
+        pattern(2, mib as usize),
+        pattern(3, mib as usize),
+    );
+    let at = 100 * mib;
+    let allocated =
+        |store: &FileChunkStore| std::fs::metadata(store.chunk_path(1)).unwrap().blocks() * 512;
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        store.write(1, at, &a).unwrap();
+        store.checkpoint().unwrap();
+        let slot0 = FileChunkStore::data_file_offset(size, at);
+        assert_eq!(store.block_file_offset(1, at).unwrap(), slot0);
+        let before = used(&store);
+        store.write(1, at, &b).unwrap();
+        let moved = used(&store) - before;
+        assert!(moved <= 8192, "{moved} journal bytes for 1 MiB moved");
+        let slot1 = store.block_file_offset(1, at).unwrap();
+        assert!(
+            slot1 > FileChunkStore::data_file_offset(size, size),
+            "moved"
+        );
+        assert_eq!(read(&store, 1, at, mib), b);
+        // The old data is still there, in case the new one misses the disk.
+        let mut old = vec![0u8; mib as usize];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(store.chunk_path(1)).unwrap(),
+            &mut old,
+            slot0,
+        )
+        .unwrap();
+        assert!(old == a, "the old slot keeps the old data until the trim");
+        // Not trimmed yet: the next big write goes through the journal.
+        let before = used(&store);
+        store.write(1, at, &c).unwrap();
+        assert!(used(&store) - before > mib, "journalled");
+        assert_eq!(store.block_file_offset(1, at).unwrap(), slot1);
+        store.flush(1).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 1, at, mib), c);
+    store.checkpoint().unwrap();
+    // The header, the table of 65536 entries, the slot map and 1 MiB of
+    // data: the old slot's MiB was freed.
+    let held = allocated(&store);
+    assert!(
+        held < mib + (600 << 10),
+        "{held} bytes allocated for 1 MiB of data"
+    );
+    // Back to slot 0 at the next big write.
+    store.write(1, at, &a).unwrap();
+    assert_eq!(
+        store.block_file_offset(1, at).unwrap(),
+        FileChunkStore::data_file_offset(size, at)
+    );
+    store.flush(1).unwrap();
+    store.checkpoint().unwrap();
+    assert_eq!(read(&store, 1, at, mib), a);
+    assert!(allocated(&store) < mib + (600 << 10));
+}
+
+/// A crash after a moved write's record reached the disk but before all of
+/// its data did (it was not flushed; the journal was synced for another
+/// chunk): the blocks whose new data is missing or torn read as they did
+/// before the write, from their old slot; the others as written.
+#[test]
+fn a_moved_write_whose_data_missed_the_disk_reads_as_before() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let old = pattern(4, (32 * B) as usize);
+    let new = pattern(5, (32 * B) as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        store.create(2, 1, size).unwrap();
+        store.write(1, 64 * B, &old).unwrap();
+        store.flush(1).unwrap();
+        store.checkpoint().unwrap();
+        store.write(1, 64 * B, &new).unwrap();
+        // A flush of another chunk syncs the journal, record included.
+        store.write(2, 0, b"other").unwrap();
+        store.flush(2).unwrap();
+        // What the power loss did to chunk 1's file: block 64+3 never
+        // reached the disk, block 64+7 is torn after its first sector.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(1))
+            .unwrap();
+        let at = |block: u64| store.block_file_offset(1, block * B).unwrap();
+        f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
+        f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let mut expected = new.clone();
+    expected[(3 * B) as usize..(4 * B) as usize]
+        .copy_from_slice(&old[(3 * B) as usize..(4 * B) as usize]);
+    expected[(7 * B) as usize..(8 * B) as usize]
+        .copy_from_slice(&old[(7 * B) as usize..(8 * B) as usize]);
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+    assert_eq!(&read(&store, 2, 0, 5), b"other");
+    // And so they stay after the trim, which frees the slots not used.
+    store.checkpoint().unwrap();
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+    drop(store);
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+}
+
+/// A moved write flushed, then damaged on disk before the journal was
+/// trimmed: the replay does not take it for a write that missed the disk
+/// (it would silently read as the older content); it reads as `Corrupt`, to
+/// be repaired from another replica.
+#[test]
+fn a_flushed_moved_block_damaged_on_disk_reads_as_corrupt_not_as_before() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let old = pattern(6, (32 * B) as usize);
+    let new = pattern(7, (32 * B) as usize);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        store.create(1, 1, size).unwrap();
+        store.write(1, 0, &old).unwrap();
+        store.checkpoint().unwrap();
+        let before = used(&store);
+        store.write(1, 0, &new).unwrap();
+        assert!(used(&store) - before < 4096, "moved");
+        store.flush(1).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(1))
+            .unwrap();
+        let at = store.block_file_offset(1, 5 * B).unwrap();
+        f.write_all_at(&[0xEE; 512], at).unwrap();
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    let mut buf = vec![0u8; B as usize];
+    let err = store.read(1, 5 * B, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(read(&store, 1, 0, 5 * B), new[..(5 * B) as usize]);
+    assert_eq!(read(&store, 1, 6 * B, 26 * B), new[(6 * B) as usize..]);
 }
 
 /// Blocks zeroed by a record still in the journal are not written in place

@@ -171,6 +171,7 @@ impl Rec {
     fn record(&self) -> NewRecord<'_> {
         NewRecord {
             kind: RecordKind::Write,
+            slot: 0,
             chunk: self.chunk,
             version: 3,
             first_block: self.first,
@@ -454,6 +455,7 @@ fn golden_text() -> (Superblock, String) {
     let crcs = [0x1111_2222_3333_4444u64, 0x5555_6666_7777_8888];
     let rec = NewRecord {
         kind: RecordKind::InPlace,
+        slot: 0,
         chunk: 0x78,
         version: 10,
         first_block: 64,
@@ -466,6 +468,27 @@ fn golden_text() -> (Superblock, String) {
     assert_eq!(buf.len(), 512, "an in-place record is its head area only");
     text.push_str("# in-place write record (512 bytes, no data)\n");
     text.push_str(&super::super::hex_lines(&buf));
+    // New entries, then old ones.
+    let crcs = [
+        0x1111_2222_3333_4444u64,
+        0x5555_6666_7777_8888,
+        0x9999_aaaa_bbbb_cccc,
+        0,
+    ];
+    let rec = NewRecord {
+        kind: RecordKind::Moved,
+        slot: 1,
+        chunk: 0x79,
+        version: 11,
+        first_block: 128,
+        blocks: 2,
+        crcs: &crcs,
+        data: &[],
+    };
+    encode_record(&rec, 44, &mut buf);
+    assert_eq!(buf.len(), 512, "a moved record is its head area only");
+    text.push_str("# moved write record (512 bytes, no data)\n");
+    text.push_str(&super::super::hex_lines(&buf));
     (sb, text)
 }
 
@@ -476,6 +499,7 @@ fn golden_write_record() -> (Vec<u8>, u64) {
     let crcs = [super::super::block_entry(&data)];
     let rec = NewRecord {
         kind: RecordKind::Write,
+        slot: 0,
         chunk: 0x77,
         version: 9,
         first_block: 5,
@@ -490,7 +514,7 @@ fn golden_write_record() -> (Vec<u8>, u64) {
 
 /// The bytes of section `title` of a golden file written by `hex_lines`
 /// (`len` bytes, lines of zeros left out).
-fn golden_bytes(golden: &str, title: &str, len: usize) -> Vec<u8> {
+pub(crate) fn golden_bytes(golden: &str, title: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     let mut lines = golden.lines().skip_while(|l| !l.starts_with(title)).skip(1);
     for line in lines.by_ref().take_while(|l| !l.starts_with('#')) {
@@ -504,15 +528,15 @@ fn golden_bytes(golden: &str, title: &str, len: usize) -> Vec<u8> {
 }
 
 /// The journal format, byte for byte: a superblock slot, a one-block write
-/// record and an in-place write record. A change here is a format change
-/// (bump the version and keep reading this one).
+/// record, an in-place write record and a moved write record. A change here
+/// is a format change (bump the version and keep reading this one).
 #[test]
-fn journal_format_2_matches_the_golden_file() {
+fn journal_format_3_matches_the_golden_file() {
     let (sb, text) = golden_text();
-    let golden = include_str!("journal_v2.golden");
+    let golden = include_str!("journal_v3.golden");
     if std::env::var_os("PSTORAGE_WRITE_GOLDEN").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/journal_v2.golden"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/journal_v3.golden"),
             &text,
         )
         .unwrap();
@@ -523,6 +547,25 @@ fn journal_format_2_matches_the_golden_file() {
         Superblock::decode(&sb.encode(), "golden").unwrap(),
         Some(sb)
     );
+}
+
+/// A journal of format 2 (written by earlier builds) is read: its
+/// superblock decodes, and its write and in-place records are laid out as
+/// today's.
+#[test]
+fn a_format_2_journal_is_read() {
+    let golden = include_str!("journal_v2.golden");
+    let slot = golden_bytes(golden, "# superblock slot", SECTOR as usize);
+    assert_eq!(le32(&slot[8..12]), 2, "the golden file is of format 2");
+    let (sb, today) = golden_text();
+    assert_eq!(Superblock::decode(&slot, "golden v2").unwrap(), Some(sb));
+    for title in ["# write record head area", "# in-place write record"] {
+        assert_eq!(
+            golden_bytes(golden, title, 512),
+            golden_bytes(&today, title, 512),
+            "{title}"
+        );
+    }
 }
 
 /// A journal of format 1 (written by earlier builds) is read: its

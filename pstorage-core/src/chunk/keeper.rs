@@ -230,6 +230,10 @@ impl Keeper {
                         &mut state,
                         format!("syncing it failed ({e}); writes since its last sync may be lost"),
                     );
+                } else {
+                    // The moved records below the mark are in the file
+                    // for good: their blocks' old slots are free.
+                    open.punch_moved(&mut open.write_state(), mark.seq);
                 }
             }
             let state = open.write_state();

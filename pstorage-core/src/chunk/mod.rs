@@ -12,7 +12,7 @@
 //! * [`memory::MemNetwork`] connects chunk servers in memory so whole chains
 //!   run in one process.
 //!
-//! # Chunk file format, version 2
+//! # Chunk file format, version 3
 //!
 //! One file per chunk replica: `<dir>/chunks/<chunk id as 16 lowercase hex>.chunk`.
 //! All integers are little-endian.
@@ -20,7 +20,7 @@
 //! ```text
 //! offset 0      header, 4096 bytes
 //!   0..8        magic "PSTCHUNK"
-//!   8..12       format version (u32) = 2 (1 is still read, see below)
+//!   8..12       format version (u32) = 3 (1 and 2 are still read, see below)
 //!   12..16      header length in bytes (u32) = 4096
 //!   16..24      chunk id (u64)
 //!   24..32      map version (u64)
@@ -29,9 +29,25 @@
 //!   48..4096    zero (reserved)
 //! offset 4096   CRC table: one u64 per 4 KiB data block, padded with zeros to
 //!               a multiple of 4096 bytes
-//! offset 4096 + padded table length
-//!               data region: chunk size bytes (sparse where never written)
+//! offset D = 4096 + padded table length
+//!               data slot 0: chunk size bytes (sparse where never written)
+//! offset D + chunk size
+//!               slot map: one bit per block (bit b % 8 of byte b / 8),
+//!               padded with zeros to a multiple of 4096 bytes
+//! offset S = D + chunk size + padded slot map length
+//!               data slot 1: chunk size bytes (sparse where never written)
 //! ```
+//!
+//! Block b's data is at `D + b * 4096` when its slot map bit is 0, at
+//! `S + b * 4096` when it is 1. A big write (at least 16 whole blocks) over
+//! blocks that hold data, that no record in the journal touches, writes
+//! them into their other slot and journals only their new and old entries
+//! (a "moved write" record), so the data does not pass through the journal
+//! twice and the old data stays intact until the record is durable: after a
+//! crash a block whose new data did not reach the disk keeps its old slot
+//! and entry. The slot map and the CRC entries change when the record is
+//! applied, and the old slots are punched (freed) once it is trimmed. A new
+//! file is sized to its full length (sparse), slot 1 included.
 //!
 //! A CRC table entry of format 2 encodes its block like this:
 //!
@@ -51,10 +67,13 @@
 //! ([`LOST_ENTRY`]) a lost entry: the file holds those two values swapped,
 //! so that a zeroed sector can never pass for blocks of zeros.
 //!
-//! Format 1 (older builds) differs only in its CRC table: `0` means reads as
-//! zeros, `1` a block whose CRC-64 is `0` (read as `2`), and a lost sector
-//! cannot be told from zeros. Such files are read and written in their own
-//! format; new files (created or copied in) are format 2.
+//! Format 2 (older builds) has no slot map and no slot 1 (the file ends
+//! with slot 0): every block's data is in slot 0, and big writes over
+//! written blocks go through the journal. Format 1 differs from format 2
+//! only in its CRC table: `0` means reads as zeros, `1` a block whose
+//! CRC-64 is `0` (read as `2`), and a lost sector cannot be told from
+//! zeros. Such files are read and written in their own format; new files
+//! (created or copied in) are format 3.
 //!
 //! [`FileChunkStore`] writes go to its write journal first (`journal.rs`,
 //! format in `docs/formats.md`) and reach the chunk file only once durable
@@ -90,7 +109,7 @@
 //!
 //! Readers of this format: a daemon reads every format version up to
 //! [`FORMAT_VERSION`] and refuses newer ones with a message asking for an
-//! upgrade. Only version 1 exists.
+//! upgrade.
 
 mod copy;
 mod dirty;
@@ -124,7 +143,7 @@ use crate::error::{Error, Result};
 use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};
 
 /// The newest chunk file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A chunk server's local storage of chunk replicas.
 ///

@@ -110,7 +110,10 @@ fn pattern(rng: &mut StdRng, len: u64) -> Vec<u8> {
 }
 
 /// One seed: `rounds` times open, `ops` random operations, power loss.
-fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) {
+/// Returns how many blocks were in data slot 1 (moved there by big writes)
+/// before the power losses.
+fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
+    let mut moved = 0;
     let disk = CrashDisk::new();
     let dir = Path::new("/cs");
     let options = StoreOptions {
@@ -191,25 +194,34 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) {
                 }
             }
         }
+        for chunk in 0..CHUNKS {
+            for block in 0..SPAN {
+                let slot0 = FileChunkStore::data_file_offset(DEFAULT_CHUNK_SIZE, block * B);
+                moved += u64::from(store.block_file_offset(chunk, block * B).unwrap() != slot0);
+            }
+        }
         // kill -9 and the power with it.
         drop(store);
         disk.power_loss(&mut rng);
     }
+    moved
 }
 
 #[test]
 fn flushed_writes_survive_power_losses_and_nothing_reads_torn() {
-    for seed in 0..24 {
-        run(seed, 4, 120, MIN_JOURNAL_SIZE);
-    }
+    let moved: u64 = (0..24)
+        .map(|seed| run(seed, 4, 120, MIN_JOURNAL_SIZE))
+        .sum();
+    assert!(moved > 0, "no big write went to the other slot");
 }
 
 /// The same at the default journal size.
 #[test]
 fn flushed_writes_survive_power_losses_at_the_default_journal_size() {
-    for seed in 100..108 {
-        run(seed, 4, 120, DEFAULT_JOURNAL_SIZE);
-    }
+    let moved: u64 = (100..108)
+        .map(|seed| run(seed, 4, 120, DEFAULT_JOURNAL_SIZE))
+        .sum();
+    assert!(moved > 0, "no big write went to the other slot");
 }
 
 /// Chunk 0 and 1 written (small writes through the journal, a big one in

@@ -865,21 +865,29 @@ mod file_format {
         assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
     }
 
-    /// The chunk file format, byte for byte: header and CRC table of a
-    /// 64 KiB chunk with a written block, a block written with zeros, a
-    /// zeroed block and never written ones. A change here is a format
-    /// change (bump `FORMAT_VERSION`, keep reading the old one).
+    /// The chunk file format, byte for byte: header, CRC table and slot
+    /// map of a 128 KiB chunk with a written block, a block written with
+    /// zeros, a zeroed block, never written ones, and blocks 16..32 written
+    /// twice by big writes (the second went to data slot 1). A change here
+    /// is a format change (bump `FORMAT_VERSION`, keep reading the old one).
     #[test]
-    fn chunk_format_2_matches_the_golden_file() {
+    fn chunk_format_3_matches_the_golden_file() {
+        const SIZE: u64 = 2 * CS;
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
         let chunk = 0x0123_4567_89ab_cdef;
-        store.create(chunk, 3, CS).unwrap();
+        store.create(chunk, 3, SIZE).unwrap();
         let data: Vec<u8> = (0..B as u32).map(|i| (i % 251) as u8).collect();
         store.write(chunk, 0, &data).unwrap();
         store.write(chunk, B, &vec![0u8; B as usize]).unwrap();
         store.write(chunk, 2 * B, &data).unwrap();
         store.zero(chunk, 2 * B, B).unwrap();
+        let big: Vec<u8> = (0..16 * B as u32).map(|i| (i % 241) as u8).collect();
+        store.write(chunk, 16 * B, &big).unwrap();
+        // Trimmed: the next big write over them moves them.
+        store.checkpoint().unwrap();
+        let big: Vec<u8> = (0..16 * B as u32).map(|i| (i % 239) as u8).collect();
+        store.write(chunk, 16 * B, &big).unwrap();
         store.set_version(chunk, 7).unwrap();
         store.flush(chunk).unwrap();
         let f = open_file(&store, chunk);
@@ -888,21 +896,94 @@ mod file_format {
         let mut text = String::new();
         text.push_str("# header (4096 bytes)\n");
         text.push_str(&hex_lines(&head[..B as usize]));
-        text.push_str("# CRC table (16 entries, one page)\n");
+        text.push_str("# CRC table (32 entries, one page)\n");
         text.push_str(&hex_lines(&head[B as usize..]));
+        let map_at = FileChunkStore::data_file_offset(SIZE, SIZE);
+        let mut map = vec![0u8; B as usize];
+        f.read_exact_at(&mut map, map_at).unwrap();
+        text.push_str(&format!(
+            "# slot map at {map_at} (one bit per block, one page)\n"
+        ));
+        text.push_str(&hex_lines(&map));
         let mut block = vec![0u8; B as usize];
-        f.read_exact_at(&mut block, FileChunkStore::data_file_offset(CS, 0))
+        f.read_exact_at(&mut block, FileChunkStore::data_file_offset(SIZE, 0))
             .unwrap();
-        text.push_str(&format!("# data block 0 crc64 {:016x}\n", crc64(&block)));
-        let golden = include_str!("chunk_v2.golden");
+        text.push_str(&format!("# slot 0 block 0 crc64 {:016x}\n", crc64(&block)));
+        let slot1_at = map_at + B;
+        f.read_exact_at(&mut block, slot1_at + 16 * B).unwrap();
+        text.push_str(&format!(
+            "# slot 1 at {slot1_at}: block 16 crc64 {:016x}\n",
+            crc64(&block)
+        ));
+        assert_eq!(
+            store.block_file_offset(chunk, 16 * B + 5).unwrap(),
+            slot1_at + 16 * B + 5
+        );
+        let len = f.metadata().unwrap().len();
+        text.push_str(&format!("# file length {len}\n"));
+        let golden = include_str!("chunk_v3.golden");
         if std::env::var_os("PSTORAGE_WRITE_GOLDEN").is_some() {
             std::fs::write(
-                concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/chunk_v2.golden"),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/chunk/chunk_v3.golden"),
                 &text,
             )
             .unwrap();
         }
         assert_eq!(text, golden);
+    }
+
+    /// A chunk file of format 2 (one data slot), built from its golden
+    /// file, is read, written (big writes too, through the journal) and
+    /// kept in its format.
+    #[test]
+    fn a_format_2_chunk_file_is_read_and_kept_in_its_format() {
+        let golden = include_str!("chunk_v2.golden");
+        let chunk: ChunkId = 0x0123_4567_89ab_cdef;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            FileChunkStore::open(dir.path()).unwrap();
+        }
+        let path = dir.path().join("chunks/0123456789abcdef.chunk");
+        let header = crate::chunk::journal::tests::golden_bytes(golden, "# header", B as usize);
+        let table = crate::chunk::journal::tests::golden_bytes(golden, "# CRC table", B as usize);
+        let data: Vec<u8> = (0..B as u32).map(|i| (i % 251) as u8).collect();
+        assert!(golden.contains(&format!("# data block 0 crc64 {:016x}", crc64(&data))));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(FileChunkStore::data_file_offset(CS, CS)).unwrap();
+        f.write_all_at(&header, 0).unwrap();
+        f.write_all_at(&table, B).unwrap();
+        f.write_all_at(&data, FileChunkStore::data_file_offset(CS, 0))
+            .unwrap();
+        drop(f);
+
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.version(chunk).unwrap(), 7);
+        let all = read_all(&store, chunk);
+        assert_eq!(&all[..B as usize], &data[..]);
+        assert!(all[B as usize..].iter().all(|b| *b == 0));
+        let entries = store.crc_entries(chunk, None, 0, 16).unwrap();
+        assert_eq!(entries[0], block_entry(&data));
+        assert_eq!(entries[1], block_entry(&[0u8; B as usize]));
+        assert!(entries[2..].iter().all(|e| *e == 0));
+        // A big write over blocks that hold data: no second slot here.
+        let big = pattern(33, CS as usize);
+        store.write(chunk, 0, &big).unwrap();
+        store.flush(chunk).unwrap();
+        let f = open_file(&store, chunk);
+        let mut on_disk = vec![0u8; CS as usize];
+        f.read_exact_at(&mut on_disk, FileChunkStore::data_file_offset(CS, 0))
+            .unwrap();
+        assert!(on_disk == big, "written where it was");
+        let mut format = [0u8; 4];
+        f.read_exact_at(&mut format, 8).unwrap();
+        assert_eq!(u32::from_le_bytes(format), 2, "still format 2");
+        assert_eq!(
+            f.metadata().unwrap().len(),
+            FileChunkStore::data_file_offset(CS, CS)
+        );
+        drop(store);
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        assert!(read_all(&store, chunk) == big);
     }
 
     /// A chunk file of format 1 (written by older builds): `0` in its CRC
