@@ -275,6 +275,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         violations: Mutex::new(Vec::new()),
         crashes: AtomicU64::new(0),
         outages: Mutex::new(Vec::new()),
+        big_writes: config.file_store,
     });
     let mut clients = Clients::start(&cluster, &net, &shared, &config);
 

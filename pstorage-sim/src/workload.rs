@@ -33,6 +33,11 @@ pub struct Shared {
     /// [`OUTAGE_GRACE`] of its end) are exempt from the availability and
     /// latency checks.
     pub outages: Mutex<Vec<(Instant, Option<Instant>)>>,
+    /// One write in eight covers 16 to 32 blocks (the chunk store writes
+    /// those straight into its files, in place or into the blocks' other
+    /// data slot). Only with the real chunk store: the memory one does
+    /// nothing different with them, and its seeds keep their runs.
+    pub big_writes: bool,
 }
 
 /// The client's `io_timeout` (retries of one operation) in the simulator:
@@ -290,7 +295,13 @@ impl Worker {
     }
 
     async fn write(&mut self) -> bool {
-        let (first, count) = self.pick_range();
+        let total = self.blocks.len() as u64;
+        let (first, count) = if self.shared.big_writes && total >= 32 && self.shared.roll(8) == 0 {
+            let count = 16 + self.shared.roll(17) as u64;
+            (self.shared.roll((total - count + 1) as u32) as u64, count)
+        } else {
+            self.pick_range()
+        };
         let values: Vec<u64> = (0..count).map(|_| self.new_value()).collect();
         let mut data = Vec::with_capacity((count * BLOCK_SIZE) as usize);
         for (i, value) in values.iter().enumerate() {
@@ -542,6 +553,7 @@ mod tests {
             violations: Mutex::new(Vec::new()),
             crashes: AtomicU64::new(0),
             outages: Mutex::new(Vec::new()),
+            big_writes: false,
         }
     }
 

@@ -408,9 +408,22 @@ impl MdsService {
             let revalidated = self.core().state.validate(&cmd);
             revalidated?;
         }
-        match raft.client_write(RaftRequest { cmd }).await {
-            Ok(reply) => reply.data.into_result(),
-            Err(e) => Err(raft_write_error(e)),
+        // Bounded: a leader restored by its Raft node after a restart may
+        // append entries that a newer leader neither commits nor replaces
+        // for a long time, and Raft answers such a write only then. The
+        // outcome of a write that times out is unknown (it may still
+        // commit): callers must not undo what it depends on.
+        match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(RaftRequest { cmd })).await {
+            Ok(Ok(reply)) => reply.data.into_result(),
+            Ok(Err(e)) => Err(raft_write_error(e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "the metadata group did not commit the command within {} s (this MDS may \
+                     have lost its leadership); it may still take effect: retry",
+                    COMMIT_TIMEOUT.as_secs()
+                ),
+            )),
         }
     }
 
@@ -1220,7 +1233,16 @@ impl MdsService {
                     attrs.replicas, attrs.replicas.min
                 )));
             }
-            let chunk = core.next_chunk_reserved.max(core.state.next_chunk_id());
+            // From a range of ids of this leader's term. A deposed leader
+            // that does not know it yet (frozen, cut off) may still create
+            // replicas here, and deletes them when its commit fails: were
+            // its ids the new leader's, that would delete the new leader's
+            // chunks (creating an existing chunk succeeds, so it would take
+            // them for its own).
+            let chunk = core
+                .next_chunk_reserved
+                .max(core.state.next_chunk_id())
+                .max(term_chunk_floor(core.led_term));
             core.next_chunk_reserved = chunk + 1;
             placement::rotate_head(chunk, &mut chosen);
             let chosen: Vec<Replica> = chosen
@@ -1296,6 +1318,9 @@ impl MdsService {
         match committed {
             Ok(ApplyOutcome::ChunkMap(map)) => Ok(map),
             Ok(other) => Err(unexpected(other)),
+            // It may still commit: the replicas stay (deleted at their
+            // servers' next registration if it did not).
+            Err(e) if e.kind() == ErrorKind::TimedOut => Err(e),
             Err(e) => {
                 self.delete_replicas(vec![orphan(created)]).await;
                 Err(e)
@@ -2388,6 +2413,15 @@ pub(super) fn raft_write_error(
     }
 }
 
+/// The longest a Raft commit is waited for (see [`MdsService::commit`]).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first chunk id a leader of `term` allocates: each term has its own
+/// range of 2^32 ids (without Raft, ids start at 1).
+fn term_chunk_floor(term: Option<u64>) -> ChunkId {
+    term.map_or(0, |t| t.min(u64::from(u32::MAX)) << 32)
+}
+
 /// An `ensure_linearizable` failure.
 fn raft_read_error(
     e: openraft::error::RaftError<
@@ -2438,5 +2472,30 @@ mod send_check {
         assert_send(&mds.tick());
         assert_send(&mds.run_replication());
         assert_send(&mds.flush_events());
+    }
+}
+
+#[cfg(test)]
+mod chunk_id_tests {
+    use super::term_chunk_floor;
+
+    /// A leader deposed in term t that does not know it yet allocates from
+    /// t's range; no leader of a later term ever uses those ids, so when
+    /// its commit fails and it deletes the replicas it created, it cannot
+    /// delete a chunk of the new leader (found by `pstorage-sim --seed 40
+    /// --file-store`: the new leader's chunk lost its every replica).
+    #[test]
+    fn each_term_allocates_chunk_ids_of_its_own() {
+        assert_eq!(term_chunk_floor(None), 0, "without Raft, ids start at 1");
+        for t in [1u64, 2, 31, 1 << 20] {
+            let (lo, next) = (term_chunk_floor(Some(t)), term_chunk_floor(Some(t + 1)));
+            assert!(
+                lo < next && next - lo >= 1 << 32,
+                "term {t}: {lo:#x}..{next:#x}"
+            );
+        }
+        // Terms beyond u32 (never reached) share the last range rather
+        // than wrap around into earlier ones.
+        assert!(term_chunk_floor(Some(u64::MAX)) >= term_chunk_floor(Some(1 << 20)));
     }
 }
