@@ -1011,6 +1011,7 @@ impl FileInner {
         let index = piece.index;
         let mut retry = Retry::new(&self.client.options);
         let mut source = MapSource::Cache;
+        let mut replays = 0;
         loop {
             self.check_usable()?;
             let map = match self.resolve(index, source, false).await {
@@ -1025,6 +1026,24 @@ impl FileInner {
                 }
                 Err(e) => return Err(self.fatal("read", index, None, e)),
             };
+            // The writer reads its writes: acknowledged writes that the
+            // chunk may have lost (its version moved on since) are written
+            // again before anything is read at the new version. Otherwise
+            // a read returns the older content, and the next flush's replay
+            // brings the write back after that read (pstorage-sim --seed 657).
+            if lock(&self.unflushed).needs_replay(index, map.version) {
+                replays += 1;
+                if replays > MAX_REPLAYS {
+                    let cause = Error::unavailable(format!(
+                        "its map version kept changing while {MAX_REPLAYS} replays of the \
+                         unflushed writes ran"
+                    ));
+                    return Err(self.gave_up("read", index, Some(&map), &retry, cause));
+                }
+                self.replay(index).await?;
+                source = MapSource::Cache;
+                continue;
+            }
             let count = map.replicas.len();
             let start =
                 (self.read_rotor.fetch_add(1, Ordering::Relaxed) % count.max(1) as u64) as usize;
@@ -1122,7 +1141,7 @@ impl FileInner {
         let records = lock(&self.unflushed).records(index);
         tracing::info!(path = %self.path, index, records = records.len(),
             "the chunk's map version changed since unflushed writes were acknowledged: \
-             writing them again before the flush");
+             writing them again before the chunk is flushed or read");
         for (position, record) in records.into_iter().enumerate() {
             let piece = Piece {
                 index,
