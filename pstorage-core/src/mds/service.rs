@@ -1233,16 +1233,21 @@ impl MdsService {
                     attrs.replicas, attrs.replicas.min
                 )));
             }
-            // From a range of ids of this leader's term. A deposed leader
+            // From a range of ids of this node's current Raft term (the
+            // term any commit it makes now is in). A deposed leader
             // that does not know it yet (frozen, cut off) may still create
             // replicas here, and deletes them when its commit fails: were
             // its ids the new leader's, that would delete the new leader's
             // chunks (creating an existing chunk succeeds, so it would take
             // them for its own).
+            let term = self
+                .raft
+                .get()
+                .map(|(_, raft)| raft.metrics().borrow().current_term);
             let chunk = core
                 .next_chunk_reserved
                 .max(core.state.next_chunk_id())
-                .max(term_chunk_floor(core.led_term));
+                .max(term_chunk_floor(term));
             core.next_chunk_reserved = chunk + 1;
             placement::rotate_head(chunk, &mut chosen);
             let chosen: Vec<Replica> = chosen
