@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pstorage_core::chunk::FileChunkStore;
 use pstorage_core::traits::{ControlConnector, MetadataService};
 use pstorage_core::types::{EventKind, LeaseMode, OpenFlags};
 use pstorage_rpc::control::TcpControlConnector;
@@ -211,9 +212,8 @@ async fn flipped_byte_is_served_from_another_replica_and_repaired_in_place() {
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&chunk_file).unwrap();
-        let len = f.metadata().unwrap().len();
         let mut tail = vec![0u8; 8192];
-        f.read_exact_at(&mut tail, len - 8192).unwrap();
+        f.read_exact_at(&mut tail, data_end() - 8192).unwrap();
         assert!(
             tail[..] == data[2 * CHUNK as usize - 8192..2 * CHUNK as usize],
             "CS {victim} still holds the corrupt bytes"
@@ -281,8 +281,14 @@ async fn mds_kill_and_restart_keeps_namespace_and_data() {
     assert_eq!(read_all(&client, "/a/file2").await, data);
 }
 
-/// Flips one bit of the byte `from_end` bytes before the end of `path`, in
-/// place (the data region is at the end of a chunk file).
+/// Where the data of a chunk of `CHUNK` bytes ends in its file while its
+/// blocks are in data slot 0 (written once, as here; see docs/formats.md).
+fn data_end() -> u64 {
+    FileChunkStore::data_file_offset(CHUNK, CHUNK)
+}
+
+/// Flips one bit of the byte `from_end` bytes before the end of the data of
+/// the chunk file `path`, in place.
 fn flip_byte(path: &std::path::Path, from_end: u64) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
@@ -290,7 +296,7 @@ fn flip_byte(path: &std::path::Path, from_end: u64) {
         .write(true)
         .open(path)
         .unwrap();
-    let at = f.metadata().unwrap().len() - from_end;
+    let at = data_end() - from_end;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x40;
