@@ -118,17 +118,39 @@ impl Slots {
     }
 
     /// Blocks `[first, end)` as runs that lie in one slot:
-    /// (first, end, slot).
-    fn runs(&self, first: u64, end: u64) -> Vec<(u64, u64, u8)> {
-        let mut out: Vec<(u64, u64, u8)> = Vec::new();
-        for block in first..end {
-            let slot = self.get(block);
-            match out.last_mut() {
-                Some(run) if run.2 == slot => run.1 = block + 1,
-                _ => out.push((block, block + 1, slot)),
-            }
+    /// (first, end, slot). Allocates nothing: every read and every apply
+    /// of a record goes through it.
+    fn runs(&self, first: u64, end: u64) -> SlotRuns<'_> {
+        SlotRuns {
+            slots: self,
+            next: first,
+            end,
         }
-        out
+    }
+}
+
+/// The iterator of [`Slots::runs`].
+struct SlotRuns<'a> {
+    slots: &'a Slots,
+    next: u64,
+    end: u64,
+}
+
+impl Iterator for SlotRuns<'_> {
+    type Item = (u64, u64, u8);
+
+    fn next(&mut self) -> Option<(u64, u64, u8)> {
+        if self.next >= self.end {
+            return None;
+        }
+        let first = self.next;
+        let slot = self.slots.get(first);
+        let mut end = first + 1;
+        while end < self.end && self.slots.get(end) == slot {
+            end += 1;
+        }
+        self.next = end;
+        Some((first, end, slot))
     }
 }
 
@@ -1154,8 +1176,7 @@ impl OpenChunk {
         plan: &Plan,
         data: &[u8],
     ) -> Option<Result<Vec<Move>>> {
-        let runs = state.slots.runs(plan.mid_first, plan.mid_end);
-        for &(first, end, slot) in &runs {
+        for (first, end, slot) in state.slots.runs(plan.mid_first, plan.mid_end) {
             let at = self.block_at(1 - slot, first);
             if let Err(e) = self.file.allocate(at, (end - first) * BLOCK_SIZE) {
                 let e = io_error(
@@ -1171,7 +1192,7 @@ impl OpenChunk {
             }
         }
         let mut moves = Vec::new();
-        for (first, end, slot) in runs {
+        for (first, end, slot) in state.slots.runs(plan.mid_first, plan.mid_end) {
             let from = ((first - plan.mid_first) * BLOCK_SIZE) as usize;
             let to = ((end - plan.mid_first) * BLOCK_SIZE) as usize;
             if let Err(e) = self.pwrite(&data[from..to], self.block_at(1 - slot, first)) {
