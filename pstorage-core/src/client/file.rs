@@ -1031,16 +1031,10 @@ impl FileInner {
             // again before anything is read at the new version. Otherwise
             // a read returns the older content, and the next flush's replay
             // brings the write back after that read (pstorage-sim --seed 657).
-            if lock(&self.unflushed).needs_replay(index, map.version) {
-                replays += 1;
-                if replays > MAX_REPLAYS {
-                    let cause = Error::unavailable(format!(
-                        "its map version kept changing while {MAX_REPLAYS} replays of the \
-                         unflushed writes ran"
-                    ));
-                    return Err(self.gave_up("read", index, Some(&map), &retry, cause));
-                }
-                self.replay(index).await?;
+            if self
+                .replay_if_moved("read", &map, index, &mut replays, &retry)
+                .await?
+            {
                 source = MapSource::Cache;
                 continue;
             }
@@ -1134,6 +1128,34 @@ impl FileInner {
         }
     }
 
+    /// Before `op` uses `map` (chunk `index`): writes the unflushed records
+    /// of the chunk again when they were acknowledged at another version
+    /// (see [`replay`](Self::replay)); returns whether it did, and then the
+    /// caller resolves the map again. `replays` counts them for one
+    /// operation, which gives up after [`MAX_REPLAYS`].
+    async fn replay_if_moved(
+        &self,
+        op: &str,
+        map: &ChunkMap,
+        index: u64,
+        replays: &mut u32,
+        retry: &Retry,
+    ) -> Result<bool> {
+        if !lock(&self.unflushed).needs_replay(index, map.version) {
+            return Ok(false);
+        }
+        *replays += 1;
+        if *replays > MAX_REPLAYS {
+            let cause = Error::unavailable(format!(
+                "its map version kept changing while {MAX_REPLAYS} replays of the unflushed \
+                 writes ran"
+            ));
+            return Err(self.gave_up(op, index, Some(map), retry, cause));
+        }
+        self.replay(index).await?;
+        Ok(true)
+    }
+
     /// Writes the unflushed records of chunk `index` again, oldest first,
     /// at the chunk's current version, with no other write in flight.
     async fn replay(&self, index: u64) -> Result<()> {
@@ -1198,16 +1220,10 @@ impl FileInner {
                 }
                 Err(e) => return Err(self.fatal("flush", index, None, e)),
             };
-            if lock(&self.unflushed).needs_replay(index, map.version) {
-                replays += 1;
-                if replays > MAX_REPLAYS {
-                    let cause = Error::unavailable(format!(
-                        "its map version kept changing while {MAX_REPLAYS} replays of the \
-                         unflushed writes ran"
-                    ));
-                    return Err(self.gave_up("flush", index, Some(&map), &retry, cause));
-                }
-                self.replay(index).await?;
+            if self
+                .replay_if_moved("flush", &map, index, &mut replays, &retry)
+                .await?
+            {
                 source = MapSource::Cache;
                 continue;
             }

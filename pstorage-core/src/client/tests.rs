@@ -806,18 +806,26 @@ fn writes_received(env: &Env) -> u64 {
         .sum()
 }
 
+/// `path` created with 8 KiB written and flushed (seed `seed`), then its
+/// second 4 KiB written again (seed `seed + 1`) and not flushed; then every
+/// replica loses that write and the chunk's version moves on. Returns the
+/// file, the flushed and the unflushed data.
+async fn lose_an_unflushed_write(env: &Env, path: &str, seed: u8) -> (File, Vec<u8>, Vec<u8>) {
+    let file = create(env, path).await;
+    let flushed = pattern(8192, seed);
+    file.write_at(0, &flushed).await.unwrap();
+    file.flush().await.unwrap();
+    let unflushed = pattern(4096, seed + 1);
+    file.write_at(4096, &unflushed).await.unwrap();
+    power_cut(env, path, &flushed);
+    replicas_hold(env, path, 4096, &flushed[4096..]);
+    (file, flushed, unflushed)
+}
+
 #[tokio::test]
 async fn a_flush_writes_again_what_every_replica_lost() {
     let env = env();
-    let file = create(&env, "/lost").await;
-    let flushed = pattern(8192, 1);
-    file.write_at(0, &flushed).await.unwrap();
-    file.flush().await.unwrap();
-    let unflushed = pattern(4096, 2);
-    file.write_at(4096, &unflushed).await.unwrap();
-    // Every replica loses the unflushed write; the chunk's version moves on.
-    power_cut(&env, "/lost", &flushed);
-    replicas_hold(&env, "/lost", 4096, &flushed[4096..]);
+    let (file, flushed, unflushed) = lose_an_unflushed_write(&env, "/lost", 1).await;
     file.flush().await.unwrap();
     replicas_hold(&env, "/lost", 4096, &unflushed);
     replicas_hold(&env, "/lost", 0, &flushed[..4096]);
@@ -841,14 +849,7 @@ async fn a_flush_writes_again_what_every_replica_lost() {
 #[tokio::test]
 async fn a_read_writes_again_what_every_replica_lost_before_it_reads() {
     let env = env();
-    let file = create(&env, "/reread").await;
-    let flushed = pattern(8192, 11);
-    file.write_at(0, &flushed).await.unwrap();
-    file.flush().await.unwrap();
-    let unflushed = pattern(4096, 12);
-    file.write_at(4096, &unflushed).await.unwrap();
-    power_cut(&env, "/reread", &flushed);
-    replicas_hold(&env, "/reread", 4096, &flushed[4096..]);
+    let (file, flushed, unflushed) = lose_an_unflushed_write(&env, "/reread", 11).await;
     let mut back = vec![0u8; 8192];
     file.read_at(0, &mut back).await.unwrap();
     assert!(
