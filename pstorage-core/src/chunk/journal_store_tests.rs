@@ -2,6 +2,7 @@
 //! torn apply, forgotten records of a replaced replica, a full journal,
 //! a journal in another directory.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -188,78 +189,107 @@ fn a_big_write_into_fresh_blocks_puts_only_its_entries_in_the_journal() {
     assert_eq!(read(&store, 1, 0, mib), vec![0u8; mib as usize]);
 }
 
-/// A crash after an in-place write's record reached the disk but before
-/// all of its data did (it was not flushed; the journal was synced for
-/// another chunk): the blocks whose data is missing or torn read as they
-/// did before the write (zeros), never as `Corrupt`; the others as written.
-#[test]
-fn an_in_place_write_whose_data_missed_the_disk_reads_as_before() {
+/// Blocks 64..96 of chunk 1 (of the default size): `old` written and trimmed
+/// first when given, so the big write of `new` over them moves them to
+/// their other slot, else `new` goes in place into blocks that read as
+/// zeros. The record reached the disk but not all of the data (it was not
+/// flushed; a flush of chunk 2 synced the journal): block 64+3 never
+/// reached the disk, block 64+7 is torn after its first sector. Returns the
+/// store opened again (the replay ran) and what the blocks must read: as
+/// written, but blocks 3 and 7 as they were before the write (`old`, or
+/// zeros), never `Corrupt`.
+fn big_write_whose_data_missed_the_disk(
+    dir: &Path,
+    old: Option<&[u8]>,
+    new: &[u8],
+) -> (FileChunkStore, Vec<u8>) {
     use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
     let size = DEFAULT_CHUNK_SIZE;
-    let data = pattern(5, (32 * B) as usize);
     {
-        let store = FileChunkStore::open(dir.path()).unwrap();
+        let store = FileChunkStore::open(dir).unwrap();
         store.hold_trims();
         store.create(1, 1, size).unwrap();
         store.create(2, 1, size).unwrap();
-        store.write(1, 64 * B, &data).unwrap();
-        // A flush of another chunk syncs the journal, record included.
+        if let Some(old) = old {
+            store.write(1, 64 * B, old).unwrap();
+            store.flush(1).unwrap();
+            store.checkpoint().unwrap();
+        }
+        store.write(1, 64 * B, new).unwrap();
         store.write(2, 0, b"other").unwrap();
         store.flush(2).unwrap();
-        // What the power loss did to chunk 1's file: block 64+3 never
-        // reached the disk, block 64+7 is torn after its first sector.
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(store.chunk_path(1))
             .unwrap();
-        let at = |block: u64| FileChunkStore::data_file_offset(size, block * B);
+        let at = |block: u64| store.block_file_offset(1, block * B).unwrap();
         f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
         f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
     }
-    let store = FileChunkStore::open(dir.path()).unwrap();
-    let mut expected = data.clone();
-    expected[(3 * B) as usize..(4 * B) as usize].fill(0);
-    expected[(7 * B) as usize..(8 * B) as usize].fill(0);
+    let store = FileChunkStore::open(dir).unwrap();
+    let zeros = vec![0u8; new.len()];
+    let before = old.unwrap_or(&zeros);
+    let mut expected = new.to_vec();
+    for block in [3, 7] {
+        let range = (block * B) as usize..((block + 1) * B) as usize;
+        expected[range.clone()].copy_from_slice(&before[range]);
+    }
     assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
     assert_eq!(&read(&store, 2, 0, 5), b"other");
-    // The blocks can be written again, in place or not.
-    store.write(1, 64 * B, &data).unwrap();
-    store.flush(1).unwrap();
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), data);
+    (store, expected)
 }
 
-/// A block written in place and flushed, then damaged on disk before the
-/// journal was trimmed: the replay does not take it for a write that missed
-/// the disk (it would read as zeros, silently); it reads as `Corrupt`, to be
-/// repaired from another replica. Its neighbours read as written.
-#[test]
-fn a_flushed_in_place_block_damaged_on_disk_reads_as_corrupt_not_as_zeros() {
+/// Blocks 0..32 of chunk 1 (of the default size) written with `new` by a
+/// big write (in place, or moved over `old`, written and trimmed first),
+/// flushed, then block 5 damaged on disk before the journal was trimmed:
+/// the replay does not take it for a write that missed the disk (it would
+/// silently read as zeros or the older content); it reads as `Corrupt`, to
+/// be repaired from another replica. Its neighbours read as written.
+fn flushed_big_write_damaged_on_disk_reads_as_corrupt(old: Option<&[u8]>, new: &[u8]) {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let size = DEFAULT_CHUNK_SIZE;
-    let data = pattern(6, (32 * B) as usize);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(1, 1, size).unwrap();
+        store.create(1, 1, DEFAULT_CHUNK_SIZE).unwrap();
+        if let Some(old) = old {
+            store.write(1, 0, old).unwrap();
+            store.checkpoint().unwrap();
+        }
         let before = used(&store);
-        store.write(1, 0, &data).unwrap();
-        assert!(used(&store) - before < 4096, "written in place");
+        store.write(1, 0, new).unwrap();
+        assert!(used(&store) - before < 4096, "written in place or moved");
         store.flush(1).unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(store.chunk_path(1))
             .unwrap();
-        let at = FileChunkStore::data_file_offset(size, 5 * B);
+        let at = store.block_file_offset(1, 5 * B).unwrap();
         f.write_all_at(&[0xEE; 512], at).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
     let mut buf = vec![0u8; B as usize];
     let err = store.read(1, 5 * B, &mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert_eq!(read(&store, 1, 0, 5 * B), data[..(5 * B) as usize]);
-    assert_eq!(read(&store, 1, 6 * B, 26 * B), data[(6 * B) as usize..]);
+    assert_eq!(read(&store, 1, 0, 5 * B), new[..(5 * B) as usize]);
+    assert_eq!(read(&store, 1, 6 * B, 26 * B), new[(6 * B) as usize..]);
+}
+
+/// An in-place write whose data missed the disk at a crash reads as before
+/// (zeros) where it did; the blocks can be written again, in place or not.
+#[test]
+fn an_in_place_write_whose_data_missed_the_disk_reads_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(5, (32 * B) as usize);
+    let (store, _) = big_write_whose_data_missed_the_disk(dir.path(), None, &data);
+    store.write(1, 64 * B, &data).unwrap();
+    store.flush(1).unwrap();
+    assert_eq!(read(&store, 1, 64 * B, 32 * B), data);
+}
+
+#[test]
+fn a_flushed_in_place_block_damaged_on_disk_reads_as_corrupt_not_as_zeros() {
+    flushed_big_write_damaged_on_disk_reads_as_corrupt(None, &pattern(6, (32 * B) as usize));
 }
 
 /// A big write over blocks that hold data, once no record in the journal
@@ -338,48 +368,15 @@ fn a_big_overwrite_goes_to_the_other_slot_with_only_entries_in_the_journal() {
     assert!(allocated(&store) < mib + (600 << 10));
 }
 
-/// A crash after a moved write's record reached the disk but before all of
-/// its data did (it was not flushed; the journal was synced for another
-/// chunk): the blocks whose new data is missing or torn read as they did
-/// before the write, from their old slot; the others as written.
+/// A moved write whose new data missed the disk at a crash reads as before
+/// where it did, from the blocks' old slot, and so it stays after the trim
+/// (which frees the slots not used) and the next open.
 #[test]
 fn a_moved_write_whose_data_missed_the_disk_reads_as_before() {
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let size = DEFAULT_CHUNK_SIZE;
     let old = pattern(4, (32 * B) as usize);
     let new = pattern(5, (32 * B) as usize);
-    {
-        let store = FileChunkStore::open(dir.path()).unwrap();
-        store.hold_trims();
-        store.create(1, 1, size).unwrap();
-        store.create(2, 1, size).unwrap();
-        store.write(1, 64 * B, &old).unwrap();
-        store.flush(1).unwrap();
-        store.checkpoint().unwrap();
-        store.write(1, 64 * B, &new).unwrap();
-        // A flush of another chunk syncs the journal, record included.
-        store.write(2, 0, b"other").unwrap();
-        store.flush(2).unwrap();
-        // What the power loss did to chunk 1's file: block 64+3 never
-        // reached the disk, block 64+7 is torn after its first sector.
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(store.chunk_path(1))
-            .unwrap();
-        let at = |block: u64| store.block_file_offset(1, block * B).unwrap();
-        f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
-        f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
-    }
-    let store = FileChunkStore::open(dir.path()).unwrap();
-    let mut expected = new.clone();
-    expected[(3 * B) as usize..(4 * B) as usize]
-        .copy_from_slice(&old[(3 * B) as usize..(4 * B) as usize]);
-    expected[(7 * B) as usize..(8 * B) as usize]
-        .copy_from_slice(&old[(7 * B) as usize..(8 * B) as usize]);
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
-    assert_eq!(&read(&store, 2, 0, 5), b"other");
-    // And so they stay after the trim, which frees the slots not used.
+    let (store, expected) = big_write_whose_data_missed_the_disk(dir.path(), Some(&old), &new);
     store.checkpoint().unwrap();
     assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
     drop(store);
@@ -387,40 +384,12 @@ fn a_moved_write_whose_data_missed_the_disk_reads_as_before() {
     assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
 }
 
-/// A moved write flushed, then damaged on disk before the journal was
-/// trimmed: the replay does not take it for a write that missed the disk
-/// (it would silently read as the older content); it reads as `Corrupt`, to
-/// be repaired from another replica.
 #[test]
 fn a_flushed_moved_block_damaged_on_disk_reads_as_corrupt_not_as_before() {
-    use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let size = DEFAULT_CHUNK_SIZE;
-    let old = pattern(6, (32 * B) as usize);
-    let new = pattern(7, (32 * B) as usize);
-    {
-        let store = FileChunkStore::open(dir.path()).unwrap();
-        store.hold_trims();
-        store.create(1, 1, size).unwrap();
-        store.write(1, 0, &old).unwrap();
-        store.checkpoint().unwrap();
-        let before = used(&store);
-        store.write(1, 0, &new).unwrap();
-        assert!(used(&store) - before < 4096, "moved");
-        store.flush(1).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(store.chunk_path(1))
-            .unwrap();
-        let at = store.block_file_offset(1, 5 * B).unwrap();
-        f.write_all_at(&[0xEE; 512], at).unwrap();
-    }
-    let store = FileChunkStore::open(dir.path()).unwrap();
-    let mut buf = vec![0u8; B as usize];
-    let err = store.read(1, 5 * B, &mut buf).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert_eq!(read(&store, 1, 0, 5 * B), new[..(5 * B) as usize]);
-    assert_eq!(read(&store, 1, 6 * B, 26 * B), new[(6 * B) as usize..]);
+    flushed_big_write_damaged_on_disk_reads_as_corrupt(
+        Some(&pattern(6, (32 * B) as usize)),
+        &pattern(7, (32 * B) as usize),
+    );
 }
 
 /// Blocks zeroed by a record still in the journal are not written in place
