@@ -508,6 +508,21 @@ impl FileChunkStore {
         self.keeper.hold();
     }
 
+    /// Syncs the journal and applies the oldest `records` pending records
+    /// of `chunk` to its file (not synced, nothing trimmed), as an apply
+    /// does while later records of the chunk are pending (tests).
+    #[cfg(test)]
+    pub(crate) fn apply_oldest(&self, chunk: ChunkId, records: usize) -> Result<()> {
+        let open = self.get(chunk)?;
+        let journal = self.keeper.journal();
+        journal.sync_all()?;
+        let mut state = open.write_state();
+        match open.apply_pending(&mut state, journal, u64::MAX, records) {
+            Ok(_) => Ok(()),
+            Err(ApplyError::Journal(e) | ApplyError::Chunk(e)) => Err(e),
+        }
+    }
+
     /// Applies every journal record to the chunk files, syncs them and
     /// trims the journal (what the background keeper does from time to
     /// time).

@@ -392,6 +392,52 @@ fn a_flushed_moved_block_damaged_on_disk_reads_as_corrupt_not_as_before() {
     );
 }
 
+/// The slot map in the file says where the data of applied records is,
+/// never where pending ones put it: an apply of the first of two moves in
+/// one slot-map page writes only its blocks' bits (the second record may
+/// not be durable yet; its bits on disk would send the blocks, after a
+/// crash that lost it, to a slot whose data their entries do not cover).
+#[test]
+fn an_apply_writes_the_slots_of_its_records_only() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let size = DEFAULT_CHUNK_SIZE;
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    store.hold_trims();
+    store.create(1, 1, size).unwrap();
+    for first in [0, 32] {
+        store
+            .write(1, first * B, &pattern(first, (16 * B) as usize))
+            .unwrap();
+    }
+    store.checkpoint().unwrap();
+    for first in [0, 32] {
+        let before = used(&store);
+        store
+            .write(1, first * B, &pattern(first + 1, (16 * B) as usize))
+            .unwrap();
+        assert!(used(&store) - before < 4096, "moved");
+    }
+    // The first move's record only.
+    store.apply_oldest(1, 1).unwrap();
+    let map_at = FileChunkStore::data_file_offset(size, size);
+    let bits = |store: &FileChunkStore| {
+        let mut map = [0u8; 6];
+        std::fs::File::open(store.chunk_path(1))
+            .unwrap()
+            .read_exact_at(&mut map, map_at)
+            .unwrap();
+        map
+    };
+    assert_eq!(bits(&store), [0xff, 0xff, 0, 0, 0, 0]);
+    store.checkpoint().unwrap();
+    assert_eq!(bits(&store), [0xff, 0xff, 0, 0, 0xff, 0xff]);
+    assert_eq!(
+        read(&store, 1, 32 * B, 16 * B),
+        pattern(33, (16 * B) as usize)
+    );
+}
+
 /// Blocks zeroed by a record still in the journal are not written in place
 /// (a replay would zero them again after the new data): a flushed write
 /// there survives a kill.

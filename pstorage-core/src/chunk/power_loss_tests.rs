@@ -357,6 +357,41 @@ fn a_failed_sync_of_data_written_in_place_fails_the_flush_and_the_replica() {
     check_failed_through_a_power_loss(&disk, store, &data, false);
 }
 
+/// The same with a big write over written blocks, which goes to their
+/// other slot: its failed write takes the replica out of service too.
+#[test]
+fn a_failed_moved_write_takes_the_replica_out_of_service() {
+    let disk = CrashDisk::new();
+    let (store, data) = two_written_chunks(&disk);
+    // Trimmed: blocks 4..64 hold data no record touches, so they move.
+    store.checkpoint().unwrap();
+    disk.fail_writes(Some("0000000000000001.chunk"));
+    let err = store
+        .write(1, 4 * B, &data[..(32 * B) as usize])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    check_failed_through_a_power_loss(&disk, store, &data, false);
+}
+
+/// And a flush whose sync of moved data fails: the flush fails and the
+/// replica leaves service.
+#[test]
+fn a_failed_sync_of_moved_data_fails_the_flush_and_the_replica() {
+    let disk = CrashDisk::new();
+    let (store, data) = two_written_chunks(&disk);
+    store.checkpoint().unwrap();
+    let moved = store.journal_stats().unwrap().used;
+    store.write(1, 4 * B, &data[..(32 * B) as usize]).unwrap();
+    assert!(
+        store.journal_stats().unwrap().used - moved < 4096,
+        "the write moved"
+    );
+    disk.fail_syncs(Some("0000000000000001.chunk"));
+    let err = store.flush(1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    check_failed_through_a_power_loss(&disk, store, &data, false);
+}
+
 /// A read that fails (EIO) is an error, never data, and the replica leaves
 /// service (`Corrupt` from then on, so the server takes it out); the other
 /// chunks read on.
