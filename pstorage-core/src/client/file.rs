@@ -74,6 +74,10 @@ pub(crate) struct FileInner {
     /// Serializes flushes: a flush that finds the dirty set emptied by one
     /// still in progress must not return before that one made it durable.
     flush_lock: tokio::sync::Mutex<()>,
+    /// A flush started by a write past half of
+    /// [`ClientOptions::max_unflushed_bytes`](super::ClientOptions::max_unflushed_bytes)
+    /// runs in the background.
+    background_flush: AtomicBool,
     /// Whether anything changed since the size was last committed.
     modified: AtomicBool,
     /// The lease is gone: the MDS said so on renewal.
@@ -231,6 +235,7 @@ impl File {
             unflushed: Mutex::new(Unflushed::default()),
             replay_lock: tokio::sync::RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            background_flush: AtomicBool::new(false),
             modified: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -392,7 +397,7 @@ impl File {
             inner.write_pieces(&pieces, payload, true).await
         };
         inner.acknowledge(&pieces, offset + len, written)?;
-        inner.bound_unflushed().await
+        FileInner::bound_unflushed(inner).await
     }
 
     /// Zeroes `[offset, offset+len)` without sending zeros over the wire
@@ -1188,10 +1193,34 @@ impl FileInner {
         Ok(())
     }
 
-    /// Flushes once the unflushed data kept for replay passes its cap.
-    async fn bound_unflushed(&self) -> Result<()> {
-        if lock(&self.unflushed).bytes() > self.client.options.max_unflushed_bytes {
-            self.flush().await?;
+    /// Bounds the unflushed data kept for replay: past half of its cap a
+    /// flush starts in the background (writes go on meanwhile); past the
+    /// cap the writer waits for a flush. Every write over the cap waiting
+    /// at once is served by one flush, not one each.
+    async fn bound_unflushed(inner: &Arc<FileInner>) -> Result<()> {
+        let cap = inner.client.options.max_unflushed_bytes;
+        let bytes = lock(&inner.unflushed).bytes();
+        if bytes > cap {
+            let serialized = inner.flush_lock.lock().await;
+            // A flush that ran meanwhile may have made room.
+            if lock(&inner.unflushed).bytes() > cap {
+                return inner.flush_serialized(serialized).await;
+            }
+        } else if bytes > cap / 2 && !inner.background_flush.swap(true, Ordering::AcqRel) {
+            let file = inner.clone();
+            inner.runtime.spawn(async move {
+                // Not after a close or a fence: nothing is left to flush.
+                if file.check_usable().is_ok() {
+                    if let Err(e) = file.flush().await {
+                        // The chunks stay dirty: the next flush (a writer's
+                        // at the cap, the application's) retries and
+                        // reports.
+                        tracing::warn!(path = %file.path, error = %e,
+                            "a background flush of unflushed writes failed");
+                    }
+                }
+                file.background_flush.store(false, Ordering::Release);
+            });
         }
         Ok(())
     }
@@ -1284,7 +1313,12 @@ impl FileInner {
         if self.lease.mode != LeaseMode::Write {
             return Ok(());
         }
-        let _serialized = self.flush_lock.lock().await;
+        let serialized = self.flush_lock.lock().await;
+        self.flush_serialized(serialized).await
+    }
+
+    /// [`FileInner::flush`], holding `flush_lock`.
+    async fn flush_serialized(&self, _serialized: tokio::sync::MutexGuard<'_, ()>) -> Result<()> {
         let covered = lock(&self.unflushed).start_flush();
         let dirty: Vec<u64> = std::mem::take(&mut *lock(&self.dirty))
             .into_iter()

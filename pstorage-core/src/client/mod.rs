@@ -59,7 +59,8 @@ pub struct ClientOptions {
     pub retry_backoff_max: Duration,
     /// Acknowledged but unflushed write data a file keeps for replay (see
     /// docs/design.md, "Unflushed writes"): a write that leaves more than
-    /// this held flushes the file before it returns. Default 64 MiB.
+    /// half of this held starts a flush in the background; one that leaves
+    /// more than this flushes the file before it returns. Default 64 MiB.
     pub max_unflushed_bytes: u64,
 }
 

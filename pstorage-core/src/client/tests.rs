@@ -888,6 +888,12 @@ async fn a_replay_keeps_the_order_of_the_writes() {
     replicas_hold(&env, "/order", 0, &newer);
 }
 
+fn total_flushes(env: &Env) -> u64 {
+    (1..=4)
+        .map(|cs| env.cluster.cs(cs).with(|st| st.flushes))
+        .sum()
+}
+
 #[tokio::test]
 async fn unflushed_data_is_bounded_by_a_flush() {
     let options = ClientOptions {
@@ -896,20 +902,43 @@ async fn unflushed_data_is_bounded_by_a_flush() {
     };
     let env = env_with(options, |_| {});
     let file = create(&env, "/bounded").await;
-    let flushes = |env: &Env| -> u64 {
-        (1..=4)
-            .map(|cs| env.cluster.cs(cs).with(|st| st.flushes))
-            .sum()
-    };
-    file.write_at(0, &pattern(8192, 6)).await.unwrap();
-    assert_eq!(flushes(&env), 0, "at the cap, not over it");
-    file.write_at(8192, &pattern(4096, 7)).await.unwrap();
-    assert!(flushes(&env) > 0, "over the cap, the write flushed");
+    file.write_at(0, &pattern(4096, 6)).await.unwrap();
+    assert_eq!(total_flushes(&env), 0, "at half the cap, not over it");
+    // From half the cap to over it in one write: it flushes before it
+    // returns.
+    file.write_at(4096, &pattern(8192, 7)).await.unwrap();
+    assert_eq!(total_flushes(&env), 3, "over the cap, the write flushed");
     // What was flushed is no longer kept: a power cut after it costs nothing.
     let before = writes_received(&env);
     env.mds.bump_version("/bounded", 0);
     file.flush().await.unwrap();
     assert_eq!(writes_received(&env), before);
+}
+
+#[tokio::test]
+async fn past_half_the_cap_a_flush_starts_without_holding_up_the_writer() {
+    let options = ClientOptions {
+        max_unflushed_bytes: 16384,
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    let file = create(&env, "/half").await;
+    file.write_at(0, &pattern(8192, 6)).await.unwrap();
+    assert_eq!(total_flushes(&env), 0, "at half the cap, not over it");
+    // Flushes that never end while the test runs: the write past half the
+    // cap returns all the same.
+    slow_flushes(&env, 3, Duration::from_secs(3600));
+    file.write_at(8192, &pattern(4096, 7)).await.unwrap();
+    eventually("a background flush of every replica", || {
+        total_flushes(&env) == 3
+    })
+    .await;
+    // The writes go on while it runs, up to the cap.
+    file.write_at(12288, &pattern(4096, 8)).await.unwrap();
+    assert_eq!(total_flushes(&env), 3, "one background flush at a time");
+    for cs in 1..=3 {
+        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes_done), 0, "CS {cs}");
+    }
 }
 
 #[tokio::test]
