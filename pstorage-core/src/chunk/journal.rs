@@ -140,6 +140,15 @@ pub(crate) enum RecordKind {
 }
 
 impl RecordKind {
+    /// Whether applying a pending record of this kind writes data and CRC
+    /// entries only (no hole punched).
+    pub(crate) fn writes_data_only(self) -> bool {
+        matches!(
+            self,
+            RecordKind::Write | RecordKind::InPlace | RecordKind::Moved
+        )
+    }
+
     fn decode(v: u16) -> Option<RecordKind> {
         Some(match v {
             1 => RecordKind::Write,

@@ -611,3 +611,84 @@ fn bad_journal_sizes_are_refused() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{size}: {err}");
     }
 }
+
+/// Trims run over and over on another thread (the keeper writes the data
+/// of journalled writes into the files with the chunk's lock released)
+/// while one thread writes, zeroes and reads: every read returns the
+/// newest data, and so does every chunk after a kill and replay.
+#[test]
+fn trims_running_beside_writes_and_reads_never_show_older_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIN_CHUNK_SIZE;
+    let mut model = vec![vec![0u8; size as usize]; 2];
+    let mut rng = StdRng::seed_from_u64(11);
+    {
+        let store = FileChunkStore::open(dir.path()).unwrap();
+        store.hold_trims();
+        for chunk in 0..2 {
+            store.create(chunk, 1, size).unwrap();
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let trims = std::sync::atomic::AtomicU64::new(0);
+        /// Stops the trims however the writer ends (a failed assertion
+        /// too: the scope waits for its threads before it panics).
+        struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        std::thread::scope(|scope| {
+            let _stop = StopOnDrop(&stop);
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    store.checkpoint().unwrap();
+                    trims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            for i in 0..1500u64 {
+                let chunk = rng.gen_range(0..2u64);
+                // Mostly a few hot blocks, so that records of one block
+                // are applied while newer ones arrive.
+                let offset = if i % 3 == 0 {
+                    rng.gen_range(0..size - 1)
+                } else {
+                    rng.gen_range(0..16 * B)
+                };
+                let len =
+                    rng.gen_range(1..=(size - offset).min(if i % 5 == 0 { 80 } else { 3 } * B));
+                if i % 11 == 0 {
+                    store.zero(chunk, offset, len).unwrap();
+                    model[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
+                } else {
+                    let data = pattern(i, len as usize);
+                    store.write(chunk, offset, &data).unwrap();
+                    model[chunk as usize][offset as usize..(offset + len) as usize]
+                        .copy_from_slice(&data);
+                }
+                if i % 97 == 0 {
+                    store.flush(chunk).unwrap();
+                }
+                let at = rng.gen_range(0..32 * B);
+                let m = &model[chunk as usize][at as usize..(at + 32 * B) as usize];
+                assert_eq!(&read(&store, chunk, at, 32 * B), m, "op {i}");
+            }
+        });
+        assert!(trims.load(std::sync::atomic::Ordering::Relaxed) > 1);
+        for (c, m) in model.iter().enumerate() {
+            assert_eq!(
+                &read(&store, c as u64, 0, size),
+                m,
+                "chunk {c} before the kill"
+            );
+        }
+    }
+    let store = FileChunkStore::open(dir.path()).unwrap();
+    for (c, m) in model.iter().enumerate() {
+        assert_eq!(
+            &read(&store, c as u64, 0, size),
+            m,
+            "chunk {c} after the replay"
+        );
+    }
+}

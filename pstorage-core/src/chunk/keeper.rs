@@ -186,6 +186,7 @@ impl Keeper {
     /// trims the journal up to where it was when this began.
     pub(super) fn checkpoint(&self) -> Result<()> {
         let _one = self.trimming.lock().expect("journal trim lock poisoned");
+        let began = Instant::now();
         let mark = self.journal.head();
         self.in_place.store(0, Ordering::Relaxed);
         self.journal.sync_below(mark.seq)?;
@@ -196,21 +197,18 @@ impl Keeper {
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
+        let count = chunks.len();
         for (key, open) in chunks {
             // In batches: the chunk's readers and writers get in between.
             loop {
-                let mut state = open.write_state();
-                open.absorb_broken(&mut state);
-                if state.deleted || state.failed.is_some() {
-                    break;
-                }
-                match open.apply_pending(&mut state, &self.journal, mark.seq, APPLY_BATCH) {
+                match open.apply_some(&self.journal, mark.seq, APPLY_BATCH) {
                     Ok(true) => {}
                     Ok(false) => break,
                     // The journal itself: retried at the next trim.
                     Err(ApplyError::Journal(e)) => return Err(e),
                     // The chunk file did not take it.
                     Err(ApplyError::Chunk(e)) => {
+                        let mut state = open.write_state();
                         open.fail(&mut state, format!("applying the journal failed: {e}"));
                         break;
                     }
@@ -253,7 +251,10 @@ impl Keeper {
                 .expect("journal keeper lock poisoned")
                 .remove(&key);
         }
-        self.journal.advance_tail(mark)
+        self.journal.advance_tail(mark)?;
+        tracing::debug!(journal = %self.journal.name(), chunks = count, took = ?began.elapsed(),
+            "journal applied and trimmed");
+        Ok(())
     }
 
     fn sync_chunk(&self, open: &OpenChunk) -> Result<()> {
