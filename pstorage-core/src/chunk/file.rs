@@ -2472,19 +2472,17 @@ impl ChunkStore for FileChunkStore {
             }
             return Err(e);
         }
-        // Apply what is durable now, so reads go to the chunk file.
-        let _applying = open.applying.lock();
-        let mut state = open.write_state();
-        if !state.deleted && state.failed.is_none() {
-            if let Some(below) = below {
-                match open.apply_pending(&mut state, journal, below, super::keeper::APPLY_BATCH) {
-                    Ok(_) => {}
-                    // Durable in the journal all the same: applied later.
-                    Err(ApplyError::Journal(e)) => return Err(e),
-                    Err(ApplyError::Chunk(e)) => {
-                        open.fail(&mut state, format!("applying the journal failed: {e}"));
-                        return open.check_failed(&state);
-                    }
+        // Apply what is durable now, so reads go to the chunk file (as
+        // the trim does: the data with the chunk's lock released).
+        if let Some(below) = below {
+            match open.apply_some(journal, below, super::keeper::APPLY_BATCH) {
+                Ok(_) => {}
+                // Durable in the journal all the same: applied later.
+                Err(ApplyError::Journal(e)) => return Err(e),
+                Err(ApplyError::Chunk(e)) => {
+                    let mut state = open.write_state();
+                    open.fail(&mut state, format!("applying the journal failed: {e}"));
+                    return open.check_failed(&state);
                 }
             }
         }
