@@ -25,6 +25,28 @@ fn read(store: &dyn ChunkStore, chunk: ChunkId, offset: u64, len: u64) -> Vec<u8
     buf
 }
 
+/// Zeroes `len` bytes of `chunk` at `offset`, or writes `pattern(seed)`
+/// there; `model` (the chunk's content) follows.
+fn write_or_zero(
+    store: &FileChunkStore,
+    model: &mut [u8],
+    chunk: ChunkId,
+    offset: u64,
+    len: u64,
+    seed: u64,
+    zero: bool,
+) {
+    let range = offset as usize..(offset + len) as usize;
+    if zero {
+        store.zero(chunk, offset, len).unwrap();
+        model[range].fill(0);
+    } else {
+        let data = pattern(seed, len as usize);
+        store.write(chunk, offset, &data).unwrap();
+        model[range].copy_from_slice(&data);
+    }
+}
+
 /// Random writes, partial and whole, zeroings and overwrites, mirrored in
 /// a model; then the store is dropped without a clean close (kill -9: the
 /// page cache survives, nothing was applied or trimmed on purpose) and
@@ -63,15 +85,15 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
             let chunk = rng.gen_range(0..3u64);
             let offset = rng.gen_range(0..size - 1);
             let len = rng.gen_range(1..=(size - offset).min(max_len));
-            if i % 7 == 0 {
-                store.zero(chunk, offset, len).unwrap();
-                model[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
-            } else {
-                let data = pattern(i, len as usize);
-                store.write(chunk, offset, &data).unwrap();
-                model[chunk as usize][offset as usize..(offset + len) as usize]
-                    .copy_from_slice(&data);
-            }
+            write_or_zero(
+                &store,
+                &mut model[chunk as usize],
+                chunk,
+                offset,
+                len,
+                i,
+                i % 7 == 0,
+            );
             // Some flushes (apply to the file, no trim) in the middle.
             if i % 50 == 25 {
                 store.flush(chunk).unwrap();
@@ -657,15 +679,16 @@ fn trims_running_beside_writes_and_reads_never_show_older_data() {
                 };
                 let len =
                     rng.gen_range(1..=(size - offset).min(if i % 5 == 0 { 80 } else { 3 } * B));
-                if i % 11 == 0 {
-                    store.zero(chunk, offset, len).unwrap();
-                    model[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
-                } else {
-                    let data = pattern(i, len as usize);
-                    store.write(chunk, offset, &data).unwrap();
-                    model[chunk as usize][offset as usize..(offset + len) as usize]
-                        .copy_from_slice(&data);
-                }
+                let zero = i % 11 == 0;
+                write_or_zero(
+                    &store,
+                    &mut model[chunk as usize],
+                    chunk,
+                    offset,
+                    len,
+                    i,
+                    zero,
+                );
                 if i % 97 == 0 {
                     store.flush(chunk).unwrap();
                 }
