@@ -334,58 +334,63 @@ fn failed_sync_at_a_trim(mark_bad: bool) {
 /// the write fails and the replica leaves service; nothing else changes.
 #[test]
 fn a_failed_write_into_a_chunk_file_takes_the_replica_out_of_service() {
-    let disk = CrashDisk::new();
-    let (store, data) = two_written_chunks(&disk);
-    disk.fail_writes(Some("0000000000000001.chunk"));
-    let err = store
-        .write(1, 100 * B, &data[..(32 * B) as usize])
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    check_failed_through_a_power_loss(&disk, store, &data, false);
+    failed_big_write(false);
 }
 
 /// A flush whose sync of data written in place fails: the flush fails and
 /// the replica leaves service (a retried sync could report a false success).
 #[test]
 fn a_failed_sync_of_data_written_in_place_fails_the_flush_and_the_replica() {
-    let disk = CrashDisk::new();
-    let (store, data) = two_written_chunks(&disk);
-    store.write(1, 200 * B, &data[..(32 * B) as usize]).unwrap();
-    disk.fail_syncs(Some("0000000000000001.chunk"));
-    let err = store.flush(1).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    check_failed_through_a_power_loss(&disk, store, &data, false);
+    failed_sync_of_a_big_write(false);
 }
 
 /// The same with a big write over written blocks, which goes to their
 /// other slot: its failed write takes the replica out of service too.
 #[test]
 fn a_failed_moved_write_takes_the_replica_out_of_service() {
-    let disk = CrashDisk::new();
-    let (store, data) = two_written_chunks(&disk);
-    // Trimmed: blocks 4..64 hold data no record touches, so they move.
-    store.checkpoint().unwrap();
-    disk.fail_writes(Some("0000000000000001.chunk"));
-    let err = store
-        .write(1, 4 * B, &data[..(32 * B) as usize])
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    check_failed_through_a_power_loss(&disk, store, &data, false);
+    failed_big_write(true);
 }
 
 /// And a flush whose sync of moved data fails: the flush fails and the
 /// replica leaves service.
 #[test]
 fn a_failed_sync_of_moved_data_fails_the_flush_and_the_replica() {
+    failed_sync_of_a_big_write(true);
+}
+
+/// Two written chunks and where a big write into chunk 1 goes: into blocks
+/// that read as zeros (in place), or, `moved`, after a trim over blocks
+/// 4..64 that hold data no record touches (to their other slot).
+fn chunks_for_a_big_write(disk: &CrashDisk, moved: bool) -> (FileChunkStore, Vec<u8>, u64) {
+    let (store, data) = two_written_chunks(disk);
+    if moved {
+        store.checkpoint().unwrap();
+        (store, data, 4 * B)
+    } else {
+        (store, data, 100 * B)
+    }
+}
+
+fn failed_big_write(moved: bool) {
     let disk = CrashDisk::new();
-    let (store, data) = two_written_chunks(&disk);
-    store.checkpoint().unwrap();
-    let moved = store.journal_stats().unwrap().used;
-    store.write(1, 4 * B, &data[..(32 * B) as usize]).unwrap();
-    assert!(
-        store.journal_stats().unwrap().used - moved < 4096,
-        "the write moved"
-    );
+    let (store, data, at) = chunks_for_a_big_write(&disk, moved);
+    disk.fail_writes(Some("0000000000000001.chunk"));
+    let err = store.write(1, at, &data[..(32 * B) as usize]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    check_failed_through_a_power_loss(&disk, store, &data, false);
+}
+
+fn failed_sync_of_a_big_write(moved: bool) {
+    let disk = CrashDisk::new();
+    let (store, data, at) = chunks_for_a_big_write(&disk, moved);
+    let used = store.journal_stats().unwrap().used;
+    store.write(1, at, &data[..(32 * B) as usize]).unwrap();
+    if moved {
+        assert!(
+            store.journal_stats().unwrap().used - used < 4096,
+            "the write moved"
+        );
+    }
     disk.fail_syncs(Some("0000000000000001.chunk"));
     let err = store.flush(1).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
