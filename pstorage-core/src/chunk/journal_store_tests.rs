@@ -640,10 +640,19 @@ fn bad_journal_sizes_are_refused() {
 /// newest data, and so does every chunk after a kill and replay.
 #[test]
 fn trims_running_beside_writes_and_reads_never_show_older_data() {
+    trims_beside_writes_and_reads(64 * MIN_CHUNK_SIZE, 11);
+}
+
+/// The same at the default chunk size.
+#[test]
+fn trims_running_beside_writes_and_reads_at_the_default_chunk_size() {
+    trims_beside_writes_and_reads(DEFAULT_CHUNK_SIZE, 12);
+}
+
+fn trims_beside_writes_and_reads(size: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let size = 64 * MIN_CHUNK_SIZE;
     let mut model = vec![vec![0u8; size as usize]; 2];
-    let mut rng = StdRng::seed_from_u64(11);
+    let mut rng = StdRng::seed_from_u64(seed);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
