@@ -917,26 +917,43 @@ async fn unflushed_data_is_bounded_by_a_flush() {
 
 #[tokio::test]
 async fn past_half_the_cap_a_flush_starts_without_holding_up_the_writer() {
+    background_flush_past_half_the_cap(16384).await;
+}
+
+/// The same at the default cap (64 MiB).
+#[tokio::test]
+async fn past_half_the_default_cap_a_flush_starts_without_holding_up_the_writer() {
+    background_flush_past_half_the_cap(ClientOptions::default().max_unflushed_bytes).await;
+}
+
+async fn background_flush_past_half_the_cap(cap: u64) {
     let options = ClientOptions {
-        max_unflushed_bytes: 16384,
+        max_unflushed_bytes: cap,
         ..fast_options()
     };
     let env = env_with(options, |_| {});
     let file = create(&env, "/half").await;
-    file.write_at(0, &pattern(8192, 6)).await.unwrap();
+    let half = cap / 2;
+    file.write_at(0, &pattern(half as usize, 6)).await.unwrap();
     assert_eq!(total_flushes(&env), 0, "at half the cap, not over it");
     // Flushes that never end while the test runs: the write past half the
     // cap returns all the same.
-    slow_flushes(&env, 3, Duration::from_secs(3600));
-    file.write_at(8192, &pattern(4096, 7)).await.unwrap();
+    slow_flushes(&env, 4, Duration::from_secs(3600));
+    file.write_at(half, &pattern(4096, 7)).await.unwrap();
+    // Every replica (3) of every chunk written.
+    let flushes = 3 * (half + 4096).div_ceil(CHUNK);
     eventually("a background flush of every replica", || {
-        total_flushes(&env) == 3
+        total_flushes(&env) == flushes
     })
     .await;
     // The writes go on while it runs, up to the cap.
-    file.write_at(12288, &pattern(4096, 8)).await.unwrap();
-    assert_eq!(total_flushes(&env), 3, "one background flush at a time");
-    for cs in 1..=3 {
+    file.write_at(half + 4096, &pattern(4096, 8)).await.unwrap();
+    assert_eq!(
+        total_flushes(&env),
+        flushes,
+        "one background flush at a time"
+    );
+    for cs in 1..=4 {
         assert_eq!(env.cluster.cs(cs).with(|s| s.flushes_done), 0, "CS {cs}");
     }
 }
