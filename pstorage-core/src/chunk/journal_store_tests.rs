@@ -47,6 +47,28 @@ fn write_or_zero(
     }
 }
 
+/// A store in `dir` (trims held) with `chunks` chunks of `size` bytes, and
+/// their content as a model.
+fn store_with_chunks(dir: &Path, chunks: u64, size: u64) -> (FileChunkStore, Vec<Vec<u8>>) {
+    let store = FileChunkStore::open(dir).unwrap();
+    store.hold_trims();
+    for chunk in 0..chunks {
+        store.create(chunk, 1, size).unwrap();
+    }
+    (store, vec![vec![0u8; size as usize]; chunks as usize])
+}
+
+/// Every chunk of `store` reads as its `model`; `when` names the moment.
+fn assert_chunks(store: &FileChunkStore, model: &[Vec<u8>], when: &str) {
+    for (c, m) in model.iter().enumerate() {
+        assert_eq!(
+            &read(store, c as u64, 0, m.len() as u64),
+            m,
+            "chunk {c} {when}"
+        );
+    }
+}
+
 /// Random writes, partial and whole, zeroings and overwrites, mirrored in
 /// a model; then the store is dropped without a clean close (kill -9: the
 /// page cache survives, nothing was applied or trimmed on purpose) and
@@ -73,14 +95,9 @@ fn a_killed_store_replays_big_writes_moved_to_the_other_slot_too() {
 
 fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = vec![vec![0u8; size as usize]; 3];
     let mut rng = StdRng::seed_from_u64(seed);
-    {
-        let store = FileChunkStore::open(dir.path()).unwrap();
-        store.hold_trims();
-        for chunk in 0..3 {
-            store.create(chunk, 1, size).unwrap();
-        }
+    let model = {
+        let (store, mut model) = store_with_chunks(dir.path(), 3, size);
         for i in 0..300 {
             let chunk = rng.gen_range(0..3u64);
             let offset = rng.gen_range(0..size - 1);
@@ -102,13 +119,7 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
                 store.checkpoint().unwrap();
             }
             if i % 40 == 0 {
-                for (c, m) in model.iter().enumerate() {
-                    assert_eq!(
-                        &read(&store, c as u64, 0, size),
-                        m,
-                        "chunk {c} before the kill"
-                    );
-                }
+                assert_chunks(&store, &model, "before the kill");
             }
         }
         assert!(store.journal_stats().unwrap().used > 0);
@@ -122,20 +133,15 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
                 .count();
             assert!(moved > 0, "no big write went to the other slot");
         }
-    }
+        model
+    };
     let store = FileChunkStore::open(dir.path()).unwrap();
     assert_eq!(
         store.journal_stats().unwrap().used,
         0,
         "replayed and trimmed"
     );
-    for (c, m) in model.iter().enumerate() {
-        assert_eq!(
-            &read(&store, c as u64, 0, size),
-            m,
-            "chunk {c} after the replay"
-        );
-    }
+    assert_chunks(&store, &model, "after the replay");
 }
 
 /// A write applied to the chunk file but torn there (the apply was cut by
@@ -651,14 +657,9 @@ fn trims_running_beside_writes_and_reads_at_the_default_chunk_size() {
 
 fn trims_beside_writes_and_reads(size: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = vec![vec![0u8; size as usize]; 2];
     let mut rng = StdRng::seed_from_u64(seed);
-    {
-        let store = FileChunkStore::open(dir.path()).unwrap();
-        store.hold_trims();
-        for chunk in 0..2 {
-            store.create(chunk, 1, size).unwrap();
-        }
+    let model = {
+        let (store, mut model) = store_with_chunks(dir.path(), 2, size);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let trims = std::sync::atomic::AtomicU64::new(0);
         /// Stops the trims however the writer ends (a failed assertion
@@ -707,20 +708,9 @@ fn trims_beside_writes_and_reads(size: u64, seed: u64) {
             }
         });
         assert!(trims.load(std::sync::atomic::Ordering::Relaxed) > 1);
-        for (c, m) in model.iter().enumerate() {
-            assert_eq!(
-                &read(&store, c as u64, 0, size),
-                m,
-                "chunk {c} before the kill"
-            );
-        }
-    }
+        assert_chunks(&store, &model, "before the kill");
+        model
+    };
     let store = FileChunkStore::open(dir.path()).unwrap();
-    for (c, m) in model.iter().enumerate() {
-        assert_eq!(
-            &read(&store, c as u64, 0, size),
-            m,
-            "chunk {c} after the replay"
-        );
-    }
+    assert_chunks(&store, &model, "after the replay");
 }
