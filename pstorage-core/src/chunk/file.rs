@@ -256,6 +256,33 @@ impl Pending {
     }
 }
 
+/// What applying records writes into a chunk file besides their data: CRC
+/// entries (a record that zeroes blocks gives them 0) and the slots of moved
+/// blocks. Later records win.
+#[derive(Default)]
+struct Tables {
+    entries: BTreeMap<u64, u64>,
+    slots: BTreeMap<u64, u8>,
+}
+
+impl Tables {
+    fn note(&mut self, p: &Pending, slots: &Slots) {
+        let blocks = p.first_block..p.first_block + p.blocks;
+        if p.kind.writes_data_only() {
+            self.entries
+                .extend(blocks.clone().zip(p.crcs.iter().copied()));
+        } else {
+            self.entries.extend(blocks.clone().map(|block| (block, 0)));
+        }
+        if p.kind == RecordKind::Moved {
+            // No record after this one moves them (none may while this one
+            // is in the journal): their slot now is the record's.
+            self.slots
+                .extend(blocks.map(|block| (block, slots.get(block))));
+        }
+    }
+}
+
 /// Why journal records could not be applied to a chunk file.
 pub(super) enum ApplyError {
     /// Reading them back from the journal failed (the journal's problem).
@@ -1714,16 +1741,18 @@ impl OpenChunk {
         if n == 0 {
             return Ok(false);
         }
-        self.apply_first(state, journal, n, false)?;
+        self.apply_first(state, journal, n)?;
         Ok(eligible > n)
     }
 
     /// The keeper's [`OpenChunk::apply_pending`]: the data of write records
-    /// goes to the file with the chunk's lock released, so the chunk's
-    /// writers and readers wait only for the short rest. (Held through the
-    /// apply, the lock stalled 4 KiB random writes 3-30 ms at every trim on
-    /// a busy 2-core machine, where its holder gets preempted.) Safe
-    /// unlocked: `applying` keeps other appliers out; no write goes into
+    /// and then their CRC entries and slots go to the file with the chunk's
+    /// lock released, so the chunk's writers and readers wait only for the
+    /// bookkeeping in memory. (Held through the apply, the lock stalled
+    /// 4 KiB random writes 3-30 ms at every trim on a busy 2-core machine,
+    /// where its holder gets preempted; held through the CRC entries' writes
+    /// alone, 1-10 ms.) Safe unlocked: `applying` keeps other appliers out,
+    /// and only appliers write a chunk file's tables; no write goes into
     /// the file over blocks that records still in the journal touch (see
     /// [`OpenChunk::in_place_mode`]), so their slots stay put; readers take
     /// those blocks from the journal until the records leave
@@ -1737,7 +1766,7 @@ impl OpenChunk {
         max: usize,
     ) -> std::result::Result<bool, ApplyError> {
         let _applying = self.applying.lock();
-        let (first_seq, n, eligible, writes) = {
+        let (first_seq, n, eligible, writes, tables) = {
             let mut state = self.write_state();
             self.absorb_broken(&mut state);
             if state.deleted || state.failed.is_some() {
@@ -1753,7 +1782,9 @@ impl OpenChunk {
             }
             let ChunkState { pending, slots, .. } = &mut *state;
             let mut writes = Vec::new();
+            let mut tables = Tables::default();
             for p in &mut pending[..n] {
+                tables.note(p, slots);
                 if p.kind == RecordKind::Write {
                     let runs: Vec<(u64, usize, usize)> = slots
                         .runs(p.first_block, p.first_block + p.blocks)
@@ -1768,7 +1799,7 @@ impl OpenChunk {
                     writes.push((p.data.take(), p.data_at, p.blocks, runs));
                 }
             }
-            (pending[0].seq, n, eligible, writes)
+            (pending[0].seq, n, eligible, writes, tables)
         };
         let mut buf = Vec::new();
         for (data, data_at, blocks, runs) in &writes {
@@ -1788,6 +1819,9 @@ impl OpenChunk {
             }
         }
         drop(writes);
+        // The tables too: only appliers write them (an incoming replica,
+        // written straight, is another file), and data before entries.
+        self.write_tables(&tables).map_err(ApplyError::Chunk)?;
         let mut state = self.write_state();
         // Only a failed file (its records dropped) or a deleted chunk
         // changes the pending records of a chunk being applied.
@@ -1797,32 +1831,23 @@ impl OpenChunk {
         {
             return Ok(false);
         }
-        self.apply_first(&mut state, journal, n, true)?;
+        Self::forget_applied(&mut state, n);
         Ok(eligible > n)
     }
 
-    /// Applies the first `n` pending records (their data too, unless
-    /// `data_written`) and drops them from the pending list.
+    /// Applies the first `n` pending records (data, CRC entries, slots,
+    /// holes) and drops them from the pending list.
     fn apply_first(
         &self,
         state: &mut ChunkState,
         journal: &Journal,
         n: usize,
-        data_written: bool,
     ) -> std::result::Result<(), ApplyError> {
         let mut buf = Vec::new();
-        // The CRC entries, written once per table page at the end (later
-        // records win).
-        let mut entries = BTreeMap::new();
-        // Blocks whose slot the file must learn.
-        let mut slots = BTreeSet::new();
+        let mut tables = Tables::default();
         for p in &state.pending[..n] {
+            tables.note(p, &state.slots);
             match p.kind {
-                RecordKind::Write if data_written => {
-                    for (i, crc) in p.crcs.iter().enumerate() {
-                        entries.insert(p.first_block + i as u64, *crc);
-                    }
-                }
                 RecordKind::Write => {
                     let data = match &p.data {
                         Some((data, _)) => &data[..],
@@ -1836,46 +1861,37 @@ impl OpenChunk {
                     };
                     self.pwrite_blocks(state, p.first_block, data)
                         .map_err(ApplyError::Chunk)?;
-                    for (i, crc) in p.crcs.iter().enumerate() {
-                        entries.insert(p.first_block + i as u64, *crc);
-                    }
                 }
                 // The data is in the file already.
-                RecordKind::InPlace | RecordKind::Moved => {
-                    for (i, crc) in p.crcs.iter().enumerate() {
-                        entries.insert(p.first_block + i as u64, *crc);
-                    }
-                    if p.kind == RecordKind::Moved {
-                        // No record after this one moves them (none may
-                        // while this one is in the journal).
-                        slots.extend(p.first_block..p.first_block + p.blocks);
-                    }
-                }
-                _ => {
-                    for block in p.first_block..p.first_block + p.blocks {
-                        entries.insert(block, 0);
-                    }
-                    self.punch_hole(state, p.first_block, p.first_block + p.blocks);
-                }
+                RecordKind::InPlace | RecordKind::Moved => {}
+                _ => self.punch_hole(state, p.first_block, p.first_block + p.blocks),
             }
         }
-        self.write_entry_map(&entries).map_err(ApplyError::Chunk)?;
-        self.write_slot_map(state, &slots)
-            .map_err(ApplyError::Chunk)?;
-        for p in state.pending.drain(..n) {
+        self.write_tables(&tables).map_err(ApplyError::Chunk)?;
+        Self::forget_applied(state, n);
+        Ok(())
+    }
+
+    /// Drops the first `n` pending records, applied to the file.
+    fn forget_applied(state: &mut ChunkState, n: usize) {
+        let ChunkState {
+            pending, overlay, ..
+        } = state;
+        for p in pending.drain(..n) {
             if p.kind == RecordKind::Write {
                 for block in p.first_block..p.first_block + p.blocks {
-                    if state
-                        .overlay
-                        .get(&block)
-                        .is_some_and(|(seq, _)| *seq == p.seq)
-                    {
-                        state.overlay.remove(&block);
+                    if overlay.get(&block).is_some_and(|(seq, _)| *seq == p.seq) {
+                        overlay.remove(&block);
                     }
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Writes the CRC entries and slots that applied records set.
+    fn write_tables(&self, tables: &Tables) -> Result<()> {
+        self.write_entry_map(&tables.entries)?;
+        self.write_slot_map(&tables.slots)
     }
 
     /// Writes CRC table entries (block -> entry): a page at a time where a
@@ -1918,15 +1934,15 @@ impl OpenChunk {
         Ok(())
     }
 
-    /// Writes the slots of `blocks` as `state` has them into the file's
-    /// slot map, a page at a time. (Only theirs: other blocks of a page may
-    /// have moved by records not applied yet, maybe not durable.)
-    fn write_slot_map(&self, state: &ChunkState, blocks: &BTreeSet<u64>) -> Result<()> {
+    /// Writes the slots of `slots` (block -> slot) into the file's slot
+    /// map, a page at a time. (Only theirs: other blocks of a page may have
+    /// moved by records not applied yet, maybe not durable.)
+    fn write_slot_map(&self, slots: &BTreeMap<u64, u8>) -> Result<()> {
         const PER_PAGE: u64 = BLOCK_SIZE * 8;
         let map_at = self.data_offset + self.chunk_size;
-        let mut it = blocks.iter().peekable();
+        let mut it = slots.iter().peekable();
         let mut page = [0u8; BS];
-        while let Some(&&first) = it.peek() {
+        while let Some(&(&first, _)) = it.peek() {
             let index = first / PER_PAGE;
             let at = map_at + index * BLOCK_SIZE;
             self.file.read_at(&mut page, at).map_err(|e| {
@@ -1935,13 +1951,13 @@ impl OpenChunk {
                     format_args!("reading the slot map of {}", self.path.display()),
                 )
             })?;
-            while let Some(&&block) = it.peek() {
+            while let Some(&(&block, &slot)) = it.peek() {
                 if block / PER_PAGE != index {
                     break;
                 }
                 let bit = block % PER_PAGE;
                 let byte = &mut page[(bit / 8) as usize];
-                *byte = (*byte & !(1 << (bit % 8))) | (state.slots.get(block) << (bit % 8));
+                *byte = (*byte & !(1 << (bit % 8))) | (slot << (bit % 8));
                 it.next();
             }
             self.pwrite(&page, at)?;

@@ -969,6 +969,12 @@ impl Journal {
         (state.total - state.tail.total) * 4 >= self.ring
     }
 
+    /// Whether half of the ring is in use: writers may soon wait for space.
+    pub(crate) fn half_full(&self) -> bool {
+        let state = self.lock();
+        (state.total - state.tail.total) * 2 >= self.ring
+    }
+
     /// The journal's name in messages (its path).
     pub(crate) fn name(&self) -> String {
         self.dev.name()

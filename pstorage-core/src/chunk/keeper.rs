@@ -2,7 +2,8 @@
 //! knows which chunks have journal records, applies the durable ones to the
 //! chunk files, syncs those and trims the journal; a background thread does
 //! this when a quarter of the journal is in use, when a writer waits for
-//! space, and every [`TRIM_PERIOD`] otherwise.
+//! space, and every [`TRIM_PERIOD`] otherwise, at a low CPU priority until
+//! half of the journal is in use (see [`super::priority`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use super::dirty::DirtyLog;
 use super::disk::{Disk, DiskFile};
 use super::file::{io_error, ApplyError, OpenChunk};
 use super::journal::{FileDevice, Journal, Replayed, DEFAULT_JOURNAL_SIZE, MIN_JOURNAL_SIZE};
+use super::priority::KeeperPriority;
 
 /// How long a write waits for journal space before it fails.
 pub(crate) const SPACE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,6 +187,18 @@ impl Keeper {
     /// Applies every durable record to the chunk files, syncs them and
     /// trims the journal up to where it was when this began.
     pub(super) fn checkpoint(&self) -> Result<()> {
+        self.trim(None)
+    }
+
+    /// [`Keeper::checkpoint`], on the background thread with its
+    /// `priority` (set as the journal fills: see [`super::priority`]).
+    fn trim(&self, mut priority: Option<&mut KeeperPriority>) -> Result<()> {
+        let mut pace = || {
+            if let Some(priority) = priority.as_deref_mut() {
+                priority.set(self.journal.half_full());
+            }
+        };
+        pace();
         let _one = self.trimming.lock().expect("journal trim lock poisoned");
         let began = Instant::now();
         let mark = self.journal.head();
@@ -201,6 +215,7 @@ impl Keeper {
         for (key, open) in chunks {
             // In batches: the chunk's readers and writers get in between.
             loop {
+                pace();
                 match open.apply_some(&self.journal, mark.seq, APPLY_BATCH) {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -286,6 +301,7 @@ impl Keeper {
     }
 
     fn run(&self) {
+        let mut priority = KeeperPriority::new();
         let mut last = Instant::now();
         let mut backoff = Duration::ZERO;
         while !self.stop.load(Ordering::Acquire) {
@@ -304,7 +320,7 @@ impl Keeper {
             if self.held.load(Ordering::Acquire) {
                 continue;
             }
-            match self.checkpoint() {
+            match self.trim(Some(&mut priority)) {
                 Ok(()) => {
                     last = Instant::now();
                     backoff = Duration::ZERO;

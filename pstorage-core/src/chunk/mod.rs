@@ -119,6 +119,7 @@ mod journal;
 mod keeper;
 mod mem;
 pub mod memory;
+mod priority;
 mod repair;
 mod scrub;
 mod server;
