@@ -47,6 +47,8 @@ pub struct CsState {
     pub writes: u64,
     pub reads: u64,
     pub flushes: u64,
+    /// Fail every flush received with this kind.
+    pub fail_flushes: Option<ErrorKind>,
     /// How long a flush takes before it counts as done.
     pub flush_delay: std::time::Duration,
     /// Flushes that finished (after `flush_delay`).
@@ -224,6 +226,12 @@ impl ChunkService for FakeCs {
             let id = self.id;
             Self::check(&mut st, id, chunk, version)?;
             st.flushes += 1;
+            if let Some(kind) = st.fail_flushes {
+                return Err(Error::new(
+                    kind,
+                    format!("CS {}: injected flush failure", self.id),
+                ));
+            }
             st.flush_delay
         };
         tokio::time::sleep(delay).await;

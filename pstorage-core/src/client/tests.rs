@@ -958,6 +958,49 @@ async fn background_flush_past_half_the_cap(cap: u64) {
     }
 }
 
+/// A background flush that fails: the writes go on, its chunks stay dirty,
+/// and the next flush (here a writer's, forced by the cap) flushes them
+/// again and reports the failure; once the servers flush, so does the file.
+#[tokio::test]
+async fn a_failed_background_flush_leaves_its_chunks_to_the_next_flush() {
+    let cap = 16384;
+    let options = ClientOptions {
+        max_unflushed_bytes: cap,
+        ..fast_options()
+    };
+    let env = env_with(options, |_| {});
+    let file = create(&env, "/failing").await;
+    for cs in 1..=4 {
+        env.cluster
+            .cs(cs)
+            .with(|s| s.fail_flushes = Some(ErrorKind::InvalidArgument));
+    }
+    let half = cap / 2;
+    file.write_at(0, &pattern(half as usize + 4096, 6))
+        .await
+        .expect("past half the cap, the write does not wait for the flush");
+    eventually("a background flush of every replica", || {
+        total_flushes(&env) == 3
+    })
+    .await;
+    let err = file
+        .write_at(half + 4096, &pattern(cap as usize, 7))
+        .await
+        .expect_err("over the cap, the writer's flush fails");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(total_flushes(&env), 6, "the chunk was flushed again");
+    for cs in 1..=4 {
+        env.cluster.cs(cs).with(|s| s.fail_flushes = None);
+    }
+    file.flush().await.unwrap();
+    assert_eq!(total_flushes(&env), 9, "the chunk stayed dirty");
+    // Flushed: the writes are no longer kept for a replay.
+    let before = writes_received(&env);
+    env.mds.bump_version("/failing", 0);
+    file.flush().await.unwrap();
+    assert_eq!(writes_received(&env), before);
+}
+
 #[tokio::test]
 async fn truncation_drops_the_unflushed_writes_it_cuts_off() {
     let env = env();
