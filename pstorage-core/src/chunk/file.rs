@@ -588,6 +588,15 @@ impl FileChunkStore {
         self.chunks_dir.join(format!("{chunk:016x}{CHUNK_SUFFIX}"))
     }
 
+    /// Runs `f` while holding `chunk`'s applier lock, as the keeper does
+    /// while it applies the chunk (tests).
+    #[cfg(test)]
+    pub(crate) fn while_applying<T>(&self, chunk: ChunkId, f: impl FnOnce() -> T) -> Result<T> {
+        let open = self.get(chunk)?;
+        let _applying = open.applying.lock();
+        Ok(f())
+    }
+
     /// Changes the minimum time between dirty log compactions (tests).
     #[cfg(test)]
     pub(crate) fn set_dirty_compact_interval(&self, interval: std::time::Duration) {
@@ -1765,7 +1774,35 @@ impl OpenChunk {
         below: u64,
         max: usize,
     ) -> std::result::Result<bool, ApplyError> {
-        let _applying = self.applying.lock();
+        let applying = self.applying.lock();
+        self.apply_some_holding(applying, journal, below, max)
+    }
+
+    /// [`OpenChunk::apply_some`] unless another applier (the keeper, at a
+    /// low priority in the background) is at it: then `Ok(None)` at once,
+    /// and the records wait for that applier. A flush must not wait for a
+    /// thread that everything else preempts.
+    pub(super) fn try_apply_some(
+        &self,
+        journal: &Journal,
+        below: u64,
+        max: usize,
+    ) -> std::result::Result<Option<bool>, ApplyError> {
+        match self.applying.try_lock() {
+            Some(applying) => self
+                .apply_some_holding(applying, journal, below, max)
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn apply_some_holding(
+        &self,
+        _applying: parking_lot::MutexGuard<'_, ()>,
+        journal: &Journal,
+        below: u64,
+        max: usize,
+    ) -> std::result::Result<bool, ApplyError> {
         let (first_seq, n, eligible, writes, tables) = {
             let mut state = self.write_state();
             self.absorb_broken(&mut state);
@@ -2489,9 +2526,10 @@ impl ChunkStore for FileChunkStore {
             return Err(e);
         }
         // Apply what is durable now, so reads go to the chunk file (as
-        // the trim does: the data with the chunk's lock released).
+        // the trim does: the data with the chunk's lock released), unless
+        // the keeper is applying this chunk already.
         if let Some(below) = below {
-            match open.apply_some(journal, below, super::keeper::APPLY_BATCH) {
+            match open.try_apply_some(journal, below, super::keeper::APPLY_BATCH) {
                 Ok(_) => {}
                 // Durable in the journal all the same: applied later.
                 Err(ApplyError::Journal(e)) => return Err(e),
