@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The standard 4 KiB random write job (../shared/bench/jobs.fio: qd16,
+# 15 s) through `pstorage nbd-serve` on a fresh local cluster (see
+# scripts/lib/bench-cluster.sh), after the standard 1 GiB sequential
+# write lays out the image, with more than the runner prints: p99.9, max
+# and mean latency, the whole machine's CPU per write, and the latency
+# in 500 ms windows (whether the tail is spread or comes in stalls).
+#   scripts/bench-randwrite.sh [LABEL]
+# Environment: BIN, JOURNAL, BENCH_DIR, CS_COUNT as for bench-nbd.sh;
+# KEEP_CACHES=1 skips the `sync; drop_caches` between the two jobs (the
+# runner drops them); PERF=FILE records `perf record -a -g` for 8 s in
+# the middle of the job; WINDOWS=1 prints the windows.
+# Compare builds by alternating runs of this script with BIN pointing at
+# each; the CPU figure includes everything on the machine, perf included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+label=${1:-pstorage}
+bin=${BIN:-$top/target/release}
+runner=${BENCH_RUNNER:-$top/../shared/bench/run}
+count=${CS_COUNT:-3}
+. "$top/scripts/lib/bench-cluster.sh"
+export ENGINE=nbd TARGET="uri=nbd://127.0.0.1:$nbd_port/bench.img" DIRECT=0
+jobs=$(dirname "$runner")/jobs.fio
+fio --section=seqwrite --output-format=json --output="$dir/seq.json" "$jobs" >/dev/null
+if [ -z "${KEEP_CACHES:-}" ]; then
+  sync
+  echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "cannot drop caches (not root)" >&2
+fi
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+t0=$(cpu_ticks)
+fio --section=randwrite --output-format=json --output="$dir/rw.json" \
+  --write_lat_log="$dir/rw" "$jobs" >/dev/null &
+fio_pid=$!
+if [ -n "${PERF:-}" ]; then
+  sleep 3
+  perf record -a -g -o "$PERF" -- sleep 8 >/dev/null 2>&1
+fi
+wait $fio_pid
+t1=$(cpu_ticks)
+python3 - "$dir/rw.json" "$dir/rw_clat.1.log" "$label" $((t1 - t0)) "${WINDOWS:-}" <<'PY'
+import json, os, sys
+from collections import defaultdict
+x = json.load(open(sys.argv[1]))["jobs"][0]["write"]
+c = x["clat_ns"]
+p = c.get("percentile", {})
+cpu = int(sys.argv[4]) / os.sysconf("SC_CLK_TCK") / x["total_ios"] * 1e6
+print(f'{sys.argv[3]:<12} randwrite {x["iops"]:7.0f} IOPS  p50 {p["50.000000"]/1e3:6.0f}  '
+      f'p99 {p["99.000000"]/1e3:6.0f}  p99.9 {p["99.900000"]/1e3:6.0f}  '
+      f'mean {c["mean"]/1e3:6.0f} us  max {c["max"]/1e6:6.1f} ms  cpu/write {cpu:5.1f} us')
+if sys.argv[5]:
+    windows = defaultdict(list)
+    for line in open(sys.argv[2]):
+        t, lat = line.split(",")[:2]
+        windows[int(t) // 500].append(int(lat))
+    for w in sorted(windows):
+        v = sorted(windows[w])
+        n = len(v)
+        print(f'  {w / 2:5.1f} s  {n:5d} writes  p50 {v[n // 2] / 1e6:5.2f}  '
+              f'p99 {v[int(n * .99)] / 1e6:5.2f}  max {v[-1] / 1e6:6.1f} ms')
+PY
