@@ -15,6 +15,8 @@ pub mod state;
 pub mod store;
 
 #[cfg(test)]
+mod apply_tests;
+#[cfg(test)]
 mod tests;
 
 pub use group::raft_membership;

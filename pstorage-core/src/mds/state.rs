@@ -766,9 +766,18 @@ impl MdsState {
 
     /// Applies `cmd`. On error nothing changed, except for a tagged
     /// command: its refusal is remembered (see [`super::sessions`]).
+    /// Never panics: every member of the metadata group applies the same
+    /// log entry, so a panic here would stop them all, again at every
+    /// replay (`mds::apply_tests` feeds it random commands). Debug builds
+    /// check the invariants after every command.
     pub fn apply(&mut self, cmd: Command) -> Result<ApplyOutcome> {
         let prepared = self.prepare(&cmd)?;
-        self.execute(prepared)
+        let result = self.execute(prepared);
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.check_invariants() {
+            panic!("applying {cmd:?} broke an invariant of the metadata: {e}");
+        }
+        result
     }
 
     /// The client sessions this state remembers.
@@ -1267,10 +1276,23 @@ impl MdsState {
             }
             Command::FenceFile { ino } | Command::BeginFence { ino } => {
                 match self.inodes.get(ino) {
-                    Some(n) if n.kind == InodeKind::File => Ok(Prepared::Fence(
-                        *ino,
-                        matches!(cmd, Command::FenceFile { .. }),
-                    )),
+                    Some(n) if n.kind == InodeKind::File => {
+                        // A fence bumps every chunk's version by one.
+                        if let Some(c) = n
+                            .chunks
+                            .values()
+                            .find(|c| self.chunks[c].version == MapVersion::MAX)
+                        {
+                            return Err(Error::internal(format!(
+                                "{}: chunk {c:#x} is at the last version: it cannot be fenced",
+                                self.path_of(*ino)
+                            )));
+                        }
+                        Ok(Prepared::Fence(
+                            *ino,
+                            matches!(cmd, Command::FenceFile { .. }),
+                        ))
+                    }
                     _ => Err(Error::not_found(format!("file inode {ino} does not exist"))),
                 }
             }
@@ -1756,6 +1778,12 @@ impl MdsState {
                 ErrorKind::AlreadyExists,
                 format!("{path}: chunk {index} is already allocated as {existing:#x}"),
             ));
+        }
+        if chunk == ChunkId::MAX {
+            // `next_chunk` would wrap to 0 and hand out used ids again.
+            return Err(Error::internal(format!(
+                "{path}: chunk id {chunk:#x} is the last one: the chunk id space is exhausted"
+            )));
         }
         if chunk < self.next_chunk || version == 0 {
             return Err(Error::internal(format!(
