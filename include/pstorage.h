@@ -239,6 +239,9 @@ extern "C" {
  * new one for the next. Thread-safety: any thread. Blocking: no.
  *
  * Returns 0 or `-EINVAL` (NULL `comp`).
+ *
+ * # Safety
+ * `comp` is NULL or points to writable memory for one pointer.
  */
 int pstorage_aio_create_completion(void *arg,
                                    pstorage_callback_t callback,
@@ -648,6 +651,10 @@ int pstorage_opendir(struct pstorage_cluster_t *cluster,
  * Returns 1, 0, or:
  * - `-EINVAL`: NULL `dir` or `entry`;
  * - `-EBADF`: `dir` is not an open directory handle.
+ *
+ * # Safety
+ * `entry` is NULL or points to writable memory for one
+ * `pstorage_dirent_t`.
  */
 int pstorage_readdir(struct pstorage_dir_t *dir,
                      struct pstorage_dirent_t *entry);

@@ -122,8 +122,11 @@ impl Completion {
 /// new one for the next. Thread-safety: any thread. Blocking: no.
 ///
 /// Returns 0 or `-EINVAL` (NULL `comp`).
+///
+/// # Safety
+/// `comp` is NULL or points to writable memory for one pointer.
 #[no_mangle]
-pub extern "C" fn pstorage_aio_create_completion(
+pub unsafe extern "C" fn pstorage_aio_create_completion(
     arg: *mut c_void,
     callback: pstorage_callback_t,
     comp: *mut *mut pstorage_completion_t,

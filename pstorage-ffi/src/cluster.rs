@@ -747,8 +747,12 @@ pub unsafe extern "C" fn pstorage_opendir(
 /// Returns 1, 0, or:
 /// - `-EINVAL`: NULL `dir` or `entry`;
 /// - `-EBADF`: `dir` is not an open directory handle.
+///
+/// # Safety
+/// `entry` is NULL or points to writable memory for one
+/// `pstorage_dirent_t`.
 #[no_mangle]
-pub extern "C" fn pstorage_readdir(
+pub unsafe extern "C" fn pstorage_readdir(
     dir: *mut pstorage_dir_t,
     entry: *mut pstorage_dirent_t,
 ) -> c_int {
