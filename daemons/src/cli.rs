@@ -422,7 +422,7 @@ async fn execute(cli: &Cli) -> Result<()> {
         }
         Command::Bench(args) => crate::bench::run(&conf, args).await?,
         Command::Truncate { size, path } => {
-            let size = crate::nbd::parse_size(size)?;
+            let size = pstorage_core::types::parse_size(size)?;
             crate::nbd::truncate(&client(&conf)?, path, size).await?;
         }
         Command::NbdServe {

@@ -374,22 +374,35 @@ impl CsPlacementUpdate {
     }
 }
 
-/// Parses a size in bytes with an optional binary suffix K, M, G or T.
+/// Parses a size: a number of bytes with an optional binary suffix `K`,
+/// `M`, `G` or `T` (any case, powers of 1024), e.g. `4096`, `512M`, `2G`.
+/// The one parser of every size option (CLI, `nbd-serve`, the mount,
+/// `set-cs capacity=`).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
     let bad = || {
         Error::invalid(format!(
-            "bad size {s:?}: expected bytes, or a number with K, M, G or T"
+            "bad size {s:?}: give bytes, optionally with a suffix K, M, G or T (powers of \
+             1024), e.g. 2G"
         ))
     };
-    let (digits, shift) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 30),
-        Some('T' | 't') => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
+    let t = s.trim();
+    let (digits, shift) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&t[..t.len() - 1], shift)
+        }
+        _ => (t, 0),
     };
-    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
     n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
@@ -1086,6 +1099,32 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1K").unwrap(), 1024);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size(" 3T ").unwrap(), 3 << 40);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        for bad in [
+            "",
+            "G",
+            "x",
+            "1.5G",
+            "-1",
+            "+1",
+            "12X",
+            "99999999999999999999",
+            "20000000T",
+            "99999999999T",
+            "1 G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn replicas_parse_and_validate() {

@@ -415,25 +415,6 @@ fn crc64(bytes: &[u8]) -> u64 {
     d.sum64()
 }
 
-/// Parses a size like `512M`, `2G`, `65536` or `64K` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let bad = || {
-        Error::invalid(format!(
-            "bad size {s:?}: expected BYTES or a number with K, M, G or T (powers of 1024), e.g. 4G"
-        ))
-    };
-    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        Some('T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = digits.trim().parse().map_err(|_| bad())?;
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,12 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("65536").unwrap(), 65536);
-        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999T").is_err());
+    fn a_cache_too_small_is_refused() {
         let dir = std::env::temp_dir().join("pstorage-mount-cache-too-small");
         assert!(ReadCache::create(&dir, 1000, 2).is_err());
     }

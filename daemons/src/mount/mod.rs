@@ -28,8 +28,9 @@ use pstorage_core::client::ClientOptions;
 use pstorage_core::conf::{conf_root, ClusterConf};
 use pstorage_core::error::{Error, ErrorKind, Result};
 
-use cache::{parse_size, ReadCache};
+use cache::ReadCache;
 use fs::{FsConfig, PstorageFs};
+use pstorage_core::types::parse_size;
 
 /// Command line of `pstorage-mount`.
 #[derive(Parser, Debug, Clone)]
