@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod format;
 pub mod mount;
 pub mod nbd;
 pub mod password;

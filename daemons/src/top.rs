@@ -11,7 +11,7 @@ use std::time::Duration;
 use pstorage_core::client::Client;
 use pstorage_core::{Error, Result};
 
-use crate::cli::{format_status, format_time_ms};
+use crate::format::{format_status, format_time_ms};
 
 /// Puts a terminal's stdin in non-canonical, no-echo mode until dropped.
 struct RawStdin {
