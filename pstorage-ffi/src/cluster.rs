@@ -12,9 +12,7 @@ use std::time::Duration;
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{conf_root, with_default_port, ClusterConf, ClusterKey};
 use pstorage_core::types::{AttrUpdate, DirEntry, Replicas};
-use pstorage_rpc::data::TcpChunkConnector;
-use pstorage_rpc::node::control_dialer;
-use pstorage_rpc::MdsClient;
+use pstorage_rpc::node::{build_client, MdsSource};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::aio::Completion;
@@ -252,8 +250,8 @@ pub unsafe extern "C" fn pstorage_connect(
             ));
         }
         connect(F, out, || {
-            Ok(pstorage_rpc::node::connect_client(
-                &conf,
+            Ok(build_client(
+                MdsSource::Conf(&conf),
                 ClientOptions::default(),
             )?)
         })
@@ -298,18 +296,13 @@ pub unsafe extern "C" fn pstorage_connect_bootstrap(
         connect(F, out, || {
             // It follows the MDS group from these addresses (nothing is
             // saved: there is no configuration directory).
-            let members = pstorage_core::membership::MemberDirectory::fixed(bootstrap);
-            let mds = MdsClient::following(
-                Arc::new(members),
-                control_dialer(key.clone()),
-                pstorage_rpc::ClientOptions::from_env(),
-                true,
-            )?;
-            Ok(Client::new(
-                Arc::new(mds),
-                Arc::new(TcpChunkConnector::new(key)),
+            Ok(build_client(
+                MdsSource::Bootstrap {
+                    addrs: bootstrap,
+                    key,
+                },
                 ClientOptions::default(),
-            ))
+            )?)
         })
     })
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use pstorage_core::client::{self, blocking, ClientOptions};
+use pstorage_core::client::{blocking, ClientOptions};
 use pstorage_core::conf::{conf_root, ClusterConf};
 use pstorage_core::types::{AttrUpdate, LeaseMode, OpenFlags, Replicas};
-use pstorage_rpc::data::TcpChunkConnector;
 
 use crate::errors::PyResultExt;
 use crate::file::RawFile;
@@ -48,22 +47,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// connection is dropped and the call retried on another MDS until
 /// `timeout`.
 fn connect(conf: &ClusterConf, timeout: Duration) -> pstorage_core::Result<blocking::Client> {
-    let key = conf.key()?;
     let runtime = Arc::new(blocking::new_runtime()?);
     // The MDS client spawns its connection actor on the current runtime.
     let _entered = runtime.enter();
-    let defaults = pstorage_rpc::ClientOptions::from_env();
-    let rpc = pstorage_rpc::ClientOptions {
-        connect_timeout: timeout.min(Duration::from_secs(30)),
-        call_timeout: Some(defaults.call_timeout.map_or(timeout, |t| t.min(timeout))),
-    };
-    let mds = Arc::new(pstorage_rpc::node::connect_mds(conf, rpc)?);
-    let chunks = Arc::new(TcpChunkConnector::new(key));
     let options = ClientOptions {
         io_timeout: timeout,
         ..ClientOptions::default()
     };
-    let client = client::Client::new(mds, chunks, options);
+    let client =
+        pstorage_rpc::node::build_client(pstorage_rpc::node::MdsSource::Conf(conf), options)?;
     Ok(blocking::Client::from_async(client, runtime.clone()))
 }
 

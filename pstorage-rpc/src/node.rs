@@ -389,19 +389,48 @@ pub fn connect_mds(conf: &ClusterConf, options: RpcClientOptions) -> Result<MdsC
     MdsClient::following(client_members(conf)?, control_dialer(key), options, true)
 }
 
-/// A full SDK client for the cluster described by `conf`. MDS calls get
-/// the deadline of [`RpcClientOptions::from_env`], at most
-/// `options.io_timeout`.
-pub fn connect_client(conf: &ClusterConf, options: ClientOptions) -> Result<Client> {
-    let key = conf.key()?;
+/// Where a client finds the metadata group.
+pub enum MdsSource<'a> {
+    /// A cluster's configuration directory (`bs.list`, `auth.key`); the
+    /// MDS members it learns are saved there.
+    Conf(&'a ClusterConf),
+    /// Fixed MDS addresses and the cluster key; nothing is saved.
+    Bootstrap {
+        /// `HOST:PORT` of one or more MDSes.
+        addrs: Vec<String>,
+        /// The cluster's key.
+        key: ClusterKey,
+    },
+}
+
+/// A full SDK client: the one builder behind the CLI, the mount,
+/// `nbd-serve`, the C ABI and Python. It follows the MDS group from
+/// `source`. An MDS call waits at most the MDS call deadline
+/// ([`RpcClientOptions::from_env`]: 8 s, or `PSTORAGE_MDS_CALL_TIMEOUT_MS`)
+/// and a connection attempt at most the connect deadline (30 s, or
+/// `PSTORAGE_MDS_CONNECT_TIMEOUT_MS`), each at most `options.io_timeout`.
+pub fn build_client(source: MdsSource<'_>, options: ClientOptions) -> Result<Client> {
     let mut rpc = RpcClientOptions::from_env();
     rpc.call_timeout = Some(
         rpc.call_timeout
             .map_or(options.io_timeout, |t| t.min(options.io_timeout)),
     );
-    let mds = Arc::new(connect_mds(conf, rpc)?);
-    let chunks = Arc::new(TcpChunkConnector::new(key));
-    Ok(Client::new(mds, chunks, options))
+    rpc.connect_timeout = rpc.connect_timeout.min(options.io_timeout);
+    let (members, key) = match source {
+        MdsSource::Conf(conf) => (client_members(conf)?, conf.key()?),
+        MdsSource::Bootstrap { addrs, key } => (Arc::new(MemberDirectory::fixed(addrs)), key),
+    };
+    let mds = MdsClient::following(members, control_dialer(key.clone()), rpc, true)?;
+    Ok(Client::new(
+        Arc::new(mds),
+        Arc::new(TcpChunkConnector::new(key)),
+        options,
+    ))
+}
+
+/// [`build_client`] for the cluster described by `conf`.
+pub fn connect_client(conf: &ClusterConf, options: ClientOptions) -> Result<Client> {
+    build_client(MdsSource::Conf(conf), options)
 }
 
 /// Checks that `key` is the cluster's key by authenticating to one of its
