@@ -38,6 +38,7 @@ fn prompt_no_echo(prompt: &str) -> Result<String> {
     let fd = libc::STDIN_FILENO;
     // SAFETY: termios is plain data; tcgetattr fills it for a terminal fd.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `saved` is a valid termios to fill.
     let have_tty = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
     if have_tty {
         let mut quiet = saved;

@@ -76,8 +76,8 @@ fn main() {
     println!(
         "allocation: {chunks} chunks x 3 replicas on 1000 CSes / 50 hosts / 10 racks: {:.1} us per allocation; replicas per CS min {} max {}",
         per_alloc * 1e6,
-        held.iter().min().unwrap(),
-        held.iter().max().unwrap()
+        held.iter().min().expect("at least one server"),
+        held.iter().max().expect("at least one server")
     );
 
     // Lose host 0 (CSes 1-20): one new replica per chunk that had one there.

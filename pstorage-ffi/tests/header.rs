@@ -2,6 +2,8 @@
 //! committed; this test fails when it no longer matches the code.
 //! `PSTORAGE_BLESS_HEADER=1` rewrites it instead.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::path::Path;
 
 #[test]

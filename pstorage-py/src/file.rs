@@ -42,6 +42,7 @@ struct PyBytesOwner {
 // SAFETY: `ptr`/`len` point into an immutable `bytes` object that `_object`
 // keeps alive; reading immutable memory from any thread is sound.
 unsafe impl Send for PyBytesOwner {}
+// SAFETY: as above: shared access only reads immutable memory.
 unsafe impl Sync for PyBytesOwner {}
 
 impl AsRef<[u8]> for PyBytesOwner {

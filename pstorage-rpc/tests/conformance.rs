@@ -3,6 +3,8 @@
 //! front of a real MDS (its `LeaderRouter` and Raft-backed `MdsService`,
 //! redb on disk) of an in-process cluster.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use async_trait::async_trait;
 use pstorage_core::conformance::mds_group::{self, Group, GroupFixture};
 use pstorage_rpc::local::LocalCluster;

@@ -2,6 +2,8 @@
 //! defaults (256 MiB chunks, replicas 3:2, default timeouts), driven the way
 //! a user's test would drive it.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::time::Duration;
 
 use pstorage_core::client::File;

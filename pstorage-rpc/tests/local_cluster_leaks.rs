@@ -4,6 +4,8 @@
 //!
 //! Its own test binary: it counts this process's threads and descriptors.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::time::Duration;
 
 use pstorage_rpc::local::LocalCluster;

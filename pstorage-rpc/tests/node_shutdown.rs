@@ -7,6 +7,8 @@
 //!
 //! Its own test binary: it counts this process's threads and descriptors.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

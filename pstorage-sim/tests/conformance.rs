@@ -7,6 +7,8 @@
 //! network; and the `MdsGroup` suite against a simulated one-MDS Raft
 //! group, in process and through the simulator's MDS client.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;

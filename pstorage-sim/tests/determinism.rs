@@ -1,6 +1,8 @@
 //! The same seed gives the same run: equal trace hashes, twice in one
 //! process (and, through the binary, in two processes).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use pstorage_sim::{run_seed, SimConfig};
 
 fn short() -> SimConfig {

@@ -2,6 +2,11 @@
 //! with ephemeral ports and a temporary directory. Every process it starts
 //! is killed when the [`TestCluster`] is dropped, also when a test panics.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: a step that fails panics, and the test with it"
+)]
+
 pub mod chaos;
 
 use std::io::Write;
@@ -545,6 +550,7 @@ impl Drop for TestCluster {
 pub fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

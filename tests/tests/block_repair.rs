@@ -5,6 +5,8 @@
 //! block, and the replica never leaves its chain; a block bad on every
 //! replica reads as an error (never as zeros) until it is written again.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

@@ -6,6 +6,8 @@
 //! again through the Rust SDK), the aio benchmark mode, and the error-path
 //! test of every function (`examples/c/test_errors.c`).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The CLI tour of the README, run for real: stat, mkdir, put/get through
 //! files and pipes, ls, set-attr/get-attr with inheritance, rm.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use pstorage_tests::{pattern, ClusterOptions, TestCluster};
 
 fn ok(out: std::process::Output) -> String {

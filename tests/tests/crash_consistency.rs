@@ -5,6 +5,8 @@
 //! block identical, no replica may have been deleted for being torn, and
 //! flushed data must read back.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

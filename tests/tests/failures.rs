@@ -3,6 +3,8 @@
 //! after it restarts), a flipped byte in a chunk file (served from another
 //! replica and reported), kill -9 of the MDS (namespace and data intact).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::sync::Arc;
 use std::time::Duration;
 

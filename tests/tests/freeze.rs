@@ -6,6 +6,8 @@
 //! the chains go on without it. Needs fio with its nbd engine
 //! (scripts/apt.d/nbd.list).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,8 @@
 //! drops; full disks get no new chunks. Timeouts are shortened through the
 //! daemons' environment and `set-config`.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};

@@ -6,6 +6,8 @@
 //! when every MDS of its `bs.list` is gone. Real daemons, default 256 MiB
 //! chunks and default timeouts (only the MDS's heartbeat interval is short).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

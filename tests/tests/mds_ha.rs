@@ -2,6 +2,8 @@
 //! Raft group, killed (-9), frozen (SIGSTOP), added and removed while a
 //! writer streams data and a loop creates, renames and removes files.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

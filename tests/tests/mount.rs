@@ -6,6 +6,8 @@
 //! guard always unmounts (`fusermount3 -u`, lazily if busy) and kills the
 //! mount process, also when the test fails.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

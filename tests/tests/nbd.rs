@@ -4,6 +4,8 @@
 //! malformed requests. The server runs as a child process on an ephemeral
 //! port and is killed when the test ends, also on failure.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

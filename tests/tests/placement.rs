@@ -15,6 +15,8 @@
 //! free) it marked every server full mid-test. These tests lower the cap
 //! to 512 MiB ([`start`]); their `long_*` twins keep the default.
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! chunks. Tests that shorten `mds.wd.offline_tout` have a `long_*` twin at
 //! the default (run by `scripts/test.sh --long`).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,8 @@
 //! random offsets across chunk boundaries reads back equal, and every replica
 //! of every chunk holds identical bytes (read from each CS on its own).
 
+#![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
+
 use std::sync::Arc;
 
 use pstorage_core::traits::{ChunkConnector, MetadataService};

@@ -87,7 +87,9 @@ impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
             attr_ttl: Duration::from_secs(1),
+            // SAFETY: geteuid and getegid always succeed and touch no memory.
             uid: unsafe { libc::geteuid() },
+            // SAFETY: as above.
             gid: unsafe { libc::getegid() },
             direct_io: false,
             max_write_bytes: 1 << 20,

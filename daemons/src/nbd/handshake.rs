@@ -191,13 +191,13 @@ fn parse_info_request(data: &[u8]) -> Result<InfoRequest> {
     if data.len() < 6 {
         return Err(bad("shorter than 6 bytes"));
     }
-    let name_len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+    let name_len = be32(data, 0) as usize;
     if name_len > data.len() - 6 {
         return Err(bad("name length runs past the option"));
     }
     let name = data[4..4 + name_len].to_vec();
     let rest = &data[4 + name_len..];
-    let count = u16::from_be_bytes(rest[0..2].try_into().unwrap()) as usize;
+    let count = be16(rest, 0) as usize;
     if rest.len() != 2 + 2 * count {
         return Err(bad(
             "information request count does not match the option length",

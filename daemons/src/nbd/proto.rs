@@ -151,16 +151,15 @@ impl Request {
     /// Decodes a header; `None` if the magic is wrong (the stream cannot be
     /// resynchronized then).
     pub fn decode(b: &[u8; REQUEST_BYTES]) -> Option<Request> {
-        let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
-        if magic != REQUEST_MAGIC {
+        if be32(b, 0) != REQUEST_MAGIC {
             return None;
         }
         Some(Request {
-            flags: u16::from_be_bytes(b[4..6].try_into().unwrap()),
-            kind: u16::from_be_bytes(b[6..8].try_into().unwrap()),
-            cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
-            offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
-            length: u32::from_be_bytes(b[24..28].try_into().unwrap()),
+            flags: be16(b, 4),
+            kind: be16(b, 6),
+            cookie: be64(b, 8),
+            offset: be64(b, 16),
+            length: be32(b, 24),
         })
     }
 
@@ -209,6 +208,23 @@ pub fn command_name(kind: u16) -> &'static str {
         CMD_WRITE_ZEROES => "WRITE_ZEROES",
         _ => "unknown",
     }
+}
+
+/// The big-endian `u16` at `at` of `b` (the caller checked the length).
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// The big-endian `u32` at `at` of `b` (the caller checked the length).
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The big-endian `u64` at `at` of `b` (the caller checked the length).
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
 }
 
 #[cfg(test)]

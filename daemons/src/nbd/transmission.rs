@@ -72,7 +72,7 @@ where
         let Some(request) = Request::decode(&header) else {
             break Err(Error::protocol(format!(
                 "request with bad magic {:#010x}: hanging up (the stream cannot be resynchronized)",
-                u32::from_be_bytes(header[0..4].try_into().unwrap())
+                be32(&header, 0)
             )));
         };
         if request.kind == CMD_DISC {

@@ -26,6 +26,11 @@
 //! [`MemNetwork`]: crate::chunk::memory::MemNetwork
 //! [`MemChunkStore`]: crate::chunk::MemChunkStore
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "the suites are tests: a step that fails panics with its error"
+)]
+
 pub mod chunk_control;
 pub mod chunk_service;
 pub mod cs_registry;

@@ -7,7 +7,15 @@
 
 /// The types and interfaces of `schema/pstorage.capnp`.
 #[rustfmt::skip]
-#[allow(clippy::all, clippy::pedantic, unused, missing_docs, unused_qualifications)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::restriction,
+    unsafe_op_in_unsafe_fn,
+    unused,
+    missing_docs,
+    unused_qualifications
+)]
 pub mod pstorage_capnp;
 
 #[cfg(test)]
