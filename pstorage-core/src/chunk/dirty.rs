@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::types::ChunkId;
 
 use super::disk::{Disk, DiskFile, OpenMode};
@@ -28,6 +28,13 @@ use super::file::io_error;
 
 /// The log's file name in the store directory.
 pub(crate) const DIRTY_LOG: &str = "dirty.log";
+/// The format this build writes: 2, a first line [`HEADER`]. Format 1 (no
+/// header line, the ids alone) is read, and rewritten as format 2 at open.
+pub(crate) const DIRTY_LOG_FORMAT: u32 = 2;
+/// The first line of a format 2 log, and the prefix of every later
+/// format's. It is not 16 characters long, so a reader of format 1 skips
+/// it as a torn line.
+const HEADER_PREFIX: &str = "pstorage-dirty-log v";
 /// Compaction runs once the log holds at least this many ids and more than
 /// twice the chunks that need to be in it...
 const COMPACT_MIN_ENTRIES: usize = 8;
@@ -61,10 +68,10 @@ impl DirtyLog {
     /// was closed cleanly.
     pub(crate) fn open(disk: Arc<dyn Disk>, dir: &Path) -> Result<(DirtyLog, BTreeSet<ChunkId>)> {
         let path = dir.join(DIRTY_LOG);
-        let previous = match disk.read(&path) {
+        let (format, previous) = match disk.read(&path) {
             // Invalid UTF-8 from a torn append: salvage what parses.
-            Ok(bytes) => parse(&String::from_utf8_lossy(&bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Ok(bytes) => parse(&String::from_utf8_lossy(&bytes), &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, BTreeSet::new()),
             Err(e) => return Err(io_error(e, format_args!("reading {}", path.display()))),
         };
         let file = disk
@@ -88,6 +95,11 @@ impl DirtyLog {
                 compact_interval: COMPACT_INTERVAL,
             }),
         };
+        if format != Some(DIRTY_LOG_FORMAT) {
+            // New, or format 1: rewritten with the header (and the same ids).
+            let mut inner = log.lock();
+            log.compact(&mut inner)?;
+        }
         Ok((log, previous))
     }
 
@@ -206,7 +218,7 @@ impl DirtyLog {
             .collect();
         keep.sort_unstable();
         keep.dedup();
-        let text: String = keep.iter().map(|c| format!("{c:016x}\n")).collect();
+        let text = render(&keep);
         let tmp = self.dir.join(format!("{DIRTY_LOG}.tmp"));
         let what = |op: &str| format!("{op} {}", tmp.display());
         if self.disk.exists(&tmp).unwrap_or(true) {
@@ -240,11 +252,128 @@ impl DirtyLog {
     }
 }
 
-/// The ids of a log's text; a line torn by a crash is skipped (its write
-/// never started: the append is synced before the data is written).
-fn parse(text: &str) -> BTreeSet<ChunkId> {
-    text.lines()
+/// A log of format [`DIRTY_LOG_FORMAT`] listing `ids`.
+fn render(ids: &[ChunkId]) -> String {
+    let mut text = format!("{HEADER_PREFIX}{DIRTY_LOG_FORMAT}\n");
+    for id in ids {
+        text.push_str(&format!("{id:016x}\n"));
+    }
+    text
+}
+
+/// The format of a log's text (`None` for one without a header: format 1,
+/// or a header torn before its first sync) and its ids; a line torn by a
+/// crash is skipped (its write never started: the append is synced before
+/// the data is written). A newer format than this build's is refused: its
+/// ids may be written in a way this build would misread, and a chunk it
+/// failed to list would be served unverified.
+fn parse(text: &str, path: &Path) -> Result<(Option<u32>, BTreeSet<ChunkId>)> {
+    let format = match text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix(HEADER_PREFIX))
+    {
+        Some(v) => match v.parse::<u32>() {
+            Ok(v) if v > DIRTY_LOG_FORMAT => {
+                return Err(Error::corrupt(format!(
+                    "{} is of format {v}; this build reads formats 1 to {DIRTY_LOG_FORMAT}: run \
+                     a newer build",
+                    path.display()
+                )))
+            }
+            Ok(v) => Some(v),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let ids = text
+        .lines()
         .filter(|line| line.len() == 16)
         .filter_map(|line| ChunkId::from_str_radix(line, 16).ok())
-        .collect()
+        .collect();
+    Ok((format, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::disk::RealDisk;
+
+    const GOLDEN_V1: &[u8] = include_bytes!("dirty_v1.golden");
+    const GOLDEN_V2: &[u8] = include_bytes!("dirty_v2.golden");
+
+    fn open(dir: &Path) -> Result<(DirtyLog, BTreeSet<ChunkId>)> {
+        DirtyLog::open(Arc::new(RealDisk), dir)
+    }
+
+    /// Both formats' golden files read as the same ids; format 1 is
+    /// rewritten as format 2 at open, byte for byte the golden file.
+    #[test]
+    fn every_format_is_read_and_the_old_one_rewritten() {
+        let want = BTreeSet::from([0x1, 0xabc, 0x0123_4567_89ab_cdef]);
+        for golden in [GOLDEN_V1, GOLDEN_V2] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(DIRTY_LOG), golden).unwrap();
+            let (log, ids) = open(dir.path()).unwrap();
+            assert_eq!(ids, want);
+            assert_eq!(
+                std::fs::read(dir.path().join(DIRTY_LOG)).unwrap(),
+                GOLDEN_V2
+            );
+            assert_eq!(log.dirty_chunks(), Vec::from_iter(want.iter().copied()));
+        }
+    }
+
+    /// What this build writes is the golden file (a change of format must
+    /// add a version, not change this one).
+    #[test]
+    fn the_log_is_written_as_the_golden_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, ids) = open(dir.path()).unwrap();
+        assert!(ids.is_empty());
+        let header = format!("{HEADER_PREFIX}{DIRTY_LOG_FORMAT}\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(DIRTY_LOG)).unwrap(),
+            header
+        );
+        for id in [0xabc, 0x0123_4567_89ab_cdef, 0x1] {
+            log.note_write(id).unwrap();
+        }
+        log.compact_now().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(DIRTY_LOG)).unwrap(),
+            GOLDEN_V2
+        );
+    }
+
+    /// A newer format is refused at open, and the file is left as it was.
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = format!(
+            "{HEADER_PREFIX}{}\n0000000000000001\n",
+            DIRTY_LOG_FORMAT + 1
+        );
+        std::fs::write(dir.path().join(DIRTY_LOG), &newer).unwrap();
+        let e = open(dir.path())
+            .err()
+            .expect("a newer format must be refused");
+        assert!(e.to_string().contains("format 3"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(DIRTY_LOG)).unwrap(),
+            newer
+        );
+    }
+
+    /// A header torn by a crash at creation reads as an empty log, and is
+    /// written again.
+    #[test]
+    fn a_torn_header_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DIRTY_LOG), &HEADER_PREFIX[..7]).unwrap();
+        let (_log, ids) = open(dir.path()).unwrap();
+        assert!(ids.is_empty());
+        let text = std::fs::read_to_string(dir.path().join(DIRTY_LOG)).unwrap();
+        assert_eq!(text, format!("{HEADER_PREFIX}{DIRTY_LOG_FORMAT}\n"));
+    }
 }

@@ -94,8 +94,9 @@
 //! * `<dir>/chunks/<id>.chunk.bad`: a replica found corrupt (scrubbing, a
 //!   read, or the check after an unclean stop) and taken out of service:
 //!   never listed nor served, every access is `Corrupt`, until deleted.
-//! * `<dir>/dirty.log`: one chunk id per line (16 lowercase hex digits and
-//!   `\n`): chunks that may hold writes never flushed. An id is appended
+//! * `<dir>/dirty.log`: a header line (`pstorage-dirty-log v2`), then one
+//!   chunk id per line (16 lowercase hex digits and `\n`): chunks that may
+//!   hold writes never flushed (see `docs/formats.md`). An id is appended
 //!   and synced before the first write to a chunk not listed; the file is
 //!   rewritten (temp file + rename) with only the chunks written since their
 //!   last flush from time to time and at a clean shutdown, when it ends up
