@@ -185,12 +185,14 @@ fn refuse(export: &Export, request: &Request, error: u32, reason: &str) -> Reply
     }
 }
 
-/// The NBD error for a failed cluster operation.
+/// The NBD error for a failed cluster operation: [`ErrorKind::errno`], the
+/// one errno mapping of the C ABI, the mount and Python, narrowed to the
+/// few values the NBD protocol has.
 fn nbd_errno(kind: ErrorKind) -> u32 {
-    match kind {
-        ErrorKind::NoSpace | ErrorKind::FileTooLarge => ENOSPC,
-        ErrorKind::InvalidArgument => EINVAL,
-        ErrorKind::PermissionDenied | ErrorKind::BadHandle => EPERM,
+    match kind.errno() {
+        libc::ENOSPC | libc::EFBIG => ENOSPC,
+        libc::EINVAL => EINVAL,
+        libc::EPERM | libc::EACCES | libc::EBADF => EPERM,
         _ => EIO,
     }
 }
@@ -317,4 +319,25 @@ fn check(export: &Export, r: &Request) -> std::result::Result<(), (u32, String)>
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind has an NBD error, the nearest to its errno: the kinds a
+    /// hypervisor acts on (no space, bad request, no permission) keep
+    /// theirs, everything else is `EIO` as from a disk.
+    #[test]
+    fn nbd_errors_follow_the_errno_mapping() {
+        for kind in ErrorKind::ALL {
+            let want = match kind {
+                ErrorKind::NoSpace | ErrorKind::FileTooLarge => ENOSPC,
+                ErrorKind::InvalidArgument => EINVAL,
+                ErrorKind::PermissionDenied | ErrorKind::BadHandle => EPERM,
+                _ => EIO,
+            };
+            assert_eq!(nbd_errno(kind), want, "{kind:?} (errno {})", kind.errno());
+        }
+    }
 }
