@@ -1,10 +1,11 @@
 //! The public error of pstorage.
 //!
-//! Modules keep their own detailed `thiserror` enums; all of them convert
-//! into [`Error`], which carries one stable [`ErrorKind`] plus a message that
-//! names the thing and, where possible, the fix. `ErrorKind` maps one-to-one
-//! onto errno values (C ABI, FUSE, NBD) and Python exception classes, and its
-//! numeric code is what crosses the wire.
+//! Every error is an [`Error`]: one stable [`ErrorKind`] plus a message that
+//! names the thing and, where possible, the fix. (Per-module `thiserror`
+//! enums that keep their source are not written yet.) [`ErrorKind::errno`]
+//! is the one errno mapping (C ABI, FUSE, NBD narrowed to its few codes),
+//! each kind has its Python exception class, and the kind's numeric code is
+//! what crosses the wire.
 
 use std::fmt;
 
