@@ -1301,6 +1301,11 @@ impl OpenChunk {
             )
         })?;
         self.in_place_synced.fetch_max(writes, Ordering::AcqRel);
+        // Big writes leave large folios in the page cache (ext4 has them
+        // since Linux 6.x), and a later 4 KiB write into one walks all of
+        // its buffer heads; dropped now that they are clean, later small
+        // writes get small pages. The tables stay cached.
+        let _ = self.file.drop_cached(self.data_offset, 2 * self.chunk_size);
         Ok(())
     }
 
