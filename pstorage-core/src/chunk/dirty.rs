@@ -28,7 +28,8 @@ use super::file::io_error;
 
 /// The log's file name in the store directory.
 pub(crate) const DIRTY_LOG: &str = "dirty.log";
-/// The format this build writes: 2, a first line [`HEADER`]. Format 1 (no
+/// The format this build writes: 2, a first line `pstorage-dirty-log v2`
+/// ([`HEADER_PREFIX`] and the number). Format 1 (no
 /// header line, the ids alone) is read, and rewritten as format 2 at open.
 pub(crate) const DIRTY_LOG_FORMAT: u32 = 2;
 /// The first line of a format 2 log, and the prefix of every later

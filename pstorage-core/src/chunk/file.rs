@@ -1304,8 +1304,12 @@ impl OpenChunk {
         // Big writes leave large folios in the page cache (ext4 has them
         // since Linux 6.x), and a later 4 KiB write into one walks all of
         // its buffer heads; dropped now that they are clean, later small
-        // writes get small pages. The tables stay cached.
-        let _ = self.file.drop_cached(self.data_offset, 2 * self.chunk_size);
+        // writes get small pages. The CRC table and the slot map stay
+        // cached. A hint: a failure changes nothing.
+        let _ = self.file.drop_cached(self.data_offset, self.chunk_size);
+        if self.slot1_at != 0 {
+            let _ = self.file.drop_cached(self.slot1_at, self.chunk_size);
+        }
         Ok(())
     }
 
