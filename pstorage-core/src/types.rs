@@ -783,14 +783,127 @@ pub struct IoRates {
     pub write_bytes_per_s: u64,
 }
 
+/// An MDS's part in the metadata group, as `stat` shows it. On the wire
+/// and in the CLI it is its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MdsRole {
+    /// It leads the group: metadata changes go through it.
+    Leader,
+    /// A voter that follows the leader.
+    Follower,
+    /// A member that receives the log but does not vote (being added).
+    Learner,
+    /// A voter standing for election.
+    Candidate,
+    /// The answering MDS does not hear from it.
+    Unreachable,
+    /// A role this build does not know (named by a newer MDS).
+    Unknown,
+}
+
+impl MdsRole {
+    /// Every role, in declaration order.
+    pub const ALL: [MdsRole; 6] = [
+        MdsRole::Leader,
+        MdsRole::Follower,
+        MdsRole::Learner,
+        MdsRole::Candidate,
+        MdsRole::Unreachable,
+        MdsRole::Unknown,
+    ];
+
+    /// Its name on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MdsRole::Leader => "leader",
+            MdsRole::Follower => "follower",
+            MdsRole::Learner => "learner",
+            MdsRole::Candidate => "candidate",
+            MdsRole::Unreachable => "unreachable",
+            MdsRole::Unknown => "unknown",
+        }
+    }
+
+    /// The role named `name`; [`MdsRole::Unknown`] for a name this build
+    /// does not know.
+    pub fn from_name(name: &str) -> MdsRole {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == name)
+            .unwrap_or(MdsRole::Unknown)
+    }
+
+    /// Whether it votes and hears from the leader (or is the leader).
+    pub fn is_in_quorum(self) -> bool {
+        matches!(self, MdsRole::Leader | MdsRole::Follower)
+    }
+}
+
+impl std::fmt::Display for MdsRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a cluster, as `stat` shows it. On the wire and in the CLI
+/// it is its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterHealth {
+    /// Every chunk has `replicas.norm` copies and every chunk server is
+    /// active.
+    Healthy,
+    /// Some chunk is below `replicas.norm`, or a chunk server is down.
+    Degraded,
+    /// Some chunk is below `replicas.min`: writes to it wait.
+    Failure,
+    /// A state this build does not know (named by a newer MDS).
+    Unknown,
+}
+
+impl ClusterHealth {
+    /// Every state, in declaration order.
+    pub const ALL: [ClusterHealth; 4] = [
+        ClusterHealth::Healthy,
+        ClusterHealth::Degraded,
+        ClusterHealth::Failure,
+        ClusterHealth::Unknown,
+    ];
+
+    /// Its name on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterHealth::Healthy => "healthy",
+            ClusterHealth::Degraded => "degraded",
+            ClusterHealth::Failure => "failure",
+            ClusterHealth::Unknown => "unknown",
+        }
+    }
+
+    /// The state named `name`; [`ClusterHealth::Unknown`] for a name this
+    /// build does not know.
+    pub fn from_name(name: &str) -> ClusterHealth {
+        Self::ALL
+            .into_iter()
+            .find(|h| h.as_str() == name)
+            .unwrap_or(ClusterHealth::Unknown)
+    }
+}
+
+impl std::fmt::Display for ClusterHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An MDS as listed by `stat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MdsInfo {
     pub id: u64,
     pub addr: String,
-    /// `leader`, `follower`, `learner`, `candidate`, or `unreachable` when
-    /// the answering MDS does not hear from it.
-    pub role: String,
+    /// Its part in the group, as the answering MDS sees it.
+    pub role: MdsRole,
     /// The Raft term it is in (as far as the leader knows).
     pub term: u64,
     /// Last log index known committed, and applied to its state.
@@ -894,10 +1007,8 @@ pub struct ReplicationStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub cluster_name: String,
-    /// `healthy` (every chunk healthy, every chunk server active),
-    /// `degraded` (something below `replicas_norm` or a server down) or
-    /// `failure` (some chunk below `replicas_min`: writes to it wait).
-    pub health: String,
+    /// The cluster's state: healthy, degraded or failure.
+    pub health: ClusterHealth,
     pub mds: Vec<MdsInfo>,
     pub cs: Vec<CsInfo>,
     pub files: u64,
@@ -1099,6 +1210,34 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Roles and health states go over the wire by their lowercase names
+    /// (what older builds sent as text); a name from a newer MDS reads as
+    /// `Unknown`.
+    #[test]
+    fn roles_and_health_by_name() {
+        for role in MdsRole::ALL {
+            assert_eq!(MdsRole::from_name(role.as_str()), role);
+            assert_eq!(role.to_string(), role.as_str());
+        }
+        for health in ClusterHealth::ALL {
+            assert_eq!(ClusterHealth::from_name(health.as_str()), health);
+            assert_eq!(health.to_string(), health.as_str());
+        }
+        let old = ["leader", "follower", "learner", "candidate", "unreachable"];
+        for name in old {
+            assert_ne!(MdsRole::from_name(name), MdsRole::Unknown, "{name}");
+        }
+        for name in ["healthy", "degraded", "failure"] {
+            assert_ne!(
+                ClusterHealth::from_name(name),
+                ClusterHealth::Unknown,
+                "{name}"
+            );
+        }
+        assert_eq!(MdsRole::from_name("observer"), MdsRole::Unknown);
+        assert_eq!(ClusterHealth::from_name("on fire"), ClusterHealth::Unknown);
+    }
 
     #[test]
     fn sizes() {

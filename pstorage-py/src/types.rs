@@ -181,7 +181,7 @@ impl From<&MdsInfo> for PyMdsInfo {
         PyMdsInfo {
             id: m.id,
             addr: m.addr.clone(),
-            role: m.role.clone(),
+            role: m.role.to_string(),
             term: m.term,
             commit_index: m.commit_index,
             applied_index: m.applied_index,
@@ -235,7 +235,7 @@ impl From<&ClusterStatus> for PyClusterStatus {
     fn from(s: &ClusterStatus) -> PyClusterStatus {
         PyClusterStatus {
             cluster_name: s.cluster_name.clone(),
-            health: s.health.clone(),
+            health: s.health.to_string(),
             mds: s.mds.iter().map(PyMdsInfo::from).collect(),
             cs: s.cs.iter().map(PyCsInfo::from).collect(),
             files: s.files,

@@ -101,11 +101,11 @@ fn sample_entries() -> Vec<DirEntry> {
 fn sample_cluster_status() -> ClusterStatus {
     ClusterStatus {
         cluster_name: "test-cluster".into(),
-        health: "degraded".into(),
+        health: ClusterHealth::Degraded,
         mds: vec![MdsInfo {
             id: 1,
             addr: "127.0.0.1:2510".into(),
-            role: "leader".into(),
+            role: MdsRole::Leader,
             term: 0,
             commit_index: 0,
             applied_index: 0,

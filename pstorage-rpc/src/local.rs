@@ -69,7 +69,8 @@ use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey};
 use pstorage_core::traits::MetadataService;
 use pstorage_core::types::{
-    validate_chunk_size, AttrUpdate, ClusterStatus, CsId, CsStatus, Replicas, DEFAULT_CHUNK_SIZE,
+    validate_chunk_size, AttrUpdate, ClusterStatus, CsId, CsStatus, MdsRole, Replicas,
+    DEFAULT_CHUNK_SIZE,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::sync::{oneshot, watch};
@@ -598,7 +599,7 @@ impl LocalCluster {
         let leader = status
             .mds
             .iter()
-            .find(|m| m.role == "leader")
+            .find(|m| m.role == MdsRole::Leader)
             .ok_or_else(|| Error::unavailable("the MDS group has no leader right now; retry"))?;
         self.lock()
             .mds
@@ -896,7 +897,7 @@ fn slot(nodes: &mut Nodes, kind: Kind, i: usize) -> Result<&mut Slot> {
 /// every running MDS a voter that the leader hears from.
 fn mds_missing(status: &ClusterStatus, nodes: &Nodes) -> Vec<String> {
     let mut missing = Vec::new();
-    if !status.mds.iter().any(|m| m.role == "leader") {
+    if !status.mds.iter().any(|m| m.role == MdsRole::Leader) {
         missing.push("the MDS group has no leader".to_string());
     }
     for (i, slot) in nodes.mds.iter().enumerate() {
@@ -905,7 +906,7 @@ fn mds_missing(status: &ClusterStatus, nodes: &Nodes) -> Vec<String> {
         }
         let addr = slot.addr.as_deref().unwrap_or_default();
         match status.mds.iter().find(|m| m.addr == addr) {
-            Some(m) if m.role == "leader" || m.role == "follower" => {}
+            Some(m) if m.role.is_in_quorum() => {}
             Some(m) => missing.push(format!("MDS {i} ({addr}) is {}", m.role)),
             None => missing.push(format!("MDS {i} ({addr}) is not a member yet")),
         }

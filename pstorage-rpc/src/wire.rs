@@ -12,12 +12,12 @@
 use capnp::struct_list;
 use capnp::traits::OwnedStruct;
 use pstorage_core::types::{
-    AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
-    CopyStats, CsId, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, CsStatus, DirEntry, Event,
-    EventKind, EventLevel, FailureDomain, FailureReason, FileAttrs, HeartbeatReply, InodeKind,
-    IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember, MdsMembership, OpTag, OpenFlags,
-    OpenReply, RebalanceState, RebalanceStatus, RegisterReply, Replica, Replicas,
-    ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
+    AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterHealth, ClusterStatus, ConfigEntry,
+    CopyProgress, CopyStats, CsId, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, CsStatus,
+    DirEntry, Event, EventKind, EventLevel, FailureDomain, FailureReason, FileAttrs,
+    HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember,
+    MdsMembership, MdsRole, OpTag, OpenFlags, OpenReply, RebalanceState, RebalanceStatus,
+    RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -700,7 +700,7 @@ impl WireStruct for MdsInfo {
         Ok(MdsInfo {
             id: r.get_id(),
             addr: read_text(r.get_addr())?,
-            role: read_text(r.get_role())?,
+            role: MdsRole::from_name(&read_text(r.get_role())?),
             term: r.get_term(),
             commit_index: r.get_commit_index(),
             applied_index: r.get_applied_index(),
@@ -776,7 +776,7 @@ impl WireStruct for ClusterStatus {
     fn read(r: schema::cluster_status::Reader<'_>) -> capnp::Result<Self> {
         Ok(ClusterStatus {
             cluster_name: read_text(r.get_cluster_name())?,
-            health: read_text(r.get_health())?,
+            health: ClusterHealth::from_name(&read_text(r.get_health())?),
             mds: read_list(r.get_mds()?)?,
             cs: read_list(r.get_cs()?)?,
             files: r.get_files(),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::ClusterConf;
 use pstorage_core::types::{
-    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, OpenFlags,
+    ChunkMap, ClusterStatus, CsId, CsStatus, EventKind, LeaseMode, MdsRole, OpenFlags,
 };
 
 mod nbd_server;
@@ -256,9 +256,9 @@ impl TestCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let voting = self.mds_roles().is_some_and(|roles| {
-                roles
-                    .iter()
-                    .any(|(a, r)| *a == addr && r != "learner" && r != "unreachable")
+                roles.iter().any(|(a, r)| {
+                    *a == addr && !matches!(r, MdsRole::Learner | MdsRole::Unreachable)
+                })
             });
             if voting {
                 return i;
@@ -273,7 +273,7 @@ impl TestCluster {
     }
 
     /// (address, role) of every MDS as the leader reports them.
-    pub fn mds_roles(&self) -> Option<Vec<(String, String)>> {
+    pub fn mds_roles(&self) -> Option<Vec<(String, MdsRole)>> {
         self.status()
             .map(|s| s.mds.into_iter().map(|m| (m.addr, m.role)).collect())
     }

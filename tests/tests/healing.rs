@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::traits::ControlConnector;
-use pstorage_core::types::{ClusterStatus, CsStatus, EventKind, LeaseMode, OpenFlags};
+use pstorage_core::types::{
+    ClusterHealth, ClusterStatus, CsStatus, EventKind, LeaseMode, OpenFlags,
+};
 use pstorage_core::ErrorKind;
 use pstorage_rpc::control::TcpControlConnector;
 use pstorage_tests::{
@@ -147,7 +149,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     let s = status(&client).await;
     let dead = s.cs.iter().find(|c| c.id == victim).unwrap();
     assert_eq!(dead.status, CsStatus::Offline);
-    assert_eq!(s.health, "degraded", "a server is offline");
+    assert_eq!(s.health, ClusterHealth::Degraded, "a server is offline");
     assert!(s.replication.done_chunks >= 1, "{s:?}");
     assert_eq!(read_all(&client, "/data.bin").await, data);
     let story = events(&client, EventKind::CsState).await;
@@ -193,7 +195,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     assert!(rounds >= 3, "the continuous writer made {rounds} rounds");
     cluster
         .wait_for(Duration::from_secs(10), "a healthy cluster", || async {
-            (status(&client).await.health == "healthy").then_some(())
+            (status(&client).await.health == ClusterHealth::Healthy).then_some(())
         })
         .await;
 }
@@ -241,7 +243,7 @@ async fn writes_below_replicas_min_wait_fail_clearly_and_resume() {
         assert!(err.message().contains(part), "{part:?} missing in: {err}");
     }
     let s = status(&client).await;
-    assert_eq!(s.health, "failure", "{s:?}");
+    assert_eq!(s.health, ClusterHealth::Failure, "{s:?}");
     assert_eq!(s.chunk_counts.blocked, 1);
 
     // The CLI's bound is configurable too: a put gives up after --io-timeout.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::types::{LeaseMode, OpenFlags};
+use pstorage_core::types::{LeaseMode, MdsRole, OpenFlags};
 use pstorage_core::ErrorKind;
 use pstorage_tests::{pattern, ClusterOptions, TestCluster};
 
@@ -44,7 +44,7 @@ fn leader(cluster: &TestCluster) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(roles) = cluster.mds_roles() {
-            if let Some((addr, _)) = roles.iter().find(|(_, r)| r == "leader") {
+            if let Some((addr, _)) = roles.iter().find(|(_, r)| *r == MdsRole::Leader) {
                 return cluster
                     .mds_addrs
                     .iter()
@@ -67,7 +67,7 @@ fn wait_caught_up(cluster: &TestCluster, members: usize) {
             let ok = s
                 .mds
                 .iter()
-                .filter(|m| (m.role == "follower" || m.role == "leader") && m.lag == 0)
+                .filter(|m| m.role.is_in_quorum() && m.lag == 0)
                 .count();
             if ok == members {
                 return;

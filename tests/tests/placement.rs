@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::types::{ChunkMap, ClusterStatus, CsId, LeaseMode, OpenFlags};
+use pstorage_core::types::{ChunkMap, ClusterHealth, ClusterStatus, CsId, LeaseMode, OpenFlags};
 use pstorage_tests::{chain, pattern, ClusterOptions, TestCluster};
 
 const MIB: u64 = 1 << 20;
@@ -460,7 +460,7 @@ async fn fill_up(default_margin: bool) {
     eprintln!("the writer made {writes} 1 MiB writes meanwhile");
     let s = cluster.status().unwrap();
     assert!(s.rebalance.done >= 1, "{:?}", s.rebalance);
-    assert_eq!(s.health, "healthy", "{s:?}");
+    assert_eq!(s.health, ClusterHealth::Healthy, "{s:?}");
     // (A chain of 4 is a move whose copy landed and whose old member is
     // not trimmed yet.)
     for m in client.file_chunks("/big.bin").await.unwrap() {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::ClientOptions;
-use pstorage_core::types::{CsStatus, EventKind, LeaseMode, OpenFlags};
+use pstorage_core::types::{ClusterHealth, CsStatus, EventKind, LeaseMode, OpenFlags};
 use pstorage_tests::{
     all_chunks_healthy, chain, events, pattern, read_all, tail, write_file, ClusterOptions,
     NbdServer, TestCluster,
@@ -252,7 +252,7 @@ async fn every_chunk_server_killed_at_once_under_a_writer_recovers() {
                 let s = client.cluster_status().await.ok()?;
                 let maps = client.file_chunks("/fio.img").await.ok()?;
                 (all_chunks_healthy(&s)
-                    && s.health == "healthy"
+                    && s.health == ClusterHealth::Healthy
                     && maps.iter().all(|m| m.replicas.len() == 3))
                 .then_some(())
             },

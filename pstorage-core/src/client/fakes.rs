@@ -842,7 +842,7 @@ impl MetadataService for FakeMds {
         let st = lock(&self.state);
         Ok(ClusterStatus {
             cluster_name: "fake".into(),
-            health: "healthy".into(),
+            health: ClusterHealth::Healthy,
             mds: vec![],
             cs: vec![],
             files: st.files.len() as u64,

@@ -10,7 +10,7 @@ use super::service::{raft_write_error, unexpected, MdsService};
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, Result};
 use crate::traits::MdsGroup;
-use crate::types::{EventKind, EventLevel, MdsInfo, MdsMember, MdsMembership};
+use crate::types::{EventKind, EventLevel, MdsInfo, MdsMember, MdsMembership, MdsRole};
 
 /// The group as the Raft node `raft` sees it now: its membership
 /// configuration (which may lag the leader's on a follower), the leader it
@@ -49,7 +49,7 @@ impl MdsService {
             return vec![MdsInfo {
                 id: 1,
                 addr: self.config.addr.clone(),
-                role: "leader".to_string(),
+                role: MdsRole::Leader,
                 term: 0,
                 commit_index: 0,
                 applied_index: 0,
@@ -67,7 +67,7 @@ impl MdsService {
             let mut info = MdsInfo {
                 id,
                 addr: node.addr.clone(),
-                role: String::new(),
+                role: MdsRole::Unknown,
                 term: 0,
                 commit_index: 0,
                 applied_index: 0,
@@ -75,13 +75,12 @@ impl MdsService {
             };
             if id == *me {
                 info.role = match m.state {
-                    openraft::ServerState::Leader => "leader",
-                    openraft::ServerState::Candidate => "candidate",
-                    openraft::ServerState::Learner => "learner",
-                    openraft::ServerState::Follower if voter => "follower",
-                    _ => "learner",
-                }
-                .to_string();
+                    openraft::ServerState::Leader => MdsRole::Leader,
+                    openraft::ServerState::Candidate => MdsRole::Candidate,
+                    openraft::ServerState::Learner => MdsRole::Learner,
+                    openraft::ServerState::Follower if voter => MdsRole::Follower,
+                    _ => MdsRole::Learner,
+                };
                 info.term = m.current_term;
                 info.commit_index = applied;
                 info.applied_index = applied;
@@ -97,17 +96,20 @@ impl MdsService {
                     .and_then(|l| l.as_ref())
                     .map(|l| l.index);
                 info.role = match (voter, matched) {
-                    (_, None) => "unreachable",
-                    (true, Some(_)) => "follower",
-                    (false, Some(_)) => "learner",
-                }
-                .to_string();
+                    (_, None) => MdsRole::Unreachable,
+                    (true, Some(_)) => MdsRole::Follower,
+                    (false, Some(_)) => MdsRole::Learner,
+                };
                 info.term = m.current_term;
                 info.commit_index = matched.unwrap_or(0);
                 info.applied_index = matched.unwrap_or(0);
                 info.lag = last.saturating_sub(matched.unwrap_or(0));
             } else {
-                info.role = if voter { "follower" } else { "learner" }.to_string();
+                info.role = if voter {
+                    MdsRole::Follower
+                } else {
+                    MdsRole::Learner
+                };
                 info.lag = u64::MAX;
             }
             out.push(info);

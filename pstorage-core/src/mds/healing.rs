@@ -1457,11 +1457,11 @@ impl MdsService {
             .iter()
             .any(|c| c.status != CsStatus::Active && c.status != CsStatus::Dropped);
         let health = if counts.blocked > 0 {
-            "failure"
+            ClusterHealth::Failure
         } else if counts.degraded + counts.urgent + counts.replicating > 0 || cs_down {
-            "degraded"
+            ClusterHealth::Degraded
         } else {
-            "healthy"
+            ClusterHealth::Healthy
         };
         let recent_bytes: u64 = core
             .repl
@@ -1475,7 +1475,7 @@ impl MdsService {
             .then(|| remaining_bytes.div_ceil(rate_bytes_per_s));
         ClusterStatus {
             cluster_name: self.config.cluster_name.clone(),
-            health: health.to_string(),
+            health,
             mds: self.mds_infos(),
             cs,
             files,

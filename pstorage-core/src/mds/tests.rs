@@ -937,7 +937,7 @@ async fn allocation_needs_replicas_min_active_servers() {
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map), [1, 2]);
     let status = c.mds.cluster_status().await.unwrap();
-    assert_eq!(status.health, "degraded");
+    assert_eq!(status.health, ClusterHealth::Degraded);
     assert_eq!((status.chunks, status.chunk_counts.urgent), (1, 1));
 
     // A server that fails create_chunk is left out if min remain.
@@ -1033,8 +1033,8 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     assert_eq!(rec.version, 3);
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(
-        (status.health.as_str(), status.chunk_counts.blocked),
-        ("failure", 1)
+        (status.health, status.chunk_counts.blocked),
+        (ClusterHealth::Failure, 1)
     );
 }
 
@@ -1390,7 +1390,10 @@ async fn cs_status_follows_heartbeats() {
         }
     };
     assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Active]);
-    assert_eq!(c.mds.cluster_status().await.unwrap().health, "healthy");
+    assert_eq!(
+        c.mds.cluster_status().await.unwrap().health,
+        ClusterHealth::Healthy
+    );
     c.clock.advance(2_000);
     c.mds
         .heartbeat(1, SpaceInfo::default(), CsStats::default())
@@ -1398,7 +1401,10 @@ async fn cs_status_follows_heartbeats() {
         .unwrap();
     c.clock.advance(1_500);
     assert_eq!(status(&c).await, [CsStatus::Active, CsStatus::Inactive]);
-    assert_eq!(c.mds.cluster_status().await.unwrap().health, "degraded");
+    assert_eq!(
+        c.mds.cluster_status().await.unwrap().health,
+        ClusterHealth::Degraded
+    );
     c.clock.advance(60_000);
     assert_eq!(status(&c).await, [CsStatus::Offline, CsStatus::Offline]);
     assert_eq!(
@@ -1705,7 +1711,11 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(status.chunk_counts.healthy, 4, "{status:?}");
     assert_eq!(status.replication.done_chunks, 4);
-    assert_eq!(status.health, "degraded", "CS 1 is still offline");
+    assert_eq!(
+        status.health,
+        ClusterHealth::Degraded,
+        "CS 1 is still offline"
+    );
     let story = events(&c, EventKind::CsState).join("\n");
     assert!(
         story.contains("chunk server 1") && story.contains("offline"),
@@ -1722,7 +1732,10 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
     assert_eq!(reply.delete.len(), 4);
     c.mds.tick().await;
     assert_eq!(c.mds.replicate_pending(10).await, 0, "no over-replication");
-    assert_eq!(c.mds.cluster_status().await.unwrap().health, "healthy");
+    assert_eq!(
+        c.mds.cluster_status().await.unwrap().health,
+        ClusterHealth::Healthy
+    );
 }
 
 #[tokio::test]
