@@ -11,12 +11,8 @@
 # Everything it starts is stopped when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-top=$PWD
 label=${1:-pstorage}
-bin=${BIN:-$top/target/release}
-runner=${BENCH_RUNNER:-$top/../shared/bench/run}
-count=${CS_COUNT:-3}
-. "$top/scripts/lib/bench-cluster.sh"
+. scripts/lib/bench-cluster.sh
 mkdir -p "$dir/local"
 "$runner" "local-disk" dir "$dir/local"
 "$runner" "$label" nbd "nbd://127.0.0.1:$nbd_port/bench.img"

@@ -14,12 +14,8 @@
 # each; the CPU figure includes everything on the machine, perf included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-top=$PWD
 label=${1:-pstorage}
-bin=${BIN:-$top/target/release}
-runner=${BENCH_RUNNER:-$top/../shared/bench/run}
-count=${CS_COUNT:-3}
-. "$top/scripts/lib/bench-cluster.sh"
+. scripts/lib/bench-cluster.sh
 export ENGINE=nbd TARGET="uri=nbd://127.0.0.1:$nbd_port/bench.img" DIRECT=0
 jobs=$(dirname "$runner")/jobs.fio
 fio --section=seqwrite --output-format=json --output="$dir/seq.json" "$jobs" >/dev/null

@@ -2,8 +2,12 @@
 # starts a fresh local cluster (1 MDS, CS_COUNT chunk servers on
 # 127.0.0.1, replicas 3:2, 256 MiB chunks: the defaults) with a 1 GiB
 # image served by `pstorage nbd-serve`, and stops it all at exit.
-# In: top, bin, count; JOURNAL, BENCH_DIR from the environment.
-# Out: dir, name, nbd_port.
+# Run from the repository's top. Environment: BIN, BENCH_RUNNER, CS_COUNT,
+# JOURNAL, BENCH_DIR. Sets top, bin, runner, dir, name, nbd_port.
+top=$PWD
+bin=${BIN:-$top/target/release}
+runner=${BENCH_RUNNER:-$top/../shared/bench/run}
+count=${CS_COUNT:-3}
 if [ ! -x "$bin/pstorage-csd" ]; then
   cargo build --release --workspace --bins
 fi
