@@ -10,12 +10,13 @@
 //! command, which is quadratic here):
 //! `cargo run --release -p pstorage-core --example mds_scale [CHUNKS]`
 
+use pstorage_core::types::MapVersion;
 use std::time::Instant;
 
 use pstorage_core::mds::placement::{choose, Request, ServerView};
 use pstorage_core::mds::state::{ApplyOutcome, Command, MdsState};
 use pstorage_core::mds::store::MdsStore;
-use pstorage_core::types::{CsId, FailureDomain, FileAttrs, LeaseMode, OpenFlags};
+use pstorage_core::types::{CsId, FailureDomain, FileAttrs, LeaseId, LeaseMode, OpenFlags};
 
 const CHUNK: u64 = 256 << 20;
 const CAPACITY: u64 = 100 << 40;
@@ -82,7 +83,7 @@ fn main() {
     }
     let rss_before = status_kib("VmRSS:");
     let mut applying = std::time::Duration::ZERO;
-    let mut lease = 0;
+    let mut lease = LeaseId(0);
     for n in 0..chunks {
         let index = n % CHUNKS_PER_FILE;
         if index == 0 {
@@ -124,7 +125,7 @@ fn main() {
             lease,
             index,
             chunk: state.next_chunk_id(),
-            version: 1,
+            version: MapVersion(1),
             replicas,
             now_ms: 0,
         };
@@ -160,7 +161,11 @@ fn main() {
         Err(e) => panic!("load: {e}"),
     };
     let read = started.elapsed();
-    assert_eq!(loaded.chunks().count() as u64, chunks, "the snapshot holds every chunk");
+    assert_eq!(
+        loaded.chunks().count() as u64,
+        chunks,
+        "the snapshot holds every chunk"
+    );
     println!(
         "snapshot: {} MiB on disk, written in {:.2} s, loaded in {:.2} s; peak resident set {} MiB",
         bytes >> 20,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use pstorage_core::mds::placement::{choose, plan_rebalance, ChunkView, Request, ServerView};
-use pstorage_core::types::{CsId, FailureDomain};
+use pstorage_core::types::{ChunkId, CsId, FailureDomain};
 
 const CHUNK: u64 = 256 << 20;
 const CAPACITY: u64 = 100 << 40;
@@ -136,7 +136,7 @@ fn main() {
         .iter()
         .enumerate()
         .map(|(i, m)| ChunkView {
-            chunk: i as u64 + 1,
+            chunk: ChunkId(i as u64 + 1),
             members: m,
             tier: 0,
             domain: FailureDomain::Host,

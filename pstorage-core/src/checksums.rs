@@ -172,13 +172,13 @@ mod tests {
     fn a_changed_byte_or_a_wrong_list_is_refused() {
         let data = vec![1u8; 3 * BLOCK_SIZE as usize];
         let crcs = piece_crcs(10, &data);
-        verify_piece_crcs(1, 10, &data, &crcs, "a write").unwrap();
+        verify_piece_crcs(ChunkId(1), 10, &data, &crcs, "a write").unwrap();
         let mut changed = data.clone();
         changed[5000] ^= 0x10;
-        let e = verify_piece_crcs(1, 10, &changed, &crcs, "a write").unwrap_err();
+        let e = verify_piece_crcs(ChunkId(1), 10, &changed, &crcs, "a write").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Checksum);
         assert!(e.message().contains("chunk offset 4096"), "{e}");
-        let e = verify_piece_crcs(1, 10, &data, &crcs[1..], "a write").unwrap_err();
+        let e = verify_piece_crcs(ChunkId(1), 10, &data, &crcs[1..], "a write").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
         let read = CheckedBytes::new(10, Bytes::from(changed));
         let read = CheckedBytes {
@@ -186,7 +186,7 @@ mod tests {
             ..read
         };
         assert_eq!(
-            read.verified(1, 10).unwrap_err().kind(),
+            read.verified(ChunkId(1), 10).unwrap_err().kind(),
             ErrorKind::Checksum
         );
     }
@@ -200,11 +200,11 @@ mod tests {
         assert_eq!(read.crcs[0], zero_block_crc());
         assert_eq!(read.crcs[1], second);
         assert_eq!(read.crcs[2], crc64(&data[2 * BLOCK_SIZE as usize..]));
-        read.clone().verified(1, 0).unwrap();
+        read.clone().verified(ChunkId(1), 0).unwrap();
         // A block that differs from its entry fails at the reader.
         let stale = CheckedBytes::from_entries(0, Bytes::from(data), &[0, second ^ 4, 77]);
         assert_eq!(
-            stale.verified(1, 0).unwrap_err().kind(),
+            stale.verified(ChunkId(1), 0).unwrap_err().kind(),
             ErrorKind::Checksum
         );
         // CRCs 0 and 1 are stored as 2: still the same CRC.
@@ -225,7 +225,7 @@ mod tests {
                 covered += piece.len();
             });
             prop_assert_eq!(covered, len);
-            prop_assert!(verify_piece_crcs(1, offset, &data, &crcs, "x").is_ok());
+            prop_assert!(verify_piece_crcs(ChunkId(1), offset, &data, &crcs, "x").is_ok());
         }
     }
 }

@@ -4,16 +4,92 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Declares an id newtype: a `Copy` wrapper of its number that serializes
+/// as the bare number (`#[serde(transparent)]`, so the persisted formats and
+/// the wire are those of the number), prints as the CLI and the logs print
+/// it (`Display`; `Debug` prints the bare number, so traces and logs read as
+/// before), and converts only explicitly (`Id(n)`, `id.0`): two ids of
+/// different kinds cannot be swapped in a call.
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident($inner:ty), $display:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, $display, self.0)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl $name {
+            /// The largest id of this kind.
+            pub const MAX: $name = $name(<$inner>::MAX);
+        }
+
+        /// An id `n` later (ids are allocated in order).
+        impl std::ops::Add<$inner> for $name {
+            type Output = $name;
+            fn add(self, n: $inner) -> $name {
+                $name(self.0 + n)
+            }
+        }
+
+        impl std::ops::AddAssign<$inner> for $name {
+            fn add_assign(&mut self, n: $inner) {
+                self.0 += n;
+            }
+        }
+
+        impl std::fmt::LowerHex for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::LowerHex::fmt(&self.0, f)
+            }
+        }
+    };
+}
+pub(crate) use id_type;
+
 /// A chunk server's id, assigned by the MDS at `make-cs` time; never reused.
 pub type CsId = u32;
-/// A cluster-unique chunk id, assigned by the MDS.
-pub type ChunkId = u64;
-/// An inode (file or directory) id; the root directory is [`ROOT_INODE`].
-pub type InodeId = u64;
-/// A lease handle, returned by open and used for every operation on the file.
-pub type LeaseId = u64;
-/// A chunk map version. Only ever grows for a given chunk.
-pub type MapVersion = u64;
+id_type!(
+    /// A cluster-unique chunk id, assigned by the MDS. Printed in hex
+    /// (`0x2a`), as the logs and events name chunks.
+    ChunkId(u64),
+    "{:#x}"
+);
+id_type!(
+    /// An inode (file or directory) id; the root directory is
+    /// [`ROOT_INODE`]. Printed as its number (the FUSE inode number).
+    InodeId(u64),
+    "{}"
+);
+id_type!(
+    /// A lease handle, returned by open and used for every operation on the
+    /// file. Printed as its number.
+    LeaseId(u64),
+    "{}"
+);
+id_type!(
+    /// A chunk map version. Only ever grows for a given chunk. Printed as
+    /// its number.
+    MapVersion(u64),
+    "{}"
+);
+
+impl MapVersion {
+    /// The version after this one (`None` past `u64::MAX`).
+    pub fn checked_next(self) -> Option<MapVersion> {
+        self.0.checked_add(1).map(MapVersion)
+    }
+}
 
 /// A client's metadata session: a random id the client picks when it is
 /// created, so the MDS can tell its requests from every other client's.
@@ -58,7 +134,7 @@ impl OpTag {
 }
 
 /// The root directory's inode.
-pub const ROOT_INODE: InodeId = 1;
+pub const ROOT_INODE: InodeId = InodeId(1);
 /// Checksum granularity: one CRC-64 per block of this many bytes.
 pub const BLOCK_SIZE: u64 = 4096;
 /// The cluster default chunk size (like the original pstorage).

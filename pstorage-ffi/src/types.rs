@@ -142,7 +142,7 @@ impl From<FileAttrs> for pstorage_attrs_t {
 impl From<&Stat> for pstorage_stat_t {
     fn from(s: &Stat) -> pstorage_stat_t {
         pstorage_stat_t {
-            ino: s.ino,
+            ino: s.ino.0,
             kind: match s.kind {
                 InodeKind::File => PSTORAGE_KIND_FILE,
                 InodeKind::Dir => PSTORAGE_KIND_DIR,

@@ -35,7 +35,7 @@ pub struct PyStat {
 impl From<&types::Stat> for PyStat {
     fn from(s: &types::Stat) -> PyStat {
         PyStat {
-            ino: s.ino,
+            ino: s.ino.0,
             kind: match s.kind {
                 InodeKind::File => "file",
                 InodeKind::Dir => "dir",

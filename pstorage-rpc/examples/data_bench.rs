@@ -87,8 +87,8 @@ async fn run(client: Arc<DataClient>, depth: usize, duration: Duration) -> (u64,
                 while !stop.load(Ordering::Relaxed) {
                     client
                         .write(WriteRequest::new(
-                            w as u64,
-                            1,
+                            ChunkId(w as u64),
+                            MapVersion(1),
                             offset,
                             WritePayload::Data(payload.clone()),
                             Vec::new(),

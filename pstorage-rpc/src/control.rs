@@ -45,7 +45,9 @@ impl chunk_control::Server for ControlServer {
                 let p = params.get()?;
                 Ok((p.get_chunk(), p.get_version(), p.get_chunk_size()))
             })?;
-            self.control.create_chunk(chunk, version, chunk_size).await
+            self.control
+                .create_chunk(ChunkId(chunk), MapVersion(version), chunk_size)
+                .await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -62,7 +64,9 @@ impl chunk_control::Server for ControlServer {
                 let p = params.get()?;
                 Ok((p.get_chunk(), p.get_version()))
             })?;
-            self.control.set_version(chunk, version).await
+            self.control
+                .set_version(ChunkId(chunk), MapVersion(version))
+                .await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -76,7 +80,7 @@ impl chunk_control::Server for ControlServer {
     ) -> capnp::Result<()> {
         let outcome = async {
             let chunk = decode_request("deleteChunk", || Ok(params.get()?.get_chunk()))?;
-            self.control.delete_chunk(chunk).await
+            self.control.delete_chunk(ChunkId(chunk)).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -111,7 +115,13 @@ impl chunk_control::Server for ControlServer {
                     ))
                 })?;
             self.control
-                .replicate_chunk(chunk, version, chunk_size, source, rate)
+                .replicate_chunk(
+                    ChunkId(chunk),
+                    MapVersion(version),
+                    chunk_size,
+                    source,
+                    rate,
+                )
                 .await
         }
         .await;
@@ -133,7 +143,7 @@ impl chunk_control::Server for ControlServer {
     ) -> capnp::Result<()> {
         let outcome = async {
             let chunk = decode_request("copyProgress", || Ok(params.get()?.get_chunk()))?;
-            self.control.copy_progress(chunk).await
+            self.control.copy_progress(ChunkId(chunk)).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -194,8 +204,8 @@ impl ChunkControl for ControlClient {
             .call("createChunk", move |cs| async move {
                 let mut request = cs.create_chunk_request();
                 let mut p = request.get();
-                p.set_chunk(chunk);
-                p.set_version(version);
+                p.set_chunk(chunk.0);
+                p.set_version(version.0);
                 p.set_chunk_size(chunk_size);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
@@ -208,8 +218,8 @@ impl ChunkControl for ControlClient {
             .call("setVersion", move |cs| async move {
                 let mut request = cs.set_version_request();
                 let mut p = request.get();
-                p.set_chunk(chunk);
-                p.set_version(version);
+                p.set_chunk(chunk.0);
+                p.set_version(version.0);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
@@ -220,7 +230,7 @@ impl ChunkControl for ControlClient {
         self.actor
             .call("deleteChunk", move |cs| async move {
                 let mut request = cs.delete_chunk_request();
-                request.get().set_chunk(chunk);
+                request.get().set_chunk(chunk.0);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
@@ -248,8 +258,8 @@ impl ChunkControl for ControlClient {
             .call("replicateChunk", move |cs| async move {
                 let mut request = cs.replicate_chunk_request();
                 let mut p = request.get();
-                p.set_chunk(chunk);
-                p.set_version(version);
+                p.set_chunk(chunk.0);
+                p.set_version(version.0);
                 p.set_chunk_size(chunk_size);
                 source.write(p.reborrow().init_source());
                 p.set_rate_bytes_per_s(rate_bytes_per_s);
@@ -267,7 +277,7 @@ impl ChunkControl for ControlClient {
         self.actor
             .call("copyProgress", move |cs| async move {
                 let mut request = cs.copy_progress_request();
-                request.get().set_chunk(chunk);
+                request.get().set_chunk(chunk.0);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

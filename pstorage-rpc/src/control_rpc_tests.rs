@@ -53,9 +53,9 @@ fn sample_dir_stat() -> Stat {
 
 fn sample_chunk_map(index: u64) -> ChunkMap {
     ChunkMap {
-        chunk: 0x1f2 + index,
+        chunk: ChunkId(0x1f2 + index),
         index,
-        version: 42,
+        version: MapVersion(42),
         replicas: vec![
             Replica {
                 cs: 3,
@@ -72,12 +72,12 @@ fn sample_chunk_map(index: u64) -> ChunkMap {
 fn sample_open_reply() -> OpenReply {
     OpenReply {
         lease: Lease {
-            id: 77,
-            ino: 12,
+            id: LeaseId(77),
+            ino: InodeId(12),
             mode: LeaseMode::Write,
             duration_ms: 30_000,
         },
-        stat: sample_stat(12),
+        stat: sample_stat(InodeId(12)),
         io_timeouts: IoTimeouts {
             replica_ms: 2_500,
             flush_ms: u64::MAX,
@@ -89,7 +89,7 @@ fn sample_entries() -> Vec<DirEntry> {
     vec![
         DirEntry {
             name: "disk.img".into(),
-            stat: sample_stat(12),
+            stat: sample_stat(InodeId(12)),
         },
         DirEntry {
             name: "ünïcødé ☃".into(),
@@ -228,8 +228,8 @@ fn sample_events() -> Vec<Event> {
 
 fn sample_register_reply() -> RegisterReply {
     RegisterReply {
-        delete: vec![1, 2, u64::MAX],
-        stale: vec![7, u64::MAX - 1],
+        delete: vec![ChunkId(1), ChunkId(2), ChunkId(u64::MAX)],
+        stale: vec![ChunkId(7), ChunkId(u64::MAX - 1)],
         heartbeat_interval_ms: 1000,
     }
 }
@@ -237,12 +237,12 @@ fn sample_register_reply() -> RegisterReply {
 fn sample_replicas() -> Vec<ChunkReplicaInfo> {
     vec![
         ChunkReplicaInfo {
-            chunk: 0x1f2,
-            version: 9,
+            chunk: ChunkId(0x1f2),
+            version: MapVersion(9),
         },
         ChunkReplicaInfo {
-            chunk: u64::MAX,
-            version: 0,
+            chunk: ChunkId(u64::MAX),
+            version: MapVersion(0),
         },
     ]
 }
@@ -330,10 +330,10 @@ impl MetadataService for FakeMds {
         }
         // "/n/<i>" answers ino i, so concurrent replies can be matched up.
         if let Some(i) = path.strip_prefix("/n/") {
-            return Ok(sample_stat(i.parse().expect("numbered path")));
+            return Ok(sample_stat(InodeId(i.parse().expect("numbered path"))));
         }
         self.script.enter(format!("stat {path}"))?;
-        Ok(sample_stat(12))
+        Ok(sample_stat(InodeId(12)))
     }
     async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
         self.script.enter(format!("mkdir {path} {parents}"))?;
@@ -514,11 +514,11 @@ impl ChunkControl for FakeControl {
     async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
         self.script.enter(format!("copy_progress {chunk}"))?;
         // Even chunks have a copy running, odd ones do not.
-        Ok(chunk.is_multiple_of(2).then_some(CopyProgress {
+        Ok(chunk.0.is_multiple_of(2).then_some(CopyProgress {
             chunk,
-            version: u64::MAX,
-            bytes_done: chunk / 2,
-            bytes_total: chunk,
+            version: MapVersion(u64::MAX),
+            bytes_done: chunk.0 / 2,
+            bytes_total: chunk.0,
         }))
     }
     async fn ping(&self) -> Result<()> {
@@ -683,11 +683,11 @@ async fn every_mds_method_round_trips() {
         .unwrap();
     assert_eq!(calls(), [format!("open /a Read {flags:?}")]);
 
-    client.renew(u64::MAX).await.unwrap();
-    client.close(5).await.unwrap();
+    client.renew(LeaseId(u64::MAX)).await.unwrap();
+    client.close(LeaseId(5)).await.unwrap();
     assert_eq!(calls(), [format!("renew {}", u64::MAX), "close 5".into()]);
 
-    assert_eq!(client.stat("/ü").await.unwrap(), sample_stat(12));
+    assert_eq!(client.stat("/ü").await.unwrap(), sample_stat(InodeId(12)));
     assert_eq!(
         client.mkdir("/d/e", true, None).await.unwrap(),
         sample_dir_stat()
@@ -733,10 +733,10 @@ async fn every_mds_method_round_trips() {
     }
 
     assert_eq!(
-        client.chunk_map(9, 2, true).await.unwrap(),
+        client.chunk_map(LeaseId(9), 2, true).await.unwrap(),
         Some(sample_chunk_map(2))
     );
-    assert_eq!(client.chunk_map(9, 3, false).await.unwrap(), None);
+    assert_eq!(client.chunk_map(LeaseId(9), 3, false).await.unwrap(), None);
     assert_eq!(calls(), ["chunk_map 9 2 true", "chunk_map 9 3 false"]);
 
     for reason in [
@@ -749,7 +749,7 @@ async fn every_mds_method_round_trips() {
     ] {
         assert_eq!(
             client
-                .report_failure(9, 0x1f2, 42, 3, reason)
+                .report_failure(LeaseId(9), ChunkId(0x1f2), MapVersion(42), 3, reason)
                 .await
                 .unwrap(),
             sample_chunk_map(4)
@@ -757,8 +757,8 @@ async fn every_mds_method_round_trips() {
         assert_eq!(calls(), [format!("report_failure 9 498 42 3 {reason:?}")]);
     }
 
-    client.commit_size(9, 1 << 44).await.unwrap();
-    client.truncate(9, 0).await.unwrap();
+    client.commit_size(LeaseId(9), 1 << 44).await.unwrap();
+    client.truncate(LeaseId(9), 0).await.unwrap();
     assert_eq!(
         client.file_chunks("/vm/disk.img").await.unwrap(),
         [sample_chunk_map(0), sample_chunk_map(2)]
@@ -829,7 +829,7 @@ async fn every_mds_method_round_trips() {
         }
     );
     client
-        .report_bad_replica(3, u64::MAX, FailureReason::Corrupt)
+        .report_bad_replica(3, ChunkId(u64::MAX), FailureReason::Corrupt)
         .await
         .unwrap();
     assert_eq!(
@@ -853,15 +853,18 @@ async fn mds_errors_keep_kind_and_message() {
         );
         fake.script.fail_with(Some(error.clone()));
         // One method per result shape: void, struct, list, optional, u32.
-        assert_eq!(client.renew(1).await.unwrap_err(), error);
+        assert_eq!(client.renew(LeaseId(1)).await.unwrap_err(), error);
         assert_eq!(client.stat("/f").await.unwrap_err(), error);
         assert_eq!(client.readdir("/").await.unwrap_err(), error);
-        assert_eq!(client.chunk_map(1, 0, false).await.unwrap_err(), error);
+        assert_eq!(
+            client.chunk_map(LeaseId(1), 0, false).await.unwrap_err(),
+            error
+        );
         assert_eq!(client.allocate_cs_id().await.unwrap_err(), error);
         assert_eq!(client.cluster_status().await.unwrap_err(), error);
     }
     fake.script.fail_with(None);
-    client.renew(1).await.unwrap();
+    client.renew(LeaseId(1)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -876,7 +879,7 @@ async fn many_concurrent_calls_get_their_own_replies() {
                     async move {
                         let ino = task * 1000 + i;
                         let stat = client.stat(&format!("/n/{ino}")).await.unwrap();
-                        assert_eq!(stat, sample_stat(ino));
+                        assert_eq!(stat, sample_stat(InodeId(ino)));
                     }
                 });
                 futures::future::join_all(calls).await;
@@ -897,7 +900,7 @@ async fn client_reconnects_after_the_connection_is_killed() {
     assert!(client.is_connected());
     harness.kill_connections();
     wait_until_disconnected(&client).await;
-    assert_eq!(client.stat("/b").await.unwrap(), sample_stat(12));
+    assert_eq!(client.stat("/b").await.unwrap(), sample_stat(InodeId(12)));
     assert!(client.is_connected());
     assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 2);
 }
@@ -993,7 +996,7 @@ async fn dialing_retries_until_a_late_mds_comes_up() {
         RpcServices::new().with_mds(fake.clone(), fake.clone()),
         Serve::Mds,
     );
-    assert_eq!(call.await.unwrap().unwrap(), sample_stat(12));
+    assert_eq!(call.await.unwrap().unwrap(), sample_stat(InodeId(12)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1043,7 +1046,10 @@ async fn garbage_kills_only_its_own_connection() {
         );
         harness.wait_for_connections(1).await;
         // The well-behaved client's connection is unaffected.
-        assert_eq!(client.stat("/after").await.unwrap(), sample_stat(12));
+        assert_eq!(
+            client.stat("/after").await.unwrap(),
+            sample_stat(InodeId(12))
+        );
     }
     assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 4);
 }
@@ -1059,9 +1065,15 @@ async fn control_methods_and_errors_round_trip() {
     let connector = TcpControlConnector::new(plain_dialer(), fast_options());
     let control = connector.chunk_control(&harness.addr).await.unwrap();
 
-    control.create_chunk(0x1f2, 1, 64 << 10).await.unwrap();
-    control.set_version(0x1f2, u64::MAX).await.unwrap();
-    control.delete_chunk(7).await.unwrap();
+    control
+        .create_chunk(ChunkId(0x1f2), MapVersion(1), 64 << 10)
+        .await
+        .unwrap();
+    control
+        .set_version(ChunkId(0x1f2), MapVersion(u64::MAX))
+        .await
+        .unwrap();
+    control.delete_chunk(ChunkId(7)).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
     control.ping().await.unwrap();
     let source = Replica {
@@ -1070,28 +1082,34 @@ async fn control_methods_and_errors_round_trip() {
     };
     assert_eq!(
         control
-            .replicate_chunk(u64::MAX, u64::MAX - 1, 256 << 20, source.clone(), u64::MAX)
+            .replicate_chunk(
+                ChunkId(u64::MAX),
+                MapVersion(u64::MAX - 1),
+                256 << 20,
+                source.clone(),
+                u64::MAX
+            )
             .await
             .unwrap(),
         sample_copy_stats(256 << 20)
     );
     assert_eq!(
         control
-            .replicate_chunk(3, 4, 64 << 10, source.clone(), 0)
+            .replicate_chunk(ChunkId(3), MapVersion(4), 64 << 10, source.clone(), 0)
             .await
             .unwrap(),
         sample_copy_stats(64 << 10)
     );
     assert_eq!(
-        control.copy_progress(u64::MAX - 1).await.unwrap(),
+        control.copy_progress(ChunkId(u64::MAX - 1)).await.unwrap(),
         Some(CopyProgress {
-            chunk: u64::MAX - 1,
-            version: u64::MAX,
+            chunk: ChunkId(u64::MAX - 1),
+            version: MapVersion(u64::MAX),
             bytes_done: u64::MAX / 2,
             bytes_total: u64::MAX - 1,
         })
     );
-    assert_eq!(control.copy_progress(7).await.unwrap(), None);
+    assert_eq!(control.copy_progress(ChunkId(7)).await.unwrap(), None);
     assert_eq!(
         fake.script.take_calls(),
         [
@@ -1120,10 +1138,16 @@ async fn control_methods_and_errors_round_trip() {
 
     let error = Error::stale("chunk 0x1f2 on CS 3 is at version 9, newer than 8");
     fake.script.fail_with(Some(error.clone()));
-    assert_eq!(control.set_version(0x1f2, 8).await.unwrap_err(), error);
+    assert_eq!(
+        control
+            .set_version(ChunkId(0x1f2), MapVersion(8))
+            .await
+            .unwrap_err(),
+        error
+    );
     assert_eq!(control.list_chunks().await.unwrap_err(), error);
     assert_eq!(control.ping().await.unwrap_err(), error);
-    assert_eq!(control.copy_progress(8).await.unwrap_err(), error);
+    assert_eq!(control.copy_progress(ChunkId(8)).await.unwrap_err(), error);
     let no_space = Error::new(
         ErrorKind::NoSpace,
         "chunk server 4: writing chunk 0x3: no space left",
@@ -1131,7 +1155,7 @@ async fn control_methods_and_errors_round_trip() {
     fake.script.fail_with(Some(no_space.clone()));
     assert_eq!(
         control
-            .replicate_chunk(3, 4, 64 << 10, source, 0)
+            .replicate_chunk(ChunkId(3), MapVersion(4), 64 << 10, source, 0)
             .await
             .unwrap_err(),
         no_space
@@ -1140,7 +1164,7 @@ async fn control_methods_and_errors_round_trip() {
     // The connector reuses the connection for the same address.
     let again = connector.chunk_control(&harness.addr).await.unwrap();
     fake.script.fail_with(None);
-    again.delete_chunk(8).await.unwrap();
+    again.delete_chunk(ChunkId(8)).await.unwrap();
     assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 1);
 }
 

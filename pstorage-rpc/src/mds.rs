@@ -111,7 +111,7 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let outcome = async {
             let lease = decode_request("renew", || Ok(params.get()?.get_lease()))?;
-            self.metadata.renew(lease).await
+            self.metadata.renew(LeaseId(lease)).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -125,7 +125,7 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let outcome = async {
             let lease = decode_request("close", || Ok(params.get()?.get_lease()))?;
-            self.metadata.close(lease).await
+            self.metadata.close(LeaseId(lease)).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -246,7 +246,9 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_lease(), p.get_index(), p.get_allocate()))
             })?;
-            self.metadata.chunk_map(lease, index, allocate).await
+            self.metadata
+                .chunk_map(LeaseId(lease), index, allocate)
+                .await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -270,7 +272,13 @@ impl mds::Server for MdsServer {
                 ))
             })?;
             self.metadata
-                .report_failure(lease, chunk, version, cs, reason)
+                .report_failure(
+                    LeaseId(lease),
+                    ChunkId(chunk),
+                    MapVersion(version),
+                    cs,
+                    reason,
+                )
                 .await
         }
         .await;
@@ -288,7 +296,7 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_lease(), p.get_size()))
             })?;
-            self.metadata.commit_size(lease, size).await
+            self.metadata.commit_size(LeaseId(lease), size).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -305,7 +313,7 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_lease(), p.get_size()))
             })?;
-            self.metadata.truncate(lease, size).await
+            self.metadata.truncate(LeaseId(lease), size).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -492,7 +500,9 @@ impl mds::Server for MdsServer {
                     failure_reason_from_wire(p.get_reason()?),
                 ))
             })?;
-            self.registry.report_bad_replica(cs, chunk, reason).await
+            self.registry
+                .report_bad_replica(cs, ChunkId(chunk), reason)
+                .await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -523,13 +533,15 @@ impl mds::Server for MdsServer {
                     p.get_cs(),
                     p.get_chunk(),
                     BadBlocks {
-                        version: p.get_version(),
+                        version: MapVersion(p.get_version()),
                         blocks: list.iter().collect(),
                         outcome,
                     },
                 ))
             })?;
-            self.registry.report_bad_blocks(cs, chunk, report).await
+            self.registry
+                .report_bad_blocks(cs, ChunkId(chunk), report)
+                .await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -805,7 +817,7 @@ impl MetadataService for MdsClient {
     async fn renew(&self, lease: LeaseId) -> Result<()> {
         self.call("renew", move |mds| async move {
             let mut request = mds.renew_request();
-            request.get().set_lease(lease);
+            request.get().set_lease(lease.0);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -815,7 +827,7 @@ impl MetadataService for MdsClient {
     async fn close(&self, lease: LeaseId) -> Result<()> {
         self.call("close", move |mds| async move {
             let mut request = mds.close_request();
-            request.get().set_lease(lease);
+            request.get().set_lease(lease.0);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -915,7 +927,7 @@ impl MetadataService for MdsClient {
         self.call("chunkMap", move |mds| async move {
             let mut request = mds.chunk_map_request();
             let mut p = request.get();
-            p.set_lease(lease);
+            p.set_lease(lease.0);
             p.set_index(index);
             p.set_allocate(allocate);
             let response = request.send().promise.await?;
@@ -935,9 +947,9 @@ impl MetadataService for MdsClient {
         self.call("reportFailure", move |mds| async move {
             let mut request = mds.report_failure_request();
             let mut p = request.get();
-            p.set_lease(lease);
-            p.set_chunk(chunk);
-            p.set_version(version);
+            p.set_lease(lease.0);
+            p.set_chunk(chunk.0);
+            p.set_version(version.0);
             p.set_cs(cs);
             p.set_reason(failure_reason_to_wire(reason));
             let response = request.send().promise.await?;
@@ -950,7 +962,7 @@ impl MetadataService for MdsClient {
         self.call("commitSize", move |mds| async move {
             let mut request = mds.commit_size_request();
             let mut p = request.get();
-            p.set_lease(lease);
+            p.set_lease(lease.0);
             p.set_size(size);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -962,7 +974,7 @@ impl MetadataService for MdsClient {
         self.call("truncate", move |mds| async move {
             let mut request = mds.truncate_request();
             let mut p = request.get();
-            p.set_lease(lease);
+            p.set_lease(lease.0);
             p.set_size(size);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1097,7 +1109,7 @@ impl CsRegistry for MdsClient {
             let mut request = mds.report_bad_replica_request();
             let mut p = request.get();
             p.set_cs(cs);
-            p.set_chunk(chunk);
+            p.set_chunk(chunk.0);
             p.set_reason(failure_reason_to_wire(reason));
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1117,8 +1129,8 @@ impl CsRegistry for MdsClient {
                 let mut request = mds.report_bad_blocks_request();
                 let mut p = request.get();
                 p.set_cs(cs);
-                p.set_chunk(chunk);
-                p.set_version(report.version);
+                p.set_chunk(chunk.0);
+                p.set_version(report.version.0);
                 let (outcome, from) = match report.outcome {
                     BlockRepair::Found => (BlockRepairOutcome::Found, 0),
                     BlockRepair::Repaired { from } => (BlockRepairOutcome::Repaired, from),

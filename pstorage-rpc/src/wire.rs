@@ -15,10 +15,11 @@ use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterHealth, ClusterStatus, ConfigEntry,
     CopyProgress, CopyStats, CsId, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, CsStatus,
     DirEntry, Event, EventKind, EventLevel, FailureDomain, FailureReason, FileAttrs,
-    HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease, LeaseMode, MdsInfo, MdsMember,
+    HeartbeatReply, InodeKind, IoRates, IoTimeouts, Lease, LeaseId, LeaseMode, MdsInfo, MdsMember,
     MdsMembership, MdsRole, OpTag, OpenFlags, OpenReply, RebalanceState, RebalanceStatus,
     RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
+use pstorage_core::types::{ChunkId, InodeId, MapVersion};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::generated::pstorage_capnp as schema;
@@ -385,7 +386,7 @@ impl WireStruct for AttrUpdate {
 impl WireStruct for Stat {
     type Schema = schema::stat::Owned;
     fn write(&self, mut b: schema::stat::Builder<'_>) {
-        b.set_ino(self.ino);
+        b.set_ino(self.ino.0);
         b.set_kind(inode_kind_to_wire(self.kind));
         b.set_size(self.size);
         b.set_mtime_ms(self.mtime_ms);
@@ -394,7 +395,7 @@ impl WireStruct for Stat {
     }
     fn read(r: schema::stat::Reader<'_>) -> capnp::Result<Self> {
         Ok(Stat {
-            ino: r.get_ino(),
+            ino: InodeId(r.get_ino()),
             kind: inode_kind_from_wire(r.get_kind()?),
             size: r.get_size(),
             mtime_ms: r.get_mtime_ms(),
@@ -453,15 +454,15 @@ impl WireStruct for OpenFlags {
 impl WireStruct for Lease {
     type Schema = schema::lease::Owned;
     fn write(&self, mut b: schema::lease::Builder<'_>) {
-        b.set_id(self.id);
-        b.set_ino(self.ino);
+        b.set_id(self.id.0);
+        b.set_ino(self.ino.0);
         b.set_mode(lease_mode_to_wire(self.mode));
         b.set_duration_ms(self.duration_ms);
     }
     fn read(r: schema::lease::Reader<'_>) -> capnp::Result<Self> {
         Ok(Lease {
-            id: r.get_id(),
-            ino: r.get_ino(),
+            id: LeaseId(r.get_id()),
+            ino: InodeId(r.get_ino()),
             mode: lease_mode_from_wire(r.get_mode()?),
             duration_ms: r.get_duration_ms(),
         })
@@ -505,9 +506,9 @@ impl WireStruct for Replica {
 impl WireStruct for ChunkMap {
     type Schema = schema::chunk_map::Owned;
     fn write(&self, mut b: schema::chunk_map::Builder<'_>) {
-        b.set_chunk(self.chunk);
+        b.set_chunk(self.chunk.0);
         b.set_index(self.index);
-        b.set_version(self.version);
+        b.set_version(self.version.0);
         write_list(
             b.init_replicas(list_len(self.replicas.len())),
             &self.replicas,
@@ -515,9 +516,9 @@ impl WireStruct for ChunkMap {
     }
     fn read(r: schema::chunk_map::Reader<'_>) -> capnp::Result<Self> {
         Ok(ChunkMap {
-            chunk: r.get_chunk(),
+            chunk: ChunkId(r.get_chunk()),
             index: r.get_index(),
-            version: r.get_version(),
+            version: MapVersion(r.get_version()),
             replicas: read_list(r.get_replicas()?)?,
         })
     }
@@ -849,13 +850,13 @@ impl WireStruct for RebalanceStatus {
 impl WireStruct for ChunkReplicaInfo {
     type Schema = schema::chunk_replica_info::Owned;
     fn write(&self, mut b: schema::chunk_replica_info::Builder<'_>) {
-        b.set_chunk(self.chunk);
-        b.set_version(self.version);
+        b.set_chunk(self.chunk.0);
+        b.set_version(self.version.0);
     }
     fn read(r: schema::chunk_replica_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(ChunkReplicaInfo {
-            chunk: r.get_chunk(),
-            version: r.get_version(),
+            chunk: ChunkId(r.get_chunk()),
+            version: MapVersion(r.get_version()),
         })
     }
 }
@@ -872,7 +873,7 @@ impl WireStruct for CsRegistration {
         );
         let mut unclean = b.init_unclean(list_len(self.unclean.len()));
         for (i, chunk) in self.unclean.iter().enumerate() {
-            unclean.set(i as u32, *chunk);
+            unclean.set(i as u32, (*chunk).0);
         }
     }
     fn read(r: schema::cs_registration::Reader<'_>) -> capnp::Result<Self> {
@@ -881,7 +882,7 @@ impl WireStruct for CsRegistration {
             addr: read_text(r.get_addr())?,
             space: SpaceInfo::read(r.get_space()?)?,
             chunks: read_list(r.get_chunks()?)?,
-            unclean: r.get_unclean()?.iter().collect(),
+            unclean: r.get_unclean()?.iter().map(ChunkId).collect(),
         })
     }
 }
@@ -891,18 +892,18 @@ impl WireStruct for RegisterReply {
     fn write(&self, mut b: schema::register_reply::Builder<'_>) {
         let mut delete = b.reborrow().init_delete(list_len(self.delete.len()));
         for (i, chunk) in self.delete.iter().enumerate() {
-            delete.set(i as u32, *chunk);
+            delete.set(i as u32, (*chunk).0);
         }
         let mut stale = b.reborrow().init_stale(list_len(self.stale.len()));
         for (i, chunk) in self.stale.iter().enumerate() {
-            stale.set(i as u32, *chunk);
+            stale.set(i as u32, (*chunk).0);
         }
         b.set_heartbeat_interval_ms(self.heartbeat_interval_ms);
     }
     fn read(r: schema::register_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(RegisterReply {
-            delete: r.get_delete()?.iter().collect(),
-            stale: r.get_stale()?.iter().collect(),
+            delete: r.get_delete()?.iter().map(ChunkId).collect(),
+            stale: r.get_stale()?.iter().map(ChunkId).collect(),
             heartbeat_interval_ms: r.get_heartbeat_interval_ms(),
         })
     }
@@ -973,15 +974,15 @@ impl WireStruct for CopyStats {
 impl WireStruct for CopyProgress {
     type Schema = schema::copy_progress::Owned;
     fn write(&self, mut b: schema::copy_progress::Builder<'_>) {
-        b.set_chunk(self.chunk);
-        b.set_version(self.version);
+        b.set_chunk(self.chunk.0);
+        b.set_version(self.version.0);
         b.set_bytes_done(self.bytes_done);
         b.set_bytes_total(self.bytes_total);
     }
     fn read(r: schema::copy_progress::Reader<'_>) -> capnp::Result<Self> {
         Ok(CopyProgress {
-            chunk: r.get_chunk(),
-            version: r.get_version(),
+            chunk: ChunkId(r.get_chunk()),
+            version: MapVersion(r.get_version()),
             bytes_done: r.get_bytes_done(),
             bytes_total: r.get_bytes_total(),
         })
@@ -1230,7 +1231,7 @@ mod tests {
     fn unknown_enumerant_is_a_decode_error() {
         let mut message = capnp::message::Builder::new_default();
         let stat = Stat {
-            ino: 7,
+            ino: InodeId(7),
             kind: InodeKind::File,
             size: 1,
             mtime_ms: 2,

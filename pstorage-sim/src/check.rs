@@ -2,6 +2,7 @@
 //! what the clients did and saw, and checks of the cluster's own state.
 //! Each returns `Err(description)` for a violation.
 
+use pstorage_core::types::MapVersion;
 use std::collections::{BTreeMap, BTreeSet};
 
 use pstorage_core::chunk::ChunkStore;
@@ -201,7 +202,7 @@ pub fn check_replicas(
             let store = stores
                 .get(cs)
                 .ok_or_else(|| format!("chunk {chunk:#x}: chunk server {cs} is not running"))?;
-            let table = replica_table(*store, *chunk, record.version)
+            let table = replica_table(*store, *chunk, record.version.0)
                 .map_err(|e| format!("chunk {chunk:#x} on chunk server {cs}: {e}"))?;
             // Every block must pass its checksum (a flipped bit is repaired).
             let mut bytes = vec![0u8; (table.len() as u64 * BLOCK_SIZE) as usize];
@@ -228,7 +229,7 @@ pub fn check_replicas(
 fn replica_table(store: &dyn ChunkStore, chunk: ChunkId, version: u64) -> Result<Vec<u64>, String> {
     let size = store.chunk_size(chunk).map_err(|e| e.to_string())?;
     store
-        .crc_entries(chunk, Some(version), 0, size / BLOCK_SIZE)
+        .crc_entries(chunk, Some(MapVersion(version)), 0, size / BLOCK_SIZE)
         .map_err(|e| e.to_string())
 }
 
@@ -349,7 +350,7 @@ mod tests {
                 lease: lease.id,
                 index: 0,
                 chunk: state.next_chunk_id(),
-                version: 1,
+                version: MapVersion(1),
                 replicas: vec![1, 2],
                 now_ms: 1,
             })

@@ -4,6 +4,7 @@
 //! writes at a crash), started, crashed and restarted on the simulated
 //! network.
 
+use pstorage_core::types::ChunkId;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -168,11 +169,11 @@ impl CsStore {
     /// medium, under the store).
     pub fn corrupt(&self, chunk: u64, offset: u64) -> pstorage_core::Result<()> {
         match self {
-            CsStore::Mem(store) => store.corrupt(chunk, offset),
+            CsStore::Mem(store) => store.corrupt(ChunkId(chunk), offset),
             CsStore::File { disk, store } => {
-                let size = store.chunk_size(chunk)?;
+                let size = store.chunk_size(ChunkId(chunk))?;
                 disk.flip(
-                    &store.chunk_path(chunk),
+                    &store.chunk_path(ChunkId(chunk)),
                     FileChunkStore::data_file_offset(size, offset),
                 )
                 .map_err(|e| pstorage_core::Error::not_found(format!("chunk {chunk:#x}: {e}")))

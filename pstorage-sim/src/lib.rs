@@ -705,7 +705,7 @@ async fn inject(
             }
             let size = store.chunk_size(chunk).ok()?;
             let offset = rng.lock().expect("rng poisoned").gen_range(0..size);
-            if slot.corrupt(chunk, offset).is_ok() {
+            if slot.corrupt(chunk.0, offset).is_ok() {
                 trace.event(format!(
                     "FAULT bit flip on cs{id} chunk {chunk:#x} offset {offset}"
                 ));

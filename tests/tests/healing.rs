@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use pstorage_core::types::ChunkId;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -182,7 +183,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
         .list_chunks()
         .await
         .unwrap();
-    let data_chunks: BTreeSet<u64> = after.iter().map(|m| m.chunk).collect();
+    let data_chunks: BTreeSet<ChunkId> = after.iter().map(|m| m.chunk).collect();
     assert!(
         held.iter().all(|h| !data_chunks.contains(&h.chunk)),
         "stale replicas kept on the returning server: {held:?}"

@@ -35,6 +35,7 @@
 //! way of `rmdir`). A rename over an open file does the same with the target.
 //! Leftovers of a mount that died are removed by the next mount.
 
+use pstorage_core::types::InodeId;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
@@ -238,7 +239,7 @@ impl PstorageFs {
             }
         }
         let mut inodes = InodeTable::new();
-        inodes.pin(hidden.ino, ROOT_INODE, HIDDEN_DIR_NAME, InodeKind::Dir);
+        inodes.pin(hidden.ino.0, ROOT_INODE.0, HIDDEN_DIR_NAME, InodeKind::Dir);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "host".to_string());
@@ -252,7 +253,7 @@ impl PstorageFs {
             next_fh: AtomicU64::new(1),
             next_hidden: AtomicU64::new(1),
             cache,
-            hidden_ino: hidden.ino,
+            hidden_ino: hidden.ino.0,
             hidden_prefix: format!("{host}-{}", std::process::id()),
         };
         Ok(PstorageFs {
@@ -316,7 +317,7 @@ impl Inner {
         };
         let mtime = time_of(st.mtime_ms);
         FileAttr {
-            ino: INodeNo(st.ino),
+            ino: INodeNo(st.ino.0),
             size: st.size,
             blocks: st.size.div_ceil(512),
             atime: mtime,
@@ -377,7 +378,7 @@ impl Inner {
     }
 
     fn child_path(&self, parent: u64, name: &str) -> Result<String> {
-        if parent == ROOT_INODE && name == HIDDEN_DIR_NAME {
+        if parent == ROOT_INODE.0 && name == HIDDEN_DIR_NAME {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("/{HIDDEN_DIR_NAME} is reserved by pstorage-mount"),
@@ -495,7 +496,7 @@ impl Inner {
             _ => {
                 let path = self.path(ino)?;
                 let st = self.client.stat(&path).await?;
-                if st.ino != ino {
+                if st.ino != InodeId(ino) {
                     return Err(Error::stale(format!(
                         "{path} is now inode {} (inode {ino} was replaced by another client)",
                         st.ino
@@ -530,8 +531,8 @@ impl Inner {
             }
         })?;
         let st = self.client.stat(&path).await?;
-        lock(&self.inodes).add_lookup(st.ino, parent, name, st.kind);
-        self.getattr(st.ino)
+        lock(&self.inodes).add_lookup(st.ino.0, parent, name, st.kind);
+        self.getattr(st.ino.0)
             .await
             .or_else(|_| Ok(self.attr(&st, false)))
     }
@@ -611,7 +612,7 @@ impl Inner {
             .await?;
         let ino = file.lease().ino;
         let size = file.size();
-        let (oi, mut st) = self.lock_open(ino).await;
+        let (oi, mut st) = self.lock_open(ino.0).await;
         if st.mode.is_some() {
             // Cannot happen: the MDS just granted us the exclusive lease.
             let _ = file.close().await;
@@ -623,11 +624,11 @@ impl Inner {
         st.mode = Some(LeaseMode::Write);
         st.handles += 1;
         if let Some(c) = &self.cache {
-            c.invalidate_inode(ino);
+            c.invalidate_inode(ino.0);
         }
         drop(st);
-        let fh = self.new_handle(ino);
-        lock(&self.inodes).add_lookup(ino, parent, name, InodeKind::File);
+        let fh = self.new_handle(ino.0);
+        lock(&self.inodes).add_lookup(ino.0, parent, name, InodeKind::File);
         let now = now_ms();
         let stat = Stat {
             ino,
@@ -839,7 +840,7 @@ impl Inner {
     async fn mkdir(&self, parent: u64, name: &str) -> Result<FileAttr> {
         let path = self.child_path(parent, name)?;
         let st = self.client.mkdir(&path, false).await?;
-        lock(&self.inodes).add_lookup(st.ino, parent, name, InodeKind::Dir);
+        lock(&self.inodes).add_lookup(st.ino.0, parent, name, InodeKind::Dir);
         Ok(self.attr(&st, false))
     }
 
@@ -952,7 +953,7 @@ impl Inner {
         let entries = self.client.readdir(&path).await?;
         let parent_ino = {
             let inodes = lock(&self.inodes);
-            inodes.parent(ino).unwrap_or(ROOT_INODE)
+            inodes.parent(ino).unwrap_or(ROOT_INODE.0)
         };
         let mut items = vec![
             DirItem {
@@ -967,11 +968,11 @@ impl Inner {
             },
         ];
         for e in entries {
-            if ino == ROOT_INODE && e.name == HIDDEN_DIR_NAME {
+            if ino == ROOT_INODE.0 && e.name == HIDDEN_DIR_NAME {
                 continue;
             }
             items.push(DirItem {
-                ino: e.stat.ino,
+                ino: e.stat.ino.0,
                 kind: match e.stat.kind {
                     InodeKind::Dir => FileType::Directory,
                     InodeKind::File => FileType::RegularFile,

@@ -48,9 +48,9 @@ impl InodeTable {
     pub fn new() -> InodeTable {
         let mut nodes = HashMap::new();
         nodes.insert(
-            ROOT_INODE,
+            ROOT_INODE.0,
             Node {
-                parent: ROOT_INODE,
+                parent: ROOT_INODE.0,
                 name: String::new(),
                 kind: InodeKind::Dir,
                 lookups: 1,
@@ -70,7 +70,7 @@ impl InodeTable {
         let mut cur = ino;
         // A chain longer than the number of nodes is a cycle: a bug.
         for _ in 0..=self.nodes.len() {
-            if cur == ROOT_INODE {
+            if cur == ROOT_INODE.0 {
                 comps.reverse();
                 return Ok(format!("/{}", comps.join("/")));
             }
@@ -121,7 +121,7 @@ impl InodeTable {
 
     /// Whether `ino` is known and lives directly in directory `dir`.
     pub fn parent_is(&self, ino: u64, dir: u64) -> bool {
-        ino != ROOT_INODE && self.parent(ino) == Some(dir)
+        ino != ROOT_INODE.0 && self.parent(ino) == Some(dir)
     }
 
     /// Whether `ino` is known and was removed from the namespace.
@@ -133,7 +133,7 @@ impl InodeTable {
     /// kernel: one more lookup. Also the way the table learns renames made by
     /// other clients: the latest lookup says where the inode lives.
     pub fn add_lookup(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
-        if ino == ROOT_INODE {
+        if ino == ROOT_INODE.0 {
             return;
         }
         // Another inode known under this name was replaced behind our back.
@@ -167,7 +167,7 @@ impl InodeTable {
 
     /// Takes `nlookup` lookups away; a node at zero is dropped.
     pub fn forget(&mut self, ino: u64, nlookup: u64) {
-        if ino == ROOT_INODE {
+        if ino == ROOT_INODE.0 {
             return;
         }
         let Some(node) = self.nodes.get_mut(&ino) else {
@@ -263,64 +263,64 @@ mod tests {
     #[test]
     fn paths_follow_parents_and_renames() {
         let mut t = InodeTable::new();
-        t.add_lookup(10, ROOT_INODE, "vm", InodeKind::Dir);
+        t.add_lookup(10, ROOT_INODE.0, "vm", InodeKind::Dir);
         t.add_lookup(11, 10, "disk.img", InodeKind::File);
         assert_eq!(t.path(11).unwrap(), "/vm/disk.img");
         assert_eq!(t.child_path(10, "x").unwrap(), "/vm/x");
-        assert_eq!(t.child_path(ROOT_INODE, "x").unwrap(), "/x");
+        assert_eq!(t.child_path(ROOT_INODE.0, "x").unwrap(), "/x");
         assert_eq!(t.child(10, "disk.img"), Some(11));
         // Renaming the directory moves the file below it.
-        t.rename(10, ROOT_INODE, "vms");
+        t.rename(10, ROOT_INODE.0, "vms");
         assert_eq!(t.path(11).unwrap(), "/vms/disk.img");
-        assert_eq!(t.child(ROOT_INODE, "vm"), None);
-        assert_eq!(t.child(ROOT_INODE, "vms"), Some(10));
+        assert_eq!(t.child(ROOT_INODE.0, "vm"), None);
+        assert_eq!(t.child(ROOT_INODE.0, "vms"), Some(10));
     }
 
     #[test]
     fn rename_over_a_known_inode_unlinks_it() {
         let mut t = InodeTable::new();
-        t.add_lookup(20, ROOT_INODE, "a", InodeKind::File);
-        t.add_lookup(21, ROOT_INODE, "b", InodeKind::File);
-        t.rename(20, ROOT_INODE, "b");
+        t.add_lookup(20, ROOT_INODE.0, "a", InodeKind::File);
+        t.add_lookup(21, ROOT_INODE.0, "b", InodeKind::File);
+        t.rename(20, ROOT_INODE.0, "b");
         assert_eq!(t.path(20).unwrap(), "/b");
         assert!(t.is_unlinked(21));
         assert_eq!(t.path(21).unwrap_err().kind(), ErrorKind::Stale);
-        assert_eq!(t.child(ROOT_INODE, "b"), Some(20));
+        assert_eq!(t.child(ROOT_INODE.0, "b"), Some(20));
         // Forgetting the replaced inode does not drop the new name.
         t.forget(21, 1);
-        assert_eq!(t.child(ROOT_INODE, "b"), Some(20));
+        assert_eq!(t.child(ROOT_INODE.0, "b"), Some(20));
     }
 
     #[test]
     fn forget_drops_at_zero_only() {
         let mut t = InodeTable::new();
-        t.add_lookup(30, ROOT_INODE, "f", InodeKind::File);
-        t.add_lookup(30, ROOT_INODE, "f", InodeKind::File);
+        t.add_lookup(30, ROOT_INODE.0, "f", InodeKind::File);
+        t.add_lookup(30, ROOT_INODE.0, "f", InodeKind::File);
         t.forget(30, 1);
         assert!(t.path(30).is_ok());
         t.forget(30, 1);
         assert!(t.path(30).is_err());
-        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        assert_eq!(t.child(ROOT_INODE.0, "f"), None);
         assert!(t.is_empty());
-        t.forget(ROOT_INODE, 100);
-        assert_eq!(t.path(ROOT_INODE).unwrap(), "/");
+        t.forget(ROOT_INODE.0, 100);
+        assert_eq!(t.path(ROOT_INODE.0).unwrap(), "/");
     }
 
     #[test]
     fn unlink_and_relookup() {
         let mut t = InodeTable::new();
-        t.add_lookup(40, ROOT_INODE, "f", InodeKind::File);
-        t.unlink(ROOT_INODE, "f");
+        t.add_lookup(40, ROOT_INODE.0, "f", InodeKind::File);
+        t.unlink(ROOT_INODE.0, "f");
         assert!(t.is_unlinked(40));
-        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        assert_eq!(t.child(ROOT_INODE.0, "f"), None);
         // A new file under the same name.
-        t.add_lookup(41, ROOT_INODE, "f", InodeKind::File);
-        assert_eq!(t.child(ROOT_INODE, "f"), Some(41));
+        t.add_lookup(41, ROOT_INODE.0, "f", InodeKind::File);
+        assert_eq!(t.child(ROOT_INODE.0, "f"), Some(41));
         // Another client renamed 41 away; a lookup finds it elsewhere.
-        t.add_lookup(42, ROOT_INODE, "d", InodeKind::Dir);
+        t.add_lookup(42, ROOT_INODE.0, "d", InodeKind::Dir);
         t.add_lookup(41, 42, "g", InodeKind::File);
         assert_eq!(t.path(41).unwrap(), "/d/g");
-        assert_eq!(t.child(ROOT_INODE, "f"), None);
+        assert_eq!(t.child(ROOT_INODE.0, "f"), None);
         assert_eq!(t.len(), 4);
     }
 

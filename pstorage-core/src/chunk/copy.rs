@@ -150,7 +150,7 @@ impl Copies {
             partial.drain(..excess).collect()
         };
         for p in evicted {
-            tracing::info!(chunk = p.chunk, "discarding the oldest partial copy");
+            tracing::info!(chunk = %p.chunk, "discarding the oldest partial copy");
             store.abort_incoming(p.incoming);
         }
     }
@@ -678,10 +678,10 @@ impl ChunkServer {
         };
         self.count_replicated(total);
         tracing::info!(
-            cs = self.id(),
-            chunk,
-            version,
-            source = source.cs,
+            cs = %self.id(),
+            %chunk,
+            %version,
+            source = %source.cs,
             bytes_copied = stats.bytes_copied,
             reused_base = stats.reused_base,
             "replicated chunk"

@@ -326,11 +326,11 @@ fn progress(server: &ChunkServer, chunk: ChunkId) -> Option<CopyProgress> {
 async fn a_full_copy_of_a_fully_written_default_size_chunk_is_identical() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(1, 3, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(1), MapVersion(3), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 1, 0, DEFAULT_CHUNK_SIZE, 1);
-    let stats = pair.copy(1, 3, 0).await.unwrap();
+    fill(pair.src(), ChunkId(1), 0, DEFAULT_CHUNK_SIZE, 1);
+    let stats = pair.copy(ChunkId(1), MapVersion(3), 0).await.unwrap();
     assert_eq!(
         stats,
         CopyStats {
@@ -339,14 +339,14 @@ async fn a_full_copy_of_a_fully_written_default_size_chunk_is_identical() {
             reused_base: false,
         }
     );
-    assert_eq!(pair.dst().version(1).unwrap(), 3);
-    assert_identical(pair.src(), pair.dst(), 1);
-    assert_eq!(pair.target.copy_progress(1).await.unwrap(), None);
-    assert_eq!(pair.target_files(), vec![chunk_file(1)]);
+    assert_eq!(pair.dst().version(ChunkId(1)).unwrap(), MapVersion(3));
+    assert_identical(pair.src(), pair.dst(), ChunkId(1));
+    assert_eq!(pair.target.copy_progress(ChunkId(1)).await.unwrap(), None);
+    assert_eq!(pair.target_files(), vec![chunk_file(ChunkId(1))]);
     assert!(pair.target.partial_copies().is_empty());
     assert_eq!(pair.target.stats().replicated_bytes, DEFAULT_CHUNK_SIZE);
     // Again: nothing differs, nothing moves.
-    let again = pair.copy(1, 3, 0).await.unwrap();
+    let again = pair.copy(ChunkId(1), MapVersion(3), 0).await.unwrap();
     assert_eq!(again.bytes_copied, 0);
     assert!(again.reused_base);
 }
@@ -355,50 +355,56 @@ async fn a_full_copy_of_a_fully_written_default_size_chunk_is_identical() {
 async fn a_sparse_chunk_copies_only_its_written_blocks() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(2, 1, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(2), MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
     let src = pair.src();
-    src.write(2, 10, b"x").unwrap(); // block 0
-    src.write(2, 100 * MIB + 5, &pattern(1, 3 * B as usize))
+    src.write(ChunkId(2), 10, b"x").unwrap(); // block 0
+    src.write(ChunkId(2), 100 * MIB + 5, &pattern(1, 3 * B as usize))
         .unwrap(); // 4 blocks
-    fill(src, 2, 200 * MIB, 2 * MIB, 2); // 512 blocks
-    src.write(2, DEFAULT_CHUNK_SIZE - 1, b"z").unwrap(); // the last block
-                                                         // Zeros written as data are data (their entry is not 0): copied.
-    src.write(2, 50 * MIB, &vec![0u8; B as usize]).unwrap();
+    fill(src, ChunkId(2), 200 * MIB, 2 * MIB, 2); // 512 blocks
+    src.write(ChunkId(2), DEFAULT_CHUNK_SIZE - 1, b"z").unwrap(); // the last block
+                                                                  // Zeros written as data are data (their entry is not 0): copied.
+    src.write(ChunkId(2), 50 * MIB, &vec![0u8; B as usize])
+        .unwrap();
     // A zeroed block reads as zeros: not copied.
-    src.write(2, 60 * MIB, &pattern(3, B as usize)).unwrap();
-    src.zero(2, 60 * MIB, B).unwrap();
-    let stats = pair.copy(2, 1, 0).await.unwrap();
+    src.write(ChunkId(2), 60 * MIB, &pattern(3, B as usize))
+        .unwrap();
+    src.zero(ChunkId(2), 60 * MIB, B).unwrap();
+    let stats = pair.copy(ChunkId(2), MapVersion(1), 0).await.unwrap();
     assert_eq!(stats.bytes_copied, (1 + 4 + 512 + 1 + 1) * B);
     assert!(!stats.reused_base);
-    assert_identical(pair.src(), pair.dst(), 2);
+    assert_identical(pair.src(), pair.dst(), ChunkId(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(3, 1, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(3), MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 3, 0, 64 * MIB, 3);
-    let first = pair.copy(3, 1, 0).await.unwrap();
+    fill(pair.src(), ChunkId(3), 0, 64 * MIB, 3);
+    let first = pair.copy(ChunkId(3), MapVersion(1), 0).await.unwrap();
     assert_eq!(first.bytes_copied, 64 * MIB);
 
     // The target is away while the chunk moves on to version 2 elsewhere.
     let src = pair.src();
-    src.write(3, 10 * MIB, &pattern(4, 2 * B as usize)).unwrap(); // 2 blocks changed
-    src.write(3, 128 * MIB, &pattern(5, B as usize)).unwrap(); // 1 new block
-    src.zero(3, 20 * MIB, B).unwrap(); // zeroed at the source: zeroed here
-    ChunkControl::set_version(pair.source.as_ref(), 3, 2)
+    src.write(ChunkId(3), 10 * MIB, &pattern(4, 2 * B as usize))
+        .unwrap(); // 2 blocks changed
+    src.write(ChunkId(3), 128 * MIB, &pattern(5, B as usize))
+        .unwrap(); // 1 new block
+    src.zero(ChunkId(3), 20 * MIB, B).unwrap(); // zeroed at the source: zeroed here
+    ChunkControl::set_version(pair.source.as_ref(), ChunkId(3), MapVersion(2))
         .await
         .unwrap();
     // And the stale side diverged (writes it took that the others never saw).
     let dst = pair.dst();
-    dst.write(3, 200 * MIB, &pattern(6, B as usize)).unwrap(); // source: never written
-    dst.write(3, 30 * MIB, &pattern(7, B as usize)).unwrap(); // source: other data
-    assert_eq!(dst.version(3).unwrap(), 1);
+    dst.write(ChunkId(3), 200 * MIB, &pattern(6, B as usize))
+        .unwrap(); // source: never written
+    dst.write(ChunkId(3), 30 * MIB, &pattern(7, B as usize))
+        .unwrap(); // source: other data
+    assert_eq!(dst.version(ChunkId(3)).unwrap(), MapVersion(1));
 
     // Hold the reads to see the replica refused while it is a mix.
     let gate = pair.faults.gate();
@@ -406,24 +412,28 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(3, 2, DEFAULT_CHUNK_SIZE, replica(1), 0)
+                .replicate_chunk(ChunkId(3), MapVersion(2), DEFAULT_CHUNK_SIZE, replica(1), 0)
                 .await
         })
     };
     wait_for("the comparison", || {
-        progress(&pair.target, 3).is_some_and(|p| p.bytes_total > 0)
+        progress(&pair.target, ChunkId(3)).is_some_and(|p| p.bytes_total > 0)
     })
     .await;
     assert_eq!(
-        progress(&pair.target, 3),
+        progress(&pair.target, ChunkId(3)),
         Some(CopyProgress {
-            chunk: 3,
-            version: 2,
+            chunk: ChunkId(3),
+            version: MapVersion(2),
             bytes_done: 0,
             bytes_total: 4 * B,
         })
     );
-    let e = pair.target.read_verified(3, 1, 0, B).await.unwrap_err();
+    let e = pair
+        .target
+        .read_verified(ChunkId(3), MapVersion(1), 0, B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     assert!(e.message().contains("brought up to date"), "{e}");
     gate.add_permits(1000);
@@ -436,34 +446,41 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
             reused_base: true,
         }
     );
-    assert_eq!(pair.dst().version(3).unwrap(), 2);
-    assert_identical(pair.src(), pair.dst(), 3);
+    assert_eq!(pair.dst().version(ChunkId(3)).unwrap(), MapVersion(2));
+    assert_identical(pair.src(), pair.dst(), ChunkId(3));
     // Updated in place: no other file, and it serves again.
-    assert_eq!(pair.target_files(), vec![chunk_file(3)]);
-    pair.target.read_verified(3, 2, 0, B).await.unwrap();
+    assert_eq!(pair.target_files(), vec![chunk_file(ChunkId(3))]);
+    pair.target
+        .read_verified(ChunkId(3), MapVersion(2), 0, B)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_copy_resumes_and_copies_only_the_rest() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(4, 5, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(4), MapVersion(5), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 4, 0, 24 * MIB, 4);
+    fill(pair.src(), ChunkId(4), 0, 24 * MIB, 4);
     // The source dies after 5 reads of 1 MiB.
     pair.faults.fail_after(5, Fault::Die);
-    let e = pair.copy(4, 5, 0).await.unwrap_err();
+    let e = pair.copy(ChunkId(4), MapVersion(5), 0).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(e.message().contains("from chunk server 1"), "{e}");
     // The partial copy is kept, but neither listed nor served.
-    assert_eq!(pair.target.partial_copies(), vec![4]);
+    assert_eq!(pair.target.partial_copies(), vec![ChunkId(4)]);
     assert!(pair.dst().list().unwrap().is_empty());
     assert_eq!(
-        kind(pair.target.read_verified(4, 5, 0, B).await),
+        kind(
+            pair.target
+                .read_verified(ChunkId(4), MapVersion(5), 0, B)
+                .await
+        ),
         ErrorKind::NotFound
     );
-    assert_eq!(pair.target.copy_progress(4).await.unwrap(), None);
+    assert_eq!(pair.target.copy_progress(ChunkId(4)).await.unwrap(), None);
     let files = pair.target_files();
     assert!(
         files.len() == 1 && files[0].contains(".chunk.tmp."),
@@ -471,7 +488,7 @@ async fn an_interrupted_copy_resumes_and_copies_only_the_rest() {
     );
 
     pair.faults.heal();
-    let stats = pair.copy(4, 5, 0).await.unwrap();
+    let stats = pair.copy(ChunkId(4), MapVersion(5), 0).await.unwrap();
     assert_eq!(
         stats,
         CopyStats {
@@ -480,32 +497,32 @@ async fn an_interrupted_copy_resumes_and_copies_only_the_rest() {
             reused_base: true,
         }
     );
-    assert_identical(pair.src(), pair.dst(), 4);
+    assert_identical(pair.src(), pair.dst(), ChunkId(4));
     assert!(pair.target.partial_copies().is_empty());
-    assert_eq!(pair.target_files(), vec![chunk_file(4)]);
+    assert_eq!(pair.target_files(), vec![chunk_file(ChunkId(4))]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_local_replica_is_refused() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(5, 3, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(5), MapVersion(3), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 5, 0, MIB, 5);
+    fill(pair.src(), ChunkId(5), 0, MIB, 5);
     pair.target
-        .create_chunk(5, 4, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(5), MapVersion(4), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    pair.dst().write(5, 0, b"newer").unwrap();
-    let e = pair.copy(5, 3, 0).await.unwrap_err();
+    pair.dst().write(ChunkId(5), 0, b"newer").unwrap();
+    let e = pair.copy(ChunkId(5), MapVersion(3), 0).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     assert!(e.message().contains("version 4, newer than 3"), "{e}");
-    assert_eq!(pair.dst().version(5).unwrap(), 4);
+    assert_eq!(pair.dst().version(ChunkId(5)).unwrap(), MapVersion(4));
     let mut buf = [0u8; 5];
-    pair.dst().read(5, 0, &mut buf).unwrap();
+    pair.dst().read(ChunkId(5), 0, &mut buf).unwrap();
     assert_eq!(&buf, b"newer");
-    assert_eq!(pair.target_files(), vec![chunk_file(5)]);
+    assert_eq!(pair.target_files(), vec![chunk_file(ChunkId(5))]);
     assert!(pair.target.partial_copies().is_empty());
 }
 
@@ -513,32 +530,38 @@ async fn a_newer_local_replica_is_refused() {
 async fn copy_progress_reports_a_paced_copy() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(6, 2, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(6), MapVersion(2), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 6, 0, 8 * MIB, 6);
-    assert_eq!(pair.target.copy_progress(6).await.unwrap(), None);
+    fill(pair.src(), ChunkId(6), 0, 8 * MIB, 6);
+    assert_eq!(pair.target.copy_progress(ChunkId(6)).await.unwrap(), None);
     let gate = pair.faults.gate();
     let started = tokio::time::Instant::now();
     let copy = {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(6, 2, DEFAULT_CHUNK_SIZE, replica(1), 16 * MIB)
+                .replicate_chunk(
+                    ChunkId(6),
+                    MapVersion(2),
+                    DEFAULT_CHUNK_SIZE,
+                    replica(1),
+                    16 * MIB,
+                )
                 .await
         })
     };
     gate.add_permits(2);
     let two = Some(CopyProgress {
-        chunk: 6,
-        version: 2,
+        chunk: ChunkId(6),
+        version: MapVersion(2),
         bytes_done: 2 * MIB,
         bytes_total: 8 * MIB,
     });
-    wait_for("2 MiB copied", || progress(&pair.target, 6) == two).await;
+    wait_for("2 MiB copied", || progress(&pair.target, ChunkId(6)) == two).await;
     // Held there until more reads are let through.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(progress(&pair.target, 6), two);
+    assert_eq!(progress(&pair.target, ChunkId(6)), two);
     gate.add_permits(1000);
     let stats = copy.await.unwrap().unwrap();
     assert_eq!(stats.bytes_copied, 8 * MIB);
@@ -548,8 +571,8 @@ async fn copy_progress_reports_a_paced_copy() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(pair.target.copy_progress(6).await.unwrap(), None);
-    assert_identical(pair.src(), pair.dst(), 6);
+    assert_eq!(pair.target.copy_progress(ChunkId(6)).await.unwrap(), None);
+    assert_identical(pair.src(), pair.dst(), ChunkId(6));
 }
 
 /// A base copy runs while writers go on at the same version (the MDS's
@@ -561,46 +584,53 @@ async fn copy_progress_reports_a_paced_copy() {
 async fn a_write_to_the_source_during_a_copy_is_taken_not_a_failure() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(6, 2, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(6), MapVersion(2), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 6, 0, 8 * MIB, 6);
+    fill(pair.src(), ChunkId(6), 0, 8 * MIB, 6);
     let gate = pair.faults.gate();
     let copy = {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(6, 2, DEFAULT_CHUNK_SIZE, replica(1), 0)
+                .replicate_chunk(ChunkId(6), MapVersion(2), DEFAULT_CHUNK_SIZE, replica(1), 0)
                 .await
         })
     };
     gate.add_permits(2);
     wait_for("2 MiB copied", || {
-        progress(&pair.target, 6).is_some_and(|p| p.bytes_done == 2 * MIB)
+        progress(&pair.target, ChunkId(6)).is_some_and(|p| p.bytes_done == 2 * MIB)
     })
     .await;
     // A writer changes blocks the copy has not read yet (and one it has).
     pair.src()
-        .write(6, 6 * MIB + 3 * B + 100, &pattern(60, 3 * B as usize))
+        .write(
+            ChunkId(6),
+            6 * MIB + 3 * B + 100,
+            &pattern(60, 3 * B as usize),
+        )
         .unwrap();
-    pair.src().write(6, 100, &pattern(61, 10)).unwrap();
+    pair.src().write(ChunkId(6), 100, &pattern(61, 10)).unwrap();
     gate.add_permits(1000);
     let stats = copy.await.unwrap().unwrap();
     assert_eq!(stats.bytes_copied, 8 * MIB);
     // The block the copy had already read is behind (the delta copy's
     // job); everything read after the write is current.
-    let (src, dst) = (table(pair.src(), 6), table(pair.dst(), 6));
+    let (src, dst) = (table(pair.src(), ChunkId(6)), table(pair.dst(), ChunkId(6)));
     let differ: Vec<usize> = (0..src.len()).filter(|&b| src[b] != dst[b]).collect();
     assert_eq!(differ, vec![0], "blocks that differ after the copy");
     // The delta copy (at the next version) makes the replicas identical.
-    pair.source.set_version(6, 3).await.unwrap();
+    pair.source
+        .set_version(ChunkId(6), MapVersion(3))
+        .await
+        .unwrap();
     let stats = pair
         .target
-        .replicate_chunk(6, 3, DEFAULT_CHUNK_SIZE, replica(1), 0)
+        .replicate_chunk(ChunkId(6), MapVersion(3), DEFAULT_CHUNK_SIZE, replica(1), 0)
         .await
         .unwrap();
     assert_eq!(stats.bytes_copied, B);
-    assert_identical(pair.src(), pair.dst(), 6);
+    assert_identical(pair.src(), pair.dst(), ChunkId(6));
 }
 
 /// Data damaged between the source and the target fails the copy: the
@@ -610,12 +640,12 @@ async fn a_write_to_the_source_during_a_copy_is_taken_not_a_failure() {
 async fn a_block_damaged_in_transit_fails_the_copy() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(6, 2, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(6), MapVersion(2), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 6, 0, 2 * MIB, 6);
+    fill(pair.src(), ChunkId(6), 0, 2 * MIB, 6);
     pair.faults.flip.store(true, Ordering::SeqCst);
-    let err = pair.copy(6, 2, 0).await.unwrap_err();
+    let err = pair.copy(ChunkId(6), MapVersion(2), 0).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Checksum, "{err}");
 }
 
@@ -623,16 +653,16 @@ async fn a_block_damaged_in_transit_fails_the_copy() {
 async fn a_source_that_stops_answering_fails_the_copy_within_the_progress_deadline() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(7, 1, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(7), MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 7, 0, 8 * MIB, 7);
+    fill(pair.src(), ChunkId(7), 0, 8 * MIB, 7);
     let timeout = DEFAULT_COPY_PROGRESS_TIMEOUT;
 
     // It freezes after 3 reads.
     pair.faults.fail_after(3, Fault::Hang);
     let started = tokio::time::Instant::now();
-    let e = pair.copy(7, 1, 0).await.unwrap_err();
+    let e = pair.copy(ChunkId(7), MapVersion(1), 0).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(e.message().contains("did not answer a read"), "{e}");
@@ -643,7 +673,7 @@ async fn a_source_that_stops_answering_fails_the_copy_within_the_progress_deadli
     // Frozen from the start: the CRC table request times out too.
     pair.faults.fail_after(0, Fault::Hang);
     let started = tokio::time::Instant::now();
-    let e = pair.copy(7, 1, 0).await.unwrap_err();
+    let e = pair.copy(ChunkId(7), MapVersion(1), 0).await.unwrap_err();
     let waited = started.elapsed();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
     assert!(e.message().contains("CRC table"), "{e}");
@@ -653,8 +683,14 @@ async fn a_source_that_stops_answering_fails_the_copy_within_the_progress_deadli
     );
     // Once it answers again, the copy resumes after the 3 MiB it had.
     pair.faults.heal();
-    assert_eq!(pair.copy(7, 1, 0).await.unwrap().bytes_copied, 5 * MIB);
-    assert_identical(pair.src(), pair.dst(), 7);
+    assert_eq!(
+        pair.copy(ChunkId(7), MapVersion(1), 0)
+            .await
+            .unwrap()
+            .bytes_copied,
+        5 * MIB
+    );
+    assert_identical(pair.src(), pair.dst(), ChunkId(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,18 +698,20 @@ async fn partial_copies_are_bounded_and_deleted_with_their_chunk() {
     let pair = Pair::new();
     for chunk in 10..10 + MAX_PARTIAL_COPIES as u64 + 1 {
         pair.source
-            .create_chunk(chunk, 1, DEFAULT_CHUNK_SIZE)
+            .create_chunk(ChunkId(chunk), MapVersion(1), DEFAULT_CHUNK_SIZE)
             .await
             .unwrap();
-        fill(pair.src(), chunk, 0, 2 * MIB, chunk);
+        fill(pair.src(), ChunkId(chunk), 0, 2 * MIB, chunk);
         pair.faults.fail_after(1, Fault::Die);
-        pair.copy(chunk, 1, 0).await.unwrap_err();
+        pair.copy(ChunkId(chunk), MapVersion(1), 0)
+            .await
+            .unwrap_err();
     }
     // The oldest was discarded.
-    let kept: Vec<ChunkId> = (11..11 + MAX_PARTIAL_COPIES as u64).collect();
+    let kept: Vec<ChunkId> = (11..11 + MAX_PARTIAL_COPIES as u64).map(ChunkId).collect();
     assert_eq!(pair.target.partial_copies(), kept);
     assert_eq!(pair.target_files().len(), MAX_PARTIAL_COPIES);
-    pair.target.delete_chunk(11).await.unwrap();
+    pair.target.delete_chunk(ChunkId(11)).await.unwrap();
     assert_eq!(pair.target.partial_copies(), kept[1..].to_vec());
     assert_eq!(pair.target_files().len(), MAX_PARTIAL_COPIES - 1);
 
@@ -684,21 +722,27 @@ async fn partial_copies_are_bounded_and_deleted_with_their_chunk() {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(12, 1, DEFAULT_CHUNK_SIZE, replica(1), 0)
+                .replicate_chunk(
+                    ChunkId(12),
+                    MapVersion(1),
+                    DEFAULT_CHUNK_SIZE,
+                    replica(1),
+                    0,
+                )
                 .await
         })
     };
     wait_for("the comparison", || {
-        progress(&pair.target, 12).is_some_and(|p| p.bytes_total > 0)
+        progress(&pair.target, ChunkId(12)).is_some_and(|p| p.bytes_total > 0)
     })
     .await;
-    pair.target.delete_chunk(12).await.unwrap();
+    pair.target.delete_chunk(ChunkId(12)).await.unwrap();
     gate.add_permits(1000);
     let e = copy.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert_eq!(pair.target.partial_copies(), kept[2..].to_vec());
     assert_eq!(pair.target_files().len(), MAX_PARTIAL_COPIES - 2);
-    assert_eq!(kind(pair.dst().version(12)), ErrorKind::NotFound);
+    assert_eq!(kind(pair.dst().version(ChunkId(12))), ErrorKind::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,11 +750,14 @@ async fn partial_copies_are_bounded_and_deleted_with_their_chunk() {
 async fn long_a_full_copy_of_a_1_gib_chunk_is_identical() {
     let size = crate::types::MAX_CHUNK_SIZE;
     let pair = Pair::new();
-    pair.source.create_chunk(9, 2, size).await.unwrap();
-    fill(pair.src(), 9, 0, size, 9);
+    pair.source
+        .create_chunk(ChunkId(9), MapVersion(2), size)
+        .await
+        .unwrap();
+    fill(pair.src(), ChunkId(9), 0, size, 9);
     let stats = pair
         .target
-        .replicate_chunk(9, 2, size, replica(1), 0)
+        .replicate_chunk(ChunkId(9), MapVersion(2), size, replica(1), 0)
         .await
         .unwrap();
     assert_eq!(
@@ -721,37 +768,44 @@ async fn long_a_full_copy_of_a_1_gib_chunk_is_identical() {
             reused_base: false,
         }
     );
-    assert_eq!(pair.dst().version(9).unwrap(), 2);
-    assert_identical(pair.src(), pair.dst(), 9);
+    assert_eq!(pair.dst().version(ChunkId(9)).unwrap(), MapVersion(2));
+    assert_identical(pair.src(), pair.dst(), ChunkId(9));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_resync_keeps_the_replica_out_of_service_until_a_copy_finishes() {
     let pair = Pair::new();
     pair.source
-        .create_chunk(20, 1, DEFAULT_CHUNK_SIZE)
+        .create_chunk(ChunkId(20), MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    fill(pair.src(), 20, 0, 4 * MIB, 20);
-    pair.copy(20, 1, 0).await.unwrap();
+    fill(pair.src(), ChunkId(20), 0, 4 * MIB, 20);
+    pair.copy(ChunkId(20), MapVersion(1), 0).await.unwrap();
     pair.src()
-        .write(20, 0, &pattern(21, 3 * MIB as usize))
+        .write(ChunkId(20), 0, &pattern(21, 3 * MIB as usize))
         .unwrap();
-    ChunkControl::set_version(pair.source.as_ref(), 20, 2)
+    ChunkControl::set_version(pair.source.as_ref(), ChunkId(20), MapVersion(2))
         .await
         .unwrap();
     // The resync dies after 1 of 3 reads: the stale replica is a mix now.
     pair.faults.fail_after(1, Fault::Die);
-    pair.copy(20, 2, 0).await.unwrap_err();
-    assert_eq!(pair.dst().version(20).unwrap(), 1);
-    let e = pair.target.read_verified(20, 1, 0, B).await.unwrap_err();
+    pair.copy(ChunkId(20), MapVersion(2), 0).await.unwrap_err();
+    assert_eq!(pair.dst().version(ChunkId(20)).unwrap(), MapVersion(1));
+    let e = pair
+        .target
+        .read_verified(ChunkId(20), MapVersion(1), 0, B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     // Nothing partial besides the replica itself, which the next copy resumes.
     assert!(pair.target.partial_copies().is_empty());
     pair.faults.heal();
-    let stats = pair.copy(20, 2, 0).await.unwrap();
+    let stats = pair.copy(ChunkId(20), MapVersion(2), 0).await.unwrap();
     assert_eq!(stats.bytes_copied, 2 * MIB);
     assert!(stats.reused_base);
-    pair.target.read_verified(20, 2, 0, B).await.unwrap();
-    assert_identical(pair.src(), pair.dst(), 20);
+    pair.target
+        .read_verified(ChunkId(20), MapVersion(2), 0, B)
+        .await
+        .unwrap();
+    assert_identical(pair.src(), pair.dst(), ChunkId(20));
 }

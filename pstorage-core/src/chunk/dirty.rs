@@ -290,7 +290,7 @@ fn parse(text: &str, path: &Path) -> Result<(Option<u32>, BTreeSet<ChunkId>)> {
     let ids = text
         .lines()
         .filter(|line| line.len() == 16)
-        .filter_map(|line| ChunkId::from_str_radix(line, 16).ok())
+        .filter_map(|line| u64::from_str_radix(line, 16).ok().map(ChunkId))
         .collect();
     Ok((format, ids))
 }
@@ -311,7 +311,7 @@ mod tests {
     /// rewritten as format 2 at open, byte for byte the golden file.
     #[test]
     fn every_format_is_read_and_the_old_one_rewritten() {
-        let want = BTreeSet::from([0x1, 0xabc, 0x0123_4567_89ab_cdef]);
+        let want = BTreeSet::from([0x1, 0xabc, 0x0123_4567_89ab_cdef].map(ChunkId));
         for golden in [GOLDEN_V1, GOLDEN_V2] {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(DIRTY_LOG), golden).unwrap();
@@ -338,7 +338,7 @@ mod tests {
             header
         );
         for id in [0xabc, 0x0123_4567_89ab_cdef, 0x1] {
-            log.note_write(id).unwrap();
+            log.note_write(ChunkId(id)).unwrap();
         }
         log.compact_now().unwrap();
         assert_eq!(

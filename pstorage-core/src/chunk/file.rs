@@ -956,7 +956,7 @@ impl FileChunkStore {
             kind: RecordKind::InPlaceDurable,
             slot: 0,
             chunk: open.chunk,
-            version: 0,
+            version: MapVersion(0),
             first_block: bound,
             blocks: 0,
             crcs: &[],
@@ -981,7 +981,7 @@ impl FileChunkStore {
             kind: RecordKind::Forget,
             slot: 0,
             chunk,
-            version: 0,
+            version: MapVersion(0),
             first_block: 0,
             blocks: 0,
             crcs: &[],
@@ -1448,7 +1448,7 @@ impl OpenChunk {
     /// Takes the replica's file out of use after a failed apply or sync:
     /// its records are dropped (they cannot reach it).
     pub(super) fn fail(&self, state: &mut ChunkState, why: String) {
-        tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
+        tracing::error!(chunk = %self.chunk, path = %self.path.display(), %why,
             "chunk file failed: the replica is out of service");
         state.failed = Some(why);
         state.pending.clear();
@@ -1529,7 +1529,7 @@ impl OpenChunk {
             // A disk error is a fact: the replica leaves service (the
             // server takes it out and the MDS copies the chunk anew).
             let why = format!("the disk failed a read ({})", err.message());
-            tracing::error!(chunk = self.chunk, path = %self.path.display(), %why,
+            tracing::error!(chunk = %self.chunk, path = %self.path.display(), %why,
                     "chunk file failed: the replica is out of service");
             self.failed_error(self.broken.get_or_init(|| why))
         })
@@ -2043,7 +2043,7 @@ impl OpenChunk {
         let at = self.block_at(slot, first);
         if let Err(e) = self.file.punch_hole(at, (end - first) * BLOCK_SIZE) {
             tracing::debug!(
-                chunk = self.chunk,
+                chunk = %self.chunk,
                 error = %e,
                 "punching a hole failed; freed blocks keep their space"
             );
@@ -2175,8 +2175,8 @@ impl Header {
         buf[0..8].copy_from_slice(&MAGIC);
         buf[8..12].copy_from_slice(&self.format.to_le_bytes());
         buf[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        buf[16..24].copy_from_slice(&self.chunk.to_le_bytes());
-        buf[24..32].copy_from_slice(&self.version.to_le_bytes());
+        buf[16..24].copy_from_slice(&self.chunk.0.to_le_bytes());
+        buf[24..32].copy_from_slice(&self.version.0.to_le_bytes());
         buf[32..40].copy_from_slice(&self.chunk_size.to_le_bytes());
         let crc = crc64(&buf);
         buf[HEADER_CRC_AT..HEADER_CRC_AT + 8].copy_from_slice(&crc.to_le_bytes());
@@ -2229,8 +2229,8 @@ impl Header {
         }
         let header = Header {
             format,
-            chunk: u64_at(16),
-            version: u64_at(24),
+            chunk: ChunkId(u64_at(16)),
+            version: MapVersion(u64_at(24)),
             chunk_size: u64_at(32),
         };
         if header.chunk != chunk {
@@ -2285,7 +2285,7 @@ fn parse_chunk_name(name: &str) -> Option<ChunkId> {
     if stem.len() != 16 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    ChunkId::from_str_radix(stem, 16).ok()
+    u64::from_str_radix(stem, 16).ok().map(ChunkId)
 }
 
 impl ChunkStore for FileChunkStore {
@@ -2640,7 +2640,7 @@ impl ChunkStore for FileChunkStore {
                 // let the MDS think the replica is gone.
                 Err(e) if e.kind() == ErrorKind::Io => return Err(e),
                 Err(e) => {
-                    tracing::warn!(chunk, error = %e, "chunk replica not reported: unreadable header")
+                    tracing::warn!(%chunk, error = %e, "chunk replica not reported: unreadable header")
                 }
             }
         }
@@ -2754,7 +2754,7 @@ impl ChunkStore for FileChunkStore {
         let header = Header {
             format: FORMAT_VERSION,
             chunk,
-            version: 0,
+            version: MapVersion(0),
             chunk_size,
         };
         let opened = self
@@ -2811,7 +2811,7 @@ impl ChunkStore for FileChunkStore {
         open.write_state().deleted = true;
         if let Err(e) = self.disk.remove(&open.path) {
             tracing::warn!(
-                chunk = open.chunk,
+                chunk = %open.chunk,
                 path = %open.path.display(),
                 error = %e,
                 "cannot remove an aborted incoming replica; it is removed at the next start"

@@ -49,9 +49,11 @@ fn chunk_files(dir: &std::path::Path) -> Vec<String> {
 fn mem_store_space_counts_incoming_blocks_and_releases_replaced_ones() {
     let store = MemChunkStore::new();
     store.set_capacity(4 * B);
-    store.create(1, 1, CS).unwrap();
-    store.write(1, 0, &pattern(3, (2 * B) as usize)).unwrap();
-    let incoming = store.begin_incoming(1, CS).unwrap();
+    store.create(ChunkId(1), MapVersion(1), CS).unwrap();
+    store
+        .write(ChunkId(1), 0, &pattern(3, (2 * B) as usize))
+        .unwrap();
+    let incoming = store.begin_incoming(ChunkId(1), CS).unwrap();
     store
         .write_incoming(incoming, 0, &[1u8; B as usize])
         .unwrap();
@@ -60,9 +62,9 @@ fn mem_store_space_counts_incoming_blocks_and_releases_replaced_ones() {
         kind(store.write_incoming(incoming, B, &[1u8; 2 * B as usize])),
         ErrorKind::NoSpace
     );
-    store.commit_incoming(incoming, 2).unwrap();
+    store.commit_incoming(incoming, MapVersion(2)).unwrap();
     assert_eq!(store.space().unwrap().free_bytes, 3 * B);
-    let aborted = store.begin_incoming(2, CS).unwrap();
+    let aborted = store.begin_incoming(ChunkId(2), CS).unwrap();
     store
         .write_incoming(aborted, 0, &[1u8; B as usize])
         .unwrap();
@@ -76,22 +78,22 @@ fn file_store_commits_durably_and_drops_uncommitted_copies_at_reopen() {
     let data = pattern(4, CS as usize);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(1, 1, CS).unwrap();
-        store.write(1, 0, &[9u8; 100]).unwrap();
+        store.create(ChunkId(1), MapVersion(1), CS).unwrap();
+        store.write(ChunkId(1), 0, &[9u8; 100]).unwrap();
         // Keep the old replica open (cached) while it is replaced.
-        assert_eq!(store.version(1).unwrap(), 1);
-        let incoming = store.begin_incoming(1, CS).unwrap();
+        assert_eq!(store.version(ChunkId(1)).unwrap(), MapVersion(1));
+        let incoming = store.begin_incoming(ChunkId(1), CS).unwrap();
         store.write_incoming(incoming, 0, &data).unwrap();
-        store.commit_incoming(incoming, 5).unwrap();
+        store.commit_incoming(incoming, MapVersion(5)).unwrap();
         // An uncommitted copy "crashes" with the store.
-        let pending = store.begin_incoming(2, CS).unwrap();
+        let pending = store.begin_incoming(ChunkId(2), CS).unwrap();
         store.write_incoming(pending, 0, b"lost").unwrap();
         assert_eq!(chunk_files(dir.path()).len(), 2);
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
     assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 1)]);
-    assert_eq!(store.version(1).unwrap(), 5);
-    assert_eq!(read_all(&store, 1), data);
+    assert_eq!(store.version(ChunkId(1)).unwrap(), MapVersion(5));
+    assert_eq!(read_all(&store, ChunkId(1)), data);
 }
 
 // ---- re-replication between chunk servers ----
@@ -113,14 +115,20 @@ async fn pair(target: Arc<dyn ChunkStore>) -> (Arc<MemNetwork>, Arc<ChunkServer>
     let net = MemNetwork::new();
     let source = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
     let size = 3 << 20;
-    source.create_chunk(5, 4, size).await.unwrap();
+    source
+        .create_chunk(ChunkId(5), MapVersion(4), size)
+        .await
+        .unwrap();
     let mut expected = vec![0u8; size as usize];
     let head = pattern(5, 1 << 20);
     let tail = pattern(6, 4000);
     expected[..head.len()].copy_from_slice(&head);
     expected[(2 << 20) + 10..(2 << 20) + 10 + tail.len()].copy_from_slice(&tail);
-    source.store().write(5, 0, &head).unwrap();
-    source.store().write(5, (2 << 20) + 10, &tail).unwrap();
+    source.store().write(ChunkId(5), 0, &head).unwrap();
+    source
+        .store()
+        .write(ChunkId(5), (2 << 20) + 10, &tail)
+        .unwrap();
     let target = net.add_server(2, &addr(2), target);
     (net, target, expected)
 }
@@ -128,14 +136,20 @@ async fn pair(target: Arc<dyn ChunkStore>) -> (Arc<MemNetwork>, Arc<ChunkServer>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_chunk_copies_a_replica_and_replaces_a_stale_one() {
     let (net, target, expected) = pair(Arc::new(MemChunkStore::new())).await;
-    target.create_chunk(5, 2, CS).await.unwrap();
-    target.store().write(5, 0, b"stale").unwrap();
     target
-        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .create_chunk(ChunkId(5), MapVersion(2), CS)
         .await
         .unwrap();
-    assert_eq!(target.store().version(5).unwrap(), 4);
-    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
+    target.store().write(ChunkId(5), 0, b"stale").unwrap();
+    target
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
+        .await
+        .unwrap();
+    assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(4));
+    let got = target
+        .read_verified(ChunkId(5), MapVersion(4), 0, 3 << 20)
+        .await
+        .unwrap();
     assert!(got[..] == expected[..], "the copy differs from the source");
     net.clear();
 }
@@ -145,12 +159,15 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
     let (net, target, _) = pair(store.clone()).await;
-    target.create_chunk(5, 2, CS).await.unwrap();
-    target.store().write(5, 0, b"stale").unwrap();
+    target
+        .create_chunk(ChunkId(5), MapVersion(2), CS)
+        .await
+        .unwrap();
+    target.store().write(ChunkId(5), 0, b"stale").unwrap();
 
     // The source is at another version: Stale, named.
     let e = target
-        .replicate_chunk(5, 3, 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(3), 3 << 20, replica(1), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
@@ -158,37 +175,37 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     // The source is unreachable.
     net.set_reachable(&addr(1), false);
     let e = target
-        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     net.set_reachable(&addr(1), true);
     // Copying from itself, or a bad chunk size.
     let e = target
-        .replicate_chunk(5, 4, 3 << 20, replica(2), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(2), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let e = target
-        .replicate_chunk(5, 4, 1000, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 1000, replica(1), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 
     // The old replica (of another size) is untouched; the copies that got
     // as far as starting one share one partial copy, never listed.
-    assert_eq!(target.store().version(5).unwrap(), 2);
+    assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(2));
     let mut buf = [0u8; 5];
-    target.store().read(5, 0, &mut buf).unwrap();
+    target.store().read(ChunkId(5), 0, &mut buf).unwrap();
     assert_eq!(&buf, b"stale");
     assert_eq!(
         target.store().list().unwrap(),
         vec![ChunkReplicaInfo {
-            chunk: 5,
-            version: 2
+            chunk: ChunkId(5),
+            version: MapVersion(2)
         }]
     );
-    assert_eq!(target.partial_copies(), vec![5]);
+    assert_eq!(target.partial_copies(), vec![ChunkId(5)]);
     let files = chunk_files(dir.path());
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(files[0], format!("{:016x}.chunk", 5));
@@ -197,34 +214,40 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     // copy too, and the next copy resumes from it. Paced at 1 MiB/s over
     // 3 written MiB, it is dropped once the first MiB is in.
     let source = net.server(&addr(1)).unwrap();
-    source.store().write(5, 0, &pattern(7, 3 << 20)).unwrap();
+    source
+        .store()
+        .write(ChunkId(5), 0, &pattern(7, 3 << 20))
+        .unwrap();
     let copy = {
         let target = target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(5, 4, 3 << 20, replica(1), 1 << 20)
+                .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 1 << 20)
                 .await
         })
     };
     wait_for(|| {
         target
-            .progress_of(5)
+            .progress_of(ChunkId(5))
             .is_some_and(|p| p.bytes_done >= 1 << 20)
     })
     .await;
     copy.abort();
     assert!(copy.await.unwrap_err().is_cancelled());
-    assert_eq!(target.store().version(5).unwrap(), 2);
-    assert_eq!(target.partial_copies(), vec![5]);
+    assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(2));
+    assert_eq!(target.partial_copies(), vec![ChunkId(5)]);
     let stats = target
-        .replicate_chunk(5, 4, 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
         .await
         .unwrap();
     assert!(stats.reused_base);
     assert!(stats.bytes_copied <= 2 << 20, "{stats:?}");
-    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
+    let got = target
+        .read_verified(ChunkId(5), MapVersion(4), 0, 3 << 20)
+        .await
+        .unwrap();
     assert!(got[..] == pattern(7, 3 << 20)[..]);
-    assert_eq!(target.store().version(5).unwrap(), 4);
+    assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(4));
     assert_eq!(chunk_files(dir.path()), vec![format!("{:016x}.chunk", 5)]);
     net.clear();
 }
@@ -236,17 +259,20 @@ async fn replicate_chunk_honours_the_rate_limit() {
     net.server(&addr(1))
         .unwrap()
         .store()
-        .write(5, 0, &expected)
+        .write(ChunkId(5), 0, &expected)
         .unwrap();
     let started = Instant::now();
     // 3 MiB at 6 MiB/s: about half a second.
     target
-        .replicate_chunk(5, 4, 3 << 20, replica(1), 6 << 20)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 6 << 20)
         .await
         .unwrap();
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
-    let got = target.read_verified(5, 4, 0, 3 << 20).await.unwrap();
+    let got = target
+        .read_verified(ChunkId(5), MapVersion(4), 0, 3 << 20)
+        .await
+        .unwrap();
     assert!(got[..] == expected[..]);
     net.clear();
 }
@@ -316,11 +342,11 @@ fn file_store_keeps_a_replica_out_of_service_across_a_restart() {
     // (`chunk/tests.rs`, `bad_replicas_are_out_of_service_until_deleted_or_replaced`).
     let dir = tempfile::tempdir().unwrap();
     let file = FileChunkStore::open(dir.path()).unwrap();
-    file.create(1, 2, CS).unwrap();
-    file.mark_bad(1).unwrap();
+    file.create(ChunkId(1), MapVersion(2), CS).unwrap();
+    file.mark_bad(ChunkId(1)).unwrap();
     drop(file);
     let file = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(file.list_bad().unwrap(), vec![1]);
+    assert_eq!(file.list_bad().unwrap(), vec![ChunkId(1)]);
     assert!(file.list().unwrap().is_empty());
 }
 
@@ -378,21 +404,24 @@ impl Drop for FileCs {
 async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_once() {
     let cs = FileCs::new();
     let size = 4 * CS; // 256 KiB, 64 blocks
-    let chunks: Vec<ChunkId> = (1..=8).collect();
+    let chunks: Vec<ChunkId> = (1..=8).map(ChunkId).collect();
     for &chunk in &chunks {
-        cs.server.create_chunk(chunk, 7, size).await.unwrap();
+        cs.server
+            .create_chunk(chunk, MapVersion(7), size)
+            .await
+            .unwrap();
         cs.store
-            .write(chunk, 0, &pattern(chunk, size as usize))
+            .write(chunk, 0, &pattern(chunk.0, size as usize))
             .unwrap();
         cs.store.flush(chunk).unwrap();
     }
     // Bits flipped in random blocks of four chunks, two in one of them.
     let mut rng = StdRng::seed_from_u64(42);
-    let corrupt = [2u64, 3, 5, 8];
+    let corrupt = [2u64, 3, 5, 8].map(ChunkId);
     for &chunk in &corrupt {
         cs_flip(&cs, chunk, size, rng.gen_range(0..size));
     }
-    cs_flip(&cs, 5, size, rng.gen_range(0..size));
+    cs_flip(&cs, ChunkId(5), size, rng.gen_range(0..size));
 
     // 2 MiB at 4 MiB/s: about half a second.
     let rate = 4 << 20;
@@ -407,8 +436,12 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
     assert_eq!(cs.sink.block_chunks(), corrupt);
     assert!(cs.sink.chunks().is_empty());
     for (chunk, version, blocks, detail) in cs.sink.blocks.lock().unwrap().iter() {
-        assert_eq!(*version, 7);
-        assert_eq!(blocks.len(), if *chunk == 5 { 2 } else { 1 }, "{blocks:?}");
+        assert_eq!(*version, MapVersion(7));
+        assert_eq!(
+            blocks.len(),
+            if *chunk == ChunkId(5) { 2 } else { 1 },
+            "{blocks:?}"
+        );
         assert!(
             detail.contains(&format!("chunk {chunk:#x}")) && detail.contains("CRC"),
             "{detail}"
@@ -439,9 +472,12 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
             .flat_map(|r| r.2.clone())
             .collect();
         assert_eq!(bad.is_empty(), !corrupt.contains(&chunk));
-        let data = pattern(chunk, size as usize);
+        let data = pattern(chunk.0, size as usize);
         for block in 0..size / B {
-            let read = cs.server.read_verified(chunk, 7, block * B, B).await;
+            let read = cs
+                .server
+                .read_verified(chunk, MapVersion(7), block * B, B)
+                .await;
             if bad.contains(&block) {
                 assert_eq!(read.unwrap_err().kind(), ErrorKind::Corrupt);
             } else {
@@ -475,8 +511,13 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scrubber_runs_every_period() {
     let cs = FileCs::new();
-    cs.server.create_chunk(1, 1, CS).await.unwrap();
-    cs.store.write(1, 0, &pattern(1, CS as usize)).unwrap();
+    cs.server
+        .create_chunk(ChunkId(1), MapVersion(1), CS)
+        .await
+        .unwrap();
+    cs.store
+        .write(ChunkId(1), 0, &pattern(1, CS as usize))
+        .unwrap();
     cs.server.set_scrub_params(Duration::from_millis(100), 0);
     assert_eq!(
         cs.server.scrub_params(),
@@ -489,8 +530,8 @@ async fn the_scrubber_runs_every_period() {
     wait_for(|| cs.server.scrub_stats().passes_completed >= 3).await;
     assert!(cs.sink.chunks().is_empty());
     // Corruption appearing later is found by a later pass.
-    flip_data_bit(&cs.store, 1, CS, 5000);
-    wait_for(|| cs.sink.block_chunks() == [1]).await;
+    flip_data_bit(&cs.store, ChunkId(1), CS, 5000);
+    wait_for(|| cs.sink.block_chunks() == [ChunkId(1)]).await;
     // Period 0 stops periodic passes.
     cs.server.set_scrub_params(Duration::ZERO, 0);
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -504,15 +545,21 @@ async fn the_scrubber_runs_every_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_keeps_serving() {
     let cs = FileCs::new();
-    cs.server.create_chunk(1, 4, CS).await.unwrap();
+    cs.server
+        .create_chunk(ChunkId(1), MapVersion(4), CS)
+        .await
+        .unwrap();
     let data = pattern(3, CS as usize);
-    cs.store.write(1, 0, &data).unwrap();
-    flip_data_bit(&cs.store, 1, CS, 3 * B + 1);
-    cs.server.read_verified(1, 4, 0, B).await.unwrap();
+    cs.store.write(ChunkId(1), 0, &data).unwrap();
+    flip_data_bit(&cs.store, ChunkId(1), CS, 3 * B + 1);
+    cs.server
+        .read_verified(ChunkId(1), MapVersion(4), 0, B)
+        .await
+        .unwrap();
     for _ in 0..3 {
         let e = cs
             .server
-            .read_verified(1, 4, 2 * B, 2 * B)
+            .read_verified(ChunkId(1), MapVersion(4), 2 * B, 2 * B)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
@@ -520,12 +567,12 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
     // Block 3 reported once (its repair is in flight); the rest serves.
     let reported = cs.sink.blocks.lock().unwrap().clone();
     assert_eq!(reported.len(), 1, "{reported:?}");
-    assert_eq!((reported[0].0, reported[0].1), (1, 4));
+    assert_eq!((reported[0].0, reported[0].1), (ChunkId(1), MapVersion(4)));
     assert_eq!(reported[0].2, [3]);
     assert!(cs.sink.chunks().is_empty());
     assert!(
         cs.server
-            .read_verified(1, 4, 4 * B, CS - 4 * B)
+            .read_verified(ChunkId(1), MapVersion(4), 4 * B, CS - 4 * B)
             .await
             .unwrap()[..]
             == data[(4 * B) as usize..]
@@ -534,16 +581,28 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
     assert_eq!(registration.chunks.len(), 1);
     // A repair from a good copy (here the original bytes) heals it.
     let good = data[(3 * B) as usize..(4 * B) as usize].to_vec();
-    assert!(cs.store.repair_block(1, 4, 3, Some(&good)).unwrap());
+    assert!(cs
+        .store
+        .repair_block(ChunkId(1), MapVersion(4), 3, Some(&good))
+        .unwrap());
     // A second repair finds the block good and leaves it alone.
     assert!(!cs
         .store
-        .repair_block(1, 4, 3, Some(&[7u8; B as usize]))
+        .repair_block(ChunkId(1), MapVersion(4), 3, Some(&[7u8; B as usize]))
         .unwrap());
-    assert!(cs.server.read_verified(1, 4, 0, CS).await.unwrap()[..] == data[..]);
+    assert!(
+        cs.server
+            .read_verified(ChunkId(1), MapVersion(4), 0, CS)
+            .await
+            .unwrap()[..]
+            == data[..]
+    );
     // Stale version: refused.
     assert_eq!(
-        kind(cs.store.repair_block(1, 3, 3, Some(&good))),
+        kind(
+            cs.store
+                .repair_block(ChunkId(1), MapVersion(3), 3, Some(&good))
+        ),
         ErrorKind::Stale
     );
 }
@@ -551,33 +610,47 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_once() {
     let cs = FileCs::new();
-    cs.server.create_chunk(1, 4, CS).await.unwrap();
-    cs.store.write(1, 0, &pattern(3, CS as usize)).unwrap();
+    cs.server
+        .create_chunk(ChunkId(1), MapVersion(4), CS)
+        .await
+        .unwrap();
+    cs.store
+        .write(ChunkId(1), 0, &pattern(3, CS as usize))
+        .unwrap();
     for block in 0..CS / B {
-        flip_data_bit(&cs.store, 1, CS, block * B + 1);
+        flip_data_bit(&cs.store, ChunkId(1), CS, block * B + 1);
     }
     // A read scans only its own blocks: they are reported for repair.
     let e = cs
         .server
-        .read_verified(1, 4, 2 * B, 2 * B)
+        .read_verified(ChunkId(1), MapVersion(4), 2 * B, 2 * B)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert_eq!(cs.sink.blocks.lock().unwrap()[0].2, [2, 3]);
-    cs.server.finish_repair(1, 4, &Default::default());
+    cs.server
+        .finish_repair(ChunkId(1), MapVersion(4), &Default::default());
     // A whole scan (the scrubber's) finds every block bad: the replica
     // leaves service as a whole, reported once.
-    assert!(cs.server.report_damage(1, None, "scrub".into()).await);
-    assert!(!cs.server.report_damage(1, None, "scrub".into()).await);
+    assert!(
+        cs.server
+            .report_damage(ChunkId(1), None, "scrub".into())
+            .await
+    );
+    assert!(
+        !cs.server
+            .report_damage(ChunkId(1), None, "scrub".into())
+            .await
+    );
     for _ in 0..3 {
         let e = cs
             .server
-            .read_verified(1, 4, 2 * B, 2 * B)
+            .read_verified(ChunkId(1), MapVersion(4), 2 * B, 2 * B)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
-    assert_eq!(cs.sink.chunks(), [1]);
+    assert_eq!(cs.sink.chunks(), [ChunkId(1)]);
     assert_eq!(cs.sink.blocks.lock().unwrap().len(), 1);
     assert!(cs.sink.reports.lock().unwrap()[0]
         .2
@@ -596,7 +669,7 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
     assert!(cs.store.list_bad().unwrap().is_empty());
     assert_eq!(
         cs.server
-            .read_verified(1, 4, 0, B)
+            .read_verified(ChunkId(1), MapVersion(4), 0, B)
             .await
             .unwrap_err()
             .kind(),
@@ -613,12 +686,18 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         for chunk in 1..=4 {
-            store.create(chunk, 1, CS).unwrap();
+            store.create(ChunkId(chunk), MapVersion(1), CS).unwrap();
         }
-        store.write(1, 0, &pattern(1, CS as usize)).unwrap();
-        store.flush(1).unwrap();
-        store.write(2, 0, &pattern(2, CS as usize)).unwrap();
-        store.write(3, 0, &pattern(3, CS as usize)).unwrap();
+        store
+            .write(ChunkId(1), 0, &pattern(1, CS as usize))
+            .unwrap();
+        store.flush(ChunkId(1)).unwrap();
+        store
+            .write(ChunkId(2), 0, &pattern(2, CS as usize))
+            .unwrap();
+        store
+            .write(ChunkId(3), 0, &pattern(3, CS as usize))
+            .unwrap();
         // Applied and trimmed from the journal: what follows is damage
         // behind the journal's back, not a write it can replay.
         store.checkpoint().unwrap();
@@ -626,7 +705,7 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
         // entry did not (the process was killed in between).
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(store.chunk_path(3))
+            .open(store.chunk_path(ChunkId(3)))
             .unwrap();
         let at = FileChunkStore::data_file_offset(CS, 5 * B);
         f.write_all_at(&pattern(33, B as usize), at).unwrap();
@@ -635,7 +714,9 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
     let unverified = store.unverified();
     assert!(
-        unverified.contains(&2) && unverified.contains(&3) && !unverified.contains(&4),
+        unverified.contains(&ChunkId(2))
+            && unverified.contains(&ChunkId(3))
+            && !unverified.contains(&ChunkId(4)),
         "{unverified:?}"
     );
     let net = MemNetwork::new();
@@ -645,12 +726,15 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     let report = server.recover().await.unwrap();
     // The torn block is reported for repair; the replica stays.
     assert!(report.corrupt.is_empty(), "{report:?}");
-    assert!(report.verified.contains(&2), "{report:?}");
-    assert!(report.verified.contains(&3), "{report:?}");
+    assert!(report.verified.contains(&ChunkId(2)), "{report:?}");
+    assert!(report.verified.contains(&ChunkId(3)), "{report:?}");
     assert!(sink.chunks().is_empty());
     let reported = sink.blocks.lock().unwrap().clone();
     assert_eq!(reported.len(), 1, "{reported:?}");
-    assert_eq!((reported[0].0, reported[0].2.clone()), (3, vec![5]));
+    assert_eq!(
+        (reported[0].0, reported[0].2.clone()),
+        (ChunkId(3), vec![5])
+    );
     assert!(reported[0].3.contains("unclean stop"), "{}", reported[0].3);
     // Chunks 2 and 3 are whole (but for the reported block) and may lack
     // writes their chain kept: unclean until the MDS has heard so (a crash
@@ -658,25 +742,31 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     // log keeps recently flushed chunks too (it is compacted at most every
     // few seconds), so it cannot tell them apart: their resync finds
     // nothing to copy.
-    assert_eq!(store.unverified(), [1, 2, 3]);
+    assert_eq!(store.unverified(), [ChunkId(1), ChunkId(2), ChunkId(3)]);
     let registration = server.registration("x:1").await.unwrap();
     let listed: Vec<ChunkId> = registration.chunks.iter().map(|c| c.chunk).collect();
-    assert_eq!(listed, [1, 2, 3, 4]);
-    assert_eq!(registration.unclean, [1, 2, 3]);
+    assert_eq!(listed, [ChunkId(1), ChunkId(2), ChunkId(3), ChunkId(4)]);
+    assert_eq!(registration.unclean, [ChunkId(1), ChunkId(2), ChunkId(3)]);
     // Until a registration succeeds, every attempt says so.
-    assert_eq!(server.registration("x:1").await.unwrap().unclean, [1, 2, 3]);
+    assert_eq!(
+        server.registration("x:1").await.unwrap().unclean,
+        [ChunkId(1), ChunkId(2), ChunkId(3)]
+    );
     server.set_serving(true);
     // The torn block never reads; the others do.
     assert_eq!(
         server
-            .read_verified(3, 1, 5 * B, B)
+            .read_verified(ChunkId(3), MapVersion(1), 5 * B, B)
             .await
             .unwrap_err()
             .kind(),
         ErrorKind::Corrupt
     );
     assert!(
-        server.read_verified(3, 1, 0, 5 * B).await.unwrap()[..]
+        server
+            .read_verified(ChunkId(3), MapVersion(1), 0, 5 * B)
+            .await
+            .unwrap()[..]
             == pattern(3, CS as usize)[..(5 * B) as usize]
     );
     // The registration went through: the unclean ones are verified.
@@ -686,7 +776,13 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
         .unwrap();
     assert!(store.unverified().is_empty());
     assert!(server.registration("x:1").await.unwrap().unclean.is_empty());
-    assert!(server.read_verified(2, 1, 0, CS).await.unwrap()[..] == pattern(2, CS as usize)[..]);
+    assert!(
+        server
+            .read_verified(ChunkId(2), MapVersion(1), 0, CS)
+            .await
+            .unwrap()[..]
+            == pattern(2, CS as usize)[..]
+    );
     drop(server);
 
     // Verified chunks are not checked again after another kill.
@@ -701,24 +797,24 @@ fn a_clean_close_leaves_nothing_to_verify_and_a_kill_everything_written() {
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         for chunk in 1..=3 {
-            store.create(chunk, 1, CS).unwrap();
-            store.write(chunk, 0, b"x").unwrap();
+            store.create(ChunkId(chunk), MapVersion(1), CS).unwrap();
+            store.write(ChunkId(chunk), 0, b"x").unwrap();
         }
         store.close_clean().unwrap();
         // Still usable after a clean close.
-        store.write(1, 1, b"y").unwrap();
+        store.write(ChunkId(1), 1, b"y").unwrap();
         store.close_clean().unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
     assert!(store.unverified().is_empty());
     // Zeroing counts as writing; a version change syncs but a chunk
     // written before it stays listed until flushed.
-    store.zero(2, 0, B).unwrap();
-    store.write(3, 0, b"z").unwrap();
-    store.set_version(3, 2).unwrap();
+    store.zero(ChunkId(2), 0, B).unwrap();
+    store.write(ChunkId(3), 0, b"z").unwrap();
+    store.set_version(ChunkId(3), MapVersion(2)).unwrap();
     drop(store);
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(store.unverified(), [2, 3]);
+    assert_eq!(store.unverified(), [ChunkId(2), ChunkId(3)]);
 }
 
 #[test]
@@ -729,19 +825,21 @@ fn the_dirty_log_stays_small_under_write_flush_cycles() {
     for round in 0..20u64 {
         for chunk in 0..50 {
             if round == 0 {
-                store.create(chunk, 1, CS).unwrap();
+                store.create(ChunkId(chunk), MapVersion(1), CS).unwrap();
             }
-            store.write(chunk, round * 8, &round.to_le_bytes()).unwrap();
-            store.flush(chunk).unwrap();
+            store
+                .write(ChunkId(chunk), round * 8, &round.to_le_bytes())
+                .unwrap();
+            store.flush(ChunkId(chunk)).unwrap();
         }
     }
-    store.write(7, 0, b"w").unwrap();
+    store.write(ChunkId(7), 0, b"w").unwrap();
     let log = std::fs::read_to_string(dir.path().join("dirty.log")).unwrap();
     // Compaction keeps it near the live set (here 1 chunk), never 1000 ids.
     assert!(log.lines().count() <= 64, "{} ids", log.lines().count());
     drop(store);
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert!(store.unverified().contains(&7));
+    assert!(store.unverified().contains(&ChunkId(7)));
 }
 
 // ---- full disks and I/O statistics ----
@@ -751,12 +849,15 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
     let store = Arc::new(MemChunkStore::new());
     let net = MemNetwork::new();
     let server = net.add_server(9, &addr(9), store.clone());
-    server.create_chunk(1, 1, CS).await.unwrap();
+    server
+        .create_chunk(ChunkId(1), MapVersion(1), CS)
+        .await
+        .unwrap();
     let old = bytes::Bytes::from(pattern(9, (2 * B) as usize));
     server
         .write(crate::traits::WriteRequest::new(
-            1,
-            1,
+            ChunkId(1),
+            MapVersion(1),
             0,
             crate::traits::WritePayload::Data(old.clone()),
             vec![],
@@ -773,8 +874,8 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
     );
     let e = server
         .write(crate::traits::WriteRequest::new(
-            1,
-            1,
+            ChunkId(1),
+            MapVersion(1),
             B,
             crate::traits::WritePayload::Data(bytes::Bytes::from(vec![7u8; 3 * B as usize])),
             vec![],
@@ -784,22 +885,28 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
     assert_eq!(e.failed_cs, None);
     assert_eq!(e.error.kind(), ErrorKind::NoSpace);
     assert!(e.error.message().contains("chunk server 9"), "{e}");
-    let got = server.read_verified(1, 1, 0, 2 * B).await.unwrap();
+    let got = server
+        .read_verified(ChunkId(1), MapVersion(1), 0, 2 * B)
+        .await
+        .unwrap();
     assert!(got == old);
     // Re-replication onto a full CS fails the same way and leaves nothing.
     let source = net.add_server(8, &addr(8), Arc::new(MemChunkStore::new()));
-    source.create_chunk(2, 1, CS).await.unwrap();
+    source
+        .create_chunk(ChunkId(2), MapVersion(1), CS)
+        .await
+        .unwrap();
     source
         .store()
-        .write(2, 0, &pattern(2, CS as usize))
+        .write(ChunkId(2), 0, &pattern(2, CS as usize))
         .unwrap();
     let e = server
-        .replicate_chunk(2, 1, CS, replica(8), 0)
+        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(8), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
     assert_eq!(store.space().unwrap().free_bytes, B);
-    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
+    assert_eq!(kind(store.version(ChunkId(2))), ErrorKind::NotFound);
     net.clear();
 }
 
@@ -808,25 +915,51 @@ async fn io_stats_count_successful_operations() {
     let net = MemNetwork::new();
     let server = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
     let source = net.add_server(2, &addr(2), Arc::new(MemChunkStore::new()));
-    source.create_chunk(2, 1, CS).await.unwrap();
+    source
+        .create_chunk(ChunkId(2), MapVersion(1), CS)
+        .await
+        .unwrap();
     assert_eq!(server.stats(), CsIoStats::default());
-    server.create_chunk(1, 1, CS).await.unwrap();
+    server
+        .create_chunk(ChunkId(1), MapVersion(1), CS)
+        .await
+        .unwrap();
     for payload in [
         crate::traits::WritePayload::Data(bytes::Bytes::from_static(b"hello")),
         crate::traits::WritePayload::Zeros(3 * B),
     ] {
         server
-            .write(crate::traits::WriteRequest::new(1, 1, 0, payload, vec![]))
+            .write(crate::traits::WriteRequest::new(
+                ChunkId(1),
+                MapVersion(1),
+                0,
+                payload,
+                vec![],
+            ))
             .await
             .unwrap();
     }
-    server.read_verified(1, 1, 0, 100).await.unwrap();
-    server.read_verified(1, 1, 0, CS).await.unwrap();
-    server.read_verified(1, 2, 0, 100).await.unwrap_err();
-    ChunkService::flush(server.as_ref(), 1, 1).await.unwrap();
-    source.store().write(2, B, &[7u8; 2 * B as usize]).unwrap();
     server
-        .replicate_chunk(2, 1, CS, replica(2), 0)
+        .read_verified(ChunkId(1), MapVersion(1), 0, 100)
+        .await
+        .unwrap();
+    server
+        .read_verified(ChunkId(1), MapVersion(1), 0, CS)
+        .await
+        .unwrap();
+    server
+        .read_verified(ChunkId(1), MapVersion(2), 0, 100)
+        .await
+        .unwrap_err();
+    ChunkService::flush(server.as_ref(), ChunkId(1), MapVersion(1))
+        .await
+        .unwrap();
+    source
+        .store()
+        .write(ChunkId(2), B, &[7u8; 2 * B as usize])
+        .unwrap();
+    server
+        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(2), 0)
         .await
         .unwrap();
     assert_eq!(
@@ -899,10 +1032,10 @@ fn enospc_child() {
     };
     let store = FileChunkStore::open_with(&dir, &options).unwrap();
     let size = 4 * CS;
-    store.create(1, 1, size).unwrap();
+    store.create(ChunkId(1), MapVersion(1), size).unwrap();
     let old = pattern(1, (2 * B) as usize);
-    store.write(1, 0, &old).unwrap();
-    store.flush(1).unwrap();
+    store.write(ChunkId(1), 0, &old).unwrap();
+    store.flush(ChunkId(1)).unwrap();
     // Fill the file system.
     let filler = dir.join("filler");
     {
@@ -919,7 +1052,7 @@ fn enospc_child() {
 
     // Overwrites block 1 (allocated) and needs new pages beyond it.
     let e = store
-        .write(1, B, &pattern(2, (16 * B) as usize))
+        .write(ChunkId(1), B, &pattern(2, (16 * B) as usize))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
     assert!(e.message().contains("free space"), "{e}");
@@ -929,7 +1062,7 @@ fn enospc_child() {
     expected[..old.len()].copy_from_slice(&old);
     for block in 0..size / B {
         let mut buf = vec![0u8; B as usize];
-        match store.read(1, block * B, &mut buf) {
+        match store.read(ChunkId(1), block * B, &mut buf) {
             Ok(()) => assert!(
                 buf[..] == expected[(block * B) as usize..((block + 1) * B) as usize],
                 "block {block} reads wrong data"
@@ -938,9 +1071,12 @@ fn enospc_child() {
         }
     }
     // New chunks fail the same way and leave nothing behind.
-    assert_eq!(kind(store.create(2, 1, size)), ErrorKind::NoSpace);
-    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
-    let incoming = store.begin_incoming(3, size);
+    assert_eq!(
+        kind(store.create(ChunkId(2), MapVersion(1), size)),
+        ErrorKind::NoSpace
+    );
+    assert_eq!(kind(store.version(ChunkId(2))), ErrorKind::NotFound);
+    let incoming = store.begin_incoming(ChunkId(3), size);
     if let Ok(incoming) = incoming {
         assert_eq!(
             kind(store.write_incoming(incoming, 0, &pattern(3, size as usize))),
@@ -952,10 +1088,10 @@ fn enospc_child() {
     // With space again, a rewrite heals the blocks.
     std::fs::remove_file(&filler).unwrap();
     let new = pattern(4, (16 * B) as usize);
-    store.write(1, B, &new).unwrap();
+    store.write(ChunkId(1), B, &new).unwrap();
     expected[B as usize..(17 * B) as usize].copy_from_slice(&new);
-    assert_eq!(read_all(&store, 1), expected);
-    store.create(2, 1, size).unwrap();
+    assert_eq!(read_all(&store, ChunkId(1)), expected);
+    store.create(ChunkId(2), MapVersion(1), size).unwrap();
 }
 
 /// Benchmark of the 4 KiB write path of the file store (the dirty log's
@@ -968,19 +1104,19 @@ fn heal_bench_4k_write_path() {
     let size = 64u64 << 20;
     let blocks = size / 4096;
     for chunk in 0..64 {
-        store.create(chunk, 1, size).unwrap();
+        store.create(ChunkId(chunk), MapVersion(1), size).unwrap();
     }
     let data = vec![0x5Au8; 4096];
     let mut rng = StdRng::seed_from_u64(1);
     // Warm up: every block written once (allocation out of the way).
     for b in 0..blocks {
-        store.write(0, b * 4096, &data).unwrap();
+        store.write(ChunkId(0), b * 4096, &data).unwrap();
     }
     let n = 200_000;
     let t = std::time::Instant::now();
     for _ in 0..n {
         store
-            .write(0, rng.gen_range(0..blocks) * 4096, &data)
+            .write(ChunkId(0), rng.gen_range(0..blocks) * 4096, &data)
             .unwrap();
     }
     let per = t.elapsed() / n;
@@ -990,9 +1126,9 @@ fn heal_bench_4k_write_path() {
     for i in 0..n {
         let chunk = i % 64;
         store
-            .write(chunk, rng.gen_range(0..blocks) * 4096, &data)
+            .write(ChunkId(chunk), rng.gen_range(0..blocks) * 4096, &data)
             .unwrap();
-        store.flush(chunk).unwrap();
+        store.flush(ChunkId(chunk)).unwrap();
     }
     let per = t.elapsed() / n as u32;
     println!("4 KiB write + flush, 64 chunks round robin: {per:?}/pair");
@@ -1008,9 +1144,12 @@ async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
     let disk = super::CrashDisk::new();
     let cs = FileCs::on(&disk);
     for chunk in [1, 2] {
-        cs.server.create_chunk(chunk, 4, CS).await.unwrap();
+        cs.server
+            .create_chunk(ChunkId(chunk), MapVersion(4), CS)
+            .await
+            .unwrap();
         cs.store
-            .write(chunk, 0, &pattern(chunk, CS as usize))
+            .write(ChunkId(chunk), 0, &pattern(chunk, CS as usize))
             .unwrap();
     }
     disk.fail_syncs(Some("0000000000000001.chunk"));
@@ -1020,18 +1159,27 @@ async fn a_chunk_file_whose_sync_fails_leaves_service_and_is_reported() {
         0,
         "trimmed all the same"
     );
-    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
+    let e = cs
+        .server
+        .read_verified(ChunkId(1), MapVersion(4), 0, B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.message().contains("syncing it failed"), "{e}");
-    assert_eq!(cs.sink.chunks(), [1]);
-    assert_eq!(cs.store.list_bad().unwrap(), [1]);
+    assert_eq!(cs.sink.chunks(), [ChunkId(1)]);
+    assert_eq!(cs.store.list_bad().unwrap(), [ChunkId(1)]);
     assert_eq!(
-        cs.server.read_verified(2, 4, 0, CS).await.unwrap(),
+        cs.server
+            .read_verified(ChunkId(2), MapVersion(4), 0, CS)
+            .await
+            .unwrap(),
         pattern(2, CS as usize)
     );
     // Writes to the healthy chunk go on.
-    cs.store.write(2, 0, &pattern(7, B as usize)).unwrap();
-    cs.store.flush(2).unwrap();
+    cs.store
+        .write(ChunkId(2), 0, &pattern(7, B as usize))
+        .unwrap();
+    cs.store.flush(ChunkId(2)).unwrap();
 }
 
 /// A read of a chunk file that fails with EIO is a fact about the disk: the
@@ -1043,24 +1191,38 @@ async fn a_read_error_of_the_disk_takes_the_replica_out_of_service_and_reports_i
     let disk = super::CrashDisk::new();
     let cs = FileCs::on(&disk);
     for chunk in [1, 2] {
-        cs.server.create_chunk(chunk, 4, CS).await.unwrap();
+        cs.server
+            .create_chunk(ChunkId(chunk), MapVersion(4), CS)
+            .await
+            .unwrap();
         cs.store
-            .write(chunk, 0, &pattern(chunk, CS as usize))
+            .write(ChunkId(chunk), 0, &pattern(chunk, CS as usize))
             .unwrap();
     }
     cs.store.checkpoint().unwrap();
     disk.fail_reads(Some("0000000000000001.chunk"));
-    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
+    let e = cs
+        .server
+        .read_verified(ChunkId(1), MapVersion(4), 0, B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.message().contains("the disk failed a read"), "{e}");
     disk.fail_reads(None);
-    assert_eq!(cs.sink.chunks(), [1]);
-    assert_eq!(cs.store.list_bad().unwrap(), [1]);
-    let e = cs.server.read_verified(1, 4, 0, B).await.unwrap_err();
+    assert_eq!(cs.sink.chunks(), [ChunkId(1)]);
+    assert_eq!(cs.store.list_bad().unwrap(), [ChunkId(1)]);
+    let e = cs
+        .server
+        .read_verified(ChunkId(1), MapVersion(4), 0, B)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert_eq!(cs.sink.chunks(), [1], "reported once");
+    assert_eq!(cs.sink.chunks(), [ChunkId(1)], "reported once");
     assert_eq!(
-        cs.server.read_verified(2, 4, 0, CS).await.unwrap(),
+        cs.server
+            .read_verified(ChunkId(2), MapVersion(4), 0, CS)
+            .await
+            .unwrap(),
         pattern(2, CS as usize)
     );
 }
@@ -1081,8 +1243,11 @@ async fn three() -> (
         let store = Arc::new(MemChunkStore::new());
         let server = net.add_server(id, &addr(id), store.clone());
         server.set_serving(true);
-        server.create_chunk(9, 3, CS).await.unwrap();
-        store.write(9, 0, &data).unwrap();
+        server
+            .create_chunk(ChunkId(9), MapVersion(3), CS)
+            .await
+            .unwrap();
+        store.write(ChunkId(9), 0, &data).unwrap();
         servers.push((server, store));
     }
     (net, servers, data)
@@ -1093,12 +1258,17 @@ async fn repair_blocks_takes_each_block_from_the_first_member_with_a_good_copy()
     let (_net, servers, data) = three().await;
     let (a, a_store) = &servers[0];
     // Block 1 bad on A; block 2 bad on A and B; block 4 bad on A.
-    a_store.corrupt(9, B + 5).unwrap();
-    a_store.corrupt(9, 2 * B + 5).unwrap();
-    servers[1].1.corrupt(9, 2 * B + 7).unwrap();
-    a_store.corrupt(9, 4 * B).unwrap();
+    a_store.corrupt(ChunkId(9), B + 5).unwrap();
+    a_store.corrupt(ChunkId(9), 2 * B + 5).unwrap();
+    servers[1].1.corrupt(ChunkId(9), 2 * B + 7).unwrap();
+    a_store.corrupt(ChunkId(9), 4 * B).unwrap();
     let outcome = a
-        .repair_blocks(9, 3, &[1, 2, 4], &[replica(2), replica(3)])
+        .repair_blocks(
+            ChunkId(9),
+            MapVersion(3),
+            &[1, 2, 4],
+            &[replica(2), replica(3)],
+        )
         .await;
     assert_eq!(
         outcome.repaired,
@@ -1106,39 +1276,56 @@ async fn repair_blocks_takes_each_block_from_the_first_member_with_a_good_copy()
         "{outcome:?}"
     );
     assert!(outcome.unrepairable.is_empty() && outcome.failed.is_empty());
-    assert_eq!(read_all(a_store.as_ref(), 9)[..(6 * B) as usize], data[..]);
+    assert_eq!(
+        read_all(a_store.as_ref(), ChunkId(9))[..(6 * B) as usize],
+        data[..]
+    );
     // Repaired blocks are flushed: they survive a power loss.
     a_store.crash(&mut |_, _| BlockFate::Lost);
-    assert_eq!(read_all(a_store.as_ref(), 9)[..(6 * B) as usize], data[..]);
+    assert_eq!(
+        read_all(a_store.as_ref(), ChunkId(9))[..(6 * B) as usize],
+        data[..]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_bad_everywhere_is_unrepairable_and_an_unreachable_source_is_retried() {
     let (net, servers, _data) = three().await;
     for (_, store) in &servers {
-        store.corrupt(9, 3 * B + 11).unwrap();
+        store.corrupt(ChunkId(9), 3 * B + 11).unwrap();
     }
     let (a, a_store) = &servers[0];
-    let outcome = a.repair_blocks(9, 3, &[3], &[replica(2), replica(3)]).await;
+    let outcome = a
+        .repair_blocks(ChunkId(9), MapVersion(3), &[3], &[replica(2), replica(3)])
+        .await;
     assert_eq!(outcome.unrepairable, [3], "{outcome:?}");
     assert!(outcome.repaired.is_empty() && outcome.failed.is_empty());
     // Still bad: never zeroed.
     let mut buf = vec![0u8; B as usize];
-    assert_eq!(kind(a_store.read(9, 3 * B, &mut buf)), ErrorKind::Corrupt);
+    assert_eq!(
+        kind(a_store.read(ChunkId(9), 3 * B, &mut buf)),
+        ErrorKind::Corrupt
+    );
     // No other member: unrepairable too.
-    let outcome = a.repair_blocks(9, 3, &[3], &[]).await;
+    let outcome = a.repair_blocks(ChunkId(9), MapVersion(3), &[3], &[]).await;
     assert_eq!(outcome.unrepairable, [3]);
     // Block 0 bad on A; the only source cannot be reached: failed, not
     // unrepairable, and the error says why.
-    a_store.corrupt(9, 7).unwrap();
+    a_store.corrupt(ChunkId(9), 7).unwrap();
     net.set_reachable(&addr(2), false);
-    let outcome = a.repair_blocks(9, 3, &[0], &[replica(2)]).await;
+    let outcome = a
+        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(2)])
+        .await;
     assert_eq!(outcome.failed, [0], "{outcome:?}");
     assert!(outcome.error.is_some());
     // A source at another version is refused the same way.
     net.set_reachable(&addr(2), true);
-    let outcome = a.repair_blocks(9, 4, &[0], &[replica(2)]).await;
+    let outcome = a
+        .repair_blocks(ChunkId(9), MapVersion(4), &[0], &[replica(2)])
+        .await;
     assert_eq!(outcome.failed, [0], "{outcome:?}");
-    let outcome = a.repair_blocks(9, 3, &[0], &[replica(2)]).await;
+    let outcome = a
+        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(2)])
+        .await;
     assert_eq!(outcome.repaired, vec![(2, vec![0])]);
 }

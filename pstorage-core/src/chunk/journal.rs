@@ -415,8 +415,8 @@ fn encode_record(rec: &NewRecord<'_>, seq: u64, out: &mut Vec<u8>) {
     out[10..12].copy_from_slice(&u16::from(rec.slot).to_le_bytes());
     out[12..16].copy_from_slice(&(head as u32).to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
-    out[24..32].copy_from_slice(&rec.chunk.to_le_bytes());
-    out[32..40].copy_from_slice(&rec.version.to_le_bytes());
+    out[24..32].copy_from_slice(&rec.chunk.0.to_le_bytes());
+    out[32..40].copy_from_slice(&rec.version.0.to_le_bytes());
     out[40..48].copy_from_slice(&rec.first_block.to_le_bytes());
     out[48..52].copy_from_slice(&(rec.blocks as u32).to_le_bytes());
     out[52..56].copy_from_slice(&(data_len as u32).to_le_bytes());
@@ -615,8 +615,8 @@ impl Journal {
             out.push(Replayed {
                 kind,
                 seq,
-                chunk: le64(&buf[24..32]),
-                version: le64(&buf[32..40]),
+                chunk: ChunkId(le64(&buf[24..32])),
+                version: MapVersion(le64(&buf[32..40])),
                 first_block: le64(&buf[40..48]),
                 blocks,
                 slot: buf[10],
@@ -735,8 +735,8 @@ impl Journal {
                     let wrap = NewRecord {
                         kind: RecordKind::Wrap,
                         slot: 0,
-                        chunk: 0,
-                        version: 0,
+                        chunk: ChunkId(0),
+                        version: MapVersion(0),
                         first_block: 0,
                         blocks: 0,
                         crcs: &[],

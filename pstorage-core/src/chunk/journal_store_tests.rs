@@ -53,7 +53,7 @@ fn store_with_chunks(dir: &Path, chunks: u64, size: u64) -> (FileChunkStore, Vec
     let store = FileChunkStore::open(dir).unwrap();
     store.hold_trims();
     for chunk in 0..chunks {
-        store.create(chunk, 1, size).unwrap();
+        store.create(ChunkId(chunk), MapVersion(1), size).unwrap();
     }
     (store, vec![vec![0u8; size as usize]; chunks as usize])
 }
@@ -62,7 +62,7 @@ fn store_with_chunks(dir: &Path, chunks: u64, size: u64) -> (FileChunkStore, Vec
 fn assert_chunks(store: &FileChunkStore, model: &[Vec<u8>], when: &str) {
     for (c, m) in model.iter().enumerate() {
         assert_eq!(
-            &read(store, c as u64, 0, m.len() as u64),
+            &read(store, ChunkId(c as u64), 0, m.len() as u64),
             m,
             "chunk {c} {when}"
         );
@@ -105,7 +105,7 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
             write_or_zero(
                 &store,
                 &mut model[chunk as usize],
-                chunk,
+                ChunkId(chunk),
                 offset,
                 len,
                 i,
@@ -113,7 +113,7 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
             );
             // Some flushes (apply to the file, no trim) in the middle.
             if i % 50 == 25 {
-                store.flush(chunk).unwrap();
+                store.flush(ChunkId(chunk)).unwrap();
             }
             if trim_every.is_some_and(|n| i % n == n / 2) {
                 store.checkpoint().unwrap();
@@ -127,7 +127,7 @@ fn killed_store_replays(size: u64, max_len: u64, seed: u64, trim_every: Option<u
             let moved = (0..3u64)
                 .flat_map(|c| (0..size / B).map(move |b| (c, b)))
                 .filter(|&(c, b)| {
-                    store.block_file_offset(c, b * B).unwrap()
+                    store.block_file_offset(ChunkId(c), b * B).unwrap()
                         != FileChunkStore::data_file_offset(size, b * B)
                 })
                 .count();
@@ -155,16 +155,16 @@ fn a_torn_apply_is_repaired_by_the_replay() {
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(9, 1, size).unwrap();
+        store.create(ChunkId(9), MapVersion(1), size).unwrap();
         // Writes small enough to go through the journal.
         for (i, piece) in data.chunks(4 * B as usize).enumerate() {
-            store.write(9, i as u64 * 4 * B, piece).unwrap();
+            store.write(ChunkId(9), i as u64 * 4 * B, piece).unwrap();
         }
         // Durable in the journal and applied to the file, not trimmed.
-        store.flush(9).unwrap();
+        store.flush(ChunkId(9)).unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(store.chunk_path(9))
+            .open(store.chunk_path(ChunkId(9)))
             .unwrap();
         let at = FileChunkStore::data_file_offset(size, 5 * B);
         f.write_all_at(&[0xAB; 512], at + 1024).unwrap();
@@ -172,7 +172,7 @@ fn a_torn_apply_is_repaired_by_the_replay() {
         f.write_all_at(&[0; 8], at).unwrap();
     }
     let store = Arc::new(FileChunkStore::open(dir.path()).unwrap());
-    assert_eq!(read(&*store, 9, 0, size), data);
+    assert_eq!(read(&*store, ChunkId(9), 0, size), data);
 }
 
 /// Journal bytes in use.
@@ -193,28 +193,30 @@ fn a_big_write_into_fresh_blocks_puts_only_its_entries_in_the_journal() {
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(1, 1, DEFAULT_CHUNK_SIZE).unwrap();
+        store
+            .create(ChunkId(1), MapVersion(1), DEFAULT_CHUNK_SIZE)
+            .unwrap();
         let before = used(&store);
-        store.write(1, 100 * mib, &first).unwrap();
+        store.write(ChunkId(1), 100 * mib, &first).unwrap();
         let in_place = used(&store) - before;
         assert!(
             in_place <= 8192,
             "{in_place} journal bytes for 1 MiB in place"
         );
-        assert_eq!(read(&store, 1, 100 * mib, mib), first);
+        assert_eq!(read(&store, ChunkId(1), 100 * mib, mib), first);
         // Over written blocks (and unaligned): through the journal.
-        store.write(1, 100 * mib + 512, &second).unwrap();
+        store.write(ChunkId(1), 100 * mib + 512, &second).unwrap();
         let journalled = used(&store) - before - in_place;
         assert!(
             journalled > mib,
             "{journalled} journal bytes for 1 MiB over written blocks"
         );
-        store.flush(1).unwrap();
+        store.flush(ChunkId(1)).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(read(&store, 1, 100 * mib, 512), first[..512]);
-    assert_eq!(read(&store, 1, 100 * mib + 512, mib), second);
-    assert_eq!(read(&store, 1, 0, mib), vec![0u8; mib as usize]);
+    assert_eq!(read(&store, ChunkId(1), 100 * mib, 512), first[..512]);
+    assert_eq!(read(&store, ChunkId(1), 100 * mib + 512, mib), second);
+    assert_eq!(read(&store, ChunkId(1), 0, mib), vec![0u8; mib as usize]);
 }
 
 /// Blocks 64..96 of chunk 1 (of the default size): `old` written and trimmed
@@ -236,21 +238,21 @@ fn big_write_whose_data_missed_the_disk(
     {
         let store = FileChunkStore::open(dir).unwrap();
         store.hold_trims();
-        store.create(1, 1, size).unwrap();
-        store.create(2, 1, size).unwrap();
+        store.create(ChunkId(1), MapVersion(1), size).unwrap();
+        store.create(ChunkId(2), MapVersion(1), size).unwrap();
         if let Some(old) = old {
-            store.write(1, 64 * B, old).unwrap();
-            store.flush(1).unwrap();
+            store.write(ChunkId(1), 64 * B, old).unwrap();
+            store.flush(ChunkId(1)).unwrap();
             store.checkpoint().unwrap();
         }
-        store.write(1, 64 * B, new).unwrap();
-        store.write(2, 0, b"other").unwrap();
-        store.flush(2).unwrap();
+        store.write(ChunkId(1), 64 * B, new).unwrap();
+        store.write(ChunkId(2), 0, b"other").unwrap();
+        store.flush(ChunkId(2)).unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(store.chunk_path(1))
+            .open(store.chunk_path(ChunkId(1)))
             .unwrap();
-        let at = |block: u64| store.block_file_offset(1, block * B).unwrap();
+        let at = |block: u64| store.block_file_offset(ChunkId(1), block * B).unwrap();
         f.write_all_at(&[0; B as usize], at(64 + 3)).unwrap();
         f.write_all_at(&[0; 512], at(64 + 7) + 512).unwrap();
     }
@@ -262,8 +264,8 @@ fn big_write_whose_data_missed_the_disk(
         let range = (block * B) as usize..((block + 1) * B) as usize;
         expected[range.clone()].copy_from_slice(&before[range]);
     }
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
-    assert_eq!(&read(&store, 2, 0, 5), b"other");
+    assert_eq!(read(&store, ChunkId(1), 64 * B, 32 * B), expected);
+    assert_eq!(&read(&store, ChunkId(2), 0, 5), b"other");
     (store, expected)
 }
 
@@ -279,28 +281,33 @@ fn flushed_big_write_damaged_on_disk_reads_as_corrupt(old: Option<&[u8]>, new: &
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(1, 1, DEFAULT_CHUNK_SIZE).unwrap();
+        store
+            .create(ChunkId(1), MapVersion(1), DEFAULT_CHUNK_SIZE)
+            .unwrap();
         if let Some(old) = old {
-            store.write(1, 0, old).unwrap();
+            store.write(ChunkId(1), 0, old).unwrap();
             store.checkpoint().unwrap();
         }
         let before = used(&store);
-        store.write(1, 0, new).unwrap();
+        store.write(ChunkId(1), 0, new).unwrap();
         assert!(used(&store) - before < 4096, "written in place or moved");
-        store.flush(1).unwrap();
+        store.flush(ChunkId(1)).unwrap();
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(store.chunk_path(1))
+            .open(store.chunk_path(ChunkId(1)))
             .unwrap();
-        let at = store.block_file_offset(1, 5 * B).unwrap();
+        let at = store.block_file_offset(ChunkId(1), 5 * B).unwrap();
         f.write_all_at(&[0xEE; 512], at).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
     let mut buf = vec![0u8; B as usize];
-    let err = store.read(1, 5 * B, &mut buf).unwrap_err();
+    let err = store.read(ChunkId(1), 5 * B, &mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert_eq!(read(&store, 1, 0, 5 * B), new[..(5 * B) as usize]);
-    assert_eq!(read(&store, 1, 6 * B, 26 * B), new[(6 * B) as usize..]);
+    assert_eq!(read(&store, ChunkId(1), 0, 5 * B), new[..(5 * B) as usize]);
+    assert_eq!(
+        read(&store, ChunkId(1), 6 * B, 26 * B),
+        new[(6 * B) as usize..]
+    );
 }
 
 /// An in-place write whose data missed the disk at a crash reads as before
@@ -310,9 +317,9 @@ fn an_in_place_write_whose_data_missed_the_disk_reads_as_before() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(5, (32 * B) as usize);
     let (store, _) = big_write_whose_data_missed_the_disk(dir.path(), None, &data);
-    store.write(1, 64 * B, &data).unwrap();
-    store.flush(1).unwrap();
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), data);
+    store.write(ChunkId(1), 64 * B, &data).unwrap();
+    store.flush(ChunkId(1)).unwrap();
+    assert_eq!(read(&store, ChunkId(1), 64 * B, 32 * B), data);
 }
 
 #[test]
@@ -338,30 +345,34 @@ fn a_big_overwrite_goes_to_the_other_slot_with_only_entries_in_the_journal() {
         pattern(3, mib as usize),
     );
     let at = 100 * mib;
-    let allocated =
-        |store: &FileChunkStore| std::fs::metadata(store.chunk_path(1)).unwrap().blocks() * 512;
+    let allocated = |store: &FileChunkStore| {
+        std::fs::metadata(store.chunk_path(ChunkId(1)))
+            .unwrap()
+            .blocks()
+            * 512
+    };
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(1, 1, size).unwrap();
-        store.write(1, at, &a).unwrap();
+        store.create(ChunkId(1), MapVersion(1), size).unwrap();
+        store.write(ChunkId(1), at, &a).unwrap();
         store.checkpoint().unwrap();
         let slot0 = FileChunkStore::data_file_offset(size, at);
-        assert_eq!(store.block_file_offset(1, at).unwrap(), slot0);
+        assert_eq!(store.block_file_offset(ChunkId(1), at).unwrap(), slot0);
         let before = used(&store);
-        store.write(1, at, &b).unwrap();
+        store.write(ChunkId(1), at, &b).unwrap();
         let moved = used(&store) - before;
         assert!(moved <= 8192, "{moved} journal bytes for 1 MiB moved");
-        let slot1 = store.block_file_offset(1, at).unwrap();
+        let slot1 = store.block_file_offset(ChunkId(1), at).unwrap();
         assert!(
             slot1 > FileChunkStore::data_file_offset(size, size),
             "moved"
         );
-        assert_eq!(read(&store, 1, at, mib), b);
+        assert_eq!(read(&store, ChunkId(1), at, mib), b);
         // The old data is still there, in case the new one misses the disk.
         let mut old = vec![0u8; mib as usize];
         std::os::unix::fs::FileExt::read_exact_at(
-            &std::fs::File::open(store.chunk_path(1)).unwrap(),
+            &std::fs::File::open(store.chunk_path(ChunkId(1))).unwrap(),
             &mut old,
             slot0,
         )
@@ -369,13 +380,13 @@ fn a_big_overwrite_goes_to_the_other_slot_with_only_entries_in_the_journal() {
         assert!(old == a, "the old slot keeps the old data until the trim");
         // Not trimmed yet: the next big write goes through the journal.
         let before = used(&store);
-        store.write(1, at, &c).unwrap();
+        store.write(ChunkId(1), at, &c).unwrap();
         assert!(used(&store) - before > mib, "journalled");
-        assert_eq!(store.block_file_offset(1, at).unwrap(), slot1);
-        store.flush(1).unwrap();
+        assert_eq!(store.block_file_offset(ChunkId(1), at).unwrap(), slot1);
+        store.flush(ChunkId(1)).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(read(&store, 1, at, mib), c);
+    assert_eq!(read(&store, ChunkId(1), at, mib), c);
     store.checkpoint().unwrap();
     // The header, the table of 65536 entries, the slot map and 1 MiB of
     // data: the old slot's MiB was freed.
@@ -385,14 +396,14 @@ fn a_big_overwrite_goes_to_the_other_slot_with_only_entries_in_the_journal() {
         "{held} bytes allocated for 1 MiB of data"
     );
     // Back to slot 0 at the next big write.
-    store.write(1, at, &a).unwrap();
+    store.write(ChunkId(1), at, &a).unwrap();
     assert_eq!(
-        store.block_file_offset(1, at).unwrap(),
+        store.block_file_offset(ChunkId(1), at).unwrap(),
         FileChunkStore::data_file_offset(size, at)
     );
-    store.flush(1).unwrap();
+    store.flush(ChunkId(1)).unwrap();
     store.checkpoint().unwrap();
-    assert_eq!(read(&store, 1, at, mib), a);
+    assert_eq!(read(&store, ChunkId(1), at, mib), a);
     assert!(allocated(&store) < mib + (600 << 10));
 }
 
@@ -406,10 +417,10 @@ fn a_moved_write_whose_data_missed_the_disk_reads_as_before() {
     let new = pattern(5, (32 * B) as usize);
     let (store, expected) = big_write_whose_data_missed_the_disk(dir.path(), Some(&old), &new);
     store.checkpoint().unwrap();
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+    assert_eq!(read(&store, ChunkId(1), 64 * B, 32 * B), expected);
     drop(store);
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(read(&store, 1, 64 * B, 32 * B), expected);
+    assert_eq!(read(&store, ChunkId(1), 64 * B, 32 * B), expected);
 }
 
 #[test]
@@ -432,26 +443,30 @@ fn an_apply_writes_the_slots_of_its_records_only() {
     let size = DEFAULT_CHUNK_SIZE;
     let store = FileChunkStore::open(dir.path()).unwrap();
     store.hold_trims();
-    store.create(1, 1, size).unwrap();
+    store.create(ChunkId(1), MapVersion(1), size).unwrap();
     for first in [0, 32] {
         store
-            .write(1, first * B, &pattern(first, (16 * B) as usize))
+            .write(ChunkId(1), first * B, &pattern(first, (16 * B) as usize))
             .unwrap();
     }
     store.checkpoint().unwrap();
     for first in [0, 32] {
         let before = used(&store);
         store
-            .write(1, first * B, &pattern(first + 1, (16 * B) as usize))
+            .write(
+                ChunkId(1),
+                first * B,
+                &pattern(first + 1, (16 * B) as usize),
+            )
             .unwrap();
         assert!(used(&store) - before < 4096, "moved");
     }
     // The first move's record only.
-    store.apply_oldest(1, 1).unwrap();
+    store.apply_oldest(ChunkId(1), 1).unwrap();
     let map_at = FileChunkStore::data_file_offset(size, size);
     let bits = |store: &FileChunkStore| {
         let mut map = [0u8; 6];
-        std::fs::File::open(store.chunk_path(1))
+        std::fs::File::open(store.chunk_path(ChunkId(1)))
             .unwrap()
             .read_exact_at(&mut map, map_at)
             .unwrap();
@@ -461,7 +476,7 @@ fn an_apply_writes_the_slots_of_its_records_only() {
     store.checkpoint().unwrap();
     assert_eq!(bits(&store), [0xff, 0xff, 0, 0, 0xff, 0xff]);
     assert_eq!(
-        read(&store, 1, 32 * B, 16 * B),
+        read(&store, ChunkId(1), 32 * B, 16 * B),
         pattern(33, (16 * B) as usize)
     );
 }
@@ -478,30 +493,30 @@ fn blocks_a_journal_record_still_touches_are_not_written_in_place() {
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
         store.hold_trims();
-        store.create(1, 1, size).unwrap();
-        store.write(1, 0, &first).unwrap();
-        store.flush(1).unwrap();
+        store.create(ChunkId(1), MapVersion(1), size).unwrap();
+        store.write(ChunkId(1), 0, &first).unwrap();
+        store.flush(ChunkId(1)).unwrap();
         // Applied by the flush, not trimmed.
-        store.zero(1, 0, 64 * B).unwrap();
-        store.flush(1).unwrap();
+        store.zero(ChunkId(1), 0, 64 * B).unwrap();
+        store.flush(ChunkId(1)).unwrap();
         let before = used(&store);
-        store.write(1, 0, &second).unwrap();
+        store.write(ChunkId(1), 0, &second).unwrap();
         assert!(
             used(&store) - before > 64 * B,
             "the write over zeroed blocks went to the journal"
         );
-        store.flush(1).unwrap();
+        store.flush(ChunkId(1)).unwrap();
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(read(&store, 1, 0, 64 * B), second);
+    assert_eq!(read(&store, ChunkId(1), 0, 64 * B), second);
     // After the trim of the open, the blocks may go in place again.
-    store.zero(1, 0, 64 * B).unwrap();
+    store.zero(ChunkId(1), 0, 64 * B).unwrap();
     store.checkpoint().unwrap();
     let before = used(&store);
-    store.write(1, 0, &first).unwrap();
+    store.write(ChunkId(1), 0, &first).unwrap();
     assert!(used(&store) - before < 4096, "in place once trimmed");
-    store.flush(1).unwrap();
-    assert_eq!(read(&store, 1, 0, 64 * B), first);
+    store.flush(ChunkId(1)).unwrap();
+    assert_eq!(read(&store, ChunkId(1), 0, 64 * B), first);
 }
 
 /// The records of a replica deleted and then copied in again are never
@@ -515,22 +530,22 @@ fn records_of_a_replaced_replica_are_not_replayed_into_its_successor() {
     let new = pattern(2, size as usize);
     {
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(4, 1, size).unwrap();
-        store.write(4, 0, &old).unwrap();
-        store.flush(4).unwrap();
-        store.delete(4).unwrap();
-        let incoming = store.begin_incoming(4, size).unwrap();
+        store.create(ChunkId(4), MapVersion(1), size).unwrap();
+        store.write(ChunkId(4), 0, &old).unwrap();
+        store.flush(ChunkId(4)).unwrap();
+        store.delete(ChunkId(4)).unwrap();
+        let incoming = store.begin_incoming(ChunkId(4), size).unwrap();
         store.write_incoming(incoming, 0, &new).unwrap();
-        store.commit_incoming(incoming, 3).unwrap();
+        store.commit_incoming(incoming, MapVersion(3)).unwrap();
         // Another chunk written after, so the journal is not empty.
-        store.create(5, 1, size).unwrap();
-        store.write(5, 0, &old).unwrap();
-        assert_eq!(read(&store, 4, 0, size), new);
+        store.create(ChunkId(5), MapVersion(1), size).unwrap();
+        store.write(ChunkId(5), 0, &old).unwrap();
+        assert_eq!(read(&store, ChunkId(4), 0, size), new);
     }
     let store = FileChunkStore::open(dir.path()).unwrap();
-    assert_eq!(read(&store, 4, 0, size), new);
-    assert_eq!(store.version(4).unwrap(), 3);
-    assert_eq!(read(&store, 5, 0, size), old);
+    assert_eq!(read(&store, ChunkId(4), 0, size), new);
+    assert_eq!(store.version(ChunkId(4)).unwrap(), MapVersion(3));
+    assert_eq!(read(&store, ChunkId(5), 0, size), old);
 }
 
 /// A whole chunk at the default size written through the smallest
@@ -545,22 +560,22 @@ fn a_default_size_chunk_streams_through_the_smallest_journal() {
     };
     let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
     let size = DEFAULT_CHUNK_SIZE;
-    store.create(1, 1, size).unwrap();
+    store.create(ChunkId(1), MapVersion(1), size).unwrap();
     let piece = 1u64 << 20;
     let mut max_used = 0;
     for i in 0..size / piece {
         store
-            .write(1, i * piece, &pattern(i, piece as usize))
+            .write(ChunkId(1), i * piece, &pattern(i, piece as usize))
             .unwrap();
         max_used = max_used.max(store.journal_stats().unwrap().used);
     }
     assert!(max_used <= MIN_JOURNAL_SIZE);
-    store.flush(1).unwrap();
+    store.flush(ChunkId(1)).unwrap();
     drop(store);
     let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
     for i in (0..size / piece).step_by(17) {
         assert_eq!(
-            read(&store, 1, i * piece, piece),
+            read(&store, ChunkId(1), i * piece, piece),
             pattern(i, piece as usize),
             "MiB {i}"
         );
@@ -580,8 +595,10 @@ fn a_journal_in_another_directory_is_required_at_every_open() {
     let data = pattern(5, MIN_CHUNK_SIZE as usize);
     {
         let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
-        store.create(1, 1, MIN_CHUNK_SIZE).unwrap();
-        store.write(1, 0, &data).unwrap();
+        store
+            .create(ChunkId(1), MapVersion(1), MIN_CHUNK_SIZE)
+            .unwrap();
+        store.write(ChunkId(1), 0, &data).unwrap();
     }
     let in_journal_dir: Vec<_> = std::fs::read_dir(journal_dir.path())
         .unwrap()
@@ -595,7 +612,7 @@ fn a_journal_in_another_directory_is_required_at_every_open() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.message().contains("-j"), "{err}");
     let store = FileChunkStore::open_with(dir.path(), &options).unwrap();
-    assert_eq!(read(&store, 1, 0, MIN_CHUNK_SIZE), data);
+    assert_eq!(read(&store, ChunkId(1), 0, MIN_CHUNK_SIZE), data);
 }
 
 /// Reads see a write at once, from the journal, before it is applied; and
@@ -604,21 +621,23 @@ fn a_journal_in_another_directory_is_required_at_every_open() {
 fn unapplied_writes_are_read_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileChunkStore::open(dir.path()).unwrap();
-    store.create(1, 1, MIN_CHUNK_SIZE).unwrap();
+    store
+        .create(ChunkId(1), MapVersion(1), MIN_CHUNK_SIZE)
+        .unwrap();
     let block = pattern(1, B as usize);
-    store.write(1, 0, &block).unwrap();
-    store.write(1, 100, b"hello").unwrap();
+    store.write(ChunkId(1), 0, &block).unwrap();
+    store.write(ChunkId(1), 100, b"hello").unwrap();
     let mut expected = block.clone();
     expected[100..105].copy_from_slice(b"hello");
-    assert_eq!(read(&store, 1, 0, B), expected);
-    store.zero(1, 0, B).unwrap();
-    assert_eq!(read(&store, 1, 0, B), vec![0u8; B as usize]);
-    store.write(1, B - 3, b"abcdef").unwrap();
-    assert_eq!(&read(&store, 1, B - 3, 6), b"abcdef");
+    assert_eq!(read(&store, ChunkId(1), 0, B), expected);
+    store.zero(ChunkId(1), 0, B).unwrap();
+    assert_eq!(read(&store, ChunkId(1), 0, B), vec![0u8; B as usize]);
+    store.write(ChunkId(1), B - 3, b"abcdef").unwrap();
+    assert_eq!(&read(&store, ChunkId(1), B - 3, 6), b"abcdef");
     store.checkpoint().unwrap();
     assert_eq!(store.journal_stats().unwrap().used, 0);
-    assert_eq!(&read(&store, 1, B - 3, 6), b"abcdef");
-    assert_eq!(read(&store, 1, 0, 100), vec![0u8; 100]);
+    assert_eq!(&read(&store, ChunkId(1), B - 3, 6), b"abcdef");
+    assert_eq!(read(&store, ChunkId(1), 0, 100), vec![0u8; 100]);
 }
 
 /// A flush does not wait for the keeper applying the same chunk (at nice 19
@@ -631,13 +650,13 @@ fn a_flush_does_not_wait_for_the_keeper_applying_its_chunk() {
     let (store, mut model) = store_with_chunks(dir.path(), 1, DEFAULT_CHUNK_SIZE);
     let store = Arc::new(store);
     for i in 0..8u64 {
-        write_or_zero(&store, &mut model[0], 0, i * 3 * B, B, i, false);
+        write_or_zero(&store, &mut model[0], ChunkId(0), i * 3 * B, B, i, false);
     }
     let (done, flushed) = std::sync::mpsc::channel();
     let flushing = store.clone();
     store
-        .while_applying(0, || {
-            std::thread::spawn(move || done.send(flushing.flush(0)).unwrap());
+        .while_applying(ChunkId(0), || {
+            std::thread::spawn(move || done.send(flushing.flush(ChunkId(0))).unwrap());
             // Bounded so that a flush stuck behind the applier fails the
             // test instead of hanging it.
             flushed
@@ -725,18 +744,18 @@ fn trims_beside_writes_and_reads(size: u64, seed: u64) {
                 write_or_zero(
                     &store,
                     &mut model[chunk as usize],
-                    chunk,
+                    ChunkId(chunk),
                     offset,
                     len,
                     i,
                     zero,
                 );
                 if i % 97 == 0 {
-                    store.flush(chunk).unwrap();
+                    store.flush(ChunkId(chunk)).unwrap();
                 }
                 let at = rng.gen_range(0..32 * B);
                 let m = &model[chunk as usize][at as usize..(at + 32 * B) as usize];
-                assert_eq!(&read(&store, chunk, at, 32 * B), m, "op {i}");
+                assert_eq!(&read(&store, ChunkId(chunk), at, 32 * B), m, "op {i}");
             }
         });
         assert!(trims.load(std::sync::atomic::Ordering::Relaxed) > 1);

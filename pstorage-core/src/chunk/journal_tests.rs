@@ -162,7 +162,7 @@ impl Rec {
         }
         let crcs = data.chunks(4096).map(super::super::block_entry).collect();
         Rec {
-            chunk: seed % 7,
+            chunk: ChunkId(seed % 7),
             first: seed % 100,
             crcs,
             data,
@@ -173,7 +173,7 @@ impl Rec {
             kind: RecordKind::Write,
             slot: 0,
             chunk: self.chunk,
-            version: 3,
+            version: MapVersion(3),
             first_block: self.first,
             blocks: self.crcs.len() as u64,
             crcs: &self.crcs,
@@ -456,8 +456,8 @@ fn golden_text() -> (Superblock, String) {
     let rec = NewRecord {
         kind: RecordKind::InPlace,
         slot: 0,
-        chunk: 0x78,
-        version: 10,
+        chunk: ChunkId(0x78),
+        version: MapVersion(10),
         first_block: 64,
         blocks: 2,
         crcs: &crcs,
@@ -478,8 +478,8 @@ fn golden_text() -> (Superblock, String) {
     let rec = NewRecord {
         kind: RecordKind::Moved,
         slot: 1,
-        chunk: 0x79,
-        version: 11,
+        chunk: ChunkId(0x79),
+        version: MapVersion(11),
         first_block: 128,
         blocks: 2,
         crcs: &crcs,
@@ -500,8 +500,8 @@ fn golden_write_record() -> (Vec<u8>, u64) {
     let rec = NewRecord {
         kind: RecordKind::Write,
         slot: 0,
-        chunk: 0x77,
-        version: 9,
+        chunk: ChunkId(0x77),
+        version: MapVersion(9),
         first_block: 5,
         blocks: 1,
         crcs: &crcs,

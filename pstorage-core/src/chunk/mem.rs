@@ -739,7 +739,7 @@ impl ChunkStore for MemChunkStore {
         validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
         let id = self.next_incoming.fetch_add(1, Ordering::Relaxed);
         let replica = MemChunk {
-            version: 0,
+            version: MapVersion(0),
             chunk_size,
             blocks: BTreeMap::new(),
             durable: None,
@@ -841,7 +841,7 @@ impl ChunkStore for MemChunkStore {
 mod crash_tests {
     use super::*;
 
-    const CHUNK: ChunkId = 7;
+    const CHUNK: ChunkId = ChunkId(7);
     const SIZE: u64 = 1 << 20;
 
     fn block(fill: u8) -> Vec<u8> {
@@ -857,7 +857,7 @@ mod crash_tests {
     /// A store with blocks 0..3 flushed as 1, then overwritten with 2.
     fn written() -> MemChunkStore {
         let store = MemChunkStore::new();
-        store.create(CHUNK, 1, SIZE).unwrap();
+        store.create(CHUNK, MapVersion(1), SIZE).unwrap();
         for b in 0..3 {
             store.write(CHUNK, b * BLOCK_SIZE, &block(1)).unwrap();
         }
@@ -888,11 +888,11 @@ mod crash_tests {
     #[test]
     fn flushed_writes_and_versions_survive_a_crash() {
         let store = written();
-        store.set_version(CHUNK, 2).unwrap();
+        store.set_version(CHUNK, MapVersion(2)).unwrap();
         store.flush(CHUNK).unwrap();
         let report = store.crash(&mut |_, _| BlockFate::Lost);
         assert!(report.chunks.is_empty());
-        assert_eq!(store.version(CHUNK).unwrap(), 2);
+        assert_eq!(store.version(CHUNK).unwrap(), MapVersion(2));
         for b in 0..3 {
             assert_eq!(read_block(&store, b).unwrap(), block(2));
         }

@@ -39,7 +39,7 @@ impl Model {
         Model {
             current: vec![vec![0u8; (SPAN * B) as usize]; CHUNKS as usize],
             allowed: vec![vec![vec![zeros]; SPAN as usize]; CHUNKS as usize],
-            versions: vec![1; CHUNKS as usize],
+            versions: vec![MapVersion(1); CHUNKS as usize],
         }
     }
 
@@ -75,7 +75,7 @@ impl Model {
             for block in 0..SPAN {
                 let at = (block * B) as usize;
                 let out = &mut buf[at..at + B as usize];
-                if let Err(e) = store.read(chunk, block * B, out) {
+                if let Err(e) = store.read(ChunkId(chunk), block * B, out) {
                     panic!(
                         "seed {seed} round {round}: chunk {chunk} block {block} unreadable after \
                          the power loss: {e}"
@@ -128,7 +128,9 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
         store.hold_trims();
         if round == 0 {
             for chunk in 0..CHUNKS {
-                store.create(chunk, 1, DEFAULT_CHUNK_SIZE).unwrap();
+                store
+                    .create(ChunkId(chunk), MapVersion(1), DEFAULT_CHUNK_SIZE)
+                    .unwrap();
             }
         } else {
             model.check_restart(&store, seed, round);
@@ -144,7 +146,7 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
                     let offset = rng.gen_range(0..SPAN * B - 1);
                     let len = rng.gen_range(1..=(8 * B).min(SPAN * B - offset));
                     let data = pattern(&mut rng, len);
-                    store.write(chunk, offset, &data).unwrap();
+                    store.write(ChunkId(chunk), offset, &data).unwrap();
                     model.current[chunk as usize][offset as usize..(offset + len) as usize]
                         .copy_from_slice(&data);
                     model.changed(chunk, offset, len);
@@ -157,7 +159,7 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
                     let offset = first * B + if rng.gen_bool(0.2) { 512 } else { 0 };
                     let len = (blocks * B).min(SPAN * B - offset);
                     let data = pattern(&mut rng, len);
-                    store.write(chunk, offset, &data).unwrap();
+                    store.write(ChunkId(chunk), offset, &data).unwrap();
                     model.current[chunk as usize][offset as usize..(offset + len) as usize]
                         .copy_from_slice(&data);
                     model.changed(chunk, offset, len);
@@ -165,28 +167,32 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
                 65..=74 => {
                     let offset = rng.gen_range(0..SPAN * B - 1);
                     let len = rng.gen_range(1..=(64 * B).min(SPAN * B - offset));
-                    store.zero(chunk, offset, len).unwrap();
+                    store.zero(ChunkId(chunk), offset, len).unwrap();
                     model.current[chunk as usize][offset as usize..(offset + len) as usize].fill(0);
                     model.changed(chunk, offset, len);
                 }
                 75..=89 => {
-                    store.flush(chunk).unwrap();
+                    store.flush(ChunkId(chunk)).unwrap();
                     model.flushed(chunk);
                 }
                 90..=94 => store.checkpoint().unwrap(),
                 95..=96 => {
                     // The replica is replaced (deleted, created anew).
-                    store.delete(chunk).unwrap();
+                    store.delete(ChunkId(chunk)).unwrap();
                     model.versions[chunk as usize] += 1;
                     store
-                        .create(chunk, model.versions[chunk as usize], DEFAULT_CHUNK_SIZE)
+                        .create(
+                            ChunkId(chunk),
+                            model.versions[chunk as usize],
+                            DEFAULT_CHUNK_SIZE,
+                        )
                         .unwrap();
                     model.current[chunk as usize].fill(0);
                     model.flushed(chunk);
                 }
                 _ => {
                     let mut buf = vec![0u8; (SPAN * B) as usize];
-                    store.read(chunk, 0, &mut buf).unwrap();
+                    store.read(ChunkId(chunk), 0, &mut buf).unwrap();
                     assert!(
                         buf == model.current[chunk as usize],
                         "seed {seed}: chunk {chunk} reads otherwise than written"
@@ -197,7 +203,8 @@ fn run(seed: u64, rounds: u32, ops: u32, journal_size: u64) -> u64 {
         for chunk in 0..CHUNKS {
             for block in 0..SPAN {
                 let slot0 = FileChunkStore::data_file_offset(DEFAULT_CHUNK_SIZE, block * B);
-                moved += u64::from(store.block_file_offset(chunk, block * B).unwrap() != slot0);
+                moved +=
+                    u64::from(store.block_file_offset(ChunkId(chunk), block * B).unwrap() != slot0);
             }
         }
         // kill -9 and the power with it.
@@ -236,19 +243,23 @@ fn two_written_chunks(disk: &CrashDisk) -> (FileChunkStore, Vec<u8>) {
     store.hold_trims();
     let data: Vec<u8> = (0..64 * B).map(|i| (i % 253) as u8).collect();
     for chunk in 0..2 {
-        store.create(chunk, 1, DEFAULT_CHUNK_SIZE).unwrap();
-        store.write(chunk, 0, &data[..(4 * B) as usize]).unwrap();
         store
-            .write(chunk, 4 * B, &data[(4 * B) as usize..])
+            .create(ChunkId(chunk), MapVersion(1), DEFAULT_CHUNK_SIZE)
             .unwrap();
-        store.flush(chunk).unwrap();
+        store
+            .write(ChunkId(chunk), 0, &data[..(4 * B) as usize])
+            .unwrap();
+        store
+            .write(ChunkId(chunk), 4 * B, &data[(4 * B) as usize..])
+            .unwrap();
+        store.flush(ChunkId(chunk)).unwrap();
     }
     (store, data)
 }
 
 fn read_all(store: &FileChunkStore, chunk: u64, len: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    store.read(chunk, 0, &mut buf).map(|()| buf)
+    store.read(ChunkId(chunk), 0, &mut buf).map(|()| buf)
 }
 
 /// The kind of error a read of `chunk` fails with.
@@ -276,8 +287,8 @@ fn check_failed_through_a_power_loss(
     store.checkpoint().unwrap();
     assert_eq!(read_error(&store, 1), ErrorKind::Corrupt);
     if mark_bad {
-        store.mark_bad(1).unwrap();
-        assert_eq!(store.list_bad().unwrap(), vec![1]);
+        store.mark_bad(ChunkId(1)).unwrap();
+        assert_eq!(store.list_bad().unwrap(), vec![ChunkId(1)]);
     }
     drop(store);
     disk.fail_syncs(None);
@@ -292,13 +303,13 @@ fn check_failed_through_a_power_loss(
     .unwrap();
     assert!(read_all(&store, 0, 64 * B).unwrap() == data);
     if mark_bad {
-        let listed: Vec<u64> = store.list().unwrap().iter().map(|r| r.chunk).collect();
-        assert_eq!(listed, vec![0]);
-        assert_eq!(store.list_bad().unwrap(), vec![1]);
+        let listed: Vec<ChunkId> = store.list().unwrap().iter().map(|r| r.chunk).collect();
+        assert_eq!(listed, vec![ChunkId(0)]);
+        assert_eq!(store.list_bad().unwrap(), vec![ChunkId(1)]);
         assert_eq!(read_error(&store, 1), ErrorKind::Corrupt);
     } else {
         assert!(
-            store.unverified().contains(&1),
+            store.unverified().contains(&ChunkId(1)),
             "the failed replica is verified and reported unclean at the start: {:?}",
             store.unverified()
         );
@@ -323,8 +334,8 @@ fn failed_sync_at_a_trim(mark_bad: bool) {
     let disk = CrashDisk::new();
     let (store, data) = two_written_chunks(&disk);
     // More writes, applied and synced by the trim.
-    store.write(1, 0, &data[..B as usize]).unwrap();
-    store.flush(1).unwrap();
+    store.write(ChunkId(1), 0, &data[..B as usize]).unwrap();
+    store.flush(ChunkId(1)).unwrap();
     disk.fail_syncs(Some("0000000000000001.chunk"));
     store.checkpoint().unwrap();
     check_failed_through_a_power_loss(&disk, store, &data, mark_bad);
@@ -375,7 +386,9 @@ fn failed_big_write(moved: bool) {
     let disk = CrashDisk::new();
     let (store, data, at) = chunks_for_a_big_write(&disk, moved);
     disk.fail_writes(Some("0000000000000001.chunk"));
-    let err = store.write(1, at, &data[..(32 * B) as usize]).unwrap_err();
+    let err = store
+        .write(ChunkId(1), at, &data[..(32 * B) as usize])
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     check_failed_through_a_power_loss(&disk, store, &data, false);
 }
@@ -384,7 +397,9 @@ fn failed_sync_of_a_big_write(moved: bool) {
     let disk = CrashDisk::new();
     let (store, data, at) = chunks_for_a_big_write(&disk, moved);
     let used = store.journal_stats().unwrap().used;
-    store.write(1, at, &data[..(32 * B) as usize]).unwrap();
+    store
+        .write(ChunkId(1), at, &data[..(32 * B) as usize])
+        .unwrap();
     if moved {
         assert!(
             store.journal_stats().unwrap().used - used < 4096,
@@ -392,7 +407,7 @@ fn failed_sync_of_a_big_write(moved: bool) {
         );
     }
     disk.fail_syncs(Some("0000000000000001.chunk"));
-    let err = store.flush(1).unwrap_err();
+    let err = store.flush(ChunkId(1)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
     check_failed_through_a_power_loss(&disk, store, &data, false);
 }

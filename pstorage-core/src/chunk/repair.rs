@@ -143,7 +143,7 @@ impl ChunkServer {
                     .await
             }
             Damage::Blocks(version, blocks) => {
-                tracing::warn!(cs = self.id(), chunk, version, blocks = ?blocks, %detail,
+                tracing::warn!(cs = %self.id(), %chunk, %version, blocks = ?blocks, %detail,
                     "blocks failing their check: asking the MDS for a replica to repair them from");
                 let sink = self.sink.read().expect("sink lock poisoned").clone();
                 sink.bad_blocks(chunk, version, blocks, detail);
@@ -240,7 +240,7 @@ impl ChunkServer {
                     bad_elsewhere.extend(bad);
                 }
                 Err(e) => {
-                    tracing::warn!(cs = self.id(), chunk, source = source.cs, error = %e,
+                    tracing::warn!(cs = %self.id(), %chunk, source = %source.cs, error = %e,
                         "block repair: cannot use this source");
                     last_error = Some(format!("chunk server {}: {e}", source.cs));
                 }
@@ -249,7 +249,7 @@ impl ChunkServer {
         if !outcome.repaired.is_empty() {
             if let Err(e) = self.blocking(move |store| store.flush(chunk)).await {
                 // Not durable: report none of it as repaired.
-                tracing::warn!(cs = self.id(), chunk, error = %e, "block repair: flush failed");
+                tracing::warn!(cs = %self.id(), %chunk, error = %e, "block repair: flush failed");
                 for (_, done) in outcome.repaired.drain(..) {
                     left.extend(done);
                 }
@@ -378,10 +378,10 @@ impl ChunkServer {
                     })
                     .await?;
                 tracing::info!(
-                    cs = self.id(),
-                    chunk,
+                    cs = %self.id(),
+                    %chunk,
                     block,
-                    source = source.cs,
+                    source = %source.cs,
                     wrote,
                     "block repaired"
                 );

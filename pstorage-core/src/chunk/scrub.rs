@@ -56,8 +56,8 @@ pub struct LogSink;
 impl BadReplicaSink for LogSink {
     fn bad_replica(&self, chunk: ChunkId, version: MapVersion, detail: String) {
         tracing::warn!(
-            chunk,
-            version,
+            %chunk,
+            %version,
             %detail,
             "corrupt replica taken out of service (no MDS report wired)"
         );
@@ -65,8 +65,8 @@ impl BadReplicaSink for LogSink {
 
     fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String) {
         tracing::warn!(
-            chunk,
-            version,
+            %chunk,
+            %version,
             ?blocks,
             %detail,
             "blocks failing their check (no MDS report wired: left as they are)"
@@ -345,7 +345,7 @@ impl ChunkServer {
                     }
                     Err(e) => {
                         stats.errors += 1;
-                        tracing::warn!(cs = self.id(), chunk = info.chunk, error = %e,
+                        tracing::warn!(cs = %self.id(), chunk = %info.chunk, error = %e,
                             "scrub: cannot verify the replica");
                         None
                     }

@@ -290,22 +290,22 @@ impl ChunkServer {
         let version = match self.blocking(move |store| store.version(chunk)).await {
             Ok(version) => version,
             // A header that does not decode still makes a bad replica.
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
+            Err(e) if e.kind() == ErrorKind::Corrupt => MapVersion(
                 match self.blocking(move |store| store.is_bad(chunk)).await {
                     Ok(true) => return false,
                     _ => 0,
-                }
-            }
+                },
+            ),
             Err(_) => return false,
         };
         if let Err(e) = self.blocking(move |store| store.mark_bad(chunk)).await {
             if e.kind() != ErrorKind::NotFound {
-                tracing::error!(cs = self.id, chunk, error = %e,
+                tracing::error!(cs = %self.id, %chunk, error = %e,
                     "cannot take a corrupt replica out of service");
             }
             return false;
         }
-        tracing::warn!(cs = self.id, chunk, version, %detail, "corrupt replica taken out of service");
+        tracing::warn!(cs = %self.id, %chunk, %version, %detail, "corrupt replica taken out of service");
         let sink = self.sink.read().expect("sink lock poisoned").clone();
         sink.bad_replica(chunk, version, detail);
         true

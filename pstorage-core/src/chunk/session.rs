@@ -528,7 +528,7 @@ impl BadReplicaReporter {
                     })
                     .await;
                     if sent.is_some() {
-                        tracing::info!(cs, chunk, %detail, "corrupt replica reported to the MDS");
+                        tracing::info!(%cs, %chunk, %detail, "corrupt replica reported to the MDS");
                     }
                 }
                 Finding::Blocks {
@@ -554,7 +554,7 @@ impl BadReplicaReporter {
                         server.finish_repair(chunk, version, &outcome);
                         continue;
                     };
-                    tracing::info!(cs, chunk, %detail, ?blocks, "bad blocks reported to the MDS");
+                    tracing::info!(%cs, %chunk, %detail, ?blocks, "bad blocks reported to the MDS");
                     let outcome = server
                         .repair_blocks(chunk, version, &blocks, &map.replicas)
                         .await;
@@ -579,7 +579,7 @@ impl BadReplicaReporter {
                         .await;
                     }
                     if !outcome.failed.is_empty() {
-                        tracing::warn!(cs, chunk, blocks = ?outcome.failed,
+                        tracing::warn!(cs, %chunk, blocks = ?outcome.failed,
                             error = outcome.error.as_deref().unwrap_or(""),
                             "bad blocks not repaired: no member could be asked; trying again \
                              later");
@@ -622,15 +622,15 @@ where
             Ok(value) => return Some(value),
             Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
                 tracing::debug!(
-                    cs,
-                    chunk,
+                    %cs,
+                    %chunk,
                     "reporting a corrupt replica or blocks: {e}; retrying"
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                tracing::warn!(cs, chunk, "the MDS refused a report of corruption: {e}");
+                tracing::warn!(%cs, %chunk, "the MDS refused a report of corruption: {e}");
                 return None;
             }
         }

@@ -40,22 +40,24 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
 /// blocks, and refuses a CRC list of the wrong length.
 fn a_write_with_crcs_keeps_the_senders_crcs_of_whole_blocks(store: &dyn ChunkStore) {
     let bs = BLOCK_SIZE as usize;
-    store.create(1, 1, CS).unwrap();
+    store.create(ChunkId(1), MapVersion(1), CS).unwrap();
     let data: Vec<u8> = (0..2 * bs + 100).map(|i| (i % 253) as u8).collect();
     let crcs = crate::checksums::piece_crcs(0, &data);
     assert_eq!(
-        kind(store.write_checked_crcs(1, Some(1), 0, &data, &crcs[1..])),
+        kind(store.write_checked_crcs(ChunkId(1), Some(MapVersion(1)), 0, &data, &crcs[1..])),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        read_all(store, 1),
+        read_all(store, ChunkId(1)),
         vec![0u8; CS as usize],
         "a refused write changed data"
     );
     store
-        .write_checked_crcs(1, Some(1), 0, &data, &crcs)
+        .write_checked_crcs(ChunkId(1), Some(MapVersion(1)), 0, &data, &crcs)
         .unwrap();
-    let entries = store.crc_entries(1, Some(1), 0, 3).unwrap();
+    let entries = store
+        .crc_entries(ChunkId(1), Some(MapVersion(1)), 0, 3)
+        .unwrap();
     assert_eq!(entries[0], encode_block_crc(crcs[0]));
     assert_eq!(entries[1], encode_block_crc(crcs[1]));
     let mut tail = vec![0u8; bs];
@@ -66,49 +68,64 @@ fn a_write_with_crcs_keeps_the_senders_crcs_of_whole_blocks(store: &dyn ChunkSto
         "a partial block's entry is computed"
     );
     let mut buf = vec![0u8; data.len()];
-    store.read(1, 0, &mut buf).unwrap();
+    store.read(ChunkId(1), 0, &mut buf).unwrap();
     assert_eq!(buf, data);
     // Bytes that no longer match the sender's CRC: the block is Corrupt.
     let mut changed = data[..bs].to_vec();
     changed[7] ^= 1;
     store
-        .write_checked_crcs(1, Some(1), 0, &changed, &crcs[..1])
+        .write_checked_crcs(ChunkId(1), Some(MapVersion(1)), 0, &changed, &crcs[..1])
         .unwrap();
-    assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+    assert_eq!(
+        kind(store.read(ChunkId(1), 0, &mut buf)),
+        ErrorKind::Corrupt
+    );
 }
 
 fn new_chunk_reads_as_zeros(store: &dyn ChunkStore) {
-    store.create(7, 3, CS).unwrap();
-    assert_eq!(store.version(7).unwrap(), 3);
-    assert_eq!(store.chunk_size(7).unwrap(), CS);
-    assert_eq!(read_all(store, 7), vec![0u8; CS as usize]);
+    store.create(ChunkId(7), MapVersion(3), CS).unwrap();
+    assert_eq!(store.version(ChunkId(7)).unwrap(), MapVersion(3));
+    assert_eq!(store.chunk_size(ChunkId(7)).unwrap(), CS);
+    assert_eq!(read_all(store, ChunkId(7)), vec![0u8; CS as usize]);
     assert_eq!(
         store.list().unwrap(),
         vec![ChunkReplicaInfo {
-            chunk: 7,
-            version: 3
+            chunk: ChunkId(7),
+            version: MapVersion(3)
         }]
     );
 }
 
 fn create_is_idempotent_for_the_same_version(store: &dyn ChunkStore) {
-    store.create(1, 5, CS).unwrap();
-    store.write(1, 100, b"kept").unwrap();
-    store.create(1, 5, CS).unwrap();
+    store.create(ChunkId(1), MapVersion(5), CS).unwrap();
+    store.write(ChunkId(1), 100, b"kept").unwrap();
+    store.create(ChunkId(1), MapVersion(5), CS).unwrap();
     let mut buf = [0u8; 4];
-    store.read(1, 100, &mut buf).unwrap();
+    store.read(ChunkId(1), 100, &mut buf).unwrap();
     assert_eq!(&buf, b"kept", "an idempotent create must not wipe data");
-    assert_eq!(kind(store.create(1, 6, CS)), ErrorKind::AlreadyExists);
-    assert_eq!(kind(store.create(1, 5, CS * 2)), ErrorKind::AlreadyExists);
-    assert_eq!(store.version(1).unwrap(), 5);
-    assert_eq!(kind(store.create(2, 1, CS + 1)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(store.create(2, 1, 0)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(store.version(2)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.create(ChunkId(1), MapVersion(6), CS)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(store.create(ChunkId(1), MapVersion(5), CS * 2)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(store.version(ChunkId(1)).unwrap(), MapVersion(5));
+    assert_eq!(
+        kind(store.create(ChunkId(2), MapVersion(1), CS + 1)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(store.create(ChunkId(2), MapVersion(1), 0)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kind(store.version(ChunkId(2))), ErrorKind::NotFound);
 }
 
 fn random_ops_match_a_model(store: &dyn ChunkStore) {
     let chunk = 0x1f2;
-    store.create(chunk, 1, CS).unwrap();
+    store.create(ChunkId(chunk), MapVersion(1), CS).unwrap();
     let mut model = vec![0u8; CS as usize];
     let mut rng = StdRng::seed_from_u64(42);
     for step in 0..400 {
@@ -117,16 +134,16 @@ fn random_ops_match_a_model(store: &dyn ChunkStore) {
         match rng.gen_range(0..3) {
             0 => {
                 let data = pattern(step, len as usize);
-                store.write(chunk, offset, &data).unwrap();
+                store.write(ChunkId(chunk), offset, &data).unwrap();
                 model[offset as usize..(offset + len) as usize].copy_from_slice(&data);
             }
             1 => {
-                store.zero(chunk, offset, len).unwrap();
+                store.zero(ChunkId(chunk), offset, len).unwrap();
                 model[offset as usize..(offset + len) as usize].fill(0);
             }
             _ => {
                 let mut buf = vec![0x55u8; len as usize];
-                store.read(chunk, offset, &mut buf).unwrap();
+                store.read(ChunkId(chunk), offset, &mut buf).unwrap();
                 assert_eq!(
                     buf,
                     &model[offset as usize..(offset + len) as usize],
@@ -135,21 +152,21 @@ fn random_ops_match_a_model(store: &dyn ChunkStore) {
             }
         }
     }
-    assert_eq!(read_all(store, chunk), model);
+    assert_eq!(read_all(store, ChunkId(chunk)), model);
 }
 
 fn unaligned_writes_across_blocks_round_trip(store: &dyn ChunkStore) {
-    store.create(3, 1, CS).unwrap();
+    store.create(ChunkId(3), MapVersion(1), CS).unwrap();
     // Starts mid-block, covers two whole blocks, ends mid-block.
     let data = pattern(1, (3 * B) as usize);
-    store.write(3, B / 2, &data).unwrap();
+    store.write(ChunkId(3), B / 2, &data).unwrap();
     let mut buf = vec![0u8; data.len()];
-    store.read(3, B / 2, &mut buf).unwrap();
+    store.read(ChunkId(3), B / 2, &mut buf).unwrap();
     assert_eq!(buf, data);
     // A small write inside one block keeps its neighbours.
-    store.write(3, B + 10, b"xyz").unwrap();
+    store.write(ChunkId(3), B + 10, b"xyz").unwrap();
     let mut small = [0u8; 7];
-    store.read(3, B + 8, &mut small).unwrap();
+    store.read(ChunkId(3), B + 8, &mut small).unwrap();
     assert_eq!(
         &small[..2],
         &data[(B / 2 + 8) as usize..(B / 2 + 10) as usize]
@@ -160,143 +177,175 @@ fn unaligned_writes_across_blocks_round_trip(store: &dyn ChunkStore) {
         &data[(B / 2 + 13) as usize..(B / 2 + 15) as usize]
     );
     // The last byte of the chunk.
-    store.write(3, CS - 1, &[9]).unwrap();
+    store.write(ChunkId(3), CS - 1, &[9]).unwrap();
     let mut last = [0u8; 2];
-    store.read(3, CS - 2, &mut last).unwrap();
+    store.read(ChunkId(3), CS - 2, &mut last).unwrap();
     assert_eq!(last, [0, 9]);
 }
 
 fn sparse_chunk_reads_zeros_around_data(store: &dyn ChunkStore) {
-    store.create(4, 1, CS).unwrap();
+    store.create(ChunkId(4), MapVersion(1), CS).unwrap();
     let data = pattern(2, B as usize);
-    store.write(4, 5 * B, &data).unwrap();
-    let all = read_all(store, 4);
+    store.write(ChunkId(4), 5 * B, &data).unwrap();
+    let all = read_all(store, ChunkId(4));
     assert!(all[..(5 * B) as usize].iter().all(|&b| b == 0));
     assert_eq!(&all[(5 * B) as usize..(6 * B) as usize], &data[..]);
     assert!(all[(6 * B) as usize..].iter().all(|&b| b == 0));
 }
 
 fn zero_makes_ranges_read_as_zeros(store: &dyn ChunkStore) {
-    store.create(5, 1, CS).unwrap();
+    store.create(ChunkId(5), MapVersion(1), CS).unwrap();
     let data = pattern(3, CS as usize);
-    store.write(5, 0, &data).unwrap();
+    store.write(ChunkId(5), 0, &data).unwrap();
     let mut model = data.clone();
     // Unaligned, spanning whole blocks; then exactly one block; then within a block.
     for (offset, len) in [(B / 3, 3 * B), (8 * B, B), (12 * B + 5, 10), (CS - 1, 1)] {
-        store.zero(5, offset, len).unwrap();
+        store.zero(ChunkId(5), offset, len).unwrap();
         model[offset as usize..(offset + len) as usize].fill(0);
-        assert_eq!(read_all(store, 5), model, "after zero({offset}, {len})");
+        assert_eq!(
+            read_all(store, ChunkId(5)),
+            model,
+            "after zero({offset}, {len})"
+        );
     }
     // Writing over a zeroed range works like over a fresh one.
-    store.write(5, 8 * B + 1, b"again").unwrap();
+    store.write(ChunkId(5), 8 * B + 1, b"again").unwrap();
     model[(8 * B + 1) as usize..(8 * B + 6) as usize].copy_from_slice(b"again");
-    assert_eq!(read_all(store, 5), model);
+    assert_eq!(read_all(store, ChunkId(5)), model);
     // Zeroing a never-written partial block keeps it reading zeros.
-    store.create(6, 1, CS).unwrap();
-    store.zero(6, 10, 100).unwrap();
-    assert_eq!(read_all(store, 6), vec![0u8; CS as usize]);
+    store.create(ChunkId(6), MapVersion(1), CS).unwrap();
+    store.zero(ChunkId(6), 10, 100).unwrap();
+    assert_eq!(read_all(store, ChunkId(6)), vec![0u8; CS as usize]);
 }
 
 fn out_of_range_is_refused_and_changes_nothing(store: &dyn ChunkStore) {
-    store.create(8, 1, CS).unwrap();
+    store.create(ChunkId(8), MapVersion(1), CS).unwrap();
     let data = pattern(4, CS as usize);
-    store.write(8, 0, &data).unwrap();
+    store.write(ChunkId(8), 0, &data).unwrap();
     assert_eq!(
-        kind(store.write(8, CS - 2, b"abc")),
+        kind(store.write(ChunkId(8), CS - 2, b"abc")),
         ErrorKind::InvalidArgument
     );
-    assert_eq!(kind(store.write(8, CS, b"a")), ErrorKind::InvalidArgument);
     assert_eq!(
-        kind(store.write(8, u64::MAX, b"a")),
+        kind(store.write(ChunkId(8), CS, b"a")),
         ErrorKind::InvalidArgument
     );
-    assert_eq!(kind(store.zero(8, CS - 1, 2)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(store.zero(8, 1, u64::MAX)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(store.write(ChunkId(8), u64::MAX, b"a")),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(store.zero(ChunkId(8), CS - 1, 2)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(store.zero(ChunkId(8), 1, u64::MAX)),
+        ErrorKind::InvalidArgument
+    );
     let mut buf = [0u8; 2];
     assert_eq!(
-        kind(store.read(8, CS - 1, &mut buf)),
+        kind(store.read(ChunkId(8), CS - 1, &mut buf)),
         ErrorKind::InvalidArgument
     );
-    assert_eq!(read_all(store, 8), data);
+    assert_eq!(read_all(store, ChunkId(8)), data);
     // Empty operations at the very end are fine.
-    store.write(8, CS, &[]).unwrap();
-    store.read(8, CS, &mut []).unwrap();
-    store.zero(8, CS, 0).unwrap();
+    store.write(ChunkId(8), CS, &[]).unwrap();
+    store.read(ChunkId(8), CS, &mut []).unwrap();
+    store.zero(ChunkId(8), CS, 0).unwrap();
 }
 
 fn missing_chunks_are_not_found(store: &dyn ChunkStore) {
     let mut buf = [0u8; 1];
-    assert_eq!(kind(store.version(9)), ErrorKind::NotFound);
-    assert_eq!(kind(store.chunk_size(9)), ErrorKind::NotFound);
-    assert_eq!(kind(store.set_version(9, 2)), ErrorKind::NotFound);
-    assert_eq!(kind(store.write(9, 0, b"a")), ErrorKind::NotFound);
-    assert_eq!(kind(store.zero(9, 0, 1)), ErrorKind::NotFound);
-    assert_eq!(kind(store.read(9, 0, &mut buf)), ErrorKind::NotFound);
-    assert_eq!(kind(store.flush(9)), ErrorKind::NotFound);
-    store.delete(9).unwrap();
+    assert_eq!(kind(store.version(ChunkId(9))), ErrorKind::NotFound);
+    assert_eq!(kind(store.chunk_size(ChunkId(9))), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.set_version(ChunkId(9), MapVersion(2))),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(store.write(ChunkId(9), 0, b"a")), ErrorKind::NotFound);
+    assert_eq!(kind(store.zero(ChunkId(9), 0, 1)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.read(ChunkId(9), 0, &mut buf)),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(store.flush(ChunkId(9))), ErrorKind::NotFound);
+    store.delete(ChunkId(9)).unwrap();
     assert!(store.list().unwrap().is_empty());
 }
 
 fn versions_only_grow_and_checked_ops_enforce_them(store: &dyn ChunkStore) {
-    store.create(10, 4, CS).unwrap();
-    store.write_checked(10, Some(4), 0, b"v4").unwrap();
-    store.set_version(10, 6).unwrap();
-    store.set_version(10, 6).unwrap();
-    let e = store.set_version(10, 5).unwrap_err();
+    store.create(ChunkId(10), MapVersion(4), CS).unwrap();
+    store
+        .write_checked(ChunkId(10), Some(MapVersion(4)), 0, b"v4")
+        .unwrap();
+    store.set_version(ChunkId(10), MapVersion(6)).unwrap();
+    store.set_version(ChunkId(10), MapVersion(6)).unwrap();
+    let e = store.set_version(ChunkId(10), MapVersion(5)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
-    assert_eq!(store.version(10).unwrap(), 6);
+    assert_eq!(store.version(ChunkId(10)).unwrap(), MapVersion(6));
 
-    let e = store.write_checked(10, Some(4), 0, b"xx").unwrap_err();
+    let e = store
+        .write_checked(ChunkId(10), Some(MapVersion(4)), 0, b"xx")
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
     assert!(
         e.message().contains('4') && e.message().contains('6'),
         "{e}"
     );
     assert_eq!(
-        kind(store.zero_checked(10, Some(7), 0, 2)),
+        kind(store.zero_checked(ChunkId(10), Some(MapVersion(7)), 0, 2)),
         ErrorKind::Stale
     );
     let mut buf = [0u8; 2];
     assert_eq!(
-        kind(store.read_checked(10, Some(5), 0, &mut buf)),
+        kind(store.read_checked(ChunkId(10), Some(MapVersion(5)), 0, &mut buf)),
         ErrorKind::Stale
     );
-    store.read_checked(10, Some(6), 0, &mut buf).unwrap();
+    store
+        .read_checked(ChunkId(10), Some(MapVersion(6)), 0, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"v4", "refused writes must change nothing");
-    store.write_checked(10, Some(6), 0, b"v6").unwrap();
-    store.read_checked(10, None, 0, &mut buf).unwrap();
+    store
+        .write_checked(ChunkId(10), Some(MapVersion(6)), 0, b"v6")
+        .unwrap();
+    store.read_checked(ChunkId(10), None, 0, &mut buf).unwrap();
     assert_eq!(&buf, b"v6");
-    store.flush(10).unwrap();
+    store.flush(ChunkId(10)).unwrap();
 }
 
 fn delete_removes_and_recreate_starts_empty(store: &dyn ChunkStore) {
-    store.create(11, 1, CS).unwrap();
-    store.create(12, 2, CS).unwrap();
-    store.write(11, 0, &pattern(5, B as usize)).unwrap();
-    store.delete(11).unwrap();
-    store.delete(11).unwrap();
-    assert_eq!(kind(store.version(11)), ErrorKind::NotFound);
+    store.create(ChunkId(11), MapVersion(1), CS).unwrap();
+    store.create(ChunkId(12), MapVersion(2), CS).unwrap();
+    store
+        .write(ChunkId(11), 0, &pattern(5, B as usize))
+        .unwrap();
+    store.delete(ChunkId(11)).unwrap();
+    store.delete(ChunkId(11)).unwrap();
+    assert_eq!(kind(store.version(ChunkId(11))), ErrorKind::NotFound);
     let mut buf = [0u8; 1];
-    assert_eq!(kind(store.read(11, 0, &mut buf)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.read(ChunkId(11), 0, &mut buf)),
+        ErrorKind::NotFound
+    );
     assert_eq!(
         store.list().unwrap(),
         vec![ChunkReplicaInfo {
-            chunk: 12,
-            version: 2
+            chunk: ChunkId(12),
+            version: MapVersion(2)
         }]
     );
-    store.create(11, 3, CS).unwrap();
-    assert_eq!(read_all(store, 11), vec![0u8; CS as usize]);
+    store.create(ChunkId(11), MapVersion(3), CS).unwrap();
+    assert_eq!(read_all(store, ChunkId(11)), vec![0u8; CS as usize]);
     assert_eq!(
         store.list().unwrap(),
         vec![
             ChunkReplicaInfo {
-                chunk: 11,
-                version: 3
+                chunk: ChunkId(11),
+                version: MapVersion(3)
             },
             ChunkReplicaInfo {
-                chunk: 12,
-                version: 2
+                chunk: ChunkId(12),
+                version: MapVersion(2)
             }
         ]
     );
@@ -309,8 +358,8 @@ fn space_is_reported(store: &dyn ChunkStore) {
 }
 
 fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore) {
-    store.create(13, 1, CS).unwrap();
-    store.create(14, 1, CS).unwrap();
+    store.create(ChunkId(13), MapVersion(1), CS).unwrap();
+    store.create(ChunkId(14), MapVersion(1), CS).unwrap();
     // Eight writers own interleaved 100-byte stripes, so every block is
     // read-modify-written by several of them at once.
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -320,8 +369,8 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
         let reader = s.spawn(|| {
             let mut buf = vec![0u8; CS as usize];
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                store.read(13, 0, &mut buf).unwrap();
-                store.read(14, 50, &mut buf[..B as usize]).unwrap();
+                store.read(ChunkId(13), 0, &mut buf).unwrap();
+                store.read(ChunkId(14), 50, &mut buf[..B as usize]).unwrap();
             }
         });
         let writers: Vec<_> = (0..8u64)
@@ -329,8 +378,12 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
                 s.spawn(move || {
                     let mut offset = t * 100;
                     while offset + 100 <= CS {
-                        store.write(13, offset, &[t as u8 + 1; 100]).unwrap();
-                        store.write(14, offset, &[t as u8 + 1; 100]).unwrap();
+                        store
+                            .write(ChunkId(13), offset, &[t as u8 + 1; 100])
+                            .unwrap();
+                        store
+                            .write(ChunkId(14), offset, &[t as u8 + 1; 100])
+                            .unwrap();
                         offset += 800;
                     }
                 })
@@ -343,7 +396,7 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
         reader.join().unwrap();
     });
     for chunk in [13, 14] {
-        let all = read_all(store, chunk);
+        let all = read_all(store, ChunkId(chunk));
         for (i, &byte) in all.iter().enumerate() {
             let stripe = i as u64 / 100;
             let expected = if (stripe + 1) * 100 <= CS {
@@ -357,11 +410,11 @@ fn concurrent_writes_to_shared_blocks_do_not_lose_updates(store: &dyn ChunkStore
 }
 
 fn incoming_replica_invisible_until_committed_then_replaces_the_old_one(store: &dyn ChunkStore) {
-    store.create(1, 3, CS).unwrap();
+    store.create(ChunkId(1), MapVersion(3), CS).unwrap();
     let old = pattern(1, CS as usize);
-    store.write(1, 0, &old).unwrap();
+    store.write(ChunkId(1), 0, &old).unwrap();
 
-    let incoming = store.begin_incoming(1, 2 * CS).unwrap();
+    let incoming = store.begin_incoming(ChunkId(1), 2 * CS).unwrap();
     let new = pattern(2, (3 * B + 5) as usize);
     store.write_incoming(incoming, B - 5, &new).unwrap();
     assert_eq!(
@@ -369,23 +422,23 @@ fn incoming_replica_invisible_until_committed_then_replaces_the_old_one(store: &
         ErrorKind::InvalidArgument
     );
     // The old replica is untouched meanwhile.
-    assert_eq!(store.version(1).unwrap(), 3);
-    assert_eq!(store.chunk_size(1).unwrap(), CS);
-    assert_eq!(read_all(store, 1), old);
+    assert_eq!(store.version(ChunkId(1)).unwrap(), MapVersion(3));
+    assert_eq!(store.chunk_size(ChunkId(1)).unwrap(), CS);
+    assert_eq!(read_all(store, ChunkId(1)), old);
     assert_eq!(store.list().unwrap().len(), 1);
 
-    store.commit_incoming(incoming, 2).unwrap();
+    store.commit_incoming(incoming, MapVersion(2)).unwrap();
     // Replaced whatever its version (the MDS decides), size included.
-    assert_eq!(store.version(1).unwrap(), 2);
-    assert_eq!(store.chunk_size(1).unwrap(), 2 * CS);
+    assert_eq!(store.version(ChunkId(1)).unwrap(), MapVersion(2));
+    assert_eq!(store.chunk_size(ChunkId(1)).unwrap(), 2 * CS);
     let mut expected = vec![0u8; 2 * CS as usize];
     expected[(B - 5) as usize..(B - 5) as usize + new.len()].copy_from_slice(&new);
-    assert_eq!(read_all(store, 1), expected);
+    assert_eq!(read_all(store, ChunkId(1)), expected);
     assert_eq!(
         store.list().unwrap(),
         vec![ChunkReplicaInfo {
-            chunk: 1,
-            version: 2
+            chunk: ChunkId(1),
+            version: MapVersion(2)
         }]
     );
     // The handle is consumed.
@@ -394,30 +447,32 @@ fn incoming_replica_invisible_until_committed_then_replaces_the_old_one(store: &
         ErrorKind::NotFound
     );
     assert_eq!(
-        kind(store.commit_incoming(incoming, 2)),
+        kind(store.commit_incoming(incoming, MapVersion(2))),
         ErrorKind::NotFound
     );
 
     // A new chunk, and an aborted copy that leaves nothing behind.
-    let fresh = store.begin_incoming(7, CS).unwrap();
+    let fresh = store.begin_incoming(ChunkId(7), CS).unwrap();
     store.write_incoming(fresh, 0, b"hello").unwrap();
-    store.commit_incoming(fresh, 9).unwrap();
+    store.commit_incoming(fresh, MapVersion(9)).unwrap();
     let mut buf = [0u8; 5];
-    store.read_checked(7, Some(9), 0, &mut buf).unwrap();
+    store
+        .read_checked(ChunkId(7), Some(MapVersion(9)), 0, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"hello");
-    let aborted = store.begin_incoming(8, CS).unwrap();
+    let aborted = store.begin_incoming(ChunkId(8), CS).unwrap();
     store.write_incoming(aborted, 0, b"x").unwrap();
     store.abort_incoming(aborted);
     store.abort_incoming(aborted);
-    assert_eq!(kind(store.version(8)), ErrorKind::NotFound);
+    assert_eq!(kind(store.version(ChunkId(8))), ErrorKind::NotFound);
     assert_eq!(
-        kind(store.begin_incoming(8, 100)),
+        kind(store.begin_incoming(ChunkId(8), 100)),
         ErrorKind::InvalidArgument
     );
 }
 
 fn incoming_crc_entries_and_zeroing_follow_the_writes(store: &dyn ChunkStore) {
-    let incoming = store.begin_incoming(3, CS).unwrap();
+    let incoming = store.begin_incoming(ChunkId(3), CS).unwrap();
     let data = pattern(3, (2 * B) as usize);
     store.write_incoming(incoming, 0, &data).unwrap();
     let entries = store.incoming_crc_entries(incoming, 0, 3).unwrap();
@@ -435,9 +490,11 @@ fn incoming_crc_entries_and_zeroing_follow_the_writes(store: &dyn ChunkStore) {
         kind(store.incoming_crc_entries(incoming, CS / B, 1)),
         ErrorKind::InvalidArgument
     );
-    store.commit_incoming(incoming, 4).unwrap();
+    store.commit_incoming(incoming, MapVersion(4)).unwrap();
     assert_eq!(
-        store.crc_entries(3, Some(4), 0, 2).unwrap(),
+        store
+            .crc_entries(ChunkId(3), Some(MapVersion(4)), 0, 2)
+            .unwrap(),
         vec![block_entry(&data[..B as usize]), 0]
     );
     assert_eq!(
@@ -451,37 +508,48 @@ fn incoming_crc_entries_and_zeroing_follow_the_writes(store: &dyn ChunkStore) {
 }
 
 fn crc_entries_describe_the_blocks_and_check_the_version(store: &dyn ChunkStore) {
-    store.create(5, 2, CS).unwrap();
+    store.create(ChunkId(5), MapVersion(2), CS).unwrap();
     let data = pattern(5, (B + 100) as usize);
-    store.write(5, B, &data).unwrap();
+    store.write(ChunkId(5), B, &data).unwrap();
     let mut second = vec![0u8; B as usize];
     second[..100].copy_from_slice(&data[B as usize..]);
-    let entries = store.crc_entries(5, Some(2), 0, 3).unwrap();
+    let entries = store
+        .crc_entries(ChunkId(5), Some(MapVersion(2)), 0, 3)
+        .unwrap();
     assert_eq!(
         entries,
         vec![0, block_entry(&data[..B as usize]), block_entry(&second)]
     );
     // Zeroing whole blocks makes their entries 0 again.
-    store.zero(5, B, 2 * B).unwrap();
-    assert_eq!(store.crc_entries(5, None, 0, 3).unwrap(), vec![0, 0, 0]);
-    assert_eq!(kind(store.crc_entries(5, Some(1), 0, 1)), ErrorKind::Stale);
+    store.zero(ChunkId(5), B, 2 * B).unwrap();
     assert_eq!(
-        kind(store.crc_entries(5, None, CS / B - 1, 2)),
+        store.crc_entries(ChunkId(5), None, 0, 3).unwrap(),
+        vec![0, 0, 0]
+    );
+    assert_eq!(
+        kind(store.crc_entries(ChunkId(5), Some(MapVersion(1)), 0, 1)),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(store.crc_entries(ChunkId(5), None, CS / B - 1, 2)),
         ErrorKind::InvalidArgument
     );
-    assert_eq!(kind(store.crc_entries(6, None, 0, 1)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.crc_entries(ChunkId(6), None, 0, 1)),
+        ErrorKind::NotFound
+    );
 }
 
 fn bad_replicas_are_out_of_service_until_deleted_or_replaced(store: &dyn ChunkStore) {
-    store.create(1, 2, CS).unwrap();
-    store.create(2, 2, CS).unwrap();
-    store.write(1, 0, b"data").unwrap();
-    assert!(!store.is_bad(1).unwrap());
-    store.mark_bad(1).unwrap();
-    store.mark_bad(1).unwrap();
-    assert!(store.is_bad(1).unwrap());
-    assert_eq!(kind(store.mark_bad(3)), ErrorKind::NotFound);
-    assert_eq!(store.list_bad().unwrap(), vec![1]);
+    store.create(ChunkId(1), MapVersion(2), CS).unwrap();
+    store.create(ChunkId(2), MapVersion(2), CS).unwrap();
+    store.write(ChunkId(1), 0, b"data").unwrap();
+    assert!(!store.is_bad(ChunkId(1)).unwrap());
+    store.mark_bad(ChunkId(1)).unwrap();
+    store.mark_bad(ChunkId(1)).unwrap();
+    assert!(store.is_bad(ChunkId(1)).unwrap());
+    assert_eq!(kind(store.mark_bad(ChunkId(3))), ErrorKind::NotFound);
+    assert_eq!(store.list_bad().unwrap(), vec![ChunkId(1)]);
     assert_eq!(
         store
             .list()
@@ -489,42 +557,48 @@ fn bad_replicas_are_out_of_service_until_deleted_or_replaced(store: &dyn ChunkSt
             .iter()
             .map(|c| c.chunk)
             .collect::<Vec<_>>(),
-        [2]
+        [ChunkId(2)]
     );
     let mut buf = [0u8; 4];
-    assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
-    assert_eq!(kind(store.write(1, 0, b"x")), ErrorKind::Corrupt);
-    assert_eq!(kind(store.version(1)), ErrorKind::Corrupt);
+    assert_eq!(
+        kind(store.read(ChunkId(1), 0, &mut buf)),
+        ErrorKind::Corrupt
+    );
+    assert_eq!(kind(store.write(ChunkId(1), 0, b"x")), ErrorKind::Corrupt);
+    assert_eq!(kind(store.version(ChunkId(1))), ErrorKind::Corrupt);
     // A replacement puts a good replica back in service.
-    let incoming = store.begin_incoming(1, CS).unwrap();
+    let incoming = store.begin_incoming(ChunkId(1), CS).unwrap();
     store.write_incoming(incoming, 0, b"good").unwrap();
-    store.commit_incoming(incoming, 3).unwrap();
+    store.commit_incoming(incoming, MapVersion(3)).unwrap();
     assert!(store.list_bad().unwrap().is_empty());
-    store.read(1, 0, &mut buf).unwrap();
+    store.read(ChunkId(1), 0, &mut buf).unwrap();
     assert_eq!(&buf, b"good");
     // Delete removes a bad replica.
-    store.mark_bad(2).unwrap();
-    store.delete(2).unwrap();
+    store.mark_bad(ChunkId(2)).unwrap();
+    store.delete(ChunkId(2)).unwrap();
     assert!(store.list_bad().unwrap().is_empty());
-    assert_eq!(kind(store.read(2, 0, &mut buf)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.read(ChunkId(2), 0, &mut buf)),
+        ErrorKind::NotFound
+    );
 }
 
 fn a_fresh_store_has_nothing_to_verify_and_closes_clean(store: &dyn ChunkStore) {
     assert!(store.unverified().is_empty());
-    store.create(1, 1, CS).unwrap();
-    store.write(1, 0, b"x").unwrap();
+    store.create(ChunkId(1), MapVersion(1), CS).unwrap();
+    store.write(ChunkId(1), 0, b"x").unwrap();
     // Verifying a chunk that is not listed (or missing) just succeeds.
-    store.verified(1).unwrap();
-    store.verified(99).unwrap();
+    store.verified(ChunkId(1)).unwrap();
+    store.verified(ChunkId(99)).unwrap();
     store.close_clean().unwrap();
     assert!(store.unverified().is_empty());
     // Still usable after a clean close.
-    store.write(1, 1, b"y").unwrap();
+    store.write(ChunkId(1), 1, b"y").unwrap();
     let mut buf = [0u8; 2];
-    store.read(1, 0, &mut buf).unwrap();
+    store.read(ChunkId(1), 0, &mut buf).unwrap();
     assert_eq!(&buf, b"xy");
-    store.flush(1).unwrap();
-    assert_eq!(kind(store.flush(2)), ErrorKind::NotFound);
+    store.flush(ChunkId(1)).unwrap();
+    assert_eq!(kind(store.flush(ChunkId(2))), ErrorKind::NotFound);
 }
 
 macro_rules! conformance {
@@ -601,23 +675,29 @@ fn crc_encoding_reserves_zero_and_lost() {
 #[test]
 fn mem_store_detects_corruption_and_refuses_rmw_of_a_corrupt_block() {
     let store = MemChunkStore::new();
-    store.create(1, 1, CS).unwrap();
+    store.create(ChunkId(1), MapVersion(1), CS).unwrap();
     let data = pattern(6, (2 * B) as usize);
-    store.write(1, 0, &data).unwrap();
-    store.corrupt(1, B + 7).unwrap();
+    store.write(ChunkId(1), 0, &data).unwrap();
+    store.corrupt(ChunkId(1), B + 7).unwrap();
     let mut buf = vec![0u8; 10];
-    store.read(1, 0, &mut buf).unwrap();
-    let e = store.read(1, B, &mut buf).unwrap_err();
+    store.read(ChunkId(1), 0, &mut buf).unwrap();
+    let e = store.read(ChunkId(1), B, &mut buf).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(
         e.message().contains("0x1") && e.message().contains("block 1"),
         "{e}"
     );
-    assert_eq!(kind(store.write(1, B + 100, b"x")), ErrorKind::Corrupt);
+    assert_eq!(
+        kind(store.write(ChunkId(1), B + 100, b"x")),
+        ErrorKind::Corrupt
+    );
     // A whole-block overwrite needs no old data and heals the block.
-    store.write(1, B, &data[..B as usize]).unwrap();
-    store.read(1, B, &mut buf).unwrap();
-    assert_eq!(kind(store.corrupt(1, 5 * B)), ErrorKind::InvalidArgument);
+    store.write(ChunkId(1), B, &data[..B as usize]).unwrap();
+    store.read(ChunkId(1), B, &mut buf).unwrap();
+    assert_eq!(
+        kind(store.corrupt(ChunkId(1), 5 * B)),
+        ErrorKind::InvalidArgument
+    );
 }
 
 /// `repair_block` on both stores: writes a bad block only, zeroes with
@@ -629,13 +709,13 @@ fn repair_block_rewrites_only_a_block_that_fails_its_check() {
     let mem = MemChunkStore::new();
     let data = pattern(41, (3 * B) as usize);
     let stores: [(&dyn ChunkStore, &dyn Fn()); 2] = [
-        (&mem, &|| mem.corrupt(1, B + 9).unwrap()),
+        (&mem, &|| mem.corrupt(ChunkId(1), B + 9).unwrap()),
         (&file, &|| {
             use std::os::unix::fs::FileExt;
             file.checkpoint().unwrap();
             let f = std::fs::OpenOptions::new()
                 .write(true)
-                .open(file.chunk_path(1))
+                .open(file.chunk_path(ChunkId(1)))
                 .unwrap();
             let at = FileChunkStore::data_file_offset(CS, B + 9);
             f.write_all_at(&[data[(B + 9) as usize] ^ 0x10], at)
@@ -643,34 +723,44 @@ fn repair_block_rewrites_only_a_block_that_fails_its_check() {
         }),
     ];
     for (store, corrupt) in stores {
-        store.create(1, 4, CS).unwrap();
-        store.write(1, 0, &data).unwrap();
-        store.flush(1).unwrap();
+        store.create(ChunkId(1), MapVersion(4), CS).unwrap();
+        store.write(ChunkId(1), 0, &data).unwrap();
+        store.flush(ChunkId(1)).unwrap();
         // A good block is left alone.
         assert!(!store
-            .repair_block(1, 4, 0, Some(&[9u8; B as usize]))
+            .repair_block(ChunkId(1), MapVersion(4), 0, Some(&[9u8; B as usize]))
             .unwrap());
         corrupt();
         let mut buf = vec![0u8; B as usize];
-        assert_eq!(kind(store.read(1, B, &mut buf)), ErrorKind::Corrupt);
+        assert_eq!(
+            kind(store.read(ChunkId(1), B, &mut buf)),
+            ErrorKind::Corrupt
+        );
         // Wrong version, wrong length: refused, nothing written.
         let good = &data[B as usize..(2 * B) as usize];
         assert_eq!(
-            kind(store.repair_block(1, 3, 1, Some(good))),
+            kind(store.repair_block(ChunkId(1), MapVersion(3), 1, Some(good))),
             ErrorKind::Stale
         );
         assert_eq!(
-            kind(store.repair_block(1, 4, 1, Some(&good[..100]))),
+            kind(store.repair_block(ChunkId(1), MapVersion(4), 1, Some(&good[..100]))),
             ErrorKind::InvalidArgument
         );
-        assert_eq!(kind(store.read(1, B, &mut buf)), ErrorKind::Corrupt);
-        assert!(store.repair_block(1, 4, 1, Some(good)).unwrap());
-        assert_eq!(read_all(store, 1)[..(3 * B) as usize], data[..]);
+        assert_eq!(
+            kind(store.read(ChunkId(1), B, &mut buf)),
+            ErrorKind::Corrupt
+        );
+        assert!(store
+            .repair_block(ChunkId(1), MapVersion(4), 1, Some(good))
+            .unwrap());
+        assert_eq!(read_all(store, ChunkId(1))[..(3 * B) as usize], data[..]);
         // A bad block the source never wrote is zeroed.
         corrupt();
-        assert!(store.repair_block(1, 4, 1, None).unwrap());
-        assert_eq!(store.crc_entries(1, None, 1, 1).unwrap(), [0]);
-        store.read(1, B, &mut buf).unwrap();
+        assert!(store
+            .repair_block(ChunkId(1), MapVersion(4), 1, None)
+            .unwrap());
+        assert_eq!(store.crc_entries(ChunkId(1), None, 1, 1).unwrap(), [0]);
+        store.read(ChunkId(1), B, &mut buf).unwrap();
         assert!(buf.iter().all(|b| *b == 0));
     }
 }
@@ -679,20 +769,22 @@ fn repair_block_rewrites_only_a_block_that_fails_its_check() {
 fn mem_store_runs_out_of_space_without_changing_anything() {
     let store = MemChunkStore::new();
     store.set_capacity(3 * B);
-    store.create(1, 1, CS).unwrap();
-    store.write(1, 0, &pattern(7, (2 * B) as usize)).unwrap();
+    store.create(ChunkId(1), MapVersion(1), CS).unwrap();
+    store
+        .write(ChunkId(1), 0, &pattern(7, (2 * B) as usize))
+        .unwrap();
     assert_eq!(store.space().unwrap().free_bytes, B);
     assert_eq!(
-        kind(store.write(1, 2 * B, &[1u8; 2 * B as usize])),
+        kind(store.write(ChunkId(1), 2 * B, &[1u8; 2 * B as usize])),
         ErrorKind::NoSpace
     );
     assert_eq!(
-        &read_all(&store, 1)[(2 * B) as usize..],
+        &read_all(&store, ChunkId(1))[(2 * B) as usize..],
         &vec![0u8; (CS - 2 * B) as usize][..]
     );
-    store.zero(1, 0, B).unwrap();
+    store.zero(ChunkId(1), 0, B).unwrap();
     assert_eq!(store.space().unwrap().free_bytes, 2 * B);
-    store.delete(1).unwrap();
+    store.delete(ChunkId(1)).unwrap();
     assert_eq!(store.space().unwrap().free_bytes, 3 * B);
 }
 
@@ -728,34 +820,34 @@ mod file_format {
         let data = pattern(8, (3 * B + 5) as usize);
         {
             let store = FileChunkStore::open(dir.path()).unwrap();
-            store.create(0xabc, 1, CS).unwrap();
-            store.create(0xdef, 2, 2 * CS).unwrap();
-            store.write(0xabc, 77, &data).unwrap();
-            store.zero(0xabc, 100, 10).unwrap();
-            store.set_version(0xabc, 9).unwrap();
-            store.flush(0xabc).unwrap();
+            store.create(ChunkId(0xabc), MapVersion(1), CS).unwrap();
+            store.create(ChunkId(0xdef), MapVersion(2), 2 * CS).unwrap();
+            store.write(ChunkId(0xabc), 77, &data).unwrap();
+            store.zero(ChunkId(0xabc), 100, 10).unwrap();
+            store.set_version(ChunkId(0xabc), MapVersion(9)).unwrap();
+            store.flush(ChunkId(0xabc)).unwrap();
         }
         let store = FileChunkStore::open(dir.path()).unwrap();
         assert!(store
-            .chunk_path(0xabc)
+            .chunk_path(ChunkId(0xabc))
             .ends_with("chunks/0000000000000abc.chunk"));
-        assert_eq!(store.version(0xabc).unwrap(), 9);
-        assert_eq!(store.chunk_size(0xdef).unwrap(), 2 * CS);
+        assert_eq!(store.version(ChunkId(0xabc)).unwrap(), MapVersion(9));
+        assert_eq!(store.chunk_size(ChunkId(0xdef)).unwrap(), 2 * CS);
         let mut expected = data.clone();
         expected[23..33].fill(0);
         let mut buf = vec![0u8; data.len()];
-        store.read(0xabc, 77, &mut buf).unwrap();
+        store.read(ChunkId(0xabc), 77, &mut buf).unwrap();
         assert_eq!(buf, expected);
         assert_eq!(
             store.list().unwrap(),
             vec![
                 ChunkReplicaInfo {
-                    chunk: 0xabc,
-                    version: 9
+                    chunk: ChunkId(0xabc),
+                    version: MapVersion(9)
                 },
                 ChunkReplicaInfo {
-                    chunk: 0xdef,
-                    version: 2
+                    chunk: ChunkId(0xdef),
+                    version: MapVersion(2)
                 }
             ]
         );
@@ -765,12 +857,12 @@ mod file_format {
     fn crc_table_entries_follow_the_documented_encoding() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(1, 1, CS).unwrap();
+        store.create(ChunkId(1), MapVersion(1), CS).unwrap();
         let block = pattern(9, B as usize);
-        store.write(1, 2 * B, &block).unwrap();
-        store.write(1, 3 * B, &block).unwrap();
-        store.zero(1, 3 * B, B).unwrap();
-        let f = open_file(&store, 1);
+        store.write(ChunkId(1), 2 * B, &block).unwrap();
+        store.write(ChunkId(1), 3 * B, &block).unwrap();
+        store.zero(ChunkId(1), 3 * B, B).unwrap();
+        let f = open_file(&store, ChunkId(1));
         let entry = |b: u64| {
             let mut raw = [0u8; 8];
             f.read_exact_at(&mut raw, crc_entry_offset(b)).unwrap();
@@ -783,7 +875,7 @@ mod file_format {
         assert_eq!(entry(CS / B - 1), 1, "the last block");
         // In memory and on the wire, 0 reads as zeros.
         assert_eq!(
-            store.crc_entries(1, None, 0, 4).unwrap(),
+            store.crc_entries(ChunkId(1), None, 0, 4).unwrap(),
             vec![0, 0, encode_block_crc(crc64(&block)), 0]
         );
         let mut on_disk = vec![0u8; B as usize];
@@ -797,12 +889,12 @@ mod file_format {
         let dir = tempfile::tempdir().unwrap();
         let data = pattern(10, (4 * B) as usize);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(0x77, 1, CS).unwrap();
-        store.write(0x77, 0, &data).unwrap();
-        store.flush(0x77).unwrap();
+        store.create(ChunkId(0x77), MapVersion(1), CS).unwrap();
+        store.write(ChunkId(0x77), 0, &data).unwrap();
+        store.flush(ChunkId(0x77)).unwrap();
         flip(
             &store,
-            0x77,
+            ChunkId(0x77),
             FileChunkStore::data_file_offset(CS, 2 * B + 123),
         );
 
@@ -810,31 +902,34 @@ mod file_format {
         // after a restart.
         for store in [store, FileChunkStore::open(dir.path()).unwrap()] {
             let mut buf = vec![0u8; (4 * B) as usize];
-            let e = store.read(0x77, 0, &mut buf).unwrap_err();
+            let e = store.read(ChunkId(0x77), 0, &mut buf).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Corrupt);
-            let path = store.chunk_path(0x77).display().to_string();
+            let path = store.chunk_path(ChunkId(0x77)).display().to_string();
             assert!(e.message().contains("0x77"), "{e}");
             assert!(e.message().contains("block 2"), "{e}");
             assert!(e.message().contains(&path), "{e}");
             // A partial read of the bad block fails too; other blocks are fine.
             let mut small = [0u8; 3];
             assert_eq!(
-                kind(store.read(0x77, 2 * B + 4000, &mut small)),
+                kind(store.read(ChunkId(0x77), 2 * B + 4000, &mut small)),
                 ErrorKind::Corrupt
             );
-            store.read(0x77, 3 * B, &mut small).unwrap();
+            store.read(ChunkId(0x77), 3 * B, &mut small).unwrap();
             assert_eq!(&small, &data[(3 * B) as usize..(3 * B + 3) as usize]);
 
             // A partial write would have to trust the bad block: refused, nothing changed.
-            let f = open_file(&store, 0x77);
+            let f = open_file(&store, ChunkId(0x77));
             let mut entry_before = [0u8; 8];
             f.read_exact_at(&mut entry_before, crc_entry_offset(2))
                 .unwrap();
             assert_eq!(
-                kind(store.write(0x77, 2 * B + 10, b"new")),
+                kind(store.write(ChunkId(0x77), 2 * B + 10, b"new")),
                 ErrorKind::Corrupt
             );
-            assert_eq!(kind(store.zero(0x77, 2 * B + 10, 3)), ErrorKind::Corrupt);
+            assert_eq!(
+                kind(store.zero(ChunkId(0x77), 2 * B + 10, 3)),
+                ErrorKind::Corrupt
+            );
             let mut entry_after = [0u8; 8];
             f.read_exact_at(&mut entry_after, crc_entry_offset(2))
                 .unwrap();
@@ -844,9 +939,16 @@ mod file_format {
         // Overwriting the whole block needs no old data and heals it.
         let store = FileChunkStore::open(dir.path()).unwrap();
         store
-            .write(0x77, 2 * B, &data[(2 * B) as usize..(3 * B) as usize])
+            .write(
+                ChunkId(0x77),
+                2 * B,
+                &data[(2 * B) as usize..(3 * B) as usize],
+            )
             .unwrap();
-        assert_eq!(read_all(&store, 0x77)[..(4 * B) as usize], data[..]);
+        assert_eq!(
+            read_all(&store, ChunkId(0x77))[..(4 * B) as usize],
+            data[..]
+        );
     }
 
     #[test]
@@ -854,15 +956,20 @@ mod file_format {
         // Data on disk without its CRC entry, as after a crash between the two.
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(5, 1, CS).unwrap();
-        store.write(5, 0, &pattern(11, B as usize)).unwrap();
+        store.create(ChunkId(5), MapVersion(1), CS).unwrap();
+        store
+            .write(ChunkId(5), 0, &pattern(11, B as usize))
+            .unwrap();
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        open_file(&store, 5)
+        open_file(&store, ChunkId(5))
             .write_all_at(&pattern(12, 512), FileChunkStore::data_file_offset(CS, 0))
             .unwrap();
         let mut buf = [0u8; 16];
-        assert_eq!(kind(store.read(5, 1024, &mut buf)), ErrorKind::Corrupt);
+        assert_eq!(
+            kind(store.read(ChunkId(5), 1024, &mut buf)),
+            ErrorKind::Corrupt
+        );
     }
 
     /// The chunk file format, byte for byte: header, CRC table and slot
@@ -876,21 +983,23 @@ mod file_format {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
         let chunk = 0x0123_4567_89ab_cdef;
-        store.create(chunk, 3, SIZE).unwrap();
+        store.create(ChunkId(chunk), MapVersion(3), SIZE).unwrap();
         let data: Vec<u8> = (0..B as u32).map(|i| (i % 251) as u8).collect();
-        store.write(chunk, 0, &data).unwrap();
-        store.write(chunk, B, &vec![0u8; B as usize]).unwrap();
-        store.write(chunk, 2 * B, &data).unwrap();
-        store.zero(chunk, 2 * B, B).unwrap();
+        store.write(ChunkId(chunk), 0, &data).unwrap();
+        store
+            .write(ChunkId(chunk), B, &vec![0u8; B as usize])
+            .unwrap();
+        store.write(ChunkId(chunk), 2 * B, &data).unwrap();
+        store.zero(ChunkId(chunk), 2 * B, B).unwrap();
         let big: Vec<u8> = (0..16 * B as u32).map(|i| (i % 241) as u8).collect();
-        store.write(chunk, 16 * B, &big).unwrap();
+        store.write(ChunkId(chunk), 16 * B, &big).unwrap();
         // Trimmed: the next big write over them moves them.
         store.checkpoint().unwrap();
         let big: Vec<u8> = (0..16 * B as u32).map(|i| (i % 239) as u8).collect();
-        store.write(chunk, 16 * B, &big).unwrap();
-        store.set_version(chunk, 7).unwrap();
-        store.flush(chunk).unwrap();
-        let f = open_file(&store, chunk);
+        store.write(ChunkId(chunk), 16 * B, &big).unwrap();
+        store.set_version(ChunkId(chunk), MapVersion(7)).unwrap();
+        store.flush(ChunkId(chunk)).unwrap();
+        let f = open_file(&store, ChunkId(chunk));
         let mut head = vec![0u8; 2 * B as usize];
         f.read_exact_at(&mut head, 0).unwrap();
         let mut text = String::new();
@@ -916,7 +1025,7 @@ mod file_format {
             crc64(&block)
         ));
         assert_eq!(
-            store.block_file_offset(chunk, 16 * B + 5).unwrap(),
+            store.block_file_offset(ChunkId(chunk), 16 * B + 5).unwrap(),
             slot1_at + 16 * B + 5
         );
         let len = f.metadata().unwrap().len();
@@ -938,7 +1047,7 @@ mod file_format {
     #[test]
     fn a_format_2_chunk_file_is_read_and_kept_in_its_format() {
         let golden = include_str!("chunk_v2.golden");
-        let chunk: ChunkId = 0x0123_4567_89ab_cdef;
+        let chunk: ChunkId = ChunkId(0x0123_4567_89ab_cdef);
         let dir = tempfile::tempdir().unwrap();
         {
             FileChunkStore::open(dir.path()).unwrap();
@@ -957,7 +1066,7 @@ mod file_format {
         drop(f);
 
         let store = FileChunkStore::open(dir.path()).unwrap();
-        assert_eq!(store.version(chunk).unwrap(), 7);
+        assert_eq!(store.version(chunk).unwrap(), MapVersion(7));
         let all = read_all(&store, chunk);
         assert_eq!(&all[..B as usize], &data[..]);
         assert!(all[B as usize..].iter().all(|b| *b == 0));
@@ -992,7 +1101,7 @@ mod file_format {
     #[test]
     fn a_format_1_chunk_file_is_read_and_kept_in_its_format() {
         let dir = tempfile::tempdir().unwrap();
-        let chunk: ChunkId = 0x42;
+        let chunk: ChunkId = ChunkId(0x42);
         let data = pattern(31, B as usize);
         {
             // Creates the store's directories.
@@ -1003,7 +1112,7 @@ mod file_format {
         header[0..8].copy_from_slice(b"PSTCHUNK");
         header[8..12].copy_from_slice(&1u32.to_le_bytes());
         header[12..16].copy_from_slice(&4096u32.to_le_bytes());
-        header[16..24].copy_from_slice(&chunk.to_le_bytes());
+        header[16..24].copy_from_slice(&chunk.0.to_le_bytes());
         header[24..32].copy_from_slice(&5u64.to_le_bytes());
         header[32..40].copy_from_slice(&CS.to_le_bytes());
         let crc = crc64(&header);
@@ -1024,7 +1133,7 @@ mod file_format {
         drop(f);
 
         let store = FileChunkStore::open(dir.path()).unwrap();
-        assert_eq!(store.version(chunk).unwrap(), 5);
+        assert_eq!(store.version(chunk).unwrap(), MapVersion(5));
         let all = read_all(&store, chunk);
         assert_eq!(&all[..B as usize], &data[..]);
         assert!(all[B as usize..].iter().all(|b| *b == 0));
@@ -1034,7 +1143,7 @@ mod file_format {
         );
         store.write(chunk, 3 * B, &data).unwrap();
         store.zero(chunk, 0, B).unwrap();
-        store.set_version(chunk, 6).unwrap();
+        store.set_version(chunk, MapVersion(6)).unwrap();
         store.flush(chunk).unwrap();
         let f = open_file(&store, chunk);
         let raw = |b: u64| {
@@ -1048,7 +1157,7 @@ mod file_format {
         assert_eq!(u32::from_le_bytes(format), 1, "still format 1");
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        assert_eq!(store.version(chunk).unwrap(), 6);
+        assert_eq!(store.version(chunk).unwrap(), MapVersion(6));
         let all = read_all(&store, chunk);
         assert!(all[..3 * B as usize].iter().all(|b| *b == 0));
         assert_eq!(&all[3 * B as usize..4 * B as usize], &data[..]);
@@ -1063,10 +1172,12 @@ mod file_format {
         let size = 1 << 20; // 256 blocks: a table of 4 sectors
         let data = pattern(33, size as usize);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(9, 1, size).unwrap();
-        store.write(9, 0, &data[..(200 * B) as usize]).unwrap();
-        store.flush(9).unwrap();
-        let f = open_file(&store, 9);
+        store.create(ChunkId(9), MapVersion(1), size).unwrap();
+        store
+            .write(ChunkId(9), 0, &data[..(200 * B) as usize])
+            .unwrap();
+        store.flush(ChunkId(9)).unwrap();
+        let f = open_file(&store, ChunkId(9));
         // Sector 1 of the table: the entries of blocks 64..128, written
         // ones, and sector 3 (blocks 192..256): written and never written.
         f.write_all_at(&[0u8; 512], crc_entry_offset(64)).unwrap();
@@ -1076,28 +1187,35 @@ mod file_format {
         let store = FileChunkStore::open(dir.path()).unwrap();
         for block in [64, 100, 127, 192, 199, 200, 255] {
             let mut buf = [0u8; 16];
-            let e = store.read(9, block * B + 8, &mut buf).unwrap_err();
+            let e = store.read(ChunkId(9), block * B + 8, &mut buf).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Corrupt, "block {block}");
             assert!(e.message().contains("is lost"), "{e}");
         }
-        let entries = store.crc_entries(9, None, 0, 256).unwrap();
+        let entries = store.crc_entries(ChunkId(9), None, 0, 256).unwrap();
         for (b, e) in entries.iter().enumerate() {
             let lost = (64..128).contains(&b) || b >= 192;
             assert_eq!(*e == LOST_ENTRY, lost, "block {b}");
         }
         let mut buf = vec![0u8; (64 * B) as usize];
-        store.read(9, 0, &mut buf).unwrap();
+        store.read(ChunkId(9), 0, &mut buf).unwrap();
         assert_eq!(buf, &data[..(64 * B) as usize]);
         // A partial write cannot trust the block; a whole one heals it.
-        assert_eq!(kind(store.write(9, 64 * B + 1, b"x")), ErrorKind::Corrupt);
+        assert_eq!(
+            kind(store.write(ChunkId(9), 64 * B + 1, b"x")),
+            ErrorKind::Corrupt
+        );
         store
-            .write(9, 64 * B, &data[(64 * B) as usize..(65 * B) as usize])
+            .write(
+                ChunkId(9),
+                64 * B,
+                &data[(64 * B) as usize..(65 * B) as usize],
+            )
             .unwrap();
-        store.zero(9, 255 * B, B).unwrap();
+        store.zero(ChunkId(9), 255 * B, B).unwrap();
         let mut buf = vec![0u8; B as usize];
-        store.read(9, 64 * B, &mut buf).unwrap();
+        store.read(ChunkId(9), 64 * B, &mut buf).unwrap();
         assert_eq!(buf, &data[(64 * B) as usize..(65 * B) as usize]);
-        store.read(9, 255 * B, &mut buf).unwrap();
+        store.read(ChunkId(9), 255 * B, &mut buf).unwrap();
         assert!(buf.iter().all(|b| *b == 0));
     }
 
@@ -1106,49 +1224,55 @@ mod file_format {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
         for chunk in 1..=4 {
-            store.create(chunk, 1, CS).unwrap();
+            store.create(ChunkId(chunk), MapVersion(1), CS).unwrap();
         }
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        flip(&store, 1, 26); // the map version: caught by the header CRC
-        flip(&store, 2, 0); // the magic
-        flip(&store, 3, 2000); // a reserved byte, still covered by the CRC
+        flip(&store, ChunkId(1), 26); // the map version: caught by the header CRC
+        flip(&store, ChunkId(2), 0); // the magic
+        flip(&store, ChunkId(3), 2000); // a reserved byte, still covered by the CRC
 
-        let e = store.version(1).unwrap_err();
+        let e = store.version(ChunkId(1)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(
             e.message().contains("header") && e.message().contains("CRC"),
             "{e}"
         );
-        let e = store.version(2).unwrap_err();
+        let e = store.version(ChunkId(2)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(e.message().contains("magic"), "{e}");
-        assert_eq!(kind(store.version(3)), ErrorKind::Corrupt);
+        assert_eq!(kind(store.version(ChunkId(3))), ErrorKind::Corrupt);
         let mut buf = [0u8; 1];
-        assert_eq!(kind(store.read(1, 0, &mut buf)), ErrorKind::Corrupt);
+        assert_eq!(
+            kind(store.read(ChunkId(1), 0, &mut buf)),
+            ErrorKind::Corrupt
+        );
         // Unreadable replicas are not reported to the MDS.
         assert_eq!(
             store.list().unwrap(),
             vec![ChunkReplicaInfo {
-                chunk: 4,
-                version: 1
+                chunk: ChunkId(4),
+                version: MapVersion(1)
             }]
         );
         // Nor can they be silently replaced.
-        assert_eq!(kind(store.create(1, 1, CS)), ErrorKind::Corrupt);
+        assert_eq!(
+            kind(store.create(ChunkId(1), MapVersion(1), CS)),
+            ErrorKind::Corrupt
+        );
     }
 
     #[test]
     fn a_newer_format_is_refused_with_an_upgrade_hint() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(1, 1, CS).unwrap();
+        store.create(ChunkId(1), MapVersion(1), CS).unwrap();
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        open_file(&store, 1)
+        open_file(&store, ChunkId(1))
             .write_all_at(&(FORMAT_VERSION + 1).to_le_bytes(), 8)
             .unwrap();
-        let e = store.version(1).unwrap_err();
+        let e = store.version(ChunkId(1)).unwrap_err();
         assert!(e.message().contains("upgrade"), "{e}");
         assert_ne!(e.kind(), ErrorKind::NotFound);
         // Refusing to list keeps the MDS from declaring the replica lost.
@@ -1159,11 +1283,11 @@ mod file_format {
     fn a_truncated_file_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(1, 1, CS).unwrap();
+        store.create(ChunkId(1), MapVersion(1), CS).unwrap();
         drop(store);
         let store = FileChunkStore::open(dir.path()).unwrap();
-        open_file(&store, 1).set_len(4096 + 100).unwrap();
-        let e = store.version(1).unwrap_err();
+        open_file(&store, ChunkId(1)).set_len(4096 + 100).unwrap();
+        let e = store.version(ChunkId(1)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(e.message().contains("truncated"), "{e}");
     }
@@ -1172,7 +1296,7 @@ mod file_format {
     fn leftovers_of_interrupted_creates_are_removed_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileChunkStore::open(dir.path()).unwrap();
-        store.create(1, 1, CS).unwrap();
+        store.create(ChunkId(1), MapVersion(1), CS).unwrap();
         drop(store);
         let leftover = dir.path().join("chunks/0000000000000002.chunk.tmp.0");
         std::fs::write(&leftover, b"half a header").unwrap();
@@ -1181,8 +1305,8 @@ mod file_format {
         assert_eq!(
             store.list().unwrap(),
             vec![ChunkReplicaInfo {
-                chunk: 1,
-                version: 1
+                chunk: ChunkId(1),
+                version: MapVersion(1)
             }]
         );
     }
@@ -1198,7 +1322,7 @@ mod chain {
     use crate::types::{CsId, RegisterReply, Replica, MAX_IO_SIZE};
     use memory::MemNetwork;
 
-    const CHUNK: ChunkId = 0x1f2;
+    const CHUNK: ChunkId = ChunkId(0x1f2);
 
     struct Cluster {
         net: Arc<MemNetwork>,
@@ -1213,7 +1337,7 @@ mod chain {
             for (i, store) in stores.into_iter().enumerate() {
                 let id = i as CsId + 1;
                 let server = net.add_server(id, &addr(id), store);
-                server.create_chunk(CHUNK, 1, CS).await.unwrap();
+                server.create_chunk(CHUNK, MapVersion(1), CS).await.unwrap();
                 servers.push(server);
             }
             Cluster { net, servers }
@@ -1268,19 +1392,21 @@ mod chain {
     async fn a_write_reaches_every_replica() {
         let c = Cluster::mem().await;
         let data = Bytes::from(pattern(20, 3 * B as usize + 11));
-        c.write(1, 1000, WritePayload::Data(data.clone()))
+        c.write(MapVersion(1), 1000, WritePayload::Data(data.clone()))
             .await
             .unwrap();
-        c.write(1, 2000, WritePayload::Zeros(100)).await.unwrap();
+        c.write(MapVersion(1), 2000, WritePayload::Zeros(100))
+            .await
+            .unwrap();
         let mut expected = data.to_vec();
         expected[1000..1100].fill(0);
         for s in &c.servers {
             let got = s
-                .read_verified(CHUNK, 1, 1000, data.len() as u64)
+                .read_verified(CHUNK, MapVersion(1), 1000, data.len() as u64)
                 .await
                 .unwrap();
             assert_eq!(&got[..], &expected[..], "replica on CS {}", s.id());
-            s.flush(CHUNK, 1).await.unwrap();
+            s.flush(CHUNK, MapVersion(1)).await.unwrap();
         }
     }
 
@@ -1292,30 +1418,42 @@ mod chain {
         let c = Cluster::new(stores).await;
         let data = Bytes::from(pattern(21, 48 << 10));
         // 48 KiB inline, then a whole-chunk write and read (> 64 KiB).
-        c.write(1, 0, WritePayload::Data(data.clone()))
+        c.write(MapVersion(1), 0, WritePayload::Data(data.clone()))
             .await
             .unwrap();
         let whole = Bytes::from(pattern(22, CS as usize));
-        c.write(1, 0, WritePayload::Data(whole.clone()))
+        c.write(MapVersion(1), 0, WritePayload::Data(whole.clone()))
             .await
             .unwrap();
-        c.write(1, 0, WritePayload::Zeros(CS)).await.unwrap();
-        c.write(1, 0, WritePayload::Data(whole.clone()))
+        c.write(MapVersion(1), 0, WritePayload::Zeros(CS))
+            .await
+            .unwrap();
+        c.write(MapVersion(1), 0, WritePayload::Data(whole.clone()))
             .await
             .unwrap();
         for s in &c.servers {
-            assert_eq!(s.read_verified(CHUNK, 1, 0, CS).await.unwrap(), whole);
+            assert_eq!(
+                s.read_verified(CHUNK, MapVersion(1), 0, CS).await.unwrap(),
+                whole
+            );
         }
 
         // Zeroing more than MAX_IO_SIZE is one request (no bytes travel),
         // but data beyond it is refused before anything is written.
-        let big: ChunkId = 0x99;
+        let big: ChunkId = ChunkId(0x99);
         let big_size = 2 * MAX_IO_SIZE;
         for s in &c.servers {
-            s.create_chunk(big, 1, big_size).await.unwrap();
+            s.create_chunk(big, MapVersion(1), big_size).await.unwrap();
         }
-        let request =
-            |payload| WriteRequest::new(big, 1, 0, payload, vec![c.replica(1), c.replica(2)]);
+        let request = |payload| {
+            WriteRequest::new(
+                big,
+                MapVersion(1),
+                0,
+                payload,
+                vec![c.replica(1), c.replica(2)],
+            )
+        };
         c.servers[0]
             .write(request(WritePayload::Data(Bytes::from_static(b"tail"))))
             .await
@@ -1339,7 +1477,7 @@ mod chain {
         );
         for s in &c.servers {
             assert_eq!(
-                s.read_verified(big, 1, 0, 4).await.unwrap()[..],
+                s.read_verified(big, MapVersion(1), 0, 4).await.unwrap()[..],
                 [0, 0, 0, 0]
             );
         }
@@ -1348,11 +1486,15 @@ mod chain {
     #[tokio::test]
     async fn a_stale_middle_replica_is_named_and_the_head_is_named_by_none() {
         let c = Cluster::mem().await;
-        ChunkControl::set_version(c.servers[1].as_ref(), CHUNK, 2)
+        ChunkControl::set_version(c.servers[1].as_ref(), CHUNK, MapVersion(2))
             .await
             .unwrap();
         let e = c
-            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .write(
+                MapVersion(1),
+                0,
+                WritePayload::Data(Bytes::from_static(b"x")),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, Some(2));
@@ -1364,21 +1506,28 @@ mod chain {
         assert_eq!(e.failed_replica(1), 2);
         // The refusing replica did nothing.
         assert_eq!(
-            c.servers[1].read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            c.servers[1]
+                .read_verified(CHUNK, MapVersion(2), 0, 1)
+                .await
+                .unwrap()[..],
             [0]
         );
 
         // Now the head is behind the map the client has.
         for s in &c.servers[1..] {
-            ChunkControl::set_version(s.as_ref(), CHUNK, 3)
+            ChunkControl::set_version(s.as_ref(), CHUNK, MapVersion(3))
                 .await
                 .unwrap();
         }
-        ChunkControl::set_version(c.servers[0].as_ref(), CHUNK, 2)
+        ChunkControl::set_version(c.servers[0].as_ref(), CHUNK, MapVersion(2))
             .await
             .unwrap();
         let e = c
-            .write(3, 0, WritePayload::Data(Bytes::from_static(b"y")))
+            .write(
+                MapVersion(3),
+                0,
+                WritePayload::Data(Bytes::from_static(b"y")),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, None);
@@ -1386,12 +1535,12 @@ mod chain {
         assert_eq!(e.error.kind(), ErrorKind::Stale);
 
         let e = c.servers[0]
-            .read_verified(CHUNK, 1, 0, 1)
+            .read_verified(CHUNK, MapVersion(1), 0, 1)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Stale);
         assert_eq!(
-            ChunkService::flush(c.servers[0].as_ref(), CHUNK, 3)
+            ChunkService::flush(c.servers[0].as_ref(), CHUNK, MapVersion(3))
                 .await
                 .unwrap_err()
                 .kind(),
@@ -1404,7 +1553,11 @@ mod chain {
         let c = Cluster::mem().await;
         c.net.set_reachable(&addr(3), false);
         let e = c
-            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .write(
+                MapVersion(1),
+                0,
+                WritePayload::Data(Bytes::from_static(b"x")),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, Some(3));
@@ -1413,12 +1566,20 @@ mod chain {
 
         // A removed (dead) middle server is named the same way.
         c.net.set_reachable(&addr(3), true);
-        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
-            .await
-            .unwrap();
+        c.write(
+            MapVersion(1),
+            0,
+            WritePayload::Data(Bytes::from_static(b"x")),
+        )
+        .await
+        .unwrap();
         c.net.remove(&addr(2));
         let e = c
-            .write(1, 0, WritePayload::Data(Bytes::from_static(b"z")))
+            .write(
+                MapVersion(1),
+                0,
+                WritePayload::Data(Bytes::from_static(b"z")),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, Some(2));
@@ -1430,7 +1591,11 @@ mod chain {
         let c = Cluster::mem().await;
         c.net.set_reachable(&addr(2), false);
         let e = c
-            .write(1, CS, WritePayload::Data(Bytes::from_static(b"x")))
+            .write(
+                MapVersion(1),
+                CS,
+                WritePayload::Data(Bytes::from_static(b"x")),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, None);
@@ -1443,7 +1608,10 @@ mod chain {
         let c = Cluster::mem().await;
         let s = &c.servers[0];
         s.set_serving(false);
-        let e = s.read_verified(CHUNK, 1, 0, 1).await.unwrap_err();
+        let e = s
+            .read_verified(CHUNK, MapVersion(1), 0, 1)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(
             e.message()
@@ -1451,7 +1619,11 @@ mod chain {
             "{e}"
         );
         let e = c
-            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .write(
+                MapVersion(1),
+                0,
+                WritePayload::Data(Bytes::from_static(b"x")),
+            )
             .await
             .unwrap_err();
         assert_eq!(
@@ -1459,7 +1631,7 @@ mod chain {
             (None, ErrorKind::Unavailable)
         );
         assert_eq!(
-            ChunkService::flush(s.as_ref(), CHUNK, 1)
+            ChunkService::flush(s.as_ref(), CHUNK, MapVersion(1))
                 .await
                 .unwrap_err()
                 .kind(),
@@ -1469,7 +1641,11 @@ mod chain {
         s.set_serving(true);
         c.servers[1].set_serving(false);
         let e = c
-            .write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
+            .write(
+                MapVersion(1),
+                0,
+                WritePayload::Data(Bytes::from_static(b"x")),
+            )
             .await
             .unwrap_err();
         assert_eq!(
@@ -1479,7 +1655,10 @@ mod chain {
 
         // Control works regardless.
         let closed = &c.servers[1];
-        closed.create_chunk(99, 4, CS).await.unwrap();
+        closed
+            .create_chunk(ChunkId(99), MapVersion(4), CS)
+            .await
+            .unwrap();
         assert_eq!(closed.list_chunks().await.unwrap().len(), 2);
 
         // Registration reports the replicas; the reply's deletions apply.
@@ -1491,18 +1670,18 @@ mod chain {
             reg.chunks,
             vec![
                 ChunkReplicaInfo {
-                    chunk: 99,
-                    version: 4
+                    chunk: ChunkId(99),
+                    version: MapVersion(4)
                 },
                 ChunkReplicaInfo {
                     chunk: CHUNK,
-                    version: 1
+                    version: MapVersion(1)
                 }
             ]
         );
         closed
             .apply_register_reply(&RegisterReply {
-                delete: vec![99],
+                delete: vec![ChunkId(99)],
                 stale: vec![],
                 heartbeat_interval_ms: 1000,
             })
@@ -1510,19 +1689,36 @@ mod chain {
             .unwrap();
         closed.set_serving(true);
         // The write refused while it was closed never reached it.
-        assert_eq!(closed.read_verified(CHUNK, 1, 0, 1).await.unwrap()[..], [0]);
-        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
-            .await
-            .unwrap();
         assert_eq!(
-            closed.read_verified(CHUNK, 1, 0, 1).await.unwrap()[..],
+            closed
+                .read_verified(CHUNK, MapVersion(1), 0, 1)
+                .await
+                .unwrap()[..],
+            [0]
+        );
+        c.write(
+            MapVersion(1),
+            0,
+            WritePayload::Data(Bytes::from_static(b"x")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            closed
+                .read_verified(CHUNK, MapVersion(1), 0, 1)
+                .await
+                .unwrap()[..],
             [b'x']
         );
         assert_eq!(
-            closed.read_verified(99, 4, 0, 1).await.unwrap_err().kind(),
+            closed
+                .read_verified(ChunkId(99), MapVersion(4), 0, 1)
+                .await
+                .unwrap_err()
+                .kind(),
             ErrorKind::NotFound
         );
-        closed.delete_chunk(99).await.unwrap();
+        closed.delete_chunk(ChunkId(99)).await.unwrap();
     }
 
     /// Seed 484: a replica the MDS keeps out of its chain is not served at
@@ -1531,35 +1727,45 @@ mod chain {
     #[tokio::test]
     async fn a_replica_named_stale_is_not_served_at_its_version() {
         let c = Cluster::mem().await;
-        c.write(1, 0, WritePayload::Data(Bytes::from_static(b"x")))
-            .await
-            .unwrap();
+        c.write(
+            MapVersion(1),
+            0,
+            WritePayload::Data(Bytes::from_static(b"x")),
+        )
+        .await
+        .unwrap();
         let away = &c.servers[2];
         away.set_serving(false);
         away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
-            stale: vec![CHUNK, 0x777],
+            stale: vec![CHUNK, ChunkId(0x777)],
             heartbeat_interval_ms: 1000,
             ..Default::default()
         })
         .await
         .unwrap();
         away.set_serving(true);
-        let err = away.read_verified(CHUNK, 1, 0, 1).await.unwrap_err();
+        let err = away
+            .read_verified(CHUNK, MapVersion(1), 0, 1)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Stale, "{err}");
         assert!(err.message().contains("in no chain"), "{err}");
         assert_eq!(
-            away.flush(CHUNK, 1).await.unwrap_err().kind(),
+            away.flush(CHUNK, MapVersion(1)).await.unwrap_err().kind(),
             ErrorKind::Stale
         );
         assert_eq!(
-            away.block_crcs(CHUNK, 1, 0, B).await.unwrap_err().kind(),
+            away.block_crcs(CHUNK, MapVersion(1), 0, B)
+                .await
+                .unwrap_err()
+                .kind(),
             ErrorKind::Stale
         );
         let err = away
             .write(WriteRequest::new(
                 CHUNK,
-                1,
+                MapVersion(1),
                 0,
                 WritePayload::Data(Bytes::from_static(b"y")),
                 vec![],
@@ -1569,13 +1775,18 @@ mod chain {
         assert_eq!(err.error.kind(), ErrorKind::Stale, "{}", err.error);
         // The other replicas serve.
         assert_eq!(
-            c.servers[1].read_verified(CHUNK, 1, 0, 1).await.unwrap()[..],
+            c.servers[1]
+                .read_verified(CHUNK, MapVersion(1), 0, 1)
+                .await
+                .unwrap()[..],
             [b'x']
         );
         // Brought to a newer version (as a copy ends): served again.
-        away.set_version(CHUNK, 2).await.unwrap();
+        away.set_version(CHUNK, MapVersion(2)).await.unwrap();
         assert_eq!(
-            away.read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            away.read_verified(CHUNK, MapVersion(2), 0, 1)
+                .await
+                .unwrap()[..],
             [b'x']
         );
         // A registration that names nothing stale lifts every fence.
@@ -1586,19 +1797,24 @@ mod chain {
         })
         .await
         .unwrap();
-        assert!(away.read_verified(CHUNK, 2, 0, 1).await.is_err());
+        assert!(away
+            .read_verified(CHUNK, MapVersion(2), 0, 1)
+            .await
+            .is_err());
         away.registration(&addr(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply::default())
             .await
             .unwrap();
         assert_eq!(
-            away.read_verified(CHUNK, 2, 0, 1).await.unwrap()[..],
+            away.read_verified(CHUNK, MapVersion(2), 0, 1)
+                .await
+                .unwrap()[..],
             [b'x']
         );
         // The fence is at the version registered: a copy that moved the
         // replica on before the reply arrived made it current.
         away.registration(&addr(3)).await.unwrap();
-        away.set_version(CHUNK, 3).await.unwrap();
+        away.set_version(CHUNK, MapVersion(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK],
             ..Default::default()
@@ -1606,7 +1822,9 @@ mod chain {
         .await
         .unwrap();
         assert_eq!(
-            away.read_verified(CHUNK, 3, 0, 1).await.unwrap()[..],
+            away.read_verified(CHUNK, MapVersion(3), 0, 1)
+                .await
+                .unwrap()[..],
             [b'x']
         );
     }
@@ -1624,22 +1842,24 @@ mod chain {
             let offset = (i * 977) % (CS - B);
             let data = pattern(100 + i, B as usize);
             model[offset as usize..(offset + B) as usize].copy_from_slice(&data);
-            c.write(1, offset, WritePayload::Data(Bytes::from(data)))
+            c.write(MapVersion(1), offset, WritePayload::Data(Bytes::from(data)))
                 .await
                 .unwrap();
         }
         for s in &c.servers {
-            ChunkService::flush(s.as_ref(), CHUNK, 1).await.unwrap();
+            ChunkService::flush(s.as_ref(), CHUNK, MapVersion(1))
+                .await
+                .unwrap();
             assert_eq!(
-                s.read_verified(CHUNK, 1, 0, CS).await.unwrap()[..],
+                s.read_verified(CHUNK, MapVersion(1), 0, CS).await.unwrap()[..],
                 model[..]
             );
-            ChunkControl::set_version(s.as_ref(), CHUNK, 2)
+            ChunkControl::set_version(s.as_ref(), CHUNK, MapVersion(2))
                 .await
                 .unwrap();
         }
         assert_eq!(
-            c.write(1, 0, WritePayload::Zeros(1))
+            c.write(MapVersion(1), 0, WritePayload::Zeros(1))
                 .await
                 .unwrap_err()
                 .error
@@ -1674,7 +1894,7 @@ mod chain {
             tasks.push(tokio::spawn(async move {
                 for i in 0..n / 8 {
                     let offset = ((t * 7919 + i * 13) % (CS / B)) * B;
-                    c.write(1, offset, WritePayload::Data(block.clone()))
+                    c.write(MapVersion(1), offset, WritePayload::Data(block.clone()))
                         .await
                         .unwrap();
                 }

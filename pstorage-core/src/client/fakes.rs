@@ -498,7 +498,7 @@ impl MetadataService for FakeMds {
                 path.clone(),
                 FakeFile {
                     stat: Stat {
-                        ino,
+                        ino: InodeId(ino),
                         kind: InodeKind::File,
                         size: 0,
                         mtime_ms: 0,
@@ -521,7 +521,7 @@ impl MetadataService for FakeMds {
             f.stat.size = 0;
             f.chunks.clear();
         }
-        let id = st.next_lease;
+        let id = LeaseId(st.next_lease);
         st.next_lease += 1;
         st.leases.insert(
             id,
@@ -594,7 +594,7 @@ impl MetadataService for FakeMds {
         }
         for dir in missing.into_iter().rev() {
             let mut stat = st.dirs[&parent_of(&dir)].clone();
-            stat.ino = st.next_ino;
+            stat.ino = InodeId(st.next_ino);
             st.next_ino += 1;
             st.dirs.insert(dir, stat);
         }
@@ -761,12 +761,14 @@ impl MetadataService for FakeMds {
             })
             .collect();
         for r in &replicas {
-            self.cluster.cs(r.cs).create(chunk_id, 1, chunk_size);
+            self.cluster
+                .cs(r.cs)
+                .create(ChunkId(chunk_id), MapVersion(1), chunk_size);
         }
         let map = ChunkMap {
-            chunk: chunk_id,
+            chunk: ChunkId(chunk_id),
             index,
-            version: 1,
+            version: MapVersion(1),
             replicas,
         };
         file.chunks.insert(index, map.clone());

@@ -562,13 +562,13 @@ fn spawn_renewal(file: Weak<FileInner>, duration_ms: u64) -> tokio::task::JoinHa
                         ErrorKind::Stale | ErrorKind::BadHandle | ErrorKind::NotFound
                     ) =>
                 {
-                    tracing::warn!(path = %file.path, lease = file.lease.id, error = %e,
+                    tracing::warn!(path = %file.path, lease = %file.lease.id, error = %e,
                         "lease lost; the file is fenced");
                     file.fenced.store(true, Ordering::Release);
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(path = %file.path, lease = file.lease.id, error = %e,
+                    tracing::warn!(path = %file.path, lease = %file.lease.id, error = %e,
                         "lease renewal failed; retrying");
                     delay = retry_period;
                 }
@@ -731,7 +731,7 @@ impl FileInner {
             MapSource::Given(map) => Ok(Some(map)),
             MapSource::Cache if allocate => self.chunk_map(index, Want::Allocated).await,
             MapSource::Cache => self.chunk_map(index, Want::Read).await,
-            MapSource::NewerThan(v) => self.chunk_map(index, Want::NewerThan(v)).await,
+            MapSource::NewerThan(v) => self.chunk_map(index, Want::NewerThan(MapVersion(v))).await,
         }
     }
 
@@ -912,7 +912,7 @@ impl FileInner {
                     let cause = Error::unavailable("the MDS lists no replica for it");
                     return Err(self.gave_up(op, index, Some(&map), &retry, cause));
                 }
-                source = MapSource::NewerThan(map.version);
+                source = MapSource::NewerThan(map.version.0);
                 continue;
             };
             let request = WriteRequest {
@@ -958,7 +958,7 @@ impl FileInner {
                 // The bytes changed between two nodes (the wire, a
                 // buffer) and the receiver refused them: nothing is wrong
                 // with a replica. Send the same write again.
-                tracing::warn!(path = %self.path, index, chunk = map.chunk, cs = failed,
+                tracing::warn!(path = %self.path, index, chunk = %map.chunk, cs = %failed,
                     error = %error.error, "a write failed its end-to-end check; sending it again");
                 if !retry.wait().await {
                     return Err(self.gave_up(op, index, Some(&map), &retry, cause));
@@ -966,7 +966,7 @@ impl FileInner {
                 source = MapSource::Given(map);
                 continue;
             }
-            tracing::debug!(path = %self.path, index, chunk = map.chunk, cs = failed,
+            tracing::debug!(path = %self.path, index, chunk = %map.chunk, cs = %failed,
                 error = %error.error, "chain write failed");
             source = match self.recover(&map, failed, kind, allocate).await {
                 Recovery::Retry(next) => MapSource::Given(next),
@@ -977,7 +977,7 @@ impl FileInner {
                         let cause = with_mds_answer(cause, mds);
                         return Err(self.gave_up(op, index, Some(&map), &retry, cause));
                     }
-                    MapSource::NewerThan(map.version)
+                    MapSource::NewerThan(map.version.0)
                 }
                 Recovery::Fatal(e) => return Err(self.fatal(op, index, Some(&map), e)),
             };
@@ -1004,7 +1004,7 @@ impl FileInner {
                     file.maps.install(map);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %file.path, chunk, cs, error = %e,
+                Err(e) => tracing::warn!(path = %file.path, %chunk, cs, error = %e,
                     "could not report a bad replica to the MDS"),
             }
         });
@@ -1098,7 +1098,7 @@ impl FileInner {
                         }
                     }
                 }
-                tracing::debug!(path = %self.path, index, chunk = map.chunk, cs = replica.cs,
+                tracing::debug!(path = %self.path, index, chunk = %map.chunk, cs = %replica.cs,
                     error = %error, "replica read failed; trying the next");
                 if error.kind() == ErrorKind::Corrupt {
                     // The chunk server found it and repairs its blocks from
@@ -1109,8 +1109,8 @@ impl FileInner {
                 } else if error.kind() == ErrorKind::Checksum {
                     // Changed between that chunk server's check and here
                     // (the wire, a buffer): the replica is not to blame.
-                    tracing::warn!(path = %self.path, index, chunk = map.chunk,
-                        cs = replica.cs, error = %error,
+                    tracing::warn!(path = %self.path, index, chunk = %map.chunk,
+                        cs = %replica.cs, error = %error,
                         "a read failed its end-to-end check; reading another replica");
                 } else {
                     self.report_in_background(&map, replica.cs, failure_reason(error.kind()));
@@ -1129,7 +1129,7 @@ impl FileInner {
             if !retry.wait().await {
                 return Err(self.gave_up("read", index, Some(&map), &retry, last_cause));
             }
-            source = MapSource::NewerThan(map.version);
+            source = MapSource::NewerThan(map.version.0);
         }
     }
 
@@ -1301,7 +1301,7 @@ impl FileInner {
                         let cause = with_mds_answer(cause, mds);
                         return Err(self.gave_up("flush", index, Some(&map), &retry, cause));
                     }
-                    MapSource::NewerThan(map.version)
+                    MapSource::NewerThan(map.version.0)
                 }
                 Recovery::Fatal(e) => return Err(self.fatal("flush", index, Some(&map), e)),
             };

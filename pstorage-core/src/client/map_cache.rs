@@ -117,13 +117,14 @@ impl MapCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::ChunkId;
     use crate::types::Replica;
 
     fn map(chunk: u64, index: u64, version: u64) -> ChunkMap {
         ChunkMap {
-            chunk,
+            chunk: ChunkId(chunk),
             index,
-            version,
+            version: MapVersion(version),
             replicas: vec![Replica {
                 cs: 1,
                 addr: "cs1".into(),
@@ -139,13 +140,15 @@ mod tests {
         assert!(matches!(cache.lookup(0, Want::Read), Lookup::Hit(None)));
         assert!(matches!(cache.lookup(0, Want::Allocated), Lookup::Miss(_)));
         cache.install(map(7, 0, 2));
-        assert!(matches!(cache.lookup(0, Want::Allocated), Lookup::Hit(Some(m)) if m.version == 2));
+        assert!(
+            matches!(cache.lookup(0, Want::Allocated), Lookup::Hit(Some(m)) if m.version == MapVersion(2))
+        );
         assert!(matches!(
-            cache.lookup(0, Want::NewerThan(2)),
+            cache.lookup(0, Want::NewerThan(MapVersion(2))),
             Lookup::Miss(_)
         ));
         assert!(matches!(
-            cache.lookup(0, Want::NewerThan(1)),
+            cache.lookup(0, Want::NewerThan(MapVersion(1))),
             Lookup::Hit(Some(_))
         ));
     }
@@ -154,11 +157,11 @@ mod tests {
     fn install_never_goes_back_in_version() {
         let cache = MapCache::default();
         cache.install(map(7, 0, 5));
-        assert_eq!(cache.install(map(7, 0, 4)).version, 5);
+        assert_eq!(cache.install(map(7, 0, 4)).version, MapVersion(5));
         cache.install_absent(0);
-        assert_eq!(cache.cached(0).unwrap().version, 5);
+        assert_eq!(cache.cached(0).unwrap().version, MapVersion(5));
         // Re-allocated after a truncate: another chunk id replaces it.
-        assert_eq!(cache.install(map(9, 0, 1)).chunk, 9);
+        assert_eq!(cache.install(map(9, 0, 1)).chunk, ChunkId(9));
         cache.forget_from(0);
         assert!(cache.cached(0).is_none());
     }

@@ -1,5 +1,6 @@
 //! Unit tests of the client against the in-memory fakes.
 
+use crate::types::MapVersion;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,7 +193,7 @@ async fn failed_middle_replica_is_reported_and_write_completes_on_survivors() {
     assert_eq!(reports[0].2, 2);
     assert_eq!(reports[0].3, FailureReason::IoError);
     let map = env.mds.map("/f", 0).unwrap();
-    assert_eq!(map.version, 2);
+    assert_eq!(map.version, MapVersion(2));
     assert_eq!(
         map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
         vec![1, 3]
@@ -306,7 +307,7 @@ async fn replica_behind_the_map_is_reported_as_version_mismatch() {
     let map = env.mds.map("/v", 0).unwrap();
     // CS 3 missed a version bump: the MDS and the client agree on v2.
     env.mds.bump_version("/v", 0);
-    env.cluster.cs(3).set_version(map.chunk, 1);
+    env.cluster.cs(3).set_version(map.chunk, MapVersion(1));
     file.write_at(0, b"two").await.unwrap();
     let reports = env.mds.with(|s| s.reports.clone());
     assert_eq!(reports.len(), 1, "{reports:?}");
@@ -315,8 +316,8 @@ async fn replica_behind_the_map_is_reported_as_version_mismatch() {
         (3, FailureReason::VersionMismatch)
     );
     let map = env.mds.map("/v", 0).unwrap();
-    assert_eq!(map.version, 3);
-    assert_eq!(env.cluster.cs(3).version(map.chunk), Some(1));
+    assert_eq!(map.version, MapVersion(3));
+    assert_eq!(env.cluster.cs(3).version(map.chunk), Some(MapVersion(1)));
     assert_eq!(&env.cluster.cs(2).data(map.chunk).unwrap()[..3], b"two");
 }
 

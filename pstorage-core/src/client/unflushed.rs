@@ -160,15 +160,18 @@ mod tests {
     #[test]
     fn records_are_kept_until_a_flush_that_covers_them() {
         let mut u = Unflushed::default();
-        u.record(0, 0, data(10), 1);
-        u.record(0, 10, WritePayload::Zeros(5), 1);
-        u.record(1, 0, data(4), 2);
+        u.record(0, 0, data(10), MapVersion(1));
+        u.record(0, 10, WritePayload::Zeros(5), MapVersion(1));
+        u.record(1, 0, data(4), MapVersion(2));
         assert_eq!(u.bytes(), 14);
         let covered = u.start_flush();
         // A write acknowledged while the flush runs is not covered by it.
-        u.record(0, 20, data(3), 1);
-        assert!(!u.needs_replay(0, 1));
-        assert!(u.needs_replay(0, 2), "acknowledged at 1, the chunk is at 2");
+        u.record(0, 20, data(3), MapVersion(1));
+        assert!(!u.needs_replay(0, MapVersion(1)));
+        assert!(
+            u.needs_replay(0, MapVersion(2)),
+            "acknowledged at 1, the chunk is at 2"
+        );
         u.flushed(0, covered);
         assert_eq!(u.records(0).len(), 1, "{:?}", u.records(0));
         assert_eq!(u.records(0)[0].offset, 20);
@@ -184,18 +187,18 @@ mod tests {
     #[test]
     fn a_replayed_record_takes_the_version_it_was_written_at() {
         let mut u = Unflushed::default();
-        u.record(3, 0, data(1), 4);
-        u.record(3, 1, data(1), 5);
-        assert!(u.needs_replay(3, 5));
-        u.replayed(3, 0, 5);
-        assert!(!u.needs_replay(3, 5));
+        u.record(3, 0, data(1), MapVersion(4));
+        u.record(3, 1, data(1), MapVersion(5));
+        assert!(u.needs_replay(3, MapVersion(5)));
+        u.replayed(3, 0, MapVersion(5));
+        assert!(!u.needs_replay(3, MapVersion(5)));
     }
 
     #[test]
     fn truncation_forgets_the_chunks_it_removes() {
         let mut u = Unflushed::default();
         for index in 0..4 {
-            u.record(index, 0, data(2), 1);
+            u.record(index, 0, data(2), MapVersion(1));
         }
         u.forget_from(2);
         assert_eq!(u.bytes(), 4);

@@ -2,6 +2,7 @@
 //! versions, deletes, copies and probes replicas, run through a
 //! [`ChunkTransport`].
 
+use crate::types::MapVersion;
 use bytes::Bytes;
 
 use super::{case, kind, ChunkTransport, ChunkWorld};
@@ -10,7 +11,7 @@ use crate::traits::{ChunkControl, ChunkService, WritePayload, WriteRequest};
 use crate::types::{ChunkId, ChunkReplicaInfo, BLOCK_SIZE, DEFAULT_CHUNK_SIZE};
 
 const SUITE: &str = "ChunkControl";
-const CHUNK: ChunkId = 0xc0de;
+const CHUNK: ChunkId = ChunkId(0xc0de);
 const BS: usize = BLOCK_SIZE as usize;
 
 /// Runs every case of the suite through `transport`.
@@ -57,30 +58,34 @@ pub async fn run(transport: &dyn ChunkTransport) {
 }
 
 fn listed(chunk: ChunkId, version: u64) -> Vec<ChunkReplicaInfo> {
-    vec![ChunkReplicaInfo { chunk, version }]
+    vec![ChunkReplicaInfo {
+        chunk,
+        version: MapVersion(version),
+    }]
 }
 
 async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
     let ctl = t.control(&w, 1).await;
     assert!(ctl.list_chunks().await.unwrap().is_empty());
-    ctl.create_chunk(CHUNK, 3, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK, MapVersion(3), DEFAULT_CHUNK_SIZE)
         .await
         .expect("creating a replica");
-    ctl.create_chunk(CHUNK, 3, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK, MapVersion(3), DEFAULT_CHUNK_SIZE)
         .await
         .expect("creating it again at the same version");
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 3));
     // A new replica is empty and serves at its version.
     let back = w
         .server(1)
-        .read_verified(CHUNK, 3, 0, BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(3), 0, BLOCK_SIZE)
         .await
         .unwrap();
     assert!(back.iter().all(|&b| b == 0));
     assert_eq!(
         kind(
             "a chunk size that is no multiple of the block",
-            ctl.create_chunk(CHUNK + 1, 1, DEFAULT_CHUNK_SIZE + 1).await
+            ctl.create_chunk(CHUNK + 1, MapVersion(1), DEFAULT_CHUNK_SIZE + 1)
+                .await
         ),
         ErrorKind::InvalidArgument
     );
@@ -88,16 +93,18 @@ async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
     let ctl = t.control(&w, 1).await;
-    ctl.create_chunk(CHUNK, 1, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK, MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    ctl.set_version(CHUNK, 3).await.expect("moving forward");
+    ctl.set_version(CHUNK, MapVersion(3))
+        .await
+        .expect("moving forward");
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 3));
-    ctl.set_version(CHUNK, 3)
+    ctl.set_version(CHUNK, MapVersion(3))
         .await
         .expect("setting the same version again");
     assert_eq!(
-        kind("moving back", ctl.set_version(CHUNK, 2).await),
+        kind("moving back", ctl.set_version(CHUNK, MapVersion(2)).await),
         ErrorKind::Stale
     );
     assert_eq!(
@@ -106,34 +113,39 @@ async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         "unchanged"
     );
     assert_eq!(
-        kind("a replica not held", ctl.set_version(CHUNK + 1, 9).await),
+        kind(
+            "a replica not held",
+            ctl.set_version(CHUNK + 1, MapVersion(9)).await
+        ),
         ErrorKind::NotFound
     );
     // The data path follows the new version.
     w.server(1)
-        .read_verified(CHUNK, 3, 0, BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(3), 0, BLOCK_SIZE)
         .await
         .expect("reads at the new version");
 }
 
 async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {
     let ctl = t.control(&w, 1).await;
-    ctl.create_chunk(CHUNK, 1, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK, MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
-    ctl.create_chunk(CHUNK + 1, 1, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK + 1, MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
     ctl.delete_chunk(CHUNK).await.expect("deleting a replica");
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK + 1, 1));
     ctl.delete_chunk(CHUNK).await.expect("deleting it again");
-    ctl.delete_chunk(0x404)
+    ctl.delete_chunk(ChunkId(0x404))
         .await
         .expect("deleting one never held");
     assert_eq!(
         kind(
             "reading a deleted replica",
-            w.server(1).read_verified(CHUNK, 1, 0, BLOCK_SIZE).await
+            w.server(1)
+                .read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE)
+                .await
         ),
         ErrorKind::NotFound
     );
@@ -146,12 +158,12 @@ async fn source_with_data(w: &ChunkWorld, version: u64) -> Bytes {
         .collect::<Vec<u8>>()
         .into();
     let src = w.server(2);
-    src.create_chunk(CHUNK, version, DEFAULT_CHUNK_SIZE)
+    src.create_chunk(CHUNK, MapVersion(version), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
     src.write(WriteRequest::new(
         CHUNK,
-        version,
+        MapVersion(version),
         3 * BLOCK_SIZE,
         WritePayload::Data(data.clone()),
         vec![],
@@ -170,7 +182,7 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
         "no copy runs yet"
     );
     let stats = ctl
-        .replicate_chunk(CHUNK, 7, DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+        .replicate_chunk(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
         .await
         .expect("a copy from a current source");
     assert_eq!(stats.bytes_compared, DEFAULT_CHUNK_SIZE, "{stats:?}");
@@ -181,7 +193,7 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 7));
     let back = w
         .server(1)
-        .read_verified(CHUNK, 7, 3 * BLOCK_SIZE, BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(7), 3 * BLOCK_SIZE, BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(back, data, "the copy holds the source's bytes");
@@ -193,7 +205,7 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
 
     // Again, onto the replica now held: nothing differs, nothing moves.
     let again = ctl
-        .replicate_chunk(CHUNK, 7, DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+        .replicate_chunk(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
         .await
         .expect("a copy onto an identical replica");
     assert_eq!(again.bytes_copied, 0, "{again:?}");
@@ -206,7 +218,7 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a copy from itself",
-            ctl.replicate_chunk(CHUNK, 5, DEFAULT_CHUNK_SIZE, w.replica(1), 0)
+            ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(1), 0)
                 .await
         ),
         ErrorKind::InvalidArgument
@@ -214,27 +226,33 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a copy of a bad chunk size",
-            ctl.replicate_chunk(CHUNK, 5, DEFAULT_CHUNK_SIZE + 1, w.replica(2), 0)
-                .await
+            ctl.replicate_chunk(
+                CHUNK,
+                MapVersion(5),
+                DEFAULT_CHUNK_SIZE + 1,
+                w.replica(2),
+                0
+            )
+            .await
         ),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
         kind(
             "a copy from a source at another version",
-            ctl.replicate_chunk(CHUNK, 6, DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+            ctl.replicate_chunk(CHUNK, MapVersion(6), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
                 .await
         ),
         ErrorKind::Stale
     );
     // A replica held here that is newer than the copy's version.
-    ctl.create_chunk(CHUNK, 9, DEFAULT_CHUNK_SIZE)
+    ctl.create_chunk(CHUNK, MapVersion(9), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
     assert_eq!(
         kind(
             "a copy older than the replica held",
-            ctl.replicate_chunk(CHUNK, 5, DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+            ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
                 .await
         ),
         ErrorKind::Stale
@@ -249,7 +267,7 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     w.net.set_reachable(&ChunkWorld::addr(2), false);
     let e = kind(
         "a copy from an unreachable source",
-        ctl.replicate_chunk(CHUNK, 5, DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+        ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
             .await,
     );
     assert_eq!(e, ErrorKind::Unavailable);

@@ -13,7 +13,7 @@ use crate::types::{
 };
 
 const SUITE: &str = "ChunkService";
-const CHUNK: ChunkId = 0x5eed;
+const CHUNK: ChunkId = ChunkId(0x5eed);
 const BS: usize = BLOCK_SIZE as usize;
 
 /// Runs every case of the suite through `transport`.
@@ -119,11 +119,11 @@ fn replica_error(what: &str, r: std::result::Result<(), ReplicaError>) -> Replic
 }
 
 async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1], 1).await;
+    create_on(&w, &[1], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     let data = pattern(1, 3 * BS);
     svc.write(write(
-        1,
+        MapVersion(1),
         2 * BLOCK_SIZE,
         WritePayload::Data(data.clone()),
         vec![],
@@ -131,11 +131,14 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     .await
     .expect("a write at the replica's version");
     let back = svc
-        .read_verified(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(1), 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(back, data, "the bytes written read back");
-    let head = svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await.unwrap();
+    let head = svc
+        .read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE)
+        .await
+        .unwrap();
     assert_eq!(
         &head[..],
         &[0u8; BS][..],
@@ -143,7 +146,7 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     // A read across written and unwritten bytes, not block-aligned.
     let mixed = svc
-        .read_verified(CHUNK, 1, BLOCK_SIZE + 100, BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(1), BLOCK_SIZE + 100, BLOCK_SIZE)
         .await
         .unwrap();
     assert_eq!(mixed.len(), BS);
@@ -151,15 +154,20 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(&mixed[BS - 100..], &data[..100]);
     // Far beyond anything written, still inside the chunk.
     let tail = svc
-        .read_verified(CHUNK, 1, DEFAULT_CHUNK_SIZE - BLOCK_SIZE, BLOCK_SIZE)
+        .read_verified(
+            CHUNK,
+            MapVersion(1),
+            DEFAULT_CHUNK_SIZE - BLOCK_SIZE,
+            BLOCK_SIZE,
+        )
         .await
         .unwrap();
     assert!(tail.iter().all(|&b| b == 0));
-    svc.flush(CHUNK, 1)
+    svc.flush(CHUNK, MapVersion(1))
         .await
         .expect("a flush at the replica's version");
     assert_eq!(
-        svc.read_verified(CHUNK, 1, 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
+        svc.read_verified(CHUNK, MapVersion(1), 2 * BLOCK_SIZE, 3 * BLOCK_SIZE)
             .await
             .unwrap(),
         data
@@ -167,11 +175,11 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1, 2, 3], 4).await;
+    create_on(&w, &[1, 2, 3], MapVersion(4)).await;
     let svc = t.service(&w, 1).await;
     let data = pattern(2, 5 * BS + 17);
     svc.write(write(
-        4,
+        MapVersion(4),
         7,
         WritePayload::Data(data.clone()),
         vec![w.replica(2), w.replica(3)],
@@ -181,7 +189,7 @@ async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
     for id in 1..=3 {
         let back = w
             .server(id)
-            .read_verified(CHUNK, 4, 7, data.len() as u64)
+            .read_verified(CHUNK, MapVersion(4), 7, data.len() as u64)
             .await
             .unwrap();
         assert_eq!(back, data, "replica {id} holds the chain write");
@@ -189,36 +197,44 @@ async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1], 5).await;
+    create_on(&w, &[1], MapVersion(5)).await;
     let svc = t.service(&w, 1).await;
     let e = replica_error(
         "a write at an older version",
-        svc.write(write(4, 0, WritePayload::Data(pattern(3, BS)), vec![]))
-            .await,
+        svc.write(write(
+            MapVersion(4),
+            0,
+            WritePayload::Data(pattern(3, BS)),
+            vec![],
+        ))
+        .await,
     );
     assert_eq!(e.error.kind(), ErrorKind::Stale, "{e}");
     assert_eq!(e.failed_replica(1), 1, "the receiver itself refused: {e:?}");
     assert_eq!(
         kind(
             "a read at a newer version",
-            svc.read_verified(CHUNK, 6, 0, BLOCK_SIZE).await
+            svc.read_verified(CHUNK, MapVersion(6), 0, BLOCK_SIZE).await
         ),
         ErrorKind::Stale
     );
     assert_eq!(
-        kind("a flush at an older version", svc.flush(CHUNK, 4).await),
+        kind(
+            "a flush at an older version",
+            svc.flush(CHUNK, MapVersion(4)).await
+        ),
         ErrorKind::Stale
     );
     assert_eq!(
         kind(
             "CRC entries at an older version",
-            svc.block_crcs(CHUNK, 4, 0, BLOCK_SIZE).await
+            svc.block_crcs(CHUNK, MapVersion(4), 0, BLOCK_SIZE).await
         ),
         ErrorKind::Stale
     );
     let back = w
         .server(1)
-        .read_verified(CHUNK, 5, 0, BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(5), 0, BLOCK_SIZE)
         .await
         .unwrap();
     assert!(
@@ -228,13 +244,13 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn chain_failure(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1, 2, 3], 2).await;
+    create_on(&w, &[1, 2, 3], MapVersion(2)).await;
     let svc = t.service(&w, 1).await;
     w.net.set_reachable(&ChunkWorld::addr(3), false);
     let e = replica_error(
         "a chain write whose last replica is unreachable",
         svc.write(write(
-            2,
+            MapVersion(2),
             0,
             WritePayload::Data(pattern(4, BS)),
             vec![w.replica(2), w.replica(3)],
@@ -246,11 +262,11 @@ async fn chain_failure(w: ChunkWorld, t: &dyn ChunkTransport) {
     w.net.set_reachable(&ChunkWorld::addr(3), true);
 
     // The second replica at another version: it refuses, and is named.
-    w.server(2).set_version(CHUNK, 3).await.unwrap();
+    w.server(2).set_version(CHUNK, MapVersion(3)).await.unwrap();
     let e = replica_error(
         "a chain write whose second replica is at another version",
         svc.write(write(
-            2,
+            MapVersion(2),
             0,
             WritePayload::Data(pattern(5, BS)),
             vec![w.replica(2), w.replica(3)],
@@ -262,11 +278,11 @@ async fn chain_failure(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1, 2], 1).await;
+    create_on(&w, &[1, 2], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     let data = pattern(6, 2 * BS);
     svc.write(write(
-        1,
+        MapVersion(1),
         0,
         WritePayload::Data(data.clone()),
         vec![w.replica(2)],
@@ -274,7 +290,7 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
     .await
     .unwrap();
     svc.write(write(
-        1,
+        MapVersion(1),
         0,
         WritePayload::Zeros(BLOCK_SIZE),
         vec![w.replica(2)],
@@ -284,7 +300,7 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
     for id in [1, 2] {
         let back = w
             .server(id)
-            .read_verified(CHUNK, 1, 0, 2 * BLOCK_SIZE)
+            .read_verified(CHUNK, MapVersion(1), 0, 2 * BLOCK_SIZE)
             .await
             .unwrap();
         assert!(
@@ -293,30 +309,36 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
         );
         assert_eq!(&back[BS..], &data[BS..], "replica {id}: block 1 kept");
     }
-    let crcs = svc.block_crcs(CHUNK, 1, 0, 2 * BLOCK_SIZE).await.unwrap();
+    let crcs = svc
+        .block_crcs(CHUNK, MapVersion(1), 0, 2 * BLOCK_SIZE)
+        .await
+        .unwrap();
     assert_eq!(crcs[0], 0, "a zeroed block's entry is 0");
     assert_eq!(crcs[1], encode_block_crc(crc64(&data[BS..])));
 }
 
 async fn block_crcs(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1], 1).await;
+    create_on(&w, &[1], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     let data = pattern(7, BS);
     svc.write(write(
-        1,
+        MapVersion(1),
         BLOCK_SIZE,
         WritePayload::Data(data.clone()),
         vec![],
     ))
     .await
     .unwrap();
-    let crcs = svc.block_crcs(CHUNK, 1, 0, 3 * BLOCK_SIZE).await.unwrap();
+    let crcs = svc
+        .block_crcs(CHUNK, MapVersion(1), 0, 3 * BLOCK_SIZE)
+        .await
+        .unwrap();
     assert_eq!(crcs, vec![0, encode_block_crc(crc64(&data)), 0]);
     // The largest page allowed, at the chunk's end.
     let last = svc
         .block_crcs(
             CHUNK,
-            1,
+            MapVersion(1),
             DEFAULT_CHUNK_SIZE - MAX_BLOCK_CRCS * BLOCK_SIZE,
             MAX_BLOCK_CRCS * BLOCK_SIZE,
         )
@@ -326,21 +348,21 @@ async fn block_crcs(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a misaligned offset",
-            svc.block_crcs(CHUNK, 1, 100, BLOCK_SIZE).await
+            svc.block_crcs(CHUNK, MapVersion(1), 100, BLOCK_SIZE).await
         ),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
         kind(
             "a misaligned length",
-            svc.block_crcs(CHUNK, 1, 0, 100).await
+            svc.block_crcs(CHUNK, MapVersion(1), 0, 100).await
         ),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
         kind(
             "more entries than a page",
-            svc.block_crcs(CHUNK, 1, 0, (MAX_BLOCK_CRCS + 1) * BLOCK_SIZE)
+            svc.block_crcs(CHUNK, MapVersion(1), 0, (MAX_BLOCK_CRCS + 1) * BLOCK_SIZE)
                 .await
         ),
         ErrorKind::InvalidArgument
@@ -348,53 +370,69 @@ async fn block_crcs(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1], 1).await;
+    create_on(&w, &[1], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     w.server(1).set_serving(false);
     let e = replica_error(
         "a write to a server that does not serve",
-        svc.write(write(1, 0, WritePayload::Data(pattern(8, BS)), vec![]))
-            .await,
+        svc.write(write(
+            MapVersion(1),
+            0,
+            WritePayload::Data(pattern(8, BS)),
+            vec![],
+        ))
+        .await,
     );
     assert_eq!(e.error.kind(), ErrorKind::Unavailable, "{e}");
     assert_eq!(
-        kind("a read", svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await),
+        kind(
+            "a read",
+            svc.read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE).await
+        ),
         ErrorKind::Unavailable
     );
     assert_eq!(
-        kind("a flush", svc.flush(CHUNK, 1).await),
+        kind("a flush", svc.flush(CHUNK, MapVersion(1)).await),
         ErrorKind::Unavailable
     );
     w.server(1).set_serving(true);
-    svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE)
+    svc.read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE)
         .await
         .expect("serving again, it reads");
 }
 
 async fn oversized(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1], 1).await;
+    create_on(&w, &[1], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     let big = Bytes::from(vec![1u8; MAX_IO_SIZE as usize + BS]);
     let e = replica_error(
         "a write over the size limit",
-        svc.write(write(1, 0, WritePayload::Data(big), vec![]))
+        svc.write(write(MapVersion(1), 0, WritePayload::Data(big), vec![]))
             .await,
     );
     assert_eq!(e.error.kind(), ErrorKind::InvalidArgument, "{e}");
     assert_eq!(
         kind(
             "a read over the size limit",
-            svc.read_verified(CHUNK, 1, 0, MAX_IO_SIZE + 1).await
+            svc.read_verified(CHUNK, MapVersion(1), 0, MAX_IO_SIZE + 1)
+                .await
         ),
         ErrorKind::InvalidArgument
     );
     // The limit itself is fine, and the server still serves.
     let max = pattern(9, MAX_IO_SIZE as usize);
-    svc.write(write(1, 0, WritePayload::Data(max.clone()), vec![]))
-        .await
-        .expect("a write of exactly the limit");
+    svc.write(write(
+        MapVersion(1),
+        0,
+        WritePayload::Data(max.clone()),
+        vec![],
+    ))
+    .await
+    .expect("a write of exactly the limit");
     assert_eq!(
-        svc.read_verified(CHUNK, 1, 0, MAX_IO_SIZE).await.unwrap(),
+        svc.read_verified(CHUNK, MapVersion(1), 0, MAX_IO_SIZE)
+            .await
+            .unwrap(),
         max
     );
 }
@@ -404,14 +442,19 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a read of a chunk not held",
-            svc.read_verified(CHUNK, 1, 0, BLOCK_SIZE).await
+            svc.read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE).await
         ),
         ErrorKind::NotFound
     );
     let e = replica_error(
         "a write to a chunk not held",
-        svc.write(write(1, 0, WritePayload::Data(pattern(10, BS)), vec![]))
-            .await,
+        svc.write(write(
+            MapVersion(1),
+            0,
+            WritePayload::Data(pattern(10, BS)),
+            vec![],
+        ))
+        .await,
     );
     assert_eq!(e.error.kind(), ErrorKind::NotFound, "{e}");
     assert!(
@@ -425,10 +468,15 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
 /// and stores nothing; a read carries the server's CRCs, so bytes damaged
 /// after the server's check fail the reader's.
 async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
-    create_on(&w, &[1, 2], 1).await;
+    create_on(&w, &[1, 2], MapVersion(1)).await;
     let svc = t.service(&w, 1).await;
     let good = pattern(7, 2 * BS + 100);
-    let mut changed = write(1, 50, WritePayload::Data(good.clone()), vec![w.replica(2)]);
+    let mut changed = write(
+        MapVersion(1),
+        50,
+        WritePayload::Data(good.clone()),
+        vec![w.replica(2)],
+    );
     let mut bytes = good.to_vec();
     bytes[BS] ^= 0x80;
     changed.payload = WritePayload::Data(bytes.into());
@@ -445,7 +493,7 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
     let refused = replica_error(
         "a write damaged down the chain",
         svc.write(write(
-            1,
+            MapVersion(1),
             50,
             WritePayload::Data(good.clone()),
             vec![w.replica(2)],
@@ -462,13 +510,13 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
     // Nothing of the refused write reached replica 2.
     let on_2 = w
         .server(2)
-        .read_verified(CHUNK, 1, 0, 3 * BLOCK_SIZE)
+        .read_verified(CHUNK, MapVersion(1), 0, 3 * BLOCK_SIZE)
         .await
         .unwrap();
     assert!(on_2.iter().all(|&b| b == 0), "a refused write was stored");
     // Sent again intact, it lands on both.
     svc.write(write(
-        1,
+        MapVersion(1),
         50,
         WritePayload::Data(good.clone()),
         vec![w.replica(2)],
@@ -478,24 +526,28 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
     for id in [1, 2] {
         let back = w
             .server(id)
-            .read_verified(CHUNK, 1, 50, good.len() as u64)
+            .read_verified(CHUNK, MapVersion(1), 50, good.len() as u64)
             .await
             .unwrap();
         assert_eq!(back, good, "server {id}");
     }
     // Reads: the CRCs are the server's, checked by the reader.
-    let read = svc.read(CHUNK, 1, 50, good.len() as u64).await.unwrap();
+    let read = svc
+        .read(CHUNK, MapVersion(1), 50, good.len() as u64)
+        .await
+        .unwrap();
     assert_eq!(read.crcs, crate::checksums::piece_crcs(50, &good));
     w.stores[0].misread(1);
     assert_eq!(
         kind(
             "a block damaged after its check",
-            svc.read_verified(CHUNK, 1, 0, 2 * BLOCK_SIZE).await
+            svc.read_verified(CHUNK, MapVersion(1), 0, 2 * BLOCK_SIZE)
+                .await
         ),
         ErrorKind::Checksum
     );
     assert_eq!(
-        svc.read_verified(CHUNK, 1, 50, good.len() as u64)
+        svc.read_verified(CHUNK, MapVersion(1), 50, good.len() as u64)
             .await
             .unwrap(),
         good

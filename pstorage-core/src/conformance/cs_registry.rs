@@ -10,6 +10,7 @@ use crate::types::{
     BadBlocks, BlockRepair, ChunkReplicaInfo, CsRegistration, CsStats, EventKind, FailureReason,
     LeaseMode, OpenFlags, SpaceInfo, MAX_REPORTED_BLOCKS,
 };
+use crate::types::{ChunkId, MapVersion};
 
 const SUITE: &str = "CsRegistry";
 const SPACE: SpaceInfo = SpaceInfo {
@@ -134,7 +135,7 @@ async fn unknown(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "a bad-replica report of an id never allocated",
-            reg.report_bad_replica(never, 1, FailureReason::Corrupt)
+            reg.report_bad_replica(never, ChunkId(1), FailureReason::Corrupt)
                 .await
         ),
         ErrorKind::NotFound
@@ -164,13 +165,13 @@ async fn unknown_chunks(w: MdsWorld, t: &dyn MdsTransport) {
         .register_cs(registration(
             id,
             vec![ChunkReplicaInfo {
-                chunk: 0xdead,
-                version: 3,
+                chunk: ChunkId(0xdead),
+                version: MapVersion(3),
             }],
         ))
         .await
         .unwrap();
-    assert_eq!(reply.delete, vec![0xdead]);
+    assert_eq!(reply.delete, vec![ChunkId(0xdead)]);
 }
 
 /// Registers the world's three chunk servers (ids 1-3) and allocates chunk
@@ -178,7 +179,7 @@ async fn unknown_chunks(w: MdsWorld, t: &dyn MdsTransport) {
 async fn file_on_three(
     w: &MdsWorld,
     t: &dyn MdsTransport,
-) -> (std::sync::Arc<dyn MetadataService>, u64) {
+) -> (std::sync::Arc<dyn MetadataService>, crate::types::LeaseId) {
     let reg = t.registry(&w.mds).await;
     for expected in 1..=3 {
         let id = reg.allocate_cs_id().await.unwrap();
@@ -220,7 +221,7 @@ async fn bad_replica(w: MdsWorld, t: &dyn MdsTransport) {
     assert!(after.version > before.version, "{before:?} -> {after:?}");
     // A chunk the MDS does not know, or whose chain does not name the
     // server, is not an error.
-    reg.report_bad_replica(bad, 0xbeef, FailureReason::Corrupt)
+    reg.report_bad_replica(bad, ChunkId(0xbeef), FailureReason::Corrupt)
         .await
         .expect("a report about an unknown chunk");
     reg.report_bad_replica(bad, before.chunk, FailureReason::Corrupt)
@@ -305,7 +306,7 @@ async fn bad_blocks(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "an unknown chunk",
-            reg.report_bad_blocks(bad, 0xbeef, report(BlockRepair::Found, vec![1]))
+            reg.report_bad_blocks(bad, ChunkId(0xbeef), report(BlockRepair::Found, vec![1]))
                 .await
         ),
         ErrorKind::Stale

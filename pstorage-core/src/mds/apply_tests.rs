@@ -37,16 +37,16 @@ fn small() -> impl Strategy<Value = u64> {
 
 /// Leases: mostly the two the test opens first and the next few.
 fn lease() -> impl Strategy<Value = LeaseId> {
-    prop_oneof![6 => 1..3u64, 3 => 3..6u64, 1 => small()]
+    prop_oneof![6 => 1..3u64, 3 => 3..6u64, 1 => small()].prop_map(LeaseId)
 }
 
 /// Chunk ids: mostly ones the test allocates (they must be new, from 1).
 fn chunk() -> impl Strategy<Value = ChunkId> {
-    prop_oneof![6 => 1..10u64, 1 => small()]
+    prop_oneof![6 => 1..10u64, 1 => small()].prop_map(ChunkId)
 }
 
 fn version() -> impl Strategy<Value = MapVersion> {
-    prop_oneof![6 => 1..5u64, 1 => small()]
+    prop_oneof![6 => 1..5u64, 1 => small()].prop_map(MapVersion)
 }
 
 /// Mostly distinct servers that may exist (ids are handed out from 1).
@@ -168,7 +168,7 @@ fn leaf_command() -> impl Strategy<Value = Command> {
                 now_ms,
             }),
         2 => (lease(), now()).prop_map(|(lease, now_ms)| Command::RenewLease { lease, now_ms }),
-        1 => (small(), now()).prop_map(|(lease, now_ms)| Command::ReleaseLease { lease, now_ms }),
+        1 => (small(), now()).prop_map(|(lease, now_ms)| Command::ReleaseLease { lease: LeaseId(lease), now_ms }),
         1 => now().prop_map(|now_ms| Command::ExpireLeases { now_ms }),
         8 => (lease(), 0..4u64, chunk(), version(), cs_list(), now()).prop_map(
             |(lease, index, chunk, version, replicas, now_ms)| Command::AllocateChunk {
@@ -187,9 +187,9 @@ fn leaf_command() -> impl Strategy<Value = Command> {
                 replicas,
             }
         }),
-        1 => small().prop_map(|ino| Command::FenceFile { ino }),
-        1 => small().prop_map(|ino| Command::BeginFence { ino }),
-        1 => small().prop_map(|ino| Command::FinishFence { ino }),
+        1 => small().prop_map(|ino| Command::FenceFile { ino: InodeId(ino) }),
+        1 => small().prop_map(|ino| Command::BeginFence { ino: InodeId(ino) }),
+        1 => small().prop_map(|ino| Command::FinishFence { ino: InodeId(ino) }),
         3 => (lease(), prop_oneof![12 => 0..(1u64 << 30), 1 => Just(u64::MAX)], now())
             .prop_map(|(lease, size, now_ms)| Command::CommitSize { lease, size, now_ms }),
         2 => (lease(), prop_oneof![12 => 0..(1u64 << 30), 1 => Just(u64::MAX)], now())
@@ -334,7 +334,7 @@ proptest! {
 
 fn allocate(chunk: ChunkId, version: MapVersion) -> Command {
     Command::AllocateChunk {
-        lease: 1,
+        lease: LeaseId(1),
         index: 0,
         chunk,
         version,
@@ -349,10 +349,14 @@ fn allocate(chunk: ChunkId, version: MapVersion) -> Command {
 fn the_last_chunk_id_is_refused() {
     let mut state = seeded();
     let before = state.clone();
-    let e = state.apply(allocate(ChunkId::MAX, 1)).unwrap_err();
+    let e = state
+        .apply(allocate(ChunkId::MAX, MapVersion(1)))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
     assert!(state == before);
-    state.apply(allocate(ChunkId::MAX - 1, 1)).unwrap();
+    state
+        .apply(allocate(ChunkId(u64::MAX - 1), MapVersion(1)))
+        .unwrap();
     state.check_invariants().unwrap();
 }
 
@@ -361,7 +365,7 @@ fn the_last_chunk_id_is_refused() {
 #[test]
 fn a_chunk_at_the_last_version_is_not_fenced() {
     let mut state = seeded();
-    state.apply(allocate(5, MapVersion::MAX)).unwrap();
+    state.apply(allocate(ChunkId(5), MapVersion::MAX)).unwrap();
     let ino = state.lookup("/a/c").unwrap();
     let before = state.clone();
     for cmd in [Command::BeginFence { ino }, Command::FenceFile { ino }] {

@@ -219,7 +219,7 @@ fn violates_domain_in(
 /// ids start at 1: the first chunk keeps the emptiest-first order).
 pub fn rotate_head(chunk: ChunkId, chain: &mut [CsId]) {
     if !chain.is_empty() {
-        let k = (chunk.wrapping_sub(1) % chain.len() as u64) as usize;
+        let k = (chunk.0.wrapping_sub(1) % chain.len() as u64) as usize;
         chain.rotate_left(k);
     }
 }
@@ -496,7 +496,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, m)| ChunkView {
-                chunk: i as u64,
+                chunk: ChunkId(i as u64),
                 members: m,
                 tier: 0,
                 domain: FailureDomain::Host,
@@ -608,7 +608,7 @@ mod tests {
         let heads: BTreeSet<CsId> = (1..=3u64)
             .map(|chunk| {
                 let mut chain = vec![7, 8, 9];
-                rotate_head(chunk, &mut chain);
+                rotate_head(ChunkId(chunk), &mut chain);
                 chain[0]
             })
             .collect();
@@ -633,7 +633,7 @@ mod tests {
                 break;
             }
             for mv in plan.moves {
-                let chain = &mut chains[mv.chunk as usize];
+                let chain = &mut chains[mv.chunk.0 as usize];
                 let at = chain.iter().position(|&m| m == mv.from).unwrap();
                 chain[at] = mv.to;
                 servers[mv.from as usize - 1].held_bytes -= CHUNK;
@@ -660,7 +660,7 @@ mod tests {
         let plan = plan_rebalance(
             &servers,
             &[ChunkView {
-                chunk: 1,
+                chunk: ChunkId(1),
                 members: &members,
                 tier: 0,
                 domain: FailureDomain::Host,
@@ -807,7 +807,7 @@ mod tests {
                 passes += 1;
                 prop_assert!(passes <= 2 * chunks * norm / limit + 10, "rebalancing does not stop: {:?}", plan);
                 for mv in &plan.moves {
-                    let chain = &mut chains[mv.chunk as usize];
+                    let chain = &mut chains[mv.chunk.0 as usize];
                     let at = chain.iter().position(|&m| m == mv.from).unwrap();
                     chain[at] = mv.to;
                     servers[mv.from as usize - 1].held_bytes -= CHUNK;
@@ -854,7 +854,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, (m, busy, domain, tier))| ChunkView {
-                    chunk: i as u64, members: m, tier: *tier, domain: *domain, bytes: CHUNK, busy: *busy,
+                    chunk: ChunkId(i as u64), members: m, tier: *tier, domain: *domain, bytes: CHUNK, busy: *busy,
                 })
                 .collect();
             let plan = plan_rebalance(&servers, &views, 10, limit);
@@ -862,7 +862,7 @@ mod tests {
             let mut seen = BTreeSet::new();
             for mv in &plan.moves {
                 prop_assert!(seen.insert(mv.chunk));
-                let c = &views[mv.chunk as usize];
+                let c = &views[mv.chunk.0 as usize];
                 prop_assert!(!c.busy);
                 prop_assert!(c.members.contains(&mv.from));
                 prop_assert!(!c.members.contains(&mv.to));

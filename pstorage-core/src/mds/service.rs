@@ -1267,7 +1267,9 @@ impl MdsService {
         let what = format!("creating chunk {chunk:#x}");
         let results = join_all(chosen.iter().map(|r| {
             self.cs_call(r, &what, |control| async move {
-                control.create_chunk(chunk, 1, attrs.chunk_size).await
+                control
+                    .create_chunk(chunk, MapVersion(1), attrs.chunk_size)
+                    .await
             })
         }))
         .await;
@@ -1285,7 +1287,7 @@ impl MdsService {
         let orphan = |replicas: Vec<Replica>| ChunkMap {
             chunk,
             index,
-            version: 1,
+            version: MapVersion(1),
             replicas,
         };
         if created.len() < attrs.replicas.min as usize {
@@ -1304,7 +1306,7 @@ impl MdsService {
                     lease,
                     index,
                     chunk,
-                    version: 1,
+                    version: MapVersion(1),
                     replicas: created.iter().map(|r| r.cs).collect(),
                     now_ms: now,
                 })
@@ -2424,7 +2426,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first chunk id a leader of `term` allocates: each term has its own
 /// range of 2^32 ids (without Raft, ids start at 1).
 fn term_chunk_floor(term: Option<u64>) -> ChunkId {
-    term.map_or(0, |t| t.min(u64::from(u32::MAX)) << 32)
+    ChunkId(term.map_or(0, |t| t.min(u64::from(u32::MAX))) << 32)
 }
 
 /// An `ensure_linearizable` failure.
@@ -2483,6 +2485,7 @@ mod send_check {
 #[cfg(test)]
 mod chunk_id_tests {
     use super::term_chunk_floor;
+    use crate::types::ChunkId;
 
     /// A leader deposed in term t that does not know it yet allocates from
     /// t's range; no leader of a later term ever uses those ids, so when
@@ -2491,11 +2494,15 @@ mod chunk_id_tests {
     /// --file-store`: the new leader's chunk lost its every replica).
     #[test]
     fn each_term_allocates_chunk_ids_of_its_own() {
-        assert_eq!(term_chunk_floor(None), 0, "without Raft, ids start at 1");
+        assert_eq!(
+            term_chunk_floor(None),
+            ChunkId(0),
+            "without Raft, ids start at 1"
+        );
         for t in [1u64, 2, 31, 1 << 20] {
             let (lo, next) = (term_chunk_floor(Some(t)), term_chunk_floor(Some(t + 1)));
             assert!(
-                lo < next && next - lo >= 1 << 32,
+                lo < next && next.0 - lo.0 >= 1 << 32,
                 "term {t}: {lo:#x}..{next:#x}"
             );
         }

@@ -193,6 +193,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{ChunkId, MapVersion};
 
     fn tag(session: u64, seq: u64, done_below: u64) -> OpTag {
         OpTag {
@@ -243,9 +244,9 @@ mod tests {
     #[test]
     fn released_chunks_are_not_remembered() {
         let map = crate::types::ChunkMap {
-            chunk: 1,
+            chunk: ChunkId(1),
             index: 0,
-            version: 1,
+            version: MapVersion(1),
             replicas: Vec::new(),
         };
         let reply = OpReply::of(&Ok(ApplyOutcome::Released(vec![map])));

@@ -660,8 +660,8 @@ impl MdsState {
             servers: BTreeMap::new(),
             leases: BTreeMap::new(),
             next_ino: ROOT_INODE + 1,
-            next_chunk: 1,
-            next_lease: 1,
+            next_chunk: ChunkId(1),
+            next_lease: LeaseId(1),
             next_cs: 1,
             params: BTreeMap::new(),
             events: VecDeque::new(),
@@ -1052,7 +1052,7 @@ impl MdsState {
             }
         }
         for (&chunk, rec) in &self.chunks {
-            if chunk >= self.next_chunk || rec.version == 0 {
+            if chunk >= self.next_chunk || rec.version == MapVersion(0) {
                 return Err(format!("chunk {chunk} has a bad id or version"));
             }
             let file = self.inodes.get(&rec.file).ok_or(format!(
@@ -1785,7 +1785,7 @@ impl MdsState {
                 "{path}: chunk id {chunk:#x} is the last one: the chunk id space is exhausted"
             )));
         }
-        if chunk < self.next_chunk || version == 0 {
+        if chunk < self.next_chunk || version == MapVersion(0) {
             return Err(Error::internal(format!(
                 "{path}: chunk id {chunk:#x} (version {version}) was already used; next free is {:#x}",
                 self.next_chunk
@@ -1978,7 +1978,7 @@ impl MdsState {
                     node.ctime_ms = now_ms;
                 }
                 let id = self.next_lease;
-                self.next_lease += 1;
+                self.next_lease = LeaseId(id.0 + 1);
                 self.leases.insert(
                     id,
                     LeaseRecord {

@@ -425,6 +425,8 @@ impl CommandLog for MdsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::LeaseId;
+    use crate::types::{ChunkId, InodeId};
 
     fn write_raw(store: &MdsStore, index: u64, bytes: &[u8]) {
         let txn = store.db.begin_write().unwrap();
@@ -438,7 +440,7 @@ mod tests {
         let path = dir.path().join("mds.redb");
         let mut store = MdsStore::create(&path, &MdsState::default()).unwrap();
         store.append(&Command::AllocateCsId).unwrap();
-        assert_eq!(store.load().unwrap().next_chunk_id(), 1);
+        assert_eq!(store.load().unwrap().next_chunk_id(), ChunkId(1));
 
         let mut newer = vec![STORE_FORMAT_VERSION + 1];
         newer.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
@@ -553,9 +555,9 @@ mod tests {
                 },
             )]),
             leases: BTreeMap::new(),
-            next_ino: 2,
-            next_chunk: 1,
-            next_lease: 1,
+            next_ino: InodeId(2),
+            next_chunk: ChunkId(1),
+            next_lease: LeaseId(1),
             next_cs: 2,
         };
         #[derive(Serialize)]
@@ -628,9 +630,9 @@ mod tests {
             chunks: Default::default(),
             servers: Default::default(),
             leases: Default::default(),
-            next_ino: 2,
-            next_chunk: 1,
-            next_lease: 1,
+            next_ino: InodeId(2),
+            next_chunk: ChunkId(1),
+            next_lease: LeaseId(1),
             next_cs: 2,
             params: expected.param_overrides().clone(),
             events: expected.events_after(0).cloned().collect(),

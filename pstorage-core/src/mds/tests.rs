@@ -607,7 +607,10 @@ fn leases_conflict_and_expire() {
     );
     let out = s.apply(Command::ExpireLeases { now_ms: 300 }).unwrap();
     // The two read leases (expired at 130) and the writer.
-    assert_eq!(out, ApplyOutcome::Expired(vec![2, 3, w2.id]));
+    assert_eq!(
+        out,
+        ApplyOutcome::Expired(vec![LeaseId(2), LeaseId(3), w2.id])
+    );
     assert!(s.inode(w2.ino).unwrap().fence_pending);
     refused(
         &mut s,
@@ -658,7 +661,7 @@ fn allocate(s: &mut MdsState, lease: LeaseId, index: u64) -> Result<ApplyOutcome
         lease,
         index,
         chunk,
-        version: 1,
+        version: MapVersion(1),
         replicas: vec![1, 2, 3],
         now_ms: 1,
     })
@@ -680,7 +683,7 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
             lease: lease.id,
             index: 1,
             chunk,
-            version: 1,
+            version: MapVersion(1),
             replicas: vec![1, 2],
             now_ms: 1,
         },
@@ -699,7 +702,7 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
                 lease: lease.id,
                 index: 1,
                 chunk: next,
-                version: 1,
+                version: MapVersion(1),
                 replicas,
                 now_ms: 1,
             },
@@ -711,11 +714,11 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
         version,
         replicas,
     };
-    s.apply(update(2, vec![1, 3])).unwrap();
-    refused(&mut s, update(2, vec![1]), ErrorKind::Stale);
-    refused(&mut s, update(1, vec![1]), ErrorKind::Stale);
-    refused(&mut s, update(3, vec![]), ErrorKind::Internal);
-    assert_eq!(s.chunk(chunk).unwrap().version, 2);
+    s.apply(update(MapVersion(2), vec![1, 3])).unwrap();
+    refused(&mut s, update(MapVersion(2), vec![1]), ErrorKind::Stale);
+    refused(&mut s, update(MapVersion(1), vec![1]), ErrorKind::Stale);
+    refused(&mut s, update(MapVersion(3), vec![]), ErrorKind::Internal);
+    assert_eq!(s.chunk(chunk).unwrap().version, MapVersion(2));
     // A read lease cannot allocate; an expired lease is stale.
     let r = open(&mut s, "/g", LeaseMode::Write, 0).unwrap();
     s.apply(Command::ReleaseLease {
@@ -732,7 +735,7 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
             lease: lease.id,
             index: 5,
             chunk: next,
-            version: 1,
+            version: MapVersion(1),
             replicas: vec![1, 2],
             now_ms: 500,
         },
@@ -810,8 +813,8 @@ fn apply_is_deterministic_and_state_round_trips() {
         Command::AllocateChunk {
             lease: lease.id,
             index: 3,
-            chunk: 17,
-            version: 1,
+            chunk: ChunkId(17),
+            version: MapVersion(1),
             replicas: vec![2, 3],
             now_ms: 4,
         },
@@ -840,8 +843,12 @@ fn apply_is_deterministic_and_state_round_trips() {
         ra.unwrap();
     }
     assert_eq!(a, b);
-    assert_eq!(a.chunk(17).unwrap().version, 2, "fenced");
-    assert_eq!(a.next_chunk_id(), 18);
+    assert_eq!(
+        a.chunk(ChunkId(17)).unwrap().version,
+        MapVersion(2),
+        "fenced"
+    );
+    assert_eq!(a.next_chunk_id(), ChunkId(18));
     let bytes = postcard::to_allocvec(&a).unwrap();
     let c: MdsState = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(a, c);
@@ -900,10 +907,10 @@ async fn placement_prefers_most_free_space() {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map), [2, 3, 4], "most free first");
-    assert_eq!(map.version, 1);
+    assert_eq!(map.version, MapVersion(1));
     assert_eq!(map.replicas[0].addr, addr(2));
     for cs in [2, 3, 4] {
-        assert_eq!(c.cs(cs).calls(), [Call::Create(map.chunk, 1)]);
+        assert_eq!(c.cs(cs).calls(), [Call::Create(map.chunk, MapVersion(1))]);
     }
     assert!(c.cs(1).calls().is_empty());
     // Asking again returns the same map; a read of a missing chunk is None.
@@ -991,27 +998,39 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     c.cs(2).set_failing(true);
     let new = c
         .mds
-        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            2,
+            FailureReason::Unreachable,
+        )
         .await
         .unwrap();
-    assert_eq!((chain(&new), new.version), (vec![1, 3], 2));
+    assert_eq!((chain(&new), new.version), (vec![1, 3], MapVersion(2)));
     for cs in [1, 3] {
         assert_eq!(
             c.cs(cs).calls().last(),
-            Some(&Call::SetVersion(map.chunk, 2))
+            Some(&Call::SetVersion(map.chunk, MapVersion(2)))
         );
-        assert_eq!(c.cs(cs).version(map.chunk), Some(2));
+        assert_eq!(c.cs(cs).version(map.chunk), Some(MapVersion(2)));
     }
     assert_eq!(
         c.cs(2).version(map.chunk),
-        Some(1),
+        Some(MapVersion(1)),
         "the dropped replica is not told"
     );
 
     // An outdated report (old version) returns the current map unchanged.
     let cur = c
         .mds
-        .report_failure(lease.id, map.chunk, 1, 3, FailureReason::IoError)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            3,
+            FailureReason::IoError,
+        )
         .await
         .unwrap();
     assert_eq!(cur, new);
@@ -1021,7 +1040,13 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     c.cs(3).set_failing(true);
     let err = c
         .mds
-        .report_failure(lease.id, map.chunk, 2, 1, FailureReason::Corrupt)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(2),
+            1,
+            FailureReason::Corrupt,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -1030,7 +1055,7 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     }
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert_eq!(rec.replicas, [3], "the last replica is never dropped");
-    assert_eq!(rec.version, 3);
+    assert_eq!(rec.version, MapVersion(3));
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(
         (status.health, status.chunk_counts.blocked),
@@ -1046,18 +1071,30 @@ async fn version_mismatch_report_syncs_a_lagging_member() {
     // The replica on CS 2 reports a mismatch but takes the current version.
     let same = c
         .mds
-        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::VersionMismatch)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            2,
+            FailureReason::VersionMismatch,
+        )
         .await
         .unwrap();
     assert_eq!(same, map);
     assert_eq!(
         c.cs(2).calls().last(),
-        Some(&Call::SetVersion(map.chunk, 1))
+        Some(&Call::SetVersion(map.chunk, MapVersion(1)))
     );
     // A report naming a server outside the chain changes nothing.
     let c2 = c
         .mds
-        .report_failure(lease.id, map.chunk, 1, 99, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            99,
+            FailureReason::Unreachable,
+        )
         .await
         .unwrap();
     assert_eq!(c2, map);
@@ -1066,7 +1103,13 @@ async fn version_mismatch_report_syncs_a_lagging_member() {
     assert_eq!(
         kind(
             c.mds
-                .report_failure(other.id, map.chunk, 1, 2, FailureReason::Unreachable)
+                .report_failure(
+                    other.id,
+                    map.chunk,
+                    MapVersion(1),
+                    2,
+                    FailureReason::Unreachable
+                )
                 .await
         ),
         ErrorKind::BadHandle
@@ -1083,7 +1126,7 @@ async fn registration_computes_the_delete_list() {
     assert!(chain(&m0).contains(&1) && chain(&m1).contains(&1) && chain(&m2).contains(&1));
     // Drop CS 1 from m1 (it then holds a replica outside the chain).
     c.mds
-        .report_failure(lease.id, m1.chunk, 1, 1, FailureReason::IoError)
+        .report_failure(lease.id, m1.chunk, MapVersion(1), 1, FailureReason::IoError)
         .await
         .unwrap();
 
@@ -1092,12 +1135,12 @@ async fn registration_computes_the_delete_list() {
     {
         let cs1 = c.cs(1);
         let mut chunks = cs1.chunks.lock().unwrap();
-        chunks.insert(0xdead, 1);
+        chunks.insert(ChunkId(0xdead), MapVersion(1));
         chunks.remove(&m2.chunk);
     }
     let reply = c.register(1, 3).await.unwrap();
     // m1 has 2 of its 3 copies: CS 1's older one is kept to be resynced.
-    assert_eq!(reply.delete, vec![0xdead]);
+    assert_eq!(reply.delete, vec![ChunkId(0xdead)]);
     assert_eq!(reply.heartbeat_interval_ms, 1_000);
     let s = c.state();
     assert!(s.chunk(m0.chunk).unwrap().replicas.contains(&1));
@@ -1106,7 +1149,7 @@ async fn registration_computes_the_delete_list() {
         !lost.replicas.contains(&1),
         "a lost replica leaves the chain"
     );
-    assert_eq!(lost.version, 2);
+    assert_eq!(lost.version, MapVersion(2));
 }
 
 /// Found by pstorage-sim seed 8: a chunk server that lost power came back
@@ -1207,7 +1250,10 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
     assert_eq!(mds.state_snapshot(), expected);
     let c = Cluster { mds, net, clock };
     for cs in [1, 2] {
-        c.cs(cs).set_version(map.chunk, 2).await.unwrap();
+        c.cs(cs)
+            .set_version(map.chunk, MapVersion(2))
+            .await
+            .unwrap();
     }
     // Before registering again, no server is active: no allocation.
     let st = c.mds.cluster_status().await.unwrap();
@@ -1227,15 +1273,15 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
         let reply = c.register(cs, 1).await.unwrap();
         assert!(reply.delete.is_empty(), "CS {cs}: {reply:?}");
     }
-    assert_eq!(c.cs(3).version(map.chunk), Some(1));
+    assert_eq!(c.cs(3).version(map.chunk), Some(MapVersion(1)));
     c.mds.tick().await;
     assert_eq!(
         c.cs(3).version(map.chunk),
-        Some(2),
+        Some(MapVersion(2)),
         "tick pushed the version"
     );
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.version, rec.replicas.len()), (2, 3));
+    assert_eq!((rec.version, rec.replicas.len()), (MapVersion(2), 3));
 }
 
 #[tokio::test]
@@ -1268,12 +1314,16 @@ async fn expired_write_lease_is_fenced_before_the_next_open() {
         .unwrap();
     let s = c.state();
     assert!(!s.inode(lease.ino).unwrap().fence_pending);
-    assert_eq!(s.chunk(m0.chunk).unwrap().version, 2);
+    assert_eq!(s.chunk(m0.chunk).unwrap().version, MapVersion(2));
     for cs in chain(&m0) {
-        assert_eq!(c.cs(cs).version(m0.chunk), Some(2), "CS {cs} fenced");
+        assert_eq!(
+            c.cs(cs).version(m0.chunk),
+            Some(MapVersion(2)),
+            "CS {cs} fenced"
+        );
     }
     let r1 = s.chunk(m1.chunk).unwrap();
-    assert_eq!(r1.version, 3, "fence bump + drop bump");
+    assert_eq!(r1.version, MapVersion(3), "fence bump + drop bump");
     assert!(!r1.replicas.contains(&victim));
     assert_eq!(
         c.mds
@@ -1282,7 +1332,7 @@ async fn expired_write_lease_is_fenced_before_the_next_open() {
             .unwrap()
             .unwrap()
             .version,
-        2
+        MapVersion(2)
     );
 }
 
@@ -1370,7 +1420,7 @@ async fn truncate_through_the_service_deletes_chunks_beyond() {
     assert_eq!(c.mds.file_chunks("/f").await.unwrap().len(), 2);
     for cs in 1..=3 {
         assert_eq!(c.cs(cs).version(maps[2].chunk), None);
-        assert_eq!(c.cs(cs).version(maps[1].chunk), Some(1));
+        assert_eq!(c.cs(cs).version(maps[1].chunk), Some(MapVersion(1)));
     }
 }
 
@@ -1461,7 +1511,7 @@ async fn workload(c: &Cluster) {
         .report_failure(
             lease.id,
             m.chunk,
-            1,
+            MapVersion(1),
             m.replicas[0].cs,
             FailureReason::Corrupt,
         )
@@ -1620,18 +1670,18 @@ async fn a_bad_replica_reported_by_its_server_leaves_the_chain() {
         .await
         .unwrap();
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.replicas, rec.version), (vec![1, 3], 2));
-    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+    assert_eq!((rec.replicas, rec.version), (vec![1, 3], MapVersion(2)));
+    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
     // Reporting again (no longer a member) or an unknown chunk is harmless.
     c.mds
         .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
         .await
         .unwrap();
     c.mds
-        .report_bad_replica(2, 0xdead, FailureReason::Corrupt)
+        .report_bad_replica(2, ChunkId(0xdead), FailureReason::Corrupt)
         .await
         .unwrap();
-    assert_eq!(c.state().chunk(map.chunk).unwrap().version, 2);
+    assert_eq!(c.state().chunk(map.chunk).unwrap().version, MapVersion(2));
     assert_eq!(
         kind(
             c.mds
@@ -1749,7 +1799,13 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     c.cs(2).set_failing(true);
     let err = c
         .mds
-        .report_failure(lease.id, map.chunk, 1, 1, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            1,
+            FailureReason::Unreachable,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -1768,14 +1824,24 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
-    while !c.cs(3).calls().contains(&Call::SetVersion(map.chunk, 4)) {
+    while !c
+        .cs(3)
+        .calls()
+        .contains(&Call::SetVersion(map.chunk, MapVersion(4)))
+    {
         tokio::task::yield_now().await;
     }
     let err = c.mds.chunk_map(lease.id, 0, false).await.unwrap_err();
     assert!(err.message().contains("being re-replicated"), "{err}");
     let err = c
         .mds
-        .report_failure(lease.id, map.chunk, 4, 3, FailureReason::IoError)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(4),
+            3,
+            FailureReason::IoError,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
@@ -1791,12 +1857,12 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     gate.add_permits(1);
     assert_eq!(copier.await.unwrap(), 1);
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!((chain(&map), map.version), (vec![3, 4], 4));
+    assert_eq!((chain(&map), map.version), (vec![3, 4], MapVersion(4)));
     assert_eq!(
         c.cs(4).calls(),
         [
-            Call::Replicate(map.chunk, 3, 3),
-            Call::Replicate(map.chunk, 4, 3)
+            Call::Replicate(map.chunk, MapVersion(3), 3),
+            Call::Replicate(map.chunk, MapVersion(4), 3)
         ]
     );
 }
@@ -1818,7 +1884,13 @@ async fn copy_held_before_its_delta() -> HeldCopy {
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     c.cs(2).set_failing(true);
     c.mds
-        .report_failure(lease.id, map.chunk, 1, 2, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            2,
+            FailureReason::Unreachable,
+        )
         .await
         .unwrap();
     // CS 2 stays silent (inactive): the copy goes to CS 4.
@@ -1831,7 +1903,11 @@ async fn copy_held_before_its_delta() -> HeldCopy {
     *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
-    while !c.cs(1).calls().contains(&Call::SetVersion(map.chunk, 3)) {
+    while !c
+        .cs(1)
+        .calls()
+        .contains(&Call::SetVersion(map.chunk, MapVersion(3)))
+    {
         tokio::task::yield_now().await;
     }
     HeldCopy {
@@ -1895,7 +1971,7 @@ async fn a_last_member_that_missed_a_version_push_gets_it_later() {
     let c = Cluster::new(&[40, 30, 20]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(map.version, 1);
+    assert_eq!(map.version, MapVersion(1));
     c.cs(1).set_failing(true);
     let err = c
         .mds
@@ -1904,17 +1980,25 @@ async fn a_last_member_that_missed_a_version_push_gets_it_later() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.replicas.clone(), rec.version), (vec![1], 2), "{rec:?}");
-    assert_eq!(c.cs(1).version(map.chunk), Some(1), "the push failed");
+    assert_eq!(
+        (rec.replicas.clone(), rec.version),
+        (vec![1], MapVersion(2)),
+        "{rec:?}"
+    );
+    assert_eq!(
+        c.cs(1).version(map.chunk),
+        Some(MapVersion(1)),
+        "the push failed"
+    );
     // While it fails, it stays queued.
     c.mds.tick().await;
-    assert_eq!(c.cs(1).version(map.chunk), Some(1));
+    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(1)));
     // Back: the next tick moves it to the map's version.
     c.cs(1).set_failing(false);
     c.clock.advance(1_000);
     heartbeat_all(&c, &[1, 2, 3]).await;
     c.mds.tick().await;
-    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
 }
 
 #[tokio::test]
@@ -1954,9 +2038,9 @@ async fn excess_replicas_are_trimmed_after_replicas_are_lowered() {
         .unwrap();
     c.mds.tick().await;
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.replicas, rec.version), (vec![1, 2], 2));
+    assert_eq!((rec.replicas, rec.version), (vec![1, 2], MapVersion(2)));
     assert_eq!(c.cs(3).version(map.chunk), None);
-    assert_eq!(c.cs(1).version(map.chunk), Some(2));
+    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
 }
 
 #[tokio::test]
@@ -2319,7 +2403,11 @@ async fn stale_replicas_are_deleted_once_the_chunk_has_its_copies() {
     let map = drop_and_return(&c, 1, &[2, 3, 4]).await;
     // CS 1 is back with its old replica; CS 4 also holds an old copy (a
     // copy that never landed).
-    c.cs(4).chunks.lock().unwrap().insert(map.chunk, 1);
+    c.cs(4)
+        .chunks
+        .lock()
+        .unwrap()
+        .insert(map.chunk, MapVersion(1));
     c.register(4, 10).await.unwrap();
     c.register(1, 40).await.unwrap();
     c.mds.tick().await;
@@ -2394,7 +2482,13 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
     assert_eq!(chain(&map), [1, 2, 3]);
     c.cs(3).set_failing(true);
     c.mds
-        .report_failure(lease.id, map.chunk, 1, 3, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            map.chunk,
+            MapVersion(1),
+            3,
+            FailureReason::Unreachable,
+        )
         .await
         .unwrap();
     c.cs(3).set_failing(false);

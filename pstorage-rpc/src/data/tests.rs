@@ -23,7 +23,7 @@ use super::*;
 use crate::auth::{self, Channel};
 
 /// A chunk that always fails its writes, blaming CS 7.
-const FAILING_CHUNK: ChunkId = 0xbad;
+const FAILING_CHUNK: ChunkId = ChunkId(0xbad);
 
 /// An in-memory chunk service: chunks are byte vectors that grow on write;
 /// a chunk's version is set by its first write and checked afterwards.
@@ -215,8 +215,8 @@ async fn requests_round_trip() {
         },
     ];
     let mut req = write_req(
-        1,
-        5,
+        ChunkId(1),
+        MapVersion(5),
         100,
         WritePayload::Data(Bytes::from_static(b"hello world")),
     );
@@ -224,34 +224,52 @@ async fn requests_round_trip() {
     client.write(req).await.unwrap();
     assert_eq!(*service.last_chain.lock().unwrap(), chain);
     assert_eq!(
-        client.read_verified(1, 5, 100, 11).await.unwrap(),
+        client
+            .read_verified(ChunkId(1), MapVersion(5), 100, 11)
+            .await
+            .unwrap(),
         Bytes::from_static(b"hello world")
     );
     // Past the end reads as zeros; an empty read is fine too.
     assert_eq!(
-        client.read_verified(1, 5, 105, 10).await.unwrap(),
+        client
+            .read_verified(ChunkId(1), MapVersion(5), 105, 10)
+            .await
+            .unwrap(),
         &b" world\0\0\0\0"[..]
     );
-    assert!(client.read_verified(1, 5, 0, 0).await.unwrap().is_empty());
+    assert!(client
+        .read_verified(ChunkId(1), MapVersion(5), 0, 0)
+        .await
+        .unwrap()
+        .is_empty());
 
     client
-        .write(write_req(1, 5, 102, WritePayload::Zeros(3)))
+        .write(write_req(
+            ChunkId(1),
+            MapVersion(5),
+            102,
+            WritePayload::Zeros(3),
+        ))
         .await
         .unwrap();
     assert_eq!(
-        client.read_verified(1, 5, 100, 11).await.unwrap(),
+        client
+            .read_verified(ChunkId(1), MapVersion(5), 100, 11)
+            .await
+            .unwrap(),
         &b"he\0\0\0 world"[..]
     );
 
-    client.flush(1, 5).await.unwrap();
+    client.flush(ChunkId(1), MapVersion(5)).await.unwrap();
     assert_eq!(service.flushes.load(Ordering::SeqCst), 1);
 
     // A large (multi-frame-buffer) write and read.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     client
         .write(write_req(
-            2,
-            1,
+            ChunkId(2),
+            MapVersion(1),
             0,
             WritePayload::Data(Bytes::from(big.clone())),
         ))
@@ -259,7 +277,7 @@ async fn requests_round_trip() {
         .unwrap();
     assert_eq!(
         client
-            .read_verified(2, 1, 0, big.len() as u64)
+            .read_verified(ChunkId(2), MapVersion(1), 0, big.len() as u64)
             .await
             .unwrap(),
         big
@@ -275,33 +293,58 @@ async fn block_crcs_round_trip_and_are_bounded() {
     let block = vec![0x5au8; BLOCK_SIZE as usize];
     client
         .write(write_req(
-            3,
-            9,
+            ChunkId(3),
+            MapVersion(9),
             2 * BLOCK_SIZE,
             WritePayload::Data(Bytes::from(block.clone())),
         ))
         .await
         .unwrap();
-    let entries = client.block_crcs(3, 9, 0, 4 * BLOCK_SIZE).await.unwrap();
+    let entries = client
+        .block_crcs(ChunkId(3), MapVersion(9), 0, 4 * BLOCK_SIZE)
+        .await
+        .unwrap();
     assert_eq!(entries, vec![0, 0, encode_block_crc(crc64(&block)), 0]);
     // The largest page, all beyond the written end.
     let page = client
-        .block_crcs(3, 9, 4 * BLOCK_SIZE, MAX_BLOCK_CRCS * BLOCK_SIZE)
+        .block_crcs(
+            ChunkId(3),
+            MapVersion(9),
+            4 * BLOCK_SIZE,
+            MAX_BLOCK_CRCS * BLOCK_SIZE,
+        )
         .await
         .unwrap();
     assert_eq!(page.len() as u64, MAX_BLOCK_CRCS);
     assert!(page.iter().all(|&e| e == 0));
-    assert!(client.block_crcs(3, 9, 0, 0).await.unwrap().is_empty());
+    assert!(client
+        .block_crcs(ChunkId(3), MapVersion(9), 0, 0)
+        .await
+        .unwrap()
+        .is_empty());
     // Version-checked like a read.
-    let e = client.block_crcs(3, 8, 0, BLOCK_SIZE).await.unwrap_err();
+    let e = client
+        .block_crcs(ChunkId(3), MapVersion(8), 0, BLOCK_SIZE)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     // Unaligned or oversized requests are refused before they are sent.
     for len in [100, (MAX_BLOCK_CRCS + 1) * BLOCK_SIZE] {
-        let e = client.block_crcs(3, 9, 0, len).await.unwrap_err();
+        let e = client
+            .block_crcs(ChunkId(3), MapVersion(9), 0, len)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     }
     // The connection is still good.
-    assert_eq!(client.block_crcs(3, 9, 8192, 4096).await.unwrap().len(), 1);
+    assert_eq!(
+        client
+            .block_crcs(ChunkId(3), MapVersion(9), 8192, 4096)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     server.task.abort();
 }
 
@@ -312,7 +355,12 @@ async fn errors_survive_the_wire() {
     let client = client_for(&server.addr).await;
 
     let err = client
-        .write(write_req(FAILING_CHUNK, 1, 0, WritePayload::Zeros(1)))
+        .write(write_req(
+            FAILING_CHUNK,
+            MapVersion(1),
+            0,
+            WritePayload::Zeros(1),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.failed_cs, Some(7));
@@ -323,35 +371,54 @@ async fn errors_survive_the_wire() {
     );
 
     client
-        .write(write_req(3, 4, 0, WritePayload::Zeros(8)))
+        .write(write_req(
+            ChunkId(3),
+            MapVersion(4),
+            0,
+            WritePayload::Zeros(8),
+        ))
         .await
         .unwrap();
     let err = client
-        .write(write_req(3, 9, 0, WritePayload::Zeros(8)))
+        .write(write_req(
+            ChunkId(3),
+            MapVersion(9),
+            0,
+            WritePayload::Zeros(8),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.failed_cs, None);
     assert_eq!(err.error.kind(), ErrorKind::Stale);
     assert!(err.error.message().contains("version 4"), "{err}");
 
-    let err = client.read_verified(3, 9, 0, 1).await.unwrap_err();
+    let err = client
+        .read_verified(ChunkId(3), MapVersion(9), 0, 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Stale);
-    let err = client.read_verified(77, 1, 0, 1).await.unwrap_err();
+    let err = client
+        .read_verified(ChunkId(77), MapVersion(1), 0, 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.message().contains("0x4d"), "{err}");
-    let err = client.flush(3, 9).await.unwrap_err();
+    let err = client.flush(ChunkId(3), MapVersion(9)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Stale);
 
     // Refused before sending.
     let err = client
-        .read_verified(3, 4, 0, MAX_IO_SIZE + 1)
+        .read_verified(ChunkId(3), MapVersion(4), 0, MAX_IO_SIZE + 1)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 
     // The connection survives all of that.
     assert_eq!(
-        client.read_verified(3, 4, 0, 8).await.unwrap(),
+        client
+            .read_verified(ChunkId(3), MapVersion(4), 0, 8)
+            .await
+            .unwrap(),
         &[0u8; 8][..]
     );
     assert!(!client.is_closed());
@@ -363,7 +430,7 @@ async fn server_answers_an_oversized_read_with_an_error() {
     let mut stream = auth::connect(&server.addr, &key(1), Channel::Data)
         .await
         .unwrap();
-    let mut frame = wire::encode_read(1, 1, 0, MAX_IO_SIZE + 1);
+    let mut frame = wire::encode_read(ChunkId(1), MapVersion(1), 0, MAX_IO_SIZE + 1);
     wire::set_id(&mut frame.head, 99);
     stream.write_all(&frame.head).await.unwrap();
     let mut reader = FrameReader::new(&mut stream);
@@ -392,8 +459,8 @@ async fn many_concurrent_requests_are_pipelined() {
             assert_eq!(data.len(), 16);
             client
                 .write(write_req(
-                    i % 10,
-                    1,
+                    ChunkId(i % 10),
+                    MapVersion(1),
                     (i / 10) * 16,
                     WritePayload::Data(data),
                 ))
@@ -405,7 +472,14 @@ async fn many_concurrent_requests_are_pipelined() {
     }
     let reads = (0..N).map(|i| {
         let client = client.clone();
-        async move { (i, client.read_verified(i % 10, 1, (i / 10) * 16, 16).await) }
+        async move {
+            (
+                i,
+                client
+                    .read_verified(ChunkId(i % 10), MapVersion(1), (i / 10) * 16, 16)
+                    .await,
+            )
+        }
     });
     for (i, r) in futures::future::join_all(reads).await {
         assert_eq!(r.unwrap(), Bytes::from(format!("req{i:013}")));
@@ -425,7 +499,15 @@ async fn server_death_fails_in_flight_requests_and_the_connector_reconnects() {
     let in_flight: Vec<_> = (0..10u64)
         .map(|i| {
             let cs = chunk_service.clone();
-            tokio::spawn(async move { cs.write(write_req(1, 1, i, WritePayload::Zeros(1))).await })
+            tokio::spawn(async move {
+                cs.write(write_req(
+                    ChunkId(1),
+                    MapVersion(1),
+                    i,
+                    WritePayload::Zeros(1),
+                ))
+                .await
+            })
         })
         .collect();
     while service.writes_started.load(Ordering::SeqCst) < 10 {
@@ -442,7 +524,10 @@ async fn server_death_fails_in_flight_requests_and_the_connector_reconnects() {
         assert_eq!(err.error.kind(), ErrorKind::Unavailable, "{err}");
     }
     // Later requests on the dead connection fail at once.
-    let err = chunk_service.read_verified(1, 1, 0, 1).await.unwrap_err();
+    let err = chunk_service
+        .read_verified(ChunkId(1), MapVersion(1), 0, 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 
     // While the server is down, dialing fails cleanly.
@@ -454,14 +539,20 @@ async fn server_death_fails_in_flight_requests_and_the_connector_reconnects() {
     let fresh = connector.chunk_service(&addr).await.unwrap();
     fresh
         .write(write_req(
-            1,
-            1,
+            ChunkId(1),
+            MapVersion(1),
             0,
             WritePayload::Data(Bytes::from_static(b"back")),
         ))
         .await
         .unwrap();
-    assert_eq!(fresh.read_verified(1, 1, 0, 4).await.unwrap(), &b"back"[..]);
+    assert_eq!(
+        fresh
+            .read_verified(ChunkId(1), MapVersion(1), 0, 4)
+            .await
+            .unwrap(),
+        &b"back"[..]
+    );
     assert_eq!(restarted.accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -507,8 +598,8 @@ async fn bad_frames_close_only_their_connection() {
     let server = start_server(service.clone(), "127.0.0.1:0").await;
     let good = client_for(&server.addr).await;
     good.write(write_req(
-        1,
-        1,
+        ChunkId(1),
+        MapVersion(1),
         0,
         WritePayload::Data(Bytes::from_static(b"ok")),
     ))
@@ -522,13 +613,18 @@ async fn bad_frames_close_only_their_connection() {
     oversized[12..16].copy_from_slice(&(MAX_BODY_LEN as u32 + 1).to_le_bytes());
     bad_inputs.push(oversized);
     // A newer frame version.
-    let mut newer = wire::encode_flush(1, 1).head;
+    let mut newer = wire::encode_flush(ChunkId(1), MapVersion(1)).head;
     newer[1] = FRAME_VERSION + 1;
     bad_inputs.push(newer);
     // A well-framed write whose chain is too long.
-    let mut long_chain = wire::encode_write(&write_req(1, 1, 0, WritePayload::Zeros(1)))
-        .unwrap()
-        .head;
+    let mut long_chain = wire::encode_write(&write_req(
+        ChunkId(1),
+        MapVersion(1),
+        0,
+        WritePayload::Zeros(1),
+    ))
+    .unwrap()
+    .head;
     long_chain[HEADER_LEN + 33] = 200;
     bad_inputs.push(long_chain);
     // A response sent to the server.
@@ -541,13 +637,18 @@ async fn bad_frames_close_only_their_connection() {
         stream.write_all(&input).await.unwrap();
         assert_closed_by_server(&mut stream).await;
         // The other client is unaffected.
-        assert_eq!(good.read_verified(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
+        assert_eq!(
+            good.read_verified(ChunkId(1), MapVersion(1), 0, 2)
+                .await
+                .unwrap(),
+            &b"ok"[..]
+        );
     }
 
     // Unauthenticated garbage never reaches the data protocol.
     let mut stream = TcpStream::connect(&server.addr).await.unwrap();
     stream
-        .write_all(&wire::encode_flush(1, 1).head)
+        .write_all(&wire::encode_flush(ChunkId(1), MapVersion(1)).head)
         .await
         .unwrap();
     assert_closed_by_server(&mut stream).await;
@@ -558,13 +659,18 @@ async fn bad_frames_close_only_their_connection() {
         .await
         .unwrap();
     stream
-        .write_all(&wire::encode_read(1, 1, 0, 1).head[..20])
+        .write_all(&wire::encode_read(ChunkId(1), MapVersion(1), 0, 1).head[..20])
         .await
         .unwrap();
     stream.shutdown().await.unwrap();
     assert_closed_by_server(&mut stream).await;
 
-    assert_eq!(good.read_verified(1, 1, 0, 2).await.unwrap(), &b"ok"[..]);
+    assert_eq!(
+        good.read_verified(ChunkId(1), MapVersion(1), 0, 2)
+            .await
+            .unwrap(),
+        &b"ok"[..]
+    );
     assert!(!good.is_closed());
 }
 
@@ -578,7 +684,7 @@ async fn dropping_the_client_closes_the_connection() {
         serve_data_connection(stream, Arc::new(MemService::default())).await;
     });
     let client = client_for(&addr).await;
-    client.flush(1, 1).await.unwrap();
+    client.flush(ChunkId(1), MapVersion(1)).await.unwrap();
     drop(client);
     tokio::time::timeout(Duration::from_secs(10), served)
         .await
@@ -591,13 +697,18 @@ async fn a_request_given_up_on_leaves_no_pending_entry_and_its_late_reply_is_dis
     let service = Arc::new(MemService::gated());
     let server = start_server(service.clone(), "127.0.0.1:0").await;
     let client = client_for(&server.addr).await;
-    let held = client.write(write_req(2, 1, 0, WritePayload::Zeros(1)));
+    let held = client.write(write_req(
+        ChunkId(2),
+        MapVersion(1),
+        0,
+        WritePayload::Zeros(1),
+    ));
     let others = async {
         // The peer keeps answering other requests while the write waits:
         // it is alive, so giving up on the write keeps the connection.
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            client.flush(9, 1).await.unwrap();
+            client.flush(ChunkId(9), MapVersion(1)).await.unwrap();
         }
         std::future::pending::<()>().await
     };
@@ -615,11 +726,11 @@ async fn a_request_given_up_on_leaves_no_pending_entry_and_its_late_reply_is_dis
     assert!(!client.is_closed());
     // Its late reply arrives and is discarded; the connection goes on.
     service.gate.as_ref().unwrap().add_permits(1);
-    while !service.chunks.lock().unwrap().contains_key(&2) {
+    while !service.chunks.lock().unwrap().contains_key(&ChunkId(2)) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Answered after the late reply, on the same connection.
-    client.flush(9, 1).await.unwrap();
+    client.flush(ChunkId(9), MapVersion(1)).await.unwrap();
     assert!(!client.is_closed());
     assert_eq!(client.pending_requests(), 0);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
@@ -633,17 +744,22 @@ async fn a_peer_that_never_answers_is_torn_down_and_redialed() {
     let first = connector.chunk_service(&server.addr).await.unwrap();
     let given_up = tokio::time::timeout(
         Duration::from_secs(1),
-        first.write(write_req(1, 1, 0, WritePayload::Zeros(1))),
+        first.write(write_req(
+            ChunkId(1),
+            MapVersion(1),
+            0,
+            WritePayload::Zeros(1),
+        )),
     )
     .await;
     assert!(given_up.is_err(), "the peer never answers");
     // Nothing came back while the request waited: the connection is
     // condemned, and the next call dials a new one that works.
-    let err = first.flush(1, 1).await.unwrap_err();
+    let err = first.flush(ChunkId(1), MapVersion(1)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     let second = connector.chunk_service(&server.addr).await.unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
-    second.flush(1, 1).await.unwrap();
+    second.flush(ChunkId(1), MapVersion(1)).await.unwrap();
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
 }
 

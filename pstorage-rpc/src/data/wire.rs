@@ -234,8 +234,8 @@ pub(crate) fn encode_write(req: &WriteRequest) -> Result<OutFrame, Error> {
     let body_len = WRITE_FIXED_LEN + chain_len + crcs_len + data.len();
     let mut head = Vec::with_capacity(HEADER_LEN + WRITE_FIXED_LEN + chain_len + crcs_len);
     put_header(&mut head, TYPE_WRITE, 0, body_len);
-    head.extend_from_slice(&req.chunk.to_le_bytes());
-    head.extend_from_slice(&req.version.to_le_bytes());
+    head.extend_from_slice(&req.chunk.0.to_le_bytes());
+    head.extend_from_slice(&req.version.0.to_le_bytes());
     head.extend_from_slice(&req.offset.to_le_bytes());
     head.extend_from_slice(&zeros_len.to_le_bytes());
     head.extend_from_slice(&[kind, req.chain.len() as u8]);
@@ -263,8 +263,8 @@ pub(crate) fn encode_write(req: &WriteRequest) -> Result<OutFrame, Error> {
 pub(crate) fn encode_read(chunk: ChunkId, version: MapVersion, offset: u64, len: u64) -> OutFrame {
     let mut head = Vec::with_capacity(HEADER_LEN + READ_BODY_LEN);
     put_header(&mut head, TYPE_READ, 0, READ_BODY_LEN);
-    head.extend_from_slice(&chunk.to_le_bytes());
-    head.extend_from_slice(&version.to_le_bytes());
+    head.extend_from_slice(&chunk.0.to_le_bytes());
+    head.extend_from_slice(&version.0.to_le_bytes());
     head.extend_from_slice(&offset.to_le_bytes());
     head.extend_from_slice(&len.to_le_bytes());
     OutFrame {
@@ -277,8 +277,8 @@ pub(crate) fn encode_read(chunk: ChunkId, version: MapVersion, offset: u64, len:
 pub(crate) fn encode_flush(chunk: ChunkId, version: MapVersion) -> OutFrame {
     let mut head = Vec::with_capacity(HEADER_LEN + FLUSH_BODY_LEN);
     put_header(&mut head, TYPE_FLUSH, 0, FLUSH_BODY_LEN);
-    head.extend_from_slice(&chunk.to_le_bytes());
-    head.extend_from_slice(&version.to_le_bytes());
+    head.extend_from_slice(&chunk.0.to_le_bytes());
+    head.extend_from_slice(&version.0.to_le_bytes());
     OutFrame {
         head,
         body: Bytes::new(),
@@ -294,8 +294,8 @@ pub(crate) fn encode_block_crcs(
 ) -> OutFrame {
     let mut head = Vec::with_capacity(HEADER_LEN + BLOCK_CRCS_BODY_LEN);
     put_header(&mut head, TYPE_BLOCK_CRCS, 0, BLOCK_CRCS_BODY_LEN);
-    head.extend_from_slice(&chunk.to_le_bytes());
-    head.extend_from_slice(&version.to_le_bytes());
+    head.extend_from_slice(&chunk.0.to_le_bytes());
+    head.extend_from_slice(&version.0.to_le_bytes());
     head.extend_from_slice(&offset.to_le_bytes());
     head.extend_from_slice(&len.to_le_bytes());
     OutFrame {
@@ -498,8 +498,8 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 other => return Err(malformed(format!("unknown write payload kind {other}"))),
             };
             Ok(Request::Write(WriteRequest {
-                chunk,
-                version,
+                chunk: ChunkId(chunk),
+                version: MapVersion(version),
                 offset,
                 payload,
                 chain,
@@ -514,8 +514,8 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 )));
             }
             Ok(Request::Read {
-                chunk: u64_at(&body, 0),
-                version: u64_at(&body, 8),
+                chunk: ChunkId(u64_at(&body, 0)),
+                version: MapVersion(u64_at(&body, 8)),
                 offset: u64_at(&body, 16),
                 len: u64_at(&body, 24),
             })
@@ -528,8 +528,8 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 )));
             }
             Ok(Request::Flush {
-                chunk: u64_at(&body, 0),
-                version: u64_at(&body, 8),
+                chunk: ChunkId(u64_at(&body, 0)),
+                version: MapVersion(u64_at(&body, 8)),
             })
         }
         TYPE_BLOCK_CRCS => {
@@ -540,8 +540,8 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                 )));
             }
             Ok(Request::BlockCrcs {
-                chunk: u64_at(&body, 0),
-                version: u64_at(&body, 8),
+                chunk: ChunkId(u64_at(&body, 0)),
+                version: MapVersion(u64_at(&body, 8)),
                 offset: u64_at(&body, 16),
                 len: u64_at(&body, 24),
             })
@@ -698,8 +698,8 @@ mod tests {
     #[test]
     fn write_round_trips() {
         let req = WriteRequest::new(
-            0x1f2,
-            7,
+            ChunkId(0x1f2),
+            MapVersion(7),
             4096,
             WritePayload::Data(Bytes::from_static(b"hello")),
             vec![
@@ -735,35 +735,35 @@ mod tests {
 
     #[test]
     fn read_flush_and_responses_round_trip() {
-        let (h, b) = frame_bytes(&encode_read(1, 2, 3, 4));
+        let (h, b) = frame_bytes(&encode_read(ChunkId(1), MapVersion(2), 3, 4));
         assert_eq!(
             decode_request(&h, b).unwrap(),
             Request::Read {
-                chunk: 1,
-                version: 2,
+                chunk: ChunkId(1),
+                version: MapVersion(2),
                 offset: 3,
                 len: 4
             }
         );
-        let (h, b) = frame_bytes(&encode_flush(5, 6));
+        let (h, b) = frame_bytes(&encode_flush(ChunkId(5), MapVersion(6)));
         assert_eq!(
             decode_request(&h, b).unwrap(),
             Request::Flush {
-                chunk: 5,
-                version: 6
+                chunk: ChunkId(5),
+                version: MapVersion(6)
             }
         );
-        let (h, b) = frame_bytes(&encode_block_crcs(7, 8, 4096, 1 << 20));
+        let (h, b) = frame_bytes(&encode_block_crcs(ChunkId(7), MapVersion(8), 4096, 1 << 20));
         assert_eq!(
             decode_request(&h, b).unwrap(),
             Request::BlockCrcs {
-                chunk: 7,
-                version: 8,
+                chunk: ChunkId(7),
+                version: MapVersion(8),
                 offset: 4096,
                 len: 1 << 20
             }
         );
-        let (h, b) = frame_bytes(&encode_block_crcs(7, 8, 0, 4096));
+        let (h, b) = frame_bytes(&encode_block_crcs(ChunkId(7), MapVersion(8), 0, 4096));
         let short = Header { body_len: 31, ..h };
         assert!(decode_request(&short, b.slice(..31)).is_err());
         let entries = [0, 1, u64::MAX, 0x0123_4567_89ab_cdef];
@@ -787,7 +787,7 @@ mod tests {
             }
         );
         // A request type where a response is expected, and vice versa.
-        let (h, b) = frame_bytes(&encode_flush(5, 6));
+        let (h, b) = frame_bytes(&encode_flush(ChunkId(5), MapVersion(6)));
         assert!(matches!(
             decode_response(&h, b),
             Err(FrameError::WrongDirection(_))
@@ -845,8 +845,8 @@ mod tests {
     #[test]
     fn bad_bodies_are_refused() {
         let req = WriteRequest::new(
-            1,
-            1,
+            ChunkId(1),
+            MapVersion(1),
             0,
             WritePayload::Data(Bytes::from_static(b"ab")),
             vec![Replica {
@@ -872,7 +872,7 @@ mod tests {
         let short = Header { body_len: 20, ..h };
         assert!(decode_request(&short, body.slice(..20)).is_err());
 
-        let (h, b) = frame_bytes(&encode_read(1, 2, 3, 4));
+        let (h, b) = frame_bytes(&encode_read(ChunkId(1), MapVersion(2), 3, 4));
         let short = Header { body_len: 31, ..h };
         assert!(decode_request(&short, b.slice(..31)).is_err());
 

@@ -386,7 +386,7 @@ async fn corrupt_replicas_are_reported_when_the_mds_answers() {
         MemNetwork::new(),
     ));
     let task = tokio::spawn(reporter.run(mds.clone(), server, Duration::from_secs(2)));
-    queue.bad_replica(0x1f2, 3, "checksum mismatch".into());
+    queue.bad_replica(ChunkId(0x1f2), MapVersion(3), "checksum mismatch".into());
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!task.is_finished());
     mds.set(Mode::Up);
