@@ -1,6 +1,7 @@
 //! `pstorage -c CLUSTER COMMAND ...`: the administration CLI, in the style
 //! of the original pstorage.
 
+use pstorage_core::types::CsId;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -390,7 +391,7 @@ async fn execute(cli: &Cli) -> Result<()> {
                 update.parse_assignment(s)?;
             }
             let mds = node::connect_mds(&conf, Default::default())?;
-            pstorage_core::traits::MetadataService::set_cs(&mds, *id, update).await?;
+            pstorage_core::traits::MetadataService::set_cs(&mds, CsId(*id), update).await?;
         }
         Command::Put { local, path } => put(&client(&conf)?, local, path).await?,
         Command::Get { path, local } => get(&client(&conf)?, path, local).await?,
@@ -496,7 +497,7 @@ async fn execute(cli: &Cli) -> Result<()> {
 /// `rm-cs`: starts the removal, then (unless `no_wait`) follows it until
 /// the server is dropped, printing progress.
 async fn rm_cs(client: &Client, id: u32, force: bool, no_wait: bool) -> Result<()> {
-    client.mds().remove_cs(id, force).await?;
+    client.mds().remove_cs(CsId(id), force).await?;
     if force {
         println!("chunk server {id} dropped; its chunks are re-replicated from their other copies");
         return Ok(());
@@ -508,7 +509,7 @@ async fn rm_cs(client: &Client, id: u32, force: bool, no_wait: bool) -> Result<(
     let mut last_chunks = None;
     loop {
         let status = client.cluster_status().await?;
-        let Some(cs) = status.cs.iter().find(|c| c.id == id) else {
+        let Some(cs) = status.cs.iter().find(|c| c.id == CsId(id)) else {
             return Err(Error::not_found(format!(
                 "chunk server {id} disappeared from the cluster status"
             )));

@@ -20,7 +20,7 @@ use pstorage_core::types::{CsId, FailureDomain, FileAttrs, LeaseId, LeaseMode, O
 
 const CHUNK: u64 = 256 << 20;
 const CAPACITY: u64 = 100 << 40;
-const SERVERS: CsId = 1000;
+const SERVERS: u32 = 1000;
 const CHUNKS_PER_FILE: u64 = 1000;
 
 fn status_kib(field: &str) -> u64 {
@@ -35,7 +35,7 @@ fn status_kib(field: &str) -> u64 {
 }
 
 fn server(id: CsId) -> ServerView {
-    let host = (id - 1) / 20;
+    let host = (id.0 - 1) / 20;
     let rack = host / 5;
     ServerView {
         id,
@@ -70,13 +70,13 @@ fn main() {
         Ok(state) => state,
         Err(e) => panic!("new state: {e}"),
     };
-    let mut servers: Vec<ServerView> = (1..=SERVERS).map(server).collect();
+    let mut servers: Vec<ServerView> = (1..=SERVERS).map(CsId).map(server).collect();
     for cs in 1..=SERVERS {
         apply(&mut state, Command::AllocateCsId);
         apply(
             &mut state,
             Command::SetCsAddr {
-                cs,
+                cs: CsId(cs),
                 addr: format!("10.0.{}.{}:9500", cs / 250, cs % 250),
             },
         );
@@ -117,7 +117,7 @@ fn main() {
             },
         );
         for id in &replicas {
-            let s = &mut servers[*id as usize - 1];
+            let s = &mut servers[id.0 as usize - 1];
             s.held_bytes += CHUNK;
             s.free_bytes -= CHUNK;
         }

@@ -18,7 +18,7 @@ const CHUNK: u64 = 256 << 20;
 const CAPACITY: u64 = 100 << 40;
 
 fn server(id: CsId) -> ServerView {
-    let host = (id - 1) / 20; // 20 CSes per host
+    let host = (id.0 - 1) / 20; // 20 CSes per host
     let rack = host / 5; // 5 hosts per rack, 10 racks
     ServerView {
         id,
@@ -49,7 +49,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let mut servers: Vec<ServerView> = (1..=1000).map(server).collect();
+    let mut servers: Vec<ServerView> = (1..=1000).map(CsId).map(server).collect();
     let mut chains: Vec<Vec<CsId>> = Vec::with_capacity(chunks);
     let started = Instant::now();
     for _ in 0..chunks {
@@ -65,7 +65,7 @@ fn main() {
             },
         );
         for id in &chosen {
-            let s = &mut servers[*id as usize - 1];
+            let s = &mut servers[id.0 as usize - 1];
             s.held_bytes += CHUNK;
             s.free_bytes -= CHUNK;
         }
@@ -81,7 +81,7 @@ fn main() {
     );
 
     // Lose host 0 (CSes 1-20): one new replica per chunk that had one there.
-    let lost: Vec<CsId> = (1..=20).collect();
+    let lost: Vec<CsId> = (1..=20).map(CsId).collect();
     let mut survivors = servers.clone();
     for s in survivors.iter_mut().filter(|s| lost.contains(&s.id)) {
         s.eligible = false;
@@ -111,7 +111,7 @@ fn main() {
             },
         );
         for t in to {
-            let s = &mut survivors[t as usize - 1];
+            let s = &mut survivors[t.0 as usize - 1];
             s.held_bytes += CHUNK;
             *per_host.entry(s.host.clone()).or_default() += 1;
             copies += 1;
@@ -128,7 +128,7 @@ fn main() {
 
     // Grow by 50 empty CSes (new hosts) and time rebalancing passes.
     for id in 1001..=1050 {
-        let mut s = server(id);
+        let mut s = server(CsId(id));
         s.host = format!("new{}", (id - 1001) / 10);
         servers.push(s);
     }

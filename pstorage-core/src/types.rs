@@ -55,10 +55,13 @@ macro_rules! id_type {
         }
     };
 }
-pub(crate) use id_type;
 
-/// A chunk server's id, assigned by the MDS at `make-cs` time; never reused.
-pub type CsId = u32;
+id_type!(
+    /// A chunk server's id, assigned by the MDS at `make-cs` time; never
+    /// reused. Printed as its number.
+    CsId(u32),
+    "{}"
+);
 id_type!(
     /// A cluster-unique chunk id, assigned by the MDS. Printed in hex
     /// (`0x2a`), as the logs and events name chunks.

@@ -161,7 +161,7 @@ impl RawLocalCluster {
 
     /// The cluster id of chunk server `i`.
     fn cs_id(&self, py: Python<'_>, i: usize) -> PyResult<u32> {
-        self.with(py, |c, _| c.cs_id(i))
+        self.with(py, |c, _| c.cs_id(i).map(|id| id.0))
     }
 
     /// Whether MDS `i` runs.

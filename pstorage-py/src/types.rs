@@ -135,7 +135,7 @@ pub struct PyCsInfo {
 impl From<&CsInfo> for PyCsInfo {
     fn from(c: &CsInfo) -> PyCsInfo {
         PyCsInfo {
-            id: c.id,
+            id: c.id.0,
             addr: c.addr.clone(),
             status: c.status.to_string(),
             total_bytes: c.space.total_bytes,

@@ -58,11 +58,11 @@ fn sample_chunk_map(index: u64) -> ChunkMap {
         version: MapVersion(42),
         replicas: vec![
             Replica {
-                cs: 3,
+                cs: CsId(3),
                 addr: "127.0.0.1:9101".into(),
             },
             Replica {
-                cs: u32::MAX,
+                cs: CsId(u32::MAX),
                 addr: "[::1]:9102".into(),
             },
         ],
@@ -113,7 +113,7 @@ fn sample_cluster_status() -> ClusterStatus {
         }],
         cs: vec![
             CsInfo {
-                id: 3,
+                id: CsId(3),
                 addr: "127.0.0.1:9101".into(),
                 status: CsStatus::Active,
                 space: SpaceInfo {
@@ -139,7 +139,7 @@ fn sample_cluster_status() -> ClusterStatus {
                 journal_used_bytes: 4096,
             },
             CsInfo {
-                id: 4,
+                id: CsId(4),
                 addr: "127.0.0.1:9102".into(),
                 status: CsStatus::Dropped,
                 space: SpaceInfo::default(),
@@ -417,7 +417,7 @@ impl MetadataService for FakeMds {
 impl CsRegistry for FakeMds {
     async fn allocate_cs_id(&self) -> Result<CsId> {
         self.script.enter("allocate_cs_id".into())?;
-        Ok(u32::MAX - 1)
+        Ok(CsId(u32::MAX - 1))
     }
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
         self.script.enter(format!("register_cs {registration:?}"))?;
@@ -464,7 +464,7 @@ impl CsRegistry for FakeMds {
             index: u64::MAX,
             version: report.version,
             replicas: vec![Replica {
-                cs: u32::MAX,
+                cs: CsId(u32::MAX),
                 addr: "peer:1".into(),
             }],
         })
@@ -749,7 +749,7 @@ async fn every_mds_method_round_trips() {
     ] {
         assert_eq!(
             client
-                .report_failure(LeaseId(9), ChunkId(0x1f2), MapVersion(42), 3, reason)
+                .report_failure(LeaseId(9), ChunkId(0x1f2), MapVersion(42), CsId(3), reason)
                 .await
                 .unwrap(),
             sample_chunk_map(4)
@@ -773,7 +773,7 @@ async fn every_mds_method_round_trips() {
         .await
         .unwrap();
     assert_eq!(client.event_log(7).await.unwrap(), sample_events());
-    client.remove_cs(u32::MAX, true).await.unwrap();
+    client.remove_cs(CsId(u32::MAX), true).await.unwrap();
     assert_eq!(
         calls(),
         [
@@ -788,9 +788,9 @@ async fn every_mds_method_round_trips() {
         ]
     );
 
-    assert_eq!(client.allocate_cs_id().await.unwrap(), u32::MAX - 1);
+    assert_eq!(client.allocate_cs_id().await.unwrap(), CsId(u32::MAX - 1));
     let registration = CsRegistration {
-        id: 3,
+        id: CsId(3),
         addr: "127.0.0.1:9101".into(),
         space: SpaceInfo {
             total_bytes: 100,
@@ -816,7 +816,7 @@ async fn every_mds_method_round_trips() {
         journal_used_bytes: 6,
     };
     assert_eq!(
-        client.heartbeat(3, space, stats).await.unwrap(),
+        client.heartbeat(CsId(3), space, stats).await.unwrap(),
         HeartbeatReply {
             scrub_period_ms: u64::MAX,
             scrub_rate_bytes_per_s: 7,
@@ -829,7 +829,7 @@ async fn every_mds_method_round_trips() {
         }
     );
     client
-        .report_bad_replica(3, ChunkId(u64::MAX), FailureReason::Corrupt)
+        .report_bad_replica(CsId(3), ChunkId(u64::MAX), FailureReason::Corrupt)
         .await
         .unwrap();
     assert_eq!(
@@ -1077,7 +1077,7 @@ async fn control_methods_and_errors_round_trip() {
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
     control.ping().await.unwrap();
     let source = Replica {
-        cs: u32::MAX,
+        cs: CsId(u32::MAX),
         addr: "[::1]:65535".into(),
     };
     assert_eq!(

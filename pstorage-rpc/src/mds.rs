@@ -276,7 +276,7 @@ impl mds::Server for MdsServer {
                     LeaseId(lease),
                     ChunkId(chunk),
                     MapVersion(version),
-                    cs,
+                    CsId(cs),
                     reason,
                 )
                 .await
@@ -395,7 +395,7 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_cs(), p.get_force()))
             })?;
-            self.metadata.remove_cs(cs, force).await
+            self.metadata.remove_cs(CsId(cs), force).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -412,7 +412,7 @@ impl mds::Server for MdsServer {
                 let p = params.get()?;
                 Ok((p.get_cs(), CsPlacementUpdate::read(p.get_update()?)?))
             })?;
-            self.metadata.set_cs(cs, update).await
+            self.metadata.set_cs(CsId(cs), update).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -456,7 +456,7 @@ impl mds::Server for MdsServer {
                 Ok((p.get_cs(), SpaceInfo::read(p.get_space()?)?))
             })?;
             self.registry
-                .heartbeat(cs, space, CsStats::default())
+                .heartbeat(CsId(cs), space, CsStats::default())
                 .await
                 .map(|_| ())
         }
@@ -479,7 +479,7 @@ impl mds::Server for MdsServer {
                     CsStats::read(p.get_stats()?)?,
                 ))
             })?;
-            self.registry.heartbeat(cs, space, stats).await
+            self.registry.heartbeat(CsId(cs), space, stats).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -501,7 +501,7 @@ impl mds::Server for MdsServer {
                 ))
             })?;
             self.registry
-                .report_bad_replica(cs, ChunkId(chunk), reason)
+                .report_bad_replica(CsId(cs), ChunkId(chunk), reason)
                 .await
         }
         .await;
@@ -526,7 +526,9 @@ impl mds::Server for MdsServer {
                 }
                 let outcome = match p.get_outcome()? {
                     BlockRepairOutcome::Found => BlockRepair::Found,
-                    BlockRepairOutcome::Repaired => BlockRepair::Repaired { from: p.get_from() },
+                    BlockRepairOutcome::Repaired => BlockRepair::Repaired {
+                        from: CsId(p.get_from()),
+                    },
                     BlockRepairOutcome::Unrepairable => BlockRepair::Unrepairable,
                 };
                 Ok((
@@ -540,7 +542,7 @@ impl mds::Server for MdsServer {
                 ))
             })?;
             self.registry
-                .report_bad_blocks(cs, ChunkId(chunk), report)
+                .report_bad_blocks(CsId(cs), ChunkId(chunk), report)
                 .await
         }
         .await;
@@ -950,7 +952,7 @@ impl MetadataService for MdsClient {
             p.set_lease(lease.0);
             p.set_chunk(chunk.0);
             p.set_version(version.0);
-            p.set_cs(cs);
+            p.set_cs(cs.0);
             p.set_reason(failure_reason_to_wire(reason));
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1036,7 +1038,7 @@ impl MetadataService for MdsClient {
         self.call("removeCs", move |mds| async move {
             let mut request = mds.remove_cs_request();
             let mut p = request.get();
-            p.set_cs(cs);
+            p.set_cs(cs.0);
             p.set_force(force);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1048,7 +1050,7 @@ impl MetadataService for MdsClient {
         self.call("setCs", move |mds| async move {
             let mut request = mds.set_cs_request();
             let mut p = request.get();
-            p.set_cs(cs);
+            p.set_cs(cs.0);
             update.write(p.init_update());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1088,7 +1090,7 @@ impl CsRegistry for MdsClient {
             .call("csHeartbeat", move |mds| async move {
                 let mut request = mds.cs_heartbeat_request();
                 let mut p = request.get();
-                p.set_cs(cs);
+                p.set_cs(cs.0);
                 space.write(p.reborrow().init_space());
                 stats.write(p.init_stats());
                 let response = request.send().promise.await?;
@@ -1108,7 +1110,7 @@ impl CsRegistry for MdsClient {
         self.call("reportBadReplica", move |mds| async move {
             let mut request = mds.report_bad_replica_request();
             let mut p = request.get();
-            p.set_cs(cs);
+            p.set_cs(cs.0);
             p.set_chunk(chunk.0);
             p.set_reason(failure_reason_to_wire(reason));
             let response = request.send().promise.await?;
@@ -1128,12 +1130,12 @@ impl CsRegistry for MdsClient {
             async move {
                 let mut request = mds.report_bad_blocks_request();
                 let mut p = request.get();
-                p.set_cs(cs);
+                p.set_cs(cs.0);
                 p.set_chunk(chunk.0);
                 p.set_version(report.version.0);
                 let (outcome, from) = match report.outcome {
                     BlockRepair::Found => (BlockRepairOutcome::Found, 0),
-                    BlockRepair::Repaired { from } => (BlockRepairOutcome::Repaired, from),
+                    BlockRepair::Repaired { from } => (BlockRepairOutcome::Repaired, from.0),
                     BlockRepair::Unrepairable => (BlockRepairOutcome::Unrepairable, 0),
                 };
                 p.set_outcome(outcome);

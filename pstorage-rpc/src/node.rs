@@ -863,7 +863,7 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.listen)))?;
     let addr = listener.local_addr()?.to_string();
-    info!(cs = conf.id, %addr, "CS started");
+    info!(cs = %conf.id, %addr, "CS started");
     println!(
         "pstorage-csd: CS {} of cluster {} listening on {addr}",
         conf.id, conf.cluster

@@ -492,12 +492,12 @@ impl WireStruct for OpenReply {
 impl WireStruct for Replica {
     type Schema = schema::replica::Owned;
     fn write(&self, mut b: schema::replica::Builder<'_>) {
-        b.set_cs(self.cs);
+        b.set_cs(self.cs.0);
         b.set_addr(self.addr.as_str());
     }
     fn read(r: schema::replica::Reader<'_>) -> capnp::Result<Self> {
         Ok(Replica {
-            cs: r.get_cs(),
+            cs: CsId(r.get_cs()),
             addr: read_text(r.get_addr())?,
         })
     }
@@ -541,7 +541,7 @@ impl WireStruct for SpaceInfo {
 impl WireStruct for CsInfo {
     type Schema = schema::cs_info::Owned;
     fn write(&self, mut b: schema::cs_info::Builder<'_>) {
-        b.set_id(self.id);
+        b.set_id(self.id.0);
         b.set_addr(self.addr.as_str());
         b.set_status(cs_status_to_wire(self.status));
         self.space.write(b.reborrow().init_space());
@@ -560,7 +560,7 @@ impl WireStruct for CsInfo {
     }
     fn read(r: schema::cs_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsInfo {
-            id: r.get_id(),
+            id: CsId(r.get_id()),
             addr: read_text(r.get_addr())?,
             status: cs_status_from_wire(r.get_status()?),
             space: SpaceInfo::read(r.get_space()?)?,
@@ -864,7 +864,7 @@ impl WireStruct for ChunkReplicaInfo {
 impl WireStruct for CsRegistration {
     type Schema = schema::cs_registration::Owned;
     fn write(&self, mut b: schema::cs_registration::Builder<'_>) {
-        b.set_id(self.id);
+        b.set_id(self.id.0);
         b.set_addr(self.addr.as_str());
         self.space.write(b.reborrow().init_space());
         write_list(
@@ -873,12 +873,12 @@ impl WireStruct for CsRegistration {
         );
         let mut unclean = b.init_unclean(list_len(self.unclean.len()));
         for (i, chunk) in self.unclean.iter().enumerate() {
-            unclean.set(i as u32, (*chunk).0);
+            unclean.set(i as u32, chunk.0);
         }
     }
     fn read(r: schema::cs_registration::Reader<'_>) -> capnp::Result<Self> {
         Ok(CsRegistration {
-            id: r.get_id(),
+            id: CsId(r.get_id()),
             addr: read_text(r.get_addr())?,
             space: SpaceInfo::read(r.get_space()?)?,
             chunks: read_list(r.get_chunks()?)?,
@@ -892,11 +892,11 @@ impl WireStruct for RegisterReply {
     fn write(&self, mut b: schema::register_reply::Builder<'_>) {
         let mut delete = b.reborrow().init_delete(list_len(self.delete.len()));
         for (i, chunk) in self.delete.iter().enumerate() {
-            delete.set(i as u32, (*chunk).0);
+            delete.set(i as u32, chunk.0);
         }
         let mut stale = b.reborrow().init_stale(list_len(self.stale.len()));
         for (i, chunk) in self.stale.iter().enumerate() {
-            stale.set(i as u32, (*chunk).0);
+            stale.set(i as u32, chunk.0);
         }
         b.set_heartbeat_interval_ms(self.heartbeat_interval_ms);
     }
@@ -1080,13 +1080,13 @@ impl WireReply for CsId {
     type Schema = schema::cs_id_result::Owned;
     fn write_result(outcome: &Result<CsId>, mut b: schema::cs_id_result::Builder<'_>) {
         match outcome {
-            Ok(id) => b.set_ok(*id),
+            Ok(id) => b.set_ok(id.0),
             Err(error) => write_error(b.init_err(), error),
         }
     }
     fn read_result(r: schema::cs_id_result::Reader<'_>) -> capnp::Result<Result<CsId>> {
         Ok(match r.which()? {
-            schema::cs_id_result::Ok(id) => Ok(id),
+            schema::cs_id_result::Ok(id) => Ok(CsId(id)),
             schema::cs_id_result::Err(error) => Err(read_error(error?)?),
         })
     }

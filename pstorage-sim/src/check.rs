@@ -325,7 +325,7 @@ mod tests {
             state.apply(Command::AllocateCsId).unwrap();
             state
                 .apply(Command::SetCsAddr {
-                    cs,
+                    cs: CsId(cs),
                     addr: format!("cs{cs}:1"),
                 })
                 .unwrap();
@@ -351,7 +351,7 @@ mod tests {
                 index: 0,
                 chunk: state.next_chunk_id(),
                 version: MapVersion(1),
-                replicas: vec![1, 2],
+                replicas: vec![CsId(1), CsId(2)],
                 now_ms: 1,
             })
             .unwrap();
@@ -367,13 +367,16 @@ mod tests {
         for s in [&a, &b] {
             s.create(chunk, record.version, 64 << 10).unwrap();
         }
-        let both = BTreeMap::from([(1, &a as &dyn ChunkStore), (2, &b as &dyn ChunkStore)]);
+        let both = BTreeMap::from([
+            (CsId(1), &a as &dyn ChunkStore),
+            (CsId(2), &b as &dyn ChunkStore),
+        ]);
         assert!(check_replicas(&state, &both).is_ok());
         b.write(chunk, 0, &encode_block(5, 0)).unwrap();
         assert!(check_replicas(&state, &both)
             .unwrap_err()
             .contains("differ at block 0"));
-        let only_a = BTreeMap::from([(1, &a as &dyn ChunkStore)]);
+        let only_a = BTreeMap::from([(CsId(1), &a as &dyn ChunkStore)]);
         assert!(check_replicas(&state, &only_a)
             .unwrap_err()
             .contains("not running"));

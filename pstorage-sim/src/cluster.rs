@@ -453,7 +453,7 @@ impl Cluster {
     pub fn clock_of(&self, node: NodeId) -> Option<Arc<SimClock>> {
         match node {
             NodeId::Mds(id) => self.mds.get(&id).map(|s| s.clock.clone()),
-            NodeId::Cs(id) => self.cs.get(&id).map(|s| s.clock.clone()),
+            NodeId::Cs(id) => self.cs.get(&CsId(id)).map(|s| s.clock.clone()),
             NodeId::Client(_) => None,
         }
     }
@@ -461,7 +461,7 @@ impl Cluster {
     /// Starts chunk server `id` on its store (after a crash: the chunks
     /// written but not flushed are verified first, by the session).
     pub fn start_cs(&mut self, id: CsId) {
-        let node = NodeId::Cs(id);
+        let node = NodeId::Cs(id.0);
         let slot = self.cs.get(&id).expect("unknown CS");
         let store: Arc<dyn ChunkStore> = slot.store.store();
         let clock: Arc<dyn Clock> = slot.clock.clone();
@@ -517,7 +517,7 @@ impl Cluster {
     /// dirty log does). `power_loss`: unflushed writes are kept, lost or
     /// torn, block by block, as the seed decides.
     pub fn crash_cs(&mut self, id: CsId, power_loss: bool) -> StoreCrash {
-        self.net.crash(NodeId::Cs(id));
+        self.net.crash(NodeId::Cs(id.0));
         let slot = self.cs.get_mut(&id).expect("unknown CS");
         slot.running = None;
         let rng = self.rng.clone();

@@ -645,7 +645,7 @@ async fn inject(
             Some(Active::MdsDown(id))
         }
         2 if !cs_busy => {
-            let node = NodeId::Cs(pick(rng, &cs_ids)?);
+            let node = NodeId::Cs((pick(rng, &cs_ids)?).0);
             net.set_frozen(node, true);
             trace.event(format!("FAULT freeze {node}"));
             Some(Active::Frozen(node))
@@ -717,7 +717,7 @@ async fn inject(
             let nodes = net.nodes();
             let node = pick(rng, &nodes)?;
             let alive = match node {
-                NodeId::Cs(id) => cluster.cs_running(id),
+                NodeId::Cs(id) => cluster.cs_running(CsId(id)),
                 NodeId::Mds(id) => cluster.mds_running(id),
                 NodeId::Client(_) => false,
             };
@@ -764,7 +764,7 @@ async fn inject(
         }
         11 if !clock_busy && config.clock_jumps => {
             let mut nodes: Vec<NodeId> = mds_ids.iter().map(|id| NodeId::Mds(*id)).collect();
-            nodes.extend(cs_ids.iter().map(|id| NodeId::Cs(*id)));
+            nodes.extend(cs_ids.iter().map(|id| NodeId::Cs(id.0)));
             let node = pick(rng, &nodes)?;
             let clock = cluster.clock_of(node)?;
             let (secs, back) = {

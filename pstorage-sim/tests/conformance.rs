@@ -47,7 +47,7 @@ impl SimChunks {
     }
 
     fn connector(&self, world: &ChunkWorld, id: CsId) -> (SimConnector, String) {
-        let node = NodeId::Cs(id);
+        let node = NodeId::Cs(id.0);
         self.net.start(node, Services::Cs(world.server(id).clone()));
         let connector = SimConnector::new(
             self.net.clone(),

@@ -409,7 +409,7 @@ impl TestCluster {
     pub fn cs_id(&self, i: usize) -> CsId {
         let text = std::fs::read_to_string(self.cs_dirs[i].join("cs.conf")).expect("cs.conf");
         let conf: serde_json::Value = serde_json::from_str(&text).expect("cs.conf json");
-        conf["id"].as_u64().expect("id") as CsId
+        CsId(conf["id"].as_u64().expect("id") as u32)
     }
 
     /// The index of the chunk server whose id is `id`.

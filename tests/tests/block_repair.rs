@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use pstorage_core::types::CsId;
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ fn defaults() -> ClusterOptions {
 }
 
 fn chunk_file(cluster: &TestCluster, cs: u32, chunk: u64) -> PathBuf {
-    cluster.cs_dirs[cluster.cs_index(cs)]
+    cluster.cs_dirs[cluster.cs_index(CsId(cs))]
         .join("chunks")
         .join(format!("{chunk:016x}.chunk"))
 }
@@ -120,7 +121,7 @@ async fn damaged_blocks_are_rewritten_from_another_replica_and_the_replica_stays
     // A clean stop applies the journal to the chunk files: what follows is
     // damage behind the server's back, not a write it replays.
     cluster.stop_cs(i);
-    let path = chunk_file(&cluster, victim, map.chunk.0);
+    let path = chunk_file(&cluster, victim.0, map.chunk.0);
     flip_byte(&path, DATA_AT + 10 * B + 1000); // block 10's data
     flip_byte(&path, TABLE_AT + 20 * 8 + 3); // block 20's CRC entry
     {
@@ -199,7 +200,7 @@ async fn a_block_bad_on_every_replica_reads_as_an_error_until_rewritten() {
         cluster.stop_cs(i);
         // Block 30 on every replica, at different bytes.
         flip_byte(
-            &chunk_file(&cluster, *cs, map.chunk.0),
+            &chunk_file(&cluster, cs.0, map.chunk.0),
             DATA_AT + 30 * B + 100 * n as u64,
         );
     }

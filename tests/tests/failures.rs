@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use pstorage_core::types::CsId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +82,7 @@ async fn kill_chunk_server_during_writes() {
     let dead_id = cs_id_of(&cluster, 1);
     let bumped: Vec<_> = maps
         .iter()
-        .filter(|m| !m.replicas.iter().any(|r| r.cs == dead_id))
+        .filter(|m| !m.replicas.iter().any(|r| r.cs == CsId(dead_id)))
         .collect();
     assert!(
         !bumped.is_empty(),
@@ -108,7 +109,7 @@ async fn kill_chunk_server_during_writes() {
         .await
         .unwrap();
     for m in &maps {
-        let in_chain = m.replicas.iter().any(|r| r.cs == dead_id);
+        let in_chain = m.replicas.iter().any(|r| r.cs == CsId(dead_id));
         let copy = held.iter().find(|h| h.chunk == m.chunk);
         match copy {
             Some(h) => assert!(
@@ -124,12 +125,12 @@ async fn kill_chunk_server_during_writes() {
 fn cs_id_of(cluster: &TestCluster, i: usize) -> u32 {
     let text = std::fs::read_to_string(cluster.cs_dirs[i].join("cs.conf")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["id"].as_u64().unwrap() as u32
+    (CsId(v["id"].as_u64().unwrap() as u32)).0
 }
 
 async fn cluster_cs_addr(mds: &pstorage_rpc::mds::MdsClient, id: u32) -> String {
     let s = mds.cluster_status().await.unwrap();
-    s.cs.iter().find(|c| c.id == id).unwrap().addr.clone()
+    s.cs.iter().find(|c| c.id == CsId(id)).unwrap().addr.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -243,10 +244,10 @@ async fn settled_maps(
     );
 }
 
-fn cs_conf_id(dir: &std::path::Path) -> u32 {
+fn cs_conf_id(dir: &std::path::Path) -> CsId {
     let text = std::fs::read_to_string(dir.join("cs.conf")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["id"].as_u64().unwrap() as u32
+    CsId(v["id"].as_u64().unwrap() as u32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

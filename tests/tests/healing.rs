@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
 use pstorage_core::types::ChunkId;
+use pstorage_core::types::CsId;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -124,6 +125,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     let before = client.file_chunks("/data.bin").await.unwrap();
     // The server holding the most replicas goes away for good.
     let victim = (1..=4)
+        .map(CsId)
         .max_by_key(|cs| before.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
     let victim_index = cluster.cs_index(victim);
@@ -148,7 +150,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
         "nothing may happen before the offline timeout"
     );
     let s = status(&client).await;
-    let dead = s.cs.iter().find(|c| c.id == victim).unwrap();
+    let dead = s.cs.iter().find(|c| c.id == CsId(victim.0)).unwrap();
     assert_eq!(dead.status, CsStatus::Offline);
     assert_eq!(s.health, ClusterHealth::Degraded, "a server is offline");
     assert!(s.replication.done_chunks >= 1, "{s:?}");
@@ -172,7 +174,7 @@ async fn a_lost_chunk_server_is_replaced_and_its_stale_copies_deleted_on_return(
     let addr = cluster
         .wait_for(Duration::from_secs(10), "its address", || async {
             let s = status(&client).await;
-            let c = s.cs.iter().find(|c| c.id == victim)?;
+            let c = s.cs.iter().find(|c| c.id == CsId(victim.0))?;
             (c.status == CsStatus::Active).then(|| c.addr.clone())
         })
         .await;
@@ -451,6 +453,7 @@ async fn rm_cs_moves_every_chunk_before_dropping_the_server() {
     write_file(&client, "/moving.bin", &data).await;
     let before = client.file_chunks("/moving.bin").await.unwrap();
     let victim = (1..=4)
+        .map(CsId)
         .max_by_key(|cs| before.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
     let out = cluster.cli(&["rm-cs", &victim.to_string()]);
@@ -467,7 +470,7 @@ async fn rm_cs_moves_every_chunk_before_dropping_the_server() {
         assert!(!chain(m).contains(&victim), "{m:?}");
     }
     let s = status(&client).await;
-    let gone = s.cs.iter().find(|c| c.id == victim).unwrap();
+    let gone = s.cs.iter().find(|c| c.id == CsId(victim.0)).unwrap();
     assert_eq!((gone.status, gone.chunks), (CsStatus::Dropped, 0));
     assert_eq!(s.chunk_counts.healthy, s.chunks);
     assert_eq!(read_all(&client, "/moving.bin").await, data);

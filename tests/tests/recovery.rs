@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use pstorage_core::types::CsId;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,9 +48,10 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
     let before = client.file_chunks("/data.bin").await.unwrap();
     assert_eq!(before.len(), 2, "{before:?}");
     let victim = (1..=4)
+        .map(CsId)
         .max_by_key(|cs| before.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
-    cluster.kill_cs(cluster.cs_index(victim));
+    cluster.kill_cs(cluster.cs_index(CsId(victim.0)));
     let started = Instant::now();
     cluster
         .wait_for(
@@ -90,7 +92,7 @@ async fn lose_one_then_two_more(offline_ms: Option<u64>, recovery: Duration) {
         maps.iter().all(|m| chain(m).contains(&survivor)),
         "{maps:?}"
     );
-    for id in 1..=4 {
+    for id in (1..=4).map(CsId) {
         if id != victim && id != survivor {
             cluster.kill_cs(cluster.cs_index(id));
         }

@@ -94,19 +94,19 @@ impl Pair {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let net = MemNetwork::new();
         let source = net.add_server(
-            1,
-            &addr(1),
+            CsId(1),
+            &addr(CsId(1)),
             Arc::new(FileChunkStore::open(a.path()).unwrap()),
         );
         let connector = FaultyConnector::new(net.clone());
         let faults = connector.faults.clone();
         let target = Arc::new(ChunkServer::new(
-            2,
+            CsId(2),
             Arc::new(FileChunkStore::open(b.path()).unwrap()),
             Arc::new(connector),
         ));
         target.set_serving(true);
-        net.insert(&addr(2), target.clone());
+        net.insert(&addr(CsId(2)), target.clone());
         let target_dir = b.path().to_path_buf();
         Pair {
             _dirs: (a, b),
@@ -128,7 +128,7 @@ impl Pair {
 
     async fn copy(&self, chunk: ChunkId, version: MapVersion, rate: u64) -> Result<CopyStats> {
         self.target
-            .replicate_chunk(chunk, version, DEFAULT_CHUNK_SIZE, replica(1), rate)
+            .replicate_chunk(chunk, version, DEFAULT_CHUNK_SIZE, replica(CsId(1)), rate)
             .await
     }
 
@@ -412,7 +412,13 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(ChunkId(3), MapVersion(2), DEFAULT_CHUNK_SIZE, replica(1), 0)
+                .replicate_chunk(
+                    ChunkId(3),
+                    MapVersion(2),
+                    DEFAULT_CHUNK_SIZE,
+                    replica(CsId(1)),
+                    0,
+                )
                 .await
         })
     };
@@ -545,7 +551,7 @@ async fn copy_progress_reports_a_paced_copy() {
                     ChunkId(6),
                     MapVersion(2),
                     DEFAULT_CHUNK_SIZE,
-                    replica(1),
+                    replica(CsId(1)),
                     16 * MIB,
                 )
                 .await
@@ -593,7 +599,13 @@ async fn a_write_to_the_source_during_a_copy_is_taken_not_a_failure() {
         let target = pair.target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(ChunkId(6), MapVersion(2), DEFAULT_CHUNK_SIZE, replica(1), 0)
+                .replicate_chunk(
+                    ChunkId(6),
+                    MapVersion(2),
+                    DEFAULT_CHUNK_SIZE,
+                    replica(CsId(1)),
+                    0,
+                )
                 .await
         })
     };
@@ -626,7 +638,13 @@ async fn a_write_to_the_source_during_a_copy_is_taken_not_a_failure() {
         .unwrap();
     let stats = pair
         .target
-        .replicate_chunk(ChunkId(6), MapVersion(3), DEFAULT_CHUNK_SIZE, replica(1), 0)
+        .replicate_chunk(
+            ChunkId(6),
+            MapVersion(3),
+            DEFAULT_CHUNK_SIZE,
+            replica(CsId(1)),
+            0,
+        )
         .await
         .unwrap();
     assert_eq!(stats.bytes_copied, B);
@@ -726,7 +744,7 @@ async fn partial_copies_are_bounded_and_deleted_with_their_chunk() {
                     ChunkId(12),
                     MapVersion(1),
                     DEFAULT_CHUNK_SIZE,
-                    replica(1),
+                    replica(CsId(1)),
                     0,
                 )
                 .await
@@ -757,7 +775,7 @@ async fn long_a_full_copy_of_a_1_gib_chunk_is_identical() {
     fill(pair.src(), ChunkId(9), 0, size, 9);
     let stats = pair
         .target
-        .replicate_chunk(ChunkId(9), MapVersion(2), size, replica(1), 0)
+        .replicate_chunk(ChunkId(9), MapVersion(2), size, replica(CsId(1)), 0)
         .await
         .unwrap();
     assert_eq!(

@@ -113,7 +113,7 @@ fn replica(id: CsId) -> Replica {
 /// version 4 with data in the first and third MiB of a 3 MiB chunk.
 async fn pair(target: Arc<dyn ChunkStore>) -> (Arc<MemNetwork>, Arc<ChunkServer>, Vec<u8>) {
     let net = MemNetwork::new();
-    let source = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
+    let source = net.add_server(CsId(1), &addr(CsId(1)), Arc::new(MemChunkStore::new()));
     let size = 3 << 20;
     source
         .create_chunk(ChunkId(5), MapVersion(4), size)
@@ -129,7 +129,7 @@ async fn pair(target: Arc<dyn ChunkStore>) -> (Arc<MemNetwork>, Arc<ChunkServer>
         .store()
         .write(ChunkId(5), (2 << 20) + 10, &tail)
         .unwrap();
-    let target = net.add_server(2, &addr(2), target);
+    let target = net.add_server(CsId(2), &addr(CsId(2)), target);
     (net, target, expected)
 }
 
@@ -142,7 +142,7 @@ async fn replicate_chunk_copies_a_replica_and_replaces_a_stale_one() {
         .unwrap();
     target.store().write(ChunkId(5), 0, b"stale").unwrap();
     target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(CsId(1)), 0)
         .await
         .unwrap();
     assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(4));
@@ -167,27 +167,27 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
 
     // The source is at another version: Stale, named.
     let e = target
-        .replicate_chunk(ChunkId(5), MapVersion(3), 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(3), 3 << 20, replica(CsId(1)), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
     assert!(e.message().contains("chunk server 1"), "{e}");
     // The source is unreachable.
-    net.set_reachable(&addr(1), false);
+    net.set_reachable(&addr(CsId(1)), false);
     let e = target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(CsId(1)), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    net.set_reachable(&addr(1), true);
+    net.set_reachable(&addr(CsId(1)), true);
     // Copying from itself, or a bad chunk size.
     let e = target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(2), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(CsId(2)), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let e = target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 1000, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 1000, replica(CsId(1)), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
@@ -213,7 +213,7 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     // A copy abandoned midway (the caller dropped it) keeps its partial
     // copy too, and the next copy resumes from it. Paced at 1 MiB/s over
     // 3 written MiB, it is dropped once the first MiB is in.
-    let source = net.server(&addr(1)).unwrap();
+    let source = net.server(&addr(CsId(1))).unwrap();
     source
         .store()
         .write(ChunkId(5), 0, &pattern(7, 3 << 20))
@@ -222,7 +222,13 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
         let target = target.clone();
         tokio::spawn(async move {
             target
-                .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 1 << 20)
+                .replicate_chunk(
+                    ChunkId(5),
+                    MapVersion(4),
+                    3 << 20,
+                    replica(CsId(1)),
+                    1 << 20,
+                )
                 .await
         })
     };
@@ -237,7 +243,7 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
     assert_eq!(target.store().version(ChunkId(5)).unwrap(), MapVersion(2));
     assert_eq!(target.partial_copies(), vec![ChunkId(5)]);
     let stats = target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 0)
+        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(CsId(1)), 0)
         .await
         .unwrap();
     assert!(stats.reused_base);
@@ -256,7 +262,7 @@ async fn a_failed_copy_changes_no_replica_and_keeps_only_a_partial_copy() {
 async fn replicate_chunk_honours_the_rate_limit() {
     let (net, target, _) = pair(Arc::new(MemChunkStore::new())).await;
     let expected = pattern(8, 3 << 20);
-    net.server(&addr(1))
+    net.server(&addr(CsId(1)))
         .unwrap()
         .store()
         .write(ChunkId(5), 0, &expected)
@@ -264,7 +270,13 @@ async fn replicate_chunk_honours_the_rate_limit() {
     let started = Instant::now();
     // 3 MiB at 6 MiB/s: about half a second.
     target
-        .replicate_chunk(ChunkId(5), MapVersion(4), 3 << 20, replica(1), 6 << 20)
+        .replicate_chunk(
+            ChunkId(5),
+            MapVersion(4),
+            3 << 20,
+            replica(CsId(1)),
+            6 << 20,
+        )
         .await
         .unwrap();
     let elapsed = started.elapsed();
@@ -381,7 +393,7 @@ impl FileCs {
     fn serving(dir: tempfile::TempDir, store: FileChunkStore) -> FileCs {
         let store = Arc::new(store);
         let net = MemNetwork::new();
-        let server = net.add_server(1, &addr(1), store.clone());
+        let server = net.add_server(CsId(1), &addr(CsId(1)), store.clone());
         let sink = Arc::new(RecordingSink::default());
         server.set_bad_replica_sink(sink.clone());
         FileCs {
@@ -720,7 +732,7 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
         "{unverified:?}"
     );
     let net = MemNetwork::new();
-    let server = Arc::new(ChunkServer::new(1, store.clone(), net.clone()));
+    let server = Arc::new(ChunkServer::new(CsId(1), store.clone(), net.clone()));
     let sink = Arc::new(RecordingSink::default());
     server.set_bad_replica_sink(sink.clone());
     let report = server.recover().await.unwrap();
@@ -848,7 +860,7 @@ fn the_dirty_log_stays_small_under_write_flush_cycles() {
 async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_data() {
     let store = Arc::new(MemChunkStore::new());
     let net = MemNetwork::new();
-    let server = net.add_server(9, &addr(9), store.clone());
+    let server = net.add_server(CsId(9), &addr(CsId(9)), store.clone());
     server
         .create_chunk(ChunkId(1), MapVersion(1), CS)
         .await
@@ -891,7 +903,7 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
         .unwrap();
     assert!(got == old);
     // Re-replication onto a full CS fails the same way and leaves nothing.
-    let source = net.add_server(8, &addr(8), Arc::new(MemChunkStore::new()));
+    let source = net.add_server(CsId(8), &addr(CsId(8)), Arc::new(MemChunkStore::new()));
     source
         .create_chunk(ChunkId(2), MapVersion(1), CS)
         .await
@@ -901,7 +913,7 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
         .write(ChunkId(2), 0, &pattern(2, CS as usize))
         .unwrap();
     let e = server
-        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(8), 0)
+        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(CsId(8)), 0)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
@@ -913,8 +925,8 @@ async fn a_full_store_fails_writes_with_no_space_naming_the_cs_and_keeps_old_dat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_stats_count_successful_operations() {
     let net = MemNetwork::new();
-    let server = net.add_server(1, &addr(1), Arc::new(MemChunkStore::new()));
-    let source = net.add_server(2, &addr(2), Arc::new(MemChunkStore::new()));
+    let server = net.add_server(CsId(1), &addr(CsId(1)), Arc::new(MemChunkStore::new()));
+    let source = net.add_server(CsId(2), &addr(CsId(2)), Arc::new(MemChunkStore::new()));
     source
         .create_chunk(ChunkId(2), MapVersion(1), CS)
         .await
@@ -959,7 +971,7 @@ async fn io_stats_count_successful_operations() {
         .write(ChunkId(2), B, &[7u8; 2 * B as usize])
         .unwrap();
     server
-        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(2), 0)
+        .replicate_chunk(ChunkId(2), MapVersion(1), CS, replica(CsId(2)), 0)
         .await
         .unwrap();
     assert_eq!(
@@ -1241,7 +1253,7 @@ async fn three() -> (
     let mut servers = Vec::new();
     for id in 1..=3 {
         let store = Arc::new(MemChunkStore::new());
-        let server = net.add_server(id, &addr(id), store.clone());
+        let server = net.add_server(CsId(id), &addr(CsId(id)), store.clone());
         server.set_serving(true);
         server
             .create_chunk(ChunkId(9), MapVersion(3), CS)
@@ -1267,12 +1279,12 @@ async fn repair_blocks_takes_each_block_from_the_first_member_with_a_good_copy()
             ChunkId(9),
             MapVersion(3),
             &[1, 2, 4],
-            &[replica(2), replica(3)],
+            &[replica(CsId(2)), replica(CsId(3))],
         )
         .await;
     assert_eq!(
         outcome.repaired,
-        vec![(2, vec![1, 4]), (3, vec![2])],
+        vec![(CsId(2), vec![1, 4]), (CsId(3), vec![2])],
         "{outcome:?}"
     );
     assert!(outcome.unrepairable.is_empty() && outcome.failed.is_empty());
@@ -1296,7 +1308,12 @@ async fn a_block_bad_everywhere_is_unrepairable_and_an_unreachable_source_is_ret
     }
     let (a, a_store) = &servers[0];
     let outcome = a
-        .repair_blocks(ChunkId(9), MapVersion(3), &[3], &[replica(2), replica(3)])
+        .repair_blocks(
+            ChunkId(9),
+            MapVersion(3),
+            &[3],
+            &[replica(CsId(2)), replica(CsId(3))],
+        )
         .await;
     assert_eq!(outcome.unrepairable, [3], "{outcome:?}");
     assert!(outcome.repaired.is_empty() && outcome.failed.is_empty());
@@ -1312,20 +1329,20 @@ async fn a_block_bad_everywhere_is_unrepairable_and_an_unreachable_source_is_ret
     // Block 0 bad on A; the only source cannot be reached: failed, not
     // unrepairable, and the error says why.
     a_store.corrupt(ChunkId(9), 7).unwrap();
-    net.set_reachable(&addr(2), false);
+    net.set_reachable(&addr(CsId(2)), false);
     let outcome = a
-        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(2)])
+        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(CsId(2))])
         .await;
     assert_eq!(outcome.failed, [0], "{outcome:?}");
     assert!(outcome.error.is_some());
     // A source at another version is refused the same way.
-    net.set_reachable(&addr(2), true);
+    net.set_reachable(&addr(CsId(2)), true);
     let outcome = a
-        .repair_blocks(ChunkId(9), MapVersion(4), &[0], &[replica(2)])
+        .repair_blocks(ChunkId(9), MapVersion(4), &[0], &[replica(CsId(2))])
         .await;
     assert_eq!(outcome.failed, [0], "{outcome:?}");
     let outcome = a
-        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(2)])
+        .repair_blocks(ChunkId(9), MapVersion(3), &[0], &[replica(CsId(2))])
         .await;
-    assert_eq!(outcome.repaired, vec![(2, vec![0])]);
+    assert_eq!(outcome.repaired, vec![(CsId(2), vec![0])]);
 }

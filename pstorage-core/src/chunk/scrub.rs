@@ -307,7 +307,7 @@ impl ChunkServer {
         let chunks = match self.blocking(|store| store.list()).await {
             Ok(chunks) => chunks,
             Err(e) => {
-                tracing::warn!(cs = self.id(), error = %e, "scrub: cannot list the replicas");
+                tracing::warn!(cs = %self.id(), error = %e, "scrub: cannot list the replicas");
                 self.scrub.stats().errors += 1;
                 return;
             }
@@ -321,7 +321,7 @@ impl ChunkServer {
             stats.bytes_per_s = 0;
             stats.last_pass_started_ms = SystemClock.now_ms();
         }
-        tracing::info!(cs = self.id(), chunks = chunks.len(), "scrub pass started");
+        tracing::info!(cs = %self.id(), chunks = chunks.len(), "scrub pass started");
         let mut pacer = Pacer::new();
         let mut pass_bytes = 0u64;
         for info in chunks {
@@ -370,7 +370,7 @@ impl ChunkServer {
         stats.passes_completed += 1;
         stats.last_pass_finished_ms = SystemClock.now_ms();
         tracing::info!(
-            cs = self.id(),
+            cs = %self.id(),
             bytes = pass_bytes,
             corrupt = stats.corrupt_found,
             "scrub pass finished"

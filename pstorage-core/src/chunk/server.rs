@@ -326,7 +326,7 @@ impl ChunkServer {
             return Ok(report);
         }
         tracing::warn!(
-            cs = self.id,
+            cs = %self.id,
             chunks = chunks.len(),
             "unclean stop: verifying the chunks written since their last flush"
         );

@@ -235,7 +235,7 @@ impl CsSession {
         let recovered = self.server.recover().await?;
         if !recovered.verified.is_empty() || !recovered.corrupt.is_empty() {
             tracing::warn!(
-                cs = id,
+                cs = %id,
                 verified = recovered.verified.len(),
                 corrupt = ?recovered.corrupt,
                 "checked the chunks written before an unclean stop"
@@ -255,7 +255,7 @@ impl CsSession {
                 s.registrations += 1;
                 s.last_contact_ms = now_ms;
             });
-            tracing::info!(cs = id, "registered with the MDS");
+            tracing::info!(cs = %id, "registered with the MDS");
             self.refresh_members().await;
             let interval = Duration::from_millis(reply.heartbeat_interval_ms.max(100));
             match self.heartbeats(interval).await {
@@ -288,9 +288,9 @@ impl CsSession {
             let limit = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout_at(deadline, self.registry.register_cs(registration)).await {
                 Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(e)) => tracing::warn!(cs = id, "registration failed: {e}"),
+                Ok(Err(e)) => tracing::warn!(cs = %id, "registration failed: {e}"),
                 Err(_) => tracing::warn!(
-                    cs = id,
+                    cs = %id,
                     "registration: no MDS answered within {} ms",
                     limit.as_millis()
                 ),
@@ -314,7 +314,7 @@ impl CsSession {
         self.server.set_serving(false);
         self.update(|s| s.fences += 1);
         tracing::warn!(
-            cs = self.server.id(),
+            cs = %self.server.id(),
             "no successful MDS heartbeat for {:?}: stop serving until registered again",
             self.fence_timeout()
         );
@@ -365,7 +365,7 @@ impl CsSession {
                         let next = current.follow(params.fence_ms, params.heartbeat_timeout_ms);
                         if next != *current {
                             tracing::info!(
-                                cs = id,
+                                cs = %id,
                                 fence_ms = next.fence.as_millis() as u64,
                                 heartbeat_ms = next.heartbeat.as_millis() as u64,
                                 "self-fence and heartbeat deadline follow the cluster"
@@ -389,16 +389,16 @@ impl CsSession {
                 // The MDS does not know us (it restarted, or a new leader
                 // took over): register again.
                 Ok(Err(e)) if e.kind() == ErrorKind::Stale => {
-                    tracing::info!(cs = id, "{e}; registering again");
+                    tracing::info!(cs = %id, "{e}; registering again");
                     return Ended::Stale { fence_at };
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(cs = id, "heartbeat failed: {e}");
+                    tracing::warn!(cs = %id, "heartbeat failed: {e}");
                     next = Instant::now() + self.options.heartbeat_retry.min(interval);
                 }
                 Err(_) => {
                     tracing::warn!(
-                        cs = id,
+                        cs = %id,
                         "heartbeat: the MDS did not answer within {} ms",
                         (Instant::now() - started).as_millis()
                     );
@@ -417,7 +417,7 @@ impl CsSession {
             .await
         {
             tracing::debug!(
-                cs = self.server.id(),
+                cs = %self.server.id(),
                 "asking the MDS group for its members: {e}"
             );
         }
@@ -579,7 +579,7 @@ impl BadReplicaReporter {
                         .await;
                     }
                     if !outcome.failed.is_empty() {
-                        tracing::warn!(cs, %chunk, blocks = ?outcome.failed,
+                        tracing::warn!(%cs, %chunk, blocks = ?outcome.failed,
                             error = outcome.error.as_deref().unwrap_or(""),
                             "bad blocks not repaired: no member could be asked; trying again \
                              later");

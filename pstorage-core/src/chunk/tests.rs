@@ -1335,7 +1335,7 @@ mod chain {
             let net = MemNetwork::new();
             let mut servers = Vec::new();
             for (i, store) in stores.into_iter().enumerate() {
-                let id = i as CsId + 1;
+                let id = CsId(i as u32) + 1;
                 let server = net.add_server(id, &addr(id), store);
                 server.create_chunk(CHUNK, MapVersion(1), CS).await.unwrap();
                 servers.push(server);
@@ -1497,13 +1497,13 @@ mod chain {
             )
             .await
             .unwrap_err();
-        assert_eq!(e.failed_cs, Some(2));
+        assert_eq!(e.failed_cs, Some(CsId(2)));
         assert_eq!(e.error.kind(), ErrorKind::Stale);
         assert!(
             e.error.message().contains("version 1") && e.error.message().contains("version 2"),
             "{e}"
         );
-        assert_eq!(e.failed_replica(1), 2);
+        assert_eq!(e.failed_replica(CsId(1)), CsId(2));
         // The refusing replica did nothing.
         assert_eq!(
             c.servers[1]
@@ -1531,7 +1531,7 @@ mod chain {
             .await
             .unwrap_err();
         assert_eq!(e.failed_cs, None);
-        assert_eq!(e.failed_replica(1), 1);
+        assert_eq!(e.failed_replica(CsId(1)), CsId(1));
         assert_eq!(e.error.kind(), ErrorKind::Stale);
 
         let e = c.servers[0]
@@ -1551,7 +1551,7 @@ mod chain {
     #[tokio::test]
     async fn an_unreachable_tail_is_named() {
         let c = Cluster::mem().await;
-        c.net.set_reachable(&addr(3), false);
+        c.net.set_reachable(&addr(CsId(3)), false);
         let e = c
             .write(
                 MapVersion(1),
@@ -1560,12 +1560,12 @@ mod chain {
             )
             .await
             .unwrap_err();
-        assert_eq!(e.failed_cs, Some(3));
+        assert_eq!(e.failed_cs, Some(CsId(3)));
         assert_eq!(e.error.kind(), ErrorKind::Unavailable);
-        assert!(e.error.message().contains(&addr(3)), "{e}");
+        assert!(e.error.message().contains(&addr(CsId(3))), "{e}");
 
         // A removed (dead) middle server is named the same way.
-        c.net.set_reachable(&addr(3), true);
+        c.net.set_reachable(&addr(CsId(3)), true);
         c.write(
             MapVersion(1),
             0,
@@ -1573,7 +1573,7 @@ mod chain {
         )
         .await
         .unwrap();
-        c.net.remove(&addr(2));
+        c.net.remove(&addr(CsId(2)));
         let e = c
             .write(
                 MapVersion(1),
@@ -1582,14 +1582,14 @@ mod chain {
             )
             .await
             .unwrap_err();
-        assert_eq!(e.failed_cs, Some(2));
+        assert_eq!(e.failed_cs, Some(CsId(2)));
         assert_eq!(e.error.kind(), ErrorKind::Unavailable);
     }
 
     #[tokio::test]
     async fn a_local_failure_wins_over_a_downstream_one() {
         let c = Cluster::mem().await;
-        c.net.set_reachable(&addr(2), false);
+        c.net.set_reachable(&addr(CsId(2)), false);
         let e = c
             .write(
                 MapVersion(1),
@@ -1650,7 +1650,7 @@ mod chain {
             .unwrap_err();
         assert_eq!(
             (e.failed_cs, e.error.kind()),
-            (Some(2), ErrorKind::Unavailable)
+            (Some(CsId(2)), ErrorKind::Unavailable)
         );
 
         // Control works regardless.
@@ -1662,9 +1662,9 @@ mod chain {
         assert_eq!(closed.list_chunks().await.unwrap().len(), 2);
 
         // Registration reports the replicas; the reply's deletions apply.
-        let reg = closed.registration(&addr(2)).await.unwrap();
-        assert_eq!(reg.id, 2);
-        assert_eq!(reg.addr, addr(2));
+        let reg = closed.registration(&addr(CsId(2))).await.unwrap();
+        assert_eq!(reg.id, CsId(2));
+        assert_eq!(reg.addr, addr(CsId(2)));
         assert!(reg.space.total_bytes > 0);
         assert_eq!(
             reg.chunks,
@@ -1736,7 +1736,7 @@ mod chain {
         .unwrap();
         let away = &c.servers[2];
         away.set_serving(false);
-        away.registration(&addr(3)).await.unwrap();
+        away.registration(&addr(CsId(3))).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK, ChunkId(0x777)],
             heartbeat_interval_ms: 1000,
@@ -1790,7 +1790,7 @@ mod chain {
             [b'x']
         );
         // A registration that names nothing stale lifts every fence.
-        away.registration(&addr(3)).await.unwrap();
+        away.registration(&addr(CsId(3))).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK],
             ..Default::default()
@@ -1801,7 +1801,7 @@ mod chain {
             .read_verified(CHUNK, MapVersion(2), 0, 1)
             .await
             .is_err());
-        away.registration(&addr(3)).await.unwrap();
+        away.registration(&addr(CsId(3))).await.unwrap();
         away.apply_register_reply(&RegisterReply::default())
             .await
             .unwrap();
@@ -1813,7 +1813,7 @@ mod chain {
         );
         // The fence is at the version registered: a copy that moved the
         // replica on before the reply arrived made it current.
-        away.registration(&addr(3)).await.unwrap();
+        away.registration(&addr(CsId(3))).await.unwrap();
         away.set_version(CHUNK, MapVersion(3)).await.unwrap();
         away.apply_register_reply(&RegisterReply {
             stale: vec![CHUNK],

@@ -290,9 +290,9 @@ impl FakeCluster {
             let servers = (1..=count)
                 .map(|id| {
                     (
-                        id,
+                        CsId(id),
                         Arc::new(FakeCs {
-                            id,
+                            id: CsId(id),
                             addr: format!("cs{id}"),
                             state: Mutex::new(CsState::default()),
                             cluster: weak.clone(),
@@ -389,7 +389,7 @@ impl FakeMds {
             next_ino: 2,
             next_chunk: 0x100,
             next_lease: 1,
-            placement: vec![1, 2, 3],
+            placement: vec![CsId(1), CsId(2), CsId(3)],
             ..Default::default()
         };
         state.dirs.insert(

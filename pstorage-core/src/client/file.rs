@@ -1004,7 +1004,7 @@ impl FileInner {
                     file.maps.install(map);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %file.path, %chunk, cs, error = %e,
+                Err(e) => tracing::warn!(path = %file.path, %chunk, %cs, error = %e,
                     "could not report a bad replica to the MDS"),
             }
         });

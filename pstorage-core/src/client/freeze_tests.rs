@@ -318,6 +318,7 @@ async fn reports_about_one_frozen_server_in_many_chains_cost_few_probes() {
     // Placement spreads chunks; freeze a server that is in most chains.
     let maps: Vec<ChunkMap> = (0..4).map(|i| rig.map(&format!("/f{i}"))).collect();
     let victim = (1..=4u32)
+        .map(CsId)
         .max_by_key(|cs| maps.iter().filter(|m| chain(m).contains(cs)).count())
         .unwrap();
     let hit = maps.iter().filter(|m| chain(m).contains(&victim)).count();
@@ -421,7 +422,7 @@ async fn chunk_servers_and_clients_apply_the_cluster_deadlines() {
     // Chunk servers learn it from heartbeat replies.
     let reply = rig
         .mds
-        .heartbeat(1, Default::default(), Default::default())
+        .heartbeat(CsId(1), Default::default(), Default::default())
         .await
         .unwrap();
     assert_eq!(reply.io_timeouts.replica_ms, 1_000);

@@ -117,8 +117,8 @@ impl MapCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::ChunkId;
     use crate::types::Replica;
+    use crate::types::{ChunkId, CsId};
 
     fn map(chunk: u64, index: u64, version: u64) -> ChunkMap {
         ChunkMap {
@@ -126,7 +126,7 @@ mod tests {
             index,
             version: MapVersion(version),
             replicas: vec![Replica {
-                cs: 1,
+                cs: CsId(1),
                 addr: "cs1".into(),
             }],
         }

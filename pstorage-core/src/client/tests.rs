@@ -1,5 +1,6 @@
 //! Unit tests of the client against the in-memory fakes.
 
+use crate::types::CsId;
 use crate::types::MapVersion;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,10 +115,10 @@ async fn cross_chunk_writes_read_back_equal_on_every_replica() {
     // Chain replication put the same bytes on all three replicas.
     let map = env.mds.map("/a", 1).unwrap();
     assert_eq!(map.replicas.len(), 3);
-    let first = env.cluster.cs(1).data(map.chunk).unwrap();
+    let first = env.cluster.cs(CsId(1)).data(map.chunk).unwrap();
     assert_eq!(first.len() as u64, CHUNK);
     for cs in [2, 3] {
-        assert_eq!(env.cluster.cs(cs).data(map.chunk).unwrap(), first);
+        assert_eq!(env.cluster.cs(CsId(cs)).data(map.chunk).unwrap(), first);
     }
     file.close().await.unwrap();
     assert_eq!(env.mds.size("/a"), offset + data.len() as u64);
@@ -133,7 +134,7 @@ async fn large_io_is_split_into_pieces() {
     let file = create(&env, "/big").await;
     let data = pattern(100_000, 3);
     file.write_at(100, &data).await.unwrap();
-    let writes: u64 = env.cluster.cs(1).with(|s| s.writes);
+    let writes: u64 = env.cluster.cs(CsId(1)).with(|s| s.writes);
     assert!(writes >= 100_000 / 4096, "only {writes} pieces");
     let mut back = vec![0u8; data.len()];
     file.read_at(100, &mut back).await.unwrap();
@@ -184,22 +185,25 @@ async fn failed_middle_replica_is_reported_and_write_completes_on_survivors() {
     let file = create(&env, "/f").await;
     file.write_at(0, b"before").await.unwrap();
     env.cluster
-        .cs(2)
+        .cs(CsId(2))
         .with(|s| s.fail_writes = Some(ErrorKind::Io));
     file.write_at(0, b"after!").await.unwrap();
 
     let reports = env.mds.with(|s| s.reports.clone());
     assert_eq!(reports.len(), 1, "{reports:?}");
-    assert_eq!(reports[0].2, 2);
+    assert_eq!(reports[0].2, CsId(2));
     assert_eq!(reports[0].3, FailureReason::IoError);
     let map = env.mds.map("/f", 0).unwrap();
     assert_eq!(map.version, MapVersion(2));
     assert_eq!(
         map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
-        vec![1, 3]
+        vec![CsId(1), CsId(3)]
     );
     for cs in [1, 3] {
-        assert_eq!(&env.cluster.cs(cs).data(map.chunk).unwrap()[..6], b"after!");
+        assert_eq!(
+            &env.cluster.cs(CsId(cs)).data(map.chunk).unwrap()[..6],
+            b"after!"
+        );
     }
     // The next write goes straight to the new chain: no new report, no map call.
     let calls = env.mds.with(|s| s.chunk_map_calls);
@@ -213,13 +217,13 @@ async fn unreachable_head_is_reported_as_unreachable() {
     let env = env();
     let file = create(&env, "/h").await;
     file.write_at(0, b"x").await.unwrap();
-    env.cluster.cs(1).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(1)).with(|s| s.unreachable = true);
     file.write_at(0, b"y").await.unwrap();
     let reports = env.mds.with(|s| s.reports.clone());
     assert_eq!(reports.len(), 1);
     assert_eq!(
         (reports[0].2, reports[0].3),
-        (1, FailureReason::Unreachable)
+        (CsId(1), FailureReason::Unreachable)
     );
     let mut buf = [0u8; 1];
     file.read_at(0, &mut buf).await.unwrap();
@@ -232,7 +236,7 @@ async fn corrupt_replica_on_read_is_served_by_another_and_left_to_its_server() {
     let file = create(&env, "/c").await;
     let data = pattern(8192, 5);
     file.write_at(0, &data).await.unwrap();
-    env.cluster.cs(2).with(|s| s.corrupt = true);
+    env.cluster.cs(CsId(2)).with(|s| s.corrupt = true);
     // Reads rotate over replicas, so some of them try CS 2 first.
     for _ in 0..6 {
         let mut back = vec![0u8; data.len()];
@@ -244,7 +248,7 @@ async fn corrupt_replica_on_read_is_served_by_another_and_left_to_its_server() {
     assert!(env
         .mds
         .map("/c", 0)
-        .is_some_and(|m| m.replicas.iter().any(|r| r.cs == 2)));
+        .is_some_and(|m| m.replicas.iter().any(|r| r.cs == CsId(2))));
 }
 
 #[tokio::test]
@@ -254,7 +258,7 @@ async fn a_block_bad_on_every_replica_fails_the_read_at_once_and_never_reads_as_
     let data = pattern(8192, 6);
     file.write_at(0, &data).await.unwrap();
     for cs in 1..=3 {
-        env.cluster.cs(cs).with(|s| s.corrupt = true);
+        env.cluster.cs(CsId(cs)).with(|s| s.corrupt = true);
     }
     let mut back = vec![0u8; data.len()];
     let e = tokio::time::timeout(Duration::from_secs(5), file.read_at(0, &mut back))
@@ -270,9 +274,9 @@ async fn read_fails_over_unreachable_replicas() {
     let env = env();
     let file = create(&env, "/r").await;
     file.write_at(0, b"hello").await.unwrap();
-    env.cluster.cs(1).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(1)).with(|s| s.unreachable = true);
     env.cluster
-        .cs(3)
+        .cs(CsId(3))
         .with(|s| s.fail_reads = Some(ErrorKind::Io));
     for _ in 0..4 {
         let mut buf = [0u8; 5];
@@ -307,18 +311,26 @@ async fn replica_behind_the_map_is_reported_as_version_mismatch() {
     let map = env.mds.map("/v", 0).unwrap();
     // CS 3 missed a version bump: the MDS and the client agree on v2.
     env.mds.bump_version("/v", 0);
-    env.cluster.cs(3).set_version(map.chunk, MapVersion(1));
+    env.cluster
+        .cs(CsId(3))
+        .set_version(map.chunk, MapVersion(1));
     file.write_at(0, b"two").await.unwrap();
     let reports = env.mds.with(|s| s.reports.clone());
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(
         (reports[0].2, reports[0].3),
-        (3, FailureReason::VersionMismatch)
+        (CsId(3), FailureReason::VersionMismatch)
     );
     let map = env.mds.map("/v", 0).unwrap();
     assert_eq!(map.version, MapVersion(3));
-    assert_eq!(env.cluster.cs(3).version(map.chunk), Some(MapVersion(1)));
-    assert_eq!(&env.cluster.cs(2).data(map.chunk).unwrap()[..3], b"two");
+    assert_eq!(
+        env.cluster.cs(CsId(3)).version(map.chunk),
+        Some(MapVersion(1))
+    );
+    assert_eq!(
+        &env.cluster.cs(CsId(2)).data(map.chunk).unwrap()[..3],
+        b"two"
+    );
 }
 
 #[tokio::test]
@@ -331,8 +343,8 @@ async fn below_replicas_min_times_out_with_a_clear_error() {
     env.client.mkdir("/vm", false).await.unwrap();
     let file = create(&env, "/vm/disk.img").await;
     file.write_at(0, b"ok").await.unwrap();
-    env.cluster.cs(2).with(|s| s.unreachable = true);
-    env.cluster.cs(3).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(2)).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(3)).with(|s| s.unreachable = true);
     let start = Instant::now();
     let err = file.write_at(0, b"lost").await.unwrap_err();
     let took = start.elapsed();
@@ -355,7 +367,7 @@ async fn below_replicas_min_times_out_with_a_clear_error() {
     let map = env.mds.map("/vm/disk.img", 0).unwrap();
     assert_eq!(
         map.replicas.iter().map(|r| r.cs).collect::<Vec<_>>(),
-        vec![1, 3]
+        vec![CsId(1), CsId(3)]
     );
 }
 
@@ -364,12 +376,12 @@ async fn write_waits_for_a_replica_to_come_back() {
     let env = env();
     let file = create(&env, "/w").await;
     file.write_at(0, b"ok").await.unwrap();
-    env.cluster.cs(2).with(|s| s.unreachable = true);
-    env.cluster.cs(3).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(2)).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(3)).with(|s| s.unreachable = true);
     let cluster = env.cluster.clone();
     let heal = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        cluster.cs(3).with(|s| s.unreachable = false);
+        cluster.cs(CsId(3)).with(|s| s.unreachable = false);
     });
     let start = Instant::now();
     file.write_at(0, b"back").await.unwrap();
@@ -393,7 +405,7 @@ async fn truncate_zeroes_the_tail_and_releases_chunks() {
     assert_eq!(env.mds.size("/t"), 10_000);
     assert!(env.mds.map("/t", 1).is_none());
     for cs in 1..=3 {
-        let stored = env.cluster.cs(cs).data(chunk0).unwrap();
+        let stored = env.cluster.cs(CsId(cs)).data(chunk0).unwrap();
         assert!(stored[..10_000].iter().all(|b| *b == 0xaa));
         assert!(
             stored[10_000..].iter().all(|b| *b == 0),
@@ -471,9 +483,9 @@ async fn writes_through_a_read_lease_are_bad_handle() {
 }
 
 /// Chunk servers 1..=`servers` take `delay` for every flush.
-fn slow_flushes(env: &Env, servers: crate::types::CsId, delay: Duration) {
+fn slow_flushes(env: &Env, servers: u32, delay: Duration) {
     for cs in 1..=servers {
-        env.cluster.cs(cs).with(|s| s.flush_delay = delay);
+        env.cluster.cs(CsId(cs)).with(|s| s.flush_delay = delay);
     }
 }
 
@@ -482,7 +494,7 @@ async fn a_flush_does_not_return_before_a_concurrent_one_is_durable() {
     let env = env();
     let file = create(&env, "/cf").await;
     file.write_at(0, b"data").await.unwrap();
-    slow_flushes(&env, 3, Duration::from_millis(300));
+    slow_flushes(&env, (CsId(3)).0, Duration::from_millis(300));
     let first = {
         let file = file.clone();
         tokio::spawn(async move { file.flush().await })
@@ -491,7 +503,11 @@ async fn a_flush_does_not_return_before_a_concurrent_one_is_durable() {
     // The first flush took the dirty set; the second must still wait for it.
     file.flush().await.unwrap();
     for cs in 1..=3 {
-        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes_done), 1, "CS {cs}");
+        assert_eq!(
+            env.cluster.cs(CsId(cs)).with(|s| s.flushes_done),
+            1,
+            "CS {cs}"
+        );
     }
     first.await.unwrap().unwrap();
 }
@@ -504,33 +520,33 @@ async fn flush_syncs_every_replica_of_dirty_chunks_and_commits_the_size() {
     assert_eq!(env.mds.size("/fl"), 0, "size is committed only on flush");
     file.flush().await.unwrap();
     for cs in 1..=3 {
-        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes), 2, "CS {cs}");
+        assert_eq!(env.cluster.cs(CsId(cs)).with(|s| s.flushes), 2, "CS {cs}");
     }
     assert_eq!(env.mds.size("/fl"), CHUNK + 2);
     assert_eq!(env.mds.with(|s| s.commits.clone()), vec![CHUNK + 2]);
     // Nothing written since: no replica flush, no MDS call.
     file.flush().await.unwrap();
-    assert_eq!(env.cluster.cs(1).with(|s| s.flushes), 2);
+    assert_eq!(env.cluster.cs(CsId(1)).with(|s| s.flushes), 2);
     assert_eq!(env.mds.with(|s| s.commits.len()), 1);
 
     // A replica that fails its flush is reported; the others are flushed
     // under the new map.
     file.write_at(0, b"x").await.unwrap();
-    env.cluster.cs(2).with(|s| s.unreachable = true);
+    env.cluster.cs(CsId(2)).with(|s| s.unreachable = true);
     file.flush().await.unwrap();
     let reports = env.mds.with(|s| s.reports.clone());
     assert_eq!(
         (reports[0].2, reports[0].3),
-        (2, FailureReason::Unreachable)
+        (CsId(2), FailureReason::Unreachable)
     );
-    assert!(env.cluster.cs(1).with(|s| s.flushes) >= 3);
+    assert!(env.cluster.cs(CsId(1)).with(|s| s.flushes) >= 3);
     assert!(env
         .mds
         .map("/fl", 0)
         .unwrap()
         .replicas
         .iter()
-        .all(|r| r.cs != 2));
+        .all(|r| r.cs != CsId(2)));
 }
 
 #[tokio::test]
@@ -598,7 +614,7 @@ async fn close_keeps_the_lease_while_its_flush_waits() {
     let env = env_with(fast_options(), |m| m.lease_ms = 30);
     let file = create(&env, "/slow").await;
     file.write_at(0, b"abc").await.unwrap();
-    slow_flushes(&env, 4, Duration::from_millis(300));
+    slow_flushes(&env, (CsId(4)).0, Duration::from_millis(300));
     let before = env.mds.with(|s| s.renewals);
     file.close().await.unwrap();
     let during = env.mds.with(|s| s.renewals) - before;
@@ -766,7 +782,7 @@ async fn read_with_every_replica_failing_gives_up_after_io_timeout() {
     file.write_at(CHUNK, b"abc").await.unwrap();
     for cs in 1..=3 {
         env.cluster
-            .cs(cs)
+            .cs(CsId(cs))
             .with(|s| s.fail_reads = Some(ErrorKind::Io));
     }
     let start = Instant::now();
@@ -803,7 +819,7 @@ fn replicas_hold(env: &Env, path: &str, offset: usize, data: &[u8]) {
 
 fn writes_received(env: &Env) -> u64 {
     (1..=4)
-        .map(|cs| env.cluster.cs(cs).with(|st| st.writes))
+        .map(|cs| env.cluster.cs(CsId(cs)).with(|st| st.writes))
         .sum()
 }
 
@@ -891,7 +907,7 @@ async fn a_replay_keeps_the_order_of_the_writes() {
 
 fn total_flushes(env: &Env) -> u64 {
     (1..=4)
-        .map(|cs| env.cluster.cs(cs).with(|st| st.flushes))
+        .map(|cs| env.cluster.cs(CsId(cs)).with(|st| st.flushes))
         .sum()
 }
 
@@ -939,7 +955,7 @@ async fn background_flush_past_half_the_cap(cap: u64) {
     assert_eq!(total_flushes(&env), 0, "at half the cap, not over it");
     // Flushes that never end while the test runs: the write past half the
     // cap returns all the same.
-    slow_flushes(&env, 4, Duration::from_secs(3600));
+    slow_flushes(&env, (CsId(4)).0, Duration::from_secs(3600));
     file.write_at(half, &pattern(4096, 7)).await.unwrap();
     // Every replica (3) of every chunk written.
     let flushes = 3 * (half + 4096).div_ceil(CHUNK);
@@ -955,7 +971,11 @@ async fn background_flush_past_half_the_cap(cap: u64) {
         "one background flush at a time"
     );
     for cs in 1..=4 {
-        assert_eq!(env.cluster.cs(cs).with(|s| s.flushes_done), 0, "CS {cs}");
+        assert_eq!(
+            env.cluster.cs(CsId(cs)).with(|s| s.flushes_done),
+            0,
+            "CS {cs}"
+        );
     }
 }
 
@@ -973,7 +993,7 @@ async fn a_failed_background_flush_leaves_its_chunks_to_the_next_flush() {
     let file = create(&env, "/failing").await;
     for cs in 1..=4 {
         env.cluster
-            .cs(cs)
+            .cs(CsId(cs))
             .with(|s| s.fail_flushes = Some(ErrorKind::InvalidArgument));
     }
     let half = cap / 2;
@@ -991,7 +1011,7 @@ async fn a_failed_background_flush_leaves_its_chunks_to_the_next_flush() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert_eq!(total_flushes(&env), 6, "the chunk was flushed again");
     for cs in 1..=4 {
-        env.cluster.cs(cs).with(|s| s.fail_flushes = None);
+        env.cluster.cs(CsId(cs)).with(|s| s.fail_flushes = None);
     }
     file.flush().await.unwrap();
     assert_eq!(total_flushes(&env), 9, "the chunk stayed dirty");

@@ -2,6 +2,7 @@
 //! versions, deletes, copies and probes replicas, run through a
 //! [`ChunkTransport`].
 
+use crate::types::CsId;
 use crate::types::MapVersion;
 use bytes::Bytes;
 
@@ -65,7 +66,7 @@ fn listed(chunk: ChunkId, version: u64) -> Vec<ChunkReplicaInfo> {
 }
 
 async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     assert!(ctl.list_chunks().await.unwrap().is_empty());
     ctl.create_chunk(CHUNK, MapVersion(3), DEFAULT_CHUNK_SIZE)
         .await
@@ -76,7 +77,7 @@ async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 3));
     // A new replica is empty and serves at its version.
     let back = w
-        .server(1)
+        .server(CsId(1))
         .read_verified(CHUNK, MapVersion(3), 0, BLOCK_SIZE)
         .await
         .unwrap();
@@ -92,7 +93,7 @@ async fn create(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     ctl.create_chunk(CHUNK, MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
@@ -120,14 +121,14 @@ async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         ErrorKind::NotFound
     );
     // The data path follows the new version.
-    w.server(1)
+    w.server(CsId(1))
         .read_verified(CHUNK, MapVersion(3), 0, BLOCK_SIZE)
         .await
         .expect("reads at the new version");
 }
 
 async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     ctl.create_chunk(CHUNK, MapVersion(1), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
@@ -143,7 +144,7 @@ async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "reading a deleted replica",
-            w.server(1)
+            w.server(CsId(1))
                 .read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE)
                 .await
         ),
@@ -157,7 +158,7 @@ async fn source_with_data(w: &ChunkWorld, version: u64) -> Bytes {
         .map(|i| (i % 253) as u8 ^ 0x5a)
         .collect::<Vec<u8>>()
         .into();
-    let src = w.server(2);
+    let src = w.server(CsId(2));
     src.create_chunk(CHUNK, MapVersion(version), DEFAULT_CHUNK_SIZE)
         .await
         .unwrap();
@@ -175,14 +176,20 @@ async fn source_with_data(w: &ChunkWorld, version: u64) -> Bytes {
 
 async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
     let data = source_with_data(&w, 7).await;
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     assert_eq!(
         ctl.copy_progress(CHUNK).await.unwrap(),
         None,
         "no copy runs yet"
     );
     let stats = ctl
-        .replicate_chunk(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+        .replicate_chunk(
+            CHUNK,
+            MapVersion(7),
+            DEFAULT_CHUNK_SIZE,
+            w.replica(CsId(2)),
+            0,
+        )
         .await
         .expect("a copy from a current source");
     assert_eq!(stats.bytes_compared, DEFAULT_CHUNK_SIZE, "{stats:?}");
@@ -192,7 +199,7 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 7));
     let back = w
-        .server(1)
+        .server(CsId(1))
         .read_verified(CHUNK, MapVersion(7), 3 * BLOCK_SIZE, BLOCK_SIZE)
         .await
         .unwrap();
@@ -205,7 +212,13 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
 
     // Again, onto the replica now held: nothing differs, nothing moves.
     let again = ctl
-        .replicate_chunk(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
+        .replicate_chunk(
+            CHUNK,
+            MapVersion(7),
+            DEFAULT_CHUNK_SIZE,
+            w.replica(CsId(2)),
+            0,
+        )
         .await
         .expect("a copy onto an identical replica");
     assert_eq!(again.bytes_copied, 0, "{again:?}");
@@ -214,12 +227,18 @@ async fn replicate(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     source_with_data(&w, 5).await;
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     assert_eq!(
         kind(
             "a copy from itself",
-            ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(1), 0)
-                .await
+            ctl.replicate_chunk(
+                CHUNK,
+                MapVersion(5),
+                DEFAULT_CHUNK_SIZE,
+                w.replica(CsId(1)),
+                0
+            )
+            .await
         ),
         ErrorKind::InvalidArgument
     );
@@ -230,7 +249,7 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
                 CHUNK,
                 MapVersion(5),
                 DEFAULT_CHUNK_SIZE + 1,
-                w.replica(2),
+                w.replica(CsId(2)),
                 0
             )
             .await
@@ -240,8 +259,14 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a copy from a source at another version",
-            ctl.replicate_chunk(CHUNK, MapVersion(6), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
-                .await
+            ctl.replicate_chunk(
+                CHUNK,
+                MapVersion(6),
+                DEFAULT_CHUNK_SIZE,
+                w.replica(CsId(2)),
+                0
+            )
+            .await
         ),
         ErrorKind::Stale
     );
@@ -252,8 +277,14 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     assert_eq!(
         kind(
             "a copy older than the replica held",
-            ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
-                .await
+            ctl.replicate_chunk(
+                CHUNK,
+                MapVersion(5),
+                DEFAULT_CHUNK_SIZE,
+                w.replica(CsId(2)),
+                0
+            )
+            .await
         ),
         ErrorKind::Stale
     );
@@ -264,11 +295,17 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     // An unreachable source fails the copy, and names nothing as held.
     ctl.delete_chunk(CHUNK).await.unwrap();
-    w.net.set_reachable(&ChunkWorld::addr(2), false);
+    w.net.set_reachable(&ChunkWorld::addr(CsId(2)), false);
     let e = kind(
         "a copy from an unreachable source",
-        ctl.replicate_chunk(CHUNK, MapVersion(5), DEFAULT_CHUNK_SIZE, w.replica(2), 0)
-            .await,
+        ctl.replicate_chunk(
+            CHUNK,
+            MapVersion(5),
+            DEFAULT_CHUNK_SIZE,
+            w.replica(CsId(2)),
+            0,
+        )
+        .await,
     );
     assert_eq!(e, ErrorKind::Unavailable);
     assert!(
@@ -278,13 +315,13 @@ async fn replicate_refusals(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn ping(w: ChunkWorld, t: &dyn ChunkTransport) {
-    let ctl = t.control(&w, 1).await;
+    let ctl = t.control(&w, CsId(1)).await;
     ctl.ping().await.expect("a serving server answers");
-    w.server(1).set_serving(false);
+    w.server(CsId(1)).set_serving(false);
     assert_eq!(
         kind("a ping while not serving", ctl.ping().await),
         ErrorKind::Unavailable
     );
-    w.server(1).set_serving(true);
+    w.server(CsId(1)).set_serving(true);
     ctl.ping().await.expect("serving again");
 }

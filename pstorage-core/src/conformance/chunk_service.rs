@@ -2,6 +2,7 @@
 //! chain writes naming the replica that failed, reads of unwritten ranges,
 //! zeroing, CRC entries, limits), run through a [`ChunkTransport`].
 
+use crate::types::CsId;
 use bytes::Bytes;
 
 use super::{case, kind, ChunkTransport, ChunkWorld};
@@ -97,7 +98,7 @@ fn pattern(seed: u8, len: usize) -> Bytes {
 
 async fn create_on(w: &ChunkWorld, ids: &[u32], version: MapVersion) {
     for &id in ids {
-        w.server(id)
+        w.server(CsId(id))
             .create_chunk(CHUNK, version, DEFAULT_CHUNK_SIZE)
             .await
             .expect("creating a replica in process");
@@ -120,7 +121,7 @@ fn replica_error(what: &str, r: std::result::Result<(), ReplicaError>) -> Replic
 
 async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let data = pattern(1, 3 * BS);
     svc.write(write(
         MapVersion(1),
@@ -176,19 +177,19 @@ async fn write_reads_back(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1, 2, 3], MapVersion(4)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let data = pattern(2, 5 * BS + 17);
     svc.write(write(
         MapVersion(4),
         7,
         WritePayload::Data(data.clone()),
-        vec![w.replica(2), w.replica(3)],
+        vec![w.replica(CsId(2)), w.replica(CsId(3))],
     ))
     .await
     .expect("a chain write with every replica up");
     for id in 1..=3 {
         let back = w
-            .server(id)
+            .server(CsId(id))
             .read_verified(CHUNK, MapVersion(4), 7, data.len() as u64)
             .await
             .unwrap();
@@ -198,7 +199,7 @@ async fn chain_write(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1], MapVersion(5)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let e = replica_error(
         "a write at an older version",
         svc.write(write(
@@ -210,7 +211,11 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         .await,
     );
     assert_eq!(e.error.kind(), ErrorKind::Stale, "{e}");
-    assert_eq!(e.failed_replica(1), 1, "the receiver itself refused: {e:?}");
+    assert_eq!(
+        e.failed_replica(CsId(1)),
+        CsId(1),
+        "the receiver itself refused: {e:?}"
+    );
     assert_eq!(
         kind(
             "a read at a newer version",
@@ -233,7 +238,7 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         ErrorKind::Stale
     );
     let back = w
-        .server(1)
+        .server(CsId(1))
         .read_verified(CHUNK, MapVersion(5), 0, BLOCK_SIZE)
         .await
         .unwrap();
@@ -245,47 +250,58 @@ async fn wrong_version(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn chain_failure(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1, 2, 3], MapVersion(2)).await;
-    let svc = t.service(&w, 1).await;
-    w.net.set_reachable(&ChunkWorld::addr(3), false);
+    let svc = t.service(&w, CsId(1)).await;
+    w.net.set_reachable(&ChunkWorld::addr(CsId(3)), false);
     let e = replica_error(
         "a chain write whose last replica is unreachable",
         svc.write(write(
             MapVersion(2),
             0,
             WritePayload::Data(pattern(4, BS)),
-            vec![w.replica(2), w.replica(3)],
+            vec![w.replica(CsId(2)), w.replica(CsId(3))],
         ))
         .await,
     );
-    assert_eq!(e.failed_replica(1), 3, "the failure names replica 3: {e:?}");
+    assert_eq!(
+        e.failed_replica(CsId(1)),
+        CsId(3),
+        "the failure names replica 3: {e:?}"
+    );
     assert_eq!(e.error.kind(), ErrorKind::Unavailable, "{e}");
-    w.net.set_reachable(&ChunkWorld::addr(3), true);
+    w.net.set_reachable(&ChunkWorld::addr(CsId(3)), true);
 
     // The second replica at another version: it refuses, and is named.
-    w.server(2).set_version(CHUNK, MapVersion(3)).await.unwrap();
+    w.server(CsId(2))
+        .set_version(CHUNK, MapVersion(3))
+        .await
+        .unwrap();
     let e = replica_error(
         "a chain write whose second replica is at another version",
         svc.write(write(
             MapVersion(2),
             0,
             WritePayload::Data(pattern(5, BS)),
-            vec![w.replica(2), w.replica(3)],
+            vec![w.replica(CsId(2)), w.replica(CsId(3))],
         ))
         .await,
     );
-    assert_eq!(e.failed_replica(1), 2, "the failure names replica 2: {e:?}");
+    assert_eq!(
+        e.failed_replica(CsId(1)),
+        CsId(2),
+        "the failure names replica 2: {e:?}"
+    );
     assert_eq!(e.error.kind(), ErrorKind::Stale, "{e}");
 }
 
 async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1, 2], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let data = pattern(6, 2 * BS);
     svc.write(write(
         MapVersion(1),
         0,
         WritePayload::Data(data.clone()),
-        vec![w.replica(2)],
+        vec![w.replica(CsId(2))],
     ))
     .await
     .unwrap();
@@ -293,13 +309,13 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
         MapVersion(1),
         0,
         WritePayload::Zeros(BLOCK_SIZE),
-        vec![w.replica(2)],
+        vec![w.replica(CsId(2))],
     ))
     .await
     .expect("zeroing a block down the chain");
     for id in [1, 2] {
         let back = w
-            .server(id)
+            .server(CsId(id))
             .read_verified(CHUNK, MapVersion(1), 0, 2 * BLOCK_SIZE)
             .await
             .unwrap();
@@ -319,7 +335,7 @@ async fn zeros(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn block_crcs(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let data = pattern(7, BS);
     svc.write(write(
         MapVersion(1),
@@ -371,8 +387,8 @@ async fn block_crcs(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
-    w.server(1).set_serving(false);
+    let svc = t.service(&w, CsId(1)).await;
+    w.server(CsId(1)).set_serving(false);
     let e = replica_error(
         "a write to a server that does not serve",
         svc.write(write(
@@ -395,7 +411,7 @@ async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
         kind("a flush", svc.flush(CHUNK, MapVersion(1)).await),
         ErrorKind::Unavailable
     );
-    w.server(1).set_serving(true);
+    w.server(CsId(1)).set_serving(true);
     svc.read_verified(CHUNK, MapVersion(1), 0, BLOCK_SIZE)
         .await
         .expect("serving again, it reads");
@@ -403,7 +419,7 @@ async fn not_serving(w: ChunkWorld, t: &dyn ChunkTransport) {
 
 async fn oversized(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let big = Bytes::from(vec![1u8; MAX_IO_SIZE as usize + BS]);
     let e = replica_error(
         "a write over the size limit",
@@ -438,7 +454,7 @@ async fn oversized(w: ChunkWorld, t: &dyn ChunkTransport) {
 }
 
 async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     assert_eq!(
         kind(
             "a read of a chunk not held",
@@ -458,7 +474,7 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     assert_eq!(e.error.kind(), ErrorKind::NotFound, "{e}");
     assert!(
-        w.server(1).list_chunks().await.unwrap().is_empty(),
+        w.server(CsId(1)).list_chunks().await.unwrap().is_empty(),
         "nothing created"
     );
 }
@@ -469,13 +485,13 @@ async fn not_held(w: ChunkWorld, t: &dyn ChunkTransport) {
 /// after the server's check fail the reader's.
 async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
     create_on(&w, &[1, 2], MapVersion(1)).await;
-    let svc = t.service(&w, 1).await;
+    let svc = t.service(&w, CsId(1)).await;
     let good = pattern(7, 2 * BS + 100);
     let mut changed = write(
         MapVersion(1),
         50,
         WritePayload::Data(good.clone()),
-        vec![w.replica(2)],
+        vec![w.replica(CsId(2))],
     );
     let mut bytes = good.to_vec();
     bytes[BS] ^= 0x80;
@@ -489,14 +505,14 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
     );
     assert_eq!(refused.failed_cs, None, "the receiver refused it itself");
     // Damaged between the head and the next member: refused there.
-    w.net.damage_writes(&ChunkWorld::addr(2), 1);
+    w.net.damage_writes(&ChunkWorld::addr(CsId(2)), 1);
     let refused = replica_error(
         "a write damaged down the chain",
         svc.write(write(
             MapVersion(1),
             50,
             WritePayload::Data(good.clone()),
-            vec![w.replica(2)],
+            vec![w.replica(CsId(2))],
         ))
         .await,
     );
@@ -506,10 +522,10 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
         "{}",
         refused.error
     );
-    assert_eq!(refused.failed_cs, Some(2));
+    assert_eq!(refused.failed_cs, Some(CsId(2)));
     // Nothing of the refused write reached replica 2.
     let on_2 = w
-        .server(2)
+        .server(CsId(2))
         .read_verified(CHUNK, MapVersion(1), 0, 3 * BLOCK_SIZE)
         .await
         .unwrap();
@@ -519,13 +535,13 @@ async fn end_to_end(w: ChunkWorld, t: &dyn ChunkTransport) {
         MapVersion(1),
         50,
         WritePayload::Data(good.clone()),
-        vec![w.replica(2)],
+        vec![w.replica(CsId(2))],
     ))
     .await
     .expect("the intact write");
     for id in [1, 2] {
         let back = w
-            .server(id)
+            .server(CsId(id))
             .read_verified(CHUNK, MapVersion(1), 50, good.len() as u64)
             .await
             .unwrap();

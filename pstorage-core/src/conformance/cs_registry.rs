@@ -6,6 +6,7 @@
 use super::{case, kind, ChunkWorld, MdsTransport, MdsWorld};
 use crate::error::ErrorKind;
 use crate::traits::{ChunkControl, CsRegistry, MetadataService};
+use crate::types::CsId;
 use crate::types::{
     BadBlocks, BlockRepair, ChunkReplicaInfo, CsRegistration, CsStats, EventKind, FailureReason,
     LeaseMode, OpenFlags, SpaceInfo, MAX_REPORTED_BLOCKS,
@@ -74,8 +75,8 @@ pub async fn run(transport: &dyn MdsTransport) {
 
 fn registration(id: u32, chunks: Vec<ChunkReplicaInfo>) -> CsRegistration {
     CsRegistration {
-        id,
-        addr: ChunkWorld::addr(id),
+        id: CsId(id),
+        addr: ChunkWorld::addr(CsId(id)),
         space: SPACE,
         chunks,
         unclean: vec![],
@@ -94,7 +95,7 @@ async fn register_and_heartbeat(w: MdsWorld, t: &dyn MdsTransport) {
     let reg = t.registry(&w.mds).await;
     let id = reg.allocate_cs_id().await.unwrap();
     let reply = reg
-        .register_cs(registration(id, vec![]))
+        .register_cs(registration(id.0, vec![]))
         .await
         .expect("registering an allocated server");
     assert!(reply.delete.is_empty(), "{reply:?}");
@@ -111,7 +112,7 @@ async fn register_and_heartbeat(w: MdsWorld, t: &dyn MdsTransport) {
         .unwrap();
     assert_eq!(hb, direct);
     // Registering again (a reconnect) is fine.
-    reg.register_cs(registration(id, vec![])).await.unwrap();
+    reg.register_cs(registration(id.0, vec![])).await.unwrap();
     reg.heartbeat(id, SPACE, CsStats::default()).await.unwrap();
 }
 
@@ -128,14 +129,14 @@ async fn unknown(w: MdsWorld, t: &dyn MdsTransport) {
     assert_eq!(
         kind(
             "a heartbeat of an id never allocated",
-            reg.heartbeat(never, SPACE, CsStats::default()).await
+            reg.heartbeat(CsId(never), SPACE, CsStats::default()).await
         ),
         ErrorKind::NotFound
     );
     assert_eq!(
         kind(
             "a bad-replica report of an id never allocated",
-            reg.report_bad_replica(never, ChunkId(1), FailureReason::Corrupt)
+            reg.report_bad_replica(CsId(never), ChunkId(1), FailureReason::Corrupt)
                 .await
         ),
         ErrorKind::NotFound
@@ -163,7 +164,7 @@ async fn unknown_chunks(w: MdsWorld, t: &dyn MdsTransport) {
     let id = reg.allocate_cs_id().await.unwrap();
     let reply = reg
         .register_cs(registration(
-            id,
+            id.0,
             vec![ChunkReplicaInfo {
                 chunk: ChunkId(0xdead),
                 version: MapVersion(3),
@@ -183,8 +184,8 @@ async fn file_on_three(
     let reg = t.registry(&w.mds).await;
     for expected in 1..=3 {
         let id = reg.allocate_cs_id().await.unwrap();
-        assert_eq!(id, expected, "a fresh MDS allocates ids from 1");
-        reg.register_cs(registration(id, vec![])).await.unwrap();
+        assert_eq!(id, CsId(expected), "a fresh MDS allocates ids from 1");
+        reg.register_cs(registration(id.0, vec![])).await.unwrap();
     }
     let md = t.metadata(&w.mds).await;
     let open = md
@@ -362,7 +363,7 @@ async fn lost_replica(w: MdsWorld, t: &dyn MdsTransport) {
         .unwrap();
     let held = w.chunks.server(lost).list_chunks().await.unwrap();
     let reg = t.registry(&w.mds).await;
-    let reply = reg.register_cs(registration(lost, held)).await.unwrap();
+    let reply = reg.register_cs(registration(lost.0, held)).await.unwrap();
     assert!(reply.delete.is_empty(), "{reply:?}");
     let after = md.file_chunks("/f").await.unwrap().remove(0);
     assert!(after.replicas.iter().all(|r| r.cs != lost), "{after:?}");

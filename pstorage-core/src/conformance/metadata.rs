@@ -5,6 +5,7 @@
 use super::{case, kind, ChunkWorld, MdsTransport, MdsWorld};
 use crate::error::ErrorKind;
 use crate::traits::{CsRegistry, MetadataService};
+use crate::types::CsId;
 use crate::types::{
     AttrUpdate, CsRegistration, FailureReason, InodeKind, LeaseMode, OpTag, OpenFlags, Replicas,
     SessionId, SpaceInfo,
@@ -82,7 +83,7 @@ const NONE: OpenFlags = OpenFlags {
 async fn register_all(w: &MdsWorld) {
     for expected in 1..=3 {
         let id = w.mds.allocate_cs_id().await.unwrap();
-        assert_eq!(id, expected);
+        assert_eq!(id, CsId(expected));
         w.mds
             .register_cs(CsRegistration {
                 id,

@@ -31,7 +31,13 @@ impl ChunkWorld {
         let stores: Vec<Arc<MemChunkStore>> =
             (1..=3).map(|_| Arc::new(MemChunkStore::new())).collect();
         let servers = (1..=3)
-            .map(|id| net.add_server(id, &Self::addr(id), stores[id as usize - 1].clone()))
+            .map(|id| {
+                net.add_server(
+                    CsId(id),
+                    &Self::addr(CsId(id)),
+                    stores[id as usize - 1].clone(),
+                )
+            })
             .collect();
         ChunkWorld {
             net,
@@ -55,7 +61,7 @@ impl ChunkWorld {
 
     /// Server `id` itself (1-based).
     pub fn server(&self, id: CsId) -> &Arc<ChunkServer> {
-        &self.servers[id as usize - 1]
+        &self.servers[id.0 as usize - 1]
     }
 }
 

@@ -52,9 +52,9 @@ fn version() -> impl Strategy<Value = MapVersion> {
 /// Mostly distinct servers that may exist (ids are handed out from 1).
 fn cs_list() -> impl Strategy<Value = Vec<CsId>> {
     prop_oneof![
-        6 => prop::sample::subsequence(vec![1u32, 2, 3, 4], 2..4).prop_shuffle(),
-        2 => prop::sample::subsequence(vec![1u32, 2, 3, 4, 5, 6], 0..6).prop_shuffle(),
-        1 => prop::collection::vec(0..6u32, 0..5),
+        6 => prop::sample::subsequence(vec![1u32, 2, 3, 4].into_iter().map(CsId).collect::<Vec<_>>(), 2..4).prop_shuffle(),
+        2 => prop::sample::subsequence(vec![1u32, 2, 3, 4, 5, 6].into_iter().map(CsId).collect::<Vec<_>>(), 0..6).prop_shuffle(),
+        1 => prop::collection::vec((0..6u32).prop_map(CsId), 0..5),
     ]
 }
 
@@ -196,8 +196,8 @@ fn leaf_command() -> impl Strategy<Value = Command> {
             .prop_map(|(lease, size, now_ms)| Command::Truncate { lease, size, now_ms }),
         2 => Just(Command::AllocateCsId),
         1 => (0..6u32, prop::sample::select(&["127.0.0.1:1", "", "x"][..]))
-            .prop_map(|(cs, addr)| Command::SetCsAddr { cs, addr: addr.to_string() }),
-        1 => (0..6u32).prop_map(|cs| Command::DropCs { cs }),
+            .prop_map(|(cs, addr)| Command::SetCsAddr { cs: CsId(cs), addr: addr.to_string() }),
+        1 => (0..6u32).prop_map(|cs| Command::DropCs { cs: CsId(cs) }),
         1 => (
             prop::sample::select(&["mds.repl.concurrency", "io.replica_tout", "no-such-key", ""][..]),
             prop_oneof![12 => 0..100_000u64, 1 => Just(u64::MAX)],
@@ -223,14 +223,14 @@ fn leaf_command() -> impl Strategy<Value = Command> {
         }),
         1 => (0..6u32, any::<bool>(), now()).prop_map(|(cs, releasing, now_ms)| {
             Command::SetCsReleasing {
-                cs,
+                cs: CsId(cs),
                 releasing,
                 now_ms,
             }
         }),
         1 => Just(Command::AllocateMdsId),
         1 => (0..6u32, placement_update(), now())
-            .prop_map(|(cs, update, now_ms)| Command::SetCsPlacement { cs, update, now_ms }),
+            .prop_map(|(cs, update, now_ms)| Command::SetCsPlacement { cs: CsId(cs), update, now_ms }),
     ]
 }
 
@@ -269,7 +269,7 @@ fn seeded() -> MdsState {
         state.apply(Command::AllocateCsId).unwrap();
         state
             .apply(Command::SetCsAddr {
-                cs,
+                cs: CsId(cs),
                 addr: format!("127.0.0.1:{cs}"),
             })
             .unwrap();
@@ -338,7 +338,7 @@ fn allocate(chunk: ChunkId, version: MapVersion) -> Command {
         index: 0,
         chunk,
         version,
-        replicas: vec![2, 3],
+        replicas: vec![CsId(2), CsId(3)],
         now_ms: 0,
     }
 }

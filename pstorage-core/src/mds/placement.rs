@@ -73,12 +73,16 @@ impl ServerView {
         let (name, cs) = match domain {
             FailureDomain::Disk => ("", self.id),
             FailureDomain::Host if self.host.is_empty() => ("", self.id),
-            FailureDomain::Host => (self.host.as_str(), 0),
-            FailureDomain::Rack => (self.location.as_str(), 0),
-            FailureDomain::Row => (prefix(1), 0),
-            FailureDomain::Room => (prefix(0), 0),
+            FailureDomain::Host => (self.host.as_str(), CsId(0)),
+            FailureDomain::Rack => (self.location.as_str(), CsId(0)),
+            FailureDomain::Row => (prefix(1), CsId(0)),
+            FailureDomain::Room => (prefix(0), CsId(0)),
         };
-        let level = if cs != 0 { FailureDomain::Disk } else { domain };
+        let level = if cs != CsId(0) {
+            FailureDomain::Disk
+        } else {
+            domain
+        };
         DomainKey { level, name, cs }
     }
 
@@ -534,43 +538,43 @@ mod tests {
     #[test]
     fn replicas_go_to_distinct_hosts_emptiest_first() {
         let mut servers = vec![
-            server(1, "a", "1", 0),
-            server(2, "a", "1", 0),
-            server(3, "b", "1", 0),
-            server(4, "b", "1", 0),
-            server(5, "c", "2", 0),
-            server(6, "c", "2", 0),
+            server(CsId(1), "a", "1", 0),
+            server(CsId(2), "a", "1", 0),
+            server(CsId(3), "b", "1", 0),
+            server(CsId(4), "b", "1", 0),
+            server(CsId(5), "c", "2", 0),
+            server(CsId(6), "c", "2", 0),
         ];
         servers[0].held_bytes = 10 * GIB;
         let chosen = choose(&servers, &req(&[], 3));
-        assert_eq!(chosen, vec![2, 3, 5]);
+        assert_eq!(chosen, vec![CsId(2), CsId(3), CsId(5)]);
         let hosts: BTreeSet<_> = chosen
             .iter()
-            .map(|id| servers[*id as usize - 1].host.clone())
+            .map(|id| servers[id.0 as usize - 1].host.clone())
             .collect();
         assert_eq!(hosts.len(), 3);
         // Re-replication after losing host c: no second copy on a or b.
-        let again = choose(&servers, &req(&[2, 3], 1));
-        assert_eq!(again, vec![5]);
+        let again = choose(&servers, &req(&[CsId(2), CsId(3)], 1));
+        assert_eq!(again, vec![CsId(5)]);
     }
 
     #[test]
     fn fewer_domains_than_replicas_fill_evenly() {
         let servers = vec![
-            server(1, "a", "1", 0),
-            server(2, "a", "1", 0),
-            server(3, "b", "1", 0),
-            server(4, "b", "1", 0),
+            server(CsId(1), "a", "1", 0),
+            server(CsId(2), "a", "1", 0),
+            server(CsId(3), "b", "1", 0),
+            server(CsId(4), "b", "1", 0),
         ];
         let chosen = choose(&servers, &req(&[], 4));
-        let on_a = chosen.iter().filter(|&&c| c <= 2).count();
+        let on_a = chosen.iter().filter(|&&c| c <= CsId(2)).count();
         assert_eq!((chosen.len(), on_a), (4, 2));
         assert_eq!(domains_in_tier(&servers, 0, FailureDomain::Host), 2);
         // Two on a and one on b is as even as 3 replicas on 2 hosts get:
         // no violation.
         assert!(!violates_domain(
             &servers,
-            &[1, 2, 3],
+            &[CsId(1), CsId(2), CsId(3)],
             0,
             FailureDomain::Host
         ));
@@ -579,35 +583,45 @@ mod tests {
     #[test]
     fn tiers_are_kept_apart() {
         let servers = vec![
-            server(1, "a", "1", 0),
-            server(2, "b", "1", 1),
-            server(3, "c", "1", 1),
+            server(CsId(1), "a", "1", 0),
+            server(CsId(2), "b", "1", 1),
+            server(CsId(3), "c", "1", 1),
         ];
         let mut r = req(&[], 3);
         r.tier = 1;
-        assert_eq!(choose(&servers, &r), vec![2, 3]);
+        assert_eq!(choose(&servers, &r), vec![CsId(2), CsId(3)]);
     }
 
     #[test]
     fn rack_domain_uses_the_location() {
         let servers = vec![
-            server(1, "a", "1", 0),
-            server(2, "b", "1", 0),
-            server(3, "c", "2", 0),
+            server(CsId(1), "a", "1", 0),
+            server(CsId(2), "b", "1", 0),
+            server(CsId(3), "c", "2", 0),
         ];
         let mut r = req(&[], 2);
         r.domain = FailureDomain::Rack;
         let chosen = choose(&servers, &r);
-        assert!(chosen.contains(&3), "{chosen:?}");
-        assert!(violates_domain(&servers, &[1, 2], 0, FailureDomain::Rack));
-        assert!(!violates_domain(&servers, &[1, 2], 0, FailureDomain::Host));
+        assert!(chosen.contains(&CsId(3)), "{chosen:?}");
+        assert!(violates_domain(
+            &servers,
+            &[CsId(1), CsId(2)],
+            0,
+            FailureDomain::Rack
+        ));
+        assert!(!violates_domain(
+            &servers,
+            &[CsId(1), CsId(2)],
+            0,
+            FailureDomain::Host
+        ));
     }
 
     #[test]
     fn the_head_rotates() {
         let heads: BTreeSet<CsId> = (1..=3u64)
             .map(|chunk| {
-                let mut chain = vec![7, 8, 9];
+                let mut chain = vec![CsId(7), CsId(8), CsId(9)];
                 rotate_head(ChunkId(chunk), &mut chain);
                 chain[0]
             })
@@ -619,9 +633,9 @@ mod tests {
     fn rebalancing_moves_to_new_servers_until_within_one_chunk() {
         // Three full servers with 8 chunks each (3 replicas), three empty.
         let mut servers: Vec<ServerView> = (1..=6)
-            .map(|id| server(id, &format!("h{id}"), "1", 0))
+            .map(|id| server(CsId(id), &format!("h{id}"), "1", 0))
             .collect();
-        let chains: Vec<Vec<CsId>> = (0..8).map(|_| vec![1, 2, 3]).collect();
+        let chains: Vec<Vec<CsId>> = (0..8).map(|_| vec![CsId(1), CsId(2), CsId(3)]).collect();
         for s in servers.iter_mut().take(3) {
             s.held_bytes = 8 * CHUNK;
         }
@@ -636,8 +650,8 @@ mod tests {
                 let chain = &mut chains[mv.chunk.0 as usize];
                 let at = chain.iter().position(|&m| m == mv.from).unwrap();
                 chain[at] = mv.to;
-                servers[mv.from as usize - 1].held_bytes -= CHUNK;
-                servers[mv.to as usize - 1].held_bytes += CHUNK;
+                servers[mv.from.0 as usize - 1].held_bytes -= CHUNK;
+                servers[mv.to.0 as usize - 1].held_bytes += CHUNK;
             }
         }
         let counts: Vec<u64> = servers.iter().map(|s| s.held_bytes / CHUNK).collect();
@@ -651,12 +665,12 @@ mod tests {
     #[test]
     fn a_domain_violation_is_moved() {
         let servers = vec![
-            server(1, "a", "1", 0),
-            server(2, "a", "1", 0),
-            server(3, "b", "1", 0),
-            server(4, "c", "1", 0),
+            server(CsId(1), "a", "1", 0),
+            server(CsId(2), "a", "1", 0),
+            server(CsId(3), "b", "1", 0),
+            server(CsId(4), "c", "1", 0),
         ];
-        let members = [1, 2, 3];
+        let members = [CsId(1), CsId(2), CsId(3)];
         let plan = plan_rebalance(
             &servers,
             &[ChunkView {
@@ -672,7 +686,7 @@ mod tests {
         );
         assert_eq!(plan.moves.len(), 1);
         let mv = plan.moves[0];
-        assert!(mv.fixes_domain && (mv.from == 1 || mv.from == 2) && mv.to == 4);
+        assert!(mv.fixes_domain && (mv.from == CsId(1) || mv.from == CsId(2)) && mv.to == CsId(4));
     }
 
     /// The fullest server's chunks are all pinned by the domain rule (its
@@ -682,22 +696,26 @@ mod tests {
     #[test]
     fn a_pinned_fullest_server_does_not_stop_the_pass() {
         let mut servers = vec![
-            server(1, "h0", "r", 0),
-            server(2, "h0", "r", 0),
-            server(3, "new", "r", 0),
-            server(4, "h0", "r", 0),
+            server(CsId(1), "h0", "r", 0),
+            server(CsId(2), "h0", "r", 0),
+            server(CsId(3), "new", "r", 0),
+            server(CsId(4), "h0", "r", 0),
         ];
-        let chains: Vec<Vec<CsId>> = vec![vec![1, 3], vec![1, 3], vec![2, 3]];
+        let chains: Vec<Vec<CsId>> = vec![
+            vec![CsId(1), CsId(3)],
+            vec![CsId(1), CsId(3)],
+            vec![CsId(2), CsId(3)],
+        ];
         for chain in &chains {
             for &m in chain {
-                servers[m as usize - 1].held_bytes += CHUNK;
+                servers[m.0 as usize - 1].held_bytes += CHUNK;
             }
         }
         let views = host_views(&chains);
         let plan = plan_rebalance(&servers, &views, 10, 8);
         assert_eq!(plan.moves.len(), 1, "{plan:?}");
         let mv = plan.moves[0];
-        assert_eq!((mv.from, mv.to), (1, 4), "{plan:?}");
+        assert_eq!((mv.from, mv.to), (CsId(1), CsId(4)), "{plan:?}");
     }
 
     /// A generated cluster: servers on hosts in racks, two tiers.
@@ -708,7 +726,7 @@ mod tests {
                     .into_iter()
                     .enumerate()
                     .map(|(i, (host, rack, tier, held, eligible))| ServerView {
-                        id: i as CsId + 1,
+                        id: CsId(i as u32) + 1,
                         location: format!("0.{}.{rack}", rack % 2),
                         host: format!("h{host}"),
                         tier,
@@ -780,19 +798,19 @@ mod tests {
             limit in 1usize..6,
         ) {
             let mut servers: Vec<ServerView> = (0..hosts * per_host)
-                .map(|i| server(i as CsId + 1, &format!("h{}", i / per_host), "r", 0))
+                .map(|i| server(CsId(i as u32) + 1, &format!("h{}", i / per_host), "r", 0))
                 .collect();
             let mut chains: Vec<Vec<CsId>> = Vec::new();
             for _ in 0..chunks {
                 let chosen = choose(&servers, &req(&[], norm));
                 for id in &chosen {
-                    servers[*id as usize - 1].held_bytes += CHUNK;
+                    servers[id.0 as usize - 1].held_bytes += CHUNK;
                 }
                 chains.push(chosen);
             }
             // Empty servers join (on a host of their own or on host 0).
             for k in 0..new {
-                let id = servers.len() as CsId + 1;
+                let id = CsId(servers.len() as u32) + 1;
                 let host = if hosts == 1 || k % 2 == 1 { "h0".to_string() } else { format!("new{k}") };
                 servers.push(server(id, &host, "r", 0));
             }
@@ -810,8 +828,8 @@ mod tests {
                     let chain = &mut chains[mv.chunk.0 as usize];
                     let at = chain.iter().position(|&m| m == mv.from).unwrap();
                     chain[at] = mv.to;
-                    servers[mv.from as usize - 1].held_bytes -= CHUNK;
-                    servers[mv.to as usize - 1].held_bytes += CHUNK;
+                    servers[mv.from.0 as usize - 1].held_bytes -= CHUNK;
+                    servers[mv.to.0 as usize - 1].held_bytes += CHUNK;
                 }
             }
             // On one host (the domain rule pins nothing) the servers end
@@ -844,9 +862,9 @@ mod tests {
             let chains: Vec<(Vec<CsId>, bool, FailureDomain, u8)> = chains
                 .into_iter()
                 .filter_map(|(set, busy, domain)| {
-                    let members: Vec<CsId> = set.into_iter().filter(|&m| (m as usize) <= servers.len()).collect();
+                    let members: Vec<CsId> = set.into_iter().map(CsId).filter(|&m| (m.0 as usize) <= servers.len()).collect();
                     let tier = servers.iter().find(|s| Some(&s.id) == members.first())?.tier;
-                    let members: Vec<CsId> = members.into_iter().filter(|&m| servers[m as usize - 1].tier == tier).collect();
+                    let members: Vec<CsId> = members.into_iter().filter(|&m| servers[m.0 as usize - 1].tier == tier).collect();
                     Some((members, busy, domain, tier))
                 })
                 .collect();
@@ -866,12 +884,12 @@ mod tests {
                 prop_assert!(!c.busy);
                 prop_assert!(c.members.contains(&mv.from));
                 prop_assert!(!c.members.contains(&mv.to));
-                let to = &servers[mv.to as usize - 1];
+                let to = &servers[mv.to.0 as usize - 1];
                 prop_assert!(to.eligible && to.tier == c.tier);
                 let before = violates_domain(&servers, c.members, c.tier, c.domain);
                 let after: Vec<CsId> = c.members.iter().map(|&m| if m == mv.from { mv.to } else { m }).collect();
-                let keys: BTreeSet<DomainKey> = after.iter().map(|&m| servers[m as usize - 1].domain_key(c.domain)).collect();
-                let keys_before: BTreeSet<DomainKey> = c.members.iter().map(|&m| servers[m as usize - 1].domain_key(c.domain)).collect();
+                let keys: BTreeSet<DomainKey> = after.iter().map(|&m| servers[m.0 as usize - 1].domain_key(c.domain)).collect();
+                let keys_before: BTreeSet<DomainKey> = c.members.iter().map(|&m| servers[m.0 as usize - 1].domain_key(c.domain)).collect();
                 if !before {
                     prop_assert!(keys.len() >= keys_before.len(), "a move broke the domain rule");
                 }

@@ -99,7 +99,7 @@ impl Probes {
             entry.in_flight = None;
             entry.cached = Some((Instant::now() + cache, verdict.clone()));
             tracing::info!(
-                cs,
+                %cs,
                 addr,
                 reachable = verdict.reachable,
                 detail = %verdict.detail,

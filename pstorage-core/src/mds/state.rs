@@ -662,7 +662,7 @@ impl MdsState {
             next_ino: ROOT_INODE + 1,
             next_chunk: ChunkId(1),
             next_lease: LeaseId(1),
-            next_cs: 1,
+            next_cs: CsId(1),
             params: BTreeMap::new(),
             events: VecDeque::new(),
             next_event: 1,
@@ -967,7 +967,7 @@ impl MdsState {
 
     /// Whether `cs` was ever allocated by [`Command::AllocateCsId`].
     pub fn cs_allocated(&self, cs: CsId) -> bool {
-        cs >= 1 && cs < self.next_cs
+        cs >= CsId(1) && cs < self.next_cs
     }
 
     /// Whether MDS id `id` was ever handed out (the first MDS's

@@ -426,7 +426,7 @@ impl CommandLog for MdsStore {
 mod tests {
     use super::*;
     use crate::types::LeaseId;
-    use crate::types::{ChunkId, InodeId};
+    use crate::types::{ChunkId, CsId, InodeId};
 
     fn write_raw(store: &MdsStore, index: u64, bytes: &[u8]) {
         let txn = store.db.begin_write().unwrap();
@@ -459,7 +459,7 @@ mod tests {
 
         // A command that does not apply (a gap in ids) is corruption too.
         let bad = encode(&Command::SetCsAddr {
-            cs: 9,
+            cs: CsId(9),
             addr: "h:1".into(),
         })
         .unwrap();
@@ -538,7 +538,7 @@ mod tests {
         expected.apply(Command::AllocateCsId).unwrap();
         expected
             .apply(Command::SetCsAddr {
-                cs: 1,
+                cs: CsId(1),
                 addr: "h:1".into(),
             })
             .unwrap();
@@ -547,9 +547,9 @@ mod tests {
             inodes: BTreeMap::from([(root.ino, InodeOld::from(&root))]),
             chunks: BTreeMap::new(),
             servers: BTreeMap::from([(
-                1,
+                CsId(1),
                 CsRecordV1 {
-                    id: 1,
+                    id: CsId(1),
                     addr: "h:1".into(),
                     dropped: false,
                 },
@@ -558,7 +558,7 @@ mod tests {
             next_ino: InodeId(2),
             next_chunk: ChunkId(1),
             next_lease: LeaseId(1),
-            next_cs: 2,
+            next_cs: CsId(2),
         };
         #[derive(Serialize)]
         struct SnapshotV1Out {
@@ -633,7 +633,7 @@ mod tests {
             next_ino: InodeId(2),
             next_chunk: ChunkId(1),
             next_lease: LeaseId(1),
-            next_cs: 2,
+            next_cs: CsId(2),
             params: expected.param_overrides().clone(),
             events: expected.events_after(0).cloned().collect(),
             next_event: 2,

@@ -649,7 +649,11 @@ fn state_with_file() -> (MdsState, Lease) {
     let mut s = MdsState::new(test_attrs()).unwrap();
     for cs in 1..=3 {
         s.apply(Command::AllocateCsId).unwrap();
-        s.apply(Command::SetCsAddr { cs, addr: addr(cs) }).unwrap();
+        s.apply(Command::SetCsAddr {
+            cs: CsId(cs),
+            addr: addr(CsId(cs)),
+        })
+        .unwrap();
     }
     let lease = open(&mut s, "/f", LeaseMode::Write, 0).unwrap();
     (s, lease)
@@ -662,7 +666,7 @@ fn allocate(s: &mut MdsState, lease: LeaseId, index: u64) -> Result<ApplyOutcome
         index,
         chunk,
         version: MapVersion(1),
-        replicas: vec![1, 2, 3],
+        replicas: vec![CsId(1), CsId(2), CsId(3)],
         now_ms: 1,
     })
 }
@@ -684,7 +688,7 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
             index: 1,
             chunk,
             version: MapVersion(1),
-            replicas: vec![1, 2],
+            replicas: vec![CsId(1), CsId(2)],
             now_ms: 1,
         },
         ErrorKind::Internal,
@@ -692,9 +696,9 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
     // Fewer replicas than min, duplicates, unknown servers are refused.
     let next = s.next_chunk_id();
     for (replicas, expected) in [
-        (vec![1], ErrorKind::Unavailable),
-        (vec![1, 1], ErrorKind::Internal),
-        (vec![1, 9], ErrorKind::NotFound),
+        (vec![CsId(1)], ErrorKind::Unavailable),
+        (vec![CsId(1), CsId(1)], ErrorKind::Internal),
+        (vec![CsId(1), CsId(9)], ErrorKind::NotFound),
     ] {
         refused(
             &mut s,
@@ -714,9 +718,18 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
         version,
         replicas,
     };
-    s.apply(update(MapVersion(2), vec![1, 3])).unwrap();
-    refused(&mut s, update(MapVersion(2), vec![1]), ErrorKind::Stale);
-    refused(&mut s, update(MapVersion(1), vec![1]), ErrorKind::Stale);
+    s.apply(update(MapVersion(2), vec![CsId(1), CsId(3)]))
+        .unwrap();
+    refused(
+        &mut s,
+        update(MapVersion(2), vec![CsId(1)]),
+        ErrorKind::Stale,
+    );
+    refused(
+        &mut s,
+        update(MapVersion(1), vec![CsId(1)]),
+        ErrorKind::Stale,
+    );
     refused(&mut s, update(MapVersion(3), vec![]), ErrorKind::Internal);
     assert_eq!(s.chunk(chunk).unwrap().version, MapVersion(2));
     // A read lease cannot allocate; an expired lease is stale.
@@ -736,7 +749,7 @@ fn chunk_versions_only_grow_and_chunks_need_a_write_lease() {
             index: 5,
             chunk: next,
             version: MapVersion(1),
-            replicas: vec![1, 2],
+            replicas: vec![CsId(1), CsId(2)],
             now_ms: 500,
         },
         ErrorKind::Stale,
@@ -781,7 +794,7 @@ fn truncate_and_commit_size() {
         panic!("{out:?}")
     };
     assert_eq!(released.iter().map(|m| m.index).collect::<Vec<_>>(), [2, 3]);
-    assert_eq!(released[0].replicas[0].addr, addr(1));
+    assert_eq!(released[0].replicas[0].addr, addr(CsId(1)));
     assert_eq!(
         s.file_chunk_maps(lease.ino)
             .iter()
@@ -815,7 +828,7 @@ fn apply_is_deterministic_and_state_round_trips() {
             index: 3,
             chunk: ChunkId(17),
             version: MapVersion(1),
-            replicas: vec![2, 3],
+            replicas: vec![CsId(2), CsId(3)],
             now_ms: 4,
         },
         Command::CommitSize {
@@ -860,16 +873,16 @@ fn cs_registry_commands() {
     let mut s = MdsState::default();
     assert_eq!(
         s.apply(Command::AllocateCsId).unwrap(),
-        ApplyOutcome::CsId(1)
+        ApplyOutcome::CsId(CsId(1))
     );
     assert_eq!(
         s.apply(Command::AllocateCsId).unwrap(),
-        ApplyOutcome::CsId(2)
+        ApplyOutcome::CsId(CsId(2))
     );
     refused(
         &mut s,
         Command::SetCsAddr {
-            cs: 3,
+            cs: CsId(3),
             addr: "h:1".into(),
         },
         ErrorKind::NotFound,
@@ -877,22 +890,22 @@ fn cs_registry_commands() {
     refused(
         &mut s,
         Command::SetCsAddr {
-            cs: 1,
+            cs: CsId(1),
             addr: String::new(),
         },
         ErrorKind::InvalidArgument,
     );
     s.apply(Command::SetCsAddr {
-        cs: 1,
+        cs: CsId(1),
         addr: "h:1".into(),
     })
     .unwrap();
-    s.apply(Command::DropCs { cs: 1 }).unwrap();
-    assert!(s.cs(1).unwrap().dropped);
+    s.apply(Command::DropCs { cs: CsId(1) }).unwrap();
+    assert!(s.cs(CsId(1)).unwrap().dropped);
     refused(
         &mut s,
         Command::SetCsAddr {
-            cs: 1,
+            cs: CsId(1),
             addr: "h:2".into(),
         },
         ErrorKind::PermissionDenied,
@@ -906,13 +919,16 @@ async fn placement_prefers_most_free_space() {
     let c = Cluster::new(&[10, 40, 30, 20]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [2, 3, 4], "most free first");
+    assert_eq!(chain(&map), [CsId(2), CsId(3), CsId(4)], "most free first");
     assert_eq!(map.version, MapVersion(1));
-    assert_eq!(map.replicas[0].addr, addr(2));
+    assert_eq!(map.replicas[0].addr, addr(CsId(2)));
     for cs in [2, 3, 4] {
-        assert_eq!(c.cs(cs).calls(), [Call::Create(map.chunk, MapVersion(1))]);
+        assert_eq!(
+            c.cs(CsId(cs)).calls(),
+            [Call::Create(map.chunk, MapVersion(1))]
+        );
     }
-    assert!(c.cs(1).calls().is_empty());
+    assert!(c.cs(CsId(1)).calls().is_empty());
     // Asking again returns the same map; a read of a missing chunk is None.
     let again = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(again, map);
@@ -942,22 +958,22 @@ async fn allocation_needs_replicas_min_active_servers() {
     // With min servers available the chunk is allocated, degraded.
     c.add_cs(5).await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2]);
+    assert_eq!(chain(&map), [CsId(1), CsId(2)]);
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(status.health, ClusterHealth::Degraded);
     assert_eq!((status.chunks, status.chunk_counts.urgent), (1, 1));
 
     // A server that fails create_chunk is left out if min remain.
     c.add_cs(50).await;
-    c.cs(3).set_failing(true);
+    c.cs(CsId(3)).set_failing(true);
     let map = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2]);
+    assert_eq!(chain(&map), [CsId(1), CsId(2)]);
     // ... and the allocation fails if fewer than min remain.
-    c.cs(2).set_failing(true);
+    c.cs(CsId(2)).set_failing(true);
     let err = c.mds.chunk_map(lease.id, 2, true).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     // The replica that was created is deleted again.
-    let calls = c.cs(1).calls();
+    let calls = c.cs(CsId(1)).calls();
     assert!(matches!(calls.last(), Some(Call::Delete(_))), "{calls:?}");
     assert_eq!(c.state().file_chunk_maps(lease.ino).len(), 2);
 }
@@ -993,30 +1009,33 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
     let c = Cluster::new(&[30, 20, 10, 5]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2, 3]);
+    assert_eq!(chain(&map), [CsId(1), CsId(2), CsId(3)]);
     // The MDS cannot reach CS 2 either (its probe fails): dropped.
-    c.cs(2).set_failing(true);
+    c.cs(CsId(2)).set_failing(true);
     let new = c
         .mds
         .report_failure(
             lease.id,
             map.chunk,
             MapVersion(1),
-            2,
+            CsId(2),
             FailureReason::Unreachable,
         )
         .await
         .unwrap();
-    assert_eq!((chain(&new), new.version), (vec![1, 3], MapVersion(2)));
+    assert_eq!(
+        (chain(&new), new.version),
+        (vec![CsId(1), CsId(3)], MapVersion(2))
+    );
     for cs in [1, 3] {
         assert_eq!(
-            c.cs(cs).calls().last(),
+            c.cs(CsId(cs)).calls().last(),
             Some(&Call::SetVersion(map.chunk, MapVersion(2)))
         );
-        assert_eq!(c.cs(cs).version(map.chunk), Some(MapVersion(2)));
+        assert_eq!(c.cs(CsId(cs)).version(map.chunk), Some(MapVersion(2)));
     }
     assert_eq!(
-        c.cs(2).version(map.chunk),
+        c.cs(CsId(2)).version(map.chunk),
         Some(MapVersion(1)),
         "the dropped replica is not told"
     );
@@ -1028,7 +1047,7 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
             lease.id,
             map.chunk,
             MapVersion(1),
-            3,
+            CsId(3),
             FailureReason::IoError,
         )
         .await
@@ -1037,14 +1056,14 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
 
     // A survivor that fails the version push is dropped too: 2 bumps.
     // Below min the chunk keeps its survivor and the caller learns why.
-    c.cs(3).set_failing(true);
+    c.cs(CsId(3)).set_failing(true);
     let err = c
         .mds
         .report_failure(
             lease.id,
             map.chunk,
             MapVersion(2),
-            1,
+            CsId(1),
             FailureReason::Corrupt,
         )
         .await
@@ -1054,7 +1073,7 @@ async fn report_failure_drops_the_replica_and_bumps_the_version() {
         assert!(err.message().contains(part), "{part:?} missing in {err}");
     }
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!(rec.replicas, [3], "the last replica is never dropped");
+    assert_eq!(rec.replicas, [CsId(3)], "the last replica is never dropped");
     assert_eq!(rec.version, MapVersion(3));
     let status = c.mds.cluster_status().await.unwrap();
     assert_eq!(
@@ -1075,14 +1094,14 @@ async fn version_mismatch_report_syncs_a_lagging_member() {
             lease.id,
             map.chunk,
             MapVersion(1),
-            2,
+            CsId(2),
             FailureReason::VersionMismatch,
         )
         .await
         .unwrap();
     assert_eq!(same, map);
     assert_eq!(
-        c.cs(2).calls().last(),
+        c.cs(CsId(2)).calls().last(),
         Some(&Call::SetVersion(map.chunk, MapVersion(1)))
     );
     // A report naming a server outside the chain changes nothing.
@@ -1092,7 +1111,7 @@ async fn version_mismatch_report_syncs_a_lagging_member() {
             lease.id,
             map.chunk,
             MapVersion(1),
-            99,
+            CsId(99),
             FailureReason::Unreachable,
         )
         .await
@@ -1107,7 +1126,7 @@ async fn version_mismatch_report_syncs_a_lagging_member() {
                     other.id,
                     map.chunk,
                     MapVersion(1),
-                    2,
+                    CsId(2),
                     FailureReason::Unreachable
                 )
                 .await
@@ -1123,30 +1142,40 @@ async fn registration_computes_the_delete_list() {
     let m0 = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     let m1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
     let m2 = c.mds.chunk_map(lease.id, 2, true).await.unwrap().unwrap();
-    assert!(chain(&m0).contains(&1) && chain(&m1).contains(&1) && chain(&m2).contains(&1));
+    assert!(
+        chain(&m0).contains(&CsId(1))
+            && chain(&m1).contains(&CsId(1))
+            && chain(&m2).contains(&CsId(1))
+    );
     // Drop CS 1 from m1 (it then holds a replica outside the chain).
     c.mds
-        .report_failure(lease.id, m1.chunk, MapVersion(1), 1, FailureReason::IoError)
+        .report_failure(
+            lease.id,
+            m1.chunk,
+            MapVersion(1),
+            CsId(1),
+            FailureReason::IoError,
+        )
         .await
         .unwrap();
 
     // CS 1 restarts with: m0 (current), m1 (dropped), an unknown chunk, and
     // without m2 (lost).
     {
-        let cs1 = c.cs(1);
+        let cs1 = c.cs(CsId(1));
         let mut chunks = cs1.chunks.lock().unwrap();
         chunks.insert(ChunkId(0xdead), MapVersion(1));
         chunks.remove(&m2.chunk);
     }
-    let reply = c.register(1, 3).await.unwrap();
+    let reply = c.register(CsId(1), 3).await.unwrap();
     // m1 has 2 of its 3 copies: CS 1's older one is kept to be resynced.
     assert_eq!(reply.delete, vec![ChunkId(0xdead)]);
     assert_eq!(reply.heartbeat_interval_ms, 1_000);
     let s = c.state();
-    assert!(s.chunk(m0.chunk).unwrap().replicas.contains(&1));
+    assert!(s.chunk(m0.chunk).unwrap().replicas.contains(&CsId(1)));
     let lost = s.chunk(m2.chunk).unwrap();
     assert!(
-        !lost.replicas.contains(&1),
+        !lost.replicas.contains(&CsId(1)),
         "a lost replica leaves the chain"
     );
     assert_eq!(lost.version, MapVersion(2));
@@ -1162,22 +1191,30 @@ async fn an_unclean_replica_beside_an_active_member_leaves_the_chain() {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(chain(&map).len(), 3);
-    let reply = c.register_unclean(3, 1, vec![map.chunk]).await.unwrap();
+    let reply = c
+        .register_unclean(CsId(3), 1, vec![map.chunk])
+        .await
+        .unwrap();
     // Kept on the server as the base of its resync, not deleted, and not
     // served (seed 484: a client's cached map still named it).
     assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
     assert_eq!(reply.stale, vec![map.chunk], "{reply:?}");
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert!(!rec.replicas.contains(&3), "{rec:?}");
+    assert!(!rec.replicas.contains(&CsId(3)), "{rec:?}");
     assert_eq!(rec.version, map.version + 1);
     let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("stopped uncleanly"), "{log}");
     // A clean registration of a member keeps it, and serves it.
-    let reply = c.register(1, 3).await.unwrap();
-    assert!(c.state().chunk(map.chunk).unwrap().replicas.contains(&1));
+    let reply = c.register(CsId(1), 3).await.unwrap();
+    assert!(c
+        .state()
+        .chunk(map.chunk)
+        .unwrap()
+        .replicas
+        .contains(&CsId(1)));
     assert!(reply.stale.is_empty(), "{reply:?}");
     // Registering again while still out of the chain: still not served.
-    let reply = c.register(3, 1).await.unwrap();
+    let reply = c.register(CsId(3), 1).await.unwrap();
     assert_eq!(reply.stale, vec![map.chunk], "{reply:?}");
 }
 
@@ -1191,21 +1228,26 @@ async fn an_unclean_replica_alone_is_kept_until_a_current_one_returns() {
     c.mds.renew(lease.id).await.unwrap();
     // The first back is unclean, and the best copy there is: kept, and
     // served (a member is never named stale).
-    let reply = c.register_unclean(1, 3, vec![map.chunk]).await.unwrap();
+    let reply = c
+        .register_unclean(CsId(1), 3, vec![map.chunk])
+        .await
+        .unwrap();
     assert_eq!(c.state().chunk(map.chunk).unwrap().replicas.len(), 3);
     assert!(reply.stale.is_empty(), "{reply:?}");
     // A second unclean one beside it is not: one unclean copy is the
     // truth, the others are resynced from it, so replicas never differ.
-    c.register_unclean(2, 2, vec![map.chunk]).await.unwrap();
+    c.register_unclean(CsId(2), 2, vec![map.chunk])
+        .await
+        .unwrap();
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert!(!rec.replicas.contains(&2), "{rec:?}");
-    assert!(rec.replicas.contains(&1), "{rec:?}");
+    assert!(!rec.replicas.contains(&CsId(2)), "{rec:?}");
+    assert!(rec.replicas.contains(&CsId(1)), "{rec:?}");
     // A clean member at the map's version is sure to be current: the
     // unclean one leaves (CS 3 got the version of CS 2's drop pushed).
-    assert_eq!(c.cs(3).version(map.chunk), Some(rec.version));
-    c.register(3, 1).await.unwrap();
+    assert_eq!(c.cs(CsId(3)).version(map.chunk), Some(rec.version));
+    c.register(CsId(3), 1).await.unwrap();
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!(rec.replicas, vec![3]);
+    assert_eq!(rec.replicas, vec![CsId(3)]);
     let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("stopped uncleanly"), "{log}");
     assert!(log.contains("sure to be current"), "{log}");
@@ -1250,7 +1292,7 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
     assert_eq!(mds.state_snapshot(), expected);
     let c = Cluster { mds, net, clock };
     for cs in [1, 2] {
-        c.cs(cs)
+        c.cs(CsId(cs))
             .set_version(map.chunk, MapVersion(2))
             .await
             .unwrap();
@@ -1264,19 +1306,19 @@ async fn a_member_behind_the_map_is_synced_by_tick() {
     assert_eq!(
         kind(
             c.mds
-                .heartbeat(1, SpaceInfo::default(), CsStats::default())
+                .heartbeat(CsId(1), SpaceInfo::default(), CsStats::default())
                 .await
         ),
         ErrorKind::Stale
     );
     for cs in [1, 2, 3] {
-        let reply = c.register(cs, 1).await.unwrap();
+        let reply = c.register(CsId(cs), 1).await.unwrap();
         assert!(reply.delete.is_empty(), "CS {cs}: {reply:?}");
     }
-    assert_eq!(c.cs(3).version(map.chunk), Some(MapVersion(1)));
+    assert_eq!(c.cs(CsId(3)).version(map.chunk), Some(MapVersion(1)));
     c.mds.tick().await;
     assert_eq!(
-        c.cs(3).version(map.chunk),
+        c.cs(CsId(3)).version(map.chunk),
         Some(MapVersion(2)),
         "tick pushed the version"
     );
@@ -1419,8 +1461,8 @@ async fn truncate_through_the_service_deletes_chunks_beyond() {
     assert_eq!(c.mds.stat("/f").await.unwrap().size, CHUNK + 1);
     assert_eq!(c.mds.file_chunks("/f").await.unwrap().len(), 2);
     for cs in 1..=3 {
-        assert_eq!(c.cs(cs).version(maps[2].chunk), None);
-        assert_eq!(c.cs(cs).version(maps[1].chunk), Some(MapVersion(1)));
+        assert_eq!(c.cs(CsId(cs)).version(maps[2].chunk), None);
+        assert_eq!(c.cs(CsId(cs)).version(maps[1].chunk), Some(MapVersion(1)));
     }
 }
 
@@ -1446,7 +1488,7 @@ async fn cs_status_follows_heartbeats() {
     );
     c.clock.advance(2_000);
     c.mds
-        .heartbeat(1, SpaceInfo::default(), CsStats::default())
+        .heartbeat(CsId(1), SpaceInfo::default(), CsStats::default())
         .await
         .unwrap();
     c.clock.advance(1_500);
@@ -1460,18 +1502,21 @@ async fn cs_status_follows_heartbeats() {
     assert_eq!(
         kind(
             c.mds
-                .heartbeat(9, SpaceInfo::default(), CsStats::default())
+                .heartbeat(CsId(9), SpaceInfo::default(), CsStats::default())
                 .await
         ),
         ErrorKind::NotFound
     );
-    c.mds.drop_cs(2).await.unwrap();
+    c.mds.drop_cs(CsId(2)).await.unwrap();
     assert_eq!(status(&c).await, [CsStatus::Offline, CsStatus::Dropped]);
-    assert_eq!(kind(c.register(2, 1).await), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(c.register(CsId(2), 1).await),
+        ErrorKind::PermissionDenied
+    );
     let err = c
         .mds
         .register_cs(CsRegistration {
-            id: 7,
+            id: CsId(7),
             addr: "h:1".into(),
             space: SpaceInfo::default(),
             chunks: vec![],
@@ -1637,7 +1682,7 @@ async fn a_failed_append_changes_nothing() {
     assert_eq!(c.state(), before);
     // The replicas created for the failed allocation were deleted again.
     for cs in 1..=3 {
-        let calls = c.cs(cs).calls();
+        let calls = c.cs(CsId(cs)).calls();
         assert!(
             matches!(calls.as_slice(), [Call::Create(..), Call::Delete(_)]),
             "{calls:?}"
@@ -1664,28 +1709,31 @@ async fn a_bad_replica_reported_by_its_server_leaves_the_chain() {
     let c = Cluster::new(&[30, 20, 10]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2, 3]);
+    assert_eq!(chain(&map), [CsId(1), CsId(2), CsId(3)]);
     c.mds
-        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .report_bad_replica(CsId(2), map.chunk, FailureReason::Corrupt)
         .await
         .unwrap();
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.replicas, rec.version), (vec![1, 3], MapVersion(2)));
-    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
+    assert_eq!(
+        (rec.replicas, rec.version),
+        (vec![CsId(1), CsId(3)], MapVersion(2))
+    );
+    assert_eq!(c.cs(CsId(1)).version(map.chunk), Some(MapVersion(2)));
     // Reporting again (no longer a member) or an unknown chunk is harmless.
     c.mds
-        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .report_bad_replica(CsId(2), map.chunk, FailureReason::Corrupt)
         .await
         .unwrap();
     c.mds
-        .report_bad_replica(2, ChunkId(0xdead), FailureReason::Corrupt)
+        .report_bad_replica(CsId(2), ChunkId(0xdead), FailureReason::Corrupt)
         .await
         .unwrap();
     assert_eq!(c.state().chunk(map.chunk).unwrap().version, MapVersion(2));
     assert_eq!(
         kind(
             c.mds
-                .report_bad_replica(9, map.chunk, FailureReason::Corrupt)
+                .report_bad_replica(CsId(9), map.chunk, FailureReason::Corrupt)
                 .await
         ),
         ErrorKind::NotFound
@@ -1730,13 +1778,13 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
                 .unwrap(),
         );
     }
-    assert!(maps.iter().all(|m| chain(m).contains(&1)));
+    assert!(maps.iter().all(|m| chain(m).contains(&CsId(1))));
     // A fourth server joins after the chunks were placed.
-    assert_eq!(c.add_cs(10).await, 4);
+    assert_eq!(c.add_cs(10).await, CsId(4));
     // CS 1 goes silent; the others heartbeat through the offline timeout.
     for _ in 0..62 {
         c.clock.advance(1_000);
-        heartbeat_all(&c, &[2, 3, 4]).await;
+        heartbeat_all(&c, &[CsId(2), CsId(3), CsId(4)]).await;
         c.mds.renew(lease.id).await.unwrap();
     }
     c.mds.tick().await;
@@ -1745,14 +1793,14 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
     assert_eq!(status.chunk_counts.urgent, 4, "{status:?}");
     for m in &maps {
         let rec = c.state().chunk(m.chunk).unwrap().clone();
-        assert!(!rec.replicas.contains(&1));
+        assert!(!rec.replicas.contains(&CsId(1)));
         assert_eq!(rec.version, m.version + 1);
     }
     assert_eq!(c.mds.replicate_pending(10).await, 4);
     for m in &maps {
         let rec = c.state().chunk(m.chunk).unwrap().clone();
         assert_eq!(rec.replicas.len(), 3, "{rec:?}");
-        assert!(rec.replicas.contains(&4));
+        assert!(rec.replicas.contains(&CsId(4)));
         // The copy was made at the bumped version, which every member has.
         for cs in &rec.replicas {
             assert_eq!(c.cs(*cs).version(m.chunk), Some(rec.version));
@@ -1778,7 +1826,7 @@ async fn an_offline_server_is_dropped_and_its_chunks_re_replicated() {
     );
 
     // CS 1 comes back: every replica it holds is stale and deleted.
-    let reply = c.register(1, 40).await.unwrap();
+    let reply = c.register(CsId(1), 40).await.unwrap();
     assert_eq!(reply.delete.len(), 4);
     c.mds.tick().await;
     assert_eq!(c.mds.replicate_pending(10).await, 0, "no over-replication");
@@ -1793,17 +1841,17 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2, 3]);
+    assert_eq!(chain(&map), [CsId(1), CsId(2), CsId(3)]);
     // Two members fail: below replicas_min writes wait.
-    c.cs(1).set_failing(true);
-    c.cs(2).set_failing(true);
+    c.cs(CsId(1)).set_failing(true);
+    c.cs(CsId(2)).set_failing(true);
     let err = c
         .mds
         .report_failure(
             lease.id,
             map.chunk,
             MapVersion(1),
-            1,
+            CsId(1),
             FailureReason::Unreachable,
         )
         .await
@@ -1815,17 +1863,17 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     // CS 1 and 2 stop heartbeating (inactive): only CS 4 can take a copy.
     for _ in 0..4 {
         c.clock.advance(1_000);
-        heartbeat_all(&c, &[3, 4]).await;
+        heartbeat_all(&c, &[CsId(3), CsId(4)]).await;
         c.mds.renew(lease.id).await.unwrap();
     }
     // A copy to CS 4 starts: its base copy goes through, the delta under
     // busy is held mid-way.
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
-    *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
+    *c.cs(CsId(4)).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
     while !c
-        .cs(3)
+        .cs(CsId(3))
         .calls()
         .contains(&Call::SetVersion(map.chunk, MapVersion(4)))
     {
@@ -1839,7 +1887,7 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
             lease.id,
             map.chunk,
             MapVersion(4),
-            3,
+            CsId(3),
             FailureReason::IoError,
         )
         .await
@@ -1857,12 +1905,15 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     gate.add_permits(1);
     assert_eq!(copier.await.unwrap(), 1);
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!((chain(&map), map.version), (vec![3, 4], MapVersion(4)));
     assert_eq!(
-        c.cs(4).calls(),
+        (chain(&map), map.version),
+        (vec![CsId(3), CsId(4)], MapVersion(4))
+    );
+    assert_eq!(
+        c.cs(CsId(4)).calls(),
         [
-            Call::Replicate(map.chunk, MapVersion(3), 3),
-            Call::Replicate(map.chunk, MapVersion(4), 3)
+            Call::Replicate(map.chunk, MapVersion(3), CsId(3)),
+            Call::Replicate(map.chunk, MapVersion(4), CsId(3))
         ]
     );
 }
@@ -1882,13 +1933,13 @@ async fn copy_held_before_its_delta() -> HeldCopy {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    c.cs(2).set_failing(true);
+    c.cs(CsId(2)).set_failing(true);
     c.mds
         .report_failure(
             lease.id,
             map.chunk,
             MapVersion(1),
-            2,
+            CsId(2),
             FailureReason::Unreachable,
         )
         .await
@@ -1896,15 +1947,15 @@ async fn copy_held_before_its_delta() -> HeldCopy {
     // CS 2 stays silent (inactive): the copy goes to CS 4.
     for _ in 0..4 {
         c.clock.advance(1_000);
-        heartbeat_all(&c, &[1, 3, 4]).await;
+        heartbeat_all(&c, &[CsId(1), CsId(3), CsId(4)]).await;
         c.mds.renew(lease.id).await.unwrap();
     }
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
-    *c.cs(4).gate.lock().unwrap() = Some(gate.clone());
+    *c.cs(CsId(4)).gate.lock().unwrap() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
     while !c
-        .cs(1)
+        .cs(CsId(1))
         .calls()
         .contains(&Call::SetVersion(map.chunk, MapVersion(3)))
     {
@@ -1936,7 +1987,11 @@ async fn a_copy_overtaken_by_a_version_change_is_discarded() {
     // The copy is a stale replica of a chunk that is gone: the next tick
     // deletes it.
     c.mds.tick().await;
-    assert_eq!(c.cs(4).version(map.chunk), None, "the copy was deleted");
+    assert_eq!(
+        c.cs(CsId(4)).version(map.chunk),
+        None,
+        "the copy was deleted"
+    );
 }
 
 #[tokio::test]
@@ -1959,7 +2014,7 @@ async fn a_copy_that_outlives_the_leadership_is_not_added() {
     gate.add_permits(1);
     assert_eq!(copier.await.unwrap(), 0);
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert!(!rec.replicas.contains(&4), "{rec:?}");
+    assert!(!rec.replicas.contains(&CsId(4)), "{rec:?}");
     assert!(!c.mds.core().busy.contains(&map.chunk));
 }
 
@@ -1972,33 +2027,33 @@ async fn a_last_member_that_missed_a_version_push_gets_it_later() {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert_eq!(map.version, MapVersion(1));
-    c.cs(1).set_failing(true);
+    c.cs(CsId(1)).set_failing(true);
     let err = c
         .mds
-        .drop_replicas(map.chunk, vec![2, 3])
+        .drop_replicas(map.chunk, vec![CsId(2), CsId(3)])
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert_eq!(
         (rec.replicas.clone(), rec.version),
-        (vec![1], MapVersion(2)),
+        (vec![CsId(1)], MapVersion(2)),
         "{rec:?}"
     );
     assert_eq!(
-        c.cs(1).version(map.chunk),
+        c.cs(CsId(1)).version(map.chunk),
         Some(MapVersion(1)),
         "the push failed"
     );
     // While it fails, it stays queued.
     c.mds.tick().await;
-    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(1)));
+    assert_eq!(c.cs(CsId(1)).version(map.chunk), Some(MapVersion(1)));
     // Back: the next tick moves it to the map's version.
-    c.cs(1).set_failing(false);
+    c.cs(CsId(1)).set_failing(false);
     c.clock.advance(1_000);
-    heartbeat_all(&c, &[1, 2, 3]).await;
+    heartbeat_all(&c, &[CsId(1), CsId(2), CsId(3)]).await;
     c.mds.tick().await;
-    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
+    assert_eq!(c.cs(CsId(1)).version(map.chunk), Some(MapVersion(2)));
 }
 
 #[tokio::test]
@@ -2007,10 +2062,14 @@ async fn corrupt_replicas_are_repaired_and_logged() {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     c.mds
-        .report_bad_replica(2, map.chunk, FailureReason::Corrupt)
+        .report_bad_replica(CsId(2), map.chunk, FailureReason::Corrupt)
         .await
         .unwrap();
-    assert_eq!(c.cs(2).version(map.chunk), None, "the bad copy is deleted");
+    assert_eq!(
+        c.cs(CsId(2)).version(map.chunk),
+        None,
+        "the bad copy is deleted"
+    );
     assert_eq!(c.mds.replicate_pending(10).await, 1);
     let log = events(&c, EventKind::Corruption);
     assert_eq!(log.len(), 2, "{log:?}");
@@ -2038,9 +2097,12 @@ async fn excess_replicas_are_trimmed_after_replicas_are_lowered() {
         .unwrap();
     c.mds.tick().await;
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!((rec.replicas, rec.version), (vec![1, 2], MapVersion(2)));
-    assert_eq!(c.cs(3).version(map.chunk), None);
-    assert_eq!(c.cs(1).version(map.chunk), Some(MapVersion(2)));
+    assert_eq!(
+        (rec.replicas, rec.version),
+        (vec![CsId(1), CsId(2)], MapVersion(2))
+    );
+    assert_eq!(c.cs(CsId(3)).version(map.chunk), None);
+    assert_eq!(c.cs(CsId(1)).version(map.chunk), Some(MapVersion(2)));
 }
 
 #[tokio::test]
@@ -2048,24 +2110,27 @@ async fn a_released_server_hands_its_chunks_over_then_is_dropped() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2, 3]);
-    c.mds.remove_cs(2, false).await.unwrap();
+    assert_eq!(chain(&map), [CsId(1), CsId(2), CsId(3)]);
+    c.mds.remove_cs(CsId(2), false).await.unwrap();
     let st = c.mds.cluster_status().await.unwrap();
     assert!(st.cs[1].releasing && st.cs[1].status == CsStatus::Active);
     // Not eligible for new chunks.
     let m1 = c.mds.chunk_map(lease.id, 1, true).await.unwrap().unwrap();
-    assert!(!chain(&m1).contains(&2));
+    assert!(!chain(&m1).contains(&CsId(2)));
     assert_eq!(c.mds.replicate_pending(10).await, 1);
     c.mds.tick().await;
     let rec = c.state().chunk(map.chunk).unwrap().clone();
-    assert_eq!(rec.replicas, [1, 3, 4]);
+    assert_eq!(rec.replicas, [CsId(1), CsId(3), CsId(4)]);
     c.mds.tick().await;
     let st = c.mds.cluster_status().await.unwrap();
     assert_eq!(st.cs[1].status, CsStatus::Dropped);
     assert_eq!(st.chunk_counts.healthy, 2, "{st:?}");
     let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("released"), "{log}");
-    assert_eq!(kind(c.mds.remove_cs(9, false).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(c.mds.remove_cs(CsId(9), false).await),
+        ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
@@ -2077,10 +2142,10 @@ async fn full_servers_get_no_new_replicas() {
         .await
         .unwrap();
     // CS 4 reports 10% free: below the margin.
-    heartbeat_all(&c, &[1, 2, 3]).await;
+    heartbeat_all(&c, &[CsId(1), CsId(2), CsId(3)]).await;
     c.mds
         .heartbeat(
-            4,
+            CsId(4),
             SpaceInfo {
                 total_bytes: 100 * GB,
                 free_bytes: 10 * GB,
@@ -2097,7 +2162,7 @@ async fn full_servers_get_no_new_replicas() {
             .await
             .unwrap()
             .unwrap();
-        assert!(!chain(&m).contains(&4), "{m:?}");
+        assert!(!chain(&m).contains(&CsId(4)), "{m:?}");
     }
     let st = c.mds.cluster_status().await.unwrap();
     assert!(st.cs[3].full);
@@ -2109,7 +2174,7 @@ async fn full_servers_get_no_new_replicas() {
         .report_failure(lease.id, m.chunk, m.version, victim, FailureReason::NoSpace)
         .await
         .unwrap();
-    assert!(c.mds.cluster_status().await.unwrap().cs[victim as usize - 1].full);
+    assert!(c.mds.cluster_status().await.unwrap().cs[victim.0 as usize - 1].full);
     // Nowhere enough space: a clear ENOSPC.
     c.mds.set_config("mds.alloc.fill_margin", 99).await.unwrap();
     let err = c.mds.chunk_map(lease.id, 9, true).await.unwrap_err();
@@ -2124,11 +2189,11 @@ async fn the_fill_margin_is_capped_on_large_disks() {
     // free does not.
     let c = Cluster::new(&[40, 30, 20, 10]).await;
     c.mds.set_config("mds.alloc.fill_margin", 5).await.unwrap();
-    heartbeat_all(&c, &[1, 2]).await;
+    heartbeat_all(&c, &[CsId(1), CsId(2)]).await;
     for (cs, free) in [(3, 10 * GB), (4, 3 * GB)] {
         c.mds
             .heartbeat(
-                cs,
+                CsId(cs),
                 SpaceInfo {
                     total_bytes: 1000 * GB,
                     free_bytes: free,
@@ -2156,7 +2221,7 @@ async fn the_fill_margin_is_capped_on_large_disks() {
         .unwrap();
     c.mds
         .heartbeat(
-            3,
+            CsId(3),
             SpaceInfo {
                 total_bytes: 1000 * GB,
                 free_bytes: 10 * GB,
@@ -2189,7 +2254,7 @@ async fn cluster_parameters_are_validated_persisted_and_logged() {
     assert_eq!((entry.value, entry.default), (2_000, 7 * 24 * 3600 * 1000));
     let reply = c
         .mds
-        .heartbeat(1, SpaceInfo::default(), CsStats::default())
+        .heartbeat(CsId(1), SpaceInfo::default(), CsStats::default())
         .await
         .unwrap();
     assert_eq!(reply.scrub_period_ms, 2_000);
@@ -2209,7 +2274,7 @@ async fn a_report_about_a_server_the_mds_reaches_drops_nothing() {
     for reason in [FailureReason::Unreachable, FailureReason::TimedOut] {
         let err = c
             .mds
-            .report_failure(lease.id, map.chunk, map.version, 2, reason)
+            .report_failure(lease.id, map.chunk, map.version, CsId(2), reason)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
@@ -2233,10 +2298,16 @@ async fn a_report_about_a_server_the_mds_reaches_drops_nothing() {
     // The CS's own answers are not second-guessed.
     let dropped = c
         .mds
-        .report_failure(lease.id, now.chunk, now.version, 2, FailureReason::IoError)
+        .report_failure(
+            lease.id,
+            now.chunk,
+            now.version,
+            CsId(2),
+            FailureReason::IoError,
+        )
         .await
         .unwrap();
-    assert_eq!(chain(&dropped), [1, 3]);
+    assert_eq!(chain(&dropped), [CsId(1), CsId(3)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -2251,36 +2322,61 @@ async fn drops_on_reports_are_rate_limited_per_server() {
             .into_iter()
             .map(|m| m.unwrap().unwrap())
             .collect();
-    c.cs(3).set_failing(true);
+    c.cs(CsId(3)).set_failing(true);
     let report = |m: &ChunkMap| {
-        c.mds
-            .report_failure(lease.id, m.chunk, m.version, 3, FailureReason::TimedOut)
+        c.mds.report_failure(
+            lease.id,
+            m.chunk,
+            m.version,
+            CsId(3),
+            FailureReason::TimedOut,
+        )
     };
-    assert_eq!(sorted(chain(&report(&maps[0]).await.unwrap())), [1, 2]);
-    assert_eq!(sorted(chain(&report(&maps[1]).await.unwrap())), [1, 2]);
+    assert_eq!(
+        sorted(chain(&report(&maps[0]).await.unwrap())),
+        [CsId(1), CsId(2)]
+    );
+    assert_eq!(
+        sorted(chain(&report(&maps[1]).await.unwrap())),
+        [CsId(1), CsId(2)]
+    );
     // The burst is spent: the third chain keeps CS 3 for now.
     let err = report(&maps[2]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("mds.report.drop_burst"), "{err}");
     assert_eq!(
         sorted(c.state().chunk(maps[2].chunk).unwrap().replicas.clone()),
-        [1, 2, 3]
+        [CsId(1), CsId(2), CsId(3)]
     );
     // One drop per minute comes back.
     tokio::time::sleep(std::time::Duration::from_secs(61)).await;
-    assert_eq!(sorted(chain(&report(&maps[2]).await.unwrap())), [1, 2]);
+    assert_eq!(
+        sorted(chain(&report(&maps[2]).await.unwrap())),
+        [CsId(1), CsId(2)]
+    );
     assert_eq!(kind(report(&maps[3]).await), ErrorKind::Unavailable);
     // Another server has its own budget.
-    c.cs(2).set_failing(true);
+    c.cs(CsId(2)).set_failing(true);
     let m = c.mds.chunk_map(lease.id, 3, false).await.unwrap().unwrap();
     let dropped = c
         .mds
-        .report_failure(lease.id, m.chunk, m.version, 2, FailureReason::Unreachable)
+        .report_failure(
+            lease.id,
+            m.chunk,
+            m.version,
+            CsId(2),
+            FailureReason::Unreachable,
+        )
         .await;
     // Dropped from its own budget; the version push to CS 3 fails as well,
     // so the chunk ends below replicas_min and the reporter waits.
     assert_eq!(kind(dropped), ErrorKind::Unavailable);
-    assert!(!c.state().chunk(m.chunk).unwrap().replicas.contains(&2));
+    assert!(!c
+        .state()
+        .chunk(m.chunk)
+        .unwrap()
+        .replicas
+        .contains(&CsId(2)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -2291,21 +2387,26 @@ async fn concurrent_reports_about_one_server_share_one_probe() {
     for i in 0..4 {
         maps.push(c.mds.chunk_map(lease.id, i, true).await.unwrap().unwrap());
     }
-    c.cs(3).hang_ping.store(true, Ordering::SeqCst);
+    c.cs(CsId(3)).hang_ping.store(true, Ordering::SeqCst);
     let started = tokio::time::Instant::now();
     let reports = maps.iter().map(|m| {
-        c.mds
-            .report_failure(lease.id, m.chunk, m.version, 3, FailureReason::TimedOut)
+        c.mds.report_failure(
+            lease.id,
+            m.chunk,
+            m.version,
+            CsId(3),
+            FailureReason::TimedOut,
+        )
     });
     for (map, result) in maps.iter().zip(futures::future::join_all(reports).await) {
         let new = result.unwrap();
         assert_eq!(
             (sorted(chain(&new)), new.version),
-            (vec![1, 2], map.version + 1)
+            (vec![CsId(1), CsId(2)], map.version + 1)
         );
     }
     assert_eq!(
-        c.cs(3).pings.load(Ordering::SeqCst),
+        c.cs(CsId(3)).pings.load(Ordering::SeqCst),
         1,
         "one probe for four reports"
     );
@@ -2349,7 +2450,7 @@ async fn a_returning_server_keeps_its_stale_replica_and_is_the_preferred_target(
         c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap()
     };
     let away = chain(&map)[0];
-    let others: Vec<CsId> = (1..=5).filter(|&cs| cs != away).collect();
+    let others: Vec<CsId> = (1..=5).map(CsId).filter(|&cs| cs != away).collect();
     let lease = c.open_write("/f").await;
     let _ = lease;
     for _ in 0..62 {
@@ -2400,27 +2501,31 @@ async fn a_returning_server_keeps_its_stale_replica_and_is_the_preferred_target(
 #[tokio::test]
 async fn stale_replicas_are_deleted_once_the_chunk_has_its_copies() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
-    let map = drop_and_return(&c, 1, &[2, 3, 4]).await;
+    let map = drop_and_return(&c, CsId(1), &[CsId(2), CsId(3), CsId(4)]).await;
     // CS 1 is back with its old replica; CS 4 also holds an old copy (a
     // copy that never landed).
-    c.cs(4)
+    c.cs(CsId(4))
         .chunks
         .lock()
         .unwrap()
         .insert(map.chunk, MapVersion(1));
-    c.register(4, 10).await.unwrap();
-    c.register(1, 40).await.unwrap();
+    c.register(CsId(4), 10).await.unwrap();
+    c.register(CsId(1), 40).await.unwrap();
     c.mds.tick().await;
-    assert!(c.cs(1).version(map.chunk).is_some());
-    assert!(c.cs(4).version(map.chunk).is_some());
+    assert!(c.cs(CsId(1)).version(map.chunk).is_some());
+    assert!(c.cs(CsId(4)).version(map.chunk).is_some());
     assert_eq!(c.mds.replicate_pending(5).await, 1);
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert_eq!(rec.replicas.len(), 3, "{rec:?}");
     // The one not used goes once the chunk has its copies.
-    let unused = if rec.replicas.contains(&1) { 4 } else { 1 };
+    let unused = if rec.replicas.contains(&CsId(1)) {
+        4
+    } else {
+        1
+    };
     c.mds.tick().await;
     assert_eq!(
-        c.cs(unused).version(map.chunk),
+        c.cs(CsId(unused)).version(map.chunk),
         None,
         "stale copy on CS {unused} kept"
     );
@@ -2437,11 +2542,11 @@ async fn the_last_copies_are_never_deleted_when_the_chain_is_down() {
     // CS 2 and 3 go offline: dropped, CS 1 is the last member.
     for _ in 0..62 {
         c.clock.advance(1_000);
-        heartbeat_all(&c, &[1]).await;
+        heartbeat_all(&c, &[CsId(1)]).await;
         c.mds.renew(lease.id).await.unwrap();
     }
     c.mds.tick().await;
-    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![1]);
+    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![CsId(1)]);
     // Then CS 1 goes offline too, and CS 2 and 3 return.
     for _ in 0..62 {
         c.clock.advance(1_000);
@@ -2449,25 +2554,25 @@ async fn the_last_copies_are_never_deleted_when_the_chain_is_down() {
     }
     c.mds.tick().await;
     for cs in [2, 3] {
-        let reply = c.register(cs, 30).await.unwrap();
+        let reply = c.register(CsId(cs), 30).await.unwrap();
         assert!(!reply.delete.contains(&map.chunk), "{reply:?}");
     }
     for _ in 0..3 {
         c.clock.advance(500);
-        heartbeat_all(&c, &[2, 3]).await;
+        heartbeat_all(&c, &[CsId(2), CsId(3)]).await;
         c.mds.tick().await;
         assert_eq!(c.mds.replicate_pending(2).await, 0, "no source");
     }
     for cs in [2, 3] {
         assert!(
-            c.cs(cs).version(map.chunk).is_some(),
+            c.cs(CsId(cs)).version(map.chunk).is_some(),
             "CS {cs}'s copy deleted"
         );
-        assert!(!c.cs(cs).calls().contains(&Call::Delete(map.chunk)));
+        assert!(!c.cs(CsId(cs)).calls().contains(&Call::Delete(map.chunk)));
     }
     let repl = events(&c, EventKind::Replication).join("\n");
     assert!(repl.contains("no reachable current copy"), "{repl}");
-    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![1]);
+    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![CsId(1)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -2479,27 +2584,27 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
         .unwrap();
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(chain(&map), [1, 2, 3]);
-    c.cs(3).set_failing(true);
+    assert_eq!(chain(&map), [CsId(1), CsId(2), CsId(3)]);
+    c.cs(CsId(3)).set_failing(true);
     c.mds
         .report_failure(
             lease.id,
             map.chunk,
             MapVersion(1),
-            3,
+            CsId(3),
             FailureReason::Unreachable,
         )
         .await
         .unwrap();
-    c.cs(3).set_failing(false);
+    c.cs(CsId(3)).set_failing(false);
     // CS 3 stops heartbeating (inactive), so CS 4 is the only target.
     for _ in 0..4 {
         c.clock.advance(1_000);
-        heartbeat_all(&c, &[1, 2, 4]).await;
+        heartbeat_all(&c, &[CsId(1), CsId(2), CsId(4)]).await;
     }
     // The copy hangs: no bytes move. It is abandoned after the progress
     // timeout, with no deadline of its own.
-    c.cs(4).copy_hangs(false);
+    c.cs(CsId(4)).copy_hangs(false);
     let started = tokio::time::Instant::now();
     assert_eq!(c.mds.replicate_pending(1).await, 0);
     let waited = started.elapsed();
@@ -2509,14 +2614,19 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
     );
     let s = c.mds.cluster_status().await.unwrap();
     assert_eq!(s.replication.failed_chunks, 1, "{s:?}");
-    assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&4));
+    assert!(!c
+        .state()
+        .chunk(map.chunk)
+        .unwrap()
+        .replicas
+        .contains(&CsId(4)));
     // The failed copy's chunk waits out its backoff (0.5 s) first.
     assert_eq!(c.mds.replicate_pending(1).await, 0);
     c.clock.advance(500);
-    heartbeat_all(&c, &[1, 2, 4]).await;
+    heartbeat_all(&c, &[CsId(1), CsId(2), CsId(4)]).await;
 
     // A copy that keeps moving runs past the timeout as long as it moves.
-    c.cs(4).copy_hangs(true);
+    c.cs(CsId(4)).copy_hangs(true);
     let copier = {
         let mds = c.mds.clone();
         tokio::spawn(async move { mds.replicate_pending(1).await })
@@ -2527,9 +2637,14 @@ async fn a_copy_without_progress_is_abandoned_and_one_with_progress_is_not() {
     assert!(s.replication.rate_bytes_per_s > 0, "{s:?}");
     assert!(s.replication.remaining_bytes > 0, "{s:?}");
     assert!(s.replication.eta_s.is_some(), "{s:?}");
-    c.cs(4).copy_finishes();
+    c.cs(CsId(4)).copy_finishes();
     assert_eq!(copier.await.unwrap(), 1);
-    assert!(c.state().chunk(map.chunk).unwrap().replicas.contains(&4));
+    assert!(c
+        .state()
+        .chunk(map.chunk)
+        .unwrap()
+        .replicas
+        .contains(&CsId(4)));
 }
 
 #[tokio::test]
@@ -2537,7 +2652,7 @@ async fn a_failed_copy_backs_off_and_avoids_its_target() {
     let c = Cluster::new(&[40, 30, 20]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    assert_eq!(sorted(chain(&map)), [1, 2, 3]);
+    assert_eq!(sorted(chain(&map)), [CsId(1), CsId(2), CsId(3)]);
     let (four, five) = (c.add_cs(50).await, c.add_cs(50).await);
     c.mds
         .set_attr(
@@ -2591,16 +2706,16 @@ fn copy_backoff_doubles_up_to_its_cap() {
     let mut b = super::healing::CopyBackoff::default();
     let mut pauses = Vec::new();
     for _ in 0..8 {
-        b.failed(1_000, &[4]);
+        b.failed(1_000, &[CsId(4)]);
         pauses.push(b.not_before_ms - 1_000);
     }
     assert_eq!(
         pauses,
         [500, 1_000, 2_000, 4_000, 5_000, 5_000, 5_000, 5_000]
     );
-    b.failed(1_000, &[5]);
-    b.failed(1_000, &[4]);
-    assert_eq!(b.failed_targets, [4, 5]);
+    b.failed(1_000, &[CsId(5)]);
+    b.failed(1_000, &[CsId(4)]);
+    assert_eq!(b.failed_targets, [CsId(4), CsId(5)]);
 }
 
 #[tokio::test]
@@ -2620,10 +2735,11 @@ async fn copies_in_flight_per_server_are_limited() {
     }
     // Every chunk lives on 1, 2, 3; CS 4 joins empty.
     assert!(
-        maps.iter().all(|m| sorted(chain(m)) == [1, 2, 3]),
+        maps.iter()
+            .all(|m| sorted(chain(m)) == [CsId(1), CsId(2), CsId(3)]),
         "{maps:?}"
     );
-    assert_eq!(c.add_cs(10).await, 4);
+    assert_eq!(c.add_cs(10).await, CsId(4));
     c.mds
         .set_attr(
             "/f",
@@ -2647,6 +2763,11 @@ async fn copies_in_flight_per_server_are_limited() {
     }
     assert_eq!(c.mds.replicate_pending(10).await, 3);
     for m in &maps {
-        assert!(c.state().chunk(m.chunk).unwrap().replicas.contains(&4));
+        assert!(c
+            .state()
+            .chunk(m.chunk)
+            .unwrap()
+            .replicas
+            .contains(&CsId(4)));
     }
 }

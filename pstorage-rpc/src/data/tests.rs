@@ -1,5 +1,6 @@
 //! Loopback tests of the data protocol against an in-memory chunk service.
 
+use pstorage_core::types::CsId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,7 @@ impl ChunkService for MemService {
         }
         if request.chunk == FAILING_CHUNK {
             return Err(ReplicaError {
-                failed_cs: Some(7),
+                failed_cs: Some(CsId(7)),
                 error: Error::new(
                     ErrorKind::NoSpace,
                     "chunk server 7 (127.0.0.1:9107) is out of space; add disks",
@@ -206,11 +207,11 @@ async fn requests_round_trip() {
 
     let chain = vec![
         Replica {
-            cs: 2,
+            cs: CsId(2),
             addr: "127.0.0.1:9102".into(),
         },
         Replica {
-            cs: 3,
+            cs: CsId(3),
             addr: "127.0.0.1:9103".into(),
         },
     ];
@@ -363,7 +364,7 @@ async fn errors_survive_the_wire() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.failed_cs, Some(7));
+    assert_eq!(err.failed_cs, Some(CsId(7)));
     assert_eq!(err.error.kind(), ErrorKind::NoSpace);
     assert_eq!(
         err.error.message(),

@@ -242,7 +242,7 @@ pub(crate) fn encode_write(req: &WriteRequest) -> Result<OutFrame, Error> {
     // At most MAX_IO_SIZE / 4096 + 1 pieces: fits.
     head.extend_from_slice(&(req.crcs.len() as u16).to_le_bytes());
     for r in &req.chain {
-        head.extend_from_slice(&r.cs.to_le_bytes());
+        head.extend_from_slice(&r.cs.0.to_le_bytes());
         head.push(r.addr.len() as u8);
         head.extend_from_slice(r.addr.as_bytes());
     }
@@ -384,7 +384,7 @@ pub(crate) fn encode_error(id: u64, failed_cs: Option<CsId>, error: &Error) -> O
         0
     });
     head.push(0);
-    head.extend_from_slice(&failed_cs.unwrap_or(0).to_le_bytes());
+    head.extend_from_slice(&failed_cs.unwrap_or(CsId(0)).0.to_le_bytes());
     head.extend_from_slice(message.as_bytes());
     OutFrame {
         head,
@@ -452,7 +452,7 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                     .map_err(|_| malformed(format!("chain address of CS {cs} is not UTF-8")))?
                     .to_string();
                 body.advance(addr_len);
-                chain.push(Replica { cs, addr });
+                chain.push(Replica { cs: CsId(cs), addr });
             }
             if body.len() < crc_count * 8 {
                 return Err(malformed(format!(
@@ -564,7 +564,7 @@ pub(crate) fn decode_response(header: &Header, body: Bytes) -> Result<Response, 
                 return Err(malformed("reserved error fields are set"));
             }
             let cs = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
-            let failed_cs = (flags & ERROR_HAS_FAILED_CS != 0).then_some(cs);
+            let failed_cs = (flags & ERROR_HAS_FAILED_CS != 0).then_some(CsId(cs));
             let message = std::str::from_utf8(&body[ERROR_FIXED_LEN..])
                 .map_err(|_| malformed("error message is not UTF-8"))?;
             Ok(Response::Err {
@@ -704,11 +704,11 @@ mod tests {
             WritePayload::Data(Bytes::from_static(b"hello")),
             vec![
                 Replica {
-                    cs: 2,
+                    cs: CsId(2),
                     addr: "127.0.0.1:9102".into(),
                 },
                 Replica {
-                    cs: 3,
+                    cs: CsId(3),
                     addr: "[::1]:9103".into(),
                 },
             ],
@@ -778,11 +778,11 @@ mod tests {
             Response::Ok(Bytes::from_static(b"xyz"))
         );
         let err = Error::new(ErrorKind::NoSpace, "CS 4 is full ✓");
-        let (h, b) = frame_bytes(&encode_error(10, Some(4), &err));
+        let (h, b) = frame_bytes(&encode_error(10, Some(CsId(4)), &err));
         assert_eq!(
             decode_response(&h, b).unwrap(),
             Response::Err {
-                failed_cs: Some(4),
+                failed_cs: Some(CsId(4)),
                 error: err
             }
         );
@@ -850,7 +850,7 @@ mod tests {
             0,
             WritePayload::Data(Bytes::from_static(b"ab")),
             vec![Replica {
-                cs: 2,
+                cs: CsId(2),
                 addr: "h:1".into(),
             }],
         );

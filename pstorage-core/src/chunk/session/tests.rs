@@ -92,7 +92,7 @@ impl CsRegistry for FakeMds {
         self.behave().await?;
         let delay = *self.register_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
-        assert_eq!(registration.id, 7);
+        assert_eq!(registration.id, CsId(7));
         self.registrations.fetch_add(1, Ordering::SeqCst);
         Ok(RegisterReply {
             delete: Vec::new(),
@@ -176,7 +176,7 @@ impl Drop for Harness {
 fn start() -> Harness {
     let mds = FakeMds::new();
     let server = Arc::new(ChunkServer::new(
-        7,
+        CsId(7),
         Arc::new(MemChunkStore::new()),
         MemNetwork::new(),
     ));
@@ -381,7 +381,7 @@ async fn corrupt_replicas_are_reported_when_the_mds_answers() {
     mds.set(Mode::Hang);
     let (queue, reporter) = bad_replica_queue();
     let server = Arc::new(ChunkServer::new(
-        7,
+        CsId(7),
         Arc::new(MemChunkStore::new()),
         MemNetwork::new(),
     ));

@@ -1,6 +1,7 @@
 //! Raft storage and state machine tests: real openraft nodes in one
 //! process, each on its own redb file, connected by an in-memory network.
 
+use crate::types::CsId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -372,7 +373,7 @@ async fn three_mdses_replicate_and_survive_the_leader() {
     ));
     assert_eq!(
         write(&nodes[0], Command::AllocateCsId).await.unwrap(),
-        ApplyOutcome::CsId(1)
+        ApplyOutcome::CsId(CsId(1))
     );
     assert_eq!(
         write(&nodes[0], Command::AllocateMdsId).await.unwrap(),
@@ -393,7 +394,7 @@ async fn three_mdses_replicate_and_survive_the_leader() {
     write(leader, mkdir("/a/b")).await.unwrap();
     assert_eq!(
         write(leader, Command::AllocateCsId).await.unwrap(),
-        ApplyOutcome::CsId(2)
+        ApplyOutcome::CsId(CsId(2))
     );
     let state = converge(leader, &survivors).await;
     assert!(state.lookup("/a/b").is_ok());
@@ -417,7 +418,7 @@ async fn a_refused_command_changes_no_state() {
     let err = write(
         &nodes[0],
         Command::SetCsAddr {
-            cs: 7,
+            cs: CsId(7),
             addr: "h:1".into(),
         },
     )
@@ -965,7 +966,7 @@ fn a_format_3_golden_database_is_read_and_upgraded() {
     let mut state = state;
     state
         .apply(Command::SetCsPlacement {
-            cs: 1,
+            cs: CsId(1),
             update: crate::types::CsPlacementUpdate {
                 host: Some("a".into()),
                 ..Default::default()
@@ -973,5 +974,5 @@ fn a_format_3_golden_database_is_read_and_upgraded() {
             now_ms: 1,
         })
         .unwrap();
-    assert_eq!(state.cs(1).unwrap().host, "a");
+    assert_eq!(state.cs(CsId(1)).unwrap().host, "a");
 }
