@@ -158,6 +158,10 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// The words every "not the leader" answer carries (see
+/// [`Error::not_leader`]).
+const NOT_LEADER: &str = "this MDS is not the leader";
+
 /// The public error: a stable kind plus a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -183,6 +187,21 @@ impl Error {
     /// The human-readable message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// An `Unavailable` answer from an MDS that is not (or no longer) the
+    /// leader: the command was not applied there, and that MDS now knows
+    /// who leads, so the same call sent again at once is forwarded to the
+    /// leader. Recognised by [`Error::is_not_leader`] on both sides of the
+    /// wire (which carries the kind and the message).
+    pub fn not_leader(detail: impl fmt::Display) -> Error {
+        Error::unavailable(format!("{NOT_LEADER} ({detail})"))
+    }
+
+    /// Whether this is a [`Error::not_leader`] answer (possibly with
+    /// context added in front).
+    pub fn is_not_leader(&self) -> bool {
+        self.kind == ErrorKind::Unavailable && self.message.contains(NOT_LEADER)
     }
 
     /// Prefixes the message with context, keeping the kind.

@@ -356,6 +356,10 @@ pub struct MdsState {
     /// (an MDS leader change).
     pub chunk_map_failures: u32,
     pub renewals: u64,
+    /// Answer the next renew calls with these errors (front first).
+    pub renew_failures: std::collections::VecDeque<Error>,
+    /// When each renew call arrived, answered or failed.
+    pub renew_times: Vec<tokio::time::Instant>,
     pub commits: Vec<u64>,
     pub closes: u64,
 }
@@ -545,6 +549,10 @@ impl MetadataService for FakeMds {
 
     async fn renew(&self, lease: LeaseId) -> Result<()> {
         let mut st = lock(&self.state);
+        st.renew_times.push(tokio::time::Instant::now());
+        if let Some(e) = st.renew_failures.pop_front() {
+            return Err(e);
+        }
         Self::lease(&st, lease)?;
         st.renewals += 1;
         Ok(())

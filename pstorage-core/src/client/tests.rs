@@ -494,7 +494,7 @@ async fn a_flush_does_not_return_before_a_concurrent_one_is_durable() {
     let env = env();
     let file = create(&env, "/cf").await;
     file.write_at(0, b"data").await.unwrap();
-    slow_flushes(&env, (CsId(3)).0, Duration::from_millis(300));
+    slow_flushes(&env, 3, Duration::from_millis(300));
     let first = {
         let file = file.clone();
         tokio::spawn(async move { file.flush().await })
@@ -606,6 +606,36 @@ async fn expired_lease_fences_the_file() {
     assert_eq!(file.close().await.unwrap_err().kind(), ErrorKind::Stale);
 }
 
+/// A renewal answered "not the leader" (a deposed leader that thawed and
+/// learned who leads) is sent again at once, not after the retry period: a
+/// second MDS fault within that period could otherwise eat the rest of the
+/// lease (sim seeds 2341 and 6550). Only once: a second such answer waits.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_answered_not_the_leader_is_sent_again_at_once() {
+    let env = env_with(fast_options(), |m| m.lease_ms = 30_000);
+    let file = create(&env, "/renewed").await;
+    env.mds.with(|s| {
+        s.renew_failures.extend([
+            Error::not_leader("the leader is mds3:1; retry"),
+            Error::not_leader("the leader is mds3:1; retry"),
+        ])
+    });
+    eventually("three renew attempts", || {
+        env.mds.with(|s| s.renew_times.len()) >= 3
+    })
+    .await;
+    let times = env.mds.with(|s| s.renew_times.clone());
+    assert_eq!(times[1] - times[0], Duration::ZERO, "{times:?}");
+    // The second "not the leader" waits the retry period (30 s / 3 / 4).
+    assert_eq!(
+        times[2] - times[1],
+        Duration::from_millis(2500),
+        "{times:?}"
+    );
+    assert!(!file.is_fenced());
+    file.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn close_keeps_the_lease_while_its_flush_waits() {
     // A flush behind a slow or frozen chunk server may outlast the lease:
@@ -614,7 +644,7 @@ async fn close_keeps_the_lease_while_its_flush_waits() {
     let env = env_with(fast_options(), |m| m.lease_ms = 30);
     let file = create(&env, "/slow").await;
     file.write_at(0, b"abc").await.unwrap();
-    slow_flushes(&env, (CsId(4)).0, Duration::from_millis(300));
+    slow_flushes(&env, 4, Duration::from_millis(300));
     let before = env.mds.with(|s| s.renewals);
     file.close().await.unwrap();
     let during = env.mds.with(|s| s.renewals) - before;
@@ -955,7 +985,7 @@ async fn background_flush_past_half_the_cap(cap: u64) {
     assert_eq!(total_flushes(&env), 0, "at half the cap, not over it");
     // Flushes that never end while the test runs: the write past half the
     // cap returns all the same.
-    slow_flushes(&env, (CsId(4)).0, Duration::from_secs(3600));
+    slow_flushes(&env, 4, Duration::from_secs(3600));
     file.write_at(half, &pattern(4096, 7)).await.unwrap();
     // Every replica (3) of every chunk written.
     let flushes = 3 * (half + 4096).div_ceil(CHUNK);

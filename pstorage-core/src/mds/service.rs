@@ -2388,14 +2388,18 @@ impl MdsService {
     }
 }
 
-/// "this MDS is not the leader (the leader is ADDR)", from openraft's hint.
-fn not_leader(f: openraft::error::ForwardToLeader<MdsId, super::raft::MdsNode>) -> String {
-    format!(
-        "this MDS is not the leader (the leader is {})",
+/// "this MDS is not the leader (the leader is ADDR; WHAT)", from openraft's
+/// hint ([`Error::not_leader`]).
+fn not_leader(
+    f: openraft::error::ForwardToLeader<MdsId, super::raft::MdsNode>,
+    what: &str,
+) -> Error {
+    Error::not_leader(format_args!(
+        "the leader is {}; {what}",
         f.leader_node
             .map(|n| n.addr)
             .unwrap_or_else(|| "being elected".to_string())
-    )
+    ))
 }
 
 /// A `client_write` failure as the proposer reports it.
@@ -2407,10 +2411,9 @@ pub(super) fn raft_write_error(
 ) -> Error {
     use openraft::error::{ClientWriteError, RaftError};
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::unavailable(format!(
-            "{}; the command was not applied, retry",
-            not_leader(f)
-        )),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader(f, "the command was not applied, retry")
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Error::invalid(format!("MDS membership change refused: {e}"))
         }
@@ -2438,9 +2441,7 @@ fn raft_read_error(
 ) -> Error {
     use openraft::error::{CheckIsLeaderError, RaftError};
     match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-            Error::unavailable(format!("{}; retry", not_leader(f)))
-        }
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f, "retry"),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Error::unavailable(format!(
             "the MDS leader cannot reach a majority of the MDSes ({q}); metadata waits until they return"
         )),

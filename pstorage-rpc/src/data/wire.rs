@@ -384,7 +384,7 @@ pub(crate) fn encode_error(id: u64, failed_cs: Option<CsId>, error: &Error) -> O
         0
     });
     head.push(0);
-    head.extend_from_slice(&failed_cs.unwrap_or(CsId(0)).0.to_le_bytes());
+    head.extend_from_slice(&failed_cs.map_or(0, |cs| cs.0).to_le_bytes());
     head.extend_from_slice(message.as_bytes());
     OutFrame {
         head,
