@@ -374,3 +374,24 @@ fn a_chunk_at_the_last_version_is_not_fenced() {
         assert!(state == before);
     }
 }
+
+/// A command whose checked facts no longer hold when it executes (a bug
+/// between `prepare` and `execute`) is refused as `Internal`, the same on
+/// every member, instead of panicking every member of the group on that
+/// log entry, and again at each replay.
+#[test]
+fn a_fact_broken_between_prepare_and_execute_is_an_internal_error_not_a_panic() {
+    use super::state::Prepared;
+    let mut state = seeded();
+    let before = state.clone();
+    for prepared in [
+        Prepared::Fence(InodeId(999), true),
+        Prepared::FinishFence(InodeId(999)),
+        Prepared::MkdirExisting(InodeId(999)),
+    ] {
+        let err = state.execute(prepared).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        assert!(err.message().contains("metadata bug"), "{err}");
+    }
+    assert_eq!(state, before, "nothing changed");
+}

@@ -635,6 +635,18 @@ fn validate_chain(replicas: &[CsId]) -> Result<()> {
     Ok(())
 }
 
+/// A fact that `prepare` checked but that does not hold when the command
+/// executes: a bug. The command is refused as `Internal`, the same way on
+/// every member of the group (they apply the same entries to the same
+/// state), instead of a panic, which would crash every member on this log
+/// entry, and again at each replay of it.
+fn broken(what: &str) -> Error {
+    Error::internal(format!(
+        "metadata bug: {what} does not hold, though the command was checked before it \
+         executed; the command is refused"
+    ))
+}
+
 impl MdsState {
     /// A new cluster: an empty root directory with `root_attrs` (inherited
     /// by everything created below it). `InvalidArgument` for bad attrs.
@@ -1851,49 +1863,67 @@ impl MdsState {
     }
 
     /// Removes chunks of `ino` with index >= `first_index`, returning their maps.
-    fn remove_chunks_from(&mut self, ino: InodeId, first_index: u64) -> Vec<ChunkMap> {
-        let node = self.inodes.get_mut(&ino).expect("file exists");
+    fn remove_chunks_from(&mut self, ino: InodeId, first_index: u64) -> Result<Vec<ChunkMap>> {
+        let node = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| broken("the file whose chunks are removed"))?;
         let removed: Vec<ChunkId> = node.chunks.split_off(&first_index).into_values().collect();
         removed
             .into_iter()
             .map(|c| {
-                let map = self.chunk_map(c).expect("chunk record exists");
+                let map = self
+                    .chunk_map(c)
+                    .ok_or_else(|| broken("the record of a file's chunk"))?;
                 self.chunks.remove(&c);
-                map
+                Ok(map)
             })
             .collect()
     }
 
     /// Detaches and deletes an empty directory or a file (with its chunks
     /// and leases).
-    fn remove_inode(&mut self, ino: InodeId, now_ms: u64) -> Vec<ChunkMap> {
-        assert_ne!(ino, ROOT_INODE);
-        let released = self.remove_chunks_from(ino, 0);
+    fn remove_inode(&mut self, ino: InodeId, now_ms: u64) -> Result<Vec<ChunkMap>> {
+        let node = self.inode(ino).ok_or_else(|| broken("the removed inode"))?;
+        if ino == ROOT_INODE || !node.children.is_empty() {
+            return Err(broken(
+                "the removed inode is not the root nor a non-empty directory",
+            ));
+        }
+        let parent = node.parent;
+        let name = node.name.clone();
+        if self.inode(parent).and_then(|p| p.children.get(&name)) != Some(&ino) {
+            return Err(broken("the removed inode's parent names it"));
+        }
+        let released = self.remove_chunks_from(ino, 0)?;
         self.leases.retain(|_, l| l.ino != ino);
-        let node = self.inodes.remove(&ino).expect("inode exists");
-        assert!(
-            node.children.is_empty(),
-            "removing non-empty directory {ino}"
-        );
-        let parent = self.inodes.get_mut(&node.parent).expect("parent exists");
-        let old = parent.children.remove(&node.name);
-        assert_eq!(old, Some(ino));
-        parent.mtime_ms = now_ms;
-        parent.ctime_ms = now_ms;
-        released
+        self.inodes.remove(&ino);
+        if let Some(parent) = self.inodes.get_mut(&parent) {
+            parent.children.remove(&name);
+            parent.mtime_ms = now_ms;
+            parent.ctime_ms = now_ms;
+        }
+        Ok(released)
     }
 
-    fn bump_chunk(&mut self, chunk: ChunkId, version: MapVersion, replicas: Option<Vec<CsId>>) {
-        let rec = self.chunks.get_mut(&chunk).expect("chunk exists");
-        assert!(
-            version > rec.version,
-            "chunk {chunk:#x} version going backwards: {} -> {version}",
-            rec.version
-        );
+    fn bump_chunk(
+        &mut self,
+        chunk: ChunkId,
+        version: MapVersion,
+        replicas: Option<Vec<CsId>>,
+    ) -> Result<()> {
+        let rec = self
+            .chunks
+            .get_mut(&chunk)
+            .ok_or_else(|| broken("the bumped chunk"))?;
+        if version <= rec.version {
+            return Err(broken("a chunk's version only grows"));
+        }
         rec.version = version;
         if let Some(r) = replicas {
             rec.replicas = r;
         }
+        Ok(())
     }
 
     fn cs_entry(&mut self, cs: CsId) -> &mut CsRecord {
@@ -1916,7 +1946,8 @@ impl MdsState {
     }
 
     /// Executes a prepared command. Only a tagged command can fail here:
-    /// with its refusal, remembered (or replayed).
+    /// with its refusal, remembered (or replayed); or a bug, as `Internal`
+    /// (see [`broken`]).
     pub(crate) fn execute(&mut self, prepared: Prepared) -> Result<ApplyOutcome> {
         match prepared {
             Prepared::Tagged { op, now_ms, inner } => {
@@ -1932,17 +1963,19 @@ impl MdsState {
                 self.sessions.record(&op, now_ms, None);
                 reply.to_result()
             }
-            other => Ok(self.execute_prepared(other)),
+            other => self.execute_prepared(other),
         }
     }
 
-    fn execute_prepared(&mut self, prepared: Prepared) -> ApplyOutcome {
-        match prepared {
+    fn execute_prepared(&mut self, prepared: Prepared) -> Result<ApplyOutcome> {
+        Ok(match prepared {
             Prepared::Tagged { .. } | Prepared::Replay { .. } => {
-                unreachable!("tagged commands are executed by execute")
+                return Err(broken("a tagged command executed as a plain one"))
             }
             Prepared::Noop => ApplyOutcome::Done,
-            Prepared::MkdirExisting(ino) => ApplyOutcome::Stat(self.stat_of(ino).expect("exists")),
+            Prepared::MkdirExisting(ino) => {
+                ApplyOutcome::Stat(self.stat_of(ino).ok_or_else(|| broken("exists"))?)
+            }
             Prepared::Mkdir {
                 parent,
                 names,
@@ -1952,7 +1985,7 @@ impl MdsState {
                 for name in names {
                     cur = self.insert_child(cur, name, InodeKind::Dir, now_ms);
                 }
-                ApplyOutcome::Stat(self.stat_of(cur).expect("just created"))
+                ApplyOutcome::Stat(self.stat_of(cur).ok_or_else(|| broken("just created"))?)
             }
             Prepared::Open {
                 existing,
@@ -1967,12 +2000,15 @@ impl MdsState {
                     (None, Some((parent, name))) => {
                         self.insert_child(parent, name, InodeKind::File, now_ms)
                     }
-                    (None, None) => unreachable!("open prepares a target"),
+                    (None, None) => return Err(broken("an open without a target")),
                 };
                 let mut released = Vec::new();
                 if truncate {
-                    released = self.remove_chunks_from(ino, 0);
-                    let node = self.inodes.get_mut(&ino).expect("file exists");
+                    released = self.remove_chunks_from(ino, 0)?;
+                    let node = self
+                        .inodes
+                        .get_mut(&ino)
+                        .ok_or_else(|| broken("file exists"))?;
                     node.size = 0;
                     node.mtime_ms = now_ms;
                     node.ctime_ms = now_ms;
@@ -1996,12 +2032,12 @@ impl MdsState {
                         mode,
                         duration_ms,
                     },
-                    stat: self.stat_of(ino).expect("file exists"),
+                    stat: self.stat_of(ino).ok_or_else(|| broken("file exists"))?,
                     released,
                 }
             }
             Prepared::Unlink { ino, now_ms } => {
-                ApplyOutcome::Released(self.remove_inode(ino, now_ms))
+                ApplyOutcome::Released(self.remove_inode(ino, now_ms)?)
             }
             Prepared::Rename {
                 src,
@@ -2011,34 +2047,53 @@ impl MdsState {
                 now_ms,
             } => {
                 let released = match replace {
-                    Some(t) => self.remove_inode(t, now_ms),
+                    Some(t) => self.remove_inode(t, now_ms)?,
                     None => Vec::new(),
                 };
-                let node = self.inodes.get_mut(&src).expect("source exists");
+                let node = self
+                    .inodes
+                    .get_mut(&src)
+                    .ok_or_else(|| broken("source exists"))?;
                 let (old_parent, old_name) = (node.parent, std::mem::take(&mut node.name));
                 node.parent = dst_parent;
                 node.name = dst_name.clone();
                 node.ctime_ms = now_ms;
-                let op = self.inodes.get_mut(&old_parent).expect("parent exists");
-                assert_eq!(op.children.remove(&old_name), Some(src));
+                let op = self
+                    .inodes
+                    .get_mut(&old_parent)
+                    .ok_or_else(|| broken("parent exists"))?;
+                if op.children.remove(&old_name) != Some(src) {
+                    return Err(broken("the renamed inode's old parent names it"));
+                }
                 op.mtime_ms = now_ms;
                 op.ctime_ms = now_ms;
-                let np = self.inodes.get_mut(&dst_parent).expect("parent exists");
-                assert!(np.children.insert(dst_name, src).is_none());
+                let np = self
+                    .inodes
+                    .get_mut(&dst_parent)
+                    .ok_or_else(|| broken("parent exists"))?;
+                if np.children.insert(dst_name, src).is_some() {
+                    return Err(broken("the rename's target name is free"));
+                }
                 np.mtime_ms = now_ms;
                 np.ctime_ms = now_ms;
                 ApplyOutcome::Released(released)
             }
             Prepared::SetAttr { targets, now_ms } => {
                 for (ino, update) in targets {
-                    let node = self.inodes.get_mut(&ino).expect("target exists");
+                    let node = self
+                        .inodes
+                        .get_mut(&ino)
+                        .ok_or_else(|| broken("target exists"))?;
                     update.apply_to(&mut node.attrs);
                     node.ctime_ms = now_ms;
                 }
                 ApplyOutcome::Done
             }
             Prepared::Renew { lease, expires_ms } => {
-                let rec = self.leases.get_mut(&lease).expect("lease exists");
+                let rec = self
+                    .leases
+                    .get_mut(&lease)
+                    .ok_or_else(|| broken("lease exists"))?;
                 rec.expires_ms = rec.expires_ms.max(expires_ms);
                 ApplyOutcome::Done
             }
@@ -2047,7 +2102,7 @@ impl MdsState {
                 if let Some(ino) = fence {
                     self.inodes
                         .get_mut(&ino)
-                        .expect("leased file")
+                        .ok_or_else(|| broken("leased file"))?
                         .fence_pending = true;
                 }
                 ApplyOutcome::Done
@@ -2063,7 +2118,7 @@ impl MdsState {
                 for ino in fence {
                     self.inodes
                         .get_mut(&ino)
-                        .expect("leased file")
+                        .ok_or_else(|| broken("leased file"))?
                         .fence_pending = true;
                     let message = format!(
                         "the write lease on {} expired without renewal: revoked; its chunks are fenced before the next open",
@@ -2078,23 +2133,35 @@ impl MdsState {
                 chunk,
                 record,
             } => {
-                assert!(chunk >= self.next_chunk);
+                let next = self.next_chunk;
+                let node = self
+                    .inodes
+                    .get_mut(&file)
+                    .ok_or_else(|| broken("leased file"))?;
+                if chunk < next || node.chunks.contains_key(&record.index) {
+                    return Err(broken("a new chunk id, at a free index of its file"));
+                }
+                node.chunks.insert(record.index, chunk);
                 self.next_chunk = chunk + 1;
-                let node = self.inodes.get_mut(&file).expect("leased file");
-                assert!(node.chunks.insert(record.index, chunk).is_none());
                 self.chunks.insert(chunk, record);
-                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("just inserted"))
+                ApplyOutcome::ChunkMap(
+                    self.chunk_map(chunk)
+                        .ok_or_else(|| broken("just inserted"))?,
+                )
             }
             Prepared::UpdateChunkMap {
                 chunk,
                 version,
                 replicas,
             } => {
-                self.bump_chunk(chunk, version, Some(replicas));
-                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("exists"))
+                self.bump_chunk(chunk, version, Some(replicas))?;
+                ApplyOutcome::ChunkMap(self.chunk_map(chunk).ok_or_else(|| broken("exists"))?)
             }
             Prepared::Fence(ino, finish) => {
-                let node = self.inodes.get_mut(&ino).expect("file exists");
+                let node = self
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("file exists"))?;
                 if finish {
                     node.fence_pending = false;
                 }
@@ -2102,32 +2169,46 @@ impl MdsState {
                 let maps = chunks
                     .into_iter()
                     .map(|c| {
-                        let v = self.chunks[&c].version + 1;
-                        self.bump_chunk(c, v, None);
-                        self.chunk_map(c).expect("exists")
+                        let v = self
+                            .chunk(c)
+                            .ok_or_else(|| broken("the file's chunk"))?
+                            .version
+                            + 1;
+                        self.bump_chunk(c, v, None)?;
+                        self.chunk_map(c).ok_or_else(|| broken("the bumped chunk"))
                     })
-                    .collect();
+                    .collect::<Result<Vec<ChunkMap>>>()?;
                 ApplyOutcome::Fenced(maps)
             }
             Prepared::FinishFence(ino) => {
                 self.inodes
                     .get_mut(&ino)
-                    .expect("file exists")
+                    .ok_or_else(|| broken("file exists"))?
                     .fence_pending = false;
                 ApplyOutcome::Done
             }
             Prepared::CommitSize { ino, size, now_ms } => {
-                let node = self.inodes.get_mut(&ino).expect("leased file");
+                let node = self
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("leased file"))?;
                 node.size = node.size.max(size);
                 node.mtime_ms = now_ms;
                 ApplyOutcome::Done
             }
             Prepared::Truncate { ino, size, now_ms } => {
-                let chunk_size = self.inodes[&ino].attrs.chunk_size;
+                let chunk_size = self
+                    .inode(ino)
+                    .ok_or_else(|| broken("the truncated file"))?
+                    .attrs
+                    .chunk_size;
                 // Chunk i is dropped when it starts at or after the new size.
                 let first_dropped = size.div_ceil(chunk_size);
-                let released = self.remove_chunks_from(ino, first_dropped);
-                let node = self.inodes.get_mut(&ino).expect("leased file");
+                let released = self.remove_chunks_from(ino, first_dropped)?;
+                let node = self
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("leased file"))?;
                 node.size = size;
                 node.mtime_ms = now_ms;
                 node.ctime_ms = now_ms;
@@ -2164,9 +2245,12 @@ impl MdsState {
                 ApplyOutcome::Done
             }
             Prepared::ExtendChain { chunk, added } => {
-                let rec = self.chunks.get_mut(&chunk).expect("chunk exists");
+                let rec = self
+                    .chunks
+                    .get_mut(&chunk)
+                    .ok_or_else(|| broken("chunk exists"))?;
                 rec.replicas.extend(added);
-                ApplyOutcome::ChunkMap(self.chunk_map(chunk).expect("exists"))
+                ApplyOutcome::ChunkMap(self.chunk_map(chunk).ok_or_else(|| broken("exists"))?)
             }
             Prepared::SetCsReleasing {
                 cs,
@@ -2217,6 +2301,6 @@ impl MdsState {
                 }
                 ApplyOutcome::Done
             }
-        }
+        })
     }
 }
