@@ -2121,11 +2121,62 @@ impl CsRegistry for MdsService {
             } else {
                 Vec::new()
             };
-            ChunkMap {
-                replicas: sources,
-                ..map
-            }
+            // The reporter is the chain's only member: its other replicas
+            // were dropped (kept as stale bases for a resync). The newest
+            // of them holds the block as last acknowledged (every write
+            // reached `replicas_min` members, and it left the chain last).
+            let stale = if sources.is_empty() && report.outcome == BlockRepair::Found {
+                let mut stale: Vec<(MapVersion, Replica)> = core
+                    .stale
+                    .iter()
+                    .filter(|&(&s, _)| s != cs && self.can_be_source(&core, s, chunk, now))
+                    .filter_map(|(&s, chunks)| {
+                        let version = *chunks.get(&chunk)?;
+                        (version < map.version).then(|| {
+                            let addr = core.cs_addr(s);
+                            (version, Replica { cs: s, addr })
+                        })
+                    })
+                    .collect();
+                stale.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cs.cmp(&b.1.cs)));
+                stale
+            } else {
+                Vec::new()
+            };
+            (
+                ChunkMap {
+                    replicas: sources,
+                    ..map
+                },
+                stale,
+            )
         };
+        let (mut reply, stale) = reply;
+        for (version, replica) in stale {
+            // Moved to the map's version (its data untouched), it serves
+            // the reporter's reads of the block; no chain names it, so no
+            // client reads it. The first that takes the version is the
+            // source.
+            match self.push_version(&replica, chunk, reply.version).await {
+                Ok(()) => {
+                    // Not an event: the reporter retries until the repair
+                    // works, and its outcome is one.
+                    tracing::warn!(
+                        "MDS: chunk {chunk:#x}: CS {cs} is the only member of the chain; its bad \
+                         blocks are repaired from the replica on CS {} that left the chain at \
+                         version {version} (the newest other copy)",
+                        replica.cs
+                    );
+                    reply.replicas.push(replica);
+                    break;
+                }
+                Err(e) => tracing::warn!(
+                    "MDS: chunk {chunk:#x}: the stale replica on CS {} cannot serve a block \
+                     repair: {e}",
+                    replica.cs
+                ),
+            }
+        }
         self.flush_events().await;
         Ok(reply)
     }
