@@ -10,45 +10,22 @@
 //! command, which is quadratic here):
 //! `cargo run --release -p pstorage-core --example mds_scale [CHUNKS]`
 
-use pstorage_core::types::MapVersion;
 use std::time::Instant;
 
 use pstorage_core::mds::placement::{choose, Request, ServerView};
 use pstorage_core::mds::state::{ApplyOutcome, Command, MdsState};
 use pstorage_core::mds::store::MdsStore;
-use pstorage_core::types::{CsId, FailureDomain, FileAttrs, LeaseId, LeaseMode, OpenFlags};
+use pstorage_core::types::{
+    CsId, FailureDomain, FileAttrs, LeaseId, LeaseMode, MapVersion, OpenFlags,
+};
+
+#[path = "fleet/mod.rs"]
+mod fleet;
+use fleet::{server, status_kib};
 
 const CHUNK: u64 = 256 << 20;
-const CAPACITY: u64 = 100 << 40;
 const SERVERS: u32 = 1000;
 const CHUNKS_PER_FILE: u64 = 1000;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn server(id: CsId) -> ServerView {
-    let host = (id.0 - 1) / 20;
-    let rack = host / 5;
-    ServerView {
-        id,
-        location: format!("0.{}.{rack}", rack / 5),
-        host: format!("host{host}"),
-        tier: 0,
-        held_bytes: 0,
-        capacity_bytes: CAPACITY,
-        free_bytes: CAPACITY,
-        eligible: true,
-        active: true,
-    }
-}
 
 fn apply(state: &mut MdsState, cmd: Command) -> ApplyOutcome {
     match state.apply(cmd) {

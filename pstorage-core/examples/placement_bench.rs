@@ -14,35 +14,11 @@ use std::time::Instant;
 use pstorage_core::mds::placement::{choose, plan_rebalance, ChunkView, Request, ServerView};
 use pstorage_core::types::{ChunkId, CsId, FailureDomain};
 
+#[path = "fleet/mod.rs"]
+mod fleet;
+use fleet::{server, status_kib};
+
 const CHUNK: u64 = 256 << 20;
-const CAPACITY: u64 = 100 << 40;
-
-fn server(id: CsId) -> ServerView {
-    let host = (id.0 - 1) / 20; // 20 CSes per host
-    let rack = host / 5; // 5 hosts per rack, 10 racks
-    ServerView {
-        id,
-        location: format!("0.{}.{rack}", rack / 5),
-        host: format!("host{host}"),
-        tier: 0,
-        held_bytes: 0,
-        capacity_bytes: CAPACITY,
-        free_bytes: CAPACITY,
-        eligible: true,
-        active: true,
-    }
-}
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn main() {
     let chunks: usize = std::env::args()
@@ -158,6 +134,6 @@ fn main() {
     }
     println!(
         "bench process peak RSS (chains, views, servers; not the MDS): {} MiB",
-        vm_hwm_kib() / 1024
+        status_kib("VmHWM:") / 1024
     );
 }

@@ -2430,14 +2430,20 @@ async fn drop_and_return(c: &Cluster, away: CsId, alive: &[CsId]) -> ChunkMap {
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     assert!(chain(&map).contains(&away), "{map:?}");
+    outlive_the_others(c, lease.id, alive).await;
+    assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&away));
+    map
+}
+
+/// 62 s of heartbeats from `alive` only (past the test's offline timeout),
+/// renewing `lease`, then a tick: the other servers are dropped.
+async fn outlive_the_others(c: &Cluster, lease: LeaseId, alive: &[CsId]) {
     for _ in 0..62 {
         c.clock.advance(1_000);
         heartbeat_all(c, alive).await;
-        c.mds.renew(lease.id).await.unwrap();
+        c.mds.renew(lease).await.unwrap();
     }
     c.mds.tick().await;
-    assert!(!c.state().chunk(map.chunk).unwrap().replicas.contains(&away));
-    map
 }
 
 #[tokio::test]
@@ -2785,12 +2791,7 @@ async fn the_only_member_repairs_bad_blocks_from_the_newest_stale_replica() {
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
     let only = chain(&map)[0];
     let away: Vec<CsId> = chain(&map)[1..].to_vec();
-    for _ in 0..62 {
-        c.clock.advance(1_000);
-        heartbeat_all(&c, &[only]).await;
-        c.mds.renew(lease.id).await.unwrap();
-    }
-    c.mds.tick().await;
+    outlive_the_others(&c, lease.id, &[only]).await;
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert_eq!(rec.replicas, vec![only], "{rec:?}");
     // Without a stale replica there is no source.
