@@ -379,7 +379,7 @@ impl MetadataService for FakeMds {
         reason: FailureReason,
     ) -> Result<ChunkMap> {
         self.script.enter(format!(
-            "report_failure {lease} {chunk} {version} {cs} {reason:?}"
+            "report_failure {lease} {chunk:?} {version} {cs} {reason:?}"
         ))?;
         Ok(sample_chunk_map(4))
     }
@@ -449,7 +449,7 @@ impl CsRegistry for FakeMds {
         reason: FailureReason,
     ) -> Result<()> {
         self.script
-            .enter(format!("report_bad_replica {cs} {chunk} {reason:?}"))
+            .enter(format!("report_bad_replica {cs} {chunk:?} {reason:?}"))
     }
     async fn report_bad_blocks(
         &self,
@@ -458,7 +458,7 @@ impl CsRegistry for FakeMds {
         report: pstorage_core::types::BadBlocks,
     ) -> Result<ChunkMap> {
         self.script
-            .enter(format!("report_bad_blocks {cs} {chunk} {report:?}"))?;
+            .enter(format!("report_bad_blocks {cs} {chunk:?} {report:?}"))?;
         Ok(ChunkMap {
             chunk,
             index: u64::MAX,
@@ -485,13 +485,14 @@ impl ChunkControl for FakeControl {
         chunk_size: u64,
     ) -> Result<()> {
         self.script
-            .enter(format!("create_chunk {chunk} {version} {chunk_size}"))
+            .enter(format!("create_chunk {chunk:?} {version} {chunk_size}"))
     }
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
-        self.script.enter(format!("set_version {chunk} {version}"))
+        self.script
+            .enter(format!("set_version {chunk:?} {version}"))
     }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
-        self.script.enter(format!("delete_chunk {chunk}"))
+        self.script.enter(format!("delete_chunk {chunk:?}"))
     }
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
         self.script.enter("list_chunks".into())?;
@@ -506,13 +507,13 @@ impl ChunkControl for FakeControl {
         rate_bytes_per_s: u64,
     ) -> Result<CopyStats> {
         self.script.enter(format!(
-            "replicate_chunk {chunk} {version} {chunk_size} {} {} {rate_bytes_per_s}",
+            "replicate_chunk {chunk:?} {version} {chunk_size} {} {} {rate_bytes_per_s}",
             source.cs, source.addr
         ))?;
         Ok(sample_copy_stats(chunk_size))
     }
     async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
-        self.script.enter(format!("copy_progress {chunk}"))?;
+        self.script.enter(format!("copy_progress {chunk:?}"))?;
         // Even chunks have a copy running, odd ones do not.
         Ok(chunk.0.is_multiple_of(2).then_some(CopyProgress {
             chunk,

@@ -2124,22 +2124,26 @@ impl CsRegistry for MdsService {
             // The reporter is the chain's only member: its other replicas
             // were dropped (kept as stale bases for a resync). The newest
             // of them holds the block as last acknowledged (every write
-            // reached `replicas_min` members, and it left the chain last).
+            // reached every member of its chain, and it left the chain
+            // last). Only the newest: an older one may lack acknowledged
+            // writes, so while the newest cannot serve (down, or refusing
+            // reads while a copy into it is unfinished) the block waits.
             let stale = if sources.is_empty() && report.outcome == BlockRepair::Found {
-                let mut stale: Vec<(MapVersion, Replica)> = core
+                let held: Vec<(CsId, MapVersion)> = core
                     .stale
                     .iter()
-                    .filter(|&(&s, _)| s != cs && self.can_be_source(&core, s, chunk, now))
-                    .filter_map(|(&s, chunks)| {
-                        let version = *chunks.get(&chunk)?;
-                        (version < map.version).then(|| {
-                            let addr = core.cs_addr(s);
-                            (version, Replica { cs: s, addr })
-                        })
-                    })
+                    .filter(|&(&s, _)| s != cs)
+                    .filter_map(|(&s, chunks)| Some((s, *chunks.get(&chunk)?)))
+                    .filter(|&(_, version)| version < map.version)
                     .collect();
-                stale.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cs.cmp(&b.1.cs)));
-                stale
+                let newest = held.iter().map(|&(_, v)| v).max();
+                held.into_iter()
+                    .filter(|&(s, v)| Some(v) == newest && self.can_be_source(&core, s, chunk, now))
+                    .map(|(s, version)| {
+                        let addr = core.cs_addr(s);
+                        (version, Replica { cs: s, addr })
+                    })
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -2155,8 +2159,8 @@ impl CsRegistry for MdsService {
         for (version, replica) in stale {
             // Moved to the map's version (its data untouched), it serves
             // the reporter's reads of the block; no chain names it, so no
-            // client reads it. The first that takes the version is the
-            // source.
+            // client reads it. The first (of the newest) that takes the
+            // version is the source.
             match self.push_version(&replica, chunk, reply.version).await {
                 Ok(()) => {
                     // Not an event: the reporter retries until the repair

@@ -2783,42 +2783,46 @@ async fn copies_in_flight_per_server_are_limited() {
 /// of those stale replicas as the repair source, moved to the map's version
 /// so that it serves the reporter's reads (sim seeds 1876, 3721, 4885 and
 /// others of the 10,000-seed campaign: the chunk stayed at one replica for
-/// good, every copy failing the source's CRC check).
+/// good, every copy failing the source's CRC check). Never an older one:
+/// it may lack acknowledged writes.
 #[tokio::test]
 async fn the_only_member_repairs_bad_blocks_from_the_newest_stale_replica() {
     let c = Cluster::new(&[40, 30, 20]).await;
     let lease = c.open_write("/f").await;
     let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
-    let only = chain(&map)[0];
-    let away: Vec<CsId> = chain(&map)[1..].to_vec();
+    let [only, newer, older] = chain(&map)[..] else {
+        panic!("three members: {map:?}");
+    };
+    // `older` leaves the chain first, then `newer`.
+    outlive_the_others(&c, lease.id, &[only, newer]).await;
     outlive_the_others(&c, lease.id, &[only]).await;
     let rec = c.state().chunk(map.chunk).unwrap().clone();
     assert_eq!(rec.replicas, vec![only], "{rec:?}");
-    // Without a stale replica there is no source.
     let report = BadBlocks {
         version: rec.version,
         blocks: vec![3],
         outcome: BlockRepair::Found,
     };
-    let none = c
-        .mds
-        .report_bad_blocks(only, map.chunk, report.clone())
-        .await
-        .unwrap();
-    assert!(none.replicas.is_empty(), "{none:?}");
-    // The dropped servers return with their replicas (kept as stale).
-    for &cs in &away {
-        c.register(cs, 1).await.unwrap();
-    }
-    let sources = c
+    let sources = |reply: ChunkMap| chain(&reply);
+    // Neither is back: no source.
+    let reply = c.mds.report_bad_blocks(only, map.chunk, report.clone());
+    assert_eq!(sources(reply.await.unwrap()), []);
+    // Only the older one is back: still none (it may lack acknowledged
+    // writes that the newer one has).
+    c.register(older, 1).await.unwrap();
+    let reply = c.mds.report_bad_blocks(only, map.chunk, report.clone());
+    assert_eq!(sources(reply.await.unwrap()), []);
+    assert_eq!(c.cs(older).version(map.chunk), Some(map.version));
+    // The newer one is back: it is the source, at the map's version.
+    c.register(newer, 1).await.unwrap();
+    let reply = c
         .mds
         .report_bad_blocks(only, map.chunk, report)
         .await
         .unwrap();
-    let named: Vec<CsId> = chain(&sources);
-    assert_eq!(named, [away[0].min(away[1])], "{sources:?}");
-    assert_eq!(sources.version, rec.version);
-    assert_eq!(c.cs(named[0]).version(map.chunk), Some(rec.version));
+    assert_eq!(chain(&reply), [newer], "{reply:?}");
+    assert_eq!(reply.version, rec.version);
+    assert_eq!(c.cs(newer).version(map.chunk), Some(rec.version));
     // The chain is unchanged: the stale replica only serves the repair.
     assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![only]);
 }
