@@ -12,16 +12,14 @@
 
 use std::time::Instant;
 
-use pstorage_core::mds::placement::{choose, Request, ServerView};
+use pstorage_core::mds::placement::ServerView;
 use pstorage_core::mds::state::{ApplyOutcome, Command, MdsState};
 use pstorage_core::mds::store::MdsStore;
-use pstorage_core::types::{
-    CsId, FailureDomain, FileAttrs, LeaseId, LeaseMode, MapVersion, OpenFlags,
-};
+use pstorage_core::types::{CsId, FileAttrs, LeaseId, LeaseMode, MapVersion, OpenFlags};
 
 #[path = "fleet/mod.rs"]
 mod fleet;
-use fleet::{server, status_kib};
+use fleet::{place_new, server, status_kib};
 
 const CHUNK: u64 = 256 << 20;
 const SERVERS: u32 = 1000;
@@ -82,22 +80,7 @@ fn main() {
             };
             lease = granted.id;
         }
-        let replicas = choose(
-            &servers,
-            &Request {
-                tier: 0,
-                domain: FailureDomain::Host,
-                members: &[],
-                exclude: &[],
-                count: 3,
-                chunk_bytes: CHUNK,
-            },
-        );
-        for id in &replicas {
-            let s = &mut servers[id.0 as usize - 1];
-            s.held_bytes += CHUNK;
-            s.free_bytes -= CHUNK;
-        }
+        let replicas = place_new(&mut servers, CHUNK);
         let cmd = Command::AllocateChunk {
             lease,
             index,

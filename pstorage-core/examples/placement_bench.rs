@@ -16,7 +16,7 @@ use pstorage_core::types::{ChunkId, CsId, FailureDomain};
 
 #[path = "fleet/mod.rs"]
 mod fleet;
-use fleet::{server, status_kib};
+use fleet::{place_new, server, status_kib};
 
 const CHUNK: u64 = 256 << 20;
 
@@ -29,22 +29,7 @@ fn main() {
     let mut chains: Vec<Vec<CsId>> = Vec::with_capacity(chunks);
     let started = Instant::now();
     for _ in 0..chunks {
-        let chosen = choose(
-            &servers,
-            &Request {
-                tier: 0,
-                domain: FailureDomain::Host,
-                members: &[],
-                exclude: &[],
-                count: 3,
-                chunk_bytes: CHUNK,
-            },
-        );
-        for id in &chosen {
-            let s = &mut servers[id.0 as usize - 1];
-            s.held_bytes += CHUNK;
-            s.free_bytes -= CHUNK;
-        }
+        let chosen = place_new(&mut servers, CHUNK);
         chains.push(chosen);
     }
     let per_alloc = started.elapsed().as_secs_f64() / chunks as f64;

@@ -2,8 +2,8 @@
 //! 20 per host, 5 hosts per rack, 5 racks per row, each of 100 TiB, and a
 //! reader of this process's memory figures.
 
-use pstorage_core::mds::placement::ServerView;
-use pstorage_core::types::CsId;
+use pstorage_core::mds::placement::{choose, Request, ServerView};
+use pstorage_core::types::{CsId, FailureDomain};
 
 /// Bytes each simulated chunk server may hold.
 pub const CAPACITY: u64 = 100 << 40;
@@ -23,6 +23,28 @@ pub fn server(id: CsId) -> ServerView {
         eligible: true,
         active: true,
     }
+}
+
+/// Places a new chunk of `chunk_bytes` at replicas 3, failure domain host
+/// (`placement::choose`), and counts it on the chosen servers.
+pub fn place_new(servers: &mut [ServerView], chunk_bytes: u64) -> Vec<CsId> {
+    let chosen = choose(
+        servers,
+        &Request {
+            tier: 0,
+            domain: FailureDomain::Host,
+            members: &[],
+            exclude: &[],
+            count: 3,
+            chunk_bytes,
+        },
+    );
+    for id in &chosen {
+        let s = &mut servers[id.0 as usize - 1];
+        s.held_bytes += chunk_bytes;
+        s.free_bytes -= chunk_bytes;
+    }
+    chosen
 }
 
 /// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`); 0 if absent.
