@@ -589,6 +589,12 @@ async fn inject(
     once: &mut Once<'_>,
 ) -> Option<Active> {
     let trace = net.trace().clone();
+    // A cut with a chunk server at one end affects that server: cut from
+    // the leader MDS it misses version moves and is dropped from chains,
+    // cut from a peer or a client its chain writes fail and it is reported
+    // (seed 1402 of the 10,000-seed campaign: cs3 cut from the leader, then
+    // cs4's power loss, left a chunk at one replica: two servers down, a
+    // write rightly waiting, reported as a violation).
     let cs_busy = active.iter().any(|(_, f)| {
         matches!(
             f,
@@ -598,6 +604,8 @@ async fn inject(
             Active::Frozen(NodeId::Cs(_))
                 | Active::LongFreeze(NodeId::Cs(_))
                 | Active::Isolated(NodeId::Cs(_), _)
+                | Active::Cut(NodeId::Cs(_), _)
+                | Active::Cut(_, NodeId::Cs(_))
         )
     });
     // A cut between two MDSes affects an MDS too: with another MDS down
@@ -665,7 +673,11 @@ async fn inject(
             let nodes = net.nodes();
             let a = pick(rng, &nodes)?;
             let b = pick(rng, &nodes)?;
-            if a == b || (matches!((a, b), (NodeId::Mds(_), NodeId::Mds(_))) && mds_busy) {
+            let with_cs = matches!(a, NodeId::Cs(_)) || matches!(b, NodeId::Cs(_));
+            if a == b
+                || (matches!((a, b), (NodeId::Mds(_), NodeId::Mds(_))) && mds_busy)
+                || (with_cs && cs_busy)
+            {
                 return None;
             }
             net.set_cut(a, b, true);

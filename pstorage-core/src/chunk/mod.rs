@@ -134,7 +134,7 @@ pub use file::FileChunkStore;
 pub use journal::{JournalStats, DEFAULT_JOURNAL_SIZE, JOURNAL_FORMAT_VERSION, MIN_JOURNAL_SIZE};
 pub use keeper::{StoreOptions, TRIM_PERIOD};
 pub use mem::{BlockFate, CrashReport, MemChunkStore};
-pub use repair::{RepairOutcome, REPAIR_RETRY_AFTER};
+pub use repair::{RepairOutcome, REPAIR_RETRY_AFTER, REPAIR_WAIT_RETRY};
 pub use scrub::{
     BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
     VERIFY_PIECE,

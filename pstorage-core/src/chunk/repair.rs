@@ -27,7 +27,12 @@
 //! member could repair is not reported again at the same map version, and
 //! one whose repair could not reach a source is looked at again by the
 //! reporter after [`REPAIR_RETRY_AFTER`] (findings meanwhile are not
-//! reported). So a guest rereading a bad block costs no scan per read.
+//! reported). When the reporter is the chain's only member, the MDS names
+//! the newest stale replica of the chunk as the source; while that one
+//! cannot serve (its server down, or it refuses the map's version) the MDS
+//! answers `Busy` instead of naming none, and the reporter scans and
+//! reports the same blocks again after [`REPAIR_WAIT_RETRY`]. So a guest
+//! rereading a bad block costs no scan per read.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -42,6 +47,11 @@ use super::ChunkStore;
 /// After a repair that could not reach any source, findings on the chunk
 /// are not reported again for this long.
 pub const REPAIR_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// After the MDS answered that the only copy to repair from cannot serve
+/// yet (`Busy`: the chain's only member, its newest stale copy down or
+/// refusing), the same blocks are scanned and reported again this soon.
+pub const REPAIR_WAIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Most blocks read from a source in one request.
 const REPAIR_RUN_BLOCKS: u64 = 64;

@@ -493,10 +493,11 @@ impl BadReplicaReporter {
         let cs = server.id();
         // Chunks whose repair could not reach a source: looked at again
         // when due (a scan that finds them still bad reports them again).
-        let mut retries: std::collections::BTreeMap<ChunkId, tokio::time::Instant> =
-            Default::default();
+        // The blocks to scan again (`None`: the whole replica).
+        type Retry = (tokio::time::Instant, Option<(u64, u64)>);
+        let mut retries: std::collections::BTreeMap<ChunkId, Retry> = Default::default();
         loop {
-            let next_retry = retries.values().min().copied();
+            let next_retry = retries.values().map(|(at, _)| *at).min();
             let finding = tokio::select! {
                 finding = self.queue.recv() => match finding {
                     Some(finding) => finding,
@@ -506,16 +507,16 @@ impl BadReplicaReporter {
                     if next_retry.is_some() =>
                 {
                     let now = tokio::time::Instant::now();
-                    let due: Vec<ChunkId> = retries
+                    let due: Vec<(ChunkId, Option<(u64, u64)>)> = retries
                         .iter()
-                        .filter(|(_, at)| **at <= now)
-                        .map(|(chunk, _)| *chunk)
+                        .filter(|(_, (at, _))| *at <= now)
+                        .map(|(chunk, (_, range))| (*chunk, *range))
                         .collect();
-                    for chunk in due {
+                    for (chunk, range) in due {
                         retries.remove(&chunk);
                         server.clear_repair_hold(chunk);
                         server
-                            .report_damage(chunk, None, "retrying a block repair".into())
+                            .report_damage(chunk, range, "retrying a block repair".into())
                             .await;
                     }
                     continue;
@@ -527,7 +528,7 @@ impl BadReplicaReporter {
                         registry.report_bad_replica(cs, chunk, FailureReason::Corrupt)
                     })
                     .await;
-                    if sent.is_some() {
+                    if refused(cs, chunk, sent).is_some() {
                         tracing::info!(%cs, %chunk, %detail, "corrupt replica reported to the MDS");
                     }
                 }
@@ -546,20 +547,39 @@ impl BadReplicaReporter {
                         registry.report_bad_blocks(cs, chunk, report(BlockRepair::Found, &blocks))
                     })
                     .await;
-                    let Some(map) = found else {
-                        let outcome = RepairOutcome {
-                            failed: blocks.clone(),
-                            ..RepairOutcome::default()
-                        };
-                        server.finish_repair(chunk, version, &outcome);
-                        continue;
+                    let map = match found {
+                        Ok(map) => map,
+                        Err(e) => {
+                            if e.kind() == ErrorKind::Busy {
+                                // The only copy to repair from cannot serve
+                                // yet: these blocks again shortly.
+                                tracing::info!(%cs, %chunk, ?blocks, "block repair waits: {e}");
+                                let range = blocks.first().copied().zip(blocks.last().copied());
+                                retries.insert(
+                                    chunk,
+                                    (
+                                        tokio::time::Instant::now()
+                                            + crate::chunk::REPAIR_WAIT_RETRY,
+                                        range,
+                                    ),
+                                );
+                            } else {
+                                refused::<()>(cs, chunk, Err(e));
+                            }
+                            let outcome = RepairOutcome {
+                                failed: blocks.clone(),
+                                ..RepairOutcome::default()
+                            };
+                            server.finish_repair(chunk, version, &outcome);
+                            continue;
+                        }
                     };
                     tracing::info!(%cs, %chunk, %detail, ?blocks, "bad blocks reported to the MDS");
                     let outcome = server
                         .repair_blocks(chunk, version, &blocks, &map.replicas)
                         .await;
                     for (from, done) in &outcome.repaired {
-                        with_retries(cs, chunk, timeout, || {
+                        let sent = with_retries(cs, chunk, timeout, || {
                             registry.report_bad_blocks(
                                 cs,
                                 chunk,
@@ -567,9 +587,10 @@ impl BadReplicaReporter {
                             )
                         })
                         .await;
+                        refused(cs, chunk, sent);
                     }
                     if !outcome.unrepairable.is_empty() {
-                        with_retries(cs, chunk, timeout, || {
+                        let sent = with_retries(cs, chunk, timeout, || {
                             registry.report_bad_blocks(
                                 cs,
                                 chunk,
@@ -577,6 +598,7 @@ impl BadReplicaReporter {
                             )
                         })
                         .await;
+                        refused(cs, chunk, sent);
                     }
                     if !outcome.failed.is_empty() {
                         tracing::warn!(%cs, %chunk, blocks = ?outcome.failed,
@@ -585,7 +607,10 @@ impl BadReplicaReporter {
                              later");
                         retries.insert(
                             chunk,
-                            tokio::time::Instant::now() + crate::chunk::REPAIR_RETRY_AFTER,
+                            (
+                                tokio::time::Instant::now() + crate::chunk::REPAIR_RETRY_AFTER,
+                                None,
+                            ),
                         );
                     }
                     server.finish_repair(chunk, version, &outcome);
@@ -595,15 +620,15 @@ impl BadReplicaReporter {
     }
 }
 
-/// Calls `call` until it succeeds (`Some`) or fails with something else
-/// than `Unavailable`/`TimedOut` (`None`, logged), each attempt within
-/// `timeout`, with backoff up to 5 s.
+/// Calls `call` until it succeeds or fails with something else than
+/// `Unavailable`/`TimedOut` (returned: the caller logs it), each attempt
+/// within `timeout`, with backoff up to 5 s.
 async fn with_retries<T, F, Fut>(
     cs: crate::types::CsId,
     chunk: ChunkId,
     timeout: Duration,
     mut call: F,
-) -> Option<T>
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -619,7 +644,6 @@ where
                 ))
             });
         match outcome {
-            Ok(value) => return Some(value),
             Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut) => {
                 tracing::debug!(
                     %cs,
@@ -629,12 +653,15 @@ where
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                tracing::warn!(%cs, %chunk, "the MDS refused a report of corruption: {e}");
-                return None;
-            }
+            outcome => return outcome,
         }
     }
+}
+
+/// Logs a report the MDS refused (see [`with_retries`]).
+fn refused<T>(cs: crate::types::CsId, chunk: ChunkId, sent: Result<T>) -> Option<T> {
+    sent.inspect_err(|e| tracing::warn!(%cs, %chunk, "the MDS refused a report of corruption: {e}"))
+        .ok()
 }
 
 #[cfg(test)]

@@ -2054,7 +2054,7 @@ impl CsRegistry for MdsService {
         let _chunks = self.chunk_lock.lock().await;
         let now = self.now();
         let reply = {
-            let mut core = self.core();
+            let core = self.core();
             self.check_reporter(&core, cs)?;
             let Some(map) = core.state.chunk_map(chunk) else {
                 return Err(Error::stale(format!(
@@ -2107,7 +2107,6 @@ impl CsRegistry for MdsService {
                     ),
                 ),
             };
-            core.log_event(now, EventKind::Corruption, level, text);
             // Every other member, those that can serve first (in chain
             // order): one that cannot fails its reads and the reporter tries
             // again later; none at all means the block has no other copy.
@@ -2128,34 +2127,48 @@ impl CsRegistry for MdsService {
             // last). Only the newest: an older one may lack acknowledged
             // writes, so while the newest cannot serve (down, or refusing
             // reads while a copy into it is unfinished) the block waits.
-            let stale = if sources.is_empty() && report.outcome == BlockRepair::Found {
-                let held: Vec<(CsId, MapVersion)> = core
-                    .stale
-                    .iter()
-                    .filter(|&(&s, _)| s != cs)
-                    .filter_map(|(&s, chunks)| Some((s, *chunks.get(&chunk)?)))
-                    .filter(|&(_, version)| version < map.version)
-                    .collect();
-                let newest = held.iter().map(|&(_, v)| v).max();
-                held.into_iter()
-                    .filter(|&(s, v)| Some(v) == newest && self.can_be_source(&core, s, chunk, now))
-                    .map(|(s, version)| {
-                        let addr = core.cs_addr(s);
-                        (version, Replica { cs: s, addr })
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let newest: Vec<(MapVersion, CsId)> =
+                if sources.is_empty() && report.outcome == BlockRepair::Found {
+                    let held: Vec<(CsId, MapVersion)> = core
+                        .stale
+                        .iter()
+                        .filter(|&(&s, _)| s != cs)
+                        .filter_map(|(&s, chunks)| Some((s, *chunks.get(&chunk)?)))
+                        .filter(|&(_, version)| version < map.version)
+                        .collect();
+                    let newest = held.iter().map(|&(_, v)| v).max();
+                    held.into_iter()
+                        .filter(|&(_, v)| Some(v) == newest)
+                        .map(|(s, v)| (v, s))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+            let stale: Vec<(MapVersion, Replica)> = newest
+                .iter()
+                .filter(|&&(_, s)| self.can_be_source(&core, s, chunk, now))
+                .map(|&(version, s)| {
+                    let addr = core.cs_addr(s);
+                    (version, Replica { cs: s, addr })
+                })
+                .collect();
+            if !newest.is_empty() && stale.is_empty() {
+                // Not "no other copy": the copy is there but cannot serve
+                // yet. No event: the reporter asks again shortly.
+                return Err(Self::repair_waits(chunk, cs, &newest));
+            }
             (
                 ChunkMap {
                     replicas: sources,
                     ..map
                 },
-                stale,
+                (stale, newest, level, text),
             )
         };
-        let (mut reply, stale) = reply;
+        let (mut reply, (stale, newest, level, text)) = reply;
+        // The stale replica that serves the repair (if one is needed) first:
+        // the finding is an event only once the answer is final.
+        let mut pushed = stale.is_empty();
         for (version, replica) in stale {
             // Moved to the map's version (its data untouched), it serves
             // the reporter's reads of the block; no chain names it, so no
@@ -2172,6 +2185,7 @@ impl CsRegistry for MdsService {
                         replica.cs
                     );
                     reply.replicas.push(replica);
+                    pushed = true;
                     break;
                 }
                 Err(e) => tracing::warn!(
@@ -2181,12 +2195,37 @@ impl CsRegistry for MdsService {
                 ),
             }
         }
+        if !pushed {
+            return Err(Self::repair_waits(chunk, cs, &newest));
+        }
+        self.core()
+            .log_event(now, EventKind::Corruption, level, text);
         self.flush_events().await;
         Ok(reply)
     }
 }
 
 impl MdsService {
+    /// `Busy` for a bad-block report of the chain's only member whose
+    /// newest other copies (`newest`: version, server) cannot serve yet
+    /// (down, or refusing the version): the reporter asks again shortly
+    /// instead of calling the blocks unrepairable.
+    fn repair_waits(chunk: ChunkId, cs: CsId, newest: &[(MapVersion, CsId)]) -> Error {
+        let holders: Vec<String> = newest
+            .iter()
+            .map(|(v, s)| format!("CS {s} (version {v})"))
+            .collect();
+        Error::new(
+            ErrorKind::Busy,
+            format!(
+                "chunk {chunk:#x}: chunk server {cs} is the only member of the chain and the \
+                 newest other copy of its bad blocks, on {}, cannot serve them yet: report \
+                 them again shortly",
+                holders.join(", ")
+            ),
+        )
+    }
+
     /// `NotFound` for a chunk server the cluster never allocated,
     /// `PermissionDenied` for a dropped one: who may report its replicas.
     fn check_reporter(&self, core: &Core, cs: CsId) -> Result<()> {

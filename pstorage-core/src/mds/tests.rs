@@ -2803,16 +2803,24 @@ async fn the_only_member_repairs_bad_blocks_from_the_newest_stale_replica() {
         blocks: vec![3],
         outcome: BlockRepair::Found,
     };
-    let sources = |reply: ChunkMap| chain(&reply);
-    // Neither is back: no source.
+    let corruption_events = || events(&c, EventKind::Corruption).len();
+    let events_before = corruption_events();
+    // Neither is back: the blocks are not unrepairable (an empty answer
+    // would say so, and the reporter would give up at this version): the
+    // reporter is told to ask again, and nothing is logged yet.
+    let waits = |e: Error| {
+        assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+        assert!(e.message().contains(&format!("CS {newer}")), "{e}");
+    };
     let reply = c.mds.report_bad_blocks(only, map.chunk, report.clone());
-    assert_eq!(sources(reply.await.unwrap()), []);
+    waits(reply.await.unwrap_err());
     // Only the older one is back: still none (it may lack acknowledged
     // writes that the newer one has).
     c.register(older, 1).await.unwrap();
     let reply = c.mds.report_bad_blocks(only, map.chunk, report.clone());
-    assert_eq!(sources(reply.await.unwrap()), []);
+    waits(reply.await.unwrap_err());
     assert_eq!(c.cs(older).version(map.chunk), Some(map.version));
+    assert_eq!(corruption_events(), events_before);
     // The newer one is back: it is the source, at the map's version.
     c.register(newer, 1).await.unwrap();
     let reply = c
@@ -2825,4 +2833,5 @@ async fn the_only_member_repairs_bad_blocks_from_the_newest_stale_replica() {
     assert_eq!(c.cs(newer).version(map.chunk), Some(rec.version));
     // The chain is unchanged: the stale replica only serves the repair.
     assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![only]);
+    assert_eq!(corruption_events(), events_before + 1);
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::chunk::memory::MemNetwork;
-use crate::chunk::MemChunkStore;
+use crate::chunk::{ChunkStore, MemChunkStore};
 use crate::membership::{DirectoryOptions, MemMemberStore, MemberDirectory};
 use crate::traits::ManualClock;
 use crate::types::{CsId, CsRegistration, HeartbeatReply, MdsMember, MdsMembership, SpaceInfo};
@@ -32,6 +32,8 @@ struct FakeMds {
     registrations: AtomicU64,
     heartbeats: AtomicU64,
     reports: AtomicU64,
+    /// Bad-block reports answered `Busy` before the others are answered.
+    busy_reports: AtomicU64,
     members: Mutex<MdsMembership>,
     /// `cs.fence_tout` and `cs.hb_tout` sent in heartbeat replies (0: none).
     deadlines: Mutex<(u64, u64)>,
@@ -62,6 +64,7 @@ impl FakeMds {
             registrations: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             reports: AtomicU64::new(0),
+            busy_reports: AtomicU64::new(0),
             members: Mutex::new(membership(&[1], 1)),
             deadlines: Mutex::new((0, 0)),
         })
@@ -133,6 +136,15 @@ impl CsRegistry for FakeMds {
     ) -> Result<crate::types::ChunkMap> {
         self.behave().await?;
         self.reports.fetch_add(1, Ordering::SeqCst);
+        let busy = self
+            .busy_reports
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if busy.is_ok() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "the only copy cannot serve yet",
+            ));
+        }
         Ok(crate::types::ChunkMap {
             chunk,
             index: 0,
@@ -397,4 +409,46 @@ async fn corrupt_replicas_are_reported_when_the_mds_answers() {
         .expect("the reporter did not finish")
         .unwrap();
     assert_eq!(mds.reports.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_blocks_the_mds_cannot_repair_yet_are_reported_again_soon() {
+    // The chain's only member with a torn block whose one other copy is on
+    // a server still down: the MDS answers Busy, not "no other copy"
+    // (which would hold the blocks as unrepairable at this version for
+    // good: seed 1629 of the 10,000-seed campaign).
+    let mds = FakeMds::new();
+    mds.busy_reports.store(2, Ordering::SeqCst);
+    let store = Arc::new(MemChunkStore::new());
+    let chunk = ChunkId(0x1f2);
+    store.create(chunk, MapVersion(3), 1 << 20).unwrap();
+    store.write(chunk, 40960, &[7u8; 4096]).unwrap();
+    store.flush(chunk).unwrap();
+    store.corrupt(chunk, 40960 + 100).unwrap();
+    let (queue, reporter) = bad_replica_queue();
+    let server = Arc::new(ChunkServer::new(CsId(7), store, MemNetwork::new()));
+    server.set_bad_replica_sink(queue.clone());
+    let task = tokio::spawn(reporter.run(mds.clone(), server.clone(), Duration::from_secs(2)));
+    assert!(
+        server
+            .report_damage(chunk, None, "a torn write".into())
+            .await
+    );
+    let started = tokio::time::Instant::now();
+    let reports = || mds.reports.load(Ordering::SeqCst);
+    until(Duration::from_secs(60), "three reports", || reports() >= 3).await;
+    let took = started.elapsed();
+    // Two waits of REPAIR_WAIT_RETRY (not REPAIR_RETRY_AFTER, nor never).
+    assert!(took >= 2 * crate::chunk::REPAIR_WAIT_RETRY, "{took:?}");
+    assert!(took < crate::chunk::REPAIR_RETRY_AFTER, "{took:?}");
+    // The third answer names no source: now unrepairable at this version,
+    // so no more reports.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(reports(), 4, "found, then unrepairable, and nothing more");
+    server.set_bad_replica_sink(Arc::new(crate::chunk::scrub::LogSink));
+    drop(queue);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the reporter did not finish")
+        .unwrap();
 }
