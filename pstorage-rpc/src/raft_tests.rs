@@ -287,6 +287,10 @@ struct RaftMds {
     sm: MemSm,
     calls: AtomicUsize,
     next_mds_id: AtomicU64,
+    /// Set: the next `renew` here makes that node campaign, waits until
+    /// this one no longer leads, and answers "not the leader" (the
+    /// leadership moving between the router's check and the call).
+    hand_off: Mutex<Option<MdsRaft>>,
 }
 
 impl RaftMds {
@@ -314,7 +318,35 @@ impl MetadataService for RaftMds {
         self.refuse("open")
     }
     async fn renew(&self, _: LeaseId) -> Result<()> {
-        self.refuse("renew")
+        let hand_off = self.hand_off.lock().unwrap().take();
+        let Some(successor) = hand_off else {
+            // Served: renewals are what this test service answers Ok.
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        };
+        let mut metrics = self.raft.metrics();
+        let me = metrics.borrow().id;
+        // A campaign the others refuse (their leader lease still runs) is
+        // started again.
+        for _ in 0..10 {
+            successor.trigger().elect().await.map_err(raft_error)?;
+            let moved = async {
+                while metrics.borrow_and_update().current_leader == Some(me) {
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(2), moved)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        Err(Error::not_leader(
+            "the leadership moved during the call; retry",
+        ))
     }
     async fn close(&self, _: LeaseId) -> Result<()> {
         self.refuse("close")
@@ -507,6 +539,7 @@ impl Node {
             sm: sm.clone(),
             calls: AtomicUsize::new(0),
             next_mds_id: AtomicU64::new(100),
+            hand_off: Mutex::new(None),
         });
         let router = Arc::new(LeaderRouter::new(
             id,
@@ -698,6 +731,29 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_leader_refuses_as_not_the_leader_is_routed_to_the_new_one() {
+    let nodes = start_group(3).await;
+    let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    let successor = (leader + 1) % 3;
+    *nodes[leader].service.hand_off.lock().unwrap() = Some(nodes[successor].raft.clone());
+    // The client talks to the old leader only; its router finds the call
+    // refused locally and serves it where the leadership went, instead of
+    // answering "not the leader" for the client to retry after a backoff.
+    nodes[leader]
+        .client()
+        .renew(LeaseId(1))
+        .await
+        .expect("routed to the new leader");
+    // Served once, by the leader elected after the refusal (usually the one
+    // asked to campaign; the old one if the others' leader leases made it
+    // win the next term again).
+    let served: Vec<usize> = nodes.iter().map(Node::calls).collect();
+    assert_eq!(served.iter().sum::<usize>(), 1, "{served:?}");
+    let now = wait_for_leader(&nodes, &[0, 1, 2]).await;
+    assert_eq!(served[now], 1, "{served:?}, leader {now}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
     let mut nodes = start_group(3).await;
     let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
@@ -877,6 +933,7 @@ async fn a_server_without_raft_or_group_says_so() {
         sm,
         calls: AtomicUsize::new(0),
         next_mds_id: AtomicU64::new(1),
+        hand_off: Mutex::new(None),
     });
     // The bare service, as an MDS without replication serves it.
     let server = Arc::new(

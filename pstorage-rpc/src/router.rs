@@ -233,18 +233,40 @@ impl LeaderRouter {
 
     /// Runs a call where the leader is: `local` on this MDS when it leads,
     /// `remote` on the leader's client otherwise, retrying a call that could
-    /// not reach the leader until `election_wait` passes.
+    /// not reach the leader until `election_wait` passes. A local call
+    /// refused as not the leader (the leadership just moved) is routed
+    /// again, once, to wherever the leadership went.
     async fn route<T, L, LF, R, RF>(&self, method: &str, local: L, remote: R) -> Result<T>
     where
-        L: FnOnce() -> LF,
+        L: Fn() -> LF,
         LF: Future<Output = Result<T>>,
         R: Fn(MdsClient) -> RF,
         RF: Future<Output = Result<T>>,
     {
         let deadline = Instant::now() + self.options.election_wait;
+        let mut refused_here = false;
         loop {
             match self.target(deadline).await? {
-                Target::Local => return local().await,
+                Target::Local => match local().await {
+                    // The leadership left this MDS between the check and the
+                    // call (the local service refused it as not the leader):
+                    // served where it went instead, once, as the client's
+                    // own retry would be (tagged mutations answer a repeat
+                    // from their session), without the client's backoff.
+                    Err(e) if e.is_not_leader() && !refused_here => {
+                        refused_here = true;
+                        tracing::info!(
+                            "MDS {}: {method} refused here as not the leader; routing it to the \
+                             new leader",
+                            self.my_id
+                        );
+                        let moved = self.leadership_moves_from(self.my_id);
+                        if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                            return Err(e);
+                        }
+                    }
+                    outcome => return outcome,
+                },
                 Target::Leader(id, client) => {
                     // Once the leadership moves away from `id`, a call sent
                     // there will likely never be answered (a frozen or
@@ -503,10 +525,9 @@ impl MetadataService for LeaderRouter {
     }
 
     async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
-        let local = update.clone();
         self.route(
             "setCs",
-            || self.metadata.set_cs(cs, local),
+            || self.metadata.set_cs(cs, update.clone()),
             |c| {
                 let update = update.clone();
                 async move { c.set_cs(cs, update).await }
@@ -528,10 +549,9 @@ impl CsRegistry for LeaderRouter {
     }
 
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
-        let local = registration.clone();
         self.route(
             "registerCs",
-            move || self.registry.register_cs(local),
+            || self.registry.register_cs(registration.clone()),
             |c| {
                 let registration = registration.clone();
                 async move { c.register_cs(registration).await }

@@ -65,7 +65,25 @@ async fn with_deadline<T>(
     }
 }
 
-type MdsCall<T> = Box<dyn FnOnce(Arc<MdsService>) -> BoxFuture<'static, Result<T>> + Send>;
+/// A call on an MDS's service that can be made again: a local call
+/// refused as "not the leader" is served a second time where the
+/// leadership went ([`MdsEndpoint::route`]).
+pub trait MdsCallFn<T>: Send + Sync {
+    /// Makes the call on `service`.
+    fn call(&self, service: Arc<MdsService>) -> BoxFuture<'static, Result<T>>;
+}
+
+impl<T, F> MdsCallFn<T> for F
+where
+    F: FnOnce(Arc<MdsService>) -> BoxFuture<'static, Result<T>> + Clone + Send + Sync,
+{
+    fn call(&self, service: Arc<MdsService>) -> BoxFuture<'static, Result<T>> {
+        (self.clone())(service)
+    }
+}
+
+/// A routed MDS call (see [`MdsCallFn`]).
+pub type MdsCall<T> = Arc<dyn MdsCallFn<T>>;
 
 /// What one MDS serves to the network: its service, reached through
 /// [`MdsEndpoint::route`] (served here when this MDS leads, forwarded to
@@ -107,20 +125,42 @@ impl MdsEndpoint {
         call: MdsCall<T>,
     ) -> Result<T> {
         let Some(raft) = &self.raft else {
-            return call(self.service.clone()).await;
+            return call.call(self.service.clone()).await;
         };
         let deadline = Instant::now() + ELECTION_WAIT;
         let mut metrics = raft.metrics();
+        let mut refused_here = false;
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             match leader {
-                Some(leader) if leader == self.id => return call(self.service.clone()).await,
+                Some(leader) if leader == self.id => {
+                    match call.call(self.service.clone()).await {
+                        // As the daemon's router: the leadership left this
+                        // MDS during the call; served again, once, where it
+                        // went.
+                        Err(e) if e.is_not_leader() && !refused_here => {
+                            refused_here = true;
+                            let moved = async {
+                                while metrics.borrow_and_update().current_leader == Some(self.id) {
+                                    if metrics.changed().await.is_err() {
+                                        return;
+                                    }
+                                }
+                            };
+                            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                                return Err(e);
+                            }
+                            continue;
+                        }
+                        outcome => return outcome,
+                    }
+                }
                 Some(leader) => {
                     let to = NodeId::Mds(leader);
                     let forwarded =
                         self.net
                             .call(NodeId::Mds(self.id), to, what, move |s| match s {
-                                Services::Mds(ep) => call(ep.service.clone()),
+                                Services::Mds(ep) => call.call(ep.service.clone()),
                                 Services::Cs(_) => async move {
                                     Err(Error::internal(format!("{to} is not an MDS")))
                                 }
@@ -212,7 +252,7 @@ impl SimMdsClient {
         let to = NodeId::from_addr(&addr)?;
         let sent = self.net.call(self.from, to, what, move |s| match s {
             Services::Mds(ep) if routed => async move { ep.route(what, call).await }.boxed(),
-            Services::Mds(ep) => call(ep.service.clone()),
+            Services::Mds(ep) => call.call(ep.service.clone()),
             Services::Cs(_) => {
                 async move { Err(Error::internal(format!("{to} is not an MDS"))) }.boxed()
             }
@@ -245,7 +285,7 @@ macro_rules! via {
         $self
             .call(
                 $what,
-                Box::new(move |$svc: Arc<MdsService>| async move { $body }.boxed()),
+                Arc::new(move |$svc: Arc<MdsService>| async move { $body }.boxed()),
             )
             .await
     };
@@ -406,7 +446,7 @@ impl MdsGroup for SimMdsClient {
         self.call_with(
             "members",
             false,
-            Box::new(|s: Arc<MdsService>| async move { s.members().await }.boxed()),
+            Arc::new(|s: Arc<MdsService>| async move { s.members().await }.boxed()),
         )
         .await
     }

@@ -358,6 +358,9 @@ pub struct MdsState {
     pub renewals: u64,
     /// Answer the next renew calls with these errors (front first).
     pub renew_failures: std::collections::VecDeque<Error>,
+    /// How long each failure of `renew_failures` takes to arrive (front
+    /// first; none: at once), as a call that times out does.
+    pub renew_failure_delays: std::collections::VecDeque<Duration>,
     /// When each renew call arrived, answered or failed.
     pub renew_times: Vec<tokio::time::Instant>,
     pub commits: Vec<u64>,
@@ -548,11 +551,20 @@ impl MetadataService for FakeMds {
     }
 
     async fn renew(&self, lease: LeaseId) -> Result<()> {
-        let mut st = lock(&self.state);
-        st.renew_times.push(tokio::time::Instant::now());
-        if let Some(e) = st.renew_failures.pop_front() {
+        let (failure, delay) = {
+            let mut st = lock(&self.state);
+            st.renew_times.push(tokio::time::Instant::now());
+            let failure = st.renew_failures.pop_front();
+            let delay = failure.as_ref().and(st.renew_failure_delays.pop_front());
+            (failure, delay)
+        };
+        if let Some(e) = failure {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             return Err(e);
         }
+        let mut st = lock(&self.state);
         Self::lease(&st, lease)?;
         st.renewals += 1;
         Ok(())

@@ -636,6 +636,51 @@ async fn a_renewal_answered_not_the_leader_is_sent_again_at_once() {
     file.close().await.unwrap();
 }
 
+/// A renewal attempt that failed slowly (the MDS asked did not answer
+/// within the call deadline) is followed by the next at once; one that
+/// failed fast waits the retry period: attempts start at most every retry
+/// period. (Sim seed 295: two 8 s timeouts, each followed by a 2.5 s
+/// pause, used up a 30 s lease while a healthy MDS was there.)
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_timed_out_is_retried_at_once() {
+    let env = env_with(fast_options(), |m| m.lease_ms = 30_000);
+    let file = create(&env, "/renewed").await;
+    let timed_out = || {
+        Error::new(
+            ErrorKind::TimedOut,
+            "mds2 did not answer renew within 8000 ms",
+        )
+    };
+    env.mds.with(|s| {
+        s.renew_failures
+            .extend([timed_out(), timed_out(), timed_out()]);
+        s.renew_failure_delays.extend([
+            Duration::from_secs(8),
+            Duration::from_secs(8),
+            Duration::from_secs(1),
+        ])
+    });
+    eventually("four renew attempts", || {
+        env.mds.with(|s| s.renew_times.len()) >= 4
+    })
+    .await;
+    let times = env.mds.with(|s| s.renew_times.clone());
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 8 s to fail, then at once; 8 s, then at once; 1 s, then the rest of
+    // the 2.5 s retry period.
+    assert_eq!(
+        gaps[..3],
+        [
+            Duration::from_secs(8),
+            Duration::from_secs(8),
+            Duration::from_millis(2500)
+        ],
+        "{times:?}"
+    );
+    assert!(!file.is_fenced());
+    file.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn close_keeps_the_lease_while_its_flush_waits() {
     // A flush behind a slow or frozen chunk server may outlast the lease:
