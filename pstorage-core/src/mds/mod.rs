@@ -3,6 +3,7 @@
 //! it from client and chunk server requests ([`service`]).
 
 mod balance;
+mod format;
 mod group;
 mod healing;
 pub mod params;

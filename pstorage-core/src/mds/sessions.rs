@@ -110,6 +110,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The sessions a persisted state held ([`super::format`]).
+    pub(crate) fn from_map(by_id: BTreeMap<SessionId, Session>) -> Sessions {
+        Sessions { by_id }
+    }
+
     /// Where an attempt tagged `op` stands.
     pub fn check(&self, op: &OpTag) -> Seen {
         let Some(session) = self.by_id.get(&op.session) else {

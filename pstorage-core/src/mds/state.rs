@@ -103,43 +103,6 @@ impl CsRecord {
     }
 }
 
-/// [`CsRecord`] of store formats 2 and 3.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct CsRecordV3 {
-    id: CsId,
-    addr: String,
-    dropped: bool,
-    releasing: bool,
-}
-
-impl From<CsRecordV3> for CsRecord {
-    fn from(r: CsRecordV3) -> CsRecord {
-        CsRecord {
-            addr: r.addr,
-            dropped: r.dropped,
-            releasing: r.releasing,
-            ..CsRecord::new(r.id)
-        }
-    }
-}
-
-/// [`FileAttrs`] of store formats 1 to 3 (before tiers and failure domains).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) struct FileAttrsV3 {
-    replicas: Replicas,
-    chunk_size: u64,
-}
-
-impl From<FileAttrsV3> for FileAttrs {
-    fn from(a: FileAttrsV3) -> FileAttrs {
-        FileAttrs {
-            replicas: a.replicas,
-            chunk_size: a.chunk_size,
-            ..FileAttrs::default()
-        }
-    }
-}
-
 /// [`AttrUpdate`] of store formats 1 to 3, as [`Command::SetAttrV3`] holds it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrUpdateV3 {
@@ -153,40 +116,6 @@ impl From<AttrUpdateV3> for AttrUpdate {
             replicas: u.replicas,
             chunk_size: u.chunk_size,
             ..AttrUpdate::default()
-        }
-    }
-}
-
-/// [`Inode`] of store formats 1 to 3.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct InodeV3 {
-    ino: InodeId,
-    kind: InodeKind,
-    parent: InodeId,
-    name: String,
-    children: BTreeMap<String, InodeId>,
-    size: u64,
-    mtime_ms: u64,
-    ctime_ms: u64,
-    attrs: FileAttrsV3,
-    chunks: BTreeMap<u64, ChunkId>,
-    fence_pending: bool,
-}
-
-impl From<InodeV3> for Inode {
-    fn from(n: InodeV3) -> Inode {
-        Inode {
-            ino: n.ino,
-            kind: n.kind,
-            parent: n.parent,
-            name: n.name,
-            children: n.children,
-            size: n.size,
-            mtime_ms: n.mtime_ms,
-            ctime_ms: n.ctime_ms,
-            attrs: n.attrs.into(),
-            chunks: n.chunks,
-            fence_pending: n.fence_pending,
         }
     }
 }
@@ -536,79 +465,23 @@ pub struct MdsState {
     sessions: Sessions,
 }
 
-/// [`MdsState`] as store formats 4 and 5 wrote it (before client
-/// sessions); read by [`MdsState::from_v5`].
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct MdsStateV5 {
-    inodes: BTreeMap<InodeId, Inode>,
-    chunks: BTreeMap<ChunkId, ChunkRecord>,
-    servers: BTreeMap<CsId, CsRecord>,
-    leases: BTreeMap<LeaseId, LeaseRecord>,
-    next_ino: InodeId,
-    next_chunk: ChunkId,
-    next_lease: LeaseId,
-    next_cs: CsId,
-    params: BTreeMap<String, u64>,
-    events: VecDeque<Event>,
-    next_event: u64,
-    next_mds: u64,
-}
-
-/// [`MdsState`] as store format 3 wrote it (before locations, tiers and
-/// failure domains); read by [`MdsState::from_v3`].
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct MdsStateV3 {
-    inodes: BTreeMap<InodeId, InodeV3>,
-    chunks: BTreeMap<ChunkId, ChunkRecord>,
-    servers: BTreeMap<CsId, CsRecordV3>,
-    leases: BTreeMap<LeaseId, LeaseRecord>,
-    next_ino: InodeId,
-    next_chunk: ChunkId,
-    next_lease: LeaseId,
-    next_cs: CsId,
-    params: BTreeMap<String, u64>,
-    events: VecDeque<Event>,
-    next_event: u64,
-    next_mds: u64,
-}
-
-/// [`MdsState`] as store format 2 wrote it (before MDS ids); read by
-/// [`MdsState::from_v2`].
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct MdsStateV2 {
-    inodes: BTreeMap<InodeId, InodeV3>,
-    chunks: BTreeMap<ChunkId, ChunkRecord>,
-    servers: BTreeMap<CsId, CsRecordV3>,
-    leases: BTreeMap<LeaseId, LeaseRecord>,
-    next_ino: InodeId,
-    next_chunk: ChunkId,
-    next_lease: LeaseId,
-    next_cs: CsId,
-    params: BTreeMap<String, u64>,
-    events: VecDeque<Event>,
-    next_event: u64,
-}
-
-/// [`MdsState`] as store format 1 wrote it (before cluster parameters,
-/// the event log and graceful removal); read by [`MdsState::from_v1`].
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct MdsStateV1 {
-    inodes: BTreeMap<InodeId, InodeV3>,
-    chunks: BTreeMap<ChunkId, ChunkRecord>,
-    servers: BTreeMap<CsId, CsRecordV1>,
-    leases: BTreeMap<LeaseId, LeaseRecord>,
-    next_ino: InodeId,
-    next_chunk: ChunkId,
-    next_lease: LeaseId,
-    next_cs: CsId,
-}
-
-/// [`CsRecord`] of store format 1.
-#[derive(Debug, Clone, Deserialize)]
-struct CsRecordV1 {
-    id: CsId,
-    addr: String,
-    dropped: bool,
+/// Every field of an [`MdsState`]: what the readers of the persisted
+/// formats ([`super::format`]) build a decoded state from.
+#[derive(Debug)]
+pub(crate) struct MdsStateParts {
+    pub inodes: BTreeMap<InodeId, Inode>,
+    pub chunks: BTreeMap<ChunkId, ChunkRecord>,
+    pub servers: BTreeMap<CsId, CsRecord>,
+    pub leases: BTreeMap<LeaseId, LeaseRecord>,
+    pub next_ino: InodeId,
+    pub next_chunk: ChunkId,
+    pub next_lease: LeaseId,
+    pub next_cs: CsId,
+    pub params: BTreeMap<String, u64>,
+    pub events: VecDeque<Event>,
+    pub next_event: u64,
+    pub next_mds: u64,
+    pub sessions: Sessions,
 }
 
 impl Default for MdsState {
@@ -683,96 +556,38 @@ impl MdsState {
         })
     }
 
-    /// Upgrades a state written by store format 4 or 5: no sessions.
-    pub(crate) fn from_v5(v5: MdsStateV5) -> MdsState {
+    /// The state made of `parts`, as a persisted record held it (not
+    /// checked: see [`MdsState::check_invariants`]).
+    pub(crate) fn from_parts(parts: MdsStateParts) -> MdsState {
+        let MdsStateParts {
+            inodes,
+            chunks,
+            servers,
+            leases,
+            next_ino,
+            next_chunk,
+            next_lease,
+            next_cs,
+            params,
+            events,
+            next_event,
+            next_mds,
+            sessions,
+        } = parts;
         MdsState {
-            inodes: v5.inodes,
-            chunks: v5.chunks,
-            servers: v5.servers,
-            leases: v5.leases,
-            next_ino: v5.next_ino,
-            next_chunk: v5.next_chunk,
-            next_lease: v5.next_lease,
-            next_cs: v5.next_cs,
-            params: v5.params,
-            events: v5.events,
-            next_event: v5.next_event,
-            next_mds: v5.next_mds,
-            sessions: Sessions::default(),
-        }
-    }
-
-    /// Upgrades a state written by store format 3: every chunk server gets
-    /// the default location, an unknown host (a host of its own), tier 0
-    /// and its file system's size; every inode tier 0 and failure domain
-    /// `host`.
-    pub(crate) fn from_v3(v3: MdsStateV3) -> MdsState {
-        MdsState {
-            inodes: v3.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            chunks: v3.chunks,
-            servers: v3.servers.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            leases: v3.leases,
-            next_ino: v3.next_ino,
-            next_chunk: v3.next_chunk,
-            next_lease: v3.next_lease,
-            next_cs: v3.next_cs,
-            params: v3.params,
-            events: v3.events,
-            next_event: v3.next_event,
-            next_mds: v3.next_mds,
-            sessions: Sessions::default(),
-        }
-    }
-
-    /// Upgrades a state written by store format 2: the first MDS (the
-    /// only one a format 2 cluster had) holds [`FIRST_MDS_ID`].
-    pub(crate) fn from_v2(v2: MdsStateV2) -> MdsState {
-        MdsState {
-            inodes: v2.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            chunks: v2.chunks,
-            servers: v2.servers.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            leases: v2.leases,
-            next_ino: v2.next_ino,
-            next_chunk: v2.next_chunk,
-            next_lease: v2.next_lease,
-            next_cs: v2.next_cs,
-            params: v2.params,
-            events: v2.events,
-            next_event: v2.next_event,
-            next_mds: FIRST_MDS_ID + 1,
-            sessions: Sessions::default(),
-        }
-    }
-
-    /// Upgrades a state written by store format 1.
-    pub(crate) fn from_v1(v1: MdsStateV1) -> MdsState {
-        MdsState {
-            inodes: v1.inodes.into_iter().map(|(k, v)| (k, v.into())).collect(),
-            chunks: v1.chunks,
-            servers: v1
-                .servers
-                .into_iter()
-                .map(|(id, r)| {
-                    (
-                        id,
-                        CsRecord {
-                            addr: r.addr,
-                            dropped: r.dropped,
-                            ..CsRecord::new(r.id)
-                        },
-                    )
-                })
-                .collect(),
-            leases: v1.leases,
-            next_ino: v1.next_ino,
-            next_chunk: v1.next_chunk,
-            next_lease: v1.next_lease,
-            next_cs: v1.next_cs,
-            params: BTreeMap::new(),
-            events: VecDeque::new(),
-            next_event: 1,
-            next_mds: FIRST_MDS_ID + 1,
-            sessions: Sessions::default(),
+            inodes,
+            chunks,
+            servers,
+            leases,
+            next_ino,
+            next_chunk,
+            next_lease,
+            next_cs,
+            params,
+            events,
+            next_event,
+            next_mds,
+            sessions,
         }
     }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Command, MdsState, MdsStateV1, MdsStateV2, MdsStateV3, MdsStateV5};
+use super::format;
+use super::state::{Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -27,49 +28,20 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
 /// `SetCsPlacement`. 5 added `BeginFence` and `FinishFence` (a fence in
 /// two steps; `FenceFile` is no longer logged). 6 added client sessions to
-/// the state and `Tagged` (exactly-once namespace mutations). Older records
-/// are read too: their commands are a prefix of the newer formats', and
-/// older snapshots are upgraded by [`MdsState::from_v1`],
-/// [`MdsState::from_v2`], [`MdsState::from_v3`] and [`MdsState::from_v5`].
+/// the state and `Tagged` (exactly-once namespace mutations). Records of
+/// every format are read with that format's frozen types and upgraded
+/// (`mds::format`): a change of a stored live type needs a new format.
 pub const STORE_FORMAT_VERSION: u8 = 6;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
 pub const DEFAULT_COMPACT_EVERY: u64 = 10_000;
 
-#[derive(Serialize, Deserialize)]
+/// A decoded snapshot.
 struct Snapshot {
     /// The last log index the state includes.
     last_index: u64,
     state: MdsState,
-}
-
-/// A snapshot of store format 1.
-#[derive(Deserialize)]
-struct SnapshotV1 {
-    last_index: u64,
-    state: MdsStateV1,
-}
-
-/// A snapshot of store format 2.
-#[derive(Deserialize)]
-struct SnapshotV2 {
-    last_index: u64,
-    state: MdsStateV2,
-}
-
-/// A snapshot of store format 3.
-#[derive(Deserialize)]
-struct SnapshotV3 {
-    last_index: u64,
-    state: MdsStateV3,
-}
-
-/// A snapshot of store formats 4 and 5.
-#[derive(Deserialize)]
-struct SnapshotV5 {
-    last_index: u64,
-    state: MdsStateV5,
 }
 
 /// Where applied commands go before their effect becomes visible: the
@@ -147,46 +119,16 @@ pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Decodes a log record (format 1 commands decode as they are).
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str, path: &Path) -> Result<T> {
-    let (_, body) = split_record(bytes, what, path)?;
-    decode_body(body, what, path)
+/// Decodes a snapshot record of any readable format.
+fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
+    let (last_index, state) = format::store_snapshot(bytes, path)?;
+    Ok(Snapshot { last_index, state })
 }
 
-/// Decodes a snapshot record, upgrading format 1.
-fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<Snapshot> {
-    let what = "MDS snapshot";
-    match split_record(bytes, what, path)? {
-        (1, body) => {
-            let v1: SnapshotV1 = decode_body(body, what, path)?;
-            Ok(Snapshot {
-                last_index: v1.last_index,
-                state: MdsState::from_v1(v1.state),
-            })
-        }
-        (2, body) => {
-            let v2: SnapshotV2 = decode_body(body, what, path)?;
-            Ok(Snapshot {
-                last_index: v2.last_index,
-                state: MdsState::from_v2(v2.state),
-            })
-        }
-        (3, body) => {
-            let v3: SnapshotV3 = decode_body(body, what, path)?;
-            Ok(Snapshot {
-                last_index: v3.last_index,
-                state: MdsState::from_v3(v3.state),
-            })
-        }
-        (4 | 5, body) => {
-            let v5: SnapshotV5 = decode_body(body, what, path)?;
-            Ok(Snapshot {
-                last_index: v5.last_index,
-                state: MdsState::from_v5(v5.state),
-            })
-        }
-        (_, body) => decode_body(body, what, path),
-    }
+/// A snapshot record of `state` covering the log up to `last_index`, in
+/// [`STORE_FORMAT_VERSION`].
+pub(crate) fn encode_snapshot(last_index: u64, state: &MdsState) -> Result<Vec<u8>> {
+    encode(&SnapshotRef { last_index, state })
 }
 
 impl MdsStore {
@@ -302,7 +244,7 @@ impl MdsStore {
     }
 
     fn write_snapshot(&mut self, last_index: u64, state: &MdsState) -> Result<()> {
-        let bytes = encode(&SnapshotRef { last_index, state })?;
+        let bytes = encode_snapshot(last_index, state)?;
         let txn = self
             .db
             .begin_write()
@@ -358,7 +300,7 @@ impl MdsStore {
                 )));
             }
             let what = format!("MDS log entry {index}");
-            let cmd: Command = decode(v.value(), &what, &self.path)?;
+            let cmd = format::store_command(v.value(), &what, &self.path)?;
             // A tagged command is logged with its refusal, which replays.
             let tagged = matches!(cmd, Command::Tagged { .. });
             match state.apply(cmd) {
@@ -402,7 +344,7 @@ impl MdsStore {
     }
 }
 
-/// Serializes like [`Snapshot`] without cloning the state.
+/// A snapshot as written: the last log index it covers and the state.
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     last_index: u64,

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
 
+#[cfg(test)]
+pub(crate) use store::encode_snapshot_record;
 pub use store::{
     compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftDisk, RaftLogStore,
     RaftStorage, StorageClosed, DEFAULT_SNAPSHOT_EVERY,

@@ -3,8 +3,9 @@
 //! `raft_log` and `raft_meta`, next to the pre-Raft [`MdsStore`] tables).
 //!
 //! Every record is a format version byte ([`STORE_FORMAT_VERSION`])
-//! followed by postcard bytes, like the pre-Raft store. A write is a redb
-//! commit (fsync) and is durable before openraft is told it happened.
+//! followed by postcard bytes, like the pre-Raft store, read with the
+//! frozen types of its format (`mds::format`). A write is a redb commit
+//! (fsync) and is durable before openraft is told it happened.
 //!
 //! The MDS state itself is not written on every apply: it lives in the
 //! service ([`StateHost`]) and is persisted by snapshots. A restarted MDS
@@ -30,7 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftResponse, StateHost};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mds::state::{MdsState, MdsStateV3, MdsStateV5};
+use crate::mds::format;
+use crate::mds::state::MdsState;
 use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
 
 /// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
@@ -56,8 +58,6 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// The latest snapshot's metadata alone: version + postcard(`SnapshotMeta`).
 const SNAPSHOT_META_KEY: &str = "snapshot_meta";
 
-/// The first format version with Raft records.
-const FIRST_RAFT_FORMAT_VERSION: u8 = 3;
 /// The id of the snapshot a new cluster (or an imported pre-Raft store)
 /// starts from; it covers no log entry.
 const INITIAL_SNAPSHOT_ID: &str = "initial";
@@ -70,32 +70,23 @@ type Meta = SnapshotMeta<MdsId, MdsNode>;
 type Membership = StoredMembership<MdsId, MdsNode>;
 type StorageResult<T> = std::result::Result<T, StorageError<MdsId>>;
 
-/// A snapshot as stored and sent to other MDSes.
-#[derive(Deserialize)]
+/// A snapshot as stored and sent to other MDSes, decoded.
 struct SnapshotRecord {
     meta: Meta,
     state: MdsState,
 }
 
-/// A snapshot of store format 3 (upgraded by [`MdsState::from_v3`]).
-#[derive(Deserialize)]
-struct SnapshotRecordV3 {
-    meta: Meta,
-    state: MdsStateV3,
-}
-
-/// A snapshot of store formats 4 and 5 (upgraded by [`MdsState::from_v5`]).
-#[derive(Deserialize)]
-struct SnapshotRecordV5 {
-    meta: Meta,
-    state: MdsStateV5,
-}
-
-/// Serializes like [`SnapshotRecord`] without cloning the state.
+/// A snapshot record as written.
 #[derive(Serialize)]
 struct SnapshotRecordRef<'a> {
     meta: &'a Meta,
     state: &'a MdsState,
+}
+
+/// The snapshot record (what [`SNAPSHOT_KEY`] holds and openraft
+/// transfers) of `state` with `meta`, in [`STORE_FORMAT_VERSION`].
+pub(crate) fn encode_snapshot_record(meta: &Meta, state: &MdsState) -> Result<Vec<u8>> {
+    encode(&SnapshotRecordRef { meta, state })
 }
 
 /// The open database, shared by the log store, its readers, the state
@@ -124,7 +115,22 @@ impl Db {
         db_error(&self.path, e)
     }
 
+    /// Reads a record of openraft's own types (vote, log ids): their
+    /// shape is the same in every format.
     fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &str, what: &str) -> Result<Option<T>> {
+        self.read_record(key, what, |bytes, what, path| {
+            let (_, body) = split_record(bytes, what, path)?;
+            decode_body(body, what, path)
+        })
+    }
+
+    /// Reads the record at `key` with `decode`.
+    fn read_record<T>(
+        &self,
+        key: &str,
+        what: &str,
+        decode: impl FnOnce(&[u8], &str, &Path) -> Result<T>,
+    ) -> Result<Option<T>> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = match txn.open_table(RAFT_META) {
             Ok(t) => t,
@@ -134,8 +140,7 @@ impl Db {
         let Some(value) = table.get(key).map_err(|e| self.error(e))? else {
             return Ok(None);
         };
-        let (_, body) = split_record(value.value(), what, &self.path)?;
-        decode_body(body, what, &self.path).map(Some)
+        decode(value.value(), what, &self.path).map(Some)
     }
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
@@ -190,10 +195,7 @@ impl Db {
                     snapshot_id: INITIAL_SNAPSHOT_ID.to_string(),
                     ..Meta::default()
                 };
-                let record = encode(&SnapshotRecordRef {
-                    meta: &snapshot_meta,
-                    state,
-                })?;
+                let record = encode_snapshot_record(&snapshot_meta, state)?;
                 meta.insert(SNAPSHOT_KEY, record.as_slice())
                     .map_err(|e| self.error(e))?;
                 meta.insert(SNAPSHOT_META_KEY, encode(&snapshot_meta)?.as_slice())
@@ -206,7 +208,11 @@ impl Db {
     }
 
     fn snapshot_meta(&self) -> Result<Option<Meta>> {
-        self.read_meta(SNAPSHOT_META_KEY, "MDS Raft snapshot metadata")
+        self.read_record(
+            SNAPSHOT_META_KEY,
+            "MDS Raft snapshot metadata",
+            format::raft_snapshot_meta,
+        )
     }
 
     fn snapshot_bytes(&self) -> Result<Option<Vec<u8>>> {
@@ -230,11 +236,11 @@ impl Db {
             let mut table = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
             let stored: Option<Meta> =
                 match table.get(SNAPSHOT_META_KEY).map_err(|e| self.error(e))? {
-                    Some(v) => {
-                        let what = "MDS Raft snapshot metadata";
-                        let (_, body) = split_record(v.value(), what, &self.path)?;
-                        Some(decode_body(body, what, &self.path)?)
-                    }
+                    Some(v) => Some(format::raft_snapshot_meta(
+                        v.value(),
+                        "MDS Raft snapshot metadata",
+                        &self.path,
+                    )?),
                     None => None,
                 };
             if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
@@ -269,10 +275,7 @@ impl Db {
 
     fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry<MdsRaftConfig>> {
         let what = format!("MDS Raft log entry {index}");
-        // Commands of older formats are a prefix of the current ones, so
-        // every readable version decodes as is.
-        let (_, body) = split_record(bytes, &what, &self.path)?;
-        let entry: Entry<MdsRaftConfig> = decode_body(body, &what, &self.path)?;
+        let entry = format::raft_entry(bytes, &what, &self.path)?;
         if entry.log_id.index != index {
             return Err(Error::corrupt(format!(
                 "{what} in {} claims index {}",
@@ -307,29 +310,8 @@ fn db_error(path: &Path, e: impl fmt::Display) -> Error {
 /// openraft transfers). `Protocol` for a newer format, `Corrupt` for
 /// garbage or a format that had no Raft snapshots.
 fn decode_snapshot(bytes: &[u8], path: &Path) -> Result<SnapshotRecord> {
-    let what = "MDS Raft snapshot";
-    match split_record(bytes, what, path)? {
-        (FIRST_RAFT_FORMAT_VERSION, body) => {
-            let v3: SnapshotRecordV3 = decode_body(body, what, path)?;
-            Ok(SnapshotRecord {
-                meta: v3.meta,
-                state: MdsState::from_v3(v3.state),
-            })
-        }
-        // Format 5 added only a command: its snapshots are format 4's.
-        (4 | 5, body) => {
-            let v5: SnapshotRecordV5 = decode_body(body, what, path)?;
-            Ok(SnapshotRecord {
-                meta: v5.meta,
-                state: MdsState::from_v5(v5.state),
-            })
-        }
-        (STORE_FORMAT_VERSION, body) => decode_body(body, what, path),
-        (version, _) => Err(Error::corrupt(format!(
-            "{what} in {} has format version {version}, which had no Raft snapshots",
-            path.display()
-        ))),
-    }
+    let (meta, state) = format::raft_snapshot(bytes, path)?;
+    Ok(SnapshotRecord { meta, state })
 }
 
 /// An openraft storage error carrying a pstorage error's kind and message
@@ -871,10 +853,7 @@ impl RaftSnapshotBuilder<MdsRaftConfig> for MdsSnapshotBuilder {
             snapshot_id,
         };
         let (bytes, meta) = blocking(&self.db, move |db| {
-            let bytes = encode(&SnapshotRecordRef {
-                meta: &meta,
-                state: &state,
-            })?;
+            let bytes = encode_snapshot_record(&meta, &state)?;
             db.store_snapshot(&meta, &bytes)?;
             Ok((bytes, meta))
         })

@@ -22,6 +22,8 @@ use super::*;
 use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
 use crate::types::{FileAttrs, Replicas, ROOT_INODE};
 
+mod format_6_golden;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 // ----- the state host ----------------------------------------------------

@@ -1,0 +1,694 @@
+//! The newest format's frozen types converted to the live types: the one
+//! place that changes when a live type changes (together with a new
+//! format, see [`super`]). Every older format reaches these through its
+//! chain of upgrades (`From` impls in the newer format modules).
+
+use std::collections::BTreeMap;
+
+use openraft::{Entry, EntryPayload, Membership, StoredMembership};
+
+use super::{v1, v2, v3, v5, v6, RaftMeta};
+use crate::mds::raft::{MdsNode, MdsRaftConfig, RaftRequest};
+use crate::mds::sessions::{OpReply, Session, Sessions};
+use crate::mds::state::{
+    ApplyOutcome, AttrUpdateV3, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState,
+    MdsStateParts, NewEvent,
+};
+use crate::types::{
+    AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, Event, EventKind, EventLevel,
+    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, OpTag,
+    OpenFlags, Replica, Replicas, SessionId, Stat,
+};
+
+fn cs_ids(ids: Vec<v1::CsId>) -> Vec<CsId> {
+    ids.into_iter().map(CsId).collect()
+}
+
+impl From<v1::Replicas> for Replicas {
+    fn from(r: v1::Replicas) -> Replicas {
+        let v1::Replicas { norm, min } = r;
+        Replicas { norm, min }
+    }
+}
+
+impl From<v1::InodeKind> for InodeKind {
+    fn from(k: v1::InodeKind) -> InodeKind {
+        match k {
+            v1::InodeKind::File => InodeKind::File,
+            v1::InodeKind::Dir => InodeKind::Dir,
+        }
+    }
+}
+
+impl From<v1::LeaseMode> for LeaseMode {
+    fn from(m: v1::LeaseMode) -> LeaseMode {
+        match m {
+            v1::LeaseMode::Read => LeaseMode::Read,
+            v1::LeaseMode::Write => LeaseMode::Write,
+        }
+    }
+}
+
+impl From<v1::OpenFlags> for OpenFlags {
+    fn from(f: v1::OpenFlags) -> OpenFlags {
+        let v1::OpenFlags {
+            create,
+            exclusive,
+            truncate,
+        } = f;
+        OpenFlags {
+            create,
+            exclusive,
+            truncate,
+        }
+    }
+}
+
+impl From<v1::AttrUpdate> for AttrUpdateV3 {
+    fn from(u: v1::AttrUpdate) -> AttrUpdateV3 {
+        let v1::AttrUpdate {
+            replicas,
+            chunk_size,
+        } = u;
+        AttrUpdateV3 {
+            replicas: replicas.map(Replicas::from),
+            chunk_size,
+        }
+    }
+}
+
+impl From<v1::ChunkRecord> for ChunkRecord {
+    fn from(r: v1::ChunkRecord) -> ChunkRecord {
+        let v1::ChunkRecord {
+            file,
+            index,
+            version,
+            replicas,
+        } = r;
+        ChunkRecord {
+            file: InodeId(file),
+            index,
+            version: MapVersion(version),
+            replicas: cs_ids(replicas),
+        }
+    }
+}
+
+impl From<v1::LeaseRecord> for LeaseRecord {
+    fn from(r: v1::LeaseRecord) -> LeaseRecord {
+        let v1::LeaseRecord {
+            id,
+            ino,
+            mode,
+            duration_ms,
+            expires_ms,
+        } = r;
+        LeaseRecord {
+            id: LeaseId(id),
+            ino: InodeId(ino),
+            mode: mode.into(),
+            duration_ms,
+            expires_ms,
+        }
+    }
+}
+
+impl From<v2::EventLevel> for EventLevel {
+    fn from(l: v2::EventLevel) -> EventLevel {
+        match l {
+            v2::EventLevel::Info => EventLevel::Info,
+            v2::EventLevel::Warning => EventLevel::Warning,
+            v2::EventLevel::Error => EventLevel::Error,
+        }
+    }
+}
+
+impl From<v3::EventKind> for EventKind {
+    fn from(k: v3::EventKind) -> EventKind {
+        match k {
+            v3::EventKind::CsState => EventKind::CsState,
+            v3::EventKind::Replication => EventKind::Replication,
+            v3::EventKind::Corruption => EventKind::Corruption,
+            v3::EventKind::DiskFull => EventKind::DiskFull,
+            v3::EventKind::Lease => EventKind::Lease,
+            v3::EventKind::Config => EventKind::Config,
+            v3::EventKind::Mds => EventKind::Mds,
+        }
+    }
+}
+
+impl From<v3::Event> for Event {
+    fn from(e: v3::Event) -> Event {
+        let v3::Event {
+            seq,
+            time_ms,
+            kind,
+            level,
+            message,
+        } = e;
+        Event {
+            seq,
+            time_ms,
+            kind: kind.into(),
+            level: level.into(),
+            message,
+        }
+    }
+}
+
+impl From<v3::NewEvent> for NewEvent {
+    fn from(e: v3::NewEvent) -> NewEvent {
+        let v3::NewEvent {
+            kind,
+            level,
+            message,
+        } = e;
+        NewEvent {
+            kind: kind.into(),
+            level: level.into(),
+            message,
+        }
+    }
+}
+
+impl From<v3::MdsNode> for MdsNode {
+    fn from(n: v3::MdsNode) -> MdsNode {
+        let v3::MdsNode { addr } = n;
+        MdsNode { addr }
+    }
+}
+
+impl From<v5::FailureDomain> for FailureDomain {
+    fn from(d: v5::FailureDomain) -> FailureDomain {
+        match d {
+            v5::FailureDomain::Disk => FailureDomain::Disk,
+            v5::FailureDomain::Host => FailureDomain::Host,
+            v5::FailureDomain::Rack => FailureDomain::Rack,
+            v5::FailureDomain::Row => FailureDomain::Row,
+            v5::FailureDomain::Room => FailureDomain::Room,
+        }
+    }
+}
+
+impl From<v5::FileAttrs> for FileAttrs {
+    fn from(a: v5::FileAttrs) -> FileAttrs {
+        let v5::FileAttrs {
+            replicas,
+            chunk_size,
+            tier,
+            failure_domain,
+        } = a;
+        FileAttrs {
+            replicas: replicas.into(),
+            chunk_size,
+            tier,
+            failure_domain: failure_domain.into(),
+        }
+    }
+}
+
+impl From<v5::AttrUpdate> for AttrUpdate {
+    fn from(u: v5::AttrUpdate) -> AttrUpdate {
+        let v5::AttrUpdate {
+            replicas,
+            chunk_size,
+            tier,
+            failure_domain,
+        } = u;
+        AttrUpdate {
+            replicas: replicas.map(Replicas::from),
+            chunk_size,
+            tier,
+            failure_domain: failure_domain.map(FailureDomain::from),
+        }
+    }
+}
+
+impl From<v5::CsPlacementUpdate> for CsPlacementUpdate {
+    fn from(u: v5::CsPlacementUpdate) -> CsPlacementUpdate {
+        let v5::CsPlacementUpdate {
+            location,
+            host,
+            tier,
+            capacity_bytes,
+        } = u;
+        CsPlacementUpdate {
+            location,
+            host,
+            tier,
+            capacity_bytes,
+        }
+    }
+}
+
+impl From<v5::Inode> for Inode {
+    fn from(n: v5::Inode) -> Inode {
+        let v5::Inode {
+            ino,
+            kind,
+            parent,
+            name,
+            children,
+            size,
+            mtime_ms,
+            ctime_ms,
+            attrs,
+            chunks,
+            fence_pending,
+        } = n;
+        Inode {
+            ino: InodeId(ino),
+            kind: kind.into(),
+            parent: InodeId(parent),
+            name,
+            children: children
+                .into_iter()
+                .map(|(name, ino)| (name, InodeId(ino)))
+                .collect(),
+            size,
+            mtime_ms,
+            ctime_ms,
+            attrs: attrs.into(),
+            chunks: chunks
+                .into_iter()
+                .map(|(index, chunk)| (index, ChunkId(chunk)))
+                .collect(),
+            fence_pending,
+        }
+    }
+}
+
+impl From<v5::CsRecord> for CsRecord {
+    fn from(r: v5::CsRecord) -> CsRecord {
+        let v5::CsRecord {
+            id,
+            addr,
+            dropped,
+            releasing,
+            location,
+            host,
+            tier,
+            capacity_bytes,
+        } = r;
+        CsRecord {
+            id: CsId(id),
+            addr,
+            dropped,
+            releasing,
+            location,
+            host,
+            tier,
+            capacity_bytes,
+        }
+    }
+}
+
+impl From<v6::SessionId> for SessionId {
+    fn from(id: v6::SessionId) -> SessionId {
+        SessionId(id.0)
+    }
+}
+
+impl From<v6::OpTag> for OpTag {
+    fn from(t: v6::OpTag) -> OpTag {
+        let v6::OpTag {
+            session,
+            seq,
+            done_below,
+        } = t;
+        OpTag {
+            session: session.into(),
+            seq,
+            done_below,
+        }
+    }
+}
+
+impl From<v6::Stat> for Stat {
+    fn from(s: v6::Stat) -> Stat {
+        let v6::Stat {
+            ino,
+            kind,
+            size,
+            mtime_ms,
+            ctime_ms,
+            attrs,
+        } = s;
+        Stat {
+            ino: InodeId(ino),
+            kind: kind.into(),
+            size,
+            mtime_ms,
+            ctime_ms,
+            attrs: attrs.into(),
+        }
+    }
+}
+
+impl From<v6::Lease> for Lease {
+    fn from(l: v6::Lease) -> Lease {
+        let v6::Lease {
+            id,
+            ino,
+            mode,
+            duration_ms,
+        } = l;
+        Lease {
+            id: LeaseId(id),
+            ino: InodeId(ino),
+            mode: mode.into(),
+            duration_ms,
+        }
+    }
+}
+
+impl From<v6::Replica> for Replica {
+    fn from(r: v6::Replica) -> Replica {
+        let v6::Replica { cs, addr } = r;
+        Replica { cs: CsId(cs), addr }
+    }
+}
+
+impl From<v6::ChunkMap> for ChunkMap {
+    fn from(m: v6::ChunkMap) -> ChunkMap {
+        let v6::ChunkMap {
+            chunk,
+            index,
+            version,
+            replicas,
+        } = m;
+        ChunkMap {
+            chunk: ChunkId(chunk),
+            index,
+            version: MapVersion(version),
+            replicas: replicas.into_iter().map(Replica::from).collect(),
+        }
+    }
+}
+
+fn chunk_maps(maps: Vec<v6::ChunkMap>) -> Vec<ChunkMap> {
+    maps.into_iter().map(ChunkMap::from).collect()
+}
+
+impl From<v6::ApplyOutcome> for ApplyOutcome {
+    fn from(o: v6::ApplyOutcome) -> ApplyOutcome {
+        use v6::ApplyOutcome as O;
+        match o {
+            O::Done => ApplyOutcome::Done,
+            O::Stat(stat) => ApplyOutcome::Stat(stat.into()),
+            O::Opened {
+                lease,
+                stat,
+                released,
+            } => ApplyOutcome::Opened {
+                lease: lease.into(),
+                stat: stat.into(),
+                released: chunk_maps(released),
+            },
+            O::Released(maps) => ApplyOutcome::Released(chunk_maps(maps)),
+            O::Expired(leases) => ApplyOutcome::Expired(leases.into_iter().map(LeaseId).collect()),
+            O::ChunkMap(map) => ApplyOutcome::ChunkMap(map.into()),
+            O::Fenced(maps) => ApplyOutcome::Fenced(chunk_maps(maps)),
+            O::CsId(cs) => ApplyOutcome::CsId(CsId(cs)),
+            O::MdsId(id) => ApplyOutcome::MdsId(id),
+        }
+    }
+}
+
+impl From<v6::OpReply> for OpReply {
+    fn from(r: v6::OpReply) -> OpReply {
+        match r {
+            v6::OpReply::Applied(outcome) => OpReply::Applied(outcome.into()),
+            v6::OpReply::Refused { kind, message } => OpReply::Refused { kind, message },
+        }
+    }
+}
+
+impl From<v6::Session> for Session {
+    fn from(s: v6::Session) -> Session {
+        let v6::Session {
+            done_below,
+            last_seen_ms,
+            replies,
+        } = s;
+        Session {
+            done_below,
+            last_seen_ms,
+            replies: replies
+                .into_iter()
+                .map(|(seq, reply)| (seq, reply.into()))
+                .collect(),
+        }
+    }
+}
+
+impl From<v6::Sessions> for Sessions {
+    fn from(s: v6::Sessions) -> Sessions {
+        Sessions::from_map(
+            s.by_id
+                .into_iter()
+                .map(|(id, session)| (id.into(), session.into()))
+                .collect(),
+        )
+    }
+}
+
+impl From<v6::MdsState> for MdsState {
+    fn from(s: v6::MdsState) -> MdsState {
+        let v6::MdsState {
+            inodes,
+            chunks,
+            servers,
+            leases,
+            next_ino,
+            next_chunk,
+            next_lease,
+            next_cs,
+            params,
+            events,
+            next_event,
+            next_mds,
+            sessions,
+        } = s;
+        MdsState::from_parts(MdsStateParts {
+            inodes: inodes
+                .into_iter()
+                .map(|(k, v)| (InodeId(k), v.into()))
+                .collect(),
+            chunks: chunks
+                .into_iter()
+                .map(|(k, v)| (ChunkId(k), v.into()))
+                .collect(),
+            servers: servers
+                .into_iter()
+                .map(|(k, v)| (CsId(k), v.into()))
+                .collect(),
+            leases: leases
+                .into_iter()
+                .map(|(k, v)| (LeaseId(k), v.into()))
+                .collect(),
+            next_ino: InodeId(next_ino),
+            next_chunk: ChunkId(next_chunk),
+            next_lease: LeaseId(next_lease),
+            next_cs: CsId(next_cs),
+            params,
+            events: events.into_iter().map(Event::from).collect(),
+            next_event,
+            next_mds,
+            sessions: sessions.into(),
+        })
+    }
+}
+
+impl From<v6::Command> for Command {
+    fn from(c: v6::Command) -> Command {
+        use v6::Command as C;
+        match c {
+            C::Mkdir {
+                path,
+                parents,
+                now_ms,
+            } => Command::Mkdir {
+                path,
+                parents,
+                now_ms,
+            },
+            C::Open {
+                path,
+                mode,
+                flags,
+                now_ms,
+                lease_duration_ms,
+            } => Command::Open {
+                path,
+                mode: mode.into(),
+                flags: flags.into(),
+                now_ms,
+                lease_duration_ms,
+            },
+            C::Unlink { path, now_ms } => Command::Unlink { path, now_ms },
+            C::Rename { from, to, now_ms } => Command::Rename { from, to, now_ms },
+            C::SetAttrV3 {
+                path,
+                update,
+                recursive,
+                now_ms,
+            } => Command::SetAttrV3 {
+                path,
+                update: update.into(),
+                recursive,
+                now_ms,
+            },
+            C::RenewLease { lease, now_ms } => Command::RenewLease {
+                lease: LeaseId(lease),
+                now_ms,
+            },
+            C::ReleaseLease { lease, now_ms } => Command::ReleaseLease {
+                lease: LeaseId(lease),
+                now_ms,
+            },
+            C::ExpireLeases { now_ms } => Command::ExpireLeases { now_ms },
+            C::AllocateChunk {
+                lease,
+                index,
+                chunk,
+                version,
+                replicas,
+                now_ms,
+            } => Command::AllocateChunk {
+                lease: LeaseId(lease),
+                index,
+                chunk: ChunkId(chunk),
+                version: MapVersion(version),
+                replicas: cs_ids(replicas),
+                now_ms,
+            },
+            C::UpdateChunkMap {
+                chunk,
+                version,
+                replicas,
+            } => Command::UpdateChunkMap {
+                chunk: ChunkId(chunk),
+                version: MapVersion(version),
+                replicas: cs_ids(replicas),
+            },
+            C::FenceFile { ino } => Command::FenceFile { ino: InodeId(ino) },
+            C::CommitSize {
+                lease,
+                size,
+                now_ms,
+            } => Command::CommitSize {
+                lease: LeaseId(lease),
+                size,
+                now_ms,
+            },
+            C::Truncate {
+                lease,
+                size,
+                now_ms,
+            } => Command::Truncate {
+                lease: LeaseId(lease),
+                size,
+                now_ms,
+            },
+            C::AllocateCsId => Command::AllocateCsId,
+            C::SetCsAddr { cs, addr } => Command::SetCsAddr { cs: CsId(cs), addr },
+            C::DropCs { cs } => Command::DropCs { cs: CsId(cs) },
+            C::SetParam { key, value, now_ms } => Command::SetParam { key, value, now_ms },
+            C::LogEvents { now_ms, events } => Command::LogEvents {
+                now_ms,
+                events: events.into_iter().map(NewEvent::from).collect(),
+            },
+            C::ExtendChain {
+                chunk,
+                version,
+                added,
+            } => Command::ExtendChain {
+                chunk: ChunkId(chunk),
+                version: MapVersion(version),
+                added: cs_ids(added),
+            },
+            C::SetCsReleasing {
+                cs,
+                releasing,
+                now_ms,
+            } => Command::SetCsReleasing {
+                cs: CsId(cs),
+                releasing,
+                now_ms,
+            },
+            C::AllocateMdsId => Command::AllocateMdsId,
+            C::SetAttr {
+                path,
+                update,
+                recursive,
+                now_ms,
+            } => Command::SetAttr {
+                path,
+                update: update.into(),
+                recursive,
+                now_ms,
+            },
+            C::SetCsPlacement { cs, update, now_ms } => Command::SetCsPlacement {
+                cs: CsId(cs),
+                update: update.into(),
+                now_ms,
+            },
+            C::BeginFence { ino } => Command::BeginFence { ino: InodeId(ino) },
+            C::FinishFence { ino } => Command::FinishFence { ino: InodeId(ino) },
+            C::Tagged { op, now_ms, cmd } => Command::Tagged {
+                op: op.into(),
+                now_ms,
+                cmd: Box::new(Command::from(*cmd)),
+            },
+        }
+    }
+}
+
+/// The live state and last log index of a pre-Raft snapshot record.
+pub(super) fn store_snapshot(s: v6::Snapshot) -> (u64, MdsState) {
+    (s.last_index, s.state.into())
+}
+
+/// A Raft snapshot record's metadata and live state.
+pub(super) fn raft_snapshot(s: v6::SnapshotRecord) -> (RaftMeta, MdsState) {
+    (meta(s.meta), s.state.into())
+}
+
+/// A membership over the live node type, with the same configs and nodes
+/// (`Membership::new` adds a default node for a voter without one, which
+/// openraft never stores).
+fn membership(m: &Membership<v3::MdsId, v3::MdsNode>) -> Membership<u64, MdsNode> {
+    let nodes: BTreeMap<u64, MdsNode> = m
+        .nodes()
+        .map(|(id, node)| (*id, MdsNode::from(node.clone())))
+        .collect();
+    Membership::new(m.get_joint_config().clone(), nodes)
+}
+
+/// Snapshot metadata over the live node type.
+pub(super) fn meta(m: v3::Meta) -> RaftMeta {
+    RaftMeta {
+        last_log_id: m.last_log_id,
+        last_membership: StoredMembership::new(
+            *m.last_membership.log_id(),
+            membership(m.last_membership.membership()),
+        ),
+        snapshot_id: m.snapshot_id,
+    }
+}
+
+/// A Raft log entry with the live command.
+pub(super) fn raft_entry(e: v6::LogEntry) -> Entry<MdsRaftConfig> {
+    let payload = match e.payload {
+        v3::EntryPayload::Blank => EntryPayload::Blank,
+        v3::EntryPayload::Normal(v3::RaftRequest { cmd }) => {
+            EntryPayload::Normal(RaftRequest { cmd: cmd.into() })
+        }
+        v3::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
+    };
+    Entry {
+        log_id: e.log_id,
+        payload,
+    }
+}

@@ -1,0 +1,183 @@
+//! The readers of the MDS's persisted formats, each decoding into types
+//! frozen for its format, so that changing a live type can never change
+//! how an existing file is read.
+//!
+//! Every MDS record (`store` and `raft::store`) is a format version byte
+//! and postcard bytes, which are not self-describing: they only decode
+//! with the exact type tree that wrote them. Records are written from the
+//! live types ([`super::MdsState`], [`super::Command`], ...) with
+//! [`STORE_FORMAT_VERSION`], and read here:
+//!
+//! 1. the body is decoded with the frozen type tree of its format:
+//!    `v1` (format 1), `v2` (2), `v3` (3), `v5` (4 and 5), `v6` (6). A
+//!    module holds every type reachable from its records (state,
+//!    snapshots, commands, Raft log entries), reusing identical types of
+//!    older modules, never live ones. Ids are frozen as the numbers their
+//!    transparent newtypes serialize as (`v1::CsId` = `u32`, the others
+//!    `u64`). openraft's own types (`LogId`, `SnapshotMeta`,
+//!    `StoredMembership`, `Membership`; the crate is pinned) are reused
+//!    over the frozen node type `v3::MdsNode`; a log entry is decoded as
+//!    `v3::Entry`, openraft's `Entry` shape with the format's own command;
+//! 2. it is upgraded step by step to the newest format's types (`From`
+//!    impls in each newer module: `v1` -> `v2` -> `v3` -> `v5` -> `v6`);
+//! 3. `live` converts the newest format's types to the live ones.
+//!
+//! A frozen type derives only what its reader needs and is never changed.
+//! `tripwire` tests that the live types still write exactly what the
+//! newest frozen types read. When a stored live type changes (a field, a
+//! variant, a nested type), format 7 is added: `STORE_FORMAT_VERSION`
+//! becomes 7, a new `v7.rs` holds the new tree (reusing unchanged `v6`
+//! types) with `From` upgrades from `v6`, the decoders below get a `7` arm
+//! and a `.map(v7::..::from)` step on every older arm, `live` converts from
+//! `v7`, and the tripwire and a new golden file move to format 7. `v6.rs`
+//! is not edited.
+
+mod live;
+#[cfg(test)]
+mod tripwire;
+mod v1;
+mod v2;
+mod v3;
+mod v5;
+mod v6;
+
+use std::path::Path;
+
+use openraft::{Entry, SnapshotMeta};
+
+use super::raft::{MdsId, MdsNode, MdsRaftConfig};
+use super::state::{Command, MdsState};
+use super::store::{decode_body, split_record, STORE_FORMAT_VERSION};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The metadata of a Raft snapshot, over the live node type.
+pub(crate) type RaftMeta = SnapshotMeta<MdsId, MdsNode>;
+
+/// `Protocol` for a version outside the readable range ([`split_record`]
+/// refuses those first).
+fn unknown_version(version: u8, what: &str, path: &Path) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!(
+            "{what} in {} has format version {version}, this build reads version {STORE_FORMAT_VERSION}",
+            path.display()
+        ),
+    )
+}
+
+/// `Corrupt` for a Raft record of a format before Raft.
+fn not_raft(version: u8, what: &str, path: &Path) -> Error {
+    Error::corrupt(format!(
+        "{what} in {} has format version {version}, which had no Raft records",
+        path.display()
+    ))
+}
+
+/// A snapshot record of the pre-Raft store ([`super::MdsStore`]): the last
+/// log index it covers and the state. `Protocol` for a newer format,
+/// `Corrupt` if it does not decode.
+pub(crate) fn store_snapshot(bytes: &[u8], path: &Path) -> Result<(u64, MdsState)> {
+    let what = "MDS snapshot";
+    let (version, b) = split_record(bytes, what, path)?;
+    let newest = match version {
+        1 => decode_body::<v1::Snapshot>(b, what, path)?
+            .map_into::<v2::Snapshot>()
+            .map_into::<v3::Snapshot>()
+            .map_into::<v5::Snapshot>()
+            .map_into::<v6::Snapshot>(),
+        2 => decode_body::<v2::Snapshot>(b, what, path)?
+            .map_into::<v3::Snapshot>()
+            .map_into::<v5::Snapshot>()
+            .map_into::<v6::Snapshot>(),
+        3 => decode_body::<v3::Snapshot>(b, what, path)?
+            .map_into::<v5::Snapshot>()
+            .map_into::<v6::Snapshot>(),
+        4 | 5 => decode_body::<v5::Snapshot>(b, what, path)?.map_into::<v6::Snapshot>(),
+        6 => decode_body::<v6::Snapshot>(b, what, path)?,
+        _ => return Err(unknown_version(version, what, path)),
+    };
+    Ok(live::store_snapshot(newest))
+}
+
+/// A log record of the pre-Raft store: the command. `Protocol` for a newer
+/// format, `Corrupt` if it does not decode.
+pub(crate) fn store_command(bytes: &[u8], what: &str, path: &Path) -> Result<Command> {
+    let (version, b) = split_record(bytes, what, path)?;
+    let newest = match version {
+        1 => decode_body::<v1::Command>(b, what, path)?
+            .map_into::<v2::Command>()
+            .map_into::<v3::Command>()
+            .map_into::<v5::Command>()
+            .map_into::<v6::Command>(),
+        2 => decode_body::<v2::Command>(b, what, path)?
+            .map_into::<v3::Command>()
+            .map_into::<v5::Command>()
+            .map_into::<v6::Command>(),
+        3 => decode_body::<v3::Command>(b, what, path)?
+            .map_into::<v5::Command>()
+            .map_into::<v6::Command>(),
+        4 | 5 => decode_body::<v5::Command>(b, what, path)?.map_into::<v6::Command>(),
+        6 => decode_body::<v6::Command>(b, what, path)?,
+        _ => return Err(unknown_version(version, what, path)),
+    };
+    Ok(newest.into())
+}
+
+/// A Raft snapshot record (stored, and sent between MDSes): its metadata
+/// and state. `Protocol` for a newer format, `Corrupt` for garbage or a
+/// format that had no Raft snapshots.
+pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsState)> {
+    let what = "MDS Raft snapshot";
+    let (version, b) = split_record(bytes, what, path)?;
+    let newest = match version {
+        1 | 2 => {
+            return Err(Error::corrupt(format!(
+                "{what} in {} has format version {version}, which had no Raft snapshots",
+                path.display()
+            )))
+        }
+        3 => decode_body::<v3::SnapshotRecord>(b, what, path)?
+            .map_into::<v5::SnapshotRecord>()
+            .map_into::<v6::SnapshotRecord>(),
+        4 | 5 => decode_body::<v5::SnapshotRecord>(b, what, path)?.map_into::<v6::SnapshotRecord>(),
+        6 => decode_body::<v6::SnapshotRecord>(b, what, path)?,
+        _ => return Err(unknown_version(version, what, path)),
+    };
+    Ok(live::raft_snapshot(newest))
+}
+
+/// A Raft snapshot's metadata record (formats 3 to 6 share its shape).
+pub(crate) fn raft_snapshot_meta(bytes: &[u8], what: &str, path: &Path) -> Result<RaftMeta> {
+    let (version, b) = split_record(bytes, what, path)?;
+    match version {
+        1 | 2 => Err(not_raft(version, what, path)),
+        3..=6 => Ok(live::meta(decode_body::<v3::Meta>(b, what, path)?)),
+        _ => Err(unknown_version(version, what, path)),
+    }
+}
+
+/// A Raft log entry record, its command decoded with its format's frozen
+/// command type.
+pub(crate) fn raft_entry(bytes: &[u8], what: &str, path: &Path) -> Result<Entry<MdsRaftConfig>> {
+    let (version, b) = split_record(bytes, what, path)?;
+    let newest = match version {
+        1 | 2 => return Err(not_raft(version, what, path)),
+        3 => decode_body::<v3::Entry<v3::Command>>(b, what, path)?
+            .upgrade::<v5::Command>()
+            .upgrade::<v6::Command>(),
+        4 | 5 => decode_body::<v3::Entry<v5::Command>>(b, what, path)?.upgrade::<v6::Command>(),
+        6 => decode_body::<v6::LogEntry>(b, what, path)?,
+        _ => return Err(unknown_version(version, what, path)),
+    };
+    Ok(live::raft_entry(newest))
+}
+
+/// `.map_into::<U>()`: `U::from(self)`, so that an upgrade chain reads in
+/// order.
+trait MapInto: Sized {
+    fn map_into<U: From<Self>>(self) -> U {
+        U::from(self)
+    }
+}
+
+impl<T> MapInto for T {}
