@@ -216,6 +216,9 @@ pub enum Command {
         /// Refuse writes; open files with read leases.
         #[arg(long)]
         read_only: bool,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<String>,
     },
 }
 
@@ -432,11 +435,13 @@ async fn execute(cli: &Cli) -> Result<()> {
             listen,
             socket,
             read_only,
+            metrics,
         } => {
             let options = crate::nbd::ServeOptions {
                 listen: listen.clone(),
                 socket: socket.clone(),
                 read_only: *read_only,
+                metrics: metrics.clone(),
             };
             crate::nbd::serve(client(&conf)?, options, termination()).await?;
         }

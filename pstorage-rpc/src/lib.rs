@@ -18,6 +18,7 @@ pub mod data;
 pub mod generated;
 pub mod local;
 pub mod mds;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod router;

@@ -513,7 +513,52 @@ where
 /// the leader), and only the leader runs the periodic duties. An MDS made
 /// with `make-mds -I` forms the group at its first start; one made without
 /// asks the group to add it until it is a member.
+/// How a daemon runs, beyond its directory.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `HOST:PORT` to serve Prometheus metrics on (`GET /metrics`,
+    /// [`crate::metrics`]); `None`: no endpoint.
+    pub metrics: Option<String>,
+}
+
+/// [`run_mds_with`] with the default options.
 pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    run_mds_with(dir, RunOptions::default(), shutdown).await
+}
+
+/// Binds the metrics endpoint of `options` (before anything else starts,
+/// so that a bad address fails the start cleanly).
+async fn bind_metrics(options: &RunOptions) -> Result<Option<TcpListener>> {
+    match &options.metrics {
+        Some(addr) => Ok(Some(crate::metrics::bind(addr).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Serves the metrics of `render` on `listener` until `stop` is cancelled.
+fn start_metrics(
+    listener: Option<TcpListener>,
+    render: impl FnOnce() -> crate::metrics::Render,
+    stop: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<Result<()>>> {
+    let listener = listener?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving metrics at /metrics");
+    }
+    Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        render(),
+        stop.clone().cancelled_owned(),
+    )))
+}
+
+/// Runs the MDS of directory `dir` until `shutdown` resolves.
+pub async fn run_mds_with(
+    dir: &Path,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let metrics_listener = bind_metrics(&options).await?;
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
     let storage = RaftStorage::open_legacy_or_raft(dir.join(MDS_DB))?;
@@ -612,6 +657,11 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
             .with_raft(raft.clone()),
     )?;
     let stop_accepting = CancellationToken::new();
+    let metrics = start_metrics(
+        metrics_listener,
+        || crate::metrics::mds(conf.id, mds.clone(), raft.clone()),
+        &stop_accepting,
+    );
     let accept = accept_loop(
         listener,
         key.clone(),
@@ -649,6 +699,9 @@ pub async fn run_mds(dir: &Path, shutdown: impl std::future::Future<Output = ()>
     stop_accepting.cancel();
     if !accept_ended {
         accept.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     if let Err(e) = raft.shutdown().await {
         warn!("stopping the Raft node: {e}");
@@ -799,7 +852,18 @@ fn apply_env_overrides(config: &mut MdsConfig) {
 /// tuning). `PSTORAGE_CS_FENCE_MS` and `PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS`
 /// override the session's self-fence and heartbeat deadline (otherwise the
 /// cluster's `cs.fence_tout` and `cs.hb_tout` apply).
+/// [`run_cs_with`] with the default options.
 pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    run_cs_with(dir, RunOptions::default(), shutdown).await
+}
+
+/// Runs the chunk server of directory `dir` until `shutdown` resolves.
+pub async fn run_cs_with(
+    dir: &Path,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let metrics_listener = bind_metrics(&options).await?;
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
     let key = cluster.key()?;
@@ -872,6 +936,11 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
     let data: Arc<dyn ChunkService> = server.clone();
     let stop_accepting = CancellationToken::new();
+    let metrics = start_metrics(
+        metrics_listener,
+        || crate::metrics::chunk_server(server.clone()),
+        &stop_accepting,
+    );
     let accept = accept_loop(
         listener,
         key.clone(),
@@ -928,6 +997,9 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     stop_accepting.cancel();
     if !accept_ended {
         accept.await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     if let Err(e) = server.close_clean().await {
         warn!("CS {}: flushing at shutdown failed ({e}); the next start verifies the chunks written since their last flush", conf.id);

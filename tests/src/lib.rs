@@ -167,7 +167,7 @@ impl TestCluster {
         cluster
     }
 
-    fn daemon(&self, name: &str, dir: &Path, log: &str) -> Child {
+    fn daemon_with(&self, name: &str, dir: &Path, log: &str, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -176,6 +176,7 @@ impl TestCluster {
         let mut cmd = Command::new(self.bin.join(name));
         cmd.arg("-r")
             .arg(dir)
+            .args(extra)
             .env("PSTORAGE_CONF_DIR", &self.conf_root)
             .env("PSTORAGE_LOG", "info")
             .stdin(Stdio::null())
@@ -210,9 +211,15 @@ impl TestCluster {
 
     /// Starts (or restarts) MDS `i` and waits until it accepts connections.
     pub fn start_mds_at(&mut self, i: usize) {
+        self.start_mds_at_with(i, &[]);
+    }
+
+    /// [`start_mds_at`](Self::start_mds_at) with extra `pstorage-mdsd`
+    /// arguments (e.g. `--metrics ADDR:PORT`).
+    pub fn start_mds_at_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.mds[i].is_none(), "MDS {i} already running");
         let dir = self.mds_dirs[i].clone();
-        self.mds[i] = Some(self.daemon("pstorage-mdsd", &dir, &Self::mds_log_name(i)));
+        self.mds[i] = Some(self.daemon_with("pstorage-mdsd", &dir, &Self::mds_log_name(i), extra));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.mds_addrs[i]).is_err() {
             assert!(
@@ -342,9 +349,14 @@ impl TestCluster {
 
     /// Starts (or restarts) chunk server `i`.
     pub fn start_cs(&mut self, i: usize) {
+        self.start_cs_with(i, &[]);
+    }
+
+    /// [`start_cs`](Self::start_cs) with extra `pstorage-csd` arguments.
+    pub fn start_cs_with(&mut self, i: usize, extra: &[&str]) {
         assert!(self.cs[i].is_none(), "CS {i} already running");
         let dir = self.cs_dirs[i].clone();
-        self.cs[i] = Some(self.daemon("pstorage-csd", &dir, &format!("cs{i}.log")));
+        self.cs[i] = Some(self.daemon_with("pstorage-csd", &dir, &format!("cs{i}.log"), extra));
     }
 
     /// kill -9 of chunk server `i`.

@@ -1,4 +1,4 @@
-//! `pstorage-csd -r DIR`: runs a chunk server created by `pstorage make-cs`
+//! `pstorage-csd -r DIR [--metrics ADDR:PORT]`: runs a chunk server created by `pstorage make-cs`
 //! in the foreground. SIGTERM or SIGINT stops it cleanly.
 use clap::Parser;
 
@@ -8,6 +8,9 @@ struct Args {
     /// CS data directory (from `pstorage make-cs -r DIR`).
     #[arg(short = 'r')]
     dir: std::path::PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 #[tokio::main]
@@ -15,7 +18,10 @@ async fn main() {
     pstorage_daemons::cli::init_logging();
     let args = Args::parse();
     let stop = pstorage_daemons::cli::termination();
-    if let Err(e) = pstorage_rpc::node::run_cs(&args.dir, stop).await {
+    let options = pstorage_rpc::node::RunOptions {
+        metrics: args.metrics,
+    };
+    if let Err(e) = pstorage_rpc::node::run_cs_with(&args.dir, options, stop).await {
         eprintln!("pstorage-csd: {e}");
         std::process::exit(1);
     }

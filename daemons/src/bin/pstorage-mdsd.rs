@@ -1,4 +1,4 @@
-//! `pstorage-mdsd -r DIR`: runs a metadata server created by `pstorage make-mds`
+//! `pstorage-mdsd -r DIR [--metrics ADDR:PORT]`: runs a metadata server created by `pstorage make-mds`
 //! in the foreground. SIGTERM or SIGINT stops it cleanly.
 use clap::Parser;
 
@@ -8,6 +8,9 @@ struct Args {
     /// MDS data directory (from `pstorage make-mds -r DIR`).
     #[arg(short = 'r')]
     dir: std::path::PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
 }
 
 #[tokio::main]
@@ -15,7 +18,10 @@ async fn main() {
     pstorage_daemons::cli::init_logging();
     let args = Args::parse();
     let stop = pstorage_daemons::cli::termination();
-    if let Err(e) = pstorage_rpc::node::run_mds(&args.dir, stop).await {
+    let options = pstorage_rpc::node::RunOptions {
+        metrics: args.metrics,
+    };
+    if let Err(e) = pstorage_rpc::node::run_mds_with(&args.dir, options, stop).await {
         eprintln!("pstorage-mdsd: {e}");
         std::process::exit(1);
     }

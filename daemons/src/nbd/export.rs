@@ -110,6 +110,8 @@ pub struct Export {
     pub file: File,
     /// Whether writes are refused.
     pub read_only: bool,
+    /// The server's request counters, shared by every export.
+    pub metrics: Arc<super::NbdMetrics>,
     flushes: FlushBatcher,
 }
 
@@ -145,6 +147,7 @@ struct Slot {
 pub struct Exports {
     client: Client,
     read_only: bool,
+    metrics: Arc<super::NbdMetrics>,
     // One async lock per path so an open or close of one file does not wait
     // for another's. Slots are kept once created (a server serves a handful
     // of paths); removing them would let two opens of one path race.
@@ -188,10 +191,11 @@ impl Drop for ExportHandle {
 
 impl Exports {
     /// Exports of cluster files through `client`; all read-only if asked.
-    pub fn new(client: Client, read_only: bool) -> Arc<Exports> {
+    pub fn new(client: Client, read_only: bool, metrics: Arc<super::NbdMetrics>) -> Arc<Exports> {
         Arc::new(Exports {
             client,
             read_only,
+            metrics,
             slots: Mutex::new(HashMap::new()),
         })
     }
@@ -246,6 +250,7 @@ impl Exports {
             path: path.to_string(),
             file,
             read_only: self.read_only,
+            metrics: self.metrics.clone(),
             flushes: FlushBatcher::default(),
         })
     }

@@ -33,8 +33,11 @@ pub mod transmission;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use pstorage_rpc::metrics::{MetricsText, OpHistograms};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -66,6 +69,91 @@ pub struct ServeOptions {
     pub socket: Option<PathBuf>,
     /// Refuse writes, and open files with read leases.
     pub read_only: bool,
+    /// `HOST:PORT` to serve Prometheus metrics on (`GET /metrics`).
+    pub metrics: Option<String>,
+}
+
+/// An open connection, counted by [`NbdMetrics`].
+struct ConnectionGuard(Arc<NbdMetrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What `nbd-serve` counts for its metrics endpoint.
+pub struct NbdMetrics {
+    ops: OpHistograms,
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    errors: AtomicU64,
+    connections: AtomicI64,
+}
+
+impl Default for NbdMetrics {
+    fn default() -> Self {
+        NbdMetrics {
+            ops: OpHistograms::new(
+                "pstorage_nbd_request_seconds",
+                "NBD requests by command, and how long they took.",
+            )
+            .expect("a valid metric name"),
+            read_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+        }
+    }
+}
+
+impl NbdMetrics {
+    /// Accounts one request of command `op` over `length` bytes, answered
+    /// with NBD error `error` (0: success) after `took`.
+    pub fn done(&self, op: &str, length: u32, error: u32, took: Duration) {
+        self.ops.observe(op, took);
+        let counter = match (error, op) {
+            (0, "READ") => &self.read_bytes,
+            (0, "WRITE") => &self.written_bytes,
+            (0, _) => return,
+            _ => &self.errors,
+        };
+        let n = if error == 0 { u64::from(length) } else { 1 };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// The metrics text of one scrape.
+    fn render(&self) -> String {
+        let mut m = MetricsText::new();
+        m.histograms(&self.ops);
+        m.counter(
+            "pstorage_nbd_read_bytes_total",
+            "Bytes read by NBD clients.",
+            self.read_bytes.load(Ordering::Relaxed),
+        );
+        m.counter(
+            "pstorage_nbd_written_bytes_total",
+            "Bytes written by NBD clients.",
+            self.written_bytes.load(Ordering::Relaxed),
+        );
+        m.counter(
+            "pstorage_nbd_errors_total",
+            "NBD requests answered with an error.",
+            self.errors.load(Ordering::Relaxed),
+        );
+        m.gauge(
+            "pstorage_nbd_connections",
+            "NBD connections open.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        m.render()
+    }
 }
 
 /// Serves cluster files over NBD until `shutdown` resolves, then stops
@@ -80,6 +168,11 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let metrics = Arc::new(NbdMetrics::default());
+    let metrics_listener = match &options.metrics {
+        Some(addr) => Some(pstorage_rpc::metrics::bind(addr).await?),
+        None => None,
+    };
     let tcp = match (&options.listen, &options.socket) {
         (Some(addr), _) => Some(bind_tcp(addr).await?),
         (None, None) => Some(bind_tcp(DEFAULT_LISTEN).await?),
@@ -98,7 +191,16 @@ pub async fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let exports = Exports::new(client, options.read_only);
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        let metrics = metrics.clone();
+        let render: pstorage_rpc::metrics::Render =
+            Arc::new(move || Box::pin(std::future::ready(metrics.render())));
+        tokio::spawn(pstorage_rpc::metrics::serve(listener, render, async {
+            let _ = metrics_stopped.await;
+        }))
+    });
+    let exports = Exports::new(client, options.read_only, metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -142,6 +244,10 @@ pub async fn serve(
         connections.abort_all();
     }
     exports.close_all().await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 
@@ -233,6 +339,7 @@ async fn connection<R, W>(
         }
     };
     let export = handle.export().clone();
+    let _open = export.metrics.connection_opened();
     tracing::info!(peer, export = %export.path, "NBD client connected");
     let (reader, writer) = stream.into_inner();
     match transmission::serve(reader, writer, export.clone(), stop).await {

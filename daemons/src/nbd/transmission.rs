@@ -199,6 +199,19 @@ fn nbd_errno(kind: ErrorKind) -> u32 {
 
 /// Runs one request and builds its reply.
 async fn execute(export: &Export, request: Request, payload: Option<Bytes>) -> Reply {
+    let started = std::time::Instant::now();
+    let reply = run(export, request, payload).await;
+    export.metrics.done(
+        command_name(request.kind),
+        request.length,
+        reply.error,
+        started.elapsed(),
+    );
+    reply
+}
+
+/// [`execute`] without the accounting.
+async fn run(export: &Export, request: Request, payload: Option<Bytes>) -> Reply {
     match check(export, &request) {
         Ok(()) => {}
         Err((errno, reason)) => return refuse(export, &request, errno, &reason),

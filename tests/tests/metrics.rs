@@ -1,0 +1,184 @@
+//! `--metrics ADDR:PORT` on `pstorage-mdsd`, `pstorage-csd` and
+//! `pstorage nbd-serve`: the Prometheus text format on `/metrics`, checked
+//! with `promtool check metrics` (Debian package prometheus, installed by
+//! scripts/install-deps.sh) and read for values that follow what the
+//! cluster did. Default chunk size (256 MiB) and replicas (3:2).
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pstorage_tests::{free_port, ClusterOptions, NbdServer, TestCluster};
+
+/// `GET /metrics` of `addr`: the body, once the endpoint answers 200.
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    Some(body.to_string())
+}
+
+/// Scrapes `addr` until `ready` holds for the text (or fails after 60 s).
+fn scrape_until(addr: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(addr);
+        if let Some(text) = text.as_deref().filter(|t| ready(t)) {
+            return text.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s; last scrape of {addr}: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of the series `series` (name with labels, as printed).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `promtool check metrics` accepts `text`.
+fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (package prometheus; run scripts/install-deps.sh)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feeding promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
+    let mut cluster = TestCluster::start(ClusterOptions {
+        chunk_size: 256 << 20,
+        ..ClusterOptions::default()
+    });
+    // The MDS and one chunk server again, each with an endpoint.
+    let mds_metrics = format!("127.0.0.1:{}", free_port());
+    cluster.kill_mds_at(0);
+    cluster.start_mds_at_with(0, &["--metrics", &mds_metrics]);
+    let cs_metrics = format!("127.0.0.1:{}", free_port());
+    cluster.stop_cs(0);
+    cluster.start_cs_with(0, &["--metrics", &cs_metrics]);
+
+    let mds = scrape_until(&mds_metrics, "the MDS leads with 3 active servers", |t| {
+        value(t, "pstorage_mds_is_leader") == Some(1.0)
+            && value(t, "pstorage_cluster_chunk_servers{status=\"active\"}") == Some(3.0)
+    });
+    promtool_accepts(&mds);
+    assert!(
+        value(&mds, "pstorage_mds_raft_term").is_some_and(|t| t >= 1.0),
+        "{mds}"
+    );
+    assert_eq!(
+        value(&mds, "pstorage_cluster_health{health=\"healthy\"}"),
+        Some(1.0),
+        "{mds}"
+    );
+
+    // Writes through NBD: the server counts them, the chunk server too.
+    cluster.cli_ok(&["truncate", "-s", "8M", "/disk.img"]);
+    let nbd_metrics = format!("127.0.0.1:{}", free_port());
+    let server = NbdServer::start(&cluster, "nbd.log", &["--metrics", &nbd_metrics]);
+    let io = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 1M",
+            "-c",
+            "read -P 0x5a 0 1M",
+            "-c",
+            "flush",
+            &server.uri("/disk.img"),
+        ])
+        .output()
+        .expect("qemu-io (package qemu-utils; run scripts/install-deps.sh)");
+    assert!(
+        io.status.success(),
+        "{}",
+        String::from_utf8_lossy(&io.stderr)
+    );
+    let nbd = scrape(&nbd_metrics).expect("nbd-serve answers /metrics");
+    promtool_accepts(&nbd);
+    assert_eq!(
+        value(&nbd, "pstorage_nbd_written_bytes_total"),
+        Some(f64::from(1u32 << 20)),
+        "{nbd}"
+    );
+    assert_eq!(
+        value(&nbd, "pstorage_nbd_read_bytes_total"),
+        Some(f64::from(1u32 << 20)),
+        "{nbd}"
+    );
+    assert!(
+        value(&nbd, "pstorage_nbd_request_seconds_count{op=\"FLUSH\"}").is_some_and(|n| n >= 1.0),
+        "{nbd}"
+    );
+    assert_eq!(value(&nbd, "pstorage_nbd_errors_total"), Some(0.0), "{nbd}");
+
+    // Every chunk of the file has a replica on each of the 3 servers.
+    let cs = scrape_until(&cs_metrics, "the chunk server took the writes", |t| {
+        value(t, "pstorage_cs_write_bytes_total").is_some_and(|b| b >= f64::from(1u32 << 20))
+    });
+    promtool_accepts(&cs);
+    assert_eq!(value(&cs, "pstorage_cs_serving"), Some(1.0), "{cs}");
+    assert!(
+        value(&cs, "pstorage_cs_replicas").is_some_and(|n| n >= 1.0),
+        "{cs}"
+    );
+    assert!(
+        value(&cs, "pstorage_cs_flush_ops_total").is_some_and(|n| n >= 1.0),
+        "{cs}"
+    );
+    assert!(
+        value(&cs, "pstorage_cs_space_free_bytes").is_some_and(|n| n > 0.0),
+        "{cs}"
+    );
+    drop(server);
+}
+
+#[test]
+fn a_metrics_address_in_use_fails_the_start_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(pstorage_tests::bin_dir().join("pstorage-csd"))
+        .args(["-r", "/nonexistent-pstorage-cs", "--metrics", &addr])
+        .output()
+        .expect("pstorage-csd");
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains(&format!("cannot serve metrics at {addr}")),
+        "{why}"
+    );
+}
