@@ -603,6 +603,52 @@ fn read_cache_serves_hot_blocks_and_sees_writes() {
     assert_eq!(field("corrupt"), 0, "{stats}");
 }
 
+/// The daemon's way out besides `fusermount3 -u`: SIGTERM unmounts and the
+/// daemon exits; SIGINT does the same in the foreground. A mount that fails
+/// once daemonized (conflicting kernel options) exits 1 with the daemon's
+/// reason on stderr.
+#[test]
+fn signals_unmount_and_a_failed_mount_exits_1() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let m = Mount::start_daemon(&cluster);
+    std::fs::write(m.path("kept"), b"kept").unwrap();
+    let out = Command::new(bin_dir().join("pstorage-mount"))
+        .arg("--conf-dir")
+        .arg(&cluster.conf_root)
+        .args(["-c", &cluster.name, "-o", "ro,rw"])
+        .arg(&m.mountpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("pstorage-mount: cannot mount at") && stderr.contains("Conflicting"),
+        "{stderr}"
+    );
+    assert!(is_mounted(&m.mountpoint), "the first mount is untouched");
+
+    let pid = m.daemon_pid.unwrap();
+    // SAFETY: our own daemon, by pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid_alive(pid) {
+        assert!(Instant::now() < deadline, "still running: {}", m.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&m.mountpoint), "{}", m.log());
+    assert!(m.log().contains("signal: unmounting"), "{}", m.log());
+
+    let mut f = Mount::start(&cluster, &[]);
+    assert_eq!(std::fs::read(f.path("kept")).unwrap(), b"kept");
+    let pid = f.child.as_ref().unwrap().id() as i32;
+    // SAFETY: our own child, by pid.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = f.child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}: {}", f.log());
+    assert!(!is_mounted(&f.mountpoint), "{}", f.log());
+}
+
 /// Runs `tool` with `args` and asserts it exists (scripts/test.d/fuse.sh
 /// installs it).
 fn tool(name: &str) -> Command {

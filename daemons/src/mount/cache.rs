@@ -18,7 +18,7 @@
 //!   invalidation: a block read from the cluster before an invalidation is
 //!   never admitted after it (see [`ReadCache::offer`]).
 //! - The mount drops all blocks of a file whenever it acquires a fresh lease
-//!   on it (see `fs.rs`): without a lease held, another client may have
+//!   on it (see `ops.rs`): without a lease held, another client may have
 //!   changed the file.
 //!
 //! The index lives in memory only: the cache file's contents from an earlier

@@ -26,7 +26,7 @@ struct Node {
     lookups: u64,
     /// Removed from the namespace (unlinked, or replaced by a rename) while
     /// the kernel still knows it; `path` then refuses it unless it was moved
-    /// to the mount's hidden directory (open files, see `fs.rs`).
+    /// to the mount's hidden directory (open files, see `ops.rs`).
     unlinked: bool,
 }
 

@@ -1,0 +1,166 @@
+//! The mount's open-file state: **one [`File`] per inode** shared by every
+//! handle of that inode ([`OpenInode`]), and the lease it holds.
+//!
+//! The MDS grants one lease per open, and a write lease excludes every other
+//! lease, so handles of one inode cannot each have their own `File`.
+//! Read-only opens take a read lease; the first writable open upgrades it
+//! ([`acquire`]: close the read lease, open a write lease: the MDS has no
+//! in-place upgrade). The lease is released when the last handle is
+//! released. Every lease change of an inode happens under that inode's async
+//! mutex ([`OpenInode::state`]), so two opens, or an open and a release,
+//! never race for the lease against each other.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pstorage_core::client::{Client, File};
+use pstorage_core::error::Result;
+use pstorage_core::types::{LeaseMode, OpenFlags, Stat};
+use tokio::sync::OwnedMutexGuard;
+
+use super::cache::ReadCache;
+
+/// Locks a std mutex, ignoring poisoning.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its map consistent; a panic elsewhere
+    // must not take the whole mount down.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The lease state of one inode shared by all its handles.
+pub(super) struct OpenInode {
+    /// Serializes every lease change of the inode (open, upgrade, release,
+    /// truncate without a handle, hiding an unlinked file).
+    pub(super) state: Arc<tokio::sync::Mutex<OpenState>>,
+    /// The shared file; cloned out for each I/O (no lock held during I/O).
+    pub(super) file: Mutex<Option<File>>,
+    /// Last modification through this mount, ms since the epoch (0: none):
+    /// the MDS learns the mtime only when the size is committed.
+    pub(super) local_mtime_ms: AtomicU64,
+    /// The file's attributes from the MDS while a lease is held: nobody
+    /// else can change the file then (its size comes from `file`), so
+    /// `getattr` need not ask the MDS each time. Cleared with the lease.
+    pub(super) leased_stat: Mutex<Option<Stat>>,
+}
+
+/// What [`OpenInode::state`] guards.
+#[derive(Default)]
+pub(super) struct OpenState {
+    /// Handles open on the inode (plus temporary users).
+    pub(super) handles: usize,
+    /// The lease of `OpenInode::file`, if any.
+    pub(super) mode: Option<LeaseMode>,
+    /// Where the file was moved when it was unlinked while open.
+    pub(super) hidden: Option<String>,
+    /// The entry was taken out of [`OpenFiles`]; look it up again.
+    pub(super) removed: bool,
+}
+
+/// Inode number -> its open state, for the inodes some handle or operation
+/// holds.
+#[derive(Default)]
+pub(super) struct OpenFiles {
+    map: Mutex<HashMap<u64, Arc<OpenInode>>>,
+}
+
+impl OpenFiles {
+    /// The open state of `ino`, if some handle or operation holds one.
+    pub(super) fn get(&self, ino: u64) -> Option<Arc<OpenInode>> {
+        lock(&self.map).get(&ino).cloned()
+    }
+
+    /// Every open state (for closing them all at unmount).
+    pub(super) fn all(&self) -> Vec<Arc<OpenInode>> {
+        lock(&self.map).values().cloned().collect()
+    }
+
+    /// The open state of `ino` (created if needed), locked.
+    pub(super) async fn lock(&self, ino: u64) -> (Arc<OpenInode>, OwnedMutexGuard<OpenState>) {
+        loop {
+            let oi = lock(&self.map)
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenInode {
+                        state: Arc::new(tokio::sync::Mutex::new(OpenState::default())),
+                        file: Mutex::new(None),
+                        local_mtime_ms: AtomicU64::new(0),
+                        leased_stat: Mutex::new(None),
+                    })
+                })
+                .clone();
+            let guard = oi.state.clone().lock_owned().await;
+            if !guard.removed {
+                return (oi, guard);
+            }
+        }
+    }
+
+    /// Drops the open state of `ino` if nothing uses it any more. Call with
+    /// its lock held.
+    pub(super) fn retire_if_unused(&self, ino: u64, oi: &Arc<OpenInode>, st: &mut OpenState) {
+        if st.handles == 0 && st.mode.is_none() {
+            st.removed = true;
+            let mut open = lock(&self.map);
+            if open.get(&ino).is_some_and(|cur| Arc::ptr_eq(cur, oi)) {
+                open.remove(&ino);
+            }
+        }
+    }
+}
+
+/// Makes sure `oi` holds a lease of at least `want` on the file at `path`.
+/// Returns whether a fresh lease was acquired (the file may have changed
+/// since any earlier lease: caches must be dropped). Call with `oi`'s lock
+/// held (`st`).
+pub(super) async fn acquire(
+    client: &Client,
+    cache: Option<&ReadCache>,
+    ino: u64,
+    oi: &OpenInode,
+    st: &mut OpenState,
+    path: &str,
+    want: LeaseMode,
+) -> Result<bool> {
+    match (st.mode, want) {
+        (Some(LeaseMode::Write), _) | (Some(LeaseMode::Read), LeaseMode::Read) => return Ok(false),
+        (Some(LeaseMode::Read), LeaseMode::Write) => {
+            // No in-place upgrade at the MDS: release the read lease and
+            // ask for the write lease; restore the read lease on failure.
+            let old = lock(&oi.file).take();
+            *lock(&oi.leased_stat) = None;
+            st.mode = None;
+            if let Some(f) = old {
+                let _ = f.close().await;
+            }
+            match client
+                .open(path, LeaseMode::Write, OpenFlags::default())
+                .await
+            {
+                Ok(f) => {
+                    *lock(&oi.file) = Some(f);
+                    st.mode = Some(LeaseMode::Write);
+                }
+                Err(e) => {
+                    if let Ok(f) = client
+                        .open(path, LeaseMode::Read, OpenFlags::default())
+                        .await
+                    {
+                        *lock(&oi.file) = Some(f);
+                        st.mode = Some(LeaseMode::Read);
+                    }
+                    return Err(e.context(format!("upgrading {path} to a write lease")));
+                }
+            }
+        }
+        (None, _) => {
+            let f = client.open(path, want, OpenFlags::default()).await?;
+            *lock(&oi.file) = Some(f);
+            st.mode = Some(want);
+        }
+    }
+    if let Some(c) = cache {
+        c.invalidate_inode(ino);
+    }
+    Ok(true)
+}
