@@ -2,14 +2,19 @@
 //! its durable log and snapshots ([`store`]) and the service that drives
 //! it from client and chunk server requests ([`service`]).
 
+mod allocation;
 mod balance;
+mod chunk_maps;
+mod core;
 mod format;
 mod group;
 mod healing;
+mod metadata;
 pub mod params;
 pub mod placement;
 mod probe;
 pub mod raft;
+mod registry;
 pub mod service;
 pub mod sessions;
 pub mod state;

@@ -1,0 +1,531 @@
+//! [`MetadataService`] for [`MdsService`]: the namespace, leases, chunk
+//! maps as clients see them (allocating on demand), clients' failure
+//! reports, configuration and the event log.
+
+use async_trait::async_trait;
+
+use super::core::Core;
+use super::service::{unexpected, MdsService};
+use super::state::{ApplyOutcome, Command};
+use crate::error::{Error, ErrorKind, Result};
+use crate::traits::MetadataService;
+use crate::types::*;
+
+impl MdsService {
+    /// `cmd` tagged with its client's `op` (exactly once), or as it is.
+    fn tagged(&self, op: Option<OpTag>, cmd: Command) -> Command {
+        match op {
+            Some(op) => Command::Tagged {
+                op,
+                now_ms: self.now(),
+                cmd: Box::new(cmd),
+            },
+            None => cmd,
+        }
+    }
+
+    /// `Unavailable` when a writer must not use `map` now: the chunk is
+    /// being re-replicated, or has fewer than `replicas_min` replicas.
+    fn check_writable(&self, core: &Core, map: ChunkMap) -> Result<ChunkMap> {
+        if core.busy.contains(&map.chunk) {
+            let path = core
+                .state
+                .chunk(map.chunk)
+                .map(|r| core.state.path_of(r.file))
+                .unwrap_or_default();
+            return Err(Error::unavailable(format!(
+                "chunk {:#x} (index {}) of {path} is being re-replicated; retry",
+                map.chunk, map.index
+            )));
+        }
+        Self::check_min_in(core, map)
+    }
+}
+
+#[async_trait]
+impl MetadataService for MdsService {
+    async fn open(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
+        let _chunks = self.chunk_lock.lock().await;
+        let now = self.now();
+        self.expire_leases(now).await?;
+        let fence_ino = {
+            let core = self.core();
+            core.state
+                .lookup(path)
+                .ok()
+                .and_then(|ino| core.state.inode(ino))
+                .filter(|n| n.kind == InodeKind::File && n.fence_pending)
+                .map(|n| n.ino)
+        };
+        if let Some(ino) = fence_ino {
+            self.fence(ino).await?;
+        }
+        let outcome = self
+            .commit(self.tagged(
+                op,
+                Command::Open {
+                    path: path.to_string(),
+                    mode,
+                    flags,
+                    now_ms: now,
+                    lease_duration_ms: self.config.lease_duration_ms,
+                },
+            ))
+            .await?;
+        let ApplyOutcome::Opened {
+            lease,
+            stat,
+            released,
+        } = outcome
+        else {
+            return Err(unexpected(outcome));
+        };
+        if self.core().state.lease(lease.id).is_none() {
+            // A repeated attempt replayed an answer whose lease has ended
+            // since (expired while the answer was lost).
+            return Err(Error::stale(format!(
+                "open {path}: this request was granted lease {} before, which has ended since; open again",
+                lease.id
+            )));
+        }
+        drop(_chunks);
+        self.delete_replicas(released).await;
+        let io_timeouts = self.params(&self.core()).io_timeouts();
+        Ok(OpenReply {
+            lease,
+            stat,
+            io_timeouts,
+        })
+    }
+
+    async fn renew(&self, lease: LeaseId) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::RenewLease { lease, now_ms: now })
+            .await
+            .map(|_| ())
+    }
+
+    async fn close(&self, lease: LeaseId) -> Result<()> {
+        let now = self.now();
+        if self.core().state.lease(lease).is_none() {
+            return Ok(());
+        }
+        self.commit(Command::ReleaseLease { lease, now_ms: now })
+            .await
+            .map(|_| ())
+    }
+
+    async fn stat(&self, path: &str) -> Result<Stat> {
+        self.read_barrier().await?;
+        let core = self.core();
+        let ino = core.state.lookup(path)?;
+        Ok(core.state.stat_of(ino).expect("looked up"))
+    }
+
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
+        let outcome = self
+            .commit(self.tagged(
+                op,
+                Command::Mkdir {
+                    path: path.to_string(),
+                    parents,
+                    now_ms: self.now(),
+                },
+            ))
+            .await?;
+        match outcome {
+            ApplyOutcome::Stat(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.read_barrier().await?;
+        self.core().state.readdir(path)
+    }
+
+    async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
+        let outcome = self
+            .commit(self.tagged(
+                op,
+                Command::Unlink {
+                    path: path.to_string(),
+                    now_ms: self.now(),
+                },
+            ))
+            .await?;
+        let ApplyOutcome::Released(released) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        self.delete_replicas(released).await;
+        Ok(())
+    }
+
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+        let outcome = self
+            .commit(self.tagged(
+                op,
+                Command::Rename {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    now_ms: self.now(),
+                },
+            ))
+            .await?;
+        match outcome {
+            ApplyOutcome::Released(released) => {
+                self.delete_replicas(released).await;
+                Ok(())
+            }
+            ApplyOutcome::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_attr(
+        &self,
+        path: &str,
+        update: AttrUpdate,
+        recursive: bool,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        self.commit(self.tagged(
+            op,
+            Command::SetAttr {
+                path: path.to_string(),
+                update,
+                recursive,
+                now_ms: self.now(),
+            },
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    async fn chunk_map(
+        &self,
+        lease: LeaseId,
+        index: u64,
+        allocate: bool,
+    ) -> Result<Option<ChunkMap>> {
+        self.read_barrier().await?;
+        let now = self.now();
+        {
+            let core = self.core();
+            let rec = core.state.check_lease(lease, now, allocate)?;
+            let (ino, writer) = (rec.ino, rec.mode == LeaseMode::Write);
+            if let Some(map) = core.state.file_chunk_map(ino, index) {
+                // The holder of the write lease is the only client that can
+                // write the file: it gets no map it must not write through.
+                if writer {
+                    return self.check_writable(&core, map).map(Some);
+                }
+                return Ok(Some(map));
+            }
+        }
+        if !allocate {
+            return Ok(None);
+        }
+        self.allocate_chunk(lease, index).await.map(Some)
+    }
+
+    async fn report_failure(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+        reason: FailureReason,
+    ) -> Result<ChunkMap> {
+        // The answer comes from this MDS's state (the lease, the current
+        // map): it must be the leader's, not a deposed leader's.
+        self.read_barrier().await?;
+        if reason.is_reachability() {
+            // The reporter's view is evidence: check it from here first,
+            // without chunk_lock (a probe may wait mds.cs.probe_tout).
+            let replica = match self.check_report(lease, chunk, version, cs)? {
+                ReportCheck::Answer(answer) => return answer,
+                ReportCheck::Drop(replica) => replica,
+            };
+            let verdict = self.probe_cs(cs, &replica.addr).await;
+            if verdict.reachable {
+                if reason == FailureReason::TimedOut {
+                    self.fence_attempts_in_flight(lease, chunk, version, cs)
+                        .await?;
+                }
+                return Err(Error::unavailable(format!(
+                    "chunk server {cs} ({}) is reachable from the MDS; its replica of chunk \
+                     {chunk:#x} stays in the chain (a slow or partitioned server is not \
+                     dropped on one client's report); retrying",
+                    replica.addr
+                )));
+            }
+        }
+        let _chunks = self.chunk_lock.lock().await;
+        let replica = match self.check_report(lease, chunk, version, cs)? {
+            ReportCheck::Answer(answer) => return answer,
+            ReportCheck::Drop(replica) => replica,
+        };
+        if reason == FailureReason::VersionMismatch {
+            // A chain member behind the map only missed a version push (no
+            // write can complete at a version a member lacks), so it is
+            // current: move it forward instead of dropping a good copy.
+            if self.push_version(&replica, chunk, version).await.is_ok() {
+                return self.current_for_reporter(lease, chunk);
+            }
+        }
+        if reason.is_reachability() {
+            let params = self.params(&self.core());
+            if !self.probes.take_drop(
+                cs,
+                params.report_drop_burst,
+                params.report_drop_rate_per_min,
+            ) {
+                return Err(Error::unavailable(format!(
+                    "chunk server {cs} ({}) does not answer the MDS either, but failure \
+                     reports dropped {} of its replicas in a burst (mds.report.drop_burst, \
+                     refilled at mds.report.drop_rate={}/min); chunk {chunk:#x} keeps it for \
+                     now; retrying",
+                    replica.addr, params.report_drop_burst, params.report_drop_rate_per_min
+                )));
+            }
+        }
+        tracing::info!(
+            "MDS: dropping CS {cs} ({}) from chunk {chunk:#x} version {version}: {reason:?}",
+            replica.addr
+        );
+        self.note_bad_replica(cs, &replica.addr, chunk, reason, "a client");
+        self.flush_events().await;
+        let dropped = self.drop_replicas(chunk, vec![cs]).await;
+        if reason == FailureReason::Corrupt {
+            // A bad replica is never a base for a copy.
+            self.forget_stale(cs, chunk);
+        }
+        dropped
+    }
+
+    async fn commit_size(&self, lease: LeaseId, size: u64) -> Result<()> {
+        self.commit(Command::CommitSize {
+            lease,
+            size,
+            now_ms: self.now(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()> {
+        let outcome = self
+            .commit(Command::Truncate {
+                lease,
+                size,
+                now_ms: self.now(),
+            })
+            .await?;
+        let ApplyOutcome::Released(released) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        self.delete_replicas(released).await;
+        Ok(())
+    }
+
+    async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        self.read_barrier().await?;
+        let core = self.core();
+        let ino = core.state.lookup(path)?;
+        if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; chunks belong to files"),
+            ));
+        }
+        Ok(core.state.file_chunk_maps(ino))
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.read_barrier().await?;
+        Ok(self.status())
+    }
+
+    async fn get_config(&self) -> Result<Vec<ConfigEntry>> {
+        self.read_barrier().await?;
+        let core = self.core();
+        Ok(self.config.params.entries(core.state.param_overrides()))
+    }
+
+    async fn set_config(&self, key: &str, value: u64) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::SetParam {
+            key: key.to_string(),
+            value,
+            now_ms: now,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn event_log(&self, after_seq: u64) -> Result<Vec<Event>> {
+        self.read_barrier().await?;
+        Ok(self.core().state.events_after(after_seq).cloned().collect())
+    }
+
+    async fn remove_cs(&self, cs: CsId, force: bool) -> Result<()> {
+        if force {
+            return self.drop_cs(cs).await;
+        }
+        let now = self.now();
+        let _chunks = self.chunk_lock.lock().await;
+        self.commit(Command::SetCsReleasing {
+            cs,
+            releasing: true,
+            now_ms: now,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_cs(&self, cs: CsId, update: CsPlacementUpdate) -> Result<()> {
+        let now = self.now();
+        self.commit(Command::SetCsPlacement {
+            cs,
+            update,
+            now_ms: now,
+        })
+        .await?;
+        self.flush_events().await;
+        Ok(())
+    }
+}
+
+/// What a failure report calls for.
+enum ReportCheck {
+    /// Nothing to drop: this is the answer (the current map, or why not).
+    Answer(Result<ChunkMap>),
+    /// The reported replica is in the current chain at the reported version.
+    Drop(Replica),
+}
+
+impl MdsService {
+    /// Validates a failure report against the current state: lease, chunk,
+    /// ownership, a copy in progress, chain membership, version.
+    fn check_report(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+    ) -> Result<ReportCheck> {
+        let now = self.now();
+        let core = self.core();
+        let lease_rec = core.state.check_lease(lease, now, false)?;
+        let (ino, writer) = (lease_rec.ino, lease_rec.mode == LeaseMode::Write);
+        let rec = core.state.chunk(chunk).ok_or_else(|| {
+            Error::stale(format!(
+                "chunk {chunk:#x} no longer exists (truncated or removed); refresh the file's chunk maps"
+            ))
+        })?;
+        if rec.file != ino {
+            return Err(Error::new(
+                ErrorKind::BadHandle,
+                format!(
+                    "chunk {chunk:#x} belongs to {}, not to {} leased by lease {lease}",
+                    core.state.path_of(rec.file),
+                    core.state.path_of(ino)
+                ),
+            ));
+        }
+        let map = core.state.chunk_map(chunk).expect("exists");
+        if core.busy.contains(&chunk) {
+            // The chain changes when the copy commits; a report now
+            // would race with it.
+            return Ok(ReportCheck::Answer(self.check_writable(&core, map)));
+        }
+        let current = |map: ChunkMap| {
+            if writer {
+                self.check_writable(&core, map)
+            } else {
+                Ok(map)
+            }
+        };
+        let replica = map.replicas.iter().find(|r| r.cs == cs).cloned();
+        match replica {
+            Some(replica) if version == map.version => Ok(ReportCheck::Drop(replica)),
+            _ => Ok(ReportCheck::Answer(current(map))),
+        }
+    }
+
+    /// A writer reported that a chain member the MDS can reach did not
+    /// answer in time (a slow or partitioned server is not dropped on one
+    /// client's report). That attempt may still be in flight: a partition
+    /// holds it, TCP delivers it when the link heals. Landing after the
+    /// writer's retry and its later writes, it would put old bytes over
+    /// acknowledged ones on some members (sim seed 3079: a flushed write
+    /// lost). So the chunk moves to a new version, same chain, before the
+    /// writer retries: the old attempt, at the old version, is refused
+    /// wherever it lands. A member that cannot take the new version leaves
+    /// the chain. A reader's attempt changes nothing: no bump.
+    async fn fence_attempts_in_flight(
+        &self,
+        lease: LeaseId,
+        chunk: ChunkId,
+        version: MapVersion,
+        cs: CsId,
+    ) -> Result<()> {
+        let _chunks = self.chunk_lock.lock().await;
+        let map = match self.check_report(lease, chunk, version, cs)? {
+            // Moved on meanwhile (another report, a drop): already fenced.
+            ReportCheck::Answer(_) => return Ok(()),
+            ReportCheck::Drop(_) => {
+                let now = self.now();
+                let core = self.core();
+                if core.state.check_lease(lease, now, false)?.mode != LeaseMode::Write {
+                    return Ok(());
+                }
+                core.state.chunk_map(chunk).expect("checked")
+            }
+        };
+        tracing::info!(
+            "MDS: chunk {chunk:#x}: CS {cs} was reported unreachable but answers the MDS; \
+             version {} -> {} so that the writer's attempts still in flight are refused",
+            map.version,
+            map.version + 1
+        );
+        let outcome = self
+            .commit(Command::UpdateChunkMap {
+                chunk,
+                version: map.version + 1,
+                replicas: map.replicas.iter().map(|r| r.cs).collect(),
+            })
+            .await?;
+        let ApplyOutcome::ChunkMap(map) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        let failed = self.push_or_keep(&map).await;
+        if !failed.is_empty() {
+            self.drop_replicas(chunk, failed).await?;
+        }
+        Ok(())
+    }
+
+    /// The current map of `chunk` as the holder of `lease` may use it.
+    fn current_for_reporter(&self, lease: LeaseId, chunk: ChunkId) -> Result<ChunkMap> {
+        let now = self.now();
+        let core = self.core();
+        let writer = core.state.check_lease(lease, now, false)?.mode == LeaseMode::Write;
+        let map = core
+            .state
+            .chunk_map(chunk)
+            .ok_or_else(|| Error::stale(format!("chunk {chunk:#x} no longer exists")))?;
+        if writer {
+            self.check_writable(&core, map)
+        } else {
+            Ok(map)
+        }
+    }
+}
