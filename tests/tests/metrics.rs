@@ -165,6 +165,35 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
         "{cs}"
     );
     drop(server);
+
+    // The sample Grafana dashboard names only metrics the daemons export.
+    let exported: std::collections::BTreeSet<&str> = [&mds, &nbd, &cs]
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana/pstorage.json"),
+    )
+    .expect("examples/grafana/pstorage.json");
+    let mut named = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("pstorage_") {
+            continue;
+        }
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s))
+            .filter(|f| exported.contains(f))
+            .unwrap_or(word);
+        assert!(
+            exported.contains(family),
+            "the dashboard names {word}, which no daemon exports: {exported:?}"
+        );
+        named += 1;
+    }
+    assert!(named >= 10, "{named} metric names in the dashboard");
 }
 
 #[test]

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use futures::future::join_all;
 
-use super::core::{Core, CsLive};
 use super::params::ClusterParams;
 use super::placement;
 use super::service::{unexpected, MdsService};
+use super::shared::{Core, CsLive};
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;

@@ -16,10 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::core::Core;
 use super::healing::CopyJob;
 use super::placement::{self, ChunkView};
 use super::service::MdsService;
+use super::shared::Core;
 use crate::types::*;
 
 /// A rebalancing pass (a scan of every chunk) runs at most this often.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::core::Core;
 use super::service::{unexpected, MdsService};
+use super::shared::Core;
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::ChunkControl;

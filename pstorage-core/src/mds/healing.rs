@@ -49,9 +49,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::core::Core;
 use super::placement;
 use super::service::{unexpected, MdsService};
+use super::shared::Core;
 use super::state::{ApplyOutcome, ChunkRecord, Command, NewEvent};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;

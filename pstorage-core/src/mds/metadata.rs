@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 
-use super::core::Core;
 use super::service::{unexpected, MdsService};
+use super::shared::Core;
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::MetadataService;

@@ -5,7 +5,6 @@
 mod allocation;
 mod balance;
 mod chunk_maps;
-mod core;
 mod format;
 mod group;
 mod healing;
@@ -17,6 +16,7 @@ pub mod raft;
 mod registry;
 pub mod service;
 pub mod sessions;
+mod shared;
 pub mod state;
 pub mod store;
 

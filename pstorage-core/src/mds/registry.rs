@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 
-use super::core::{Core, CsLive};
 use super::service::{unexpected, MdsService};
+use super::shared::{Core, CsLive};
 use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::CsRegistry;

@@ -20,7 +20,7 @@
 //! This file holds the service itself: construction, the commit path,
 //! leadership and the periodic duties, and [`StateHost`]. The rest of
 //! `MdsService` is split by responsibility: the shared state under the
-//! mutex in `core.rs`, `MetadataService` in `metadata.rs`, `CsRegistry` in
+//! mutex in `shared.rs`, `MetadataService` in `metadata.rs`, `CsRegistry` in
 //! `registry.rs`, allocation in `allocation.rs`, version pushes and chain
 //! changes in `chunk_maps.rs`, re-replication in `healing.rs`, rebalancing
 //! in `balance.rs`, the MDS group in `group.rs`.
@@ -29,9 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use super::core::{Core, ReplProgress};
 use super::params::ClusterParams;
 use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
+use super::shared::{Core, ReplProgress};
 use super::state::{ApplyOutcome, Command, MdsState};
 use super::store::{CommandLog, MdsStore};
 use crate::error::{Error, ErrorKind, Result};
