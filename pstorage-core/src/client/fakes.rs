@@ -44,6 +44,9 @@ pub struct CsState {
     pub unreachable: bool,
     /// Answer reads with `Corrupt` (a failed block checksum).
     pub corrupt: bool,
+    /// Answer reads that touch these 4 KiB blocks (of any chunk) with
+    /// `Corrupt`.
+    pub corrupt_blocks: std::collections::BTreeSet<u64>,
     pub writes: u64,
     pub reads: u64,
     pub flushes: u64,
@@ -199,7 +202,9 @@ impl ChunkService for FakeCs {
         if let Some(kind) = st.fail_reads {
             return Err(Error::new(kind, format!("CS {} fails reads", self.id)));
         }
-        if st.corrupt {
+        let first = offset / crate::types::BLOCK_SIZE;
+        let last = (offset + len.max(1) - 1) / crate::types::BLOCK_SIZE;
+        if st.corrupt || st.corrupt_blocks.range(first..=last).next().is_some() {
             return Err(Error::corrupt(format!(
                 "CS {}: block checksum mismatch in chunk {chunk:#x}",
                 self.id

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ReplicaError, WritePayload, WriteRequest};
 use crate::types::{
     ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, MapVersion, OpenReply, Stat,
-    MAX_FILE_SIZE,
+    BLOCK_SIZE, MAX_FILE_SIZE,
 };
 
 /// An open file and its lease.
@@ -1148,15 +1148,102 @@ impl FileInner {
                 continue;
             }
             if corrupt > 0 && corrupt == count {
-                // No replica has a good copy: waiting cannot help, and the
-                // data is never replaced by zeros.
-                return Err(self.fatal("read", index, Some(&map), last_cause));
+                // Every replica has a bad block in the range, but maybe not
+                // the same one (a bit flip on each of two replicas): each
+                // block is read from a replica that has it good (sim seed
+                // 3005 of session 19).
+                let spans_blocks = piece.chunk_offset / BLOCK_SIZE
+                    != (piece.chunk_offset + piece.len - 1) / BLOCK_SIZE;
+                if spans_blocks {
+                    match self.read_block_by_block(&map, &piece, start).await {
+                        Ok(data) => return Ok(Some(data)),
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            return Err(self.fatal("read", index, Some(&map), e))
+                        }
+                        Err(e) if request_error(e.kind()) => {
+                            return Err(self.fatal("read", index, Some(&map), e))
+                        }
+                        Err(e) => last_cause = e,
+                    }
+                } else {
+                    // No replica has a good copy: waiting cannot help, and
+                    // the data is never replaced by zeros.
+                    return Err(self.fatal("read", index, Some(&map), last_cause));
+                }
             }
             if !retry.wait().await {
                 return Err(self.gave_up("read", index, Some(&map), &retry, last_cause));
             }
             source = MapSource::NewerThan(map.version.0);
         }
+    }
+
+    /// Reads `piece` of `map` one 4 KiB block at a time, each from the first
+    /// replica (from `start` on) that has it good: after every replica
+    /// answered `Corrupt` for the whole piece. `Corrupt` when no replica has
+    /// some block good; another error (a replica down meanwhile) for the
+    /// caller to retry.
+    async fn read_block_by_block(
+        &self,
+        map: &ChunkMap,
+        piece: &Piece,
+        start: usize,
+    ) -> Result<Bytes> {
+        let count = map.replicas.len();
+        let end = piece.chunk_offset + piece.len;
+        let mut out = BytesMut::with_capacity(piece.len as usize);
+        let mut at = piece.chunk_offset;
+        while at < end {
+            let len = ((at / BLOCK_SIZE + 1) * BLOCK_SIZE).min(end) - at;
+            // Why the replicas failed: `Corrupt` ones, and others (down,
+            // timed out: worth a retry of the whole read).
+            let (mut corrupt, mut other) = (None, None);
+            let mut done = false;
+            for i in 0..count {
+                let replica = &map.replicas[(start + i) % count];
+                let deadline = self.io_timeouts.chain(1);
+                let attempt = async {
+                    let service = self.client.chunks.chunk_service(&replica.addr).await?;
+                    service.read_verified(map.chunk, map.version, at, len).await
+                };
+                let result = tokio::time::timeout(deadline, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(timed_out(
+                            "read",
+                            map,
+                            replica.cs,
+                            deadline,
+                            "io.replica_tout",
+                        ))
+                    });
+                match result {
+                    Ok(data) if data.len() as u64 == len => {
+                        out.extend_from_slice(&data);
+                        done = true;
+                        break;
+                    }
+                    Ok(data) => {
+                        let e = Error::protocol(format!(
+                            "answered a read of {len} bytes with {} bytes",
+                            data.len()
+                        ));
+                        other = Some(replica_cause(map, replica.cs, &e));
+                    }
+                    Err(e) if e.kind() == ErrorKind::Corrupt => {
+                        corrupt = Some(replica_cause(map, replica.cs, &e));
+                    }
+                    Err(e) => other = Some(replica_cause(map, replica.cs, &e)),
+                }
+            }
+            if !done {
+                return Err(other
+                    .or(corrupt)
+                    .unwrap_or_else(|| Error::unavailable("the MDS lists no replica for it")));
+            }
+            at += len;
+        }
+        Ok(out.freeze())
     }
 
     /// Before `op` uses `map` (chunk `index`): writes the unflushed records

@@ -270,6 +270,46 @@ async fn a_block_bad_on_every_replica_fails_the_read_at_once_and_never_reads_as_
 }
 
 #[tokio::test]
+async fn a_read_over_blocks_bad_on_different_replicas_takes_each_block_from_a_good_one() {
+    // A bit flip on each replica, each in another block (sim seed 3005):
+    // every replica answers the whole read `Corrupt`, yet every block has a
+    // good copy somewhere.
+    let env = env();
+    let file = create(&env, "/c").await;
+    let data = pattern(12 * 4096 + 100, 7);
+    file.write_at(0, &data).await.unwrap();
+    for (cs, block) in [(1, 0), (2, 9), (3, 5)] {
+        env.cluster
+            .cs(CsId(cs))
+            .with(|s| s.corrupt_blocks.insert(block));
+    }
+    for offset in [0, 10] {
+        let mut back = vec![0u8; data.len() - offset];
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            file.read_at(offset as u64, &mut back),
+        )
+        .await
+        .expect("no waiting for a repair")
+        .unwrap();
+        assert_eq!(back, data[offset..]);
+    }
+    // A block bad on every replica still fails at once, never as zeros.
+    for cs in 1..=3 {
+        env.cluster
+            .cs(CsId(cs))
+            .with(|s| s.corrupt_blocks.insert(11));
+    }
+    let mut back = vec![0u8; data.len()];
+    let e = tokio::time::timeout(Duration::from_secs(5), file.read_at(0, &mut back))
+        .await
+        .expect("no retries when every replica has a block bad")
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(env.mds.with(|s| s.reports.is_empty()));
+}
+
+#[tokio::test]
 async fn read_fails_over_unreachable_replicas() {
     let env = env();
     let file = create(&env, "/r").await;
