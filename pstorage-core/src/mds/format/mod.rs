@@ -93,10 +93,33 @@ pub(crate) fn store_snapshot(bytes: &[u8], path: &Path) -> Result<(u64, MdsState
             .map_into::<v5::Snapshot>()
             .map_into::<v6::Snapshot>(),
         4 | 5 => decode_body::<v5::Snapshot>(b, what, path)?.map_into::<v6::Snapshot>(),
-        6 => decode_body::<v6::Snapshot>(b, what, path)?,
+        STORE_FORMAT_VERSION => {
+            let current: CurrentSnapshot = decode_body(b, what, path)?;
+            return Ok((current.last_index, current.state));
+        }
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(live::store_snapshot(newest))
+}
+
+// The newest format's snapshots, the big records, decode straight into the
+// live types: `tripwire` proves they read its bytes exactly as the frozen
+// `v6` types do, and this saves a second copy of the whole state at load
+// (1,000,000 chunks: 0.3 s and 50 MiB of peak memory). Once format 7
+// exists, format 6 snapshots go through `v6` like the older ones.
+
+/// A pre-Raft snapshot of the newest format, decoded into live types.
+#[derive(serde::Deserialize)]
+struct CurrentSnapshot {
+    last_index: u64,
+    state: MdsState,
+}
+
+/// A Raft snapshot record of the newest format, decoded into live types.
+#[derive(serde::Deserialize)]
+struct CurrentSnapshotRecord {
+    meta: RaftMeta,
+    state: MdsState,
 }
 
 /// A log record of the pre-Raft store: the command. `Protocol` for a newer
@@ -140,7 +163,10 @@ pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsS
             .map_into::<v5::SnapshotRecord>()
             .map_into::<v6::SnapshotRecord>(),
         4 | 5 => decode_body::<v5::SnapshotRecord>(b, what, path)?.map_into::<v6::SnapshotRecord>(),
-        6 => decode_body::<v6::SnapshotRecord>(b, what, path)?,
+        STORE_FORMAT_VERSION => {
+            let current: CurrentSnapshotRecord = decode_body(b, what, path)?;
+            return Ok((current.meta, current.state));
+        }
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(live::raft_snapshot(newest))
