@@ -15,8 +15,8 @@ use super::ClientShared;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ReplicaError, WritePayload, WriteRequest};
 use crate::types::{
-    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, MapVersion, OpenReply, Stat,
-    BLOCK_SIZE, MAX_FILE_SIZE,
+    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, MapVersion, OpenReply, Replica,
+    Stat, BLOCK_SIZE, MAX_FILE_SIZE,
 };
 
 /// An open file and its lease.
@@ -1078,24 +1078,9 @@ impl FileInner {
             let mut corrupt = 0;
             for i in 0..count {
                 let replica = &map.replicas[(start + i) % count];
-                let deadline = self.io_timeouts.chain(1);
-                let attempt = async {
-                    let service = self.client.chunks.chunk_service(&replica.addr).await?;
-                    service
-                        .read_verified(map.chunk, map.version, piece.chunk_offset, piece.len)
-                        .await
-                };
-                let result = tokio::time::timeout(deadline, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(timed_out(
-                            "read",
-                            &map,
-                            replica.cs,
-                            deadline,
-                            "io.replica_tout",
-                        ))
-                    });
+                let result = self
+                    .read_replica(&map, replica, piece.chunk_offset, piece.len)
+                    .await;
                 let error = match result {
                     Ok(data) if data.len() as u64 == piece.len => return Ok(Some(data)),
                     Ok(data) => Error::protocol(format!(
@@ -1178,6 +1163,35 @@ impl FileInner {
         }
     }
 
+    /// Reads `[offset, offset + len)` of `map`'s chunk from `replica`,
+    /// checked end to end, within `io.replica_tout`.
+    async fn read_replica(
+        &self,
+        map: &ChunkMap,
+        replica: &Replica,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        let deadline = self.io_timeouts.chain(1);
+        let attempt = async {
+            let service = self.client.chunks.chunk_service(&replica.addr).await?;
+            service
+                .read_verified(map.chunk, map.version, offset, len)
+                .await
+        };
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(timed_out(
+                    "read",
+                    map,
+                    replica.cs,
+                    deadline,
+                    "io.replica_tout",
+                ))
+            })
+    }
+
     /// Reads `piece` of `map` one 4 KiB block at a time, each from the first
     /// replica (from `start` on) that has it good: after every replica
     /// answered `Corrupt` for the whole piece. `Corrupt` when no replica has
@@ -1201,22 +1215,7 @@ impl FileInner {
             let mut done = false;
             for i in 0..count {
                 let replica = &map.replicas[(start + i) % count];
-                let deadline = self.io_timeouts.chain(1);
-                let attempt = async {
-                    let service = self.client.chunks.chunk_service(&replica.addr).await?;
-                    service.read_verified(map.chunk, map.version, at, len).await
-                };
-                let result = tokio::time::timeout(deadline, attempt)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(timed_out(
-                            "read",
-                            map,
-                            replica.cs,
-                            deadline,
-                            "io.replica_tout",
-                        ))
-                    });
+                let result = self.read_replica(map, replica, at, len).await;
                 match result {
                     Ok(data) if data.len() as u64 == len => {
                         out.extend_from_slice(&data);
