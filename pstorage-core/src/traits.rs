@@ -416,10 +416,18 @@ pub trait ControlConnector: Send + Sync {
     async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>>;
 }
 
-/// Wall-clock time, injectable for deterministic tests.
+/// Time, injectable for deterministic tests: the wall clock, and a
+/// monotonic clock that never steps.
 pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch. It can step forward or back at any
+    /// moment (NTP, an operator): use it to stamp times people read, never
+    /// to measure how long something took.
     fn now_ms(&self) -> u64;
+
+    /// Milliseconds on a clock that only moves forward at the rate of real
+    /// time (`CLOCK_MONOTONIC`) from an arbitrary origin: durations and
+    /// deadlines.
+    fn monotonic_ms(&self) -> u64;
 }
 
 /// The real clock.
@@ -433,29 +441,55 @@ impl Clock for SystemClock {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     }
+
+    fn monotonic_ms(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
 }
 
 /// A clock that only moves when told to (tests, simulation).
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now_ms: std::sync::atomic::AtomicU64,
+    monotonic_ms: std::sync::atomic::AtomicU64,
 }
 
 impl ManualClock {
     pub fn new(start_ms: u64) -> ManualClock {
         ManualClock {
             now_ms: std::sync::atomic::AtomicU64::new(start_ms),
+            monotonic_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
+    /// Time passes: both clocks move forward by `ms`.
     pub fn advance(&self, ms: u64) {
         self.now_ms
             .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+        self.monotonic_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The wall clock is stepped by `ms` (forward or back); no time passes.
+    pub fn step(&self, ms: i64) {
+        let _ = self.now_ms.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |now| Some(now.saturating_add_signed(ms)),
+        );
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.monotonic_ms.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

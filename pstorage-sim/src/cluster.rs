@@ -57,6 +57,10 @@ impl Clock for SimClock {
         let now = EPOCH_MS + self.start.elapsed().as_millis() as u64;
         now.saturating_add_signed(self.offset_ms.load(Ordering::SeqCst))
     }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
 }
 
 struct MdsSlot {

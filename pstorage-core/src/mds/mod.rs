@@ -8,6 +8,7 @@ mod chunk_maps;
 mod format;
 mod group;
 mod healing;
+mod leader_time;
 mod metadata;
 pub mod params;
 pub mod placement;

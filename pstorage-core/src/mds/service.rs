@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use super::leader_time::LeaderTime;
 use super::params::ClusterParams;
 use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
 use super::shared::{Core, ReplProgress};
@@ -74,7 +75,8 @@ pub struct MdsService {
     /// For `replicate_chunk` only: a copy has no whole-call deadline (its
     /// progress is watched instead), unlike every other control call.
     pub(super) copy_connector: Arc<dyn ControlConnector>,
-    clock: Arc<dyn Clock>,
+    /// The time this MDS writes into its commands ([`LeaderTime`]).
+    time: LeaderTime,
     pub(super) config: MdsConfig,
     /// The Raft group this MDS proposes its commands to, and its id there.
     raft: OnceLock<(MdsId, MdsRaft)>,
@@ -95,7 +97,8 @@ impl MdsService {
         clock: Arc<dyn Clock>,
         config: MdsConfig,
     ) -> MdsService {
-        let leader_since_ms = clock.now_ms();
+        let time = LeaderTime::new(clock);
+        let leader_since_ms = time.now_ms();
         let next_chunk_reserved = state.next_chunk_id();
         MdsService {
             core: Mutex::new(Core {
@@ -118,13 +121,14 @@ impl MdsService {
                 pending_events: Vec::new(),
                 leader_since_ms,
                 led_term: None,
+                leases_refreshed: None,
                 held: BTreeMap::new(),
                 balance: Default::default(),
             }),
             chunk_lock: tokio::sync::Mutex::new(()),
             copy_connector: connector.clone(),
             connector,
-            clock,
+            time,
             config,
             raft: OnceLock::new(),
             probes: super::probe::Probes::default(),
@@ -213,6 +217,9 @@ impl MdsService {
         let Some((_, raft)) = self.raft.get() else {
             return self.core().commit_local(cmd);
         };
+        // Before this leader's first lease check: its clock is not its
+        // predecessor's ([`Command::RefreshLeases`]).
+        self.refresh_leases().await?;
         // Refuse what cannot apply without a round through the log, but
         // only from a state known to be current: a deposed leader or a
         // follower that missed the command creating a lease would refuse
@@ -224,6 +231,41 @@ impl MdsService {
             let revalidated = self.core().state.validate(&cmd);
             revalidated?;
         }
+        self.propose(raft, cmd).await
+    }
+
+    /// Commits [`Command::RefreshLeases`] once in each term this MDS leads,
+    /// before anything else it commits in that term and before it checks a
+    /// lease (none while there are no leases): when it takes the lead, and
+    /// at each commit and read barrier until that succeeded.
+    async fn refresh_leases(&self) -> Result<()> {
+        let Some((_, raft)) = self.raft.get() else {
+            return Ok(());
+        };
+        if !self.track_leadership() {
+            return Ok(());
+        }
+        let (term, has_leases) = {
+            let core = self.core();
+            if core.leases_refreshed == core.led_term {
+                return Ok(());
+            }
+            (core.led_term, core.state.has_leases())
+        };
+        if has_leases {
+            let now_ms = self.now();
+            self.propose(raft, Command::RefreshLeases { now_ms })
+                .await?;
+        }
+        let mut core = self.core();
+        if core.led_term == term {
+            core.leases_refreshed = term;
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd` to the Raft group and waits for its outcome.
+    async fn propose(&self, raft: &MdsRaft, cmd: Command) -> Result<ApplyOutcome> {
         // Bounded: a leader restored by its Raft node after a restart may
         // append entries that a newer leader neither commits nor replaces
         // for a long time, and Raft answers such a write only then. The
@@ -251,10 +293,9 @@ impl MdsService {
         let Some((_, raft)) = self.raft.get() else {
             return Ok(());
         };
-        raft.ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(raft_read_error)
+        raft.ensure_linearizable().await.map_err(raft_read_error)?;
+        // Reads check leases on this leader's clock.
+        self.refresh_leases().await
     }
 
     /// Commits the events queued by [`Core::log_events`] (Raft mode).
@@ -284,7 +325,7 @@ impl MdsService {
     }
 
     pub(super) fn now(&self) -> u64 {
-        self.clock.now_ms()
+        self.time.now_ms()
     }
 
     /// The effective cluster parameters.
@@ -382,6 +423,9 @@ impl MdsService {
     /// and records an election in the event log.
     pub async fn leadership_changed(&self) {
         if self.track_leadership() {
+            if let Err(e) = self.refresh_leases().await {
+                tracing::warn!("MDS: refreshing the leases as the new leader failed: {e}");
+            }
             self.flush_events().await;
         }
     }
@@ -397,10 +441,10 @@ impl MdsService {
             let m = m.borrow();
             (m.current_leader == Some(*id), m.current_term)
         };
-        let now = self.now();
         let mut core = self.core();
         let led_term = if leader { Some(term) } else { None };
         if core.led_term != led_term {
+            let now = self.time.reanchor();
             if leader {
                 tracing::info!("MDS {id}: leader in term {term}; taking over the leader duties");
             } else if core.led_term.is_some() {

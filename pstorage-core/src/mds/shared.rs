@@ -136,6 +136,8 @@ pub(super) struct Core {
     pub(super) leader_since_ms: u64,
     /// The term this MDS leads in (`None`: not the leader).
     pub(super) led_term: Option<u64>,
+    /// The term in which this MDS committed [`super::Command::RefreshLeases`].
+    pub(super) leases_refreshed: Option<u64>,
     /// Bytes of chunks each chunk server holds (chunk sizes of the chains
     /// it is in), recounted every `tick` and grown by each placement in
     /// between: placement's fullness without a scan of every chunk.

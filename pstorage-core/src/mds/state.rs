@@ -296,6 +296,13 @@ pub enum Command {
         now_ms: u64,
         cmd: Box<Command>,
     },
+    // Appended in store format 7.
+    /// Extends every lease to at least its duration from `now_ms`: the first
+    /// command of a new leader (store format 7), whose clock may disagree
+    /// with its predecessor's. Leases are measured on the leader's clock; a
+    /// lease granted on another one lasts a whole duration on this one, so
+    /// a leader whose clock is ahead expires nobody's lease at once.
+    RefreshLeases { now_ms: u64 },
 }
 
 /// What a successfully applied command produced.
@@ -382,6 +389,9 @@ pub(crate) enum Prepared {
     Expire {
         leases: Vec<LeaseId>,
         fence: Vec<InodeId>,
+        now_ms: u64,
+    },
+    RefreshLeases {
         now_ms: u64,
     },
     AllocateChunk {
@@ -744,6 +754,11 @@ impl MdsState {
         self.leases.values()
     }
 
+    /// Whether any lease is held.
+    pub fn has_leases(&self) -> bool {
+        !self.leases.is_empty()
+    }
+
     /// Whether some lease expired before `now_ms` and is not reaped yet.
     pub fn has_expired_leases(&self, now_ms: u64) -> bool {
         self.leases.values().any(|l| !l.is_live(now_ms))
@@ -1062,6 +1077,7 @@ impl MdsState {
                     now_ms: *now_ms,
                 })
             }
+            Command::RefreshLeases { now_ms } => Ok(Prepared::RefreshLeases { now_ms: *now_ms }),
             Command::AllocateChunk {
                 lease,
                 index,
@@ -1942,6 +1958,14 @@ impl MdsState {
                     self.push_event(now_ms, EventKind::Lease, EventLevel::Warning, message);
                 }
                 ApplyOutcome::Expired(leases)
+            }
+            Prepared::RefreshLeases { now_ms } => {
+                for lease in self.leases.values_mut() {
+                    lease.expires_ms = lease
+                        .expires_ms
+                        .max(now_ms.saturating_add(lease.duration_ms));
+                }
+                ApplyOutcome::Done
             }
             Prepared::AllocateChunk {
                 file,

@@ -28,10 +28,11 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// `SetAttr` (the older one, with fewer attributes, is `SetAttrV3`) and
 /// `SetCsPlacement`. 5 added `BeginFence` and `FinishFence` (a fence in
 /// two steps; `FenceFile` is no longer logged). 6 added client sessions to
-/// the state and `Tagged` (exactly-once namespace mutations). Records of
-/// every format are read with that format's frozen types and upgraded
-/// (`mds::format`): a change of a stored live type needs a new format.
-pub const STORE_FORMAT_VERSION: u8 = 6;
+/// the state and `Tagged` (exactly-once namespace mutations). 7 added
+/// `RefreshLeases` (a new leader's first command). Records of every format
+/// are read with that format's frozen types and upgraded (`mds::format`): a
+/// change of a stored live type needs a new format.
+pub const STORE_FORMAT_VERSION: u8 = 7;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use openraft::{Entry, EntryPayload, Membership, StoredMembership};
 
-use super::{v1, v2, v3, v5, v6, RaftMeta};
+use super::{v1, v2, v3, v5, v6, v7, RaftMeta};
 use crate::mds::raft::{MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
 use crate::mds::state::{
@@ -500,9 +500,9 @@ impl From<v6::MdsState> for MdsState {
     }
 }
 
-impl From<v6::Command> for Command {
-    fn from(c: v6::Command) -> Command {
-        use v6::Command as C;
+impl From<v7::Command> for Command {
+    fn from(c: v7::Command) -> Command {
+        use v7::Command as C;
         match c {
             C::Mkdir {
                 path,
@@ -641,6 +641,7 @@ impl From<v6::Command> for Command {
                 now_ms,
                 cmd: Box::new(Command::from(*cmd)),
             },
+            C::RefreshLeases { now_ms } => Command::RefreshLeases { now_ms },
         }
     }
 }
@@ -679,7 +680,7 @@ pub(super) fn meta(m: v3::Meta) -> RaftMeta {
 }
 
 /// A Raft log entry with the live command.
-pub(super) fn raft_entry(e: v6::LogEntry) -> Entry<MdsRaftConfig> {
+pub(super) fn raft_entry(e: v7::LogEntry) -> Entry<MdsRaftConfig> {
     let payload = match e.payload {
         v3::EntryPayload::Blank => EntryPayload::Blank,
         v3::EntryPayload::Normal(v3::RaftRequest { cmd }) => {

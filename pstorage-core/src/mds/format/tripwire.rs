@@ -1,7 +1,8 @@
 //! The tripwire: every stored root (pre-Raft snapshot and log record, Raft
 //! snapshot record, snapshot metadata and log entry), written from rich
 //! live values as this build writes it, must decode exactly (no byte left
-//! over) as the newest frozen format (`v6`) and convert back to an equal
+//! over) as the newest frozen format (`v7`, whose state is `v6`'s) and
+//! convert back to an equal
 //! live value. A change of a stored live type trips it: that change needs
 //! a new format, never an edit of a frozen module.
 
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 use serde::Deserialize;
 
-use super::{live, v3, v6, RaftMeta};
+use super::{live, v3, v6, v7, RaftMeta};
 use crate::error::Error;
 use crate::mds::raft::{encode_snapshot_record, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
@@ -24,23 +25,23 @@ use crate::types::{
 
 /// What a tripped test says.
 const TRIPWIRE: &str = "a live type the MDS stores changed, so its records no longer \
-    read as format 6: add a new format version (STORE_FORMAT_VERSION + 1) and a \
-    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v6 (see \
-    mds::format and docs/formats.md); do not edit v6.rs";
+    read as format 7: add a new format version (STORE_FORMAT_VERSION + 1) and a \
+    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v7 (see \
+    mds::format and docs/formats.md); do not edit v6.rs or v7.rs";
 
-/// Decodes a record written by this build as the frozen `T` of format 6,
-/// which must use every byte.
-fn read_as_format_6<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
+/// Decodes a record written by this build as the frozen `T` of format 7
+/// (its state types are format 6's), which must use every byte.
+fn read_as_format_7<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
     assert_eq!(
-        STORE_FORMAT_VERSION, 6,
-        "the tripwire checks format 6: move it to the newest format's module"
+        STORE_FORMAT_VERSION, 7,
+        "the tripwire checks format 7: move it to the newest format's module"
     );
     assert_eq!(record.first(), Some(&STORE_FORMAT_VERSION), "{what}");
     let (value, rest) = postcard::take_from_bytes::<T>(&record[1..])
-        .unwrap_or_else(|e| panic!("{what} does not decode as format 6 ({e}): {TRIPWIRE}"));
+        .unwrap_or_else(|e| panic!("{what} does not decode as format 7 ({e}): {TRIPWIRE}"));
     assert!(
         rest.is_empty(),
-        "{what}: {} bytes are left after decoding it as format 6: {TRIPWIRE}",
+        "{what}: {} bytes are left after decoding it as format 7: {TRIPWIRE}",
         rest.len()
     );
     value
@@ -317,11 +318,11 @@ fn meta() -> RaftMeta {
 }
 
 #[test]
-fn the_state_is_read_as_format_6() {
+fn the_state_is_read_as_format_7() {
     let state = rich_state();
 
     let record = encode_snapshot(41, &state).unwrap();
-    let frozen: v6::Snapshot = read_as_format_6(&record, "a pre-Raft snapshot");
+    let frozen: v6::Snapshot = read_as_format_7(&record, "a pre-Raft snapshot");
     assert_eq!(
         live::store_snapshot(frozen),
         (41, state.clone()),
@@ -329,7 +330,7 @@ fn the_state_is_read_as_format_6() {
     );
 
     let record = encode_snapshot_record(&meta(), &state).unwrap();
-    let frozen: v6::SnapshotRecord = read_as_format_6(&record, "a Raft snapshot");
+    let frozen: v6::SnapshotRecord = read_as_format_7(&record, "a Raft snapshot");
     assert_eq!(
         live::raft_snapshot(frozen),
         (meta(), state),
@@ -337,7 +338,7 @@ fn the_state_is_read_as_format_6() {
     );
 
     let record = encode(&meta()).unwrap();
-    let frozen: v3::Meta = read_as_format_6(&record, "Raft snapshot metadata");
+    let frozen: v3::Meta = read_as_format_7(&record, "Raft snapshot metadata");
     assert_eq!(
         live::meta(frozen),
         meta(),
@@ -347,7 +348,7 @@ fn the_state_is_read_as_format_6() {
 
 /// Every variant of [`ApplyOutcome`], with an answer of each remembered.
 #[test]
-fn remembered_answers_are_read_as_format_6() {
+fn remembered_answers_are_read_as_format_7() {
     let stat = Stat {
         ino: InodeId(5),
         kind: InodeKind::File,
@@ -418,7 +419,7 @@ fn remembered_answers_are_read_as_format_6() {
     sessions.record(&tag(10, 4, 2), 99, Some(refusal));
 
     let record = encode(&sessions).unwrap();
-    let frozen: v6::Sessions = read_as_format_6(&record, "client sessions");
+    let frozen: v6::Sessions = read_as_format_7(&record, "client sessions");
     assert_eq!(
         Sessions::from(frozen),
         sessions,
@@ -554,6 +555,7 @@ fn every_command() -> Vec<Command> {
                 cmd: Box::new(open("/c", LeaseMode::Read, false, 18, 1)),
             }),
         },
+        Command::RefreshLeases { now_ms: 19 },
     ];
     let covered: BTreeSet<usize> = commands
         .iter()
@@ -585,23 +587,24 @@ fn every_command() -> Vec<Command> {
             Command::BeginFence { .. } => 23,
             Command::FinishFence { .. } => 24,
             Command::Tagged { .. } => 25,
+            Command::RefreshLeases { .. } => 26,
         })
         .collect();
-    assert_eq!(covered, (0..=25).collect(), "every command is tested");
+    assert_eq!(covered, (0..=26).collect(), "every command is tested");
     commands
 }
 
 #[test]
-fn every_command_is_read_as_format_6() {
+fn every_command_is_read_as_format_7() {
     for cmd in every_command() {
         let what = format!("the pre-Raft log record {cmd:?}");
-        let frozen: v6::Command = read_as_format_6(&encode(&cmd).unwrap(), &what);
+        let frozen: v7::Command = read_as_format_7(&encode(&cmd).unwrap(), &what);
         assert_eq!(Command::from(frozen), cmd, "{what}: {TRIPWIRE}");
     }
 }
 
 #[test]
-fn every_raft_log_entry_is_read_as_format_6() {
+fn every_raft_log_entry_is_read_as_format_7() {
     let mut entries: Vec<Entry<MdsRaftConfig>> = vec![
         Entry {
             log_id: log_id(1, 1, 1),
@@ -620,7 +623,7 @@ fn every_raft_log_entry_is_read_as_format_6() {
     }
     for entry in entries {
         let what = format!("the Raft log entry {entry:?}");
-        let frozen: v6::LogEntry = read_as_format_6(&encode(&entry).unwrap(), &what);
+        let frozen: v7::LogEntry = read_as_format_7(&encode(&entry).unwrap(), &what);
         assert_eq!(live::raft_entry(frozen), entry, "{what}: {TRIPWIRE}");
     }
 }

@@ -23,6 +23,8 @@ use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
 use crate::types::{FileAttrs, Replicas, ROOT_INODE};
 
 mod format_6_golden;
+mod format_7_golden;
+mod leader_clock;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

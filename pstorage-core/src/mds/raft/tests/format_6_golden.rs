@@ -62,7 +62,7 @@ fn placement(
 /// placements, `/d` (replicas 2:1) and the 13-byte file `/d/f` of one
 /// chunk, opened for writing by a tagged open (lease 1), a parameter, an
 /// event, MDS id 2.
-fn before_the_snapshot() -> Vec<Command> {
+pub(super) fn before_the_snapshot() -> Vec<Command> {
     let mut cmds = Vec::new();
     for cs in 1..=3 {
         cmds.push(Command::AllocateCsId);
@@ -137,7 +137,7 @@ fn before_the_snapshot() -> Vec<Command> {
 
 /// The log entries after the snapshot: every command kind, and a tagged
 /// command refused ([`refused_unlink`]).
-fn after_the_snapshot() -> Vec<Command> {
+pub(super) fn after_the_snapshot() -> Vec<Command> {
     let y = InodeId(6); // /e/x, renamed /e/y
     vec![
         mkdir("/e"),
@@ -299,7 +299,7 @@ fn after_the_snapshot() -> Vec<Command> {
 
 /// The tagged command of the golden file's log that was refused (its
 /// session remembers the refusal).
-fn refused_unlink() -> Command {
+pub(super) fn refused_unlink() -> Command {
     tagged(
         0xbad,
         1,

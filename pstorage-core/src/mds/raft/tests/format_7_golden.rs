@@ -1,0 +1,100 @@
+//! The format 7 golden file, `mds/golden/mds_format7.redb`: format 6's
+//! commands (`format_6_golden`) written by a format 7 build, and then
+//! `RefreshLeases`, the command format 7 added.
+
+use openraft::EntryPayload;
+
+use super::format_6_golden::{after_the_snapshot, before_the_snapshot, refused_unlink};
+use super::*;
+use crate::mds::LeaseRecord;
+use crate::types::LeaseId;
+
+/// The golden file in the source tree.
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/mds/golden/mds_format7.redb"
+);
+
+/// The log after the snapshot: format 6's, then a new leader's refresh.
+fn after_the_snapshot_7() -> Vec<Command> {
+    let mut cmds = after_the_snapshot();
+    cmds.push(Command::RefreshLeases { now_ms: 100_000 });
+    cmds
+}
+
+/// Writes the golden file as `write_the_format_6_golden_database` does, with
+/// [`after_the_snapshot_7`] after the snapshot. Run by hand, only by a build
+/// that writes format 7:
+/// `cargo test -p pstorage-core --lib write_the_format_7_golden_database -- --ignored`.
+#[tokio::test]
+#[ignore = "writes src/mds/golden/mds_format7.redb; run by hand"]
+async fn write_the_format_7_golden_database() {
+    assert_eq!(STORE_FORMAT_VERSION, 7, "only a format 7 build writes it");
+    let dir = tempfile::tempdir().unwrap();
+    let net = Net::default();
+    let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
+    for cmd in before_the_snapshot() {
+        write(&n1, cmd.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    }
+    compact_log_now(&n1.raft, TIMEOUT).await.unwrap();
+    for cmd in after_the_snapshot_7() {
+        let refused = cmd == refused_unlink();
+        match write(&n1, cmd.clone()).await {
+            Ok(_) if !refused => {}
+            Err(e) if refused && e.kind() == ErrorKind::NotFound => {}
+            other => panic!("{cmd:?}: {other:?}"),
+        }
+    }
+    let path = stop(&net, n1).await;
+    drop(reopen(&path).await);
+    std::fs::copy(&path, GOLDEN).unwrap();
+}
+
+/// The golden file of format 7: its snapshot and log read as written, and
+/// the refresh gave every lease a whole duration from its `now_ms`.
+#[tokio::test]
+async fn a_format_7_golden_database_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    std::fs::write(&path, include_bytes!("../../golden/mds_format7.redb")).unwrap();
+
+    let storage = RaftStorage::open(&path).unwrap();
+    let snapshot_index = storage.snapshot_log_id().unwrap().index;
+    let initial = storage.initial_state().unwrap();
+    initial.check_invariants().unwrap();
+    assert_eq!(initial.leases().count(), 1);
+
+    let host = TestHost::new(initial);
+    let (mut log, sm) = storage.into_parts(host);
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, snapshot_index + 1..)
+        .await
+        .unwrap();
+    let commands: Vec<Command> = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(request) => Some(request.cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commands, after_the_snapshot_7());
+    drop((log, sm));
+
+    let (index, state) = RaftStorage::committed_state(&path).unwrap();
+    assert_eq!(index, entries.last().unwrap().log_id.index);
+    state.check_invariants().unwrap();
+    let leases: Vec<(LeaseId, u64, u64)> = state
+        .leases()
+        .map(|l: &LeaseRecord| (l.id, l.duration_ms, l.expires_ms))
+        .collect();
+    // Lease 1 (60 s) is extended to 100 s + 60 s; lease 3 (600 s), expiring
+    // at 602.011 s, is extended to 100 s + 600 s.
+    assert_eq!(
+        leases,
+        [
+            (LeaseId(1), 60_000, 160_000),
+            (LeaseId(3), 600_000, 700_000)
+        ]
+    );
+}
