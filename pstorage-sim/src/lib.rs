@@ -764,6 +764,10 @@ async fn inject(
             for id in &cs_ids {
                 cluster.crash_cs(*id, power_loss);
             }
+            if power_loss {
+                // The clients' models: writes not flushed may be lost.
+                shared.crashes.fetch_add(1, Ordering::SeqCst);
+            }
             trace.event(if power_loss {
                 "FAULT outage: power loss of every chunk server".into()
             } else {
