@@ -1179,7 +1179,7 @@ impl FileInner {
                 .read_verified(map.chunk, map.version, offset, len)
                 .await
         };
-        tokio::time::timeout(deadline, attempt)
+        let result = tokio::time::timeout(deadline, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(timed_out(
@@ -1189,7 +1189,11 @@ impl FileInner {
                     deadline,
                     "io.replica_tout",
                 ))
-            })
+            });
+        if result.is_ok() {
+            tracing::trace!(chunk = %map.chunk, version = %map.version, cs = %replica.cs, offset, len, "read from a replica");
+        }
+        result
     }
 
     /// Reads `piece` of `map` one 4 KiB block at a time, each from the first
