@@ -297,11 +297,12 @@ pub enum Command {
         cmd: Box<Command>,
     },
     // Appended in store format 7.
-    /// Extends every lease to at least its duration from `now_ms`: the first
+    /// Sets every lease to expire one duration after `now_ms`: the first
     /// command of a new leader (store format 7), whose clock may disagree
     /// with its predecessor's. Leases are measured on the leader's clock; a
-    /// lease granted on another one lasts a whole duration on this one, so
-    /// a leader whose clock is ahead expires nobody's lease at once.
+    /// lease granted on another one lasts one whole duration on this one,
+    /// so a leader whose clock is ahead revokes nobody at once, and one
+    /// whose clock is behind keeps a dead client's lease no longer.
     RefreshLeases { now_ms: u64 },
 }
 
@@ -1961,9 +1962,7 @@ impl MdsState {
             }
             Prepared::RefreshLeases { now_ms } => {
                 for lease in self.leases.values_mut() {
-                    lease.expires_ms = lease
-                        .expires_ms
-                        .max(now_ms.saturating_add(lease.duration_ms));
+                    lease.expires_ms = now_ms.saturating_add(lease.duration_ms);
                 }
                 ApplyOutcome::Done
             }

@@ -53,7 +53,7 @@ async fn write_the_format_7_golden_database() {
 }
 
 /// The golden file of format 7: its snapshot and log read as written, and
-/// the refresh gave every lease a whole duration from its `now_ms`.
+/// the refresh set every lease to expire one duration after its `now_ms`.
 #[tokio::test]
 async fn a_format_7_golden_database_is_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,8 +88,8 @@ async fn a_format_7_golden_database_is_read() {
         .leases()
         .map(|l: &LeaseRecord| (l.id, l.duration_ms, l.expires_ms))
         .collect();
-    // Lease 1 (60 s) is extended to 100 s + 60 s; lease 3 (600 s), expiring
-    // at 602.011 s, is extended to 100 s + 600 s.
+    // Each lease expires one duration after 100 s: lease 1 (60 s, expiring
+    // at 62.006 s) at 160 s, lease 3 (600 s, at 602.011 s) at 700 s.
     assert_eq!(
         leases,
         [
