@@ -12,8 +12,9 @@
 //! right kind at the crate boundary (`From<ModuleError> for Error`, the
 //! enum becoming the [`Error`]'s source): [`crate::chunk::ChunkStoreError`]
 //! (chunk files, journal, dirty log), [`crate::mds::MdsStoreError`] (the MDS
-//! databases and their records), and in `pstorage-rpc` the data path's
-//! `FrameError` and the handshake's `AuthError`. An `io::Error` converts
+//! databases and their records), in `pstorage-rpc` the data path's
+//! `FrameError` and the handshake's `AuthError`, and the NBD server's
+//! `NbdError` (`docs/design.md`, "Errors", lists them all). An `io::Error` converts
 //! directly (`From<std::io::Error>`, kind by [`ErrorKind::of_io`]) and stays
 //! the source. Failures with no cause (a bad argument, a version check, a
 //! state conflict) are built from a kind and a message.
