@@ -584,7 +584,7 @@ async fn copy_in(file: &Arc<File>, input: &mut Box<dyn Read + Send>) -> Result<(
 async fn join_one(set: &mut tokio::task::JoinSet<Result<()>>) -> Result<()> {
     match set.join_next().await {
         Some(Ok(r)) => r,
-        Some(Err(e)) => Err(Error::internal(format!("transfer task failed: {e}"))),
+        Some(Err(e)) => Err(Error::internal(format!("transfer task failed: {e}")).caused_by(e)),
         None => Ok(()),
     }
 }

@@ -56,12 +56,13 @@ impl ClusterKey {
     /// Reads a key file written by [`ClusterKey::write`].
     pub fn read(path: &Path) -> Result<ClusterKey> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(
+            Error::with_source(
                 ErrorKind::PermissionDenied,
                 format!(
                     "cannot read the cluster key {}: {e}; run `pstorage -c CLUSTER auth-node` first",
                     path.display()
                 ),
+                e,
             )
         })?;
         ClusterKey::from_hex(&text).map_err(|e| e.context(path.display()))
@@ -151,10 +152,15 @@ impl ClusterConf {
     pub fn bootstrap(&self) -> Result<Vec<String>> {
         let path = self.bs_list_path();
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::not_found(format!(
-                "cannot read the bootstrap list {}: {e}; create it with one MDS ADDR:PORT per line",
-                path.display()
-            ))
+            Error::with_source(
+                ErrorKind::NotFound,
+                format!(
+                    "cannot read the bootstrap list {}: {e}; create it with one MDS ADDR:PORT \
+                     per line",
+                    path.display()
+                ),
+                e,
+            )
         })?;
         let addrs = parse_bs_list(&text)?;
         if addrs.is_empty() {

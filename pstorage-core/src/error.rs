@@ -1,13 +1,30 @@
 //! The public error of pstorage.
 //!
 //! Every error is an [`Error`]: one stable [`ErrorKind`] plus a message that
-//! names the thing and, where possible, the fix. (Per-module `thiserror`
-//! enums that keep their source are not written yet.) [`ErrorKind::errno`]
-//! is the one errno mapping (C ABI, FUSE, NBD narrowed to its few codes),
-//! each kind has its Python exception class, and the kind's numeric code is
-//! what crosses the wire.
+//! names the thing and, where possible, the fix, plus the cause it came
+//! from ([`std::error::Error::source`]) when there is one. The kind's
+//! numeric code and the message are what crosses the wire; the source stays
+//! in the process that saw the failure.
+//!
+//! Modules whose failures have an underlying cause (an `io::Error`, a redb
+//! or postcard error, a malformed frame) have their own `thiserror` enum
+//! that keeps it as its `#[source]`, and convert into [`Error`] with the
+//! right kind at the crate boundary (`From<ModuleError> for Error`, the
+//! enum becoming the [`Error`]'s source): [`crate::chunk::ChunkStoreError`]
+//! (chunk files, journal, dirty log), [`crate::mds::MdsStoreError`] (the MDS
+//! databases and their records), in `pstorage-rpc` the data path's
+//! `FrameError` and the handshake's `AuthError`, and the NBD server's
+//! `NbdError` (`docs/design.md`, "Errors", lists them all). An `io::Error` converts
+//! directly (`From<std::io::Error>`, kind by [`ErrorKind::of_io`]) and stays
+//! the source. Failures with no cause (a bad argument, a version check, a
+//! state conflict) are built from a kind and a message.
+//!
+//! [`ErrorKind::errno`] is the one errno mapping: the C ABI, FUSE, NBD
+//! (narrowed to its few codes, from `errno()`) and Python (the kind's
+//! exception class, with `errno()` as its `errno`).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The stable, public classification of every pstorage error.
 ///
@@ -121,6 +138,27 @@ impl ErrorKind {
         }
     }
 
+    /// The kind of a local or connection `io::Error`: the one mapping from
+    /// errno and `io::ErrorKind` back to a kind (`From<std::io::Error>`
+    /// and the modules' enums use it).
+    pub fn of_io(e: &std::io::Error) -> ErrorKind {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
+            Some(libc::ENOENT) => ErrorKind::NotFound,
+            _ => match e.kind() {
+                std::io::ErrorKind::TimedOut => ErrorKind::TimedOut,
+                std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::NotConnected => ErrorKind::Unavailable,
+                std::io::ErrorKind::InvalidData => ErrorKind::Protocol,
+                _ => ErrorKind::Io,
+            },
+        }
+    }
+
     /// Whether a client may retry the operation after refreshing its state
     /// (chunk map, connection) without the user's involvement.
     pub fn is_retryable(self) -> bool {
@@ -162,13 +200,45 @@ impl fmt::Display for ErrorKind {
 /// [`Error::not_leader`]).
 const NOT_LEADER: &str = "this MDS is not the leader";
 
-/// The public error: a stable kind plus a message for humans.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// The cause of an [`Error`], shared so that [`Error`] stays `Clone`.
+type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The public error: a stable kind plus a message for humans, and the
+/// cause when there is one.
+///
+/// The message already says what the cause said (it is all the wire
+/// carries), so show an error with `Display` alone; walk
+/// [`std::error::Error::source`] (or use [`Error::find_source`]) to act on
+/// the cause, e.g. the `io::Error` of a failed disk operation. Two errors
+/// are equal when their kinds and messages are: the source is not compared.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    source: Option<Source>,
 }
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// A new error of `kind`; `message` should name the object and the fix.
@@ -176,7 +246,46 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// A new error of `kind` caused by `source`, which
+    /// [`std::error::Error::source`] returns. `message` is what crosses the
+    /// wire: it should say what the source says too.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// This error with `source` as its cause (replacing any it had); kind
+    /// and message unchanged.
+    pub fn caused_by(self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error {
+            source: Some(Arc::new(source)),
+            ..self
+        }
+    }
+
+    /// The first error of type `E` in the source chain (not this error
+    /// itself), e.g. `find_source::<std::io::Error>()` for the disk or
+    /// socket error behind a failure.
+    pub fn find_source<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
     }
 
     /// The stable kind.
@@ -204,11 +313,11 @@ impl Error {
         self.kind == ErrorKind::Unavailable && self.message.contains(NOT_LEADER)
     }
 
-    /// Prefixes the message with context, keeping the kind.
+    /// Prefixes the message with context, keeping the kind and the source.
     pub fn context(self, what: impl fmt::Display) -> Error {
         Error {
-            kind: self.kind,
             message: format!("{what}: {}", self.message),
+            ..self
         }
     }
 
@@ -237,23 +346,10 @@ impl Error {
 }
 
 impl From<std::io::Error> for Error {
+    /// Kind by [`ErrorKind::of_io`], the `io::Error`'s text as the message,
+    /// and the `io::Error` itself as the source.
     fn from(e: std::io::Error) -> Error {
-        let kind = match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
-            Some(libc::ENOENT) => ErrorKind::NotFound,
-            _ => match e.kind() {
-                std::io::ErrorKind::TimedOut => ErrorKind::TimedOut,
-                std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::NotConnected => ErrorKind::Unavailable,
-                std::io::ErrorKind::InvalidData => ErrorKind::Protocol,
-                _ => ErrorKind::Io,
-            },
-        };
-        Error::new(kind, e.to_string())
+        Error::with_source(ErrorKind::of_io(&e), e.to_string(), e)
     }
 }
 
@@ -281,5 +377,46 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::NoSpace);
         let e: Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
         assert_eq!(e.kind(), ErrorKind::Unavailable);
+    }
+
+    /// An `io::Error` stays the source; the message is its text, as before.
+    #[test]
+    fn io_errors_are_kept_as_the_source() {
+        use std::error::Error as _;
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let text = io.to_string();
+        let e = Error::from(io).context("opening /a");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.message(), format!("opening /a: {text}"));
+        let source = e.source().expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(
+            e.find_source::<std::io::Error>().map(|e| e.kind()),
+            Some(io.kind())
+        );
+        // A clone shares the source.
+        assert!(e.clone().find_source::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn sources_chain_and_are_not_compared() {
+        use std::error::Error as _;
+        let io = std::io::Error::other("disk on fire");
+        let inner = Error::with_source(ErrorKind::Io, "writing x: disk on fire", io);
+        let outer = Error::corrupt("replica out of service").caused_by(inner.clone());
+        assert_eq!(outer.find_source::<Error>(), Some(&inner));
+        assert_eq!(
+            outer.find_source::<std::io::Error>().map(|e| e.to_string()),
+            Some("disk on fire".to_string())
+        );
+        assert!(outer.find_source::<std::fmt::Error>().is_none());
+        // Equality is kind and message: what the wire carries.
+        assert_eq!(outer, Error::corrupt("replica out of service"));
+        assert_ne!(outer, Error::internal("replica out of service"));
+        assert!(Error::corrupt("x").source().is_none());
+        assert_eq!(outer.to_string(), "replica out of service");
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 thread_local! {
     static SEEDED: RefCell<Option<StdRng>> = const { RefCell::new(None) };
@@ -96,9 +96,10 @@ where
     if INLINE_BLOCKING.with(|flag| flag.get()) {
         return Ok(f());
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("{what}: the blocking task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        let message = format!("{what}: the blocking task failed: {e}");
+        Error::with_source(ErrorKind::Internal, message, e)
+    })
 }
 
 /// openraft's runtime for the MDS group: tokio, with election timeouts and

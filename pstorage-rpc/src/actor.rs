@@ -168,7 +168,9 @@ fn thread_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::internal(format!("cannot build an RPC thread's tokio runtime: {e}")))
+        .map_err(|e| {
+            Error::internal(format!("cannot build an RPC thread's tokio runtime: {e}")).caused_by(e)
+        })
 }
 
 // ---------------------------------------------------------------------------
@@ -272,7 +274,9 @@ impl RpcServerThread {
                 let _guard = runtime.enter();
                 drop(local);
             })
-            .map_err(|e| Error::internal(format!("cannot start RPC server thread {name}: {e}")))?;
+            .map_err(|e| {
+                Error::internal(format!("cannot start RPC server thread {name}: {e}")).caused_by(e)
+            })?;
         Ok(RpcServerThread {
             incoming: Some(incoming_tx),
             thread: Some(thread),
@@ -457,10 +461,11 @@ impl<C> Link<C> {
         }
     }
 
-    /// Turns a Cap'n Proto failure of `method` into a pstorage error.
+    /// Turns a Cap'n Proto failure of `method` into a pstorage error, with
+    /// the `capnp::Error` as its source.
     fn call_failed(&self, service: &str, method: &str, e: capnp::Error) -> Error {
         let addr = &self.addr;
-        match e.kind {
+        let error = match e.kind {
             capnp::ErrorKind::Disconnected => {
                 self.alive.set(false);
                 self.endpoints.failed(addr);
@@ -479,7 +484,8 @@ impl<C> Link<C> {
             _ => Error::protocol(format!(
                 "{method} with {service} at {addr} failed in the RPC layer: {e}"
             )),
-        }
+        };
+        error.caused_by(e)
     }
 }
 
@@ -579,6 +585,7 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
             })
             .map_err(|e| {
                 Error::internal(format!("cannot start the {service} client thread: {e}"))
+                    .caused_by(e)
             })?;
         Ok(ClientActor {
             jobs: jobs_tx,

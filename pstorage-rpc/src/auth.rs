@@ -290,11 +290,12 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// names `addr`.
 pub async fn connect(addr: &str, key: &ClusterKey, channel: Channel) -> Result<TcpStream> {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| {
-            Error::unavailable(format!(
-                "cannot connect to {addr}: {e}; is the server running and the address right?"
-            ))
-        })?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| AuthError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         configure_socket(&stream).map_err(|e| e.context(format!("the connection to {addr}")))?;
         client_handshake(&mut stream, key, channel)
             .await
@@ -302,6 +303,7 @@ pub async fn connect(addr: &str, key: &ClusterKey, channel: Channel) -> Result<T
                 // A silent peer is an unreachable one to a dialer.
                 ErrorKind::TimedOut => {
                     Error::unavailable(format!("authenticating to {addr}: {}", e.message()))
+                        .caused_by(e)
                 }
                 _ => e.context(format!("authenticating to {addr}")),
             })?;
@@ -522,6 +524,49 @@ fn version_error(peer_version: u16) -> Error {
     ))
 }
 
+/// A failure of the connection under a handshake, kept as the source of the
+/// [`Error`] it converts into. The handshake's own refusals (wrong magic,
+/// version or key) have no cause and are plain errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// Dialing `addr` failed: `Unavailable`.
+    #[error("cannot connect to {addr}: {source}; is the server running and the address right?")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing step `what` of the handshake failed: the kind of
+    /// the `io::Error` ([`ErrorKind::of_io`]; a closed connection is
+    /// `Unavailable`).
+    #[error(
+        "authentication handshake: {what}: {source}; the peer closed the connection or is not a \
+         pstorage node"
+    )]
+    Step {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AuthError {
+    /// The public kind this error converts into.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AuthError::Connect { .. } => ErrorKind::Unavailable,
+            AuthError::Step { source, .. } => ErrorKind::of_io(source),
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Error {
+        Error::with_source(e.kind(), e.to_string(), e)
+    }
+}
+
 /// Runs one handshake step under `limit`, naming the step in errors.
 async fn step<T>(
     limit: Duration,
@@ -530,14 +575,11 @@ async fn step<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            let detail = e.to_string();
-            let kind = Error::from(e).kind();
-            Err(Error::new(
-                kind,
-                format!("authentication handshake: {what}: {detail}; the peer closed the connection or is not a pstorage node"),
-            ))
+        Ok(Err(source)) => Err(AuthError::Step {
+            what: what.to_string(),
+            source,
         }
+        .into()),
         Err(_) => Err(Error::new(
             ErrorKind::TimedOut,
             format!(
@@ -720,6 +762,47 @@ mod tests {
         let err = connect(&addr, &key(3), Channel::Data).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.message().contains(&addr), "{err}");
+        // The refusal is the cause, not only words in the message.
+        assert!(
+            matches!(
+                err.find_source::<AuthError>(),
+                Some(AuthError::Connect { .. })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.find_source::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "{err:?}"
+        );
+    }
+
+    /// A peer that hangs up in the middle of the handshake: `Unavailable`
+    /// (the kind of the EOF), naming the step, with the EOF as the cause.
+    #[tokio::test]
+    async fn a_peer_hanging_up_mid_handshake_keeps_the_io_error() {
+        let (mut c, s) = tokio::io::duplex(1024);
+        drop(s);
+        let err = client_handshake(&mut c, &key(1), Channel::Data)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(
+            err.message().starts_with("authentication handshake: "),
+            "{err}"
+        );
+        assert!(
+            matches!(err.find_source::<AuthError>(), Some(AuthError::Step { .. })),
+            "{err:?}"
+        );
+        let io = err.find_source::<std::io::Error>().expect("the io::Error");
+        assert!(
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
+            ),
+            "{io:?}"
+        );
     }
 
     fn assert_socket_options(stream: &TcpStream) {

@@ -333,6 +333,7 @@ impl RunningNode {
                     "cannot start a thread for {} {index}: {e}",
                     kind.label()
                 ))
+                .caused_by(e)
             })?;
         Ok(RunningNode {
             stop,
@@ -387,7 +388,9 @@ fn run_node(kind: Kind, name: &str, dir: &Path, stop: watch::Receiver<Option<Sto
         .thread_name(name)
         .enable_all()
         .build()
-        .map_err(|e| Error::internal(format!("cannot build the runtime of {name}: {e}")))?;
+        .map_err(|e| {
+            Error::internal(format!("cannot build the runtime of {name}: {e}")).caused_by(e)
+        })?;
     let result = runtime.block_on(async {
         let mut graceful = stop.clone();
         let shutdown = async move {

@@ -139,7 +139,8 @@ impl OpHistograms {
     /// Histograms named `name` (ending in `_seconds`): 10 us to ~10 s,
     /// doubling. `InvalidArgument` for a name Prometheus refuses.
     pub fn new(name: &str, help: &str) -> Result<OpHistograms> {
-        let invalid = |e: prometheus::Error| Error::invalid(format!("histogram {name}: {e}"));
+        let invalid =
+            |e: prometheus::Error| Error::invalid(format!("histogram {name}: {e}")).caused_by(e);
         let buckets = exponential_buckets(0.000_01, 2.0, 21).map_err(invalid)?;
         let family = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["op"])
             .map_err(invalid)?;
@@ -161,6 +162,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
         Error::invalid(format!(
             "cannot serve metrics at {addr}: {e}; give --metrics a free local HOST:PORT"
         ))
+        .caused_by(e)
     })
 }
 

@@ -112,7 +112,7 @@ impl CsServiceConf {
 
 fn write_conf<T: Serialize>(path: &Path, conf: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(conf)
-        .map_err(|e| Error::internal(format!("encoding {}: {e}", path.display())))?;
+        .map_err(|e| Error::internal(format!("encoding {}: {e}", path.display())).caused_by(e))?;
     pstorage_core::conf::write_private(path, text.as_bytes())
 }
 
@@ -122,9 +122,11 @@ fn read_conf<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
             "{} is not a {what} directory ({e}); create it with `pstorage make-{what}`",
             path.parent().unwrap_or(path).display()
         ))
+        .caused_by(e)
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(format!("{} is malformed: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(format!("{} is malformed: {e}", path.display())).caused_by(e)
+    })?;
     let version = value
         .get("format_version")
         .and_then(|v| v.as_u64())
@@ -136,7 +138,7 @@ fn read_conf<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
         )));
     }
     serde_json::from_value(value)
-        .map_err(|e| Error::invalid(format!("{} is malformed: {e}", path.display())))
+        .map_err(|e| Error::invalid(format!("{} is malformed: {e}", path.display())).caused_by(e))
 }
 
 fn ensure_empty_dir(dir: &Path) -> Result<()> {
@@ -163,7 +165,7 @@ pub fn create_cluster_mds(
     pstorage_core::types::validate_chunk_size(chunk_size)?;
     let addr = pstorage_core::conf::with_default_port(addr)?;
     addr.parse::<SocketAddr>()
-        .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")))?;
+        .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")).caused_by(e))?;
     ensure_empty_dir(dir)?;
     let service = MdsServiceConf {
         format_version: SERVICE_CONF_VERSION,
@@ -195,7 +197,7 @@ pub async fn join_cluster_mds(
 ) -> Result<MdsServiceConf> {
     let addr = pstorage_core::conf::with_default_port(addr)?;
     addr.parse::<SocketAddr>()
-        .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")))?;
+        .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")).caused_by(e))?;
     let key = conf
         .key()
         .map_err(|e| e.context("this node has no cluster key: run `pstorage auth-node` first"))?;
@@ -314,7 +316,7 @@ pub async fn create_cs(
 ) -> Result<CsId> {
     listen
         .parse::<SocketAddr>()
-        .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")))?;
+        .map_err(|e| Error::invalid(format!("bad CS address {listen:?}: {e}")).caused_by(e))?;
     placement.validate()?;
     if journal.journal_size < pstorage_core::chunk::MIN_JOURNAL_SIZE
         || !journal.journal_size.is_multiple_of(4096)
@@ -609,12 +611,12 @@ pub async fn run_mds_with(
         state_machine,
     )
     .await
-    .map_err(|e| Error::internal(format!("cannot start the MDS's Raft node: {e}")))?;
+    .map_err(|e| Error::internal(format!("cannot start the MDS's Raft node: {e}")).caused_by(e))?;
     mds.attach_raft(conf.id, raft.clone())?;
     let initialized = raft
         .is_initialized()
         .await
-        .map_err(|e| Error::internal(format!("MDS Raft node: {e}")))?;
+        .map_err(|e| Error::internal(format!("MDS Raft node: {e}")).caused_by(e))?;
     if conf.init && !initialized {
         info!(id = conf.id, "forming the metadata group");
         let members = BTreeMap::from([(

@@ -49,7 +49,7 @@ pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// Encodes a Raft message or reply: version byte, then postcard.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     postcard::to_extend(value, vec![RAFT_WIRE_VERSION])
-        .map_err(|e| Error::internal(format!("cannot encode a Raft {what}: {e}")))
+        .map_err(|e| Error::internal(format!("cannot encode a Raft {what}: {e}")).caused_by(e))
 }
 
 /// Decodes what [`encode`] produced. Errors (`Protocol`): empty payload,
@@ -65,6 +65,7 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
                  pstorage version",
                 bytes.len()
             ))
+            .caused_by(e)
         }),
         Some((version, _)) => Err(Error::protocol(format!(
             "Raft {what} in format version {version}, this MDS speaks version \

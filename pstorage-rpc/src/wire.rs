@@ -106,7 +106,7 @@ pub fn read_text(text: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<
 /// Runs a decoder of request parameters, turning a failure into the
 /// `Protocol` error the server sends back.
 pub fn decode_request<T>(method: &str, decode: impl FnOnce() -> capnp::Result<T>) -> Result<T> {
-    decode().map_err(|e| Error::protocol(format!("malformed {method} request: {e}")))
+    decode().map_err(|e| Error::protocol(format!("malformed {method} request: {e}")).caused_by(e))
 }
 
 // ---------------------------------------------------------------------------

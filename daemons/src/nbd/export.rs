@@ -358,15 +358,18 @@ fn open_error(path: &str, e: Error, read_only: bool) -> Error {
     match e.kind() {
         ErrorKind::NotFound => Error::not_found(format!(
             "no file {path} in the cluster: create it with `pstorage truncate -s SIZE {path}` ({e})"
-        )),
+        ))
+        .caused_by(e),
         ErrorKind::Busy if read_only => Error::new(
             ErrorKind::Busy,
             format!("{path} is open for writing by another client (another nbd-serve or a writer); stop it first ({e})"),
-        ),
+        )
+        .caused_by(e),
         ErrorKind::Busy => Error::new(
             ErrorKind::Busy,
             format!("{path} is in use by another client (another nbd-serve, reader or writer); a file has one writer at a time: stop the other one, or serve with --read-only after it stopped writing ({e})"),
-        ),
+        )
+        .caused_by(e),
         _ => e.context(format!("opening export {path}")),
     }
 }

@@ -10,6 +10,7 @@ use pstorage_core::{Error, ErrorKind, Result};
 
 use super::export::{export_path, ExportHandle, ExportInfo, Exports};
 use super::proto::*;
+use super::NbdError;
 
 /// Largest option payload read; a bigger one ends the connection (the
 /// protocol allows that for what looks like a denial of service; the
@@ -42,25 +43,24 @@ where
 
     let client_flags = stream.read_u32().await?;
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
-        return Err(Error::protocol(format!(
-            "client sent unknown handshake flags {client_flags:#x}"
-        )));
+        return Err(NbdError::UnknownClientFlags(client_flags).into());
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
 
     for _ in 0..MAX_OPTIONS {
         let magic = stream.read_u64().await?;
         if magic != OPTS_MAGIC {
-            return Err(Error::protocol(format!(
-                "option with bad magic {magic:#x} (expected IHAVEOPT)"
-            )));
+            return Err(NbdError::BadOptionMagic(magic).into());
         }
         let option = stream.read_u32().await?;
         let len = stream.read_u32().await?;
         if len > MAX_OPTION_BYTES {
-            return Err(Error::protocol(format!(
-                "option {option} carries {len} bytes, more than the {MAX_OPTION_BYTES} accepted"
-            )));
+            return Err(NbdError::OptionTooLong {
+                option,
+                len,
+                limit: MAX_OPTION_BYTES,
+            }
+            .into());
         }
         let mut data = vec![0u8; len as usize];
         stream.read_exact(&mut data).await?;
@@ -175,9 +175,7 @@ where
             }
         }
     }
-    Err(Error::protocol(format!(
-        "client sent {MAX_OPTIONS} options without choosing an export"
-    )))
+    Err(NbdError::TooManyOptions(MAX_OPTIONS).into())
 }
 
 /// The payload of `NBD_OPT_INFO` / `NBD_OPT_GO`.
@@ -187,7 +185,7 @@ struct InfoRequest {
 }
 
 fn parse_info_request(data: &[u8]) -> Result<InfoRequest> {
-    let bad = |what: &str| Error::invalid(format!("malformed NBD_OPT_INFO/GO: {what}"));
+    let bad = |what: &'static str| Error::from(NbdError::MalformedInfo(what));
     if data.len() < 6 {
         return Err(bad("shorter than 6 bytes"));
     }

@@ -26,6 +26,7 @@
 //!   error replies (`EINVAL`, `ENOSPC`, `EPERM` on a read-only export); a
 //!   request with a bad magic closes that connection only.
 
+mod error;
 pub mod export;
 pub mod handshake;
 pub mod proto;
@@ -48,6 +49,7 @@ use pstorage_core::client::Client;
 use pstorage_core::types::{LeaseMode, OpenFlags};
 use pstorage_core::{Error, Result};
 
+pub use error::NbdError;
 use export::Exports;
 use handshake::Negotiated;
 

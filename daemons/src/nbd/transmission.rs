@@ -13,6 +13,7 @@ use pstorage_core::{Error, ErrorKind, Result};
 
 use super::export::Export;
 use super::proto::*;
+use super::NbdError;
 
 /// Payload bytes (reads and writes) in flight per connection; reading
 /// requests pauses beyond it, which bounds a connection's memory.
@@ -70,10 +71,7 @@ where
             _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
         }
         let Some(request) = Request::decode(&header) else {
-            break Err(Error::protocol(format!(
-                "request with bad magic {:#010x}: hanging up (the stream cannot be resynchronized)",
-                be32(&header, 0)
-            )));
+            break Err(NbdError::BadRequestMagic(be32(&header, 0)).into());
         };
         if request.kind == CMD_DISC {
             break Ok(Ending::Disconnect);

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::types::ChunkId;
 
 use super::disk::{Disk, DiskFile, OpenMode};
-use super::file::io_error;
+use super::error::io_error;
 
 /// The log's file name in the store directory.
 pub(crate) const DIRTY_LOG: &str = "dirty.log";

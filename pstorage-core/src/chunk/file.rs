@@ -15,6 +15,7 @@ use crate::types::{
 
 use super::dirty::DirtyLog;
 use super::disk::{Disk, DiskFile, OpenMode, RealDisk};
+use super::error::io_error;
 use super::journal::{Appended, Journal, NewRecord, RecordKind, MAX_RECORD_BLOCKS};
 use super::keeper::{Keeper, StoreOptions};
 use super::{
@@ -1532,6 +1533,7 @@ impl OpenChunk {
             tracing::error!(chunk = %self.chunk, path = %self.path.display(), %why,
                     "chunk file failed: the replica is out of service");
             self.failed_error(self.broken.get_or_init(|| why))
+                .caused_by(err)
         })
     }
 
@@ -2260,23 +2262,6 @@ fn read_header(file: &dyn DiskFile, path: &Path, chunk: ChunkId) -> Result<Heade
         )
     })?;
     Header::decode(&buf, path, chunk)
-}
-
-/// An I/O error on the chunk store's disk, with what was being done. A short
-/// read means the file is not what its header promises: `Corrupt`.
-pub(crate) fn io_error(e: std::io::Error, what: std::fmt::Arguments<'_>) -> Error {
-    let kind = match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::NoSpace,
-        Some(libc::ENOENT) => ErrorKind::NotFound,
-        _ if e.kind() == std::io::ErrorKind::UnexpectedEof => ErrorKind::Corrupt,
-        _ => ErrorKind::Io,
-    };
-    let hint = match kind {
-        ErrorKind::NoSpace => ": free space on this chunk server's disk",
-        ErrorKind::Io => ": check the disk (dmesg, smartctl)",
-        _ => "",
-    };
-    Error::new(kind, format!("{what}: {e}{hint}"))
 }
 
 /// The chunk id of a chunk file name (`<16 hex>.chunk`).

@@ -1220,6 +1220,13 @@ async fn a_read_error_of_the_disk_takes_the_replica_out_of_service_and_reports_i
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.message().contains("the disk failed a read"), "{e}");
+    // The disk's error is the cause, not only words in the message.
+    assert_eq!(
+        e.find_source::<std::io::Error>()
+            .and_then(|io| io.raw_os_error()),
+        Some(libc::EIO),
+        "{e:?}"
+    );
     disk.fail_reads(None);
     assert_eq!(cs.sink.chunks(), [ChunkId(1)]);
     assert_eq!(cs.store.list_bad().unwrap(), [ChunkId(1)]);

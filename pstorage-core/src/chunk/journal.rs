@@ -101,7 +101,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::types::{ChunkId, MapVersion, BLOCK_SIZE};
 
 use super::disk::{Disk, DiskFile, OpenMode};
-use super::file::io_error;
+use super::error::io_error;
 use super::{block_entry, crc64, upgrade_entry};
 
 /// The journal format this build writes and reads.

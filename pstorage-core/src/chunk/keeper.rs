@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 
 use super::dirty::DirtyLog;
 use super::disk::{Disk, DiskFile};
-use super::file::{io_error, ApplyError, OpenChunk};
+use super::error::{io_error, ChunkStoreError};
+use super::file::{ApplyError, OpenChunk};
 use super::journal::{FileDevice, Journal, Replayed, DEFAULT_JOURNAL_SIZE, MIN_JOURNAL_SIZE};
 use super::priority::KeeperPriority;
 
@@ -297,7 +298,7 @@ impl Keeper {
         std::thread::Builder::new()
             .name("pstorage-journal".into())
             .spawn(move || keeper.run())
-            .map_err(|e| Error::internal(format!("cannot start the journal thread: {e}")))
+            .map_err(|source| ChunkStoreError::Thread { source }.into())
     }
 
     fn run(&self) {
@@ -349,11 +350,13 @@ fn store_id(disk: &dyn Disk, dir: &Path) -> Result<u64> {
     match disk.read(&path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            u64::from_str_radix(text.trim(), 16).map_err(|_| {
-                Error::corrupt(format!(
-                    "{} does not hold a store id (16 hex digits): {text:?}",
-                    path.display()
-                ))
+            u64::from_str_radix(text.trim(), 16).map_err(|source| {
+                ChunkStoreError::BadStoreId {
+                    path: path.clone(),
+                    text: text.to_string(),
+                    source,
+                }
+                .into()
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

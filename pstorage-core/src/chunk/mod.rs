@@ -115,6 +115,7 @@
 mod copy;
 mod dirty;
 mod disk;
+mod error;
 mod file;
 mod journal;
 mod keeper;
@@ -130,6 +131,7 @@ pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
 };
 pub use disk::{CrashDisk, Disk, DiskFile, OpenMode, PowerLoss, RealDisk};
+pub use error::ChunkStoreError;
 pub use file::FileChunkStore;
 pub use journal::{JournalStats, DEFAULT_JOURNAL_SIZE, JOURNAL_FORMAT_VERSION, MIN_JOURNAL_SIZE};
 pub use keeper::{StoreOptions, TRIM_PERIOD};

@@ -20,6 +20,7 @@ pub mod sessions;
 mod shared;
 pub mod state;
 pub mod store;
+mod store_error;
 
 #[cfg(test)]
 mod apply_tests;
@@ -34,3 +35,4 @@ pub use state::{
     FIRST_MDS_ID, MAX_EVENTS,
 };
 pub use store::{CommandLog, MdsStore, DEFAULT_COMPACT_EVERY, STORE_FORMAT_VERSION};
+pub use store_error::MdsStoreError;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format;
 use super::state::{Command, MdsState};
+use super::store_error::{db_error, MdsStoreError};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Log records: index (1-based, gap-free) -> version byte + postcard(Command).
@@ -83,7 +84,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = vec![STORE_FORMAT_VERSION];
     out.extend(
         postcard::to_allocvec(value)
-            .map_err(|e| Error::internal(format!("cannot encode MDS record: {e}")))?,
+            .map_err(|source| Error::from(MdsStoreError::Encode { source }))?,
     );
     Ok(out)
 }
@@ -112,11 +113,13 @@ pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
     what: &str,
     path: &Path,
 ) -> Result<T> {
-    postcard::from_bytes(body).map_err(|e| {
-        Error::corrupt(format!(
-            "{what} in {} cannot be decoded: {e}",
-            path.display()
-        ))
+    postcard::from_bytes(body).map_err(|source| {
+        MdsStoreError::Decode {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
     })
 }
 
@@ -133,11 +136,8 @@ pub(crate) fn encode_snapshot(last_index: u64, state: &MdsState) -> Result<Vec<u
 }
 
 impl MdsStore {
-    fn db_error(path: &Path, e: impl std::fmt::Display) -> Error {
-        Error::new(
-            ErrorKind::Io,
-            format!("MDS database {}: {e}", path.display()),
-        )
+    fn db_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        db_error("MDS database", path, e)
     }
 
     /// Creates a new store at `path` holding `initial` (a new cluster).
@@ -305,11 +305,13 @@ impl MdsStore {
             // A tagged command is logged with its refusal, which replays.
             let tagged = matches!(cmd, Command::Tagged { .. });
             match state.apply(cmd) {
-                Err(e) if !tagged => {
-                    return Err(Error::corrupt(format!(
-                        "{what} in {} does not replay: {e}",
-                        self.path.display()
-                    )))
+                Err(source) if !tagged => {
+                    return Err(MdsStoreError::Replay {
+                        what,
+                        path: self.path.clone(),
+                        source,
+                    }
+                    .into())
                 }
                 _ => {}
             }

@@ -77,12 +77,16 @@ pub(crate) enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// The crate boundary: an I/O error converts as every `io::Error` does (it
+/// stays the source); a truncated frame is a connection lost (`Unavailable`),
+/// any other malformed frame is `Protocol`, with the `FrameError` as the
+/// source.
 impl From<FrameError> for Error {
     fn from(e: FrameError) -> Error {
         match e {
             FrameError::Io(io) => Error::from(io),
-            FrameError::Truncated => Error::unavailable(e.to_string()),
-            other => Error::protocol(other.to_string()),
+            FrameError::Truncated => Error::with_source(ErrorKind::Unavailable, e.to_string(), e),
+            other => Error::with_source(ErrorKind::Protocol, other.to_string(), other),
         }
     }
 }
@@ -693,6 +697,38 @@ mod tests {
         let h = decode_header(&all).unwrap();
         assert_eq!(h.body_len as usize, all.len() - HEADER_LEN);
         (h, Bytes::from(all).slice(HEADER_LEN..))
+    }
+
+    /// Each frame failure converts to the kind the data path has always
+    /// reported, with the failure kept as the source.
+    #[test]
+    fn frame_errors_convert_to_their_kinds_and_keep_the_cause() {
+        let e = Error::from(FrameError::BadMagic(0x47));
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert_eq!(e.message(), FrameError::BadMagic(0x47).to_string());
+        assert!(
+            matches!(
+                e.find_source::<FrameError>(),
+                Some(FrameError::BadMagic(0x47))
+            ),
+            "{e:?}"
+        );
+        let e = Error::from(FrameError::TooLong(u32::MAX));
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(
+            matches!(e.find_source::<FrameError>(), Some(FrameError::TooLong(_))),
+            "{e:?}"
+        );
+        let e = Error::from(FrameError::Truncated);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.find_source::<FrameError>().is_some(), "{e:?}");
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = Error::from(FrameError::Io(io));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            e.find_source::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
     }
 
     #[test]

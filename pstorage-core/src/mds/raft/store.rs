@@ -34,6 +34,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mds::format;
 use crate::mds::state::MdsState;
 use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
+use crate::mds::store_error::{self, MdsStoreError};
 
 /// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
 const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -111,7 +112,7 @@ impl Drop for ClosedFlag {
 }
 
 impl Db {
-    fn error(&self, e: impl fmt::Display) -> Error {
+    fn error(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
         db_error(&self.path, e)
     }
 
@@ -299,11 +300,8 @@ impl Db {
     }
 }
 
-fn db_error(path: &Path, e: impl fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::Io,
-        format!("MDS Raft database {}: {e}", path.display()),
-    )
+fn db_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    store_error::db_error("MDS Raft database", path, e)
 }
 
 /// Decodes a snapshot record (the bytes [`SNAPSHOT_KEY`] holds and
@@ -746,7 +744,7 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
                 Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, e))
             }
         }
@@ -1009,10 +1007,12 @@ pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> Result<openraft::
         purge_batch_size: 1,
         ..openraft::Config::default()
     };
-    config.validate().map_err(|e| {
-        Error::invalid(format!(
-            "bad Raft configuration for cluster {cluster_name}: {e}"
-        ))
+    config.validate().map_err(|source| {
+        MdsStoreError::RaftConfig {
+            cluster: cluster_name.to_string(),
+            source,
+        }
+        .into()
     })
 }
 
@@ -1025,14 +1025,18 @@ pub fn raft_config(cluster_name: &str, snapshot_every: u64) -> Result<openraft::
 /// in time, `Unavailable` if Raft stopped.
 pub async fn compact_log_now(raft: &MdsRaft, timeout: Duration) -> Result<()> {
     let fatal = |e: openraft::error::Fatal<MdsId>| {
-        Error::unavailable(format!("MDS Raft stopped while compacting its log: {e}"))
+        let message = format!("MDS Raft stopped while compacting its log: {e}");
+        Error::with_source(ErrorKind::Unavailable, message, e)
     };
     let wait_error = |what: &str, e: openraft::metrics::WaitError| match e {
         openraft::metrics::WaitError::Timeout(..) => Error::new(
             ErrorKind::TimedOut,
             format!("MDS Raft did not {what} within {timeout:?}"),
         ),
-        e => Error::unavailable(format!("MDS Raft stopped before it could {what}: {e}")),
+        e => {
+            let message = format!("MDS Raft stopped before it could {what}: {e}");
+            Error::with_source(ErrorKind::Unavailable, message, e)
+        }
     };
     let applied = raft
         .wait(Some(timeout))
