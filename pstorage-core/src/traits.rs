@@ -179,7 +179,7 @@ pub trait CsRegistry: Send + Sync {
     /// does not name `cs` (the replica is not used, or a resync replaces
     /// its blocks anyway); `NotFound`/`PermissionDenied` as for
     /// [`report_bad_replica`](CsRegistry::report_bad_replica);
-    /// `InvalidArgument` for more than [`MAX_REPORTED_BLOCKS`](crate::types::MAX_REPORTED_BLOCKS)
+    /// `InvalidArgument` for more than [`MAX_REPORTED_BLOCKS`]
     /// blocks or none.
     async fn report_bad_blocks(
         &self,

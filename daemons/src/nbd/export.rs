@@ -154,7 +154,7 @@ pub struct Exports {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
-/// A connection's hold on an export; give it back with [`Exports::release`].
+/// A connection's hold on an export; give it back with [`ExportHandle::release`].
 pub struct ExportHandle {
     exports: Arc<Exports>,
     export: Option<Arc<Export>>,

@@ -3,7 +3,7 @@
 //!
 //! Concurrency: the state, the command log and the volatile chunk server
 //! liveness live behind one std `Mutex`, never held across an `.await`.
-//! Every mutation is a [`Command`] committed through [`MdsService::commit`]:
+//! Every mutation is a [`Command`] committed through `MdsService::commit`:
 //! with Raft attached ([`MdsService::attach_raft`]) it is proposed to the
 //! group and applied by the Raft state machine (through [`StateHost`]) once
 //! a majority has it durably; without Raft (tests, simulation) it is
