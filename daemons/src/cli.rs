@@ -493,7 +493,7 @@ async fn execute(cli: &Cli) -> Result<()> {
             }
         }
         Command::RmMds { id } => {
-            let addr = node::remove_mds(&conf, *id).await?;
+            let addr = node::remove_mds(&conf, pstorage_core::types::MdsId(*id)).await?;
             println!("MDS {id} ({addr}) removed from the metadata group and from bs.list");
         }
         Command::RmCs { force, no_wait, id } => {

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{Clock, MdsGroup};
-use crate::types::{MdsMember, MdsMembership};
+use crate::types::{MdsId, MdsMember, MdsMembership};
 
 /// File name of the persisted member list: in a chunk server's directory,
 /// and in a cluster's configuration directory for SDK clients.
@@ -242,9 +242,9 @@ pub fn decode_member_list(text: &str) -> Result<(MdsMembership, u64)> {
             Some("saved_at_ms") => saved_at_ms = number(words.next(), "saved_at_ms")?,
             Some("term") => membership.term = number(words.next(), "term")?,
             Some("config_index") => membership.config_index = number(words.next(), "config_index")?,
-            Some("leader") => membership.leader = Some(number(words.next(), "leader")?),
+            Some("leader") => membership.leader = Some(MdsId(number(words.next(), "leader")?)),
             Some("mds") => {
-                let id = number(words.next(), "mds")?;
+                let id = MdsId(number(words.next(), "mds")?);
                 let addr = words
                     .next()
                     .ok_or_else(|| corrupt(format!("no address for MDS {id}")))?;
@@ -585,7 +585,7 @@ impl MemberDirectory {
 
 fn same_members(a: &[MdsMember], b: &[MdsMember]) -> bool {
     let key = |v: &[MdsMember]| {
-        let mut v: Vec<(u64, String, bool)> =
+        let mut v: Vec<(MdsId, String, bool)> =
             v.iter().map(|m| (m.id, m.addr.clone(), m.voter)).collect();
         v.sort();
         v

@@ -125,16 +125,16 @@ pub trait MetadataService: Send + Sync {
 pub trait MdsGroup: Send + Sync {
     /// Allocates the id of a new MDS (`make-mds` without `-I`). Ids are
     /// never reused, even after `rm-mds`.
-    async fn allocate_mds_id(&self) -> Result<u64>;
+    async fn allocate_mds_id(&self) -> Result<MdsId>;
     /// Adds MDS `id` listening at `addr`: first as a non-voting learner
     /// that catches up (from a snapshot if it is far behind), then as a
     /// voter. Returns once it votes. Adding a member again is a no-op.
     /// `InvalidArgument` for an id that was never allocated.
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()>;
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()>;
     /// Removes MDS `id` from the group (it may be the leader: leadership
     /// moves). `NotFound` if it is not a member; `InvalidArgument` for the
     /// last member.
-    async fn remove_mds(&self, id: u64) -> Result<()>;
+    async fn remove_mds(&self, id: MdsId) -> Result<()>;
     /// The current members (id, address, voter or learner) and the leader
     /// if known. Unlike the other methods, every MDS answers this itself,
     /// from its own Raft state, without forwarding: it works during an

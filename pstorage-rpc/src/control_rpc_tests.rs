@@ -103,7 +103,7 @@ fn sample_cluster_status() -> ClusterStatus {
         cluster_name: "test-cluster".into(),
         health: ClusterHealth::Degraded,
         mds: vec![MdsInfo {
-            id: 1,
+            id: MdsId(1),
             addr: "127.0.0.1:2510".into(),
             role: MdsRole::Leader,
             term: 0,
@@ -282,14 +282,14 @@ struct FakeMds {
 
 #[async_trait]
 impl MdsGroup for FakeMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.script.enter("allocate_mds_id".into())?;
-        Ok(7)
+        Ok(MdsId(7))
     }
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.script.enter(format!("add_mds {id} {addr}"))
     }
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.script.enter(format!("remove_mds {id}"))
     }
     async fn members(&self) -> Result<MdsMembership> {
@@ -1215,17 +1215,17 @@ fn sample_membership(a: &str, b: &str) -> MdsMembership {
     MdsMembership {
         members: vec![
             MdsMember {
-                id: 1,
+                id: MdsId(1),
                 addr: a.to_string(),
                 voter: true,
             },
             MdsMember {
-                id: 2,
+                id: MdsId(2),
                 addr: b.to_string(),
                 voter: false,
             },
         ],
-        leader: Some(2),
+        leader: Some(MdsId(2)),
         term: u64::MAX,
         config_index: 17,
     }

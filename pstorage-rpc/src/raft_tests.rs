@@ -449,11 +449,11 @@ impl CsRegistry for RaftMds {
 
 #[async_trait]
 impl MdsGroup for RaftMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(self.next_mds_id.fetch_add(1, Ordering::SeqCst))
+        Ok(MdsId(self.next_mds_id.fetch_add(1, Ordering::SeqCst)))
     }
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let node = MdsNode {
             addr: addr.to_owned(),
@@ -468,7 +468,7 @@ impl MdsGroup for RaftMds {
             .map_err(raft_error)?;
         Ok(())
     }
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -620,7 +620,7 @@ impl Drop for Node {
 async fn start_group(n: u64) -> Vec<Node> {
     let mut nodes = Vec::new();
     for id in 1..=n {
-        nodes.push(Node::start(id, router_options()).await);
+        nodes.push(Node::start(MdsId(id), router_options()).await);
     }
     let members: BTreeMap<MdsId, MdsNode> = nodes.iter().map(Node::member).collect();
     nodes[0].raft.initialize(members).await.unwrap();
@@ -709,7 +709,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     assert!(error.message().contains("readdir"), "{error}");
     // MdsGroup is routed too.
-    assert_eq!(client.allocate_mds_id().await.unwrap(), 100);
+    assert_eq!(client.allocate_mds_id().await.unwrap(), MdsId(100));
     assert_eq!(nodes[leader].calls(), 4);
 
     // The leader crashes: the survivors elect another one, and a call sent
@@ -799,8 +799,8 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
 
     // The fourth MDS joins through a follower's router (MdsGroup routed to
     // the leader), receives the snapshot in chunks and becomes a voter.
-    let newcomer = Node::start(4, router_options()).await;
-    client.add_mds(4, &newcomer.addr).await.unwrap();
+    let newcomer = Node::start(MdsId(4), router_options()).await;
+    client.add_mds(MdsId(4), &newcomer.addr).await.unwrap();
     nodes.push(newcomer);
     let all = nodes;
     wait_replicated(&all, &[3], "/dir-039-with-a-long-name").await;
@@ -813,7 +813,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
         .membership()
         .voter_ids()
         .collect();
-    assert_eq!(voters, vec![1, 2, 3, 4]);
+    assert_eq!(voters, [1, 2, 3, 4].map(MdsId).to_vec());
     // And it follows new writes.
     client.mkdir("/after-join", false, None).await.unwrap();
     wait_replicated(&all, &[0, 1, 2, 3], "/after-join").await;
@@ -823,7 +823,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
 async fn without_a_leader_calls_fail_unavailable_after_the_election_wait() {
     // A node that was never initialized has no members and no leader.
     let node = Node::start(
-        1,
+        MdsId(1),
         RouterOptions {
             election_wait: Duration::from_millis(300),
             ..router_options()
@@ -877,7 +877,7 @@ async fn send_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving() {
-    let node = Node::start(1, router_options()).await;
+    let node = Node::start(MdsId(1), router_options()).await;
     let actor: ClientActor<mds::Client> = ClientActor::spawn(
         "MDS",
         vec![node.addr.clone()],
@@ -906,7 +906,7 @@ async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving(
         );
     }
     // The same connection still carries a well-formed message to Raft.
-    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, MdsId(7)), None);
     let reply = send_raw(
         &actor,
         "raftVote",
@@ -925,9 +925,15 @@ async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving(
 async fn a_server_without_raft_or_group_says_so() {
     let sm = MemSm::new();
     let network = TcpRaftNetwork::new(plain_dialer(), RaftNetworkOptions::default());
-    let raft = MdsRaft::new(1, raft_config(), network, MemLog::default(), sm.clone())
-        .await
-        .unwrap();
+    let raft = MdsRaft::new(
+        MdsId(1),
+        raft_config(),
+        network,
+        MemLog::default(),
+        sm.clone(),
+    )
+    .await
+    .unwrap();
     let service = Arc::new(RaftMds {
         raft,
         sm,
@@ -958,7 +964,7 @@ async fn a_server_without_raft_or_group_says_so() {
         ClientOptions::default(),
     )
     .unwrap();
-    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, MdsId(7)), None);
     let data = crate::raft::encode("vote request", &vote).unwrap();
     let error = send_raw(&actor, "raftVote", data).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");

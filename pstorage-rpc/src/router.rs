@@ -608,7 +608,7 @@ impl CsRegistry for LeaderRouter {
 
 #[async_trait]
 impl MdsGroup for LeaderRouter {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.route(
             "allocateMdsId",
             || self.group.allocate_mds_id(),
@@ -617,7 +617,7 @@ impl MdsGroup for LeaderRouter {
         .await
     }
 
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.route(
             "addMds",
             || self.group.add_mds(id, addr),
@@ -626,7 +626,7 @@ impl MdsGroup for LeaderRouter {
         .await
     }
 
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.route(
             "removeMds",
             || self.group.remove_mds(id),

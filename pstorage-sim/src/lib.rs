@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use pstorage_core::chunk::ChunkStore;
 use pstorage_core::client::Client;
-use pstorage_core::types::CsId;
+use pstorage_core::types::{CsId, MdsId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -831,8 +831,8 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     let new = loop {
         match pstorage_core::traits::MdsGroup::allocate_mds_id(&*admin).await {
             // The group was formed with ids 1..=mds, not allocated.
-            Ok(id) if known.contains(&id) || id <= cluster.config().mds as u64 => continue,
-            Ok(id) => break id,
+            Ok(id) if known.contains(&id.0) || id.0 <= cluster.config().mds as u64 => continue,
+            Ok(id) => break id.0,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 trace.event(format!(
                     "replace mds{old}: allocate_mds_id -> {:?}",
@@ -855,7 +855,7 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     ));
     let addr = NodeId::Mds(new).addr();
     loop {
-        match pstorage_core::traits::MdsGroup::add_mds(&*admin, new, &addr).await {
+        match pstorage_core::traits::MdsGroup::add_mds(&*admin, MdsId(new), &addr).await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 trace.event(format!(
@@ -872,7 +872,7 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     }
     trace.event(format!("mds{new} is a voter; removing mds{old}"));
     loop {
-        match pstorage_core::traits::MdsGroup::remove_mds(&*admin, old).await {
+        match pstorage_core::traits::MdsGroup::remove_mds(&*admin, MdsId(old)).await {
             Ok(()) => break,
             Err(e) if e.kind() == pstorage_core::ErrorKind::NotFound => break,
             Err(e) if tokio::time::Instant::now() < deadline => {

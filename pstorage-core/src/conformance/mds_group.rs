@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::kind;
 use crate::error::ErrorKind;
 use crate::traits::MdsGroup;
-use crate::types::MdsMembership;
+use crate::types::{MdsId, MdsMembership};
 
 const SUITE: &str = "MdsGroup";
 
@@ -20,7 +20,7 @@ const SUITE: &str = "MdsGroup";
 pub struct Group {
     pub group: Arc<dyn MdsGroup>,
     /// The member's id.
-    pub id: u64,
+    pub id: MdsId,
     /// The member's address, as the group records it.
     pub addr: String,
     /// Whatever must live as long as the case (servers, runtimes).

@@ -10,7 +10,9 @@ use crate::chunk::memory::MemNetwork;
 use crate::chunk::{ChunkStore, MemChunkStore};
 use crate::membership::{DirectoryOptions, MemMemberStore, MemberDirectory};
 use crate::traits::ManualClock;
-use crate::types::{CsId, CsRegistration, HeartbeatReply, MdsMember, MdsMembership, SpaceInfo};
+use crate::types::{
+    CsId, CsRegistration, HeartbeatReply, MdsId, MdsMember, MdsMembership, SpaceInfo,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -44,12 +46,12 @@ fn membership(ids: &[u64], config_index: u64) -> MdsMembership {
         members: ids
             .iter()
             .map(|&id| MdsMember {
-                id,
+                id: MdsId(id),
                 addr: format!("10.0.0.{id}:2510"),
                 voter: true,
             })
             .collect(),
-        leader: ids.first().copied(),
+        leader: ids.first().copied().map(MdsId),
         term: 1,
         config_index,
     }
@@ -156,13 +158,13 @@ impl CsRegistry for FakeMds {
 
 #[async_trait]
 impl MdsGroup for FakeMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn add_mds(&self, _: u64, _: &str) -> Result<()> {
+    async fn add_mds(&self, _: MdsId, _: &str) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn remove_mds(&self, _: u64) -> Result<()> {
+    async fn remove_mds(&self, _: MdsId) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
     async fn members(&self) -> Result<MdsMembership> {

@@ -30,9 +30,7 @@ pub use store::{
     RaftStorage, StorageClosed, DEFAULT_SNAPSHOT_EVERY,
 };
 
-/// An MDS's identity in the Raft group. Chosen when the MDS is made
-/// (`make-mds`), never reused.
-pub type MdsId = u64;
+pub use crate::types::MdsId;
 
 /// What the Raft group knows about each member: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
