@@ -29,10 +29,11 @@
 //! Durations are measured with `tokio::time` (a paused clock drives them
 //! in tests); the wall clock ([`Clock`]) only stamps saved lists.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -136,11 +137,7 @@ impl MemMemberStore {
 
     /// What was saved last.
     pub fn saved(&self) -> Option<MdsMembership> {
-        self.saved
-            .lock()
-            .expect("store poisoned")
-            .as_ref()
-            .map(|(m, _)| m.clone())
+        self.saved.lock().as_ref().map(|(m, _)| m.clone())
     }
 
     /// How many times [`MemberStore::save`] was called.
@@ -151,11 +148,11 @@ impl MemMemberStore {
 
 impl MemberStore for MemMemberStore {
     fn load(&self) -> Result<Option<(MdsMembership, u64)>> {
-        Ok(self.saved.lock().expect("store poisoned").clone())
+        Ok(self.saved.lock().clone())
     }
 
     fn save(&self, membership: &MdsMembership, saved_at_ms: u64) -> Result<()> {
-        *self.saved.lock().expect("store poisoned") = Some((membership.clone(), saved_at_ms));
+        *self.saved.lock() = Some((membership.clone(), saved_at_ms));
         self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
@@ -394,9 +391,9 @@ impl MemberDirectory {
         )
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, DirectoryState> {
+    fn state(&self) -> parking_lot::MutexGuard<'_, DirectoryState> {
         // Every update leaves the state consistent: recover from a panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Every known address in the order to dial them (see the module

@@ -4,12 +4,13 @@
 //! Raft storage is in memory (this module), the state machine is the real
 //! `MdsState`.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,7 +55,7 @@ impl RaftLogReader<C> for MemLog {
         &mut self,
         range: RB,
     ) -> std::result::Result<Vec<Entry<C>>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
@@ -63,7 +64,7 @@ impl RaftLogStorage<C> for MemLog {
     type LogReader = MemLog;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<C>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         let last = data
             .entries
             .values()
@@ -84,26 +85,26 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         vote: &Vote<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().vote = Some(*vote);
+        self.0.lock().vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> std::result::Result<Option<Vote<MdsId>>, StorageError<MdsId>> {
-        Ok(self.0.lock().unwrap().vote)
+        Ok(self.0.lock().vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<MdsId>>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().committed = committed;
+        self.0.lock().committed = committed;
         Ok(())
     }
 
     async fn read_committed(
         &mut self,
     ) -> std::result::Result<Option<LogId<MdsId>>, StorageError<MdsId>> {
-        Ok(self.0.lock().unwrap().committed)
+        Ok(self.0.lock().committed)
     }
 
     async fn append<I>(
@@ -116,7 +117,7 @@ impl RaftLogStorage<C> for MemLog {
         I::IntoIter: Send,
     {
         {
-            let mut data = self.0.lock().unwrap();
+            let mut data = self.0.lock();
             for entry in entries {
                 data.entries.insert(entry.log_id.index, entry);
             }
@@ -129,7 +130,7 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         log_id: LogId<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().entries.split_off(&log_id.index);
+        self.0.lock().entries.split_off(&log_id.index);
         Ok(())
     }
 
@@ -137,7 +138,7 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         log_id: LogId<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         data.entries.retain(|&index, _| index > log_id.index);
         data.last_purged = Some(log_id);
         Ok(())
@@ -169,7 +170,7 @@ impl MemSm {
     }
 
     fn stat(&self, path: &str) -> Result<Stat> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         let ino = data.state.lookup(path)?;
         data.state
             .stat_of(ino)
@@ -179,7 +180,7 @@ impl MemSm {
 
 impl RaftSnapshotBuilder<C> for MemSm {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<C>, StorageError<MdsId>> {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         let bytes = postcard::to_allocvec(&data.state)
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         data.snapshots_built += 1;
@@ -209,7 +210,7 @@ impl RaftStateMachine<C> for MemSm {
         (Option<LogId<MdsId>>, StoredMembership<MdsId, MdsNode>),
         StorageError<MdsId>,
     > {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok((data.last_applied, data.membership.clone()))
     }
 
@@ -221,7 +222,7 @@ impl RaftStateMachine<C> for MemSm {
         I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         let mut replies = Vec::new();
         for entry in entries {
             data.last_applied = Some(entry.log_id);
@@ -257,7 +258,7 @@ impl RaftStateMachine<C> for MemSm {
         let bytes = snapshot.into_inner();
         let state: MdsState = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         data.state = state;
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
@@ -269,7 +270,7 @@ impl RaftStateMachine<C> for MemSm {
     async fn get_current_snapshot(
         &mut self,
     ) -> std::result::Result<Option<Snapshot<C>>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok(data.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
@@ -318,7 +319,7 @@ impl MetadataService for RaftMds {
         self.refuse("open")
     }
     async fn renew(&self, _: LeaseId) -> Result<()> {
-        let hand_off = self.hand_off.lock().unwrap().take();
+        let hand_off = self.hand_off.lock().take();
         let Some(successor) = hand_off else {
             // Served: renewals are what this test service answers Ok.
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -735,7 +736,7 @@ async fn a_call_the_leader_refuses_as_not_the_leader_is_routed_to_the_new_one() 
     let nodes = start_group(3).await;
     let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
     let successor = (leader + 1) % 3;
-    *nodes[leader].service.hand_off.lock().unwrap() = Some(nodes[successor].raft.clone());
+    *nodes[leader].service.hand_off.lock() = Some(nodes[successor].raft.clone());
     // The client talks to the old leader only; its router finds the call
     // refused locally and serves it where the leadership went, instead of
     // answering "not the leader" for the client to retry after a backoff.
@@ -782,16 +783,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
         .purge_log(snapshot_index)
         .await
         .unwrap();
-    let snapshot_len = nodes[leader]
-        .sm
-        .0
-        .lock()
-        .unwrap()
-        .snapshot
-        .as_ref()
-        .unwrap()
-        .1
-        .len();
+    let snapshot_len = nodes[leader].sm.0.lock().snapshot.as_ref().unwrap().1.len();
     assert!(
         snapshot_len > 4 * 512,
         "snapshot of {snapshot_len} bytes fits in few chunks"
@@ -804,7 +796,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
     nodes.push(newcomer);
     let all = nodes;
     wait_replicated(&all, &[3], "/dir-039-with-a-long-name").await;
-    assert_eq!(all[3].sm.0.lock().unwrap().snapshots_installed, 1);
+    assert_eq!(all[3].sm.0.lock().snapshots_installed, 1);
     let voters: Vec<MdsId> = all[leader]
         .raft
         .metrics()

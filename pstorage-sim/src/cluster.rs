@@ -114,7 +114,7 @@ impl CsStore {
                     if !power_loss {
                         return BlockFate::Kept;
                     }
-                    let roll = rng.lock().expect("rng poisoned").gen_range(0..100);
+                    let roll = rng.lock().gen_range(0..100);
                     match roll {
                         0..=49 => BlockFate::Kept,
                         50..=84 => BlockFate::Lost,
@@ -131,7 +131,7 @@ impl CsStore {
                 // (its files die with it).
                 *store = open_file_store(&CrashDisk::new());
                 let what = if power_loss {
-                    let loss = disk.power_loss(&mut *rng.lock().expect("rng poisoned"));
+                    let loss = disk.power_loss(&mut *rng.lock());
                     format!(
                         "unsynced pages: {} kept, {} lost, {} torn; namespace changes: {} kept, \
                          {} lost",

@@ -9,7 +9,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use std::time::Duration;

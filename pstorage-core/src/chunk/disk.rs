@@ -4,6 +4,7 @@
 //! and the simulator can run the real store (journal, chunk files, dirty
 //! log) through power losses.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -11,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rand::Rng;
 
@@ -331,7 +332,7 @@ impl CrashDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, CrashState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Cuts the power: every file and namespace change not made durable is
@@ -355,7 +356,7 @@ impl CrashDisk {
         let mut ids: Vec<u64> = state.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let mut f = state.files[&id].lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = state.files[&id].lock();
             let cache = std::mem::take(&mut f.cache);
             for (index, page) in cache {
                 match rng.gen_range(0..3) {
@@ -419,7 +420,7 @@ impl CrashDisk {
             let id = state.names.get(path).ok_or_else(not_found)?;
             state.files[id].clone()
         };
-        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = file.lock();
         if offset >= f.len {
             return Err(not_found());
         }
@@ -601,7 +602,7 @@ impl CrashHandle {
     }
 
     fn file(&self) -> MutexGuard<'_, CrashFile> {
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+        self.file.lock()
     }
 }
 

@@ -6,8 +6,9 @@
 //! chunk's read lock, each on the blocking pool), so client I/O to the chunk
 //! waits at most for one piece.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -166,11 +167,11 @@ impl Default for Scrubber {
 
 impl Scrubber {
     fn params(&self) -> ScrubParams {
-        *self.params.lock().expect("scrub params lock poisoned")
+        *self.params.lock()
     }
 
     fn stats(&self) -> MutexGuard<'_, ScrubStats> {
-        self.stats.lock().expect("scrub stats lock poisoned")
+        self.stats.lock()
     }
 }
 
@@ -217,18 +218,14 @@ impl Pacer {
 impl ChunkServer {
     /// Sets where corrupt replicas are reported (default: [`LogSink`]).
     pub fn set_bad_replica_sink(&self, sink: Arc<dyn BadReplicaSink>) {
-        *self.sink.write().expect("sink lock poisoned") = sink;
+        *self.sink.write() = sink;
     }
 
     /// Changes the scrubber's period and rate limit; takes effect at once
     /// (a pass in progress continues at the new rate; the next pass is due
     /// `period` after the last one started).
     pub fn set_scrub_params(&self, period: Duration, rate_bytes_per_s: u64) {
-        *self
-            .scrub
-            .params
-            .lock()
-            .expect("scrub params lock poisoned") = ScrubParams {
+        *self.scrub.params.lock() = ScrubParams {
             period,
             rate_bytes_per_s,
         };

@@ -304,7 +304,7 @@ impl MdsGroup for FakeGroup {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.answer.lock().unwrap().clone()
+        self.answer.lock().clone()
     }
 }
 
@@ -341,7 +341,7 @@ async fn refresh_is_due_after_connections_failures_and_periods() {
     assert!(d.refresh_due());
     // An error answer too.
     g.hang.store(false, Ordering::SeqCst);
-    *g.answer.lock().unwrap() = Err(Error::unavailable("down"));
+    *g.answer.lock() = Err(Error::unavailable("down"));
     assert!(d.refresh(&g, Duration::from_secs(2)).await.is_err());
     assert!(d.refresh_due());
     assert_eq!(g.calls.load(Ordering::SeqCst), 5);

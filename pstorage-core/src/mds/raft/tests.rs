@@ -2,9 +2,10 @@
 //! process, each on its own redb file, connected by an in-memory network.
 
 use crate::types::CsId;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -41,13 +42,13 @@ impl TestHost {
     }
 
     fn state(&self) -> MdsState {
-        self.state.lock().unwrap().clone()
+        self.state.lock().clone()
     }
 }
 
 impl StateHost for TestHost {
     fn apply_committed(&self, cmd: Command) -> Result<ApplyOutcome> {
-        self.state.lock().unwrap().apply(cmd)
+        self.state.lock().apply(cmd)
     }
 
     fn snapshot_state(&self) -> MdsState {
@@ -55,7 +56,7 @@ impl StateHost for TestHost {
     }
 
     fn install_state(&self, state: MdsState) {
-        *self.state.lock().unwrap() = state;
+        *self.state.lock() = state;
     }
 }
 
@@ -76,15 +77,15 @@ struct Net {
 
 impl Net {
     fn register(&self, id: MdsId, raft: MdsRaft) {
-        self.inner.lock().unwrap().nodes.insert(id, raft);
+        self.inner.lock().nodes.insert(id, raft);
     }
 
     fn unregister(&self, id: MdsId) {
-        self.inner.lock().unwrap().nodes.remove(&id);
+        self.inner.lock().nodes.remove(&id);
     }
 
     fn cut(&self, id: MdsId, cut: bool) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         if cut {
             inner.cut.insert(id);
         } else {
@@ -101,7 +102,7 @@ impl Net {
 
     /// The handle of `to` if `from` can reach it, else why not.
     fn route(&self, from: MdsId, to: MdsId) -> std::result::Result<MdsRaft, String> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.lock();
         if inner.cut.contains(&from) || inner.cut.contains(&to) {
             return Err(format!("MDS {from} and MDS {to} are cut off"));
         }
