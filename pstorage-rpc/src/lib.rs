@@ -36,3 +36,5 @@ mod conformance_tests;
 mod control_rpc_tests;
 #[cfg(test)]
 mod raft_tests;
+#[cfg(test)]
+mod raft_wire_tripwire;
