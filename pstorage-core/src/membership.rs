@@ -71,6 +71,7 @@ pub struct FileMemberStore {
 }
 
 impl FileMemberStore {
+    /// A store of the membership at `path` (`mds.list`).
     pub fn new(path: impl Into<PathBuf>) -> FileMemberStore {
         FileMemberStore { path: path.into() }
     }
@@ -80,6 +81,7 @@ impl FileMemberStore {
         FileMemberStore::new(dir.join(MEMBER_LIST_FILE))
     }
 
+    /// The file the membership is saved in.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -131,6 +133,7 @@ pub struct MemMemberStore {
 }
 
 impl MemMemberStore {
+    /// An empty store.
     pub fn new() -> MemMemberStore {
         MemMemberStore::default()
     }

@@ -192,7 +192,9 @@ pub trait CsRegistry: Send + Sync {
 /// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WritePayload {
+    /// These bytes.
     Data(Bytes),
+    /// This many bytes of zeros.
     Zeros(u64),
 }
 
@@ -205,6 +207,7 @@ impl WritePayload {
         }
     }
 
+    /// Whether the payload is 0 bytes long.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -223,10 +226,13 @@ impl WritePayload {
 /// `chain[1..]`; it answers once every replica down the chain has applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteRequest {
+    /// The chunk written.
     pub chunk: ChunkId,
+    /// The map version the writer holds; a replica at another version refuses the write (`Stale`).
     pub version: MapVersion,
     /// Offset within the chunk.
     pub offset: u64,
+    /// What is written.
     pub payload: WritePayload,
     /// The rest of the chain after the receiver.
     pub chain: Vec<Replica>,
@@ -266,7 +272,9 @@ impl WriteRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ReplicaError {
+    /// The chunk server whose replica failed (`None`: the receiver itself).
     pub failed_cs: Option<CsId>,
+    /// What failed.
     pub error: crate::error::Error,
 }
 
@@ -407,12 +415,14 @@ pub trait ChunkControl: Send + Sync {
 /// Opens (or reuses) data-path connections to chunk servers.
 #[async_trait]
 pub trait ChunkConnector: Send + Sync {
+    /// A data-path client of the chunk server at `addr` (`host:port`).
     async fn chunk_service(&self, addr: &str) -> Result<Arc<dyn ChunkService>>;
 }
 
 /// Opens (or reuses) control connections to chunk servers.
 #[async_trait]
 pub trait ControlConnector: Send + Sync {
+    /// A control client of the chunk server at `addr` (`host:port`).
     async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>>;
 }
 
@@ -442,12 +452,14 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock reading `start_ms` (ms since the epoch) until advanced.
     pub fn new(start_ms: u64) -> ManualClock {
         ManualClock {
             now_ms: std::sync::atomic::AtomicU64::new(start_ms),
         }
     }
 
+    /// Moves the clock `ms` milliseconds forward.
     pub fn advance(&self, ms: u64) {
         self.now_ms
             .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);

@@ -52,7 +52,9 @@ const MDS_DB: &str = "mds.redb";
 /// The configuration of an MDS service directory, written by `make-mds`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MdsServiceConf {
+    /// The format of this file (1).
     pub format_version: u32,
+    /// The name of the cluster the MDS belongs to.
     pub cluster: String,
     /// `host:port` the MDS listens on and is listed under in `bs.list`.
     pub addr: String,
@@ -81,8 +83,11 @@ fn yes() -> bool {
 /// The configuration of a CS service directory, written by `make-cs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CsServiceConf {
+    /// The format of this file (1).
     pub format_version: u32,
+    /// The name of the cluster the chunk server belongs to.
     pub cluster: String,
+    /// The chunk server's id, assigned by the MDS at `make-cs`.
     pub id: CsId,
     /// `host:port` to listen on; port 0 picks a free port at each start.
     pub listen: String,

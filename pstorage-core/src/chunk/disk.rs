@@ -302,10 +302,13 @@ struct CrashFile {
 pub struct PowerLoss {
     /// Unsynced pages that reached the disk whole, did not, or in part.
     pub kept: u64,
+    /// Unsynced pages that did not reach the disk.
     pub lost: u64,
+    /// Unsynced pages that reached the disk in part (torn).
     pub torn: u64,
     /// Namespace changes kept and lost.
     pub changes_kept: u64,
+    /// Namespace changes (creates, renames, removes) lost.
     pub changes_lost: u64,
 }
 

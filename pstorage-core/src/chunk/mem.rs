@@ -76,7 +76,9 @@ pub struct CrashReport {
     pub chunks: Vec<ChunkId>,
     /// Blocks whose change was kept, lost, torn.
     pub kept: u64,
+    /// Unsynced writes lost.
     pub lost: u64,
+    /// Unsynced writes that reached the store in part (torn).
     pub torn: u64,
 }
 

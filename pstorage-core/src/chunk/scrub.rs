@@ -108,6 +108,7 @@ pub struct ScrubStats {
     pub running: bool,
     /// Replicas in the current (or last) pass, and how many are done.
     pub pass_chunks_total: u64,
+    /// Replicas of the current (or last) pass verified so far.
     pub pass_chunks_done: u64,
     /// Passes finished.
     pub passes_completed: u64,
@@ -125,6 +126,7 @@ pub struct ScrubStats {
     /// Wall-clock start and end of the last pass, ms since the epoch (0 =
     /// none yet; end 0 while the first pass runs).
     pub last_pass_started_ms: u64,
+    /// When the last pass finished, ms since the epoch (0 while the first pass runs).
     pub last_pass_finished_ms: u64,
 }
 

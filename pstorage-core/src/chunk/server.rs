@@ -85,16 +85,19 @@ pub struct ChunkServer {
 pub struct CsIoStats {
     /// Successful reads served and their bytes.
     pub read_ops: u64,
+    /// Bytes of the successful reads.
     pub read_bytes: u64,
     /// Successful writes (data or zeros) applied to the local replica, and
     /// their length in bytes.
     pub write_ops: u64,
+    /// Bytes of the successful writes.
     pub write_bytes: u64,
     /// Successful flushes.
     pub flush_ops: u64,
     /// Replicas copied here by re-replication or resync, and the bytes
     /// read from their sources (only the blocks that differed).
     pub replicated_chunks: u64,
+    /// Bytes read from the sources of the replicas copied here.
     pub replicated_bytes: u64,
 }
 

@@ -18,6 +18,7 @@ const SUITE: &str = "MdsGroup";
 /// A fresh group of one voting MDS, leader of its group, and the
 /// implementation under test in front of it.
 pub struct Group {
+    /// The group under test.
     pub group: Arc<dyn MdsGroup>,
     /// The member's id.
     pub id: MdsId,
@@ -30,6 +31,7 @@ pub struct Group {
 /// Builds a fresh [`Group`] per case.
 #[async_trait]
 pub trait GroupFixture: Send + Sync {
+    /// A new group of one MDS for one test.
     async fn fresh(&self) -> Group;
 }
 

@@ -71,7 +71,12 @@ pub enum RaftResponse {
     /// The command was refused (the state is unchanged, except that a
     /// tagged command's session remembers the refusal): the error's
     /// [`ErrorKind`] code and message.
-    Refused { kind: u16, message: String },
+    Refused {
+        /// The error's [`ErrorKind`] code.
+        kind: u16,
+        /// The error's message.
+        message: String,
+    },
 }
 
 impl RaftResponse {
