@@ -184,6 +184,9 @@ typedef struct pstorage_verify_result_t {
      * Chunks and replicas checked.
      */
     uint64_t chunks;
+    /**
+     * Replicas checked.
+     */
     uint64_t replicas;
     /**
      * Bytes read from replicas.

@@ -27,6 +27,8 @@ fi
 df -h . || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# rustdoc's warnings (broken or private intra-doc links) fail the suite too.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The integration tests run the daemons' binaries of the same profile.
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2

@@ -51,8 +51,12 @@ pub enum Command {
         /// now and becomes a voting member at its first start.
         #[arg(short = 'I')]
         init: bool,
-        /// Address to listen on, ADDR[:PORT] (default port 2510).
-        #[arg(short = 'a')]
+        // The help is an attribute, not a doc comment: rustdoc would read
+        // `[:PORT]` as a link.
+        #[arg(
+            short = 'a',
+            help = "Address to listen on, ADDR[:PORT] (default port 2510)"
+        )]
         addr: String,
         /// MDS data directory.
         #[arg(short = 'r')]
@@ -489,7 +493,7 @@ async fn execute(cli: &Cli) -> Result<()> {
             }
         }
         Command::RmMds { id } => {
-            let addr = node::remove_mds(&conf, *id).await?;
+            let addr = node::remove_mds(&conf, pstorage_core::types::MdsId(*id)).await?;
             println!("MDS {id} ({addr}) removed from the metadata group and from bs.list");
         }
         Command::RmCs { force, no_wait, id } => {

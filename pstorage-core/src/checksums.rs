@@ -108,7 +108,9 @@ pub fn verify_piece_crcs(
 /// server computed them after checking its stored CRCs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedBytes {
+    /// The bytes read.
     pub data: Bytes,
+    /// The CRC of each piece of `data`, in order ([`piece_crcs`] layout).
     pub crcs: Vec<u64>,
 }
 

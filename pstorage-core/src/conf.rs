@@ -125,7 +125,9 @@ pub fn conf_root(explicit: Option<&Path>) -> PathBuf {
 /// A cluster's configuration directory on this node.
 #[derive(Debug, Clone)]
 pub struct ClusterConf {
+    /// The cluster's name.
     pub name: String,
+    /// The cluster's configuration directory.
     pub dir: PathBuf,
 }
 
@@ -139,10 +141,12 @@ impl ClusterConf {
         })
     }
 
+    /// The path of the cluster's `bs.list` (MDS addresses).
     pub fn bs_list_path(&self) -> PathBuf {
         self.dir.join(BS_LIST)
     }
 
+    /// The path of the cluster's `auth.key`.
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)
     }

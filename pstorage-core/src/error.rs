@@ -325,21 +325,27 @@ impl Error {
     pub fn not_found(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::NotFound, m)
     }
+    /// An `InvalidArgument` error.
     pub fn invalid(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::InvalidArgument, m)
     }
+    /// A `Stale` error.
     pub fn stale(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Stale, m)
     }
+    /// An `Unavailable` error.
     pub fn unavailable(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Unavailable, m)
     }
+    /// A `Protocol` error.
     pub fn protocol(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Protocol, m)
     }
+    /// An `Internal` error.
     pub fn internal(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, m)
     }
+    /// A `Corrupt` error.
     pub fn corrupt(m: impl Into<String>) -> Error {
         Error::new(ErrorKind::Corrupt, m)
     }

@@ -4,6 +4,8 @@
 //! `pstorage-rpc` implements over the network and this crate implements
 //! in memory for tests.
 
+#![warn(missing_docs)]
+
 pub mod checksums;
 pub mod chunk;
 pub mod client;

@@ -29,17 +29,18 @@
 //! Durations are measured with `tokio::time` (a paused clock drives them
 //! in tests); the wall clock ([`Clock`]) only stamps saved lists.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{Clock, MdsGroup};
-use crate::types::{MdsMember, MdsMembership};
+use crate::types::{MdsId, MdsMember, MdsMembership};
 
 /// File name of the persisted member list: in a chunk server's directory,
 /// and in a cluster's configuration directory for SDK clients.
@@ -70,6 +71,7 @@ pub struct FileMemberStore {
 }
 
 impl FileMemberStore {
+    /// A store of the membership at `path` (`mds.list`).
     pub fn new(path: impl Into<PathBuf>) -> FileMemberStore {
         FileMemberStore { path: path.into() }
     }
@@ -79,6 +81,7 @@ impl FileMemberStore {
         FileMemberStore::new(dir.join(MEMBER_LIST_FILE))
     }
 
+    /// The file the membership is saved in.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -130,17 +133,14 @@ pub struct MemMemberStore {
 }
 
 impl MemMemberStore {
+    /// An empty store.
     pub fn new() -> MemMemberStore {
         MemMemberStore::default()
     }
 
     /// What was saved last.
     pub fn saved(&self) -> Option<MdsMembership> {
-        self.saved
-            .lock()
-            .expect("store poisoned")
-            .as_ref()
-            .map(|(m, _)| m.clone())
+        self.saved.lock().as_ref().map(|(m, _)| m.clone())
     }
 
     /// How many times [`MemberStore::save`] was called.
@@ -151,11 +151,11 @@ impl MemMemberStore {
 
 impl MemberStore for MemMemberStore {
     fn load(&self) -> Result<Option<(MdsMembership, u64)>> {
-        Ok(self.saved.lock().expect("store poisoned").clone())
+        Ok(self.saved.lock().clone())
     }
 
     fn save(&self, membership: &MdsMembership, saved_at_ms: u64) -> Result<()> {
-        *self.saved.lock().expect("store poisoned") = Some((membership.clone(), saved_at_ms));
+        *self.saved.lock() = Some((membership.clone(), saved_at_ms));
         self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
@@ -242,9 +242,9 @@ pub fn decode_member_list(text: &str) -> Result<(MdsMembership, u64)> {
             Some("saved_at_ms") => saved_at_ms = number(words.next(), "saved_at_ms")?,
             Some("term") => membership.term = number(words.next(), "term")?,
             Some("config_index") => membership.config_index = number(words.next(), "config_index")?,
-            Some("leader") => membership.leader = Some(number(words.next(), "leader")?),
+            Some("leader") => membership.leader = Some(MdsId(number(words.next(), "leader")?)),
             Some("mds") => {
-                let id = number(words.next(), "mds")?;
+                let id = MdsId(number(words.next(), "mds")?);
                 let addr = words
                     .next()
                     .ok_or_else(|| corrupt(format!("no address for MDS {id}")))?;
@@ -394,9 +394,9 @@ impl MemberDirectory {
         )
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, DirectoryState> {
+    fn state(&self) -> parking_lot::MutexGuard<'_, DirectoryState> {
         // Every update leaves the state consistent: recover from a panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Every known address in the order to dial them (see the module
@@ -585,7 +585,7 @@ impl MemberDirectory {
 
 fn same_members(a: &[MdsMember], b: &[MdsMember]) -> bool {
     let key = |v: &[MdsMember]| {
-        let mut v: Vec<(u64, String, bool)> =
+        let mut v: Vec<(MdsId, String, bool)> =
             v.iter().map(|m| (m.id, m.addr.clone(), m.voter)).collect();
         v.sort();
         v

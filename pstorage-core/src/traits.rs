@@ -125,16 +125,16 @@ pub trait MetadataService: Send + Sync {
 pub trait MdsGroup: Send + Sync {
     /// Allocates the id of a new MDS (`make-mds` without `-I`). Ids are
     /// never reused, even after `rm-mds`.
-    async fn allocate_mds_id(&self) -> Result<u64>;
+    async fn allocate_mds_id(&self) -> Result<MdsId>;
     /// Adds MDS `id` listening at `addr`: first as a non-voting learner
     /// that catches up (from a snapshot if it is far behind), then as a
     /// voter. Returns once it votes. Adding a member again is a no-op.
     /// `InvalidArgument` for an id that was never allocated.
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()>;
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()>;
     /// Removes MDS `id` from the group (it may be the leader: leadership
     /// moves). `NotFound` if it is not a member; `InvalidArgument` for the
     /// last member.
-    async fn remove_mds(&self, id: u64) -> Result<()>;
+    async fn remove_mds(&self, id: MdsId) -> Result<()>;
     /// The current members (id, address, voter or learner) and the leader
     /// if known. Unlike the other methods, every MDS answers this itself,
     /// from its own Raft state, without forwarding: it works during an
@@ -179,7 +179,7 @@ pub trait CsRegistry: Send + Sync {
     /// does not name `cs` (the replica is not used, or a resync replaces
     /// its blocks anyway); `NotFound`/`PermissionDenied` as for
     /// [`report_bad_replica`](CsRegistry::report_bad_replica);
-    /// `InvalidArgument` for more than [`MAX_REPORTED_BLOCKS`](crate::types::MAX_REPORTED_BLOCKS)
+    /// `InvalidArgument` for more than [`MAX_REPORTED_BLOCKS`]
     /// blocks or none.
     async fn report_bad_blocks(
         &self,
@@ -192,7 +192,9 @@ pub trait CsRegistry: Send + Sync {
 /// What a write carries: bytes, or a range to zero (truncate, NBD TRIM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WritePayload {
+    /// These bytes.
     Data(Bytes),
+    /// This many bytes of zeros.
     Zeros(u64),
 }
 
@@ -205,6 +207,7 @@ impl WritePayload {
         }
     }
 
+    /// Whether the payload is 0 bytes long.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -223,10 +226,13 @@ impl WritePayload {
 /// `chain[1..]`; it answers once every replica down the chain has applied it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteRequest {
+    /// The chunk written.
     pub chunk: ChunkId,
+    /// The map version the writer holds; a replica at another version refuses the write (`Stale`).
     pub version: MapVersion,
     /// Offset within the chunk.
     pub offset: u64,
+    /// What is written.
     pub payload: WritePayload,
     /// The rest of the chain after the receiver.
     pub chain: Vec<Replica>,
@@ -266,7 +272,9 @@ impl WriteRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ReplicaError {
+    /// The chunk server whose replica failed (`None`: the receiver itself).
     pub failed_cs: Option<CsId>,
+    /// What failed.
     pub error: crate::error::Error,
 }
 
@@ -407,12 +415,14 @@ pub trait ChunkControl: Send + Sync {
 /// Opens (or reuses) data-path connections to chunk servers.
 #[async_trait]
 pub trait ChunkConnector: Send + Sync {
+    /// A data-path client of the chunk server at `addr` (`host:port`).
     async fn chunk_service(&self, addr: &str) -> Result<Arc<dyn ChunkService>>;
 }
 
 /// Opens (or reuses) control connections to chunk servers.
 #[async_trait]
 pub trait ControlConnector: Send + Sync {
+    /// A control client of the chunk server at `addr` (`host:port`).
     async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>>;
 }
 
@@ -459,6 +469,7 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock reading `start_ms` (ms since the epoch) until advanced.
     pub fn new(start_ms: u64) -> ManualClock {
         ManualClock {
             now_ms: std::sync::atomic::AtomicU64::new(start_ms),

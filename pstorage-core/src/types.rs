@@ -17,9 +17,15 @@ macro_rules! id_type {
         #[serde(transparent)]
         pub struct $name(pub $inner);
 
+        /// Pads to the width asked for (`{:>6}` in a table), as the bare
+        /// number did.
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, $display, self.0)
+                if f.width().is_some() {
+                    f.pad(&format!($display, self.0))
+                } else {
+                    write!(f, $display, self.0)
+                }
             }
         }
 
@@ -78,6 +84,13 @@ id_type!(
     /// A lease handle, returned by open and used for every operation on the
     /// file. Printed as its number.
     LeaseId(u64),
+    "{}"
+);
+id_type!(
+    /// An MDS's identity in the Raft group (openraft's node id). Chosen
+    /// when the MDS is made (`make-mds`), never reused. Printed as its
+    /// number.
+    MdsId(u64),
     "{}"
 );
 id_type!(
@@ -163,7 +176,9 @@ pub const MAX_BLOCK_CRCS: u64 = 64 << 10;
 /// `replicas=norm:min`: keep `norm` copies; accept writes while `min` remain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replicas {
+    /// Copies to keep.
     pub norm: u8,
+    /// Copies that must remain for writes to be accepted.
     pub min: u8,
 }
 
@@ -222,11 +237,16 @@ pub const MAX_TIER: u8 = 3;
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub enum FailureDomain {
+    /// Replicas on different disks (chunk servers).
     Disk,
+    /// Replicas on different hosts.
     #[default]
     Host,
+    /// Replicas in different racks.
     Rack,
+    /// Replicas in different rows.
     Row,
+    /// Replicas in different rooms.
     Room,
 }
 
@@ -286,6 +306,7 @@ fn parse_tier(v: &str) -> Result<u8> {
 /// Per-file / per-directory attributes, inherited from the parent on create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileAttrs {
+    /// Copies to keep of each chunk.
     pub replicas: Replicas,
     /// Chunk size in bytes; a multiple of [`BLOCK_SIZE`].
     pub chunk_size: u64,
@@ -309,9 +330,13 @@ impl Default for FileAttrs {
 /// A change of attributes; `None` fields are left alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrUpdate {
+    /// New replication.
     pub replicas: Option<Replicas>,
+    /// New chunk size in bytes (a multiple of [`BLOCK_SIZE`]).
     pub chunk_size: Option<u64>,
+    /// New storage tier.
     pub tier: Option<u8>,
+    /// New failure domain.
     pub failure_domain: Option<FailureDomain>,
 }
 
@@ -403,7 +428,9 @@ pub fn validate_host(host: &str) -> Result<&str> {
 pub struct CsPlacementUpdate {
     /// `ROOM.ROW.RACK` ([`validate_location`]).
     pub location: Option<String>,
+    /// The host it runs on (replicas avoid sharing one).
     pub host: Option<String>,
+    /// Its storage tier.
     pub tier: Option<u8>,
     /// Bytes the chunk server may fill; 0 = the size of its file system.
     pub capacity_bytes: Option<u64>,
@@ -498,14 +525,18 @@ pub fn validate_chunk_size(n: u64) -> Result<u64> {
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
 }
 
 /// What `stat` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stat {
+    /// The inode.
     pub ino: InodeId,
+    /// File or directory.
     pub kind: InodeKind,
     /// File size in bytes (0 for directories).
     pub size: u64,
@@ -513,13 +544,16 @@ pub struct Stat {
     pub mtime_ms: u64,
     /// Change (or creation) time, milliseconds since the Unix epoch.
     pub ctime_ms: u64,
+    /// Its replication and placement attributes.
     pub attrs: FileAttrs,
 }
 
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
+    /// The entry's name (no `/`).
     pub name: String,
+    /// The entry's attributes.
     pub stat: Stat,
 }
 
@@ -529,7 +563,9 @@ pub struct DirEntry {
 /// chunk maps, which is what keeps cached maps from serving stale replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaseMode {
+    /// Shared: reads only.
     Read,
+    /// Exclusive: reads and writes.
     Write,
 }
 
@@ -547,8 +583,11 @@ pub struct OpenFlags {
 /// A granted lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The lease's handle.
     pub id: LeaseId,
+    /// The leased file's inode.
     pub ino: InodeId,
+    /// Read or write.
     pub mode: LeaseMode,
     /// How long the lease lasts from the grant or the last renewal, in ms.
     pub duration_ms: u64,
@@ -557,7 +596,9 @@ pub struct Lease {
 /// What `open` returns: the lease and the file's state at that moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenReply {
+    /// The lease granted.
     pub lease: Lease,
+    /// The file's attributes at the grant.
     pub stat: Stat,
     /// The data-path deadlines the client applies to this file's I/O
     /// (cluster parameters, current at the open).
@@ -576,7 +617,9 @@ pub struct OpenReply {
 /// `flush_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoTimeouts {
+    /// Deadline of a write or read per replica it goes through, in ms.
     pub replica_ms: u64,
+    /// Deadline of a flush of one replica, in ms.
     pub flush_ms: u64,
 }
 
@@ -621,6 +664,7 @@ impl Default for IoTimeouts {
 /// One replica in a chunk's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Replica {
+    /// The chunk server holding the replica.
     pub cs: CsId,
     /// The chunk server's data address, `host:port`.
     pub addr: String,
@@ -629,9 +673,11 @@ pub struct Replica {
 /// Where a chunk lives: its id, current map version and replica chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkMap {
+    /// The chunk's id.
     pub chunk: ChunkId,
     /// The chunk's index in its file: it covers `[index*chunk_size, (index+1)*chunk_size)`.
     pub index: u64,
+    /// The chain's map version.
     pub version: MapVersion,
     /// The chain, head first. Writes go to `replicas[0]` and are forwarded in order.
     pub replicas: Vec<Replica>,
@@ -650,7 +696,10 @@ pub enum BlockRepair {
     /// replicas to repair them from.
     Found,
     /// The blocks were rewritten from the replica on chunk server `from`.
-    Repaired { from: CsId },
+    Repaired {
+        /// The chunk server whose replica the blocks were copied from.
+        from: CsId,
+    },
     /// No other replica had a good copy of these blocks: they read as
     /// errors on this replica (never as zeros or wrong data).
     Unrepairable,
@@ -665,6 +714,7 @@ pub struct BadBlocks {
     /// Block numbers (4 KiB) within the chunk, ascending, at most
     /// [`MAX_REPORTED_BLOCKS`].
     pub blocks: Vec<u64>,
+    /// Where the repair of these blocks stands.
     pub outcome: BlockRepair,
 }
 
@@ -722,7 +772,9 @@ impl std::fmt::Display for CsStatus {
 /// Disk space of a chunk server, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpaceInfo {
+    /// Size of the file system, in bytes.
     pub total_bytes: u64,
+    /// Free bytes.
     pub free_bytes: u64,
 }
 
@@ -742,6 +794,7 @@ pub struct CsStats {
     /// chunk files and trimmed (0 and 0 for a store without one).
     #[serde(default)]
     pub journal_bytes: u64,
+    /// Bytes of the journal not yet applied to the chunk files and trimmed.
     #[serde(default)]
     pub journal_used_bytes: u64,
 }
@@ -767,9 +820,13 @@ pub struct HeartbeatReply {
 /// A chunk server as listed by `stat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsInfo {
+    /// The chunk server's id.
     pub id: CsId,
+    /// Its data address, `host:port`.
     pub addr: String,
+    /// Its state as the MDS sees it.
     pub status: CsStatus,
+    /// Its disk space.
     pub space: SpaceInfo,
     /// Number of chunk replicas the MDS places on this server.
     pub chunks: u64,
@@ -797,6 +854,7 @@ pub struct CsInfo {
     /// trimmed, as of its last heartbeat.
     #[serde(default)]
     pub journal_bytes: u64,
+    /// Bytes of the journal not yet applied and trimmed.
     #[serde(default)]
     pub journal_used_bytes: u64,
 }
@@ -804,9 +862,11 @@ pub struct CsInfo {
 /// Space of one storage tier (its chunk servers that are not dropped).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierSpace {
+    /// The tier.
     pub tier: u8,
     /// Chunk servers in it (not dropped).
     pub servers: u64,
+    /// Space of its chunk servers, in bytes.
     pub capacity_bytes: u64,
     /// Bytes of chunks held.
     pub held_bytes: u64,
@@ -835,10 +895,14 @@ pub struct RebalanceStatus {
 /// See [`RebalanceStatus::state`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RebalanceState {
+    /// Every chunk server of each tier is within the balance threshold.
     #[default]
     Balanced,
+    /// Replicas are being moved.
     Moving,
+    /// Moves are paused (recovery has priority).
     Paused,
+    /// Rebalancing is turned off.
     Off,
 }
 
@@ -856,9 +920,13 @@ impl std::fmt::Display for RebalanceState {
 /// I/O rates of a chunk server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoRates {
+    /// Reads per second.
     pub read_ops_per_s: u64,
+    /// Writes per second.
     pub write_ops_per_s: u64,
+    /// Bytes read per second.
     pub read_bytes_per_s: u64,
+    /// Bytes written per second.
     pub write_bytes_per_s: u64,
 }
 
@@ -979,7 +1047,9 @@ impl std::fmt::Display for ClusterHealth {
 /// An MDS as listed by `stat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MdsInfo {
-    pub id: u64,
+    /// Its id in the group.
+    pub id: MdsId,
+    /// `host:port` it listens on.
     pub addr: String,
     /// Its part in the group, as the answering MDS sees it.
     pub role: MdsRole,
@@ -987,6 +1057,7 @@ pub struct MdsInfo {
     pub term: u64,
     /// Last log index known committed, and applied to its state.
     pub commit_index: u64,
+    /// Last log index known applied to its state.
     pub applied_index: u64,
     /// Log entries it is behind the leader's last entry (0 when caught up).
     pub lag: u64,
@@ -995,7 +1066,8 @@ pub struct MdsInfo {
 /// One member of the MDS group (a Raft member), as `members()` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MdsMember {
-    pub id: u64,
+    /// Its id in the group.
+    pub id: MdsId,
     /// `host:port` it serves clients, chunk servers and its peers on.
     pub addr: String,
     /// A voter counts toward the majority; a learner is still catching up
@@ -1017,7 +1089,7 @@ pub struct MdsMembership {
     /// Every member, by id.
     pub members: Vec<MdsMember>,
     /// The leader's id, if the answering MDS knows one.
-    pub leader: Option<u64>,
+    pub leader: Option<MdsId>,
     /// The Raft term the answering MDS is in.
     pub term: u64,
     /// Log index of the membership configuration the list comes from (0 for
@@ -1085,19 +1157,29 @@ pub struct ReplicationStatus {
 /// What `pstorage stat` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    /// The cluster's name.
     pub cluster_name: String,
     /// The cluster's state: healthy, degraded or failure.
     pub health: ClusterHealth,
+    /// Every MDS of the group.
     pub mds: Vec<MdsInfo>,
+    /// Every chunk server.
     pub cs: Vec<CsInfo>,
+    /// Files in the namespace.
     pub files: u64,
+    /// Directories in the namespace.
     pub dirs: u64,
+    /// Chunks in the namespace.
     pub chunks: u64,
+    /// Chunks by replication state.
     pub chunk_counts: ChunkCounts,
+    /// Re-replication in progress.
     pub replication: ReplicationStatus,
+    /// Bytes of file data (file sizes summed, before replication).
     pub logical_bytes: u64,
     /// Space per storage tier that has chunk servers, by tier.
     pub tiers: Vec<TierSpace>,
+    /// Rebalancing state.
     pub rebalance: RebalanceStatus,
     /// Conditions that do not change `health` but need attention (fewer
     /// failure domains than `replicas_norm` in a tier, ...).
@@ -1107,6 +1189,7 @@ pub struct ClusterStatus {
 /// One cluster parameter as `get-config` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigEntry {
+    /// The parameter's name (`set-config KEY=VALUE`).
     pub key: String,
     /// Effective value.
     pub value: u64,
@@ -1114,6 +1197,7 @@ pub struct ConfigEntry {
     pub default: u64,
     /// Unit of both (ms, %, bytes/s, ...).
     pub unit: String,
+    /// What the parameter does.
     pub description: String,
 }
 
@@ -1153,8 +1237,11 @@ impl std::fmt::Display for EventKind {
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EventLevel {
+    /// Informational.
     Info,
+    /// Needs attention.
     Warning,
+    /// Something failed.
     Error,
 }
 
@@ -1175,7 +1262,9 @@ pub struct Event {
     pub seq: u64,
     /// When it happened, ms since the Unix epoch.
     pub time_ms: u64,
+    /// What it is about.
     pub kind: EventKind,
+    /// How serious it is.
     pub level: EventLevel,
     /// Names the objects involved (chunk server, chunk, file).
     pub message: String,
@@ -1184,7 +1273,9 @@ pub struct Event {
 /// A chunk replica a chunk server holds, as reported to the MDS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkReplicaInfo {
+    /// The chunk.
     pub chunk: ChunkId,
+    /// Its version on the chunk server.
     pub version: MapVersion,
 }
 
@@ -1212,6 +1303,7 @@ pub struct CopyStats {
 /// [`copy_progress`]: crate::traits::ChunkControl::copy_progress
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyProgress {
+    /// The chunk copied.
     pub chunk: ChunkId,
     /// The version the copy makes the replica hold.
     pub version: MapVersion,
@@ -1225,10 +1317,13 @@ pub struct CopyProgress {
 /// What a chunk server tells the MDS when it (re)connects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsRegistration {
+    /// The chunk server's id.
     pub id: CsId,
     /// The address clients and peers reach it at, `host:port`.
     pub addr: String,
+    /// Its disk space.
     pub space: SpaceInfo,
+    /// Every chunk replica it holds.
     pub chunks: Vec<ChunkReplicaInfo>,
     /// Replicas of `chunks` that were written but not flushed when the
     /// server last stopped uncleanly (power loss, OS crash) and passed
@@ -1355,6 +1450,22 @@ mod tests {
         assert!(Replicas::parse("0:0").is_err());
         assert!(Replicas::parse("16:2").is_err());
         assert!(Replicas::parse("x").is_err());
+    }
+
+    /// Ids print and serialize as their bare numbers did: tables (`{:>6}`)
+    /// stay aligned, and the stored and wire bytes are the number's.
+    #[test]
+    fn ids_print_and_serialize_as_their_numbers() {
+        assert_eq!(
+            format!("{:>6}|{}", MdsId(3), MdsId(3)),
+            format!("{:>6}|{}", 3, 3)
+        );
+        assert_eq!(format!("{:<4}|{:?}", CsId(12), CsId(12)), "12  |12");
+        assert_eq!(format!("{} {:>6}", ChunkId(42), ChunkId(42)), "0x2a   0x2a");
+        assert_eq!(
+            postcard::to_allocvec(&MdsId(300)).unwrap(),
+            postcard::to_allocvec(&300u64).unwrap()
+        );
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! reports the result through the callback, a wait, or (without a callback)
 //! the cluster's event fd.
 
+use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_int, c_void};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use futures::FutureExt;
 use pstorage_core::client::File;
@@ -60,9 +61,9 @@ impl Completion {
         self.lock().released
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CompletionState> {
-        // Every critical section assigns plain fields; poisoning is harmless.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, CompletionState> {
+        // Every critical section assigns plain fields: a panic in one is harmless.
+        self.state.lock()
     }
 
     /// Idle -> Pending; a completion carries exactly one operation.
@@ -403,10 +404,7 @@ pub extern "C" fn pstorage_aio_wait_for_complete(comp: *mut pstorage_completion_
             )));
         }
         while state.phase != Phase::Done {
-            state = completion
-                .done
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            completion.done.wait(&mut state);
         }
         Ok(0)
     })

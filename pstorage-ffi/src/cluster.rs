@@ -1,12 +1,13 @@
 //! Cluster handles (connect, disconnect) and namespace calls: mkdir,
 //! stat, unlink, rename, attributes and directory listings.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use pstorage_core::client::{Client, ClientOptions};
@@ -74,9 +75,9 @@ struct EventState {
 }
 
 impl EventQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, EventState> {
-        // Single push/pop critical sections; poisoning cannot corrupt them.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, EventState> {
+        // Single push/pop critical sections: a panic cannot corrupt them.
+        self.state.lock()
     }
 
     /// Turns poll mode on (once) and returns the eventfd.
@@ -335,11 +336,7 @@ pub extern "C" fn pstorage_disconnect(cluster: *mut pstorage_cluster_t) -> c_int
                 )),
             }
         })?;
-        let runtime = cluster
-            .owned_runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let runtime = cluster.owned_runtime.lock().take();
         if let Some(runtime) = runtime {
             runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
         }
@@ -753,7 +750,7 @@ pub unsafe extern "C" fn pstorage_readdir(
     run_int(F, || {
         let listing = DIRS.get(dir, F)?;
         let entry = out_ptr(entry, "entry", F)?;
-        let mut cursor = listing.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cursor = listing.state.lock();
         let Some(next) = cursor.entries.next() else {
             return Ok(0);
         };

@@ -1,8 +1,9 @@
 //! File handles: open/close with a lease and the synchronous I/O calls.
 
+use parking_lot::{Condvar, Mutex};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use bytes::BytesMut;
 use pstorage_core::client::File;
@@ -49,13 +50,13 @@ impl OpenFile {
     fn wait_idle(&self) {
         let mut n = self.lock_inflight();
         while *n > 0 {
-            n = self.idle.wait(n).unwrap_or_else(|p| p.into_inner());
+            self.idle.wait(&mut n);
         }
     }
 
-    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, usize> {
-        // A counter: poisoning cannot leave it inconsistent.
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_inflight(&self) -> parking_lot::MutexGuard<'_, usize> {
+        // A counter: a panic cannot leave it inconsistent.
+        self.inflight.lock()
     }
 }
 

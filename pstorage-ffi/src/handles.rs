@@ -4,9 +4,10 @@
 //! `EBADF`, never a crash, and freeing a handle while another thread uses it
 //! cannot free memory under that thread (the registry hands out `Arc`s).
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::error::{FfiError, FfiResult};
 
@@ -79,14 +80,14 @@ impl<T> Registry<T> {
         Ok(live.remove(&id).expect("present under the same lock"))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<usize, Arc<T>>> {
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<usize, Arc<T>>> {
         // Critical sections are single map operations: a panic cannot leave
-        // the map inconsistent, so poisoning is ignored.
-        self.live.read().unwrap_or_else(|p| p.into_inner())
+        // the map inconsistent.
+        self.live.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<usize, Arc<T>>> {
-        self.live.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, HashMap<usize, Arc<T>>> {
+        self.live.write()
     }
 }
 

@@ -12,6 +12,7 @@
 //! committed header is out of date and rewrites it with
 //! `PSTORAGE_BLESS_HEADER=1`.
 
+#![warn(missing_docs)]
 // The contract of every pointer argument is spelled out C-style in each
 // function's doc (the "Ownership" part), which is what the header shows;
 // Rust-style "# Safety" sections would only repeat it.

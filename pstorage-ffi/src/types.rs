@@ -71,6 +71,7 @@ pub const PSTORAGE_VERIFY_REPAIR: u32 = 1;
 pub struct pstorage_verify_result_t {
     /// Chunks and replicas checked.
     pub chunks: u64,
+    /// Replicas checked.
     pub replicas: u64,
     /// Bytes read from replicas.
     pub bytes_read: u64,

@@ -1,8 +1,9 @@
 //! `pstorage._pstorage.RawCluster`: a connection to one cluster. The Python
 //! `pstorage.Cluster` wraps it (modes, `makedirs`, closing open files).
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
@@ -35,9 +36,9 @@ impl RawCluster {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
     // The guarded value is an Option swapped in one step: never half-updated.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
 }
 
 /// Connects the SDK to the cluster `conf` describes; `timeout` bounds every

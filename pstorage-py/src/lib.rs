@@ -1,9 +1,9 @@
 //! The native part of the Python module `pstorage` (`pstorage._pstorage`).
 //!
 //! It wraps the blocking Rust SDK (`pstorage_core::client::blocking`) over
-//! the network services of `pstorage_rpc`: [`cluster::RawCluster`] for the
-//! namespace, [`file::RawFile`] for positionless I/O and
-//! [`local::RawLocalCluster`] for an in-process cluster (tests). The Python package
+//! the network services of `pstorage_rpc`: `cluster::RawCluster` for the
+//! namespace, `file::RawFile` for positionless I/O and
+//! `local::RawLocalCluster` for an in-process cluster (tests). The Python package
 //! (`pstorage-py/python/pstorage/`) builds the public API on top: `Cluster`,
 //! `File` (an `io.RawIOBase`) and the exception classes.
 //!

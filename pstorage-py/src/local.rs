@@ -2,8 +2,9 @@
 //! process ([`pstorage_rpc::local::LocalCluster`]). The Python
 //! `pstorage.testing.LocalCluster` wraps it (context manager, clients).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
@@ -42,7 +43,7 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 impl RawLocalCluster {
     fn lock(&self) -> MutexGuard<'_, Option<Arc<LocalCluster>>> {
         // An Option swapped in one step: never half-updated.
-        self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+        self.cluster.lock()
     }
 
     /// Runs `f` on the cluster with the GIL released.

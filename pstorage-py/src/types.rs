@@ -179,7 +179,7 @@ pub struct PyMdsInfo {
 impl From<&MdsInfo> for PyMdsInfo {
     fn from(m: &MdsInfo) -> PyMdsInfo {
         PyMdsInfo {
-            id: m.id,
+            id: m.id.0,
             addr: m.addr.clone(),
             role: m.role.to_string(),
             term: m.term,

@@ -533,7 +533,9 @@ pub enum AuthError {
     /// Dialing `addr` failed: `Unavailable`.
     #[error("cannot connect to {addr}: {source}; is the server running and the address right?")]
     Connect {
+        /// The address dialed.
         addr: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -545,7 +547,9 @@ pub enum AuthError {
          pstorage node"
     )]
     Step {
+        /// The step of the handshake.
         what: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -5,7 +5,8 @@
 //! `ChunkServer`, both behind the authenticated handshake a chunk server
 //! accepts; the Cap'n Proto `MdsClient` in front of a real `MdsService`.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,7 +48,7 @@ struct Servers {
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for task in self.accept_loops.lock().unwrap().drain(..) {
+        for task in self.accept_loops.lock().drain(..) {
             task.abort();
         }
     }
@@ -72,7 +73,7 @@ impl LoopbackChunks {
             )
             .unwrap(),
         );
-        self.servers.threads.lock().unwrap().push(rpc.clone());
+        self.servers.threads.lock().push(rpc.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
@@ -88,7 +89,7 @@ impl LoopbackChunks {
                 });
             }
         });
-        self.servers.accept_loops.lock().unwrap().push(task);
+        self.servers.accept_loops.lock().push(task);
         addr
     }
 }
@@ -134,13 +135,13 @@ impl LoopbackMds {
             )
             .unwrap(),
         );
-        self.servers.threads.lock().unwrap().push(rpc.clone());
+        self.servers.threads.lock().push(rpc.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 rpc.serve_mds(stream).unwrap();
             }
         });
-        self.servers.accept_loops.lock().unwrap().push(task);
+        self.servers.accept_loops.lock().push(task);
         Arc::new(MdsClient::new(vec![addr], plain_dialer(), options()).unwrap())
     }
 }

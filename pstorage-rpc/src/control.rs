@@ -5,9 +5,10 @@
 //! [`RpcServerThread`](crate::actor::RpcServerThread); the MDS reaches it
 //! through [`ControlClient`], usually via [`TcpControlConnector`].
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pstorage_core::traits::{ChunkControl, ControlConnector};
@@ -318,7 +319,7 @@ impl ControlConnector for TcpControlConnector {
     /// The client for `addr`, created on first use. Never fails because the
     /// server is down: the client connects at its first call.
     async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>> {
-        let mut clients = self.clients.lock().expect("control client cache poisoned");
+        let mut clients = self.clients.lock();
         if let Some(client) = clients.get(addr) {
             return Ok(Arc::new(client.clone()));
         }

@@ -2,9 +2,10 @@
 //! `RpcServerThread` serving in-memory fakes, on ephemeral ports, without
 //! authentication (plain streams are handed to the server).
 
+use parking_lot::Mutex;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -103,7 +104,7 @@ fn sample_cluster_status() -> ClusterStatus {
         cluster_name: "test-cluster".into(),
         health: ClusterHealth::Degraded,
         mds: vec![MdsInfo {
-            id: 1,
+            id: MdsId(1),
             addr: "127.0.0.1:2510".into(),
             role: MdsRole::Leader,
             term: 0,
@@ -257,19 +258,19 @@ struct Script {
 impl Script {
     /// Records a call and returns the configured error, if any.
     fn enter(&self, call: String) -> Result<()> {
-        self.calls.lock().unwrap().push(call);
-        match self.fail_with.lock().unwrap().clone() {
+        self.calls.lock().push(call);
+        match self.fail_with.lock().clone() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     fn take_calls(&self) -> Vec<String> {
-        std::mem::take(&mut *self.calls.lock().unwrap())
+        std::mem::take(&mut *self.calls.lock())
     }
 
     fn fail_with(&self, error: Option<Error>) {
-        *self.fail_with.lock().unwrap() = error;
+        *self.fail_with.lock() = error;
     }
 }
 
@@ -282,21 +283,20 @@ struct FakeMds {
 
 #[async_trait]
 impl MdsGroup for FakeMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.script.enter("allocate_mds_id".into())?;
-        Ok(7)
+        Ok(MdsId(7))
     }
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.script.enter(format!("add_mds {id} {addr}"))
     }
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.script.enter(format!("remove_mds {id}"))
     }
     async fn members(&self) -> Result<MdsMembership> {
         self.script.enter("members".into())?;
         self.members
             .lock()
-            .unwrap()
             .clone()
             .ok_or_else(|| Error::unavailable("no members"))
     }
@@ -571,10 +571,7 @@ impl Harness {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 let stream = stream.into_std().unwrap();
-                loop_accepted
-                    .lock()
-                    .unwrap()
-                    .push(stream.try_clone().unwrap());
+                loop_accepted.lock().push(stream.try_clone().unwrap());
                 loop_count.fetch_add(1, Ordering::SeqCst);
                 let stream = TcpStream::from_std(stream).unwrap();
                 match serve {
@@ -594,7 +591,7 @@ impl Harness {
 
     /// Breaks every connection accepted so far, from the server's side.
     fn kill_connections(&self) {
-        for stream in self.accepted.lock().unwrap().drain(..) {
+        for stream in self.accepted.lock().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -914,13 +911,7 @@ async fn a_call_in_flight_when_the_connection_breaks_fails_unavailable() {
         async move { client.stat("/slow").await }
     });
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !fake
-        .script
-        .calls
-        .lock()
-        .unwrap()
-        .contains(&"stat /slow".to_string())
-    {
+    while !fake.script.calls.lock().contains(&"stat /slow".to_string()) {
         assert!(
             Instant::now() < deadline,
             "the slow call never reached the server"
@@ -1215,17 +1206,17 @@ fn sample_membership(a: &str, b: &str) -> MdsMembership {
     MdsMembership {
         members: vec![
             MdsMember {
-                id: 1,
+                id: MdsId(1),
                 addr: a.to_string(),
                 voter: true,
             },
             MdsMember {
-                id: 2,
+                id: MdsId(2),
                 addr: b.to_string(),
                 voter: false,
             },
         ],
-        leader: Some(2),
+        leader: Some(MdsId(2)),
         term: u64::MAX,
         config_index: 17,
     }
@@ -1238,13 +1229,13 @@ async fn mds_members_round_trips() {
     let client =
         MdsClient::new(vec![harness.addr.clone()], plain_dialer(), fast_options()).unwrap();
     let sample = sample_membership("127.0.0.1:1", "[::1]:2510");
-    *fake.members.lock().unwrap() = Some(sample.clone());
+    *fake.members.lock() = Some(sample.clone());
     assert_eq!(client.members().await.unwrap(), sample);
     let mut leaderless = sample;
     leaderless.leader = None;
-    *fake.members.lock().unwrap() = Some(leaderless.clone());
+    *fake.members.lock() = Some(leaderless.clone());
     assert_eq!(client.members().await.unwrap(), leaderless);
-    *fake.members.lock().unwrap() = None;
+    *fake.members.lock() = None;
     let error = client.members().await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
     // An MDS without a group (no Raft) says so.
@@ -1261,7 +1252,7 @@ async fn a_following_client_learns_the_members_and_dials_the_leader() {
     let (first, second) = (Arc::new(FakeMds::default()), Arc::new(FakeMds::default()));
     let a = Harness::start(group_services(&first), Serve::Mds).await;
     let b = Harness::start(group_services(&second), Serve::Mds).await;
-    *first.members.lock().unwrap() = Some(sample_membership(&a.addr, &b.addr));
+    *first.members.lock() = Some(sample_membership(&a.addr, &b.addr));
     let store = Arc::new(MemMemberStore::new());
     let members = Arc::new(MemberDirectory::new(
         vec![a.addr.clone()],
@@ -1302,7 +1293,7 @@ async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
         let held = held.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = frozen.accept().await {
-                held.lock().unwrap().push(stream);
+                held.lock().push(stream);
             }
         })
     };
@@ -1326,10 +1317,6 @@ async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
     );
     client.stat("/b").await.unwrap();
     assert_eq!(fake.script.take_calls(), ["stat /b"]);
-    assert_eq!(
-        held.lock().unwrap().len(),
-        1,
-        "the frozen MDS was dialed again"
-    );
+    assert_eq!(held.lock().len(), 1, "the frozen MDS was dialed again");
     holder.abort();
 }

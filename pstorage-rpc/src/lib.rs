@@ -11,6 +11,8 @@
 //! * [`local`]: a whole cluster inside the calling process, for the tests
 //!   of programs that embed pstorage ([`local::LocalCluster`]).
 
+#![warn(missing_docs)]
+
 pub mod actor;
 pub mod auth;
 pub mod control;
@@ -36,3 +38,5 @@ mod conformance_tests;
 mod control_rpc_tests;
 #[cfg(test)]
 mod raft_tests;
+#[cfg(test)]
+mod raft_wire_tripwire;

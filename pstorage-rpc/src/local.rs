@@ -60,8 +60,8 @@
 //! variables apply to every node, as they would to the daemons), its file
 //! descriptor limit, and its fate (a process abort ends the whole cluster).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -688,7 +688,7 @@ impl LocalCluster {
         let addr = free_loopback_addr()?;
         node::join_cluster_mds(&self.conf, &dir, &addr).await?;
         self.lock().mds.push(Slot::new(dir, Some(addr)));
-        *self.admin.lock().unwrap_or_else(|p| p.into_inner()) = admin_client(&self.conf)?;
+        *self.admin.lock() = admin_client(&self.conf)?;
         self.start_node(Kind::Mds, i)?;
         self.wait_for(timeout, mds_missing).await?;
         Ok(i)
@@ -745,12 +745,12 @@ impl LocalCluster {
     }
 
     fn admin(&self) -> MdsClient {
-        self.admin.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.admin.lock().clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Nodes> {
         // Slots are only pushed or have `running` swapped: never half-updated.
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+        self.nodes.lock()
     }
 
     fn is_running(&self, kind: Kind, i: usize) -> bool {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pstorage_core::mds::raft::MdsRaft;
+use pstorage_core::mds::raft::{MdsId, MdsRaft};
 use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
@@ -610,7 +610,7 @@ impl mds::Server for MdsServer {
         let outcome = async {
             let (id, addr) = decode_request("addMds", || {
                 let p = params.get()?;
-                Ok((p.get_id(), read_text(p.get_addr())?))
+                Ok((MdsId(p.get_id()), read_text(p.get_addr())?))
             })?;
             self.group("addMds")?.add_mds(id, &addr).await
         }
@@ -625,7 +625,7 @@ impl mds::Server for MdsServer {
         mut results: mds::RemoveMdsResults,
     ) -> capnp::Result<()> {
         let outcome = async {
-            let id = decode_request("removeMds", || Ok(params.get()?.get_id()))?;
+            let id = decode_request("removeMds", || Ok(MdsId(params.get()?.get_id())))?;
             self.group("removeMds")?.remove_mds(id).await
         }
         .await;
@@ -1154,7 +1154,7 @@ impl CsRegistry for MdsClient {
 
 #[async_trait]
 impl MdsGroup for MdsClient {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.call("allocateMdsId", move |mds| async move {
             let response = mds.allocate_mds_id_request().send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -1162,13 +1162,13 @@ impl MdsGroup for MdsClient {
         .await
     }
 
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         let addr = addr.to_owned();
         self.with_call_timeout(Some(GROUP_CHANGE_TIMEOUT))
             .call("addMds", move |mds| async move {
                 let mut request = mds.add_mds_request();
                 let mut p = request.get();
-                p.set_id(id);
+                p.set_id(id.0);
                 p.set_addr(addr.as_str());
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
@@ -1176,11 +1176,11 @@ impl MdsGroup for MdsClient {
             .await
     }
 
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.with_call_timeout(Some(GROUP_CHANGE_TIMEOUT))
             .call("removeMds", move |mds| async move {
                 let mut request = mds.remove_mds_request();
-                request.get().set_id(id);
+                request.get().set_id(id.0);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

@@ -342,7 +342,7 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                     r.current_leader,
                 )
             };
-            m.gauge("pstorage_mds_id", "This MDS's id.", gauge_of(id));
+            m.gauge("pstorage_mds_id", "This MDS's id.", gauge_of(id.0));
             m.gauge(
                 "pstorage_mds_raft_term",
                 "Current Raft term.",

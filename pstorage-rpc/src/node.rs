@@ -25,7 +25,9 @@ use pstorage_core::chunk::session::{bad_replica_queue, CsSession, SessionOptions
 use pstorage_core::chunk::{ChunkServer, FileChunkStore, ScrubParams, StoreOptions};
 use pstorage_core::client::{Client, ClientOptions};
 use pstorage_core::conf::{ClusterConf, ClusterKey, KEY_FILE};
-use pstorage_core::mds::raft::{compact_log_now, raft_config, MdsNode, MdsRaft, RaftStorage};
+use pstorage_core::mds::raft::{
+    compact_log_now, raft_config, MdsId, MdsNode, MdsRaft, RaftStorage,
+};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
 use pstorage_core::membership::{DirectoryOptions, FileMemberStore, MemberDirectory};
 use pstorage_core::traits::{
@@ -50,14 +52,16 @@ const MDS_DB: &str = "mds.redb";
 /// The configuration of an MDS service directory, written by `make-mds`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MdsServiceConf {
+    /// The format of this file (1).
     pub format_version: u32,
+    /// The name of the cluster the MDS belongs to.
     pub cluster: String,
     /// `host:port` the MDS listens on and is listed under in `bs.list`.
     pub addr: String,
     /// Its id in the metadata group (directories made before MDS groups
     /// existed are MDS 1).
     #[serde(default = "first_mds_id")]
-    pub id: u64,
+    pub id: MdsId,
     /// Made with `make-mds -I`: it forms the group at its first start.
     /// Otherwise it asks the group to add it.
     #[serde(default = "yes")]
@@ -68,8 +72,8 @@ pub struct MdsServiceConf {
     pub join_via: Vec<String>,
 }
 
-fn first_mds_id() -> u64 {
-    1
+fn first_mds_id() -> MdsId {
+    MdsId(1)
 }
 
 fn yes() -> bool {
@@ -79,8 +83,11 @@ fn yes() -> bool {
 /// The configuration of a CS service directory, written by `make-cs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CsServiceConf {
+    /// The format of this file (1).
     pub format_version: u32,
+    /// The name of the cluster the chunk server belongs to.
     pub cluster: String,
+    /// The chunk server's id, assigned by the MDS at `make-cs`.
     pub id: CsId,
     /// `host:port` to listen on; port 0 picks a free port at each start.
     pub listen: String,
@@ -233,7 +240,7 @@ pub async fn join_cluster_mds(
 
 /// `rm-mds`: removes MDS `id` from the group and its address from this
 /// node's `bs.list`; returns that address.
-pub async fn remove_mds(conf: &ClusterConf, id: u64) -> Result<String> {
+pub async fn remove_mds(conf: &ClusterConf, id: MdsId) -> Result<String> {
     let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     let addr = mds
         .cluster_status()
@@ -618,7 +625,7 @@ pub async fn run_mds_with(
         .await
         .map_err(|e| Error::internal(format!("MDS Raft node: {e}")).caused_by(e))?;
     if conf.init && !initialized {
-        info!(id = conf.id, "forming the metadata group");
+        info!(id = %conf.id, "forming the metadata group");
         let members = BTreeMap::from([(
             conf.id,
             MdsNode {
@@ -646,7 +653,7 @@ pub async fn run_mds_with(
     let listener = TcpListener::bind(&conf.addr)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
-    info!(cluster = %conf.cluster, addr = %conf.addr, id = conf.id, "MDS started");
+    info!(cluster = %conf.cluster, addr = %conf.addr, id = %conf.id, "MDS started");
     println!(
         "pstorage-mdsd: cluster {} MDS {} listening on {}",
         conf.cluster, conf.id, conf.addr
@@ -691,7 +698,7 @@ pub async fn run_mds_with(
         _ = shutdown => info!("MDS stopping"),
         _ = join => unreachable_join(),
         _ = removed => info!(
-            id = conf.id,
+            id = %conf.id,
             "this MDS was removed from the metadata group (rm-mds); stopping"
         ),
     }
@@ -724,7 +731,7 @@ const STORAGE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resolves once this MDS, having been a member of the group, is no longer
 /// one (`rm-mds`): it must stop serving, or clients and chunk servers still
 /// connected to it would talk to an MDS that can never commit again.
-async fn removed_from_group(raft: &MdsRaft, id: u64) {
+async fn removed_from_group(raft: &MdsRaft, id: MdsId) {
     let mut metrics = raft.metrics();
     let mut was_member = false;
     loop {
@@ -811,7 +818,7 @@ async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, key: &ClusterKey, dir
             }
             .await;
             match result {
-                Ok(()) => info!(id = conf.id, "joined the metadata group"),
+                Ok(()) => info!(id = %conf.id, "joined the metadata group"),
                 Err(e) => warn!(
                     "MDS {} joining the metadata group via {others:?}: {e}; retrying",
                     conf.id

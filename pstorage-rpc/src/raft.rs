@@ -25,6 +25,7 @@ use openraft::raft::{
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
 use pstorage_core::mds::raft::{MdsId, MdsNode, MdsRaft, MdsRaftConfig};
+use pstorage_core::mds::STORE_FORMAT_VERSION;
 use pstorage_core::{Error, ErrorKind, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,10 +35,30 @@ use crate::generated::pstorage_capnp::mds;
 use crate::wire::WireReply;
 
 /// The format version of Raft payloads: the first byte of every request and
-/// reply. Bumped when openraft's message types change incompatibly (another
-/// openraft version), so that mixed MDS versions fail with a clear error
-/// rather than misreading each other.
-pub const RAFT_WIRE_VERSION: u8 = 1;
+/// reply. A payload of another version is refused (`Protocol`, naming both
+/// versions), so that mixed MDS versions fail with a clear error rather than
+/// misreading each other. Bumped whenever the encoded messages change shape:
+/// a new MDS store format (log entries carry the live `Command`, and every
+/// change of it is a new store format: tied by [`RAFT_WIRE_STORE_FORMAT`],
+/// checked at compile time) or another openraft (the tripwire test
+/// `raft_wire_tripwire` holds the encoded bytes of every message).
+///
+/// History: 1 until store format 6 (not tied to it: Commands changed
+/// without a bump); 2 carries store format 6; 3 store format 7.
+pub const RAFT_WIRE_VERSION: u8 = 3;
+
+/// The MDS store format ([`STORE_FORMAT_VERSION`]) whose commands the log
+/// entries of [`RAFT_WIRE_VERSION`] carry. A build whose store format is
+/// another does not compile: bump [`RAFT_WIRE_VERSION`] and set this to the
+/// new store format.
+pub const RAFT_WIRE_STORE_FORMAT: u8 = 7;
+
+const _: () = assert!(
+    RAFT_WIRE_STORE_FORMAT == STORE_FORMAT_VERSION,
+    "the MDS store format changed, and with it the Command that Raft log entries carry \
+     between MDSes: bump RAFT_WIRE_VERSION and set RAFT_WIRE_STORE_FORMAT to the new \
+     STORE_FORMAT_VERSION (pstorage-rpc/src/raft.rs; docs/formats.md, Raft messages)"
+);
 
 /// The snapshot chunk size to configure in openraft
 /// (`Config::snapshot_max_chunk_size`): each `raftSnapshot` message carries

@@ -4,12 +4,13 @@
 //! Raft storage is in memory (this module), the state machine is the real
 //! `MdsState`.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,7 +55,7 @@ impl RaftLogReader<C> for MemLog {
         &mut self,
         range: RB,
     ) -> std::result::Result<Vec<Entry<C>>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok(data.entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
@@ -63,7 +64,7 @@ impl RaftLogStorage<C> for MemLog {
     type LogReader = MemLog;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<C>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         let last = data
             .entries
             .values()
@@ -84,26 +85,26 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         vote: &Vote<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().vote = Some(*vote);
+        self.0.lock().vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> std::result::Result<Option<Vote<MdsId>>, StorageError<MdsId>> {
-        Ok(self.0.lock().unwrap().vote)
+        Ok(self.0.lock().vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<MdsId>>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().committed = committed;
+        self.0.lock().committed = committed;
         Ok(())
     }
 
     async fn read_committed(
         &mut self,
     ) -> std::result::Result<Option<LogId<MdsId>>, StorageError<MdsId>> {
-        Ok(self.0.lock().unwrap().committed)
+        Ok(self.0.lock().committed)
     }
 
     async fn append<I>(
@@ -116,7 +117,7 @@ impl RaftLogStorage<C> for MemLog {
         I::IntoIter: Send,
     {
         {
-            let mut data = self.0.lock().unwrap();
+            let mut data = self.0.lock();
             for entry in entries {
                 data.entries.insert(entry.log_id.index, entry);
             }
@@ -129,7 +130,7 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         log_id: LogId<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        self.0.lock().unwrap().entries.split_off(&log_id.index);
+        self.0.lock().entries.split_off(&log_id.index);
         Ok(())
     }
 
@@ -137,7 +138,7 @@ impl RaftLogStorage<C> for MemLog {
         &mut self,
         log_id: LogId<MdsId>,
     ) -> std::result::Result<(), StorageError<MdsId>> {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         data.entries.retain(|&index, _| index > log_id.index);
         data.last_purged = Some(log_id);
         Ok(())
@@ -169,7 +170,7 @@ impl MemSm {
     }
 
     fn stat(&self, path: &str) -> Result<Stat> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         let ino = data.state.lookup(path)?;
         data.state
             .stat_of(ino)
@@ -179,7 +180,7 @@ impl MemSm {
 
 impl RaftSnapshotBuilder<C> for MemSm {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<C>, StorageError<MdsId>> {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         let bytes = postcard::to_allocvec(&data.state)
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         data.snapshots_built += 1;
@@ -209,7 +210,7 @@ impl RaftStateMachine<C> for MemSm {
         (Option<LogId<MdsId>>, StoredMembership<MdsId, MdsNode>),
         StorageError<MdsId>,
     > {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok((data.last_applied, data.membership.clone()))
     }
 
@@ -221,7 +222,7 @@ impl RaftStateMachine<C> for MemSm {
         I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         let mut replies = Vec::new();
         for entry in entries {
             data.last_applied = Some(entry.log_id);
@@ -257,7 +258,7 @@ impl RaftStateMachine<C> for MemSm {
         let bytes = snapshot.into_inner();
         let state: MdsState = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let mut data = self.0.lock().unwrap();
+        let mut data = self.0.lock();
         data.state = state;
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
@@ -269,7 +270,7 @@ impl RaftStateMachine<C> for MemSm {
     async fn get_current_snapshot(
         &mut self,
     ) -> std::result::Result<Option<Snapshot<C>>, StorageError<MdsId>> {
-        let data = self.0.lock().unwrap();
+        let data = self.0.lock();
         Ok(data.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),
             snapshot: Box::new(Cursor::new(bytes.clone())),
@@ -318,7 +319,7 @@ impl MetadataService for RaftMds {
         self.refuse("open")
     }
     async fn renew(&self, _: LeaseId) -> Result<()> {
-        let hand_off = self.hand_off.lock().unwrap().take();
+        let hand_off = self.hand_off.lock().take();
         let Some(successor) = hand_off else {
             // Served: renewals are what this test service answers Ok.
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -449,11 +450,11 @@ impl CsRegistry for RaftMds {
 
 #[async_trait]
 impl MdsGroup for RaftMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(self.next_mds_id.fetch_add(1, Ordering::SeqCst))
+        Ok(MdsId(self.next_mds_id.fetch_add(1, Ordering::SeqCst)))
     }
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let node = MdsNode {
             addr: addr.to_owned(),
@@ -468,7 +469,7 @@ impl MdsGroup for RaftMds {
             .map_err(raft_error)?;
         Ok(())
     }
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.raft
             .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
@@ -620,7 +621,7 @@ impl Drop for Node {
 async fn start_group(n: u64) -> Vec<Node> {
     let mut nodes = Vec::new();
     for id in 1..=n {
-        nodes.push(Node::start(id, router_options()).await);
+        nodes.push(Node::start(MdsId(id), router_options()).await);
     }
     let members: BTreeMap<MdsId, MdsNode> = nodes.iter().map(Node::member).collect();
     nodes[0].raft.initialize(members).await.unwrap();
@@ -709,7 +710,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     assert!(error.message().contains("readdir"), "{error}");
     // MdsGroup is routed too.
-    assert_eq!(client.allocate_mds_id().await.unwrap(), 100);
+    assert_eq!(client.allocate_mds_id().await.unwrap(), MdsId(100));
     assert_eq!(nodes[leader].calls(), 4);
 
     // The leader crashes: the survivors elect another one, and a call sent
@@ -735,7 +736,7 @@ async fn a_call_the_leader_refuses_as_not_the_leader_is_routed_to_the_new_one() 
     let nodes = start_group(3).await;
     let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
     let successor = (leader + 1) % 3;
-    *nodes[leader].service.hand_off.lock().unwrap() = Some(nodes[successor].raft.clone());
+    *nodes[leader].service.hand_off.lock() = Some(nodes[successor].raft.clone());
     // The client talks to the old leader only; its router finds the call
     // refused locally and serves it where the leadership went, instead of
     // answering "not the leader" for the client to retry after a backoff.
@@ -782,16 +783,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
         .purge_log(snapshot_index)
         .await
         .unwrap();
-    let snapshot_len = nodes[leader]
-        .sm
-        .0
-        .lock()
-        .unwrap()
-        .snapshot
-        .as_ref()
-        .unwrap()
-        .1
-        .len();
+    let snapshot_len = nodes[leader].sm.0.lock().snapshot.as_ref().unwrap().1.len();
     assert!(
         snapshot_len > 4 * 512,
         "snapshot of {snapshot_len} bytes fits in few chunks"
@@ -799,12 +791,12 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
 
     // The fourth MDS joins through a follower's router (MdsGroup routed to
     // the leader), receives the snapshot in chunks and becomes a voter.
-    let newcomer = Node::start(4, router_options()).await;
-    client.add_mds(4, &newcomer.addr).await.unwrap();
+    let newcomer = Node::start(MdsId(4), router_options()).await;
+    client.add_mds(MdsId(4), &newcomer.addr).await.unwrap();
     nodes.push(newcomer);
     let all = nodes;
     wait_replicated(&all, &[3], "/dir-039-with-a-long-name").await;
-    assert_eq!(all[3].sm.0.lock().unwrap().snapshots_installed, 1);
+    assert_eq!(all[3].sm.0.lock().snapshots_installed, 1);
     let voters: Vec<MdsId> = all[leader]
         .raft
         .metrics()
@@ -813,7 +805,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
         .membership()
         .voter_ids()
         .collect();
-    assert_eq!(voters, vec![1, 2, 3, 4]);
+    assert_eq!(voters, [1, 2, 3, 4].map(MdsId).to_vec());
     // And it follows new writes.
     client.mkdir("/after-join", false, None).await.unwrap();
     wait_replicated(&all, &[0, 1, 2, 3], "/after-join").await;
@@ -823,7 +815,7 @@ async fn a_new_mds_catches_up_from_a_chunked_snapshot() {
 async fn without_a_leader_calls_fail_unavailable_after_the_election_wait() {
     // A node that was never initialized has no members and no leader.
     let node = Node::start(
-        1,
+        MdsId(1),
         RouterOptions {
             election_wait: Duration::from_millis(300),
             ..router_options()
@@ -877,7 +869,7 @@ async fn send_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving() {
-    let node = Node::start(1, router_options()).await;
+    let node = Node::start(MdsId(1), router_options()).await;
     let actor: ClientActor<mds::Client> = ClientActor::spawn(
         "MDS",
         vec![node.addr.clone()],
@@ -900,13 +892,14 @@ async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving(
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Protocol, "{error}");
+        let other = format!("format version {}", RAFT_WIRE_VERSION + 8);
         assert!(
-            error.message().contains("format version 9") && error.message().contains("upgrade"),
+            error.message().contains(&other) && error.message().contains("upgrade"),
             "{error}"
         );
     }
     // The same connection still carries a well-formed message to Raft.
-    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, MdsId(7)), None);
     let reply = send_raw(
         &actor,
         "raftVote",
@@ -925,9 +918,15 @@ async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving(
 async fn a_server_without_raft_or_group_says_so() {
     let sm = MemSm::new();
     let network = TcpRaftNetwork::new(plain_dialer(), RaftNetworkOptions::default());
-    let raft = MdsRaft::new(1, raft_config(), network, MemLog::default(), sm.clone())
-        .await
-        .unwrap();
+    let raft = MdsRaft::new(
+        MdsId(1),
+        raft_config(),
+        network,
+        MemLog::default(),
+        sm.clone(),
+    )
+    .await
+    .unwrap();
     let service = Arc::new(RaftMds {
         raft,
         sm,
@@ -958,7 +957,7 @@ async fn a_server_without_raft_or_group_says_so() {
         ClientOptions::default(),
     )
     .unwrap();
-    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, 7), None);
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, MdsId(7)), None);
     let data = crate::raft::encode("vote request", &vote).unwrap();
     let error = send_raw(&actor, "raftVote", data).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");

@@ -7,9 +7,10 @@
 //! membership records), so clients and chunk servers may talk to any MDS in
 //! bs.list.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -186,7 +187,7 @@ impl LeaderRouter {
     /// The client of leader `id` at `addr`, reusing the cached connection
     /// while the leader stays the same.
     fn leader_client(&self, id: MdsId, addr: String) -> Result<MdsClient> {
-        let mut cached = self.leader.lock().expect("leader cache poisoned");
+        let mut cached = self.leader.lock();
         if let Some(link) = cached.as_ref().filter(|l| l.id == id && l.addr == addr) {
             return Ok(link.client.clone());
         }
@@ -225,7 +226,7 @@ impl LeaderRouter {
 
     /// Drops the cached connection to leader `id` (it could not be reached).
     fn forget_leader(&self, id: MdsId) {
-        let mut cached = self.leader.lock().expect("leader cache poisoned");
+        let mut cached = self.leader.lock();
         if cached.as_ref().is_some_and(|l| l.id == id) {
             *cached = None;
         }
@@ -608,7 +609,7 @@ impl CsRegistry for LeaderRouter {
 
 #[async_trait]
 impl MdsGroup for LeaderRouter {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         self.route(
             "allocateMdsId",
             || self.group.allocate_mds_id(),
@@ -617,7 +618,7 @@ impl MdsGroup for LeaderRouter {
         .await
     }
 
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         self.route(
             "addMds",
             || self.group.add_mds(id, addr),
@@ -626,7 +627,7 @@ impl MdsGroup for LeaderRouter {
         .await
     }
 
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         self.route(
             "removeMds",
             || self.group.remove_mds(id),

@@ -19,7 +19,7 @@ use pstorage_core::types::{
     MdsMembership, MdsRole, OpTag, OpenFlags, OpenReply, RebalanceState, RebalanceStatus,
     RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
-use pstorage_core::types::{ChunkId, InodeId, MapVersion};
+use pstorage_core::types::{ChunkId, InodeId, MapVersion, MdsId};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::generated::pstorage_capnp as schema;
@@ -689,7 +689,7 @@ impl WireStruct for Event {
 impl WireStruct for MdsInfo {
     type Schema = schema::mds_info::Owned;
     fn write(&self, mut b: schema::mds_info::Builder<'_>) {
-        b.set_id(self.id);
+        b.set_id(self.id.0);
         b.set_addr(self.addr.as_str());
         b.set_role(self.role.as_str());
         b.set_term(self.term);
@@ -699,7 +699,7 @@ impl WireStruct for MdsInfo {
     }
     fn read(r: schema::mds_info::Reader<'_>) -> capnp::Result<Self> {
         Ok(MdsInfo {
-            id: r.get_id(),
+            id: MdsId(r.get_id()),
             addr: read_text(r.get_addr())?,
             role: MdsRole::from_name(&read_text(r.get_role())?),
             term: r.get_term(),
@@ -713,13 +713,13 @@ impl WireStruct for MdsInfo {
 impl WireStruct for MdsMember {
     type Schema = schema::mds_member::Owned;
     fn write(&self, mut b: schema::mds_member::Builder<'_>) {
-        b.set_id(self.id);
+        b.set_id(self.id.0);
         b.set_addr(self.addr.as_str());
         b.set_voter(self.voter);
     }
     fn read(r: schema::mds_member::Reader<'_>) -> capnp::Result<Self> {
         Ok(MdsMember {
-            id: r.get_id(),
+            id: MdsId(r.get_id()),
             addr: read_text(r.get_addr())?,
             voter: r.get_voter(),
         })
@@ -734,14 +734,14 @@ impl WireStruct for MdsMembership {
             &self.members,
         );
         b.set_has_leader(self.leader.is_some());
-        b.set_leader(self.leader.unwrap_or(0));
+        b.set_leader(self.leader.map_or(0, |id| id.0));
         b.set_term(self.term);
         b.set_config_index(self.config_index);
     }
     fn read(r: schema::mds_membership::Reader<'_>) -> capnp::Result<Self> {
         Ok(MdsMembership {
             members: read_list(r.get_members()?)?,
-            leader: r.get_has_leader().then(|| r.get_leader()),
+            leader: r.get_has_leader().then(|| MdsId(r.get_leader())),
             term: r.get_term(),
             config_index: r.get_config_index(),
         })
@@ -1093,17 +1093,17 @@ impl WireReply for CsId {
 }
 
 /// The id of an MDS (`allocateMdsId`).
-impl WireReply for u64 {
+impl WireReply for MdsId {
     type Schema = schema::mds_id_result::Owned;
-    fn write_result(outcome: &Result<u64>, mut b: schema::mds_id_result::Builder<'_>) {
+    fn write_result(outcome: &Result<MdsId>, mut b: schema::mds_id_result::Builder<'_>) {
         match outcome {
-            Ok(id) => b.set_ok(*id),
+            Ok(id) => b.set_ok(id.0),
             Err(error) => write_error(b.init_err(), error),
         }
     }
-    fn read_result(r: schema::mds_id_result::Reader<'_>) -> capnp::Result<Result<u64>> {
+    fn read_result(r: schema::mds_id_result::Reader<'_>) -> capnp::Result<Result<MdsId>> {
         Ok(match r.which()? {
-            schema::mds_id_result::Ok(id) => Ok(id),
+            schema::mds_id_result::Ok(id) => Ok(MdsId(id)),
             schema::mds_id_result::Err(error) => Err(read_error(error?)?),
         })
     }

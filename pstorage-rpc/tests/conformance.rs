@@ -24,7 +24,7 @@ impl GroupFixture for LocalGroup {
         let client = pstorage_rpc::node::connect_mds(cluster.conf(), Default::default()).unwrap();
         Group {
             group: std::sync::Arc::new(client),
-            id: 1,
+            id: pstorage_core::types::MdsId(1),
             addr: cluster.mds_addr(0).unwrap(),
             keep: Box::new(cluster),
         }

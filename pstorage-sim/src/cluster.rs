@@ -19,7 +19,7 @@ use pstorage_core::mds::raft::{raft_config, MdsNode, MdsRaft, RaftDisk, RaftStor
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
 use pstorage_core::membership::{DirectoryOptions, MemberDirectory};
 use pstorage_core::traits::{Clock, CsRegistry};
-use pstorage_core::types::{CsId, FileAttrs, Replicas};
+use pstorage_core::types::{CsId, FileAttrs, MdsId, Replicas};
 use pstorage_core::{Error, Result};
 use rand::Rng;
 use tokio::time::Instant;
@@ -118,7 +118,7 @@ impl CsStore {
                     if !power_loss {
                         return BlockFate::Kept;
                     }
-                    let roll = rng.lock().expect("rng poisoned").gen_range(0..100);
+                    let roll = rng.lock().gen_range(0..100);
                     match roll {
                         0..=49 => BlockFate::Kept,
                         50..=84 => BlockFate::Lost,
@@ -135,7 +135,7 @@ impl CsStore {
                 // (its files die with it).
                 *store = open_file_store(&CrashDisk::new());
                 let what = if power_loss {
-                    let loss = disk.power_loss(&mut *rng.lock().expect("rng poisoned"));
+                    let loss = disk.power_loss(&mut *rng.lock());
                     format!(
                         "unsynced pages: {} kept, {} lost, {} torn; namespace changes: {} kept, \
                          {} lost",
@@ -267,10 +267,10 @@ impl Cluster {
         for id in 1..=config.mds as u64 {
             cluster.start_mds(id).await?;
         }
-        let members: BTreeMap<u64, MdsNode> = (1..=config.mds as u64)
+        let members: BTreeMap<MdsId, MdsNode> = (1..=config.mds as u64)
             .map(|id| {
                 (
-                    id,
+                    MdsId(id),
                     MdsNode {
                         addr: NodeId::Mds(id).addr(),
                     },
@@ -400,20 +400,20 @@ impl Cluster {
         let (log, state_machine) = storage.into_parts(service.clone());
         let raft_conf = raft_config("sim", self.config.snapshot_every)?;
         let raft = MdsRaft::new(
-            id,
+            MdsId(id),
             Arc::new(raft_conf),
             SimRaftNetwork {
                 net: self.net.clone(),
-                from: id,
+                from: MdsId(id),
             },
             log,
             state_machine,
         )
         .await
         .map_err(|e| Error::internal(format!("starting the Raft node of MDS {id}: {e}")))?;
-        service.attach_raft(id, raft.clone())?;
+        service.attach_raft(MdsId(id), raft.clone())?;
         let endpoint = Arc::new(MdsEndpoint::new(
-            id,
+            MdsId(id),
             service.clone(),
             raft.clone(),
             self.net.clone(),
@@ -550,5 +550,5 @@ impl Cluster {
 }
 
 fn svc_id(svc: &MdsService) -> u64 {
-    svc.raft().map(|(id, _)| *id).unwrap_or(0)
+    svc.raft().map(|(id, _)| id.0).unwrap_or(0)
 }

@@ -25,14 +25,15 @@ pub mod rpc;
 pub mod trace;
 pub mod workload;
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pstorage_core::chunk::ChunkStore;
 use pstorage_core::client::Client;
-use pstorage_core::types::CsId;
+use pstorage_core::types::{CsId, MdsId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -307,7 +308,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
         for (_, fault) in due {
             undo(&mut cluster, &mut clients, &net, &shared, fault).await;
         }
-        let roll = rng.lock().expect("rng poisoned").gen_range(0..1000);
+        let roll = rng.lock().gen_range(0..1000);
         if roll < config.fault_permille {
             let mut once = Once {
                 replaced: &mut replaced,
@@ -328,10 +329,10 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
                 let len = match &fault {
                     // Past the offline timeout.
                     Active::LongFreeze(_) | Active::Outage(_) => {
-                        let extra = rng.lock().expect("rng poisoned").gen_range(50..400);
+                        let extra = rng.lock().gen_range(50..400);
                         config.offline_timeout_ms / config.step_ms.max(1) + extra
                     }
-                    _ => rng.lock().expect("rng poisoned").gen_range(10..200),
+                    _ => rng.lock().gen_range(10..200),
                 };
                 active.push((step + len, fault));
                 faults += 1;
@@ -378,7 +379,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
                 shared.violation(format!(
                     "client{} is stuck in `{}` {} s after the faults stopped",
                     slot.c,
-                    slot.doing.lock().expect("poisoned"),
+                    slot.doing.lock(),
                     config.quiet_ms / 1000
                 ));
             }
@@ -394,7 +395,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
             shared.violation(format!(
                 "client{}: the final check is stuck in `{}` once the faults stopped",
                 worker.id,
-                worker.doing.lock().expect("poisoned")
+                worker.doing.lock()
             ));
         }
     }
@@ -439,7 +440,7 @@ async fn run(seed: u64, config: SimConfig) -> Outcome {
     } else {
         trace.event("every chunk has its norm of identical replicas".into());
     }
-    violations.extend(shared.violations.lock().expect("poisoned").iter().cloned());
+    violations.extend(shared.violations.lock().iter().cloned());
     let outcome = Outcome {
         seed,
         trace_hash: trace.hash(),
@@ -562,7 +563,7 @@ fn pick<T: Clone>(rng: &SimRng, items: &[T]) -> Option<T> {
     if items.is_empty() {
         return None;
     }
-    let i = rng.lock().expect("rng poisoned").gen_range(0..items.len());
+    let i = rng.lock().gen_range(0..items.len());
     Some(items[i].clone())
 }
 
@@ -639,13 +640,13 @@ async fn inject(
     } else {
         8
     };
-    let kind = rng.lock().expect("rng poisoned").gen_range(0..kinds);
+    let kind = rng.lock().gen_range(0..kinds);
     let cs_ids = cluster.cs_ids();
     let mds_ids = cluster.mds_ids();
     match kind {
         0 if !cs_busy => {
             let id = pick(rng, &cs_ids)?;
-            let power_loss = rng.lock().expect("rng poisoned").gen_bool(0.5);
+            let power_loss = rng.lock().gen_bool(0.5);
             let report = cluster.crash_cs(id, power_loss);
             if power_loss {
                 shared.crashes.fetch_add(1, Ordering::SeqCst);
@@ -723,7 +724,7 @@ async fn inject(
                 return None;
             }
             let size = store.chunk_size(chunk).ok()?;
-            let offset = rng.lock().expect("rng poisoned").gen_range(0..size);
+            let offset = rng.lock().gen_range(0..size);
             if slot.corrupt(chunk.0, offset).is_ok() {
                 trace.event(format!(
                     "FAULT bit flip on cs{id} chunk {chunk:#x} offset {offset}"
@@ -747,20 +748,15 @@ async fn inject(
             trace.event(format!("FAULT long freeze of {node}"));
             Some(Active::LongFreeze(node))
         }
-        9 if !cs_busy
-            && config.outages
-            && !*once.outage_done
-            && rng.lock().expect("rng poisoned").gen_bool(0.3) =>
-        {
+        9 if !cs_busy && config.outages && !*once.outage_done && rng.lock().gen_bool(0.3) => {
             *once.outage_done = true;
             shared
                 .outages
                 .lock()
-                .expect("poisoned")
                 .push((tokio::time::Instant::now(), None));
             // Half of the outages are a power cut of the whole cluster's
             // chunk servers: every replica may lose its unflushed writes.
-            let power_loss = rng.lock().expect("rng poisoned").gen_bool(0.5);
+            let power_loss = rng.lock().gen_bool(0.5);
             for id in &cs_ids {
                 cluster.crash_cs(*id, power_loss);
             }
@@ -775,11 +771,7 @@ async fn inject(
             });
             Some(Active::Outage(cs_ids))
         }
-        10 if !mds_busy
-            && config.mds_changes
-            && !*once.replaced
-            && rng.lock().expect("rng poisoned").gen_bool(0.5) =>
-        {
+        10 if !mds_busy && config.mds_changes && !*once.replaced && rng.lock().gen_bool(0.5) => {
             *once.replaced = true;
             let old = pick(rng, &mds_ids)?;
             replace_mds(cluster, &trace, old).await;
@@ -791,7 +783,7 @@ async fn inject(
             let node = pick(rng, &nodes)?;
             let clock = cluster.clock_of(node)?;
             let (secs, back) = {
-                let mut rng = rng.lock().expect("rng poisoned");
+                let mut rng = rng.lock();
                 // Seconds to minutes, either way.
                 let secs: i64 = if rng.gen_bool(0.5) {
                     rng.gen_range(1..60)
@@ -806,10 +798,7 @@ async fn inject(
             Some(Active::ClockJump(node, ms))
         }
         12 if config.client_crashes => {
-            let i = rng
-                .lock()
-                .expect("rng poisoned")
-                .gen_range(0..clients.slots.len());
+            let i = rng.lock().gen_range(0..clients.slots.len());
             if !clients.crash(i).await {
                 return None;
             }
@@ -835,8 +824,8 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     let new = loop {
         match pstorage_core::traits::MdsGroup::allocate_mds_id(&*admin).await {
             // The group was formed with ids 1..=mds, not allocated.
-            Ok(id) if known.contains(&id) || id <= cluster.config().mds as u64 => continue,
-            Ok(id) => break id,
+            Ok(id) if known.contains(&id.0) || id.0 <= cluster.config().mds as u64 => continue,
+            Ok(id) => break id.0,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 trace.event(format!(
                     "replace mds{old}: allocate_mds_id -> {:?}",
@@ -859,7 +848,7 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     ));
     let addr = NodeId::Mds(new).addr();
     loop {
-        match pstorage_core::traits::MdsGroup::add_mds(&*admin, new, &addr).await {
+        match pstorage_core::traits::MdsGroup::add_mds(&*admin, MdsId(new), &addr).await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 trace.event(format!(
@@ -876,7 +865,7 @@ async fn replace_mds(cluster: &mut Cluster, trace: &Arc<Trace>, old: u64) {
     }
     trace.event(format!("mds{new} is a voter; removing mds{old}"));
     loop {
-        match pstorage_core::traits::MdsGroup::remove_mds(&*admin, old).await {
+        match pstorage_core::traits::MdsGroup::remove_mds(&*admin, MdsId(old)).await {
             Ok(()) => break,
             Err(e) if e.kind() == pstorage_core::ErrorKind::NotFound => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
@@ -942,7 +931,7 @@ async fn undo(
             let mut ids = ids;
             while !ids.is_empty() {
                 let (i, pause) = {
-                    let mut rng = cluster.rng().lock().expect("rng poisoned");
+                    let mut rng = cluster.rng().lock();
                     (rng.gen_range(0..ids.len()), rng.gen_range(0..3_000))
                 };
                 let id = ids.remove(i);
@@ -950,7 +939,7 @@ async fn undo(
                 trace.event(format!("HEAL restart cs{id} (outage)"));
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            for (_, end) in shared.outages.lock().expect("poisoned").iter_mut() {
+            for (_, end) in shared.outages.lock().iter_mut() {
                 end.get_or_insert(tokio::time::Instant::now());
             }
         }

@@ -5,11 +5,12 @@
 //! request it was serving (the caller sees the connection reset), and
 //! freezing it stops them where they are.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -171,8 +172,8 @@ impl SimNet {
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("network state poisoned")
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn bump(&self) {
@@ -306,7 +307,7 @@ impl SimNet {
     }
 
     fn delay(&self, faults: MessageFaults) -> Duration {
-        let mut rng = self.rng.lock().expect("rng poisoned");
+        let mut rng = self.rng.lock();
         if rng.gen_range(0..1_000_000) < faults.slow_ppm {
             Duration::from_millis(rng.gen_range(50..2_000))
         } else {
@@ -315,13 +316,7 @@ impl SimNet {
     }
 
     fn chance(&self, ppm: u32) -> bool {
-        ppm > 0
-            && self
-                .rng
-                .lock()
-                .expect("rng poisoned")
-                .gen_range(0..1_000_000)
-                < ppm
+        ppm > 0 && self.rng.lock().gen_range(0..1_000_000) < ppm
     }
 
     /// Waits until `a` can reach `b`: across a partition until it heals

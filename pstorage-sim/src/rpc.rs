@@ -156,10 +156,10 @@ impl MdsEndpoint {
                     }
                 }
                 Some(leader) => {
-                    let to = NodeId::Mds(leader);
+                    let to = NodeId::Mds(leader.0);
                     let forwarded =
                         self.net
-                            .call(NodeId::Mds(self.id), to, what, move |s| match s {
+                            .call(NodeId::Mds(self.id.0), to, what, move |s| match s {
                                 Services::Mds(ep) => call.call(ep.service.clone()),
                                 Services::Cs(_) => async move {
                                     Err(Error::internal(format!("{to} is not an MDS")))
@@ -431,14 +431,14 @@ impl CsRegistry for SimMdsClient {
 
 #[async_trait]
 impl MdsGroup for SimMdsClient {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         via!(self, "allocate_mds_id", |s| s.allocate_mds_id().await)
     }
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         let addr = addr.to_string();
         via!(self, "add_mds", |s| s.add_mds(id, &addr).await)
     }
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         via!(self, "remove_mds", |s| s.remove_mds(id).await)
     }
     async fn members(&self) -> Result<MdsMembership> {
@@ -682,9 +682,9 @@ impl SimRaftConn {
             + Send
             + 'static,
     {
-        let to = NodeId::Mds(self.to);
+        let to = NodeId::Mds(self.to.0);
         let target = self.to;
-        let sent = self.net.call(NodeId::Mds(self.from), to, what, move |s| {
+        let sent = self.net.call(NodeId::Mds(self.from.0), to, what, move |s| {
             async move {
                 match s {
                     Services::Mds(ep) => match ep.raft.clone() {

@@ -2,7 +2,7 @@
 //! network event, stamped with the simulated time. Its hash
 //! (`trace_hash`) is the fingerprint two runs of a seed must share.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -49,7 +49,7 @@ impl Trace {
         if self.verbose {
             println!("{line}");
         }
-        let mut inner = self.inner.lock().expect("trace poisoned");
+        let mut inner = self.inner.lock();
         inner.hasher.update(line.as_bytes());
         inner.hasher.update(b"\n");
         inner.events += 1;
@@ -61,23 +61,17 @@ impl Trace {
 
     /// The hash of every event so far, in hex.
     pub fn hash(&self) -> String {
-        let inner = self.inner.lock().expect("trace poisoned");
+        let inner = self.inner.lock();
         let digest = inner.hasher.clone().finalize();
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     pub fn events(&self) -> u64 {
-        self.inner.lock().expect("trace poisoned").events
+        self.inner.lock().events
     }
 
     /// The last events recorded.
     pub fn recent(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .expect("trace poisoned")
-            .recent
-            .iter()
-            .cloned()
-            .collect()
+        self.inner.lock().recent.iter().cloned().collect()
     }
 }

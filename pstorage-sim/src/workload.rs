@@ -2,9 +2,10 @@
 //! directory, and runs writes, reads, flushes, reopen cycles and namespace
 //! operations one at a time, checking every answer against its models.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,7 +54,7 @@ pub const OUTAGE_GRACE: Duration = Duration::from_secs(90);
 impl Shared {
     pub fn violation(&self, text: String) {
         self.trace.event(format!("VIOLATION {text}"));
-        self.violations.lock().expect("poisoned").push(text);
+        self.violations.lock().push(text);
     }
 
     /// Whether an operation that ran over `[started, ended]` overlapped
@@ -61,13 +62,12 @@ impl Shared {
     pub fn in_outage(&self, started: Instant, ended: Instant) -> bool {
         self.outages
             .lock()
-            .expect("poisoned")
             .iter()
             .any(|(from, to)| *from <= ended && to.is_none_or(|to| to + OUTAGE_GRACE >= started))
     }
 
     fn roll(&self, below: u32) -> u32 {
-        self.rng.lock().expect("rng poisoned").gen_range(0..below)
+        self.rng.lock().gen_range(0..below)
     }
 }
 
@@ -166,7 +166,7 @@ impl Worker {
     }
 
     fn doing(&self, what: String) {
-        *self.doing.lock().expect("poisoned") = what;
+        *self.doing.lock() = what;
     }
 
     fn sync_crashes(&mut self) {
@@ -563,13 +563,13 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert!(!shared.in_outage(at(0), at(10)), "no outage yet");
-        shared.outages.lock().unwrap().push((at(100), None));
+        shared.outages.lock().push((at(100), None));
         assert!(!shared.in_outage(at(0), at(99)), "ended before the outage");
         assert!(
             shared.in_outage(at(90), at(110)),
             "overlaps a running outage"
         );
-        shared.outages.lock().unwrap()[0].1 = Some(at(200));
+        shared.outages.lock()[0].1 = Some(at(200));
         assert!(
             shared.in_outage(at(250), at(260)),
             "within the grace after it"

@@ -9,7 +9,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use std::time::Duration;
@@ -92,7 +93,8 @@ impl SimMds {
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(13)));
         let net = SimNet::new(rng, Arc::new(Trace::new(false)));
         let node = NodeId::Mds(1);
-        let endpoint = MdsEndpoint::standalone(1, mds.clone(), net.clone());
+        let endpoint =
+            MdsEndpoint::standalone(pstorage_core::types::MdsId(1), mds.clone(), net.clone());
         net.start(node, Services::Mds(Arc::new(endpoint)));
         net.add_client(NodeId::Client(1));
         let directory = Arc::new(MemberDirectory::new(
@@ -157,7 +159,7 @@ impl GroupFixture for SimGroup {
         };
         Group {
             group,
-            id: 1,
+            id: pstorage_core::types::MdsId(1),
             addr: NodeId::Mds(1).addr(),
             keep: Box::new(cluster),
         }

@@ -8,9 +8,10 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
@@ -86,7 +87,7 @@ impl Writer {
                     file.flush()
                         .await
                         .unwrap_or_else(|e| panic!("a flush failed: {e}"));
-                    done.lock().unwrap().push((started, Instant::now()));
+                    done.lock().push((started, Instant::now()));
                     written.extend_from_slice(&piece);
                 }
                 file.close().await.unwrap();
@@ -97,14 +98,14 @@ impl Writer {
     }
 
     fn count(&self) -> usize {
-        self.done.lock().unwrap().len()
+        self.done.lock().len()
     }
 
     /// The first write+flush that started at or after `t`, waiting for it.
     async fn first_started_after(&self, t: Instant) -> (Instant, Instant) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some(&found) = self.done.lock().unwrap().iter().find(|(s, _)| *s >= t) {
+            if let Some(&found) = self.done.lock().iter().find(|(s, _)| *s >= t) {
                 return found;
             }
             assert!(!self.task.is_finished(), "the writer stopped");

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pstorage_core::client::{Client, ClientOptions};
@@ -197,13 +198,13 @@ impl Workload {
         let back = file.read_at_bytes(0, written.len() as u64).await.unwrap();
         assert!(back[..] == written[..], "streamed data differs");
         file.close().await.unwrap();
-        let longest = *self.longest.lock().unwrap();
+        let longest = *self.longest.lock();
         longest
     }
 }
 
 fn note(longest: &Mutex<Duration>, d: Duration) {
-    let mut l = longest.lock().unwrap();
+    let mut l = longest.lock();
     if d > *l {
         *l = d;
     }

@@ -27,12 +27,12 @@
 //! Thread-safety: every method takes `&self`; the index is behind one mutex
 //! that is never held during file I/O.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use pstorage_core::error::{Error, Result};
 
@@ -187,10 +187,10 @@ impl ReadCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, CacheState> {
         // A panic while holding the lock leaves a consistent map (every
         // update is a few field writes); keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Records a read of `[offset, offset+len)` of `ino` and says whether it

@@ -10,9 +10,10 @@
 //! mutex ([`OpenInode::state`]), so two opens, or an open and a release,
 //! never race for the lease against each other.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use pstorage_core::client::{Client, File};
 use pstorage_core::error::Result;
@@ -21,11 +22,11 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::cache::ReadCache;
 
-/// Locks a std mutex, ignoring poisoning.
+/// Locks a mutex (parking_lot's, which a panic does not poison).
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its map consistent; a panic elsewhere
     // must not take the whole mount down.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
 }
 
 /// The lease state of one inode shared by all its handles.

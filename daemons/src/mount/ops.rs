@@ -29,9 +29,10 @@
 //! way of `rmdir`). A rename over an open file does the same with the target.
 //! Leftovers of a mount that died are removed by the next mount.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;

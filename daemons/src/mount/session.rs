@@ -20,9 +20,10 @@
 //! # }
 //! ```
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
@@ -93,11 +94,7 @@ impl Unmounter {
     /// mount already unmounted, does nothing. Errors: `Busy` if the mount
     /// could neither be unmounted nor detached (the session goes on).
     pub fn unmount(&self) -> Result<()> {
-        let unmounted = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unmount();
+        let unmounted = self.session.lock().unmount();
         let Err(e) = unmounted else {
             return Ok(());
         };

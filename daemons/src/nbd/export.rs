@@ -8,9 +8,10 @@
 //! write acknowledged on any connection before it, which is what the
 //! protocol asks of a multi-connection server.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pstorage_core::client::{Client, File};
 use pstorage_core::types::{InodeKind, LeaseMode, OpenFlags};
@@ -154,7 +155,7 @@ pub struct Exports {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
-/// A connection's hold on an export; give it back with [`Exports::release`].
+/// A connection's hold on an export; give it back with [`ExportHandle::release`].
 pub struct ExportHandle {
     exports: Arc<Exports>,
     export: Option<Arc<Export>>,
@@ -206,7 +207,7 @@ impl Exports {
     }
 
     fn slot(&self, path: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock();
         slots.entry(path.to_string()).or_default().clone()
     }
 
@@ -336,7 +337,7 @@ impl Exports {
     /// Closes every open export (server shutdown, after the connections ended).
     pub async fn close_all(&self) {
         let slots: Vec<_> = {
-            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = self.slots.lock();
             slots.values().cloned().collect()
         };
         for slot in slots {

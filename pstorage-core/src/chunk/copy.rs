@@ -36,9 +36,10 @@
 //! [`FileChunkStore`]: super::FileChunkStore
 //! [`ChunkService::block_crcs`]: crate::traits::ChunkService::block_crcs
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -125,13 +126,11 @@ impl Default for Copies {
 
 impl Copies {
     fn running(&self) -> MutexGuard<'_, HashMap<ChunkId, Arc<Running>>> {
-        self.running.lock().expect("copy table lock poisoned")
+        self.running.lock()
     }
 
     fn partial(&self) -> MutexGuard<'_, VecDeque<Partial>> {
-        self.partial
-            .lock()
-            .expect("partial copy list lock poisoned")
+        self.partial.lock()
     }
 
     /// Takes the partial copy of `chunk`, if any.
@@ -156,9 +155,7 @@ impl Copies {
     }
 
     fn refused(&self) -> MutexGuard<'_, HashSet<ChunkId>> {
-        self.refused
-            .lock()
-            .expect("refused replica set lock poisoned")
+        self.refused.lock()
     }
 
     fn set_refused(&self, chunk: ChunkId, refused: bool) {
@@ -186,7 +183,7 @@ impl Copies {
         let running = self.running().get(&chunk).cloned();
         if let Some(running) = running {
             running.discard.store(true, Ordering::SeqCst);
-            let incoming = running.incoming.lock().expect("copy lock poisoned").id;
+            let incoming = running.incoming.lock().id;
             if let Some(incoming) = incoming {
                 store.abort_incoming(incoming);
             }
@@ -219,7 +216,7 @@ impl Drop for RunningGuard {
     fn drop(&mut self) {
         self.copies.running().remove(&self.chunk);
         let incoming = {
-            let mut slot = self.running.incoming.lock().expect("copy lock poisoned");
+            let mut slot = self.running.incoming.lock();
             slot.ended = true;
             slot.id.take()
         };
@@ -491,7 +488,7 @@ impl ChunkServer {
                         let incoming = self
                             .blocking(move |store| {
                                 let incoming = store.begin_incoming(chunk, chunk_size)?;
-                                let mut slot = slot.incoming.lock().expect("copy lock poisoned");
+                                let mut slot = slot.incoming.lock();
                                 if slot.ended {
                                     store.abort_incoming(incoming);
                                     return Err(Error::internal(format!(
@@ -505,7 +502,7 @@ impl ChunkServer {
                         (incoming, false)
                     }
                 };
-                running.incoming.lock().expect("copy lock poisoned").id = Some(incoming);
+                running.incoming.lock().id = Some(incoming);
                 (Base::Incoming(incoming), reused)
             }
         };
@@ -666,7 +663,7 @@ impl ChunkServer {
             }
             Base::Incoming(incoming) => {
                 // Consumed by the commit, whatever its outcome.
-                running.incoming.lock().expect("copy lock poisoned").id = None;
+                running.incoming.lock().id = None;
                 self.blocking(move |store| store.commit_incoming(incoming, version))
                     .await?;
             }

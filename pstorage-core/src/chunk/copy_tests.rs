@@ -3,8 +3,9 @@
 //! and the progress deadline, at the default chunk size.
 
 use crate::traits::CheckedBytes;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -174,7 +175,7 @@ struct Faults {
 impl Faults {
     /// After `reads` more successful reads, every request gets `fault`.
     fn fail_after(&self, reads: u64, fault: Fault) {
-        *self.fault.lock().unwrap() = fault;
+        *self.fault.lock() = fault;
         self.reads_left.store(reads, Ordering::SeqCst);
     }
 
@@ -185,7 +186,7 @@ impl Faults {
     /// Holds every read until a permit of the returned semaphore is added.
     fn gate(&self) -> Arc<tokio::sync::Semaphore> {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        *self.gate.lock().unwrap() = Some(gate.clone());
+        *self.gate.lock() = Some(gate.clone());
         gate
     }
 
@@ -194,7 +195,7 @@ impl Faults {
     }
 
     async fn fault(&self) -> Error {
-        let fault = *self.fault.lock().unwrap();
+        let fault = *self.fault.lock();
         if fault == Fault::Hang {
             futures::future::pending::<()>().await;
         }
@@ -250,7 +251,7 @@ impl ChunkService for FaultyService {
         offset: u64,
         len: u64,
     ) -> Result<CheckedBytes> {
-        let gate = self.faults.gate.lock().unwrap().clone();
+        let gate = self.faults.gate.lock().clone();
         if let Some(gate) = gate {
             gate.acquire().await.unwrap().forget();
         }

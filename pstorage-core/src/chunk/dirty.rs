@@ -15,9 +15,10 @@
 //! are those written since their last flush plus those flushed within
 //! about the last interval or two.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -105,9 +106,7 @@ impl DirtyLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .expect("dirty log lock poisoned by an earlier panic")
+        self.inner.lock()
     }
 
     /// Whether `chunk` was written since its last flush (for a chunk file

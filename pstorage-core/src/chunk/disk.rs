@@ -4,6 +4,7 @@
 //! and the simulator can run the real store (journal, chunk files, dirty
 //! log) through power losses.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -11,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use rand::Rng;
 
@@ -301,10 +302,13 @@ struct CrashFile {
 pub struct PowerLoss {
     /// Unsynced pages that reached the disk whole, did not, or in part.
     pub kept: u64,
+    /// Unsynced pages that did not reach the disk.
     pub lost: u64,
+    /// Unsynced pages that reached the disk in part (torn).
     pub torn: u64,
     /// Namespace changes kept and lost.
     pub changes_kept: u64,
+    /// Namespace changes (creates, renames, removes) lost.
     pub changes_lost: u64,
 }
 
@@ -331,7 +335,7 @@ impl CrashDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, CrashState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Cuts the power: every file and namespace change not made durable is
@@ -355,7 +359,7 @@ impl CrashDisk {
         let mut ids: Vec<u64> = state.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let mut f = state.files[&id].lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = state.files[&id].lock();
             let cache = std::mem::take(&mut f.cache);
             for (index, page) in cache {
                 match rng.gen_range(0..3) {
@@ -419,7 +423,7 @@ impl CrashDisk {
             let id = state.names.get(path).ok_or_else(not_found)?;
             state.files[id].clone()
         };
-        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = file.lock();
         if offset >= f.len {
             return Err(not_found());
         }
@@ -601,7 +605,7 @@ impl CrashHandle {
     }
 
     fn file(&self) -> MutexGuard<'_, CrashFile> {
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+        self.file.lock()
     }
 }
 

@@ -22,21 +22,27 @@ pub enum ChunkStoreError {
     /// promises), else `Io`.
     #[error("{what}: {source}{}", io_hint(io_kind(source)))]
     Io {
+        /// The operation and the file it was on.
         what: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// `store.id` does not hold 16 hex digits: `Corrupt`.
     #[error("{} does not hold a store id (16 hex digits): {text:?}", path.display())]
     BadStoreId {
+        /// The `store.id` file.
         path: PathBuf,
+        /// What it holds.
         text: String,
+        /// Why that is not a store id.
         #[source]
         source: ParseIntError,
     },
     /// The journal's thread could not be started: `Internal`.
     #[error("cannot start the journal thread: {source}")]
     Thread {
+        /// Why the thread could not start.
         #[source]
         source: std::io::Error,
     },

@@ -1,10 +1,11 @@
 //! [`FileChunkStore`]: chunk replicas as files (format in the module docs of
 //! [`crate::chunk`]).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -610,15 +611,11 @@ impl FileChunkStore {
     }
 
     fn unverified_set(&self) -> MutexGuard<'_, BTreeSet<ChunkId>> {
-        self.unverified
-            .lock()
-            .expect("unverified chunk set lock poisoned by an earlier panic")
+        self.unverified.lock()
     }
 
     fn table(&self) -> MutexGuard<'_, OpenTable> {
-        self.open
-            .lock()
-            .expect("chunk table lock poisoned by an earlier panic")
+        self.open.lock()
     }
 
     /// The open chunk, opening its file (outside the table lock) on first use.
@@ -687,9 +684,7 @@ impl FileChunkStore {
     }
 
     fn incoming_table(&self) -> MutexGuard<'_, HashMap<u64, Arc<OpenChunk>>> {
-        self.incoming
-            .lock()
-            .expect("incoming replica table lock poisoned by an earlier panic")
+        self.incoming.lock()
     }
 
     /// The open incoming replica of a handle.

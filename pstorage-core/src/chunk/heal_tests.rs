@@ -297,21 +297,21 @@ type BlocksReport = (ChunkId, MapVersion, Vec<u64>, String);
 /// Records every report.
 #[derive(Default)]
 struct RecordingSink {
-    reports: std::sync::Mutex<Vec<(ChunkId, MapVersion, String)>>,
-    blocks: std::sync::Mutex<Vec<BlocksReport>>,
+    reports: parking_lot::Mutex<Vec<(ChunkId, MapVersion, String)>>,
+    blocks: parking_lot::Mutex<Vec<BlocksReport>>,
 }
 
 impl RecordingSink {
     /// Replicas reported bad as a whole.
     fn chunks(&self) -> Vec<ChunkId> {
-        let mut out: Vec<ChunkId> = self.reports.lock().unwrap().iter().map(|r| r.0).collect();
+        let mut out: Vec<ChunkId> = self.reports.lock().iter().map(|r| r.0).collect();
         out.sort_unstable();
         out
     }
 
     /// Chunks with blocks reported for repair.
     fn block_chunks(&self) -> Vec<ChunkId> {
-        let mut out: Vec<ChunkId> = self.blocks.lock().unwrap().iter().map(|r| r.0).collect();
+        let mut out: Vec<ChunkId> = self.blocks.lock().iter().map(|r| r.0).collect();
         out.sort_unstable();
         out
     }
@@ -319,14 +319,11 @@ impl RecordingSink {
 
 impl BadReplicaSink for RecordingSink {
     fn bad_replica(&self, chunk: ChunkId, version: MapVersion, detail: String) {
-        self.reports.lock().unwrap().push((chunk, version, detail));
+        self.reports.lock().push((chunk, version, detail));
     }
 
     fn bad_blocks(&self, chunk: ChunkId, version: MapVersion, blocks: Vec<u64>, detail: String) {
-        self.blocks
-            .lock()
-            .unwrap()
-            .push((chunk, version, blocks, detail));
+        self.blocks.lock().push((chunk, version, blocks, detail));
     }
 }
 
@@ -447,7 +444,7 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
     // Each flipped bit is one bad block; the replicas stay in service.
     assert_eq!(cs.sink.block_chunks(), corrupt);
     assert!(cs.sink.chunks().is_empty());
-    for (chunk, version, blocks, detail) in cs.sink.blocks.lock().unwrap().iter() {
+    for (chunk, version, blocks, detail) in cs.sink.blocks.lock().iter() {
         assert_eq!(*version, MapVersion(7));
         assert_eq!(
             blocks.len(),
@@ -476,7 +473,7 @@ async fn the_scrubber_finds_every_flipped_bit_without_reads_and_reports_each_onc
 
     // Only the bad blocks fail to read; the rest of each replica serves.
     assert!(cs.store.list_bad().unwrap().is_empty());
-    let reported = cs.sink.blocks.lock().unwrap().clone();
+    let reported = cs.sink.blocks.lock().clone();
     for &chunk in &chunks {
         let bad: Vec<u64> = reported
             .iter()
@@ -577,7 +574,7 @@ async fn a_client_read_hitting_a_bad_crc_reports_the_block_once_and_the_replica_
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
     // Block 3 reported once (its repair is in flight); the rest serves.
-    let reported = cs.sink.blocks.lock().unwrap().clone();
+    let reported = cs.sink.blocks.lock().clone();
     assert_eq!(reported.len(), 1, "{reported:?}");
     assert_eq!((reported[0].0, reported[0].1), (ChunkId(1), MapVersion(4)));
     assert_eq!(reported[0].2, [3]);
@@ -639,7 +636,7 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert_eq!(cs.sink.blocks.lock().unwrap()[0].2, [2, 3]);
+    assert_eq!(cs.sink.blocks.lock()[0].2, [2, 3]);
     cs.server
         .finish_repair(ChunkId(1), MapVersion(4), &Default::default());
     // A whole scan (the scrubber's) finds every block bad: the replica
@@ -663,8 +660,8 @@ async fn a_replica_with_every_block_bad_is_taken_out_as_a_whole_and_reported_onc
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     }
     assert_eq!(cs.sink.chunks(), [ChunkId(1)]);
-    assert_eq!(cs.sink.blocks.lock().unwrap().len(), 1);
-    assert!(cs.sink.reports.lock().unwrap()[0]
+    assert_eq!(cs.sink.blocks.lock().len(), 1);
+    assert!(cs.sink.reports.lock()[0]
         .2
         .contains("every block fails its check"));
     // Left out of the registration, deleted once the MDS has it.
@@ -741,7 +738,7 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
     assert!(report.verified.contains(&ChunkId(2)), "{report:?}");
     assert!(report.verified.contains(&ChunkId(3)), "{report:?}");
     assert!(sink.chunks().is_empty());
-    let reported = sink.blocks.lock().unwrap().clone();
+    let reported = sink.blocks.lock().clone();
     assert_eq!(reported.len(), 1, "{reported:?}");
     assert_eq!(
         (reported[0].0, reported[0].2.clone()),

@@ -92,9 +92,9 @@
 //! a block its CRC entry, or that does not carry the next sequence number
 //! (a record of an earlier lap).
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -674,9 +674,7 @@ impl Journal {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("journal lock poisoned by an earlier panic")
+        self.state.lock()
     }
 
     fn failed(&self, state: &State) -> Result<()> {
@@ -820,14 +818,9 @@ impl Journal {
             }
             drop(state);
             self.kick();
-            state = self
-                .space
-                .wait_timeout(
-                    self.lock(),
-                    (deadline - now).min(Duration::from_millis(100)),
-                )
-                .expect("journal lock poisoned by an earlier panic")
-                .0;
+            state = self.lock();
+            self.space
+                .wait_for(&mut state, (deadline - now).min(Duration::from_millis(100)));
         }
     }
 
@@ -837,7 +830,7 @@ impl Journal {
         if self.synced_below.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
-        let _one = self.sync_lock.lock().expect("journal sync lock poisoned");
+        let _one = self.sync_lock.lock();
         if self.synced_below.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
@@ -888,7 +881,7 @@ impl Journal {
     /// the chunk files and made those durable. Durable before the space is
     /// reused.
     pub(crate) fn advance_tail(&self, mark: Mark) -> Result<()> {
-        let _one = self.sync_lock.lock().expect("journal sync lock poisoned");
+        let _one = self.sync_lock.lock();
         let (generation, slot) = {
             let state = self.lock();
             self.failed(&state)?;
@@ -934,19 +927,15 @@ impl Journal {
 
     /// Asks the keeper to trim (space is wanted).
     pub(crate) fn kick(&self) {
-        *self.kicked.lock().expect("journal kick lock poisoned") = true;
+        *self.kicked.lock() = true;
         self.kick.notify_all();
     }
 
     /// The keeper's wait: until kicked or `timeout`. Returns whether kicked.
     pub(crate) fn wait_kick(&self, timeout: Duration) -> bool {
-        let mut kicked = self.kicked.lock().expect("journal kick lock poisoned");
+        let mut kicked = self.kicked.lock();
         if !*kicked {
-            kicked = self
-                .kick
-                .wait_timeout(kicked, timeout)
-                .expect("journal kick lock poisoned")
-                .0;
+            self.kick.wait_for(&mut kicked, timeout);
         }
         std::mem::replace(&mut *kicked, false)
     }

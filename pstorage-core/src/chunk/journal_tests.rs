@@ -1,7 +1,8 @@
 //! Tests of the journal: replay after random crash points (unsynced writes
 //! dropped, or torn at 512-byte sectors), refusals, failures, the format.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -40,7 +41,7 @@ impl CrashInner {
 impl CrashDevice {
     /// Power loss: each unsynced sector reaches the disk or not.
     pub(crate) fn crash(&self, rng: &mut StdRng) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         let pending = std::mem::take(&mut inner.pending);
         for (offset, data) in pending {
             match rng.gen_range(0..3) {
@@ -58,15 +59,15 @@ impl CrashDevice {
     }
 
     fn set_fail_sync(&self, fail: bool) {
-        self.inner.lock().unwrap().fail_sync = fail;
+        self.inner.lock().fail_sync = fail;
     }
 
     fn set_fail_write(&self, fail: bool) {
-        self.inner.lock().unwrap().fail_write = fail;
+        self.inner.lock().fail_write = fail;
     }
 
     fn corrupt(&self, offset: u64, byte: u8) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         inner.durable[offset as usize] ^= byte;
     }
 }
@@ -75,7 +76,7 @@ pub(crate) struct SharedDevice(pub Arc<CrashDevice>);
 
 impl JournalDevice for SharedDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let inner = self.0.inner.lock().unwrap();
+        let inner = self.0.inner.lock();
         if inner.fail_ring_reads && offset >= RING_AT {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
@@ -91,7 +92,7 @@ impl JournalDevice for SharedDevice {
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        let mut inner = self.0.inner.lock().unwrap();
+        let mut inner = self.0.inner.lock();
         if inner.fail_write {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
@@ -99,7 +100,7 @@ impl JournalDevice for SharedDevice {
         Ok(())
     }
     fn sync(&self) -> std::io::Result<()> {
-        let mut inner = self.0.inner.lock().unwrap();
+        let mut inner = self.0.inner.lock();
         if inner.fail_sync {
             // What a failed fsync does: the dirty pages are gone.
             inner.pending.clear();
@@ -112,7 +113,7 @@ impl JournalDevice for SharedDevice {
         Ok(())
     }
     fn len(&self) -> std::io::Result<u64> {
-        let inner = self.0.inner.lock().unwrap();
+        let inner = self.0.inner.lock();
         let mut len = inner.durable.len() as u64;
         for (o, d) in &inner.pending {
             len = len.max(o + d.len() as u64);
@@ -120,7 +121,7 @@ impl JournalDevice for SharedDevice {
         Ok(len)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        let mut inner = self.0.inner.lock().unwrap();
+        let mut inner = self.0.inner.lock();
         inner.durable.resize(len as usize, 0);
         Ok(())
     }
@@ -600,12 +601,12 @@ fn a_read_error_at_replay_fails_the_open() {
     journal.append(&[Rec::new(1, 1).record()]).unwrap().unwrap();
     journal.sync_all().unwrap();
     drop(journal);
-    dev.inner.lock().unwrap().fail_ring_reads = true;
+    dev.inner.lock().fail_ring_reads = true;
     let err = Journal::open(Box::new(SharedDevice(dev.clone())), STORE, RING)
         .err()
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Io, "{err}");
-    dev.inner.lock().unwrap().fail_ring_reads = false;
+    dev.inner.lock().fail_ring_reads = false;
     let (_, replayed) = open(&dev);
     assert_eq!(replayed.len(), 1);
 }

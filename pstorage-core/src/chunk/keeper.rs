@@ -5,10 +5,11 @@
 //! space, and every [`TRIM_PERIOD`] otherwise, at a low CPU priority until
 //! half of the journal is in use (see [`super::priority`]).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -180,7 +181,6 @@ impl Keeper {
     pub(super) fn touch(&self, open: &Arc<OpenChunk>) {
         self.touched
             .lock()
-            .expect("journal keeper lock poisoned")
             .entry(Arc::as_ptr(open) as usize)
             .or_insert_with(|| open.clone());
     }
@@ -200,7 +200,7 @@ impl Keeper {
             }
         };
         pace();
-        let _one = self.trimming.lock().expect("journal trim lock poisoned");
+        let _one = self.trimming.lock();
         let began = Instant::now();
         let mark = self.journal.head();
         self.in_place.store(0, Ordering::Relaxed);
@@ -208,7 +208,6 @@ impl Keeper {
         let chunks: Vec<(usize, Arc<OpenChunk>)> = self
             .touched
             .lock()
-            .expect("journal keeper lock poisoned")
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
@@ -262,10 +261,7 @@ impl Keeper {
             } else if !(state.deleted || state.pending.is_empty()) {
                 continue;
             }
-            self.touched
-                .lock()
-                .expect("journal keeper lock poisoned")
-                .remove(&key);
+            self.touched.lock().remove(&key);
         }
         self.journal.advance_tail(mark)?;
         tracing::debug!(journal = %self.journal.name(), chunks = count, took = ?began.elapsed(),

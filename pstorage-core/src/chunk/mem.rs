@@ -1,8 +1,9 @@
 //! [`MemChunkStore`]: chunk replicas in memory, for tests and simulation.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::types::{
@@ -75,7 +76,9 @@ pub struct CrashReport {
     pub chunks: Vec<ChunkId>,
     /// Blocks whose change was kept, lost, torn.
     pub kept: u64,
+    /// Unsynced writes lost.
     pub lost: u64,
+    /// Unsynced writes that reached the store in part (torn).
     pub torn: u64,
 }
 
@@ -140,25 +143,23 @@ impl MemChunkStore {
     /// (create, delete, versions, committed copies) are kept. The store
     /// stays usable, as the disk a restarted chunk server opens.
     pub fn crash(&self, fate: &mut dyn FnMut(ChunkId, u64) -> BlockFate) -> CrashReport {
-        let incoming: Vec<SharedChunk> =
-            std::mem::take(&mut *self.incoming.lock().expect("incoming table lock poisoned"))
-                .into_values()
-                .map(|(_, entry)| entry)
-                .collect();
+        let incoming: Vec<SharedChunk> = std::mem::take(&mut *self.incoming.lock())
+            .into_values()
+            .map(|(_, entry)| entry)
+            .collect();
         for entry in incoming {
             self.release(&entry);
         }
         let mut chunks: Vec<(ChunkId, SharedChunk)> = self
             .chunks
             .lock()
-            .expect("chunk table lock poisoned")
             .iter()
             .map(|(id, c)| (*id, c.clone()))
             .collect();
         chunks.sort_by_key(|(id, _)| *id);
         let mut report = CrashReport::default();
         for (chunk, entry) in chunks {
-            let mut c = entry.write().expect("chunk lock poisoned");
+            let mut c = entry.write();
             let Some(durable) = c.durable.take() else {
                 continue;
             };
@@ -204,10 +205,7 @@ impl MemChunkStore {
             }
             report.chunks.push(chunk);
         }
-        self.unverified
-            .lock()
-            .expect("unverified lock poisoned")
-            .extend(report.chunks.iter().copied());
+        self.unverified.lock().extend(report.chunks.iter().copied());
         self.recount();
         report
     }
@@ -216,16 +214,11 @@ impl MemChunkStore {
     fn recount(&self) {
         let mut used = 0u64;
         let tables = [
-            self.chunks
-                .lock()
-                .expect("chunk table lock poisoned")
-                .values()
-                .cloned()
-                .collect::<Vec<_>>(),
+            self.chunks.lock().values().cloned().collect::<Vec<_>>(),
             self.bad_table().values().cloned().collect::<Vec<_>>(),
         ];
         for entry in tables.iter().flatten() {
-            used += entry.read().expect("chunk lock poisoned").blocks.len() as u64;
+            used += entry.read().blocks.len() as u64;
         }
         self.used_blocks.store(used, Ordering::SeqCst);
     }
@@ -233,7 +226,7 @@ impl MemChunkStore {
     /// Whether `chunk` has writes not flushed yet (tests).
     pub fn has_unflushed(&self, chunk: ChunkId) -> bool {
         self.get(chunk)
-            .map(|e| e.read().expect("chunk lock poisoned").durable.is_some())
+            .map(|e| e.read().durable.is_some())
             .unwrap_or(false)
     }
 
@@ -248,7 +241,7 @@ impl MemChunkStore {
     /// holding `offset` was never written (it has no bytes to flip).
     pub fn corrupt(&self, chunk: ChunkId, offset: u64) -> Result<()> {
         let entry = self.get(chunk)?;
-        let mut c = entry.write().expect("chunk lock poisoned");
+        let mut c = entry.write();
         check_range(chunk, c.chunk_size, offset, 1)?;
         let block = offset / BLOCK_SIZE;
         let Some(stored) = c.blocks.get_mut(&block) else {
@@ -261,12 +254,7 @@ impl MemChunkStore {
     }
 
     fn get(&self, chunk: ChunkId) -> Result<Arc<RwLock<MemChunk>>> {
-        let found = self
-            .chunks
-            .lock()
-            .expect("chunk table lock poisoned")
-            .get(&chunk)
-            .cloned();
+        let found = self.chunks.lock().get(&chunk).cloned();
         found.ok_or_else(|| {
             if self.bad_table().contains_key(&chunk) {
                 bad_replica(chunk)
@@ -276,13 +264,13 @@ impl MemChunkStore {
         })
     }
 
-    fn bad_table(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, SharedChunk>> {
-        self.bad.lock().expect("bad replica table lock poisoned")
+    fn bad_table(&self) -> parking_lot::MutexGuard<'_, HashMap<ChunkId, SharedChunk>> {
+        self.bad.lock()
     }
 
     /// Releases the blocks of a replica that left the store.
     fn release(&self, entry: &SharedChunk) {
-        let mut c = entry.write().expect("chunk lock poisoned");
+        let mut c = entry.write();
         c.deleted = true;
         self.used_blocks
             .fetch_sub(c.blocks.len() as u64, Ordering::SeqCst);
@@ -292,7 +280,6 @@ impl MemChunkStore {
     fn incoming_entry(&self, incoming: IncomingId) -> Result<(ChunkId, SharedChunk)> {
         self.incoming
             .lock()
-            .expect("incoming table lock poisoned")
             .get(&incoming.0)
             .cloned()
             .ok_or_else(|| missing_incoming(incoming))
@@ -307,7 +294,7 @@ impl MemChunkStore {
         data: Option<&[u8]>,
     ) -> Result<()> {
         let (chunk, entry) = self.incoming_entry(incoming)?;
-        let mut c = entry.write().expect("chunk lock poisoned");
+        let mut c = entry.write();
         if c.deleted {
             return Err(missing_incoming(incoming));
         }
@@ -327,7 +314,7 @@ impl MemChunkStore {
         only_if_bad: Option<u64>,
     ) -> Result<bool> {
         let entry = self.get(chunk)?;
-        let mut c = entry.write().expect("chunk lock poisoned");
+        let mut c = entry.write();
         if c.deleted {
             return Err(missing_chunk(chunk));
         }
@@ -469,9 +456,9 @@ fn verify(chunk: ChunkId, block: u64, stored: &MemBlock) -> Result<()> {
 impl ChunkStore for MemChunkStore {
     fn create(&self, chunk: ChunkId, version: MapVersion, chunk_size: u64) -> Result<()> {
         validate_chunk_size(chunk_size).map_err(|e| e.context(format_args!("chunk {chunk:#x}")))?;
-        let mut chunks = self.chunks.lock().expect("chunk table lock poisoned");
+        let mut chunks = self.chunks.lock();
         if let Some(existing) = chunks.get(&chunk) {
-            let c = existing.read().expect("chunk lock poisoned");
+            let c = existing.read();
             if c.version == version && c.chunk_size == chunk_size {
                 return Ok(());
             }
@@ -499,13 +486,13 @@ impl ChunkStore for MemChunkStore {
 
     fn version(&self, chunk: ChunkId) -> Result<MapVersion> {
         let entry = self.get(chunk)?;
-        let c = entry.read().expect("chunk lock poisoned");
+        let c = entry.read();
         Ok(c.version)
     }
 
     fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         let entry = self.get(chunk)?;
-        let mut c = entry.write().expect("chunk lock poisoned");
+        let mut c = entry.write();
         if c.deleted {
             return Err(missing_chunk(chunk));
         }
@@ -520,7 +507,7 @@ impl ChunkStore for MemChunkStore {
 
     fn chunk_size(&self, chunk: ChunkId) -> Result<u64> {
         let entry = self.get(chunk)?;
-        let c = entry.read().expect("chunk lock poisoned");
+        let c = entry.read();
         Ok(c.chunk_size)
     }
 
@@ -599,7 +586,7 @@ impl ChunkStore for MemChunkStore {
         buf: &mut [u8],
     ) -> Result<()> {
         let entry = self.get(chunk)?;
-        let c = entry.read().expect("chunk lock poisoned");
+        let c = entry.read();
         if c.deleted {
             return Err(missing_chunk(chunk));
         }
@@ -636,16 +623,12 @@ impl ChunkStore for MemChunkStore {
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {
         let entry = self.get(chunk)?;
-        entry.write().expect("chunk lock poisoned").durable = None;
+        entry.write().durable = None;
         Ok(())
     }
 
     fn delete(&self, chunk: ChunkId) -> Result<()> {
-        let removed = self
-            .chunks
-            .lock()
-            .expect("chunk table lock poisoned")
-            .remove(&chunk);
+        let removed = self.chunks.lock().remove(&chunk);
         if let Some(entry) = removed {
             self.release(&entry);
         }
@@ -657,7 +640,7 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn mark_bad(&self, chunk: ChunkId) -> Result<()> {
-        let mut chunks = self.chunks.lock().expect("chunk table lock poisoned");
+        let mut chunks = self.chunks.lock();
         match chunks.remove(&chunk) {
             Some(entry) => {
                 // Its blocks still take space until it is deleted.
@@ -680,22 +663,14 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn unverified(&self) -> Vec<ChunkId> {
-        self.unverified
-            .lock()
-            .expect("unverified lock poisoned")
-            .iter()
-            .copied()
-            .collect()
+        self.unverified.lock().iter().copied().collect()
     }
 
     fn verified(&self, chunk: ChunkId) -> Result<()> {
         if let Ok(entry) = self.get(chunk) {
-            entry.write().expect("chunk lock poisoned").durable = None;
+            entry.write().durable = None;
         }
-        self.unverified
-            .lock()
-            .expect("unverified lock poisoned")
-            .remove(&chunk);
+        self.unverified.lock().remove(&chunk);
         Ok(())
     }
 
@@ -704,13 +679,12 @@ impl ChunkStore for MemChunkStore {
         let chunks: Vec<(ChunkId, SharedChunk)> = self
             .chunks
             .lock()
-            .expect("chunk table lock poisoned")
             .iter()
             .map(|(id, c)| (*id, c.clone()))
             .collect();
         for (chunk, entry) in chunks {
             if !unverified.contains(&chunk) {
-                entry.write().expect("chunk lock poisoned").durable = None;
+                entry.write().durable = None;
             }
         }
         Ok(())
@@ -720,7 +694,6 @@ impl ChunkStore for MemChunkStore {
         let chunks: Vec<(ChunkId, Arc<RwLock<MemChunk>>)> = self
             .chunks
             .lock()
-            .expect("chunk table lock poisoned")
             .iter()
             .map(|(id, c)| (*id, c.clone()))
             .collect();
@@ -728,7 +701,7 @@ impl ChunkStore for MemChunkStore {
             .into_iter()
             .map(|(chunk, c)| ChunkReplicaInfo {
                 chunk,
-                version: c.read().expect("chunk lock poisoned").version,
+                version: c.read().version,
             })
             .collect();
         out.sort_by_key(|c| c.chunk);
@@ -747,7 +720,6 @@ impl ChunkStore for MemChunkStore {
         };
         self.incoming
             .lock()
-            .expect("incoming table lock poisoned")
             .insert(id, (chunk, Arc::new(RwLock::new(replica))));
         Ok(IncomingId(id))
     }
@@ -768,7 +740,7 @@ impl ChunkStore for MemChunkStore {
         count: u64,
     ) -> Result<Vec<u64>> {
         let entry = self.get(chunk)?;
-        let c = entry.read().expect("chunk lock poisoned");
+        let c = entry.read();
         if c.deleted {
             return Err(missing_chunk(chunk));
         }
@@ -784,7 +756,7 @@ impl ChunkStore for MemChunkStore {
         count: u64,
     ) -> Result<Vec<u64>> {
         let (chunk, entry) = self.incoming_entry(incoming)?;
-        let c = entry.read().expect("chunk lock poisoned");
+        let c = entry.read();
         if c.deleted {
             return Err(missing_incoming(incoming));
         }
@@ -796,16 +768,11 @@ impl ChunkStore for MemChunkStore {
         let (chunk, entry) = self
             .incoming
             .lock()
-            .expect("incoming table lock poisoned")
             .remove(&incoming.0)
             .ok_or_else(|| missing_incoming(incoming))?;
         // Waits for a write in progress to the incoming replica.
-        entry.write().expect("chunk lock poisoned").version = version;
-        let replaced = self
-            .chunks
-            .lock()
-            .expect("chunk table lock poisoned")
-            .insert(chunk, entry);
+        entry.write().version = version;
+        let replaced = self.chunks.lock().insert(chunk, entry);
         if let Some(old) = replaced {
             self.release(&old);
         }
@@ -817,11 +784,7 @@ impl ChunkStore for MemChunkStore {
     }
 
     fn abort_incoming(&self, incoming: IncomingId) {
-        let removed = self
-            .incoming
-            .lock()
-            .expect("incoming table lock poisoned")
-            .remove(&incoming.0);
+        let removed = self.incoming.lock().remove(&incoming.0);
         if let Some((_, entry)) = removed {
             self.release(&entry);
         }

@@ -12,8 +12,9 @@
 //! client and one server).
 
 use crate::traits::CheckedBytes;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -203,7 +204,7 @@ fn link(inner: &Arc<Shared>, client: Option<&str>, addr: &str) -> Result<Link> {
 }
 
 fn lock(inner: &Shared) -> MutexGuard<'_, Inner> {
-    inner.state.lock().expect("memory network lock poisoned")
+    inner.state.lock()
 }
 
 fn resolve(inner: &Inner, client: Option<&str>, addr: &str) -> Result<Arc<ChunkServer>> {

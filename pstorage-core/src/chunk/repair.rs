@@ -70,12 +70,12 @@ pub(super) enum Hold {
 /// The repairs of a chunk server.
 #[derive(Default)]
 pub(super) struct Repairs {
-    held: std::sync::Mutex<HashMap<ChunkId, Hold>>,
+    held: parking_lot::Mutex<HashMap<ChunkId, Hold>>,
 }
 
 impl Repairs {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkId, Hold>> {
-        self.held.lock().expect("repairs lock poisoned")
+    fn held(&self) -> parking_lot::MutexGuard<'_, HashMap<ChunkId, Hold>> {
+        self.held.lock()
     }
 }
 
@@ -155,7 +155,7 @@ impl ChunkServer {
             Damage::Blocks(version, blocks) => {
                 tracing::warn!(cs = %self.id(), %chunk, %version, blocks = ?blocks, %detail,
                     "blocks failing their check: asking the MDS for a replica to repair them from");
-                let sink = self.sink.read().expect("sink lock poisoned").clone();
+                let sink = self.sink.read().clone();
                 sink.bad_blocks(chunk, version, blocks, detail);
                 true
             }

@@ -6,8 +6,9 @@
 //! chunk's read lock, each on the blocking pool), so client I/O to the chunk
 //! waits at most for one piece.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -107,6 +108,7 @@ pub struct ScrubStats {
     pub running: bool,
     /// Replicas in the current (or last) pass, and how many are done.
     pub pass_chunks_total: u64,
+    /// Replicas of the current (or last) pass verified so far.
     pub pass_chunks_done: u64,
     /// Passes finished.
     pub passes_completed: u64,
@@ -124,6 +126,7 @@ pub struct ScrubStats {
     /// Wall-clock start and end of the last pass, ms since the epoch (0 =
     /// none yet; end 0 while the first pass runs).
     pub last_pass_started_ms: u64,
+    /// When the last pass finished, ms since the epoch (0 while the first pass runs).
     pub last_pass_finished_ms: u64,
 }
 
@@ -166,11 +169,11 @@ impl Default for Scrubber {
 
 impl Scrubber {
     fn params(&self) -> ScrubParams {
-        *self.params.lock().expect("scrub params lock poisoned")
+        *self.params.lock()
     }
 
     fn stats(&self) -> MutexGuard<'_, ScrubStats> {
-        self.stats.lock().expect("scrub stats lock poisoned")
+        self.stats.lock()
     }
 }
 
@@ -217,18 +220,14 @@ impl Pacer {
 impl ChunkServer {
     /// Sets where corrupt replicas are reported (default: [`LogSink`]).
     pub fn set_bad_replica_sink(&self, sink: Arc<dyn BadReplicaSink>) {
-        *self.sink.write().expect("sink lock poisoned") = sink;
+        *self.sink.write() = sink;
     }
 
     /// Changes the scrubber's period and rate limit; takes effect at once
     /// (a pass in progress continues at the new rate; the next pass is due
     /// `period` after the last one started).
     pub fn set_scrub_params(&self, period: Duration, rate_bytes_per_s: u64) {
-        *self
-            .scrub
-            .params
-            .lock()
-            .expect("scrub params lock poisoned") = ScrubParams {
+        *self.scrub.params.lock() = ScrubParams {
             period,
             rate_bytes_per_s,
         };

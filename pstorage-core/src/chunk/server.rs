@@ -1,8 +1,9 @@
 //! [`ChunkServer`]: a chunk server's request logic over a [`ChunkStore`].
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use crate::traits::CheckedBytes;
 use async_trait::async_trait;
@@ -84,16 +85,19 @@ pub struct ChunkServer {
 pub struct CsIoStats {
     /// Successful reads served and their bytes.
     pub read_ops: u64,
+    /// Bytes of the successful reads.
     pub read_bytes: u64,
     /// Successful writes (data or zeros) applied to the local replica, and
     /// their length in bytes.
     pub write_ops: u64,
+    /// Bytes of the successful writes.
     pub write_bytes: u64,
     /// Successful flushes.
     pub flush_ops: u64,
     /// Replicas copied here by re-replication or resync, and the bytes
     /// read from their sources (only the blocks that differed).
     pub replicated_chunks: u64,
+    /// Bytes read from the sources of the replicas copied here.
     pub replicated_bytes: u64,
 }
 
@@ -157,12 +161,12 @@ impl ChunkServer {
     /// Sets the deadlines of chain writes forwarded from now on (the
     /// cluster parameters of the MDS's heartbeat reply; 0 = default).
     pub fn set_io_timeouts(&self, timeouts: IoTimeouts) {
-        *self.io_timeouts.lock().expect("io timeouts lock poisoned") = timeouts.effective();
+        *self.io_timeouts.lock() = timeouts.effective();
     }
 
     /// The deadlines in force.
     pub fn io_timeouts(&self) -> IoTimeouts {
-        *self.io_timeouts.lock().expect("io timeouts lock poisoned")
+        *self.io_timeouts.lock()
     }
 
     /// This chunk server's id.
@@ -194,14 +198,10 @@ impl ChunkServer {
         let (bad, chunks, space) = self
             .blocking(|store| Ok((store.list_bad()?, store.list()?, store.space()?)))
             .await?;
-        *self
-            .bad_at_registration
-            .lock()
-            .expect("registration lock poisoned") = bad;
-        *self.reported.lock().expect("reported lock poisoned") =
-            chunks.iter().map(|c| (c.chunk, c.version)).collect();
+        *self.bad_at_registration.lock() = bad;
+        *self.reported.lock() = chunks.iter().map(|c| (c.chunk, c.version)).collect();
         let unclean = {
-            let unclean = self.unclean.lock().expect("unclean lock poisoned");
+            let unclean = self.unclean.lock();
             chunks
                 .iter()
                 .map(|c| c.chunk)
@@ -230,8 +230,7 @@ impl ChunkServer {
         // replica on since made it current, and it stays served.
         let fenced: HashMap<ChunkId, MapVersion> = {
             // Taken: a server of many replicas does not keep the list.
-            let reported =
-                std::mem::take(&mut *self.reported.lock().expect("reported lock poisoned"));
+            let reported = std::mem::take(&mut *self.reported.lock());
             reply
                 .stale
                 .iter()
@@ -239,25 +238,17 @@ impl ChunkServer {
                 .collect()
         };
         {
-            let mut out_of_chain = self
-                .out_of_chain
-                .lock()
-                .expect("out-of-chain lock poisoned");
+            let mut out_of_chain = self.out_of_chain.lock();
             self.any_out_of_chain
                 .store(!fenced.is_empty(), Ordering::SeqCst);
             *out_of_chain = fenced;
         }
-        let told = std::mem::take(&mut *self.unclean.lock().expect("unclean lock poisoned"));
+        let told = std::mem::take(&mut *self.unclean.lock());
         for chunk in told {
             self.blocking(move |store| store.verified(chunk)).await?;
         }
         let mut delete = reply.delete.clone();
-        delete.extend(
-            self.bad_at_registration
-                .lock()
-                .expect("registration lock poisoned")
-                .drain(..),
-        );
+        delete.extend(self.bad_at_registration.lock().drain(..));
         self.blocking(move |store| {
             for chunk in delete {
                 store.delete(chunk)?;
@@ -306,7 +297,7 @@ impl ChunkServer {
             return false;
         }
         tracing::warn!(cs = %self.id, %chunk, %version, %detail, "corrupt replica taken out of service");
-        let sink = self.sink.read().expect("sink lock poisoned").clone();
+        let sink = self.sink.read().clone();
         sink.bad_replica(chunk, version, detail);
         true
     }
@@ -344,10 +335,7 @@ impl ChunkServer {
                 // Whole, but maybe behind its chain: stays unverified in
                 // the store until the MDS has heard of it.
                 Verdict::Good => {
-                    self.unclean
-                        .lock()
-                        .expect("unclean lock poisoned")
-                        .insert(chunk);
+                    self.unclean.lock().insert(chunk);
                     report.verified.push(chunk);
                 }
                 Verdict::Corrupt(e) => {
@@ -362,10 +350,7 @@ impl ChunkServer {
                     } else {
                         // Bad blocks only: repaired in place; the replica
                         // serves and is unclean like a good one.
-                        self.unclean
-                            .lock()
-                            .expect("unclean lock poisoned")
-                            .insert(chunk);
+                        self.unclean.lock().insert(chunk);
                         report.verified.push(chunk);
                     }
                 }
@@ -441,13 +426,7 @@ impl ChunkServer {
         if !self.any_out_of_chain.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let Some(at) = self
-            .out_of_chain
-            .lock()
-            .expect("out-of-chain lock poisoned")
-            .get(&chunk)
-            .copied()
-        else {
+        let Some(at) = self.out_of_chain.lock().get(&chunk).copied() else {
             return Ok(());
         };
         match self.store.version(chunk) {
@@ -467,10 +446,7 @@ impl ChunkServer {
 
     /// Forgets the fence of `chunk` (deleted, or created anew).
     fn unfence(&self, chunk: ChunkId) {
-        self.out_of_chain
-            .lock()
-            .expect("out-of-chain lock poisoned")
-            .remove(&chunk);
+        self.out_of_chain.lock().remove(&chunk);
     }
 
     /// Both checks of a replica a client may use: not being resynced, and

@@ -35,7 +35,8 @@
 //! injected [`Clock`] stamps the wall-clock time of the last successful
 //! contact ([`SessionState::last_contact_ms`]).
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -205,7 +206,7 @@ impl CsSession {
 
     /// What the session did so far.
     pub fn state(&self) -> SessionState {
-        self.state.lock().expect("session state poisoned").clone()
+        self.state.lock().clone()
     }
 
     /// The self-fence in force (`cs.fence_tout` once an MDS sent it).
@@ -219,11 +220,11 @@ impl CsSession {
     }
 
     fn deadlines(&self) -> Deadlines {
-        *self.deadlines.lock().expect("session deadlines poisoned")
+        *self.deadlines.lock()
     }
 
     fn update(&self, f: impl FnOnce(&mut SessionState)) {
-        f(&mut self.state.lock().expect("session state poisoned"))
+        f(&mut self.state.lock())
     }
 
     /// Runs the session: first checks the replicas written before an
@@ -360,8 +361,7 @@ impl CsSession {
                     // Deadlines of forwarded chain writes follow the cluster.
                     self.server.set_io_timeouts(params.io_timeouts);
                     if self.options.follow_deadline_params {
-                        let mut current =
-                            self.deadlines.lock().expect("session deadlines poisoned");
+                        let mut current = self.deadlines.lock();
                         let next = current.follow(params.fence_ms, params.heartbeat_timeout_ms);
                         if next != *current {
                             tracing::info!(

@@ -1,9 +1,10 @@
 //! An open file: reads, writes, flush and truncate over chunk replica chains.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -537,10 +538,10 @@ fn first_error(results: Vec<Result<()>>) -> Result<()> {
     results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
     // Every critical section is a single insert/remove/swap: a panic inside
-    // one cannot leave the value inconsistent, so poisoning is ignored.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    // one cannot leave the value inconsistent.
+    m.lock()
 }
 
 fn spawn_renewal(file: Weak<FileInner>, duration_ms: u64) -> tokio::task::JoinHandle<()> {

@@ -5,8 +5,9 @@
 //! on a per-index async lock so that concurrent I/Os to a chunk cost one MDS
 //! call, not one each.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::types::{ChunkMap, MapVersion};
 
@@ -50,10 +51,10 @@ pub(crate) struct MapCache {
 }
 
 impl MapCache {
-    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+    fn entries(&self) -> parking_lot::MutexGuard<'_, BTreeMap<u64, Entry>> {
         // A panic while holding this lock cannot leave the map half-updated
-        // (every update is a single insert/replace), so poisoning is ignored.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        // (every update is a single insert/replace).
+        self.entries.lock()
     }
 
     pub(crate) fn lookup(&self, index: u64, want: Want) -> Lookup {

@@ -2,8 +2,8 @@
 //! most once however many attempts of it arrive, and never after the
 //! client has ended it (see [`crate::mds::sessions`]).
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 
 use rand::RngCore;
 
@@ -43,8 +43,8 @@ impl OpTagger {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
-        self.state.lock().expect("op tagger mutex poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, InFlight> {
+        self.state.lock()
     }
 
     /// Starts an operation.

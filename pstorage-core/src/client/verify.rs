@@ -32,6 +32,7 @@ const STALE_ATTEMPTS: usize = 5;
 pub struct VerifyReport {
     /// Chunks and replicas checked.
     pub chunks: u64,
+    /// Replicas checked.
     pub replicas: u64,
     /// Bytes read from replicas.
     pub bytes_read: u64,
@@ -45,12 +46,15 @@ pub struct VerifyReport {
 /// serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyProblem {
+    /// The chunk.
     pub chunk: ChunkId,
     /// The chunk's index in the file.
     pub index: u64,
     /// The range, in bytes of the file.
     pub offset: u64,
+    /// The range's length in bytes.
     pub len: u64,
+    /// What is wrong with the range.
     pub kind: ProblemKind,
 }
 
@@ -59,10 +63,18 @@ pub struct VerifyProblem {
 pub enum ProblemKind {
     /// The replicas hold different bytes: the groups of chunk servers
     /// that agree, in chain order of their first member.
-    Differ { groups: Vec<Vec<CsId>> },
+    Differ {
+        /// The chunk servers that agree, one group per content.
+        groups: Vec<Vec<CsId>>,
+    },
     /// A replica could not be read there (a block failed its CRC check,
     /// an I/O error, or the server did not answer).
-    Unreadable { cs: CsId, error: String },
+    Unreadable {
+        /// The chunk server of the replica.
+        cs: CsId,
+        /// What the read failed with.
+        error: String,
+    },
 }
 
 impl std::fmt::Display for VerifyProblem {

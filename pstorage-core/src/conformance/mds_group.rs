@@ -11,16 +11,17 @@ use async_trait::async_trait;
 use super::kind;
 use crate::error::ErrorKind;
 use crate::traits::MdsGroup;
-use crate::types::MdsMembership;
+use crate::types::{MdsId, MdsMembership};
 
 const SUITE: &str = "MdsGroup";
 
 /// A fresh group of one voting MDS, leader of its group, and the
 /// implementation under test in front of it.
 pub struct Group {
+    /// The group under test.
     pub group: Arc<dyn MdsGroup>,
     /// The member's id.
-    pub id: u64,
+    pub id: MdsId,
     /// The member's address, as the group records it.
     pub addr: String,
     /// Whatever must live as long as the case (servers, runtimes).
@@ -30,6 +31,7 @@ pub struct Group {
 /// Builds a fresh [`Group`] per case.
 #[async_trait]
 pub trait GroupFixture: Send + Sync {
+    /// A new group of one MDS for one test.
     async fn fresh(&self) -> Group;
 }
 

@@ -18,7 +18,9 @@ use crate::types::{CsId, FileAttrs, Replica};
 /// each on its own [`MemChunkStore`], serving, joined by a [`MemNetwork`]
 /// (their chain writes and copies between them go through it).
 pub struct ChunkWorld {
+    /// The in-memory network the chunk servers serve on.
     pub net: Arc<MemNetwork>,
+    /// The chunk servers, in id order.
     pub servers: Vec<Arc<ChunkServer>>,
     /// Each server's store, in the same order.
     pub stores: Vec<Arc<MemChunkStore>>,
@@ -128,8 +130,11 @@ impl ChunkTransport for MemLinks {
 /// calls, on a manual clock, with the product's default file attributes
 /// (256 MiB chunks, replicas 3:2).
 pub struct MdsWorld {
+    /// The chunk servers and their network.
     pub chunks: ChunkWorld,
+    /// The MDS.
     pub mds: Arc<MdsService>,
+    /// The clock every component reads (advanced by the tests).
     pub clock: Arc<ManualClock>,
 }
 

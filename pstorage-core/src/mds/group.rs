@@ -47,7 +47,7 @@ impl MdsService {
     pub(super) fn mds_infos(&self) -> Vec<MdsInfo> {
         let Some((me, raft)) = self.raft() else {
             return vec![MdsInfo {
-                id: 1,
+                id: MdsId(1),
                 addr: self.config.addr.clone(),
                 role: MdsRole::Leader,
                 term: 0,
@@ -131,11 +131,11 @@ impl MdsService {
             Some((_, raft)) => raft_membership(raft),
             None => MdsMembership {
                 members: vec![MdsMember {
-                    id: 1,
+                    id: MdsId(1),
                     addr: self.config.addr.clone(),
                     voter: true,
                 }],
-                leader: Some(1),
+                leader: Some(MdsId(1)),
                 term: 0,
                 config_index: 0,
             },
@@ -151,16 +151,16 @@ impl MdsService {
 
 #[async_trait]
 impl MdsGroup for MdsService {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         match self.commit(Command::AllocateMdsId).await? {
-            ApplyOutcome::MdsId(id) => Ok(id),
+            ApplyOutcome::MdsId(id) => Ok(MdsId(id)),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn add_mds(&self, id: u64, addr: &str) -> Result<()> {
+    async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         let raft = self.group_raft()?;
-        if id == 0 || id >= self.core().state.next_mds_id() {
+        if id.0 == 0 || id.0 >= self.core().state.next_mds_id() {
             return Err(Error::invalid(format!(
                 "MDS id {id} was never allocated in this cluster; create the MDS with `pstorage make-mds`"
             )));
@@ -204,7 +204,7 @@ impl MdsGroup for MdsService {
         Ok(())
     }
 
-    async fn remove_mds(&self, id: u64) -> Result<()> {
+    async fn remove_mds(&self, id: MdsId) -> Result<()> {
         let raft = self.group_raft()?;
         let membership = raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<MdsId> = membership.membership().voter_ids().collect();

@@ -18,6 +18,9 @@ mod registry;
 pub mod service;
 pub mod sessions;
 mod shared;
+// Its commands' and records' fields are not all documented yet (72 items
+// left by issue 13's missing_docs pass; the module is being changed).
+#[allow(missing_docs)]
 pub mod state;
 pub mod store;
 mod store_error;

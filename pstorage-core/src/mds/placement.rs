@@ -29,11 +29,13 @@ const UNKNOWN_CAPACITY_BYTES: u64 = 1 << 50;
 /// One chunk server as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerView {
+    /// The chunk server's id.
     pub id: CsId,
     /// `ROOM.ROW.RACK`.
     pub location: String,
     /// Empty: unknown (a host of its own).
     pub host: String,
+    /// Its storage tier.
     pub tier: u8,
     /// Bytes of chunks it holds (plus those placed on it since).
     pub held_bytes: u64,
@@ -112,6 +114,7 @@ impl ServerView {
 pub struct Request<'a> {
     /// The tier of the chunk's file.
     pub tier: u8,
+    /// The failure domain the chunk's replicas must be spread over.
     pub domain: FailureDomain,
     /// Members the chunk keeps (their domains count as used).
     pub members: &'a [CsId],
@@ -231,10 +234,15 @@ pub fn rotate_head(chunk: ChunkId, chain: &mut [CsId]) {
 /// One chunk as rebalancing sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkView<'a> {
+    /// The chunk.
     pub chunk: ChunkId,
+    /// Its replica chain's chunk servers.
     pub members: &'a [CsId],
+    /// The tier of the chunk's file.
     pub tier: u8,
+    /// The failure domain of the chunk's file.
     pub domain: FailureDomain,
+    /// The chunk's size in bytes.
     pub bytes: u64,
     /// Being copied, planned, or otherwise not to be touched now.
     pub busy: bool,
@@ -243,8 +251,11 @@ pub struct ChunkView<'a> {
 /// A replica move: copy `chunk` to `to`, then drop it from `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Move {
+    /// The chunk to move.
     pub chunk: ChunkId,
+    /// The chunk server it leaves.
     pub from: CsId,
+    /// The chunk server it is copied to.
     pub to: CsId,
     /// To fix a failure domain violation (else: to balance fullness).
     pub fixes_domain: bool,

@@ -15,8 +15,9 @@
 //! Verdict ages and the bucket use `tokio::time` (short-lived deadlines, so
 //! a paused test clock drives them), not the wall clock.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -52,9 +53,9 @@ pub(super) struct Probes {
 }
 
 impl Probes {
-    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<CsId, Entry>> {
+    fn entries(&self) -> parking_lot::MutexGuard<'_, BTreeMap<CsId, Entry>> {
         // Every critical section is a few field updates: nothing to repair.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.lock()
     }
 
     /// Whether chunk server `cs` at `addr` answers a ping within `timeout`:

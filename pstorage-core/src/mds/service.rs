@@ -2,8 +2,8 @@
 //! requests, talking to chunk servers through [`ControlConnector`].
 //!
 //! Concurrency: the state, the command log and the volatile chunk server
-//! liveness live behind one std `Mutex`, never held across an `.await`.
-//! Every mutation is a [`Command`] committed through [`MdsService::commit`]:
+//! liveness live behind one `Mutex`, never held across an `.await`.
+//! Every mutation is a [`Command`] committed through `MdsService::commit`:
 //! with Raft attached ([`MdsService::attach_raft`]) it is proposed to the
 //! group and applied by the Raft state machine (through [`StateHost`]) once
 //! a majority has it durably; without Raft (tests, simulation) it is
@@ -25,8 +25,9 @@
 //! changes in `chunk_maps.rs`, re-replication in `healing.rs`, rebalancing
 //! in `balance.rs`, the MDS group in `group.rs`.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::leader_time::LeaderTime;
@@ -183,7 +184,7 @@ impl MdsService {
     }
 
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().expect("MDS state mutex poisoned")
+        self.core.lock()
     }
 
     /// Makes every later command go through `raft` (this MDS is member

@@ -47,7 +47,12 @@ pub enum OpReply {
     /// executed it deleted those replicas).
     Applied(ApplyOutcome),
     /// It was refused with this [`ErrorKind`] code and message.
-    Refused { kind: u16, message: String },
+    Refused {
+        /// The error's [`ErrorKind`] code.
+        kind: u16,
+        /// The error's message.
+        message: String,
+    },
 }
 
 impl OpReply {
@@ -100,7 +105,10 @@ pub enum Seen {
     /// Executed: this was its answer.
     Answered(OpReply),
     /// Its client has ended it: refuse.
-    Ended { done_below: u64 },
+    Ended {
+        /// The session's `done_below` that ended it.
+        done_below: u64,
+    },
 }
 
 /// Every remembered session.

@@ -22,22 +22,29 @@ pub enum MdsStoreError {
     /// `TransactionError`, `TableError`, `StorageError`, `CommitError`).
     #[error("{database} {}: {source}", path.display())]
     Database {
+        /// Which database: "MDS database" or "MDS Raft database".
         database: &'static str,
+        /// Its file.
         path: PathBuf,
+        /// redb's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A record could not be encoded: `Internal`.
     #[error("cannot encode MDS record: {source}")]
     Encode {
+        /// postcard's error.
         #[source]
         source: postcard::Error,
     },
     /// A record of a readable format does not decode: `Corrupt`.
     #[error("{what} in {} cannot be decoded: {source}", path.display())]
     Decode {
+        /// Which record.
         what: String,
+        /// The database file.
         path: PathBuf,
+        /// postcard's error.
         #[source]
         source: postcard::Error,
     },
@@ -45,15 +52,20 @@ pub enum MdsStoreError {
     /// replay (the source is the refusal): `Corrupt`.
     #[error("{what} in {} does not replay: {source}", path.display())]
     Replay {
+        /// Which record.
         what: String,
+        /// The database file.
         path: PathBuf,
+        /// The state machine's refusal.
         #[source]
         source: Error,
     },
     /// openraft refuses the Raft configuration of `cluster`: `InvalidArgument`.
     #[error("bad Raft configuration for cluster {cluster}: {source}")]
     RaftConfig {
+        /// The cluster's name.
         cluster: String,
+        /// openraft's refusal.
         #[source]
         source: openraft::ConfigError,
     },

@@ -1,9 +1,10 @@
 //! Tests of the MDS state machine, store and service against an in-memory
 //! fake of the chunk servers' control interface.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,19 +45,19 @@ struct FakeCs {
 
 impl FakeCs {
     fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().clone()
     }
     fn version(&self, chunk: ChunkId) -> Option<MapVersion> {
-        self.chunks.lock().unwrap().get(&chunk).copied()
+        self.chunks.lock().get(&chunk).copied()
     }
     fn set_failing(&self, fail: bool) {
         self.fail.store(fail, Ordering::SeqCst);
     }
     fn copy_hangs(&self, moving: bool) {
-        *self.hang.lock().unwrap() = Some(moving);
+        *self.hang.lock() = Some(moving);
     }
     fn copy_finishes(&self) {
-        *self.hang.lock().unwrap() = None;
+        *self.hang.lock() = None;
         self.released.notify_waiters();
     }
     fn check(&self) -> Result<()> {
@@ -71,20 +72,14 @@ impl FakeCs {
 impl ChunkControl for FakeCs {
     async fn create_chunk(&self, chunk: ChunkId, version: MapVersion, _size: u64) -> Result<()> {
         self.check()?;
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Create(chunk, version));
-        self.chunks.lock().unwrap().insert(chunk, version);
+        self.calls.lock().push(Call::Create(chunk, version));
+        self.chunks.lock().insert(chunk, version);
         Ok(())
     }
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check()?;
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::SetVersion(chunk, version));
-        let mut chunks = self.chunks.lock().unwrap();
+        self.calls.lock().push(Call::SetVersion(chunk, version));
+        let mut chunks = self.chunks.lock();
         match chunks.get_mut(&chunk) {
             None => Err(Error::not_found("no such replica")),
             Some(v) if *v > version => Err(Error::stale("replica is newer")),
@@ -96,8 +91,8 @@ impl ChunkControl for FakeCs {
     }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.check()?;
-        self.calls.lock().unwrap().push(Call::Delete(chunk));
-        self.chunks.lock().unwrap().remove(&chunk);
+        self.calls.lock().push(Call::Delete(chunk));
+        self.chunks.lock().remove(&chunk);
         Ok(())
     }
     async fn replicate_chunk(
@@ -108,12 +103,12 @@ impl ChunkControl for FakeCs {
         source: Replica,
         _rate_bytes_per_s: u64,
     ) -> Result<CopyStats> {
-        let gate = self.gate.lock().unwrap().clone();
+        let gate = self.gate.lock().clone();
         if let Some(gate) = gate {
             gate.acquire().await.unwrap().forget();
         }
         self.check()?;
-        *self.progress.lock().unwrap() = Some(CopyProgress {
+        *self.progress.lock() = Some(CopyProgress {
             chunk,
             version,
             bytes_done: 0,
@@ -121,22 +116,16 @@ impl ChunkControl for FakeCs {
         });
         loop {
             let released = self.released.notified();
-            if self.hang.lock().unwrap().is_none() {
+            if self.hang.lock().is_none() {
                 break;
             }
             released.await;
         }
         self.calls
             .lock()
-            .unwrap()
             .push(Call::Replicate(chunk, version, source.cs));
-        self.chunks.lock().unwrap().insert(chunk, version);
-        let done = self
-            .progress
-            .lock()
-            .unwrap()
-            .take()
-            .map_or(0, |p| p.bytes_done);
+        self.chunks.lock().insert(chunk, version);
+        let done = self.progress.lock().take().map_or(0, |p| p.bytes_done);
         Ok(CopyStats {
             bytes_copied: chunk_size.max(done),
             bytes_compared: chunk_size,
@@ -145,8 +134,8 @@ impl ChunkControl for FakeCs {
     }
     async fn copy_progress(&self, chunk: ChunkId) -> Result<Option<CopyProgress>> {
         self.check()?;
-        let moving = *self.hang.lock().unwrap() == Some(true);
-        let mut progress = self.progress.lock().unwrap();
+        let moving = *self.hang.lock() == Some(true);
+        let mut progress = self.progress.lock();
         if let Some(p) = progress.as_mut().filter(|p| p.chunk == chunk) {
             if moving {
                 p.bytes_done += 1 << 20;
@@ -161,7 +150,6 @@ impl ChunkControl for FakeCs {
         Ok(self
             .chunks
             .lock()
-            .unwrap()
             .iter()
             .map(|(&chunk, &version)| ChunkReplicaInfo { chunk, version })
             .collect())
@@ -183,7 +171,7 @@ struct FakeNet {
 #[async_trait]
 impl ControlConnector for FakeNet {
     async fn chunk_control(&self, addr: &str) -> Result<Arc<dyn ChunkControl>> {
-        let cs = self.servers.lock().unwrap().get(addr).cloned();
+        let cs = self.servers.lock().get(addr).cloned();
         match cs {
             Some(cs) => Ok(cs),
             None => Err(Error::unavailable(format!("no server at {addr}"))),
@@ -256,7 +244,6 @@ impl Cluster {
         self.net
             .servers
             .lock()
-            .unwrap()
             .insert(addr(id), Arc::new(FakeCs::default()));
         self.register(id, free_gb).await.unwrap();
         id
@@ -289,7 +276,7 @@ impl Cluster {
     }
 
     fn cs(&self, id: CsId) -> Arc<FakeCs> {
-        self.net.servers.lock().unwrap()[&addr(id)].clone()
+        self.net.servers.lock()[&addr(id)].clone()
     }
 
     fn state(&self) -> MdsState {
@@ -1163,7 +1150,7 @@ async fn registration_computes_the_delete_list() {
     // without m2 (lost).
     {
         let cs1 = c.cs(CsId(1));
-        let mut chunks = cs1.chunks.lock().unwrap();
+        let mut chunks = cs1.chunks.lock();
         chunks.insert(ChunkId(0xdead), MapVersion(1));
         chunks.remove(&m2.chunk);
     }
@@ -1649,7 +1636,7 @@ impl CommandLog for FlakyLog {
         if self.fail.load(Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::Io, "disk full (simulated)"));
         }
-        self.appended.lock().unwrap().push(cmd.clone());
+        self.appended.lock().push(cmd.clone());
         Ok(())
     }
     fn applied(&mut self, _state: &MdsState) -> Result<()> {
@@ -1692,7 +1679,7 @@ async fn a_failed_append_changes_nothing() {
     fail.store(false, Ordering::SeqCst);
     c.mds.mkdir("/d", false, None).await.unwrap();
     let mut replayed = initial;
-    for cmd in appended.lock().unwrap().iter().cloned() {
+    for cmd in appended.lock().iter().cloned() {
         replayed.apply(cmd).unwrap();
     }
     assert_eq!(replayed, c.state());
@@ -1869,7 +1856,7 @@ async fn writers_wait_while_a_chunk_is_copied_and_below_replicas_min() {
     // A copy to CS 4 starts: its base copy goes through, the delta under
     // busy is held mid-way.
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
-    *c.cs(CsId(4)).gate.lock().unwrap() = Some(gate.clone());
+    *c.cs(CsId(4)).gate.lock() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
     while !c
@@ -1951,7 +1938,7 @@ async fn copy_held_before_its_delta() -> HeldCopy {
         c.mds.renew(lease.id).await.unwrap();
     }
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
-    *c.cs(CsId(4)).gate.lock().unwrap() = Some(gate.clone());
+    *c.cs(CsId(4)).gate.lock() = Some(gate.clone());
     let mds = c.mds.clone();
     let copier = tokio::spawn(async move { mds.replicate_pending(1).await });
     while !c
@@ -2510,11 +2497,7 @@ async fn stale_replicas_are_deleted_once_the_chunk_has_its_copies() {
     let map = drop_and_return(&c, CsId(1), &[CsId(2), CsId(3), CsId(4)]).await;
     // CS 1 is back with its old replica; CS 4 also holds an old copy (a
     // copy that never landed).
-    c.cs(CsId(4))
-        .chunks
-        .lock()
-        .unwrap()
-        .insert(map.chunk, MapVersion(1));
+    c.cs(CsId(4)).chunks.lock().insert(map.chunk, MapVersion(1));
     c.register(CsId(4), 10).await.unwrap();
     c.register(CsId(1), 40).await.unwrap();
     c.mds.tick().await;

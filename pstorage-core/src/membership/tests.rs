@@ -7,7 +7,7 @@ use crate::traits::ManualClock;
 
 fn member(id: u64, port: u16, voter: bool) -> MdsMember {
     MdsMember {
-        id,
+        id: MdsId(id),
         addr: format!("127.0.0.1:{port}"),
         voter,
     }
@@ -16,7 +16,7 @@ fn member(id: u64, port: u16, voter: bool) -> MdsMember {
 fn group(members: Vec<MdsMember>, leader: Option<u64>, term: u64, config: u64) -> MdsMembership {
     MdsMembership {
         members,
-        leader,
+        leader: leader.map(MdsId),
         term,
         config_index: config,
     }
@@ -28,7 +28,7 @@ fn sample() -> MdsMembership {
             member(1, 2510, true),
             member(2, 2511, true),
             MdsMember {
-                id: 3,
+                id: MdsId(3),
                 addr: "10.0.0.3:2510".into(),
                 voter: false,
             },
@@ -208,11 +208,11 @@ fn stale_answers_do_not_undo_newer_knowledge() {
     // Same term, no leader known (an election in progress elsewhere):
     // keep the leader we know.
     assert!(!d.learn(group(sample().members, None, 3, 12)));
-    assert_eq!(d.membership().unwrap().leader, Some(2));
+    assert_eq!(d.membership().unwrap().leader, Some(MdsId(2)));
     // A newer term elects MDS 1.
     assert!(d.learn(group(sample().members, Some(1), 4, 12)));
     assert_eq!(d.addrs()[0], "127.0.0.1:2510");
-    assert_eq!(store.saved().unwrap().leader, Some(1));
+    assert_eq!(store.saved().unwrap().leader, Some(MdsId(1)));
     // MDS 1 is removed (rm-mds): newer config, it drops out, and so does
     // its leadership.
     let removed = group(
@@ -233,7 +233,7 @@ fn stale_answers_do_not_undo_newer_knowledge() {
             .iter()
             .map(|m| m.id)
             .collect::<Vec<_>>(),
-        vec![2, 3]
+        vec![MdsId(2), MdsId(3)]
     );
     // Still dialed as a last resort: it is in bs.list.
     assert_eq!(d.addrs().last().unwrap(), "127.0.0.1:2510");
@@ -290,13 +290,13 @@ impl FakeGroup {
 
 #[async_trait]
 impl MdsGroup for FakeGroup {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn add_mds(&self, _id: u64, _addr: &str) -> Result<()> {
+    async fn add_mds(&self, _id: MdsId, _addr: &str) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn remove_mds(&self, _id: u64) -> Result<()> {
+    async fn remove_mds(&self, _id: MdsId) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
     async fn members(&self) -> Result<MdsMembership> {
@@ -304,7 +304,7 @@ impl MdsGroup for FakeGroup {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.answer.lock().unwrap().clone()
+        self.answer.lock().clone()
     }
 }
 
@@ -341,7 +341,7 @@ async fn refresh_is_due_after_connections_failures_and_periods() {
     assert!(d.refresh_due());
     // An error answer too.
     g.hang.store(false, Ordering::SeqCst);
-    *g.answer.lock().unwrap() = Err(Error::unavailable("down"));
+    *g.answer.lock() = Err(Error::unavailable("down"));
     assert!(d.refresh(&g, Duration::from_secs(2)).await.is_err());
     assert!(d.refresh_due());
     assert_eq!(g.calls.load(Ordering::SeqCst), 5);

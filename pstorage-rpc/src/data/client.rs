@@ -1,8 +1,9 @@
 //! The client side of the data protocol (client -> CS and CS -> CS).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -82,7 +83,7 @@ impl Shared {
     /// call through the connector dials anew.
     fn abandon(&self, id: u64, sent: Instant) {
         let condemned = {
-            let mut p = self.pending.lock().expect("pending lock");
+            let mut p = self.pending.lock();
             if p.map.remove(&id).is_none() {
                 return;
             }
@@ -103,7 +104,7 @@ impl Shared {
     /// Marks the connection closed and fails every pending request. Idempotent.
     fn close(&self, reason: String) {
         let drained: Vec<PendingEntry> = {
-            let mut p = self.pending.lock().expect("pending lock");
+            let mut p = self.pending.lock();
             if p.closed.is_some() {
                 return;
             }
@@ -118,7 +119,7 @@ impl Shared {
         for entry in drained {
             let _ = entry.reply.send(Err(self.unavailable(&reason)));
         }
-        for task in self.tasks.lock().expect("tasks lock").drain(..) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }
@@ -189,7 +190,6 @@ impl DataClient {
         shared
             .tasks
             .lock()
-            .expect("tasks lock")
             .extend([writer.abort_handle(), reader.abort_handle()]);
         DataClient {
             shared,
@@ -211,7 +211,7 @@ impl DataClient {
 
     /// Requests sent and not answered yet (tests, diagnostics).
     pub fn pending_requests(&self) -> usize {
-        self.shared.pending.lock().expect("pending lock").map.len()
+        self.shared.pending.lock().map.len()
     }
 
     /// Sends one request and waits for its response. A caller that gives up
@@ -231,7 +231,7 @@ impl DataClient {
             .expect("the semaphore is never closed");
         let (reply, response) = oneshot::channel();
         let id = {
-            let mut p = self.shared.pending.lock().expect("pending lock");
+            let mut p = self.shared.pending.lock();
             if let Some(reason) = &p.closed {
                 return Err(self.shared.unavailable(reason));
             }
@@ -308,7 +308,7 @@ async fn read_responses(read_half: OwnedReadHalf, shared: Arc<Shared>) {
             }
         };
         let (entry, issued) = {
-            let mut p = shared.pending.lock().expect("pending lock");
+            let mut p = shared.pending.lock();
             p.last_rx = Instant::now();
             let entry = p.map.remove(&header.id);
             shared.outstanding.store(p.map.len(), Ordering::Relaxed);
@@ -458,7 +458,7 @@ impl TcpChunkConnector {
         &self,
         addr: &str,
     ) -> std::result::Result<Arc<DataClient>, Arc<tokio::sync::Mutex<()>>> {
-        let mut slots = self.slots.lock().expect("slots lock");
+        let mut slots = self.slots.lock();
         let slot = slots.entry(addr.to_string()).or_default();
         match &slot.client {
             Some(c) if !c.is_closed() => Ok(c.clone()),
@@ -500,7 +500,6 @@ impl ChunkConnector for TcpChunkConnector {
         let client = Arc::new(DataClient::new(stream));
         self.slots
             .lock()
-            .expect("slots lock")
             .entry(addr.to_string())
             .or_default()
             .client = Some(client.clone());

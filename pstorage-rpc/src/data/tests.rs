@@ -1,9 +1,10 @@
 //! Loopback tests of the data protocol against an in-memory chunk service.
 
+use parking_lot::Mutex;
 use pstorage_core::types::CsId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,7 +48,7 @@ impl MemService {
     }
 
     fn check_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
-        match self.chunks.lock().unwrap().get(&chunk) {
+        match self.chunks.lock().get(&chunk) {
             Some((v, _)) if *v != version => Err(Error::stale(format!(
                 "chunk {chunk:#x} is at version {v}, the request has {version}"
             ))),
@@ -74,8 +75,8 @@ impl ChunkService for MemService {
         }
         self.check_version(request.chunk, request.version)
             .map_err(ReplicaError::local)?;
-        *self.last_chain.lock().unwrap() = request.chain.clone();
-        let mut chunks = self.chunks.lock().unwrap();
+        *self.last_chain.lock() = request.chain.clone();
+        let mut chunks = self.chunks.lock();
         let (_, data) = chunks
             .entry(request.chunk)
             .or_insert((request.version, Vec::new()));
@@ -99,7 +100,7 @@ impl ChunkService for MemService {
         len: u64,
     ) -> Result<CheckedBytes> {
         self.check_version(chunk, version)?;
-        let chunks = self.chunks.lock().unwrap();
+        let chunks = self.chunks.lock();
         let Some((_, data)) = chunks.get(&chunk) else {
             return Err(Error::not_found(format!("chunk {chunk:#x} is not here")));
         };
@@ -126,7 +127,7 @@ impl ChunkService for MemService {
         len: u64,
     ) -> Result<Vec<u64>> {
         self.check_version(chunk, version)?;
-        let chunks = self.chunks.lock().unwrap();
+        let chunks = self.chunks.lock();
         let Some((_, data)) = chunks.get(&chunk) else {
             return Err(Error::not_found(format!("chunk {chunk:#x} is not here")));
         };
@@ -223,7 +224,7 @@ async fn requests_round_trip() {
     );
     req.chain = chain.clone();
     client.write(req).await.unwrap();
-    assert_eq!(*service.last_chain.lock().unwrap(), chain);
+    assert_eq!(*service.last_chain.lock(), chain);
     assert_eq!(
         client
             .read_verified(ChunkId(1), MapVersion(5), 100, 11)
@@ -727,7 +728,7 @@ async fn a_request_given_up_on_leaves_no_pending_entry_and_its_late_reply_is_dis
     assert!(!client.is_closed());
     // Its late reply arrives and is discarded; the connection goes on.
     service.gate.as_ref().unwrap().add_permits(1);
-    while !service.chunks.lock().unwrap().contains_key(&ChunkId(2)) {
+    while !service.chunks.lock().contains_key(&ChunkId(2)) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Answered after the late reply, on the same connection.

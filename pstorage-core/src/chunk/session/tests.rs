@@ -10,7 +10,9 @@ use crate::chunk::memory::MemNetwork;
 use crate::chunk::{ChunkStore, MemChunkStore};
 use crate::membership::{DirectoryOptions, MemMemberStore, MemberDirectory};
 use crate::traits::ManualClock;
-use crate::types::{CsId, CsRegistration, HeartbeatReply, MdsMember, MdsMembership, SpaceInfo};
+use crate::types::{
+    CsId, CsRegistration, HeartbeatReply, MdsId, MdsMember, MdsMembership, SpaceInfo,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -44,12 +46,12 @@ fn membership(ids: &[u64], config_index: u64) -> MdsMembership {
         members: ids
             .iter()
             .map(|&id| MdsMember {
-                id,
+                id: MdsId(id),
                 addr: format!("10.0.0.{id}:2510"),
                 voter: true,
             })
             .collect(),
-        leader: ids.first().copied(),
+        leader: ids.first().copied().map(MdsId),
         term: 1,
         config_index,
     }
@@ -71,12 +73,12 @@ impl FakeMds {
     }
 
     fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
+        *self.mode.lock() = mode;
     }
 
     /// Waits as the mode says; `Err` when it fails.
     async fn behave(&self) -> Result<()> {
-        let mode = *self.mode.lock().unwrap();
+        let mode = *self.mode.lock();
         match mode {
             Mode::Up => Ok(()),
             Mode::Hang => std::future::pending().await,
@@ -93,7 +95,7 @@ impl CsRegistry for FakeMds {
 
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
         self.behave().await?;
-        let delay = *self.register_delay.lock().unwrap();
+        let delay = *self.register_delay.lock();
         tokio::time::sleep(delay).await;
         assert_eq!(registration.id, CsId(7));
         self.registrations.fetch_add(1, Ordering::SeqCst);
@@ -112,7 +114,7 @@ impl CsRegistry for FakeMds {
             )));
         }
         self.heartbeats.fetch_add(1, Ordering::SeqCst);
-        let (fence_ms, heartbeat_timeout_ms) = *self.deadlines.lock().unwrap();
+        let (fence_ms, heartbeat_timeout_ms) = *self.deadlines.lock();
         Ok(HeartbeatReply {
             scrub_period_ms: 0,
             scrub_rate_bytes_per_s: 0,
@@ -156,18 +158,18 @@ impl CsRegistry for FakeMds {
 
 #[async_trait]
 impl MdsGroup for FakeMds {
-    async fn allocate_mds_id(&self) -> Result<u64> {
+    async fn allocate_mds_id(&self) -> Result<MdsId> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn add_mds(&self, _: u64, _: &str) -> Result<()> {
+    async fn add_mds(&self, _: MdsId, _: &str) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
-    async fn remove_mds(&self, _: u64) -> Result<()> {
+    async fn remove_mds(&self, _: MdsId) -> Result<()> {
         Err(Error::invalid("not in this fake"))
     }
     async fn members(&self) -> Result<MdsMembership> {
         self.behave().await?;
-        Ok(self.members.lock().unwrap().clone())
+        Ok(self.members.lock().clone())
     }
 }
 
@@ -305,7 +307,7 @@ async fn the_fence_counts_from_the_last_successful_heartbeat_whether_calls_hang_
 #[tokio::test(start_paused = true)]
 async fn the_fence_and_heartbeat_deadline_follow_the_cluster() {
     let h = start();
-    *h.mds.deadlines.lock().unwrap() = (4_000, 9_000);
+    *h.mds.deadlines.lock() = (4_000, 9_000);
     until(Duration::from_secs(1), "serving", || h.server.is_serving()).await;
     assert_eq!(h.session.fence_timeout(), DEFAULT_FENCE);
     until(Duration::from_secs(3), "the cluster's fence", || {
@@ -333,7 +335,7 @@ async fn the_fence_and_heartbeat_deadline_follow_the_cluster() {
 async fn stale_re_registers_while_serving_until_the_fence() {
     let h = start();
     until(Duration::from_secs(1), "serving", || h.server.is_serving()).await;
-    *h.mds.register_delay.lock().unwrap() = Duration::from_secs(2);
+    *h.mds.register_delay.lock() = Duration::from_secs(2);
     h.mds.stale_once.store(true, Ordering::SeqCst);
     // Throughout the slow re-registration the server serves.
     until(Duration::from_secs(10), "re-registered", || {
@@ -343,7 +345,7 @@ async fn stale_re_registers_while_serving_until_the_fence() {
     .await;
     assert_eq!(h.session.state().fences, 0);
     // Now a re-registration that never ends: fenced at the deadline.
-    *h.mds.register_delay.lock().unwrap() = Duration::from_secs(3600);
+    *h.mds.register_delay.lock() = Duration::from_secs(3600);
     let beats = h.mds.heartbeats.load(Ordering::SeqCst);
     until(Duration::from_secs(2), "a heartbeat", || {
         h.mds.heartbeats.load(Ordering::SeqCst) > beats
@@ -369,7 +371,7 @@ async fn members_learned_are_persisted() {
     .await;
     assert_eq!(h.store.saved().unwrap(), membership(&[1], 1));
     // make-mds twice.
-    *h.mds.members.lock().unwrap() = membership(&[1, 2, 3], 5);
+    *h.mds.members.lock() = membership(&[1, 2, 3], 5);
     until(Duration::from_secs(10), "grown", || {
         h.store.saved().unwrap().members.len() == 3
     })
@@ -377,7 +379,7 @@ async fn members_learned_are_persisted() {
     // rm-mds 1: the leader moves, MDS 1 drops out.
     let mut shrunk = membership(&[2, 3], 9);
     shrunk.term = 2;
-    *h.mds.members.lock().unwrap() = shrunk.clone();
+    *h.mds.members.lock() = shrunk.clone();
     until(Duration::from_secs(10), "shrunk", || {
         h.store.saved().unwrap() == shrunk
     })

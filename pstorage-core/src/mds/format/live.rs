@@ -3,12 +3,12 @@
 //! format, see [`super`]). Every older format reaches these through its
 //! chain of upgrades (`From` impls in the newer format modules).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::{Entry, EntryPayload, Membership, StoredMembership};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
 use super::{v1, v2, v3, v5, v6, v7, RaftMeta};
-use crate::mds::raft::{MdsNode, MdsRaftConfig, RaftRequest};
+use crate::mds::raft::{MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
 use crate::mds::state::{
     ApplyOutcome, AttrUpdateV3, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState,
@@ -659,20 +659,33 @@ pub(super) fn raft_snapshot(s: v6::SnapshotRecord) -> (RaftMeta, MdsState) {
 /// A membership over the live node type, with the same configs and nodes
 /// (`Membership::new` adds a default node for a voter without one, which
 /// openraft never stores).
-fn membership(m: &Membership<v3::MdsId, v3::MdsNode>) -> Membership<u64, MdsNode> {
-    let nodes: BTreeMap<u64, MdsNode> = m
+fn membership(m: &Membership<v3::MdsId, v3::MdsNode>) -> Membership<MdsId, MdsNode> {
+    let nodes: BTreeMap<MdsId, MdsNode> = m
         .nodes()
-        .map(|(id, node)| (*id, MdsNode::from(node.clone())))
+        .map(|(id, node)| (MdsId(*id), MdsNode::from(node.clone())))
         .collect();
-    Membership::new(m.get_joint_config().clone(), nodes)
+    let configs: Vec<BTreeSet<MdsId>> = m
+        .get_joint_config()
+        .iter()
+        .map(|voters| voters.iter().copied().map(MdsId).collect())
+        .collect();
+    Membership::new(configs, nodes)
+}
+
+/// A log id over the live node id (the same number).
+fn log_id(l: LogId<v3::MdsId>) -> LogId<MdsId> {
+    LogId::new(
+        CommittedLeaderId::new(l.leader_id.term, MdsId(l.leader_id.node_id)),
+        l.index,
+    )
 }
 
 /// Snapshot metadata over the live node type.
 pub(super) fn meta(m: v3::Meta) -> RaftMeta {
     RaftMeta {
-        last_log_id: m.last_log_id,
+        last_log_id: m.last_log_id.map(log_id),
         last_membership: StoredMembership::new(
-            *m.last_membership.log_id(),
+            m.last_membership.log_id().map(log_id),
             membership(m.last_membership.membership()),
         ),
         snapshot_id: m.snapshot_id,
@@ -689,7 +702,7 @@ pub(super) fn raft_entry(e: v7::LogEntry) -> Entry<MdsRaftConfig> {
         v3::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
     };
     Entry {
-        log_id: e.log_id,
+        log_id: log_id(e.log_id),
         payload,
     }
 }

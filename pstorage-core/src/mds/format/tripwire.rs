@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{live, v3, v6, v7, RaftMeta};
 use crate::error::Error;
-use crate::mds::raft::{encode_snapshot_record, MdsNode, MdsRaftConfig, RaftRequest};
+use crate::mds::raft::{encode_snapshot_record, MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
 use crate::mds::state::{ApplyOutcome, AttrUpdateV3, Command, MdsState, NewEvent};
 use crate::mds::store::{encode, encode_snapshot, STORE_FORMAT_VERSION};
@@ -294,19 +294,27 @@ fn rich_state() -> MdsState {
     state
 }
 
-fn membership() -> Membership<u64, MdsNode> {
-    let node = |id: u64| MdsNode {
-        addr: format!("mds{id}:7100"),
+fn membership() -> Membership<MdsId, MdsNode> {
+    let node = |id: u64| {
+        (
+            MdsId(id),
+            MdsNode {
+                addr: format!("mds{id}:7100"),
+            },
+        )
     };
     // A joint configuration and a learner (4).
     Membership::new(
-        vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
-        BTreeMap::from([(1, node(1)), (2, node(2)), (3, node(3)), (4, node(4))]),
+        vec![
+            BTreeSet::from([1, 2].map(MdsId)),
+            BTreeSet::from([2, 3].map(MdsId)),
+        ],
+        BTreeMap::from([node(1), node(2), node(3), node(4)]),
     )
 }
 
-fn log_id(term: u64, node: u64, index: u64) -> LogId<u64> {
-    LogId::new(CommittedLeaderId::new(term, node), index)
+fn log_id(term: u64, node: u64, index: u64) -> LogId<MdsId> {
+    LogId::new(CommittedLeaderId::new(term, MdsId(node)), index)
 }
 
 fn meta() -> RaftMeta {

@@ -30,9 +30,7 @@ pub use store::{
     RaftStorage, StorageClosed, DEFAULT_SNAPSHOT_EVERY,
 };
 
-/// An MDS's identity in the Raft group. Chosen when the MDS is made
-/// (`make-mds`), never reused.
-pub type MdsId = u64;
+pub use crate::types::MdsId;
 
 /// What the Raft group knows about each member: where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +71,12 @@ pub enum RaftResponse {
     /// The command was refused (the state is unchanged, except that a
     /// tagged command's session remembers the refusal): the error's
     /// [`ErrorKind`] code and message.
-    Refused { kind: u16, message: String },
+    Refused {
+        /// The error's [`ErrorKind`] code.
+        kind: u16,
+        /// The error's message.
+        message: String,
+    },
 }
 
 impl RaftResponse {

@@ -2,9 +2,10 @@
 //! process, each on its own redb file, connected by an in-memory network.
 
 use crate::types::CsId;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -43,13 +44,13 @@ impl TestHost {
     }
 
     fn state(&self) -> MdsState {
-        self.state.lock().unwrap().clone()
+        self.state.lock().clone()
     }
 }
 
 impl StateHost for TestHost {
     fn apply_committed(&self, cmd: Command) -> Result<ApplyOutcome> {
-        self.state.lock().unwrap().apply(cmd)
+        self.state.lock().apply(cmd)
     }
 
     fn snapshot_state(&self) -> MdsState {
@@ -57,7 +58,7 @@ impl StateHost for TestHost {
     }
 
     fn install_state(&self, state: MdsState) {
-        *self.state.lock().unwrap() = state;
+        *self.state.lock() = state;
     }
 }
 
@@ -78,15 +79,15 @@ struct Net {
 
 impl Net {
     fn register(&self, id: MdsId, raft: MdsRaft) {
-        self.inner.lock().unwrap().nodes.insert(id, raft);
+        self.inner.lock().nodes.insert(id, raft);
     }
 
     fn unregister(&self, id: MdsId) {
-        self.inner.lock().unwrap().nodes.remove(&id);
+        self.inner.lock().nodes.remove(&id);
     }
 
     fn cut(&self, id: MdsId, cut: bool) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         if cut {
             inner.cut.insert(id);
         } else {
@@ -103,7 +104,7 @@ impl Net {
 
     /// The handle of `to` if `from` can reach it, else why not.
     fn route(&self, from: MdsId, to: MdsId) -> std::result::Result<MdsRaft, String> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.lock();
         if inner.cut.contains(&from) || inner.cut.contains(&to) {
             return Err(format!("MDS {from} and MDS {to} are cut off"));
         }
@@ -274,9 +275,9 @@ async fn write(node: &Node, cmd: Command) -> Result<ApplyOutcome> {
 async fn bootstrap(net: &Net, dir: &Path, snapshot_every: u64) -> Node {
     let initial = MdsState::new(cluster_attrs()).unwrap();
     let storage = RaftStorage::create(dir.join("mds1.redb"), &initial).unwrap();
-    let node = start(net, 1, storage, snapshot_every).await;
+    let node = start(net, MdsId(1), storage, snapshot_every).await;
     node.raft
-        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .initialize(BTreeMap::from([(MdsId(1), node_info(MdsId(1)))]))
         .await
         .unwrap();
     node.raft
@@ -316,8 +317,16 @@ async fn join(
 
 async fn three_nodes(dir: &Path, net: &Net, snapshot_every: u64) -> Vec<Node> {
     let n1 = bootstrap(net, dir, snapshot_every).await;
-    let n2 = join(net, dir, &n1, 2, &[1, 2], snapshot_every).await;
-    let n3 = join(net, dir, &n1, 3, &[1, 2, 3], snapshot_every).await;
+    let n2 = join(net, dir, &n1, MdsId(2), &[1, 2].map(MdsId), snapshot_every).await;
+    let n3 = join(
+        net,
+        dir,
+        &n1,
+        MdsId(3),
+        &[1, 2, 3].map(MdsId),
+        snapshot_every,
+    )
+    .await;
     vec![n1, n2, n3]
 }
 
@@ -392,7 +401,7 @@ async fn three_mdses_replicate_and_survive_the_leader() {
     let t0 = std::time::Instant::now();
     stop(&net, old).await;
     let survivors: Vec<&Node> = nodes.iter().collect();
-    let leader_id = wait_leader(&survivors, 1).await;
+    let leader_id = wait_leader(&survivors, MdsId(1)).await;
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     let leader = nodes.iter().find(|n| n.id == leader_id).unwrap();
     write(leader, mkdir("/a/b")).await.unwrap();
@@ -453,8 +462,8 @@ async fn a_restarted_mds_has_its_state_and_rejoins() {
     // snapshot are re-applied at start, before it hears from the leader.
     let n3 = nodes.pop().unwrap();
     let path = stop(&net, n3).await;
-    net.cut(3, true);
-    let n3 = start(&net, 3, reopen(&path).await, DEFAULT_SNAPSHOT_EVERY).await;
+    net.cut(MdsId(3), true);
+    let n3 = start(&net, MdsId(3), reopen(&path).await, DEFAULT_SNAPSHOT_EVERY).await;
     let applied = nodes[0].raft.metrics().borrow().last_applied;
     n3.raft
         .wait(Some(TIMEOUT))
@@ -464,7 +473,7 @@ async fn a_restarted_mds_has_its_state_and_rejoins() {
     assert_eq!(n3.host.state(), state);
 
     // It rejoins and follows new commands.
-    net.cut(3, false);
+    net.cut(MdsId(3), false);
     write(&nodes[0], mkdir("/after")).await.unwrap();
     nodes.push(n3);
     let all: Vec<&Node> = nodes.iter().collect();
@@ -481,7 +490,7 @@ async fn a_restarted_mds_has_its_state_and_rejoins() {
         nodes.push(start(&net, *id, reopen(path).await, DEFAULT_SNAPSHOT_EVERY).await);
     }
     let all: Vec<&Node> = nodes.iter().collect();
-    let leader_id = wait_leader(&all, 0).await;
+    let leader_id = wait_leader(&all, MdsId(0)).await;
     let leader = nodes.iter().find(|n| n.id == leader_id).unwrap();
     write(leader, mkdir("/again")).await.unwrap();
     let after = converge(leader, &all).await;
@@ -516,8 +525,8 @@ async fn a_new_voter_catches_up_through_a_snapshot() {
         &net,
         dir.path(),
         &nodes[0],
-        4,
-        &[1, 2, 3, 4],
+        MdsId(4),
+        &[1, 2, 3, 4].map(MdsId),
         snapshot_every,
     )
     .await;
@@ -536,7 +545,7 @@ async fn a_new_voter_catches_up_through_a_snapshot() {
             .membership()
             .voter_ids()
             .collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
+        [1, 2, 3, 4].map(MdsId).to_vec()
     );
 
     // The snapshot MDS 4 stored is what a restart starts from.
@@ -566,9 +575,9 @@ async fn a_joiner_without_a_snapshot_stops_instead_of_diverging() {
     // not in any snapshot, and its log starts at entry 0.
     let initial = MdsState::new(cluster_attrs()).unwrap();
     let storage = RaftStorage::create(dir.path().join("mds1.redb"), &initial).unwrap();
-    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    let n1 = start(&net, MdsId(1), storage, DEFAULT_SNAPSHOT_EVERY).await;
     n1.raft
-        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .initialize(BTreeMap::from([(MdsId(1), node_info(MdsId(1)))]))
         .await
         .unwrap();
     n1.raft
@@ -579,8 +588,11 @@ async fn a_joiner_without_a_snapshot_stops_instead_of_diverging() {
     write(&n1, mkdir("/a")).await.unwrap();
 
     let storage = RaftStorage::create_empty(dir.path().join("mds2.redb")).unwrap();
-    let n2 = start(&net, 2, storage, DEFAULT_SNAPSHOT_EVERY).await;
-    n1.raft.add_learner(2, node_info(2), false).await.unwrap();
+    let n2 = start(&net, MdsId(2), storage, DEFAULT_SNAPSHOT_EVERY).await;
+    n1.raft
+        .add_learner(MdsId(2), node_info(MdsId(2)), false)
+        .await
+        .unwrap();
     let m = n2
         .raft
         .wait(Some(TIMEOUT))
@@ -609,7 +621,7 @@ async fn a_single_mds_restarts_with_its_committed_commands() {
     // log and re-applied when openraft starts (committed is persisted).
     let storage = reopen(&path).await;
     assert!(storage.initial_state().unwrap().lookup("/d0").is_err());
-    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    let n1 = start(&net, MdsId(1), storage, DEFAULT_SNAPSHOT_EVERY).await;
     assert_eq!(n1.host.state(), state);
     n1.raft
         .wait(Some(TIMEOUT))
@@ -629,9 +641,9 @@ async fn the_storage_tells_when_its_file_is_closed() {
     let path = dir.path().join("mds1.redb");
     let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
     let closed = storage.closed();
-    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    let n1 = start(&net, MdsId(1), storage, DEFAULT_SNAPSHOT_EVERY).await;
     n1.raft
-        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .initialize(BTreeMap::from([(MdsId(1), node_info(MdsId(1)))]))
         .await
         .unwrap();
     n1.raft
@@ -668,9 +680,9 @@ async fn a_pre_raft_store_is_imported() {
     let storage = RaftStorage::open_legacy_or_raft(&path).unwrap();
     assert_eq!(storage.initial_state().unwrap(), expected);
     let net = Net::default();
-    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    let n1 = start(&net, MdsId(1), storage, DEFAULT_SNAPSHOT_EVERY).await;
     n1.raft
-        .initialize(BTreeMap::from([(1, node_info(1))]))
+        .initialize(BTreeMap::from([(MdsId(1), node_info(MdsId(1)))]))
         .await
         .unwrap();
     compact_log_now(&n1.raft, TIMEOUT).await.unwrap();
@@ -690,7 +702,7 @@ async fn a_pre_raft_store_is_imported() {
             Err(e) => panic!("{e}"),
         }
     };
-    let n1 = start(&net, 1, storage, DEFAULT_SNAPSHOT_EVERY).await;
+    let n1 = start(&net, MdsId(1), storage, DEFAULT_SNAPSHOT_EVERY).await;
     assert_eq!(n1.host.state(), expected);
     stop(&net, n1).await;
 }
@@ -836,7 +848,7 @@ async fn a_garbled_snapshot_is_not_installed() {
     let (_log, mut sm) = storage.into_parts(host.clone());
     let meta = openraft::SnapshotMeta {
         last_log_id: Some(openraft::LogId::new(
-            openraft::CommittedLeaderId::new(1, 1),
+            openraft::CommittedLeaderId::new(1, MdsId(1)),
             9,
         )),
         last_membership: Default::default(),

@@ -338,7 +338,10 @@ async fn write_the_format_6_golden_database() {
             other => panic!("{cmd:?}: {other:?}"),
         }
     }
-    n1.raft.add_learner(2, node_info(2), false).await.unwrap();
+    n1.raft
+        .add_learner(MdsId(2), node_info(MdsId(2)), false)
+        .await
+        .unwrap();
     let path = stop(&net, n1).await;
     drop(reopen(&path).await);
     std::fs::copy(&path, GOLDEN).unwrap();
@@ -390,9 +393,18 @@ async fn a_format_6_golden_database_is_read() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(membership.get_joint_config(), &vec![BTreeSet::from([1])]);
-    let nodes: Vec<(&u64, &MdsNode)> = membership.nodes().collect();
-    assert_eq!(nodes, [(&1, &node_info(1)), (&2, &node_info(2))]);
+    assert_eq!(
+        membership.get_joint_config(),
+        &vec![BTreeSet::from([MdsId(1)])]
+    );
+    let nodes: Vec<(&MdsId, &MdsNode)> = membership.nodes().collect();
+    assert_eq!(
+        nodes,
+        [
+            (&MdsId(1), &node_info(MdsId(1))),
+            (&MdsId(2), &node_info(MdsId(2)))
+        ]
+    );
     drop((log, sm));
 
     // The committed state, checked piece by piece.

@@ -43,13 +43,13 @@ async fn start_mds(
     ));
     let (log, sm) = storage.into_parts(mds.clone());
     let raft_conf = Arc::new(raft_config("test", DEFAULT_SNAPSHOT_EVERY).unwrap());
-    let raft = MdsRaft::new(1, raft_conf, net.factory(1), log, sm)
+    let raft = MdsRaft::new(MdsId(1), raft_conf, net.factory(MdsId(1)), log, sm)
         .await
         .unwrap();
-    net.register(1, raft.clone());
-    mds.attach_raft(1, raft.clone()).unwrap();
+    net.register(MdsId(1), raft.clone());
+    mds.attach_raft(MdsId(1), raft.clone()).unwrap();
     if initialize {
-        raft.initialize(BTreeMap::from([(1, node_info(1))]))
+        raft.initialize(BTreeMap::from([(MdsId(1), node_info(MdsId(1)))]))
             .await
             .unwrap();
     }
@@ -96,7 +96,7 @@ async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_cl
 
     // The MDS restarts (a new term) with its clock 10 min ahead: its first
     // command gives every lease a whole duration on its clock.
-    net.unregister(1);
+    net.unregister(MdsId(1));
     raft.shutdown().await.unwrap();
     drop((mds, raft));
     clock.step(600_000);
@@ -112,7 +112,7 @@ async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_cl
     // gone: its lease ends one duration after the take-over, not 20 min
     // later (seed 100311 of --all-faults: a dead client's lease held its
     // file `Busy` for good).
-    net.unregister(1);
+    net.unregister(MdsId(1));
     raft.shutdown().await.unwrap();
     drop((mds, raft));
     clock.step(-1_200_000);
@@ -128,6 +128,6 @@ async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_cl
     assert_eq!(gone.kind(), ErrorKind::Stale, "{gone}");
     let reopened = mds.open("/vm.img", LeaseMode::Write, OpenFlags::default(), None);
     reopened.await.expect("another writer opens the file");
-    net.unregister(1);
+    net.unregister(MdsId(1));
     raft.shutdown().await.unwrap();
 }
