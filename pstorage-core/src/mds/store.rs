@@ -454,6 +454,24 @@ mod tests {
         }
     }
 
+    /// `bytes`, checked against (or, with `PSTORAGE_BLESS_GOLDEN=1`, written
+    /// to) the golden file `name` under `src/mds/golden/`: the records of the
+    /// pre-Raft formats, built here from their shapes once and kept as bytes.
+    fn golden(name: &str, bytes: &[u8]) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/mds/golden")
+            .join(name);
+        if std::env::var_os("PSTORAGE_BLESS_GOLDEN").is_some() {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            golden, bytes,
+            "{name}: the record built from the format's shape no longer matches its golden file"
+        );
+        golden
+    }
+
     #[test]
     fn a_format_1_store_is_upgraded() {
         use std::collections::BTreeMap;
@@ -518,6 +536,7 @@ mod tests {
             })
             .unwrap(),
         );
+        let bytes = golden("mds_format1_snapshot.bin", &bytes);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mds.redb");
         let store = MdsStore::create(&path, &MdsState::default()).unwrap();
@@ -532,6 +551,7 @@ mod tests {
         // A format 1 log record after it.
         let mut record = vec![1u8];
         record.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        let record = golden("mds_format1_command.bin", &record);
         write_raw(&store, 1, &record);
         expected.apply(Command::AllocateCsId).unwrap();
         let loaded = store.load().unwrap();
@@ -585,6 +605,7 @@ mod tests {
         };
         let mut bytes = vec![2u8];
         bytes.extend(postcard::to_allocvec(&(0u64, v2)).unwrap());
+        let bytes = golden("mds_format2_snapshot.bin", &bytes);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mds.redb");
         let store = MdsStore::create(&path, &MdsState::default()).unwrap();
@@ -598,6 +619,7 @@ mod tests {
         }
         let mut record = vec![2u8];
         record.extend(postcard::to_allocvec(&Command::AllocateCsId).unwrap());
+        let record = golden("mds_format2_command.bin", &record);
         write_raw(&store, 1, &record);
         expected.apply(Command::AllocateCsId).unwrap();
         let mut loaded = store.load().unwrap();
