@@ -321,6 +321,12 @@ pub(super) fn refused_unlink() -> Command {
 #[ignore = "writes src/mds/golden/mds_format6.redb; run by hand"]
 async fn write_the_format_6_golden_database() {
     assert_eq!(STORE_FORMAT_VERSION, 6, "only a format 6 build writes it");
+    write_golden_database(GOLDEN, after_the_snapshot()).await;
+}
+
+/// Writes `golden` as the golden files are written: [`before_the_snapshot`],
+/// a snapshot, then `after` and a membership change (learner 2).
+pub(super) async fn write_golden_database(golden: &str, after: Vec<Command>) {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
     let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
@@ -330,7 +336,7 @@ async fn write_the_format_6_golden_database() {
             .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     }
     compact_log_now(&n1.raft, TIMEOUT).await.unwrap();
-    for cmd in after_the_snapshot() {
+    for cmd in after {
         let refused = cmd == refused_unlink();
         match write(&n1, cmd.clone()).await {
             Ok(_) if !refused => {}
@@ -344,7 +350,7 @@ async fn write_the_format_6_golden_database() {
         .unwrap();
     let path = stop(&net, n1).await;
     drop(reopen(&path).await);
-    std::fs::copy(&path, GOLDEN).unwrap();
+    std::fs::copy(&path, golden).unwrap();
 }
 
 /// The golden file of format 6, written by

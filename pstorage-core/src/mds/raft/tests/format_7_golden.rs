@@ -4,7 +4,7 @@
 
 use openraft::EntryPayload;
 
-use super::format_6_golden::{after_the_snapshot, before_the_snapshot, refused_unlink};
+use super::format_6_golden::{after_the_snapshot, write_golden_database};
 use super::*;
 use crate::mds::LeaseRecord;
 use crate::types::LeaseId;
@@ -30,26 +30,7 @@ fn after_the_snapshot_7() -> Vec<Command> {
 #[ignore = "writes src/mds/golden/mds_format7.redb; run by hand"]
 async fn write_the_format_7_golden_database() {
     assert_eq!(STORE_FORMAT_VERSION, 7, "only a format 7 build writes it");
-    let dir = tempfile::tempdir().unwrap();
-    let net = Net::default();
-    let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
-    for cmd in before_the_snapshot() {
-        write(&n1, cmd.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    }
-    compact_log_now(&n1.raft, TIMEOUT).await.unwrap();
-    for cmd in after_the_snapshot_7() {
-        let refused = cmd == refused_unlink();
-        match write(&n1, cmd.clone()).await {
-            Ok(_) if !refused => {}
-            Err(e) if refused && e.kind() == ErrorKind::NotFound => {}
-            other => panic!("{cmd:?}: {other:?}"),
-        }
-    }
-    let path = stop(&net, n1).await;
-    drop(reopen(&path).await);
-    std::fs::copy(&path, GOLDEN).unwrap();
+    write_golden_database(GOLDEN, after_the_snapshot_7()).await;
 }
 
 /// The golden file of format 7: its snapshot and log read as written, and

@@ -61,6 +61,23 @@ async fn start_mds(
     (mds, raft)
 }
 
+/// Stops MDS 1, steps its clock by `step_ms`, and starts it again 2 s later
+/// (a new term).
+async fn restart(
+    net: &Net,
+    (mds, raft): (Arc<MdsService>, MdsRaft),
+    path: &Path,
+    clock: &Arc<ManualClock>,
+    step_ms: i64,
+) -> (Arc<MdsService>, MdsRaft) {
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+    drop((mds, raft));
+    clock.step(step_ms);
+    clock.advance(2_000);
+    start_mds(net, reopen(path).await, clock.clone(), false).await
+}
+
 #[tokio::test]
 async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_clock_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,12 +113,7 @@ async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_cl
 
     // The MDS restarts (a new term) with its clock 10 min ahead: its first
     // command gives every lease a whole duration on its clock.
-    net.unregister(MdsId(1));
-    raft.shutdown().await.unwrap();
-    drop((mds, raft));
-    clock.step(600_000);
-    clock.advance(2_000);
-    let (mds, raft) = start_mds(&net, reopen(&path).await, clock.clone(), false).await;
+    let (mds, raft) = restart(&net, (mds, raft), &path, &clock, 600_000).await;
     mds.tick().await;
     mds.renew(lease.id)
         .await
@@ -112,12 +124,7 @@ async fn leases_are_measured_on_the_leaders_monotonic_clock_whatever_its_wall_cl
     // gone: its lease ends one duration after the take-over, not 20 min
     // later (seed 100311 of --all-faults: a dead client's lease held its
     // file `Busy` for good).
-    net.unregister(MdsId(1));
-    raft.shutdown().await.unwrap();
-    drop((mds, raft));
-    clock.step(-1_200_000);
-    clock.advance(2_000);
-    let (mds, raft) = start_mds(&net, reopen(&path).await, clock.clone(), false).await;
+    let (mds, raft) = restart(&net, (mds, raft), &path, &clock, -1_200_000).await;
     mds.tick().await;
     clock.advance(29_000);
     mds.tick().await;
