@@ -353,6 +353,27 @@ pub(super) async fn write_golden_database(golden: &str, after: Vec<Command>) {
     std::fs::copy(&path, golden).unwrap();
 }
 
+/// The log entries after the snapshot of a golden file (`initial` is the
+/// snapshot's state, at `snapshot_index`), and the commands among them.
+pub(super) async fn log_after_the_snapshot(
+    storage: RaftStorage,
+    initial: MdsState,
+    snapshot_index: u64,
+) -> (Vec<openraft::Entry<MdsRaftConfig>>, Vec<Command>) {
+    let (mut log, _sm) = storage.into_parts(TestHost::new(initial));
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, snapshot_index + 1..)
+        .await
+        .unwrap();
+    let commands = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(request) => Some(request.cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    (entries, commands)
+}
+
 /// The golden file of format 6, written by
 /// [`write_the_format_6_golden_database`]: its snapshot and the log
 /// entries after it (every command kind, a refused tagged command, a
@@ -379,18 +400,7 @@ async fn a_format_6_golden_database_is_read() {
     assert_eq!(initial.next_mds_id(), 3);
 
     // The log after it: a membership change, every command kind.
-    let host = TestHost::new(initial);
-    let (mut log, sm) = storage.into_parts(host);
-    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, snapshot_index + 1..)
-        .await
-        .unwrap();
-    let commands: Vec<Command> = entries
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(request) => Some(request.cmd.clone()),
-            _ => None,
-        })
-        .collect();
+    let (entries, commands) = log_after_the_snapshot(storage, initial, snapshot_index).await;
     assert_eq!(commands, after_the_snapshot());
     let membership = entries
         .iter()
@@ -411,7 +421,6 @@ async fn a_format_6_golden_database_is_read() {
             (&MdsId(2), &node_info(MdsId(2)))
         ]
     );
-    drop((log, sm));
 
     // The committed state, checked piece by piece.
     let (index, state) = RaftStorage::committed_state(&path).unwrap();

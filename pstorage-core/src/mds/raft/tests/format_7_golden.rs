@@ -2,9 +2,7 @@
 //! commands (`format_6_golden`) written by a format 7 build, and then
 //! `RefreshLeases`, the command format 7 added.
 
-use openraft::EntryPayload;
-
-use super::format_6_golden::{after_the_snapshot, write_golden_database};
+use super::format_6_golden::{after_the_snapshot, log_after_the_snapshot, write_golden_database};
 use super::*;
 use crate::mds::LeaseRecord;
 use crate::types::LeaseId;
@@ -47,20 +45,8 @@ async fn a_format_7_golden_database_is_read() {
     initial.check_invariants().unwrap();
     assert_eq!(initial.leases().count(), 1);
 
-    let host = TestHost::new(initial);
-    let (mut log, sm) = storage.into_parts(host);
-    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, snapshot_index + 1..)
-        .await
-        .unwrap();
-    let commands: Vec<Command> = entries
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(request) => Some(request.cmd.clone()),
-            _ => None,
-        })
-        .collect();
+    let (entries, commands) = log_after_the_snapshot(storage, initial, snapshot_index).await;
     assert_eq!(commands, after_the_snapshot_7());
-    drop((log, sm));
 
     let (index, state) = RaftStorage::committed_state(&path).unwrap();
     assert_eq!(index, entries.last().unwrap().log_id.index);
