@@ -778,16 +778,31 @@ async fn a_torn_block_left_by_an_unclean_stop_is_found_before_serving() {
             .unwrap()[..]
             == pattern(3, CS as usize)[..(5 * B) as usize]
     );
-    // The registration went through: the unclean ones are verified.
+    // The registration went through: the unclean ones are verified, and
+    // not served at the version they lost writes at (seed 100078 of
+    // --all-faults: a writer whose map names it would not replay them).
     server
         .apply_register_reply(&RegisterReply::default())
         .await
         .unwrap();
     assert!(store.unverified().is_empty());
+    let e = server
+        .read_verified(ChunkId(2), MapVersion(1), 0, CS)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+    assert!(e.message().contains("lost writes"), "{e}");
+    // The one clean replica serves.
+    assert!(server
+        .read_verified(ChunkId(4), MapVersion(1), 0, CS)
+        .await
+        .is_ok());
     assert!(server.registration("x:1").await.unwrap().unclean.is_empty());
+    // The MDS moves the chunk on: served at its new version.
+    server.set_version(ChunkId(2), MapVersion(2)).await.unwrap();
     assert!(
         server
-            .read_verified(ChunkId(2), MapVersion(1), 0, CS)
+            .read_verified(ChunkId(2), MapVersion(2), 0, CS)
             .await
             .unwrap()[..]
             == pattern(2, CS as usize)[..]

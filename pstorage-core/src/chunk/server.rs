@@ -29,6 +29,16 @@ use super::ChunkStore;
 /// ones, and everything that syncs, go to tokio's blocking pool.
 const INLINE_IO_MAX_BYTES: u64 = 64 << 10;
 
+/// Why a replica is not served at its registered version
+/// ([`ChunkServer::apply_register_reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// The MDS named it stale: in no chain.
+    OutOfChain,
+    /// Registered unclean: it may lack writes acknowledged at that version.
+    Unclean,
+}
+
 /// One chunk server: serves the data path ([`ChunkService`]: version-checked
 /// reads, writes forwarded down the replica chain, flushes) and the MDS's
 /// control operations ([`ChunkControl`]) from a [`ChunkStore`].
@@ -56,15 +66,17 @@ pub struct ChunkServer {
     /// until one succeeds, and only then marked verified in the store (so
     /// a crash before that finds them unverified, and unclean, again).
     unclean: Mutex<BTreeSet<ChunkId>>,
-    /// Replicas the last registration's reply named
-    /// [`stale`](RegisterReply::stale) (in no chain), with the version each
-    /// had then: not served at that version, which a client's cached map
-    /// may still name. A copy that brings one up to date gives it a newer
-    /// version, and it serves again.
-    out_of_chain: Mutex<HashMap<ChunkId, MapVersion>>,
-    /// Whether `out_of_chain` may hold anything: the data path skips its
-    /// lock while nothing is fenced (almost always).
-    any_out_of_chain: AtomicBool,
+    /// Replicas not served at the version each had at the last
+    /// registration, with why: those its reply named
+    /// [`stale`](RegisterReply::stale) (in no chain; a client's cached map
+    /// may still name them) and those it reported unclean (they may have
+    /// lost writes acknowledged at that version). A newer version (a copy
+    /// that brings one up to date, the MDS moving its chunk on) ends the
+    /// fence.
+    fenced: Mutex<HashMap<ChunkId, (MapVersion, Fence)>>,
+    /// Whether `fenced` may hold anything: the data path skips its lock
+    /// while nothing is fenced (almost always).
+    any_fenced: AtomicBool,
     /// The replicas and versions the last registration reported: a
     /// replica the reply names stale is fenced at the version the MDS
     /// judged, even if a copy moved it on since.
@@ -148,8 +160,8 @@ impl ChunkServer {
             reporting: tokio::sync::Mutex::new(()),
             bad_at_registration: Mutex::new(Vec::new()),
             unclean: Mutex::new(BTreeSet::new()),
-            out_of_chain: Mutex::new(HashMap::new()),
-            any_out_of_chain: AtomicBool::new(false),
+            fenced: Mutex::new(HashMap::new()),
+            any_fenced: AtomicBool::new(false),
             reported: Mutex::new(HashMap::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
@@ -218,32 +230,33 @@ impl ChunkServer {
     }
 
     /// Deletes the replicas the MDS declared stale or unknown, stops
-    /// serving those it keeps out of their chains (at their present
-    /// version), and marks the unclean replicas the MDS was told about
-    /// verified (the MDS took them out of their chains, or kept them as the
-    /// best copy left). Call before
-    /// [`set_serving(true)`](ChunkServer::set_serving).
+    /// serving those it keeps out of their chains and the unclean ones (at
+    /// their registered version), and marks the unclean replicas the MDS
+    /// was told about verified (the MDS took them out of their chains, or
+    /// kept them as the best copy left and moved their chunk to a new
+    /// version). Call before [`set_serving(true)`](ChunkServer::set_serving).
     pub async fn apply_register_reply(&self, reply: &RegisterReply) -> Result<()> {
         // Fenced before the unclean ones count as verified: a crash in
         // between finds them unclean again rather than served. At the
-        // version registered (the one the MDS judged): a copy that moved a
-        // replica on since made it current, and it stays served.
-        let fenced: HashMap<ChunkId, MapVersion> = {
+        // version registered (the one the MDS judged): a copy or version
+        // push that moved a replica on since made it current, and it stays
+        // served.
+        let told = std::mem::take(&mut *self.unclean.lock());
+        let fenced: HashMap<ChunkId, (MapVersion, Fence)> = {
             // Taken: a server of many replicas does not keep the list.
             let reported = std::mem::take(&mut *self.reported.lock());
-            reply
-                .stale
-                .iter()
-                .filter_map(|c| reported.get(c).map(|&v| (*c, v)))
+            let unclean = told.iter().map(|c| (c, Fence::Unclean));
+            let stale = reply.stale.iter().map(|c| (c, Fence::OutOfChain));
+            unclean
+                .chain(stale)
+                .filter_map(|(c, why)| reported.get(c).map(|&v| (*c, (v, why))))
                 .collect()
         };
         {
-            let mut out_of_chain = self.out_of_chain.lock();
-            self.any_out_of_chain
-                .store(!fenced.is_empty(), Ordering::SeqCst);
-            *out_of_chain = fenced;
+            let mut fences = self.fenced.lock();
+            self.any_fenced.store(!fenced.is_empty(), Ordering::SeqCst);
+            *fences = fenced;
         }
-        let told = std::mem::take(&mut *self.unclean.lock());
         for chunk in told {
             self.blocking(move |store| store.verified(chunk)).await?;
         }
@@ -419,23 +432,33 @@ impl ChunkServer {
     }
 
     /// `Stale` while the replica is at the version it had when the MDS
-    /// named it out of its chain ([`RegisterReply::stale`]): a client whose
-    /// cached map predates that must not read it (it may lack writes its
-    /// chain has, at the same version).
+    /// named it out of its chain ([`RegisterReply::stale`]) or when it was
+    /// registered unclean: a client whose cached map names that version
+    /// must not read it (it may lack writes its chain has, or that its
+    /// writer must replay, at the same version).
     fn check_in_chain(&self, chunk: ChunkId) -> Result<()> {
-        if !self.any_out_of_chain.load(Ordering::Relaxed) {
+        if !self.any_fenced.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let Some(at) = self.out_of_chain.lock().get(&chunk).copied() else {
+        let Some((at, why)) = self.fenced.lock().get(&chunk).copied() else {
             return Ok(());
         };
         match self.store.version(chunk) {
-            Ok(version) if version == at => Err(Error::stale(format!(
-                "chunk {chunk:#x} on chunk server {}: this replica (version {version}) is in no \
-                 chain: it left its chain while this server was away or stopped uncleanly; \
-                 refresh the chunk map from the MDS and use the replicas it names",
-                self.id
-            ))),
+            Ok(version) if version == at => Err(Error::stale(match why {
+                Fence::OutOfChain => format!(
+                    "chunk {chunk:#x} on chunk server {}: this replica (version {version}) is in \
+                     no chain: it left its chain while this server was away or stopped \
+                     uncleanly; refresh the chunk map from the MDS and use the replicas it names",
+                    self.id
+                ),
+                Fence::Unclean => format!(
+                    "chunk {chunk:#x} on chunk server {}: this replica (version {version}) may \
+                     have lost writes acknowledged at this version when its server stopped \
+                     uncleanly; it serves at the next version the MDS gives the chunk: refresh \
+                     the chunk map from the MDS",
+                    self.id
+                ),
+            })),
             // Brought up to date by a copy (or gone): the fence is over.
             _ => {
                 self.unfence(chunk);
@@ -446,7 +469,7 @@ impl ChunkServer {
 
     /// Forgets the fence of `chunk` (deleted, or created anew).
     fn unfence(&self, chunk: ChunkId) {
-        self.out_of_chain.lock().remove(&chunk);
+        self.fenced.lock().remove(&chunk);
     }
 
     /// Both checks of a replica a client may use: not being resynced, and

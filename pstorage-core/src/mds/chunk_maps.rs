@@ -285,6 +285,40 @@ impl MdsService {
         }
     }
 
+    /// Gives `chunk` a new version with its chain unchanged and pushes it;
+    /// members that do not take it get it from `tick` once active (a write
+    /// at the new version is refused by them until then, and its report
+    /// drops them). For an unclean replica kept as the best copy
+    /// (`register_cs`): the version its lost writes were acknowledged at
+    /// must end, so that their writer replays them. Callers hold
+    /// `chunk_lock`.
+    pub(super) async fn move_version_on(&self, chunk: ChunkId) -> Result<ChunkMap> {
+        let (version, replicas) = {
+            let core = self.core();
+            let rec = core
+                .state
+                .chunk(chunk)
+                .ok_or_else(|| Error::not_found(format!("chunk {chunk:#x} no longer exists")))?;
+            (rec.version, rec.replicas.clone())
+        };
+        let outcome = self
+            .commit(Command::UpdateChunkMap {
+                chunk,
+                version: version + 1,
+                replicas,
+            })
+            .await?;
+        let ApplyOutcome::ChunkMap(map) = outcome else {
+            return Err(unexpected(outcome));
+        };
+        let failed = self.push_to_all(&map).await;
+        let mut core = self.core();
+        for cs in failed {
+            core.version_sync.entry(cs).or_default().insert(chunk);
+        }
+        Ok(map)
+    }
+
     /// `Unavailable` naming the file and counts if `map` is below `replicas_min`.
     pub(super) fn check_min(&self, map: ChunkMap) -> Result<ChunkMap> {
         Self::check_min_in(&self.core(), map)

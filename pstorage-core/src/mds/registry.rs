@@ -109,7 +109,7 @@ impl CsRegistry for MdsService {
             })
             .await?;
         }
-        let (delete, kept, lost, suspects) = {
+        let (delete, kept, lost, suspects, move_on) = {
             let mut core = self.core();
             let mut live = CsLive::new(now, space);
             live.full = self.below_margin(&core, &live, 0);
@@ -122,6 +122,8 @@ impl CsRegistry for MdsService {
             let mut reported = BTreeSet::new();
             // Chain members to drop, with why.
             let mut suspects: Vec<(ChunkId, CsId, Suspect)> = Vec::new();
+            // Unclean replicas kept alone at the map's version.
+            let mut move_on: Vec<ChunkId> = Vec::new();
             // Forget kept unclean replicas that left their chain since.
             let chains: BTreeMap<ChunkId, Vec<CsId>> = core
                 .unclean_kept
@@ -156,11 +158,20 @@ impl CsRegistry for MdsService {
                             continue;
                         }
                         core.unclean_kept.entry(info.chunk).or_default().insert(id);
-                    } else if info.version == version {
-                        if let Some(kept) = core.unclean_kept.remove(&info.chunk) {
-                            for cs in kept.into_iter().filter(|&cs| cs != id) {
-                                suspects.push((info.chunk, cs, Suspect::Superseded));
-                            }
+                        // Kept at the version its lost writes were
+                        // acknowledged at, a writer would not know to
+                        // replay them (`client/unflushed.rs`), and the
+                        // server does not serve it at that version: the
+                        // chunk moves on to a new one.
+                        if info.version == version {
+                            move_on.push(info.chunk);
+                        }
+                    } else if let Some(kept) = core.unclean_kept.remove(&info.chunk) {
+                        // Clean at any version up to the map's (behind, it
+                        // missed version pushes, never a write: those need
+                        // every member), it holds every acknowledged write.
+                        for cs in kept.into_iter().filter(|&cs| cs != id) {
+                            suspects.push((info.chunk, cs, Suspect::Superseded));
                         }
                     }
                 }
@@ -206,7 +217,7 @@ impl CsRegistry for MdsService {
             } else {
                 core.stale.insert(id, kept.clone());
             }
-            (delete, kept, lost, suspects)
+            (delete, kept, lost, suspects, move_on)
         };
         {
             let mut core = self.core();
@@ -238,6 +249,14 @@ impl CsRegistry for MdsService {
                 .log_event(now, EventKind::CsState, EventLevel::Warning, message);
             if let Err(e) = self.drop_replicas(chunk, vec![cs]).await {
                 tracing::warn!("MDS: {e}");
+            }
+        }
+        for chunk in move_on {
+            // A failure fails the registration: the server registers again,
+            // its replica still unclean, rather than serve it unmoved.
+            match self.move_version_on(chunk).await {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
         for chunk in lost {

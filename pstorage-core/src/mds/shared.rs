@@ -118,10 +118,10 @@ pub(super) struct Core {
     /// Chunks whose only reachable copies are stale ones (logged once).
     pub(super) stale_only: BTreeSet<ChunkId>,
     /// Chain members kept although their server registered them unclean
-    /// (no other member was active). A member registering clean at the
-    /// map's version is sure to be current (it holds every write the chain
-    /// acknowledged since it joined, and lost none), so these leave the
-    /// chain then (see `register_cs`).
+    /// (no other member was active; the chunk moved on to a new version).
+    /// A member registering clean is sure to be current (it holds every
+    /// write the chain acknowledged since it joined, and lost none), so
+    /// these leave the chain then (see `register_cs`).
     pub(super) unclean_kept: BTreeMap<ChunkId, BTreeSet<CsId>>,
     /// Chunks that lost a corrupt replica, with what was found: the event
     /// log says when each is repaired.

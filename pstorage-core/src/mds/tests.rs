@@ -1214,12 +1214,17 @@ async fn an_unclean_replica_alone_is_kept_until_a_current_one_returns() {
     c.clock.advance(5_000);
     c.mds.renew(lease.id).await.unwrap();
     // The first back is unclean, and the best copy there is: kept, and
-    // served (a member is never named stale).
+    // served (a member is never named stale), at a new version (seed
+    // 100078 of --all-faults: at the version its lost writes were
+    // acknowledged at, their writer would not replay them).
     let reply = c
         .register_unclean(CsId(1), 3, vec![map.chunk])
         .await
         .unwrap();
-    assert_eq!(c.state().chunk(map.chunk).unwrap().replicas.len(), 3);
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.replicas.len(), 3);
+    assert_eq!(rec.version, map.version + 1);
+    assert_eq!(c.cs(CsId(1)).version(map.chunk), Some(rec.version));
     assert!(reply.stale.is_empty(), "{reply:?}");
     // A second unclean one beside it is not: one unclean copy is the
     // truth, the others are resynced from it, so replicas never differ.
@@ -1237,6 +1242,33 @@ async fn an_unclean_replica_alone_is_kept_until_a_current_one_returns() {
     assert_eq!(rec.replicas, vec![CsId(3)]);
     let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("stopped uncleanly"), "{log}");
+    assert!(log.contains("sure to be current"), "{log}");
+}
+
+/// The version an unclean replica kept alone moves on to may miss a member
+/// that is away; back and clean, that member is still sure to be current
+/// (it missed a version push, never a write), and the unclean one leaves.
+#[tokio::test]
+async fn a_clean_member_behind_the_map_supersedes_an_unclean_one_kept_alone() {
+    let c = Cluster::new(&[3, 2, 1]).await;
+    let lease = c.open_write("/f").await;
+    let map = c.mds.chunk_map(lease.id, 0, true).await.unwrap().unwrap();
+    c.clock.advance(5_000);
+    c.mds.renew(lease.id).await.unwrap();
+    c.cs(CsId(3)).set_failing(true);
+    c.register_unclean(CsId(1), 3, vec![map.chunk])
+        .await
+        .unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert_eq!(rec.version, map.version + 1);
+    assert_eq!(rec.replicas.len(), 3, "{rec:?}");
+    assert_eq!(c.cs(CsId(3)).version(map.chunk), Some(map.version));
+    c.cs(CsId(3)).set_failing(false);
+    c.register(CsId(3), 1).await.unwrap();
+    let rec = c.state().chunk(map.chunk).unwrap().clone();
+    assert!(!rec.replicas.contains(&CsId(1)), "{rec:?}");
+    assert!(rec.replicas.contains(&CsId(3)), "{rec:?}");
+    let log = events(&c, EventKind::CsState).join("\n");
     assert!(log.contains("sure to be current"), "{log}");
 }
 
