@@ -360,6 +360,13 @@ pub trait ChunkControl: Send + Sync {
     /// Moves a replica to a newer `version` (durably). `Stale` if the replica
     /// is already newer; `NotFound` if absent.
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+    /// [`set_version`](ChunkControl::set_version) for a replica no chain
+    /// names, lent as the source of a block repair by the chain's only
+    /// member: its reads (`read`, `block_crcs`) are served at `version`
+    /// even while a copy into it is unfinished (the blocks a repair asks
+    /// for are those its reporter cannot read, which no copy from the
+    /// reporter wrote). The loan ends when the replica's version changes.
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
     /// Deletes a replica. Idempotent.
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
     /// Every replica held, with its version.

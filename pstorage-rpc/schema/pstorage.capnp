@@ -647,4 +647,7 @@ interface ChunkControl {
   # the MDS's reachability probe before dropping a reported replica.
   ping @5 () -> (result :VoidResult);
   copyProgress @6 (chunk :UInt64) -> (result :OptionalCopyProgressResult);
+  # setVersion for a replica lent as a block repair's source (its reads are
+  # served at that version while a copy into it is unfinished).
+  lendForRepair @7 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
 }

@@ -74,6 +74,25 @@ impl chunk_control::Server for ControlServer {
         Ok(())
     }
 
+    async fn lend_for_repair(
+        self: Rc<Self>,
+        params: chunk_control::LendForRepairParams,
+        mut results: chunk_control::LendForRepairResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (chunk, version) = decode_request("lendForRepair", || {
+                let p = params.get()?;
+                Ok((p.get_chunk(), p.get_version()))
+            })?;
+            self.control
+                .lend_for_repair(ChunkId(chunk), MapVersion(version))
+                .await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
     async fn delete_chunk(
         self: Rc<Self>,
         params: chunk_control::DeleteChunkParams,
@@ -218,6 +237,19 @@ impl ChunkControl for ControlClient {
         self.actor
             .call("setVersion", move |cs| async move {
                 let mut request = cs.set_version_request();
+                let mut p = request.get();
+                p.set_chunk(chunk.0);
+                p.set_version(version.0);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.actor
+            .call("lendForRepair", move |cs| async move {
+                let mut request = cs.lend_for_repair_request();
                 let mut p = request.get();
                 p.set_chunk(chunk.0);
                 p.set_version(version.0);

@@ -491,6 +491,10 @@ impl ChunkControl for FakeControl {
         self.script
             .enter(format!("set_version {chunk:?} {version}"))
     }
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.script
+            .enter(format!("lend_for_repair {chunk:?} {version}"))
+    }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.script.enter(format!("delete_chunk {chunk:?}"))
     }
@@ -1065,6 +1069,10 @@ async fn control_methods_and_errors_round_trip() {
         .set_version(ChunkId(0x1f2), MapVersion(u64::MAX))
         .await
         .unwrap();
+    control
+        .lend_for_repair(ChunkId(u64::MAX), MapVersion(6))
+        .await
+        .unwrap();
     control.delete_chunk(ChunkId(7)).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
     control.ping().await.unwrap();
@@ -1107,6 +1115,7 @@ async fn control_methods_and_errors_round_trip() {
         [
             format!("create_chunk 498 1 {}", 64 << 10),
             format!("set_version 498 {}", u64::MAX),
+            format!("lend_for_repair {} 6", u64::MAX),
             "delete_chunk 7".into(),
             "list_chunks".into(),
             "ping".into(),
@@ -1133,6 +1142,13 @@ async fn control_methods_and_errors_round_trip() {
     assert_eq!(
         control
             .set_version(ChunkId(0x1f2), MapVersion(8))
+            .await
+            .unwrap_err(),
+        error
+    );
+    assert_eq!(
+        control
+            .lend_for_repair(ChunkId(0x1f2), MapVersion(8))
             .await
             .unwrap_err(),
         error

@@ -606,6 +606,12 @@ impl ChunkControl for SimPeer {
         })
     }
 
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        on_cs!(self, control, "lend_for_repair", |cs| {
+            ChunkControl::lend_for_repair(&*cs, chunk, version).await
+        })
+    }
+
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         on_cs!(self, control, "delete_chunk", |cs| cs
             .delete_chunk(chunk)

@@ -463,6 +463,90 @@ async fn a_stale_replica_is_resynced_by_copying_only_the_changed_blocks() {
         .unwrap();
 }
 
+/// `--all-faults` seed 100084: the chain's only member had a torn block;
+/// every copy from it stopped there, and the stale replica that was to
+/// repair the block was refused for the copy into it left unfinished: the
+/// chunk stayed at one replica for good. Lent to the repair, it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lent_to_a_block_repair_is_read_though_a_copy_into_it_stopped() {
+    let pair = Pair::new();
+    let chunk = ChunkId(9);
+    pair.source
+        .create_chunk(chunk, MapVersion(1), DEFAULT_CHUNK_SIZE)
+        .await
+        .unwrap();
+    fill(pair.src(), chunk, 0, 16 * MIB, 9);
+    pair.copy(chunk, MapVersion(1), 0).await.unwrap();
+    let held = |offset: u64| {
+        let mut buf = vec![0u8; B as usize];
+        pair.dst().read(chunk, offset, &mut buf).unwrap();
+        buf
+    };
+    // The chunk moves on without the target: 8 runs change.
+    for i in 0..8 {
+        pair.src()
+            .write(chunk, i * 2 * MIB, &pattern(90 + i, B as usize))
+            .unwrap();
+    }
+    ChunkControl::set_version(pair.source.as_ref(), chunk, MapVersion(3))
+        .await
+        .unwrap();
+    // A resync stops after 2 reads: the target is a mix, refused.
+    pair.faults.fail_after(2, Fault::Die);
+    pair.copy(chunk, MapVersion(3), 0).await.unwrap_err();
+    pair.faults.heal();
+    let refused = |r: Result<Bytes>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+        assert!(e.message().contains("brought up to date"), "{e}");
+    };
+    refused(pair.target.read_verified(chunk, MapVersion(1), 0, B).await);
+    // Moved on as any replica is (a version push): still refused.
+    ChunkControl::set_version(pair.target.as_ref(), chunk, MapVersion(3))
+        .await
+        .unwrap();
+    refused(pair.target.read_verified(chunk, MapVersion(3), 0, B).await);
+    // Lent: read at that version (as it holds its blocks), its CRCs too;
+    // never written or flushed.
+    pair.target
+        .lend_for_repair(chunk, MapVersion(4))
+        .await
+        .unwrap();
+    let data = pair
+        .target
+        .read_verified(chunk, MapVersion(4), 14 * MIB, B)
+        .await
+        .unwrap();
+    assert_eq!(data[..], held(14 * MIB)[..]);
+    let data = pair
+        .target
+        .read_verified(chunk, MapVersion(4), MIB, B)
+        .await
+        .unwrap();
+    assert_eq!(data[..], held(MIB)[..]);
+    pair.target
+        .block_crcs(chunk, MapVersion(4), 0, 2 * B)
+        .await
+        .unwrap();
+    let e = pair.target.flush(chunk, MapVersion(4)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+    // The loan ends with its version.
+    ChunkControl::set_version(pair.target.as_ref(), chunk, MapVersion(5))
+        .await
+        .unwrap();
+    refused(pair.target.read_verified(chunk, MapVersion(5), 0, B).await);
+    // And a finished copy serves it as any replica.
+    ChunkControl::set_version(pair.source.as_ref(), chunk, MapVersion(5))
+        .await
+        .unwrap();
+    pair.copy(chunk, MapVersion(5), 0).await.unwrap();
+    assert_identical(pair.src(), pair.dst(), chunk);
+    pair.target
+        .read_verified(chunk, MapVersion(5), 0, B)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_copy_resumes_and_copies_only_the_rest() {
     let pair = Pair::new();

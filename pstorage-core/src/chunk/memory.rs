@@ -368,6 +368,10 @@ impl ChunkControl for Link {
         ChunkControl::set_version(self.server(false).await?.as_ref(), chunk, version).await
     }
 
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        ChunkControl::lend_for_repair(self.server(false).await?.as_ref(), chunk, version).await
+    }
+
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.server(false).await?.delete_chunk(chunk).await
     }

@@ -77,6 +77,10 @@ pub struct ChunkServer {
     /// Whether `fenced` may hold anything: the data path skips its lock
     /// while nothing is fenced (almost always).
     any_fenced: AtomicBool,
+    /// Replicas lent as a block repair's source
+    /// ([`ChunkControl::lend_for_repair`]), with the version lent at: read
+    /// at that version even while a copy into them is unfinished.
+    lent: Mutex<HashMap<ChunkId, MapVersion>>,
     /// The replicas and versions the last registration reported: a
     /// replica the reply names stale is fenced at the version the MDS
     /// judged, even if a copy moved it on since.
@@ -162,6 +166,7 @@ impl ChunkServer {
             unclean: Mutex::new(BTreeSet::new()),
             fenced: Mutex::new(HashMap::new()),
             any_fenced: AtomicBool::new(false),
+            lent: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
             io: IoCounters::default(),
             io_timeouts: Mutex::new(IoTimeouts::default()),
@@ -420,8 +425,8 @@ impl ChunkServer {
 
     /// `Stale` while a copy updates the replica in place: it is behind and
     /// in no chain, and its blocks are a mix until the copy ends.
-    fn check_not_resyncing(&self, chunk: ChunkId) -> Result<()> {
-        if self.copies.is_resyncing(chunk) {
+    fn check_not_resyncing(&self, chunk: ChunkId, read: bool) -> Result<()> {
+        if self.copies.is_resyncing(chunk) && !(read && self.is_lent(chunk)) {
             return Err(Error::stale(format!(
                 "chunk {chunk:#x} on chunk server {}: this replica is behind and being brought \
                  up to date: refresh the chunk map from the MDS and use the replicas it names",
@@ -467,15 +472,37 @@ impl ChunkServer {
         }
     }
 
-    /// Forgets the fence of `chunk` (deleted, or created anew).
+    /// Forgets the fence and the loan of `chunk` (deleted, or created anew).
     fn unfence(&self, chunk: ChunkId) {
         self.fenced.lock().remove(&chunk);
+        self.lent.lock().remove(&chunk);
     }
 
-    /// Both checks of a replica a client may use: not being resynced, and
-    /// in a chain as far as the last registration said.
+    /// Whether `chunk` is lent to a block repair at the version it has (a
+    /// loan whose version passed is forgotten).
+    fn is_lent(&self, chunk: ChunkId) -> bool {
+        let mut lent = self.lent.lock();
+        let Some(&at) = lent.get(&chunk) else {
+            return false;
+        };
+        if matches!(self.store.version(chunk), Ok(version) if version == at) {
+            return true;
+        }
+        lent.remove(&chunk);
+        false
+    }
+
+    /// Both checks of a replica a client may write or flush: not being
+    /// resynced, and in a chain as far as the last registration said.
     fn check_servable(&self, chunk: ChunkId) -> Result<()> {
-        self.check_not_resyncing(chunk)?;
+        self.check_not_resyncing(chunk, false)?;
+        self.check_in_chain(chunk)
+    }
+
+    /// [`check_servable`](Self::check_servable) for reads: a replica lent
+    /// to a block repair is read while a copy into it is unfinished.
+    fn check_readable(&self, chunk: ChunkId) -> Result<()> {
+        self.check_not_resyncing(chunk, true)?;
         self.check_in_chain(chunk)
     }
 
@@ -699,7 +726,7 @@ impl ChunkService for ChunkServer {
         len: u64,
     ) -> Result<CheckedBytes> {
         self.check_serving()?;
-        self.check_servable(chunk)?;
+        self.check_readable(chunk)?;
         if len > MAX_IO_SIZE {
             return Err(Error::invalid(format!(
                 "chunk {chunk:#x}: a read of {len} bytes exceeds the limit of {MAX_IO_SIZE}: split it"
@@ -742,7 +769,7 @@ impl ChunkService for ChunkServer {
         len: u64,
     ) -> Result<Vec<u64>> {
         self.check_serving()?;
-        self.check_servable(chunk)?;
+        self.check_readable(chunk)?;
         if !offset.is_multiple_of(BLOCK_SIZE)
             || !len.is_multiple_of(BLOCK_SIZE)
             || len / BLOCK_SIZE > MAX_BLOCK_CRCS
@@ -778,6 +805,13 @@ impl ChunkControl for ChunkServer {
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.blocking(move |store| store.set_version(chunk, version))
             .await
+    }
+
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.blocking(move |store| store.set_version(chunk, version))
+            .await?;
+        self.lent.lock().insert(chunk, version);
+        Ok(())
     }
 
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {

@@ -66,6 +66,9 @@ impl ChunkControl for Counted {
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.inner.set_version(chunk, version).await
     }
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.inner.lend_for_repair(chunk, version).await
+    }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.inner.delete_chunk(chunk).await
     }

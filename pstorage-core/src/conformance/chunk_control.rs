@@ -31,6 +31,13 @@ pub async fn run(transport: &dyn ChunkTransport) {
         |w| set_version(w, transport),
     )
     .await;
+    case(
+        SUITE,
+        "lend_for_repair moves the version as set_version does",
+        ChunkWorld::new(),
+        |w| lend_for_repair(w, transport),
+    )
+    .await;
     case(SUITE, "delete is idempotent", ChunkWorld::new(), |w| {
         delete(w, transport)
     })
@@ -125,6 +132,35 @@ async fn set_version(w: ChunkWorld, t: &dyn ChunkTransport) {
         .read_verified(CHUNK, MapVersion(3), 0, BLOCK_SIZE)
         .await
         .expect("reads at the new version");
+}
+
+async fn lend_for_repair(w: ChunkWorld, t: &dyn ChunkTransport) {
+    let ctl = t.control(&w, CsId(1)).await;
+    ctl.create_chunk(CHUNK, MapVersion(1), DEFAULT_CHUNK_SIZE)
+        .await
+        .unwrap();
+    ctl.lend_for_repair(CHUNK, MapVersion(4))
+        .await
+        .expect("lending at a newer version");
+    assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 4));
+    assert_eq!(
+        kind(
+            "lending at an older version",
+            ctl.lend_for_repair(CHUNK, MapVersion(2)).await
+        ),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(
+            "a replica not held",
+            ctl.lend_for_repair(CHUNK + 1, MapVersion(9)).await
+        ),
+        ErrorKind::NotFound
+    );
+    w.server(CsId(1))
+        .read_verified(CHUNK, MapVersion(4), 0, BLOCK_SIZE)
+        .await
+        .expect("reads at the version lent");
 }
 
 async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {

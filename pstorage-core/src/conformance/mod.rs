@@ -167,6 +167,9 @@ mod tests {
         async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
             flatten(self.0.set_version(chunk, version).await)
         }
+        async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+            flatten(self.0.lend_for_repair(chunk, version).await)
+        }
         async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
             flatten(self.0.delete_chunk(chunk).await)
         }

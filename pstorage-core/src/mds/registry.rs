@@ -493,9 +493,23 @@ impl CsRegistry for MdsService {
         for (version, replica) in stale {
             // Moved to the map's version (its data untouched), it serves
             // the reporter's reads of the block; no chain names it, so no
-            // client reads it. The first (of the newest) that takes the
-            // version is the source.
-            match self.push_version(&replica, chunk, reply.version).await {
+            // client reads it. Lent, not just moved: a copy into it that
+            // stopped at the reporter's bad blocks (it could not read them)
+            // must not keep it from serving them (`--all-faults` seed
+            // 100084: the copies and the repair waited on each other for
+            // good). The first (of the newest) that takes the version is
+            // the source.
+            let what = format!(
+                "lending chunk {chunk:#x} at version {} to a block repair",
+                reply.version
+            );
+            let at = reply.version;
+            let lent = self
+                .cs_call(&replica, &what, |control| async move {
+                    control.lend_for_repair(chunk, at).await
+                })
+                .await;
+            match lent {
                 Ok(()) => {
                     // Not an event: the reporter retries until the repair
                     // works, and its outcome is one.

@@ -76,6 +76,9 @@ impl ChunkControl for FakeCs {
         self.chunks.lock().insert(chunk, version);
         Ok(())
     }
+    async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        self.set_version(chunk, version).await
+    }
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check()?;
         self.calls.lock().push(Call::SetVersion(chunk, version));
