@@ -688,9 +688,12 @@ impl MdsState {
         Ok(node
             .children
             .iter()
-            .map(|(name, &child)| DirEntry {
-                name: name.clone(),
-                stat: self.stat_of(child).expect("child inode exists"),
+            // Every child has its inode (`check_invariants`).
+            .filter_map(|(name, &child)| {
+                Some(DirEntry {
+                    name: name.clone(),
+                    stat: self.stat_of(child)?,
+                })
             })
             .collect())
     }
@@ -739,7 +742,8 @@ impl MdsState {
             .map(|n| {
                 n.chunks
                     .values()
-                    .map(|&c| self.chunk_map(c).expect("file chunk has a record"))
+                    // Every chunk has its record (`check_invariants`).
+                    .filter_map(|&c| self.chunk_map(c))
                     .collect()
             })
             .unwrap_or_default()
@@ -1665,14 +1669,19 @@ impl MdsState {
         name: String,
         kind: InodeKind,
         now_ms: u64,
-    ) -> InodeId {
+    ) -> Result<InodeId> {
         let ino = self.next_ino;
+        let p = self
+            .inodes
+            .get_mut(&parent)
+            .filter(|p| p.kind == InodeKind::Dir)
+            .ok_or_else(|| broken("the parent is a directory"))?;
+        if p.children.contains_key(&name) {
+            return Err(broken("the name is free"));
+        }
         self.next_ino += 1;
-        let p = self.inodes.get_mut(&parent).expect("parent exists");
-        assert_eq!(p.kind, InodeKind::Dir);
         let attrs = p.attrs;
-        let old = p.children.insert(name.clone(), ino);
-        assert!(old.is_none(), "name {name} already taken in {parent}");
+        p.children.insert(name.clone(), ino);
         p.mtime_ms = now_ms;
         p.ctime_ms = now_ms;
         self.inodes.insert(
@@ -1691,7 +1700,7 @@ impl MdsState {
                 fence_pending: false,
             },
         );
-        ino
+        Ok(ino)
     }
 
     /// Removes chunks of `ino` with index >= `first_index`, returning their maps.
@@ -1815,7 +1824,7 @@ impl MdsState {
             } => {
                 let mut cur = parent;
                 for name in names {
-                    cur = self.insert_child(cur, name, InodeKind::Dir, now_ms);
+                    cur = self.insert_child(cur, name, InodeKind::Dir, now_ms)?;
                 }
                 ApplyOutcome::Stat(self.stat_of(cur).ok_or_else(|| broken("just created"))?)
             }
@@ -1830,7 +1839,7 @@ impl MdsState {
                 let ino = match (existing, create_in) {
                     (Some(ino), _) => ino,
                     (None, Some((parent, name))) => {
-                        self.insert_child(parent, name, InodeKind::File, now_ms)
+                        self.insert_child(parent, name, InodeKind::File, now_ms)?
                     }
                     (None, None) => return Err(broken("an open without a target")),
                 };
