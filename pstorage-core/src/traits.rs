@@ -367,6 +367,12 @@ pub trait ChunkControl: Send + Sync {
     /// for are those its reporter cannot read, which no copy from the
     /// reporter wrote). The loan ends when the replica's version changes.
     async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()>;
+    /// Zeroes the replica of `chunk` from `offset` to its end and flushes
+    /// it, if it is at `version` (`Stale` otherwise; `NotFound` if absent;
+    /// `InvalidArgument` beyond the chunk). The fence discards with it what
+    /// a lost writer wrote beyond the size it committed, so that bytes
+    /// beyond a file's size read zeros when it grows.
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()>;
     /// Deletes a replica. Idempotent.
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
     /// Every replica held, with its version.

@@ -650,4 +650,7 @@ interface ChunkControl {
   # setVersion for a replica lent as a block repair's source (its reads are
   # served at that version while a copy into it is unfinished).
   lendForRepair @7 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
+  # Zeroes the replica from `offset` to its end if at `version`, flushed
+  # (the fence discards a lost writer's data beyond the committed size).
+  zeroTail @8 (chunk :UInt64, version :UInt64, offset :UInt64) -> (result :VoidResult);
 }

@@ -93,6 +93,25 @@ impl chunk_control::Server for ControlServer {
         Ok(())
     }
 
+    async fn zero_tail(
+        self: Rc<Self>,
+        params: chunk_control::ZeroTailParams,
+        mut results: chunk_control::ZeroTailResults,
+    ) -> capnp::Result<()> {
+        let outcome = async {
+            let (chunk, version, offset) = decode_request("zeroTail", || {
+                let p = params.get()?;
+                Ok((p.get_chunk(), p.get_version(), p.get_offset()))
+            })?;
+            self.control
+                .zero_tail(ChunkId(chunk), MapVersion(version), offset)
+                .await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
     async fn delete_chunk(
         self: Rc<Self>,
         params: chunk_control::DeleteChunkParams,
@@ -240,6 +259,20 @@ impl ChunkControl for ControlClient {
                 let mut p = request.get();
                 p.set_chunk(chunk.0);
                 p.set_version(version.0);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await
+    }
+
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.actor
+            .call("zeroTail", move |cs| async move {
+                let mut request = cs.zero_tail_request();
+                let mut p = request.get();
+                p.set_chunk(chunk.0);
+                p.set_version(version.0);
+                p.set_offset(offset);
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })

@@ -495,6 +495,10 @@ impl ChunkControl for FakeControl {
         self.script
             .enter(format!("lend_for_repair {chunk:?} {version}"))
     }
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.script
+            .enter(format!("zero_tail {chunk:?} {version} {offset}"))
+    }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.script.enter(format!("delete_chunk {chunk:?}"))
     }
@@ -1073,6 +1077,10 @@ async fn control_methods_and_errors_round_trip() {
         .lend_for_repair(ChunkId(u64::MAX), MapVersion(6))
         .await
         .unwrap();
+    control
+        .zero_tail(ChunkId(5), MapVersion(u64::MAX), u64::MAX - 2)
+        .await
+        .unwrap();
     control.delete_chunk(ChunkId(7)).await.unwrap();
     assert_eq!(control.list_chunks().await.unwrap(), sample_replicas());
     control.ping().await.unwrap();
@@ -1116,6 +1124,7 @@ async fn control_methods_and_errors_round_trip() {
             format!("create_chunk 498 1 {}", 64 << 10),
             format!("set_version 498 {}", u64::MAX),
             format!("lend_for_repair {} 6", u64::MAX),
+            format!("zero_tail 5 {} {}", u64::MAX, u64::MAX - 2),
             "delete_chunk 7".into(),
             "list_chunks".into(),
             "ping".into(),

@@ -612,6 +612,12 @@ impl ChunkControl for SimPeer {
         })
     }
 
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        on_cs!(self, control, "zero_tail", |cs| cs
+            .zero_tail(chunk, version, offset)
+            .await)
+    }
+
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         on_cs!(self, control, "delete_chunk", |cs| cs
             .delete_chunk(chunk)

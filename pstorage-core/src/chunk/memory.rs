@@ -372,6 +372,13 @@ impl ChunkControl for Link {
         ChunkControl::lend_for_repair(self.server(false).await?.as_ref(), chunk, version).await
     }
 
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.server(false)
+            .await?
+            .zero_tail(chunk, version, offset)
+            .await
+    }
+
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.server(false).await?.delete_chunk(chunk).await
     }

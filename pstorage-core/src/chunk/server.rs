@@ -807,6 +807,20 @@ impl ChunkControl for ChunkServer {
             .await
     }
 
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.blocking(move |store| {
+            let size = store.chunk_size(chunk)?;
+            if offset > size {
+                return Err(Error::invalid(format!(
+                    "chunk {chunk:#x}: offset {offset} is beyond the chunk's {size} bytes"
+                )));
+            }
+            store.zero_checked(chunk, Some(version), offset, size - offset)?;
+            store.flush(chunk)
+        })
+        .await
+    }
+
     async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.blocking(move |store| store.set_version(chunk, version))
             .await?;

@@ -69,6 +69,9 @@ impl ChunkControl for Counted {
     async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.inner.lend_for_repair(chunk, version).await
     }
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.inner.zero_tail(chunk, version, offset).await
+    }
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
         self.inner.delete_chunk(chunk).await
     }

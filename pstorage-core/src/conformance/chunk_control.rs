@@ -38,6 +38,13 @@ pub async fn run(transport: &dyn ChunkTransport) {
         |w| lend_for_repair(w, transport),
     )
     .await;
+    case(
+        SUITE,
+        "zero_tail zeroes from an offset at the replica's version",
+        ChunkWorld::new(),
+        |w| zero_tail(w, transport),
+    )
+    .await;
     case(SUITE, "delete is idempotent", ChunkWorld::new(), |w| {
         delete(w, transport)
     })
@@ -161,6 +168,54 @@ async fn lend_for_repair(w: ChunkWorld, t: &dyn ChunkTransport) {
         .read_verified(CHUNK, MapVersion(4), 0, BLOCK_SIZE)
         .await
         .expect("reads at the version lent");
+}
+
+async fn zero_tail(w: ChunkWorld, t: &dyn ChunkTransport) {
+    let data = source_with_data(&w, 7).await;
+    let ctl = t.control(&w, CsId(2)).await;
+    let read = || async {
+        w.server(CsId(2))
+            .read_verified(CHUNK, MapVersion(7), 3 * BLOCK_SIZE, BLOCK_SIZE)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        kind(
+            "at another version",
+            ctl.zero_tail(CHUNK, MapVersion(6), 0).await
+        ),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        kind(
+            "beyond the chunk",
+            ctl.zero_tail(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE + 1)
+                .await
+        ),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(
+            "a replica not held",
+            ctl.zero_tail(CHUNK + 1, MapVersion(7), 0).await
+        ),
+        ErrorKind::NotFound
+    );
+    assert_eq!(read().await, data, "refusals change nothing");
+    ctl.zero_tail(CHUNK, MapVersion(7), DEFAULT_CHUNK_SIZE)
+        .await
+        .expect("an empty tail");
+    ctl.zero_tail(CHUNK, MapVersion(7), 3 * BLOCK_SIZE + 100)
+        .await
+        .expect("zeroing from the middle of a block");
+    let back = read().await;
+    assert_eq!(back[..100], data[..100], "before the offset: kept");
+    assert!(back[100..].iter().all(|&b| b == 0), "from it: zeros");
+    ctl.zero_tail(CHUNK, MapVersion(7), 0)
+        .await
+        .expect("zeroing the whole replica");
+    assert!(read().await.iter().all(|&b| b == 0));
+    assert_eq!(ctl.list_chunks().await.unwrap(), listed(CHUNK, 7));
 }
 
 async fn delete(w: ChunkWorld, t: &dyn ChunkTransport) {

@@ -170,6 +170,9 @@ mod tests {
         async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
             flatten(self.0.lend_for_repair(chunk, version).await)
         }
+        async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+            flatten(self.0.zero_tail(chunk, version, offset).await)
+        }
         async fn delete_chunk(&self, chunk: ChunkId) -> Result<()> {
             flatten(self.0.delete_chunk(chunk).await)
         }

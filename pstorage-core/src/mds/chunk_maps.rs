@@ -375,8 +375,68 @@ impl MdsService {
         for map in &maps {
             self.reconcile_chain(map.chunk).await;
         }
+        self.discard_beyond_size(ino).await;
         self.commit(Command::FinishFence { ino }).await?;
         Ok(())
+    }
+
+    /// Zeroes, on every member, what the chunks of file `ino` hold at or
+    /// beyond its size (`ChunkControl::zero_tail`): a lost writer's writes
+    /// beyond the size it committed are not the file's, and bytes beyond a
+    /// file's size must read zeros when it grows (truncate keeps that so;
+    /// `--all-faults` seed 100739: a killed writer's unflushed block beyond
+    /// the size read back after its successor grew the file over it). A
+    /// member that fails leaves the chain (never the last: logged). Part
+    /// of the fence: callers hold `chunk_lock`.
+    async fn discard_beyond_size(&self, ino: InodeId) {
+        let tails: Vec<(ChunkMap, u64)> = {
+            let core = self.core();
+            let Some(node) = core.state.inode(ino) else {
+                return;
+            };
+            let (size, chunk_size) = (node.size, node.attrs.chunk_size);
+            core.state
+                .file_chunk_maps(ino)
+                .into_iter()
+                .filter_map(|map| {
+                    let start = map.index * chunk_size;
+                    (start + chunk_size > size).then(|| (map, size.saturating_sub(start)))
+                })
+                .collect()
+        };
+        for (map, offset) in tails {
+            let what = format!(
+                "zeroing chunk {:#x} from byte {offset} (beyond the file's size)",
+                map.chunk
+            );
+            let results = join_all(map.replicas.iter().map(|r| {
+                let (chunk, version) = (map.chunk, map.version);
+                self.cs_call(r, &what, move |control| async move {
+                    control.zero_tail(chunk, version, offset).await
+                })
+            }))
+            .await;
+            let failed: Vec<CsId> = map
+                .replicas
+                .iter()
+                .zip(results)
+                .filter_map(|(r, result)| {
+                    let e = result.err()?;
+                    tracing::warn!(
+                        "MDS: fencing: chunk {:#x}: CS {} did not zero what lies beyond the \
+                         file's size: {e}; it leaves the chain",
+                        map.chunk,
+                        r.cs
+                    );
+                    Some(r.cs)
+                })
+                .collect();
+            if !failed.is_empty() {
+                if let Err(e) = self.drop_replicas(map.chunk, failed).await {
+                    tracing::warn!("MDS: fencing: {e}");
+                }
+            }
+        }
     }
 
     /// Makes every member of `chunk`'s chain identical to one source

@@ -23,6 +23,8 @@ enum Call {
     Delete(ChunkId),
     /// chunk, version, source CS.
     Replicate(ChunkId, MapVersion, CsId),
+    /// chunk, version, offset.
+    ZeroTail(ChunkId, MapVersion, u64),
 }
 
 /// A chunk server's control side: records calls, can be made to fail.
@@ -78,6 +80,17 @@ impl ChunkControl for FakeCs {
     }
     async fn lend_for_repair(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.set_version(chunk, version).await
+    }
+    async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()> {
+        self.check()?;
+        self.calls
+            .lock()
+            .push(Call::ZeroTail(chunk, version, offset));
+        match self.chunks.lock().get(&chunk) {
+            None => Err(Error::not_found("no such replica")),
+            Some(v) if *v != version => Err(Error::stale("replica at another version")),
+            Some(_) => Ok(()),
+        }
     }
     async fn set_version(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
         self.check()?;
@@ -1398,6 +1411,61 @@ async fn expired_write_lease_is_fenced_before_the_next_open() {
             .version,
         MapVersion(2)
     );
+}
+
+/// `--all-faults` seed 100739: a killed writer's unflushed block beyond
+/// the size it had committed read back after its successor grew the file
+/// over it. The fence zeroes what lies beyond the committed size.
+#[tokio::test]
+async fn the_fence_zeroes_what_a_lost_writer_wrote_beyond_the_committed_size() {
+    let c = Cluster::new(&[3, 2, 1, 1]).await;
+    let lease = c.open_write("/f").await;
+    let maps: Vec<ChunkMap> =
+        futures::future::join_all((0..3).map(|index| c.mds.chunk_map(lease.id, index, true)))
+            .await
+            .into_iter()
+            .map(|m| m.unwrap().unwrap())
+            .collect();
+    let size = CHUNK + 3 * 4096;
+    c.mds.commit_size(lease.id, size).await.unwrap();
+    // The writer goes silent: its lease expires and the next open fences.
+    c.clock.advance(30_000);
+    c.mds.tick().await;
+    c.mds
+        .open("/f", LeaseMode::Read, OpenFlags::default(), None)
+        .await
+        .unwrap();
+    let zeroed = |cs: CsId| -> Vec<(ChunkId, u64)> {
+        c.cs(cs)
+            .calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::ZeroTail(chunk, version, offset) => {
+                    assert_eq!(Some(version), c.cs(cs).version(chunk));
+                    Some((chunk, offset))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for id in 1..=4 {
+        let cs = CsId(id);
+        let mut want = Vec::new();
+        if chain(&maps[1]).contains(&cs) {
+            want.push((maps[1].chunk, 3 * 4096));
+        }
+        if chain(&maps[2]).contains(&cs) {
+            want.push((maps[2].chunk, 0));
+        }
+        let mut got = zeroed(cs);
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "CS {cs}: the chunks below the size are untouched"
+        );
+    }
+    assert!(!c.state().inode(lease.ino).unwrap().fence_pending);
 }
 
 #[tokio::test]
