@@ -214,13 +214,15 @@ impl MdsService {
     /// Commits `cmd`: through Raft when attached (returns once a majority
     /// has it and it is applied here), else to the local log. The outcome
     /// is the state machine's, refusals included.
-    pub(super) async fn commit(&self, cmd: Command) -> Result<ApplyOutcome> {
+    pub(super) async fn commit(&self, mut cmd: Command) -> Result<ApplyOutcome> {
         let Some((_, raft)) = self.raft.get() else {
             return self.core().commit_local(cmd);
         };
         // Before this leader's first lease check: its clock is not its
         // predecessor's ([`Command::RefreshLeases`]).
         self.refresh_leases().await?;
+        // On this leader's time, anchored for its term by now.
+        cmd.stamp(self.now());
         // Refuse what cannot apply without a round through the log, but
         // only from a state known to be current: a deposed leader or a
         // follower that missed the command creating a lease would refuse

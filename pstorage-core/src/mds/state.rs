@@ -306,6 +306,52 @@ pub enum Command {
     RefreshLeases { now_ms: u64 },
 }
 
+impl Command {
+    /// Sets the time the command carries (its `now_ms`, the inner one of a
+    /// tagged command too) to `now_ms`; commands without one are left as
+    /// they are. [`MdsService::commit`](super::MdsService) stamps every
+    /// command again once this MDS's time is anchored for the term it
+    /// leads: a command stamped before (a re-elected leader anchors its time
+    /// at the first command of its term) would carry the time it counted
+    /// while it followed (`--all-faults` seed 100592: a size commit stamped
+    /// on a clock NTP stepped back 48 s since was refused `Stale`, its lease
+    /// "expired 18 s ago").
+    pub fn stamp(&mut self, now_ms: u64) {
+        match self {
+            Command::Mkdir { now_ms: t, .. }
+            | Command::Open { now_ms: t, .. }
+            | Command::Unlink { now_ms: t, .. }
+            | Command::Rename { now_ms: t, .. }
+            | Command::SetAttrV3 { now_ms: t, .. }
+            | Command::RenewLease { now_ms: t, .. }
+            | Command::ReleaseLease { now_ms: t, .. }
+            | Command::ExpireLeases { now_ms: t }
+            | Command::AllocateChunk { now_ms: t, .. }
+            | Command::CommitSize { now_ms: t, .. }
+            | Command::Truncate { now_ms: t, .. }
+            | Command::SetParam { now_ms: t, .. }
+            | Command::LogEvents { now_ms: t, .. }
+            | Command::SetCsReleasing { now_ms: t, .. }
+            | Command::SetAttr { now_ms: t, .. }
+            | Command::SetCsPlacement { now_ms: t, .. }
+            | Command::RefreshLeases { now_ms: t } => *t = now_ms,
+            Command::Tagged { now_ms: t, cmd, .. } => {
+                *t = now_ms;
+                cmd.stamp(now_ms);
+            }
+            Command::UpdateChunkMap { .. }
+            | Command::FenceFile { .. }
+            | Command::AllocateCsId
+            | Command::SetCsAddr { .. }
+            | Command::DropCs { .. }
+            | Command::ExtendChain { .. }
+            | Command::AllocateMdsId
+            | Command::BeginFence { .. }
+            | Command::FinishFence { .. } => {}
+        }
+    }
+}
+
 /// What a successfully applied command produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyOutcome {
