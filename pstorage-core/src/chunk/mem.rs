@@ -223,6 +223,30 @@ impl MemChunkStore {
         self.used_blocks.store(used, Ordering::SeqCst);
     }
 
+    /// The blocks of replicas in service whose bytes fail their CRC entry
+    /// (torn by [`crash`](MemChunkStore::crash), flipped by
+    /// [`corrupt`](MemChunkStore::corrupt), not rewritten since), in
+    /// chunk and block order: what a fault injector asks before damaging
+    /// another copy of a block.
+    pub fn damaged_blocks(&self) -> BTreeSet<(ChunkId, u64)> {
+        let chunks: Vec<(ChunkId, SharedChunk)> = self
+            .chunks
+            .lock()
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        let mut damaged = BTreeSet::new();
+        for (chunk, entry) in chunks {
+            let c = entry.read();
+            for (&block, stored) in &c.blocks {
+                if block_entry(&stored.bytes) != stored.entry {
+                    damaged.insert((chunk, block));
+                }
+            }
+        }
+        damaged
+    }
+
     /// Whether `chunk` has writes not flushed yet (tests).
     pub fn has_unflushed(&self, chunk: ChunkId) -> bool {
         self.get(chunk)
@@ -846,6 +870,23 @@ mod crash_tests {
         assert_eq!(store.unverified(), vec![CHUNK]);
         store.verified(CHUNK).unwrap();
         assert!(store.unverified().is_empty());
+    }
+
+    #[test]
+    fn damaged_blocks_lists_torn_and_flipped_blocks_until_rewritten() {
+        let store = written();
+        assert!(store.damaged_blocks().is_empty());
+        let fates = [BlockFate::Kept, BlockFate::Lost, BlockFate::Torn];
+        store.crash(&mut |_, b| fates[b as usize]);
+        assert_eq!(store.damaged_blocks(), BTreeSet::from([(CHUNK, 2)]));
+        store.corrupt(CHUNK, 10).unwrap();
+        assert_eq!(
+            store.damaged_blocks(),
+            BTreeSet::from([(CHUNK, 0), (CHUNK, 2)])
+        );
+        // A write replaces the damage.
+        store.write(CHUNK, 2 * BLOCK_SIZE, &block(3)).unwrap();
+        assert_eq!(store.damaged_blocks(), BTreeSet::from([(CHUNK, 0)]));
     }
 
     #[test]
