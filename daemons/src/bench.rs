@@ -1,7 +1,8 @@
 //! `pstorage -c CLUSTER bench`: measures the cluster through the native SDK
 //! next to the local disk in the same run (like `rados bench`, plus the
 //! ratio): sequential 1 MiB writes and reads, random 4 KiB writes and reads
-//! at a queue depth, with each replication factor asked for.
+//! at a queue depth, with each replication factor asked for; with
+//! `--metadata`, namespace operations per second ([`crate::bench_meta`]).
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -38,6 +39,16 @@ pub struct BenchArgs {
     /// Skip the local disk comparison.
     #[arg(long)]
     pub no_local: bool,
+    /// Measure namespace operations instead (create, stat, rename, unlink
+    /// per second), with --clients clients of --files files each.
+    #[arg(long)]
+    pub metadata: bool,
+    /// With --metadata: concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// With --metadata: files each client creates, stats, renames, unlinks.
+    #[arg(long, default_value_t = 1000)]
+    pub files: usize,
 }
 
 /// One measured pass.
@@ -70,6 +81,12 @@ const PATTERNS: [&str; 4] = [
 
 /// Runs the benchmark and prints a table.
 pub async fn run(conf: &ClusterConf, args: &BenchArgs) -> Result<()> {
+    if args.metadata {
+        let local =
+            (!args.no_local).then(|| args.local_dir.clone().unwrap_or_else(std::env::temp_dir));
+        crate::bench_meta::run(conf, args.clients, args.files, local).await?;
+        return Ok(());
+    }
     if args.size < SEQ_BLOCK as u64 || args.depth == 0 || args.seconds == 0 {
         return Err(Error::invalid(
             "bench needs --size >= 1 MiB, --depth >= 1, --seconds >= 1",

@@ -4,6 +4,7 @@
 //! the process environment and call into here and into `pstorage_rpc::node`.
 
 pub mod bench;
+pub mod bench_meta;
 pub mod cli;
 pub mod format;
 pub mod mount;

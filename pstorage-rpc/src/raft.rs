@@ -44,14 +44,15 @@ use crate::wire::WireReply;
 /// `raft_wire_tripwire` holds the encoded bytes of every message).
 ///
 /// History: 1 until store format 6 (not tied to it: Commands changed
-/// without a bump); 2 carries store format 6; 3 store format 7.
-pub const RAFT_WIRE_VERSION: u8 = 3;
+/// without a bump); 2 carries store format 6; 3 store format 7; 4 store
+/// format 8 (several commands to an entry).
+pub const RAFT_WIRE_VERSION: u8 = 4;
 
 /// The MDS store format ([`STORE_FORMAT_VERSION`]) whose commands the log
 /// entries of [`RAFT_WIRE_VERSION`] carry. A build whose store format is
 /// another does not compile: bump [`RAFT_WIRE_VERSION`] and set this to the
 /// new store format.
-pub const RAFT_WIRE_STORE_FORMAT: u8 = 7;
+pub const RAFT_WIRE_STORE_FORMAT: u8 = 8;
 
 const _: () = assert!(
     RAFT_WIRE_STORE_FORMAT == STORE_FORMAT_VERSION,

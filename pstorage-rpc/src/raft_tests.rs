@@ -228,9 +228,13 @@ impl RaftStateMachine<C> for MemSm {
             data.last_applied = Some(entry.log_id);
             replies.push(match entry.payload {
                 EntryPayload::Blank => RaftResponse::Empty,
-                EntryPayload::Normal(request) => {
-                    RaftResponse::from_result(data.state.apply(request.cmd))
-                }
+                EntryPayload::Normal(request) => RaftResponse::Commands(
+                    request
+                        .cmds
+                        .into_iter()
+                        .map(|cmd| RaftResponse::from_result(data.state.apply(cmd)))
+                        .collect(),
+                ),
                 EntryPayload::Membership(membership) => {
                     data.membership = StoredMembership::new(Some(entry.log_id), membership);
                     RaftResponse::Empty
@@ -365,7 +369,7 @@ impl MetadataService for RaftMds {
         };
         let reply = self
             .raft
-            .client_write(RaftRequest { cmd })
+            .client_write(RaftRequest::one(cmd))
             .await
             .map_err(raft_error)?;
         match reply.data.into_result()? {
@@ -684,13 +688,11 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     // Written on the leader, replicated to every member over capnp.
     nodes[leader]
         .raft
-        .client_write(RaftRequest {
-            cmd: Command::Mkdir {
-                path: "/direct".into(),
-                parents: false,
-                now_ms: 1,
-            },
-        })
+        .client_write(RaftRequest::one(Command::Mkdir {
+            path: "/direct".into(),
+            parents: false,
+            now_ms: 1,
+        }))
         .await
         .unwrap();
     wait_replicated(&nodes, &[0, 1, 2], "/direct").await;

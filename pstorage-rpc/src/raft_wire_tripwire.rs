@@ -32,14 +32,14 @@ const TRIPWIRE: &str = "the encoding of a Raft message between MDSes changed (an
     docs/formats.md, Raft messages)";
 
 /// The wire version the bytes in [`RECORDED`] were recorded for.
-const RECORDED_FOR: u8 = 3;
+const RECORDED_FOR: u8 = 4;
 
 /// Each message's postcard bytes (after the version byte), in hex.
 const RECORDED: &[(&str, &str)] = &[
     ("vote request", "03020001030228"),
     ("vote reply", "000302010101030228"),
     ("fatal reply", "0102"),
-    ("append-entries request", "03020101030228030302290003022a02020201020202030401096d6473313a3235313002096d6473323a3235313003096d6473333a3235313004096d6473343a3235313003022b011401030228"),
+    ("append-entries request", "03020101030228030302290003022a02020201020202030401096d6473313a3235313002096d6473323a3235313003096d6473333a3235313004096d6473343a3235313003022b0102141401030228"),
     ("append-entries replies", "0000000101030228000200030403000101"),
     ("install-snapshot request", "0302010103022801020111020201020202030401096d6473313a3235313002096d6473323a3235313003096d6473333a3235313004096d6473343a3235313008332d322d34302d318080400301020300"),
     ("install-snapshot replies", "0003020101000008332d322d34302d310008332d322d34302d32808040010102"),
@@ -91,7 +91,7 @@ fn every_message() -> Vec<(&'static str, String)> {
         Entry {
             log_id: log_id(3, 2, 43),
             payload: EntryPayload::Normal(RaftRequest {
-                cmd: Command::AllocateMdsId,
+                cmds: vec![Command::AllocateMdsId, Command::AllocateMdsId],
             }),
         },
     ];

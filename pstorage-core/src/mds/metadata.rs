@@ -51,21 +51,46 @@ impl MetadataService for MdsService {
         flags: OpenFlags,
         op: Option<OpTag>,
     ) -> Result<OpenReply> {
-        let _chunks = self.chunk_lock.lock().await;
+        // Most opens touch no chunk: no lease to expire, no fence pending
+        // on the file, no chunks to release. They go without chunk_lock,
+        // so that concurrent ones share Raft entries (the group commit);
+        // holding it, every open waited for the one before to commit. One
+        // that races with a lease expiring or a fence starting is refused
+        // `Stale` by the state machine, and the client opens again.
         let now = self.now();
-        self.expire_leases(now).await?;
-        let fence_ino = {
+        let quiet = {
             let core = self.core();
-            core.state
+            let found = core
+                .state
                 .lookup(path)
                 .ok()
-                .and_then(|ino| core.state.inode(ino))
-                .filter(|n| n.kind == InodeKind::File && n.fence_pending)
-                .map(|n| n.ino)
+                .and_then(|ino| core.state.inode(ino));
+            !core.state.has_expired_leases(now)
+                && match found {
+                    None => true,
+                    Some(node) => !node.fence_pending && !flags.truncate,
+                }
         };
-        if let Some(ino) = fence_ino {
-            self.fence(ino).await?;
-        }
+        let _chunks = if quiet {
+            None
+        } else {
+            let held = self.chunk_lock.lock().await;
+            self.expire_leases(self.now()).await?;
+            let fence_ino = {
+                let core = self.core();
+                core.state
+                    .lookup(path)
+                    .ok()
+                    .and_then(|ino| core.state.inode(ino))
+                    .filter(|n| n.kind == InodeKind::File && n.fence_pending)
+                    .map(|n| n.ino)
+            };
+            if let Some(ino) = fence_ino {
+                self.fence(ino).await?;
+            }
+            Some(held)
+        };
+        let now = self.now();
         let outcome = self
             .commit(self.tagged(
                 op,

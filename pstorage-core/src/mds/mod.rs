@@ -7,6 +7,7 @@ mod balance;
 mod chunk_maps;
 mod format;
 mod group;
+mod group_commit;
 mod healing;
 mod leader_time;
 mod metadata;

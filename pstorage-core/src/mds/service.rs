@@ -30,9 +30,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::group_commit::GroupCommit;
 use super::leader_time::LeaderTime;
 use super::params::ClusterParams;
-use super::raft::{MdsId, MdsRaft, RaftRequest, StateHost};
+use super::raft::{MdsId, MdsRaft, StateHost};
 use super::shared::{Core, ReplProgress};
 use super::state::{ApplyOutcome, Command, MdsState};
 use super::store::{CommandLog, MdsStore};
@@ -83,6 +84,8 @@ pub struct MdsService {
     raft: OnceLock<(MdsId, MdsRaft)>,
     /// Reachability probes of reported chunk servers and their drop budgets.
     pub(super) probes: super::probe::Probes,
+    /// Commands waiting for the next Raft entry (the group commit).
+    proposals: GroupCommit,
 }
 
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
@@ -133,6 +136,7 @@ impl MdsService {
             config,
             raft: OnceLock::new(),
             probes: super::probe::Probes::default(),
+            proposals: GroupCommit::default(),
         }
     }
 
@@ -274,18 +278,8 @@ impl MdsService {
         // for a long time, and Raft answers such a write only then. The
         // outcome of a write that times out is unknown (it may still
         // commit): callers must not undo what it depends on.
-        match tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(RaftRequest { cmd })).await {
-            Ok(Ok(reply)) => reply.data.into_result(),
-            Ok(Err(e)) => Err(raft_write_error(e)),
-            Err(_) => Err(Error::new(
-                ErrorKind::TimedOut,
-                format!(
-                    "the metadata group did not commit the command within {} s (this MDS may \
-                     have lost its leadership); it may still take effect: retry",
-                    COMMIT_TIMEOUT.as_secs()
-                ),
-            )),
-        }
+        // With the commands proposed meanwhile, as one entry.
+        self.proposals.propose(raft, cmd, COMMIT_TIMEOUT).await
     }
 
     /// Waits until this MDS is sure it is the leader and has applied every

@@ -30,10 +30,11 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// `SetCsPlacement`. 5 added `BeginFence` and `FinishFence` (a fence in
 /// two steps; `FenceFile` is no longer logged). 6 added client sessions to
 /// the state and `Tagged` (exactly-once namespace mutations). 7 added
-/// `RefreshLeases` (a new leader's first command). Records of every format
+/// `RefreshLeases` (a new leader's first command). 8 puts several commands
+/// in one Raft log entry (the leader's group commit). Records of every format
 /// are read with that format's frozen types and upgraded (`mds::format`): a
 /// change of a stored live type needs a new format.
-pub const STORE_FORMAT_VERSION: u8 = 7;
+pub const STORE_FORMAT_VERSION: u8 = 8;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
-use super::{v1, v2, v3, v5, v6, v7, RaftMeta};
+use super::{v1, v2, v3, v5, v6, v7, v8, RaftMeta};
 use crate::mds::raft::{MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
 use crate::mds::state::{
@@ -693,13 +693,13 @@ pub(super) fn meta(m: v3::Meta) -> RaftMeta {
 }
 
 /// A Raft log entry with the live command.
-pub(super) fn raft_entry(e: v7::LogEntry) -> Entry<MdsRaftConfig> {
+pub(super) fn raft_entry(e: v8::LogEntry) -> Entry<MdsRaftConfig> {
     let payload = match e.payload {
-        v3::EntryPayload::Blank => EntryPayload::Blank,
-        v3::EntryPayload::Normal(v3::RaftRequest { cmd }) => {
-            EntryPayload::Normal(RaftRequest { cmd: cmd.into() })
-        }
-        v3::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
+        v8::EntryPayload::Blank => EntryPayload::Blank,
+        v8::EntryPayload::Normal(v8::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
+            cmds: cmds.into_iter().map(Into::into).collect(),
+        }),
+        v8::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
     };
     Entry {
         log_id: log_id(e.log_id),

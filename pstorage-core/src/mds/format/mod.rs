@@ -10,7 +10,8 @@
 //!
 //! 1. the body is decoded with the frozen type tree of its format:
 //!    `v1` (format 1), `v2` (2), `v3` (3), `v5` (4 and 5), `v6` (6),
-//!    `v7` (7: format 6's state, one more command). A
+//!    `v7` (7: format 6's state, one more command), `v8` (8: format 7's
+//!    commands, several to a Raft log entry). A
 //!    module holds every type reachable from its records (state,
 //!    snapshots, commands, Raft log entries), reusing identical types of
 //!    older modules, never live ones. Ids are frozen as the numbers their
@@ -21,18 +22,18 @@
 //!    `v3::Entry`, openraft's `Entry` shape with the format's own command;
 //! 2. it is upgraded step by step to the newest format's types (`From`
 //!    impls in each newer module: `v1` -> `v2` -> `v3` -> `v5` -> `v6` ->
-//!    `v7`);
+//!    `v7` -> `v8`);
 //! 3. `live` converts the newest format's types to the live ones.
 //!
 //! A frozen type derives only what its reader needs and is never changed.
 //! `tripwire` tests that the live types still write exactly what the
 //! newest frozen types read. When a stored live type changes (a field, a
-//! variant, a nested type), format 8 is added: `STORE_FORMAT_VERSION`
-//! becomes 8, a new `v8.rs` holds the new tree (reusing unchanged `v7` and
-//! older types) with `From` upgrades from `v7`, the decoders below get an
-//! `8` arm and a `.map_into::<v8::..>()` step on every older arm, `live`
-//! converts from `v8`, and the tripwire and a new golden file move to
-//! format 8. `v7.rs` is not edited.
+//! variant, a nested type), format 9 is added: `STORE_FORMAT_VERSION`
+//! becomes 9, a new `v9.rs` holds the new tree (reusing unchanged `v8` and
+//! older types) with `From` upgrades from `v8`, the decoders below get a
+//! `9` arm and a `.map_into::<v9::..>()` step on every older arm, `live`
+//! converts from `v9`, and the tripwire and a new golden file move to
+//! format 9. `v8.rs` is not edited.
 
 mod live;
 #[cfg(test)]
@@ -43,6 +44,7 @@ mod v3;
 mod v5;
 mod v6;
 mod v7;
+mod v8;
 
 use std::path::Path;
 
@@ -96,7 +98,7 @@ pub(crate) fn store_snapshot(bytes: &[u8], path: &Path) -> Result<(u64, MdsState
             .map_into::<v5::Snapshot>()
             .map_into::<v6::Snapshot>(),
         4 | 5 => decode_body::<v5::Snapshot>(b, what, path)?.map_into::<v6::Snapshot>(),
-        6 | STORE_FORMAT_VERSION => {
+        6 | 7 | STORE_FORMAT_VERSION => {
             let current: CurrentSnapshot = decode_body(b, what, path)?;
             return Ok((current.last_index, current.state));
         }
@@ -150,7 +152,8 @@ pub(crate) fn store_command(bytes: &[u8], what: &str, path: &Path) -> Result<Com
             .map_into::<v6::Command>()
             .map_into::<v7::Command>(),
         6 => decode_body::<v6::Command>(b, what, path)?.map_into::<v7::Command>(),
-        7 => decode_body::<v7::Command>(b, what, path)?,
+        // Format 8 changed the log entries, not the commands.
+        7 | 8 => decode_body::<v7::Command>(b, what, path)?,
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(newest.into())
@@ -173,7 +176,7 @@ pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsS
             .map_into::<v5::SnapshotRecord>()
             .map_into::<v6::SnapshotRecord>(),
         4 | 5 => decode_body::<v5::SnapshotRecord>(b, what, path)?.map_into::<v6::SnapshotRecord>(),
-        6 | STORE_FORMAT_VERSION => {
+        6 | 7 | STORE_FORMAT_VERSION => {
             let current: CurrentSnapshotRecord = decode_body(b, what, path)?;
             return Ok((current.meta, current.state));
         }
@@ -182,12 +185,12 @@ pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsS
     Ok(live::raft_snapshot(newest))
 }
 
-/// A Raft snapshot's metadata record (formats 3 to 7 share its shape).
+/// A Raft snapshot's metadata record (formats 3 to 8 share its shape).
 pub(crate) fn raft_snapshot_meta(bytes: &[u8], what: &str, path: &Path) -> Result<RaftMeta> {
     let (version, b) = split_record(bytes, what, path)?;
     match version {
         1 | 2 => Err(not_raft(version, what, path)),
-        3..=7 => Ok(live::meta(decode_body::<v3::Meta>(b, what, path)?)),
+        3..=8 => Ok(live::meta(decode_body::<v3::Meta>(b, what, path)?)),
         _ => Err(unknown_version(version, what, path)),
     }
 }
@@ -201,12 +204,17 @@ pub(crate) fn raft_entry(bytes: &[u8], what: &str, path: &Path) -> Result<Entry<
         3 => decode_body::<v3::Entry<v3::Command>>(b, what, path)?
             .upgrade::<v5::Command>()
             .upgrade::<v6::Command>()
-            .upgrade::<v7::Command>(),
+            .upgrade::<v7::Command>()
+            .map_into::<v8::LogEntry>(),
         4 | 5 => decode_body::<v3::Entry<v5::Command>>(b, what, path)?
             .upgrade::<v6::Command>()
-            .upgrade::<v7::Command>(),
-        6 => decode_body::<v6::LogEntry>(b, what, path)?.upgrade::<v7::Command>(),
-        7 => decode_body::<v7::LogEntry>(b, what, path)?,
+            .upgrade::<v7::Command>()
+            .map_into::<v8::LogEntry>(),
+        6 => decode_body::<v6::LogEntry>(b, what, path)?
+            .upgrade::<v7::Command>()
+            .map_into::<v8::LogEntry>(),
+        7 => decode_body::<v7::LogEntry>(b, what, path)?.map_into::<v8::LogEntry>(),
+        8 => decode_body::<v8::LogEntry>(b, what, path)?,
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(live::raft_entry(newest))

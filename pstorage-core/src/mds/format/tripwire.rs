@@ -1,7 +1,8 @@
 //! The tripwire: every stored root (pre-Raft snapshot and log record, Raft
 //! snapshot record, snapshot metadata and log entry), written from rich
 //! live values as this build writes it, must decode exactly (no byte left
-//! over) as the newest frozen format (`v7`, whose state is `v6`'s) and
+//! over) as the newest frozen format (`v8`, whose commands are `v7`'s and
+//! state `v6`'s) and
 //! convert back to an equal
 //! live value. A change of a stored live type trips it: that change needs
 //! a new format, never an edit of a frozen module.
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 use serde::Deserialize;
 
-use super::{live, v3, v6, v7, RaftMeta};
+use super::{live, v3, v6, v7, v8, RaftMeta};
 use crate::error::Error;
 use crate::mds::raft::{encode_snapshot_record, MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
@@ -25,23 +26,23 @@ use crate::types::{
 
 /// What a tripped test says.
 const TRIPWIRE: &str = "a live type the MDS stores changed, so its records no longer \
-    read as format 7: add a new format version (STORE_FORMAT_VERSION + 1) and a \
-    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v7 (see \
-    mds::format and docs/formats.md); do not edit v6.rs or v7.rs";
+    read as format 8: add a new format version (STORE_FORMAT_VERSION + 1) and a \
+    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v8 (see \
+    mds::format and docs/formats.md); do not edit v6.rs, v7.rs or v8.rs";
 
-/// Decodes a record written by this build as the frozen `T` of format 7
+/// Decodes a record written by this build as the frozen `T` of format 8
 /// (its state types are format 6's), which must use every byte.
-fn read_as_format_7<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
+fn read_as_newest<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
     assert_eq!(
-        STORE_FORMAT_VERSION, 7,
-        "the tripwire checks format 7: move it to the newest format's module"
+        STORE_FORMAT_VERSION, 8,
+        "the tripwire checks format 8: move it to the newest format's module"
     );
     assert_eq!(record.first(), Some(&STORE_FORMAT_VERSION), "{what}");
     let (value, rest) = postcard::take_from_bytes::<T>(&record[1..])
-        .unwrap_or_else(|e| panic!("{what} does not decode as format 7 ({e}): {TRIPWIRE}"));
+        .unwrap_or_else(|e| panic!("{what} does not decode as format 8 ({e}): {TRIPWIRE}"));
     assert!(
         rest.is_empty(),
-        "{what}: {} bytes are left after decoding it as format 7: {TRIPWIRE}",
+        "{what}: {} bytes are left after decoding it as format 8: {TRIPWIRE}",
         rest.len()
     );
     value
@@ -326,11 +327,11 @@ fn meta() -> RaftMeta {
 }
 
 #[test]
-fn the_state_is_read_as_format_7() {
+fn the_state_is_read_as_format_8() {
     let state = rich_state();
 
     let record = encode_snapshot(41, &state).unwrap();
-    let frozen: v6::Snapshot = read_as_format_7(&record, "a pre-Raft snapshot");
+    let frozen: v6::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
     assert_eq!(
         live::store_snapshot(frozen),
         (41, state.clone()),
@@ -338,7 +339,7 @@ fn the_state_is_read_as_format_7() {
     );
 
     let record = encode_snapshot_record(&meta(), &state).unwrap();
-    let frozen: v6::SnapshotRecord = read_as_format_7(&record, "a Raft snapshot");
+    let frozen: v6::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
     assert_eq!(
         live::raft_snapshot(frozen),
         (meta(), state),
@@ -346,7 +347,7 @@ fn the_state_is_read_as_format_7() {
     );
 
     let record = encode(&meta()).unwrap();
-    let frozen: v3::Meta = read_as_format_7(&record, "Raft snapshot metadata");
+    let frozen: v3::Meta = read_as_newest(&record, "Raft snapshot metadata");
     assert_eq!(
         live::meta(frozen),
         meta(),
@@ -356,7 +357,7 @@ fn the_state_is_read_as_format_7() {
 
 /// Every variant of [`ApplyOutcome`], with an answer of each remembered.
 #[test]
-fn remembered_answers_are_read_as_format_7() {
+fn remembered_answers_are_read_as_format_8() {
     let stat = Stat {
         ino: InodeId(5),
         kind: InodeKind::File,
@@ -427,7 +428,7 @@ fn remembered_answers_are_read_as_format_7() {
     sessions.record(&tag(10, 4, 2), 99, Some(refusal));
 
     let record = encode(&sessions).unwrap();
-    let frozen: v6::Sessions = read_as_format_7(&record, "client sessions");
+    let frozen: v6::Sessions = read_as_newest(&record, "client sessions");
     assert_eq!(
         Sessions::from(frozen),
         sessions,
@@ -603,16 +604,16 @@ fn every_command() -> Vec<Command> {
 }
 
 #[test]
-fn every_command_is_read_as_format_7() {
+fn every_command_is_read_as_format_8() {
     for cmd in every_command() {
         let what = format!("the pre-Raft log record {cmd:?}");
-        let frozen: v7::Command = read_as_format_7(&encode(&cmd).unwrap(), &what);
+        let frozen: v7::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
         assert_eq!(Command::from(frozen), cmd, "{what}: {TRIPWIRE}");
     }
 }
 
 #[test]
-fn every_raft_log_entry_is_read_as_format_7() {
+fn every_raft_log_entry_is_read_as_format_8() {
     let mut entries: Vec<Entry<MdsRaftConfig>> = vec![
         Entry {
             log_id: log_id(1, 1, 1),
@@ -626,12 +627,23 @@ fn every_raft_log_entry_is_read_as_format_7() {
     for (index, cmd) in (3..).zip(every_command()) {
         entries.push(Entry {
             log_id: log_id(2, 3, index),
-            payload: EntryPayload::Normal(RaftRequest { cmd }),
+            payload: EntryPayload::Normal(RaftRequest::one(cmd)),
         });
     }
+    // Several commands to an entry (the group commit), and none.
+    entries.push(Entry {
+        log_id: log_id(3, 1, 1000),
+        payload: EntryPayload::Normal(RaftRequest {
+            cmds: every_command(),
+        }),
+    });
+    entries.push(Entry {
+        log_id: log_id(3, 1, 1001),
+        payload: EntryPayload::Normal(RaftRequest { cmds: Vec::new() }),
+    });
     for entry in entries {
         let what = format!("the Raft log entry {entry:?}");
-        let frozen: v7::LogEntry = read_as_format_7(&encode(&entry).unwrap(), &what);
+        let frozen: v8::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
         assert_eq!(live::raft_entry(frozen), entry, "{what}: {TRIPWIRE}");
     }
 }

@@ -46,16 +46,26 @@ impl fmt::Display for MdsNode {
     }
 }
 
-/// One replicated log entry's payload.
+/// One replicated log entry's payload: the commands that were proposed
+/// together (the leader's group commit, [`MdsService`](crate::mds::MdsService)),
+/// which every member applies one after another, in order, each with its
+/// own outcome (store format 8; an entry of an older format holds one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftRequest {
-    /// The command every member applies, in log order.
-    pub cmd: Command,
+    /// The commands, in the order they apply.
+    pub cmds: Vec<Command>,
+}
+
+impl RaftRequest {
+    /// An entry of one command.
+    pub fn one(cmd: Command) -> RaftRequest {
+        RaftRequest { cmds: vec![cmd] }
+    }
 }
 
 impl fmt::Display for RaftRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.cmd)
+        write!(f, "{:?}", self.cmds)
     }
 }
 
@@ -77,6 +87,8 @@ pub enum RaftResponse {
         /// The error's message.
         message: String,
     },
+    /// An entry of several commands: each one's response, in order.
+    Commands(Vec<RaftResponse>),
 }
 
 impl RaftResponse {
@@ -91,13 +103,42 @@ impl RaftResponse {
         }
     }
 
-    /// The command's result as the proposer sees it.
+    /// The command's result as the proposer sees it (of an entry of one
+    /// command: its result).
     pub fn into_result(self) -> Result<ApplyOutcome> {
         match self {
             RaftResponse::Empty => Ok(ApplyOutcome::Done),
             RaftResponse::Applied(outcome) => Ok(outcome),
             RaftResponse::Refused { kind, message } => {
                 Err(Error::new(ErrorKind::from_code(kind), message))
+            }
+            RaftResponse::Commands(mut each) if each.len() == 1 => {
+                each.pop().map_or(Ok(ApplyOutcome::Done), Self::into_result)
+            }
+            RaftResponse::Commands(each) => Err(Error::internal(format!(
+                "an entry of {} commands answered as one",
+                each.len()
+            ))),
+        }
+    }
+
+    /// The results of an entry's `count` commands, in order.
+    pub fn into_results(self, count: usize) -> Vec<Result<ApplyOutcome>> {
+        match self {
+            RaftResponse::Commands(each) if each.len() == count => {
+                each.into_iter().map(Self::into_result).collect()
+            }
+            RaftResponse::Commands(each) => {
+                let e = Error::internal(format!(
+                    "an entry of {count} commands answered with {} outcomes",
+                    each.len()
+                ));
+                (0..count).map(|_| Err(e.clone())).collect()
+            }
+            one if count == 1 => vec![one.into_result()],
+            _ => {
+                let e = Error::internal(format!("an entry of {count} commands answered as one"));
+                (0..count).map(|_| Err(e.clone())).collect()
             }
         }
     }

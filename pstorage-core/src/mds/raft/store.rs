@@ -145,8 +145,22 @@ impl Db {
     }
 
     fn write_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.write_meta_with(key, value, redb::Durability::Immediate)
+    }
+
+    /// [`Db::write_meta`] with `durability`: `None` commits without a
+    /// sync of its own; the next durable commit (every log append is one)
+    /// makes it durable, and a crash before that keeps an older value
+    /// (redb's durable state is always a prefix of its commits).
+    fn write_meta_with<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<()> {
         let bytes = encode(value)?;
-        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        txn.set_durability(durability).map_err(|e| self.error(e))?;
         {
             let mut meta = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
             meta.insert(key, bytes.as_slice())
@@ -554,8 +568,10 @@ impl RaftStorage {
         };
         for entry in storage.db.read_entries(from..=committed)? {
             if let openraft::EntryPayload::Normal(request) = entry.payload {
-                // A refused command changes nothing, as when it was applied.
-                let _ = state.apply(request.cmd);
+                for cmd in request.cmds {
+                    // A refused command changes nothing, as when it was applied.
+                    let _ = state.apply(cmd);
+                }
             }
         }
         Ok((committed, state))
@@ -695,9 +711,16 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<MdsId>>) -> StorageResult<()> {
-        blocking(&self.db, move |db| db.write_meta(COMMITTED_KEY, &committed))
-            .await
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+        // Not synced on its own (a sync per commit round doubled the
+        // fsyncs of every command): the committed id only lets a restart
+        // apply at once what it can find committed anyway, and one lost
+        // with a crash is an older one, covering entries that were durable
+        // before it. It becomes durable with the next log append.
+        blocking(&self.db, move |db| {
+            db.write_meta_with(COMMITTED_KEY, &committed, redb::Durability::None)
+        })
+        .await
+        .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<MdsId>>> {
@@ -900,7 +923,12 @@ impl RaftStateMachine<MdsRaftConfig> for MdsStateMachine {
                             )),
                         ));
                     }
-                    RaftResponse::from_result(self.host.apply_committed(req.cmd))
+                    RaftResponse::Commands(
+                        req.cmds
+                            .into_iter()
+                            .map(|cmd| RaftResponse::from_result(self.host.apply_committed(cmd)))
+                            .collect(),
+                    )
                 }
             };
             self.last_applied = Some(entry.log_id);

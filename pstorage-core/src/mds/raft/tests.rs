@@ -25,6 +25,8 @@ use crate::types::{FileAttrs, Replicas, ROOT_INODE};
 
 mod format_6_golden;
 mod format_7_golden;
+mod format_8_golden;
+mod group_commit;
 mod leader_clock;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,7 +267,7 @@ async fn reopen(path: &Path) -> RaftStorage {
 async fn write(node: &Node, cmd: Command) -> Result<ApplyOutcome> {
     let resp = node
         .raft
-        .client_write(RaftRequest { cmd })
+        .client_write(RaftRequest::one(cmd))
         .await
         .unwrap_or_else(|e| panic!("MDS {} cannot propose: {e}", node.id));
     resp.data.into_result()

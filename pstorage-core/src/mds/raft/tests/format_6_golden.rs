@@ -327,6 +327,16 @@ async fn write_the_format_6_golden_database() {
 /// Writes `golden` as the golden files are written: [`before_the_snapshot`],
 /// a snapshot, then `after` and a membership change (learner 2).
 pub(super) async fn write_golden_database(golden: &str, after: Vec<Command>) {
+    write_golden_database_with(golden, after, Vec::new()).await;
+}
+
+/// [`write_golden_database`], then `batch` as one log entry (store format 8
+/// on; each of its commands applies or is refused on its own).
+pub(super) async fn write_golden_database_with(
+    golden: &str,
+    after: Vec<Command>,
+    batch: Vec<Command>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
     let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
@@ -343,6 +353,12 @@ pub(super) async fn write_golden_database(golden: &str, after: Vec<Command>) {
             Err(e) if refused && e.kind() == ErrorKind::NotFound => {}
             other => panic!("{cmd:?}: {other:?}"),
         }
+    }
+    if !batch.is_empty() {
+        n1.raft
+            .client_write(RaftRequest { cmds: batch })
+            .await
+            .unwrap();
     }
     n1.raft
         .add_learner(MdsId(2), node_info(MdsId(2)), false)
@@ -366,9 +382,9 @@ pub(super) async fn log_after_the_snapshot(
         .unwrap();
     let commands = entries
         .iter()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(request) => Some(request.cmd.clone()),
-            _ => None,
+        .flat_map(|e| match &e.payload {
+            EntryPayload::Normal(request) => request.cmds.clone(),
+            _ => Vec::new(),
         })
         .collect();
     (entries, commands)

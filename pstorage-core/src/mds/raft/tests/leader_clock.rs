@@ -27,7 +27,7 @@ fn config() -> MdsConfig {
 }
 
 /// MDS 1 over `storage`, leading its one-member group.
-async fn start_mds(
+pub(super) async fn start_mds(
     net: &Net,
     storage: RaftStorage,
     clock: Arc<ManualClock>,

@@ -1,0 +1,73 @@
+//! The group commit (`mds::group_commit`): commands proposed together go
+//! as one log entry, and each keeps its own outcome.
+
+use super::leader_clock::start_mds;
+use super::*;
+use crate::traits::{ManualClock, MetadataService};
+use openraft::EntryPayload;
+
+#[tokio::test]
+async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds1.redb");
+    let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
+    let net = Net::default();
+    let clock = Arc::new(ManualClock::new(1_767_225_600_000));
+    let (mds, raft) = start_mds(&net, storage, clock, true).await;
+
+    // 40 directories, each asked for twice at once: one of each pair is
+    // created, the other refused, whichever entry either lands in.
+    let calls = (0..80).map(|i| {
+        let mds = mds.clone();
+        async move { mds.mkdir(&format!("/d{}", i % 40), false, None).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    for d in 0..40 {
+        let (first, second) = (&results[d], &results[d + 40]);
+        let created = [first, second].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(created, 1, "/d{d}: {first:?} {second:?}");
+        let refused = if first.is_ok() { second } else { first };
+        assert_eq!(
+            refused.as_ref().unwrap_err().kind(),
+            ErrorKind::AlreadyExists,
+            "/d{d}"
+        );
+    }
+    assert_eq!(mds.readdir("/").await.unwrap().len(), 40);
+
+    // They shared entries: fewer entries than commands, one of several.
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+    drop((mds, raft));
+    let (log, _sm) = reopen(&path)
+        .await
+        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
+    let mut log = log;
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
+        .await
+        .unwrap();
+    let batches: Vec<usize> = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(r) => Some(r.cmds.len()),
+            _ => None,
+        })
+        .collect();
+    let mkdirs: usize = batches.iter().sum();
+    assert!(mkdirs >= 80, "every proposal is in the log: {batches:?}");
+    assert!(
+        batches.iter().any(|&n| n > 1),
+        "concurrent proposals share entries: {batches:?}"
+    );
+    assert!(batches
+        .iter()
+        .all(|&n| n <= crate::mds::group_commit::MAX_BATCH));
+
+    drop((log, _sm));
+    // Replayed from the log, the state is the same.
+    let (_, state) = RaftStorage::committed_state(&path).unwrap();
+    state.check_invariants().unwrap();
+    for d in 0..40 {
+        state.lookup(&format!("/d{d}")).unwrap();
+    }
+}
