@@ -68,3 +68,40 @@ fn cli_tour() {
     ok(cluster.cli(&["rm", "/vm/images"]));
     assert_eq!(ok(cluster.cli(&["ls", "/vm"])).trim(), "b.bin");
 }
+
+/// `pstorage bench --metadata` runs every pass on the cluster and the local
+/// disk, reports each one's operations, and leaves nothing behind.
+#[test]
+fn bench_metadata_measures_every_pass_and_cleans_up() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let local = cluster.dir.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let out = ok(cluster.cli(&[
+        "bench",
+        "--metadata",
+        "--clients",
+        "3",
+        "--files",
+        "7",
+        "--local-dir",
+        local.to_str().unwrap(),
+    ]));
+    for target in ["local", "cluster"] {
+        for pass in ["create", "stat", "rename", "unlink"] {
+            let row = out
+                .lines()
+                .find(|l| {
+                    let mut cols = l.split_whitespace();
+                    cols.next() == Some(target) && cols.next() == Some(pass)
+                })
+                .unwrap_or_else(|| panic!("no {target} {pass} row: {out}"));
+            let ops: u64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert_eq!(ops, 21, "3 clients x 7 files: {row}");
+        }
+    }
+    // Its directories are gone, here and there.
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
+    assert_eq!(ok(cluster.cli(&["ls", "/.bench"])).trim(), "");
+    let bad = cluster.cli(&["bench", "--metadata", "--clients", "0"]);
+    assert!(!bad.status.success(), "0 clients is refused");
+}
