@@ -7,7 +7,9 @@
 # (FILES each) against the same on the local directory.
 #   scripts/bench-meta.sh [LABEL]
 # Environment: BIN (default target/release, built if missing), MDS_COUNT
-# (1 or 3, default 1), CLIENTS (8), FILES (1000), BENCH_DIR.
+# (1 or 3, default 1), CLIENTS (8), FILES (1000), BENCH_DIR, BENCH_CLI (the
+# `pstorage` that runs the bench, default BIN's: an older build's daemons
+# can be measured with this build's bench).
 # Everything it starts is stopped when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +60,7 @@ for _ in $(seq 200); do
 done
 echo "== $label: $mds_count MDS(es), $clients clients x $files files (SDK)"
 mkdir -p "$dir/local"
-"$bin/pstorage" -c $name bench --metadata --clients "$clients" --files "$files" --local-dir "$dir/local"
+"${BENCH_CLI:-$bin/pstorage}" -c $name bench --metadata --clients "$clients" --files "$files" --local-dir "$dir/local"
 [ -n "${NO_MOUNT:-}" ] && exit 0
 
 # Creates through the mount: CLIENTS processes, FILES empty files each.

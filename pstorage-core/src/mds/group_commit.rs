@@ -114,3 +114,78 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
         }
     }
 }
+
+/// Read barriers shared the same way: a read must not start its barrier
+/// before it arrived, so a reader that arrives while a barrier round is in
+/// flight waits for the next round, which starts when that one ends and
+/// serves every reader that arrived meanwhile. Each round is one
+/// `ensure_linearizable` (a heartbeat to a majority and the apply up to its
+/// read index): N concurrent `stat`s cost about two rounds, not N.
+#[derive(Default)]
+pub(super) struct ReadBarriers {
+    queue: Arc<Mutex<BarrierQueue>>,
+}
+
+impl ReadBarriers {
+    /// Rounds run so far (tests).
+    #[cfg(test)]
+    pub(super) fn rounds(&self) -> u64 {
+        self.queue.lock().rounds
+    }
+}
+
+#[derive(Default)]
+struct BarrierQueue {
+    waiting: Vec<oneshot::Sender<Result<()>>>,
+    /// A task is running rounds.
+    running: bool,
+    /// Rounds started.
+    rounds: u64,
+}
+
+impl ReadBarriers {
+    /// Returns once a barrier round that started after this call has
+    /// confirmed this MDS's leadership and applied everything committed
+    /// before it (its error otherwise).
+    pub(super) async fn wait(&self, raft: &MdsRaft) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue.lock();
+            queue.waiting.push(done);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            let (queue, raft) = (Arc::clone(&self.queue), raft.clone());
+            tokio::spawn(rounds(queue, raft));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(
+                "the MDS stopped before its read barrier finished: retry",
+            ))
+        })
+    }
+}
+
+/// Runs barrier rounds until no reader waits.
+async fn rounds(queue: Arc<Mutex<BarrierQueue>>, raft: MdsRaft) {
+    loop {
+        let waiting = {
+            let mut queue = queue.lock();
+            if queue.waiting.is_empty() {
+                queue.running = false;
+                return;
+            }
+            queue.rounds += 1;
+            std::mem::take(&mut queue.waiting)
+        };
+        // Starts after every one of them arrived.
+        let result = raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(super::service::raft_read_error);
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}

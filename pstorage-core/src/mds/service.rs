@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, ReadBarriers};
 use super::leader_time::LeaderTime;
 use super::params::ClusterParams;
 use super::raft::{MdsId, MdsRaft, StateHost};
@@ -86,6 +86,8 @@ pub struct MdsService {
     pub(super) probes: super::probe::Probes,
     /// Commands waiting for the next Raft entry (the group commit).
     proposals: GroupCommit,
+    /// Reads waiting for the next read barrier round.
+    pub(super) barriers: ReadBarriers,
 }
 
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
@@ -137,6 +139,7 @@ impl MdsService {
             raft: OnceLock::new(),
             probes: super::probe::Probes::default(),
             proposals: GroupCommit::default(),
+            barriers: ReadBarriers::default(),
         }
     }
 
@@ -290,7 +293,9 @@ impl MdsService {
         let Some((_, raft)) = self.raft.get() else {
             return Ok(());
         };
-        raft.ensure_linearizable().await.map_err(raft_read_error)?;
+        // Shared with the reads that arrived meanwhile (a round started
+        // after this one arrived).
+        self.barriers.wait(raft).await?;
         // Reads check leases on this leader's clock.
         self.refresh_leases().await
     }
@@ -515,7 +520,7 @@ pub(super) fn raft_write_error(
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An `ensure_linearizable` failure.
-fn raft_read_error(
+pub(super) fn raft_read_error(
     e: openraft::error::RaftError<
         MdsId,
         openraft::error::CheckIsLeaderError<MdsId, super::raft::MdsNode>,

@@ -71,3 +71,30 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
         state.lookup(&format!("/d{d}")).unwrap();
     }
 }
+
+#[tokio::test]
+async fn concurrent_reads_share_read_barrier_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds1.redb");
+    let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
+    let net = Net::default();
+    let clock = Arc::new(ManualClock::new(1_767_225_600_000));
+    let (mds, raft) = start_mds(&net, storage, clock, true).await;
+    mds.mkdir("/d", false, None).await.unwrap();
+
+    let before = mds.barriers.rounds();
+    let reads = (0..50).map(|_| {
+        let mds = mds.clone();
+        async move { mds.stat("/d").await }
+    });
+    for stat in futures::future::join_all(reads).await {
+        assert_eq!(stat.unwrap().kind, crate::types::InodeKind::Dir);
+    }
+    let rounds = mds.barriers.rounds() - before;
+    assert!(
+        (1..50).contains(&rounds),
+        "50 concurrent reads took {rounds} barrier rounds"
+    );
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+}
