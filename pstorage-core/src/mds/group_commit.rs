@@ -46,8 +46,9 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Proposes `cmd` with whatever else is waiting and returns its own
-    /// outcome. `timeout`: how long an entry may take to commit (its
-    /// commands then fail `TimedOut`, and may still take effect).
+    /// outcome. `timeout`: how long the proposer waits for it, and an
+    /// entry for its commit (`TimedOut` then: the command may still take
+    /// effect).
     pub(super) async fn propose(
         &self,
         raft: &MdsRaft,
@@ -64,14 +65,30 @@ impl GroupCommit {
             let (queue, raft) = (Arc::clone(&self.queue), raft.clone());
             tokio::spawn(drive(queue, raft, timeout));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::new(
+        // Bounded from the proposal, as a write of its own was: waiting
+        // behind an entry that times out must not double the wait.
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::new(
                 ErrorKind::TimedOut,
                 "the MDS stopped before the metadata group answered; the command may still \
                  take effect: retry",
-            ))
-        })
+            )),
+            Err(_) => Err(commit_timed_out(timeout)),
+        }
     }
+}
+
+/// The error of a command not committed within `timeout`.
+fn commit_timed_out(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::TimedOut,
+        format!(
+            "the metadata group did not commit the command within {} s (this MDS may have lost \
+             its leadership); it may still take effect: retry",
+            timeout.as_secs()
+        ),
+    )
 }
 
 /// Writes the waiting commands, an entry at a time, until none wait.
@@ -97,14 +114,7 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
                 (0..count).map(|_| Err(e.clone())).collect()
             }
             Err(_) => {
-                let e = Error::new(
-                    ErrorKind::TimedOut,
-                    format!(
-                        "the metadata group did not commit the command within {} s (this MDS \
-                         may have lost its leadership); it may still take effect: retry",
-                        timeout.as_secs()
-                    ),
-                );
+                let e = commit_timed_out(timeout);
                 (0..count).map(|_| Err(e.clone())).collect()
             }
         };
