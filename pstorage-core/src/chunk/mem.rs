@@ -150,13 +150,7 @@ impl MemChunkStore {
         for entry in incoming {
             self.release(&entry);
         }
-        let mut chunks: Vec<(ChunkId, SharedChunk)> = self
-            .chunks
-            .lock()
-            .iter()
-            .map(|(id, c)| (*id, c.clone()))
-            .collect();
-        chunks.sort_by_key(|(id, _)| *id);
+        let chunks = self.replicas();
         let mut report = CrashReport::default();
         for (chunk, entry) in chunks {
             let mut c = entry.write();
@@ -229,12 +223,7 @@ impl MemChunkStore {
     /// chunk and block order: what a fault injector asks before damaging
     /// another copy of a block.
     pub fn damaged_blocks(&self) -> BTreeSet<(ChunkId, u64)> {
-        let chunks: Vec<(ChunkId, SharedChunk)> = self
-            .chunks
-            .lock()
-            .iter()
-            .map(|(id, c)| (*id, c.clone()))
-            .collect();
+        let chunks = self.replicas();
         let mut damaged = BTreeSet::new();
         for (chunk, entry) in chunks {
             let c = entry.read();
@@ -275,6 +264,19 @@ impl MemChunkStore {
         };
         stored.bytes[(offset % BLOCK_SIZE) as usize] ^= 0xff;
         Ok(())
+    }
+
+    /// Every replica in service, in chunk order (a copy of the table, so
+    /// that no caller holds its lock while it works on one).
+    fn replicas(&self) -> Vec<(ChunkId, SharedChunk)> {
+        let mut chunks: Vec<(ChunkId, SharedChunk)> = self
+            .chunks
+            .lock()
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        chunks.sort_by_key(|(id, _)| *id);
+        chunks
     }
 
     fn get(&self, chunk: ChunkId) -> Result<Arc<RwLock<MemChunk>>> {
@@ -700,12 +702,7 @@ impl ChunkStore for MemChunkStore {
 
     fn close_clean(&self) -> Result<()> {
         let unverified = self.unverified();
-        let chunks: Vec<(ChunkId, SharedChunk)> = self
-            .chunks
-            .lock()
-            .iter()
-            .map(|(id, c)| (*id, c.clone()))
-            .collect();
+        let chunks = self.replicas();
         for (chunk, entry) in chunks {
             if !unverified.contains(&chunk) {
                 entry.write().durable = None;

@@ -6,14 +6,22 @@ use super::*;
 use crate::traits::{ManualClock, MetadataService};
 use openraft::EntryPayload;
 
-#[tokio::test]
-async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
+/// MDS 1 leading its one-member group, its database `mds1.redb` in the
+/// returned directory.
+async fn one_mds() -> (tempfile::TempDir, Net, Arc<crate::mds::MdsService>, MdsRaft) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mds1.redb");
     let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
     let net = Net::default();
     let clock = Arc::new(ManualClock::new(1_767_225_600_000));
     let (mds, raft) = start_mds(&net, storage, clock, true).await;
+    (dir, net, mds, raft)
+}
+
+#[tokio::test]
+async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
+    let (dir, net, mds, raft) = one_mds().await;
+    let path = dir.path().join("mds1.redb");
 
     // 40 directories, each asked for twice at once: one of each pair is
     // created, the other refused, whichever entry either lands in.
@@ -74,12 +82,7 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
 
 #[tokio::test]
 async fn concurrent_reads_share_read_barrier_rounds() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mds1.redb");
-    let storage = RaftStorage::create(&path, &MdsState::new(cluster_attrs()).unwrap()).unwrap();
-    let net = Net::default();
-    let clock = Arc::new(ManualClock::new(1_767_225_600_000));
-    let (mds, raft) = start_mds(&net, storage, clock, true).await;
+    let (_dir, net, mds, raft) = one_mds().await;
     mds.mkdir("/d", false, None).await.unwrap();
 
     let before = mds.barriers.rounds();
