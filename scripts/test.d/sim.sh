@@ -18,15 +18,18 @@ sim=target/debug/pstorage-sim
 open=$(sed 's/#.*//' pstorage-sim/open-seeds.txt | tr -s ' \n' '\n' | grep -E '^[0-9]+$' || true)
 seeds=$(mktemp)
 trap 'rm -f "$seeds"' EXIT
-# The first SIM_SEEDS (200) seeds from 0 that are not quarantined: always
-# 200 judged seeds, however many are open.
-n=0
-for ((s = 0; n < ${SIM_SEEDS:-200}; s++)); do
-  if ! grep -qx "$s" <<<"$open"; then
-    echo "$s"
-    n=$((n + 1))
-  fi
-done >"$seeds"
+# judged COUNT OPEN: the first COUNT seeds from 0 that are not in OPEN (one
+# per line): always COUNT judged seeds, however many are open.
+judged() {
+  local n=0 s
+  for ((s = 0; n < $1; s++)); do
+    if ! grep -qx "$s" <<<"$2"; then
+      echo "$s"
+      n=$((n + 1))
+    fi
+  done
+}
+judged "${SIM_SEEDS:-200}" "$open" >"$seeds"
 status=0
 "$sim" --seed-file "$seeds" || status=1
 "$sim" --seed-file pstorage-sim/failing-seeds.txt || status=1
@@ -35,13 +38,7 @@ status=0
 # seeds still open there (pstorage-sim/open-flag-seeds.txt) are skipped.
 open_file=$(sed 's/#.*//' pstorage-sim/open-flag-seeds.txt |
   awk '$1 == "--file-store" { for (i = 2; i <= NF; i++) print $i }')
-n=0
-for ((s = 0; n < ${SIM_FILE_SEEDS:-100}; s++)); do
-  if ! grep -qx "$s" <<<"$open_file"; then
-    echo "$s"
-    n=$((n + 1))
-  fi
-done >"$seeds"
+judged "${SIM_FILE_SEEDS:-100}" "$open_file" >"$seeds"
 "$sim" --file-store --seed-file "$seeds" || status=1
 # Seeds of the extended fault flags whose bugs are fixed (flags, then seeds).
 while read -r flags list; do

@@ -14,7 +14,7 @@ const GOLDEN: &str = concat!(
 );
 
 /// The log after the snapshot: format 6's, then a new leader's refresh.
-fn after_the_snapshot_7() -> Vec<Command> {
+pub(super) fn after_the_snapshot_7() -> Vec<Command> {
     let mut cmds = after_the_snapshot();
     cmds.push(Command::RefreshLeases { now_ms: 100_000 });
     cmds

@@ -3,9 +3,8 @@
 //! build, and then one entry of several commands (the group commit), one of
 //! them refused.
 
-use super::format_6_golden::{
-    after_the_snapshot, log_after_the_snapshot, write_golden_database_with,
-};
+use super::format_6_golden::{log_after_the_snapshot, write_golden_database_with};
+use super::format_7_golden::after_the_snapshot_7;
 use super::*;
 use openraft::EntryPayload;
 
@@ -14,13 +13,6 @@ const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/src/mds/golden/mds_format8.redb"
 );
-
-/// Format 7's log after the snapshot.
-fn after_the_snapshot_8() -> Vec<Command> {
-    let mut cmds = after_the_snapshot();
-    cmds.push(Command::RefreshLeases { now_ms: 100_000 });
-    cmds
-}
 
 /// The entry of several commands: two directories, and the first again
 /// (refused `AlreadyExists`, which changes nothing).
@@ -40,7 +32,7 @@ fn the_batch() -> Vec<Command> {
 #[ignore = "writes src/mds/golden/mds_format8.redb; run by hand"]
 async fn write_the_format_8_golden_database() {
     assert_eq!(STORE_FORMAT_VERSION, 8, "only a format 8 build writes it");
-    write_golden_database_with(GOLDEN, after_the_snapshot_8(), the_batch()).await;
+    write_golden_database_with(GOLDEN, after_the_snapshot_7(), the_batch()).await;
 }
 
 /// The golden file of format 8: its log reads as written, the last entry
@@ -57,7 +49,7 @@ async fn a_format_8_golden_database_is_read() {
     initial.check_invariants().unwrap();
 
     let (entries, commands) = log_after_the_snapshot(storage, initial, snapshot_index).await;
-    let mut expected = after_the_snapshot_8();
+    let mut expected = after_the_snapshot_7();
     expected.extend(the_batch());
     assert_eq!(commands, expected);
     let batch = entries
