@@ -218,12 +218,17 @@ pub fn run(args: MountArgs) -> Result<()> {
     };
     let mut ready = ready;
     let result = serve(&plan, &mut ready);
-    if let Some(r) = ready.take() {
-        // Failed before the mount was ready: tell the waiting parent.
-        r.report(&result);
-    }
     if let Some(p) = &plan.pid_file {
         let _ = std::fs::remove_file(p);
+    }
+    if let Some(r) = ready.take() {
+        // Failed before the mount was ready: the waiting parent says why and
+        // exits 1. The child still shares the caller's stderr, so it exits
+        // without a word of its own (both would print, interleaved).
+        r.report(&result);
+        if result.is_err() {
+            std::process::exit(1);
+        }
     }
     result
 }
