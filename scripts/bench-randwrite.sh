@@ -10,8 +10,11 @@
 # KEEP_CACHES=1 skips the `sync; drop_caches` between the two jobs (the
 # runner drops them); PERF=FILE records `perf record -a -g` for 8 s in
 # the middle of the job; WINDOWS=1 prints the windows.
+# JOB=randread runs the standard 4 KiB random read job instead (after the
+# same sequential write and cache drop: cold reads first).
 # Compare builds by alternating runs of this script with BIN pointing at
-# each; the CPU figure includes everything on the machine, perf included.
+# each (or CS_ARGS, e.g. "--threads 2"); the CPU figure includes
+# everything on the machine, perf included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 label=${1:-pstorage}
@@ -25,7 +28,9 @@ if [ -z "${KEEP_CACHES:-}" ]; then
 fi
 cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 t0=$(cpu_ticks)
-fio --section=randwrite --output-format=json --output="$dir/rw.json" \
+job=${JOB:-randwrite}
+case $job in randwrite) dir_key=write ;; randread) dir_key=read ;; *) echo "JOB: randwrite or randread" >&2; exit 2 ;; esac
+fio --section="$job" --output-format=json --output="$dir/rw.json" \
   --write_lat_log="$dir/rw" "$jobs" >/dev/null &
 fio_pid=$!
 if [ -n "${PERF:-}" ]; then
@@ -34,16 +39,16 @@ if [ -n "${PERF:-}" ]; then
 fi
 wait $fio_pid
 t1=$(cpu_ticks)
-python3 - "$dir/rw.json" "$dir/rw_clat.1.log" "$label" $((t1 - t0)) "${WINDOWS:-}" <<'PY'
+python3 - "$dir/rw.json" "$dir/rw_clat.1.log" "$label" $((t1 - t0)) "${WINDOWS:-}" "$job" "$dir_key" <<'PY'
 import json, os, sys
 from collections import defaultdict
-x = json.load(open(sys.argv[1]))["jobs"][0]["write"]
+x = json.load(open(sys.argv[1]))["jobs"][0][sys.argv[7]]
 c = x["clat_ns"]
 p = c.get("percentile", {})
 cpu = int(sys.argv[4]) / os.sysconf("SC_CLK_TCK") / x["total_ios"] * 1e6
-print(f'{sys.argv[3]:<12} randwrite {x["iops"]:7.0f} IOPS  p50 {p["50.000000"]/1e3:6.0f}  '
+print(f'{sys.argv[3]:<12} {sys.argv[6]} {x["iops"]:7.0f} IOPS  p50 {p["50.000000"]/1e3:6.0f}  '
       f'p99 {p["99.000000"]/1e3:6.0f}  p99.9 {p["99.900000"]/1e3:6.0f}  '
-      f'mean {c["mean"]/1e3:6.0f} us  max {c["max"]/1e6:6.1f} ms  cpu/write {cpu:5.1f} us')
+      f'mean {c["mean"]/1e3:6.0f} us  max {c["max"]/1e6:6.1f} ms  cpu/op {cpu:5.1f} us')
 if sys.argv[5]:
     windows = defaultdict(list)
     for line in open(sys.argv[2]):

@@ -85,8 +85,9 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a graceful stop of one node may take before it is killed.
 const GRACEFUL_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Worker threads of each node's runtime (the daemons' runtime has one per
-/// core; two keep a 7-node cluster at a few dozen threads).
+/// Worker threads of each MDS's runtime (the daemon's runtime has one per
+/// core; two keep a 7-node cluster at a few dozen threads). A chunk server
+/// runs on `node::cs_runtime`, as the daemon does.
 const NODE_WORKER_THREADS: usize = 2;
 
 /// How often the `wait_*` methods ask the MDS group for its status.
@@ -383,14 +384,18 @@ fn join_node(thread: JoinHandle<Result<()>>) -> Result<()> {
 /// of its own until asked to stop, then drops the runtime, which ends every
 /// task the node started (a kill ends them where they are).
 fn run_node(kind: Kind, name: &str, dir: &Path, stop: watch::Receiver<Option<Stop>>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(NODE_WORKER_THREADS)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            Error::internal(format!("cannot build the runtime of {name}: {e}")).caused_by(e)
-        })?;
+    // A chunk server runs on the daemon's runtime (`node::cs_runtime`).
+    let runtime = match kind {
+        Kind::Cs => node::cs_runtime(node::CS_DEFAULT_THREADS, name)?,
+        Kind::Mds => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(NODE_WORKER_THREADS)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Error::internal(format!("cannot build the runtime of {name}: {e}")).caused_by(e)
+            })?,
+    };
     let result = runtime.block_on(async {
         let mut graceful = stop.clone();
         let shutdown = async move {

@@ -3,7 +3,9 @@
 # 127.0.0.1, replicas 3:2, 256 MiB chunks: the defaults) with a 1 GiB
 # image served by `pstorage nbd-serve`, and stops it all at exit.
 # Run from the repository's top. Environment: BIN, BENCH_RUNNER, CS_COUNT,
-# JOURNAL, BENCH_DIR. Sets top, bin, runner, dir, name, nbd_port.
+# JOURNAL, BENCH_DIR; CS_ARGS (more pstorage-csd arguments, e.g.
+# "--threads 2"), CS_ENV and NBD_ENV (VAR=value words for the chunk
+# servers' and nbd-serve's environment). Sets top, bin, runner, dir, name, nbd_port.
 top=$PWD
 bin=${BIN:-$top/target/release}
 runner=${BENCH_RUNNER:-$top/../shared/bench/run}
@@ -33,7 +35,7 @@ for i in $(seq 1 "$count"); do
   args=(-r "$dir/cs$i")
   [ -n "${JOURNAL:-}" ] && args+=(-j "$JOURNAL/cs$i")
   "$bin/pstorage" -c $name make-cs "${args[@]}" >/dev/null
-  "$bin/pstorage-csd" -r "$dir/cs$i" >"$dir/cs$i.log" 2>&1 &
+  env ${CS_ENV:-} "$bin/pstorage-csd" -r "$dir/cs$i" ${CS_ARGS:-} >"$dir/cs$i.log" 2>&1 &
   pids+=($!)
 done
 for _ in $(seq 200); do
@@ -41,7 +43,7 @@ for _ in $(seq 200); do
   sleep 0.2
 done
 "$bin/pstorage" -c $name truncate -s 1G /bench.img
-"$bin/pstorage" -c $name nbd-serve --listen 127.0.0.1:0 >"$dir/nbd.out" 2>"$dir/nbd.log" &
+env ${NBD_ENV:-} "$bin/pstorage" -c $name nbd-serve --listen 127.0.0.1:0 >"$dir/nbd.out" 2>"$dir/nbd.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$dir/nbd.out" 2>/dev/null && break; sleep 0.1; done
 nbd_port=$(sed -n 's/.*listening on tcp .*:\([0-9]*\)$/\1/p' "$dir/nbd.out")

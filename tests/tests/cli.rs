@@ -105,3 +105,34 @@ fn bench_metadata_measures_every_pass_and_cleans_up() {
     let bad = cluster.cli(&["bench", "--metadata", "--clients", "0"]);
     assert!(!bad.status.success(), "0 clients is refused");
 }
+
+/// `pstorage-csd --threads`: a count out of range is refused before
+/// anything starts; chunk servers on a multi-thread runtime (`--threads 2`)
+/// serve the replica chain like the default's one thread.
+#[test]
+fn chunk_servers_run_on_more_threads_and_refuse_a_bad_count() {
+    for bad in ["0", "65"] {
+        let out = std::process::Command::new(pstorage_tests::bin_dir().join("pstorage-csd"))
+            .args(["-r", "/nonexistent-pstorage-cs", "--threads", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains("--threads must be within 1..64"), "{why}");
+    }
+    let mut cluster = TestCluster::start(ClusterOptions::default());
+    for i in 0..3 {
+        cluster.stop_cs(i);
+        cluster.start_cs_with(i, &["--threads", "2"]);
+    }
+    cluster.wait_active(3);
+    let local = cluster.dir.path().join("in.bin");
+    let data = pattern(2, 3 * (1 << 20) + 4096 * 5 + 11);
+    std::fs::write(&local, &data).unwrap();
+    ok(cluster.cli(&["put", local.to_str().unwrap(), "/t.bin"]));
+    let out = cluster.dir.path().join("out.bin");
+    ok(cluster.cli(&["get", "/t.bin", out.to_str().unwrap()]));
+    assert!(std::fs::read(&out).unwrap() == data);
+    let logs: String = (0..3).map(|i| cluster.log(&format!("cs{i}.log"))).collect();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
