@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod auth;
+pub mod call_metrics;
 pub mod control;
 pub mod data;
 pub mod generated;

@@ -87,6 +87,7 @@ impl mds::Server for MdsServer {
         params: mds::OpenParams,
         mut results: mds::OpenResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("open");
         let outcome = async {
             let (path, mode, flags, op) = decode_request("open", || {
                 let p = params.get()?;
@@ -109,6 +110,7 @@ impl mds::Server for MdsServer {
         params: mds::RenewParams,
         mut results: mds::RenewResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("renew");
         let outcome = async {
             let lease = decode_request("renew", || Ok(params.get()?.get_lease()))?;
             self.metadata.renew(LeaseId(lease)).await
@@ -123,6 +125,7 @@ impl mds::Server for MdsServer {
         params: mds::CloseParams,
         mut results: mds::CloseResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("close");
         let outcome = async {
             let lease = decode_request("close", || Ok(params.get()?.get_lease()))?;
             self.metadata.close(LeaseId(lease)).await
@@ -137,6 +140,7 @@ impl mds::Server for MdsServer {
         params: mds::StatParams,
         mut results: mds::StatResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("stat");
         let outcome = async {
             let path = decode_request("stat", || read_text(params.get()?.get_path()))?;
             self.metadata.stat(&path).await
@@ -151,6 +155,7 @@ impl mds::Server for MdsServer {
         params: mds::MkdirParams,
         mut results: mds::MkdirResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("mkdir");
         let outcome = async {
             let (path, parents, op) = decode_request("mkdir", || {
                 let p = params.get()?;
@@ -169,6 +174,7 @@ impl mds::Server for MdsServer {
         params: mds::ReaddirParams,
         mut results: mds::ReaddirResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("readdir");
         let outcome = async {
             let path = decode_request("readdir", || read_text(params.get()?.get_path()))?;
             self.metadata.readdir(&path).await
@@ -183,6 +189,7 @@ impl mds::Server for MdsServer {
         params: mds::UnlinkParams,
         mut results: mds::UnlinkResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("unlink");
         let outcome = async {
             let (path, op) = decode_request("unlink", || {
                 let p = params.get()?;
@@ -201,6 +208,7 @@ impl mds::Server for MdsServer {
         params: mds::RenameParams,
         mut results: mds::RenameResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("rename");
         let outcome = async {
             let (from, to, op) = decode_request("rename", || {
                 let p = params.get()?;
@@ -219,6 +227,7 @@ impl mds::Server for MdsServer {
         params: mds::SetAttrParams,
         mut results: mds::SetAttrResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_attr");
         let outcome = async {
             let (path, update, recursive, op) = decode_request("setAttr", || {
                 let p = params.get()?;
@@ -241,6 +250,7 @@ impl mds::Server for MdsServer {
         params: mds::ChunkMapParams,
         mut results: mds::ChunkMapResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("chunk_map");
         let outcome = async {
             let (lease, index, allocate) = decode_request("chunkMap", || {
                 let p = params.get()?;
@@ -260,6 +270,7 @@ impl mds::Server for MdsServer {
         params: mds::ReportFailureParams,
         mut results: mds::ReportFailureResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("report_failure");
         let outcome = async {
             let (lease, chunk, version, cs, reason) = decode_request("reportFailure", || {
                 let p = params.get()?;
@@ -291,6 +302,7 @@ impl mds::Server for MdsServer {
         params: mds::CommitSizeParams,
         mut results: mds::CommitSizeResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("commit_size");
         let outcome = async {
             let (lease, size) = decode_request("commitSize", || {
                 let p = params.get()?;
@@ -308,6 +320,7 @@ impl mds::Server for MdsServer {
         params: mds::TruncateParams,
         mut results: mds::TruncateResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("truncate");
         let outcome = async {
             let (lease, size) = decode_request("truncate", || {
                 let p = params.get()?;
@@ -325,6 +338,7 @@ impl mds::Server for MdsServer {
         params: mds::FileChunksParams,
         mut results: mds::FileChunksResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("file_chunks");
         let outcome = async {
             let path = decode_request("fileChunks", || read_text(params.get()?.get_path()))?;
             self.metadata.file_chunks(&path).await
@@ -339,6 +353,7 @@ impl mds::Server for MdsServer {
         _params: mds::ClusterStatusParams,
         mut results: mds::ClusterStatusResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("cluster_status");
         let outcome = self.metadata.cluster_status().await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
@@ -349,6 +364,7 @@ impl mds::Server for MdsServer {
         _params: mds::GetConfigParams,
         mut results: mds::GetConfigResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("get_config");
         let outcome = self.metadata.get_config().await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
@@ -359,6 +375,7 @@ impl mds::Server for MdsServer {
         params: mds::SetConfigParams,
         mut results: mds::SetConfigResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_config");
         let outcome = async {
             let (key, value) = decode_request("setConfig", || {
                 let p = params.get()?;
@@ -376,6 +393,7 @@ impl mds::Server for MdsServer {
         params: mds::EventLogParams,
         mut results: mds::EventLogResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("event_log");
         let outcome = async {
             let after = decode_request("eventLog", || Ok(params.get()?.get_after_seq()))?;
             self.metadata.event_log(after).await
@@ -390,6 +408,7 @@ impl mds::Server for MdsServer {
         params: mds::RemoveCsParams,
         mut results: mds::RemoveCsResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("remove_cs");
         let outcome = async {
             let (cs, force) = decode_request("removeCs", || {
                 let p = params.get()?;
@@ -407,6 +426,7 @@ impl mds::Server for MdsServer {
         params: mds::SetCsParams,
         mut results: mds::SetCsResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_cs");
         let outcome = async {
             let (cs, update) = decode_request("setCs", || {
                 let p = params.get()?;
@@ -424,6 +444,7 @@ impl mds::Server for MdsServer {
         _params: mds::AllocateCsIdParams,
         mut results: mds::AllocateCsIdResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("allocate_cs_id");
         let outcome = self.registry.allocate_cs_id().await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
@@ -434,6 +455,7 @@ impl mds::Server for MdsServer {
         params: mds::RegisterCsParams,
         mut results: mds::RegisterCsResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("register_cs");
         let outcome = async {
             let registration = decode_request("registerCs", || {
                 CsRegistration::read(params.get()?.get_registration()?)
@@ -450,6 +472,7 @@ impl mds::Server for MdsServer {
         params: mds::HeartbeatParams,
         mut results: mds::HeartbeatResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("heartbeat");
         let outcome = async {
             let (cs, space) = decode_request("heartbeat", || {
                 let p = params.get()?;
@@ -470,6 +493,7 @@ impl mds::Server for MdsServer {
         params: mds::CsHeartbeatParams,
         mut results: mds::CsHeartbeatResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("cs_heartbeat");
         let outcome = async {
             let (cs, space, stats) = decode_request("csHeartbeat", || {
                 let p = params.get()?;
@@ -491,6 +515,7 @@ impl mds::Server for MdsServer {
         params: mds::ReportBadReplicaParams,
         mut results: mds::ReportBadReplicaResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("report_bad_replica");
         let outcome = async {
             let (cs, chunk, reason) = decode_request("reportBadReplica", || {
                 let p = params.get()?;
@@ -514,6 +539,7 @@ impl mds::Server for MdsServer {
         params: mds::ReportBadBlocksParams,
         mut results: mds::ReportBadBlocksResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("report_bad_blocks");
         let outcome = async {
             let (cs, chunk, report) = decode_request("reportBadBlocks", || {
                 let p = params.get()?;
@@ -555,6 +581,7 @@ impl mds::Server for MdsServer {
         params: mds::RaftAppendParams,
         mut results: mds::RaftAppendResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("raft_append");
         let outcome = async {
             let data = decode_request("raftAppend", || Ok(params.get()?.get_data()?.to_vec()))?;
             crate::raft::serve_append(self.raft.as_ref(), &data).await
@@ -569,6 +596,7 @@ impl mds::Server for MdsServer {
         params: mds::RaftVoteParams,
         mut results: mds::RaftVoteResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("raft_vote");
         let outcome = async {
             let data = decode_request("raftVote", || Ok(params.get()?.get_data()?.to_vec()))?;
             crate::raft::serve_vote(self.raft.as_ref(), &data).await
@@ -583,6 +611,7 @@ impl mds::Server for MdsServer {
         params: mds::RaftSnapshotParams,
         mut results: mds::RaftSnapshotResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("raft_snapshot");
         let outcome = async {
             let data = decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
             crate::raft::serve_snapshot(self.raft.as_ref(), &data).await
@@ -597,6 +626,7 @@ impl mds::Server for MdsServer {
         _params: mds::AllocateMdsIdParams,
         mut results: mds::AllocateMdsIdResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("allocate_mds_id");
         let outcome = async { self.group("allocateMdsId")?.allocate_mds_id().await }.await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
@@ -607,6 +637,7 @@ impl mds::Server for MdsServer {
         params: mds::AddMdsParams,
         mut results: mds::AddMdsResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("add_mds");
         let outcome = async {
             let (id, addr) = decode_request("addMds", || {
                 let p = params.get()?;
@@ -624,6 +655,7 @@ impl mds::Server for MdsServer {
         params: mds::RemoveMdsParams,
         mut results: mds::RemoveMdsResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("remove_mds");
         let outcome = async {
             let id = decode_request("removeMds", || Ok(MdsId(params.get()?.get_id())))?;
             self.group("removeMds")?.remove_mds(id).await
@@ -638,6 +670,7 @@ impl mds::Server for MdsServer {
         _params: mds::MdsMembersParams,
         mut results: mds::MdsMembersResults,
     ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("mds_members");
         let outcome = async { self.group("mdsMembers")?.members().await }.await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
@@ -768,7 +801,10 @@ impl MdsClient {
         F: FnOnce(mds::Client) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = capnp::Result<Result<T>>> + 'static,
     {
-        let outcome = self.actor.call(method, call).await;
+        let outcome = {
+            let _timer = crate::call_metrics::CLIENT_MDS.start(method);
+            self.actor.call(method, call).await
+        };
         self.refresh_if_due();
         outcome
     }

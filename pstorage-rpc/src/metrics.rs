@@ -318,6 +318,10 @@ pub fn chunk_server(server: Arc<ChunkServer>) -> Render {
                 "1 while the chunk server serves (registered, not fenced).",
                 i64::from(server.is_serving()),
             );
+            crate::call_metrics::SERVED_CS.render_into(&mut m);
+            // Its forwards down chains, and its session with the MDS.
+            crate::call_metrics::CLIENT_CS.render_into(&mut m);
+            crate::call_metrics::CLIENT_MDS.render_into(&mut m);
             m.render()
         }
         .boxed()
@@ -362,6 +366,33 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                 "pstorage_mds_is_leader",
                 "1 on the metadata group's leader.",
                 i64::from(leader == Some(id)),
+            );
+            crate::call_metrics::SERVED_MDS.render_into(&mut m);
+            let c = service.commit_stats();
+            m.counter(
+                "pstorage_mds_commit_entries_total",
+                "Raft entries this MDS's group commit wrote (as leader).",
+                c.entries,
+            );
+            m.counter(
+                "pstorage_mds_commit_commands_total",
+                "Commands those entries carried (commands / entries: the batching).",
+                c.commands,
+            );
+            m.gauge(
+                "pstorage_mds_commit_waiting",
+                "Commands waiting for the next Raft entry.",
+                gauge_of(c.waiting),
+            );
+            m.counter(
+                "pstorage_mds_read_barrier_rounds_total",
+                "Read barrier rounds run (each serves every read that waited for it).",
+                c.barrier_rounds,
+            );
+            m.gauge(
+                "pstorage_mds_read_barrier_waiting",
+                "Reads waiting for the next read barrier round.",
+                gauge_of(c.barrier_waiting),
             );
             if leader == Some(id) {
                 if let Ok(status) = service.cluster_status().await {

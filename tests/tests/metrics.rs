@@ -1,5 +1,5 @@
-//! `--metrics ADDR:PORT` on `pstorage-mdsd`, `pstorage-csd` and
-//! `pstorage nbd-serve`: the Prometheus text format on `/metrics`, checked
+//! `--metrics ADDR:PORT` on `pstorage-mdsd`, `pstorage-csd`,
+//! `pstorage nbd-serve` and `pstorage-mount`: the Prometheus text format on `/metrics`, checked
 //! with `promtool check metrics` (Debian package prometheus, installed by
 //! scripts/install-deps.sh) and read for values that follow what the
 //! cluster did. Default chunk size (256 MiB) and replicas (3:2).
@@ -145,6 +145,43 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
         "{nbd}"
     );
     assert_eq!(value(&nbd, "pstorage_nbd_errors_total"), Some(0.0), "{nbd}");
+    // The SDK inside nbd-serve: its data-path requests and MDS calls.
+    for series in [
+        "pstorage_client_cs_request_seconds_count{op=\"write\"}",
+        "pstorage_client_cs_request_seconds_count{op=\"read\"}",
+        "pstorage_client_cs_request_seconds_count{op=\"flush\"}",
+        "pstorage_client_mds_request_seconds_count{op=\"open\"}",
+    ] {
+        assert!(
+            value(&nbd, series).is_some_and(|n| n >= 1.0),
+            "{series}: {nbd}"
+        );
+    }
+    assert_eq!(
+        value(&nbd, "pstorage_client_cs_requests_in_flight"),
+        Some(0.0),
+        "{nbd}"
+    );
+
+    // The MDS timed the calls it served, and committed the open's
+    // commands through its group commit.
+    let mds = scrape(&mds_metrics).expect("the MDS answers /metrics");
+    promtool_accepts(&mds);
+    for series in [
+        "pstorage_mds_request_seconds_count{op=\"open\"}",
+        "pstorage_mds_request_seconds_count{op=\"chunk_map\"}",
+        "pstorage_mds_commit_entries_total",
+    ] {
+        assert!(
+            value(&mds, series).is_some_and(|n| n >= 1.0),
+            "{series}: {mds}"
+        );
+    }
+    assert!(
+        value(&mds, "pstorage_mds_commit_commands_total")
+            >= value(&mds, "pstorage_mds_commit_entries_total"),
+        "{mds}"
+    );
 
     // Every chunk of the file has a replica on each of the 3 servers.
     let cs = scrape_until(&cs_metrics, "the chunk server took the writes", |t| {
@@ -162,6 +199,10 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
     );
     assert!(
         value(&cs, "pstorage_cs_space_free_bytes").is_some_and(|n| n > 0.0),
+        "{cs}"
+    );
+    assert!(
+        value(&cs, "pstorage_cs_request_seconds_count{op=\"write\"}").is_some_and(|n| n >= 1.0),
         "{cs}"
     );
     drop(server);
@@ -210,4 +251,97 @@ fn a_metrics_address_in_use_fails_the_start_with_a_clear_error() {
         why.contains(&format!("cannot serve metrics at {addr}")),
         "{why}"
     );
+}
+
+/// `pstorage-mount --metrics`: FUSE requests by operation, the SDK's calls
+/// and the read cache, in a format promtool accepts; a busy address fails
+/// the mount on the terminal, before anything is mounted.
+#[test]
+fn the_mount_serves_metrics_and_refuses_a_busy_address() {
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_size: 256 << 20,
+        ..ClusterOptions::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mount = |extra: &[&str]| {
+        let mut c = Command::new(pstorage_tests::bin_dir().join("pstorage-mount"));
+        c.arg("--conf-dir")
+            .arg(&cluster.conf_root)
+            .args(["-c", &cluster.name])
+            .args(extra)
+            .arg(&mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == mountpoint.to_str())
+    };
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let out = mount(&["--metrics", &busy]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains(&format!("cannot serve metrics at {busy}")),
+        "{why}"
+    );
+    assert!(!mounted());
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cache = dir.path().join("cache.bin");
+    let mut child = mount(&[
+        "-f",
+        "--metrics",
+        &addr,
+        "-C",
+        cache.to_str().unwrap(),
+        "-R",
+        "64M",
+    ])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !mounted() {
+        assert!(child.try_wait().unwrap().is_none(), "pstorage-mount exited");
+        assert!(Instant::now() < deadline, "not mounted within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = pstorage_tests::pattern(3, 1 << 20);
+    std::fs::write(mountpoint.join("f.bin"), &data).unwrap();
+    assert!(std::fs::read(mountpoint.join("f.bin")).unwrap() == data);
+
+    let text = scrape(&addr).expect("pstorage-mount answers /metrics");
+    let unmount = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mountpoint)
+        .status();
+    let exited = child.wait();
+    promtool_accepts(&text);
+    for series in [
+        "pstorage_fuse_request_seconds_count{op=\"create\"}",
+        "pstorage_fuse_request_seconds_count{op=\"write\"}",
+        "pstorage_fuse_request_seconds_count{op=\"lookup\"}",
+        "pstorage_client_cs_request_seconds_count{op=\"write\"}",
+        "pstorage_client_mds_request_seconds_count{op=\"open\"}",
+    ] {
+        assert!(
+            value(&text, series).is_some_and(|n| n >= 1.0),
+            "{series}: {text}"
+        );
+    }
+    assert!(
+        value(&text, "pstorage_mount_cache_hits_total").is_some(),
+        "{text}"
+    );
+    assert!(unmount.is_ok_and(|s| s.success()), "fusermount3 -u");
+    assert!(exited.is_ok_and(|s| s.success()));
 }

@@ -33,6 +33,9 @@ struct Plan {
     threads: usize,
     log: Option<PathBuf>,
     pid_file: Option<PathBuf>,
+    /// The metrics endpoint, bound before daemonizing (a busy address is
+    /// reported on the terminal); the daemon inherits it.
+    metrics: Option<std::net::TcpListener>,
 }
 
 fn plan(args: &MountArgs) -> Result<Plan> {
@@ -102,6 +105,15 @@ fn plan(args: &MountArgs) -> Result<Plan> {
         Some(p) => Some(absolute(p)?),
         None => None,
     };
+    let metrics = match args.metrics.as_ref().or(opts.metrics.as_ref()) {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
+            Error::invalid(format!(
+                "cannot serve metrics at {addr}: {e}; give --metrics a free local HOST:PORT"
+            ))
+            .caused_by(e)
+        })?),
+        None => None,
+    };
     Ok(Plan {
         conf,
         mountpoint,
@@ -111,6 +123,7 @@ fn plan(args: &MountArgs) -> Result<Plan> {
         threads,
         log,
         pid_file,
+        metrics,
     })
 }
 
@@ -258,6 +271,23 @@ fn serve(plan: &Plan, ready: &mut Option<ReadyPipe>) -> Result<()> {
         )?)),
         None => None,
     };
+    let (_stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = &plan.metrics {
+        let listener = listener
+            .try_clone()
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(|l| {
+                let _in_rt = rt.enter();
+                tokio::net::TcpListener::from_std(l)
+            })?;
+        rt.spawn(pstorage_rpc::metrics::serve(
+            listener,
+            render_metrics(cache.clone()),
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ));
+    }
     let mut fs = FsConfig {
         direct_io: plan.opts.direct_io,
         ..FsConfig::default()
@@ -310,6 +340,51 @@ fn serve(plan: &Plan, ready: &mut Option<ReadyPipe>) -> Result<()> {
     }
     rt.shutdown_timeout(Duration::from_secs(5));
     served
+}
+
+/// What `pstorage-mount --metrics` answers: the FUSE requests by operation,
+/// the SDK's calls to the MDS and the chunk servers, and the read cache.
+fn render_metrics(cache: Option<Arc<ReadCache>>) -> pstorage_rpc::metrics::Render {
+    Arc::new(move || {
+        let mut m = pstorage_rpc::metrics::MetricsText::new();
+        super::fs::FUSE_REQUESTS.render_into(&mut m);
+        pstorage_rpc::call_metrics::CLIENT_CS.render_into(&mut m);
+        pstorage_rpc::call_metrics::CLIENT_MDS.render_into(&mut m);
+        if let Some(c) = &cache {
+            let s = c.stats();
+            for (name, help, value) in [
+                ("hits", "Reads served from the read cache.", s.hits),
+                (
+                    "misses",
+                    "Random reads the read cache did not hold.",
+                    s.misses,
+                ),
+                (
+                    "sequential",
+                    "Sequential reads that bypassed the read cache.",
+                    s.sequential,
+                ),
+                (
+                    "admitted",
+                    "Blocks written into the read cache.",
+                    s.admitted,
+                ),
+                (
+                    "corrupt",
+                    "Cached blocks that failed their check (dropped).",
+                    s.corrupt,
+                ),
+                (
+                    "invalidated",
+                    "Cached blocks dropped by writes, truncates and leases.",
+                    s.invalidated,
+                ),
+            ] {
+                m.counter(&format!("pstorage_mount_cache_{name}_total"), help, value);
+            }
+        }
+        Box::pin(std::future::ready(m.render()))
+    })
 }
 
 #[cfg(test)]

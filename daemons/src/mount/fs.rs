@@ -25,6 +25,7 @@ use fuser::{
 };
 use pstorage_core::error::{Error, ErrorKind};
 use pstorage_core::types::InodeKind;
+use pstorage_rpc::call_metrics::CallMetrics;
 use tokio::runtime::Handle;
 
 use super::ops::{Attr, FsOps, Opened};
@@ -120,6 +121,17 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
     out
 }
 
+/// The FUSE requests this mount served, by operation, and how long each
+/// took from its arrival to its reply (`pstorage-mount --metrics`).
+pub static FUSE_REQUESTS: std::sync::LazyLock<CallMetrics> = std::sync::LazyLock::new(|| {
+    CallMetrics::new(
+        "pstorage_fuse_request_seconds",
+        "FUSE requests served, by operation, and how long they took to answer.",
+        "pstorage_fuse_requests_in_flight",
+        "FUSE requests being served.",
+    )
+});
+
 impl PstorageFs {
     /// The adapter over `ops`, whose operations run on `rt`.
     pub fn new(ops: Arc<FsOps>, rt: Handle) -> PstorageFs {
@@ -131,12 +143,17 @@ impl PstorageFs {
         &self.ops
     }
 
-    /// Runs `fut` on the runtime; the future sends the reply.
-    fn spawn<F>(&self, fut: F)
+    /// Runs `fut`, FUSE operation `op`, on the runtime; the future sends
+    /// the reply. Timed from here to the reply ([`FUSE_REQUESTS`]).
+    fn spawn<F>(&self, op: &'static str, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(fut);
+        let timer = FUSE_REQUESTS.start(op);
+        self.rt.spawn(async move {
+            fut.await;
+            drop(timer);
+        });
     }
 }
 
@@ -166,7 +183,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("lookup", async move {
             match ops.lookup(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(report("lookup", &e)),
@@ -180,7 +197,7 @@ impl Filesystem for PstorageFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("getattr", async move {
             match ops.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&ops.config().attr_ttl, &file_attr(&attr)),
                 Err(e) => reply.error(report("getattr", &e)),
@@ -207,7 +224,7 @@ impl Filesystem for PstorageFs {
         reply: ReplyAttr,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("setattr", async move {
             match ops.setattr(ino.0, fh.map(|f| f.0), size).await {
                 Ok(attr) => reply.attr(&ops.config().attr_ttl, &file_attr(&attr)),
                 Err(e) => reply.error(report("setattr", &e)),
@@ -240,7 +257,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("mknod", async move {
             match ops.mknod(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(report("mknod", &e)),
@@ -262,7 +279,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("mkdir", async move {
             match ops.mkdir(parent.0, &name).await {
                 Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(report("mkdir", &e)),
@@ -276,7 +293,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("unlink", async move {
             match ops.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("unlink", &e)),
@@ -290,7 +307,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("rmdir", async move {
             match ops.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("rmdir", &e)),
@@ -325,7 +342,7 @@ impl Filesystem for PstorageFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("rename", async move {
             match ops
                 .rename(parent.0, &from, newparent.0, &to, flags.bits())
                 .await
@@ -350,7 +367,7 @@ impl Filesystem for PstorageFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("open", async move {
             match ops.open(ino.0, flags.0).await {
                 Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
                 Err(e) => reply.error(report("open", &e)),
@@ -370,7 +387,7 @@ impl Filesystem for PstorageFs {
         reply: ReplyData,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("read", async move {
             match ops.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(report("read", &e)),
@@ -393,7 +410,7 @@ impl Filesystem for PstorageFs {
         let ops = self.ops.clone();
         // The request buffer is fuser's: one copy to own it.
         let data = Bytes::copy_from_slice(data);
-        self.spawn(async move {
+        self.spawn("write", async move {
             match ops.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(report("write", &e)),
@@ -427,7 +444,7 @@ impl Filesystem for PstorageFs {
         reply: ReplyEmpty,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("release", async move {
             match ops.release(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("release", &e)),
@@ -444,7 +461,7 @@ impl Filesystem for PstorageFs {
         reply: ReplyEmpty,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("fsync", async move {
             match ops.fsync(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(report("fsync", &e)),
@@ -454,7 +471,7 @@ impl Filesystem for PstorageFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("opendir", async move {
             match ops.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(report("opendir", &e)),
@@ -513,7 +530,7 @@ impl Filesystem for PstorageFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("statfs", async move {
             match ops.statfs().await {
                 Ok(s) => reply.statfs(
                     s.blocks,
@@ -545,7 +562,7 @@ impl Filesystem for PstorageFs {
             Err(e) => return reply.error(e),
         };
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("create", async move {
             match ops.create(parent.0, &name, flags).await {
                 Ok((attr, o)) => reply.created(
                     &ops.config().attr_ttl,
@@ -570,7 +587,7 @@ impl Filesystem for PstorageFs {
         reply: ReplyEmpty,
     ) {
         let ops = self.ops.clone();
-        self.spawn(async move {
+        self.spawn("fallocate", async move {
             match ops.fallocate(fh.0, offset, length, mode).await {
                 Ok(()) => reply.ok(),
                 Err(e) if e.kind() == ErrorKind::InvalidArgument => {

@@ -50,6 +50,9 @@ pub struct MountArgs {
     /// Write the serving process's pid here once the mount is ready.
     #[arg(long = "pid-file")]
     pub pid_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
     /// `[CLUSTER] MOUNTPOINT`: the cluster may come first (fstab / mount.fuse3
     /// style) instead of -c.
     #[arg(required = true, num_args = 1..=2, value_name = "[CLUSTER] MOUNTPOINT")]
@@ -81,6 +84,8 @@ pub struct MountOpts {
     pub attr_timeout: Option<Duration>,
     /// `log=PATH`: the daemon's log file.
     pub log: Option<PathBuf>,
+    /// `metrics=ADDR:PORT`: where to serve Prometheus metrics.
+    pub metrics: Option<String>,
 }
 
 /// Parses `-o` lists (comma separated, repeatable) into [`MountOpts`].
@@ -152,6 +157,7 @@ pub fn parse_mount_options(lists: &[String]) -> Result<MountOpts> {
                 o.attr_timeout = Some(Duration::from_secs_f64(s));
             }
             "log" => o.log = Some(PathBuf::from(need(key, value)?)),
+            "metrics" => o.metrics = Some(need(key, value)?.to_string()),
             other => {
                 return Err(Error::invalid(format!(
                     "unknown mount option {other:?}; see the README section \"Mounting (pstorage-mount)\""
@@ -173,7 +179,7 @@ mod tests {
 
     #[test]
     fn fstab_options_parse() {
-        let o = opts("defaults,_netdev,nofail,ro,noatime,allow_other,conf_dir=/c,cache_file=/ssd/c,cache_size=1G,threads=4,direct_io,attr_timeout=0.5,x-systemd.automount").unwrap();
+        let o = opts("defaults,_netdev,nofail,ro,noatime,allow_other,conf_dir=/c,cache_file=/ssd/c,cache_size=1G,threads=4,direct_io,attr_timeout=0.5,metrics=127.0.0.1:9101,x-systemd.automount").unwrap();
         assert_eq!(o.mount, vec![MountOption::RO, MountOption::NoAtime]);
         assert_eq!(o.acl, AclChoice::All);
         assert_eq!(o.conf_dir, Some(PathBuf::from("/c")));
@@ -182,6 +188,7 @@ mod tests {
         assert_eq!(o.threads, Some(4));
         assert!(o.direct_io);
         assert_eq!(o.attr_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(o.metrics.as_deref(), Some("127.0.0.1:9101"));
         let o = parse_mount_options(&["rw".into(), "allow_root,fsname=x".into()]).unwrap();
         assert_eq!(
             o.mount,
@@ -200,6 +207,7 @@ mod tests {
             "conf_dir",
             "conf_dir=",
             "attr_timeout=-1",
+            "metrics",
         ] {
             let e = opts(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");

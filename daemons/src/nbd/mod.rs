@@ -154,6 +154,8 @@ impl NbdMetrics {
             "NBD connections open.",
             self.connections.load(Ordering::Relaxed),
         );
+        pstorage_rpc::call_metrics::CLIENT_CS.render_into(&mut m);
+        pstorage_rpc::call_metrics::CLIENT_MDS.render_into(&mut m);
         m.render()
     }
 }

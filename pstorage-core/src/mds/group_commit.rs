@@ -36,6 +36,25 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// A task is driving entries through the group.
     driving: bool,
+    /// Entries written, and the commands they carried (the metrics).
+    entries: u64,
+    commands: u64,
+}
+
+/// What the group commit and the read barriers of one MDS did since it
+/// started (its metrics endpoint).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Raft entries the group commit wrote (whatever their outcome).
+    pub entries: u64,
+    /// Commands those entries carried: `commands / entries` is the batching.
+    pub commands: u64,
+    /// Commands waiting for the next entry right now (the queue depth).
+    pub waiting: u64,
+    /// Read barrier rounds run, each serving every read that waited.
+    pub barrier_rounds: u64,
+    /// Reads waiting for the next barrier round right now.
+    pub barrier_waiting: u64,
 }
 
 /// The proposals of one MDS.
@@ -45,6 +64,18 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
+    /// Entries and commands so far, and commands waiting (the other
+    /// fields of [`CommitStats`] are the barriers').
+    pub(super) fn stats(&self) -> CommitStats {
+        let queue = self.queue.lock();
+        CommitStats {
+            entries: queue.entries,
+            commands: queue.commands,
+            waiting: queue.waiting.len() as u64,
+            ..CommitStats::default()
+        }
+    }
+
     /// Proposes `cmd` with whatever else is waiting and returns its own
     /// outcome. `timeout`: how long the proposer waits for it, and an
     /// entry for its commit (`TimedOut` then: the command may still take
@@ -101,6 +132,8 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
                 return;
             }
             let n = queue.waiting.len().min(MAX_BATCH);
+            queue.entries += 1;
+            queue.commands += n as u64;
             queue.waiting.drain(..n).collect()
         };
         let (cmds, replies): (Vec<Command>, Vec<_>) =
@@ -137,10 +170,14 @@ pub(super) struct ReadBarriers {
 }
 
 impl ReadBarriers {
-    /// Rounds run so far (tests).
-    #[cfg(test)]
+    /// Rounds run so far.
     pub(super) fn rounds(&self) -> u64 {
         self.queue.lock().rounds
+    }
+
+    /// Reads waiting for the next round.
+    pub(super) fn waiting(&self) -> u64 {
+        self.queue.lock().waiting.len() as u64
     }
 }
 

@@ -8,6 +8,7 @@ mod chunk_maps;
 mod format;
 mod group;
 mod group_commit;
+pub use group_commit::CommitStats;
 mod healing;
 mod leader_time;
 mod metadata;

@@ -180,6 +180,16 @@ impl MdsService {
         self
     }
 
+    /// What this MDS's group commit and read barriers did since it started
+    /// (nothing unless it led the group meanwhile).
+    pub fn commit_stats(&self) -> super::group_commit::CommitStats {
+        super::group_commit::CommitStats {
+            barrier_rounds: self.barriers.rounds(),
+            barrier_waiting: self.barriers.waiting(),
+            ..self.proposals.stats()
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &MdsConfig {
         &self.config

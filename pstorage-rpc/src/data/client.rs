@@ -356,6 +356,7 @@ fn into_result(response: Response) -> Result<Bytes, ReplicaError> {
 #[async_trait]
 impl ChunkService for DataClient {
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
+        let _timer = crate::call_metrics::CLIENT_CS.start("write");
         let frame = wire::encode_write(&request).map_err(ReplicaError::local)?;
         let response = self
             .call(frame, Expect::Empty)
@@ -376,6 +377,7 @@ impl ChunkService for DataClient {
                 "read of {len} bytes from chunk {chunk:#x} exceeds the limit of {MAX_IO_SIZE} bytes per request; split it"
             )));
         }
+        let _timer = crate::call_metrics::CLIENT_CS.start("read");
         let response = self
             .call(
                 wire::encode_read(chunk, version, offset, len),
@@ -387,6 +389,7 @@ impl ChunkService for DataClient {
     }
 
     async fn flush(&self, chunk: ChunkId, version: MapVersion) -> Result<()> {
+        let _timer = crate::call_metrics::CLIENT_CS.start("flush");
         let response = self
             .call(wire::encode_flush(chunk, version), Expect::Empty)
             .await?;
@@ -407,6 +410,7 @@ impl ChunkService for DataClient {
                  larger ranges"
             )));
         };
+        let _timer = crate::call_metrics::CLIENT_CS.start("block_crcs");
         let response = self
             .call(
                 wire::encode_block_crcs(chunk, version, offset, len),

@@ -116,6 +116,13 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
 }
 
 async fn handle(service: &dyn ChunkService, id: u64, request: Request) -> OutFrame {
+    let op = match &request {
+        Request::Write(_) => "write",
+        Request::Read { .. } => "read",
+        Request::Flush { .. } => "flush",
+        Request::BlockCrcs { .. } => "block_crcs",
+    };
+    let _timer = crate::call_metrics::SERVED_CS.start(op);
     match request {
         Request::Write(req) => match service.write(req).await {
             Ok(()) => wire::encode_ok(id, Bytes::new()),

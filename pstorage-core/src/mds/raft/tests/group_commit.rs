@@ -42,6 +42,11 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
         );
     }
     assert_eq!(mds.readdir("/").await.unwrap().len(), 40);
+    // The metrics count what the log shows below.
+    let stats = mds.commit_stats();
+    assert!(stats.commands >= 80, "{stats:?}");
+    assert!(stats.entries < stats.commands, "{stats:?}");
+    assert_eq!(stats.waiting, 0, "{stats:?}");
 
     // They shared entries: fewer entries than commands, one of several.
     net.unregister(MdsId(1));
@@ -94,6 +99,9 @@ async fn concurrent_reads_share_read_barrier_rounds() {
         assert_eq!(stat.unwrap().kind, crate::types::InodeKind::Dir);
     }
     let rounds = mds.barriers.rounds() - before;
+    let stats = mds.commit_stats();
+    assert_eq!(stats.barrier_rounds, mds.barriers.rounds());
+    assert_eq!(stats.barrier_waiting, 0);
     assert!(
         (1..50).contains(&rounds),
         "50 concurrent reads took {rounds} barrier rounds"
