@@ -11,7 +11,9 @@
 # runner drops them); PERF=FILE records `perf record -a -g` for 8 s in
 # the middle of the job; WINDOWS=1 prints the windows.
 # JOB=randread runs the standard 4 KiB random read job instead (after the
-# same sequential write and cache drop: cold reads first).
+# same sequential write and cache drop: cold reads first). RUNTIME=120
+# runs the job for 120 s instead of the standard 15 (the steady state, with
+# the writeback of three replicas and the journal's trims competing).
 # Compare builds by alternating runs of this script with BIN pointing at
 # each (or CS_ARGS, e.g. "--threads 2"); the CPU figure includes
 # everything on the machine, perf included.
@@ -30,6 +32,11 @@ cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 t0=$(cpu_ticks)
 job=${JOB:-randwrite}
 case $job in randwrite) dir_key=write ;; randread) dir_key=read ;; *) echo "JOB: randwrite or randread" >&2; exit 2 ;; esac
+if [ -n "${RUNTIME:-}" ]; then
+  # A section's own runtime= wins over the command line's: a copy says it.
+  sed "s/^runtime=.*/runtime=$RUNTIME/" "$jobs" >"$dir/jobs.fio"
+  jobs=$dir/jobs.fio
+fi
 fio --section="$job" --output-format=json --output="$dir/rw.json" \
   --write_lat_log="$dir/rw" "$jobs" >/dev/null &
 fio_pid=$!

@@ -336,14 +336,27 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
         let (service, raft) = (service.clone(), raft.clone());
         async move {
             let mut m = MetricsText::new();
-            let (term, last_log, applied, leader) = {
+            let (term, last_log, applied, leader, snapshot, matched) = {
                 let r = raft.metrics();
                 let r = r.borrow();
+                let matched: Vec<(Labels, i64)> = r
+                    .replication
+                    .iter()
+                    .flatten()
+                    .map(|(follower, log)| {
+                        (
+                            label("mds", &follower.0.to_string()),
+                            gauge_of(log.map_or(0, |l| l.index)),
+                        )
+                    })
+                    .collect();
                 (
                     r.current_term,
                     r.last_log_index.unwrap_or(0),
                     r.last_applied.map_or(0, |l| l.index),
                     r.current_leader,
+                    r.snapshot.map_or(0, |l| l.index),
+                    matched,
                 )
             };
             m.gauge("pstorage_mds_id", "This MDS's id.", gauge_of(id.0));
@@ -361,6 +374,18 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                 "pstorage_mds_raft_applied_index",
                 "Index of the last applied entry.",
                 gauge_of(applied),
+            );
+            m.gauge(
+                "pstorage_mds_raft_snapshot_index",
+                "Index of the last entry in this MDS's snapshot.",
+                gauge_of(snapshot),
+            );
+            // On the leader: how far each member's log matches its own
+            // (last_log_index minus this is a member's lag).
+            m.gauges(
+                "pstorage_mds_raft_matched_index",
+                "On the leader: the last log index each member is known to hold.",
+                &matched,
             );
             m.gauge(
                 "pstorage_mds_is_leader",

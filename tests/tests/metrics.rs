@@ -178,6 +178,10 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
         );
     }
     assert!(
+        value(&mds, "pstorage_mds_raft_snapshot_index").is_some(),
+        "{mds}"
+    );
+    assert!(
         value(&mds, "pstorage_mds_commit_commands_total")
             >= value(&mds, "pstorage_mds_commit_entries_total"),
         "{mds}"

@@ -306,6 +306,10 @@ struct State {
     /// Set when a write or sync of the journal failed: nothing after that
     /// can be trusted to be durable, so every later call fails.
     failed: Option<String>,
+    /// The buffer appends encode their records into, kept between them (a
+    /// record is at most [`MAX_RECORD_BLOCKS`] blocks and a page): an
+    /// append allocated and grew one per record.
+    scratch: Vec<u8>,
 }
 
 /// A decoded superblock slot.
@@ -534,6 +538,7 @@ impl Journal {
                 },
                 generation: sb.generation,
                 failed: None,
+                scratch: Vec::new(),
             }),
             space: Condvar::new(),
             sync_lock: Mutex::new(()),
@@ -724,9 +729,11 @@ impl Journal {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(records.len());
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut state.scratch);
         for r in records {
             let len = record_len(r.kind, r.blocks);
+            buf.clear();
+            buf.reserve((len + PAGE) as usize);
             if self.ring - state.head < len {
                 let waste = self.ring - state.head;
                 if waste >= SECTOR {
@@ -770,6 +777,7 @@ impl Journal {
             state.head += len;
             state.total += len;
         }
+        state.scratch = buf;
         Ok(Some(out))
     }
 
