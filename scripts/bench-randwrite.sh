@@ -13,7 +13,9 @@
 # JOB=randread runs the standard 4 KiB random read job instead (after the
 # same sequential write and cache drop: cold reads first). RUNTIME=120
 # runs the job for 120 s instead of the standard 15 (the steady state, with
-# the writeback of three replicas and the journal's trims competing).
+# the writeback of three replicas and the journal's trims competing); QD=1
+# at queue depth 1 instead of 16 (latency). LOCAL=1 also runs the job on
+# the local disk under the cluster (libaio, O_DIRECT), for the ratio.
 # Compare builds by alternating runs of this script with BIN pointing at
 # each (or CS_ARGS, e.g. "--threads 2"); the CPU figure includes
 # everything on the machine, perf included.
@@ -29,14 +31,30 @@ if [ -z "${KEEP_CACHES:-}" ]; then
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || echo "cannot drop caches (not root)" >&2
 fi
 cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
-t0=$(cpu_ticks)
 job=${JOB:-randwrite}
 case $job in randwrite) dir_key=write ;; randread) dir_key=read ;; *) echo "JOB: randwrite or randread" >&2; exit 2 ;; esac
-if [ -n "${RUNTIME:-}" ]; then
-  # A section's own runtime= wins over the command line's: a copy says it.
-  sed "s/^runtime=.*/runtime=$RUNTIME/" "$jobs" >"$dir/jobs.fio"
+if [ -n "${RUNTIME:-}${QD:-}" ]; then
+  # A section's own options win over the command line's: a copy says them.
+  sed -e "s/^runtime=.*/runtime=${RUNTIME:-15}/" -e "s/^iodepth=.*/iodepth=${QD:-16}/" \
+    "$jobs" >"$dir/jobs.fio"
   jobs=$dir/jobs.fio
 fi
+if [ -n "${LOCAL:-}" ]; then
+  mkdir -p "$dir/local"
+  ENGINE=libaio TARGET="filename=$dir/local/fio.dat" DIRECT=1 \
+    fio --section=seqwrite --output-format=json --output="$dir/lseq.json" "$jobs" >/dev/null
+  ENGINE=libaio TARGET="filename=$dir/local/fio.dat" DIRECT=1 \
+    fio --section="$job" --output-format=json --output="$dir/local.json" "$jobs" >/dev/null
+  python3 - "$dir/local.json" "$job" "$dir_key" <<'PY'
+import json, sys
+x = json.load(open(sys.argv[1]))["jobs"][0][sys.argv[3]]
+p = x["clat_ns"].get("percentile", {})
+print(f'{"local-disk":<12} {sys.argv[2]} {x["iops"]:7.0f} IOPS  p50 {p["50.000000"]/1e3:6.0f}  '
+      f'p99 {p["99.000000"]/1e3:6.0f}  p99.9 {p["99.900000"]/1e3:6.0f}  mean {x["clat_ns"]["mean"]/1e3:6.0f} us')
+PY
+  rm -f "$dir/local/fio.dat"
+fi
+t0=$(cpu_ticks)
 fio --section="$job" --output-format=json --output="$dir/rw.json" \
   --write_lat_log="$dir/rw" "$jobs" >/dev/null &
 fio_pid=$!
