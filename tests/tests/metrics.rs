@@ -52,6 +52,13 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Each of `series` is in `text` with a value of at least 1.
+fn counted_at_least_once(text: &str, series: &[&str]) {
+    for s in series {
+        assert!(value(text, s).is_some_and(|n| n >= 1.0), "{s}: {text}");
+    }
+}
+
 /// `promtool check metrics` accepts `text`.
 fn promtool_accepts(text: &str) {
     let mut child = Command::new("promtool")
@@ -146,17 +153,15 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
     );
     assert_eq!(value(&nbd, "pstorage_nbd_errors_total"), Some(0.0), "{nbd}");
     // The SDK inside nbd-serve: its data-path requests and MDS calls.
-    for series in [
-        "pstorage_client_cs_request_seconds_count{op=\"write\"}",
-        "pstorage_client_cs_request_seconds_count{op=\"read\"}",
-        "pstorage_client_cs_request_seconds_count{op=\"flush\"}",
-        "pstorage_client_mds_request_seconds_count{op=\"open\"}",
-    ] {
-        assert!(
-            value(&nbd, series).is_some_and(|n| n >= 1.0),
-            "{series}: {nbd}"
-        );
-    }
+    counted_at_least_once(
+        &nbd,
+        &[
+            "pstorage_client_cs_request_seconds_count{op=\"write\"}",
+            "pstorage_client_cs_request_seconds_count{op=\"read\"}",
+            "pstorage_client_cs_request_seconds_count{op=\"flush\"}",
+            "pstorage_client_mds_request_seconds_count{op=\"open\"}",
+        ],
+    );
     assert_eq!(
         value(&nbd, "pstorage_client_cs_requests_in_flight"),
         Some(0.0),
@@ -167,16 +172,14 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
     // commands through its group commit.
     let mds = scrape(&mds_metrics).expect("the MDS answers /metrics");
     promtool_accepts(&mds);
-    for series in [
-        "pstorage_mds_request_seconds_count{op=\"open\"}",
-        "pstorage_mds_request_seconds_count{op=\"chunk_map\"}",
-        "pstorage_mds_commit_entries_total",
-    ] {
-        assert!(
-            value(&mds, series).is_some_and(|n| n >= 1.0),
-            "{series}: {mds}"
-        );
-    }
+    counted_at_least_once(
+        &mds,
+        &[
+            "pstorage_mds_request_seconds_count{op=\"open\"}",
+            "pstorage_mds_request_seconds_count{op=\"chunk_map\"}",
+            "pstorage_mds_commit_entries_total",
+        ],
+    );
     assert!(
         value(&mds, "pstorage_mds_raft_snapshot_index").is_some(),
         "{mds}"
@@ -330,18 +333,16 @@ fn the_mount_serves_metrics_and_refuses_a_busy_address() {
         .status();
     let exited = child.wait();
     promtool_accepts(&text);
-    for series in [
-        "pstorage_fuse_request_seconds_count{op=\"create\"}",
-        "pstorage_fuse_request_seconds_count{op=\"write\"}",
-        "pstorage_fuse_request_seconds_count{op=\"lookup\"}",
-        "pstorage_client_cs_request_seconds_count{op=\"write\"}",
-        "pstorage_client_mds_request_seconds_count{op=\"open\"}",
-    ] {
-        assert!(
-            value(&text, series).is_some_and(|n| n >= 1.0),
-            "{series}: {text}"
-        );
-    }
+    counted_at_least_once(
+        &text,
+        &[
+            "pstorage_fuse_request_seconds_count{op=\"create\"}",
+            "pstorage_fuse_request_seconds_count{op=\"write\"}",
+            "pstorage_fuse_request_seconds_count{op=\"lookup\"}",
+            "pstorage_client_cs_request_seconds_count{op=\"write\"}",
+            "pstorage_client_mds_request_seconds_count{op=\"open\"}",
+        ],
+    );
     assert!(
         value(&text, "pstorage_mount_cache_hits_total").is_some(),
         "{text}"
