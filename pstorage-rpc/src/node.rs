@@ -845,30 +845,14 @@ fn apply_env_overrides(config: &mut MdsConfig) {
     }
 }
 
-/// Runs the CS in `dir` until `shutdown` resolves.
-///
-/// The session with the MDS group (registration, heartbeats, self-fencing,
-/// following the group, corrupt replica reports) is
-/// [`pstorage_core::chunk::session`]; this wires it to the network. The
-/// MDSes it dials are `bs.list` merged with the members it learned, saved
-/// in `<dir>/mds.list` so that it restarts even when every MDS of its
-/// `bs.list` is gone. Before it registers (and so before it serves),
-/// chunks written but not flushed when the CS last stopped uncleanly are
-/// verified. At `shutdown` every written replica is flushed, so the next
-/// start has nothing to verify. Scrubbing defaults to
-/// [`ScrubParams::default`]; `PSTORAGE_SCRUB_PERIOD_MS` and
-/// `PSTORAGE_SCRUB_RATE` (bytes/s, 0 = unlimited) override it (tests,
-/// tuning). `PSTORAGE_CS_FENCE_MS` and `PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS`
-/// override the session's self-fence and heartbeat deadline (otherwise the
-/// cluster's `cs.fence_tout` and `cs.hb_tout` apply).
 /// Threads a chunk server's runtime runs its requests on by default
 /// (`pstorage-csd --threads`): one. A CS serves one disk, and its small
 /// reads and writes run inline on the runtime's threads (the page cache),
 /// so what costs is handing requests between threads: on a 2-core host,
 /// one thread per CS measured 18% more 4 KiB random writes through three
-/// replicas, at 25% less CPU per write, than one per core. Reads that
-/// would wait for the disk, big writes and syncs go to tokio's blocking
-/// pool whatever the count.
+/// replicas, at 25% less CPU per write, than one per core. Reads and
+/// writes over 64 KiB, syncs and the other store calls go to tokio's
+/// blocking pool whatever the count.
 pub const CS_DEFAULT_THREADS: usize = 1;
 
 /// The runtime of a chunk server with `threads` request threads (at least
@@ -892,7 +876,22 @@ pub async fn run_cs(dir: &Path, shutdown: impl std::future::Future<Output = ()>)
     run_cs_with(dir, RunOptions::default(), shutdown).await
 }
 
-/// Runs the chunk server of directory `dir` until `shutdown` resolves.
+/// Runs the CS in `dir` until `shutdown` resolves.
+///
+/// The session with the MDS group (registration, heartbeats, self-fencing,
+/// following the group, corrupt replica reports) is
+/// [`pstorage_core::chunk::session`]; this wires it to the network. The
+/// MDSes it dials are `bs.list` merged with the members it learned, saved
+/// in `<dir>/mds.list` so that it restarts even when every MDS of its
+/// `bs.list` is gone. Before it registers (and so before it serves),
+/// chunks written but not flushed when the CS last stopped uncleanly are
+/// verified. At `shutdown` every written replica is flushed, so the next
+/// start has nothing to verify. Scrubbing defaults to
+/// [`ScrubParams::default`]; `PSTORAGE_SCRUB_PERIOD_MS` and
+/// `PSTORAGE_SCRUB_RATE` (bytes/s, 0 = unlimited) override it (tests,
+/// tuning). `PSTORAGE_CS_FENCE_MS` and `PSTORAGE_CS_HEARTBEAT_TIMEOUT_MS`
+/// override the session's self-fence and heartbeat deadline (otherwise the
+/// cluster's `cs.fence_tout` and `cs.hb_tout` apply).
 pub async fn run_cs_with(
     dir: &Path,
     options: RunOptions,
