@@ -13,6 +13,7 @@
 //! others). A proposer that stops waiting does not withdraw its command:
 //! as with a single write handed to openraft, it may still take effect.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,6 +180,46 @@ impl ReadBarriers {
     pub(super) fn waiting(&self) -> u64 {
         self.queue.lock().waiting.len() as u64
     }
+
+    /// Returns once a barrier round that started after this call has
+    /// confirmed this MDS's leadership and applied everything committed
+    /// before it (its error otherwise).
+    pub(super) async fn wait(&self, raft: &MdsRaft) -> Result<()> {
+        let raft = raft.clone();
+        self.wait_for(move || {
+            let raft = raft.clone();
+            async move {
+                raft.ensure_linearizable()
+                    .await
+                    .map(|_| ())
+                    .map_err(super::service::raft_read_error)
+            }
+        })
+        .await
+    }
+
+    /// [`wait`](Self::wait) with the round's work given: `barrier` runs
+    /// once per round (the rounds of this call's driver, if it starts one).
+    async fn wait_for<B, F>(&self, barrier: B) -> Result<()>
+    where
+        B: Fn() -> F + Send + 'static,
+        F: Future<Output = Result<()>> + Send + 'static,
+    {
+        let (done, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue.lock();
+            queue.waiting.push(done);
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start {
+            tokio::spawn(rounds(Arc::clone(&self.queue), barrier));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::unavailable(
+                "the MDS stopped before its read barrier finished: retry",
+            ))
+        })
+    }
 }
 
 #[derive(Default)]
@@ -190,31 +231,12 @@ struct BarrierQueue {
     rounds: u64,
 }
 
-impl ReadBarriers {
-    /// Returns once a barrier round that started after this call has
-    /// confirmed this MDS's leadership and applied everything committed
-    /// before it (its error otherwise).
-    pub(super) async fn wait(&self, raft: &MdsRaft) -> Result<()> {
-        let (done, answer) = oneshot::channel();
-        let start = {
-            let mut queue = self.queue.lock();
-            queue.waiting.push(done);
-            !std::mem::replace(&mut queue.running, true)
-        };
-        if start {
-            let (queue, raft) = (Arc::clone(&self.queue), raft.clone());
-            tokio::spawn(rounds(queue, raft));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::unavailable(
-                "the MDS stopped before its read barrier finished: retry",
-            ))
-        })
-    }
-}
-
 /// Runs barrier rounds until no reader waits.
-async fn rounds(queue: Arc<Mutex<BarrierQueue>>, raft: MdsRaft) {
+async fn rounds<B, F>(queue: Arc<Mutex<BarrierQueue>>, barrier: B)
+where
+    B: Fn() -> F,
+    F: Future<Output = Result<()>>,
+{
     loop {
         let waiting = {
             let mut queue = queue.lock();
@@ -226,13 +248,67 @@ async fn rounds(queue: Arc<Mutex<BarrierQueue>>, raft: MdsRaft) {
             std::mem::take(&mut queue.waiting)
         };
         // Starts after every one of them arrived.
-        let result = raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(super::service::raft_read_error);
+        let result = barrier().await;
         for done in waiting {
             let _ = done.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// Waits until `cond` holds, yielding to the other tasks.
+    async fn until(cond: impl Fn() -> bool) {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The rule the sharing rests on (linearizable reads): a reader that
+    /// arrives while a round is in flight is not answered by that round,
+    /// which may have confirmed the leadership before the reader's write
+    /// was acknowledged; it waits for the next round.
+    #[tokio::test]
+    async fn a_read_arriving_during_a_round_waits_for_the_next_one() {
+        let barriers = Arc::new(ReadBarriers::default());
+        let started = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(Semaphore::new(0));
+        let read = |barriers: &Arc<ReadBarriers>| {
+            let (barriers, started, release) = (barriers.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                barriers
+                    .wait_for(move || {
+                        let (started, release) = (started.clone(), release.clone());
+                        async move {
+                            started.fetch_add(1, Ordering::SeqCst);
+                            release.acquire().await.expect("open").forget();
+                            Ok(())
+                        }
+                    })
+                    .await
+            })
+        };
+        let first = read(&barriers);
+        until(|| started.load(Ordering::SeqCst) == 1).await;
+        let second = read(&barriers);
+        until(|| barriers.waiting() == 1).await;
+
+        release.add_permits(1);
+        first.await.unwrap().unwrap();
+        // Either the next round starts for it, or (the bug) it was
+        // answered already.
+        until(|| started.load(Ordering::SeqCst) == 2 || second.is_finished()).await;
+        assert!(
+            !second.is_finished(),
+            "answered by a round that started before it"
+        );
+        release.add_permits(1);
+        second.await.unwrap().unwrap();
+        assert_eq!(barriers.rounds(), 2);
+        assert_eq!(barriers.waiting(), 0);
     }
 }
