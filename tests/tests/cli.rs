@@ -120,7 +120,12 @@ fn chunk_servers_run_on_more_threads_and_refuse_a_bad_count() {
         let why = String::from_utf8_lossy(&out.stderr);
         assert!(why.contains("--threads must be within 1..64"), "{why}");
     }
-    let mut cluster = TestCluster::start(ClusterOptions::default());
+    // The defaults: 256 MiB chunks, default heartbeats.
+    let mut cluster = TestCluster::start(ClusterOptions {
+        chunk_size: 256 << 20,
+        env: Vec::new(),
+        ..ClusterOptions::default()
+    });
     for i in 0..3 {
         cluster.stop_cs(i);
         cluster.start_cs_with(i, &["--threads", "2"]);
