@@ -87,7 +87,7 @@ const GRACEFUL_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Worker threads of each MDS's runtime (the daemon's runtime has one per
 /// core; two keep a 7-node cluster at a few dozen threads). A chunk server
-/// runs on `node::cs_runtime`, as the daemon does.
+/// runs on `node::runtime`, as the daemon does.
 const NODE_WORKER_THREADS: usize = 2;
 
 /// How often the `wait_*` methods ask the MDS group for its status.
@@ -384,9 +384,9 @@ fn join_node(thread: JoinHandle<Result<()>>) -> Result<()> {
 /// of its own until asked to stop, then drops the runtime, which ends every
 /// task the node started (a kill ends them where they are).
 fn run_node(kind: Kind, name: &str, dir: &Path, stop: watch::Receiver<Option<Stop>>) -> Result<()> {
-    // A chunk server runs on the daemon's runtime (`node::cs_runtime`).
+    // A chunk server runs on the daemon's runtime (`node::runtime`).
     let runtime = match kind {
-        Kind::Cs => node::cs_runtime(node::CS_DEFAULT_THREADS, name)?,
+        Kind::Cs => node::runtime(node::CS_DEFAULT_THREADS, name)?,
         Kind::Mds => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(NODE_WORKER_THREADS)
             .thread_name(name)

@@ -855,10 +855,17 @@ fn apply_env_overrides(config: &mut MdsConfig) {
 /// blocking pool whatever the count.
 pub const CS_DEFAULT_THREADS: usize = 1;
 
-/// The runtime of a chunk server with `threads` request threads (at least
-/// 1): a current-thread runtime for 1, else a multi-thread one. Its
-/// threads (and the blocking pool's) are named `name`.
-pub fn cs_runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
+/// Threads `pstorage nbd-serve` serves its exports on by default
+/// (`--threads`): one, for the same reason as a chunk server's. Measured on
+/// a 2-core host through three replicas, against a runtime with a worker
+/// per core: 15% more 4 KiB random reads at 20% less CPU per read, and 5%
+/// more random writes.
+pub const NBD_DEFAULT_THREADS: usize = 1;
+
+/// The runtime of a daemon with `threads` request threads (at least 1): a
+/// current-thread runtime for 1, else a multi-thread one. Its threads (and
+/// the blocking pool's) are named `name`.
+pub fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

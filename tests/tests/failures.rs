@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
+use pstorage_core::client::first_replica_to_read;
 use pstorage_core::types::CsId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,8 +153,10 @@ async fn flipped_byte_is_served_from_another_replica_and_repaired_in_place() {
     let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
     let before = mds.file_chunks("/flip.bin").await.unwrap();
     // Flip one byte of chunk 1 in every replica's file on ONE chunk server,
-    // namely the one listed first (the one most likely to be read).
-    let victim = before[1].replicas[0].cs;
+    // namely the one that reads of that block ask first.
+    let bad_offset = 2 * CHUNK - 5000;
+    let first = first_replica_to_read(1, bad_offset - CHUNK, before[1].replicas.len());
+    let victim = before[1].replicas[first].cs;
     let victim_dir = cluster
         .cs_dirs
         .iter()
@@ -165,11 +168,9 @@ async fn flipped_byte_is_served_from_another_replica_and_repaired_in_place() {
         .join(format!("{:016x}.chunk", before[1].chunk));
     flip_byte(&chunk_file, 5000);
 
-    // Every read returns the right data, whichever replica it tries first;
-    // the client rotates over replicas, so a few reads of the damaged block
-    // reach the bad copy.
+    // Every read returns the right data, and the reads of the damaged block
+    // reach the bad copy first.
     assert_eq!(read_all(&client, "/flip.bin").await, data);
-    let bad_offset = 2 * CHUNK - 5000;
     let file = client
         .open("/flip.bin", LeaseMode::Read, OpenFlags::default())
         .await

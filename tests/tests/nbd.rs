@@ -228,6 +228,48 @@ fn qemu_img_qemu_io_and_nbdinfo() {
     assert!(std::fs::read(&got).unwrap() == data);
 }
 
+/// `nbd-serve --threads` outside 1..64 is refused before anything starts
+/// (exit 2); on a multi-thread runtime (`--threads 2`) it serves several
+/// connections at once like the default's one thread. At the defaults:
+/// 256 MiB chunks, default heartbeats.
+#[test]
+fn nbd_serve_runs_on_more_threads_and_refuses_a_bad_count() {
+    for bad in ["0", "65"] {
+        let out = Command::new(pstorage_tests::bin_dir().join("pstorage"))
+            .args(["nbd-serve", "--threads", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains("not in 1..=64"), "{why}");
+    }
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_size: 256 << 20,
+        env: Vec::new(),
+        ..ClusterOptions::default()
+    });
+    cluster.cli_ok(&["truncate", "-s", "48M", "/t.img"]);
+    let server = NbdServer::start(&cluster, "nbd-threads.log", &["--threads", "2"]);
+    let dir = cluster.dir.path();
+    let src = dir.join("src.img");
+    write_image(&src, 48 << 20, 5);
+    let uri = server.uri("/t.img");
+    // nbdcopy: four connections, many requests in flight on each.
+    ok(
+        &server,
+        "nbdcopy",
+        &["--flush", "--connections=4", src.to_str().unwrap(), &uri],
+    );
+    let out = dir.join("out.img");
+    ok(
+        &server,
+        "nbdcopy",
+        &["--connections=4", &uri, out.to_str().unwrap()],
+    );
+    files_equal(&src, &out);
+    assert!(!server.log_text().contains("panicked"));
+}
+
 #[test]
 fn nbdcopy_one_gib_and_fio_verify() {
     let cluster = TestCluster::start(big_chunks());

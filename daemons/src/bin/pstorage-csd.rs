@@ -24,7 +24,7 @@ fn main() {
         eprintln!("pstorage-csd: --threads must be within 1..64");
         std::process::exit(2);
     }
-    let result = pstorage_rpc::node::cs_runtime(args.threads, "pstorage-csd").and_then(|rt| {
+    let result = pstorage_rpc::node::runtime(args.threads, "pstorage-csd").and_then(|rt| {
         rt.block_on(async {
             let stop = pstorage_daemons::cli::termination();
             let options = pstorage_rpc::node::RunOptions {

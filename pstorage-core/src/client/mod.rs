@@ -39,7 +39,7 @@ use crate::types::{
     OpenFlags, Stat, MAX_IO_SIZE,
 };
 
-pub use file::File;
+pub use file::{first_replica_to_read, File, READ_STRIPE};
 pub use verify::{ProblemKind, VerifyProblem, VerifyReport};
 
 /// Tunables of a [`Client`].

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fakes::{FakeCluster, FakeMds};
-use super::file::split_io;
+use super::file::{first_replica_to_read, split_io, READ_STRIPE};
 use super::*;
 use crate::types::{FailureReason, Replicas, MAX_FILE_SIZE, MIN_CHUNK_SIZE};
 
@@ -92,6 +92,59 @@ fn io_is_split_at_chunk_boundaries_and_piece_size() {
     assert_eq!(pieces.len(), 3);
     assert!(pieces.iter().all(|p| p.index == 0 && p.len == CHUNK));
     assert!(split_io(5, 0, CHUNK, CHUNK).is_empty());
+}
+
+#[test]
+fn a_block_is_read_from_one_replica_and_the_stripes_turn_over_them() {
+    assert_eq!(first_replica_to_read(7, 0, 0), 0);
+    for count in 1..=5usize {
+        for index in 0..10u64 {
+            let first = first_replica_to_read(index, 0, count);
+            assert!(first < count);
+            // Anywhere inside a stripe: the same replica, every time.
+            assert_eq!(
+                first_replica_to_read(index, READ_STRIPE - 4096, count),
+                first
+            );
+            assert_eq!(first_replica_to_read(index, 0, count), first);
+            // Successive stripes go to each replica in turn.
+            let seen: std::collections::BTreeSet<usize> = (0..count as u64)
+                .map(|s| first_replica_to_read(index, s * READ_STRIPE + 512, count))
+                .collect();
+            assert_eq!(seen.len(), count, "count {count}, chunk {index}");
+            // Chunks start on different replicas.
+            assert_eq!(
+                first_replica_to_read(index + 1, 0, count),
+                (first + 1) % count
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn repeated_reads_of_a_block_go_to_one_chunk_server() {
+    let env = env();
+    let file = create(&env, "/a").await;
+    file.write_at(0, &pattern(CHUNK as usize, 3)).await.unwrap();
+    file.flush().await.unwrap();
+    let reads = |env: &Env| -> Vec<u64> {
+        (1..=4)
+            .map(|id| env.cluster.cs(CsId(id)).with(|s| s.reads))
+            .collect()
+    };
+    let before = reads(&env);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..6 {
+        file.read_at(8192, &mut buf).await.unwrap();
+    }
+    let after = reads(&env);
+    let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(served.iter().sum::<u64>(), 6, "{served:?}");
+    assert_eq!(
+        served.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one replica serves a block's reads: {served:?}"
+    );
 }
 
 #[tokio::test]
@@ -236,19 +289,23 @@ async fn corrupt_replica_on_read_is_served_by_another_and_left_to_its_server() {
     let file = create(&env, "/c").await;
     let data = pattern(8192, 5);
     file.write_at(0, &data).await.unwrap();
-    env.cluster.cs(CsId(2)).with(|s| s.corrupt = true);
-    // Reads rotate over replicas, so some of them try CS 2 first.
+    // The replica these reads ask first has it bad.
+    let map = env.mds.map("/c", 0).unwrap();
+    let bad = map.replicas[first_replica_to_read(0, 0, map.replicas.len())].cs;
+    env.cluster.cs(bad).with(|s| s.corrupt = true);
+    let asked = env.cluster.cs(bad).with(|s| s.reads);
     for _ in 0..6 {
         let mut back = vec![0u8; data.len()];
         file.read_at(0, &mut back).await.unwrap();
         assert_eq!(back, data);
     }
+    assert_eq!(env.cluster.cs(bad).with(|s| s.reads), asked + 6);
     // The chunk server repairs its own bad blocks: no report drops it.
     assert!(env.mds.with(|s| s.reports.is_empty()));
     assert!(env
         .mds
         .map("/c", 0)
-        .is_some_and(|m| m.replicas.iter().any(|r| r.cs == CsId(2))));
+        .is_some_and(|m| m.replicas.iter().any(|r| r.cs == bad)));
 }
 
 #[tokio::test]
