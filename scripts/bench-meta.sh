@@ -4,7 +4,9 @@
 # run: `pstorage bench --metadata` (create, stat, rename, unlink through the
 # SDK with CLIENTS clients of FILES files each), then, unless NO_MOUNT is
 # set, empty-file creates through `pstorage-mount` by CLIENTS processes
-# (FILES each) against the same on the local directory.
+# (FILES each) against the same on the local directory. After the SDK
+# passes it prints, from each MDS's metrics, the mean time the calls it
+# served took inside it and the commands per Raft entry (the batching).
 #   scripts/bench-meta.sh [LABEL]
 # Environment: BIN (default target/release, built if missing), MDS_COUNT
 # (1 or 3, default 1), CLIENTS (8), FILES (1000), BENCH_DIR, BENCH_CLI (the
@@ -45,7 +47,8 @@ for i in $(seq 1 "$mds_count"); do
   else
     "$bin/pstorage" -c $name make-mds -a 127.0.0.1:$port -r "$dir/mds$i" >/dev/null
   fi
-  "$bin/pstorage-mdsd" -r "$dir/mds$i" >"$dir/mds$i.log" 2>&1 &
+  metrics_port[$i]=$(free_port)
+  "$bin/pstorage-mdsd" -r "$dir/mds$i" --metrics 127.0.0.1:${metrics_port[$i]} >"$dir/mds$i.log" 2>&1 &
   pids+=($!)
   wait_port "$port"
 done
@@ -61,6 +64,25 @@ done
 echo "== $label: $mds_count MDS(es), $clients clients x $files files (SDK)"
 mkdir -p "$dir/local"
 "${BENCH_CLI:-$bin/pstorage}" -c $name bench --metadata --clients "$clients" --files "$files" --local-dir "$dir/local"
+# Where the time goes: the mean time each kind of call took inside the
+# leader (from its metrics; the bench's figures include the network and
+# the client), and how many commands shared a Raft entry.
+for i in $(seq 1 "$mds_count"); do
+  curl -s "http://127.0.0.1:${metrics_port[$i]}/metrics" | python3 -c "
+import re, sys
+sums, counts, stats = {}, {}, {}
+for line in sys.stdin:
+    m = re.match(r'pstorage_mds_request_seconds_(sum|count)\{op=\"(\w+)\"\} (\S+)', line)
+    if m:
+        (sums if m[1] == 'sum' else counts)[m[2]] = float(m[3])
+    m = re.match(r'pstorage_mds_commit_(entries|commands)_total (\S+)', line)
+    if m:
+        stats[m[1]] = float(m[2])
+if stats.get('entries'):
+    ops = ', '.join(f'{op} {sums[op] / counts[op] * 1e6:.0f} us' for op in sorted(counts) if counts[op] >= 100)
+    print(f'mds$i (served): mean {ops}; {stats[\"commands\"] / stats[\"entries\"]:.1f} commands per Raft entry')
+"
+done
 [ -n "${NO_MOUNT:-}" ] && exit 0
 
 # Creates through the mount: CLIENTS processes, FILES empty files each.

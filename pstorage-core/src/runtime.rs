@@ -102,6 +102,21 @@ where
     })
 }
 
+/// Starts blocking work (disk I/O) on tokio's blocking pool without waiting
+/// for it, or runs it inline now when [`set_inline_blocking`] asked for
+/// that on this thread (the simulator: its schedules stay the same as with
+/// [`run_blocking`]). The work reports its own failures.
+pub fn start_blocking<F>(f: F)
+where
+    F: FnOnce() + Send + 'static,
+{
+    if INLINE_BLOCKING.with(|flag| flag.get()) {
+        f();
+        return;
+    }
+    drop(tokio::task::spawn_blocking(f));
+}
+
 /// openraft's runtime for the MDS group: tokio, with election timeouts and
 /// other random choices drawn from [`ThreadRng`] (so a seeded simulator
 /// elects the same leaders in every run).

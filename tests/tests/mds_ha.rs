@@ -324,12 +324,20 @@ async fn a_frozen_leader_cannot_commit_and_states_agree() {
     for i in 0..3 {
         cluster.kill_mds_at(i);
     }
+    // Each member records the committed log id behind its commit path,
+    // so after kill -9 one may record an older one: compare the states at
+    // the highest index any of them recorded as committed.
+    use pstorage_core::mds::raft::RaftStorage;
+    let top = cluster
+        .mds_dirs
+        .iter()
+        .map(|d| RaftStorage::committed_state(d.join("mds.redb")).unwrap().0)
+        .max()
+        .unwrap();
     let states: Vec<_> = cluster
         .mds_dirs
         .iter()
-        .map(|d| {
-            pstorage_core::mds::raft::RaftStorage::committed_state(d.join("mds.redb")).unwrap()
-        })
+        .map(|d| RaftStorage::state_at(d.join("mds.redb"), top).unwrap())
         .collect();
     assert_eq!(states[0], states[1]);
     assert_eq!(states[1], states[2]);

@@ -13,6 +13,7 @@
 //! openraft re-applies the committed entries after it (the committed log
 //! id is persisted too, so that happens at once on start).
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -554,19 +555,47 @@ impl RaftStorage {
     /// The state this store holds as committed, with its log index: the
     /// snapshot plus every committed log entry after it, applied in order
     /// (offline inspection: tests compare the members of a stopped group).
+    /// The committed log id it records is written behind the commit path,
+    /// so after a crash it may be older than what the group committed:
+    /// compare members with [`RaftStorage::state_at`] at the highest.
     pub fn committed_state(path: impl AsRef<Path>) -> Result<(u64, MdsState)> {
         let storage = RaftStorage::open(path)?;
-        let mut state = storage.initial_state()?;
-        let from = storage.snapshot_log_id().map(|l| l.index + 1).unwrap_or(0);
         let committed = storage
             .db
             .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?
             .flatten()
             .map(|l| l.index);
-        let Some(committed) = committed else {
-            return Ok((from.saturating_sub(1), state));
+        storage.replay(committed)
+    }
+
+    /// The state of a stopped store at log index `index`: the snapshot
+    /// plus the log entries after it up to `index`, applied in order
+    /// (offline inspection: an index the group committed, which this
+    /// member's record of the committed id may not have reached).
+    /// `InvalidArgument` if the log does not hold every entry up to it.
+    pub fn state_at(path: impl AsRef<Path>, index: u64) -> Result<MdsState> {
+        let storage = RaftStorage::open(path)?;
+        let (at, state) = storage.replay(Some(index))?;
+        if at != index {
+            return Err(Error::invalid(format!(
+                "{}: the log ends at index {at}, before {index}",
+                storage.db.path.display()
+            )));
+        }
+        Ok(state)
+    }
+
+    /// The snapshot's state plus the entries after it up to `upto`, and
+    /// the index of the last one applied.
+    fn replay(&self, upto: Option<u64>) -> Result<(u64, MdsState)> {
+        let mut state = self.initial_state()?;
+        let from = self.snapshot_log_id().map(|l| l.index + 1).unwrap_or(0);
+        let mut last = from.saturating_sub(1);
+        let Some(upto) = upto.filter(|&upto| upto >= from) else {
+            return Ok((last, state));
         };
-        for entry in storage.db.read_entries(from..=committed)? {
+        for entry in self.db.read_entries(from..=upto)? {
+            last = entry.log_id.index;
             if let openraft::EntryPayload::Normal(request) = entry.payload {
                 for cmd in request.cmds {
                     // A refused command changes nothing, as when it was applied.
@@ -574,7 +603,7 @@ impl RaftStorage {
                 }
             }
         }
-        Ok((committed, state))
+        Ok((last, state))
     }
 
     /// A handle that tells when every part of this storage handed to
@@ -600,7 +629,12 @@ impl RaftStorage {
             membership,
             has_state: self.snapshot.is_some(),
         };
-        (RaftLogStore { db: self.db }, sm)
+        let log = RaftLogStore {
+            db: self.db,
+            committed_written: Arc::new(Mutex::new(None)),
+            committed_saved: None,
+        };
+        (log, sm)
     }
 }
 
@@ -647,11 +681,18 @@ impl fmt::Debug for RaftDisk {
     }
 }
 
-/// openraft's log storage (and log reader) of one MDS: entries, vote,
-/// committed and purged log ids, each durable before it is reported.
+/// openraft's log storage (and log reader) of one MDS: entries, vote and
+/// purged log id, each durable before it is reported; the committed log id
+/// is written behind the commit path ([`RaftLogStorage::save_committed`]).
 #[derive(Clone)]
 pub struct RaftLogStore {
     db: Arc<Db>,
+    /// The newest committed log id written so far (writes run behind the
+    /// commit path and must not take it back).
+    committed_written: Arc<Mutex<Option<LogId<MdsId>>>>,
+    /// The committed log id openraft last saved (it reads back this one,
+    /// written or not).
+    committed_saved: Option<Option<LogId<MdsId>>>,
 }
 
 impl fmt::Debug for RaftLogStore {
@@ -716,14 +757,31 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
         // apply at once what it can find committed anyway, and one lost
         // with a crash is an older one, covering entries that were durable
         // before it. It becomes durable with the next log append.
-        blocking(&self.db, move |db| {
-            db.write_meta_with(COMMITTED_KEY, &committed, redb::Durability::None)
-        })
-        .await
-        .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+        //
+        // Nor waited for: openraft applies the entries only after this
+        // returns, and the write (a thread hand-off and a redb transaction)
+        // took ~20% of every metadata operation's time at the leader. The
+        // writes go one at a time and never replace a newer id.
+        self.committed_saved = Some(committed);
+        let db = Arc::clone(&self.db);
+        let written = Arc::clone(&self.committed_written);
+        crate::runtime::start_blocking(move || {
+            let mut written = written.lock();
+            if committed <= *written {
+                return;
+            }
+            match db.write_meta_with(COMMITTED_KEY, &committed, redb::Durability::None) {
+                Ok(()) => *written = committed,
+                Err(e) => tracing::warn!(error = %e, "cannot record the committed log id"),
+            }
+        });
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<MdsId>>> {
+        if let Some(saved) = self.committed_saved {
+            return Ok(saved);
+        }
         self.db
             .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")
             .map(Option::flatten)
