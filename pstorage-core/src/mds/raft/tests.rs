@@ -842,6 +842,53 @@ fn newer_or_garbled_records_are_refused_clearly() {
     assert!(err.message().contains("log entry 5"), "{err}");
 }
 
+/// `save_committed` returns before its write (openraft applies only after
+/// it returns): openraft reads back what it saved at once, the writes never
+/// put an older id over a newer one, and the newest one is on disk once
+/// the store is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_id_is_read_back_at_once_and_written_behind_never_backwards() {
+    use openraft::storage::RaftLogStorage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    let storage = RaftStorage::create_empty(&path).unwrap();
+    let closed = storage.closed();
+    let host = TestHost::new(storage.initial_state().unwrap());
+    let (mut log, sm) = storage.into_parts(host);
+    let id = |index| {
+        Some(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(2, MdsId(1)),
+            index,
+        ))
+    };
+    for index in 1..=200 {
+        log.save_committed(id(index)).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), id(index));
+    }
+    // An older id saved after a newer one (openraft only moves it forward)
+    // is not written over the newer.
+    log.save_committed(id(100)).await.unwrap();
+    drop((log, sm));
+    assert!(closed.wait(TIMEOUT).await);
+    let storage = RaftStorage::open(&path).unwrap();
+    let host = TestHost::new(storage.initial_state().unwrap());
+    let (mut log, _sm) = storage.into_parts(host);
+    assert_eq!(log.read_committed().await.unwrap(), id(200));
+}
+
+/// `state_at` replays a stopped store's log up to a committed index, and
+/// refuses one past its log.
+#[test]
+fn state_at_replays_up_to_an_index_and_refuses_one_past_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mds.redb");
+    std::fs::write(&path, include_bytes!("../golden/mds_format5.redb")).unwrap();
+    let (index, state) = RaftStorage::committed_state(&path).unwrap();
+    assert_eq!(RaftStorage::state_at(&path, index).unwrap(), state);
+    let err = RaftStorage::state_at(&path, index + 1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+}
+
 #[tokio::test]
 async fn a_garbled_snapshot_is_not_installed() {
     let dir = tempfile::tempdir().unwrap();
