@@ -631,7 +631,7 @@ impl RaftStorage {
         };
         let log = RaftLogStore {
             db: self.db,
-            committed_written: Arc::new(Mutex::new(None)),
+            committed_writes: Arc::default(),
             committed_saved: None,
         };
         (log, sm)
@@ -687,12 +687,49 @@ impl fmt::Debug for RaftDisk {
 #[derive(Clone)]
 pub struct RaftLogStore {
     db: Arc<Db>,
-    /// The newest committed log id written so far (writes run behind the
-    /// commit path and must not take it back).
-    committed_written: Arc<Mutex<Option<LogId<MdsId>>>>,
+    /// The committed log id's writes, behind the commit path.
+    committed_writes: Arc<Mutex<CommittedWrites>>,
     /// The committed log id openraft last saved (it reads back this one,
     /// written or not).
     committed_saved: Option<Option<LogId<MdsId>>>,
+}
+
+/// The committed log id's writes behind the commit path: at most one
+/// writer at a time, which writes the newest id saved until it has written
+/// it, so a slow disk holds one blocking thread, not one per commit round,
+/// and an older id never replaces a newer one.
+#[derive(Default)]
+struct CommittedWrites {
+    /// The newest id openraft saved.
+    wanted: Option<LogId<MdsId>>,
+    /// The newest id written.
+    written: Option<LogId<MdsId>>,
+    /// A writer is running.
+    writing: bool,
+}
+
+/// The writer of [`CommittedWrites`]: writes the newest wanted id until
+/// the written one has caught up. A failed write ends it (the next save
+/// starts another); the id is recorded again with the next one.
+fn write_committed(db: &Db, writes: &Mutex<CommittedWrites>) {
+    loop {
+        let id = {
+            let mut w = writes.lock();
+            if w.wanted <= w.written {
+                w.writing = false;
+                return;
+            }
+            w.wanted
+        };
+        match db.write_meta_with(COMMITTED_KEY, &id, redb::Durability::None) {
+            Ok(()) => writes.lock().written = id,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the committed log id");
+                writes.lock().writing = false;
+                return;
+            }
+        }
+    }
 }
 
 impl fmt::Debug for RaftLogStore {
@@ -760,21 +797,21 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
         //
         // Nor waited for: openraft applies the entries only after this
         // returns, and the write (a thread hand-off and a redb transaction)
-        // took ~20% of every metadata operation's time at the leader. The
-        // writes go one at a time and never replace a newer id.
+        // took ~20% of every metadata operation's time at the leader. One
+        // writer at a time writes the newest id ([`CommittedWrites`]).
         self.committed_saved = Some(committed);
-        let db = Arc::clone(&self.db);
-        let written = Arc::clone(&self.committed_written);
-        crate::runtime::start_blocking(move || {
-            let mut written = written.lock();
-            if committed <= *written {
-                return;
-            }
-            match db.write_meta_with(COMMITTED_KEY, &committed, redb::Durability::None) {
-                Ok(()) => *written = committed,
-                Err(e) => tracing::warn!(error = %e, "cannot record the committed log id"),
-            }
-        });
+        let start = {
+            let mut w = self.committed_writes.lock();
+            w.wanted = w.wanted.max(committed);
+            let start = !w.writing && w.wanted > w.written;
+            w.writing |= start;
+            start
+        };
+        if start {
+            let db = Arc::clone(&self.db);
+            let writes = Arc::clone(&self.committed_writes);
+            crate::runtime::start_blocking(move || write_committed(&db, &writes));
+        }
         Ok(())
     }
 
