@@ -33,11 +33,27 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 
 /**
  * Most buffers one `preadv`/`pwritev` takes, as POSIX `IOV_MAX` on Linux.
  */
 #define PSTORAGE_IOV_MAX 1024
+
+/**
+ * `pstorage_rename2` flag: fail with `-EEXIST` if `to` exists.
+ */
+#define PSTORAGE_RENAME_NOREPLACE 1
+
+/**
+ * `pstorage_rename2` flag: swap `from` and `to` atomically (both exist).
+ */
+#define PSTORAGE_RENAME_EXCHANGE 2
+
+/**
+ * `pstorage_chown`: leave the owner or the group as it is.
+ */
+#define PSTORAGE_OWNER_UNCHANGED UINT32_MAX
 
 /**
  * `pstorage_open` flag: a shared read lease (the default; value 0). Any
@@ -93,6 +109,31 @@
  * `pstorage_stat_t.kind` of a directory.
  */
 #define PSTORAGE_KIND_DIR 2
+
+/**
+ * `pstorage_stat_t.kind` of a symbolic link.
+ */
+#define PSTORAGE_KIND_SYMLINK 3
+
+/**
+ * `pstorage_stat_t.kind` of a FIFO.
+ */
+#define PSTORAGE_KIND_FIFO 4
+
+/**
+ * `pstorage_stat_t.kind` of a socket.
+ */
+#define PSTORAGE_KIND_SOCKET 5
+
+/**
+ * `pstorage_stat_t.kind` of a character device.
+ */
+#define PSTORAGE_KIND_CHAR_DEVICE 6
+
+/**
+ * `pstorage_stat_t.kind` of a block device.
+ */
+#define PSTORAGE_KIND_BLOCK_DEVICE 7
 
 /**
  * A connection to one cluster, from `pstorage_connect` or
@@ -155,7 +196,9 @@ typedef struct pstorage_stat_t {
      */
     uint64_t ino;
     /**
-     * `PSTORAGE_KIND_FILE` or `PSTORAGE_KIND_DIR`.
+     * `PSTORAGE_KIND_FILE`, `PSTORAGE_KIND_DIR`, `PSTORAGE_KIND_SYMLINK`,
+     * `PSTORAGE_KIND_FIFO`, `PSTORAGE_KIND_SOCKET`,
+     * `PSTORAGE_KIND_CHAR_DEVICE` or `PSTORAGE_KIND_BLOCK_DEVICE`.
      */
     uint32_t kind;
     /**
@@ -174,6 +217,50 @@ typedef struct pstorage_stat_t {
      * Replication and chunk size.
      */
     struct pstorage_attrs_t attrs;
+    /**
+     * Permission bits (07777; the kind is `kind`).
+     */
+    uint32_t mode;
+    /**
+     * Owner.
+     */
+    uint32_t uid;
+    /**
+     * Group.
+     */
+    uint32_t gid;
+    /**
+     * Names it has (a directory: 2 and one per subdirectory).
+     */
+    uint32_t nlink;
+    /**
+     * The device of a device node.
+     */
+    uint64_t rdev;
+    /**
+     * Access time: seconds since the Unix epoch (negative before it).
+     */
+    int64_t atime_sec;
+    /**
+     * Nanoseconds of `atime_sec`.
+     */
+    uint32_t atime_nsec;
+    /**
+     * Modification time: seconds since the Unix epoch.
+     */
+    int64_t mtime_sec;
+    /**
+     * Nanoseconds of `mtime_sec`.
+     */
+    uint32_t mtime_nsec;
+    /**
+     * Change time: seconds since the Unix epoch.
+     */
+    int64_t ctime_sec;
+    /**
+     * Nanoseconds of `ctime_sec`.
+     */
+    uint32_t ctime_nsec;
 } pstorage_stat_t;
 
 /**
@@ -877,6 +964,205 @@ int pstorage_fstat(struct pstorage_file_t *file,
  */
 int pstorage_get_size(struct pstorage_file_t *file,
                       uint64_t *size);
+
+/**
+ * Creates the symbolic link `path` pointing at `target` (any non-empty
+ * text; the cluster never follows it).
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or:
+ * - `-EINVAL`: NULL or malformed arguments;
+ * - `-EBADF`: `cluster` is not an open cluster handle;
+ * - `-EEXIST`: `path` exists;
+ * - `-ENOENT`: the parent of `path` is missing, or `target` is empty;
+ * - `-ENAMETOOLONG`: `target` is longer than 4095 bytes;
+ * - `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`: as `pstorage_mkdir`.
+ */
+int pstorage_symlink(struct pstorage_cluster_t *cluster,
+                     const char *target,
+                     const char *path);
+
+/**
+ * Copies the target of the symbolic link `path` into `buf` (`size` bytes,
+ * no NUL added, truncated to `size` as readlink(2) does).
+ *
+ * Ownership: the caller owns `buf`. Thread-safety: any thread. Blocking:
+ * yes (one MDS round trip).
+ *
+ * Returns the number of bytes copied, or:
+ * - `-EINVAL`: NULL arguments, `size` 0, `path` is not a symbolic link;
+ * - `-ENOENT`, `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`.
+ */
+ssize_t pstorage_readlink(struct pstorage_cluster_t *cluster,
+                          const char *path,
+                          char *buf,
+                          size_t size);
+
+/**
+ * Gives the node at `from` (not a directory) the further name `to`.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or:
+ * - `-EINVAL`: NULL or malformed paths;
+ * - `-EBADF`: `cluster` is not an open cluster handle;
+ * - `-EEXIST`: `to` exists;
+ * - `-ENOENT`: `from` or the parent of `to` does not exist;
+ * - `-EACCES`: `from` is a directory;
+ * - `-EMLINK`: `from` has the most names allowed;
+ * - `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`: as `pstorage_mkdir`.
+ */
+int pstorage_link(struct pstorage_cluster_t *cluster,
+                  const char *from,
+                  const char *to);
+
+/**
+ * Creates the node `path` as mknod(2) does: `mode` is `S_IFREG`,
+ * `S_IFIFO`, `S_IFSOCK`, `S_IFCHR` or `S_IFBLK` with the permission bits;
+ * `rdev` is a device's number.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or:
+ * - `-EINVAL`: NULL or malformed arguments, another file type in `mode`;
+ * - `-EEXIST`, `-ENOENT`, `-ENOTDIR`, `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`,
+ *   `-EIO`, `-EDEADLK`.
+ */
+int pstorage_mknod(struct pstorage_cluster_t *cluster,
+                   const char *path,
+                   uint32_t mode,
+                   uint64_t rdev);
+
+/**
+ * Sets the permission bits (07777) of `path`.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or `-EINVAL` (bits outside 07777, NULL arguments), `-ENOENT`,
+ * `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`.
+ */
+int pstorage_chmod(struct pstorage_cluster_t *cluster,
+                   const char *path,
+                   uint32_t mode);
+
+/**
+ * Sets the owner and/or group of `path` (`PSTORAGE_OWNER_UNCHANGED`
+ * leaves one as it is). Clears set-user-id (and set-group-id with group
+ * execute) of a non-directory, as Linux does.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or `-EINVAL`, `-ENOENT`, `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`,
+ * `-EIO`, `-EDEADLK`.
+ */
+int pstorage_chown(struct pstorage_cluster_t *cluster,
+                   const char *path,
+                   uint32_t uid,
+                   uint32_t gid);
+
+/**
+ * Sets the access and modification times of `path` as utimensat(2) does:
+ * `times[0]` is the access time, `times[1]` the modification time, each
+ * with `UTIME_NOW` or `UTIME_OMIT` in `tv_nsec`; NULL sets both to now.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or `-EINVAL` (a bad `tv_nsec`, NULL arguments), `-ENOENT`,
+ * `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`.
+ */
+int pstorage_utimens(struct pstorage_cluster_t *cluster,
+                     const char *path,
+                     const struct timespec *times);
+
+/**
+ * Renames `from` to `to` with renameat2(2)'s flags:
+ * `PSTORAGE_RENAME_NOREPLACE` fails with `-EEXIST` if `to` exists,
+ * `PSTORAGE_RENAME_EXCHANGE` swaps the two (both must exist); 0 is
+ * `pstorage_rename`.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or the errors of `pstorage_rename`, and `-EINVAL` for both
+ * flags or unknown ones.
+ */
+int pstorage_rename2(struct pstorage_cluster_t *cluster,
+                     const char *from,
+                     const char *to,
+                     uint32_t flags);
+
+/**
+ * Fills `*st` with the attributes of `path` without following a symbolic
+ * link (the cluster never follows one: `pstorage_stat` is the same call).
+ *
+ * Returns 0 or the errors of `pstorage_stat`.
+ */
+int pstorage_lstat(struct pstorage_cluster_t *cluster,
+                   const char *path,
+                   struct pstorage_stat_t *st);
+
+/**
+ * Copies the value of the extended attribute `name` of `path` into
+ * `value` (`size` bytes); with `size` 0, returns its length only.
+ *
+ * Ownership: the caller owns `value`. Thread-safety: any thread.
+ * Blocking: yes (one MDS round trip).
+ *
+ * Returns the value's length, or:
+ * - `-ENODATA`: no such attribute;
+ * - `-ERANGE`: it does not fit `size` bytes;
+ * - `-EOPNOTSUPP`: a name space other than `user.`, `trusted.`,
+ *   `security.`;
+ * - `-EINVAL`, `-ENOENT`, `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`,
+ *   `-EDEADLK`.
+ */
+ssize_t pstorage_getxattr(struct pstorage_cluster_t *cluster,
+                          const char *path,
+                          const char *name,
+                          void *value,
+                          size_t size);
+
+/**
+ * Copies the names of the extended attributes of `path` into `list`
+ * (`size` bytes), each followed by a NUL, as listxattr(2) does; with
+ * `size` 0, returns the length needed only.
+ *
+ * Returns that length, or `-ERANGE`, `-EINVAL`, `-ENOENT`, `-EBADF`,
+ * `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`.
+ */
+ssize_t pstorage_listxattr(struct pstorage_cluster_t *cluster,
+                           const char *path,
+                           char *list,
+                           size_t size);
+
+/**
+ * Sets the extended attribute `name` of `path` to `value` (`size` bytes)
+ * with setxattr(2)'s `flags`: `XATTR_CREATE` (fail with `-EEXIST` if it
+ * exists), `XATTR_REPLACE` (fail with `-ENODATA` if not), or 0.
+ *
+ * Thread-safety: any thread. Blocking: yes (one MDS round trip).
+ *
+ * Returns 0 or `-EEXIST`, `-ENODATA`, `-EOPNOTSUPP`, `-ENAMETOOLONG`,
+ * `-ENOSPC` (over 64 KiB, alone or with the node's other attributes),
+ * `-EINVAL`, `-ENOENT`, `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`,
+ * `-EDEADLK`.
+ */
+int pstorage_setxattr(struct pstorage_cluster_t *cluster,
+                      const char *path,
+                      const char *name,
+                      const void *value,
+                      size_t size,
+                      int flags);
+
+/**
+ * Removes the extended attribute `name` of `path`.
+ *
+ * Returns 0 or `-ENODATA` (not set), `-EOPNOTSUPP`, `-EINVAL`, `-ENOENT`,
+ * `-EBADF`, `-EAGAIN`, `-ETIMEDOUT`, `-EIO`, `-EDEADLK`.
+ */
+int pstorage_removexattr(struct pstorage_cluster_t *cluster,
+                         const char *path,
+                         const char *name);
 
 #ifdef __cplusplus
 }  // extern "C"

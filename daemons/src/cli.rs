@@ -656,7 +656,8 @@ async fn copy_out(file: &File, local: &str) -> Result<()> {
 
 async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
     let stat = client.stat(path).await?;
-    let entries = if stat.kind == InodeKind::Dir {
+    let is_dir = stat.kind == InodeKind::Dir;
+    let entries = if is_dir {
         client.readdir(path).await?
     } else {
         let name = Path::new(path)
@@ -667,18 +668,20 @@ async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
     };
     for e in entries {
         if long {
-            let kind = if e.stat.kind == InodeKind::Dir {
-                'd'
+            let target = if e.stat.kind == InodeKind::Symlink {
+                let link = if is_dir {
+                    format!("{}/{}", path.trim_end_matches('/'), e.name)
+                } else {
+                    path.to_string()
+                };
+                match client.readlink(&link).await {
+                    Ok(t) => format!(" -> {t}"),
+                    Err(_) => String::new(),
+                }
             } else {
-                '-'
+                String::new()
             };
-            println!(
-                "{kind} {:>5} {:>14} {:>13} {}",
-                e.stat.attrs.replicas.to_string(),
-                e.stat.size,
-                e.stat.mtime_ms / 1000,
-                e.name
-            );
+            println!("{}{target}", crate::format::format_ls_line(&e));
         } else {
             println!("{}", e.name);
         }

@@ -25,6 +25,58 @@ pub fn format_time_ms(ms: u64) -> String {
     )
 }
 
+/// `drwxr-sr-x`: the kind letter and the permission bits as `ls -l` shows
+/// them (set-id and sticky bits as `s`/`S` and `t`/`T`).
+pub fn format_mode(kind: pstorage_core::types::InodeKind, mode: u32) -> String {
+    let bit = |b: u32, c: char| if mode & b != 0 { c } else { '-' };
+    let special = |x: u32, s: u32, set: char| match (mode & x != 0, mode & s != 0) {
+        (true, true) => set,
+        (false, true) => set.to_ascii_uppercase(),
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    [
+        kind.ls_letter(),
+        bit(0o400, 'r'),
+        bit(0o200, 'w'),
+        special(0o100, 0o4000, 's'),
+        bit(0o040, 'r'),
+        bit(0o020, 'w'),
+        special(0o010, 0o2000, 's'),
+        bit(0o004, 'r'),
+        bit(0o002, 'w'),
+        special(0o001, 0o1000, 't'),
+    ]
+    .iter()
+    .collect()
+}
+
+/// One line of `pstorage ls -l`: mode, links, owner, group, replication,
+/// size (a device's numbers), the modification time (UTC, to the minute)
+/// and the name.
+pub fn format_ls_line(e: &pstorage_core::types::DirEntry) -> String {
+    use pstorage_core::types::InodeKind;
+    let st = &e.stat;
+    let size = match st.kind {
+        InodeKind::CharDevice | InodeKind::BlockDevice => {
+            format!("{}, {}", st.rdev >> 8 & 0xfff, st.rdev & 0xff)
+        }
+        _ => st.size.to_string(),
+    };
+    let time = format_time_ms(st.mtime.as_ms());
+    format!(
+        "{} {:>3} {:>5} {:>5} {:>5} {:>14} {} {}",
+        format_mode(st.kind, st.mode),
+        st.nlink,
+        st.uid,
+        st.gid,
+        st.attrs.replicas.to_string(),
+        size,
+        &time[..16],
+        e.name
+    )
+}
+
 /// The text of `pstorage stat` (and of each `top` screen).
 pub fn format_status(s: &pstorage_core::types::ClusterStatus) -> String {
     use std::fmt::Write as _;

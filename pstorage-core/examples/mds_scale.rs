@@ -15,7 +15,7 @@ use std::time::Instant;
 use pstorage_core::mds::placement::ServerView;
 use pstorage_core::mds::state::{ApplyOutcome, Command, MdsState};
 use pstorage_core::mds::store::MdsStore;
-use pstorage_core::types::{CsId, FileAttrs, LeaseId, LeaseMode, MapVersion, OpenFlags};
+use pstorage_core::types::{CsId, FileAttrs, LeaseId, LeaseMode, MapVersion, OpenFlags, Perms};
 
 #[path = "fleet/mod.rs"]
 mod fleet;
@@ -65,6 +65,7 @@ fn main() {
             let opened = apply(
                 &mut state,
                 Command::Open {
+                    perms: Perms::FILE,
                     path: format!("/vm-{:04}.img", n / CHUNKS_PER_FILE),
                     mode: LeaseMode::Write,
                     flags: OpenFlags {

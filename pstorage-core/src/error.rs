@@ -73,11 +73,20 @@ pub enum ErrorKind {
     /// the wire or in memory between two nodes (end-to-end checksums).
     /// Nothing was stored; the same request may succeed when sent again.
     Checksum = 19,
+    /// A name (or symbolic link target) is longer than allowed.
+    NameTooLong = 20,
+    /// The operation or attribute is not supported (an extended attribute
+    /// outside the stored name spaces).
+    NotSupported = 21,
+    /// The extended attribute does not exist.
+    NoData = 22,
+    /// A file would get more hard links than allowed.
+    TooManyLinks = 23,
 }
 
 impl ErrorKind {
     /// All kinds, in code order.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::NotADirectory,
@@ -97,6 +106,10 @@ impl ErrorKind {
         ErrorKind::BadHandle,
         ErrorKind::Internal,
         ErrorKind::Checksum,
+        ErrorKind::NameTooLong,
+        ErrorKind::NotSupported,
+        ErrorKind::NoData,
+        ErrorKind::TooManyLinks,
     ];
 
     /// The wire / ABI code of this kind.
@@ -135,6 +148,10 @@ impl ErrorKind {
             ErrorKind::BadHandle => libc::EBADF,
             ErrorKind::Internal => libc::EIO,
             ErrorKind::Checksum => libc::EIO,
+            ErrorKind::NameTooLong => libc::ENAMETOOLONG,
+            ErrorKind::NotSupported => libc::EOPNOTSUPP,
+            ErrorKind::NoData => libc::ENODATA,
+            ErrorKind::TooManyLinks => libc::EMLINK,
         }
     }
 
@@ -191,6 +208,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadHandle => "bad handle",
             ErrorKind::Internal => "internal error",
             ErrorKind::Checksum => "checksum mismatch in transit",
+            ErrorKind::NameTooLong => "name too long",
+            ErrorKind::NotSupported => "not supported",
+            ErrorKind::NoData => "no such attribute",
+            ErrorKind::TooManyLinks => "too many links",
         };
         f.write_str(s)
     }

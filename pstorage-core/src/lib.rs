@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod error;
 pub mod mds;
 pub mod membership;
+pub mod posix;
 pub mod runtime;
 pub mod traits;
 pub mod types;

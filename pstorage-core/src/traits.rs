@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use crate::checksums::CheckedBytes;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
 
 /// The metadata service as a client sees it (namespace, leases, chunk maps).
@@ -25,11 +25,26 @@ pub trait MetadataService: Send + Sync {
     ///
     /// `op` names the mutation for exactly-once execution (see
     /// [`OpTag`]); `None` executes every attempt (tests, tools).
+    ///
+    /// A file it creates gets [`Perms::FILE`]; [`Self::open_with`] gives
+    /// others.
     async fn open(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        op: Option<OpTag>,
+    ) -> Result<OpenReply> {
+        self.open_with(path, mode, flags, Perms::FILE, op).await
+    }
+    /// [`Self::open`]; a file it creates gets `perms` (a set-group-id
+    /// parent directory gives it its group).
+    async fn open_with(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        perms: Perms,
         op: Option<OpTag>,
     ) -> Result<OpenReply>;
     /// Extends a lease by its duration. `Stale` if it expired or was revoked.
@@ -38,14 +53,89 @@ pub trait MetadataService: Send + Sync {
     async fn close(&self, lease: LeaseId) -> Result<()>;
     /// Attributes of a file or directory.
     async fn stat(&self, path: &str) -> Result<Stat>;
-    /// Creates a directory (and missing parents when `parents`).
-    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat>;
+    /// Creates a directory (and missing parents when `parents`) with
+    /// [`Perms::DIR`].
+    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
+        self.mkdir_with(path, parents, Perms::DIR, op).await
+    }
+    /// [`Self::mkdir`] with `perms` (a set-group-id parent gives its group
+    /// and its set-group-id bit).
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        op: Option<OpTag>,
+    ) -> Result<Stat>;
     /// Lists a directory, sorted by name.
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>>;
-    /// Removes a file (no lease may be held on it) or an empty directory.
+    /// Removes a name: of a file (its last name only while no lease is
+    /// held on it), of any other node, or an empty directory.
     async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()>;
-    /// Renames a file or directory; replaces an existing file at `to`.
-    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()>;
+    /// Renames a node; replaces an existing node at `to` (a directory only
+    /// by an empty directory).
+    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+        self.rename_with(from, to, RenameFlags::default(), op).await
+    }
+    /// [`Self::rename`] with `renameat2`'s flags: `no_replace` refuses an
+    /// existing target (`AlreadyExists`), `exchange` swaps two existing
+    /// names atomically.
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        op: Option<OpTag>,
+    ) -> Result<()>;
+    /// Creates a node that is not a directory (an empty file, a symbolic
+    /// link, a FIFO, a socket, a device node) and returns its attributes.
+    /// `AlreadyExists` if the name is taken. The default refuses with
+    /// `NotSupported` (implementations without a POSIX namespace: fakes).
+    async fn make_node(&self, path: &str, node: NewNode, op: Option<OpTag>) -> Result<Stat> {
+        let _ = (node, op);
+        Err(not_posix(path))
+    }
+    /// Gives the node at `from` (not a directory: `PermissionDenied`)
+    /// another name `to` (a hard link) and returns its attributes.
+    async fn link(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<Stat> {
+        let _ = (to, op);
+        Err(not_posix(from))
+    }
+    /// The target of the symbolic link at `path` (`InvalidArgument` for
+    /// another kind of node).
+    async fn readlink(&self, path: &str) -> Result<String> {
+        Err(not_posix(path))
+    }
+    /// Changes the mode, owners or times of `path` (`chmod`, `chown`,
+    /// `utimensat`) and returns its attributes.
+    async fn set_stat(&self, path: &str, change: StatChange, op: Option<OpTag>) -> Result<Stat> {
+        let _ = (change, op);
+        Err(not_posix(path))
+    }
+    /// The value of an extended attribute (`NoData` if it is not set).
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        let _ = name;
+        Err(not_posix(path))
+    }
+    /// The names of the extended attributes of `path`, sorted.
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        Err(not_posix(path))
+    }
+    /// Sets (`value` given) or removes (`None`; `NoData` if it is not set)
+    /// an extended attribute. Names: `user.*`, `trusted.*`, `security.*`
+    /// (`NotSupported` otherwise); values up to [`MAX_XATTR_VALUE`] bytes,
+    /// [`MAX_XATTR_BYTES_PER_NODE`] in all per node (`NoSpace` beyond).
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        let _ = (name, value, how, op);
+        Err(not_posix(path))
+    }
     /// Changes attributes of `path` (and everything below it when `recursive`).
     /// Only future chunks use a changed chunk size.
     async fn set_attr(
@@ -116,6 +206,15 @@ pub trait MetadataService: Send + Sync {
             "chunk server {cs}: this metadata service does not keep chunk server placement"
         )))
     }
+}
+
+/// The refusal of a POSIX namespace operation by an implementation that
+/// keeps only files and directories.
+fn not_posix(path: &str) -> Error {
+    Error::new(
+        ErrorKind::NotSupported,
+        format!("{path}: this metadata service keeps only files and directories"),
+    )
 }
 
 /// Membership of the MDS group (the Raft members), for `make-mds`,

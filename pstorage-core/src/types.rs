@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::posix::*;
 
 /// Declares an id newtype: a `Copy` wrapper of its number that serializes
 /// as the bare number (`#[serde(transparent)]`, so the persisted formats and
@@ -522,13 +523,63 @@ pub fn validate_chunk_size(n: u64) -> Result<u64> {
     Ok(n)
 }
 
-/// File or directory.
+/// What a node of the namespace is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InodeKind {
     /// A regular file.
     File,
     /// A directory.
     Dir,
+    /// A symbolic link (store format 9 on).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket's name.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+impl InodeKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            InodeKind::File => 0o100000,
+            InodeKind::Dir => 0o040000,
+            InodeKind::Symlink => 0o120000,
+            InodeKind::Fifo => 0o010000,
+            InodeKind::Socket => 0o140000,
+            InodeKind::CharDevice => 0o020000,
+            InodeKind::BlockDevice => 0o060000,
+        }
+    }
+
+    /// The kind a node made from `spec` has.
+    pub fn of_spec(spec: &NodeSpec) -> InodeKind {
+        match spec {
+            NodeSpec::File => InodeKind::File,
+            NodeSpec::Symlink { .. } => InodeKind::Symlink,
+            NodeSpec::Fifo => InodeKind::Fifo,
+            NodeSpec::Socket => InodeKind::Socket,
+            NodeSpec::CharDevice { .. } => InodeKind::CharDevice,
+            NodeSpec::BlockDevice { .. } => InodeKind::BlockDevice,
+        }
+    }
+
+    /// The letter `ls -l` shows for it.
+    pub fn ls_letter(self) -> char {
+        match self {
+            InodeKind::File => '-',
+            InodeKind::Dir => 'd',
+            InodeKind::Symlink => 'l',
+            InodeKind::Fifo => 'p',
+            InodeKind::Socket => 's',
+            InodeKind::CharDevice => 'c',
+            InodeKind::BlockDevice => 'b',
+        }
+    }
 }
 
 /// What `stat` returns.
@@ -536,16 +587,37 @@ pub enum InodeKind {
 pub struct Stat {
     /// The inode.
     pub ino: InodeId,
-    /// File or directory.
+    /// What it is.
     pub kind: InodeKind,
-    /// File size in bytes (0 for directories).
+    /// File size in bytes (0 for directories; a symbolic link's target
+    /// length).
     pub size: u64,
-    /// Modification time, milliseconds since the Unix epoch.
-    pub mtime_ms: u64,
-    /// Change (or creation) time, milliseconds since the Unix epoch.
-    pub ctime_ms: u64,
+    /// Permission bits ([`PERMISSION_BITS`]; [`InodeKind::mode_bits`]
+    /// gives the kind's).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Names it has (a directory: 2 and one per subdirectory).
+    pub nlink: u32,
+    /// The device of a device node (0 otherwise).
+    pub rdev: u64,
+    /// Last access (as far as the cluster records reads).
+    pub atime: Timestamp,
+    /// Last modification of its data (a directory: of its entries).
+    pub mtime: Timestamp,
+    /// Last change of its data or attributes.
+    pub ctime: Timestamp,
     /// Its replication and placement attributes.
     pub attrs: FileAttrs,
+}
+
+impl Stat {
+    /// `st_mode`: the kind's bits and the permission bits.
+    pub fn st_mode(&self) -> u32 {
+        self.kind.mode_bits() | self.mode
+    }
 }
 
 /// One directory entry.

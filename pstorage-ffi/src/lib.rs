@@ -24,6 +24,7 @@ mod cluster;
 mod error;
 mod file;
 mod handles;
+mod posix;
 mod types;
 
 pub use aio::*;

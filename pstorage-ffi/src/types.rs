@@ -87,6 +87,16 @@ pub struct pstorage_verify_result_t {
 pub const PSTORAGE_KIND_FILE: u32 = 1;
 /// `pstorage_stat_t.kind` of a directory.
 pub const PSTORAGE_KIND_DIR: u32 = 2;
+/// `pstorage_stat_t.kind` of a symbolic link.
+pub const PSTORAGE_KIND_SYMLINK: u32 = 3;
+/// `pstorage_stat_t.kind` of a FIFO.
+pub const PSTORAGE_KIND_FIFO: u32 = 4;
+/// `pstorage_stat_t.kind` of a socket.
+pub const PSTORAGE_KIND_SOCKET: u32 = 5;
+/// `pstorage_stat_t.kind` of a character device.
+pub const PSTORAGE_KIND_CHAR_DEVICE: u32 = 6;
+/// `pstorage_stat_t.kind` of a block device.
+pub const PSTORAGE_KIND_BLOCK_DEVICE: u32 = 7;
 
 /// The attributes of a file or directory, inherited from the parent on create.
 #[repr(C)]
@@ -106,7 +116,9 @@ pub struct pstorage_attrs_t {
 pub struct pstorage_stat_t {
     /// The inode number, unique in the cluster.
     pub ino: u64,
-    /// `PSTORAGE_KIND_FILE` or `PSTORAGE_KIND_DIR`.
+    /// `PSTORAGE_KIND_FILE`, `PSTORAGE_KIND_DIR`, `PSTORAGE_KIND_SYMLINK`,
+    /// `PSTORAGE_KIND_FIFO`, `PSTORAGE_KIND_SOCKET`,
+    /// `PSTORAGE_KIND_CHAR_DEVICE` or `PSTORAGE_KIND_BLOCK_DEVICE`.
     pub kind: u32,
     /// File size in bytes (0 for directories).
     pub size: u64,
@@ -116,6 +128,28 @@ pub struct pstorage_stat_t {
     pub ctime_ms: u64,
     /// Replication and chunk size.
     pub attrs: pstorage_attrs_t,
+    /// Permission bits (07777; the kind is `kind`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Names it has (a directory: 2 and one per subdirectory).
+    pub nlink: u32,
+    /// The device of a device node.
+    pub rdev: u64,
+    /// Access time: seconds since the Unix epoch (negative before it).
+    pub atime_sec: i64,
+    /// Nanoseconds of `atime_sec`.
+    pub atime_nsec: u32,
+    /// Modification time: seconds since the Unix epoch.
+    pub mtime_sec: i64,
+    /// Nanoseconds of `mtime_sec`.
+    pub mtime_nsec: u32,
+    /// Change time: seconds since the Unix epoch.
+    pub ctime_sec: i64,
+    /// Nanoseconds of `ctime_sec`.
+    pub ctime_nsec: u32,
 }
 
 /// One entry of a directory listing.
@@ -147,11 +181,27 @@ impl From<&Stat> for pstorage_stat_t {
             kind: match s.kind {
                 InodeKind::File => PSTORAGE_KIND_FILE,
                 InodeKind::Dir => PSTORAGE_KIND_DIR,
+                InodeKind::Symlink => PSTORAGE_KIND_SYMLINK,
+                InodeKind::Fifo => PSTORAGE_KIND_FIFO,
+                InodeKind::Socket => PSTORAGE_KIND_SOCKET,
+                InodeKind::CharDevice => PSTORAGE_KIND_CHAR_DEVICE,
+                InodeKind::BlockDevice => PSTORAGE_KIND_BLOCK_DEVICE,
             },
             size: s.size,
-            mtime_ms: s.mtime_ms,
-            ctime_ms: s.ctime_ms,
+            mtime_ms: s.mtime.as_ms(),
+            ctime_ms: s.ctime.as_ms(),
             attrs: s.attrs.into(),
+            mode: s.mode,
+            uid: s.uid,
+            gid: s.gid,
+            nlink: s.nlink,
+            rdev: s.rdev,
+            atime_sec: s.atime.sec,
+            atime_nsec: s.atime.nsec,
+            mtime_sec: s.mtime.sec,
+            mtime_nsec: s.mtime.nsec,
+            ctime_sec: s.ctime.sec,
+            ctime_nsec: s.ctime.nsec,
         }
     }
 }

@@ -10,7 +10,8 @@ use pstorage_core::types::{self, ClusterStatus, CsInfo, FileAttrs, InodeKind, Md
 pub struct PyStat {
     /// Inode number.
     pub ino: u64,
-    /// `"file"` or `"dir"`.
+    /// `"file"`, `"dir"`, `"symlink"`, `"fifo"`, `"socket"`, `"chardev"`
+    /// or `"blockdev"`.
     pub kind: &'static str,
     /// Whether this is a directory.
     pub is_dir: bool,
@@ -24,12 +25,38 @@ pub struct PyStat {
     pub ctime: f64,
     /// Modification time, milliseconds since the Unix epoch.
     pub mtime_ms: u64,
+    /// Access time, seconds since the Unix epoch.
+    pub atime: f64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Access time, nanoseconds since the Unix epoch.
+    pub atime_ns: i128,
+    /// Change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i128,
+    /// `st_mode`: the kind's bits and the permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Names it has.
+    pub nlink: u32,
+    /// The device of a device node.
+    pub rdev: u64,
     /// Replicas the cluster keeps of each chunk (the `norm`).
     pub replicas: u8,
     /// Replicas below which writes stop (the `min`).
     pub replicas_min: u8,
     /// Chunk size in bytes.
     pub chunk_size: u64,
+}
+
+fn seconds(t: types::Timestamp) -> f64 {
+    t.sec as f64 + f64::from(t.nsec) / 1e9
+}
+
+fn nanos(t: types::Timestamp) -> i128 {
+    i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec)
 }
 
 impl From<&types::Stat> for PyStat {
@@ -39,13 +66,27 @@ impl From<&types::Stat> for PyStat {
             kind: match s.kind {
                 InodeKind::File => "file",
                 InodeKind::Dir => "dir",
+                InodeKind::Symlink => "symlink",
+                InodeKind::Fifo => "fifo",
+                InodeKind::Socket => "socket",
+                InodeKind::CharDevice => "chardev",
+                InodeKind::BlockDevice => "blockdev",
             },
             is_dir: s.kind == InodeKind::Dir,
             is_file: s.kind == InodeKind::File,
             size: s.size,
-            mtime: s.mtime_ms as f64 / 1000.0,
-            ctime: s.ctime_ms as f64 / 1000.0,
-            mtime_ms: s.mtime_ms,
+            mtime: seconds(s.mtime),
+            ctime: seconds(s.ctime),
+            mtime_ms: s.mtime.as_ms(),
+            atime: seconds(s.atime),
+            mtime_ns: nanos(s.mtime),
+            atime_ns: nanos(s.atime),
+            ctime_ns: nanos(s.ctime),
+            mode: s.st_mode(),
+            uid: s.uid,
+            gid: s.gid,
+            nlink: s.nlink,
+            rdev: s.rdev,
             replicas: s.attrs.replicas.norm,
             replicas_min: s.attrs.replicas.min,
             chunk_size: s.attrs.chunk_size,

@@ -116,6 +116,101 @@ struct CsPlacementUpdate {
 enum InodeKind {
   file @0;
   dir @1;
+  symlink @2;
+  fifo @3;
+  socket @4;
+  charDevice @5;
+  blockDevice @6;
+}
+
+# Seconds and nanoseconds since the Unix epoch (pstorage_core::types::Timestamp).
+struct Timestamp {
+  sec @0 :Int64;
+  nsec @1 :UInt32;
+}
+
+# Permission bits (07777) and owners of a node (pstorage_core::types::Perms).
+struct Perms {
+  mode @0 :UInt32;
+  uid @1 :UInt32;
+  gid @2 :UInt32;
+}
+
+# A node to create that is not a directory (pstorage_core::types::NewNode).
+struct NewNode {
+  perms @0 :Perms;
+  union {
+    file @1 :Void;
+    symlink @2 :Text;         # the target
+    fifo @3 :Void;
+    socket @4 :Void;
+    charDevice @5 :UInt64;    # rdev
+    blockDevice @6 :UInt64;   # rdev
+  }
+}
+
+# How utimensat sets one time.
+struct TimeChange {
+  union {
+    unchanged @0 :Void;
+    now @1 :Void;
+    at @2 :Timestamp;
+  }
+}
+
+# chmod, chown, utimensat (pstorage_core::types::StatChange); each field is
+# either left alone or set.
+struct StatChange {
+  mode :union {
+    unchanged @0 :Void;
+    set @1 :UInt32;
+  }
+  uid :union {
+    unchanged @2 :Void;
+    set @3 :UInt32;
+  }
+  gid :union {
+    unchanged @4 :Void;
+    set @5 :UInt32;
+  }
+  atime @6 :TimeChange;
+  mtime @7 :TimeChange;
+}
+
+# setxattr's flags.
+enum XattrSet {
+  any @0;
+  create @1;
+  replace @2;
+}
+
+# An extended attribute's new value, or its removal.
+struct XattrValue {
+  union {
+    remove @0 :Void;
+    set @1 :Data;
+  }
+}
+
+struct TextResult {
+  union {
+    ok @0 :Text;
+    err @1 :Error;
+  }
+}
+
+struct DataResult {
+  union {
+    ok @0 :Data;
+    err @1 :Error;
+  }
+}
+
+struct TextListResult {
+  union {
+    ok @0 :List(Text);
+    err @1 :Error;
+  }
 }
 
 # Attributes of a file or directory (pstorage_core::types::Stat).
@@ -123,9 +218,17 @@ struct Stat {
   ino @0 :UInt64;
   kind @1 :InodeKind;
   size @2 :UInt64;       # Bytes; 0 for directories.
-  mtimeMs @3 :UInt64;    # Milliseconds since the Unix epoch.
-  ctimeMs @4 :UInt64;    # Milliseconds since the Unix epoch.
+  mtimeMs @3 :UInt64;    # Milliseconds since the Unix epoch (mtime, for older readers).
+  ctimeMs @4 :UInt64;    # Milliseconds since the Unix epoch (ctime, for older readers).
   attrs @5 :FileAttrs;
+  mode @6 :UInt32;       # Permission bits (07777); the kind is `kind`.
+  uid @7 :UInt32;
+  gid @8 :UInt32;
+  nlink @9 :UInt32;
+  rdev @10 :UInt64;
+  atime @11 :Timestamp;
+  mtime @12 :Timestamp;
+  ctime @13 :Timestamp;
 }
 
 struct StatResult {
@@ -545,14 +648,16 @@ struct RaftResult {
 # by those of `CsRegistry` (chunk servers). See traits.rs for the contracts.
 interface Mds {
   # MetadataService
-  open @0 (path :Text, mode :LeaseMode, flags :OpenFlags, op :OpTag) -> (result :OpenResult);
+  # `perms`: of a file it creates (absent: 0644, root's).
+  open @0 (path :Text, mode :LeaseMode, flags :OpenFlags, op :OpTag, perms :Perms) -> (result :OpenResult);
   renew @1 (lease :UInt64) -> (result :VoidResult);
   close @2 (lease :UInt64) -> (result :VoidResult);
   stat @3 (path :Text) -> (result :StatResult);
-  mkdir @4 (path :Text, parents :Bool, op :OpTag) -> (result :StatResult);
+  # `perms` absent: 0755, root's.
+  mkdir @4 (path :Text, parents :Bool, op :OpTag, perms :Perms) -> (result :StatResult);
   readdir @5 (path :Text) -> (result :DirEntriesResult);
   unlink @6 (path :Text, op :OpTag) -> (result :VoidResult);
-  rename @7 (from :Text, to :Text, op :OpTag) -> (result :VoidResult);
+  rename @7 (from :Text, to :Text, op :OpTag, noReplace :Bool, exchange :Bool) -> (result :VoidResult);
   setAttr @8 (path :Text, update :AttrUpdate, recursive :Bool, op :OpTag) -> (result :VoidResult);
   chunkMap @9 (lease :UInt64, index :UInt64, allocate :Bool) -> (result :OptionalChunkMapResult);
   reportFailure @10 (lease :UInt64, chunk :UInt64, version :UInt64, cs :UInt32,
@@ -602,6 +707,16 @@ interface Mds {
   # answer to `found` is the chunk's map with the members to repair from.
   reportBadBlocks @32 (cs :UInt32, chunk :UInt64, version :UInt64, blocks :List(UInt64),
                        outcome :BlockRepairOutcome, from :UInt32) -> (result :ChunkMapResult);
+
+  # MetadataService: the POSIX namespace (symbolic and hard links, special
+  # files, chmod/chown/utimensat, extended attributes).
+  makeNode @33 (path :Text, node :NewNode, op :OpTag) -> (result :StatResult);
+  link @34 (from :Text, to :Text, op :OpTag) -> (result :StatResult);
+  readlink @35 (path :Text) -> (result :TextResult);
+  setStat @36 (path :Text, change :StatChange, op :OpTag) -> (result :StatResult);
+  getXattr @37 (path :Text, name :Text) -> (result :DataResult);
+  listXattrs @38 (path :Text) -> (result :TextListResult);
+  setXattr @39 (path :Text, name :Text, value :XattrValue, how :XattrSet, op :OpTag) -> (result :VoidResult);
 }
 
 enum BlockRepairOutcome {

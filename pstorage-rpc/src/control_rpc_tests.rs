@@ -31,8 +31,23 @@ fn sample_stat(ino: InodeId) -> Stat {
         ino,
         kind: InodeKind::File,
         size: u64::MAX,
-        mtime_ms: 1_700_000_000_123,
-        ctime_ms: 1_600_000_000_456,
+        mode: 0o7777,
+        uid: u32::MAX,
+        gid: 1000,
+        nlink: 65_000,
+        rdev: u64::MAX - 3,
+        atime: Timestamp {
+            sec: -1_000,
+            nsec: 1,
+        },
+        mtime: Timestamp {
+            sec: 1_700_000_000,
+            nsec: 123_456_789,
+        },
+        ctime: Timestamp {
+            sec: i64::MAX,
+            nsec: 999_999_999,
+        },
         attrs: FileAttrs {
             replicas: Replicas { norm: 15, min: 7 },
             chunk_size: 64 << 10,
@@ -46,8 +61,14 @@ fn sample_dir_stat() -> Stat {
         ino: ROOT_INODE,
         kind: InodeKind::Dir,
         size: 0,
-        mtime_ms: 1,
-        ctime_ms: 2,
+        mode: 0o2755,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        rdev: 0,
+        atime: Timestamp::from_ms(1),
+        mtime: Timestamp::from_ms(1),
+        ctime: Timestamp::from_ms(2),
         attrs: FileAttrs::default(),
     }
 }
@@ -304,15 +325,21 @@ impl MdsGroup for FakeMds {
 
 #[async_trait]
 impl MetadataService for FakeMds {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         _op: Option<OpTag>,
     ) -> Result<OpenReply> {
+        let perms = if perms == Perms::FILE {
+            String::new()
+        } else {
+            format!(" {perms:?}")
+        };
         self.script
-            .enter(format!("open {path} {mode:?} {flags:?}"))?;
+            .enter(format!("open {path} {mode:?} {flags:?}{perms}"))?;
         Ok(sample_open_reply())
     }
     async fn renew(&self, lease: LeaseId) -> Result<()> {
@@ -335,9 +362,56 @@ impl MetadataService for FakeMds {
         self.script.enter(format!("stat {path}"))?;
         Ok(sample_stat(InodeId(12)))
     }
-    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
-        self.script.enter(format!("mkdir {path} {parents}"))?;
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        _op: Option<OpTag>,
+    ) -> Result<Stat> {
+        let perms = if perms == Perms::DIR {
+            String::new()
+        } else {
+            format!(" {perms:?}")
+        };
+        self.script
+            .enter(format!("mkdir {path} {parents}{perms}"))?;
         Ok(sample_dir_stat())
+    }
+    async fn make_node(&self, path: &str, node: NewNode, _op: Option<OpTag>) -> Result<Stat> {
+        self.script.enter(format!("make_node {path} {node:?}"))?;
+        Ok(sample_stat(InodeId(13)))
+    }
+    async fn link(&self, from: &str, to: &str, _op: Option<OpTag>) -> Result<Stat> {
+        self.script.enter(format!("link {from} {to}"))?;
+        Ok(sample_stat(InodeId(14)))
+    }
+    async fn readlink(&self, path: &str) -> Result<String> {
+        self.script.enter(format!("readlink {path}"))?;
+        Ok("../ü/target".into())
+    }
+    async fn set_stat(&self, path: &str, change: StatChange, _op: Option<OpTag>) -> Result<Stat> {
+        self.script.enter(format!("set_stat {path} {change:?}"))?;
+        Ok(sample_stat(InodeId(15)))
+    }
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        self.script.enter(format!("get_xattr {path} {name}"))?;
+        Ok(vec![0, 1, 255])
+    }
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        self.script.enter(format!("list_xattrs {path}"))?;
+        Ok(vec!["trusted.a".into(), "user.ü".into()])
+    }
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
+        self.script
+            .enter(format!("set_xattr {path} {name} {value:?} {how:?}"))
     }
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         self.script.enter(format!("readdir {path}"))?;
@@ -346,8 +420,19 @@ impl MetadataService for FakeMds {
     async fn unlink(&self, path: &str, _op: Option<OpTag>) -> Result<()> {
         self.script.enter(format!("unlink {path}"))
     }
-    async fn rename(&self, from: &str, to: &str, _op: Option<OpTag>) -> Result<()> {
-        self.script.enter(format!("rename {from} {to}"))
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
+        let flags = if flags == RenameFlags::default() {
+            String::new()
+        } else {
+            format!(" {flags:?}")
+        };
+        self.script.enter(format!("rename {from} {to}{flags}"))
     }
     async fn set_attr(
         &self,
@@ -661,6 +746,109 @@ async fn wait_until_disconnected(client: &MdsClient) {
 // Tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_posix_method_round_trips() {
+    let (fake, _harness, client) = mds_setup().await;
+    let calls = || fake.script.take_calls();
+    let perms = Perms {
+        mode: 0o4750,
+        uid: u32::MAX,
+        gid: 7,
+    };
+    let flags = OpenFlags {
+        create: true,
+        exclusive: true,
+        truncate: false,
+    };
+    client
+        .open_with("/f", LeaseMode::Write, flags, perms, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.mkdir_with("/d", false, perms, None).await.unwrap(),
+        sample_dir_stat()
+    );
+    assert_eq!(
+        calls(),
+        [
+            format!("open /f Write {flags:?} {perms:?}"),
+            format!("mkdir /d false {perms:?}"),
+        ]
+    );
+    for flags in [
+        RenameFlags {
+            no_replace: true,
+            exchange: false,
+        },
+        RenameFlags {
+            no_replace: false,
+            exchange: true,
+        },
+    ] {
+        client.rename_with("/a", "/b", flags, None).await.unwrap();
+        assert_eq!(calls(), [format!("rename /a /b {flags:?}")]);
+    }
+    for spec in [
+        NodeSpec::File,
+        NodeSpec::Symlink {
+            target: "ü/../x".into(),
+        },
+        NodeSpec::Fifo,
+        NodeSpec::Socket,
+        NodeSpec::CharDevice { rdev: 0 },
+        NodeSpec::BlockDevice { rdev: u64::MAX },
+    ] {
+        let node = NewNode { spec, perms };
+        assert_eq!(
+            client.make_node("/n", node.clone(), None).await.unwrap(),
+            sample_stat(InodeId(13))
+        );
+        assert_eq!(calls(), [format!("make_node /n {node:?}")]);
+    }
+    assert_eq!(
+        client.link("/a", "/b", None).await.unwrap(),
+        sample_stat(InodeId(14))
+    );
+    assert_eq!(client.readlink("/l").await.unwrap(), "../ü/target");
+    assert_eq!(calls(), ["link /a /b", "readlink /l"]);
+    for change in [
+        StatChange::default(),
+        StatChange {
+            mode: Some(0o1777),
+            uid: Some(0),
+            gid: Some(u32::MAX),
+            atime: Some(TimeChange::Now),
+            mtime: Some(TimeChange::At(Timestamp {
+                sec: i64::MIN,
+                nsec: 999_999_999,
+            })),
+        },
+    ] {
+        assert_eq!(
+            client.set_stat("/s", change, None).await.unwrap(),
+            sample_stat(InodeId(15))
+        );
+        assert_eq!(calls(), [format!("set_stat /s {change:?}")]);
+    }
+    assert_eq!(client.get_xattr("/x", "user.k").await.unwrap(), [0, 1, 255]);
+    assert_eq!(
+        client.list_xattrs("/x").await.unwrap(),
+        ["trusted.a", "user.ü"]
+    );
+    assert_eq!(calls(), ["get_xattr /x user.k", "list_xattrs /x"]);
+    for (value, how) in [
+        (Some(vec![]), XattrSet::Any),
+        (Some(vec![9; 3]), XattrSet::Create),
+        (None, XattrSet::Replace),
+    ] {
+        client
+            .set_xattr("/x", "user.k", value.clone(), how, None)
+            .await
+            .unwrap();
+        assert_eq!(calls(), [format!("set_xattr /x user.k {value:?} {how:?}")]);
+    }
+}
+
+#[tokio::test]
 async fn every_mds_method_round_trips() {
     let (fake, _harness, client) = mds_setup().await;
     let calls = || fake.script.take_calls();

@@ -19,13 +19,16 @@ use pstorage_core::types::{
     LeaseId, LeaseMode, MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply,
     SpaceInfo, Stat, MAX_REPORTED_BLOCKS,
 };
+use pstorage_core::types::{NewNode, Perms, RenameFlags, StatChange, XattrSet};
 use pstorage_core::{Error, Result};
 
 use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_TIMEOUT};
 use crate::generated::pstorage_capnp::{mds, BlockRepairOutcome};
 use crate::wire::{
     decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
-    lease_mode_to_wire, read_op, read_text, write_op, WireReply, WireStruct,
+    lease_mode_to_wire, read_op, read_perms, read_text, read_xattr_value, write_op,
+    write_xattr_value, xattr_set_from_wire, xattr_set_to_wire, DataReply, NamesReply, TextReply,
+    WireReply, WireStruct,
 };
 
 // ---------------------------------------------------------------------------
@@ -89,16 +92,17 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("open");
         let outcome = async {
-            let (path, mode, flags, op) = decode_request("open", || {
+            let (path, mode, flags, op, perms) = decode_request("open", || {
                 let p = params.get()?;
                 Ok((
                     read_text(p.get_path())?,
                     lease_mode_from_wire(p.get_mode()?),
                     OpenFlags::read(p.get_flags()?)?,
                     read_op(p.has_op(), || p.get_op())?,
+                    read_perms(p.has_perms(), || p.get_perms(), Perms::FILE)?,
                 ))
             })?;
-            self.metadata.open(&path, mode, flags, op).await
+            self.metadata.open_with(&path, mode, flags, perms, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -157,12 +161,13 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("mkdir");
         let outcome = async {
-            let (path, parents, op) = decode_request("mkdir", || {
+            let (path, parents, op, perms) = decode_request("mkdir", || {
                 let p = params.get()?;
                 let op = read_op(p.has_op(), || p.get_op())?;
-                Ok((read_text(p.get_path())?, p.get_parents(), op))
+                let perms = read_perms(p.has_perms(), || p.get_perms(), Perms::DIR)?;
+                Ok((read_text(p.get_path())?, p.get_parents(), op, perms))
             })?;
-            self.metadata.mkdir(&path, parents, op).await
+            self.metadata.mkdir_with(&path, parents, perms, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -210,12 +215,151 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("rename");
         let outcome = async {
-            let (from, to, op) = decode_request("rename", || {
+            let (from, to, op, flags) = decode_request("rename", || {
+                let p = params.get()?;
+                let op = read_op(p.has_op(), || p.get_op())?;
+                let flags = RenameFlags {
+                    no_replace: p.get_no_replace(),
+                    exchange: p.get_exchange(),
+                };
+                Ok((read_text(p.get_from())?, read_text(p.get_to())?, op, flags))
+            })?;
+            self.metadata.rename_with(&from, &to, flags, op).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn make_node(
+        self: Rc<Self>,
+        params: mds::MakeNodeParams,
+        mut results: mds::MakeNodeResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("make_node");
+        let outcome = async {
+            let (path, node, op) = decode_request("makeNode", || {
+                let p = params.get()?;
+                Ok((
+                    read_text(p.get_path())?,
+                    NewNode::read(p.get_node()?)?,
+                    read_op(p.has_op(), || p.get_op())?,
+                ))
+            })?;
+            self.metadata.make_node(&path, node, op).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn link(
+        self: Rc<Self>,
+        params: mds::LinkParams,
+        mut results: mds::LinkResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("link");
+        let outcome = async {
+            let (from, to, op) = decode_request("link", || {
                 let p = params.get()?;
                 let op = read_op(p.has_op(), || p.get_op())?;
                 Ok((read_text(p.get_from())?, read_text(p.get_to())?, op))
             })?;
-            self.metadata.rename(&from, &to, op).await
+            self.metadata.link(&from, &to, op).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn readlink(
+        self: Rc<Self>,
+        params: mds::ReadlinkParams,
+        mut results: mds::ReadlinkResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("readlink");
+        let outcome = async {
+            let path = decode_request("readlink", || read_text(params.get()?.get_path()))?;
+            self.metadata.readlink(&path).await.map(TextReply)
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_stat(
+        self: Rc<Self>,
+        params: mds::SetStatParams,
+        mut results: mds::SetStatResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_stat");
+        let outcome = async {
+            let (path, change, op) = decode_request("setStat", || {
+                let p = params.get()?;
+                Ok((
+                    read_text(p.get_path())?,
+                    StatChange::read(p.get_change()?)?,
+                    read_op(p.has_op(), || p.get_op())?,
+                ))
+            })?;
+            self.metadata.set_stat(&path, change, op).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn get_xattr(
+        self: Rc<Self>,
+        params: mds::GetXattrParams,
+        mut results: mds::GetXattrResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("get_xattr");
+        let outcome = async {
+            let (path, name) = decode_request("getXattr", || {
+                let p = params.get()?;
+                Ok((read_text(p.get_path())?, read_text(p.get_name())?))
+            })?;
+            self.metadata.get_xattr(&path, &name).await.map(DataReply)
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn list_xattrs(
+        self: Rc<Self>,
+        params: mds::ListXattrsParams,
+        mut results: mds::ListXattrsResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("list_xattrs");
+        let outcome = async {
+            let path = decode_request("listXattrs", || read_text(params.get()?.get_path()))?;
+            self.metadata.list_xattrs(&path).await.map(NamesReply)
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_xattr(
+        self: Rc<Self>,
+        params: mds::SetXattrParams,
+        mut results: mds::SetXattrResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_xattr");
+        let outcome = async {
+            let (path, name, value, how, op) = decode_request("setXattr", || {
+                let p = params.get()?;
+                Ok((
+                    read_text(p.get_path())?,
+                    read_text(p.get_name())?,
+                    read_xattr_value(p.get_value()?)?,
+                    xattr_set_from_wire(p.get_how()?),
+                    read_op(p.has_op(), || p.get_op())?,
+                ))
+            })?;
+            self.metadata.set_xattr(&path, &name, value, how, op).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -831,11 +975,12 @@ impl MdsClient {
 
 #[async_trait]
 impl MetadataService for MdsClient {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         op: Option<OpTag>,
     ) -> Result<OpenReply> {
         let path = path.to_owned();
@@ -845,6 +990,7 @@ impl MetadataService for MdsClient {
             p.set_path(path.as_str());
             p.set_mode(lease_mode_to_wire(mode));
             flags.write(p.reborrow().init_flags());
+            perms.write(p.reborrow().init_perms());
             write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -883,13 +1029,20 @@ impl MetadataService for MdsClient {
         .await
     }
 
-    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        op: Option<OpTag>,
+    ) -> Result<Stat> {
         let path = path.to_owned();
         self.call("mkdir", move |mds| async move {
             let mut request = mds.mkdir_request();
             let mut p = request.get();
             p.set_path(path.as_str());
             p.set_parents(parents);
+            perms.write(p.reborrow().init_perms());
             write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
@@ -921,13 +1074,127 @@ impl MetadataService for MdsClient {
         .await
     }
 
-    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         let (from, to) = (from.to_owned(), to.to_owned());
         self.call("rename", move |mds| async move {
             let mut request = mds.rename_request();
             let mut p = request.get();
             p.set_from(from.as_str());
             p.set_to(to.as_str());
+            p.set_no_replace(flags.no_replace);
+            p.set_exchange(flags.exchange);
+            write_op(op, || p.reborrow().init_op());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn make_node(&self, path: &str, node: NewNode, op: Option<OpTag>) -> Result<Stat> {
+        let path = path.to_owned();
+        self.call("makeNode", move |mds| async move {
+            let mut request = mds.make_node_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            node.write(p.reborrow().init_node());
+            write_op(op, || p.reborrow().init_op());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn link(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<Stat> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.call("link", move |mds| async move {
+            let mut request = mds.link_request();
+            let mut p = request.get();
+            p.set_from(from.as_str());
+            p.set_to(to.as_str());
+            write_op(op, || p.reborrow().init_op());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn readlink(&self, path: &str) -> Result<String> {
+        let path = path.to_owned();
+        self.call("readlink", move |mds| async move {
+            let mut request = mds.readlink_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            let reply: capnp::Result<Result<TextReply>> =
+                WireReply::read_result(response.get()?.get_result()?);
+            reply.map(|r| r.map(|t| t.0))
+        })
+        .await
+    }
+
+    async fn set_stat(&self, path: &str, change: StatChange, op: Option<OpTag>) -> Result<Stat> {
+        let path = path.to_owned();
+        self.call("setStat", move |mds| async move {
+            let mut request = mds.set_stat_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            change.write(p.reborrow().init_change());
+            write_op(op, || p.reborrow().init_op());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        let (path, name) = (path.to_owned(), name.to_owned());
+        self.call("getXattr", move |mds| async move {
+            let mut request = mds.get_xattr_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_name(name.as_str());
+            let response = request.send().promise.await?;
+            let reply: capnp::Result<Result<DataReply>> =
+                WireReply::read_result(response.get()?.get_result()?);
+            reply.map(|r| r.map(|d| d.0))
+        })
+        .await
+    }
+
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        let path = path.to_owned();
+        self.call("listXattrs", move |mds| async move {
+            let mut request = mds.list_xattrs_request();
+            request.get().set_path(path.as_str());
+            let response = request.send().promise.await?;
+            let reply: capnp::Result<Result<NamesReply>> =
+                WireReply::read_result(response.get()?.get_result()?);
+            reply.map(|r| r.map(|n| n.0))
+        })
+        .await
+    }
+
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        let (path, name) = (path.to_owned(), name.to_owned());
+        self.call("setXattr", move |mds| async move {
+            let mut request = mds.set_xattr_request();
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_name(name.as_str());
+            write_xattr_value(value.as_deref(), p.reborrow().init_value());
+            p.set_how(xattr_set_to_wire(how));
             write_op(op, || p.reborrow().init_op());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)

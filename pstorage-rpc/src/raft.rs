@@ -45,14 +45,15 @@ use crate::wire::WireReply;
 ///
 /// History: 1 until store format 6 (not tied to it: Commands changed
 /// without a bump); 2 carries store format 6; 3 store format 7; 4 store
-/// format 8 (several commands to an entry).
-pub const RAFT_WIRE_VERSION: u8 = 4;
+/// format 8 (several commands to an entry); 5 store format 9 (POSIX
+/// attributes).
+pub const RAFT_WIRE_VERSION: u8 = 5;
 
 /// The MDS store format ([`STORE_FORMAT_VERSION`]) whose commands the log
 /// entries of [`RAFT_WIRE_VERSION`] carry. A build whose store format is
 /// another does not compile: bump [`RAFT_WIRE_VERSION`] and set this to the
 /// new store format.
-pub const RAFT_WIRE_STORE_FORMAT: u8 = 8;
+pub const RAFT_WIRE_STORE_FORMAT: u8 = 9;
 
 const _: () = assert!(
     RAFT_WIRE_STORE_FORMAT == STORE_FORMAT_VERSION,

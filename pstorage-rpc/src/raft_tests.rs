@@ -313,11 +313,12 @@ fn raft_error(e: impl std::fmt::Display) -> Error {
 
 #[async_trait]
 impl MetadataService for RaftMds {
-    async fn open(
+    async fn open_with(
         &self,
         _: &str,
         _: LeaseMode,
         _: OpenFlags,
+        _: Perms,
         _op: Option<OpTag>,
     ) -> Result<OpenReply> {
         self.refuse("open")
@@ -360,9 +361,16 @@ impl MetadataService for RaftMds {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sm.stat(path)
     }
-    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        _op: Option<OpTag>,
+    ) -> Result<Stat> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let cmd = Command::Mkdir {
+            perms,
             path: path.to_owned(),
             parents,
             now_ms: 1_700_000_000_000,
@@ -383,7 +391,13 @@ impl MetadataService for RaftMds {
     async fn unlink(&self, _: &str, _op: Option<OpTag>) -> Result<()> {
         self.refuse("unlink")
     }
-    async fn rename(&self, _: &str, _: &str, _op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        _: &str,
+        _: &str,
+        _: RenameFlags,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
         self.refuse("rename")
     }
     async fn set_attr(&self, _: &str, _: AttrUpdate, _: bool, _op: Option<OpTag>) -> Result<()> {
@@ -689,6 +703,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     nodes[leader]
         .raft
         .client_write(RaftRequest::one(Command::Mkdir {
+            perms: Perms::DIR,
             path: "/direct".into(),
             parents: false,
             now_ms: 1,

@@ -21,6 +21,7 @@ use pstorage_core::types::{
     CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
     MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
+use pstorage_core::types::{NewNode, Perms, RenameFlags, StatChange, XattrSet};
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
@@ -327,17 +328,18 @@ impl LeaderRouter {
 
 #[async_trait]
 impl MetadataService for LeaderRouter {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         op: Option<OpTag>,
     ) -> Result<OpenReply> {
         self.route(
             "open",
-            || self.metadata.open(path, mode, flags, op),
-            |c| async move { c.open(path, mode, flags, op).await },
+            || self.metadata.open_with(path, mode, flags, perms, op),
+            |c| async move { c.open_with(path, mode, flags, perms, op).await },
         )
         .await
     }
@@ -369,11 +371,89 @@ impl MetadataService for LeaderRouter {
         .await
     }
 
-    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        op: Option<OpTag>,
+    ) -> Result<Stat> {
         self.route(
             "mkdir",
-            || self.metadata.mkdir(path, parents, op),
-            |c| async move { c.mkdir(path, parents, op).await },
+            || self.metadata.mkdir_with(path, parents, perms, op),
+            |c| async move { c.mkdir_with(path, parents, perms, op).await },
+        )
+        .await
+    }
+
+    async fn make_node(&self, path: &str, node: NewNode, op: Option<OpTag>) -> Result<Stat> {
+        let n = &node;
+        self.route(
+            "makeNode",
+            || self.metadata.make_node(path, n.clone(), op),
+            |c| async move { c.make_node(path, n.clone(), op).await },
+        )
+        .await
+    }
+
+    async fn link(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<Stat> {
+        self.route(
+            "link",
+            || self.metadata.link(from, to, op),
+            |c| async move { c.link(from, to, op).await },
+        )
+        .await
+    }
+
+    async fn readlink(&self, path: &str) -> Result<String> {
+        self.route(
+            "readlink",
+            || self.metadata.readlink(path),
+            |c| async move { c.readlink(path).await },
+        )
+        .await
+    }
+
+    async fn set_stat(&self, path: &str, change: StatChange, op: Option<OpTag>) -> Result<Stat> {
+        self.route(
+            "setStat",
+            || self.metadata.set_stat(path, change, op),
+            |c| async move { c.set_stat(path, change, op).await },
+        )
+        .await
+    }
+
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        self.route(
+            "getXattr",
+            || self.metadata.get_xattr(path, name),
+            |c| async move { c.get_xattr(path, name).await },
+        )
+        .await
+    }
+
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        self.route(
+            "listXattrs",
+            || self.metadata.list_xattrs(path),
+            |c| async move { c.list_xattrs(path).await },
+        )
+        .await
+    }
+
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        let v = &value;
+        self.route(
+            "setXattr",
+            || self.metadata.set_xattr(path, name, v.clone(), how, op),
+            |c| async move { c.set_xattr(path, name, v.clone(), how, op).await },
         )
         .await
     }
@@ -396,11 +476,17 @@ impl MetadataService for LeaderRouter {
         .await
     }
 
-    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         self.route(
             "rename",
-            || self.metadata.rename(from, to, op),
-            |c| async move { c.rename(from, to, op).await },
+            || self.metadata.rename_with(from, to, flags, op),
+            |c| async move { c.rename_with(from, to, flags, op).await },
         )
         .await
     }

@@ -20,6 +20,7 @@ use pstorage_core::types::{
     RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
 use pstorage_core::types::{ChunkId, InodeId, MapVersion, MdsId};
+use pstorage_core::types::{NewNode, NodeSpec, Perms, StatChange, TimeChange, Timestamp, XattrSet};
 use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::generated::pstorage_capnp as schema;
@@ -133,6 +134,11 @@ pub fn inode_kind_to_wire(kind: InodeKind) -> schema::InodeKind {
     match kind {
         InodeKind::File => schema::InodeKind::File,
         InodeKind::Dir => schema::InodeKind::Dir,
+        InodeKind::Symlink => schema::InodeKind::Symlink,
+        InodeKind::Fifo => schema::InodeKind::Fifo,
+        InodeKind::Socket => schema::InodeKind::Socket,
+        InodeKind::CharDevice => schema::InodeKind::CharDevice,
+        InodeKind::BlockDevice => schema::InodeKind::BlockDevice,
     }
 }
 
@@ -140,6 +146,27 @@ pub fn inode_kind_from_wire(kind: schema::InodeKind) -> InodeKind {
     match kind {
         schema::InodeKind::File => InodeKind::File,
         schema::InodeKind::Dir => InodeKind::Dir,
+        schema::InodeKind::Symlink => InodeKind::Symlink,
+        schema::InodeKind::Fifo => InodeKind::Fifo,
+        schema::InodeKind::Socket => InodeKind::Socket,
+        schema::InodeKind::CharDevice => InodeKind::CharDevice,
+        schema::InodeKind::BlockDevice => InodeKind::BlockDevice,
+    }
+}
+
+pub fn xattr_set_to_wire(how: XattrSet) -> schema::XattrSet {
+    match how {
+        XattrSet::Any => schema::XattrSet::Any,
+        XattrSet::Create => schema::XattrSet::Create,
+        XattrSet::Replace => schema::XattrSet::Replace,
+    }
+}
+
+pub fn xattr_set_from_wire(how: schema::XattrSet) -> XattrSet {
+    match how {
+        schema::XattrSet::Any => XattrSet::Any,
+        schema::XattrSet::Create => XattrSet::Create,
+        schema::XattrSet::Replace => XattrSet::Replace,
     }
 }
 
@@ -383,23 +410,207 @@ impl WireStruct for AttrUpdate {
     }
 }
 
+impl WireStruct for Timestamp {
+    type Schema = schema::timestamp::Owned;
+    fn write(&self, mut b: schema::timestamp::Builder<'_>) {
+        b.set_sec(self.sec);
+        b.set_nsec(self.nsec);
+    }
+    fn read(r: schema::timestamp::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Timestamp {
+            sec: r.get_sec(),
+            nsec: r.get_nsec(),
+        })
+    }
+}
+
+impl WireStruct for Perms {
+    type Schema = schema::perms::Owned;
+    fn write(&self, mut b: schema::perms::Builder<'_>) {
+        b.set_mode(self.mode);
+        b.set_uid(self.uid);
+        b.set_gid(self.gid);
+    }
+    fn read(r: schema::perms::Reader<'_>) -> capnp::Result<Self> {
+        Ok(Perms {
+            mode: r.get_mode(),
+            uid: r.get_uid(),
+            gid: r.get_gid(),
+        })
+    }
+}
+
+/// An optional [`Perms`] field: `default` when the sender left it out (a
+/// client from before permissions).
+pub fn read_perms<'a>(
+    has: bool,
+    get: impl FnOnce() -> capnp::Result<schema::perms::Reader<'a>>,
+    default: Perms,
+) -> capnp::Result<Perms> {
+    if has {
+        Perms::read(get()?)
+    } else {
+        Ok(default)
+    }
+}
+
+impl WireStruct for NewNode {
+    type Schema = schema::new_node::Owned;
+    fn write(&self, mut b: schema::new_node::Builder<'_>) {
+        self.perms.write(b.reborrow().init_perms());
+        match &self.spec {
+            NodeSpec::File => b.set_file(()),
+            NodeSpec::Symlink { target } => b.set_symlink(target.as_str()),
+            NodeSpec::Fifo => b.set_fifo(()),
+            NodeSpec::Socket => b.set_socket(()),
+            NodeSpec::CharDevice { rdev } => b.set_char_device(*rdev),
+            NodeSpec::BlockDevice { rdev } => b.set_block_device(*rdev),
+        }
+    }
+    fn read(r: schema::new_node::Reader<'_>) -> capnp::Result<Self> {
+        use schema::new_node::Which;
+        let spec = match r.which()? {
+            Which::File(()) => NodeSpec::File,
+            Which::Symlink(t) => NodeSpec::Symlink {
+                target: read_text(t)?,
+            },
+            Which::Fifo(()) => NodeSpec::Fifo,
+            Which::Socket(()) => NodeSpec::Socket,
+            Which::CharDevice(rdev) => NodeSpec::CharDevice { rdev },
+            Which::BlockDevice(rdev) => NodeSpec::BlockDevice { rdev },
+        };
+        Ok(NewNode {
+            spec,
+            perms: Perms::read(r.get_perms()?)?,
+        })
+    }
+}
+
+fn write_time_change(change: Option<TimeChange>, mut b: schema::time_change::Builder<'_>) {
+    match change {
+        None => b.set_unchanged(()),
+        Some(TimeChange::Now) => b.set_now(()),
+        Some(TimeChange::At(t)) => t.write(b.init_at()),
+    }
+}
+
+fn read_time_change(r: schema::time_change::Reader<'_>) -> capnp::Result<Option<TimeChange>> {
+    use schema::time_change::Which;
+    Ok(match r.which()? {
+        Which::Unchanged(()) => None,
+        Which::Now(()) => Some(TimeChange::Now),
+        Which::At(t) => Some(TimeChange::At(Timestamp::read(t?)?)),
+    })
+}
+
+impl WireStruct for StatChange {
+    type Schema = schema::stat_change::Owned;
+    fn write(&self, mut b: schema::stat_change::Builder<'_>) {
+        match self.mode {
+            Some(m) => b.reborrow().init_mode().set_set(m),
+            None => b.reborrow().init_mode().set_unchanged(()),
+        }
+        match self.uid {
+            Some(u) => b.reborrow().init_uid().set_set(u),
+            None => b.reborrow().init_uid().set_unchanged(()),
+        }
+        match self.gid {
+            Some(g) => b.reborrow().init_gid().set_set(g),
+            None => b.reborrow().init_gid().set_unchanged(()),
+        }
+        write_time_change(self.atime, b.reborrow().init_atime());
+        write_time_change(self.mtime, b.init_mtime());
+    }
+    fn read(r: schema::stat_change::Reader<'_>) -> capnp::Result<Self> {
+        use schema::stat_change::{gid, mode, uid};
+        Ok(StatChange {
+            mode: match r.get_mode().which()? {
+                mode::Unchanged(()) => None,
+                mode::Set(m) => Some(m),
+            },
+            uid: match r.get_uid().which()? {
+                uid::Unchanged(()) => None,
+                uid::Set(u) => Some(u),
+            },
+            gid: match r.get_gid().which()? {
+                gid::Unchanged(()) => None,
+                gid::Set(g) => Some(g),
+            },
+            atime: if r.has_atime() {
+                read_time_change(r.get_atime()?)?
+            } else {
+                None
+            },
+            mtime: if r.has_mtime() {
+                read_time_change(r.get_mtime()?)?
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// An extended attribute's new value (`None`: remove it).
+pub fn write_xattr_value(value: Option<&[u8]>, mut b: schema::xattr_value::Builder<'_>) {
+    match value {
+        Some(v) => b.set_set(v),
+        None => b.set_remove(()),
+    }
+}
+
+pub fn read_xattr_value(r: schema::xattr_value::Reader<'_>) -> capnp::Result<Option<Vec<u8>>> {
+    use schema::xattr_value::Which;
+    Ok(match r.which()? {
+        Which::Remove(()) => None,
+        Which::Set(v) => Some(v?.to_vec()),
+    })
+}
+
 impl WireStruct for Stat {
     type Schema = schema::stat::Owned;
     fn write(&self, mut b: schema::stat::Builder<'_>) {
         b.set_ino(self.ino.0);
         b.set_kind(inode_kind_to_wire(self.kind));
         b.set_size(self.size);
-        b.set_mtime_ms(self.mtime_ms);
-        b.set_ctime_ms(self.ctime_ms);
-        self.attrs.write(b.init_attrs());
+        b.set_mtime_ms(self.mtime.as_ms());
+        b.set_ctime_ms(self.ctime.as_ms());
+        self.attrs.write(b.reborrow().init_attrs());
+        b.set_mode(self.mode);
+        b.set_uid(self.uid);
+        b.set_gid(self.gid);
+        b.set_nlink(self.nlink);
+        b.set_rdev(self.rdev);
+        self.atime.write(b.reborrow().init_atime());
+        self.mtime.write(b.reborrow().init_mtime());
+        self.ctime.write(b.init_ctime());
     }
     fn read(r: schema::stat::Reader<'_>) -> capnp::Result<Self> {
+        let kind = inode_kind_from_wire(r.get_kind()?);
+        // An MDS from before store format 9 sends milliseconds only.
+        let time = |has: bool, t: capnp::Result<schema::timestamp::Reader<'_>>, ms: u64| {
+            if has {
+                Timestamp::read(t?)
+            } else {
+                Ok(Timestamp::from_ms(ms))
+            }
+        };
+        let mtime = time(r.has_mtime(), r.get_mtime(), r.get_mtime_ms())?;
         Ok(Stat {
             ino: InodeId(r.get_ino()),
-            kind: inode_kind_from_wire(r.get_kind()?),
+            kind,
             size: r.get_size(),
-            mtime_ms: r.get_mtime_ms(),
-            ctime_ms: r.get_ctime_ms(),
+            mode: r.get_mode(),
+            uid: r.get_uid(),
+            gid: r.get_gid(),
+            nlink: r.get_nlink(),
+            rdev: r.get_rdev(),
+            atime: if r.has_atime() {
+                Timestamp::read(r.get_atime()?)?
+            } else {
+                mtime
+            },
+            mtime,
+            ctime: time(r.has_ctime(), r.get_ctime(), r.get_ctime_ms())?,
             attrs: FileAttrs::read(r.get_attrs()?)?,
         })
     }
@@ -1060,6 +1271,73 @@ list_reply!(ChunkReplicaInfo, chunk_replicas_result);
 list_reply!(ConfigEntry, config_entries_result);
 list_reply!(Event, events_result);
 
+/// A text answer (`readlink`).
+pub struct TextReply(pub String);
+
+impl WireReply for TextReply {
+    type Schema = schema::text_result::Owned;
+    fn write_result(outcome: &Result<TextReply>, mut b: schema::text_result::Builder<'_>) {
+        match outcome {
+            Ok(t) => b.set_ok(t.0.as_str()),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::text_result::Reader<'_>) -> capnp::Result<Result<TextReply>> {
+        Ok(match r.which()? {
+            schema::text_result::Ok(t) => Ok(TextReply(read_text(t)?)),
+            schema::text_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+/// A bytes answer (`getXattr`).
+pub struct DataReply(pub Vec<u8>);
+
+impl WireReply for DataReply {
+    type Schema = schema::data_result::Owned;
+    fn write_result(outcome: &Result<DataReply>, mut b: schema::data_result::Builder<'_>) {
+        match outcome {
+            Ok(d) => b.set_ok(&d.0),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::data_result::Reader<'_>) -> capnp::Result<Result<DataReply>> {
+        Ok(match r.which()? {
+            schema::data_result::Ok(d) => Ok(DataReply(d?.to_vec())),
+            schema::data_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
+/// A list of names (`listXattrs`).
+pub struct NamesReply(pub Vec<String>);
+
+impl WireReply for NamesReply {
+    type Schema = schema::text_list_result::Owned;
+    fn write_result(outcome: &Result<NamesReply>, b: schema::text_list_result::Builder<'_>) {
+        match outcome {
+            Ok(names) => {
+                let mut list = b.init_ok(list_len(names.0.len()));
+                for (i, n) in names.0.iter().enumerate() {
+                    list.set(i as u32, n.as_str());
+                }
+            }
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::text_list_result::Reader<'_>) -> capnp::Result<Result<NamesReply>> {
+        Ok(match r.which()? {
+            schema::text_list_result::Ok(list) => Ok(NamesReply(
+                list?
+                    .iter()
+                    .map(read_text)
+                    .collect::<capnp::Result<Vec<String>>>()?,
+            )),
+            schema::text_list_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
 impl WireReply for () {
     type Schema = schema::void_result::Owned;
     fn write_result(outcome: &Result<()>, mut b: schema::void_result::Builder<'_>) {
@@ -1234,8 +1512,14 @@ mod tests {
             ino: InodeId(7),
             kind: InodeKind::File,
             size: 1,
-            mtime_ms: 2,
-            ctime_ms: 3,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            atime: Timestamp::from_ms(2),
+            mtime: Timestamp::from_ms(2),
+            ctime: Timestamp::from_ms(3),
             attrs: FileAttrs::default(),
         };
         stat.write(message.init_root::<schema::stat::Builder<'_>>());

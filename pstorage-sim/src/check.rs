@@ -332,6 +332,7 @@ mod tests {
         }
         let opened = state
             .apply(Command::Open {
+                perms: pstorage_core::types::Perms::FILE,
                 path: "/f".into(),
                 mode: LeaseMode::Write,
                 flags: OpenFlags {

@@ -293,15 +293,18 @@ macro_rules! via {
 
 #[async_trait]
 impl MetadataService for SimMdsClient {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         op: Option<OpTag>,
     ) -> Result<OpenReply> {
         let path = path.to_string();
-        via!(self, "open", |s| s.open(&path, mode, flags, op).await)
+        via!(self, "open", |s| s
+            .open_with(&path, mode, flags, perms, op)
+            .await)
     }
     async fn renew(&self, lease: LeaseId) -> Result<()> {
         via!(self, "renew", |s| s.renew(lease).await)
@@ -313,9 +316,56 @@ impl MetadataService for SimMdsClient {
         let path = path.to_string();
         via!(self, "stat", |s| s.stat(&path).await)
     }
-    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        op: Option<OpTag>,
+    ) -> Result<Stat> {
         let path = path.to_string();
-        via!(self, "mkdir", |s| s.mkdir(&path, parents, op).await)
+        via!(self, "mkdir", |s| s
+            .mkdir_with(&path, parents, perms, op)
+            .await)
+    }
+    async fn make_node(&self, path: &str, node: NewNode, op: Option<OpTag>) -> Result<Stat> {
+        let path = path.to_string();
+        via!(self, "make_node", |s| s
+            .make_node(&path, node.clone(), op)
+            .await)
+    }
+    async fn link(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<Stat> {
+        let (from, to) = (from.to_string(), to.to_string());
+        via!(self, "link", |s| s.link(&from, &to, op).await)
+    }
+    async fn readlink(&self, path: &str) -> Result<String> {
+        let path = path.to_string();
+        via!(self, "readlink", |s| s.readlink(&path).await)
+    }
+    async fn set_stat(&self, path: &str, change: StatChange, op: Option<OpTag>) -> Result<Stat> {
+        let path = path.to_string();
+        via!(self, "set_stat", |s| s.set_stat(&path, change, op).await)
+    }
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        let (path, name) = (path.to_string(), name.to_string());
+        via!(self, "get_xattr", |s| s.get_xattr(&path, &name).await)
+    }
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        let path = path.to_string();
+        via!(self, "list_xattrs", |s| s.list_xattrs(&path).await)
+    }
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        let (path, name) = (path.to_string(), name.to_string());
+        via!(self, "set_xattr", |s| s
+            .set_xattr(&path, &name, value.clone(), how, op)
+            .await)
     }
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = path.to_string();
@@ -325,9 +375,17 @@ impl MetadataService for SimMdsClient {
         let path = path.to_string();
         via!(self, "unlink", |s| s.unlink(&path, op).await)
     }
-    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         let (from, to) = (from.to_string(), to.to_string());
-        via!(self, "rename", |s| s.rename(&from, &to, op).await)
+        via!(self, "rename", |s| s
+            .rename_with(&from, &to, flags, op)
+            .await)
     }
     async fn set_attr(
         &self,

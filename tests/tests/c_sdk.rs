@@ -182,6 +182,22 @@ fn c_sdk_builds_installs_and_runs_against_a_live_cluster() {
     let out = ok(with_conf(c_program(&build, "test_errors")).arg(&cluster.name));
     assert!(out.contains(" 0 failed"), "{out}");
 
+    // The POSIX namespace: links, special files, modes, owners, times,
+    // extended attributes, rename flags.
+    let out = ok(with_conf(c_program(&build, "posix_tree")).args([&cluster.name, "/posix"]));
+    assert!(out.contains("posix_tree: ok"), "{out}");
+    // And as the CLI lists it: kinds, modes, owners, links, targets.
+    let ls = cluster.cli(&["ls", "-l", "/posix"]);
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    for line in [
+        "lrwxrwxrwx   1",
+        "-> file",
+        "crw--w----",
+        "-rwxr-xr-x   1  1234",
+    ] {
+        assert!(ls.contains(line), "{line:?} not in:\n{ls}");
+    }
+
     // The aio copy: a file over several 1 MiB chunks and not block-aligned,
     // compared by the program itself and once more through the Rust SDK.
     let data = pattern(5, 5 * (1 << 20) + 4321);

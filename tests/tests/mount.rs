@@ -370,34 +370,186 @@ fn real_tools_copy_verify_and_namespace() {
         "{listing:?}"
     );
 
-    // Unsupported operations answer a clear errno at once.
+    // The POSIX namespace: symbolic and hard links, FIFOs, modes, owners,
+    // times with nanoseconds, extended attributes, rename flags.
     let target = m.path("dd.bin");
+    std::os::unix::fs::symlink("dd.bin", m.path("sym")).unwrap();
     assert_eq!(
-        errno_of(std::os::unix::fs::symlink(&target, m.path("sym"))),
-        libc::EPERM
+        std::fs::read_link(m.path("sym")).unwrap(),
+        Path::new("dd.bin")
     );
     assert_eq!(
-        errno_of(std::fs::hard_link(&target, m.path("hard"))),
-        libc::EPERM
+        std::fs::read(m.path("sym")).unwrap(),
+        std::fs::read(&target).unwrap(),
+        "the kernel follows the link"
     );
+    assert!(std::fs::symlink_metadata(m.path("sym"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::fs::hard_link(&target, m.path("hard")).unwrap();
+    let (t, h) = (
+        std::fs::metadata(&target).unwrap(),
+        std::fs::metadata(m.path("hard")).unwrap(),
+    );
+    assert_eq!((t.ino(), t.nlink()), (h.ino(), 2));
+    std::fs::remove_file(&target).unwrap();
+    assert_eq!(std::fs::metadata(m.path("hard")).unwrap().nlink(), 1);
+    std::fs::rename(m.path("hard"), &target).unwrap();
     let fifo = std::ffi::CString::new(m.path("fifo").to_str().unwrap()).unwrap();
     // SAFETY: a valid C path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, -1);
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    let meta = std::fs::symlink_metadata(m.path("fifo")).unwrap();
+    assert_eq!(meta.mode() & 0o170777, libc::S_IFIFO | 0o640);
+    run(Command::new("chmod").arg("4751").arg(&target));
+    run(Command::new("chown").arg("1234:5678").arg(&target));
+    run(Command::new("touch")
+        .arg("-d")
+        .arg("2001-02-03 04:05:06.123456789")
+        .arg(&target));
+    let meta = std::fs::metadata(&target).unwrap();
     assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EPERM)
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o751, 1234, 5678),
+        "chown cleared the set-user-id bit"
     );
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (981_173_106, 123_456_789)
+    );
+    let name = std::ffi::CString::new("user.origin").unwrap();
+    let c_target = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings and a buffer of the length given.
+    let set = unsafe {
+        libc::setxattr(
+            c_target.as_ptr(),
+            name.as_ptr(),
+            b"pstorage".as_ptr().cast(),
+            8,
+            libc::XATTR_CREATE,
+        )
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let mut value = [0u8; 64];
+    // SAFETY: as above.
+    let n = unsafe {
+        libc::getxattr(
+            c_target.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    assert_eq!(&value[..n as usize], b"pstorage");
+    // RENAME_EXCHANGE swaps a file and a directory atomically.
+    std::fs::create_dir(m.path("xdir")).unwrap();
+    let (a, b) = (
+        std::ffi::CString::new(target.to_str().unwrap()).unwrap(),
+        std::ffi::CString::new(m.path("xdir").to_str().unwrap()).unwrap(),
+    );
+    // SAFETY: valid C paths; renameat2 has no libc wrapper here.
+    let swapped = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(swapped, 0, "{}", std::io::Error::last_os_error());
+    assert!(std::fs::metadata(&target).unwrap().is_dir());
+    assert!(std::fs::metadata(m.path("xdir")).unwrap().is_file());
     assert_eq!(
         errno_of(std::fs::write(m.path(&"n".repeat(256)), b"x")),
         libc::ENAMETOOLONG
     );
-    // chmod and utimes are accepted and have no effect (documented).
-    run(Command::new("chmod").arg("600").arg(&target));
-    run(Command::new("touch")
-        .arg("-d")
-        .arg("2001-01-01")
-        .arg(&target));
 
+    m.unmount();
+}
+
+/// A tree as containers and VM image directories hold them: symbolic
+/// links (relative, absolute, dangling, to a directory), hard links, a
+/// FIFO, modes with set-id bits, other owners, old times with nanoseconds,
+/// extended attributes.
+fn make_posix_tree(root: &Path) {
+    make_tree(root);
+    sh(&format!(
+        "set -e; cd '{}'; ln -s small.txt rel-link; ln -s /etc/hostname abs-link; \
+         ln -s missing dangling; ln -s a/b dir-link; ln small.txt hard-a; \
+         ln a/b/f3 a/hard-b; mkfifo pipe; chmod 4755 a/b/f1; chmod 2775 a/b; \
+         chmod 1777 empty-dir; chown 1000:1000 a/b/f2; chown -h 7:8 rel-link; \
+         touch -h -d '1999-12-31 23:59:59.5' rel-link; \
+         touch -d '2001-02-03 04:05:06.123456789' a/big.bin; \
+         setfattr -n user.kind -v tree a/b/f4",
+        root.display()
+    ));
+}
+
+#[test]
+fn posix_trees_copy_through_cp_rsync_and_tar_unchanged() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let mut m = Mount::start(&cluster, &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("tree");
+    make_posix_tree(&src);
+    let same = |copy: &Path, how: &str| {
+        // diff compares no FIFOs: it names each pair (and exits 1 for them,
+        // ext4 to ext4 too); anything else it prints is a difference.
+        let out = Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&src)
+            .arg(copy)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let differences: Vec<&str> = text
+            .lines()
+            .filter(|l| !(l.starts_with("File ") && l.ends_with(" is a fifo")))
+            .collect();
+        assert!(
+            differences.is_empty() && out.status.code() != Some(2),
+            "{how}: diff -r --no-dereference: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // rsync's itemized dry run lists every difference of content,
+        // kind, link target, mode, owner, group, time, hard link.
+        let out = run(Command::new("rsync")
+            .args(["-n", "-a", "-H", "-X", "-i", "--checksum"])
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", copy.display())));
+        let changes = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            changes.trim().is_empty(),
+            "{how}: rsync sees differences:\n{changes}"
+        );
+    };
+    run(Command::new("cp").arg("-a").arg(&src).arg(m.path("cp")));
+    same(&m.path("cp"), "cp -a");
+    run(Command::new("rsync")
+        .args(["-a", "-H", "-X"])
+        .arg(format!("{}/", src.display()))
+        .arg(m.path("rsync")));
+    same(&m.path("rsync"), "rsync -aHX");
+    std::fs::create_dir(m.path("tar")).unwrap();
+    sh(&format!(
+        "set -e; tar -C '{}' --xattrs -cf - . | tar -C '{}' --xattrs --same-owner -xpf -",
+        src.display(),
+        m.path("tar").display()
+    ));
+    same(&m.path("tar"), "tar");
+    // And back out of the mount.
+    let back = work.path().join("back");
+    run(Command::new("cp").arg("-a").arg(m.path("cp")).arg(&back));
+    same(&back, "cp -a out of the mount");
+    let hard = std::fs::metadata(m.path("cp/hard-a")).unwrap();
+    assert_eq!(hard.nlink(), 2);
+    assert_eq!(
+        hard.ino(),
+        std::fs::metadata(m.path("cp/small.txt")).unwrap().ino()
+    );
     m.unmount();
 }
 
@@ -707,140 +859,85 @@ fn fsx_exercises_the_mount() {
     );
 }
 
-/// pjdfstest groups that test what the cluster has no notion of; not run.
-const PJDFSTEST_SKIPPED_GROUPS: &[(&str, &str)] = &[
-    (
-        "chmod",
-        "permission bits are not stored (chmod is accepted and ignored)",
-    ),
-    (
-        "chown",
-        "ownership is not stored (chown is accepted and ignored)",
-    ),
-    ("chflags", "BSD file flags"),
-    ("link", "hard links (EPERM)"),
-    ("symlink", "symbolic links (EPERM)"),
-    ("mkfifo", "fifos (EPERM)"),
-    (
-        "mknod",
-        "device nodes and fifos (EPERM); regular files work",
-    ),
-    (
-        "utimensat",
-        "times cannot be set (utimes is accepted and ignored)",
-    ),
-];
+/// pjdfstest cases that fail on pstorage-mount, each with the reason: none
+/// (2026-12-06: 382 passed, 16 skipped, 0 failed of 398). The bound the
+/// project set is 25 (MooseFS's mount fails 49 on this machine, a
+/// passthrough FUSE file system over ext4 about 31). The 16 skipped need a
+/// read-only remount (`erofs_*`), a second file system (`exdev_*`) or a
+/// configured link limit (`link_count_max`).
+const PJDFSTEST_KNOWN_FAILURES: &[(&str, &str)] = &[];
 
-/// The groups run: the syscalls pstorage-mount supports.
-const PJDFSTEST_GROUPS: &[&str] = &[
-    "mkdir",
-    "rmdir",
-    "unlink",
-    "rename",
-    "open",
-    "truncate",
-    "ftruncate",
-    "posix_fallocate",
-];
-
-/// Cases inside the supported groups that need an unsupported feature: a
-/// failure of a case whose name contains one of these is expected.
-const PJDFSTEST_UNSUPPORTED_CASES: &[(&str, &str)] = &[
-    ("::symlink", "symbolic links"),
-    ("::fifo", "fifos"),
-    ("::socket", "unix sockets"),
-    ("::char", "character devices"),
-    ("::block", "block devices"),
-    ("eloop", "symbolic link loops"),
-    ("nofollow", "O_NOFOLLOW needs symbolic links"),
-    ("uid", "ownership"),
-    ("gid", "ownership"),
-    ("perm", "permission bits"),
-    ("eacces", "permission checks for other users"),
-    ("eperm", "permission checks for other users"),
-    ("sticky", "the sticky bit"),
-    ("write_access_required", "permission checks for other users"),
-    ("create_flags", "permission checks for other users"),
-    ("etxtbsy", "executing a binary from the mount"),
-    (
-        "ctime",
-        "ctime on unlink/rename (needs hard links or is not tracked)",
-    ),
-    ("preserve_metadata", "needs hard links"),
-    ("multiply_linked", "hard links"),
-    (
-        "updates_link_parent",
-        "directory link counts (reported as 1)",
-    ),
-];
+/// The most pjdfstest failures allowed.
+const PJDFSTEST_MAX_FAILURES: usize = 25;
 
 #[test]
 #[ignore = "needs pjdfstest (cargo install pjdfstest): run by scripts/test.d/fuse.sh"]
-fn pjdfstest_supported_syscalls() {
+fn pjdfstest_every_group() {
     let cluster = TestCluster::start(ClusterOptions::default());
-    let m = Mount::start(&cluster, &[]);
+    // pjdfstest switches to other users: they must reach the mount.
+    let m = Mount::start(&cluster, &["-o", "allow_other"]);
     let work = tempfile::tempdir().unwrap();
     let conf = work.path().join("pjdfstest.toml");
-    // Dummy users that exist on Debian (pjdfstest's default "tests" does not).
+    // Dummy users that exist on Debian (pjdfstest's default "tests" does
+    // not). Every feature this file system has; chflags and NFSv4 ACLs are
+    // BSD's and not run.
     std::fs::write(
         &conf,
-        "[features]\nposix_fallocate = {}\n[settings]\nnaptime = 0.001\nallow_remount = false\n\
+        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutime_now = {}\nutimensat = {}\n\
+         [settings]\nnaptime = 0.01\nallow_remount = false\n\
          [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
     )
     .unwrap();
     std::fs::create_dir(m.path("pjd")).unwrap();
-    for (group, why) in PJDFSTEST_SKIPPED_GROUPS {
-        eprintln!("pjdfstest: skipping group {group}: {why}");
-    }
     let out = tool("pjdfstest")
         .arg("-c")
         .arg(&conf)
         .arg("-p")
         .arg(m.path("pjd"))
-        .args(PJDFSTEST_GROUPS)
         .env("RUST_BACKTRACE", "0")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (mut passed, mut expected, mut unexpected) = (0, Vec::new(), Vec::new());
+    let (mut passed, mut known, mut unexpected) = (0, Vec::new(), Vec::new());
+    let mut skipped = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let (Some(name), Some(result)) = (words.next(), words.last()) else {
             continue;
         };
-        // Groups are selected by substring: "link" would also pick cases of
-        // other groups; only count the groups asked for.
-        if !PJDFSTEST_GROUPS
-            .iter()
-            .any(|g| name.starts_with(&format!("{g}::")))
-        {
+        if !name.contains("::") {
             continue;
         }
         match result {
             "ok" => passed += 1,
-            "FAILED" => match PJDFSTEST_UNSUPPORTED_CASES
-                .iter()
-                .find(|(frag, _)| name.contains(frag))
-            {
-                Some((_, why)) => expected.push(format!("{name} ({why})")),
+            "skipped" | "SKIPPED" => skipped.push(line.to_string()),
+            "FAILED" => match PJDFSTEST_KNOWN_FAILURES.iter().find(|(n, _)| *n == name) {
+                Some((_, why)) => known.push(format!("{name} ({why})")),
                 None => unexpected.push(name.to_string()),
             },
             _ => {}
         }
     }
     eprintln!(
-        "pjdfstest: {passed} passed, {} failed as expected:\n  {}",
-        expected.len(),
-        expected.join("\n  ")
+        "pjdfstest: {passed} passed, {} skipped, {} failed (known):\n  {}\nskipped:\n  {}",
+        skipped.len(),
+        known.len(),
+        known.join("\n  "),
+        skipped.join("\n  ")
     );
     assert!(
         unexpected.is_empty(),
-        "pjdfstest cases failed that pstorage-mount claims to support: {unexpected:?}\n{text}\n{}",
+        "pjdfstest cases failed that are not known failures: {unexpected:?}\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        passed >= 70,
+        known.len() <= PJDFSTEST_MAX_FAILURES,
+        "{} pjdfstest failures, at most {PJDFSTEST_MAX_FAILURES} are allowed",
+        known.len()
+    );
+    assert!(
+        passed >= 380,
         "only {passed} pjdfstest cases passed:\n{text}"
     );
 }

@@ -295,11 +295,20 @@ fn serve(plan: &Plan, ready: &mut Option<ReadyPipe>) -> Result<()> {
     if let Some(t) = plan.opts.attr_timeout {
         fs.attr_ttl = t;
     }
+    // The kernel checks every access against the modes and owners the
+    // cluster stores (the mount never does it itself).
     let mut mount_options = vec![
         MountOption::FSName(format!("pstorage:{}", plan.conf.name)),
         MountOption::Subtype("pstorage-mount".into()),
+        MountOption::DefaultPermissions,
     ];
-    mount_options.extend(plan.opts.mount.iter().cloned());
+    mount_options.extend(
+        plan.opts
+            .mount
+            .iter()
+            .filter(|o| **o != MountOption::DefaultPermissions)
+            .cloned(),
+    );
     let opts = MountOptions {
         fs,
         cache: cache.clone(),

@@ -24,10 +24,11 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 use pstorage_core::error::{Error, ErrorKind};
-use pstorage_core::types::InodeKind;
+use pstorage_core::types::{InodeKind, Perms, PERMISSION_BITS};
 use pstorage_rpc::call_metrics::CallMetrics;
 use tokio::runtime::Handle;
 
+use super::ops::posix::{node_spec, stat_change, XattrReply};
 use super::ops::{Attr, FsOps, Opened};
 
 /// The file system handed to fuser: [`FsOps`] and the runtime its
@@ -59,12 +60,37 @@ fn name_arg(name: &OsStr) -> std::result::Result<String, Errno> {
     }
 }
 
-/// Replies `EPERM` for an operation the cluster has no notion of: what
-/// link(2), symlink(2) and mknod(2) return when "the file system does not
-/// support" it.
-fn unsupported(what: &str) -> Errno {
-    tracing::debug!("{what} is not supported by pstorage-mount: EPERM");
-    Errno::EPERM
+/// The permissions of a node `req` creates with `mode` under `umask`.
+fn perms_of(req: &Request, mode: u32, umask: u32) -> Perms {
+    Perms {
+        mode: mode & !umask & PERMISSION_BITS,
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// A kernel time argument as the ops take it (`None`: now).
+fn time_arg(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
+    t.map(|t| match t {
+        TimeOrNow::Now => None,
+        TimeOrNow::SpecificTime(t) => Some(t),
+    })
+}
+
+/// An extended attribute name from the kernel (UTF-8, as the cluster
+/// stores names).
+fn xattr_name(name: &OsStr) -> std::result::Result<String, Errno> {
+    name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
+}
+
+fn reply_xattr(r: pstorage_core::error::Result<XattrReply>, op: &str, reply: fuser::ReplyXattr) {
+    match r {
+        Ok(XattrReply::Size(n)) => reply.size(n),
+        Ok(XattrReply::Data(d)) => reply.data(&d),
+        // A buffer too small for the value.
+        Err(e) if e.kind() == ErrorKind::InvalidArgument => reply.error(Errno::ERANGE),
+        Err(e) => reply.error(report(op, &e)),
+    }
 }
 
 /// Logs a failed request: expected outcomes (no such file, exists, ...) at
@@ -75,7 +101,12 @@ fn report(op: &str, e: &Error) -> Errno {
         | ErrorKind::AlreadyExists
         | ErrorKind::NotEmpty
         | ErrorKind::NotADirectory
-        | ErrorKind::IsADirectory => tracing::debug!("{op}: {e}"),
+        | ErrorKind::IsADirectory
+        | ErrorKind::NoData
+        | ErrorKind::NotSupported
+        | ErrorKind::NameTooLong
+        | ErrorKind::PermissionDenied
+        | ErrorKind::InvalidArgument => tracing::debug!("{op}: {e}"),
         _ => tracing::warn!("{op}: {e}"),
     }
     errno_of(e)
@@ -85,6 +116,11 @@ fn file_type(kind: InodeKind) -> FileType {
     match kind {
         InodeKind::Dir => FileType::Directory,
         InodeKind::File => FileType::RegularFile,
+        InodeKind::Symlink => FileType::Symlink,
+        InodeKind::Fifo => FileType::NamedPipe,
+        InodeKind::Socket => FileType::Socket,
+        InodeKind::CharDevice => FileType::CharDevice,
+        InodeKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -102,7 +138,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: a.blksize,
         flags: 0,
     }
@@ -209,12 +245,12 @@ impl Filesystem for PstorageFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -224,41 +260,47 @@ impl Filesystem for PstorageFs {
         reply: ReplyAttr,
     ) {
         let ops = self.ops.clone();
+        let change = stat_change(mode, uid, gid, time_arg(atime), time_arg(mtime));
         self.spawn("setattr", async move {
-            match ops.setattr(ino.0, fh.map(|f| f.0), size).await {
+            match ops.setattr(ino.0, fh.map(|f| f.0), size, change).await {
                 Ok(attr) => reply.attr(&ops.config().attr_ttl, &file_attr(&attr)),
                 Err(e) => reply.error(report("setattr", &e)),
             }
         });
     }
 
-    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
-        // There are no symlinks; the kernel only asks for symlink inodes.
-        reply.error(Errno::EINVAL);
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let ops = self.ops.clone();
+        self.spawn("readlink", async move {
+            match ops.readlink(ino.0).await {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(report("readlink", &e)),
+            }
+        });
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
-        _rdev: u32,
+        umask: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(unsupported(
-                "mknod of anything but a regular file (fifo, socket, device)",
-            ));
-        }
+        let spec = match node_spec(mode, rdev) {
+            Ok(s) => s,
+            Err(e) => return reply.error(report("mknod", &e)),
+        };
         let name = match name_arg(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let perms = perms_of(req, mode, umask);
         let ops = self.ops.clone();
         self.spawn("mknod", async move {
-            match ops.mknod(parent.0, &name).await {
+            match ops.mknod(parent.0, &name, spec, perms).await {
                 Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(report("mknod", &e)),
             }
@@ -267,20 +309,21 @@ impl Filesystem for PstorageFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let name = match name_arg(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let perms = perms_of(req, mode, umask);
         let ops = self.ops.clone();
         self.spawn("mkdir", async move {
-            match ops.mkdir(parent.0, &name).await {
+            match ops.mkdir(parent.0, &name, perms).await {
                 Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(report("mkdir", &e)),
             }
@@ -317,14 +360,28 @@ impl Filesystem for PstorageFs {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        // EPERM: "the file system does not support symbolic links" (symlink(2)).
-        reply.error(unsupported("symlink"));
+        let name = match name_arg(link_name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        // Targets are stored as text: a non-UTF-8 one cannot be.
+        let Some(target) = target.to_str().map(str::to_string) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (uid, gid) = (req.uid(), req.gid());
+        let ops = self.ops.clone();
+        self.spawn("symlink", async move {
+            match ops.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(report("symlink", &e)),
+            }
+        });
     }
 
     fn rename(
@@ -356,13 +413,22 @@ impl Filesystem for PstorageFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        // EPERM: "the file system does not support hard links" (link(2)).
-        reply.error(unsupported("link (hard links)"));
+        let name = match name_arg(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ops = self.ops.clone();
+        self.spawn("link", async move {
+            match ops.link(ino.0, newparent.0, &name).await {
+                Ok(attr) => reply.entry(&ops.config().attr_ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(report("link", &e)),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
@@ -549,11 +615,11 @@ impl Filesystem for PstorageFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -561,9 +627,10 @@ impl Filesystem for PstorageFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
+        let perms = perms_of(req, mode, umask);
         let ops = self.ops.clone();
         self.spawn("create", async move {
-            match ops.create(parent.0, &name, flags).await {
+            match ops.create(parent.0, &name, flags, perms).await {
                 Ok((attr, o)) => reply.created(
                     &ops.config().attr_ttl,
                     &file_attr(&attr),
@@ -599,43 +666,73 @@ impl Filesystem for PstorageFs {
         });
     }
 
-    // What follows is not supported. ENOSYS is the answer the kernel
-    // remembers for the whole mount ("not implemented, stop asking"): it then
-    // returns EOPNOTSUPP for xattrs without asking again (which also spares
-    // the security.capability lookup on every write), checks access by mode
-    // bits, keeps POSIX locks local to this host and copies ranges itself.
-
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let name = match xattr_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let value = value.to_vec();
+        let ops = self.ops.clone();
+        self.spawn("setxattr", async move {
+            match ops.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("setxattr", &e)),
+            }
+        });
     }
 
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::ENOSYS);
+        let name = match xattr_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ops = self.ops.clone();
+        self.spawn("getxattr", async move {
+            reply_xattr(ops.getxattr(ino.0, &name, size).await, "getxattr", reply);
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let ops = self.ops.clone();
+        self.spawn("listxattr", async move {
+            reply_xattr(ops.listxattr(ino.0, size).await, "listxattr", reply);
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match xattr_name(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ops = self.ops.clone();
+        self.spawn("removexattr", async move {
+            match ops.removexattr(ino.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(report("removexattr", &e)),
+            }
+        });
     }
+
+    // What follows is not supported. ENOSYS is the answer the kernel
+    // remembers for the whole mount ("not implemented, stop asking"): it
+    // checks access by mode bits (`default_permissions`), keeps POSIX locks
+    // local to this host and copies ranges itself.
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);

@@ -21,6 +21,9 @@ use pstorage_core::types::{InodeKind, ROOT_INODE};
 struct Node {
     parent: u64,
     name: String,
+    /// Its other names the kernel knows (hard links): one takes over when
+    /// `name` is removed.
+    aliases: Vec<(u64, String)>,
     kind: InodeKind,
     /// Lookups handed to the kernel and not forgotten yet.
     lookups: u64,
@@ -52,6 +55,7 @@ impl InodeTable {
             Node {
                 parent: ROOT_INODE.0,
                 name: String::new(),
+                aliases: Vec::new(),
                 kind: InodeKind::Dir,
                 lookups: 1,
                 unlinked: false,
@@ -133,18 +137,38 @@ impl InodeTable {
     /// kernel: one more lookup. Also the way the table learns renames made by
     /// other clients: the latest lookup says where the inode lives.
     pub fn add_lookup(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
+        self.add_name_lookup(ino, parent, name, kind, false);
+    }
+
+    /// [`InodeTable::add_lookup`] of a non-directory with several names
+    /// (hard links): the name it was known by stays known too, and takes
+    /// over if this one is removed.
+    pub fn add_link_lookup(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
+        self.add_name_lookup(ino, parent, name, kind, kind != InodeKind::Dir);
+    }
+
+    fn add_name_lookup(
+        &mut self,
+        ino: u64,
+        parent: u64,
+        name: &str,
+        kind: InodeKind,
+        keep_old: bool,
+    ) {
         if ino == ROOT_INODE.0 {
             return;
         }
         // Another inode known under this name was replaced behind our back.
-        if let Some(old) = self.names.get(&(parent, name.to_string())).copied() {
+        let key = (parent, name.to_string());
+        if let Some(old) = self.names.get(&key).copied() {
             if old != ino {
-                self.detach(old);
+                self.detach_name(old, &key);
             }
         }
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             parent,
             name: name.to_string(),
+            aliases: Vec::new(),
             kind,
             lookups: 0,
             unlinked: false,
@@ -158,11 +182,19 @@ impl InodeTable {
             node.parent = parent;
             node.name = name.to_string();
             node.unlinked = false;
+            node.aliases.retain(|a| *a != key);
+            // A file with several names keeps the old one known: it takes
+            // over if this one goes. Otherwise the old name was renamed
+            // away (by another client).
             if !was_unlinked && self.names.get(&old_key) == Some(&ino) {
-                self.names.remove(&old_key);
+                if keep_old {
+                    node.aliases.push(old_key);
+                } else {
+                    self.names.remove(&old_key);
+                }
             }
         }
-        self.names.insert((parent, name.to_string()), ino);
+        self.names.insert(key, ino);
     }
 
     /// Takes `nlookup` lookups away; a node at zero is dropped.
@@ -177,27 +209,112 @@ impl InodeTable {
         if node.lookups == 0 {
             let key = (node.parent, node.name.clone());
             let unlinked = node.unlinked;
+            let aliases = std::mem::take(&mut node.aliases);
             self.nodes.remove(&ino);
             if !unlinked && self.names.get(&key) == Some(&ino) {
                 self.names.remove(&key);
+            }
+            for a in aliases {
+                if self.names.get(&a) == Some(&ino) {
+                    self.names.remove(&a);
+                }
             }
         }
     }
 
     /// Records that `parent`/`name` was removed from the namespace.
     pub fn unlink(&mut self, parent: u64, name: &str) {
-        if let Some(ino) = self.names.get(&(parent, name.to_string())).copied() {
-            self.detach(ino);
+        let key = (parent, name.to_string());
+        if let Some(ino) = self.names.get(&key).copied() {
+            self.detach_name(ino, &key);
+        }
+    }
+
+    /// Removes the name `key` of `ino`: another known name of it takes
+    /// over, else it is unlinked.
+    fn detach_name(&mut self, ino: u64, key: &(u64, String)) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            if (node.parent, &node.name) == (key.0, &key.1) {
+                match node.aliases.pop() {
+                    Some((p, n)) => {
+                        node.parent = p;
+                        node.name = n;
+                    }
+                    None => node.unlinked = true,
+                }
+            } else {
+                node.aliases.retain(|a| a != key);
+            }
+            if self.names.get(key) == Some(&ino) {
+                self.names.remove(key);
+            }
         }
     }
 
     fn detach(&mut self, ino: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             let key = (node.parent, node.name.clone());
-            node.unlinked = true;
-            if self.names.get(&key) == Some(&ino) {
-                self.names.remove(&key);
+            self.detach_name(ino, &key);
+        }
+    }
+
+    /// Records a rename of the name `parent`/`name` to
+    /// `new_parent`/`new_name` by this mount (a node known at the target was
+    /// replaced and loses that name).
+    pub fn rename_entry(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
+        let old_key = (parent, name.to_string());
+        let new_key = (new_parent, new_name.to_string());
+        let Some(ino) = self.names.get(&old_key).copied() else {
+            self.unlink(new_parent, new_name);
+            return;
+        };
+        if let Some(old) = self.names.get(&new_key).copied() {
+            if old != ino {
+                self.detach_name(old, &new_key);
             }
+        }
+        self.names.remove(&old_key);
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            if (node.parent, &node.name) == (old_key.0, &old_key.1) {
+                node.parent = new_parent;
+                node.name = new_name.to_string();
+            } else if let Some(a) = node.aliases.iter_mut().find(|a| **a == old_key) {
+                *a = new_key.clone();
+            }
+            node.aliases
+                .retain(|a| *a != (node.parent, node.name.clone()));
+        }
+        self.names.insert(new_key, ino);
+    }
+
+    /// Records that the names `a` and `b` (each `(parent, name)`) swapped
+    /// their nodes (`RENAME_EXCHANGE`).
+    pub fn exchange(&mut self, a: (u64, &str), b: (u64, &str)) {
+        let ka = (a.0, a.1.to_string());
+        let kb = (b.0, b.1.to_string());
+        let ia = self.names.remove(&ka);
+        let ib = self.names.remove(&kb);
+        let mut rename = |ino: u64, from: &(u64, String), to: &(u64, String)| {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                if (node.parent, &node.name) == (from.0, &from.1) {
+                    node.parent = to.0;
+                    node.name = to.1.clone();
+                } else if let Some(x) = node.aliases.iter_mut().find(|x| *x == from) {
+                    *x = to.clone();
+                }
+            }
+        };
+        if let Some(i) = ia {
+            rename(i, &ka, &kb);
+        }
+        if let Some(i) = ib {
+            rename(i, &kb, &ka);
+        }
+        if let Some(i) = ia {
+            self.names.insert(kb, i);
+        }
+        if let Some(i) = ib {
+            self.names.insert(ka, i);
         }
     }
 
@@ -219,6 +336,8 @@ impl InodeTable {
         node.parent = new_parent;
         node.name = new_name.to_string();
         node.unlinked = false;
+        node.aliases
+            .retain(|a| *a != (new_parent, new_name.to_string()));
         if !was_unlinked && self.names.get(&old_key) == Some(&ino) {
             self.names.remove(&old_key);
         }
@@ -322,6 +441,34 @@ mod tests {
         assert_eq!(t.path(41).unwrap(), "/d/g");
         assert_eq!(t.child(ROOT_INODE.0, "f"), None);
         assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn a_file_known_by_two_names_keeps_a_path_when_one_goes() {
+        let mut t = InodeTable::new();
+        t.add_lookup(50, ROOT_INODE.0, "a", InodeKind::File);
+        t.add_link_lookup(50, ROOT_INODE.0, "b", InodeKind::File);
+        assert_eq!(t.path(50).unwrap(), "/b");
+        assert_eq!(t.child(ROOT_INODE.0, "a"), Some(50));
+        t.unlink(ROOT_INODE.0, "b");
+        assert_eq!(t.path(50).unwrap(), "/a", "the other name takes over");
+        assert!(!t.is_unlinked(50));
+        t.add_link_lookup(50, ROOT_INODE.0, "c", InodeKind::File);
+        t.rename_entry(ROOT_INODE.0, "a", ROOT_INODE.0, "d");
+        assert_eq!(t.child(ROOT_INODE.0, "d"), Some(50));
+        t.unlink(ROOT_INODE.0, "c");
+        assert_eq!(t.path(50).unwrap(), "/d", "the renamed alias");
+        t.unlink(ROOT_INODE.0, "d");
+        assert!(t.is_unlinked(50));
+        // An exchange swaps two names' nodes.
+        t.add_lookup(60, ROOT_INODE.0, "x", InodeKind::File);
+        t.add_lookup(61, ROOT_INODE.0, "y", InodeKind::Dir);
+        t.exchange((ROOT_INODE.0, "x"), (ROOT_INODE.0, "y"));
+        assert_eq!(t.path(60).unwrap(), "/y");
+        assert_eq!(t.path(61).unwrap(), "/x");
+        assert_eq!(t.child(ROOT_INODE.0, "x"), Some(61));
+        t.forget(50, 3);
+        assert_eq!(t.child(ROOT_INODE.0, "d"), None);
     }
 
     #[test]

@@ -38,7 +38,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pstorage_core::client::{Client, File};
 use pstorage_core::error::{Error, ErrorKind, Result};
-use pstorage_core::types::{CsStatus, InodeId, InodeKind, LeaseMode, OpenFlags, Stat, ROOT_INODE};
+use pstorage_core::types::{
+    CsStatus, InodeId, InodeKind, LeaseMode, OpenFlags, Perms, RenameFlags, Stat, StatChange,
+    Timestamp, PERMISSION_BITS, ROOT_INODE,
+};
+
+pub mod posix;
 
 use super::cache::ReadCache;
 use super::inodes::InodeTable;
@@ -56,10 +61,6 @@ pub const STATFS_BLOCK_BYTES: u64 = 4096;
 pub struct FsConfig {
     /// How long the kernel may cache attributes and directory entries.
     pub attr_ttl: Duration,
-    /// Owner reported for every file and directory (the cluster stores none).
-    pub uid: u32,
-    /// Group reported for every file and directory.
-    pub gid: u32,
     /// Open every file with `FOPEN_DIRECT_IO` (no kernel page cache; mmap of
     /// files then fails).
     pub direct_io: bool,
@@ -75,10 +76,6 @@ impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
             attr_ttl: Duration::from_secs(1),
-            // SAFETY: geteuid and getegid always succeed and touch no memory.
-            uid: unsafe { libc::geteuid() },
-            // SAFETY: as above.
-            gid: unsafe { libc::getegid() },
             direct_io: false,
             max_write_bytes: 1 << 20,
             max_readahead_bytes: 1 << 20,
@@ -98,23 +95,24 @@ pub struct Attr {
     pub size: u64,
     /// 512-byte blocks (the size rounded up).
     pub blocks: u64,
-    /// Access time: the modification time (the cluster keeps no atime).
+    /// Access time (as far as the cluster records reads).
     pub atime: SystemTime,
     /// Modification time.
     pub mtime: SystemTime,
-    /// Change time (at least the modification time).
+    /// Change time.
     pub ctime: SystemTime,
-    /// Creation time.
+    /// Creation time (the change time: the cluster keeps no birth time).
     pub crtime: SystemTime,
-    /// Permission bits: 0o755 for directories, 0o644 for files (the
-    /// cluster stores none).
+    /// Permission bits (07777).
     pub perm: u16,
-    /// Links: 1, or 0 for a file unlinked while open.
+    /// Names it has (0 for a file unlinked while open).
     pub nlink: u32,
-    /// Owner ([`FsConfig::uid`]).
+    /// Owner.
     pub uid: u32,
-    /// Group ([`FsConfig::gid`]).
+    /// Group.
     pub gid: u32,
+    /// The device of a device node.
+    pub rdev: u32,
     /// Preferred I/O size in bytes.
     pub blksize: u32,
 }
@@ -193,8 +191,38 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn time_of(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+/// A cluster time as the kernel takes it (before the epoch too).
+pub(super) fn time_of(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec.into())
+    }
+}
+
+/// A time from the kernel as the cluster stores it.
+pub(super) fn timestamp_of(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nsec: d.subsec_nanos(),
+        },
+        Err(before) => {
+            let d = before.duration();
+            let (sec, nsec) = (d.as_secs(), d.subsec_nanos());
+            if nsec == 0 {
+                Timestamp {
+                    sec: -i64::try_from(sec).unwrap_or(i64::MAX),
+                    nsec: 0,
+                }
+            } else {
+                Timestamp {
+                    sec: -i64::try_from(sec).unwrap_or(i64::MAX) - 1,
+                    nsec: 1_000_000_000 - nsec,
+                }
+            }
+        }
+    }
 }
 
 impl FsOps {
@@ -270,26 +298,24 @@ impl FsOps {
     }
 
     fn attr(&self, st: &Stat, unlinked: bool) -> Attr {
-        let (perm, nlink) = match st.kind {
-            // 1, not 2 + subdirectories (unknown without a listing): tools
-            // like find then do not assume a leaf directory.
-            InodeKind::Dir => (0o755, 1),
-            InodeKind::File => (0o644, if unlinked { 0 } else { 1 }),
-        };
-        let mtime = time_of(st.mtime_ms);
         Attr {
             ino: st.ino.0,
             kind: st.kind,
             size: st.size,
             blocks: st.size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: time_of(st.ctime_ms.max(st.mtime_ms)),
-            crtime: time_of(st.ctime_ms),
-            perm,
-            nlink,
-            uid: self.cfg.uid,
-            gid: self.cfg.gid,
+            atime: time_of(st.atime),
+            mtime: time_of(st.mtime),
+            ctime: time_of(st.ctime),
+            crtime: time_of(st.ctime),
+            perm: (st.mode & PERMISSION_BITS) as u16,
+            nlink: if unlinked && st.kind != InodeKind::Dir {
+                st.nlink.saturating_sub(1)
+            } else {
+                st.nlink
+            },
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev as u32,
             blksize: 128 << 10,
         }
     }
@@ -392,7 +418,9 @@ impl FsOps {
             if file.lease().mode == LeaseMode::Write {
                 st.size = file.size();
             }
-            st.mtime_ms = st.mtime_ms.max(oi.local_mtime_ms.load(Ordering::Relaxed));
+            let local = Timestamp::from_ms(oi.local_mtime_ms.load(Ordering::Relaxed));
+            st.mtime = st.mtime.max(local);
+            st.ctime = st.ctime.max(local);
         }
         Ok(self.attr(&st, unlinked))
     }
@@ -409,7 +437,11 @@ impl FsOps {
             }
         })?;
         let st = self.client.stat(&path).await?;
-        lock(&self.inodes).add_lookup(st.ino.0, parent, name, st.kind);
+        if st.nlink > 1 {
+            lock(&self.inodes).add_link_lookup(st.ino.0, parent, name, st.kind);
+        } else {
+            lock(&self.inodes).add_lookup(st.ino.0, parent, name, st.kind);
+        }
         self.getattr(st.ino.0)
             .await
             .or_else(|_| Ok(self.attr(&st, false)))
@@ -451,7 +483,13 @@ impl FsOps {
     /// open(2) `flags` `O_EXCL` and `O_TRUNC` honoured. Errors:
     /// `AlreadyExists` with `O_EXCL`, `IsADirectory`, `PermissionDenied` for
     /// the hidden directory, the SDK's.
-    pub async fn create(&self, parent: u64, name: &str, flags: i32) -> Result<(Attr, Opened)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        flags: i32,
+        perms: Perms,
+    ) -> Result<(Attr, Opened)> {
         let path = self.child_path(parent, name)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
@@ -481,7 +519,7 @@ impl FsOps {
         }
         let file = self
             .client
-            .open(
+            .open_with(
                 &path,
                 LeaseMode::Write,
                 OpenFlags {
@@ -489,10 +527,11 @@ impl FsOps {
                     exclusive,
                     truncate,
                 },
+                perms,
             )
             .await?;
         let ino = file.lease().ino;
-        let size = file.size();
+        let stat = file.opened_stat().clone();
         let (oi, mut st) = self.open.lock(ino.0).await;
         if st.mode.is_some() {
             // Cannot happen: the MDS just granted us the exclusive lease.
@@ -510,30 +549,12 @@ impl FsOps {
         drop(st);
         let fh = self.new_handle(ino.0);
         lock(&self.inodes).add_lookup(ino.0, parent, name, InodeKind::File);
-        let now = now_ms();
-        let stat = Stat {
-            ino,
-            kind: InodeKind::File,
-            size,
-            mtime_ms: now,
-            ctime_ms: now,
-            attrs: Default::default(),
-        };
         let opened = Opened {
             fh,
             keep_cache: false,
             direct_io: self.cfg.direct_io,
         };
         Ok((self.attr(&stat, false), opened))
-    }
-
-    /// Creates the empty regular file `name` in `parent` (mknod(2) of a
-    /// regular file): an exclusive create, released at once. Errors as
-    /// [`FsOps::create`].
-    pub async fn mknod(&self, parent: u64, name: &str) -> Result<Attr> {
-        let (attr, opened) = self.create(parent, name, libc::O_EXCL).await?;
-        self.release(opened.fh).await?;
-        Ok(attr)
     }
 
     /// Releases handle `fh`; the last handle of an inode closes its file
@@ -672,12 +693,18 @@ impl FsOps {
     }
 
     /// Changes the attributes of `ino`: the size (truncate or extend) when
-    /// `size` is given; mode, owner and times are not stored by the cluster
-    /// and are accepted and ignored by the caller. `_fh` is the handle the
-    /// kernel names, if any (the inode's shared file is used either way).
-    /// Returns the new attributes. Errors: `IsADirectory` for a size on a
-    /// directory, `Busy` if another client holds a lease, the SDK's.
-    pub async fn setattr(&self, ino: u64, _fh: Option<u64>, size: Option<u64>) -> Result<Attr> {
+    /// `size` is given, then the mode, owners and times in `change`. `_fh`
+    /// is the handle the kernel names, if any (the inode's shared file is
+    /// used either way). Returns the new attributes. Errors:
+    /// `IsADirectory` for a size on a directory, `Busy` if another client
+    /// holds a lease, the SDK's.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        _fh: Option<u64>,
+        size: Option<u64>,
+        change: StatChange,
+    ) -> Result<Attr> {
         if let Some(size) = size {
             if lock(&self.inodes).kind(ino) == Some(InodeKind::Dir) {
                 return Err(Error::new(
@@ -687,8 +714,9 @@ impl FsOps {
             }
             self.truncate(ino, size).await?;
         }
-        // Mode, owner and times are not stored by the cluster: accepted and
-        // ignored (documented in the README), so cp -p and rsync -a work.
+        if change != StatChange::default() {
+            self.set_stat(ino, change).await?;
+        }
         self.getattr(ino).await
     }
 
@@ -760,24 +788,31 @@ impl FsOps {
 
     /// Creates directory `name` in `parent`. Errors: `AlreadyExists`,
     /// `PermissionDenied` for the hidden directory, the SDK's.
-    pub async fn mkdir(&self, parent: u64, name: &str) -> Result<Attr> {
+    pub async fn mkdir(&self, parent: u64, name: &str, perms: Perms) -> Result<Attr> {
         let path = self.child_path(parent, name)?;
-        let st = self.client.mkdir(&path, false).await?;
+        let st = self.client.mkdir_with(&path, false, perms).await?;
         lock(&self.inodes).add_lookup(st.ino.0, parent, name, InodeKind::Dir);
         Ok(self.attr(&st, false))
     }
 
-    /// Moves the open file `ino` (now at `path`) to the hidden directory;
-    /// it is removed at its last release. Call with its open lock held.
-    async fn hide(&self, ino: u64, st: &mut OpenState, path: &str) -> Result<()> {
-        let name = format!(
+    /// Moves the name `parent`/`name` (`path`) of the open file `ino` to the
+    /// hidden directory; it is removed at its last release. Call with its
+    /// open lock held.
+    async fn hide(
+        &self,
+        ino: u64,
+        st: &mut OpenState,
+        (parent, name): (u64, &str),
+        path: &str,
+    ) -> Result<()> {
+        let hidden_name = format!(
             "{}-{ino}-{}",
             self.hidden_prefix,
             self.next_hidden.fetch_add(1, Ordering::Relaxed)
         );
-        let hidden = format!("/{HIDDEN_DIR_NAME}/{name}");
+        let hidden = format!("/{HIDDEN_DIR_NAME}/{hidden_name}");
         self.client.rename(path, &hidden).await?;
-        lock(&self.inodes).rename(ino, self.hidden_ino, &name);
+        lock(&self.inodes).rename_entry(parent, name, self.hidden_ino, &hidden_name);
         st.hidden = Some(hidden);
         Ok(())
     }
@@ -791,7 +826,7 @@ impl FsOps {
         if let Some(ino) = known.filter(|i| self.open.get(*i).is_some()) {
             let (oi, mut st) = self.open.lock(ino).await;
             if st.handles > 0 {
-                self.hide(ino, &mut st, &path).await?;
+                self.hide(ino, &mut st, (parent, name), &path).await?;
                 return Ok(());
             }
             self.open.retire_if_unused(ino, &oi, &mut st);
@@ -820,12 +855,12 @@ impl FsOps {
         Ok(())
     }
 
-    /// Renames `parent`/`name` to `new_parent`/`new_name`, replacing a file
-    /// there (hidden until its last release if this mount has it open).
-    /// `flags` are rename2(2)'s: `RENAME_NOREPLACE` is honoured,
-    /// `RENAME_EXCHANGE` and `RENAME_WHITEOUT` are refused
-    /// (`InvalidArgument`). Errors: `AlreadyExists` (`RENAME_NOREPLACE`),
-    /// `NotFound`, the SDK's.
+    /// Renames `parent`/`name` to `new_parent`/`new_name`, replacing a node
+    /// there (a file hidden until its last release if this mount has it
+    /// open). `flags` are rename2(2)'s: `RENAME_NOREPLACE` and
+    /// `RENAME_EXCHANGE` are the MDS's (atomic), `RENAME_WHITEOUT` is
+    /// refused (`InvalidArgument`). Errors: `AlreadyExists`
+    /// (`RENAME_NOREPLACE`), `NotFound`, the SDK's.
     pub async fn rename(
         &self,
         parent: u64,
@@ -834,18 +869,21 @@ impl FsOps {
         new_name: &str,
         flags: u32,
     ) -> Result<()> {
-        if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
+        if flags & libc::RENAME_WHITEOUT != 0 {
             return Err(Error::invalid(
-                "rename with RENAME_EXCHANGE or RENAME_WHITEOUT is not supported by pstorage-mount",
+                "rename with RENAME_WHITEOUT is not supported by pstorage-mount",
             ));
         }
+        let rename_flags = RenameFlags {
+            no_replace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        };
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
-        if flags & libc::RENAME_NOREPLACE != 0 && self.client.exists(&to).await? {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("rename {from} -> {to}: {to} exists (RENAME_NOREPLACE)"),
-            ));
+        if rename_flags != RenameFlags::default() {
+            return self
+                .rename_flagged(parent, name, new_parent, new_name, rename_flags)
+                .await;
         }
         let src = lock(&self.inodes).child(parent, name);
         let target = lock(&self.inodes)
@@ -857,28 +895,30 @@ impl FsOps {
         if let Some(t) = target.filter(|t| self.open.get(*t).is_some()) {
             let (oi, mut st) = self.open.lock(t).await;
             if st.handles > 0 {
-                self.hide(t, &mut st, &to).await?;
-                hidden_target = st.hidden.clone().map(|h| (t, h, oi.clone()));
+                self.hide(t, &mut st, (new_parent, new_name), &to).await?;
+                hidden_target = st.hidden.clone().map(|h| (h, oi.clone()));
             } else {
                 self.open.retire_if_unused(t, &oi, &mut st);
             }
         }
         if let Err(e) = self.client.rename(&from, &to).await {
-            if let Some((t, hidden, oi)) = hidden_target {
+            if let Some((hidden, oi)) = hidden_target {
                 // Put the replaced file back where it was.
                 if self.client.rename(&hidden, &to).await.is_ok() {
                     let mut st = oi.state.lock().await;
                     st.hidden = None;
-                    lock(&self.inodes).rename(t, new_parent, new_name);
+                    let hidden_name = hidden.rsplit('/').next().unwrap_or_default();
+                    lock(&self.inodes).rename_entry(
+                        self.hidden_ino,
+                        hidden_name,
+                        new_parent,
+                        new_name,
+                    );
                 }
             }
             return Err(e);
         }
-        let mut inodes = lock(&self.inodes);
-        match src {
-            Some(s) => inodes.rename(s, new_parent, new_name),
-            None => inodes.unlink(new_parent, new_name),
-        }
+        lock(&self.inodes).rename_entry(parent, name, new_parent, new_name);
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use pstorage_core::error::ErrorKind;
-use pstorage_core::types::{CsStatus, InodeKind, ROOT_INODE};
+use pstorage_core::types::{CsStatus, InodeKind, Perms, StatChange, ROOT_INODE};
 use pstorage_rpc::local::LocalCluster;
 
 use super::ops::{DirEntry, FsConfig, FsOps, HIDDEN_DIR_NAME, STATFS_BLOCK_BYTES};
@@ -61,7 +61,12 @@ async fn read_all(ops: &FsOps, fh: u64, offset: u64, len: usize) -> Vec<u8> {
 async fn create_write_read_back() {
     let (cluster, ops) = setup().await;
     let (attr, opened) = ops
-        .create(ROOT, "f", libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)
+        .create(
+            ROOT,
+            "f",
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            Perms::FILE,
+        )
         .await
         .unwrap();
     assert_eq!((attr.kind, attr.size, attr.nlink), (InodeKind::File, 0, 1));
@@ -96,7 +101,10 @@ async fn create_write_read_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_crosses_a_chunk_boundary() {
     let (cluster, ops) = setup().await;
-    let (attr, opened) = ops.create(ROOT, "big", libc::O_RDWR).await.unwrap();
+    let (attr, opened) = ops
+        .create(ROOT, "big", libc::O_RDWR, Perms::FILE)
+        .await
+        .unwrap();
     let boundary: u64 = 256 << 20;
     let start = boundary - 100_000;
     let data = pattern(2, 300_000);
@@ -121,14 +129,17 @@ async fn a_read_crosses_a_chunk_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setattr_truncates_and_extends() {
     let (cluster, ops) = setup().await;
-    let (attr, opened) = ops.create(ROOT, "t", libc::O_RDWR).await.unwrap();
+    let (attr, opened) = ops
+        .create(ROOT, "t", libc::O_RDWR, Perms::FILE)
+        .await
+        .unwrap();
     let data = pattern(3, 10_000);
     ops.write(opened.fh, 0, Bytes::from(data.clone()))
         .await
         .unwrap();
     // Through the open handle.
     let st = ops
-        .setattr(attr.ino, Some(opened.fh), Some(100))
+        .setattr(attr.ino, Some(opened.fh), Some(100), StatChange::default())
         .await
         .unwrap();
     assert_eq!(st.size, 100);
@@ -137,7 +148,10 @@ async fn setattr_truncates_and_extends() {
     ops.release(opened.fh).await.unwrap();
 
     // Without a handle: a temporary write lease, released at once.
-    let st = ops.setattr(attr.ino, None, Some(4096)).await.unwrap();
+    let st = ops
+        .setattr(attr.ino, None, Some(4096), StatChange::default())
+        .await
+        .unwrap();
     assert_eq!(st.size, 4096);
     assert_eq!(ops.lookup(ROOT, "t").await.unwrap().size, 4096);
     let ro = ops.open(attr.ino, libc::O_RDONLY).await.unwrap();
@@ -148,9 +162,18 @@ async fn setattr_truncates_and_extends() {
     ops.release(ro.fh).await.unwrap();
 
     // No size: only the attributes back (mode, owner, times are ignored).
-    assert_eq!(ops.setattr(attr.ino, None, None).await.unwrap().size, 4096);
-    let dir = ops.mkdir(ROOT, "d").await.unwrap();
-    let e = ops.setattr(dir.ino, None, Some(0)).await.unwrap_err();
+    assert_eq!(
+        ops.setattr(attr.ino, None, None, StatChange::default())
+            .await
+            .unwrap()
+            .size,
+        4096
+    );
+    let dir = ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap();
+    let e = ops
+        .setattr(dir.ino, None, Some(0), StatChange::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::IsADirectory, "{e}");
     cluster.stop().await.unwrap();
 }
@@ -158,11 +181,14 @@ async fn setattr_truncates_and_extends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mkdir_readdir_rename_unlink_rmdir() {
     let (cluster, ops) = setup().await;
-    let dir = ops.mkdir(ROOT, "d").await.unwrap();
-    assert_eq!((dir.kind, dir.perm, dir.nlink), (InodeKind::Dir, 0o755, 1));
-    let (a, opened) = ops.create(dir.ino, "a", libc::O_WRONLY).await.unwrap();
+    let dir = ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap();
+    assert_eq!((dir.kind, dir.perm, dir.nlink), (InodeKind::Dir, 0o755, 2));
+    let (a, opened) = ops
+        .create(dir.ino, "a", libc::O_WRONLY, Perms::FILE)
+        .await
+        .unwrap();
     ops.release(opened.fh).await.unwrap();
-    let sub = ops.mkdir(dir.ino, "sub").await.unwrap();
+    let sub = ops.mkdir(dir.ino, "sub", Perms::DIR).await.unwrap();
 
     let fh = ops.opendir(dir.ino).await.unwrap();
     let mut entries = ops.readdir(fh).unwrap().to_vec();
@@ -234,21 +260,36 @@ async fn errors_have_their_kinds() {
     // The hidden directory does not exist for the mount's users.
     let e = ops.lookup(ROOT, HIDDEN_DIR_NAME).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    let e = ops.mkdir(ROOT, HIDDEN_DIR_NAME).await.unwrap_err();
+    let e = ops
+        .mkdir(ROOT, HIDDEN_DIR_NAME, Perms::DIR)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
 
-    ops.mkdir(ROOT, "d").await.unwrap();
-    let e = ops.mkdir(ROOT, "d").await.unwrap_err();
+    ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap();
+    let e = ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     assert_eq!(e.kind().errno(), libc::EEXIST);
-    let (_, opened) = ops.create(ROOT, "f", libc::O_RDWR).await.unwrap();
+    let (_, opened) = ops
+        .create(ROOT, "f", libc::O_RDWR, Perms::FILE)
+        .await
+        .unwrap();
     // O_EXCL on a file this mount has open, and on one it has not.
-    let e = ops.create(ROOT, "f", libc::O_EXCL).await.unwrap_err();
+    let e = ops
+        .create(ROOT, "f", libc::O_EXCL, Perms::FILE)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     ops.release(opened.fh).await.unwrap();
-    let e = ops.create(ROOT, "f", libc::O_EXCL).await.unwrap_err();
+    let e = ops
+        .create(ROOT, "f", libc::O_EXCL, Perms::FILE)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    let e = ops.mknod(ROOT, "f").await.unwrap_err();
+    let e = ops
+        .mknod(ROOT, "f", pstorage_core::types::NodeSpec::File, Perms::FILE)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     let e = ops
         .rename(ROOT, "d", ROOT, "f", libc::RENAME_NOREPLACE)
@@ -256,7 +297,7 @@ async fn errors_have_their_kinds() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     let e = ops
-        .rename(ROOT, "d", ROOT, "f", libc::RENAME_EXCHANGE)
+        .rename(ROOT, "d", ROOT, "f", libc::RENAME_WHITEOUT)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
@@ -325,8 +366,11 @@ async fn statfs_counts_the_space_and_the_files() {
     // The root and the hidden directory.
     assert_eq!(s.files, status.files + status.dirs);
     let before = s.files;
-    ops.mkdir(ROOT, "d").await.unwrap();
-    let (_, opened) = ops.create(ROOT, "f", libc::O_RDWR).await.unwrap();
+    ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap();
+    let (_, opened) = ops
+        .create(ROOT, "f", libc::O_RDWR, Perms::FILE)
+        .await
+        .unwrap();
     ops.release(opened.fh).await.unwrap();
     assert_eq!(ops.statfs().await.unwrap().files, before + 2);
     cluster.stop().await.unwrap();
@@ -336,7 +380,10 @@ async fn statfs_counts_the_space_and_the_files() {
 async fn handles_share_one_lease_and_an_unlinked_open_file_lives_on() {
     let (cluster, ops) = setup().await;
     let client = cluster.client().unwrap();
-    let (attr, w) = ops.create(ROOT, "f", libc::O_WRONLY).await.unwrap();
+    let (attr, w) = ops
+        .create(ROOT, "f", libc::O_WRONLY, Perms::FILE)
+        .await
+        .unwrap();
     ops.write(w.fh, 0, Bytes::from_static(b"hello"))
         .await
         .unwrap();

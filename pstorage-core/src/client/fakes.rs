@@ -411,8 +411,14 @@ impl FakeMds {
                 ino: ROOT_INODE,
                 kind: InodeKind::Dir,
                 size: 0,
-                mtime_ms: 0,
-                ctime_ms: 0,
+                mode: Perms::DIR.mode,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                rdev: 0,
+                atime: Timestamp::default(),
+                mtime: Timestamp::default(),
+                ctime: Timestamp::default(),
                 attrs: FileAttrs {
                     replicas: Replicas { norm: 3, min: 2 },
                     chunk_size,
@@ -474,11 +480,12 @@ impl FakeMds {
 
 #[async_trait]
 impl MetadataService for FakeMds {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         _op: Option<OpTag>,
     ) -> Result<OpenReply> {
         let path = normalize(path)?;
@@ -514,8 +521,14 @@ impl MetadataService for FakeMds {
                         ino: InodeId(ino),
                         kind: InodeKind::File,
                         size: 0,
-                        mtime_ms: 0,
-                        ctime_ms: 0,
+                        mode: perms.mode,
+                        uid: perms.uid,
+                        gid: perms.gid,
+                        nlink: 1,
+                        rdev: 0,
+                        atime: Timestamp::default(),
+                        mtime: Timestamp::default(),
+                        ctime: Timestamp::default(),
                         attrs: parent.attrs,
                     },
                     chunks: BTreeMap::new(),
@@ -593,7 +606,13 @@ impl MetadataService for FakeMds {
             .ok_or_else(|| Error::not_found(format!("{path} does not exist")))
     }
 
-    async fn mkdir(&self, path: &str, parents: bool, _op: Option<OpTag>) -> Result<Stat> {
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        _op: Option<OpTag>,
+    ) -> Result<Stat> {
         let path = normalize(path)?;
         let mut st = lock(&self.state);
         if st.files.contains_key(&path) || (st.dirs.contains_key(&path) && !parents) {
@@ -621,6 +640,7 @@ impl MetadataService for FakeMds {
         for dir in missing.into_iter().rev() {
             let mut stat = st.dirs[&parent_of(&dir)].clone();
             stat.ino = InodeId(st.next_ino);
+            (stat.mode, stat.uid, stat.gid) = (perms.mode, perms.uid, perms.gid);
             st.next_ino += 1;
             st.dirs.insert(dir, stat);
         }
@@ -678,7 +698,13 @@ impl MetadataService for FakeMds {
         Err(Error::not_found(format!("{path} does not exist")))
     }
 
-    async fn rename(&self, from: &str, to: &str, _op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        _flags: RenameFlags,
+        _op: Option<OpTag>,
+    ) -> Result<()> {
         let (from, to) = (normalize(from)?, normalize(to)?);
         let mut st = lock(&self.state);
         if let Some(f) = st.files.remove(&from) {

@@ -274,6 +274,12 @@ impl File {
         &self.inner.lease
     }
 
+    /// The file's attributes as the MDS granted the lease (its size then,
+    /// its permissions and times).
+    pub fn opened_stat(&self) -> &Stat {
+        &self.inner.opened_stat
+    }
+
     /// The chunk size of this file in bytes.
     pub fn chunk_size(&self) -> u64 {
         self.inner.chunk_size

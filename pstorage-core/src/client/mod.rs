@@ -17,6 +17,7 @@
 pub mod blocking;
 mod file;
 mod map_cache;
+mod namespace;
 mod op_tags;
 mod retry;
 mod unflushed;
@@ -36,7 +37,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ChunkConnector, MetadataService};
 use crate::types::{
     AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, InodeKind, LeaseMode, OpTag,
-    OpenFlags, Stat, MAX_IO_SIZE,
+    OpenFlags, Perms, Stat, MAX_IO_SIZE,
 };
 
 pub use file::{first_replica_to_read, File, READ_STRIPE};
@@ -265,6 +266,19 @@ impl Client {
     /// conflicts), `AlreadyExists` (create + exclusive), `InvalidArgument`.
     /// Must be called within a tokio runtime.
     pub async fn open(&self, path: &str, mode: LeaseMode, flags: OpenFlags) -> Result<File> {
+        self.open_with(path, mode, flags, Perms::FILE).await
+    }
+
+    /// [`Client::open`]; a file it creates gets `perms` (a set-group-id
+    /// parent directory gives it its group).
+    pub async fn open_with(
+        &self,
+        path: &str,
+        mode: LeaseMode,
+        flags: OpenFlags,
+        perms: Perms,
+    ) -> Result<File> {
+        perms.validate()?;
         if (flags.create || flags.truncate) && mode != LeaseMode::Write {
             return Err(Error::invalid(format!(
                 "opening {path} with create or truncate needs a write lease; open it with LeaseMode::Write"
@@ -274,7 +288,9 @@ impl Client {
         let mut replayed_ended = 0;
         let reply = loop {
             let result = self
-                .mutate("open", path, |op| mds.open(path, mode, flags, Some(op)))
+                .mutate("open", path, |op| {
+                    mds.open_with(path, mode, flags, perms, Some(op))
+                })
                 .await;
             match result {
                 // An attempt whose answer was lost was granted a lease that

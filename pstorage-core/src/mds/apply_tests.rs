@@ -127,25 +127,113 @@ fn flags() -> impl Strategy<Value = OpenFlags> {
         })
 }
 
+/// Permissions: mostly valid, with set-group-id directories, sometimes
+/// with kind bits (refused).
+fn perms() -> impl Strategy<Value = Perms> {
+    (
+        prop_oneof![6 => Just(0o755u32), 2 => Just(0o2775), 1 => Just(0o7777), 1 => Just(0o100644)],
+        0..3u32,
+        0..3u32,
+    )
+        .prop_map(|(mode, uid, gid)| Perms { mode, uid, gid })
+}
+
+fn node_spec() -> impl Strategy<Value = NodeSpec> {
+    prop_oneof![
+        2 => Just(NodeSpec::File),
+        3 => prop::sample::select(&["/a", "x", "", "../../b"][..])
+            .prop_map(|t| NodeSpec::Symlink { target: t.to_string() }),
+        1 => Just(NodeSpec::Fifo),
+        1 => Just(NodeSpec::Socket),
+        1 => small().prop_map(|rdev| NodeSpec::CharDevice { rdev }),
+        1 => small().prop_map(|rdev| NodeSpec::BlockDevice { rdev }),
+    ]
+}
+
+fn time_change() -> impl Strategy<Value = TimeChange> {
+    prop_oneof![
+        1 => Just(TimeChange::Now),
+        2 => (prop_oneof![Just(0i64), Just(-1), Just(i64::MAX), 0..2_000_000_000i64], prop_oneof![Just(0u32), Just(999_999_999), Just(1_000_000_000)])
+            .prop_map(|(sec, nsec)| TimeChange::At(Timestamp { sec, nsec })),
+    ]
+}
+
+fn stat_change() -> impl Strategy<Value = StatChange> {
+    (
+        prop::option::of(prop_oneof![Just(0o4755u32), Just(0o644), Just(0o170000)]),
+        prop::option::of(0..3u32),
+        prop::option::of(0..3u32),
+        prop::option::of(time_change()),
+        prop::option::of(time_change()),
+    )
+        .prop_map(|(mode, uid, gid, atime, mtime)| StatChange {
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        })
+}
+
+fn rename_flags() -> impl Strategy<Value = RenameFlags> {
+    prop_oneof![
+        4 => Just(RenameFlags::default()),
+        1 => Just(RenameFlags { no_replace: true, exchange: false }),
+        2 => Just(RenameFlags { no_replace: false, exchange: true }),
+        1 => Just(RenameFlags { no_replace: true, exchange: true }),
+    ]
+}
+
+fn xattr_set() -> impl Strategy<Value = Command> {
+    (
+        path(),
+        prop::sample::select(&["user.a", "user.b", "trusted.c", "system.x", ""][..]),
+        prop::option::of(prop_oneof![
+            4 => Just(b"v".to_vec()),
+            1 => Just(vec![7u8; MAX_XATTR_VALUE]),
+            1 => Just(vec![7u8; MAX_XATTR_VALUE + 1]),
+        ]),
+        prop::sample::select(&[XattrSet::Any, XattrSet::Create, XattrSet::Replace][..]),
+        now(),
+    )
+        .prop_map(|(path, name, value, how, now_ms)| Command::SetXattr {
+            path,
+            name: name.to_string(),
+            value,
+            how,
+            now_ms,
+        })
+}
+
 /// The commands a client's request becomes, which a tag may wrap.
 fn namespace_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        3 => (path(), prop::bool::weighted(0.7), now()).prop_map(|(path, parents, now_ms)| Command::Mkdir {
+        3 => (path(), prop::bool::weighted(0.7), perms(), now()).prop_map(|(path, parents, perms, now_ms)| Command::Mkdir {
             path,
             parents,
+            perms,
             now_ms
         }),
-        5 => (path(), mode(), flags(), now(), prop_oneof![1 => Just(0u64), 6 => Just(30_000u64)]).prop_map(
-            |(path, mode, flags, now_ms, lease_duration_ms)| Command::Open {
+        5 => (path(), mode(), flags(), perms(), now(), prop_oneof![1 => Just(0u64), 6 => Just(30_000u64)]).prop_map(
+            |(path, mode, flags, perms, now_ms, lease_duration_ms)| Command::Open {
                 path,
                 mode,
                 flags,
+                perms,
                 now_ms,
                 lease_duration_ms,
             }
         ),
         1 => (path(), now()).prop_map(|(path, now_ms)| Command::Unlink { path, now_ms }),
-        2 => (path(), path(), now()).prop_map(|(from, to, now_ms)| Command::Rename { from, to, now_ms }),
+        2 => (path(), path(), rename_flags(), now()).prop_map(|(from, to, flags, now_ms)| Command::Rename { from, to, flags, now_ms }),
+        2 => (path(), node_spec(), perms(), now()).prop_map(|(path, spec, perms, now_ms)| Command::MakeNode {
+            path,
+            node: NewNode { spec, perms },
+            now_ms,
+        }),
+        2 => (path(), path(), now()).prop_map(|(from, to, now_ms)| Command::Link { from, to, now_ms }),
+        1 => (path(), stat_change(), now()).prop_map(|(path, change, now_ms)| Command::SetStat { path, change, now_ms }),
+        1 => xattr_set(),
         1 => (path(), attr_update(), any::<bool>(), now()).prop_map(
             |(path, update, recursive, now_ms)| Command::SetAttr {
                 path,
@@ -276,6 +364,7 @@ fn seeded() -> MdsState {
     }
     state
         .apply(Command::Mkdir {
+            perms: Perms::DIR,
             path: "/a".into(),
             parents: false,
             now_ms: 0,
@@ -284,6 +373,7 @@ fn seeded() -> MdsState {
     for path in ["/a/c", "/c"] {
         state
             .apply(Command::Open {
+                perms: Perms::FILE,
                 path: path.into(),
                 mode: LeaseMode::Write,
                 flags: OpenFlags {

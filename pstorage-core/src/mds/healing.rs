@@ -1452,6 +1452,7 @@ impl MdsService {
                     logical_bytes += node.size;
                 }
                 InodeKind::Dir => dirs += 1,
+                _ => {}
             }
         }
         let cs_down = cs

@@ -24,6 +24,14 @@ impl MdsService {
         }
     }
 
+    /// Commits `cmd` (tagged with `op`) and returns the `Stat` it answers.
+    async fn commit_for_stat(&self, op: Option<OpTag>, cmd: Command) -> Result<Stat> {
+        match self.commit(self.tagged(op, cmd)).await? {
+            ApplyOutcome::Stat(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// `Unavailable` when a writer must not use `map` now: the chunk is
     /// being re-replicated, or has fewer than `replicas_min` replicas.
     fn check_writable(&self, core: &Core, map: ChunkMap) -> Result<ChunkMap> {
@@ -44,11 +52,12 @@ impl MdsService {
 
 #[async_trait]
 impl MetadataService for MdsService {
-    async fn open(
+    async fn open_with(
         &self,
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         op: Option<OpTag>,
     ) -> Result<OpenReply> {
         // Most opens touch no chunk: no lease to expire, no fence pending
@@ -98,6 +107,7 @@ impl MetadataService for MdsService {
                     path: path.to_string(),
                     mode,
                     flags,
+                    perms,
                     now_ms: now,
                     lease_duration_ms: self.config.lease_duration_ms,
                 },
@@ -153,21 +163,96 @@ impl MetadataService for MdsService {
         Ok(core.state.stat_of(ino).expect("looked up"))
     }
 
-    async fn mkdir(&self, path: &str, parents: bool, op: Option<OpTag>) -> Result<Stat> {
-        let outcome = self
-            .commit(self.tagged(
-                op,
-                Command::Mkdir {
-                    path: path.to_string(),
-                    parents,
-                    now_ms: self.now(),
-                },
-            ))
-            .await?;
-        match outcome {
-            ApplyOutcome::Stat(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+    async fn mkdir_with(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        op: Option<OpTag>,
+    ) -> Result<Stat> {
+        self.commit_for_stat(
+            op,
+            Command::Mkdir {
+                path: path.to_string(),
+                parents,
+                perms,
+                now_ms: self.now(),
+            },
+        )
+        .await
+    }
+
+    async fn make_node(&self, path: &str, node: NewNode, op: Option<OpTag>) -> Result<Stat> {
+        self.commit_for_stat(
+            op,
+            Command::MakeNode {
+                path: path.to_string(),
+                node,
+                now_ms: self.now(),
+            },
+        )
+        .await
+    }
+
+    async fn link(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<Stat> {
+        self.commit_for_stat(
+            op,
+            Command::Link {
+                from: from.to_string(),
+                to: to.to_string(),
+                now_ms: self.now(),
+            },
+        )
+        .await
+    }
+
+    async fn readlink(&self, path: &str) -> Result<String> {
+        self.read_barrier().await?;
+        self.core().state.readlink(path)
+    }
+
+    async fn set_stat(&self, path: &str, change: StatChange, op: Option<OpTag>) -> Result<Stat> {
+        self.commit_for_stat(
+            op,
+            Command::SetStat {
+                path: path.to_string(),
+                change,
+                now_ms: self.now(),
+            },
+        )
+        .await
+    }
+
+    async fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        self.read_barrier().await?;
+        self.core().state.get_xattr(path, name)
+    }
+
+    async fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        self.read_barrier().await?;
+        self.core().state.list_xattrs(path)
+    }
+
+    async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        op: Option<OpTag>,
+    ) -> Result<()> {
+        self.commit(self.tagged(
+            op,
+            Command::SetXattr {
+                path: path.to_string(),
+                name: name.to_string(),
+                value,
+                how,
+                now_ms: self.now(),
+            },
+        ))
+        .await
+        .map(|_| ())
     }
 
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -192,13 +277,20 @@ impl MetadataService for MdsService {
         Ok(())
     }
 
-    async fn rename(&self, from: &str, to: &str, op: Option<OpTag>) -> Result<()> {
+    async fn rename_with(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        op: Option<OpTag>,
+    ) -> Result<()> {
         let outcome = self
             .commit(self.tagged(
                 op,
                 Command::Rename {
                     from: from.to_string(),
                     to: to.to_string(),
+                    flags,
                     now_ms: self.now(),
                 },
             ))

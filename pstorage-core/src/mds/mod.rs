@@ -30,6 +30,8 @@ mod store_error;
 #[cfg(test)]
 mod apply_tests;
 #[cfg(test)]
+mod posix_tests;
+#[cfg(test)]
 mod tests;
 
 pub use group::raft_membership;

@@ -20,25 +20,42 @@ use crate::types::*;
 /// The event log keeps this many most recent events.
 pub const MAX_EVENTS: usize = 1000;
 
-/// One file or directory.
+/// One node of the namespace: a file, directory, symbolic link, FIFO,
+/// socket or device node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     /// Its id; never reused.
     pub ino: InodeId,
-    /// File or directory.
+    /// What it is.
     pub kind: InodeKind,
-    /// The containing directory; the root is its own parent.
+    /// The directory holding its first name; the root is its own parent.
     pub parent: InodeId,
-    /// The name in the parent directory (empty for the root).
+    /// Its first name in `parent` (empty for the root).
     pub name: String,
+    /// Its other names, (directory, name): the hard links of a
+    /// non-directory. `nlink` is one more than their number.
+    pub links: BTreeSet<(InodeId, String)>,
     /// Directory entries by name (directories only).
     pub children: BTreeMap<String, InodeId>,
-    /// File size in bytes (0 for directories).
+    /// How many of `children` are directories (its `nlink` is 2 more).
+    pub subdirs: u32,
+    /// File size in bytes (0 for directories; a symbolic link's target
+    /// length).
     pub size: u64,
-    /// Last data change (commit_size, truncate) or entry change (dirs), ms since the epoch.
-    pub mtime_ms: u64,
-    /// Last metadata change, ms since the epoch.
-    pub ctime_ms: u64,
+    /// Permission bits and owners.
+    pub perms: Perms,
+    /// The device of a device node (0 otherwise).
+    pub rdev: u64,
+    /// A symbolic link's target (empty otherwise).
+    pub target: String,
+    /// Last access the cluster recorded.
+    pub atime: Timestamp,
+    /// Last data change (commit_size, truncate) or entry change (dirs).
+    pub mtime: Timestamp,
+    /// Last data or attribute change.
+    pub ctime: Timestamp,
+    /// Extended attributes by name (bounded by [`MAX_XATTR_BYTES_PER_NODE`]).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Replication and chunk size; copied from the parent at creation.
     pub attrs: FileAttrs,
     /// Chunk index -> chunk id (files only). Missing indexes read as zeros.
@@ -48,6 +65,33 @@ pub struct Inode {
     /// lease is granted.
     pub fence_pending: bool,
 }
+
+impl Inode {
+    /// The link count `stat` reports.
+    pub fn nlink(&self) -> u32 {
+        if self.kind == InodeKind::Dir {
+            self.subdirs.saturating_add(2)
+        } else {
+            u32::try_from(self.links.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1)
+        }
+    }
+
+    /// Every name it has, (directory, name), the first one first.
+    pub fn names(&self) -> impl Iterator<Item = (InodeId, &str)> {
+        std::iter::once((self.parent, self.name.as_str()))
+            .chain(self.links.iter().map(|(p, n)| (*p, n.as_str())))
+    }
+
+    /// Bytes its extended attributes hold (names and values).
+    fn xattr_bytes(&self) -> usize {
+        self.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+/// The most names one node may have (`link` beyond it is `TooManyLinks`).
+pub const MAX_LINKS: u32 = 65_000;
 
 /// One chunk: where it belongs and where its replicas live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,27 +199,36 @@ impl LeaseRecord {
 /// deterministic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Creates a directory (and missing parents with `parents`).
+    /// Creates a directory (and missing parents with `parents`) with
+    /// `perms` (store format 9 on; older entries read as
+    /// [`Perms::LEGACY_DIR`]).
     Mkdir {
         path: String,
         parents: bool,
+        perms: Perms,
         now_ms: u64,
     },
-    /// Opens a file with a new lease, creating and/or truncating it per
-    /// `flags`. Refused while fencing of the file is pending.
+    /// Opens a file with a new lease, creating (with `perms`; older entries
+    /// read as [`Perms::LEGACY_FILE`]) and/or truncating it per `flags`.
+    /// Refused while fencing of the file is pending.
     Open {
         path: String,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         now_ms: u64,
         lease_duration_ms: u64,
     },
-    /// Removes a file (no live lease) or an empty directory.
+    /// Removes a name: of a file (its last name only when no live lease
+    /// holds it), another node or an empty directory.
     Unlink { path: String, now_ms: u64 },
-    /// Renames; replaces an existing file (or empty directory) at `to`.
+    /// Renames; replaces an existing node (or empty directory) at `to`
+    /// unless `flags` say otherwise (store format 9 on; older entries read
+    /// with no flags).
     Rename {
         from: String,
         to: String,
+        flags: RenameFlags,
         now_ms: u64,
     },
     /// [`Command::SetAttr`] as store formats 1 to 3 wrote it (before tiers
@@ -304,6 +357,34 @@ pub enum Command {
     /// so a leader whose clock is ahead revokes nobody at once, and one
     /// whose clock is behind keeps a dead client's lease no longer.
     RefreshLeases { now_ms: u64 },
+    // Appended in store format 9.
+    /// Creates a node that is not a directory: an empty file, a symbolic
+    /// link, a FIFO, a socket or a device node.
+    MakeNode {
+        path: String,
+        node: NewNode,
+        now_ms: u64,
+    },
+    /// Gives the node at `from` (not a directory) another name, `to`.
+    Link {
+        from: String,
+        to: String,
+        now_ms: u64,
+    },
+    /// Changes POSIX attributes: mode, owners, times.
+    SetStat {
+        path: String,
+        change: StatChange,
+        now_ms: u64,
+    },
+    /// Sets (`value` given) or removes an extended attribute.
+    SetXattr {
+        path: String,
+        name: String,
+        value: Option<Vec<u8>>,
+        how: XattrSet,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -334,7 +415,11 @@ impl Command {
             | Command::SetCsReleasing { now_ms: t, .. }
             | Command::SetAttr { now_ms: t, .. }
             | Command::SetCsPlacement { now_ms: t, .. }
-            | Command::RefreshLeases { now_ms: t } => *t = now_ms,
+            | Command::RefreshLeases { now_ms: t }
+            | Command::MakeNode { now_ms: t, .. }
+            | Command::Link { now_ms: t, .. }
+            | Command::SetStat { now_ms: t, .. }
+            | Command::SetXattr { now_ms: t, .. } => *t = now_ms,
             Command::Tagged { now_ms: t, cmd, .. } => {
                 *t = now_ms;
                 cmd.stamp(now_ms);
@@ -400,25 +485,58 @@ pub(crate) enum Prepared {
     Mkdir {
         parent: InodeId,
         names: Vec<String>,
+        perms: Perms,
         now_ms: u64,
     },
     Open {
         existing: Option<InodeId>,
         create_in: Option<(InodeId, String)>,
+        perms: Perms,
         truncate: bool,
         mode: LeaseMode,
         now_ms: u64,
         duration_ms: u64,
     },
+    /// Removes the name (`parent`, `name`) of `ino`; the node too when it
+    /// was its last.
     Unlink {
         ino: InodeId,
+        parent: InodeId,
+        name: String,
         now_ms: u64,
     },
     Rename {
         src: InodeId,
+        src_parent: InodeId,
+        src_name: String,
         dst_parent: InodeId,
         dst_name: String,
+        /// The node at the target: replaced, or swapped with `exchange`.
         replace: Option<InodeId>,
+        exchange: bool,
+        now_ms: u64,
+    },
+    MakeNode {
+        parent: InodeId,
+        name: String,
+        node: NewNode,
+        now_ms: u64,
+    },
+    Link {
+        ino: InodeId,
+        parent: InodeId,
+        name: String,
+        now_ms: u64,
+    },
+    SetStat {
+        ino: InodeId,
+        change: StatChange,
+        now_ms: u64,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: String,
+        value: Option<Vec<u8>>,
         now_ms: u64,
     },
     SetAttr {
@@ -555,6 +673,19 @@ fn join_path(comps: &[&str]) -> String {
     }
 }
 
+/// What an inode kind is called in messages.
+pub fn kind_name(kind: InodeKind) -> &'static str {
+    match kind {
+        InodeKind::File => "file",
+        InodeKind::Dir => "directory",
+        InodeKind::Symlink => "symbolic link",
+        InodeKind::Fifo => "FIFO",
+        InodeKind::Socket => "socket",
+        InodeKind::CharDevice => "character device",
+        InodeKind::BlockDevice => "block device",
+    }
+}
+
 fn validate_chain(replicas: &[CsId]) -> Result<()> {
     let distinct: BTreeSet<CsId> = replicas.iter().copied().collect();
     if replicas.is_empty() || distinct.len() != replicas.len() {
@@ -588,10 +719,17 @@ impl MdsState {
             kind: InodeKind::Dir,
             parent: ROOT_INODE,
             name: String::new(),
+            links: BTreeSet::new(),
             children: BTreeMap::new(),
+            subdirs: 0,
             size: 0,
-            mtime_ms: 0,
-            ctime_ms: 0,
+            perms: Perms::LEGACY_DIR,
+            rdev: 0,
+            target: String::new(),
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            xattrs: BTreeMap::new(),
             attrs: root_attrs,
             chunks: BTreeMap::new(),
             fence_pending: false,
@@ -715,10 +853,48 @@ impl MdsState {
             ino: n.ino,
             kind: n.kind,
             size: n.size,
-            mtime_ms: n.mtime_ms,
-            ctime_ms: n.ctime_ms,
+            mode: n.perms.mode,
+            uid: n.perms.uid,
+            gid: n.perms.gid,
+            nlink: n.nlink(),
+            rdev: n.rdev,
+            atime: n.atime,
+            mtime: n.mtime,
+            ctime: n.ctime,
             attrs: n.attrs,
         })
+    }
+
+    /// The target of the symbolic link at `path`; `InvalidArgument` for
+    /// another kind of node (`readlink(2)` answers `EINVAL`).
+    pub fn readlink(&self, path: &str) -> Result<String> {
+        let node = &self.inodes[&self.lookup(path)?];
+        if node.kind != InodeKind::Symlink {
+            return Err(Error::invalid(format!(
+                "{path} is a {}, not a symbolic link",
+                kind_name(node.kind)
+            )));
+        }
+        Ok(node.target.clone())
+    }
+
+    /// The value of the extended attribute `name` of `path`: `NoData` if
+    /// it has none of that name.
+    pub fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        validate_xattr_name(name)?;
+        let node = &self.inodes[&self.lookup(path)?];
+        node.xattrs.get(name).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NoData,
+                format!("{path} has no extended attribute {name:?}"),
+            )
+        })
+    }
+
+    /// The names of the extended attributes of `path`, sorted.
+    pub fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        let node = &self.inodes[&self.lookup(path)?];
+        Ok(node.xattrs.keys().cloned().collect())
     }
 
     /// The entries of the directory at `path`, sorted by name.
@@ -907,31 +1083,61 @@ impl MdsState {
                 return Err(format!("inode {ino} has a bad id"));
             }
             if ino != ROOT_INODE {
-                let parent = self
-                    .inodes
-                    .get(&node.parent)
-                    .ok_or(format!("inode {ino} has a missing parent"))?;
-                if parent.children.get(&node.name) != Some(&ino) {
-                    return Err(format!("inode {ino} is not listed in its parent"));
+                for (p, name) in node.names() {
+                    let parent = self
+                        .inodes
+                        .get(&p)
+                        .ok_or(format!("inode {ino} has a missing parent {p}"))?;
+                    if parent.children.get(name) != Some(&ino) {
+                        return Err(format!("inode {ino} is not listed as {name:?} in {p}"));
+                    }
                 }
+            } else if !node.links.is_empty() {
+                return Err("the root has links".into());
             }
             for (name, child) in &node.children {
                 let c = self
                     .inodes
                     .get(child)
                     .ok_or(format!("dir {ino} lists missing child {child}"))?;
-                if c.parent != ino || &c.name != name {
+                if !c.names().any(|(p, n)| p == ino && n == name) {
                     return Err(format!("child {child} of {ino} has a wrong parent/name"));
                 }
             }
+            let subdirs = node
+                .children
+                .values()
+                .filter(|c| self.inodes.get(c).map(|n| n.kind) == Some(InodeKind::Dir))
+                .count();
+            if subdirs != node.subdirs as usize {
+                return Err(format!(
+                    "inode {ino} counts {} subdirectories, it has {subdirs}",
+                    node.subdirs
+                ));
+            }
+            if node.perms.mode & !PERMISSION_BITS != 0 {
+                return Err(format!("inode {ino} has mode {:#o}", node.perms.mode));
+            }
+            if node.kind != InodeKind::File && !node.chunks.is_empty() {
+                return Err(format!("non-file {ino} has chunks"));
+            }
+            if node.kind != InodeKind::Dir && !node.children.is_empty() {
+                return Err(format!("non-directory {ino} has children"));
+            }
+            if node.kind != InodeKind::Symlink && !node.target.is_empty() {
+                return Err(format!("non-symlink {ino} has a target"));
+            }
             match node.kind {
-                InodeKind::Dir if !node.chunks.is_empty() || node.size != 0 => {
-                    return Err(format!("directory {ino} has chunks or a size"));
+                InodeKind::Dir if node.size != 0 || !node.links.is_empty() => {
+                    return Err(format!("directory {ino} has a size or hard links"));
                 }
-                InodeKind::File if !node.children.is_empty() => {
-                    return Err(format!("file {ino} has children"));
+                InodeKind::Symlink if node.size != node.target.len() as u64 => {
+                    return Err(format!("symlink {ino} has a size other than its target's"));
                 }
                 _ => {}
+            }
+            if node.xattr_bytes() > MAX_XATTR_BYTES_PER_NODE {
+                return Err(format!("inode {ino} has too many extended attribute bytes"));
             }
             for (&index, &chunk) in &node.chunks {
                 let rec = self.chunks.get(&chunk).ok_or(format!(
@@ -1006,7 +1212,7 @@ impl MdsState {
             if node.kind != InodeKind::Dir {
                 return Err(Error::new(
                     ErrorKind::NotADirectory,
-                    format!("{} is a file, not a directory", join_path(&comps[..i])),
+                    format!("{} is not a directory", join_path(&comps[..i])),
                 ));
             }
             cur = *node.children.get(*comp).ok_or_else(|| {
@@ -1030,7 +1236,7 @@ impl MdsState {
         if self.inodes[&parent].kind != InodeKind::Dir {
             return Err(Error::new(
                 ErrorKind::NotADirectory,
-                format!("{} is a file, not a directory", join_path(parent_comps)),
+                format!("{} is not a directory", join_path(parent_comps)),
             ));
         }
         Ok((parent, name))
@@ -1074,17 +1280,45 @@ impl MdsState {
             Command::Mkdir {
                 path,
                 parents,
+                perms,
                 now_ms,
-            } => self.prepare_mkdir(path, *parents, *now_ms),
+            } => self.prepare_mkdir(path, *parents, *perms, *now_ms),
             Command::Open {
                 path,
                 mode,
                 flags,
+                perms,
                 now_ms,
                 lease_duration_ms,
-            } => self.prepare_open(path, *mode, *flags, *now_ms, *lease_duration_ms),
+            } => self.prepare_open(path, *mode, *flags, *perms, *now_ms, *lease_duration_ms),
             Command::Unlink { path, now_ms } => self.prepare_unlink(path, *now_ms),
-            Command::Rename { from, to, now_ms } => self.prepare_rename(from, to, *now_ms),
+            Command::Rename {
+                from,
+                to,
+                flags,
+                now_ms,
+            } => self.prepare_rename(from, to, *flags, *now_ms),
+            Command::MakeNode { path, node, now_ms } => self.prepare_make_node(path, node, *now_ms),
+            Command::Link { from, to, now_ms } => self.prepare_link(from, to, *now_ms),
+            Command::SetStat {
+                path,
+                change,
+                now_ms,
+            } => {
+                change.validate()?;
+                Ok(Prepared::SetStat {
+                    ino: self.lookup(path)?,
+                    change: *change,
+                    now_ms: *now_ms,
+                })
+            }
+            Command::SetXattr {
+                path,
+                name,
+                value,
+                how,
+                now_ms,
+            } => self.prepare_set_xattr(path, name, value.as_deref(), *how, *now_ms),
             Command::SetAttr {
                 path,
                 update,
@@ -1372,6 +1606,10 @@ impl MdsState {
                 | Command::Unlink { .. }
                 | Command::Rename { .. }
                 | Command::SetAttr { .. }
+                | Command::MakeNode { .. }
+                | Command::Link { .. }
+                | Command::SetStat { .. }
+                | Command::SetXattr { .. }
         ) {
             return Err(Error::invalid(format!(
                 "only namespace mutations are tagged by their client, not {cmd:?}"
@@ -1395,7 +1633,14 @@ impl MdsState {
         }
     }
 
-    fn prepare_mkdir(&self, path: &str, parents: bool, now_ms: u64) -> Result<Prepared> {
+    fn prepare_mkdir(
+        &self,
+        path: &str,
+        parents: bool,
+        perms: Perms,
+        now_ms: u64,
+    ) -> Result<Prepared> {
+        perms.validate()?;
         let comps = split_path(path)?;
         let exists = || Error::new(ErrorKind::AlreadyExists, format!("{path} already exists"));
         if comps.is_empty() {
@@ -1412,7 +1657,7 @@ impl MdsState {
                 return Err(Error::new(
                     ErrorKind::NotADirectory,
                     format!(
-                        "mkdir {path}: {} is a file, not a directory",
+                        "mkdir {path}: {} is not a directory",
                         join_path(&comps[..i])
                     ),
                 ));
@@ -1439,6 +1684,7 @@ impl MdsState {
                     return Ok(Prepared::Mkdir {
                         parent: cur,
                         names: comps[i..].iter().map(|s| s.to_string()).collect(),
+                        perms,
                         now_ms,
                     });
                 }
@@ -1452,9 +1698,11 @@ impl MdsState {
         path: &str,
         mode: LeaseMode,
         flags: OpenFlags,
+        perms: Perms,
         now_ms: u64,
         duration_ms: u64,
     ) -> Result<Prepared> {
+        perms.validate()?;
         if (flags.create || flags.truncate) && mode != LeaseMode::Write {
             return Err(Error::invalid(format!(
                 "open {path}: create and truncate need a write lease"
@@ -1480,6 +1728,7 @@ impl MdsState {
             return Ok(Prepared::Open {
                 existing: None,
                 create_in: Some((parent, name.to_string())),
+                perms,
                 truncate: false,
                 mode,
                 now_ms,
@@ -1487,17 +1736,26 @@ impl MdsState {
             });
         };
         let node = &self.inodes[&ino];
-        if node.kind == InodeKind::Dir {
-            return Err(Error::new(
-                ErrorKind::IsADirectory,
-                format!("{path} is a directory; only files can be opened"),
-            ));
-        }
         if flags.create && flags.exclusive {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("{path} already exists (exclusive create)"),
             ));
+        }
+        match node.kind {
+            InodeKind::File => {}
+            InodeKind::Dir => {
+                return Err(Error::new(
+                    ErrorKind::IsADirectory,
+                    format!("{path} is a directory; only files can be opened"),
+                ))
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "{path} is a {}; only regular files can be opened through the cluster",
+                    kind_name(other)
+                )))
+            }
         }
         let expired_writer = self
             .leases
@@ -1517,6 +1775,7 @@ impl MdsState {
         Ok(Prepared::Open {
             existing: Some(ino),
             create_in: None,
+            perms,
             truncate: flags.truncate,
             mode,
             now_ms,
@@ -1529,6 +1788,7 @@ impl MdsState {
         if comps.is_empty() {
             return Err(Error::invalid("the root directory cannot be removed"));
         }
+        let (parent, name) = self.lookup_parent(&comps)?;
         let ino = self.lookup_comps(&comps)?;
         let node = &self.inodes[&ino];
         match node.kind {
@@ -1539,15 +1799,36 @@ impl MdsState {
                     node.children.len()
                 ),
             )),
-            InodeKind::File => match self.live_leases_on(ino, now_ms).next() {
-                Some(l) => Err(self.busy_error("unlink", ino, l, now_ms)),
-                None => Ok(Prepared::Unlink { ino, now_ms }),
-            },
-            InodeKind::Dir => Ok(Prepared::Unlink { ino, now_ms }),
+            // The last name of a file goes with its data: not while a
+            // client holds it open.
+            InodeKind::File if node.links.is_empty() => {
+                match self.live_leases_on(ino, now_ms).next() {
+                    Some(l) => Err(self.busy_error("unlink", ino, l, now_ms)),
+                    None => Ok(Prepared::Unlink {
+                        ino,
+                        parent,
+                        name: name.to_string(),
+                        now_ms,
+                    }),
+                }
+            }
+            _ => Ok(Prepared::Unlink {
+                ino,
+                parent,
+                name: name.to_string(),
+                now_ms,
+            }),
         }
     }
 
-    fn prepare_rename(&self, from: &str, to: &str, now_ms: u64) -> Result<Prepared> {
+    fn prepare_rename(
+        &self,
+        from: &str,
+        to: &str,
+        flags: RenameFlags,
+        now_ms: u64,
+    ) -> Result<Prepared> {
+        flags.validate()?;
         let from_comps = split_path(from)?;
         let to_comps = split_path(to)?;
         if from_comps.is_empty() || to_comps.is_empty() {
@@ -1555,8 +1836,21 @@ impl MdsState {
                 "rename {from} -> {to}: the root directory cannot be renamed or replaced"
             )));
         }
+        let (src_parent, src_name) = self.lookup_parent(&from_comps)?;
         let src = self.lookup_comps(&from_comps)?;
         let (dst_parent, dst_name) = self.lookup_parent(&to_comps)?;
+        let replace = self.inodes[&dst_parent].children.get(dst_name).copied();
+        if flags.no_replace && replace.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("rename {from} -> {to}: {to} exists (no-replace)"),
+            ));
+        }
+        if flags.exchange && replace.is_none() {
+            return Err(Error::not_found(format!(
+                "rename {from} -> {to}: {to} does not exist (exchange)"
+            )));
+        }
         if from_comps == to_comps {
             return Ok(Prepared::Noop);
         }
@@ -1566,39 +1860,176 @@ impl MdsState {
                 "rename {from} -> {to}: cannot move a directory into itself"
             )));
         }
-        let replace = self.inodes[&dst_parent].children.get(dst_name).copied();
+        // Two names of one node: POSIX says nothing happens.
+        if replace == Some(src) {
+            return Ok(Prepared::Noop);
+        }
         if let Some(target) = replace {
             let t = &self.inodes[&target];
-            match (src_kind, t.kind) {
-                (InodeKind::Dir, InodeKind::File) => {
-                    return Err(Error::new(
-                        ErrorKind::NotADirectory,
-                        format!("rename {from} -> {to}: cannot replace a file with a directory"),
-                    ))
+            if flags.exchange {
+                if t.kind == InodeKind::Dir && from_comps.starts_with(&to_comps) {
+                    return Err(Error::invalid(format!(
+                        "rename {from} <-> {to}: cannot move a directory into itself"
+                    )));
                 }
-                (InodeKind::File, InodeKind::Dir) => {
-                    return Err(Error::new(
-                        ErrorKind::IsADirectory,
-                        format!("rename {from} -> {to}: {to} is a directory"),
-                    ))
+            } else {
+                match (src_kind == InodeKind::Dir, t.kind == InodeKind::Dir) {
+                    (true, false) => {
+                        return Err(Error::new(
+                            ErrorKind::NotADirectory,
+                            format!(
+                                "rename {from} -> {to}: cannot replace a non-directory with a directory"
+                            ),
+                        ))
+                    }
+                    (false, true) => {
+                        return Err(Error::new(
+                            ErrorKind::IsADirectory,
+                            format!("rename {from} -> {to}: {to} is a directory"),
+                        ))
+                    }
+                    (true, true) if !t.children.is_empty() => {
+                        return Err(Error::new(
+                            ErrorKind::NotEmpty,
+                            format!("rename {from} -> {to}: {to} is not empty"),
+                        ))
+                    }
+                    _ => {}
                 }
-                (InodeKind::Dir, InodeKind::Dir) if !t.children.is_empty() => {
-                    return Err(Error::new(
-                        ErrorKind::NotEmpty,
-                        format!("rename {from} -> {to}: {to} is not empty"),
-                    ))
+                // Replacing the last name of a file drops its data.
+                if t.kind == InodeKind::File && t.links.is_empty() {
+                    if let Some(l) = self.live_leases_on(target, now_ms).next() {
+                        return Err(self.busy_error("rename (replaced target)", target, l, now_ms));
+                    }
                 }
-                _ => {}
-            }
-            if let Some(l) = self.live_leases_on(target, now_ms).next() {
-                return Err(self.busy_error("rename (replaced target)", target, l, now_ms));
             }
         }
         Ok(Prepared::Rename {
             src,
+            src_parent,
+            src_name: src_name.to_string(),
             dst_parent,
             dst_name: dst_name.to_string(),
             replace,
+            exchange: flags.exchange,
+            now_ms,
+        })
+    }
+
+    /// The free name a new node takes: `AlreadyExists` if it is taken.
+    fn free_name<'a>(&self, path: &str, comps: &[&'a str]) -> Result<(InodeId, &'a str)> {
+        let (parent, name) = self.lookup_parent(comps)?;
+        if self.inodes[&parent].children.contains_key(name) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{path} already exists"),
+            ));
+        }
+        Ok((parent, name))
+    }
+
+    fn prepare_make_node(&self, path: &str, node: &NewNode, now_ms: u64) -> Result<Prepared> {
+        node.perms.validate()?;
+        node.spec.validate()?;
+        let comps = split_path(path)?;
+        if comps.is_empty() {
+            return Err(Error::new(ErrorKind::AlreadyExists, "/ already exists"));
+        }
+        let (parent, name) = self.free_name(path, &comps)?;
+        Ok(Prepared::MakeNode {
+            parent,
+            name: name.to_string(),
+            node: node.clone(),
+            now_ms,
+        })
+    }
+
+    fn prepare_link(&self, from: &str, to: &str, now_ms: u64) -> Result<Prepared> {
+        let ino = self.lookup(from)?;
+        let node = &self.inodes[&ino];
+        if node.kind == InodeKind::Dir {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("link {from} -> {to}: {from} is a directory; directories cannot have hard links"),
+            ));
+        }
+        if node.nlink() >= MAX_LINKS {
+            return Err(Error::new(
+                ErrorKind::TooManyLinks,
+                format!("link {from} -> {to}: {from} already has {MAX_LINKS} names"),
+            ));
+        }
+        let comps = split_path(to)?;
+        if comps.is_empty() {
+            return Err(Error::new(ErrorKind::AlreadyExists, "/ already exists"));
+        }
+        let (parent, name) = self.free_name(to, &comps)?;
+        Ok(Prepared::Link {
+            ino,
+            parent,
+            name: name.to_string(),
+            now_ms,
+        })
+    }
+
+    fn prepare_set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: Option<&[u8]>,
+        how: XattrSet,
+        now_ms: u64,
+    ) -> Result<Prepared> {
+        validate_xattr_name(name)?;
+        let ino = self.lookup(path)?;
+        let node = &self.inodes[&ino];
+        let old = node.xattrs.get(name);
+        match (value, old) {
+            (None, None) => {
+                return Err(Error::new(
+                    ErrorKind::NoData,
+                    format!("{path} has no extended attribute {name:?}"),
+                ))
+            }
+            (Some(_), Some(_)) if how == XattrSet::Create => {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{path} already has the extended attribute {name:?}"),
+                ))
+            }
+            (Some(_), None) if how == XattrSet::Replace => {
+                return Err(Error::new(
+                    ErrorKind::NoData,
+                    format!("{path} has no extended attribute {name:?} to replace"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(v) = value {
+            if v.len() > MAX_XATTR_VALUE {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!(
+                        "extended attribute {name:?}: a value of {} bytes exceeds {MAX_XATTR_VALUE}",
+                        v.len()
+                    ),
+                ));
+            }
+            let after =
+                node.xattr_bytes() - old.map_or(0, |o| name.len() + o.len()) + name.len() + v.len();
+            if after > MAX_XATTR_BYTES_PER_NODE {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!(
+                        "{path}: its extended attributes would hold {after} bytes, at most {MAX_XATTR_BYTES_PER_NODE} are allowed"
+                    ),
+                ));
+            }
+        }
+        Ok(Prepared::SetXattr {
+            ino,
+            name: name.to_string(),
+            value: value.map(<[u8]>::to_vec),
             now_ms,
         })
     }
@@ -1709,14 +2140,20 @@ impl MdsState {
 
     // ----- execution (infallible) ----------------------------------------
 
+    /// Creates a node named `name` in the directory `parent` (a directory
+    /// in a set-group-id directory takes its group and its set-group-id
+    /// bit; anything else takes its group).
     fn insert_child(
         &mut self,
         parent: InodeId,
         name: String,
         kind: InodeKind,
+        perms: Perms,
+        spec: Option<&NodeSpec>,
         now_ms: u64,
     ) -> Result<InodeId> {
         let ino = self.next_ino;
+        let now = Timestamp::from_ms(now_ms);
         let p = self
             .inodes
             .get_mut(&parent)
@@ -1727,9 +2164,26 @@ impl MdsState {
         }
         self.next_ino += 1;
         let attrs = p.attrs;
+        let mut perms = perms;
+        if p.perms.mode & S_ISGID != 0 {
+            perms.gid = p.perms.gid;
+            if kind == InodeKind::Dir {
+                perms.mode |= S_ISGID;
+            }
+        }
         p.children.insert(name.clone(), ino);
-        p.mtime_ms = now_ms;
-        p.ctime_ms = now_ms;
+        if kind == InodeKind::Dir {
+            p.subdirs = p.subdirs.saturating_add(1);
+        }
+        p.mtime = now;
+        p.ctime = now;
+        let (rdev, target) = match spec {
+            Some(NodeSpec::CharDevice { rdev } | NodeSpec::BlockDevice { rdev }) => {
+                (*rdev, String::new())
+            }
+            Some(NodeSpec::Symlink { target }) => (0, target.clone()),
+            _ => (0, String::new()),
+        };
         self.inodes.insert(
             ino,
             Inode {
@@ -1737,16 +2191,83 @@ impl MdsState {
                 kind,
                 parent,
                 name,
+                links: BTreeSet::new(),
                 children: BTreeMap::new(),
-                size: 0,
-                mtime_ms: now_ms,
-                ctime_ms: now_ms,
+                subdirs: 0,
+                size: target.len() as u64,
+                perms,
+                rdev,
+                target,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                xattrs: BTreeMap::new(),
                 attrs,
                 chunks: BTreeMap::new(),
                 fence_pending: false,
             },
         );
         Ok(ino)
+    }
+
+    /// Adds the entry `name` -> `ino` to the directory `dir`.
+    fn add_entry(&mut self, dir: InodeId, name: String, ino: InodeId, now_ms: u64) -> Result<()> {
+        let is_dir = self.inodes.get(&ino).map(|n| n.kind) == Some(InodeKind::Dir);
+        let d = self
+            .inodes
+            .get_mut(&dir)
+            .filter(|d| d.kind == InodeKind::Dir)
+            .ok_or_else(|| broken("an entry's directory exists"))?;
+        if d.children.insert(name, ino).is_some() {
+            return Err(broken("a new entry's name is free"));
+        }
+        if is_dir {
+            d.subdirs = d.subdirs.saturating_add(1);
+        }
+        d.mtime = Timestamp::from_ms(now_ms);
+        d.ctime = d.mtime;
+        Ok(())
+    }
+
+    /// Removes the entry `name` (naming `ino`) from the directory `dir`.
+    fn remove_entry(&mut self, dir: InodeId, name: &str, ino: InodeId, now_ms: u64) -> Result<()> {
+        let is_dir = self.inodes.get(&ino).map(|n| n.kind) == Some(InodeKind::Dir);
+        let d = self
+            .inodes
+            .get_mut(&dir)
+            .ok_or_else(|| broken("an entry's directory exists"))?;
+        if d.children.remove(name) != Some(ino) {
+            return Err(broken("a removed entry names its node"));
+        }
+        if is_dir {
+            d.subdirs = d.subdirs.saturating_sub(1);
+        }
+        d.mtime = Timestamp::from_ms(now_ms);
+        d.ctime = d.mtime;
+        Ok(())
+    }
+
+    /// Moves one name of `ino` from (`from`, `from_name`) to (`to`,
+    /// `to_name`) in the node's own record (not in the directories).
+    fn rename_in_node(
+        &mut self,
+        ino: InodeId,
+        from: (InodeId, &str),
+        to: (InodeId, String),
+    ) -> Result<()> {
+        let node = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| broken("the renamed node exists"))?;
+        if (node.parent, node.name.as_str()) == from {
+            node.parent = to.0;
+            node.name = to.1;
+        } else if node.links.remove(&(from.0, from.1.to_string())) {
+            node.links.insert(to);
+        } else {
+            return Err(broken("the renamed node has the old name"));
+        }
+        Ok(())
     }
 
     /// Removes chunks of `ino` with index >= `first_index`, returning their maps.
@@ -1768,29 +2289,53 @@ impl MdsState {
             .collect()
     }
 
-    /// Detaches and deletes an empty directory or a file (with its chunks
-    /// and leases).
-    fn remove_inode(&mut self, ino: InodeId, now_ms: u64) -> Result<Vec<ChunkMap>> {
+    /// Removes the name (`parent`, `name`) of `ino`; when it was the last
+    /// one, deletes the node (an empty directory, or a file with its chunks
+    /// and leases) and returns the released chunks.
+    fn remove_name(
+        &mut self,
+        ino: InodeId,
+        parent: InodeId,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Vec<ChunkMap>> {
         let node = self.inode(ino).ok_or_else(|| broken("the removed inode"))?;
         if ino == ROOT_INODE || !node.children.is_empty() {
             return Err(broken(
                 "the removed inode is not the root nor a non-empty directory",
             ));
         }
-        let parent = node.parent;
-        let name = node.name.clone();
-        if self.inode(parent).and_then(|p| p.children.get(&name)) != Some(&ino) {
-            return Err(broken("the removed inode's parent names it"));
+        self.remove_entry(parent, name, ino, now_ms)?;
+        let node = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or_else(|| broken("the removed inode"))?;
+        if (node.parent, node.name.as_str()) == (parent, name) {
+            match node.links.pop_first() {
+                Some((p, n)) => {
+                    node.parent = p;
+                    node.name = n;
+                }
+                None => {
+                    let released = self.remove_chunks_from(ino, 0)?;
+                    self.leases.retain(|_, l| l.ino != ino);
+                    self.inodes.remove(&ino);
+                    return Ok(released);
+                }
+            }
+        } else if !node.links.remove(&(parent, name.to_string())) {
+            return Err(broken("the removed name is one of the node's"));
         }
-        let released = self.remove_chunks_from(ino, 0)?;
-        self.leases.retain(|_, l| l.ino != ino);
-        self.inodes.remove(&ino);
-        if let Some(parent) = self.inodes.get_mut(&parent) {
-            parent.children.remove(&name);
-            parent.mtime_ms = now_ms;
-            parent.ctime_ms = now_ms;
-        }
-        Ok(released)
+        node.ctime = Timestamp::from_ms(now_ms);
+        Ok(Vec::new())
+    }
+
+    fn touch_ctime(&mut self, ino: InodeId, now_ms: u64) -> Result<()> {
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| broken("the changed node exists"))?
+            .ctime = Timestamp::from_ms(now_ms);
+        Ok(())
     }
 
     fn bump_chunk(
@@ -1866,17 +2411,19 @@ impl MdsState {
             Prepared::Mkdir {
                 parent,
                 names,
+                perms,
                 now_ms,
             } => {
                 let mut cur = parent;
                 for name in names {
-                    cur = self.insert_child(cur, name, InodeKind::Dir, now_ms)?;
+                    cur = self.insert_child(cur, name, InodeKind::Dir, perms, None, now_ms)?;
                 }
                 ApplyOutcome::Stat(self.stat_of(cur).ok_or_else(|| broken("just created"))?)
             }
             Prepared::Open {
                 existing,
                 create_in,
+                perms,
                 truncate,
                 mode,
                 now_ms,
@@ -1885,7 +2432,7 @@ impl MdsState {
                 let ino = match (existing, create_in) {
                     (Some(ino), _) => ino,
                     (None, Some((parent, name))) => {
-                        self.insert_child(parent, name, InodeKind::File, now_ms)?
+                        self.insert_child(parent, name, InodeKind::File, perms, None, now_ms)?
                     }
                     (None, None) => return Err(broken("an open without a target")),
                 };
@@ -1897,8 +2444,8 @@ impl MdsState {
                         .get_mut(&ino)
                         .ok_or_else(|| broken("file exists"))?;
                     node.size = 0;
-                    node.mtime_ms = now_ms;
-                    node.ctime_ms = now_ms;
+                    node.mtime = Timestamp::from_ms(now_ms);
+                    node.ctime = node.mtime;
                 }
                 let id = self.next_lease;
                 self.next_lease = LeaseId(id.0 + 1);
@@ -1923,47 +2470,129 @@ impl MdsState {
                     released,
                 }
             }
-            Prepared::Unlink { ino, now_ms } => {
-                ApplyOutcome::Released(self.remove_inode(ino, now_ms)?)
-            }
+            Prepared::Unlink {
+                ino,
+                parent,
+                name,
+                now_ms,
+            } => ApplyOutcome::Released(self.remove_name(ino, parent, &name, now_ms)?),
             Prepared::Rename {
                 src,
+                src_parent,
+                src_name,
                 dst_parent,
                 dst_name,
                 replace,
+                exchange,
                 now_ms,
             } => {
-                let released = match replace {
-                    Some(t) => self.remove_inode(t, now_ms)?,
-                    None => Vec::new(),
-                };
+                let mut released = Vec::new();
+                if let Some(t) = replace {
+                    if exchange {
+                        self.remove_entry(dst_parent, &dst_name, t, now_ms)?;
+                    } else {
+                        released = self.remove_name(t, dst_parent, &dst_name, now_ms)?;
+                    }
+                }
+                self.remove_entry(src_parent, &src_name, src, now_ms)?;
+                self.add_entry(dst_parent, dst_name.clone(), src, now_ms)?;
+                self.rename_in_node(src, (src_parent, &src_name), (dst_parent, dst_name.clone()))?;
+                if let (Some(t), true) = (replace, exchange) {
+                    self.add_entry(src_parent, src_name.clone(), t, now_ms)?;
+                    self.rename_in_node(t, (dst_parent, &dst_name), (src_parent, src_name))?;
+                    self.touch_ctime(t, now_ms)?;
+                }
+                self.touch_ctime(src, now_ms)?;
+                ApplyOutcome::Released(released)
+            }
+            Prepared::MakeNode {
+                parent,
+                name,
+                node,
+                now_ms,
+            } => {
+                let kind = InodeKind::of_spec(&node.spec);
+                let ino =
+                    self.insert_child(parent, name, kind, node.perms, Some(&node.spec), now_ms)?;
+                ApplyOutcome::Stat(self.stat_of(ino).ok_or_else(|| broken("just created"))?)
+            }
+            Prepared::Link {
+                ino,
+                parent,
+                name,
+                now_ms,
+            } => {
+                self.add_entry(parent, name.clone(), ino, now_ms)?;
                 let node = self
                     .inodes
-                    .get_mut(&src)
-                    .ok_or_else(|| broken("source exists"))?;
-                let (old_parent, old_name) = (node.parent, std::mem::take(&mut node.name));
-                node.parent = dst_parent;
-                node.name = dst_name.clone();
-                node.ctime_ms = now_ms;
-                let op = self
-                    .inodes
-                    .get_mut(&old_parent)
-                    .ok_or_else(|| broken("parent exists"))?;
-                if op.children.remove(&old_name) != Some(src) {
-                    return Err(broken("the renamed inode's old parent names it"));
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("the linked node exists"))?;
+                if !node.links.insert((parent, name)) {
+                    return Err(broken("a new link's name is free"));
                 }
-                op.mtime_ms = now_ms;
-                op.ctime_ms = now_ms;
-                let np = self
+                node.ctime = Timestamp::from_ms(now_ms);
+                ApplyOutcome::Stat(self.stat_of(ino).ok_or_else(|| broken("exists"))?)
+            }
+            Prepared::SetStat {
+                ino,
+                change,
+                now_ms,
+            } => {
+                let now = Timestamp::from_ms(now_ms);
+                let node = self
                     .inodes
-                    .get_mut(&dst_parent)
-                    .ok_or_else(|| broken("parent exists"))?;
-                if np.children.insert(dst_name, src).is_some() {
-                    return Err(broken("the rename's target name is free"));
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("the changed node exists"))?;
+                let owner_changed = change.uid.is_some() || change.gid.is_some();
+                if let Some(uid) = change.uid {
+                    node.perms.uid = uid;
                 }
-                np.mtime_ms = now_ms;
-                np.ctime_ms = now_ms;
-                ApplyOutcome::Released(released)
+                if let Some(gid) = change.gid {
+                    node.perms.gid = gid;
+                }
+                match change.mode {
+                    Some(mode) => node.perms.mode = mode,
+                    None if owner_changed && node.kind != InodeKind::Dir => {
+                        node.perms.mode &= !S_ISUID;
+                        if node.perms.mode & S_IXGRP != 0 {
+                            node.perms.mode &= !S_ISGID;
+                        }
+                    }
+                    None => {}
+                }
+                let time = |t: TimeChange| match t {
+                    TimeChange::Now => now,
+                    TimeChange::At(t) => t,
+                };
+                if let Some(t) = change.atime {
+                    node.atime = time(t);
+                }
+                if let Some(t) = change.mtime {
+                    node.mtime = time(t);
+                }
+                node.ctime = now;
+                ApplyOutcome::Stat(self.stat_of(ino).ok_or_else(|| broken("exists"))?)
+            }
+            Prepared::SetXattr {
+                ino,
+                name,
+                value,
+                now_ms,
+            } => {
+                let node = self
+                    .inodes
+                    .get_mut(&ino)
+                    .ok_or_else(|| broken("the changed node exists"))?;
+                match value {
+                    Some(v) => {
+                        node.xattrs.insert(name, v);
+                    }
+                    None => {
+                        node.xattrs.remove(&name);
+                    }
+                }
+                node.ctime = Timestamp::from_ms(now_ms);
+                ApplyOutcome::Done
             }
             Prepared::SetAttr { targets, now_ms } => {
                 for (ino, update) in targets {
@@ -1972,7 +2601,7 @@ impl MdsState {
                         .get_mut(&ino)
                         .ok_or_else(|| broken("target exists"))?;
                     update.apply_to(&mut node.attrs);
-                    node.ctime_ms = now_ms;
+                    node.ctime = Timestamp::from_ms(now_ms);
                 }
                 ApplyOutcome::Done
             }
@@ -2086,7 +2715,8 @@ impl MdsState {
                     .get_mut(&ino)
                     .ok_or_else(|| broken("leased file"))?;
                 node.size = node.size.max(size);
-                node.mtime_ms = now_ms;
+                node.mtime = Timestamp::from_ms(now_ms);
+                node.ctime = node.mtime;
                 ApplyOutcome::Done
             }
             Prepared::Truncate { ino, size, now_ms } => {
@@ -2103,8 +2733,8 @@ impl MdsState {
                     .get_mut(&ino)
                     .ok_or_else(|| broken("leased file"))?;
                 node.size = size;
-                node.mtime_ms = now_ms;
-                node.ctime_ms = now_ms;
+                node.mtime = Timestamp::from_ms(now_ms);
+                node.ctime = node.mtime;
                 ApplyOutcome::Released(released)
             }
             Prepared::AllocateCsId => {

@@ -31,10 +31,13 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// two steps; `FenceFile` is no longer logged). 6 added client sessions to
 /// the state and `Tagged` (exactly-once namespace mutations). 7 added
 /// `RefreshLeases` (a new leader's first command). 8 puts several commands
-/// in one Raft log entry (the leader's group commit). Records of every format
+/// in one Raft log entry (the leader's group commit). 9 added the POSIX
+/// attributes (permissions, owners, times in nanoseconds, hard and symbolic
+/// links, special files, extended attributes) and `MakeNode`, `Link`,
+/// `SetStat`, `SetXattr`. Records of every format
 /// are read with that format's frozen types and upgraded (`mds::format`): a
 /// change of a stored live type needs a new format.
-pub const STORE_FORMAT_VERSION: u8 = 8;
+pub const STORE_FORMAT_VERSION: u8 = 9;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.
@@ -446,8 +449,8 @@ mod tests {
                 name: n.name.clone(),
                 children: n.children.clone(),
                 size: n.size,
-                mtime_ms: n.mtime_ms,
-                ctime_ms: n.ctime_ms,
+                mtime_ms: n.mtime.as_ms(),
+                ctime_ms: n.ctime.as_ms(),
                 attrs: (n.attrs.replicas, n.attrs.chunk_size),
                 chunks: n.chunks.clone(),
                 fence_pending: n.fence_pending,

@@ -336,6 +336,7 @@ fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
 
 fn mkdir(s: &mut MdsState, path: &str, parents: bool) -> Result<ApplyOutcome> {
     s.apply(Command::Mkdir {
+        perms: Perms::DIR,
         path: path.into(),
         parents,
         now_ms: 5,
@@ -344,6 +345,7 @@ fn mkdir(s: &mut MdsState, path: &str, parents: bool) -> Result<ApplyOutcome> {
 
 fn open_cmd(path: &str, mode: LeaseMode, create: bool, now_ms: u64) -> Command {
     Command::Open {
+        perms: Perms::FILE,
         path: path.into(),
         mode,
         flags: OpenFlags {
@@ -378,6 +380,7 @@ fn namespace_ops_and_errors() {
     refused(
         &mut s,
         Command::Mkdir {
+            perms: Perms::DIR,
             path: "/a".into(),
             parents: false,
             now_ms: 1,
@@ -387,6 +390,7 @@ fn namespace_ops_and_errors() {
     refused(
         &mut s,
         Command::Mkdir {
+            perms: Perms::DIR,
             path: "/x/y".into(),
             parents: false,
             now_ms: 1,
@@ -399,6 +403,7 @@ fn namespace_ops_and_errors() {
     refused(
         &mut s,
         Command::Mkdir {
+            perms: Perms::DIR,
             path: "/a/f/g".into(),
             parents: true,
             now_ms: 1,
@@ -464,6 +469,7 @@ fn rename_rules() {
     open(&mut s, "/f1", LeaseMode::Write, 1).unwrap();
     open(&mut s, "/f2", LeaseMode::Write, 1).unwrap();
     let rename = |from: &str, to: &str, now_ms| Command::Rename {
+        flags: RenameFlags::default(),
         from: from.into(),
         to: to.into(),
         now_ms,
@@ -775,7 +781,7 @@ fn truncate_and_commit_size() {
     s.apply(commit(CHUNK, 8)).unwrap();
     let st = s.stat_of(lease.ino).unwrap();
     assert_eq!(
-        (st.size, st.mtime_ms),
+        (st.size, st.mtime.as_ms()),
         (4 * CHUNK, 8),
         "commit_size never shrinks"
     );
@@ -822,6 +828,7 @@ fn apply_is_deterministic_and_state_round_trips() {
     let (mut a, lease) = state_with_file();
     let cmds = vec![
         Command::Mkdir {
+            perms: Perms::DIR,
             path: "/d/e".into(),
             parents: true,
             now_ms: 3,
@@ -843,6 +850,7 @@ fn apply_is_deterministic_and_state_round_trips() {
         Command::BeginFence { ino: lease.ino },
         Command::FinishFence { ino: lease.ino },
         Command::Rename {
+            flags: RenameFlags::default(),
             from: "/f".into(),
             to: "/d/e/f".into(),
             now_ms: 6,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
-use super::{v1, v2, v3, v5, v6, v7, v8, RaftMeta};
+use super::{v1, v2, v3, v5, v6, v9, RaftMeta};
 use crate::mds::raft::{MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
 use crate::mds::state::{
@@ -16,8 +16,9 @@ use crate::mds::state::{
 };
 use crate::types::{
     AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, Event, EventKind, EventLevel,
-    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, OpTag,
-    OpenFlags, Replica, Replicas, SessionId, Stat,
+    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, NewNode,
+    NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica, Replicas, SessionId, Stat, StatChange,
+    TimeChange, Timestamp, XattrSet,
 };
 
 fn cs_ids(ids: Vec<v1::CsId>) -> Vec<CsId> {
@@ -31,11 +32,16 @@ impl From<v1::Replicas> for Replicas {
     }
 }
 
-impl From<v1::InodeKind> for InodeKind {
-    fn from(k: v1::InodeKind) -> InodeKind {
+impl From<v9::InodeKind> for InodeKind {
+    fn from(k: v9::InodeKind) -> InodeKind {
         match k {
-            v1::InodeKind::File => InodeKind::File,
-            v1::InodeKind::Dir => InodeKind::Dir,
+            v9::InodeKind::File => InodeKind::File,
+            v9::InodeKind::Dir => InodeKind::Dir,
+            v9::InodeKind::Symlink => InodeKind::Symlink,
+            v9::InodeKind::Fifo => InodeKind::Fifo,
+            v9::InodeKind::Socket => InodeKind::Socket,
+            v9::InodeKind::CharDevice => InodeKind::CharDevice,
+            v9::InodeKind::BlockDevice => InodeKind::BlockDevice,
         }
     }
 }
@@ -241,43 +247,6 @@ impl From<v5::CsPlacementUpdate> for CsPlacementUpdate {
     }
 }
 
-impl From<v5::Inode> for Inode {
-    fn from(n: v5::Inode) -> Inode {
-        let v5::Inode {
-            ino,
-            kind,
-            parent,
-            name,
-            children,
-            size,
-            mtime_ms,
-            ctime_ms,
-            attrs,
-            chunks,
-            fence_pending,
-        } = n;
-        Inode {
-            ino: InodeId(ino),
-            kind: kind.into(),
-            parent: InodeId(parent),
-            name,
-            children: children
-                .into_iter()
-                .map(|(name, ino)| (name, InodeId(ino)))
-                .collect(),
-            size,
-            mtime_ms,
-            ctime_ms,
-            attrs: attrs.into(),
-            chunks: chunks
-                .into_iter()
-                .map(|(index, chunk)| (index, ChunkId(chunk)))
-                .collect(),
-            fence_pending,
-        }
-    }
-}
-
 impl From<v5::CsRecord> for CsRecord {
     fn from(r: v5::CsRecord) -> CsRecord {
         let v5::CsRecord {
@@ -320,27 +289,6 @@ impl From<v6::OpTag> for OpTag {
             session: session.into(),
             seq,
             done_below,
-        }
-    }
-}
-
-impl From<v6::Stat> for Stat {
-    fn from(s: v6::Stat) -> Stat {
-        let v6::Stat {
-            ino,
-            kind,
-            size,
-            mtime_ms,
-            ctime_ms,
-            attrs,
-        } = s;
-        Stat {
-            ino: InodeId(ino),
-            kind: kind.into(),
-            size,
-            mtime_ms,
-            ctime_ms,
-            attrs: attrs.into(),
         }
     }
 }
@@ -390,9 +338,212 @@ fn chunk_maps(maps: Vec<v6::ChunkMap>) -> Vec<ChunkMap> {
     maps.into_iter().map(ChunkMap::from).collect()
 }
 
-impl From<v6::ApplyOutcome> for ApplyOutcome {
-    fn from(o: v6::ApplyOutcome) -> ApplyOutcome {
-        use v6::ApplyOutcome as O;
+/// The live state and last log index of a pre-Raft snapshot record.
+pub(super) fn store_snapshot(s: v9::Snapshot) -> (u64, MdsState) {
+    (s.last_index, s.state.into())
+}
+
+/// A Raft snapshot record's metadata and live state.
+pub(super) fn raft_snapshot(s: v9::SnapshotRecord) -> (RaftMeta, MdsState) {
+    (meta(s.meta), s.state.into())
+}
+
+/// A membership over the live node type, with the same configs and nodes
+/// (`Membership::new` adds a default node for a voter without one, which
+/// openraft never stores).
+fn membership(m: &Membership<v3::MdsId, v3::MdsNode>) -> Membership<MdsId, MdsNode> {
+    let nodes: BTreeMap<MdsId, MdsNode> = m
+        .nodes()
+        .map(|(id, node)| (MdsId(*id), MdsNode::from(node.clone())))
+        .collect();
+    let configs: Vec<BTreeSet<MdsId>> = m
+        .get_joint_config()
+        .iter()
+        .map(|voters| voters.iter().copied().map(MdsId).collect())
+        .collect();
+    Membership::new(configs, nodes)
+}
+
+/// A log id over the live node id (the same number).
+fn log_id(l: LogId<v3::MdsId>) -> LogId<MdsId> {
+    LogId::new(
+        CommittedLeaderId::new(l.leader_id.term, MdsId(l.leader_id.node_id)),
+        l.index,
+    )
+}
+
+/// Snapshot metadata over the live node type.
+pub(super) fn meta(m: v3::Meta) -> RaftMeta {
+    RaftMeta {
+        last_log_id: m.last_log_id.map(log_id),
+        last_membership: StoredMembership::new(
+            m.last_membership.log_id().map(log_id),
+            membership(m.last_membership.membership()),
+        ),
+        snapshot_id: m.snapshot_id,
+    }
+}
+
+/// A Raft log entry with the live command.
+pub(super) fn raft_entry(e: v9::LogEntry) -> Entry<MdsRaftConfig> {
+    let payload = match e.payload {
+        v9::EntryPayload::Blank => EntryPayload::Blank,
+        v9::EntryPayload::Normal(v9::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
+            cmds: cmds.into_iter().map(Into::into).collect(),
+        }),
+        v9::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
+    };
+    Entry {
+        log_id: log_id(e.log_id),
+        payload,
+    }
+}
+
+impl From<v9::Timestamp> for Timestamp {
+    fn from(t: v9::Timestamp) -> Timestamp {
+        let v9::Timestamp { sec, nsec } = t;
+        Timestamp { sec, nsec }
+    }
+}
+
+impl From<v9::Perms> for Perms {
+    fn from(p: v9::Perms) -> Perms {
+        let v9::Perms { mode, uid, gid } = p;
+        Perms { mode, uid, gid }
+    }
+}
+
+impl From<v9::NodeSpec> for NodeSpec {
+    fn from(s: v9::NodeSpec) -> NodeSpec {
+        match s {
+            v9::NodeSpec::File => NodeSpec::File,
+            v9::NodeSpec::Symlink { target } => NodeSpec::Symlink { target },
+            v9::NodeSpec::Fifo => NodeSpec::Fifo,
+            v9::NodeSpec::Socket => NodeSpec::Socket,
+            v9::NodeSpec::CharDevice { rdev } => NodeSpec::CharDevice { rdev },
+            v9::NodeSpec::BlockDevice { rdev } => NodeSpec::BlockDevice { rdev },
+        }
+    }
+}
+
+impl From<v9::TimeChange> for TimeChange {
+    fn from(t: v9::TimeChange) -> TimeChange {
+        match t {
+            v9::TimeChange::Now => TimeChange::Now,
+            v9::TimeChange::At(t) => TimeChange::At(t.into()),
+        }
+    }
+}
+
+impl From<v9::StatChange> for StatChange {
+    fn from(c: v9::StatChange) -> StatChange {
+        let v9::StatChange {
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        } = c;
+        StatChange {
+            mode,
+            uid,
+            gid,
+            atime: atime.map(TimeChange::from),
+            mtime: mtime.map(TimeChange::from),
+        }
+    }
+}
+
+impl From<v9::Inode> for Inode {
+    fn from(n: v9::Inode) -> Inode {
+        let v9::Inode {
+            ino,
+            kind,
+            parent,
+            name,
+            links,
+            children,
+            subdirs,
+            size,
+            perms,
+            rdev,
+            target,
+            atime,
+            mtime,
+            ctime,
+            xattrs,
+            attrs,
+            chunks,
+            fence_pending,
+        } = n;
+        Inode {
+            ino: InodeId(ino),
+            kind: kind.into(),
+            parent: InodeId(parent),
+            name,
+            links: links
+                .into_iter()
+                .map(|(dir, name)| (InodeId(dir), name))
+                .collect(),
+            children: children
+                .into_iter()
+                .map(|(name, ino)| (name, InodeId(ino)))
+                .collect(),
+            subdirs,
+            size,
+            perms: perms.into(),
+            rdev,
+            target,
+            atime: atime.into(),
+            mtime: mtime.into(),
+            ctime: ctime.into(),
+            xattrs,
+            attrs: attrs.into(),
+            chunks: chunks
+                .into_iter()
+                .map(|(index, chunk)| (index, ChunkId(chunk)))
+                .collect(),
+            fence_pending,
+        }
+    }
+}
+
+impl From<v9::Stat> for Stat {
+    fn from(s: v9::Stat) -> Stat {
+        let v9::Stat {
+            ino,
+            kind,
+            size,
+            mode,
+            uid,
+            gid,
+            nlink,
+            rdev,
+            atime,
+            mtime,
+            ctime,
+            attrs,
+        } = s;
+        Stat {
+            ino: InodeId(ino),
+            kind: kind.into(),
+            size,
+            mode,
+            uid,
+            gid,
+            nlink,
+            rdev,
+            atime: atime.into(),
+            mtime: mtime.into(),
+            ctime: ctime.into(),
+            attrs: attrs.into(),
+        }
+    }
+}
+
+impl From<v9::ApplyOutcome> for ApplyOutcome {
+    fn from(o: v9::ApplyOutcome) -> ApplyOutcome {
+        use v9::ApplyOutcome as O;
         match o {
             O::Done => ApplyOutcome::Done,
             O::Stat(stat) => ApplyOutcome::Stat(stat.into()),
@@ -415,18 +566,18 @@ impl From<v6::ApplyOutcome> for ApplyOutcome {
     }
 }
 
-impl From<v6::OpReply> for OpReply {
-    fn from(r: v6::OpReply) -> OpReply {
+impl From<v9::OpReply> for OpReply {
+    fn from(r: v9::OpReply) -> OpReply {
         match r {
-            v6::OpReply::Applied(outcome) => OpReply::Applied(outcome.into()),
-            v6::OpReply::Refused { kind, message } => OpReply::Refused { kind, message },
+            v9::OpReply::Applied(outcome) => OpReply::Applied(outcome.into()),
+            v9::OpReply::Refused { kind, message } => OpReply::Refused { kind, message },
         }
     }
 }
 
-impl From<v6::Session> for Session {
-    fn from(s: v6::Session) -> Session {
-        let v6::Session {
+impl From<v9::Session> for Session {
+    fn from(s: v9::Session) -> Session {
+        let v9::Session {
             done_below,
             last_seen_ms,
             replies,
@@ -442,8 +593,8 @@ impl From<v6::Session> for Session {
     }
 }
 
-impl From<v6::Sessions> for Sessions {
-    fn from(s: v6::Sessions) -> Sessions {
+impl From<v9::Sessions> for Sessions {
+    fn from(s: v9::Sessions) -> Sessions {
         Sessions::from_map(
             s.by_id
                 .into_iter()
@@ -453,9 +604,9 @@ impl From<v6::Sessions> for Sessions {
     }
 }
 
-impl From<v6::MdsState> for MdsState {
-    fn from(s: v6::MdsState) -> MdsState {
-        let v6::MdsState {
+impl From<v9::MdsState> for MdsState {
+    fn from(s: v9::MdsState) -> MdsState {
+        let v9::MdsState {
             inodes,
             chunks,
             servers,
@@ -500,34 +651,55 @@ impl From<v6::MdsState> for MdsState {
     }
 }
 
-impl From<v7::Command> for Command {
-    fn from(c: v7::Command) -> Command {
-        use v7::Command as C;
+impl From<v9::Command> for Command {
+    fn from(c: v9::Command) -> Command {
+        use v9::Command as C;
         match c {
             C::Mkdir {
                 path,
                 parents,
+                perms,
                 now_ms,
             } => Command::Mkdir {
                 path,
                 parents,
+                perms: perms.into(),
                 now_ms,
             },
             C::Open {
                 path,
                 mode,
                 flags,
+                perms,
                 now_ms,
                 lease_duration_ms,
             } => Command::Open {
                 path,
                 mode: mode.into(),
                 flags: flags.into(),
+                perms: perms.into(),
                 now_ms,
                 lease_duration_ms,
             },
             C::Unlink { path, now_ms } => Command::Unlink { path, now_ms },
-            C::Rename { from, to, now_ms } => Command::Rename { from, to, now_ms },
+            C::Rename {
+                from,
+                to,
+                flags:
+                    v9::RenameFlags {
+                        no_replace,
+                        exchange,
+                    },
+                now_ms,
+            } => Command::Rename {
+                from,
+                to,
+                flags: RenameFlags {
+                    no_replace,
+                    exchange,
+                },
+                now_ms,
+            },
             C::SetAttrV3 {
                 path,
                 update,
@@ -642,67 +814,45 @@ impl From<v7::Command> for Command {
                 cmd: Box::new(Command::from(*cmd)),
             },
             C::RefreshLeases { now_ms } => Command::RefreshLeases { now_ms },
+            C::MakeNode {
+                path,
+                node: v9::NewNode { spec, perms },
+                now_ms,
+            } => Command::MakeNode {
+                path,
+                node: NewNode {
+                    spec: spec.into(),
+                    perms: perms.into(),
+                },
+                now_ms,
+            },
+            C::Link { from, to, now_ms } => Command::Link { from, to, now_ms },
+            C::SetStat {
+                path,
+                change,
+                now_ms,
+            } => Command::SetStat {
+                path,
+                change: change.into(),
+                now_ms,
+            },
+            C::SetXattr {
+                path,
+                name,
+                value,
+                how,
+                now_ms,
+            } => Command::SetXattr {
+                path,
+                name,
+                value,
+                how: match how {
+                    v9::XattrSet::Any => XattrSet::Any,
+                    v9::XattrSet::Create => XattrSet::Create,
+                    v9::XattrSet::Replace => XattrSet::Replace,
+                },
+                now_ms,
+            },
         }
-    }
-}
-
-/// The live state and last log index of a pre-Raft snapshot record.
-pub(super) fn store_snapshot(s: v6::Snapshot) -> (u64, MdsState) {
-    (s.last_index, s.state.into())
-}
-
-/// A Raft snapshot record's metadata and live state.
-pub(super) fn raft_snapshot(s: v6::SnapshotRecord) -> (RaftMeta, MdsState) {
-    (meta(s.meta), s.state.into())
-}
-
-/// A membership over the live node type, with the same configs and nodes
-/// (`Membership::new` adds a default node for a voter without one, which
-/// openraft never stores).
-fn membership(m: &Membership<v3::MdsId, v3::MdsNode>) -> Membership<MdsId, MdsNode> {
-    let nodes: BTreeMap<MdsId, MdsNode> = m
-        .nodes()
-        .map(|(id, node)| (MdsId(*id), MdsNode::from(node.clone())))
-        .collect();
-    let configs: Vec<BTreeSet<MdsId>> = m
-        .get_joint_config()
-        .iter()
-        .map(|voters| voters.iter().copied().map(MdsId).collect())
-        .collect();
-    Membership::new(configs, nodes)
-}
-
-/// A log id over the live node id (the same number).
-fn log_id(l: LogId<v3::MdsId>) -> LogId<MdsId> {
-    LogId::new(
-        CommittedLeaderId::new(l.leader_id.term, MdsId(l.leader_id.node_id)),
-        l.index,
-    )
-}
-
-/// Snapshot metadata over the live node type.
-pub(super) fn meta(m: v3::Meta) -> RaftMeta {
-    RaftMeta {
-        last_log_id: m.last_log_id.map(log_id),
-        last_membership: StoredMembership::new(
-            m.last_membership.log_id().map(log_id),
-            membership(m.last_membership.membership()),
-        ),
-        snapshot_id: m.snapshot_id,
-    }
-}
-
-/// A Raft log entry with the live command.
-pub(super) fn raft_entry(e: v8::LogEntry) -> Entry<MdsRaftConfig> {
-    let payload = match e.payload {
-        v8::EntryPayload::Blank => EntryPayload::Blank,
-        v8::EntryPayload::Normal(v8::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
-            cmds: cmds.into_iter().map(Into::into).collect(),
-        }),
-        v8::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
-    };
-    Entry {
-        log_id: log_id(e.log_id),
-        payload,
     }
 }

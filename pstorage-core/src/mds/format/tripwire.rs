@@ -1,8 +1,7 @@
 //! The tripwire: every stored root (pre-Raft snapshot and log record, Raft
 //! snapshot record, snapshot metadata and log entry), written from rich
 //! live values as this build writes it, must decode exactly (no byte left
-//! over) as the newest frozen format (`v8`, whose commands are `v7`'s and
-//! state `v6`'s) and
+//! over) as the newest frozen format (`v9`) and
 //! convert back to an equal
 //! live value. A change of a stored live type trips it: that change needs
 //! a new format, never an edit of a frozen module.
@@ -12,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 use serde::Deserialize;
 
-use super::{live, v3, v6, v7, v8, RaftMeta};
+use super::{live, v3, v9, RaftMeta};
 use crate::error::Error;
 use crate::mds::raft::{encode_snapshot_record, MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
@@ -20,29 +19,30 @@ use crate::mds::state::{ApplyOutcome, AttrUpdateV3, Command, MdsState, NewEvent}
 use crate::mds::store::{encode, encode_snapshot, STORE_FORMAT_VERSION};
 use crate::types::{
     AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, EventKind, EventLevel, FailureDomain,
-    FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, OpTag, OpenFlags,
-    Replica, Replicas, SessionId, Stat,
+    FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, NewNode, NodeSpec, OpTag,
+    OpenFlags, Perms, RenameFlags, Replica, Replicas, SessionId, Stat, StatChange, TimeChange,
+    Timestamp, XattrSet,
 };
 
 /// What a tripped test says.
 const TRIPWIRE: &str = "a live type the MDS stores changed, so its records no longer \
-    read as format 8: add a new format version (STORE_FORMAT_VERSION + 1) and a \
-    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v8 (see \
-    mds::format and docs/formats.md); do not edit v6.rs, v7.rs or v8.rs";
+    read as format 9: add a new format version (STORE_FORMAT_VERSION + 1) and a \
+    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v9 (see \
+    mds::format and docs/formats.md); do not edit v9.rs or older";
 
-/// Decodes a record written by this build as the frozen `T` of format 8
-/// (its state types are format 6's), which must use every byte.
+/// Decodes a record written by this build as the frozen `T` of format 9,
+/// which must use every byte.
 fn read_as_newest<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
     assert_eq!(
-        STORE_FORMAT_VERSION, 8,
-        "the tripwire checks format 8: move it to the newest format's module"
+        STORE_FORMAT_VERSION, 9,
+        "the tripwire checks format 9: move it to the newest format's module"
     );
     assert_eq!(record.first(), Some(&STORE_FORMAT_VERSION), "{what}");
     let (value, rest) = postcard::take_from_bytes::<T>(&record[1..])
-        .unwrap_or_else(|e| panic!("{what} does not decode as format 8 ({e}): {TRIPWIRE}"));
+        .unwrap_or_else(|e| panic!("{what} does not decode as format 9 ({e}): {TRIPWIRE}"));
     assert!(
         rest.is_empty(),
-        "{what}: {} bytes are left after decoding it as format 8: {TRIPWIRE}",
+        "{what}: {} bytes are left after decoding it as format 9: {TRIPWIRE}",
         rest.len()
     );
     value
@@ -58,6 +58,7 @@ fn tag(session: u64, seq: u64, done_below: u64) -> OpTag {
 
 fn mkdir(path: &str, now_ms: u64) -> Command {
     Command::Mkdir {
+        perms: Perms::DIR,
         path: path.into(),
         parents: true,
         now_ms,
@@ -66,6 +67,7 @@ fn mkdir(path: &str, now_ms: u64) -> Command {
 
 fn open(path: &str, mode: LeaseMode, create: bool, now_ms: u64, duration: u64) -> Command {
     Command::Open {
+        perms: Perms::FILE,
         path: path.into(),
         mode,
         flags: OpenFlags {
@@ -99,6 +101,32 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::Lease
             | EventKind::Config
             | EventKind::Mds => {}
+        }
+    }
+    all
+}
+
+/// A node of every kind [`NodeSpec`] makes (a new one must be added here).
+fn every_node_spec() -> Vec<NodeSpec> {
+    let all = vec![
+        NodeSpec::File,
+        NodeSpec::Symlink {
+            target: "../somewhere/else".into(),
+        },
+        NodeSpec::Fifo,
+        NodeSpec::Socket,
+        NodeSpec::CharDevice { rdev: 0x0501 },
+        NodeSpec::BlockDevice { rdev: u64::MAX - 1 },
+    ];
+    for spec in &all {
+        // Exhaustive on purpose: a new variant is a new format.
+        match spec {
+            NodeSpec::File
+            | NodeSpec::Symlink { .. }
+            | NodeSpec::Fifo
+            | NodeSpec::Socket
+            | NodeSpec::CharDevice { .. }
+            | NodeSpec::BlockDevice { .. } => {}
         }
     }
     all
@@ -282,12 +310,79 @@ fn rich_state() -> MdsState {
         op: tag(7, 3, 2),
         now_ms: 106,
         cmd: Box::new(Command::Rename {
+            flags: RenameFlags::default(),
             from: "/t".into(),
             to: "/t2".into(),
             now_ms: 106,
         }),
     });
+    // The POSIX attributes: a set-group-id directory, a node of every
+    // kind, hard links, extended attributes, times before the epoch and
+    // with nanoseconds.
+    ok(Command::Mkdir {
+        path: "/p".into(),
+        parents: false,
+        perms: Perms {
+            mode: 0o2775,
+            uid: 1000,
+            gid: 100,
+        },
+        now_ms: 110,
+    });
+    for (i, spec) in every_node_spec().into_iter().enumerate() {
+        ok(Command::MakeNode {
+            path: format!("/p/n{i}"),
+            node: NewNode {
+                spec,
+                perms: Perms {
+                    mode: 0o4751,
+                    uid: 1000 + i as u32,
+                    gid: 7,
+                },
+            },
+            now_ms: 111,
+        });
+    }
+    ok(Command::Link {
+        from: "/p/n0".into(),
+        to: "/d0/hard".into(),
+        now_ms: 112,
+    });
+    ok(Command::Link {
+        from: "/p/n0".into(),
+        to: "/p/hard2".into(),
+        now_ms: 113,
+    });
+    ok(Command::SetStat {
+        path: "/p/n1".into(),
+        change: StatChange {
+            mode: Some(0o777),
+            uid: Some(u32::MAX),
+            gid: None,
+            atime: Some(TimeChange::At(Timestamp {
+                sec: -86_400,
+                nsec: 999_999_999,
+            })),
+            mtime: Some(TimeChange::Now),
+        },
+        now_ms: 114,
+    });
+    ok(Command::SetXattr {
+        path: "/p/n0".into(),
+        name: "user.mime".into(),
+        value: Some(b"text/plain".to_vec()),
+        how: XattrSet::Create,
+        now_ms: 115,
+    });
+    ok(Command::SetXattr {
+        path: "/p".into(),
+        name: "trusted.empty".into(),
+        value: Some(Vec::new()),
+        how: XattrSet::Any,
+        now_ms: 116,
+    });
     state.check_invariants().unwrap();
+    assert!(state.inodes().any(|n| n.links.len() == 2), "hard links");
     assert!(state.inodes().any(|n| n.fence_pending), "a file to fence");
     assert!(state.leases().any(|l| l.mode == LeaseMode::Read));
     assert!(state.servers().any(|cs| cs.dropped));
@@ -327,11 +422,11 @@ fn meta() -> RaftMeta {
 }
 
 #[test]
-fn the_state_is_read_as_format_8() {
+fn the_state_is_read_as_format_9() {
     let state = rich_state();
 
     let record = encode_snapshot(41, &state).unwrap();
-    let frozen: v6::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
+    let frozen: v9::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
     assert_eq!(
         live::store_snapshot(frozen),
         (41, state.clone()),
@@ -339,7 +434,7 @@ fn the_state_is_read_as_format_8() {
     );
 
     let record = encode_snapshot_record(&meta(), &state).unwrap();
-    let frozen: v6::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
+    let frozen: v9::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
     assert_eq!(
         live::raft_snapshot(frozen),
         (meta(), state),
@@ -357,13 +452,25 @@ fn the_state_is_read_as_format_8() {
 
 /// Every variant of [`ApplyOutcome`], with an answer of each remembered.
 #[test]
-fn remembered_answers_are_read_as_format_8() {
+fn remembered_answers_are_read_as_format_9() {
     let stat = Stat {
         ino: InodeId(5),
         kind: InodeKind::File,
         size: 9,
-        mtime_ms: 1,
-        ctime_ms: 2,
+        mode: 0o6755,
+        uid: 1000,
+        gid: u32::MAX,
+        nlink: 3,
+        rdev: 0x0801,
+        atime: Timestamp { sec: -1, nsec: 5 },
+        mtime: Timestamp {
+            sec: 1,
+            nsec: 999_999_999,
+        },
+        ctime: Timestamp {
+            sec: i64::MAX,
+            nsec: 0,
+        },
         attrs: FileAttrs {
             tier: 2,
             failure_domain: FailureDomain::Room,
@@ -382,6 +489,10 @@ fn remembered_answers_are_read_as_format_8() {
     let outcomes = vec![
         ApplyOutcome::Done,
         ApplyOutcome::Stat(stat.clone()),
+        ApplyOutcome::Stat(Stat {
+            kind: InodeKind::Symlink,
+            ..stat.clone()
+        }),
         ApplyOutcome::Opened {
             lease: Lease {
                 id: LeaseId(6),
@@ -390,8 +501,8 @@ fn remembered_answers_are_read_as_format_8() {
                 duration_ms: 30_000,
             },
             stat: Stat {
-                kind: InodeKind::Dir,
-                ..stat
+                kind: InodeKind::BlockDevice,
+                ..stat.clone()
             },
             released: vec![map.clone()],
         },
@@ -428,7 +539,7 @@ fn remembered_answers_are_read_as_format_8() {
     sessions.record(&tag(10, 4, 2), 99, Some(refusal));
 
     let record = encode(&sessions).unwrap();
-    let frozen: v6::Sessions = read_as_newest(&record, "client sessions");
+    let frozen: v9::Sessions = read_as_newest(&record, "client sessions");
     assert_eq!(
         Sessions::from(frozen),
         sessions,
@@ -444,6 +555,7 @@ fn every_command() -> Vec<Command> {
     let commands = vec![
         mkdir("/a/b", 1),
         Command::Open {
+            perms: Perms::FILE,
             path: "/a/f".into(),
             mode: LeaseMode::Write,
             flags: OpenFlags {
@@ -459,6 +571,7 @@ fn every_command() -> Vec<Command> {
             now_ms: 3,
         },
         Command::Rename {
+            flags: RenameFlags::default(),
             from: "/a".into(),
             to: "/b".into(),
             now_ms: 4,
@@ -565,7 +678,80 @@ fn every_command() -> Vec<Command> {
             }),
         },
         Command::RefreshLeases { now_ms: 19 },
+        Command::Rename {
+            flags: RenameFlags {
+                no_replace: true,
+                exchange: false,
+            },
+            from: "/x".into(),
+            to: "/y".into(),
+            now_ms: 20,
+        },
+        Command::Rename {
+            flags: RenameFlags {
+                no_replace: false,
+                exchange: true,
+            },
+            from: "/x".into(),
+            to: "/y".into(),
+            now_ms: 21,
+        },
+        Command::Link {
+            from: "/x".into(),
+            to: "/z".into(),
+            now_ms: 22,
+        },
+        Command::SetStat {
+            path: "/x".into(),
+            change: StatChange {
+                mode: Some(0o1777),
+                uid: Some(3),
+                gid: Some(4),
+                atime: Some(TimeChange::Now),
+                mtime: Some(TimeChange::At(Timestamp {
+                    sec: i64::MIN,
+                    nsec: 1,
+                })),
+            },
+            now_ms: 23,
+        },
+        Command::SetStat {
+            path: "/x".into(),
+            change: StatChange::default(),
+            now_ms: 24,
+        },
+        Command::SetXattr {
+            path: "/x".into(),
+            name: "security.selinux".into(),
+            value: None,
+            how: XattrSet::Replace,
+            now_ms: 25,
+        },
     ];
+    let mut commands = commands;
+    for (i, spec) in every_node_spec().into_iter().enumerate() {
+        commands.push(Command::MakeNode {
+            path: format!("/n{i}"),
+            node: NewNode {
+                spec,
+                perms: Perms {
+                    mode: 0o7777,
+                    uid: u32::MAX,
+                    gid: 0,
+                },
+            },
+            now_ms: 30,
+        });
+    }
+    for how in [XattrSet::Any, XattrSet::Create, XattrSet::Replace] {
+        commands.push(Command::SetXattr {
+            path: "/x".into(),
+            name: "user.k".into(),
+            value: Some(vec![0, 255, 7]),
+            how,
+            now_ms: 31,
+        });
+    }
     let covered: BTreeSet<usize> = commands
         .iter()
         .map(|c| match c {
@@ -597,23 +783,27 @@ fn every_command() -> Vec<Command> {
             Command::FinishFence { .. } => 24,
             Command::Tagged { .. } => 25,
             Command::RefreshLeases { .. } => 26,
+            Command::MakeNode { .. } => 27,
+            Command::Link { .. } => 28,
+            Command::SetStat { .. } => 29,
+            Command::SetXattr { .. } => 30,
         })
         .collect();
-    assert_eq!(covered, (0..=26).collect(), "every command is tested");
+    assert_eq!(covered, (0..=30).collect(), "every command is tested");
     commands
 }
 
 #[test]
-fn every_command_is_read_as_format_8() {
+fn every_command_is_read_as_format_9() {
     for cmd in every_command() {
         let what = format!("the pre-Raft log record {cmd:?}");
-        let frozen: v7::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
+        let frozen: v9::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
         assert_eq!(Command::from(frozen), cmd, "{what}: {TRIPWIRE}");
     }
 }
 
 #[test]
-fn every_raft_log_entry_is_read_as_format_8() {
+fn every_raft_log_entry_is_read_as_format_9() {
     let mut entries: Vec<Entry<MdsRaftConfig>> = vec![
         Entry {
             log_id: log_id(1, 1, 1),
@@ -643,7 +833,7 @@ fn every_raft_log_entry_is_read_as_format_8() {
     });
     for entry in entries {
         let what = format!("the Raft log entry {entry:?}");
-        let frozen: v8::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
+        let frozen: v9::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
         assert_eq!(live::raft_entry(frozen), entry, "{what}: {TRIPWIRE}");
     }
 }

@@ -21,11 +21,12 @@ use redb::{Database, TableDefinition};
 
 use super::*;
 use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
-use crate::types::{FileAttrs, Replicas, ROOT_INODE};
+use crate::types::{FileAttrs, Perms, Replicas, ROOT_INODE};
 
 mod format_6_golden;
 mod format_7_golden;
 mod format_8_golden;
+mod format_9_golden;
 mod group_commit;
 mod leader_clock;
 
@@ -216,6 +217,18 @@ fn cluster_attrs() -> FileAttrs {
 
 fn mkdir(path: &str) -> Command {
     Command::Mkdir {
+        perms: Perms::DIR,
+        path: path.into(),
+        parents: false,
+        now_ms: 1_000,
+    }
+}
+
+/// [`mkdir`] as a build before store format 9 logged it (the golden files
+/// of older formats hold it so): they read with the permissions of then.
+fn legacy_mkdir(path: &str) -> Command {
+    Command::Mkdir {
+        perms: Perms::LEGACY_DIR,
         path: path.into(),
         parents: false,
         now_ms: 1_000,
@@ -979,6 +992,7 @@ fn a_format_5_golden_database_is_read_and_upgraded() {
         op,
         now_ms: 1,
         cmd: Box::new(Command::Mkdir {
+            perms: Perms::DIR,
             path: "/d/e".into(),
             parents: false,
             now_ms: 1,

@@ -9,6 +9,7 @@ use crate::types::{
     AttrUpdate, ChunkId, CsPlacementUpdate, EventKind, EventLevel, FailureDomain, InodeId, LeaseId,
     LeaseMode, MapVersion, OpTag, OpenFlags, SessionId,
 };
+use crate::types::{Perms, RenameFlags};
 
 /// The golden file in the source tree.
 const GOLDEN: &str = concat!(
@@ -33,6 +34,7 @@ fn tagged(session: u64, seq: u64, done_below: u64, now_ms: u64, cmd: Command) ->
 
 fn create(path: &str, mode: LeaseMode, create: bool, now_ms: u64, duration: u64) -> Command {
     Command::Open {
+        perms: Perms::LEGACY_FILE,
         path: path.into(),
         mode,
         flags: OpenFlags {
@@ -87,7 +89,7 @@ pub(super) fn before_the_snapshot() -> Vec<Command> {
             update: placement("1.2.1", "h3", None, None),
             now_ms: 902,
         },
-        mkdir("/d"),
+        legacy_mkdir("/d"),
         Command::SetAttr {
             path: "/d".into(),
             update: AttrUpdate {
@@ -140,13 +142,14 @@ pub(super) fn before_the_snapshot() -> Vec<Command> {
 pub(super) fn after_the_snapshot() -> Vec<Command> {
     let y = InodeId(6); // /e/x, renamed /e/y
     vec![
-        mkdir("/e"),
+        legacy_mkdir("/e"),
         tagged(
             SESSION,
             2,
             2,
             2_001,
             Command::Mkdir {
+                perms: Perms::LEGACY_DIR,
                 path: "/e/sub".into(),
                 parents: true,
                 now_ms: 2_001,
@@ -190,6 +193,7 @@ pub(super) fn after_the_snapshot() -> Vec<Command> {
             now_ms: 2_007,
         },
         Command::Rename {
+            flags: RenameFlags::default(),
             from: "/e/x".into(),
             to: "/e/y".into(),
             now_ms: 2_008,
@@ -248,6 +252,7 @@ pub(super) fn after_the_snapshot() -> Vec<Command> {
             3,
             3_001,
             Command::Rename {
+                flags: RenameFlags::default(),
                 from: "/e/sub".into(),
                 to: "/e/sub2".into(),
                 now_ms: 3_001,
@@ -564,6 +569,7 @@ async fn a_format_6_golden_database_is_read() {
         3,
         9_999,
         Command::Rename {
+            flags: RenameFlags::default(),
             from: "/e/sub".into(),
             to: "/e/sub2".into(),
             now_ms: 9_999,

@@ -18,6 +18,7 @@ const GOLDEN: &str = concat!(
 /// (refused `AlreadyExists`, which changes nothing).
 fn the_batch() -> Vec<Command> {
     let mkdir = |path: &str| Command::Mkdir {
+        perms: Perms::LEGACY_DIR,
         path: path.into(),
         parents: false,
         now_ms: 200_000,
