@@ -11,7 +11,10 @@ use pyo3::prelude::*;
 
 use pstorage_core::client::{blocking, ClientOptions};
 use pstorage_core::conf::{conf_root, ClusterConf};
-use pstorage_core::types::{AttrUpdate, LeaseMode, OpenFlags, Replicas};
+use pstorage_core::types::{
+    AttrUpdate, LeaseMode, NewNode, NodeSpec, OpenFlags, Perms, RenameFlags, Replicas, StatChange,
+    TimeChange, Timestamp, XattrSet,
+};
 
 use crate::errors::PyResultExt;
 use crate::file::RawFile;
@@ -144,6 +147,183 @@ impl RawCluster {
     fn rename(&self, py: Python<'_>, src: &str, dst: &str) -> PyResult<()> {
         let c = self.client()?;
         py.allow_threads(|| c.rename(src, dst)).py_err(py)
+    }
+
+    /// Renames with renameat2's flags: `noreplace` refuses an existing
+    /// `dst`, `exchange` swaps the two names.
+    fn rename2(
+        &self,
+        py: Python<'_>,
+        src: &str,
+        dst: &str,
+        noreplace: bool,
+        exchange: bool,
+    ) -> PyResult<()> {
+        let c = self.client()?;
+        let flags = RenameFlags {
+            no_replace: noreplace,
+            exchange,
+        };
+        py.allow_threads(|| c.rename_with(src, dst, flags))
+            .py_err(py)
+    }
+
+    /// Creates a directory with `mode`, owned by `uid`:`gid`.
+    fn mkdir_mode(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        parents: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> PyResult<PyStat> {
+        let c = self.client()?;
+        let perms = Perms { mode, uid, gid };
+        let s = py
+            .allow_threads(|| c.mkdir_with(path, parents, perms))
+            .py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// Creates a node: `kind` is "file", "symlink" (with `target`), "fifo",
+    /// "socket", "chardev" or "blockdev" (with `rdev`).
+    #[pyo3(signature = (path, kind, mode, uid, gid, rdev=0, target=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn make_node(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        kind: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+        target: Option<String>,
+    ) -> PyResult<PyStat> {
+        let spec = match (kind, target) {
+            ("file", None) => NodeSpec::File,
+            ("symlink", Some(target)) => NodeSpec::Symlink { target },
+            ("fifo", None) => NodeSpec::Fifo,
+            ("socket", None) => NodeSpec::Socket,
+            ("chardev", None) => NodeSpec::CharDevice { rdev },
+            ("blockdev", None) => NodeSpec::BlockDevice { rdev },
+            (k, t) => {
+                return Err(PyValueError::new_err(format!(
+                    "cannot make a node of kind {k:?} with target {t:?}"
+                )))
+            }
+        };
+        let c = self.client()?;
+        let node = NewNode {
+            spec,
+            perms: Perms { mode, uid, gid },
+        };
+        let s = py.allow_threads(|| c.make_node(path, node)).py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// The target of a symbolic link.
+    fn readlink(&self, py: Python<'_>, path: &str) -> PyResult<String> {
+        let c = self.client()?;
+        py.allow_threads(|| c.readlink(path)).py_err(py)
+    }
+
+    /// Gives `src` the further name `dst` (a hard link).
+    fn link(&self, py: Python<'_>, src: &str, dst: &str) -> PyResult<PyStat> {
+        let c = self.client()?;
+        let s = py.allow_threads(|| c.link(src, dst)).py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// chmod/chown/utime: each `None` leaves that attribute alone; a time
+    /// is nanoseconds since the epoch, or now with `*_now`.
+    #[pyo3(signature = (path, mode=None, uid=None, gid=None, atime_ns=None, mtime_ns=None, atime_now=false, mtime_now=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_stat(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime_ns: Option<i128>,
+        mtime_ns: Option<i128>,
+        atime_now: bool,
+        mtime_now: bool,
+    ) -> PyResult<PyStat> {
+        let time = |ns: Option<i128>, now: bool| -> PyResult<Option<TimeChange>> {
+            if now {
+                return Ok(Some(TimeChange::Now));
+            }
+            ns.map(|ns| {
+                let sec = i64::try_from(ns.div_euclid(1_000_000_000))
+                    .map_err(|_| PyValueError::new_err(format!("time {ns} ns is out of range")))?;
+                Ok(TimeChange::At(Timestamp {
+                    sec,
+                    nsec: ns.rem_euclid(1_000_000_000) as u32,
+                }))
+            })
+            .transpose()
+        };
+        let change = StatChange {
+            mode,
+            uid,
+            gid,
+            atime: time(atime_ns, atime_now)?,
+            mtime: time(mtime_ns, mtime_now)?,
+        };
+        let c = self.client()?;
+        let s = py.allow_threads(|| c.set_stat(path, change)).py_err(py)?;
+        Ok(PyStat::from(&s))
+    }
+
+    /// The value of an extended attribute.
+    fn get_xattr<'py>(
+        &self,
+        py: Python<'py>,
+        path: &str,
+        name: &str,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let c = self.client()?;
+        let v = py.allow_threads(|| c.get_xattr(path, name)).py_err(py)?;
+        Ok(pyo3::types::PyBytes::new(py, &v))
+    }
+
+    /// The names of the extended attributes, sorted.
+    fn list_xattrs(&self, py: Python<'_>, path: &str) -> PyResult<Vec<String>> {
+        let c = self.client()?;
+        py.allow_threads(|| c.list_xattrs(path)).py_err(py)
+    }
+
+    /// Sets an extended attribute; `how` is "any", "create" or "replace".
+    fn set_xattr(
+        &self,
+        py: Python<'_>,
+        path: &str,
+        name: &str,
+        value: &[u8],
+        how: &str,
+    ) -> PyResult<()> {
+        let how = match how {
+            "any" => XattrSet::Any,
+            "create" => XattrSet::Create,
+            "replace" => XattrSet::Replace,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "how must be \"any\", \"create\" or \"replace\", not {other:?}"
+                )))
+            }
+        };
+        let c = self.client()?;
+        py.allow_threads(|| c.set_xattr(path, name, value, how))
+            .py_err(py)
+    }
+
+    /// Removes an extended attribute.
+    fn remove_xattr(&self, py: Python<'_>, path: &str, name: &str) -> PyResult<()> {
+        let c = self.client()?;
+        py.allow_threads(|| c.remove_xattr(path, name)).py_err(py)
     }
 
     /// Compares every replica of every chunk of file `path` block by block;

@@ -14,7 +14,8 @@ use super::ClientOptions;
 use crate::error::{Error, Result};
 use crate::traits::{ChunkConnector, MetadataService};
 use crate::types::{
-    AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, Lease, LeaseMode, OpenFlags, Stat,
+    AttrUpdate, ChunkMap, ClusterStatus, DirEntry, FileAttrs, Lease, LeaseMode, NewNode, OpenFlags,
+    Perms, RenameFlags, Stat, StatChange, XattrSet,
 };
 
 /// The blocking twin of [`super::Client`]. Cheap to clone; thread-safe.
@@ -99,6 +100,59 @@ impl Client {
     /// See [`super::Client::rename`].
     pub fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.runtime.block_on(self.inner.rename(from, to))
+    }
+
+    /// See [`super::Client::rename_with`].
+    pub fn rename_with(&self, from: &str, to: &str, flags: RenameFlags) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.rename_with(from, to, flags))
+    }
+
+    /// See [`super::Client::mkdir_with`].
+    pub fn mkdir_with(&self, path: &str, parents: bool, perms: Perms) -> Result<Stat> {
+        self.runtime
+            .block_on(self.inner.mkdir_with(path, parents, perms))
+    }
+
+    /// See [`super::Client::make_node`].
+    pub fn make_node(&self, path: &str, node: NewNode) -> Result<Stat> {
+        self.runtime.block_on(self.inner.make_node(path, node))
+    }
+
+    /// See [`super::Client::readlink`].
+    pub fn readlink(&self, path: &str) -> Result<String> {
+        self.runtime.block_on(self.inner.readlink(path))
+    }
+
+    /// See [`super::Client::link`].
+    pub fn link(&self, from: &str, to: &str) -> Result<Stat> {
+        self.runtime.block_on(self.inner.link(from, to))
+    }
+
+    /// See [`super::Client::set_stat`].
+    pub fn set_stat(&self, path: &str, change: StatChange) -> Result<Stat> {
+        self.runtime.block_on(self.inner.set_stat(path, change))
+    }
+
+    /// See [`super::Client::get_xattr`].
+    pub fn get_xattr(&self, path: &str, name: &str) -> Result<Vec<u8>> {
+        self.runtime.block_on(self.inner.get_xattr(path, name))
+    }
+
+    /// See [`super::Client::list_xattrs`].
+    pub fn list_xattrs(&self, path: &str) -> Result<Vec<String>> {
+        self.runtime.block_on(self.inner.list_xattrs(path))
+    }
+
+    /// See [`super::Client::set_xattr`].
+    pub fn set_xattr(&self, path: &str, name: &str, value: &[u8], how: XattrSet) -> Result<()> {
+        self.runtime
+            .block_on(self.inner.set_xattr(path, name, value, how))
+    }
+
+    /// See [`super::Client::remove_xattr`].
+    pub fn remove_xattr(&self, path: &str, name: &str) -> Result<()> {
+        self.runtime.block_on(self.inner.remove_xattr(path, name))
     }
 
     /// See [`super::Client::set_attr`].

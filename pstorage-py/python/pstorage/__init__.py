@@ -24,14 +24,18 @@ from ._errors import (
     InvalidArgument,
     Io,
     IsADirectory,
+    NameTooLong,
+    NoData,
     NoSpace,
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotSupported,
     PermissionDenied,
     Protocol,
     Stale,
     TimedOut,
+    TooManyLinks,
     Unavailable,
 )
 from ._file import File
@@ -66,5 +70,9 @@ __all__ = [
     "BadHandle",
     "Internal",
     "Checksum",
+    "NameTooLong",
+    "NoData",
+    "NotSupported",
+    "TooManyLinks",
     "__version__",
 ]

@@ -194,6 +194,125 @@ class Cluster:
         """Renames a file or directory; replaces a file at ``dst``."""
         self._raw.rename(_path(src), _path(dst))
 
+    def rename2(
+        self,
+        src: Union[str, "os.PathLike[str]"],
+        dst: Union[str, "os.PathLike[str]"],
+        *,
+        noreplace: bool = False,
+        exchange: bool = False,
+    ) -> None:
+        """``renameat2``: with ``noreplace``, ``FileExistsError`` if ``dst``
+        exists; with ``exchange``, swaps the two names atomically."""
+        self._raw.rename2(_path(src), _path(dst), noreplace, exchange)
+
+    # -- POSIX: links, special files, permissions, times, xattrs ----------
+    # New nodes are owned by this process's effective uid and gid, as on a
+    # local file system; no umask is applied to the modes given.
+
+    def mkdir_mode(self, path: Union[str, "os.PathLike[str]"], mode: int = 0o755) -> StatResult:
+        """Creates a directory with permission bits ``mode``."""
+        return self._raw.mkdir_mode(_path(path), False, mode, os.geteuid(), os.getegid())
+
+    def symlink(self, src: str, dst: Union[str, "os.PathLike[str]"]) -> None:
+        """Creates the symbolic link ``dst`` pointing at ``src``, like
+        ``os.symlink`` (the cluster stores ``src`` as text and never follows
+        it)."""
+        self._raw.make_node(_path(dst), "symlink", 0o777, os.geteuid(), os.getegid(), 0, src)
+
+    def readlink(self, path: Union[str, "os.PathLike[str]"]) -> str:
+        """The target of a symbolic link (``OSError`` EINVAL for another
+        kind of node)."""
+        return self._raw.readlink(_path(path))
+
+    def link(self, src: Union[str, "os.PathLike[str]"], dst: Union[str, "os.PathLike[str]"]) -> None:
+        """Gives ``src`` (not a directory) the further name ``dst``, like
+        ``os.link``."""
+        self._raw.link(_path(src), _path(dst))
+
+    def lstat(self, path: Union[str, "os.PathLike[str]"]) -> StatResult:
+        """``stat`` of the node itself (the cluster never follows links)."""
+        return self._raw.stat(_path(path))
+
+    def mkfifo(self, path: Union[str, "os.PathLike[str]"], mode: int = 0o644) -> None:
+        """Creates a named pipe (its data never reaches the cluster)."""
+        self._raw.make_node(_path(path), "fifo", mode, os.geteuid(), os.getegid())
+
+    def mknod(self, path: Union[str, "os.PathLike[str]"], mode: int = 0o600, device: int = 0) -> None:
+        """Creates a node like ``os.mknod``: ``mode`` carries ``stat.S_IFREG``,
+        ``S_IFIFO``, ``S_IFSOCK``, ``S_IFCHR`` or ``S_IFBLK``; ``device`` is
+        a device node's number."""
+        import stat as _stat
+
+        kinds = {
+            0: "file",
+            _stat.S_IFREG: "file",
+            _stat.S_IFIFO: "fifo",
+            _stat.S_IFSOCK: "socket",
+            _stat.S_IFCHR: "chardev",
+            _stat.S_IFBLK: "blockdev",
+        }
+        kind = kinds.get(_stat.S_IFMT(mode))
+        if kind is None:
+            raise _errors.InvalidArgument(errno.EINVAL, f"mknod: file type {_stat.S_IFMT(mode):#o} is not one mknod creates")
+        self._raw.make_node(_path(path), kind, _stat.S_IMODE(mode), os.geteuid(), os.getegid(), device)
+
+    def chmod(self, path: Union[str, "os.PathLike[str]"], mode: int) -> None:
+        """Sets the permission bits (07777)."""
+        self._raw.set_stat(_path(path), mode=mode)
+
+    def chown(self, path: Union[str, "os.PathLike[str]"], uid: int, gid: int) -> None:
+        """Sets the owner and group; -1 leaves one as it is (like
+        ``os.chown``)."""
+        self._raw.set_stat(
+            _path(path),
+            uid=None if uid == -1 else uid,
+            gid=None if gid == -1 else gid,
+        )
+
+    def utime(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        times: Optional[Tuple[float, float]] = None,
+        *,
+        ns: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        """Sets the access and modification times like ``os.utime``:
+        ``times`` in seconds, ``ns`` in nanoseconds, neither for now."""
+        p = _path(path)
+        if times is not None and ns is not None:
+            raise ValueError("utime: give times or ns, not both")
+        if ns is not None:
+            self._raw.set_stat(p, atime_ns=ns[0], mtime_ns=ns[1])
+        elif times is not None:
+            self._raw.set_stat(p, atime_ns=int(times[0] * 1e9), mtime_ns=int(times[1] * 1e9))
+        else:
+            self._raw.set_stat(p, atime_now=True, mtime_now=True)
+
+    def getxattr(self, path: Union[str, "os.PathLike[str]"], attribute: str) -> bytes:
+        """The value of an extended attribute (``pstorage.NoData`` if it is
+        not set)."""
+        return self._raw.get_xattr(_path(path), attribute)
+
+    def listxattr(self, path: Union[str, "os.PathLike[str]"]) -> List[str]:
+        """The names of the extended attributes, sorted."""
+        return self._raw.list_xattrs(_path(path))
+
+    def setxattr(
+        self, path: Union[str, "os.PathLike[str]"], attribute: str, value: bytes, flags: int = 0
+    ) -> None:
+        """Sets an extended attribute like ``os.setxattr``: ``flags`` is 0,
+        ``os.XATTR_CREATE`` or ``os.XATTR_REPLACE``. Names: ``user.*``,
+        ``trusted.*``, ``security.*``; at most 64 KiB per node."""
+        how = {0: "any", os.XATTR_CREATE: "create", os.XATTR_REPLACE: "replace"}.get(flags)
+        if how is None:
+            raise _errors.InvalidArgument(errno.EINVAL, f"setxattr: unknown flags {flags:#x}")
+        self._raw.set_xattr(_path(path), attribute, bytes(value), how)
+
+    def removexattr(self, path: Union[str, "os.PathLike[str]"], attribute: str) -> None:
+        """Removes an extended attribute."""
+        self._raw.remove_xattr(_path(path), attribute)
+
     def verify(self, path: Union[str, "os.PathLike[str]"], *, repair: bool = False) -> Dict[str, Any]:
         """Compares every replica of every chunk of a file block by block
         (``pstorage verify``); with ``repair``, rewrites each damaged range

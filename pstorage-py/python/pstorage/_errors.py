@@ -33,6 +33,10 @@ __all__ = [
     "BadHandle",
     "Internal",
     "Checksum",
+    "NameTooLong",
+    "NotSupported",
+    "NoData",
+    "TooManyLinks",
 ]
 
 
@@ -157,6 +161,31 @@ class Checksum(Error):
     kind = "Checksum"
 
 
+class NameTooLong(Error):
+    """A name or symbolic link target is too long (ENAMETOOLONG)."""
+
+    kind = "NameTooLong"
+
+
+class NotSupported(Error):
+    """Not supported, e.g. an extended attribute outside ``user.``,
+    ``trusted.`` and ``security.`` (EOPNOTSUPP)."""
+
+    kind = "NotSupported"
+
+
+class NoData(Error):
+    """No such extended attribute (ENODATA)."""
+
+    kind = "NoData"
+
+
+class TooManyLinks(Error):
+    """The file has the most hard links allowed (EMLINK)."""
+
+    kind = "TooManyLinks"
+
+
 _BY_KIND: Dict[str, Type[Error]] = {
     cls.kind: cls
     for cls in (
@@ -179,6 +208,10 @@ _BY_KIND: Dict[str, Type[Error]] = {
         BadHandle,
         Internal,
         Checksum,
+        NameTooLong,
+        NotSupported,
+        NoData,
+        TooManyLinks,
     )
 }
 
