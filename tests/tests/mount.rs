@@ -469,6 +469,75 @@ fn real_tools_copy_verify_and_namespace() {
     m.unmount();
 }
 
+/// Bytes allocated on disk to chunk replicas (files under each chunk
+/// server's `chunks` directory).
+fn chunk_bytes_on_disk(cluster: &TestCluster) -> u64 {
+    fn walk(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    walk(&e.path())
+                } else {
+                    meta.blocks() * 512
+                }
+            })
+            .sum()
+    }
+    cluster
+        .cs_dirs
+        .iter()
+        .map(|d| walk(&d.join("chunks")))
+        .sum()
+}
+
+#[test]
+fn punching_a_hole_frees_space_on_every_replica() {
+    // At the defaults: 256 MiB chunks, replicas 3:2.
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_size: pstorage_core::types::DEFAULT_CHUNK_SIZE,
+        env: Vec::new(),
+        ..ClusterOptions::default()
+    });
+    let mut m = Mount::start(&cluster, &[]);
+    let file = m.path("disk.img");
+    std::fs::write(&file, pattern(3, 48 << 20)).unwrap();
+    run(Command::new("sync").arg(&file));
+    let before = chunk_bytes_on_disk(&cluster);
+    assert!(
+        before >= 3 * (48 << 20),
+        "{before} bytes for three replicas of 48 MiB"
+    );
+    // What a VM's discard becomes: punch 32 MiB out of the middle.
+    run(Command::new("fallocate")
+        .args(["--punch-hole", "--offset", "8MiB", "--length", "32MiB"])
+        .arg(&file));
+    run(Command::new("sync").arg(&file));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = chunk_bytes_on_disk(&cluster);
+        // Each replica gives back nearly all of the 32 MiB.
+        if before - after.min(before) >= 3 * (30 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{before} bytes before the punch, {after} after: the replicas kept the space"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let data = std::fs::read(&file).unwrap();
+    let mut want = pattern(3, 48 << 20);
+    want[8 << 20..40 << 20].fill(0);
+    assert!(data == want, "the hole reads as zeros, the rest as written");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 48 << 20);
+    m.unmount();
+}
+
 /// A tree as containers and VM image directories hold them: symbolic
 /// links (relative, absolute, dangling, to a directory), hard links, a
 /// FIFO, modes with set-id bits, other owners, old times with nanoseconds,

@@ -290,6 +290,7 @@ fn serve(plan: &Plan, ready: &mut Option<ReadyPipe>) -> Result<()> {
     }
     let mut fs = FsConfig {
         direct_io: plan.opts.direct_io,
+        atime: !plan.opts.mount.contains(&MountOption::NoAtime),
         ..FsConfig::default()
     };
     if let Some(t) = plan.opts.attr_timeout {

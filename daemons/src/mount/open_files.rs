@@ -12,7 +12,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use pstorage_core::client::{Client, File};
@@ -43,6 +43,9 @@ pub(super) struct OpenInode {
     /// else can change the file then (its size comes from `file`), so
     /// `getattr` need not ask the MDS each time. Cleared with the lease.
     pub(super) leased_stat: Mutex<Option<Stat>>,
+    /// The file was read since its lease was taken: its access time is
+    /// due at the last close (relatime, one commit per open, not per read).
+    pub(super) read: AtomicBool,
 }
 
 /// What [`OpenInode::state`] guards.
@@ -87,6 +90,7 @@ impl OpenFiles {
                         file: Mutex::new(None),
                         local_mtime_ms: AtomicU64::new(0),
                         leased_stat: Mutex::new(None),
+                        read: AtomicBool::new(false),
                     })
                 })
                 .clone();

@@ -61,6 +61,10 @@ pub const STATFS_BLOCK_BYTES: u64 = 4096;
 pub struct FsConfig {
     /// How long the kernel may cache attributes and directory entries.
     pub attr_ttl: Duration,
+    /// Record access times (relatime: at the last close of a file read
+    /// since it was opened, when the access time is not after the
+    /// modification and change times or is a day old); off with `noatime`.
+    pub atime: bool,
     /// Open every file with `FOPEN_DIRECT_IO` (no kernel page cache; mmap of
     /// files then fails).
     pub direct_io: bool,
@@ -76,6 +80,7 @@ impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
             attr_ttl: Duration::from_secs(1),
+            atime: true,
             direct_io: false,
             max_write_bytes: 1 << 20,
             max_readahead_bytes: 1 << 20,
@@ -189,6 +194,15 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Whether a file read now is due a new access time (relatime: the access
+/// time is not after the modification time, or it is a day old). Unlike
+/// Linux, a change time after the access time does not count: recording
+/// the access time is an attribute change at the MDS and moves the change
+/// time, so it would count every time.
+pub(super) fn relatime_due(st: &Stat, now_ms: u64) -> bool {
+    st.atime <= st.mtime || now_ms.saturating_sub(st.atime.as_ms()) >= 24 * 3600 * 1000
 }
 
 /// A cluster time as the kernel takes it (before the epoch too).
@@ -573,10 +587,18 @@ impl FsOps {
         let file = lock(&oi.file).take();
         *lock(&oi.leased_stat) = None;
         st.mode = None;
+        let read = oi.read.swap(false, Ordering::Relaxed);
+        let atime_due = file
+            .as_ref()
+            .filter(|_| read && self.cfg.atime && st.hidden.is_none())
+            .is_some_and(|f| relatime_due(f.opened_stat(), now_ms()));
         let closed = match file {
             Some(f) => f.close().await.map_err(|e| e.context("closing on release")),
             None => Ok(()),
         };
+        if atime_due {
+            self.touch_atime(h.ino).await;
+        }
         if let Some(hidden) = st.hidden.take() {
             if let Err(e) = self.client.unlink(&hidden).await {
                 tracing::warn!("removing {hidden} (unlinked while open): {e}");
@@ -593,6 +615,7 @@ impl FsOps {
     /// the end of the file, empty past it). Errors: `BadHandle`, the SDK's.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes> {
         let (ino, oi, file) = self.file_of(fh)?;
+        oi.read.store(true, Ordering::Relaxed);
         let Some(cache) = &self.cache else {
             return self.read_file(&oi, file, offset, size as u64).await;
         };

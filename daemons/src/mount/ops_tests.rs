@@ -419,3 +419,41 @@ async fn handles_share_one_lease_and_an_unlinked_open_file_lives_on() {
     assert!(client.readdir(&hidden).await.unwrap().is_empty());
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_record_the_access_time_once_per_open_as_relatime_says() {
+    let (cluster, ops) = setup().await;
+    let (attr, opened) = ops
+        .create(ROOT, "f", libc::O_RDWR, Perms::FILE)
+        .await
+        .unwrap();
+    ops.write(opened.fh, 0, Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    ops.release(opened.fh).await.unwrap();
+    // Both times far in the past: the next read is due an access time.
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let change =
+        super::ops::posix::stat_change(None, None, None, Some(Some(past)), Some(Some(past)));
+    let before = ops.setattr(attr.ino, None, None, change).await.unwrap();
+    assert_eq!((before.atime, before.mtime), (past, past));
+    // Opening and closing without reading records nothing.
+    let o = ops.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    ops.release(o.fh).await.unwrap();
+    assert_eq!(ops.getattr(attr.ino).await.unwrap().atime, past);
+    // Reading: the access time moves at the close, not at each read.
+    let o = ops.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(read_all(&ops, o.fh, 0, 5).await, b"hello");
+    assert_eq!(read_all(&ops, o.fh, 1, 4).await, b"ello");
+    assert_eq!(ops.getattr(attr.ino).await.unwrap().atime, past);
+    ops.release(o.fh).await.unwrap();
+    let read = ops.getattr(attr.ino).await.unwrap();
+    assert!(read.atime > past, "{read:?}");
+    assert_eq!(read.mtime, past, "reading leaves the mtime");
+    // Now after the mtime and fresh: the next read records nothing.
+    let o = ops.open(attr.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(read_all(&ops, o.fh, 0, 5).await, b"hello");
+    ops.release(o.fh).await.unwrap();
+    assert_eq!(ops.getattr(attr.ino).await.unwrap().atime, read.atime);
+    cluster.stop().await.unwrap();
+}

@@ -137,6 +137,21 @@ impl FsOps {
         Ok(())
     }
 
+    /// Sets the access time of `ino` to now (a read file's last close);
+    /// best effort: a failure is logged, the close already succeeded.
+    pub(super) async fn touch_atime(&self, ino: u64) {
+        let Ok(path) = self.path(ino) else {
+            return;
+        };
+        let change = StatChange {
+            atime: Some(TimeChange::Now),
+            ..StatChange::default()
+        };
+        if let Err(e) = self.client.set_stat(&path, change).await {
+            tracing::debug!("recording the access time of {path}: {e}");
+        }
+    }
+
     /// A rename with `RENAME_NOREPLACE` or `RENAME_EXCHANGE`: one atomic
     /// MDS call; nothing is replaced, so no open file needs hiding.
     pub(super) async fn rename_flagged(

@@ -568,6 +568,14 @@ impl RaftStorage {
         storage.replay(committed)
     }
 
+    /// The state of a stopped store with every entry its log holds
+    /// applied, and the index of the last: what a group of one committed
+    /// (it commits each entry once appended; the committed id it records
+    /// may lag after a crash, see [`RaftStorage::committed_state`]).
+    pub fn logged_state(path: impl AsRef<Path>) -> Result<(u64, MdsState)> {
+        RaftStorage::open(path)?.replay(Some(u64::MAX))
+    }
+
     /// The state of a stopped store at log index `index`: the snapshot
     /// plus the log entries after it up to `index`, applied in order
     /// (offline inspection: an index the group committed, which this
