@@ -469,6 +469,46 @@ fn real_tools_copy_verify_and_namespace() {
     m.unmount();
 }
 
+#[test]
+fn writes_drop_set_id_bits_and_capabilities() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let mut m = Mount::start(&cluster, &["-o", "allow_other"]);
+    let f = m.path("suid");
+    std::fs::write(&f, b"a").unwrap();
+    run(Command::new("chmod").arg("6777").arg(&f));
+    // Another user writes: set-user-id and (with group execute)
+    // set-group-id go, as on Linux.
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("echo b >> '{}'", f.display())));
+    assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o777);
+    // A capability goes at the next write, root's too.
+    let caps = m.path("caps");
+    std::fs::write(&caps, b"a").unwrap();
+    run(Command::new("setfattr")
+        .args([
+            "-n",
+            "security.capability",
+            "-v",
+            "0x0100000200200000000000000000000000000000",
+        ])
+        .arg(&caps));
+    run(Command::new("getfattr")
+        .args(["-n", "security.capability"])
+        .arg(&caps));
+    sh(&format!("echo b >> '{}'", caps.display()));
+    let out = Command::new("getfattr")
+        .args(["-n", "security.capability"])
+        .arg(&caps)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the capability survived a write");
+    assert_eq!(std::fs::read(&caps).unwrap(), b"ab\n");
+    m.unmount();
+}
+
 /// Bytes allocated on disk to chunk replicas (files under each chunk
 /// server's `chunks` directory).
 fn chunk_bytes_on_disk(cluster: &TestCluster) -> u64 {

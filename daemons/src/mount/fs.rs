@@ -207,7 +207,16 @@ impl Filesystem for PstorageFs {
         // parallel dirops lets lookups in one directory run concurrently.
         // FUSE_AUTO_INVAL_DATA is deliberately not asked for: leases already
         // tell when cached pages may be stale (see `ops.rs`).
-        for cap in [InitFlags::FUSE_ASYNC_DIO, InitFlags::FUSE_PARALLEL_DIROPS] {
+        // FUSE_HANDLE_KILLPRIV_V2: this file system clears set-user-id and
+        // set-group-id when a write or truncate must (the kernel flags
+        // those requests), so the kernel does not ask for the
+        // security.capability attribute before every write (an MDS round
+        // trip each).
+        for cap in [
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+        ] {
             let _ = config.add_capabilities(cap);
         }
         Ok(())
@@ -468,7 +477,7 @@ impl Filesystem for PstorageFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: FuseOpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -476,8 +485,9 @@ impl Filesystem for PstorageFs {
         let ops = self.ops.clone();
         // The request buffer is fuser's: one copy to own it.
         let data = Bytes::copy_from_slice(data);
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         self.spawn("write", async move {
-            match ops.write(fh.0, offset, data).await {
+            match ops.write(fh.0, offset, data, kill).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(report("write", &e)),
             }

@@ -46,6 +46,11 @@ pub(super) struct OpenInode {
     /// The file was read since its lease was taken: its access time is
     /// due at the last close (relatime, one commit per open, not per read).
     pub(super) read: AtomicBool,
+    /// The file's security.capability attribute was looked for (and
+    /// removed) since its lease was taken: a write drops capabilities, as
+    /// on Linux (the kernel leaves that to this file system with
+    /// `FUSE_HANDLE_KILLPRIV_V2`).
+    pub(super) privs_checked: AtomicBool,
 }
 
 /// What [`OpenInode::state`] guards.
@@ -91,6 +96,7 @@ impl OpenFiles {
                         local_mtime_ms: AtomicU64::new(0),
                         leased_stat: Mutex::new(None),
                         read: AtomicBool::new(false),
+                        privs_checked: AtomicBool::new(false),
                     })
                 })
                 .clone();

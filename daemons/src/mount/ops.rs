@@ -555,6 +555,8 @@ impl FsOps {
             )));
         }
         *lock(&oi.file) = Some(file);
+        // A file just created has no attributes to drop at its first write.
+        oi.privs_checked.store(true, Ordering::Relaxed);
         st.mode = Some(LeaseMode::Write);
         st.handles += 1;
         if let Some(c) = &self.cache {
@@ -588,6 +590,7 @@ impl FsOps {
         *lock(&oi.leased_stat) = None;
         st.mode = None;
         let read = oi.read.swap(false, Ordering::Relaxed);
+        oi.privs_checked.store(false, Ordering::Relaxed);
         let atime_due = file
             .as_ref()
             .filter(|_| read && self.cfg.atime && st.hidden.is_none())
@@ -651,8 +654,17 @@ impl FsOps {
     /// Writes `data` at `offset` through handle `fh`; returns the bytes
     /// written (all of them). Errors: `BadHandle` (also for a handle opened
     /// read-only), the SDK's.
-    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> Result<u32> {
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: Bytes,
+        kill_suidgid: bool,
+    ) -> Result<u32> {
         let (ino, oi, file) = self.file_of(fh)?;
+        if kill_suidgid || !oi.privs_checked.load(Ordering::Relaxed) {
+            self.kill_privs(ino, &oi, kill_suidgid).await?;
+        }
         let len = data.len() as u64;
         if let Some(c) = &self.cache {
             c.invalidate_range(ino, offset, len);

@@ -73,7 +73,7 @@ async fn create_write_read_back() {
     assert!(!opened.keep_cache && !opened.direct_io, "{opened:?}");
     let data = pattern(1, 300_000);
     let n = ops
-        .write(opened.fh, 0, Bytes::from(data.clone()))
+        .write(opened.fh, 0, Bytes::from(data.clone()), false)
         .await
         .unwrap();
     assert_eq!(n as usize, data.len());
@@ -108,7 +108,7 @@ async fn a_read_crosses_a_chunk_boundary() {
     let boundary: u64 = 256 << 20;
     let start = boundary - 100_000;
     let data = pattern(2, 300_000);
-    ops.write(opened.fh, start, Bytes::from(data.clone()))
+    ops.write(opened.fh, start, Bytes::from(data.clone()), false)
         .await
         .unwrap();
     ops.release(opened.fh).await.unwrap();
@@ -134,7 +134,7 @@ async fn setattr_truncates_and_extends() {
         .await
         .unwrap();
     let data = pattern(3, 10_000);
-    ops.write(opened.fh, 0, Bytes::from(data.clone()))
+    ops.write(opened.fh, 0, Bytes::from(data.clone()), false)
         .await
         .unwrap();
     // Through the open handle.
@@ -384,7 +384,7 @@ async fn handles_share_one_lease_and_an_unlinked_open_file_lives_on() {
         .create(ROOT, "f", libc::O_WRONLY, Perms::FILE)
         .await
         .unwrap();
-    ops.write(w.fh, 0, Bytes::from_static(b"hello"))
+    ops.write(w.fh, 0, Bytes::from_static(b"hello"), false)
         .await
         .unwrap();
     ops.release(w.fh).await.unwrap();
@@ -397,7 +397,7 @@ async fn handles_share_one_lease_and_an_unlinked_open_file_lives_on() {
         !rw.keep_cache,
         "the upgrade leaves a gap between the leases"
     );
-    ops.write(rw.fh, 5, Bytes::from_static(b" world"))
+    ops.write(rw.fh, 5, Bytes::from_static(b" world"), false)
         .await
         .unwrap();
     assert_eq!(&ops.read(r1.fh, 0, 100).await.unwrap()[..], b"hello world");
@@ -427,7 +427,7 @@ async fn reads_record_the_access_time_once_per_open_as_relatime_says() {
         .create(ROOT, "f", libc::O_RDWR, Perms::FILE)
         .await
         .unwrap();
-    ops.write(opened.fh, 0, Bytes::from_static(b"hello"))
+    ops.write(opened.fh, 0, Bytes::from_static(b"hello"), false)
         .await
         .unwrap();
     ops.release(opened.fh).await.unwrap();

@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::types::{
-    InodeKind, NewNode, NodeSpec, Perms, RenameFlags, StatChange, TimeChange, XattrSet,
+    InodeKind, NewNode, NodeSpec, Perms, RenameFlags, StatChange, TimeChange, XattrSet, S_ISGID,
+    S_ISUID, S_IXGRP,
 };
 
-use super::{lock, Attr, FsOps};
+use super::{lock, Attr, FsOps, OpenInode};
 
 /// What an `S_IFMT` value makes, with the device number `rdev`.
 pub fn node_spec(mode: u32, rdev: u32) -> Result<NodeSpec> {
@@ -150,6 +151,51 @@ impl FsOps {
         if let Err(e) = self.client.set_stat(&path, change).await {
             tracing::debug!("recording the access time of {path}: {e}");
         }
+    }
+
+    /// What a write drops, as Linux drops it: the security.capability
+    /// attribute (looked for once per lease: at the first write), and with
+    /// `suidgid` (the kernel's `FUSE_WRITE_KILL_SUIDGID`: a writer without
+    /// `CAP_FSETID`) the set-user-id bit, and set-group-id with group
+    /// execute.
+    pub(super) async fn kill_privs(&self, ino: u64, oi: &OpenInode, suidgid: bool) -> Result<()> {
+        const CAPS: &str = "security.capability";
+        let path = self.path(ino)?;
+        if !oi.privs_checked.swap(true, Ordering::Relaxed) {
+            let found = match self.client.get_xattr(&path, CAPS).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::NoData => false,
+                Err(e) => {
+                    oi.privs_checked.store(false, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            if found {
+                match self.client.remove_xattr(&path, CAPS).await {
+                    Err(e) if e.kind() != ErrorKind::NoData => {
+                        oi.privs_checked.store(false, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if suidgid {
+            let st = self.client.stat(&path).await?;
+            let mut mode = st.mode & !S_ISUID;
+            if mode & S_IXGRP != 0 {
+                mode &= !S_ISGID;
+            }
+            if mode != st.mode {
+                let change = StatChange {
+                    mode: Some(mode),
+                    ..StatChange::default()
+                };
+                self.client.set_stat(&path, change).await?;
+            }
+        }
+        *lock(&oi.leased_stat) = None;
+        Ok(())
     }
 
     /// A rename with `RENAME_NOREPLACE` or `RENAME_EXCHANGE`: one atomic
