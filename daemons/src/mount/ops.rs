@@ -401,6 +401,14 @@ impl FsOps {
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
         let unlinked = lock(&self.inodes).parent_is(ino, self.hidden_ino);
         let oi = self.open.get(ino);
+        // Not while the inode's lease changes: a release between taking
+        // the file out and committing its size would let the MDS's older
+        // size through, and the kernel would shrink the file it just wrote
+        // (`echo a > f; echo b >> f; stat f` showed 1 byte, not 4).
+        let _lease_change = match &oi {
+            Some(oi) => Some(oi.state.lock().await),
+            None => None,
+        };
         let leased = oi.as_ref().and_then(|oi| {
             let file = lock(&oi.file).clone()?;
             let stat = lock(&oi.leased_stat).clone();
