@@ -24,6 +24,8 @@ def test_symlinks_and_hard_links(cluster: pstorage.Cluster, tdir: str) -> None:
         cluster.symlink("x", f"{tdir}/l")
     with pytest.raises(FileNotFoundError):
         cluster.symlink("", f"{tdir}/empty")
+    kinds = {e.name: (e.is_symlink(), e.is_file()) for e in cluster.scandir(tdir)}
+    assert kinds == {"f": (False, True), "l": (True, False)}
     cluster.link(f"{tdir}/f", f"{tdir}/g")
     a, b = cluster.stat(f"{tdir}/f"), cluster.stat(f"{tdir}/g")
     assert a.ino == b.ino and a.nlink == b.nlink == 2

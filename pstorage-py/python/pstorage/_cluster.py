@@ -29,6 +29,11 @@ class DirEntry(NamedTuple):
     def is_file(self) -> bool:
         return self.stat.is_file
 
+    def is_symlink(self) -> bool:
+        """Whether the entry is a symbolic link (the cluster never follows
+        one, so ``is_dir``/``is_file`` describe the link itself)."""
+        return self.stat.kind == "symlink"
+
 
 class _Mode(NamedTuple):
     normalized: str
