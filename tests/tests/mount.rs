@@ -466,6 +466,39 @@ fn real_tools_copy_verify_and_namespace() {
         libc::ENAMETOOLONG
     );
 
+    // Both names of an open file go while it is open: it stays usable, and
+    // nothing is left behind once it is closed.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("two-names"))
+        .unwrap();
+    f.write_all_at(b"kept", 0).unwrap();
+    std::fs::hard_link(m.path("two-names"), m.path("two-names-2")).unwrap();
+    std::fs::remove_file(m.path("two-names")).unwrap();
+    std::fs::remove_file(m.path("two-names-2")).unwrap();
+    let mut buf = [0u8; 4];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"kept");
+    let meta = f.metadata().unwrap();
+    assert_eq!((meta.len(), meta.nlink()), (4, 0));
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cluster.cli(&["ls", "/.pstorage-mount-unlinked"]);
+        if out.status.success() && out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hidden names stay: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     m.unmount();
 }
 

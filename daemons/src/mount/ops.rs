@@ -63,7 +63,7 @@ pub struct FsConfig {
     pub attr_ttl: Duration,
     /// Record access times (relatime: at the last close of a file read
     /// since it was opened, when the access time is not after the
-    /// modification and change times or is a day old); off with `noatime`.
+    /// modification time or is a day old); off with `noatime`.
     pub atime: bool,
     /// Open every file with `FOPEN_DIRECT_IO` (no kernel page cache; mmap of
     /// files then fails).
@@ -838,6 +838,14 @@ impl FsOps {
         Ok(self.attr(&st, false))
     }
 
+    /// Drops the attributes an open inode keeps from the MDS (its names or
+    /// times changed), so that the next getattr asks again.
+    pub(super) fn forget_leased_stat(&self, ino: u64) {
+        if let Some(oi) = self.open.get(ino) {
+            *lock(&oi.leased_stat) = None;
+        }
+    }
+
     /// Moves the name `parent`/`name` (`path`) of the open file `ino` to the
     /// hidden directory; it is removed at its last release. Call with its
     /// open lock held.
@@ -848,6 +856,15 @@ impl FsOps {
         (parent, name): (u64, &str),
         path: &str,
     ) -> Result<()> {
+        // Its link count and change time change: ask the MDS again.
+        self.forget_leased_stat(ino);
+        if st.hidden.is_some() {
+            // Another name of a file hidden already (hard links): its hidden
+            // name keeps it alive; this one just goes.
+            self.client.unlink(path).await?;
+            lock(&self.inodes).unlink(parent, name);
+            return Ok(());
+        }
         let hidden_name = format!(
             "{}-{ino}-{}",
             self.hidden_prefix,
@@ -876,6 +893,9 @@ impl FsOps {
         }
         self.client.unlink(&path).await?;
         lock(&self.inodes).unlink(parent, name);
+        if let Some(ino) = known {
+            self.forget_leased_stat(ino);
+        }
         if let (Some(c), Some(ino)) = (&self.cache, known) {
             c.invalidate_inode(ino);
         }
@@ -962,6 +982,9 @@ impl FsOps {
             return Err(e);
         }
         lock(&self.inodes).rename_entry(parent, name, new_parent, new_name);
+        if let Some(s) = src {
+            self.forget_leased_stat(s);
+        }
         Ok(())
     }
 

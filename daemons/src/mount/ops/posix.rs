@@ -107,12 +107,16 @@ impl FsOps {
         let to = self.child_path(new_parent, new_name)?;
         let st = self.client.link(&from, &to).await?;
         lock(&self.inodes).add_link_lookup(st.ino.0, new_parent, new_name, st.kind);
-        // The kernel keeps the attributes it has; a file open here reports
-        // them from its lease's stat, which just changed (nlink, ctime).
+        // A file open here reports its attributes from its lease's stat,
+        // which just changed (nlink, ctime); and its size is what this
+        // mount wrote, not the MDS's yet: answer as getattr does (the
+        // MDS's size in the reply would shrink the file in the kernel).
         if let Some(oi) = self.open.get(ino) {
             *lock(&oi.leased_stat) = None;
         }
-        Ok(self.attr(&st, false))
+        self.getattr(ino)
+            .await
+            .or_else(|_| Ok(self.attr(&st, false)))
     }
 
     /// chmod, chown, utimensat of `ino`. A file this mount writes is
