@@ -251,13 +251,6 @@ impl InodeTable {
         }
     }
 
-    fn detach(&mut self, ino: u64) {
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            let key = (node.parent, node.name.clone());
-            self.detach_name(ino, &key);
-        }
-    }
-
     /// Records a rename of the name `parent`/`name` to
     /// `new_parent`/`new_name` by this mount (a node known at the target was
     /// replaced and loses that name).
@@ -318,32 +311,6 @@ impl InodeTable {
         }
     }
 
-    /// Moves `ino` to `new_parent`/`new_name` (a rename done by this mount;
-    /// an inode known at the target was replaced and becomes unlinked).
-    /// Also used to move an open, unlinked file to the hidden directory: the
-    /// node stays reachable by path but not by its old name.
-    pub fn rename(&mut self, ino: u64, new_parent: u64, new_name: &str) {
-        if let Some(old) = self.names.get(&(new_parent, new_name.to_string())).copied() {
-            if old != ino {
-                self.detach(old);
-            }
-        }
-        let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
-        };
-        let old_key = (node.parent, node.name.clone());
-        let was_unlinked = node.unlinked;
-        node.parent = new_parent;
-        node.name = new_name.to_string();
-        node.unlinked = false;
-        node.aliases
-            .retain(|a| *a != (new_parent, new_name.to_string()));
-        if !was_unlinked && self.names.get(&old_key) == Some(&ino) {
-            self.names.remove(&old_key);
-        }
-        self.names.insert((new_parent, new_name.to_string()), ino);
-    }
-
     /// Pins a node that the kernel never sees (the hidden directory): it gets
     /// one lookup that nothing forgets.
     pub fn pin(&mut self, ino: u64, parent: u64, name: &str, kind: InodeKind) {
@@ -389,7 +356,7 @@ mod tests {
         assert_eq!(t.child_path(ROOT_INODE.0, "x").unwrap(), "/x");
         assert_eq!(t.child(10, "disk.img"), Some(11));
         // Renaming the directory moves the file below it.
-        t.rename(10, ROOT_INODE.0, "vms");
+        t.rename_entry(ROOT_INODE.0, "vm", ROOT_INODE.0, "vms");
         assert_eq!(t.path(11).unwrap(), "/vms/disk.img");
         assert_eq!(t.child(ROOT_INODE.0, "vm"), None);
         assert_eq!(t.child(ROOT_INODE.0, "vms"), Some(10));
@@ -400,7 +367,7 @@ mod tests {
         let mut t = InodeTable::new();
         t.add_lookup(20, ROOT_INODE.0, "a", InodeKind::File);
         t.add_lookup(21, ROOT_INODE.0, "b", InodeKind::File);
-        t.rename(20, ROOT_INODE.0, "b");
+        t.rename_entry(ROOT_INODE.0, "a", ROOT_INODE.0, "b");
         assert_eq!(t.path(20).unwrap(), "/b");
         assert!(t.is_unlinked(21));
         assert_eq!(t.path(21).unwrap_err().kind(), ErrorKind::Stale);

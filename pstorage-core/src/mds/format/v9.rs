@@ -398,18 +398,6 @@ fn legacy_perms(kind: InodeKind) -> Perms {
     }
 }
 
-const LEGACY_FILE: Perms = Perms {
-    mode: 0o666,
-    uid: 0,
-    gid: 0,
-};
-
-const LEGACY_DIR: Perms = Perms {
-    mode: 0o777,
-    uid: 0,
-    gid: 0,
-};
-
 fn from_ms(ms: u64) -> Timestamp {
     Timestamp {
         sec: (ms / 1000) as i64,
@@ -628,7 +616,7 @@ impl From<v7::Command> for Command {
             } => Command::Mkdir {
                 path,
                 parents,
-                perms: LEGACY_DIR,
+                perms: legacy_perms(InodeKind::Dir),
                 now_ms,
             },
             C::Open {
@@ -641,7 +629,7 @@ impl From<v7::Command> for Command {
                 path,
                 mode,
                 flags,
-                perms: LEGACY_FILE,
+                perms: legacy_perms(InodeKind::File),
                 now_ms,
                 lease_duration_ms,
             },
