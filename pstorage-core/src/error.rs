@@ -82,11 +82,16 @@ pub enum ErrorKind {
     NoData = 22,
     /// A file would get more hard links than allowed.
     TooManyLinks = 23,
+    /// A lock is held by someone else (`EAGAIN`: a non-blocking lock
+    /// request, `F_SETLK` or `flock(LOCK_NB)`).
+    WouldBlock = 24,
+    /// Too many locks are held on the file or in the cluster (`ENOLCK`).
+    NoLocks = 25,
 }
 
 impl ErrorKind {
     /// All kinds, in code order.
-    pub const ALL: [ErrorKind; 23] = [
+    pub const ALL: [ErrorKind; 25] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,
         ErrorKind::NotADirectory,
@@ -110,6 +115,8 @@ impl ErrorKind {
         ErrorKind::NotSupported,
         ErrorKind::NoData,
         ErrorKind::TooManyLinks,
+        ErrorKind::WouldBlock,
+        ErrorKind::NoLocks,
     ];
 
     /// The wire / ABI code of this kind.
@@ -152,6 +159,8 @@ impl ErrorKind {
             ErrorKind::NotSupported => libc::EOPNOTSUPP,
             ErrorKind::NoData => libc::ENODATA,
             ErrorKind::TooManyLinks => libc::EMLINK,
+            ErrorKind::WouldBlock => libc::EAGAIN,
+            ErrorKind::NoLocks => libc::ENOLCK,
         }
     }
 
@@ -212,6 +221,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotSupported => "not supported",
             ErrorKind::NoData => "no such attribute",
             ErrorKind::TooManyLinks => "too many links",
+            ErrorKind::WouldBlock => "locked by another owner",
+            ErrorKind::NoLocks => "too many locks",
         };
         f.write_str(s)
     }

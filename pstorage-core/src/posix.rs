@@ -399,3 +399,69 @@ mod tests {
         .is_err());
     }
 }
+
+/// Who holds a byte-range lock, as the client names it: the kernel's lock
+/// owner (a process's file table for `fcntl` locks, an open file
+/// description for OFD and `flock` locks). Unique within one lease: a lock
+/// is held by a (lease, owner) pair.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct LockOwner(pub u64);
+
+/// A lock's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockKind {
+    /// A read lock (`F_RDLCK`, `LOCK_SH`): shared with other shared locks.
+    Shared,
+    /// A write lock (`F_WRLCK`, `LOCK_EX`): excludes every other lock.
+    Exclusive,
+}
+
+/// The end of a lock range that reaches the end of the file, whatever its
+/// size (`l_len` 0 in `fcntl`; FUSE says `OFFSET_MAX`).
+pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
+
+/// A lock request of one owner over bytes `start..=end` (`end` at most
+/// [`LOCK_TO_EOF`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LockRequest {
+    /// Who asks.
+    pub owner: LockOwner,
+    /// The lock wanted, or `None` to unlock the range.
+    pub kind: Option<LockKind>,
+    /// First byte.
+    pub start: u64,
+    /// Last byte (inclusive).
+    pub end: u64,
+    /// The asking process, as its client sees it (reported to `F_GETLK`
+    /// callers; 0 when unknown).
+    pub pid: u32,
+}
+
+impl LockRequest {
+    /// `InvalidArgument` for an empty or out-of-range range.
+    pub fn validate(&self) -> Result<()> {
+        if self.start > self.end || self.end > LOCK_TO_EOF {
+            return Err(Error::invalid(format!(
+                "lock range {}..={} is empty or beyond the largest offset {LOCK_TO_EOF}",
+                self.start, self.end
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A lock held on a file, as `F_GETLK` reports a conflicting one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeldLock {
+    /// Shared or exclusive.
+    pub kind: LockKind,
+    /// First byte.
+    pub start: u64,
+    /// Last byte (inclusive; [`LOCK_TO_EOF`]: to the end of the file).
+    pub end: u64,
+    /// The holding process as its client reported it (0: unknown).
+    pub pid: u32,
+}

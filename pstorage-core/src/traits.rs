@@ -51,6 +51,26 @@ pub trait MetadataService: Send + Sync {
     async fn renew(&self, lease: LeaseId) -> Result<()>;
     /// Releases a lease. Idempotent.
     async fn close(&self, lease: LeaseId) -> Result<()>;
+    /// Turns read lease `lease` into a write lease in place: same id, its
+    /// locks kept. `Busy` while another lease is on the file; a write lease
+    /// is answered as it is.
+    async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {
+        Err(no_locks(lease))
+    }
+    /// Sets or removes (`req.kind` `None`) a byte-range lock on the file
+    /// leased by `lease`, held by (`lease`, `req.owner`) until it is
+    /// unlocked or the lease ends. `WouldBlock` while another holder's lock
+    /// is in the way, `NoLocks` past the bounds.
+    async fn set_lock(&self, lease: LeaseId, req: LockRequest) -> Result<()> {
+        let _ = req;
+        Err(no_locks(lease))
+    }
+    /// The lock of another holder in the way of `req` (`F_GETLK`), or
+    /// `None` if it could be set now.
+    async fn test_lock(&self, lease: LeaseId, req: LockRequest) -> Result<Option<HeldLock>> {
+        let _ = req;
+        Err(no_locks(lease))
+    }
     /// Attributes of a file or directory.
     async fn stat(&self, path: &str) -> Result<Stat>;
     /// Creates a directory (and missing parents when `parents`) with
@@ -210,6 +230,13 @@ pub trait MetadataService: Send + Sync {
 
 /// The refusal of a POSIX namespace operation by an implementation that
 /// keeps only files and directories.
+fn no_locks(lease: LeaseId) -> Error {
+    Error::new(
+        ErrorKind::NotSupported,
+        format!("lease {lease}: this metadata service keeps no locks"),
+    )
+}
+
 fn not_posix(path: &str) -> Error {
     Error::new(
         ErrorKind::NotSupported,

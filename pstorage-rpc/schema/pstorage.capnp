@@ -284,6 +284,37 @@ struct OpenReply {
   flushTimeoutMs @3 :UInt64;
 }
 
+# A byte-range lock request (pstorage_core::types::LockRequest).
+struct LockRequest {
+  owner @0 :UInt64;   # The client's lock owner, within its lease.
+  kind @1 :LockKind;
+  start @2 :UInt64;   # First byte.
+  end @3 :UInt64;     # Last byte (inclusive); 2^63-1: to the end of the file.
+  pid @4 :UInt32;     # The asking process as its client sees it (0: unknown).
+}
+
+enum LockKind {
+  unlock @0;
+  shared @1;
+  exclusive @2;
+}
+
+# A lock in the way (pstorage_core::types::HeldLock).
+struct HeldLock {
+  kind @0 :LockKind;  # shared or exclusive
+  start @1 :UInt64;
+  end @2 :UInt64;
+  pid @3 :UInt32;
+}
+
+struct TestLockResult {
+  union {
+    free @0 :Void;    # The lock could be set now.
+    held @1 :HeldLock;
+    err @2 :Error;
+  }
+}
+
 struct OpenResult {
   union {
     ok @0 :OpenReply;
@@ -717,6 +748,12 @@ interface Mds {
   getXattr @37 (path :Text, name :Text) -> (result :DataResult);
   listXattrs @38 (path :Text) -> (result :TextListResult);
   setXattr @39 (path :Text, name :Text, value :XattrValue, how :XattrSet, op :OpTag) -> (result :VoidResult);
+
+  # MetadataService: byte-range locks held across clients, and the in-place
+  # upgrade of a read lease (which keeps its locks).
+  upgradeLease @40 (lease :UInt64) -> (result :OpenResult);
+  setLock @41 (lease :UInt64, req :LockRequest) -> (result :VoidResult);
+  testLock @42 (lease :UInt64, req :LockRequest) -> (result :TestLockResult);
 }
 
 enum BlockRepairOutcome {

@@ -19,7 +19,9 @@ use pstorage_core::types::{
     LeaseId, LeaseMode, MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply,
     SpaceInfo, Stat, MAX_REPORTED_BLOCKS,
 };
-use pstorage_core::types::{NewNode, Perms, RenameFlags, StatChange, XattrSet};
+use pstorage_core::types::{
+    HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
+};
 use pstorage_core::{Error, Result};
 
 use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_TIMEOUT};
@@ -266,6 +268,57 @@ impl mds::Server for MdsServer {
                 Ok((read_text(p.get_from())?, read_text(p.get_to())?, op))
             })?;
             self.metadata.link(&from, &to, op).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn upgrade_lease(
+        self: Rc<Self>,
+        params: mds::UpgradeLeaseParams,
+        mut results: mds::UpgradeLeaseResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("upgrade_lease");
+        let outcome = async {
+            let lease = decode_request("upgradeLease", || Ok(params.get()?.get_lease()))?;
+            self.metadata.upgrade_lease(LeaseId(lease)).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn set_lock(
+        self: Rc<Self>,
+        params: mds::SetLockParams,
+        mut results: mds::SetLockResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("set_lock");
+        let outcome = async {
+            let (lease, req) = decode_request("setLock", || {
+                let p = params.get()?;
+                Ok((LeaseId(p.get_lease()), LockRequest::read(p.get_req()?)?))
+            })?;
+            self.metadata.set_lock(lease, req).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn test_lock(
+        self: Rc<Self>,
+        params: mds::TestLockParams,
+        mut results: mds::TestLockResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("test_lock");
+        let outcome = async {
+            let (lease, req) = decode_request("testLock", || {
+                let p = params.get()?;
+                Ok((LeaseId(p.get_lease()), LockRequest::read(p.get_req()?)?))
+            })?;
+            self.metadata.test_lock(lease, req).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -1118,6 +1171,40 @@ impl MetadataService for MdsClient {
             p.set_from(from.as_str());
             p.set_to(to.as_str());
             write_op(op, || p.reborrow().init_op());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {
+        self.call("upgradeLease", move |mds| async move {
+            let mut request = mds.upgrade_lease_request();
+            request.get().set_lease(lease.0);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn set_lock(&self, lease: LeaseId, req: LockRequest) -> Result<()> {
+        self.call("setLock", move |mds| async move {
+            let mut request = mds.set_lock_request();
+            let mut p = request.get();
+            p.set_lease(lease.0);
+            req.write(p.reborrow().init_req());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn test_lock(&self, lease: LeaseId, req: LockRequest) -> Result<Option<HeldLock>> {
+        self.call("testLock", move |mds| async move {
+            let mut request = mds.test_lock_request();
+            let mut p = request.get();
+            p.set_lease(lease.0);
+            req.write(p.reborrow().init_req());
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })

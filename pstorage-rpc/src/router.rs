@@ -21,7 +21,9 @@ use pstorage_core::types::{
     CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
     MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
-use pstorage_core::types::{NewNode, Perms, RenameFlags, StatChange, XattrSet};
+use pstorage_core::types::{
+    HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
+};
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
@@ -358,6 +360,33 @@ impl MetadataService for LeaderRouter {
             "close",
             || self.metadata.close(lease),
             |c| async move { c.close(lease).await },
+        )
+        .await
+    }
+
+    async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {
+        self.route(
+            "upgradeLease",
+            || self.metadata.upgrade_lease(lease),
+            |c| async move { c.upgrade_lease(lease).await },
+        )
+        .await
+    }
+
+    async fn set_lock(&self, lease: LeaseId, req: LockRequest) -> Result<()> {
+        self.route(
+            "setLock",
+            || self.metadata.set_lock(lease, req),
+            |c| async move { c.set_lock(lease, req).await },
+        )
+        .await
+    }
+
+    async fn test_lock(&self, lease: LeaseId, req: LockRequest) -> Result<Option<HeldLock>> {
+        self.route(
+            "testLock",
+            || self.metadata.test_lock(lease, req),
+            |c| async move { c.test_lock(lease, req).await },
         )
         .await
     }

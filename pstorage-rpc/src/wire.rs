@@ -20,6 +20,7 @@ use pstorage_core::types::{
     RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
 use pstorage_core::types::{ChunkId, InodeId, MapVersion, MdsId};
+use pstorage_core::types::{HeldLock, LockKind, LockOwner, LockRequest};
 use pstorage_core::types::{NewNode, NodeSpec, Perms, StatChange, TimeChange, Timestamp, XattrSet};
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -436,6 +437,86 @@ impl WireStruct for Perms {
             mode: r.get_mode(),
             uid: r.get_uid(),
             gid: r.get_gid(),
+        })
+    }
+}
+
+fn lock_kind_to_wire(kind: Option<LockKind>) -> schema::LockKind {
+    match kind {
+        None => schema::LockKind::Unlock,
+        Some(LockKind::Shared) => schema::LockKind::Shared,
+        Some(LockKind::Exclusive) => schema::LockKind::Exclusive,
+    }
+}
+
+fn lock_kind_from_wire(kind: schema::LockKind) -> Option<LockKind> {
+    match kind {
+        schema::LockKind::Unlock => None,
+        schema::LockKind::Shared => Some(LockKind::Shared),
+        schema::LockKind::Exclusive => Some(LockKind::Exclusive),
+    }
+}
+
+impl WireStruct for LockRequest {
+    type Schema = schema::lock_request::Owned;
+    fn write(&self, mut b: schema::lock_request::Builder<'_>) {
+        b.set_owner(self.owner.0);
+        b.set_kind(lock_kind_to_wire(self.kind));
+        b.set_start(self.start);
+        b.set_end(self.end);
+        b.set_pid(self.pid);
+    }
+    fn read(r: schema::lock_request::Reader<'_>) -> capnp::Result<Self> {
+        Ok(LockRequest {
+            owner: LockOwner(r.get_owner()),
+            kind: lock_kind_from_wire(r.get_kind()?),
+            start: r.get_start(),
+            end: r.get_end(),
+            pid: r.get_pid(),
+        })
+    }
+}
+
+impl WireStruct for HeldLock {
+    type Schema = schema::held_lock::Owned;
+    fn write(&self, mut b: schema::held_lock::Builder<'_>) {
+        b.set_kind(lock_kind_to_wire(Some(self.kind)));
+        b.set_start(self.start);
+        b.set_end(self.end);
+        b.set_pid(self.pid);
+    }
+    fn read(r: schema::held_lock::Reader<'_>) -> capnp::Result<Self> {
+        let kind = lock_kind_from_wire(r.get_kind()?)
+            .ok_or_else(|| capnp::Error::failed("a held lock of kind unlock".to_string()))?;
+        Ok(HeldLock {
+            kind,
+            start: r.get_start(),
+            end: r.get_end(),
+            pid: r.get_pid(),
+        })
+    }
+}
+
+impl WireReply for Option<HeldLock> {
+    type Schema = schema::test_lock_result::Owned;
+    fn write_result(
+        outcome: &Result<Option<HeldLock>>,
+        mut b: schema::test_lock_result::Builder<'_>,
+    ) {
+        match outcome {
+            Ok(Some(lock)) => lock.write(b.init_held()),
+            Ok(None) => b.set_free(()),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(
+        r: schema::test_lock_result::Reader<'_>,
+    ) -> capnp::Result<Result<Option<HeldLock>>> {
+        use schema::test_lock_result::Which;
+        Ok(match r.which()? {
+            Which::Held(lock) => Ok(Some(HeldLock::read(lock?)?)),
+            Which::Free(()) => Ok(None),
+            Which::Err(error) => Err(read_error(error?)?),
         })
     }
 }

@@ -338,6 +338,15 @@ impl MetadataService for SimMdsClient {
         let (from, to) = (from.to_string(), to.to_string());
         via!(self, "link", |s| s.link(&from, &to, op).await)
     }
+    async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {
+        via!(self, "upgrade_lease", |s| s.upgrade_lease(lease).await)
+    }
+    async fn set_lock(&self, lease: LeaseId, req: LockRequest) -> Result<()> {
+        via!(self, "set_lock", |s| s.set_lock(lease, req).await)
+    }
+    async fn test_lock(&self, lease: LeaseId, req: LockRequest) -> Result<Option<HeldLock>> {
+        via!(self, "test_lock", |s| s.test_lock(lease, req).await)
+    }
     async fn readlink(&self, path: &str) -> Result<String> {
         let path = path.to_string();
         via!(self, "readlink", |s| s.readlink(&path).await)

@@ -1100,3 +1100,292 @@ fn pjdfstest_every_group() {
         "only {passed} pjdfstest cases passed:\n{text}"
     );
 }
+
+/// A Python program that takes one lock on a path and holds it until it
+/// is killed (or its stdin closes). `how`: `flock-ex`, `flock-sh` (on a
+/// read-only descriptor), `lockf-sh` (fcntl F_RDLCK of the whole file on a
+/// read-only descriptor), `posix-wr:START:LEN` and `ofd-wr:START:LEN` (on a
+/// read-write descriptor).
+const LOCK_HOLDER: &str = r#"
+import fcntl, os, struct, sys
+path, how = sys.argv[1], sys.argv[2]
+kind = how.split(":")[0]
+if kind in ("flock-ex", "flock-sh", "lockf-sh"):
+    fd = os.open(path, os.O_RDONLY)
+else:
+    fd = os.open(path, os.O_RDWR)
+if kind == "flock-ex":
+    fcntl.flock(fd, fcntl.LOCK_EX)
+elif kind == "flock-sh":
+    fcntl.flock(fd, fcntl.LOCK_SH)
+elif kind == "lockf-sh":
+    fcntl.lockf(fd, fcntl.LOCK_SH)
+else:
+    _, start, length = how.split(":")
+    cmd = fcntl.F_SETLK if kind == "posix-wr" else fcntl.F_OFD_SETLK
+    fcntl.fcntl(fd, cmd, struct.pack("hhqqixxxx", fcntl.F_WRLCK, 0, int(start), int(length), 0))
+print("locked", flush=True)
+sys.stdin.read()
+"#;
+
+/// One lock request on a fresh descriptor, printed as `ok`, `EAGAIN` or,
+/// for a test (`getlk`), `TYPE START LEN PID` of the lock in the way
+/// (`unlocked` if none). argv: path, mode (`r`/`rw`), op (`setlk`,
+/// `ofd-setlk`, `getlk`, `ofd-getlk`), type (`rd`/`wr`), start, len.
+const LOCK_TRY: &str = r#"
+import errno, fcntl, os, struct, sys
+path, mode, op, typ, start, length = sys.argv[1:7]
+fd = os.open(path, os.O_RDONLY if mode == "r" else os.O_RDWR)
+t = fcntl.F_RDLCK if typ == "rd" else fcntl.F_WRLCK
+ofd = op.startswith("ofd-")
+arg = struct.pack("hhqqixxxx", t, 0, int(start), int(length), 0)
+if op.endswith("getlk"):
+    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK if ofd else fcntl.F_GETLK, arg)
+    t, _, s, l, pid = struct.unpack("hhqqixxxx", got)
+    names = {fcntl.F_RDLCK: "rd", fcntl.F_WRLCK: "wr", fcntl.F_UNLCK: "unlocked"}
+    print("unlocked" if t == fcntl.F_UNLCK else f"{names[t]} {s} {l} {pid}")
+else:
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK if ofd else fcntl.F_SETLK, arg)
+        print("ok")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+"#;
+
+/// A lock holder process; killed with SIGKILL on drop.
+struct Holder(Child);
+
+impl Holder {
+    fn start(path: &Path, how: &str) -> Holder {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-c", LOCK_HOLDER])
+            .arg(path)
+            .arg(how)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "{how} on {}", path.display());
+        Holder(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// kill -9, and waits for the process to be gone.
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn try_lock(path: &Path, mode: &str, op: &str, typ: &str, start: u64, len: u64) -> String {
+    let out = run(Command::new("python3")
+        .args(["-c", LOCK_TRY])
+        .arg(path)
+        .args([mode, op, typ, &start.to_string(), &len.to_string()]));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `flock -n [-s] PATH true`: whether the lock was free.
+fn flock_free(path: &Path, shared: bool) -> bool {
+    let mut cmd = Command::new("flock");
+    cmd.arg("-n");
+    if shared {
+        cmd.arg("-s");
+    }
+    let status = cmd.arg(path).arg("true").status().unwrap();
+    match status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        other => panic!("flock -n {}: {other:?}", path.display()),
+    }
+}
+
+/// Waits for `child` to exit (at most `secs`) and returns its status.
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still running after {secs} s", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Locks hold across two mounts of one cluster (two hosts) and between
+/// processes of one mount, go with their descriptor, their process or
+/// their client, and a waiter is woken by the release or by a signal.
+#[test]
+fn locks_hold_across_mounts_and_go_with_their_holder() {
+    let cluster = TestCluster::start(ClusterOptions::default());
+    let a = Mount::start(&cluster, &[]);
+    let b = Mount::start(&cluster, &[]);
+    std::fs::write(a.path("f"), b"shared file").unwrap();
+    let (fa, fb) = (a.path("f"), b.path("f"));
+
+    // flock: an exclusive lock on host A keeps out host B and other
+    // descriptions on A, shared or exclusive.
+    let holder = Holder::start(&fa, "flock-ex");
+    assert!(!flock_free(&fb, false), "B took a lock A holds");
+    assert!(
+        !flock_free(&fb, true),
+        "B took a shared lock under A's exclusive one"
+    );
+    assert!(!flock_free(&fa, false), "another description on A took it");
+    // A blocking waiter on B, and one killed while it waits (kill -9 must
+    // end it: the mount answers EINTR once the waiter has a signal).
+    let mut waiter = Command::new("flock")
+        .arg(&fb)
+        .args(["-c", "echo got"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut doomed = Command::new("flock").arg(&fb).arg("true").spawn().unwrap();
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "the waiter did not wait"
+    );
+    let _ = doomed.kill();
+    wait_exit(&mut doomed, 10);
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "the waiter did not wait"
+    );
+    // The holder dies: its lock goes with its file description.
+    holder.kill();
+    assert!(wait_exit(&mut waiter, 30).success());
+    assert!(flock_free(&fb, false));
+    // Shared locks share, across hosts too.
+    let s1 = Holder::start(&fa, "flock-sh");
+    let s2 = Holder::start(&fb, "flock-sh");
+    assert!(!flock_free(&fa, false));
+    assert!(flock_free(&fb, true));
+    drop((s1, s2));
+
+    // fcntl record locks across hosts: both read the file (read leases);
+    // B's F_GETLK sees A's read lock and its process, a read lock is
+    // granted beside it.
+    let reader = Holder::start(&fa, "lockf-sh");
+    assert_eq!(
+        try_lock(&fb, "r", "getlk", "wr", 0, 0),
+        format!("rd 0 0 {}", reader.pid())
+    );
+    assert_eq!(try_lock(&fb, "r", "setlk", "rd", 100, 10), "ok");
+    // A process on A opens it for writing: A's read lease becomes a write
+    // lease in place and the reader's lock survives it.
+    assert_eq!(try_lock(&fa, "rw", "setlk", "wr", 0, 1), "EAGAIN");
+    assert_eq!(try_lock(&fa, "rw", "ofd-setlk", "wr", 0, 1), "EAGAIN");
+    reader.kill();
+    assert_eq!(try_lock(&fa, "rw", "setlk", "wr", 0, 1), "ok");
+
+    // Processes of one mount: POSIX locks by range, OFD locks by
+    // description; F_GETLK reports the holder; a close drops a process's
+    // POSIX locks.
+    let writer = Holder::start(&fa, "posix-wr:0:10");
+    assert_eq!(try_lock(&fa, "rw", "setlk", "wr", 5, 1), "EAGAIN");
+    assert_eq!(try_lock(&fa, "rw", "setlk", "rd", 9, 5), "EAGAIN");
+    assert_eq!(try_lock(&fa, "rw", "setlk", "wr", 10, 10), "ok");
+    assert_eq!(
+        try_lock(&fa, "rw", "getlk", "rd", 0, 0),
+        format!("wr 0 10 {}", writer.pid())
+    );
+    let ofd = Holder::start(&fa, "ofd-wr:20:10");
+    assert_eq!(try_lock(&fa, "rw", "ofd-setlk", "wr", 25, 1), "EAGAIN");
+    assert_eq!(try_lock(&fa, "rw", "setlk", "rd", 29, 100), "EAGAIN");
+    writer.kill();
+    ofd.kill();
+    assert_eq!(try_lock(&fa, "rw", "setlk", "wr", 0, 0), "ok");
+
+    // qemu locks its images with OFD locks: a second qemu on the same host
+    // is refused the image, -U (force share) reads it; on another host the
+    // image is busy (the running VM's write lease).
+    run(Command::new("qemu-img")
+        .args(["create", "-f", "qcow2"])
+        .arg(a.path("vm.qcow2"))
+        .arg("64M"));
+    let mut vm = Command::new("qemu-io")
+        .arg(a.path("vm.qcow2"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{BufRead, Write};
+        let stdin = vm.stdin.as_mut().unwrap();
+        writeln!(stdin, "write -P 7 0 64k").unwrap();
+        let mut out = std::io::BufReader::new(vm.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("wrote") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "qemu-io ended");
+        }
+    }
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(a.path("vm.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        !info.status.success(),
+        "a second qemu opened a running VM's image"
+    );
+    let err = String::from_utf8_lossy(&info.stderr);
+    assert!(err.contains("lock"), "{err}");
+    run(Command::new("qemu-img")
+        .args(["info", "-U"])
+        .arg(a.path("vm.qcow2")));
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(b.path("vm.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        !info.status.success(),
+        "another host opened a running VM's image"
+    );
+    drop(vm.stdin.take());
+    assert!(wait_exit(&mut vm, 30).success());
+
+    // A client that dies holding a lock (its mount killed with the lock
+    // holder inside): the lock goes when its lease expires (30 s by
+    // default), and a waiter on the other host gets it then.
+    let dying = Holder::start(&fb, "flock-ex");
+    assert!(!flock_free(&fa, false));
+    let mut b = b;
+    if let Some(c) = b.child.as_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut waiter = Command::new("flock")
+        .args(["-w", "90"])
+        .arg(&fa)
+        .arg("true")
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_exit(&mut waiter, 120).success(),
+        "the dead client's lock stayed"
+    );
+    drop(dying);
+}

@@ -28,6 +28,7 @@ use pstorage_core::types::{InodeKind, Perms, PERMISSION_BITS};
 use pstorage_rpc::call_metrics::CallMetrics;
 use tokio::runtime::Handle;
 
+use super::ops::locks::{lock_type, LockCall, SetLk};
 use super::ops::posix::{node_spec, stat_change, XattrReply};
 use super::ops::{Attr, FsOps, Opened};
 
@@ -106,6 +107,7 @@ fn report(op: &str, e: &Error) -> Errno {
         | ErrorKind::NotSupported
         | ErrorKind::NameTooLong
         | ErrorKind::PermissionDenied
+        | ErrorKind::WouldBlock
         | ErrorKind::InvalidArgument => tracing::debug!("{op}: {e}"),
         _ => tracing::warn!("{op}: {e}"),
     }
@@ -212,10 +214,15 @@ impl Filesystem for PstorageFs {
         // those requests), so the kernel does not ask for the
         // security.capability attribute before every write (an MDS round
         // trip each).
+        // FUSE_POSIX_LOCKS, FUSE_FLOCK_LOCKS: fcntl, OFD and flock locks
+        // come here and are held at the MDS, across every client
+        // (`ops/locks.rs`), not in this host's kernel.
         for cap in [
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -499,10 +506,21 @@ impl Filesystem for PstorageFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to wait for (see FsOps::flush): answered at once.
+        // A close drops the process's fcntl locks on the file (POSIX); the
+        // data has nothing to wait for (see FsOps::flush).
+        if self.ops.flush_unlocks(fh.0, lock_owner.0) {
+            let ops = self.ops.clone();
+            self.spawn("flush", async move {
+                match ops.unlock_owner(fh.0, lock_owner.0).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(report("flush", &e)),
+                }
+            });
+            return;
+        }
         match self.ops.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(report("flush", &e)),
@@ -739,43 +757,79 @@ impl Filesystem for PstorageFs {
         });
     }
 
-    // What follows is not supported. ENOSYS is the answer the kernel
-    // remembers for the whole mount ("not implemented, stop asking"): it
-    // checks access by mode bits (`default_permissions`), keeps POSIX locks
-    // local to this host and copies ranges itself.
-
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
-    }
-
     fn getlk(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
-        _pid: u32,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
         reply: fuser::ReplyLock,
     ) {
-        reply.error(Errno::ENOSYS);
+        let ops = self.ops.clone();
+        self.spawn("getlk", async move {
+            let call = LockCall {
+                fh: fh.0,
+                owner: lock_owner.0,
+                start,
+                end,
+                typ,
+                pid,
+            };
+            match ops.getlk(call).await {
+                Ok(Some(held)) => {
+                    reply.locked(held.start, held.end, lock_type(held.kind), held.pid)
+                }
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(report("getlk", &e)),
+            }
+        });
     }
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        _start: u64,
-        _end: u64,
-        _typ: i32,
-        _pid: u32,
-        _sleep: bool,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
         reply: ReplyEmpty,
     ) {
+        let ops = self.ops.clone();
+        // The thread that waits (for its pending signals); `pid` is the
+        // lock's l_pid.
+        let waiter = req.pid();
+        self.spawn("setlk", async move {
+            let call = LockCall {
+                fh: fh.0,
+                owner: lock_owner.0,
+                start,
+                end,
+                typ,
+                pid,
+            };
+            let result = ops.setlk(call, sleep, waiter).await;
+            match result {
+                Ok(SetLk::Done) => reply.ok(),
+                Ok(SetLk::Interrupted) => reply.error(Errno::EINTR),
+                Err(e) => reply.error(report("setlk", &e)),
+            }
+        });
+    }
+
+    // What follows is not supported. ENOSYS is the answer the kernel
+    // remembers for the whole mount ("not implemented, stop asking"): it
+    // checks access by mode bits (`default_permissions`) and copies ranges
+    // itself.
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);
     }
 

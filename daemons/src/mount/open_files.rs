@@ -4,19 +4,20 @@
 //! The MDS grants one lease per open, and a write lease excludes every other
 //! lease, so handles of one inode cannot each have their own `File`.
 //! Read-only opens take a read lease; the first writable open upgrades it
-//! ([`acquire`]: close the read lease, open a write lease: the MDS has no
-//! in-place upgrade). The lease is released when the last handle is
-//! released. Every lease change of an inode happens under that inode's async
+//! in place at the MDS ([`acquire`], `File::upgrade`: the same lease and
+//! its byte-range locks; `Busy` while another client reads the file). The
+//! lease is released when the last handle is released, and with it every
+//! lock taken through it. Every lease change of an inode happens under that inode's async
 //! mutex ([`OpenInode::state`]), so two opens, or an open and a release,
 //! never race for the lease against each other.
 
 use parking_lot::{Mutex, MutexGuard};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use pstorage_core::client::{Client, File};
-use pstorage_core::error::Result;
+use pstorage_core::error::{ErrorKind, Result};
 use pstorage_core::types::{LeaseMode, OpenFlags, Stat};
 use tokio::sync::OwnedMutexGuard;
 
@@ -51,6 +52,12 @@ pub(super) struct OpenInode {
     /// on Linux (the kernel leaves that to this file system with
     /// `FUSE_HANDLE_KILLPRIV_V2`).
     pub(super) privs_checked: AtomicBool,
+    /// The kernel's lock owners that set a byte-range lock on the file
+    /// through this mount since its lease was taken, each with the handles
+    /// they used: a close (flush) or release unlocks only what some owner
+    /// may hold, so closing a file nobody locked costs no MDS call. The
+    /// locks themselves are the MDS's, held by the lease.
+    pub(super) lock_owners: Mutex<HashMap<u64, HashSet<u64>>>,
 }
 
 /// What [`OpenInode::state`] guards.
@@ -97,6 +104,7 @@ impl OpenFiles {
                         leased_stat: Mutex::new(None),
                         read: AtomicBool::new(false),
                         privs_checked: AtomicBool::new(false),
+                        lock_owners: Mutex::new(HashMap::new()),
                     })
                 })
                 .clone();
@@ -136,8 +144,33 @@ pub(super) async fn acquire(
     match (st.mode, want) {
         (Some(LeaseMode::Write), _) | (Some(LeaseMode::Read), LeaseMode::Read) => return Ok(false),
         (Some(LeaseMode::Read), LeaseMode::Write) => {
-            // No in-place upgrade at the MDS: release the read lease and
-            // ask for the write lease; restore the read lease on failure.
+            // In place at the MDS: the same lease, its locks kept, and no
+            // moment in which another client could take the file. `Busy`
+            // leaves the read lease as it was.
+            let old = lock(&oi.file).clone();
+            if let Some(old) = old {
+                match old.upgrade().await {
+                    Ok(f) => {
+                        *lock(&oi.file) = Some(f);
+                        *lock(&oi.leased_stat) = None;
+                        st.mode = Some(LeaseMode::Write);
+                        // The same lease: nobody else could change the file,
+                        // the cached pages stay valid.
+                        return Ok(false);
+                    }
+                    Err(e)
+                        if !matches!(
+                            e.kind(),
+                            ErrorKind::Stale | ErrorKind::BadHandle | ErrorKind::NotSupported
+                        ) =>
+                    {
+                        return Err(e.context(format!("upgrading {path} to a write lease")));
+                    }
+                    // The lease is gone (or the MDS is older): open anew.
+                    Err(_) => {}
+                }
+            }
+            lock(&oi.lock_owners).clear();
             let old = lock(&oi.file).take();
             *lock(&oi.leased_stat) = None;
             st.mode = None;

@@ -13,10 +13,9 @@
 //! can change it (any writer needs the exclusive write lease, which our lease
 //! excludes), so pages cached while a lease is held stay valid until it is
 //! released. An open that finds the lease already held answers
-//! [`Opened::keep_cache`]; an open that acquires a fresh lease (none held
-//! before, or the read->write upgrade, which leaves a gap between the two
-//! leases) answers without it, which makes the kernel drop the inode's cached
-//! pages. The local read cache follows the same rule
+//! [`Opened::keep_cache`] (the read->write upgrade is in place at the MDS:
+//! the same lease); an open that acquires a fresh lease answers without it,
+//! which makes the kernel drop the inode's cached pages. The local read cache follows the same rule
 //! (`ReadCache::invalidate_inode`). Attributes and directory entries are
 //! cached by the kernel for [`FsConfig::attr_ttl`] (1 s by default): sizes
 //! and names changed by other clients show up within that time.
@@ -43,6 +42,7 @@ use pstorage_core::types::{
     Timestamp, PERMISSION_BITS, ROOT_INODE,
 };
 
+pub mod locks;
 pub mod posix;
 
 use super::cache::ReadCache;
@@ -591,9 +591,19 @@ impl FsOps {
         };
         let (oi, mut st) = self.open.lock(h.ino).await;
         st.handles = st.handles.saturating_sub(1);
+        // The OFD and flock locks of the handle's file description end with
+        // it (and a process's fcntl locks went at its close already).
+        let owners = Self::owners_of_handle(&oi, fh);
         if st.handles > 0 {
+            for owner in owners {
+                self.unlock_all(&oi, owner)
+                    .await
+                    .map_err(|e| e.context("unlocking on release"))?;
+            }
             return Ok(());
         }
+        // The last handle: releasing the lease drops every lock it holds.
+        lock(&oi.lock_owners).clear();
         let file = lock(&oi.file).take();
         *lock(&oi.leased_stat) = None;
         st.mode = None;

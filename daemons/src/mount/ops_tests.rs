@@ -394,8 +394,8 @@ async fn handles_share_one_lease_and_an_unlinked_open_file_lives_on() {
     assert!(r2.keep_cache, "the read lease was held all along");
     let rw = ops.open(attr.ino, libc::O_RDWR).await.unwrap();
     assert!(
-        !rw.keep_cache,
-        "the upgrade leaves a gap between the leases"
+        rw.keep_cache,
+        "the upgrade keeps the lease in place: nobody else changed the file"
     );
     ops.write(rw.fh, 5, Bytes::from_static(b" world"), false)
         .await

@@ -16,8 +16,8 @@ use super::ClientShared;
 use crate::error::{Error, ErrorKind, Result};
 use crate::traits::{ReplicaError, WritePayload, WriteRequest};
 use crate::types::{
-    ChunkMap, CsId, FailureReason, IoTimeouts, Lease, LeaseMode, MapVersion, OpenReply, Replica,
-    Stat, BLOCK_SIZE, MAX_FILE_SIZE,
+    ChunkMap, CsId, FailureReason, HeldLock, IoTimeouts, Lease, LeaseMode, LockRequest, MapVersion,
+    OpenReply, Replica, Stat, BLOCK_SIZE, MAX_FILE_SIZE,
 };
 
 /// An open file and its lease.
@@ -498,6 +498,66 @@ impl File {
         lock(&inner.unflushed).forget_from(first_gone);
         inner.size.store(size, Ordering::Release);
         Ok(())
+    }
+
+    /// Turns the read lease into a write lease in place and returns the
+    /// file for writing: the same lease (and the byte-range locks it holds),
+    /// with no moment in which another client could take the file. This
+    /// handle (and its clones) is retired: later operations on it fail with
+    /// `BadHandle`; the new one renews and releases the lease. A file opened
+    /// for writing answers a clone of itself. Errors: `Busy` while another
+    /// lease is on the file, `Stale` if the lease is gone.
+    pub async fn upgrade(&self) -> Result<File> {
+        let inner = &self.inner;
+        inner.check_usable()?;
+        if inner.lease.mode == LeaseMode::Write {
+            return Ok(self.clone());
+        }
+        let id = inner.lease.id;
+        let reply = inner
+            .mds_call("upgrade", || inner.client.mds.upgrade_lease(id))
+            .await?;
+        if reply.lease.id != id || reply.lease.mode != LeaseMode::Write {
+            return Err(Error::protocol(format!(
+                "the MDS answered the upgrade of lease {id} on {} with a {:?} lease {}",
+                inner.path, reply.lease.mode, reply.lease.id
+            )));
+        }
+        // No release: the lease lives on in the new handle.
+        inner.closed.store(true, Ordering::Release);
+        if let Some(task) = lock(&inner.renewal).take() {
+            task.abort();
+        }
+        Ok(File::opened(
+            inner.client.clone(),
+            inner.path.clone(),
+            reply,
+        ))
+    }
+
+    /// Sets or removes (`req.kind` `None`) a byte-range lock held by
+    /// (this file's lease, `req.owner`) across every client of the cluster,
+    /// until it is unlocked or the lease ends (close, or expiry after a
+    /// crash). Does not wait: `WouldBlock` while another holder's lock is in
+    /// the way (wait by asking again). `NoLocks` past the bounds.
+    pub async fn set_lock(&self, req: LockRequest) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_usable()?;
+        let id = inner.lease.id;
+        inner
+            .mds_call("lock", || inner.client.mds.set_lock(id, req))
+            .await
+    }
+
+    /// The lock of another holder in the way of `req` (`F_GETLK`), or
+    /// `None` if it could be set now.
+    pub async fn test_lock(&self, req: LockRequest) -> Result<Option<HeldLock>> {
+        let inner = &self.inner;
+        inner.check_usable()?;
+        let id = inner.lease.id;
+        inner
+            .mds_call("lock test", || inner.client.mds.test_lock(id, req))
+            .await
     }
 
     /// Drops the handle the way a crashed process loses it: no flush, no

@@ -205,6 +205,25 @@ fn xattr_set() -> impl Strategy<Value = Command> {
         })
 }
 
+fn lock_request() -> impl Strategy<Value = LockRequest> {
+    (
+        0..3u64,
+        prop::option::of(prop_oneof![
+            Just(LockKind::Shared),
+            Just(LockKind::Exclusive)
+        ]),
+        prop_oneof![Just(0u64), 0..64u64, Just(LOCK_TO_EOF)],
+        prop_oneof![Just(LOCK_TO_EOF), 0..64u64, Just(u64::MAX)],
+    )
+        .prop_map(|(owner, kind, start, end)| LockRequest {
+            owner: LockOwner(owner),
+            kind,
+            start,
+            end,
+            pid: 1,
+        })
+}
+
 /// The commands a client's request becomes, which a tag may wrap.
 fn namespace_command() -> impl Strategy<Value = Command> {
     prop_oneof![
@@ -256,6 +275,8 @@ fn leaf_command() -> impl Strategy<Value = Command> {
                 now_ms,
             }),
         2 => (lease(), now()).prop_map(|(lease, now_ms)| Command::RenewLease { lease, now_ms }),
+        2 => (lease(), lock_request(), now()).prop_map(|(lease, req, now_ms)| Command::SetLock { lease, req, now_ms }),
+        1 => (lease(), now()).prop_map(|(lease, now_ms)| Command::UpgradeLease { lease, now_ms }),
         1 => (small(), now()).prop_map(|(lease, now_ms)| Command::ReleaseLease { lease: LeaseId(lease), now_ms }),
         1 => now().prop_map(|now_ms| Command::ExpireLeases { now_ms }),
         8 => (lease(), 0..4u64, chunk(), version(), cs_list(), now()).prop_map(

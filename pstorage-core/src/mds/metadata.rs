@@ -156,6 +156,63 @@ impl MetadataService for MdsService {
             .map(|_| ())
     }
 
+    async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {
+        // Like an open for writing: not while a fence of the file is due.
+        let ino = self.core().state.lease(lease).map(|l| l.ino);
+        let now = self.now();
+        let fence_due = ino.is_some_and(|ino| {
+            let core = self.core();
+            core.state.has_expired_leases(now)
+                || core.state.inode(ino).is_some_and(|n| n.fence_pending)
+        });
+        let _chunks = if fence_due {
+            let held = self.chunk_lock.lock().await;
+            self.expire_leases(self.now()).await?;
+            if let Some(ino) = ino.filter(|ino| {
+                self.core()
+                    .state
+                    .inode(*ino)
+                    .is_some_and(|n| n.fence_pending)
+            }) {
+                self.fence(ino).await?;
+            }
+            Some(held)
+        } else {
+            None
+        };
+        let outcome = self
+            .commit(Command::UpgradeLease {
+                lease,
+                now_ms: self.now(),
+            })
+            .await?;
+        let ApplyOutcome::Opened { lease, stat, .. } = outcome else {
+            return Err(unexpected(outcome));
+        };
+        let io_timeouts = self.params(&self.core()).io_timeouts();
+        Ok(OpenReply {
+            lease,
+            stat,
+            io_timeouts,
+        })
+    }
+
+    async fn set_lock(&self, lease: LeaseId, req: LockRequest) -> Result<()> {
+        self.commit(Command::SetLock {
+            lease,
+            req,
+            now_ms: self.now(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn test_lock(&self, lease: LeaseId, req: LockRequest) -> Result<Option<HeldLock>> {
+        self.read_barrier().await?;
+        let now = self.now();
+        self.core().state.lock_conflict(lease, &req, now)
+    }
+
     async fn stat(&self, path: &str) -> Result<Stat> {
         self.read_barrier().await?;
         let core = self.core();

@@ -11,6 +11,7 @@ mod group_commit;
 pub use group_commit::CommitStats;
 mod healing;
 mod leader_time;
+pub mod locks;
 mod metadata;
 pub mod params;
 pub mod placement;

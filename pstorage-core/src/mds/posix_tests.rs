@@ -563,3 +563,172 @@ fn extended_attributes_are_set_replaced_removed_and_bounded() {
     assert_eq!(s.list_xattrs("/f").unwrap(), ["trusted.t", "user.big"]);
     s.check_invariants().unwrap();
 }
+
+fn open_lease(s: &mut MdsState, path: &str, mode: LeaseMode, now_ms: u64) -> Result<LeaseId> {
+    match s.apply(Command::Open {
+        path: path.into(),
+        mode,
+        flags: OpenFlags {
+            create: mode == LeaseMode::Write,
+            ..OpenFlags::default()
+        },
+        perms: Perms::FILE,
+        now_ms,
+        lease_duration_ms: 30_000,
+    })? {
+        ApplyOutcome::Opened { lease, .. } => Ok(lease.id),
+        other => panic!("open answered {other:?}"),
+    }
+}
+
+fn set_lock(
+    s: &mut MdsState,
+    lease: LeaseId,
+    owner: u64,
+    kind: Option<LockKind>,
+    range: (u64, u64),
+    now_ms: u64,
+) -> Result<ApplyOutcome> {
+    s.apply(Command::SetLock {
+        lease,
+        req: LockRequest {
+            owner: LockOwner(owner),
+            kind,
+            start: range.0,
+            end: range.1,
+            pid: owner as u32,
+        },
+        now_ms,
+    })
+}
+
+#[test]
+fn locks_conflict_across_leases_and_go_with_their_lease() {
+    let mut s = state();
+    let w = open_lease(&mut s, "/f", LeaseMode::Write, 1).unwrap();
+    s.apply(Command::ReleaseLease {
+        lease: w,
+        now_ms: 2,
+    })
+    .unwrap();
+    // Two clients reading, each with a lock (flock arrives as whole-file
+    // locks of the file description).
+    let a = open_lease(&mut s, "/f", LeaseMode::Read, 3).unwrap();
+    let b = open_lease(&mut s, "/f", LeaseMode::Read, 3).unwrap();
+    let all = (0, LOCK_TO_EOF);
+    set_lock(&mut s, a, 1, Some(LockKind::Exclusive), all, 4).unwrap();
+    let before = s.clone();
+    let e = set_lock(&mut s, b, 1, Some(LockKind::Shared), (10, 10), 5).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+    assert_eq!(s, before, "a refused lock changes nothing");
+    // F_GETLK from b sees a's lock.
+    let test = LockRequest {
+        owner: LockOwner(1),
+        kind: Some(LockKind::Shared),
+        start: 0,
+        end: 0,
+        pid: 9,
+    };
+    let held = s.lock_conflict(b, &test, 5).unwrap().unwrap();
+    assert_eq!(
+        (held.kind, held.start, held.end, held.pid),
+        (LockKind::Exclusive, 0, LOCK_TO_EOF, 1)
+    );
+    // Released with a's lease.
+    s.apply(Command::ReleaseLease {
+        lease: a,
+        now_ms: 6,
+    })
+    .unwrap();
+    assert!(s.locks().is_empty());
+    assert_eq!(s.lock_conflict(b, &test, 6).unwrap(), None);
+    set_lock(&mut s, b, 1, Some(LockKind::Exclusive), all, 7).unwrap();
+
+    // A lease that expired without renewal (its client died) is not in
+    // the way even before the expiry is applied, and its locks go then.
+    let c = open_lease(&mut s, "/f", LeaseMode::Read, 8).unwrap();
+    let e = set_lock(&mut s, c, 1, Some(LockKind::Shared), all, 9).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    set_lock(&mut s, c, 1, Some(LockKind::Shared), all, 30_005).unwrap();
+    s.apply(Command::ExpireLeases { now_ms: 30_005 }).unwrap();
+    assert!(s.locks().iter().all(|(_, l)| l.lease == c));
+    // A lock through an unknown lease is Stale; an unlock of nothing held
+    // and a bad range change nothing.
+    let before = s.clone();
+    assert_eq!(
+        set_lock(&mut s, b, 1, None, all, 40_000)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Stale
+    );
+    assert_eq!(
+        set_lock(&mut s, c, 1, None, (5, 4), 30_006)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    set_lock(&mut s, c, 2, None, all, 30_006).unwrap();
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_read_lease_upgrades_in_place_keeping_its_locks_unless_another_lease_is_on_the_file() {
+    let mut s = state();
+    let w = open_lease(&mut s, "/f", LeaseMode::Write, 1).unwrap();
+    s.apply(Command::ReleaseLease {
+        lease: w,
+        now_ms: 2,
+    })
+    .unwrap();
+    let a = open_lease(&mut s, "/f", LeaseMode::Read, 3).unwrap();
+    set_lock(&mut s, a, 1, Some(LockKind::Shared), (0, 99), 4).unwrap();
+    let b = open_lease(&mut s, "/f", LeaseMode::Read, 5).unwrap();
+    let before = s.clone();
+    let e = s
+        .apply(Command::UpgradeLease {
+            lease: a,
+            now_ms: 6,
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(s, before);
+    s.apply(Command::ReleaseLease {
+        lease: b,
+        now_ms: 7,
+    })
+    .unwrap();
+    let ApplyOutcome::Opened { lease, .. } = s
+        .apply(Command::UpgradeLease {
+            lease: a,
+            now_ms: 8,
+        })
+        .unwrap()
+    else {
+        panic!("upgrade answers the lease")
+    };
+    assert_eq!((lease.id, lease.mode), (a, LeaseMode::Write));
+    assert_eq!(s.lease(a).unwrap().mode, LeaseMode::Write);
+    assert_eq!(s.locks().len(), 1, "the lock stays with the lease");
+    // A repeated upgrade answers the same; nobody else can open now.
+    s.apply(Command::UpgradeLease {
+        lease: a,
+        now_ms: 9,
+    })
+    .unwrap();
+    let e = open_lease(&mut s, "/f", LeaseMode::Read, 10).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    // A write lease is renewed and refused like any other once gone.
+    s.apply(Command::ReleaseLease {
+        lease: a,
+        now_ms: 11,
+    })
+    .unwrap();
+    assert!(s.locks().is_empty());
+    let e = s
+        .apply(Command::UpgradeLease {
+            lease: a,
+            now_ms: 12,
+        })
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale);
+}

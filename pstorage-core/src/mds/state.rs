@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::locks::LockTable;
 use super::params::ClusterParams;
 use super::sessions::{OpReply, Seen, Sessions};
 use crate::error::{Error, ErrorKind, Result};
@@ -385,6 +386,18 @@ pub enum Command {
         how: XattrSet,
         now_ms: u64,
     },
+    /// Sets or removes a byte-range lock of the file leased by `lease`,
+    /// held by (`lease`, `req.owner`) (store format 10 on). Refused
+    /// `WouldBlock` while another holder's lock is in the way.
+    SetLock {
+        lease: LeaseId,
+        req: LockRequest,
+        now_ms: u64,
+    },
+    /// Turns a read lease into a write lease in place, keeping its id and
+    /// its locks (store format 10 on). Refused `Busy` while another lease
+    /// is on the file.
+    UpgradeLease { lease: LeaseId, now_ms: u64 },
 }
 
 impl Command {
@@ -419,7 +432,9 @@ impl Command {
             | Command::MakeNode { now_ms: t, .. }
             | Command::Link { now_ms: t, .. }
             | Command::SetStat { now_ms: t, .. }
-            | Command::SetXattr { now_ms: t, .. } => *t = now_ms,
+            | Command::SetXattr { now_ms: t, .. }
+            | Command::SetLock { now_ms: t, .. }
+            | Command::UpgradeLease { now_ms: t, .. } => *t = now_ms,
             Command::Tagged { now_ms: t, cmd, .. } => {
                 *t = now_ms;
                 cmd.stamp(now_ms);
@@ -551,6 +566,15 @@ pub(crate) enum Prepared {
         lease: LeaseId,
         fence: Option<InodeId>,
     },
+    SetLock {
+        ino: InodeId,
+        lease: LeaseId,
+        req: LockRequest,
+    },
+    Upgrade {
+        lease: LeaseId,
+        expires_ms: u64,
+    },
     Expire {
         leases: Vec<LeaseId>,
         fence: Vec<InodeId>,
@@ -638,6 +662,8 @@ pub struct MdsState {
     next_mds: u64,
     /// Client sessions and the answers of their unfinished mutations.
     sessions: Sessions,
+    /// Byte-range locks, each held by a lease (store format 10 on).
+    locks: LockTable,
 }
 
 /// Every field of an [`MdsState`]: what the readers of the persisted
@@ -657,6 +683,7 @@ pub(crate) struct MdsStateParts {
     pub next_event: u64,
     pub next_mds: u64,
     pub sessions: Sessions,
+    pub locks: LockTable,
 }
 
 impl Default for MdsState {
@@ -748,6 +775,7 @@ impl MdsState {
             next_event: 1,
             next_mds: FIRST_MDS_ID + 1,
             sessions: Sessions::default(),
+            locks: LockTable::default(),
         })
     }
 
@@ -768,6 +796,7 @@ impl MdsState {
             next_event,
             next_mds,
             sessions,
+            locks,
         } = parts;
         MdsState {
             inodes,
@@ -783,6 +812,7 @@ impl MdsState {
             next_event,
             next_mds,
             sessions,
+            locks,
         }
     }
 
@@ -1179,6 +1209,8 @@ impl MdsState {
                 _ => return Err(format!("lease {id} is on a missing file")),
             }
         }
+        self.locks
+            .check_invariants(|lease| self.leases.get(&lease).map(|l| l.ino))?;
         for (&id, cs) in &self.servers {
             if cs.id != id || !self.cs_allocated(id) {
                 return Err(format!("chunk server {id} has a bad id"));
@@ -1363,6 +1395,17 @@ impl MdsState {
                 })
             }
             Command::RefreshLeases { now_ms } => Ok(Prepared::RefreshLeases { now_ms: *now_ms }),
+            Command::SetLock { lease, req, now_ms } => {
+                let ino = self.check_lease(*lease, *now_ms, false)?.ino;
+                self.locks
+                    .check(ino, *lease, req, |l| self.lease_is_live(l, *now_ms))?;
+                Ok(Prepared::SetLock {
+                    ino,
+                    lease: *lease,
+                    req: *req,
+                })
+            }
+            Command::UpgradeLease { lease, now_ms } => self.prepare_upgrade(*lease, *now_ms),
             Command::AllocateChunk {
                 lease,
                 index,
@@ -1781,6 +1824,65 @@ impl MdsState {
             now_ms,
             duration_ms,
         })
+    }
+
+    fn prepare_upgrade(&self, lease: LeaseId, now_ms: u64) -> Result<Prepared> {
+        let rec = self.check_lease(lease, now_ms, false)?;
+        let expires_ms = now_ms.saturating_add(rec.duration_ms);
+        if rec.mode == LeaseMode::Write {
+            // A repeated attempt: the first one upgraded it.
+            return Ok(Prepared::Upgrade { lease, expires_ms });
+        }
+        if self.inodes.get(&rec.ino).is_some_and(|n| n.fence_pending) {
+            return Err(Error::stale(format!(
+                "upgrade of lease {lease}: a write lease on {} expired and its chunks are not fenced yet; retry",
+                self.path_of(rec.ino)
+            )));
+        }
+        let other = self.leases.values().find(|l| {
+            l.ino == rec.ino && l.id != lease && (l.is_live(now_ms) || l.mode == LeaseMode::Write)
+        });
+        if let Some(l) = other {
+            if !l.is_live(now_ms) {
+                return Err(Error::stale(format!(
+                    "upgrade of lease {lease}: a write lease on {} expired and its chunks are not fenced yet; retry",
+                    self.path_of(rec.ino)
+                )));
+            }
+            return Err(self.busy_error("upgrade", rec.ino, l, now_ms));
+        }
+        Ok(Prepared::Upgrade { lease, expires_ms })
+    }
+
+    /// The lock of another holder that `req` by `lease` conflicts with
+    /// (`F_GETLK`): `None` if it could be set. `Stale` for a lease that is
+    /// gone, `InvalidArgument` for an unlock or a bad range.
+    pub fn lock_conflict(
+        &self,
+        lease: LeaseId,
+        req: &LockRequest,
+        now_ms: u64,
+    ) -> Result<Option<HeldLock>> {
+        let ino = self.check_lease(lease, now_ms, false)?.ino;
+        req.validate()?;
+        if req.kind.is_none() {
+            return Err(Error::invalid(
+                "a lock test needs a lock kind, not an unlock",
+            ));
+        }
+        Ok(self
+            .locks
+            .conflict(ino, lease, req, |l| self.lease_is_live(l, now_ms))
+            .map(|l| l.held()))
+    }
+
+    fn lease_is_live(&self, lease: LeaseId, now_ms: u64) -> bool {
+        self.leases.get(&lease).is_some_and(|l| l.is_live(now_ms))
+    }
+
+    /// Every byte-range lock held.
+    pub fn locks(&self) -> &LockTable {
+        &self.locks
     }
 
     fn prepare_unlink(&self, path: &str, now_ms: u64) -> Result<Prepared> {
@@ -2319,6 +2421,7 @@ impl MdsState {
                 None => {
                     let released = self.remove_chunks_from(ino, 0)?;
                     self.leases.retain(|_, l| l.ino != ino);
+                    self.locks.drop_file(ino);
                     self.inodes.remove(&ino);
                     return Ok(released);
                 }
@@ -2613,8 +2716,33 @@ impl MdsState {
                 rec.expires_ms = rec.expires_ms.max(expires_ms);
                 ApplyOutcome::Done
             }
+            Prepared::SetLock { ino, lease, req } => {
+                self.locks.apply(ino, lease, &req);
+                ApplyOutcome::Done
+            }
+            Prepared::Upgrade { lease, expires_ms } => {
+                let rec = self
+                    .leases
+                    .get_mut(&lease)
+                    .ok_or_else(|| broken("the upgraded lease exists"))?;
+                rec.mode = LeaseMode::Write;
+                rec.expires_ms = rec.expires_ms.max(expires_ms);
+                let rec = rec.clone();
+                ApplyOutcome::Opened {
+                    lease: Lease {
+                        id: rec.id,
+                        ino: rec.ino,
+                        mode: rec.mode,
+                        duration_ms: rec.duration_ms,
+                    },
+                    stat: self.stat_of(rec.ino).ok_or_else(|| broken("leased file"))?,
+                    released: Vec::new(),
+                }
+            }
             Prepared::Release { lease, fence } => {
-                self.leases.remove(&lease);
+                if let Some(rec) = self.leases.remove(&lease) {
+                    self.locks.drop_lease(rec.ino, lease);
+                }
                 if let Some(ino) = fence {
                     self.inodes
                         .get_mut(&ino)
@@ -2629,7 +2757,9 @@ impl MdsState {
                 now_ms,
             } => {
                 for id in &leases {
-                    self.leases.remove(id);
+                    if let Some(rec) = self.leases.remove(id) {
+                        self.locks.drop_lease(rec.ino, *id);
+                    }
                 }
                 for ino in fence {
                     self.inodes

@@ -34,10 +34,11 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// in one Raft log entry (the leader's group commit). 9 added the POSIX
 /// attributes (permissions, owners, times in nanoseconds, hard and symbolic
 /// links, special files, extended attributes) and `MakeNode`, `Link`,
-/// `SetStat`, `SetXattr`. Records of every format
-/// are read with that format's frozen types and upgraded (`mds::format`): a
-/// change of a stored live type needs a new format.
-pub const STORE_FORMAT_VERSION: u8 = 9;
+/// `SetStat`, `SetXattr`. 10 added byte-range locks (the state's lock
+/// table, `SetLock`) and in-place lease upgrades (`UpgradeLease`). Records
+/// of every format are read with that format's frozen types and upgraded
+/// (`mds::format`): a change of a stored live type needs a new format.
+pub const STORE_FORMAT_VERSION: u8 = 10;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.

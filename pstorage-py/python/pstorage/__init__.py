@@ -36,6 +36,8 @@ from ._errors import (
     Stale,
     TimedOut,
     TooManyLinks,
+    WouldBlock,
+    NoLocks,
     Unavailable,
 )
 from ._file import File
@@ -74,5 +76,7 @@ __all__ = [
     "NoData",
     "NotSupported",
     "TooManyLinks",
+    "WouldBlock",
+    "NoLocks",
     "__version__",
 ]

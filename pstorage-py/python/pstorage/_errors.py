@@ -37,6 +37,8 @@ __all__ = [
     "NotSupported",
     "NoData",
     "TooManyLinks",
+    "WouldBlock",
+    "NoLocks",
 ]
 
 
@@ -186,6 +188,18 @@ class TooManyLinks(Error):
     kind = "TooManyLinks"
 
 
+class WouldBlock(Error):
+    """A lock is held by another owner (EAGAIN)."""
+
+    kind = "WouldBlock"
+
+
+class NoLocks(Error):
+    """Too many locks are held on the file or in the cluster (ENOLCK)."""
+
+    kind = "NoLocks"
+
+
 _BY_KIND: Dict[str, Type[Error]] = {
     cls.kind: cls
     for cls in (
@@ -212,6 +226,8 @@ _BY_KIND: Dict[str, Type[Error]] = {
         NotSupported,
         NoData,
         TooManyLinks,
+        WouldBlock,
+        NoLocks,
     )
 }
 

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
-use super::{v1, v2, v3, v5, v6, v9, RaftMeta};
+use super::{v1, v10, v2, v3, v5, v6, v9, RaftMeta};
+use crate::mds::locks::{FileLock, LockTable};
 use crate::mds::raft::{MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
 use crate::mds::state::{
@@ -16,9 +17,9 @@ use crate::mds::state::{
 };
 use crate::types::{
     AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, Event, EventKind, EventLevel,
-    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, NewNode,
-    NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica, Replicas, SessionId, Stat, StatChange,
-    TimeChange, Timestamp, XattrSet,
+    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, LockKind, LockOwner,
+    LockRequest, MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica,
+    Replicas, SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet,
 };
 
 fn cs_ids(ids: Vec<v1::CsId>) -> Vec<CsId> {
@@ -339,12 +340,12 @@ fn chunk_maps(maps: Vec<v6::ChunkMap>) -> Vec<ChunkMap> {
 }
 
 /// The live state and last log index of a pre-Raft snapshot record.
-pub(super) fn store_snapshot(s: v9::Snapshot) -> (u64, MdsState) {
+pub(super) fn store_snapshot(s: v10::Snapshot) -> (u64, MdsState) {
     (s.last_index, s.state.into())
 }
 
 /// A Raft snapshot record's metadata and live state.
-pub(super) fn raft_snapshot(s: v9::SnapshotRecord) -> (RaftMeta, MdsState) {
+pub(super) fn raft_snapshot(s: v10::SnapshotRecord) -> (RaftMeta, MdsState) {
     (meta(s.meta), s.state.into())
 }
 
@@ -385,13 +386,13 @@ pub(super) fn meta(m: v3::Meta) -> RaftMeta {
 }
 
 /// A Raft log entry with the live command.
-pub(super) fn raft_entry(e: v9::LogEntry) -> Entry<MdsRaftConfig> {
+pub(super) fn raft_entry(e: v10::LogEntry) -> Entry<MdsRaftConfig> {
     let payload = match e.payload {
-        v9::EntryPayload::Blank => EntryPayload::Blank,
-        v9::EntryPayload::Normal(v9::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
+        v10::EntryPayload::Blank => EntryPayload::Blank,
+        v10::EntryPayload::Normal(v10::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
             cmds: cmds.into_iter().map(Into::into).collect(),
         }),
-        v9::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
+        v10::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
     };
     Entry {
         log_id: log_id(e.log_id),
@@ -604,9 +605,58 @@ impl From<v9::Sessions> for Sessions {
     }
 }
 
-impl From<v9::MdsState> for MdsState {
-    fn from(s: v9::MdsState) -> MdsState {
-        let v9::MdsState {
+impl From<v10::LockKind> for LockKind {
+    fn from(k: v10::LockKind) -> LockKind {
+        match k {
+            v10::LockKind::Shared => LockKind::Shared,
+            v10::LockKind::Exclusive => LockKind::Exclusive,
+        }
+    }
+}
+
+impl From<v10::FileLock> for FileLock {
+    fn from(l: v10::FileLock) -> FileLock {
+        let v10::FileLock {
+            lease,
+            owner,
+            kind,
+            start,
+            end,
+            pid,
+        } = l;
+        FileLock {
+            lease: LeaseId(lease),
+            owner: LockOwner(owner),
+            kind: kind.into(),
+            start,
+            end,
+            pid,
+        }
+    }
+}
+
+impl From<v10::LockRequest> for LockRequest {
+    fn from(r: v10::LockRequest) -> LockRequest {
+        let v10::LockRequest {
+            owner,
+            kind,
+            start,
+            end,
+            pid,
+        } = r;
+        LockRequest {
+            owner: LockOwner(owner),
+            kind: kind.map(LockKind::from),
+            start,
+            end,
+            pid,
+        }
+    }
+}
+
+impl From<v10::MdsState> for MdsState {
+    fn from(s: v10::MdsState) -> MdsState {
+        let v10::MdsState {
             inodes,
             chunks,
             servers,
@@ -620,6 +670,7 @@ impl From<v9::MdsState> for MdsState {
             next_event,
             next_mds,
             sessions,
+            locks,
         } = s;
         MdsState::from_parts(MdsStateParts {
             inodes: inodes
@@ -647,13 +698,24 @@ impl From<v9::MdsState> for MdsState {
             next_event,
             next_mds,
             sessions: sessions.into(),
+            locks: LockTable::from_map(
+                locks
+                    .into_iter()
+                    .map(|(ino, locks)| {
+                        (
+                            InodeId(ino),
+                            locks.into_iter().map(FileLock::from).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
         })
     }
 }
 
-impl From<v9::Command> for Command {
-    fn from(c: v9::Command) -> Command {
-        use v9::Command as C;
+impl From<v10::Command> for Command {
+    fn from(c: v10::Command) -> Command {
+        use v10::Command as C;
         match c {
             C::Mkdir {
                 path,
@@ -851,6 +913,15 @@ impl From<v9::Command> for Command {
                     v9::XattrSet::Create => XattrSet::Create,
                     v9::XattrSet::Replace => XattrSet::Replace,
                 },
+                now_ms,
+            },
+            C::SetLock { lease, req, now_ms } => Command::SetLock {
+                lease: LeaseId(lease),
+                req: req.into(),
+                now_ms,
+            },
+            C::UpgradeLease { lease, now_ms } => Command::UpgradeLease {
+                lease: LeaseId(lease),
                 now_ms,
             },
         }

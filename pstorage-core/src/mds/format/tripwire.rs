@@ -1,7 +1,7 @@
 //! The tripwire: every stored root (pre-Raft snapshot and log record, Raft
 //! snapshot record, snapshot metadata and log entry), written from rich
 //! live values as this build writes it, must decode exactly (no byte left
-//! over) as the newest frozen format (`v9`) and
+//! over) as the newest frozen format (`v10`) and
 //! convert back to an equal
 //! live value. A change of a stored live type trips it: that change needs
 //! a new format, never an edit of a frozen module.
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 use serde::Deserialize;
 
-use super::{live, v3, v9, RaftMeta};
+use super::{live, v10, v3, v9, RaftMeta};
 use crate::error::Error;
 use crate::mds::raft::{encode_snapshot_record, MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
@@ -19,30 +19,30 @@ use crate::mds::state::{ApplyOutcome, AttrUpdateV3, Command, MdsState, NewEvent}
 use crate::mds::store::{encode, encode_snapshot, STORE_FORMAT_VERSION};
 use crate::types::{
     AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, EventKind, EventLevel, FailureDomain,
-    FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, MapVersion, NewNode, NodeSpec, OpTag,
-    OpenFlags, Perms, RenameFlags, Replica, Replicas, SessionId, Stat, StatChange, TimeChange,
-    Timestamp, XattrSet,
+    FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, LockKind, LockOwner, LockRequest,
+    MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica, Replicas,
+    SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet, LOCK_TO_EOF,
 };
 
 /// What a tripped test says.
 const TRIPWIRE: &str = "a live type the MDS stores changed, so its records no longer \
-    read as format 9: add a new format version (STORE_FORMAT_VERSION + 1) and a \
-    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v9 (see \
-    mds::format and docs/formats.md); do not edit v9.rs or older";
+    read as format 10: add a new format version (STORE_FORMAT_VERSION + 1) and a \
+    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v10 (see \
+    mds::format and docs/formats.md); do not edit v10.rs or older";
 
-/// Decodes a record written by this build as the frozen `T` of format 9,
+/// Decodes a record written by this build as the frozen `T` of format 10,
 /// which must use every byte.
 fn read_as_newest<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
     assert_eq!(
-        STORE_FORMAT_VERSION, 9,
-        "the tripwire checks format 9: move it to the newest format's module"
+        STORE_FORMAT_VERSION, 10,
+        "the tripwire checks format 10: move it to the newest format's module"
     );
     assert_eq!(record.first(), Some(&STORE_FORMAT_VERSION), "{what}");
     let (value, rest) = postcard::take_from_bytes::<T>(&record[1..])
-        .unwrap_or_else(|e| panic!("{what} does not decode as format 9 ({e}): {TRIPWIRE}"));
+        .unwrap_or_else(|e| panic!("{what} does not decode as format 10 ({e}): {TRIPWIRE}"));
     assert!(
         rest.is_empty(),
-        "{what}: {} bytes are left after decoding it as format 9: {TRIPWIRE}",
+        "{what}: {} bytes are left after decoding it as format 10: {TRIPWIRE}",
         rest.len()
     );
     value
@@ -78,6 +78,28 @@ fn open(path: &str, mode: LeaseMode, create: bool, now_ms: u64, duration: u64) -
         now_ms,
         lease_duration_ms: duration,
     }
+}
+
+fn lock(owner: u64, kind: Option<LockKind>, start: u64, end: u64, pid: u32) -> LockRequest {
+    LockRequest {
+        owner: LockOwner(owner),
+        kind,
+        start,
+        end,
+        pid,
+    }
+}
+
+/// Both [`LockKind`]s and an unlock (a new kind must be added here).
+fn every_lock_kind() -> Vec<Option<LockKind>> {
+    let all = vec![Some(LockKind::Shared), Some(LockKind::Exclusive), None];
+    for kind in all.iter().flatten() {
+        // Exhaustive on purpose: a new variant is a new format.
+        match kind {
+            LockKind::Shared | LockKind::Exclusive => {}
+        }
+    }
+    all
 }
 
 /// Every variant of [`EventKind`] (a new one must be added here).
@@ -150,8 +172,10 @@ fn every_failure_domain() -> Vec<FailureDomain> {
 /// A state with every kind of stored thing: files and directories with
 /// chunks and attributes of every failure domain, chunk servers with
 /// placements (one releasing, one dropped), read and write leases, a file
-/// to fence, parameters, events of every kind and level, an MDS id, and
-/// sessions remembering answers and a refusal.
+/// to fence, parameters, events of every kind and level, an MDS id,
+/// sessions remembering answers and a refusal, and byte-range locks of
+/// several leases and owners (shared and exclusive, one split by an
+/// unlock, one of an upgraded lease).
 fn rich_state() -> MdsState {
     let root = FileAttrs {
         replicas: Replicas { norm: 2, min: 1 },
@@ -381,7 +405,45 @@ fn rich_state() -> MdsState {
         how: XattrSet::Any,
         now_ms: 116,
     });
+    // Byte-range locks: two read leases of /d3/h sharing ranges (one lock
+    // split by an unlock), two owners of the write lease of /d1/f, and a
+    // read lease of /p/n0 upgraded in place with its exclusive lock.
+    let opened = |outcome: ApplyOutcome| match outcome {
+        ApplyOutcome::Opened { lease, .. } => lease.id,
+        other => panic!("not opened: {other:?}"),
+    };
+    let h1 = LeaseId(4);
+    let h2 = opened(ok(open("/d3/h", LeaseMode::Read, false, 117, 500_000)));
+    let n0 = opened(ok(open("/p/n0", LeaseMode::Read, false, 118, 500_000)));
+    for (lease, req) in [
+        (h1, lock(1, Some(LockKind::Shared), 0, 99, 100)),
+        (
+            h2,
+            lock(2, Some(LockKind::Shared), 50, LOCK_TO_EOF, u32::MAX),
+        ),
+        (h1, lock(1, None, 10, 19, 100)),
+        (
+            LeaseId(1),
+            lock(7, Some(LockKind::Exclusive), 4096, 8191, 7),
+        ),
+        (
+            LeaseId(1),
+            lock(u64::MAX, Some(LockKind::Shared), 0, 4095, 0),
+        ),
+        (n0, lock(9, Some(LockKind::Exclusive), 0, 0, 9)),
+    ] {
+        ok(Command::SetLock {
+            lease,
+            req,
+            now_ms: 119,
+        });
+    }
+    ok(Command::UpgradeLease {
+        lease: n0,
+        now_ms: 120,
+    });
     state.check_invariants().unwrap();
+    assert!(state.locks().len() >= 6, "{:?}", state.locks());
     assert!(state.inodes().any(|n| n.links.len() == 2), "hard links");
     assert!(state.inodes().any(|n| n.fence_pending), "a file to fence");
     assert!(state.leases().any(|l| l.mode == LeaseMode::Read));
@@ -422,11 +484,11 @@ fn meta() -> RaftMeta {
 }
 
 #[test]
-fn the_state_is_read_as_format_9() {
+fn the_state_is_read_as_format_10() {
     let state = rich_state();
 
     let record = encode_snapshot(41, &state).unwrap();
-    let frozen: v9::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
+    let frozen: v10::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
     assert_eq!(
         live::store_snapshot(frozen),
         (41, state.clone()),
@@ -434,7 +496,7 @@ fn the_state_is_read_as_format_9() {
     );
 
     let record = encode_snapshot_record(&meta(), &state).unwrap();
-    let frozen: v9::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
+    let frozen: v10::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
     assert_eq!(
         live::raft_snapshot(frozen),
         (meta(), state),
@@ -452,7 +514,7 @@ fn the_state_is_read_as_format_9() {
 
 /// Every variant of [`ApplyOutcome`], with an answer of each remembered.
 #[test]
-fn remembered_answers_are_read_as_format_9() {
+fn remembered_answers_are_read_as_format_10() {
     let stat = Stat {
         ino: InodeId(5),
         kind: InodeKind::File,
@@ -539,6 +601,7 @@ fn remembered_answers_are_read_as_format_9() {
     sessions.record(&tag(10, 4, 2), 99, Some(refusal));
 
     let record = encode(&sessions).unwrap();
+    // Format 10 stores format 9's sessions.
     let frozen: v9::Sessions = read_as_newest(&record, "client sessions");
     assert_eq!(
         Sessions::from(frozen),
@@ -743,6 +806,14 @@ fn every_command() -> Vec<Command> {
             now_ms: 30,
         });
     }
+    for (i, kind) in (0..).zip(every_lock_kind()) {
+        commands.push(Command::SetLock {
+            lease,
+            req: lock(u64::MAX - i, kind, i, LOCK_TO_EOF - i, u32::MAX - i as u32),
+            now_ms: 32,
+        });
+    }
+    commands.push(Command::UpgradeLease { lease, now_ms: 33 });
     for how in [XattrSet::Any, XattrSet::Create, XattrSet::Replace] {
         commands.push(Command::SetXattr {
             path: "/x".into(),
@@ -787,23 +858,25 @@ fn every_command() -> Vec<Command> {
             Command::Link { .. } => 28,
             Command::SetStat { .. } => 29,
             Command::SetXattr { .. } => 30,
+            Command::SetLock { .. } => 31,
+            Command::UpgradeLease { .. } => 32,
         })
         .collect();
-    assert_eq!(covered, (0..=30).collect(), "every command is tested");
+    assert_eq!(covered, (0..=32).collect(), "every command is tested");
     commands
 }
 
 #[test]
-fn every_command_is_read_as_format_9() {
+fn every_command_is_read_as_format_10() {
     for cmd in every_command() {
         let what = format!("the pre-Raft log record {cmd:?}");
-        let frozen: v9::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
+        let frozen: v10::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
         assert_eq!(Command::from(frozen), cmd, "{what}: {TRIPWIRE}");
     }
 }
 
 #[test]
-fn every_raft_log_entry_is_read_as_format_9() {
+fn every_raft_log_entry_is_read_as_format_10() {
     let mut entries: Vec<Entry<MdsRaftConfig>> = vec![
         Entry {
             log_id: log_id(1, 1, 1),
@@ -833,7 +906,7 @@ fn every_raft_log_entry_is_read_as_format_9() {
     });
     for entry in entries {
         let what = format!("the Raft log entry {entry:?}");
-        let frozen: v9::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
+        let frozen: v10::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
         assert_eq!(live::raft_entry(frozen), entry, "{what}: {TRIPWIRE}");
     }
 }

@@ -342,10 +342,21 @@ pub(super) async fn write_golden_database_with(
     after: Vec<Command>,
     batch: Vec<Command>,
 ) {
+    write_golden_database_from(golden, before_the_snapshot(), after, batch).await;
+}
+
+/// [`write_golden_database_with`], with `before` (which must keep the ids
+/// [`before_the_snapshot`] allocates) in the snapshot.
+pub(super) async fn write_golden_database_from(
+    golden: &str,
+    before: Vec<Command>,
+    after: Vec<Command>,
+    batch: Vec<Command>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::default();
     let n1 = bootstrap(&net, dir.path(), DEFAULT_SNAPSHOT_EVERY).await;
-    for cmd in before_the_snapshot() {
+    for cmd in before {
         write(&n1, cmd.clone())
             .await
             .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

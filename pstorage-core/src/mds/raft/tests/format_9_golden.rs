@@ -35,7 +35,7 @@ fn node(path: &str, spec: NodeSpec, now_ms: u64) -> Command {
 }
 
 /// Format 8's commands after the snapshot, then the POSIX ones.
-fn after_the_snapshot_9() -> Vec<Command> {
+pub(super) fn after_the_snapshot_9() -> Vec<Command> {
     let mut cmds = after_the_snapshot_7();
     cmds.extend([
         Command::Mkdir {
@@ -113,7 +113,7 @@ fn after_the_snapshot_9() -> Vec<Command> {
 
 /// The entry of several commands: a symbolic link, a hard link and the
 /// removal of an attribute.
-fn the_batch() -> Vec<Command> {
+pub(super) fn the_batch() -> Vec<Command> {
     vec![
         node(
             "/posix/abs",
@@ -161,6 +161,7 @@ async fn a_format_9_golden_database_is_read() {
     initial.check_invariants().unwrap();
     let d = initial.stat_of(initial.lookup("/d").unwrap()).unwrap();
     assert_eq!((d.mode, d.nlink), (0o777, 2), "a format 9 snapshot");
+    assert!(initial.locks().is_empty(), "format 9 had no locks");
 
     let (_, commands) = log_after_the_snapshot(storage, initial, snapshot_index).await;
     let mut expected = after_the_snapshot_9();
