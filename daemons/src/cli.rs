@@ -217,6 +217,19 @@ pub enum Command {
         /// Unix socket to listen on.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Mode of the Unix socket (octal; 0600: only this user's processes
+        /// may connect; 0660 lets the socket's group in too).
+        #[arg(long, default_value = "600", value_parser = parse_socket_mode)]
+        socket_mode: u32,
+        /// Serve only the files below this cluster directory (default: the
+        /// whole namespace).
+        #[arg(long, value_name = "DIR")]
+        export_dir: Option<String>,
+        /// Allow listening on a non-loopback address: NBD over TCP here has
+        /// no authentication or encryption, so anyone who reaches the
+        /// address can read and write every export.
+        #[arg(long)]
+        insecure: bool,
         /// Refuse writes; open files with read leases.
         #[arg(long)]
         read_only: bool,
@@ -229,6 +242,14 @@ pub enum Command {
               value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
     },
+}
+
+/// An octal socket mode (`600`, `0660`), permission bits only.
+fn parse_socket_mode(s: &str) -> std::result::Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(mode) if mode & !0o777 == 0 => Ok(mode),
+        _ => Err(format!("{s:?} is not an octal mode like 600 or 660")),
+    }
 }
 
 impl Cli {
@@ -453,6 +474,9 @@ async fn execute(cli: &Cli) -> Result<()> {
         Command::NbdServe {
             listen,
             socket,
+            socket_mode,
+            export_dir,
+            insecure,
             read_only,
             metrics,
             threads: _,
@@ -460,6 +484,9 @@ async fn execute(cli: &Cli) -> Result<()> {
             let options = crate::nbd::ServeOptions {
                 listen: listen.clone(),
                 socket: socket.clone(),
+                socket_mode: *socket_mode,
+                export_dir: export_dir.clone(),
+                insecure: *insecure,
                 read_only: *read_only,
                 metrics: metrics.clone(),
             };

@@ -5,10 +5,11 @@
 //! `PSTORAGE_CONF_DIR` environment variable (tests, unprivileged users).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::private_files::{check_secret_file, create_private_dir_all, private_options};
 
 /// Default parent of the per-cluster configuration directories.
 pub const DEFAULT_CONF_ROOT: &str = "/etc/pstorage/clusters";
@@ -53,8 +54,12 @@ impl ClusterKey {
         Ok(ClusterKey(key))
     }
 
-    /// Reads a key file written by [`ClusterKey::write`].
+    /// Reads a key file written by [`ClusterKey::write`]. `PermissionDenied`
+    /// if it is missing, or if others than its owner may access it.
     pub fn read(path: &Path) -> Result<ClusterKey> {
+        if path.exists() {
+            check_secret_file(path, "the cluster key")?;
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::with_source(
                 ErrorKind::PermissionDenied,
@@ -82,11 +87,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`write_private`], keeping the I/O error as it came.
 pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = private_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&tmp)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
@@ -178,7 +182,7 @@ impl ClusterConf {
 
     /// Adds `addr` to `bs.list` unless it is there already.
     pub fn add_bootstrap(&self, addr: &str) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        create_private_dir_all(&self.dir)?;
         let mut addrs = match std::fs::read_to_string(self.bs_list_path()) {
             Ok(t) => parse_bs_list(&t)?,
             Err(_) => Vec::new(),
@@ -194,10 +198,7 @@ impl ClusterConf {
     fn write_bootstrap(&self, addrs: &[String]) -> Result<()> {
         let mut text = addrs.join("\n");
         text.push('\n');
-        let tmp = self.bs_list_path().with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(tmp, self.bs_list_path())?;
-        Ok(())
+        write_private(&self.bs_list_path(), text.as_bytes())
     }
 
     /// Removes `addr` from `bs.list` (`rm-mds`); keeps at least one entry
@@ -225,7 +226,7 @@ impl ClusterConf {
 
     /// Stores the cluster key (mode 0600).
     pub fn store_key(&self, key: &ClusterKey) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        create_private_dir_all(&self.dir)?;
         key.write(&self.key_path())
     }
 }

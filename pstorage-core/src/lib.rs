@@ -15,6 +15,7 @@ pub mod error;
 pub mod mds;
 pub mod membership;
 pub mod posix;
+pub mod private_files;
 pub mod runtime;
 pub mod traits;
 pub mod types;

@@ -97,8 +97,15 @@ def test_permission_denied(local_cluster: LocalCluster, tmp_path: Path) -> None:
     with pytest.raises(PermissionError) as e:
         pstorage.Cluster(local_cluster.name, root)
     check(e.value, pstorage.PermissionDenied, errno.EACCES, "auth.key", "auth-node")
+    # A key file others may read is refused, saying how to fix it.
+    key = root / local_cluster.name / "auth.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o644)
+    with pytest.raises(PermissionError) as e:
+        pstorage.Cluster(local_cluster.name, root)
+    check(e.value, pstorage.PermissionDenied, errno.EACCES, "chmod 600")
     # A node with a wrong key: the MDS refuses it.
-    (root / local_cluster.name / "auth.key").write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
     with pstorage.Cluster(local_cluster.name, root, timeout=10) as c:
         with pytest.raises(PermissionError) as e:
             c.stat("/")

@@ -149,7 +149,9 @@ fn read_conf<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
 }
 
 fn ensure_empty_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    // An MDS's store or a chunk server's replicas: only their owner reads
+    // them (a directory that exists keeps its mode).
+    pstorage_core::private_files::create_private_dir_all(dir)?;
     if std::fs::read_dir(dir)?.next().is_some() {
         return Err(Error::new(
             ErrorKind::AlreadyExists,
@@ -342,7 +344,7 @@ pub async fn create_cs(
     }
     let journal_dir = match &journal.journal_dir {
         Some(d) => {
-            std::fs::create_dir_all(d)?;
+            pstorage_core::private_files::create_private_dir_all(d)?;
             Some(std::fs::canonicalize(d)?)
         }
         None => None,
@@ -466,10 +468,42 @@ pub async fn verify_key(conf: &ClusterConf, key: &ClusterKey) -> Result<()> {
 /// loop runs as one of its connection tasks.
 type Served = Option<BoxFuture<'static, ()>>;
 
+/// Connections a server keeps at most (control and data together); one
+/// more is closed at once. A cluster of a thousand clients with a few
+/// connections each fits.
+pub const MAX_CONNECTIONS: usize = 8192;
+/// Connections that have not finished the authentication handshake yet,
+/// at most: a flood of silent connections (each waits out the handshake
+/// deadline) cannot take every slot from authenticated peers.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// The bounds of an accept loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AcceptLimits {
+    /// Live connections at most (see [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// Handshakes in progress at most (see [`MAX_HANDSHAKES`]).
+    pub handshakes: usize,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        AcceptLimits {
+            connections: MAX_CONNECTIONS,
+            handshakes: MAX_HANDSHAKES,
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `stop` is cancelled:
 /// authenticates each one and hands it to `route` with the channel it asked
 /// for. A connection that fails authentication is closed and logged;
 /// nothing else is affected.
+///
+/// Bounded: beyond `limits.handshakes` unauthenticated connections, or
+/// `limits.connections` live ones (this loop's tasks plus `elsewhere()`,
+/// the connections `route` handed to another thread), a new connection is
+/// closed at once (logged at most once a second).
 ///
 /// Every handshake and every connection future `route` returns is a task of
 /// this loop. Once `stop` is cancelled the listener is closed and those
@@ -477,12 +511,20 @@ type Served = Option<BoxFuture<'static, ()>>;
 /// nothing it started still runs or holds a socket (a node can be stopped
 /// and started again in one process). Dropping the future instead aborts
 /// the tasks without waiting for them.
-async fn accept_loop<F>(listener: TcpListener, key: ClusterKey, route: F, stop: CancellationToken)
-where
+pub(crate) async fn accept_loop<F>(
+    listener: TcpListener,
+    key: ClusterKey,
+    route: F,
+    elsewhere: impl Fn() -> usize,
+    limits: AcceptLimits,
+    stop: CancellationToken,
+) where
     F: Fn(Channel, TcpStream) -> Served + Send + Sync + 'static,
 {
     let route = Arc::new(route);
     let mut connections = JoinSet::new();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -498,10 +540,30 @@ where
                 continue;
             }
         };
+        while connections.try_join_next().is_some() {}
+        let shaking = handshakes.load(std::sync::atomic::Ordering::Acquire);
+        let live = connections.len() + elsewhere();
+        if shaking >= limits.handshakes || live >= limits.connections {
+            let now = tokio::time::Instant::now();
+            if last_warned.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                last_warned = Some(now);
+                warn!(
+                    "refused a connection from {peer}: {live} connections ({} at most), \
+                     {shaking} handshakes in progress ({} at most)",
+                    limits.connections, limits.handshakes
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        handshakes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let key = key.clone();
         let route = route.clone();
+        let handshakes = handshakes.clone();
         connections.spawn(async move {
-            match auth::accept(&mut stream, &key).await {
+            let accepted = auth::accept(&mut stream, &key).await;
+            handshakes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            match accepted {
                 Ok(channel) => {
                     if let Some(serve) = route(channel, stream) {
                         serve.await;
@@ -658,13 +720,14 @@ pub async fn run_mds_with(
         "pstorage-mdsd: cluster {} MDS {} listening on {}",
         conf.cluster, conf.id, conf.addr
     );
-    let rpc = RpcServerThread::spawn(
+    let rpc = Arc::new(RpcServerThread::spawn(
         "mds-rpc",
         RpcServices::new()
             .with_mds(router.clone(), router.clone())
             .with_group(router.clone())
             .with_raft(raft.clone()),
-    )?;
+    )?);
+    let rpc_count = rpc.clone();
     let stop_accepting = CancellationToken::new();
     let metrics = start_metrics(
         metrics_listener,
@@ -685,6 +748,11 @@ pub async fn run_mds_with(
             }
             None
         },
+        {
+            let rpc = rpc_count.clone();
+            move || rpc.connections()
+        },
+        AcceptLimits::default(),
         stop_accepting.clone(),
     );
     tokio::pin!(accept);
@@ -974,7 +1042,11 @@ pub async fn run_cs_with(
         conf.id, conf.cluster
     );
     let control: Arc<dyn ChunkControl> = server.clone();
-    let rpc = RpcServerThread::spawn("cs-rpc", RpcServices::new().with_control(control))?;
+    let rpc = Arc::new(RpcServerThread::spawn(
+        "cs-rpc",
+        RpcServices::new().with_control(control),
+    )?);
+    let rpc_count = rpc.clone();
     let data: Arc<dyn ChunkService> = server.clone();
     let stop_accepting = CancellationToken::new();
     let metrics = start_metrics(
@@ -994,6 +1066,11 @@ pub async fn run_cs_with(
             }
             Channel::Data => Some(serve_data_connection(stream, data.clone()).boxed()),
         },
+        {
+            let rpc = rpc_count.clone();
+            move || rpc.connections()
+        },
+        AcceptLimits::default(),
         stop_accepting.clone(),
     );
     tokio::pin!(accept);
@@ -1051,3 +1128,88 @@ pub async fn run_cs_with(
 /// How often a chunk server asks the MDS group for its members (besides
 /// after every registration and new connection).
 const CS_MEMBERS_REFRESH: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Whether the server closed `stream` (EOF or a reset) within 10 s.
+    async fn closed_by_server(mut stream: TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_limits_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let key = ClusterKey([5; 32]);
+        let stop = CancellationToken::new();
+        let hold = stop.clone();
+        let server = tokio::spawn(accept_loop(
+            listener,
+            key.clone(),
+            move |_channel, mut stream| {
+                let hold = hold.clone();
+                Some(
+                    async move {
+                        // Served until the peer closes or the server stops.
+                        let mut buf = [0u8; 1];
+                        tokio::select! {
+                            _ = hold.cancelled() => {}
+                            _ = stream.read(&mut buf) => {}
+                        }
+                    }
+                    .boxed(),
+                )
+            },
+            || 0,
+            AcceptLimits {
+                connections: 2,
+                handshakes: 1,
+            },
+            stop.clone(),
+        ));
+        // A silent connection holds the only handshake slot: the next one
+        // is closed at once, not after the handshake deadline.
+        let silent = TcpStream::connect(&addr).await.unwrap();
+        let next = TcpStream::connect(&addr).await.unwrap();
+        assert!(closed_by_server(next).await);
+        drop(silent);
+        // Two authenticated connections fill the server (once the silent
+        // one's handshake has ended); a third is refused.
+        let mut held = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while held.len() < 2 {
+            match auth::connect(&addr, &key, Channel::Data).await {
+                Ok(s) => held.push(s),
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        assert!(auth::connect(&addr, &key, Channel::Data).await.is_err());
+        // One goes: there is room again.
+        drop(held.pop());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match auth::connect(&addr, &key, Channel::Data).await {
+                Ok(s) => {
+                    held.push(s);
+                    break;
+                }
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        stop.cancel();
+        server.await.unwrap();
+    }
+}

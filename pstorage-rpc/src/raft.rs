@@ -13,6 +13,7 @@
 //! `RaftNetworkFactory`, one connection (a `ClientActor` thread) per target
 //! MDS.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::error::{
@@ -136,10 +137,62 @@ pub(crate) async fn serve_vote(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Ve
     encode("vote reply", &reply)
 }
 
+/// The largest snapshot an MDS receives (it is held in memory while it
+/// arrives): far above any state that fits an MDS's memory.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
+
+/// Per receiving Raft node (by its id: one process may run several MDSes):
+/// the snapshot being received and how many of its bytes arrived.
+static RECEIVING: parking_lot::Mutex<BTreeMap<MdsId, (String, u64)>> =
+    parking_lot::Mutex::new(BTreeMap::new());
+
+/// Admits a snapshot chunk for node `me` only where it continues (or
+/// repeats part of) what arrived: openraft writes a chunk at its offset into
+/// an in-memory buffer, so a chunk far beyond the end would make the MDS
+/// allocate that much and abort. A chunk at offset 0 starts a snapshot.
+pub(crate) fn admit_snapshot_chunk(me: MdsId, id: &str, offset: u64, len: u64) -> Result<()> {
+    let mut receiving = RECEIVING.lock();
+    let end = offset.saturating_add(len);
+    if end > MAX_SNAPSHOT_BYTES {
+        return Err(Error::invalid(format!(
+            "snapshot {id}: a chunk ending at byte {end} exceeds the largest snapshot \
+             ({MAX_SNAPSHOT_BYTES} bytes)"
+        )));
+    }
+    match receiving.get_mut(&me) {
+        _ if offset == 0 => {
+            receiving.insert(me, (id.to_string(), end));
+        }
+        Some((current, received)) if current == id && offset <= *received => {
+            *received = (*received).max(end);
+        }
+        Some((current, received)) if current == id => {
+            return Err(Error::invalid(format!(
+                "snapshot {id}: a chunk at byte {offset} leaves a gap after the {received} \
+                 bytes received"
+            )));
+        }
+        _ => {
+            return Err(Error::invalid(format!(
+                "snapshot {id}: a chunk at byte {offset} of a snapshot whose start never \
+                 arrived"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Serves a `raftSnapshot` payload (one chunk) on `raft`.
 pub(crate) async fn serve_snapshot(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
     let request: InstallSnapshotRequest<MdsRaftConfig> = decode("install-snapshot request", data)?;
     let raft = raft.ok_or_else(|| no_raft("raftSnapshot"))?;
+    let me = raft.metrics().borrow().id;
+    admit_snapshot_chunk(
+        me,
+        &request.meta.snapshot_id,
+        request.offset,
+        request.data.len() as u64,
+    )?;
     let reply: SnapshotReply = raft.install_snapshot(request).await;
     encode("install-snapshot reply", &reply)
 }

@@ -931,6 +931,115 @@ async fn malformed_raft_payloads_get_a_clear_error_and_the_server_keeps_serving(
     assert!(reply.is_ok(), "{reply:?}");
 }
 
+fn snapshot_chunk(id: &str, offset: u64, data: Vec<u8>) -> Vec<u8> {
+    let request = openraft::raft::InstallSnapshotRequest::<MdsRaftConfig> {
+        vote: Vote::new_committed(100, MdsId(7)),
+        meta: openraft::SnapshotMeta {
+            last_log_id: None,
+            last_membership: openraft::StoredMembership::default(),
+            snapshot_id: id.to_string(),
+        },
+        offset,
+        data,
+        done: false,
+    };
+    crate::raft::encode("install-snapshot request", &request).unwrap()
+}
+
+#[test]
+fn snapshot_chunks_are_admitted_only_where_they_continue_what_arrived() {
+    use crate::raft::{admit_snapshot_chunk, MAX_SNAPSHOT_BYTES};
+    let me = MdsId(0xfeed);
+    let kind = |r: Result<()>| r.unwrap_err().kind();
+    // Nothing started: only offset 0 is admitted.
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "a", 10, 5)),
+        ErrorKind::InvalidArgument
+    );
+    admit_snapshot_chunk(me, "a", 0, 100).unwrap();
+    admit_snapshot_chunk(me, "a", 100, 100).unwrap();
+    // A repeated chunk (a retry) is fine; a gap is not.
+    admit_snapshot_chunk(me, "a", 100, 100).unwrap();
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "a", 201, 1)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "a", 1 << 60, 1)),
+        ErrorKind::InvalidArgument
+    );
+    // Another snapshot must start at 0; a new start replaces the old one.
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "b", 200, 1)),
+        ErrorKind::InvalidArgument
+    );
+    admit_snapshot_chunk(me, "b", 0, 1).unwrap();
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "a", 200, 1)),
+        ErrorKind::InvalidArgument
+    );
+    // Never beyond the largest snapshot, and no overflow.
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "c", 0, MAX_SNAPSHOT_BYTES + 1)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(admit_snapshot_chunk(me, "b", u64::MAX, 2)),
+        ErrorKind::InvalidArgument
+    );
+}
+
+/// A snapshot chunk at a huge offset made the MDS allocate up to it (the
+/// snapshot arrives into memory) and abort: it is refused, and the MDS
+/// serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_far_beyond_what_arrived_is_refused_and_the_mds_serves_on() {
+    let node = Node::start(MdsId(1), router_options()).await;
+    let actor: ClientActor<mds::Client> = ClientActor::spawn(
+        "MDS",
+        vec![node.addr.clone()],
+        plain_dialer(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    // A snapshot starts (from a leader of a newer term), then a chunk of
+    // it lands far beyond its end.
+    send_raw(
+        &actor,
+        "raftSnapshot",
+        snapshot_chunk("s1", 0, vec![1, 2, 3]),
+    )
+    .await
+    .unwrap();
+    for offset in [1u64 << 40, u64::MAX - 2, 4096] {
+        let error = send_raw(
+            &actor,
+            "raftSnapshot",
+            snapshot_chunk("s1", offset, vec![1, 2, 3]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    }
+    // Its next chunk in line is taken.
+    send_raw(&actor, "raftSnapshot", snapshot_chunk("s1", 3, vec![4, 5]))
+        .await
+        .unwrap();
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(101, MdsId(7)), None);
+    let reply = send_raw(
+        &actor,
+        "raftVote",
+        crate::raft::encode("vote request", &vote).unwrap(),
+    )
+    .await
+    .unwrap();
+    let reply: std::result::Result<
+        openraft::raft::VoteResponse<MdsId>,
+        openraft::error::Fatal<MdsId>,
+    > = crate::raft::decode("vote reply", &reply).unwrap();
+    assert!(reply.is_ok(), "{reply:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_raft_or_group_says_so() {
     let sm = MemSm::new();

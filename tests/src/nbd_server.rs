@@ -19,16 +19,31 @@ pub struct NbdServer {
 }
 
 impl NbdServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
     /// Starts `pstorage nbd-serve --listen 127.0.0.1:0 EXTRA...` logging to
     /// `log_name` in the cluster's directory, and waits for the port it
     /// prints.
     pub fn start(cluster: &TestCluster, log_name: &str, extra: &[&str]) -> NbdServer {
+        Self::start_listening(cluster, log_name, "127.0.0.1:0", extra)
+    }
+
+    /// [`NbdServer::start`] listening on `listen` (`ADDR:PORT`).
+    pub fn start_listening(
+        cluster: &TestCluster,
+        log_name: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> NbdServer {
         let log = cluster.dir.path().join(log_name);
         let log_file = std::fs::File::create(&log).expect("server log");
         let mut child = Command::new(bin_dir().join("pstorage"))
             .arg("--conf-dir")
             .arg(&cluster.conf_root)
-            .args(["-c", &cluster.name, "nbd-serve", "--listen", "127.0.0.1:0"])
+            .args(["-c", &cluster.name, "nbd-serve", "--listen", listen])
             .args(extra)
             .env("PSTORAGE_LOG", "info")
             .env("NO_COLOR", "1")

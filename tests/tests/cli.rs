@@ -141,3 +141,57 @@ fn chunk_servers_run_on_more_threads_and_refuse_a_bad_count() {
     let logs: String = (0..3).map(|i| cluster.log(&format!("cs{i}.log"))).collect();
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+/// What a cluster stores is its owner's only: every file the daemons and
+/// `make-mds`/`make-cs` create (MDS store, replicas, journals, service
+/// configuration, the cluster key) is mode 0600 or stricter, in
+/// directories they created 0700; a key file others may read is refused.
+#[test]
+fn stored_files_and_the_key_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = TestCluster::start(ClusterOptions::default());
+    ok(cluster.cli_stdin(&["put", "-", "/f"], &pattern(1, 100_000)));
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode, 0o700, "{} is {mode:04o}", path.display());
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    let mut roots = vec![
+        cluster.mds_dir.clone(),
+        cluster.conf_root.join(&cluster.name),
+    ];
+    roots.extend(cluster.cs_dirs.iter().cloned());
+    for root in &roots {
+        let mode = std::fs::metadata(root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:04o}", root.display());
+        walk(root, &mut files);
+    }
+    let chunk_files = files
+        .iter()
+        .filter(|p| p.to_string_lossy().contains("chunk"))
+        .count();
+    assert!(chunk_files >= 3, "no replicas among {files:?}");
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:04o}", f.display());
+    }
+
+    // A key others may read: refused with the fix, and nothing connects.
+    let key = cluster.conf_root.join(&cluster.name).join("auth.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cluster.cli(&["stat"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(cluster.cli(&["stat"]));
+}

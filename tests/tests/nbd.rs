@@ -735,3 +735,145 @@ fn leases_second_writer_refused_and_live_migration() {
     // After every server left, the CLI gets the write lease.
     cluster.cli_ok(&["truncate", "-s", "8M", "/vm/disk.img"]);
 }
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A client that floods READs and reads no reply: the server stops reading
+/// its requests once their replies fill the in-flight budget (256 MiB), so
+/// its memory stays bounded (it queued every reply before: 4 GiB here);
+/// once the client reads, every request is answered.
+#[test]
+fn a_read_flood_without_reading_replies_keeps_the_server_memory_bounded() {
+    const REQUESTS: u64 = 128;
+    const LEN: u32 = 32 << 20;
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.cli_ok(&["truncate", "-s", "4G", "/flood.img"]);
+    let server = NbdServer::start(&cluster, "nbd.log", &[]);
+    let mut c = RawClient::open(server.port, "/flood.img");
+    let before = proc_kib(server.pid(), "VmRSS:");
+    for i in 0..REQUESTS {
+        c.request(0, CMD_READ, i, i * LEN as u64, LEN);
+    }
+    // Watch the server while nobody reads: until its memory has not grown
+    // for 2 s (it stopped reading requests), or it is clearly unbounded.
+    let limit_kib = before + (700 << 10);
+    let mut last = before;
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stable_since.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+        let rss = proc_kib(server.pid(), "VmRSS:");
+        assert!(
+            rss < limit_kib,
+            "nbd-serve grew from {before} KiB to {rss} KiB while its client read nothing"
+        );
+        if rss > last + 1024 {
+            last = rss;
+            stable_since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every request is answered once the client reads.
+    let mut cookies = Vec::new();
+    let mut data = vec![0u8; LEN as usize];
+    for _ in 0..REQUESTS {
+        let (error, cookie) = c.reply();
+        assert_eq!(error, 0);
+        c.s.read_exact(&mut data).unwrap();
+        assert!(data.iter().all(|&b| b == 0));
+        cookies.push(cookie);
+    }
+    cookies.sort();
+    assert_eq!(cookies, (0..REQUESTS).collect::<Vec<_>>());
+    let peak = proc_kib(server.pid(), "VmHWM:");
+    assert!(peak < limit_kib, "nbd-serve peaked at {peak} KiB");
+    c.disconnect();
+}
+
+/// `nbd-serve` is not open to everybody by default: a non-loopback TCP
+/// address needs `--insecure`, a Unix socket is 0600 (`--socket-mode`
+/// widens it), and `--export-dir` keeps clients inside one directory
+/// (GO, INFO and LIST alike).
+#[test]
+fn nbd_serve_guards_its_listeners_and_exports() {
+    use std::os::unix::fs::PermissionsExt;
+    const NBD_OPT_LIST: u32 = 3;
+    const NBD_REP_SERVER: u32 = 2;
+    let cluster = TestCluster::start(ClusterOptions::default());
+    cluster.cli_ok(&["mkdir", "-p", "/vm/sub"]);
+    cluster.cli_ok(&["truncate", "-s", "1M", "/vm/a.img"]);
+    cluster.cli_ok(&["truncate", "-s", "1M", "/vm/sub/b.img"]);
+    cluster.cli_ok(&["truncate", "-s", "1M", "/secret.img"]);
+
+    // Every interface, no --insecure: refused before serving anything.
+    let out = cluster.cli(&["nbd-serve", "--listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--insecure") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let insecure =
+        NbdServer::start_listening(&cluster, "nbd-insecure.log", "0.0.0.0:0", &["--insecure"]);
+    let mut c = RawClient::connect(insecure.port);
+    assert_eq!(c.go("/secret.img").unwrap(), 1 << 20);
+    drop(insecure);
+
+    // Unix sockets: 0600 unless asked otherwise.
+    let socket = cluster.dir.path().join("nbd.sock");
+    let server = NbdServer::start(
+        &cluster,
+        "nbd-dir.log",
+        &["--socket", socket.to_str().unwrap(), "--export-dir", "/vm/"],
+    );
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Inside the directory: served; outside, or escaping it: refused.
+    let mut c = RawClient::connect(server.port);
+    assert_eq!(c.go("/vm/a.img").unwrap(), 1 << 20);
+    let mut c = RawClient::connect(server.port);
+    let (kind, msg) = c.go("/secret.img").unwrap_err();
+    assert_eq!(kind, NBD_REP_ERR_POLICY, "{msg}");
+    assert!(msg.contains("outside"), "{msg}");
+    let (kind, _) = c.go("/vm/../secret.img").unwrap_err();
+    assert_ne!(kind, NBD_REP_ACK);
+    let (kind, _) = c.go("/vmx/a.img").unwrap_err();
+    assert_eq!(kind, NBD_REP_ERR_POLICY);
+    // LIST names only what is inside.
+    c.send_option(NBD_OPT_LIST, &[]);
+    let mut listed = Vec::new();
+    loop {
+        let (option, kind, data) = c.option_reply();
+        assert_eq!(option, NBD_OPT_LIST);
+        match kind {
+            NBD_REP_SERVER => {
+                let len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+                listed.push(String::from_utf8_lossy(&data[4..4 + len]).into_owned());
+            }
+            NBD_REP_ACK => break,
+            other => panic!("LIST answered {other:#x}"),
+        }
+    }
+    listed.sort();
+    assert_eq!(listed, ["/vm/a.img", "/vm/sub/b.img"]);
+    drop(server);
+
+    let server = NbdServer::start(
+        &cluster,
+        "nbd-mode.log",
+        &["--socket", socket.to_str().unwrap(), "--socket-mode", "660"],
+    );
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    drop(server);
+    let out = cluster.cli(&["nbd-serve", "--socket-mode", "999"]);
+    assert!(!out.status.success());
+}

@@ -29,7 +29,7 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +119,9 @@ impl ReadCache {
                 "read cache size {size_bytes} bytes is smaller than one {CACHE_BLOCK_BYTES}-byte block; give -R at least 64K"
             )));
         }
-        let file = OpenOptions::new()
+        // The cache holds file data: mode 0600, and a link planted at its
+        // path is refused, not followed (truncating its target).
+        let file = pstorage_core::private_files::private_options()
             .read(true)
             .write(true)
             .create(true)
@@ -418,9 +420,28 @@ fn crc64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
     use std::path::PathBuf;
 
     const B: u64 = CACHE_BLOCK_BYTES;
+
+    #[test]
+    fn the_cache_file_is_private_and_a_link_at_its_path_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        ReadCache::create(&path, 4 * B, 1).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A link planted at the path (another user's file, a device) is
+        // not truncated through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(ReadCache::create(&link, 4 * B, 1).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    }
 
     /// A cache file in the temp dir, removed on drop.
     struct TempCache {

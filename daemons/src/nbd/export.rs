@@ -65,11 +65,31 @@ pub fn export_path(name: &[u8]) -> Result<String> {
     if name.contains('\0') {
         return Err(Error::invalid("export name contains a NUL byte"));
     }
-    Ok(if name.starts_with('/') {
+    let path = if name.starts_with('/') {
         name.to_string()
     } else {
         format!("/{name}")
-    })
+    };
+    if path
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(Error::invalid(format!(
+            "export name {name:?} has an empty, . or .. component; name a file by its path"
+        )));
+    }
+    Ok(path)
+}
+
+/// The cluster directory of `--export-dir`, as a path (`/vm`; `/` for
+/// the whole namespace). `InvalidArgument` for a name that is not one.
+pub fn export_dir(dir: &str) -> Result<String> {
+    let trimmed = dir.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".to_string());
+    }
+    export_path(trimmed.as_bytes()).map_err(|e| e.context("--export-dir"))
 }
 
 /// Serializes flushes of one export and lets one flush answer every FLUSH
@@ -148,6 +168,8 @@ struct Slot {
 pub struct Exports {
     client: Client,
     read_only: bool,
+    /// Only files below this cluster directory are served (`/`: all).
+    root: String,
     metrics: Arc<super::NbdMetrics>,
     // One async lock per path so an open or close of one file does not wait
     // for another's. Slots are kept once created (a server serves a handful
@@ -192,13 +214,36 @@ impl Drop for ExportHandle {
 
 impl Exports {
     /// Exports of cluster files through `client`; all read-only if asked.
-    pub fn new(client: Client, read_only: bool, metrics: Arc<super::NbdMetrics>) -> Arc<Exports> {
+    pub fn new(
+        client: Client,
+        read_only: bool,
+        metrics: Arc<super::NbdMetrics>,
+        root: Option<String>,
+    ) -> Arc<Exports> {
         Arc::new(Exports {
             client,
             read_only,
+            root: root.unwrap_or_else(|| "/".to_string()),
             metrics,
             slots: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The cluster path an export name names ([`export_path`]), if it is
+    /// below the export directory (`PermissionDenied` otherwise: a client
+    /// is not told whether files outside it exist).
+    pub fn resolve(&self, name: &[u8]) -> Result<String> {
+        let path = export_path(name)?;
+        if self.root != "/" && !path.starts_with(&format!("{}/", self.root)) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{path} is outside the exported directory {}; name a file below it",
+                    self.root
+                ),
+            ));
+        }
+        Ok(path)
     }
 
     /// Whether every export is read-only.
@@ -308,11 +353,11 @@ impl Exports {
         })
     }
 
-    /// Every file in the cluster with its size, depth first, at most
-    /// [`MAX_LISTED_EXPORTS`].
+    /// Every file below the export directory with its size, depth first,
+    /// at most [`MAX_LISTED_EXPORTS`].
     pub async fn list(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        let mut dirs = vec!["/".to_string()];
+        let mut dirs = vec![self.root.clone()];
         while let Some(dir) = dirs.pop() {
             for entry in self.client.readdir(&dir).await? {
                 let path = if dir == "/" {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use pstorage_core::{Error, ErrorKind, Result};
 
-use super::export::{export_path, ExportHandle, ExportInfo, Exports};
+use super::export::{ExportHandle, ExportInfo, Exports};
 use super::proto::*;
 use super::NbdError;
 
@@ -68,7 +68,7 @@ where
         match option {
             OPT_EXPORT_NAME => {
                 // This option cannot answer an error: refusing means hanging up.
-                let handle = match export_path(&data) {
+                let handle = match exports.resolve(&data) {
                     Ok(path) => exports.acquire(&path).await,
                     Err(e) => Err(e),
                 };
@@ -138,10 +138,15 @@ where
                         continue;
                     }
                 };
-                let path = match export_path(&request.name) {
+                let path = match exports.resolve(&request.name) {
                     Ok(p) => p,
                     Err(e) => {
-                        reply_error(stream, option, REP_ERR_UNKNOWN, e.message()).await?;
+                        let kind = if e.kind() == pstorage_core::ErrorKind::PermissionDenied {
+                            REP_ERR_POLICY
+                        } else {
+                            REP_ERR_UNKNOWN
+                        };
+                        reply_error(stream, option, kind, e.message()).await?;
                         continue;
                     }
                 };

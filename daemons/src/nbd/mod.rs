@@ -55,6 +55,10 @@ use handshake::Negotiated;
 
 /// The default listen address (the NBD port, loopback only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
+/// The default mode of a Unix socket listener: only its user connects.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// Connections served at once at most; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a client may take to choose an export.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for connections to finish their requests and
@@ -69,6 +73,13 @@ pub struct ServeOptions {
     pub listen: Option<String>,
     /// Unix socket path to listen on (a stale socket file is replaced).
     pub socket: Option<PathBuf>,
+    /// The Unix socket's mode (0: [`DEFAULT_SOCKET_MODE`]).
+    pub socket_mode: u32,
+    /// Serve only files below this cluster directory (`None`: all).
+    pub export_dir: Option<String>,
+    /// Allow a TCP listener on a non-loopback address (no authentication,
+    /// no encryption: a trusted network only).
+    pub insecure: bool,
     /// Refuse writes, and open files with read leases.
     pub read_only: bool,
     /// `HOST:PORT` to serve Prometheus metrics on (`GET /metrics`).
@@ -177,13 +188,37 @@ pub async fn serve(
         Some(addr) => Some(pstorage_rpc::metrics::bind(addr).await?),
         None => None,
     };
+    let export_dir = match &options.export_dir {
+        Some(dir) => Some(export::export_dir(dir)?),
+        None => None,
+    };
     let tcp = match (&options.listen, &options.socket) {
         (Some(addr), _) => Some(bind_tcp(addr).await?),
         (None, None) => Some(bind_tcp(DEFAULT_LISTEN).await?),
         (None, Some(_)) => None,
     };
+    if let Some(l) = &tcp {
+        let addr = l.local_addr()?;
+        if !addr.ip().is_loopback() && !options.insecure {
+            return Err(Error::new(
+                pstorage_core::ErrorKind::PermissionDenied,
+                format!(
+                    "nbd-serve will not listen on {addr}: NBD over TCP has no authentication or \
+                     encryption here, so anyone who reaches that address could read and write \
+                     every exported disk. Listen on 127.0.0.1 or a Unix socket (--socket), or \
+                     pass --insecure on a trusted network"
+                ),
+            ));
+        }
+    }
     let unix = match &options.socket {
-        Some(path) => Some(bind_unix(path).await?),
+        Some(path) => {
+            let mode = match options.socket_mode {
+                0 => DEFAULT_SOCKET_MODE,
+                m => m,
+            };
+            Some(bind_unix(path, mode).await?)
+        }
         None => None,
     };
     if let Some(l) = &tcp {
@@ -204,7 +239,7 @@ pub async fn serve(
             let _ = metrics_stopped.await;
         }))
     });
-    let exports = Exports::new(client, options.read_only, metrics.clone());
+    let exports = Exports::new(client, options.read_only, metrics.clone(), export_dir);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -212,6 +247,10 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept_tcp(&tcp) => match accepted {
+                Ok((stream, peer)) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(%peer, "refused a connection: {MAX_CONNECTIONS} are served already");
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (r, w) = stream.into_split();
@@ -220,6 +259,10 @@ pub async fn serve(
                 Err(e) => accept_failed(e).await,
             },
             accepted = accept_unix(&unix) => match accepted {
+                Ok(stream) if connections.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!("refused a connection: {MAX_CONNECTIONS} are served already");
+                    drop(stream);
+                }
                 Ok(stream) => {
                     let (r, w) = stream.into_split();
                     connections.spawn(connection(r, w, "unix".to_string(), exports.clone(), stop_rx.clone()));
@@ -263,7 +306,7 @@ async fn bind_tcp(addr: &str) -> Result<TcpListener> {
     })
 }
 
-async fn bind_unix(path: &std::path::Path) -> Result<UnixListener> {
+async fn bind_unix(path: &std::path::Path, mode: u32) -> Result<UnixListener> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(Error::new(
@@ -277,8 +320,14 @@ async fn bind_unix(path: &std::path::Path) -> Result<UnixListener> {
         // A socket left behind by a server that died.
         std::fs::remove_file(path).map_err(|e| Error::from(e).context(path.display()))?;
     }
-    UnixListener::bind(path)
-        .map_err(|e| Error::from(e).context(format!("cannot listen on {}", path.display())))
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::from(e).context(format!("cannot listen on {}", path.display())))?;
+    // Whoever may connect may read and write every export: the socket's
+    // mode is the access control.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::from(e).context(format!("setting the mode of {}", path.display())))?;
+    Ok(listener)
 }
 
 async fn accept_tcp(

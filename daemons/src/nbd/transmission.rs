@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use pstorage_core::{Error, ErrorKind, Result};
 
@@ -21,6 +21,9 @@ const MAX_INFLIGHT_BYTES: usize = 256 << 20;
 /// Fixed cost of a request against the in-flight budget, so a flood of
 /// zero-length requests is bounded too.
 const REQUEST_COST_BYTES: u32 = 4096;
+/// How long a shutdown waits for a client to read the replies of its
+/// requests in flight.
+const REPLY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Largest TRIM handed to the client library at once.
 const MAX_ZERO_SLICE_BYTES: u64 = 1 << 30;
 
@@ -29,6 +32,11 @@ struct Reply {
     cookie: u64,
     error: u32,
     data: Option<Bytes>,
+    /// The request's share of the in-flight budget, given back once the
+    /// reply is on the socket (or dropped): a client that sends READs and
+    /// never reads the replies stops being read from, instead of making
+    /// the server queue its replies without limit.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Why transmission ended.
@@ -80,11 +88,16 @@ where
             CMD_READ | CMD_WRITE => request.length.min(MAX_PAYLOAD_BYTES),
             _ => 0,
         };
-        let permit = budget
-            .clone()
-            .acquire_many_owned(payload_bytes + REQUEST_COST_BYTES)
-            .await
-            .expect("the in-flight budget is never closed");
+        // Waits while the client's earlier replies are not on the socket
+        // yet (a client that does not read them is not read from either).
+        let permit = tokio::select! {
+            permit = budget
+                .clone()
+                .acquire_many_owned(payload_bytes + REQUEST_COST_BYTES) => {
+                permit.expect("the in-flight budget is never closed")
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break Ok(Ending::Shutdown),
+        };
         let payload = if request.kind == CMD_WRITE {
             if request.length > MAX_PAYLOAD_BYTES {
                 // Skip the payload so the stream stays in step, then refuse.
@@ -102,7 +115,9 @@ where
                     "WRITE of {} bytes is larger than the {MAX_PAYLOAD_BYTES} bytes this server accepts",
                     request.length
                 );
-                let _ = tx.send(refuse(&export, &request, EINVAL, &reason));
+                let mut reply = refuse(&export, &request, EINVAL, &reason);
+                reply.permit = Some(permit);
+                let _ = tx.send(reply);
                 continue;
             }
             let mut buf = BytesMut::zeroed(request.length as usize);
@@ -120,17 +135,34 @@ where
         let tx = tx.clone();
         let export = export.clone();
         tokio::spawn(async move {
-            let reply = execute(&export, request, payload).await;
+            let mut reply = execute(&export, request, payload).await;
+            reply.permit = Some(permit);
             let _ = tx.send(reply);
-            drop(permit);
         });
     };
-    // The writer ends once every request task has sent its reply.
+    // The writer ends once every request task has sent its reply and the
+    // replies are written. Once no more requests are read (a disconnect, a
+    // shutdown), a client that does not read its replies gets
+    // REPLY_DRAIN_TIMEOUT to do so.
     drop(tx);
-    match writer_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(export = %export.path, error = %e, "writing replies failed"),
-        Err(e) => tracing::warn!(export = %export.path, error = %e, "reply writer task failed"),
+    let mut writer_task = writer_task;
+    let drained = match tokio::time::timeout(REPLY_DRAIN_TIMEOUT, &mut writer_task).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            writer_task.abort();
+            tracing::warn!(export = %export.path,
+                "the client did not read its replies within {REPLY_DRAIN_TIMEOUT:?}; closed");
+            None
+        }
+    };
+    match drained {
+        Some(Ok(Ok(()))) | None => {}
+        Some(Ok(Err(e))) => {
+            tracing::debug!(export = %export.path, error = %e, "writing replies failed")
+        }
+        Some(Err(e)) => {
+            tracing::warn!(export = %export.path, error = %e, "reply writer task failed")
+        }
     }
     result
 }
@@ -180,6 +212,7 @@ fn refuse(export: &Export, request: &Request, error: u32, reason: &str) -> Reply
         cookie: request.cookie,
         error,
         data: None,
+        permit: None,
     }
 }
 
@@ -267,6 +300,7 @@ async fn run(export: &Export, request: Request, payload: Option<Bytes>) -> Reply
             cookie: request.cookie,
             error: 0,
             data,
+            permit: None,
         },
         Err(e) => refuse(export, &request, nbd_errno(e.kind()), e.message()),
     }

@@ -6,7 +6,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -92,7 +92,8 @@ struct RealFile(File);
 
 impl Disk for RealDisk {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        // Replicas and journals are VM data: only their owner reads them.
+        crate::private_files::create_private_dir_all(dir)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -108,7 +109,8 @@ impl Disk for RealDisk {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn DiskFile>> {
-        let mut options = OpenOptions::new();
+        // Mode 0600 when created, and never through a symbolic link.
+        let mut options = crate::private_files::private_options();
         options.read(true).write(true);
         match mode {
             OpenMode::Existing => {}

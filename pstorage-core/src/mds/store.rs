@@ -149,6 +149,7 @@ impl MdsStore {
     /// `AlreadyExists` if the store there already holds a cluster.
     pub fn create(path: impl AsRef<Path>, initial: &MdsState) -> Result<MdsStore> {
         let path = path.as_ref().to_path_buf();
+        crate::private_files::prepare_private_file(&path)?;
         let db = Database::create(&path).map_err(|e| Self::db_error(&path, e))?;
         let mut store = MdsStore {
             db,
@@ -179,6 +180,7 @@ impl MdsStore {
                 path.display()
             )));
         }
+        crate::private_files::make_private(&path)?;
         let db = Database::open(&path).map_err(|e| Self::db_error(&path, e))?;
         let mut store = MdsStore {
             db,

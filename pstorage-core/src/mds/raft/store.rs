@@ -363,6 +363,7 @@ impl fmt::Debug for RaftStorage {
 
 impl RaftStorage {
     fn create_db(path: &Path) -> Result<Db> {
+        crate::private_files::prepare_private_file(path)?;
         let db = Database::create(path).map_err(|e| db_error(path, e))?;
         let db = Db {
             db,
@@ -413,6 +414,7 @@ impl RaftStorage {
                 path.display()
             )));
         }
+        crate::private_files::make_private(path)?;
         let db = Database::open(path).map_err(|e| db_error(path, e))?;
         let db = Db {
             db,
@@ -444,6 +446,7 @@ impl RaftStorage {
                 path.display()
             )));
         }
+        crate::private_files::make_private(path)?;
         let legacy = {
             let db = Database::open(path).map_err(|e| db_error(path, e))?;
             let db = Db {
