@@ -7,6 +7,8 @@ pub mod bench;
 pub mod bench_meta;
 pub mod cli;
 pub mod format;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod mount;
 pub mod nbd;
 pub mod password;

@@ -12,6 +12,8 @@ pub mod client;
 pub mod conf;
 pub mod conformance;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod mds;
 pub mod membership;
 pub mod posix;

@@ -73,6 +73,8 @@
 //! [`Channel::Data`]: crate::auth::Channel::Data
 
 mod client;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod server;
 mod wire;
 

@@ -18,6 +18,8 @@ pub mod auth;
 pub mod call_metrics;
 pub mod control;
 pub mod data;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod generated;
 pub mod local;
 pub mod mds;

@@ -488,10 +488,11 @@ impl Journal {
                         sb.ring, sb.tail
                     )));
                 }
-                if len < RING_AT + sb.ring {
+                // `len >= RING_AT` here; a ring near 2^64 must not overflow.
+                if len - RING_AT < sb.ring {
                     return Err(Error::corrupt(format!(
                         "the journal {name} is truncated: {len} bytes, its ring needs {}",
-                        RING_AT + sb.ring
+                        RING_AT.saturating_add(sb.ring)
                     )));
                 }
                 sb

@@ -383,6 +383,28 @@ fn a_journal_of_another_store_is_refused() {
     assert!(err.message().contains("belongs to chunk store"), "{err}");
 }
 
+/// A superblock (with a valid checksum) claiming a ring of 2^64 - 4096
+/// bytes is refused as truncated: the length check overflowed (a panic in
+/// debug builds; found by the chunk_journal fuzz target).
+#[test]
+fn a_superblock_claiming_a_ring_near_2_pow_64_is_refused() {
+    let dev = Arc::new(CrashDevice::default());
+    drop(open(&dev));
+    let mut sb = [0u8; 512];
+    SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
+    sb[32..40].copy_from_slice(&(u64::MAX - 4095).to_le_bytes());
+    sb[56..64].fill(0);
+    let crc = crc64(&sb);
+    sb[56..64].copy_from_slice(&crc.to_le_bytes());
+    let shared = SharedDevice(dev.clone());
+    shared.write_at(&sb, 0).unwrap();
+    shared.write_at(&[0u8; 512], 512).unwrap();
+    shared.sync().unwrap();
+    let err = Journal::open(Box::new(shared), STORE, RING).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.message().contains("truncated"), "{err}");
+}
+
 #[test]
 fn a_newer_journal_format_is_refused() {
     let dev = Arc::new(CrashDevice::default());

@@ -6,6 +6,8 @@ mod allocation;
 mod balance;
 mod chunk_maps;
 mod format;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod group;
 mod group_commit;
 pub use group_commit::CommitStats;

@@ -476,6 +476,14 @@ pub(crate) fn decode_request(header: &Header, mut body: Bytes) -> Result<Request
                             body.len()
                         )));
                     }
+                    // The range must not wrap past 2^64 (piece_count would
+                    // overflow); the chunk store refuses it anyway.
+                    if offset.checked_add(body.len() as u64).is_none() {
+                        return Err(malformed(format!(
+                            "a write of {} bytes at offset {offset} runs past 2^64",
+                            body.len()
+                        )));
+                    }
                     let pieces = pstorage_core::checksums::piece_count(offset, body.len() as u64);
                     if crc_count != pieces {
                         return Err(malformed(format!(
@@ -907,6 +915,17 @@ mod tests {
         assert!(corrupt(24, 1).is_err()); // zeros length on a data write
         let short = Header { body_len: 20, ..h };
         assert!(decode_request(&short, body.slice(..20)).is_err());
+        // Data at an offset whose end passes 2^64 (found by the
+        // data_request fuzz target: piece_count overflowed, a panic in
+        // debug builds).
+        for offset in [u64::MAX, u64::MAX - 1] {
+            let mut b = body.to_vec();
+            b[16..24].copy_from_slice(&offset.to_le_bytes());
+            assert!(matches!(
+                decode_request(&h, Bytes::from(b)),
+                Err(FrameError::Malformed(_))
+            ));
+        }
 
         let (h, b) = frame_bytes(&encode_read(ChunkId(1), MapVersion(2), 3, 4));
         let short = Header { body_len: 31, ..h };
