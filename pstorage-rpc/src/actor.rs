@@ -182,6 +182,8 @@ pub struct RpcServices {
     mds: Option<(Arc<dyn MetadataService>, Arc<dyn CsRegistry>)>,
     group: Option<Arc<dyn MdsGroup>>,
     raft: Option<MdsRaft>,
+    /// The snapshot this server's Raft node is receiving (one per node).
+    snapshot_intake: Arc<crate::raft::SnapshotIntake>,
     control: Option<Arc<dyn ChunkControl>>,
 }
 
@@ -365,6 +367,7 @@ async fn run_server(
                     mds: Some((metadata, registry)),
                     group,
                     raft,
+                    snapshot_intake,
                     ..
                 },
             ) => crate::mds::bootstrap(crate::mds::MdsServices {
@@ -372,6 +375,7 @@ async fn run_server(
                 registry: registry.clone(),
                 group: group.clone(),
                 raft: raft.clone(),
+                snapshot_intake: snapshot_intake.clone(),
             }),
             (
                 Interface::Control,

@@ -47,6 +47,8 @@ struct MdsServer {
     group: Option<Arc<dyn MdsGroup>>,
     /// Receives `raftAppend`, `raftVote`, `raftSnapshot` when present.
     raft: Option<MdsRaft>,
+    /// What arrived of the snapshot the Raft node is receiving.
+    snapshot_intake: Arc<crate::raft::SnapshotIntake>,
 }
 
 /// What an `Mds` connection serves.
@@ -56,6 +58,7 @@ pub(crate) struct MdsServices {
     pub(crate) registry: Arc<dyn CsRegistry>,
     pub(crate) group: Option<Arc<dyn MdsGroup>>,
     pub(crate) raft: Option<MdsRaft>,
+    pub(crate) snapshot_intake: Arc<crate::raft::SnapshotIntake>,
 }
 
 /// The bootstrap capability of an `Mds` connection.
@@ -65,12 +68,14 @@ pub(crate) fn bootstrap(services: MdsServices) -> capnp::capability::Client {
         registry,
         group,
         raft,
+        snapshot_intake,
     } = services;
     let client: mds::Client = capnp_rpc::new_client(MdsServer {
         metadata,
         registry,
         group,
         raft,
+        snapshot_intake,
     });
     client.client
 }
@@ -811,7 +816,7 @@ impl mds::Server for MdsServer {
         let _timer = crate::call_metrics::SERVED_MDS.start("raft_snapshot");
         let outcome = async {
             let data = decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
-            crate::raft::serve_snapshot(self.raft.as_ref(), &data).await
+            crate::raft::serve_snapshot(self.raft.as_ref(), &self.snapshot_intake, &data).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());

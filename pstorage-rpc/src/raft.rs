@@ -13,7 +13,6 @@
 //! `RaftNetworkFactory`, one connection (a `ClientActor` thread) per target
 //! MDS.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::error::{
@@ -141,54 +140,60 @@ pub(crate) async fn serve_vote(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Ve
 /// arrives): far above any state that fits an MDS's memory.
 pub const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
 
-/// Per receiving Raft node (by its id: one process may run several MDSes):
-/// the snapshot being received and how many of its bytes arrived.
-static RECEIVING: parking_lot::Mutex<BTreeMap<MdsId, (String, u64)>> =
-    parking_lot::Mutex::new(BTreeMap::new());
+/// What arrived of the snapshot a Raft node is receiving: one per node
+/// (its RPC server), so several MDSes in one process (a `LocalCluster`,
+/// tests) never mix their transfers.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotIntake {
+    /// The snapshot being received and how many of its bytes arrived.
+    receiving: parking_lot::Mutex<Option<(String, u64)>>,
+}
 
-/// Admits a snapshot chunk for node `me` only where it continues (or
-/// repeats part of) what arrived: openraft writes a chunk at its offset into
-/// an in-memory buffer, so a chunk far beyond the end would make the MDS
-/// allocate that much and abort. A chunk at offset 0 starts a snapshot.
-pub(crate) fn admit_snapshot_chunk(me: MdsId, id: &str, offset: u64, len: u64) -> Result<()> {
-    let mut receiving = RECEIVING.lock();
-    let end = offset.saturating_add(len);
-    if end > MAX_SNAPSHOT_BYTES {
-        return Err(Error::invalid(format!(
-            "snapshot {id}: a chunk ending at byte {end} exceeds the largest snapshot \
-             ({MAX_SNAPSHOT_BYTES} bytes)"
-        )));
-    }
-    match receiving.get_mut(&me) {
-        _ if offset == 0 => {
-            receiving.insert(me, (id.to_string(), end));
-        }
-        Some((current, received)) if current == id && offset <= *received => {
-            *received = (*received).max(end);
-        }
-        Some((current, received)) if current == id => {
+impl SnapshotIntake {
+    /// Admits a chunk only where it continues (or repeats part of) what
+    /// arrived: openraft writes a chunk at its offset into an in-memory
+    /// buffer, so a chunk far beyond the end would make the MDS allocate
+    /// that much and abort. A chunk at offset 0 starts a snapshot.
+    pub(crate) fn admit(&self, id: &str, offset: u64, len: u64) -> Result<()> {
+        let mut receiving = self.receiving.lock();
+        let end = offset.saturating_add(len);
+        if end > MAX_SNAPSHOT_BYTES {
             return Err(Error::invalid(format!(
-                "snapshot {id}: a chunk at byte {offset} leaves a gap after the {received} \
-                 bytes received"
+                "snapshot {id}: a chunk ending at byte {end} exceeds the largest snapshot \
+                 ({MAX_SNAPSHOT_BYTES} bytes)"
             )));
         }
-        _ => {
-            return Err(Error::invalid(format!(
-                "snapshot {id}: a chunk at byte {offset} of a snapshot whose start never \
-                 arrived"
-            )));
+        match receiving.as_mut() {
+            _ if offset == 0 => *receiving = Some((id.to_string(), end)),
+            Some((current, received)) if current == id && offset <= *received => {
+                *received = (*received).max(end);
+            }
+            Some((current, received)) if current == id => {
+                return Err(Error::invalid(format!(
+                    "snapshot {id}: a chunk at byte {offset} leaves a gap after the {received} \
+                     bytes received"
+                )));
+            }
+            _ => {
+                return Err(Error::invalid(format!(
+                    "snapshot {id}: a chunk at byte {offset} of a snapshot whose start never \
+                     arrived"
+                )));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Serves a `raftSnapshot` payload (one chunk) on `raft`.
-pub(crate) async fn serve_snapshot(raft: Option<&MdsRaft>, data: &[u8]) -> Result<Vec<u8>> {
+pub(crate) async fn serve_snapshot(
+    raft: Option<&MdsRaft>,
+    intake: &SnapshotIntake,
+    data: &[u8],
+) -> Result<Vec<u8>> {
     let request: InstallSnapshotRequest<MdsRaftConfig> = decode("install-snapshot request", data)?;
     let raft = raft.ok_or_else(|| no_raft("raftSnapshot"))?;
-    let me = raft.metrics().borrow().id;
-    admit_snapshot_chunk(
-        me,
+    intake.admit(
         &request.meta.snapshot_id,
         request.offset,
         request.data.len() as u64,

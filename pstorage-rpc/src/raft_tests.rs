@@ -948,45 +948,37 @@ fn snapshot_chunk(id: &str, offset: u64, data: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn snapshot_chunks_are_admitted_only_where_they_continue_what_arrived() {
-    use crate::raft::{admit_snapshot_chunk, MAX_SNAPSHOT_BYTES};
-    let me = MdsId(0xfeed);
+    use crate::raft::{SnapshotIntake, MAX_SNAPSHOT_BYTES};
+    let intake = SnapshotIntake::default();
     let kind = |r: Result<()>| r.unwrap_err().kind();
     // Nothing started: only offset 0 is admitted.
-    assert_eq!(
-        kind(admit_snapshot_chunk(me, "a", 10, 5)),
-        ErrorKind::InvalidArgument
-    );
-    admit_snapshot_chunk(me, "a", 0, 100).unwrap();
-    admit_snapshot_chunk(me, "a", 100, 100).unwrap();
+    assert_eq!(kind(intake.admit("a", 10, 5)), ErrorKind::InvalidArgument);
+    intake.admit("a", 0, 100).unwrap();
+    intake.admit("a", 100, 100).unwrap();
     // A repeated chunk (a retry) is fine; a gap is not.
-    admit_snapshot_chunk(me, "a", 100, 100).unwrap();
+    intake.admit("a", 100, 100).unwrap();
+    assert_eq!(kind(intake.admit("a", 201, 1)), ErrorKind::InvalidArgument);
     assert_eq!(
-        kind(admit_snapshot_chunk(me, "a", 201, 1)),
-        ErrorKind::InvalidArgument
-    );
-    assert_eq!(
-        kind(admit_snapshot_chunk(me, "a", 1 << 60, 1)),
+        kind(intake.admit("a", 1 << 60, 1)),
         ErrorKind::InvalidArgument
     );
     // Another snapshot must start at 0; a new start replaces the old one.
-    assert_eq!(
-        kind(admit_snapshot_chunk(me, "b", 200, 1)),
-        ErrorKind::InvalidArgument
-    );
-    admit_snapshot_chunk(me, "b", 0, 1).unwrap();
-    assert_eq!(
-        kind(admit_snapshot_chunk(me, "a", 200, 1)),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(kind(intake.admit("b", 200, 1)), ErrorKind::InvalidArgument);
+    intake.admit("b", 0, 1).unwrap();
+    assert_eq!(kind(intake.admit("a", 200, 1)), ErrorKind::InvalidArgument);
     // Never beyond the largest snapshot, and no overflow.
     assert_eq!(
-        kind(admit_snapshot_chunk(me, "c", 0, MAX_SNAPSHOT_BYTES + 1)),
+        kind(intake.admit("c", 0, MAX_SNAPSHOT_BYTES + 1)),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        kind(admit_snapshot_chunk(me, "b", u64::MAX, 2)),
+        kind(intake.admit("b", u64::MAX, 2)),
         ErrorKind::InvalidArgument
     );
+    // Another node's intake is its own.
+    let other = SnapshotIntake::default();
+    other.admit("z", 0, 10).unwrap();
+    intake.admit("b", 1, 1).unwrap();
 }
 
 /// A snapshot chunk at a huge offset made the MDS allocate up to it (the
