@@ -56,7 +56,7 @@ run_one() {
   # The first corpus directory receives the new inputs; the committed one
   # is only read.
   "$bin_dir/$t" -artifact_prefix="fuzz/artifacts/$t/" -max_total_time="$secs" \
-    -rss_limit_mb="$rss" -malloc_limit_mb="$rss" -timeout=10 -print_final_stats=1 \
+    -rss_limit_mb="$rss" -malloc_limit_mb="$rss" -timeout=10 -print_final_stats=1 -seed="${FUZZ_SEED:-0}" \
     "$corpus" "fuzz/corpus/$t" >"$logs/$t.log" 2>&1
 }
 

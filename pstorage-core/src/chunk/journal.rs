@@ -897,7 +897,15 @@ impl Journal {
             if mark.seq <= state.tail.seq {
                 return Ok(());
             }
-            (state.generation + 1, (state.generation + 1) % 2)
+            // A superblock read from disk may claim the last generation
+            // (found by the chunk_journal fuzz target): refuse, not wrap.
+            let Some(next) = state.generation.checked_add(1) else {
+                return Err(Error::corrupt(format!(
+                    "journal {}: its superblock generation {} cannot grow",
+                    self.name(), state.generation
+                )));
+            };
+            (next, next % 2)
         };
         let sb = Superblock {
             generation,
