@@ -902,7 +902,8 @@ impl Journal {
             let Some(next) = state.generation.checked_add(1) else {
                 return Err(Error::corrupt(format!(
                     "journal {}: its superblock generation {} cannot grow",
-                    self.name(), state.generation
+                    self.name(),
+                    state.generation
                 )));
             };
             (next, next % 2)
