@@ -502,21 +502,24 @@ int pstorage_connect(const char *cluster,
 
 /**
  * Connects to a cluster given explicitly: `naddrs` MDS addresses
- * (`"host:port"`, port 2510 if omitted) in `addrs`, and the path of the
- * cluster key file (as written by `pstorage auth-node`, 64 hex digits).
- * No configuration directory is read.
+ * (`"host:port"`, port 2510 if omitted) in `addrs`, and the directory of
+ * this node's credentials, `cred_dir`: `ca.crt`, `node.crt` and `node.key`
+ * as `pstorage auth-node` writes them in a cluster's configuration
+ * directory. No `bs.list` is read and nothing is saved.
  *
  * Ownership, thread-safety and blocking as `pstorage_connect`.
  *
  * Returns 0 or:
- * - `-EINVAL`: NULL `addrs`, `key_file` or `out`, `naddrs` 0, a NULL or
- *   malformed address, a malformed key file;
- * - `-EACCES`: the key file is unreadable, or the key is wrong;
+ * - `-EINVAL`: NULL `addrs`, `cred_dir` or `out`, `naddrs` 0, a NULL or
+ *   malformed address, a malformed certificate or key, or a certificate
+ *   of another CA than `ca.crt`;
+ * - `-EACCES`: no certificate in `cred_dir`, the key is readable by
+ *   others, or the cluster refuses the certificate;
  * - `-EAGAIN`, `-ETIMEDOUT`, `-EPROTO`, `-EIO`, `-EDEADLK`: as `pstorage_connect`.
  */
 int pstorage_connect_bootstrap(const char *const *addrs,
                                size_t naddrs,
-                               const char *key_file,
+                               const char *cred_dir,
                                struct pstorage_cluster_t **out);
 
 /**

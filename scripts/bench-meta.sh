@@ -43,7 +43,7 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 for i in $(seq 1 "$mds_count"); do
   port=$(free_port)
   if [ "$i" = 1 ]; then
-    echo bench | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds$i" -p >/dev/null
+    echo bench-password | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds$i" -p >/dev/null
   else
     "$bin/pstorage" -c $name make-mds -a 127.0.0.1:$port -r "$dir/mds$i" >/dev/null
   fi

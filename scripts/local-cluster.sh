@@ -3,7 +3,8 @@
 # 127.0.0.1, data under ./.local-cluster (or $PSTORAGE_LOCAL_DIR).
 #   scripts/local-cluster.sh          create (first time) and start
 #   scripts/local-cluster.sh stop     stop the daemons
-# Environment: PSTORAGE_PASSWORD (default "pstorage"), PSTORAGE_MDS_PORT
+# Environment: PSTORAGE_PASSWORD (default: a random one, kept in
+# $dir/password, mode 0600, for `auth-node` of other local nodes), PSTORAGE_MDS_PORT
 # (default 2510), PSTORAGE_CS_COUNT (default 3), PSTORAGE_NO_BUILD=1 (use the
 # release binaries already built).
 set -euo pipefail
@@ -13,7 +14,7 @@ dir=${PSTORAGE_LOCAL_DIR:-$top/.local-cluster}
 name=local
 port=${PSTORAGE_MDS_PORT:-2510}
 count=${PSTORAGE_CS_COUNT:-3}
-password=${PSTORAGE_PASSWORD:-pstorage}
+password=${PSTORAGE_PASSWORD:-}
 bin=$top/target/release
 export PSTORAGE_CONF_DIR=$dir/conf
 
@@ -39,6 +40,12 @@ start() { # name binary data-dir
 }
 
 if [ ! -d "$dir/mds" ]; then
+  if [ -z "$password" ]; then
+    # A random cluster password (make-mds -I refuses weak ones).
+    password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+    (umask 077; echo "$password" >"$dir/password")
+    echo "cluster password: in $dir/password"
+  fi
   echo "$password" | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds" -p
 fi
 start mds pstorage-mdsd "$dir/mds"

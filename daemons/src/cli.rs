@@ -68,11 +68,16 @@ pub enum Command {
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u64,
     },
-    /// Prove the cluster password to an MDS and store the cluster key on this node.
+    /// Prove the cluster password to an MDS and store this node's
+    /// certificate (an admin's unless --role client narrows it).
     AuthNode {
         /// Ask for the password (the default; kept for compatibility).
         #[arg(short = 'p')]
         password: bool,
+        /// The role of the certificate: admin (administers the cluster) or
+        /// client (files only).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "client"])]
+        role: String,
     },
     /// Create a chunk server in DIR.
     MakeCs {
@@ -332,6 +337,7 @@ async fn execute(cli: &Cli) -> Result<()> {
                 return Ok(());
             }
             let password = crate::password::read_password("Cluster password: ", true)?;
+            crate::password::check_strength(&password, &conf.name)?;
             let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
             let service = node::create_cluster_mds(&conf, dir, addr, &key, *chunk_size)?;
             println!(
@@ -341,13 +347,22 @@ async fn execute(cli: &Cli) -> Result<()> {
                 dir.display(),
                 dir.display()
             );
+            println!(
+                "cluster CA fingerprint (SHA-256): {}",
+                node::ca_fingerprint(dir)?
+            );
         }
-        Command::AuthNode { .. } => {
+        Command::AuthNode { role, .. } => {
+            let role = pstorage_rpc::pki::Role::parse(role)?;
             let password = crate::password::read_password("Cluster password: ", false)?;
-            let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
-            node::verify_key(&conf, &key).await?;
-            conf.store_key(&key)?;
-            println!("node authenticated in cluster {}", conf.name);
+            let identity = node::auth_node(&conf, &password, role).await?;
+            println!(
+                "node authenticated in cluster {} as {} (role {}); cluster CA fingerprint (SHA-256) {}",
+                conf.name,
+                identity.peer.name,
+                identity.peer.role,
+                identity.ca_fingerprint()
+            );
         }
         Command::MakeCs {
             dir,

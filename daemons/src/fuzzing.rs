@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::mds::{MdsConfig, MdsService, MdsState};
 use pstorage_core::traits::{ChunkControl, ControlConnector, MetadataService, SystemClock};
 use pstorage_core::types::{FileAttrs, LeaseMode, OpenFlags, Perms};
@@ -122,9 +121,9 @@ fn env() -> Env {
             .expect("sizing the export");
         mds.close(reply.lease.id).await.expect("closing the export");
     });
-    let chunks = Arc::new(pstorage_rpc::data::TcpChunkConnector::new(ClusterKey(
-        [0; KEY_LEN],
-    )));
+    let chunks = Arc::new(pstorage_rpc::data::TcpChunkConnector::new(
+        pstorage_rpc::tls::test_credentials(pstorage_rpc::pki::Role::Client),
+    ));
     let client = Client::new(mds, chunks, ClientOptions::default());
     let exports = runtime
         .block_on(async { Exports::new(client, false, Arc::new(NbdMetrics::default()), None) });

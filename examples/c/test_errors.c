@@ -8,12 +8,13 @@
  *   test_errors CLUSTER
  *
  * The cluster's configuration is read from $PSTORAGE_CONF_DIR/CLUSTER
- * (bs.list, auth.key). Works in /test-errors-PID, removed at the end.
+ * (bs.list and the node's certificate: ca.crt, node.crt, node.key). Works in /test-errors-PID, removed at the end.
  * Prints one line per failed check and "N passed, N failed"; exits 1 if
  * any check failed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -190,9 +191,10 @@ static void check_connect(const char *name)
         failed++;
         return;
     }
-    char bs_path[1024], key_path[1024], addr[256] = {0}, wrong_key[] = "/tmp/pstorage-wrong-keyXXXXXX";
+    char bs_path[1024], key_path[1024], addr[256] = {0}, wrong_dir[] = "/tmp/pstorage-wrong-credsXXXXXX";
     snprintf(bs_path, sizeof bs_path, "%s/%s/bs.list", root, name);
-    snprintf(key_path, sizeof key_path, "%s/%s/auth.key", root, name);
+    /* The node's credentials: ca.crt, node.crt, node.key (auth-node). */
+    snprintf(key_path, sizeof key_path, "%s/%s", root, name);
     FILE *bs = fopen(bs_path, "r");
     if (!bs || !fgets(addr, sizeof addr, bs)) {
         printf("FAIL: cannot read %s\n", bs_path);
@@ -210,19 +212,32 @@ static void check_connect(const char *name)
     EXPECT(pstorage_connect_bootstrap(addrs, 1, key_path, NULL), -EINVAL);
     const char *bad_addrs[] = {"127.0.0.1:notaport"};
     EXPECT(pstorage_connect_bootstrap(bad_addrs, 1, key_path, &c), -EINVAL);
-    EXPECT(pstorage_connect_bootstrap(addrs, 1, "/nonexistent/auth.key", &c), -EACCES);
+    EXPECT(pstorage_connect_bootstrap(addrs, 1, "/nonexistent/creds", &c), -EACCES);
 
-    /* A well-formed key that is not the cluster's. */
-    int fd = mkstemp(wrong_key);
-    const char zeros[] = "0000000000000000000000000000000000000000000000000000000000000000\n";
-    if (fd < 0 || write(fd, zeros, sizeof zeros - 1) != (ssize_t)(sizeof zeros - 1)) {
-        printf("FAIL: cannot write %s\n", wrong_key);
+    /* A certificate that is not one. */
+    char garbage_path[1100];
+    if (!mkdtemp(wrong_dir)) {
+        printf("FAIL: cannot make %s\n", wrong_dir);
         failed++;
         return;
     }
-    close(fd);
-    EXPECT(pstorage_connect_bootstrap(addrs, 1, wrong_key, &c), -EACCES);
-    unlink(wrong_key);
+    const char *files[] = {"ca.crt", "node.crt", "node.key"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(garbage_path, sizeof garbage_path, "%s/%s", wrong_dir, files[i]);
+        int fd = open(garbage_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 || write(fd, "not pem\n", 8) != 8) {
+            printf("FAIL: cannot write %s\n", garbage_path);
+            failed++;
+            return;
+        }
+        close(fd);
+    }
+    EXPECT(pstorage_connect_bootstrap(addrs, 1, wrong_dir, &c), -EINVAL);
+    for (int i = 0; i < 3; i++) {
+        snprintf(garbage_path, sizeof garbage_path, "%s/%s", wrong_dir, files[i]);
+        unlink(garbage_path);
+    }
+    rmdir(wrong_dir);
 
     /* And the explicit form works. */
     EXPECT(pstorage_connect_bootstrap(addrs, 1, key_path, &c), 0);

@@ -150,11 +150,6 @@ impl ClusterConf {
         self.dir.join(BS_LIST)
     }
 
-    /// The path of the cluster's `auth.key`.
-    pub fn key_path(&self) -> PathBuf {
-        self.dir.join(KEY_FILE)
-    }
-
     /// The MDS bootstrap addresses, in file order. Blank lines and `#`
     /// comments are ignored; a missing port means [`DEFAULT_MDS_PORT`].
     pub fn bootstrap(&self) -> Result<Vec<String>> {
@@ -218,17 +213,6 @@ impl ClusterConf {
         }
         self.write_bootstrap(&addrs)
     }
-
-    /// The cluster key stored by `auth-node` / `make-mds -I`.
-    pub fn key(&self) -> Result<ClusterKey> {
-        ClusterKey::read(&self.key_path())
-    }
-
-    /// Stores the cluster key (mode 0600).
-    pub fn store_key(&self, key: &ClusterKey) -> Result<()> {
-        create_private_dir_all(&self.dir)?;
-        key.write(&self.key_path())
-    }
 }
 
 /// Parses the text of a `bs.list`.
@@ -278,14 +262,11 @@ mod tests {
     #[test]
     fn key_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
-        let conf = ClusterConf::new(dir.path(), "c1").unwrap();
         let key = ClusterKey([7u8; KEY_LEN]);
-        conf.store_key(&key).unwrap();
-        assert_eq!(conf.key().unwrap(), key);
-        let mode = std::fs::metadata(conf.key_path())
-            .unwrap()
-            .permissions()
-            .mode();
+        let path = dir.path().join(KEY_FILE);
+        key.write(&path).unwrap();
+        assert_eq!(ClusterKey::read(&path).unwrap(), key);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(ClusterConf::new(dir.path(), "bad name").is_err());
     }

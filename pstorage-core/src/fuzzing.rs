@@ -500,12 +500,14 @@ mod tests {
             ("mds_raft_snapshot", mds_raft_snapshot),
         ];
         for (target, run) in targets {
-            let Ok(dir) = std::fs::read_dir(corpus(target)) else {
-                continue;
-            };
+            let dir = std::fs::read_dir(corpus(target))
+                .unwrap_or_else(|e| panic!("the corpus of {target}: {e}"));
+            let mut seeds = 0;
             for entry in dir {
                 run(&std::fs::read(entry.unwrap().path()).unwrap());
+                seeds += 1;
             }
+            assert!(seeds > 0, "{target} has no seeds");
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use pstorage_core::client::{Client, ClientOptions};
-use pstorage_core::conf::{conf_root, with_default_port, ClusterConf, ClusterKey};
+use pstorage_core::conf::{conf_root, with_default_port, ClusterConf};
 use pstorage_core::types::{AttrUpdate, DirEntry, Replicas};
 use pstorage_rpc::node::{build_client, MdsSource};
 use tokio::runtime::{Handle, Runtime};
@@ -260,22 +260,25 @@ pub unsafe extern "C" fn pstorage_connect(
 }
 
 /// Connects to a cluster given explicitly: `naddrs` MDS addresses
-/// (`"host:port"`, port 2510 if omitted) in `addrs`, and the path of the
-/// cluster key file (as written by `pstorage auth-node`, 64 hex digits).
-/// No configuration directory is read.
+/// (`"host:port"`, port 2510 if omitted) in `addrs`, and the directory of
+/// this node's credentials, `cred_dir`: `ca.crt`, `node.crt` and `node.key`
+/// as `pstorage auth-node` writes them in a cluster's configuration
+/// directory. No `bs.list` is read and nothing is saved.
 ///
 /// Ownership, thread-safety and blocking as `pstorage_connect`.
 ///
 /// Returns 0 or:
-/// - `-EINVAL`: NULL `addrs`, `key_file` or `out`, `naddrs` 0, a NULL or
-///   malformed address, a malformed key file;
-/// - `-EACCES`: the key file is unreadable, or the key is wrong;
+/// - `-EINVAL`: NULL `addrs`, `cred_dir` or `out`, `naddrs` 0, a NULL or
+///   malformed address, a malformed certificate or key, or a certificate
+///   of another CA than `ca.crt`;
+/// - `-EACCES`: no certificate in `cred_dir`, the key is readable by
+///   others, or the cluster refuses the certificate;
 /// - `-EAGAIN`, `-ETIMEDOUT`, `-EPROTO`, `-EIO`, `-EDEADLK`: as `pstorage_connect`.
 #[no_mangle]
 pub unsafe extern "C" fn pstorage_connect_bootstrap(
     addrs: *const *const c_char,
     naddrs: usize,
-    key_file: *const c_char,
+    cred_dir: *const c_char,
     out: *mut *mut pstorage_cluster_t,
 ) -> c_int {
     const F: &str = "pstorage_connect_bootstrap";
@@ -292,15 +295,20 @@ pub unsafe extern "C" fn pstorage_connect_bootstrap(
             bootstrap.push(with_default_port(addr)?);
         }
         // SAFETY: as above.
-        let key_path = unsafe { c_str(key_file, "key_file", F) }?;
-        let key = ClusterKey::read(Path::new(key_path))?;
+        let dir = unsafe { c_str(cred_dir, "cred_dir", F) }?;
+        let credentials =
+            pstorage_rpc::tls::Credentials::new(pstorage_rpc::pki::NodeIdentity::load(
+                Path::new(dir),
+                pstorage_rpc::node::NODE_STEM,
+                "run `pstorage -c CLUSTER auth-node` and give its configuration directory",
+            )?)?;
         connect(F, out, || {
             // It follows the MDS group from these addresses (nothing is
             // saved: there is no configuration directory).
             Ok(build_client(
                 MdsSource::Bootstrap {
                     addrs: bootstrap,
-                    key,
+                    credentials,
                 },
                 ClientOptions::default(),
             )?)

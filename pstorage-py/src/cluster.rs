@@ -65,8 +65,9 @@ fn connect(conf: &ClusterConf, timeout: Duration) -> pstorage_core::Result<block
 
 #[pymethods]
 impl RawCluster {
-    /// Reads the cluster's configuration (`<conf_dir>/<name>/bs.list`,
-    /// `auth.key`) and prepares a client; the MDS is contacted on the first
+    /// Reads the cluster's configuration (`<conf_dir>/<name>/bs.list` and
+    /// this node's certificate: `ca.crt`, `node.crt`, `node.key`) and
+    /// prepares a client; the MDS is contacted on the first
     /// call. `conf_dir` defaults to `$PSTORAGE_CONF_DIR`, else
     /// `/etc/pstorage/clusters`.
     #[new]

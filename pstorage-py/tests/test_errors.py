@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -90,22 +91,35 @@ def test_invalid_path(cluster: pstorage.Cluster) -> None:
 
 
 def test_permission_denied(local_cluster: LocalCluster, tmp_path: Path) -> None:
-    # A node whose key file is missing.
+    # A node that is not authenticated: no certificate.
     root = tmp_path / "conf"
-    (root / local_cluster.name).mkdir(parents=True)
-    shutil.copy(local_cluster.conf_dir / local_cluster.name / "bs.list", root / local_cluster.name)
+    node = root / local_cluster.name
+    node.mkdir(parents=True)
+    shutil.copy(local_cluster.conf_dir / local_cluster.name / "bs.list", node)
     with pytest.raises(PermissionError) as e:
         pstorage.Cluster(local_cluster.name, root)
-    check(e.value, pstorage.PermissionDenied, errno.EACCES, "auth.key", "auth-node")
+    check(e.value, pstorage.PermissionDenied, errno.EACCES, "node.crt", "auth-node")
     # A key file others may read is refused, saying how to fix it.
-    key = root / local_cluster.name / "auth.key"
-    key.write_text("ab" * 32 + "\n")
-    key.chmod(0o644)
+    for name in ("ca.crt", "node.crt", "node.key"):
+        shutil.copy(local_cluster.conf_dir / local_cluster.name / name, node)
+    (node / "node.key").chmod(0o644)
     with pytest.raises(PermissionError) as e:
         pstorage.Cluster(local_cluster.name, root)
     check(e.value, pstorage.PermissionDenied, errno.EACCES, "chmod 600")
-    # A node with a wrong key: the MDS refuses it.
-    key.chmod(0o600)
+    # A node of another cluster (its own CA, made with openssl): the TLS
+    # handshake refuses it.
+    other = tmp_path / "other"
+    other.mkdir()
+    run = lambda *args: subprocess.run(args, cwd=other, check=True, capture_output=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    run("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=other CA", "-days", "1")
+    run("openssl", "req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=intruder/OU=admin")
+    (other / "ext").write_text("subjectAltName=DNS:pstorage-node\n")
+    run("openssl", "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "node.crt", "-days", "1", "-extfile", "ext")
+    for name in ("ca.crt", "node.crt", "node.key"):
+        shutil.copy(other / name, node)
+    (node / "node.key").chmod(0o600)
     with pstorage.Cluster(local_cluster.name, root, timeout=10) as c:
         with pytest.raises(PermissionError) as e:
             c.stat("/")
@@ -116,7 +130,8 @@ def test_unavailable(local_cluster: LocalCluster, tmp_path: Path) -> None:
     # Nothing listens at the bootstrap address.
     root = tmp_path / "conf"
     (root / local_cluster.name).mkdir(parents=True)
-    shutil.copy(local_cluster.conf_dir / local_cluster.name / "auth.key", root / local_cluster.name)
+    for name in ("ca.crt", "node.crt", "node.key"):
+        shutil.copy(local_cluster.conf_dir / local_cluster.name / name, root / local_cluster.name)
     from conftest import free_port
 
     (root / local_cluster.name / "bs.list").write_text(f"127.0.0.1:{free_port()}\n")

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::Result;
 use pstorage_core::traits::{CheckedBytes, ChunkService, ReplicaError, WritePayload, WriteRequest};
 use pstorage_core::types::{ChunkId, MapVersion};
 use pstorage_rpc::auth::{self, Channel};
 use pstorage_rpc::data::{serve_data_connection, DataClient};
+use pstorage_rpc::pki::Role;
+use pstorage_rpc::tls::test_credentials;
 use tokio::net::TcpListener;
 
 /// Accepts everything, stores nothing.
@@ -121,16 +122,18 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let key = ClusterKey([9; KEY_LEN]);
+        // TLS as between nodes of a cluster (a test CA).
+        let key = test_credentials(Role::Client);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let server_key = key.clone();
+        let server_key = test_credentials(Role::Cs);
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
-            auth::server_handshake(&mut stream, &server_key)
+            let channel = auth::peek_channel(&mut stream).await.expect("preface");
+            let (tls, peer) = auth::accept_tls(stream, &server_key, channel)
                 .await
                 .expect("handshake");
-            serve_data_connection(stream, Arc::new(NoopService)).await;
+            serve_data_connection(tls, peer, Arc::new(NoopService)).await;
         });
         let stream = auth::connect(&addr, &key, Channel::Data)
             .await

@@ -199,6 +199,19 @@ struct TextResult {
   }
 }
 
+struct JoinSecrets {
+  caCert @0 :Text;
+  caKey @1 :Text;
+  clusterKey @2 :Text;
+}
+
+struct JoinSecretsResult {
+  union {
+    ok @0 :JoinSecrets;
+    err @1 :Error;
+  }
+}
+
 struct DataResult {
   union {
     ok @0 :Data;
@@ -754,6 +767,14 @@ interface Mds {
   upgradeLease @40 (lease :UInt64) -> (result :OpenResult);
   setLock @41 (lease :UInt64, req :LockRequest) -> (result :VoidResult);
   testLock @42 (lease :UInt64, req :LockRequest) -> (result :TestLockResult);
+
+  # Certificates (pstorage-rpc/src/pki.rs). A certificate of the cluster CA
+  # for the key of `csr` (a DER certificate signing request), naming `role`
+  # and `name` (PEM); admins and MDSes only (`make-cs`, `make-mds`).
+  issueCertificate @43 (csr :Data, role :Text, name :Text) -> (result :TextResult);
+  # What a new MDS needs beside its certificate: the CA's certificate and
+  # key, and the cluster key that checks enrollments; admins and MDSes only.
+  joinSecrets @44 () -> (result :JoinSecretsResult);
 }
 
 enum BlockRepairOutcome {

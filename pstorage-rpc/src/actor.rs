@@ -26,6 +26,10 @@ use pstorage_core::membership::MemberDirectory;
 use pstorage_core::traits::{ChunkControl, CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::{Error, ErrorKind, Result};
 use tokio::net::TcpStream;
+
+use crate::auth::{ClientStream, HandshakeSlot};
+use crate::pki::Peer;
+use crate::tls::Credentials;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -34,10 +38,11 @@ use crate::wire;
 
 /// Opens an authenticated connection to `host:port`.
 ///
-/// Supplied by the caller (the daemons connect and run the auth handshake);
-/// the stream it returns must be ready for Cap'n Proto messages. It is
-/// awaited on a client thread's runtime, so it may use tokio freely.
-pub type Dialer = Arc<dyn Fn(String) -> BoxFuture<'static, Result<TcpStream>> + Send + Sync>;
+/// Supplied by the caller (the daemons connect with TLS,
+/// [`crate::auth::connect`]); the stream it returns must be ready for Cap'n
+/// Proto messages. It is awaited on the client thread's runtime, which the
+/// stream then belongs to.
+pub type Dialer = Arc<dyn Fn(String) -> BoxFuture<'static, Result<ClientStream>> + Send + Sync>;
 
 /// Where a client connects: the addresses to try, in order, at every
 /// (re)connection, told which ones failed and which one answered so that it
@@ -142,21 +147,14 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 /// Longest pause between two rounds of dialing.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Hands a stream to the runtime of the current thread: a tokio stream is
-/// bound to the reactor it was registered with, which may belong to another
-/// thread's runtime (the accept loop's, the dialer's).
-fn adopt(stream: TcpStream) -> Result<TcpStream> {
-    let stream = TcpStream::from_std(stream.into_std()?)?;
-    // Control calls are small request/response pairs: never wait for Nagle.
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// Builds the two-party network of one connection.
-fn vat_network(stream: TcpStream, side: Side) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>> {
-    let (reader, writer) = stream.into_split();
+fn vat_network<S>(stream: S, side: Side) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let (reader, writer) = tokio::io::split(stream);
     Box::new(twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufReader::new(crate::tls::CloseAsEof(reader).compat()),
         futures::io::BufWriter::new(writer.compat_write()),
         side,
         wire::reader_options(),
@@ -185,6 +183,8 @@ pub struct RpcServices {
     /// The snapshot this server's Raft node is receiving (one per node).
     snapshot_intake: Arc<crate::raft::SnapshotIntake>,
     control: Option<Arc<dyn ChunkControl>>,
+    /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
+    enrollment: Option<Arc<crate::enroll::Enrollment>>,
 }
 
 impl RpcServices {
@@ -219,6 +219,14 @@ impl RpcServices {
         self
     }
 
+    /// Serves `issueCertificate` and `joinSecrets` of the `Mds` interface
+    /// with this MDS's CA and cluster key. Without it they answer
+    /// `Unavailable`.
+    pub fn with_enrollment(mut self, enrollment: Arc<crate::enroll::Enrollment>) -> RpcServices {
+        self.enrollment = Some(enrollment);
+        self
+    }
+
     /// Serves the `ChunkControl` interface from this implementation.
     pub fn with_control(mut self, control: Arc<dyn ChunkControl>) -> RpcServices {
         self.control = Some(control);
@@ -237,6 +245,8 @@ enum Interface {
 struct Incoming {
     stream: std::net::TcpStream,
     interface: Interface,
+    /// Held until the TLS handshake ends (the accept loop's bound).
+    slot: Option<HandshakeSlot>,
 }
 
 /// A dedicated OS thread that serves control-RPC connections.
@@ -256,8 +266,14 @@ pub struct RpcServerThread {
 }
 
 impl RpcServerThread {
-    /// Starts the thread. `name` names the OS thread (for `top -H`, logs).
-    pub fn spawn(name: &str, services: RpcServices) -> Result<RpcServerThread> {
+    /// Starts the thread. `name` names the OS thread (for `top -H`, logs);
+    /// `credentials` are what the connections' TLS handshakes show and
+    /// check.
+    pub fn spawn(
+        name: &str,
+        credentials: Credentials,
+        services: RpcServices,
+    ) -> Result<RpcServerThread> {
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let connections = Arc::new(AtomicUsize::new(0));
         let runtime = thread_runtime()?;
@@ -270,7 +286,7 @@ impl RpcServerThread {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &runtime,
-                    run_server(incoming_rx, services, thread_connections),
+                    run_server(incoming_rx, credentials, services, thread_connections),
                 );
                 // Drop the connection tasks inside the runtime they belong to.
                 let _guard = runtime.enter();
@@ -288,27 +304,30 @@ impl RpcServerThread {
         })
     }
 
-    /// Serves the `Mds` interface on an authenticated stream, until the peer
-    /// disconnects. Errors: `Internal` if this server has no MDS service or
-    /// its thread stopped; `Io` if the stream is unusable.
-    pub fn serve_mds(&self, stream: TcpStream) -> Result<()> {
+    /// Serves the `Mds` interface on a connection whose preface asked for
+    /// the control channel: the thread runs the TLS handshake (the client
+    /// must show a certificate of the cluster CA), then serves calls, each
+    /// checked against the client's role, until the peer disconnects.
+    /// `slot` is released once the handshake ends. Errors: `Internal` if
+    /// this server has no MDS service or its thread stopped; `Io` if the
+    /// stream is unusable.
+    pub fn serve_mds(&self, stream: TcpStream, slot: Option<HandshakeSlot>) -> Result<()> {
         if !self.has_mds {
             return Err(Error::internal(
                 "this RPC server has no MDS service: build it with RpcServices::with_mds",
             ));
         }
-        self.hand_over(stream, Interface::Mds)
+        self.hand_over(stream, Interface::Mds, slot)
     }
 
-    /// Serves the `ChunkControl` interface on an authenticated stream, until
-    /// the peer disconnects. Errors as [`RpcServerThread::serve_mds`].
-    pub fn serve_control(&self, stream: TcpStream) -> Result<()> {
+    /// Serves the `ChunkControl` interface, as [`RpcServerThread::serve_mds`].
+    pub fn serve_control(&self, stream: TcpStream, slot: Option<HandshakeSlot>) -> Result<()> {
         if !self.has_control {
             return Err(Error::internal(
                 "this RPC server has no chunk control service: build it with RpcServices::with_control",
             ));
         }
-        self.hand_over(stream, Interface::Control)
+        self.hand_over(stream, Interface::Control, slot)
     }
 
     /// How many connections are being served right now.
@@ -316,12 +335,21 @@ impl RpcServerThread {
         self.connections.load(Ordering::SeqCst)
     }
 
-    fn hand_over(&self, stream: TcpStream, interface: Interface) -> Result<()> {
+    fn hand_over(
+        &self,
+        stream: TcpStream,
+        interface: Interface,
+        slot: Option<HandshakeSlot>,
+    ) -> Result<()> {
         let stream = stream.into_std()?;
         self.incoming
             .as_ref()
             .expect("the sender lives until drop")
-            .send(Incoming { stream, interface })
+            .send(Incoming {
+                stream,
+                interface,
+                slot,
+            })
             .map_err(|_| Error::internal("the RPC server thread has stopped"))
     }
 }
@@ -356,38 +384,17 @@ impl Drop for ConnectionCount {
 
 async fn run_server(
     mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    credentials: Credentials,
     services: RpcServices,
     connections: Arc<AtomicUsize>,
 ) {
-    while let Some(Incoming { stream, interface }) = incoming.recv().await {
-        let bootstrap = match (interface, &services) {
-            (
-                Interface::Mds,
-                RpcServices {
-                    mds: Some((metadata, registry)),
-                    group,
-                    raft,
-                    snapshot_intake,
-                    ..
-                },
-            ) => crate::mds::bootstrap(crate::mds::MdsServices {
-                metadata: metadata.clone(),
-                registry: registry.clone(),
-                group: group.clone(),
-                raft: raft.clone(),
-                snapshot_intake: snapshot_intake.clone(),
-            }),
-            (
-                Interface::Control,
-                RpcServices {
-                    control: Some(control),
-                    ..
-                },
-            ) => crate::control::bootstrap(control.clone()),
-            // serve_mds / serve_control checked this before handing over.
-            _ => unreachable!("connection for a service this server does not have"),
-        };
-        let peer = stream
+    while let Some(Incoming {
+        stream,
+        interface,
+        slot,
+    }) = incoming.recv().await
+    {
+        let peer_addr = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "an unknown peer".into());
@@ -395,19 +402,78 @@ async fn run_server(
         {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!("dropping {interface:?} connection from {peer}: {e}");
+                tracing::warn!("dropping {interface:?} connection from {peer_addr}: {e}");
                 continue;
             }
         };
-        let system = RpcSystem::new(vat_network(stream, Side::Server), Some(bootstrap));
         let count = ConnectionCount::new(connections.clone());
+        let (credentials, services) = (credentials.clone(), services.clone());
         tokio::task::spawn_local(async move {
             let _count = count;
+            let accepted =
+                crate::auth::accept_tls(stream, &credentials, crate::auth::Channel::Control).await;
+            drop(slot);
+            let (stream, peer) = match accepted {
+                Ok((stream, Some(peer))) => (stream, peer),
+                Ok((_, None)) => return,
+                Err(e) => {
+                    tracing::warn!("refused {interface:?} connection from {peer_addr}: {e}");
+                    return;
+                }
+            };
+            let bootstrap = bootstrap_for(interface, &services, peer.clone());
+            let system = RpcSystem::new(vat_network(stream, Side::Server), Some(bootstrap));
             match system.await {
-                Ok(()) => tracing::debug!("{interface:?} connection from {peer} closed"),
-                Err(e) => tracing::info!("{interface:?} connection from {peer} closed: {e}"),
+                Ok(()) => {
+                    tracing::debug!("{interface:?} connection from {peer} at {peer_addr} closed")
+                }
+                Err(e) => {
+                    tracing::info!(
+                        "{interface:?} connection from {peer} at {peer_addr} closed: {e}"
+                    )
+                }
             }
         });
+    }
+}
+
+/// The bootstrap capability of a connection from `peer`.
+fn bootstrap_for(
+    interface: Interface,
+    services: &RpcServices,
+    peer: Peer,
+) -> capnp::capability::Client {
+    match (interface, services) {
+        (
+            Interface::Mds,
+            RpcServices {
+                mds: Some((metadata, registry)),
+                group,
+                raft,
+                snapshot_intake,
+                enrollment,
+                ..
+            },
+        ) => crate::mds::bootstrap(
+            crate::mds::MdsServices {
+                metadata: metadata.clone(),
+                registry: registry.clone(),
+                group: group.clone(),
+                raft: raft.clone(),
+                snapshot_intake: snapshot_intake.clone(),
+                enrollment: enrollment.clone(),
+            },
+            peer,
+        ),
+        (
+            Interface::Control,
+            RpcServices {
+                control: Some(control),
+                ..
+            },
+        ) => crate::control::bootstrap(control.clone(), peer),
+        // serve_mds / serve_control checked this before handing over.
+        _ => unreachable!("connection for a service this server does not have"),
     }
 }
 
@@ -485,6 +551,10 @@ impl<C> Link<C> {
             capnp::ErrorKind::Overloaded => {
                 Error::unavailable(format!("{service} at {addr} is overloaded: {e}"))
             }
+            capnp::ErrorKind::Failed if e.extra.contains(crate::roles::DENIED) => Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{method}: {service} at {addr} refused it: {}", e.extra),
+            ),
             _ => Error::protocol(format!(
                 "{method} with {service} at {addr} failed in the RPC layer: {e}"
             )),
@@ -735,7 +805,7 @@ impl Dialing {
     /// rounds with backoff, until one answers or `connect_timeout` passes.
     /// Errors the dialer reports as not worth retrying (a refused key, a
     /// bad address) fail at once.
-    async fn dial(&self) -> Result<(String, TcpStream)> {
+    async fn dial(&self) -> Result<(String, ClientStream)> {
         let service = self.service;
         let deadline = Instant::now() + self.options.connect_timeout;
         let mut backoff = BACKOFF_INITIAL;
@@ -797,7 +867,6 @@ impl Dialing {
         connected: &Arc<AtomicBool>,
     ) -> Result<Link<C>> {
         let (addr, stream) = self.dial().await?;
-        let stream = adopt(stream)?;
         let mut system = RpcSystem::new(vat_network(stream, Side::Client), None);
         let client: C = system.bootstrap(Side::Server);
         let disconnector = system.get_disconnector();

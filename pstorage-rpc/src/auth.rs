@@ -1,41 +1,33 @@
-//! Connection authentication (DESIGN.md invariant 8): every TCP connection
-//! proves, in both directions, that its peer holds the cluster key before a
-//! single request crosses it. The key and the password never cross the wire.
+//! Connections between nodes (DESIGN.md invariant 8): every TCP connection
+//! is TLS 1.3 with certificates of the cluster CA on both sides
+//! ([`crate::tls`]) before a single request crosses it. The client names
+//! the channel it wants by ALPN in its ClientHello: `pstorage/2 control`
+//! (Cap'n Proto control RPC), `pstorage/2 data` (the framed data protocol
+//! of [`crate::data`]) or `pstorage/2 enroll` ([`crate::enroll`]: a node
+//! proves the cluster password and gets a certificate; the only channel
+//! served to a client without one). A ClientHello without ALPN (`openssl
+//! s_client`) is a control connection.
 //!
-//! # Handshake (format version 1, all integers little-endian)
+//! A server reads the channel from the ClientHello before the handshake,
+//! without consuming it ([`peek_channel`]: `MSG_PEEK`, parsed by rustls),
+//! so that it can hand the connection to the thread that serves that
+//! channel, which runs the handshake. A node of an older build, which
+//! opens with the HMAC handshake's hello ("PSTA", version 1), is answered
+//! that version's 40-byte challenge with status 1 ("version unsupported")
+//! and this build's version, so it reports which side to upgrade.
 //!
-//! ```text
-//! client -> server  hello      "PSTA" | version u16 | reserved u16 = 0            (8 bytes)
-//! server -> client  challenge  "PSTA" | version u16 | status u8 | reserved u8
-//!                              | server nonce [32]                               (40 bytes)
-//! client -> server  proof      channel u8 | client nonce [32]
-//!                              | HMAC(key, "pstorage-auth-v1 client" | server nonce
-//!                                         | client nonce | channel)              (65 bytes)
-//! server -> client  verdict    status u8 | HMAC(key, "pstorage-auth-v1 server"
-//!                                         | client nonce | server nonce)         (33 bytes)
-//! ```
+//! The cluster password never crosses the wire, nor anything that allows
+//! guessing it offline: enrollment runs SPAKE2 inside the TLS session.
 //!
-//! The challenge's `status` is 0, or 1 when the server does not speak the
-//! client's version (it then closes; its own version tells the client which
-//! side to upgrade). The verdict's `status` is 0 (accepted) or 1 (rejected,
-//! MAC all zeros) so that a client with the wrong key learns why it is
-//! refused instead of seeing a bare EOF. Both MACs are checked in constant
-//! time. The distinct labels keep a server's answer from being replayed as a
-//! client proof (reflection), and fresh nonces on both sides keep recorded
-//! handshakes from being replayed at all.
-//!
-//! This authenticates connections; it does not encrypt them (no TLS): run the
-//! cluster on a trusted network, as with the original pstorage.
-//!
-//! The whole handshake has a deadline on both sides ([`HANDSHAKE_TIMEOUT`],
-//! and [`CONNECT_TIMEOUT`] for connecting plus the handshake), and every step
-//! one of its own ([`HANDSHAKE_STEP_TIMEOUT`]), so a silent or slow peer (a
-//! frozen process whose kernel still accepts connections) cannot hold a
-//! server task or a dialing client for long.
+//! Reading the ClientHello and the TLS handshake have deadlines on both sides
+//! ([`HANDSHAKE_TIMEOUT`], and [`CONNECT_TIMEOUT`] for connecting plus the
+//! handshake), so a silent or slow peer (a frozen process whose kernel
+//! still accepts connections) cannot hold a server task or a dialing client
+//! for long.
 //!
 //! # Socket options
 //!
-//! Every TCP connection, dialed ([`connect`]) or accepted ([`accept`]), gets
+//! Every TCP connection, dialed ([`connect`]) or accepted, gets
 //! TCP_NODELAY, TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`],
 //! [`KEEPALIVE_PROBES`]) and `TCP_USER_TIMEOUT` ([`TCP_USER_TIMEOUT`]) from
 //! [`configure_socket`]: a peer whose host lost power or whose network is cut
@@ -45,24 +37,25 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::{Error, ErrorKind, Result};
 use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::pki::Peer;
+use crate::tls::{handshake_error, peer_of, server_name, Credentials};
 
-/// The handshake magic: "PSTA" (pstorage authentication).
+/// The magic of the HMAC handshake of older builds: "PSTA".
 pub const AUTH_MAGIC: [u8; 4] = *b"PSTA";
-/// The handshake format version this node speaks.
-pub const AUTH_VERSION: u16 = 1;
+/// The connection protocol version this node speaks (1 was the HMAC
+/// handshake; 2 is TLS with ALPN).
+pub const AUTH_VERSION: u16 = 2;
 /// PBKDF2 iterations of [`derive_key`].
 pub const KEY_DERIVATION_ROUNDS: u32 = 100_000;
 /// Deadline of each handshake step.
 pub const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline of a whole handshake, on either side.
+/// Deadline of a whole handshake (ClientHello and TLS), on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of [`connect`]: the TCP connection and the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +69,11 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 /// with keepalive, how long probes may go unanswered) before the kernel
 /// drops the connection.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The client end of a connection to a node.
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The server end of a connection from a node.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Sets TCP_NODELAY, keepalive and `TCP_USER_TIMEOUT` (see the module
 /// documentation) on a connected socket. Errors: `Io` if the kernel refuses
@@ -161,35 +159,38 @@ fn socket_option(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int) 
     value
 }
 
-/// The server side of a new connection: sets the socket options
-/// ([`configure_socket`]) and runs [`server_handshake`] within
-/// [`HANDSHAKE_TIMEOUT`]. Returns the channel the client asked for; on
-/// error the caller drops the connection.
-pub async fn accept(stream: &mut TcpStream, key: &ClusterKey) -> Result<Channel> {
-    configure_socket(stream)?;
-    server_handshake(stream, key).await
+/// A connection whose handshake (ClientHello and TLS) has not finished,
+/// counted against a server's bound ([`crate::node::MAX_HANDSHAKES`]) until
+/// dropped, on whichever thread finishes it.
+pub struct HandshakeSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl HandshakeSlot {
+    /// Counts one more handshake in `count`.
+    pub fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> HandshakeSlot {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        HandshakeSlot(count.clone())
+    }
 }
 
-const NONCE_LEN: usize = 32;
-const MAC_LEN: usize = 32;
-const HELLO_LEN: usize = 8;
-const CHALLENGE_LEN: usize = 8 + NONCE_LEN;
-const PROOF_LEN: usize = 1 + NONCE_LEN + MAC_LEN;
-const VERDICT_LEN: usize = 1 + MAC_LEN;
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
-const STATUS_OK: u8 = 0;
+/// Length of the version 1 challenge, answered to nodes of older builds.
+const V1_CHALLENGE_LEN: usize = 40;
 const STATUS_VERSION_UNSUPPORTED: u8 = 1;
-const STATUS_REJECTED: u8 = 1;
-
-const CLIENT_LABEL: &[u8] = b"pstorage-auth-v1 client";
-const SERVER_LABEL: &[u8] = b"pstorage-auth-v1 server";
+/// Largest ClientHello a server waits for (rustls sends about 300 bytes).
+pub const MAX_CLIENT_HELLO: usize = 16 << 10;
 
 const FIX_HINT: &str = "run `pstorage -c CLUSTER auth-node`";
 
 /// Derives the cluster key from the cluster's password: PBKDF2-HMAC-SHA256,
 /// [`KEY_DERIVATION_ROUNDS`] rounds, salted with the cluster name so equal
 /// passwords of different clusters give different keys. Deterministic; takes
-/// tens of milliseconds by design.
+/// tens of milliseconds by design. The MDSes keep it to check enrollments
+/// ([`crate::enroll`]); other nodes keep certificates instead.
 pub fn derive_key(cluster: &str, password: &str) -> ClusterKey {
     let salt = format!("pstorage-cluster-key:{cluster}");
     let mut key = [0u8; KEY_LEN];
@@ -202,315 +203,291 @@ pub fn derive_key(cluster: &str, password: &str) -> ClusterKey {
     ClusterKey(key)
 }
 
-/// What follows the handshake on an authenticated connection.
+/// What a connection is for, named by ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
     /// Cap'n Proto control RPC.
     Control,
     /// The framed data protocol of [`crate::data`].
     Data,
+    /// Enrollment: a node without a certificate proves the password and
+    /// gets one ([`crate::enroll`]).
+    Enroll,
 }
 
 impl Channel {
-    fn code(self) -> u8 {
+    /// Every channel.
+    pub const ALL: [Channel; 3] = [Channel::Control, Channel::Data, Channel::Enroll];
+
+    /// Its ALPN protocol name.
+    pub fn alpn(self) -> &'static [u8] {
         match self {
-            Channel::Control => 1,
-            Channel::Data => 2,
+            Channel::Control => b"pstorage/2 control",
+            Channel::Data => b"pstorage/2 data",
+            Channel::Enroll => b"pstorage/2 enroll",
         }
     }
 
-    fn from_code(code: u8) -> Option<Channel> {
-        match code {
-            1 => Some(Channel::Control),
-            2 => Some(Channel::Data),
-            _ => None,
-        }
+    fn from_alpn(name: &[u8]) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.alpn() == name)
     }
 }
 
-/// Proves to the server at the other end of `stream` that we hold `key`,
-/// checks that it holds it too, and announces `channel`.
-///
-/// Errors: `PermissionDenied` when either side does not hold the key,
-/// `Protocol` when the peer is not a pstorage node or speaks another
-/// version, `TimedOut` when a step exceeds [`HANDSHAKE_STEP_TIMEOUT`],
-/// `Unavailable` when the connection breaks.
-pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    key: &ClusterKey,
-    channel: Channel,
-) -> Result<()> {
-    whole_handshake(client_handshake_with_timeout(
-        stream,
-        key,
-        channel,
-        HANDSHAKE_STEP_TIMEOUT,
-    ))
+/// What the first bytes of a connection say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// Not all of the ClientHello has arrived yet.
+    Incomplete,
+    /// A TLS ClientHello asking for this channel.
+    Tls(Channel),
+    /// The HMAC handshake of an older build, of this version.
+    OldNode(u16),
+}
+
+/// Classifies the first bytes of a connection (a pure function: fuzzed).
+/// Errors: `Protocol` for bytes that are neither a TLS ClientHello nor an
+/// older node's hello, or a ClientHello offering only foreign protocols.
+pub fn classify_hello(bytes: &[u8]) -> Result<Hello> {
+    if bytes.len() < 4 && AUTH_MAGIC.starts_with(bytes) {
+        return Ok(Hello::Incomplete);
+    }
+    if bytes.starts_with(&AUTH_MAGIC) {
+        if bytes.len() < 6 {
+            return Ok(Hello::Incomplete);
+        }
+        return Ok(Hello::OldNode(u16::from_le_bytes([bytes[4], bytes[5]])));
+    }
+    // A TLS record of type handshake (22).
+    if bytes.first().is_some_and(|b| *b != 22) {
+        return Err(Error::protocol(
+            "the peer is not a pstorage node (neither TLS nor a pstorage handshake)",
+        ));
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Error::protocol(format!("a malformed TLS ClientHello: {e}"))),
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) if bytes.len() >= MAX_CLIENT_HELLO => Err(Error::protocol(format!(
+            "no complete TLS ClientHello in {MAX_CLIENT_HELLO} bytes"
+        ))),
+        Ok(None) => Ok(Hello::Incomplete),
+        Ok(Some(accepted)) => {
+            let hello = accepted.client_hello();
+            let Some(mut offered) = hello.alpn() else {
+                return Ok(Hello::Tls(Channel::Control));
+            };
+            offered
+                .find_map(Channel::from_alpn)
+                .map(Hello::Tls)
+                .ok_or_else(|| {
+                    Error::protocol(
+                        "the TLS client offers no pstorage protocol (ALPN); it is not a \
+                         pstorage node of this version",
+                    )
+                })
+        }
+        Err((e, _)) => Err(Error::protocol(format!("a malformed TLS ClientHello: {e}"))),
+    }
+}
+
+/// Reads (without consuming: `MSG_PEEK`) the ClientHello of a new
+/// connection and returns the channel it asks for, within
+/// [`HANDSHAKE_TIMEOUT`]. A node of an older build gets the answer it
+/// understands ("unsupported version"). Errors: `Protocol` for anything but
+/// a ClientHello of ours, `TimedOut`, `Unavailable` on a closed connection;
+/// the caller then drops it.
+pub async fn peek_channel(stream: &mut TcpStream) -> Result<Channel> {
+    whole_handshake(async {
+        let mut buf = vec![0u8; MAX_CLIENT_HELLO];
+        let mut seen = 0;
+        loop {
+            let n = step(
+                HANDSHAKE_STEP_TIMEOUT,
+                "reading the client's hello",
+                stream.peek(&mut buf),
+            )
+            .await?;
+            if n == 0 {
+                return Err(AuthError::Step {
+                    what: "reading the client's hello".into(),
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                }
+                .into());
+            }
+            match classify_hello(&buf[..n])? {
+                Hello::Tls(channel) => return Ok(channel),
+                Hello::OldNode(version) => {
+                    let mut challenge = [0u8; V1_CHALLENGE_LEN];
+                    challenge[..4].copy_from_slice(&AUTH_MAGIC);
+                    challenge[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
+                    challenge[6] = STATUS_VERSION_UNSUPPORTED;
+                    let _ = step(
+                        HANDSHAKE_STEP_TIMEOUT,
+                        "answering",
+                        stream.write_all(&challenge),
+                    )
+                    .await;
+                    return Err(version_error(version));
+                }
+                Hello::Incomplete => {
+                    // Peeked bytes stay readable, so a peer that closed
+                    // after a partial hello shows only as a closed read side.
+                    let ready =
+                        stream
+                            .ready(tokio::io::Interest::READABLE)
+                            .await
+                            .map_err(|source| AuthError::Step {
+                                what: "reading the client's hello".into(),
+                                source,
+                            })?;
+                    if ready.is_read_closed() {
+                        return Err(AuthError::Step {
+                            what: "reading the client's hello".into(),
+                            source: std::io::ErrorKind::UnexpectedEof.into(),
+                        }
+                        .into());
+                    }
+                    // Peeking returns at once while the bytes seen so far
+                    // are there: wait a little for the rest.
+                    if n == seen {
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                    seen = n;
+                }
+            }
+        }
+    })
     .await
 }
 
 /// Runs a handshake within [`HANDSHAKE_TIMEOUT`].
-async fn whole_handshake<T>(handshake: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn whole_handshake<T>(
+    handshake: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::TimedOut,
                 format!(
-                    "authentication handshake: not finished within {HANDSHAKE_TIMEOUT:?}; the \
-                     peer is silent (stopped, overloaded, or not a pstorage node)"
+                    "handshake: not finished within {HANDSHAKE_TIMEOUT:?}; the peer is silent \
+                     (stopped, overloaded, or not a pstorage node)"
                 ),
             ))
         })
 }
 
-/// Checks that the client at the other end of `stream` holds `key`, proves
-/// that we hold it too, and returns the channel the client asked for.
-///
-/// Errors as for [`client_handshake`]. On error the caller must drop the
-/// connection without serving anything on it.
-pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    key: &ClusterKey,
-) -> Result<Channel> {
-    whole_handshake(server_handshake_with_timeout(
-        stream,
-        key,
-        HANDSHAKE_STEP_TIMEOUT,
-    ))
+/// The server's TLS handshake on a connection whose ClientHello asked for
+/// `channel` ([`peek_channel`]), within [`HANDSHAKE_TIMEOUT`]: returns the
+/// stream and the peer. Every channel but [`Channel::Enroll`] needs a
+/// client certificate of the cluster CA (`PermissionDenied` without one).
+pub async fn accept_tls(
+    stream: TcpStream,
+    credentials: &Credentials,
+    channel: Channel,
+) -> Result<(ServerStream, Option<Peer>)> {
+    let peer_addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "a client".into());
+    let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server_config());
+    whole_handshake(async {
+        let tls = acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| handshake_error(e, &peer_addr))?;
+        let negotiated = tls.get_ref().1.alpn_protocol().and_then(Channel::from_alpn);
+        if negotiated.unwrap_or(Channel::Control) != channel {
+            return Err(Error::protocol(format!(
+                "{peer_addr} negotiated {negotiated:?}, not the {channel:?} channel it asked for"
+            )));
+        }
+        let peer = peer_of(tls.get_ref().1.peer_certificates())?;
+        if peer.is_none() && channel != Channel::Enroll {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{peer_addr} showed no certificate for the {channel:?} channel; {FIX_HINT} on it"
+                ),
+            ));
+        }
+        Ok((tls, peer))
+    })
     .await
 }
 
 /// Connects to `addr` (`host:port`), sets the socket options
-/// ([`configure_socket`]) and runs [`client_handshake`] for `channel`, all
-/// within [`CONNECT_TIMEOUT`].
+/// ([`configure_socket`]) and runs the TLS handshake for `channel` with
+/// `credentials`, all within [`CONNECT_TIMEOUT`]. The server
+/// must show a certificate of our cluster CA with a server's role (MDS or
+/// chunk server).
 ///
 /// Errors: `Unavailable` when the address cannot be reached or does not
-/// answer in time, otherwise as for [`client_handshake`]; every message
-/// names `addr`.
-pub async fn connect(addr: &str, key: &ClusterKey, channel: Channel) -> Result<TcpStream> {
+/// answer in time, `PermissionDenied` when either side refuses the other's
+/// certificate, `Protocol` for a peer that is not a pstorage node; every
+/// message names `addr`.
+pub async fn connect(
+    addr: &str,
+    credentials: &Credentials,
+    channel: Channel,
+) -> Result<ClientStream> {
+    let connector = tokio_rustls::TlsConnector::from(credentials.client_config(channel));
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
+        let stream = dial(addr).await?;
+        let tls = connector
+            .connect(server_name(), stream)
             .await
-            .map_err(|source| AuthError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        configure_socket(&stream).map_err(|e| e.context(format!("the connection to {addr}")))?;
-        client_handshake(&mut stream, key, channel)
-            .await
-            .map_err(|e| match e.kind() {
-                // A silent peer is an unreachable one to a dialer.
-                ErrorKind::TimedOut => {
-                    Error::unavailable(format!("authenticating to {addr}: {}", e.message()))
-                        .caused_by(e)
-                }
-                _ => e.context(format!("authenticating to {addr}")),
-            })?;
-        Ok(stream)
+            .map_err(|e| handshake_error(e, addr))?;
+        match peer_of(tls.get_ref().1.peer_certificates())? {
+            Some(peer) if peer.role.is_server() => Ok(tls),
+            Some(peer) => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{addr} shows the certificate of {peer}, not a server's: refused"),
+            )),
+            None => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("{addr} showed no certificate: refused"),
+            )),
+        }
     };
+    within_connect_timeout(addr, attempt).await
+}
+
+/// Opens the TCP connection to `addr` and sets its options (the TLS
+/// handshake is the caller's).
+pub(crate) async fn dial(addr: &str) -> Result<TcpStream> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| AuthError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    configure_socket(&stream).map_err(|e| e.context(format!("the connection to {addr}")))?;
+    Ok(stream)
+}
+
+/// Runs `attempt` (a connection to `addr`) within [`CONNECT_TIMEOUT`].
+pub(crate) async fn within_connect_timeout<T>(
+    addr: &str,
+    attempt: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(outcome) => outcome,
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.kind() == ErrorKind::TimedOut => {
+            Err(Error::unavailable(format!("connecting to {addr}: {}", e.message())).caused_by(e))
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(Error::unavailable(format!(
             "connecting to {addr} and authenticating took over {CONNECT_TIMEOUT:?}; is the host \
              reachable and the server running (not stopped)?"
         ))),
     }
-}
-
-pub(crate) async fn client_handshake_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    key: &ClusterKey,
-    channel: Channel,
-    step_timeout: Duration,
-) -> Result<()> {
-    let mut hello = [0u8; HELLO_LEN];
-    hello[..4].copy_from_slice(&AUTH_MAGIC);
-    hello[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
-    step(step_timeout, "sending the hello", stream.write_all(&hello)).await?;
-
-    let mut challenge = [0u8; CHALLENGE_LEN];
-    step(
-        step_timeout,
-        "reading the server's challenge",
-        stream.read_exact(&mut challenge),
-    )
-    .await?;
-    if challenge[..4] != AUTH_MAGIC {
-        return Err(Error::protocol(
-            "the peer is not a pstorage node (wrong handshake magic); check the address and port",
-        ));
-    }
-    let server_version = u16::from_le_bytes([challenge[4], challenge[5]]);
-    if server_version != AUTH_VERSION || challenge[6] == STATUS_VERSION_UNSUPPORTED {
-        return Err(version_error(server_version));
-    }
-    if challenge[6] != STATUS_OK {
-        return Err(Error::protocol(format!(
-            "the server sent an unknown handshake status {}",
-            challenge[6]
-        )));
-    }
-    let server_nonce: [u8; NONCE_LEN] = challenge[8..].try_into().expect("fixed length");
-
-    let client_nonce: [u8; NONCE_LEN] = rand::random();
-    let mut proof = [0u8; PROOF_LEN];
-    proof[0] = channel.code();
-    proof[1..1 + NONCE_LEN].copy_from_slice(&client_nonce);
-    let mac = client_mac(key, &server_nonce, &client_nonce, channel.code()).finalize();
-    proof[1 + NONCE_LEN..].copy_from_slice(&mac.into_bytes());
-    step(step_timeout, "sending our proof", stream.write_all(&proof)).await?;
-    step(step_timeout, "sending our proof", stream.flush()).await?;
-
-    let mut verdict = [0u8; VERDICT_LEN];
-    step(
-        step_timeout,
-        "reading the server's verdict",
-        stream.read_exact(&mut verdict),
-    )
-    .await?;
-    match verdict[0] {
-        STATUS_OK => {}
-        STATUS_REJECTED => {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "authentication failed: the server rejected our cluster key (one of the two nodes holds another cluster's or a stale key); {FIX_HINT} on the node with the wrong key"
-                ),
-            ))
-        }
-        other => {
-            return Err(Error::protocol(format!(
-                "the server sent an unknown verdict status {other}"
-            )))
-        }
-    }
-    server_mac(key, &client_nonce, &server_nonce)
-        .verify_slice(&verdict[1..])
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "authentication failed: the server does not hold the cluster key (it belongs to another cluster or has a stale key); {FIX_HINT} on the server"
-                ),
-            )
-        })
-}
-
-pub(crate) async fn server_handshake_with_timeout<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    key: &ClusterKey,
-    step_timeout: Duration,
-) -> Result<Channel> {
-    let mut hello = [0u8; HELLO_LEN];
-    step(
-        step_timeout,
-        "reading the client's hello",
-        stream.read_exact(&mut hello),
-    )
-    .await?;
-    if hello[..4] != AUTH_MAGIC {
-        return Err(Error::protocol(
-            "the peer is not a pstorage node (wrong handshake magic)",
-        ));
-    }
-    let client_version = u16::from_le_bytes([hello[4], hello[5]]);
-
-    let server_nonce: [u8; NONCE_LEN] = rand::random();
-    let mut challenge = [0u8; CHALLENGE_LEN];
-    challenge[..4].copy_from_slice(&AUTH_MAGIC);
-    challenge[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
-    challenge[6] = if client_version == AUTH_VERSION {
-        STATUS_OK
-    } else {
-        STATUS_VERSION_UNSUPPORTED
-    };
-    challenge[8..].copy_from_slice(&server_nonce);
-    step(
-        step_timeout,
-        "sending the challenge",
-        stream.write_all(&challenge),
-    )
-    .await?;
-    step(step_timeout, "sending the challenge", stream.flush()).await?;
-    if client_version != AUTH_VERSION {
-        return Err(version_error(client_version));
-    }
-
-    let mut proof = [0u8; PROOF_LEN];
-    step(
-        step_timeout,
-        "reading the client's proof",
-        stream.read_exact(&mut proof),
-    )
-    .await?;
-    let client_nonce: [u8; NONCE_LEN] = proof[1..1 + NONCE_LEN].try_into().expect("fixed length");
-    // The MAC is checked before the channel byte is interpreted, so an
-    // unauthenticated peer learns nothing from the answer but "rejected".
-    let verified = client_mac(key, &server_nonce, &client_nonce, proof[0])
-        .verify_slice(&proof[1 + NONCE_LEN..])
-        .is_ok();
-    let mut verdict = [0u8; VERDICT_LEN];
-    if !verified {
-        verdict[0] = STATUS_REJECTED;
-        // Best effort: the client gets a clear reason; we fail either way.
-        let _ = step(
-            step_timeout,
-            "sending the verdict",
-            stream.write_all(&verdict),
-        )
-        .await;
-        let _ = step(step_timeout, "sending the verdict", stream.flush()).await;
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "authentication failed: the peer does not hold the cluster key; {FIX_HINT} on the peer"
-            ),
-        ));
-    }
-    let channel = Channel::from_code(proof[0]).ok_or_else(|| {
-        Error::protocol(format!(
-            "the client asked for an unknown channel {}",
-            proof[0]
-        ))
-    })?;
-    verdict[0] = STATUS_OK;
-    let mac = server_mac(key, &client_nonce, &server_nonce).finalize();
-    verdict[1..].copy_from_slice(&mac.into_bytes());
-    step(
-        step_timeout,
-        "sending the verdict",
-        stream.write_all(&verdict),
-    )
-    .await?;
-    step(step_timeout, "sending the verdict", stream.flush()).await?;
-    Ok(channel)
-}
-
-fn client_mac(
-    key: &ClusterKey,
-    server_nonce: &[u8; NONCE_LEN],
-    client_nonce: &[u8; NONCE_LEN],
-    channel: u8,
-) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC accepts any key length");
-    mac.update(CLIENT_LABEL);
-    mac.update(server_nonce);
-    mac.update(client_nonce);
-    mac.update(&[channel]);
-    mac
-}
-
-fn server_mac(
-    key: &ClusterKey,
-    client_nonce: &[u8; NONCE_LEN],
-    server_nonce: &[u8; NONCE_LEN],
-) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC accepts any key length");
-    mac.update(SERVER_LABEL);
-    mac.update(client_nonce);
-    mac.update(server_nonce);
-    mac
 }
 
 fn version_error(peer_version: u16) -> Error {
@@ -572,7 +549,7 @@ impl From<AuthError> for Error {
 }
 
 /// Runs one handshake step under `limit`, naming the step in errors.
-async fn step<T>(
+pub(crate) async fn step<T>(
     limit: Duration,
     what: &str,
     fut: impl std::future::Future<Output = std::io::Result<T>>,
@@ -596,20 +573,11 @@ async fn step<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{ClusterCa, Role};
+    use tokio::io::AsyncReadExt;
 
-    fn key(b: u8) -> ClusterKey {
-        ClusterKey([b; KEY_LEN])
-    }
-
-    async fn run_pair(
-        client_key: ClusterKey,
-        server_key: ClusterKey,
-        channel: Channel,
-    ) -> (Result<()>, Result<Channel>) {
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move { server_handshake(&mut s, &server_key).await });
-        let client = client_handshake(&mut c, &client_key, channel).await;
-        (client, server.await.unwrap())
+    fn creds(ca: &ClusterCa, role: Role, name: &str) -> Credentials {
+        Credentials::new(ca.issue_identity(role, name).unwrap()).unwrap()
     }
 
     #[test]
@@ -620,153 +588,156 @@ mod tests {
         assert_ne!(a, derive_key("c1", "secret2"));
     }
 
-    #[tokio::test]
-    async fn right_key_works_on_both_channels() {
-        for channel in [Channel::Control, Channel::Data] {
-            let (c, s) = run_pair(key(1), key(1), channel).await;
-            c.unwrap();
-            assert_eq!(s.unwrap(), channel);
+    /// The first flight a client of `channel` sends: its ClientHello.
+    fn client_hello(channel: Channel) -> Vec<u8> {
+        let creds = crate::tls::test_credentials(Role::Client);
+        let mut conn =
+            rustls::ClientConnection::new(creds.client_config(channel), server_name()).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    #[test]
+    fn the_client_hello_names_every_channel() {
+        for channel in Channel::ALL {
+            let hello = client_hello(channel);
+            assert_eq!(classify_hello(&hello).unwrap(), Hello::Tls(channel));
+            // Any prefix is only incomplete.
+            for cut in [1, 5, 40, hello.len() - 1] {
+                assert_eq!(classify_hello(&hello[..cut]).unwrap(), Hello::Incomplete);
+            }
         }
     }
 
-    #[tokio::test]
-    async fn wrong_key_fails_on_both_sides() {
-        for channel in [Channel::Control, Channel::Data] {
-            let (c, s) = run_pair(key(1), key(2), channel).await;
-            let c = c.unwrap_err();
-            let s = s.unwrap_err();
-            assert_eq!(c.kind(), ErrorKind::PermissionDenied, "{c}");
-            assert_eq!(s.kind(), ErrorKind::PermissionDenied, "{s}");
-            assert!(s.message().contains("auth-node"), "{s}");
-            assert!(c.message().contains("auth-node"), "{c}");
-        }
-    }
-
-    #[tokio::test]
-    async fn client_detects_a_server_without_the_key() {
-        // A fake server that accepts anything but cannot compute the MAC.
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move {
-            let mut hello = [0u8; HELLO_LEN];
-            s.read_exact(&mut hello).await.unwrap();
-            let mut challenge = [0u8; CHALLENGE_LEN];
-            challenge[..4].copy_from_slice(&AUTH_MAGIC);
-            challenge[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
-            s.write_all(&challenge).await.unwrap();
-            let mut proof = [0u8; PROOF_LEN];
-            s.read_exact(&mut proof).await.unwrap();
-            let verdict = [0u8; VERDICT_LEN]; // "accepted", with a bogus MAC
-            s.write_all(&verdict).await.unwrap();
-        });
-        let err = client_handshake(&mut c, &key(1), Channel::Data)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn garbage_and_wrong_magic_fail_cleanly() {
-        // Server side: an HTTP client.
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move { server_handshake(&mut s, &key(1)).await });
-        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let err = server.await.unwrap().unwrap_err();
+    #[test]
+    fn garbage_and_old_nodes_are_told_apart() {
+        let err = classify_hello(b"GET / HTTP/1.1\r\n\r\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
-        assert!(err.message().contains("magic"), "{err}");
-
-        // Client side: a server that answers garbage.
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move {
-            let mut hello = [0u8; HELLO_LEN];
-            s.read_exact(&mut hello).await.unwrap();
-            s.write_all(&[0x55u8; CHALLENGE_LEN]).await.unwrap();
-        });
-        let err = client_handshake(&mut c, &key(1), Channel::Control)
-            .await
-            .unwrap_err();
+        assert!(err.message().contains("not a pstorage node"), "{err}");
+        let mut old = AUTH_MAGIC.to_vec();
+        old.extend_from_slice(&1u16.to_le_bytes());
+        assert_eq!(classify_hello(&old).unwrap(), Hello::OldNode(1));
+        assert_eq!(classify_hello(b"PS").unwrap(), Hello::Incomplete);
+        // A TLS record that is not a ClientHello.
+        let err = classify_hello(&[22, 3, 1, 0, 4, 2, 0, 0, 0]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
-        server.await.unwrap();
-
-        // A truncated hello followed by EOF.
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move { server_handshake(&mut s, &key(1)).await });
-        c.write_all(b"PS").await.unwrap();
-        drop(c);
-        let err = server.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     }
 
     #[tokio::test]
-    async fn newer_version_is_refused_with_a_clear_error() {
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        let server = tokio::spawn(async move { server_handshake(&mut s, &key(1)).await });
-        let mut hello = [0u8; HELLO_LEN];
+    async fn an_old_node_is_told_to_upgrade_and_garbage_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                outcomes.push(peek_channel(&mut s).await);
+            }
+            outcomes
+        });
+        // A node of the HMAC handshake (version 1) gets its "unsupported".
+        let mut old = TcpStream::connect(addr).await.unwrap();
+        let mut hello = [0u8; 8];
         hello[..4].copy_from_slice(&AUTH_MAGIC);
-        hello[4..6].copy_from_slice(&(AUTH_VERSION + 1).to_le_bytes());
-        c.write_all(&hello).await.unwrap();
-        let mut challenge = [0u8; CHALLENGE_LEN];
-        c.read_exact(&mut challenge).await.unwrap();
+        hello[4..6].copy_from_slice(&1u16.to_le_bytes());
+        old.write_all(&hello).await.unwrap();
+        let mut challenge = [0u8; V1_CHALLENGE_LEN];
+        old.read_exact(&mut challenge).await.unwrap();
+        assert_eq!(&challenge[..4], &AUTH_MAGIC);
+        assert_eq!(
+            u16::from_le_bytes([challenge[4], challenge[5]]),
+            AUTH_VERSION
+        );
         assert_eq!(challenge[6], STATUS_VERSION_UNSUPPORTED);
-        let err = server.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Protocol);
-        assert!(err.message().contains("version 2"), "{err}");
-        assert!(err.message().contains("upgrade this node"), "{err}");
-
-        // And a client facing a newer server.
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        tokio::spawn(async move {
-            let mut hello = [0u8; HELLO_LEN];
-            s.read_exact(&mut hello).await.unwrap();
-            let mut challenge = [0u8; CHALLENGE_LEN];
-            challenge[..4].copy_from_slice(&AUTH_MAGIC);
-            challenge[4..6].copy_from_slice(&(AUTH_VERSION + 1).to_le_bytes());
-            challenge[6] = STATUS_VERSION_UNSUPPORTED;
-            s.write_all(&challenge).await.unwrap();
-        });
-        let err = client_handshake(&mut c, &key(1), Channel::Data)
+        // An HTTP client.
+        let mut http = TcpStream::connect(addr).await.unwrap();
+        http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // A hello cut short by the client closing: the EOF is the cause.
+        let mut cut = TcpStream::connect(addr).await.unwrap();
+        cut.write_all(&client_hello(Channel::Data)[..20])
             .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Protocol);
-        assert!(err.message().contains("upgrade this node"), "{err}");
+            .unwrap();
+        drop(cut);
+        let outcomes = server.await.unwrap();
+        let err = outcomes[0].as_ref().unwrap_err();
+        assert!(err.message().contains("upgrade the peer"), "{err}");
+        assert_eq!(
+            outcomes[1].as_ref().unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+        let err = outcomes[2].as_ref().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(
+            matches!(err.find_source::<AuthError>(), Some(AuthError::Step { .. })),
+            "{err:?}"
+        );
     }
 
+    /// A peer that sends nothing is cut off at the handshake's deadline.
     #[tokio::test]
-    async fn silent_peer_times_out() {
-        let limit = Duration::from_millis(100);
-        let (_c, mut s) = tokio::io::duplex(1024);
+    async fn a_silent_peer_fails_at_the_handshake_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
         let started = std::time::Instant::now();
-        let err = server_handshake_with_timeout(&mut s, &key(1), limit)
-            .await
-            .unwrap_err();
+        let err = peek_channel(&mut s).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-
-        let (mut c, _s) = tokio::io::duplex(1024);
-        let err = client_handshake_with_timeout(&mut c, &key(1), Channel::Data, limit)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= HANDSHAKE_TIMEOUT && took < HANDSHAKE_TIMEOUT * 3,
+            "{took:?}"
+        );
     }
 
-    #[tokio::test]
-    async fn connect_over_tcp() {
+    /// A TCP server that reads the ClientHello and runs the TLS handshake with
+    /// `server`; returns the channel and peer it saw.
+    async fn serve_one(
+        server: Credentials,
+    ) -> (
+        String,
+        tokio::task::JoinHandle<Result<(Channel, Option<Peer>)>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            server_handshake(&mut s, &key(3)).await
+            configure_socket(&s)?;
+            let channel = peek_channel(&mut s).await?;
+            assert_socket_options(&s);
+            let (mut tls, peer) = accept_tls(s, &server, channel).await?;
+            // Let the client finish its side, then close.
+            let mut byte = [0u8; 1];
+            let _ = tls.read(&mut byte).await;
+            Ok((channel, peer))
         });
-        let stream = connect(&addr, &key(3), Channel::Data).await.unwrap();
-        assert!(stream.nodelay().unwrap());
-        assert_eq!(server.await.unwrap().unwrap(), Channel::Data);
-        assert_socket_options(&stream);
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn connect_over_tcp_with_tls_both_ways() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let (addr, server) = serve_one(creds(&ca, Role::Mds, "mds 1")).await;
+        let stream = connect(&addr, &creds(&ca, Role::Client, "h1"), Channel::Data)
+            .await
+            .unwrap();
+        assert_socket_options(stream.get_ref().0);
+        assert_eq!(
+            stream.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        drop(stream);
+        let (channel, peer) = server.await.unwrap().unwrap();
+        assert_eq!(channel, Channel::Data);
+        assert_eq!(peer.unwrap().role, Role::Client);
 
         // Nothing listens there any more.
-        let err = connect(&addr, &key(3), Channel::Data).await.unwrap_err();
+        let err = connect(&addr, &creds(&ca, Role::Client, "h1"), Channel::Data)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.message().contains(&addr), "{err}");
-        // The refusal is the cause, not only words in the message.
         assert!(
             matches!(
                 err.find_source::<AuthError>(),
@@ -781,32 +752,58 @@ mod tests {
         );
     }
 
-    /// A peer that hangs up in the middle of the handshake: `Unavailable`
-    /// (the kind of the EOF), naming the step, with the EOF as the cause.
     #[tokio::test]
-    async fn a_peer_hanging_up_mid_handshake_keeps_the_io_error() {
-        let (mut c, s) = tokio::io::duplex(1024);
-        drop(s);
-        let err = client_handshake(&mut c, &key(1), Channel::Data)
+    async fn certificates_of_another_cluster_are_refused_on_both_sides() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let other = ClusterCa::generate("c").unwrap();
+        // A client of another cluster.
+        let (addr, server) = serve_one(creds(&ca, Role::Mds, "mds 1")).await;
+        let _ = connect(&addr, &creds(&other, Role::Admin, "x"), Channel::Control).await;
+        let err = server.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.message().contains("auth-node"), "{err}");
+        // A server of another cluster.
+        let (addr, _server) = serve_one(creds(&other, Role::Mds, "mds 1")).await;
+        let err = connect(&addr, &creds(&ca, Role::Admin, "a"), Channel::Control)
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-        assert!(
-            err.message().starts_with("authentication handshake: "),
-            "{err}"
-        );
-        assert!(
-            matches!(err.find_source::<AuthError>(), Some(AuthError::Step { .. })),
-            "{err:?}"
-        );
-        let io = err.find_source::<std::io::Error>().expect("the io::Error");
-        assert!(
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof
-            ),
-            "{io:?}"
-        );
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_cannot_pose_as_a_server() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let (addr, _server) = serve_one(creds(&ca, Role::Client, "h")).await;
+        let err = connect(&addr, &creds(&ca, Role::Admin, "a"), Channel::Control)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.message().contains("not a server"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_certificate_gets_only_enrollment() {
+        let ca = ClusterCa::generate("c").unwrap();
+        for (channel, allowed) in [
+            (Channel::Control, false),
+            (Channel::Data, false),
+            (Channel::Enroll, true),
+        ] {
+            let (addr, server) = serve_one(creds(&ca, Role::Mds, "mds 1")).await;
+            let stream = dial(&addr).await.unwrap();
+            // A client without a certificate, asking for `channel`.
+            let mut config = (*crate::tls::enrollment_client_config().unwrap()).clone();
+            config.alpn_protocols = vec![channel.alpn().to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let tls = connector.connect(server_name(), stream).await;
+            drop(tls);
+            let outcome = server.await.unwrap();
+            if allowed {
+                assert_eq!(outcome.unwrap(), (Channel::Enroll, None));
+            } else {
+                assert_eq!(outcome.unwrap_err().kind(), ErrorKind::PermissionDenied);
+            }
+        }
     }
 
     fn assert_socket_options(stream: &TcpStream) {
@@ -833,59 +830,17 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn accepted_sockets_get_keepalive_and_a_user_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let channel = accept(&mut s, &key(3)).await.unwrap();
-            assert_socket_options(&s);
-            channel
-        });
-        connect(&addr, &key(3), Channel::Control).await.unwrap();
-        assert_eq!(server.await.unwrap(), Channel::Control);
-    }
-
-    /// A peer that stops answering mid-handshake (each step alone would
-    /// wait 10 s) is cut off at the whole handshake's deadline, both ways.
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_peer_fails_the_whole_handshake_at_its_deadline() {
-        let started = tokio::time::Instant::now();
-        let (_c, mut s) = tokio::io::duplex(1024);
-        let err = server_handshake(&mut s, &key(1)).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
-        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
-
-        let started = tokio::time::Instant::now();
-        let (mut c, mut s) = tokio::io::duplex(1024);
-        // It sends a proper challenge, then freezes.
-        let _peer = tokio::spawn(async move {
-            let mut hello = [0u8; HELLO_LEN];
-            s.read_exact(&mut hello).await.unwrap();
-            let mut challenge = [0u8; CHALLENGE_LEN];
-            challenge[..4].copy_from_slice(&AUTH_MAGIC);
-            challenge[4..6].copy_from_slice(&AUTH_VERSION.to_le_bytes());
-            s.write_all(&challenge).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            std::future::pending::<()>().await;
-            drop(s);
-        });
-        let err = client_handshake(&mut c, &key(1), Channel::Control)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
-        assert_eq!(started.elapsed(), HANDSHAKE_TIMEOUT);
-    }
-
     /// A stopped server: its kernel accepts the TCP connection, nobody
     /// answers. `connect` gives up at its deadline.
     #[tokio::test]
     async fn connect_to_a_frozen_server_gives_up_in_time() {
+        let ca = ClusterCa::generate("c").unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let started = std::time::Instant::now();
-        let err = connect(&addr, &key(1), Channel::Control).await.unwrap_err();
+        let err = connect(&addr, &creds(&ca, Role::Client, "h"), Channel::Control)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.message().contains(&addr), "{err}");
         let took = started.elapsed();

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::conformance::{
     chunk_control, chunk_service, cs_registry, metadata, ChunkTransport, ChunkWorld, MdsTransport,
 };
@@ -19,7 +18,7 @@ use pstorage_core::traits::{
     ChunkConnector, ChunkControl, ChunkService, ControlConnector, CsRegistry, MetadataService,
 };
 use pstorage_core::types::CsId;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
@@ -28,8 +27,8 @@ use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
 use crate::mds::MdsClient;
 
-fn key() -> ClusterKey {
-    ClusterKey([7; KEY_LEN])
+fn creds() -> crate::tls::Credentials {
+    crate::tls::test_credentials(crate::pki::Role::Mds)
 }
 
 fn options() -> ClientOptions {
@@ -69,6 +68,7 @@ impl LoopbackChunks {
         let rpc = Arc::new(
             RpcServerThread::spawn(
                 "conformance chunk server",
+                creds(),
                 RpcServices::new().with_control(server.clone()),
             )
             .unwrap(),
@@ -81,10 +81,15 @@ impl LoopbackChunks {
                 };
                 let (server, rpc) = (server.clone(), rpc.clone());
                 tokio::spawn(async move {
-                    match auth::server_handshake(&mut stream, &key()).await {
-                        Ok(Channel::Data) => serve_data_connection(stream, server).await,
-                        Ok(Channel::Control) => rpc.serve_control(stream).unwrap(),
-                        Err(e) => panic!("handshake of a conformance client failed: {e}"),
+                    match auth::peek_channel(&mut stream).await {
+                        Ok(Channel::Data) => {
+                            let (tls, peer) = auth::accept_tls(stream, &creds(), Channel::Data)
+                                .await
+                                .unwrap();
+                            serve_data_connection(tls, peer, server).await
+                        }
+                        Ok(Channel::Control) => rpc.serve_control(stream, None).unwrap(),
+                        other => panic!("handshake of a conformance client failed: {other:?}"),
                     }
                 });
             }
@@ -98,7 +103,7 @@ impl LoopbackChunks {
 impl ChunkTransport for LoopbackChunks {
     async fn service(&self, world: &ChunkWorld, id: CsId) -> Arc<dyn ChunkService> {
         let addr = self.listen(world, id).await;
-        TcpChunkConnector::new(key())
+        TcpChunkConnector::new(creds())
             .chunk_service(&addr)
             .await
             .unwrap()
@@ -106,7 +111,7 @@ impl ChunkTransport for LoopbackChunks {
 
     async fn control(&self, world: &ChunkWorld, id: CsId) -> Arc<dyn ChunkControl> {
         let addr = self.listen(world, id).await;
-        let dialer = crate::node::control_dialer(key());
+        let dialer = crate::node::control_dialer(creds());
         TcpControlConnector::new(dialer, options())
             .chunk_control(&addr)
             .await
@@ -114,8 +119,8 @@ impl ChunkTransport for LoopbackChunks {
     }
 }
 
-fn plain_dialer() -> Dialer {
-    Arc::new(|addr: String| Box::pin(async move { Ok(TcpStream::connect(&addr).await?) }))
+fn tls_dialer() -> Dialer {
+    crate::node::control_dialer(creds())
 }
 
 /// The MDS served by the RPC server thread, reached by `MdsClient`.
@@ -131,18 +136,24 @@ impl LoopbackMds {
         let rpc = Arc::new(
             RpcServerThread::spawn(
                 "conformance mds",
+                creds(),
                 RpcServices::new().with_mds(mds.clone(), mds.clone()),
             )
             .unwrap(),
         );
         self.servers.threads.lock().push(rpc.clone());
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                rpc.serve_mds(stream).unwrap();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let rpc = rpc.clone();
+                tokio::spawn(async move {
+                    if let Ok(Channel::Control) = auth::peek_channel(&mut stream).await {
+                        rpc.serve_mds(stream, None).unwrap();
+                    }
+                });
             }
         });
         self.servers.accept_loops.lock().push(task);
-        Arc::new(MdsClient::new(vec![addr], plain_dialer(), options()).unwrap())
+        Arc::new(MdsClient::new(vec![addr], tls_dialer(), options()).unwrap())
     }
 }
 

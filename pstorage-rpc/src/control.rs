@@ -30,9 +30,17 @@ struct ControlServer {
 }
 
 /// The bootstrap capability of a `ChunkControl` connection.
-pub(crate) fn bootstrap(control: Arc<dyn ChunkControl>) -> capnp::capability::Client {
-    let client: chunk_control::Client = capnp_rpc::new_client(ControlServer { control });
-    client.client
+/// Every call is checked against the role of `peer` ([`crate::roles`]).
+pub(crate) fn bootstrap(
+    control: Arc<dyn ChunkControl>,
+    peer: crate::pki::Peer,
+) -> capnp::capability::Client {
+    let dispatch =
+        <chunk_control::Client as capnp::capability::FromServer<ControlServer>>::from_server(
+            Rc::new(ControlServer { control }),
+        );
+    crate::roles::Gate::new(dispatch, peer, crate::roles::control_allows, "ChunkControl")
+        .into_client()
 }
 
 impl chunk_control::Server for ControlServer {

@@ -15,7 +15,7 @@ use pstorage_core::traits::{
 };
 use pstorage_core::types::*;
 use pstorage_core::{Error, ErrorKind, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
@@ -655,7 +655,14 @@ impl Harness {
 
     fn start_on(listener: TcpListener, services: RpcServices, serve: Serve) -> Harness {
         let addr = listener.local_addr().unwrap().to_string();
-        let server = Arc::new(RpcServerThread::spawn("test rpc server", services).unwrap());
+        let server = Arc::new(
+            RpcServerThread::spawn(
+                "test rpc server",
+                crate::tls::test_credentials(crate::pki::Role::Mds),
+                services,
+            )
+            .unwrap(),
+        );
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let accepted_count = Arc::new(AtomicUsize::new(0));
         let (loop_server, loop_accepted, loop_count) =
@@ -666,11 +673,17 @@ impl Harness {
                 let stream = stream.into_std().unwrap();
                 loop_accepted.lock().push(stream.try_clone().unwrap());
                 loop_count.fetch_add(1, Ordering::SeqCst);
-                let stream = TcpStream::from_std(stream).unwrap();
-                match serve {
-                    Serve::Mds => loop_server.serve_mds(stream).unwrap(),
-                    Serve::Control => loop_server.serve_control(stream).unwrap(),
-                }
+                let mut stream = TcpStream::from_std(stream).unwrap();
+                let loop_server = loop_server.clone();
+                tokio::spawn(async move {
+                    if crate::auth::peek_channel(&mut stream).await.is_err() {
+                        return;
+                    }
+                    match serve {
+                        Serve::Mds => loop_server.serve_mds(stream, None).unwrap(),
+                        Serve::Control => loop_server.serve_control(stream, None).unwrap(),
+                    }
+                });
             }
         });
         Harness {
@@ -709,7 +722,7 @@ impl Drop for Harness {
 }
 
 fn plain_dialer() -> Dialer {
-    Arc::new(|addr: String| Box::pin(async move { Ok(TcpStream::connect(&addr).await?) }))
+    crate::node::control_dialer(crate::tls::test_credentials(crate::pki::Role::Mds))
 }
 
 fn fast_options() -> ClientOptions {
@@ -1222,16 +1235,19 @@ async fn garbage_kills_only_its_own_connection() {
         ],
     ];
     for bytes in garbage {
-        let mut raw = TcpStream::connect(&harness.addr).await.unwrap();
+        // A client whose certificate is good, and whose messages are not.
+        let mut raw = crate::auth::connect(
+            &harness.addr,
+            &crate::tls::test_credentials(crate::pki::Role::Client),
+            crate::auth::Channel::Control,
+        )
+        .await
+        .unwrap();
         harness.wait_for_connections(2).await;
         raw.write_all(bytes).await.unwrap();
-        // The server must drop this connection: we read EOF (or a reset).
-        let mut sink = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
-        assert!(
-            read.is_ok(),
-            "the server kept a connection that sent garbage"
-        );
+        raw.flush().await.unwrap();
+        // The server must drop this connection (the harness keeps a second
+        // handle on every socket, so no EOF reaches us: its count tells).
         harness.wait_for_connections(1).await;
         // The well-behaved client's connection is unaffected.
         assert_eq!(
@@ -1375,11 +1391,16 @@ async fn control_methods_and_errors_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_a_missing_service_is_refused() {
-    let server = RpcServerThread::spawn("no services", RpcServices::new()).unwrap();
+    let server = RpcServerThread::spawn(
+        "no services",
+        crate::tls::test_credentials(crate::pki::Role::Mds),
+        RpcServices::new(),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let error = server.serve_mds(accepted.unwrap().0).unwrap_err();
+    let error = server.serve_mds(accepted.unwrap().0, None).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Internal);
 }
 
@@ -1505,8 +1526,15 @@ async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
     let holder = {
         let held = held.clone();
         tokio::spawn(async move {
-            while let Ok((stream, _)) = frozen.accept().await {
-                held.lock().push(stream);
+            // It finishes the handshake (TLS), then never answers.
+            while let Ok((mut stream, _)) = frozen.accept().await {
+                crate::auth::peek_channel(&mut stream).await.unwrap();
+                let creds = crate::tls::test_credentials(crate::pki::Role::Mds);
+                let (tls, _) =
+                    crate::auth::accept_tls(stream, &creds, crate::auth::Channel::Control)
+                        .await
+                        .unwrap();
+                held.lock().push(tls);
             }
         })
     };

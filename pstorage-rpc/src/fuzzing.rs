@@ -9,7 +9,6 @@ use std::fmt::Debug;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use capnp::traits::OwnedStruct;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -24,7 +23,7 @@ use pstorage_core::types::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::auth::{self, Channel};
+use crate::auth;
 use crate::generated::pstorage_capnp::{chunk_control, mds};
 use crate::wire::{
     failure_reason_from_wire, lease_mode_from_wire, read_op, read_perms, read_text,
@@ -90,38 +89,43 @@ thread_local! {
         .expect("a current-thread runtime");
 }
 
-/// The cluster key of the fuzzed handshakes.
+/// The cluster key of the fuzzed enrollments.
 const KEY: ClusterKey = ClusterKey([0x5a; KEY_LEN]);
-/// The step deadline of the fuzzed handshakes (the scripted peer never
-/// makes them wait).
-const STEP: Duration = Duration::from_secs(1);
 
-/// The server side of the handshake: `bytes` is what the client sends
-/// (hello, then proof). Without the key the proof must be refused.
-pub fn auth_server(bytes: &[u8]) {
-    RUNTIME.with(|rt| {
-        let mut stream = Scripted { input: bytes };
-        let outcome = rt.block_on(auth::server_handshake_with_timeout(&mut stream, &KEY, STEP));
-        // The server nonce is fresh: no fixed input carries a valid proof.
-        assert!(outcome.is_err(), "the server accepted a forged proof");
-    })
+/// A server classifying the first bytes of a connection (its
+/// ClientHello, read with `MSG_PEEK`): `bytes` is what the client sent. It
+/// must answer or refuse, never fail otherwise.
+pub fn preface(bytes: &[u8]) {
+    if let Ok(auth::Hello::Tls(_)) = auth::classify_hello(bytes) {
+        // Only a TLS handshake record names a channel.
+        assert_eq!(bytes[0], 22);
+    }
 }
 
-/// The client side of the handshake: `bytes` is what the server sends
-/// (challenge, then verdict). The verdict's MAC covers the client's fresh
-/// nonce, so no fixed input may be accepted.
-pub fn auth_client(bytes: &[u8]) {
+/// The MDS side of an enrollment (inside TLS): `bytes` is what the node
+/// sends (its SPAKE2 message, proof and request). The MDS's SPAKE2 share
+/// is fresh, so no fixed input can carry a valid proof: every one must be
+/// refused, and nothing issued.
+pub fn enroll(bytes: &[u8]) {
+    static ENROLLMENT: std::sync::OnceLock<crate::enroll::Enrollment> = std::sync::OnceLock::new();
+    let enrollment = ENROLLMENT.get_or_init(|| {
+        crate::enroll::Enrollment::new(
+            "fuzz",
+            KEY,
+            std::sync::Arc::new(crate::pki::ClusterCa::generate("fuzz").expect("a CA")),
+        )
+    });
+    // Every input from a clean slate (the failure limit would otherwise
+    // cut the exchange short after a few).
+    enrollment.forget_failures();
     RUNTIME.with(|rt| {
-        for channel in [Channel::Control, Channel::Data] {
-            let mut stream = Scripted { input: bytes };
-            let outcome = rt.block_on(auth::client_handshake_with_timeout(
-                &mut stream,
-                &KEY,
-                channel,
-                STEP,
-            ));
-            assert!(outcome.is_err(), "the client accepted a forged verdict");
-        }
+        let mut stream = Scripted { input: bytes };
+        let from = std::net::IpAddr::from([127, 0, 0, 1]);
+        let outcome = rt.block_on(enrollment.exchange(&mut stream, &[0u8; 32], from));
+        assert!(
+            outcome.is_err(),
+            "the MDS issued a certificate to a forged proof"
+        );
     })
 }
 
@@ -502,6 +506,29 @@ mod tests {
         put("capnp_message", "text", &seed(32, &m));
     }
 
+    /// Writes the ClientHello seeds of fuzz/corpus/preface (one per
+    /// channel, as this build's clients send them): run by hand,
+    /// `cargo test -p pstorage-rpc --features fuzzing --lib write_preface_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/"]
+    fn write_preface_seeds() {
+        let creds = crate::tls::test_credentials(crate::pki::Role::Client);
+        for channel in auth::Channel::ALL {
+            let mut conn = rustls::ClientConnection::new(
+                creds.client_config(channel),
+                crate::tls::server_name(),
+            )
+            .unwrap();
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            put(
+                "preface",
+                &format!("hello-{channel:?}").to_lowercase(),
+                &hello,
+            );
+        }
+    }
+
     /// Every entry point runs on its committed seeds without failing.
     #[test]
     fn the_seeds_pass() {
@@ -509,18 +536,20 @@ mod tests {
         let targets: [Entry; 6] = [
             ("data_request", data_requests),
             ("data_response", data_responses),
-            ("auth_server", auth_server),
-            ("auth_client", auth_client),
+            ("preface", preface),
+            ("enroll", enroll),
             ("capnp_message", capnp_message),
             ("raft_payload", raft_payload),
         ];
         for (target, run) in targets {
-            let Ok(dir) = std::fs::read_dir(corpus(target)) else {
-                continue;
-            };
+            let dir = std::fs::read_dir(corpus(target))
+                .unwrap_or_else(|e| panic!("the corpus of {target}: {e}"));
+            let mut seeds = 0;
             for entry in dir {
                 run(&std::fs::read(entry.unwrap().path()).unwrap());
+                seeds += 1;
             }
+            assert!(seeds > 0, "{target} has no seeds");
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod call_metrics;
 pub mod control;
 pub mod data;
+pub mod enroll;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod generated;
@@ -25,9 +26,13 @@ pub mod local;
 pub mod mds;
 pub mod metrics;
 pub mod node;
+pub mod pki;
 pub mod raft;
+pub mod roles;
 pub mod router;
+pub mod tls;
 mod wire;
+pub use wire::JoinSecretsReply;
 
 pub use actor::{ClientOptions, Dialer, RpcServerThread, RpcServices};
 pub use control::{ControlClient, TcpControlConnector};

@@ -49,6 +49,8 @@ struct MdsServer {
     raft: Option<MdsRaft>,
     /// What arrived of the snapshot the Raft node is receiving.
     snapshot_intake: Arc<crate::raft::SnapshotIntake>,
+    /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
+    enrollment: Option<Arc<crate::enroll::Enrollment>>,
 }
 
 /// What an `Mds` connection serves.
@@ -59,28 +61,43 @@ pub(crate) struct MdsServices {
     pub(crate) group: Option<Arc<dyn MdsGroup>>,
     pub(crate) raft: Option<MdsRaft>,
     pub(crate) snapshot_intake: Arc<crate::raft::SnapshotIntake>,
+    pub(crate) enrollment: Option<Arc<crate::enroll::Enrollment>>,
 }
 
-/// The bootstrap capability of an `Mds` connection.
-pub(crate) fn bootstrap(services: MdsServices) -> capnp::capability::Client {
+/// The bootstrap capability of an `Mds` connection from `peer`: every call
+/// is checked against its role ([`crate::roles`]).
+pub(crate) fn bootstrap(
+    services: MdsServices,
+    peer: crate::pki::Peer,
+) -> capnp::capability::Client {
     let MdsServices {
         metadata,
         registry,
         group,
         raft,
         snapshot_intake,
+        enrollment,
     } = services;
-    let client: mds::Client = capnp_rpc::new_client(MdsServer {
+    let server = MdsServer {
         metadata,
         registry,
         group,
         raft,
         snapshot_intake,
-    });
-    client.client
+        enrollment,
+    };
+    let dispatch =
+        <mds::Client as capnp::capability::FromServer<MdsServer>>::from_server(Rc::new(server));
+    crate::roles::Gate::new(dispatch, peer, crate::roles::mds_allows, "Mds").into_client()
 }
 
 impl MdsServer {
+    fn enrollment(&self, method: &str) -> Result<&Arc<crate::enroll::Enrollment>> {
+        self.enrollment
+            .as_ref()
+            .ok_or_else(|| Error::unavailable(format!("{method}: this MDS issues no certificates")))
+    }
+
     fn group(&self, method: &str) -> Result<&Arc<dyn MdsGroup>> {
         self.group.as_ref().ok_or_else(|| {
             Error::unavailable(format!(
@@ -326,6 +343,50 @@ impl mds::Server for MdsServer {
             self.metadata.test_lock(lease, req).await
         }
         .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn issue_certificate(
+        self: Rc<Self>,
+        params: mds::IssueCertificateParams,
+        mut results: mds::IssueCertificateResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("issue_certificate");
+        let outcome = (|| {
+            let (csr, role, name) = decode_request("issueCertificate", || {
+                let p = params.get()?;
+                Ok((
+                    p.get_csr()?.to_vec(),
+                    read_text(p.get_role())?,
+                    read_text(p.get_name())?,
+                ))
+            })?;
+            let role = crate::pki::Role::parse(&role)?;
+            let cert = self
+                .enrollment("issueCertificate")?
+                .ca()
+                .issue(&csr, role, &name)?;
+            tracing::info!("issued a certificate for {name} ({role})");
+            Ok(TextReply(cert))
+        })();
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn join_secrets(
+        self: Rc<Self>,
+        _params: mds::JoinSecretsParams,
+        mut results: mds::JoinSecretsResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("join_secrets");
+        let outcome = self
+            .enrollment("joinSecrets")
+            .map(|e| crate::wire::JoinSecretsReply {
+                ca_cert: e.ca().cert_pem().to_string(),
+                ca_key: e.ca().key_pem(),
+                cluster_key: e.key().to_hex(),
+            });
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -993,6 +1054,37 @@ impl MdsClient {
     /// Whether a connection is established right now (diagnostics).
     pub fn is_connected(&self) -> bool {
         self.actor.is_connected()
+    }
+
+    /// A certificate of the cluster CA for the key of `csr` (DER), with
+    /// `role` and `name` (PEM). Admins and MDSes only (`PermissionDenied`).
+    pub async fn issue_certificate(
+        &self,
+        csr: Vec<u8>,
+        role: crate::pki::Role,
+        name: &str,
+    ) -> Result<String> {
+        let name = name.to_owned();
+        self.call("issueCertificate", move |mds| async move {
+            let mut request = mds.issue_certificate_request();
+            let mut p = request.get();
+            p.set_csr(&csr);
+            p.set_role(role.as_str());
+            p.set_name(name.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?).map(|r| r.map(|t: TextReply| t.0))
+        })
+        .await
+    }
+
+    /// What a new MDS needs beside its certificate: the CA's certificate
+    /// and key, and the cluster key. Admins and MDSes only.
+    pub async fn join_secrets(&self) -> Result<crate::wire::JoinSecretsReply> {
+        self.call("joinSecrets", move |mds| async move {
+            let response = mds.join_secrets_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
     }
 
     /// Runs a call, then refreshes the member directory in the background

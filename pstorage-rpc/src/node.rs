@@ -3,9 +3,17 @@
 //! `pstorage-csd`) and connecting a client to a cluster. The binaries in
 //! `daemons/` are thin wrappers around this module.
 //!
-//! Every listening port speaks the same preamble: the authentication
-//! handshake of [`crate::auth`], which also names the channel that follows
-//! (Cap'n Proto control RPC or the framed data path).
+//! Every listening port speaks TLS 1.3 with certificates of the cluster CA
+//! ([`crate::auth`], [`crate::tls`], [`crate::pki`]); the ClientHello's
+//! ALPN names the channel (Cap'n Proto control RPC, the framed data path,
+//! or enrollment).
+//!
+//! Where the credentials live: an MDS directory holds `mds.crt`/`mds.key`,
+//! the cluster CA (`ca.crt`, `ca.key`) and the cluster key (`auth.key`,
+//! which checks enrollments); a chunk server directory `cs.crt`/`cs.key`
+//! and `ca.crt`; a node's cluster configuration directory `node.crt`/
+//! `node.key` and `ca.crt` (`auth-node`: an admin's certificate unless
+//! `--role client`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,11 +44,14 @@ use pstorage_core::traits::{
 use pstorage_core::types::{CsId, CsPlacementUpdate, FileAttrs};
 use pstorage_core::{Error, ErrorKind, Result};
 
-use crate::auth::{self, Channel};
+use crate::auth::{self, Channel, HandshakeSlot};
 use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
+use crate::enroll::Enrollment;
+use crate::pki::{CertRequest, ClusterCa, NodeIdentity, Role};
 use crate::raft::{RaftNetworkOptions, TcpRaftNetwork, RAFT_SNAPSHOT_CHUNK_BYTES};
 use crate::router::{LeaderRouter, RouterOptions};
+use crate::tls::Credentials;
 use crate::{ClientOptions as RpcClientOptions, Dialer, MdsClient, RpcServerThread, RpcServices};
 
 /// Version of the service config files (`mds.conf`, `cs.conf`).
@@ -48,6 +59,33 @@ const SERVICE_CONF_VERSION: u32 = 1;
 const MDS_CONF: &str = "mds.conf";
 const CS_CONF: &str = "cs.conf";
 const MDS_DB: &str = "mds.redb";
+/// The file stem of a node's certificate and key in its cluster
+/// configuration directory (`node.crt`, `node.key`).
+pub const NODE_STEM: &str = "node";
+/// The file stem of an MDS's certificate and key in its directory.
+pub const MDS_STEM: &str = "mds";
+/// The file stem of a chunk server's certificate and key in its directory.
+pub const CS_STEM: &str = "cs";
+
+/// This node's credentials for cluster `conf` (`node.crt`, `node.key`,
+/// `ca.crt` in its configuration directory). `PermissionDenied` (saying
+/// to run `auth-node`) when it has none.
+pub fn node_credentials(conf: &ClusterConf) -> Result<Credentials> {
+    let hint = format!(
+        "this node is not authenticated in cluster {0}; run `pstorage -c {0} auth-node`",
+        conf.name
+    );
+    Credentials::new(NodeIdentity::load(&conf.dir, NODE_STEM, &hint)?)
+}
+
+/// The credentials of the MDS or chunk server whose directory is `dir`.
+fn service_credentials(dir: &Path, stem: &str) -> Result<Credentials> {
+    let hint = format!(
+        "{} has no certificate; it was made by an older build: make it again with `pstorage make-{stem}`",
+        dir.display()
+    );
+    Credentials::new(NodeIdentity::load(dir, stem, &hint)?)
+}
 
 /// The configuration of an MDS service directory, written by `make-mds`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -190,14 +228,31 @@ pub fn create_cluster_mds(
     };
     RaftStorage::create(dir.join(MDS_DB), &MdsState::new(root_attrs)?)?;
     key.write(&dir.join(KEY_FILE))?;
+    // The cluster CA, this MDS's certificate, and an admin's for the node
+    // that made the cluster (as `auth-node` would give it).
+    let ca = ClusterCa::generate(&conf.name)?;
+    ca.save(dir)?;
+    ca.issue_identity(Role::Mds, &format!("mds {}", service.id))?
+        .save(dir, MDS_STEM)?;
+    ca.issue_identity(
+        Role::Admin,
+        &this_host_name().unwrap_or_else(|_| "admin".into()),
+    )?
+    .save(&conf.dir, NODE_STEM)?;
     write_conf(&dir.join(MDS_CONF), &service)?;
-    conf.store_key(key)?;
     conf.add_bootstrap(&addr)?;
     Ok(service)
 }
 
+/// The SHA-256 fingerprint of the cluster CA kept in MDS directory `dir`
+/// (what `make-mds -I` shows).
+pub fn ca_fingerprint(dir: &Path) -> Result<String> {
+    Ok(ClusterCa::load(dir)?.fingerprint())
+}
+
 /// `make-mds` without `-I`: allocates an MDS id from the running cluster
-/// (this node must have its key: `auth-node`), prepares `dir` and adds
+/// (this node must hold an admin's certificate: `auth-node`), gets the new
+/// MDS its certificate, the CA and the cluster key, prepares `dir` and adds
 /// `addr` to `bs.list`. The MDS joins the group at its first start.
 pub async fn join_cluster_mds(
     conf: &ClusterConf,
@@ -207,9 +262,6 @@ pub async fn join_cluster_mds(
     let addr = pstorage_core::conf::with_default_port(addr)?;
     addr.parse::<SocketAddr>()
         .map_err(|e| Error::invalid(format!("bad MDS address {addr:?}: {e}")).caused_by(e))?;
-    let key = conf
-        .key()
-        .map_err(|e| e.context("this node has no cluster key: run `pstorage auth-node` first"))?;
     ensure_empty_dir(dir)?;
     let mds = connect_mds(conf, RpcClientOptions::from_env())?;
     if mds
@@ -225,6 +277,14 @@ pub async fn join_cluster_mds(
         ));
     }
     let id = mds.allocate_mds_id().await?;
+    let secrets = mds.join_secrets().await?;
+    let request = CertRequest::generate()?;
+    let cert = mds
+        .issue_certificate(request.csr_der, Role::Mds, &format!("mds {id}"))
+        .await?;
+    let key = ClusterKey::from_hex(&secrets.cluster_key)?;
+    let ca = ClusterCa::from_pem(&secrets.ca_cert, &secrets.ca_key)?;
+    let identity = NodeIdentity::from_pem(secrets.ca_cert.clone(), cert, request.key_pem)?;
     let service = MdsServiceConf {
         format_version: SERVICE_CONF_VERSION,
         cluster: conf.name.clone(),
@@ -235,6 +295,8 @@ pub async fn join_cluster_mds(
     };
     RaftStorage::create_empty(dir.join(MDS_DB))?;
     key.write(&dir.join(KEY_FILE))?;
+    ca.save(dir)?;
+    identity.save(dir, MDS_STEM)?;
     write_conf(&dir.join(MDS_CONF), &service)?;
     conf.add_bootstrap(&addr)?;
     Ok(service)
@@ -342,6 +404,12 @@ pub async fn create_cs(
     if !placement.is_empty() {
         MetadataService::set_cs(&mds, id, placement).await?;
     }
+    let request = CertRequest::generate()?;
+    let cert = mds
+        .issue_certificate(request.csr_der, Role::Cs, &format!("cs {id}"))
+        .await?;
+    let ca_pem = node_credentials(conf)?.identity().ca_pem.clone();
+    let identity = NodeIdentity::from_pem(ca_pem, cert, request.key_pem)?;
     let journal_dir = match &journal.journal_dir {
         Some(d) => {
             pstorage_core::private_files::create_private_dir_all(d)?;
@@ -359,15 +427,16 @@ pub async fn create_cs(
         journal_size: journal.journal_size,
     };
     FileChunkStore::open_with(dir, &cs_conf.store_options())?;
+    identity.save(dir, CS_STEM)?;
     write_conf(&dir.join(CS_CONF), &cs_conf)?;
     Ok(id)
 }
 
-/// A dialer that connects and authenticates a control channel.
-pub fn control_dialer(key: ClusterKey) -> Dialer {
+/// A dialer that connects a control channel with `credentials`.
+pub fn control_dialer(credentials: Credentials) -> Dialer {
     Arc::new(move |addr: String| {
-        let key = key.clone();
-        async move { auth::connect(&addr, &key, Channel::Control).await }.boxed()
+        let credentials = credentials.clone();
+        async move { auth::connect(&addr, &credentials, Channel::Control).await }.boxed()
     })
 }
 
@@ -393,24 +462,30 @@ pub fn client_members(conf: &ClusterConf) -> Result<Arc<MemberDirectory>> {
     }
 }
 
-/// An MDS client for the cluster described by `conf` (its key, and the
-/// MDSes of [`client_members`]); it follows the MDS group.
+/// An MDS client for the cluster described by `conf` (this node's
+/// certificate, and the MDSes of [`client_members`]); it follows the MDS
+/// group.
 pub fn connect_mds(conf: &ClusterConf, options: RpcClientOptions) -> Result<MdsClient> {
-    let key = conf.key()?;
-    MdsClient::following(client_members(conf)?, control_dialer(key), options, true)
+    let credentials = node_credentials(conf)?;
+    MdsClient::following(
+        client_members(conf)?,
+        control_dialer(credentials),
+        options,
+        true,
+    )
 }
 
 /// Where a client finds the metadata group.
 pub enum MdsSource<'a> {
-    /// A cluster's configuration directory (`bs.list`, `auth.key`); the
-    /// MDS members it learns are saved there.
+    /// A cluster's configuration directory (`bs.list`, the node's
+    /// certificate); the MDS members it learns are saved there.
     Conf(&'a ClusterConf),
-    /// Fixed MDS addresses and the cluster key; nothing is saved.
+    /// Fixed MDS addresses and credentials; nothing is saved.
     Bootstrap {
         /// `HOST:PORT` of one or more MDSes.
         addrs: Vec<String>,
-        /// The cluster's key.
-        key: ClusterKey,
+        /// What the client connects with.
+        credentials: Credentials,
     },
 }
 
@@ -427,14 +502,16 @@ pub fn build_client(source: MdsSource<'_>, options: ClientOptions) -> Result<Cli
             .map_or(options.io_timeout, |t| t.min(options.io_timeout)),
     );
     rpc.connect_timeout = rpc.connect_timeout.min(options.io_timeout);
-    let (members, key) = match source {
-        MdsSource::Conf(conf) => (client_members(conf)?, conf.key()?),
-        MdsSource::Bootstrap { addrs, key } => (Arc::new(MemberDirectory::fixed(addrs)), key),
+    let (members, credentials) = match source {
+        MdsSource::Conf(conf) => (client_members(conf)?, node_credentials(conf)?),
+        MdsSource::Bootstrap { addrs, credentials } => {
+            (Arc::new(MemberDirectory::fixed(addrs)), credentials)
+        }
     };
-    let mds = MdsClient::following(members, control_dialer(key.clone()), rpc, true)?;
+    let mds = MdsClient::following(members, control_dialer(credentials.clone()), rpc, true)?;
     Ok(Client::new(
         Arc::new(mds),
-        Arc::new(TcpChunkConnector::new(key)),
+        Arc::new(TcpChunkConnector::new(credentials)),
         options,
     ))
 }
@@ -444,37 +521,31 @@ pub fn connect_client(conf: &ClusterConf, options: ClientOptions) -> Result<Clie
     build_client(MdsSource::Conf(conf), options)
 }
 
-/// Checks that `key` is the cluster's key by authenticating to one of its
-/// MDSes (`auth-node`). `PermissionDenied` for a wrong password.
-pub async fn verify_key(conf: &ClusterConf, key: &ClusterKey) -> Result<()> {
-    let mut last = Error::unavailable("the bootstrap list is empty");
-    for addr in conf.bootstrap()? {
-        match auth::connect(&addr, key, Channel::Control).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    format!("wrong password for cluster {}: {}", conf.name, e.message()),
-                ))
-            }
-            Err(e) => last = e.context(format!("MDS {addr}")),
-        }
-    }
-    Err(last)
+/// `auth-node`: proves the cluster password to one of the MDSes of
+/// `bs.list` and stores the certificate it gets for `role` (named after
+/// this host) in the node's configuration directory. `PermissionDenied` for
+/// a wrong password.
+pub async fn auth_node(conf: &ClusterConf, password: &str, role: Role) -> Result<NodeIdentity> {
+    let key = auth::derive_key(&conf.name, password);
+    let name = this_host_name().unwrap_or_else(|_| role.as_str().to_string());
+    let identity =
+        crate::enroll::enroll_any(&conf.bootstrap()?, &conf.name, &key, role, &name).await?;
+    identity.save(&conf.dir, NODE_STEM)?;
+    Ok(identity)
 }
 
-/// What an authenticated connection becomes: handed to a thread that
-/// serves it (`None`), or served by the returned future, which the accept
-/// loop runs as one of its connection tasks.
+/// What a connection becomes once its ClientHello is read: handed to a thread
+/// that serves it (`None`), or served by the returned future, which the
+/// accept loop runs as one of its connection tasks.
 type Served = Option<BoxFuture<'static, ()>>;
 
 /// Connections a server keeps at most (control and data together); one
 /// more is closed at once. A cluster of a thousand clients with a few
 /// connections each fits.
 pub const MAX_CONNECTIONS: usize = 8192;
-/// Connections that have not finished the authentication handshake yet,
-/// at most: a flood of silent connections (each waits out the handshake
-/// deadline) cannot take every slot from authenticated peers.
+/// Connections that have not finished their handshake (ClientHello and TLS)
+/// yet, at most: a flood of silent connections (each waits out the
+/// handshake deadline) cannot take every slot from authenticated peers.
 pub const MAX_HANDSHAKES: usize = 256;
 
 /// The bounds of an accept loop.
@@ -495,17 +566,18 @@ impl Default for AcceptLimits {
     }
 }
 
-/// Accepts connections on `listener` until `stop` is cancelled:
-/// authenticates each one and hands it to `route` with the channel it asked
-/// for. A connection that fails authentication is closed and logged;
-/// nothing else is affected.
+/// Accepts connections on `listener` until `stop` is cancelled: peeks at
+/// each one's ClientHello ([`auth::peek_channel`]) and hands it to `route` with the channel it asked
+/// for, its address and its handshake slot, which the TLS handshake's end
+/// releases ([`serve_tls`]). A connection with a bad ClientHello is closed and
+/// logged; nothing else is affected.
 ///
-/// Bounded: beyond `limits.handshakes` unauthenticated connections, or
+/// Bounded: beyond `limits.handshakes` connections in their handshake, or
 /// `limits.connections` live ones (this loop's tasks plus `elsewhere()`,
 /// the connections `route` handed to another thread), a new connection is
 /// closed at once (logged at most once a second).
 ///
-/// Every handshake and every connection future `route` returns is a task of
+/// Every ClientHello and every connection future `route` returns is a task of
 /// this loop. Once `stop` is cancelled the listener is closed and those
 /// tasks are ended and awaited, then `route` is dropped: when this returns,
 /// nothing it started still runs or holds a socket (a node can be stopped
@@ -513,13 +585,12 @@ impl Default for AcceptLimits {
 /// the tasks without waiting for them.
 pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
-    key: ClusterKey,
     route: F,
     elsewhere: impl Fn() -> usize,
     limits: AcceptLimits,
     stop: CancellationToken,
 ) where
-    F: Fn(Channel, TcpStream) -> Served + Send + Sync + 'static,
+    F: Fn(Channel, TcpStream, SocketAddr, HandshakeSlot) -> Served + Send + Sync + 'static,
 {
     let route = Arc::new(route);
     let mut connections = JoinSet::new();
@@ -556,16 +627,16 @@ pub(crate) async fn accept_loop<F>(
             drop(stream);
             continue;
         }
-        handshakes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let key = key.clone();
+        let slot = HandshakeSlot::take(&handshakes);
         let route = route.clone();
-        let handshakes = handshakes.clone();
         connections.spawn(async move {
-            let accepted = auth::accept(&mut stream, &key).await;
-            handshakes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            match accepted {
+            let hello = async {
+                auth::configure_socket(&stream)?;
+                auth::peek_channel(&mut stream).await
+            };
+            match hello.await {
                 Ok(channel) => {
-                    if let Some(serve) = route(channel, stream) {
+                    if let Some(serve) = route(channel, stream, peer, slot) {
                         serve.await;
                     }
                 }
@@ -575,6 +646,31 @@ pub(crate) async fn accept_loop<F>(
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// The TLS handshake of an accepted connection (releasing `slot` when it
+/// ends), then `serve` with the stream and the peer; a refused handshake is
+/// logged.
+pub(crate) fn serve_tls<Fut>(
+    stream: TcpStream,
+    from: SocketAddr,
+    slot: HandshakeSlot,
+    credentials: Credentials,
+    channel: Channel,
+    serve: impl FnOnce(auth::ServerStream, Option<crate::pki::Peer>) -> Fut + Send + 'static,
+) -> BoxFuture<'static, ()>
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    async move {
+        let accepted = auth::accept_tls(stream, &credentials, channel).await;
+        drop(slot);
+        match accepted {
+            Ok((tls, peer)) => serve(tls, peer).await,
+            Err(e) => warn!("refused {channel:?} connection from {from}: {e}"),
+        }
+    }
+    .boxed()
 }
 
 /// Runs the MDS in `dir` until `shutdown` resolves (SIGTERM in the daemon).
@@ -632,10 +728,16 @@ pub async fn run_mds_with(
     let metrics_listener = bind_metrics(&options).await?;
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
+    let credentials = service_credentials(dir, MDS_STEM)?;
+    let enrollment = Arc::new(Enrollment::new(
+        &conf.cluster,
+        key.clone(),
+        Arc::new(ClusterCa::load(dir)?),
+    ));
     let storage = RaftStorage::open_legacy_or_raft(dir.join(MDS_DB))?;
     let state = storage.initial_state()?;
     let control = Arc::new(TcpControlConnector::new(
-        control_dialer(key.clone()),
+        control_dialer(credentials.clone()),
         RpcClientOptions {
             connect_timeout: Duration::from_secs(3),
             call_timeout: Some(Duration::from_secs(10)),
@@ -644,7 +746,7 @@ pub async fn run_mds_with(
     // Chunk copies have no whole-call deadline: the MDS watches their
     // progress instead (mds.repl.progress_tout).
     let copy_control = Arc::new(TcpControlConnector::new(
-        control_dialer(key.clone()),
+        control_dialer(credentials.clone()),
         RpcClientOptions {
             connect_timeout: Duration::from_secs(3),
             call_timeout: None,
@@ -664,7 +766,7 @@ pub async fn run_mds_with(
     let (log_store, state_machine) = storage.into_parts(mds.clone());
     let raft_options = RaftOptions::from_env();
     let network = TcpRaftNetwork::new(
-        control_dialer(key.clone()),
+        control_dialer(credentials.clone()),
         RaftNetworkOptions {
             call_timeout: raft_options.rpc_timeout,
             ..RaftNetworkOptions::default()
@@ -709,7 +811,7 @@ pub async fn run_mds_with(
         mds.clone(),
         mds.clone(),
         mds.clone(),
-        control_dialer(key.clone()),
+        control_dialer(credentials.clone()),
         RouterOptions::default(),
     ));
     let listener = TcpListener::bind(&conf.addr)
@@ -722,10 +824,12 @@ pub async fn run_mds_with(
     );
     let rpc = Arc::new(RpcServerThread::spawn(
         "mds-rpc",
+        credentials.clone(),
         RpcServices::new()
             .with_mds(router.clone(), router.clone())
             .with_group(router.clone())
-            .with_raft(raft.clone()),
+            .with_raft(raft.clone())
+            .with_enrollment(enrollment.clone()),
     )?);
     let rpc_count = rpc.clone();
     let stop_accepting = CancellationToken::new();
@@ -734,19 +838,43 @@ pub async fn run_mds_with(
         || crate::metrics::mds(conf.id, mds.clone(), raft.clone()),
         &stop_accepting,
     );
+    let tls = credentials.clone();
     let accept = accept_loop(
         listener,
-        key.clone(),
-        move |channel, stream| {
-            match channel {
-                Channel::Control => {
-                    if let Err(e) = rpc.serve_mds(stream) {
-                        warn!("cannot serve an MDS connection: {e}");
-                    }
+        move |channel, stream, from, slot| match channel {
+            Channel::Control => {
+                if let Err(e) = rpc.serve_mds(stream, Some(slot)) {
+                    warn!("cannot serve an MDS connection: {e}");
                 }
-                Channel::Data => warn!("a data channel was opened to the MDS; closed"),
+                None
             }
-            None
+            Channel::Enroll => {
+                let enrollment = enrollment.clone();
+                Some(serve_tls(
+                    stream,
+                    from,
+                    slot,
+                    tls.clone(),
+                    channel,
+                    move |tls, _| async move {
+                        if let Err(e) = enrollment.serve(tls, from.ip()).await {
+                            warn!("enrollment from {from}: {e}");
+                        }
+                    },
+                ))
+            }
+            // The handshake first, so that a stranger learns only that its
+            // certificate is refused.
+            Channel::Data => Some(serve_tls(
+                stream,
+                from,
+                slot,
+                tls.clone(),
+                channel,
+                move |_, peer| async move {
+                    warn!("{peer:?} at {from} opened a data channel to the MDS; closed");
+                },
+            )),
         },
         {
             let rpc = rpc_count.clone();
@@ -757,7 +885,7 @@ pub async fn run_mds_with(
     );
     tokio::pin!(accept);
     let mut accept_ended = false;
-    let join = join_group(&conf, &raft, &key, dir);
+    let join = join_group(&conf, &raft, &credentials, dir);
     let removed = removed_from_group(&raft, conf.id);
     let duties = mds.run_duties(MDS_TICK);
     tokio::select! {
@@ -849,7 +977,7 @@ impl RaftOptions {
 
 /// Until this MDS is a voting member: asks the group (through the other
 /// MDSes of `bs.list`) to add it. Then waits forever.
-async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, key: &ClusterKey, dir: &Path) {
+async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, credentials: &Credentials, dir: &Path) {
     let is_voter = || {
         raft.metrics()
             .borrow()
@@ -879,7 +1007,7 @@ async fn join_group(conf: &MdsServiceConf, raft: &MdsRaft, key: &ClusterKey, dir
             let result = async {
                 let client = MdsClient::new(
                     others.clone(),
-                    control_dialer(key.clone()),
+                    control_dialer(credentials.clone()),
                     RpcClientOptions::default(),
                 )?;
                 client.add_mds(conf.id, &conf.addr).await
@@ -975,7 +1103,7 @@ pub async fn run_cs_with(
     let metrics_listener = bind_metrics(&options).await?;
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
-    let key = cluster.key()?;
+    let credentials = service_credentials(dir, CS_STEM)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (bootstrap, no_bootstrap) = match cluster.bootstrap() {
         Ok(list) => (list, None),
@@ -997,7 +1125,7 @@ pub async fn run_cs_with(
         warn!("CS {}: {e}; using the MDS members it saved", conf.id);
     }
     let store = Arc::new(FileChunkStore::open_with(dir, &conf.store_options())?);
-    let peers = Arc::new(TcpChunkConnector::new(key.clone()));
+    let peers = Arc::new(TcpChunkConnector::new(credentials.clone()));
     let server = Arc::new(ChunkServer::new(conf.id, store, peers));
     let (reports, reporter) = bad_replica_queue();
     server.set_bad_replica_sink(reports);
@@ -1044,6 +1172,7 @@ pub async fn run_cs_with(
     let control: Arc<dyn ChunkControl> = server.clone();
     let rpc = Arc::new(RpcServerThread::spawn(
         "cs-rpc",
+        credentials.clone(),
         RpcServices::new().with_control(control),
     )?);
     let rpc_count = rpc.clone();
@@ -1054,17 +1183,37 @@ pub async fn run_cs_with(
         || crate::metrics::chunk_server(server.clone()),
         &stop_accepting,
     );
+    let tls = credentials.clone();
     let accept = accept_loop(
         listener,
-        key.clone(),
-        move |channel, stream| match channel {
+        move |channel, stream, from, slot| match channel {
             Channel::Control => {
-                if let Err(e) = rpc.serve_control(stream) {
+                if let Err(e) = rpc.serve_control(stream, Some(slot)) {
                     warn!("cannot serve a control connection: {e}");
                 }
                 None
             }
-            Channel::Data => Some(serve_data_connection(stream, data.clone()).boxed()),
+            Channel::Data => {
+                let data = data.clone();
+                Some(serve_tls(
+                    stream,
+                    from,
+                    slot,
+                    tls.clone(),
+                    channel,
+                    move |tls, peer| serve_data_connection(tls, peer, data),
+                ))
+            }
+            Channel::Enroll => Some(serve_tls(
+                stream,
+                from,
+                slot,
+                tls.clone(),
+                channel,
+                move |_, _| async move {
+                    warn!("{from} asked a chunk server for an enrollment; closed");
+                },
+            )),
         },
         {
             let rpc = rpc_count.clone();
@@ -1082,8 +1231,13 @@ pub async fn run_cs_with(
         call_timeout: Some(session_options.register_timeout),
         ..RpcClientOptions::from_env()
     };
-    let mds = MdsClient::following(members.clone(), control_dialer(key), rpc_options, false)?
-        .with_heartbeat_timeout(session_options.heartbeat_timeout);
+    let mds = MdsClient::following(
+        members.clone(),
+        control_dialer(credentials),
+        rpc_options,
+        false,
+    )?
+    .with_heartbeat_timeout(session_options.heartbeat_timeout);
     let mds = Arc::new(mds);
     let reporter = reporter.run(mds.clone(), server.clone(), crate::actor::MDS_CALL_TIMEOUT);
     let session = CsSession::new(
@@ -1147,25 +1301,29 @@ mod accept_tests {
     async fn connections_beyond_the_limits_are_closed_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let key = ClusterKey([5; 32]);
+        let key = crate::tls::test_credentials(Role::Client);
+        let server_credentials = crate::tls::test_credentials(Role::Cs);
         let stop = CancellationToken::new();
         let hold = stop.clone();
         let server = tokio::spawn(accept_loop(
             listener,
-            key.clone(),
-            move |_channel, mut stream| {
+            move |channel, stream, from, slot| {
                 let hold = hold.clone();
-                Some(
-                    async move {
+                Some(serve_tls(
+                    stream,
+                    from,
+                    slot,
+                    server_credentials.clone(),
+                    channel,
+                    move |mut stream, _| async move {
                         // Served until the peer closes or the server stops.
                         let mut buf = [0u8; 1];
                         tokio::select! {
                             _ = hold.cancelled() => {}
                             _ = stream.read(&mut buf) => {}
                         }
-                    }
-                    .boxed(),
-                )
+                    },
+                ))
             },
             || 0,
             AcceptLimits {

@@ -504,7 +504,20 @@ impl MdsGroup for RaftMds {
 // Nodes
 
 fn plain_dialer() -> Dialer {
-    Arc::new(|addr: String| Box::pin(async move { Ok(TcpStream::connect(&addr).await?) }))
+    crate::node::control_dialer(creds())
+}
+
+fn creds() -> crate::tls::Credentials {
+    crate::tls::test_credentials(crate::pki::Role::Mds)
+}
+
+/// Reads the preface of `stream`, then hands it to `server`'s thread.
+fn serve_mds_later(server: Arc<RpcServerThread>, mut stream: TcpStream) {
+    tokio::spawn(async move {
+        if crate::auth::peek_channel(&mut stream).await.is_ok() {
+            let _ = server.serve_mds(stream, None);
+        }
+    });
 }
 
 fn raft_config() -> Arc<openraft::Config> {
@@ -573,14 +586,15 @@ impl Node {
             .with_mds(router.clone(), router.clone())
             .with_group(router)
             .with_raft(raft.clone());
-        let server = Arc::new(RpcServerThread::spawn(&format!("mds {id} rpc"), services).unwrap());
+        let server =
+            Arc::new(RpcServerThread::spawn(&format!("mds {id} rpc"), creds(), services).unwrap());
         let loop_server = server.clone();
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                loop_server.serve_mds(stream).unwrap();
+                serve_mds_later(loop_server.clone(), stream);
             }
         });
         Node {
@@ -1056,6 +1070,7 @@ async fn a_server_without_raft_or_group_says_so() {
     let server = Arc::new(
         RpcServerThread::spawn(
             "plain mds",
+            creds(),
             RpcServices::new().with_mds(service.clone(), service.clone()),
         )
         .unwrap(),
@@ -1065,7 +1080,7 @@ async fn a_server_without_raft_or_group_says_so() {
     let loop_server = server.clone();
     let accept_loop = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            loop_server.serve_mds(stream).unwrap();
+            serve_mds_later(loop_server.clone(), stream);
         }
     });
     let actor: ClientActor<mds::Client> = ClientActor::spawn(
@@ -1081,13 +1096,46 @@ async fn a_server_without_raft_or_group_says_so() {
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
     assert!(error.message().contains("runs no Raft node"), "{error}");
 
-    let client = MdsClient::new(vec![addr], plain_dialer(), ClientOptions::default()).unwrap();
+    let client =
+        MdsClient::new(vec![addr.clone()], plain_dialer(), ClientOptions::default()).unwrap();
     let error = client.allocate_mds_id().await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
     assert!(
         error.message().contains("does not manage an MDS group"),
         "{error}"
     );
+    assert_eq!(service.calls.load(Ordering::SeqCst), 0);
+
+    // Certificates of other roles may not speak Raft, nor manage the
+    // group: refused before the service is asked.
+    for role in [
+        crate::pki::Role::Client,
+        crate::pki::Role::Cs,
+        crate::pki::Role::Admin,
+    ] {
+        let dialer = crate::node::control_dialer(crate::tls::test_credentials(role));
+        let actor: ClientActor<mds::Client> =
+            ClientActor::spawn("MDS", vec![addr.clone()], dialer, ClientOptions::default())
+                .unwrap();
+        for method in ["raftVote", "raftAppend", "raftSnapshot"] {
+            let data = crate::raft::encode("vote request", &vote).unwrap();
+            let error = send_raw(&actor, method, data).await.unwrap_err();
+            assert_eq!(
+                error.kind(),
+                ErrorKind::PermissionDenied,
+                "{role} {method}: {error}"
+            );
+            assert!(error.message().contains("may not call"), "{error}");
+        }
+    }
+    let client = MdsClient::new(
+        vec![addr.clone()],
+        crate::node::control_dialer(crate::tls::test_credentials(crate::pki::Role::Client)),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let error = client.allocate_mds_id().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
     assert_eq!(service.calls.load(Ordering::SeqCst), 0);
     accept_loop.abort();
 }

@@ -1371,6 +1371,49 @@ impl WireReply for TextReply {
     }
 }
 
+/// The answer of `joinSecrets`.
+pub struct JoinSecretsReply {
+    /// The CA certificate (PEM).
+    pub ca_cert: String,
+    /// The CA's private key (PEM).
+    pub ca_key: String,
+    /// The cluster key (hex).
+    pub cluster_key: String,
+}
+
+impl WireReply for JoinSecretsReply {
+    type Schema = schema::join_secrets_result::Owned;
+    fn write_result(
+        outcome: &Result<JoinSecretsReply>,
+        b: schema::join_secrets_result::Builder<'_>,
+    ) {
+        match outcome {
+            Ok(s) => {
+                let mut ok = b.init_ok();
+                ok.set_ca_cert(s.ca_cert.as_str());
+                ok.set_ca_key(s.ca_key.as_str());
+                ok.set_cluster_key(s.cluster_key.as_str());
+            }
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(
+        r: schema::join_secrets_result::Reader<'_>,
+    ) -> capnp::Result<Result<JoinSecretsReply>> {
+        Ok(match r.which()? {
+            schema::join_secrets_result::Ok(s) => {
+                let s = s?;
+                Ok(JoinSecretsReply {
+                    ca_cert: read_text(s.get_ca_cert())?,
+                    ca_key: read_text(s.get_ca_key())?,
+                    cluster_key: read_text(s.get_cluster_key())?,
+                })
+            }
+            schema::join_secrets_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
+
 /// A bytes answer (`getXattr`).
 pub struct DataReply(pub Vec<u8>);
 

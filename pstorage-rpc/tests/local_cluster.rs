@@ -212,11 +212,31 @@ async fn small_cluster_node_errors_and_kept_dir() {
     let err = cluster.kill_cs(0).await.unwrap_err();
     assert!(err.to_string().contains("is not running"), "{err}");
     cluster.restart_cs(0).await.unwrap();
-    // The key is the password's, so `auth-node` with it would work.
+    // The cluster's password is "secret": another node gets a client's
+    // certificate with it (`auth-node --role client`), not with another.
+    let other_node = tempfile::tempdir().unwrap();
+    let other = pstorage_core::conf::ClusterConf::new(other_node.path(), "local").unwrap();
+    std::fs::create_dir_all(&other.dir).unwrap();
+    std::fs::copy(cluster.bs_list(), other.bs_list_path()).unwrap();
+    let wrong = pstorage_rpc::node::auth_node(&other, "guess", pstorage_rpc::pki::Role::Client)
+        .await
+        .unwrap_err();
     assert_eq!(
-        cluster.conf().key().unwrap().to_hex(),
-        pstorage_rpc::auth::derive_key("local", "secret").to_hex()
+        wrong.kind(),
+        pstorage_core::ErrorKind::PermissionDenied,
+        "{wrong}"
     );
+    let identity = pstorage_rpc::node::auth_node(&other, "secret", pstorage_rpc::pki::Role::Client)
+        .await
+        .unwrap();
+    assert_eq!(identity.peer.role, pstorage_rpc::pki::Role::Client);
+    let stat =
+        pstorage_rpc::node::connect_client(&other, pstorage_core::client::ClientOptions::default())
+            .unwrap()
+            .stat("/")
+            .await
+            .unwrap();
+    assert_eq!(stat.ino, pstorage_core::types::InodeId(1));
     let added = cluster.add_cs().await.unwrap();
     assert_eq!(added, 1);
     cluster.wait_healthy(HEALTHY_TIMEOUT).await.unwrap();

@@ -27,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-echo bench | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds" -p >/dev/null
+echo bench-password | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds" -p >/dev/null
 "$bin/pstorage-mdsd" -r "$dir/mds" >"$dir/mds.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

@@ -285,16 +285,17 @@ impl TestCluster {
             .map(|s| s.mds.into_iter().map(|m| (m.addr, m.role)).collect())
     }
 
-    /// A copy of this node's cluster configuration (`bs.list`, `auth.key`)
-    /// under a new root `<test dir>/<tag>-conf`, as another node made with
-    /// the same `bs.list` would have it: later edits of this node's
-    /// `bs.list` (make-mds, rm-mds) do not reach it. Returns the root.
+    /// A copy of this node's cluster configuration (`bs.list` and its
+    /// credentials: `ca.crt`, `node.crt`, `node.key`) under a new root
+    /// `<test dir>/<tag>-conf`, as another node made with the same
+    /// `bs.list` would have it: later edits of this node's `bs.list`
+    /// (make-mds, rm-mds) do not reach it. Returns the root.
     pub fn copy_conf(&self, tag: &str) -> PathBuf {
         let root = self.dir.path().join(format!("{tag}-conf"));
         let to = root.join(&self.name);
-        std::fs::create_dir_all(&to).expect("conf dir");
+        pstorage_core::private_files::create_private_dir_all(&to).expect("conf dir");
         let from = self.conf_root.join(&self.name);
-        for file in ["bs.list", "auth.key"] {
+        for file in ["bs.list", "ca.crt", "node.crt", "node.key"] {
             std::fs::copy(from.join(file), to.join(file))
                 .unwrap_or_else(|e| panic!("copying {file}: {e}"));
         }

@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use pstorage_core::conf::ClusterKey;
 use pstorage_core::types::{LeaseMode, OpenFlags, MAX_FILE_SIZE};
 use pstorage_core::ErrorKind;
 use pstorage_rpc::auth::{self, Channel};
@@ -32,9 +31,16 @@ async fn cs_addrs(cluster: &TestCluster) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_without_the_key_are_refused() {
+async fn connections_without_a_certificate_of_the_cluster_are_refused() {
     let cluster = TestCluster::start(small());
-    let wrong = ClusterKey([0x55; 32]);
+    // A cluster of the same name elsewhere: its own CA.
+    let other = pstorage_rpc::pki::ClusterCa::generate(&cluster.conf().name).unwrap();
+    let wrong = pstorage_rpc::tls::Credentials::new(
+        other
+            .issue_identity(pstorage_rpc::pki::Role::Admin, "intruder")
+            .unwrap(),
+    )
+    .unwrap();
     let mut targets = vec![cluster.mds_addr.clone()];
     targets.extend(cs_addrs(&cluster).await);
     for addr in &targets {
@@ -44,12 +50,13 @@ async fn connections_without_the_key_are_refused() {
         }
     }
     // A wrong password through the CLI is a clear error and stores nothing.
-    let before = std::fs::read(cluster.conf().key_path()).unwrap();
+    let cert = cluster.conf().dir.join("node.crt");
+    let before = std::fs::read(&cert).unwrap();
     let out = cluster.cli_stdin(&["auth-node"], b"not-the-password\n");
     assert!(!out.status.success());
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("wrong password"), "{msg}");
-    assert_eq!(std::fs::read(cluster.conf().key_path()).unwrap(), before);
+    assert_eq!(std::fs::read(&cert).unwrap(), before);
     // The right one works.
     let out = cluster.cli_stdin(
         &["auth-node"],
@@ -96,7 +103,7 @@ async fn garbage_on_every_port_changes_nothing() {
 
     let mut targets = vec![cluster.mds_addr.clone()];
     targets.extend(cs_addrs(&cluster).await);
-    let key = cluster.conf().key().unwrap();
+    let key = pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap();
     for addr in &targets {
         send_garbage(addr, b"GET / HTTP/1.0\r\n\r\n");
         send_garbage(addr, &pattern(11, 100_000));

@@ -57,7 +57,8 @@ fn flip_byte(path: &PathBuf, at: u64) {
 /// reads at the address the MDS has for it (after a restart, which may move
 /// a server to a new port, the MDS names it once it registered again).
 async fn wait_serving(cluster: &TestCluster, client: &Client, path: &str) {
-    let connector = TcpChunkConnector::new(cluster.conf().key().unwrap());
+    let connector =
+        TcpChunkConnector::new(pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap());
     cluster
         .wait_for(
             Duration::from_secs(60),

@@ -186,7 +186,7 @@ fn stored_files_and_the_key_are_private() {
     }
 
     // A key others may read: refused with the fix, and nothing connects.
-    let key = cluster.conf_root.join(&cluster.name).join("auth.key");
+    let key = cluster.conf_root.join(&cluster.name).join("node.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = cluster.cli(&["stat"]);
     assert!(!out.status.success());

@@ -96,7 +96,9 @@ async fn kill_chunk_server_during_writes() {
     assert_eq!(read_all(&client, "/stream.bin").await, *data);
     let addr = cluster_cs_addr(&mds, dead_id).await;
     let control = TcpControlConnector::new(
-        pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()),
+        pstorage_rpc::node::control_dialer(
+            pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap(),
+        ),
         Default::default(),
     );
     // Re-replication may copy chunks back onto it (as new replicas at new

@@ -58,7 +58,9 @@ async fn status(client: &Client) -> ClusterStatus {
 
 fn control(cluster: &TestCluster) -> TcpControlConnector {
     TcpControlConnector::new(
-        pstorage_rpc::node::control_dialer(cluster.conf().key().unwrap()),
+        pstorage_rpc::node::control_dialer(
+            pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap(),
+        ),
         Default::default(),
     )
 }

@@ -94,7 +94,8 @@ async fn random_writes_read_back_and_replicas_are_identical() {
         maps.len() as u64,
         file_size.div_ceil(CHUNK).min(high.div_ceil(CHUNK))
     );
-    let connector = TcpChunkConnector::new(cluster.conf().key().unwrap());
+    let connector =
+        TcpChunkConnector::new(pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap());
     for map in &maps {
         assert_eq!(
             map.replicas.len(),

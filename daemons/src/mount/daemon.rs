@@ -67,7 +67,7 @@ fn plan(args: &MountArgs) -> Result<Plan> {
     let conf = ClusterConf::new(&root, &cluster)?;
     // Fail now, on the terminal, rather than in the daemon.
     conf.bootstrap()?;
-    conf.key()?;
+    pstorage_rpc::node::node_credentials(&conf)?;
     let mountpoint = std::fs::canonicalize(&mountpoint).map_err(|e| {
         Error::from(e).context(format!(
             "mount point {mountpoint} (create the directory first)"

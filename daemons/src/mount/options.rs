@@ -21,7 +21,7 @@ use super::session::AclChoice;
                   fstab: `NAME /mnt/pstorage fuse.pstorage-mount defaults,_netdev 0 0`"
 )]
 pub struct MountArgs {
-    /// Cluster name (its config is ROOT/NAME/bs.list and auth.key).
+    /// Cluster name (its config is ROOT/NAME: bs.list and the node's certificate).
     #[arg(short = 'c', long = "cluster")]
     pub cluster: Option<String>,
     /// Cluster config root instead of $PSTORAGE_CONF_DIR or /etc/pstorage/clusters.

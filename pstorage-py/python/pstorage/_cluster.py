@@ -77,8 +77,9 @@ def _path(path: Union[str, "os.PathLike[str]"]) -> str:
 class Cluster:
     """A connection to the pstorage cluster ``name``.
 
-    The cluster is found in ``conf_dir/<name>`` (``bs.list`` and
-    ``auth.key``, written by ``pstorage -c NAME auth-node``); ``conf_dir``
+    The cluster is found in ``conf_dir/<name>`` (``bs.list``, and this
+    node's certificate ``ca.crt``, ``node.crt``, ``node.key``, written by
+    ``pstorage -c NAME auth-node``); ``conf_dir``
     defaults to ``$PSTORAGE_CONF_DIR``, else ``/etc/pstorage/clusters``.
     ``timeout`` (seconds) bounds each call: connecting, every metadata call
     and the retries of one read or write while replicas are unreachable.

@@ -6,16 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::Credentials;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pstorage_core::conf::ClusterKey;
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{
     CheckedBytes, ChunkConnector, ChunkService, ReplicaError, WriteRequest,
 };
 use pstorage_core::types::{ChunkId, MapVersion, BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -153,14 +151,14 @@ impl DataClient {
     /// Takes over an authenticated connection (see [`auth::connect`] with
     /// [`Channel::Data`]) and starts its reader and writer tasks on the
     /// current tokio runtime. Panics outside a runtime.
-    pub fn new(stream: TcpStream) -> DataClient {
+    pub fn new(stream: auth::ClientStream) -> DataClient {
         let peer = stream
+            .get_ref()
+            .0
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "unknown peer".to_string());
-        // Best effort: `auth::connect` has set it already.
-        let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
             peer,
             pending: Mutex::new(Pending {
@@ -292,8 +290,8 @@ impl Drop for DataClient {
     }
 }
 
-async fn read_responses(read_half: OwnedReadHalf, shared: Arc<Shared>) {
-    let mut reader = FrameReader::new(read_half);
+async fn read_responses(read_half: tokio::io::ReadHalf<auth::ClientStream>, shared: Arc<Shared>) {
+    let mut reader = FrameReader::new(crate::tls::CloseAsEof(read_half));
     let reason = loop {
         let (header, body) = match reader.next_frame().await {
             Ok(Some(frame)) => frame,
@@ -434,17 +432,17 @@ struct Slot {
 /// is none or the cached one has closed. At most one dial per address runs
 /// at a time. Thread-safe.
 pub struct TcpChunkConnector {
-    key: ClusterKey,
+    credentials: Credentials,
     slots: Mutex<HashMap<String, Slot>>,
     connect_timeout: Duration,
 }
 
 impl TcpChunkConnector {
-    /// A connector that authenticates with `key`, giving up on a connection
-    /// after [`DEFAULT_CONNECT_TIMEOUT`].
-    pub fn new(key: ClusterKey) -> TcpChunkConnector {
+    /// A connector that connects with `credentials`, giving up on a
+    /// connection after [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn new(credentials: Credentials) -> TcpChunkConnector {
         TcpChunkConnector {
-            key,
+            credentials,
             slots: Mutex::new(HashMap::new()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
@@ -487,7 +485,7 @@ impl ChunkConnector for TcpChunkConnector {
             return Ok(client);
         }
         let stream =
-            match tokio::time::timeout(self.connect_timeout, auth::connect(addr, &self.key, Channel::Data))
+            match tokio::time::timeout(self.connect_timeout, auth::connect(addr, &self.credentials, Channel::Data))
                 .await
             {
                 Ok(connected) => connected.map_err(|e| e.context(format!("chunk server {addr}")))?,

@@ -4,12 +4,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::auth::ServerStream;
+use crate::pki::Peer;
 use bytes::Bytes;
 use futures::FutureExt;
 use pstorage_core::error::Error;
 use pstorage_core::traits::ChunkService;
 use pstorage_core::types::{BLOCK_SIZE, MAX_BLOCK_CRCS, MAX_IO_SIZE};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -20,8 +21,10 @@ use super::wire::{self, FrameReader, OutFrame, Request};
 /// client through TCP.
 pub const SERVER_INFLIGHT_BYTES: usize = 128 << 20;
 
-/// Serves the data protocol on an authenticated connection (see
-/// [`crate::auth::server_handshake`]) until the peer closes it.
+/// Serves the data protocol on a TLS connection from `peer` (see
+/// [`crate::auth::accept_tls`]; every role may use the data path: clients
+/// read and write, chunk servers forward chain writes and copy replicas)
+/// until the peer closes it.
 ///
 /// Every request runs as its own task, so requests are served concurrently
 /// and may complete out of order; responses are batched into as few writes
@@ -30,15 +33,22 @@ pub const SERVER_INFLIGHT_BYTES: usize = 128 << 20;
 /// been written (or the connection broke). Dropping the returned future
 /// closes the connection; requests already handed to `service` still run to
 /// completion, their answers discarded.
-pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkService>) {
-    let peer = stream
+pub async fn serve_data_connection(
+    stream: ServerStream,
+    peer: Option<Peer>,
+    service: Arc<dyn ChunkService>,
+) {
+    let addr = stream
+        .get_ref()
+        .0
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown peer".to_string());
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::warn!(%peer, error = %e, "data connection: cannot set TCP_NODELAY");
-    }
-    let (read_half, write_half) = stream.into_split();
+    let peer = match &peer {
+        Some(p) => format!("{p} at {addr}"),
+        None => addr,
+    };
+    let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<OutFrame>();
     // Requests handed to the service whose answer is not queued yet.
     let processing = Arc::new(AtomicUsize::new(0));
@@ -49,7 +59,7 @@ pub async fn serve_data_connection(stream: TcpStream, service: Arc<dyn ChunkServ
         }))
     };
     let inflight = Arc::new(Semaphore::new(SERVER_INFLIGHT_BYTES));
-    let mut reader = FrameReader::new(read_half);
+    let mut reader = FrameReader::new(crate::tls::CloseAsEof(read_half));
     loop {
         let (header, body) = match reader.next_frame().await {
             Ok(Some(frame)) => frame,

@@ -10,7 +10,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pstorage_core::chunk::{crc64, encode_block_crc};
-use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::traits::{
     CheckedBytes, ChunkConnector, ChunkService, ReplicaError, WritePayload, WriteRequest,
@@ -148,8 +147,34 @@ impl ChunkService for MemService {
     }
 }
 
-fn key(b: u8) -> ClusterKey {
-    ClusterKey([b; KEY_LEN])
+/// A client's credentials: `1` of the test CA the servers trust, any
+/// other of a CA of its own (another cluster).
+fn key(b: u8) -> crate::tls::Credentials {
+    if b == 1 {
+        return crate::tls::test_credentials(crate::pki::Role::Client);
+    }
+    let other = crate::pki::ClusterCa::generate("other").unwrap();
+    crate::tls::Credentials::new(
+        other
+            .issue_identity(crate::pki::Role::Client, "stranger")
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Reads the preface and runs the TLS handshake as a chunk server would,
+/// then serves the data protocol (a bad handshake just closes).
+async fn serve_test_connection(mut stream: TcpStream, service: Arc<dyn ChunkService>) {
+    match auth::peek_channel(&mut stream).await {
+        Ok(Channel::Data) => {
+            let server = crate::tls::test_credentials(crate::pki::Role::Cs);
+            if let Ok((tls, peer)) = auth::accept_tls(stream, &server, Channel::Data).await {
+                serve_data_connection(tls, peer, service).await
+            }
+        }
+        Ok(other) => panic!("{other:?} channel in a data test"),
+        Err(_) => {}
+    }
 }
 
 /// A test chunk server: authenticates and serves every connection until the
@@ -168,16 +193,10 @@ async fn start_server(service: Arc<dyn ChunkService>, bind: &str) -> TestServer 
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
             let service = service.clone();
-            connections.spawn(async move {
-                match auth::server_handshake(&mut stream, &key(1)).await {
-                    Ok(Channel::Data) => serve_data_connection(stream, service).await,
-                    Ok(Channel::Control) => panic!("control channel in a data test"),
-                    Err(_) => {}
-                }
-            });
+            connections.spawn(serve_test_connection(stream, service));
         }
     });
     TestServer {
@@ -580,7 +599,7 @@ async fn connector_shares_one_connection_per_address() {
 }
 
 /// Reads until the server closes the connection; fails if it stays open.
-async fn assert_closed_by_server(stream: &mut TcpStream) {
+async fn assert_closed_by_server<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
     let mut buf = [0u8; 1024];
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -681,9 +700,8 @@ async fn dropping_the_client_closes_the_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let served = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        auth::server_handshake(&mut stream, &key(1)).await.unwrap();
-        serve_data_connection(stream, Arc::new(MemService::default())).await;
+        let (stream, _) = listener.accept().await.unwrap();
+        serve_test_connection(stream, Arc::new(MemService::default())).await;
     });
     let client = client_for(&addr).await;
     client.flush(ChunkId(1), MapVersion(1)).await.unwrap();

@@ -206,7 +206,8 @@ async fn run(args: &Args) -> pstorage_core::Result<bool> {
         eprintln!("{} sdk-writer: close failed: {e}", now());
     }
     // The replicas of every chunk, compared block by block.
-    let connector = pstorage_rpc::data::TcpChunkConnector::new(conf.key()?);
+    let connector =
+        pstorage_rpc::data::TcpChunkConnector::new(pstorage_rpc::node::node_credentials(&conf)?);
     let mut replica_diff = 0u64;
     let mut compared = 0u64;
     for path in std::iter::once(&args.path).chain(&args.compare_replicas) {

@@ -1,3 +1,0 @@
-#![no_main]
-// See pstorage-rpc/src/fuzzing.rs.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| pstorage_rpc::fuzzing::auth_server(data));

@@ -1,0 +1,405 @@
+//! TLS 1.3 on every connection (rustls, the ring provider): both ends show
+//! a certificate of the cluster CA ([`crate::pki`]) and check the other's.
+//!
+//! - A server (MDS, chunk server) asks every client for a certificate and
+//!   verifies it against the cluster CA; a connection without one gets only
+//!   the enrollment channel ([`crate::enroll`]). The peer's role, read from
+//!   its certificate, goes with the connection to the services, which check
+//!   it on every call.
+//! - A client verifies the server's certificate against the cluster CA for
+//!   the name [`CLUSTER_SERVER_NAME`] and refuses a server whose role is not
+//!   a server's (an admin's or a client's certificate cannot pose as an MDS).
+//! - TLS 1.3 only; no resumption tickets are needed (connections are long
+//!   lived).
+
+use std::sync::{Arc, OnceLock};
+
+use pstorage_core::error::{Error, ErrorKind, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::pki::{certs_of_pem, key_of_pem, NodeIdentity, Peer, Role, CLUSTER_SERVER_NAME};
+
+/// The crypto provider of every configuration (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    // ring: classic X25519/P-256 key exchange (its post-quantum hybrid is
+    // aws-lc-rs's, a heavier build).
+    #[allow(deprecated)]
+    let make = || Arc::new(rustls::crypto::ring::default_provider());
+    PROVIDER.get_or_init(make).clone()
+}
+
+fn tls_error(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
+    move |e| Error::invalid(format!("{what}: {e}"))
+}
+
+/// The server and client configurations of one node identity.
+#[derive(Clone)]
+pub struct TlsConfigs {
+    /// For accepting: our certificate; a client certificate of the CA is
+    /// verified when shown (required on every channel but enrollment).
+    pub server: Arc<ServerConfig>,
+    /// For dialing: our certificate; the server's verified.
+    pub client: Arc<ClientConfig>,
+}
+
+impl TlsConfigs {
+    /// Builds both configurations. `InvalidArgument` when the certificate
+    /// is not the CA's, or the key is not the certificate's.
+    pub fn new(identity: &NodeIdentity) -> Result<TlsConfigs> {
+        let ca = certs_of_pem(&identity.ca_pem, "the cluster CA certificate")?;
+        let chain = certs_of_pem(&identity.cert_pem, "the node certificate")?;
+        let mut roots = RootCertStore::empty();
+        for cert in &ca {
+            roots
+                .add(cert.clone())
+                .map_err(tls_error("the cluster CA certificate"))?;
+        }
+        let roots = Arc::new(roots);
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
+        // Our own certificate must be one of the CA's: a node given another
+        // cluster's certificate learns it here, not at every connection.
+        server_verifier
+            .verify_server_cert(&chain[0], &chain[1..], &server_name(), &[], UnixTime::now())
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "the node certificate is not valid for the cluster CA: {e}"
+                ))
+            })?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error("TLS 1.3"))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(
+                chain.clone(),
+                key_of_pem(&identity.key_pem, "the node key")?,
+            )
+            .map_err(tls_error("the node certificate and key"))?;
+        server.send_tls13_tickets = 0;
+        server.alpn_protocols = crate::auth::Channel::ALL
+            .iter()
+            .map(|c| c.alpn().to_vec())
+            .collect();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error("TLS 1.3"))?
+            .with_webpki_verifier(server_verifier)
+            .with_client_auth_cert(chain, key_of_pem(&identity.key_pem, "the node key")?)
+            .map_err(tls_error("the node certificate and key"))?;
+        Ok(TlsConfigs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+/// The name every client asks for.
+pub fn server_name() -> ServerName<'static> {
+    ServerName::try_from(CLUSTER_SERVER_NAME).expect("a valid DNS name")
+}
+
+/// What a node proves itself with, and checks its peers against: its
+/// identity and the TLS configurations made from it. Cheap to clone.
+#[derive(Clone)]
+pub struct Credentials(Arc<CredentialsInner>);
+
+struct CredentialsInner {
+    identity: NodeIdentity,
+    configs: TlsConfigs,
+    /// The client configuration for each channel (its ALPN name).
+    channels: Vec<(crate::auth::Channel, Arc<ClientConfig>)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({})", self.0.identity.peer)
+    }
+}
+
+impl Credentials {
+    /// Credentials of `identity`. Errors as [`TlsConfigs::new`].
+    pub fn new(identity: NodeIdentity) -> Result<Credentials> {
+        let configs = TlsConfigs::new(&identity)?;
+        let channels = crate::auth::Channel::ALL
+            .into_iter()
+            .map(|channel| {
+                let mut config = (*configs.client).clone();
+                config.alpn_protocols = vec![channel.alpn().to_vec()];
+                (channel, Arc::new(config))
+            })
+            .collect();
+        Ok(Credentials(Arc::new(CredentialsInner {
+            identity,
+            configs,
+            channels,
+        })))
+    }
+
+    /// The identity.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.0.identity
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.0.identity.peer.role
+    }
+
+    /// The configuration for accepting connections.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.0.configs.server.clone()
+    }
+
+    /// The configuration for dialing `channel`.
+    pub fn client_config(&self, channel: crate::auth::Channel) -> Arc<ClientConfig> {
+        self.0
+            .channels
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .map(|(_, config)| config.clone())
+            .unwrap_or_else(|| self.0.configs.client.clone())
+    }
+}
+
+/// Credentials with `role` from one CA shared by the whole process: for
+/// tests, benches and fuzzing, whose servers and clients must trust each
+/// other without a cluster.
+#[doc(hidden)]
+pub fn test_credentials(role: Role) -> Credentials {
+    static CA: OnceLock<crate::pki::ClusterCa> = OnceLock::new();
+    static ISSUED: OnceLock<parking_lot::Mutex<Vec<(Role, Credentials)>>> = OnceLock::new();
+    let issued = ISSUED.get_or_init(Default::default);
+    let mut issued = issued.lock();
+    if let Some((_, c)) = issued.iter().find(|(r, _)| *r == role) {
+        return c.clone();
+    }
+    let ca = CA.get_or_init(|| crate::pki::ClusterCa::generate("test").expect("a test CA"));
+    let credentials = Credentials::new(
+        ca.issue_identity(role, &format!("test {role}"))
+            .expect("a test identity"),
+    )
+    .expect("test credentials");
+    issued.push((role, credentials.clone()));
+    credentials
+}
+
+/// The peer of a finished handshake: its certificate's role and name, or
+/// `None` when it showed none. `PermissionDenied` when the certificate
+/// names no role.
+pub fn peer_of(certs: Option<&[CertificateDer<'static>]>) -> Result<Option<Peer>> {
+    match certs.and_then(|c| c.first()) {
+        Some(cert) => Peer::of_certificate(cert.as_ref()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Turns a TLS handshake failure into a pstorage error: a certificate the
+/// other side refused (or we refused) is `PermissionDenied` with a hint.
+pub fn handshake_error(e: std::io::Error, addr: &str) -> Error {
+    let refused_cert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(
+                        rustls::AlertDescription::BadCertificate
+                            | rustls::AlertDescription::UnknownCA
+                            | rustls::AlertDescription::CertificateRevoked
+                            | rustls::AlertDescription::CertificateExpired
+                            | rustls::AlertDescription::CertificateRequired
+                            | rustls::AlertDescription::AccessDenied
+                            // A certificate whose issuer has the CA's name
+                            // but another key (a cluster of the same name).
+                            | rustls::AlertDescription::DecryptError
+                    )
+            )
+        });
+    if refused_cert {
+        Error::with_source(
+            ErrorKind::PermissionDenied,
+            format!(
+                "TLS with {addr}: a certificate was refused ({e}): the two nodes are not of one \
+                 cluster CA, or a certificate was revoked or expired; run `pstorage -c CLUSTER \
+                 auth-node` on the node with the wrong certificate"
+            ),
+            e,
+        )
+    } else {
+        let kind = match ErrorKind::of_io(&e) {
+            ErrorKind::Io => ErrorKind::Protocol,
+            other => other,
+        };
+        Error::with_source(kind, format!("TLS with {addr}: {e}"), e)
+    }
+}
+
+/// The read half of a TLS stream whose peer's TCP close without a TLS
+/// `close_notify` (a killed process, a reset) reads as the end of the
+/// stream, as it did before TLS: the protocols above (Cap'n Proto, the
+/// data frames) carry their own lengths and find a message cut short
+/// themselves, and a closed connection stays `Unavailable` to callers.
+pub struct CloseAsEof<R>(pub R);
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CloseAsEof<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// A client configuration that accepts any server certificate (its
+/// signature over the handshake is still checked): for enrollment only,
+/// where the node has no CA yet and the password exchange, bound to this
+/// TLS session, authenticates the server ([`crate::enroll`]).
+pub fn enrollment_client_config() -> Result<Arc<ClientConfig>> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error("TLS 1.3"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![crate::auth::Channel::Enroll.alpn().to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AnyServerCertificate;
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ClusterCa;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn handshake(
+        server: &Credentials,
+        client: &Credentials,
+    ) -> (Result<Option<Peer>>, Result<()>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config());
+        let connector =
+            tokio_rustls::TlsConnector::from(client.client_config(crate::auth::Channel::Data));
+        let (s, c) = tokio::join!(
+            async {
+                let mut tls = acceptor
+                    .accept(a)
+                    .await
+                    .map_err(|e| handshake_error(e, "client"))?;
+                let peer = peer_of(tls.get_ref().1.peer_certificates())?;
+                let mut byte = [0u8; 1];
+                tls.read_exact(&mut byte)
+                    .await
+                    .map_err(|e| handshake_error(e, "client"))?;
+                Ok(peer)
+            },
+            async {
+                let mut tls = connector
+                    .connect(server_name(), b)
+                    .await
+                    .map_err(|e| handshake_error(e, "server"))?;
+                tls.write_all(b"x").await?;
+                tls.flush().await?;
+                Ok(())
+            }
+        );
+        (s, c)
+    }
+
+    #[tokio::test]
+    async fn nodes_of_one_ca_connect_and_see_each_others_role() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let mds = Credentials::new(ca.issue_identity(Role::Mds, "mds 1").unwrap()).unwrap();
+        let client = Credentials::new(ca.issue_identity(Role::Client, "h1").unwrap()).unwrap();
+        let (server, dialer) = handshake(&mds, &client).await;
+        dialer.unwrap();
+        assert_eq!(
+            server.unwrap(),
+            Some(Peer {
+                role: Role::Client,
+                name: "h1".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_of_another_ca_is_refused_both_ways() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let other = ClusterCa::generate("c").unwrap();
+        let mds = Credentials::new(ca.issue_identity(Role::Mds, "mds 1").unwrap()).unwrap();
+        let stranger = Credentials::new(other.issue_identity(Role::Admin, "x").unwrap()).unwrap();
+        // A client of another CA: the server refuses its certificate.
+        let (server, _) = handshake(&mds, &stranger).await;
+        assert_eq!(server.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        // A server of another CA: the client refuses it.
+        let fake = Credentials::new(other.issue_identity(Role::Mds, "mds 9").unwrap()).unwrap();
+        let client = Credentials::new(ca.issue_identity(Role::Client, "h").unwrap()).unwrap();
+        let (_, dialer) = handshake(&fake, &client).await;
+        assert_eq!(dialer.unwrap_err().kind(), ErrorKind::PermissionDenied);
+    }
+}
