@@ -230,9 +230,14 @@ pub enum Command {
         /// whole namespace).
         #[arg(long, value_name = "DIR")]
         export_dir: Option<String>,
-        /// Allow listening on a non-loopback address: NBD over TCP here has
-        /// no authentication or encryption, so anyone who reaches the
-        /// address can read and write every export.
+        /// Require TLS of every client (NBD_OPT_STARTTLS): this node's
+        /// certificate, and a client certificate of the cluster CA
+        /// (qemu: tls-creds-x509 with ca-cert.pem, client-cert.pem,
+        /// client-key.pem; libnbd: nbds://...?tls-certificates=DIR).
+        #[arg(long)]
+        tls: bool,
+        /// Allow listening on a non-loopback address without --tls: anyone
+        /// who reaches the address can read and write every export.
         #[arg(long)]
         insecure: bool,
         /// Refuse writes; open files with read leases.
@@ -491,17 +496,25 @@ async fn execute(cli: &Cli) -> Result<()> {
             socket,
             socket_mode,
             export_dir,
+            tls,
             insecure,
             read_only,
             metrics,
             threads: _,
         } => {
+            let tls = match tls {
+                true => Some(pstorage_rpc::tls::nbd_server_config(
+                    &node::node_credentials(&conf)?,
+                )?),
+                false => None,
+            };
             let options = crate::nbd::ServeOptions {
                 listen: listen.clone(),
                 socket: socket.clone(),
                 socket_mode: *socket_mode,
                 export_dir: export_dir.clone(),
                 insecure: *insecure,
+                tls,
                 read_only: *read_only,
                 metrics: metrics.clone(),
             };

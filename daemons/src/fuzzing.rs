@@ -18,7 +18,7 @@ use pstorage_core::{Error, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::nbd::export::Exports;
-use crate::nbd::handshake::{negotiate, Negotiated};
+use crate::nbd::handshake::{negotiate, Negotiated, TlsState};
 use crate::nbd::proto::{Request, REQUEST_BYTES};
 use crate::nbd::NbdMetrics;
 
@@ -145,10 +145,12 @@ pub fn nbd_handshake(bytes: &[u8]) {
                 input: bytes.to_vec(),
                 at: 0,
             };
-            let outcome =
-                tokio::time::timeout(Duration::from_secs(1), negotiate(&mut stream, &env.exports))
-                    .await
-                    .expect("the handshake ended within a second");
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(1),
+                negotiate(&mut stream, &env.exports, TlsState::Unavailable),
+            )
+            .await
+            .expect("the handshake ended within a second");
             if let Ok(Negotiated::Export(handle)) = outcome {
                 handle.release().await;
             }

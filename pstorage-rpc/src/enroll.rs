@@ -2,7 +2,7 @@
 //! (`auth-node`, `make-mds -a -p`), without the password, or anything that
 //! allows guessing it offline, crossing the wire.
 //!
-//! The node dials an MDS on channel [`Channel::Enroll`]: TLS 1.3 in which
+//! The node dials an MDS on channel [`crate::auth::Channel::Enroll`]: TLS 1.3 in which
 //! the node does not check the MDS's certificate yet (it has no CA), then
 //! SPAKE2 (symmetric, Ed25519) on the cluster key (the PBKDF2 of the
 //! password, [`crate::auth::derive_key`]), the only secret both sides hold.

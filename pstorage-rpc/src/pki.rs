@@ -7,8 +7,10 @@
 //!
 //! - is signed by the CA (no intermediates);
 //! - carries the subject alternative name [`CLUSTER_SERVER_NAME`], which
-//!   every client checks instead of a host name (addresses change; the CA
-//!   is the cluster's, so a certificate from it is a node of this cluster);
+//!   every pstorage client checks instead of a host name (addresses
+//!   change; the CA is the cluster's, so a certificate from it is a node of
+//!   this cluster), and the node's name as a second DNS name when it is a
+//!   host name (for NBD clients that check the host they dial);
 //! - names the node's [`Role`] as the subject's organizational unit and
 //!   its name (`mds 1`, `cs 3`, a host name) as the common name;
 //! - is valid for [`NODE_CERT_DAYS`] days from the day before it was
@@ -395,16 +397,41 @@ pub fn check_node_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a DNS host name (labels of letters, digits and
+/// hyphens), which a certificate may then carry as a second DNS name.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn node_params(role: Role, name: &str) -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_string()])
-        .map_err(pki_error("making certificate parameters"))?;
+    // The cluster's name for every node, and the node's host name when it
+    // is one (an NBD client that checks the host it dials: libnbd).
+    let mut names = vec![CLUSTER_SERVER_NAME.to_string()];
+    if is_dns_name(name) && name != CLUSTER_SERVER_NAME {
+        names.push(name.to_string());
+    }
+    let mut params =
+        CertificateParams::new(names).map_err(pki_error("making certificate parameters"))?;
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
     params
         .distinguished_name
         .push(DnType::OrganizationalUnitName, role.as_str());
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Key encipherment too: qemu's TLS credentials refuse a certificate
+    // whose (critical) key usage lacks it, whatever its key type.
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -576,6 +603,15 @@ mod tests {
         let b = ca.issue_identity(Role::Admin, "b").unwrap();
         let err = NodeIdentity::from_pem(a.ca_pem, a.cert_pem, b.key_pem).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+
+    #[test]
+    fn host_names_are_dns_names_and_others_are_not() {
+        assert!(is_dns_name("vm"));
+        assert!(is_dns_name("node-7.rack2.example"));
+        for not in ["mds 1", "", "-a", "a-", "a..b", "a_b", &"x".repeat(64)] {
+            assert!(!is_dns_name(not), "{not:?}");
+        }
     }
 
     #[test]

@@ -196,6 +196,36 @@ pub fn test_credentials(role: Role) -> Credentials {
     credentials
 }
 
+/// The configuration of an NBD export's TLS (`nbd-serve --tls`,
+/// `NBD_OPT_STARTTLS`): this node's certificate, and a client certificate
+/// of the cluster CA required of every client (qemu's `tls-creds-x509`
+/// directory, libnbd's `tls-certificates`: `ca-cert.pem` the cluster CA,
+/// `client-cert.pem`/`client-key.pem` a node's certificate and key). TLS
+/// 1.3 only, no ALPN.
+pub fn nbd_server_config(credentials: &Credentials) -> Result<Arc<ServerConfig>> {
+    let identity = credentials.identity();
+    let mut roots = RootCertStore::empty();
+    for cert in certs_of_pem(&identity.ca_pem, "the cluster CA certificate")? {
+        roots
+            .add(cert)
+            .map_err(tls_error("the cluster CA certificate"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error("TLS 1.3"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs_of_pem(&identity.cert_pem, "the node certificate")?,
+            key_of_pem(&identity.key_pem, "the node key")?,
+        )
+        .map_err(tls_error("the node certificate and key"))?;
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 /// The peer of a finished handshake: its certificate's role and name, or
 /// `None` when it showed none. `PermissionDenied` when the certificate
 /// names no role.

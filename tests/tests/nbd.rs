@@ -877,3 +877,119 @@ fn nbd_serve_guards_its_listeners_and_exports() {
     let out = cluster.cli(&["nbd-serve", "--socket-mode", "999"]);
     assert!(!out.status.success());
 }
+
+/// `nbd-serve --tls`: NBD's STARTTLS with certificates of the cluster CA.
+/// qemu-img (`tls-creds-x509`, verifying the server) and nbdcopy
+/// (`nbds://`) reach the export over TLS; a plain client is refused
+/// (`NBD_REP_ERR_TLS_REQD`), and so is a client whose certificate is not
+/// the cluster's. A non-loopback address is allowed with --tls.
+#[test]
+fn qemu_img_and_nbdcopy_reach_a_tls_export_and_plain_clients_are_refused() {
+    const NBD_REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
+    let cluster = TestCluster::start(big_chunks());
+    let image = cluster.dir.path().join("tls.raw");
+    let data = write_image(&image, 8 << 20, 17);
+    cluster.cli_ok(&["truncate", "-s", "8M", "/tls.img"]);
+    let server = NbdServer::start_listening(&cluster, "nbd-tls.log", "0.0.0.0:0", &["--tls"]);
+    let port = server.port.to_string();
+
+    // qemu's and libnbd's certificate directory: the cluster CA and this
+    // node's certificate, under their names.
+    let creds = cluster.dir.path().join("qemu-tls");
+    std::fs::create_dir_all(&creds).unwrap();
+    let conf = cluster.conf().dir;
+    for (from, to) in [
+        ("ca.crt", "ca-cert.pem"),
+        ("node.crt", "client-cert.pem"),
+        ("node.key", "client-key.pem"),
+    ] {
+        std::fs::copy(conf.join(from), creds.join(to)).unwrap();
+    }
+    let object = format!(
+        "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+        creds.display()
+    );
+    let target = |export: &str| {
+        format!(
+            r#"json:{{"driver":"raw","file":{{"driver":"nbd","server":{{"type":"inet","host":"127.0.0.1","port":"{port}"}},"export":"{export}","tls-creds":"tls0","tls-hostname":"pstorage-node"}}}}"#
+        )
+    };
+    ok(
+        &server,
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-O",
+            "raw",
+            "--object",
+            &object,
+            "-f",
+            "raw",
+            image.to_str().unwrap(),
+            &target("/tls.img"),
+        ],
+    );
+    let back = cluster.dir.path().join("tls-back.raw");
+    ok(
+        &server,
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            "--object",
+            &object,
+            &target("/tls.img"),
+            back.to_str().unwrap(),
+        ],
+    );
+    files_equal(&image, &back);
+    // libnbd checks the host it dials: this host's name, which the node's
+    // certificate carries (nbd-serve listens on every address).
+    let host = pstorage_rpc::node::this_host_name().unwrap();
+    let uri = format!(
+        "nbds://{host}:{port}/tls.img?tls-certificates={}",
+        creds.display()
+    );
+    let copied = cluster.dir.path().join("nbdcopy.raw");
+    ok(&server, "nbdcopy", &[&uri, copied.to_str().unwrap()]);
+    assert!(std::fs::read(&copied).unwrap() == data);
+
+    // Without TLS: refused.
+    let out = tool(
+        "qemu-img",
+        &["info", &format!("nbd://127.0.0.1:{port}/tls.img")],
+    );
+    assert!(!out.status.success());
+    let mut c = RawClient::connect(server.port);
+    let (kind, msg) = c.go("/tls.img").unwrap_err();
+    assert_eq!(kind, NBD_REP_ERR_TLS_REQD, "{msg}");
+    // A certificate of another CA: the TLS handshake fails.
+    let stranger = cluster.dir.path().join("stranger-tls");
+    std::fs::create_dir_all(&stranger).unwrap();
+    let other = pstorage_rpc::pki::ClusterCa::generate("other").unwrap();
+    let id = other
+        .issue_identity(pstorage_rpc::pki::Role::Admin, "stranger")
+        .unwrap();
+    std::fs::copy(conf.join("ca.crt"), stranger.join("ca-cert.pem")).unwrap();
+    std::fs::write(stranger.join("client-cert.pem"), &id.cert_pem).unwrap();
+    std::fs::write(stranger.join("client-key.pem"), &id.key_pem).unwrap();
+    let out = tool(
+        "nbdinfo",
+        &[&format!(
+            "nbds://{host}:{port}/tls.img?tls-certificates={}",
+            stranger.display()
+        )],
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        server.log_text().contains("TLS handshake failed"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -25,12 +25,37 @@ pub enum Negotiated {
     Export(ExportHandle),
     /// The client aborted or left; nothing to serve.
     Done,
+    /// The client asked for TLS (`NBD_OPT_STARTTLS`, acknowledged): the
+    /// TLS handshake follows on the same connection, then the options go
+    /// on inside it ([`negotiate_in_tls`]).
+    StartTls {
+        /// The client's `NBD_FLAG_C_NO_ZEROES`.
+        no_zeroes: bool,
+    },
 }
 
-/// Runs the server side of the handshake on `stream`. `Err` means the
-/// connection must be dropped (I/O error or a protocol violation); the
-/// message says why.
-pub async fn negotiate<S>(stream: &mut S, exports: &Arc<Exports>) -> Result<Negotiated>
+/// Where a connection stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsState {
+    /// This server offers no TLS: `NBD_OPT_STARTTLS` is refused.
+    Unavailable,
+    /// TLS is offered and required: before it, every option but
+    /// `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` is answered
+    /// `NBD_REP_ERR_TLS_REQD` (and `NBD_OPT_EXPORT_NAME`, which cannot be
+    /// answered an error, ends the connection).
+    Required,
+    /// The options are inside TLS.
+    Established,
+}
+
+/// Runs the server side of the handshake on `stream`: the greeting, the
+/// client's flags, then the options. `Err` means the connection must be
+/// dropped (I/O error or a protocol violation); the message says why.
+pub async fn negotiate<S>(
+    stream: &mut S,
+    exports: &Arc<Exports>,
+    tls: TlsState,
+) -> Result<Negotiated>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -46,7 +71,30 @@ where
         return Err(NbdError::UnknownClientFlags(client_flags).into());
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    options(stream, exports, no_zeroes, tls).await
+}
 
+/// The options after `NBD_OPT_STARTTLS`, on the TLS stream.
+pub async fn negotiate_in_tls<S>(
+    stream: &mut S,
+    exports: &Arc<Exports>,
+    no_zeroes: bool,
+) -> Result<Negotiated>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    options(stream, exports, no_zeroes, TlsState::Established).await
+}
+
+async fn options<S>(
+    stream: &mut S,
+    exports: &Arc<Exports>,
+    no_zeroes: bool,
+    tls: TlsState,
+) -> Result<Negotiated>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     for _ in 0..MAX_OPTIONS {
         let magic = stream.read_u64().await?;
         if magic != OPTS_MAGIC {
@@ -65,6 +113,22 @@ where
         let mut data = vec![0u8; len as usize];
         stream.read_exact(&mut data).await?;
 
+        if tls == TlsState::Required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+            if option == OPT_EXPORT_NAME {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    "NBD_OPT_EXPORT_NAME before TLS on a TLS-only server: refused",
+                ));
+            }
+            reply_error(
+                stream,
+                option,
+                REP_ERR_TLS_REQD,
+                "this server requires TLS (NBD_OPT_STARTTLS) first",
+            )
+            .await?;
+            continue;
+        }
         match option {
             OPT_EXPORT_NAME => {
                 // This option cannot answer an error: refusing means hanging up.
@@ -121,15 +185,40 @@ where
                     }
                 }
             }
-            OPT_STARTTLS => {
-                reply_error(
-                    stream,
-                    option,
-                    REP_ERR_POLICY,
-                    "pstorage nbd-serve does not do TLS; serve on 127.0.0.1 or a unix socket",
-                )
-                .await?;
-            }
+            OPT_STARTTLS => match tls {
+                TlsState::Unavailable => {
+                    reply_error(
+                        stream,
+                        option,
+                        REP_ERR_POLICY,
+                        "this nbd-serve offers no TLS (start it with --tls)",
+                    )
+                    .await?;
+                }
+                TlsState::Established => {
+                    reply_error(
+                        stream,
+                        option,
+                        REP_ERR_INVALID,
+                        "TLS is already established",
+                    )
+                    .await?;
+                }
+                TlsState::Required => {
+                    if !data.is_empty() {
+                        reply_error(
+                            stream,
+                            option,
+                            REP_ERR_INVALID,
+                            "NBD_OPT_STARTTLS takes no data",
+                        )
+                        .await?;
+                        continue;
+                    }
+                    write_flush(stream, &option_reply(option, REP_ACK, &[])).await?;
+                    return Ok(Negotiated::StartTls { no_zeroes });
+                }
+            },
             OPT_INFO | OPT_GO => {
                 let request = match parse_info_request(&data) {
                     Ok(r) => r,

@@ -8,8 +8,9 @@
 //! one).
 //!
 //! What the server promises:
-//! - fixed newstyle handshake with `NBD_OPT_GO`, `INFO`, `LIST`, `ABORT` and
-//!   `EXPORT_NAME` (old clients); simple replies only;
+//! - fixed newstyle handshake with `NBD_OPT_GO`, `INFO`, `LIST`, `ABORT`,
+//!   `EXPORT_NAME` (old clients) and, with `--tls`, `STARTTLS` (required:
+//!   certificates of the cluster CA on both ends); simple replies only;
 //! - `READ`, `WRITE`, `FLUSH`, `FUA`, `TRIM`, `WRITE_ZEROES`, `DISC`, many
 //!   requests in flight per connection, answered as they complete;
 //! - `FLUSH` and `FUA` return once the data is durable on every replica
@@ -51,7 +52,8 @@ use pstorage_core::{Error, Result};
 
 pub use error::NbdError;
 use export::Exports;
-use handshake::Negotiated;
+use handshake::{Negotiated, TlsState};
+use pstorage_rpc::pki::Role;
 
 /// The default listen address (the NBD port, loopback only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
@@ -77,9 +79,13 @@ pub struct ServeOptions {
     pub socket_mode: u32,
     /// Serve only files below this cluster directory (`None`: all).
     pub export_dir: Option<String>,
-    /// Allow a TCP listener on a non-loopback address (no authentication,
-    /// no encryption: a trusted network only).
+    /// Allow a TCP listener on a non-loopback address without TLS (no
+    /// authentication, no encryption: a trusted network only).
     pub insecure: bool,
+    /// TLS (`NBD_OPT_STARTTLS`), required of every client: this server's
+    /// configuration ([`pstorage_rpc::tls::nbd_server_config`]: the node's
+    /// certificate; clients must show a certificate of the cluster CA).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Refuse writes, and open files with read leases.
     pub read_only: bool,
     /// `HOST:PORT` to serve Prometheus metrics on (`GET /metrics`).
@@ -199,14 +205,14 @@ pub async fn serve(
     };
     if let Some(l) = &tcp {
         let addr = l.local_addr()?;
-        if !addr.ip().is_loopback() && !options.insecure {
+        if !addr.ip().is_loopback() && !options.insecure && options.tls.is_none() {
             return Err(Error::new(
                 pstorage_core::ErrorKind::PermissionDenied,
                 format!(
-                    "nbd-serve will not listen on {addr}: NBD over TCP has no authentication or \
-                     encryption here, so anyone who reaches that address could read and write \
-                     every exported disk. Listen on 127.0.0.1 or a Unix socket (--socket), or \
-                     pass --insecure on a trusted network"
+                    "nbd-serve will not listen on {addr} without TLS: anyone who reaches that \
+                     address could read and write every exported disk. Give --tls (clients \
+                     then need a certificate of the cluster CA), listen on 127.0.0.1 or a Unix \
+                     socket (--socket), or pass --insecure on a trusted network"
                 ),
             ));
         }
@@ -254,7 +260,7 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (r, w) = stream.into_split();
-                    connections.spawn(connection(r, w, peer.to_string(), exports.clone(), stop_rx.clone()));
+                    connections.spawn(connection(r, w, peer.to_string(), exports.clone(), options.tls.clone(), stop_rx.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -265,7 +271,7 @@ pub async fn serve(
                 }
                 Ok(stream) => {
                     let (r, w) = stream.into_split();
-                    connections.spawn(connection(r, w, "unix".to_string(), exports.clone(), stop_rx.clone()));
+                    connections.spawn(connection(r, w, "unix".to_string(), exports.clone(), options.tls.clone(), stop_rx.clone()));
                 }
                 Err(e) => accept_failed(e).await,
             },
@@ -360,25 +366,30 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One client connection: handshake, then transmission on the chosen export.
+/// One client connection: handshake (TLS when `tls` is given), then
+/// transmission on the chosen export.
 async fn connection<R, W>(
     reader: R,
     writer: W,
     peer: String,
     exports: Arc<Exports>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = tokio::io::join(reader, writer);
+    let state = match tls {
+        Some(_) => TlsState::Required,
+        None => TlsState::Unavailable,
+    };
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut stream, &exports)) => r,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::negotiate(&mut stream, &exports, state)) => r,
         _ = stop.wait_for(|s| *s) => return,
     };
-    let handle = match negotiated {
-        Ok(Ok(Negotiated::Export(handle))) => handle,
-        Ok(Ok(Negotiated::Done)) => return,
+    let negotiated = match negotiated {
+        Ok(Ok(n)) => n,
         Ok(Err(e)) => {
             tracing::warn!(peer, error = %e, "NBD handshake failed; connection closed");
             return;
@@ -391,10 +402,74 @@ async fn connection<R, W>(
             return;
         }
     };
+    match (negotiated, tls) {
+        (Negotiated::Export(handle), _) => {
+            let (reader, writer) = stream.into_inner();
+            transmit(reader, writer, handle, peer, stop).await
+        }
+        (Negotiated::Done, _) => {}
+        (Negotiated::StartTls { no_zeroes }, Some(config)) => {
+            let in_tls = async {
+                let mut tls = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(stream)
+                    .await
+                    .map_err(|e| pstorage_rpc::tls::handshake_error(e, &peer))?;
+                let who = pstorage_rpc::tls::peer_of(tls.get_ref().1.peer_certificates())?;
+                match &who {
+                    Some(p) if matches!(p.role, Role::Admin | Role::Client) => {}
+                    other => {
+                        return Err(Error::new(
+                            pstorage_core::ErrorKind::PermissionDenied,
+                            format!("{other:?} may not use NBD exports (an admin's or client's certificate may)"),
+                        ))
+                    }
+                }
+                let negotiated = handshake::negotiate_in_tls(&mut tls, &exports, no_zeroes).await?;
+                Ok::<_, Error>((tls, who, negotiated))
+            };
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, in_tls) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match outcome {
+                Ok(Ok((tls, who, Negotiated::Export(handle)))) => {
+                    let peer = match who {
+                        Some(who) => format!("{peer} ({who}, TLS)"),
+                        None => peer,
+                    };
+                    let (reader, writer) = tokio::io::split(tls);
+                    transmit(reader, writer, handle, peer, stop).await
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(peer, error = %e, "NBD TLS handshake failed; connection closed")
+                }
+                Err(_) => tracing::warn!(
+                    peer,
+                    "NBD handshake took longer than {HANDSHAKE_TIMEOUT:?}; connection closed"
+                ),
+            }
+        }
+        (Negotiated::StartTls { .. }, None) => {
+            unreachable!("STARTTLS is acknowledged only when TLS is configured")
+        }
+    }
+}
+
+/// Transmission on the chosen export, then the export's release.
+async fn transmit<R, W>(
+    reader: R,
+    writer: W,
+    handle: export::ExportHandle,
+    peer: String,
+    stop: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let export = handle.export().clone();
     let _open = export.metrics.connection_opened();
     tracing::info!(peer, export = %export.path, "NBD client connected");
-    let (reader, writer) = stream.into_inner();
     match transmission::serve(reader, writer, export.clone(), stop).await {
         Ok(ending) => tracing::info!(peer, export = %export.path, ?ending, "NBD client left"),
         Err(e) => tracing::warn!(peer, export = %export.path, error = %e, "NBD connection dropped"),
