@@ -1561,3 +1561,32 @@ async fn a_timed_out_call_makes_the_next_one_try_another_mds() {
     assert_eq!(held.lock().len(), 1, "the frozen MDS was dialed again");
     holder.abort();
 }
+
+/// One connection may have at most `MAX_CALLS_IN_FLIGHT` calls in flight
+/// on a server: one more is refused at once (`Unavailable`, "overloaded"),
+/// and the connection serves on once calls end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_on_one_connection_are_bounded() {
+    let (fake, _harness, client) = mds_setup().await;
+    let slow: Vec<_> = (0..crate::roles::MAX_CALLS_IN_FLIGHT)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.stat("/slow").await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.script.calls.lock().len() < crate::roles::MAX_CALLS_IN_FLIGHT {
+        assert!(
+            Instant::now() < deadline,
+            "the slow calls did not all arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = client.stat("/n/7").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.message().contains("calls in flight"), "{error}");
+    for call in &slow {
+        call.abort();
+    }
+    drop(slow);
+}

@@ -51,6 +51,8 @@ struct MdsServer {
     snapshot_intake: Arc<crate::raft::SnapshotIntake>,
     /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
     enrollment: Option<Arc<crate::enroll::Enrollment>>,
+    /// Who is at the other end (its certificate).
+    peer: crate::pki::Peer,
 }
 
 /// What an `Mds` connection serves.
@@ -85,6 +87,7 @@ pub(crate) fn bootstrap(
         raft,
         snapshot_intake,
         enrollment,
+        peer: peer.clone(),
     };
     let dispatch =
         <mds::Client as capnp::capability::FromServer<MdsServer>>::from_server(Rc::new(server));
@@ -847,6 +850,7 @@ impl mds::Server for MdsServer {
         let _timer = crate::call_metrics::SERVED_MDS.start("raft_append");
         let outcome = async {
             let data = decode_request("raftAppend", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::check_sender(self.raft.as_ref(), &self.peer)?;
             crate::raft::serve_append(self.raft.as_ref(), &data).await
         }
         .await;
@@ -862,6 +866,7 @@ impl mds::Server for MdsServer {
         let _timer = crate::call_metrics::SERVED_MDS.start("raft_vote");
         let outcome = async {
             let data = decode_request("raftVote", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::check_sender(self.raft.as_ref(), &self.peer)?;
             crate::raft::serve_vote(self.raft.as_ref(), &data).await
         }
         .await;
@@ -877,6 +882,7 @@ impl mds::Server for MdsServer {
         let _timer = crate::call_metrics::SERVED_MDS.start("raft_snapshot");
         let outcome = async {
             let data = decode_request("raftSnapshot", || Ok(params.get()?.get_data()?.to_vec()))?;
+            crate::raft::check_sender(self.raft.as_ref(), &self.peer)?;
             crate::raft::serve_snapshot(self.raft.as_ref(), &self.snapshot_intake, &data).await
         }
         .await;

@@ -400,3 +400,34 @@ impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
         Backoff::new(std::iter::repeat(self.options.unreachable_backoff))
     }
 }
+
+/// Raft messages are taken only from the current members of the metadata
+/// group, named by their certificates (`mds N`, role `mds`: the role gate
+/// checked that). A node that is not part of a group yet (being added: its
+/// store is empty) takes them from any MDS, the leader that adds it
+/// included. `PermissionDenied` otherwise: an MDS removed from the group,
+/// or any other `mds` certificate, cannot vote or append.
+pub(crate) fn check_sender(raft: Option<&MdsRaft>, peer: &crate::pki::Peer) -> Result<()> {
+    let Some(raft) = raft else {
+        // Answered `Unavailable` by the serve function.
+        return Ok(());
+    };
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.nodes().next().is_none() {
+        return Ok(());
+    }
+    let id = peer
+        .name
+        .strip_prefix("mds ")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(MdsId);
+    match id {
+        Some(id) if membership.get_node(&id).is_some() => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!("{peer} is not a member of the metadata group: its Raft messages are refused"),
+        )),
+    }
+}

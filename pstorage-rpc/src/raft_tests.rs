@@ -561,7 +561,12 @@ impl Node {
     async fn start(id: MdsId, router: RouterOptions) -> Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let network = TcpRaftNetwork::new(plain_dialer(), RaftNetworkOptions::default());
+        // Each MDS has its own certificate, `mds N`: the members take Raft
+        // messages from members only.
+        let own =
+            crate::tls::test_credentials_named(crate::pki::Role::Mds, &format!("mds {}", id.0));
+        let dialer = crate::node::control_dialer(own.clone());
+        let network = TcpRaftNetwork::new(dialer.clone(), RaftNetworkOptions::default());
         let sm = MemSm::new();
         let raft = MdsRaft::new(id, raft_config(), network, MemLog::default(), sm.clone())
             .await
@@ -579,7 +584,7 @@ impl Node {
             service.clone(),
             service.clone(),
             service.clone(),
-            plain_dialer(),
+            dialer,
             router,
         ));
         let services = RpcServices::new()
@@ -587,7 +592,7 @@ impl Node {
             .with_group(router)
             .with_raft(raft.clone());
         let server =
-            Arc::new(RpcServerThread::spawn(&format!("mds {id} rpc"), creds(), services).unwrap());
+            Arc::new(RpcServerThread::spawn(&format!("mds {id} rpc"), own, services).unwrap());
         let loop_server = server.clone();
         let accept_loop = tokio::spawn(async move {
             loop {
@@ -896,6 +901,37 @@ async fn send_raw(
             response
         })
         .await
+}
+
+/// Once a group is formed, its members take Raft messages only from
+/// members: an `mds` certificate of another id (a removed MDS, a stolen
+/// certificate of a node never added) is refused, before openraft sees the
+/// message; a member's is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_from_mdses_outside_the_group_are_refused() {
+    let nodes = start_group(2).await;
+    wait_for_leader(&nodes, &[0, 1]).await;
+    let vote = openraft::raft::VoteRequest::<MdsId>::new(Vote::new(1, MdsId(2)), None);
+    for (name, member) in [("mds 9", false), ("test mds", false), ("mds 2", true)] {
+        let creds = crate::tls::test_credentials_named(crate::pki::Role::Mds, name);
+        let actor: ClientActor<mds::Client> = ClientActor::spawn(
+            "MDS",
+            vec![nodes[0].addr.clone()],
+            crate::node::control_dialer(creds),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let data = crate::raft::encode("vote request", &vote).unwrap();
+        let outcome = send_raw(&actor, "raftVote", data).await;
+        if member {
+            // A stale vote request, answered (not granted) by openraft.
+            outcome.unwrap();
+        } else {
+            let error = outcome.unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{name}: {error}");
+            assert!(error.message().contains("not a member"), "{error}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@
 //! so MDSes may call everything; the follower checked its caller first.
 //! A refused call fails with a Cap'n Proto exception whose description
 //! starts with [`DENIED`]; the client side turns it into
-//! `PermissionDenied`.
+//! `PermissionDenied`. The gate also bounds the calls a connection may
+//! have in flight ([`MAX_CALLS_IN_FLIGHT`]).
 
 use capnp::capability::{DispatchCallResult, Params, Promise, Results, Server};
 
@@ -22,6 +23,13 @@ use crate::pki::{Peer, Role};
 
 /// The start of the description of a refused call's exception.
 pub const DENIED: &str = "pstorage: permission denied: ";
+
+/// Calls one control connection may have in flight on a server; one more
+/// is answered `Overloaded` at once (the client sees `Unavailable` and
+/// retries), so a peer cannot make a server hold an unbounded number of
+/// calls. A process multiplexes all its calls to a server over one
+/// connection: a busy mount has tens in flight.
+pub const MAX_CALLS_IN_FLIGHT: usize = 1024;
 
 /// `Mds` methods by ordinal (pstorage.capnp).
 mod mds_method {
@@ -85,6 +93,8 @@ pub(crate) struct Gate<S> {
     peer: Peer,
     allows: fn(Role, u16) -> bool,
     interface: &'static str,
+    /// Calls of this connection in flight.
+    in_flight: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 impl<S: Server + Clone + 'static> Gate<S> {
@@ -99,6 +109,7 @@ impl<S: Server + Clone + 'static> Gate<S> {
             peer,
             allows,
             interface,
+            in_flight: Default::default(),
         }
     }
 
@@ -157,10 +168,30 @@ impl<S: Server + Clone> Server for GateDispatch<S> {
     ) -> DispatchCallResult {
         let gate = &self.0;
         if (gate.allows)(gate.peer.role, method_id) {
-            return gate
+            if gate.in_flight.get() >= MAX_CALLS_IN_FLIGHT {
+                return DispatchCallResult::new(
+                    Promise::err(capnp::Error::overloaded(format!(
+                        "{} has {MAX_CALLS_IN_FLIGHT} calls in flight on this connection",
+                        gate.peer
+                    ))),
+                    false,
+                );
+            }
+            let counted = InFlight::enter(&gate.in_flight);
+            let DispatchCallResult {
+                promise,
+                is_streaming,
+            } = gate
                 .inner
                 .clone()
                 .dispatch_call(interface_id, method_id, params, results);
+            return DispatchCallResult::new(
+                Promise::from_future(async move {
+                    let _counted = counted;
+                    promise.await
+                }),
+                is_streaming,
+            );
         }
         tracing::warn!(
             "refused {} method {method_id} to {}",
@@ -178,6 +209,22 @@ impl<S: Server + Clone> Server for GateDispatch<S> {
 
     fn as_ptr(&self) -> usize {
         std::rc::Rc::as_ptr(&self.0) as usize
+    }
+}
+
+/// One call in flight, counted until dropped (answered or cancelled).
+struct InFlight(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl InFlight {
+    fn enter(count: &std::rc::Rc<std::cell::Cell<usize>>) -> InFlight {
+        count.set(count.get() + 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

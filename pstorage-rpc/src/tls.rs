@@ -179,22 +179,27 @@ impl Credentials {
 /// other without a cluster.
 #[doc(hidden)]
 pub fn test_credentials(role: Role) -> Credentials {
-    static CA: OnceLock<crate::pki::ClusterCa> = OnceLock::new();
     static ISSUED: OnceLock<parking_lot::Mutex<Vec<(Role, Credentials)>>> = OnceLock::new();
     let issued = ISSUED.get_or_init(Default::default);
     let mut issued = issued.lock();
     if let Some((_, c)) = issued.iter().find(|(r, _)| *r == role) {
         return c.clone();
     }
-    let ca = CA.get_or_init(|| crate::pki::ClusterCa::generate("test").expect("a test CA"));
-    let credentials = Credentials::new(
-        ca.issue_identity(role, &format!("test {role}"))
-            .expect("a test identity"),
-    )
-    .expect("test credentials");
+    let credentials = test_credentials_named(role, &format!("test {role}"));
     issued.push((role, credentials.clone()));
     credentials
 }
+
+/// New credentials with `role` and `name` from the process's test CA (see
+/// [`test_credentials`]): an MDS of a test group is `mds N`.
+#[doc(hidden)]
+pub fn test_credentials_named(role: Role, name: &str) -> Credentials {
+    let ca = TEST_CA.get_or_init(|| crate::pki::ClusterCa::generate("test").expect("a test CA"));
+    Credentials::new(ca.issue_identity(role, name).expect("a test identity"))
+        .expect("test credentials")
+}
+
+static TEST_CA: OnceLock<crate::pki::ClusterCa> = OnceLock::new();
 
 /// The configuration of an NBD export's TLS (`nbd-serve --tls`,
 /// `NBD_OPT_STARTTLS`): this node's certificate, and a client certificate
