@@ -46,8 +46,7 @@ use tracing::{info, warn};
 
 use crate::auth::{self, step, ServerStream, HANDSHAKE_STEP_TIMEOUT};
 use crate::pki::{
-    certs_of_pem, CertRequest, ClusterCa, NodeIdentity, Role, MAX_CSR_LEN, MAX_NODE_NAME,
-    MAX_PEM_LEN,
+    CertRequest, ClusterCa, NodeIdentity, Role, MAX_CSR_LEN, MAX_NODE_NAME, MAX_PEM_LEN,
 };
 use crate::tls::{enrollment_client_config, handshake_error, server_name};
 
@@ -485,30 +484,23 @@ pub async fn enroll(
         Error::protocol(format!("{addr} sent a certificate that does not fit: {e}"))
     })?;
     // The MDS we spoke to must itself hold a certificate of that CA.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs_of_pem(&identity.ca_pem, "the CA certificate")? {
-        roots
-            .add(cert)
-            .map_err(|e| Error::protocol(format!("{addr}: the CA certificate: {e}")))?;
-    }
-    rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        crate::tls::provider(),
-    )
-    .build()
-    .map_err(|e| Error::protocol(format!("{addr}: the CA certificate: {e}")))?
-    .verify_server_cert(
-        &server_cert,
-        &[],
-        &server_name(),
-        &[],
-        rustls::pki_types::UnixTime::now(),
-    )
-    .map_err(|e| {
-        Error::protocol(format!(
-            "{addr} holds no certificate of the cluster CA it sent ({e}); nothing was stored"
-        ))
-    })?;
+    let roots = crate::tls::ca_roots(&identity)
+        .map_err(|e| Error::protocol(format!("{addr}: {}", e.message())))?;
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, crate::tls::provider())
+        .build()
+        .map_err(|e| Error::protocol(format!("{addr}: the CA certificate: {e}")))?
+        .verify_server_cert(
+            &server_cert,
+            &[],
+            &server_name(),
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|e| {
+            Error::protocol(format!(
+                "{addr} holds no certificate of the cluster CA it sent ({e}); nothing was stored"
+            ))
+        })?;
     Ok(identity)
 }
 

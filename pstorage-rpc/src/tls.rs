@@ -52,15 +52,8 @@ impl TlsConfigs {
     /// Builds both configurations. `InvalidArgument` when the certificate
     /// is not the CA's, or the key is not the certificate's.
     pub fn new(identity: &NodeIdentity) -> Result<TlsConfigs> {
-        let ca = certs_of_pem(&identity.ca_pem, "the cluster CA certificate")?;
         let chain = certs_of_pem(&identity.cert_pem, "the node certificate")?;
-        let mut roots = RootCertStore::empty();
-        for cert in &ca {
-            roots
-                .add(cert.clone())
-                .map_err(tls_error("the cluster CA certificate"))?;
-        }
-        let roots = Arc::new(roots);
+        let roots = ca_roots(identity)?;
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
@@ -74,20 +67,7 @@ impl TlsConfigs {
                     "the node certificate is not valid for the cluster CA: {e}"
                 ))
             })?;
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
-        let mut server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error("TLS 1.3"))?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(
-                chain.clone(),
-                key_of_pem(&identity.key_pem, "the node key")?,
-            )
-            .map_err(tls_error("the node certificate and key"))?;
+        let mut server = server_config(identity, roots, true)?;
         server.send_tls13_tickets = 0;
         server.alpn_protocols = crate::auth::Channel::ALL
             .iter()
@@ -104,6 +84,45 @@ impl TlsConfigs {
             client: Arc::new(client),
         })
     }
+}
+
+/// The cluster CA of `identity` as a root store.
+pub fn ca_roots(identity: &NodeIdentity) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_of_pem(&identity.ca_pem, "the cluster CA certificate")? {
+        roots
+            .add(cert)
+            .map_err(tls_error("the cluster CA certificate"))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A TLS 1.3 server configuration showing `identity`'s certificate and
+/// verifying client certificates against `roots`: required, or (with
+/// `optional_client`) verified when shown.
+fn server_config(
+    identity: &NodeIdentity,
+    roots: Arc<RootCertStore>,
+    optional_client: bool,
+) -> Result<ServerConfig> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let verifier = if optional_client {
+        verifier.allow_unauthenticated()
+    } else {
+        verifier
+    };
+    let verifier = verifier
+        .build()
+        .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error("TLS 1.3"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs_of_pem(&identity.cert_pem, "the node certificate")?,
+            key_of_pem(&identity.key_pem, "the node key")?,
+        )
+        .map_err(tls_error("the node certificate and key"))
 }
 
 /// The name every client asks for.
@@ -209,24 +228,7 @@ static TEST_CA: OnceLock<crate::pki::ClusterCa> = OnceLock::new();
 /// 1.3 only, no ALPN.
 pub fn nbd_server_config(credentials: &Credentials) -> Result<Arc<ServerConfig>> {
     let identity = credentials.identity();
-    let mut roots = RootCertStore::empty();
-    for cert in certs_of_pem(&identity.ca_pem, "the cluster CA certificate")? {
-        roots
-            .add(cert)
-            .map_err(tls_error("the cluster CA certificate"))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_error("TLS 1.3"))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_of_pem(&identity.cert_pem, "the node certificate")?,
-            key_of_pem(&identity.key_pem, "the node key")?,
-        )
-        .map_err(tls_error("the node certificate and key"))?;
+    let mut config = server_config(identity, ca_roots(identity)?, false)?;
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

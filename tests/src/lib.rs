@@ -529,6 +529,18 @@ impl TestCluster {
         .expect("status thread")
     }
 
+    /// The addresses of the chunk servers the MDS knows (every port a
+    /// client reaches besides the MDSes'). Works inside and outside async
+    /// tests.
+    pub fn cs_addrs(&self) -> Vec<String> {
+        self.status()
+            .expect("the MDS answers")
+            .cs
+            .into_iter()
+            .map(|c| c.addr)
+            .collect()
+    }
+
     /// Waits until `n` chunk servers are active.
     pub fn wait_active(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -22,14 +22,6 @@ fn small() -> ClusterOptions {
     }
 }
 
-async fn cs_addrs(cluster: &TestCluster) -> Vec<String> {
-    let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
-    let s = pstorage_core::traits::MetadataService::cluster_status(&mds)
-        .await
-        .unwrap();
-    s.cs.into_iter().map(|c| c.addr).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_certificate_of_the_cluster_are_refused() {
     let cluster = TestCluster::start(small());
@@ -42,7 +34,7 @@ async fn connections_without_a_certificate_of_the_cluster_are_refused() {
     )
     .unwrap();
     let mut targets = vec![cluster.mds_addr.clone()];
-    targets.extend(cs_addrs(&cluster).await);
+    targets.extend(cluster.cs_addrs());
     for addr in &targets {
         for channel in [Channel::Control, Channel::Data] {
             let err = auth::connect(addr, &wrong, channel).await.unwrap_err();
@@ -102,7 +94,7 @@ async fn garbage_on_every_port_changes_nothing() {
     f.close().await.unwrap();
 
     let mut targets = vec![cluster.mds_addr.clone()];
-    targets.extend(cs_addrs(&cluster).await);
+    targets.extend(cluster.cs_addrs());
     let key = pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap();
     for addr in &targets {
         send_garbage(addr, b"GET / HTTP/1.0\r\n\r\n");

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pstorage_core::traits::{ControlConnector, MetadataService};
+use pstorage_core::traits::ControlConnector;
 use pstorage_core::types::{ChunkId, LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
 use pstorage_core::ErrorKind;
 use pstorage_tests::{ClusterOptions, TestCluster, PASSWORD};
@@ -19,17 +19,6 @@ fn defaults() -> ClusterOptions {
         chunk_size: DEFAULT_CHUNK_SIZE,
         ..Default::default()
     }
-}
-
-async fn cs_addrs(cluster: &TestCluster) -> Vec<String> {
-    let mds = pstorage_rpc::node::connect_mds(&cluster.conf(), Default::default()).unwrap();
-    MetadataService::cluster_status(&mds)
-        .await
-        .unwrap()
-        .cs
-        .into_iter()
-        .map(|c| c.addr)
-        .collect()
 }
 
 /// `openssl s_client` with this node's certificate against `addr`: its
@@ -65,7 +54,7 @@ async fn every_port_speaks_tls_1_3_with_the_cluster_ca() {
     let cluster = TestCluster::start(defaults());
     let conf = cluster.conf().dir;
     let mut targets = vec![cluster.mds_addr.clone()];
-    targets.extend(cs_addrs(&cluster).await);
+    targets.extend(cluster.cs_addrs());
     for addr in &targets {
         let summary = s_client(&conf, addr);
         assert!(
@@ -149,7 +138,7 @@ fn port_of(addr: &str) -> u16 {
 async fn a_capture_of_a_write_does_not_contain_its_bytes() {
     let cluster = TestCluster::start(defaults());
     let mut ports = vec![port_of(&cluster.mds_addr)];
-    ports.extend(cs_addrs(&cluster).await.iter().map(|a| port_of(a)));
+    ports.extend(cluster.cs_addrs().iter().map(|a| port_of(a)));
     let pcap = cluster.dir.path().join("write.pcap");
     let capture = Capture::start(&pcap, &ports);
 
@@ -262,7 +251,7 @@ async fn a_client_certificate_cannot_administer_or_drive_chunk_servers() {
         pstorage_rpc::node::control_dialer(creds),
         pstorage_rpc::ClientOptions::default(),
     );
-    for addr in cs_addrs(&cluster).await {
+    for addr in cluster.cs_addrs() {
         let control = connector.chunk_control(&addr).await.unwrap();
         let err = control.delete_chunk(ChunkId(1)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{addr}: {err}");
