@@ -203,16 +203,17 @@ pub fn derive_key(cluster: &str, password: &str) -> ClusterKey {
     ClusterKey(key)
 }
 
-/// What a connection is for, named by ALPN.
+/// What a connection is for, named by ALPN. The discriminants are the
+/// positions in [`Channel::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Channel {
     /// Cap'n Proto control RPC.
-    Control,
+    Control = 0,
     /// The framed data protocol of [`crate::data`].
-    Data,
+    Data = 1,
     /// Enrollment: a node without a certificate proves the password and
     /// gets one ([`crate::enroll`]).
-    Enroll,
+    Enroll = 2,
 }
 
 impl Channel {

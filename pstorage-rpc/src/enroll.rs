@@ -615,6 +615,54 @@ mod tests {
         task.abort();
     }
 
+    /// A frozen MDS (its kernel accepts, nobody answers), and one that
+    /// stops answering after the TLS handshake: `auth-node` gives up within
+    /// its deadlines (`Unavailable`, or `TimedOut` for the silent exchange).
+    #[tokio::test]
+    async fn a_silent_mds_fails_the_enrollment_in_time() {
+        let key = auth::derive_key("c1", "correct horse");
+        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = frozen.local_addr().unwrap().to_string();
+        let started = Instant::now();
+        let err = enroll(&addr, "c1", &key, Role::Admin, "h")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(
+            started.elapsed() < auth::CONNECT_TIMEOUT * 3,
+            "{:?}",
+            started.elapsed()
+        );
+
+        // TLS completes, then silence: the exchange's own deadline.
+        let ca = Arc::new(ClusterCa::generate("c1").unwrap());
+        let creds =
+            crate::tls::Credentials::new(ca.issue_identity(Role::Mds, "mds 1").unwrap()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let channel = auth::peek_channel(&mut s).await.unwrap();
+            let (tls, _) = auth::accept_tls(s, &creds, channel).await.unwrap();
+            std::future::pending::<()>().await;
+            drop(tls);
+        });
+        let started = Instant::now();
+        let err = enroll(&addr, "c1", &key, Role::Admin, "h")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::TimedOut),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < ENROLL_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        server.abort();
+    }
+
     #[test]
     fn the_limiter_forgets_old_failures_and_stays_bounded() {
         let mut limiter = FailureLimiter::new();

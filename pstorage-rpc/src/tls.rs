@@ -138,8 +138,9 @@ pub struct Credentials(Arc<CredentialsInner>);
 struct CredentialsInner {
     identity: NodeIdentity,
     configs: TlsConfigs,
-    /// The client configuration for each channel (its ALPN name).
-    channels: Vec<(crate::auth::Channel, Arc<ClientConfig>)>,
+    /// The client configuration of each channel (its ALPN name), in the
+    /// order of [`crate::auth::Channel::ALL`].
+    channels: [Arc<ClientConfig>; 3],
 }
 
 impl std::fmt::Debug for Credentials {
@@ -152,14 +153,11 @@ impl Credentials {
     /// Credentials of `identity`. Errors as [`TlsConfigs::new`].
     pub fn new(identity: NodeIdentity) -> Result<Credentials> {
         let configs = TlsConfigs::new(&identity)?;
-        let channels = crate::auth::Channel::ALL
-            .into_iter()
-            .map(|channel| {
-                let mut config = (*configs.client).clone();
-                config.alpn_protocols = vec![channel.alpn().to_vec()];
-                (channel, Arc::new(config))
-            })
-            .collect();
+        let channels = crate::auth::Channel::ALL.map(|channel| {
+            let mut config = (*configs.client).clone();
+            config.alpn_protocols = vec![channel.alpn().to_vec()];
+            Arc::new(config)
+        });
         Ok(Credentials(Arc::new(CredentialsInner {
             identity,
             configs,
@@ -184,12 +182,7 @@ impl Credentials {
 
     /// The configuration for dialing `channel`.
     pub fn client_config(&self, channel: crate::auth::Channel) -> Arc<ClientConfig> {
-        self.0
-            .channels
-            .iter()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, config)| config.clone())
-            .unwrap_or_else(|| self.0.configs.client.clone())
+        self.0.channels[channel as usize].clone()
     }
 }
 

@@ -886,7 +886,11 @@ fn nbd_serve_guards_its_listeners_and_exports() {
 #[test]
 fn qemu_img_and_nbdcopy_reach_a_tls_export_and_plain_clients_are_refused() {
     const NBD_REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
-    let cluster = TestCluster::start(big_chunks());
+    let cluster = TestCluster::start(ClusterOptions {
+        // The defaults: 256 MiB chunks.
+        chunk_size: pstorage_core::types::DEFAULT_CHUNK_SIZE,
+        ..ClusterOptions::default()
+    });
     let image = cluster.dir.path().join("tls.raw");
     let data = write_image(&image, 8 << 20, 17);
     cluster.cli_ok(&["truncate", "-s", "8M", "/tls.img"]);
