@@ -67,6 +67,13 @@ pub enum Command {
         /// Default chunk size of the cluster, in bytes.
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: u64,
+        /// With -I: whether the data path (reads and writes between
+        /// clients and chunk servers, and between chunk servers) is
+        /// encrypted. `off` keeps TLS for the handshake (certificates,
+        /// roles, revocation) and then sends data in clear: only on a
+        /// trusted storage network. Fixed for the cluster's life.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        data_encryption: String,
     },
     /// Prove the cluster password to an MDS and store this node's
     /// certificate (an admin's unless --role client narrows it).
@@ -78,6 +85,24 @@ pub enum Command {
         /// client (files only).
         #[arg(long, default_value = "admin", value_parser = ["admin", "client"])]
         role: String,
+    },
+    /// List the certificates the cluster CA issued (serial, role, name,
+    /// expiry, revoked or not).
+    Certs,
+    /// Revoke certificates for good: a serial number (see `certs`), or
+    /// every unrevoked certificate of a node name. Nodes refuse them within
+    /// seconds and close the connections they hold.
+    Revoke {
+        /// A serial number (hexadecimal) or a node name.
+        which: String,
+    },
+    /// Get a new key and certificate with the same role and name, before
+    /// the old one expires: this node's, or the MDS's or chunk server's in
+    /// DIR (the daemon uses it from its next start).
+    RenewCert {
+        /// An MDS or chunk server directory.
+        #[arg(short = 'r')]
+        dir: Option<PathBuf>,
     },
     /// Create a chunk server in DIR.
     MakeCs {
@@ -328,8 +353,20 @@ async fn execute(cli: &Cli) -> Result<()> {
             dir,
             password: _,
             chunk_size,
+            data_encryption,
         } => {
+            let data_path = if data_encryption == "off" {
+                pstorage_rpc::pki::DataPath::Clear
+            } else {
+                pstorage_rpc::pki::DataPath::Encrypted
+            };
             if !init {
+                if data_path == pstorage_rpc::pki::DataPath::Clear {
+                    return Err(Error::invalid(
+                        "--data-encryption is chosen when the cluster is made (make-mds -I); \
+                         a joining MDS follows the cluster's CA",
+                    ));
+                }
                 let service = node::join_cluster_mds(&conf, dir, addr).await?;
                 println!(
                     "MDS {} of cluster {} made at {} in {}; start it with: pstorage-mdsd -r {} (it joins the metadata group at its first start)",
@@ -344,7 +381,8 @@ async fn execute(cli: &Cli) -> Result<()> {
             let password = crate::password::read_password("Cluster password: ", true)?;
             crate::password::check_strength(&password, &conf.name)?;
             let key = pstorage_rpc::auth::derive_key(&conf.name, &password);
-            let service = node::create_cluster_mds(&conf, dir, addr, &key, *chunk_size)?;
+            let service =
+                node::create_cluster_mds_with(&conf, dir, addr, &key, *chunk_size, data_path)?;
             println!(
                 "created cluster {} with its first MDS at {} in {}; start it with: pstorage-mdsd -r {}",
                 conf.name,
@@ -352,6 +390,13 @@ async fn execute(cli: &Cli) -> Result<()> {
                 dir.display(),
                 dir.display()
             );
+            if data_path == pstorage_rpc::pki::DataPath::Clear {
+                println!(
+                    "the data path of cluster {} is NOT encrypted (--data-encryption off): \
+                     use it only on a trusted storage network",
+                    conf.name
+                );
+            }
             println!(
                 "cluster CA fingerprint (SHA-256): {}",
                 node::ca_fingerprint(dir)?
@@ -362,12 +407,69 @@ async fn execute(cli: &Cli) -> Result<()> {
             let password = crate::password::read_password("Cluster password: ", false)?;
             let identity = node::auth_node(&conf, &password, role).await?;
             println!(
-                "node authenticated in cluster {} as {} (role {}); cluster CA fingerprint (SHA-256) {}",
+                "node authenticated in cluster {} as {} (role {}, certificate serial {}); cluster CA \
+                 fingerprint (SHA-256) {}",
                 conf.name,
                 identity.peer.name,
                 identity.peer.role,
+                identity.peer.serial,
                 identity.ca_fingerprint()
             );
+        }
+        Command::Certs => {
+            use pstorage_core::traits::CertificateRegistry;
+            let mds = node::connect_mds(&conf, pstorage_rpc::ClientOptions::from_env())?;
+            let certs = mds.certificates().await?;
+            println!(
+                "{:<32} {:<6} {:<24} {:<19} {:<19} REVOKED",
+                "SERIAL", "ROLE", "NAME", "ISSUED", "EXPIRES"
+            );
+            for c in &certs {
+                let when = |ms: u64| {
+                    if ms == 0 {
+                        "-".to_string()
+                    } else {
+                        format_time_ms(ms)
+                    }
+                };
+                println!(
+                    "{:<32} {:<6} {:<24} {:<19} {:<19} {}",
+                    c.serial,
+                    if c.role.is_empty() { "-" } else { &c.role },
+                    if c.name.is_empty() { "-" } else { &c.name },
+                    when(c.issued_ms),
+                    when(c.not_after_ms),
+                    c.revoked_ms.map_or("no".to_string(), format_time_ms)
+                );
+            }
+        }
+        Command::Revoke { which } => {
+            use pstorage_core::traits::CertificateRegistry;
+            let mds = node::connect_mds(&conf, pstorage_rpc::ClientOptions::from_env())?;
+            for c in mds.revoke_certificates(which).await? {
+                let whose = if c.name.is_empty() {
+                    "an unrecorded node".to_string()
+                } else {
+                    format!("{} ({})", c.name, c.role)
+                };
+                println!("revoked certificate {} of {whose}", c.serial);
+            }
+        }
+        Command::RenewCert { dir } => {
+            let identity = node::renew_certificate(&conf, dir.as_deref()).await?;
+            let (name, role) = (&identity.peer.name, identity.peer.role);
+            match dir {
+                Some(dir) => println!(
+                    "renewed the certificate of {name} ({role}) in {}: serial {}; restart the \
+                     daemon to use it",
+                    dir.display(),
+                    identity.peer.serial
+                ),
+                None => println!(
+                    "renewed this node's certificate ({name}, {role}): serial {}",
+                    identity.peer.serial
+                ),
+            }
         }
         Command::MakeCs {
             dir,

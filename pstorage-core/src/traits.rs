@@ -270,6 +270,28 @@ pub trait MdsGroup: Send + Sync {
     async fn members(&self) -> Result<MdsMembership>;
 }
 
+/// The certificates of the cluster's CA as the MDSes record them (store
+/// format 11 on): `pstorage certs`, `pstorage revoke`, and the revocation
+/// list every node syncs. The MDS that signs a certificate records it
+/// first; writes and `certificates` are served by the leader (any MDS
+/// forwards), `revoked_serials` by every MDS from its own state.
+#[async_trait]
+pub trait CertificateRegistry: Send + Sync {
+    /// Records a certificate about to be handed out. `AlreadyExists` for a
+    /// known serial; `NoSpace` when the table is full.
+    async fn record_certificate(&self, record: CertRecord) -> Result<()>;
+    /// Revokes, for good, the certificates `which` names: a serial number,
+    /// or every unrevoked certificate of a node name. Returns their
+    /// records. `NotFound` for a name with none.
+    async fn revoke_certificates(&self, which: &str) -> Result<Vec<CertRecord>>;
+    /// Every recorded certificate, revoked ones too, by serial.
+    async fn certificates(&self) -> Result<Vec<CertRecord>>;
+    /// The revoked serials from position `from` of the revocation list.
+    async fn revoked_serials(&self, from: u64) -> Result<RevokedSerials>;
+    /// Logs a security event (a refused enrollment) in the event log.
+    async fn log_security_event(&self, level: EventLevel, message: &str) -> Result<()>;
+}
+
 /// The metadata service as a chunk server sees it.
 #[async_trait]
 pub trait CsRegistry: Send + Sync {

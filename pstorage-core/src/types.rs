@@ -1290,6 +1290,9 @@ pub enum EventKind {
     Config,
     /// The metadata group changed: an election, an MDS added or removed.
     Mds,
+    /// Certificates: issued, revoked, a failed enrollment (store format
+    /// 11 on).
+    Security,
 }
 
 impl std::fmt::Display for EventKind {
@@ -1302,6 +1305,7 @@ impl std::fmt::Display for EventKind {
             EventKind::Lease => "lease",
             EventKind::Config => "config",
             EventKind::Mds => "mds",
+            EventKind::Security => "security",
         })
     }
 }
@@ -1549,3 +1553,87 @@ mod tests {
         assert!(split_path("/a/../b").is_err());
     }
 }
+
+/// A node certificate's serial number (128 random bits): what revocation
+/// names. Shown as 32 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CertSerial(pub u128);
+
+impl CertSerial {
+    /// The serial of a certificate's DER-encoded serial number (big
+    /// endian, at most 16 bytes after DER's leading zero); `None` for a
+    /// longer one (not a serial this cluster's CA issues).
+    pub fn from_be_bytes(bytes: &[u8]) -> Option<CertSerial> {
+        let bytes = match bytes {
+            [0, rest @ ..] if !rest.is_empty() => rest,
+            b => b,
+        };
+        if bytes.len() > 16 {
+            return None;
+        }
+        let mut full = [0u8; 16];
+        full[16 - bytes.len()..].copy_from_slice(bytes);
+        Some(CertSerial(u128::from_be_bytes(full)))
+    }
+}
+
+impl std::fmt::Display for CertSerial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for CertSerial {
+    type Err = crate::error::Error;
+
+    /// Hexadecimal digits, colons allowed (as `openssl x509 -serial`
+    /// and `pstorage certs` show them).
+    fn from_str(s: &str) -> crate::error::Result<CertSerial> {
+        let digits: String = s.chars().filter(|c| *c != ':').collect();
+        if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(crate::error::Error::invalid(format!(
+                "{s:?} is not a certificate serial number (up to 32 hexadecimal digits)"
+            )));
+        }
+        u128::from_str_radix(&digits, 16)
+            .map(CertSerial)
+            .map_err(|e| crate::error::Error::invalid(format!("serial number {s:?}: {e}")))
+    }
+}
+
+/// A certificate the cluster's CA issued, as the MDS records it (store
+/// format 11 on): what `pstorage certs` lists and `pstorage revoke` finds
+/// by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Its serial number.
+    pub serial: CertSerial,
+    /// The role it names (`admin`, `client`, `cs`, `mds`), empty when
+    /// revoked without having been recorded.
+    pub role: String,
+    /// The node name it names.
+    pub name: String,
+    /// When it was issued (ms since the epoch; 0 when not recorded).
+    pub issued_ms: u64,
+    /// When it expires (ms since the epoch; 0 when not recorded).
+    pub not_after_ms: u64,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<u64>,
+}
+
+/// Revoked serial numbers in the order they were revoked, from position
+/// `from` on: what a node syncs its revocation set with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedSerials {
+    /// How many serials are revoked in all.
+    pub total: u64,
+    /// The serials from the asked position on (at most
+    /// [`MAX_REVOKED_PER_REPLY`]).
+    pub serials: Vec<CertSerial>,
+}
+
+/// Most serials one [`RevokedSerials`] reply carries; a node asks again
+/// from where it got to.
+pub const MAX_REVOKED_PER_REPLY: usize = 4096;

@@ -212,6 +212,36 @@ struct JoinSecretsResult {
   }
 }
 
+# A certificate of the cluster CA as the MDSes record it.
+struct CertRecord {
+  serial @0 :Data;        # 16 bytes, big endian
+  role @1 :Text;
+  name @2 :Text;
+  issuedMs @3 :UInt64;
+  notAfterMs @4 :UInt64;
+  revoked @5 :Bool;
+  revokedMs @6 :UInt64;
+}
+
+struct CertRecordsResult {
+  union {
+    ok @0 :List(CertRecord);
+    err @1 :Error;
+  }
+}
+
+struct RevokedSerials {
+  total @0 :UInt64;
+  serials @1 :List(Data); # 16 bytes each
+}
+
+struct RevokedSerialsResult {
+  union {
+    ok @0 :RevokedSerials;
+    err @1 :Error;
+  }
+}
+
 struct DataResult {
   union {
     ok @0 :Data;
@@ -532,6 +562,7 @@ enum EventKind {
   lease @4;
   config @5;
   mds @6;        # elections, MDS added or removed
+  security @7;   # certificates issued or revoked, refused enrollments
 }
 
 enum EventLevel {
@@ -775,6 +806,18 @@ interface Mds {
   # What a new MDS needs beside its certificate: the CA's certificate and
   # key, and the cluster key that checks enrollments; admins and MDSes only.
   joinSecrets @44 () -> (result :JoinSecretsResult);
+
+  # The certificate table (CertificateRegistry). Recording and logging are
+  # MDSes' (the MDS that signs forwards to the leader); listing and revoking
+  # admins'; the revocation list every node's.
+  recordCertificate @45 (record :CertRecord) -> (result :VoidResult);
+  revokeCertificates @46 (which :Text) -> (result :CertRecordsResult);
+  certificates @47 () -> (result :CertRecordsResult);
+  revokedSerials @48 (from :UInt64) -> (result :RevokedSerialsResult);
+  logSecurityEvent @49 (level :EventLevel, message :Text) -> (result :VoidResult);
+  # A new certificate for the caller's key of `csr` with the caller's own
+  # role and name (renewal before expiry); every role.
+  renewCertificate @50 (csr :Data) -> (result :TextResult);
 }
 
 enum BlockRepairOutcome {

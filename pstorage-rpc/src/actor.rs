@@ -185,6 +185,8 @@ pub struct RpcServices {
     control: Option<Arc<dyn ChunkControl>>,
     /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
     enrollment: Option<Arc<crate::enroll::Enrollment>>,
+    /// The certificate table (`revokeCertificates`, ...) when present.
+    certs: Option<Arc<dyn pstorage_core::traits::CertificateRegistry>>,
 }
 
 impl RpcServices {
@@ -224,6 +226,18 @@ impl RpcServices {
     /// `Unavailable`.
     pub fn with_enrollment(mut self, enrollment: Arc<crate::enroll::Enrollment>) -> RpcServices {
         self.enrollment = Some(enrollment);
+        self
+    }
+
+    /// Serves the certificate table's methods of the `Mds` interface
+    /// (`recordCertificate`, `revokeCertificates`, `certificates`,
+    /// `revokedSerials`, `logSecurityEvent`) from this implementation.
+    /// Without it they answer `Unavailable`.
+    pub fn with_certs(
+        mut self,
+        certs: Arc<dyn pstorage_core::traits::CertificateRegistry>,
+    ) -> RpcServices {
+        self.certs = Some(certs);
         self
     }
 
@@ -423,15 +437,22 @@ async fn run_server(
             };
             let bootstrap = bootstrap_for(interface, &services, peer.clone());
             let system = RpcSystem::new(vat_network(stream, Side::Server), Some(bootstrap));
-            match system.await {
-                Ok(()) => {
-                    tracing::debug!("{interface:?} connection from {peer} at {peer_addr} closed")
-                }
-                Err(e) => {
-                    tracing::info!(
+            let served = async {
+                match system.await {
+                    Ok(()) => tracing::debug!(
+                        "{interface:?} connection from {peer} at {peer_addr} closed"
+                    ),
+                    Err(e) => tracing::info!(
                         "{interface:?} connection from {peer} at {peer_addr} closed: {e}"
-                    )
+                    ),
                 }
+            };
+            let revocations = credentials.revocations();
+            if crate::revocation::unless_revoked(revocations, peer.serial, served).await {
+                tracing::warn!(
+                    "closed the {interface:?} connection of {peer} at {peer_addr}: its \
+                     certificate was revoked"
+                );
             }
         });
     }
@@ -452,6 +473,7 @@ fn bootstrap_for(
                 raft,
                 snapshot_intake,
                 enrollment,
+                certs,
                 ..
             },
         ) => crate::mds::bootstrap(
@@ -462,6 +484,7 @@ fn bootstrap_for(
                 raft: raft.clone(),
                 snapshot_intake: snapshot_intake.clone(),
                 enrollment: enrollment.clone(),
+                certs: certs.clone(),
             },
             peer,
         ),

@@ -1,12 +1,23 @@
 //! Connections between nodes (DESIGN.md invariant 8): every TCP connection
 //! is TLS 1.3 with certificates of the cluster CA on both sides
 //! ([`crate::tls`]) before a single request crosses it. The client names
-//! the channel it wants by ALPN in its ClientHello: `pstorage/2 control`
-//! (Cap'n Proto control RPC), `pstorage/2 data` (the framed data protocol
-//! of [`crate::data`]) or `pstorage/2 enroll` ([`crate::enroll`]: a node
+//! the channel it wants by ALPN in its ClientHello: `pstorage/3 control`
+//! (Cap'n Proto control RPC), `pstorage/3 data` (the framed data protocol
+//! of [`crate::data`]) or `pstorage/3 enroll` ([`crate::enroll`]: a node
 //! proves the cluster password and gets a certificate; the only channel
 //! served to a client without one). A ClientHello without ALPN (`openssl
 //! s_client`) is a control connection.
+//!
+//! Once the handshake is done and the server has checked the client's
+//! certificate (against the CA and the revoked ones) and the channel, it
+//! sends one byte inside TLS, the server's word, before anything else on
+//! the control and data channels: [`ACCEPTED`], or on the data channel of
+//! a cluster made with a clear data path ([`crate::pki::DataPath`])
+//! [`ACCEPTED_CLEAR`], after which both ends leave TLS and use the TCP
+//! connection itself. The client reads it before it returns from
+//! [`connect`]: in TLS 1.3 a server refuses a client's certificate after
+//! the client has finished its side of the handshake, so without the word
+//! a refused client would learn it only at its first request.
 //!
 //! A server reads the channel from the ClientHello before the handshake,
 //! without consuming it ([`peek_channel`]: `MSG_PEEK`, parsed by rustls),
@@ -40,17 +51,18 @@ use std::time::Duration;
 use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::error::{Error, ErrorKind, Result};
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pki::Peer;
+pub use crate::node_stream::NodeStream;
+use crate::pki::{DataPath, Peer};
 use crate::tls::{handshake_error, peer_of, server_name, Credentials};
 
 /// The magic of the HMAC handshake of older builds: "PSTA".
 pub const AUTH_MAGIC: [u8; 4] = *b"PSTA";
 /// The connection protocol version this node speaks (1 was the HMAC
-/// handshake; 2 is TLS with ALPN).
-pub const AUTH_VERSION: u16 = 2;
+/// handshake; 2 TLS with ALPN; 3 adds the server's word).
+pub const AUTH_VERSION: u16 = 3;
 /// PBKDF2 iterations of [`derive_key`].
 pub const KEY_DERIVATION_ROUNDS: u32 = 100_000;
 /// Deadline of each handshake step.
@@ -71,9 +83,15 @@ pub const KEEPALIVE_PROBES: u32 = 3;
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The client end of a connection to a node.
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type ClientStream = NodeStream<tokio_rustls::client::TlsStream<TcpStream>>;
 /// The server end of a connection from a node.
-pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+pub type ServerStream = NodeStream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// The server's word: the connection is accepted and stays in TLS.
+pub const ACCEPTED: u8 = 1;
+/// The server's word on the data channel of a clear-data-path cluster:
+/// accepted, and both ends continue on the TCP connection without TLS.
+pub const ACCEPTED_CLEAR: u8 = 2;
 
 /// Sets TCP_NODELAY, keepalive and `TCP_USER_TIMEOUT` (see the module
 /// documentation) on a connected socket. Errors: `Io` if the kernel refuses
@@ -223,9 +241,9 @@ impl Channel {
     /// Its ALPN protocol name.
     pub fn alpn(self) -> &'static [u8] {
         match self {
-            Channel::Control => b"pstorage/2 control",
-            Channel::Data => b"pstorage/2 data",
-            Channel::Enroll => b"pstorage/2 enroll",
+            Channel::Control => b"pstorage/3 control",
+            Channel::Data => b"pstorage/3 data",
+            Channel::Enroll => b"pstorage/3 enroll",
         }
     }
 
@@ -418,9 +436,36 @@ pub async fn accept_tls(
                 ),
             ));
         }
-        Ok((tls, peer))
+        if channel == Channel::Enroll {
+            return Ok((NodeStream::Tls(tls), peer));
+        }
+        let clear = channel == Channel::Data && credentials.data_path() == DataPath::Clear;
+        let mut tls = tls;
+        let word = if clear { ACCEPTED_CLEAR } else { ACCEPTED };
+        tls.write_all(&[word]).await?;
+        tls.flush().await?;
+        if !clear {
+            return Ok((NodeStream::Tls(tls), peer));
+        }
+        let (tcp, mut conn) = tls.into_inner();
+        no_bytes_after_the_word(&mut conn, &peer_addr)?;
+        Ok((NodeStream::Clear(tcp), peer))
     })
     .await
+}
+
+/// Checks that a TLS connection left at the server's word holds nothing
+/// read beyond it (the protocol leaves none: the client waits for the
+/// word, the server sends nothing after it). `Protocol` otherwise.
+fn no_bytes_after_the_word<D>(conn: &mut rustls::ConnectionCommon<D>, peer: &str) -> Result<()> {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    match conn.reader().read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        _ => Err(Error::protocol(format!(
+            "{peer} sent data before the data channel left TLS"
+        ))),
+    }
 }
 
 /// Connects to `addr` (`host:port`), sets the socket options
@@ -446,15 +491,40 @@ pub async fn connect(
             .await
             .map_err(|e| handshake_error(e, addr))?;
         match peer_of(tls.get_ref().1.peer_certificates())? {
-            Some(peer) if peer.role.is_server() => Ok(tls),
-            Some(peer) => Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!("{addr} shows the certificate of {peer}, not a server's: refused"),
-            )),
-            None => Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!("{addr} showed no certificate: refused"),
-            )),
+            Some(peer) if peer.role.is_server() => {}
+            Some(peer) => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("{addr} shows the certificate of {peer}, not a server's: refused"),
+                ))
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("{addr} showed no certificate: refused"),
+                ))
+            }
+        }
+        // The server's word: a refusal of our certificate arrives here.
+        let mut tls = tls;
+        let mut word = [0u8; 1];
+        tls.read_exact(&mut word)
+            .await
+            .map_err(|e| handshake_error(e, addr))?;
+        match word[0] {
+            ACCEPTED => Ok(NodeStream::Tls(tls)),
+            ACCEPTED_CLEAR
+                if channel == Channel::Data && credentials.data_path() == DataPath::Clear =>
+            {
+                let (tcp, mut conn) = tls.into_inner();
+                no_bytes_after_the_word(&mut conn, addr)?;
+                Ok(NodeStream::Clear(tcp))
+            }
+            other => Err(Error::protocol(format!(
+                "{addr} answered the {channel:?} channel with {other:#x}, not a word this node \
+                 accepts (its cluster CA's data path is {:?})",
+                credentials.data_path()
+            ))),
         }
     };
     within_connect_timeout(addr, attempt).await
@@ -723,9 +793,9 @@ mod tests {
         let stream = connect(&addr, &creds(&ca, Role::Client, "h1"), Channel::Data)
             .await
             .unwrap();
-        assert_socket_options(stream.get_ref().0);
+        assert_socket_options(stream.tcp());
         assert_eq!(
-            stream.get_ref().1.protocol_version(),
+            stream.tls().unwrap().get_ref().1.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
         drop(stream);

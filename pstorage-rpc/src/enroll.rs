@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use pstorage_core::conf::ClusterKey;
 use pstorage_core::error::{Error, ErrorKind, Result};
+use pstorage_core::traits::CertificateRegistry;
+use pstorage_core::types::EventLevel;
 use rustls::client::danger::ServerCertVerifier;
 use sha2::Sha256;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
@@ -167,6 +169,9 @@ pub struct Enrollment {
     key: ClusterKey,
     ca: Arc<ClusterCa>,
     limiter: parking_lot::Mutex<FailureLimiter>,
+    /// Where issued certificates are recorded and refused enrollments
+    /// logged (the MDS's certificate table); none in tests and fuzzing.
+    registry: Option<Arc<dyn CertificateRegistry>>,
 }
 
 impl Enrollment {
@@ -177,6 +182,43 @@ impl Enrollment {
             key,
             ca,
             limiter: parking_lot::Mutex::new(FailureLimiter::new()),
+            registry: None,
+        }
+    }
+
+    /// Records every certificate issued in `registry` before handing it
+    /// out (none goes out unrecorded), and logs refused enrollments there.
+    pub fn with_registry(mut self, registry: Arc<dyn CertificateRegistry>) -> Enrollment {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Signs a certificate for the key of `csr` with `role` and `name`
+    /// ([`ClusterCa::issue`]) and records it; returns it (PEM). Errors of
+    /// either; a certificate that could not be recorded is not handed out.
+    pub async fn issue(&self, csr: &[u8], role: Role, name: &str) -> Result<String> {
+        let cert = self.ca.issue(csr, role, name)?;
+        if let Some(registry) = &self.registry {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            registry
+                .record_certificate(crate::pki::record_of(&cert, now_ms)?)
+                .await?;
+        }
+        Ok(cert)
+    }
+
+    /// Logs a refused enrollment in the cluster's event log (best effort:
+    /// the refusal stands whatever happens to the log).
+    async fn log_refusal(&self, message: &str) {
+        if let Some(registry) = &self.registry {
+            if let Err(e) = registry
+                .log_security_event(EventLevel::Warning, message)
+                .await
+            {
+                warn!("cannot log a refused enrollment in the event log: {e}");
+            }
         }
     }
 
@@ -199,7 +241,10 @@ impl Enrollment {
     /// Serves one enrollment on an accepted TLS stream from `from`, within
     /// [`ENROLL_TIMEOUT`]. Returns the role and name it certified.
     pub async fn serve(&self, mut stream: ServerStream, from: IpAddr) -> Result<(Role, String)> {
-        let exporter = export(stream.get_ref().1)?;
+        let tls = stream
+            .tls()
+            .ok_or_else(|| Error::protocol("an enrollment outside TLS"))?;
+        let exporter = export(tls.get_ref().1)?;
         let outcome =
             tokio::time::timeout(ENROLL_TIMEOUT, self.exchange(&mut stream, &exporter, from))
                 .await
@@ -264,6 +309,11 @@ impl Enrollment {
             self.limiter.lock().failed(from, Instant::now());
             write_all(stream, &[STATUS_WRONG_PASSWORD]).await?;
             warn!("enrollment from {from}: wrong cluster password");
+            let name = String::from_utf8_lossy(&name);
+            self.log_refusal(&format!(
+                "refused an enrollment from {from} (node name {name:?}): wrong cluster password"
+            ))
+            .await;
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("enrollment from {from}: wrong cluster password"),
@@ -274,8 +324,8 @@ impl Enrollment {
             .into_bytes();
         let issued = match (role, String::from_utf8(name)) {
             (Some(role), Ok(name)) => self
-                .ca
                 .issue(&csr, role, &name)
+                .await
                 .map(|cert| (role, name, cert)),
             (None, _) => Err(Error::invalid(format!("unknown role code {}", head[0]))),
             (_, Err(_)) => Err(Error::invalid("the node name is not UTF-8")),
@@ -534,7 +584,6 @@ pub async fn enroll_any(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::Peer;
 
     /// An MDS that serves enrollments on a fresh port until dropped.
     async fn enrolling_mds(enrollment: Arc<Enrollment>) -> (String, tokio::task::JoinHandle<()>) {
@@ -569,11 +618,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            id.peer,
-            Peer {
-                role: Role::Admin,
-                name: "host-a".into()
-            }
+            (id.peer.role, id.peer.name.as_str()),
+            (Role::Admin, "host-a")
         );
         assert_eq!(id.ca_fingerprint(), ca.fingerprint());
 

@@ -109,6 +109,7 @@ pub struct LocalClusterBuilder {
     parent_dir: Option<PathBuf>,
     keep_dir: bool,
     start_timeout: Duration,
+    data_path: crate::pki::DataPath,
 }
 
 impl Default for LocalClusterBuilder {
@@ -123,6 +124,7 @@ impl Default for LocalClusterBuilder {
             parent_dir: None,
             keep_dir: false,
             start_timeout: DEFAULT_START_TIMEOUT,
+            data_path: crate::pki::DataPath::Encrypted,
         }
     }
 }
@@ -188,6 +190,13 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// How the data channel travels (default encrypted; `make-mds -I
+    /// --data-encryption off` is [`crate::pki::DataPath::Clear`]).
+    pub fn data_path(mut self, data_path: crate::pki::DataPath) -> Self {
+        self.data_path = data_path;
+        self
+    }
+
     /// How long [`LocalClusterBuilder::start`] waits for the cluster to be
     /// healthy (default [`DEFAULT_START_TIMEOUT`]).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
@@ -245,7 +254,14 @@ impl LocalClusterBuilder {
         };
         let first = free_loopback_addr()?;
         let mds_dir = dir.join("mds0");
-        node::create_cluster_mds(&conf, &mds_dir, &first, &key, self.chunk_size)?;
+        node::create_cluster_mds_with(
+            &conf,
+            &mds_dir,
+            &first,
+            &key,
+            self.chunk_size,
+            self.data_path,
+        )?;
         let admin = admin_client(&conf)?;
         let cluster = LocalCluster {
             conf_root,

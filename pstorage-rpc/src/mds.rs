@@ -12,13 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
 use pstorage_core::membership::MemberDirectory;
-use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
+use pstorage_core::traits::{CertificateRegistry, CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, BadBlocks, BlockRepair, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId,
     CsPlacementUpdate, CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply,
     LeaseId, LeaseMode, MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply,
     SpaceInfo, Stat, MAX_REPORTED_BLOCKS,
 };
+use pstorage_core::types::{CertRecord, EventLevel, RevokedSerials};
 use pstorage_core::types::{
     HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
 };
@@ -51,6 +52,8 @@ struct MdsServer {
     snapshot_intake: Arc<crate::raft::SnapshotIntake>,
     /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
     enrollment: Option<Arc<crate::enroll::Enrollment>>,
+    /// The certificate table, when present.
+    certs: Option<Arc<dyn CertificateRegistry>>,
     /// Who is at the other end (its certificate).
     peer: crate::pki::Peer,
 }
@@ -64,6 +67,7 @@ pub(crate) struct MdsServices {
     pub(crate) raft: Option<MdsRaft>,
     pub(crate) snapshot_intake: Arc<crate::raft::SnapshotIntake>,
     pub(crate) enrollment: Option<Arc<crate::enroll::Enrollment>>,
+    pub(crate) certs: Option<Arc<dyn CertificateRegistry>>,
 }
 
 /// The bootstrap capability of an `Mds` connection from `peer`: every call
@@ -79,6 +83,7 @@ pub(crate) fn bootstrap(
         raft,
         snapshot_intake,
         enrollment,
+        certs,
     } = services;
     let server = MdsServer {
         metadata,
@@ -87,6 +92,7 @@ pub(crate) fn bootstrap(
         raft,
         snapshot_intake,
         enrollment,
+        certs,
         peer: peer.clone(),
     };
     let dispatch =
@@ -99,6 +105,12 @@ impl MdsServer {
         self.enrollment
             .as_ref()
             .ok_or_else(|| Error::unavailable(format!("{method}: this MDS issues no certificates")))
+    }
+
+    fn certs(&self, method: &str) -> Result<&Arc<dyn CertificateRegistry>> {
+        self.certs.as_ref().ok_or_else(|| {
+            Error::unavailable(format!("{method}: this MDS keeps no certificate table"))
+        })
     }
 
     fn group(&self, method: &str) -> Result<&Arc<dyn MdsGroup>> {
@@ -356,7 +368,7 @@ impl mds::Server for MdsServer {
         mut results: mds::IssueCertificateResults,
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("issue_certificate");
-        let outcome = (|| {
+        let outcome = async {
             let (csr, role, name) = decode_request("issueCertificate", || {
                 let p = params.get()?;
                 Ok((
@@ -368,11 +380,12 @@ impl mds::Server for MdsServer {
             let role = crate::pki::Role::parse(&role)?;
             let cert = self
                 .enrollment("issueCertificate")?
-                .ca()
-                .issue(&csr, role, &name)?;
-            tracing::info!("issued a certificate for {name} ({role})");
+                .issue(&csr, role, &name)
+                .await?;
+            tracing::info!("issued a certificate for {name} ({role}) to {}", self.peer);
             Ok(TextReply(cert))
-        })();
+        }
+        .await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -390,6 +403,121 @@ impl mds::Server for MdsServer {
                 ca_key: e.ca().key_pem(),
                 cluster_key: e.key().to_hex(),
             });
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn renew_certificate(
+        self: Rc<Self>,
+        params: mds::RenewCertificateParams,
+        mut results: mds::RenewCertificateResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("renew_certificate");
+        let outcome = async {
+            let csr = decode_request("renewCertificate", || Ok(params.get()?.get_csr()?.to_vec()))?;
+            // The caller's own role and name: a renewal widens nothing.
+            let cert = self
+                .enrollment("renewCertificate")?
+                .issue(&csr, self.peer.role, &self.peer.name)
+                .await?;
+            tracing::info!("renewed the certificate of {}", self.peer);
+            Ok(TextReply(cert))
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn record_certificate(
+        self: Rc<Self>,
+        params: mds::RecordCertificateParams,
+        mut results: mds::RecordCertificateResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("record_certificate");
+        let outcome = async {
+            let record = decode_request("recordCertificate", || {
+                CertRecord::read(params.get()?.get_record()?)
+            })?;
+            self.certs("recordCertificate")?
+                .record_certificate(record)
+                .await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn revoke_certificates(
+        self: Rc<Self>,
+        params: mds::RevokeCertificatesParams,
+        mut results: mds::RevokeCertificatesResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("revoke_certificates");
+        let outcome = async {
+            let which = decode_request("revokeCertificates", || {
+                read_text(params.get()?.get_which())
+            })?;
+            let revoked = self
+                .certs("revokeCertificates")?
+                .revoke_certificates(&which)
+                .await?;
+            tracing::warn!(
+                "{} revoked {} certificates ({which})",
+                self.peer,
+                revoked.len()
+            );
+            Ok(revoked)
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn certificates(
+        self: Rc<Self>,
+        _params: mds::CertificatesParams,
+        mut results: mds::CertificatesResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("certificates");
+        let outcome = async { self.certs("certificates")?.certificates().await }.await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn revoked_serials(
+        self: Rc<Self>,
+        params: mds::RevokedSerialsParams,
+        mut results: mds::RevokedSerialsResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("revoked_serials");
+        let outcome = async {
+            let from = decode_request("revokedSerials", || Ok(params.get()?.get_from()))?;
+            self.certs("revokedSerials")?.revoked_serials(from).await
+        }
+        .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn log_security_event(
+        self: Rc<Self>,
+        params: mds::LogSecurityEventParams,
+        mut results: mds::LogSecurityEventResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("log_security_event");
+        let outcome = async {
+            let (level, message) = decode_request("logSecurityEvent", || {
+                let p = params.get()?;
+                Ok((
+                    crate::wire::event_level_from_wire(p.get_level()?),
+                    read_text(p.get_message())?,
+                ))
+            })?;
+            self.certs("logSecurityEvent")?
+                .log_security_event(level, &message)
+                .await
+        }
+        .await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -1083,6 +1211,18 @@ impl MdsClient {
         .await
     }
 
+    /// A new certificate for the key of `csr` (DER) with this node's own
+    /// role and name (PEM): renewal. Every role.
+    pub async fn renew_certificate(&self, csr: Vec<u8>) -> Result<String> {
+        self.call("renewCertificate", move |mds| async move {
+            let mut request = mds.renew_certificate_request();
+            request.get().set_csr(&csr);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?).map(|r| r.map(|t: TextReply| t.0))
+        })
+        .await
+    }
+
     /// What a new MDS needs beside its certificate: the CA's certificate
     /// and key, and the cluster key. Admins and MDSes only.
     pub async fn join_secrets(&self) -> Result<crate::wire::JoinSecretsReply> {
@@ -1640,6 +1780,61 @@ impl CsRegistry for MdsClient {
                 let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CertificateRegistry for MdsClient {
+    async fn record_certificate(&self, record: CertRecord) -> Result<()> {
+        self.call("recordCertificate", move |mds| async move {
+            let mut request = mds.record_certificate_request();
+            record.write(request.get().init_record());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn revoke_certificates(&self, which: &str) -> Result<Vec<CertRecord>> {
+        let which = which.to_owned();
+        self.call("revokeCertificates", move |mds| async move {
+            let mut request = mds.revoke_certificates_request();
+            request.get().set_which(which.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn certificates(&self) -> Result<Vec<CertRecord>> {
+        self.call("certificates", move |mds| async move {
+            let response = mds.certificates_request().send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn revoked_serials(&self, from: u64) -> Result<RevokedSerials> {
+        self.call("revokedSerials", move |mds| async move {
+            let mut request = mds.revoked_serials_request();
+            request.get().set_from(from);
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
+        })
+        .await
+    }
+
+    async fn log_security_event(&self, level: EventLevel, message: &str) -> Result<()> {
+        let message = message.to_owned();
+        self.call("logSecurityEvent", move |mds| async move {
+            let mut request = mds.log_security_event_request();
+            let mut p = request.get();
+            p.set_level(crate::wire::event_level_to_wire(level));
+            p.set_message(message.as_str());
+            let response = request.send().promise.await?;
+            WireReply::read_result(response.get()?.get_result()?)
         })
         .await
     }

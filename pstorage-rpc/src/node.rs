@@ -48,7 +48,7 @@ use crate::auth::{self, Channel, HandshakeSlot};
 use crate::control::TcpControlConnector;
 use crate::data::{serve_data_connection, TcpChunkConnector};
 use crate::enroll::Enrollment;
-use crate::pki::{CertRequest, ClusterCa, NodeIdentity, Role};
+use crate::pki::{CertRequest, ClusterCa, DataPath, NodeIdentity, Role};
 use crate::raft::{RaftNetworkOptions, TcpRaftNetwork, RAFT_SNAPSHOT_CHUNK_BYTES};
 use crate::router::{LeaderRouter, RouterOptions};
 use crate::tls::Credentials;
@@ -209,6 +209,20 @@ pub fn create_cluster_mds(
     key: &ClusterKey,
     chunk_size: u64,
 ) -> Result<MdsServiceConf> {
+    create_cluster_mds_with(conf, dir, addr, key, chunk_size, DataPath::Encrypted)
+}
+
+/// [`create_cluster_mds`] with the cluster's data path (`make-mds -I
+/// --data-encryption off`: [`DataPath::Clear`]), which its CA carries for
+/// good.
+pub fn create_cluster_mds_with(
+    conf: &ClusterConf,
+    dir: &Path,
+    addr: &str,
+    key: &ClusterKey,
+    chunk_size: u64,
+    data_path: DataPath,
+) -> Result<MdsServiceConf> {
     pstorage_core::types::validate_chunk_size(chunk_size)?;
     let addr = pstorage_core::conf::with_default_port(addr)?;
     addr.parse::<SocketAddr>()
@@ -226,19 +240,28 @@ pub fn create_cluster_mds(
         chunk_size,
         ..FileAttrs::default()
     };
-    RaftStorage::create(dir.join(MDS_DB), &MdsState::new(root_attrs)?)?;
-    key.write(&dir.join(KEY_FILE))?;
     // The cluster CA, this MDS's certificate, and an admin's for the node
-    // that made the cluster (as `auth-node` would give it).
-    let ca = ClusterCa::generate(&conf.name)?;
-    ca.save(dir)?;
-    ca.issue_identity(Role::Mds, &format!("mds {}", service.id))?
-        .save(dir, MDS_STEM)?;
-    ca.issue_identity(
+    // that made the cluster (as `auth-node` would give it); the state
+    // records both, as it records every certificate issued later.
+    let ca = ClusterCa::generate_with(&conf.name, data_path)?;
+    let mds_identity = ca.issue_identity(Role::Mds, &format!("mds {}", service.id))?;
+    let admin_identity = ca.issue_identity(
         Role::Admin,
         &this_host_name().unwrap_or_else(|_| "admin".into()),
-    )?
-    .save(&conf.dir, NODE_STEM)?;
+    )?;
+    let mut state = MdsState::new(root_attrs)?;
+    let now_ms = SystemClock.now_ms();
+    for identity in [&mds_identity, &admin_identity] {
+        state.apply(pstorage_core::mds::Command::RecordCertificate {
+            record: crate::pki::record_of(&identity.cert_pem, now_ms)?,
+            now_ms,
+        })?;
+    }
+    RaftStorage::create(dir.join(MDS_DB), &state)?;
+    key.write(&dir.join(KEY_FILE))?;
+    ca.save(dir)?;
+    mds_identity.save(dir, MDS_STEM)?;
+    admin_identity.save(&conf.dir, NODE_STEM)?;
     write_conf(&dir.join(MDS_CONF), &service)?;
     conf.add_bootstrap(&addr)?;
     Ok(service)
@@ -534,6 +557,51 @@ pub async fn auth_node(conf: &ClusterConf, password: &str, role: Role) -> Result
     Ok(identity)
 }
 
+/// `renew-cert`: a new key and certificate, with the same role and name,
+/// for the identity in `dir` (a daemon's directory: its `mds` or `cs`
+/// certificate; without one, this node's configuration directory). The
+/// MDS signs it for the caller's own certificate, so a renewal widens
+/// nothing; the old certificate stays valid until it expires or is
+/// revoked. A daemon uses the new one from its next start. Returns the
+/// new identity.
+pub async fn renew_certificate(conf: &ClusterConf, dir: Option<&Path>) -> Result<NodeIdentity> {
+    let (dir, stem) = match dir {
+        None => (conf.dir.as_path(), NODE_STEM),
+        Some(dir) => {
+            let stem = [MDS_STEM, CS_STEM]
+                .into_iter()
+                .find(|stem| NodeIdentity::exists(dir, stem))
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "{} holds no MDS or chunk server certificate",
+                        dir.display()
+                    ))
+                })?;
+            (dir, stem)
+        }
+    };
+    let hint = format!("no certificate to renew in {}", dir.display());
+    let old = NodeIdentity::load(dir, stem, &hint)?;
+    let credentials = Credentials::new(old.clone())?;
+    let mds = MdsClient::following(
+        client_members(conf)?,
+        control_dialer(credentials),
+        RpcClientOptions::from_env(),
+        false,
+    )?;
+    let request = CertRequest::generate()?;
+    let cert = mds.renew_certificate(request.csr_der).await?;
+    let new = NodeIdentity::from_pem(old.ca_pem.clone(), cert, request.key_pem)?;
+    if (new.peer.role, &new.peer.name) != (old.peer.role, &old.peer.name) {
+        return Err(Error::protocol(format!(
+            "the MDS renewed {} as {}: not saved",
+            old.peer, new.peer
+        )));
+    }
+    new.save(dir, stem)?;
+    Ok(new)
+}
+
 /// What a connection becomes once its ClientHello is read: handed to a thread
 /// that serves it (`None`), or served by the returned future, which the
 /// accept loop runs as one of its connection tasks.
@@ -666,7 +734,19 @@ where
         let accepted = auth::accept_tls(stream, &credentials, channel).await;
         drop(slot);
         match accepted {
-            Ok((tls, peer)) => serve(tls, peer).await,
+            Ok((tls, Some(peer))) => {
+                let revocations = credentials.revocations();
+                let serial = peer.serial;
+                let who = peer.to_string();
+                let served = serve(tls, Some(peer));
+                if crate::revocation::unless_revoked(revocations, serial, served).await {
+                    warn!(
+                        "closed the {channel:?} connection of {who} at {from}: its certificate \
+                         was revoked"
+                    );
+                }
+            }
+            Ok((tls, None)) => serve(tls, None).await,
             Err(e) => warn!("refused {channel:?} connection from {from}: {e}"),
         }
     }
@@ -729,11 +809,7 @@ pub async fn run_mds_with(
     let conf: MdsServiceConf = read_conf(&dir.join(MDS_CONF), "mds")?;
     let key = ClusterKey::read(&dir.join(KEY_FILE))?;
     let credentials = service_credentials(dir, MDS_STEM)?;
-    let enrollment = Arc::new(Enrollment::new(
-        &conf.cluster,
-        key.clone(),
-        Arc::new(ClusterCa::load(dir)?),
-    ));
+    let ca = Arc::new(ClusterCa::load(dir)?);
     let storage = RaftStorage::open_legacy_or_raft(dir.join(MDS_DB))?;
     let state = storage.initial_state()?;
     let control = Arc::new(TcpControlConnector::new(
@@ -805,15 +881,20 @@ pub async fn run_mds_with(
             warn!("first snapshot of the metadata group: {e}");
         }
     }
-    let router = Arc::new(LeaderRouter::new(
-        conf.id,
-        raft.clone(),
-        mds.clone(),
-        mds.clone(),
-        mds.clone(),
-        control_dialer(credentials.clone()),
-        RouterOptions::default(),
-    ));
+    let router = Arc::new(
+        LeaderRouter::new(
+            conf.id,
+            raft.clone(),
+            mds.clone(),
+            mds.clone(),
+            mds.clone(),
+            control_dialer(credentials.clone()),
+            RouterOptions::default(),
+        )
+        .with_certs(mds.clone()),
+    );
+    let enrollment =
+        Arc::new(Enrollment::new(&conf.cluster, key.clone(), ca).with_registry(router.clone()));
     let listener = TcpListener::bind(&conf.addr)
         .await
         .map_err(|e| Error::from(e).context(format!("cannot listen on {}", conf.addr)))?;
@@ -829,7 +910,8 @@ pub async fn run_mds_with(
             .with_mds(router.clone(), router.clone())
             .with_group(router.clone())
             .with_raft(raft.clone())
-            .with_enrollment(enrollment.clone()),
+            .with_enrollment(enrollment.clone())
+            .with_certs(router.clone()),
     )?);
     let rpc_count = rpc.clone();
     let stop_accepting = CancellationToken::new();
@@ -888,9 +970,17 @@ pub async fn run_mds_with(
     let join = join_group(&conf, &raft, &credentials, dir);
     let removed = removed_from_group(&raft, conf.id);
     let duties = mds.run_duties(MDS_TICK);
+    // This MDS's own state is its revocation list.
+    let revocation_sync = crate::revocation::sync(
+        credentials.revocations().clone(),
+        mds.clone(),
+        |_| {},
+        stop_accepting.clone(),
+    );
     tokio::select! {
         _ = &mut accept => accept_ended = true,
         _ = duties => {}
+        () = revocation_sync => {}
         _ = shutdown => info!("MDS stopping"),
         _ = join => unreachable_join(),
         _ = removed => info!(
@@ -1104,6 +1194,9 @@ pub async fn run_cs_with(
     let conf: CsServiceConf = read_conf(&dir.join(CS_CONF), "cs")?;
     let cluster = ClusterConf::new(&conf.conf_root, &conf.cluster)?;
     let credentials = service_credentials(dir, CS_STEM)?;
+    // The revocations it knew, refused from the start.
+    let revoked_file = crate::revocation::RevokedFile::in_dir(dir);
+    credentials.revocations().extend(0, &revoked_file.load()?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (bootstrap, no_bootstrap) = match cluster.bootstrap() {
         Ok(list) => (list, None),
@@ -1233,12 +1326,24 @@ pub async fn run_cs_with(
     };
     let mds = MdsClient::following(
         members.clone(),
-        control_dialer(credentials),
+        control_dialer(credentials.clone()),
         rpc_options,
         false,
     )?
     .with_heartbeat_timeout(session_options.heartbeat_timeout);
     let mds = Arc::new(mds);
+    let revocation_sync = crate::revocation::sync(
+        credentials.revocations().clone(),
+        mds.clone(),
+        move |revocations| {
+            // The set holds the list's first entries: their number is where
+            // the next sync starts, whatever their order.
+            if let Err(e) = revoked_file.save(&revocations.serials()) {
+                warn!("cannot save the revocation list: {e}");
+            }
+        },
+        stop_accepting.clone(),
+    );
     let reporter = reporter.run(mds.clone(), server.clone(), crate::actor::MDS_CALL_TIMEOUT);
     let session = CsSession::new(
         server.clone(),
@@ -1258,6 +1363,7 @@ pub async fn run_cs_with(
         r = session.run() => r,
         _ = scrubber => Ok(()),
         _ = reporter => Ok(()),
+        () = revocation_sync => Ok(()),
         _ = shutdown => {
             info!("CS stopping");
             Ok(())

@@ -27,6 +27,7 @@ use std::path::Path;
 use pstorage_core::conf::write_private;
 use pstorage_core::error::{Error, ErrorKind, Result};
 use pstorage_core::private_files::check_secret_file;
+use pstorage_core::types::{CertRecord, CertSerial};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
@@ -111,6 +112,8 @@ pub struct Peer {
     pub role: Role,
     /// Its name (`mds 1`, `cs 3`, a host name).
     pub name: String,
+    /// Its certificate's serial number (what revocation names).
+    pub serial: CertSerial,
 }
 
 impl Peer {
@@ -149,8 +152,54 @@ impl Peer {
             .and_then(|cn| cn.as_str().ok())
             .unwrap_or("")
             .to_string();
-        Ok(Peer { role, name })
+        let serial = serial_of(&cert)?;
+        Ok(Peer { role, name, serial })
     }
+}
+
+/// The serial number of a parsed certificate. `PermissionDenied` for one
+/// longer than 128 bits (never issued by a cluster CA).
+fn serial_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<CertSerial> {
+    CertSerial::from_be_bytes(cert.tbs_certificate.raw_serial()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::PermissionDenied,
+            "the peer's certificate has a serial number longer than 128 bits",
+        )
+    })
+}
+
+/// The serial number of a certificate (DER). `InvalidArgument` when it
+/// cannot be parsed or its serial is longer than 128 bits.
+pub fn serial_of_der(der: &[u8]) -> Result<CertSerial> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| Error::invalid(format!("the certificate cannot be parsed: {e}")))?;
+    serial_of(&cert).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// When a certificate (DER) expires, in ms since the epoch.
+/// `InvalidArgument` when it cannot be parsed.
+pub fn not_after_ms_of_der(der: &[u8]) -> Result<u64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| Error::invalid(format!("the certificate cannot be parsed: {e}")))?;
+    Ok(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0) * 1000)
+}
+
+/// The record of a certificate (PEM) the MDSes keep (`pstorage certs`):
+/// its serial, role, name and expiry, issued at `now_ms`.
+/// `InvalidArgument` for a certificate that cannot be read.
+pub fn record_of(cert_pem: &str, now_ms: u64) -> Result<CertRecord> {
+    let der = first_cert(cert_pem, "certificate")?;
+    let peer = Peer::of_certificate(der.as_ref()).map_err(|e| Error::invalid(e.to_string()))?;
+    Ok(CertRecord {
+        serial: peer.serial,
+        role: peer.role.as_str().to_string(),
+        name: peer.name,
+        issued_ms: now_ms,
+        not_after_ms: not_after_ms_of_der(der.as_ref())?,
+        revoked_ms: None,
+    })
 }
 
 impl fmt::Display for Peer {
@@ -167,9 +216,53 @@ pub struct ClusterCa {
     issuer: rcgen::Certificate,
 }
 
+/// How the data channel (the framed protocol of `crate::data`) travels,
+/// a choice made once per cluster at its creation (`make-mds -I
+/// --data-encryption`) and carried by the CA certificate, which every node
+/// holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// Inside TLS, like every other channel (the default).
+    #[default]
+    Encrypted,
+    /// TLS for the handshake (both certificates checked, the role read,
+    /// revocation checked), then the raw TCP connection: for a trusted
+    /// storage network, where encryption costs more than it protects.
+    Clear,
+}
+
+/// The organizational unit of a CA whose cluster's data path is clear.
+const CLEAR_DATA_PATH_OU: &str = "pstorage data path in clear";
+
+impl DataPath {
+    /// The data path a CA certificate (PEM) carries. `InvalidArgument`
+    /// when it cannot be read.
+    pub fn of_ca_pem(ca_pem: &str) -> Result<DataPath> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = first_cert(ca_pem, "the cluster CA certificate")?;
+        let (_, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| Error::invalid(format!("the cluster CA certificate: {e}")))?;
+        let clear = cert
+            .subject()
+            .iter_organizational_unit()
+            .any(|ou| ou.as_str() == Ok(CLEAR_DATA_PATH_OU));
+        Ok(if clear {
+            DataPath::Clear
+        } else {
+            DataPath::Encrypted
+        })
+    }
+}
+
 impl ClusterCa {
-    /// Creates the CA of cluster `cluster`.
+    /// Creates the CA of cluster `cluster`, whose data path is encrypted.
     pub fn generate(cluster: &str) -> Result<ClusterCa> {
+        ClusterCa::generate_with(cluster, DataPath::Encrypted)
+    }
+
+    /// Creates the CA of cluster `cluster` with the data path `data_path`
+    /// (carried in the CA's name).
+    pub fn generate_with(cluster: &str, data_path: DataPath) -> Result<ClusterCa> {
         let key = KeyPair::generate().map_err(pki_error("generating the CA key"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -183,6 +276,11 @@ impl ClusterCa {
         params
             .distinguished_name
             .push(DnType::OrganizationName, format!("pstorage {cluster}"));
+        if data_path == DataPath::Clear {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, CLEAR_DATA_PATH_OU);
+        }
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -341,7 +439,7 @@ impl NodeIdentity {
             peer,
         };
         // Building the TLS configuration checks the chain and the key.
-        crate::tls::TlsConfigs::new(&identity)?;
+        crate::tls::TlsConfigs::new(&identity, &Default::default())?;
         Ok(identity)
     }
 
@@ -539,7 +637,8 @@ mod tests {
             id.peer,
             Peer {
                 role: Role::Client,
-                name: "golden-host".into()
+                name: "golden-host".into(),
+                serial: "45d3c3a4acebf9ef7185ad049c32cded".parse().unwrap(),
             }
         );
         assert_eq!(id.ca_fingerprint(), ca.fingerprint());

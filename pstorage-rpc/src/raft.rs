@@ -46,14 +46,15 @@ use crate::wire::WireReply;
 /// History: 1 until store format 6 (not tied to it: Commands changed
 /// without a bump); 2 carries store format 6; 3 store format 7; 4 store
 /// format 8 (several commands to an entry); 5 store format 9 (POSIX
-/// attributes); 6 store format 10 (byte-range locks, lease upgrades).
-pub const RAFT_WIRE_VERSION: u8 = 6;
+/// attributes); 6 store format 10 (byte-range locks, lease upgrades); 7
+/// store format 11 (certificates).
+pub const RAFT_WIRE_VERSION: u8 = 7;
 
 /// The MDS store format ([`STORE_FORMAT_VERSION`]) whose commands the log
 /// entries of [`RAFT_WIRE_VERSION`] carry. A build whose store format is
 /// another does not compile: bump [`RAFT_WIRE_VERSION`] and set this to the
 /// new store format.
-pub const RAFT_WIRE_STORE_FORMAT: u8 = 10;
+pub const RAFT_WIRE_STORE_FORMAT: u8 = 11;
 
 const _: () = assert!(
     RAFT_WIRE_STORE_FORMAT == STORE_FORMAT_VERSION,

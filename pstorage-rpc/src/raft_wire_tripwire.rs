@@ -32,7 +32,7 @@ const TRIPWIRE: &str = "the encoding of a Raft message between MDSes changed (an
     docs/formats.md, Raft messages)";
 
 /// The wire version the bytes in [`RECORDED`] were recorded for.
-const RECORDED_FOR: u8 = 6;
+const RECORDED_FOR: u8 = 7;
 
 /// Each message's postcard bytes (after the version byte), in hex.
 const RECORDED: &[(&str, &str)] = &[

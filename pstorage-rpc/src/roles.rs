@@ -6,7 +6,9 @@
 //! |---|---|---|---|---|
 //! | `Mds`: files, directories, leases, locks, status, config reads, event log, members | yes | yes | status, config, members | yes |
 //! | `Mds`: chunk server duties (register, heartbeats, bad replica/block reports) | no | no | yes | yes |
-//! | `Mds`: administration (CS and MDS ids, membership, `setConfig`, `removeCs`, `setCs`, certificates) | yes | no | no | yes |
+//! | `Mds`: administration (CS and MDS ids, membership, `setConfig`, `removeCs`, `setCs`, issuing, listing and revoking certificates) | yes | no | no | yes |
+//! | `Mds`: the revocation list (`revokedSerials`), renewing one's own certificate (`renewCertificate`) | yes | yes | yes | yes |
+//! | `Mds`: recording certificates, logging security events (MDS to leader) | no | no | no | yes |
 //! | `Mds`: Raft (`raftAppend`, `raftVote`, `raftSnapshot`) | no | no | no | yes |
 //! | `ChunkControl` (create, delete, replicate chunks...) | yes | no | no | yes |
 //!
@@ -54,6 +56,12 @@ mod mds_method {
     pub const TEST_LOCK: u16 = 42;
     pub const ISSUE_CERTIFICATE: u16 = 43;
     pub const JOIN_SECRETS: u16 = 44;
+    pub const RECORD_CERTIFICATE: u16 = 45;
+    pub const REVOKE_CERTIFICATES: u16 = 46;
+    pub const CERTIFICATES: u16 = 47;
+    pub const REVOKED_SERIALS: u16 = 48;
+    pub const LOG_SECURITY_EVENT: u16 = 49;
+    pub const RENEW_CERTIFICATE: u16 = 50;
 }
 
 /// Whether `role` may call `Mds` method `method`.
@@ -68,16 +76,27 @@ pub fn mds_allows(role: Role, method: u16) -> bool {
     );
     let admin = matches!(
         method,
-        ALLOCATE_CS_ID | SET_CONFIG | REMOVE_CS | SET_CS | ISSUE_CERTIFICATE | JOIN_SECRETS
+        ALLOCATE_CS_ID
+            | SET_CONFIG
+            | REMOVE_CS
+            | SET_CS
+            | ISSUE_CERTIFICATE
+            | JOIN_SECRETS
+            | REVOKE_CERTIFICATES
+            | CERTIFICATES
     ) || (ALLOCATE_MDS_ID..=REMOVE_MDS).contains(&method);
-    let raft = (RAFT_APPEND..=RAFT_SNAPSHOT).contains(&method);
-    let allowed = match role {
-        Role::Mds => true,
-        Role::Admin => files || admin,
-        Role::Client => files,
-        Role::Cs => cs_duties || matches!(method, CLUSTER_STATUS | GET_CONFIG | MDS_MEMBERS),
-    };
-    allowed && !(raft && role != Role::Mds)
+    let everyone = matches!(method, REVOKED_SERIALS | RENEW_CERTIFICATE);
+    // Raft, and what an MDS asks of the leader on its own behalf.
+    let mds_only = (RAFT_APPEND..=RAFT_SNAPSHOT).contains(&method)
+        || matches!(method, RECORD_CERTIFICATE | LOG_SECURITY_EVENT);
+    let allowed = everyone
+        || match role {
+            Role::Mds => true,
+            Role::Admin => files || admin,
+            Role::Client => files,
+            Role::Cs => cs_duties || matches!(method, CLUSTER_STATUS | GET_CONFIG | MDS_MEMBERS),
+        };
+    allowed && !(mds_only && role != Role::Mds)
 }
 
 /// Whether `role` may call `ChunkControl` method `method` (any: only MDSes
@@ -280,9 +299,26 @@ mod tests {
             assert!(!mds_allows(Role::Cs, m));
             assert!(mds_allows(Role::Mds, m));
         }
-        for m in [SET_CONFIG, REMOVE_CS, 28, ISSUE_CERTIFICATE, JOIN_SECRETS] {
+        for m in [
+            SET_CONFIG,
+            REMOVE_CS,
+            28,
+            ISSUE_CERTIFICATE,
+            JOIN_SECRETS,
+            REVOKE_CERTIFICATES,
+            CERTIFICATES,
+        ] {
             assert!(mds_allows(Role::Admin, m));
             assert!(!mds_allows(Role::Cs, m));
+            assert!(!mds_allows(Role::Client, m));
+        }
+        // Everyone syncs the revocation list and renews their own
+        // certificate; only MDSes record certificates and log events.
+        for role in [Role::Admin, Role::Client, Role::Cs, Role::Mds] {
+            assert!(mds_allows(role, REVOKED_SERIALS));
+            assert!(mds_allows(role, RENEW_CERTIFICATE));
+            assert_eq!(mds_allows(role, RECORD_CERTIFICATE), role == Role::Mds);
+            assert_eq!(mds_allows(role, LOG_SECURITY_EVENT), role == Role::Mds);
         }
         for m in [
             REGISTER_CS,
@@ -300,7 +336,7 @@ mod tests {
         // Every method of a later version than this table is refused to
         // everyone but MDSes.
         for role in [Role::Admin, Role::Client, Role::Cs] {
-            assert!(!mds_allows(role, 45));
+            assert!(!mds_allows(role, 51));
             assert!(!control_allows(role, 0) || role == Role::Admin);
         }
         assert!(control_allows(Role::Mds, 2));

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
-use pstorage_core::traits::{CsRegistry, MdsGroup, MetadataService};
+use pstorage_core::traits::{CertificateRegistry, CsRegistry, MdsGroup, MetadataService};
 use pstorage_core::types::{
     AttrUpdate, BadBlocks, ChunkId, ChunkMap, ClusterStatus, ConfigEntry, CsId, CsPlacementUpdate,
     CsRegistration, CsStats, DirEntry, Event, FailureReason, HeartbeatReply, LeaseId, LeaseMode,
     MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
+use pstorage_core::types::{CertRecord, EventLevel, RevokedSerials};
 use pstorage_core::types::{
     HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
 };
@@ -102,6 +103,8 @@ pub struct LeaderRouter {
     metadata: Arc<dyn MetadataService>,
     registry: Arc<dyn CsRegistry>,
     group: Arc<dyn MdsGroup>,
+    /// The local certificate table, when this MDS keeps one.
+    certs: Option<Arc<dyn CertificateRegistry>>,
     dialer: Dialer,
     options: RouterOptions,
     leader: Mutex<Option<LeaderLink>>,
@@ -126,10 +129,24 @@ impl LeaderRouter {
             metadata,
             registry,
             group,
+            certs: None,
             dialer,
             options,
             leader: Mutex::new(None),
         }
+    }
+
+    /// Serves [`CertificateRegistry`] with the local `certs` (writes go to
+    /// the leader).
+    pub fn with_certs(mut self, certs: Arc<dyn CertificateRegistry>) -> LeaderRouter {
+        self.certs = Some(certs);
+        self
+    }
+
+    fn certs(&self) -> Result<&Arc<dyn CertificateRegistry>> {
+        self.certs
+            .as_ref()
+            .ok_or_else(|| Error::unavailable("this MDS keeps no certificate table"))
     }
 
     /// The leader as the local Raft node sees it now, if any: its id, and
@@ -717,6 +734,57 @@ impl CsRegistry for LeaderRouter {
                 let report = report.clone();
                 async move { c.report_bad_blocks(cs, chunk, report).await }
             },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl CertificateRegistry for LeaderRouter {
+    async fn record_certificate(&self, record: CertRecord) -> Result<()> {
+        let certs = self.certs()?;
+        self.route(
+            "recordCertificate",
+            || certs.record_certificate(record.clone()),
+            |c| {
+                let record = record.clone();
+                async move { c.record_certificate(record).await }
+            },
+        )
+        .await
+    }
+
+    async fn revoke_certificates(&self, which: &str) -> Result<Vec<CertRecord>> {
+        let certs = self.certs()?;
+        self.route(
+            "revokeCertificates",
+            || certs.revoke_certificates(which),
+            |c| async move { c.revoke_certificates(which).await },
+        )
+        .await
+    }
+
+    async fn certificates(&self) -> Result<Vec<CertRecord>> {
+        let certs = self.certs()?;
+        self.route(
+            "certificates",
+            || certs.certificates(),
+            |c| async move { c.certificates().await },
+        )
+        .await
+    }
+
+    /// Answered here from this MDS's state, never forwarded.
+    async fn revoked_serials(&self, from: u64) -> Result<RevokedSerials> {
+        self.certs()?.revoked_serials(from).await
+    }
+
+    async fn log_security_event(&self, level: EventLevel, message: &str) -> Result<()> {
+        let certs = self.certs()?;
+        self.route(
+            "logSecurityEvent",
+            || certs.log_security_event(level, message),
+            |c| async move { c.log_security_event(level, message).await },
         )
         .await
     }

@@ -22,7 +22,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-use crate::pki::{certs_of_pem, key_of_pem, NodeIdentity, Peer, Role, CLUSTER_SERVER_NAME};
+use crate::pki::{
+    certs_of_pem, key_of_pem, DataPath, NodeIdentity, Peer, Role, CLUSTER_SERVER_NAME,
+};
+use crate::revocation::{Revocations, UnrevokedClients, UnrevokedServers};
 
 /// The crypto provider of every configuration (ring).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -49,9 +52,10 @@ pub struct TlsConfigs {
 }
 
 impl TlsConfigs {
-    /// Builds both configurations. `InvalidArgument` when the certificate
-    /// is not the CA's, or the key is not the certificate's.
-    pub fn new(identity: &NodeIdentity) -> Result<TlsConfigs> {
+    /// Builds both configurations; both refuse a peer certificate in
+    /// `revocations`. `InvalidArgument` when the certificate is not the
+    /// CA's, or the key is not the certificate's.
+    pub fn new(identity: &NodeIdentity, revocations: &Revocations) -> Result<TlsConfigs> {
         let chain = certs_of_pem(&identity.cert_pem, "the node certificate")?;
         let roots = ca_roots(identity)?;
         let server_verifier =
@@ -67,7 +71,7 @@ impl TlsConfigs {
                     "the node certificate is not valid for the cluster CA: {e}"
                 ))
             })?;
-        let mut server = server_config(identity, roots, true)?;
+        let mut server = server_config(identity, roots, true, revocations)?;
         server.send_tls13_tickets = 0;
         server.alpn_protocols = crate::auth::Channel::ALL
             .iter()
@@ -76,7 +80,11 @@ impl TlsConfigs {
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error("TLS 1.3"))?
-            .with_webpki_verifier(server_verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnrevokedServers {
+                inner: server_verifier,
+                revocations: revocations.clone(),
+            }))
             .with_client_auth_cert(chain, key_of_pem(&identity.key_pem, "the node key")?)
             .map_err(tls_error("the node certificate and key"))?;
         Ok(TlsConfigs {
@@ -104,6 +112,7 @@ fn server_config(
     identity: &NodeIdentity,
     roots: Arc<RootCertStore>,
     optional_client: bool,
+    revocations: &Revocations,
 ) -> Result<ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
     let verifier = if optional_client {
@@ -117,7 +126,10 @@ fn server_config(
     ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error("TLS 1.3"))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(UnrevokedClients {
+            inner: verifier,
+            revocations: revocations.clone(),
+        }))
         .with_single_cert(
             certs_of_pem(&identity.cert_pem, "the node certificate")?,
             key_of_pem(&identity.key_pem, "the node key")?,
@@ -137,6 +149,9 @@ pub struct Credentials(Arc<CredentialsInner>);
 
 struct CredentialsInner {
     identity: NodeIdentity,
+    revocations: Revocations,
+    /// How the data channel travels (the cluster CA says).
+    data_path: DataPath,
     configs: TlsConfigs,
     /// The client configuration of each channel (its ALPN name), in the
     /// order of [`crate::auth::Channel::ALL`].
@@ -152,7 +167,9 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Credentials of `identity`. Errors as [`TlsConfigs::new`].
     pub fn new(identity: NodeIdentity) -> Result<Credentials> {
-        let configs = TlsConfigs::new(&identity)?;
+        let revocations = Revocations::default();
+        let configs = TlsConfigs::new(&identity, &revocations)?;
+        let data_path = DataPath::of_ca_pem(&identity.ca_pem)?;
         let channels = crate::auth::Channel::ALL.map(|channel| {
             let mut config = (*configs.client).clone();
             config.alpn_protocols = vec![channel.alpn().to_vec()];
@@ -160,6 +177,8 @@ impl Credentials {
         });
         Ok(Credentials(Arc::new(CredentialsInner {
             identity,
+            revocations,
+            data_path,
             configs,
             channels,
         })))
@@ -168,6 +187,17 @@ impl Credentials {
     /// The identity.
     pub fn identity(&self) -> &NodeIdentity {
         &self.0.identity
+    }
+
+    /// The revoked certificates this node refuses (shared by every
+    /// configuration made from these credentials).
+    pub fn revocations(&self) -> &Revocations {
+        &self.0.revocations
+    }
+
+    /// How the cluster's data channel travels.
+    pub fn data_path(&self) -> DataPath {
+        self.0.data_path
     }
 
     /// Our role.
@@ -221,7 +251,12 @@ static TEST_CA: OnceLock<crate::pki::ClusterCa> = OnceLock::new();
 /// 1.3 only, no ALPN.
 pub fn nbd_server_config(credentials: &Credentials) -> Result<Arc<ServerConfig>> {
     let identity = credentials.identity();
-    let mut config = server_config(identity, ca_roots(identity)?, false)?;
+    let mut config = server_config(
+        identity,
+        ca_roots(identity)?,
+        false,
+        credentials.revocations(),
+    )?;
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
@@ -260,7 +295,27 @@ pub fn handshake_error(e: std::io::Error, addr: &str) -> Error {
                     )
             )
         });
-    if refused_cert {
+    let revoked = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+                    | rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            )
+        });
+    if revoked {
+        Error::with_source(
+            ErrorKind::PermissionDenied,
+            format!(
+                "TLS with {addr}: a certificate was revoked ({e}): the cluster refuses it \
+                 (`pstorage revoke`); a node whose own certificate was revoked needs a new one \
+                 (`pstorage -c CLUSTER auth-node`)"
+            ),
+            e,
+        )
+    } else if refused_cert {
         Error::with_source(
             ErrorKind::PermissionDenied,
             format!(
@@ -412,7 +467,8 @@ mod tests {
             server.unwrap(),
             Some(Peer {
                 role: Role::Client,
-                name: "h1".into()
+                name: "h1".into(),
+                serial: client.identity().peer.serial,
             })
         );
     }

@@ -19,6 +19,7 @@ use pstorage_core::types::{
     MdsMembership, MdsRole, OpTag, OpenFlags, OpenReply, RebalanceState, RebalanceStatus,
     RegisterReply, Replica, Replicas, ReplicationStatus, SessionId, SpaceInfo, Stat, TierSpace,
 };
+use pstorage_core::types::{CertRecord, CertSerial, RevokedSerials, MAX_REVOKED_PER_REPLY};
 use pstorage_core::types::{ChunkId, InodeId, MapVersion, MdsId};
 use pstorage_core::types::{HeldLock, LockKind, LockOwner, LockRequest};
 use pstorage_core::types::{NewNode, NodeSpec, Perms, StatChange, TimeChange, Timestamp, XattrSet};
@@ -234,6 +235,7 @@ pub fn event_kind_to_wire(kind: EventKind) -> schema::EventKind {
         EventKind::Lease => schema::EventKind::Lease,
         EventKind::Config => schema::EventKind::Config,
         EventKind::Mds => schema::EventKind::Mds,
+        EventKind::Security => schema::EventKind::Security,
     }
 }
 
@@ -246,6 +248,7 @@ pub fn event_kind_from_wire(kind: schema::EventKind) -> EventKind {
         schema::EventKind::Lease => EventKind::Lease,
         schema::EventKind::Config => EventKind::Config,
         schema::EventKind::Mds => EventKind::Mds,
+        schema::EventKind::Security => EventKind::Security,
     }
 }
 
@@ -978,6 +981,69 @@ impl WireStruct for Event {
     }
 }
 
+/// A serial number on the wire: 16 bytes, big endian. `failed` for
+/// another length.
+fn read_serial(bytes: &[u8]) -> capnp::Result<CertSerial> {
+    <[u8; 16]>::try_from(bytes)
+        .map(|b| CertSerial(u128::from_be_bytes(b)))
+        .map_err(|_| {
+            capnp::Error::failed(format!(
+                "a certificate serial number of {} bytes, not 16",
+                bytes.len()
+            ))
+        })
+}
+
+impl WireStruct for CertRecord {
+    type Schema = schema::cert_record::Owned;
+    fn write(&self, mut b: schema::cert_record::Builder<'_>) {
+        b.set_serial(&self.serial.0.to_be_bytes());
+        b.set_role(self.role.as_str());
+        b.set_name(self.name.as_str());
+        b.set_issued_ms(self.issued_ms);
+        b.set_not_after_ms(self.not_after_ms);
+        b.set_revoked(self.revoked_ms.is_some());
+        b.set_revoked_ms(self.revoked_ms.unwrap_or(0));
+    }
+    fn read(r: schema::cert_record::Reader<'_>) -> capnp::Result<Self> {
+        Ok(CertRecord {
+            serial: read_serial(r.get_serial()?)?,
+            role: read_text(r.get_role())?,
+            name: read_text(r.get_name())?,
+            issued_ms: r.get_issued_ms(),
+            not_after_ms: r.get_not_after_ms(),
+            revoked_ms: r.get_revoked().then(|| r.get_revoked_ms()),
+        })
+    }
+}
+
+impl WireStruct for RevokedSerials {
+    type Schema = schema::revoked_serials::Owned;
+    fn write(&self, mut b: schema::revoked_serials::Builder<'_>) {
+        b.set_total(self.total);
+        let mut list = b.init_serials(list_len(self.serials.len()));
+        for (i, s) in self.serials.iter().enumerate() {
+            list.set(i as u32, &s.0.to_be_bytes());
+        }
+    }
+    fn read(r: schema::revoked_serials::Reader<'_>) -> capnp::Result<Self> {
+        let list = r.get_serials()?;
+        if list.len() as usize > MAX_REVOKED_PER_REPLY {
+            return Err(capnp::Error::failed(format!(
+                "{} revoked serials in one reply, at most {MAX_REVOKED_PER_REPLY}",
+                list.len()
+            )));
+        }
+        Ok(RevokedSerials {
+            total: r.get_total(),
+            serials: list
+                .iter()
+                .map(|s| read_serial(s?))
+                .collect::<capnp::Result<_>>()?,
+        })
+    }
+}
+
 impl WireStruct for MdsInfo {
     type Schema = schema::mds_info::Owned;
     fn write(&self, mut b: schema::mds_info::Builder<'_>) {
@@ -1351,6 +1417,8 @@ list_reply!(ChunkMap, chunk_maps_result);
 list_reply!(ChunkReplicaInfo, chunk_replicas_result);
 list_reply!(ConfigEntry, config_entries_result);
 list_reply!(Event, events_result);
+list_reply!(CertRecord, cert_records_result);
+struct_reply!(RevokedSerials, revoked_serials_result);
 
 /// A text answer (`readlink`).
 pub struct TextReply(pub String);

@@ -64,6 +64,8 @@ pub struct ClusterOptions {
     pub chunk_size: u64,
     /// Extra environment for the daemons (e.g. `PSTORAGE_LEASE_MS`).
     pub env: Vec<(String, String)>,
+    /// Extra arguments of `make-mds -I` (e.g. `--data-encryption off`).
+    pub make_mds_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +75,7 @@ impl Default for ClusterOptions {
             chunk_servers: 3,
             chunk_size: 1 << 20,
             env: vec![("PSTORAGE_HEARTBEAT_MS".into(), "200".into())],
+            make_mds_args: Vec::new(),
         }
     }
 }
@@ -128,20 +131,19 @@ impl TestCluster {
         let chunk_size = options.chunk_size.to_string();
         let mds_dir = cluster.mds_dir.to_str().unwrap().to_string();
         let addr = cluster.mds_addr.clone();
-        let out = cluster.cli_stdin(
-            &[
-                "make-mds",
-                "-I",
-                "-a",
-                &addr,
-                "-r",
-                &mds_dir,
-                "-p",
-                "--chunk-size",
-                &chunk_size,
-            ],
-            format!("{PASSWORD}\n").as_bytes(),
-        );
+        let mut args = vec![
+            "make-mds",
+            "-I",
+            "-a",
+            &addr,
+            "-r",
+            &mds_dir,
+            "-p",
+            "--chunk-size",
+            &chunk_size,
+        ];
+        args.extend(options.make_mds_args.iter().map(String::as_str));
+        let out = cluster.cli_stdin(&args, format!("{PASSWORD}\n").as_bytes());
         assert!(
             out.status.success(),
             "make-mds failed: {}",

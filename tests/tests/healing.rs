@@ -42,6 +42,7 @@ fn options(chunk_servers: usize, extra: &[(&str, &str)]) -> ClusterOptions {
         chunk_servers,
         chunk_size: CHUNK,
         env,
+        ..ClusterOptions::default()
     }
 }
 

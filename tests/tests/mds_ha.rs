@@ -30,6 +30,7 @@ fn options(mds: usize) -> ClusterOptions {
             // duplicate-request table yet), so keep leases short here.
             ("PSTORAGE_LEASE_MS".into(), "6000".into()),
         ],
+        ..ClusterOptions::default()
     }
 }
 

@@ -64,6 +64,7 @@ fn options(offline_ms: Option<u64>) -> ClusterOptions {
         chunk_servers: 0,
         chunk_size: CHUNK,
         env,
+        ..ClusterOptions::default()
     }
 }
 

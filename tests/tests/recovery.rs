@@ -32,6 +32,7 @@ fn options(chunk_servers: usize, chunk_size: u64, offline_ms: Option<u64>) -> Cl
         chunk_servers,
         chunk_size,
         env,
+        ..ClusterOptions::default()
     }
 }
 

@@ -262,3 +262,269 @@ async fn a_client_certificate_cannot_administer_or_drive_chunk_servers() {
     cluster.add_cs_args(&[]);
     cluster.wait_active(4);
 }
+
+/// Authenticates another node (its own configuration directory under the
+/// test directory, named `tag`) with `auth-node --role ROLE`; returns the
+/// configuration root and the certificate's serial.
+fn another_node(cluster: &TestCluster, tag: &str, role: &str) -> (std::path::PathBuf, String) {
+    let root = cluster.dir.path().join(format!("{tag}-conf"));
+    let node = root.join(&cluster.name);
+    pstorage_core::private_files::create_private_dir_all(&node).unwrap();
+    std::fs::copy(cluster.conf().bs_list_path(), node.join("bs.list")).unwrap();
+    let out = cluster.cli_in(
+        &root,
+        &["auth-node", "--role", role],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let serial = said
+        .split("certificate serial ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no serial in {said:?}"))
+        .to_string();
+    (root, serial)
+}
+
+/// A revoked certificate cannot connect to an MDS or a chunk server, the
+/// connections it held are closed, its holder cannot enroll it again, and
+/// a restarted chunk server still refuses it; `certs` lists every
+/// certificate issued (those of `make-mds -I` too) with the revocation;
+/// the event log has the issue, the revocation and a refused enrollment;
+/// an MDS member's certificate cannot be revoked; `renew-cert` gives a
+/// node and a chunk server new certificates that work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_cannot_connect_and_a_renewed_one_can() {
+    let mut cluster = TestCluster::start(defaults());
+    let (root, serial) = another_node(&cluster, "doomed", "client");
+    let conf = pstorage_core::conf::ClusterConf::new(&root, &cluster.name).unwrap();
+
+    // The doomed node works: files through the SDK, a data connection to
+    // every chunk server.
+    let options = pstorage_core::client::ClientOptions {
+        io_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let doomed = cluster.client_in(&root, options.clone());
+    let data = pstorage_tests::pattern(1, 1 << 20);
+    pstorage_tests::write_file(&doomed, "/before", &data).await;
+    let creds = pstorage_rpc::node::node_credentials(&conf).unwrap();
+    for addr in cluster.cs_addrs() {
+        pstorage_rpc::auth::connect(&addr, &creds, pstorage_rpc::auth::Channel::Data)
+            .await
+            .unwrap();
+    }
+
+    // Every certificate is listed: the MDS's and the admin's made by
+    // `make-mds -I`, the chunk servers', the new node's.
+    let listed = cluster.cli_ok(&["certs"]);
+    for (role, name) in [
+        ("mds", "mds 1"),
+        ("admin", ""),
+        ("cs", "cs 1"),
+        ("client", ""),
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(role) && l.contains(name)),
+            "{role} {name}: {listed}"
+        );
+    }
+    assert_eq!(listed.lines().count(), 1 + 2 + 3 + 1, "{listed}");
+    assert!(listed.contains(&serial), "{listed}");
+
+    // An MDS member's certificate cannot be revoked.
+    let out = cluster.cli(&["revoke", "mds 1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rm-mds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = cluster.cli_ok(&["revoke", &serial]);
+    assert!(
+        out.contains(&format!("revoked certificate {serial}")),
+        "{out}"
+    );
+
+    // New connections: refused by the MDS and, within their sync period,
+    // by every chunk server.
+    cluster
+        .wait_for(Duration::from_secs(30), "the MDS refusing the node", || {
+            let out = cluster.cli_in(&root, &["stat"], b"");
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            std::future::ready((!out.status.success() && err.contains("was revoked")).then_some(()))
+        })
+        .await;
+    for addr in cluster.cs_addrs() {
+        let creds = creds.clone();
+        cluster
+            .wait_for(
+                Duration::from_secs(30),
+                "a chunk server refusing it",
+                || {
+                    let (creds, addr) = (creds.clone(), addr.clone());
+                    async move {
+                        let refused = pstorage_rpc::auth::connect(
+                            &addr,
+                            &creds,
+                            pstorage_rpc::auth::Channel::Data,
+                        )
+                        .await;
+                        match refused {
+                            Err(e) if e.kind() == ErrorKind::PermissionDenied => Some(()),
+                            _ => None,
+                        }
+                    }
+                },
+            )
+            .await;
+    }
+    // The connections the SDK client held were closed: it fails.
+    let err = doomed
+        .open(
+            "/after",
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..OpenFlags::default()
+            },
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    drop(doomed);
+
+    // A wrong password is refused and logged; the revocation too.
+    let out = cluster.cli_in(&root, &["auth-node"], b"not-the-password\n");
+    assert!(!out.status.success());
+    let admin = cluster.client();
+    let security = pstorage_tests::events(&admin, pstorage_core::types::EventKind::Security).await;
+    assert!(security.contains("wrong cluster password"), "{security}");
+    assert!(
+        security.contains(&format!("certificate {serial}")),
+        "{security}"
+    );
+    assert!(security.contains("revoked"), "{security}");
+
+    // A restarted chunk server refuses it from its start (its saved list).
+    let cs_dir = cluster.cs_dirs[0].clone();
+    let saved = std::fs::read_to_string(cs_dir.join("revoked")).unwrap();
+    assert!(saved.starts_with("pstorage-revoked 1\n"), "{saved}");
+    assert!(saved.contains(&serial), "{saved}");
+
+    // Renewal: this node's certificate and a chunk server's.
+    let before = std::fs::read_to_string(cluster.conf().dir.join("node.crt")).unwrap();
+    let out = cluster.cli_ok(&["renew-cert"]);
+    assert!(out.contains("renewed this node's certificate"), "{out}");
+    assert_ne!(
+        before,
+        std::fs::read_to_string(cluster.conf().dir.join("node.crt")).unwrap()
+    );
+    cluster.cli_ok(&["stat"]);
+    let out = cluster.cli_ok(&["renew-cert", "-r", cs_dir.to_str().unwrap()]);
+    assert!(out.contains("restart the daemon"), "{out}");
+    cluster.stop_cs(0);
+    cluster.start_cs(0);
+    cluster.wait_active(3);
+    let renewed = pstorage_rpc::pki::NodeIdentity::load(&cs_dir, "cs", "").unwrap();
+    assert!(
+        cluster
+            .cli_ok(&["certs"])
+            .contains(&renewed.peer.serial.to_string()),
+        "the renewal is recorded"
+    );
+    // The restarted server still refuses the revoked certificate.
+    let id = cluster.cs_id(0);
+    let addr = cluster
+        .status()
+        .unwrap()
+        .cs
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap()
+        .addr;
+    let err = pstorage_rpc::auth::connect(&addr, &creds, pstorage_rpc::auth::Channel::Data)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    // And the data written before is intact.
+    assert_eq!(pstorage_tests::read_all(&admin, "/before").await, data);
+}
+
+/// A cluster made with `--data-encryption off`: a write crosses loopback
+/// in clear on the data channel (the choice took effect), while the
+/// control channel stays encrypted and every connection still starts with
+/// TLS that checks both certificates: one of another CA is refused on the
+/// data port, and `openssl s_client` sees TLS 1.3 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_data_path_sends_data_in_clear_after_a_checked_handshake() {
+    let cluster = TestCluster::start(ClusterOptions {
+        make_mds_args: vec!["--data-encryption".into(), "off".into()],
+        ..defaults()
+    });
+    let conf = cluster.conf().dir;
+    let creds = pstorage_rpc::node::node_credentials(&cluster.conf()).unwrap();
+    assert_eq!(
+        creds.data_path(),
+        pstorage_rpc::pki::DataPath::Clear,
+        "the CA carries the choice"
+    );
+    let cs = cluster.cs_addrs();
+    for addr in &cs {
+        let summary = s_client(&conf, addr);
+        assert!(summary.contains("TLSv1.3"), "{addr}: {summary}");
+        // Another cluster's certificate: refused before any data.
+        let other = pstorage_rpc::pki::ClusterCa::generate_with(
+            &cluster.name,
+            pstorage_rpc::pki::DataPath::Clear,
+        )
+        .unwrap();
+        let wrong = pstorage_rpc::tls::Credentials::new(
+            other
+                .issue_identity(pstorage_rpc::pki::Role::Admin, "x")
+                .unwrap(),
+        )
+        .unwrap();
+        let err = pstorage_rpc::auth::connect(addr, &wrong, pstorage_rpc::auth::Channel::Data)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{addr}: {err}");
+        // Ours: the data channel leaves TLS, the control channel stays.
+        let data = pstorage_rpc::auth::connect(addr, &creds, pstorage_rpc::auth::Channel::Data)
+            .await
+            .unwrap();
+        assert!(data.is_clear());
+        let control =
+            pstorage_rpc::auth::connect(addr, &creds, pstorage_rpc::auth::Channel::Control)
+                .await
+                .unwrap();
+        assert!(!control.is_clear());
+    }
+
+    let mut ports = vec![port_of(&cluster.mds_addr)];
+    ports.extend(cs.iter().map(|a| port_of(a)));
+    let pcap = cluster.dir.path().join("write.pcap");
+    let capture = Capture::start(&pcap, &ports);
+    let marker = b"pstorage-plaintext-marker-0123456789/";
+    let data: Vec<u8> = marker.iter().copied().cycle().take(1 << 20).collect();
+    let client = cluster.client();
+    pstorage_tests::write_file(&client, "/clear.bin", &data).await;
+    assert_eq!(pstorage_tests::read_all(&client, "/clear.bin").await, data);
+    capture.stop();
+    let captured = std::fs::read(&pcap).unwrap();
+    assert!(
+        captured.windows(marker.len()).any(|w| w == marker),
+        "the data path of this cluster is clear: the bytes are in the capture"
+    );
+    // The file's name travels on the control channel: encrypted.
+    assert!(!captured.windows(10).any(|w| w == b"/clear.bin"));
+}

@@ -338,6 +338,20 @@ fn leaf_command() -> impl Strategy<Value = Command> {
             }
         }),
         1 => Just(Command::AllocateMdsId),
+        1 => (0..4u128, prop::sample::select(&["h1", "", "mds 1"][..]), now(), now())
+            .prop_map(|(serial, name, not_after_ms, now_ms)| Command::RecordCertificate {
+                record: CertRecord {
+                    serial: CertSerial(serial),
+                    role: "client".to_string(),
+                    name: name.to_string(),
+                    issued_ms: now_ms,
+                    not_after_ms,
+                    revoked_ms: None,
+                },
+                now_ms,
+            }),
+        1 => (prop::collection::vec((0..6u128).prop_map(CertSerial), 0..3), now())
+            .prop_map(|(serials, now_ms)| Command::RevokeCertificates { serials, now_ms }),
         1 => (0..6u32, placement_update(), now())
             .prop_map(|(cs, update, now_ms)| Command::SetCsPlacement { cs: CsId(cs), update, now_ms }),
     ]

@@ -4,6 +4,7 @@
 
 mod allocation;
 mod balance;
+pub mod certs;
 mod chunk_maps;
 mod format;
 #[cfg(feature = "fuzzing")]

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::certs::CertTable;
 use super::locks::LockTable;
 use super::params::ClusterParams;
 use super::sessions::{OpReply, Seen, Sessions};
@@ -398,6 +399,16 @@ pub enum Command {
     /// its locks (store format 10 on). Refused `Busy` while another lease
     /// is on the file.
     UpgradeLease { lease: LeaseId, now_ms: u64 },
+    /// Records a certificate the CA issued (store format 11 on). Refused
+    /// `AlreadyExists` for a known serial, `NoSpace` when the table is
+    /// full ([`super::certs`]).
+    RecordCertificate { record: CertRecord, now_ms: u64 },
+    /// Revokes certificates, for good (store format 11 on); each newly
+    /// revoked one is logged.
+    RevokeCertificates {
+        serials: Vec<CertSerial>,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -434,7 +445,9 @@ impl Command {
             | Command::SetStat { now_ms: t, .. }
             | Command::SetXattr { now_ms: t, .. }
             | Command::SetLock { now_ms: t, .. }
-            | Command::UpgradeLease { now_ms: t, .. } => *t = now_ms,
+            | Command::UpgradeLease { now_ms: t, .. }
+            | Command::RecordCertificate { now_ms: t, .. }
+            | Command::RevokeCertificates { now_ms: t, .. } => *t = now_ms,
             Command::Tagged { now_ms: t, cmd, .. } => {
                 *t = now_ms;
                 cmd.stamp(now_ms);
@@ -636,6 +649,14 @@ pub(crate) enum Prepared {
         update: CsPlacementUpdate,
         now_ms: u64,
     },
+    RecordCertificate {
+        record: CertRecord,
+        now_ms: u64,
+    },
+    RevokeCertificates {
+        serials: Vec<CertSerial>,
+        now_ms: u64,
+    },
 }
 
 /// The id the first MDS of a cluster takes (`make-mds`); a new state
@@ -664,6 +685,8 @@ pub struct MdsState {
     sessions: Sessions,
     /// Byte-range locks, each held by a lease (store format 10 on).
     locks: LockTable,
+    /// Issued and revoked certificates (store format 11 on).
+    certs: CertTable,
 }
 
 /// Every field of an [`MdsState`]: what the readers of the persisted
@@ -684,6 +707,7 @@ pub(crate) struct MdsStateParts {
     pub next_mds: u64,
     pub sessions: Sessions,
     pub locks: LockTable,
+    pub certs: CertTable,
 }
 
 impl Default for MdsState {
@@ -776,6 +800,7 @@ impl MdsState {
             next_mds: FIRST_MDS_ID + 1,
             sessions: Sessions::default(),
             locks: LockTable::default(),
+            certs: CertTable::default(),
         })
     }
 
@@ -797,6 +822,7 @@ impl MdsState {
             next_mds,
             sessions,
             locks,
+            certs,
         } = parts;
         MdsState {
             inodes,
@@ -813,6 +839,7 @@ impl MdsState {
             next_mds,
             sessions,
             locks,
+            certs,
         }
     }
 
@@ -1232,7 +1259,7 @@ impl MdsState {
         {
             return Err("the event log is longer than its bound or out of order".into());
         }
-        Ok(())
+        self.certs.check_invariants()
     }
 
     // ----- validation ----------------------------------------------------
@@ -1406,6 +1433,20 @@ impl MdsState {
                 })
             }
             Command::UpgradeLease { lease, now_ms } => self.prepare_upgrade(*lease, *now_ms),
+            Command::RecordCertificate { record, now_ms } => {
+                self.certs.check_record(record, *now_ms)?;
+                Ok(Prepared::RecordCertificate {
+                    record: record.clone(),
+                    now_ms: *now_ms,
+                })
+            }
+            Command::RevokeCertificates { serials, now_ms } => {
+                self.certs.check_revoke(serials)?;
+                Ok(Prepared::RevokeCertificates {
+                    serials: serials.clone(),
+                    now_ms: *now_ms,
+                })
+            }
             Command::AllocateChunk {
                 lease,
                 index,
@@ -1878,6 +1919,11 @@ impl MdsState {
 
     fn lease_is_live(&self, lease: LeaseId, now_ms: u64) -> bool {
         self.leases.get(&lease).is_some_and(|l| l.is_live(now_ms))
+    }
+
+    /// The recorded and revoked certificates.
+    pub fn certs(&self) -> &CertTable {
+        &self.certs
     }
 
     /// Every byte-range lock held.
@@ -2894,6 +2940,27 @@ impl MdsState {
             Prepared::LogEvents { now_ms, events } => {
                 for e in events {
                     self.push_event(now_ms, e.kind, e.level, e.message);
+                }
+                ApplyOutcome::Done
+            }
+            Prepared::RecordCertificate { record, now_ms } => {
+                let message = format!(
+                    "certificate {} issued to {} ({})",
+                    record.serial, record.name, record.role
+                );
+                self.certs.record(record, now_ms);
+                self.push_event(now_ms, EventKind::Security, EventLevel::Info, message);
+                ApplyOutcome::Done
+            }
+            Prepared::RevokeCertificates { serials, now_ms } => {
+                for record in self.certs.revoke(&serials, now_ms) {
+                    let whose = if record.name.is_empty() {
+                        "an unrecorded node".to_string()
+                    } else {
+                        format!("{} ({})", record.name, record.role)
+                    };
+                    let message = format!("certificate {} of {whose} revoked", record.serial);
+                    self.push_event(now_ms, EventKind::Security, EventLevel::Warning, message);
                 }
                 ApplyOutcome::Done
             }

@@ -35,10 +35,12 @@ const SNAPSHOT_KEY: &str = "snapshot";
 /// attributes (permissions, owners, times in nanoseconds, hard and symbolic
 /// links, special files, extended attributes) and `MakeNode`, `Link`,
 /// `SetStat`, `SetXattr`. 10 added byte-range locks (the state's lock
-/// table, `SetLock`) and in-place lease upgrades (`UpgradeLease`). Records
+/// table, `SetLock`) and in-place lease upgrades (`UpgradeLease`). 11
+/// added certificates (the state's certificate table, the event kind
+/// `Security`, `RecordCertificate`, `RevokeCertificates`). Records
 /// of every format are read with that format's frozen types and upgraded
 /// (`mds::format`): a change of a stored live type needs a new format.
-pub const STORE_FORMAT_VERSION: u8 = 10;
+pub const STORE_FORMAT_VERSION: u8 = 11;
 /// The oldest format this build reads.
 pub(crate) const OLDEST_FORMAT_VERSION: u8 = 1;
 /// Default number of log entries after which a snapshot is taken.

@@ -153,8 +153,7 @@ impl DataClient {
     /// current tokio runtime. Panics outside a runtime.
     pub fn new(stream: auth::ClientStream) -> DataClient {
         let peer = stream
-            .get_ref()
-            .0
+            .tcp()
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "unknown peer".to_string());

@@ -39,8 +39,7 @@ pub async fn serve_data_connection(
     service: Arc<dyn ChunkService>,
 ) {
     let addr = stream
-        .get_ref()
-        .0
+        .tcp()
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "unknown peer".to_string());

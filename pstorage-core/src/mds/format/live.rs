@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
-use super::{v1, v10, v2, v3, v5, v6, v9, RaftMeta};
+use super::{v1, v10, v11, v2, v3, v5, v6, v9, RaftMeta};
+use crate::mds::certs::CertTable;
 use crate::mds::locks::{FileLock, LockTable};
 use crate::mds::raft::{MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Session, Sessions};
@@ -16,10 +17,10 @@ use crate::mds::state::{
     MdsStateParts, NewEvent,
 };
 use crate::types::{
-    AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, Event, EventKind, EventLevel,
-    FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, LockKind, LockOwner,
-    LockRequest, MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica,
-    Replicas, SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet,
+    AttrUpdate, CertRecord, CertSerial, ChunkId, ChunkMap, CsId, CsPlacementUpdate, Event,
+    EventKind, EventLevel, FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode,
+    LockKind, LockOwner, LockRequest, MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms,
+    RenameFlags, Replica, Replicas, SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet,
 };
 
 fn cs_ids(ids: Vec<v1::CsId>) -> Vec<CsId> {
@@ -130,23 +131,24 @@ impl From<v2::EventLevel> for EventLevel {
     }
 }
 
-impl From<v3::EventKind> for EventKind {
-    fn from(k: v3::EventKind) -> EventKind {
+impl From<v11::EventKind> for EventKind {
+    fn from(k: v11::EventKind) -> EventKind {
         match k {
-            v3::EventKind::CsState => EventKind::CsState,
-            v3::EventKind::Replication => EventKind::Replication,
-            v3::EventKind::Corruption => EventKind::Corruption,
-            v3::EventKind::DiskFull => EventKind::DiskFull,
-            v3::EventKind::Lease => EventKind::Lease,
-            v3::EventKind::Config => EventKind::Config,
-            v3::EventKind::Mds => EventKind::Mds,
+            v11::EventKind::CsState => EventKind::CsState,
+            v11::EventKind::Replication => EventKind::Replication,
+            v11::EventKind::Corruption => EventKind::Corruption,
+            v11::EventKind::DiskFull => EventKind::DiskFull,
+            v11::EventKind::Lease => EventKind::Lease,
+            v11::EventKind::Config => EventKind::Config,
+            v11::EventKind::Mds => EventKind::Mds,
+            v11::EventKind::Security => EventKind::Security,
         }
     }
 }
 
-impl From<v3::Event> for Event {
-    fn from(e: v3::Event) -> Event {
-        let v3::Event {
+impl From<v11::Event> for Event {
+    fn from(e: v11::Event) -> Event {
+        let v11::Event {
             seq,
             time_ms,
             kind,
@@ -163,9 +165,9 @@ impl From<v3::Event> for Event {
     }
 }
 
-impl From<v3::NewEvent> for NewEvent {
-    fn from(e: v3::NewEvent) -> NewEvent {
-        let v3::NewEvent {
+impl From<v11::NewEvent> for NewEvent {
+    fn from(e: v11::NewEvent) -> NewEvent {
+        let v11::NewEvent {
             kind,
             level,
             message,
@@ -340,12 +342,12 @@ fn chunk_maps(maps: Vec<v6::ChunkMap>) -> Vec<ChunkMap> {
 }
 
 /// The live state and last log index of a pre-Raft snapshot record.
-pub(super) fn store_snapshot(s: v10::Snapshot) -> (u64, MdsState) {
+pub(super) fn store_snapshot(s: v11::Snapshot) -> (u64, MdsState) {
     (s.last_index, s.state.into())
 }
 
 /// A Raft snapshot record's metadata and live state.
-pub(super) fn raft_snapshot(s: v10::SnapshotRecord) -> (RaftMeta, MdsState) {
+pub(super) fn raft_snapshot(s: v11::SnapshotRecord) -> (RaftMeta, MdsState) {
     (meta(s.meta), s.state.into())
 }
 
@@ -386,13 +388,13 @@ pub(super) fn meta(m: v3::Meta) -> RaftMeta {
 }
 
 /// A Raft log entry with the live command.
-pub(super) fn raft_entry(e: v10::LogEntry) -> Entry<MdsRaftConfig> {
+pub(super) fn raft_entry(e: v11::LogEntry) -> Entry<MdsRaftConfig> {
     let payload = match e.payload {
-        v10::EntryPayload::Blank => EntryPayload::Blank,
-        v10::EntryPayload::Normal(v10::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
+        v11::EntryPayload::Blank => EntryPayload::Blank,
+        v11::EntryPayload::Normal(v11::RaftRequest { cmds }) => EntryPayload::Normal(RaftRequest {
             cmds: cmds.into_iter().map(Into::into).collect(),
         }),
-        v10::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
+        v11::EntryPayload::Membership(m) => EntryPayload::Membership(membership(&m)),
     };
     Entry {
         log_id: log_id(e.log_id),
@@ -654,9 +656,30 @@ impl From<v10::LockRequest> for LockRequest {
     }
 }
 
-impl From<v10::MdsState> for MdsState {
-    fn from(s: v10::MdsState) -> MdsState {
-        let v10::MdsState {
+impl From<v11::CertRecord> for CertRecord {
+    fn from(c: v11::CertRecord) -> CertRecord {
+        let v11::CertRecord {
+            serial,
+            role,
+            name,
+            issued_ms,
+            not_after_ms,
+            revoked_ms,
+        } = c;
+        CertRecord {
+            serial: CertSerial(serial),
+            role,
+            name,
+            issued_ms,
+            not_after_ms,
+            revoked_ms,
+        }
+    }
+}
+
+impl From<v11::MdsState> for MdsState {
+    fn from(s: v11::MdsState) -> MdsState {
+        let v11::MdsState {
             inodes,
             chunks,
             servers,
@@ -671,6 +694,7 @@ impl From<v10::MdsState> for MdsState {
             next_mds,
             sessions,
             locks,
+            certs,
         } = s;
         MdsState::from_parts(MdsStateParts {
             inodes: inodes
@@ -709,13 +733,21 @@ impl From<v10::MdsState> for MdsState {
                     })
                     .collect(),
             ),
+            certs: CertTable::from_parts(
+                certs
+                    .certs
+                    .into_iter()
+                    .map(|(serial, c)| (CertSerial(serial), c.into()))
+                    .collect(),
+                certs.revoked.into_iter().map(CertSerial).collect(),
+            ),
         })
     }
 }
 
-impl From<v10::Command> for Command {
-    fn from(c: v10::Command) -> Command {
-        use v10::Command as C;
+impl From<v11::Command> for Command {
+    fn from(c: v11::Command) -> Command {
+        use v11::Command as C;
         match c {
             C::Mkdir {
                 path,
@@ -922,6 +954,14 @@ impl From<v10::Command> for Command {
             },
             C::UpgradeLease { lease, now_ms } => Command::UpgradeLease {
                 lease: LeaseId(lease),
+                now_ms,
+            },
+            C::RecordCertificate { record, now_ms } => Command::RecordCertificate {
+                record: record.into(),
+                now_ms,
+            },
+            C::RevokeCertificates { serials, now_ms } => Command::RevokeCertificates {
+                serials: serials.into_iter().map(CertSerial).collect(),
                 now_ms,
             },
         }

@@ -15,7 +15,9 @@
 //!    attributes: permissions, owners, times in nanoseconds, hard links,
 //!    symbolic links, special files, extended attributes), `v10` (10:
 //!    byte-range locks and in-place lease upgrades: format 9's state with
-//!    a lock table, two more commands). A module holds every type reachable from its records (state,
+//!    a lock table, two more commands), `v11` (11: certificates: format
+//!    10's state with a certificate table, a new event kind, two more
+//!    commands). A module holds every type reachable from its records (state,
 //!    snapshots, commands, Raft log entries), reusing identical types of
 //!    older modules, never live ones. Ids are frozen as the numbers their
 //!    transparent newtypes serialize as (`v1::CsId` = `u32`, the others
@@ -25,24 +27,25 @@
 //!    `v3::Entry`, openraft's `Entry` shape with the format's own command;
 //! 2. it is upgraded step by step to the newest format's types (`From`
 //!    impls in each newer module: `v1` -> `v2` -> `v3` -> `v5` -> `v6` ->
-//!    `v7` -> `v8` -> `v9` -> `v10`);
+//!    `v7` -> `v8` -> `v9` -> `v10` -> `v11`);
 //! 3. `live` converts the newest format's types to the live ones.
 //!
 //! A frozen type derives only what its reader needs and is never changed.
 //! `tripwire` tests that the live types still write exactly what the
 //! newest frozen types read. When a stored live type changes (a field, a
-//! variant, a nested type), format 11 is added: `STORE_FORMAT_VERSION`
-//! becomes 11, a new `v11.rs` holds the new tree (reusing unchanged `v10`
-//! and older types) with `From` upgrades from `v10`, the decoders below
-//! get an `11` arm and a `.map_into::<v11::..>()` step on every older arm,
-//! `live` converts from `v11`, and the tripwire and a new golden file move
-//! to format 11. `v10.rs` is not edited.
+//! variant, a nested type), format 12 is added: `STORE_FORMAT_VERSION`
+//! becomes 12, a new `v12.rs` holds the new tree (reusing unchanged `v11`
+//! and older types) with `From` upgrades from `v11`, the decoders below
+//! get a `12` arm and a `.map_into::<v12::..>()` step on every older arm,
+//! `live` converts from `v12`, and the tripwire and a new golden file move
+//! to format 12. `v11.rs` is not edited.
 
 mod live;
 #[cfg(test)]
 mod tripwire;
 mod v1;
 mod v10;
+mod v11;
 mod v2;
 mod v3;
 mod v5;
@@ -96,27 +99,35 @@ pub(crate) fn store_snapshot(bytes: &[u8], path: &Path) -> Result<(u64, MdsState
             .map_into::<v5::Snapshot>()
             .map_into::<v6::Snapshot>()
             .map_into::<v9::Snapshot>()
-            .map_into::<v10::Snapshot>(),
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
         2 => decode_body::<v2::Snapshot>(b, what, path)?
             .map_into::<v3::Snapshot>()
             .map_into::<v5::Snapshot>()
             .map_into::<v6::Snapshot>()
             .map_into::<v9::Snapshot>()
-            .map_into::<v10::Snapshot>(),
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
         3 => decode_body::<v3::Snapshot>(b, what, path)?
             .map_into::<v5::Snapshot>()
             .map_into::<v6::Snapshot>()
             .map_into::<v9::Snapshot>()
-            .map_into::<v10::Snapshot>(),
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
         4 | 5 => decode_body::<v5::Snapshot>(b, what, path)?
             .map_into::<v6::Snapshot>()
             .map_into::<v9::Snapshot>()
-            .map_into::<v10::Snapshot>(),
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
         // Formats 7 and 8 changed only the commands and log entries.
         6..=8 => decode_body::<v6::Snapshot>(b, what, path)?
             .map_into::<v9::Snapshot>()
-            .map_into::<v10::Snapshot>(),
-        9 => decode_body::<v9::Snapshot>(b, what, path)?.map_into::<v10::Snapshot>(),
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
+        9 => decode_body::<v9::Snapshot>(b, what, path)?
+            .map_into::<v10::Snapshot>()
+            .map_into::<v11::Snapshot>(),
+        10 => decode_body::<v10::Snapshot>(b, what, path)?.map_into::<v11::Snapshot>(),
         STORE_FORMAT_VERSION => {
             let current: CurrentSnapshot = decode_body(b, what, path)?;
             return Ok((current.last_index, current.state));
@@ -128,9 +139,9 @@ pub(crate) fn store_snapshot(bytes: &[u8], path: &Path) -> Result<(u64, MdsState
 
 // The newest format's snapshots, the big records, decode straight into the
 // live types: `tripwire` proves they read its bytes exactly as the frozen
-// `v10` types do, and this saves a second copy of the whole state at load
+// `v11` types do, and this saves a second copy of the whole state at load
 // (1,000,000 chunks: 0.3 s and 50 MiB of peak memory). Older snapshots go
-// through their frozen types (format 10 changed the state).
+// through their frozen types (format 11 changed the state).
 
 /// A pre-Raft snapshot of the newest format, decoded into live types.
 #[derive(serde::Deserialize)]
@@ -158,35 +169,44 @@ pub(crate) fn store_command(bytes: &[u8], what: &str, path: &Path) -> Result<Com
             .map_into::<v6::Command>()
             .map_into::<v7::Command>()
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
         2 => decode_body::<v2::Command>(b, what, path)?
             .map_into::<v3::Command>()
             .map_into::<v5::Command>()
             .map_into::<v6::Command>()
             .map_into::<v7::Command>()
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
         3 => decode_body::<v3::Command>(b, what, path)?
             .map_into::<v5::Command>()
             .map_into::<v6::Command>()
             .map_into::<v7::Command>()
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
         4 | 5 => decode_body::<v5::Command>(b, what, path)?
             .map_into::<v6::Command>()
             .map_into::<v7::Command>()
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
         6 => decode_body::<v6::Command>(b, what, path)?
             .map_into::<v7::Command>()
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
         // Format 8 changed the log entries, not the commands.
         7 | 8 => decode_body::<v7::Command>(b, what, path)?
             .map_into::<v9::Command>()
-            .map_into::<v10::Command>(),
-        9 => decode_body::<v9::Command>(b, what, path)?.map_into::<v10::Command>(),
-        10 => decode_body::<v10::Command>(b, what, path)?,
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
+        9 => decode_body::<v9::Command>(b, what, path)?
+            .map_into::<v10::Command>()
+            .map_into::<v11::Command>(),
+        10 => decode_body::<v10::Command>(b, what, path)?.map_into::<v11::Command>(),
+        11 => decode_body::<v11::Command>(b, what, path)?,
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(newest.into())
@@ -209,15 +229,21 @@ pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsS
             .map_into::<v5::SnapshotRecord>()
             .map_into::<v6::SnapshotRecord>()
             .map_into::<v9::SnapshotRecord>()
-            .map_into::<v10::SnapshotRecord>(),
+            .map_into::<v10::SnapshotRecord>()
+            .map_into::<v11::SnapshotRecord>(),
         4 | 5 => decode_body::<v5::SnapshotRecord>(b, what, path)?
             .map_into::<v6::SnapshotRecord>()
             .map_into::<v9::SnapshotRecord>()
-            .map_into::<v10::SnapshotRecord>(),
+            .map_into::<v10::SnapshotRecord>()
+            .map_into::<v11::SnapshotRecord>(),
         6..=8 => decode_body::<v6::SnapshotRecord>(b, what, path)?
             .map_into::<v9::SnapshotRecord>()
-            .map_into::<v10::SnapshotRecord>(),
-        9 => decode_body::<v9::SnapshotRecord>(b, what, path)?.map_into::<v10::SnapshotRecord>(),
+            .map_into::<v10::SnapshotRecord>()
+            .map_into::<v11::SnapshotRecord>(),
+        9 => decode_body::<v9::SnapshotRecord>(b, what, path)?
+            .map_into::<v10::SnapshotRecord>()
+            .map_into::<v11::SnapshotRecord>(),
+        10 => decode_body::<v10::SnapshotRecord>(b, what, path)?.map_into::<v11::SnapshotRecord>(),
         STORE_FORMAT_VERSION => {
             let current: CurrentSnapshotRecord = decode_body(b, what, path)?;
             return Ok((current.meta, current.state));
@@ -227,12 +253,12 @@ pub(crate) fn raft_snapshot(bytes: &[u8], path: &Path) -> Result<(RaftMeta, MdsS
     Ok(live::raft_snapshot(newest))
 }
 
-/// A Raft snapshot's metadata record (formats 3 to 10 share its shape).
+/// A Raft snapshot's metadata record (formats 3 to 11 share its shape).
 pub(crate) fn raft_snapshot_meta(bytes: &[u8], what: &str, path: &Path) -> Result<RaftMeta> {
     let (version, b) = split_record(bytes, what, path)?;
     match version {
         1 | 2 => Err(not_raft(version, what, path)),
-        3..=10 => Ok(live::meta(decode_body::<v3::Meta>(b, what, path)?)),
+        3..=11 => Ok(live::meta(decode_body::<v3::Meta>(b, what, path)?)),
         _ => Err(unknown_version(version, what, path)),
     }
 }
@@ -249,27 +275,35 @@ pub(crate) fn raft_entry(bytes: &[u8], what: &str, path: &Path) -> Result<Entry<
             .upgrade::<v7::Command>()
             .map_into::<v8::LogEntry>()
             .map_into::<v9::LogEntry>()
-            .map_into::<v10::LogEntry>(),
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
         4 | 5 => decode_body::<v3::Entry<v5::Command>>(b, what, path)?
             .upgrade::<v6::Command>()
             .upgrade::<v7::Command>()
             .map_into::<v8::LogEntry>()
             .map_into::<v9::LogEntry>()
-            .map_into::<v10::LogEntry>(),
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
         6 => decode_body::<v6::LogEntry>(b, what, path)?
             .upgrade::<v7::Command>()
             .map_into::<v8::LogEntry>()
             .map_into::<v9::LogEntry>()
-            .map_into::<v10::LogEntry>(),
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
         7 => decode_body::<v7::LogEntry>(b, what, path)?
             .map_into::<v8::LogEntry>()
             .map_into::<v9::LogEntry>()
-            .map_into::<v10::LogEntry>(),
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
         8 => decode_body::<v8::LogEntry>(b, what, path)?
             .map_into::<v9::LogEntry>()
-            .map_into::<v10::LogEntry>(),
-        9 => decode_body::<v9::LogEntry>(b, what, path)?.map_into::<v10::LogEntry>(),
-        10 => decode_body::<v10::LogEntry>(b, what, path)?,
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
+        9 => decode_body::<v9::LogEntry>(b, what, path)?
+            .map_into::<v10::LogEntry>()
+            .map_into::<v11::LogEntry>(),
+        10 => decode_body::<v10::LogEntry>(b, what, path)?.map_into::<v11::LogEntry>(),
+        11 => decode_body::<v11::LogEntry>(b, what, path)?,
         _ => return Err(unknown_version(version, what, path)),
     };
     Ok(live::raft_entry(newest))

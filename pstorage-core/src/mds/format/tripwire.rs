@@ -1,7 +1,7 @@
 //! The tripwire: every stored root (pre-Raft snapshot and log record, Raft
 //! snapshot record, snapshot metadata and log entry), written from rich
 //! live values as this build writes it, must decode exactly (no byte left
-//! over) as the newest frozen format (`v10`) and
+//! over) as the newest frozen format (`v11`) and
 //! convert back to an equal
 //! live value. A change of a stored live type trips it: that change needs
 //! a new format, never an edit of a frozen module.
@@ -11,38 +11,38 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 use serde::Deserialize;
 
-use super::{live, v10, v3, v9, RaftMeta};
+use super::{live, v11, v3, v9, RaftMeta};
 use crate::error::Error;
 use crate::mds::raft::{encode_snapshot_record, MdsId, MdsNode, MdsRaftConfig, RaftRequest};
 use crate::mds::sessions::{OpReply, Sessions};
 use crate::mds::state::{ApplyOutcome, AttrUpdateV3, Command, MdsState, NewEvent};
 use crate::mds::store::{encode, encode_snapshot, STORE_FORMAT_VERSION};
 use crate::types::{
-    AttrUpdate, ChunkId, ChunkMap, CsId, CsPlacementUpdate, EventKind, EventLevel, FailureDomain,
-    FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, LockKind, LockOwner, LockRequest,
-    MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms, RenameFlags, Replica, Replicas,
-    SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet, LOCK_TO_EOF,
+    AttrUpdate, CertRecord, CertSerial, ChunkId, ChunkMap, CsId, CsPlacementUpdate, EventKind,
+    EventLevel, FailureDomain, FileAttrs, InodeId, InodeKind, Lease, LeaseId, LeaseMode, LockKind,
+    LockOwner, LockRequest, MapVersion, NewNode, NodeSpec, OpTag, OpenFlags, Perms, RenameFlags,
+    Replica, Replicas, SessionId, Stat, StatChange, TimeChange, Timestamp, XattrSet, LOCK_TO_EOF,
 };
 
 /// What a tripped test says.
 const TRIPWIRE: &str = "a live type the MDS stores changed, so its records no longer \
-    read as format 10: add a new format version (STORE_FORMAT_VERSION + 1) and a \
-    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v10 (see \
-    mds::format and docs/formats.md); do not edit v10.rs or older";
+    read as format 11: add a new format version (STORE_FORMAT_VERSION + 1) and a \
+    pstorage-core/src/mds/format/vN.rs with the new types and upgrades from v11 (see \
+    mds::format and docs/formats.md); do not edit v11.rs or older";
 
-/// Decodes a record written by this build as the frozen `T` of format 10,
+/// Decodes a record written by this build as the frozen `T` of format 11,
 /// which must use every byte.
 fn read_as_newest<T: for<'de> Deserialize<'de>>(record: &[u8], what: &str) -> T {
     assert_eq!(
-        STORE_FORMAT_VERSION, 10,
-        "the tripwire checks format 10: move it to the newest format's module"
+        STORE_FORMAT_VERSION, 11,
+        "the tripwire checks format 11: move it to the newest format's module"
     );
     assert_eq!(record.first(), Some(&STORE_FORMAT_VERSION), "{what}");
     let (value, rest) = postcard::take_from_bytes::<T>(&record[1..])
-        .unwrap_or_else(|e| panic!("{what} does not decode as format 10 ({e}): {TRIPWIRE}"));
+        .unwrap_or_else(|e| panic!("{what} does not decode as format 11 ({e}): {TRIPWIRE}"));
     assert!(
         rest.is_empty(),
-        "{what}: {} bytes are left after decoding it as format 10: {TRIPWIRE}",
+        "{what}: {} bytes are left after decoding it as format 11: {TRIPWIRE}",
         rest.len()
     );
     value
@@ -112,6 +112,7 @@ fn every_event_kind() -> Vec<EventKind> {
         EventKind::Lease,
         EventKind::Config,
         EventKind::Mds,
+        EventKind::Security,
     ];
     for kind in &all {
         // Exhaustive on purpose: a new variant is a new format.
@@ -122,7 +123,8 @@ fn every_event_kind() -> Vec<EventKind> {
             | EventKind::DiskFull
             | EventKind::Lease
             | EventKind::Config
-            | EventKind::Mds => {}
+            | EventKind::Mds
+            | EventKind::Security => {}
         }
     }
     all
@@ -442,7 +444,20 @@ fn rich_state() -> MdsState {
         lease: n0,
         now_ms: 120,
     });
+    for (serial, role, name) in [(1, "mds", "mds 1"), (u128::MAX, "client", "h1")] {
+        ok(Command::RecordCertificate {
+            record: cert(serial, role, name),
+            now_ms: 121,
+        });
+    }
+    // A recorded certificate and one never recorded, revoked.
+    ok(Command::RevokeCertificates {
+        serials: vec![CertSerial(u128::MAX), CertSerial(77)],
+        now_ms: 122,
+    });
     state.check_invariants().unwrap();
+    assert_eq!(state.certs().list().len(), 3);
+    assert_eq!(state.certs().revoked_from(0).total, 2);
     assert!(state.locks().len() >= 6, "{:?}", state.locks());
     assert!(state.inodes().any(|n| n.links.len() == 2), "hard links");
     assert!(state.inodes().any(|n| n.fence_pending), "a file to fence");
@@ -450,6 +465,17 @@ fn rich_state() -> MdsState {
     assert!(state.servers().any(|cs| cs.dropped));
     assert_eq!(state.sessions().len(), 2);
     state
+}
+
+fn cert(serial: u128, role: &str, name: &str) -> CertRecord {
+    CertRecord {
+        serial: CertSerial(serial),
+        role: role.into(),
+        name: name.into(),
+        issued_ms: 1_700_000_000_000,
+        not_after_ms: u64::MAX,
+        revoked_ms: None,
+    }
 }
 
 fn membership() -> Membership<MdsId, MdsNode> {
@@ -488,7 +514,7 @@ fn the_state_is_read_as_format_10() {
     let state = rich_state();
 
     let record = encode_snapshot(41, &state).unwrap();
-    let frozen: v10::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
+    let frozen: v11::Snapshot = read_as_newest(&record, "a pre-Raft snapshot");
     assert_eq!(
         live::store_snapshot(frozen),
         (41, state.clone()),
@@ -496,7 +522,7 @@ fn the_state_is_read_as_format_10() {
     );
 
     let record = encode_snapshot_record(&meta(), &state).unwrap();
-    let frozen: v10::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
+    let frozen: v11::SnapshotRecord = read_as_newest(&record, "a Raft snapshot");
     assert_eq!(
         live::raft_snapshot(frozen),
         (meta(), state),
@@ -814,6 +840,21 @@ fn every_command() -> Vec<Command> {
         });
     }
     commands.push(Command::UpgradeLease { lease, now_ms: 33 });
+    commands.push(Command::RecordCertificate {
+        record: CertRecord {
+            revoked_ms: Some(5),
+            ..cert(u128::MAX, "admin", "host-a")
+        },
+        now_ms: 34,
+    });
+    commands.push(Command::RevokeCertificates {
+        serials: vec![CertSerial(0), CertSerial(1 << 100)],
+        now_ms: 35,
+    });
+    commands.push(Command::RevokeCertificates {
+        serials: Vec::new(),
+        now_ms: 36,
+    });
     for how in [XattrSet::Any, XattrSet::Create, XattrSet::Replace] {
         commands.push(Command::SetXattr {
             path: "/x".into(),
@@ -860,9 +901,11 @@ fn every_command() -> Vec<Command> {
             Command::SetXattr { .. } => 30,
             Command::SetLock { .. } => 31,
             Command::UpgradeLease { .. } => 32,
+            Command::RecordCertificate { .. } => 33,
+            Command::RevokeCertificates { .. } => 34,
         })
         .collect();
-    assert_eq!(covered, (0..=32).collect(), "every command is tested");
+    assert_eq!(covered, (0..=34).collect(), "every command is tested");
     commands
 }
 
@@ -870,7 +913,7 @@ fn every_command() -> Vec<Command> {
 fn every_command_is_read_as_format_10() {
     for cmd in every_command() {
         let what = format!("the pre-Raft log record {cmd:?}");
-        let frozen: v10::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
+        let frozen: v11::Command = read_as_newest(&encode(&cmd).unwrap(), &what);
         assert_eq!(Command::from(frozen), cmd, "{what}: {TRIPWIRE}");
     }
 }
@@ -906,7 +949,7 @@ fn every_raft_log_entry_is_read_as_format_10() {
     });
     for entry in entries {
         let what = format!("the Raft log entry {entry:?}");
-        let frozen: v10::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
+        let frozen: v11::LogEntry = read_as_newest(&encode(&entry).unwrap(), &what);
         assert_eq!(live::raft_entry(frozen), entry, "{what}: {TRIPWIRE}");
     }
 }

@@ -24,6 +24,7 @@ use crate::mds::store::{MdsStore, STORE_FORMAT_VERSION};
 use crate::types::{FileAttrs, Perms, Replicas, ROOT_INODE};
 
 mod format_10_golden;
+mod format_11_golden;
 mod format_6_golden;
 mod format_7_golden;
 mod format_8_golden;

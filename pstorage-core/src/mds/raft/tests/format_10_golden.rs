@@ -79,7 +79,7 @@ const EX: Option<LockKind> = Some(LockKind::Exclusive);
 
 /// Format 6's snapshot, with two locks of lease 1 (the write lease of
 /// `/d/f`): owner 1 shares bytes 0..=99, owner 2 holds the rest.
-fn before_the_snapshot_10() -> Vec<Command> {
+pub(super) fn before_the_snapshot_10() -> Vec<Command> {
     let mut cmds = before_the_snapshot();
     cmds.extend([
         set_lock(F, 1, SH, (0, 99), 1_007),
@@ -89,7 +89,7 @@ fn before_the_snapshot_10() -> Vec<Command> {
 }
 
 /// Format 9's log, then the locks.
-fn after_the_snapshot_10() -> Vec<Command> {
+pub(super) fn after_the_snapshot_10() -> Vec<Command> {
     let mut cmds = after_the_snapshot_9();
     cmds.extend(the_batch_9());
     cmds.extend([
@@ -123,7 +123,7 @@ fn after_the_snapshot_10() -> Vec<Command> {
 /// (refused `Busy`: A is on the file) and lock over A's (refused
 /// `WouldBlock`), which change nothing; G's upgrade again (done: it is a
 /// write lease).
-fn the_batch() -> Vec<Command> {
+pub(super) fn the_batch() -> Vec<Command> {
     vec![
         set_lock(A, 1, EX, (200, 299), 600_000),
         Command::UpgradeLease {
