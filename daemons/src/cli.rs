@@ -604,11 +604,26 @@ async fn execute(cli: &Cli) -> Result<()> {
             metrics,
             threads: _,
         } => {
-            let tls = match tls {
-                true => Some(pstorage_rpc::tls::nbd_server_config(
-                    &node::node_credentials(&conf)?,
-                )?),
-                false => None,
+            // With TLS, the export refuses revoked client certificates: it
+            // syncs the cluster's revocation list as a chunk server does.
+            let (tls, revocation_sync) = match tls {
+                true => {
+                    let credentials = node::node_credentials(&conf)?;
+                    let registry: Arc<dyn pstorage_core::traits::CertificateRegistry> = Arc::new(
+                        node::connect_mds(&conf, pstorage_rpc::ClientOptions::from_env())?,
+                    );
+                    let sync = tokio::spawn(pstorage_rpc::revocation::sync(
+                        credentials.revocations().clone(),
+                        registry,
+                        |_| {},
+                        Default::default(),
+                    ));
+                    (
+                        Some(pstorage_rpc::tls::nbd_server_config(&credentials)?),
+                        Some(sync),
+                    )
+                }
+                false => (None, None),
             };
             let options = crate::nbd::ServeOptions {
                 listen: listen.clone(),
@@ -620,7 +635,11 @@ async fn execute(cli: &Cli) -> Result<()> {
                 read_only: *read_only,
                 metrics: metrics.clone(),
             };
-            crate::nbd::serve(client(&conf)?, options, termination()).await?;
+            let served = crate::nbd::serve(client(&conf)?, options, termination()).await;
+            if let Some(sync) = revocation_sync {
+                sync.abort();
+            }
+            served?;
         }
         Command::Top {
             interval,

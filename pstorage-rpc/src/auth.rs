@@ -823,6 +823,71 @@ mod tests {
         );
     }
 
+    /// The server's word: a client the server refuses after the handshake
+    /// (TLS 1.3 checks the client's certificate last) learns it from
+    /// `connect`, not at its first request.
+    #[tokio::test]
+    async fn a_refused_client_learns_it_at_connect() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let server = creds(&ca, Role::Mds, "mds 1");
+        let client = creds(&ca, Role::Client, "h1");
+        server
+            .revocations()
+            .extend(0, &[client.identity().peer.serial]);
+        let (addr, served) = serve_one(server).await;
+        let err = connect(&addr, &client, Channel::Data).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.message().contains("revoked"), "{err}");
+        assert_eq!(
+            served.await.unwrap().unwrap_err().kind(),
+            ErrorKind::PermissionDenied
+        );
+    }
+
+    /// A cluster whose CA says the data path is clear: the data channel
+    /// leaves TLS after the word, bytes cross in clear both ways; the
+    /// control channel stays in TLS.
+    #[tokio::test]
+    async fn a_clear_data_path_leaves_tls_after_the_word() {
+        let ca = ClusterCa::generate_with("c", DataPath::Clear).unwrap();
+        let server = creds(&ca, Role::Cs, "cs 1");
+        assert_eq!(server.data_path(), DataPath::Clear);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let channel = peek_channel(&mut s).await.unwrap();
+                let (mut stream, _) = accept_tls(s, &server, channel).await.unwrap();
+                let mut buf = [0u8; 5];
+                stream.read_exact(&mut buf).await.unwrap();
+                stream.write_all(b"world").await.unwrap();
+                stream.flush().await.unwrap();
+                seen.push((channel, stream.is_clear(), buf));
+            }
+            seen
+        });
+        let client = creds(&ca, Role::Client, "h1");
+        for channel in [Channel::Data, Channel::Control] {
+            let mut stream = connect(&addr, &client, channel).await.unwrap();
+            assert_eq!(stream.is_clear(), channel == Channel::Data);
+            stream.write_all(b"hello").await.unwrap();
+            stream.flush().await.unwrap();
+            let mut buf = [0u8; 5];
+            stream.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"world");
+        }
+        let seen = task.await.unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (Channel::Data, true, *b"hello"),
+                (Channel::Control, false, *b"hello")
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn certificates_of_another_cluster_are_refused_on_both_sides() {
         let ca = ClusterCa::generate("c").unwrap();

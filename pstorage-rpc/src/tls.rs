@@ -474,6 +474,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_revoked_certificate_is_refused_both_ways() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let mds = Credentials::new(ca.issue_identity(Role::Mds, "mds 1").unwrap()).unwrap();
+        let client = Credentials::new(ca.issue_identity(Role::Client, "h1").unwrap()).unwrap();
+        let other = Credentials::new(ca.issue_identity(Role::Client, "h2").unwrap()).unwrap();
+        mds.revocations()
+            .extend(0, &[client.identity().peer.serial]);
+        // The server refuses the revoked client, and says why.
+        let (server, _) = handshake(&mds, &client).await;
+        let err = server.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+        assert!(err.message().contains("revoked"), "{err}");
+        // Another client of the CA still connects.
+        let (server, dialer) = handshake(&mds, &other).await;
+        dialer.unwrap();
+        assert_eq!(server.unwrap().unwrap().name, "h2");
+        // A client refuses a revoked server.
+        other.revocations().extend(0, &[mds.identity().peer.serial]);
+        let (_, dialer) = handshake(&mds, &other).await;
+        let err = dialer.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+        assert!(err.message().contains("revoked"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_certificate_of_another_ca_is_refused_both_ways() {
         let ca = ClusterCa::generate("c").unwrap();
         let other = ClusterCa::generate("c").unwrap();

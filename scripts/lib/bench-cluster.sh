@@ -5,7 +5,9 @@
 # Run from the repository's top. Environment: BIN, BENCH_RUNNER, CS_COUNT,
 # JOURNAL, BENCH_DIR; CS_ARGS (more pstorage-csd arguments, e.g.
 # "--threads 2"), CS_ENV and NBD_ENV (VAR=value words for the chunk
-# servers' and nbd-serve's environment). Sets top, bin, runner, dir, name, nbd_port.
+# servers' and nbd-serve's environment), MAKE_MDS_ARGS (more `make-mds -I`
+# arguments: "--data-encryption off" for a clear data path).
+# Sets top, bin, runner, dir, name, nbd_port.
 top=$PWD
 bin=${BIN:-$top/target/release}
 runner=${BENCH_RUNNER:-$top/../shared/bench/run}
@@ -27,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-echo bench-password | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds" -p >/dev/null
+echo bench-password | "$bin/pstorage" -c $name make-mds -I -a 127.0.0.1:$port -r "$dir/mds" -p ${MAKE_MDS_ARGS:-} >/dev/null
 "$bin/pstorage-mdsd" -r "$dir/mds" >"$dir/mds.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
