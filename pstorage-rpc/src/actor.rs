@@ -148,7 +148,11 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Builds the two-party network of one connection.
-fn vat_network<S>(stream: S, side: Side) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
+fn vat_network<S>(
+    stream: S,
+    side: Side,
+    options: capnp::message::ReaderOptions,
+) -> Box<dyn capnp_rpc::VatNetwork<twoparty::VatId>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
@@ -157,7 +161,7 @@ where
         futures::io::BufReader::new(crate::tls::CloseAsEof(reader).compat()),
         futures::io::BufWriter::new(writer.compat_write()),
         side,
-        wire::reader_options(),
+        options,
     ))
 }
 
@@ -436,7 +440,10 @@ async fn run_server(
                 }
             };
             let bootstrap = bootstrap_for(interface, &services, peer.clone());
-            let system = RpcSystem::new(vat_network(stream, Side::Server), Some(bootstrap));
+            let options =
+                wire::request_reader_options(matches!(interface, Interface::Mds), peer.role);
+            let system =
+                RpcSystem::new(vat_network(stream, Side::Server, options), Some(bootstrap));
             let served = async {
                 match system.await {
                     Ok(()) => tracing::debug!(
@@ -890,7 +897,10 @@ impl Dialing {
         connected: &Arc<AtomicBool>,
     ) -> Result<Link<C>> {
         let (addr, stream) = self.dial().await?;
-        let mut system = RpcSystem::new(vat_network(stream, Side::Client), None);
+        let mut system = RpcSystem::new(
+            vat_network(stream, Side::Client, wire::reader_options()),
+            None,
+        );
         let client: C = system.bootstrap(Side::Server);
         let disconnector = system.get_disconnector();
         generation.set(generation.get() + 1);

@@ -1258,6 +1258,41 @@ async fn garbage_kills_only_its_own_connection() {
     assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 4);
 }
 
+/// A request of a client certificate is read only up to
+/// `wire::SMALL_REQUEST_LIMIT_WORDS` (4 MiB): a bigger one closes that
+/// connection before it is read, and the server serves on; a server
+/// peer's (an MDS forwarding, a chunk server registering) may be larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_request_is_bounded_and_a_servers_is_not() {
+    let (_fake, harness, _client) = mds_setup().await;
+    let dial = |role| {
+        MdsClient::new(
+            vec![harness.addr.clone()],
+            crate::node::control_dialer(crate::tls::test_credentials(role)),
+            fast_options(),
+        )
+        .unwrap()
+    };
+    let client = dial(crate::pki::Role::Client);
+    let big = format!("/{}", "x".repeat(5 << 20));
+    let err = client.stat(&big).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Protocol),
+        "{err}"
+    );
+    // The server closed that connection (the harness holds a second
+    // handle on every socket: break it so the client sees it too).
+    harness.wait_for_connections(0).await;
+    harness.kill_connections();
+    wait_until_disconnected(&client).await;
+    // Under the bound: served, on a new connection.
+    let fits = format!("/{}", "x".repeat(3 << 20));
+    assert_eq!(client.stat(&fits).await.unwrap(), sample_stat(InodeId(12)));
+    // An MDS's request of the same size is read.
+    let mds = dial(crate::pki::Role::Mds);
+    assert_eq!(mds.stat(&big).await.unwrap(), sample_stat(InodeId(12)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_methods_and_errors_round_trip() {
     let fake = Arc::new(FakeControl::default());

@@ -27,13 +27,43 @@ use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::generated::pstorage_capnp as schema;
 
-/// Traversal limit for every message we read, in 8-byte words (2 GiB).
+/// Traversal limit of the messages a client reads (answers) and of the
+/// requests of chunk servers and MDSes, in 8-byte words (2 GiB).
 ///
 /// Generous because a chunk server with many small chunks lists millions of
-/// replicas in one reply; the peer is already authenticated when it gets
-/// here, so the memory it can make us allocate is bounded by this and
-/// charged to a trusted node.
+/// replicas in one registration or `listChunks` answer, and a directory or
+/// a file's chunk list has no bound of its own; those peers are servers of
+/// the cluster, authenticated by their certificates' roles. Requests of
+/// clients and admins have [`SMALL_REQUEST_LIMIT_WORDS`].
 pub const TRAVERSAL_LIMIT_WORDS: usize = 256 << 20;
+/// Traversal limit of a request a server reads from a peer whose every
+/// legitimate request is small (4 MiB): clients and admins on an MDS
+/// (their largest are an extended attribute's value, 64 KiB, and a
+/// certificate request, 16 KiB), and everyone on a chunk server's control
+/// interface (its requests name chunks; its big answers are the MDS's to
+/// read). The message's size is checked against it before it is read, so
+/// a client certificate can make a server hold at most this much per
+/// message, not [`TRAVERSAL_LIMIT_WORDS`].
+pub const SMALL_REQUEST_LIMIT_WORDS: usize = 512 << 10;
+
+/// The reader options of a server's side of a control connection from a
+/// peer of `role`, on the `Mds` interface (`mds`) or `ChunkControl`: chunk
+/// servers (registration lists every replica) and MDSes (Raft entries,
+/// forwarded registrations) get [`TRAVERSAL_LIMIT_WORDS`], the others
+/// [`SMALL_REQUEST_LIMIT_WORDS`].
+pub fn request_reader_options(mds: bool, role: crate::pki::Role) -> capnp::message::ReaderOptions {
+    use crate::pki::Role;
+    let limit = match (mds, role) {
+        (true, Role::Cs | Role::Mds) => TRAVERSAL_LIMIT_WORDS,
+        _ => SMALL_REQUEST_LIMIT_WORDS,
+    };
+    let mut options = capnp::message::ReaderOptions::new();
+    options
+        .traversal_limit_in_words(Some(limit))
+        .nesting_limit(NESTING_LIMIT);
+    options
+}
+
 /// Nesting limit for every message we read: our deepest struct
 /// (ClusterStatus > CsInfo > SpaceInfo inside an RPC envelope) needs ~10.
 pub const NESTING_LIMIT: i32 = 64;
