@@ -21,6 +21,7 @@ use pstorage_core::types::{
     NewNode, OpTag, OpenFlags, OpenReply, Perms, RebalanceStatus, RegisterReply, Replica, Replicas,
     ReplicationStatus, SpaceInfo, Stat, StatChange, TierSpace, Timestamp,
 };
+use pstorage_core::types::{CertRecord, RevokedSerials};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::auth;
@@ -368,6 +369,9 @@ pub fn capnp_message(bytes: &[u8]) {
         46 => decode_struct::<RebalanceStatus>(&message),
         47 => decode_struct::<CopyStats>(&message),
         48 => decode_struct::<OpTag>(&message),
+        49 => decode_reply::<Vec<CertRecord>, _>(&message, Clone::clone),
+        50 => decode_reply::<RevokedSerials, _>(&message, Clone::clone),
+        51 => decode_struct::<CertRecord>(&message),
         _ => decode_struct::<Stat>(&message),
     }
 }
@@ -433,7 +437,7 @@ mod tests {
     #[test]
     #[ignore = "writes fuzz/corpus/"]
     fn write_seeds() {
-        for pick in 0..=49u8 {
+        for pick in 0..=52u8 {
             // A null root: every field at its default.
             let mut empty = capnp::message::Builder::new_default();
             empty.init_root::<capnp::any_pointer::Builder<'_>>();
@@ -464,6 +468,31 @@ mod tests {
             crate::wire::write_xattr_value(Some(b"value"), p.reborrow().init_value());
         }
         put("capnp_message", "set-xattr", &seed(5, &m));
+        let mut m = capnp::message::Builder::new_default();
+        RevokedSerials::write_result(
+            &Ok(RevokedSerials {
+                total: 3,
+                serials: vec![
+                    pstorage_core::types::CertSerial(1),
+                    pstorage_core::types::CertSerial(u128::MAX),
+                ],
+            }),
+            m.init_root::<crate::generated::pstorage_capnp::revoked_serials_result::Builder<'_>>(),
+        );
+        put("capnp_message", "revoked-serials", &seed(50, &m));
+        let mut m = capnp::message::Builder::new_default();
+        <Vec<CertRecord>>::write_result(
+            &Ok(vec![CertRecord {
+                serial: pstorage_core::types::CertSerial(0x45d3),
+                role: "client".into(),
+                name: "host-a".into(),
+                issued_ms: 1,
+                not_after_ms: 2,
+                revoked_ms: Some(3),
+            }]),
+            m.init_root::<crate::generated::pstorage_capnp::cert_records_result::Builder<'_>>(),
+        );
+        put("capnp_message", "cert-records", &seed(49, &m));
         let mut m = capnp::message::Builder::new_default();
         {
             let mut p = m.init_root::<mds::report_bad_blocks_params::Builder<'_>>();
