@@ -274,37 +274,34 @@ pub fn peer_of(certs: Option<&[CertificateDer<'static>]>) -> Result<Option<Peer>
 /// Turns a TLS handshake failure into a pstorage error: a certificate the
 /// other side refused (or we refused) is `PermissionDenied` with a hint.
 pub fn handshake_error(e: std::io::Error, addr: &str) -> Error {
-    let refused_cert = e
+    let tls = e
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| {
-            matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::AlertReceived(
-                        rustls::AlertDescription::BadCertificate
-                            | rustls::AlertDescription::UnknownCA
-                            | rustls::AlertDescription::CertificateRevoked
-                            | rustls::AlertDescription::CertificateExpired
-                            | rustls::AlertDescription::CertificateRequired
-                            | rustls::AlertDescription::AccessDenied
-                            // A certificate whose issuer has the CA's name
-                            // but another key (a cluster of the same name).
-                            | rustls::AlertDescription::DecryptError
-                    )
-            )
-        });
-    let revoked = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|tls| {
-            matches!(
-                tls,
-                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
-                    | rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
-            )
-        });
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let refused_cert = tls.is_some_and(|tls| {
+        matches!(
+            tls,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate
+                        | rustls::AlertDescription::UnknownCA
+                        | rustls::AlertDescription::CertificateRevoked
+                        | rustls::AlertDescription::CertificateExpired
+                        | rustls::AlertDescription::CertificateRequired
+                        | rustls::AlertDescription::AccessDenied
+                        // A certificate whose issuer has the CA's name
+                        // but another key (a cluster of the same name).
+                        | rustls::AlertDescription::DecryptError
+                )
+        )
+    });
+    let revoked = tls.is_some_and(|tls| {
+        matches!(
+            tls,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+                | rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+        )
+    });
     if revoked {
         Error::with_source(
             ErrorKind::PermissionDenied,

@@ -528,3 +528,71 @@ async fn a_clear_data_path_sends_data_in_clear_after_a_checked_handshake() {
     // The file's name travels on the control channel: encrypted.
     assert!(!captured.windows(10).any(|w| w == b"/clear.bin"));
 }
+
+/// Revoking a live chunk server's certificate (a stolen disk server):
+/// the MDS closes its connections and refuses new ones, so it goes
+/// offline, and its chunks are copied to another server: the cluster
+/// heals without an operator and the data stays readable. `offline_ms`
+/// is the cluster's offline timeout (`None`: the default, 300 s).
+async fn a_revoked_chunk_server_is_replaced(cluster: TestCluster, offline_ms: Option<u64>) {
+    let mut cluster = cluster;
+    if let Some(ms) = offline_ms {
+        cluster.cli_ok(&["set-config", &format!("mds.wd.offline_tout={ms}")]);
+    }
+    let client = cluster.client();
+    let data = pstorage_tests::pattern(7, 1 << 20);
+    pstorage_tests::write_file(&client, "/kept", &data).await;
+    let maps = client.mds().file_chunks("/kept").await.unwrap();
+    let victim = pstorage_tests::chain(&maps[0])[0];
+    let out = cluster.cli_ok(&["revoke", &format!("cs {}", victim.0)]);
+    assert!(out.contains("revoked certificate"), "{out}");
+    let deadline = Duration::from_secs(offline_ms.map_or(600, |ms| ms / 1000 + 120));
+    cluster
+        .wait_for(deadline, "the revoked server replaced", || {
+            let status = cluster.status();
+            let maps = maps.clone();
+            let client = &client;
+            async move {
+                let status = status?;
+                let gone = status
+                    .cs
+                    .iter()
+                    .any(|c| c.id == victim && c.status != pstorage_core::types::CsStatus::Active);
+                let now = client.mds().file_chunks("/kept").await.ok()?;
+                let chain = pstorage_tests::chain(&now[0]);
+                (gone
+                    && pstorage_tests::all_chunks_healthy(&status)
+                    && chain.len() == 3
+                    && !chain.contains(&victim)
+                    && now[0].chunk == maps[0].chunk)
+                    .then_some(())
+            }
+        })
+        .await;
+    assert_eq!(pstorage_tests::read_all(&client, "/kept").await, data);
+    // The revoked server still runs, refused: it is dropped by hand.
+    assert!(cluster.cs_running(cluster.cs_index(victim)));
+    cluster.cli_ok(&["rm-cs", "--force", &victim.0.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_chunk_server_goes_offline_and_its_chunks_are_copied() {
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 4,
+        ..defaults()
+    });
+    a_revoked_chunk_server_is_replaced(cluster, Some(3_000)).await;
+}
+
+/// [`a_revoked_chunk_server_goes_offline_and_its_chunks_are_copied`] at the
+/// defaults: 256 MiB chunks, the 300 s offline timeout, default heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: waits out the default 300 s offline timeout"]
+async fn long_a_revoked_chunk_server_is_replaced_at_the_defaults() {
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_servers: 4,
+        env: Vec::new(),
+        ..defaults()
+    });
+    a_revoked_chunk_server_is_replaced(cluster, None).await;
+}

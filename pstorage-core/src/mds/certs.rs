@@ -148,11 +148,16 @@ impl CertTable {
         if !named.is_empty() {
             return Ok(named);
         }
-        if let Ok(serial) = which.parse::<CertSerial>() {
+        // A serial in full (32 hex digits, as `certs` and `openssl x509
+        // -serial` show it), so that a short name made of hex digits is
+        // never taken for one.
+        let digits = which.chars().filter(|c| *c != ':').count();
+        if let (32, Ok(serial)) = (digits, which.parse::<CertSerial>()) {
             return Ok(vec![serial]);
         }
         Err(Error::not_found(format!(
-            "no unrevoked certificate is named {which:?} (`pstorage certs` lists them)"
+            "no unrevoked certificate is named {which:?}, and it is not a serial number of 32 \
+             hexadecimal digits (`pstorage certs` lists them)"
         )))
     }
 
@@ -330,7 +335,14 @@ mod tests {
         assert_eq!(t.find("h1").unwrap(), vec![CertSerial(1), CertSerial(2)]);
         t.revoke(&[CertSerial(1)], 1);
         assert_eq!(t.find("h1").unwrap(), vec![CertSerial(2)]);
-        assert_eq!(t.find("ff").unwrap(), vec![CertSerial(0xff)]);
+        let full = format!("{:032x}", 0xffu128);
+        assert_eq!(t.find(&full).unwrap(), vec![CertSerial(0xff)]);
+        assert_eq!(
+            t.find(&full.to_uppercase()).unwrap(),
+            vec![CertSerial(0xff)]
+        );
+        // A short run of hex digits is a name, not a serial.
+        assert_eq!(t.find("cafe").unwrap_err().kind(), ErrorKind::NotFound);
         assert_eq!(t.find("nobody").unwrap_err().kind(), ErrorKind::NotFound);
     }
 
