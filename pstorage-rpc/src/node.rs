@@ -531,9 +531,22 @@ pub fn build_client(source: MdsSource<'_>, options: ClientOptions) -> Result<Cli
             (Arc::new(MemberDirectory::fixed(addrs)), credentials)
         }
     };
-    let mds = MdsClient::following(members, control_dialer(credentials.clone()), rpc, true)?;
+    let mds = Arc::new(MdsClient::following(
+        members,
+        control_dialer(credentials.clone()),
+        rpc,
+        true,
+    )?);
+    // The revocation list, for the servers this client dials (with a
+    // runtime to run on; the task ends with the client's MDS connection).
+    if tokio::runtime::Handle::try_current().is_ok() {
+        crate::revocation::follow_as_client(
+            credentials.revocations().clone(),
+            Arc::downgrade(&mds),
+        );
+    }
     Ok(Client::new(
-        Arc::new(mds),
+        mds,
         Arc::new(TcpChunkConnector::new(credentials)),
         options,
     ))

@@ -16,9 +16,10 @@
 //!   the list in its directory ([`RevokedFile`]) so that it refuses revoked
 //!   peers from its start, before it reaches an MDS.
 //!
-//! Clients (the SDK, the mount) do not sync: the servers they talk to
-//! refuse revoked peers, and the MDS hands them only registered chunk
-//! servers.
+//! Client processes (the SDK: the CLI, a mount, `nbd-serve`) sync every
+//! [`CLIENT_SYNC_PERIOD`] when built inside a tokio runtime
+//! ([`follow_as_client`]): they refuse a revoked server (a stolen chunk
+//! server's key) when they dial it.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -288,6 +289,32 @@ pub async fn sync(
     }
 }
 
+/// How often a client process (the SDK: the CLI, a mount, `nbd-serve`)
+/// syncs: it only checks the servers it dials, which refuse revoked peers
+/// themselves.
+pub const CLIENT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+
+/// Syncs a client's `revocations` from `registry` every
+/// [`CLIENT_SYNC_PERIOD`] while the registry (the client's MDS connection)
+/// lives: the task ends once only it holds it. Needs a tokio runtime.
+pub fn follow_as_client<R: CertificateRegistry + 'static>(
+    revocations: Revocations,
+    registry: std::sync::Weak<R>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let Some(live) = registry.upgrade() else {
+                return;
+            };
+            if let Err(e) = sync_once(&revocations, &*live).await {
+                tracing::debug!("revocation sync: {e}");
+            }
+            drop(live);
+            tokio::time::sleep(CLIENT_SYNC_PERIOD).await;
+        }
+    });
+}
+
 /// The revocation list a chunk server keeps in its directory (`revoked`):
 /// a first line `pstorage-revoked 1` (the format version), then the first
 /// N serials of the cluster's list, one per line as 32 hexadecimal digits,
@@ -435,6 +462,21 @@ mod tests {
         assert!(sync_once(&r, &Paged(list.clone())).await.unwrap());
         assert_eq!(r.position(), 5);
         assert!(!sync_once(&r, &Paged(list)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_client_follows_while_its_connection_lives() {
+        let r = Revocations::default();
+        let registry = Arc::new(Paged((1..4).map(CertSerial).collect()));
+        follow_as_client(r.clone(), Arc::downgrade(&registry));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while r.position() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the first sync runs at once");
+        assert!(r.is_revoked(CertSerial(3)));
     }
 
     #[test]
