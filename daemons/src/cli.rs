@@ -421,7 +421,7 @@ async fn execute(cli: &Cli) -> Result<()> {
             let mds = node::connect_mds(&conf, pstorage_rpc::ClientOptions::from_env())?;
             let certs = mds.certificates().await?;
             println!(
-                "{:<32} {:<6} {:<24} {:<19} {:<19} REVOKED",
+                "{:<32} {:<6} {:<24} {:<23} {:<23} REVOKED",
                 "SERIAL", "ROLE", "NAME", "ISSUED", "EXPIRES"
             );
             for c in &certs {
@@ -433,7 +433,7 @@ async fn execute(cli: &Cli) -> Result<()> {
                     }
                 };
                 println!(
-                    "{:<32} {:<6} {:<24} {:<19} {:<19} {}",
+                    "{:<32} {:<6} {:<24} {:<23} {:<23} {}",
                     c.serial,
                     if c.role.is_empty() { "-" } else { &c.role },
                     if c.name.is_empty() { "-" } else { &c.name },

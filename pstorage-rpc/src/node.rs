@@ -1209,7 +1209,16 @@ pub async fn run_cs_with(
     let credentials = service_credentials(dir, CS_STEM)?;
     // The revocations it knew, refused from the start.
     let revoked_file = crate::revocation::RevokedFile::in_dir(dir);
-    credentials.revocations().extend(0, &revoked_file.load()?);
+    match revoked_file.load() {
+        Ok(list) => {
+            credentials.revocations().extend(0, &list);
+        }
+        // A copy of the MDSes' list: the first sync fetches it again.
+        Err(e) => warn!(
+            "CS {}: {e}; fetching the revocation list from the MDS",
+            conf.id
+        ),
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (bootstrap, no_bootstrap) = match cluster.bootstrap() {
         Ok(list) => (list, None),

@@ -432,6 +432,15 @@ async fn a_revoked_certificate_cannot_connect_and_a_renewed_one_can() {
     cluster.cli_ok(&["stat"]);
     let out = cluster.cli_ok(&["renew-cert", "-r", cs_dir.to_str().unwrap()]);
     assert!(out.contains("restart the daemon"), "{out}");
+    let id = cluster.cs_id(0);
+    let addr_before = cluster
+        .status()
+        .unwrap()
+        .cs
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap()
+        .addr;
     cluster.stop_cs(0);
     cluster.start_cs(0);
     cluster.wait_active(3);
@@ -442,20 +451,53 @@ async fn a_revoked_certificate_cannot_connect_and_a_renewed_one_can() {
             .contains(&renewed.peer.serial.to_string()),
         "the renewal is recorded"
     );
-    // The restarted server still refuses the revoked certificate.
+    // The restarted server refuses the revoked certificate from its start
+    // (its address as the MDS has it once it registered again: a new port).
     let id = cluster.cs_id(0);
     let addr = cluster
-        .status()
-        .unwrap()
-        .cs
-        .into_iter()
-        .find(|c| c.id == id)
-        .unwrap()
-        .addr;
+        .wait_for(Duration::from_secs(30), "the new address of CS 0", || {
+            let now = cluster
+                .status()
+                .and_then(|s| s.cs.into_iter().find(|c| c.id == id))
+                .map(|c| c.addr);
+            std::future::ready(now.filter(|a| *a != addr_before))
+        })
+        .await;
     let err = pstorage_rpc::auth::connect(&addr, &creds, pstorage_rpc::auth::Channel::Data)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    // A chunk server whose saved list is damaged starts all the same and
+    // fetches the list again.
+    std::fs::write(cluster.cs_dirs[1].join("revoked"), b"garbage\n").unwrap();
+    cluster.stop_cs(1);
+    cluster.start_cs(1);
+    cluster.wait_active(3);
+    let id = cluster.cs_id(1);
+    cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "the restarted server refusing it",
+            || {
+                // Its address as the MDS has it now (a new port at each start).
+                let addr = cluster
+                    .status()
+                    .and_then(|s| s.cs.into_iter().find(|c| c.id == id))
+                    .map(|c| c.addr);
+                let creds = creds.clone();
+                async move {
+                    let refused = pstorage_rpc::auth::connect(
+                        &addr?,
+                        &creds,
+                        pstorage_rpc::auth::Channel::Data,
+                    )
+                    .await;
+                    matches!(refused, Err(e) if e.kind() == ErrorKind::PermissionDenied)
+                        .then_some(())
+                }
+            },
+        )
+        .await;
     // And the data written before is intact.
     assert_eq!(pstorage_tests::read_all(&admin, "/before").await, data);
 }
