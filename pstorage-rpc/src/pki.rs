@@ -152,29 +152,33 @@ impl Peer {
             .and_then(|cn| cn.as_str().ok())
             .unwrap_or("")
             .to_string();
-        let serial = serial_of(&cert)?;
+        let serial = serial_of(&cert);
         Ok(Peer { role, name, serial })
     }
 }
 
-/// The serial number of a parsed certificate. `PermissionDenied` for one
-/// longer than 128 bits (never issued by a cluster CA).
-fn serial_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<CertSerial> {
-    CertSerial::from_be_bytes(cert.tbs_certificate.raw_serial()).ok_or_else(|| {
-        Error::new(
-            ErrorKind::PermissionDenied,
-            "the peer's certificate has a serial number longer than 128 bits",
-        )
+/// The serial number of a parsed certificate. A cluster CA's serials are
+/// 128 bits; a longer one (a certificate made elsewhere, e.g. by `openssl
+/// x509`, which no pstorage node accepts) is named by the first 16 bytes
+/// of its SHA-256, so that such a certificate still loads and is refused
+/// by the CA check, with the error that names the problem.
+fn serial_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> CertSerial {
+    let raw = cert.tbs_certificate.raw_serial();
+    CertSerial::from_be_bytes(raw).unwrap_or_else(|| {
+        let digest = Sha256::digest(raw);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        CertSerial(u128::from_be_bytes(first))
     })
 }
 
-/// The serial number of a certificate (DER). `InvalidArgument` when it
-/// cannot be parsed or its serial is longer than 128 bits.
+/// The serial number of a certificate (DER) (see [`serial_of`] for one
+/// longer than 128 bits). `InvalidArgument` when it cannot be parsed.
 pub fn serial_of_der(der: &[u8]) -> Result<CertSerial> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| Error::invalid(format!("the certificate cannot be parsed: {e}")))?;
-    serial_of(&cert).map_err(|e| Error::invalid(e.to_string()))
+    Ok(serial_of(&cert))
 }
 
 /// When a certificate (DER) expires, in ms since the epoch.
@@ -624,6 +628,19 @@ mod tests {
     /// Credentials written by the first build with TLS still load, with
     /// their role (git does not keep the keys' 0600 mode: they are copied
     /// into private files first).
+    /// A certificate made elsewhere with a 160-bit serial (openssl's
+    /// default) still reads: its serial is named by its hash.
+    #[test]
+    fn a_serial_longer_than_128_bits_still_reads() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = node_params(Role::Client, "h").unwrap();
+        params.serial_number = Some(SerialNumber::from_slice(&[0x7f; 20]));
+        let cert = params.self_signed(&key).unwrap();
+        let peer = Peer::of_certificate(cert.der()).unwrap();
+        assert_eq!(peer.role, Role::Client);
+        assert_eq!(serial_of_der(cert.der()).unwrap(), peer.serial);
+    }
+
     #[test]
     fn the_golden_credentials_load() {
         let dir = tempfile::tempdir().unwrap();
