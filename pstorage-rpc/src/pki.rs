@@ -172,7 +172,7 @@ fn serial_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> CertSerial
     })
 }
 
-/// The serial number of a certificate (DER) (see [`serial_of`] for one
+/// The serial number of a certificate (DER) (named by its hash for one
 /// longer than 128 bits). `InvalidArgument` when it cannot be parsed.
 pub fn serial_of_der(der: &[u8]) -> Result<CertSerial> {
     use x509_parser::prelude::{FromDer, X509Certificate};
