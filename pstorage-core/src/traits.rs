@@ -89,6 +89,16 @@ pub trait MetadataService: Send + Sync {
     ) -> Result<Stat>;
     /// Lists a directory, sorted by name.
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>>;
+    /// One page of [`Self::readdir`]: at most [`DIR_PAGE_ENTRIES`] entries
+    /// after the name `after` (from the first with `None`). A listing
+    /// taken page by page sees every entry that exists throughout it
+    /// exactly once; one added or removed meanwhile may or may not appear
+    /// (as POSIX `readdir` allows). What an MDS answers a remote caller, so
+    /// that no answer grows with the directory.
+    async fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        let entries = self.readdir(path).await?;
+        Ok(dir_page_after(entries, after))
+    }
     /// Removes a name: of a file (its last name only while no lease is
     /// held on it), of any other node, or an empty directory.
     async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()>;
@@ -194,6 +204,15 @@ pub trait MetadataService: Send + Sync {
     async fn truncate(&self, lease: LeaseId, size: u64) -> Result<()>;
     /// Every chunk map of a file, by index (administration and tests).
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>>;
+    /// One page of [`Self::file_chunks`]: at most [`CHUNK_MAP_PAGE`] maps of
+    /// chunks at index `from` or later.
+    async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
+        let mut maps = self.file_chunks(path).await?;
+        maps.retain(|m| m.index >= from);
+        let more = maps.len() > CHUNK_MAP_PAGE;
+        maps.truncate(CHUNK_MAP_PAGE);
+        Ok(ChunkMapPage { maps, more })
+    }
     /// Cluster status for `pstorage stat`.
     async fn cluster_status(&self) -> Result<ClusterStatus>;
     /// Every cluster parameter with its value and default (`get-config`).
@@ -523,8 +542,18 @@ pub trait ChunkControl: Send + Sync {
     async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()>;
     /// Deletes a replica. Idempotent.
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
-    /// Every replica held, with its version.
+    /// Every replica held, with its version, by chunk id.
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
+    /// One page of [`Self::list_chunks`]: at most [`REPLICA_PAGE`] replicas
+    /// of chunks `from` or later, by chunk id.
+    async fn list_chunks_page(&self, from: ChunkId) -> Result<ReplicaPage> {
+        let mut replicas = self.list_chunks().await?;
+        replicas.retain(|r| r.chunk >= from);
+        replicas.sort_unstable_by_key(|r| r.chunk);
+        let more = replicas.len() > REPLICA_PAGE;
+        replicas.truncate(REPLICA_PAGE);
+        Ok(ReplicaPage { replicas, more })
+    }
     /// Makes this chunk server hold a replica of `chunk` identical to
     /// `source`'s (a replica at `version`, quiescent while this runs), and
     /// sets it to `version` durably (flushed first) before returning.
@@ -663,5 +692,21 @@ impl Clock for ManualClock {
 
     fn monotonic_ms(&self) -> u64 {
         self.monotonic_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The page of `entries` (sorted by name) after the name `after`: at most
+/// [`DIR_PAGE_ENTRIES`], and whether more follow.
+pub fn dir_page_after(entries: Vec<DirEntry>, after: Option<&str>) -> DirPage {
+    let mut rest: Vec<DirEntry> = entries
+        .into_iter()
+        .filter(|e| after.is_none_or(|a| e.name.as_str() > a))
+        .take(DIR_PAGE_ENTRIES + 1)
+        .collect();
+    let more = rest.len() > DIR_PAGE_ENTRIES;
+    rest.truncate(DIR_PAGE_ENTRIES);
+    DirPage {
+        entries: rest,
+        more,
     }
 }

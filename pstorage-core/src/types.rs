@@ -629,6 +629,38 @@ pub struct DirEntry {
     pub stat: Stat,
 }
 
+/// Most entries one page of a directory listing carries
+/// ([`MetadataService::readdir_page`](crate::traits::MetadataService::readdir_page)):
+/// with names of at most 255 bytes, a page stays under 1 MiB on the wire.
+pub const DIR_PAGE_ENTRIES: usize = 1024;
+
+/// One page of a directory listing: entries sorted by name, after the name
+/// the page was asked from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirPage {
+    /// At most [`DIR_PAGE_ENTRIES`] entries, sorted by name.
+    pub entries: Vec<DirEntry>,
+    /// Whether the directory has entries after the last of `entries`: ask
+    /// again after its name.
+    pub more: bool,
+}
+
+/// Most chunk maps one page of a file's chunk list carries
+/// ([`MetadataService::file_chunks_page`](crate::traits::MetadataService::file_chunks_page)):
+/// with at most [`MAX_REPLICAS`] replicas per map, a page stays under
+/// 1 MiB on the wire.
+pub const CHUNK_MAP_PAGE: usize = 256;
+
+/// One page of a file's chunk maps, by index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMapPage {
+    /// At most [`CHUNK_MAP_PAGE`] maps, by index, from the asked index on.
+    pub maps: Vec<ChunkMap>,
+    /// Whether the file has chunks after the last of `maps`: ask again
+    /// from its index + 1.
+    pub more: bool,
+}
+
 /// A read (shared, many holders) or write (exclusive, one holder) lease.
 ///
 /// An exclusive lease excludes readers too: only the holder has the file's
@@ -1353,6 +1385,52 @@ pub struct ChunkReplicaInfo {
     pub chunk: ChunkId,
     /// Its version on the chunk server.
     pub version: MapVersion,
+}
+
+/// Most bytes of a node's address (`host:port`): what the data path's
+/// framing carries, and what keeps every answer naming nodes bounded.
+pub const MAX_ADDR_LEN: usize = 255;
+
+/// Most MDSes in one group (voters and learners): a group of 3 or 5
+/// survives the loss of 1 or 2; 9 leaves room for a replacement under way.
+pub const MAX_MDS_MEMBERS: usize = 9;
+
+/// Most chunk servers of one cluster (allocated and not dropped): one per
+/// disk, and what keeps `pstorage stat`'s answer (about 1 KiB a server)
+/// far below the largest message.
+pub const MAX_CHUNK_SERVERS: usize = 16_384;
+
+/// Checks a node's address as it is registered: not empty, at most
+/// [`MAX_ADDR_LEN`] bytes. `what` names the node in the error.
+pub fn validate_addr(what: &str, addr: &str) -> crate::error::Result<()> {
+    if addr.is_empty() || addr.len() > MAX_ADDR_LEN {
+        return Err(crate::error::Error::invalid(format!(
+            "{what}: the address must have 1 to {MAX_ADDR_LEN} bytes, not {}",
+            addr.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Most replicas one page of a chunk server's replica list carries
+/// (`listChunks`, and each part of a registration): 16 bytes each on the
+/// wire, 1 MiB a page.
+pub const REPLICA_PAGE: usize = 65_536;
+
+/// Most replicas one chunk server's registration may report: a chunk server
+/// refuses to create a replica beyond it (`NoSpace`), so it can always
+/// register. At the default chunk size it is 4 PiB of data; at the smallest
+/// (64 KiB), 1 TiB.
+pub const MAX_REPLICAS_PER_CS: usize = 1 << 24;
+
+/// One page of a chunk server's replicas, by chunk id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPage {
+    /// At most [`REPLICA_PAGE`] replicas, by chunk id, from the asked id on.
+    pub replicas: Vec<ChunkReplicaInfo>,
+    /// Whether the server holds replicas after the last of `replicas`: ask
+    /// again from its id + 1.
+    pub more: bool,
 }
 
 /// What one [`replicate_chunk`] call did.

@@ -287,9 +287,15 @@ struct DirEntry {
   stat @1 :Stat;
 }
 
-struct DirEntriesResult {
+# One page of a directory listing (at most 1024 entries, sorted by name).
+struct DirPage {
+  entries @0 :List(DirEntry);
+  more @1 :Bool;  # Entries follow the last: ask again after its name.
+}
+
+struct DirPageResult {
   union {
-    ok @0 :List(DirEntry);  # Sorted by name.
+    ok @0 :DirPage;
     err @1 :Error;
   }
 }
@@ -399,9 +405,15 @@ struct OptionalChunkMapResult {
   }
 }
 
-struct ChunkMapsResult {
+# One page of a file's chunk maps (at most 256, by index).
+struct ChunkMapPage {
+  maps @0 :List(ChunkMap);
+  more @1 :Bool;  # Chunks follow the last: ask again from its index + 1.
+}
+
+struct ChunkMapPageResult {
   union {
-    ok @0 :List(ChunkMap);
+    ok @0 :ChunkMapPage;
     err @1 :Error;
   }
 }
@@ -603,9 +615,15 @@ struct ChunkReplicaInfo {
   version @1 :UInt64;
 }
 
-struct ChunkReplicasResult {
+# One page of a chunk server's replicas (at most 65,536, by chunk id).
+struct ReplicaPage {
+  replicas @0 :List(ChunkReplicaInfo);
+  more @1 :Bool;  # Replicas follow the last: ask again from its id + 1.
+}
+
+struct ReplicaPageResult {
   union {
-    ok @0 :List(ChunkReplicaInfo);
+    ok @0 :ReplicaPage;
     err @1 :Error;
   }
 }
@@ -628,6 +646,9 @@ struct RegisterReply {
   # Chunk ids kept (a copy's base) but in no chain: not served at their
   # present version.
   stale @2 :List(UInt64);
+  # The reply is paged (at most 65,536 ids of `delete` and `stale`
+  # together): more follow, from registerCsReply.
+  more @3 :Bool;
 }
 
 struct RegisterResult {
@@ -660,6 +681,14 @@ struct HeartbeatReply {
 struct HeartbeatResult {
   union {
     ok @0 :HeartbeatReply;
+    err @1 :Error;
+  }
+}
+
+# The token of a registration sent in parts (registerCsPart).
+struct TokenResult {
+  union {
+    ok @0 :UInt64;
     err @1 :Error;
   }
 }
@@ -730,7 +759,8 @@ interface Mds {
   stat @3 (path :Text) -> (result :StatResult);
   # `perms` absent: 0755, root's.
   mkdir @4 (path :Text, parents :Bool, op :OpTag, perms :Perms) -> (result :StatResult);
-  readdir @5 (path :Text) -> (result :DirEntriesResult);
+  # One page, after the name `after` (from the first when it is not set).
+  readdir @5 (path :Text, after :Text) -> (result :DirPageResult);
   unlink @6 (path :Text, op :OpTag) -> (result :VoidResult);
   rename @7 (from :Text, to :Text, op :OpTag, noReplace :Bool, exchange :Bool) -> (result :VoidResult);
   setAttr @8 (path :Text, update :AttrUpdate, recursive :Bool, op :OpTag) -> (result :VoidResult);
@@ -739,12 +769,17 @@ interface Mds {
                      reason :FailureReason) -> (result :ChunkMapResult);
   commitSize @11 (lease :UInt64, size :UInt64) -> (result :VoidResult);
   truncate @12 (lease :UInt64, size :UInt64) -> (result :VoidResult);
-  fileChunks @13 (path :Text) -> (result :ChunkMapsResult);
+  # One page, of chunks at index `from` or later.
+  fileChunks @13 (path :Text, from :UInt64) -> (result :ChunkMapPageResult);
   clusterStatus @14 () -> (result :ClusterStatusResult);
 
   # CsRegistry
   allocateCsId @15 () -> (result :CsIdResult);
-  registerCs @16 (registration :CsRegistration) -> (result :RegisterResult);
+  # A registration of more than 65,536 replicas sends them in parts first
+  # (registerCsPart, under a `token` the server chose), then the last part
+  # here with that token (0: no parts); a paged reply continues with
+  # registerCsReply.
+  registerCs @16 (registration :CsRegistration, token :UInt64) -> (result :RegisterResult);
   # Superseded by csHeartbeat; still served for chunk servers that use it.
   heartbeat @17 (cs :UInt32, space :SpaceInfo) -> (result :VoidResult);
   reportBadReplica @18 (cs :UInt32, chunk :UInt64, reason :FailureReason) -> (result :VoidResult);
@@ -818,6 +853,15 @@ interface Mds {
   # A new certificate for the caller's key of `csr` with the caller's own
   # role and name (renewal before expiry); every role.
   renewCertificate @50 (csr :Data) -> (result :TextResult);
+
+  # A part of a chunk server's registration (at most 65,536 replicas and
+  # as many unclean ids): the server keeps it under `token` (0 asks for a
+  # new one, answered) until registerCs with that token, or the connection
+  # closes.
+  registerCsPart @51 (token :UInt64, chunks :List(ChunkReplicaInfo), unclean :List(UInt64))
+      -> (result :TokenResult);
+  # The next page of a registration's reply (registerCs answered `more`).
+  registerCsReply @52 (token :UInt64) -> (result :RegisterResult);
 }
 
 enum BlockRepairOutcome {
@@ -855,7 +899,8 @@ interface ChunkControl {
   createChunk @0 (chunk :UInt64, version :UInt64, chunkSize :UInt64) -> (result :VoidResult);
   setVersion @1 (chunk :UInt64, version :UInt64) -> (result :VoidResult);
   deleteChunk @2 (chunk :UInt64) -> (result :VoidResult);
-  listChunks @3 () -> (result :ChunkReplicasResult);
+  # One page, of chunks `from` or later.
+  listChunks @3 (from :UInt64) -> (result :ReplicaPageResult);
   # `stats` is set when `result` is ok (a peer that predates it leaves it zero).
   replicateChunk @4 (chunk :UInt64, version :UInt64, chunkSize :UInt64, source :Replica,
                      rateBytesPerS :UInt64) -> (result :VoidResult, stats :CopyStats);

@@ -186,6 +186,8 @@ pub struct RpcServices {
     raft: Option<MdsRaft>,
     /// The snapshot this server's Raft node is receiving (one per node).
     snapshot_intake: Arc<crate::raft::SnapshotIntake>,
+    /// The chunk servers' registrations in parts this server holds.
+    registration_intake: Arc<crate::registration::RegistrationIntake>,
     control: Option<Arc<dyn ChunkControl>>,
     /// Issues certificates (`issueCertificate`, `joinSecrets`) when present.
     enrollment: Option<Arc<crate::enroll::Enrollment>>,
@@ -479,6 +481,7 @@ fn bootstrap_for(
                 group,
                 raft,
                 snapshot_intake,
+                registration_intake,
                 enrollment,
                 certs,
                 ..
@@ -490,6 +493,7 @@ fn bootstrap_for(
                 group: group.clone(),
                 raft: raft.clone(),
                 snapshot_intake: snapshot_intake.clone(),
+                registration_intake: registration_intake.clone(),
                 enrollment: enrollment.clone(),
                 certs: certs.clone(),
             },

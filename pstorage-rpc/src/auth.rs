@@ -1,9 +1,9 @@
 //! Connections between nodes (DESIGN.md invariant 8): every TCP connection
 //! is TLS 1.3 with certificates of the cluster CA on both sides
 //! ([`crate::tls`]) before a single request crosses it. The client names
-//! the channel it wants by ALPN in its ClientHello: `pstorage/3 control`
-//! (Cap'n Proto control RPC), `pstorage/3 data` (the framed data protocol
-//! of [`crate::data`]) or `pstorage/3 enroll` ([`crate::enroll`]: a node
+//! the channel it wants by ALPN in its ClientHello: `pstorage/4 control`
+//! (Cap'n Proto control RPC), `pstorage/4 data` (the framed data protocol
+//! of [`crate::data`]) or `pstorage/4 enroll` ([`crate::enroll`]: a node
 //! proves the cluster password and gets a certificate; the only channel
 //! served to a client without one). A ClientHello without ALPN (`openssl
 //! s_client`) is a control connection.
@@ -241,9 +241,9 @@ impl Channel {
     /// Its ALPN protocol name.
     pub fn alpn(self) -> &'static [u8] {
         match self {
-            Channel::Control => b"pstorage/3 control",
-            Channel::Data => b"pstorage/3 data",
-            Channel::Enroll => b"pstorage/3 enroll",
+            Channel::Control => b"pstorage/4 control",
+            Channel::Data => b"pstorage/4 data",
+            Channel::Enroll => b"pstorage/4 enroll",
         }
     }
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pstorage_core::traits::{ChunkControl, ControlConnector};
 use pstorage_core::types::{
-    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, MapVersion, Replica,
+    ChunkId, ChunkReplicaInfo, CopyProgress, CopyStats, MapVersion, Replica, ReplicaPage,
 };
-use pstorage_core::Result;
+use pstorage_core::{Error, Result};
 
 use crate::actor::{ClientActor, ClientOptions, Dialer};
 use crate::generated::pstorage_capnp::chunk_control;
@@ -136,10 +136,14 @@ impl chunk_control::Server for ControlServer {
 
     async fn list_chunks(
         self: Rc<Self>,
-        _params: chunk_control::ListChunksParams,
+        params: chunk_control::ListChunksParams,
         mut results: chunk_control::ListChunksResults,
     ) -> capnp::Result<()> {
-        let outcome = self.control.list_chunks().await;
+        let outcome = async {
+            let from = decode_request("listChunks", || Ok(params.get()?.get_from()))?;
+            self.control.list_chunks_page(ChunkId(from)).await
+        }
+        .await;
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -312,9 +316,31 @@ impl ChunkControl for ControlClient {
     }
 
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>> {
+        let mut replicas = Vec::new();
+        let mut from = ChunkId(0);
+        loop {
+            let page = self.list_chunks_page(from).await?;
+            let next = page.replicas.last().map(|r| r.chunk);
+            replicas.extend(page.replicas);
+            match next {
+                Some(ChunkId(last)) if page.more && last < u64::MAX => from = ChunkId(last + 1),
+                _ if page.more => {
+                    return Err(Error::protocol(
+                        "listChunks: a page that claims more replicas follow ended with none, or \
+                         with the last chunk id",
+                    ))
+                }
+                _ => return Ok(replicas),
+            }
+        }
+    }
+
+    async fn list_chunks_page(&self, from: ChunkId) -> Result<ReplicaPage> {
         self.actor
             .call("listChunks", move |cs| async move {
-                let response = cs.list_chunks_request().send().promise.await?;
+                let mut request = cs.list_chunks_request();
+                request.get().set_from(from.0);
+                let response = request.send().promise.await?;
                 WireReply::read_result(response.get()?.get_result()?)
             })
             .await

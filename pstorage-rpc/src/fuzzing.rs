@@ -16,20 +16,20 @@ use pstorage_core::conf::{ClusterKey, KEY_LEN};
 use pstorage_core::mds::raft::{MdsId, MdsRaftConfig};
 use pstorage_core::types::{
     AttrUpdate, ChunkCounts, ChunkMap, ChunkReplicaInfo, ClusterStatus, ConfigEntry, CopyProgress,
-    CopyStats, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, DirEntry, Event, FileAttrs,
+    CopyStats, CsInfo, CsPlacementUpdate, CsRegistration, CsStats, Event, FileAttrs,
     HeartbeatReply, HeldLock, IoRates, Lease, LockRequest, MdsInfo, MdsMember, MdsMembership,
-    NewNode, OpTag, OpenFlags, OpenReply, Perms, RebalanceStatus, RegisterReply, Replica, Replicas,
+    NewNode, OpTag, OpenFlags, OpenReply, Perms, RebalanceStatus, Replica, Replicas,
     ReplicationStatus, SpaceInfo, Stat, StatChange, TierSpace, Timestamp,
 };
-use pstorage_core::types::{CertRecord, RevokedSerials};
+use pstorage_core::types::{CertRecord, ChunkMapPage, DirPage, ReplicaPage, RevokedSerials};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::auth;
 use crate::generated::pstorage_capnp::{chunk_control, mds};
 use crate::wire::{
-    failure_reason_from_wire, lease_mode_from_wire, read_op, read_perms, read_text,
-    read_xattr_value, reader_options, xattr_set_from_wire, DataReply, NamesReply, TextReply,
-    WireReply, WireStruct,
+    failure_reason_from_wire, lease_mode_from_wire, read_list, read_op, read_perms, read_text,
+    read_xattr_value, reader_options, xattr_set_from_wire, DataReply, NamesReply,
+    RegisterReplyPage, TextReply, WireReply, WireStruct,
 };
 
 /// Data-path request frames (client -> chunk server), as the server reads
@@ -282,8 +282,27 @@ fn decode_params(
             round_trip(&CsPlacementUpdate::read(p.get_update()?)?);
         }
         10 => {
+            // A part of a registration, as `registerCsPart` reads it...
+            let _ = (|| -> capnp::Result<()> {
+                let p = params!(mds::register_cs_part_params);
+                let (chunks, unclean) = (p.get_chunks()?, p.get_unclean()?);
+                if crate::registration::check_page(
+                    "registerCsPart",
+                    chunks.len() as usize,
+                    unclean.len() as usize,
+                )
+                .is_ok()
+                {
+                    let _: Vec<ChunkReplicaInfo> = read_list(chunks)?;
+                    let _: Vec<u64> = unclean.iter().collect();
+                }
+                p.get_token();
+                Ok(())
+            })();
+            // ...and its last part.
             let p = params!(mds::register_cs_params);
             round_trip(&CsRegistration::read(p.get_registration()?)?);
+            p.get_token();
         }
         11 => {
             let p = params!(mds::cs_heartbeat_params);
@@ -341,12 +360,12 @@ pub fn capnp_message(bytes: &[u8]) {
         18 => decode_reply::<OpenReply, _>(&message, Clone::clone),
         19 => decode_reply::<ChunkMap, _>(&message, Clone::clone),
         20 => decode_reply::<ClusterStatus, _>(&message, Clone::clone),
-        21 => decode_reply::<RegisterReply, _>(&message, Clone::clone),
+        21 => decode_reply::<RegisterReplyPage, _>(&message, Clone::clone),
         22 => decode_reply::<HeartbeatReply, _>(&message, Clone::clone),
         23 => decode_reply::<MdsMembership, _>(&message, Clone::clone),
-        24 => decode_reply::<Vec<DirEntry>, _>(&message, Clone::clone),
-        25 => decode_reply::<Vec<ChunkMap>, _>(&message, Clone::clone),
-        26 => decode_reply::<Vec<ChunkReplicaInfo>, _>(&message, Clone::clone),
+        24 => decode_reply::<DirPage, _>(&message, Clone::clone),
+        25 => decode_reply::<ChunkMapPage, _>(&message, Clone::clone),
+        26 => decode_reply::<ReplicaPage, _>(&message, Clone::clone),
         27 => decode_reply::<Vec<ConfigEntry>, _>(&message, Clone::clone),
         28 => decode_reply::<Vec<Event>, _>(&message, Clone::clone),
         29 => decode_reply::<Option<HeldLock>, _>(&message, Clone::clone),
@@ -521,7 +540,7 @@ mod tests {
                 17 => write::<Stat>(&mut m, error),
                 18 => write::<OpenReply>(&mut m, error),
                 19 => write::<ChunkMap>(&mut m, error),
-                24 => write::<Vec<DirEntry>>(&mut m, error),
+                24 => write::<DirPage>(&mut m, error),
                 32 => write::<TextReply>(&mut m, error),
                 _ => continue,
             }

@@ -29,6 +29,7 @@ pub mod node;
 pub mod node_stream;
 pub mod pki;
 pub mod raft;
+mod registration;
 pub mod revocation;
 pub mod roles;
 pub mod router;

@@ -20,6 +20,7 @@ use pstorage_core::types::{
     SpaceInfo, Stat, MAX_REPORTED_BLOCKS,
 };
 use pstorage_core::types::{CertRecord, EventLevel, RevokedSerials};
+use pstorage_core::types::{ChunkMapPage, DirPage};
 use pstorage_core::types::{
     HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
 };
@@ -29,9 +30,9 @@ use crate::actor::{ClientActor, ClientOptions, Dialer, FixedEndpoints, MDS_CALL_
 use crate::generated::pstorage_capnp::{mds, BlockRepairOutcome};
 use crate::wire::{
     decode_request, failure_reason_from_wire, failure_reason_to_wire, lease_mode_from_wire,
-    lease_mode_to_wire, read_op, read_perms, read_text, read_xattr_value, write_op,
-    write_xattr_value, xattr_set_from_wire, xattr_set_to_wire, DataReply, NamesReply, TextReply,
-    WireReply, WireStruct,
+    lease_mode_to_wire, list_len, read_list, read_op, read_perms, read_text, read_xattr_value,
+    write_list, write_op, write_xattr_value, xattr_set_from_wire, xattr_set_to_wire, DataReply,
+    NamesReply, RegisterReplyPage, RegistrationToken, TextReply, WireReply, WireStruct,
 };
 
 // ---------------------------------------------------------------------------
@@ -56,6 +57,17 @@ struct MdsServer {
     certs: Option<Arc<dyn CertificateRegistry>>,
     /// Who is at the other end (its certificate).
     peer: crate::pki::Peer,
+    /// Registrations in parts, this connection's among them.
+    registration_intake: Arc<crate::registration::RegistrationIntake>,
+    /// This connection, in `registration_intake`.
+    connection: crate::registration::ConnectionId,
+}
+
+impl Drop for MdsServer {
+    fn drop(&mut self) {
+        // The connection closed: what it left of registrations goes.
+        self.registration_intake.forget(self.connection);
+    }
 }
 
 /// What an `Mds` connection serves.
@@ -66,6 +78,7 @@ pub(crate) struct MdsServices {
     pub(crate) group: Option<Arc<dyn MdsGroup>>,
     pub(crate) raft: Option<MdsRaft>,
     pub(crate) snapshot_intake: Arc<crate::raft::SnapshotIntake>,
+    pub(crate) registration_intake: Arc<crate::registration::RegistrationIntake>,
     pub(crate) enrollment: Option<Arc<crate::enroll::Enrollment>>,
     pub(crate) certs: Option<Arc<dyn CertificateRegistry>>,
 }
@@ -82,9 +95,11 @@ pub(crate) fn bootstrap(
         group,
         raft,
         snapshot_intake,
+        registration_intake,
         enrollment,
         certs,
     } = services;
+    let connection = registration_intake.connection();
     let server = MdsServer {
         metadata,
         registry,
@@ -94,6 +109,8 @@ pub(crate) fn bootstrap(
         enrollment,
         certs,
         peer: peer.clone(),
+        registration_intake,
+        connection,
     };
     let dispatch =
         <mds::Client as capnp::capability::FromServer<MdsServer>>::from_server(Rc::new(server));
@@ -220,8 +237,16 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("readdir");
         let outcome = async {
-            let path = decode_request("readdir", || read_text(params.get()?.get_path()))?;
-            self.metadata.readdir(&path).await
+            let (path, after) = decode_request("readdir", || {
+                let p = params.get()?;
+                let after = if p.has_after() {
+                    Some(read_text(p.get_after())?)
+                } else {
+                    None
+                };
+                Ok((read_text(p.get_path())?, after))
+            })?;
+            self.metadata.readdir_page(&path, after.as_deref()).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -424,6 +449,51 @@ impl mds::Server for MdsServer {
             Ok(TextReply(cert))
         }
         .await;
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn register_cs_part(
+        self: Rc<Self>,
+        params: mds::RegisterCsPartParams,
+        mut results: mds::RegisterCsPartResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("register_cs_part");
+        let outcome = (|| {
+            let (token, chunks, unclean) = decode_request("registerCsPart", || {
+                let p = params.get()?;
+                let (chunks, unclean) = (p.get_chunks()?, p.get_unclean()?);
+                // Checked before decoding: a part is at most a page.
+                crate::registration::check_page(
+                    "registerCsPart",
+                    chunks.len() as usize,
+                    unclean.len() as usize,
+                )
+                .map_err(|e| capnp::Error::failed(e.to_string()))?;
+                Ok((
+                    RegistrationToken(p.get_token()),
+                    read_list(chunks)?,
+                    unclean.iter().map(ChunkId).collect(),
+                ))
+            })?;
+            self.registration_intake
+                .add_part(self.connection, token, chunks, unclean)
+        })();
+        WireReply::write_result(&outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn register_cs_reply(
+        self: Rc<Self>,
+        params: mds::RegisterCsReplyParams,
+        mut results: mds::RegisterCsReplyResults,
+    ) -> capnp::Result<()> {
+        let _timer = crate::call_metrics::SERVED_MDS.start("register_cs_reply");
+        let outcome =
+            decode_request("registerCsReply", || Ok(params.get()?.get_token())).and_then(|token| {
+                self.registration_intake
+                    .next_page(self.connection, RegistrationToken(token))
+            });
         WireReply::write_result(&outcome, results.get().init_result());
         Ok(())
     }
@@ -734,8 +804,11 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("file_chunks");
         let outcome = async {
-            let path = decode_request("fileChunks", || read_text(params.get()?.get_path()))?;
-            self.metadata.file_chunks(&path).await
+            let (path, from) = decode_request("fileChunks", || {
+                let p = params.get()?;
+                Ok((read_text(p.get_path())?, p.get_from()))
+            })?;
+            self.metadata.file_chunks_page(&path, from).await
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -851,10 +924,17 @@ impl mds::Server for MdsServer {
     ) -> capnp::Result<()> {
         let _timer = crate::call_metrics::SERVED_MDS.start("register_cs");
         let outcome = async {
-            let registration = decode_request("registerCs", || {
-                CsRegistration::read(params.get()?.get_registration()?)
+            let (last, token) = decode_request("registerCs", || {
+                let p = params.get()?;
+                Ok((
+                    CsRegistration::read(p.get_registration()?)?,
+                    RegistrationToken(p.get_token()),
+                ))
             })?;
-            self.registry.register_cs(registration).await
+            let intake = &self.registration_intake;
+            let registration = intake.finish(self.connection, token, last)?;
+            let reply = self.registry.register_cs(registration).await?;
+            intake.first_page(self.connection, token, reply)
         }
         .await;
         WireReply::write_result(&outcome, results.get().init_result());
@@ -1347,10 +1427,33 @@ impl MetadataService for MdsClient {
     }
 
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let path = path.to_owned();
+        let mut entries: Vec<DirEntry> = Vec::new();
+        loop {
+            let after = entries.last().map(|e| e.name.clone());
+            let page = self.readdir_page(path, after.as_deref()).await?;
+            let empty = page.entries.is_empty();
+            entries.extend(page.entries);
+            if !page.more {
+                return Ok(entries);
+            }
+            if empty {
+                return Err(Error::protocol(format!(
+                    "readdir {path}: the MDS answered an empty page that claims more entries \
+                     follow"
+                )));
+            }
+        }
+    }
+
+    async fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        let (path, after) = (path.to_owned(), after.map(str::to_owned));
         self.call("readdir", move |mds| async move {
             let mut request = mds.readdir_request();
-            request.get().set_path(path.as_str());
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            if let Some(after) = after {
+                p.set_after(after.as_str());
+            }
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -1618,10 +1721,36 @@ impl MetadataService for MdsClient {
     }
 
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
+        let mut maps: Vec<ChunkMap> = Vec::new();
+        loop {
+            let from = match maps.last() {
+                None => 0,
+                Some(last) => last.index.checked_add(1).ok_or_else(|| {
+                    Error::protocol(format!("fileChunks {path}: a chunk at the last index"))
+                })?,
+            };
+            let page = self.file_chunks_page(path, from).await?;
+            let empty = page.maps.is_empty();
+            maps.extend(page.maps);
+            if !page.more {
+                return Ok(maps);
+            }
+            if empty {
+                return Err(Error::protocol(format!(
+                    "fileChunks {path}: the MDS answered an empty page that claims more chunks \
+                     follow"
+                )));
+            }
+        }
+    }
+
+    async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
         let path = path.to_owned();
         self.call("fileChunks", move |mds| async move {
             let mut request = mds.file_chunks_request();
-            request.get().set_path(path.as_str());
+            let mut p = request.get();
+            p.set_path(path.as_str());
+            p.set_from(from);
             let response = request.send().promise.await?;
             WireReply::read_result(response.get()?.get_result()?)
         })
@@ -1703,13 +1832,50 @@ impl CsRegistry for MdsClient {
     }
 
     async fn register_cs(&self, registration: CsRegistration) -> Result<RegisterReply> {
-        self.call("registerCs", move |mds| async move {
-            let mut request = mds.register_cs_request();
-            registration.write(request.get().init_registration());
-            let response = request.send().promise.await?;
-            WireReply::read_result(response.get()?.get_result()?)
-        })
-        .await
+        // More than a page of replicas goes in parts first (all on this
+        // connection: the token is its own), `crate::registration`.
+        let (parts, last) = crate::registration::split(registration);
+        let mut token = RegistrationToken(0);
+        for (chunks, unclean) in parts {
+            token = self
+                .call("registerCsPart", move |mds| async move {
+                    let mut request = mds.register_cs_part_request();
+                    let mut p = request.get();
+                    p.set_token(token.0);
+                    write_list(p.reborrow().init_chunks(list_len(chunks.len())), &chunks);
+                    let mut ids = p.init_unclean(list_len(unclean.len()));
+                    for (i, chunk) in unclean.iter().enumerate() {
+                        ids.set(i as u32, chunk.0);
+                    }
+                    let response = request.send().promise.await?;
+                    WireReply::read_result(response.get()?.get_result()?)
+                })
+                .await?;
+        }
+        let mut page: RegisterReplyPage = self
+            .call("registerCs", move |mds| async move {
+                let mut request = mds.register_cs_request();
+                let mut p = request.get();
+                last.write(p.reborrow().init_registration());
+                p.set_token(token.0);
+                let response = request.send().promise.await?;
+                WireReply::read_result(response.get()?.get_result()?)
+            })
+            .await?;
+        let mut reply = std::mem::take(&mut page.reply);
+        while page.more {
+            page = self
+                .call("registerCsReply", move |mds| async move {
+                    let mut request = mds.register_cs_reply_request();
+                    request.get().set_token(token.0);
+                    let response = request.send().promise.await?;
+                    WireReply::read_result(response.get()?.get_result()?)
+                })
+                .await?;
+            reply.delete.append(&mut page.reply.delete);
+            reply.stale.append(&mut page.reply.stale);
+        }
+        Ok(reply)
     }
 
     async fn heartbeat(

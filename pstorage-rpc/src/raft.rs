@@ -16,7 +16,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
@@ -65,10 +66,30 @@ const _: () = assert!(
 
 /// The snapshot chunk size to configure in openraft
 /// (`Config::snapshot_max_chunk_size`): each `raftSnapshot` message carries
-/// one chunk, far below the 2 GiB traversal limit of the control channel
+/// one chunk, far below the 64 MiB traversal limit of MDS peers
 /// (`wire::TRAVERSAL_LIMIT_WORDS`) and small enough to send within
 /// `install_snapshot_timeout` on a slow link.
 pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Most bytes of one `raftAppend` payload: openraft sends fewer entries
+/// (`PayloadTooLarge`) when more would not fit, and an entry holds at most
+/// `group_commit::MAX_ENTRY_BYTES` of commands or a single command (at
+/// most a client's 4 MiB request), so every append fits the traversal
+/// limit MDS peers are read with (`wire::TRAVERSAL_LIMIT_WORDS`, 64 MiB)
+/// with room for the envelope.
+pub const MAX_APPEND_BYTES: usize = 48 << 20;
+
+/// How many of `entries` entries to send when they encode to `bytes`:
+/// `None` when they fit [`MAX_APPEND_BYTES`] (or are one entry, which
+/// always goes), else a count that fits if the entries are of about even
+/// size, at least 1 and fewer than `entries`.
+pub fn fewer_entries(entries: usize, bytes: usize) -> Option<u64> {
+    if bytes <= MAX_APPEND_BYTES || entries <= 1 {
+        return None;
+    }
+    let fit = (entries as u128 * MAX_APPEND_BYTES as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
+}
 
 /// Encodes a Raft message or reply: version byte, then postcard.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
@@ -340,6 +361,12 @@ impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
     ) -> std::result::Result<AppendEntriesResponse<MdsId>, RPCError<MdsId, MdsNode, RaftError<MdsId>>>
     {
         let data = encode("append-entries request", &rpc).map_err(transport_error)?;
+        if let Some(entries) = fewer_entries(rpc.entries.len(), data.len()) {
+            // openraft sends the first `entries` now and the rest after.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries),
+            ));
+        }
         let reply = self
             .send("raftAppend", &option, data, |mds, data| async move {
                 let mut request = mds.raft_append_request();

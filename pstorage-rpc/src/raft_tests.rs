@@ -1175,3 +1175,17 @@ async fn a_server_without_raft_or_group_says_so() {
     assert_eq!(service.calls.load(Ordering::SeqCst), 0);
     accept_loop.abort();
 }
+
+/// An append larger than `MAX_APPEND_BYTES` is sent in fewer entries
+/// (openraft's `PayloadTooLarge` with a hint); one entry always goes.
+#[test]
+fn a_large_append_is_split_by_entries() {
+    use crate::raft::{fewer_entries, MAX_APPEND_BYTES};
+    assert_eq!(fewer_entries(300, MAX_APPEND_BYTES), None);
+    assert_eq!(fewer_entries(1, 10 * MAX_APPEND_BYTES), None);
+    assert_eq!(fewer_entries(300, 2 * MAX_APPEND_BYTES), Some(150));
+    assert_eq!(fewer_entries(300, 3 * MAX_APPEND_BYTES), Some(100));
+    // Never all of them, never none.
+    assert_eq!(fewer_entries(2, MAX_APPEND_BYTES + 1), Some(1));
+    assert_eq!(fewer_entries(300, 1000 * MAX_APPEND_BYTES), Some(1));
+}

@@ -62,6 +62,8 @@ mod mds_method {
     pub const REVOKED_SERIALS: u16 = 48;
     pub const LOG_SECURITY_EVENT: u16 = 49;
     pub const RENEW_CERTIFICATE: u16 = 50;
+    pub const REGISTER_CS_PART: u16 = 51;
+    pub const REGISTER_CS_REPLY: u16 = 52;
 }
 
 /// Whether `role` may call `Mds` method `method`.
@@ -72,7 +74,13 @@ pub fn mds_allows(role: Role, method: u16) -> bool {
         || matches!(method, GET_CONFIG | EVENT_LOG | MDS_MEMBERS);
     let cs_duties = matches!(
         method,
-        REGISTER_CS | HEARTBEAT | REPORT_BAD_REPLICA | CS_HEARTBEAT | REPORT_BAD_BLOCKS
+        REGISTER_CS
+            | REGISTER_CS_PART
+            | REGISTER_CS_REPLY
+            | HEARTBEAT
+            | REPORT_BAD_REPLICA
+            | CS_HEARTBEAT
+            | REPORT_BAD_BLOCKS
     );
     let admin = matches!(
         method,
@@ -322,13 +330,17 @@ mod tests {
         }
         for m in [
             REGISTER_CS,
+            REGISTER_CS_PART,
+            REGISTER_CS_REPLY,
             HEARTBEAT,
             REPORT_BAD_REPLICA,
             CS_HEARTBEAT,
             REPORT_BAD_BLOCKS,
         ] {
             assert!(mds_allows(Role::Cs, m));
+            assert!(mds_allows(Role::Mds, m));
             assert!(!mds_allows(Role::Admin, m));
+            assert!(!mds_allows(Role::Client, m));
         }
         // Chunk servers cannot open files.
         assert!(!mds_allows(Role::Cs, 0));
@@ -336,7 +348,7 @@ mod tests {
         // Every method of a later version than this table is refused to
         // everyone but MDSes.
         for role in [Role::Admin, Role::Client, Role::Cs] {
-            assert!(!mds_allows(role, 51));
+            assert!(!mds_allows(role, 53));
             assert!(!control_allows(role, 0) || role == Role::Admin);
         }
         assert!(control_allows(Role::Mds, 2));

@@ -22,6 +22,7 @@ use pstorage_core::types::{
     MapVersion, MdsMembership, OpTag, OpenFlags, OpenReply, RegisterReply, SpaceInfo, Stat,
 };
 use pstorage_core::types::{CertRecord, EventLevel, RevokedSerials};
+use pstorage_core::types::{ChunkMapPage, DirPage};
 use pstorage_core::types::{
     HeldLock, LockRequest, NewNode, Perms, RenameFlags, StatChange, XattrSet,
 };
@@ -513,6 +514,15 @@ impl MetadataService for LeaderRouter {
         .await
     }
 
+    async fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        self.route(
+            "readdir",
+            || self.metadata.readdir_page(path, after),
+            |c| async move { c.readdir_page(path, after).await },
+        )
+        .await
+    }
+
     async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         self.route(
             "unlink",
@@ -608,6 +618,15 @@ impl MetadataService for LeaderRouter {
             "fileChunks",
             || self.metadata.file_chunks(path),
             |c| async move { c.file_chunks(path).await },
+        )
+        .await
+    }
+
+    async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
+        self.route(
+            "fileChunks",
+            || self.metadata.file_chunks_page(path, from),
+            |c| async move { c.file_chunks_page(path, from).await },
         )
         .await
     }

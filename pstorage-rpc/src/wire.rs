@@ -21,6 +21,7 @@ use pstorage_core::types::{
 };
 use pstorage_core::types::{CertRecord, CertSerial, RevokedSerials, MAX_REVOKED_PER_REPLY};
 use pstorage_core::types::{ChunkId, InodeId, MapVersion, MdsId};
+use pstorage_core::types::{ChunkMapPage, DirPage, ReplicaPage};
 use pstorage_core::types::{HeldLock, LockKind, LockOwner, LockRequest};
 use pstorage_core::types::{NewNode, NodeSpec, Perms, StatChange, TimeChange, Timestamp, XattrSet};
 use pstorage_core::{Error, ErrorKind, Result};
@@ -28,33 +29,41 @@ use pstorage_core::{Error, ErrorKind, Result};
 use crate::generated::pstorage_capnp as schema;
 
 /// Traversal limit of the messages a client reads (answers) and of the
-/// requests of chunk servers and MDSes, in 8-byte words (2 GiB).
+/// requests of MDSes, in 8-byte words (64 MiB): the largest legitimate
+/// message, with room to spare.
 ///
-/// Generous because a chunk server with many small chunks lists millions of
-/// replicas in one registration or `listChunks` answer, and a directory or
-/// a file's chunk list has no bound of its own; those peers are servers of
-/// the cluster, authenticated by their certificates' roles. Requests of
-/// clients and admins have [`SMALL_REQUEST_LIMIT_WORDS`].
-pub const TRAVERSAL_LIMIT_WORDS: usize = 256 << 20;
+/// What bounds each (docs/design.md, "Message sizes"): listings are paged
+/// (`readdir` 1,024 entries, `fileChunks` 256 maps, `listChunks` and each
+/// part of a registration 65,536 replicas, a registration's reply 65,536
+/// ids); a Raft append carries at most `raft::MAX_APPEND_BYTES` (48 MiB:
+/// openraft splits larger ones by entries, an entry holds at most 1 MiB of
+/// commands or one command, and a command at most 8 MiB); a snapshot
+/// travels in 1 MiB chunks; the largest answers left whole are the
+/// certificate table (65,536 records, under 40 MiB however long their
+/// names), `pstorage stat` (16,384 chunk servers, about 15 MiB) and the
+/// event log (1,000 events of at most 2 KiB). An error's message is cut to
+/// 8 KiB. Requests of clients, admins and chunk servers have
+/// [`SMALL_REQUEST_LIMIT_WORDS`].
+pub const TRAVERSAL_LIMIT_WORDS: usize = 8 << 20;
 /// Traversal limit of a request a server reads from a peer whose every
 /// legitimate request is small (4 MiB): clients and admins on an MDS
-/// (their largest are an extended attribute's value, 64 KiB, and a
-/// certificate request, 16 KiB), and everyone on a chunk server's control
-/// interface (its requests name chunks; its big answers are the MDS's to
-/// read). The message's size is checked against it before it is read, so
-/// a client certificate can make a server hold at most this much per
-/// message, not [`TRAVERSAL_LIMIT_WORDS`].
+/// (their largest are a path of 4 KiB, an extended attribute's value of
+/// 64 KiB and a certificate request of 16 KiB), chunk servers on an MDS
+/// (their largest is a part of a registration: 65,536 replicas and as
+/// many unclean ids, 1.5 MiB), and everyone on a chunk server's control
+/// interface (its requests name chunks). The message's size is checked
+/// against it before it is read, so such a peer can make a server hold at
+/// most this much per message.
 pub const SMALL_REQUEST_LIMIT_WORDS: usize = 512 << 10;
 
 /// The reader options of a server's side of a control connection from a
-/// peer of `role`, on the `Mds` interface (`mds`) or `ChunkControl`: chunk
-/// servers (registration lists every replica) and MDSes (Raft entries,
-/// forwarded registrations) get [`TRAVERSAL_LIMIT_WORDS`], the others
-/// [`SMALL_REQUEST_LIMIT_WORDS`].
+/// peer of `role`, on the `Mds` interface (`mds`) or `ChunkControl`: MDSes
+/// (Raft, forwarded calls) get [`TRAVERSAL_LIMIT_WORDS`] on the `Mds`
+/// interface, every other peer [`SMALL_REQUEST_LIMIT_WORDS`].
 pub fn request_reader_options(mds: bool, role: crate::pki::Role) -> capnp::message::ReaderOptions {
     use crate::pki::Role;
     let limit = match (mds, role) {
-        (true, Role::Cs | Role::Mds) => TRAVERSAL_LIMIT_WORDS,
+        (true, Role::Mds) => TRAVERSAL_LIMIT_WORDS,
         _ => SMALL_REQUEST_LIMIT_WORDS,
     };
     let mut options = capnp::message::ReaderOptions::new();
@@ -148,7 +157,25 @@ pub fn decode_request<T>(method: &str, decode: impl FnOnce() -> capnp::Result<T>
 /// Writes a pstorage error: its kind code and message.
 pub fn write_error(mut builder: schema::error::Builder<'_>, error: &Error) {
     builder.set_kind(error.kind().code());
-    builder.set_message(error.message());
+    builder.set_message(&*bounded_message(error.message()));
+}
+
+/// Most bytes of an error's message on the wire: a message may quote what
+/// the request carried (a path of up to 4 KiB, escaped), and an answer
+/// stays small whatever it quotes.
+pub const MAX_ERROR_MESSAGE: usize = 8 << 10;
+
+/// `message`, cut at a character to at most [`MAX_ERROR_MESSAGE`] bytes
+/// (ending `...` when cut).
+pub fn bounded_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_ERROR_MESSAGE - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end]).into()
 }
 
 /// Decodes a pstorage error; an unknown kind code becomes `Internal`.
@@ -1297,6 +1324,81 @@ impl WireStruct for RegisterReply {
     }
 }
 
+/// One page of a registration's reply: `more` pages follow
+/// (`registerCsReply`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisterReplyPage {
+    /// This page's ids (and the heartbeat interval, on every page).
+    pub reply: RegisterReply,
+    /// Whether more pages follow.
+    pub more: bool,
+}
+
+impl WireStruct for RegisterReplyPage {
+    type Schema = schema::register_reply::Owned;
+    fn write(&self, mut b: schema::register_reply::Builder<'_>) {
+        self.reply.write(b.reborrow());
+        b.set_more(self.more);
+    }
+    fn read(r: schema::register_reply::Reader<'_>) -> capnp::Result<Self> {
+        Ok(RegisterReplyPage {
+            reply: RegisterReply::read(r)?,
+            more: r.get_more(),
+        })
+    }
+}
+
+impl WireStruct for DirPage {
+    type Schema = schema::dir_page::Owned;
+    fn write(&self, mut b: schema::dir_page::Builder<'_>) {
+        write_list(
+            b.reborrow().init_entries(list_len(self.entries.len())),
+            &self.entries,
+        );
+        b.set_more(self.more);
+    }
+    fn read(r: schema::dir_page::Reader<'_>) -> capnp::Result<Self> {
+        Ok(DirPage {
+            entries: read_list(r.get_entries()?)?,
+            more: r.get_more(),
+        })
+    }
+}
+
+impl WireStruct for ChunkMapPage {
+    type Schema = schema::chunk_map_page::Owned;
+    fn write(&self, mut b: schema::chunk_map_page::Builder<'_>) {
+        write_list(
+            b.reborrow().init_maps(list_len(self.maps.len())),
+            &self.maps,
+        );
+        b.set_more(self.more);
+    }
+    fn read(r: schema::chunk_map_page::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ChunkMapPage {
+            maps: read_list(r.get_maps()?)?,
+            more: r.get_more(),
+        })
+    }
+}
+
+impl WireStruct for ReplicaPage {
+    type Schema = schema::replica_page::Owned;
+    fn write(&self, mut b: schema::replica_page::Builder<'_>) {
+        write_list(
+            b.reborrow().init_replicas(list_len(self.replicas.len())),
+            &self.replicas,
+        );
+        b.set_more(self.more);
+    }
+    fn read(r: schema::replica_page::Reader<'_>) -> capnp::Result<Self> {
+        Ok(ReplicaPage {
+            replicas: read_list(r.get_replicas()?)?,
+            more: r.get_more(),
+        })
+    }
+}
+
 impl WireStruct for CsStats {
     type Schema = schema::cs_stats::Owned;
     fn write(&self, mut b: schema::cs_stats::Builder<'_>) {
@@ -1442,13 +1544,35 @@ struct_reply!(ClusterStatus, cluster_status_result);
 struct_reply!(RegisterReply, register_result);
 struct_reply!(HeartbeatReply, heartbeat_result);
 struct_reply!(MdsMembership, mds_membership_result);
-list_reply!(DirEntry, dir_entries_result);
-list_reply!(ChunkMap, chunk_maps_result);
-list_reply!(ChunkReplicaInfo, chunk_replicas_result);
 list_reply!(ConfigEntry, config_entries_result);
 list_reply!(Event, events_result);
 list_reply!(CertRecord, cert_records_result);
 struct_reply!(RevokedSerials, revoked_serials_result);
+struct_reply!(RegisterReplyPage, register_result);
+struct_reply!(DirPage, dir_page_result);
+struct_reply!(ChunkMapPage, chunk_map_page_result);
+struct_reply!(ReplicaPage, replica_page_result);
+
+/// The token under which an MDS keeps the parts of a chunk server's
+/// registration (`registerCsPart`); 0 names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistrationToken(pub u64);
+
+impl WireReply for RegistrationToken {
+    type Schema = schema::token_result::Owned;
+    fn write_result(outcome: &Result<Self>, mut b: schema::token_result::Builder<'_>) {
+        match outcome {
+            Ok(token) => b.set_ok(token.0),
+            Err(error) => write_error(b.init_err(), error),
+        }
+    }
+    fn read_result(r: schema::token_result::Reader<'_>) -> capnp::Result<Result<Self>> {
+        Ok(match r.which()? {
+            schema::token_result::Ok(token) => Ok(RegistrationToken(token)),
+            schema::token_result::Err(error) => Err(read_error(error?)?),
+        })
+    }
+}
 
 /// A text answer (`readlink`).
 pub struct TextReply(pub String);
@@ -1688,6 +1812,30 @@ mod tests {
         value.write(message.init_root());
         let reader = message.get_root_as_reader().expect("root");
         T::read(reader).expect("decode")
+    }
+
+    #[test]
+    fn an_error_message_on_the_wire_is_bounded() {
+        assert_eq!(bounded_message("short"), "short");
+        let long = format!("bad path {:?}", "\u{1f}".repeat(4096));
+        let cut = bounded_message(&long);
+        assert!(
+            cut.len() <= MAX_ERROR_MESSAGE && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        let wide = "é".repeat(MAX_ERROR_MESSAGE);
+        let cut = bounded_message(&wide);
+        assert!(cut.len() <= MAX_ERROR_MESSAGE && cut.ends_with("é..."));
+        let mut message = capnp::message::Builder::new_default();
+        write_error(
+            message.init_root(),
+            &Error::new(ErrorKind::NotFound, long.clone()),
+        );
+        let read = read_error(message.get_root_as_reader().unwrap()).unwrap();
+        assert_eq!(read.kind(), ErrorKind::NotFound);
+        assert!(read.message().starts_with("bad path"));
+        assert!(read.message().len() <= MAX_ERROR_MESSAGE);
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub async fn run(transport: &dyn MdsTransport) {
     .await;
     case(
         SUITE,
+        "a registration of more replicas than a page is answered whole",
+        MdsWorld::new(),
+        |w| many_replicas(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
         "a replica reported bad leaves its chain",
         MdsWorld::new(),
         |w| bad_replica(w, transport),
@@ -173,6 +180,37 @@ async fn unknown_chunks(w: MdsWorld, t: &dyn MdsTransport) {
         .await
         .unwrap();
     assert_eq!(reply.delete, vec![ChunkId(0xdead)]);
+}
+
+/// A chunk server with more replicas than one page (`REPLICA_PAGE`), none
+/// known to the MDS, some unclean: the MDS sees every one (its reply names
+/// each to be deleted, also more than a page), and a registration past
+/// `MAX_REPLICAS_PER_CS` is refused, changing nothing.
+async fn many_replicas(w: MdsWorld, t: &dyn MdsTransport) {
+    use crate::types::REPLICA_PAGE;
+    let reg = t.registry(&w.mds).await;
+    let id = reg.allocate_cs_id().await.unwrap();
+    let n = 2 * REPLICA_PAGE as u64 + 3;
+    let chunks: Vec<ChunkReplicaInfo> = (1..=n)
+        .map(|c| ChunkReplicaInfo {
+            chunk: ChunkId(c << 8),
+            version: MapVersion(c % 5 + 1),
+        })
+        .collect();
+    let mut whole = registration(id.0, chunks.clone());
+    whole.unclean = chunks
+        .iter()
+        .map(|c| c.chunk)
+        .step_by(2)
+        .take(REPLICA_PAGE + 1)
+        .collect();
+    let reply = reg.register_cs(whole).await.unwrap();
+    let expected: Vec<ChunkId> = chunks.iter().map(|c| c.chunk).collect();
+    assert_eq!(reply.delete.len(), expected.len());
+    assert_eq!(reply.delete, expected, "every replica is named, in order");
+    assert!(reply.stale.is_empty());
+    assert!(reply.heartbeat_interval_ms > 0);
+    reg.heartbeat(id, SPACE, CsStats::default()).await.unwrap();
 }
 
 /// Registers the world's three chunk servers (ids 1-3) and allocates chunk

@@ -38,6 +38,13 @@ pub async fn run(transport: &dyn MdsTransport) {
     .await;
     case(
         SUITE,
+        "a directory and a file longer than a page list whole and by pages",
+        MdsWorld::new(),
+        |w| pages(w, transport),
+    )
+    .await;
+    case(
+        SUITE,
         "a failed replica leaves the chain",
         MdsWorld::new(),
         |w| failure(w, transport),
@@ -368,6 +375,62 @@ async fn leases(w: MdsWorld, t: &dyn MdsTransport) {
         .await
         .expect("create+exclusive of a new file");
     md.close(g.lease.id).await.unwrap();
+}
+
+/// `readdir` and `file_chunks` of more than a page (what a remote caller
+/// gets in pages) are whole, and their pages are what they say.
+async fn pages(w: MdsWorld, t: &dyn MdsTransport) {
+    use crate::types::{CHUNK_MAP_PAGE, DIR_PAGE_ENTRIES};
+    register_all(&w).await;
+    let md = t.metadata(&w.mds).await;
+    md.mkdir("/big", false, None).await.unwrap();
+    let n = DIR_PAGE_ENTRIES + 5;
+    for i in (0..n).rev() {
+        md.mkdir(&format!("/big/e{i:05}"), false, None)
+            .await
+            .unwrap();
+    }
+    let names = |entries: &[crate::types::DirEntry]| -> Vec<String> {
+        entries.iter().map(|e| e.name.clone()).collect()
+    };
+    let expected: Vec<String> = (0..n).map(|i| format!("e{i:05}")).collect();
+    assert_eq!(names(&md.readdir("/big").await.unwrap()), expected);
+    let first = md.readdir_page("/big", None).await.unwrap();
+    assert!(first.more);
+    assert_eq!(names(&first.entries), expected[..DIR_PAGE_ENTRIES]);
+    let last = &first.entries[DIR_PAGE_ENTRIES - 1].name;
+    let rest = md.readdir_page("/big", Some(last)).await.unwrap();
+    assert!(!rest.more);
+    assert_eq!(names(&rest.entries), expected[DIR_PAGE_ENTRIES..]);
+    // After a name that is not there: from the next one.
+    let tail = md.readdir_page("/big", Some("e01025x")).await.unwrap();
+    assert_eq!(names(&tail.entries), ["e01026", "e01027", "e01028"]);
+    assert_eq!(
+        kind(
+            "readdir_page of a file",
+            md.readdir_page("/big/e00001/none", None).await
+        ),
+        ErrorKind::NotFound
+    );
+
+    let f = md.open("/c", LeaseMode::Write, CREATE, None).await.unwrap();
+    let count = CHUNK_MAP_PAGE as u64 + 3;
+    let mut maps = Vec::new();
+    for index in 0..count {
+        let map = md.chunk_map(f.lease.id, index, true).await.unwrap();
+        maps.push(map.expect("allocated"));
+    }
+    assert_eq!(md.file_chunks("/c").await.unwrap(), maps);
+    let first = md.file_chunks_page("/c", 0).await.unwrap();
+    assert!(first.more);
+    assert_eq!(first.maps, maps[..CHUNK_MAP_PAGE]);
+    let rest = md
+        .file_chunks_page("/c", CHUNK_MAP_PAGE as u64)
+        .await
+        .unwrap();
+    assert!(!rest.more);
+    assert_eq!(rest.maps, maps[CHUNK_MAP_PAGE..]);
+    md.close(f.lease.id).await.unwrap();
 }
 
 async fn chunks(w: MdsWorld, t: &dyn MdsTransport) {

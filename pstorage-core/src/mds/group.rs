@@ -8,9 +8,12 @@ use async_trait::async_trait;
 use super::raft::{MdsId, MdsNode};
 use super::service::{raft_write_error, unexpected, MdsService};
 use super::state::{ApplyOutcome, Command};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::traits::MdsGroup;
-use crate::types::{EventKind, EventLevel, MdsInfo, MdsMember, MdsMembership, MdsRole};
+use crate::types::{
+    validate_addr, EventKind, EventLevel, MdsInfo, MdsMember, MdsMembership, MdsRole,
+    MAX_MDS_MEMBERS,
+};
 
 /// The group as the Raft node `raft` sees it now: its membership
 /// configuration (which may lag the leader's on a follower), the leader it
@@ -160,6 +163,7 @@ impl MdsGroup for MdsService {
 
     async fn add_mds(&self, id: MdsId, addr: &str) -> Result<()> {
         let raft = self.group_raft()?;
+        validate_addr(&format!("MDS {id}"), addr)?;
         if id.0 == 0 || id.0 >= self.core().state.next_mds_id() {
             return Err(Error::invalid(format!(
                 "MDS id {id} was never allocated in this cluster; create the MDS with `pstorage make-mds`"
@@ -177,6 +181,16 @@ impl MdsGroup for MdsService {
             if voters.contains(&id) {
                 return Ok(());
             }
+        }
+        let members = membership.membership().nodes().count();
+        if members >= MAX_MDS_MEMBERS && membership.membership().get_node(&id).is_none() {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "the MDS group has {members} members, the most it takes is \
+                     {MAX_MDS_MEMBERS}: remove one with rm-mds first"
+                ),
+            ));
         }
         tracing::info!("MDS group: adding MDS {id} at {addr} as a learner");
         raft.add_learner(

@@ -6,8 +6,9 @@
 //! operation paid a sync of its own, one after another.
 //!
 //! One entry is in flight at a time, driven by a task that lives while
-//! proposals wait: it takes up to [`MAX_BATCH`] waiting commands, in the
-//! order they were proposed, writes them as one entry ([`RaftRequest`]),
+//! proposals wait: it takes up to [`MAX_BATCH`] waiting commands (and
+//! [`MAX_ENTRY_BYTES`] of them, or a single larger one), in the order they
+//! were proposed, writes them as one entry ([`RaftRequest`]),
 //! and answers each proposer with its own command's outcome (each command
 //! applies on its own, in order: one refused changes nothing for the
 //! others). A proposer that stops waiting does not withdraw its command:
@@ -27,7 +28,46 @@ use crate::error::{Error, ErrorKind, Result};
 /// Most commands in one entry.
 pub const MAX_BATCH: usize = 64;
 
+/// Most bytes of commands (encoded) in one entry, unless its only command
+/// is larger: a command is at most a client's request (4 MiB on the wire),
+/// so an entry stays far below what one `raftAppend` may carry, and the
+/// Raft network can split appends by entries (`pstorage-rpc`'s
+/// `raft::MAX_APPEND_BYTES`).
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// Most bytes of one command (encoded): a client's request is at most
+/// 4 MiB, and what the MDS logs on its own (events, revocations) stays
+/// below this by its own bounds. A larger command is refused before it is
+/// proposed, whatever it is: past validation, a tagged command's refusal is
+/// logged with the command.
+pub const MAX_COMMAND_BYTES: usize = 8 << 20;
+
+/// The bytes `cmd` takes in an entry.
+pub fn encoded_size(cmd: &Command) -> usize {
+    // Encoding into a counter cannot fail for our types; count a failure
+    // as a whole entry's worth, which puts the command alone.
+    postcard::experimental::serialized_size(cmd).unwrap_or(MAX_ENTRY_BYTES)
+}
+
+/// How many of the commands of `sizes` (in order) the next entry takes: at
+/// least one, at most [`MAX_BATCH`], and no more than [`MAX_ENTRY_BYTES`]
+/// unless the first alone is larger.
+pub fn batch_len(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes.into_iter().take(MAX_BATCH) {
+        total = total.saturating_add(size);
+        if n > 0 && total > MAX_ENTRY_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 struct Waiting {
+    /// Its [`encoded_size`].
+    bytes: usize,
     cmd: Command,
     reply: oneshot::Sender<Result<ApplyOutcome>>,
 }
@@ -88,9 +128,16 @@ impl GroupCommit {
         timeout: Duration,
     ) -> Result<ApplyOutcome> {
         let (reply, answer) = oneshot::channel();
+        let bytes = encoded_size(&cmd);
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(Error::invalid(format!(
+                "a metadata command of {bytes} bytes exceeds the largest the MDS group logs \
+                 ({MAX_COMMAND_BYTES} bytes)"
+            )));
+        }
         let start = {
             let mut queue = self.queue.lock();
-            queue.waiting.push(Waiting { cmd, reply });
+            queue.waiting.push(Waiting { bytes, cmd, reply });
             !std::mem::replace(&mut queue.driving, true)
         };
         if start {
@@ -132,7 +179,7 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
                 queue.driving = false;
                 return;
             }
-            let n = queue.waiting.len().min(MAX_BATCH);
+            let n = batch_len(queue.waiting.iter().map(|w| w.bytes));
             queue.entries += 1;
             queue.commands += n as u64;
             queue.waiting.drain(..n).collect()
@@ -260,6 +307,30 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::sync::Semaphore;
+
+    #[test]
+    fn an_entry_takes_commands_up_to_its_count_and_its_bytes() {
+        assert_eq!(batch_len([]), 0);
+        assert_eq!(batch_len([10; 100]), MAX_BATCH);
+        assert_eq!(batch_len([10, 20, 30]), 3);
+        // A command larger than an entry goes alone, first or not.
+        assert_eq!(batch_len([5 * MAX_ENTRY_BYTES, 10]), 1);
+        assert_eq!(batch_len([10, 5 * MAX_ENTRY_BYTES, 10]), 1);
+        // Up to the budget, and not a byte over it.
+        let quarter = MAX_ENTRY_BYTES / 4;
+        assert_eq!(batch_len([quarter; 10]), 4);
+        assert_eq!(batch_len([quarter, quarter, quarter, quarter + 1]), 3);
+    }
+
+    #[test]
+    fn a_commands_size_is_its_encoding() {
+        let cmd = Command::Unlink {
+            path: format!("/{}", "x".repeat(1000)),
+            now_ms: 7,
+        };
+        let encoded = postcard::to_allocvec(&cmd).unwrap();
+        assert_eq!(encoded_size(&cmd), encoded.len());
+    }
 
     /// Waits until `cond` holds, yielding to the other tasks.
     async fn until(cond: impl Fn() -> bool) {

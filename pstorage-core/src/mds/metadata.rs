@@ -317,6 +317,11 @@ impl MetadataService for MdsService {
         self.core().state.readdir(path)
     }
 
+    async fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        self.read_barrier().await?;
+        self.core().state.readdir_page(path, after)
+    }
+
     async fn unlink(&self, path: &str, op: Option<OpTag>) -> Result<()> {
         let outcome = self
             .commit(self.tagged(
@@ -520,6 +525,19 @@ impl MetadataService for MdsService {
             ));
         }
         Ok(core.state.file_chunk_maps(ino))
+    }
+
+    async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
+        self.read_barrier().await?;
+        let core = self.core();
+        let ino = core.state.lookup(path)?;
+        if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; chunks belong to files"),
+            ));
+        }
+        Ok(core.state.file_chunk_map_page(ino, from))
     }
 
     async fn cluster_status(&self) -> Result<ClusterStatus> {

@@ -80,6 +80,7 @@ impl CsRegistry for MdsService {
             chunks,
             unclean,
         } = registration;
+        validate_addr(&format!("chunk server {id}"), &addr)?;
         let unclean: BTreeSet<ChunkId> = unclean.into_iter().collect();
         // The answer tells the server what to delete: only a leader that
         // is sure of its leadership and has applied every committed command

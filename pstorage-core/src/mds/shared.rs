@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[cfg(doc)]
 use super::service::MdsService;
-use super::state::{ApplyOutcome, Command, MdsState, NewEvent};
+use super::state::{ApplyOutcome, Command, MdsState, NewEvent, MAX_EVENTS};
 use super::store::CommandLog;
 use crate::error::Result;
 use crate::types::*;
@@ -168,9 +168,17 @@ impl Core {
     /// Appends events to the persistent event log (and the daemon's log).
     /// A failure to persist is logged, never fatal: events are a record,
     /// not a decision.
-    pub(super) fn log_events(&mut self, now_ms: u64, events: Vec<NewEvent>) {
+    pub(super) fn log_events(&mut self, now_ms: u64, mut events: Vec<NewEvent>) {
         if events.is_empty() {
             return;
+        }
+        // Bounded, as everything a command carries: the log keeps the last
+        // MAX_EVENTS, and a message names paths and addresses.
+        if events.len() > MAX_EVENTS {
+            events.drain(..events.len() - MAX_EVENTS);
+        }
+        for e in &mut events {
+            truncate_message(&mut e.message, MAX_EVENT_MESSAGE);
         }
         for e in &events {
             match e.level {
@@ -209,5 +217,41 @@ impl Core {
             .cs(cs)
             .map(|r| r.addr.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Most bytes of an event's message; a longer one is cut (at a character)
+/// and ends with `...`.
+pub const MAX_EVENT_MESSAGE: usize = 2048;
+
+/// Cuts `message` to at most `max` bytes (at least 3), marking the cut.
+pub(super) fn truncate_message(message: &mut String, max: usize) {
+    if message.len() <= max {
+        return;
+    }
+    let mut end = max - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str("...");
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character() {
+        let mut short = "short".to_string();
+        truncate_message(&mut short, 10);
+        assert_eq!(short, "short");
+        let mut long = "é".repeat(2000);
+        truncate_message(&mut long, MAX_EVENT_MESSAGE);
+        assert!(long.len() <= MAX_EVENT_MESSAGE);
+        assert!(long.ends_with("é..."));
+        let mut exact = "x".repeat(12);
+        truncate_message(&mut exact, 10);
+        assert_eq!(exact, "xxxxxxx...");
     }
 }

@@ -956,6 +956,31 @@ impl MdsState {
 
     /// The entries of the directory at `path`, sorted by name.
     pub fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let children = self.dir_children(path)?;
+        Ok(self.dir_entries(children.iter()).collect())
+    }
+
+    /// One page of [`Self::readdir`]: at most [`DIR_PAGE_ENTRIES`] entries
+    /// after the name `after`.
+    pub fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        use std::ops::Bound;
+        let children = self.dir_children(path)?;
+        let from = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        let mut entries: Vec<DirEntry> = self
+            .dir_entries(children.range::<str, _>((from, Bound::Unbounded)))
+            .take(DIR_PAGE_ENTRIES + 1)
+            .collect();
+        let more = entries.len() > DIR_PAGE_ENTRIES;
+        entries.truncate(DIR_PAGE_ENTRIES);
+        Ok(DirPage { entries, more })
+    }
+
+    /// The children of the directory at `path` (`NotADirectory` for
+    /// another node).
+    fn dir_children(&self, path: &str) -> Result<&BTreeMap<String, InodeId>> {
         let ino = self.lookup(path)?;
         let node = &self.inodes[&ino];
         if node.kind != InodeKind::Dir {
@@ -964,17 +989,21 @@ impl MdsState {
                 format!("{path} is a file, not a directory"),
             ));
         }
-        Ok(node
-            .children
-            .iter()
-            // Every child has its inode (`check_invariants`).
-            .filter_map(|(name, &child)| {
-                Some(DirEntry {
-                    name: name.clone(),
-                    stat: self.stat_of(child)?,
-                })
+        Ok(&node.children)
+    }
+
+    /// The directory entries of `children`.
+    fn dir_entries<'a>(
+        &'a self,
+        children: impl Iterator<Item = (&'a String, &'a InodeId)> + 'a,
+    ) -> impl Iterator<Item = DirEntry> + 'a {
+        // Every child has its inode (`check_invariants`).
+        children.filter_map(|(name, &child)| {
+            Some(DirEntry {
+                name: name.clone(),
+                stat: self.stat_of(child)?,
             })
-            .collect())
+        })
     }
 
     /// A chunk record.
@@ -1015,6 +1044,23 @@ impl MdsState {
     }
 
     /// Every chunk map of file `ino`, by index.
+    /// One page of [`Self::file_chunk_maps`]: at most [`CHUNK_MAP_PAGE`]
+    /// maps of chunks at index `from` or later.
+    pub fn file_chunk_map_page(&self, ino: InodeId, from: u64) -> ChunkMapPage {
+        let Some(node) = self.inodes.get(&ino) else {
+            return ChunkMapPage::default();
+        };
+        let mut maps: Vec<ChunkMap> = node
+            .chunks
+            .range(from..)
+            .filter_map(|(_, &c)| self.chunk_map(c))
+            .take(CHUNK_MAP_PAGE + 1)
+            .collect();
+        let more = maps.len() > CHUNK_MAP_PAGE;
+        maps.truncate(CHUNK_MAP_PAGE);
+        ChunkMapPage { maps, more }
+    }
+
     pub fn file_chunk_maps(&self, ino: InodeId) -> Vec<ChunkMap> {
         self.inodes
             .get(&ino)
@@ -1541,6 +1587,17 @@ impl MdsState {
             Command::AllocateCsId => {
                 if self.next_cs == CsId::MAX {
                     return Err(Error::internal("chunk server ids are exhausted"));
+                }
+                let dropped = self.servers.values().filter(|r| r.dropped).count();
+                let kept = (self.next_cs.0 as usize - 1).saturating_sub(dropped);
+                if kept >= MAX_CHUNK_SERVERS {
+                    return Err(Error::new(
+                        ErrorKind::NoSpace,
+                        format!(
+                            "the cluster has {kept} chunk servers, the most it takes is \
+                             {MAX_CHUNK_SERVERS}: drop one with rm-cs first"
+                        ),
+                    ));
                 }
                 Ok(Prepared::AllocateCsId)
             }

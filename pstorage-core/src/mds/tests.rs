@@ -2929,3 +2929,33 @@ async fn the_only_member_repairs_bad_blocks_from_the_newest_stale_replica() {
     assert_eq!(c.state().chunk(map.chunk).unwrap().replicas, vec![only]);
     assert_eq!(corruption_events(), events_before + 1);
 }
+
+/// What a chunk server registers and how many there are is bounded: an
+/// address longer than `MAX_ADDR_LEN` is refused (changing nothing), and
+/// past `MAX_CHUNK_SERVERS` allocation fails `NoSpace`.
+#[tokio::test]
+async fn chunk_server_addresses_and_numbers_are_bounded() {
+    let c = Cluster::new(&[]).await;
+    let id = c.mds.allocate_cs_id().await.unwrap();
+    for addr in [String::new(), format!("{}:1", "h".repeat(MAX_ADDR_LEN))] {
+        let err = c
+            .mds
+            .register_cs(CsRegistration {
+                id,
+                addr: addr.clone(),
+                space: SpaceInfo::default(),
+                chunks: vec![],
+                unclean: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(c.state().cs(id).is_none(), "nothing recorded for {addr:?}");
+    }
+    for _ in 1..MAX_CHUNK_SERVERS {
+        c.mds.allocate_cs_id().await.unwrap();
+    }
+    let err = c.mds.allocate_cs_id().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    assert!(err.to_string().contains("rm-cs"), "{err}");
+}

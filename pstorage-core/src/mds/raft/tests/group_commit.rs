@@ -109,3 +109,68 @@ async fn concurrent_reads_share_read_barrier_rounds() {
     net.unregister(MdsId(1));
     raft.shutdown().await.unwrap();
 }
+
+/// A command past `MAX_COMMAND_BYTES` is refused before it is proposed,
+/// even one whose own refusal would be logged (tagged); entries of large
+/// commands stay within `MAX_ENTRY_BYTES` or hold one command.
+#[tokio::test]
+async fn an_oversized_command_is_refused_and_large_ones_get_entries_of_their_own() {
+    use crate::mds::group_commit::{MAX_COMMAND_BYTES, MAX_ENTRY_BYTES};
+    use crate::types::{OpTag, SessionId, XattrSet};
+    let (dir, net, mds, raft) = one_mds().await;
+    let path = dir.path().join("mds1.redb");
+    for i in 0..32 {
+        mds.mkdir(&format!("/x{i}"), false, None).await.unwrap();
+    }
+    let huge = format!("/{}", "a".repeat(MAX_COMMAND_BYTES));
+    let op = OpTag {
+        session: SessionId(7),
+        seq: 1,
+        done_below: 1,
+    };
+    let err = mds.mkdir(&huge, false, Some(op)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("largest"), "{err}");
+    // 32 values of 60 KiB at once (one per directory: a node holds at
+    // most 64 KiB): about 2 MiB, in entries of at most
+    // MAX_ENTRY_BYTES each.
+    let calls = (0..32).map(|i| {
+        let mds = mds.clone();
+        async move {
+            mds.set_xattr(
+                &format!("/x{i}"),
+                "user.v",
+                Some(vec![i as u8; 60 << 10]),
+                XattrSet::Any,
+                None,
+            )
+            .await
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+    drop((mds, raft));
+    let (mut log, _sm) = reopen(&path)
+        .await
+        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
+        .await
+        .unwrap();
+    for e in &entries {
+        if let EntryPayload::Normal(r) = &e.payload {
+            let bytes: usize = r
+                .cmds
+                .iter()
+                .map(crate::mds::group_commit::encoded_size)
+                .sum();
+            assert!(
+                r.cmds.len() == 1 || bytes <= MAX_ENTRY_BYTES,
+                "{} commands of {bytes} bytes in one entry",
+                r.cmds.len()
+            );
+        }
+    }
+}
