@@ -355,9 +355,7 @@ pub(crate) type Part = (Vec<ChunkReplicaInfo>, Vec<ChunkId>);
 /// Splits `registration` into the parts [`crate::mds::MdsClient`] sends
 /// before the last (each at most a page of replicas and of unclean ids)
 /// and the last part, which keeps the id, address and space.
-pub(crate) fn split(
-    mut registration: CsRegistration,
-) -> (Vec<Part>, CsRegistration) {
+pub(crate) fn split(mut registration: CsRegistration) -> (Vec<Part>, CsRegistration) {
     let pages = registration
         .chunks
         .len()

@@ -195,3 +195,66 @@ fn stored_files_and_the_key_are_private() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     ok(cluster.cli(&["stat"]));
 }
+
+/// A directory of more entries than one `readdir` page (1,024) and a file
+/// of more chunks than one `fileChunks` page (256), at the default chunk
+/// size and replication (the file's directory has 1 MiB chunks, see
+/// below): `ls` and `chunks` show them whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_and_chunks_show_more_than_a_page() {
+    use pstorage_core::types::{LeaseMode, OpenFlags, DEFAULT_CHUNK_SIZE};
+    let cluster = TestCluster::start(ClusterOptions {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        ..Default::default()
+    });
+    let client = cluster.client();
+    client.mkdir("/many", false).await.unwrap();
+    let entries = 1_100;
+    for i in (0..entries).rev() {
+        client
+            .mkdir(&format!("/many/d{i:04}"), false)
+            .await
+            .unwrap();
+    }
+    let names = ok(cluster.cli(&["ls", "/many"]));
+    let expected: Vec<String> = (0..entries).map(|i| format!("d{i:04}")).collect();
+    assert_eq!(names.lines().collect::<Vec<_>>(), expected);
+
+    // One byte in each of 260 chunks. At the default chunk size that file
+    // would reserve 65 GiB per replica, more than this machine's disk
+    // offers, so its directory has 1 MiB chunks (a user's attribute; the
+    // page bound counts chunks, not bytes).
+    ok(cluster.cli(&["mkdir", "/small"]));
+    ok(cluster.cli(&["set-attr", "/small", "chunk-size=1048576"]));
+    let chunk_size = 1u64 << 20;
+    let chunks = 260u64;
+    let f = client
+        .open(
+            "/small/sparse.bin",
+            LeaseMode::Write,
+            OpenFlags {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for k in 0..chunks {
+        f.write_at(k * chunk_size + k % 4096, &[k as u8 | 1])
+            .await
+            .unwrap();
+    }
+    f.flush().await.unwrap();
+    f.close().await.unwrap();
+    let listed = ok(cluster.cli(&["chunks", "/small/sparse.bin"]));
+    let indexes: Vec<u64> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(indexes, (0..chunks).collect::<Vec<_>>(), "{listed}");
+    assert!(
+        listed.lines().skip(1).all(|l| l.matches("cs").count() == 3),
+        "three replicas each: {listed}"
+    );
+}
