@@ -66,18 +66,25 @@ const _: () = assert!(
 
 /// The snapshot chunk size to configure in openraft
 /// (`Config::snapshot_max_chunk_size`): each `raftSnapshot` message carries
-/// one chunk, far below the 64 MiB traversal limit of MDS peers
-/// (`wire::TRAVERSAL_LIMIT_WORDS`) and small enough to send within
+/// one chunk, far below the 16 MiB traversal limit of MDS peers
+/// (`wire::MDS_REQUEST_LIMIT_WORDS`) and small enough to send within
 /// `install_snapshot_timeout` on a slow link.
 pub const RAFT_SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
 /// Most bytes of one `raftAppend` payload: openraft sends fewer entries
-/// (`PayloadTooLarge`) when more would not fit, and an entry holds at most
-/// `group_commit::MAX_ENTRY_BYTES` of commands or a single command (at
-/// most a client's 4 MiB request), so every append fits the traversal
-/// limit MDS peers are read with (`wire::TRAVERSAL_LIMIT_WORDS`, 64 MiB)
-/// with room for the envelope.
-pub const MAX_APPEND_BYTES: usize = 48 << 20;
+/// (`PayloadTooLarge`) when more would not fit. openraft gives an append
+/// its heartbeat interval to be answered (150 ms), and a message that
+/// cannot be sent in that time is abandoned and sent again, so this is what
+/// a 1 Gbit/s link carries in a fraction of it. An entry holds at most
+/// `group_commit::MAX_ENTRY_BYTES` (1 MiB) of commands or a single command
+/// of at most `MAX_COMMAND_BYTES` (8 MiB), which goes alone: every append
+/// fits the limit MDS peers are read with (`wire::MDS_REQUEST_LIMIT_WORDS`,
+/// 16 MiB).
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
+
+/// Appends split so far because their entries exceeded
+/// [`MAX_APPEND_BYTES`] (this process; tests and diagnostics).
+pub static APPENDS_SPLIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many of `entries` entries to send when they encode to `bytes`:
 /// `None` when they fit [`MAX_APPEND_BYTES`] (or are one entry, which
@@ -363,6 +370,7 @@ impl RaftNetwork<MdsRaftConfig> for TcpRaftConnection {
         let data = encode("append-entries request", &rpc).map_err(transport_error)?;
         if let Some(entries) = fewer_entries(rpc.entries.len(), data.len()) {
             // openraft sends the first `entries` now and the rest after.
+            APPENDS_SPLIT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries),
             ));

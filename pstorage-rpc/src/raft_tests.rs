@@ -1189,3 +1189,61 @@ fn a_large_append_is_split_by_entries() {
     assert_eq!(fewer_entries(2, MAX_APPEND_BYTES + 1), Some(1));
     assert_eq!(fewer_entries(300, 1000 * MAX_APPEND_BYTES), Some(1));
 }
+
+/// A member far behind is owed more entries than one `raftAppend` may
+/// carry (`MAX_APPEND_BYTES`): the leader's network answers openraft
+/// `PayloadTooLarge`, openraft sends fewer entries a message, and the
+/// member catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_through_split_appends() {
+    use crate::raft::{APPENDS_SPLIT, MAX_APPEND_BYTES};
+    let nodes = vec![
+        Node::start(MdsId(1), router_options()).await,
+        Node::start(MdsId(2), router_options()).await,
+    ];
+    let members: BTreeMap<MdsId, MdsNode> = nodes.iter().map(Node::member).collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    let leader = wait_for_leader(&nodes, &[0, 1]).await;
+    // Entries of about 1 MiB (commands the state refuses, logged whole),
+    // five times what one message may carry (more than an MDS reads in
+    // one request: without the split it would never catch up).
+    let long = format!("/{}", "x".repeat(4000));
+    let entries = 5 * MAX_APPEND_BYTES / (256 * long.len());
+    for _ in 0..entries {
+        let cmds = (0..256)
+            .map(|_| Command::Mkdir {
+                perms: Perms::DIR,
+                path: long.clone(),
+                parents: false,
+                now_ms: 1,
+            })
+            .collect();
+        nodes[leader]
+            .raft
+            .client_write(RaftRequest { cmds })
+            .await
+            .unwrap();
+    }
+    let last = nodes[leader].raft.metrics().borrow().last_log_index;
+    let split_before = APPENDS_SPLIT.load(Ordering::Relaxed);
+    let third = Node::start(MdsId(3), router_options()).await;
+    let (id, member) = third.member();
+    nodes[leader]
+        .raft
+        .add_learner(id, member, true)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = third.raft.metrics().borrow().last_applied.map(|l| l.index);
+        if applied >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied {applied:?}, the leader's last {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(APPENDS_SPLIT.load(Ordering::Relaxed) > split_before);
+}

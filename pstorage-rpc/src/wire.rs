@@ -28,23 +28,25 @@ use pstorage_core::{Error, ErrorKind, Result};
 
 use crate::generated::pstorage_capnp as schema;
 
-/// Traversal limit of the messages a client reads (answers) and of the
-/// requests of MDSes, in 8-byte words (64 MiB): the largest legitimate
-/// message, with room to spare.
+/// Traversal limit of the messages a client reads (answers), in 8-byte
+/// words (64 MiB): the largest legitimate answer, with room to spare.
 ///
 /// What bounds each (docs/design.md, "Message sizes"): listings are paged
 /// (`readdir` 1,024 entries, `fileChunks` 256 maps, `listChunks` and each
 /// part of a registration 65,536 replicas, a registration's reply 65,536
-/// ids); a Raft append carries at most `raft::MAX_APPEND_BYTES` (48 MiB:
-/// openraft splits larger ones by entries, an entry holds at most 1 MiB of
-/// commands or one command, and a command at most 8 MiB); a snapshot
-/// travels in 1 MiB chunks; the largest answers left whole are the
+/// ids); the largest answers left whole are the
 /// certificate table (65,536 records, under 40 MiB however long their
 /// names), `pstorage stat` (16,384 chunk servers, about 15 MiB) and the
 /// event log (1,000 events of at most 2 KiB). An error's message is cut to
-/// 8 KiB. Requests of clients, admins and chunk servers have
-/// [`SMALL_REQUEST_LIMIT_WORDS`].
+/// 8 KiB. Requests have [`MDS_REQUEST_LIMIT_WORDS`] from MDSes and
+/// [`SMALL_REQUEST_LIMIT_WORDS`] from everyone else.
 pub const TRAVERSAL_LIMIT_WORDS: usize = 8 << 20;
+/// Traversal limit of a request from an MDS (16 MiB): a Raft append
+/// carries at most `raft::MAX_APPEND_BYTES` (4 MiB; openraft splits larger
+/// ones by entries) or a single entry of one command (at most 8 MiB,
+/// `group_commit::MAX_COMMAND_BYTES`), a snapshot travels in 1 MiB chunks,
+/// and a forwarded call is a client's (4 MiB) or a part of a registration.
+pub const MDS_REQUEST_LIMIT_WORDS: usize = 2 << 20;
 /// Traversal limit of a request a server reads from a peer whose every
 /// legitimate request is small (4 MiB): clients and admins on an MDS
 /// (their largest are a path of 4 KiB, an extended attribute's value of
@@ -58,12 +60,12 @@ pub const SMALL_REQUEST_LIMIT_WORDS: usize = 512 << 10;
 
 /// The reader options of a server's side of a control connection from a
 /// peer of `role`, on the `Mds` interface (`mds`) or `ChunkControl`: MDSes
-/// (Raft, forwarded calls) get [`TRAVERSAL_LIMIT_WORDS`] on the `Mds`
+/// (Raft, forwarded calls) get [`MDS_REQUEST_LIMIT_WORDS`] on the `Mds`
 /// interface, every other peer [`SMALL_REQUEST_LIMIT_WORDS`].
 pub fn request_reader_options(mds: bool, role: crate::pki::Role) -> capnp::message::ReaderOptions {
     use crate::pki::Role;
     let limit = match (mds, role) {
-        (true, Role::Mds) => TRAVERSAL_LIMIT_WORDS,
+        (true, Role::Mds) => MDS_REQUEST_LIMIT_WORDS,
         _ => SMALL_REQUEST_LIMIT_WORDS,
     };
     let mut options = capnp::message::ReaderOptions::new();
