@@ -1258,10 +1258,10 @@ async fn garbage_kills_only_its_own_connection() {
     assert_eq!(harness.accepted_count.load(Ordering::SeqCst), 4);
 }
 
-/// A request of a client certificate is read only up to
+/// A request of a client (or chunk server) certificate is read only up to
 /// `wire::SMALL_REQUEST_LIMIT_WORDS` (4 MiB): a bigger one closes that
-/// connection before it is read, and the server serves on; a server
-/// peer's (an MDS forwarding, a chunk server registering) may be larger.
+/// connection before it is read, and the server serves on; an MDS's (Raft,
+/// a forwarded call) may be larger, up to `wire::MDS_REQUEST_LIMIT_WORDS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_request_is_bounded_and_a_servers_is_not() {
     let (_fake, harness, _client) = mds_setup().await;
@@ -1288,9 +1288,26 @@ async fn a_clients_request_is_bounded_and_a_servers_is_not() {
     // Under the bound: served, on a new connection.
     let fits = format!("/{}", "x".repeat(3 << 20));
     assert_eq!(client.stat(&fits).await.unwrap(), sample_stat(InodeId(12)));
-    // An MDS's request of the same size is read.
+    // An MDS's request of the same size is read; a chunk server's is not.
     let mds = dial(crate::pki::Role::Mds);
     assert_eq!(mds.stat(&big).await.unwrap(), sample_stat(InodeId(12)));
+    let cs = dial(crate::pki::Role::Cs);
+    let err = CsRegistry::register_cs(
+        &cs,
+        CsRegistration {
+            id: CsId(1),
+            addr: big.clone(),
+            space: SpaceInfo::default(),
+            chunks: vec![],
+            unclean: vec![],
+        },
+    )
+    .await
+    .expect_err("a 5 MiB request of a chunk server is refused");
+    assert!(
+        matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Protocol),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
