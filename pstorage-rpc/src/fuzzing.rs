@@ -512,6 +512,44 @@ mod tests {
             m.init_root::<crate::generated::pstorage_capnp::cert_records_result::Builder<'_>>(),
         );
         put("capnp_message", "cert-records", &seed(49, &m));
+        // Protocol 4's pages: a registration's part and the paged answers.
+        let mut m = capnp::message::Builder::new_default();
+        {
+            let mut p = m.init_root::<mds::register_cs_part_params::Builder<'_>>();
+            p.set_token(7);
+            let mut chunks = p.reborrow().init_chunks(2);
+            chunks.reborrow().get(0).set_chunk(0x10);
+            chunks.reborrow().get(0).set_version(3);
+            chunks.reborrow().get(1).set_chunk(0x11);
+            chunks.reborrow().get(1).set_version(4);
+            p.init_unclean(1).set(0, 0x11);
+        }
+        put("capnp_message", "register-cs-part", &seed(10, &m));
+        let mut m = capnp::message::Builder::new_default();
+        RegisterReplyPage::write_result(
+            &Ok(RegisterReplyPage {
+                reply: pstorage_core::types::RegisterReply {
+                    delete: vec![pstorage_core::types::ChunkId(5)],
+                    stale: vec![pstorage_core::types::ChunkId(6)],
+                    heartbeat_interval_ms: 1000,
+                },
+                more: true,
+            }),
+            m.init_root::<crate::generated::pstorage_capnp::register_result::Builder<'_>>(),
+        );
+        put("capnp_message", "register-reply-page", &seed(21, &m));
+        let mut m = capnp::message::Builder::new_default();
+        ReplicaPage::write_result(
+            &Ok(ReplicaPage {
+                replicas: vec![ChunkReplicaInfo {
+                    chunk: pstorage_core::types::ChunkId(9),
+                    version: pstorage_core::types::MapVersion(2),
+                }],
+                more: true,
+            }),
+            m.init_root::<crate::generated::pstorage_capnp::replica_page_result::Builder<'_>>(),
+        );
+        put("capnp_message", "replica-page", &seed(26, &m));
         let mut m = capnp::message::Builder::new_default();
         {
             let mut p = m.init_root::<mds::report_bad_blocks_params::Builder<'_>>();
