@@ -320,6 +320,19 @@ impl ChunkControl for ControlClient {
         let mut from = ChunkId(0);
         loop {
             let page = self.list_chunks_page(from).await?;
+            // Each page must move on: chunk ids grow from `from`.
+            if page
+                .replicas
+                .iter()
+                .try_fold(from.0, |due, r| {
+                    (r.chunk.0 >= due).then(|| r.chunk.0.saturating_add(1))
+                })
+                .is_none()
+            {
+                return Err(Error::protocol(
+                    "listChunks: the chunk server answered a page out of order",
+                ));
+            }
             let next = page.replicas.last().map(|r| r.chunk);
             replicas.extend(page.replicas);
             match next {

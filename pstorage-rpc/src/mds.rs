@@ -1431,6 +1431,17 @@ impl MetadataService for MdsClient {
         loop {
             let after = entries.last().map(|e| e.name.clone());
             let page = self.readdir_page(path, after.as_deref()).await?;
+            // Each page must move on: names grow within and across pages.
+            let mut previous = after.as_deref();
+            for e in &page.entries {
+                if previous.is_some_and(|p| e.name.as_str() <= p) {
+                    return Err(Error::protocol(format!(
+                        "readdir {path}: the MDS answered a page out of order ({:?} after {:?})",
+                        e.name, previous
+                    )));
+                }
+                previous = Some(e.name.as_str());
+            }
             let empty = page.entries.is_empty();
             entries.extend(page.entries);
             if !page.more {
@@ -1730,6 +1741,18 @@ impl MetadataService for MdsClient {
                 })?,
             };
             let page = self.file_chunks_page(path, from).await?;
+            // Each page must move on: indexes grow from `from`.
+            let mut next = from;
+            for m in &page.maps {
+                if m.index < next {
+                    return Err(Error::protocol(format!(
+                        "fileChunks {path}: the MDS answered a page out of order (index {} \
+                         where {next} or later was due)",
+                        m.index
+                    )));
+                }
+                next = m.index.saturating_add(1);
+            }
             let empty = page.maps.is_empty();
             maps.extend(page.maps);
             if !page.more {
