@@ -300,6 +300,8 @@ struct FakeMds {
     script: Script,
     /// What `members` answers (`None`: an error).
     members: Mutex<Option<MdsMembership>>,
+    /// `readdir_page` answers the same page, claiming more, every time.
+    stuck_pages: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -416,6 +418,16 @@ impl MetadataService for FakeMds {
     async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
         self.script.enter(format!("readdir {path}"))?;
         Ok(sample_entries())
+    }
+    async fn readdir_page(&self, path: &str, after: Option<&str>) -> Result<DirPage> {
+        if self.stuck_pages.load(Ordering::SeqCst) {
+            return Ok(DirPage {
+                entries: sample_entries(),
+                more: true,
+            });
+        }
+        let entries = self.readdir(path).await?;
+        Ok(pstorage_core::traits::dir_page_after(entries, after))
     }
     async fn unlink(&self, path: &str, _op: Option<OpTag>) -> Result<()> {
         self.script.enter(format!("unlink {path}"))
@@ -1641,4 +1653,17 @@ async fn calls_in_flight_on_one_connection_are_bounded() {
         call.abort();
     }
     drop(slow);
+}
+
+/// A server whose pages do not move on (the same page, claiming more,
+/// again and again) gets a protocol error, not a client looping forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_whose_pages_do_not_move_on_is_refused() {
+    let (fake, _harness, client) = mds_setup().await;
+    fake.stuck_pages.store(true, Ordering::SeqCst);
+    let err = client.readdir("/vm").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("out of order"), "{err}");
+    fake.stuck_pages.store(false, Ordering::SeqCst);
+    assert_eq!(client.readdir("/vm").await.unwrap(), sample_entries());
 }
