@@ -66,6 +66,19 @@ enum Suspect {
 #[async_trait]
 impl CsRegistry for MdsService {
     async fn allocate_cs_id(&self) -> Result<CsId> {
+        // Checked by the leader before it proposes, not when the command
+        // applies: a log written before the bound replays as it did.
+        // Concurrent allocations may pass it together, a few over at most.
+        let kept = self.core().state.cs_kept();
+        if kept >= MAX_CHUNK_SERVERS {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "the cluster has {kept} chunk servers, the most it takes is \
+                     {MAX_CHUNK_SERVERS}: drop one with rm-cs first"
+                ),
+            ));
+        }
         match self.commit(Command::AllocateCsId).await? {
             ApplyOutcome::CsId(id) => Ok(id),
             other => Err(unexpected(other)),

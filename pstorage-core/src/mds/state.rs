@@ -1137,6 +1137,12 @@ impl MdsState {
         self.servers.values()
     }
 
+    /// Chunk servers allocated and not dropped.
+    pub fn cs_kept(&self) -> usize {
+        let dropped = self.servers.values().filter(|r| r.dropped).count();
+        (self.next_cs.0 as usize).saturating_sub(1 + dropped)
+    }
+
     /// Whether `cs` was ever allocated by [`Command::AllocateCsId`].
     pub fn cs_allocated(&self, cs: CsId) -> bool {
         cs >= CsId(1) && cs < self.next_cs
@@ -1587,17 +1593,6 @@ impl MdsState {
             Command::AllocateCsId => {
                 if self.next_cs == CsId::MAX {
                     return Err(Error::internal("chunk server ids are exhausted"));
-                }
-                let dropped = self.servers.values().filter(|r| r.dropped).count();
-                let kept = (self.next_cs.0 as usize - 1).saturating_sub(dropped);
-                if kept >= MAX_CHUNK_SERVERS {
-                    return Err(Error::new(
-                        ErrorKind::NoSpace,
-                        format!(
-                            "the cluster has {kept} chunk servers, the most it takes is \
-                             {MAX_CHUNK_SERVERS}: drop one with rm-cs first"
-                        ),
-                    ));
                 }
                 Ok(Prepared::AllocateCsId)
             }
