@@ -12,12 +12,14 @@
 //! the same token and read page by page (`registerCsReply`).
 //!
 //! Everything kept belongs to the connection that sent it and goes when it
-//! closes. Bounds: [`MAX_REPLICAS_PER_CS`] replicas (and as many unclean
+//! closes, or when it is left untouched for [`KEPT_IDLE`] (a chunk server
+//! that gave up half-way registers again on the same connection). Bounds: [`MAX_REPLICAS_PER_CS`] replicas (and as many unclean
 //! ids) per registration, [`INTAKE_MAX_IDS`] ids kept in all, and
 //! [`INTAKE_MAX_TOKENS`] tokens; past them a part is refused `Busy` (the
 //! chunk server registers again after its pause).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pstorage_core::types::{
@@ -33,6 +35,10 @@ pub const INTAKE_MAX_IDS: usize = 2 * MAX_REPLICAS_PER_CS;
 
 /// Most registrations in parts (or replies in pages) one MDS keeps at once.
 pub const INTAKE_MAX_TOKENS: usize = 1024;
+
+/// How long a registration in parts (or a reply in pages) is kept without
+/// a call on it: its parts follow one another at once.
+pub const KEPT_IDLE: Duration = Duration::from_secs(120);
 
 /// The connection a server-side object serves, for [`RegistrationIntake`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,7 +64,24 @@ struct Intake {
 #[derive(Debug)]
 struct Kept {
     connection: ConnectionId,
+    /// The last call on it.
+    touched: Instant,
     what: KeptWhat,
+}
+
+impl Intake {
+    /// Forgets what was left untouched for [`KEPT_IDLE`] by `now`.
+    fn purge_idle(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.kept.retain(|_, kept| {
+            let keep = now.saturating_duration_since(kept.touched) < KEPT_IDLE;
+            if !keep {
+                freed += kept.what.ids();
+            }
+            keep
+        });
+        self.ids -= freed;
+    }
 }
 
 #[derive(Debug)]
@@ -140,9 +163,21 @@ impl RegistrationIntake {
     ) -> Result<RegistrationToken> {
         const METHOD: &str = "registerCsPart";
         check_page(METHOD, chunks.len(), unclean.len())?;
+        let now = Instant::now();
         let mut inner = self.inner.lock();
+        inner.purge_idle(now);
         let added = chunks.len() + unclean.len();
         if inner.ids + added > INTAKE_MAX_IDS {
+            // The client gives this registration up: so does the intake.
+            if let Some(kept) = inner
+                .kept
+                .get(&token)
+                .filter(|k| k.connection == connection)
+            {
+                let ids = kept.what.ids();
+                inner.kept.remove(&token);
+                inner.ids -= ids;
+            }
             return Err(Error::new(
                 ErrorKind::Busy,
                 format!(
@@ -168,6 +203,7 @@ impl RegistrationIntake {
                 token,
                 Kept {
                     connection,
+                    touched: now,
                     what: KeptWhat::Parts {
                         chunks: Vec::new(),
                         unclean: Vec::new(),
@@ -180,6 +216,7 @@ impl RegistrationIntake {
         };
         let Some(Kept {
             connection: owner,
+            touched,
             what:
                 KeptWhat::Parts {
                     chunks: kept_chunks,
@@ -204,6 +241,7 @@ impl RegistrationIntake {
                  one reached {held} and more follow"
             )));
         }
+        *touched = now;
         kept_chunks.extend(chunks);
         kept_unclean.extend(unclean);
         inner.ids += added;
@@ -224,10 +262,12 @@ impl RegistrationIntake {
             return Ok(last);
         }
         let mut inner = self.inner.lock();
+        inner.purge_idle(Instant::now());
         let (mut chunks, mut unclean) = match inner.kept.remove(&token) {
             Some(Kept {
                 connection: owner,
                 what: KeptWhat::Parts { chunks, unclean },
+                ..
             }) if owner == connection => (chunks, unclean),
             Some(other) => {
                 inner.kept.insert(token, other);
@@ -294,7 +334,14 @@ impl RegistrationIntake {
             // whatever the bound (the registration took effect), and
             // counted.
             inner.ids += what.ids();
-            inner.kept.insert(token, Kept { connection, what });
+            inner.kept.insert(
+                token,
+                Kept {
+                    connection,
+                    touched: Instant::now(),
+                    what,
+                },
+            );
         }
         self.next_page(connection, token)
     }
@@ -306,9 +353,12 @@ impl RegistrationIntake {
         token: RegistrationToken,
     ) -> Result<RegisterReplyPage> {
         const METHOD: &str = "registerCsReply";
+        let now = Instant::now();
         let mut inner = self.inner.lock();
+        inner.purge_idle(now);
         let Some(Kept {
             connection: owner,
+            touched,
             what:
                 KeptWhat::Reply {
                     delete,
@@ -322,6 +372,7 @@ impl RegistrationIntake {
         if *owner != connection {
             return Err(unknown(token, METHOD));
         }
+        *touched = now;
         let from_delete = delete.len().min(REPLICA_PAGE);
         let page_delete: Vec<ChunkId> = delete.drain(..from_delete).collect();
         let from_stale = stale.len().min(REPLICA_PAGE - from_delete);
@@ -503,6 +554,31 @@ mod tests {
     }
 
     #[test]
+    fn what_is_left_untouched_goes() {
+        let intake = RegistrationIntake::default();
+        let conn = intake.connection();
+        let old = intake
+            .add_part(conn, RegistrationToken(0), replicas(1, 5), vec![])
+            .unwrap();
+        let later = Instant::now() + KEPT_IDLE + Duration::from_secs(1);
+        intake.inner.lock().purge_idle(later);
+        assert_eq!(intake.ids(), 0);
+        let err = intake
+            .finish(conn, old, registration(vec![], vec![]))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        // What is touched stays.
+        let kept = intake
+            .add_part(conn, RegistrationToken(0), replicas(1, 5), vec![])
+            .unwrap();
+        intake.inner.lock().purge_idle(Instant::now());
+        assert_eq!(intake.ids(), 5);
+        intake
+            .finish(conn, kept, registration(vec![], vec![]))
+            .unwrap();
+    }
+
+    #[test]
     fn the_intake_is_bounded_in_all() {
         let intake = RegistrationIntake::default();
         let page = replicas(0, REPLICA_PAGE);
@@ -515,15 +591,24 @@ mod tests {
             }
         }
         assert_eq!(intake.ids(), INTAKE_MAX_IDS);
+        let other = intake.connection();
         let err = intake
-            .add_part(
-                intake.connection(),
-                RegistrationToken(0),
-                replicas(0, 1),
-                vec![],
-            )
+            .add_part(other, RegistrationToken(0), replicas(0, 1), vec![])
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Busy);
+        // A registration refused half-way is given up, its parts freed.
+        let last = intake.connection();
+        let token = {
+            let mut inner = intake.inner.lock();
+            let (&token, kept) = inner.kept.iter_mut().next().unwrap();
+            kept.connection = last;
+            token
+        };
+        let err = intake
+            .add_part(last, token, replicas(0, 1), vec![])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        assert_eq!(intake.ids(), MAX_REPLICAS_PER_CS);
     }
 
     #[test]
