@@ -542,7 +542,7 @@ pub trait ChunkControl: Send + Sync {
     async fn zero_tail(&self, chunk: ChunkId, version: MapVersion, offset: u64) -> Result<()>;
     /// Deletes a replica. Idempotent.
     async fn delete_chunk(&self, chunk: ChunkId) -> Result<()>;
-    /// Every replica held, with its version, by chunk id.
+    /// Every replica held, with its version.
     async fn list_chunks(&self) -> Result<Vec<ChunkReplicaInfo>>;
     /// One page of [`Self::list_chunks`]: at most [`REPLICA_PAGE`] replicas
     /// of chunks `from` or later, by chunk id.
