@@ -207,10 +207,8 @@ pub trait MetadataService: Send + Sync {
     /// One page of [`Self::file_chunks`]: at most [`CHUNK_MAP_PAGE`] maps of
     /// chunks at index `from` or later.
     async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
-        let mut maps = self.file_chunks(path).await?;
-        maps.retain(|m| m.index >= from);
-        let more = maps.len() > CHUNK_MAP_PAGE;
-        maps.truncate(CHUNK_MAP_PAGE);
+        let maps = self.file_chunks(path).await?;
+        let (maps, more) = take_page(maps.into_iter().filter(|m| m.index >= from), CHUNK_MAP_PAGE);
         Ok(ChunkMapPage { maps, more })
     }
     /// Cluster status for `pstorage stat`.
@@ -550,8 +548,7 @@ pub trait ChunkControl: Send + Sync {
         let mut replicas = self.list_chunks().await?;
         replicas.retain(|r| r.chunk >= from);
         replicas.sort_unstable_by_key(|r| r.chunk);
-        let more = replicas.len() > REPLICA_PAGE;
-        replicas.truncate(REPLICA_PAGE);
+        let (replicas, more) = take_page(replicas, REPLICA_PAGE);
         Ok(ReplicaPage { replicas, more })
     }
     /// Makes this chunk server hold a replica of `chunk` identical to
@@ -698,15 +695,9 @@ impl Clock for ManualClock {
 /// The page of `entries` (sorted by name) after the name `after`: at most
 /// [`DIR_PAGE_ENTRIES`], and whether more follow.
 pub fn dir_page_after(entries: Vec<DirEntry>, after: Option<&str>) -> DirPage {
-    let mut rest: Vec<DirEntry> = entries
+    let rest = entries
         .into_iter()
-        .filter(|e| after.is_none_or(|a| e.name.as_str() > a))
-        .take(DIR_PAGE_ENTRIES + 1)
-        .collect();
-    let more = rest.len() > DIR_PAGE_ENTRIES;
-    rest.truncate(DIR_PAGE_ENTRIES);
-    DirPage {
-        entries: rest,
-        more,
-    }
+        .filter(|e| after.is_none_or(|a| e.name.as_str() > a));
+    let (entries, more) = take_page(rest, DIR_PAGE_ENTRIES);
+    DirPage { entries, more }
 }

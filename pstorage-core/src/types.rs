@@ -634,6 +634,15 @@ pub struct DirEntry {
 /// with names of at most 255 bytes, a page stays under 1 MiB on the wire.
 pub const DIR_PAGE_ENTRIES: usize = 1024;
 
+/// The first `limit` of `items`, and whether more followed: the one way a
+/// page is cut (directory entries, chunk maps, replicas).
+pub fn take_page<T>(items: impl IntoIterator<Item = T>, limit: usize) -> (Vec<T>, bool) {
+    let mut page: Vec<T> = items.into_iter().take(limit + 1).collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    (page, more)
+}
+
 /// One page of a directory listing: entries sorted by name, after the name
 /// the page was asked from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1538,6 +1547,13 @@ pub fn split_path(path: &str) -> Result<Vec<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_is_cut_at_its_limit_and_says_whether_more_follow() {
+        assert_eq!(take_page(0..3, 3), (vec![0, 1, 2], false));
+        assert_eq!(take_page(0..4, 3), (vec![0, 1, 2], true));
+        assert_eq!(take_page(0..0, 3), (vec![], false));
+    }
 
     /// Roles and health states go over the wire by their lowercase names
     /// (what older builds sent as text); a name from a newer MDS reads as

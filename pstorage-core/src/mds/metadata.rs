@@ -517,26 +517,14 @@ impl MetadataService for MdsService {
     async fn file_chunks(&self, path: &str) -> Result<Vec<ChunkMap>> {
         self.read_barrier().await?;
         let core = self.core();
-        let ino = core.state.lookup(path)?;
-        if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
-            return Err(Error::new(
-                ErrorKind::IsADirectory,
-                format!("{path} is a directory; chunks belong to files"),
-            ));
-        }
+        let ino = core.state.file_of_chunks(path)?;
         Ok(core.state.file_chunk_maps(ino))
     }
 
     async fn file_chunks_page(&self, path: &str, from: u64) -> Result<ChunkMapPage> {
         self.read_barrier().await?;
         let core = self.core();
-        let ino = core.state.lookup(path)?;
-        if core.state.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
-            return Err(Error::new(
-                ErrorKind::IsADirectory,
-                format!("{path} is a directory; chunks belong to files"),
-            ));
-        }
+        let ino = core.state.file_of_chunks(path)?;
         Ok(core.state.file_chunk_map_page(ino, from))
     }
 

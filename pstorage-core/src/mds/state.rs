@@ -969,12 +969,10 @@ impl MdsState {
             Some(name) => Bound::Excluded(name),
             None => Bound::Unbounded,
         };
-        let mut entries: Vec<DirEntry> = self
-            .dir_entries(children.range::<str, _>((from, Bound::Unbounded)))
-            .take(DIR_PAGE_ENTRIES + 1)
-            .collect();
-        let more = entries.len() > DIR_PAGE_ENTRIES;
-        entries.truncate(DIR_PAGE_ENTRIES);
+        let (entries, more) = take_page(
+            self.dir_entries(children.range::<str, _>((from, Bound::Unbounded))),
+            DIR_PAGE_ENTRIES,
+        );
         Ok(DirPage { entries, more })
     }
 
@@ -1044,20 +1042,31 @@ impl MdsState {
     }
 
     /// Every chunk map of file `ino`, by index.
+    /// The inode of the file at `path`, whose chunks are asked for
+    /// (`IsADirectory` for a directory).
+    pub fn file_of_chunks(&self, path: &str) -> Result<InodeId> {
+        let ino = self.lookup(path)?;
+        if self.inode(ino).map(|n| n.kind) == Some(InodeKind::Dir) {
+            return Err(Error::new(
+                ErrorKind::IsADirectory,
+                format!("{path} is a directory; chunks belong to files"),
+            ));
+        }
+        Ok(ino)
+    }
+
     /// One page of [`Self::file_chunk_maps`]: at most [`CHUNK_MAP_PAGE`]
     /// maps of chunks at index `from` or later.
     pub fn file_chunk_map_page(&self, ino: InodeId, from: u64) -> ChunkMapPage {
         let Some(node) = self.inodes.get(&ino) else {
             return ChunkMapPage::default();
         };
-        let mut maps: Vec<ChunkMap> = node
-            .chunks
-            .range(from..)
-            .filter_map(|(_, &c)| self.chunk_map(c))
-            .take(CHUNK_MAP_PAGE + 1)
-            .collect();
-        let more = maps.len() > CHUNK_MAP_PAGE;
-        maps.truncate(CHUNK_MAP_PAGE);
+        let (maps, more) = take_page(
+            node.chunks
+                .range(from..)
+                .filter_map(|(_, &c)| self.chunk_map(c)),
+            CHUNK_MAP_PAGE,
+        );
         ChunkMapPage { maps, more }
     }
 
