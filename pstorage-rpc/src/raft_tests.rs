@@ -559,6 +559,11 @@ struct Node {
 
 impl Node {
     async fn start(id: MdsId, router: RouterOptions) -> Node {
+        Node::start_with(id, router, raft_config()).await
+    }
+
+    /// [`Node::start`] with the openraft configuration `config`.
+    async fn start_with(id: MdsId, router: RouterOptions, config: Arc<openraft::Config>) -> Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         // Each MDS has its own certificate, `mds N`: the members take Raft
@@ -568,7 +573,7 @@ impl Node {
         let dialer = crate::node::control_dialer(own.clone());
         let network = TcpRaftNetwork::new(dialer.clone(), RaftNetworkOptions::default());
         let sm = MemSm::new();
-        let raft = MdsRaft::new(id, raft_config(), network, MemLog::default(), sm.clone())
+        let raft = MdsRaft::new(id, config, network, MemLog::default(), sm.clone())
             .await
             .unwrap();
         let service = Arc::new(RaftMds {
@@ -1193,14 +1198,29 @@ fn a_large_append_is_split_by_entries() {
 /// A member far behind is owed more entries than one `raftAppend` may
 /// carry (`MAX_APPEND_BYTES`): the leader's network answers openraft
 /// `PayloadTooLarge`, openraft sends fewer entries a message, and the
-/// member catches up.
+/// member catches up. With the tests' quick timings, and its twin with the
+/// MDS's own (`raft_config`: an append has its 150 ms heartbeat interval to
+/// be answered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_far_behind_catches_up_through_split_appends() {
+    catch_up_through_split_appends(raft_config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_through_split_appends_at_the_defaults() {
+    let mut config = pstorage_core::mds::raft::raft_config(
+        "test",
+        pstorage_core::mds::raft::DEFAULT_SNAPSHOT_EVERY,
+    )
+    .unwrap();
+    config.snapshot_max_chunk_size = crate::raft::RAFT_SNAPSHOT_CHUNK_BYTES;
+    catch_up_through_split_appends(Arc::new(config)).await;
+}
+
+async fn catch_up_through_split_appends(config: Arc<openraft::Config>) {
     use crate::raft::{APPENDS_SPLIT, MAX_APPEND_BYTES};
-    let nodes = vec![
-        Node::start(MdsId(1), router_options()).await,
-        Node::start(MdsId(2), router_options()).await,
-    ];
+    let start = |id| Node::start_with(MdsId(id), router_options(), config.clone());
+    let nodes = vec![start(1).await, start(2).await];
     let members: BTreeMap<MdsId, MdsNode> = nodes.iter().map(Node::member).collect();
     nodes[0].raft.initialize(members).await.unwrap();
     let leader = wait_for_leader(&nodes, &[0, 1]).await;
@@ -1226,7 +1246,7 @@ async fn a_member_far_behind_catches_up_through_split_appends() {
     }
     let last = nodes[leader].raft.metrics().borrow().last_log_index;
     let split_before = APPENDS_SPLIT.load(Ordering::Relaxed);
-    let third = Node::start(MdsId(3), router_options()).await;
+    let third = start(3).await;
     let (id, member) = third.member();
     nodes[leader]
         .raft
