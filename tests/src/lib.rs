@@ -66,7 +66,24 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments of `make-mds -I` (e.g. `--data-encryption off`).
     pub make_mds_args: Vec<String>,
+    /// `mds.alloc.fill_margin_max`, set before the chunk servers start
+    /// (`None`: the cluster's default, 4 GiB).
+    ///
+    /// A test's chunk servers share one file system with each other, with
+    /// the test's own files and with the tests running beside it, and
+    /// each server reports all of its free space as its own. At the
+    /// default cap a test needs 4 GiB free beyond what it writes, whatever
+    /// it writes: on a CI machine with 6 GB free, tests writing a few
+    /// hundred MiB found every server "full". The tests' default is
+    /// [`TEST_FILL_MARGIN_MAX`]; the tests of the margin itself, and the
+    /// `long_*` twins of the tests that write gigabytes, keep the
+    /// cluster's default.
+    pub fill_margin_max: Option<u64>,
 }
+
+/// The tests' `mds.alloc.fill_margin_max` (see
+/// [`ClusterOptions::fill_margin_max`]).
+pub const TEST_FILL_MARGIN_MAX: u64 = 512 << 20;
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -76,6 +93,7 @@ impl Default for ClusterOptions {
             chunk_size: 1 << 20,
             env: vec![("PSTORAGE_HEARTBEAT_MS".into(), "200".into())],
             make_mds_args: Vec::new(),
+            fill_margin_max: Some(TEST_FILL_MARGIN_MAX),
         }
     }
 }
@@ -152,6 +170,9 @@ impl TestCluster {
         cluster.start_mds();
         for _ in 1..options.mds {
             cluster.add_mds();
+        }
+        if let Some(bytes) = options.fill_margin_max {
+            cluster.cli_ok(&["set-config", &format!("mds.alloc.fill_margin_max={bytes}")]);
         }
         for i in 0..options.chunk_servers {
             let d = cluster.dir.path().join(format!("cs{i}"));

@@ -13,7 +13,8 @@
 //! `mds.alloc.fill_margin_max` = 4 GiB free per server) would count the
 //! same free gigabytes six times over: on CI's build disk (about 10 GB
 //! free) it marked every server full mid-test. These tests lower the cap
-//! to 512 MiB ([`start`]); their `long_*` twins keep the default.
+//! to 512 MiB (the tests' default, `TEST_FILL_MARGIN_MAX`); their `long_*`
+//! twins keep the cluster's default ([`start`]).
 
 #![allow(clippy::unwrap_used, reason = "a test: a step that fails panics")]
 
@@ -30,8 +31,15 @@ const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 256 * MIB;
 /// Each chunk server's `--capacity`.
 const CAPACITY: &str = "16G";
-/// The big test files: 4 chunks (1 GiB; 3 GiB of replicas).
-const BIG: u64 = 4 * CHUNK;
+/// The big test files: 3 chunks (768 MiB; 2.25 GiB of replicas).
+///
+/// Six chunk servers also hold a 256 MiB journal each, and a lost host's
+/// stale copies stay on the disk while its chunks are copied again: with
+/// 4 chunks the host-loss test needed more than the 5.7 GB a CI machine
+/// had free.
+const BIG: u64 = 3 * CHUNK;
+/// The file of the fill-up test (see [`fill_up`]).
+const FILL_UP_FILE: u64 = 2 * CHUNK;
 /// Pieces the big files are written and read in.
 const PIECE: u64 = 64 * MIB;
 
@@ -44,14 +52,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `offline_ms` (`mds.wd.offline_tout`) and, unless `default_margin`, the
 /// fill margin's cap (see the module's text).
 fn start(offline_ms: Option<u64>, default_margin: bool) -> TestCluster {
-    let cluster = TestCluster::start(options(offline_ms));
-    if !default_margin {
-        cluster.cli_ok(&[
-            "set-config",
-            &format!("mds.alloc.fill_margin_max={}", 512 * MIB),
-        ]);
+    let mut options = options(offline_ms);
+    if default_margin {
+        options.fill_margin_max = None;
     }
-    cluster
+    TestCluster::start(options)
 }
 
 fn options(offline_ms: Option<u64>) -> ClusterOptions {
@@ -148,7 +153,7 @@ fn per_host(map: &ChunkMap, hosts: &BTreeMap<CsId, String>) -> BTreeMap<String, 
     n
 }
 
-/// A writer that overwrites `path` (two chunks' worth, 1 MiB writes) until
+/// A writer that overwrites the first chunk of `path` (1 MiB writes) until
 /// stopped; returns the writes it made, or the first error.
 fn start_writer(
     client: Client,
@@ -162,7 +167,7 @@ fn start_writer(
             .map_err(|e| format!("open {path}: {e}"))?;
         let mut writes = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let offset = (writes * MIB) % (2 * CHUNK);
+            let offset = (writes * MIB) % CHUNK;
             let data = pattern(writes, MIB as usize);
             file.write_at(offset, &data)
                 .await
@@ -180,7 +185,7 @@ fn start_writer(
     })
 }
 
-/// 6 chunk servers on 3 hosts, a 1 GiB file: every chunk on 3 hosts. Then
+/// 6 chunk servers on 3 hosts, a 3-chunk file: every chunk on 3 hosts. Then
 /// both servers of one host die (kill -9): reads and writes go on, the
 /// file is re-replicated with no host holding more than 2 copies of a
 /// chunk (2 hosts left for 3 replicas: as evenly as possible, with a
@@ -404,9 +409,11 @@ async fn a_tier_holds_its_files_and_an_empty_tier_is_a_clear_error() {
     );
 }
 
-/// 3 chunk servers hold a 1 GiB file; 3 empty ones join: the replicas
-/// spread until the per-server chunk counts differ by at most one, while a
-/// writer runs with no error.
+/// 3 chunk servers hold a 2-chunk file and a writer's chunk; 3 empty ones
+/// join: the replicas spread until the per-server chunk counts differ by
+/// at most one, while the writer runs with no error. (Sized for a disk with
+/// 5.7 GB free: six journals, 9 replicas and the moves' new copies before
+/// the old ones go.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_chunk_servers_fill_up_while_a_writer_runs() {
     fill_up(false).await;
@@ -426,7 +433,7 @@ async fn fill_up(default_margin: bool) {
     }
     cluster.wait_active(3);
     let client = cluster.client();
-    write_big(&client, "/big.bin", 5, BIG).await;
+    write_big(&client, "/big.bin", 5, FILL_UP_FILE).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = start_writer(cluster.client(), "/w.bin", stop.clone());
     for i in 3..6 {
@@ -471,7 +478,7 @@ async fn fill_up(default_margin: bool) {
             "a move broke the host rule: {m:?}"
         );
     }
-    check_big(&client, "/big.bin", 5, BIG).await;
+    check_big(&client, "/big.bin", 5, FILL_UP_FILE).await;
 }
 
 /// A chunk server's host changes (`set-cs ID host=...`) so that two
