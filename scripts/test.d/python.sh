@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
   fi
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7" "mypy>=1.5"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" "pytest>=7.3" "mypy>=1.5"
 rm -rf target/wheels/python
 (cd pstorage-py && "../$venv/bin/maturin" build --quiet --out ../target/wheels/python)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/python/pstorage-*.whl

@@ -26,6 +26,7 @@ use pstorage_core::ErrorKind;
 use pstorage_rpc::control::TcpControlConnector;
 use pstorage_tests::{
     bin_dir, chain, events, pattern, read_all, write_file, ClusterOptions, TestCluster,
+    TEST_FILL_MARGIN_MAX,
 };
 
 const CHUNK: u64 = 1 << 20;
@@ -533,12 +534,12 @@ async fn full_disks_get_no_new_chunks_and_configuration_is_checked() {
         .await;
     assert_eq!(s.cs.len(), 3);
     assert!(events(&client, EventKind::DiskFull).await.contains("full"));
-    // With the margin and its cap back at their defaults, the same handle
-    // writes.
+    // With the margin back at its default (and the cap at the tests' own,
+    // see `ClusterOptions::fill_margin_max`), the same handle writes.
     let out = cluster.cli(&[
         "set-config",
         "mds.alloc.fill_margin=5",
-        &format!("mds.alloc.fill_margin_max={}", 4u64 << 30),
+        &format!("mds.alloc.fill_margin_max={TEST_FILL_MARGIN_MAX}"),
     ]);
     assert!(out.status.success());
     let data = pattern(9, 4096);
