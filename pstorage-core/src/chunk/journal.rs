@@ -110,6 +110,12 @@ pub const JOURNAL_FORMAT_VERSION: u32 = 3;
 pub const DEFAULT_JOURNAL_SIZE: u64 = 256 << 20;
 /// The smallest ring: room for several of the largest writes.
 pub const MIN_JOURNAL_SIZE: u64 = 64 << 20;
+
+/// The largest tail sequence number a superblock may hold: 2^62 records,
+/// 146,000 years at a million a second. A larger one is damage, and the
+/// numbering after it (at most two per sector of the ring, and one per
+/// append) could overflow.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
 /// The most blocks in one write record (larger writes are several records,
 /// appended together).
 pub(crate) const MAX_RECORD_BLOCKS: u64 = 256;
@@ -486,6 +492,15 @@ impl Journal {
                         "the journal superblock of {name} is inconsistent (ring {} bytes, tail \
                          {})",
                         sb.ring, sb.tail
+                    )));
+                }
+                // Records are numbered on from the tail's sequence number:
+                // one near 2^64 would overflow (no journal gets there).
+                if sb.tail_seq > MAX_SEQ {
+                    return Err(Error::corrupt(format!(
+                        "the journal superblock of {name} is inconsistent (tail sequence number \
+                         {}, above the largest a journal reaches, {MAX_SEQ})",
+                        sb.tail_seq
                     )));
                 }
                 // `len >= RING_AT` here; a ring near 2^64 must not overflow.

@@ -405,6 +405,47 @@ fn a_superblock_claiming_a_ring_near_2_pow_64_is_refused() {
     assert!(err.message().contains("truncated"), "{err}");
 }
 
+/// A superblock (with a valid checksum) whose tail sequence number is
+/// near 2^64 is refused as corrupt: numbering the records after it
+/// overflowed (a panic in debug builds; found by the chunk_journal fuzz
+/// target once it ran fast enough to get there).
+#[test]
+fn a_superblock_claiming_a_sequence_near_2_pow_64_is_refused() {
+    for seq in [u64::MAX, u64::MAX - 1, MAX_SEQ + 1] {
+        let dev = Arc::new(CrashDevice::default());
+        drop(open(&dev));
+        let mut sb = [0u8; 512];
+        SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
+        sb[48..56].copy_from_slice(&seq.to_le_bytes());
+        sb[56..64].fill(0);
+        let crc = crc64(&sb);
+        sb[56..64].copy_from_slice(&crc.to_le_bytes());
+        let shared = SharedDevice(dev.clone());
+        shared.write_at(&sb, 0).unwrap();
+        shared.write_at(&[0u8; 512], 512).unwrap();
+        shared.sync().unwrap();
+        let err = Journal::open(Box::new(shared), STORE, RING).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.message().contains("sequence"), "{err}");
+    }
+    // The largest sequence allowed opens, and appends go on after it.
+    let dev = Arc::new(CrashDevice::default());
+    drop(open(&dev));
+    let mut sb = [0u8; 512];
+    SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
+    sb[48..56].copy_from_slice(&MAX_SEQ.to_le_bytes());
+    sb[56..64].fill(0);
+    let crc = crc64(&sb);
+    sb[56..64].copy_from_slice(&crc.to_le_bytes());
+    let shared = SharedDevice(dev.clone());
+    shared.write_at(&sb, 0).unwrap();
+    shared.write_at(&[0u8; 512], 512).unwrap();
+    shared.sync().unwrap();
+    let (journal, replayed) = Journal::open(Box::new(shared), STORE, RING).unwrap();
+    assert!(replayed.is_empty());
+    assert!(journal.tail_seq() >= MAX_SEQ);
+}
+
 #[test]
 fn a_newer_journal_format_is_refused() {
     let dev = Arc::new(CrashDevice::default());
