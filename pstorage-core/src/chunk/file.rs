@@ -477,13 +477,15 @@ impl FileChunkStore {
                 Err(e) => return Err(e),
             };
             let mut state = open.write_state();
-            if r.first_block + r.blocks > open.chunk_size / BLOCK_SIZE {
+            // Both numbers are the record's: their sum may overflow.
+            let end = r.first_block.checked_add(r.blocks);
+            if end.is_none_or(|end| end > open.chunk_size / BLOCK_SIZE) {
                 return Err(Error::corrupt(format!(
                     "journal record {} of {} names blocks {}..{} of chunk {:#x}, which has {}",
                     r.seq,
                     journal.name(),
                     r.first_block,
-                    r.first_block + r.blocks,
+                    end.map_or_else(|| "2^64 and past".to_string(), |end| end.to_string()),
                     r.chunk,
                     open.chunk_size / BLOCK_SIZE
                 )));
@@ -535,6 +537,12 @@ impl FileChunkStore {
             "journal replayed"
         );
         self.keeper.checkpoint()
+    }
+
+    /// The store's journal (tests that write records by hand).
+    #[cfg(test)]
+    pub(crate) fn journal(&self) -> &super::journal::Journal {
+        self.keeper.journal()
     }
 
     /// Stops the background trims: what is in the journal stays there

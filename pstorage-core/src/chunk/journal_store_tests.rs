@@ -765,3 +765,37 @@ fn trims_beside_writes_and_reads(size: u64, seed: u64) {
     let store = FileChunkStore::open(dir.path()).unwrap();
     assert_chunks(&store, &model, "after the replay");
 }
+
+/// A journal record (with valid checksums) naming blocks past 2^64 of a
+/// chunk fails the open as corrupt: the range check overflowed (a panic in
+/// debug builds; found by the chunk_journal fuzz target).
+#[test]
+fn a_record_naming_blocks_past_2_pow_64_is_refused_at_replay() {
+    for (first_block, blocks) in [(u64::MAX - 1, 4), (1, u64::MAX), (u64::MAX, u64::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FileChunkStore::open(dir.path()).unwrap();
+            store.hold_trims();
+            store
+                .create(ChunkId(4), MapVersion(1), MIN_CHUNK_SIZE)
+                .unwrap();
+            let journal = store.journal();
+            journal
+                .append(&[super::journal::NewRecord {
+                    kind: super::journal::RecordKind::Zero,
+                    chunk: ChunkId(4),
+                    version: MapVersion(1),
+                    first_block,
+                    blocks,
+                    slot: 0,
+                    crcs: &[],
+                    data: &[],
+                }])
+                .unwrap();
+            journal.sync_all().unwrap();
+        }
+        let err = FileChunkStore::open(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.message().contains("names blocks"), "{err}");
+    }
+}
