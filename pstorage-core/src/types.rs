@@ -1426,10 +1426,12 @@ pub fn validate_addr(what: &str, addr: &str) -> crate::error::Result<()> {
 /// wire, 1 MiB a page.
 pub const REPLICA_PAGE: usize = 65_536;
 
-/// Most replicas one chunk server's registration may report: a chunk server
-/// refuses to create a replica beyond it (`NoSpace`), so it can always
-/// register. At the default chunk size it is 4 PiB of data; at the smallest
-/// (64 KiB), 1 TiB.
+/// Most replicas one chunk server's registration may report over the
+/// network (the MDS's registration intake answers a larger one with an
+/// error). At the default chunk size it is 4 PiB of data; at the smallest
+/// (64 KiB), 1 TiB. Nothing yet keeps a chunk server from holding more: the
+/// MDS does not count replicas per server when it places them, and the
+/// chunk store keeps no count.
 pub const MAX_REPLICAS_PER_CS: usize = 1 << 24;
 
 /// One page of a chunk server's replicas, by chunk id.
