@@ -32,8 +32,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The integration tests run the daemons' binaries of the same profile.
 cargo build --workspace --bins
 # Every test binary runs even after one fails, so a red run names all of
-# its failures (CI's disk once failed 39 tests in 10 binaries; cargo had
-# stopped at the first).
+# its failures (a disk as small as CI's once failed 39 tests in 10
+# binaries; cargo had stopped at the first).
 cargo test --workspace --no-fail-fast -- --test-threads=2
 for suite in scripts/test.d/*.sh; do
   [ -e "$suite" ] || continue
