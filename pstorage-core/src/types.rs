@@ -948,8 +948,8 @@ pub struct CsInfo {
     /// Being removed gracefully (`rm-cs`): gets no new replicas, its chunks
     /// are copied elsewhere, then it is dropped.
     pub releasing: bool,
-    /// Below the fill margin (or it answered a write with ENOSPC): gets no
-    /// new replicas.
+    /// Below the fill margin, it answered a write with ENOSPC, or it holds
+    /// [`MAX_REPLICAS_PER_CS`] replicas: gets no new replicas.
     pub full: bool,
     /// I/O rates over the last heartbeat interval.
     pub io: IoRates,
@@ -1428,10 +1428,10 @@ pub const REPLICA_PAGE: usize = 65_536;
 
 /// Most replicas one chunk server's registration may report over the
 /// network (the MDS's registration intake answers a larger one with an
-/// error). At the default chunk size it is 4 PiB of data; at the smallest
-/// (64 KiB), 1 TiB. Nothing yet keeps a chunk server from holding more: the
-/// MDS does not count replicas per server when it places them, and the
-/// chunk store keeps no count.
+/// error). The MDS places no new replica on a server that holds this many
+/// (it counts them at every tick and at each placement in between), so a
+/// server it filled can always register. At the default chunk size it is
+/// 4 PiB of data; at the smallest (64 KiB), 1 TiB.
 pub const MAX_REPLICAS_PER_CS: usize = 1 << 24;
 
 /// One page of a chunk server's replicas, by chunk id.

@@ -11,7 +11,7 @@ use futures::future::join_all;
 use super::params::ClusterParams;
 use super::placement;
 use super::service::{unexpected, MdsService};
-use super::shared::{Core, CsLive};
+use super::shared::{Core, CsLive, Held};
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
@@ -26,7 +26,8 @@ pub(super) fn margin_bytes(params: &ClusterParams, total_bytes: u64) -> u64 {
 
 impl MdsService {
     /// Whether new replicas may go to `cs`: active, registered, not being
-    /// released, above the fill margin, and no recent ENOSPC.
+    /// released, above the fill margin, no recent ENOSPC, and fewer than
+    /// [`MAX_REPLICAS_PER_CS`] replicas held.
     pub(super) fn takes_new_replicas(&self, core: &Core, cs: CsId, now_ms: u64) -> bool {
         let Some(rec) = core.state.cs(cs) else {
             return false;
@@ -38,7 +39,9 @@ impl MdsService {
             return false;
         }
         let live = &core.live[&cs];
-        live.no_space_at_free.is_none() && !self.below_margin(core, live, live.placed_bytes)
+        live.no_space_at_free.is_none()
+            && !self.below_margin(core, live, live.placed_bytes)
+            && !core.held.get(&cs).is_some_and(Held::at_replica_bound)
     }
 
     /// Whether `live` has less free space than the fill margin (see
@@ -101,7 +104,7 @@ impl MdsService {
                     location: r.location.clone(),
                     host: r.host.clone(),
                     tier: r.tier,
-                    held_bytes: core.held.get(&r.id).copied().unwrap_or(0),
+                    held_bytes: core.held.get(&r.id).map_or(0, |h| h.bytes),
                     capacity_bytes,
                     free_bytes: live
                         .map(|l| l.space.free_bytes.saturating_sub(l.placed_bytes))
@@ -115,7 +118,7 @@ impl MdsService {
 
     /// Recounts [`Core::held`] from the chunk maps (O(replicas)).
     pub(super) fn recount_held(core: &mut Core) {
-        let mut held: BTreeMap<CsId, u64> = BTreeMap::new();
+        let mut held: BTreeMap<CsId, Held> = BTreeMap::new();
         let state = &core.state;
         for (_, rec) in state.chunks() {
             let size = state
@@ -123,7 +126,7 @@ impl MdsService {
                 .map(|n| n.attrs.chunk_size)
                 .unwrap_or(0);
             for cs in &rec.replicas {
-                *held.entry(*cs).or_default() += size;
+                held.entry(*cs).or_default().add(size);
             }
         }
         core.held = held;
@@ -177,7 +180,7 @@ impl MdsService {
                     return Err(Error::new(
                         ErrorKind::NoSpace,
                         format!(
-                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more free disk than mds.alloc.fill_margin={margin}% (at most mds.alloc.fill_margin_max={max} bytes), replicas={} needs {}; free space or add chunk servers",
+                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more free disk than mds.alloc.fill_margin={margin}% (at most mds.alloc.fill_margin_max={max} bytes) and hold fewer than {MAX_REPLICAS_PER_CS} replicas, replicas={} needs {}; free space or add chunk servers",
                             chosen.len(),
                             attrs.replicas,
                             attrs.replicas.min
@@ -272,7 +275,7 @@ impl MdsService {
                     if let Some(live) = core.live.get_mut(&r.cs) {
                         live.placed_bytes = live.placed_bytes.saturating_add(attrs.chunk_size);
                     }
-                    *core.held.entry(r.cs).or_default() += attrs.chunk_size;
+                    core.held.entry(r.cs).or_default().add(attrs.chunk_size);
                 }
             }
             result

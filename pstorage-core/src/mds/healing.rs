@@ -51,7 +51,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::placement;
 use super::service::{unexpected, MdsService};
-use super::shared::Core;
+use super::shared::{Core, Held};
 use super::state::{ApplyOutcome, ChunkRecord, Command, NewEvent};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
@@ -935,7 +935,7 @@ impl MdsService {
                 Ok(added) if !added.is_empty() => {
                     let size = job.chunk_size;
                     for cs in added {
-                        *core.held.entry(*cs).or_default() += size;
+                        core.held.entry(*cs).or_default().add(size);
                     }
                 }
                 other => {
@@ -969,7 +969,7 @@ impl MdsService {
             Ok(added) if !added.is_empty() => {
                 let bytes = job.chunk_size * added.len() as u64;
                 for cs in &added {
-                    *core.held.entry(*cs).or_default() += job.chunk_size;
+                    core.held.entry(*cs).or_default().add(job.chunk_size);
                 }
                 core.repl.done_chunks += 1;
                 core.repl.done_bytes += bytes;
@@ -1417,7 +1417,8 @@ impl MdsService {
                         .map(|l| now.saturating_sub(l.last_heartbeat_ms))
                         .unwrap_or(u64::MAX),
                     releasing: r.releasing,
-                    full: live.is_some_and(|l| l.full || l.no_space_at_free.is_some()),
+                    full: live.is_some_and(|l| l.full || l.no_space_at_free.is_some())
+                        || core.held.get(&r.id).is_some_and(Held::at_replica_bound),
                     io: live.map(|l| l.rates).unwrap_or_default(),
                     location: r.location.clone(),
                     host: r.host.clone(),

@@ -138,12 +138,35 @@ pub(super) struct Core {
     pub(super) led_term: Option<u64>,
     /// The term in which this MDS committed [`super::Command::RefreshLeases`].
     pub(super) leases_refreshed: Option<u64>,
-    /// Bytes of chunks each chunk server holds (chunk sizes of the chains
-    /// it is in), recounted every `tick` and grown by each placement in
-    /// between: placement's fullness without a scan of every chunk.
-    pub(super) held: BTreeMap<CsId, u64>,
+    /// What each chunk server holds (the chains it is in), recounted every
+    /// `tick` and grown by each placement in between: placement's fullness
+    /// without a scan of every chunk.
+    pub(super) held: BTreeMap<CsId, Held>,
     /// Rebalancing (volatile).
     pub(super) balance: super::balance::BalanceProgress,
+}
+
+/// What one chunk server holds, as [`Core::held`] counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Held {
+    /// Chunk sizes of the chains it is in.
+    pub(super) bytes: u64,
+    /// The chains it is in: at [`MAX_REPLICAS_PER_CS`] it gets no new
+    /// replica, so that its registration stays within what the MDS takes.
+    pub(super) replicas: u64,
+}
+
+impl Held {
+    /// One more replica of a chunk of `chunk_size` bytes.
+    pub(super) fn add(&mut self, chunk_size: u64) {
+        self.bytes = self.bytes.saturating_add(chunk_size);
+        self.replicas = self.replicas.saturating_add(1);
+    }
+
+    /// Whether it holds as many replicas as a registration may report.
+    pub(super) fn at_replica_bound(&self) -> bool {
+        self.replicas >= MAX_REPLICAS_PER_CS as u64
+    }
 }
 
 impl Core {

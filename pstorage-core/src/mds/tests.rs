@@ -2280,6 +2280,63 @@ async fn full_servers_get_no_new_replicas() {
     assert!(err.message().contains("mds.alloc.fill_margin=99%"), "{err}");
 }
 
+/// A server holding as many replicas as a registration may report gets no
+/// new ones (else it could not register again after a restart), is shown
+/// full, and when every server is there, allocation is a clear ENOSPC. The
+/// count is the MDS's own: recounted at each tick, grown by each placement.
+#[tokio::test]
+async fn servers_at_the_replica_bound_get_no_new_replicas() {
+    let c = Cluster::new(&[40, 30, 20, 10]).await;
+    heartbeat_all(&c, &[CsId(1), CsId(2), CsId(3), CsId(4)]).await;
+    let at_bound = |cs: CsId| {
+        c.mds.core().held.insert(
+            cs,
+            super::shared::Held {
+                bytes: 0,
+                replicas: MAX_REPLICAS_PER_CS as u64,
+            },
+        );
+    };
+    at_bound(CsId(4));
+    let lease = c.open_write("/f").await;
+    for index in 0..4 {
+        let m = c
+            .mds
+            .chunk_map(lease.id, index, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!chain(&m).contains(&CsId(4)), "{m:?}");
+    }
+    let st = c.mds.cluster_status().await.unwrap();
+    assert_eq!(
+        st.cs.iter().map(|s| s.full).collect::<Vec<_>>(),
+        [false, false, false, true]
+    );
+    // The placements counted: one below the bound, a server takes one
+    // more replica and is then at the bound.
+    let before = c.mds.core().held[&CsId(1)];
+    assert_eq!(before.replicas, 4, "{before:?}");
+    c.mds.core().held.get_mut(&CsId(1)).unwrap().replicas = MAX_REPLICAS_PER_CS as u64 - 1;
+    let m = c.mds.chunk_map(lease.id, 4, true).await.unwrap().unwrap();
+    assert!(chain(&m).contains(&CsId(1)), "{m:?}");
+    assert!(c.mds.core().held[&CsId(1)].at_replica_bound());
+    // Every server there: a clear ENOSPC.
+    for cs in [CsId(2), CsId(3)] {
+        at_bound(cs);
+    }
+    let err = c.mds.chunk_map(lease.id, 5, true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
+    assert!(
+        err.message().contains("fewer than 16777216 replicas"),
+        "{err}"
+    );
+    // The tick recounts from the chunk maps: the servers take replicas again.
+    c.mds.tick().await;
+    assert!(!c.mds.core().held[&CsId(1)].at_replica_bound());
+    assert!(c.mds.chunk_map(lease.id, 5, true).await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn the_fill_margin_is_capped_on_large_disks() {
     // 5% of a 1 TB disk is 50 GB: a server with 10 GB free still takes new
