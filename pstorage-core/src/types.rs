@@ -1428,9 +1428,9 @@ pub const REPLICA_PAGE: usize = 65_536;
 
 /// Most replicas one chunk server's registration may report over the
 /// network (the MDS's registration intake answers a larger one with an
-/// error). The MDS places no new replica on a server that holds this many
-/// (it counts them at every tick and at each placement in between), so a
-/// server it filled can always register. At the default chunk size it is
+/// error). The MDS places no new replica on a server that holds nearly this
+/// many (65,536 short; it counts them at every tick and at each placement in
+/// between), so a server it filled can always register. At the default chunk size it is
 /// 4 PiB of data; at the smallest (64 KiB), 1 TiB.
 pub const MAX_REPLICAS_PER_CS: usize = 1 << 24;
 

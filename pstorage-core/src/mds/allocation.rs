@@ -11,7 +11,7 @@ use futures::future::join_all;
 use super::params::ClusterParams;
 use super::placement;
 use super::service::{unexpected, MdsService};
-use super::shared::{Core, CsLive, Held};
+use super::shared::{Core, CsLive, Held, REPLICA_HEADROOM};
 use super::state::{ApplyOutcome, Command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::*;
@@ -26,8 +26,8 @@ pub(super) fn margin_bytes(params: &ClusterParams, total_bytes: u64) -> u64 {
 
 impl MdsService {
     /// Whether new replicas may go to `cs`: active, registered, not being
-    /// released, above the fill margin, no recent ENOSPC, and fewer than
-    /// [`MAX_REPLICAS_PER_CS`] replicas held.
+    /// released, above the fill margin, no recent ENOSPC, and not at the
+    /// replica bound ([`Held::at_replica_bound`]).
     pub(super) fn takes_new_replicas(&self, core: &Core, cs: CsId, now_ms: u64) -> bool {
         let Some(rec) = core.state.cs(cs) else {
             return false;
@@ -180,8 +180,9 @@ impl MdsService {
                     return Err(Error::new(
                         ErrorKind::NoSpace,
                         format!(
-                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more free disk than mds.alloc.fill_margin={margin}% (at most mds.alloc.fill_margin_max={max} bytes) and hold fewer than {MAX_REPLICAS_PER_CS} replicas, replicas={} needs {}; free space or add chunk servers",
+                            "cannot allocate chunk {index} of {path}: no space: only {} of {active} active chunk server(s) have more free disk than mds.alloc.fill_margin={margin}% (at most mds.alloc.fill_margin_max={max} bytes) and hold fewer than {} replicas, replicas={} needs {}; free space or add chunk servers",
                             chosen.len(),
+                            MAX_REPLICAS_PER_CS as u64 - REPLICA_HEADROOM,
                             attrs.replicas,
                             attrs.replicas.min
                         ),

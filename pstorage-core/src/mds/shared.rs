@@ -151,10 +151,15 @@ pub(super) struct Core {
 pub(super) struct Held {
     /// Chunk sizes of the chains it is in.
     pub(super) bytes: u64,
-    /// The chains it is in: at [`MAX_REPLICAS_PER_CS`] it gets no new
+    /// The chains it is in: near [`MAX_REPLICAS_PER_CS`] it gets no new
     /// replica, so that its registration stays within what the MDS takes.
     pub(super) replicas: u64,
 }
+
+/// How far short of [`MAX_REPLICAS_PER_CS`] placement stops: copies
+/// planned before a server got there, and placements racing the count,
+/// land in this headroom (0.4% of the bound).
+pub(super) const REPLICA_HEADROOM: u64 = REPLICA_PAGE as u64;
 
 impl Held {
     /// One more replica of a chunk of `chunk_size` bytes.
@@ -163,9 +168,10 @@ impl Held {
         self.replicas = self.replicas.saturating_add(1);
     }
 
-    /// Whether it holds as many replicas as a registration may report.
+    /// Whether it holds as many replicas as placement gives a server: the
+    /// most a registration may report, less [`REPLICA_HEADROOM`].
     pub(super) fn at_replica_bound(&self) -> bool {
-        self.replicas >= MAX_REPLICAS_PER_CS as u64
+        self.replicas >= MAX_REPLICAS_PER_CS as u64 - REPLICA_HEADROOM
     }
 }
 

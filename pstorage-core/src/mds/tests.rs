@@ -2280,10 +2280,11 @@ async fn full_servers_get_no_new_replicas() {
     assert!(err.message().contains("mds.alloc.fill_margin=99%"), "{err}");
 }
 
-/// A server holding as many replicas as a registration may report gets no
-/// new ones (else it could not register again after a restart), is shown
-/// full, and when every server is there, allocation is a clear ENOSPC. The
-/// count is the MDS's own: recounted at each tick, grown by each placement.
+/// A server holding nearly as many replicas as a registration may report
+/// gets no new ones (else it could not register again after a restart), is
+/// shown full, and when every server is there, allocation is a clear
+/// ENOSPC. The count is the MDS's own: recounted at each tick, grown by
+/// each placement.
 #[tokio::test]
 async fn servers_at_the_replica_bound_get_no_new_replicas() {
     let c = Cluster::new(&[40, 30, 20, 10]).await;
@@ -2293,7 +2294,7 @@ async fn servers_at_the_replica_bound_get_no_new_replicas() {
             cs,
             super::shared::Held {
                 bytes: 0,
-                replicas: MAX_REPLICAS_PER_CS as u64,
+                replicas: MAX_REPLICAS_PER_CS as u64 - super::shared::REPLICA_HEADROOM,
             },
         );
     };
@@ -2317,7 +2318,8 @@ async fn servers_at_the_replica_bound_get_no_new_replicas() {
     // more replica and is then at the bound.
     let before = c.mds.core().held[&CsId(1)];
     assert_eq!(before.replicas, 4, "{before:?}");
-    c.mds.core().held.get_mut(&CsId(1)).unwrap().replicas = MAX_REPLICAS_PER_CS as u64 - 1;
+    c.mds.core().held.get_mut(&CsId(1)).unwrap().replicas =
+        MAX_REPLICAS_PER_CS as u64 - super::shared::REPLICA_HEADROOM - 1;
     let m = c.mds.chunk_map(lease.id, 4, true).await.unwrap().unwrap();
     assert!(chain(&m).contains(&CsId(1)), "{m:?}");
     assert!(c.mds.core().held[&CsId(1)].at_replica_bound());
@@ -2328,7 +2330,7 @@ async fn servers_at_the_replica_bound_get_no_new_replicas() {
     let err = c.mds.chunk_map(lease.id, 5, true).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
     assert!(
-        err.message().contains("fewer than 16777216 replicas"),
+        err.message().contains("fewer than 16711680 replicas"),
         "{err}"
     );
     // The tick recounts from the chunk maps: the servers take replicas again.
