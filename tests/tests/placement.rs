@@ -35,8 +35,8 @@ const CAPACITY: &str = "16G";
 ///
 /// Six chunk servers also hold a 256 MiB journal each, and a lost host's
 /// stale copies stay on the disk while its chunks are copied again: with
-/// 4 chunks the host-loss test needed more than the 5.7 GB a CI machine
-/// had free.
+/// 4 chunks the host-loss test needed more than 5,700 MiB free (a CI
+/// machine had 6,012 MiB).
 const BIG: u64 = 3 * CHUNK;
 /// The file of the fill-up test (see [`fill_up`]).
 const FILL_UP_FILE: u64 = 2 * CHUNK;
@@ -412,8 +412,8 @@ async fn a_tier_holds_its_files_and_an_empty_tier_is_a_clear_error() {
 /// 3 chunk servers hold a 2-chunk file and a writer's chunk; 3 empty ones
 /// join: the replicas spread until the per-server chunk counts differ by
 /// at most one, while the writer runs with no error. (Sized for a disk with
-/// 5.7 GB free: six journals, 9 replicas and the moves' new copies before
-/// the old ones go.)
+/// 5,700 MiB free: six journals, 9 replicas and the moves' new copies
+/// before the old ones go.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_chunk_servers_fill_up_while_a_writer_runs() {
     fill_up(false).await;
