@@ -383,23 +383,31 @@ fn a_journal_of_another_store_is_refused() {
     assert!(err.message().contains("belongs to chunk store"), "{err}");
 }
 
+/// A new journal whose superblock slot 0 `edit` changed (its checksum
+/// made valid again) and whose slot 1 is empty.
+fn journal_with_slot0(edit: impl FnOnce(&mut [u8; 512])) -> SharedDevice {
+    let dev = Arc::new(CrashDevice::default());
+    drop(open(&dev));
+    let mut sb = [0u8; 512];
+    SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
+    edit(&mut sb);
+    sb[56..64].fill(0);
+    let crc = crc64(&sb);
+    sb[56..64].copy_from_slice(&crc.to_le_bytes());
+    let shared = SharedDevice(dev);
+    shared.write_at(&sb, 0).unwrap();
+    shared.write_at(&[0u8; 512], 512).unwrap();
+    shared.sync().unwrap();
+    shared
+}
+
 /// A superblock (with a valid checksum) claiming a ring of 2^64 - 4096
 /// bytes is refused as truncated: the length check overflowed (a panic in
 /// debug builds; found by the chunk_journal fuzz target).
 #[test]
 fn a_superblock_claiming_a_ring_near_2_pow_64_is_refused() {
-    let dev = Arc::new(CrashDevice::default());
-    drop(open(&dev));
-    let mut sb = [0u8; 512];
-    SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
-    sb[32..40].copy_from_slice(&(u64::MAX - 4095).to_le_bytes());
-    sb[56..64].fill(0);
-    let crc = crc64(&sb);
-    sb[56..64].copy_from_slice(&crc.to_le_bytes());
-    let shared = SharedDevice(dev.clone());
-    shared.write_at(&sb, 0).unwrap();
-    shared.write_at(&[0u8; 512], 512).unwrap();
-    shared.sync().unwrap();
+    let shared =
+        journal_with_slot0(|sb| sb[32..40].copy_from_slice(&(u64::MAX - 4095).to_le_bytes()));
     let err = Journal::open(Box::new(shared), STORE, RING).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.message().contains("truncated"), "{err}");
@@ -411,37 +419,17 @@ fn a_superblock_claiming_a_ring_near_2_pow_64_is_refused() {
 /// target once it ran fast enough to get there).
 #[test]
 fn a_superblock_claiming_a_sequence_near_2_pow_64_is_refused() {
+    let with_tail_seq =
+        |seq: u64| journal_with_slot0(|sb| sb[48..56].copy_from_slice(&seq.to_le_bytes()));
     for seq in [u64::MAX, u64::MAX - 1, MAX_SEQ + 1] {
-        let dev = Arc::new(CrashDevice::default());
-        drop(open(&dev));
-        let mut sb = [0u8; 512];
-        SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
-        sb[48..56].copy_from_slice(&seq.to_le_bytes());
-        sb[56..64].fill(0);
-        let crc = crc64(&sb);
-        sb[56..64].copy_from_slice(&crc.to_le_bytes());
-        let shared = SharedDevice(dev.clone());
-        shared.write_at(&sb, 0).unwrap();
-        shared.write_at(&[0u8; 512], 512).unwrap();
-        shared.sync().unwrap();
-        let err = Journal::open(Box::new(shared), STORE, RING).err().unwrap();
+        let err = Journal::open(Box::new(with_tail_seq(seq)), STORE, RING)
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
         assert!(err.message().contains("sequence"), "{err}");
     }
     // The largest sequence allowed opens, and appends go on after it.
-    let dev = Arc::new(CrashDevice::default());
-    drop(open(&dev));
-    let mut sb = [0u8; 512];
-    SharedDevice(dev.clone()).read_at(&mut sb, 0).unwrap();
-    sb[48..56].copy_from_slice(&MAX_SEQ.to_le_bytes());
-    sb[56..64].fill(0);
-    let crc = crc64(&sb);
-    sb[56..64].copy_from_slice(&crc.to_le_bytes());
-    let shared = SharedDevice(dev.clone());
-    shared.write_at(&sb, 0).unwrap();
-    shared.write_at(&[0u8; 512], 512).unwrap();
-    shared.sync().unwrap();
-    let (journal, replayed) = Journal::open(Box::new(shared), STORE, RING).unwrap();
+    let (journal, replayed) = Journal::open(Box::new(with_tail_seq(MAX_SEQ)), STORE, RING).unwrap();
     assert!(replayed.is_empty());
     assert!(journal.tail_seq() >= MAX_SEQ);
 }
