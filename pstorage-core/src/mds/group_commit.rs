@@ -13,13 +13,21 @@
 //! applies on its own, in order: one refused changes nothing for the
 //! others). A proposer that stops waiting does not withdraw its command:
 //! as with a single write handed to openraft, it may still take effect.
+//!
+//! A command can also be proposed *later* ([`GroupCommit::propose_later`]):
+//! queued in order like any other, answered by nobody, it goes with the next
+//! entry that someone else's proposal starts, or on its own once
+//! [`LATER_DELAY`] has passed with nothing else proposed. A lease's release
+//! goes this way (its client is answered at once), so the release of one
+//! file and the open of the next share an entry. [`GroupCommit::settle`]
+//! waits until every command queued before it has had its entry.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::raft::{MdsRaft, RaftRequest};
 use super::state::{ApplyOutcome, Command};
@@ -34,6 +42,12 @@ pub const MAX_BATCH: usize = 64;
 /// Raft network can split appends by entries (`pstorage-rpc`'s
 /// `raft::MAX_APPEND_BYTES`).
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+/// How long a command proposed later waits for another proposal to carry
+/// it before it starts an entry of its own: longer than a client takes to
+/// send its next request after an answer (a few hundred microseconds on
+/// one host), short beside a lease.
+pub const LATER_DELAY: Duration = Duration::from_millis(2);
 
 /// Most bytes of one command (encoded): a client's request is at most
 /// 4 MiB, and what the MDS logs on its own (events, revocations) stays
@@ -68,8 +82,12 @@ pub fn batch_len(sizes: impl IntoIterator<Item = usize>) -> usize {
 struct Waiting {
     /// Its [`encoded_size`].
     bytes: usize,
+    /// Its place in the queue: commands are numbered from 0 as they are
+    /// queued.
+    seq: u64,
     cmd: Command,
-    reply: oneshot::Sender<Result<ApplyOutcome>>,
+    /// `None`: proposed later, nobody waits for its outcome.
+    reply: Option<oneshot::Sender<Result<ApplyOutcome>>>,
 }
 
 #[derive(Default)]
@@ -77,9 +95,31 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// A task is driving entries through the group.
     driving: bool,
+    /// A timer will start driving for the commands proposed later.
+    timer: bool,
+    /// Commands numbered below this go with the next entry even if only
+    /// commands proposed later wait (their timer fired, or a settle).
+    urgent: u64,
+    /// Commands queued so far (the next one's `seq`).
+    queued: u64,
     /// Entries written, and the commands they carried (the metrics).
     entries: u64,
     commands: u64,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Every command numbered below this has had its entry's outcome.
+    done: watch::Sender<u64>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            queue: Mutex::default(),
+            done: watch::Sender::new(0),
+        }
+    }
 }
 
 /// What the group commit and the read barriers of one MDS did since it
@@ -101,14 +141,14 @@ pub struct CommitStats {
 /// The proposals of one MDS.
 #[derive(Default)]
 pub(super) struct GroupCommit {
-    queue: Arc<Mutex<Queue>>,
+    shared: Arc<Shared>,
 }
 
 impl GroupCommit {
     /// Entries and commands so far, and commands waiting (the other
     /// fields of [`CommitStats`] are the barriers').
     pub(super) fn stats(&self) -> CommitStats {
-        let queue = self.queue.lock();
+        let queue = self.shared.queue.lock();
         CommitStats {
             entries: queue.entries,
             commands: queue.commands,
@@ -128,21 +168,13 @@ impl GroupCommit {
         timeout: Duration,
     ) -> Result<ApplyOutcome> {
         let (reply, answer) = oneshot::channel();
-        let bytes = encoded_size(&cmd);
-        if bytes > MAX_COMMAND_BYTES {
-            return Err(Error::invalid(format!(
-                "a metadata command of {bytes} bytes exceeds the largest the MDS group logs \
-                 ({MAX_COMMAND_BYTES} bytes)"
-            )));
-        }
         let start = {
-            let mut queue = self.queue.lock();
-            queue.waiting.push(Waiting { bytes, cmd, reply });
+            let mut queue = self.shared.queue.lock();
+            push(&mut queue, cmd, Some(reply))?;
             !std::mem::replace(&mut queue.driving, true)
         };
         if start {
-            let (queue, raft) = (Arc::clone(&self.queue), raft.clone());
-            tokio::spawn(drive(queue, raft, timeout));
+            tokio::spawn(drive(Arc::clone(&self.shared), raft.clone(), timeout));
         }
         // Bounded from the proposal, as a write of its own was: waiting
         // behind an entry that times out must not double the wait.
@@ -156,6 +188,86 @@ impl GroupCommit {
             Err(_) => Err(commit_timed_out(timeout)),
         }
     }
+
+    /// Queues `cmd` behind everything proposed so far, to go with the next
+    /// entry, and returns at once: nobody is told its outcome. An entry
+    /// starts for it after [`LATER_DELAY`] if no other proposal started
+    /// one.
+    pub(super) fn propose_later(
+        &self,
+        raft: &MdsRaft,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<()> {
+        let arm = {
+            let mut queue = self.shared.queue.lock();
+            push(&mut queue, cmd, None)?;
+            !queue.driving && !std::mem::replace(&mut queue.timer, true)
+        };
+        if arm {
+            arm_timer(Arc::clone(&self.shared), raft.clone(), timeout);
+        }
+        Ok(())
+    }
+
+    /// Returns once every command queued before this call (those proposed
+    /// later included) has had its entry's outcome, starting an entry now
+    /// for those still waiting, or after `timeout`.
+    pub(super) async fn settle(&self, raft: &MdsRaft, timeout: Duration) {
+        let (target, start) = {
+            let mut queue = self.shared.queue.lock();
+            let target = queue.queued;
+            queue.urgent = queue.urgent.max(target);
+            let start = !queue.waiting.is_empty() && !std::mem::replace(&mut queue.driving, true);
+            (target, start)
+        };
+        if start {
+            tokio::spawn(drive(Arc::clone(&self.shared), raft.clone(), timeout));
+        }
+        let mut done = self.shared.done.subscribe();
+        let _ = tokio::time::timeout(timeout, done.wait_for(|done| *done >= target)).await;
+    }
+}
+
+/// After [`LATER_DELAY`], starts an entry for the commands proposed later
+/// that are still waiting (if no entry is on its way).
+fn arm_timer(shared: Arc<Shared>, raft: MdsRaft, timeout: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(LATER_DELAY).await;
+        let start = {
+            let mut queue = shared.queue.lock();
+            queue.timer = false;
+            queue.urgent = queue.queued;
+            !queue.waiting.is_empty() && !std::mem::replace(&mut queue.driving, true)
+        };
+        if start {
+            drive(shared, raft, timeout).await;
+        }
+    });
+}
+
+/// Queues `cmd` (refused if too large for an entry).
+fn push(
+    queue: &mut Queue,
+    cmd: Command,
+    reply: Option<oneshot::Sender<Result<ApplyOutcome>>>,
+) -> Result<()> {
+    let bytes = encoded_size(&cmd);
+    if bytes > MAX_COMMAND_BYTES {
+        return Err(Error::invalid(format!(
+            "a metadata command of {bytes} bytes exceeds the largest the MDS group logs \
+             ({MAX_COMMAND_BYTES} bytes)"
+        )));
+    }
+    let seq = queue.queued;
+    queue.queued += 1;
+    queue.waiting.push(Waiting {
+        bytes,
+        seq,
+        cmd,
+        reply,
+    });
+    Ok(())
 }
 
 /// The error of a command not committed within `timeout`.
@@ -171,12 +283,25 @@ fn commit_timed_out(timeout: Duration) -> Error {
 }
 
 /// Writes the waiting commands, an entry at a time, until none wait.
-async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
+async fn drive(shared: Arc<Shared>, raft: MdsRaft, timeout: Duration) {
     loop {
         let batch: Vec<Waiting> = {
-            let mut queue = queue.lock();
-            if queue.waiting.is_empty() {
+            let mut queue = shared.queue.lock();
+            // Commands proposed later wait for company (or their timer):
+            // one queued as the entry before it ended would otherwise go
+            // alone, right away.
+            let urgent = queue.urgent;
+            if !queue
+                .waiting
+                .iter()
+                .any(|w| w.reply.is_some() || w.seq < urgent)
+            {
                 queue.driving = false;
+                let arm = !queue.waiting.is_empty() && !std::mem::replace(&mut queue.timer, true);
+                drop(queue);
+                if arm {
+                    arm_timer(shared, raft, timeout);
+                }
                 return;
             }
             let n = batch_len(queue.waiting.iter().map(|w| w.bytes));
@@ -184,6 +309,7 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
             queue.commands += n as u64;
             queue.waiting.drain(..n).collect()
         };
+        let next = batch.last().map_or(0, |w| w.seq + 1);
         let (cmds, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|w| (w.cmd, w.reply)).unzip();
         let count = cmds.len();
@@ -200,9 +326,12 @@ async fn drive(queue: Arc<Mutex<Queue>>, raft: MdsRaft, timeout: Duration) {
             }
         };
         for (reply, result) in replies.into_iter().zip(results) {
-            // A proposer that stopped waiting is not told.
-            let _ = reply.send(result);
+            // A proposer that stopped waiting (or never waited) is not told.
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
         }
+        shared.done.send_replace(next);
     }
 }
 

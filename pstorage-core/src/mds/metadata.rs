@@ -151,9 +151,10 @@ impl MetadataService for MdsService {
         if self.core().state.lease(lease).is_none() {
             return Ok(());
         }
-        self.commit(Command::ReleaseLease { lease, now_ms: now })
+        // Answered before it commits: the next command of any client is
+        // ordered after it (`MdsService::commit_later`).
+        self.commit_later(Command::ReleaseLease { lease, now_ms: now })
             .await
-            .map(|_| ())
     }
 
     async fn upgrade_lease(&self, lease: LeaseId) -> Result<OpenReply> {

@@ -247,11 +247,40 @@ impl MdsService {
         // it on to the leader.
         let validated = self.core().state.validate(&cmd);
         if validated.is_err() {
+            // The commands queued before this one apply first: a release
+            // answered already (`commit_later`) may be what refuses it.
+            self.proposals.settle(raft, COMMIT_TIMEOUT).await;
             self.read_barrier().await?;
             let revalidated = self.core().state.validate(&cmd);
             revalidated?;
         }
         self.propose(raft, cmd).await
+    }
+
+    /// Commits `cmd` without waiting for it: it is queued behind every
+    /// command proposed so far, ahead of every command proposed after this
+    /// returns, and goes with the next Raft entry ([`super::group_commit::LATER_DELAY`] at the
+    /// latest). For a lease's release only: its effect is a lease that
+    /// ends, so a later command of any client that depends on it applies
+    /// after it, and one validated before it is proposed waits for it
+    /// ([`GroupCommit::settle`]). If this MDS loses the leadership before
+    /// the entry commits, the command is lost and the lease expires as a
+    /// dead client's does. A command the state would refuse now, or one
+    /// proposed on an MDS that does not see itself as the leader, is
+    /// committed and waited for as usual.
+    pub(super) async fn commit_later(&self, mut cmd: Command) -> Result<()> {
+        let Some((_, raft)) = self.raft.get() else {
+            return self.core().commit_local(cmd).map(|_| ());
+        };
+        if !self.is_leader() {
+            return self.commit(cmd).await.map(|_| ());
+        }
+        self.refresh_leases().await?;
+        cmd.stamp(self.now());
+        if self.core().state.validate(&cmd).is_err() {
+            return self.commit(cmd).await.map(|_| ());
+        }
+        self.proposals.propose_later(raft, cmd, COMMIT_TIMEOUT)
     }
 
     /// Commits [`Command::RefreshLeases`] once in each term this MDS leads,

@@ -174,3 +174,87 @@ async fn an_oversized_command_is_refused_and_large_ones_get_entries_of_their_own
         }
     }
 }
+
+/// A close is answered before its release commits
+/// (`MdsService::commit_later`): the release goes with the next command
+/// (one entry for the close of one file and the create of the next), a
+/// command the lease would refuse waits for it, and a release nothing
+/// follows commits on its own.
+#[tokio::test]
+async fn a_release_is_answered_at_once_and_goes_with_the_next_command() {
+    use crate::types::{LeaseMode, OpenFlags};
+    let (dir, net, mds, raft) = one_mds().await;
+    let path = dir.path().join("mds1.redb");
+    let create = OpenFlags {
+        create: true,
+        exclusive: true,
+        ..Default::default()
+    };
+    let a = mds
+        .open("/a", LeaseMode::Write, create, None)
+        .await
+        .unwrap();
+    mds.close(a.lease.id).await.unwrap();
+    // Answered before it commits: the lease is still there.
+    assert!(mds.core().state.lease(a.lease.id).is_some());
+    let b = mds
+        .open("/b", LeaseMode::Write, create, None)
+        .await
+        .unwrap();
+    // Applied before the open that came after it.
+    assert!(mds.core().state.lease(a.lease.id).is_none());
+
+    // Untagged, this open is checked against the state before it is
+    // proposed, where /b's lease still excludes it: it waits for the
+    // release instead of answering `Busy`.
+    mds.close(b.lease.id).await.unwrap();
+    let again = mds
+        .open("/b", LeaseMode::Write, OpenFlags::default(), None)
+        .await
+        .unwrap();
+    assert!(mds.core().state.lease(b.lease.id).is_none());
+
+    // A release that nothing follows commits within LATER_DELAY.
+    mds.close(again.lease.id).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while mds.core().state.has_leases() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("a lone release commits on its own");
+    assert_eq!(mds.commit_stats().waiting, 0);
+
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+    drop((mds, raft));
+    let (mut log, _sm) = reopen(&path)
+        .await
+        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
+    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
+        .await
+        .unwrap();
+    let batches: Vec<Vec<&'static str>> = entries
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(r) => Some(
+                r.cmds
+                    .iter()
+                    .filter_map(|c| match c {
+                        Command::Open { path, .. } if path == "/b" => Some("open /b"),
+                        Command::ReleaseLease { lease, .. } if *lease == a.lease.id => {
+                            Some("release /a")
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .filter(|names: &Vec<&str>| !names.is_empty())
+        .collect();
+    assert!(
+        batches.contains(&vec!["release /a", "open /b"]),
+        "the release and the next open share an entry: {batches:?}"
+    );
+}
