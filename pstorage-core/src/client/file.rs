@@ -576,7 +576,10 @@ impl File {
     /// lease. Later operations fail with `BadHandle`; closing again is a
     /// no-op. The lease is released even if the flush fails, and the flush
     /// error is returned. `Stale` if the file was fenced (unflushed writes
-    /// may be lost).
+    /// may be lost). The MDS answers the release once it is queued ahead of
+    /// every later metadata command, before it commits (it goes with the
+    /// next Raft entry): any open of the file after this returns, by any
+    /// client, finds the lease gone.
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
