@@ -579,7 +579,9 @@ impl File {
     /// may be lost). The MDS answers the release once it is queued ahead of
     /// every later metadata command, before it commits (it goes with the
     /// next Raft entry): any open of the file after this returns, by any
-    /// client, finds the lease gone.
+    /// client, finds the lease gone, unless that MDS lost its leadership
+    /// before the entry committed (the lease then expires, as a crashed
+    /// client's does).
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
