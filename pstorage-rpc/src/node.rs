@@ -1011,6 +1011,8 @@ pub async fn run_mds_with(
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
+    // Releases answered before they committed go in before Raft stops.
+    mds.settle_proposals(SETTLE_TIMEOUT).await;
     if let Err(e) = raft.shutdown().await {
         warn!("stopping the Raft node: {e}");
     }
@@ -1052,6 +1054,10 @@ async fn removed_from_group(raft: &MdsRaft, id: MdsId) {
         }
     }
 }
+
+/// How long a stopping MDS waits for the commands it queued (the releases
+/// it answered before they committed) to commit.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the MDS runs its periodic duties ([`MdsService::tick`]).
 pub const MDS_TICK: Duration = Duration::from_millis(500);

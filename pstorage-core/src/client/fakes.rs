@@ -340,7 +340,7 @@ struct FakeFile {
     chunks: BTreeMap<u64, ChunkMap>,
 }
 
-struct FakeLease {
+pub struct FakeLease {
     path: String,
     mode: LeaseMode,
 }
@@ -349,7 +349,7 @@ struct FakeLease {
 pub struct MdsState {
     dirs: BTreeMap<String, Stat>,
     files: BTreeMap<String, FakeFile>,
-    leases: HashMap<LeaseId, FakeLease>,
+    pub leases: HashMap<LeaseId, FakeLease>,
     next_ino: u64,
     next_chunk: u64,
     next_lease: u64,
@@ -371,6 +371,9 @@ pub struct MdsState {
     pub renew_times: Vec<tokio::time::Instant>,
     pub commits: Vec<u64>,
     pub closes: u64,
+    /// Closes to answer `Ok` without releasing (a release lost in a
+    /// fail-over: the real MDS answers before it commits).
+    pub lose_closes: u64,
 }
 
 /// A fake MDS.
@@ -591,8 +594,12 @@ impl MetadataService for FakeMds {
 
     async fn close(&self, lease: LeaseId) -> Result<()> {
         let mut st = lock(&self.state);
-        st.leases.remove(&lease);
         st.closes += 1;
+        if st.lose_closes > 0 {
+            st.lose_closes -= 1;
+            return Ok(());
+        }
+        st.leases.remove(&lease);
         Ok(())
     }
 

@@ -605,6 +605,12 @@ impl File {
         let released = inner
             .mds_call("close", || inner.client.mds.close(inner.lease.id))
             .await;
+        if released.is_ok() {
+            inner
+                .client
+                .released
+                .note(inner.lease.id, inner.lease.duration_ms);
+        }
         flushed.and(released)
     }
 }

@@ -19,6 +19,7 @@ mod file;
 mod map_cache;
 mod namespace;
 mod op_tags;
+mod released;
 mod retry;
 mod unflushed;
 mod verify;
@@ -91,6 +92,9 @@ pub(crate) struct ClientShared {
     pub(crate) options: ClientOptions,
     /// Tags namespace mutations for exactly-once execution at the MDS.
     pub(crate) ops: op_tags::OpTagger,
+    /// The leases this client released lately (sent again when a call of
+    /// its own is refused `Busy`).
+    pub(crate) released: released::Released,
 }
 
 /// A connection to one cluster: namespace operations and [`File`]s.
@@ -123,6 +127,7 @@ impl Client {
                 chunks,
                 options,
                 ops: op_tags::OpTagger::new(),
+                released: released::Released::default(),
             }),
         }
     }
@@ -185,7 +190,25 @@ impl Client {
         let ticket = self.shared.ops.begin();
         let result = self.meta(what, path, || call(ticket.tag())).await;
         drop(ticket);
-        result
+        match result {
+            // Maybe by a lease this client released, whose release a
+            // fail-over lost (the MDS answers a release before it commits):
+            // send those again, and try once more as a new operation (the
+            // refusal is the first one's answer for good).
+            Err(e) if e.kind() == ErrorKind::Busy => {
+                let again = self.shared.released.take();
+                if again.is_empty() {
+                    return Err(e);
+                }
+                let mds = &self.shared.mds;
+                futures::future::join_all(again.into_iter().map(|lease| mds.close(lease))).await;
+                let ticket = self.shared.ops.begin();
+                let result = self.meta(what, path, || call(ticket.tag())).await;
+                drop(ticket);
+                result
+            }
+            other => other,
+        }
     }
 
     /// Lists a directory, sorted by name. Errors: `NotFound`, `NotADirectory`.

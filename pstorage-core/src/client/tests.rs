@@ -1217,3 +1217,57 @@ async fn a_close_writes_again_what_every_replica_lost() {
     file.close().await.expect("close flushes, replaying first");
     replicas_hold(&env, "/closing", 0, &unflushed);
 }
+
+/// A release the MDS answered and then lost (a fail-over within the
+/// milliseconds before it committed) leaves this client's closed file
+/// leased: its next call refused `Busy` sends its recent releases again and
+/// tries once more. Someone else's lease stays `Busy`.
+#[tokio::test]
+async fn a_busy_answer_sends_lost_releases_again_and_tries_once_more() {
+    let env = env();
+    let create = OpenFlags {
+        create: true,
+        ..Default::default()
+    };
+    let f = env
+        .client
+        .open("/f", LeaseMode::Write, create)
+        .await
+        .unwrap();
+    env.mds.state.lock().lose_closes = 1;
+    f.close().await.unwrap();
+    assert_eq!(env.mds.state.lock().leases.len(), 1, "the release was lost");
+
+    // The same client: reopened, renamed, unlinked.
+    let again = env
+        .client
+        .open("/f", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap();
+    assert_eq!(env.mds.state.lock().closes, 2, "sent again once");
+    again.close().await.unwrap();
+    assert!(env.mds.state.lock().leases.is_empty());
+
+    // Another client's lease: refused, after one more attempt.
+    let other = Client::new(env.mds.clone(), env.cluster.clone(), fast_options());
+    let held = other.open("/g", LeaseMode::Write, create).await.unwrap();
+    let busy = env
+        .client
+        .open("/g", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap_err();
+    assert_eq!(busy.kind(), ErrorKind::Busy, "{busy}");
+    let closes = env.mds.state.lock().closes;
+    let busy = env
+        .client
+        .open("/g", LeaseMode::Write, OpenFlags::default())
+        .await
+        .unwrap_err();
+    assert_eq!(busy.kind(), ErrorKind::Busy, "{busy}");
+    assert_eq!(
+        env.mds.state.lock().closes,
+        closes,
+        "each release is sent again once"
+    );
+    held.close().await.unwrap();
+}

@@ -283,6 +283,16 @@ impl MdsService {
         self.proposals.propose_later(raft, cmd, COMMIT_TIMEOUT)
     }
 
+    /// Waits (at most `timeout`) until every command queued so far has had
+    /// its Raft entry, releases answered before they committed included:
+    /// an MDS that stops cleanly calls it before it stops its Raft node, so
+    /// a restart does not find a closed file still leased.
+    pub async fn settle_proposals(&self, timeout: Duration) {
+        if let Some((_, raft)) = self.raft.get() {
+            self.proposals.settle(raft, timeout).await;
+        }
+    }
+
     /// Commits [`Command::RefreshLeases`] once in each term this MDS leads,
     /// before anything else it commits in that term and before it checks a
     /// lease (none while there are no leases): when it takes the lead, and
