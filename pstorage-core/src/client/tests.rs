@@ -1251,19 +1251,17 @@ async fn a_busy_answer_sends_lost_releases_again_and_tries_once_more() {
     // Another client's lease: refused, after one more attempt.
     let other = Client::new(env.mds.clone(), env.cluster.clone(), fast_options());
     let held = other.open("/g", LeaseMode::Write, create).await.unwrap();
-    let busy = env
-        .client
-        .open("/g", LeaseMode::Write, OpenFlags::default())
-        .await
-        .unwrap_err();
-    assert_eq!(busy.kind(), ErrorKind::Busy, "{busy}");
+    let refused = || async {
+        let busy = env
+            .client
+            .open("/g", LeaseMode::Write, OpenFlags::default())
+            .await
+            .unwrap_err();
+        assert_eq!(busy.kind(), ErrorKind::Busy, "{busy}");
+    };
+    refused().await;
     let closes = env.mds.state.lock().closes;
-    let busy = env
-        .client
-        .open("/g", LeaseMode::Write, OpenFlags::default())
-        .await
-        .unwrap_err();
-    assert_eq!(busy.kind(), ErrorKind::Busy, "{busy}");
+    refused().await;
     assert_eq!(
         env.mds.state.lock().closes,
         closes,

@@ -18,6 +18,24 @@ async fn one_mds() -> (tempfile::TempDir, Net, Arc<crate::mds::MdsService>, MdsR
     (dir, net, mds, raft)
 }
 
+/// Stops MDS 1 and returns the entries of its log, read back from `path`.
+async fn stop_and_read_log(
+    net: Net,
+    mds: Arc<crate::mds::MdsService>,
+    raft: MdsRaft,
+    path: &std::path::Path,
+) -> Vec<openraft::Entry<crate::mds::raft::MdsRaftConfig>> {
+    net.unregister(MdsId(1));
+    raft.shutdown().await.unwrap();
+    drop((mds, raft));
+    let (mut log, _sm) = reopen(path)
+        .await
+        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
+    openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
     let (dir, net, mds, raft) = one_mds().await;
@@ -49,16 +67,7 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
     assert_eq!(stats.waiting, 0, "{stats:?}");
 
     // They shared entries: fewer entries than commands, one of several.
-    net.unregister(MdsId(1));
-    raft.shutdown().await.unwrap();
-    drop((mds, raft));
-    let (log, _sm) = reopen(&path)
-        .await
-        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
-    let mut log = log;
-    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
-        .await
-        .unwrap();
+    let entries = stop_and_read_log(net, mds, raft, &path).await;
     let batches: Vec<usize> = entries
         .iter()
         .filter_map(|e| match &e.payload {
@@ -76,7 +85,6 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
         .iter()
         .all(|&n| n <= crate::mds::group_commit::MAX_BATCH));
 
-    drop((log, _sm));
     // Replayed from the log, the state is the same.
     let (_, state) = RaftStorage::committed_state(&path).unwrap();
     state.check_invariants().unwrap();
@@ -150,15 +158,7 @@ async fn an_oversized_command_is_refused_and_large_ones_get_entries_of_their_own
     for r in futures::future::join_all(calls).await {
         r.unwrap();
     }
-    net.unregister(MdsId(1));
-    raft.shutdown().await.unwrap();
-    drop((mds, raft));
-    let (mut log, _sm) = reopen(&path)
-        .await
-        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
-    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
-        .await
-        .unwrap();
+    let entries = stop_and_read_log(net, mds, raft, &path).await;
     for e in &entries {
         if let EntryPayload::Normal(r) = &e.payload {
             let bytes: usize = r
@@ -225,15 +225,7 @@ async fn a_release_is_answered_at_once_and_goes_with_the_next_command() {
     .expect("a lone release commits on its own");
     assert_eq!(mds.commit_stats().waiting, 0);
 
-    net.unregister(MdsId(1));
-    raft.shutdown().await.unwrap();
-    drop((mds, raft));
-    let (mut log, _sm) = reopen(&path)
-        .await
-        .into_parts(TestHost::new(MdsState::new(cluster_attrs()).unwrap()));
-    let entries = openraft::RaftLogReader::try_get_log_entries(&mut log, 0..)
-        .await
-        .unwrap();
+    let entries = stop_and_read_log(net, mds, raft, &path).await;
     let batches: Vec<Vec<&'static str>> = entries
         .iter()
         .filter_map(|e| match &e.payload {
