@@ -64,24 +64,41 @@ done
 echo "== $label: $mds_count MDS(es), $clients clients x $files files (SDK)"
 mkdir -p "$dir/local"
 "${BENCH_CLI:-$bin/pstorage}" -c $name bench --metadata --clients "$clients" --files "$files" --local-dir "$dir/local"
-# Where the time goes: the mean time each kind of call took inside the
-# leader (from its metrics; the bench's figures include the network and
-# the client), and how many commands shared a Raft entry.
-for i in $(seq 1 "$mds_count"); do
-  curl -s "http://127.0.0.1:${metrics_port[$i]}/metrics" | python3 -c "
+# Where the time goes: the mean time each kind of call took inside a
+# server (from its metrics; the bench's figures include the network and
+# the client) since a snapshot of them, and for an MDS how many commands
+# shared a Raft entry.
+#   means WHO PORT SNAPSHOT: prints WHO's means since SNAPSHOT (a file, or
+#   /dev/null for all), then saves its metrics there.
+means() {
+  local who=$1 port=$2 snapshot=$3 now
+  now=$(curl -s "http://127.0.0.1:$port/metrics")
+  printf '%s\n' "$now" | python3 -c "
 import re, sys
-sums, counts, stats = {}, {}, {}
-for line in sys.stdin:
-    m = re.match(r'pstorage_mds_request_seconds_(sum|count)\{op=\"(\w+)\"\} (\S+)', line)
-    if m:
-        (sums if m[1] == 'sum' else counts)[m[2]] = float(m[3])
-    m = re.match(r'pstorage_mds_commit_(entries|commands)_total (\S+)', line)
-    if m:
-        stats[m[1]] = float(m[2])
-if stats.get('entries'):
-    ops = ', '.join(f'{op} {sums[op] / counts[op] * 1e6:.0f} us' for op in sorted(counts) if counts[op] >= 100)
-    print(f'mds$i (served): mean {ops}; {stats[\"commands\"] / stats[\"entries\"]:.1f} commands per Raft entry')
-"
+def read(lines):
+    sums, counts, stats = {}, {}, {}
+    for line in lines:
+        m = re.match(r'pstorage_(?:mds|fuse)_request_seconds_(sum|count)\{op=\"(\w+)\"\} (\S+)', line)
+        if m:
+            (sums if m[1] == 'sum' else counts)[m[2]] = float(m[3])
+        m = re.match(r'pstorage_mds_commit_(entries|commands)_total (\S+)', line)
+        if m:
+            stats[m[1]] = float(m[2])
+    return sums, counts, stats
+sums, counts, stats = read(sys.stdin)
+s0, c0, t0 = read(open(sys.argv[1]))
+counts = {op: n - c0.get(op, 0) for op, n in counts.items()}
+ops = ', '.join(f'{op} {(sums[op] - s0.get(op, 0)) / counts[op] * 1e6:.0f} us ({counts[op]:.0f})'
+                for op in sorted(counts) if counts[op] >= 100)
+entries = stats.get('entries', 0) - t0.get('entries', 0)
+batch = f'; {(stats[\"commands\"] - t0.get(\"commands\", 0)) / entries:.1f} commands per Raft entry' if entries else ''
+print(f'$who (served): mean {ops}{batch}')
+" "$snapshot"
+  [ "$snapshot" = /dev/null ] || printf '%s\n' "$now" >"$snapshot"
+}
+for i in $(seq 1 "$mds_count"); do
+  means "mds$i" "${metrics_port[$i]}" /dev/null
+  curl -s "http://127.0.0.1:${metrics_port[$i]}/metrics" >"$dir/mds$i.metrics"
 done
 [ -n "${NO_MOUNT:-}" ] && exit 0
 
@@ -106,9 +123,14 @@ t = [tuple(map(float, l.split())) for l in sys.stdin if l.strip()]
 print(f'{$clients * $files / (max(e for _, e in t) - min(s for s, _ in t)):.0f}')"
 }
 mkdir -p "$mnt" "$dir/local-mount"
-"$bin/pstorage-mount" -f -c $name "$mnt" >"$dir/mount.log" 2>&1 &
+mount_metrics=$(free_port)
+"$bin/pstorage-mount" -f -c $name --metrics 127.0.0.1:$mount_metrics "$mnt" >"$dir/mount.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
 local_rate=$(creates "$dir/local-mount")
 mount_rate=$(creates "$mnt")
 python3 -c "print(f'mount    create ({$clients} processes): {$mount_rate} files/s; local {$local_rate} files/s; ratio {$mount_rate / $local_rate:.3f}x')"
+# Where a create through the mount went: the mount's requests (what the
+# kernel asked for each file), and the MDSes' calls during the pass.
+means mount "$mount_metrics" /dev/null
+for i in $(seq 1 "$mds_count"); do means "mds$i" "${metrics_port[$i]}" "$dir/mds$i.metrics"; done

@@ -9,7 +9,9 @@
 # Environment: BIN, JOURNAL, BENCH_DIR, CS_COUNT as for bench-nbd.sh;
 # KEEP_CACHES=1 skips the `sync; drop_caches` between the two jobs (the
 # runner drops them); PERF=FILE records `perf record -a -g` for 8 s in
-# the middle of the job; WINDOWS=1 prints the windows.
+# the middle of the job (PERF_ARGS replaces `-a -g`, e.g. "-p PID
+# --call-graph dwarf" for the callers of glibc's malloc, which keeps no
+# frame pointers); WINDOWS=1 prints the windows.
 # JOB=randread runs the standard 4 KiB random read job instead (after the
 # same sequential write and cache drop: cold reads first). RUNTIME=120
 # runs the job for 120 s instead of the standard 15 (the steady state, with
@@ -60,7 +62,8 @@ fio --section="$job" --output-format=json --output="$dir/rw.json" \
 fio_pid=$!
 if [ -n "${PERF:-}" ]; then
   sleep 3
-  perf record -a -g -o "$PERF" -- sleep 8 >/dev/null 2>&1
+  # shellcheck disable=SC2086 # PERF_ARGS is a list of options
+  perf record ${PERF_ARGS:--a -g} -o "$PERF" -- sleep 8 >/dev/null 2>&1
 fi
 wait $fio_pid
 t1=$(cpu_ticks)

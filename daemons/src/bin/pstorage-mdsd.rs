@@ -13,6 +13,12 @@ struct Args {
     metrics: Option<String>,
 }
 
+/// mimalloc, not glibc's malloc: a chunk server's 4 KiB writes allocate
+/// buffers of 4-64 KiB (frames, TLS records) that glibc serves from its
+/// slow paths (docs/design.md, "Known limits").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     pstorage_daemons::cli::init_logging();

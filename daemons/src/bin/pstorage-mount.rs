@@ -4,6 +4,12 @@
 //! unmount it. The logic is `pstorage_daemons::mount`.
 use clap::Parser;
 
+/// mimalloc, not glibc's malloc: a chunk server's 4 KiB writes allocate
+/// buffers of 4-64 KiB (frames, TLS records) that glibc serves from its
+/// slow paths (docs/design.md, "Known limits").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     pstorage_daemons::cli::init_logging();
     let args = pstorage_daemons::mount::MountArgs::parse();
