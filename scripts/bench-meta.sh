@@ -69,7 +69,7 @@ mkdir -p "$dir/local"
 # the client) since a snapshot of them, and for an MDS how many commands
 # shared a Raft entry.
 #   means WHO PORT SNAPSHOT: prints WHO's means since SNAPSHOT (a file, or
-#   /dev/null for all), then saves its metrics there.
+#   /dev/null for all), then saves its metrics there (not to /dev/null).
 means() {
   local who=$1 port=$2 snapshot=$3 now
   now=$(curl -s "http://127.0.0.1:$port/metrics")
