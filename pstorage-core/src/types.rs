@@ -716,6 +716,12 @@ pub struct OpenReply {
     /// The data-path deadlines the client applies to this file's I/O
     /// (cluster parameters, current at the open).
     pub io_timeouts: IoTimeouts,
+    /// An open that may create (`OpenFlags::create`): the parent
+    /// directory's attributes after it (a create changes its times), read
+    /// as the MDS answered. `None` for other opens, and from an MDS older
+    /// than this field.
+    #[serde(default)]
+    pub parent: Option<Stat>,
 }
 
 /// Data-path deadlines (cluster parameters `io.replica_tout` and

@@ -331,6 +331,10 @@ struct OpenReply {
   # ms; 0 (an older MDS) means the client's default.
   replicaTimeoutMs @2 :UInt64;
   flushTimeoutMs @3 :UInt64;
+  # An open that may create (flags.create): the parent directory's
+  # attributes after it, so that a client that caches them need not ask
+  # again. Unset otherwise, and from an older MDS.
+  parentStat @4 :Stat;
 }
 
 # A byte-range lock request (pstorage_core::types::LockRequest).

@@ -104,6 +104,7 @@ fn sample_open_reply() -> OpenReply {
             replica_ms: 2_500,
             flush_ms: u64::MAX,
         },
+        parent: Some(sample_stat(InodeId(1))),
     }
 }
 

@@ -830,6 +830,9 @@ impl WireStruct for OpenReply {
         self.stat.write(b.reborrow().init_stat());
         b.set_replica_timeout_ms(self.io_timeouts.replica_ms);
         b.set_flush_timeout_ms(self.io_timeouts.flush_ms);
+        if let Some(parent) = &self.parent {
+            parent.write(b.reborrow().init_parent_stat());
+        }
     }
     fn read(r: schema::open_reply::Reader<'_>) -> capnp::Result<Self> {
         Ok(OpenReply {
@@ -838,6 +841,11 @@ impl WireStruct for OpenReply {
             io_timeouts: IoTimeouts {
                 replica_ms: r.get_replica_timeout_ms(),
                 flush_ms: r.get_flush_timeout_ms(),
+            },
+            parent: if r.has_parent_stat() {
+                Some(Stat::read(r.get_parent_stat()?)?)
+            } else {
+                None
             },
         })
     }

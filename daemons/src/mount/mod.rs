@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod daemon;
+mod dir_stats;
 pub mod fs;
 pub mod inodes;
 mod open_files;

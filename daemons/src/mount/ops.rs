@@ -46,6 +46,7 @@ pub mod locks;
 pub mod posix;
 
 use super::cache::ReadCache;
+use super::dir_stats::DirStats;
 use super::inodes::InodeTable;
 use super::open_files::{acquire, lock, OpenFiles, OpenInode, OpenState};
 
@@ -187,6 +188,8 @@ pub struct FsOps {
     cache: Option<Arc<ReadCache>>,
     hidden_ino: u64,
     hidden_prefix: String,
+    /// Directories' attributes as creates in them brought them back.
+    dir_stats: DirStats,
 }
 
 fn now_ms() -> u64 {
@@ -276,6 +279,7 @@ impl FsOps {
             .unwrap_or_else(|_| "host".to_string());
         Ok(FsOps {
             client,
+            dir_stats: DirStats::new(cfg.attr_ttl),
             cfg,
             inodes: Mutex::new(inodes),
             open: OpenFiles::default(),
@@ -399,6 +403,11 @@ impl FsOps {
     /// when it has the file open for writing. Errors: `Stale` if the inode
     /// is unknown to the mount or its path now names another inode.
     pub async fn getattr(&self, ino: u64) -> Result<Attr> {
+        // The kernel asks for a directory's attributes again after each
+        // create in it: the create brought them back.
+        if let Some(st) = self.dir_stats.get(ino) {
+            return Ok(self.attr(&st, false));
+        }
         let unlinked = lock(&self.inodes).parent_is(ino, self.hidden_ino);
         let oi = self.open.get(ino);
         // Not while the inode's lease changes: a release between taking
@@ -463,6 +472,12 @@ impl FsOps {
             lock(&self.inodes).add_link_lookup(st.ino.0, parent, name, st.kind);
         } else {
             lock(&self.inodes).add_lookup(st.ino.0, parent, name, st.kind);
+        }
+        // A file open here has attributes of its own (the size written
+        // under its lease); any other inode's are the ones just read.
+        self.dir_stats.forget(st.ino.0);
+        if self.open.get(st.ino.0).is_none() {
+            return Ok(self.attr(&st, false));
         }
         self.getattr(st.ino.0)
             .await
@@ -539,6 +554,7 @@ impl FsOps {
             let attr = self.getattr(ino).await?;
             return Ok((attr, opened));
         }
+        let ticket = self.dir_stats.ticket();
         let file = self
             .client
             .open_with(
@@ -554,6 +570,9 @@ impl FsOps {
             .await?;
         let ino = file.lease().ino;
         let stat = file.opened_stat().clone();
+        if let Some(dir) = file.parent_stat() {
+            self.dir_stats.keep(parent, dir, ticket);
+        }
         let (oi, mut st) = self.open.lock(ino.0).await;
         if st.mode.is_some() {
             // Cannot happen: the MDS just granted us the exclusive lease.
@@ -758,6 +777,8 @@ impl FsOps {
         size: Option<u64>,
         change: StatChange,
     ) -> Result<Attr> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         if let Some(size) = size {
             if lock(&self.inodes).kind(ino) == Some(InodeKind::Dir) {
                 return Err(Error::new(
@@ -842,6 +863,8 @@ impl FsOps {
     /// Creates directory `name` in `parent`. Errors: `AlreadyExists`,
     /// `PermissionDenied` for the hidden directory, the SDK's.
     pub async fn mkdir(&self, parent: u64, name: &str, perms: Perms) -> Result<Attr> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let path = self.child_path(parent, name)?;
         let st = self.client.mkdir_with(&path, false, perms).await?;
         lock(&self.inodes).add_lookup(st.ino.0, parent, name, InodeKind::Dir);
@@ -891,6 +914,8 @@ impl FsOps {
     /// this mount has it open). Errors: `NotFound`, `IsADirectory`, `Busy`
     /// if another client has it open, the SDK's.
     pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let path = self.child_path(parent, name)?;
         let known = lock(&self.inodes).child(parent, name);
         if let Some(ino) = known.filter(|i| self.open.get(*i).is_some()) {
@@ -915,6 +940,8 @@ impl FsOps {
     /// Removes the empty directory `name` from `parent`. Errors:
     /// `NotFound`, `NotADirectory`, `NotEmpty`, the SDK's.
     pub async fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let path = self.child_path(parent, name)?;
         let st = self.client.stat(&path).await?;
         if st.kind != InodeKind::Dir {
@@ -942,6 +969,8 @@ impl FsOps {
         new_name: &str,
         flags: u32,
     ) -> Result<()> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         if flags & libc::RENAME_WHITEOUT != 0 {
             return Err(Error::invalid(
                 "rename with RENAME_WHITEOUT is not supported by pstorage-mount",

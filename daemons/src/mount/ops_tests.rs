@@ -1,12 +1,14 @@
 //! [`FsOps`] in-process against a real cluster on loopback
 //! ([`LocalCluster`]: 1 MDS, 3 chunk servers, 256 MiB chunks, replicas 3:2).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use pstorage_core::error::ErrorKind;
 use pstorage_core::types::{CsStatus, InodeKind, Perms, StatChange, ROOT_INODE};
 use pstorage_rpc::local::LocalCluster;
 
-use super::ops::{DirEntry, FsConfig, FsOps, HIDDEN_DIR_NAME, STATFS_BLOCK_BYTES};
+use super::ops::{time_of, DirEntry, FsConfig, FsOps, HIDDEN_DIR_NAME, STATFS_BLOCK_BYTES};
 
 const ROOT: u64 = ROOT_INODE.0;
 
@@ -248,6 +250,53 @@ async fn mkdir_readdir_rename_unlink_rmdir() {
         assert_eq!(e.kind(), ErrorKind::NotFound, "{name}: {e}");
     }
     assert_eq!(list(&ops, ROOT).await, [".", ".."]);
+    cluster.stop().await.unwrap();
+}
+
+/// The kernel drops a directory's attributes after each create in it and
+/// asks again at its next path walk: the create brought them back, and
+/// the mount answers with them for the attribute TTL (as the kernel's own
+/// cache would), until a change of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answers_the_next_getattr_of_its_directory() {
+    let cluster = LocalCluster::builder().start().await.unwrap();
+    // A TTL that no step of the test outlasts.
+    let cfg = FsConfig {
+        attr_ttl: Duration::from_secs(3600),
+        ..FsConfig::default()
+    };
+    let ops = FsOps::new(cluster.client().unwrap(), cfg, None)
+        .await
+        .unwrap();
+    let other = cluster.client().unwrap();
+    let dir = ops.mkdir(ROOT, "d", Perms::DIR).await.unwrap();
+    let (_, opened) = ops
+        .create(dir.ino, "f", libc::O_WRONLY, Perms::FILE)
+        .await
+        .unwrap();
+    ops.release(opened.fh).await.unwrap();
+    let after_create = other.stat("/d").await.unwrap();
+    // Another client changes the directory: the mount still answers with
+    // the directory as the create left it.
+    other.chmod("/d", 0o700).await.unwrap();
+    let attr = ops.getattr(dir.ino).await.unwrap();
+    assert_eq!(attr.perm, 0o755);
+    assert_eq!(attr.mtime, time_of(after_create.mtime));
+    assert_eq!(attr.ctime, time_of(after_create.ctime));
+    // A change of the mount's own forgets it.
+    ops.mkdir(dir.ino, "sub", Perms::DIR).await.unwrap();
+    let attr = ops.getattr(dir.ino).await.unwrap();
+    assert_eq!((attr.perm, attr.nlink), (0o700, 3));
+    // So does a lookup of the directory, which read it anew.
+    let (_, opened) = ops
+        .create(dir.ino, "g", libc::O_WRONLY, Perms::FILE)
+        .await
+        .unwrap();
+    ops.release(opened.fh).await.unwrap();
+    other.chmod("/d", 0o750).await.unwrap();
+    assert_eq!(ops.getattr(dir.ino).await.unwrap().perm, 0o700);
+    assert_eq!(ops.lookup(ROOT, "d").await.unwrap().perm, 0o750);
+    assert_eq!(ops.getattr(dir.ino).await.unwrap().perm, 0o750);
     cluster.stop().await.unwrap();
 }
 

@@ -569,6 +569,8 @@ impl MetadataService for FakeMds {
             },
             stat,
             io_timeouts: self.io_timeouts,
+            // As an MDS older than the field.
+            parent: None,
         })
     }
 

@@ -56,6 +56,9 @@ pub(crate) struct FileInner {
     lease: Lease,
     /// The file's stat at open; the size in it is not maintained.
     opened_stat: Stat,
+    /// An open that may create: the parent directory's stat after it
+    /// (`OpenReply::parent`).
+    parent_stat: Option<Stat>,
     chunk_size: u64,
     /// Data-path deadlines (from the MDS at open).
     io_timeouts: IoTimeouts,
@@ -245,6 +248,7 @@ impl File {
             size: AtomicU64::new(reply.stat.size),
             lease: reply.lease,
             opened_stat: reply.stat,
+            parent_stat: reply.parent,
             chunk_size,
             io_timeouts: reply.io_timeouts.effective(),
             maps: MapCache::default(),
@@ -278,6 +282,14 @@ impl File {
     /// its permissions and times).
     pub fn opened_stat(&self) -> &Stat {
         &self.inner.opened_stat
+    }
+
+    /// An open that may create (`OpenFlags::create`): the attributes of the
+    /// directory holding the file, as the MDS had them right after the
+    /// open (a create changes its times). `None` for other opens, and from
+    /// an MDS that does not send them.
+    pub fn parent_stat(&self) -> Option<&Stat> {
+        self.inner.parent_stat.as_ref()
     }
 
     /// The chunk size of this file in bytes.

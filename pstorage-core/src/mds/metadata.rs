@@ -132,10 +132,17 @@ impl MetadataService for MdsService {
         drop(_chunks);
         self.delete_replicas(released).await;
         let io_timeouts = self.params(&self.core()).io_timeouts();
+        // The state applied now includes this open (and maybe later
+        // commands): the directory as it is after the create.
+        let parent = flags
+            .create
+            .then(|| parent_stat(&self.core(), path))
+            .flatten();
         Ok(OpenReply {
             lease,
             stat,
             io_timeouts,
+            parent,
         })
     }
 
@@ -195,6 +202,7 @@ impl MetadataService for MdsService {
             lease,
             stat,
             io_timeouts,
+            parent: None,
         })
     }
 
@@ -709,4 +717,13 @@ impl MdsService {
             Ok(map)
         }
     }
+}
+
+/// The attributes of the directory that holds `path`, as `core` has them
+/// (`None` for a malformed path or `/`, or a directory gone meanwhile).
+fn parent_stat(core: &Core, path: &str) -> Option<Stat> {
+    let parts = split_path(path).ok()?;
+    let (_, dirs) = parts.split_last()?;
+    let ino = core.state.lookup(&format!("/{}", dirs.join("/"))).ok()?;
+    core.state.stat_of(ino)
 }

@@ -64,6 +64,8 @@ impl FsOps {
         spec: NodeSpec,
         perms: Perms,
     ) -> Result<Attr> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let path = self.child_path(parent, name)?;
         let kind = InodeKind::of_spec(&spec);
         let st = self
@@ -84,6 +86,8 @@ impl FsOps {
         uid: u32,
         gid: u32,
     ) -> Result<Attr> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let perms = Perms {
             mode: 0o777,
             uid,
@@ -103,6 +107,8 @@ impl FsOps {
 
     /// Gives `ino` the further name `new_name` in `new_parent` (link(2)).
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &str) -> Result<Attr> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let from = self.path(ino)?;
         let to = self.child_path(new_parent, new_name)?;
         let st = self.client.link(&from, &to).await?;
@@ -245,6 +251,8 @@ impl FsOps {
     /// setxattr(2) of `ino` with its `flags` (`XATTR_CREATE`,
     /// `XATTR_REPLACE`).
     pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> Result<()> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let how = match flags {
             0 => XattrSet::Any,
             libc::XATTR_CREATE => XattrSet::Create,
@@ -261,6 +269,8 @@ impl FsOps {
 
     /// removexattr(2) of `ino`.
     pub async fn removexattr(&self, ino: u64, name: &str) -> Result<()> {
+        // Forgets the directories' attributes kept from creates.
+        let _change = self.dir_stats.change();
         let path = self.path(ino)?;
         self.client.remove_xattr(&path, name).await?;
         if let Some(oi) = self.open.get(ino) {
