@@ -704,6 +704,22 @@ async fn wait_for_leader(nodes: &[Node], alive: &[usize]) -> usize {
     }
 }
 
+/// Makes directory `path` through the Raft node of `leader` and waits until
+/// it is in the state machine of each of the three nodes.
+async fn mkdir_everywhere(nodes: &[Node], leader: usize, path: &str) {
+    nodes[leader]
+        .raft
+        .client_write(RaftRequest::one(Command::Mkdir {
+            perms: Perms::DIR,
+            path: path.into(),
+            parents: false,
+            now_ms: 1,
+        }))
+        .await
+        .unwrap();
+    wait_replicated(nodes, &[0, 1, 2], path).await;
+}
+
 /// Waits until `path` exists in the state machine of every node in `which`.
 async fn wait_replicated(nodes: &[Node], which: &[usize], path: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -735,17 +751,7 @@ async fn three_mdses_elect_replicate_and_route_to_the_leader() {
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
 
     // Written on the leader, replicated to every member over capnp.
-    nodes[leader]
-        .raft
-        .client_write(RaftRequest::one(Command::Mkdir {
-            perms: Perms::DIR,
-            path: "/direct".into(),
-            parents: false,
-            now_ms: 1,
-        }))
-        .await
-        .unwrap();
-    wait_replicated(&nodes, &[0, 1, 2], "/direct").await;
+    mkdir_everywhere(&nodes, leader, "/direct").await;
 
     // A client of a follower: its calls are served by the leader's service.
     let client = nodes[followers[0]].client();
@@ -792,17 +798,7 @@ async fn read_barriers_reuse_the_connections_to_the_followers() {
     let nodes = start_group(3).await;
     let leader = wait_for_leader(&nodes, &[0, 1, 2]).await;
     // Replicated everywhere: the replication streams are up.
-    nodes[leader]
-        .raft
-        .client_write(RaftRequest::one(Command::Mkdir {
-            perms: Perms::DIR,
-            path: "/up".into(),
-            parents: false,
-            now_ms: 1,
-        }))
-        .await
-        .unwrap();
-    wait_replicated(&nodes, &[0, 1, 2], "/up").await;
+    mkdir_everywhere(&nodes, leader, "/up").await;
     let before = nodes[leader].dials.load(Ordering::SeqCst);
     for _ in 0..50 {
         nodes[leader].raft.ensure_linearizable().await.unwrap();

@@ -473,9 +473,10 @@ impl FsOps {
         } else {
             lock(&self.inodes).add_lookup(st.ino.0, parent, name, st.kind);
         }
+        // Newer than what a create may have left of a directory.
+        self.dir_stats.forget(st.ino.0);
         // A file open here has attributes of its own (the size written
         // under its lease); any other inode's are the ones just read.
-        self.dir_stats.forget(st.ino.0);
         if self.open.get(st.ino.0).is_none() {
             return Ok(self.attr(&st, false));
         }
