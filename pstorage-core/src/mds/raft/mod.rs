@@ -11,6 +11,7 @@
 //! A single MDS is a Raft cluster of one member: the same code path, and
 //! more members can join later.
 
+mod log_files;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -23,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use super::state::{ApplyOutcome, Command, MdsState};
 use crate::error::{Error, ErrorKind, Result};
 
-#[cfg(test)]
-pub(crate) use store::encode_snapshot_record;
 pub use store::{
     compact_log_now, raft_config, MdsSnapshotBuilder, MdsStateMachine, RaftDisk, RaftLogStore,
     RaftStorage, StorageClosed, DEFAULT_SNAPSHOT_EVERY,
 };
+#[cfg(test)]
+pub(crate) use store::{encode_snapshot_record, LOG_LAYOUT_VERSION};
 
 pub use crate::types::MdsId;
 

@@ -1,11 +1,14 @@
-//! Persistent Raft storage of one MDS: log, vote, committed and purged log
-//! ids and the latest snapshot, in one redb database file (tables
-//! `raft_log` and `raft_meta`, next to the pre-Raft [`MdsStore`] tables).
+//! Persistent Raft storage of one MDS: vote, purged log id and the latest
+//! snapshot in one redb database file (table `raft_meta`, next to the
+//! pre-Raft [`MdsStore`] tables), the log and the committed log id in
+//! segment files beside it (`mds.redb.log`, [`LogFiles`]; layout 12 of
+//! the database: before it, the log was the table `raft_log`, moved out
+//! when a newer build first opens it).
 //!
-//! Every record is a format version byte ([`STORE_FORMAT_VERSION`])
+//! Every record is a format version byte ([`STORE_FORMAT_VERSION`](crate::mds::STORE_FORMAT_VERSION))
 //! followed by postcard bytes, like the pre-Raft store, read with the
 //! frozen types of its format (`mds::format`). A write is a redb commit
-//! (fsync) and is durable before openraft is told it happened.
+//! or a segment write, synced before openraft is told it happened.
 //!
 //! The MDS state itself is not written on every apply: it lives in the
 //! service ([`StateHost`]) and is persisted by snapshots. A restarted MDS
@@ -13,7 +16,6 @@
 //! openraft re-applies the committed entries after it (the committed log
 //! id is persisted too, so that happens at once on start).
 
-use parking_lot::Mutex;
 use std::fmt;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -30,14 +32,17 @@ use openraft::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::log_files::LogFiles;
 use super::{MdsId, MdsNode, MdsRaft, MdsRaftConfig, RaftResponse, StateHost};
+use crate::chunk::{CrashDisk, Disk, RealDisk};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mds::format;
 use crate::mds::state::MdsState;
-use crate::mds::store::{decode_body, encode, split_record, MdsStore, STORE_FORMAT_VERSION};
+use crate::mds::store::{decode_body, encode, split_record, MdsStore};
 use crate::mds::store_error::{self, MdsStoreError};
 
-/// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`).
+/// Log entries: index -> version byte + postcard(`Entry<MdsRaftConfig>`),
+/// before layout 12 (read once, to move them to the segment files).
 const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Everything else, by key (see the `*_KEY` constants).
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -46,11 +51,18 @@ const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta"
 const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("mds_meta");
 const LEGACY_SNAPSHOT_KEY: &str = "snapshot";
 
-/// Marks the file as holding Raft state: version byte only.
+/// Marks the file as holding Raft state: one byte, the layout (see
+/// [`LOG_LAYOUT_VERSION`]).
 const FORMAT_KEY: &str = "format";
+/// The layout [`FORMAT_KEY`] holds since the log is in segment files
+/// ([`LogFiles`]); a lower one (a store format, 3 to 11) has it in the
+/// table [`RAFT_LOG`]. A build that reads store format 11 or older refuses
+/// it as a newer format.
+pub(crate) const LOG_LAYOUT_VERSION: u8 = 12;
 /// The last vote: version + postcard(`Vote`).
 const VOTE_KEY: &str = "vote";
-/// The last committed log id: version + postcard(`Option<LogId>`).
+/// The last committed log id: version + postcard(`Option<LogId>`), before
+/// layout 12 (now a record of the log).
 const COMMITTED_KEY: &str = "committed";
 /// The last purged log id: version + postcard(`Option<LogId>`).
 const PURGED_KEY: &str = "purged";
@@ -86,7 +98,7 @@ struct SnapshotRecordRef<'a> {
 }
 
 /// The snapshot record (what [`SNAPSHOT_KEY`] holds and openraft
-/// transfers) of `state` with `meta`, in [`STORE_FORMAT_VERSION`].
+/// transfers) of `state` with `meta`, in [`STORE_FORMAT_VERSION`](crate::mds::STORE_FORMAT_VERSION).
 pub(crate) fn encode_snapshot_record(meta: &Meta, state: &MdsState) -> Result<Vec<u8>> {
     encode(&SnapshotRecordRef { meta, state })
 }
@@ -97,6 +109,10 @@ pub(crate) fn encode_snapshot_record(meta: &Meta, state: &MdsState) -> Result<Ve
 struct Db {
     db: Database,
     path: PathBuf,
+    /// The file system of the log (the machine's, or memory's).
+    disk: Arc<dyn Disk>,
+    /// The log, once opened ([`RaftStorage::from_shared`]).
+    log: std::sync::OnceLock<LogFiles>,
     /// Dropped after `db` (fields drop in declaration order): set once the
     /// database file is closed, which [`StorageClosed`] waits for.
     closed: ClosedFlag,
@@ -113,6 +129,116 @@ impl Drop for ClosedFlag {
 }
 
 impl Db {
+    fn new(db: Database, path: &Path, disk: Arc<dyn Disk>) -> Db {
+        Db {
+            db,
+            path: path.to_path_buf(),
+            disk,
+            log: std::sync::OnceLock::new(),
+            closed: ClosedFlag::default(),
+        }
+    }
+
+    /// The log's directory: `mds.redb.log` beside `mds.redb`.
+    fn log_dir(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".log");
+        PathBuf::from(name)
+    }
+
+    fn log(&self) -> &LogFiles {
+        self.log.get().expect("the log is opened with the database")
+    }
+
+    /// Opens the log, moving it out of the database first if an older
+    /// layout holds it there.
+    fn open_log(&self) -> Result<()> {
+        if self.log.get().is_some() {
+            return Ok(());
+        }
+        let layout = self
+            .layout()?
+            .ok_or_else(|| Error::not_found(format!("{} holds no MDS", self.path.display())))?;
+        let log = if layout >= LOG_LAYOUT_VERSION {
+            LogFiles::open(Arc::clone(&self.disk), &self.log_dir())?
+        } else {
+            self.move_log_out()?
+        };
+        if let Some(purged) = self
+            .read_meta::<Option<LogId<MdsId>>>(PURGED_KEY, "MDS Raft purged log id")?
+            .flatten()
+        {
+            log.purge(purged.index)?;
+        }
+        // Set once: `from_shared` runs again only on a database whose log
+        // it opened already.
+        let _ = self.log.set(log);
+        Ok(())
+    }
+
+    /// Moves the log of a store of layout 11 or older from the table
+    /// [`RAFT_LOG`] into segment files, then marks the database layout 12
+    /// and drops the table (one commit: a crash before it starts again
+    /// from the table).
+    fn move_log_out(&self) -> Result<LogFiles> {
+        let entries: Vec<(u64, Vec<u8>)> = {
+            let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+            match txn.open_table(RAFT_LOG) {
+                Ok(table) => table
+                    .iter()
+                    .map_err(|e| self.error(e))?
+                    .map(|item| {
+                        let (k, v) = item.map_err(|e| self.error(e))?;
+                        Ok((k.value(), v.value().to_vec()))
+                    })
+                    .collect::<Result<_>>()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(self.error(e)),
+            }
+        };
+        let committed =
+            self.read_record(COMMITTED_KEY, "MDS Raft committed log id", |b, _, _| {
+                Ok(b.to_vec())
+            })?;
+        let log = LogFiles::create(Arc::clone(&self.disk), &self.log_dir())?;
+        if let Some(c) = committed {
+            let id: Option<LogId<MdsId>> = {
+                let what = "MDS Raft committed log id";
+                let (_, body) = split_record(&c, what, &self.path)?;
+                decode_body(body, what, &self.path)?
+            };
+            log.want_committed(id.map(|i| i.index), c);
+        }
+        // A few MiB per write; the log holds its entries since the
+        // snapshot (about 10,000).
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            bytes += entry.1.len();
+            batch.push(entry);
+            if bytes >= 4 << 20 {
+                log.append(&std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        log.append(&batch)?;
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut meta = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
+            meta.insert(FORMAT_KEY, [LOG_LAYOUT_VERSION].as_slice())
+                .map_err(|e| self.error(e))?;
+            meta.remove(COMMITTED_KEY).map_err(|e| self.error(e))?;
+        }
+        txn.delete_table(RAFT_LOG).map_err(|e| self.error(e))?;
+        txn.commit().map_err(|e| self.error(e))?;
+        tracing::info!(
+            path = %self.path.display(),
+            log = %self.log_dir().display(),
+            "moved the MDS Raft log into segment files (layout 12)"
+        );
+        Ok(log)
+    }
+
     fn error(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
         db_error(&self.path, e)
     }
@@ -172,17 +298,37 @@ impl Db {
 
     /// Whether the file holds Raft state (`Protocol` for a newer format).
     fn is_raft(&self) -> Result<bool> {
+        Ok(self.layout()?.is_some())
+    }
+
+    /// The layout the file's Raft state is in, if it holds any: a store
+    /// format (3 to 11: the log in the table [`RAFT_LOG`]) or
+    /// [`LOG_LAYOUT_VERSION`]. `Protocol` for a newer one.
+    fn layout(&self) -> Result<Option<u8>> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = match txn.open_table(RAFT_META) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.error(e)),
         };
         let Some(value) = table.get(FORMAT_KEY).map_err(|e| self.error(e))? else {
-            return Ok(false);
+            return Ok(None);
         };
-        split_record(value.value(), "MDS Raft format marker", &self.path)?;
-        Ok(true)
+        match value.value() {
+            [layout] if *layout == LOG_LAYOUT_VERSION => Ok(Some(*layout)),
+            [layout] if *layout > LOG_LAYOUT_VERSION => Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "MDS Raft format marker in {} has layout {layout}, this build reads layout {LOG_LAYOUT_VERSION}; run a pstorage release that supports it",
+                    self.path.display()
+                ),
+            )),
+            bytes => {
+                let (version, _) =
+                    split_record(bytes, "MDS Raft format marker", &self.path)?;
+                Ok(Some(version))
+            }
+        }
     }
 
     /// Whether the file holds a pre-Raft [`MdsStore`].
@@ -204,7 +350,7 @@ impl Db {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut meta = txn.open_table(RAFT_META).map_err(|e| self.error(e))?;
-            meta.insert(FORMAT_KEY, [STORE_FORMAT_VERSION].as_slice())
+            meta.insert(FORMAT_KEY, [LOG_LAYOUT_VERSION].as_slice())
                 .map_err(|e| self.error(e))?;
             if let Some(state) = seed {
                 let snapshot_meta = Meta {
@@ -217,10 +363,11 @@ impl Db {
                 meta.insert(SNAPSHOT_META_KEY, encode(&snapshot_meta)?.as_slice())
                     .map_err(|e| self.error(e))?;
             }
-            // Create the log table so readers never see it missing.
-            txn.open_table(RAFT_LOG).map_err(|e| self.error(e))?;
         }
-        txn.commit().map_err(|e| self.error(e))
+        txn.commit().map_err(|e| self.error(e))?;
+        let log = LogFiles::create(Arc::clone(&self.disk), &self.log_dir())?;
+        let _ = self.log.set(log);
+        Ok(())
     }
 
     fn snapshot_meta(&self) -> Result<Option<Meta>> {
@@ -274,19 +421,31 @@ impl Db {
     }
 
     fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<MdsRaftConfig>>> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match txn.open_table(RAFT_LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.error(e)),
+        use std::ops::Bound;
+        let from = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_add(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
         };
-        let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        let mut entries = Vec::new();
-        for item in table.range::<u64>(range).map_err(|e| self.error(e))? {
-            let (k, v) = item.map_err(|e| self.error(e))?;
-            entries.push(self.decode_entry(k.value(), v.value())?);
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_sub(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => u64::MAX,
+        };
+        if from > to {
+            return Ok(Vec::new());
         }
-        Ok(entries)
+        self.log()
+            .read(from, to)?
+            .into_iter()
+            .map(|(index, bytes)| self.decode_entry(index, &bytes))
+            .collect()
     }
 
     fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry<MdsRaftConfig>> {
@@ -303,15 +462,21 @@ impl Db {
     }
 
     fn last_entry(&self) -> Result<Option<Entry<MdsRaftConfig>>> {
-        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match txn.open_table(RAFT_LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.error(e)),
+        let Some(last) = self.log().last_index() else {
+            return Ok(None);
         };
-        let last = table.last().map_err(|e| self.error(e))?;
-        last.map(|(k, v)| self.decode_entry(k.value(), v.value()))
-            .transpose()
+        Ok(self.read_entries(last..=last)?.pop())
+    }
+
+    /// The committed log id the log records last.
+    fn committed(&self) -> Result<Option<LogId<MdsId>>> {
+        let Some(bytes) = self.log().committed() else {
+            return Ok(None);
+        };
+        let what = "MDS Raft committed log id";
+        let (_, body) = split_record(&bytes, what, &self.log_dir())?;
+        let id: Option<LogId<MdsId>> = decode_body(body, what, &self.log_dir())?;
+        Ok(id)
     }
 }
 
@@ -365,11 +530,7 @@ impl RaftStorage {
     fn create_db(path: &Path) -> Result<Db> {
         crate::private_files::prepare_private_file(path)?;
         let db = Database::create(path).map_err(|e| db_error(path, e))?;
-        let db = Db {
-            db,
-            path: path.to_path_buf(),
-            closed: ClosedFlag::default(),
-        };
+        let db = Db::new(db, path, Arc::new(RealDisk));
         if db.is_raft()? || db.is_legacy()? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -416,11 +577,7 @@ impl RaftStorage {
         }
         crate::private_files::make_private(path)?;
         let db = Database::open(path).map_err(|e| db_error(path, e))?;
-        let db = Db {
-            db,
-            path: path.to_path_buf(),
-            closed: ClosedFlag::default(),
-        };
+        let db = Db::new(db, path, Arc::new(RealDisk));
         if !db.is_raft()? {
             let why = if db.is_legacy()? {
                 "holds a pre-Raft MDS store; open it with RaftStorage::open_legacy_or_raft to import it"
@@ -449,11 +606,7 @@ impl RaftStorage {
         crate::private_files::make_private(path)?;
         let legacy = {
             let db = Database::open(path).map_err(|e| db_error(path, e))?;
-            let db = Db {
-                db,
-                path: path.to_path_buf(),
-                closed: ClosedFlag::default(),
-            };
+            let db = Db::new(db, path, Arc::new(RealDisk));
             !db.is_raft()? && db.is_legacy()?
         };
         if !legacy {
@@ -463,11 +616,7 @@ impl RaftStorage {
         // file and MdsStore opens its own.
         let state = MdsStore::open(path)?.load()?;
         let db = Database::open(path).map_err(|e| db_error(path, e))?;
-        let db = Db {
-            db,
-            path: path.to_path_buf(),
-            closed: ClosedFlag::default(),
-        };
+        let db = Db::new(db, path, Arc::new(RealDisk));
         db.init(Some(&state))?;
         tracing::info!(
             path = %path.display(),
@@ -487,11 +636,7 @@ impl RaftStorage {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| db_error(&path, e))?;
-        let db = Db {
-            db,
-            path,
-            closed: ClosedFlag::default(),
-        };
+        let db = Db::new(db, &path, Arc::new(CrashDisk::new()));
         db.init(initial)?;
         Self::from_db(db)
     }
@@ -520,8 +665,9 @@ impl RaftStorage {
     fn from_shared(db: Arc<Db>) -> Result<RaftStorage> {
         let snapshot = db.snapshot_meta()?;
         db.read_meta::<Vote<MdsId>>(VOTE_KEY, "MDS Raft vote")?;
-        db.read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?;
         db.read_meta::<Option<LogId<MdsId>>>(PURGED_KEY, "MDS Raft purged log id")?;
+        db.open_log()?;
+        db.committed()?;
         db.last_entry()?;
         Ok(RaftStorage { db, snapshot })
     }
@@ -563,11 +709,7 @@ impl RaftStorage {
     /// compare members with [`RaftStorage::state_at`] at the highest.
     pub fn committed_state(path: impl AsRef<Path>) -> Result<(u64, MdsState)> {
         let storage = RaftStorage::open(path)?;
-        let committed = storage
-            .db
-            .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")?
-            .flatten()
-            .map(|l| l.index);
+        let committed = storage.db.committed()?.map(|l| l.index);
         storage.replay(committed)
     }
 
@@ -642,7 +784,6 @@ impl RaftStorage {
         };
         let log = RaftLogStore {
             db: self.db,
-            committed_writes: Arc::default(),
             committed_saved: None,
         };
         (log, sm)
@@ -698,49 +839,9 @@ impl fmt::Debug for RaftDisk {
 #[derive(Clone)]
 pub struct RaftLogStore {
     db: Arc<Db>,
-    /// The committed log id's writes, behind the commit path.
-    committed_writes: Arc<Mutex<CommittedWrites>>,
     /// The committed log id openraft last saved (it reads back this one,
-    /// written or not).
+    /// recorded in the log or not yet).
     committed_saved: Option<Option<LogId<MdsId>>>,
-}
-
-/// The committed log id's writes behind the commit path: at most one
-/// writer at a time, which writes the newest id saved until it has written
-/// it, so a slow disk holds one blocking thread, not one per commit round,
-/// and an older id never replaces a newer one.
-#[derive(Default)]
-struct CommittedWrites {
-    /// The newest id openraft saved.
-    wanted: Option<LogId<MdsId>>,
-    /// The newest id written.
-    written: Option<LogId<MdsId>>,
-    /// A writer is running.
-    writing: bool,
-}
-
-/// The writer of [`CommittedWrites`]: writes the newest wanted id until
-/// the written one has caught up. A failed write ends it (the next save
-/// starts another); the id is recorded again with the next one.
-fn write_committed(db: &Db, writes: &Mutex<CommittedWrites>) {
-    loop {
-        let id = {
-            let mut w = writes.lock();
-            if w.wanted <= w.written {
-                w.writing = false;
-                return;
-            }
-            w.wanted
-        };
-        match db.write_meta_with(COMMITTED_KEY, &id, redb::Durability::None) {
-            Ok(()) => writes.lock().written = id,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the committed log id");
-                writes.lock().writing = false;
-                return;
-            }
-        }
-    }
 }
 
 impl fmt::Debug for RaftLogStore {
@@ -800,29 +901,18 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<MdsId>>) -> StorageResult<()> {
-        // Not synced on its own (a sync per commit round doubled the
-        // fsyncs of every command): the committed id only lets a restart
+        // Not written on its own (a sync per commit round doubled the
+        // syncs of every command): it goes in front of the next append,
+        // durable with it, or when the log closes. It only lets a restart
         // apply at once what it can find committed anyway, and one lost
         // with a crash is an older one, covering entries that were durable
-        // before it. It becomes durable with the next log append.
-        //
-        // Nor waited for: openraft applies the entries only after this
-        // returns, and the write (a thread hand-off and a redb transaction)
-        // took ~20% of every metadata operation's time at the leader. One
-        // writer at a time writes the newest id ([`CommittedWrites`]).
+        // before it.
         self.committed_saved = Some(committed);
-        let start = {
-            let mut w = self.committed_writes.lock();
-            w.wanted = w.wanted.max(committed);
-            let start = !w.writing && w.wanted > w.written;
-            w.writing |= start;
-            start
-        };
-        if start {
-            let db = Arc::clone(&self.db);
-            let writes = Arc::clone(&self.committed_writes);
-            crate::runtime::start_blocking(move || write_committed(&db, &writes));
-        }
+        let bytes = encode(&committed)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.db
+            .log()
+            .want_committed(committed.map(|c| c.index), bytes);
         Ok(())
     }
 
@@ -831,8 +921,7 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
             return Ok(saved);
         }
         self.db
-            .read_meta::<Option<LogId<MdsId>>>(COMMITTED_KEY, "MDS Raft committed log id")
-            .map(Option::flatten)
+            .committed()
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
@@ -850,23 +939,10 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
             .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
             .collect::<Result<Vec<(u64, Vec<u8>)>>>();
         let result = match records {
-            Ok(records) => {
-                blocking(&self.db, move |db| {
-                    let txn = db.db.begin_write().map_err(|e| db.error(e))?;
-                    {
-                        let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
-                        for (index, bytes) in &records {
-                            log.insert(*index, bytes.as_slice())
-                                .map_err(|e| db.error(e))?;
-                        }
-                    }
-                    txn.commit().map_err(|e| db.error(e))
-                })
-                .await
-            }
+            Ok(records) => blocking(&self.db, move |db| db.log().append(&records)).await,
             Err(e) => Err(e),
         };
-        // Only now (committed with fsync, or failed) may openraft learn of it.
+        // Only now (synced, or failed) may openraft learn of it.
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -880,34 +956,17 @@ impl RaftLogStorage<MdsRaftConfig> for RaftLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<MdsId>) -> StorageResult<()> {
-        blocking(&self.db, move |db| {
-            let txn = db.db.begin_write().map_err(|e| db.error(e))?;
-            {
-                let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
-                log.retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| db.error(e))?;
-            }
-            txn.commit().map_err(|e| db.error(e))
-        })
-        .await
-        .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        blocking(&self.db, move |db| db.log().truncate(log_id.index))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId<MdsId>) -> StorageResult<()> {
         blocking(&self.db, move |db| {
-            let purged = encode(&Some(log_id))?;
-            let txn = db.db.begin_write().map_err(|e| db.error(e))?;
-            {
-                // The purged id and the deletion commit together, so the
-                // log never has a hole after a crash.
-                let mut meta = txn.open_table(RAFT_META).map_err(|e| db.error(e))?;
-                meta.insert(PURGED_KEY, purged.as_slice())
-                    .map_err(|e| db.error(e))?;
-                let mut log = txn.open_table(RAFT_LOG).map_err(|e| db.error(e))?;
-                log.retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| db.error(e))?;
-            }
-            txn.commit().map_err(|e| db.error(e))
+            // The purged id first: the log never has a hole after a crash
+            // (entries up to it are never read again).
+            db.write_meta(PURGED_KEY, &Some(log_id))?;
+            db.log().purge(log_id.index)
         })
         .await
         .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))

@@ -757,7 +757,6 @@ fn create_and_open_refuse_the_wrong_file() {
 }
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 
 fn poke_meta(path: &Path, key: &str, bytes: &[u8]) {
     let db = Database::open(path).unwrap();
@@ -784,7 +783,9 @@ fn newer_or_garbled_records_are_refused_clearly() {
     assert_eq!(snapshot[0], STORE_FORMAT_VERSION);
 
     let newer = STORE_FORMAT_VERSION + 1;
-    for key in ["format", "vote", "committed", "snapshot_meta"] {
+    // (The committed log id is a record of the log files since layout 12:
+    // `log_files`' tests.)
+    for key in ["format", "vote", "snapshot_meta"] {
         let mut record = vec![newer];
         record.extend(postcard::to_allocvec(&Option::<u64>::None).unwrap());
         poke_meta(&path, key, &record);
@@ -803,7 +804,7 @@ fn newer_or_garbled_records_are_refused_clearly() {
         }
         // Restore a sane value.
         match key {
-            "format" => poke_meta(&path, key, &[STORE_FORMAT_VERSION]),
+            "format" => poke_meta(&path, key, &[LOG_LAYOUT_VERSION]),
             "snapshot_meta" => {
                 let meta = postcard::to_allocvec(&openraft::SnapshotMeta::<MdsId, MdsNode> {
                     snapshot_id: "initial".into(),
@@ -843,15 +844,23 @@ fn newer_or_garbled_records_are_refused_clearly() {
         MdsState::new(cluster_attrs()).unwrap()
     );
 
-    // A garbled or misplaced log entry.
-    let db = Database::open(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    txn.open_table(LOG)
+    // A layout newer than the log files.
+    poke_meta(&path, "format", &[LOG_LAYOUT_VERSION + 1]);
+    let err = RaftStorage::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.message()
+            .contains(&format!("layout {}", LOG_LAYOUT_VERSION + 1)),
+        "{err}"
+    );
+    poke_meta(&path, "format", &[LOG_LAYOUT_VERSION]);
+
+    // A garbled log entry.
+    let log_dir = dir.path().join("mds.redb.log");
+    super::log_files::LogFiles::open(Arc::new(crate::chunk::RealDisk), &log_dir)
         .unwrap()
-        .insert(5, [STORE_FORMAT_VERSION, 1, 2].as_slice())
+        .append(&[(5, vec![STORE_FORMAT_VERSION, 1, 2])])
         .unwrap();
-    txn.commit().unwrap();
-    drop(db);
     let err = RaftStorage::open(&path).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.message().contains("log entry 5"), "{err}");
