@@ -419,6 +419,11 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                 "Reads waiting for the next read barrier round.",
                 gauge_of(c.barrier_waiting),
             );
+            m.counter(
+                "pstorage_mds_read_barrier_skipped_total",
+                "Reads served without a read barrier round (the only voter of its group, leading it).",
+                c.barrier_skipped,
+            );
             if leader == Some(id) {
                 if let Ok(status) = service.cluster_status().await {
                     cluster(&mut m, &status);

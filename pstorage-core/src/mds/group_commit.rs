@@ -136,6 +136,9 @@ pub struct CommitStats {
     pub barrier_rounds: u64,
     /// Reads waiting for the next barrier round right now.
     pub barrier_waiting: u64,
+    /// Reads served without a round: an MDS that is its group's only
+    /// voter and leads it.
+    pub barrier_skipped: u64,
 }
 
 /// The proposals of one MDS.
@@ -352,6 +355,16 @@ impl ReadBarriers {
         self.queue.lock().rounds
     }
 
+    /// Reads served without a round (one MDS: see `sole_voter_serving`).
+    pub(super) fn skipped(&self) -> u64 {
+        self.queue.lock().skipped
+    }
+
+    /// Counts a read served without a round.
+    pub(super) fn count_skipped(&self) {
+        self.queue.lock().skipped += 1;
+    }
+
     /// Reads waiting for the next round.
     pub(super) fn waiting(&self) -> u64 {
         self.queue.lock().waiting.len() as u64
@@ -405,6 +418,8 @@ struct BarrierQueue {
     running: bool,
     /// Rounds started.
     rounds: u64,
+    /// Reads served without a round.
+    skipped: u64,
 }
 
 /// Runs barrier rounds until no reader waits.

@@ -93,29 +93,60 @@ async fn concurrent_commands_share_log_entries_and_keep_their_own_outcomes() {
     }
 }
 
+/// The only voter of its group reads without barrier rounds; once a
+/// second voter joins, every read takes a round again, and concurrent
+/// reads share them.
 #[tokio::test]
 async fn concurrent_reads_share_read_barrier_rounds() {
-    let (_dir, net, mds, raft) = one_mds().await;
+    let (dir, net, mds, raft) = one_mds().await;
     mds.mkdir("/d", false, None).await.unwrap();
+    let stats = |mds: &crate::mds::MdsService| {
+        let s = mds.commit_stats();
+        assert_eq!(s.barrier_rounds, mds.barriers.rounds());
+        assert_eq!(s.barrier_waiting, 0);
+        (s.barrier_rounds, s.barrier_skipped)
+    };
+    let reads = |n: usize| {
+        futures::future::join_all((0..n).map(|_| {
+            let mds = mds.clone();
+            async move { mds.stat("/d").await }
+        }))
+    };
 
-    let before = mds.barriers.rounds();
-    let reads = (0..50).map(|_| {
-        let mds = mds.clone();
-        async move { mds.stat("/d").await }
-    });
-    for stat in futures::future::join_all(reads).await {
+    let (rounds, skipped) = stats(&mds);
+    for stat in reads(10).await {
         assert_eq!(stat.unwrap().kind, crate::types::InodeKind::Dir);
     }
-    let rounds = mds.barriers.rounds() - before;
-    let stats = mds.commit_stats();
-    assert_eq!(stats.barrier_rounds, mds.barriers.rounds());
-    assert_eq!(stats.barrier_waiting, 0);
+    assert_eq!(stats(&mds), (rounds, skipped + 10), "one voter: no rounds");
+
+    // A joining MDS starts from a snapshot.
+    compact_log_now(&raft, TIMEOUT).await.unwrap();
+    let storage = RaftStorage::create_empty(dir.path().join("mds2.redb")).unwrap();
+    let n2 = start(&net, MdsId(2), storage, DEFAULT_SNAPSHOT_EVERY).await;
+    raft.add_learner(MdsId(2), node_info(MdsId(2)), true)
+        .await
+        .unwrap();
+    raft.change_membership(BTreeSet::from([MdsId(1), MdsId(2)]), false)
+        .await
+        .unwrap();
+    let (rounds, skipped) = stats(&mds);
+    for stat in reads(50).await {
+        assert_eq!(stat.unwrap().kind, crate::types::InodeKind::Dir);
+    }
+    let (after, skipped_after) = stats(&mds);
+    assert_eq!(
+        skipped_after, skipped,
+        "two voters: every read takes a round"
+    );
     assert!(
-        (1..50).contains(&rounds),
-        "50 concurrent reads took {rounds} barrier rounds"
+        (1..50).contains(&(after - rounds)),
+        "50 concurrent reads took {} barrier rounds",
+        after - rounds
     );
     net.unregister(MdsId(1));
+    net.unregister(MdsId(2));
     raft.shutdown().await.unwrap();
+    n2.raft.shutdown().await.unwrap();
 }
 
 /// A command past `MAX_COMMAND_BYTES` is refused before it is proposed,
