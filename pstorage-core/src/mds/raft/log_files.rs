@@ -204,6 +204,11 @@ impl LogFiles {
             }
         }
         disk.sync_dir(dir).map_err(io)?;
+        // Its name too: a database whose log directory is gone does not
+        // start.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            disk.sync_dir(parent).map_err(io)?;
+        }
         Ok(LogFiles::with_state(
             disk,
             dir,
