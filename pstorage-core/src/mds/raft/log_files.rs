@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::chunk::{Disk, DiskFile, OpenMode};
+use crate::chunk::{crc64, Disk, DiskFile, OpenMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mds::store_error;
 
@@ -166,9 +166,8 @@ fn segment_header(first: u64, seed: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] 
     h[8..12].copy_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&first.to_le_bytes());
     h[24..32].copy_from_slice(&seed.to_le_bytes());
-    let mut digest = crc64fast::Digest::new();
-    digest.write(&h[..32]);
-    h[32..].copy_from_slice(&digest.sum64().to_le_bytes());
+    let sum = crc64(&h[..32]);
+    h[32..].copy_from_slice(&sum.to_le_bytes());
     h
 }
 
@@ -564,7 +563,6 @@ impl LogFiles {
     }
 
     fn truncate_now(&self, index: u64) -> Result<()> {
-        let io = |e| log_error(&self.dir, e);
         let (cut, removed) = {
             let mut state = self.state.lock();
             let mut removed = Vec::new();
@@ -592,14 +590,7 @@ impl LogFiles {
         // predecessor.
         self.remove_segments(&removed)?;
         if let Some((file, from, to)) = cut {
-            let zeros = vec![0u8; ZEROS];
-            let mut at = from;
-            while at < to {
-                let n = ((to - at) as usize).min(ZEROS);
-                file.write_at(&zeros[..n], at).map_err(io)?;
-                at += n as u64;
-            }
-            file.sync_data().map_err(io)?;
+            zero_range(file.as_ref(), from, to, &self.dir)?;
         }
         Ok(())
     }
@@ -635,8 +626,15 @@ fn read_some(file: &dyn DiskFile, at: u64, len: u64, dir: &Path) -> Result<Optio
 /// Writes zeros over whatever is not zero from `from` to the end of
 /// `file`, and syncs if it wrote any.
 fn zero_tail(file: &dyn DiskFile, from: u64, dir: &Path) -> Result<()> {
+    let len = file.len().map_err(|e| log_error(dir, e))?;
+    zero_range(file, from, len, dir)
+}
+
+/// Writes zeros over whatever is not zero in `[from, to)` of `file`, and
+/// syncs if it wrote any.
+fn zero_range(file: &dyn DiskFile, from: u64, to: u64, dir: &Path) -> Result<()> {
     let io = |e| log_error(dir, e);
-    let len = file.len().map_err(io)?;
+    let len = to;
     let mut at = from;
     let mut wrote = false;
     let mut buf = vec![0u8; ZEROS];
@@ -723,14 +721,12 @@ fn scan(disk: &dyn Disk, dir: &Path) -> Result<State> {
                 ),
             ));
         }
-        let mut digest = crc64fast::Digest::new();
-        digest.write(&header[..32]);
         let seed = u64_at(&header, 24);
         let chained = state
             .segments
             .last()
             .is_none_or(|prev: &Segment| prev.next() == first && state.tip == seed);
-        if digest.sum64() != u64_at(&header, 32) || u64_at(&header, 16) != first || !chained {
+        if crc64(&header[..32]) != u64_at(&header, 32) || u64_at(&header, 16) != first || !chained {
             return Err(Error::corrupt(format!(
                 "the MDS Raft log segment {} does not follow the segment before it (or its header is damaged)",
                 path.display()

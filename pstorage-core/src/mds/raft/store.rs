@@ -202,11 +202,7 @@ impl Db {
             })?;
         let log = LogFiles::create(Arc::clone(&self.disk), &self.log_dir())?;
         if let Some(c) = committed {
-            let id: Option<LogId<MdsId>> = {
-                let what = "MDS Raft committed log id";
-                let (_, body) = split_record(&c, what, &self.path)?;
-                decode_body(body, what, &self.path)?
-            };
+            let id = decode_committed(&c, &self.path)?;
             log.want_committed(id.map(|i| i.index), c);
         }
         // A few MiB per write; the log holds its entries since the
@@ -473,11 +469,16 @@ impl Db {
         let Some(bytes) = self.log().committed() else {
             return Ok(None);
         };
-        let what = "MDS Raft committed log id";
-        let (_, body) = split_record(&bytes, what, &self.log_dir())?;
-        let id: Option<LogId<MdsId>> = decode_body(body, what, &self.log_dir())?;
-        Ok(id)
+        decode_committed(&bytes, &self.log_dir())
     }
+}
+
+/// Decodes a committed log id record (of the log files, or of
+/// [`COMMITTED_KEY`] before layout 12) found in `path`.
+fn decode_committed(bytes: &[u8], path: &Path) -> Result<Option<LogId<MdsId>>> {
+    let what = "MDS Raft committed log id";
+    let (_, body) = split_record(bytes, what, path)?;
+    decode_body(body, what, path)
 }
 
 fn db_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
