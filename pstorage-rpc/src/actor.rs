@@ -9,8 +9,12 @@
 //! - `ClientActor` (behind `MdsClient` and `ControlClient`) owns one client
 //!   connection; each call travels to it as a boxed job with a oneshot reply,
 //!   so the clients are `Send + Sync` and usable from any runtime.
+//!
+//! A daemon may instead host them all on one thread ([`run_hosted`]): the
+//! servers and clients started from that thread run as tasks of its
+//! `LocalSet`, beside the daemon's own tasks, and a call crosses no thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -165,6 +169,67 @@ where
     ))
 }
 
+/// A connection task's start, sent to the thread that hosts it: the
+/// closure runs there and builds the (`!Send`) future to spawn.
+type HostedStart = Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>;
+
+thread_local! {
+    /// Set on the thread of [`run_hosted`] while it runs: the connection
+    /// tasks started from it run on its `LocalSet`.
+    static HOST: RefCell<Option<mpsc::UnboundedSender<HostedStart>>> =
+        const { RefCell::new(None) };
+}
+
+/// Runs `future` to its end on a current-thread runtime whose `LocalSet`
+/// also hosts every RPC connection (server or client) started from this
+/// thread meanwhile, instead of a thread of its own for each (a daemon
+/// whose work is small calls: every hand-off between threads costs a
+/// wake-up and a context switch of tens of microseconds). Tasks the
+/// future spawns with `tokio::spawn` run on this thread too.
+pub fn run_hosted<F: Future>(future: F) -> Result<F::Output> {
+    let runtime = thread_runtime()?;
+    let local = tokio::task::LocalSet::new();
+    let (starts_tx, mut starts) = mpsc::unbounded_channel::<HostedStart>();
+    local.spawn_local(async move {
+        while let Some(start) = starts.recv().await {
+            tokio::task::spawn_local(start());
+        }
+    });
+    let previous = HOST.with(|host| host.borrow_mut().replace(starts_tx));
+    let output = local.block_on(&runtime, future);
+    HOST.with(|host| *host.borrow_mut() = previous);
+    // Drop the connection tasks inside the runtime they belong to.
+    let _guard = runtime.enter();
+    drop(local);
+    Ok(output)
+}
+
+/// Starts the connection task `start` builds: on the hosting thread when
+/// called from one (see [`run_hosted`]), else on a new OS thread `name`
+/// running a current-thread runtime and a `LocalSet`, returned to be
+/// joined.
+fn start_task(name: String, start: HostedStart) -> Result<Option<std::thread::JoinHandle<()>>> {
+    let start = match HOST.with(|host| host.borrow().clone()) {
+        Some(host) => match host.send(start) {
+            Ok(()) => return Ok(None),
+            Err(mpsc::error::SendError(start)) => start,
+        },
+        None => start,
+    };
+    let runtime = thread_runtime()?;
+    let thread = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, start());
+            // Drop the connection tasks inside the runtime they belong to.
+            let _guard = runtime.enter();
+            drop(local);
+        })
+        .map_err(|e| Error::internal(format!("cannot start thread {name}: {e}")).caused_by(e))?;
+    Ok(Some(thread))
+}
+
 /// Builds a current-thread runtime for a connection thread.
 fn thread_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -269,14 +334,16 @@ struct Incoming {
     slot: Option<HandshakeSlot>,
 }
 
-/// A dedicated OS thread that serves control-RPC connections.
+/// A dedicated OS thread that serves control-RPC connections (or, started
+/// under [`run_hosted`], tasks on the hosting thread).
 ///
 /// Every connection runs as its own task on the thread, so a malformed
 /// message, a protocol violation or a panic in a service kills only that
 /// connection. The service futures run on this thread too: a service method
 /// that blocks the thread stalls every connection of this server.
 ///
-/// Dropping it closes every connection it serves and joins the thread.
+/// Dropping it closes every connection it serves and joins the thread
+/// (hosted: the connections' tasks are aborted).
 pub struct RpcServerThread {
     incoming: Option<mpsc::UnboundedSender<Incoming>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -296,28 +363,24 @@ impl RpcServerThread {
     ) -> Result<RpcServerThread> {
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let connections = Arc::new(AtomicUsize::new(0));
-        let runtime = thread_runtime()?;
         let has_mds = services.mds.is_some();
         let has_control = services.control.is_some();
         let thread_connections = connections.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(
-                    &runtime,
-                    run_server(incoming_rx, credentials, services, thread_connections),
-                );
-                // Drop the connection tasks inside the runtime they belong to.
-                let _guard = runtime.enter();
-                drop(local);
-            })
-            .map_err(|e| {
-                Error::internal(format!("cannot start RPC server thread {name}: {e}")).caused_by(e)
-            })?;
+        let thread = start_task(
+            name.to_owned(),
+            Box::new(move || {
+                Box::pin(run_server(
+                    incoming_rx,
+                    credentials,
+                    services,
+                    thread_connections,
+                ))
+            }),
+        )
+        .map_err(|e| e.context(format!("starting RPC server {name}")))?;
         Ok(RpcServerThread {
             incoming: Some(incoming_tx),
-            thread: Some(thread),
+            thread,
             has_mds,
             has_control,
             connections,
@@ -348,6 +411,12 @@ impl RpcServerThread {
             ));
         }
         self.hand_over(stream, Interface::Control, slot)
+    }
+
+    /// Whether it runs on a thread of its own, not hosted (see
+    /// [`run_hosted`]).
+    pub fn runs_on_own_thread(&self) -> bool {
+        self.thread.is_some()
     }
 
     /// How many connections are being served right now.
@@ -408,12 +477,22 @@ async fn run_server(
     services: RpcServices,
     connections: Arc<AtomicUsize>,
 ) {
-    while let Some(Incoming {
-        stream,
-        interface,
-        slot,
-    }) = incoming.recv().await
-    {
+    // The connections' tasks: dropped (aborted) when the server stops,
+    // hosted or not.
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            next = incoming.recv() => next,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let Some(Incoming {
+            stream,
+            interface,
+            slot,
+        }) = next
+        else {
+            break;
+        };
         let peer_addr = stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -428,7 +507,7 @@ async fn run_server(
         };
         let count = ConnectionCount::new(connections.clone());
         let (credentials, services) = (credentials.clone(), services.clone());
-        tokio::task::spawn_local(async move {
+        tasks.spawn_local(async move {
             let _count = count;
             let accepted =
                 crate::auth::accept_tls(stream, &credentials, crate::auth::Channel::Control).await;
@@ -612,6 +691,8 @@ pub(crate) struct ClientActor<C> {
     /// A call that times out closes the connection (see `spawn_following`).
     drop_on_timeout: bool,
     connected: Arc<AtomicBool>,
+    /// It runs on a thread of its own (not hosted: see [`run_hosted`]).
+    own_thread: bool,
 }
 
 impl<C> Clone for ClientActor<C> {
@@ -622,6 +703,7 @@ impl<C> Clone for ClientActor<C> {
             call_timeout: self.call_timeout,
             drop_on_timeout: self.drop_on_timeout,
             connected: self.connected.clone(),
+            own_thread: self.own_thread,
         }
     }
 }
@@ -674,7 +756,6 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
         }
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
-        let runtime = thread_runtime()?;
         let call_timeout = options.call_timeout;
         let dialing = Dialing {
             service,
@@ -683,24 +764,19 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
             options,
         };
         let thread_connected = connected.clone();
-        std::thread::Builder::new()
-            .name(format!("pstorage {service} client"))
-            .spawn(move || {
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, run_client(jobs_rx, dialing, thread_connected));
-                let _guard = runtime.enter();
-                drop(local);
-            })
-            .map_err(|e| {
-                Error::internal(format!("cannot start the {service} client thread: {e}"))
-                    .caused_by(e)
-            })?;
+        let thread = start_task(
+            format!("pstorage {service} client"),
+            Box::new(move || Box::pin(run_client(jobs_rx, dialing, thread_connected))),
+        )
+        .map_err(|e| e.context(format!("starting the {service} client")))?;
         Ok(ClientActor {
             jobs: jobs_tx,
             service,
             call_timeout,
             drop_on_timeout,
             connected,
+            // The thread ends by itself when the last handle goes.
+            own_thread: thread.is_some(),
         })
     }
 
@@ -711,6 +787,11 @@ impl<C: FromClientHook + Clone + 'static> ClientActor<C> {
             call_timeout: timeout,
             ..self.clone()
         }
+    }
+
+    /// Whether it runs on a thread of its own (not hosted).
+    pub(crate) fn runs_on_own_thread(&self) -> bool {
+        self.own_thread
     }
 
     /// The call timeout of this handle.

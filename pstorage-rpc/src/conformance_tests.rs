@@ -187,3 +187,42 @@ async fn cs_registry_over_capnp() {
 async fn metadata_over_capnp() {
     metadata::run(&LoopbackMds::default()).await;
 }
+
+// The same suites with every connection hosted on one thread, as
+// `pstorage-mdsd` runs them (`actor::run_hosted`): servers, clients and the
+// services' tasks share a current-thread runtime.
+
+#[test]
+fn chunk_control_over_capnp_hosted() {
+    crate::actor::run_hosted(chunk_control::run(&LoopbackChunks::default())).unwrap();
+}
+
+#[test]
+fn cs_registry_over_capnp_hosted() {
+    crate::actor::run_hosted(cs_registry::run(&LoopbackMds::default())).unwrap();
+}
+
+#[test]
+fn metadata_over_capnp_hosted() {
+    crate::actor::run_hosted(metadata::run(&LoopbackMds::default())).unwrap();
+}
+
+#[test]
+fn hosted_servers_and_clients_start_no_thread() {
+    let threaded = RpcServerThread::spawn("threaded", creds(), RpcServices::new()).unwrap();
+    assert!(threaded.runs_on_own_thread());
+    let world = pstorage_core::conformance::MdsWorld::new();
+    crate::actor::run_hosted(async {
+        let server = RpcServerThread::spawn("hosted", creds(), RpcServices::new()).unwrap();
+        assert!(!server.runs_on_own_thread());
+        // A whole call through a hosted server and a hosted client.
+        let transport = LoopbackMds::default();
+        let client = transport.client(&world.mds).await;
+        assert!(!client.runs_on_own_thread());
+        client.stat("/").await.unwrap();
+    })
+    .unwrap();
+    // Once the hosting future ended, servers get a thread again.
+    let after = RpcServerThread::spawn("after", creds(), RpcServices::new()).unwrap();
+    assert!(after.runs_on_own_thread());
+}

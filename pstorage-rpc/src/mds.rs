@@ -1194,6 +1194,12 @@ pub struct MdsClient {
 pub const GROUP_CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl MdsClient {
+    /// Whether its connection runs on a thread of its own (not hosted:
+    /// see [`crate::actor::run_hosted`]).
+    pub fn runs_on_own_thread(&self) -> bool {
+        self.actor.runs_on_own_thread()
+    }
+
     /// A client of the MDS at one of `addrs` (`host:port` each, tried in
     /// this order), reached through `dialer`. It does not learn other
     /// members. Does not connect yet. Errors: `InvalidArgument` if `addrs`

@@ -19,15 +19,20 @@ struct Args {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+/// One thread runs the MDS: its Raft core, its services and every RPC
+/// connection ([`pstorage_rpc::actor::run_hosted`]); log syncs and other
+/// blocking work go to tokio's blocking pool.
+fn main() {
     pstorage_daemons::cli::init_logging();
     let args = Args::parse();
-    let stop = pstorage_daemons::cli::termination();
     let options = pstorage_rpc::node::RunOptions {
         metrics: args.metrics,
     };
-    if let Err(e) = pstorage_rpc::node::run_mds_with(&args.dir, options, stop).await {
+    let outcome = pstorage_rpc::actor::run_hosted(async move {
+        let stop = pstorage_daemons::cli::termination();
+        pstorage_rpc::node::run_mds_with(&args.dir, options, stop).await
+    });
+    if let Err(e) = outcome.and_then(|served| served) {
         eprintln!("pstorage-mdsd: {e}");
         std::process::exit(1);
     }
