@@ -230,7 +230,8 @@ fn start_task(name: String, start: HostedStart) -> Result<Option<std::thread::Jo
     Ok(Some(thread))
 }
 
-/// Builds a current-thread runtime for a connection thread.
+/// Builds a current-thread runtime for a connection thread, or for the
+/// thread of [`run_hosted`].
 fn thread_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -634,12 +634,11 @@ fn zero_tail(file: &dyn DiskFile, from: u64, dir: &Path) -> Result<()> {
 /// syncs if it wrote any.
 fn zero_range(file: &dyn DiskFile, from: u64, to: u64, dir: &Path) -> Result<()> {
     let io = |e| log_error(dir, e);
-    let len = to;
     let mut at = from;
     let mut wrote = false;
     let mut buf = vec![0u8; ZEROS];
-    while at < len {
-        let n = ((len - at) as usize).min(ZEROS);
+    while at < to {
+        let n = ((to - at) as usize).min(ZEROS);
         file.read_at(&mut buf[..n], at).map_err(io)?;
         if buf[..n].iter().any(|&b| b != 0) {
             buf[..n].fill(0);
