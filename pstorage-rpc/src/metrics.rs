@@ -22,8 +22,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::core::Collector;
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use pstorage_core::chunk::ChunkServer;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
@@ -76,6 +76,40 @@ impl MetricsText {
             Ok(c) => {
                 c.inc_by(value);
                 self.add(name, Box::new(c));
+            }
+            Err(e) => tracing::warn!("metric {name} left out of the scrape: {e}"),
+        }
+    }
+
+    /// Counters with one series per value of `label`; `name` ends in
+    /// `_total`.
+    pub fn counters_by(&mut self, name: &str, help: &str, label: &str, series: &[(&str, u64)]) {
+        match IntCounterVec::new(Opts::new(name, help), &[label]) {
+            Ok(family) => {
+                for (value, n) in series {
+                    match family.get_metric_with_label_values(&[value]) {
+                        Ok(c) => c.inc_by(*n),
+                        Err(e) => tracing::warn!("metric {name}: series {value} left out: {e}"),
+                    }
+                }
+                self.add(name, Box::new(family));
+            }
+            Err(e) => tracing::warn!("metric {name} left out of the scrape: {e}"),
+        }
+    }
+
+    /// Like [`counters_by`](Self::counters_by), of fractional totals
+    /// (seconds).
+    pub fn counters_f64(&mut self, name: &str, help: &str, label: &str, series: &[(&str, f64)]) {
+        match CounterVec::new(Opts::new(name, help), &[label]) {
+            Ok(family) => {
+                for (value, x) in series {
+                    match family.get_metric_with_label_values(&[value]) {
+                        Ok(c) => c.inc_by(x.max(0.0)),
+                        Err(e) => tracing::warn!("metric {name}: series {value} left out: {e}"),
+                    }
+                }
+                self.add(name, Box::new(family));
             }
             Err(e) => tracing::warn!("metric {name} left out of the scrape: {e}"),
         }
@@ -423,6 +457,19 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                 "pstorage_mds_read_barrier_skipped_total",
                 "Reads served without a read barrier round (the only voter of its group, leading it).",
                 c.barrier_skipped,
+            );
+            let d = service.duty_stats();
+            m.counters_f64(
+                "pstorage_mds_duty_seconds_total",
+                "Time this MDS's periodic duties ran (wall clock): the tick, as leader, and the re-replication planning rounds.",
+                "duty",
+                &[("tick", d.tick_seconds), ("plan", d.plan_seconds)],
+            );
+            m.counters_by(
+                "pstorage_mds_duty_runs_total",
+                "Runs of those duties.",
+                "duty",
+                &[("tick", d.ticks), ("plan", d.plans)],
             );
             if leader == Some(id) {
                 if let Ok(status) = service.cluster_status().await {

@@ -190,6 +190,19 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
         "{mds}"
     );
 
+    // The leader times its periodic duties (the tick, the replication
+    // planning rounds).
+    let mds = scrape_until(&mds_metrics, "the MDS ran its duties", |t| {
+        ["tick", "plan"].iter().all(|d| {
+            value(t, &format!("pstorage_mds_duty_runs_total{{duty=\"{d}\"}}"))
+                .is_some_and(|n| n >= 1.0)
+        })
+    });
+    assert!(
+        value(&mds, "pstorage_mds_duty_seconds_total{duty=\"tick\"}").is_some_and(|s| s > 0.0),
+        "{mds}"
+    );
+
     // Every chunk of the file has a replica on each of the 3 servers.
     let cs = scrape_until(&cs_metrics, "the chunk server took the writes", |t| {
         value(t, "pstorage_cs_write_bytes_total").is_some_and(|b| b >= f64::from(1u32 << 20))

@@ -4,8 +4,6 @@
 //! on its chain before committing it, with chunk ids from a range of the
 //! leader's Raft term.
 
-use std::collections::BTreeMap;
-
 use futures::future::join_all;
 
 use super::params::ClusterParams;
@@ -116,20 +114,20 @@ impl MdsService {
             .collect()
     }
 
-    /// Recounts [`Core::held`] from the chunk maps (O(replicas)).
+    /// Recounts [`Core::held`] from the chunk maps (their index: O(servers)).
     pub(super) fn recount_held(core: &mut Core) {
-        let mut held: BTreeMap<CsId, Held> = BTreeMap::new();
-        let state = &core.state;
-        for (_, rec) in state.chunks() {
-            let size = state
-                .inode(rec.file)
-                .map(|n| n.attrs.chunk_size)
-                .unwrap_or(0);
-            for cs in &rec.replicas {
-                held.entry(*cs).or_default().add(size);
-            }
-        }
-        core.held = held;
+        core.held = core
+            .state
+            .index()
+            .servers()
+            .map(|(cs, holding)| {
+                let held = Held {
+                    bytes: holding.bytes,
+                    replicas: holding.chunks.len() as u64,
+                };
+                (cs, held)
+            })
+            .collect();
     }
 
     /// Active servers not being released (whatever their space).

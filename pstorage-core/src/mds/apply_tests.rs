@@ -9,6 +9,7 @@
 
 use proptest::prelude::*;
 
+use super::chunk_index::ChunkIndex;
 use super::state::{AttrUpdateV3, Command, MdsState, NewEvent};
 use crate::types::*;
 use crate::ErrorKind;
@@ -455,6 +456,126 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// The chunk index (by server, by chain length, files by placement
+    /// class), once built, stays what a fresh count gives after every
+    /// command, applied or refused; and a state decoded from its bytes
+    /// builds the same one.
+    #[test]
+    fn the_chunk_index_follows_every_command(
+        cmds in prop::collection::vec(command(), 1..80),
+    ) {
+        let mut state = seeded();
+        let _ = state.index();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let result = state.apply(cmd.clone());
+            if let Err(e) = state.check_invariants() {
+                return Err(TestCaseError::fail(format!(
+                    "command {i}: {cmd:?} ({result:?}) broke an invariant: {e}"
+                )));
+            }
+        }
+        let decoded: MdsState = postcard::from_bytes(&postcard::to_allocvec(&state).unwrap()).unwrap();
+        prop_assert_eq!(decoded.index(), state.index());
+    }
+}
+
+/// A hand-made sequence through every change the index follows: a chunk
+/// allocated (its file gets a class), its chain extended past the norm
+/// (long), cut below it (short), the norm raised by `set-attr` (the class
+/// moves), a truncate (the file loses its class) and an unlink.
+#[test]
+fn the_chunk_index_follows_chains_norms_and_files() {
+    let mut state = seeded();
+    assert_eq!(state.index().classes().count(), 0);
+    assert!(state.index().servers().next().is_none());
+    let size = FileAttrs::default().chunk_size;
+    let norm = FileAttrs::default().replicas.norm;
+    assert_eq!(norm, 3, "the defaults this test is written for");
+    let chunk = state.next_chunk_id();
+    // Lease 1 is /a/c's; the chain: servers 2 and 3, one short of 3.
+    state.apply(allocate(chunk, MapVersion(1))).unwrap();
+    let servers = |s: &MdsState| {
+        s.index()
+            .servers()
+            .map(|(cs, h)| (cs, h.chunks.len(), h.bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        servers(&state),
+        vec![(CsId(2), 1, size), (CsId(3), 1, size)]
+    );
+    assert_eq!(
+        state.index().classes().collect::<Vec<_>>(),
+        vec![(0, FailureDomain::default(), 3)]
+    );
+    assert!(state.index().short().contains(&chunk));
+    state
+        .apply(Command::ExtendChain {
+            chunk,
+            version: MapVersion(1),
+            added: vec![CsId(1), CsId(4)],
+        })
+        .unwrap();
+    assert!(state.index().long().contains(&chunk) && state.index().short().is_empty());
+    assert_eq!(servers(&state).len(), 4);
+    state
+        .apply(Command::UpdateChunkMap {
+            chunk,
+            version: MapVersion(2),
+            replicas: vec![CsId(4)],
+        })
+        .unwrap();
+    assert_eq!(servers(&state), vec![(CsId(4), 1, size)]);
+    assert!(state.index().short().contains(&chunk) && state.index().long().is_empty());
+    state
+        .apply(Command::SetAttr {
+            path: "/a/c".into(),
+            update: AttrUpdate {
+                replicas: Some(Replicas { norm: 1, min: 1 }),
+                ..AttrUpdate::default()
+            },
+            recursive: false,
+            now_ms: 1,
+        })
+        .unwrap();
+    assert!(state.index().short().is_empty() && state.index().long().is_empty());
+    assert_eq!(
+        state.index().classes().collect::<Vec<_>>(),
+        vec![(0, FailureDomain::default(), 1)]
+    );
+    state.check_invariants().unwrap();
+    state
+        .apply(Command::Truncate {
+            lease: LeaseId(1),
+            size: 0,
+            now_ms: 2,
+        })
+        .unwrap();
+    assert_eq!(state.index().classes().count(), 0);
+    assert!(state.index().servers().next().is_none());
+    state
+        .apply(allocate(state.next_chunk_id(), MapVersion(1)))
+        .unwrap();
+    assert_eq!(servers(&state).len(), 2);
+    state
+        .apply(Command::ReleaseLease {
+            lease: LeaseId(1),
+            now_ms: 3,
+        })
+        .unwrap();
+    state
+        .apply(Command::Unlink {
+            path: "/a/c".into(),
+            now_ms: 3,
+        })
+        .unwrap();
+    assert_eq!(state.index(), &ChunkIndex::default());
+    state.check_invariants().unwrap();
 }
 
 fn allocate(chunk: ChunkId, version: MapVersion) -> Command {

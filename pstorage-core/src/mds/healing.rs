@@ -43,7 +43,7 @@
 //! (or deleted if the chunk has its copies) when they register with the
 //! restarted MDS (they are not chain members).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -392,15 +392,22 @@ impl MdsService {
                 .copied()
                 .filter(|&id| self.cs_status(&core, id, now) == CsStatus::Offline)
                 .collect();
+            // Only the chains of offline servers can lose members here:
+            // their chunks come from the index, not a walk of every chunk.
             let mut to_drop: BTreeMap<ChunkId, Vec<CsId>> = BTreeMap::new();
-            let mut holding: BTreeMap<CsId, u64> = BTreeMap::new();
-            for (&chunk, rec) in core.state.chunks() {
-                for cs in &rec.replicas {
-                    *holding.entry(*cs).or_default() += 1;
-                }
+            let index = core.state.index();
+            let chunks_of_offline: BTreeSet<ChunkId> = offline
+                .iter()
+                .filter_map(|&cs| index.holding(cs))
+                .flat_map(|h| h.chunks.iter().copied())
+                .collect();
+            for chunk in chunks_of_offline {
                 if core.busy.contains(&chunk) {
                     continue;
                 }
+                let Some(rec) = core.state.chunk(chunk) else {
+                    continue;
+                };
                 let gone: Vec<CsId> = rec
                     .replicas
                     .iter()
@@ -415,7 +422,7 @@ impl MdsService {
             let released: Vec<CsId> = core
                 .state
                 .servers()
-                .filter(|r| r.releasing && !r.dropped && !holding.contains_key(&r.id))
+                .filter(|r| r.releasing && !r.dropped && index.holding(r.id).is_none())
                 .map(|r| r.id)
                 .collect();
             (to_drop, released)
@@ -436,7 +443,7 @@ impl MdsService {
             let addr = {
                 let core = self.core();
                 // Re-check under the lock: a copy may have just landed on it.
-                if core.state.chunks().any(|(_, r)| r.replicas.contains(&cs)) {
+                if core.state.index().holding(cs).is_some() {
                     continue;
                 }
                 core.cs_addr(cs)
@@ -468,10 +475,23 @@ impl MdsService {
         let plans: Vec<(ChunkId, MapVersion, Vec<CsId>)> = {
             let core = self.core();
             let mut plans = Vec::new();
-            for (&chunk, rec) in core.state.chunks() {
+            // A chain has a member to remove only if it is longer than its
+            // norm or names a server being released (or dropped): the
+            // index lists both, in chunk order.
+            let index = core.state.index();
+            let mut candidates: BTreeSet<ChunkId> = index.long().clone();
+            for (cs, holding) in index.servers() {
+                if core.state.cs(cs).is_some_and(|r| r.releasing || r.dropped) {
+                    candidates.extend(holding.chunks.iter().copied());
+                }
+            }
+            for chunk in candidates {
                 if core.busy.contains(&chunk) || core.planned.contains(&chunk) {
                     continue;
                 }
+                let Some(rec) = core.state.chunk(chunk) else {
+                    continue;
+                };
                 let norm = core
                     .state
                     .inode(rec.file)
@@ -724,6 +744,12 @@ impl MdsService {
     /// Picks up to `limit` chunks to copy now (most urgent first) and marks
     /// them planned. Also keeps the replication episode's events.
     pub(super) fn plan_replication(&self, limit: usize) -> Vec<CopyJob> {
+        self.duty_times
+            .plan
+            .time(|| self.plan_replication_now(limit))
+    }
+
+    fn plan_replication_now(&self, limit: usize) -> Vec<CopyJob> {
         let now = self.now();
         let mut core = self.core();
         let mut candidates: Vec<(i64, ChunkId, usize)> = Vec::new();
@@ -736,7 +762,28 @@ impl MdsService {
             } = &mut *core;
             copy_backoff.retain(|chunk, _| state.chunk(*chunk).is_some());
         }
-        for (&chunk, rec) in core.state.chunks() {
+        // A chunk needs copies only if its chain is shorter than its norm
+        // or names a server that does not count (being released, offline,
+        // dropped); busy, planned and backed-off chunks count as pending.
+        // The index lists these, so a round does not walk every chunk.
+        let mut listed: BTreeSet<ChunkId> = core.state.index().short().clone();
+        for (cs, holding) in core.state.index().servers() {
+            let counts = !core.state.cs(cs).is_some_and(|r| r.releasing)
+                && matches!(
+                    self.cs_status(&core, cs, now),
+                    CsStatus::Active | CsStatus::Inactive
+                );
+            if !counts {
+                listed.extend(holding.chunks.iter().copied());
+            }
+        }
+        listed.extend(core.busy.iter().copied());
+        listed.extend(core.planned.iter().copied());
+        listed.extend(core.copy_backoff.keys().copied());
+        for chunk in listed {
+            let Some(rec) = core.state.chunk(chunk) else {
+                continue;
+            };
             if core.busy.contains(&chunk)
                 || core.planned.contains(&chunk)
                 || core

@@ -5,6 +5,7 @@
 mod allocation;
 mod balance;
 pub mod certs;
+pub mod chunk_index;
 mod chunk_maps;
 mod format;
 #[cfg(feature = "fuzzing")]
@@ -40,7 +41,7 @@ mod tests;
 
 pub use group::raft_membership;
 pub use params::ClusterParams;
-pub use service::{MdsConfig, MdsService};
+pub use service::{DutyStats, MdsConfig, MdsService};
 pub use state::{
     ApplyOutcome, ChunkRecord, Command, CsRecord, Inode, LeaseRecord, MdsState, NewEvent,
     FIRST_MDS_ID, MAX_EVENTS,

@@ -27,6 +27,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -88,6 +89,61 @@ pub struct MdsService {
     proposals: GroupCommit,
     /// Reads waiting for the next read barrier round.
     pub(super) barriers: ReadBarriers,
+    /// How long the leader's periodic duties ran.
+    pub(super) duty_times: DutyTimes,
+}
+
+/// How long one kind of periodic duty ran, in total (wall clock).
+#[derive(Default)]
+pub(super) struct DutyTime {
+    runs: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl DutyTime {
+    /// Runs `f`, counting its time.
+    pub(super) fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f();
+        self.add(start);
+        out
+    }
+
+    /// Counts one run that started at `start`.
+    pub(super) fn add(&self, start: std::time::Instant) {
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> (u64, f64) {
+        let nanos = self.nanos.load(Ordering::Relaxed);
+        (self.runs.load(Ordering::Relaxed), nanos as f64 / 1e9)
+    }
+}
+
+/// The periodic duties [`MdsService::duty_stats`] reports.
+#[derive(Default)]
+pub(super) struct DutyTimes {
+    /// [`MdsService::tick`] while leading.
+    pub(super) tick: DutyTime,
+    /// Re-replication planning rounds.
+    pub(super) plan: DutyTime,
+}
+
+/// How long this MDS's periodic duties ran since it started (its metrics
+/// endpoint): the tick and the replication planning walk the chunk index,
+/// not every chunk, so their time should not grow with the namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DutyStats {
+    /// Ticks run as the leader.
+    pub ticks: u64,
+    /// Their time in seconds (wall clock, awaits included).
+    pub tick_seconds: f64,
+    /// Replication planning rounds run.
+    pub plans: u64,
+    /// Their time in seconds.
+    pub plan_seconds: f64,
 }
 
 pub(super) fn unexpected(outcome: ApplyOutcome) -> Error {
@@ -140,6 +196,7 @@ impl MdsService {
             probes: super::probe::Probes::default(),
             proposals: GroupCommit::default(),
             barriers: ReadBarriers::default(),
+            duty_times: DutyTimes::default(),
         }
     }
 
@@ -188,6 +245,18 @@ impl MdsService {
             barrier_waiting: self.barriers.waiting(),
             barrier_skipped: self.barriers.skipped(),
             ..self.proposals.stats()
+        }
+    }
+
+    /// How long the periodic duties ran since this MDS started.
+    pub fn duty_stats(&self) -> DutyStats {
+        let (ticks, tick_seconds) = self.duty_times.tick.stats();
+        let (plans, plan_seconds) = self.duty_times.plan.stats();
+        DutyStats {
+            ticks,
+            tick_seconds,
+            plans,
+            plan_seconds,
         }
     }
 
@@ -436,6 +505,7 @@ impl MdsService {
         if !self.track_leadership() {
             return;
         }
+        let start = std::time::Instant::now();
         let now = self.now();
         if let Err(e) = self.expire_leases(now).await {
             tracing::warn!("MDS: expiring leases failed: {e}");
@@ -446,6 +516,7 @@ impl MdsService {
         self.prune_stale().await;
         self.check_domains();
         self.flush_events().await;
+        self.duty_times.tick.add(start);
     }
 
     /// Runs the MDS's periodic work forever, as the daemon and the

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::certs::CertTable;
+use super::chunk_index::{class_of, ChunkIndex, LazyIndex};
 use super::locks::LockTable;
 use super::params::ClusterParams;
 use super::sessions::{OpReply, Seen, Sessions};
@@ -687,6 +688,9 @@ pub struct MdsState {
     locks: LockTable,
     /// Issued and revoked certificates (store format 11 on).
     certs: CertTable,
+    /// Derived, never persisted: see [`super::chunk_index`].
+    #[serde(skip)]
+    index: LazyIndex,
 }
 
 /// Every field of an [`MdsState`]: what the readers of the persisted
@@ -801,6 +805,7 @@ impl MdsState {
             sessions: Sessions::default(),
             locks: LockTable::default(),
             certs: CertTable::default(),
+            index: LazyIndex::default(),
         })
     }
 
@@ -840,6 +845,7 @@ impl MdsState {
             sessions,
             locks,
             certs,
+            index: LazyIndex::default(),
         }
     }
 
@@ -1189,9 +1195,22 @@ impl MdsState {
         self.events.iter().filter(move |e| e.seq > after_seq)
     }
 
+    /// The chunks by server and by chain length, and the placement classes
+    /// of the files holding chunks ([`super::chunk_index`]): built on the
+    /// first call (O(size of state)), kept up to date by every command
+    /// from then on.
+    pub fn index(&self) -> &ChunkIndex {
+        self.index.get_or_build(&self.inodes, &self.chunks)
+    }
+
     /// Checks every structural invariant (O(size of state); for tests and
     /// simulation). Returns a description of the first violation.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        if let Some(index) = self.index.built() {
+            if *index != ChunkIndex::build(&self.inodes, &self.chunks) {
+                return Err("the chunk index differs from one counted afresh".into());
+            }
+        }
         let root = self.inodes.get(&ROOT_INODE).ok_or("root inode missing")?;
         if root.kind != InodeKind::Dir || root.parent != ROOT_INODE {
             return Err("root is not a self-parented directory".into());
@@ -2485,14 +2504,21 @@ impl MdsState {
             .inodes
             .get_mut(&ino)
             .ok_or_else(|| broken("the file whose chunks are removed"))?;
+        let before = class_of(node);
         let removed: Vec<ChunkId> = node.chunks.split_off(&first_index).into_values().collect();
+        let (after, attrs) = (class_of(node), node.attrs);
+        if let Some(index) = self.index.built_mut() {
+            index.change_class(before, after);
+        }
         removed
             .into_iter()
             .map(|c| {
                 let map = self
                     .chunk_map(c)
                     .ok_or_else(|| broken("the record of a file's chunk"))?;
-                self.chunks.remove(&c);
+                if let (Some(rec), Some(index)) = (self.chunks.remove(&c), self.index.built_mut()) {
+                    index.remove_chunk(c, &rec.replicas, &attrs);
+                }
                 Ok(map)
             })
             .collect()
@@ -2563,9 +2589,26 @@ impl MdsState {
         }
         rec.version = version;
         if let Some(r) = replicas {
-            rec.replicas = r;
+            let old = std::mem::replace(&mut rec.replicas, r);
+            self.reindex_chain(chunk, &old);
         }
         Ok(())
+    }
+
+    /// Tells a built index that the chain of `chunk` was `old` and is now
+    /// its record's.
+    fn reindex_chain(&mut self, chunk: ChunkId, old: &[CsId]) {
+        let Some(index) = self.index.built_mut() else {
+            return;
+        };
+        let Some(rec) = self.chunks.get(&chunk) else {
+            return;
+        };
+        let Some(node) = self.inodes.get(&rec.file) else {
+            return;
+        };
+        index.remove_chunk(chunk, old, &node.attrs);
+        index.add_chunk(chunk, &rec.replicas, &node.attrs);
     }
 
     fn cs_entry(&mut self, cs: CsId) -> &mut CsRecord {
@@ -2810,8 +2853,20 @@ impl MdsState {
                         .inodes
                         .get_mut(&ino)
                         .ok_or_else(|| broken("target exists"))?;
+                    let (old_attrs, old_class) = (node.attrs, class_of(node));
                     update.apply_to(&mut node.attrs);
                     node.ctime = Timestamp::from_ms(now_ms);
+                    if let Some(index) = self.index.built_mut() {
+                        index.change_class(old_class, class_of(node));
+                        if node.attrs != old_attrs {
+                            for &c in node.chunks.values() {
+                                if let Some(rec) = self.chunks.get(&c) {
+                                    index.remove_chunk(c, &rec.replicas, &old_attrs);
+                                    index.add_chunk(c, &rec.replicas, &node.attrs);
+                                }
+                            }
+                        }
+                    }
                 }
                 ApplyOutcome::Done
             }
@@ -2900,7 +2955,12 @@ impl MdsState {
                 if chunk < next || node.chunks.contains_key(&record.index) {
                     return Err(broken("a new chunk id, at a free index of its file"));
                 }
+                let before = class_of(node);
                 node.chunks.insert(record.index, chunk);
+                if let Some(index) = self.index.built_mut() {
+                    index.change_class(before, class_of(node));
+                    index.add_chunk(chunk, &record.replicas, &node.attrs);
+                }
                 self.next_chunk = chunk + 1;
                 self.chunks.insert(chunk, record);
                 ApplyOutcome::ChunkMap(
@@ -3030,7 +3090,9 @@ impl MdsState {
                     .chunks
                     .get_mut(&chunk)
                     .ok_or_else(|| broken("chunk exists"))?;
+                let old = rec.replicas.clone();
                 rec.replicas.extend(added);
+                self.reindex_chain(chunk, &old);
                 ApplyOutcome::ChunkMap(self.chunk_map(chunk).ok_or_else(|| broken("exists"))?)
             }
             Prepared::SetCsReleasing {
