@@ -154,9 +154,17 @@ impl ChunkIndex {
 }
 
 /// A state's index, built on first use. Derived data: two states are
-/// equal whatever their indexes (built or not), and it is not serialized.
-#[derive(Clone, Default)]
+/// equal whatever their indexes (built or not), it is not serialized, and a
+/// clone of a state starts without one (the clones are snapshots, taken
+/// under the core mutex: copying the index there would only lengthen it).
+#[derive(Default)]
 pub(crate) struct LazyIndex(OnceLock<ChunkIndex>);
+
+impl Clone for LazyIndex {
+    fn clone(&self) -> Self {
+        LazyIndex::default()
+    }
+}
 
 impl LazyIndex {
     /// The index, built from `inodes` and `chunks` if it is not yet.
