@@ -20,10 +20,10 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus::core::Collector;
+use prometheus::core::{Atomic, AtomicF64, AtomicU64, Collector, GenericCounterVec};
 use prometheus::{
-    exponential_buckets, CounterVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use pstorage_core::chunk::ChunkServer;
 use pstorage_core::mds::raft::{MdsId, MdsRaft};
@@ -82,30 +82,19 @@ impl MetricsText {
     }
 
     /// Counters with one series per value of `label`; `name` ends in
-    /// `_total`.
-    pub fn counters_by(&mut self, name: &str, help: &str, label: &str, series: &[(&str, u64)]) {
-        match IntCounterVec::new(Opts::new(name, help), &[label]) {
+    /// `_total`. Integer (`u64`) or fractional (`f64`, seconds) totals.
+    pub fn counters_by<P: Atomic + 'static>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        series: &[(&str, P::T)],
+    ) {
+        match GenericCounterVec::<P>::new(Opts::new(name, help), &[label]) {
             Ok(family) => {
                 for (value, n) in series {
                     match family.get_metric_with_label_values(&[value]) {
                         Ok(c) => c.inc_by(*n),
-                        Err(e) => tracing::warn!("metric {name}: series {value} left out: {e}"),
-                    }
-                }
-                self.add(name, Box::new(family));
-            }
-            Err(e) => tracing::warn!("metric {name} left out of the scrape: {e}"),
-        }
-    }
-
-    /// Like [`counters_by`](Self::counters_by), of fractional totals
-    /// (seconds).
-    pub fn counters_f64(&mut self, name: &str, help: &str, label: &str, series: &[(&str, f64)]) {
-        match CounterVec::new(Opts::new(name, help), &[label]) {
-            Ok(family) => {
-                for (value, x) in series {
-                    match family.get_metric_with_label_values(&[value]) {
-                        Ok(c) => c.inc_by(x.max(0.0)),
                         Err(e) => tracing::warn!("metric {name}: series {value} left out: {e}"),
                     }
                 }
@@ -459,13 +448,13 @@ pub fn mds(id: MdsId, service: Arc<MdsService>, raft: MdsRaft) -> Render {
                 c.barrier_skipped,
             );
             let d = service.duty_stats();
-            m.counters_f64(
+            m.counters_by::<AtomicF64>(
                 "pstorage_mds_duty_seconds_total",
                 "Time this MDS's periodic duties ran (wall clock): the tick, as leader, and the re-replication planning rounds.",
                 "duty",
-                &[("tick", d.tick_seconds), ("plan", d.plan_seconds)],
+                &[("tick", d.tick_seconds.max(0.0)), ("plan", d.plan_seconds.max(0.0))],
             );
-            m.counters_by(
+            m.counters_by::<AtomicU64>(
                 "pstorage_mds_duty_runs_total",
                 "Runs of those duties.",
                 "duty",

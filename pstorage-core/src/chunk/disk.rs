@@ -275,6 +275,10 @@ struct CrashState {
     faults: Faults,
     /// Bytes `allocate` may still reserve (None: unlimited).
     space_left: Option<u64>,
+    /// Every directory `sync_dir` synced, in order: `sync_dir` makes every
+    /// name durable whatever the directory, so a test that a particular
+    /// one is synced reads this.
+    synced_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -338,6 +342,11 @@ impl CrashDisk {
 
     fn lock(&self) -> MutexGuard<'_, CrashState> {
         self.inner.lock()
+    }
+
+    /// The directories synced so far, in order.
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        self.lock().synced_dirs.clone()
     }
 
     /// Cuts the power: every file and namespace change not made durable is
@@ -554,6 +563,7 @@ impl Disk for CrashDisk {
         {
             return Err(eio());
         }
+        state.synced_dirs.push(dir.to_path_buf());
         for change in std::mem::take(&mut state.changes) {
             apply_change(&mut state.durable_names, change);
         }
