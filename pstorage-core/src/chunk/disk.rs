@@ -58,6 +58,19 @@ pub trait Disk: Send + Sync {
 pub trait DiskFile: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `offset` if that needs no wait
+    /// for the disk (the bytes are in the page cache): `Ok(false)` when it
+    /// would, and then `buf` holds nothing meaningful. A file that never
+    /// waits (or cannot tell) reads as [`read_at`](DiskFile::read_at).
+    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_at(buf, offset).map(|()| true)
+    }
+    /// The file's descriptor, for reads another way (io_uring,
+    /// [`crate::chunk::uring`]); `None` for files that are not the
+    /// kernel's.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// Writes all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the file's data (and size) durable.
@@ -167,6 +180,40 @@ impl Disk for RealDisk {
 impl DiskFile for RealFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.0.read_exact_at(buf, offset)
+    }
+
+    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec describing `buf`, which outlives the call, on a
+        // descriptor we own.
+        let n = unsafe {
+            libc::preadv2(
+                self.0.as_raw_fd(),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n >= 0 {
+            // Short: part of it is not cached (or the file ends there,
+            // which `read_at` reports).
+            return Ok(n as usize == buf.len());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(false),
+            // A kernel or file system without RWF_NOWAIT.
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => self.read_at(buf, offset).map(|()| true),
+            _ => Err(e),
+        }
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.0.as_raw_fd())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

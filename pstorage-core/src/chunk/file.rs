@@ -24,6 +24,7 @@ use super::{
     crc64, missing_chunk, missing_incoming, upgrade_entry, ChunkStore, IncomingId, FORMAT_VERSION,
     LOST_ENTRY,
 };
+use super::{DeferredRead, DeferredRun};
 
 const MAGIC: [u8; 8] = *b"PSTCHUNK";
 const HEADER_LEN: u64 = 4096;
@@ -605,6 +606,15 @@ impl FileChunkStore {
         let open = self.get(chunk)?;
         let _applying = open.applying.lock();
         Ok(f())
+    }
+
+    /// Drops the clean pages of `chunk`'s file from the page cache, so
+    /// that reads of it wait for the disk (tests of deferred reads).
+    #[cfg(test)]
+    pub(crate) fn drop_page_cache(&self, chunk: ChunkId) -> Result<()> {
+        let open = self.get(chunk)?;
+        let len = open.file.len().map_err(Error::from)?;
+        open.file.drop_cached(0, len).map_err(Error::from)
     }
 
     /// Changes the minimum time between dirty log compactions (tests).
@@ -1503,6 +1513,26 @@ impl OpenChunk {
         Ok(())
     }
 
+    /// [`OpenChunk::pread_blocks`] if the page cache holds every block:
+    /// `Ok(false)` (and `buf` meaningless) when a read would wait for the
+    /// disk. A failing read is read again the blocking way, which reports
+    /// it.
+    fn pread_blocks_nowait(&self, state: &ChunkState, first: u64, buf: &mut [u8]) -> Result<bool> {
+        let end = first + buf.len() as u64 / BLOCK_SIZE;
+        for (from, to, slot) in state.slots.runs(first, end) {
+            let part = &mut buf
+                [((from - first) * BLOCK_SIZE) as usize..((to - first) * BLOCK_SIZE) as usize];
+            match self.file.read_nowait(part, self.block_at(slot, from)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(_) => {
+                    self.pread(part, self.block_at(slot, from), from * BLOCK_SIZE)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes whole blocks from `first`, each into its slot.
     fn pwrite_blocks(&self, state: &ChunkState, first: u64, data: &[u8]) -> Result<()> {
         let end = first + data.len() as u64 / BLOCK_SIZE;
@@ -2062,6 +2092,20 @@ impl OpenChunk {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
+        self.read_locked_deferring(state, journal, offset, buf, None)
+    }
+
+    /// [`OpenChunk::read_locked`]; with `deferred`, runs of whole blocks
+    /// in the file that are not in the page cache are left out of `buf`
+    /// and listed there instead (see [`ChunkStore::read_or_defer`]).
+    fn read_locked_deferring(
+        &self,
+        state: &ChunkState,
+        journal: Option<&Journal>,
+        offset: u64,
+        buf: &mut [u8],
+        mut deferred: Option<&mut Vec<DeferredRun>>,
+    ) -> Result<()> {
         let end = offset + buf.len() as u64;
         let (first, last) = block_span(offset, buf.len() as u64);
         let in_journal = |block: u64| journal.and_then(|_| state.overlay.get(&block));
@@ -2091,7 +2135,21 @@ impl OpenChunk {
                 }
                 let out = &mut buf
                     [(block_start - offset) as usize..(run_end * BLOCK_SIZE - offset) as usize];
-                self.pread_blocks(state, block, out)?;
+                if let Some(deferred) = deferred.as_deref_mut() {
+                    if !self.pread_blocks_nowait(state, block, out)? {
+                        for (from, to, slot) in state.slots.runs(block, run_end) {
+                            deferred.push(DeferredRun {
+                                file_offset: self.block_at(slot, from),
+                                buf_offset: (from * BLOCK_SIZE - offset) as usize,
+                                entries: state.crcs[from as usize..to as usize].to_vec(),
+                            });
+                        }
+                        block = run_end;
+                        continue;
+                    }
+                } else {
+                    self.pread_blocks(state, block, out)?;
+                }
                 for (i, bytes) in out.chunks_exact(BS).enumerate() {
                     let b = block + i as u64;
                     self.verify(b, state.crcs[b as usize], bytes)?;
@@ -2470,6 +2528,51 @@ impl ChunkStore for FileChunkStore {
             return Ok(());
         }
         open.read_locked(&state, Some(self.keeper.journal()), offset, buf)
+    }
+
+    fn read_or_defer(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<DeferredRead>> {
+        let open = self.get(chunk)?;
+        // Only a thread that can read through a ring defers (not one of the
+        // blocking pool's, nor where io_uring is unavailable).
+        let fd = match open.file.raw_fd() {
+            Some(fd) if super::uring::available() => fd,
+            _ => {
+                return self
+                    .read_checked(chunk, expected, offset, buf)
+                    .map(|()| None)
+            }
+        };
+        check_range(chunk, open.chunk_size, offset, buf.len() as u64)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        open.check_failed(&state)?;
+        check_version(chunk, expected, state.version)?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut runs = Vec::new();
+        open.read_locked_deferring(
+            &state,
+            Some(self.keeper.journal()),
+            offset,
+            buf,
+            Some(&mut runs),
+        )?;
+        if runs.is_empty() {
+            return Ok(None);
+        }
+        let (first, last) = block_span(offset, buf.len() as u64);
+        let entries = state.crcs[first as usize..=last as usize].to_vec();
+        drop(state);
+        Ok(Some(DeferredRead::new(open, fd, runs, entries)))
     }
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {

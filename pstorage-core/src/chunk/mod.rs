@@ -126,6 +126,7 @@ mod repair;
 mod scrub;
 mod server;
 pub mod session;
+pub mod uring;
 
 pub use copy::{
     COPY_READS_IN_FLIGHT, COPY_READ_MAX, DEFAULT_COPY_PROGRESS_TIMEOUT, MAX_PARTIAL_COPIES,
@@ -254,6 +255,26 @@ pub trait ChunkStore: Send + Sync {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()>;
+
+    /// [`read_checked`](ChunkStore::read_checked), except that whole
+    /// blocks the store would have to wait for the disk to read may be
+    /// left out of `buf`, returned as a [`DeferredRead`] for the caller to
+    /// read without the chunk's lock and without blocking its thread
+    /// ([`DeferredRead::finish`]). When that fails (a block fails its
+    /// check, the read fails) the caller reads with `read_checked`, which
+    /// decides: a block rewritten while it was being read fails its check
+    /// against the entry taken before, and that is not damage. A store
+    /// that cannot defer reads as `read_checked` (the default).
+    fn read_or_defer(
+        &self,
+        chunk: ChunkId,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<DeferredRead>> {
+        self.read_checked(chunk, expected, offset, buf)
+            .map(|()| None)
+    }
 
     /// Makes every write, zero and version change applied to the replica so
     /// far durable (`fdatasync` of data and checksums).
@@ -384,6 +405,82 @@ pub(crate) fn missing_incoming(incoming: IncomingId) -> Error {
         "incoming replica {} does not exist (already committed or aborted): start the copy again",
         incoming.0
     ))
+}
+
+/// The blocks of a read that [`ChunkStore::read_or_defer`] left for its
+/// caller: whole blocks of one chunk file, each with the CRC entry it had
+/// when the read was planned under the chunk's lock.
+pub struct DeferredRead {
+    /// Holds the file open until every read of it is done.
+    keep: uring::Keep,
+    fd: std::os::fd::RawFd,
+    runs: Vec<DeferredRun>,
+    /// The CRC entries of every block the whole read touches (from the
+    /// block of its first byte), as they were when it was planned: what
+    /// the read's bytes are checked against, and what the piece CRCs the
+    /// reader gets are made of.
+    entries: Vec<u64>,
+}
+
+/// Whole blocks in a row of one chunk file.
+struct DeferredRun {
+    file_offset: u64,
+    /// Where the run goes in the caller's buffer.
+    buf_offset: usize,
+    /// Its blocks' entries, one per block.
+    entries: Vec<u64>,
+}
+
+impl DeferredRead {
+    fn new(
+        keep: uring::Keep,
+        fd: std::os::fd::RawFd,
+        runs: Vec<DeferredRun>,
+        entries: Vec<u64>,
+    ) -> DeferredRead {
+        DeferredRead {
+            keep,
+            fd,
+            runs,
+            entries,
+        }
+    }
+
+    /// The CRC entries of every block of the read, as they were when it
+    /// was planned.
+    pub fn entries(&self) -> &[u64] {
+        &self.entries
+    }
+
+    /// Reads the deferred blocks into `buf` (the buffer given to
+    /// `read_or_defer`) through this thread's io_uring, all at once, and
+    /// checks each against its entry. `false` when any read fails or any
+    /// block fails its check (or io_uring is unavailable): the caller then
+    /// reads with [`ChunkStore::read_checked`].
+    pub async fn finish(&self, buf: &mut [u8]) -> bool {
+        let reads = self.runs.iter().map(|run| {
+            uring::read_at(
+                self.fd,
+                self.keep.clone(),
+                run.file_offset,
+                run.entries.len() * BLOCK_SIZE as usize,
+            )
+        });
+        let results = futures::future::join_all(reads).await;
+        for (run, result) in self.runs.iter().zip(results) {
+            let Ok(bytes) = result else { return false };
+            let Some(out) = buf.get_mut(run.buf_offset..run.buf_offset + bytes.len()) else {
+                return false;
+            };
+            for (block, &entry) in bytes.chunks_exact(BLOCK_SIZE as usize).zip(&run.entries) {
+                if encode_block_crc(crc64(block)) != entry {
+                    return false;
+                }
+            }
+            out.copy_from_slice(&bytes);
+        }
+        true
+    }
 }
 
 /// The CRC-64/XZ of `bytes`.
@@ -530,6 +627,8 @@ pub(crate) fn check_version_forward(
     }
     Ok(())
 }
+#[cfg(test)]
+mod deferred_read_tests;
 #[cfg(test)]
 mod journal_store_tests;
 #[cfg(test)]

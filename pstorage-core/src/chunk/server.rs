@@ -604,6 +604,43 @@ fn read_with_crcs(
     ))
 }
 
+/// [`read_with_crcs`] on the serving thread, except that blocks which
+/// would wait for the disk are read through io_uring
+/// ([`ChunkStore::read_or_defer`]), so the thread serves other requests
+/// meanwhile. Should they fail their check (a write replaced them while
+/// they were read) or the read fail, the whole read is done again the
+/// blocking way, which decides.
+async fn read_deferring(
+    store: &dyn ChunkStore,
+    chunk: ChunkId,
+    version: MapVersion,
+    offset: u64,
+    len: u64,
+) -> Result<CheckedBytes> {
+    let mut buf = vec![0u8; len as usize];
+    let Some(deferred) = store.read_or_defer(chunk, Some(version), offset, &mut buf)? else {
+        if len == 0 {
+            return Ok(CheckedBytes::new(offset, Bytes::new()));
+        }
+        let first = offset / BLOCK_SIZE;
+        let count = crate::checksums::piece_count(offset, len) as u64;
+        let entries = store.crc_entries(chunk, Some(version), first, count)?;
+        return Ok(CheckedBytes::from_entries(
+            offset,
+            Bytes::from(buf),
+            &entries,
+        ));
+    };
+    if !deferred.finish(&mut buf).await {
+        return read_with_crcs(store, chunk, version, offset, len);
+    }
+    Ok(CheckedBytes::from_entries(
+        offset,
+        Bytes::from(buf),
+        deferred.entries(),
+    ))
+}
+
 #[async_trait]
 impl ChunkService for ChunkServer {
     async fn write(&self, request: WriteRequest) -> Result<(), ReplicaError> {
@@ -736,7 +773,8 @@ impl ChunkService for ChunkServer {
         // their check against the CRC table, so the client can check that
         // what it got is what was checked here.
         let result = if len <= INLINE_IO_MAX_BYTES {
-            read_with_crcs(self.store.as_ref(), chunk, version, offset, len)
+            read_deferring(self.store.as_ref(), chunk, version, offset, len)
+                .await
                 .map_err(|e| self.context(e))
         } else {
             self.blocking(move |store| read_with_crcs(store, chunk, version, offset, len))
