@@ -286,6 +286,11 @@ pub fn chunk_server(server: Arc<ChunkServer>) -> Render {
             );
             m.counter("pstorage_cs_read_ops_total", "Reads served.", io.read_ops);
             m.counter(
+                "pstorage_cs_ring_reads_total",
+                "Reads whose blocks not in the page cache were read through io_uring.",
+                server.ring_reads(),
+            );
+            m.counter(
                 "pstorage_cs_read_bytes_total",
                 "Bytes read by clients and peers.",
                 io.read_bytes,

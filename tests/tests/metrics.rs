@@ -221,6 +221,7 @@ fn daemons_serve_metrics_that_promtool_accepts_and_that_follow_the_cluster() {
         value(&cs, "pstorage_cs_space_free_bytes").is_some_and(|n| n > 0.0),
         "{cs}"
     );
+    assert!(value(&cs, "pstorage_cs_ring_reads_total").is_some(), "{cs}");
     assert!(
         value(&cs, "pstorage_cs_request_seconds_count{op=\"write\"}").is_some_and(|n| n >= 1.0),
         "{cs}"

@@ -142,7 +142,7 @@ pub use scrub::{
     BadReplicaSink, LogSink, ScrubParams, ScrubStats, DEFAULT_SCRUB_PERIOD, DEFAULT_SCRUB_RATE,
     VERIFY_PIECE,
 };
-pub use server::{ChunkServer, CsIoStats, RecoveryReport};
+pub use server::{ChunkServer, CsIoStats, DataRequest, RecoveryReport};
 
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, ChunkReplicaInfo, MapVersion, SpaceInfo, BLOCK_SIZE};

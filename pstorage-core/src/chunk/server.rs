@@ -2,7 +2,7 @@
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::traits::CheckedBytes;
@@ -126,6 +126,9 @@ struct IoCounters {
     flush_ops: AtomicU64,
     replicated_chunks: AtomicU64,
     replicated_bytes: AtomicU64,
+    /// Reads whose blocks were read through io_uring (not in `CsIoStats`,
+    /// which heartbeats carry: a metric of this server only).
+    ring_reads: AtomicU64,
 }
 
 impl IoCounters {
@@ -274,6 +277,12 @@ impl ChunkServer {
             Ok(())
         })
         .await
+    }
+
+    /// Reads served since start whose blocks waiting for the disk were
+    /// read through io_uring (see [`DataRequest`]).
+    pub fn ring_reads(&self) -> u64 {
+        self.io.ring_reads.load(Ordering::Relaxed)
     }
 
     /// Data-path and re-replication counters since start.
@@ -604,6 +613,33 @@ fn read_with_crcs(
     ))
 }
 
+/// Data requests the chunk servers of this process are serving, counted by
+/// their transport ([`DataRequest`]) from when it reads one until its
+/// answer is queued.
+static DATA_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A data request being served (see [`DataRequest::begin`]).
+pub struct DataRequest(());
+
+impl DataRequest {
+    /// Counts a data request from when the transport has read it until the
+    /// guard goes (its answer queued). A small read whose blocks would wait
+    /// for the disk is read through io_uring while others are counted
+    /// (several disk reads in flight at once, the thread serving the
+    /// others meanwhile); alone, it waits for the disk on the serving
+    /// thread, which answers it sooner.
+    pub fn begin() -> DataRequest {
+        DATA_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        DataRequest(())
+    }
+}
+
+impl Drop for DataRequest {
+    fn drop(&mut self) {
+        DATA_REQUESTS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// [`read_with_crcs`] on the serving thread, except that blocks which
 /// would wait for the disk are read through io_uring
 /// ([`ChunkStore::read_or_defer`]), so the thread serves other requests
@@ -616,28 +652,26 @@ async fn read_deferring(
     version: MapVersion,
     offset: u64,
     len: u64,
-) -> Result<CheckedBytes> {
+) -> Result<(CheckedBytes, bool)> {
     let mut buf = vec![0u8; len as usize];
     let Some(deferred) = store.read_or_defer(chunk, Some(version), offset, &mut buf)? else {
         if len == 0 {
-            return Ok(CheckedBytes::new(offset, Bytes::new()));
+            return Ok((CheckedBytes::new(offset, Bytes::new()), false));
         }
         let first = offset / BLOCK_SIZE;
         let count = crate::checksums::piece_count(offset, len) as u64;
         let entries = store.crc_entries(chunk, Some(version), first, count)?;
-        return Ok(CheckedBytes::from_entries(
-            offset,
-            Bytes::from(buf),
-            &entries,
+        return Ok((
+            CheckedBytes::from_entries(offset, Bytes::from(buf), &entries),
+            false,
         ));
     };
     if !deferred.finish(&mut buf).await {
-        return read_with_crcs(store, chunk, version, offset, len);
+        return read_with_crcs(store, chunk, version, offset, len).map(|read| (read, false));
     }
-    Ok(CheckedBytes::from_entries(
-        offset,
-        Bytes::from(buf),
-        deferred.entries(),
+    Ok((
+        CheckedBytes::from_entries(offset, Bytes::from(buf), deferred.entries()),
+        true,
     ))
 }
 
@@ -772,9 +806,18 @@ impl ChunkService for ChunkServer {
         // The piece CRCs go with the data, computed once the blocks passed
         // their check against the CRC table, so the client can check that
         // what it got is what was checked here.
-        let result = if len <= INLINE_IO_MAX_BYTES {
+        let result = if len <= INLINE_IO_MAX_BYTES && DATA_REQUESTS.load(Ordering::Relaxed) > 1 {
             read_deferring(self.store.as_ref(), chunk, version, offset, len)
                 .await
+                .map(|(read, through_ring)| {
+                    if through_ring {
+                        IoCounters::add(&self.io.ring_reads, 1);
+                    }
+                    read
+                })
+                .map_err(|e| self.context(e))
+        } else if len <= INLINE_IO_MAX_BYTES {
+            read_with_crcs(self.store.as_ref(), chunk, version, offset, len)
                 .map_err(|e| self.context(e))
         } else {
             self.blocking(move |store| read_with_crcs(store, chunk, version, offset, len))

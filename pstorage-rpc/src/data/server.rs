@@ -94,6 +94,7 @@ pub async fn serve_data_connection(
         let id = header.id;
         let processing = processing.clone();
         processing.fetch_add(1, Ordering::Relaxed);
+        let counted = pstorage_core::chunk::DataRequest::begin();
         tokio::spawn(async move {
             let mut frame = match AssertUnwindSafe(handle(service.as_ref(), id, request))
                 .catch_unwind()
@@ -112,6 +113,7 @@ pub async fn serve_data_connection(
             // Fails only when the connection is gone; the answer is moot then.
             let _ = tx.send(frame);
             processing.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
         });
     }
     drop(tx);
