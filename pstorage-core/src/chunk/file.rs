@@ -608,6 +608,38 @@ impl FileChunkStore {
         Ok(f())
     }
 
+    /// [`ChunkStore::read_checked`] of an open chunk; with `deferred`,
+    /// [`ChunkStore::read_or_defer`]'s part under the lock: when it lists
+    /// runs there, the CRC entries of every block the read touches, as the
+    /// runs were planned with them.
+    fn read_open(
+        &self,
+        open: &OpenChunk,
+        expected: Option<MapVersion>,
+        offset: u64,
+        buf: &mut [u8],
+        mut deferred: Option<&mut Vec<DeferredRun>>,
+    ) -> Result<Option<Vec<u64>>> {
+        let chunk = open.chunk;
+        check_range(chunk, open.chunk_size, offset, buf.len() as u64)?;
+        let state = open.read_state();
+        if state.deleted {
+            return Err(missing_chunk(chunk));
+        }
+        open.check_failed(&state)?;
+        check_version(chunk, expected, state.version)?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let journal = Some(self.keeper.journal());
+        open.read_locked(&state, journal, offset, buf, deferred.as_deref_mut())?;
+        if deferred.is_none_or(|runs| runs.is_empty()) {
+            return Ok(None);
+        }
+        let (first, last) = block_span(offset, buf.len() as u64);
+        Ok(Some(state.crcs[first as usize..=last as usize].to_vec()))
+    }
+
     /// Drops the clean pages of `chunk`'s file from the page cache, so
     /// that reads of it wait for the disk (tests of deferred reads).
     #[cfg(test)]
@@ -2085,20 +2117,11 @@ impl OpenChunk {
         }
     }
 
+    /// Fills `buf` from `offset` under the chunk's read lock (`state`),
+    /// each block checked. With `deferred`, runs of whole blocks in the
+    /// file that are not in the page cache are left out of `buf` and
+    /// listed there instead (see [`ChunkStore::read_or_defer`]).
     fn read_locked(
-        &self,
-        state: &ChunkState,
-        journal: Option<&Journal>,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        self.read_locked_deferring(state, journal, offset, buf, None)
-    }
-
-    /// [`OpenChunk::read_locked`]; with `deferred`, runs of whole blocks
-    /// in the file that are not in the page cache are left out of `buf`
-    /// and listed there instead (see [`ChunkStore::read_or_defer`]).
-    fn read_locked_deferring(
         &self,
         state: &ChunkState,
         journal: Option<&Journal>,
@@ -2517,17 +2540,8 @@ impl ChunkStore for FileChunkStore {
         buf: &mut [u8],
     ) -> Result<()> {
         let open = self.get(chunk)?;
-        check_range(chunk, open.chunk_size, offset, buf.len() as u64)?;
-        let state = open.read_state();
-        if state.deleted {
-            return Err(missing_chunk(chunk));
-        }
-        open.check_failed(&state)?;
-        check_version(chunk, expected, state.version)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        open.read_locked(&state, Some(self.keeper.journal()), offset, buf)
+        self.read_open(&open, expected, offset, buf, None)
+            .map(|_| ())
     }
 
     fn read_or_defer(
@@ -2548,31 +2562,10 @@ impl ChunkStore for FileChunkStore {
                     .map(|()| None)
             }
         };
-        check_range(chunk, open.chunk_size, offset, buf.len() as u64)?;
-        let state = open.read_state();
-        if state.deleted {
-            return Err(missing_chunk(chunk));
-        }
-        open.check_failed(&state)?;
-        check_version(chunk, expected, state.version)?;
-        if buf.is_empty() {
-            return Ok(None);
-        }
         let mut runs = Vec::new();
-        open.read_locked_deferring(
-            &state,
-            Some(self.keeper.journal()),
-            offset,
-            buf,
-            Some(&mut runs),
-        )?;
-        if runs.is_empty() {
-            return Ok(None);
-        }
-        let (first, last) = block_span(offset, buf.len() as u64);
-        let entries = state.crcs[first as usize..=last as usize].to_vec();
-        drop(state);
-        Ok(Some(DeferredRead::new(open, fd, runs, entries)))
+        Ok(self
+            .read_open(&open, expected, offset, buf, Some(&mut runs))?
+            .map(|entries| DeferredRead::new(open, fd, runs, entries)))
     }
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {

@@ -600,11 +600,23 @@ fn read_with_crcs(
 ) -> Result<CheckedBytes> {
     let mut buf = vec![0u8; len as usize];
     store.read_checked(chunk, Some(version), offset, &mut buf)?;
-    if len == 0 {
+    with_crcs(store, chunk, version, offset, buf)
+}
+
+/// `buf`, read from `offset` of `chunk`, with its piece CRCs made of the
+/// CRC entries its blocks have now.
+fn with_crcs(
+    store: &dyn ChunkStore,
+    chunk: ChunkId,
+    version: MapVersion,
+    offset: u64,
+    buf: Vec<u8>,
+) -> Result<CheckedBytes> {
+    if buf.is_empty() {
         return Ok(CheckedBytes::new(offset, Bytes::new()));
     }
     let first = offset / BLOCK_SIZE;
-    let count = crate::checksums::piece_count(offset, len) as u64;
+    let count = crate::checksums::piece_count(offset, buf.len() as u64) as u64;
     let entries = store.crc_entries(chunk, Some(version), first, count)?;
     Ok(CheckedBytes::from_entries(
         offset,
@@ -655,16 +667,7 @@ async fn read_deferring(
 ) -> Result<(CheckedBytes, bool)> {
     let mut buf = vec![0u8; len as usize];
     let Some(deferred) = store.read_or_defer(chunk, Some(version), offset, &mut buf)? else {
-        if len == 0 {
-            return Ok((CheckedBytes::new(offset, Bytes::new()), false));
-        }
-        let first = offset / BLOCK_SIZE;
-        let count = crate::checksums::piece_count(offset, len) as u64;
-        let entries = store.crc_entries(chunk, Some(version), first, count)?;
-        return Ok((
-            CheckedBytes::from_entries(offset, Bytes::from(buf), &entries),
-            false,
-        ));
+        return with_crcs(store, chunk, version, offset, buf).map(|read| (read, false));
     };
     if !deferred.finish(&mut buf).await {
         return read_with_crcs(store, chunk, version, offset, len).map(|read| (read, false));

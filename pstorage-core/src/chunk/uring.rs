@@ -287,11 +287,15 @@ impl Drop for Inner {
         // The kernel may still write into buffers of reads in flight: wait
         // for them before the buffers go (bounded by the disk's latency).
         while !self.ops.is_empty() {
-            if self.uring.submit_and_wait(1).is_err() {
-                // Cannot wait: leak the buffers rather than free memory the
-                // kernel may write into.
+            let waited = self.uring.submit_and_wait(1);
+            if waited
+                .as_ref()
+                .is_err_and(|e| e.kind() != io::ErrorKind::Interrupted)
+            {
+                // Cannot wait: leak the buffers (and keep the files open)
+                // rather than free memory the kernel may write into.
                 for (_, op) in self.ops.drain() {
-                    std::mem::forget(op.buf);
+                    std::mem::forget(op);
                 }
                 return;
             }
