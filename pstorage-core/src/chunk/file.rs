@@ -2558,8 +2558,8 @@ impl ChunkStore for FileChunkStore {
             Some(fd) if super::uring::available() => fd,
             _ => {
                 return self
-                    .read_checked(chunk, expected, offset, buf)
-                    .map(|()| None)
+                    .read_open(&open, expected, offset, buf, None)
+                    .map(|_| None)
             }
         };
         let mut runs = Vec::new();

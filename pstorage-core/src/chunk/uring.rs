@@ -11,7 +11,7 @@
 //! kernel signals the completion on an eventfd the thread's tokio runtime
 //! polls, and a task of that runtime hands each result to its reader.
 //!
-//! Each thread has one [`Ring`] (for the tokio runtime it runs; a thread
+//! Each thread has one ring (for the tokio runtime it runs; a thread
 //! that runs another runtime later gets a new one). At most
 //! [`RING_ENTRIES`] reads are in flight per ring; more wait for a slot. The
 //! buffer of a read belongs to the ring until the kernel is done with it,
