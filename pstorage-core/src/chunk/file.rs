@@ -2164,7 +2164,7 @@ impl OpenChunk {
                             deferred.push(DeferredRun {
                                 file_offset: self.block_at(slot, from),
                                 buf_offset: (from * BLOCK_SIZE - offset) as usize,
-                                entries: state.crcs[from as usize..to as usize].to_vec(),
+                                blocks: from..to,
                             });
                         }
                         block = run_end;
@@ -2565,7 +2565,7 @@ impl ChunkStore for FileChunkStore {
         let mut runs = Vec::new();
         Ok(self
             .read_open(&open, expected, offset, buf, Some(&mut runs))?
-            .map(|entries| DeferredRead::new(open, fd, runs, entries)))
+            .map(|entries| DeferredRead::new(open, fd, runs, offset / BLOCK_SIZE, entries)))
     }
 
     fn flush(&self, chunk: ChunkId) -> Result<()> {

@@ -415,10 +415,12 @@ pub struct DeferredRead {
     keep: uring::Keep,
     fd: std::os::fd::RawFd,
     runs: Vec<DeferredRun>,
-    /// The CRC entries of every block the whole read touches (from the
-    /// block of its first byte), as they were when it was planned: what
-    /// the read's bytes are checked against, and what the piece CRCs the
-    /// reader gets are made of.
+    /// The block of the read's first byte.
+    first_block: u64,
+    /// The CRC entries of every block the whole read touches (from
+    /// `first_block`), as they were when it was planned: what the read's
+    /// bytes are checked against, and what the piece CRCs the reader gets
+    /// are made of.
     entries: Vec<u64>,
 }
 
@@ -427,8 +429,8 @@ struct DeferredRun {
     file_offset: u64,
     /// Where the run goes in the caller's buffer.
     buf_offset: usize,
-    /// Its blocks' entries, one per block.
-    entries: Vec<u64>,
+    /// Its blocks.
+    blocks: std::ops::Range<u64>,
 }
 
 impl DeferredRead {
@@ -436,12 +438,14 @@ impl DeferredRead {
         keep: uring::Keep,
         fd: std::os::fd::RawFd,
         runs: Vec<DeferredRun>,
+        first_block: u64,
         entries: Vec<u64>,
     ) -> DeferredRead {
         DeferredRead {
             keep,
             fd,
             runs,
+            first_block,
             entries,
         }
     }
@@ -463,7 +467,7 @@ impl DeferredRead {
                 self.fd,
                 self.keep.clone(),
                 run.file_offset,
-                run.entries.len() * BLOCK_SIZE as usize,
+                ((run.blocks.end - run.blocks.start) * BLOCK_SIZE) as usize,
             )
         });
         let results = futures::future::join_all(reads).await;
@@ -472,7 +476,9 @@ impl DeferredRead {
             let Some(out) = buf.get_mut(run.buf_offset..run.buf_offset + bytes.len()) else {
                 return false;
             };
-            for (block, &entry) in bytes.chunks_exact(BLOCK_SIZE as usize).zip(&run.entries) {
+            let entries = &self.entries[(run.blocks.start - self.first_block) as usize
+                ..(run.blocks.end - self.first_block) as usize];
+            for (block, &entry) in bytes.chunks_exact(BLOCK_SIZE as usize).zip(entries) {
                 if encode_block_crc(crc64(block)) != entry {
                     return false;
                 }
